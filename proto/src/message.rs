@@ -1,0 +1,434 @@
+//! The typed messages carried in frames, and their encoding.
+//!
+//! Bodies are postcard-encoded structs. postcard ignores trailing bytes, so a later
+//! version may append fields to a message without breaking this one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProtoError;
+use crate::frame::{FrameType, HEADER_LEN, Header};
+use crate::identity::Secret;
+use crate::version::VersionRange;
+
+/// What a channel is for, named by the first frame sent on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// One per tunnel process: heartbeats, status, errors.
+    Control,
+    /// One per user connection at a time; reusable once a stream ends cleanly.
+    Data,
+}
+
+/// The first frame of every channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol versions the client speaks.
+    pub versions: VersionRange,
+    /// What the channel is for.
+    pub channel: ChannelKind,
+    /// The tunnel's name, for the router's logs.
+    pub tunnel: String,
+    /// The authorization token, when the router requires one.
+    pub token: Option<Secret>,
+}
+
+/// Why something was refused. Unknown codes from newer peers decode as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// No protocol version in common.
+    UnsupportedVersion,
+    /// The client's key or token is not accepted.
+    Unauthorized,
+    /// The router's policy does not allow this source.
+    PolicyDenied,
+    /// The source could not be reached (refused, unreachable, timed out).
+    SourceUnreachable,
+    /// A connection limit was reached.
+    LimitReached,
+    /// The sender is shutting down.
+    ShuttingDown,
+    /// The peer broke the protocol.
+    Protocol,
+    /// The current stream was aborted by one of its ends.
+    Aborted,
+    /// A code this build does not know.
+    Other(u16),
+}
+
+impl RefusalCode {
+    fn to_wire(self) -> u16 {
+        match self {
+            Self::UnsupportedVersion => 1,
+            Self::Unauthorized => 2,
+            Self::PolicyDenied => 3,
+            Self::SourceUnreachable => 4,
+            Self::LimitReached => 5,
+            Self::ShuttingDown => 6,
+            Self::Protocol => 7,
+            Self::Aborted => 8,
+            Self::Other(n) => n,
+        }
+    }
+
+    fn from_wire(n: u16) -> Self {
+        match n {
+            1 => Self::UnsupportedVersion,
+            2 => Self::Unauthorized,
+            3 => Self::PolicyDenied,
+            4 => Self::SourceUnreachable,
+            5 => Self::LimitReached,
+            6 => Self::ShuttingDown,
+            7 => Self::Protocol,
+            8 => Self::Aborted,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// A refusal: a code for programs and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub code: RefusalCode,
+    /// What happened and what to do, for the operator.
+    pub message: String,
+}
+
+impl Refusal {
+    /// Builds a refusal.
+    pub fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A control message (everything but payload, which the decoder hands out as slices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// The router accepts the channel and names the negotiated version.
+    Welcome {
+        /// The negotiated protocol version.
+        version: u16,
+    },
+    /// The router refuses the channel.
+    Refused(Refusal),
+    /// Open a stream to this source (`host:port`, as the router resolves it).
+    Open {
+        /// The source address.
+        target: String,
+    },
+    /// The source is connected.
+    Opened,
+    /// The source could not be opened.
+    OpenFailed(Refusal),
+    /// No more payload from the sender on this stream.
+    Eof,
+    /// The stream was aborted; the channel will close.
+    Reset(Refusal),
+    /// Heartbeat request.
+    Ping {
+        /// Echoed in the answer.
+        nonce: u64,
+    },
+    /// Heartbeat answer.
+    Pong {
+        /// The nonce of the request.
+        nonce: u64,
+    },
+    /// The sender closes the channel on purpose.
+    Goodbye(Refusal),
+}
+
+#[derive(Serialize, Deserialize)]
+struct HelloWire {
+    versions: VersionRange,
+    channel: u8,
+    tunnel: String,
+    token: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefusalWire {
+    code: u16,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WelcomeWire {
+    version: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OpenWire {
+    target: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NonceWire {
+    nonce: u64,
+}
+
+impl Message {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Welcome { .. } => "Welcome",
+            Self::Refused(_) => "Refused",
+            Self::Open { .. } => "Open",
+            Self::Opened => "Opened",
+            Self::OpenFailed(_) => "OpenFailed",
+            Self::Eof => "Eof",
+            Self::Reset(_) => "Reset",
+            Self::Ping { .. } => "Ping",
+            Self::Pong { .. } => "Pong",
+            Self::Goodbye(_) => "Goodbye",
+        }
+    }
+
+    fn frame_type(&self) -> FrameType {
+        match self {
+            Self::Hello(_) => FrameType::Hello,
+            Self::Welcome { .. } => FrameType::Welcome,
+            Self::Refused(_) => FrameType::Refused,
+            Self::Open { .. } => FrameType::Open,
+            Self::Opened => FrameType::Opened,
+            Self::OpenFailed(_) => FrameType::OpenFailed,
+            Self::Eof => FrameType::Eof,
+            Self::Reset(_) => FrameType::Reset,
+            Self::Ping { .. } => FrameType::Ping,
+            Self::Pong { .. } => FrameType::Pong,
+            Self::Goodbye(_) => FrameType::Goodbye,
+        }
+    }
+
+    /// Appends this message, framed, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        let body = match self {
+            Self::Hello(h) => to_vec(&HelloWire {
+                versions: h.versions,
+                channel: match h.channel {
+                    ChannelKind::Control => 1,
+                    ChannelKind::Data => 2,
+                },
+                tunnel: h.tunnel.clone(),
+                token: h.token.as_ref().map(|t| t.expose().to_owned()),
+            }),
+            Self::Welcome { version } => to_vec(&WelcomeWire { version: *version }),
+            Self::Refused(r) | Self::OpenFailed(r) | Self::Reset(r) | Self::Goodbye(r) => {
+                to_vec(&RefusalWire {
+                    code: r.code.to_wire(),
+                    message: truncate(&r.message, 4096).to_owned(),
+                })
+            }
+            Self::Open { target } => to_vec(&OpenWire {
+                target: target.clone(),
+            }),
+            Self::Ping { nonce } | Self::Pong { nonce } => to_vec(&NonceWire { nonce: *nonce }),
+            Self::Opened | Self::Eof => Vec::new(),
+        };
+        out.extend_from_slice(&body);
+        let mut header = [0; HEADER_LEN];
+        Header::write(self.frame_type(), body.len(), &mut header);
+        out[start..start + HEADER_LEN].copy_from_slice(&header);
+    }
+
+    /// Encodes this message into a fresh buffer.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes the body of a control frame of type `typ`.
+    pub fn decode(typ: FrameType, body: &[u8]) -> Result<Self, ProtoError> {
+        Ok(match typ {
+            FrameType::Hello => {
+                let w: HelloWire = from_bytes("Hello", body)?;
+                let channel = match w.channel {
+                    1 => ChannelKind::Control,
+                    2 => ChannelKind::Data,
+                    other => {
+                        return Err(ProtoError::Malformed {
+                            what: "Hello",
+                            reason: format!("unknown channel kind {other}"),
+                        });
+                    }
+                };
+                Self::Hello(Hello {
+                    versions: w.versions,
+                    channel,
+                    tunnel: w.tunnel,
+                    token: w.token.map(Secret::new),
+                })
+            }
+            FrameType::Welcome => {
+                let w: WelcomeWire = from_bytes("Welcome", body)?;
+                Self::Welcome { version: w.version }
+            }
+            FrameType::Refused => Self::Refused(refusal("Refused", body)?),
+            FrameType::Open => {
+                let w: OpenWire = from_bytes("Open", body)?;
+                Self::Open { target: w.target }
+            }
+            FrameType::Opened => Self::Opened,
+            FrameType::OpenFailed => Self::OpenFailed(refusal("OpenFailed", body)?),
+            FrameType::Eof => Self::Eof,
+            FrameType::Reset => Self::Reset(refusal("Reset", body)?),
+            FrameType::Ping => Self::Ping {
+                nonce: from_bytes::<NonceWire>("Ping", body)?.nonce,
+            },
+            FrameType::Pong => Self::Pong {
+                nonce: from_bytes::<NonceWire>("Pong", body)?.nonce,
+            },
+            FrameType::Goodbye => Self::Goodbye(refusal("Goodbye", body)?),
+            FrameType::Data => {
+                return Err(ProtoError::Unexpected {
+                    got: "Data",
+                    expected: "a control message",
+                });
+            }
+        })
+    }
+}
+
+fn refusal(what: &'static str, body: &[u8]) -> Result<Refusal, ProtoError> {
+    let w: RefusalWire = from_bytes(what, body)?;
+    Ok(Refusal {
+        code: RefusalCode::from_wire(w.code),
+        message: w.message,
+    })
+}
+
+fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail; an empty body would be
+    // rejected by the peer's decoder, never silently accepted.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn from_bytes<'a, T: Deserialize<'a>>(what: &'static str, body: &'a [u8]) -> Result<T, ProtoError> {
+    postcard::from_bytes(body).map_err(|e| ProtoError::Malformed {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Header;
+
+    fn round_trip(m: Message) {
+        let frame = m.to_frame();
+        let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
+        let h = Header::parse(&header).unwrap();
+        assert_eq!(h.body_len as usize, frame.len() - HEADER_LEN);
+        assert_eq!(Message::decode(h.typ, &frame[HEADER_LEN..]).unwrap(), m);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        round_trip(Message::Hello(Hello {
+            versions: VersionRange::ours(),
+            channel: ChannelKind::Data,
+            tunnel: "web".into(),
+            token: Some(Secret::new("s3cret".into())),
+        }));
+        round_trip(Message::Welcome { version: 1 });
+        round_trip(Message::Refused(Refusal::new(
+            RefusalCode::Unauthorized,
+            "no",
+        )));
+        round_trip(Message::Open {
+            target: "10.2.0.2:8080".into(),
+        });
+        round_trip(Message::Opened);
+        round_trip(Message::OpenFailed(Refusal::new(
+            RefusalCode::SourceUnreachable,
+            "connection refused",
+        )));
+        round_trip(Message::Eof);
+        round_trip(Message::Reset(Refusal::new(RefusalCode::Aborted, "rst")));
+        round_trip(Message::Ping { nonce: u64::MAX });
+        round_trip(Message::Pong { nonce: 7 });
+        round_trip(Message::Goodbye(Refusal::new(
+            RefusalCode::Other(999),
+            "bye",
+        )));
+    }
+
+    #[test]
+    fn exact_bytes_of_an_open_frame() {
+        let frame = Message::Open {
+            target: "a:1".into(),
+        }
+        .to_frame();
+        // length 5 (type + varint len + "a:1"), type 0x10, postcard string.
+        assert_eq!(frame, [0, 0, 0, 5, 0x10, 3, b'a', b':', b'1']);
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        assert!(matches!(
+            Message::decode(FrameType::Hello, &[0xff, 0xff, 0xff]),
+            Err(ProtoError::Malformed { what: "Hello", .. })
+        ));
+        assert!(matches!(
+            Message::decode(FrameType::Open, &[200, 1]),
+            Err(ProtoError::Malformed { what: "Open", .. })
+        ));
+        // Hello with an unknown channel kind.
+        let body = postcard::to_stdvec(&HelloWire {
+            versions: VersionRange::ours(),
+            channel: 9,
+            tunnel: String::new(),
+            token: None,
+        })
+        .unwrap();
+        assert_eq!(
+            Message::decode(FrameType::Hello, &body),
+            Err(ProtoError::Malformed {
+                what: "Hello",
+                reason: "unknown channel kind 9".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_refusal_codes_survive() {
+        let frame = Message::Refused(Refusal::new(RefusalCode::Other(4242), "later")).to_frame();
+        let m = Message::decode(FrameType::Refused, &frame[HEADER_LEN..]).unwrap();
+        assert_eq!(
+            m,
+            Message::Refused(Refusal::new(RefusalCode::Other(4242), "later"))
+        );
+    }
+
+    #[test]
+    fn trailing_fields_from_newer_peers_are_ignored() {
+        let mut body = postcard::to_stdvec(&WelcomeWire { version: 1 }).unwrap();
+        body.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            Message::decode(FrameType::Welcome, &body),
+            Ok(Message::Welcome { version: 1 })
+        );
+    }
+}

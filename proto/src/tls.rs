@@ -1,0 +1,296 @@
+//! TLS 1.3 configurations with RFC 7250 raw public keys, pinned on both sides.
+//!
+//! Why raw public keys rather than self-signed certificates: a Conduit identity *is* an
+//! Ed25519 key, so there is nothing for a certificate to add but an X.509 parser on the
+//! attack surface, validity dates to expire and names nobody checks. With raw keys the
+//! handshake carries 44 bytes of key, each side compares them with its pin, and the
+//! only algorithm either side accepts is Ed25519.
+//!
+//! rustls is built without its `tls12` feature, so TLS 1.2 cannot be negotiated at all.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::AlwaysResolvesClientRawPublicKeys;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::AlwaysResolvesServerRawPublicKeys;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, OtherError,
+    PeerIncompatible, ServerConfig, SignatureScheme,
+};
+
+use crate::identity::{KeyPair, PublicKey};
+
+/// The ALPN identifier both sides require.
+pub const ALPN: &[u8] = b"conduit/1";
+
+/// The crypto provider: aws-lc-rs, TLS 1.3 suites only (AES-128-GCM preferred).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    provider().signature_verification_algorithms
+}
+
+/// The router presented a key other than the pinned one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "router key mismatch: expected {expected}, got {got}; if the router's key really changed, \
+     update `--router-key` (or `[router] public_key`), otherwise something is intercepting the connection"
+)]
+pub struct RouterKeyMismatch {
+    /// The pinned key.
+    pub expected: PublicKey,
+    /// What the router presented.
+    pub got: PublicKey,
+}
+
+/// A client presented a key that is not in the router's authorized set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "client key {got} is not authorized; add it to the router's authorized_clients file to admit it"
+)]
+pub struct UnknownClientKey {
+    /// The key the client presented.
+    pub got: PublicKey,
+}
+
+/// The peer presented something other than an Ed25519 raw public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer presented a credential that is not an Ed25519 raw public key")]
+pub struct NotEd25519;
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Finds one of this module's verification errors inside a rustls error.
+pub fn verification_error<E: std::error::Error + 'static>(err: &Error) -> Option<&E> {
+    match err {
+        Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            inner.downcast_ref::<E>()
+        }
+        _ => None,
+    }
+}
+
+fn verify_sig(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, Error> {
+    if dss.scheme != SignatureScheme::ED25519 {
+        return Err(PeerIncompatible::NoSignatureSchemesInCommon.into());
+    }
+    rustls::crypto::verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+        dss,
+        &algorithms(),
+    )
+}
+
+/// Accepts exactly one router key.
+#[derive(Debug)]
+pub struct PinnedRouterKey {
+    expected: PublicKey,
+}
+
+impl PinnedRouterKey {
+    /// Pins `expected`.
+    pub fn new(expected: PublicKey) -> Self {
+        Self { expected }
+    }
+}
+
+impl ServerCertVerifier for PinnedRouterKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let got = PublicKey::from_spki(end_entity).ok_or_else(|| other(NotEd25519))?;
+        if got == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(other(RouterKeyMismatch {
+                expected: self.expected,
+                got,
+            }))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(PeerIncompatible::Tls13RequiredForQuic.into())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_sig(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// The set of client keys a router admits, with each key's comment.
+///
+/// Shared between the router's listener and whatever reloads the file: a lock is used
+/// because the reader is rustls (which holds only `&self`), and it is read once per
+/// handshake, never on the data path.
+#[derive(Default)]
+pub struct AuthorizedClients {
+    keys: RwLock<HashMap<PublicKey, String>>,
+}
+
+impl fmt::Debug for AuthorizedClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuthorizedClients({} keys)", self.len())
+    }
+}
+
+impl AuthorizedClients {
+    /// A set holding `keys` (key → comment).
+    pub fn new(keys: HashMap<PublicKey, String>) -> Self {
+        Self {
+            keys: RwLock::new(keys),
+        }
+    }
+
+    /// Replaces the whole set (after the file changed).
+    pub fn replace(&self, keys: HashMap<PublicKey, String>) {
+        match self.keys.write() {
+            Ok(mut g) => *g = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+    }
+
+    /// The comment of `key` if it is admitted.
+    pub fn lookup(&self, key: &PublicKey) -> Option<String> {
+        match self.keys.read() {
+            Ok(g) => g.get(key).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(key).cloned(),
+        }
+    }
+
+    /// Number of admitted keys.
+    pub fn len(&self) -> usize {
+        match self.keys.read() {
+            Ok(g) => g.len(),
+            Err(poisoned) => poisoned.into_inner().len(),
+        }
+    }
+
+    /// True when no key is admitted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Admits client keys in an [`AuthorizedClients`] set.
+#[derive(Debug)]
+pub struct AuthorizedClientVerifier {
+    clients: Arc<AuthorizedClients>,
+}
+
+impl ClientCertVerifier for AuthorizedClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let got = PublicKey::from_spki(end_entity).ok_or_else(|| other(NotEd25519))?;
+        match self.clients.lookup(&got) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(other(UnknownClientKey { got })),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(PeerIncompatible::Tls13RequiredForQuic.into())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_sig(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// The client side: present `identity`, accept only `router`.
+pub fn client_config(identity: &KeyPair, router: PublicKey) -> Result<Arc<ClientConfig>, Error> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedRouterKey::new(router)))
+        .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(
+            identity.certified_key()?,
+        )));
+    cfg.enable_sni = false;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The router side: present `identity`, admit the keys in `clients`.
+pub fn server_config(
+    identity: &KeyPair,
+    clients: Arc<AuthorizedClients>,
+) -> Result<Arc<ServerConfig>, Error> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(AuthorizedClientVerifier { clients }))
+        .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
+            identity.certified_key()?,
+        )));
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The name a client puts in its handshake; with pinned raw keys it is never checked,
+/// and SNI is off, so it does not leave the machine.
+pub fn router_server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}

@@ -1,0 +1,91 @@
+//! Protocol version negotiation.
+//!
+//! A client announces the range of versions it speaks in its `Hello`; the router picks
+//! the highest version both speak and names it in its `Welcome`, or refuses with a
+//! message that says which side to upgrade.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const CURRENT: u16 = 1;
+/// The oldest protocol version this build still speaks.
+pub const OLDEST: u16 = 1;
+
+/// An inclusive range of protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRange {
+    /// Oldest version spoken.
+    pub min: u16,
+    /// Newest version spoken.
+    pub max: u16,
+}
+
+impl VersionRange {
+    /// The range this build speaks.
+    pub const fn ours() -> Self {
+        Self {
+            min: OLDEST,
+            max: CURRENT,
+        }
+    }
+
+    /// The highest version in both ranges, or a sentence saying who must upgrade.
+    pub fn negotiate(self, peer: VersionRange) -> Result<u16, String> {
+        let high = self.max.min(peer.max);
+        let low = self.min.max(peer.min);
+        if peer.min > peer.max {
+            return Err(format!(
+                "peer announced an empty version range {}..={}",
+                peer.min, peer.max
+            ));
+        }
+        if high >= low {
+            return Ok(high);
+        }
+        if peer.max < self.min {
+            Err(format!(
+                "peer speaks protocol {}..={}, this side {}..={}: upgrade the peer's conduit",
+                peer.min, peer.max, self.min, self.max
+            ))
+        } else {
+            Err(format!(
+                "peer speaks protocol {}..={}, this side {}..={}: upgrade this side's conduit",
+                peer.min, peer.max, self.min, self.max
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(min: u16, max: u16) -> VersionRange {
+        VersionRange { min, max }
+    }
+
+    #[test]
+    fn picks_the_highest_common_version() {
+        assert_eq!(r(1, 3).negotiate(r(2, 5)), Ok(3));
+        assert_eq!(r(1, 1).negotiate(r(1, 1)), Ok(1));
+    }
+
+    #[test]
+    fn says_who_must_upgrade() {
+        let err = r(3, 4).negotiate(r(1, 2)).unwrap_err();
+        assert_eq!(
+            err,
+            "peer speaks protocol 1..=2, this side 3..=4: upgrade the peer's conduit"
+        );
+        let err = r(1, 2).negotiate(r(3, 4)).unwrap_err();
+        assert_eq!(
+            err,
+            "peer speaks protocol 3..=4, this side 1..=2: upgrade this side's conduit"
+        );
+    }
+
+    #[test]
+    fn rejects_an_empty_range() {
+        assert!(r(1, 1).negotiate(r(2, 1)).unwrap_err().contains("empty"));
+    }
+}
