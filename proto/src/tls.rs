@@ -19,11 +19,13 @@ use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, Uni
 use rustls::server::AlwaysResolvesServerRawPublicKeys;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, OtherError,
-    PeerIncompatible, ServerConfig, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError,
+    PeerIncompatible, SignatureScheme,
 };
 
 use crate::identity::{KeyPair, PublicKey};
+
+pub use rustls::{ClientConfig, ServerConfig};
 
 /// The ALPN identifier both sides require.
 pub const ALPN: &[u8] = b"conduit/1";

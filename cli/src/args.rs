@@ -1,0 +1,146 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use conduit_dataplane::Engine;
+
+/// Conduit: expose a service from a private network through a mutually
+/// authenticated TLS 1.3 tunnel.
+#[derive(Debug, Parser)]
+#[command(name = "conduit", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, global = true, env = "CONDUIT_LOG_LEVEL", default_value = "info")]
+    pub(crate) log_level: String,
+    /// Log format: text for terminals, json for log collectors.
+    #[arg(long, global = true, env = "CONDUIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a key pair in $CONDUIT_HOME/keys and print its public key.
+    Init(InitArgs),
+    /// Show keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Run a router: accept tunnels from authorized clients and connect them to
+    /// sources in this network.
+    Router(RouterArgs),
+    /// Start a tunnel: listen on --bind and carry each connection to --source through
+    /// the router.
+    Start(StartArgs),
+    /// Show version, build and io-engine information.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Key name: files keys/NAME.key and keys/NAME.pub.
+    #[arg(long, default_value = "client")]
+    pub(crate) name: String,
+    /// Replace an existing key of that name.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Print a public key (the line to give the other side).
+    Show {
+        /// Key name.
+        #[arg(long, default_value = "client")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub(crate) struct EngineArgs {
+    /// Data-plane worker threads (default: one per usable core).
+    #[arg(long, env = "CONDUIT_WORKERS", default_value_t = 0)]
+    pub(crate) workers: usize,
+    /// I/O engine: auto (io_uring where usable), uring, or epoll.
+    #[arg(long, env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
+    pub(crate) io_engine: Engine,
+}
+
+fn parse_engine(s: &str) -> Result<Engine, String> {
+    s.parse()
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RouterArgs {
+    /// Address to listen on for clients.
+    #[arg(long, env = "CONDUIT_ROUTER_BIND", default_value = "0.0.0.0:9999")]
+    pub(crate) bind: String,
+    /// The router's private key (default: $CONDUIT_HOME/keys/router.key).
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// Client public keys to admit, one per line (default: $CONDUIT_HOME/authorized_clients).
+    #[arg(long)]
+    pub(crate) authorized_keys: Option<PathBuf>,
+    /// Allow clients to open this source: HOST:PORT, CIDR:PORT, *:PORT, ranges
+    /// like 8000-8100, or KEY=HOST:PORT for one client. Repeatable. Nothing is
+    /// allowed without one.
+    #[arg(long = "allow", value_name = "RULE")]
+    pub(crate) allow: Vec<String>,
+    /// Require clients to present this token too.
+    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Seconds to let open streams finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// Run in this terminal instead of as a background tunnel process.
+    #[arg(long)]
+    pub(crate) foreground: bool,
+    /// The router, HOST:PORT.
+    #[arg(long, env = "CONDUIT_ROUTER")]
+    pub(crate) router: String,
+    /// The router's public key (ed25519:…) or the path of its .pub file.
+    #[arg(long, env = "CONDUIT_ROUTER_KEY")]
+    pub(crate) router_key: String,
+    /// The service to reach, HOST:PORT as the router sees it.
+    #[arg(long)]
+    pub(crate) source: String,
+    /// Where users connect, ADDR:PORT on this machine.
+    #[arg(long)]
+    pub(crate) bind: String,
+    /// This client's private key (default: $CONDUIT_HOME/keys/client.key).
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// The tunnel's name (default: tunnel-PORT).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// A token, for routers that require one.
+    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Handshaken channels each worker keeps ready.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) pool_size: usize,
+    /// Seconds to let open connections finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}

@@ -1,0 +1,37 @@
+//! Exit codes (sysexits.h where one fits).
+
+use conduit_controlplane::Error;
+
+/// Bad arguments or configuration (EX_USAGE).
+pub(crate) const USAGE: u8 = 64;
+/// The network or a peer is unavailable (EX_UNAVAILABLE).
+pub(crate) const UNAVAILABLE: u8 = 69;
+/// A peer refused who we are, or is not who it must be (EX_NOPERM).
+pub(crate) const NOPERM: u8 = 77;
+/// Anything else.
+pub(crate) const FAILURE: u8 = 1;
+
+/// A usage error raised by a command after parsing (e.g. a bad address).
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Usage>().is_some() {
+        return USAGE;
+    }
+    match e.downcast_ref::<Error>() {
+        Some(Error::Config(_) | Error::File { .. }) => USAGE,
+        Some(Error::Authentication(_)) => NOPERM,
+        Some(Error::Network { .. } | Error::Dataplane(_)) => UNAVAILABLE,
+        Some(_) => FAILURE,
+        None => FAILURE,
+    }
+}

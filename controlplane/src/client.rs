@@ -1,0 +1,360 @@
+//! The client tunnel: keep a control channel to the router (heartbeats, reconnect
+//! with back-off), and make the handshaken data channels the workers ask for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use conduit_dataplane::{ClientSpec, DataPlane, EngineKind, FromWorker, LinkState, Options};
+use conduit_proto::tls::{ClientConfig, client_config};
+use conduit_proto::version::VersionRange;
+use conduit_proto::{
+    ChannelKind, Hello, KeyPair, Message, PublicKey, RefusalCode, Secret, TlsSession,
+};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::error::from_tls;
+use crate::wire::{self, Wire, WireError};
+use crate::{Error, HEARTBEAT_INTERVAL};
+
+/// Everything a client tunnel needs.
+pub struct TunnelSettings {
+    /// The tunnel's name.
+    pub name: String,
+    /// The router, `host:port`.
+    pub router: String,
+    /// The router's pinned key.
+    pub router_key: PublicKey,
+    /// This client's key.
+    pub identity: KeyPair,
+    /// The source, as the router resolves it.
+    pub source: String,
+    /// Where users connect.
+    pub bind: SocketAddr,
+    /// A token for routers that require one.
+    pub token: Option<Secret>,
+    /// Idle handshaken channels each worker keeps.
+    pub pool_size: usize,
+    /// Limit on reaching the router.
+    pub connect_timeout: Duration,
+    /// Limit on TLS handshake plus `Hello`/`Welcome`.
+    pub handshake_timeout: Duration,
+    /// Workers and engine.
+    pub dataplane: Options,
+}
+
+/// The state of the link to the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// First attempt in progress.
+    Connecting,
+    /// The control channel is up.
+    Connected {
+        /// Since when.
+        since: SystemTime,
+    },
+    /// The last attempt failed; the next one is scheduled.
+    Retrying {
+        /// Failed attempts in a row.
+        attempt: u32,
+        /// When the next attempt starts.
+        next_at: SystemTime,
+        /// Why the last one failed.
+        error: String,
+    },
+    /// The router refused this client; nothing will be retried.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Shared {
+    name: String,
+    router: String,
+    our_key: PublicKey,
+    tls: Arc<ClientConfig>,
+    token: Option<Secret>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    link: Arc<LinkState>,
+    status: watch::Sender<LinkStatus>,
+    dp: Arc<DataPlane>,
+}
+
+/// A started client tunnel.
+pub struct ClientTunnel {
+    shared: Arc<Shared>,
+    requests: flume::Receiver<FromWorker>,
+    local_addr: SocketAddr,
+}
+
+impl ClientTunnel {
+    /// Binds the tunnel's listeners and starts its workers; nothing is sent to the
+    /// router until [`Self::run`].
+    pub fn start(s: TunnelSettings) -> Result<Self, Error> {
+        let tls = client_config(&s.identity, s.router_key)
+            .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
+        let link = Arc::new(LinkState::default());
+        let mut dp = DataPlane::start_client(
+            &s.dataplane,
+            ClientSpec {
+                tunnel: s.name.clone(),
+                bind: s.bind,
+                target: s.source.clone(),
+                pool_size: s.pool_size,
+                wait_for_channel: s.connect_timeout + s.handshake_timeout,
+                max_idle: Duration::from_secs(240),
+                link: link.clone(),
+            },
+        )?;
+        let requests = dp
+            .take_requests()
+            .ok_or_else(|| Error::Config("the data plane has no request queue".into()))?;
+        let local_addr = dp.local_addr().unwrap_or(s.bind);
+        let (status, _) = watch::channel(LinkStatus::Connecting);
+        Ok(Self {
+            requests,
+            local_addr,
+            shared: Arc::new(Shared {
+                name: s.name,
+                router: s.router,
+                our_key: s.identity.public(),
+                tls,
+                token: s.token,
+                connect_timeout: s.connect_timeout,
+                handshake_timeout: s.handshake_timeout,
+                link,
+                status,
+                dp: Arc::new(dp),
+            }),
+        })
+    }
+
+    /// Where users connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The engine the workers run.
+    pub fn engine(&self) -> EngineKind {
+        self.shared.dp.engine()
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.shared.dp.worker_count()
+    }
+
+    /// Watches the router link.
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// The data plane, for counters and connection lists.
+    pub fn dataplane(&self) -> Arc<DataPlane> {
+        self.shared.dp.clone()
+    }
+
+    /// Runs until `shutdown` completes (then drains open connections for up to
+    /// `drain`) or the router refuses this client for good (an error).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> Result<(), Error> {
+        let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
+        let result = tokio::select! {
+            _ = shutdown => Ok(()),
+            fatal = control_loop(self.shared.clone()) => Err(fatal),
+        };
+        maker.abort();
+        self.shared.link.lost();
+        let drain = if result.is_ok() {
+            drain
+        } else {
+            Duration::ZERO
+        };
+        if result.is_ok() {
+            info!(tunnel = %self.shared.name, "stopping: no new connections; draining open ones for up to {drain:?}");
+        }
+        let dp = self.shared.dp.clone();
+        let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        result
+    }
+}
+
+/// Opens a channel of `kind` and completes `Hello`/`Welcome`.
+async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
+    let tcp = wire::connect(&shared.router, shared.connect_timeout)
+        .await
+        .map_err(|e| Error::network(format!("cannot reach router {}", shared.router), e))?;
+    let setup = async {
+        let tls = TlsSession::client(shared.tls.clone())?;
+        let mut w = Wire::handshake(tcp, tls).await?;
+        w.send(&Message::Hello(Hello {
+            versions: VersionRange::ours(),
+            channel: kind,
+            tunnel: shared.name.clone(),
+            token: shared.token.clone(),
+        }))
+        .await?;
+        let reply = w.recv().await?;
+        Ok::<_, WireError>((w, reply))
+    };
+    let (w, reply) = match tokio::time::timeout(shared.handshake_timeout, setup).await {
+        Err(_) => {
+            return Err(Error::network(
+                format!("router {} did not complete the handshake", shared.router),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", shared.handshake_timeout),
+                ),
+            ));
+        }
+        Ok(Err(e)) => return Err(wire_error(shared, e)),
+        Ok(Ok(x)) => x,
+    };
+    match reply {
+        Some(Message::Welcome { .. }) => Ok(w),
+        Some(Message::Refused(r)) => Err(match r.code {
+            RefusalCode::Unauthorized | RefusalCode::UnsupportedVersion => {
+                Error::Authentication(format!("the router refused this client: {}", r.message))
+            }
+            _ => Error::Protocol(format!("the router refused the channel: {}", r.message)),
+        }),
+        Some(other) => Err(Error::Protocol(format!(
+            "the router answered Hello with {}",
+            other.name()
+        ))),
+        None => Err(Error::Protocol(
+            "the router closed the connection during setup".into(),
+        )),
+    }
+}
+
+fn wire_error(shared: &Shared, e: WireError) -> Error {
+    match e {
+        WireError::Tls(t) => from_tls(t, &shared.our_key),
+        WireError::Io(io) => {
+            Error::network(format!("connection to router {} failed", shared.router), io)
+        }
+        WireError::Proto(p) => Error::Protocol(format!("router {}: {p}", shared.router)),
+        WireError::Closed => Error::Protocol(format!(
+            "router {} closed the connection during setup",
+            shared.router
+        )),
+    }
+}
+
+/// Keeps the control channel up; returns only on a fatal error.
+async fn control_loop(shared: Arc<Shared>) -> Error {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut attempt = 0u32;
+    loop {
+        match open(&shared, ChannelKind::Control).await {
+            Ok(mut ctl) => {
+                attempt = 0;
+                backoff.reset();
+                shared.link.connected();
+                shared.dp.flush_pools();
+                shared.status.send_replace(LinkStatus::Connected {
+                    since: SystemTime::now(),
+                });
+                info!(tunnel = %shared.name, router = %shared.router, "connected to router");
+                let why = heartbeat(&mut ctl).await;
+                shared.link.lost();
+                warn!(tunnel = %shared.name, router = %shared.router, "lost the router link: {why}; reconnecting");
+            }
+            Err(e) if !e.is_retryable() => {
+                shared.link.lost();
+                shared.status.send_replace(LinkStatus::Refused {
+                    reason: e.to_string(),
+                });
+                return e;
+            }
+            Err(e) => {
+                attempt += 1;
+                let wait = backoff.next_wait();
+                shared.status.send_replace(LinkStatus::Retrying {
+                    attempt,
+                    next_at: SystemTime::now() + wait,
+                    error: e.to_string(),
+                });
+                warn!(tunnel = %shared.name, "{e}; retrying in {:.1}s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// Pings the router until the link fails; returns why it failed.
+async fn heartbeat(ctl: &mut Wire) -> String {
+    let mut nonce = 0u64;
+    loop {
+        nonce += 1;
+        if let Err(e) = ctl.send(&Message::Ping { nonce }).await {
+            return e.to_string();
+        }
+        let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL * 3;
+        loop {
+            match tokio::time::timeout_at(deadline, ctl.recv()).await {
+                Err(_) => return format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
+                Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
+                Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::Goodbye(r)))) => {
+                    return format!("router said goodbye: {}", r.message);
+                }
+                Ok(Ok(Some(other))) => {
+                    return format!("unexpected {} from the router", other.name());
+                }
+                Ok(Ok(None)) => return "the router closed the connection".into(),
+                Ok(Err(e)) => return e.to_string(),
+            }
+        }
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+    }
+}
+
+/// Answers the workers' requests for channels.
+async fn make_channels(shared: Arc<Shared>, requests: flume::Receiver<FromWorker>) {
+    while let Ok(FromWorker::WantChannels { core, count }) = requests.recv_async().await {
+        for _ in 0..count {
+            tokio::spawn(make_one(shared.clone(), core));
+        }
+    }
+}
+
+/// Makes one data channel for `core`, retrying while the router is away.
+async fn make_one(shared: Arc<Shared>, core: usize) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut status = shared.status.subscribe();
+    loop {
+        // Wait for the control channel: it tells a dead router from a bad key.
+        while !shared.link.is_up() {
+            if matches!(*status.borrow_and_update(), LinkStatus::Refused { .. }) {
+                return;
+            }
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+        let epoch = shared.link.epoch();
+        match open(&shared, ChannelKind::Data).await {
+            Ok(w) => match w.into_handoff(epoch) {
+                Ok(h) => {
+                    if !shared.dp.send_client_channel(core, h) {
+                        debug!(core, "worker gone; channel dropped");
+                    }
+                    return;
+                }
+                Err(e) => debug!(core, "data channel unusable: {e}"),
+            },
+            Err(e) => debug!(core, "cannot open a data channel: {e}"),
+        }
+        tokio::time::sleep(backoff.next_wait()).await;
+    }
+}

@@ -1,0 +1,78 @@
+//! The control plane's errors: whose fault, and whether retrying can help.
+
+use std::io;
+use std::path::PathBuf;
+
+use conduit_proto::TlsError;
+
+/// A control-plane failure. Every message names the thing and the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Settings, key files or policy are wrong. Local fault; retrying cannot help.
+    #[error("{0}")]
+    Config(String),
+    /// A file could not be read or written. Local fault.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// What the file is ("private key", "authorized clients file"…).
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The network failed (router unreachable, connection reset). Retrying may help.
+    #[error("{what}: {source}")]
+    Network {
+        /// What was being attempted.
+        what: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The peer is not who it must be, or refuses who we are. Never retried:
+    /// someone must change a key, a token or an authorized-clients file.
+    #[error("{0}")]
+    Authentication(String),
+    /// TLS failed for another reason (corrupt records, protocol mismatch). The peer
+    /// is at fault; a retry may help if it was transient.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// The other end broke the Conduit protocol or refused the request.
+    #[error("{0}")]
+    Protocol(String),
+    /// The data plane could not start.
+    #[error("{0}")]
+    Dataplane(#[from] conduit_dataplane::DataplaneError),
+}
+
+impl Error {
+    /// True when trying again later may succeed without anyone changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Network { .. } | Self::Tls(_) | Self::Protocol(_)
+        )
+    }
+
+    pub(crate) fn network(what: impl Into<String>, source: io::Error) -> Self {
+        Self::Network {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Turns a TLS error into the error a user should see, naming keys where they matter.
+pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey) -> Error {
+    if e.router_key_mismatch().is_some() {
+        return Error::Authentication(e.to_string());
+    }
+    if e.peer_rejected_our_key() {
+        return Error::Authentication(format!(
+            "the router refused this client's key {our_key}; add that line to the router's \
+             authorized_clients file (it is what `conduit keys show` prints here)"
+        ));
+    }
+    Error::Tls(e)
+}

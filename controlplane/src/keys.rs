@@ -1,0 +1,308 @@
+//! Key files: generate them (private key mode 0600), load them (refusing a private
+//! key others can read, as ssh does), and read public keys and the authorized-clients
+//! file.
+//!
+//! Formats: the private key is PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, what
+//! `openssl genpkey -algorithm ed25519` writes); the `.pub` file is one line,
+//! `ed25519:<base64> NAME`; `authorized_clients` holds such lines, with `#` comments
+//! and blank lines allowed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use conduit_proto::{KeyPair, PublicKey};
+
+use crate::Error;
+use crate::home::Home;
+
+const PEM_TAG: &str = "PRIVATE KEY";
+
+/// Creates `keys/NAME.key` and `keys/NAME.pub`; refuses to overwrite unless `force`.
+pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> {
+    validate_name(name)?;
+    let dir = home.keys();
+    Home::ensure_private_dir(&dir)?;
+    let key_path = home.private_key(name);
+    let pub_path = home.public_key(name);
+    if !force && (key_path.exists() || pub_path.exists()) {
+        return Err(Error::Config(format!(
+            "a key named {name:?} already exists at {}; use --force to replace it \
+             (every router or client that trusts the old key must then be updated)",
+            key_path.display()
+        )));
+    }
+    let pair =
+        KeyPair::generate().map_err(|e| Error::Config(format!("cannot generate a key: {e}")))?;
+    let pem = pem::encode(&pem::Pem::new(PEM_TAG, pair.pkcs8_der().to_vec()));
+    write_private(&key_path, pem.as_bytes())?;
+    let line = format!("{} {name}\n", pair.public());
+    std::fs::write(&pub_path, line).map_err(|source| Error::File {
+        what: "cannot write public key",
+        path: pub_path.clone(),
+        source,
+    })?;
+    Ok(pair)
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid key name {name:?}: use 1-64 letters, digits, '-', '_' or '.' (not starting with '.')"
+        )))
+    }
+}
+
+/// Writes a file readable by its owner only, replacing any previous one.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let err = |source| Error::File {
+        what: "cannot write private key",
+        path: path.to_owned(),
+        source,
+    };
+    // Write a fresh temp file with mode 0600 from the start, then rename over.
+    let tmp = path.with_extension("key.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Loads a private key, refusing one that group or others can read.
+pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
+    let meta = std::fs::metadata(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::Config(format!(
+                "no private key at {}: create one with `conduit init --name {hint_name}` or pass --key PATH",
+                path.display()
+            ))
+        } else {
+            Error::File {
+                what: "cannot read private key",
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "private key {} is readable by group or others (mode {mode:04o}); \
+                 run `chmod 600 {}` and start again",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        what: "cannot read private key",
+        path: path.to_owned(),
+        source,
+    })?;
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "{} is not a Conduit private key ({why}); expected a PKCS#8 Ed25519 key as `conduit init` writes",
+            path.display()
+        ))
+    };
+    let block = pem::parse(text.trim()).map_err(|e| bad(&e.to_string()))?;
+    if block.tag() != PEM_TAG {
+        return Err(bad(&format!("PEM block is {:?}", block.tag())));
+    }
+    KeyPair::from_pkcs8_der(block.contents()).map_err(|e| bad(&e.to_string()))
+}
+
+/// A public key given inline (`ed25519:…`) or as the path of a `.pub` file.
+pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
+    let spec = spec.trim();
+    if spec.starts_with("ed25519:") {
+        return PublicKey::parse(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
+    }
+    let path = Path::new(spec);
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::Config(format!(
+                "{what}: {spec:?} is neither a public key (ed25519:…) nor an existing .pub file"
+            ))
+        } else {
+            Error::File {
+                what: "cannot read public key",
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    for line in text.lines() {
+        match PublicKey::parse_line(line) {
+            None => continue,
+            Some(Ok((key, _))) => return Ok(key),
+            Some(Err(e)) => {
+                return Err(Error::Config(format!("{what} in {}: {e}", path.display())));
+            }
+        }
+    }
+    Err(Error::Config(format!(
+        "{what}: {} holds no key",
+        path.display()
+    )))
+}
+
+/// Reads an authorized-clients file: key → comment.
+pub fn load_authorized(path: &Path) -> Result<HashMap<PublicKey, String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::Config(format!(
+                "no authorized clients file at {}: create it with one client public key per line \
+                 (what `conduit init` printed on each client), or pass --authorized-keys PATH",
+                path.display()
+            ))
+        } else {
+            Error::File {
+                what: "cannot read authorized clients file",
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    parse_authorized(&text)
+        .map_err(|(line, e)| Error::Config(format!("{} line {line}: {e}", path.display())))
+}
+
+/// Parses authorized-clients text; errors carry the 1-based line number.
+pub fn parse_authorized(text: &str) -> Result<HashMap<PublicKey, String>, (usize, String)> {
+    let mut keys = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        match PublicKey::parse_line(line) {
+            None => {}
+            Some(Ok((k, comment))) => {
+                keys.insert(k, comment);
+            }
+            Some(Err(e)) => return Err((i + 1, e.to_string())),
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        (dir, home)
+    }
+
+    #[test]
+    fn generate_writes_a_private_key_only_its_owner_can_read() {
+        let (_d, home) = home();
+        let pair = generate(&home, "client", false).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(home.private_key("client"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let pub_line = std::fs::read_to_string(home.public_key("client")).unwrap();
+        assert_eq!(pub_line, format!("{} client\n", pair.public()));
+        let loaded = load_private(&home.private_key("client"), "client").unwrap();
+        assert_eq!(loaded.public(), pair.public());
+        let from_file = load_public(home.public_key("client").to_str().unwrap(), "key").unwrap();
+        assert_eq!(from_file, pair.public());
+    }
+
+    #[test]
+    fn generate_refuses_to_overwrite_without_force() {
+        let (_d, home) = home();
+        let first = generate(&home, "router", false).unwrap();
+        let err = generate(&home, "router", false).unwrap_err().to_string();
+        assert!(
+            err.contains("already exists") && err.contains("--force"),
+            "{err}"
+        );
+        let second = generate(&home, "router", true).unwrap();
+        assert_ne!(first.public(), second.public());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_key_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, home) = home();
+        generate(&home, "client", false).unwrap();
+        let path = home.private_key("client");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_private(&path, "client").unwrap_err().to_string();
+        assert!(
+            err.contains("readable by group or others (mode 0644)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("chmod 600 {}", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_and_garbage_keys_say_what_to_do() {
+        let (_d, home) = home();
+        let err = load_private(&home.private_key("client"), "client")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("conduit init --name client"), "{err}");
+        Home::ensure_private_dir(&home.keys()).unwrap();
+        write_private(&home.private_key("x"), b"hello").unwrap();
+        let err = load_private(&home.private_key("x"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a Conduit private key"), "{err}");
+        let err = load_public("/nonexistent/router.pub", "--router-key")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither a public key"), "{err}");
+    }
+
+    #[test]
+    fn authorized_clients_allow_comments_and_name_bad_lines() {
+        let a = KeyPair::generate().unwrap().public();
+        let b = KeyPair::generate().unwrap().public();
+        let text = format!("# laptops\n{a} ana\n\n  {b}\n");
+        let keys = parse_authorized(&text).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[&a], "ana");
+        let err = parse_authorized(&format!("{a}\nssh-ed25519 AAAA\n")).unwrap_err();
+        assert_eq!(err.0, 2);
+    }
+
+    #[test]
+    fn key_names_are_checked() {
+        let (_d, home) = home();
+        for bad in ["", "../x", ".hidden", "a/b"] {
+            assert!(generate(&home, bad, false).is_err(), "{bad:?}");
+        }
+    }
+}

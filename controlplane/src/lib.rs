@@ -1,0 +1,40 @@
+//! Conduit's control plane, on Tokio.
+//!
+//! ```text
+//!  client tunnel                                   router
+//!  ─────────────                                   ──────
+//!  control_loop ══ control channel (Ping/Pong) ══▶ control_session
+//!  make_channels ─ TLS + Hello/Welcome ──────────▶ handle ─▶ worker (ChannelHandoff)
+//!        │ ChannelHandoff
+//!        ▼
+//!  workers' pools (conduit-dataplane)
+//! ```
+//!
+//! It runs TLS handshakes, authenticates and authorizes, keeps each client's control
+//! channel with heartbeats and reconnects with back-off, answers the workers'
+//! requests for channels, and owns keys, the allow-list and the home directory.
+//!
+//! What it does **not** do: move payload bytes (the data plane does), or parse
+//! command lines (the `conduit` binary does).
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod home;
+pub mod keys;
+pub mod policy;
+pub mod router;
+mod wire;
+
+use std::time::Duration;
+
+pub use client::{ClientTunnel, LinkStatus, TunnelSettings};
+pub use error::Error;
+pub use home::Home;
+pub use policy::AllowList;
+pub use router::{Router, RouterSettings};
+
+/// How often a client pings its router; either side drops a control channel after
+/// a few silent intervals.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

@@ -1,0 +1,332 @@
+//! The router's allow-list: which sources clients may open, so a router is never an
+//! open proxy into its network.
+//!
+//! A rule is `HOST:PORTS`, optionally for one client key: `KEY=HOST:PORTS`.
+//! * HOST: an IP (`10.2.0.2`, `[::1]`), a CIDR (`10.2.0.0/24`), a host name
+//!   (`db.internal`, matched by name) or `*` (any address).
+//! * PORTS: a port (`8080`), a range (`8000-8100`) or `*`.
+//!
+//! A target given as a name is allowed if a name rule matches it, or if every
+//! address it resolves to is allowed by an address rule. With no rules, nothing is
+//! allowed.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+
+use conduit_dataplane::SourcePolicy;
+use conduit_proto::{PublicKey, Refusal, RefusalCode};
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    Any,
+    Net(IpNet),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ports {
+    Any,
+    Range(u16, u16),
+}
+
+impl Ports {
+    fn contains(self, p: u16) -> bool {
+        match self {
+            Ports::Any => true,
+            Ports::Range(a, b) => (a..=b).contains(&p),
+        }
+    }
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    client: Option<PublicKey>,
+    host: Host,
+    ports: Ports,
+    text: String,
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let (client, pattern) = match t.split_once('=') {
+            Some((k, p)) if k.starts_with("ed25519:") => (
+                Some(PublicKey::parse(k).map_err(|e| format!("allow rule {t:?}: {e}"))?),
+                p,
+            ),
+            _ => (None, t),
+        };
+        let bad = |why: &str| {
+            format!(
+                "invalid allow rule {t:?}: {why}; expected HOST:PORT such as 10.2.0.2:8080, \
+                 10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 (optionally KEY=HOST:PORT)"
+            )
+        };
+        let (host, ports) = pattern.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let ports = match ports {
+            "*" => Ports::Any,
+            p => match p.split_once('-') {
+                Some((a, b)) => {
+                    let a: u16 = a.parse().map_err(|_| bad("bad port range"))?;
+                    let b: u16 = b.parse().map_err(|_| bad("bad port range"))?;
+                    if a > b {
+                        return Err(bad("port range runs backwards"));
+                    }
+                    Ports::Range(a, b)
+                }
+                None => {
+                    let p: u16 = p.parse().map_err(|_| bad("bad port"))?;
+                    Ports::Range(p, p)
+                }
+            },
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = if host == "*" {
+            Host::Any
+        } else if let Ok(net) = host.parse::<IpNet>() {
+            Host::Net(net.trunc())
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            Host::Net(IpNet::from(ip))
+        } else if !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            Host::Name(host.to_ascii_lowercase())
+        } else {
+            return Err(bad("bad host"));
+        };
+        Ok(Rule {
+            client,
+            host,
+            ports,
+            text: t.to_owned(),
+        })
+    }
+}
+
+impl Rule {
+    fn applies_to(&self, client: &PublicKey) -> bool {
+        self.client.is_none_or(|k| k == *client)
+    }
+
+    fn allows_addr(&self, addr: SocketAddr) -> bool {
+        self.ports.contains(addr.port())
+            && match &self.host {
+                Host::Any => true,
+                Host::Net(n) => n.contains(&canonical(addr.ip())),
+                Host::Name(_) => false,
+            }
+    }
+
+    fn allows_name(&self, name: &str, port: u16) -> bool {
+        self.ports.contains(port)
+            && matches!(&self.host, Host::Name(n) if n.eq_ignore_ascii_case(name))
+    }
+
+    /// The rule as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are checked as the IPv4 address they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// An ordered set of allow rules.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    rules: Vec<Rule>,
+}
+
+impl AllowList {
+    /// Parses every rule, reporting every bad one.
+    pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self, Vec<String>> {
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for r in rules {
+            match r.as_ref().parse::<Rule>() {
+                Ok(rule) => ok.push(rule),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { rules: ok })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when nothing is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn denied(&self, target: &str, why: &str) -> Refusal {
+        let fix = if self.rules.is_empty() {
+            format!("this router allows no sources yet: start it with `--allow {target}`")
+        } else {
+            format!("to allow it, add `--allow {target}` to the router")
+        };
+        Refusal::new(
+            RefusalCode::PolicyDenied,
+            format!("source {target} is not allowed by the router's policy{why}; {fix}"),
+        )
+    }
+
+    /// Checks `target` (`host:port`) for `client` and returns the addresses to try.
+    pub fn check(
+        &self,
+        client: &PublicKey,
+        target: &str,
+        resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
+        let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.applies_to(client)).collect();
+        if let Ok(addr) = target.parse::<SocketAddr>() {
+            return if rules.iter().any(|r| r.allows_addr(addr)) {
+                Ok(vec![addr])
+            } else {
+                Err(self.denied(target, ""))
+            };
+        }
+        let Some((host, port)) = target.rsplit_once(':') else {
+            return Err(Refusal::new(
+                RefusalCode::Protocol,
+                format!("source {target:?} is not HOST:PORT"),
+            ));
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            return Err(Refusal::new(
+                RefusalCode::Protocol,
+                format!("source {target:?} has an invalid port"),
+            ));
+        };
+        let by_name = rules.iter().any(|r| r.allows_name(host, port));
+        if !by_name && !rules.iter().any(|r| r.ports.contains(port)) {
+            return Err(self.denied(target, ""));
+        }
+        let addrs = resolve(host, port).map_err(|e| {
+            Refusal::new(
+                RefusalCode::SourceUnreachable,
+                format!("the router cannot resolve source {target}: {e}"),
+            )
+        })?;
+        if addrs.is_empty() {
+            return Err(Refusal::new(
+                RefusalCode::SourceUnreachable,
+                format!("the router cannot resolve source {target}: no addresses"),
+            ));
+        }
+        if by_name
+            || addrs
+                .iter()
+                .all(|a| rules.iter().any(|r| r.allows_addr(*a)))
+        {
+            Ok(addrs)
+        } else {
+            Err(self.denied(
+                target,
+                " (it resolves to an address outside the allowed ranges)",
+            ))
+        }
+    }
+}
+
+impl SourcePolicy for AllowList {
+    fn resolve(&self, client: &PublicKey, target: &str) -> Result<Vec<SocketAddr>, Refusal> {
+        // Name lookups block this worker for their duration; literal addresses, the
+        // common case, never look anything up.
+        self.check(client, target, |host, port| {
+            Ok((host, port).to_socket_addrs()?.collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit_proto::KeyPair;
+
+    fn key() -> PublicKey {
+        KeyPair::generate().unwrap().public()
+    }
+
+    fn no_dns(_: &str, _: u16) -> std::io::Result<Vec<SocketAddr>> {
+        panic!("no lookup expected")
+    }
+
+    #[test]
+    fn addresses_cidrs_and_ports() {
+        let l = AllowList::parse(&["10.2.0.0/24:5432", "127.0.0.1:8000-8100", "[::1]:*"]).unwrap();
+        let k = key();
+        assert_eq!(
+            l.check(&k, "10.2.0.7:5432", no_dns).unwrap(),
+            vec!["10.2.0.7:5432".parse().unwrap()]
+        );
+        assert!(l.check(&k, "10.2.1.7:5432", no_dns).is_err());
+        assert!(l.check(&k, "10.2.0.7:5433", no_dns).is_err());
+        assert!(l.check(&k, "127.0.0.1:8050", no_dns).is_ok());
+        assert!(l.check(&k, "[::1]:22", no_dns).is_ok());
+        assert!(l.check(&k, "[::ffff:10.2.0.9]:5432", no_dns).is_ok());
+    }
+
+    #[test]
+    fn refusals_say_how_to_allow() {
+        let l = AllowList::default();
+        let r = l.check(&key(), "10.0.0.1:22", no_dns).unwrap_err();
+        assert_eq!(r.code, RefusalCode::PolicyDenied);
+        assert_eq!(
+            r.message,
+            "source 10.0.0.1:22 is not allowed by the router's policy; this router allows no \
+             sources yet: start it with `--allow 10.0.0.1:22`"
+        );
+    }
+
+    #[test]
+    fn names_match_by_name_or_by_resolved_address() {
+        let l = AllowList::parse(&["db.internal:5432", "10.9.0.0/16:80"]).unwrap();
+        let k = key();
+        let resolved = |_: &str, p: u16| Ok(vec![SocketAddr::from(([10, 9, 1, 1], p))]);
+        assert!(l.check(&k, "DB.internal:5432", resolved).is_ok());
+        assert!(l.check(&k, "web.internal:80", resolved).is_ok());
+        let outside = |_: &str, p: u16| Ok(vec![SocketAddr::from(([192, 168, 1, 1], p))]);
+        let r = l.check(&k, "web.internal:80", outside).unwrap_err();
+        assert!(
+            r.message.contains("outside the allowed ranges"),
+            "{}",
+            r.message
+        );
+        // A port no rule mentions is refused before any lookup.
+        assert!(l.check(&k, "web.internal:81", no_dns).is_err());
+    }
+
+    #[test]
+    fn rules_can_be_per_client() {
+        let (a, b) = (key(), key());
+        let l = AllowList::parse(&[format!("{a}=127.0.0.1:9000")]).unwrap();
+        assert!(l.check(&a, "127.0.0.1:9000", no_dns).is_ok());
+        assert!(l.check(&b, "127.0.0.1:9000", no_dns).is_err());
+    }
+
+    #[test]
+    fn bad_rules_are_all_reported() {
+        let errs =
+            AllowList::parse(&["10.0.0.1", "1.2.3.4:99999", "ok.example:80", "h:9-1"]).unwrap_err();
+        assert_eq!(errs.len(), 3);
+        assert!(errs[0].contains("no port"), "{}", errs[0]);
+    }
+}

@@ -1,0 +1,373 @@
+//! Conduit's data plane: thread-per-core workers that move user bytes.
+//!
+//! ```text
+//!              control plane (Tokio)                         data plane (monoio)
+//!  handshakes ─ ChannelHandoff ─▶ per-core queue ─▶ core 0: listener, pool, relays
+//!                                                 ─▶ core 1: listener, pool, relays
+//!  counters  ◀──────────── atomics (one writer per core) ───────────┘
+//!  requests  ◀──────────── FromWorker (e.g. "core 1 wants 2 channels")
+//! ```
+//!
+//! Each worker is a thread pinned to a core (`core_affinity`) running a
+//! single-threaded monoio runtime on the chosen [`engine`]. On a client it owns a
+//! `SO_REUSEPORT` listener on the tunnel's bind address, so the kernel spreads users
+//! across cores, and a pool of handshaken channels; on a router it serves the
+//! channels the control plane hands it. Nothing mutable is shared between cores.
+//!
+//! What this crate does **not** do: TLS handshakes, key handling, deciding which
+//! sources a client may open (it asks a [`SourcePolicy`]), or anything with Tokio.
+#![deny(unsafe_code)] // `sys` alone allows it: the raw socket calls the runtimes lack.
+
+pub mod engine;
+pub mod handoff;
+pub mod stats;
+
+mod channel;
+mod client;
+mod listener;
+mod net;
+mod pool;
+mod relay;
+mod router;
+mod sys;
+mod worker;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use conduit_proto::{PublicKey, Refusal};
+use tracing::warn;
+
+pub use engine::{Engine, EngineKind};
+pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
+pub use stats::{ConnSnapshot, CoreStats, Totals};
+pub use worker::core_of;
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataplaneError {
+    /// io_uring was required but this kernel (or a seccomp policy) does not allow it.
+    /// Local fault; a retry cannot help.
+    #[error(
+        "io_uring is not usable on this machine (old kernel, io_uring_disabled, or blocked by seccomp); \
+         use --io-engine epoll or --io-engine auto"
+    )]
+    UringUnavailable,
+    /// The bind address cannot be listened on. Local fault; retry after freeing it.
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(.source))]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
+    /// A worker thread or its runtime could not start (limits, memory).
+    #[error("cannot start data-plane worker {index}: {source}")]
+    Worker {
+        /// Which worker.
+        index: usize,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another program (or another tunnel) already listens there: pick another --bind \
+             or stop the other one (`conduit list` shows tunnels)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE: use a higher port or grant the capability"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "; that address is not on any interface of this machine: use one that is, or 0.0.0.0"
+        }
+        _ => "",
+    }
+}
+
+/// The router's rule for which sources a client may open.
+pub trait SourcePolicy: Send + Sync + 'static {
+    /// Resolves `target` for `client` and checks it against policy: the addresses to
+    /// try, or a refusal that says what to change.
+    fn resolve(&self, client: &PublicKey, target: &str) -> Result<Vec<SocketAddr>, Refusal>;
+}
+
+/// A client tunnel's data-plane settings.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    /// The tunnel's name (for logs).
+    pub tunnel: String,
+    /// Where users connect.
+    pub bind: SocketAddr,
+    /// The source, as the router resolves it.
+    pub target: String,
+    /// Handshaken channels each core keeps ready.
+    pub pool_size: usize,
+    /// How long a user waits for a channel when the pool is empty.
+    pub wait_for_channel: Duration,
+    /// Idle channels older than this are not used (the router closes them later).
+    pub max_idle: Duration,
+    /// The control plane's view of the router link.
+    pub link: Arc<LinkState>,
+}
+
+/// A router's data-plane settings.
+#[derive(Clone)]
+pub struct RouterSpec {
+    /// Which sources each client may open.
+    pub policy: Arc<dyn SourcePolicy>,
+    /// How long to try connecting a source.
+    pub connect_timeout: Duration,
+    /// How long a data channel may sit idle before the router closes it.
+    pub idle_timeout: Duration,
+}
+
+/// How many workers, on which engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Worker threads; 0 means one per usable core.
+    pub workers: usize,
+    /// The engine to run.
+    pub engine: Engine,
+    /// Pin each worker to a core.
+    pub pin: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            engine: Engine::Auto,
+            pin: true,
+        }
+    }
+}
+
+/// The number of workers `workers = 0` means: the cores this process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+struct WorkerHandle {
+    tx: flume::Sender<ToWorker>,
+    stats: Arc<CoreStats>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The running workers.
+pub struct DataPlane {
+    engine: EngineKind,
+    workers: Vec<WorkerHandle>,
+    local_addr: Option<SocketAddr>,
+    requests: Option<flume::Receiver<FromWorker>>,
+}
+
+impl DataPlane {
+    /// Starts a client's workers, each listening on `spec.bind`.
+    pub fn start_client(opts: &Options, spec: ClientSpec) -> Result<Self, DataplaneError> {
+        let engine = engine::resolve(opts.engine)?;
+        let n = worker_count(opts);
+        let mut listeners =
+            listener::bind(spec.bind, n, 4096).map_err(|source| DataplaneError::Bind {
+                addr: spec.bind,
+                source,
+            })?;
+        let local_addr = listeners.first().and_then(|l| l.local_addr().ok());
+        let (req_tx, req_rx) = flume::unbounded();
+        let spec = Arc::new(spec);
+        let mut dp = Self::spawn(opts, engine, n, |_| worker::Role::Client {
+            spec: spec.clone(),
+            listener: listeners.remove(0),
+            requests: req_tx.clone(),
+        })?;
+        dp.local_addr = local_addr;
+        dp.requests = Some(req_rx);
+        Ok(dp)
+    }
+
+    /// Starts a router's workers.
+    pub fn start_router(opts: &Options, spec: RouterSpec) -> Result<Self, DataplaneError> {
+        let engine = engine::resolve(opts.engine)?;
+        let n = worker_count(opts);
+        let spec = Arc::new(spec);
+        Self::spawn(opts, engine, n, |_| worker::Role::Router {
+            spec: spec.clone(),
+        })
+    }
+
+    fn spawn(
+        opts: &Options,
+        engine: EngineKind,
+        n: usize,
+        mut role: impl FnMut(usize) -> worker::Role,
+    ) -> Result<Self, DataplaneError> {
+        let cores = if opts.pin {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, std::io::Result<()>)>();
+        let mut workers = Vec::with_capacity(n);
+        for index in 0..n {
+            let (tx, rx) = flume::unbounded();
+            let stats = Arc::new(CoreStats::default());
+            let core_id = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let role = role(index);
+            let ready = ready_tx.clone();
+            let worker_stats = stats.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("conduit-core-{index}"))
+                .spawn(move || {
+                    if let Some(id) = core_id {
+                        core_affinity::set_for_current(id);
+                    }
+                    let core = Rc::new(worker::Core::new(index, worker_stats));
+                    let started = ready.clone();
+                    let res = engine::block_on(engine, async move {
+                        let _ = started.send((index, Ok(())));
+                        worker::run(core, role, rx).await;
+                    });
+                    if let Err(e) = res {
+                        let _ = ready.send((index, Err(e)));
+                    }
+                })
+                .map_err(|source| DataplaneError::Worker { index, source })?;
+            workers.push(WorkerHandle {
+                tx,
+                stats,
+                thread: std::sync::Mutex::new(Some(thread)),
+            });
+        }
+        drop(ready_tx);
+        let dp = Self {
+            engine,
+            workers,
+            local_addr: None,
+            requests: None,
+        };
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(source))) => return Err(DataplaneError::Worker { index, source }),
+                Err(_) => {
+                    return Err(DataplaneError::Worker {
+                        index: 0,
+                        source: std::io::Error::other("a worker exited during start-up"),
+                    });
+                }
+            }
+        }
+        Ok(dp)
+    }
+
+    /// The engine the workers run.
+    pub fn engine(&self) -> EngineKind {
+        self.engine
+    }
+
+    /// The number of workers.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Where users connect (client side).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The workers' requests to the control plane (taken once).
+    pub fn take_requests(&mut self) -> Option<flume::Receiver<FromWorker>> {
+        self.requests.take()
+    }
+
+    /// Hands a fresh channel to core `core`'s pool; false if that worker is gone.
+    pub fn send_client_channel(&self, core: usize, h: ChannelHandoff) -> bool {
+        self.workers
+            .get(core)
+            .is_some_and(|w| w.tx.send(ToWorker::ClientChannel(h)).is_ok())
+    }
+
+    /// Hands a router channel to the core with the fewest open connections; false if
+    /// no worker is running.
+    pub fn send_router_channel(&self, h: ChannelHandoff) -> bool {
+        self.workers
+            .iter()
+            .min_by_key(|w| w.stats.active.load(Relaxed) + w.tx.len() as u64)
+            .is_some_and(|w| w.tx.send(ToWorker::RouterChannel(h)).is_ok())
+    }
+
+    /// Tells every core to drop its idle channels (the router link changed).
+    pub fn flush_pools(&self) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::Flush);
+        }
+    }
+
+    /// Every core's counters, summed.
+    pub fn totals(&self) -> Totals {
+        Totals::sum(self.workers.iter().map(|w| &*w.stats))
+    }
+
+    /// The open connections of every core.
+    pub async fn connections(&self) -> Vec<ConnSnapshot> {
+        let mut replies = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            if w.tx.send(ToWorker::Snapshot(tx)).is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut all = Vec::new();
+        for r in replies {
+            if let Ok(v) = r.await {
+                all.extend(v);
+            }
+        }
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Asks the core that owns connection `id` to close it.
+    pub fn kill(&self, id: u64) -> bool {
+        match self.workers.get(core_of(id)) {
+            Some(w) => w.tx.send(ToWorker::Kill(id)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops accepting, lets open connections finish for up to `drain`, closes the
+    /// rest and joins the workers. Blocks the calling thread; later calls do nothing.
+    pub fn stop(&self, drain: Duration) {
+        let deadline = Instant::now() + drain;
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::Stop { deadline });
+        }
+        for (i, w) in self.workers.iter().enumerate() {
+            // The lock only guards taking the handle once; it is never contended.
+            let handle = match w.thread.lock() {
+                Ok(mut g) => g.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            if let Some(t) = handle {
+                if t.join().is_err() {
+                    warn!(worker = i, "a data-plane worker panicked");
+                }
+            }
+        }
+    }
+}
+
+fn worker_count(opts: &Options) -> usize {
+    if opts.workers == 0 {
+        default_workers()
+    } else {
+        opts.workers
+    }
+}

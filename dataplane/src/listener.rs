@@ -1,0 +1,74 @@
+//! Per-core listeners: one `SO_REUSEPORT` socket per worker on the same address, so
+//! the kernel spreads new connections across cores with no hand-off between them.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+fn socket_for(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(false).ok();
+    }
+    s.set_tcp_nodelay(true)?;
+    Ok(s)
+}
+
+/// Binds `count` listeners sharing `addr`.
+///
+/// `SO_REUSEPORT` would also let a second process of the same user share the
+/// address silently, so the address is first bound once without it: if anything
+/// listens there already, that bind fails and so does this function.
+pub(crate) fn bind(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<Vec<TcpListener>> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        let probe = socket_for(addr, false)?;
+        probe.bind(&addr.into())?;
+        drop(probe);
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let s = socket_for(addr, true)?;
+        s.bind(&addr.into())?;
+        s.listen(backlog)?;
+        let l: TcpListener = s.into();
+        // Port 0: the first bind picks the port, the others join it.
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_listeners_share_one_port() {
+        let ls = bind("127.0.0.1:0".parse().unwrap(), 3, 128).unwrap();
+        let port = ls[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for l in &ls {
+            assert_eq!(l.local_addr().unwrap().port(), port);
+        }
+    }
+
+    #[test]
+    fn an_address_in_use_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr, 2, 128).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // Also when the holder is another reuse-port group (another tunnel).
+        drop(taken);
+        let first = bind("127.0.0.1:0".parse().unwrap(), 2, 128).unwrap();
+        let err = bind(first[0].local_addr().unwrap(), 2, 128).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+}

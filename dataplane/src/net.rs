@@ -1,0 +1,84 @@
+//! A socket as the relay uses it: wait for readiness through the runtime's engine
+//! (io_uring `PollAdd` or epoll/kqueue), then read or write without blocking.
+//!
+//! Why readiness rather than io_uring's completion-based reads: one TLS session is
+//! driven by both directions of a connection, and rustls' unbuffered API requires
+//! every call to see the one buffer of received-but-unprocessed bytes. A read in
+//! flight would own that buffer. Waiting for readiness lets the buffer stay with the
+//! session, lets an idle connection hold no buffer at all, and makes cancelling a
+//! wait (to kill a connection) lose nothing.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+
+use monoio::net::TcpStream;
+
+use crate::sys;
+
+/// A TCP socket owned by one core.
+pub(crate) struct Socket {
+    stream: TcpStream,
+    fd: RawFd,
+}
+
+impl Socket {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        let fd = stream.as_raw_fd();
+        Self { stream, fd }
+    }
+
+    /// Adopts a socket handed over from the control plane.
+    pub(crate) fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
+        // monoio's epoll driver expects non-blocking sockets and its io_uring driver
+        // blocking ones; our own calls pass MSG_DONTWAIT, so either works for us.
+        stream.set_nonblocking(monoio::utils::is_legacy())?;
+        Ok(Self::new(TcpStream::from_std(stream)?))
+    }
+
+    pub(crate) fn set_nodelay(&self) {
+        let _ = self.stream.set_nodelay(true);
+    }
+
+    /// Waits until a read would not block (data, EOF or an error is pending).
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        // `relaxed = false`: on the epoll driver this confirms with poll(2), because
+        // our reads bypass the runtime and it cannot track readiness itself.
+        self.stream.readable(false).await
+    }
+
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        self.stream.writable(false).await
+    }
+
+    /// Reads without waiting.
+    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv(self.fd, buf)
+    }
+
+    /// Writes all of `buf`, waiting for room as needed.
+    pub(crate) async fn send_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match sys::send(self.fd, buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        sys::shutdown(self.fd, how);
+    }
+
+    /// Arranges for the close to send RST: the peer sees an abort, not an end.
+    pub(crate) fn abort(&self) {
+        sys::linger_zero(self.fd);
+    }
+
+    pub(crate) fn peek(&self) -> sys::Peek {
+        sys::peek(self.fd)
+    }
+}

@@ -1,0 +1,276 @@
+//! The relay: one user connection (or source connection) spliced onto one channel.
+//!
+//! Two directions run joined in one task:
+//! * **up**: plain socket → `Data` frames → TLS records → channel. Reads are sized so
+//!   one read becomes four full TLS records and one write.
+//! * **down**: channel → TLS records → frames → plain socket.
+//!
+//! Each direction waits for readiness, takes a pooled buffer, moves the bytes, and
+//! gives the buffer back, so a quiet connection holds no buffer. End of stream is an
+//! `Eof` frame (TCP half-close is carried exactly); when both directions ended with
+//! `Eof` the channel is clean and can carry the next stream. Any error aborts both
+//! directions at once (`try_join` drops the other, and dropping a readiness wait loses
+//! nothing).
+
+use std::cell::RefCell;
+use std::io;
+use std::net::Shutdown;
+
+use conduit_proto::frame::{HEADER_LEN, Header};
+use conduit_proto::session::MAX_RECORD_PLAINTEXT;
+use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsError, TlsSession};
+use futures::future::{Either, select, try_join};
+
+use crate::channel::{lend_back, read_tls, seal};
+use crate::net::Socket;
+use crate::pool;
+use crate::stats::Meter;
+
+/// Plaintext read per chunk: with its frame header, exactly four full TLS records.
+const CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT - HEADER_LEN;
+
+/// Which end of the tunnel this relay runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The client: the router's first message must be `Opened` or `OpenFailed`.
+    Client,
+    /// The router: the source is already connected.
+    Router,
+}
+
+/// Why a relay ended before both directions finished cleanly.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Stop {
+    #[error("{0}")]
+    Plain(io::Error),
+    #[error("channel failed: {0}")]
+    Channel(io::Error),
+    #[error("the other end closed the channel mid-stream")]
+    ChannelClosed,
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("protocol error: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("{}", .0.message)]
+    OpenFailed(Refusal),
+    #[error("aborted by the other end: {}", .0.message)]
+    PeerReset(Refusal),
+    #[error("closed by the operator")]
+    Killed,
+}
+
+/// How a relay ended.
+pub(crate) struct Outcome {
+    /// `None` when both directions ended with `Eof`.
+    pub(crate) stop: Option<Stop>,
+}
+
+/// Everything a relay needs.
+pub(crate) struct Relay<'a> {
+    pub(crate) side: Side,
+    pub(crate) plain: &'a Socket,
+    pub(crate) chan: &'a Socket,
+    pub(crate) tls: &'a RefCell<TlsSession>,
+    pub(crate) decoder: &'a mut FrameDecoder,
+    /// Counts payload moved from the plain socket into the channel.
+    pub(crate) to_chan: Meter<'a>,
+    /// Counts payload moved from the channel to the plain socket.
+    pub(crate) to_plain: Meter<'a>,
+    /// Payload received before the relay started (router: what followed `Open`).
+    pub(crate) early: Vec<u8>,
+    /// Whether an `Eof` followed that payload.
+    pub(crate) early_eof: bool,
+}
+
+impl Relay<'_> {
+    /// Runs until both directions end, one fails, or `kill` fires.
+    pub(crate) async fn run(self, kill: futures::channel::oneshot::Receiver<()>) -> Outcome {
+        let Relay {
+            side,
+            plain,
+            chan,
+            tls,
+            decoder,
+            to_chan,
+            to_plain,
+            early,
+            early_eof,
+        } = self;
+        let up = up(plain, chan, tls, to_chan);
+        let down = down(side, plain, chan, tls, decoder, to_plain, early, early_eof);
+        let both = try_join(up, down);
+        futures::pin_mut!(both);
+        let stop = match select(both, kill).await {
+            Either::Left((Ok(_), _)) => None,
+            Either::Left((Err(stop), _)) => Some(stop),
+            Either::Right(_) => Some(Stop::Killed),
+        };
+        lend_back(tls);
+        Outcome { stop }
+    }
+}
+
+async fn up(
+    plain: &Socket,
+    chan: &Socket,
+    tls: &RefCell<TlsSession>,
+    meter: Meter<'_>,
+) -> Result<(), Stop> {
+    // After a full read more is probably waiting: try again before waiting.
+    let mut maybe_more = false;
+    loop {
+        if !maybe_more {
+            plain.readable().await.map_err(Stop::Plain)?;
+        }
+        let mut buf = pool::take();
+        let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + CHUNK]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pool::give(buf);
+                maybe_more = false;
+                continue;
+            }
+            Err(e) => {
+                pool::give(buf);
+                return Err(Stop::Plain(e));
+            }
+        };
+        maybe_more = n == CHUNK;
+        let mut out = pool::take();
+        let sealed = if n == 0 {
+            seal(tls, &Message::Eof.to_frame(), &mut out)
+        } else {
+            buf[..HEADER_LEN].copy_from_slice(&Header::data(n));
+            seal(tls, &buf[..HEADER_LEN + n], &mut out)
+        };
+        pool::give(buf);
+        let len = match sealed {
+            Ok(len) => len,
+            Err(e) => {
+                pool::give(out);
+                return Err(e.into());
+            }
+        };
+        let sent = chan.send_all(&out[..len]).await;
+        pool::give(out);
+        sent.map_err(Stop::Channel)?;
+        if n == 0 {
+            return Ok(());
+        }
+        meter.add(n);
+    }
+}
+
+/// What one batch of decrypted frames asked for.
+#[derive(Default)]
+struct Batch {
+    opened: bool,
+    eof: bool,
+    failed: Option<Refusal>,
+    reset: Option<Refusal>,
+    bad: Option<ProtoError>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn down(
+    side: Side,
+    plain: &Socket,
+    chan: &Socket,
+    tls: &RefCell<TlsSession>,
+    decoder: &mut FrameDecoder,
+    meter: Meter<'_>,
+    early: Vec<u8>,
+    early_eof: bool,
+) -> Result<(), Stop> {
+    if !early.is_empty() {
+        plain.send_all(&early).await.map_err(Stop::Plain)?;
+        meter.add(early.len());
+    }
+    if early_eof {
+        plain.shutdown(Shutdown::Write);
+        return Ok(());
+    }
+    let mut opened = side == Side::Router;
+    loop {
+        if read_tls(chan, tls).await.map_err(Stop::Channel)? == 0 {
+            return Err(Stop::ChannelClosed);
+        }
+        let mut out = pool::take();
+        let mut len = 0;
+        let mut b = Batch {
+            opened,
+            ..Batch::default()
+        };
+        let closed = tls.borrow_mut().decrypt(|bytes| {
+            if b.bad.is_some() {
+                return;
+            }
+            let res = decoder.feed(bytes, |ev| on_event(ev, side, &mut b, &mut out, &mut len));
+            if let Err(e) = res {
+                b.bad = Some(e);
+            }
+        });
+        lend_back(tls);
+        let closed = match closed {
+            Ok(c) => c,
+            Err(e) => {
+                pool::give(out);
+                return Err(e.into());
+            }
+        };
+        opened = b.opened;
+        if len > 0 {
+            let sent = plain.send_all(&out[..len]).await;
+            if let Err(e) = sent {
+                pool::give(out);
+                return Err(Stop::Plain(e));
+            }
+            meter.add(len);
+        }
+        pool::give(out);
+        if let Some(e) = b.bad {
+            return Err(e.into());
+        }
+        if let Some(r) = b.failed {
+            return Err(Stop::OpenFailed(r));
+        }
+        if let Some(r) = b.reset {
+            return Err(Stop::PeerReset(r));
+        }
+        if b.eof {
+            plain.shutdown(Shutdown::Write);
+            return Ok(());
+        }
+        if closed {
+            return Err(Stop::ChannelClosed);
+        }
+    }
+}
+
+fn on_event(ev: Event<'_>, side: Side, b: &mut Batch, out: &mut Vec<u8>, len: &mut usize) {
+    if b.bad.is_some() || b.failed.is_some() || b.reset.is_some() {
+        return;
+    }
+    let unexpected = |got| ProtoError::Unexpected {
+        got,
+        expected: "payload, Eof or Reset",
+    };
+    match ev {
+        _ if b.eof => b.bad = Some(unexpected("a frame after Eof")),
+        Event::Data(d) if b.opened => {
+            if *len + d.len() > out.len() {
+                out.resize(*len + d.len(), 0);
+            }
+            out[*len..*len + d.len()].copy_from_slice(d);
+            *len += d.len();
+        }
+        Event::Message(Message::Opened) if side == Side::Client && !b.opened => b.opened = true,
+        Event::Message(Message::OpenFailed(r)) if side == Side::Client && !b.opened => {
+            b.failed = Some(r)
+        }
+        Event::Message(Message::Eof) if b.opened => b.eof = true,
+        Event::Message(Message::Reset(r)) => b.reset = Some(r),
+        Event::Data(_) => b.bad = Some(unexpected("Data before Opened")),
+        Event::Message(m) => b.bad = Some(unexpected(m.name())),
+    }
+}

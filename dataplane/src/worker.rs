@@ -1,0 +1,139 @@
+//! One worker: a thread pinned to a core, running a single-threaded monoio runtime
+//! that owns its listener, its connections, its channel pool and its counters.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::client::ClientCore;
+use crate::handoff::{FromWorker, ToWorker};
+use crate::router::RouterCore;
+use crate::stats::{ConnTable, CoreStats};
+use crate::{ClientSpec, RouterSpec};
+
+/// What every worker has, whatever its role.
+pub(crate) struct Core {
+    pub(crate) index: usize,
+    pub(crate) stats: Arc<CoreStats>,
+    pub(crate) conns: ConnTable,
+    next_id: Cell<u64>,
+    pub(crate) stopping: Cell<bool>,
+}
+
+impl Core {
+    pub(crate) fn new(index: usize, stats: Arc<CoreStats>) -> Self {
+        Self {
+            index,
+            stats,
+            conns: ConnTable::default(),
+            next_id: Cell::new(0),
+            stopping: Cell::new(false),
+        }
+    }
+
+    /// A connection id unique in this process; the core is in the top bits so the
+    /// control plane knows where to send `Kill`.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        ((self.index as u64 + 1) << 40) | n
+    }
+}
+
+/// The core a connection id belongs to.
+pub fn core_of(conn_id: u64) -> usize {
+    ((conn_id >> 40) as usize).saturating_sub(1)
+}
+
+/// The role a worker plays.
+pub(crate) enum Role {
+    Client {
+        spec: Arc<ClientSpec>,
+        listener: std::net::TcpListener,
+        requests: flume::Sender<FromWorker>,
+    },
+    Router {
+        spec: Arc<RouterSpec>,
+    },
+}
+
+/// The worker's main task: set up its role, then obey the control plane.
+pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWorker>) {
+    let mut client: Option<Rc<ClientCore>> = None;
+    let mut router: Option<Rc<RouterCore>> = None;
+    match role {
+        Role::Client {
+            spec,
+            listener,
+            requests,
+        } => match ClientCore::start(core.clone(), spec, listener, requests) {
+            Ok(c) => client = Some(c),
+            Err(e) => {
+                warn!(core = core.index, "worker cannot listen: {e}");
+                return;
+            }
+        },
+        Role::Router { spec } => router = Some(Rc::new(RouterCore::new(core.clone(), spec))),
+    }
+    debug!(core = core.index, "worker ready");
+
+    let mut deadline = None;
+    while let Ok(msg) = inbox.recv_async().await {
+        match msg {
+            ToWorker::ClientChannel(h) => match &client {
+                Some(c) => c.channel_arrived(h),
+                None => warn!("client channel sent to a router worker; dropped"),
+            },
+            ToWorker::RouterChannel(h) => match &router {
+                Some(r) => r.serve(h),
+                None => warn!("router channel sent to a client worker; dropped"),
+            },
+            ToWorker::Flush => {
+                if let Some(c) = &client {
+                    c.flush_pool();
+                }
+            }
+            ToWorker::Snapshot(reply) => {
+                let _ = reply.send(core.conns.snapshot());
+            }
+            ToWorker::Kill(id) => {
+                core.conns.kill(id);
+            }
+            ToWorker::Stop { deadline: d } => {
+                deadline = Some(d);
+                break;
+            }
+        }
+    }
+
+    // Stop: no new connections; let open ones finish until the deadline.
+    core.stopping.set(true);
+    if let Some(c) = &client {
+        c.stop_accepting();
+        c.flush_pool();
+    }
+    let deadline = deadline.unwrap_or_else(Instant::now);
+    let open = core.conns.len();
+    if open > 0 {
+        info!(core = core.index, open, "draining open connections");
+    }
+    while core.conns.len() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if core.conns.len() > 0 {
+        warn!(
+            core = core.index,
+            open = core.conns.len(),
+            "drain deadline reached; closing the connections still open"
+        );
+        core.conns.kill_all();
+        let cut = Instant::now() + Duration::from_secs(2);
+        while core.conns.len() > 0 && Instant::now() < cut {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    debug!(core = core.index, "worker stopped");
+}
