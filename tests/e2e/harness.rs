@@ -1,0 +1,368 @@
+//! Running the real `conduit` binary: a temporary CONDUIT_HOME, child processes
+//! whose output is collected as it arrives, waits on conditions with deadlines, and
+//! stops through the child's handle.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn conduit_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_conduit")
+}
+
+/// The io engines to run the suite under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Uring,
+    Epoll,
+}
+
+impl Engine {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Engine::Uring => "uring",
+            Engine::Epoll => "epoll",
+        }
+    }
+
+    /// Whether this machine can run the engine (io_uring may be blocked).
+    pub fn available(self) -> bool {
+        match self {
+            Engine::Epoll => true,
+            Engine::Uring => {
+                let out = Command::new(conduit_bin())
+                    .arg("version")
+                    .output()
+                    .expect("run conduit version");
+                String::from_utf8_lossy(&out.stdout).contains("io_uring")
+            }
+        }
+    }
+}
+
+/// Generates `uring` and `epoll` tests from one body taking an [`Engine`].
+#[macro_export]
+macro_rules! both_engines {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn uring() {
+                let engine = $crate::harness::Engine::Uring;
+                if !engine.available() {
+                    eprintln!("io_uring is not usable here; skipping");
+                    return;
+                }
+                ($body)(engine)
+            }
+            #[test]
+            fn epoll() {
+                ($body)($crate::harness::Engine::Epoll)
+            }
+        }
+    };
+}
+
+/// A temporary CONDUIT_HOME with router and client keys, the client authorized.
+pub struct Home {
+    dir: tempfile::TempDir,
+}
+
+impl Home {
+    /// An empty home.
+    pub fn empty() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Keys `router` and `client`, and the client listed in authorized_clients.
+    pub fn with_keys() -> Self {
+        let h = Self::empty();
+        h.ok(&["init", "--name", "router"]);
+        let client = h.ok(&["init", "--name", "client"]);
+        std::fs::write(h.path().join("authorized_clients"), client)
+            .expect("write authorized_clients");
+        h
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn key(&self, file: &str) -> PathBuf {
+        self.path().join("keys").join(file)
+    }
+
+    /// A `conduit` command with this home and a clean environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(conduit_bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CONDUIT_") {
+                c.env_remove(&k);
+            }
+        }
+        c.env("CONDUIT_HOME", self.path()).env_remove("RUST_LOG");
+        c
+    }
+
+    /// Runs a command to completion; returns (exit status, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let out = self.cmd().args(args).output().expect("run conduit");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (status, out, err) = self.run(args);
+        assert!(status.success(), "conduit {args:?} failed: {status}\n{err}");
+        out
+    }
+
+    /// Starts a long-running command.
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        Proc::spawn(self.cmd().args(args))
+    }
+
+    /// A router on a free port allowing `allow`, and its address.
+    pub fn router(&self, engine: Engine, allow: &[String]) -> (Proc, SocketAddr) {
+        let mut args = vec![
+            "router".to_owned(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+            "--io-engine".into(),
+            engine.flag().into(),
+            "--workers".into(),
+            "2".into(),
+        ];
+        for a in allow {
+            args.push("--allow".into());
+            args.push(a.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = self.spawn(&args);
+        let line = p.wait_stdout("router listening on");
+        (p, addr_in(&line))
+    }
+
+    /// A foreground tunnel to `source` through `router`, connected; and its address.
+    pub fn tunnel(&self, engine: Engine, router: SocketAddr, source: &str) -> (Proc, SocketAddr) {
+        let p = self.tunnel_proc(engine, router, source, &[]);
+        let line = p.wait_stdout("listening on");
+        let addr = addr_in(&line);
+        p.wait_stdout("connected to router");
+        (p, addr)
+    }
+
+    /// Starts a foreground tunnel without waiting for anything.
+    pub fn tunnel_proc(
+        &self,
+        engine: Engine,
+        router: SocketAddr,
+        source: &str,
+        extra: &[&str],
+    ) -> Proc {
+        let router = router.to_string();
+        let router_key = self.key("router.pub");
+        let mut args = vec![
+            "start",
+            "--foreground",
+            "--router",
+            &router,
+            "--router-key",
+            router_key.to_str().expect("utf-8 path"),
+            "--source",
+            source,
+            "--bind",
+            "127.0.0.1:0",
+            "--io-engine",
+            engine.flag(),
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args)
+    }
+}
+
+/// The first `IP:PORT` in a line.
+pub fn addr_in(line: &str) -> SocketAddr {
+    line.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[derive(Default)]
+struct Output {
+    stdout: Vec<String>,
+    stderr: String,
+    stdout_closed: bool,
+}
+
+/// A child process whose output is collected as it arrives.
+pub struct Proc {
+    child: Child,
+    out: Arc<(Mutex<Output>, Condvar)>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn conduit");
+        let out = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                o.0.lock().unwrap().stdout.push(line);
+                o.1.notify_all();
+            }
+            o.0.lock().unwrap().stdout_closed = true;
+            o.1.notify_all();
+        });
+        let mut stderr = child.stderr.take().expect("stderr");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.0.lock()
+                    .unwrap()
+                    .stderr
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                o.1.notify_all();
+            }
+        });
+        Self { child, out }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a stdout line contains `needle`; returns the line.
+    pub fn wait_stdout(&self, needle: &str) -> String {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + DEADLINE;
+        let mut o = lock.lock().unwrap();
+        loop {
+            if let Some(l) = o.stdout.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || o.stdout_closed {
+                panic!(
+                    "no stdout line with {needle:?}{}\nstdout: {:?}\nstderr:\n{}",
+                    if o.stdout_closed {
+                        " (process ended)"
+                    } else {
+                        " within the deadline"
+                    },
+                    o.stdout,
+                    o.stderr
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str) {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + DEADLINE;
+        let mut o = lock.lock().unwrap();
+        while !o.stderr.contains(needle) {
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("stderr never contained {needle:?}; stderr:\n{}", o.stderr);
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.out.0.lock().unwrap().stderr.clone()
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                self.drain_output();
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (briefly) until the output readers have seen end of file.
+    fn drain_output(&self) {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut o = lock.lock().unwrap();
+        while !o.stdout_closed && Instant::now() < deadline {
+            o = cv.wait_timeout(o, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Asserts a process exited with `code`.
+#[track_caller]
+pub fn assert_code(status: ExitStatus, code: i32, stderr: &str) {
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "exit status {status}; stderr:\n{stderr}"
+    );
+}

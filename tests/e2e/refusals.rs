@@ -1,0 +1,225 @@
+//! Everything that must be refused, and said clearly: wrong keys, forbidden or dead
+//! sources, a router that is not there, an address already taken.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Instant;
+
+use crate::both_engines;
+use crate::harness::{DEADLINE, Engine, Home, assert_code, dead_port};
+use crate::sources;
+
+fn public_key(home: &Home, name: &str) -> String {
+    home.ok(&["keys", "show", "--name", name])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Connects through the tunnel and expects the connection to be closed on us
+/// without any byte arriving.
+fn expect_closed_without_data(addr: std::net::SocketAddr) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match c.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("expected the connection closed, got {n} bytes"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+            "expected a reset, got {e}"
+        ),
+    }
+    assert!(
+        started.elapsed() < DEADLINE,
+        "closed only after the read timeout"
+    );
+}
+
+both_engines!(
+    a_wrong_router_key_is_refused_naming_both_keys,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let (_router, raddr) = home.router(engine, &["127.0.0.1:1".into()]);
+        home.ok(&["init", "--name", "impostor"]);
+        let expected = public_key(&home, "impostor");
+        let actual = public_key(&home, "router");
+        let mut client = home.spawn(&[
+            "start",
+            "--foreground",
+            "--router",
+            &raddr.to_string(),
+            "--router-key",
+            &expected,
+            "--source",
+            "127.0.0.1:1",
+            "--bind",
+            "127.0.0.1:0",
+            "--io-engine",
+            engine.flag(),
+        ]);
+        let status = client.wait_exit();
+        let err = client.stderr();
+        assert_code(status, 77, &err);
+        assert!(
+            err.contains(&format!(
+                "router key mismatch: expected {expected}, got {actual}"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("update `--router-key`"), "{err}");
+    }
+);
+
+both_engines!(
+    an_unknown_client_key_is_refused_and_logged_by_the_router,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let stranger = public_key(&home, "client");
+        // The router admits someone else.
+        home.ok(&["init", "--name", "friend"]);
+        std::fs::write(
+            home.path().join("authorized_clients"),
+            format!("# only friends\n{}\n", public_key(&home, "friend")),
+        )
+        .unwrap();
+        let (router, raddr) = home.router(engine, &["127.0.0.1:1".into()]);
+        let mut client = home.tunnel_proc(engine, raddr, "127.0.0.1:1", &[]);
+        let status = client.wait_exit();
+        let err = client.stderr();
+        assert_code(status, 77, &err);
+        assert!(
+            err.contains(&format!("the router refused this client's key {stranger}")),
+            "{err}"
+        );
+        router.wait_stderr(&format!("refused unknown client key {stranger}"));
+    }
+);
+
+both_engines!(
+    an_unreachable_source_closes_the_user_promptly_with_the_reason_on_both_sides,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = format!("127.0.0.1:{}", dead_port());
+        let (router, raddr) = home.router(engine, &[source.clone()]);
+        let (tunnel, taddr) = home.tunnel(engine, raddr, &source);
+        expect_closed_without_data(taddr);
+        router.wait_stderr(&format!("the router could not connect to source {source}"));
+        tunnel.wait_stderr(&format!(
+            "the router could not open the source: the router could not connect to source {source}"
+        ));
+        // The tunnel keeps serving: a second attempt gets the same clear refusal.
+        expect_closed_without_data(taddr);
+    }
+);
+
+both_engines!(
+    a_source_outside_the_allow_list_is_refused,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = sources::echo();
+        let (router, raddr) = home.router(engine, &["127.0.0.1:1-2".into()]);
+        let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+        expect_closed_without_data(taddr);
+        let why = format!(
+            "source {source} is not allowed by the router's policy; to allow it, add `--allow {source}` to the router"
+        );
+        router.wait_stderr(&why);
+        tunnel.wait_stderr(&why);
+    }
+);
+
+#[test]
+fn a_router_that_is_not_there_is_retried_and_users_fail_fast() {
+    let home = Home::with_keys();
+    let router = format!("127.0.0.1:{}", dead_port()).parse().unwrap();
+    let tunnel = home.tunnel_proc(Engine::Epoll, router, "127.0.0.1:1", &[]);
+    let line = tunnel.wait_stdout("listening on");
+    tunnel.wait_stderr(&format!("cannot reach router {router}"));
+    tunnel.wait_stderr("retrying in");
+    expect_closed_without_data(crate::harness::addr_in(&line));
+    tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
+}
+
+#[test]
+fn a_bind_address_in_use_is_refused_with_the_fix() {
+    let home = Home::with_keys();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let key = home.key("router.pub");
+    let (status, _out, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        &addr,
+    ]);
+    assert_code(status, 69, &err);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("pick another --bind"), "{err}");
+}
+
+#[test]
+fn missing_keys_and_bad_addresses_are_usage_errors() {
+    let home = Home::empty();
+    let (status, _, err) = home.run(&["router", "--bind", "127.0.0.1:0"]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("conduit init --name router"), "{err}");
+
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "nowhere",
+        "--router-key",
+        "x",
+        "--source",
+        "a:1",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("invalid --router \"nowhere\": expected HOST:PORT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_keys_show_repeats_the_key() {
+    let home = Home::empty();
+    let first = home.ok(&["init"]);
+    assert!(
+        first.starts_with("ed25519:") && first.trim_end().ends_with(" client"),
+        "{first}"
+    );
+    let (status, _, err) = home.run(&["init"]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(home.ok(&["keys", "show"]), first);
+    let again = home.ok(&["init", "--force"]);
+    assert_ne!(again, first);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.key("client.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,118 @@
+//! Sources the tests put behind the router: small TCP servers on threads, bound to
+//! port 0, each reporting what it saw.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+
+use sha2::{Digest, Sha256};
+
+/// Deterministic bytes: `len` bytes of xorshift output from `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads to EOF, hashing; returns (length, sha256).
+pub fn read_all_hashed(s: &mut impl Read) -> std::io::Result<(usize, String)> {
+    let mut h = Sha256::new();
+    let mut n = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let k = s.read(&mut buf)?;
+        if k == 0 {
+            return Ok((n, hex::encode(h.finalize())));
+        }
+        h.update(&buf[..k]);
+        n += k;
+    }
+}
+
+fn serve(handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind source");
+    let addr = l.local_addr().expect("addr");
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { return };
+            let h = handler.clone();
+            thread::spawn(move || h(conn));
+        }
+    });
+    addr
+}
+
+/// Sends `send_len` pattern bytes (seed 2) while reading everything the client sends;
+/// reports (received length, received sha256) when the client's side ends.
+pub fn exchange(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String)>) {
+    let (tx, rx) = mpsc::channel();
+    let addr = serve(move |conn| {
+        let mut w = conn.try_clone().expect("clone");
+        let writer = thread::spawn(move || {
+            let data = pattern(2, send_len);
+            w.write_all(&data).expect("source write");
+            w.shutdown(Shutdown::Write).expect("source shutdown");
+        });
+        let mut r = conn;
+        let got = read_all_hashed(&mut r).expect("source read");
+        writer.join().expect("writer");
+        let _ = tx.send(got);
+    });
+    (addr, rx)
+}
+
+/// Echoes every connection until the client half-closes, then closes.
+pub fn echo() -> SocketAddr {
+    serve(|mut conn| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = conn.shutdown(Shutdown::Write);
+    })
+}
+
+/// Reads until the client half-closes, then answers with what it received.
+pub fn reply_after_eof() -> SocketAddr {
+    serve(|mut conn| {
+        let Ok((n, digest)) = read_all_hashed(&mut conn) else {
+            return;
+        };
+        let reply = format!("received {n} bytes sha256={digest}\n");
+        let _ = conn.write_all(reply.as_bytes());
+        let _ = conn.shutdown(Shutdown::Write);
+    })
+}
+
+/// Sends a greeting and half-closes at once, then reads the client's bytes and
+/// reports them.
+pub fn greet_then_listen(greeting: &'static [u8]) -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+    let (tx, rx) = mpsc::channel();
+    let addr = serve(move |mut conn| {
+        conn.write_all(greeting).expect("greet");
+        conn.shutdown(Shutdown::Write).expect("half-close");
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        let _ = tx.send(got);
+    });
+    (addr, rx)
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs Conduit's whole test suite, installing what a fresh machine lacks first
+# (Debian packages for the real-client tests, cargo-nextest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+# The real-client tests fail (instead of skipping) if a tool is missing here.
+export CONDUIT_E2E_REQUIRE_TOOLS=1
+cargo nextest run --workspace --no-fail-fast "$@"
+cargo test --workspace --doc
