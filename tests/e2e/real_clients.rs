@@ -68,7 +68,7 @@ fn curl_fetches_a_page_through_the_tunnel() {
 
     let home = Home::with_keys();
     let source = format!("127.0.0.1:{port}");
-    let (_router, raddr) = home.router(Engine::Epoll, &[source.clone()]);
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
     let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source);
     for _ in 0..3 {
         let out = Command::new("curl")
@@ -105,7 +105,7 @@ fn redis_cli_talks_to_redis_through_the_tunnel() {
 
     let home = Home::with_keys();
     let source = format!("127.0.0.1:{port}");
-    let (_router, raddr) = home.router(Engine::Epoll, &[source.clone()]);
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
     let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source);
     let cli = |args: &[&str]| {
         let out = Command::new("redis-cli")

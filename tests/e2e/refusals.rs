@@ -107,7 +107,7 @@ both_engines!(
     |engine: Engine| {
         let home = Home::with_keys();
         let source = format!("127.0.0.1:{}", dead_port());
-        let (router, raddr) = home.router(engine, &[source.clone()]);
+        let (router, raddr) = home.router(engine, std::slice::from_ref(&source));
         let (tunnel, taddr) = home.tunnel(engine, raddr, &source);
         expect_closed_without_data(taddr);
         router.wait_stderr(&format!("the router could not connect to source {source}"));
