@@ -45,8 +45,57 @@ pub(crate) enum Command {
     /// Start a tunnel: listen on --bind and carry each connection to --source through
     /// the router.
     Start(StartArgs),
+    /// List running tunnels (and, with --connections, their open connections).
+    List(ListArgs),
+    /// Show the state of every tunnel and of its router link.
+    Status(StatusArgs),
+    /// Stop tunnels, or close one connection.
+    Kill(KillArgs),
     /// Show version, build and io-engine information.
     Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub(crate) format: OutputFormat,
+    /// Also list each tunnel's open connections.
+    #[arg(long)]
+    pub(crate) connections: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub(crate) format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["tunnel", "all", "connection"])))]
+pub(crate) struct KillArgs {
+    /// The tunnel to stop, by name or id.
+    #[arg(long)]
+    pub(crate) tunnel: Option<String>,
+    /// Stop every tunnel.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Close this connection (an id from `conduit list --connections`).
+    #[arg(long)]
+    pub(crate) connection: Option<u64>,
+    /// Stop now instead of letting open connections finish.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Seconds open connections get to finish (default: the tunnel's own setting).
+    #[arg(long)]
+    pub(crate) drain_timeout: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +163,9 @@ pub(crate) struct StartArgs {
     /// Run in this terminal instead of as a background tunnel process.
     #[arg(long)]
     pub(crate) foreground: bool,
+    /// Internal: this process was launched in the background by `conduit start`.
+    #[arg(long, hide = true, requires = "foreground")]
+    pub(crate) detached: bool,
     /// The router, HOST:PORT.
     #[arg(long, env = "CONDUIT_ROUTER")]
     pub(crate) router: String,

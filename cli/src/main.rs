@@ -28,7 +28,8 @@ fn main() -> ExitCode {
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("conduit: error: {e:#}");
+            // Every error message is complete on its own; the source chain would repeat it.
+            eprintln!("conduit: error: {e}");
             ExitCode::from(exit::code_for(&e))
         }
     }

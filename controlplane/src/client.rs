@@ -159,25 +159,16 @@ impl ClientTunnel {
         self.shared.dp.clone()
     }
 
-    /// Runs until `shutdown` completes (then drains open connections for up to
-    /// `drain`) or the router refuses this client for good (an error).
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()>,
-        drain: Duration,
-    ) -> Result<(), Error> {
+    /// Runs until `shutdown` completes with a drain deadline (open connections get
+    /// that long to finish) or the router refuses this client for good (an error).
+    pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
         let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
-        let result = tokio::select! {
-            _ = shutdown => Ok(()),
-            fatal = control_loop(self.shared.clone()) => Err(fatal),
+        let (result, drain) = tokio::select! {
+            drain = shutdown => (Ok(()), drain),
+            fatal = control_loop(self.shared.clone()) => (Err(fatal), Duration::ZERO),
         };
         maker.abort();
         self.shared.link.lost();
-        let drain = if result.is_ok() {
-            drain
-        } else {
-            Duration::ZERO
-        };
         if result.is_ok() {
             info!(tunnel = %self.shared.name, "stopping: no new connections; draining open ones for up to {drain:?}");
         }

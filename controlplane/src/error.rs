@@ -44,6 +44,14 @@ pub enum Error {
     /// The data plane could not start.
     #[error("{0}")]
     Dataplane(#[from] conduit_dataplane::DataplaneError),
+    /// A background tunnel process failed to come up; `code` is its exit code.
+    #[error("{message}")]
+    Launch {
+        /// The child's exit code (its error class).
+        code: i32,
+        /// The child's error message.
+        message: String,
+    },
 }
 
 impl Error {

@@ -20,11 +20,15 @@
 
 pub mod backoff;
 pub mod client;
+pub mod control;
 pub mod error;
 pub mod home;
 pub mod keys;
 pub mod policy;
+pub mod process;
+pub mod registry;
 pub mod router;
+pub mod spawn;
 mod wire;
 
 use std::time::Duration;

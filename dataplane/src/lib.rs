@@ -228,7 +228,7 @@ impl DataPlane {
                     if let Some(id) = core_id {
                         core_affinity::set_for_current(id);
                     }
-                    let core = Rc::new(worker::Core::new(index, worker_stats));
+                    let core = Rc::new(worker::Core::new(index, n, worker_stats));
                     let started = ready.clone();
                     let res = engine::block_on(engine, async move {
                         let _ = started.send((index, Ok(())));
@@ -336,7 +336,7 @@ impl DataPlane {
 
     /// Asks the core that owns connection `id` to close it.
     pub fn kill(&self, id: u64) -> bool {
-        match self.workers.get(core_of(id)) {
+        match self.workers.get(core_of(id, self.workers.len())) {
             Some(w) => w.tx.send(ToWorker::Kill(id)).is_ok(),
             None => false,
         }

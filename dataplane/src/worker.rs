@@ -17,6 +17,8 @@ use crate::{ClientSpec, RouterSpec};
 /// What every worker has, whatever its role.
 pub(crate) struct Core {
     pub(crate) index: usize,
+    /// How many workers there are (connection ids interleave across them).
+    count: usize,
     pub(crate) stats: Arc<CoreStats>,
     pub(crate) conns: ConnTable,
     next_id: Cell<u64>,
@@ -24,9 +26,10 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(index: usize, stats: Arc<CoreStats>) -> Self {
+    pub(crate) fn new(index: usize, count: usize, stats: Arc<CoreStats>) -> Self {
         Self {
             index,
+            count: count.max(1),
             stats,
             conns: ConnTable::default(),
             next_id: Cell::new(0),
@@ -34,18 +37,19 @@ impl Core {
         }
     }
 
-    /// A connection id unique in this process; the core is in the top bits so the
-    /// control plane knows where to send `Kill`.
+    /// A connection id unique in this process, small enough to type: ids interleave
+    /// across cores (`id % workers` is the owning core), so the control plane knows
+    /// where to send `Kill`.
     pub(crate) fn next_conn_id(&self) -> u64 {
         let n = self.next_id.get() + 1;
         self.next_id.set(n);
-        ((self.index as u64 + 1) << 40) | n
+        n * self.count as u64 + self.index as u64
     }
 }
 
-/// The core a connection id belongs to.
-pub fn core_of(conn_id: u64) -> usize {
-    ((conn_id >> 40) as usize).saturating_sub(1)
+/// The core a connection id belongs to, with `workers` workers.
+pub fn core_of(conn_id: u64, workers: usize) -> usize {
+    (conn_id % workers.max(1) as u64) as usize
 }
 
 /// The role a worker plays.

@@ -9,6 +9,7 @@
 )]
 
 mod harness;
+mod manage;
 mod real_clients;
 mod refusals;
 mod sources;

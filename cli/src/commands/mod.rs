@@ -2,8 +2,12 @@
 
 mod init;
 mod keys;
+mod kill;
+mod list;
 mod router;
 mod start;
+mod status;
+mod tunnels;
 mod version;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -22,6 +26,9 @@ pub(crate) fn run(command: Command) -> Result<()> {
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
         Command::Router(a) => router::run(&home()?, a),
         Command::Start(a) => start::run(&home()?, a),
+        Command::List(a) => list::run(&home()?, &a),
+        Command::Status(a) => status::run(&home()?, &a),
+        Command::Kill(a) => kill::run(&home()?, &a),
         Command::Version => version::run(),
     }
 }

@@ -1,22 +1,19 @@
-//! `conduit start`: a tunnel.
+//! `conduit start`: a tunnel, in the background (a detached, registered process) or
+//! in this terminal with `--foreground`.
+
+use std::ffi::OsString;
+use std::time::Duration;
 
 use anyhow::Result;
+use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
+use conduit_controlplane::spawn::{Launch, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_proto::Secret;
 
 use super::{dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal};
 use crate::args::StartArgs;
-use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
-    if !a.foreground {
-        return Err(Usage(
-            "background tunnels are not built yet: run `conduit start --foreground ...` \
-             (and stop it with Ctrl-C)"
-                .into(),
-        )
-        .into());
-    }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = remote_addr("--router", &a.router)?;
     let source = remote_addr("--source", &a.source)?;
@@ -27,12 +24,16 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         0 => "tunnel".to_owned(),
         p => format!("tunnel-{p}"),
     });
+    ensure_name_free(home, &name)?;
+    if !a.foreground {
+        return background(home, &name);
+    }
     let settings = TunnelSettings {
         name: name.clone(),
         router: router.clone(),
         router_key,
         identity,
-        source,
+        source: source.clone(),
         bind,
         token: a.token.map(Secret::new),
         pool_size: a.pool_size,
@@ -40,29 +41,100 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         handshake_timeout: secs(10),
         dataplane: dataplane_options(&a.engine),
     };
+    let registration = Registration {
+        home: home.clone(),
+        name: name.clone(),
+        router: router.clone(),
+        source,
+        file: None,
+        digest: String::new(),
+        log_file: a.detached.then(|| home.logs().join(format!("{name}.log"))),
+        drain: secs(a.drain_timeout),
+    };
     runtime(1)?.block_on(async move {
+        if a.detached {
+            ignore_hangups();
+        }
         let tunnel = ClientTunnel::start(settings)?;
+        let addr = tunnel.local_addr();
+        let (workers, engine) = (tunnel.workers(), tunnel.engine());
+        let status = tunnel.status();
+        let process = RegisteredTunnel::register(tunnel, registration).await?;
         say(format_args!(
-            "tunnel {name:?} listening on {} ({} workers, {})",
-            tunnel.local_addr(),
-            tunnel.workers(),
-            tunnel.engine()
+            "tunnel {name:?} listening on {addr} (id {}, {workers} workers, {engine})",
+            process.id()
         ));
-        let mut status = tunnel.status();
-        let announce = async move {
-            loop {
-                if status.changed().await.is_err() {
-                    return;
-                }
-                if matches!(*status.borrow(), LinkStatus::Connected { .. }) {
-                    say(format_args!("tunnel {name:?} connected to router {router}"));
-                    return;
-                }
-            }
-        };
-        let announcer = tokio::spawn(announce);
-        let res = tunnel.run(shutdown_signal(), secs(a.drain_timeout)).await;
+        let announcer = tokio::spawn(announce(name, router, status));
+        let res = process.run(shutdown_signal()).await;
         announcer.abort();
         res.map_err(anyhow::Error::from)
     })
+}
+
+/// Prints "connected", and the first "retrying", as the link changes.
+async fn announce(
+    name: String,
+    router: String,
+    mut status: tokio::sync::watch::Receiver<LinkStatus>,
+) {
+    let mut said_retrying = false;
+    loop {
+        let now = status.borrow_and_update().clone();
+        match now {
+            LinkStatus::Connected { .. } => {
+                say(format_args!("tunnel {name:?} connected to router {router}"));
+                said_retrying = false;
+            }
+            LinkStatus::Retrying { error, .. } if !said_retrying => {
+                say(format_args!(
+                    "tunnel {name:?}: {error}; retrying in the background (`conduit status` shows progress)"
+                ));
+                said_retrying = true;
+            }
+            _ => {}
+        }
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A background tunnel ignores SIGHUP: closing the terminal must not stop it.
+fn ignore_hangups() {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move { while hup.recv().await.is_some() {} });
+    }
+}
+
+/// Relaunches this command as a detached `--foreground --detached` process.
+fn background(home: &Home, name: &str) -> Result<()> {
+    // The child inherits this working directory, so relative paths keep their meaning.
+    let exe = std::env::current_exe()?;
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
+    args.insert(pos, "--foreground".into());
+    args.insert(pos + 1, "--detached".into());
+    let l = launch(Launch {
+        exe,
+        args,
+        home: home.clone(),
+        name: name.to_owned(),
+        timeout: Duration::from_secs(30),
+    })?;
+    match l.standing {
+        Standing::Connected => say(format_args!(
+            "started tunnel {name:?} (id {}, pid {}) listening on {}",
+            l.id, l.pid, l.addr
+        )),
+        Standing::Retrying(line) => {
+            say(format_args!(
+                "started tunnel {name:?} (id {}, pid {}) listening on {}",
+                l.id, l.pid, l.addr
+            ));
+            say(line);
+        }
+    }
+    say(format_args!("log: {}", l.log_file.display()));
+    Ok(())
 }

@@ -1,0 +1,133 @@
+//! `conduit list`: the running tunnels, one per line (or JSON).
+
+use anyhow::Result;
+use conduit_controlplane::Home;
+use serde_json::json;
+
+use super::tunnels::{Seen, bytes, survey, time};
+use super::{runtime, say};
+use crate::args::{ListArgs, OutputFormat};
+
+pub(crate) fn run(home: &Home, a: &ListArgs) -> Result<()> {
+    let seen = runtime(1)?.block_on(survey(home, a.connections));
+    match a.format {
+        OutputFormat::Json => say(serde_json::to_string_pretty(
+            &seen.iter().map(to_json).collect::<Vec<_>>(),
+        )?),
+        OutputFormat::Table => table(&seen, a.connections),
+    }
+    Ok(())
+}
+
+fn to_json(s: &Seen) -> serde_json::Value {
+    let e = &s.entry;
+    let mut v = json!({
+        "id": e.tunnel_id,
+        "name": e.name,
+        "pid": e.pid,
+        "router": e.config.router,
+        "source": e.config.source,
+        "bind": e.config.bind,
+        "created_at": e.created_at,
+    });
+    match &s.status {
+        Ok(st) => {
+            let t = st.tunnel.clone().unwrap_or_default();
+            v["status"] = json!(t.status);
+            v["active_connections"] = json!(t.active_connections);
+            v["bytes_in"] = json!(st.bytes_in);
+            v["bytes_out"] = json!(st.bytes_out);
+            v["io_engine"] = json!(t.io_engine);
+        }
+        Err(why) => {
+            v["status"] = json!("unreachable");
+            v["error"] = json!(why);
+        }
+    }
+    v["connections"] = s
+        .connections
+        .iter()
+        .map(|c| {
+            json!({"id": c.id, "peer": c.peer, "age_secs": c.age_secs,
+                   "bytes_in": c.bytes_in, "bytes_out": c.bytes_out})
+        })
+        .collect();
+    v
+}
+
+fn table(seen: &[Seen], with_connections: bool) {
+    if seen.is_empty() {
+        say("no tunnels running");
+        return;
+    }
+    let mut rows = vec![
+        [
+            "ID", "NAME", "PID", "ROUTER", "SOURCE", "BIND", "STATUS", "CONNS", "IN", "OUT",
+            "CREATED",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for s in seen {
+        let e = &s.entry;
+        let (status, conns, bin, bout, created) = match &s.status {
+            Ok(st) => {
+                let t = st.tunnel.clone().unwrap_or_default();
+                (
+                    t.status,
+                    t.active_connections.to_string(),
+                    bytes(st.bytes_in),
+                    bytes(st.bytes_out),
+                    time(t.created_at),
+                )
+            }
+            Err(_) => (
+                "unreachable".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                e.created_at.clone(),
+            ),
+        };
+        rows.push(vec![
+            e.tunnel_id.clone(),
+            e.name.clone(),
+            e.pid.to_string(),
+            e.config.router.clone(),
+            e.config.source.clone(),
+            e.config.bind.clone(),
+            status,
+            conns,
+            bin,
+            bout,
+            created,
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        say(line.join("  ").trim_end());
+        if with_connections && i > 0 {
+            let s = &seen[i - 1];
+            if s.connections.is_empty() {
+                say("    (no open connections)");
+            }
+            for c in &s.connections {
+                say(format_args!(
+                    "    connection {}  peer {}  age {}s  in {}  out {}",
+                    c.id,
+                    c.peer,
+                    c.age_secs,
+                    bytes(c.bytes_in),
+                    bytes(c.bytes_out)
+                ));
+            }
+        }
+    }
+}

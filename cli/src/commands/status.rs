@@ -1,0 +1,93 @@
+//! `conduit status`: each tunnel and its router link.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use conduit_controlplane::Home;
+use serde_json::json;
+
+use super::tunnels::{survey, time};
+use super::{runtime, say};
+use crate::args::{OutputFormat, StatusArgs};
+
+pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
+    let seen = runtime(1)?.block_on(survey(home, false));
+    if a.format == OutputFormat::Json {
+        let v: Vec<_> = seen
+            .iter()
+            .map(|s| {
+                let mut v = json!({"id": s.entry.tunnel_id, "name": s.entry.name, "pid": s.entry.pid,
+                                   "router": s.entry.config.router});
+                match &s.status {
+                    Ok(st) => {
+                        let l = st.link.clone().unwrap_or_default();
+                        let t = st.tunnel.clone().unwrap_or_default();
+                        v["status"] = json!(t.status);
+                        v["link"] = json!({"state": l.state, "detail": l.detail, "since": l.since,
+                                           "next_attempt_at": l.next_attempt_at, "attempt": l.attempt});
+                        v["active_connections"] = json!(t.active_connections);
+                        v["idle_channels"] = json!(st.idle_channels);
+                        v["io_engine"] = json!(t.io_engine);
+                    }
+                    Err(e) => {
+                        v["status"] = json!("unreachable");
+                        v["error"] = json!(e);
+                    }
+                }
+                v
+            })
+            .collect();
+        say(serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if seen.is_empty() {
+        say("no tunnels running");
+        return Ok(());
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for s in &seen {
+        let e = &s.entry;
+        let head = format!("{} ({}, pid {})", e.name, e.tunnel_id, e.pid);
+        let Ok(st) = &s.status else {
+            say(format_args!(
+                "{head}: unreachable: its control socket does not answer ({})",
+                s.status.as_ref().err().map_or("", String::as_str)
+            ));
+            continue;
+        };
+        let t = st.tunnel.clone().unwrap_or_default();
+        let l = st.link.clone().unwrap_or_default();
+        let link = match l.state.as_str() {
+            "connected" => format!(
+                "router {} connected since {}",
+                e.config.router,
+                time(l.since)
+            ),
+            "retrying" => format!(
+                "router {} unreachable ({}); attempt {} failed, next in {}s",
+                e.config.router,
+                l.detail,
+                l.attempt,
+                (l.next_attempt_at - now).max(0)
+            ),
+            "refused" => format!(
+                "router {} refused this tunnel: {}",
+                e.config.router, l.detail
+            ),
+            _ => format!("router {} connecting", e.config.router),
+        };
+        say(format_args!(
+            "{head}: {} — {link}; {} open connections, {} idle channels, {} on {} workers; {} → {}",
+            t.status,
+            t.active_connections,
+            st.idle_channels,
+            t.io_engine,
+            t.workers,
+            e.config.bind,
+            e.config.source
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! What `list`, `status` and `kill` share: the registry's tunnels and their answers.
+
+use conduit_controlplane::Home;
+use conduit_controlplane::control::{self, pb};
+use conduit_controlplane::registry::{Entry, Registry, process_alive};
+
+/// A registered tunnel and what its control API said (or why it could not).
+pub(crate) struct Seen {
+    pub(crate) entry: Entry,
+    pub(crate) status: Result<pb::StatusResponse, String>,
+    pub(crate) connections: Vec<pb::Connection>,
+}
+
+/// Asks every live tunnel for its status (and connections, if asked).
+pub(crate) async fn survey(home: &Home, with_connections: bool) -> Vec<Seen> {
+    let registry = Registry::new(home);
+    let mut out = Vec::new();
+    for entry in registry.entries() {
+        let (status, connections) = match control::connect(&entry.control_socket).await {
+            Ok(mut c) => {
+                let status = c
+                    .get_status(pb::StatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|e| e.message().to_owned());
+                let conns = if with_connections {
+                    c.list_connections(pb::ListConnectionsRequest {})
+                        .await
+                        .map(|r| r.into_inner().connections)
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                (status, conns)
+            }
+            Err(e) => {
+                if !process_alive(entry.pid) {
+                    // It died between the registry read and now.
+                    registry.remove(&entry);
+                    continue;
+                }
+                (Err(e.to_string()), Vec::new())
+            }
+        };
+        out.push(Seen {
+            entry,
+            status,
+            connections,
+        });
+    }
+    out
+}
+
+/// Bytes as people read them.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Unix seconds as RFC 3339.
+pub(crate) fn time(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1_500), "1.5 kB");
+        assert_eq!(bytes(64 << 20), "67.1 MB");
+    }
+}

@@ -1,0 +1,280 @@
+//! The gRPC server a tunnel process runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use conduit_dataplane::DataPlane;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use super::pb;
+use super::pb::tunnel_control_server::{TunnelControl, TunnelControlServer};
+use crate::client::LinkStatus;
+use crate::{Error, Home};
+
+/// What never changes about a tunnel process.
+#[derive(Debug, Clone)]
+pub struct TunnelFacts {
+    /// Registry id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Router `host:port`.
+    pub router: String,
+    /// Source `host:port`.
+    pub source: String,
+    /// Bound address.
+    pub bind: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// io engine in use.
+    pub engine: String,
+    /// Worker count.
+    pub workers: u32,
+}
+
+/// What the control API reads and drives.
+#[derive(Clone)]
+pub struct ControlState {
+    /// Static facts.
+    pub facts: Arc<TunnelFacts>,
+    /// The router link.
+    pub link: watch::Receiver<LinkStatus>,
+    /// Counters and connections.
+    pub dp: Arc<DataPlane>,
+    /// Set to the drain deadline when a shutdown is ordered.
+    pub shutdown: Arc<watch::Sender<Option<Duration>>>,
+    /// Drain deadline when a request names none.
+    pub default_drain: Duration,
+}
+
+impl ControlState {
+    /// The registry status word for the current state.
+    pub fn status_word(&self) -> &'static str {
+        if self.shutdown.borrow().is_some() {
+            return "stopping";
+        }
+        status_word(&self.link.borrow())
+    }
+}
+
+/// The registry status word for a link state.
+pub(crate) fn status_word(l: &LinkStatus) -> &'static str {
+    match l {
+        LinkStatus::Connecting => "starting",
+        LinkStatus::Connected { .. } => "running",
+        LinkStatus::Retrying { .. } => "retrying",
+        LinkStatus::Refused { .. } => "refused",
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn link_state(l: &LinkStatus) -> pb::LinkState {
+    match l {
+        LinkStatus::Connecting => pb::LinkState {
+            state: "connecting".into(),
+            ..Default::default()
+        },
+        LinkStatus::Connected { since } => pb::LinkState {
+            state: "connected".into(),
+            since: unix(*since),
+            ..Default::default()
+        },
+        LinkStatus::Retrying {
+            attempt,
+            next_at,
+            error,
+        } => pb::LinkState {
+            state: "retrying".into(),
+            detail: error.clone(),
+            next_attempt_at: unix(*next_at),
+            attempt: *attempt,
+            ..Default::default()
+        },
+        LinkStatus::Refused { reason } => pb::LinkState {
+            state: "refused".into(),
+            detail: reason.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl TunnelControl for ControlState {
+    async fn get_status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let t = self.dp.totals();
+        let f = &self.facts;
+        Ok(Response::new(pb::StatusResponse {
+            tunnel: Some(pb::TunnelInfo {
+                id: f.id.clone(),
+                name: f.name.clone(),
+                router_addr: f.router.clone(),
+                source_addr: f.source.clone(),
+                bind_addr: f.bind.clone(),
+                status: self.status_word().into(),
+                created_at: f.created_at,
+                active_connections: t.active.min(i32::MAX as u64) as i32,
+                pid: std::process::id(),
+                io_engine: f.engine.clone(),
+                workers: f.workers,
+            }),
+            link: Some(link_state(&self.link.borrow())),
+            bytes_in: t.bytes_up,
+            bytes_out: t.bytes_down,
+            connections_total: t.opened,
+            connections_failed: t.failed,
+            idle_channels: t.idle_channels,
+        }))
+    }
+
+    async fn list_connections(
+        &self,
+        _: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, Status> {
+        let connections = self
+            .dp
+            .connections()
+            .await
+            .into_iter()
+            .map(|c| pb::Connection {
+                id: c.id,
+                peer: c.peer.map(|p| p.to_string()).unwrap_or_default(),
+                target: c.target,
+                age_secs: c.age_secs,
+                bytes_in: c.bytes_up,
+                bytes_out: c.bytes_down,
+            })
+            .collect();
+        Ok(Response::new(pb::ListConnectionsResponse { connections }))
+    }
+
+    async fn shutdown(
+        &self,
+        req: Request<pb::ShutdownRequest>,
+    ) -> Result<Response<pb::ShutdownResponse>, Status> {
+        let r = req.into_inner();
+        let drain = if r.force {
+            Duration::ZERO
+        } else if r.drain_secs > 0 {
+            Duration::from_secs(r.drain_secs.into())
+        } else {
+            self.default_drain
+        };
+        let open = self.dp.totals().active.min(i32::MAX as u64) as i32;
+        self.shutdown.send_replace(Some(drain));
+        Ok(Response::new(pb::ShutdownResponse {
+            open_connections: open,
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        _: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        let t = self.dp.totals();
+        let up = matches!(*self.link.borrow(), LinkStatus::Connected { .. });
+        let counters: HashMap<String, u64> = [
+            ("connections_total", t.opened),
+            ("connections_failed", t.failed),
+            ("active_connections", t.active),
+            ("bytes_in", t.bytes_up),
+            ("bytes_out", t.bytes_down),
+            ("idle_channels", t.idle_channels),
+            ("router_link_up", u64::from(up)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let name = &self.facts.name;
+        let prometheus = format!(
+            "# HELP conduit_connections_total User connections accepted.\n\
+             # TYPE conduit_connections_total counter\n\
+             conduit_connections_total{{tunnel=\"{name}\"}} {}\n\
+             # HELP conduit_connection_errors_total User connections that ended in an error.\n\
+             # TYPE conduit_connection_errors_total counter\n\
+             conduit_connection_errors_total{{tunnel=\"{name}\"}} {}\n\
+             # HELP conduit_active_connections User connections open now.\n\
+             # TYPE conduit_active_connections gauge\n\
+             conduit_active_connections{{tunnel=\"{name}\"}} {}\n\
+             # HELP conduit_bytes_transferred_total Payload bytes, by direction.\n\
+             # TYPE conduit_bytes_transferred_total counter\n\
+             conduit_bytes_transferred_total{{tunnel=\"{name}\",direction=\"in\"}} {}\n\
+             conduit_bytes_transferred_total{{tunnel=\"{name}\",direction=\"out\"}} {}\n\
+             # HELP conduit_router_link_up 1 when the control channel to the router is up.\n\
+             # TYPE conduit_router_link_up gauge\n\
+             conduit_router_link_up{{tunnel=\"{name}\"}} {}\n",
+            t.opened,
+            t.failed,
+            t.active,
+            t.bytes_up,
+            t.bytes_down,
+            u64::from(up)
+        );
+        Ok(Response::new(pb::MetricsResponse {
+            counters,
+            prometheus,
+        }))
+    }
+
+    async fn kill_connection(
+        &self,
+        req: Request<pb::KillConnectionRequest>,
+    ) -> Result<Response<pb::KillConnectionResponse>, Status> {
+        let id = req.into_inner().id;
+        let found = self.dp.connections().await.iter().any(|c| c.id == id) && self.dp.kill(id);
+        Ok(Response::new(pb::KillConnectionResponse { found }))
+    }
+}
+
+/// Serves the control API on `socket` until `stop` completes; the socket file is
+/// removed afterwards.
+pub async fn serve(
+    socket: PathBuf,
+    state: ControlState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let listener = bind_private(&socket)?;
+    let incoming = UnixListenerStream::new(listener);
+    let path = socket.clone();
+    Ok(tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .add_service(TunnelControlServer::new(state))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await;
+        if let Err(e) = res {
+            warn!("control API stopped: {e}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }))
+}
+
+fn bind_private(socket: &Path) -> Result<UnixListener, Error> {
+    if let Some(dir) = socket.parent() {
+        Home::ensure_private_dir(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let err = |source| Error::File {
+        what: "cannot create control socket",
+        path: socket.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(socket).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    Ok(listener)
+}

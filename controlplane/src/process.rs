@@ -1,0 +1,192 @@
+//! A tunnel as a registered process: its registry entry, its control API, and the
+//! tunnel itself, torn down together.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::control::{self, ControlState, TunnelFacts};
+use crate::registry::{self, Entry, EntryConfig, Registry};
+use crate::{ClientTunnel, Error, Home};
+
+/// How a tunnel process is registered.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Where the registry lives.
+    pub home: Home,
+    /// The tunnel's name.
+    pub name: String,
+    /// The router, as given.
+    pub router: String,
+    /// The source, as given.
+    pub source: String,
+    /// The configuration file (for `up`).
+    pub file: Option<PathBuf>,
+    /// Digest of the settings (for `up`).
+    pub digest: String,
+    /// The log file, for background tunnels.
+    pub log_file: Option<PathBuf>,
+    /// Drain deadline for signals and for shutdown requests that name none.
+    pub drain: Duration,
+}
+
+/// Refuses a name that a live tunnel already uses.
+pub fn ensure_name_free(home: &Home, name: &str) -> Result<(), Error> {
+    match Registry::new(home)
+        .entries()
+        .into_iter()
+        .find(|e| e.name == name)
+    {
+        Some(e) => Err(Error::Config(format!(
+            "a tunnel named {name:?} is already running (id {}, pid {}): stop it with \
+             `conduit kill --tunnel {name}` or choose another --name",
+            e.tunnel_id, e.pid
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A started tunnel with its registry entry and control API.
+pub struct RegisteredTunnel {
+    tunnel: ClientTunnel,
+    entry: Entry,
+    registry: Registry,
+    state: ControlState,
+    drain: Duration,
+}
+
+impl RegisteredTunnel {
+    /// Registers `tunnel` (already bound) and starts its control API.
+    pub async fn register(tunnel: ClientTunnel, r: Registration) -> Result<Self, Error> {
+        let registry = Registry::new(&r.home);
+        let id = registry::new_id(&r.name);
+        let bind = tunnel.local_addr().to_string();
+        let entry = Entry {
+            tunnel_id: id.clone(),
+            name: r.name.clone(),
+            pid: std::process::id(),
+            control_socket: r.home.run().join(format!("{id}.sock")),
+            log_file: r.log_file.clone(),
+            config: EntryConfig {
+                router: r.router.clone(),
+                source: r.source.clone(),
+                bind: bind.clone(),
+                file: r.file.clone(),
+                digest: r.digest.clone(),
+            },
+            status: "starting".into(),
+            created_at: registry::now_rfc3339(),
+        };
+        let facts = Arc::new(TunnelFacts {
+            id,
+            name: r.name,
+            router: r.router,
+            source: r.source,
+            bind,
+            created_at: entry.created_unix(),
+            engine: tunnel.engine().to_string(),
+            workers: tunnel.workers() as u32,
+        });
+        let (shutdown, _) = watch::channel(None);
+        let state = ControlState {
+            facts,
+            link: tunnel.status(),
+            dp: tunnel.dataplane(),
+            shutdown: Arc::new(shutdown),
+            default_drain: r.drain,
+        };
+        Ok(Self {
+            tunnel,
+            entry,
+            registry,
+            state,
+            drain: r.drain,
+        })
+    }
+
+    /// The registry id.
+    pub fn id(&self) -> &str {
+        &self.entry.tunnel_id
+    }
+
+    /// Runs until a signal (`signals` completes), a `Shutdown` request, or a fatal
+    /// refusal; the entry and the control socket are removed at the end.
+    pub async fn run(
+        self,
+        signals: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Self {
+            tunnel,
+            mut entry,
+            registry,
+            state,
+            drain,
+        } = self;
+        registry.write(&entry)?;
+        let mut stopped = state.shutdown.subscribe();
+        let api_stop = {
+            let mut s = state.shutdown.subscribe();
+            async move {
+                let _ = s.wait_for(Option::is_some).await;
+            }
+        };
+        let api = match control::serve(entry.control_socket.clone(), state.clone(), api_stop).await
+        {
+            Ok(api) => api,
+            Err(e) => {
+                registry.remove(&entry);
+                return Err(e);
+            }
+        };
+
+        // Keep the registry's status word in step with the router link.
+        let updater = {
+            let registry = registry.clone();
+            let mut link = state.link.clone();
+            let state = state.clone();
+            let mut e = entry.clone();
+            tokio::spawn(async move {
+                loop {
+                    let word = state.status_word();
+                    if e.status != word {
+                        e.status = word.to_owned();
+                        if let Err(err) = registry.write(&e) {
+                            warn!("cannot update the registry: {err}");
+                        }
+                    }
+                    if link.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+
+        let shutdown = state.shutdown.clone();
+        let ordered = async move {
+            tokio::select! {
+                _ = signals => drain,
+                ordered = stopped.wait_for(Option::is_some) => match ordered {
+                    Ok(d) => (*d).unwrap_or(drain),
+                    Err(_) => drain,
+                },
+            }
+        };
+        let result = tunnel
+            .run(async move {
+                let d = ordered.await;
+                shutdown.send_replace(Some(d));
+                d
+            })
+            .await;
+        updater.abort();
+        state.shutdown.send_replace(Some(Duration::ZERO));
+        let _ = api.await;
+        entry.status = "stopping".into();
+        registry.remove(&entry);
+        result
+    }
+}

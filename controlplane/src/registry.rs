@@ -1,0 +1,264 @@
+//! The process registry: one JSON file per running tunnel process in
+//! `$CONDUIT_HOME/tunnels/`, written atomically (temp file + rename), removed by the
+//! process when it exits, and swept by any reader when the process is gone.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::Error;
+use crate::home::Home;
+
+/// What a tunnel process was started with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryConfig {
+    /// The router, `host:port`.
+    pub router: String,
+    /// The source, as the router resolves it.
+    pub source: String,
+    /// Where users connect (the address actually bound).
+    pub bind: String,
+    /// The configuration file it came from (`conduit up`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// A digest of its settings, so `up` can tell a changed tunnel from a running one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+}
+
+/// One registered tunnel process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Unique id: the name plus a random suffix.
+    pub tunnel_id: String,
+    /// The tunnel's name.
+    pub name: String,
+    /// The process.
+    pub pid: u32,
+    /// The Unix socket of its gRPC control API.
+    pub control_socket: PathBuf,
+    /// Its log file (background tunnels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+    /// What it runs.
+    pub config: EntryConfig,
+    /// starting | running | retrying | refused | stopping
+    pub status: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+impl Entry {
+    /// The creation time as Unix seconds (0 if unparsable).
+    pub fn created_unix(&self) -> i64 {
+        humantime::parse_rfc3339(&self.created_at)
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+}
+
+/// Now, as the registry writes times.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// The registry directory of a home.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    /// The registry in `home`.
+    pub fn new(home: &Home) -> Self {
+        Self {
+            dir: home.tunnels(),
+        }
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Writes (or replaces) an entry atomically.
+    pub fn write(&self, e: &Entry) -> Result<(), Error> {
+        Home::ensure_private_dir(&self.dir)?;
+        let path = self.path(&e.tunnel_id);
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.tmp", e.tunnel_id, std::process::id()));
+        let json = serde_json::to_vec_pretty(e)
+            .map_err(|err| Error::Config(format!("cannot encode registry entry: {err}")))?;
+        let io = |source| Error::File {
+            what: "cannot write registry entry",
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Removes an entry (and its control socket); missing files are fine.
+    pub fn remove(&self, e: &Entry) {
+        let _ = std::fs::remove_file(self.path(&e.tunnel_id));
+        let _ = std::fs::remove_file(&e.control_socket);
+    }
+
+    /// Every entry whose process is alive, oldest first; entries of dead processes
+    /// (and unreadable files) are removed on the way.
+    pub fn entries(&self) -> Vec<Entry> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for f in dir.flatten() {
+            let path = f.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match read_entry(&path) {
+                Some(e) if process_alive(e.pid) => out.push(e),
+                Some(e) => {
+                    debug!(id = %e.tunnel_id, pid = e.pid, "sweeping the entry of a dead tunnel process");
+                    self.remove(&e);
+                }
+                None => {
+                    // Half-written files never exist (rename is atomic); this one is
+                    // foreign or corrupt, and would confuse every command.
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.tunnel_id.cmp(&b.tunnel_id))
+        });
+        out
+    }
+
+    /// The live entry whose name or id is `key`.
+    pub fn find(&self, key: &str) -> Option<Entry> {
+        let all = self.entries();
+        all.iter()
+            .find(|e| e.tunnel_id == key)
+            .or_else(|| all.iter().find(|e| e.name == key))
+            .cloned()
+    }
+}
+
+fn read_entry(path: &Path) -> Option<Entry> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether a process with this pid exists (a process of another user counts).
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::errno::Errno;
+        use nix::sys::signal::kill;
+        use nix::unistd::Pid;
+        let Ok(raw) = i32::try_from(pid) else {
+            return false;
+        };
+        if raw <= 0 {
+            return false;
+        }
+        match kill(Pid::from_raw(raw), None) {
+            Ok(()) | Err(Errno::EPERM) => !is_zombie(pid),
+            Err(_) => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// A zombie has exited; it only waits for its parent to collect it.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// A fresh tunnel id: the name and four random hex digits.
+pub fn new_id(name: &str) -> String {
+    format!("{name}-{:04x}", rand::random::<u16>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(home: &Home, id: &str, pid: u32) -> Entry {
+        Entry {
+            tunnel_id: id.into(),
+            name: "web".into(),
+            pid,
+            control_socket: home.run().join(format!("{id}.sock")),
+            log_file: None,
+            config: EntryConfig {
+                router: "10.2.0.1:9999".into(),
+                source: "10.2.0.2:8080".into(),
+                bind: "127.0.0.1:8080".into(),
+                file: None,
+                digest: String::new(),
+            },
+            status: "running".into(),
+            created_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_dead_ones_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        let alive = entry(&home, "web-0001", std::process::id());
+        reg.write(&alive).unwrap();
+        // A pid that cannot exist (beyond pid_max).
+        let dead = entry(&home, "web-0002", 4_000_000_000);
+        reg.write(&dead).unwrap();
+        std::fs::write(home.tunnels().join("junk.json"), b"{not json").unwrap();
+
+        assert_eq!(reg.entries(), vec![alive.clone()]);
+        assert!(!home.tunnels().join("web-0002.json").exists());
+        assert!(!home.tunnels().join("junk.json").exists());
+        assert_eq!(reg.find("web"), Some(alive.clone()));
+        assert_eq!(reg.find("web-0001"), Some(alive.clone()));
+        assert_eq!(reg.find("nope"), None);
+        reg.remove(&alive);
+        assert!(reg.entries().is_empty());
+    }
+
+    #[test]
+    fn the_json_has_the_spec_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let e = entry(&home, "web-00ff", 42);
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        for field in [
+            "tunnel_id",
+            "name",
+            "pid",
+            "control_socket",
+            "config",
+            "status",
+            "created_at",
+        ] {
+            assert!(v.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(v["config"]["router"], "10.2.0.1:9999");
+        assert!(e.created_unix() > 1_700_000_000);
+    }
+}

@@ -1,0 +1,193 @@
+//! Launching a tunnel as a background process (`conduit start` without
+//! `--foreground`) and waiting until it is up.
+//!
+//! The parent starts `conduit start --foreground --detached …` in its own process
+//! group, with stderr going to `$CONDUIT_HOME/logs/NAME.log` and stdout to a pipe on
+//! which the child announces "listening", then "connected" or "retrying". The parent
+//! returns as soon as one of those arrives; if the child exits first, the parent
+//! reports the child's error and exit code, and nothing is left behind.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{Error, Home};
+
+/// What to launch.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `conduit` binary.
+    pub exe: PathBuf,
+    /// Arguments after the binary (`start --foreground --detached …`).
+    pub args: Vec<OsString>,
+    /// CONDUIT_HOME of the child.
+    pub home: Home,
+    /// The tunnel's name (names the log file).
+    pub name: String,
+    /// How long to wait for the tunnel to come up.
+    pub timeout: Duration,
+}
+
+/// How the launched tunnel stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Connected to its router.
+    Connected,
+    /// Listening, and retrying an unreachable router in the background.
+    Retrying(String),
+}
+
+/// A tunnel that came up.
+#[derive(Debug, Clone)]
+pub struct Launched {
+    /// Its process.
+    pub pid: u32,
+    /// Its registry id.
+    pub id: String,
+    /// Where users connect.
+    pub addr: String,
+    /// Connected or retrying.
+    pub standing: Standing,
+    /// Its log file.
+    pub log_file: PathBuf,
+}
+
+/// Starts the tunnel process and waits until it listens and has either connected
+/// or started retrying.
+pub fn launch(l: Launch) -> Result<Launched, Error> {
+    let logs = l.home.logs();
+    Home::ensure_private_dir(&logs)?;
+    let log_file = logs.join(format!("{}.log", l.name));
+    let log = std::fs::File::create(&log_file).map_err(|source| Error::File {
+        what: "cannot create log file",
+        path: log_file.clone(),
+        source,
+    })?;
+    let mut cmd = Command::new(&l.exe);
+    cmd.args(&l.args)
+        .env("CONDUIT_HOME", l.home.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: Ctrl-C in this terminal does not reach it.
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().map_err(|source| Error::File {
+        what: "cannot start the tunnel process",
+        path: l.exe.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let deadline = Instant::now() + l.timeout;
+    let mut addr = None;
+    let mut id = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some((a, i)) = parse_listening(&line) {
+                    addr = Some(a);
+                    id = i;
+                } else if addr.is_some() && line.contains("connected to router") {
+                    return Ok(launched(pid, id, addr, Standing::Connected, log_file));
+                } else if addr.is_some() && line.contains("retrying") {
+                    return Ok(launched(pid, id, addr, Standing::Retrying(line), log_file));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The child closed stdout: it is exiting. Report why.
+                let status = child.wait().ok();
+                let code = status.and_then(|s| s.code()).unwrap_or(1);
+                let message = last_error(&log_file);
+                let _ = std::fs::remove_file(&log_file);
+                return Err(Error::Launch { code, message });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let message = format!(
+                    "the tunnel did not come up within {:?}; its log: {}",
+                    l.timeout,
+                    log_file.display()
+                );
+                return Err(Error::Launch { code: 69, message });
+            }
+        }
+    }
+}
+
+fn launched(
+    pid: u32,
+    id: String,
+    addr: Option<String>,
+    standing: Standing,
+    log_file: PathBuf,
+) -> Launched {
+    Launched {
+        pid,
+        id,
+        addr: addr.unwrap_or_default(),
+        standing,
+        log_file,
+    }
+}
+
+/// `tunnel "NAME" listening on ADDR (id ID, …)` → (ADDR, ID).
+fn parse_listening(line: &str) -> Option<(String, String)> {
+    let rest = line.split_once(" listening on ")?.1;
+    let addr = rest.split_whitespace().next()?.to_owned();
+    let id = rest
+        .split_once("(id ")
+        .and_then(|(_, r)| r.split([',', ')']).next())
+        .unwrap_or_default()
+        .to_owned();
+    Some((addr, id))
+}
+
+/// The child's error line from its log (`conduit: error: …`), or a pointer to the log.
+fn last_error(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| l.split_once("conduit: error: ").map(|(_, m)| m.to_owned()))
+        .or_else(|| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "the tunnel process exited without saying why".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_listening_line() {
+        assert_eq!(
+            parse_listening(
+                "tunnel \"web\" listening on 127.0.0.1:8080 (id web-1a2b, 2 workers, io_uring)"
+            ),
+            Some(("127.0.0.1:8080".into(), "web-1a2b".into()))
+        );
+        assert_eq!(parse_listening("something else"), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! Daemonless operation: background tunnels, the registry, list/status/kill.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code, dead_port};
+use crate::sources;
+
+/// Stops every tunnel of a home when the test ends, whatever happened.
+struct Cleanup<'a>(&'a Home);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["kill", "--all", "--force"]);
+    }
+}
+
+fn start_args(home: &Home, router: &str, source: &str, name: &str) -> Vec<String> {
+    vec![
+        "start".into(),
+        "--router".into(),
+        router.into(),
+        "--router-key".into(),
+        home.key("router.pub").to_string_lossy().into_owned(),
+        "--source".into(),
+        source.into(),
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--name".into(),
+        name.into(),
+        "--io-engine".into(),
+        "epoll".into(),
+    ]
+}
+
+fn run_args(home: &Home, args: &[String]) -> (std::process::ExitStatus, String, String) {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    home.run(&a)
+}
+
+fn list_json(home: &Home) -> Vec<serde_json::Value> {
+    let out = home.ok(&["list", "--format", "json", "--connections"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("list json: {e}\n{out}"))
+}
+
+/// Polls `list` until `pred` holds (deadline-bounded).
+fn wait_list(
+    home: &Home,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let l = list_json(home);
+        if pred(&l) {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "list never showed {what}: {l:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+}
+
+#[test]
+fn start_list_counts_a_held_connection_kill_and_list_is_empty() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+
+    let (status, out, err) = run_args(
+        &home,
+        &start_args(&home, &raddr.to_string(), &source.to_string(), "web"),
+    );
+    assert_code(status, 0, &err);
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("started tunnel \"web\" (id web-"),
+        "{out}"
+    );
+    let addr = addr_in(first.split(" listening on ").nth(1).unwrap());
+
+    // The user's connection is held open while we look.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+
+    let l = wait_list(&home, "one running tunnel with a connection", |l| {
+        l.len() == 1 && l[0]["status"] == "running" && l[0]["active_connections"] == 1
+    });
+    let t = &l[0];
+    assert_eq!(t["name"], "web");
+    assert_eq!(t["router"], raddr.to_string());
+    assert_eq!(t["source"], source.to_string());
+    assert_eq!(t["bind"], addr.to_string());
+    assert_eq!(t["bytes_in"], 5);
+    assert_eq!(t["bytes_out"], 5);
+    let pid = t["pid"].as_u64().unwrap();
+    assert!(pid_alive(pid));
+
+    // The table shows the same, with the connection under it.
+    let table = home.ok(&["list", "--connections"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{table}");
+    assert!(
+        lines[1].contains(" web ")
+            && lines[1].contains(" running ")
+            && lines[1].contains(&addr.to_string()),
+        "{table}"
+    );
+    assert!(lines[2].trim_start().starts_with("connection "), "{table}");
+    assert!(lines[2].contains("in 5 B  out 5 B"), "{table}");
+
+    let status_out = home.ok(&["status"]);
+    assert!(
+        status_out.contains(&format!("router {raddr} connected since")),
+        "{status_out}"
+    );
+    assert!(status_out.contains("1 open connections"), "{status_out}");
+
+    // Graceful kill: the held connection is drained, then the process is gone.
+    drop(c);
+    let out = home.ok(&["kill", "--tunnel", "web"]);
+    assert!(out.starts_with("stopped tunnel \"web\""), "{out}");
+    assert!(!pid_alive(pid), "the tunnel process is still there");
+    assert_eq!(home.ok(&["list"]), "no tunnels running\n");
+    assert!(list_json(&home).is_empty());
+    assert_eq!(
+        std::fs::read_dir(home.path().join("tunnels"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_tunnel_killed_with_sigkill_disappears_from_list() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (status, _, err) = run_args(
+        &home,
+        &start_args(&home, &raddr.to_string(), &source.to_string(), "doomed"),
+    );
+    assert_code(status, 0, &err);
+    let l = wait_list(&home, "the tunnel", |l| l.len() == 1);
+    let pid = l[0]["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_list(&home, "no tunnel", |l| l.is_empty());
+    assert_eq!(home.ok(&["list"]), "no tunnels running\n");
+    assert_eq!(
+        std::fs::read_dir(home.path().join("tunnels"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn a_tunnel_that_cannot_come_up_says_why_and_leaves_nothing_behind() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let (_router, raddr) = home.router(Engine::Epoll, &["127.0.0.1:1".into()]);
+    // The bind address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = start_args(&home, &raddr.to_string(), "127.0.0.1:1", "clash");
+    let bind_at = args.iter().position(|a| a == "--bind").unwrap() + 1;
+    args[bind_at] = taken.local_addr().unwrap().to_string();
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 69, &err);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!("cannot listen on {}", taken.local_addr().unwrap())),
+        "{err}"
+    );
+    assert!(list_json(&home).is_empty());
+    assert!(!home.path().join("logs/clash.log").exists());
+
+    // The router refuses this client's key.
+    home.ok(&["init", "--name", "stranger"]);
+    let mut args = start_args(&home, &raddr.to_string(), "127.0.0.1:1", "shunned");
+    args.extend([
+        "--key".into(),
+        home.key("stranger.key").to_string_lossy().into_owned(),
+    ]);
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains("the router refused this client's key"),
+        "{err}"
+    );
+    assert!(list_json(&home).is_empty());
+}
+
+#[test]
+fn an_unreachable_router_is_retried_in_the_background_and_start_says_so() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let router = format!("127.0.0.1:{}", dead_port());
+    let (status, out, err) = run_args(&home, &start_args(&home, &router, "127.0.0.1:1", "patient"));
+    assert_code(status, 0, &err);
+    assert!(
+        out.contains(&format!("cannot reach router {router}")),
+        "{out}"
+    );
+    assert!(out.contains("retrying in the background"), "{out}");
+    wait_list(&home, "a retrying tunnel", |l| {
+        l.len() == 1 && l[0]["status"] == "retrying"
+    });
+    let st = home.ok(&["status"]);
+    assert!(
+        st.contains(&format!("router {router} unreachable")) && st.contains("next in"),
+        "{st}"
+    );
+    let out = home.ok(&["kill", "--all"]);
+    assert!(out.contains("stopped tunnel \"patient\""), "{out}");
+    assert!(list_json(&home).is_empty());
+}
+
+#[test]
+fn names_are_unique_and_unknown_names_are_errors() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "solo");
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("a tunnel named \"solo\" is already running"),
+        "{err}"
+    );
+
+    let (status, _, err) = home.run(&["kill", "--tunnel", "ghost"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains("no tunnel named or with id \"ghost\" is running"),
+        "{err}"
+    );
+    let (status, _, err) = home.run(&["kill"]);
+    assert_code(status, 64, &err);
+}
+
+#[test]
+fn kill_connection_closes_just_that_connection() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (status, out, err) = run_args(
+        &home,
+        &start_args(&home, &raddr.to_string(), &source.to_string(), "two"),
+    );
+    assert_code(status, 0, &err);
+    let addr = addr_in(
+        out.lines()
+            .next()
+            .unwrap()
+            .split(" listening on ")
+            .nth(1)
+            .unwrap(),
+    );
+    let open = |msg: &[u8]| {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        c.write_all(msg).unwrap();
+        let mut b = vec![0u8; msg.len()];
+        c.read_exact(&mut b).unwrap();
+        c
+    };
+    let mut a = open(b"first");
+    let mut b = open(b"second");
+    let v = wait_list(&home, "two connections", |l| {
+        l.len() == 1 && l[0]["connections"].as_array().is_some_and(|c| c.len() == 2)
+    });
+    let conns = v[0]["connections"].as_array().unwrap();
+    let victim = conns.iter().find(|c| c["bytes_in"] == 5).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let out = home.ok(&["kill", "--connection", &victim.to_string()]);
+    assert_eq!(out, format!("closed connection {victim} of tunnel two\n"));
+    let mut buf = [0u8; 1];
+    assert!(
+        matches!(a.read(&mut buf), Ok(0) | Err(_)),
+        "the killed connection still works"
+    );
+    b.write_all(b"!").unwrap();
+    b.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"!");
+    let (status, _, err) = home.run(&["kill", "--connection", "999999"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains("no running tunnel has connection 999999"),
+        "{err}"
+    );
+}
