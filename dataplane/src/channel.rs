@@ -3,6 +3,7 @@
 //! around the relay (send one message, wait for the next one).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::time::Instant;
 
@@ -27,39 +28,61 @@ pub(crate) enum ChannelError {
     Closed,
 }
 
+/// A frame decoded but not consumed yet. What follows a stream's `Eof` in the same
+/// read belongs to the next stream (the client may reuse the channel as soon as it has
+/// seen the router's `Eof`), so it is kept here, in order.
+#[derive(Debug)]
+pub(crate) enum Held {
+    Msg(Message),
+    Data(Vec<u8>),
+}
+
+impl Held {
+    pub(crate) fn from_event(ev: Event<'_>) -> Self {
+        match ev {
+            Event::Message(m) => Held::Msg(m),
+            Event::Data(d) => Held::Data(d.to_vec()),
+        }
+    }
+}
+
 /// A channel owned by one core.
 pub(crate) struct Channel {
     pub(crate) sock: Socket,
     pub(crate) tls: RefCell<TlsSession>,
     pub(crate) decoder: FrameDecoder,
+    /// Decoded frames not consumed yet, oldest first.
+    pub(crate) backlog: VecDeque<Held>,
     pub(crate) peer_key: PublicKey,
     pub(crate) epoch: u64,
     /// When the channel last became idle (handshake or end of its last stream).
     pub(crate) idle_since: Instant,
-    /// Plaintext received before the worker took over, fed to the decoder first.
-    pub(crate) leftover: Vec<u8>,
 }
 
 impl Channel {
-    pub(crate) fn adopt(h: ChannelHandoff) -> io::Result<Self> {
+    pub(crate) fn adopt(h: ChannelHandoff) -> Result<Self, ChannelError> {
         let sock = Socket::from_std(h.stream)?;
         sock.set_nodelay();
+        let mut decoder = FrameDecoder::new();
+        let mut backlog = VecDeque::new();
+        decoder.feed(&h.leftover, |ev| backlog.push_back(Held::from_event(ev)))?;
         Ok(Self {
             sock,
             tls: RefCell::new(h.tls),
-            decoder: FrameDecoder::new(),
+            decoder,
+            backlog,
             peer_key: h.peer_key,
             epoch: h.epoch,
             idle_since: h.made,
-            leftover: h.leftover,
         })
     }
 
-    /// True when nothing is half-received: the channel can carry another stream.
+    /// True when nothing is half-received: the channel can carry another stream
+    /// (client side; the router never sends anything a client did not ask for).
     pub(crate) fn is_clean(&self) -> bool {
         let tls = self.tls.borrow();
         self.decoder.at_boundary()
-            && self.leftover.is_empty()
+            && self.backlog.is_empty()
             && tls.buffered() == 0
             && !tls.peer_closed()
     }
@@ -69,91 +92,61 @@ impl Channel {
         send_message(&self.sock, &self.tls, msg).await
     }
 
-    /// Waits for the next control message, collecting any payload that follows it in
-    /// the same read into `after` (and whether an `Eof` followed). `Ok(None)` when the
-    /// other end closed the channel cleanly between streams.
-    pub(crate) async fn next_message(
-        &mut self,
-        after: &mut Vec<u8>,
-        eof_after: &mut bool,
-    ) -> Result<Option<Message>, ChannelError> {
-        let mut first: Option<Message> = None;
-        let mut bad: Option<ProtoError> = None;
-        if !self.leftover.is_empty() {
-            let leftover = std::mem::take(&mut self.leftover);
-            feed(
-                &mut self.decoder,
-                &leftover,
-                &mut first,
-                after,
-                eof_after,
-                &mut bad,
-            );
-        }
+    /// Waits for the next control message; what follows it stays in the backlog for
+    /// the relay. `Ok(None)` when the other end closed the channel between streams.
+    pub(crate) async fn next_message(&mut self) -> Result<Option<Message>, ChannelError> {
         loop {
-            if let Some(e) = bad.take() {
-                return Err(e.into());
+            match self.backlog.pop_front() {
+                Some(Held::Msg(m)) => return Ok(Some(m)),
+                Some(Held::Data(_)) => {
+                    return Err(ProtoError::Unexpected {
+                        got: "Data",
+                        expected: "a control message",
+                    }
+                    .into());
+                }
+                None => {}
             }
-            if first.is_some() {
-                return Ok(first);
+            // Complete records may already be buffered: decrypt before waiting.
+            let closed = self.decrypt_buffered()?;
+            if !self.backlog.is_empty() {
+                continue;
+            }
+            if closed {
+                return self.ended();
             }
             if read_tls(&self.sock, &self.tls).await? == 0 {
-                return if self.decoder.at_boundary() {
-                    Ok(None)
-                } else {
-                    Err(ChannelError::Closed)
-                };
-            }
-            let decoder = &mut self.decoder;
-            let closed = self
-                .tls
-                .borrow_mut()
-                .decrypt(|plain| feed(decoder, plain, &mut first, after, eof_after, &mut bad))?;
-            lend_back(&self.tls);
-            if closed && first.is_none() && bad.is_none() {
-                return if self.decoder.at_boundary() {
-                    Ok(None)
-                } else {
-                    Err(ChannelError::Closed)
-                };
+                return self.ended();
             }
         }
     }
-}
 
-/// Feeds plaintext to the decoder: the first message goes to `first`; payload after it
-/// to `after`; an `Eof` after it sets `eof_after`; anything else is an error.
-fn feed(
-    decoder: &mut FrameDecoder,
-    plain: &[u8],
-    first: &mut Option<Message>,
-    after: &mut Vec<u8>,
-    eof_after: &mut bool,
-    bad: &mut Option<ProtoError>,
-) {
-    if bad.is_some() {
-        return;
+    fn ended(&self) -> Result<Option<Message>, ChannelError> {
+        if self.decoder.at_boundary() {
+            Ok(None)
+        } else {
+            Err(ChannelError::Closed)
+        }
     }
-    let res = decoder.feed(plain, |ev| match ev {
-        _ if bad.is_some() => {}
-        Event::Message(m) if first.is_none() => *first = Some(m),
-        Event::Data(d) if first.is_some() && !*eof_after => after.extend_from_slice(d),
-        Event::Message(Message::Eof) if first.is_some() && !*eof_after => *eof_after = true,
-        Event::Data(_) => {
-            *bad = Some(ProtoError::Unexpected {
-                got: "Data",
-                expected: "a control message",
-            })
+
+    /// Decrypts every complete buffered record into the backlog; true once the peer
+    /// sent close_notify.
+    fn decrypt_buffered(&mut self) -> Result<bool, ChannelError> {
+        let decoder = &mut self.decoder;
+        let backlog = &mut self.backlog;
+        let mut bad = None;
+        let closed = self.tls.borrow_mut().decrypt(|plain| {
+            if bad.is_none() {
+                if let Err(e) = decoder.feed(plain, |ev| backlog.push_back(Held::from_event(ev))) {
+                    bad = Some(e);
+                }
+            }
+        })?;
+        lend_back(&self.tls);
+        match bad {
+            Some(e) => Err(e.into()),
+            None => Ok(closed),
         }
-        Event::Message(m) => {
-            *bad = Some(ProtoError::Unexpected {
-                got: m.name(),
-                expected: "payload or Eof",
-            })
-        }
-    });
-    if let Err(e) = res {
-        *bad = Some(e);
     }
 }
 

@@ -264,7 +264,11 @@ impl ClientCore {
         .await
         .map_err(|e| format!("the channel to the router failed: {e}"))?;
         let Channel {
-            sock, tls, decoder, ..
+            sock,
+            tls,
+            decoder,
+            backlog,
+            ..
         } = &mut ch;
         let outcome = Relay {
             side: Side::Client,
@@ -272,6 +276,7 @@ impl ClientCore {
             chan: sock,
             tls,
             decoder,
+            backlog,
             to_chan: Meter {
                 conn: &counters.up,
                 core: &self.core.stats.bytes_up,
@@ -280,8 +285,6 @@ impl ClientCore {
                 conn: &counters.down,
                 core: &self.core.stats.bytes_down,
             },
-            early: Vec::new(),
-            early_eof: false,
         }
         .run(kill)
         .await;

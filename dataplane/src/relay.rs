@@ -13,6 +13,7 @@
 //! nothing).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::net::Shutdown;
 
@@ -21,7 +22,7 @@ use conduit_proto::session::MAX_RECORD_PLAINTEXT;
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsError, TlsSession};
 use futures::future::{Either, select, try_join};
 
-use crate::channel::{lend_back, read_tls, seal};
+use crate::channel::{Held, lend_back, read_tls, seal};
 use crate::net::Socket;
 use crate::pool;
 use crate::stats::Meter;
@@ -72,14 +73,13 @@ pub(crate) struct Relay<'a> {
     pub(crate) chan: &'a Socket,
     pub(crate) tls: &'a RefCell<TlsSession>,
     pub(crate) decoder: &'a mut FrameDecoder,
+    /// Frames decoded before the relay started, replayed first; frames that arrive
+    /// after this stream's `Eof` (the next stream's) are left here.
+    pub(crate) backlog: &'a mut VecDeque<Held>,
     /// Counts payload moved from the plain socket into the channel.
     pub(crate) to_chan: Meter<'a>,
     /// Counts payload moved from the channel to the plain socket.
     pub(crate) to_plain: Meter<'a>,
-    /// Payload received before the relay started (router: what followed `Open`).
-    pub(crate) early: Vec<u8>,
-    /// Whether an `Eof` followed that payload.
-    pub(crate) early_eof: bool,
 }
 
 impl Relay<'_> {
@@ -91,13 +91,12 @@ impl Relay<'_> {
             chan,
             tls,
             decoder,
+            backlog,
             to_chan,
             to_plain,
-            early,
-            early_eof,
         } = self;
         let up = up(plain, chan, tls, to_chan);
-        let down = down(side, plain, chan, tls, decoder, to_plain, early, early_eof);
+        let down = down(side, plain, chan, tls, decoder, backlog, to_plain);
         let both = try_join(up, down);
         futures::pin_mut!(both);
         let stop = match select(both, kill).await {
@@ -178,46 +177,62 @@ async fn down(
     chan: &Socket,
     tls: &RefCell<TlsSession>,
     decoder: &mut FrameDecoder,
+    backlog: &mut VecDeque<Held>,
     meter: Meter<'_>,
-    early: Vec<u8>,
-    early_eof: bool,
 ) -> Result<(), Stop> {
-    if !early.is_empty() {
-        plain.send_all(&early).await.map_err(Stop::Plain)?;
-        meter.add(early.len());
-    }
-    if early_eof {
-        plain.shutdown(Shutdown::Write);
-        return Ok(());
-    }
     let mut opened = side == Side::Router;
+    let mut replay = std::mem::take(backlog);
     loop {
-        if read_tls(chan, tls).await.map_err(Stop::Channel)? == 0 {
-            return Err(Stop::ChannelClosed);
-        }
         let mut out = pool::take();
         let mut len = 0;
         let mut b = Batch {
             opened,
             ..Batch::default()
         };
-        let closed = tls.borrow_mut().decrypt(|bytes| {
-            if b.bad.is_some() {
-                return;
+        let mut closed = false;
+        if !replay.is_empty() {
+            for held in replay.drain(..) {
+                match held {
+                    Held::Msg(m) => {
+                        on_event(Event::Message(m), side, &mut b, &mut out, &mut len, backlog)
+                    }
+                    Held::Data(d) => {
+                        on_event(Event::Data(&d), side, &mut b, &mut out, &mut len, backlog)
+                    }
+                }
             }
-            let res = decoder.feed(bytes, |ev| on_event(ev, side, &mut b, &mut out, &mut len));
-            if let Err(e) = res {
-                b.bad = Some(e);
+        } else {
+            match read_tls(chan, tls).await {
+                Ok(0) => {
+                    pool::give(out);
+                    return Err(Stop::ChannelClosed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    pool::give(out);
+                    return Err(Stop::Channel(e));
+                }
             }
-        });
-        lend_back(tls);
-        let closed = match closed {
-            Ok(c) => c,
-            Err(e) => {
-                pool::give(out);
-                return Err(e.into());
+            let res = tls.borrow_mut().decrypt(|bytes| {
+                if b.bad.is_some() {
+                    return;
+                }
+                let fed = decoder.feed(bytes, |ev| {
+                    on_event(ev, side, &mut b, &mut out, &mut len, backlog)
+                });
+                if let Err(e) = fed {
+                    b.bad = Some(e);
+                }
+            });
+            lend_back(tls);
+            match res {
+                Ok(c) => closed = c,
+                Err(e) => {
+                    pool::give(out);
+                    return Err(e.into());
+                }
             }
-        };
+        }
         opened = b.opened;
         if len > 0 {
             let sent = plain.send_all(&out[..len]).await;
@@ -247,8 +262,20 @@ async fn down(
     }
 }
 
-fn on_event(ev: Event<'_>, side: Side, b: &mut Batch, out: &mut Vec<u8>, len: &mut usize) {
+fn on_event(
+    ev: Event<'_>,
+    side: Side,
+    b: &mut Batch,
+    out: &mut Vec<u8>,
+    len: &mut usize,
+    later: &mut VecDeque<Held>,
+) {
     if b.bad.is_some() || b.failed.is_some() || b.reset.is_some() {
+        return;
+    }
+    if b.eof {
+        // The next stream's frames (the client reused the channel): keep them.
+        later.push_back(Held::from_event(ev));
         return;
     }
     let unexpected = |got| ProtoError::Unexpected {
@@ -256,7 +283,6 @@ fn on_event(ev: Event<'_>, side: Side, b: &mut Batch, out: &mut Vec<u8>, len: &m
         expected: "payload, Eof or Reset",
     };
     match ev {
-        _ if b.eof => b.bad = Some(unexpected("a frame after Eof")),
         Event::Data(d) if b.opened => {
             if *len + d.len() > out.len() {
                 out.resize(*len + d.len(), 0);

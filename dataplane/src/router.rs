@@ -44,13 +44,7 @@ impl RouterCore {
     async fn channel_loop(self: Rc<Self>, mut ch: Channel, peer: SocketAddr) {
         let client = ch.peer_key;
         loop {
-            let mut early = Vec::new();
-            let mut early_eof = false;
-            let idle = monoio::time::timeout(
-                self.spec.idle_timeout,
-                ch.next_message(&mut early, &mut early_eof),
-            )
-            .await;
+            let idle = monoio::time::timeout(self.spec.idle_timeout, ch.next_message()).await;
             let target = match idle {
                 Err(_) => {
                     debug!(%peer, "idle channel timed out");
@@ -83,21 +77,14 @@ impl RouterCore {
                     .await;
                 return;
             }
-            if !self.stream(&mut ch, peer, target, early, early_eof).await {
+            if !self.stream(&mut ch, peer, target).await {
                 return;
             }
         }
     }
 
     /// Serves one stream; true when the channel can carry another.
-    async fn stream(
-        &self,
-        ch: &mut Channel,
-        peer: SocketAddr,
-        target: String,
-        early: Vec<u8>,
-        early_eof: bool,
-    ) -> bool {
+    async fn stream(&self, ch: &mut Channel, peer: SocketAddr, target: String) -> bool {
         let core = &self.core;
         let id = core.next_conn_id();
         let client = ch.peer_key;
@@ -147,7 +134,11 @@ impl RouterCore {
         );
         debug!(conn = id, %peer, %target, "stream opened");
         let Channel {
-            sock, tls, decoder, ..
+            sock,
+            tls,
+            decoder,
+            backlog,
+            ..
         } = &mut *ch;
         // Counters keep the user's point of view: "up" is toward the source.
         let outcome = Relay {
@@ -164,15 +155,15 @@ impl RouterCore {
                 conn: &counters.up,
                 core: &core.stats.bytes_up,
             },
-            early,
-            early_eof,
+            backlog,
         }
         .run(kill_rx)
         .await;
         core.stats.active.fetch_sub(1, Relaxed);
         core.conns.remove(id);
         let reusable = match outcome.stop {
-            None => ch.is_clean(),
+            // What is already buffered belongs to the client's next stream.
+            None => !ch.tls.borrow().peer_closed(),
             Some(stop) => {
                 core.stats.failed.fetch_add(1, Relaxed);
                 match &stop {

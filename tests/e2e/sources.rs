@@ -116,3 +116,25 @@ pub fn greet_then_listen(greeting: &'static [u8]) -> (SocketAddr, mpsc::Receiver
     });
     (addr, rx)
 }
+
+/// Reads one request (up to a blank line), answers, and closes first — like an HTTP
+/// server with `Connection: close`.
+pub fn answer_and_close() -> SocketAddr {
+    serve(|mut conn| {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = format!("you sent {} bytes", req.len());
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(reply.as_bytes());
+        let _ = conn.shutdown(Shutdown::Both);
+    })
+}
