@@ -20,6 +20,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod home;
 pub mod keys;
