@@ -53,7 +53,8 @@ impl FromStr for Rule {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let t = text.trim();
-        let (client, pattern) = match t.split_once('=') {
+        // From the right: a key's base64 may end in '=' padding; patterns never hold '='.
+        let (client, pattern) = match t.rsplit_once('=') {
             Some((k, p)) if k.starts_with("ed25519:") => (
                 Some(PublicKey::parse(k).map_err(|e| format!("allow rule {t:?}: {e}"))?),
                 p,
