@@ -303,14 +303,20 @@ fn show_json_has_values_and_origins() {
 fn a_router_file_loads_shows_and_masks_too() {
     let f = Fixture::new();
     std::fs::write(f.home.authorized_clients(), "").unwrap();
-    let text =
-        "[router]\nbind = \"127.0.0.1:9999\"\nallow = [\"10.2.0.0/24:*\"]\ntoken = \"s3cret\"\n";
-    let l =
-        load_router(&f.sources(text, &[("CONDUIT_ROUTER_BIND", "127.0.0.1:7000")], &[])).unwrap();
+    // A per-client rule: the key's base64 padding '=' must not split the rule.
+    let client = keys::load_public(&f.home.public_key("client").display().to_string(), "k");
+    let text = format!(
+        "[router]\nbind = \"127.0.0.1:9999\"\nallow = [\"10.2.0.0/24:*\", \"{}=10.9.0.1:22\"]\n\
+         token = \"s3cret\"\n",
+        client.unwrap()
+    );
+    let env = [("CONDUIT_ROUTER_BIND", "127.0.0.1:7000")];
+    let l = load_router(&f.sources(&text, &env, &[])).unwrap();
     assert_eq!(
         f.lines(&l.report),
         [format!(
-            "warning: router.authorized_keys: {}/home/authorized_clients lists no client keys: every client will be refused; add one client public key per line",
+            "warning: router.authorized_keys: {}/home/authorized_clients lists no client keys: \
+             every client will be refused; add one client public key per line",
             "$DIR"
         )]
     );
