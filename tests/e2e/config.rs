@@ -160,18 +160,19 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
     assert_eq!(
         lines(&out.stderr),
         [
-            "error: no configuration file at conduit.toml: create it (deploy/conduit.example.toml \
-             is a documented example) or name another file with -f FILE",
-            "conduit: error: conduit.toml has 1 error; fix it and run `conduit config validate` \
-             again",
+            "conduit: error: no configuration file at conduit.toml: create it \
+          (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
         ]
     );
+    assert_eq!(text(&out.stdout), "");
     assert_eq!(out.status.code(), Some(64));
-    let out = s.run(&["config", "show", "-f", "other.toml"], &[]);
+    let out = s.run(&["config", "show", "--router", "-f", "other.toml"], &[]);
     assert_eq!(
-        lines(&out.stderr)[0],
-        "error: no configuration file at other.toml: create it (deploy/conduit.example.toml is \
-         a documented example) or name another file with -f FILE"
+        lines(&out.stderr),
+        [
+            "conduit: error: no configuration file at other.toml: create it \
+          (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+        ]
     );
     assert_eq!(out.status.code(), Some(64));
 }
@@ -179,11 +180,29 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
 #[test]
 fn malformed_toml_gives_line_and_column() {
     let s = Sandbox::new();
-    s.write("bad.toml", "[router]\nhost = \"10.2.0.1\"\nport = = 1\n");
+    s.write("bad.toml", "[router]\nhost = \"10.2.0.1\"\nport = 99 99\n");
+    let out = s.run(&["config", "validate", "-f", "bad.toml"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: bad.toml:3:8: invalid TOML: string values must be quoted, \
+             expected literal string; fix the syntax there"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
+
+    s.write("bad.toml", "[router\nhost = \"10.2.0.1\nport = = 1\n");
     let out = s.run(&["config", "validate", "-f", "bad.toml"], &[]);
     let err = lines(&out.stderr);
-    assert!(err[0].starts_with("error: bad.toml:3:"), "{err:?}");
-    assert!(err[0].contains(": invalid TOML: "), "{err:?}");
+    assert_eq!(err.len(), 4, "{err:?}");
+    assert!(
+        err[..3].iter().all(|l| l.starts_with("error: bad.toml:")),
+        "{err:?}"
+    );
+    assert_eq!(
+        err[3],
+        "conduit: error: bad.toml has 3 errors; fix them and run `conduit config validate` again"
+    );
     assert_eq!(out.status.code(), Some(64));
 }
 

@@ -1,8 +1,10 @@
 //! `conduit config validate` and `conduit config show`.
 //!
 //! Problems go to stderr, one a line (`error: tunnels[1].bind: …`, `warning: …`), errors
-//! first; when there is an error a summary follows and the exit code is 64. What the
-//! user asked for (the "valid" line, the shown configuration) goes to stdout.
+//! first; when there is an error a summary follows and the exit code is 64. A file that
+//! cannot be loaded at all with one reason (missing, one syntax error) gets just that
+//! reason: `conduit: error: no configuration file at …`. What the user asked for (the
+//! "valid" line, the shown configuration) goes to stdout.
 
 use anyhow::Result;
 use conduit_controlplane::Home;
@@ -30,10 +32,7 @@ pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
     };
     let (report, what) = match summary {
         Ok(x) => x,
-        Err(report) => {
-            print_problems(&report);
-            return fail(&name, role, &report);
-        }
+        Err(report) => return unreadable(&name, role, &report),
     };
     print_problems(&report);
     if report.has_errors() {
@@ -62,10 +61,7 @@ pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> 
             print!("{text}");
             report
         }
-        Err(report) => {
-            print_problems(&report);
-            return fail(&name, role, &report);
-        }
+        Err(report) => return unreadable(&name, role, &report),
     };
     print_problems(&report);
     if report.has_errors() {
@@ -101,6 +97,16 @@ fn line(p: &Problem) -> String {
         Severity::Warning => "warning",
     };
     format!("{kind}: {p}")
+}
+
+/// Nothing could be loaded: a single problem (no file, not UTF-8, one syntax error) is
+/// the error itself; several are listed, then summed up.
+fn unreadable(name: &str, role: Role, report: &Report) -> Result<()> {
+    if let [only] = report.problems.as_slice() {
+        return Err(Usage(only.to_string()).into());
+    }
+    print_problems(report);
+    fail(name, role, report)
 }
 
 /// The exit-64 error that follows the printed problems.
