@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use conduit_controlplane::config::Override;
 use conduit_dataplane::Engine;
 
 /// Conduit: expose a service from a private network through a mutually
@@ -39,6 +40,9 @@ pub(crate) enum Command {
     /// Show keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check a configuration file, or print the configuration in effect.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a router: accept tunnels from authorized clients and connect them to
     /// sources in this network.
     Router(RouterArgs),
@@ -116,6 +120,47 @@ pub(crate) enum KeysCommand {
         #[arg(long, default_value = "client")]
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Report every problem in a configuration file, each with its key path; exits 64
+    /// if there is an error.
+    Validate(ConfigArgs),
+    /// Print the configuration in effect (file, then CONDUIT_<SECTION>_<KEY>
+    /// variables, then --set), each value with where it came from; secrets print as ***.
+    Show {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConfigArgs {
+    /// The configuration file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "conduit.toml"
+    )]
+    pub(crate) file: PathBuf,
+    /// The file configures a router (`[router] bind`, `allow`…), not a client.
+    #[arg(long)]
+    pub(crate) router: bool,
+    /// Override one value, over the file and the environment: SECTION.KEY=VALUE, such
+    /// as router.port=9999. Repeatable; [[tunnels]] cannot be set this way.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
+    pub(crate) set: Vec<Override>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShowFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args, Clone)]

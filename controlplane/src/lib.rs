@@ -20,6 +20,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod error;
 pub mod home;

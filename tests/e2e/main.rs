@@ -8,6 +8,7 @@
     clippy::expect_used
 )]
 
+mod config;
 mod harness;
 mod manage;
 mod real_clients;

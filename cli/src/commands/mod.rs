@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod config;
 mod init;
 mod keys;
 mod kill;
@@ -17,13 +18,17 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_dataplane::Options;
 
-use crate::args::{Command, EngineArgs, KeysCommand};
+use crate::args::{Command, ConfigCommand, EngineArgs, KeysCommand};
 use crate::exit::Usage;
 
 pub(crate) fn run(command: Command) -> Result<()> {
     match command {
         Command::Init(a) => init::run(&home()?, &a),
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
+        Command::Config(ConfigCommand::Validate(a)) => config::validate(home()?, a),
+        Command::Config(ConfigCommand::Show { args, format }) => {
+            config::show(home()?, args, format)
+        }
         Command::Router(a) => router::run(&home()?, a),
         Command::Start(a) => start::run(&home()?, a),
         Command::List(a) => list::run(&home()?, &a),

@@ -1,0 +1,134 @@
+//! `conduit config validate` and `conduit config show`.
+//!
+//! Problems go to stderr, one a line (`error: tunnels[1].bind: …`, `warning: …`), errors
+//! first; when there is an error a summary follows and the exit code is 64. A file that
+//! cannot be loaded at all with one reason (missing, one syntax error) gets just that
+//! reason: `conduit: error: no configuration file at …`. What the user asked for (the
+//! "valid" line, the shown configuration) goes to stdout.
+
+use anyhow::Result;
+use conduit_controlplane::Home;
+use conduit_controlplane::config::{
+    self, Env, Format, Loaded, Problem, Report, Role, Severity, Sources,
+};
+
+use super::say;
+use crate::args::{ConfigArgs, ShowFormat};
+use crate::exit::Usage;
+
+pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
+    let (role, sources) = sources(home, a);
+    let name = sources.file.display().to_string();
+    let summary = match role {
+        Role::Client => config::load_client(&sources).map(|l| {
+            let n = l.config.tunnels.len();
+            let what = format!("{n} tunnel{}", if n == 1 { "" } else { "s" });
+            (l.report, what)
+        }),
+        Role::Router => config::load_router(&sources).map(|l| {
+            let what = format!("a router listening on {}", l.config.router.bind);
+            (l.report, what)
+        }),
+    };
+    let (report, what) = match summary {
+        Ok(x) => x,
+        Err(report) => return unreadable(&name, role, &report),
+    };
+    print_problems(&report);
+    if report.has_errors() {
+        return fail(&name, role, &report);
+    }
+    say(format_args!("{name} is valid: {what}"));
+    Ok(())
+}
+
+pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> {
+    let (role, sources) = sources(home, a);
+    let name = sources.file.display().to_string();
+    let format = match format {
+        ShowFormat::Text => Format::Text,
+        ShowFormat::Json => Format::Json,
+    };
+    let shown =
+        match role {
+            Role::Client => config::load_client(&sources)
+                .map(|l| (config::show_client(&l, format), report_of(l))),
+            Role::Router => config::load_router(&sources)
+                .map(|l| (config::show_router(&l, format), report_of(l))),
+        };
+    let report = match shown {
+        Ok((text, report)) => {
+            print!("{text}");
+            report
+        }
+        Err(report) => return unreadable(&name, role, &report),
+    };
+    print_problems(&report);
+    if report.has_errors() {
+        return fail(&name, role, &report);
+    }
+    Ok(())
+}
+
+fn sources(home: Home, a: ConfigArgs) -> (Role, Sources) {
+    let role = if a.router { Role::Router } else { Role::Client };
+    let sources = Sources {
+        file: a.file,
+        env: Env::from_process(),
+        overrides: a.set,
+        home,
+    };
+    (role, sources)
+}
+
+fn report_of<T>(l: Loaded<T>) -> Report {
+    l.report
+}
+
+fn print_problems(report: &Report) {
+    for p in &report.problems {
+        eprintln!("{}", line(p));
+    }
+}
+
+fn line(p: &Problem) -> String {
+    let kind = match p.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    format!("{kind}: {p}")
+}
+
+/// Nothing could be loaded: a single problem (no file, not UTF-8, one syntax error) is
+/// the error itself; several are listed, then summed up.
+fn unreadable(name: &str, role: Role, report: &Report) -> Result<()> {
+    if let [only] = report.problems.as_slice() {
+        return Err(Usage(only.to_string()).into());
+    }
+    print_problems(report);
+    fail(name, role, report)
+}
+
+/// The exit-64 error that follows the printed problems.
+fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
+    let again = match role {
+        Role::Client => "conduit config validate",
+        Role::Router => "conduit config validate --router",
+    };
+    let (errors, warnings) = (report.errors().count(), report.warnings().count());
+    Err(Usage(format!(
+        "{name} has {}{}; fix {} and run `{again}` again",
+        plural(errors, "error"),
+        if warnings > 0 {
+            format!(" and {}", plural(warnings, "warning"))
+        } else {
+            String::new()
+        },
+        if errors == 1 { "it" } else { "them" }
+    ))
+    .into())
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}

@@ -1,0 +1,125 @@
+//! The environment layer: `CONDUIT_<SECTION>_<KEY>` variables, taken as a snapshot so
+//! that tests never depend on (or change) the process environment.
+//!
+//! An empty variable counts as unset. A variable that looks like a setting (it starts
+//! with `CONDUIT_ROUTER_`, `CONDUIT_PERFORMANCE_`…) but names no key is reported as a
+//! warning, with the closest real name when there is one.
+
+use std::collections::BTreeMap;
+
+use super::Problem;
+use super::schema::{closest, known_vars, section_prefixes};
+
+/// A snapshot of the `CONDUIT_*` environment variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process's `CONDUIT_*` variables (ones that are not valid Unicode are skipped).
+    pub fn from_process() -> Self {
+        Self::from_pairs(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// The `CONDUIT_*` variables among `pairs`.
+    pub fn from_pairs<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, v)| k.starts_with("CONDUIT_") && !v.is_empty())
+            .collect();
+        Self { vars }
+    }
+
+    /// The first of `names` that is set, with its value.
+    pub(crate) fn first<'a>(
+        &'a self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Option<(&'a str, &'a str)> {
+        names
+            .into_iter()
+            .find_map(|n| self.vars.get_key_value(n))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Warnings for variables that look like settings but are none.
+    pub(crate) fn unknown(&self) -> Vec<Problem> {
+        let known = known_vars();
+        let prefixes = section_prefixes();
+        let mut out = Vec::new();
+        for var in self.vars.keys() {
+            if known.contains(var) || !prefixes.iter().any(|p| var.starts_with(p.as_str())) {
+                continue;
+            }
+            let message = if var.starts_with("CONDUIT_TUNNELS_") {
+                format!(
+                    "{var} is ignored: tunnels come from the file only ([[tunnels]] tables); \
+                     unset it"
+                )
+            } else {
+                let hint = match closest(var, known.iter().map(String::as_str)) {
+                    Some(k) => format!("did you mean {k}? "),
+                    None => String::new(),
+                };
+                format!(
+                    "{var} is not a Conduit setting and is ignored; {hint}settings are \
+                     CONDUIT_<SECTION>_<KEY>, such as CONDUIT_ROUTER_HOST"
+                )
+            };
+            out.push(Problem::warning("", message));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_empty_conduit_variables_are_kept() {
+        let env = Env::from_pairs([
+            ("PATH", "/bin"),
+            ("CONDUIT_ROUTER_HOST", "10.0.0.1"),
+            ("CONDUIT_ROUTER_PORT", ""),
+        ]);
+        assert_eq!(
+            env.first(["CONDUIT_ROUTER_PORT", "CONDUIT_ROUTER_HOST"]),
+            Some(("CONDUIT_ROUTER_HOST", "10.0.0.1"))
+        );
+        assert_eq!(env.first(["PATH"]), None);
+    }
+
+    #[test]
+    fn unknown_setting_variables_are_warned_about_with_a_suggestion() {
+        let env = Env::from_pairs([
+            ("CONDUIT_ROUTER_HSOT", "x"),
+            ("CONDUIT_PERFORMANCE_TURBO", "1"),
+            ("CONDUIT_TUNNELS_0_BIND", "x"),
+            ("CONDUIT_HOME", "/tmp/h"),
+            ("CONDUIT_TOKEN", "t"),
+            ("CONDUIT_SOMETHING_ELSE", "x"),
+        ]);
+        let msgs: Vec<String> = env.unknown().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            [
+                "CONDUIT_PERFORMANCE_TURBO is not a Conduit setting and is ignored; settings \
+                 are CONDUIT_<SECTION>_<KEY>, such as CONDUIT_ROUTER_HOST",
+                "CONDUIT_ROUTER_HSOT is not a Conduit setting and is ignored; did you mean \
+                 CONDUIT_ROUTER_HOST? settings are CONDUIT_<SECTION>_<KEY>, such as \
+                 CONDUIT_ROUTER_HOST",
+                "CONDUIT_TUNNELS_0_BIND is ignored: tunnels come from the file only \
+                 ([[tunnels]] tables); unset it",
+            ]
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The file layer: read the TOML file, report every syntax error with its line and
+//! column, and remember the line of every key so problems and `show` can point at it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use super::{Origin, Problem, Report};
+
+/// A parsed configuration file.
+#[derive(Debug)]
+pub(crate) struct FileDoc {
+    pub(crate) path: PathBuf,
+    pub(crate) table: toml::Table,
+    /// Key path (`router.port`, `tunnels[1]`, `tunnels[1].bind`) → 1-based line.
+    lines: HashMap<String, usize>,
+}
+
+impl FileDoc {
+    /// Reads and parses `path`; `Err` holds why there is nothing to check.
+    pub(crate) fn read(path: &Path) -> Result<Self, Report> {
+        let text = std::fs::read(path).map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "no configuration file at {}: create it (deploy/conduit.example.toml is a \
+                     documented example) or name another file with -f FILE",
+                    path.display()
+                ),
+                _ => format!("cannot read {}: {e}", path.display()),
+            };
+            fatal(why)
+        })?;
+        let text = String::from_utf8(text).map_err(|e| {
+            fatal(format!(
+                "{} is not UTF-8 text (first bad byte at offset {}); save it as UTF-8",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text`, the contents of `path`.
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, Report> {
+        let (doc, mut errors) = DeTable::parse_recoverable(text);
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.span().map_or(usize::MAX, |s| s.start));
+            let mut report = Report::default();
+            for e in errors {
+                let at = match e.span() {
+                    Some(span) => {
+                        let (line, col) = line_col(text, span.start);
+                        format!("{}:{line}:{col}", path.display())
+                    }
+                    None => path.display().to_string(),
+                };
+                report.push(Problem::error(
+                    "",
+                    format!("{at}: invalid TOML: {}; fix the syntax there", e.message()),
+                ));
+            }
+            return Err(report);
+        }
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| fatal(format!("{}: invalid TOML: {}", path.display(), e.message())))?;
+        let mut lines = HashMap::new();
+        walk(text, doc.get_ref(), "", &mut lines);
+        Ok(Self {
+            path: path.to_owned(),
+            table,
+            lines,
+        })
+    }
+
+    /// Where the value at `key_path` came from.
+    pub(crate) fn origin(&self, key_path: &str) -> Origin {
+        Origin::File {
+            path: self.path.clone(),
+            line: self.lines.get(key_path).copied(),
+        }
+    }
+
+    /// Resolves a path written in the file against the file's directory.
+    pub(crate) fn resolve(&self, p: &str) -> String {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            return p.display().to_string();
+        }
+        match self.path.parent() {
+            Some(dir) => dir.join(p).display().to_string(),
+            None => p.display().to_string(),
+        }
+    }
+}
+
+fn fatal(message: String) -> Report {
+    Report {
+        problems: vec![Problem::error("", message)],
+    }
+}
+
+fn walk(text: &str, table: &DeTable<'_>, prefix: &str, lines: &mut HashMap<String, usize>) {
+    for (k, v) in table.iter() {
+        let path = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        lines.insert(path.clone(), line_col(text, k.span().start).0);
+        walk_value(text, v.get_ref(), &path, lines);
+    }
+}
+
+fn walk_value(text: &str, v: &DeValue<'_>, path: &str, lines: &mut HashMap<String, usize>) {
+    match v {
+        DeValue::Table(t) => walk(text, t, path, lines),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let item_path = format!("{path}[{i}]");
+                lines.insert(item_path.clone(), line_col(text, item.span().start).0);
+                walk_value(text, item.get_ref(), &item_path, lines);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, l)| l)
+        .chars()
+        .count()
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(r: Report) -> Vec<String> {
+        r.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn every_key_knows_its_line() {
+        let text = "[router]\nhost = \"h\"\n\n[[tunnels]]\nname = \"a\"\n\n[[tunnels]]\nname = \"b\"\nbind = \"x\"\n";
+        let doc = FileDoc::parse(Path::new("c.toml"), text).unwrap();
+        let line = |p: &str| match doc.origin(p) {
+            Origin::File { line, .. } => line,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(line("router"), Some(1));
+        assert_eq!(line("router.host"), Some(2));
+        assert_eq!(line("tunnels[0].name"), Some(5));
+        assert_eq!(line("tunnels[1].bind"), Some(9));
+        assert_eq!(line("tunnels[1]"), Some(7));
+        assert_eq!(line("nowhere"), None);
+        assert_eq!(doc.origin("router.host").to_string(), "c.toml:2");
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let err = FileDoc::parse(Path::new("c.toml"), "[router]\nhost = \n").unwrap_err();
+        assert_eq!(
+            msgs(err),
+            [
+                "c.toml:2:8: invalid TOML: string values must be quoted, expected literal string; fix the syntax there"
+            ]
+        );
+        let err = FileDoc::parse(Path::new("c.toml"), "a = 1\na = 2\n").unwrap_err();
+        assert_eq!(msgs(err).len(), 1);
+        assert!(
+            msgs(FileDoc::parse(Path::new("c.toml"), "a = 1\na = 2\n").unwrap_err())[0]
+                .starts_with("c.toml:2:1: invalid TOML: duplicate key")
+        );
+    }
+
+    #[test]
+    fn a_missing_file_says_how_to_make_one() {
+        let err = FileDoc::read(Path::new("/nonexistent/conduit.toml")).unwrap_err();
+        assert_eq!(
+            msgs(err),
+            [
+                "no configuration file at /nonexistent/conduit.toml: create it \
+              (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let doc = FileDoc::parse(Path::new("/etc/conduit/c.toml"), "").unwrap();
+        assert_eq!(doc.resolve("keys/a.key"), "/etc/conduit/keys/a.key");
+        assert_eq!(doc.resolve("/k/a.key"), "/k/a.key");
+        let doc = FileDoc::parse(Path::new("c.toml"), "").unwrap();
+        assert_eq!(doc.resolve("./keys/a.key"), "./keys/a.key");
+    }
+}

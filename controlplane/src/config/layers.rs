@@ -1,0 +1,422 @@
+//! The one place precedence is decided: defaults < file < environment < command line.
+//!
+//! Each layer writes checked values into one merged TOML table and records where each
+//! came from; a value that fails its check is reported and left out, so the layers
+//! below (or the default) stay in effect and the next problem can still be found.
+//! The merged table then becomes the typed tree.
+
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use super::file::FileDoc;
+use super::schema::{Key, Kind, Schema, Section, closest, type_of};
+use super::{Origin, Origins, Problem, Report, Role, Sources};
+
+/// A value given on the command line: `key` is `section.key`, `flag` what the user typed
+/// (`--set`, `--router-host`), shown as the value's origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// `section.key`, e.g. `router.port`.
+    pub key: String,
+    /// The value as text, parsed like an environment variable.
+    pub value: String,
+    /// The flag it came from.
+    pub flag: String,
+}
+
+impl Override {
+    /// Parses `--set section.key=value`.
+    pub fn parse_set(text: &str) -> Result<Self, String> {
+        match text.split_once('=') {
+            Some((k, v)) if k.contains('.') => Ok(Self {
+                key: k.trim().to_owned(),
+                value: v.to_owned(),
+                flag: format!("--set {}", k.trim()),
+            }),
+            _ => Err(format!(
+                "invalid --set {text:?}: expected SECTION.KEY=VALUE, such as router.port=9999"
+            )),
+        }
+    }
+}
+
+/// Resolves the four layers into the typed tree `T`.
+///
+/// `Err` when there is no tree to check (file missing or not TOML).
+pub(crate) fn resolve<T: DeserializeOwned>(
+    role: Role,
+    sources: &Sources,
+) -> Result<(T, Origins, Report), Report> {
+    let doc = FileDoc::read(&sources.file)?;
+    let schema = Schema::of(role);
+    let mut m = Merge {
+        role,
+        schema,
+        table: Table::new(),
+        origins: Origins::default(),
+        report: Report::default(),
+    };
+    m.file(&doc);
+    m.env(sources);
+    m.cli(sources);
+    m.required(&doc);
+    m.report.extend(sources.env.unknown());
+    let Merge {
+        table,
+        origins,
+        mut report,
+        ..
+    } = m;
+    match Value::Table(table).try_into::<T>() {
+        Ok(t) => Ok((t, origins, report)),
+        Err(e) => {
+            // The schema check should make this unreachable; say so if it is not.
+            report.push(Problem::error(
+                "",
+                format!("the configuration does not fit Conduit's settings: {e}"),
+            ));
+            Err(report)
+        }
+    }
+}
+
+struct Merge {
+    role: Role,
+    schema: &'static Schema,
+    table: Table,
+    origins: Origins,
+    report: Report,
+}
+
+impl Merge {
+    fn file(&mut self, doc: &FileDoc) {
+        for (name, value) in &doc.table {
+            let origin = doc.origin(name);
+            if let Some(section) = self.schema.section(name) {
+                let Value::Table(t) = value else {
+                    self.report.push(
+                        Problem::error(
+                            name.as_str(),
+                            format!("expected a table ([{name}]), found {}", type_of(value)),
+                        )
+                        .at(&origin),
+                    );
+                    continue;
+                };
+                let checked = self.keys(doc, name, t, section.keys, Some(section));
+                let merged = self.section(name);
+                for (k, v) in checked {
+                    merged.insert(k, v);
+                }
+            } else if let (true, Some(keys)) = (name == "tunnels", self.schema.tunnels) {
+                self.tunnels(doc, value, keys, &origin);
+            } else {
+                let message = self.unknown_section(name, value);
+                self.report
+                    .push(Problem::error(name.as_str(), message).at(&origin));
+            }
+        }
+    }
+
+    fn tunnels(&mut self, doc: &FileDoc, value: &Value, keys: &[Key], origin: &Origin) {
+        let items = match value {
+            Value::Array(items) if items.iter().all(Value::is_table) => items,
+            _ => {
+                self.report.push(
+                    Problem::error(
+                        "tunnels",
+                        format!(
+                            "expected [[tunnels]] tables, found {}; write each tunnel as a \
+                             [[tunnels]] table",
+                            type_of(value)
+                        ),
+                    )
+                    .at(origin),
+                );
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("tunnels[{i}]");
+            let t = item.as_table().cloned().unwrap_or_default();
+            out.push(Value::Table(self.keys(doc, &path, &t, keys, None)));
+            self.origins.set(path.clone(), doc.origin(&path));
+        }
+        self.table.insert("tunnels".into(), Value::Array(out));
+    }
+
+    /// Checks one table's keys from the file; returns the good ones.
+    fn keys(
+        &mut self,
+        doc: &FileDoc,
+        prefix: &str,
+        t: &Table,
+        keys: &[Key],
+        section: Option<&Section>,
+    ) -> Table {
+        let mut good = Table::new();
+        for (k, v) in t {
+            let path = format!("{prefix}.{k}");
+            let origin = doc.origin(&path);
+            let Some(key) = keys.iter().find(|key| key.name == k.as_str()) else {
+                let message = self.unknown_key(prefix, k, keys, section);
+                self.report.push(Problem::error(path, message).at(&origin));
+                continue;
+            };
+            if let Err(e) = key.kind.check(k, v) {
+                self.report.push(Problem::error(path, e).at(&origin));
+                continue;
+            }
+            let v = match (key.kind, v) {
+                (Kind::Path, Value::String(s)) => Value::String(doc.resolve(s)),
+                (Kind::KeyOrPath, Value::String(s)) if !s.trim().starts_with("ed25519:") => {
+                    Value::String(doc.resolve(s.trim()))
+                }
+                _ => v.clone(),
+            };
+            good.insert(k.clone(), v);
+            self.origins.set(path, origin);
+        }
+        good
+    }
+
+    fn env(&mut self, sources: &Sources) {
+        for section in self.schema.sections {
+            for key in section.keys {
+                let canonical = section.env_name(key);
+                let names = std::iter::once(canonical.as_str()).chain(key.aliases.iter().copied());
+                if let Some((var, text)) = sources.env.first(names) {
+                    let var = var.to_owned();
+                    self.set(section, key, text, Origin::Env(var));
+                }
+            }
+        }
+    }
+
+    fn cli(&mut self, sources: &Sources) {
+        for o in &sources.overrides {
+            let origin = Origin::Cli(o.flag.clone());
+            let found = o.key.split_once('.').and_then(|(s, k)| {
+                let section = self.schema.section(s)?;
+                Some((section, section.key(k)?))
+            });
+            match found {
+                Some((section, key)) => self.set(section, key, &o.value, origin),
+                None => {
+                    let valid: Vec<String> = self
+                        .schema
+                        .sections
+                        .iter()
+                        .flat_map(|s| s.keys.iter().map(move |k| format!("{}.{}", s.name, k.name)))
+                        .collect();
+                    let hint = match closest(&o.key, valid.iter().map(String::as_str)) {
+                        Some(k) => format!("did you mean {k}? "),
+                        None => String::new(),
+                    };
+                    self.report.push(
+                        Problem::error(
+                            o.key.as_str(),
+                            format!(
+                                "unknown key; {hint}only the keys of {} can be set this way",
+                                self.section_list()
+                            ),
+                        )
+                        .at(&origin),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sets a value given as text (environment or command line).
+    fn set(&mut self, section: &Section, key: &Key, text: &str, origin: Origin) {
+        let path = format!("{}.{}", section.name, key.name);
+        match key.kind.parse_text(text) {
+            Ok(v) => {
+                self.section(section.name).insert(key.name.into(), v);
+                self.origins.set(path, origin);
+            }
+            Err(e) => self.report.push(Problem::error(path, e).at(&origin)),
+        }
+    }
+
+    fn required(&mut self, doc: &FileDoc) {
+        for section in self.schema.sections {
+            for key in section.keys.iter().filter(|k| !k.required.is_empty()) {
+                let present = self
+                    .table
+                    .get(section.name)
+                    .and_then(Value::as_table)
+                    .is_some_and(|t| t.contains_key(key.name));
+                let path = format!("{}.{}", section.name, key.name);
+                if !present && !self.reported(&path) {
+                    self.report.push(Problem::error(
+                        path,
+                        format!(
+                            "missing; add {} under [{}], or set {}",
+                            key.required,
+                            section.name,
+                            section.env_name(key)
+                        ),
+                    ));
+                }
+            }
+        }
+        let Some(keys) = self.schema.tunnels else {
+            return;
+        };
+        let tunnels = self.table.get("tunnels").and_then(Value::as_array);
+        if tunnels.is_none_or(|t| t.is_empty()) {
+            if !self.reported("tunnels") {
+                self.report.push(Problem::error(
+                    "tunnels",
+                    "no tunnels; add a [[tunnels]] table with name, source and bind \
+                     (see deploy/conduit.example.toml)",
+                ));
+            }
+            return;
+        }
+        for (i, t) in tunnels.into_iter().flatten().enumerate() {
+            let path = format!("tunnels[{i}]");
+            for key in keys.iter().filter(|k| !k.required.is_empty()) {
+                let key_path = format!("{path}.{}", key.name);
+                let missing = t.as_table().is_some_and(|t| !t.contains_key(key.name));
+                if missing && !self.reported(&key_path) {
+                    self.report.push(
+                        Problem::error(
+                            key_path,
+                            format!("missing; add {} to this [[tunnels]] table", key.required),
+                        )
+                        .at(&doc.origin(&path)),
+                    );
+                }
+            }
+        }
+    }
+
+    /// True when a problem was already reported at `path` (a bad value is not also
+    /// "missing").
+    fn reported(&self, path: &str) -> bool {
+        self.report.problems.iter().any(|p| p.path == path)
+    }
+
+    fn section(&mut self, name: &str) -> &mut Table {
+        let v = self
+            .table
+            .entry(name.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !v.is_table() {
+            *v = Value::Table(Table::new());
+        }
+        match v {
+            Value::Table(t) => t,
+            _ => unreachable!("just made a table"),
+        }
+    }
+
+    fn section_list(&self) -> String {
+        self.schema
+            .sections
+            .iter()
+            .map(|s| format!("[{}]", s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn unknown_section(&self, name: &str, value: &Value) -> String {
+        if !value.is_table() && !value.is_array() {
+            // A key at the top level: say which section it belongs in.
+            let home = self
+                .schema
+                .sections
+                .iter()
+                .find(|s| s.key(name).is_some())
+                .map(|s| s.name);
+            if let Some(s) = home {
+                return format!("unknown key at the top level; put it under [{s}]");
+            }
+        }
+        if name == "tunnels" {
+            return "a router's file has no tunnels; [[tunnels]] belong in a client's \
+                    conduit.toml (check those without --router)"
+                .into();
+        }
+        let hint = match closest(
+            name,
+            self.schema
+                .sections
+                .iter()
+                .map(|s| s.name)
+                .chain(self.schema.tunnels.map(|_| "tunnels")),
+        ) {
+            Some(s) => format!("did you mean {s}? "),
+            None => String::new(),
+        };
+        format!(
+            "unknown section; {hint}valid sections: {}",
+            self.schema.section_names()
+        )
+    }
+
+    fn unknown_key(
+        &self,
+        prefix: &str,
+        k: &str,
+        keys: &[Key],
+        section: Option<&Section>,
+    ) -> String {
+        let names: Vec<&str> = keys.iter().map(|k| k.name).collect();
+        let hint = match closest(k, names.iter().copied()) {
+            Some(n) => format!("did you mean {n}? "),
+            None => String::new(),
+        };
+        let table = match section {
+            Some(s) => format!("[{}]", s.name),
+            None => "[[tunnels]]".to_owned(),
+        };
+        let mut m = format!(
+            "unknown key in {table}; {hint}valid keys: {}",
+            names.join(", ")
+        );
+        // A key of the other kind of file: the user is probably checking the wrong way.
+        let other = match self.role {
+            Role::Client => (
+                Schema::of(Role::Router),
+                "a router's file (check those with --router)",
+            ),
+            Role::Router => (
+                Schema::of(Role::Client),
+                "a client's file (check those without --router)",
+            ),
+        };
+        if other.0.section(prefix).is_some_and(|s| s.key(k).is_some()) {
+            m.push_str(&format!("; `{k}` belongs in {}", other.1));
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_flags_parse() {
+        assert_eq!(
+            Override::parse_set("router.port=1234"),
+            Ok(Override {
+                key: "router.port".into(),
+                value: "1234".into(),
+                flag: "--set router.port".into()
+            })
+        );
+        assert_eq!(
+            Override::parse_set("port=1"),
+            Err(
+                "invalid --set \"port=1\": expected SECTION.KEY=VALUE, such as router.port=9999"
+                    .into()
+            )
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! Configuration: one typed tree, resolved from four layers in one place, checked as a
+//! whole.
+//!
+//! ```text
+//!  defaults ◀── file (conduit.toml) ◀── environment (CONDUIT_<SECTION>_<KEY>) ◀── CLI (--set …)
+//!      │              │ file.rs            │ env.rs                                 │
+//!      └──────────────┴──── layers.rs: schema-checked, every leaf tagged with its Origin
+//!                                  │
+//!                                  ▼
+//!          model.rs: Config / RouterConfig (serde, deny_unknown_fields)
+//!                                  │
+//!               validate.rs: every problem, with its key path and a fix
+//!                    │                         │
+//!        plan.rs: TunnelPlan per tunnel    show.rs: effective values + origins,
+//!        (what `conduit up` runs)          secrets printed as ***
+//! ```
+//!
+//! Two kinds of file share the mechanism: a client's `conduit.toml` (`[router]` to reach,
+//! `[security]`, `[performance]`, `[logging]`, `[[tunnels]]`; [`Role::Client`]) and a
+//! router's (`[router]` to serve, `[performance]`, `[logging]`; [`Role::Router`]).
+//!
+//! The environment and `--set` reach the top-level sections only; `[[tunnels]]` is a list
+//! and comes from the file alone. An empty variable counts as unset. A few variables the
+//! command-line flags already read set keys too (`CONDUIT_TOKEN` → `security.token` /
+//! `router.token`, `CONDUIT_ROUTER_KEY` → `router.public_key`, `CONDUIT_WORKERS`,
+//! `CONDUIT_IO_ENGINE`); the `CONDUIT_<SECTION>_<KEY>` name wins when both are set.
+//! Relative paths written in a file resolve against the file's directory; those from the
+//! environment or the command line, against the working directory.
+//!
+//! What this module does **not** do: start anything, or read the process environment
+//! behind the caller's back ([`Env::from_process`] is called by the binary, tests pass
+//! an [`Env`] of their own).
+
+mod env;
+mod file;
+mod layers;
+mod model;
+mod plan;
+mod schema;
+mod show;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use env::Env;
+pub use layers::Override;
+pub use model::{
+    Config, IoEngine, LogFormat, LogLevel, LoggingConfig, OptimizeFor, PerformanceConfig, Protocol,
+    RouterConfig, RouterPeer, RouterServer, Security, TunnelConfig,
+};
+pub use plan::{Plan, TunnelPlan, plan_tunnels};
+pub use show::Format;
+
+use crate::home::Home;
+
+/// Which kind of file is being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A client's `conduit.toml`: the router to reach and the tunnels to run.
+    Client,
+    /// A router's file: where to listen, whom to admit, what they may open.
+    Router,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Nobody set it.
+    Default,
+    /// The configuration file; `line` is 1-based.
+    File {
+        /// The file, as it was named.
+        path: PathBuf,
+        /// The line of the key, when known.
+        line: Option<usize>,
+    },
+    /// An environment variable.
+    Env(String),
+    /// A command-line flag.
+    Cli(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::File {
+                path,
+                line: Some(l),
+            } => write!(f, "{}:{l}", path.display()),
+            Origin::File { path, line: None } => write!(f, "{}", path.display()),
+            Origin::Env(var) => write!(f, "env {var}"),
+            Origin::Cli(flag) => write!(f, "cli {flag}"),
+        }
+    }
+}
+
+/// Origins of the values that were set, by key path (`router.port`, `tunnels[1].bind`);
+/// a path not listed has its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins(BTreeMap<String, Origin>);
+
+impl Origins {
+    /// Where the value at `path` came from.
+    pub fn get(&self, path: &str) -> &Origin {
+        self.0.get(path).unwrap_or(&Origin::Default)
+    }
+
+    pub(crate) fn set(&mut self, path: String, origin: Origin) {
+        self.0.insert(path, origin);
+    }
+}
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The configuration cannot be used as it is.
+    Error,
+    /// It can be used, but probably does not do what was meant.
+    Warning,
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The key path (`tunnels[1].bind`), or `""` for the file as a whole.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// Where the offending value came from, when that helps find it.
+    pub origin: Option<Origin>,
+}
+
+impl Problem {
+    pub(crate) fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            path: path.into(),
+            message: message.into(),
+            origin: None,
+        }
+    }
+
+    pub(crate) fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(path, message)
+        }
+    }
+
+    pub(crate) fn at(mut self, origin: &Origin) -> Self {
+        if *origin != Origin::Default {
+            self.origin = Some(origin.clone());
+        }
+        self
+    }
+}
+
+/// `router.port: 70000 is out of range; use 1-65535 (conduit.toml:3)`.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)?;
+        match &self.origin {
+            Some(o) => write!(f, " ({o})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every problem found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The problems.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// True when at least one problem is an error.
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    /// The errors.
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+    }
+
+    /// The warnings.
+    pub fn warnings(&self) -> impl Iterator<Item = &Problem> {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Warning)
+    }
+
+    pub(crate) fn push(&mut self, p: Problem) {
+        self.problems.push(p);
+    }
+
+    pub(crate) fn extend(&mut self, ps: impl IntoIterator<Item = Problem>) {
+        self.problems.extend(ps);
+    }
+
+    /// Errors first, then warnings; each in file order, then the ones with no line
+    /// (environment, command line, missing keys) in the order found.
+    fn sort(&mut self) {
+        self.problems.sort_by_key(|p| {
+            let line = match &p.origin {
+                Some(Origin::File { line: Some(l), .. }) => *l,
+                _ => usize::MAX,
+            };
+            (p.severity, line)
+        });
+    }
+}
+
+/// What to read: the file, the environment, command-line overrides, and the home
+/// directory that default key paths live in.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The configuration file, as the user named it.
+    pub file: PathBuf,
+    /// The `CONDUIT_*` variables.
+    pub env: Env,
+    /// Command-line overrides, applied last.
+    pub overrides: Vec<Override>,
+    /// `CONDUIT_HOME`, for default key paths.
+    pub home: Home,
+}
+
+/// A configuration as resolved, with where each value came from and what is wrong with it.
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    /// The effective configuration (file paths resolved, defaults filled in).
+    pub config: T,
+    /// Where each value came from.
+    pub origins: Origins,
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// Every problem found; check [`Report::has_errors`] before using `config`.
+    pub report: Report,
+}
+
+/// Reads and checks a client's `conduit.toml`.
+///
+/// `Err` means no configuration could be built at all (the file is missing or is not
+/// TOML); otherwise every problem is in [`Loaded::report`].
+pub fn load_client(sources: &Sources) -> Result<Loaded<Config>, Report> {
+    let (mut config, origins, mut report): (Config, _, _) = layers::resolve(Role::Client, sources)?;
+    config.fill_defaults(&sources.home);
+    report.extend(validate::client(&config, &origins));
+    Ok(finish(config, origins, &sources.file, report))
+}
+
+/// Reads and checks a router's configuration file.
+///
+/// `Err` means no configuration could be built at all (the file is missing or is not
+/// TOML); otherwise every problem is in [`Loaded::report`].
+pub fn load_router(sources: &Sources) -> Result<Loaded<RouterConfig>, Report> {
+    let (mut config, origins, mut report): (RouterConfig, _, _) =
+        layers::resolve(Role::Router, sources)?;
+    config.fill_defaults(&sources.home);
+    report.extend(validate::router(&config, &origins));
+    Ok(finish(config, origins, &sources.file, report))
+}
+
+fn finish<T>(config: T, origins: Origins, file: &Path, mut report: Report) -> Loaded<T> {
+    report.sort();
+    Loaded {
+        config,
+        origins,
+        file: file.to_owned(),
+        report,
+    }
+}
+
+/// Renders an effective configuration with each value's origin; secrets print as `***`.
+pub fn show_client(loaded: &Loaded<Config>, format: Format) -> String {
+    show::render(Role::Client, loaded, format)
+}
+
+/// Renders an effective router configuration with each value's origin; secrets print
+/// as `***`.
+pub fn show_router(loaded: &Loaded<RouterConfig>, format: Format) -> String {
+    show::render(Role::Router, loaded, format)
+}
+
+#[cfg(test)]
+mod tests;

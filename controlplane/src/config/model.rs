@@ -1,0 +1,514 @@
+//! The typed tree: what a client's `conduit.toml` and a router's file hold, with the
+//! defaults of everything not set.
+//!
+//! Values that must be given (`router.host`, a tunnel's `bind`…) are `Option` here so a
+//! file missing several of them still loads and `validate` can name them all; the
+//! [`TunnelPlan`](super::TunnelPlan)s built from a valid tree have no options left.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use conduit_proto::Secret;
+use serde::{Deserialize, Serialize};
+
+use crate::home::Home;
+
+/// A client's `conduit.toml`: the router to reach, this client's key, tuning, logging,
+/// and the tunnels to run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[router]`: the router to connect to.
+    #[serde(default)]
+    pub router: RouterPeer,
+    /// `[security]`: this client's identity.
+    #[serde(default)]
+    pub security: Security,
+    /// `[performance]`.
+    #[serde(default)]
+    pub performance: PerformanceConfig,
+    /// `[logging]`.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// `[[tunnels]]`.
+    #[serde(default)]
+    pub tunnels: Vec<TunnelConfig>,
+}
+
+/// A client's `[router]`: where the router is and which key it must present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterPeer {
+    /// Host name or IP address (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Port (default 9999).
+    pub port: u16,
+    /// The pinned key: `ed25519:…` or the path of the router's `.pub` file (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl Default for RouterPeer {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 9999,
+            public_key: None,
+        }
+    }
+}
+
+/// A client's `[security]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// This client's private key (default `$CONDUIT_HOME/keys/client.key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key_path: Option<PathBuf>,
+    /// A token for routers that require one.
+    #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+/// One `[[tunnels]]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// The tunnel's name, unique in the file (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The service, `HOST:PORT` as the router sees it (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Where users connect, `ADDR:PORT` on this machine (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// A router's file: where it listens, whom it admits, what they may open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// `[router]`.
+    #[serde(default)]
+    pub router: RouterServer,
+    /// `[performance]`.
+    #[serde(default)]
+    pub performance: PerformanceConfig,
+    /// `[logging]`.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// A router's `[router]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterServer {
+    /// Where clients connect (default `0.0.0.0:9999`).
+    pub bind: String,
+    /// The router's private key (default `$CONDUIT_HOME/keys/router.key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key_path: Option<PathBuf>,
+    /// Client keys to admit (default `$CONDUIT_HOME/authorized_clients`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<PathBuf>,
+    /// Sources clients may open (see [`crate::policy`]); nothing without a rule.
+    pub allow: Vec<String>,
+    /// A token clients must present, if set.
+    #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+impl Default for RouterServer {
+    fn default() -> Self {
+        Self {
+            bind: "0.0.0.0:9999".into(),
+            private_key_path: None,
+            authorized_keys: None,
+            allow: Vec::new(),
+            token: None,
+        }
+    }
+}
+
+/// `[performance]`, the spec's `PerformanceConfig`; shared by clients and routers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerformanceConfig {
+    /// Data-plane workers; 0 means one per usable core.
+    pub workers: usize,
+    /// The I/O engine.
+    pub io_engine: IoEngine,
+    /// Handshaken idle data channels each client worker keeps ready.
+    pub pool_size: usize,
+    /// Let Conduit tune buffers and pools for `optimize_for`.
+    pub auto_tune: bool,
+    /// What tuning favours.
+    pub optimize_for: OptimizeFor,
+    /// Disable Nagle's algorithm on every socket.
+    pub tcp_nodelay: bool,
+    /// TCP keep-alive idle time in seconds; 0 turns keep-alive off.
+    pub tcp_keepalive_secs: u64,
+    /// Bytes read at a time per connection.
+    pub read_buffer_size: usize,
+    /// Bytes buffered for writing per connection.
+    pub write_buffer_size: usize,
+    /// Bytes per second per tunnel; 0 means unlimited.
+    pub default_bandwidth_limit: u64,
+    /// Bytes per second allowed in a burst; 0 means the same as the limit.
+    pub burst_bandwidth_limit: u64,
+    /// Open user connections at most; 0 means unlimited.
+    pub max_connections: u64,
+    /// Limit on reaching the router (client) or a source (router), in seconds.
+    pub connect_timeout_secs: u64,
+    /// Limit on a TLS handshake plus `Hello`, in seconds.
+    pub handshake_timeout_secs: u64,
+    /// How long an unused data channel stays open, in seconds.
+    pub idle_timeout_secs: u64,
+    /// How long open connections may finish after SIGTERM, in seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for PerformanceConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            io_engine: IoEngine::Auto,
+            pool_size: 2,
+            auto_tune: false,
+            optimize_for: OptimizeFor::Balanced,
+            tcp_nodelay: true,
+            tcp_keepalive_secs: 60,
+            read_buffer_size: 16 * 1024,
+            write_buffer_size: 16 * 1024,
+            default_bandwidth_limit: 0,
+            burst_bandwidth_limit: 0,
+            max_connections: 0,
+            connect_timeout_secs: 10,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+impl PerformanceConfig {
+    /// The data plane's options.
+    pub fn dataplane_options(&self) -> conduit_dataplane::Options {
+        conduit_dataplane::Options {
+            workers: self.workers,
+            engine: self.io_engine.into(),
+            pin: true,
+        }
+    }
+
+    /// `connect_timeout_secs`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// `handshake_timeout_secs`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+
+    /// `idle_timeout_secs`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// `drain_timeout_secs`.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// The level.
+    pub level: LogLevel,
+    /// Text for people, JSON for collectors.
+    pub format: LogFormat,
+    /// A file to log to instead of stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// `as_str` and `Display` with the words the file uses (the serde names).
+macro_rules! words {
+    ($name:ident { $($variant:ident = $word:literal),+ $(,)? }) => {
+        impl $name {
+            /// The word the file uses.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $word,)+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+words!(IoEngine { Auto = "auto", Uring = "uring", Epoll = "epoll" });
+words!(OptimizeFor { Throughput = "throughput", Latency = "latency", Balanced = "balanced" });
+words!(Protocol { Tcp = "tcp", Udp = "udp" });
+words!(LogLevel { Error = "error", Warn = "warn", Info = "info", Debug = "debug", Trace = "trace" });
+words!(LogFormat { Text = "text", Json = "json" });
+
+/// The I/O engine a data plane runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoEngine {
+    /// io_uring where usable, else epoll/kqueue.
+    #[default]
+    Auto,
+    /// io_uring, or fail.
+    Uring,
+    /// epoll (Linux) / kqueue (macOS).
+    Epoll,
+}
+
+impl From<IoEngine> for conduit_dataplane::Engine {
+    fn from(e: IoEngine) -> Self {
+        match e {
+            IoEngine::Auto => Self::Auto,
+            IoEngine::Uring => Self::Uring,
+            IoEngine::Epoll => Self::Epoll,
+        }
+    }
+}
+
+/// What auto-tuning favours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizeFor {
+    /// Bulk transfer: larger buffers.
+    Throughput,
+    /// Interactive traffic: small buffers, no batching.
+    Latency,
+    /// Between the two.
+    #[default]
+    Balanced,
+}
+
+/// What a tunnel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP streams.
+    #[default]
+    Tcp,
+    /// UDP datagrams (not carried yet).
+    Udp,
+}
+
+/// A log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// And warnings.
+    Warn,
+    /// And what happens (default).
+    #[default]
+    Info,
+    /// And details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// A log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// For collectors.
+    Json,
+}
+
+impl Config {
+    /// Fills what defaults to a place in `CONDUIT_HOME`.
+    pub(crate) fn fill_defaults(&mut self, home: &Home) {
+        self.security
+            .private_key_path
+            .get_or_insert_with(|| home.private_key("client"));
+    }
+}
+
+impl RouterConfig {
+    /// Fills what defaults to a place in `CONDUIT_HOME`.
+    pub(crate) fn fill_defaults(&mut self, home: &Home) {
+        let r = &mut self.router;
+        r.private_key_path
+            .get_or_insert_with(|| home.private_key("router"));
+        r.authorized_keys
+            .get_or_insert_with(|| home.authorized_clients());
+    }
+}
+
+/// Serde for secrets: read as a string, written as `***`, so no rendering of the tree
+/// can leak one.
+mod secret {
+    use conduit_proto::Secret;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(_) => s.serialize_str("***"),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use toml::{Table, Value};
+
+    use super::*;
+    use crate::config::Role;
+    use crate::config::schema::{Kind, Schema};
+
+    fn sample(kind: Kind) -> Value {
+        match kind {
+            Kind::Str | Kind::Path | Kind::KeyOrPath => Value::String("x".into()),
+            Kind::Int { min, .. } => Value::Integer(min),
+            Kind::Bool => Value::Boolean(true),
+            Kind::Choice(words) => Value::String(words[0].into()),
+            Kind::List => Value::Array(vec![Value::String("x".into())]),
+        }
+    }
+
+    fn full(role: Role) -> Table {
+        let schema = Schema::of(role);
+        let mut doc = Table::new();
+        for s in schema.sections {
+            let t: Table = s
+                .keys
+                .iter()
+                .map(|k| (k.name.to_owned(), sample(k.kind)))
+                .collect();
+            doc.insert(s.name.into(), Value::Table(t));
+        }
+        if let Some(keys) = schema.tunnels {
+            let t: Table = keys
+                .iter()
+                .map(|k| (k.name.to_owned(), sample(k.kind)))
+                .collect();
+            doc.insert("tunnels".into(), Value::Array(vec![Value::Table(t)]));
+        }
+        doc
+    }
+
+    fn round_trip(role: Role, doc: Table) -> Table {
+        let v = Value::Table(doc);
+        let back = match role {
+            Role::Client => Value::try_from(v.try_into::<Config>().unwrap()),
+            Role::Router => Value::try_from(v.try_into::<RouterConfig>().unwrap()),
+        };
+        match back.unwrap() {
+            Value::Table(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The schema and the typed tree name the same keys: every schema key deserializes
+    /// (deny_unknown_fields would refuse one the tree lacks), and a tree with every
+    /// field set serializes to exactly the schema's keys (a field the schema lacks
+    /// would show up).
+    #[test]
+    fn schema_and_typed_tree_agree() {
+        for role in [Role::Client, Role::Router] {
+            let doc = full(role);
+            let back = round_trip(role, doc.clone());
+            let keys = |t: &Table| -> Vec<String> {
+                let mut v = Vec::new();
+                for (s, inner) in t {
+                    match inner {
+                        Value::Table(i) => v.extend(i.keys().map(|k| format!("{s}.{k}"))),
+                        Value::Array(a) => {
+                            for item in a {
+                                v.extend(
+                                    item.as_table()
+                                        .unwrap()
+                                        .keys()
+                                        .map(|k| format!("{s}[].{k}")),
+                                );
+                            }
+                        }
+                        _ => v.push(s.clone()),
+                    }
+                }
+                v.sort();
+                v
+            };
+            assert_eq!(keys(&back), keys(&doc), "{role:?}");
+        }
+    }
+
+    /// Every word a `Choice` accepts is a variant of the typed enum.
+    #[test]
+    fn every_choice_word_deserializes() {
+        let schema = Schema::of(Role::Client);
+        for s in schema.sections {
+            for k in s.keys {
+                if let Kind::Choice(words) = k.kind {
+                    for w in words {
+                        let doc: Table =
+                            toml::from_str(&format!("[{}]\n{} = {w:?}", s.name, k.name)).unwrap();
+                        let back = round_trip(Role::Client, doc);
+                        assert_eq!(back[s.name][k.name].as_str(), Some(*w));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_serialize_masked() {
+        let mut c = Config::default();
+        c.security.token = Some(Secret::new("hunter2".into()));
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("token = \"***\""), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn defaults_fill_from_home() {
+        let home = Home::at("/h".into());
+        let mut c = Config::default();
+        c.fill_defaults(&home);
+        assert_eq!(
+            c.security.private_key_path,
+            Some(PathBuf::from("/h/keys/client.key"))
+        );
+        let mut r = RouterConfig::default();
+        r.fill_defaults(&home);
+        assert_eq!(
+            r.router.private_key_path,
+            Some(PathBuf::from("/h/keys/router.key"))
+        );
+        assert_eq!(
+            r.router.authorized_keys,
+            Some(PathBuf::from("/h/authorized_clients"))
+        );
+        assert_eq!(r.router.bind, "0.0.0.0:9999");
+        assert_eq!(PerformanceConfig::default().dataplane_options().workers, 0);
+    }
+}

@@ -1,0 +1,134 @@
+//! What `conduit up -f FILE` runs: one plain [`TunnelPlan`] per `[[tunnels]]` table,
+//! built only from a configuration without errors, so nothing is left to check or
+//! default.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use conduit_proto::{KeyPair, PublicKey, Secret};
+
+use super::model::{LoggingConfig, PerformanceConfig, Protocol};
+use super::validate::{bind_addr, public_key};
+use super::{Problem, Report, Sources, load_client};
+use crate::client::TunnelSettings;
+
+/// One tunnel process's settings.
+#[derive(Debug, Clone)]
+pub struct TunnelPlan {
+    /// The tunnel's name, unique in its file.
+    pub name: String,
+    /// The router, `host:port` (`[v6]:port` for an IPv6 address).
+    pub router: String,
+    /// The router's pinned key.
+    pub router_key: PublicKey,
+    /// This client's private key file (loaded by the tunnel process).
+    pub private_key_path: PathBuf,
+    /// The source, `HOST:PORT` as the router resolves it.
+    pub source: String,
+    /// Where users connect.
+    pub bind: SocketAddr,
+    /// What it carries (always TCP today: validation refuses UDP).
+    pub protocol: Protocol,
+    /// A token for routers that require one.
+    pub token: Option<Secret>,
+    /// Workers, engine, pool, timeouts and the rest.
+    pub performance: PerformanceConfig,
+}
+
+impl TunnelPlan {
+    /// The client tunnel's settings, given the key loaded from
+    /// [`private_key_path`](Self::private_key_path).
+    pub fn settings(&self, identity: KeyPair) -> TunnelSettings {
+        let p = &self.performance;
+        TunnelSettings {
+            name: self.name.clone(),
+            router: self.router.clone(),
+            router_key: self.router_key,
+            identity,
+            source: self.source.clone(),
+            bind: self.bind,
+            token: self.token.clone(),
+            pool_size: p.pool_size,
+            connect_timeout: p.connect_timeout(),
+            handshake_timeout: p.handshake_timeout(),
+            dataplane: p.dataplane_options(),
+        }
+    }
+}
+
+/// Everything `conduit up` needs from a file.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// One per `[[tunnels]]` table, in file order.
+    pub tunnels: Vec<TunnelPlan>,
+    /// `[logging]`.
+    pub logging: LoggingConfig,
+    /// Warnings worth printing before starting.
+    pub warnings: Vec<Problem>,
+}
+
+/// Resolves file, environment and command-line overrides into one plan per tunnel.
+///
+/// `Err` holds every problem (warnings too) when there is at least one error.
+pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
+    let loaded = load_client(sources)?;
+    if loaded.report.has_errors() {
+        return Err(loaded.report);
+    }
+    let c = &loaded.config;
+    let internal = |what: &str| {
+        let mut r = loaded.report.clone();
+        r.push(Problem::error(
+            what,
+            "missing after validation (a Conduit bug; please report it)",
+        ));
+        r
+    };
+    let host = c
+        .router
+        .host
+        .as_deref()
+        .ok_or_else(|| internal("router.host"))?;
+    let spec = c
+        .router
+        .public_key
+        .as_deref()
+        .ok_or_else(|| internal("router.public_key"))?;
+    let router_key = public_key(spec).map_err(|_| internal("router.public_key"))?;
+    let private_key_path = c
+        .security
+        .private_key_path
+        .clone()
+        .ok_or_else(|| internal("security.private_key_path"))?;
+    let router = match host.parse::<Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]:{}", c.router.port),
+        Err(_) => format!("{host}:{}", c.router.port),
+    };
+    let mut tunnels = Vec::with_capacity(c.tunnels.len());
+    for (i, t) in c.tunnels.iter().enumerate() {
+        let path = |k: &str| format!("tunnels[{i}].{k}");
+        let (Some(name), Some(source), Some(bind)) = (&t.name, &t.source, &t.bind) else {
+            return Err(internal(&format!("tunnels[{i}]")));
+        };
+        let bind = bind_addr(bind).map_err(|_| internal(&path("bind")))?;
+        tunnels.push(TunnelPlan {
+            name: name.clone(),
+            router: router.clone(),
+            router_key,
+            private_key_path: private_key_path.clone(),
+            source: source.clone(),
+            bind,
+            protocol: t.protocol,
+            token: c.security.token.clone(),
+            performance: c.performance.clone(),
+        });
+    }
+    Ok(Plan {
+        file: loaded.file,
+        tunnels,
+        logging: c.logging.clone(),
+        warnings: loaded.report.problems,
+    })
+}

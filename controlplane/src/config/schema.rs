@@ -1,0 +1,502 @@
+//! The keys each kind of file may hold: their types and ranges, which are required,
+//! which are secret, and the environment variables that set them.
+//!
+//! The typed tree in `model.rs` is what the rest of Conduit reads; this table is what
+//! lets the layers check every key on its own (so one bad value does not hide the
+//! next), map `CONDUIT_<SECTION>_<KEY>` to keys, and list valid keys in messages. A
+//! test keeps the two in step.
+
+use toml::Value;
+
+use super::Role;
+
+/// What a key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A non-empty string.
+    Str,
+    /// A file path; relative paths in a file resolve against the file's directory.
+    Path,
+    /// A public key (`ed25519:…`) or the path of a `.pub` file (resolved like `Path`).
+    KeyOrPath,
+    /// An integer in `min..=max`.
+    Int { min: i64, max: i64 },
+    /// `true` or `false`.
+    Bool,
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    /// A list of non-empty strings (comma-separated in the environment).
+    List,
+}
+
+/// One key of a section.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Key {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    /// The line to add when it is missing; empty when the key is optional.
+    pub(crate) required: &'static str,
+    /// Printed as `***`.
+    pub(crate) secret: bool,
+    /// Older variables that set it too (the flags' `CONDUIT_TOKEN`, …); the
+    /// `CONDUIT_<SECTION>_<KEY>` name wins when both are set.
+    pub(crate) aliases: &'static [&'static str],
+}
+
+const fn key(name: &'static str, kind: Kind) -> Key {
+    Key {
+        name,
+        kind,
+        required: "",
+        secret: false,
+        aliases: &[],
+    }
+}
+
+impl Key {
+    const fn required(self, example: &'static str) -> Self {
+        Key {
+            required: example,
+            ..self
+        }
+    }
+    const fn secret(self) -> Self {
+        Key {
+            secret: true,
+            ..self
+        }
+    }
+    const fn alias(self, aliases: &'static [&'static str]) -> Self {
+        Key { aliases, ..self }
+    }
+}
+
+/// A `[section]` table.
+#[derive(Debug)]
+pub(crate) struct Section {
+    pub(crate) name: &'static str,
+    pub(crate) keys: &'static [Key],
+}
+
+impl Section {
+    pub(crate) fn key(&self, name: &str) -> Option<&'static Key> {
+        self.keys.iter().find(|k| k.name == name)
+    }
+
+    /// `CONDUIT_<SECTION>_<KEY>`.
+    pub(crate) fn env_name(&self, key: &Key) -> String {
+        format!("CONDUIT_{}_{}", self.name, key.name).to_ascii_uppercase()
+    }
+}
+
+/// All the keys of one kind of file.
+#[derive(Debug)]
+pub(crate) struct Schema {
+    pub(crate) sections: &'static [Section],
+    /// The keys of each `[[tunnels]]` table, for files that have tunnels.
+    pub(crate) tunnels: Option<&'static [Key]>,
+}
+
+impl Schema {
+    pub(crate) fn of(role: Role) -> &'static Schema {
+        match role {
+            Role::Client => &CLIENT,
+            Role::Router => &ROUTER,
+        }
+    }
+
+    pub(crate) fn section(&self, name: &str) -> Option<&'static Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// `router, security, …, tunnels`.
+    pub(crate) fn section_names(&self) -> String {
+        let mut names: Vec<&str> = self.sections.iter().map(|s| s.name).collect();
+        if self.tunnels.is_some() {
+            names.push("tunnels");
+        }
+        names.join(", ")
+    }
+}
+
+pub(crate) const PORT: Kind = Kind::Int { min: 1, max: 65535 };
+const SECS: Kind = Kind::Int { min: 1, max: 3600 };
+const COUNT: Kind = Kind::Int {
+    min: 0,
+    max: i64::MAX,
+};
+const BUFFER: Kind = Kind::Int {
+    min: 1024,
+    max: 16 * 1024 * 1024,
+};
+
+const PERFORMANCE: Section = Section {
+    name: "performance",
+    keys: &[
+        key("workers", Kind::Int { min: 0, max: 1024 }).alias(&["CONDUIT_WORKERS"]),
+        key("io_engine", Kind::Choice(&["auto", "uring", "epoll"])).alias(&["CONDUIT_IO_ENGINE"]),
+        key("pool_size", Kind::Int { min: 0, max: 64 }),
+        key("auto_tune", Kind::Bool),
+        key(
+            "optimize_for",
+            Kind::Choice(&["throughput", "latency", "balanced"]),
+        ),
+        key("tcp_nodelay", Kind::Bool),
+        key("tcp_keepalive_secs", Kind::Int { min: 0, max: 86400 }),
+        key("read_buffer_size", BUFFER),
+        key("write_buffer_size", BUFFER),
+        key("default_bandwidth_limit", COUNT),
+        key("burst_bandwidth_limit", COUNT),
+        key("max_connections", COUNT),
+        key("connect_timeout_secs", SECS),
+        key("handshake_timeout_secs", SECS),
+        key("idle_timeout_secs", Kind::Int { min: 1, max: 86400 }),
+        key("drain_timeout_secs", Kind::Int { min: 0, max: 3600 }),
+    ],
+};
+
+const LOGGING: Section = Section {
+    name: "logging",
+    keys: &[
+        key(
+            "level",
+            Kind::Choice(&["error", "warn", "info", "debug", "trace"]),
+        ),
+        key("format", Kind::Choice(&["text", "json"])),
+        key("file", Kind::Path),
+    ],
+};
+
+static CLIENT: Schema = Schema {
+    sections: &[
+        Section {
+            name: "router",
+            keys: &[
+                key("host", Kind::Str).required("host = \"10.2.0.1\""),
+                key("port", PORT),
+                key("public_key", Kind::KeyOrPath)
+                    .required("public_key = \"ed25519:…\" (what the router's `conduit init` printed, or the path of its .pub file)")
+                    .alias(&["CONDUIT_ROUTER_KEY"]),
+            ],
+        },
+        Section {
+            name: "security",
+            keys: &[
+                key("private_key_path", Kind::Path),
+                key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),
+            ],
+        },
+        PERFORMANCE,
+        LOGGING,
+    ],
+    tunnels: Some(&[
+        key("name", Kind::Str).required("name = \"web\""),
+        key("source", Kind::Str).required("source = \"10.2.0.2:8080\""),
+        key("bind", Kind::Str).required("bind = \"0.0.0.0:8080\""),
+        key("protocol", Kind::Choice(&["tcp", "udp"])),
+    ]),
+};
+
+static ROUTER: Schema = Schema {
+    sections: &[
+        Section {
+            name: "router",
+            keys: &[
+                key("bind", Kind::Str),
+                key("private_key_path", Kind::Path),
+                key("authorized_keys", Kind::Path),
+                key("allow", Kind::List),
+                key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),
+            ],
+        },
+        PERFORMANCE,
+        LOGGING,
+    ],
+    tunnels: None,
+};
+
+/// Variables Conduit reads that are not keys of either file. `CONDUIT_LOG_LEVEL` and
+/// `CONDUIT_LOG_FORMAT` belong to the global `--log-level`/`--log-format` flags, which
+/// also accept tracing filters, so they are not aliases of `logging.level`/`format`.
+const OTHER_VARS: &[&str] = &[
+    "CONDUIT_HOME",
+    "CONDUIT_ROUTER",
+    "CONDUIT_LOG_LEVEL",
+    "CONDUIT_LOG_FORMAT",
+];
+
+/// Every `CONDUIT_*` variable Conduit knows.
+pub(crate) fn known_vars() -> Vec<String> {
+    let mut v: Vec<String> = OTHER_VARS.iter().map(|s| (*s).to_owned()).collect();
+    for schema in [&CLIENT, &ROUTER] {
+        for s in schema.sections {
+            for k in s.keys {
+                v.push(s.env_name(k));
+                v.extend(k.aliases.iter().map(|a| (*a).to_owned()));
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The `CONDUIT_<SECTION>_` prefixes a configuration variable starts with.
+pub(crate) fn section_prefixes() -> Vec<String> {
+    let mut v: Vec<String> = CLIENT
+        .sections
+        .iter()
+        .chain(ROUTER.sections)
+        .map(|s| format!("CONDUIT_{}_", s.name.to_ascii_uppercase()))
+        .collect();
+    v.push("CONDUIT_TUNNELS_".to_owned());
+    v.sort();
+    v.dedup();
+    v
+}
+
+impl Kind {
+    /// What a value of this kind looks like, for messages.
+    fn describe(self) -> String {
+        match self {
+            Kind::Str | Kind::Path | Kind::KeyOrPath => "a string".into(),
+            Kind::Int { min, max } => format!("an integer ({})", range(min, max)),
+            Kind::Bool => "true or false".into(),
+            Kind::Choice(words) => format!("one of {}", words.join(", ")),
+            Kind::List => "a list of strings".into(),
+        }
+    }
+
+    /// Checks a value read from the file.
+    pub(crate) fn check(self, name: &str, v: &Value) -> Result<(), String> {
+        let wrong = || {
+            let mut m = format!("expected {}, found {}", self.describe(), type_of(v));
+            if let Value::String(s) = v {
+                let unquoted = (matches!(self, Kind::Int { .. })
+                    && s.trim().parse::<i64>().is_ok())
+                    || (self == Kind::Bool && matches!(s.as_str(), "true" | "false"));
+                if unquoted {
+                    m.push_str(&format!("; write it without quotes: {name} = {}", s.trim()));
+                }
+            }
+            m
+        };
+        match (self, v) {
+            (Kind::Str | Kind::Path | Kind::KeyOrPath, Value::String(s)) => non_empty(s),
+            (Kind::Int { min, max }, Value::Integer(n)) => in_range(*n, min, max),
+            (Kind::Bool, Value::Boolean(_)) => Ok(()),
+            (Kind::Choice(words), Value::String(s)) => choice(words, s),
+            (Kind::List, Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => non_empty(s).map_err(|e| format!("item {i}: {e}"))?,
+                        other => {
+                            return Err(format!(
+                                "item {i}: expected a string, found {}",
+                                type_of(other)
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(wrong()),
+        }
+    }
+
+    /// Parses a value given as text (an environment variable or a `--set`).
+    pub(crate) fn parse_text(self, s: &str) -> Result<Value, String> {
+        match self {
+            Kind::Str | Kind::Path | Kind::KeyOrPath => {
+                non_empty(s)?;
+                Ok(Value::String(s.to_owned()))
+            }
+            Kind::Int { min, max } => {
+                let n: i64 = s
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("expected {}, found {s:?}", self.describe()))?;
+                in_range(n, min, max)?;
+                Ok(Value::Integer(n))
+            }
+            Kind::Bool => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
+                "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
+                _ => Err(format!("expected true or false, found {s:?}")),
+            },
+            Kind::Choice(words) => {
+                let w = s.trim().to_ascii_lowercase();
+                choice(words, &w)?;
+                Ok(Value::String(w))
+            }
+            Kind::List => Ok(Value::Array(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| Value::String(p.to_owned()))
+                    .collect(),
+            )),
+        }
+    }
+}
+
+fn range(min: i64, max: i64) -> String {
+    if max == i64::MAX {
+        format!("{min} or more")
+    } else {
+        format!("{min}-{max}")
+    }
+}
+
+fn in_range(n: i64, min: i64, max: i64) -> Result<(), String> {
+    if (min..=max).contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("{n} is out of range; use {}", range(min, max)))
+    }
+}
+
+fn non_empty(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        Err("is empty; give a value or remove the line".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn choice(words: &[&str], s: &str) -> Result<(), String> {
+    if words.contains(&s) {
+        Ok(())
+    } else {
+        Err(format!("unknown value {s:?}; use {}", or_list(words)))
+    }
+}
+
+/// `a, b or c`.
+pub(crate) fn or_list(words: &[&str]) -> String {
+    match words.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => words.join(""),
+    }
+}
+
+pub(crate) fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::Table(_) => "a table",
+    }
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a typo.
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, c)| *d <= 2 && *d < c.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_follow_section_and_key() {
+        let s = CLIENT.section("router").unwrap();
+        assert_eq!(
+            s.env_name(s.key("public_key").unwrap()),
+            "CONDUIT_ROUTER_PUBLIC_KEY"
+        );
+        let known = known_vars();
+        for v in [
+            "CONDUIT_ROUTER_HOST",
+            "CONDUIT_ROUTER_BIND",
+            "CONDUIT_PERFORMANCE_WORKERS",
+            "CONDUIT_TOKEN",
+            "CONDUIT_LOG_LEVEL",
+            "CONDUIT_HOME",
+        ] {
+            assert!(known.contains(&v.to_owned()), "{v}");
+        }
+    }
+
+    #[test]
+    fn values_are_checked_by_kind_with_the_fix_in_the_message() {
+        let n = |i| Value::Integer(i);
+        assert_eq!(
+            PORT.check("port", &n(0)),
+            Err("0 is out of range; use 1-65535".into())
+        );
+        assert_eq!(
+            PORT.check("port", &Value::String("9999".into())),
+            Err("expected an integer (1-65535), found a string; write it without quotes: port = 9999".into())
+        );
+        assert_eq!(
+            Kind::Choice(&["tcp", "udp"]).check("protocol", &Value::String("sctp".into())),
+            Err("unknown value \"sctp\"; use tcp or udp".into())
+        );
+        assert_eq!(
+            Kind::List.check("allow", &Value::Array(vec![n(1)])),
+            Err("item 0: expected a string, found an integer".into())
+        );
+        assert_eq!(
+            Kind::Str.check("host", &Value::String(" ".into())),
+            Err("is empty; give a value or remove the line".into())
+        );
+    }
+
+    #[test]
+    fn text_values_parse_by_kind() {
+        assert_eq!(PORT.parse_text("9999"), Ok(Value::Integer(9999)));
+        assert_eq!(
+            PORT.parse_text("x"),
+            Err("expected an integer (1-65535), found \"x\"".into())
+        );
+        assert_eq!(Kind::Bool.parse_text("Yes"), Ok(Value::Boolean(true)));
+        assert_eq!(
+            Kind::Choice(&["auto", "epoll"]).parse_text("EPOLL"),
+            Ok(Value::String("epoll".into()))
+        );
+        assert_eq!(
+            Kind::List.parse_text("a:1, b:2,"),
+            Ok(Value::Array(vec![
+                Value::String("a:1".into()),
+                Value::String("b:2".into())
+            ]))
+        );
+    }
+
+    #[test]
+    fn typos_find_their_key() {
+        assert_eq!(
+            closest("hots", ["host", "port", "public_key"]),
+            Some("host")
+        );
+        assert_eq!(closest("zzzzzz", ["host", "port"]), None);
+        assert_eq!(closest("ab", ["cd"]), None);
+    }
+}

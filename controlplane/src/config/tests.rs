@@ -1,0 +1,389 @@
+//! Precedence, origins, masking, `show` and plans, through the public entry points with
+//! real files in a temporary directory. The environment is always an explicit [`Env`].
+
+use std::path::PathBuf;
+
+use conduit_proto::Secret;
+
+use super::*;
+use crate::keys;
+
+/// A temporary directory with a home holding `keys/client.key` and `keys/router.{key,pub}`.
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) home: Home,
+    pub(crate) router_key: String,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        keys::generate(&home, "client", false).unwrap();
+        let router = keys::generate(&home, "router", false).unwrap();
+        Self {
+            dir,
+            home,
+            router_key: router.public().to_string(),
+        }
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A valid client file with one tunnel, then `extra` appended.
+    pub(crate) fn client_text(&self, extra: &str) -> String {
+        format!(
+            "[router]\nhost = \"10.2.0.1\"\npublic_key = \"{}\"\n\n[[tunnels]]\nname = \
+             \"web\"\nsource = \"10.2.0.2:8080\"\nbind = \"0.0.0.0:8080\"\n{extra}",
+            self.router_key
+        )
+    }
+
+    pub(crate) fn sources(&self, text: &str, env: &[(&str, &str)], sets: &[&str]) -> Sources {
+        let file = self.path("conduit.toml");
+        std::fs::write(&file, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Sources {
+            file,
+            env: Env::from_pairs(env.iter().copied()),
+            overrides: sets
+                .iter()
+                .map(|s| Override::parse_set(s).unwrap())
+                .collect(),
+            home: self.home.clone(),
+        }
+    }
+
+    /// The problems as `validate` prints them, with the temp dir shown as `$DIR`.
+    pub(crate) fn lines(&self, report: &Report) -> Vec<String> {
+        let dir = self.dir.path().display().to_string();
+        report
+            .problems
+            .iter()
+            .map(|p| {
+                let kind = match p.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                };
+                format!("{kind}: {p}").replace(&dir, "$DIR")
+            })
+            .collect()
+    }
+
+    pub(crate) fn client(&self, text: &str) -> Vec<String> {
+        match load_client(&self.sources(text, &[], &[])) {
+            Ok(l) => self.lines(&l.report),
+            Err(r) => self.lines(&r),
+        }
+    }
+}
+
+#[test]
+fn a_valid_file_loads_with_defaults_and_no_problems() {
+    let f = Fixture::new();
+    let l = load_client(&f.sources(&f.client_text(""), &[], &[])).unwrap();
+    assert_eq!(f.lines(&l.report), Vec::<String>::new());
+    let c = &l.config;
+    assert_eq!(c.router.host.as_deref(), Some("10.2.0.1"));
+    assert_eq!(c.router.port, 9999);
+    assert_eq!(c.performance, PerformanceConfig::default());
+    assert_eq!(
+        c.security.private_key_path,
+        Some(f.home.private_key("client"))
+    );
+    assert_eq!(c.tunnels.len(), 1);
+    assert_eq!(c.tunnels[0].protocol, Protocol::Tcp);
+    assert_eq!(l.origins.get("router.port"), &Origin::Default);
+    assert_eq!(
+        l.origins.get("router.host").to_string(),
+        format!("{}:2", l.file.display())
+    );
+}
+
+#[test]
+fn environment_beats_file_and_cli_beats_environment() {
+    let f = Fixture::new();
+    let text = f.client_text("[performance]\nworkers = 3\npool_size = 5\n");
+    let env = [
+        ("CONDUIT_ROUTER_PORT", "2000"),
+        ("CONDUIT_PERFORMANCE_WORKERS", "4"),
+        ("CONDUIT_LOGGING_FORMAT", "json"),
+    ];
+    let l = load_client(&f.sources(&text, &env, &["router.port=3000"])).unwrap();
+    assert_eq!(f.lines(&l.report), Vec::<String>::new());
+    let c = &l.config;
+    assert_eq!(c.router.port, 3000, "cli over env");
+    assert_eq!(c.performance.workers, 4, "env over file");
+    assert_eq!(c.performance.pool_size, 5, "file over default");
+    assert_eq!(c.logging.format, LogFormat::Json, "env over default");
+    assert_eq!(c.performance.io_engine, IoEngine::Auto, "default");
+    let o = |p: &str| l.origins.get(p).to_string();
+    assert_eq!(o("router.port"), "cli --set router.port");
+    assert_eq!(o("performance.workers"), "env CONDUIT_PERFORMANCE_WORKERS");
+    assert_eq!(
+        o("performance.pool_size"),
+        format!("{}:11", l.file.display())
+    );
+    assert_eq!(o("performance.io_engine"), "default");
+}
+
+#[test]
+fn the_sectioned_variable_beats_its_older_alias() {
+    let f = Fixture::new();
+    let text = f.client_text("");
+    let l = load_client(&f.sources(&text, &[("CONDUIT_TOKEN", "old")], &[])).unwrap();
+    assert_eq!(
+        l.config.security.token.as_ref().map(Secret::expose),
+        Some("old")
+    );
+    assert_eq!(
+        l.origins.get("security.token").to_string(),
+        "env CONDUIT_TOKEN"
+    );
+    let env = [("CONDUIT_TOKEN", "old"), ("CONDUIT_SECURITY_TOKEN", "new")];
+    let l = load_client(&f.sources(&text, &env, &[])).unwrap();
+    assert_eq!(
+        l.config.security.token.as_ref().map(Secret::expose),
+        Some("new")
+    );
+    assert_eq!(
+        l.origins.get("security.token").to_string(),
+        "env CONDUIT_SECURITY_TOKEN"
+    );
+}
+
+#[test]
+fn a_bad_override_is_reported_and_the_layer_below_stays() {
+    let f = Fixture::new();
+    let text = f.client_text("[performance]\nworkers = 3\n");
+    let env = [
+        ("CONDUIT_PERFORMANCE_WORKERS", "many"),
+        ("CONDUIT_ROUTER_HOTS", "x"),
+    ];
+    let sets = ["router.prot=1", "performance.io_engine=turbo"];
+    let l = load_client(&f.sources(&text, &env, &sets)).unwrap();
+    assert_eq!(
+        f.lines(&l.report),
+        [
+            "error: performance.workers: expected an integer (0-1024), found \"many\" (env \
+             CONDUIT_PERFORMANCE_WORKERS)",
+            "error: router.prot: unknown key; did you mean router.port? only the keys of \
+             [router], [security], [performance], [logging] can be set this way (cli --set \
+             router.prot)",
+            "error: performance.io_engine: unknown value \"turbo\"; use auto, uring or epoll \
+             (cli --set performance.io_engine)",
+            "warning: CONDUIT_ROUTER_HOTS is not a Conduit setting and is ignored; did you \
+             mean CONDUIT_ROUTER_HOST? settings are CONDUIT_<SECTION>_<KEY>, such as \
+             CONDUIT_ROUTER_HOST",
+        ]
+    );
+    assert_eq!(l.config.performance.workers, 3);
+    assert_eq!(l.config.performance.io_engine, IoEngine::Auto);
+}
+
+#[test]
+fn the_environment_can_supply_required_values() {
+    let f = Fixture::new();
+    let text = "[[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:80\"\nbind = \"127.0.0.1:8080\"\n";
+    let env = [
+        ("CONDUIT_ROUTER_HOST", "router.internal"),
+        ("CONDUIT_ROUTER_KEY", f.router_key.as_str()),
+    ];
+    let l = load_client(&f.sources(text, &env, &[])).unwrap();
+    assert_eq!(f.lines(&l.report), Vec::<String>::new());
+    assert_eq!(
+        l.origins.get("router.public_key").to_string(),
+        "env CONDUIT_ROUTER_KEY"
+    );
+}
+
+#[test]
+fn relative_paths_in_the_file_resolve_against_its_directory() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.path("keys")).unwrap();
+    std::fs::copy(f.home.private_key("client"), f.path("keys/client.key")).unwrap();
+    std::fs::copy(f.home.public_key("router"), f.path("router.pub")).unwrap();
+    let text = "[router]\nhost = \"h\"\npublic_key = \"router.pub\"\n[security]\n\
+                private_key_path = \"./keys/client.key\"\n[[tunnels]]\nname = \"a\"\n\
+                source = \"s:1\"\nbind = \"127.0.0.1:1\"\n";
+    let l = load_client(&f.sources(text, &[], &[])).unwrap();
+    assert_eq!(f.lines(&l.report), Vec::<String>::new());
+    assert_eq!(
+        l.config.security.private_key_path,
+        Some(f.path("./keys/client.key"))
+    );
+    assert_eq!(
+        l.config.router.public_key,
+        Some(f.path("router.pub").display().to_string())
+    );
+    let plan = plan_tunnels(&f.sources(text, &[], &[])).unwrap();
+    assert_eq!(plan.tunnels[0].router_key.to_string(), f.router_key);
+}
+
+fn squash(s: &str) -> Vec<String> {
+    s.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn show_prints_every_value_with_its_origin_and_masks_secrets() {
+    let f = Fixture::new();
+    let text = f.client_text("[security]\ntoken = \"hunter2\"\n");
+    let env = [("CONDUIT_ROUTER_PORT", "2000")];
+    let l = load_client(&f.sources(&text, &env, &["performance.workers=2"])).unwrap();
+    let out = show_client(&l, Format::Text);
+    assert!(!out.contains("hunter2"), "{out}");
+    let file = l.file.display().to_string();
+    let key = f.home.private_key("client").display().to_string();
+    let lines = squash(&out);
+    let expect = [
+        format!(
+            "# effective configuration from {file}; each value's origin follows it, secrets print as ***"
+        ),
+        String::new(),
+        "[router]".into(),
+        format!("host = \"10.2.0.1\" # {file}:2"),
+        "port = 2000 # env CONDUIT_ROUTER_PORT".into(),
+        format!("public_key = \"{}\" # {file}:3", f.router_key),
+        String::new(),
+        "[security]".into(),
+        format!("private_key_path = \"{key}\" # default"),
+        format!("token = \"***\" # {file}:10"),
+        String::new(),
+        "[performance]".into(),
+        "workers = 2 # cli --set performance.workers".into(),
+        "io_engine = \"auto\" # default".into(),
+    ];
+    assert_eq!(lines[..expect.len()], expect[..], "{out}");
+    let tail: Vec<&String> = lines.iter().rev().take(6).collect();
+    assert_eq!(
+        tail,
+        [
+            "protocol = \"tcp\" # default",
+            &format!("bind = \"0.0.0.0:8080\" # {file}:8"),
+            &format!("source = \"10.2.0.2:8080\" # {file}:7"),
+            &format!("name = \"web\" # {file}:6"),
+            "[[tunnels]]",
+            "",
+        ]
+    );
+    assert!(
+        lines.contains(&"file = (not set) # default".to_owned()),
+        "{out}"
+    );
+}
+
+#[test]
+fn show_json_has_values_and_origins() {
+    let f = Fixture::new();
+    let text = f.client_text("[security]\ntoken = \"hunter2\"\n");
+    let l = load_client(&f.sources(&text, &[], &[])).unwrap();
+    let out = show_client(&l, Format::Json);
+    assert!(!out.contains("hunter2"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let file = l.file.display().to_string();
+    assert_eq!(v["file"], file.as_str());
+    assert_eq!(
+        v["router"]["port"],
+        serde_json::json!({"value": 9999, "origin": "default"})
+    );
+    assert_eq!(v["security"]["token"]["value"], "***");
+    assert_eq!(v["logging"]["file"]["value"], serde_json::Value::Null);
+    assert_eq!(v["tunnels"][0]["bind"]["origin"], format!("{file}:8"));
+}
+
+#[test]
+fn a_router_file_loads_shows_and_masks_too() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), "").unwrap();
+    // A per-client rule: the key's base64 padding '=' must not split the rule.
+    let client = keys::load_public(&f.home.public_key("client").display().to_string(), "k");
+    let text = format!(
+        "[router]\nbind = \"127.0.0.1:9999\"\nallow = [\"10.2.0.0/24:*\", \"{}=10.9.0.1:22\"]\n\
+         token = \"s3cret\"\n",
+        client.unwrap()
+    );
+    let env = [("CONDUIT_ROUTER_BIND", "127.0.0.1:7000")];
+    let l = load_router(&f.sources(&text, &env, &[])).unwrap();
+    assert_eq!(
+        f.lines(&l.report),
+        [format!(
+            "warning: router.authorized_keys: {}/home/authorized_clients lists no client keys: \
+             every client will be refused; add one client public key per line",
+            "$DIR"
+        )]
+    );
+    assert_eq!(l.config.router.bind, "127.0.0.1:7000");
+    let out = squash(&show_router(&l, Format::Text));
+    assert!(
+        out.contains(&"bind = \"127.0.0.1:7000\" # env CONDUIT_ROUTER_BIND".to_owned()),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(&format!("token = \"***\" # {}:4", l.file.display())),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|l| l.contains("s3cret")));
+}
+
+#[test]
+fn plans_carry_everything_a_tunnel_needs() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "\n[[tunnels]]\nname = \"db\"\nsource = \"db.internal:5432\"\nbind = \"127.0.0.1:5432\"\n\
+         [performance]\npool_size = 4\n",
+    );
+    let env = [
+        ("CONDUIT_ROUTER_HOST", "fd00::1"),
+        ("CONDUIT_SECURITY_TOKEN", "t"),
+    ];
+    let plan = plan_tunnels(&f.sources(&text, &env, &[])).unwrap();
+    assert_eq!(plan.warnings, Vec::new());
+    let names: Vec<&str> = plan.tunnels.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["web", "db"]);
+    let db = &plan.tunnels[1];
+    assert_eq!(db.router, "[fd00::1]:9999");
+    assert_eq!(db.source, "db.internal:5432");
+    assert_eq!(
+        db.bind,
+        "127.0.0.1:5432".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert_eq!(db.token.as_ref().map(Secret::expose), Some("t"));
+    assert_eq!(db.private_key_path, f.home.private_key("client"));
+    let identity = keys::load_private(&db.private_key_path, "client").unwrap();
+    let s = db.settings(identity);
+    assert_eq!((s.pool_size, s.connect_timeout.as_secs()), (4, 10));
+    assert_eq!(s.router_key.to_string(), f.router_key);
+}
+
+#[test]
+fn plans_are_refused_while_anything_is_wrong() {
+    let f = Fixture::new();
+    let text = f.client_text("");
+    let err = plan_tunnels(&f.sources(&text, &[("CONDUIT_ROUTER_PORT", "0")], &[])).unwrap_err();
+    assert_eq!(
+        f.lines(&err),
+        ["error: router.port: 0 is out of range; use 1-65535 (env CONDUIT_ROUTER_PORT)"]
+    );
+}
+
+/// `CONDUIT_LOG_LEVEL` belongs to the global flag, which takes tracing filters too: it
+/// must neither set `logging.level` nor be reported.
+#[test]
+fn the_global_log_variables_are_left_to_their_flags() {
+    let f = Fixture::new();
+    let env = [
+        ("CONDUIT_LOG_LEVEL", "conduit=debug"),
+        ("CONDUIT_LOG_FORMAT", "json"),
+    ];
+    let l = load_client(&f.sources(&f.client_text(""), &env, &[])).unwrap();
+    assert_eq!(f.lines(&l.report), Vec::<String>::new());
+    assert_eq!(l.config.logging, LoggingConfig::default());
+}

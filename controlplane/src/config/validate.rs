@@ -1,0 +1,403 @@
+//! Checks that need more than one key's type: addresses, keys on disk, names and binds
+//! that must be unique, limits that must agree. Every problem is returned, each with
+//! its key path, where its value came from, and the fix.
+//!
+//! Choices made where the issue was silent:
+//! * `protocol = "udp"` is an error: a file that validates is one `conduit up` can run.
+//! * A `bind` port of 0 (the system picks) is a warning: tests use it, people rarely mean it.
+//! * `io_engine = "uring"` on a machine without usable io_uring is a warning: the file
+//!   may be checked on another machine than the one it runs on.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::str::FromStr;
+
+use conduit_proto::PublicKey;
+
+use super::model::{Config, LoggingConfig, PerformanceConfig, Protocol, RouterConfig};
+use super::{Origin, Origins, Problem};
+use crate::keys;
+use crate::policy::Rule;
+
+/// The problems found so far, each tagged with where its value came from.
+struct Out<'a> {
+    origins: &'a Origins,
+    list: Vec<Problem>,
+}
+
+impl Out<'_> {
+    fn error(&mut self, path: &str, msg: impl Into<String>) {
+        self.push(Problem::error(path, msg), path);
+    }
+
+    fn warn(&mut self, path: &str, msg: impl Into<String>) {
+        self.push(Problem::warning(path, msg), path);
+    }
+
+    /// `origin_of`: the key whose origin to show (a list's, for one of its items).
+    fn push(&mut self, p: Problem, origin_of: &str) {
+        let p = p.at(self.origins.get(origin_of));
+        self.list.push(p);
+    }
+}
+
+/// Checks a client's configuration.
+pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
+    let mut out = Out {
+        origins: o,
+        list: Vec::new(),
+    };
+    if let Some(Err(e)) = c.router.host.as_deref().map(router_host) {
+        out.error("router.host", e);
+    }
+    if let Some(Err(e)) = c.router.public_key.as_deref().map(public_key) {
+        out.error("router.public_key", e);
+    }
+    let key = c.security.private_key_path.as_deref();
+    if let Some(Err(e)) = key.map(|p| private_key(p, "client", "security.private_key_path")) {
+        out.error("security.private_key_path", e);
+    }
+    token_file(c.security.token.is_some(), "security.token", &mut out);
+    performance(&c.performance, &mut out);
+    logging(&c.logging, &mut out);
+    tunnels(c, &mut out);
+    out.list
+}
+
+/// Checks a router's configuration.
+pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
+    let mut out = Out {
+        origins: o,
+        list: Vec::new(),
+    };
+    let r = &c.router;
+    match bind_addr(&r.bind) {
+        Ok(a) if a.port() == 0 => out.warn("router.bind", port_zero()),
+        Ok(_) => {}
+        Err(e) => out.error("router.bind", e),
+    }
+    let key = r.private_key_path.as_deref();
+    if let Some(Err(e)) = key.map(|p| private_key(p, "router", "router.private_key_path")) {
+        out.error("router.private_key_path", e);
+    }
+    if let Some(p) = &r.authorized_keys {
+        match authorized(p) {
+            Ok(0) => out.warn(
+                "router.authorized_keys",
+                format!(
+                    "{} lists no client keys: every client will be refused; add one client \
+                     public key per line",
+                    p.display()
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => out.error("router.authorized_keys", e),
+        }
+    }
+    for (i, rule) in r.allow.iter().enumerate() {
+        if let Err(e) = Rule::from_str(rule) {
+            out.push(
+                Problem::error(format!("router.allow[{i}]"), e),
+                "router.allow",
+            );
+        }
+    }
+    if r.allow.is_empty() {
+        out.warn(
+            "router.allow",
+            "no rule: clients can connect but may open no source; add rules such as \
+             allow = [\"10.2.0.2:8080\"]",
+        );
+    }
+    token_file(r.token.is_some(), "router.token", &mut out);
+    performance(&c.performance, &mut out);
+    logging(&c.logging, &mut out);
+    out.list
+}
+
+fn tunnels(c: &Config, out: &mut Out<'_>) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut binds: Vec<(usize, SocketAddr, Protocol)> = Vec::new();
+    for (i, t) in c.tunnels.iter().enumerate() {
+        let path = |k: &str| format!("tunnels[{i}].{k}");
+        if let Some(name) = &t.name {
+            if let Err(e) = tunnel_name(name) {
+                out.error(&path("name"), e);
+            } else if let Some(first) = names.get(name.as_str()) {
+                out.error(
+                    &path("name"),
+                    format!(
+                        "{name:?} is already the name of tunnels[{first}]; give each tunnel its \
+                         own name"
+                    ),
+                );
+            } else {
+                names.insert(name, i);
+            }
+        }
+        if let Some(Err(e)) = t.source.as_deref().map(source_addr) {
+            out.error(&path("source"), e);
+        }
+        if t.protocol == Protocol::Udp {
+            out.error(
+                &path("protocol"),
+                "udp tunnels are not supported yet; use protocol = \"tcp\" (or remove the line)",
+            );
+        }
+        let Some(bind) = &t.bind else { continue };
+        let addr = match bind_addr(bind) {
+            Ok(a) => a,
+            Err(e) => {
+                out.error(&path("bind"), e);
+                continue;
+            }
+        };
+        if addr.port() == 0 {
+            out.warn(&path("bind"), port_zero());
+            continue;
+        }
+        let clash = binds
+            .iter()
+            .find(|(_, b, proto)| *proto == t.protocol && overlaps(*b, addr));
+        match clash {
+            Some((j, other, _)) if *other == addr => out.error(
+                &path("bind"),
+                format!(
+                    "{addr} is also the bind of tunnels[{j}]; two tunnels cannot listen on one \
+                     address: give one of them another port"
+                ),
+            ),
+            Some((j, other, _)) => {
+                let any = if other.ip().is_unspecified() {
+                    other
+                } else {
+                    &addr
+                };
+                out.error(
+                    &path("bind"),
+                    format!(
+                        "{addr} conflicts with tunnels[{j}].bind {other} ({} listens on every \
+                         local address); give one of them another port",
+                        any.ip()
+                    ),
+                );
+            }
+            None => binds.push((i, addr, t.protocol)),
+        }
+    }
+}
+
+fn performance(p: &PerformanceConfig, out: &mut Out<'_>) {
+    let (limit, burst) = (p.default_bandwidth_limit, p.burst_bandwidth_limit);
+    if limit > 0 && burst > 0 && burst < limit {
+        out.error(
+            "performance.burst_bandwidth_limit",
+            format!(
+                "{burst} is below default_bandwidth_limit ({limit}); a burst must allow at \
+                 least the steady rate (or be 0 for the same)"
+            ),
+        );
+    }
+    if p.io_engine == super::IoEngine::Uring && !conduit_dataplane::engine::uring_usable() {
+        out.warn(
+            "performance.io_engine",
+            "io_uring is not usable on this machine (old kernel, or blocked by seccomp): \
+             tunnels would fail to start here; use \"auto\" or \"epoll\"",
+        );
+    }
+}
+
+fn logging(l: &LoggingConfig, out: &mut Out<'_>) {
+    let dir = l.file.as_deref().and_then(Path::parent);
+    if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        out.error(
+            "logging.file",
+            format!(
+                "directory {} does not exist; create it or choose another file",
+                dir.display()
+            ),
+        );
+    }
+}
+
+/// Warns when a token sits in a file others can read.
+fn token_file(has_token: bool, path: &str, out: &mut Out<'_>) {
+    let Origin::File { path: file, .. } = out.origins.get(path) else {
+        return;
+    };
+    if !has_token {
+        return;
+    }
+    let file = file.clone();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::metadata(&file) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let env = format!("CONDUIT_{}", path.replace('.', "_").to_ascii_uppercase());
+            out.warn(
+                path,
+                format!(
+                    "{} holds a secret and is readable by group or others (mode {mode:04o}); \
+                     run `chmod 600 {}` or pass the token in {env}",
+                    file.display(),
+                    file.display()
+                ),
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, out);
+}
+
+fn port_zero() -> String {
+    "port 0 lets the system pick a different free port at each start, so users cannot know \
+     where to connect; pick a fixed port"
+        .into()
+}
+
+/// A router host: a name or an IP address, without a port.
+pub(crate) fn router_host(host: &str) -> Result<(), String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "{host:?} includes a port; give the host only and put the port in router.port"
+        ));
+    }
+    if is_host_name(host) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{host:?} is not a host name or IP address; use something like 10.2.0.1 or \
+             router.internal"
+        ))
+    }
+}
+
+fn is_host_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A source: `HOST:PORT` as the router sees it; not resolved here.
+pub(crate) fn source_addr(s: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not HOST:PORT; use the address the router reaches the service at, such \
+             as 10.2.0.2:8080 or db.internal:5432"
+        )
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || is_host_name(host),
+    };
+    let port: u32 = port.parse().map_err(|_| bad())?;
+    if !host_ok {
+        return Err(bad());
+    }
+    if !(1..=65535).contains(&port) {
+        return Err(format!("port {port} in {s:?} is out of range; use 1-65535"));
+    }
+    Ok(())
+}
+
+/// A listening address: an IP address and a port on this machine.
+pub(crate) fn bind_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "{s:?} is not ADDR:PORT; use a local IP address and a port such as 0.0.0.0:8080, \
+             127.0.0.1:8080 or [::]:8080"
+        )
+    })
+}
+
+/// True when listening on `a` and on `b` would collide.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let (x, y) = (a.ip(), b.ip());
+    // `[::]` is dual-stack on most systems, so it also covers every IPv4 address.
+    let dual = |ip: IpAddr| ip.is_unspecified() && ip.is_ipv6();
+    x == y
+        || dual(x)
+        || dual(y)
+        || (x.is_unspecified() && x.is_ipv4() == y.is_ipv4())
+        || (y.is_unspecified() && x.is_ipv4() == y.is_ipv4())
+}
+
+fn tunnel_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.' (not \
+             starting with '.')"
+        ))
+    }
+}
+
+/// A public key given inline or as the path of a `.pub` file.
+pub(crate) fn public_key(spec: &str) -> Result<PublicKey, String> {
+    let spec = spec.trim();
+    if spec.starts_with("ed25519:") {
+        return PublicKey::parse(spec)
+            .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"));
+    }
+    if !Path::new(spec).exists() {
+        return Err(format!(
+            "no file at {spec}: give the router's public key (ed25519:…, as the router's \
+             `conduit init` printed) or the path of its .pub file"
+        ));
+    }
+    keys::load_public(spec, "public key").map_err(|e| e.to_string())
+}
+
+fn private_key(p: &Path, name: &str, key: &str) -> Result<(), String> {
+    if !p.exists() {
+        return Err(format!(
+            "no private key at {}: create one with `conduit init --name {name}` (it writes \
+             $CONDUIT_HOME/keys/{name}.key) or set {key} to an existing key",
+            p.display()
+        ));
+    }
+    keys::load_private(p, name)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn authorized(p: &Path) -> Result<usize, String> {
+    if !p.exists() {
+        return Err(format!(
+            "no authorized clients file at {}: create it with one client public key per line \
+             (what `conduit init` printed on each client), or set router.authorized_keys",
+            p.display()
+        ));
+    }
+    keys::load_authorized(p)
+        .map(|k| k.len())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! Every validation error path, with the exact line `conduit config validate` prints.
+//! `$DIR` stands for the test's temporary directory, `$F` for the file.
+
+use crate::config::tests::Fixture;
+use crate::config::{Report, load_router};
+
+/// The problems for `text`, with the file's path shown as `$F`.
+fn check(f: &Fixture, text: &str) -> Vec<String> {
+    f.client(text)
+        .into_iter()
+        .map(|l| l.replace("$DIR/conduit.toml", "$F"))
+        .collect()
+}
+
+fn router(f: &Fixture, text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let lines = match load_router(&f.sources(text, env, &[])) {
+        Ok(l) => f.lines(&l.report),
+        Err(r) => f.lines(&r),
+    };
+    lines
+        .into_iter()
+        .map(|l| l.replace("$DIR/conduit.toml", "$F"))
+        .collect()
+}
+
+fn none() -> Vec<String> {
+    Vec::new()
+}
+
+#[test]
+fn invalid_toml_reports_line_and_column() {
+    let f = Fixture::new();
+    assert_eq!(
+        check(&f, "[router]\nhost = 10.2.0.1\n"),
+        ["error: $F:2:12: invalid TOML: invalid float, expected nothing; fix the syntax there"]
+    );
+    // Every syntax error, not just the first.
+    assert_eq!(
+        check(&f, "[router]\nhost = \"10.2.0.1\nport = = 1\n"),
+        [
+            "error: $F:2:17: invalid TOML: invalid basic string, expected `\"`; fix the syntax \
+             there",
+            "error: $F:3:8: invalid TOML: extra `=`, expected nothing; fix the syntax there",
+            "error: $F:3:10: invalid TOML: unexpected key or value, expected newline, `#`; fix \
+             the syntax there",
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
+    let f = Fixture::new();
+    let text = format!(
+        "host = \"10.2.0.1\"\n[router]\nhots = \"x\"\npublic_key = \"{}\"\nbind = \"0.0.0.0:1\"\n\
+         [tunnel]\nname = \"a\"\n[[tunnels]]\nname = \"web\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n\
+         colour = \"red\"\n",
+        f.router_key
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: host: unknown key at the top level; put it under [router] ($F:1)",
+            "error: router.hots: unknown key in [router]; did you mean host? valid keys: host, \
+             port, public_key ($F:3)",
+            "error: router.bind: unknown key in [router]; valid keys: host, port, public_key; \
+             `bind` belongs in a router's file (check those with --router) ($F:5)",
+            "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
+             security, performance, logging, tunnels ($F:6)",
+            "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
+             bind, protocol ($F:12)",
+            "error: router.host: missing; add host = \"10.2.0.1\" under [router], or set \
+             CONDUIT_ROUTER_HOST",
+        ]
+    );
+}
+
+#[test]
+fn wrong_types_say_what_was_expected() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[performance]\nworkers = \"4\"\ntcp_nodelay = \"true\"\nread_buffer_size = 1.5\n\
+         io_engine = \"iouring\"\noptimize_for = \"speed\"\n[logging]\nlevel = \"loud\"\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: performance.workers: expected an integer (0-1024), found a string; write it \
+             without quotes: workers = 4 ($F:10)",
+            "error: performance.tcp_nodelay: expected true or false, found a string; write it \
+             without quotes: tcp_nodelay = true ($F:11)",
+            "error: performance.read_buffer_size: expected an integer (1024-16777216), found a \
+             float ($F:12)",
+            "error: performance.io_engine: unknown value \"iouring\"; use auto, uring or epoll ($F:13)",
+            "error: performance.optimize_for: unknown value \"speed\"; use throughput, latency \
+             or balanced ($F:14)",
+            "error: logging.level: unknown value \"loud\"; use error, warn, info, debug or trace ($F:16)",
+        ]
+    );
+}
+
+#[test]
+fn out_of_range_values_give_the_range() {
+    let f = Fixture::new();
+    let text = format!(
+        "[router]\nhost = \"h\"\nport = 70000\npublic_key = \"{}\"\n[performance]\npool_size = 65\n\
+         [[tunnels]]\nname = \"a\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n",
+        f.router_key
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.port: 70000 is out of range; use 1-65535 ($F:3)",
+            "error: performance.pool_size: 65 is out of range; use 0-64 ($F:6)",
+        ]
+    );
+}
+
+#[test]
+fn missing_required_values_say_what_to_add() {
+    let f = Fixture::new();
+    assert_eq!(
+        check(&f, "[[tunnels]]\nname = \"a\"\n"),
+        [
+            "error: tunnels[0].source: missing; add source = \"10.2.0.2:8080\" to this \
+             [[tunnels]] table ($F:1)",
+            "error: tunnels[0].bind: missing; add bind = \"0.0.0.0:8080\" to this [[tunnels]] \
+             table ($F:1)",
+            "error: router.host: missing; add host = \"10.2.0.1\" under [router], or set \
+             CONDUIT_ROUTER_HOST",
+            "error: router.public_key: missing; add public_key = \"ed25519:…\" (what the \
+             router's `conduit init` printed, or the path of its .pub file) under [router], or \
+             set CONDUIT_ROUTER_PUBLIC_KEY",
+        ]
+    );
+    let text = format!(
+        "[router]\nhost = \"h\"\npublic_key = \"{}\"\n",
+        f.router_key
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels: no tunnels; add a [[tunnels]] table with name, source and bind (see \
+          deploy/conduit.example.toml)"
+        ]
+    );
+    assert_eq!(
+        check(&f, &format!("tunnels = 3\n{text}")),
+        [
+            "error: tunnels: expected [[tunnels]] tables, found an integer; write each tunnel as \
+          a [[tunnels]] table ($F:1)"
+        ]
+    );
+}
+
+#[test]
+fn bad_addresses_are_refused_with_examples() {
+    let f = Fixture::new();
+    let text = format!(
+        "[router]\nhost = \"10.2.0.1:9999\"\npublic_key = \"{}\"\n\
+         [[tunnels]]\nname = \"a\"\nsource = \"db.internal\"\nbind = \"0.0.0.0\"\n\
+         [[tunnels]]\nname = \"b\"\nsource = \"10.2.0.2:0\"\nbind = \"localhost:80\"\n\
+         [[tunnels]]\nname = \"c\"\nsource = \"bad host:80\"\nbind = \"127.0.0.1:0\"\n",
+        f.router_key
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.host: \"10.2.0.1:9999\" includes a port; give the host only and put \
+             the port in router.port ($F:2)",
+            "error: tunnels[0].source: \"db.internal\" is not HOST:PORT; use the address the \
+             router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:6)",
+            "error: tunnels[0].bind: \"0.0.0.0\" is not ADDR:PORT; use a local IP address and a \
+             port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:7)",
+            "error: tunnels[1].source: port 0 in \"10.2.0.2:0\" is out of range; use 1-65535 ($F:10)",
+            "error: tunnels[1].bind: \"localhost:80\" is not ADDR:PORT; use a local IP address \
+             and a port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:11)",
+            "error: tunnels[2].source: \"bad host:80\" is not HOST:PORT; use the address the \
+             router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:14)",
+            "warning: tunnels[2].bind: port 0 lets the system pick a different free port at \
+             each start, so users cannot know where to connect; pick a fixed port ($F:15)",
+        ]
+    );
+}
+
+#[test]
+fn names_must_be_unique_and_usable() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"web\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n\
+         [[tunnels]]\nname = \"my tunnel\"\nsource = \"s:1\"\nbind = \"127.0.0.1:2\"\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels[1].name: \"web\" is already the name of tunnels[0]; give each \
+             tunnel its own name ($F:10)",
+            "error: tunnels[2].name: \"my tunnel\" is not a valid name; use 1-64 letters, \
+             digits, '-', '_' or '.' (not starting with '.') ($F:14)",
+        ]
+    );
+}
+
+#[test]
+fn two_tunnels_cannot_bind_the_same_address() {
+    let f = Fixture::new();
+    let t = |name: &str, bind: &str, proto: &str| {
+        format!(
+            "[[tunnels]]\nname = \"{name}\"\nsource = \"s:1\"\nbind = \"{bind}\"\nprotocol = \"{proto}\"\n"
+        )
+    };
+    // The base file's tunnel binds 0.0.0.0:8080.
+    let extra = [
+        t("same", "0.0.0.0:8080", "tcp"),
+        t("inside-any", "127.0.0.1:8080", "tcp"),
+        t("v6-any", "[::]:9000", "tcp"),
+        t("under-v6-any", "10.0.0.1:9000", "tcp"),
+        t("other-port", "127.0.0.1:8081", "tcp"),
+        t("other-ip", "127.0.0.2:8081", "tcp"),
+    ]
+    .concat();
+    assert_eq!(
+        check(&f, &f.client_text(&extra)),
+        [
+            "error: tunnels[1].bind: 0.0.0.0:8080 is also the bind of tunnels[0]; two tunnels \
+             cannot listen on one address: give one of them another port ($F:12)",
+            "error: tunnels[2].bind: 127.0.0.1:8080 conflicts with tunnels[0].bind \
+             0.0.0.0:8080 (0.0.0.0 listens on every local address); give one of them another \
+             port ($F:17)",
+            "error: tunnels[4].bind: 10.0.0.1:9000 conflicts with tunnels[3].bind [::]:9000 \
+             (:: listens on every local address); give one of them another port ($F:27)",
+        ]
+    );
+}
+
+#[test]
+fn udp_is_refused_for_now_and_does_not_clash_with_tcp() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:8080\"\n\
+         protocol = \"udp\"\n[[tunnels]]\nname = \"x\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n\
+         protocol = \"sctp\"\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels[1].protocol: udp tunnels are not supported yet; use protocol = \
+             \"tcp\" (or remove the line) ($F:13)",
+            "error: tunnels[2].protocol: unknown value \"sctp\"; use tcp or udp ($F:18)",
+        ]
+    );
+}
+
+#[test]
+fn router_keys_are_checked_inline_and_as_files() {
+    let f = Fixture::new();
+    let text = |key: &str| {
+        format!(
+            "[router]\nhost = \"h\"\npublic_key = \"{key}\"\n[[tunnels]]\nname = \"a\"\n\
+             source = \"s:1\"\nbind = \"127.0.0.1:1\"\n"
+        )
+    };
+    assert_eq!(
+        check(&f, &text("ed25519:AAAA")),
+        [
+            "error: router.public_key: invalid public key \"ed25519:AAAA\": an Ed25519 public key \
+          is 32 bytes; paste the key the router's `conduit init` printed ($F:3)"
+        ]
+    );
+    assert_eq!(
+        check(&f, &text("keys/router.pub")),
+        [
+            "error: router.public_key: no file at $DIR/keys/router.pub: give the router's public \
+          key (ed25519:…, as the router's `conduit init` printed) or the path of its .pub \
+          file ($F:3)"
+        ]
+    );
+    std::fs::write(f.path("bad.pub"), "ssh-ed25519 AAAA\n").unwrap();
+    assert_eq!(
+        check(&f, &text("bad.pub")),
+        [
+            "error: router.public_key: public key in $DIR/bad.pub: invalid public key \
+          \"ssh-ed25519\": expected the form ed25519:<base64>, as `conduit init` prints ($F:3)"
+        ]
+    );
+    let pub_file = f.home.public_key("router").display().to_string();
+    assert_eq!(check(&f, &text(&pub_file)), none());
+}
+
+#[test]
+fn the_private_key_must_exist_and_be_private() {
+    let f = Fixture::new();
+    let text = f.client_text("[security]\nprivate_key_path = \"nope.key\"\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: security.private_key_path: no private key at $DIR/nope.key: create one with \
+          `conduit init --name client` (it writes $CONDUIT_HOME/keys/client.key) or set \
+          security.private_key_path to an existing key ($F:10)"
+        ]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = f.home.private_key("client");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let k = key
+            .display()
+            .to_string()
+            .replace(&f.dir.path().display().to_string(), "$DIR");
+        assert_eq!(
+            check(&f, &f.client_text("")),
+            [format!(
+                "error: security.private_key_path: private key {k} is readable by group or \
+                 others (mode 0644); run `chmod 600 {k}` and start again"
+            )]
+        );
+    }
+}
+
+#[test]
+fn limits_must_agree_and_log_directories_exist() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[performance]\ndefault_bandwidth_limit = 1000\nburst_bandwidth_limit = 10\n\
+         [logging]\nfile = \"no/such/dir/conduit.log\"\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: performance.burst_bandwidth_limit: 10 is below default_bandwidth_limit \
+             (1000); a burst must allow at least the steady rate (or be 0 for the same) ($F:11)",
+            "error: logging.file: directory $DIR/no/such/dir does not exist; create it or \
+             choose another file ($F:13)",
+        ]
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_token_in_a_readable_file_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let sources = f.sources(&f.client_text("[security]\ntoken = \"t\"\n"), &[], &[]);
+    std::fs::set_permissions(&sources.file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let report = crate::config::load_client(&sources).unwrap().report;
+    let lines: Vec<String> = f
+        .lines(&report)
+        .into_iter()
+        .map(|l| l.replace("$DIR/conduit.toml", "$F"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: security.token: $F holds a secret and is readable by group or others (mode \
+          0644); run `chmod 600 $F` or pass the token in CONDUIT_SECURITY_TOKEN ($F:10)"
+        ]
+    );
+}
+
+#[test]
+fn errors_come_first_then_warnings_each_in_file_order() {
+    let f = Fixture::new();
+    let text = format!(
+        "[router]\nhost = \"h\"\npublic_key = \"{}\"\n[[tunnels]]\nname = \"a\"\nsource = \"s:1\"\n\
+         bind = \"127.0.0.1:0\"\n[[tunnels]]\nname = \"a\"\nsource = \"s\"\nbind = \"127.0.0.1:5\"\n",
+        f.router_key
+    );
+    let r = crate::config::load_client(&f.sources(&text, &[("CONDUIT_LOGGING_COLOUR", "1")], &[]))
+        .unwrap()
+        .report;
+    let kinds: Vec<(String, bool)> = r
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.severity == crate::config::Severity::Error))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("tunnels[1].name".to_owned(), true),
+            ("tunnels[1].source".to_owned(), true),
+            ("tunnels[0].bind".to_owned(), false),
+            ("".to_owned(), false),
+        ]
+    );
+    assert!(Report::has_errors(&r));
+}
+
+#[test]
+fn router_files_are_checked_too() {
+    let f = Fixture::new();
+    let text = "[router]\nbind = \"0.0.0.0\"\nauthorized_keys = \"clients\"\n\
+                allow = [\"10.2.0.2:8080\", \"10.2.0.2\"]\nhost = \"x\"\n[[tunnels]]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "error: router.bind: \"0.0.0.0\" is not ADDR:PORT; use a local IP address and a \
+             port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:2)",
+            "error: router.authorized_keys: no authorized clients file at $DIR/clients: create \
+             it with one client public key per line (what `conduit init` printed on each \
+             client), or set router.authorized_keys ($F:3)",
+            "error: router.allow[1]: invalid allow rule \"10.2.0.2\": no port; expected \
+             HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
+             *:8000-8100 (optionally KEY=HOST:PORT) ($F:4)",
+            "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
+             authorized_keys, allow, token; `host` belongs in a client's file (check those \
+             without --router) ($F:5)",
+            "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
+             conduit.toml (check those without --router) ($F:6)",
+        ]
+    );
+    std::fs::write(f.home.authorized_clients(), "not a key\n").unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "",
+            &[("CONDUIT_ROUTER_PRIVATE_KEY_PATH", "/nonexistent/r.key")]
+        ),
+        [
+            "error: router.private_key_path: no private key at /nonexistent/r.key: create one \
+             with `conduit init --name router` (it writes $CONDUIT_HOME/keys/router.key) or set \
+             router.private_key_path to an existing key (env CONDUIT_ROUTER_PRIVATE_KEY_PATH)",
+            "error: router.authorized_keys: $DIR/home/authorized_clients line 1: invalid public \
+             key \"not\": expected the form ed25519:<base64>, as `conduit init` prints",
+            "warning: router.allow: no rule: clients can connect but may open no source; add \
+             rules such as allow = [\"10.2.0.2:8080\"]",
+        ]
+    );
+}

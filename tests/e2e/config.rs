@@ -1,0 +1,308 @@
+//! `conduit config validate` and `conduit config show`, run as the real binary with a
+//! temporary CONDUIT_HOME and working directory and no inherited CONDUIT_* variables.
+// Test helpers: a panic is how a failure is reported.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Runs `conduit ARGS` in the sandbox with exactly the CONDUIT_* variables given.
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
+        cmd.args(args).current_dir(self.dir.path());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CONDUIT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("CONDUIT_HOME", self.home());
+        cmd.envs(env.iter().copied());
+        cmd.output().unwrap()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        p
+    }
+
+    /// `conduit init --name NAME`; returns the public key line's key.
+    fn init(&self, name: &str) -> String {
+        let out = self.run(&["init", "--name", name], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn lines(b: &[u8]) -> Vec<String> {
+    text(b).lines().map(str::to_owned).collect()
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name)
+        .canonicalize()
+        .unwrap()
+}
+
+#[test]
+fn validate_accepts_the_documented_examples() {
+    let s = Sandbox::new();
+    s.init("client");
+    let file = example("conduit.example.toml");
+    let out = s.run(&["config", "validate", "-f", file.to_str().unwrap()], &[]);
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(
+        lines(&out.stdout),
+        [format!("{} is valid: 2 tunnels", file.display())]
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    let client = s.init("router");
+    std::fs::write(
+        s.home().join("authorized_clients"),
+        format!("{client} laptop\n"),
+    )
+    .unwrap();
+    let file = example("router.example.toml");
+    let out = s.run(
+        &[
+            "config",
+            "validate",
+            "--router",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(
+        lines(&out.stdout),
+        [format!(
+            "{} is valid: a router listening on 0.0.0.0:9999",
+            file.display()
+        )]
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn validate_reports_every_problem_and_exits_64() {
+    let s = Sandbox::new();
+    s.init("client");
+    s.write(
+        "conduit.toml",
+        "[router]\nhost = \"10.2.0.1\"\nport = \"9999\"\npublic_key = \"ed25519:AAAA\"\n\
+         [[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:8080\"\nbind = \"0.0.0.0:8080\"\n\
+         [[tunnels]]\nname = \"web\"\nsource = \"10.2.0.3\"\nbind = \"127.0.0.1:8080\"\n",
+    );
+    let out = s.run(
+        &["config", "validate"],
+        &[("CONDUIT_PERFORMANCE_WORKERS", "lots")],
+    );
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "error: router.port: expected an integer (1-65535), found a string; write it without \
+             quotes: port = 9999 (conduit.toml:3)",
+            "error: router.public_key: invalid public key \"ed25519:AAAA\": an Ed25519 public \
+             key is 32 bytes; paste the key the router's `conduit init` printed (conduit.toml:4)",
+            "error: tunnels[1].name: \"web\" is already the name of tunnels[0]; give each tunnel \
+             its own name (conduit.toml:10)",
+            "error: tunnels[1].source: \"10.2.0.3\" is not HOST:PORT; use the address the router \
+             reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 (conduit.toml:11)",
+            "error: tunnels[1].bind: 127.0.0.1:8080 conflicts with tunnels[0].bind 0.0.0.0:8080 \
+             (0.0.0.0 listens on every local address); give one of them another port \
+             (conduit.toml:12)",
+            "error: performance.workers: expected an integer (0-1024), found \"lots\" (env \
+             CONDUIT_PERFORMANCE_WORKERS)",
+            "conduit: error: conduit.toml has 6 errors; fix them and run `conduit config \
+             validate` again",
+        ]
+    );
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn a_missing_file_names_the_path_and_how_to_create_one() {
+    let s = Sandbox::new();
+    let out = s.run(&["config", "validate"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: no configuration file at conduit.toml: create it \
+          (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+        ]
+    );
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(out.status.code(), Some(64));
+    let out = s.run(&["config", "show", "--router", "-f", "other.toml"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: no configuration file at other.toml: create it \
+          (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn malformed_toml_gives_line_and_column() {
+    let s = Sandbox::new();
+    s.write("bad.toml", "[router]\nhost = \"10.2.0.1\"\nport = 99 99\n");
+    let out = s.run(&["config", "validate", "-f", "bad.toml"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: bad.toml:3:8: invalid TOML: string values must be quoted, \
+             expected literal string; fix the syntax there"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
+
+    s.write("bad.toml", "[router\nhost = \"10.2.0.1\nport = = 1\n");
+    let out = s.run(&["config", "validate", "-f", "bad.toml"], &[]);
+    let err = lines(&out.stderr);
+    assert_eq!(err.len(), 4, "{err:?}");
+    assert!(
+        err[..3].iter().all(|l| l.starts_with("error: bad.toml:")),
+        "{err:?}"
+    );
+    assert_eq!(
+        err[3],
+        "conduit: error: bad.toml has 3 errors; fix them and run `conduit config validate` again"
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn warnings_alone_keep_the_file_valid() {
+    let s = Sandbox::new();
+    let router_key = s.init("client");
+    s.write(
+        "conduit.toml",
+        &format!(
+            "[router]\nhost = \"h\"\npublic_key = \"{router_key}\"\n[[tunnels]]\nname = \"a\"\n\
+             source = \"s:1\"\nbind = \"127.0.0.1:0\"\n"
+        ),
+    );
+    let out = s.run(&["config", "validate"], &[("CONDUIT_ROUTER_HSOT", "x")]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "warning: tunnels[0].bind: port 0 lets the system pick a different free port at each \
+             start, so users cannot know where to connect; pick a fixed port (conduit.toml:7)",
+            "warning: CONDUIT_ROUTER_HSOT is not a Conduit setting and is ignored; did you mean \
+             CONDUIT_ROUTER_HOST? settings are CONDUIT_<SECTION>_<KEY>, such as \
+             CONDUIT_ROUTER_HOST",
+        ]
+    );
+    assert_eq!(lines(&out.stdout), ["conduit.toml is valid: 1 tunnel"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+fn squash(b: &[u8]) -> Vec<String> {
+    text(b)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn show_prints_values_with_origins_and_masks_secrets() {
+    let s = Sandbox::new();
+    let key = s.init("client");
+    s.write(
+        "conduit.toml",
+        &format!(
+            "[router]\nhost = \"10.2.0.1\"\nport = 1000\npublic_key = \"{key}\"\n[security]\n\
+             token = \"from-file\"\n[[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:80\"\n\
+             bind = \"127.0.0.1:8080\"\n"
+        ),
+    );
+    let env = [
+        ("CONDUIT_ROUTER_PORT", "2000"),
+        ("CONDUIT_SECURITY_TOKEN", "from-env"),
+    ];
+    let out = s.run(&["config", "show", "--set", "router.port=3000"], &env);
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("from-file") && !stdout.contains("from-env"),
+        "{stdout}"
+    );
+    let got = squash(&out.stdout);
+    let home_key = s.home().join("keys/client.key");
+    for want in [
+        "# effective configuration from conduit.toml; each value's origin follows it, secrets \
+         print as ***"
+            .to_owned(),
+        "host = \"10.2.0.1\" # conduit.toml:2".to_owned(),
+        "port = 3000 # cli --set router.port".to_owned(),
+        format!("private_key_path = \"{}\" # default", home_key.display()),
+        "token = \"***\" # env CONDUIT_SECURITY_TOKEN".to_owned(),
+        "workers = 0 # default".to_owned(),
+        "bind = \"127.0.0.1:8080\" # conduit.toml:10".to_owned(),
+    ] {
+        assert!(got.contains(&want), "missing {want:?} in\n{stdout}");
+    }
+
+    let out = s.run(&["config", "show", "--format", "json"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["router"]["port"],
+        serde_json::json!({"value": 2000, "origin": "env CONDUIT_ROUTER_PORT"})
+    );
+    assert_eq!(v["security"]["token"]["value"], "***");
+    assert_eq!(v["tunnels"][0]["name"]["origin"], "conduit.toml:8");
+}
+
+#[test]
+fn show_still_prints_an_invalid_configuration_but_exits_64() {
+    let s = Sandbox::new();
+    s.write("conduit.toml", "[router]\nhost = \"h\"\n");
+    let out = s.run(&["config", "show"], &[]);
+    assert!(squash(&out.stdout).contains(&"host = \"h\" # conduit.toml:2".to_owned()));
+    let err = lines(&out.stderr);
+    assert_eq!(
+        err.last().map(String::as_str),
+        Some(
+            "conduit: error: conduit.toml has 3 errors; fix them and run `conduit config validate` again"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
