@@ -67,15 +67,19 @@ class Proc:
                 raise ProcError(f"{self.name}: no line matching /{pattern}/ within {timeout}s;"
                                 f" log {self.log_path}:\n{self.log_tail()}")
             try:
-                line = self._lines.get(timeout=min(left, 0.2))
+                # A child that exits still has its last lines in the pipe: only the
+                # end-of-stdout marker from the pump says there is nothing more.
+                line = self._lines.get(timeout=left)
             except queue.Empty:
-                if not self.alive() and self._lines.empty():
-                    raise ProcError(f"{self.name} exited with {self.popen.returncode} before"
-                                    f" printing /{pattern}/; log {self.log_path}:\n{self.log_tail()}")
                 continue
-            if line is None:  # EOF on stdout
-                raise ProcError(f"{self.name} closed stdout before printing /{pattern}/;"
-                                f" log {self.log_path}:\n{self.log_tail()}")
+            if line is None:
+                self._lines.put(None)  # later waits see the end too
+                try:
+                    code = self.popen.wait(5)
+                except subprocess.TimeoutExpired:
+                    code = "still running"
+                raise ProcError(f"{self.name} closed stdout (exit status: {code}) before"
+                                f" printing /{pattern}/; log {self.log_path}:\n{self.log_tail()}")
             m = rx.search(line)
             if m:
                 return m
