@@ -74,16 +74,18 @@ def build_relays(a, conduit, workdir):
 
 
 def summary(measurement, d):
+    """One progress line for a sample."""
+    def f(v, spec=".0f"):
+        return "–" if v is None else format(v, spec)
+
     if measurement.startswith("throughput"):
-        cpu = d["cpu_s_per_gb"]
-        return f"{d['gbit_s']:.2f} Gbit/s" + (f", {cpu:.2f} CPU-s/GB" if cpu is not None else "")
+        return f"{f(d['gbit_s'], '.2f')} Gbit/s, {f(d['cpu_s_per_gb'], '.2f')} CPU-s/GB"
     if measurement == "latency":
-        return f"p50 {d['p50_us']:.0f} µs, p99 {d['p99_us']:.0f} µs, p99.9 {d['p999_us']:.0f} µs"
+        return f"p50 {f(d['p50_us'])} µs, p99 {f(d['p99_us'])} µs, p99.9 {f(d['p999_us'])} µs"
     if measurement == "connrate":
-        return f"{d['conns_per_s']:.0f} conn/s, p99 {d['request_p99_us']:.0f} µs, {d['errors']} errors"
-    per = d["pss_kib_per_conn"]
-    return (f"{d['alive']}/{d['target']} alive"
-            + (f", {per:.1f} KiB/conn (PSS)" if per is not None else ""))
+        return (f"{f(d['conns_per_s'])} conn/s, p99 {f(d['request_p99_us'])} µs,"
+                f" {f(d['failed_pct'], '.1f')}% failed")
+    return f"{d['alive']}/{d['target']} alive, {f(d['pss_kib_per_conn'], '.1f')} KiB/conn (PSS)"
 
 
 def run_rounds(a, sup, active, loadgen, workdir):
@@ -146,7 +148,8 @@ def main(argv):
     run = {
         "date": f"{stamp:%Y-%m-%d}", "started": stamp.isoformat(timespec="seconds"),
         "machine": machine,
-        "config": {"command": "python3 benches/run.py " + " ".join(argv), "quick": a.quick,
+        "config": {"command": " ".join(["python3 benches/run.py", *argv]), "quick": a.quick,
+                   "commit": setup.commit(REPO),
                    "rounds": a.rounds, "seconds": a.seconds, "pings": a.pings,
                    "concurrency": a.concurrency, "hold": a.hold,
                    "fd_limit": [hard, hard], "fd_soft_limit_before": soft},

@@ -79,6 +79,7 @@ def connrate(sup, relay, cfg, nginx_port):
     data = json.loads(out)
     return {
         "conns_per_s": data["conns_per_s"], "ok": data["ok"], "errors": data["errors"],
+        "failed_pct": 100.0 * data["errors"] / max(1, data["ok"] + data["errors"]),
         "first_error": data["first_error"],
         "connect_p99_us": data["connect"].get("p99_us"),
         "request_p50_us": data["request"].get("p50_us"),

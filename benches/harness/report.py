@@ -21,6 +21,7 @@ METRICS = [
     ("p999", "latency", "p999_us", "PING p99.9", "µs", "lower"),
     ("cps", "connrate", "conns_per_s", "New connections", "conn/s", "higher"),
     ("conn_p99", "connrate", "request_p99_us", "New-connection request p99", "µs", "lower"),
+    ("conn_fail", "connrate", "failed_pct", "Failed new connections", "%", "lower"),
     ("tcp_p99", "connrate", "connect_p99_us", "connect() p99", "µs", "lower"),
     ("mem", "memory", "pss_kib_per_conn", "Memory per held connection (PSS)", "KiB", "lower"),
     ("mem_rss", "memory", "rss_kib_per_conn", "Memory per held connection (RSS)", "KiB", "lower"),
@@ -29,7 +30,7 @@ METRICS = [
 # Ratios reported for each Conduit row against each peer.
 RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p99", "cps", "conn_p99", "mem"]
 GROUPS = [("Throughput and CPU", ["tput1", "tput4", "cpu1", "cpu4"]),
-          ("Latency and connections", ["p50", "p99", "p999", "cps", "conn_p99", "tcp_p99"]),
+          ("Latency and connections", ["p50", "p99", "p999", "cps", "conn_p99", "conn_fail", "tcp_p99"]),
           ("Held connections", ["alive", "mem", "mem_rss"])]
 _BY_KEY = {m[0]: m for m in METRICS}
 
@@ -92,7 +93,7 @@ def markdown(run):
         f"- load average at start: {meta['loadavg_start']}; at end: {meta.get('loadavg_end')}",
         f"- {'; '.join(meta['versions'].values())}", "",
         "## Run", "",
-        f"- command: `{cfg['command']}`",
+        f"- command: `{cfg['command']}` at commit {cfg['commit']}",
         f"- {cfg['rounds']} round(s), relays interleaved round-robin within each measurement;"
         f" iperf3 {cfg['seconds']} s per run; {cfg['pings']} PINGs per latency run;"
         f" connection rate {cfg['seconds']} s at concurrency {cfg['concurrency']};"

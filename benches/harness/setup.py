@@ -127,6 +127,14 @@ def conduit_router_help(conduit):
     return r.stdout
 
 
+def commit(repo):
+    """The checked-out commit, with "+dirty" when the tree has changes."""
+    head = _line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
 def machine_info():
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
