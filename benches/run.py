@@ -56,14 +56,15 @@ def build_relays(a, conduit, workdir):
     certs = setup.stunnel_certs(workdir)
     home = setup.conduit_home(conduit, workdir)
     router_help = setup.conduit_router_help(conduit)
-    rathole_bin, rathole_note = (None, "skipped (--skip-rathole)") if a.skip_rathole \
+    rathole_bin, rathole_missing = (None, "--skip-rathole given") if a.skip_rathole \
         else setup.rathole(BENCHES / "work")
     noise_keys = setup.rathole_noise_keys(rathole_bin) if rathole_bin else None
+    rnote = setup.rathole_note(rathole_bin) if rathole_bin else ""
     all_relays = [
         relays.Direct(), relays.Socat(), relays.Haproxy(workdir),
         relays.Stunnel(workdir, certs),
-        relays.Rathole(workdir, rathole_bin, "tcp", rathole_note),
-        relays.Rathole(workdir, rathole_bin, "noise", rathole_note, noise_keys),
+        relays.Rathole(workdir, rathole_bin, "tcp", rathole_missing, note=rnote),
+        relays.Rathole(workdir, rathole_bin, "noise", rathole_missing, noise_keys, rnote),
         relays.Conduit(conduit, home, "uring"), relays.Conduit(conduit, home, "epoll"),
         relays.Conduit(conduit, home, "uring", "plain", router_help),
     ]
@@ -154,7 +155,7 @@ def main(argv):
                    "concurrency": a.concurrency, "hold": a.hold,
                    "fd_limit": [hard, hard], "fd_soft_limit_before": soft},
         "relays": [{"name": r.name, "security": r.security, "skipped": bool(r.skip_reason()),
-                    "note": r.skip_reason() or _info(samples, r.name)} for r in all_relays],
+                    "note": _note(r, samples)} for r in all_relays],
         "medians": meds, "ratios": report.ratios(meds, active), "samples": samples,
     }
     md, js = report.write(run, a.out)
@@ -162,11 +163,14 @@ def main(argv):
     return 0
 
 
-def _info(samples, relay):
-    """What a relay said about itself (conduit: workers and io engine)."""
+def _note(relay, samples):
+    """Why a relay was skipped, or its static note and what it said about itself
+    (conduit: workers and io engine)."""
+    if relay.skip_reason():
+        return "skipped: " + relay.skip_reason()
     infos = {s["data"].get("relay_info") for s in samples
-             if s["relay"] == relay and s["ok"] and s["data"].get("relay_info")}
-    return ", ".join(sorted(infos))
+             if s["relay"] == relay.name and s["ok"] and s["data"].get("relay_info")}
+    return "; ".join(x for x in [relay.note, *sorted(infos)] if x)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def _starting(sup):
 class Relay:
     name = "?"
     security = "plain"  # "tls", "noise" or "plain": what protects the relayed leg
-    engine = ""  # for conduit rows: the io engine
+    note = ""  # a fact about this row for the report (how it was installed, limits)
 
     def skip_reason(self):
         """Why this relay cannot run here, or None."""
@@ -71,6 +71,7 @@ class Direct(Relay):
 class Socat(Relay):
     """socat, forking a child per connection, plain TCP."""
     name = "socat"
+    note = "one forked process per connection"
 
     def start(self, sup, target_port):
         port = free_port()
@@ -85,6 +86,7 @@ class Socat(Relay):
 class Haproxy(Relay):
     """haproxy in TCP mode with `option splice-auto`, plain TCP."""
     name = "haproxy"
+    note = "maxconn 9200, maxpipes 700 (to fit 9 000 connections under 20 000 fds)"
 
     def __init__(self, workdir):
         self.workdir = workdir
@@ -162,9 +164,9 @@ CAfile = {c['server_cert']}
 class Rathole(Relay):
     """A rathole pair (server exposes the port, client sits next to the backend)."""
 
-    def __init__(self, workdir, binary, transport, missing_note, noise_keys=None):
+    def __init__(self, workdir, binary, transport, missing_note, noise_keys=None, note=""):
         self.workdir, self.binary, self.transport = workdir, binary, transport
-        self.missing_note, self.noise_keys = missing_note, noise_keys
+        self.missing_note, self.noise_keys, self.note = missing_note, noise_keys, note
         self.name = f"rathole-{transport}"
         self.security = "noise" if transport == "noise" else "plain"
 

@@ -107,7 +107,7 @@ def markdown(run):
                   "| relay | " + " | ".join(f"{_BY_KEY[k][3]} ({_BY_KEY[k][4]})" for k in keys)
                   + " |", "|---" * (len(keys) + 1) + "|"]
         for r in relays:
-            if r["note"] and r["skipped"]:
+            if r["skipped"]:
                 continue
             m = meds[r["name"]]
             lines.append(f"| {r['name']} | " + " | ".join(_fmt(m[k]) for k in keys) + " |")

@@ -64,6 +64,7 @@ def rathole(workdir):
     binary = root / "bin" / "rathole"
     if binary.exists():
         return binary, None
+    note = root / "INSTALL_NOTE"  # read by rathole_note() for the report
     log = workdir / "rathole-install.log"
     print(f"harness: cargo install rathole {RATHOLE_VERSION} (once, a few minutes; log {log})")
     base = ["cargo", "install", "rathole", "--version", RATHOLE_VERSION, "--no-default-features",
@@ -76,8 +77,19 @@ def rathole(workdir):
             r = subprocess.run(base + extra, stdout=out, stderr=subprocess.STDOUT)
             codes.append(r.returncode)
             if r.returncode == 0 and binary.exists():
+                note.write_text("installed with --locked\n" if extra else
+                                "installed without --locked: rathole 0.5.0's lock file pins"
+                                " time 0.3.29, which current rustc rejects (E0282)\n")
                 return binary, None
     return None, f"`cargo install rathole` failed (exit codes {codes}); see {log}"
+
+
+def rathole_note(binary):
+    """How rathole was installed, for the report."""
+    try:
+        return (Path(binary).parent.parent / "INSTALL_NOTE").read_text().strip()
+    except OSError:
+        return ""
 
 
 def rathole_noise_keys(binary):
