@@ -10,6 +10,7 @@ Not part of `cargo test` or CI: it measures, it never asserts timings.
 
 import argparse
 import datetime
+import json
 import resource
 import signal
 import sys
@@ -42,6 +43,8 @@ def parse_args(argv):
                    help="never apt-get install; print the command instead")
     p.add_argument("--skip-rathole", action="store_true", help="do not install or run rathole")
     p.add_argument("--out", type=Path, default=BENCHES / "results", help="results directory")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="only rewrite the Markdown report of an earlier run's JSON")
     a = p.parse_args(argv)
     quick = a.quick
     a.rounds = a.rounds or (1 if quick else 5)
@@ -121,6 +124,11 @@ def run_rounds(a, sup, active, loadgen, workdir):
 
 def main(argv):
     a = parse_args(argv)
+    if a.render:
+        md = a.render.with_suffix(".md")
+        md.write_text(report.markdown(json.loads(a.render.read_text())))
+        print(f"harness: report {md}")
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # relays inherit it

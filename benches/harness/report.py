@@ -87,6 +87,7 @@ def markdown(run):
         "the relays share its cores, so absolute figures are lower than on separate hosts and",
         "relays that use more threads compete with the load generator. Compare rows, not",
         "absolute numbers. See `benches/README.md` for what each figure means.", "",
+        *_busy_warning(meta),
         "## Machine", "",
         f"- CPU: {meta['cpu_model']}, {meta['cores']} cores; memory {meta['memory']}",
         f"- `uname -a`: {meta['uname_a']}",
@@ -123,6 +124,16 @@ def markdown(run):
         lines.append("")
     lines += _failures(run)
     return "\n".join(lines) + "\n"
+
+
+def _busy_warning(meta):
+    """A warning when other work kept the machine busy during the run."""
+    loads = [float(m.split()[0]) for m in (meta["loadavg_start"], meta.get("loadavg_end") or "0")]
+    if max(loads) <= meta["cores"]:
+        return []
+    return [f"**The machine was busy**: 1-minute load average {loads[0]:.1f} at the start and"
+            f" {loads[1]:.1f} at the end on {meta['cores']} cores. Other work took CPU from the"
+            " relays and the load generator; tails (p99, p99.9) suffer most.", ""]
 
 
 def _failures(run):
