@@ -11,8 +11,10 @@ Not part of `cargo test` or CI: it measures, it never asserts timings.
 import argparse
 import datetime
 import json
+import os
 import resource
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +54,9 @@ def parse_args(argv):
     a.pings = a.pings or (5_000 if quick else 50_000)
     a.hold = a.hold or (2_000 if quick else 9_000)
     a.measurements = a.measurements.split(",") if a.measurements else MEASUREMENTS
+    unknown = set(a.measurements) - set(MEASUREMENTS)
+    if unknown:
+        p.error(f"unknown measurement(s) {', '.join(sorted(unknown))}")
     return a
 
 
@@ -73,6 +78,10 @@ def build_relays(a, conduit, workdir):
     ]
     if a.only:
         wanted = a.only.split(",")
+        unknown = set(wanted) - {r.name for r in all_relays}
+        if unknown:
+            raise setup.SetupError(f"unknown relay(s) {', '.join(sorted(unknown))}; known:"
+                                   f" {', '.join(r.name for r in all_relays)}")
         all_relays = [r for r in all_relays if r.name in wanted]
     return all_relays
 
@@ -133,16 +142,19 @@ def main(argv):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # relays inherit it
     stamp = datetime.datetime.now()
-    workdir = BENCHES / "work" / f"run-{stamp:%Y%m%d-%H%M%S}"
+    workdir = BENCHES / "work" / f"run-{stamp:%Y%m%d-%H%M%S}-{os.getpid()}"
     workdir.mkdir(parents=True)
     try:
         setup.ensure_tools(install=not a.no_install)
         conduit, loadgen = setup.binaries(REPO) if a.no_build else setup.build(REPO)
         all_relays = build_relays(a, conduit, workdir)
-    except (setup.SetupError, OSError) as e:
+    except (setup.SetupError, OSError, subprocess.CalledProcessError) as e:
         print(f"harness: {e}", file=sys.stderr)
         return 2
     active = [r for r in all_relays if not r.skip_reason()]
+    if not active:
+        print("harness: no relay left to run", file=sys.stderr)
+        return 2
     for r in all_relays:
         if r.skip_reason():
             print(f"harness: skipping {r.name}: {r.skip_reason()}")
