@@ -120,9 +120,11 @@ enum Conn {
 /// hold no memory.
 pub struct TlsSession {
     conn: Conn,
-    /// Received TLS bytes; `inbuf[..filled]` is unprocessed. Always fully initialised
-    /// (`len() == capacity()`), so reads need no zeroing.
+    /// Received TLS bytes; `inbuf[start..filled]` is unprocessed. Always fully
+    /// initialised (`len() == capacity()`), so reads need no zeroing. Discarding
+    /// advances `start` instead of moving bytes; they move only when room runs out.
     inbuf: Vec<u8>,
+    start: usize,
     filled: usize,
     /// TLS bytes produced outside `seal` that must precede its next output.
     pending: Vec<u8>,
@@ -142,7 +144,7 @@ impl std::fmt::Debug for TlsSession {
                 },
             )
             .field("peer", &self.peer_key())
-            .field("buffered", &self.filled)
+            .field("buffered", &self.buffered())
             .finish()
     }
 }
@@ -178,6 +180,7 @@ impl TlsSession {
         Self {
             conn,
             inbuf: Vec::new(),
+            start: 0,
             filled: 0,
             pending: Vec::new(),
             stash: Vec::new(),
@@ -201,12 +204,18 @@ impl TlsSession {
 
     /// Received TLS bytes not yet processed (a partial record, normally).
     pub fn buffered(&self) -> usize {
-        self.filled
+        self.filled - self.start
     }
 
     /// Space to read TLS bytes into: at least `min` bytes (the buffer grows, never
     /// shrinks while it holds data). Follow with [`Self::received`].
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.inbuf.len() - self.filled < min && self.start > 0 {
+            // Out of room at the end: move the unprocessed tail to the front.
+            self.inbuf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
         if self.inbuf.len() - self.filled < min {
             let want = (self.filled + min).max(self.inbuf.len());
             self.inbuf.resize(want, 0);
@@ -222,7 +231,9 @@ impl TlsSession {
     /// Lends out the receive buffer when it holds nothing (for a pool); `None` if it
     /// holds bytes or was already taken.
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
-        if self.filled == 0 && !self.inbuf.is_empty() {
+        if self.buffered() == 0 && !self.inbuf.is_empty() {
+            self.start = 0;
+            self.filled = 0;
             Some(std::mem::take(&mut self.inbuf))
         } else {
             None
@@ -242,9 +253,10 @@ impl TlsSession {
     }
 
     fn discard(&mut self, n: usize) {
-        if n > 0 {
-            self.inbuf.copy_within(n..self.filled, 0);
-            self.filled -= n;
+        self.start = (self.start + n).min(self.filled);
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
         }
     }
 
@@ -273,13 +285,13 @@ impl TlsSession {
     /// After an error, moves any alert rustls queued (and pending bytes) into `out`.
     pub fn drain_alerts(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.pending);
-        let filled = self.filled;
+        let (start, filled) = (self.start, self.filled);
         let inbuf = &mut self.inbuf;
         on_conn!(self, c => {
             while let UnbufferedStatus {
                 state: Ok(ConnectionState::EncodeTlsData(mut e)),
                 ..
-            } = c.process_tls_records(&mut inbuf[..filled])
+            } = c.process_tls_records(&mut inbuf[start..filled])
             {
                 if encode_into(out, |buf| e.encode(buf)).is_err() {
                     break;
@@ -290,12 +302,12 @@ impl TlsSession {
 
     fn handshake_inner(&mut self, out: &mut Vec<u8>) -> Result<HandshakeStatus, TlsError> {
         loop {
-            let filled = self.filled;
+            let (start, filled) = (self.start, self.filled);
             let inbuf = &mut self.inbuf;
             let stash = &mut self.stash;
             let (discard, step) = on_conn!(self, c => {
                 let UnbufferedStatus { discard, state } =
-                    c.process_tls_records(&mut inbuf[..filled]);
+                    c.process_tls_records(&mut inbuf[start..filled]);
                 let step = match state {
                     Err(e) => Err(TlsError::from(e)),
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
@@ -333,13 +345,13 @@ impl TlsSession {
             on_plain(&stash);
         }
         loop {
-            let filled = self.filled;
+            let (start, filled) = (self.start, self.filled);
             let inbuf = &mut self.inbuf;
             let pending = &mut self.pending;
             let peer_closed = &mut self.peer_closed;
             let (discard, stop) = on_conn!(self, c => {
                 let UnbufferedStatus { discard, state } =
-                    c.process_tls_records(&mut inbuf[..filled]);
+                    c.process_tls_records(&mut inbuf[start..filled]);
                 let stop = match state {
                     Err(e) => Err(TlsError::from(e)),
                     Ok(ConnectionState::ReadTraffic(mut rt)) => {
@@ -400,14 +412,14 @@ impl TlsSession {
         mut write: impl FnMut(&mut WriteTrafficAny<'_>, &mut [u8]) -> Result<usize, EncryptError>,
     ) -> Result<usize, TlsError> {
         loop {
-            let filled = self.filled;
+            let (start, filled) = (self.start, self.filled);
             let inbuf = &mut self.inbuf;
             let pending = &mut self.pending;
             let stash = &mut self.stash;
             let peer_closed = &mut self.peer_closed;
             let (discard, done) = on_conn!(self, c => {
                 let UnbufferedStatus { discard, state } =
-                    c.process_tls_records(&mut inbuf[..filled]);
+                    c.process_tls_records(&mut inbuf[start..filled]);
                 let done = match state {
                     Err(e) => Err(TlsError::from(e)),
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
