@@ -49,6 +49,11 @@ pub(crate) enum Command {
     /// Start a tunnel: listen on --bind and carry each connection to --source through
     /// the router.
     Start(StartArgs),
+    /// Bring up every tunnel of a configuration file, one background process each;
+    /// running tunnels are left alone, changed ones restarted.
+    Up(UpArgs),
+    /// Stop exactly the tunnels a configuration file brought up.
+    Down(DownArgs),
     /// List running tunnels (and, with --connections, their open connections).
     List(ListArgs),
     /// Show the state of every tunnel and of its router link.
@@ -57,6 +62,49 @@ pub(crate) enum Command {
     Kill(KillArgs),
     /// Show version, build and io-engine information.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The configuration file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "conduit.toml"
+    )]
+    pub(crate) file: PathBuf,
+    /// Override one value over the file and the environment: SECTION.KEY=VALUE.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
+    pub(crate) set: Vec<Override>,
+    /// Stay in this terminal, supervising the tunnels (for init systems); Ctrl-C or
+    /// SIGTERM stops them all.
+    #[arg(long)]
+    pub(crate) foreground: bool,
+    /// Internal: run only this tunnel of the file, in this process.
+    #[arg(long, hide = true, requires = "foreground")]
+    pub(crate) tunnel: Option<String>,
+    /// Internal: this process was launched in the background by `conduit up`.
+    #[arg(long, hide = true, requires = "tunnel")]
+    pub(crate) detached: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DownArgs {
+    /// The configuration file whose tunnels to stop.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "conduit.toml"
+    )]
+    pub(crate) file: PathBuf,
+    /// Stop now instead of letting open connections finish.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Seconds open connections get to finish (default: each tunnel's own setting).
+    #[arg(long)]
+    pub(crate) drain_timeout: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -27,6 +27,7 @@ pub mod home;
 pub mod keys;
 pub mod policy;
 pub mod process;
+pub mod reconcile;
 pub mod registry;
 pub mod router;
 pub mod spawn;

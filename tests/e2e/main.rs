@@ -15,3 +15,4 @@ mod real_clients;
 mod refusals;
 mod sources;
 mod tunnel;
+mod up_down;

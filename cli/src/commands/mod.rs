@@ -1,6 +1,7 @@
 //! One module per command.
 
 mod config;
+mod down;
 mod init;
 mod keys;
 mod kill;
@@ -9,6 +10,7 @@ mod router;
 mod start;
 mod status;
 mod tunnels;
+mod up;
 mod version;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -31,6 +33,8 @@ pub(crate) fn run(command: Command) -> Result<()> {
         }
         Command::Router(a) => router::run(&home()?, a),
         Command::Start(a) => start::run(&home()?, a),
+        Command::Up(a) => up::run(&home()?, a),
+        Command::Down(a) => down::run(&home()?, &a),
         Command::List(a) => list::run(&home()?, &a),
         Command::Status(a) => status::run(&home()?, &a),
         Command::Kill(a) => kill::run(&home()?, &a),

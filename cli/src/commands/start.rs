@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
-use conduit_controlplane::spawn::{Launch, Standing, launch};
+use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_proto::Secret;
 
@@ -44,15 +44,27 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
     let registration = Registration {
         home: home.clone(),
         name: name.clone(),
-        router: router.clone(),
+        router,
         source,
         file: None,
         digest: String::new(),
         log_file: a.detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: secs(a.drain_timeout),
     };
+    foreground(settings, registration, a.detached)
+}
+
+/// Runs one tunnel in this process, registered, until a signal, a `Shutdown`
+/// request or a fatal refusal. Prints the lines a launching parent waits for.
+pub(crate) fn foreground(
+    settings: TunnelSettings,
+    registration: Registration,
+    detached: bool,
+) -> Result<()> {
+    let name = registration.name.clone();
+    let router = registration.router.clone();
     runtime(1)?.block_on(async move {
-        if a.detached {
+        if detached {
             ignore_hangups();
         }
         let tunnel = ClientTunnel::start(settings)?;
@@ -110,31 +122,34 @@ fn ignore_hangups() {
 /// Relaunches this command as a detached `--foreground --detached` process.
 fn background(home: &Home, name: &str) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
-    let exe = std::env::current_exe()?;
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
-    let l = launch(Launch {
-        exe,
+    let l = launch_detached(home, name, args)?;
+    report_started("started", name, &l);
+    Ok(())
+}
+
+/// Launches `conduit ARGS` in the background and waits until the tunnel is up.
+pub(crate) fn launch_detached(home: &Home, name: &str, args: Vec<OsString>) -> Result<Launched> {
+    Ok(launch(Launch {
+        exe: std::env::current_exe()?,
         args,
         home: home.clone(),
         name: name.to_owned(),
         timeout: Duration::from_secs(30),
-    })?;
-    match l.standing {
-        Standing::Connected => say(format_args!(
-            "started tunnel {name:?} (id {}, pid {}) listening on {}",
-            l.id, l.pid, l.addr
-        )),
-        Standing::Retrying(line) => {
-            say(format_args!(
-                "started tunnel {name:?} (id {}, pid {}) listening on {}",
-                l.id, l.pid, l.addr
-            ));
-            say(line);
-        }
+    })?)
+}
+
+/// Prints what a launch achieved: `VERB tunnel "NAME" (id …, pid …) listening on …`.
+pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
+    say(format_args!(
+        "{verb} tunnel {name:?} (id {}, pid {}) listening on {}",
+        l.id, l.pid, l.addr
+    ));
+    if let Standing::Retrying(line) = &l.standing {
+        say(line);
     }
     say(format_args!("log: {}", l.log_file.display()));
-    Ok(())
 }
