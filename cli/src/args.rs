@@ -108,6 +108,21 @@ pub(crate) struct DownArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    Tls,
+    Plain,
+}
+
+impl From<TransportArg> for conduit_controlplane::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Tls => Self::Tls,
+            TransportArg::Plain => Self::Plain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OutputFormat {
     Table,
     Json,
@@ -244,6 +259,11 @@ pub(crate) struct RouterArgs {
     /// Require clients to present this token too.
     #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// tls (default), or plain for links that are already encrypted (e.g. inside
+    /// WireGuard): no encryption, no key authentication, payload spliced. Clients must
+    /// use the same transport.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
+    pub(crate) transport: TransportArg,
     /// Seconds to let open streams finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
@@ -280,6 +300,10 @@ pub(crate) struct StartArgs {
     /// A token, for routers that require one.
     #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// tls (default), or plain when the router runs `--transport plain` (links that
+    /// are already encrypted only).
+    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
+    pub(crate) transport: TransportArg,
     /// Handshaken channels each worker keeps ready.
     #[arg(long, default_value_t = 2)]
     pub(crate) pool_size: usize,

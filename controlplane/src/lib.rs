@@ -41,6 +41,17 @@ pub use home::Home;
 pub use policy::AllowList;
 pub use router::{Router, RouterSettings};
 
+/// How a client and its router talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// TLS 1.3, mutually authenticated with pinned Ed25519 keys.
+    #[default]
+    Tls,
+    /// No encryption and no authentication (a token, if the router sets one): only
+    /// for links that are already protected, such as WireGuard. Payload is spliced.
+    Plain,
+}
+
 /// How often a client pings its router; either side drops a control channel after
 /// a few silent intervals.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

@@ -11,6 +11,7 @@
 mod config;
 mod harness;
 mod manage;
+mod plain;
 mod real_clients;
 mod refusals;
 mod sources;

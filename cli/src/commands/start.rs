@@ -36,6 +36,7 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         source: source.clone(),
         bind,
         token: a.token.map(Secret::new),
+        transport: a.transport.into(),
         pool_size: a.pool_size,
         connect_timeout: secs(10),
         handshake_timeout: secs(10),

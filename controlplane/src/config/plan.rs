@@ -76,6 +76,7 @@ impl TunnelPlan {
             source: self.source.clone(),
             bind: self.bind,
             token: self.token.clone(),
+            transport: crate::Transport::Tls,
             pool_size: p.pool_size,
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),
