@@ -269,7 +269,7 @@ impl ClientCore {
         kill: oneshot::Receiver<()>,
     ) -> Result<(), String> {
         let mut ch = match self.channel().await? {
-            Link::Tls(ch) => ch,
+            Link::Tls(ch) => *ch,
             Link::Plain(ch) => return self.run_plain(id, user, counters, kill, ch).await,
         };
         ch.send(&Message::Open {
@@ -407,7 +407,7 @@ impl ClientCore {
         if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
             return; // plenty idle already; let this one close
         }
-        let mut ch = Link::Tls(ch);
+        let mut ch = Link::Tls(Box::new(ch));
         while let Some(waiter) = pool.waiters.pop_front() {
             match waiter.send(ch) {
                 Ok(()) => return,
@@ -425,14 +425,15 @@ impl ClientCore {
 
 /// A pooled channel of either transport.
 pub(crate) enum Link {
-    Tls(Channel),
+    /// Boxed: a TLS channel is large, and pools move links around.
+    Tls(Box<Channel>),
     Plain(PlainChannel),
 }
 
 impl Link {
     fn adopt(h: ChannelHandoff) -> Result<Self, ChannelError> {
         if h.tls.is_some() {
-            Channel::adopt(h).map(Link::Tls)
+            Channel::adopt(h).map(|c| Link::Tls(Box::new(c)))
         } else {
             Ok(Link::Plain(PlainChannel::adopt(h)?))
         }
