@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs every conduit-proto fuzz target for SECONDS seconds each (CI uses 60).
+#
+#   proto/fuzz/run-all.sh SECONDS
+#
+# For each target: replays the saved reproducers in regressions/<target>/ (each must
+# now pass), then fuzzes from corpus/<target>/ (grown and kept between runs) plus the
+# committed seeds in seeds/<target>/. Stops with a non-zero status at the first crash,
+# leaving the input in artifacts/<target>/ and the log in logs/<target>.log.
+#
+# Environment:
+#   FUZZ_SANITIZER  none (default; works on stable Rust) or address. address needs
+#                   nightly flags (-Zsanitizer): on a stable toolchain this script sets
+#                   RUSTC_BOOTSTRAP=1 for it. See README.md for why none is the default.
+#   FUZZ_TARGETS    space-separated subset of targets (default: all, from `cargo fuzz list`).
+set -euo pipefail
+
+secs="${1:-}"
+if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -eq 0 ]; then
+    echo "usage: $0 SECONDS   (time to fuzz each target)" >&2
+    exit 64
+fi
+cd "$(dirname "$0")"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked" >&2
+    exit 69
+fi
+
+sanitizer="${FUZZ_SANITIZER:-none}"
+if [ "$sanitizer" != none ] && ! rustc --version | grep -q nightly; then
+    # -Zsanitizer is a nightly flag; RUSTC_BOOTSTRAP=1 lets the stable compiler accept it.
+    export RUSTC_BOOTSTRAP=1
+fi
+
+targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
+mkdir -p logs
+cargo fuzz build --sanitizer "$sanitizer"
+
+summary=()
+for t in $targets; do
+    mkdir -p "corpus/$t"
+    if compgen -G "regressions/$t/*" >/dev/null; then
+        echo "== $t: replaying regressions/$t"
+        # -runs=0 executes every input of the given directories once, then exits.
+        cargo fuzz run --sanitizer "$sanitizer" "$t" "regressions/$t" -- -runs=0
+    fi
+    echo "== $t: fuzzing for ${secs}s"
+    corpora=("corpus/$t")
+    [ -d "seeds/$t" ] && corpora+=("seeds/$t")
+    status=0
+    cargo fuzz run --sanitizer "$sanitizer" "$t" "${corpora[@]}" -- \
+        -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
+        >"logs/$t.log" 2>&1 || status=$?
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n1)
+    tail -n 25 "logs/$t.log"
+    if [ "$status" -ne 0 ]; then
+        echo "== $t: FAILED (exit $status); input in artifacts/$t/, log in logs/$t.log" >&2
+        exit "$status"
+    fi
+    summary+=("$t: ${execs:-?} executions in ${secs}s, no crash")
+done
+
+echo "== summary"
+printf '%s\n' "${summary[@]}"
