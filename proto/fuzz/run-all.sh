@@ -4,9 +4,10 @@
 #   proto/fuzz/run-all.sh SECONDS
 #
 # For each target: replays the saved reproducers in regressions/<target>/ (each must
-# now pass), then fuzzes from corpus/<target>/ (grown and kept between runs) plus the
-# committed seeds in seeds/<target>/. Stops with a non-zero status at the first crash,
-# leaving the input in artifacts/<target>/ and the log in logs/<target>.log.
+# pass), then fuzzes from corpus/<target>/ (grown and kept between runs) plus the
+# committed seeds in seeds/<target>/. A target that fails does not stop the others;
+# the script exits non-zero at the end if any failed, with each crashing input in
+# artifacts/<target>/ and each log in logs/<target>.log.
 #
 # Environment:
 #   FUZZ_SANITIZER  none (default; works on stable Rust) or address. address needs
@@ -38,12 +39,19 @@ mkdir -p logs
 cargo fuzz build --sanitizer "$sanitizer"
 
 summary=()
+failed=0
 for t in $targets; do
     mkdir -p "corpus/$t"
     if compgen -G "regressions/$t/*" >/dev/null; then
         echo "== $t: replaying regressions/$t"
         # -runs=0 executes every input of the given directories once, then exits.
-        cargo fuzz run --sanitizer "$sanitizer" "$t" "regressions/$t" -- -runs=0
+        if ! cargo fuzz run --sanitizer "$sanitizer" "$t" "regressions/$t" -- -runs=0 \
+            >"logs/$t-regressions.log" 2>&1; then
+            tail -n 40 "logs/$t-regressions.log"
+            summary+=("$t: FAILED replaying regressions/$t (log: logs/$t-regressions.log)")
+            failed=1
+            continue
+        fi
     fi
     echo "== $t: fuzzing for ${secs}s"
     corpora=("corpus/$t")
@@ -53,13 +61,15 @@ for t in $targets; do
         -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
         >"logs/$t.log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n1)
-    tail -n 25 "logs/$t.log"
+    tail -n 40 "logs/$t.log"
     if [ "$status" -ne 0 ]; then
-        echo "== $t: FAILED (exit $status); input in artifacts/$t/, log in logs/$t.log" >&2
-        exit "$status"
+        summary+=("$t: FAILED after ${execs:-?} executions (exit $status); input in artifacts/$t/, log in logs/$t.log")
+        failed=1
+    else
+        summary+=("$t: ${execs:-?} executions in ${secs}s, no crash")
     fi
-    summary+=("$t: ${execs:-?} executions in ${secs}s, no crash")
 done
 
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+exit "$failed"
