@@ -13,6 +13,7 @@ mod harness;
 mod manage;
 mod real_clients;
 mod refusals;
+mod service;
 mod sources;
 mod tunnel;
 mod up_down;
