@@ -56,9 +56,15 @@ for t in $targets; do
     echo "== $t: fuzzing for ${secs}s"
     corpora=("corpus/$t")
     [ -d "seeds/$t" ] && corpora+=("seeds/$t")
+    # Bodies up to MAX_CONTROL_BODY (16 KiB) reach Message::decode; libFuzzer's
+    # default 4096-byte inputs would never test the long ones.
+    case "$t" in
+        message_decode) max_len=16400 ;;
+        *) max_len=4096 ;;
+    esac
     status=0
     cargo fuzz run --sanitizer "$sanitizer" "$t" "${corpora[@]}" -- \
-        -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
+        -max_total_time="$secs" -max_len="$max_len" -timeout=10 -print_final_stats=1 \
         >"logs/$t.log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n1)
     tail -n 40 "logs/$t.log"
