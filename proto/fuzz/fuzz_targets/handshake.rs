@@ -67,15 +67,15 @@ fn tampered_pair(keys: &Keys, data: &[u8]) {
     }
     if p.client_done && p.server_done {
         // Whatever was tampered with, data that does go through is what was sent.
-        if let Some(wire) = send(&mut p.client, b"ping") {
-            if let Some(got) = receive(&mut p.server, &wire) {
-                assert!(got.is_empty() || got == b"ping", "router decrypted {got:?}");
-            }
+        if let Some(wire) = send(&mut p.client, b"ping")
+            && let Some(got) = receive(&mut p.server, &wire)
+        {
+            assert!(got.is_empty() || got == b"ping", "router decrypted {got:?}");
         }
-        if let Some(wire) = send(&mut p.server, b"pong") {
-            if let Some(got) = receive(&mut p.client, &wire) {
-                assert!(got.is_empty() || got == b"pong", "client decrypted {got:?}");
-            }
+        if let Some(wire) = send(&mut p.server, b"pong")
+            && let Some(got) = receive(&mut p.client, &wire)
+        {
+            assert!(got.is_empty() || got == b"pong", "client decrypted {got:?}");
         }
         if !p.tampered {
             // Untampered: the exchange above must have worked, checked again strictly.
