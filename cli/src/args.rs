@@ -87,6 +87,8 @@ pub(crate) struct UpArgs {
     /// Internal: this process was launched in the background by `conduit up`.
     #[arg(long, hide = true, requires = "tunnel")]
     pub(crate) detached: bool,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
-//! `conduit start --service-file`: the exact unit it prints, `-o` writing the file,
-//! and tokens kept out of it.
+//! `conduit start|up --service-file`: the exact unit it prints, `-o` writing the
+//! file, and tokens kept out of it.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -158,4 +158,65 @@ fn output_without_service_file_is_a_usage_error() {
     let out = start_service(dir.path(), &["-o", "x.service"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("--service-file"), "{}", stderr(&out));
+}
+
+#[test]
+fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
+    let dir = tempfile::tempdir().unwrap();
+    let conduit = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
+        c.env_clear().env("CONDUIT_HOME", dir.path());
+        c
+    };
+    // The file must validate, and that needs the client key it names by default.
+    let init = conduit().arg("init").output().unwrap();
+    assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
+    let file = dir.path().join("prod.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[router]\nhost = \"router.example.com\"\npublic_key = \"{ROUTER_KEY}\"\n\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:8080\"\nbind = \"0.0.0.0:80\"\n"
+        ),
+    )
+    .unwrap();
+    let out = conduit()
+        .args(["up", "-f"])
+        .arg(&file)
+        .args(["--service-file", "openrc", "--service-user", "conduit"])
+        .args([
+            "--set",
+            "performance.workers=2",
+            "--set",
+            "security.token=s3cret-t0ken",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "\ncommand_args=\"up --foreground -f {} --set performance.workers=2\"\n",
+            file.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ndescription=\"Conduit tunnels of "),
+        "{text}"
+    );
+    // Port 80: the one capability, and nothing else.
+    assert!(
+        text.contains("\ncapabilities=\"^cap_net_bind_service\"\n"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret-t0ken"), "{text}");
+    assert!(
+        stderr(&out).contains(
+            "the token is not written into the service file; put CONDUIT_TOKEN=<token> \
+             in /etc/conduit/conduit-prod.env (mode 0600) instead"
+        ),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -34,7 +34,7 @@ pub(crate) fn run(command: Command, log: &LogArgs) -> Result<()> {
         }
         Command::Router(a) => router::run(&home()?, a),
         Command::Start(a) => start::run(&home()?, a, log),
-        Command::Up(a) => up::run(&home()?, a),
+        Command::Up(a) => up::run(&home()?, a, log),
         Command::Down(a) => down::run(&home()?, &a),
         Command::List(a) => list::run(&home()?, &a),
         Command::Status(a) => status::run(&home()?, &a),

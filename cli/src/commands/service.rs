@@ -14,8 +14,10 @@ use crate::exit::Usage;
 
 /// What the command being turned into a service contributes.
 pub(crate) struct Tunnel<'a> {
-    /// The tunnel's name.
+    /// The tunnel's name (for `up`, the configuration file's stem).
     pub(crate) name: &'a str,
+    /// One line for people: what the service runs.
+    pub(crate) description: String,
     /// The command's arguments after the binary, `--foreground` included.
     pub(crate) args: Vec<String>,
     /// It listens on a port below 1024.
@@ -33,8 +35,8 @@ fn kind(k: ServiceKind) -> InitSystem {
     }
 }
 
-/// A service name from a tunnel name: `conduit-` and the name, with anything a unit
-/// name cannot hold turned into `-`.
+/// A service name from a tunnel (or file) name: `conduit-` and the name unless it
+/// starts with `conduit` already, with anything a unit name cannot hold turned into `-`.
 fn default_name(tunnel: &str) -> String {
     let clean: String = tunnel
         .chars()
@@ -47,7 +49,11 @@ fn default_name(tunnel: &str) -> String {
         })
         .take(56)
         .collect();
-    format!("conduit-{clean}")
+    if clean.starts_with("conduit") {
+        clean
+    } else {
+        format!("conduit-{clean}")
+    }
 }
 
 /// `path` made absolute against the current directory (not resolved: a symlink stays
@@ -94,7 +100,7 @@ pub(crate) fn emit(
         None => kind.default_env_file(&name),
     };
     let spec = ServiceSpec {
-        description: format!("Conduit tunnel {}", t.name),
+        description: t.description,
         name,
         binary: std::env::current_exe().context("cannot find the path of this conduit binary")?,
         args: t.args,
@@ -137,5 +143,6 @@ mod tests {
     fn service_names_come_from_tunnel_names() {
         assert_eq!(default_name("web"), "conduit-web");
         assert_eq!(default_name("db eu/1"), "conduit-db-eu-1");
+        assert_eq!(default_name("conduit-prod"), "conduit-prod");
     }
 }

@@ -214,6 +214,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
         kind,
         Tunnel {
             name: &name,
+            description: format!("Conduit tunnel {name}"),
             args,
             privileged_port: (1..1024).contains(&bind.port()),
             has_token: a.token.is_some(),
