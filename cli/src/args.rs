@@ -177,7 +177,7 @@ pub(crate) enum ConfigCommand {
     /// Report every problem in a configuration file, each with its key path; exits 64
     /// if there is an error.
     Validate(ConfigArgs),
-    /// Print the configuration in effect (file, then CONDUIT_<SECTION>_<KEY>
+    /// Print the configuration in effect (file, then `CONDUIT_<SECTION>_<KEY>`
     /// variables, then --set), each value with where it came from; secrets print as ***.
     Show {
         #[command(flatten)]
@@ -202,7 +202,7 @@ pub(crate) struct ConfigArgs {
     #[arg(long)]
     pub(crate) router: bool,
     /// Override one value, over the file and the environment: SECTION.KEY=VALUE, such
-    /// as router.port=9999. Repeatable; [[tunnels]] cannot be set this way.
+    /// as router.port=9999. Repeatable; `[[tunnels]]` cannot be set this way.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
     pub(crate) set: Vec<Override>,
 }
