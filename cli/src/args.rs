@@ -87,6 +87,8 @@ pub(crate) struct UpArgs {
     /// Internal: this process was launched in the background by `conduit up`.
     #[arg(long, hide = true, requires = "tunnel")]
     pub(crate) detached: bool,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -190,7 +192,7 @@ pub(crate) enum ConfigCommand {
     /// Report every problem in a configuration file, each with its key path; exits 64
     /// if there is an error.
     Validate(ConfigArgs),
-    /// Print the configuration in effect (file, then CONDUIT_<SECTION>_<KEY>
+    /// Print the configuration in effect (file, then `CONDUIT_<SECTION>_<KEY>`
     /// variables, then --set), each value with where it came from; secrets print as ***.
     Show {
         #[command(flatten)]
@@ -215,7 +217,7 @@ pub(crate) struct ConfigArgs {
     #[arg(long)]
     pub(crate) router: bool,
     /// Override one value, over the file and the environment: SECTION.KEY=VALUE, such
-    /// as router.port=9999. Repeatable; [[tunnels]] cannot be set this way.
+    /// as router.port=9999. Repeatable; `[[tunnels]]` cannot be set this way.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
     pub(crate) set: Vec<Override>,
 }
@@ -312,4 +314,42 @@ pub(crate) struct StartArgs {
     pub(crate) drain_timeout: u64,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+/// The init systems `--service-file` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServiceKind {
+    /// A systemd unit (Linux).
+    Systemd,
+    /// An OpenRC script run by supervise-daemon (Alpine, Gentoo).
+    Openrc,
+    /// A launchd job for /Library/LaunchDaemons (macOS).
+    Launchd,
+    /// An rc.d script run by daemon(8) (FreeBSD).
+    #[value(name = "rc.d")]
+    RcD,
+}
+
+/// Flags that turn a command into "write a service file that runs this command".
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServiceArgs {
+    /// Instead of running, print a service file for this init system; the service
+    /// runs the same command in the foreground.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub(crate) service_file: Option<ServiceKind>,
+    /// Write the service file here instead of printing it.
+    #[arg(short = 'o', long, value_name = "PATH", requires = "service_file")]
+    pub(crate) output: Option<PathBuf>,
+    /// The service's name (default: conduit-TUNNEL).
+    #[arg(long, value_name = "NAME", requires = "service_file")]
+    pub(crate) service_name: Option<String>,
+    /// The account the service runs as (default: the current user).
+    #[arg(long, value_name = "USER", requires = "service_file")]
+    pub(crate) service_user: Option<String>,
+    /// The file of secrets (CONDUIT_TOKEN=...) the service reads at start (default:
+    /// /etc/conduit/NAME.env; /usr/local/etc/conduit/NAME.env for launchd and rc.d).
+    #[arg(long, value_name = "PATH", requires = "service_file")]
+    pub(crate) service_env_file: Option<PathBuf>,
 }

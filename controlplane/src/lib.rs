@@ -12,7 +12,8 @@
 //!
 //! It runs TLS handshakes, authenticates and authorizes, keeps each client's control
 //! channel with heartbeats and reconnects with back-off, answers the workers'
-//! requests for channels, and owns keys, the allow-list and the home directory.
+//! requests for channels, and owns keys, the allow-list and the home directory. It
+//! also writes the service files that let an init system run a tunnel ([`service`]).
 //!
 //! What it does **not** do: move payload bytes (the data plane does), or parse
 //! command lines (the `conduit` binary does).
@@ -30,6 +31,7 @@ pub mod process;
 pub mod reconcile;
 pub mod registry;
 pub mod router;
+pub mod service;
 pub mod spawn;
 mod wire;
 

@@ -14,6 +14,7 @@ mod manage;
 mod plain;
 mod real_clients;
 mod refusals;
+mod service;
 mod sources;
 mod tunnel;
 mod up_down;
