@@ -262,3 +262,22 @@ fn a_record_of_unknown_type_is_an_error_with_an_alert_not_a_panic() {
     // The alert that tells the peer why: a TLS alert record (content type 21).
     assert_eq!(out.first(), Some(&21u8), "{out:?}");
 }
+
+#[test]
+fn a_failed_session_refuses_every_later_call() {
+    let p = peers();
+    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let mut w = Wire::default();
+    handshake(&mut c, &mut s, &mut w).unwrap();
+    send(&mut c, b"secret", &mut w.to_server);
+    let last = w.to_server.len() - 1;
+    w.to_server[last] ^= 1;
+    assert!(receive(&mut s, &mut w.to_server, 1 << 20).is_err());
+    // The bad record is still buffered: rustls must not see it again.
+    assert!(matches!(s.decrypt(|_| {}), Err(TlsError::Failed)));
+    let mut out = vec![0; 256];
+    assert!(matches!(s.encrypt(b"x", &mut out), Err(TlsError::Failed)));
+    let mut alert = Vec::new();
+    s.drain_alerts(&mut alert);
+    s.drain_alerts(&mut alert);
+}
