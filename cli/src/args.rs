@@ -236,6 +236,11 @@ pub(crate) struct EngineArgs {
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
     #[arg(long, env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
     pub(crate) io_engine: Engine,
+    /// Pin each worker thread to its own core. Worth it on a dedicated gateway; off
+    /// by default because relays sharing a machine (a client and a router, a
+    /// container host) can end up pinned to the same core (docs/architecture.md).
+    #[arg(long, env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) pin_cores: bool,
 }
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
