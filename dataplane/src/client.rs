@@ -269,7 +269,7 @@ impl ClientCore {
         kill: oneshot::Receiver<()>,
     ) -> Result<(), String> {
         let mut ch = match self.channel().await? {
-            Link::Tls(ch) => *ch,
+            Link::Tls(ch) => ch,
             Link::Plain(ch) => return self.run_plain(id, user, counters, kill, ch).await,
         };
         ch.send(&Message::Open {
@@ -283,7 +283,7 @@ impl ClientCore {
             decoder,
             backlog,
             ..
-        } = &mut ch;
+        } = &mut *ch;
         let outcome = Relay {
             side: Side::Client,
             plain: user,
@@ -402,12 +402,12 @@ impl ClientCore {
     }
 
     /// Puts a channel that finished a stream cleanly back in the pool.
-    fn reuse(&self, ch: Channel) {
+    fn reuse(&self, ch: Box<Channel>) {
         let mut pool = self.pool.borrow_mut();
         if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
             return; // plenty idle already; let this one close
         }
-        let mut ch = Link::Tls(Box::new(ch));
+        let mut ch = Link::Tls(ch);
         while let Some(waiter) = pool.waiters.pop_front() {
             match waiter.send(ch) {
                 Ok(()) => return,

@@ -85,7 +85,8 @@ pub(crate) async fn read_frame(
     sock: &Socket,
     mut have: Vec<u8>,
 ) -> Result<(Message, Vec<u8>), ChannelError> {
-    let mut chunk = [0u8; 4096];
+    // On the heap: this future is part of every user connection's task.
+    let mut chunk = vec![0u8; 4096];
     loop {
         if have.len() >= HEADER_LEN {
             let mut h = [0u8; HEADER_LEN];

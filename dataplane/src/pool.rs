@@ -11,7 +11,7 @@ use std::cell::RefCell;
 /// plaintext, or those four records sealed (each adds 22 bytes).
 pub(crate) const BUF_SIZE: usize = 4 * (16 * 1024 + 22) + 64;
 /// Buffers kept for reuse per core; beyond this they go back to the allocator.
-const MAX_KEPT: usize = 256;
+const MAX_KEPT: usize = 64;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };

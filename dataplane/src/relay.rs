@@ -183,6 +183,14 @@ async fn down(
     let mut opened = side == Side::Router;
     let mut replay = std::mem::take(backlog);
     loop {
+        if replay.is_empty() {
+            // Wait for bytes before taking a buffer: an idle connection holds none.
+            match read_tls(chan, tls).await {
+                Ok(0) => return Err(Stop::ChannelClosed),
+                Ok(_) => {}
+                Err(e) => return Err(Stop::Channel(e)),
+            }
+        }
         let mut out = pool::take();
         let mut len = 0;
         let mut b = Batch {
@@ -202,17 +210,6 @@ async fn down(
                 }
             }
         } else {
-            match read_tls(chan, tls).await {
-                Ok(0) => {
-                    pool::give(out);
-                    return Err(Stop::ChannelClosed);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    pool::give(out);
-                    return Err(Stop::Channel(e));
-                }
-            }
             let res = tls.borrow_mut().decrypt(|bytes| {
                 if b.bad.is_some() {
                     return;

@@ -45,7 +45,8 @@ impl RouterCore {
         }
         match Channel::adopt(h) {
             Ok(ch) => {
-                monoio::spawn(self.clone().channel_loop(ch, peer));
+                // Boxed: the task's future then holds a pointer, not two copies.
+                monoio::spawn(self.clone().channel_loop(Box::new(ch), peer));
             }
             Err(e) => warn!(%peer, "cannot adopt a channel: {e}"),
         }
@@ -189,7 +190,7 @@ impl RouterCore {
         );
     }
 
-    async fn channel_loop(self: Rc<Self>, mut ch: Channel, peer: SocketAddr) {
+    async fn channel_loop(self: Rc<Self>, mut ch: Box<Channel>, peer: SocketAddr) {
         let client = ch
             .peer_key
             .map_or_else(|| "(unauthenticated)".to_owned(), |k| k.to_string());
