@@ -268,9 +268,11 @@ impl ClientCore {
         counters: &ConnCounters,
         kill: oneshot::Receiver<()>,
     ) -> Result<(), String> {
-        let mut ch = match self.channel().await? {
+        // Both boxed: the relay below may run for days, and a task's size is that of
+        // its largest state.
+        let mut ch = match Box::pin(self.channel()).await? {
             Link::Tls(ch) => ch,
-            Link::Plain(ch) => return self.run_plain(id, user, counters, kill, ch).await,
+            Link::Plain(ch) => return Box::pin(self.run_plain(id, user, counters, kill, ch)).await,
         };
         ch.send(&Message::Open {
             target: self.spec.target.clone(),

@@ -238,9 +238,8 @@ impl RouterCore {
     async fn stream(&self, ch: &mut Channel, peer: SocketAddr, target: String) -> bool {
         let core = &self.core;
         let id = core.next_conn_id();
-        let source = match self
-            .open_source(id, peer, ch.peer_key.as_ref(), &target)
-            .await
+        // Boxed: connecting is brief, the relay that follows may last for days.
+        let source = match Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await
         {
             Ok(s) => s,
             Err(refusal) => {
