@@ -20,7 +20,7 @@ use crate::channel::Channel;
 use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::net::Socket;
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, Meter};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter};
 use crate::sys::Peek;
 use crate::worker::Core;
 
@@ -217,35 +217,33 @@ impl ClientCore {
         core.stats.active.fetch_add(1, Relaxed);
         let counters = Rc::new(ConnCounters::default());
         let (kill_tx, kill_rx) = oneshot::channel();
+        let started = Instant::now();
         core.conns.insert(
             id,
             ConnEntry {
                 peer: Some(peer),
                 target: self.spec.target.clone(),
-                started: Instant::now(),
+                client: None,
+                started,
                 counters: counters.clone(),
                 kill: Some(kill_tx),
             },
         );
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
-        let failed = match self.run_user(id, &user, &counters, kill_rx).await {
-            Ok(()) => false,
-            Err(reason) => {
-                warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
-                user.abort();
-                true
-            }
-        };
-        if failed {
-            core.stats.failed.fetch_add(1, Relaxed);
+        if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
+            warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
+            user.abort();
+            core.stats.fail(kind);
         }
         core.stats.active.fetch_sub(1, Relaxed);
+        core.stats.durations.observe(started.elapsed());
         core.conns.remove(id);
         debug!(
             conn = id,
             up = counters.up.get(),
             down = counters.down.get(),
+            secs = started.elapsed().as_secs_f64(),
             "user connection closed"
         );
     }
@@ -256,13 +254,19 @@ impl ClientCore {
         user: &Socket,
         counters: &ConnCounters,
         kill: oneshot::Receiver<()>,
-    ) -> Result<(), String> {
-        let mut ch = self.channel().await?;
+    ) -> Result<(), (ErrorKind, String)> {
+        let mut ch = self
+            .channel()
+            .await
+            .map_err(|e| (ErrorKind::RouterUnreachable, e))?;
         ch.send(&Message::Open {
             target: self.spec.target.clone(),
         })
         .await
-        .map_err(|e| format!("the channel to the router failed: {e}"))?;
+        .map_err(|e| {
+            let why = format!("the channel to the router failed: {e}");
+            (ErrorKind::Channel, why)
+        })?;
         let Channel {
             sock,
             tls,
@@ -313,7 +317,7 @@ impl ClientCore {
                 if matches!(stop, Stop::Killed) {
                     info!(conn = id, "connection closed by the operator");
                 }
-                Err(reason)
+                Err((stop.kind(), reason))
             }
         }
     }

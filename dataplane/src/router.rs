@@ -18,7 +18,7 @@ use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
 use crate::net::Socket;
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, Meter};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter};
 use crate::worker::Core;
 
 pub(crate) struct RouterCore {
@@ -89,22 +89,28 @@ impl RouterCore {
         let id = core.next_conn_id();
         let client = ch.peer_key;
         core.stats.opened.fetch_add(1, Relaxed);
+        core.usage.opened(&client);
+        let fail = |kind| {
+            core.stats.fail(kind);
+            core.usage.ended(&client, 0, 0, true);
+        };
 
         let addrs = match self.spec.policy.resolve(&client, &target) {
             Ok(a) => a,
             Err(refusal) => {
                 warn!(conn = id, %peer, %client, %target, "open refused: {}", refusal.message);
-                core.stats.failed.fetch_add(1, Relaxed);
+                fail(ErrorKind::PolicyRefused);
                 let _ = ch.send(&Message::OpenFailed(refusal)).await;
                 return false;
             }
         };
+        core.usage.source_used(&target);
         let source = match connect(&addrs, self.spec.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
                 let message = format!("the router could not connect to source {target}: {e}");
                 warn!(conn = id, %peer, %client, "{message}");
-                core.stats.failed.fetch_add(1, Relaxed);
+                fail(ErrorKind::SourceUnreachable);
                 let _ = ch
                     .send(&Message::OpenFailed(Refusal::new(
                         RefusalCode::SourceUnreachable,
@@ -116,6 +122,7 @@ impl RouterCore {
         };
         if let Err(e) = ch.send(&Message::Opened).await {
             debug!(conn = id, "channel failed before the stream started: {e}");
+            fail(ErrorKind::Channel);
             return false;
         }
 
@@ -127,12 +134,14 @@ impl RouterCore {
             ConnEntry {
                 peer: Some(peer),
                 target: target.clone(),
+                client: Some(client),
                 started: Instant::now(),
                 counters: counters.clone(),
                 kill: Some(kill_tx),
             },
         );
-        debug!(conn = id, %peer, %target, "stream opened");
+        let started = Instant::now();
+        debug!(conn = id, %peer, %client, %target, "stream opened");
         let Channel {
             sock,
             tls,
@@ -160,12 +169,16 @@ impl RouterCore {
         .run(kill_rx)
         .await;
         core.stats.active.fetch_sub(1, Relaxed);
+        core.stats.durations.observe(started.elapsed());
         core.conns.remove(id);
+        let (up, down) = (counters.up.get(), counters.down.get());
+        core.usage
+            .ended(&client, up, down, outcome.stop.is_some());
         let reusable = match outcome.stop {
             // What is already buffered belongs to the client's next stream.
             None => !ch.tls.borrow().peer_closed(),
             Some(stop) => {
-                core.stats.failed.fetch_add(1, Relaxed);
+                core.stats.fail(stop.kind());
                 match &stop {
                     Stop::Plain(e) => {
                         warn!(conn = id, %target, "source connection failed: {e}");
@@ -196,8 +209,9 @@ impl RouterCore {
         };
         debug!(
             conn = id,
-            to_source = counters.up.get(),
-            from_source = counters.down.get(),
+            to_source = up,
+            from_source = down,
+            secs = started.elapsed().as_secs_f64(),
             "stream closed"
         );
         reusable
