@@ -98,6 +98,7 @@ impl RegisteredTunnel {
             dp: tunnel.dataplane(),
             shutdown: Arc::new(shutdown),
             default_drain: r.drain,
+            counters: tunnel.counters(),
         };
         Ok(Self {
             tunnel,

@@ -172,8 +172,7 @@ impl RouterCore {
         core.stats.durations.observe(started.elapsed());
         core.conns.remove(id);
         let (up, down) = (counters.up.get(), counters.down.get());
-        core.usage
-            .ended(&client, up, down, outcome.stop.is_some());
+        core.usage.ended(&client, up, down, outcome.stop.is_some());
         let reusable = match outcome.stop {
             // What is already buffered belongs to the client's next stream.
             None => !ch.tls.borrow().peer_closed(),

@@ -351,7 +351,11 @@ impl ConnTable {
     /// Calls `f` with each open connection's client and byte counts.
     pub(crate) fn for_each_open(&self, mut f: impl FnMut(Option<&PublicKey>, u64, u64)) {
         for e in self.entries.borrow().values() {
-            f(e.client.as_ref(), e.counters.up.get(), e.counters.down.get());
+            f(
+                e.client.as_ref(),
+                e.counters.up.get(),
+                e.counters.down.get(),
+            );
         }
     }
 

@@ -15,7 +15,10 @@ use std::str::FromStr;
 
 use conduit_proto::PublicKey;
 
-use super::model::{Config, LoggingConfig, PerformanceConfig, Protocol, RouterConfig};
+use super::model::{
+    AlertsConfig, ApiConfig, Config, HealthConfig, LoggingConfig, PerformanceConfig, Protocol,
+    RouterConfig,
+};
 use super::{Origin, Origins, Problem};
 use crate::keys;
 use crate::policy::Rule;
@@ -111,9 +114,94 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         );
     }
     token_file(r.token.is_some(), "router.token", &mut out);
+    api(&c.api, &mut out);
+    health(&c.health, &mut out);
+    alerts(&c.alerts, &mut out);
     performance(&c.performance, &mut out);
     logging(&c.logging, &mut out);
     out.list
+}
+
+fn api(a: &ApiConfig, out: &mut Out<'_>) {
+    token_file(a.token.is_some(), "api.token", out);
+    let addr = match bind_addr(&a.bind) {
+        Ok(addr) => addr,
+        Err(e) => {
+            out.error("api.bind", e);
+            return;
+        }
+    };
+    if !a.enabled {
+        return;
+    }
+    if !a.auth && !addr.ip().is_loopback() {
+        out.error(
+            "api.auth",
+            format!(
+                "the API may run without a token only on a loopback address, and api.bind is                  {addr}; bind it to 127.0.0.1 (or ::1), or set a token (--api-token,                  CONDUIT_API_TOKEN)"
+            ),
+        );
+    } else if a.auth && a.token.is_none() {
+        out.error(
+            "api.token",
+            "the API is on and needs a token: pass --api-token TOKEN, set CONDUIT_API_TOKEN,              or add token under [api]; to run it without one on a loopback address, pass              --api-no-auth (api.auth = false)",
+        );
+    }
+}
+
+fn health(h: &HealthConfig, out: &mut Out<'_>) {
+    for (i, src) in h.sources.iter().enumerate() {
+        if let Err(e) = source_addr(src) {
+            out.push(
+                Problem::error(format!("health.sources[{i}]"), e),
+                "health.sources",
+            );
+        }
+    }
+    if h.timeout_secs >= h.interval_secs {
+        out.warn(
+            "health.timeout_secs",
+            format!(
+                "{}s is not shorter than interval_secs ({}s): a source that hangs is probed                  less often than configured; use a shorter timeout",
+                h.timeout_secs, h.interval_secs
+            ),
+        );
+    }
+    let worst = h.interval_secs * h.failures + h.timeout_secs;
+    if worst > 30 {
+        out.warn(
+            "health.interval_secs",
+            format!(
+                "a source that goes down is reported only after up to {worst}s                  (interval_secs × failures + timeout_secs); the defaults report within 30s"
+            ),
+        );
+    }
+}
+
+fn alerts(a: &AlertsConfig, out: &mut Out<'_>) {
+    for (path, url) in [("alerts.webhook", &a.webhook), ("alerts.slack", &a.slack)] {
+        let Some(url) = url else { continue };
+        token_file(true, path, out);
+        if let Err(e) = webhook_url(url.expose()) {
+            out.error(path, e);
+        }
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+pub(crate) fn webhook_url(u: &str) -> Result<(), String> {
+    let ok = u
+        .parse::<hyper::Uri>()
+        .ok()
+        .filter(|uri| matches!(uri.scheme_str(), Some("http" | "https")))
+        .and_then(|uri| uri.host().map(|h| !h.is_empty()))
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        // The URL itself is not repeated: it may hold a token.
+        Err("not an http:// or https:// URL with a host; give the full webhook URL".into())
+    }
 }
 
 fn tunnels(c: &Config, out: &mut Out<'_>) {

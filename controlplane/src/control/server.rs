@@ -15,6 +15,7 @@ use tracing::warn;
 use super::pb;
 use super::pb::tunnel_control_server::{TunnelControl, TunnelControlServer};
 use crate::client::LinkStatus;
+use crate::metrics::{self, Counters};
 use crate::{Error, Home};
 
 /// What never changes about a tunnel process.
@@ -51,6 +52,8 @@ pub struct ControlState {
     pub shutdown: Arc<watch::Sender<Option<Duration>>>,
     /// Drain deadline when a request names none.
     pub default_drain: Duration,
+    /// Handshakes and set-up errors of the channels to the router.
+    pub counters: Arc<Counters>,
 }
 
 impl ControlState {
@@ -197,31 +200,7 @@ impl TunnelControl for ControlState {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let name = &self.facts.name;
-        let prometheus = format!(
-            "# HELP conduit_connections_total User connections accepted.\n\
-             # TYPE conduit_connections_total counter\n\
-             conduit_connections_total{{tunnel=\"{name}\"}} {}\n\
-             # HELP conduit_connection_errors_total User connections that ended in an error.\n\
-             # TYPE conduit_connection_errors_total counter\n\
-             conduit_connection_errors_total{{tunnel=\"{name}\"}} {}\n\
-             # HELP conduit_active_connections User connections open now.\n\
-             # TYPE conduit_active_connections gauge\n\
-             conduit_active_connections{{tunnel=\"{name}\"}} {}\n\
-             # HELP conduit_bytes_transferred_total Payload bytes, by direction.\n\
-             # TYPE conduit_bytes_transferred_total counter\n\
-             conduit_bytes_transferred_total{{tunnel=\"{name}\",direction=\"in\"}} {}\n\
-             conduit_bytes_transferred_total{{tunnel=\"{name}\",direction=\"out\"}} {}\n\
-             # HELP conduit_router_link_up 1 when the control channel to the router is up.\n\
-             # TYPE conduit_router_link_up gauge\n\
-             conduit_router_link_up{{tunnel=\"{name}\"}} {}\n",
-            t.opened,
-            t.failed,
-            t.active,
-            t.bytes_up,
-            t.bytes_down,
-            u64::from(up)
-        );
+        let prometheus = metrics::render_tunnel(&self.facts.name, &t, up, &self.counters);
         Ok(Response::new(pb::MetricsResponse {
             counters,
             prometheus,
