@@ -136,6 +136,16 @@ impl Home {
 
     /// A router on a free port allowing `allow`, and its address.
     pub fn router(&self, engine: Engine, allow: &[String]) -> (Proc, SocketAddr) {
+        self.router_with(engine, allow, &[])
+    }
+
+    /// A router with `extra` flags too, and its address.
+    pub fn router_with(
+        &self,
+        engine: Engine,
+        allow: &[String],
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
         let mut args = vec![
             "router".to_owned(),
             "--bind".into(),
@@ -149,6 +159,7 @@ impl Home {
             args.push("--allow".into());
             args.push(a.clone());
         }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = self.spawn(&args);
         let line = p.wait_stdout("router listening on");
@@ -300,6 +311,11 @@ impl Proc {
             }
             o = cv.wait_timeout(o, deadline - now).unwrap().0;
         }
+    }
+
+    /// The stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().stdout.clone()
     }
 
     pub fn stderr(&self) -> String {
