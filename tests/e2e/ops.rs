@@ -408,7 +408,7 @@ fn a_source_that_stops_and_starts_raises_one_down_and_one_up_alert_per_format() 
     // Default probe settings: the down alert must come within 30 s.
     let (router, raddr, api) = router_api(
         &home,
-        &[target.clone()],
+        std::slice::from_ref(&target),
         &[
             "--alert-webhook",
             &rx.url("/hook"),
@@ -758,4 +758,59 @@ fn stats_health_and_logs_commands() {
     let (status, _, err) = home.run(&["logs", "nope"]);
     assert_code(status, 64, &err);
     assert!(err.contains("no log for tunnel \"nope\""), "{err}");
+}
+
+#[test]
+fn the_api_token_comes_from_the_config_file_or_the_environment() {
+    let home = Home::with_keys();
+    let file = home.path().join("router.toml");
+    std::fs::write(
+        &file,
+        "[router]\nbind = \"127.0.0.1:0\"\n\n[api]\nenabled = true\nbind = \"127.0.0.1:0\"\ntoken = \"from-the-file\"\n\n[health]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let f = file.to_string_lossy().into_owned();
+    let p = home.spawn(&["router", "--config", &f, "--io-engine", "epoll"]);
+    let api = format!("http://{}", addr_in(&p.wait_stdout("api listening on")));
+    let a = curl(
+        "GET",
+        &format!("{api}/api/v1/health"),
+        Some("from-the-file"),
+        &[],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["probe"]["interval_secs"], 1);
+    assert_eq!(
+        curl("GET", &format!("{api}/api/v1/health"), Some(TOKEN), &[]).status,
+        401
+    );
+    drop(p);
+
+    let p = Proc::spawn(
+        home.cmd()
+            .args([
+                "router",
+                "--bind",
+                "127.0.0.1:0",
+                "--api-bind",
+                "127.0.0.1:0",
+                "--io-engine",
+                "epoll",
+            ])
+            .env("CONDUIT_API_TOKEN", "from-the-env"),
+    );
+    let api = format!("http://{}", addr_in(&p.wait_stdout("api listening on")));
+    let a = curl(
+        "GET",
+        &format!("{api}/api/v1/info"),
+        Some("from-the-env"),
+        &[],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["api"]["auth"], true);
 }

@@ -84,7 +84,6 @@ pub struct Links {
 
 impl Links {
     /// A control session started.
-    #[allow(clippy::too_many_arguments)]
     pub fn up(
         &mut self,
         session: u64,
