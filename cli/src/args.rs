@@ -67,6 +67,11 @@ pub(crate) enum Command {
     /// Start a tunnel: listen on --bind and carry each connection to --source through
     /// the router.
     Start(StartArgs),
+    /// Bring up every tunnel of a configuration file, one background process each;
+    /// running tunnels are left alone, changed ones restarted.
+    Up(UpArgs),
+    /// Stop exactly the tunnels a configuration file brought up.
+    Down(DownArgs),
     /// List running tunnels (and, with --connections, their open connections).
     List(ListArgs),
     /// Show the state of every tunnel and of its router link.
@@ -83,6 +88,66 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// Show version, build and io-engine information.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The configuration file.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "conduit.toml"
+    )]
+    pub(crate) file: PathBuf,
+    /// Override one value over the file and the environment: SECTION.KEY=VALUE.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
+    pub(crate) set: Vec<Override>,
+    /// Stay in this terminal, supervising the tunnels (for init systems); Ctrl-C or
+    /// SIGTERM stops them all.
+    #[arg(long)]
+    pub(crate) foreground: bool,
+    /// Internal: run only this tunnel of the file, in this process.
+    #[arg(long, hide = true, requires = "foreground")]
+    pub(crate) tunnel: Option<String>,
+    /// Internal: this process was launched in the background by `conduit up`.
+    #[arg(long, hide = true, requires = "tunnel")]
+    pub(crate) detached: bool,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DownArgs {
+    /// The configuration file whose tunnels to stop.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "conduit.toml"
+    )]
+    pub(crate) file: PathBuf,
+    /// Stop now instead of letting open connections finish.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Seconds open connections get to finish (default: each tunnel's own setting).
+    #[arg(long)]
+    pub(crate) drain_timeout: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    Tls,
+    Plain,
+}
+
+impl From<TransportArg> for conduit_controlplane::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Tls => Self::Tls,
+            TransportArg::Plain => Self::Plain,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,7 +275,7 @@ pub(crate) enum ConfigCommand {
     /// Report every problem in a configuration file, each with its key path; exits 64
     /// if there is an error.
     Validate(ConfigArgs),
-    /// Print the configuration in effect (file, then CONDUIT_<SECTION>_<KEY>
+    /// Print the configuration in effect (file, then `CONDUIT_<SECTION>_<KEY>`
     /// variables, then --set), each value with where it came from; secrets print as ***.
     Show {
         #[command(flatten)]
@@ -235,7 +300,7 @@ pub(crate) struct ConfigArgs {
     #[arg(long)]
     pub(crate) router: bool,
     /// Override one value, over the file and the environment: SECTION.KEY=VALUE, such
-    /// as router.port=9999. Repeatable; [[tunnels]] cannot be set this way.
+    /// as router.port=9999. Repeatable; `[[tunnels]]` cannot be set this way.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
     pub(crate) set: Vec<Override>,
 }
@@ -284,6 +349,11 @@ pub(crate) struct RouterArgs {
     /// Require clients to present this token too (also CONDUIT_TOKEN).
     #[arg(long, value_parser = parse_secret)]
     pub(crate) token: Option<Secret>,
+    /// tls (default), or plain for links that are already encrypted (e.g. inside
+    /// WireGuard): no encryption, no key authentication, payload spliced. Clients must
+    /// use the same transport.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
+    pub(crate) transport: TransportArg,
     /// Seconds to let open streams finish after SIGTERM/SIGINT [default: 30].
     #[arg(long)]
     pub(crate) drain_timeout: Option<u64>,
@@ -347,6 +417,10 @@ pub(crate) struct StartArgs {
     /// A token, for routers that require one.
     #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// tls (default), or plain when the router runs `--transport plain` (links that
+    /// are already encrypted only).
+    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
+    pub(crate) transport: TransportArg,
     /// Handshaken channels each worker keeps ready.
     #[arg(long, default_value_t = 2)]
     pub(crate) pool_size: usize,
@@ -355,4 +429,42 @@ pub(crate) struct StartArgs {
     pub(crate) drain_timeout: u64,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+/// The init systems `--service-file` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServiceKind {
+    /// A systemd unit (Linux).
+    Systemd,
+    /// An OpenRC script run by supervise-daemon (Alpine, Gentoo).
+    Openrc,
+    /// A launchd job for /Library/LaunchDaemons (macOS).
+    Launchd,
+    /// An rc.d script run by daemon(8) (FreeBSD).
+    #[value(name = "rc.d")]
+    RcD,
+}
+
+/// Flags that turn a command into "write a service file that runs this command".
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServiceArgs {
+    /// Instead of running, print a service file for this init system; the service
+    /// runs the same command in the foreground.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub(crate) service_file: Option<ServiceKind>,
+    /// Write the service file here instead of printing it.
+    #[arg(short = 'o', long, value_name = "PATH", requires = "service_file")]
+    pub(crate) output: Option<PathBuf>,
+    /// The service's name (default: conduit-TUNNEL).
+    #[arg(long, value_name = "NAME", requires = "service_file")]
+    pub(crate) service_name: Option<String>,
+    /// The account the service runs as (default: the current user).
+    #[arg(long, value_name = "USER", requires = "service_file")]
+    pub(crate) service_user: Option<String>,
+    /// The file of secrets (CONDUIT_TOKEN=...) the service reads at start (default:
+    /// /etc/conduit/NAME.env; /usr/local/etc/conduit/NAME.env for launchd and rc.d).
+    #[arg(long, value_name = "PATH", requires = "service_file")]
+    pub(crate) service_env_file: Option<PathBuf>,
 }

@@ -19,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::error::from_tls;
 use crate::metrics::{Counters, SetupError};
 use crate::wire::{self, Wire, WireError};
-use crate::{Error, HEARTBEAT_INTERVAL};
+use crate::{Error, HEARTBEAT_INTERVAL, Transport};
 
 /// Everything a client tunnel needs.
 pub struct TunnelSettings {
@@ -37,6 +37,8 @@ pub struct TunnelSettings {
     pub bind: SocketAddr,
     /// A token for routers that require one.
     pub token: Option<Secret>,
+    /// TLS (the default) or, when the operator opts in, plain.
+    pub transport: Transport,
     /// Idle handshaken channels each worker keeps.
     pub pool_size: usize,
     /// Limit on reaching the router.
@@ -74,6 +76,7 @@ pub enum LinkStatus {
 }
 
 struct Shared {
+    transport: Transport,
     name: String,
     router: String,
     our_key: PublicKey,
@@ -122,6 +125,7 @@ impl ClientTunnel {
             requests,
             local_addr,
             shared: Arc::new(Shared {
+                transport: s.transport,
                 name: s.name,
                 router: s.router,
                 our_key: s.identity.public(),
@@ -223,8 +227,10 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
         .map_err(|e| Error::network(format!("cannot reach router {}", shared.router), e))?;
     let started = std::time::Instant::now();
     let setup = async {
-        let tls = TlsSession::client(shared.tls.clone())?;
-        let mut w = Wire::handshake(tcp, tls).await?;
+        let mut w = match shared.transport {
+            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls.clone())?).await?,
+            Transport::Plain => Wire::plain(tcp)?,
+        };
         w.send(&Message::Hello(Hello {
             versions: VersionRange::ours(),
             channel: kind,

@@ -27,6 +27,7 @@ mod channel;
 mod client;
 mod listener;
 mod net;
+mod plain;
 mod pool;
 mod relay;
 mod router;
@@ -96,9 +97,11 @@ fn bind_hint(e: &std::io::Error) -> &'static str {
 
 /// The router's rule for which sources a client may open.
 pub trait SourcePolicy: Send + Sync + 'static {
-    /// Resolves `target` for `client` and checks it against policy: the addresses to
-    /// try, or a refusal that says what to change.
-    fn resolve(&self, client: &PublicKey, target: &str) -> Result<Vec<SocketAddr>, Refusal>;
+    /// Resolves `target` for `client` (`None` on the plain transport, which
+    /// authenticates nobody) and checks it against policy: the addresses to try, or a
+    /// refusal that says what to change.
+    fn resolve(&self, client: Option<&PublicKey>, target: &str)
+    -> Result<Vec<SocketAddr>, Refusal>;
 }
 
 /// A client tunnel's data-plane settings.

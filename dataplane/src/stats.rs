@@ -318,8 +318,12 @@ impl ConnTable {
         self.entries.borrow_mut().insert(id, entry);
     }
 
-    pub(crate) fn remove(&self, id: u64) {
-        self.entries.borrow_mut().remove(&id);
+    /// Removes connection `id`; returns when it started and its bytes up and down.
+    pub(crate) fn remove(&self, id: u64) -> Option<(Instant, u64, u64)> {
+        self.entries
+            .borrow_mut()
+            .remove(&id)
+            .map(|e| (e.started, e.counters.up.get(), e.counters.down.get()))
     }
 
     pub(crate) fn len(&self) -> usize {

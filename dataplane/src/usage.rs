@@ -16,6 +16,10 @@ use conduit_proto::PublicKey;
 
 use crate::stats::ConnTable;
 
+/// The key streams on the plain transport are tallied under: that transport
+/// authenticates nobody, so its clients have no key of their own.
+pub const NO_KEY: PublicKey = PublicKey::from_bytes([0; 32]);
+
 /// Sources remembered per core at most; beyond that the least recently used is dropped.
 pub const MAX_SOURCES: usize = 1024;
 

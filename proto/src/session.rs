@@ -48,6 +48,9 @@ pub enum TlsError {
     /// The session is closed; nothing more can be sent.
     #[error("TLS session already closed")]
     Closed,
+    /// An earlier call failed; the session is unusable and the connection must close.
+    #[error("TLS session already failed")]
+    Failed,
 }
 
 fn describe(e: &rustls::Error) -> String {
@@ -120,15 +123,22 @@ enum Conn {
 /// hold no memory.
 pub struct TlsSession {
     conn: Conn,
-    /// Received TLS bytes; `inbuf[..filled]` is unprocessed. Always fully initialised
-    /// (`len() == capacity()`), so reads need no zeroing.
+    /// Received TLS bytes; `inbuf[start..filled]` is unprocessed. Always fully
+    /// initialised (`len() == capacity()`), so reads need no zeroing. Discarding
+    /// advances `start` instead of moving bytes; they move only when room runs out.
     inbuf: Vec<u8>,
+    start: usize,
     filled: usize,
     /// TLS bytes produced outside `seal` that must precede its next output.
     pending: Vec<u8>,
     /// Plaintext rustls released outside `decrypt`; handed out first by the next one.
     stash: Vec<u8>,
     peer_closed: bool,
+    /// Set by the first error: rustls keeps the offending record, so calling into it
+    /// again would process that record a second time.
+    failed: bool,
+    /// Whether the alert after a failure was already drained.
+    alert_drained: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -142,7 +152,7 @@ impl std::fmt::Debug for TlsSession {
                 },
             )
             .field("peer", &self.peer_key())
-            .field("buffered", &self.filled)
+            .field("buffered", &self.buffered())
             .finish()
     }
 }
@@ -178,10 +188,13 @@ impl TlsSession {
         Self {
             conn,
             inbuf: Vec::new(),
+            start: 0,
             filled: 0,
             pending: Vec::new(),
             stash: Vec::new(),
             peer_closed: false,
+            failed: false,
+            alert_drained: false,
         }
     }
 
@@ -201,12 +214,18 @@ impl TlsSession {
 
     /// Received TLS bytes not yet processed (a partial record, normally).
     pub fn buffered(&self) -> usize {
-        self.filled
+        self.filled - self.start
     }
 
     /// Space to read TLS bytes into: at least `min` bytes (the buffer grows, never
     /// shrinks while it holds data). Follow with [`Self::received`].
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.inbuf.len() - self.filled < min && self.start > 0 {
+            // Out of room at the end: move the unprocessed tail to the front.
+            self.inbuf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
         if self.inbuf.len() - self.filled < min {
             let want = (self.filled + min).max(self.inbuf.len());
             self.inbuf.resize(want, 0);
@@ -222,7 +241,9 @@ impl TlsSession {
     /// Lends out the receive buffer when it holds nothing (for a pool); `None` if it
     /// holds bytes or was already taken.
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
-        if self.filled == 0 && !self.inbuf.is_empty() {
+        if self.buffered() == 0 && !self.inbuf.is_empty() {
+            self.start = 0;
+            self.filled = 0;
             Some(std::mem::take(&mut self.inbuf))
         } else {
             None
@@ -242,9 +263,10 @@ impl TlsSession {
     }
 
     fn discard(&mut self, n: usize) {
-        if n > 0 {
-            self.inbuf.copy_within(n..self.filled, 0);
-            self.filled -= n;
+        self.start = (self.start + n).min(self.filled);
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
         }
     }
 
@@ -263,39 +285,49 @@ impl TlsSession {
     /// On error, `out` may end with an alert telling the peer why; send it before
     /// closing.
     pub fn handshake(&mut self, out: &mut Vec<u8>) -> Result<HandshakeStatus, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
         let res = self.handshake_inner(out);
         if res.is_err() {
+            self.failed = true;
             self.drain_alerts(out);
         }
         res
     }
 
-    /// After an error, moves any alert rustls queued (and pending bytes) into `out`.
+    /// After an error, moves the alert rustls queued (and pending bytes) into `out`.
+    ///
+    /// Exactly one call into rustls: after a fatal error it has queued one alert, and
+    /// a second call would read the offending record again (which rustls answers with
+    /// a debug assertion; found by the `handshake` fuzz target).
     pub fn drain_alerts(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.pending);
-        let filled = self.filled;
+        if self.alert_drained {
+            return;
+        }
+        self.alert_drained = true;
+        let (start, filled) = (self.start, self.filled);
         let inbuf = &mut self.inbuf;
         on_conn!(self, c => {
-            while let UnbufferedStatus {
+            if let UnbufferedStatus {
                 state: Ok(ConnectionState::EncodeTlsData(mut e)),
                 ..
-            } = c.process_tls_records(&mut inbuf[..filled])
+            } = c.process_tls_records(&mut inbuf[start..filled])
             {
-                if encode_into(out, |buf| e.encode(buf)).is_err() {
-                    break;
-                }
+                let _ = encode_into(out, |buf| e.encode(buf));
             }
         })
     }
 
     fn handshake_inner(&mut self, out: &mut Vec<u8>) -> Result<HandshakeStatus, TlsError> {
         loop {
-            let filled = self.filled;
+            let (start, filled) = (self.start, self.filled);
             let inbuf = &mut self.inbuf;
             let stash = &mut self.stash;
             let (discard, step) = on_conn!(self, c => {
                 let UnbufferedStatus { discard, state } =
-                    c.process_tls_records(&mut inbuf[..filled]);
+                    c.process_tls_records(&mut inbuf[start..filled]);
                 let step = match state {
                     Err(e) => Err(TlsError::from(e)),
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {
@@ -327,19 +359,28 @@ impl TlsSession {
 
     /// Decrypts every complete record buffered, calling `on_plain` with each record's
     /// plaintext in order. Returns true once the peer has sent close_notify.
-    pub fn decrypt(&mut self, mut on_plain: impl FnMut(&[u8])) -> Result<bool, TlsError> {
+    pub fn decrypt(&mut self, on_plain: impl FnMut(&[u8])) -> Result<bool, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
+        let res = self.decrypt_inner(on_plain);
+        self.failed = res.is_err();
+        res
+    }
+
+    fn decrypt_inner(&mut self, mut on_plain: impl FnMut(&[u8])) -> Result<bool, TlsError> {
         if !self.stash.is_empty() {
             let stash = std::mem::take(&mut self.stash);
             on_plain(&stash);
         }
         loop {
-            let filled = self.filled;
+            let (start, filled) = (self.start, self.filled);
             let inbuf = &mut self.inbuf;
             let pending = &mut self.pending;
             let peer_closed = &mut self.peer_closed;
             let (discard, stop) = on_conn!(self, c => {
                 let UnbufferedStatus { discard, state } =
-                    c.process_tls_records(&mut inbuf[..filled]);
+                    c.process_tls_records(&mut inbuf[start..filled]);
                 let stop = match state {
                     Err(e) => Err(TlsError::from(e)),
                     Ok(ConnectionState::ReadTraffic(mut rt)) => {
@@ -397,17 +438,33 @@ impl TlsSession {
     fn seal(
         &mut self,
         out: &mut [u8],
+        write: impl FnMut(&mut WriteTrafficAny<'_>, &mut [u8]) -> Result<usize, EncryptError>,
+    ) -> Result<usize, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
+        let res = self.seal_inner(out, write);
+        // A too-small buffer is the caller's to fix; anything else ends the session.
+        if let Err(e) = &res {
+            self.failed = !matches!(e, TlsError::BufferTooSmall { .. });
+        }
+        res
+    }
+
+    fn seal_inner(
+        &mut self,
+        out: &mut [u8],
         mut write: impl FnMut(&mut WriteTrafficAny<'_>, &mut [u8]) -> Result<usize, EncryptError>,
     ) -> Result<usize, TlsError> {
         loop {
-            let filled = self.filled;
+            let (start, filled) = (self.start, self.filled);
             let inbuf = &mut self.inbuf;
             let pending = &mut self.pending;
             let stash = &mut self.stash;
             let peer_closed = &mut self.peer_closed;
             let (discard, done) = on_conn!(self, c => {
                 let UnbufferedStatus { discard, state } =
-                    c.process_tls_records(&mut inbuf[..filled]);
+                    c.process_tls_records(&mut inbuf[start..filled]);
                 let done = match state {
                     Err(e) => Err(TlsError::from(e)),
                     Ok(ConnectionState::EncodeTlsData(mut e)) => {

@@ -85,7 +85,7 @@ fn report_of<T>(l: Loaded<T>) -> Report {
     l.report
 }
 
-fn print_problems(report: &Report) {
+pub(crate) fn print_problems(report: &Report) {
     for p in &report.problems {
         eprintln!("{}", line(p));
     }
@@ -101,7 +101,7 @@ fn line(p: &Problem) -> String {
 
 /// Nothing could be loaded: a single problem (no file, not UTF-8, one syntax error) is
 /// the error itself; several are listed, then summed up.
-fn unreadable(name: &str, role: Role, report: &Report) -> Result<()> {
+pub(crate) fn unreadable(name: &str, role: Role, report: &Report) -> Result<()> {
     if let [only] = report.problems.as_slice() {
         return Err(Usage(only.to_string()).into());
     }
@@ -110,7 +110,7 @@ fn unreadable(name: &str, role: Role, report: &Report) -> Result<()> {
 }
 
 /// The exit-64 error that follows the printed problems.
-fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
+pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
     let again = match role {
         Role::Client => "conduit config validate",
         Role::Router => "conduit config validate --router",

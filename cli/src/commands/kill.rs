@@ -52,7 +52,7 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
 }
 
 /// Asks one tunnel to stop and waits until its process is gone.
-async fn stop(e: &Entry, force: bool, drain: Option<u32>) -> Result<(), String> {
+pub(crate) async fn stop(e: &Entry, force: bool, drain: Option<u32>) -> Result<(), String> {
     let mut c = control::connect(&e.control_socket)
         .await
         .map_err(|err| err.to_string())?;

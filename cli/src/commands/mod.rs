@@ -2,6 +2,7 @@
 
 mod api_client;
 mod config;
+mod down;
 mod health;
 mod init;
 mod keys;
@@ -9,10 +10,12 @@ mod kill;
 mod list;
 mod logs;
 mod router;
+mod service;
 mod start;
 mod stats;
 mod status;
 mod tunnels;
+mod up;
 mod version;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -35,12 +38,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Router(a) => router::run(&home()?, a, &log),
         other => {
             start_logging(&log, None)?;
-            run_other(other)
+            run_other(other, &log)
         }
     }
 }
 
-fn run_other(command: Command) -> Result<()> {
+fn run_other(command: Command, log: &LogArgs) -> Result<()> {
     match command {
         Command::Init(a) => init::run(&home()?, &a),
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
@@ -49,7 +52,9 @@ fn run_other(command: Command) -> Result<()> {
             config::show(home()?, args, format)
         }
         Command::Router(_) => unreachable!("`run` dispatches the router before logging starts"),
-        Command::Start(a) => start::run(&home()?, a),
+        Command::Start(a) => start::run(&home()?, a, log),
+        Command::Up(a) => up::run(&home()?, a, log),
+        Command::Down(a) => down::run(&home()?, &a),
         Command::List(a) => list::run(&home()?, &a),
         Command::Status(a) => status::run(&home()?, &a),
         Command::Kill(a) => kill::run(&home()?, &a),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use conduit_controlplane::config::{self, Env, Override, Problem, RouterConfig, Severity, Sources};
-use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, keys};
+use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
@@ -34,7 +34,8 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         warn!("{p}");
     }
     let c = loaded.config;
-    let settings = settings(&c)?;
+    let transport: Transport = a.transport.into();
+    let settings = settings(&c, transport)?;
     let (key_path, auth_path) = (
         c.router.private_key_path.clone().unwrap_or_default(),
         c.router.authorized_keys.clone().unwrap_or_default(),
@@ -48,8 +49,13 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
             clients = %auth_path.display(),
             "router up"
         );
+        let plain = if transport == Transport::Plain {
+            ", plain transport"
+        } else {
+            ""
+        };
         say(format_args!(
-            "router listening on {} ({} workers, {})",
+            "router listening on {} ({} workers, {}{plain})",
             router.local_addr(),
             router.workers(),
             router.engine()
@@ -132,7 +138,7 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
     o
 }
 
-fn settings(c: &RouterConfig) -> Result<RouterSettings> {
+fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
     let r = &c.router;
     let bind = r
         .bind
@@ -152,6 +158,16 @@ fn settings(c: &RouterConfig) -> Result<RouterSettings> {
             );
         }
     }
+    if transport == Transport::Plain {
+        if r.token.is_none() {
+            warn!(
+                "--transport plain without --token: anyone who can reach {bind} may open the allowed \
+                 sources; use it only on a network that is already protected"
+            );
+        } else {
+            warn!("--transport plain: traffic is not encrypted and client keys are not checked");
+        }
+    }
     let p = &c.performance;
     Ok(RouterSettings {
         bind,
@@ -159,6 +175,7 @@ fn settings(c: &RouterConfig) -> Result<RouterSettings> {
         authorized: Arc::new(AuthorizedClients::new(authorized)),
         policy,
         token: r.token.clone(),
+        transport,
         handshake_timeout: p.handshake_timeout(),
         connect_timeout: p.connect_timeout(),
         idle_timeout: p.idle_timeout(),

@@ -2,28 +2,32 @@
 //! in this terminal with `--foreground`.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
-use conduit_controlplane::spawn::{Launch, Standing, launch};
+use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
+use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
+use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal};
-use crate::args::StartArgs;
+use crate::args::{LogArgs, ServiceKind, StartArgs};
 
-pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
+pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
+    if let Some(kind) = a.service.service_file {
+        return service_file(home, &a, log, kind);
+    }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = remote_addr("--router", &a.router)?;
     let source = remote_addr("--source", &a.source)?;
     let router_key = keys::load_public(&a.router_key, "--router-key")?;
     let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let identity = keys::load_private(&key_path, "client")?;
-    let name = a.name.clone().unwrap_or_else(|| match bind.port() {
-        0 => "tunnel".to_owned(),
-        p => format!("tunnel-{p}"),
-    });
+    let name = tunnel_name(&a, bind);
     ensure_name_free(home, &name)?;
     if !a.foreground {
         return background(home, &name);
@@ -36,6 +40,7 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         source: source.clone(),
         bind,
         token: a.token.map(Secret::new),
+        transport: a.transport.into(),
         pool_size: a.pool_size,
         connect_timeout: secs(10),
         handshake_timeout: secs(10),
@@ -44,15 +49,27 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
     let registration = Registration {
         home: home.clone(),
         name: name.clone(),
-        router: router.clone(),
+        router,
         source,
         file: None,
         digest: String::new(),
         log_file: a.detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: secs(a.drain_timeout),
     };
+    foreground(settings, registration, a.detached)
+}
+
+/// Runs one tunnel in this process, registered, until a signal, a `Shutdown`
+/// request or a fatal refusal. Prints the lines a launching parent waits for.
+pub(crate) fn foreground(
+    settings: TunnelSettings,
+    registration: Registration,
+    detached: bool,
+) -> Result<()> {
+    let name = registration.name.clone();
+    let router = registration.router.clone();
     runtime(1)?.block_on(async move {
-        if a.detached {
+        if detached {
             ignore_hangups();
         }
         let tunnel = ClientTunnel::start(settings)?;
@@ -110,31 +127,102 @@ fn ignore_hangups() {
 /// Relaunches this command as a detached `--foreground --detached` process.
 fn background(home: &Home, name: &str) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
-    let exe = std::env::current_exe()?;
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
-    let l = launch(Launch {
-        exe,
+    let l = launch_detached(home, name, args)?;
+    report_started("started", name, &l);
+    Ok(())
+}
+
+/// Launches `conduit ARGS` in the background and waits until the tunnel is up.
+pub(crate) fn launch_detached(home: &Home, name: &str, args: Vec<OsString>) -> Result<Launched> {
+    Ok(launch(Launch {
+        exe: std::env::current_exe()?,
         args,
         home: home.clone(),
         name: name.to_owned(),
         timeout: Duration::from_secs(30),
-    })?;
-    match l.standing {
-        Standing::Connected => say(format_args!(
-            "started tunnel {name:?} (id {}, pid {}) listening on {}",
-            l.id, l.pid, l.addr
-        )),
-        Standing::Retrying(line) => {
-            say(format_args!(
-                "started tunnel {name:?} (id {}, pid {}) listening on {}",
-                l.id, l.pid, l.addr
-            ));
-            say(line);
-        }
+    })?)
+}
+
+/// Prints what a launch achieved: `VERB tunnel "NAME" (id …, pid …) listening on …`.
+pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
+    say(format_args!(
+        "{verb} tunnel {name:?} (id {}, pid {}) listening on {}",
+        l.id, l.pid, l.addr
+    ));
+    if let Standing::Retrying(line) = &l.standing {
+        say(line);
     }
     say(format_args!("log: {}", l.log_file.display()));
-    Ok(())
+}
+
+fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
+    a.name.clone().unwrap_or_else(|| match bind.port() {
+        0 => "tunnel".to_owned(),
+        p => format!("tunnel-{p}"),
+    })
+}
+
+/// `--service-file`: checks the arguments as a start would, then writes a service
+/// that runs `conduit start --foreground` with them, key paths made absolute.
+fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
+    let bind = listen_addr("--bind", &a.bind)?;
+    remote_addr("--router", &a.router)?;
+    remote_addr("--source", &a.source)?;
+    keys::load_public(&a.router_key, "--router-key")?;
+    let router_key = if a.router_key.trim().starts_with("ed25519:") {
+        a.router_key.trim().to_owned()
+    } else {
+        path_arg(Path::new(a.router_key.trim()))?
+    };
+    let key = a.key.clone().unwrap_or_else(|| home.private_key("client"));
+    let name = tunnel_name(a, bind);
+    let mut args: Vec<String> = [
+        "start",
+        "--foreground",
+        "--router",
+        &a.router,
+        "--router-key",
+        &router_key,
+        "--source",
+        &a.source,
+        "--bind",
+        &a.bind,
+        "--key",
+        &path_arg(&key)?,
+        "--name",
+        &name,
+        "--pool-size",
+        &a.pool_size.to_string(),
+        "--drain-timeout",
+        &a.drain_timeout.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if a.engine.workers != 0 {
+        args.extend(["--workers".to_owned(), a.engine.workers.to_string()]);
+    }
+    if a.engine.io_engine != Engine::Auto {
+        args.extend(["--io-engine".to_owned(), a.engine.io_engine.to_string()]);
+    }
+    args.extend(log_flags(log));
+    service::emit(
+        home,
+        &a.service,
+        kind,
+        Tunnel {
+            name: &name,
+            description: format!("Conduit tunnel {name}"),
+            args,
+            privileged_port: (1..1024).contains(&bind.port()),
+            has_token: a.token.is_some(),
+        },
+    )
+}
+
+fn path_arg(p: &Path) -> Result<String> {
+    Ok(absolute(p)?.to_string_lossy().into_owned())
 }

@@ -36,6 +36,34 @@ pub struct TunnelPlan {
 }
 
 impl TunnelPlan {
+    /// A digest of everything that shapes this tunnel, so `up` can tell a running
+    /// tunnel whose settings changed (restart it) from one that did not (leave it).
+    /// The token enters only through the hash.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let text = format!(
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}",
+            self.name,
+            self.router,
+            self.router_key,
+            self.private_key_path.display(),
+            self.source,
+            self.bind,
+            self.protocol,
+            self.performance,
+        );
+        h.update(text.as_bytes());
+        if let Some(t) = &self.token {
+            h.update(b"|token|");
+            h.update(t.expose().as_bytes());
+        }
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The client tunnel's settings, given the key loaded from
     /// [`private_key_path`](Self::private_key_path).
     pub fn settings(&self, identity: KeyPair) -> TunnelSettings {
@@ -48,6 +76,7 @@ impl TunnelPlan {
             source: self.source.clone(),
             bind: self.bind,
             token: self.token.clone(),
+            transport: crate::Transport::Tls,
             pool_size: p.pool_size,
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),

@@ -1,0 +1,39 @@
+//! `conduit down -f FILE`: stop exactly the tunnels that file brought up.
+
+use anyhow::{Result, anyhow};
+use conduit_controlplane::Home;
+use conduit_controlplane::reconcile::started_from;
+use conduit_controlplane::registry::Registry;
+
+use super::kill::stop;
+use super::{runtime, say};
+use crate::args::DownArgs;
+
+pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
+    let file = std::path::absolute(&a.file)?;
+    let targets = started_from(&file, &Registry::new(home).entries());
+    if targets.is_empty() {
+        say(format_args!(
+            "no tunnels from {} are running",
+            a.file.display()
+        ));
+        return Ok(());
+    }
+    runtime(1)?.block_on(async {
+        let mut failures = Vec::new();
+        for e in &targets {
+            match stop(e, a.force, a.drain_timeout).await {
+                Ok(()) => say(format_args!(
+                    "stopped tunnel {:?} ({})",
+                    e.name, e.tunnel_id
+                )),
+                Err(why) => failures.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!("could not stop {}", failures.join("; ")))
+        }
+    })
+}

@@ -1,0 +1,293 @@
+//! `conduit up -f FILE`: one background tunnel process per `[[tunnels]]` table.
+//!
+//! Idempotent: running tunnels with unchanged settings are left alone, changed ones
+//! are restarted, ones removed from the file are stopped. Each tunnel process is
+//! `conduit up -f FILE --tunnel NAME --foreground`, so it reads exactly its own plan.
+//! `up --foreground` supervises one such child per tunnel in this terminal.
+
+use std::ffi::OsString;
+
+use anyhow::{Result, anyhow};
+use conduit_controlplane::config::{Env, Override, Plan, Role, Sources, TunnelPlan, plan_tunnels};
+use conduit_controlplane::process::{Registration, ensure_name_free};
+use conduit_controlplane::reconcile::reconcile;
+use conduit_controlplane::registry::{Entry, Registry};
+use conduit_controlplane::{Home, keys};
+
+use super::config::{fail, print_problems, unreadable};
+use super::kill::stop;
+use super::service::{self, Tunnel, log_flags};
+use super::start::{foreground, launch_detached, report_started};
+use super::{runtime, say};
+use crate::args::{LogArgs, ServiceKind, UpArgs};
+
+pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
+    let file = std::path::absolute(&a.file)?;
+    let sources = Sources {
+        file: file.clone(),
+        env: Env::from_process(),
+        overrides: a.set.clone(),
+        home: home.clone(),
+    };
+    let name = a.file.display().to_string();
+    let plan = match plan_tunnels(&sources) {
+        Ok(p) => p,
+        Err(report)
+            if report.has_errors() && report.problems.iter().all(|p| p.origin.is_none()) =>
+        {
+            return unreadable(&name, Role::Client, &report);
+        }
+        Err(report) => {
+            print_problems(&report);
+            return fail(&name, Role::Client, &report);
+        }
+    };
+    if let Some(kind) = a.service.service_file {
+        return service_file(home, &a, log, &plan, kind);
+    }
+    if let Some(tunnel) = &a.tunnel {
+        return one(home, &plan, tunnel, a.detached);
+    }
+    for w in &plan.warnings {
+        eprintln!("{w}");
+    }
+    if plan.tunnels.is_empty() {
+        say(format_args!(
+            "{name} has no [[tunnels]]; nothing to bring up"
+        ));
+        return Ok(());
+    }
+    if a.foreground {
+        return supervise(&plan, &a.set);
+    }
+    reconcile_and_launch(home, &plan, &a.set)
+}
+
+/// Runs one tunnel of the plan in this process (a child of `up`).
+fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
+    let t = plan
+        .tunnels
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| anyhow!("{} has no tunnel named {name:?}", plan.file.display()))?;
+    ensure_name_free(home, name)?;
+    let identity = keys::load_private(&t.private_key_path, "client")?;
+    let registration = Registration {
+        home: home.clone(),
+        name: t.name.clone(),
+        router: t.router.clone(),
+        source: t.source.clone(),
+        file: Some(plan.file.clone()),
+        digest: t.digest(),
+        log_file: detached.then(|| home.logs().join(format!("{name}.log"))),
+        drain: t.performance.drain_timeout(),
+    };
+    foreground(t.settings(identity), registration, detached)
+}
+
+/// The arguments that run tunnel `t` of `plan` as its own process.
+fn child_args(plan: &Plan, set: &[Override], t: &TunnelPlan, detached: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--log-level".into(),
+        format!("{:?}", plan.logging.level).to_lowercase().into(),
+        "--log-format".into(),
+        format!("{:?}", plan.logging.format).to_lowercase().into(),
+        "up".into(),
+        "-f".into(),
+        plan.file.clone().into_os_string(),
+    ];
+    for o in set {
+        args.push("--set".into());
+        args.push(format!("{}={}", o.key, o.value).into());
+    }
+    args.extend([
+        "--tunnel".into(),
+        t.name.clone().into(),
+        "--foreground".into(),
+    ]);
+    if detached {
+        args.push("--detached".into());
+    }
+    args
+}
+
+fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
+    let entries = Registry::new(home).entries();
+    let actions = reconcile(plan, &entries);
+    let file = plan.file.display();
+    let mut failures = Vec::new();
+    for (t, e) in &actions.conflict {
+        failures.push(format!(
+            "tunnel {:?}: the name is taken by a tunnel not started from {file} (id {}, pid {}); \
+             stop it with `conduit kill --tunnel {}` or rename one of them",
+            t.name, e.tunnel_id, e.pid, t.name
+        ));
+    }
+    for (t, e) in &actions.keep {
+        say(format_args!(
+            "tunnel {:?} is up to date (id {}, pid {}) listening on {}",
+            t.name, e.tunnel_id, e.pid, e.config.bind
+        ));
+    }
+    let stop_all = |list: &[Entry]| -> Vec<(String, Result<(), String>)> {
+        match runtime(1) {
+            Ok(rt) => rt.block_on(async {
+                let mut out = Vec::new();
+                for e in list {
+                    out.push((e.name.clone(), stop(e, false, None).await));
+                }
+                out
+            }),
+            Err(e) => list
+                .iter()
+                .map(|x| (x.name.clone(), Err(e.to_string())))
+                .collect(),
+        }
+    };
+    for (name, res) in stop_all(&actions.remove) {
+        match res {
+            Ok(()) => say(format_args!(
+                "stopped tunnel {name:?} (no longer in {file})"
+            )),
+            Err(why) => failures.push(format!("tunnel {name:?}: could not stop it: {why}")),
+        }
+    }
+    let restarting: Vec<Entry> = actions.restart.iter().map(|(_, e)| e.clone()).collect();
+    let stopped = stop_all(&restarting);
+    let mut to_start: Vec<(&TunnelPlan, &str)> =
+        actions.start.iter().map(|t| (*t, "started")).collect();
+    for ((t, _), (_, res)) in actions.restart.iter().zip(stopped) {
+        match res {
+            Ok(()) => to_start.push((t, "restarted (settings changed)")),
+            Err(why) => failures.push(format!(
+                "tunnel {:?}: could not stop it to restart: {why}",
+                t.name
+            )),
+        }
+    }
+    for (t, verb) in to_start {
+        match launch_detached(home, &t.name, child_args(plan, set, t, true)) {
+            Ok(l) => report_started(verb, &t.name, &l),
+            Err(e) => failures.push(format!("tunnel {:?}: {e}", t.name)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", failures.join("\n")))
+    }
+}
+
+/// Runs every tunnel as a child of this process until a signal, then stops them.
+fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    runtime(1)?.block_on(async move {
+        let mut children = Vec::new();
+        for t in &plan.tunnels {
+            let child = tokio::process::Command::new(&exe)
+                .args(child_args(plan, set, t, false))
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| anyhow!("cannot start tunnel {:?}: {e}", t.name))?;
+            children.push((t.name.clone(), child));
+        }
+        let mut waits = Vec::new();
+        let pids: Vec<u32> = children.iter().filter_map(|(_, c)| c.id()).collect();
+        for (name, mut child) in children {
+            waits.push(tokio::spawn(async move { (name, child.wait().await) }));
+        }
+        let all = futures_join_all(waits);
+        tokio::pin!(all);
+        let results = tokio::select! {
+            r = &mut all => r,
+            _ = super::shutdown_signal() => {
+                for pid in &pids {
+                    terminate(*pid);
+                }
+                all.await
+            }
+        };
+        let failed: Vec<String> = results
+            .into_iter()
+            .filter(|(_, s)| !s.as_ref().is_ok_and(|s| s.success()))
+            .map(|(n, _)| n)
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!("tunnels that failed: {}", failed.join(", ")))
+        }
+    })
+}
+
+async fn futures_join_all(
+    waits: Vec<tokio::task::JoinHandle<(String, std::io::Result<std::process::ExitStatus>)>>,
+) -> Vec<(String, std::io::Result<std::process::ExitStatus>)> {
+    let mut out = Vec::new();
+    for w in waits {
+        if let Ok(r) = w.await {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Asks a child to stop gracefully (it drains, then exits).
+fn terminate(pid: u32) {
+    #[cfg(unix)]
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(raw),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// `--service-file`: a service that runs `conduit up --foreground -f FILE` (the file's
+/// absolute path, checked above like any `up`) with the same `--set` overrides,
+/// except a token, which stays out of the service file.
+fn service_file(
+    home: &Home,
+    a: &UpArgs,
+    log: &LogArgs,
+    plan: &Plan,
+    kind: ServiceKind,
+) -> Result<()> {
+    for w in &plan.warnings {
+        eprintln!("{w}");
+    }
+    let mut args = vec![
+        "up".to_owned(),
+        "--foreground".to_owned(),
+        "-f".to_owned(),
+        plan.file.to_string_lossy().into_owned(),
+    ];
+    let mut has_token = false;
+    for o in &a.set {
+        if o.key.ends_with(".token") {
+            has_token = true;
+        } else {
+            args.extend(["--set".to_owned(), format!("{}={}", o.key, o.value)]);
+        }
+    }
+    args.extend(log_flags(log));
+    let name = plan
+        .file
+        .file_stem()
+        .map_or_else(|| "conduit".into(), |s| s.to_string_lossy().into_owned());
+    service::emit(
+        home,
+        &a.service,
+        kind,
+        Tunnel {
+            name: &name,
+            description: format!("Conduit tunnels of {}", plan.file.display()),
+            args,
+            privileged_port: plan
+                .tunnels
+                .iter()
+                .any(|t| (1..1024).contains(&t.bind.port())),
+            has_token,
+        },
+    )
+}

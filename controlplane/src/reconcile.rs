@@ -1,0 +1,172 @@
+//! What `conduit up` must do to make the running tunnels match a file, and what
+//! `conduit down` must stop: decided here, from the plan and the registry alone.
+
+use std::path::Path;
+
+use crate::config::{Plan, TunnelPlan};
+use crate::registry::Entry;
+
+/// The actions that bring the running tunnels in line with a file.
+#[derive(Debug, Default)]
+pub struct Actions<'p> {
+    /// Not running: start.
+    pub start: Vec<&'p TunnelPlan>,
+    /// Running with the same settings: leave alone.
+    pub keep: Vec<(&'p TunnelPlan, Entry)>,
+    /// Running from this file with other settings: stop, then start.
+    pub restart: Vec<(&'p TunnelPlan, Entry)>,
+    /// Running from this file but no longer in it: stop.
+    pub remove: Vec<Entry>,
+    /// Its name is taken by a tunnel that was not started from this file.
+    pub conflict: Vec<(&'p TunnelPlan, Entry)>,
+}
+
+/// Compares `plan` with the live registry `entries`.
+pub fn reconcile<'p>(plan: &'p Plan, entries: &[Entry]) -> Actions<'p> {
+    let mut a = Actions::default();
+    for t in &plan.tunnels {
+        match entries.iter().find(|e| e.name == t.name) {
+            None => a.start.push(t),
+            Some(e) if !from_file(e, &plan.file) => a.conflict.push((t, e.clone())),
+            Some(e) if e.config.digest == t.digest() => a.keep.push((t, e.clone())),
+            Some(e) => a.restart.push((t, e.clone())),
+        }
+    }
+    for e in entries {
+        if from_file(e, &plan.file) && !plan.tunnels.iter().any(|t| t.name == e.name) {
+            a.remove.push(e.clone());
+        }
+    }
+    a
+}
+
+/// The live tunnels that were started from `file`.
+pub fn started_from(file: &Path, entries: &[Entry]) -> Vec<Entry> {
+    entries
+        .iter()
+        .filter(|e| from_file(e, file))
+        .cloned()
+        .collect()
+}
+
+fn from_file(e: &Entry, file: &Path) -> bool {
+    e.config.file.as_deref() == Some(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use conduit_proto::KeyPair;
+
+    use super::*;
+    use crate::config::{LoggingConfig, PerformanceConfig, Protocol};
+    use crate::registry::EntryConfig;
+
+    fn plan(file: &str, names: &[(&str, &str)]) -> Plan {
+        let key = KeyPair::generate().unwrap().public();
+        Plan {
+            file: PathBuf::from(file),
+            tunnels: names
+                .iter()
+                .map(|(n, source)| TunnelPlan {
+                    name: (*n).into(),
+                    router: "10.0.0.1:9999".into(),
+                    router_key: key,
+                    private_key_path: "/k/client.key".into(),
+                    source: (*source).into(),
+                    bind: "127.0.0.1:8080".parse().unwrap(),
+                    protocol: Protocol::Tcp,
+                    token: None,
+                    performance: PerformanceConfig::default(),
+                })
+                .collect(),
+            logging: LoggingConfig::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn entry(name: &str, file: Option<&str>, digest: &str) -> Entry {
+        Entry {
+            tunnel_id: format!("{name}-0001"),
+            name: name.into(),
+            pid: 1,
+            control_socket: "/x.sock".into(),
+            log_file: None,
+            config: EntryConfig {
+                router: String::new(),
+                source: String::new(),
+                bind: String::new(),
+                file: file.map(PathBuf::from),
+                digest: digest.into(),
+            },
+            status: "running".into(),
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn start_keep_restart_remove_and_conflict() {
+        let p = plan(
+            "/etc/c.toml",
+            &[
+                ("web", "10.0.0.2:80"),
+                ("api", "10.0.0.3:80"),
+                ("db", "10.0.0.4:5432"),
+                ("new", "10.0.0.5:1"),
+            ],
+        );
+        let web_digest = p.tunnels[0].digest();
+        let entries = vec![
+            entry("web", Some("/etc/c.toml"), &web_digest),
+            entry("api", Some("/etc/c.toml"), "stale"),
+            entry("db", None, "whatever"),
+            entry("old", Some("/etc/c.toml"), "x"),
+            entry("other", Some("/etc/other.toml"), "y"),
+        ];
+        let a = reconcile(&p, &entries);
+        let names = |v: &[&TunnelPlan]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a.start), ["new"]);
+        assert_eq!(
+            a.keep
+                .iter()
+                .map(|(t, _)| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+        assert_eq!(
+            a.restart
+                .iter()
+                .map(|(t, _)| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["api"]
+        );
+        assert_eq!(
+            a.conflict
+                .iter()
+                .map(|(t, _)| t.name.as_str())
+                .collect::<Vec<_>>(),
+            ["db"]
+        );
+        assert_eq!(
+            a.remove.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["old"]
+        );
+        assert_eq!(started_from(Path::new("/etc/c.toml"), &entries).len(), 3);
+    }
+
+    #[test]
+    fn the_digest_follows_the_settings_and_hides_the_token() {
+        let mut p = plan("/c.toml", &[("web", "10.0.0.2:80")]);
+        let a = p.tunnels[0].digest();
+        assert_eq!(a, p.tunnels[0].digest());
+        assert_eq!(a.len(), 16);
+        p.tunnels[0].source = "10.0.0.2:81".into();
+        let b = p.tunnels[0].digest();
+        assert_ne!(a, b);
+        p.tunnels[0].token = Some(conduit_proto::Secret::new("hunter2".into()));
+        let c = p.tunnels[0].digest();
+        assert_ne!(b, c);
+        assert!(!c.contains("hunter2"));
+    }
+}

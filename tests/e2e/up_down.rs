@@ -1,0 +1,263 @@
+//! `conduit up` / `conduit down` with a configuration file of three tunnels.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{DEADLINE, Engine, Home, assert_code};
+use crate::sources;
+
+struct Cleanup<'a>(&'a Home);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["kill", "--all", "--force"]);
+    }
+}
+
+fn write_file(home: &Home, router_port: u16, tunnels: &[(&str, String)]) -> std::path::PathBuf {
+    let mut s = format!(
+        "[router]\nhost = \"127.0.0.1\"\nport = {router_port}\npublic_key = \"{}\"\n\n\
+         [security]\nprivate_key_path = \"{}\"\n\n\
+         [performance]\nworkers = 1\nio_engine = \"epoll\"\ndrain_timeout_secs = 2\n",
+        home.key("router.pub").display(),
+        home.key("client.key").display()
+    );
+    for (name, source) in tunnels {
+        s.push_str(&format!(
+            "\n[[tunnels]]\nname = \"{name}\"\nsource = \"{source}\"\nbind = \"127.0.0.1:0\"\n"
+        ));
+    }
+    let path = home.path().join("conduit.toml");
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn list(home: &Home) -> Vec<serde_json::Value> {
+    serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap()
+}
+
+fn names(home: &Home) -> Vec<String> {
+    let mut v: Vec<String> = list(home)
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn pid_of(home: &Home, name: &str) -> u64 {
+    list(home).iter().find(|t| t["name"] == name).unwrap()["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Sends a line through tunnel `name` and expects it back from the echo source.
+fn echo_through(home: &Home, name: &str) {
+    let l = list(home);
+    let bind = l.iter().find(|t| t["name"] == name).unwrap()["bind"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut c = TcpStream::connect(&bind).unwrap();
+        c.set_read_timeout(Some(DEADLINE)).unwrap();
+        c.write_all(name.as_bytes()).unwrap();
+        let mut back = vec![0u8; name.len()];
+        match c.read_exact(&mut back) {
+            Ok(()) => {
+                assert_eq!(back, name.as_bytes());
+                return;
+            }
+            // Channels may still be on their way right after start.
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("tunnel {name}: {e}"),
+        }
+    }
+}
+
+fn up(
+    home: &Home,
+    file: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = home.cmd();
+    cmd.args(["up", "-f", file.to_str().unwrap()]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn up_twice_then_change_remove_and_down() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[
+            ("alpha", source.clone()),
+            ("beta", source.clone()),
+            ("gamma", source.clone()),
+        ],
+    );
+
+    let (status, out, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    for n in ["alpha", "beta", "gamma"] {
+        assert!(out.contains(&format!("started tunnel \"{n}\"")), "{out}");
+    }
+    assert_eq!(names(&home), ["alpha", "beta", "gamma"]);
+    for n in ["alpha", "beta", "gamma"] {
+        echo_through(&home, n);
+    }
+    let pids: Vec<u64> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|n| pid_of(&home, n))
+        .collect();
+
+    // Again: nothing changes.
+    let (status, out, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    for n in ["alpha", "beta", "gamma"] {
+        assert!(
+            out.contains(&format!("tunnel \"{n}\" is up to date")),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("started"), "{out}");
+    let again: Vec<u64> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|n| pid_of(&home, n))
+        .collect();
+    assert_eq!(pids, again);
+
+    // beta changes (its source by name instead of address), gamma goes away: beta
+    // restarts, gamma stops, alpha stays as it is.
+    let by_name = source.replace("127.0.0.1", "localhost");
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("alpha", source.clone()), ("beta", by_name)],
+    );
+    let (status, out, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    assert!(out.contains("tunnel \"alpha\" is up to date"), "{out}");
+    assert!(
+        out.contains("restarted (settings changed) tunnel \"beta\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("stopped tunnel \"gamma\" (no longer in"),
+        "{out}"
+    );
+    assert_eq!(names(&home), ["alpha", "beta"]);
+    assert_eq!(pid_of(&home, "alpha"), pids[0]);
+    assert_ne!(pid_of(&home, "beta"), pids[1]);
+    echo_through(&home, "beta");
+
+    // A tunnel started by hand survives `down` of the file.
+    let key = home.key("router.pub");
+    home.ok(&[
+        "start",
+        "--name",
+        "manual",
+        "--router",
+        &raddr.to_string(),
+        "--router-key",
+        key.to_str().unwrap(),
+        "--source",
+        &source,
+        "--bind",
+        "127.0.0.1:0",
+        "--io-engine",
+        "epoll",
+    ]);
+    let (status, out, err) = home.run(&["down", "-f", file.to_str().unwrap()]);
+    assert_code(status, 0, &err);
+    assert!(
+        out.contains("stopped tunnel \"alpha\"") && out.contains("stopped tunnel \"beta\""),
+        "{out}"
+    );
+    assert_eq!(names(&home), ["manual"]);
+    let (status, out, _) = home.run(&["down", "-f", file.to_str().unwrap()]);
+    assert_code(status, 0, "");
+    assert!(out.contains("no tunnels from"), "{out}");
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    // The file names a port nothing listens on; the environment names the router's.
+    let file = write_file(
+        &home,
+        crate::harness::dead_port(),
+        &[("envy", source.clone())],
+    );
+    let port = raddr.port().to_string();
+    let (status, out, err) = up(&home, &file, &[("CONDUIT_ROUTER_PORT", &port)]);
+    assert_code(status, 0, &err);
+    assert!(out.contains("started tunnel \"envy\""), "{out}");
+    assert_eq!(list(&home)[0]["router"], raddr.to_string());
+    assert_eq!(list(&home)[0]["status"], "running");
+    echo_through(&home, "envy");
+}
+
+#[test]
+fn a_bad_file_starts_nothing() {
+    let home = Home::with_keys();
+    let path = home.path().join("conduit.toml");
+    std::fs::write(&path, "[router]\nhost = \"127.0.0.1\"\nprt = 1\n").unwrap();
+    let (status, _, err) = home.run(&["up", "-f", path.to_str().unwrap()]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("router.prt"), "{err}");
+    assert!(list(&home).is_empty());
+    let (status, _, err) = home.run(&[
+        "up",
+        "-f",
+        home.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("no configuration file at"), "{err}");
+}
+
+#[test]
+fn up_foreground_supervises_and_stops_everything_on_sigterm() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("one", source.clone()), ("two", source.clone())],
+    );
+    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
+    let deadline = Instant::now() + DEADLINE;
+    while !(names(&home) == ["one", "two"] && list(&home).iter().all(|t| t["status"] == "running"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "tunnels never came up: {:?}",
+            list(&home)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    echo_through(&home, "one");
+    echo_through(&home, "two");
+    let status = sup.stop();
+    assert_code(status, 0, &sup.stderr());
+    assert!(list(&home).is_empty(), "{:?}", list(&home));
+}
