@@ -67,7 +67,7 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             ));
         }
     }
-    verdict(&down, "tunnel")
+    verdict(&down)
 }
 
 async fn router(a: &HealthArgs) -> Result<()> {
@@ -105,7 +105,7 @@ async fn router(a: &HealthArgs) -> Result<()> {
             ));
         }
     }
-    verdict(&down, "router")
+    verdict(&down)
 }
 
 fn error_of(s: &Value) -> String {
@@ -115,7 +115,7 @@ fn error_of(s: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn verdict(down: &[String], _what: &str) -> Result<()> {
+fn verdict(down: &[String]) -> Result<()> {
     if down.is_empty() {
         Ok(())
     } else {

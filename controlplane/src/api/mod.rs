@@ -39,7 +39,7 @@ use crate::monitor::Monitor;
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../../docs/api/openapi.json");
 
-/// Every route, as `(method, path)` with axum's `{param}` syntax. The OpenAPI test
+/// Every route (all `GET`), in axum's `{param}` syntax, which is also OpenAPI's. A test
 /// compares the document's paths with this list.
 pub const ROUTES: &[&str] = &[
     "/api/v1/info",
