@@ -427,6 +427,10 @@ pub(crate) struct StartArgs {
     /// Seconds to let open connections finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:
+    /// bind it to loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_bind: Option<String>,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
     #[command(flatten)]

@@ -57,6 +57,12 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// The tunnel's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let up = matches!(*self.link.borrow(), LinkStatus::Connected { .. });
+        metrics::render_tunnel(&self.facts.name, &self.dp.totals(), up, &self.counters)
+    }
+
     /// The registry status word for the current state.
     pub fn status_word(&self) -> &'static str {
         if self.shutdown.borrow().is_some() {
@@ -200,7 +206,7 @@ impl TunnelControl for ControlState {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let prometheus = metrics::render_tunnel(&self.facts.name, &t, up, &self.counters);
+        let prometheus = self.metrics_text();
         Ok(Response::new(pb::MetricsResponse {
             counters,
             prometheus,
@@ -215,6 +221,36 @@ impl TunnelControl for ControlState {
         let found = self.dp.connections().await.iter().any(|c| c.id == id) && self.dp.kill(id);
         Ok(Response::new(pb::KillConnectionResponse { found }))
     }
+}
+
+/// Serves `GET /metrics` (the Prometheus text format) on `listener` until `stop`
+/// completes. Read-only and without a token: the operator chooses where it listens.
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: ControlState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move {
+                (
+                    [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                    state.metrics_text(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            warn!("the metrics server stopped: {e}");
+        }
+    })
 }
 
 /// Serves the control API on `socket` until `stop` completes; the socket file is

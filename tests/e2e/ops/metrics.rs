@@ -189,3 +189,50 @@ fn promtool_accepts_router_and_tunnel_metrics() {
     promtool_check(&text.body);
     promtool_check(&home.ok(&["stats", "--format", "prometheus"]));
 }
+
+#[test]
+fn a_tunnel_serves_its_metrics_over_http_with_metrics_bind() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let t = home.tunnel_proc(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &["--name", "web", "--metrics-bind", "127.0.0.1:0"],
+    );
+    let taddr = addr_in(&t.wait_stdout("listening on"));
+    let line = t.wait_stdout("serves metrics at");
+    let url = line.split_whitespace().last().unwrap().to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics"),
+        "{line}"
+    );
+    t.wait_stdout("connected to router");
+    echo_through(taddr, 4321, 9);
+    let s = wait_for("the tunnel's metrics to count the stream", || {
+        let s = scrape(&curl("GET", &url, None, &[]).body);
+        (value(
+            &s,
+            "conduit_connection_duration_seconds_count",
+            &[("tunnel", "web")],
+        ) == Some(1.0))
+        .then_some(s)
+    });
+    let l = |dir| [("tunnel", "web"), ("direction", dir)];
+    assert_eq!(
+        value(&s, "conduit_bytes_transferred_total", &l("in")),
+        Some(4321.0)
+    );
+    assert_eq!(
+        value(&s, "conduit_bytes_transferred_total", &l("out")),
+        Some(4321.0)
+    );
+    assert_eq!(
+        value(&s, "conduit_router_link_up", &[("tunnel", "web")]),
+        Some(1.0)
+    );
+    if promtool() {
+        promtool_check(&curl("GET", &url, None, &[]).body);
+    }
+}
