@@ -104,7 +104,7 @@ pub(crate) async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) 
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-/// Renders the metrics (also used by tests through the API).
+/// Renders the router's metrics from the data plane, the monitor and the counters.
 pub(crate) async fn render(s: &ApiState) -> String {
     let usage = s.dp.usage().await;
     let totals = s.dp.totals();

@@ -14,7 +14,8 @@
 //!
 //! ```text
 //!  router:  data plane (Totals, Usage) + monitor View + Counters ─▶ router::render ─▶ /metrics
-//!  tunnel:  data plane (Totals) + link status + Counters        ─▶ tunnel::render ─▶ GetMetrics
+//!  tunnel:  data plane (Totals) + link status + Counters        ─▶ tunnel::render ─▶ GetMetrics,
+//!                                                                                      --metrics-bind
 //! ```
 
 mod router;
