@@ -319,6 +319,11 @@ pub(crate) struct EngineArgs {
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
     #[arg(long, env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
     pub(crate) io_engine: Engine,
+    /// Pin each worker thread to its own core. Worth it on a dedicated gateway; off
+    /// by default because relays sharing a machine (a client and a router, a
+    /// container host) can end up pinned to the same core (docs/architecture.md).
+    #[arg(long, env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) pin_cores: bool,
 }
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
@@ -363,6 +368,10 @@ pub(crate) struct RouterArgs {
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
     #[arg(long, value_parser = ["auto", "uring", "epoll"])]
     pub(crate) io_engine: Option<String>,
+    /// Pin each worker thread to its own core (true/false; off by default, see
+    /// docs/architecture.md).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub(crate) pin_cores: Option<bool>,
     /// Serve the REST API and /metrics (on 127.0.0.1:9990 unless --api-bind says).
     #[arg(long)]
     pub(crate) api: bool,

@@ -8,8 +8,8 @@
 //!  requests  ◀──────────── FromWorker (e.g. "core 1 wants 2 channels")
 //! ```
 //!
-//! Each worker is a thread pinned to a core (`core_affinity`) running a
-//! single-threaded monoio runtime on the chosen [`engine`]. On a client it owns a
+//! Each worker is a thread (pinned to a core with `core_affinity` when asked) running
+//! a single-threaded monoio runtime on the chosen [`engine`]. On a client it owns a
 //! `SO_REUSEPORT` listener on the tunnel's bind address, so the kernel spreads users
 //! across cores, and a pool of handshaken channels; on a router it serves the
 //! channels the control plane hands it. Nothing mutable is shared between cores.
@@ -141,7 +141,7 @@ pub struct Options {
     pub workers: usize,
     /// The engine to run.
     pub engine: Engine,
-    /// Pin each worker to a core.
+    /// Pin each worker to a core (opt-in; see docs/architecture.md).
     pub pin: bool,
 }
 
@@ -150,7 +150,7 @@ impl Default for Options {
         Self {
             workers: 0,
             engine: Engine::Auto,
-            pin: true,
+            pin: false,
         }
     }
 }

@@ -143,7 +143,7 @@ fn dataplane_options(e: &EngineArgs) -> Options {
     Options {
         workers: e.workers,
         engine: e.io_engine,
-        pin: true,
+        pin: e.pin_cores,
     }
 }
 

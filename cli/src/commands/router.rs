@@ -109,6 +109,11 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
         a.workers.map(|n| n.to_string()),
     );
     put("--io-engine", "performance.io_engine", a.io_engine.clone());
+    put(
+        "--pin-cores",
+        "performance.pin_cores",
+        a.pin_cores.map(|b| b.to_string()),
+    );
     put("--api", "api.enabled", a.api.then(|| "true".into()));
     if a.api_bind.is_some() {
         put("--api-bind", "api.enabled", Some("true".into()));

@@ -50,7 +50,7 @@ pub use layers::Override;
 pub use model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LogFormat, LogLevel, LogRotation,
     LoggingConfig, OptimizeFor, PerformanceConfig, Protocol, RouterConfig, RouterPeer,
-    RouterServer, Security, TunnelConfig,
+    RouterServer, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;
