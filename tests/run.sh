@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Conduit's whole test suite, installing what a fresh machine lacks first
-# (Debian packages for the real-client tests, cargo-nextest).
+# (Debian packages for the real-client and metrics tests, cargo-nextest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ command -v curl >/dev/null || need+=(curl)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the metrics format
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use conduit_controlplane::config::Override;
 use conduit_dataplane::Engine;
+use conduit_proto::Secret;
 
 /// Conduit: expose a service from a private network through a mutually
 /// authenticated TLS 1.3 tunnel.
@@ -19,18 +20,35 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
-    /// Log level: error, warn, info, debug, trace (or a tracing filter).
-    #[arg(long, global = true, env = "CONDUIT_LOG_LEVEL", default_value = "info")]
-    pub(crate) log_level: String,
-    /// Log format: text for terminals, json for log collectors.
-    #[arg(long, global = true, env = "CONDUIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub(crate) log_format: LogFormat,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter) [default: info].
+    #[arg(long, global = true, env = "CONDUIT_LOG_LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Log format: text for terminals, json for log collectors [default: text].
+    #[arg(long, global = true, env = "CONDUIT_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, global = true, env = "CONDUIT_LOG_FILE", value_name = "PATH")]
+    pub(crate) log_file: Option<PathBuf>,
+    /// Rotate the log file: a new FILE.YYYY-MM-DD (daily) or FILE.YYYY-MM-DD-HH (hourly)
+    /// [default: never].
+    #[arg(long, global = true, value_enum, requires = "log_file")]
+    pub(crate) log_rotation: Option<LogRotation>,
+    /// Rotated log files to keep, 0 for all [default: 7].
+    #[arg(long, global = true, requires = "log_file")]
+    pub(crate) log_keep: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogRotation {
+    Never,
+    Hourly,
+    Daily,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +78,14 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Stop tunnels, or close one connection.
     Kill(KillArgs),
+    /// Traffic of the tunnels on this machine, or (with --router) of a router, read
+    /// through its REST API.
+    Stats(StatsArgs),
+    /// Health of the tunnels on this machine, or (with --router) of a router and its
+    /// sources and clients; exits 1 when something is down.
+    Health(HealthArgs),
+    /// Print a background tunnel's log ($CONDUIT_HOME/logs/NAME.log).
+    Logs(LogsArgs),
     /// Show version, build and io-engine information.
     Version,
 }
@@ -167,6 +193,63 @@ pub(crate) struct KillArgs {
     pub(crate) drain_timeout: Option<u32>,
 }
 
+/// How to reach a router's REST API.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ApiClientArgs {
+    /// The router's API: http://HOST:PORT (or HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub(crate) router: Option<String>,
+    /// The API's bearer token.
+    #[arg(long, env = "CONDUIT_API_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) api_token: Option<Secret>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatsArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiClientArgs,
+    /// Output format; prometheus prints the metrics text (of every local tunnel, or of
+    /// the router).
+    #[arg(long, value_enum, default_value_t = StatsFormat::Table)]
+    pub(crate) format: StatsFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatsFormat {
+    Table,
+    Json,
+    Prometheus,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiClientArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub(crate) format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// The tunnel, by name or id.
+    pub(crate) name: String,
+    /// Keep printing what is appended (until Ctrl-C).
+    #[arg(short = 'f', long)]
+    pub(crate) follow: bool,
+    /// Print only the last N lines first.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub(crate) lines: Option<usize>,
+}
+
+pub(crate) fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(Secret::new(s.to_owned()))
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct InitArgs {
     /// Key name: files keys/NAME.key and keys/NAME.pub.
@@ -247,11 +330,16 @@ fn parse_engine(s: &str) -> Result<Engine, String> {
     s.parse()
 }
 
+/// `conduit router`. Every setting also has a key in the router's configuration file
+/// (`--config`) and a `CONDUIT_<SECTION>_<KEY>` variable; flags win over both.
 #[derive(Debug, Args)]
 pub(crate) struct RouterArgs {
-    /// Address to listen on for clients.
-    #[arg(long, env = "CONDUIT_ROUTER_BIND", default_value = "0.0.0.0:9999")]
-    pub(crate) bind: String,
+    /// The router's configuration file (see deploy/router.example.toml).
+    #[arg(short = 'f', long = "config", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on for clients [default: 0.0.0.0:9999].
+    #[arg(long)]
+    pub(crate) bind: Option<String>,
     /// The router's private key (default: $CONDUIT_HOME/keys/router.key).
     #[arg(long)]
     pub(crate) key: Option<PathBuf>,
@@ -263,19 +351,50 @@ pub(crate) struct RouterArgs {
     /// allowed without one.
     #[arg(long = "allow", value_name = "RULE")]
     pub(crate) allow: Vec<String>,
-    /// Require clients to present this token too.
-    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    /// Require clients to present this token too (also CONDUIT_TOKEN).
+    #[arg(long, value_parser = parse_secret)]
+    pub(crate) token: Option<Secret>,
     /// tls (default), or plain for links that are already encrypted (e.g. inside
     /// WireGuard): no encryption, no key authentication, payload spliced. Clients must
     /// use the same transport.
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
     pub(crate) transport: TransportArg,
-    /// Seconds to let open streams finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 30)]
-    pub(crate) drain_timeout: u64,
-    #[command(flatten)]
-    pub(crate) engine: EngineArgs,
+    /// Seconds to let open streams finish after SIGTERM/SIGINT [default: 30].
+    #[arg(long)]
+    pub(crate) drain_timeout: Option<u64>,
+    /// Data-plane worker threads (default: one per usable core).
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+    /// I/O engine: auto (io_uring where usable), uring, or epoll.
+    #[arg(long, value_parser = ["auto", "uring", "epoll"])]
+    pub(crate) io_engine: Option<String>,
+    /// Pin each worker thread to its own core (true/false; off by default, see
+    /// docs/architecture.md).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub(crate) pin_cores: Option<bool>,
+    /// Serve the REST API and /metrics (on 127.0.0.1:9990 unless --api-bind says).
+    #[arg(long)]
+    pub(crate) api: bool,
+    /// Serve the REST API on this address (turns it on).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) api_bind: Option<String>,
+    /// The API's bearer token (also CONDUIT_API_TOKEN, or api.token in the file).
+    #[arg(long, value_parser = parse_secret)]
+    pub(crate) api_token: Option<Secret>,
+    /// Serve the API without a token; allowed only on a loopback --api-bind.
+    #[arg(long)]
+    pub(crate) api_no_auth: bool,
+    /// POST a JSON alert to this URL when a source goes down or up, or a client link is
+    /// lost or back.
+    #[arg(long, value_name = "URL", value_parser = parse_secret)]
+    pub(crate) alert_webhook: Option<Secret>,
+    /// Send the same alerts to this Slack incoming-webhook URL.
+    #[arg(long, value_name = "URL", value_parser = parse_secret)]
+    pub(crate) alert_slack: Option<Secret>,
+    /// Set any key of the router's configuration: SECTION.KEY=VALUE, such as
+    /// health.interval_secs=2. Repeatable.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
+    pub(crate) set: Vec<Override>,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +436,10 @@ pub(crate) struct StartArgs {
     /// Seconds to let open connections finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:
+    /// bind it to loopback or a monitoring network).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_bind: Option<String>,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
     #[command(flatten)]

@@ -27,6 +27,9 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return USAGE;
     }
+    if e.downcast_ref::<crate::commands::Unhealthy>().is_some() {
+        return FAILURE;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::Config(_) | Error::File { .. }) => USAGE,
         Some(Error::Authentication(_)) => NOPERM,

@@ -1,28 +1,151 @@
-//! Logs go to stderr: text for people, JSON for collectors. stdout carries only the
-//! lines a user (or a script) waits for.
+//! Logs go to stderr, or to a file (optionally rotated hourly or daily): text for
+//! people, JSON for collectors. stdout carries only the lines a user (or a script)
+//! waits for.
+//!
+//! Flags (and their `CONDUIT_LOG_*` variables) win over a router file's `[logging]`,
+//! which wins over the defaults (info, text, stderr).
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
+use conduit_controlplane::config::{self, LoggingConfig};
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-use crate::args::{LogArgs, LogFormat};
+use crate::args::{LogArgs, LogFormat, LogRotation};
 
-pub(crate) fn init(args: &LogArgs) -> Result<(), String> {
-    let directives = match args.log_level.as_str() {
-        // Plain levels keep the TLS library's chatter down.
-        l @ ("error" | "warn" | "info" | "debug" | "trace") => format!("{l},rustls=warn"),
+/// How to log, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LogSettings {
+    level: String,
+    json: bool,
+    file: Option<PathBuf>,
+    rotation: LogRotation,
+    keep: usize,
+}
+
+impl LogArgs {
+    /// The flags over `file` (a configuration's `[logging]`) over the defaults.
+    pub(crate) fn settings(&self, file: Option<&LoggingConfig>) -> LogSettings {
+        let d = LoggingConfig::default();
+        let f = file.unwrap_or(&d);
+        LogSettings {
+            level: self
+                .log_level
+                .clone()
+                .unwrap_or_else(|| f.level.as_str().to_owned()),
+            json: match self.log_format {
+                Some(fmt) => fmt == LogFormat::Json,
+                None => f.format == config::LogFormat::Json,
+            },
+            file: self.log_file.clone().or_else(|| f.file.clone()),
+            rotation: self.log_rotation.unwrap_or(match f.rotation {
+                config::LogRotation::Never => LogRotation::Never,
+                config::LogRotation::Hourly => LogRotation::Hourly,
+                config::LogRotation::Daily => LogRotation::Daily,
+            }),
+            keep: self.log_keep.unwrap_or(f.keep),
+        }
+    }
+}
+
+pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
+    let directives = match s.level.as_str() {
+        // Plain levels keep the TLS and HTTP libraries' chatter down.
+        l @ ("error" | "warn" | "info" | "debug" | "trace") => {
+            format!("{l},rustls=warn,hyper=warn,hyper_util=warn,h2=warn")
+        }
         other => other.to_owned(),
     };
     let filter = EnvFilter::try_new(&directives)
-        .map_err(|e| format!("invalid --log-level {:?}: {e}", args.log_level))?;
+        .map_err(|e| format!("invalid --log-level {:?}: {e}", s.level))?;
+    let (writer, ansi) = match &s.file {
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+        Some(path) => (BoxMakeWriter::new(file_writer(path, s)?), false),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false);
-    let res = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let res = if s.json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
     };
     res.map_err(|e| format!("cannot start logging: {e}"))
+}
+
+fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileAppender, String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("--log-file {}: not a file name", path.display()))?;
+    let rotation = match s.rotation {
+        LogRotation::Never => Rotation::NEVER,
+        LogRotation::Hourly => Rotation::HOURLY,
+        LogRotation::Daily => Rotation::DAILY,
+    };
+    let mut b = RollingFileAppender::builder()
+        .rotation(rotation)
+        .filename_prefix(name);
+    if s.keep > 0 && s.rotation != LogRotation::Never {
+        b = b.max_log_files(s.keep);
+    }
+    b.build(&dir).map_err(|e| {
+        format!(
+            "cannot write the log file {}: {e}; check that {} exists and is writable",
+            path.display(),
+            dir.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> LogArgs {
+        LogArgs {
+            log_level: None,
+            log_format: None,
+            log_file: None,
+            log_rotation: None,
+            log_keep: None,
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let d = args().settings(None);
+        assert_eq!(d.level, "info");
+        assert!(!d.json);
+        assert_eq!(d.file, None);
+        let file = LoggingConfig {
+            level: config::LogLevel::Debug,
+            format: config::LogFormat::Json,
+            file: Some("/var/log/conduit.log".into()),
+            rotation: config::LogRotation::Daily,
+            keep: 3,
+        };
+        let f = args().settings(Some(&file));
+        assert_eq!(
+            (f.level.as_str(), f.json, f.rotation, f.keep),
+            ("debug", true, LogRotation::Daily, 3)
+        );
+        let mut a = args();
+        a.log_level = Some("warn".into());
+        a.log_format = Some(LogFormat::Text);
+        let f = a.settings(Some(&file));
+        assert_eq!((f.level.as_str(), f.json), ("warn", false));
+        assert_eq!(f.file, Some(PathBuf::from("/var/log/conduit.log")));
+    }
 }

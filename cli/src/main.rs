@@ -21,11 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Err(e) = logging::init(&cli.log) {
-        eprintln!("conduit: {e}");
-        return ExitCode::from(exit::USAGE);
-    }
-    match commands::run(cli.command, &cli.log) {
+    match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Every error message is complete on its own; the source chain would repeat it.

@@ -10,13 +10,14 @@ use conduit_dataplane::{ClientSpec, DataPlane, EngineKind, FromWorker, LinkState
 use conduit_proto::tls::{ClientConfig, client_config};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
-    ChannelKind, Hello, KeyPair, Message, PublicKey, RefusalCode, Secret, TlsSession,
+    ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::error::from_tls;
+use crate::metrics::{Counters, SetupError};
 use crate::wire::{self, Wire, WireError};
 use crate::{Error, HEARTBEAT_INTERVAL, Transport};
 
@@ -86,6 +87,7 @@ struct Shared {
     link: Arc<LinkState>,
     status: watch::Sender<LinkStatus>,
     dp: Arc<DataPlane>,
+    counters: Arc<Counters>,
 }
 
 /// A started client tunnel.
@@ -134,6 +136,7 @@ impl ClientTunnel {
                 link,
                 status,
                 dp: Arc::new(dp),
+                counters: Arc::new(Counters::default()),
             }),
         })
     }
@@ -163,13 +166,31 @@ impl ClientTunnel {
         self.shared.dp.clone()
     }
 
+    /// Handshake durations and set-up errors of the channels to the router.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
     /// Runs until `shutdown` completes with a drain deadline (open connections get
     /// that long to finish) or the router refuses this client for good (an error).
     pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
         let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut control = tokio::spawn(control_loop(self.shared.clone(), stop_rx));
         let (result, drain) = tokio::select! {
-            drain = shutdown => (Ok(()), drain),
-            fatal = control_loop(self.shared.clone()) => (Err(fatal), Duration::ZERO),
+            drain = shutdown => {
+                // Say goodbye on the control channel, so the router knows this tunnel
+                // stopped on purpose (and does not report its link as lost).
+                let _ = stop_tx.send(true);
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut control).await;
+                control.abort();
+                (Ok(()), drain)
+            }
+            fatal = &mut control => match fatal {
+                Ok(Some(e)) => (Err(e), Duration::ZERO),
+                Ok(None) => (Ok(()), Duration::ZERO),
+                Err(e) => (Err(Error::Protocol(format!("the control task failed: {e}"))), Duration::ZERO),
+            },
         };
         maker.abort();
         self.shared.link.lost();
@@ -184,9 +205,27 @@ impl ClientTunnel {
 
 /// Opens a channel of `kind` and completes `Hello`/`Welcome`.
 async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
+    let res = open_inner(shared, kind).await;
+    if let Err(e) = &res {
+        let kind = match e {
+            Error::Network { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+                SetupError::Timeout
+            }
+            Error::Network { .. } => SetupError::Unreachable,
+            Error::Authentication(_) => SetupError::Unauthorized,
+            Error::Tls(_) => SetupError::Tls,
+            _ => SetupError::Protocol,
+        };
+        shared.counters.fail(kind);
+    }
+    res
+}
+
+async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     let tcp = wire::connect(&shared.router, shared.connect_timeout)
         .await
         .map_err(|e| Error::network(format!("cannot reach router {}", shared.router), e))?;
+    let started = std::time::Instant::now();
     let setup = async {
         let mut w = match shared.transport {
             Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls.clone())?).await?,
@@ -216,7 +255,10 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
         Ok(Ok(x)) => x,
     };
     match reply {
-        Some(Message::Welcome { .. }) => Ok(w),
+        Some(Message::Welcome { .. }) => {
+            shared.counters.handshakes.observe(started.elapsed());
+            Ok(w)
+        }
         Some(Message::Refused(r)) => Err(match r.code {
             RefusalCode::Unauthorized | RefusalCode::UnsupportedVersion => {
                 Error::Authentication(format!("the router refused this client: {}", r.message))
@@ -247,8 +289,9 @@ fn wire_error(shared: &Shared, e: WireError) -> Error {
     }
 }
 
-/// Keeps the control channel up; returns only on a fatal error.
-async fn control_loop(shared: Arc<Shared>) -> Error {
+/// Keeps the control channel up; returns a fatal error, or `None` once `stop` is set
+/// (after saying goodbye to the router).
+async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Option<Error> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut attempt = 0u32;
     loop {
@@ -262,8 +305,11 @@ async fn control_loop(shared: Arc<Shared>) -> Error {
                     since: SystemTime::now(),
                 });
                 info!(tunnel = %shared.name, router = %shared.router, "connected to router");
-                let why = heartbeat(&mut ctl).await;
+                let why = heartbeat(&mut ctl, &mut stop).await;
                 shared.link.lost();
+                if *stop.borrow() {
+                    return None;
+                }
                 warn!(tunnel = %shared.name, router = %shared.router, "lost the router link: {why}; reconnecting");
             }
             Err(e) if !e.is_retryable() => {
@@ -271,7 +317,7 @@ async fn control_loop(shared: Arc<Shared>) -> Error {
                 shared.status.send_replace(LinkStatus::Refused {
                     reason: e.to_string(),
                 });
-                return e;
+                return Some(e);
             }
             Err(e) => {
                 attempt += 1;
@@ -282,23 +328,39 @@ async fn control_loop(shared: Arc<Shared>) -> Error {
                     error: e.to_string(),
                 });
                 warn!(tunnel = %shared.name, "{e}; retrying in {:.1}s", wait.as_secs_f64());
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
             }
         }
     }
 }
 
-/// Pings the router until the link fails; returns why it failed.
-async fn heartbeat(ctl: &mut Wire) -> String {
+/// Pings the router until the link fails or `stop` is set (then says goodbye);
+/// returns why it ended.
+async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> String {
     let mut nonce = 0u64;
     loop {
+        if *stop.borrow() {
+            let bye = Message::Goodbye(Refusal::new(
+                RefusalCode::ShuttingDown,
+                "the tunnel is stopping",
+            ));
+            let _ = ctl.send(&bye).await;
+            return "stopping".into();
+        }
         nonce += 1;
         if let Err(e) = ctl.send(&Message::Ping { nonce }).await {
             return e.to_string();
         }
         let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL * 3;
         loop {
-            match tokio::time::timeout_at(deadline, ctl.recv()).await {
+            let next = tokio::select! {
+                r = tokio::time::timeout_at(deadline, ctl.recv()) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match next {
                 Err(_) => return format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
@@ -312,7 +374,10 @@ async fn heartbeat(ctl: &mut Wire) -> String {
                 Ok(Err(e)) => return e.to_string(),
             }
         }
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
     }
 }
 

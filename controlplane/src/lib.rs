@@ -19,13 +19,18 @@
 //! command lines (the `conduit` binary does).
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+pub mod api;
 pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod home;
+pub mod http;
 pub mod keys;
+pub mod metrics;
+pub mod monitor;
 pub mod policy;
 pub mod process;
 pub mod reconcile;

@@ -32,6 +32,8 @@ pub struct Registration {
     pub log_file: Option<PathBuf>,
     /// Drain deadline for signals and for shutdown requests that name none.
     pub drain: Duration,
+    /// Where to serve the tunnel's Prometheus metrics over HTTP, if anywhere.
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// Refuses a name that a live tunnel already uses.
@@ -57,6 +59,7 @@ pub struct RegisteredTunnel {
     registry: Registry,
     state: ControlState,
     drain: Duration,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl RegisteredTunnel {
@@ -98,6 +101,15 @@ impl RegisteredTunnel {
             dp: tunnel.dataplane(),
             shutdown: Arc::new(shutdown),
             default_drain: r.drain,
+            counters: tunnel.counters(),
+        };
+        let metrics = match r.metrics_bind {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::Config(format!(
+                    "cannot serve metrics on {addr}: {e}; choose another --metrics-bind"
+                ))
+            })?),
+            None => None,
         };
         Ok(Self {
             tunnel,
@@ -105,7 +117,13 @@ impl RegisteredTunnel {
             registry,
             state,
             drain: r.drain,
+            metrics,
         })
+    }
+
+    /// Where the metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The registry id.
@@ -125,6 +143,7 @@ impl RegisteredTunnel {
             registry,
             state,
             drain,
+            metrics,
         } = self;
         registry.write(&entry)?;
         let mut stopped = state.shutdown.subscribe();
@@ -142,6 +161,16 @@ impl RegisteredTunnel {
                 return Err(e);
             }
         };
+
+        let metrics_task = metrics.map(|l| {
+            let stop = {
+                let mut s = state.shutdown.subscribe();
+                async move {
+                    let _ = s.wait_for(Option::is_some).await;
+                }
+            };
+            control::serve_metrics(l, state.clone(), stop)
+        });
 
         // Keep the registry's status word in step with the router link.
         let updater = {
@@ -185,6 +214,9 @@ impl RegisteredTunnel {
         updater.abort();
         state.shutdown.send_replace(Some(Duration::ZERO));
         let _ = api.await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
         entry.status = "stopping".into();
         registry.remove(&entry);
         result

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use conduit_dataplane::{DataPlane, EngineKind, Options, RouterSpec};
 use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
@@ -15,9 +15,13 @@ use conduit_proto::{
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::alerts::AlertSettings;
+use crate::api::{self, ApiSettings, ApiState};
+use crate::metrics::{Counters, RouterFacts, SetupError};
+use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
 use crate::wire::{Wire, WireError};
-use crate::{Error, HEARTBEAT_INTERVAL, Transport};
+use crate::{Error, Transport};
 
 /// Everything a router needs to run.
 pub struct RouterSettings {
@@ -41,6 +45,12 @@ pub struct RouterSettings {
     pub idle_timeout: Duration,
     /// Workers and engine.
     pub dataplane: Options,
+    /// The REST API, if it is on.
+    pub api: Option<ApiSettings>,
+    /// Source probes and client-link timeout.
+    pub health: HealthSettings,
+    /// Where alerts go.
+    pub alerts: AlertSettings,
 }
 
 struct State {
@@ -49,7 +59,10 @@ struct State {
     authorized: Arc<AuthorizedClients>,
     token: Option<Secret>,
     handshake_timeout: Duration,
+    client_timeout: Duration,
     dp: Arc<DataPlane>,
+    monitor: Arc<Monitor>,
+    counters: Arc<Counters>,
 }
 
 /// A bound router, ready to run.
@@ -57,6 +70,8 @@ pub struct Router {
     listener: TcpListener,
     state: Arc<State>,
     local_addr: SocketAddr,
+    api: Option<(TcpListener, axum::Router)>,
+    api_addr: Option<SocketAddr>,
 }
 
 impl Router {
@@ -77,26 +92,70 @@ impl Router {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::network("cannot read the listening address", e))?;
-        let dp = DataPlane::start_router(
+        let api_listener = match &s.api {
+            Some(a) => Some(api::bind(a.bind).await?),
+            None => None,
+        };
+        let dp = Arc::new(DataPlane::start_router(
             &s.dataplane,
             RouterSpec {
                 policy: Arc::new(s.policy),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
             },
-        )?;
+        )?);
+        let monitor = Monitor::start(s.health.clone(), &s.alerts, dp.clone())
+            .map_err(|e| Error::Config(format!("cannot set up alerts: {e}")))?;
+        let counters = Arc::new(Counters::default());
+        let mut api_addr = None;
+        let api = match (api_listener, s.api) {
+            (Some(l), Some(settings)) => {
+                let addr = l
+                    .local_addr()
+                    .map_err(|e| Error::network("cannot read the API's address", e))?;
+                api_addr = Some(addr);
+                let state = Arc::new(ApiState {
+                    facts: RouterFacts {
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        engine: dp.engine().to_string(),
+                        workers: dp.worker_count(),
+                        started: SystemTime::now(),
+                    },
+                    listen: local_addr,
+                    public_key: s.identity.public(),
+                    api_listen: addr,
+                    auth: settings.token.is_some(),
+                    dp: dp.clone(),
+                    monitor: monitor.clone(),
+                    counters: counters.clone(),
+                    authorized: s.authorized.clone(),
+                });
+                Some((l, api::router(state, settings.token)))
+            }
+            _ => None,
+        };
         Ok(Self {
             listener,
             local_addr,
+            api,
+            api_addr,
             state: Arc::new(State {
                 transport: s.transport,
                 tls,
                 authorized: s.authorized,
                 token: s.token,
                 handshake_timeout: s.handshake_timeout,
-                dp: Arc::new(dp),
+                client_timeout: s.health.client_timeout,
+                dp,
+                monitor,
+                counters,
             }),
         })
+    }
+
+    /// Where the REST API listens, if it is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Where clients connect.
@@ -121,6 +180,12 @@ impl Router {
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) -> Result<(), Error> {
+        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = self.api.map(|(listener, app)| {
+            api::serve(listener, app, async move {
+                let _ = api_stopped.await;
+            })
+        });
         tokio::pin!(shutdown);
         let mut accept_errors = 0u32;
         loop {
@@ -145,11 +210,16 @@ impl Router {
         drop(self.listener);
         let dp = self.state.dp.clone();
         let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        let _ = api_stop.send(());
+        if let Some(t) = api_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
         Ok(())
     }
 }
 
 async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
     let setup = tokio::time::timeout(state.handshake_timeout, async {
         let mut wire = match state.transport {
             Transport::Tls => Wire::handshake(tcp, TlsSession::server(state.tls.clone())?).await?,
@@ -170,19 +240,25 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     .await;
     let (mut wire, hello) = match setup {
         Err(_) => {
+            state.counters.fail(SetupError::Timeout);
             info!(%peer, "connection dropped: no TLS handshake and Hello within {:?}", state.handshake_timeout);
             return;
         }
         Ok(Err(WireError::Tls(e))) => {
             match e.unknown_client_key() {
                 Some(u) => {
+                    state.counters.fail(SetupError::Unauthorized);
                     warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it", u.got)
                 }
-                None => info!(%peer, "TLS handshake failed: {e}"),
+                None => {
+                    state.counters.fail(SetupError::Tls);
+                    info!(%peer, "TLS handshake failed: {e}")
+                }
             }
             return;
         }
         Ok(Err(e)) => {
+            state.counters.fail(SetupError::Protocol);
             info!(%peer, "connection dropped during setup: {e}");
             return;
         }
@@ -196,15 +272,18 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     let version = match admit(&state, key.as_ref(), &hello) {
         Ok(v) => v,
         Err(refusal) => {
+            state.counters.fail(SetupError::Unauthorized);
             warn!(%peer, client = %who, tunnel = %hello.tunnel, "refused: {}", refusal.message);
             let _ = wire.send(&Message::Refused(refusal)).await;
             return;
         }
     };
     if let Err(e) = wire.send(&Message::Welcome { version }).await {
+        state.counters.fail(SetupError::Protocol);
         debug!(%peer, "client left before Welcome: {e}");
         return;
     }
+    state.counters.handshakes.observe(started.elapsed());
     match hello.channel {
         ChannelKind::Control => control_session(&state, wire, key, who, hello.tunnel).await,
         ChannelKind::Data => match wire.into_handoff(0) {
@@ -263,29 +342,38 @@ async fn control_session(
     let comment = key
         .and_then(|k| state.authorized.lookup(&k))
         .unwrap_or_default();
-    let key = who;
-    info!(%peer, client = %key, name = %comment, %tunnel, "client connected");
-    let silence = HEARTBEAT_INTERVAL * 4;
-    let reason = loop {
+    info!(%peer, client = %who, name = %comment, %tunnel, "client connected");
+    // The plain transport has no keys: its clients share the all-zero one.
+    let link_key = key.unwrap_or(conduit_dataplane::usage::NO_KEY);
+    let session = state
+        .monitor
+        .link_up(link_key, &comment, &tunnel, Some(peer));
+    let silence = state.client_timeout;
+    let (clean, reason) = loop {
         match tokio::time::timeout(silence, wire.recv()).await {
-            Err(_) => break format!("no heartbeat for {silence:?}"),
+            Err(_) => break (false, format!("no heartbeat for {silence:?}")),
             Ok(Ok(Some(Message::Ping { nonce }))) => {
+                state.monitor.beat(session);
                 if let Err(e) = wire.send(&Message::Pong { nonce }).await {
-                    break e.to_string();
+                    break (false, e.to_string());
                 }
             }
             Ok(Ok(Some(Message::Goodbye(r)))) => {
-                break format!("client said goodbye: {}", r.message);
+                break (true, format!("client said goodbye: {}", r.message));
             }
             Ok(Ok(Some(other))) => {
-                break format!(
-                    "protocol error: unexpected {} on the control channel",
-                    other.name()
+                break (
+                    false,
+                    format!(
+                        "protocol error: unexpected {} on the control channel",
+                        other.name()
+                    ),
                 );
             }
-            Ok(Ok(None)) => break "connection closed".into(),
-            Ok(Err(e)) => break e.to_string(),
+            Ok(Ok(None)) => break (false, "connection closed without a goodbye".into()),
+            Ok(Err(e)) => break (false, e.to_string()),
         }
     };
-    info!(%peer, client = %key, %tunnel, "client disconnected: {reason}");
+    state.monitor.link_down(session, clean, &reason);
+    info!(%peer, client = %who, %tunnel, "client disconnected: {reason}");
 }

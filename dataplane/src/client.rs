@@ -21,7 +21,7 @@ use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::net::Socket;
 use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, Meter};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter};
 use crate::sys::Peek;
 use crate::worker::Core;
 
@@ -228,35 +228,33 @@ impl ClientCore {
         core.stats.active.fetch_add(1, Relaxed);
         let counters = Rc::new(ConnCounters::default());
         let (kill_tx, kill_rx) = oneshot::channel();
+        let started = Instant::now();
         core.conns.insert(
             id,
             ConnEntry {
                 peer: Some(peer),
                 target: self.spec.target.clone(),
-                started: Instant::now(),
+                client: None,
+                started,
                 counters: counters.clone(),
                 kill: Some(kill_tx),
             },
         );
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
-        let failed = match self.run_user(id, &user, &counters, kill_rx).await {
-            Ok(()) => false,
-            Err(reason) => {
-                warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
-                user.abort();
-                true
-            }
-        };
-        if failed {
-            core.stats.failed.fetch_add(1, Relaxed);
+        if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
+            warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
+            user.abort();
+            core.stats.fail(kind);
         }
         core.stats.active.fetch_sub(1, Relaxed);
+        core.stats.durations.observe(started.elapsed());
         core.conns.remove(id);
         debug!(
             conn = id,
             up = counters.up.get(),
             down = counters.down.get(),
+            secs = started.elapsed().as_secs_f64(),
             "user connection closed"
         );
     }
@@ -267,18 +265,26 @@ impl ClientCore {
         user: &Socket,
         counters: &ConnCounters,
         kill: oneshot::Receiver<()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), (ErrorKind, String)> {
         // Both boxed: the relay below may run for days, and a task's size is that of
         // its largest state.
-        let mut ch = match Box::pin(self.channel()).await? {
+        let link = Box::pin(self.channel())
+            .await
+            .map_err(|e| (ErrorKind::RouterUnreachable, e))?;
+        let mut ch = match link {
             Link::Tls(ch) => ch,
-            Link::Plain(ch) => return Box::pin(self.run_plain(id, user, counters, kill, ch)).await,
+            Link::Plain(ch) => {
+                return Box::pin(self.run_plain(id, user, counters, kill, ch)).await;
+            }
         };
         ch.send(&Message::Open {
             target: self.spec.target.clone(),
         })
         .await
-        .map_err(|e| format!("the channel to the router failed: {e}"))?;
+        .map_err(|e| {
+            let why = format!("the channel to the router failed: {e}");
+            (ErrorKind::Channel, why)
+        })?;
         let Channel {
             sock,
             tls,
@@ -329,7 +335,7 @@ impl ClientCore {
                 if matches!(stop, Stop::Killed) {
                     info!(conn = id, "connection closed by the operator");
                 }
-                Err(reason)
+                Err((stop.kind(), reason))
             }
         }
     }
@@ -343,7 +349,7 @@ impl ClientCore {
         counters: &ConnCounters,
         kill: oneshot::Receiver<()>,
         ch: PlainChannel,
-    ) -> Result<(), String> {
+    ) -> Result<(), (ErrorKind, String)> {
         let PlainChannel { sock, leftover, .. } = ch;
         send_frame(
             &sock,
@@ -352,7 +358,10 @@ impl ClientCore {
             },
         )
         .await
-        .map_err(|e| format!("the channel to the router failed: {e}"))?;
+        .map_err(|e| {
+            let why = format!("the channel to the router failed: {e}");
+            (ErrorKind::Channel, why)
+        })?;
         let stats = &self.core.stats;
         let up = pump(
             user,
@@ -393,14 +402,16 @@ impl ClientCore {
             Either::Right(_) => Stop::Killed,
         };
         sock.abort();
-        Err(match stop {
+        let kind = stop.kind();
+        let why = match stop {
             Stop::OpenFailed(r) => format!("the router could not open the source: {}", r.message),
             Stop::Killed => {
                 info!(conn = id, "connection closed by the operator");
                 "closed by the operator".into()
             }
             other => other.to_string(),
-        })
+        };
+        Err((kind, why))
     }
 
     /// Puts a channel that finished a stream cleanly back in the pool.

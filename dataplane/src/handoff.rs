@@ -13,6 +13,7 @@ use std::time::Instant;
 use conduit_proto::{PublicKey, TlsSession};
 
 use crate::stats::ConnSnapshot;
+use crate::usage::Usage;
 
 /// An established channel, ready for a worker.
 #[derive(Debug)]
@@ -46,6 +47,8 @@ pub enum ToWorker {
     Flush,
     /// Reply with this core's open connections.
     Snapshot(futures::channel::oneshot::Sender<Vec<ConnSnapshot>>),
+    /// Reply with this core's per-client and per-source tallies (router side).
+    Usage(futures::channel::oneshot::Sender<Usage>),
     /// Stop one connection now.
     Kill(u64),
     /// Stop accepting; close open connections at `deadline` (or now), then exit.

@@ -21,6 +21,7 @@
 pub mod engine;
 pub mod handoff;
 pub mod stats;
+pub mod usage;
 
 mod channel;
 mod client;
@@ -45,7 +46,8 @@ use tracing::warn;
 
 pub use engine::{Engine, EngineKind};
 pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
-pub use stats::{ConnSnapshot, CoreStats, Totals};
+pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
+pub use usage::{ClientTotals, Usage};
 pub use worker::core_of;
 
 /// Why the data plane could not start.
@@ -334,6 +336,24 @@ impl DataPlane {
             }
         }
         all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Every core's per-client and per-source tallies, merged (router side).
+    pub async fn usage(&self) -> Usage {
+        let mut replies = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            if w.tx.send(ToWorker::Usage(tx)).is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut all = Usage::default();
+        for r in replies {
+            if let Ok(u) = r.await {
+                all.merge(u);
+            }
+        }
         all
     }
 

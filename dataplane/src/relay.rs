@@ -25,7 +25,7 @@ use futures::future::{Either, select, try_join};
 use crate::channel::{Held, lend_back, read_tls, seal};
 use crate::net::Socket;
 use crate::pool;
-use crate::stats::Meter;
+use crate::stats::{ErrorKind, Meter};
 
 /// Plaintext read per chunk: with its frame header, exactly four full TLS records.
 const CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT - HEADER_LEN;
@@ -58,6 +58,21 @@ pub(crate) enum Stop {
     PeerReset(Refusal),
     #[error("closed by the operator")]
     Killed,
+}
+
+impl Stop {
+    /// The error kind metrics count this under.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            Stop::Plain(_) => ErrorKind::Plain,
+            Stop::OpenFailed(_) => ErrorKind::OpenFailed,
+            Stop::PeerReset(_) => ErrorKind::PeerReset,
+            Stop::Killed => ErrorKind::Killed,
+            Stop::Channel(_) | Stop::ChannelClosed | Stop::Tls(_) | Stop::Proto(_) => {
+                ErrorKind::Channel
+            }
+        }
+    }
 }
 
 /// How a relay ended.

@@ -19,7 +19,8 @@ use crate::handoff::ChannelHandoff;
 use crate::net::Socket;
 use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, Meter};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter};
+use crate::usage::NO_KEY;
 use crate::worker::Core;
 
 pub(crate) struct RouterCore {
@@ -63,21 +64,28 @@ impl RouterCore {
     ) -> Result<Socket, Refusal> {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
+        let key = client.copied().unwrap_or(NO_KEY);
+        core.usage.opened(&key);
+        let fail = |kind| {
+            core.stats.fail(kind);
+            core.usage.ended(&key, 0, 0, true);
+        };
         let who = client.map_or_else(|| "(plain transport)".to_owned(), ToString::to_string);
         let addrs = match self.spec.policy.resolve(client, target) {
             Ok(a) => a,
             Err(refusal) => {
                 warn!(conn = id, %peer, client = %who, %target, "open refused: {}", refusal.message);
-                core.stats.failed.fetch_add(1, Relaxed);
+                fail(ErrorKind::PolicyRefused);
                 return Err(refusal);
             }
         };
+        core.usage.source_used(target);
         match connect(&addrs, self.spec.connect_timeout).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 let message = format!("the router could not connect to source {target}: {e}");
                 warn!(conn = id, %peer, client = %who, "{message}");
-                core.stats.failed.fetch_add(1, Relaxed);
+                fail(ErrorKind::SourceUnreachable);
                 Err(Refusal::new(RefusalCode::SourceUnreachable, message))
             }
         }
@@ -89,6 +97,7 @@ impl RouterCore {
         &self,
         id: u64,
         peer: SocketAddr,
+        client: Option<PublicKey>,
         target: &str,
     ) -> (Rc<ConnCounters>, oneshot::Receiver<()>) {
         let core = &self.core;
@@ -100,6 +109,7 @@ impl RouterCore {
             ConnEntry {
                 peer: Some(peer),
                 target: target.to_owned(),
+                client: Some(client.unwrap_or(NO_KEY)),
                 started: Instant::now(),
                 counters: counters.clone(),
                 kill: Some(kill_tx),
@@ -107,6 +117,21 @@ impl RouterCore {
         );
         debug!(conn = id, %peer, %target, "stream opened");
         (counters, kill_rx)
+    }
+
+    /// Takes a tracked stream out of the table: its duration, its client's tally and,
+    /// if it failed, the error's kind.
+    fn untrack(&self, id: u64, client: Option<PublicKey>, failed: Option<ErrorKind>) {
+        let core = &self.core;
+        core.stats.active.fetch_sub(1, Relaxed);
+        if let Some((started, up, down)) = core.conns.remove(id) {
+            core.stats.durations.observe(started.elapsed());
+            core.usage
+                .ended(&client.unwrap_or(NO_KEY), up, down, failed.is_some());
+        }
+        if let Some(kind) = failed {
+            core.stats.fail(kind);
+        }
     }
 
     /// One stream on a plain channel: `Open`, the source, `Opened`, then splice.
@@ -154,7 +179,7 @@ impl RouterCore {
         {
             return;
         }
-        let (counters, kill) = self.track(id, peer, &target);
+        let (counters, kill) = self.track(id, peer, peer_key, &target);
         counters.up.set(rest.len() as u64);
         let to_source = Meter {
             conn: &counters.up,
@@ -174,10 +199,8 @@ impl RouterCore {
             futures::future::Either::Left((Err(stop), _)) => Some(stop),
             futures::future::Either::Right(_) => Some(Stop::Killed),
         };
-        core.stats.active.fetch_sub(1, Relaxed);
-        core.conns.remove(id);
+        self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
         if let Some(stop) = stop {
-            core.stats.failed.fetch_add(1, Relaxed);
             warn!(conn = id, %peer, %target, "plain stream failed: {stop}");
             source.abort();
             sock.abort();
@@ -249,9 +272,12 @@ impl RouterCore {
         };
         if let Err(e) = ch.send(&Message::Opened).await {
             debug!(conn = id, "channel failed before the stream started: {e}");
+            self.core.stats.fail(ErrorKind::Channel);
+            let key = ch.peer_key.unwrap_or(NO_KEY);
+            self.core.usage.ended(&key, 0, 0, true);
             return false;
         }
-        let (counters, kill_rx) = self.track(id, peer, &target);
+        let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &target);
         let Channel {
             sock,
             tls,
@@ -278,13 +304,11 @@ impl RouterCore {
         }
         .run(kill_rx)
         .await;
-        core.stats.active.fetch_sub(1, Relaxed);
-        core.conns.remove(id);
+        self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
         let reusable = match outcome.stop {
             // What is already buffered belongs to the client's next stream.
             None => !ch.tls.borrow().peer_closed(),
             Some(stop) => {
-                core.stats.failed.fetch_add(1, Relaxed);
                 match &stop {
                     Stop::Plain(e) => {
                         warn!(conn = id, %target, "source connection failed: {e}");

@@ -3,40 +3,220 @@
 //! Each core writes only its own counters (relaxed atomics, one writer); the control
 //! plane reads them without locks. The connection table belongs to its core and is
 //! read by the control plane only through a message (`ToWorker::Snapshot`).
+//!
+//! Nothing here is touched per relayed chunk except the byte counters: error kinds and
+//! the duration histogram are written once per connection, when it ends.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use conduit_proto::PublicKey;
+
+/// Why a user connection ended in an error. The set is fixed, so a metric labelled
+/// with it stays bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The router's allow-list refused the source (router side).
+    PolicyRefused,
+    /// The router could not connect the source.
+    SourceUnreachable,
+    /// The router could not open the source (client side: the router said so).
+    OpenFailed,
+    /// No channel to the router (link down, or none in time) (client side).
+    RouterUnreachable,
+    /// The plain socket failed mid-stream: the user's (client) or the source's (router).
+    Plain,
+    /// The channel to the other Conduit end failed (I/O, TLS, protocol, closed).
+    Channel,
+    /// The other Conduit end aborted the stream.
+    PeerReset,
+    /// An operator closed it.
+    Killed,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::PolicyRefused,
+        ErrorKind::SourceUnreachable,
+        ErrorKind::OpenFailed,
+        ErrorKind::RouterUnreachable,
+        ErrorKind::Plain,
+        ErrorKind::Channel,
+        ErrorKind::PeerReset,
+        ErrorKind::Killed,
+    ];
+
+    /// The label value metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::PolicyRefused => "policy_refused",
+            ErrorKind::SourceUnreachable => "source_unreachable",
+            ErrorKind::OpenFailed => "open_failed",
+            ErrorKind::RouterUnreachable => "router_unreachable",
+            ErrorKind::Plain => "plain_socket",
+            ErrorKind::Channel => "channel",
+            ErrorKind::PeerReset => "peer_reset",
+            ErrorKind::Killed => "killed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A histogram as plain counters: one writer, lock-free readers. Bucket `i` counts
+/// observations `<= BOUNDS[i]` that were above the previous bound (not cumulative);
+/// the last slot counts those above every bound.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram over `bounds` (seconds, ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// A copy of the counts.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds: self.bounds,
+            counts: self.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            sum_micros: self.sum_micros.load(Relaxed),
+        }
+    }
+}
+
+/// Read-only counts of a [`Histogram`], or the sum of several over the same bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Upper bounds in seconds.
+    pub bounds: &'static [f64],
+    /// Per-bucket (not cumulative) counts; one more than `bounds` (the +Inf bucket).
+    pub counts: Vec<u64>,
+    /// Sum of observations, in microseconds.
+    pub sum_micros: u64,
+}
+
+impl HistogramSnapshot {
+    /// An empty snapshot over `bounds`.
+    pub fn empty(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum_micros: 0,
+        }
+    }
+
+    /// Adds another snapshot over the same bounds.
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum_micros += other.sum_micros;
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(upper bound, cumulative count)` per bucket, ending with `(+Inf, count)`.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut acc = 0;
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                acc += c;
+                (self.bounds.get(i).copied().unwrap_or(f64::INFINITY), acc)
+            })
+            .collect()
+    }
+}
+
+/// Bucket bounds for how long a user connection lasted, in seconds.
+pub const CONNECTION_SECONDS: &[f64] = &[
+    0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0,
+];
 
 /// Counters of one core. Aligned to its own cache lines so cores never share one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(128))]
 pub struct CoreStats {
     /// User connections open now.
     pub active: AtomicU64,
     /// User connections opened since start.
     pub opened: AtomicU64,
-    /// User connections that ended in an error (source down, reset, refused…).
-    pub failed: AtomicU64,
     /// Payload bytes from users toward sources.
     pub bytes_up: AtomicU64,
     /// Payload bytes from sources toward users.
     pub bytes_down: AtomicU64,
     /// Handshaken channels waiting in this core's pool (client side).
     pub idle_channels: AtomicU64,
+    /// User connections that ended in an error, by [`ErrorKind`].
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    /// How long established connections lasted.
+    pub durations: Histogram,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        Self {
+            active: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            idle_channels: AtomicU64::new(0),
+            errors: Default::default(),
+            durations: Histogram::new(CONNECTION_SECONDS),
+        }
+    }
+}
+
+impl CoreStats {
+    /// Counts one connection that ended in error `kind`.
+    pub(crate) fn fail(&self, kind: ErrorKind) {
+        self.errors[kind.index()].fetch_add(1, Relaxed);
+    }
 }
 
 /// The sum of every core's counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Totals {
     /// See [`CoreStats::active`].
     pub active: u64,
     /// See [`CoreStats::opened`].
     pub opened: u64,
-    /// See [`CoreStats::failed`].
+    /// User connections that ended in an error (the sum of `errors`).
     pub failed: u64,
     /// See [`CoreStats::bytes_up`].
     pub bytes_up: u64,
@@ -44,19 +224,36 @@ pub struct Totals {
     pub bytes_down: u64,
     /// See [`CoreStats::idle_channels`].
     pub idle_channels: u64,
+    /// Errors by kind, in [`ErrorKind::ALL`] order.
+    pub errors: Vec<(ErrorKind, u64)>,
+    /// Connection durations.
+    pub durations: HistogramSnapshot,
 }
 
 impl Totals {
     pub(crate) fn sum<'a>(cores: impl IntoIterator<Item = &'a CoreStats>) -> Self {
-        let mut t = Totals::default();
+        let mut t = Totals {
+            active: 0,
+            opened: 0,
+            failed: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            idle_channels: 0,
+            errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            durations: HistogramSnapshot::empty(CONNECTION_SECONDS),
+        };
         for c in cores {
             t.active += c.active.load(Relaxed);
             t.opened += c.opened.load(Relaxed);
-            t.failed += c.failed.load(Relaxed);
             t.bytes_up += c.bytes_up.load(Relaxed);
             t.bytes_down += c.bytes_down.load(Relaxed);
             t.idle_channels += c.idle_channels.load(Relaxed);
+            for (slot, n) in t.errors.iter_mut().zip(&c.errors) {
+                slot.1 += n.load(Relaxed);
+            }
+            t.durations.add(&c.durations.snapshot());
         }
+        t.failed = t.errors.iter().map(|(_, n)| n).sum();
         t
     }
 }
@@ -70,6 +267,8 @@ pub struct ConnSnapshot {
     pub peer: Option<SocketAddr>,
     /// The source it goes to.
     pub target: String,
+    /// The client key that opened it (router side).
+    pub client: Option<PublicKey>,
     /// Seconds since it opened.
     pub age_secs: u64,
     /// Payload bytes toward the source.
@@ -102,6 +301,7 @@ impl Meter<'_> {
 pub(crate) struct ConnEntry {
     pub(crate) peer: Option<SocketAddr>,
     pub(crate) target: String,
+    pub(crate) client: Option<PublicKey>,
     pub(crate) started: Instant,
     pub(crate) counters: Rc<ConnCounters>,
     pub(crate) kill: Option<futures::channel::oneshot::Sender<()>>,
@@ -118,8 +318,12 @@ impl ConnTable {
         self.entries.borrow_mut().insert(id, entry);
     }
 
-    pub(crate) fn remove(&self, id: u64) {
-        self.entries.borrow_mut().remove(&id);
+    /// Removes connection `id`; returns when it started and its bytes up and down.
+    pub(crate) fn remove(&self, id: u64) -> Option<(Instant, u64, u64)> {
+        self.entries
+            .borrow_mut()
+            .remove(&id)
+            .map(|e| (e.started, e.counters.up.get(), e.counters.down.get()))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -148,6 +352,17 @@ impl ConnTable {
         }
     }
 
+    /// Calls `f` with each open connection's client and byte counts.
+    pub(crate) fn for_each_open(&self, mut f: impl FnMut(Option<&PublicKey>, u64, u64)) {
+        for e in self.entries.borrow().values() {
+            f(
+                e.client.as_ref(),
+                e.counters.up.get(),
+                e.counters.down.get(),
+            );
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<ConnSnapshot> {
         let now = Instant::now();
         self.entries
@@ -157,10 +372,50 @@ impl ConnTable {
                 id: *id,
                 peer: e.peer,
                 target: e.target.clone(),
+                client: e.client,
                 age_secs: now.duration_since(e.started).as_secs(),
                 bytes_up: e.counters.up.get(),
                 bytes_down: e.counters.down.get(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_with_inf_last() {
+        static B: &[f64] = &[0.1, 1.0];
+        let h = Histogram::new(B);
+        h.observe(Duration::from_millis(50));
+        h.observe(Duration::from_millis(100));
+        h.observe(Duration::from_millis(700));
+        h.observe(Duration::from_secs(3));
+        let s = h.snapshot();
+        assert_eq!(s.counts, vec![2, 1, 1]);
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.sum_micros, 3_850_000);
+        assert_eq!(s.cumulative(), vec![(0.1, 2), (1.0, 3), (f64::INFINITY, 4)]);
+        let mut sum = HistogramSnapshot::empty(B);
+        sum.add(&s);
+        sum.add(&s);
+        assert_eq!(sum.counts, vec![4, 2, 2]);
+    }
+
+    #[test]
+    fn totals_sum_errors_by_kind() {
+        let a = CoreStats::default();
+        let b = CoreStats::default();
+        a.fail(ErrorKind::SourceUnreachable);
+        b.fail(ErrorKind::SourceUnreachable);
+        b.fail(ErrorKind::Killed);
+        let t = Totals::sum([&a, &b]);
+        assert_eq!(t.failed, 3);
+        let get = |k| t.errors.iter().find(|(x, _)| *x == k).unwrap().1;
+        assert_eq!(get(ErrorKind::SourceUnreachable), 2);
+        assert_eq!(get(ErrorKind::Killed), 1);
+        assert_eq!(get(ErrorKind::Channel), 0);
     }
 }

@@ -12,6 +12,7 @@ use crate::client::ClientCore;
 use crate::handoff::{FromWorker, ToWorker};
 use crate::router::RouterCore;
 use crate::stats::{ConnTable, CoreStats};
+use crate::usage::UsageBook;
 use crate::{ClientSpec, RouterSpec};
 
 /// What every worker has, whatever its role.
@@ -21,6 +22,8 @@ pub(crate) struct Core {
     count: usize,
     pub(crate) stats: Arc<CoreStats>,
     pub(crate) conns: ConnTable,
+    /// Per-client and per-source tallies (router side).
+    pub(crate) usage: UsageBook,
     next_id: Cell<u64>,
     pub(crate) stopping: Cell<bool>,
 }
@@ -32,6 +35,7 @@ impl Core {
             count: count.max(1),
             stats,
             conns: ConnTable::default(),
+            usage: UsageBook::default(),
             next_id: Cell::new(0),
             stopping: Cell::new(false),
         }
@@ -102,6 +106,9 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             }
             ToWorker::Snapshot(reply) => {
                 let _ = reply.send(core.conns.snapshot());
+            }
+            ToWorker::Usage(reply) => {
+                let _ = reply.send(core.usage.report(&core.conns));
             }
             ToWorker::Kill(id) => {
                 core.conns.kill(id);

@@ -208,6 +208,20 @@ impl AuthorizedClients {
         }
     }
 
+    /// Every admitted key with its comment, in key order.
+    pub fn entries(&self) -> Vec<(PublicKey, String)> {
+        let mut v: Vec<(PublicKey, String)> = match self.keys.read() {
+            Ok(g) => g.iter().map(|(k, c)| (*k, c.clone())).collect(),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .iter()
+                .map(|(k, c)| (*k, c.clone()))
+                .collect(),
+        };
+        v.sort();
+        v
+    }
+
     /// Number of admitted keys.
     pub fn len(&self) -> usize {
         match self.keys.read() {

@@ -324,6 +324,11 @@ impl Proc {
         }
     }
 
+    /// The stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().stdout.clone()
+    }
+
     pub fn stderr(&self) -> String {
         self.out.0.lock().unwrap().stderr.clone()
     }

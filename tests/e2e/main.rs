@@ -10,7 +10,10 @@
 
 mod config;
 mod harness;
+mod http;
 mod manage;
+mod openapi;
+mod ops;
 mod plain;
 mod real_clients;
 mod refusals;

@@ -1,14 +1,18 @@
 //! One module per command.
 
+mod api_client;
 mod config;
 mod down;
+mod health;
 mod init;
 mod keys;
 mod kill;
 mod list;
+mod logs;
 mod router;
 mod service;
 mod start;
+mod stats;
 mod status;
 mod tunnels;
 mod up;
@@ -21,10 +25,25 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_dataplane::Options;
 
-use crate::args::{Command, ConfigCommand, EngineArgs, KeysCommand, LogArgs};
+use crate::args::{Cli, Command, ConfigCommand, EngineArgs, KeysCommand, LogArgs};
 use crate::exit::Usage;
+use crate::logging;
 
-pub(crate) fn run(command: Command, log: &LogArgs) -> Result<()> {
+pub(crate) use health::Unhealthy;
+
+pub(crate) fn run(cli: Cli) -> Result<()> {
+    let Cli { log, command } = cli;
+    match command {
+        // The router's file may hold [logging]: it starts logging once that is read.
+        Command::Router(a) => router::run(&home()?, a, &log),
+        other => {
+            start_logging(&log, None)?;
+            run_other(other, &log)
+        }
+    }
+}
+
+fn run_other(command: Command, log: &LogArgs) -> Result<()> {
     match command {
         Command::Init(a) => init::run(&home()?, &a),
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
@@ -32,15 +51,26 @@ pub(crate) fn run(command: Command, log: &LogArgs) -> Result<()> {
         Command::Config(ConfigCommand::Show { args, format }) => {
             config::show(home()?, args, format)
         }
-        Command::Router(a) => router::run(&home()?, a),
+        Command::Router(_) => unreachable!("`run` dispatches the router before logging starts"),
         Command::Start(a) => start::run(&home()?, a, log),
         Command::Up(a) => up::run(&home()?, a, log),
         Command::Down(a) => down::run(&home()?, &a),
         Command::List(a) => list::run(&home()?, &a),
         Command::Status(a) => status::run(&home()?, &a),
         Command::Kill(a) => kill::run(&home()?, &a),
+        Command::Stats(a) => stats::run(&home()?, &a),
+        Command::Health(a) => health::run(&home()?, &a),
+        Command::Logs(a) => logs::run(&home()?, &a),
         Command::Version => version::run(),
     }
+}
+
+/// Starts logging as the flags and (for a router) its file's `[logging]` say.
+fn start_logging(
+    log: &LogArgs,
+    file: Option<&conduit_controlplane::config::LoggingConfig>,
+) -> Result<()> {
+    logging::init(&log.settings(file)).map_err(|e| Usage(e).into())
 }
 
 fn home() -> Result<Home> {

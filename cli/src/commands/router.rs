@@ -1,58 +1,46 @@
-//! `conduit router`.
+//! `conduit router`: flags, `CONDUIT_<SECTION>_<KEY>` variables and the optional
+//! configuration file (`--config`) are resolved in one place (the controlplane's
+//! `config`), checked as a whole, then run.
 
 use std::sync::Arc;
 
 use anyhow::Result;
+use conduit_controlplane::config::{self, Env, Override, Problem, RouterConfig, Severity, Sources};
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
-use conduit_proto::Secret;
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
-use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal};
-use crate::args::RouterArgs;
+use super::{runtime, say, shutdown_signal, start_logging};
+use crate::args::{LogArgs, RouterArgs};
+use crate::exit::Usage;
 
-pub(crate) fn run(home: &Home, a: RouterArgs) -> Result<()> {
-    let bind = listen_addr("--bind", &a.bind)?;
-    let key_path = a.key.clone().unwrap_or_else(|| home.private_key("router"));
-    let identity = keys::load_private(&key_path, "router")?;
-    let auth_path = a
-        .authorized_keys
-        .clone()
-        .unwrap_or_else(|| home.authorized_clients());
-    let authorized = keys::load_authorized(&auth_path)?;
-    let policy = AllowList::parse(&a.allow).map_err(|errs| Error::Config(errs.join("\n")))?;
-    if authorized.is_empty() {
-        warn!(
-            "{} lists no client keys: every client will be refused",
-            auth_path.display()
-        );
-    }
-    if policy.is_empty() {
-        warn!("no --allow rule: clients can connect but may open no source");
-    }
-    let transport = a.transport.into();
-    if transport == Transport::Plain {
-        if a.token.is_none() {
-            warn!(
-                "--transport plain without --token: anyone who can reach {bind} may open the allowed \
-                 sources; use it only on a network that is already protected"
-            );
-        } else {
-            warn!("--transport plain: traffic is not encrypted and client keys are not checked");
-        }
-    }
-    let settings = RouterSettings {
-        bind,
-        identity,
-        authorized: Arc::new(AuthorizedClients::new(authorized)),
-        policy,
-        token: a.token.map(Secret::new),
-        transport,
-        handshake_timeout: secs(10),
-        connect_timeout: secs(10),
-        idle_timeout: secs(300),
-        dataplane: dataplane_options(&a.engine),
+pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
+    let sources = Sources {
+        file: a.config.clone().unwrap_or_default(),
+        env: Env::from_process(),
+        overrides: overrides(&a),
+        home: home.clone(),
     };
+    let loaded = match config::load_router(&sources) {
+        Ok(l) => l,
+        Err(report) => return Err(Usage(lines(&report.problems)).into()),
+    };
+    if loaded.report.has_errors() {
+        let errors: Vec<Problem> = loaded.report.errors().cloned().collect();
+        return Err(Usage(lines(&errors)).into());
+    }
+    start_logging(log, Some(&loaded.config.logging))?;
+    for p in loaded.report.warnings() {
+        warn!("{p}");
+    }
+    let c = loaded.config;
+    let transport: Transport = a.transport.into();
+    let settings = settings(&c, transport)?;
+    let (key_path, auth_path) = (
+        c.router.private_key_path.clone().unwrap_or_default(),
+        c.router.authorized_keys.clone().unwrap_or_default(),
+    );
+    let drain = c.performance.drain_timeout();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     runtime(threads)?.block_on(async move {
         let router = Router::bind(settings).await?;
@@ -72,7 +60,145 @@ pub(crate) fn run(home: &Home, a: RouterArgs) -> Result<()> {
             router.workers(),
             router.engine()
         ));
-        router.run(shutdown_signal(), secs(a.drain_timeout)).await?;
+        if let Some(api) = router.api_addr() {
+            say(format_args!("api listening on {api}"));
+        }
+        router.run(shutdown_signal(), drain).await?;
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// The flags that were given, as configuration overrides.
+fn overrides(a: &RouterArgs) -> Vec<Override> {
+    let mut o = Vec::new();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut put = |flag: &str, key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            o.push(Override::flag(flag, key, v));
+        }
+    };
+    put("--bind", "router.bind", a.bind.clone());
+    put(
+        "--key",
+        "router.private_key_path",
+        a.key.as_deref().map(path),
+    );
+    put(
+        "--authorized-keys",
+        "router.authorized_keys",
+        a.authorized_keys.as_deref().map(path),
+    );
+    put(
+        "--allow",
+        "router.allow",
+        (!a.allow.is_empty()).then(|| a.allow.join(",")),
+    );
+    put(
+        "--token",
+        "router.token",
+        a.token.as_ref().map(|t| t.expose().to_owned()),
+    );
+    put(
+        "--drain-timeout",
+        "performance.drain_timeout_secs",
+        a.drain_timeout.map(|n| n.to_string()),
+    );
+    put(
+        "--workers",
+        "performance.workers",
+        a.workers.map(|n| n.to_string()),
+    );
+    put("--io-engine", "performance.io_engine", a.io_engine.clone());
+    put(
+        "--pin-cores",
+        "performance.pin_cores",
+        a.pin_cores.map(|b| b.to_string()),
+    );
+    put("--api", "api.enabled", a.api.then(|| "true".into()));
+    if a.api_bind.is_some() {
+        put("--api-bind", "api.enabled", Some("true".into()));
+    }
+    put("--api-bind", "api.bind", a.api_bind.clone());
+    put(
+        "--api-token",
+        "api.token",
+        a.api_token.as_ref().map(|t| t.expose().to_owned()),
+    );
+    put(
+        "--api-no-auth",
+        "api.auth",
+        a.api_no_auth.then(|| "false".into()),
+    );
+    put(
+        "--alert-webhook",
+        "alerts.webhook",
+        a.alert_webhook.as_ref().map(|t| t.expose().to_owned()),
+    );
+    put(
+        "--alert-slack",
+        "alerts.slack",
+        a.alert_slack.as_ref().map(|t| t.expose().to_owned()),
+    );
+    o.extend(a.set.iter().cloned());
+    o
+}
+
+fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
+    let r = &c.router;
+    let bind = r
+        .bind
+        .parse()
+        .map_err(|_| Usage(format!("invalid router.bind {:?}", r.bind)))?;
+    let key_path = r.private_key_path.clone().unwrap_or_default();
+    let identity = keys::load_private(&key_path, "router")?;
+    let auth_path = r.authorized_keys.clone().unwrap_or_default();
+    let authorized = keys::load_authorized(&auth_path)?;
+    let policy = AllowList::parse(&r.allow).map_err(|errs| Error::Config(errs.join("\n")))?;
+    let api = c.api_settings().map_err(Usage)?;
+    if let Some(a) = &api {
+        if a.token.is_none() {
+            warn!(
+                "the API on {} answers without a token (--api-no-auth): anyone on this machine can read it",
+                a.bind
+            );
+        }
+    }
+    if transport == Transport::Plain {
+        if r.token.is_none() {
+            warn!(
+                "--transport plain without --token: anyone who can reach {bind} may open the allowed \
+                 sources; use it only on a network that is already protected"
+            );
+        } else {
+            warn!("--transport plain: traffic is not encrypted and client keys are not checked");
+        }
+    }
+    let p = &c.performance;
+    Ok(RouterSettings {
+        bind,
+        identity,
+        authorized: Arc::new(AuthorizedClients::new(authorized)),
+        policy,
+        token: r.token.clone(),
+        transport,
+        handshake_timeout: p.handshake_timeout(),
+        connect_timeout: p.connect_timeout(),
+        idle_timeout: p.idle_timeout(),
+        dataplane: p.dataplane_options(),
+        api,
+        health: c.health_settings(),
+        alerts: c.alert_settings(),
+    })
+}
+
+/// The problems, one a line, as `config validate` prints them.
+fn lines(problems: &[Problem]) -> String {
+    let v: Vec<String> = problems
+        .iter()
+        .map(|p| match p.severity {
+            Severity::Error => p.to_string(),
+            Severity::Warning => format!("warning: {p}"),
+        })
+        .collect();
+    v.join("\n")
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use conduit_controlplane::Home;
 use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
 
-use crate::args::{LogArgs, LogFormat, ServiceArgs, ServiceKind};
+use crate::args::{LogArgs, LogFormat, LogRotation, ServiceArgs, ServiceKind};
 use crate::exit::Usage;
 
 /// What the command being turned into a service contributes.
@@ -65,11 +65,26 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
 /// The log flags to repeat in the service, where they differ from the defaults.
 pub(crate) fn log_flags(log: &LogArgs) -> Vec<String> {
     let mut v = Vec::new();
-    if log.log_level != "info" {
-        v.extend(["--log-level".to_owned(), log.log_level.clone()]);
+    if let Some(level) = log.log_level.as_ref().filter(|l| *l != "info") {
+        v.extend(["--log-level".to_owned(), level.clone()]);
     }
-    if log.log_format == LogFormat::Json {
+    if log.log_format == Some(LogFormat::Json) {
         v.extend(["--log-format".to_owned(), "json".to_owned()]);
+    }
+    if let Some(file) = &log.log_file {
+        let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+        v.extend(["--log-file".to_owned(), file.display().to_string()]);
+        if let Some(r) = log.log_rotation {
+            let word = match r {
+                LogRotation::Never => "never",
+                LogRotation::Hourly => "hourly",
+                LogRotation::Daily => "daily",
+            };
+            v.extend(["--log-rotation".to_owned(), word.to_owned()]);
+        }
+        if let Some(k) = log.log_keep {
+            v.extend(["--log-keep".to_owned(), k.to_string()]);
+        }
     }
     v
 }

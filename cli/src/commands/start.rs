@@ -28,6 +28,10 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let identity = keys::load_private(&key_path, "client")?;
     let name = tunnel_name(&a, bind);
+    let metrics_bind = match &a.metrics_bind {
+        Some(m) => Some(listen_addr("--metrics-bind", m)?),
+        None => None,
+    };
     ensure_name_free(home, &name)?;
     if !a.foreground {
         return background(home, &name);
@@ -55,6 +59,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         digest: String::new(),
         log_file: a.detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: secs(a.drain_timeout),
+        metrics_bind,
     };
     foreground(settings, registration, a.detached)
 }
@@ -81,6 +86,11 @@ pub(crate) fn foreground(
             "tunnel {name:?} listening on {addr} (id {}, {workers} workers, {engine})",
             process.id()
         ));
+        if let Some(m) = process.metrics_addr() {
+            say(format_args!(
+                "tunnel {name:?} serves metrics at http://{m}/metrics"
+            ));
+        }
         let announcer = tokio::spawn(announce(name, router, status));
         let res = process.run(shutdown_signal()).await;
         announcer.abort();
@@ -207,6 +217,9 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     if a.engine.io_engine != Engine::Auto {
         args.extend(["--io-engine".to_owned(), a.engine.io_engine.to_string()]);
+    }
+    if let Some(m) = &a.metrics_bind {
+        args.extend(["--metrics-bind".to_owned(), m.clone()]);
     }
     args.extend(log_flags(log));
     service::emit(

@@ -81,6 +81,7 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         digest: t.digest(),
         log_file: detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: t.performance.drain_timeout(),
+        metrics_bind: None,
     };
     foreground(t.settings(identity), registration, detached)
 }

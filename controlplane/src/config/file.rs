@@ -41,6 +41,15 @@ impl FileDoc {
         Self::parse(path, &text)
     }
 
+    /// No file: every key keeps its default unless the environment or a flag sets it.
+    pub(crate) fn empty() -> Self {
+        Self {
+            path: PathBuf::new(),
+            table: toml::Table::new(),
+            lines: HashMap::new(),
+        }
+    }
+
     /// Parses `text`, the contents of `path`.
     pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, Report> {
         let (doc, mut errors) = DeTable::parse_recoverable(text);

@@ -13,8 +13,9 @@ use super::schema::{Key, Kind, Schema, Section, closest, type_of};
 use super::{Origin, Origins, Problem, Report, Role, Sources};
 
 /// A value given on the command line: `key` is `section.key`, `flag` what the user typed
-/// (`--set`, `--router-host`), shown as the value's origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (`--set`, `--router-host`), shown as the value's origin. `Debug` prints the value of
+/// a secret key (a token, a webhook URL) as `***`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Override {
     /// `section.key`, e.g. `router.port`.
     pub key: String,
@@ -24,7 +25,34 @@ pub struct Override {
     pub flag: String,
 }
 
+impl std::fmt::Debug for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = self.key.split_once('.').is_some_and(|(s, k)| {
+            [Role::Client, Role::Router].iter().any(|r| {
+                Schema::of(*r)
+                    .section(s)
+                    .and_then(|sec| sec.key(k))
+                    .is_some_and(|key| key.secret)
+            })
+        });
+        f.debug_struct("Override")
+            .field("key", &self.key)
+            .field("value", if secret { &"***" } else { &self.value })
+            .field("flag", &self.flag)
+            .finish()
+    }
+}
+
 impl Override {
+    /// A value a named flag sets (`--api-bind` sets `api.bind`).
+    pub fn flag(flag: &str, key: &str, value: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: value.into(),
+            flag: flag.to_owned(),
+        }
+    }
+
     /// Parses `--set section.key=value`.
     pub fn parse_set(text: &str) -> Result<Self, String> {
         match text.split_once('=') {
@@ -47,7 +75,11 @@ pub(crate) fn resolve<T: DeserializeOwned>(
     role: Role,
     sources: &Sources,
 ) -> Result<(T, Origins, Report), Report> {
-    let doc = FileDoc::read(&sources.file)?;
+    let doc = if sources.file.as_os_str().is_empty() {
+        FileDoc::empty()
+    } else {
+        FileDoc::read(&sources.file)?
+    };
     let schema = Schema::of(role);
     let mut m = Merge {
         role,
@@ -400,6 +432,16 @@ impl Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_overrides_print_masked() {
+        let o = Override::flag("--api-token", "api.token", "hunter2");
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+        let o = Override::flag("--api-bind", "api.bind", "127.0.0.1:1");
+        assert!(format!("{o:?}").contains("127.0.0.1:1"));
+    }
 
     #[test]
     fn set_flags_parse() {

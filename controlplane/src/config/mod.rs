@@ -35,6 +35,7 @@ mod env;
 mod file;
 mod layers;
 mod model;
+mod ops;
 mod plan;
 mod schema;
 mod show;
@@ -47,8 +48,9 @@ use std::path::{Path, PathBuf};
 pub use env::Env;
 pub use layers::Override;
 pub use model::{
-    Config, IoEngine, LogFormat, LogLevel, LoggingConfig, OptimizeFor, PerformanceConfig, Protocol,
-    RouterConfig, RouterPeer, RouterServer, Security, TransportKind, TunnelConfig,
+    AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LogFormat, LogLevel, LogRotation,
+    LoggingConfig, OptimizeFor, PerformanceConfig, Protocol, RouterConfig, RouterPeer,
+    RouterServer, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;
@@ -226,7 +228,8 @@ impl Report {
 /// directory that default key paths live in.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    /// The configuration file, as the user named it.
+    /// The configuration file, as the user named it; an empty path reads no file (a
+    /// router run from its flags and the environment alone).
     pub file: PathBuf,
     /// The `CONDUIT_*` variables.
     pub env: Env,

@@ -112,13 +112,23 @@ pub struct TunnelConfig {
     pub protocol: Protocol,
 }
 
-/// A router's file: where it listens, whom it admits, what they may open.
+/// A router's file: where it listens, whom it admits, what they may open, and how it
+/// is operated (API, health checks, alerts).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// `[router]`.
     #[serde(default)]
     pub router: RouterServer,
+    /// `[api]`: the REST API and `/metrics`.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// `[health]`: source probes and client-link timeout.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// `[alerts]`: webhooks.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// `[performance]`.
     #[serde(default)]
     pub performance: PerformanceConfig,
@@ -154,6 +164,103 @@ impl Default for RouterServer {
             authorized_keys: None,
             allow: Vec::new(),
             token: None,
+        }
+    }
+}
+
+/// A router's `[api]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API (`--api`, or implied by `--api-bind`).
+    pub enabled: bool,
+    /// Where it listens (default `127.0.0.1:9990`, loopback).
+    pub bind: String,
+    /// The bearer token every request must carry.
+    #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Require the token; `false` is accepted only for a loopback `bind`.
+    pub auth: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: "127.0.0.1:9990".into(),
+            token: None,
+            auth: true,
+        }
+    }
+}
+
+/// A router's `[health]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Seconds between probes of each source in use.
+    pub interval_secs: u64,
+    /// Seconds one probe (resolve + TCP connect) may take.
+    pub timeout_secs: u64,
+    /// Failed probes in a row that make a source down.
+    pub failures: u64,
+    /// Successful probes in a row that make a down source up.
+    pub successes: u64,
+    /// A source opened within this many seconds is probed.
+    pub recent_secs: u64,
+    /// Sources probed even when no client uses them.
+    pub sources: Vec<String>,
+    /// Seconds of silence (no heartbeat) after which a client link is lost.
+    pub client_timeout_secs: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 5,
+            timeout_secs: 2,
+            failures: 2,
+            successes: 2,
+            recent_secs: 600,
+            sources: Vec::new(),
+            client_timeout_secs: 20,
+        }
+    }
+}
+
+/// A router's `[alerts]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// A generic JSON webhook URL (it may carry a token: a secret).
+    #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Secret>,
+    /// A Slack incoming-webhook URL (a secret).
+    #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
+    pub slack: Option<Secret>,
+    /// Retries after a failed delivery.
+    pub retries: u64,
+    /// Seconds one delivery attempt may take.
+    pub timeout_secs: u64,
+    /// Seconds over which state changes are counted for flapping.
+    pub flap_window_secs: u64,
+    /// More changes than this within the window is flapping: alerts pause.
+    pub flap_changes: u64,
+    /// How alerts name this router (default: the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            slack: None,
+            retries: 3,
+            timeout_secs: 5,
+            flap_window_secs: 600,
+            flap_changes: 4,
+            name: None,
         }
     }
 }
@@ -254,7 +361,7 @@ impl PerformanceConfig {
 }
 
 /// `[logging]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoggingConfig {
     /// The level.
@@ -264,6 +371,22 @@ pub struct LoggingConfig {
     /// A file to log to instead of stderr.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// When the file is rotated.
+    pub rotation: LogRotation,
+    /// Rotated files kept (0: all).
+    pub keep: usize,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::default(),
+            format: LogFormat::default(),
+            file: None,
+            rotation: LogRotation::default(),
+            keep: 7,
+        }
+    }
 }
 
 /// `as_str` and `Display` with the words the file uses (the serde names).
@@ -289,6 +412,20 @@ words!(OptimizeFor { Throughput = "throughput", Latency = "latency", Balanced = 
 words!(Protocol { Tcp = "tcp", Udp = "udp" });
 words!(LogLevel { Error = "error", Warn = "warn", Info = "info", Debug = "debug", Trace = "trace" });
 words!(LogFormat { Text = "text", Json = "json" });
+words!(LogRotation { Never = "never", Hourly = "hourly", Daily = "daily" });
+
+/// When a log file is rotated (a new file named `FILE.YYYY-MM-DD[-HH]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    /// One file.
+    #[default]
+    Never,
+    /// A new file every hour.
+    Hourly,
+    /// A new file every day.
+    Daily,
+}
 
 /// The I/O engine a data plane runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -165,6 +165,8 @@ const LOGGING: Section = Section {
         ),
         key("format", Kind::Choice(&["text", "json"])),
         key("file", Kind::Path),
+        key("rotation", Kind::Choice(&["never", "hourly", "daily"])),
+        key("keep", Kind::Int { min: 0, max: 10000 }),
     ],
 };
 
@@ -209,6 +211,45 @@ static ROUTER: Schema = Schema {
                 key("authorized_keys", Kind::Path),
                 key("allow", Kind::List),
                 key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),
+            ],
+        },
+        Section {
+            name: "api",
+            keys: &[
+                key("enabled", Kind::Bool),
+                key("bind", Kind::Str),
+                key("token", Kind::Str).secret(),
+                key("auth", Kind::Bool),
+            ],
+        },
+        Section {
+            name: "health",
+            keys: &[
+                key("interval_secs", SECS),
+                key("timeout_secs", SECS),
+                key("failures", Kind::Int { min: 1, max: 100 }),
+                key("successes", Kind::Int { min: 1, max: 100 }),
+                key(
+                    "recent_secs",
+                    Kind::Int {
+                        min: 1,
+                        max: 86400 * 30,
+                    },
+                ),
+                key("sources", Kind::List),
+                key("client_timeout_secs", SECS),
+            ],
+        },
+        Section {
+            name: "alerts",
+            keys: &[
+                key("webhook", Kind::Str).secret(),
+                key("slack", Kind::Str).secret(),
+                key("retries", Kind::Int { min: 0, max: 20 }),
+                key("timeout_secs", SECS),
+                key("flap_window_secs", Kind::Int { min: 1, max: 86400 }),
+                key("flap_changes", Kind::Int { min: 1, max: 1000 }),
+                key("name", Kind::Str),
             ],
         },
         PERFORMANCE,

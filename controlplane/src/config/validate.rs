@@ -15,7 +15,10 @@ use std::str::FromStr;
 
 use conduit_proto::PublicKey;
 
-use super::model::{Config, LoggingConfig, PerformanceConfig, Protocol, RouterConfig};
+use super::model::{
+    AlertsConfig, ApiConfig, Config, HealthConfig, LoggingConfig, PerformanceConfig, Protocol,
+    RouterConfig,
+};
 use super::{Origin, Origins, Problem};
 use crate::keys;
 use crate::policy::Rule;
@@ -87,7 +90,7 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
                 "router.authorized_keys",
                 format!(
                     "{} lists no client keys: every client will be refused; add one client \
-                     public key per line",
+ public key per line",
                     p.display()
                 ),
             ),
@@ -107,13 +110,98 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         out.warn(
             "router.allow",
             "no rule: clients can connect but may open no source; add rules such as \
-             allow = [\"10.2.0.2:8080\"]",
+ allow = [\"10.2.0.2:8080\"]",
         );
     }
     token_file(r.token.is_some(), "router.token", &mut out);
+    api(&c.api, &mut out);
+    health(&c.health, &mut out);
+    alerts(&c.alerts, &mut out);
     performance(&c.performance, &mut out);
     logging(&c.logging, &mut out);
     out.list
+}
+
+fn api(a: &ApiConfig, out: &mut Out<'_>) {
+    token_file(a.token.is_some(), "api.token", out);
+    let addr = match bind_addr(&a.bind) {
+        Ok(addr) => addr,
+        Err(e) => {
+            out.error("api.bind", e);
+            return;
+        }
+    };
+    if !a.enabled {
+        return;
+    }
+    if !a.auth && !addr.ip().is_loopback() {
+        out.error(
+ "api.auth",
+ format!(
+ "the API may run without a token only on a loopback address, and api.bind is {addr}; bind it to 127.0.0.1 (or ::1), or set a token (--api-token, CONDUIT_API_TOKEN)"
+ ),
+        );
+    } else if a.auth && a.token.is_none() {
+        out.error(
+ "api.token",
+ "the API is on and needs a token: pass --api-token TOKEN, set CONDUIT_API_TOKEN, or add token under [api]; to run it without one on a loopback address, pass --api-no-auth (api.auth = false)",
+        );
+    }
+}
+
+fn health(h: &HealthConfig, out: &mut Out<'_>) {
+    for (i, src) in h.sources.iter().enumerate() {
+        if let Err(e) = source_addr(src) {
+            out.push(
+                Problem::error(format!("health.sources[{i}]"), e),
+                "health.sources",
+            );
+        }
+    }
+    if h.timeout_secs >= h.interval_secs {
+        out.warn(
+ "health.timeout_secs",
+ format!(
+ "{}s is not shorter than interval_secs ({}s): a source that hangs is probed less often than configured; use a shorter timeout",
+ h.timeout_secs, h.interval_secs
+ ),
+        );
+    }
+    let worst = h.interval_secs * h.failures + h.timeout_secs;
+    if worst > 30 {
+        out.warn(
+ "health.interval_secs",
+ format!(
+ "a source that goes down is reported only after up to {worst}s (interval_secs × failures + timeout_secs); the defaults report within 30s"
+ ),
+        );
+    }
+}
+
+fn alerts(a: &AlertsConfig, out: &mut Out<'_>) {
+    for (path, url) in [("alerts.webhook", &a.webhook), ("alerts.slack", &a.slack)] {
+        let Some(url) = url else { continue };
+        token_file(true, path, out);
+        if let Err(e) = webhook_url(url.expose()) {
+            out.error(path, e);
+        }
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+pub(crate) fn webhook_url(u: &str) -> Result<(), String> {
+    let ok = u
+        .parse::<hyper::Uri>()
+        .ok()
+        .filter(|uri| matches!(uri.scheme_str(), Some("http" | "https")))
+        .and_then(|uri| uri.host().map(|h| !h.is_empty()))
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        // The URL itself is not repeated: it may hold a token.
+        Err("not an http:// or https:// URL with a host; give the full webhook URL".into())
+    }
 }
 
 fn tunnels(c: &Config, out: &mut Out<'_>) {
@@ -129,7 +217,7 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                     &path("name"),
                     format!(
                         "{name:?} is already the name of tunnels[{first}]; give each tunnel its \
-                         own name"
+ own name"
                     ),
                 );
             } else {
@@ -165,7 +253,7 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 &path("bind"),
                 format!(
                     "{addr} is also the bind of tunnels[{j}]; two tunnels cannot listen on one \
-                     address: give one of them another port"
+ address: give one of them another port"
                 ),
             ),
             Some((j, other, _)) => {
@@ -178,7 +266,7 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                     &path("bind"),
                     format!(
                         "{addr} conflicts with tunnels[{j}].bind {other} ({} listens on every \
-                         local address); give one of them another port",
+ local address); give one of them another port",
                         any.ip()
                     ),
                 );
@@ -195,7 +283,7 @@ fn performance(p: &PerformanceConfig, out: &mut Out<'_>) {
             "performance.burst_bandwidth_limit",
             format!(
                 "{burst} is below default_bandwidth_limit ({limit}); a burst must allow at \
-                 least the steady rate (or be 0 for the same)"
+ least the steady rate (or be 0 for the same)"
             ),
         );
     }
@@ -203,7 +291,7 @@ fn performance(p: &PerformanceConfig, out: &mut Out<'_>) {
         out.warn(
             "performance.io_engine",
             "io_uring is not usable on this machine (old kernel, or blocked by seccomp): \
-             tunnels would fail to start here; use \"auto\" or \"epoll\"",
+ tunnels would fail to start here; use \"auto\" or \"epoll\"",
         );
     }
 }
@@ -243,7 +331,7 @@ fn token_file(has_token: bool, path: &str, out: &mut Out<'_>) {
                 path,
                 format!(
                     "{} holds a secret and is readable by group or others (mode {mode:04o}); \
-                     run `chmod 600 {}` or pass the token in {env}",
+ run `chmod 600 {}` or pass the token in {env}",
                     file.display(),
                     file.display()
                 ),
@@ -276,7 +364,7 @@ pub(crate) fn router_host(host: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{host:?} is not a host name or IP address; use something like 10.2.0.1 or \
-             router.internal"
+ router.internal"
         ))
     }
 }
@@ -298,7 +386,7 @@ pub(crate) fn source_addr(s: &str) -> Result<(), String> {
     let bad = || {
         format!(
             "{s:?} is not HOST:PORT; use the address the router reaches the service at, such \
-             as 10.2.0.2:8080 or db.internal:5432"
+ as 10.2.0.2:8080 or db.internal:5432"
         )
     };
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
@@ -321,7 +409,7 @@ pub(crate) fn bind_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         format!(
             "{s:?} is not ADDR:PORT; use a local IP address and a port such as 0.0.0.0:8080, \
-             127.0.0.1:8080 or [::]:8080"
+ 127.0.0.1:8080 or [::]:8080"
         )
     })
 }
@@ -352,7 +440,7 @@ fn tunnel_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{name:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.' (not \
-             starting with '.')"
+ starting with '.')"
         ))
     }
 }
@@ -367,7 +455,7 @@ pub(crate) fn public_key(spec: &str) -> Result<PublicKey, String> {
     if !Path::new(spec).exists() {
         return Err(format!(
             "no file at {spec}: give the router's public key (ed25519:…, as the router's \
-             `conduit init` printed) or the path of its .pub file"
+ `conduit init` printed) or the path of its .pub file"
         ));
     }
     keys::load_public(spec, "public key").map_err(|e| e.to_string())
@@ -377,7 +465,7 @@ fn private_key(p: &Path, name: &str, key: &str) -> Result<(), String> {
     if !p.exists() {
         return Err(format!(
             "no private key at {}: create one with `conduit init --name {name}` (it writes \
-             $CONDUIT_HOME/keys/{name}.key) or set {key} to an existing key",
+ $CONDUIT_HOME/keys/{name}.key) or set {key} to an existing key",
             p.display()
         ));
     }
@@ -390,7 +478,7 @@ fn authorized(p: &Path) -> Result<usize, String> {
     if !p.exists() {
         return Err(format!(
             "no authorized clients file at {}: create it with one client public key per line \
-             (what `conduit init` printed on each client), or set router.authorized_keys",
+ (what `conduit init` printed on each client), or set router.authorized_keys",
             p.display()
         ));
     }

@@ -12,4 +12,4 @@ pub mod pb {
 }
 
 pub use client::{Control, connect};
-pub use server::{ControlState, TunnelFacts, serve};
+pub use server::{ControlState, TunnelFacts, serve, serve_metrics};

@@ -15,6 +15,7 @@ use tracing::warn;
 use super::pb;
 use super::pb::tunnel_control_server::{TunnelControl, TunnelControlServer};
 use crate::client::LinkStatus;
+use crate::metrics::{self, Counters};
 use crate::{Error, Home};
 
 /// What never changes about a tunnel process.
@@ -51,9 +52,17 @@ pub struct ControlState {
     pub shutdown: Arc<watch::Sender<Option<Duration>>>,
     /// Drain deadline when a request names none.
     pub default_drain: Duration,
+    /// Handshakes and set-up errors of the channels to the router.
+    pub counters: Arc<Counters>,
 }
 
 impl ControlState {
+    /// The tunnel's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let up = matches!(*self.link.borrow(), LinkStatus::Connected { .. });
+        metrics::render_tunnel(&self.facts.name, &self.dp.totals(), up, &self.counters)
+    }
+
     /// The registry status word for the current state.
     pub fn status_word(&self) -> &'static str {
         if self.shutdown.borrow().is_some() {
@@ -197,31 +206,7 @@ impl TunnelControl for ControlState {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let name = &self.facts.name;
-        let prometheus = format!(
-            "# HELP conduit_connections_total User connections accepted.\n\
-             # TYPE conduit_connections_total counter\n\
-             conduit_connections_total{{tunnel=\"{name}\"}} {}\n\
-             # HELP conduit_connection_errors_total User connections that ended in an error.\n\
-             # TYPE conduit_connection_errors_total counter\n\
-             conduit_connection_errors_total{{tunnel=\"{name}\"}} {}\n\
-             # HELP conduit_active_connections User connections open now.\n\
-             # TYPE conduit_active_connections gauge\n\
-             conduit_active_connections{{tunnel=\"{name}\"}} {}\n\
-             # HELP conduit_bytes_transferred_total Payload bytes, by direction.\n\
-             # TYPE conduit_bytes_transferred_total counter\n\
-             conduit_bytes_transferred_total{{tunnel=\"{name}\",direction=\"in\"}} {}\n\
-             conduit_bytes_transferred_total{{tunnel=\"{name}\",direction=\"out\"}} {}\n\
-             # HELP conduit_router_link_up 1 when the control channel to the router is up.\n\
-             # TYPE conduit_router_link_up gauge\n\
-             conduit_router_link_up{{tunnel=\"{name}\"}} {}\n",
-            t.opened,
-            t.failed,
-            t.active,
-            t.bytes_up,
-            t.bytes_down,
-            u64::from(up)
-        );
+        let prometheus = self.metrics_text();
         Ok(Response::new(pb::MetricsResponse {
             counters,
             prometheus,
@@ -236,6 +221,36 @@ impl TunnelControl for ControlState {
         let found = self.dp.connections().await.iter().any(|c| c.id == id) && self.dp.kill(id);
         Ok(Response::new(pb::KillConnectionResponse { found }))
     }
+}
+
+/// Serves `GET /metrics` (the Prometheus text format) on `listener` until `stop`
+/// completes. Read-only and without a token: the operator chooses where it listens.
+pub fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: ControlState,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move {
+                (
+                    [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                    state.metrics_text(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            warn!("the metrics server stopped: {e}");
+        }
+    })
 }
 
 /// Serves the control API on `socket` until `stop` completes; the socket file is

@@ -1,0 +1,89 @@
+//! Calls to a router's REST API (`conduit stats --router`, `conduit health --router`).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use conduit_controlplane::Error;
+use conduit_controlplane::http::{Answer, HttpClient, Method};
+use serde_json::Value;
+
+use crate::args::ApiClientArgs;
+use crate::exit::Usage;
+
+/// The router's base URL, `http://` added when no scheme is given.
+pub(crate) fn base(router: &str) -> String {
+    let r = router.trim_end_matches('/');
+    if r.contains("://") {
+        r.to_owned()
+    } else {
+        format!("http://{r}")
+    }
+}
+
+/// The `--router` value, or a usage error.
+fn router(api: &ApiClientArgs) -> Result<&str> {
+    api.router
+        .as_deref()
+        .ok_or_else(|| Usage("--router URL is required here".into()).into())
+}
+
+async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
+    let router = router(api)?;
+    let client = HttpClient::new(Duration::from_secs(5)).map_err(Error::Config)?;
+    let auth = api
+        .api_token
+        .as_ref()
+        .map(|t| format!("Bearer {}", t.expose()));
+    let mut headers = vec![("accept", accept)];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let url = format!("{}{path}", base(router));
+    let answer = client
+        .send(Method::GET, &url, &headers, None, Duration::from_secs(10))
+        .await
+        .map_err(|e| Error::Network {
+            what: format!("cannot reach the router's API at {}", base(router)),
+            source: std::io::Error::other(e),
+        })?;
+    Ok(answer)
+}
+
+/// The envelope's `data`, or its error as ours (401 is an authentication error).
+fn unwrap(a: &Answer, router: &str) -> Result<Value> {
+    let v: Value = serde_json::from_slice(&a.body).map_err(|_| {
+        Error::Protocol(format!(
+            "{} answered {} with something that is not Conduit's JSON envelope; is it a \
+             Conduit router's API?",
+            base(router),
+            a.status
+        ))
+    })?;
+    if v["success"] == Value::Bool(true) {
+        return Ok(v["data"].clone());
+    }
+    let message = v["error"]["message"].as_str().unwrap_or("no message");
+    if a.status.as_u16() == 401 {
+        return Err(Error::Authentication(format!(
+            "the router's API refused the request: {message} (pass --api-token or set \
+             CONDUIT_API_TOKEN)"
+        ))
+        .into());
+    }
+    Err(Error::Protocol(format!("the router's API answered {}: {message}", a.status)).into())
+}
+
+/// GETs `path` (under `/api/v1`) and returns the envelope's `data`.
+pub(crate) async fn data(api: &ApiClientArgs, path: &str) -> Result<Value> {
+    let a = get(api, path, "application/json").await?;
+    unwrap(&a, router(api)?)
+}
+
+/// GETs the router's metrics text.
+pub(crate) async fn metrics(api: &ApiClientArgs) -> Result<String> {
+    let a = get(api, "/api/v1/metrics", "text/plain").await?;
+    if a.status.is_success() {
+        return Ok(String::from_utf8_lossy(&a.body).into_owned());
+    }
+    unwrap(&a, router(api)?).map(|_| String::new())
+}

@@ -1,0 +1,124 @@
+//! `conduit health`: are the tunnels here linked to their routers, or (with
+//! `--router`) is a router's every source up and every client link present? Exits 1
+//! when something is down, so scripts and probes can use it.
+
+use anyhow::Result;
+use conduit_controlplane::Home;
+use serde_json::{Value, json};
+
+use super::tunnels::survey;
+use super::{api_client, runtime, say};
+use crate::args::{HealthArgs, OutputFormat};
+
+/// Something is down: exit 1 with this summary.
+#[derive(Debug)]
+pub(crate) struct Unhealthy(pub(crate) String);
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unhealthy {}
+
+pub(crate) fn run(home: &Home, a: &HealthArgs) -> Result<()> {
+    let rt = runtime(1)?;
+    if a.api.router.is_some() {
+        return rt.block_on(router(a));
+    }
+    rt.block_on(local(home, a))
+}
+
+async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
+    let seen = survey(home, false).await;
+    let mut rows = Vec::new();
+    let mut down = Vec::new();
+    for s in &seen {
+        let (state, detail) = match &s.status {
+            Ok(st) => {
+                let l = st.link.clone().unwrap_or_default();
+                (l.state, l.detail)
+            }
+            Err(e) => ("unreachable".to_owned(), e.clone()),
+        };
+        if state != "connected" {
+            down.push(format!("{} ({state})", s.entry.name));
+        }
+        rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
+                         "router": s.entry.config.router, "link": state, "detail": detail}));
+    }
+    if a.format == OutputFormat::Json {
+        say(serde_json::to_string_pretty(&json!({
+            "status": if down.is_empty() { "ok" } else { "degraded" },
+            "tunnels": rows,
+        }))?);
+    } else if rows.is_empty() {
+        say("no tunnels running");
+    } else {
+        for r in &rows {
+            let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+            say(format_args!(
+                "{}: router {} link {}{}",
+                r["name"].as_str().unwrap_or("?"),
+                r["router"].as_str().unwrap_or("?"),
+                r["link"].as_str().unwrap_or("?"),
+                detail.map(|d| format!(" ({d})")).unwrap_or_default()
+            ));
+        }
+    }
+    verdict(&down)
+}
+
+async fn router(a: &HealthArgs) -> Result<()> {
+    let d = api_client::data(&a.api, "/api/v1/health").await?;
+    let sources = d["sources"].as_array().cloned().unwrap_or_default();
+    let mut down: Vec<String> = sources
+        .iter()
+        .filter(|s| s["state"] == "down")
+        .map(|s| format!("source {}", s["target"].as_str().unwrap_or("?")))
+        .collect();
+    let lost = d["checks"]["client_links"]["lost"].as_u64().unwrap_or(0);
+    if lost > 0 {
+        down.push(format!("{lost} client link(s) lost"));
+    }
+    if a.format == OutputFormat::Json {
+        say(serde_json::to_string_pretty(&d)?);
+    } else {
+        let c = &d["checks"];
+        say(format_args!(
+            "router: {} (up {}s); sources {} up, {} down, {} unknown; client links {} connected, {} lost",
+            d["status"].as_str().unwrap_or("?"),
+            d["uptime_secs"],
+            c["sources"]["up"],
+            c["sources"]["down"],
+            c["sources"]["unknown"],
+            c["client_links"]["connected"],
+            lost
+        ));
+        for s in &sources {
+            say(format_args!(
+                "  source {}: {}{}",
+                s["target"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                error_of(s)
+            ));
+        }
+    }
+    verdict(&down)
+}
+
+fn error_of(s: &Value) -> String {
+    s["last_error"]
+        .as_str()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default()
+}
+
+fn verdict(down: &[String]) -> Result<()> {
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(Unhealthy(format!("unhealthy: {}", down.join(", "))).into())
+    }
+}

@@ -1,0 +1,190 @@
+//! `conduit stats`: traffic of the tunnels on this machine (through each one's control
+//! API), or, with `--router`, of a router's clients (through its REST API).
+
+use anyhow::Result;
+use conduit_controlplane::Home;
+use conduit_controlplane::control::{self, pb};
+use serde_json::{Value, json};
+
+use super::tunnels::{bytes, survey};
+use super::{api_client, runtime, say};
+use crate::args::{StatsArgs, StatsFormat};
+
+pub(crate) fn run(home: &Home, a: &StatsArgs) -> Result<()> {
+    let rt = runtime(1)?;
+    if a.api.router.is_some() {
+        return rt.block_on(router(a));
+    }
+    rt.block_on(local(home, a))
+}
+
+async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
+    let seen = survey(home, false).await;
+    if a.format == StatsFormat::Prometheus {
+        let mut texts = Vec::new();
+        for s in &seen {
+            if let Ok(mut c) = control::connect(&s.entry.control_socket).await {
+                if let Ok(m) = c.get_metrics(pb::MetricsRequest {}).await {
+                    texts.push(m.into_inner().prometheus);
+                }
+            }
+        }
+        print!("{}", merge_expositions(&texts));
+        return Ok(());
+    }
+    let rows: Vec<Value> = seen
+        .iter()
+        .map(|s| match &s.status {
+            Ok(st) => {
+                let t = st.tunnel.clone().unwrap_or_default();
+                json!({"id": s.entry.tunnel_id, "name": s.entry.name,
+                       "bytes": {"in": st.bytes_in, "out": st.bytes_out},
+                       "connections": {"active": t.active_connections, "total": st.connections_total,
+                                       "failed": st.connections_failed}})
+            }
+            Err(e) => json!({"id": s.entry.tunnel_id, "name": s.entry.name, "error": e}),
+        })
+        .collect();
+    if a.format == StatsFormat::Json {
+        say(serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        say("no tunnels running");
+        return Ok(());
+    }
+    table("TUNNEL", &rows);
+    Ok(())
+}
+
+async fn router(a: &StatsArgs) -> Result<()> {
+    if a.format == StatsFormat::Prometheus {
+        print!("{}", api_client::metrics(&a.api).await?);
+        return Ok(());
+    }
+    let d = api_client::data(&a.api, "/api/v1/stats/traffic?per_page=500").await?;
+    if a.format == StatsFormat::Json {
+        say(serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    say(format_args!(
+        "router: in {}  out {}  connections {} open, {} total, {} failed",
+        bytes(d["bytes"]["in"].as_u64().unwrap_or(0)),
+        bytes(d["bytes"]["out"].as_u64().unwrap_or(0)),
+        d["connections"]["active"],
+        d["connections"]["total"],
+        d["connections"]["failed"],
+    ));
+    let items = d["items"].as_array().cloned().unwrap_or_default();
+    if !items.is_empty() {
+        table("CLIENT", &items);
+    }
+    Ok(())
+}
+
+/// One line per row: name, bytes in/out, connections.
+fn table(what: &str, rows: &[Value]) {
+    let mut lines = vec![
+        [what, "IN", "OUT", "OPEN", "TOTAL", "FAILED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in rows {
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let name = r["name"].as_str().filter(|s| !s.is_empty());
+        let name = name.or(r["id"].as_str()).unwrap_or("?").to_owned();
+        if let Some(e) = r["error"].as_str() {
+            lines.push(vec![name, format!("unreachable: {e}")]);
+            continue;
+        }
+        lines.push(vec![
+            name,
+            bytes(n(&r["bytes"]["in"])),
+            bytes(n(&r["bytes"]["out"])),
+            n(&r["connections"]["active"]).to_string(),
+            n(&r["connections"]["total"]).to_string(),
+            n(&r["connections"]["failed"]).to_string(),
+        ]);
+    }
+    let cols = lines[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            lines
+                .iter()
+                .filter_map(|l| l.get(i))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        say(cells.join("  ").trim_end());
+    }
+}
+
+/// Several expositions as one: each family's `# HELP`/`# TYPE` once, its samples from
+/// every text together (a scraper refuses a family declared twice).
+pub(crate) fn merge_expositions(texts: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut families: std::collections::HashMap<String, (Vec<String>, Vec<String>)> =
+        std::collections::HashMap::new();
+    for t in texts {
+        let mut current = String::new();
+        for line in t.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or(line.strip_prefix("# TYPE "))
+            {
+                current = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let f = families.entry(current.clone()).or_insert_with(|| {
+                    order.push(current.clone());
+                    Default::default()
+                });
+                if !f.0.iter().any(|l| l == line) {
+                    f.0.push(line.to_owned());
+                }
+            } else if !line.is_empty() {
+                families
+                    .entry(current.clone())
+                    .or_default()
+                    .1
+                    .push(line.to_owned());
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        if let Some((head, samples)) = families.get(&name) {
+            for l in head.iter().chain(samples) {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_expositions_declare_each_family_once() {
+        let a = "# HELP x X.\n# TYPE x counter\nx{tunnel=\"a\"} 1\n# HELP y Y.\n# TYPE y gauge\ny{tunnel=\"a\"} 0\n";
+        let b = a.replace("\"a\"", "\"b\"");
+        assert_eq!(
+            merge_expositions(&[a.to_owned(), b]),
+            "# HELP x X.\n# TYPE x counter\nx{tunnel=\"a\"} 1\nx{tunnel=\"b\"} 1\n\
+             # HELP y Y.\n# TYPE y gauge\ny{tunnel=\"a\"} 0\ny{tunnel=\"b\"} 0\n"
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! Alerts: when a source goes down or comes back, or a client link is lost or back,
+//! the router tells the operator through a generic JSON webhook and/or a Slack incoming
+//! webhook.
+//!
+//! ```text
+//!  monitor ── Alert ──▶ FlapGuard ──▶ Alerter::send ──▶ per-sink queue ──▶ task: POST, retry
+//!                                       (try_send: never waits)          with back-off, log
+//! ```
+//!
+//! Each sink has its own task and bounded queue, so a receiver that is down or slow
+//! delays only its own later alerts (in order), never the monitor, another sink, or
+//! any traffic. A full queue drops the alert with a warning. Failures are logged with
+//! the URL cut to scheme and host: webhook URLs carry their token.
+
+mod deliver;
+mod flap;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
+
+use conduit_proto::Secret;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+pub use flap::{FlapGuard, FlapSettings};
+
+use crate::http::{HttpClient, redact};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A source stopped accepting connections.
+    SourceDown,
+    /// It accepts them again.
+    SourceUp,
+    /// A client link ended without a goodbye.
+    ClientLost,
+    /// A lost client link is back.
+    ClientBack,
+    /// A subject changes state too often; its alerts are paused.
+    Flapping,
+}
+
+impl Event {
+    /// The `event` field of the webhook payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::SourceDown => "source_down",
+            Event::SourceUp => "source_up",
+            Event::ClientLost => "client_lost",
+            Event::ClientBack => "client_back",
+            Event::Flapping => "flapping",
+        }
+    }
+
+    /// The state it leaves the subject in.
+    pub fn state_word(self) -> &'static str {
+        match self {
+            Event::SourceDown => "down",
+            Event::SourceUp => "up",
+            Event::ClientLost => "lost",
+            Event::ClientBack => "connected",
+            Event::Flapping => "flapping",
+        }
+    }
+
+    fn severity(self) -> &'static str {
+        match self {
+            Event::SourceDown | Event::ClientLost => "critical",
+            Event::Flapping => "warning",
+            Event::SourceUp | Event::ClientBack => "resolved",
+        }
+    }
+
+    fn emoji(self) -> &'static str {
+        match self {
+            Event::SourceDown | Event::ClientLost => ":red_circle:",
+            Event::Flapping => ":warning:",
+            Event::SourceUp | Event::ClientBack => ":large_green_circle:",
+        }
+    }
+}
+
+/// What it happened to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A source, as clients name it.
+    Source {
+        /// `host:port`.
+        target: String,
+    },
+    /// A client's tunnel link.
+    Client {
+        /// The client's id (see the API).
+        id: String,
+        /// Its name.
+        name: String,
+        /// The tunnel.
+        tunnel: String,
+    },
+}
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// What happened.
+    pub event: Event,
+    /// To what.
+    pub subject: Subject,
+    /// One sentence for people.
+    pub message: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+impl Alert {
+    /// The key flapping is tracked by.
+    pub fn subject_key(&self) -> String {
+        match &self.subject {
+            Subject::Source { target } => format!("source {target}"),
+            Subject::Client { id, tunnel, .. } => format!("client {id} {tunnel}"),
+        }
+    }
+
+    /// How the message names the subject.
+    pub fn subject_text(&self) -> String {
+        match &self.subject {
+            Subject::Source { target } => format!("source {target}"),
+            Subject::Client { name, tunnel, id } => {
+                let who = if name.is_empty() { id } else { name };
+                format!("client {who} (tunnel {tunnel})")
+            }
+        }
+    }
+
+    /// The same subject with another event and message.
+    pub fn derive(&self, event: Event, message: String) -> Alert {
+        Alert {
+            event,
+            subject: self.subject.clone(),
+            message,
+            at: self.at,
+        }
+    }
+
+    /// The generic webhook's JSON body.
+    pub fn webhook_json(&self, router: &str) -> serde_json::Value {
+        let subject = match &self.subject {
+            Subject::Source { target } => json!({"kind": "source", "target": target}),
+            Subject::Client { id, name, tunnel } => {
+                json!({"kind": "client", "id": id, "name": name, "tunnel": tunnel})
+            }
+        };
+        json!({
+            "event": self.event.as_str(),
+            "state": self.event.state_word(),
+            "severity": self.event.severity(),
+            "subject": subject,
+            "message": self.message,
+            "router": router,
+            "timestamp": humantime::format_rfc3339_seconds(self.at).to_string(),
+        })
+    }
+
+    /// The Slack incoming-webhook body.
+    pub fn slack_json(&self, router: &str) -> serde_json::Value {
+        json!({
+            "text": format!("{} *conduit router {router}*: {}", self.event.emoji(), self.message)
+        })
+    }
+}
+
+/// Where alerts go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    /// A generic JSON webhook.
+    pub webhook: Option<Secret>,
+    /// A Slack incoming webhook.
+    pub slack: Option<Secret>,
+    /// Retries after a failed attempt.
+    pub retries: u32,
+    /// Limit on one attempt.
+    pub timeout: Duration,
+    /// Wait before the first retry; doubled each time.
+    pub backoff: Duration,
+    /// Flapping suppression.
+    pub flap: FlapSettings,
+    /// How alerts name this router.
+    pub router_name: String,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            slack: None,
+            retries: 3,
+            timeout: Duration::from_secs(5),
+            backoff: Duration::from_millis(500),
+            flap: FlapSettings::default(),
+            router_name: String::new(),
+        }
+    }
+}
+
+/// The two payload formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// Generic JSON.
+    Webhook,
+    /// Slack incoming webhook.
+    Slack,
+}
+
+impl SinkKind {
+    /// The label metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Webhook => "webhook",
+            SinkKind::Slack => "slack",
+        }
+    }
+}
+
+/// Delivery counts of one sink.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Delivered (a 2xx answer).
+    pub sent: AtomicU64,
+    /// Given up after every retry.
+    pub failed: AtomicU64,
+    /// Dropped because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+struct Sink {
+    kind: SinkKind,
+    queue: mpsc::Sender<Alert>,
+    stats: Arc<SinkStats>,
+}
+
+/// The sending side of the alert sinks.
+pub struct Alerter {
+    sinks: Vec<Sink>,
+    /// Alerts held back as flapping.
+    pub suppressed: AtomicU64,
+}
+
+/// Alerts queued per sink at most.
+const QUEUE: usize = 256;
+
+impl Alerter {
+    /// Starts one delivery task per configured sink (none: alerts are only logged).
+    pub fn start(s: &AlertSettings) -> Result<Self, String> {
+        let mut sinks = Vec::new();
+        let configured = [(SinkKind::Webhook, &s.webhook), (SinkKind::Slack, &s.slack)];
+        if configured.iter().any(|(_, u)| u.is_some()) {
+            let client = HttpClient::new(s.timeout)?;
+            for (kind, url) in configured {
+                let Some(url) = url.clone() else { continue };
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let stats = Arc::new(SinkStats::default());
+                tokio::spawn(deliver::run(
+                    deliver::Target {
+                        kind,
+                        url,
+                        router: s.router_name.clone(),
+                        retries: s.retries,
+                        timeout: s.timeout,
+                        backoff: s.backoff,
+                    },
+                    client.clone(),
+                    rx,
+                    stats.clone(),
+                ));
+                sinks.push(Sink {
+                    kind,
+                    queue: tx,
+                    stats,
+                });
+            }
+        }
+        Ok(Self {
+            sinks,
+            suppressed: AtomicU64::new(0),
+        })
+    }
+
+    /// Queues `alert` for every sink; never waits.
+    pub fn send(&self, alert: &Alert) {
+        for sink in &self.sinks {
+            if sink.queue.try_send(alert.clone()).is_err() {
+                sink.stats.dropped.fetch_add(1, Relaxed);
+                warn!(
+                    sink = sink.kind.as_str(),
+                    "alert dropped: the {} queue is full (its receiver is down or slow): {}",
+                    sink.kind.as_str(),
+                    alert.message
+                );
+            }
+        }
+    }
+
+    /// Each configured sink's counts.
+    pub fn stats(&self) -> Vec<(SinkKind, &SinkStats)> {
+        self.sinks.iter().map(|s| (s.kind, &*s.stats)).collect()
+    }
+}
+
+/// A URL as it may appear in logs and `Debug` output.
+pub(crate) fn shown(url: &Secret) -> String {
+    redact(url.expose())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_have_the_documented_fields() {
+        let a = Alert {
+            event: Event::ClientLost,
+            subject: Subject::Client {
+                id: "0a0b".into(),
+                name: "laptop".into(),
+                tunnel: "web".into(),
+            },
+            message: "client laptop (tunnel web) lost: no heartbeat for 20s".into(),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        assert_eq!(
+            a.webhook_json("gw1"),
+            json!({
+                "event": "client_lost",
+                "state": "lost",
+                "severity": "critical",
+                "subject": {"kind": "client", "id": "0a0b", "name": "laptop", "tunnel": "web"},
+                "message": "client laptop (tunnel web) lost: no heartbeat for 20s",
+                "router": "gw1",
+                "timestamp": "2023-11-14T22:13:20Z",
+            })
+        );
+        assert_eq!(
+            a.slack_json("gw1"),
+            json!({"text": ":red_circle: *conduit router gw1*: client laptop (tunnel web) lost: no heartbeat for 20s"})
+        );
+        assert_eq!(a.subject_text(), "client laptop (tunnel web)");
+    }
+}

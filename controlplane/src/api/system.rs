@@ -1,0 +1,134 @@
+//! `/info`, `/health`, `/metrics`, the OpenAPI document, and the answer for unknown paths.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::ApiState;
+use super::envelope::{ApiError, Data};
+use crate::metrics::{self, CONTENT_TYPE, RouterInputs};
+use crate::monitor::{LinkState, SourceState};
+
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn uptime(s: &ApiState) -> u64 {
+    SystemTime::now()
+        .duration_since(s.facts.started)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) async fn info(State(s): State<Arc<ApiState>>) -> Data {
+    Data(json!({
+        "name": "conduit",
+        "version": s.facts.version,
+        "role": "router",
+        "listen": s.listen.to_string(),
+        "public_key": s.public_key.to_string(),
+        "io_engine": s.facts.engine,
+        "workers": s.facts.workers,
+        "pid": std::process::id(),
+        "started_at": rfc3339(s.facts.started),
+        "uptime_secs": uptime(&s),
+        "authorized_clients": s.authorized.len(),
+        "api": {"listen": s.api_listen.to_string(), "auth": s.auth},
+    }))
+}
+
+pub(crate) async fn health(State(s): State<Arc<ApiState>>) -> Data {
+    let view = s.monitor.view();
+    let count = |st: SourceState| view.sources.iter().filter(|v| v.state == st).count();
+    let (up, down, unknown) = (
+        count(SourceState::Up),
+        count(SourceState::Down),
+        count(SourceState::Unknown),
+    );
+    let links = |st: LinkState| view.links.iter().filter(|l| l.state == st).count();
+    let (connected, lost) = (links(LinkState::Connected), links(LinkState::Lost));
+    let status = if down > 0 || lost > 0 {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let settings = s.monitor.settings();
+    let sources: Vec<_> = view
+        .sources
+        .iter()
+        .map(|v| {
+            json!({
+                "target": v.target,
+                "state": v.state.as_str(),
+                "since": rfc3339(v.since),
+                "last_probe": v.last_probe.map(rfc3339),
+                "latency_ms": v.last_latency.map(|d| d.as_secs_f64() * 1000.0),
+                "last_error": v.last_error,
+                "consecutive_failures": v.failures,
+                "consecutive_successes": v.successes,
+            })
+        })
+        .collect();
+    Data(json!({
+        "status": status,
+        "uptime_secs": uptime(&s),
+        "checks": {
+            "dataplane": {"status": "ok", "workers": s.dp.worker_count()},
+            "sources": {"up": up, "down": down, "unknown": unknown},
+            "client_links": {"connected": connected, "lost": lost},
+        },
+        "probe": {
+            "interval_secs": settings.interval.as_secs(),
+            "timeout_secs": settings.timeout.as_secs(),
+            "fall": settings.fall,
+            "rise": settings.rise,
+        },
+        "sources": sources,
+    }))
+}
+
+/// The router's metrics in the Prometheus text format, or, when the client asks only
+/// for JSON, the same text inside the envelope.
+pub(crate) async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let text = render(&s).await;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/json") && !accept.contains("text/plain") {
+        return Data(json!({"format": "prometheus-text-0.0.4", "text": text})).into_response();
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+/// Renders the router's metrics from the data plane, the monitor and the counters.
+pub(crate) async fn render(s: &ApiState) -> String {
+    let usage = s.dp.usage().await;
+    let totals = s.dp.totals();
+    let clients = s.authorized.entries();
+    let view = s.monitor.view();
+    metrics::render_router(&RouterInputs {
+        facts: &s.facts,
+        totals: &totals,
+        usage: &usage,
+        clients: &clients,
+        view: &view,
+        counters: &s.counters,
+        alerter: s.monitor.alerter(),
+    })
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; the API lives under /api/v1 (see /api/v1/openapi.json)",
+    )
+}

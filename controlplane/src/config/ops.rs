@@ -1,0 +1,94 @@
+//! From a router's `[api]`, `[health]` and `[alerts]` to the settings the monitor, the
+//! alerter and the API run with. Called after `validate` found no error.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::model::RouterConfig;
+use crate::alerts::{AlertSettings, FlapSettings};
+use crate::api::ApiSettings;
+use crate::monitor::HealthSettings;
+
+impl RouterConfig {
+    /// The API's settings, or `None` when it is off. `Err` names a bad `api.bind`.
+    pub fn api_settings(&self) -> Result<Option<ApiSettings>, String> {
+        let a = &self.api;
+        if !a.enabled {
+            return Ok(None);
+        }
+        let bind: SocketAddr = super::validate::bind_addr(&a.bind)?;
+        Ok(Some(ApiSettings {
+            bind,
+            token: if a.auth { a.token.clone() } else { None },
+        }))
+    }
+
+    /// Source probes and the client-link timeout.
+    pub fn health_settings(&self) -> HealthSettings {
+        let h = &self.health;
+        HealthSettings {
+            interval: Duration::from_secs(h.interval_secs),
+            timeout: Duration::from_secs(h.timeout_secs),
+            fall: u32::try_from(h.failures).unwrap_or(u32::MAX),
+            rise: u32::try_from(h.successes).unwrap_or(u32::MAX),
+            recent: Duration::from_secs(h.recent_secs),
+            sources: h.sources.clone(),
+            client_timeout: Duration::from_secs(h.client_timeout_secs),
+        }
+    }
+
+    /// Where alerts go; the host name names the router when `alerts.name` is not set.
+    pub fn alert_settings(&self) -> AlertSettings {
+        let a = &self.alerts;
+        let window = Duration::from_secs(a.flap_window_secs);
+        AlertSettings {
+            webhook: a.webhook.clone(),
+            slack: a.slack.clone(),
+            retries: u32::try_from(a.retries).unwrap_or(u32::MAX),
+            timeout: Duration::from_secs(a.timeout_secs),
+            backoff: Duration::from_millis(500),
+            flap: FlapSettings {
+                window,
+                max_changes: usize::try_from(a.flap_changes).unwrap_or(usize::MAX),
+                quiet: window / 2,
+            },
+            router_name: a.name.clone().unwrap_or_else(host_name),
+        }
+    }
+}
+
+/// This machine's name, for alerts.
+fn host_name() -> String {
+    #[cfg(unix)]
+    if let Ok(h) = nix::unistd::gethostname() {
+        return h.to_string_lossy().into_owned();
+    }
+    "router".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use conduit_proto::Secret;
+
+    use super::*;
+
+    #[test]
+    fn defaults_report_a_down_source_within_30_seconds() {
+        let h = RouterConfig::default().health_settings();
+        let worst = h.interval * h.fall + h.timeout;
+        assert!(worst <= Duration::from_secs(30), "{worst:?}");
+    }
+
+    #[test]
+    fn api_without_auth_has_no_token() {
+        let mut c = RouterConfig::default();
+        assert_eq!(c.api_settings(), Ok(None));
+        c.api.enabled = true;
+        c.api.token = Some(Secret::new("t".into()));
+        let a = c.api_settings().unwrap().unwrap();
+        assert_eq!(a.bind, "127.0.0.1:9990".parse().unwrap());
+        assert_eq!(a.token, Some(Secret::new("t".into())));
+        c.api.auth = false;
+        assert_eq!(c.api_settings().unwrap().unwrap().token, None);
+    }
+}

@@ -1,0 +1,153 @@
+//! A small HTTP/1.1 client (hyper with rustls, TLS 1.3 only) for alert webhooks and
+//! for the CLI's calls to a router's API.
+//!
+//! rustls is built without TLS 1.2 in this workspace (see the root `Cargo.toml`), so
+//! HTTPS endpoints must speak TLS 1.3; plain `http://` works for anything local.
+//! Server certificates are checked against the system's roots, or Mozilla's bundled
+//! roots when the system has none (minimal containers).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+pub use hyper::Method;
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A reusable client.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// An answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl HttpClient {
+    /// A client that gives up on connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = rustls_config()?;
+        let https = builder
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Self {
+            inner: Client::builder(TokioExecutor::new()).build(https),
+        })
+    }
+
+    /// Sends one request and reads the whole answer, all within `timeout`.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(Vec<u8>, &str)>,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = match body {
+            Some((bytes, content_type)) => {
+                req = req.header("content-type", content_type);
+                Full::new(Bytes::from(bytes))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let req = req
+            .body(body)
+            .map_err(|e| format!("invalid request: {e}"))?;
+        let exchange = async {
+            let resp = self.inner.request(req).await.map_err(describe)?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer failed: {e}"))?
+                .to_bytes();
+            Ok(Answer { status, body })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// The error and its causes in one line ("client error (Connect): tcp connect error:
+/// Connection refused").
+fn describe(e: hyper_util::client::legacy::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn rustls_config() -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let b = rustls::ClientConfig::builder_with_provider(conduit_proto::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| format!("cannot set up TLS for HTTP: {e}"))?;
+    Ok(b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `scheme://host[:port]/…` with the path and query cut off: what may be logged of a
+/// URL that carries a token (Slack and most webhook URLs do).
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = host.rsplit('@').next().unwrap_or(host);
+            let cut = rest.len() > host.len();
+            format!("{scheme}://{host}{}", if cut { "/…" } else { "" })
+        }
+        None => "(invalid URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_only_scheme_and_host() {
+        assert_eq!(
+            redact("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(redact("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        assert_eq!(
+            redact("https://user:pw@example.com/x?token=1"),
+            "https://example.com/…"
+        );
+        assert_eq!(redact("nonsense"), "(invalid URL)");
+    }
+}

@@ -1,0 +1,87 @@
+//! A tunnel process's metrics, every series labelled with the tunnel's name.
+
+use conduit_dataplane::Totals;
+
+use super::{Counters, Exposition, Kind};
+
+/// Renders a tunnel's metrics: its data plane's `totals`, whether its router link is
+/// `link_up`, and its control plane's `counters`.
+pub fn render(tunnel: &str, totals: &Totals, link_up: bool, counters: &Counters) -> String {
+    let l = [("tunnel", tunnel)];
+    let mut e = Exposition::default();
+    e.family(
+        "conduit_connections_total",
+        Kind::Counter,
+        "User connections accepted.",
+    )
+    .sample("conduit_connections_total", &l, totals.opened);
+    e.family(
+        "conduit_active_connections",
+        Kind::Gauge,
+        "User connections open now.",
+    )
+    .sample("conduit_active_connections", &l, totals.active);
+    e.family(
+        "conduit_bytes_transferred_total",
+        Kind::Counter,
+        "Payload bytes; direction in: from users toward the source, out: back to users.",
+    )
+    .sample(
+        "conduit_bytes_transferred_total",
+        &[("tunnel", tunnel), ("direction", "in")],
+        totals.bytes_up,
+    )
+    .sample(
+        "conduit_bytes_transferred_total",
+        &[("tunnel", tunnel), ("direction", "out")],
+        totals.bytes_down,
+    );
+    e.family(
+        "conduit_errors_total",
+        Kind::Counter,
+        "User connections that ended in an error, and failed channel set-ups, by kind.",
+    );
+    for (kind, n) in &totals.errors {
+        e.sample(
+            "conduit_errors_total",
+            &[("tunnel", tunnel), ("kind", kind.as_str())],
+            *n,
+        );
+    }
+    for (kind, n) in counters.errors() {
+        e.sample(
+            "conduit_errors_total",
+            &[("tunnel", tunnel), ("kind", kind)],
+            n,
+        );
+    }
+    e.family(
+        "conduit_connection_duration_seconds",
+        Kind::Histogram,
+        "How long user connections lasted.",
+    );
+    e.histogram("conduit_connection_duration_seconds", &l, &totals.durations);
+    e.family(
+        "conduit_handshake_duration_seconds",
+        Kind::Histogram,
+        "TLS handshake plus Hello/Welcome of channels to the router.",
+    );
+    e.histogram(
+        "conduit_handshake_duration_seconds",
+        &l,
+        &counters.handshakes.snapshot(),
+    );
+    e.family(
+        "conduit_idle_channels",
+        Kind::Gauge,
+        "Handshaken data channels waiting in the pools.",
+    )
+    .sample("conduit_idle_channels", &l, totals.idle_channels);
+    e.family(
+        "conduit_router_link_up",
+        Kind::Gauge,
+        "1 when the control channel to the router is up.",
+    )
+    .sample("conduit_router_link_up", &l, u64::from(link_up));
+    e.finish()
+}

@@ -1,0 +1,234 @@
+//! Client links as the router sees them: one per (client key, tunnel name), made of the
+//! control sessions that tunnel keeps (normally one; two while a reconnect overlaps the
+//! old session's timeout).
+//!
+//! A link is `connected` while it has a session, `lost` when its last session ended
+//! without a `Goodbye` (heartbeats stopped, the connection broke), and `disconnected`
+//! when the client said goodbye. Losing a link and getting it back are the transitions
+//! worth an alert; a clean goodbye and a later reconnect are not.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use conduit_proto::PublicKey;
+
+/// Links kept per client key at most (tunnel names come from the client); beyond
+/// that, the oldest link that is not connected is forgotten.
+pub(crate) const MAX_LINKS_PER_CLIENT: usize = 64;
+
+/// The state of one link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// At least one control session is up.
+    Connected,
+    /// The last session ended without a goodbye.
+    Lost,
+    /// The client said goodbye.
+    Disconnected,
+}
+
+impl LinkState {
+    /// The word the API and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connected => "connected",
+            LinkState::Lost => "lost",
+            LinkState::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// One link, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkView {
+    /// The client's key.
+    pub key: PublicKey,
+    /// The client's name (its comment in authorized_clients).
+    pub name: String,
+    /// The tunnel's name, as the client announced it.
+    pub tunnel: String,
+    /// Its state.
+    pub state: LinkState,
+    /// Since when.
+    pub since: SystemTime,
+    /// Where the newest session comes from.
+    pub peer: Option<SocketAddr>,
+    /// The newest heartbeat of any of its sessions.
+    pub last_heartbeat: Option<SystemTime>,
+    /// Why it was lost or disconnected.
+    pub reason: Option<String>,
+}
+
+/// A change worth telling the operator about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The last session ended without a goodbye.
+    Lost(LinkView),
+    /// A lost link has a session again.
+    Back(LinkView),
+}
+
+#[derive(Debug)]
+struct Link {
+    view: LinkView,
+    sessions: HashMap<u64, Option<SocketAddr>>,
+}
+
+/// Every link, owned by the monitor task.
+#[derive(Debug, Default)]
+pub struct Links {
+    links: BTreeMap<(PublicKey, String), Link>,
+    by_session: HashMap<u64, (PublicKey, String)>,
+}
+
+impl Links {
+    /// A control session started.
+    pub fn up(
+        &mut self,
+        session: u64,
+        key: PublicKey,
+        name: &str,
+        tunnel: &str,
+        peer: Option<SocketAddr>,
+        now: SystemTime,
+    ) -> Option<LinkChange> {
+        let id = (key, tunnel.to_owned());
+        if !self.links.contains_key(&id) {
+            self.make_room(&key);
+        }
+        let link = self.links.entry(id.clone()).or_insert_with(|| Link {
+            view: LinkView {
+                key,
+                name: name.to_owned(),
+                tunnel: tunnel.to_owned(),
+                state: LinkState::Disconnected,
+                since: now,
+                peer,
+                last_heartbeat: None,
+                reason: None,
+            },
+            sessions: HashMap::new(),
+        });
+        self.by_session.insert(session, id);
+        link.sessions.insert(session, peer);
+        link.view.peer = peer;
+        link.view.name = name.to_owned();
+        link.view.last_heartbeat = Some(now);
+        if link.view.state == LinkState::Connected {
+            return None;
+        }
+        let was = link.view.state;
+        link.view.state = LinkState::Connected;
+        link.view.since = now;
+        link.view.reason = None;
+        (was == LinkState::Lost).then(|| LinkChange::Back(link.view.clone()))
+    }
+
+    /// A session's heartbeat arrived.
+    pub fn beat(&mut self, session: u64, now: SystemTime) {
+        if let Some(link) = self
+            .by_session
+            .get(&session)
+            .and_then(|id| self.links.get_mut(id))
+        {
+            link.view.last_heartbeat = Some(now);
+        }
+    }
+
+    /// A session ended; `clean` when the client said goodbye.
+    pub fn down(
+        &mut self,
+        session: u64,
+        clean: bool,
+        reason: &str,
+        now: SystemTime,
+    ) -> Option<LinkChange> {
+        let id = self.by_session.remove(&session)?;
+        let link = self.links.get_mut(&id)?;
+        link.sessions.remove(&session);
+        if !link.sessions.is_empty() {
+            return None;
+        }
+        link.view.state = if clean {
+            LinkState::Disconnected
+        } else {
+            LinkState::Lost
+        };
+        link.view.since = now;
+        link.view.reason = Some(reason.to_owned());
+        (!clean).then(|| LinkChange::Lost(link.view.clone()))
+    }
+
+    /// Every link, by client key then tunnel name.
+    pub fn views(&self) -> Vec<LinkView> {
+        self.links.values().map(|l| l.view.clone()).collect()
+    }
+
+    fn make_room(&mut self, key: &PublicKey) {
+        let mine: Vec<&Link> = self.links.values().filter(|l| l.view.key == *key).collect();
+        if mine.len() < MAX_LINKS_PER_CLIENT {
+            return;
+        }
+        let oldest = mine
+            .iter()
+            .filter(|l| l.view.state != LinkState::Connected)
+            .min_by_key(|l| l.view.since)
+            .map(|l| (l.view.key, l.view.tunnel.clone()));
+        if let Some(id) = oldest {
+            self.links.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    #[test]
+    fn lost_and_back_are_reported_once_goodbye_is_not() {
+        let k = PublicKey::from_bytes([1; 32]);
+        let mut l = Links::default();
+        assert_eq!(l.up(1, k, "laptop", "web", None, t(0)), None);
+        // A reconnect overlapping the old session: still connected, nothing to say.
+        assert_eq!(l.up(2, k, "laptop", "web", None, t(1)), None);
+        assert_eq!(l.down(1, false, "no heartbeat", t(2)), None);
+        let lost = l.down(2, false, "connection reset", t(3));
+        match lost {
+            Some(LinkChange::Lost(v)) => {
+                assert_eq!(v.state, LinkState::Lost);
+                assert_eq!(v.reason.as_deref(), Some("connection reset"));
+                assert_eq!(v.since, t(3));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            l.up(3, k, "laptop", "web", None, t(4)),
+            Some(LinkChange::Back(_))
+        ));
+        assert_eq!(l.down(3, true, "client said goodbye", t(5)), None);
+        assert_eq!(l.views()[0].state, LinkState::Disconnected);
+        assert_eq!(l.up(4, k, "laptop", "web", None, t(6)), None);
+        l.beat(4, t(7));
+        assert_eq!(l.views()[0].last_heartbeat, Some(t(7)));
+        // An unknown session changes nothing.
+        assert_eq!(l.down(99, false, "x", t(8)), None);
+    }
+
+    #[test]
+    fn links_per_client_are_bounded() {
+        let k = PublicKey::from_bytes([2; 32]);
+        let mut l = Links::default();
+        for i in 0..MAX_LINKS_PER_CLIENT as u64 + 5 {
+            l.up(i, k, "c", &format!("t{i}"), None, t(i));
+            l.down(i, true, "bye", t(i));
+        }
+        assert_eq!(l.views().len(), MAX_LINKS_PER_CLIENT);
+    }
+}

@@ -1,0 +1,337 @@
+//! The router's monitor: one task that owns the client links and the source health
+//! table, probes sources, turns state changes into alerts, and publishes a read-only
+//! [`View`] for the API and the metrics.
+//!
+//! ```text
+//!  control_session ── LinkEvent (unbounded: a few per client per minute) ──┐
+//!  data plane ◀── usage() every probe round: sources opened recently       │
+//!                                                                          ▼
+//!                          monitor task: Links, SourceHealth, FlapGuard ──▶ Alerter (never waits)
+//!                                   │ watch<Arc<View>>
+//!                                   ▼
+//!                            API handlers, /metrics
+//! ```
+//!
+//! The monitor never touches payload bytes; a probe is one TCP connect per source per
+//! interval, from the Tokio side.
+
+mod health;
+mod links;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
+
+use conduit_dataplane::DataPlane;
+use conduit_proto::PublicKey;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use health::{HealthSettings, SourceChange, SourceHealth, SourceState, SourceView, probe};
+pub use links::{LinkChange, LinkState, LinkView, Links};
+
+use crate::alerts::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
+
+/// What the API and metrics read: every link and every probed source.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Client links, by key then tunnel.
+    pub links: Vec<LinkView>,
+    /// Sources, by name.
+    pub sources: Vec<SourceView>,
+}
+
+/// A change to a client's control session.
+#[derive(Debug)]
+enum LinkEvent {
+    Up {
+        session: u64,
+        key: PublicKey,
+        name: String,
+        tunnel: String,
+        peer: Option<SocketAddr>,
+    },
+    Beat {
+        session: u64,
+    },
+    Down {
+        session: u64,
+        clean: bool,
+        reason: String,
+    },
+}
+
+/// The handle the router's tasks share.
+pub struct Monitor {
+    events: mpsc::UnboundedSender<LinkEvent>,
+    view: watch::Receiver<Arc<View>>,
+    alerter: Arc<Alerter>,
+    next_session: AtomicU64,
+    settings: HealthSettings,
+}
+
+impl Monitor {
+    /// Starts the monitor task; it stops when the last handle is dropped.
+    pub fn start(
+        health: HealthSettings,
+        alerts: &AlertSettings,
+        dp: Arc<DataPlane>,
+    ) -> Result<Arc<Self>, String> {
+        let alerter = Arc::new(Alerter::start(alerts)?);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
+        let task = Task {
+            settings: health.clone(),
+            dp,
+            alerter: alerter.clone(),
+            flap: FlapGuard::new(alerts.flap),
+            links: Links::default(),
+            sources: HashMap::new(),
+            in_flight: HashSet::new(),
+            view: view_tx,
+        };
+        tokio::spawn(task.run(events_rx));
+        Ok(Arc::new(Self {
+            events: events_tx,
+            view: view_rx,
+            alerter,
+            next_session: AtomicU64::new(1),
+            settings: health,
+        }))
+    }
+
+    /// The health settings in force.
+    pub fn settings(&self) -> &HealthSettings {
+        &self.settings
+    }
+
+    /// The latest view.
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+
+    /// Alert delivery counts.
+    pub fn alerter(&self) -> &Alerter {
+        &self.alerter
+    }
+
+    /// A control session started; returns its id for [`Self::beat`] and [`Self::link_down`].
+    pub fn link_up(
+        &self,
+        key: PublicKey,
+        name: &str,
+        tunnel: &str,
+        peer: Option<SocketAddr>,
+    ) -> u64 {
+        let session = self.next_session.fetch_add(1, Relaxed);
+        let _ = self.events.send(LinkEvent::Up {
+            session,
+            key,
+            name: name.to_owned(),
+            tunnel: tunnel.to_owned(),
+            peer,
+        });
+        session
+    }
+
+    /// A heartbeat arrived on `session`.
+    pub fn beat(&self, session: u64) {
+        let _ = self.events.send(LinkEvent::Beat { session });
+    }
+
+    /// `session` ended; `clean` when the client said goodbye.
+    pub fn link_down(&self, session: u64, clean: bool, reason: &str) {
+        let _ = self.events.send(LinkEvent::Down {
+            session,
+            clean,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+/// The client id the API and alerts use: the first 8 bytes of the key, in hex.
+pub fn client_id(key: &PublicKey) -> String {
+    key.as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+struct Task {
+    settings: HealthSettings,
+    dp: Arc<DataPlane>,
+    alerter: Arc<Alerter>,
+    flap: FlapGuard,
+    links: Links,
+    sources: HashMap<String, SourceHealth>,
+    in_flight: HashSet<String>,
+    view: watch::Sender<Arc<View>>,
+}
+
+type ProbeResult = (String, Result<Duration, String>);
+
+impl Task {
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
+        let mut probe_tick = tokio::time::interval(self.settings.interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flap_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut probes: JoinSet<ProbeResult> = JoinSet::new();
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_link(ev),
+                    None => return,
+                },
+                _ = probe_tick.tick() => self.start_round(&mut probes).await,
+                Some(done) = probes.join_next() => {
+                    if let Ok((target, result)) = done {
+                        self.on_probe(target, result);
+                    }
+                }
+                _ = flap_tick.tick() => {
+                    for a in self.flap.tick(Instant::now()) {
+                        self.alerter.send(&a);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        let now = SystemTime::now();
+        let change = match ev {
+            LinkEvent::Up {
+                session,
+                key,
+                name,
+                tunnel,
+                peer,
+            } => self.links.up(session, key, &name, &tunnel, peer, now),
+            LinkEvent::Beat { session } => {
+                self.links.beat(session, now);
+                None
+            }
+            LinkEvent::Down {
+                session,
+                clean,
+                reason,
+            } => self.links.down(session, clean, &reason, now),
+        };
+        if let Some(c) = change {
+            let (event, v) = match c {
+                LinkChange::Lost(v) => (Event::ClientLost, v),
+                LinkChange::Back(v) => (Event::ClientBack, v),
+            };
+            let subject = Subject::Client {
+                id: client_id(&v.key),
+                name: v.name.clone(),
+                tunnel: v.tunnel.clone(),
+            };
+            let mut alert = Alert {
+                event,
+                subject,
+                message: String::new(),
+                at: now,
+            };
+            alert.message = match event {
+                Event::ClientLost => format!(
+                    "{} lost: {}",
+                    alert.subject_text(),
+                    v.reason.as_deref().unwrap_or("no reason")
+                ),
+                _ => format!("{} is connected again", alert.subject_text()),
+            };
+            self.raise(alert);
+        }
+        self.publish();
+    }
+
+    /// Starts a probe of every source in use that is not being probed already.
+    async fn start_round(&mut self, probes: &mut JoinSet<ProbeResult>) {
+        let usage = self.dp.usage().await;
+        let recent = self.settings.recent;
+        let mut wanted: HashSet<String> = usage
+            .sources
+            .into_iter()
+            .filter(|(_, ago)| *ago <= recent)
+            .map(|(s, _)| s)
+            .collect();
+        wanted.extend(self.settings.sources.iter().cloned());
+        let before = self.sources.len();
+        self.sources.retain(|s, _| wanted.contains(s));
+        let now = SystemTime::now();
+        for target in wanted {
+            self.sources
+                .entry(target.clone())
+                .or_insert_with(|| SourceHealth::new(&target, now));
+            if self.in_flight.insert(target.clone()) {
+                let timeout = self.settings.timeout;
+                probes.spawn(async move {
+                    let r = probe(&target, timeout).await;
+                    (target, r)
+                });
+            }
+        }
+        if self.sources.len() != before {
+            self.publish();
+        }
+    }
+
+    fn on_probe(&mut self, target: String, result: Result<Duration, String>) {
+        self.in_flight.remove(&target);
+        let Some(h) = self.sources.get_mut(&target) else {
+            return;
+        };
+        let now = SystemTime::now();
+        if let Some(change) = h.record(result, &self.settings, now) {
+            let (event, v) = match change {
+                SourceChange::Down(v) => (Event::SourceDown, v),
+                SourceChange::Up(v) => (Event::SourceUp, v),
+            };
+            let message = match event {
+                Event::SourceDown => format!(
+                    "source {target} is down: {} ({} failed probes in a row)",
+                    v.last_error.as_deref().unwrap_or("no answer"),
+                    v.failures
+                ),
+                _ => format!(
+                    "source {target} is up again ({} successful probes in a row)",
+                    v.successes
+                ),
+            };
+            self.raise(Alert {
+                event,
+                subject: Subject::Source { target },
+                message,
+                at: now,
+            });
+        }
+        self.publish();
+    }
+
+    fn raise(&mut self, alert: Alert) {
+        match alert.event {
+            Event::SourceDown | Event::ClientLost => warn!("{}", alert.message),
+            _ => info!("{}", alert.message),
+        }
+        match self.flap.on_change(alert, Instant::now()) {
+            Some(a) => self.alerter.send(&a),
+            None => {
+                self.alerter.suppressed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let mut sources: Vec<SourceView> =
+            self.sources.values().map(|h| h.view().clone()).collect();
+        sources.sort_by(|a, b| a.target.cmp(&b.target));
+        self.view.send_replace(Arc::new(View {
+            links: self.links.views(),
+            sources,
+        }));
+    }
+}

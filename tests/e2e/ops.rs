@@ -1,0 +1,294 @@
+//! Operating a router: the REST API through a real HTTP client (curl) checked against
+//! the OpenAPI document; in submodules its metrics through a Prometheus text parser
+//! (and `promtool` when installed), source-health and client-link alerts to local
+//! webhook receivers, logs, and the `stats`/`health`/`logs` commands.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use serde_json::{Value, json};
+
+use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code};
+use crate::http::{curl, wait_for};
+use crate::openapi::Doc;
+use crate::sources;
+
+mod alerts;
+mod commands;
+mod metrics;
+
+pub const TOKEN: &str = "t0ken-for-tests";
+
+/// A router with its API on (port 0, the test token) and `extra` flags.
+pub fn router_api(home: &Home, allow: &[String], extra: &[&str]) -> (Proc, SocketAddr, String) {
+    let mut args = vec!["--api-bind", "127.0.0.1:0", "--api-token", TOKEN];
+    args.extend_from_slice(extra);
+    let (p, addr) = home.router_with(Engine::Epoll, allow, &args);
+    let api = addr_in(&p.wait_stdout("api listening on"));
+    (p, addr, format!("http://{api}"))
+}
+
+pub fn get(api: &str, path: &str) -> Value {
+    let a = curl("GET", &format!("{api}{path}"), Some(TOKEN), &[]);
+    assert_eq!(a.status, 200, "{path}: {}", a.body);
+    let v = a.json();
+    assert_eq!(v["success"], true, "{v}");
+    v
+}
+
+/// Sends `len` bytes through an echo tunnel and reads them back; returns them.
+pub fn echo_through(addr: SocketAddr, len: usize, seed: u64) {
+    let data = sources::pattern(seed, len);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let w = {
+        let mut c = c.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            c.write_all(&data).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    w.join().unwrap();
+    assert_eq!(back.len(), len);
+    assert!(back == data, "echoed bytes differ");
+}
+
+/// The client id the API gives the key in `home`'s `keys/NAME.pub`.
+pub fn client_id(home: &Home, name: &str) -> String {
+    let text = std::fs::read_to_string(home.key(&format!("{name}.pub"))).unwrap();
+    let b64 = text
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("ed25519:");
+    let raw = base64_decode(b64);
+    hex::encode(&raw[..8])
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        acc = (acc << 6) | A.iter().position(|x| *x == c).unwrap() as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_endpoint_answers_in_the_documented_envelope() {
+    let home = Home::with_keys();
+    // Two more authorized clients, for pagination.
+    for n in ["extra1", "extra2"] {
+        let line = home.ok(&["init", "--name", n]);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(home.path().join("authorized_clients"))
+            .unwrap();
+        writeln!(f, "{} {n}", line.split_whitespace().next().unwrap()).unwrap();
+    }
+    let source = sources::echo();
+    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    echo_through(taddr, 10_000, 1);
+    // One connection held open, so /stats/connections lists it.
+    let mut held = TcpStream::connect(taddr).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    held.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    held.read_exact(&mut b).unwrap();
+
+    let id = client_id(&home, "client");
+    let doc = Doc::load();
+    for path in doc.paths() {
+        let url_path = path.replace("{id}", &id);
+        let a = curl(
+            "GET",
+            &format!("{api}{url_path}"),
+            Some(TOKEN),
+            &["Accept: application/json"],
+        );
+        assert_eq!(a.status, 200, "GET {url_path}: {}", a.body);
+        let v = a.json();
+        let errors = doc.check(&doc.response_schema(&path, 200, "application/json"), &v);
+        assert!(
+            errors.is_empty(),
+            "GET {url_path} does not match the document: {errors:#?}\n{v:#}"
+        );
+        if path != "/api/v1/openapi.json" {
+            assert_eq!(
+                a.header("x-request-id").as_deref(),
+                v["request_id"].as_str()
+            );
+        }
+    }
+
+    // The held connection and the traffic of the first one (the router counts a chunk
+    // just after relaying it: wait for the last one).
+    let conns = wait_for("the held connection's bytes", || {
+        let d = get(&api, "/api/v1/stats/connections")["data"].clone();
+        (d["items"][0]["bytes"] == json!({"in": 4, "out": 4})).then_some(d)
+    });
+    assert_eq!(conns["active"], 1);
+    assert_eq!(conns["items"][0]["client_id"], id);
+    assert_eq!(conns["items"][0]["client"], "client");
+    assert_eq!(conns["items"][0]["target"], source.to_string());
+    let c = wait_for("the client's bytes", || {
+        let c = get(&api, &format!("/api/v1/clients/{id}"))["data"].clone();
+        (c["bytes"]["out"] == 10_004).then_some(c)
+    });
+    assert_eq!(c["name"], "client");
+    assert_eq!(c["state"], "connected");
+    assert_eq!(c["tunnels"][0]["state"], "connected");
+    assert_eq!(c["bytes"], json!({"in": 10_004, "out": 10_004}));
+    assert_eq!(c["connections"]["active"], 1);
+
+    // Pagination: three clients, two a page, by name.
+    let p2 = get(&api, "/api/v1/clients?page=2&per_page=2")["data"].clone();
+    assert_eq!(
+        p2["pagination"],
+        json!({"page": 2, "per_page": 2, "total": 3, "total_pages": 2})
+    );
+    assert_eq!(p2["items"].as_array().unwrap().len(), 1);
+    assert_eq!(p2["items"][0]["name"], "extra2");
+    let t = get(&api, "/api/v1/stats/traffic?per_page=1")["data"].clone();
+    assert_eq!(t["pagination"]["total_pages"], 3);
+    assert_eq!(t["bytes"], json!({"in": 10_004, "out": 10_004}));
+
+    // Errors: each in the envelope, matching the document.
+    let err_schema = json!({"$ref": "#/components/schemas/ErrorEnvelope"});
+    let check_error = |a: &crate::http::Answer, status: u16, code: &str| {
+        assert_eq!(a.status, status, "{}", a.body);
+        let v = a.json();
+        assert_eq!(doc.check(&err_schema, &v), Vec::<String>::new(), "{v}");
+        assert_eq!(v["error"]["code"], code);
+        v
+    };
+    let none = curl("GET", &format!("{api}/api/v1/info"), None, &[]);
+    let v = check_error(&none, 401, "unauthorized");
+    assert_eq!(
+        v["error"]["message"],
+        "this API requires a token: send `Authorization: Bearer TOKEN` with the router's API token"
+    );
+    assert_eq!(
+        none.header("www-authenticate").as_deref(),
+        Some("Bearer realm=\"conduit\"")
+    );
+    let wrong = curl("GET", &format!("{api}/api/v1/clients"), Some("nope"), &[]);
+    check_error(&wrong, 401, "unauthorized");
+    let missing = curl(
+        "GET",
+        &format!("{api}/api/v1/clients/0000000000000000"),
+        Some(TOKEN),
+        &[],
+    );
+    let v = check_error(&missing, 404, "not_found");
+    assert_eq!(
+        v["error"]["message"],
+        "no client with id \"0000000000000000\"; GET /api/v1/clients lists the ids"
+    );
+    let bad = curl(
+        "GET",
+        &format!("{api}/api/v1/clients?per_page=501"),
+        Some(TOKEN),
+        &[],
+    );
+    let v = check_error(&bad, 400, "invalid_parameter");
+    assert_eq!(
+        v["error"]["message"],
+        "per_page must be a whole number from 1 to 500, not \"501\""
+    );
+    let post = curl("POST", &format!("{api}/api/v1/info"), Some(TOKEN), &[]);
+    check_error(&post, 405, "method_not_allowed");
+    let nowhere = curl("GET", &format!("{api}/api/v2/info"), Some(TOKEN), &[]);
+    check_error(&nowhere, 404, "not_found");
+}
+
+#[test]
+fn the_api_is_off_by_default_and_refuses_to_run_open_on_a_public_address() {
+    let home = Home::with_keys();
+    let (mut p, _) = home.router(Engine::Epoll, &[]);
+    p.stop();
+    let lines = p.stdout();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("router listening on "), "{lines:?}");
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        "127.0.0.1:0",
+        "--api-bind",
+        "0.0.0.0:0",
+        "--api-no-auth",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("api.auth: the API may run without a token only on a loopback address, and api.bind is 0.0.0.0:0"), "{err}");
+    let (status, _, err) = home.run(&["router", "--bind", "127.0.0.1:0", "--api"]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("api.token: the API is on and needs a token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_api_token_comes_from_the_config_file_or_the_environment() {
+    let home = Home::with_keys();
+    let file = home.path().join("router.toml");
+    std::fs::write(
+        &file,
+        "[router]\nbind = \"127.0.0.1:0\"\n\n[api]\nenabled = true\nbind = \"127.0.0.1:0\"\ntoken = \"from-the-file\"\n\n[health]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let f = file.to_string_lossy().into_owned();
+    let p = home.spawn(&["router", "--config", &f, "--io-engine", "epoll"]);
+    let api = format!("http://{}", addr_in(&p.wait_stdout("api listening on")));
+    let a = curl(
+        "GET",
+        &format!("{api}/api/v1/health"),
+        Some("from-the-file"),
+        &[],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["probe"]["interval_secs"], 1);
+    assert_eq!(
+        curl("GET", &format!("{api}/api/v1/health"), Some(TOKEN), &[]).status,
+        401
+    );
+    drop(p);
+
+    let p = Proc::spawn(
+        home.cmd()
+            .args([
+                "router",
+                "--bind",
+                "127.0.0.1:0",
+                "--api-bind",
+                "127.0.0.1:0",
+                "--io-engine",
+                "epoll",
+            ])
+            .env("CONDUIT_API_TOKEN", "from-the-env"),
+    );
+    let api = format!("http://{}", addr_in(&p.wait_stdout("api listening on")));
+    let a = curl(
+        "GET",
+        &format!("{api}/api/v1/info"),
+        Some("from-the-env"),
+        &[],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["api"]["auth"], true);
+}

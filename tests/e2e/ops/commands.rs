@@ -1,0 +1,159 @@
+//! Logs (JSON, a rotated file, each connection's open and close at debug) and the
+//! `stats`, `health` and `logs` commands.
+
+use serde_json::Value;
+
+use super::{TOKEN, echo_through, router_api};
+use crate::harness::{Engine, Home, addr_in, assert_code};
+use crate::http::wait_for;
+use crate::sources;
+
+#[test]
+fn connections_are_logged_at_debug_with_their_id_and_logs_can_go_to_a_rotated_file() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let log = home.path().join("router.log");
+    let log_s = log.to_string_lossy().into_owned();
+    let (_router, raddr) = home.router_with(
+        Engine::Epoll,
+        &[source.to_string()],
+        &[
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+            "--log-file",
+            &log_s,
+            "--log-rotation",
+            "daily",
+        ],
+    );
+    let tunnel = home.tunnel_proc(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &["--log-level", "debug", "--log-format", "json"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout("connected to router");
+    echo_through(taddr, 1000, 4);
+    tunnel.wait_stderr("user connection closed");
+    // The router's log is a daily file: router.log.YYYY-MM-DD.
+    let (opened, closed) = wait_for("the router's stream open and close lines", || {
+        let file = std::fs::read_dir(home.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("router.log."))?;
+        let text = std::fs::read_to_string(file.path()).ok()?;
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let find = |m: &str| lines.iter().find(|l| l["fields"]["message"] == m).cloned();
+        Some((find("stream opened")?, find("stream closed")?))
+    });
+    assert_eq!(opened["level"], "DEBUG");
+    assert_eq!(opened["fields"]["target"], source.to_string());
+    assert_eq!(opened["fields"]["conn"], closed["fields"]["conn"]);
+    assert_eq!(closed["fields"]["to_source"], 1000);
+    // The tunnel side logs its user connection's open and close with one id too.
+    let lines: Vec<Value> = tunnel
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let with = |m: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == m)
+            .unwrap()
+            .clone()
+    };
+    let (o, c) = (
+        with("user connection opened"),
+        with("user connection closed"),
+    );
+    assert_eq!(o["level"], "DEBUG");
+    assert_eq!(o["fields"]["conn"], c["fields"]["conn"]);
+    assert_eq!(c["fields"]["up"], 1000);
+}
+
+#[test]
+fn stats_health_and_logs_commands() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let raddr_s = raddr.to_string();
+    let key = home.key("router.pub").to_string_lossy().into_owned();
+    let src = source.to_string();
+    let out = home.ok(&[
+        "start",
+        "--router",
+        &raddr_s,
+        "--router-key",
+        &key,
+        "--source",
+        &src,
+        "--bind",
+        "127.0.0.1:0",
+        "--name",
+        "web",
+        "--io-engine",
+        "epoll",
+    ]);
+    let taddr = addr_in(
+        out.lines()
+            .next()
+            .unwrap()
+            .split(" listening on ")
+            .nth(1)
+            .unwrap(),
+    );
+    echo_through(taddr, 2000, 5);
+
+    // Through the router's API.
+    let host = api.trim_start_matches("http://");
+    let (status, _, err) = home.run(&["stats", "--router", host]);
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains("pass --api-token or set CONDUIT_API_TOKEN"),
+        "{err}"
+    );
+    let out = wait_for("the router's stats to count the stream", || {
+        let out = home
+            .cmd()
+            .args(["stats", "--router", host])
+            .env("CONDUIT_API_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("in 2.0 kB  out 2.0 kB").then_some(text)
+    });
+    assert!(
+        out.contains("\nclient  2.0 kB  2.0 kB  0     1      0"),
+        "{out}"
+    );
+    let out = home.ok(&["health", "--router", &api, "--api-token", TOKEN]);
+    assert!(out.starts_with("router: ok (up "), "{out}");
+
+    // Local tunnels.
+    let out = home.ok(&["stats"]);
+    assert!(
+        out.contains("\nweb     2.0 kB  2.0 kB  0     1      0"),
+        "{out}"
+    );
+    let out = home.ok(&["health"]);
+    assert_eq!(out, format!("web: router {raddr_s} link connected\n"));
+
+    // The background tunnel's log.
+    let out = home.ok(&["logs", "web"]);
+    assert!(out.contains("connected to router"), "{out}");
+    assert_eq!(home.ok(&["logs", "web", "-n", "1"]).lines().count(), 1);
+    let follow = home.spawn(&["logs", "web", "-f", "-n", "0"]);
+    // Something new in the log: a connection to a source the router refuses.
+    let _ = home.ok(&["kill", "--tunnel", "web"]);
+    follow.wait_stdout("stopping");
+    let (status, _, err) = home.run(&["logs", "nope"]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("no log for tunnel \"nope\""), "{err}");
+}
