@@ -51,11 +51,20 @@ pub enum TlsError {
 }
 
 fn describe(e: &rustls::Error) -> String {
+    use rustls::PeerIncompatible as P;
     if let Some(m) = verification_error::<RouterKeyMismatch>(e) {
         return m.to_string();
     }
     if let Some(u) = verification_error::<UnknownClientKey>(e) {
         return u.to_string();
+    }
+    if let rustls::Error::PeerIncompatible(
+        P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired,
+    ) = e
+    {
+        return format!(
+            "TLS error: the peer offers only TLS 1.2 or older, and Conduit speaks TLS 1.3 only ({e})"
+        );
     }
     format!("TLS error: {e}")
 }
@@ -282,20 +291,25 @@ impl TlsSession {
         res
     }
 
-    /// After an error, moves any alert rustls queued (and pending bytes) into `out`.
+    /// After an error, moves the alert rustls queued (and pending bytes) into `out`.
+    ///
+    /// rustls queues one record when it fails, the fatal alert, and it is taken with
+    /// one call. A second call would not find the queue empty and stop: after a
+    /// record it could not parse or decrypt, rustls keeps those bytes, so it would
+    /// process them again, fail again and queue a second fatal alert (which debug
+    /// builds of rustls assert never happens: junk sent to a router panicked its
+    /// handshake task).
     pub fn drain_alerts(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.pending);
         let (start, filled) = (self.start, self.filled);
         let inbuf = &mut self.inbuf;
         on_conn!(self, c => {
-            while let UnbufferedStatus {
+            if let UnbufferedStatus {
                 state: Ok(ConnectionState::EncodeTlsData(mut e)),
                 ..
             } = c.process_tls_records(&mut inbuf[start..filled])
             {
-                if encode_into(out, |buf| e.encode(buf)).is_err() {
-                    break;
-                }
+                let _ = encode_into(out, |buf| e.encode(buf));
             }
         })
     }
