@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use conduit_controlplane::config::Override;
 use conduit_dataplane::Engine;
+use conduit_proto::Secret;
 
 /// Conduit: expose a service from a private network through a mutually
 /// authenticated TLS 1.3 tunnel.
@@ -177,6 +178,12 @@ fn parse_engine(s: &str) -> Result<Engine, String> {
     s.parse()
 }
 
+/// Tokens are held as [`Secret`] from the moment they are parsed, so no `Debug` of
+/// the arguments can show them.
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s.to_owned()))
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RouterArgs {
     /// Address to listen on for clients.
@@ -194,11 +201,19 @@ pub(crate) struct RouterArgs {
     #[arg(long = "allow", value_name = "RULE")]
     pub(crate) allow: Vec<String>,
     /// Require clients to present this token too.
-    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) token: Option<Secret>,
     /// Seconds to let open streams finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Seconds a connecting client gets for its TLS handshake and Hello; a peer that
+    /// is silent or slow is cut off then.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) handshake_timeout: u64,
+    /// Open streams at most, over all clients (0: no limit); the next Open is refused
+    /// with a logged reason.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_connections: usize,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
 }
@@ -230,14 +245,52 @@ pub(crate) struct StartArgs {
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// A token, for routers that require one.
-    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) token: Option<Secret>,
     /// Handshaken channels each worker keeps ready.
     #[arg(long, default_value_t = 2)]
     pub(crate) pool_size: usize,
     /// Seconds to let open connections finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Seconds the router gets to complete the TLS handshake and Hello/Welcome.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) handshake_timeout: u64,
+    /// Open user connections at most (0: no limit); the next one is closed at once
+    /// with a logged reason.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_connections: usize,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_the_arguments_hides_the_token() {
+        for args in [
+            &["conduit", "router", "--token", "hunter2-secret"][..],
+            &[
+                "conduit",
+                "start",
+                "--router",
+                "r:1",
+                "--router-key",
+                "k",
+                "--source",
+                "s:1",
+                "--bind",
+                "127.0.0.1:0",
+                "--token",
+                "hunter2-secret",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("token: Some(***)"), "{shown}");
+        }
+    }
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use conduit_dataplane::{ClientSpec, DataPlane, EngineKind, FromWorker, LinkState, Options};
+use conduit_dataplane::{
+    ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
+};
 use conduit_proto::tls::{ClientConfig, client_config};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
@@ -42,6 +44,8 @@ pub struct TunnelSettings {
     pub connect_timeout: Duration,
     /// Limit on TLS handshake plus `Hello`/`Welcome`.
     pub handshake_timeout: Duration,
+    /// Open user connections at most; 0 means no limit.
+    pub max_connections: usize,
     /// Workers and engine.
     pub dataplane: Options,
 }
@@ -109,6 +113,7 @@ impl ClientTunnel {
                 wait_for_channel: s.connect_timeout + s.handshake_timeout,
                 max_idle: Duration::from_secs(240),
                 link: link.clone(),
+                limit: ConnLimit::new(s.max_connections),
             },
         )?;
         let requests = dp
@@ -258,6 +263,9 @@ async fn control_loop(shared: Arc<Shared>) -> Error {
                 info!(tunnel = %shared.name, router = %shared.router, "connected to router");
                 let why = heartbeat(&mut ctl).await;
                 shared.link.lost();
+                // Idle channels of the lost link are dead or soon will be: close them
+                // now rather than hold them half-closed until the link is back.
+                shared.dp.flush_pools();
                 warn!(tunnel = %shared.name, router = %shared.router, "lost the router link: {why}; reconnecting");
             }
             Err(e) if !e.is_retryable() => {
@@ -306,7 +314,23 @@ async fn heartbeat(ctl: &mut Wire) -> String {
                 Ok(Err(e)) => return e.to_string(),
             }
         }
-        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        // Until the next ping, keep reading: a router that goes away is noticed at
+        // once, not at the next ping.
+        let next = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
+        loop {
+            match tokio::time::timeout_at(next, ctl.recv()).await {
+                Err(_) => break,
+                Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::Goodbye(r)))) => {
+                    return format!("router said goodbye: {}", r.message);
+                }
+                Ok(Ok(Some(other))) => {
+                    return format!("unexpected {} from the router", other.name());
+                }
+                Ok(Ok(None)) => return "the router closed the connection".into(),
+                Ok(Err(e)) => return e.to_string(),
+            }
+        }
     }
 }
 
@@ -344,6 +368,15 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 }
                 Err(e) => debug!(core, "data channel unusable: {e}"),
             },
+            Err(e) if e.out_of_descriptors() => {
+                let reason = format!(
+                    "cannot open a channel to the router: {e}; the tunnel is out of file \
+                     descriptors: raise its open-file limit (ulimit -n, or LimitNOFILE= in a \
+                     systemd unit)"
+                );
+                warn!(tunnel = %shared.name, core, "{reason}");
+                shared.dp.no_channels(core, reason);
+            }
             Err(e) => debug!(core, "cannot open a data channel: {e}"),
         }
         tokio::time::sleep(backoff.next_wait()).await;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conduit_dataplane::{DataPlane, EngineKind, Options, RouterSpec};
+use conduit_dataplane::{ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
 use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
@@ -37,6 +37,8 @@ pub struct RouterSettings {
     pub connect_timeout: Duration,
     /// How long an unused data channel stays open.
     pub idle_timeout: Duration,
+    /// Open streams at most, over all clients; 0 means no limit.
+    pub max_connections: usize,
     /// Workers and engine.
     pub dataplane: Options,
 }
@@ -80,6 +82,7 @@ impl Router {
                 policy: Arc::new(s.policy),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
+                limit: ConnLimit::new(s.max_connections),
             },
         )?;
         Ok(Self {
@@ -146,7 +149,11 @@ impl Router {
 }
 
 async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+    // The first bytes, kept to say what a peer that is not a Conduit client was.
+    let mut first = [0u8; 8];
+    let mut seen = 0;
     let setup = tokio::time::timeout(state.handshake_timeout, async {
+        seen = tcp.peek(&mut first).await?;
         let session = TlsSession::server(state.tls.clone())?;
         let mut wire = Wire::handshake(tcp, session).await?;
         let hello = match wire.recv().await? {
@@ -168,11 +175,12 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
         Ok(Err(WireError::Tls(e))) => {
-            match e.unknown_client_key() {
-                Some(u) => {
+            match (e.unknown_client_key(), not_tls(&first[..seen])) {
+                (Some(u), _) => {
                     warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it", u.got)
                 }
-                None => info!(%peer, "TLS handshake failed: {e}"),
+                (None, Some(what)) => info!(%peer, "connection refused: {what}"),
+                (None, None) => info!(%peer, "TLS handshake failed: {e}"),
             }
             return;
         }
@@ -207,6 +215,28 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
             }
             Err(e) => warn!(%peer, client = %key, "data channel refused: {e}"),
         },
+    }
+}
+
+/// What a peer whose first bytes are not a TLS handshake record was, for the log;
+/// `None` when they are one (TLS itself then says what was wrong).
+fn not_tls(first: &[u8]) -> Option<String> {
+    const TLS_HANDSHAKE: u8 = 0x16;
+    const HTTP: [&[u8]; 9] = [
+        b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ",
+    ];
+    match first.first() {
+        None | Some(&TLS_HANDSHAKE) => None,
+        Some(_) if HTTP.iter().any(|m| first.starts_with(m)) => Some(
+            "a plain-text HTTP request, not TLS: this port is a Conduit router, only Conduit \
+             clients can use it; point HTTP clients at a tunnel's --bind address"
+                .into(),
+        ),
+        Some(_) => Some(format!(
+            "not a TLS connection (first bytes {}): this port is a Conduit router, only Conduit \
+             clients can use it",
+            first.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )),
     }
 }
 
@@ -268,4 +298,25 @@ async fn control_session(state: &State, mut wire: Wire, key: PublicKey, tunnel: 
         }
     };
     info!(%peer, client = %key, %tunnel, "client disconnected: {reason}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_that_are_not_tls_are_named() {
+        assert_eq!(not_tls(&[]), None);
+        assert_eq!(not_tls(&[0x16, 0x03, 0x01]), None);
+        let http = not_tls(b"GET / HT").unwrap();
+        assert!(
+            http.starts_with("a plain-text HTTP request, not TLS"),
+            "{http}"
+        );
+        assert_eq!(
+            not_tls(&[0xde, 0xad, 0xbe, 0xef]).unwrap(),
+            "not a TLS connection (first bytes deadbeef): this port is a Conduit router, \
+             only Conduit clients can use it"
+        );
+    }
 }

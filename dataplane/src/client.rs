@@ -18,19 +18,35 @@ use tracing::{debug, info, warn};
 use crate::ClientSpec;
 use crate::channel::Channel;
 use crate::handoff::{ChannelHandoff, FromWorker};
+use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, Meter};
 use crate::sys::Peek;
 use crate::worker::Core;
 
-/// Idle channels of one core, and the users waiting for one.
+/// Idle channels of one core, and the users waiting for one (each is sent a channel,
+/// or the reason none will come).
 #[derive(Default)]
 struct Pool {
     idle: VecDeque<Channel>,
-    waiters: VecDeque<oneshot::Sender<Channel>>,
+    waiters: VecDeque<oneshot::Sender<Result<Channel, String>>>,
     /// Channels asked of the control plane and not yet delivered.
     requested: usize,
+}
+
+impl Pool {
+    /// Gives `ch` to the longest-waiting user still waiting; returns it if none is.
+    fn hand_to_waiter(&mut self, mut ch: Channel) -> Option<Channel> {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(Ok(ch)) {
+                Ok(()) => return None,
+                Err(Ok(back)) => ch = back,
+                Err(Err(_)) => return None, // never: what was sent is `Ok`
+            }
+        }
+        Some(ch)
+    }
 }
 
 pub(crate) struct ClientCore {
@@ -41,6 +57,8 @@ pub(crate) struct ClientCore {
     stop_accept: RefCell<Option<oneshot::Sender<()>>>,
     /// Consecutive accept failures, for back-off.
     accept_errors: Cell<u32>,
+    /// Keeps refusals at the connection limit from flooding the log.
+    refusals: Throttle,
 }
 
 impl ClientCore {
@@ -60,6 +78,7 @@ impl ClientCore {
             requests,
             stop_accept: RefCell::new(Some(tx)),
             accept_errors: Cell::new(0),
+            refusals: Throttle::new(Duration::from_secs(1)),
         });
         me.refill();
         monoio::spawn(me.clone().accept_loop(listener, rx));
@@ -79,7 +98,12 @@ impl ClientCore {
             match accepted {
                 Ok((stream, peer)) => {
                     self.accept_errors.set(0);
-                    monoio::spawn(self.clone().serve_user(stream, peer));
+                    match self.spec.limit.try_acquire() {
+                        Some(permit) => {
+                            monoio::spawn(self.clone().serve_user(stream, peer, permit));
+                        }
+                        None => self.refuse(stream, peer),
+                    }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
@@ -96,6 +120,25 @@ impl ClientCore {
         }
     }
 
+    /// The tunnel is at `--max-connections`: close the user's connection at once.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
+        let user = Socket::new(stream);
+        user.abort();
+        drop(user);
+        if let Some(held) = self.refusals.admit() {
+            let max = self.spec.limit.max();
+            warn!(
+                core = self.core.index,
+                %peer,
+                tunnel = %self.spec.tunnel,
+                "refused a user connection: the tunnel's limit of {} is reached; \
+                 raise --max-connections (now {max}) to allow more{}",
+                open_connections(max),
+                held_note(held)
+            );
+        }
+    }
+
     pub(crate) fn stop_accepting(&self) {
         if let Some(tx) = self.stop_accept.borrow_mut().take() {
             let _ = tx.send(());
@@ -106,7 +149,7 @@ impl ClientCore {
     pub(crate) fn channel_arrived(&self, h: ChannelHandoff) {
         let mut pool = self.pool.borrow_mut();
         pool.requested = pool.requested.saturating_sub(1);
-        let mut ch = match Channel::adopt(h) {
+        let ch = match Channel::adopt(h) {
             Ok(ch) => ch,
             Err(e) => {
                 warn!(core = self.core.index, "cannot adopt a channel: {e}");
@@ -115,16 +158,14 @@ impl ClientCore {
                 return;
             }
         };
-        while let Some(waiter) = pool.waiters.pop_front() {
-            match waiter.send(ch) {
-                Ok(()) => {
-                    drop(pool);
-                    self.publish();
-                    return;
-                }
-                Err(back) => ch = back,
+        let ch = match pool.hand_to_waiter(ch) {
+            Some(ch) => ch,
+            None => {
+                drop(pool);
+                self.publish();
+                return;
             }
-        }
+        };
         if self.core.stopping.get() {
             return;
         }
@@ -133,7 +174,9 @@ impl ClientCore {
         self.publish();
     }
 
-    /// Drops every idle channel (they belong to a link that is gone) and refills.
+    /// Drops every idle channel (they belong to a link that is gone or new) and
+    /// refills. While the link is down, users waiting for a channel are let go too:
+    /// none will come until it is back.
     pub(crate) fn flush_pool(&self) {
         let dropped = std::mem::take(&mut self.pool.borrow_mut().idle);
         if !dropped.is_empty() {
@@ -144,9 +187,22 @@ impl ClientCore {
             );
         }
         drop(dropped);
+        if self.core.stopping.get() {
+            self.fail_waiters("the tunnel is stopping");
+        } else if !self.spec.link.is_up() {
+            self.fail_waiters("the router is unreachable (the tunnel is reconnecting)");
+        }
         self.publish();
         if !self.core.stopping.get() {
             self.refill();
+        }
+    }
+
+    /// Tells every user waiting for a channel that none is coming, and why.
+    pub(crate) fn fail_waiters(&self, reason: &str) {
+        let waiters = std::mem::take(&mut self.pool.borrow_mut().waiters);
+        for w in waiters {
+            let _ = w.send(Err(reason.to_owned()));
         }
     }
 
@@ -200,15 +256,16 @@ impl ClientCore {
         self.pool.borrow_mut().waiters.push_back(tx);
         self.refill();
         match monoio::time::timeout(self.spec.wait_for_channel, rx).await {
-            Ok(Ok(ch)) => Ok(ch),
-            _ => Err(format!(
+            Ok(Ok(given)) => given,
+            Ok(Err(_)) => Err("the tunnel is stopping".into()),
+            Err(_) => Err(format!(
                 "no channel to the router within {:?}",
                 self.spec.wait_for_channel
             )),
         }
     }
 
-    async fn serve_user(self: Rc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve_user(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
         let core = &self.core;
         let id = core.next_conn_id();
         let user = Socket::new(stream);
@@ -242,6 +299,7 @@ impl ClientCore {
         }
         core.stats.active.fetch_sub(1, Relaxed);
         core.conns.remove(id);
+        drop(permit);
         debug!(
             conn = id,
             up = counters.up.get(),
@@ -324,13 +382,9 @@ impl ClientCore {
         if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
             return; // plenty idle already; let this one close
         }
-        let mut ch = ch;
-        while let Some(waiter) = pool.waiters.pop_front() {
-            match waiter.send(ch) {
-                Ok(()) => return,
-                Err(back) => ch = back,
-            }
-        }
+        let Some(mut ch) = pool.hand_to_waiter(ch) else {
+            return;
+        };
         ch.idle_since = Instant::now();
         pool.idle.push_front(ch);
         drop(pool);

@@ -40,8 +40,12 @@ pub enum ToWorker {
     ClientChannel(ChannelHandoff),
     /// A channel to serve (router side).
     RouterChannel(ChannelHandoff),
-    /// Drop every idle pooled channel (the router link was re-established).
+    /// Drop every idle pooled channel (the router link changed).
     Flush,
+    /// No channel can be made for this core for now (its process is out of file
+    /// descriptors): let the users waiting for one go at once, with this reason,
+    /// instead of holding their sockets while they wait in vain.
+    NoChannels(String),
     /// Reply with this core's open connections.
     Snapshot(futures::channel::oneshot::Sender<Vec<ConnSnapshot>>),
     /// Stop one connection now.

@@ -24,6 +24,7 @@ pub mod stats;
 
 mod channel;
 mod client;
+mod limit;
 mod listener;
 mod net;
 mod pool;
@@ -44,6 +45,7 @@ use tracing::warn;
 
 pub use engine::{Engine, EngineKind};
 pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
+pub use limit::ConnLimit;
 pub use stats::{ConnSnapshot, CoreStats, Totals};
 pub use worker::core_of;
 
@@ -116,6 +118,8 @@ pub struct ClientSpec {
     pub max_idle: Duration,
     /// The control plane's view of the router link.
     pub link: Arc<LinkState>,
+    /// The tunnel's cap on open user connections (`--max-connections`).
+    pub limit: Arc<ConnLimit>,
 }
 
 /// A router's data-plane settings.
@@ -127,6 +131,8 @@ pub struct RouterSpec {
     pub connect_timeout: Duration,
     /// How long a data channel may sit idle before the router closes it.
     pub idle_timeout: Duration,
+    /// The router's cap on open streams (`--max-connections`).
+    pub limit: Arc<ConnLimit>,
 }
 
 /// How many workers, on which engine.
@@ -301,6 +307,14 @@ impl DataPlane {
             .iter()
             .min_by_key(|w| w.stats.active.load(Relaxed) + w.tx.len() as u64)
             .is_some_and(|w| w.tx.send(ToWorker::RouterChannel(h)).is_ok())
+    }
+
+    /// Tells core `core` that no channel can be made for now, and why: the users
+    /// waiting for one are let go with that reason.
+    pub fn no_channels(&self, core: usize, reason: String) {
+        if let Some(w) = self.workers.get(core) {
+            let _ = w.tx.send(ToWorker::NoChannels(reason));
+        }
     }
 
     /// Tells every core to drop its idle channels (the router link changed).

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use conduit_proto::{Message, Refusal, RefusalCode};
 use futures::channel::oneshot;
@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::RouterSpec;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
+use crate::limit::{Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, Meter};
@@ -24,11 +25,17 @@ use crate::worker::Core;
 pub(crate) struct RouterCore {
     core: Rc<Core>,
     spec: Arc<RouterSpec>,
+    /// Keeps refusals at the connection limit from flooding the log.
+    refusals: Throttle,
 }
 
 impl RouterCore {
     pub(crate) fn new(core: Rc<Core>, spec: Arc<RouterSpec>) -> Self {
-        Self { core, spec }
+        Self {
+            core,
+            spec,
+            refusals: Throttle::new(Duration::from_secs(1)),
+        }
     }
 
     pub(crate) fn serve(self: &Rc<Self>, h: ChannelHandoff) {
@@ -99,6 +106,25 @@ impl RouterCore {
                 return false;
             }
         };
+        let Some(permit) = self.spec.limit.try_acquire() else {
+            let max = self.spec.limit.max();
+            let message = format!(
+                "the router's limit of {} is reached; \
+                 raise --max-connections (now {max}) on the router to allow more",
+                open_connections(max)
+            );
+            if let Some(held) = self.refusals.admit() {
+                warn!(conn = id, %peer, %client, %target, "open refused: {message}{}", held_note(held));
+            }
+            core.stats.failed.fetch_add(1, Relaxed);
+            let _ = ch
+                .send(&Message::OpenFailed(Refusal::new(
+                    RefusalCode::LimitReached,
+                    message,
+                )))
+                .await;
+            return false;
+        };
         let source = match connect(&addrs, self.spec.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -161,6 +187,7 @@ impl RouterCore {
         .await;
         core.stats.active.fetch_sub(1, Relaxed);
         core.conns.remove(id);
+        drop(permit);
         let reusable = match outcome.stop {
             // What is already buffered belongs to the client's next stream.
             None => !ch.tls.borrow().peer_closed(),

@@ -100,6 +100,11 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                     c.flush_pool();
                 }
             }
+            ToWorker::NoChannels(reason) => {
+                if let Some(c) = &client {
+                    c.fail_waiters(&reason);
+                }
+            }
             ToWorker::Snapshot(reply) => {
                 let _ = reply.send(core.conns.snapshot());
             }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, keys};
-use conduit_proto::Secret;
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
@@ -35,15 +34,17 @@ pub(crate) fn run(home: &Home, a: RouterArgs) -> Result<()> {
         identity,
         authorized: Arc::new(AuthorizedClients::new(authorized)),
         policy,
-        token: a.token.map(Secret::new),
-        handshake_timeout: secs(10),
+        token: a.token,
+        handshake_timeout: secs(a.handshake_timeout),
         connect_timeout: secs(10),
         idle_timeout: secs(300),
+        max_connections: a.max_connections,
         dataplane: dataplane_options(&a.engine),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     runtime(threads)?.block_on(async move {
         let router = Router::bind(settings).await?;
+        let signals = shutdown_signal();
         info!(
             key = %key_path.display(),
             clients = %auth_path.display(),
@@ -55,7 +56,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs) -> Result<()> {
             router.workers(),
             router.engine()
         ));
-        router.run(shutdown_signal(), secs(a.drain_timeout)).await?;
+        router.run(signals, secs(a.drain_timeout)).await?;
         Ok::<_, anyhow::Error>(())
     })
 }

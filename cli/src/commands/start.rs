@@ -26,7 +26,7 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
     });
     ensure_name_free(home, &name)?;
     if !a.foreground {
-        return background(home, &name);
+        return background(home, &name, a.token.clone());
     }
     let settings = TunnelSettings {
         name: name.clone(),
@@ -35,10 +35,11 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         identity,
         source: source.clone(),
         bind,
-        token: a.token.map(Secret::new),
+        token: a.token,
         pool_size: a.pool_size,
         connect_timeout: secs(10),
-        handshake_timeout: secs(10),
+        handshake_timeout: secs(a.handshake_timeout),
+        max_connections: a.max_connections,
         dataplane: dataplane_options(&a.engine),
     };
     let registration = Registration {
@@ -60,12 +61,13 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         let (workers, engine) = (tunnel.workers(), tunnel.engine());
         let status = tunnel.status();
         let process = RegisteredTunnel::register(tunnel, registration).await?;
+        let signals = shutdown_signal();
         say(format_args!(
             "tunnel {name:?} listening on {addr} (id {}, {workers} workers, {engine})",
             process.id()
         ));
         let announcer = tokio::spawn(announce(name, router, status));
-        let res = process.run(shutdown_signal()).await;
+        let res = process.run(signals).await;
         announcer.abort();
         res.map_err(anyhow::Error::from)
     })
@@ -108,10 +110,11 @@ fn ignore_hangups() {
 }
 
 /// Relaunches this command as a detached `--foreground --detached` process.
-fn background(home: &Home, name: &str) -> Result<()> {
+fn background(home: &Home, name: &str, token: Option<Secret>) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
     let exe = std::env::current_exe()?;
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // The token travels in the child's environment, not on its command line.
+    let mut args = without_flag(std::env::args_os().skip(1), "--token");
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
@@ -121,6 +124,7 @@ fn background(home: &Home, name: &str) -> Result<()> {
         home: home.clone(),
         name: name.to_owned(),
         timeout: Duration::from_secs(30),
+        token,
     })?;
     match l.standing {
         Standing::Connected => say(format_args!(
@@ -137,4 +141,41 @@ fn background(home: &Home, name: &str) -> Result<()> {
     }
     say(format_args!("log: {}", l.log_file.display()));
     Ok(())
+}
+
+/// `args` without `flag VALUE` and `flag=VALUE`.
+fn without_flag(args: impl IntoIterator<Item = OsString>, flag: &str) -> Vec<OsString> {
+    let with_value = format!("{flag}=");
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        let s = a.to_string_lossy();
+        if s == flag {
+            args.next();
+        } else if !s.starts_with(&with_value) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_taken_off_the_command_line() {
+        let args = [
+            "start",
+            "--token",
+            "s3cret",
+            "--bind",
+            "b",
+            "--token=x",
+            "--name",
+            "n",
+        ];
+        let got = without_flag(args.iter().map(OsString::from), "--token");
+        assert_eq!(got, ["start", "--bind", "b", "--name", "n"]);
+    }
 }
