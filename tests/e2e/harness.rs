@@ -136,10 +136,35 @@ impl Home {
 
     /// A router on a free port allowing `allow`, and its address.
     pub fn router(&self, engine: Engine, allow: &[String]) -> (Proc, SocketAddr) {
+        self.router_with(engine, "127.0.0.1:0", allow, &[])
+    }
+
+    /// A router on `bind` allowing `allow`, with `extra` arguments; and its address
+    /// once it listens.
+    pub fn router_with(
+        &self,
+        engine: Engine,
+        bind: &str,
+        allow: &[String],
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
+        let p = self.router_proc(engine, bind, allow, extra);
+        let line = p.wait_stdout("router listening on");
+        (p, addr_in(&line))
+    }
+
+    /// Starts a router without waiting for anything.
+    pub fn router_proc(
+        &self,
+        engine: Engine,
+        bind: &str,
+        allow: &[String],
+        extra: &[&str],
+    ) -> Proc {
         let mut args = vec![
             "router".to_owned(),
             "--bind".into(),
-            "127.0.0.1:0".into(),
+            bind.into(),
             "--io-engine".into(),
             engine.flag().into(),
             "--workers".into(),
@@ -149,10 +174,24 @@ impl Home {
             args.push("--allow".into());
             args.push(a.clone());
         }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = self.spawn(&args);
-        let line = p.wait_stdout("router listening on");
-        (p, addr_in(&line))
+        self.spawn(&args)
+    }
+
+    /// A foreground tunnel with `extra` arguments, connected; and its address.
+    pub fn tunnel_with(
+        &self,
+        engine: Engine,
+        router: SocketAddr,
+        source: &str,
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
+        let p = self.tunnel_proc(engine, router, source, extra);
+        let line = p.wait_stdout("listening on");
+        let addr = addr_in(&line);
+        p.wait_stdout("connected to router");
+        (p, addr)
     }
 
     /// A foreground tunnel to `source` through `router`, connected; and its address.
@@ -286,6 +325,61 @@ impl Proc {
             }
             o = cv.wait_timeout(o, deadline - now).unwrap().0;
         }
+    }
+
+    /// Stdout lines containing `needle` so far.
+    pub fn stdout_count(&self, needle: &str) -> usize {
+        let o = self.out.0.lock().unwrap();
+        o.stdout.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n` stdout lines contain `needle`.
+    pub fn wait_stdout_count(&self, needle: &str, n: usize) {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + DEADLINE;
+        let mut o = lock.lock().unwrap();
+        while o.stdout.iter().filter(|l| l.contains(needle)).count() < n {
+            let now = Instant::now();
+            if now >= deadline || o.stdout_closed {
+                panic!(
+                    "fewer than {n} stdout lines with {needle:?}\nstdout: {:?}\nstderr:\n{}",
+                    o.stdout, o.stderr
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Occurrences of `needle` in stderr so far.
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.out.0.lock().unwrap().stderr.matches(needle).count()
+    }
+
+    /// Waits until stderr contains `needle` `n` times.
+    pub fn wait_stderr_count(&self, needle: &str, n: usize) {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + DEADLINE;
+        let mut o = lock.lock().unwrap();
+        while o.stderr.matches(needle).count() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "stderr never contained {needle:?} {n} times; stderr:\n{}",
+                    o.stderr
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// All stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().stdout.clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits until stderr contains `needle`.

@@ -8,10 +8,17 @@
     clippy::expect_used
 )]
 
+mod chaos;
 mod config;
+mod faults;
 mod harness;
+mod hostile;
+mod limits;
 mod manage;
+mod procfs;
 mod real_clients;
 mod refusals;
+mod soak;
 mod sources;
 mod tunnel;
+mod users;
