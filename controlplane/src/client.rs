@@ -255,17 +255,26 @@ async fn control_loop(shared: Arc<Shared>) -> Error {
             Ok(mut ctl) => {
                 attempt = 0;
                 backoff.reset();
-                shared.link.connected();
+                let epoch = shared.link.connected();
                 shared.dp.flush_pools();
                 shared.status.send_replace(LinkStatus::Connected {
                     since: SystemTime::now(),
                 });
                 info!(tunnel = %shared.name, router = %shared.router, "connected to router");
-                let why = heartbeat(&mut ctl).await;
+                let end = heartbeat(&mut ctl).await;
+                let why = &end.why;
                 shared.link.lost();
                 // Idle channels of the lost link are dead or soon will be: close them
                 // now rather than hold them half-closed until the link is back.
                 shared.dp.flush_pools();
+                if end.silent {
+                    // A router that stopped answering (frozen, or behind a link that
+                    // drops everything) sends no reset either: the data channels would
+                    // wait forever. Their users are told now.
+                    shared
+                        .dp
+                        .link_lost(epoch, &format!("the router link was lost: {why}"));
+                }
                 warn!(tunnel = %shared.name, router = %shared.router, "lost the router link: {why}; reconnecting");
             }
             Err(e) if !e.is_retryable() => {
@@ -290,28 +299,46 @@ async fn control_loop(shared: Arc<Shared>) -> Error {
     }
 }
 
+/// How a control channel ended.
+struct LinkEnd {
+    why: String,
+    /// The router stopped answering, rather than closing or failing the connection.
+    silent: bool,
+}
+
+impl From<String> for LinkEnd {
+    fn from(why: String) -> Self {
+        Self { why, silent: false }
+    }
+}
+
 /// Pings the router until the link fails; returns why it failed.
-async fn heartbeat(ctl: &mut Wire) -> String {
+async fn heartbeat(ctl: &mut Wire) -> LinkEnd {
     let mut nonce = 0u64;
     loop {
         nonce += 1;
         if let Err(e) = ctl.send(&Message::Ping { nonce }).await {
-            return e.to_string();
+            return e.to_string().into();
         }
         let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL * 3;
         loop {
             match tokio::time::timeout_at(deadline, ctl.recv()).await {
-                Err(_) => return format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
+                Err(_) => {
+                    return LinkEnd {
+                        why: format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
+                        silent: true,
+                    };
+                }
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
-                    return format!("router said goodbye: {}", r.message);
+                    return format!("router said goodbye: {}", r.message).into();
                 }
                 Ok(Ok(Some(other))) => {
-                    return format!("unexpected {} from the router", other.name());
+                    return format!("unexpected {} from the router", other.name()).into();
                 }
-                Ok(Ok(None)) => return "the router closed the connection".into(),
-                Ok(Err(e)) => return e.to_string(),
+                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
+                Ok(Err(e)) => return e.to_string().into(),
             }
         }
         // Until the next ping, keep reading: a router that goes away is noticed at
@@ -322,13 +349,13 @@ async fn heartbeat(ctl: &mut Wire) -> String {
                 Err(_) => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
-                    return format!("router said goodbye: {}", r.message);
+                    return format!("router said goodbye: {}", r.message).into();
                 }
                 Ok(Ok(Some(other))) => {
-                    return format!("unexpected {} from the router", other.name());
+                    return format!("unexpected {} from the router", other.name()).into();
                 }
-                Ok(Ok(None)) => return "the router closed the connection".into(),
-                Ok(Err(e)) => return e.to_string(),
+                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
+                Ok(Err(e)) => return e.to_string().into(),
             }
         }
     }
@@ -359,7 +386,7 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
         }
         let epoch = shared.link.epoch();
         match open(&shared, ChannelKind::Data).await {
-            Ok(w) => match w.into_handoff(epoch) {
+            Ok(w) => match w.into_handoff(epoch, shared.name.clone()) {
                 Ok(h) => {
                     if !shared.dp.send_client_channel(core, h) {
                         debug!(core, "worker gone; channel dropped");

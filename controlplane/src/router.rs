@@ -1,9 +1,10 @@
 //! The router: accept client connections, run TLS handshakes and the `Hello`
 //! exchange, keep control channels, and hand data channels to the workers.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conduit_dataplane::{ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
@@ -49,6 +50,10 @@ struct State {
     token: Option<Secret>,
     handshake_timeout: Duration,
     dp: Arc<DataPlane>,
+    /// Live control sessions per (client key, tunnel name). Sessions are tasks on a
+    /// multi-threaded runtime that come and go independently; a lock held for one
+    /// map update is simpler than a task owning the map and answering messages.
+    sessions: Mutex<HashMap<(PublicKey, String), usize>>,
 }
 
 /// A bound router, ready to run.
@@ -94,6 +99,7 @@ impl Router {
                 token: s.token,
                 handshake_timeout: s.handshake_timeout,
                 dp: Arc::new(dp),
+                sessions: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -207,7 +213,7 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     }
     match hello.channel {
         ChannelKind::Control => control_session(&state, wire, key, hello.tunnel).await,
-        ChannelKind::Data => match wire.into_handoff(0) {
+        ChannelKind::Data => match wire.into_handoff(0, hello.tunnel) {
             Ok(h) => {
                 if !state.dp.send_router_channel(h) {
                     warn!(%peer, "no data-plane worker is running; channel dropped");
@@ -275,10 +281,16 @@ async fn control_session(state: &State, mut wire: Wire, key: PublicKey, tunnel: 
     let peer = wire.peer_addr();
     let comment = state.authorized.lookup(&key).unwrap_or_default();
     info!(%peer, client = %key, name = %comment, %tunnel, "client connected");
+    let session = (key, tunnel.clone());
+    *lock(&state.sessions).entry(session.clone()).or_default() += 1;
     let silence = HEARTBEAT_INTERVAL * 4;
+    let mut silent = false;
     let reason = loop {
         match tokio::time::timeout(silence, wire.recv()).await {
-            Err(_) => break format!("no heartbeat for {silence:?}"),
+            Err(_) => {
+                silent = true;
+                break format!("no heartbeat for {silence:?}");
+            }
             Ok(Ok(Some(Message::Ping { nonce }))) => {
                 if let Err(e) = wire.send(&Message::Pong { nonce }).await {
                     break e.to_string();
@@ -298,6 +310,32 @@ async fn control_session(state: &State, mut wire: Wire, key: PublicKey, tunnel: 
         }
     };
     info!(%peer, client = %key, %tunnel, "client disconnected: {reason}");
+    let others = {
+        let mut sessions = lock(&state.sessions);
+        let left = sessions.get_mut(&session).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        if left == 0 {
+            sessions.remove(&session);
+        }
+        left
+    };
+    // A client that stopped answering (frozen, or behind a link that drops
+    // everything) sends no reset either: its streams would hold their sources open
+    // forever. Close them, unless the same tunnel is connected again meanwhile.
+    if silent && others == 0 {
+        state.dp.client_lost(
+            key,
+            &tunnel,
+            &format!("the client stopped answering (no heartbeat for {silence:?})"),
+        );
+    }
+}
+
+/// The session table's lock: a poisoned lock still holds valid counts.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

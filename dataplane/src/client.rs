@@ -13,7 +13,7 @@ use conduit_proto::{Message, Refusal, RefusalCode};
 use futures::channel::oneshot;
 use futures::future::{Either, select};
 use monoio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::ClientSpec;
 use crate::channel::Channel;
@@ -21,7 +21,7 @@ use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, Meter};
+use crate::stats::{ConnCounters, ConnEntry, Meter, Rides};
 use crate::sys::Peek;
 use crate::worker::Core;
 
@@ -282,6 +282,7 @@ impl ClientCore {
                 started: Instant::now(),
                 counters: counters.clone(),
                 kill: Some(kill_tx),
+                rides: Rides::Nothing,
             },
         );
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
@@ -313,9 +314,10 @@ impl ClientCore {
         id: u64,
         user: &Socket,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<()>,
+        kill: oneshot::Receiver<String>,
     ) -> Result<(), String> {
         let mut ch = self.channel().await?;
+        self.core.conns.set_rides(id, Rides::Link(ch.epoch));
         ch.send(&Message::Open {
             target: self.spec.target.clone(),
         })
@@ -362,15 +364,12 @@ impl ClientCore {
                         tell_peer(&ch, "the user's connection failed").await;
                         format!("user connection failed: {e}")
                     }
-                    Stop::Killed => {
-                        tell_peer(&ch, "closed by the client's operator").await;
-                        "closed by the operator".into()
+                    Stop::Killed(why) => {
+                        tell_peer(&ch, &format!("closed by the client: {why}")).await;
+                        why.clone()
                     }
                     other => other.to_string(),
                 };
-                if matches!(stop, Stop::Killed) {
-                    info!(conn = id, "connection closed by the operator");
-                }
                 Err(reason)
             }
         }
@@ -394,7 +393,6 @@ impl ClientCore {
 
 /// Best effort: tell the router this stream is aborted, so it resets the source.
 async fn tell_peer(ch: &Channel, why: &str) {
-    let _ = ch
-        .send(&Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
+    ch.send_best_effort(&Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
         .await;
 }

@@ -27,6 +27,8 @@ pub struct ChannelHandoff {
     pub peer_key: PublicKey,
     /// The other end's address.
     pub peer_addr: SocketAddr,
+    /// The tunnel it serves (its name, from `Hello`).
+    pub tunnel: String,
     /// The link generation it was made in (client side; see [`LinkState`]).
     pub epoch: u64,
     /// When the handshake finished.
@@ -48,8 +50,26 @@ pub enum ToWorker {
     NoChannels(String),
     /// Reply with this core's open connections.
     Snapshot(futures::channel::oneshot::Sender<Vec<ConnSnapshot>>),
-    /// Stop one connection now.
+    /// Stop one connection now (the operator asked).
     Kill(u64),
+    /// The router link of this generation was lost without its channels noticing
+    /// (no heartbeat answer): stop the user connections riding on it (client side).
+    LinkLost {
+        /// The generation lost.
+        epoch: u64,
+        /// Why, for the users' log lines.
+        reason: String,
+    },
+    /// A client's tunnel stopped answering heartbeats: stop the streams of its
+    /// channels (router side).
+    ClientLost {
+        /// The client's key.
+        key: PublicKey,
+        /// Its tunnel's name.
+        tunnel: String,
+        /// Why, for the log lines.
+        reason: String,
+    },
     /// Stop accepting; close open connections at `deadline` (or now), then exit.
     Stop {
         /// When to cut the connections still open.

@@ -317,6 +317,30 @@ impl DataPlane {
         }
     }
 
+    /// Tells every core that the router link of generation `epoch` is lost without
+    /// its channels noticing: the user connections riding on it are closed with
+    /// `reason` (client side).
+    pub fn link_lost(&self, epoch: u64, reason: &str) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::LinkLost {
+                epoch,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Tells every core that `key`'s tunnel `tunnel` stopped answering: the streams
+    /// of its channels are closed with `reason` (router side).
+    pub fn client_lost(&self, key: PublicKey, tunnel: &str, reason: &str) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::ClientLost {
+                key,
+                tunnel: tunnel.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
     /// Tells every core to drop its idle channels (the router link changed).
     pub fn flush_pools(&self) {
         for w in &self.workers {

@@ -56,8 +56,10 @@ pub(crate) enum Stop {
     OpenFailed(Refusal),
     #[error("aborted by the other end: {}", .0.message)]
     PeerReset(Refusal),
-    #[error("closed by the operator")]
-    Killed,
+    /// Stopped from outside the relay (operator, drain deadline, lost link); the
+    /// reason says which.
+    #[error("{0}")]
+    Killed(String),
 }
 
 /// How a relay ended.
@@ -84,7 +86,7 @@ pub(crate) struct Relay<'a> {
 
 impl Relay<'_> {
     /// Runs until both directions end, one fails, or `kill` fires.
-    pub(crate) async fn run(self, kill: futures::channel::oneshot::Receiver<()>) -> Outcome {
+    pub(crate) async fn run(self, kill: futures::channel::oneshot::Receiver<String>) -> Outcome {
         let Relay {
             side,
             plain,
@@ -102,7 +104,9 @@ impl Relay<'_> {
         let stop = match select(both, kill).await {
             Either::Left((Ok(_), _)) => None,
             Either::Left((Err(stop), _)) => Some(stop),
-            Either::Right(_) => Some(Stop::Killed),
+            Either::Right((why, _)) => Some(Stop::Killed(
+                why.unwrap_or_else(|_| "closed by the data plane".into()),
+            )),
         };
         lend_back(tls);
         Outcome { stop }

@@ -19,7 +19,7 @@ use crate::handoff::ChannelHandoff;
 use crate::limit::{Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, Meter};
+use crate::stats::{ConnCounters, ConnEntry, Meter, Rides};
 use crate::worker::Core;
 
 pub(crate) struct RouterCore {
@@ -156,6 +156,7 @@ impl RouterCore {
                 started: Instant::now(),
                 counters: counters.clone(),
                 kill: Some(kill_tx),
+                rides: Rides::Client(client, ch.tunnel.clone()),
             },
         );
         debug!(conn = id, %peer, %target, "stream opened");
@@ -196,21 +197,19 @@ impl RouterCore {
                 match &stop {
                     Stop::Plain(e) => {
                         warn!(conn = id, %target, "source connection failed: {e}");
-                        let _ = ch
-                            .send(&Message::Reset(Refusal::new(
-                                RefusalCode::Aborted,
-                                format!("the source connection failed: {e}"),
-                            )))
-                            .await;
+                        ch.send_best_effort(&Message::Reset(Refusal::new(
+                            RefusalCode::Aborted,
+                            format!("the source connection failed: {e}"),
+                        )))
+                        .await;
                     }
-                    Stop::Killed => {
-                        info!(conn = id, "stream closed by the operator");
-                        let _ = ch
-                            .send(&Message::Reset(Refusal::new(
-                                RefusalCode::Aborted,
-                                "closed by the router's operator",
-                            )))
-                            .await;
+                    Stop::Killed(why) => {
+                        info!(conn = id, %peer, %target, "stream closed: {why}");
+                        ch.send_best_effort(&Message::Reset(Refusal::new(
+                            RefusalCode::Aborted,
+                            format!("closed by the router: {why}"),
+                        )))
+                        .await;
                     }
                     Stop::PeerReset(r) => {
                         debug!(conn = id, "client aborted the stream: {}", r.message)

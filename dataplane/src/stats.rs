@@ -11,6 +11,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use conduit_proto::PublicKey;
+
 /// Counters of one core. Aligned to its own cache lines so cores never share one.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -104,7 +106,21 @@ pub(crate) struct ConnEntry {
     pub(crate) target: String,
     pub(crate) started: Instant,
     pub(crate) counters: Rc<ConnCounters>,
-    pub(crate) kill: Option<futures::channel::oneshot::Sender<()>>,
+    /// Stops the connection; carries the reason it is given.
+    pub(crate) kill: Option<futures::channel::oneshot::Sender<String>>,
+    /// What the connection rides on, to stop it when that is lost.
+    pub(crate) rides: Rides,
+}
+
+/// What a connection depends on beyond its own sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rides {
+    /// Nothing yet (a user still waiting for a channel).
+    Nothing,
+    /// Client side: a channel of this generation of the router link.
+    Link(u64),
+    /// Router side: a channel of this client key's tunnel.
+    Client(PublicKey, String),
 }
 
 /// The open connections of one core.
@@ -126,12 +142,19 @@ impl ConnTable {
         self.entries.borrow().len()
     }
 
+    /// Records what connection `id` now rides on.
+    pub(crate) fn set_rides(&self, id: u64, rides: Rides) {
+        if let Some(e) = self.entries.borrow_mut().get_mut(&id) {
+            e.rides = rides;
+        }
+    }
+
     /// Asks connection `id` to stop; false if it is not on this core.
-    pub(crate) fn kill(&self, id: u64) -> bool {
+    pub(crate) fn kill(&self, id: u64, reason: &str) -> bool {
         match self.entries.borrow_mut().get_mut(&id) {
             Some(e) => {
                 if let Some(k) = e.kill.take() {
-                    let _ = k.send(());
+                    let _ = k.send(reason.to_owned());
                 }
                 true
             }
@@ -139,13 +162,24 @@ impl ConnTable {
         }
     }
 
-    /// Asks every connection to stop.
-    pub(crate) fn kill_all(&self) {
+    /// Asks every connection riding on something `lost` says is gone to stop;
+    /// returns how many were asked.
+    pub(crate) fn kill_riding(&self, lost: impl Fn(&Rides) -> bool, reason: &str) -> usize {
+        let mut n = 0;
         for e in self.entries.borrow_mut().values_mut() {
-            if let Some(k) = e.kill.take() {
-                let _ = k.send(());
+            if lost(&e.rides) {
+                if let Some(k) = e.kill.take() {
+                    let _ = k.send(reason.to_owned());
+                    n += 1;
+                }
             }
         }
+        n
+    }
+
+    /// Asks every connection to stop.
+    pub(crate) fn kill_all(&self, reason: &str) {
+        self.kill_riding(|_| true, reason);
     }
 
     pub(crate) fn snapshot(&self) -> Vec<ConnSnapshot> {

@@ -153,6 +153,71 @@ both_engines!(
     }
 );
 
+/// Resumes a stopped process when dropped, so a failing test leaves none frozen.
+struct Frozen<'a>(&'a Proc);
+
+impl<'a> Frozen<'a> {
+    fn new(p: &'a Proc) -> Self {
+        p.signal("STOP");
+        Self(p)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
+}
+
+#[test]
+fn a_frozen_router_is_found_out_by_heartbeat_and_its_users_closed() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router(engine, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let mut held = open_user(taddr);
+
+    // The router stops answering but resets nothing, like a router behind a link
+    // that drops every packet: only the missing heartbeat tells.
+    let frozen = Frozen::new(&router);
+    assert_eq!(expect_end(&mut held), End::Reset);
+    tunnel.wait_stderr("lost the router link: no heartbeat answer for 15s");
+    tunnel.wait_stderr(
+        "user connection closed: the router link was lost: no heartbeat answer for 15s",
+    );
+    drop(frozen);
+    tunnel.wait_stdout_count("connected to router", 2);
+    wait_for_echo(taddr, b"thawed");
+    no_close_wait("tunnel", tunnel.pid());
+}
+
+#[test]
+fn a_frozen_tunnel_is_found_out_by_heartbeat_and_its_sources_closed() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let src = EchoSource::start();
+    let saddr = src.addr();
+    let (router, raddr) = home.router(engine, &[saddr.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
+    let mut held = open_user(taddr);
+    assert_eq!(src.live(), 1);
+
+    let frozen = Frozen::new(&tunnel);
+    router.wait_stderr("client disconnected: no heartbeat for 20s");
+    router.wait_stderr("stream closed: the client stopped answering (no heartbeat for 20s)");
+    wait_until("the source connection closed by the router", || {
+        let n = src.live();
+        (n == 0, n)
+    });
+    no_close_wait("router", router.pid());
+    drop(frozen);
+    // Thawed, the tunnel finds its stream reset and its link gone, and heals.
+    assert_eq!(expect_end(&mut held), End::Reset);
+    tunnel.wait_stdout_count("connected to router", 2);
+    wait_for_echo(taddr, b"thawed");
+}
+
 #[test]
 fn a_stop_signal_right_after_start_drains_and_exits_0() {
     let home = Home::with_keys();
