@@ -1,7 +1,8 @@
 //! Faults a tunnel must heal from, or end cleanly with the reason logged: the router
 //! killed and restarted on its port, a source going down and coming back, a router
-//! that appears late, the link between tunnel and router cut mid-stream, a stop
-//! signal during a long transfer, and running out of file descriptors.
+//! that appears late, the link between tunnel and router cut mid-stream, a router or
+//! tunnel that freezes (only heartbeats can tell), a stop signal during a long
+//! transfer, and running out of file descriptors.
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
@@ -13,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::both_engines;
 use crate::chaos::{EchoSource, Forwarder};
-use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port};
+use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
 use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, open_fds, wait_until};
 use crate::sources::{self, Pattern, pattern_sha};
 use crate::users::{
@@ -357,6 +358,9 @@ both_engines!(
         let (_router, raddr) = home.router(engine, &[source.to_string()]);
         let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
         assert_echo(taddr, b"before");
+        if !have("prlimit", "--version") {
+            return;
+        }
         squeeze_fds(tunnel.pid(), 16);
 
         // Users pile up until the tunnel cannot accept any more.
@@ -396,6 +400,9 @@ fn a_router_out_of_file_descriptors_backs_off_and_recovers() {
     );
     let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
     assert_echo(taddr, b"before");
+    if !have("prlimit", "--version") {
+        return;
+    }
     squeeze_fds(router.pid(), 16);
 
     // Connections that never start a handshake hold the router's descriptors.

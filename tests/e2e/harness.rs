@@ -234,6 +234,26 @@ impl Home {
     }
 }
 
+/// Whether `tool` is installed (it answers `tool version_arg`). Without it a test
+/// skips, unless CONDUIT_E2E_REQUIRE_TOOLS is set (as `tests/run.sh` does): then it
+/// fails.
+pub fn have(tool: &str, version_arg: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CONDUIT_E2E_REQUIRE_TOOLS").is_none(),
+            "{tool} is required here but not installed"
+        );
+        eprintln!("{tool} not installed; skipping");
+    }
+    found
+}
+
 /// The first `IP:PORT` in a line.
 pub fn addr_in(line: &str) -> SocketAddr {
     line.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
