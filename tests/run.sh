@@ -10,6 +10,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the metrics format
+command -v openssl >/dev/null || need+=(openssl)
+command -v prlimit >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

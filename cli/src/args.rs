@@ -362,6 +362,14 @@ pub(crate) struct RouterArgs {
     /// Seconds to let open streams finish after SIGTERM/SIGINT [default: 30].
     #[arg(long)]
     pub(crate) drain_timeout: Option<u64>,
+    /// Seconds a connecting client gets for its TLS handshake and Hello; a peer that
+    /// is silent or slow is cut off then [default: 10].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) handshake_timeout: Option<u64>,
+    /// Open streams at most, over all clients (0: no limit); the next Open is refused
+    /// with a logged reason [default: 0].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<u64>,
     /// Data-plane worker threads (default: one per usable core).
     #[arg(long)]
     pub(crate) workers: Option<usize>,
@@ -424,8 +432,8 @@ pub(crate) struct StartArgs {
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// A token, for routers that require one.
-    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
-    pub(crate) token: Option<String>,
+    #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) token: Option<Secret>,
     /// tls (default), or plain when the router runs `--transport plain` (links that
     /// are already encrypted only).
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
@@ -440,6 +448,13 @@ pub(crate) struct StartArgs {
     /// bind it to loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_bind: Option<String>,
+    /// Seconds the router gets to complete the TLS handshake and Hello/Welcome.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) handshake_timeout: u64,
+    /// Open user connections at most (0: no limit); the next one is closed at once
+    /// with a logged reason.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_connections: usize,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
     #[command(flatten)]
@@ -480,4 +495,35 @@ pub(crate) struct ServiceArgs {
     /// /etc/conduit/NAME.env; /usr/local/etc/conduit/NAME.env for launchd and rc.d).
     #[arg(long, value_name = "PATH", requires = "service_file")]
     pub(crate) service_env_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_of_the_arguments_hides_the_token() {
+        for args in [
+            &["conduit", "router", "--token", "hunter2-secret"][..],
+            &[
+                "conduit",
+                "start",
+                "--router",
+                "r:1",
+                "--router-key",
+                "k",
+                "--source",
+                "s:1",
+                "--bind",
+                "127.0.0.1:0",
+                "--token",
+                "hunter2-secret",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let shown = format!("{cli:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("token: Some(***)"), "{shown}");
+        }
+    }
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use conduit_dataplane::{ClientSpec, DataPlane, EngineKind, FromWorker, LinkState, Options};
+use conduit_dataplane::{
+    ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
+};
 use conduit_proto::tls::{ClientConfig, client_config};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
@@ -45,6 +47,8 @@ pub struct TunnelSettings {
     pub connect_timeout: Duration,
     /// Limit on TLS handshake plus `Hello`/`Welcome`.
     pub handshake_timeout: Duration,
+    /// Open user connections at most; 0 means no limit.
+    pub max_connections: usize,
     /// Workers and engine.
     pub dataplane: Options,
 }
@@ -114,6 +118,7 @@ impl ClientTunnel {
                 wait_for_channel: s.connect_timeout + s.handshake_timeout,
                 max_idle: Duration::from_secs(240),
                 link: link.clone(),
+                limit: ConnLimit::new(s.max_connections),
             },
         )?;
         let requests = dp
@@ -299,16 +304,28 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
             Ok(mut ctl) => {
                 attempt = 0;
                 backoff.reset();
-                shared.link.connected();
+                let epoch = shared.link.connected();
                 shared.dp.flush_pools();
                 shared.status.send_replace(LinkStatus::Connected {
                     since: SystemTime::now(),
                 });
                 info!(tunnel = %shared.name, router = %shared.router, "connected to router");
-                let why = heartbeat(&mut ctl, &mut stop).await;
+                let end = heartbeat(&mut ctl, &mut stop).await;
+                let why = &end.why;
                 shared.link.lost();
                 if *stop.borrow() {
                     return None;
+                }
+                // Idle channels of the lost link are dead or soon will be: close them
+                // now rather than hold them half-closed until the link is back.
+                shared.dp.flush_pools();
+                if end.silent {
+                    // A router that stopped answering (frozen, or behind a link that
+                    // drops everything) sends no reset either: the data channels would
+                    // wait forever. Their users are told now.
+                    shared
+                        .dp
+                        .link_lost(epoch, &format!("the router link was lost: {why}"));
                 }
                 warn!(tunnel = %shared.name, router = %shared.router, "lost the router link: {why}; reconnecting");
             }
@@ -337,9 +354,22 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
     }
 }
 
+/// How a control channel ended.
+struct LinkEnd {
+    why: String,
+    /// The router stopped answering, rather than closing or failing the connection.
+    silent: bool,
+}
+
+impl From<String> for LinkEnd {
+    fn from(why: String) -> Self {
+        Self { why, silent: false }
+    }
+}
+
 /// Pings the router until the link fails or `stop` is set (then says goodbye);
 /// returns why it ended.
-async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> String {
+async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> LinkEnd {
     let mut nonce = 0u64;
     loop {
         if *stop.borrow() {
@@ -348,11 +378,11 @@ async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> String {
                 "the tunnel is stopping",
             ));
             let _ = ctl.send(&bye).await;
-            return "stopping".into();
+            return "stopping".to_owned().into();
         }
         nonce += 1;
         if let Err(e) = ctl.send(&Message::Ping { nonce }).await {
-            return e.to_string();
+            return e.to_string().into();
         }
         let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL * 3;
         loop {
@@ -361,22 +391,44 @@ async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> String {
                 _ = stop.wait_for(|s| *s) => break,
             };
             match next {
-                Err(_) => return format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
+                Err(_) => {
+                    return LinkEnd {
+                        why: format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
+                        silent: true,
+                    };
+                }
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
-                    return format!("router said goodbye: {}", r.message);
+                    return format!("router said goodbye: {}", r.message).into();
                 }
                 Ok(Ok(Some(other))) => {
-                    return format!("unexpected {} from the router", other.name());
+                    return format!("unexpected {} from the router", other.name()).into();
                 }
-                Ok(Ok(None)) => return "the router closed the connection".into(),
-                Ok(Err(e)) => return e.to_string(),
+                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
+                Ok(Err(e)) => return e.to_string().into(),
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
-            _ = stop.wait_for(|s| *s) => {}
+        // Until the next ping, keep reading: a router that goes away is noticed at
+        // once, not at the next ping.
+        let next = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
+        loop {
+            let got = tokio::select! {
+                r = tokio::time::timeout_at(next, ctl.recv()) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match got {
+                Err(_) => break,
+                Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::Goodbye(r)))) => {
+                    return format!("router said goodbye: {}", r.message).into();
+                }
+                Ok(Ok(Some(other))) => {
+                    return format!("unexpected {} from the router", other.name()).into();
+                }
+                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
+                Ok(Err(e)) => return e.to_string().into(),
+            }
         }
     }
 }
@@ -406,7 +458,7 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
         }
         let epoch = shared.link.epoch();
         match open(&shared, ChannelKind::Data).await {
-            Ok(w) => match w.into_handoff(epoch) {
+            Ok(w) => match w.into_handoff(epoch, shared.name.clone()) {
                 Ok(h) => {
                     if !shared.dp.send_client_channel(core, h) {
                         debug!(core, "worker gone; channel dropped");
@@ -415,6 +467,15 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 }
                 Err(e) => debug!(core, "data channel unusable: {e}"),
             },
+            Err(e) if e.out_of_descriptors() => {
+                let reason = format!(
+                    "cannot open a channel to the router: {e}; the tunnel is out of file \
+                     descriptors: raise its open-file limit (ulimit -n, or LimitNOFILE= in a \
+                     systemd unit)"
+                );
+                warn!(tunnel = %shared.name, core, "{reason}");
+                shared.dp.no_channels(core, reason);
+            }
             Err(e) => debug!(core, "cannot open a data channel: {e}"),
         }
         tokio::time::sleep(backoff.next_wait()).await;

@@ -63,6 +63,17 @@ impl Error {
         )
     }
 
+    /// True when a network operation failed because this process (or the system) has
+    /// no file descriptor left: waiting for the network cannot help.
+    pub fn out_of_descriptors(&self) -> bool {
+        #[cfg(unix)]
+        if let Self::Network { source, .. } = self {
+            use nix::libc::{EMFILE, ENFILE};
+            return matches!(source.raw_os_error(), Some(EMFILE | ENFILE));
+        }
+        false
+    }
+
     pub(crate) fn network(what: impl Into<String>, source: io::Error) -> Self {
         Self::Network {
             what: what.into(),

@@ -1,12 +1,13 @@
 //! The router: accept client connections, run TLS handshakes and the `Hello`
 //! exchange, keep control channels, and hand data channels to the workers.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use conduit_dataplane::{DataPlane, EngineKind, Options, RouterSpec};
+use conduit_dataplane::{ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
 use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
@@ -43,6 +44,8 @@ pub struct RouterSettings {
     pub connect_timeout: Duration,
     /// How long an unused data channel stays open.
     pub idle_timeout: Duration,
+    /// Open streams at most, over all clients; 0 means no limit.
+    pub max_connections: usize,
     /// Workers and engine.
     pub dataplane: Options,
     /// The REST API, if it is on.
@@ -63,6 +66,10 @@ struct State {
     dp: Arc<DataPlane>,
     monitor: Arc<Monitor>,
     counters: Arc<Counters>,
+    /// Live control sessions per (client key, tunnel name). Sessions are tasks on a
+    /// multi-threaded runtime that come and go independently; a lock held for one
+    /// map update is simpler than a task owning the map and answering messages.
+    sessions: Mutex<HashMap<(Option<PublicKey>, String), usize>>,
 }
 
 /// A bound router, ready to run.
@@ -102,6 +109,7 @@ impl Router {
                 policy: Arc::new(s.policy),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
+                limit: ConnLimit::new(s.max_connections),
             },
         )?);
         let monitor = Monitor::start(s.health.clone(), &s.alerts, dp.clone())
@@ -149,6 +157,7 @@ impl Router {
                 dp,
                 monitor,
                 counters,
+                sessions: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -220,9 +229,15 @@ impl Router {
 
 async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
+    // The first bytes, kept to say what a peer that is not a Conduit client was.
+    let mut first = [0u8; 8];
+    let mut seen = 0;
     let setup = tokio::time::timeout(state.handshake_timeout, async {
         let mut wire = match state.transport {
-            Transport::Tls => Wire::handshake(tcp, TlsSession::server(state.tls.clone())?).await?,
+            Transport::Tls => {
+                seen = tcp.peek(&mut first).await?;
+                Wire::handshake(tcp, TlsSession::server(state.tls.clone())?).await?
+            }
             Transport::Plain => Wire::plain(tcp)?,
         };
         let hello = match wire.recv().await? {
@@ -245,12 +260,16 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
         Ok(Err(WireError::Tls(e))) => {
-            match e.unknown_client_key() {
-                Some(u) => {
+            match (e.unknown_client_key(), not_tls(&first[..seen])) {
+                (Some(u), _) => {
                     state.counters.fail(SetupError::Unauthorized);
                     warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it", u.got)
                 }
-                None => {
+                (None, Some(what)) => {
+                    state.counters.fail(SetupError::Tls);
+                    info!(%peer, "connection refused: {what}")
+                }
+                (None, None) => {
                     state.counters.fail(SetupError::Tls);
                     info!(%peer, "TLS handshake failed: {e}")
                 }
@@ -286,7 +305,7 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     state.counters.handshakes.observe(started.elapsed());
     match hello.channel {
         ChannelKind::Control => control_session(&state, wire, key, who, hello.tunnel).await,
-        ChannelKind::Data => match wire.into_handoff(0) {
+        ChannelKind::Data => match wire.into_handoff(0, hello.tunnel) {
             Ok(h) => {
                 if !state.dp.send_router_channel(h) {
                     warn!(%peer, "no data-plane worker is running; channel dropped");
@@ -294,6 +313,28 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
             }
             Err(e) => warn!(%peer, client = %who, "data channel refused: {e}"),
         },
+    }
+}
+
+/// What a peer whose first bytes are not a TLS handshake record was, for the log;
+/// `None` when they are one (TLS itself then says what was wrong).
+fn not_tls(first: &[u8]) -> Option<String> {
+    const TLS_HANDSHAKE: u8 = 0x16;
+    const HTTP: [&[u8]; 9] = [
+        b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ",
+    ];
+    match first.first() {
+        None | Some(&TLS_HANDSHAKE) => None,
+        Some(_) if HTTP.iter().any(|m| first.starts_with(m)) => Some(
+            "a plain-text HTTP request, not TLS: this port is a Conduit router, only Conduit \
+             clients can use it; point HTTP clients at a tunnel's --bind address"
+                .into(),
+        ),
+        Some(_) => Some(format!(
+            "not a TLS connection (first bytes {}): this port is a Conduit router, only Conduit \
+             clients can use it",
+            first.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )),
     }
 }
 
@@ -348,10 +389,16 @@ async fn control_session(
     let session = state
         .monitor
         .link_up(link_key, &comment, &tunnel, Some(peer));
+    let live = (key, tunnel.clone());
+    *lock(&state.sessions).entry(live.clone()).or_default() += 1;
     let silence = state.client_timeout;
+    let mut silent = false;
     let (clean, reason) = loop {
         match tokio::time::timeout(silence, wire.recv()).await {
-            Err(_) => break (false, format!("no heartbeat for {silence:?}")),
+            Err(_) => {
+                silent = true;
+                break (false, format!("no heartbeat for {silence:?}"));
+            }
             Ok(Ok(Some(Message::Ping { nonce }))) => {
                 state.monitor.beat(session);
                 if let Err(e) = wire.send(&Message::Pong { nonce }).await {
@@ -376,4 +423,51 @@ async fn control_session(
     };
     state.monitor.link_down(session, clean, &reason);
     info!(%peer, client = %who, %tunnel, "client disconnected: {reason}");
+    let others = {
+        let mut sessions = lock(&state.sessions);
+        let left = sessions.get_mut(&live).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        if left == 0 {
+            sessions.remove(&live);
+        }
+        left
+    };
+    // A client that stopped answering (frozen, or behind a link that drops
+    // everything) sends no reset either: its streams would hold their sources open
+    // forever. Close them, unless the same tunnel is connected again meanwhile.
+    if silent && others == 0 {
+        state.dp.client_lost(
+            key,
+            &tunnel,
+            &format!("the client stopped answering (no heartbeat for {silence:?})"),
+        );
+    }
+}
+
+/// The session table's lock: a poisoned lock still holds valid counts.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_that_are_not_tls_are_named() {
+        assert_eq!(not_tls(&[]), None);
+        assert_eq!(not_tls(&[0x16, 0x03, 0x01]), None);
+        let http = not_tls(b"GET / HT").unwrap();
+        assert!(
+            http.starts_with("a plain-text HTTP request, not TLS"),
+            "{http}"
+        );
+        assert_eq!(
+            not_tls(&[0xde, 0xad, 0xbe, 0xef]).unwrap(),
+            "not a TLS connection (first bytes deadbeef): this port is a Conduit router, \
+             only Conduit clients can use it"
+        );
+    }
 }

@@ -14,6 +14,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use conduit_proto::Secret;
+
 use crate::{Error, Home};
 
 /// What to launch.
@@ -29,6 +31,10 @@ pub struct Launch {
     pub name: String,
     /// How long to wait for the tunnel to come up.
     pub timeout: Duration,
+    /// A token for the child: passed in its environment (`CONDUIT_TOKEN`, readable by
+    /// its owner only), never on its command line, which every local user can read
+    /// in `ps` for as long as the tunnel runs.
+    pub token: Option<Secret>,
 }
 
 /// How the launched tunnel stands.
@@ -72,6 +78,9 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
+    if let Some(t) = &l.token {
+        cmd.env("CONDUIT_TOKEN", t.expose());
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;

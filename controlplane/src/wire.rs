@@ -222,7 +222,11 @@ impl Wire {
 
     /// Hands the channel to the data plane. Anything the peer pipelined beyond the
     /// messages consumed here is a protocol error: no frame may precede `Welcome`.
-    pub(crate) fn into_handoff(self, epoch: u64) -> Result<ChannelHandoff, WireError> {
+    pub(crate) fn into_handoff(
+        self,
+        epoch: u64,
+        tunnel: String,
+    ) -> Result<ChannelHandoff, WireError> {
         if !self.inbox.is_empty() || !self.decoder.at_boundary() {
             return Err(ProtoError::Unexpected {
                 got: "a frame before Welcome",
@@ -241,6 +245,7 @@ impl Wire {
             leftover: self.raw,
             peer_key,
             peer_addr: self.peer_addr,
+            tunnel,
             epoch,
             made: Instant::now(),
         })

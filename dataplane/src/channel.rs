@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use conduit_proto::frame::HEADER_LEN;
 use conduit_proto::session::MAX_RECORD_PLAINTEXT;
@@ -56,6 +56,8 @@ pub(crate) struct Channel {
     /// Decoded frames not consumed yet, oldest first.
     pub(crate) backlog: VecDeque<Held>,
     pub(crate) peer_key: Option<PublicKey>,
+    /// The tunnel the channel serves.
+    pub(crate) tunnel: String,
     pub(crate) epoch: u64,
     /// When the channel last became idle (handshake or end of its last stream).
     pub(crate) idle_since: Instant,
@@ -75,6 +77,7 @@ impl Channel {
             decoder,
             backlog,
             peer_key: h.peer_key,
+            tunnel: h.tunnel,
             epoch: h.epoch,
             idle_since: h.made,
         })
@@ -93,6 +96,12 @@ impl Channel {
     /// Encrypts and sends one message.
     pub(crate) async fn send(&self, msg: &Message) -> Result<(), ChannelError> {
         send_message(&self.sock, &self.tls, msg).await
+    }
+
+    /// Sends a parting message if it goes out within a second: a peer that stopped
+    /// reading (frozen, or behind a dead link) must not hold up closing the rest.
+    pub(crate) async fn send_best_effort(&self, msg: &Message) {
+        let _ = monoio::time::timeout(Duration::from_secs(1), self.send(msg)).await;
     }
 
     /// Waits for the next control message; what follows it stays in the backlog for

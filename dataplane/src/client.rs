@@ -13,25 +13,41 @@ use conduit_proto::{Message, Refusal, RefusalCode};
 use futures::channel::oneshot;
 use futures::future::{Either, select, try_join};
 use monoio::net::{TcpListener, TcpStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::ClientSpec;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::{ChannelHandoff, FromWorker};
+use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::sys::Peek;
 use crate::worker::Core;
 
-/// Idle channels of one core, and the users waiting for one.
+/// Idle channels of one core, and the users waiting for one (each is sent a channel,
+/// or the reason none will come).
 #[derive(Default)]
 struct Pool {
     idle: VecDeque<Link>,
-    waiters: VecDeque<oneshot::Sender<Link>>,
+    waiters: VecDeque<oneshot::Sender<Result<Link, String>>>,
     /// Channels asked of the control plane and not yet delivered.
     requested: usize,
+}
+
+impl Pool {
+    /// Gives `ch` to the longest-waiting user still waiting; returns it if none is.
+    fn hand_to_waiter(&mut self, mut ch: Link) -> Option<Link> {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(Ok(ch)) {
+                Ok(()) => return None,
+                Err(Ok(back)) => ch = back,
+                Err(Err(_)) => return None, // never: what was sent is `Ok`
+            }
+        }
+        Some(ch)
+    }
 }
 
 pub(crate) struct ClientCore {
@@ -42,6 +58,8 @@ pub(crate) struct ClientCore {
     stop_accept: RefCell<Option<oneshot::Sender<()>>>,
     /// Consecutive accept failures, for back-off.
     accept_errors: Cell<u32>,
+    /// Keeps refusals at the connection limit from flooding the log.
+    refusals: Throttle,
 }
 
 impl ClientCore {
@@ -61,6 +79,7 @@ impl ClientCore {
             requests,
             stop_accept: RefCell::new(Some(tx)),
             accept_errors: Cell::new(0),
+            refusals: Throttle::new(Duration::from_secs(1)),
         });
         me.refill();
         monoio::spawn(me.clone().accept_loop(listener, rx));
@@ -80,7 +99,12 @@ impl ClientCore {
             match accepted {
                 Ok((stream, peer)) => {
                     self.accept_errors.set(0);
-                    monoio::spawn(self.clone().serve_user(stream, peer));
+                    match self.spec.limit.try_acquire() {
+                        Some(permit) => {
+                            monoio::spawn(self.clone().serve_user(stream, peer, permit));
+                        }
+                        None => self.refuse(stream, peer),
+                    }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning on the error.
@@ -97,6 +121,26 @@ impl ClientCore {
         }
     }
 
+    /// The tunnel is at `--max-connections`: close the user's connection at once.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
+        // Reset at once (linger 0): the user learns now, and no socket lingers.
+        if let Ok(user) = Socket::new(stream) {
+            user.abort();
+        }
+        if let Some(held) = self.refusals.admit() {
+            let max = self.spec.limit.max();
+            warn!(
+                core = self.core.index,
+                %peer,
+                tunnel = %self.spec.tunnel,
+                "refused a user connection: the tunnel's limit of {} is reached; \
+                 raise --max-connections (now {max}) to allow more{}",
+                open_connections(max),
+                held_note(held)
+            );
+        }
+    }
+
     pub(crate) fn stop_accepting(&self) {
         if let Some(tx) = self.stop_accept.borrow_mut().take() {
             let _ = tx.send(());
@@ -107,7 +151,7 @@ impl ClientCore {
     pub(crate) fn channel_arrived(&self, h: ChannelHandoff) {
         let mut pool = self.pool.borrow_mut();
         pool.requested = pool.requested.saturating_sub(1);
-        let mut ch = match Link::adopt(h) {
+        let ch = match Link::adopt(h) {
             Ok(ch) => ch,
             Err(e) => {
                 warn!(core = self.core.index, "cannot adopt a channel: {e}");
@@ -116,16 +160,14 @@ impl ClientCore {
                 return;
             }
         };
-        while let Some(waiter) = pool.waiters.pop_front() {
-            match waiter.send(ch) {
-                Ok(()) => {
-                    drop(pool);
-                    self.publish();
-                    return;
-                }
-                Err(back) => ch = back,
+        let ch = match pool.hand_to_waiter(ch) {
+            Some(ch) => ch,
+            None => {
+                drop(pool);
+                self.publish();
+                return;
             }
-        }
+        };
         if self.core.stopping.get() {
             return;
         }
@@ -134,7 +176,9 @@ impl ClientCore {
         self.publish();
     }
 
-    /// Drops every idle channel (they belong to a link that is gone) and refills.
+    /// Drops every idle channel (they belong to a link that is gone or new) and
+    /// refills. While the link is down, users waiting for a channel are let go too:
+    /// none will come until it is back.
     pub(crate) fn flush_pool(&self) {
         let dropped = std::mem::take(&mut self.pool.borrow_mut().idle);
         if !dropped.is_empty() {
@@ -145,9 +189,22 @@ impl ClientCore {
             );
         }
         drop(dropped);
+        if self.core.stopping.get() {
+            self.fail_waiters("the tunnel is stopping");
+        } else if !self.spec.link.is_up() {
+            self.fail_waiters("the router is unreachable (the tunnel is reconnecting)");
+        }
         self.publish();
         if !self.core.stopping.get() {
             self.refill();
+        }
+    }
+
+    /// Tells every user waiting for a channel that none is coming, and why.
+    pub(crate) fn fail_waiters(&self, reason: &str) {
+        let waiters = std::mem::take(&mut self.pool.borrow_mut().waiters);
+        for w in waiters {
+            let _ = w.send(Err(reason.to_owned()));
         }
     }
 
@@ -205,15 +262,16 @@ impl ClientCore {
         self.pool.borrow_mut().waiters.push_back(tx);
         self.refill();
         match monoio::time::timeout(self.spec.wait_for_channel, rx).await {
-            Ok(Ok(ch)) => Ok(ch),
-            _ => Err(format!(
+            Ok(Ok(given)) => given,
+            Ok(Err(_)) => Err("the tunnel is stopping".into()),
+            Err(_) => Err(format!(
                 "no channel to the router within {:?}",
                 self.spec.wait_for_channel
             )),
         }
     }
 
-    async fn serve_user(self: Rc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve_user(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
         let core = &self.core;
         let id = core.next_conn_id();
         let user = match Socket::new(stream) {
@@ -238,6 +296,7 @@ impl ClientCore {
                 started,
                 counters: counters.clone(),
                 kill: Some(kill_tx),
+                rides: Rides::Nothing,
             },
         );
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
@@ -250,6 +309,7 @@ impl ClientCore {
         core.stats.active.fetch_sub(1, Relaxed);
         core.stats.durations.observe(started.elapsed());
         core.conns.remove(id);
+        drop(permit);
         debug!(
             conn = id,
             up = counters.up.get(),
@@ -264,17 +324,18 @@ impl ClientCore {
         id: u64,
         user: &Socket,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<()>,
+        kill: oneshot::Receiver<String>,
     ) -> Result<(), (ErrorKind, String)> {
         // Both boxed: the relay below may run for days, and a task's size is that of
         // its largest state.
         let link = Box::pin(self.channel())
             .await
             .map_err(|e| (ErrorKind::RouterUnreachable, e))?;
+        self.core.conns.set_rides(id, Rides::Link(link.epoch()));
         let mut ch = match link {
             Link::Tls(ch) => ch,
             Link::Plain(ch) => {
-                return Box::pin(self.run_plain(id, user, counters, kill, ch)).await;
+                return Box::pin(self.run_plain(user, counters, kill, ch)).await;
             }
         };
         ch.send(&Message::Open {
@@ -326,15 +387,12 @@ impl ClientCore {
                         tell_peer(&ch, "the user's connection failed").await;
                         format!("user connection failed: {e}")
                     }
-                    Stop::Killed => {
-                        tell_peer(&ch, "closed by the client's operator").await;
-                        "closed by the operator".into()
+                    Stop::Killed(why) => {
+                        tell_peer(&ch, &format!("closed by the client: {why}")).await;
+                        why.clone()
                     }
                     other => other.to_string(),
                 };
-                if matches!(stop, Stop::Killed) {
-                    info!(conn = id, "connection closed by the operator");
-                }
                 Err((stop.kind(), reason))
             }
         }
@@ -344,10 +402,9 @@ impl ClientCore {
     /// router's `Opened` (or `OpenFailed`) precedes its bytes.
     async fn run_plain(
         &self,
-        id: u64,
         user: &Socket,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<()>,
+        kill: oneshot::Receiver<String>,
         ch: PlainChannel,
     ) -> Result<(), (ErrorKind, String)> {
         let PlainChannel { sock, leftover, .. } = ch;
@@ -399,16 +456,15 @@ impl ClientCore {
         let stop = match select(both, kill).await {
             Either::Left((Ok(_), _)) => return Ok(()),
             Either::Left((Err(stop), _)) => stop,
-            Either::Right(_) => Stop::Killed,
+            Either::Right((why, _)) => {
+                Stop::Killed(why.unwrap_or_else(|_| "closed by the data plane".into()))
+            }
         };
         sock.abort();
         let kind = stop.kind();
         let why = match stop {
             Stop::OpenFailed(r) => format!("the router could not open the source: {}", r.message),
-            Stop::Killed => {
-                info!(conn = id, "connection closed by the operator");
-                "closed by the operator".into()
-            }
+            Stop::Killed(why) => why,
             other => other.to_string(),
         };
         Err((kind, why))
@@ -420,13 +476,9 @@ impl ClientCore {
         if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
             return; // plenty idle already; let this one close
         }
-        let mut ch = Link::Tls(ch);
-        while let Some(waiter) = pool.waiters.pop_front() {
-            match waiter.send(ch) {
-                Ok(()) => return,
-                Err(back) => ch = back,
-            }
-        }
+        let Some(mut ch) = pool.hand_to_waiter(Link::Tls(ch)) else {
+            return;
+        };
         if let Link::Tls(c) = &mut ch {
             c.idle_since = Instant::now();
         }
@@ -444,6 +496,14 @@ pub(crate) enum Link {
 }
 
 impl Link {
+    /// The router-link generation the channel was made in.
+    fn epoch(&self) -> u64 {
+        match self {
+            Link::Tls(c) => c.epoch,
+            Link::Plain(c) => c.epoch,
+        }
+    }
+
     fn adopt(h: ChannelHandoff) -> Result<Self, ChannelError> {
         if h.tls.is_some() {
             Channel::adopt(h).map(|c| Link::Tls(Box::new(c)))
@@ -455,7 +515,6 @@ impl Link {
 
 /// Best effort: tell the router this stream is aborted, so it resets the source.
 async fn tell_peer(ch: &Channel, why: &str) {
-    let _ = ch
-        .send(&Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
+    ch.send_best_effort(&Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
         .await;
 }

@@ -30,6 +30,8 @@ pub struct ChannelHandoff {
     pub peer_key: Option<PublicKey>,
     /// The other end's address.
     pub peer_addr: SocketAddr,
+    /// The tunnel it serves (its name, from `Hello`).
+    pub tunnel: String,
     /// The link generation it was made in (client side; see [`LinkState`]).
     pub epoch: u64,
     /// When the handshake finished.
@@ -43,14 +45,36 @@ pub enum ToWorker {
     ClientChannel(ChannelHandoff),
     /// A channel to serve (router side).
     RouterChannel(ChannelHandoff),
-    /// Drop every idle pooled channel (the router link was re-established).
+    /// Drop every idle pooled channel (the router link changed).
     Flush,
+    /// No channel can be made for this core for now (its process is out of file
+    /// descriptors): let the users waiting for one go at once, with this reason,
+    /// instead of holding their sockets while they wait in vain.
+    NoChannels(String),
     /// Reply with this core's open connections.
     Snapshot(futures::channel::oneshot::Sender<Vec<ConnSnapshot>>),
     /// Reply with this core's per-client and per-source tallies (router side).
     Usage(futures::channel::oneshot::Sender<Usage>),
-    /// Stop one connection now.
+    /// Stop one connection now (the operator asked).
     Kill(u64),
+    /// The router link of this generation was lost without its channels noticing
+    /// (no heartbeat answer): stop the user connections riding on it (client side).
+    LinkLost {
+        /// The generation lost.
+        epoch: u64,
+        /// Why, for the users' log lines.
+        reason: String,
+    },
+    /// A client's tunnel stopped answering heartbeats: stop the streams of its
+    /// channels (router side).
+    ClientLost {
+        /// The client's key (`None` on the plain transport).
+        key: Option<PublicKey>,
+        /// Its tunnel's name.
+        tunnel: String,
+        /// Why, for the log lines.
+        reason: String,
+    },
     /// Stop accepting; close open connections at `deadline` (or now), then exit.
     Stop {
         /// When to cut the connections still open.

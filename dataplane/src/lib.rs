@@ -25,6 +25,7 @@ pub mod usage;
 
 mod channel;
 mod client;
+mod limit;
 mod listener;
 mod net;
 mod plain;
@@ -46,6 +47,7 @@ use tracing::warn;
 
 pub use engine::{Engine, EngineKind};
 pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
+pub use limit::ConnLimit;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
 pub use usage::{ClientTotals, Usage};
 pub use worker::core_of;
@@ -121,6 +123,8 @@ pub struct ClientSpec {
     pub max_idle: Duration,
     /// The control plane's view of the router link.
     pub link: Arc<LinkState>,
+    /// The tunnel's cap on open user connections (`--max-connections`).
+    pub limit: Arc<ConnLimit>,
 }
 
 /// A router's data-plane settings.
@@ -132,6 +136,8 @@ pub struct RouterSpec {
     pub connect_timeout: Duration,
     /// How long a data channel may sit idle before the router closes it.
     pub idle_timeout: Duration,
+    /// The router's cap on open streams (`--max-connections`).
+    pub limit: Arc<ConnLimit>,
 }
 
 /// How many workers, on which engine.
@@ -306,6 +312,38 @@ impl DataPlane {
             .iter()
             .min_by_key(|w| w.stats.active.load(Relaxed) + w.tx.len() as u64)
             .is_some_and(|w| w.tx.send(ToWorker::RouterChannel(h)).is_ok())
+    }
+
+    /// Tells core `core` that no channel can be made for now, and why: the users
+    /// waiting for one are let go with that reason.
+    pub fn no_channels(&self, core: usize, reason: String) {
+        if let Some(w) = self.workers.get(core) {
+            let _ = w.tx.send(ToWorker::NoChannels(reason));
+        }
+    }
+
+    /// Tells every core that the router link of generation `epoch` is lost without
+    /// its channels noticing: the user connections riding on it are closed with
+    /// `reason` (client side).
+    pub fn link_lost(&self, epoch: u64, reason: &str) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::LinkLost {
+                epoch,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Tells every core that `key`'s tunnel `tunnel` stopped answering: the streams
+    /// of its channels are closed with `reason` (router side).
+    pub fn client_lost(&self, key: Option<PublicKey>, tunnel: &str, reason: &str) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::ClientLost {
+                key,
+                tunnel: tunnel.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// Tells every core to drop its idle channels (the router link changed).

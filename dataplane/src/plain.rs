@@ -55,6 +55,8 @@ fn give_pipe(p: Pipe) {
 pub(crate) struct PlainChannel {
     pub(crate) sock: Socket,
     pub(crate) peer_key: Option<PublicKey>,
+    /// The tunnel the channel serves.
+    pub(crate) tunnel: String,
     pub(crate) epoch: u64,
     pub(crate) idle_since: Instant,
     /// Bytes received before the worker took over.
@@ -68,6 +70,7 @@ impl PlainChannel {
         Ok(Self {
             sock,
             peer_key: h.peer_key,
+            tunnel: h.tunnel,
             epoch: h.epoch,
             idle_since: h.made,
             leftover: h.leftover,

@@ -56,8 +56,10 @@ pub(crate) enum Stop {
     OpenFailed(Refusal),
     #[error("aborted by the other end: {}", .0.message)]
     PeerReset(Refusal),
-    #[error("closed by the operator")]
-    Killed,
+    /// Stopped from outside the relay (operator, drain deadline, lost link); the
+    /// reason says which.
+    #[error("{0}")]
+    Killed(String),
 }
 
 impl Stop {
@@ -67,7 +69,7 @@ impl Stop {
             Stop::Plain(_) => ErrorKind::Plain,
             Stop::OpenFailed(_) => ErrorKind::OpenFailed,
             Stop::PeerReset(_) => ErrorKind::PeerReset,
-            Stop::Killed => ErrorKind::Killed,
+            Stop::Killed(_) => ErrorKind::Killed,
             Stop::Channel(_) | Stop::ChannelClosed | Stop::Tls(_) | Stop::Proto(_) => {
                 ErrorKind::Channel
             }
@@ -99,7 +101,7 @@ pub(crate) struct Relay<'a> {
 
 impl Relay<'_> {
     /// Runs until both directions end, one fails, or `kill` fires.
-    pub(crate) async fn run(self, kill: futures::channel::oneshot::Receiver<()>) -> Outcome {
+    pub(crate) async fn run(self, kill: futures::channel::oneshot::Receiver<String>) -> Outcome {
         let Relay {
             side,
             plain,
@@ -117,7 +119,9 @@ impl Relay<'_> {
         let stop = match select(both, kill).await {
             Either::Left((Ok(_), _)) => None,
             Either::Left((Err(stop), _)) => Some(stop),
-            Either::Right(_) => Some(Stop::Killed),
+            Either::Right((why, _)) => Some(Stop::Killed(
+                why.unwrap_or_else(|_| "closed by the data plane".into()),
+            )),
         };
         lend_back(tls);
         Outcome { stop }

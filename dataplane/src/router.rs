@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
 use futures::channel::oneshot;
@@ -16,21 +16,28 @@ use tracing::{debug, info, warn};
 use crate::RouterSpec;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
+use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
 use crate::worker::Core;
 
 pub(crate) struct RouterCore {
     core: Rc<Core>,
     spec: Arc<RouterSpec>,
+    /// Keeps refusals at the connection limit from flooding the log.
+    refusals: Throttle,
 }
 
 impl RouterCore {
     pub(crate) fn new(core: Rc<Core>, spec: Arc<RouterSpec>) -> Self {
-        Self { core, spec }
+        Self {
+            core,
+            spec,
+            refusals: Throttle::new(Duration::from_secs(1)),
+        }
     }
 
     pub(crate) fn serve(self: &Rc<Self>, h: ChannelHandoff) {
@@ -53,15 +60,16 @@ impl RouterCore {
         }
     }
 
-    /// Checks the allow-list and connects the source for one `Open`; on failure the
-    /// refusal to send back (already logged and counted).
+    /// Checks the allow-list and the connection limit and connects the source for one
+    /// `Open`; on failure the refusal to send back (already logged and counted). The
+    /// permit holds the stream's place under `--max-connections` until dropped.
     async fn open_source(
         &self,
         id: u64,
         peer: SocketAddr,
         client: Option<&PublicKey>,
         target: &str,
-    ) -> Result<Socket, Refusal> {
+    ) -> Result<(Socket, Permit), Refusal> {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
         let key = client.copied().unwrap_or(NO_KEY);
@@ -79,9 +87,22 @@ impl RouterCore {
                 return Err(refusal);
             }
         };
+        let Some(permit) = self.spec.limit.try_acquire() else {
+            let max = self.spec.limit.max();
+            let message = format!(
+                "the router's limit of {} is reached; \
+                 raise --max-connections (now {max}) on the router to allow more",
+                open_connections(max)
+            );
+            if let Some(held) = self.refusals.admit() {
+                warn!(conn = id, %peer, client = %who, %target, "open refused: {message}{}", held_note(held));
+            }
+            fail(ErrorKind::LimitReached);
+            return Err(Refusal::new(RefusalCode::LimitReached, message));
+        };
         core.usage.source_used(target);
         match connect(&addrs, self.spec.connect_timeout).await {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok((s, permit)),
             Err(e) => {
                 let message = format!("the router could not connect to source {target}: {e}");
                 warn!(conn = id, %peer, client = %who, "{message}");
@@ -98,8 +119,9 @@ impl RouterCore {
         id: u64,
         peer: SocketAddr,
         client: Option<PublicKey>,
+        tunnel: &str,
         target: &str,
-    ) -> (Rc<ConnCounters>, oneshot::Receiver<()>) {
+    ) -> (Rc<ConnCounters>, oneshot::Receiver<String>) {
         let core = &self.core;
         core.stats.active.fetch_add(1, Relaxed);
         let counters = Rc::new(ConnCounters::default());
@@ -113,6 +135,7 @@ impl RouterCore {
                 started: Instant::now(),
                 counters: counters.clone(),
                 kill: Some(kill_tx),
+                rides: Rides::Client(client, tunnel.to_owned()),
             },
         );
         debug!(conn = id, %peer, %target, "stream opened");
@@ -139,6 +162,7 @@ impl RouterCore {
         let PlainChannel {
             sock,
             peer_key,
+            tunnel,
             leftover,
             ..
         } = ch;
@@ -167,7 +191,7 @@ impl RouterCore {
             let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
             return;
         }
-        let source = match self.open_source(id, peer, peer_key.as_ref(), &target).await {
+        let (source, _permit) = match self.open_source(id, peer, peer_key.as_ref(), &target).await {
             Ok(s) => s,
             Err(refusal) => {
                 let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
@@ -179,7 +203,7 @@ impl RouterCore {
         {
             return;
         }
-        let (counters, kill) = self.track(id, peer, peer_key, &target);
+        let (counters, kill) = self.track(id, peer, peer_key, &tunnel, &target);
         counters.up.set(rest.len() as u64);
         let to_source = Meter {
             conn: &counters.up,
@@ -197,7 +221,9 @@ impl RouterCore {
         let stop = match futures::future::select(both, kill).await {
             futures::future::Either::Left((Ok(_), _)) => None,
             futures::future::Either::Left((Err(stop), _)) => Some(stop),
-            futures::future::Either::Right(_) => Some(Stop::Killed),
+            futures::future::Either::Right((why, _)) => Some(Stop::Killed(
+                why.unwrap_or_else(|_| "the router is stopping".to_owned()),
+            )),
         };
         self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
         if let Some(stop) = stop {
@@ -262,14 +288,14 @@ impl RouterCore {
         let core = &self.core;
         let id = core.next_conn_id();
         // Boxed: connecting is brief, the relay that follows may last for days.
-        let source = match Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await
-        {
-            Ok(s) => s,
-            Err(refusal) => {
-                let _ = ch.send(&Message::OpenFailed(refusal)).await;
-                return false;
-            }
-        };
+        let (source, permit) =
+            match Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await {
+                Ok(s) => s,
+                Err(refusal) => {
+                    let _ = ch.send(&Message::OpenFailed(refusal)).await;
+                    return false;
+                }
+            };
         if let Err(e) = ch.send(&Message::Opened).await {
             debug!(conn = id, "channel failed before the stream started: {e}");
             self.core.stats.fail(ErrorKind::Channel);
@@ -277,7 +303,7 @@ impl RouterCore {
             self.core.usage.ended(&key, 0, 0, true);
             return false;
         }
-        let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &target);
+        let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
         let Channel {
             sock,
             tls,
@@ -305,6 +331,7 @@ impl RouterCore {
         .run(kill_rx)
         .await;
         self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
+        drop(permit);
         let reusable = match outcome.stop {
             // What is already buffered belongs to the client's next stream.
             None => !ch.tls.borrow().peer_closed(),
@@ -312,21 +339,19 @@ impl RouterCore {
                 match &stop {
                     Stop::Plain(e) => {
                         warn!(conn = id, %target, "source connection failed: {e}");
-                        let _ = ch
-                            .send(&Message::Reset(Refusal::new(
-                                RefusalCode::Aborted,
-                                format!("the source connection failed: {e}"),
-                            )))
-                            .await;
+                        ch.send_best_effort(&Message::Reset(Refusal::new(
+                            RefusalCode::Aborted,
+                            format!("the source connection failed: {e}"),
+                        )))
+                        .await;
                     }
-                    Stop::Killed => {
-                        info!(conn = id, "stream closed by the operator");
-                        let _ = ch
-                            .send(&Message::Reset(Refusal::new(
-                                RefusalCode::Aborted,
-                                "closed by the router's operator",
-                            )))
-                            .await;
+                    Stop::Killed(why) => {
+                        info!(conn = id, %peer, %target, "stream closed: {why}");
+                        ch.send_best_effort(&Message::Reset(Refusal::new(
+                            RefusalCode::Aborted,
+                            format!("closed by the router: {why}"),
+                        )))
+                        .await;
                     }
                     Stop::PeerReset(r) => {
                         debug!(conn = id, "client aborted the stream: {}", r.message)

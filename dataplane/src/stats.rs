@@ -35,13 +35,15 @@ pub enum ErrorKind {
     Channel,
     /// The other Conduit end aborted the stream.
     PeerReset,
-    /// An operator closed it.
+    /// An operator closed it, or what it rode on was lost.
     Killed,
+    /// `--max-connections` was reached.
+    LimitReached,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::PolicyRefused,
         ErrorKind::SourceUnreachable,
         ErrorKind::OpenFailed,
@@ -50,6 +52,7 @@ impl ErrorKind {
         ErrorKind::Channel,
         ErrorKind::PeerReset,
         ErrorKind::Killed,
+        ErrorKind::LimitReached,
     ];
 
     /// The label value metrics use.
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Channel => "channel",
             ErrorKind::PeerReset => "peer_reset",
             ErrorKind::Killed => "killed",
+            ErrorKind::LimitReached => "limit_reached",
         }
     }
 
@@ -304,7 +308,22 @@ pub(crate) struct ConnEntry {
     pub(crate) client: Option<PublicKey>,
     pub(crate) started: Instant,
     pub(crate) counters: Rc<ConnCounters>,
-    pub(crate) kill: Option<futures::channel::oneshot::Sender<()>>,
+    /// Stops the connection; carries the reason it is given.
+    pub(crate) kill: Option<futures::channel::oneshot::Sender<String>>,
+    /// What the connection rides on, to stop it when that is lost.
+    pub(crate) rides: Rides,
+}
+
+/// What a connection depends on beyond its own sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rides {
+    /// Nothing yet (a user still waiting for a channel).
+    Nothing,
+    /// Client side: a channel of this generation of the router link.
+    Link(u64),
+    /// Router side: a channel of this client key's tunnel (no key on the plain
+    /// transport).
+    Client(Option<PublicKey>, String),
 }
 
 /// The open connections of one core.
@@ -330,12 +349,19 @@ impl ConnTable {
         self.entries.borrow().len()
     }
 
+    /// Records what connection `id` now rides on.
+    pub(crate) fn set_rides(&self, id: u64, rides: Rides) {
+        if let Some(e) = self.entries.borrow_mut().get_mut(&id) {
+            e.rides = rides;
+        }
+    }
+
     /// Asks connection `id` to stop; false if it is not on this core.
-    pub(crate) fn kill(&self, id: u64) -> bool {
+    pub(crate) fn kill(&self, id: u64, reason: &str) -> bool {
         match self.entries.borrow_mut().get_mut(&id) {
             Some(e) => {
                 if let Some(k) = e.kill.take() {
-                    let _ = k.send(());
+                    let _ = k.send(reason.to_owned());
                 }
                 true
             }
@@ -343,13 +369,24 @@ impl ConnTable {
         }
     }
 
-    /// Asks every connection to stop.
-    pub(crate) fn kill_all(&self) {
+    /// Asks every connection riding on something `lost` says is gone to stop;
+    /// returns how many were asked.
+    pub(crate) fn kill_riding(&self, lost: impl Fn(&Rides) -> bool, reason: &str) -> usize {
+        let mut n = 0;
         for e in self.entries.borrow_mut().values_mut() {
-            if let Some(k) = e.kill.take() {
-                let _ = k.send(());
+            if lost(&e.rides) {
+                if let Some(k) = e.kill.take() {
+                    let _ = k.send(reason.to_owned());
+                    n += 1;
+                }
             }
         }
+        n
+    }
+
+    /// Asks every connection to stop.
+    pub(crate) fn kill_all(&self, reason: &str) {
+        self.kill_riding(|_| true, reason);
     }
 
     /// Calls `f` with each open connection's client and byte counts.

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use crate::client::ClientCore;
 use crate::handoff::{FromWorker, ToWorker};
 use crate::router::RouterCore;
-use crate::stats::{ConnTable, CoreStats};
+use crate::stats::{ConnTable, CoreStats, Rides};
 use crate::usage::UsageBook;
 use crate::{ClientSpec, RouterSpec};
 
@@ -104,6 +104,11 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                     c.flush_pool();
                 }
             }
+            ToWorker::NoChannels(reason) => {
+                if let Some(c) = &client {
+                    c.fail_waiters(&reason);
+                }
+            }
             ToWorker::Snapshot(reply) => {
                 let _ = reply.send(core.conns.snapshot());
             }
@@ -111,7 +116,32 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                 let _ = reply.send(core.usage.report(&core.conns));
             }
             ToWorker::Kill(id) => {
-                core.conns.kill(id);
+                core.conns.kill(id, "closed by the operator");
+            }
+            ToWorker::LinkLost { epoch, reason } => {
+                let n = core
+                    .conns
+                    .kill_riding(|r| matches!(r, Rides::Link(e) if *e <= epoch), &reason);
+                if n > 0 {
+                    info!(
+                        core = core.index,
+                        count = n,
+                        "closing user connections: {reason}"
+                    );
+                }
+            }
+            ToWorker::ClientLost {
+                key,
+                tunnel,
+                reason,
+            } => {
+                let n = core.conns.kill_riding(
+                    |r| matches!(r, Rides::Client(k, t) if *k == key && *t == tunnel),
+                    &reason,
+                );
+                if n > 0 {
+                    info!(core = core.index, count = n, client = ?key, %tunnel, "closing streams: {reason}");
+                }
             }
             ToWorker::Stop { deadline: d } => {
                 deadline = Some(d);
@@ -140,7 +170,8 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             open = core.conns.len(),
             "drain deadline reached; closing the connections still open"
         );
-        core.conns.kill_all();
+        core.conns
+            .kill_all("the drain deadline passed (--drain-timeout) while stopping");
         let cut = Instant::now() + Duration::from_secs(2);
         while core.conns.len() > 0 && Instant::now() < cut {
             monoio::time::sleep(Duration::from_millis(5)).await;

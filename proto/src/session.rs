@@ -54,11 +54,20 @@ pub enum TlsError {
 }
 
 fn describe(e: &rustls::Error) -> String {
+    use rustls::PeerIncompatible as P;
     if let Some(m) = verification_error::<RouterKeyMismatch>(e) {
         return m.to_string();
     }
     if let Some(u) = verification_error::<UnknownClientKey>(e) {
         return u.to_string();
+    }
+    if let rustls::Error::PeerIncompatible(
+        P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired,
+    ) = e
+    {
+        return format!(
+            "TLS error: the peer offers only TLS 1.2 or older, and Conduit speaks TLS 1.3 only ({e})"
+        );
     }
     format!("TLS error: {e}")
 }

@@ -136,20 +136,45 @@ impl Home {
 
     /// A router on a free port allowing `allow`, and its address.
     pub fn router(&self, engine: Engine, allow: &[String]) -> (Proc, SocketAddr) {
-        self.router_with(engine, allow, &[])
+        self.router_at(engine, "127.0.0.1:0", allow, &[])
     }
 
-    /// A router with extra arguments.
+    /// A router on a free port with extra arguments, and its address.
     pub fn router_with(
         &self,
         engine: Engine,
         allow: &[String],
         extra: &[&str],
     ) -> (Proc, SocketAddr) {
+        self.router_at(engine, "127.0.0.1:0", allow, extra)
+    }
+
+    /// A router on `bind` allowing `allow`, with `extra` arguments; and its address
+    /// once it listens.
+    pub fn router_at(
+        &self,
+        engine: Engine,
+        bind: &str,
+        allow: &[String],
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
+        let p = self.router_proc(engine, bind, allow, extra);
+        let line = p.wait_stdout("router listening on");
+        (p, addr_in(&line))
+    }
+
+    /// Starts a router without waiting for anything.
+    pub fn router_proc(
+        &self,
+        engine: Engine,
+        bind: &str,
+        allow: &[String],
+        extra: &[&str],
+    ) -> Proc {
         let mut args = vec![
             "router".to_owned(),
             "--bind".into(),
-            "127.0.0.1:0".into(),
+            bind.into(),
             "--io-engine".into(),
             engine.flag().into(),
             "--workers".into(),
@@ -159,19 +184,12 @@ impl Home {
             args.push("--allow".into());
             args.push(a.clone());
         }
-        args.extend(extra.iter().map(|e| (*e).to_owned()));
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let p = self.spawn(&args);
-        let line = p.wait_stdout("router listening on");
-        (p, addr_in(&line))
+        self.spawn(&args)
     }
 
-    /// A foreground tunnel to `source` through `router`, connected; and its address.
-    pub fn tunnel(&self, engine: Engine, router: SocketAddr, source: &str) -> (Proc, SocketAddr) {
-        self.tunnel_with(engine, router, source, &[])
-    }
-
-    /// A connected foreground tunnel with extra arguments.
+    /// A foreground tunnel with `extra` arguments, connected; and its address.
     pub fn tunnel_with(
         &self,
         engine: Engine,
@@ -184,6 +202,11 @@ impl Home {
         let addr = addr_in(&line);
         p.wait_stdout("connected to router");
         (p, addr)
+    }
+
+    /// A foreground tunnel to `source` through `router`, connected; and its address.
+    pub fn tunnel(&self, engine: Engine, router: SocketAddr, source: &str) -> (Proc, SocketAddr) {
+        self.tunnel_with(engine, router, source, &[])
     }
 
     /// Starts a foreground tunnel without waiting for anything.
@@ -215,6 +238,26 @@ impl Home {
         args.extend_from_slice(extra);
         self.spawn(&args)
     }
+}
+
+/// Whether `tool` is installed (it answers `tool version_arg`). Without it a test
+/// skips, unless CONDUIT_E2E_REQUIRE_TOOLS is set (as `tests/run.sh` does): then it
+/// fails.
+pub fn have(tool: &str, version_arg: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CONDUIT_E2E_REQUIRE_TOOLS").is_none(),
+            "{tool} is required here but not installed"
+        );
+        eprintln!("{tool} not installed; skipping");
+    }
+    found
 }
 
 /// The first `IP:PORT` in a line.
@@ -310,6 +353,61 @@ impl Proc {
         }
     }
 
+    /// Stdout lines containing `needle` so far.
+    pub fn stdout_count(&self, needle: &str) -> usize {
+        let o = self.out.0.lock().unwrap();
+        o.stdout.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until `n` stdout lines contain `needle`.
+    pub fn wait_stdout_count(&self, needle: &str, n: usize) {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + DEADLINE;
+        let mut o = lock.lock().unwrap();
+        while o.stdout.iter().filter(|l| l.contains(needle)).count() < n {
+            let now = Instant::now();
+            if now >= deadline || o.stdout_closed {
+                panic!(
+                    "fewer than {n} stdout lines with {needle:?}\nstdout: {:?}\nstderr:\n{}",
+                    o.stdout, o.stderr
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Occurrences of `needle` in stderr so far.
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.out.0.lock().unwrap().stderr.matches(needle).count()
+    }
+
+    /// Waits until stderr contains `needle` `n` times.
+    pub fn wait_stderr_count(&self, needle: &str, n: usize) {
+        let (lock, cv) = &*self.out;
+        let deadline = Instant::now() + DEADLINE;
+        let mut o = lock.lock().unwrap();
+        while o.stderr.matches(needle).count() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "stderr never contained {needle:?} {n} times; stderr:\n{}",
+                    o.stderr
+                );
+            }
+            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+        }
+    }
+
+    /// All stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.out.0.lock().unwrap().stdout.clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits until stderr contains `needle`.
     pub fn wait_stderr(&self, needle: &str) {
         let (lock, cv) = &*self.out;
@@ -322,11 +420,6 @@ impl Proc {
             }
             o = cv.wait_timeout(o, deadline - now).unwrap().0;
         }
-    }
-
-    /// The stdout lines so far.
-    pub fn stdout(&self) -> Vec<String> {
-        self.out.0.lock().unwrap().stdout.clone()
     }
 
     pub fn stderr(&self) -> String {

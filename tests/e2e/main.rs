@@ -8,16 +8,23 @@
     clippy::expect_used
 )]
 
+mod chaos;
 mod config;
+mod faults;
 mod harness;
+mod hostile;
 mod http;
+mod limits;
 mod manage;
 mod openapi;
 mod ops;
 mod plain;
+mod procfs;
 mod real_clients;
 mod refusals;
 mod service;
+mod soak;
 mod sources;
 mod tunnel;
 mod up_down;
+mod users;

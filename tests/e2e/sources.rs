@@ -10,16 +10,66 @@ use sha2::{Digest, Sha256};
 
 /// Deterministic bytes: `len` bytes of xorshift output from `seed`.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
+    let mut p = Pattern::new(seed, len);
+    let mut v = Vec::with_capacity(len);
+    while let Some(chunk) = p.next_chunk() {
+        v.extend_from_slice(chunk);
     }
-    v.truncate(len);
     v
+}
+
+/// The bytes of [`pattern`], produced a chunk at a time (for transfers too large to
+/// hold in memory twice).
+pub struct Pattern {
+    x: u64,
+    left: usize,
+    buf: Vec<u8>,
+}
+
+impl Pattern {
+    pub fn new(seed: u64, len: usize) -> Self {
+        Self {
+            x: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            left: len,
+            buf: Vec::with_capacity(256 * 1024),
+        }
+    }
+
+    /// The next chunk (at most 256 KiB); `None` at the end.
+    pub fn next_chunk(&mut self) -> Option<&[u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        self.buf.clear();
+        let n = self.left.min(256 * 1024);
+        while self.buf.len() < n {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            self.buf.extend_from_slice(&self.x.to_le_bytes());
+        }
+        self.buf.truncate(n);
+        self.left -= n;
+        Some(&self.buf)
+    }
+
+    /// Writes every remaining byte to `w`.
+    pub fn write_to(mut self, w: &mut impl Write) -> std::io::Result<()> {
+        while let Some(c) = self.next_chunk() {
+            w.write_all(c)?;
+        }
+        Ok(())
+    }
+}
+
+/// The sha256 of `pattern(seed, len)`, without holding it.
+pub fn pattern_sha(seed: u64, len: usize) -> String {
+    let mut p = Pattern::new(seed, len);
+    let mut h = Sha256::new();
+    while let Some(c) = p.next_chunk() {
+        h.update(c);
+    }
+    hex::encode(h.finalize())
 }
 
 pub fn sha(bytes: &[u8]) -> String {
@@ -61,14 +111,17 @@ pub fn exchange(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String)>
     let addr = serve(move |conn| {
         let mut w = conn.try_clone().expect("clone");
         let writer = thread::spawn(move || {
-            let data = pattern(2, send_len);
-            w.write_all(&data).expect("source write");
-            w.shutdown(Shutdown::Write).expect("source shutdown");
+            // A connection the tunnel aborts ends the test's transfer, not the source.
+            if Pattern::new(2, send_len).write_to(&mut w).is_ok() {
+                let _ = w.shutdown(Shutdown::Write);
+            }
         });
         let mut r = conn;
-        let got = read_all_hashed(&mut r).expect("source read");
-        writer.join().expect("writer");
-        let _ = tx.send(got);
+        let got = read_all_hashed(&mut r);
+        let _ = writer.join();
+        if let Ok(got) = got {
+            let _ = tx.send(got);
+        }
     });
     (addr, rx)
 }

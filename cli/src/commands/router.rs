@@ -44,6 +44,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     runtime(threads)?.block_on(async move {
         let router = Router::bind(settings).await?;
+        let signals = shutdown_signal();
         info!(
             key = %key_path.display(),
             clients = %auth_path.display(),
@@ -63,7 +64,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         if let Some(api) = router.api_addr() {
             say(format_args!("api listening on {api}"));
         }
-        router.run(shutdown_signal(), drain).await?;
+        router.run(signals, drain).await?;
         Ok::<_, anyhow::Error>(())
     })
 }
@@ -102,6 +103,16 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
         "--drain-timeout",
         "performance.drain_timeout_secs",
         a.drain_timeout.map(|n| n.to_string()),
+    );
+    put(
+        "--handshake-timeout",
+        "performance.handshake_timeout_secs",
+        a.handshake_timeout.map(|n| n.to_string()),
+    );
+    put(
+        "--max-connections",
+        "performance.max_connections",
+        a.max_connections.map(|n| n.to_string()),
     );
     put(
         "--workers",
@@ -184,6 +195,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         handshake_timeout: p.handshake_timeout(),
         connect_timeout: p.connect_timeout(),
         idle_timeout: p.idle_timeout(),
+        max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
         dataplane: p.dataplane_options(),
         api,
         health: c.health_settings(),

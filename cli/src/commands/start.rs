@@ -34,7 +34,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     };
     ensure_name_free(home, &name)?;
     if !a.foreground {
-        return background(home, &name);
+        return background(home, &name, a.token.clone());
     }
     let settings = TunnelSettings {
         name: name.clone(),
@@ -43,11 +43,12 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         identity,
         source: source.clone(),
         bind,
-        token: a.token.map(Secret::new),
+        token: a.token,
         transport: a.transport.into(),
         pool_size: a.pool_size,
         connect_timeout: secs(10),
-        handshake_timeout: secs(10),
+        handshake_timeout: secs(a.handshake_timeout),
+        max_connections: a.max_connections,
         dataplane: dataplane_options(&a.engine),
     };
     let registration = Registration {
@@ -82,6 +83,7 @@ pub(crate) fn foreground(
         let (workers, engine) = (tunnel.workers(), tunnel.engine());
         let status = tunnel.status();
         let process = RegisteredTunnel::register(tunnel, registration).await?;
+        let signals = shutdown_signal();
         say(format_args!(
             "tunnel {name:?} listening on {addr} (id {}, {workers} workers, {engine})",
             process.id()
@@ -92,7 +94,7 @@ pub(crate) fn foreground(
             ));
         }
         let announcer = tokio::spawn(announce(name, router, status));
-        let res = process.run(shutdown_signal()).await;
+        let res = process.run(signals).await;
         announcer.abort();
         res.map_err(anyhow::Error::from)
     })
@@ -135,25 +137,33 @@ fn ignore_hangups() {
 }
 
 /// Relaunches this command as a detached `--foreground --detached` process.
-fn background(home: &Home, name: &str) -> Result<()> {
+fn background(home: &Home, name: &str, token: Option<Secret>) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // The token travels in the child's environment, not on its command line.
+    let mut args = without_flag(std::env::args_os().skip(1), "--token");
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
-    let l = launch_detached(home, name, args)?;
+    let l = launch_detached(home, name, args, token)?;
     report_started("started", name, &l);
     Ok(())
 }
 
 /// Launches `conduit ARGS` in the background and waits until the tunnel is up.
-pub(crate) fn launch_detached(home: &Home, name: &str, args: Vec<OsString>) -> Result<Launched> {
+/// A token goes to the child in its environment.
+pub(crate) fn launch_detached(
+    home: &Home,
+    name: &str,
+    args: Vec<OsString>,
+    token: Option<Secret>,
+) -> Result<Launched> {
     Ok(launch(Launch {
         exe: std::env::current_exe()?,
         args,
         home: home.clone(),
         name: name.to_owned(),
         timeout: Duration::from_secs(30),
+        token,
     })?)
 }
 
@@ -238,4 +248,41 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
 
 fn path_arg(p: &Path) -> Result<String> {
     Ok(absolute(p)?.to_string_lossy().into_owned())
+}
+
+/// `args` without `flag VALUE` and `flag=VALUE`.
+fn without_flag(args: impl IntoIterator<Item = OsString>, flag: &str) -> Vec<OsString> {
+    let with_value = format!("{flag}=");
+    let mut out = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        let s = a.to_string_lossy();
+        if s == flag {
+            args.next();
+        } else if !s.starts_with(&with_value) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_taken_off_the_command_line() {
+        let args = [
+            "start",
+            "--token",
+            "s3cret",
+            "--bind",
+            "b",
+            "--token=x",
+            "--name",
+            "n",
+        ];
+        let got = without_flag(args.iter().map(OsString::from), "--token");
+        assert_eq!(got, ["start", "--bind", "b", "--name", "n"]);
+    }
 }

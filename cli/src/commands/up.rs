@@ -167,7 +167,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
         }
     }
     for (t, verb) in to_start {
-        match launch_detached(home, &t.name, child_args(plan, set, t, true)) {
+        match launch_detached(home, &t.name, child_args(plan, set, t, true), None) {
             Ok(l) => report_started(verb, &t.name, &l),
             Err(e) => failures.push(format!("tunnel {:?}: {e}", t.name)),
         }

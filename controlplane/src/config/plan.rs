@@ -83,6 +83,7 @@ impl TunnelPlan {
             pool_size: p.pool_size,
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),
+            max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
             dataplane: p.dataplane_options(),
         }
     }

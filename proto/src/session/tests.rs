@@ -223,6 +223,62 @@ fn corrupted_records_are_errors() {
     ));
 }
 
+/// What a router's session says to bytes that are not a TLS client's.
+fn server_answer_to(junk: &[u8]) -> (TlsError, Vec<u8>) {
+    let p = peers();
+    let (_, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let mut wire = junk.to_vec();
+    deliver(&mut s, &mut wire);
+    let mut out = Vec::new();
+    let err = s.handshake(&mut out).unwrap_err();
+    (err, out)
+}
+
+/// One plaintext alert record (TLS 1.3 sends alerts before the handshake unencrypted).
+fn assert_one_fatal_alert(out: &[u8], description: u8) {
+    assert_eq!(out, [21, 3, 3, 0, 2, 2, description], "{out:?}");
+}
+
+#[test]
+fn junk_and_plain_http_get_one_alert_and_an_error() {
+    // Before the fix the session processed the junk twice and queued a second fatal
+    // alert, which panics in debug builds of rustls.
+    for junk in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0xde; 300][..]] {
+        let (err, out) = server_answer_to(junk);
+        assert!(
+            matches!(err, TlsError::Rustls(rustls::Error::InvalidMessage(_))),
+            "{err:?}"
+        );
+        assert_one_fatal_alert(&out, 50); // decode_error
+    }
+}
+
+#[test]
+fn a_tls12_only_client_is_told_the_version_is_wrong() {
+    // A ClientHello for TLS 1.2 without the supported_versions extension (what
+    // `openssl s_client -tls1_2` sends, trimmed to what rustls needs to decide).
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0, 2, 0xc0, 0x2f]); // one TLS 1.2 suite
+    body.extend_from_slice(&[1, 0]); // null compression
+    // Only signature_algorithms (ed25519): no supported_versions.
+    body.extend_from_slice(&[0, 8, 0, 0x0d, 0, 4, 0, 2, 8, 7]);
+    let mut hs = vec![1, 0, 0, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut record = vec![22, 3, 1, 0, hs.len() as u8];
+    record.extend_from_slice(&hs);
+    let (err, out) = server_answer_to(&record);
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "TLS error: the peer offers only TLS 1.2 or older, and Conduit speaks TLS 1.3 only"
+        ),
+        "{text}"
+    );
+    assert_one_fatal_alert(&out, 70); // protocol_version
+}
+
 #[test]
 fn the_receive_buffer_can_be_lent_out_when_empty() {
     let p = peers();

@@ -1,0 +1,160 @@
+//! The cap on open connections (`--max-connections`), and a throttle for the log
+//! line a refusal writes.
+//!
+//! The cap is per tunnel (client) or per router, not per core, so it is the one
+//! counter every core of a process updates: a single atomic, taken with a
+//! compare-and-swap when a connection opens and given back when it closes. A per-core
+//! share of the limit would need no sharing, but it would refuse a connection on a
+//! busy core while another core has room, and a limit of 1 could not be split at all.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// At most `max` connections open at once; 0 means no limit.
+#[derive(Debug, Default)]
+pub struct ConnLimit {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnLimit {
+    /// A limit of `max` open connections (0: unlimited).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// The limit; 0 means none.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections holding a permit now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A permit for one more connection, or `None` when the limit is reached.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        if self.max == 0 {
+            return Some(Permit(None));
+        }
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(Some(self.clone())))
+    }
+}
+
+/// One open connection's place under the limit; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Permit(Option<Arc<ConnLimit>>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(l) = &self.0 {
+            l.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Lets a repeated warning through at most once per interval and counts the ones
+/// held back, so a flood of refusals cannot flood the log. One per core.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    every: Duration,
+    last: Cell<Option<Instant>>,
+    held: Cell<u64>,
+}
+
+impl Throttle {
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Cell::new(None),
+            held: Cell::new(0),
+        }
+    }
+
+    /// `Some(n)` when this occurrence should be logged (`n` occurrences were held
+    /// back since the last one logged); `None` to stay quiet.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last.get() {
+            Some(t) if now.duration_since(t) < self.every => {
+                self.held.set(self.held.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.held.replace(0))
+            }
+        }
+    }
+}
+
+/// "1 open connection", "2 open connections".
+pub(crate) fn open_connections(n: usize) -> String {
+    if n == 1 {
+        "1 open connection".into()
+    } else {
+        format!("{n} open connections")
+    }
+}
+
+/// " (N more refused since the last report)", or nothing.
+pub(crate) fn held_note(held: u64) -> String {
+    if held == 0 {
+        String::new()
+    } else {
+        format!(" ({held} more refused since the last report)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_stop_at_the_limit_and_come_back_on_drop() {
+        let l = ConnLimit::new(2);
+        let a = l.try_acquire().unwrap();
+        let b = l.try_acquire().unwrap();
+        assert!(l.try_acquire().is_none());
+        assert_eq!(l.open(), 2);
+        drop(a);
+        assert_eq!(l.open(), 1);
+        let _c = l.try_acquire().unwrap();
+        assert!(l.try_acquire().is_none());
+        drop(b);
+        assert_eq!(l.open(), 1);
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let l = ConnLimit::new(0);
+        let permits: Vec<_> = (0..1000).map(|_| l.try_acquire().unwrap()).collect();
+        assert_eq!(permits.len(), 1000);
+        assert_eq!(l.open(), 0);
+    }
+
+    #[test]
+    fn the_throttle_counts_what_it_holds_back() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.admit(), Some(0));
+        assert_eq!(t.admit(), None);
+        assert_eq!(t.admit(), None);
+        t.last.set(Some(Instant::now() - Duration::from_secs(7200)));
+        assert_eq!(t.admit(), Some(2));
+        assert_eq!(held_note(0), "");
+        assert_eq!(open_connections(1), "1 open connection");
+        assert_eq!(open_connections(3), "3 open connections");
+        assert_eq!(held_note(2), " (2 more refused since the last report)");
+    }
+}

@@ -1,0 +1,423 @@
+//! Faults a tunnel must heal from, or end cleanly with the reason logged: the router
+//! killed and restarted on its port, a source going down and coming back, a router
+//! that appears late, the link between tunnel and router cut mid-stream, a router or
+//! tunnel that freezes (only heartbeats can tell), a stop signal during a long
+//! transfer, and running out of file descriptors.
+
+use std::io::Read;
+use std::net::{Shutdown, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::both_engines;
+use crate::chaos::{EchoSource, Forwarder};
+use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
+use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, open_fds, wait_until};
+use crate::sources::{self, Pattern, pattern_sha};
+use crate::users::{
+    End, assert_echo, connect, expect_end, expect_refused_user, open_user, wait_for_echo,
+};
+
+#[track_caller]
+fn no_close_wait(who: &str, pid: u32) {
+    wait_until(&format!("no CLOSE_WAIT socket in the {who}"), || {
+        let n = close_wait(pid);
+        (n == 0, n)
+    });
+}
+
+both_engines!(
+    a_restarted_router_serves_again_without_touching_the_client,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = sources::echo();
+        let bind = format!("127.0.0.1:{}", dead_port());
+        let allow = [source.to_string()];
+        let (mut router, raddr) = home.router_at(engine, &bind, &allow, &[]);
+        let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+        assert_echo(taddr, b"before the restart");
+        let mut held = open_user(taddr);
+
+        for (round, sig) in [(1, "KILL"), (2, "TERM")] {
+            router.signal(sig);
+            router.wait_exit();
+            if round == 1 {
+                // The user whose stream ran through the dead router is closed, and
+                // the tunnel says why.
+                assert_eq!(expect_end(&mut held), End::Reset);
+                tunnel.wait_stderr("the other end closed the channel mid-stream");
+                // A user arriving now is told at once, not after waiting in vain for
+                // a channel.
+                expect_refused_user(taddr);
+                tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
+                assert!(
+                    !tunnel.stderr().contains("no channel to the router within"),
+                    "{}",
+                    tunnel.stderr()
+                );
+            }
+            tunnel.wait_stderr_count("lost the router link", round);
+            // While the router is away, nothing half-dead is kept in the tunnel.
+            no_close_wait("tunnel", tunnel.pid());
+            (router, _) = home.router_at(engine, &bind, &allow, &[]);
+            tunnel.wait_stdout_count("connected to router", round + 1);
+            let took = wait_for_echo(taddr, format!("after restart {round}").as_bytes());
+            eprintln!(
+                "restart {round} ({sig}): users served again {took:?} after the router came back"
+            );
+        }
+        no_close_wait("router", router.pid());
+    }
+);
+
+both_engines!(
+    a_source_that_goes_down_and_comes_back_is_served_again,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let src = EchoSource::start();
+        let saddr = src.addr();
+        let (router, raddr) = home.router(engine, &[saddr.to_string()]);
+        let (tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
+        assert_echo(taddr, b"source up");
+        let mut held = open_user(taddr);
+
+        src.crash();
+        // The user whose source died is reset (not told a clean end), and both
+        // sides log why.
+        assert_eq!(expect_end(&mut held), End::Reset);
+        router.wait_stderr("source connection failed");
+        tunnel.wait_stderr("aborted by the other end: the source connection failed");
+        // While the source is down, users are closed at once with the reason.
+        expect_refused_user(taddr);
+        tunnel.wait_stderr(&format!(
+            "the router could not open the source: the router could not connect to source {saddr}"
+        ));
+
+        let src = EchoSource::start_on(saddr);
+        wait_for_echo(taddr, b"source back");
+        assert_echo(taddr, b"and again");
+        no_close_wait("tunnel", tunnel.pid());
+        no_close_wait("router", router.pid());
+        drop(src);
+    }
+);
+
+#[test]
+fn a_router_that_appears_later_is_connected_and_serves() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let bind = format!("127.0.0.1:{}", dead_port());
+    let tunnel = home.tunnel_proc(engine, bind.parse().unwrap(), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stderr(&format!("cannot reach router {bind}"));
+    tunnel.wait_stderr("retrying in");
+    expect_refused_user(taddr);
+
+    let (_router, _) = home.router_at(engine, &bind, &[source.to_string()], &[]);
+    tunnel.wait_stdout("connected to router");
+    let took = wait_for_echo(taddr, b"late router");
+    eprintln!("users served {took:?} after the tunnel connected");
+}
+
+both_engines!(
+    a_cut_link_closes_user_and_source_promptly_and_heals,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let src = EchoSource::start();
+        let saddr = src.addr();
+        let (router, raddr) = home.router(engine, &[saddr.to_string()]);
+        let link = Forwarder::start(raddr);
+        let (tunnel, taddr) = home.tunnel(engine, link.addr(), &saddr.to_string());
+        let mut held = open_user(taddr);
+        assert_eq!(src.live(), 1);
+
+        link.cut();
+        // Both ends of the stream are closed, each side saying why.
+        assert_eq!(expect_end(&mut held), End::Reset);
+        tunnel.wait_stderr("user connection closed: channel failed");
+        router.wait_stderr("stream failed: channel failed");
+        wait_until("the source connection closed by the router", || {
+            let n = src.live();
+            (n == 0, n)
+        });
+        no_close_wait("tunnel", tunnel.pid());
+        no_close_wait("router", router.pid());
+
+        // The control channel was cut too: the tunnel reconnects and serves again.
+        tunnel.wait_stderr("lost the router link");
+        tunnel.wait_stdout_count("connected to router", 2);
+        wait_for_echo(taddr, b"healed");
+    }
+);
+
+/// Resumes a stopped process when dropped, so a failing test leaves none frozen.
+struct Frozen<'a>(&'a Proc);
+
+impl<'a> Frozen<'a> {
+    fn new(p: &'a Proc) -> Self {
+        p.signal("STOP");
+        Self(p)
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
+}
+
+#[test]
+fn a_frozen_router_is_found_out_by_heartbeat_and_its_users_closed() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router(engine, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let mut held = open_user(taddr);
+
+    // The router stops answering but resets nothing, like a router behind a link
+    // that drops every packet: only the missing heartbeat tells.
+    let frozen = Frozen::new(&router);
+    assert_eq!(expect_end(&mut held), End::Reset);
+    tunnel.wait_stderr("lost the router link: no heartbeat answer for 15s");
+    tunnel.wait_stderr(
+        "user connection closed: the router link was lost: no heartbeat answer for 15s",
+    );
+    drop(frozen);
+    tunnel.wait_stdout_count("connected to router", 2);
+    wait_for_echo(taddr, b"thawed");
+    no_close_wait("tunnel", tunnel.pid());
+}
+
+#[test]
+fn a_frozen_tunnel_is_found_out_by_heartbeat_and_its_sources_closed() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let src = EchoSource::start();
+    let saddr = src.addr();
+    let (router, raddr) = home.router(engine, &[saddr.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
+    let mut held = open_user(taddr);
+    assert_eq!(src.live(), 1);
+
+    let frozen = Frozen::new(&tunnel);
+    router.wait_stderr("client disconnected: no heartbeat for 20s");
+    router.wait_stderr("stream closed: the client stopped answering (no heartbeat for 20s)");
+    wait_until("the source connection closed by the router", || {
+        let n = src.live();
+        (n == 0, n)
+    });
+    no_close_wait("router", router.pid());
+    drop(frozen);
+    // Thawed, the tunnel finds its stream reset and its link gone, and heals.
+    assert_eq!(expect_end(&mut held), End::Reset);
+    tunnel.wait_stdout_count("connected to router", 2);
+    wait_for_echo(taddr, b"thawed");
+}
+
+#[test]
+fn a_stop_signal_right_after_start_drains_and_exits_0() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    // Signal handlers must be in place before the process says it is up.
+    for round in 0..3 {
+        let mut r = home.router_proc(Engine::Epoll, "127.0.0.1:0", &[], &[]);
+        r.wait_stdout("router listening on");
+        r.signal("TERM");
+        assert_code(r.wait_exit(), 0, &r.stderr());
+
+        let name = format!("quick-{round}");
+        let mut t = home.tunnel_proc(
+            Engine::Epoll,
+            raddr,
+            &source.to_string(),
+            &["--name", &name],
+        );
+        t.wait_stdout("listening on");
+        t.signal("TERM");
+        assert_code(t.wait_exit(), 0, &t.stderr());
+    }
+}
+
+/// Which process gets the signal.
+#[derive(Debug, Clone, Copy)]
+enum Stopped {
+    Tunnel,
+    Router,
+}
+
+/// A 256 MiB transfer each way; `who` gets SIGTERM once 16 MiB have come back. The
+/// transfer must still complete intact and the stopped process exit 0.
+fn sigterm_mid_transfer(engine: Engine, who: Stopped) {
+    const LEN: usize = 256 << 20;
+    let home = Home::with_keys();
+    let (source, seen) = sources::exchange(LEN);
+    let drain = ["--drain-timeout", "300"];
+    let (mut router, raddr) = home.router_at(engine, "127.0.0.1:0", &[source.to_string()], &drain);
+    let (mut tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &drain);
+    let stopped: &mut Proc = match who {
+        Stopped::Tunnel => &mut tunnel,
+        Stopped::Router => &mut router,
+    };
+
+    let conn = connect(taddr);
+    let mut w = conn.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        Pattern::new(1, LEN).write_to(&mut w).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut r = conn;
+    let mut h = Sha256::new();
+    let mut got = 0usize;
+    let mut signalled = false;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).expect("read through the tunnel");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n;
+        if !signalled && got >= 16 << 20 {
+            stopped.signal("TERM");
+            signalled = true;
+        }
+    }
+    writer.join().unwrap();
+    assert!(signalled, "the transfer ended before the signal");
+    assert_eq!(
+        (got, hex::encode(h.finalize())),
+        (LEN, pattern_sha(2, LEN)),
+        "download"
+    );
+    assert_eq!(
+        seen.recv_timeout(DEADLINE).unwrap(),
+        (LEN, pattern_sha(1, LEN)),
+        "upload"
+    );
+    let status = stopped.wait_exit();
+    let err = stopped.stderr();
+    assert_code(status, 0, &err);
+    assert!(err.contains("draining open"), "{err}");
+    assert!(!err.contains("drain deadline reached"), "{err}");
+}
+
+both_engines!(sigterm_to_the_tunnel_mid_transfer_loses_nothing, |engine| {
+    sigterm_mid_transfer(engine, Stopped::Tunnel)
+});
+
+both_engines!(sigterm_to_the_router_mid_transfer_loses_nothing, |engine| {
+    sigterm_mid_transfer(engine, Stopped::Router)
+});
+
+/// Lowers `pid`'s open-file limit to what it uses now plus `room`.
+fn squeeze_fds(pid: u32, room: usize) -> usize {
+    let limit = open_fds(pid) + room;
+    let ok = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("run prlimit");
+    assert!(ok.success(), "prlimit failed");
+    limit
+}
+
+/// Watches a process that keeps failing to accept for a few seconds: it must log
+/// the failure with a back-off, not spin on it.
+fn assert_backs_off(p: &Proc, needle: &str) {
+    p.wait_stderr(needle);
+    let (lines, ticks) = (p.stderr_count(needle), cpu_ticks(p.pid()));
+    // A window to measure in, not a synchronisation.
+    thread::sleep(Duration::from_secs(3));
+    let lines = p.stderr_count(needle) - lines;
+    let cpu = cpu_ticks(p.pid()) - ticks;
+    eprintln!("in 3 s of failing accepts: {lines} log lines, {cpu} CPU ticks");
+    // Capped at 1.28 s per core, the back-off allows a handful of attempts; a loop
+    // without it logs thousands and burns a whole core (300 ticks).
+    assert!(
+        lines <= 40,
+        "accept failures are not backed off: {lines} in 3 s"
+    );
+    assert!(
+        cpu < 3 * TICKS_PER_SEC / 2,
+        "the process spins while accepts fail: {cpu} ticks in 3 s"
+    );
+}
+
+both_engines!(
+    a_tunnel_out_of_file_descriptors_backs_off_and_recovers,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = sources::echo();
+        let (_router, raddr) = home.router(engine, &[source.to_string()]);
+        let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+        assert_echo(taddr, b"before");
+        if !have("prlimit", "--version") {
+            return;
+        }
+        squeeze_fds(tunnel.pid(), 16);
+
+        // Users pile up until the tunnel cannot accept any more.
+        let mut held = Vec::new();
+        while tunnel.stderr_count("accept failed") == 0 {
+            assert!(held.len() < 500, "the tunnel never ran out of descriptors");
+            if let Ok(c) = TcpStream::connect(taddr) {
+                held.push(c);
+            }
+        }
+        assert_backs_off(&tunnel, "accept failed: Too many open files");
+        // Users waiting for a channel that cannot be made are told why at once,
+        // rather than holding descriptors while they wait in vain.
+        tunnel.wait_stderr(
+            "the tunnel is out of file descriptors: raise its open-file limit (ulimit -n",
+        );
+        tunnel.wait_stderr("user connection closed: cannot open a channel to the router");
+        drop(held);
+        let took =
+            std::panic::catch_unwind(|| wait_for_echo(taddr, b"after")).unwrap_or_else(|_| {
+                panic!("the tunnel never recovered; its log:\n{}", tunnel.stderr())
+            });
+        eprintln!("served again {took:?} after the users left");
+    }
+);
+
+#[test]
+fn a_router_out_of_file_descriptors_backs_off_and_recovers() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_at(
+        engine,
+        "127.0.0.1:0",
+        &[source.to_string()],
+        &["--handshake-timeout", "2"],
+    );
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    assert_echo(taddr, b"before");
+    if !have("prlimit", "--version") {
+        return;
+    }
+    squeeze_fds(router.pid(), 16);
+
+    // Connections that never start a handshake hold the router's descriptors.
+    let mut held = Vec::new();
+    while router.stderr_count("accept failed") == 0 {
+        assert!(held.len() < 500, "the router never ran out of descriptors");
+        if let Ok(c) = TcpStream::connect(raddr) {
+            held.push(c);
+        }
+    }
+    assert_backs_off(&router, "accept failed: Too many open files");
+    drop(held);
+    assert_echo(taddr, b"the tunnel kept its channels");
+    // A new tunnel gets in: the router accepts again.
+    let (_second, second) =
+        home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "second"]);
+    let took = wait_for_echo(second, b"after");
+    eprintln!("a new tunnel served {took:?} after it connected");
+}

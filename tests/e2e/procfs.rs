@@ -1,0 +1,129 @@
+//! What the tests observe of a running `conduit` process through /proc: open file
+//! descriptors, resident memory, CPU time, and the TCP states of its sockets (to
+//! count half-dead `CLOSE_WAIT` sockets).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::harness::DEADLINE;
+
+/// TCP states as /proc/net/tcp numbers them.
+pub const ESTABLISHED: u8 = 0x01;
+pub const CLOSE_WAIT: u8 = 0x08;
+
+/// Open file descriptors of `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident memory of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of `pid` (all threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// Clock ticks per second (USER_HZ; 100 on every Linux the tests run on).
+pub const TICKS_PER_SEC: u64 = 100;
+
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            t.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// How many of `pid`'s TCP sockets are in each state.
+pub fn tcp_states(pid: u32) -> HashMap<u8, usize> {
+    let inodes = socket_inodes(pid);
+    let mut count = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let (Ok(state), Ok(inode)) = (u8::from_str_radix(f[3], 16), f[9].parse::<u64>()) else {
+                continue;
+            };
+            if inode != 0 && inodes.contains(&inode) {
+                *count.entry(state).or_insert(0) += 1;
+            }
+        }
+    }
+    count
+}
+
+/// `pid`'s sockets whose peer closed and that it has not closed itself.
+pub fn close_wait(pid: u32) -> usize {
+    tcp_states(pid).get(&CLOSE_WAIT).copied().unwrap_or(0)
+}
+
+/// `pid`'s established TCP connections.
+pub fn established(pid: u32) -> usize {
+    tcp_states(pid).get(&ESTABLISHED).copied().unwrap_or(0)
+}
+
+/// Polls `cond` until it holds; panics with `what` and the last observation after
+/// [`DEADLINE`].
+#[track_caller]
+pub fn wait_until<T: std::fmt::Debug>(what: &str, mut observe: impl FnMut() -> (bool, T)) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (ok, seen) = observe();
+        if ok {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {what}; last observed: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A process's footprint: open fds and resident KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub fds: usize,
+    pub rss_kib: u64,
+}
+
+impl Footprint {
+    pub fn of(pid: u32) -> Self {
+        Self {
+            fds: open_fds(pid),
+            rss_kib: rss_kib(pid),
+        }
+    }
+}
