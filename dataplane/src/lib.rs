@@ -20,6 +20,7 @@
 
 pub mod engine;
 pub mod handoff;
+pub mod ratelimit;
 pub mod stats;
 
 mod channel;
