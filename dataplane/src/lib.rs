@@ -20,6 +20,7 @@
 
 pub mod engine;
 pub mod handoff;
+pub mod ktls;
 pub mod ratelimit;
 pub mod stats;
 
@@ -48,7 +49,8 @@ pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
 pub use stats::{ConnSnapshot, CoreStats, Totals};
 pub use worker::core_of;
 
-/// Why the data plane could not start.
+/// What went wrong in the data plane: it could not start, or could not take over a
+/// connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataplaneError {
@@ -73,6 +75,17 @@ pub enum DataplaneError {
         /// Which worker.
         index: usize,
         /// What failed.
+        source: std::io::Error,
+    },
+    /// The kernel would not take a connection's TLS record keys (kernel TLS offload,
+    /// [`ktls::install`]). Local: this kernel lacks the cipher or kTLS, or the socket
+    /// was not prepared. That connection cannot go on, since its keys have left
+    /// rustls: close it. Retrying cannot help; keep TLS in userspace instead.
+    #[error("kernel TLS offload: cannot install the {direction} keys: {source}")]
+    Ktls {
+        /// "transmit" or "receive".
+        direction: &'static str,
+        /// What the kernel (or the key check before it) said.
         source: std::io::Error,
     },
 }
