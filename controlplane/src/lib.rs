@@ -25,6 +25,7 @@ pub mod control;
 pub mod error;
 pub mod home;
 pub mod keys;
+pub mod limits;
 pub mod policy;
 pub mod process;
 pub mod reconcile;
