@@ -60,8 +60,28 @@ pub(crate) enum Command {
     Status(StatusArgs),
     /// Stop tunnels, or close one connection.
     Kill(KillArgs),
+    /// Check this host's settings against what a 10 Gbps gateway needs.
+    Tune(TuneArgs),
     /// Show version, build and io-engine information.
     Version,
+}
+
+/// `conduit tune`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when no setting falls short, 1 when one does \
+                        (UNKNOWN settings, whose value could not be read, do not count)."
+)]
+pub(crate) struct TuneArgs {
+    /// Report each setting that matters for a 10 Gbps gateway (open-file limits,
+    /// socket buffers and backlogs, ports, kTLS, io_uring, cores) as OK, SHORT or
+    /// UNKNOWN, with the recommended value and the command that fixes it. Changes
+    /// nothing; exits 1 when a setting falls short.
+    #[arg(long, required = true)]
+    pub(crate) check: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+    pub(crate) format: ShowFormat,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod router;
 pub mod spawn;
+pub mod tune;
 mod wire;
 
 use std::time::Duration;

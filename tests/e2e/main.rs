@@ -14,5 +14,6 @@ mod manage;
 mod real_clients;
 mod refusals;
 mod sources;
+mod tune;
 mod tunnel;
 mod up_down;

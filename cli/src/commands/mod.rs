@@ -9,6 +9,7 @@ mod list;
 mod router;
 mod start;
 mod status;
+mod tune;
 mod tunnels;
 mod up;
 mod version;
@@ -38,6 +39,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
         Command::List(a) => list::run(&home()?, &a),
         Command::Status(a) => status::run(&home()?, &a),
         Command::Kill(a) => kill::run(&home()?, &a),
+        Command::Tune(a) => tune::run(&a),
         Command::Version => version::run(),
     }
 }
