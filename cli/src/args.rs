@@ -107,6 +107,8 @@ pub(crate) struct UpArgs {
     /// Internal: this process was launched in the background by `conduit up`.
     #[arg(long, hide = true, requires = "tunnel")]
     pub(crate) detached: bool,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +127,21 @@ pub(crate) struct DownArgs {
     /// Seconds open connections get to finish (default: each tunnel's own setting).
     #[arg(long)]
     pub(crate) drain_timeout: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    Tls,
+    Plain,
+}
+
+impl From<TransportArg> for conduit_controlplane::Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Tls => Self::Tls,
+            TransportArg::Plain => Self::Plain,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,7 +212,7 @@ pub(crate) enum ConfigCommand {
     /// Report every problem in a configuration file, each with its key path; exits 64
     /// if there is an error.
     Validate(ConfigArgs),
-    /// Print the configuration in effect (file, then CONDUIT_<SECTION>_<KEY>
+    /// Print the configuration in effect (file, then `CONDUIT_<SECTION>_<KEY>`
     /// variables, then --set), each value with where it came from; secrets print as ***.
     Show {
         #[command(flatten)]
@@ -220,7 +237,7 @@ pub(crate) struct ConfigArgs {
     #[arg(long)]
     pub(crate) router: bool,
     /// Override one value, over the file and the environment: SECTION.KEY=VALUE, such
-    /// as router.port=9999. Repeatable; [[tunnels]] cannot be set this way.
+    /// as router.port=9999. Repeatable; `[[tunnels]]` cannot be set this way.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
     pub(crate) set: Vec<Override>,
 }
@@ -239,6 +256,11 @@ pub(crate) struct EngineArgs {
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
     #[arg(long, env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
     pub(crate) io_engine: Engine,
+    /// Pin each worker thread to its own core. Worth it on a dedicated gateway; off
+    /// by default because relays sharing a machine (a client and a router, a
+    /// container host) can end up pinned to the same core (docs/architecture.md).
+    #[arg(long, env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) pin_cores: bool,
 }
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
@@ -264,6 +286,11 @@ pub(crate) struct RouterArgs {
     /// Require clients to present this token too.
     #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// tls (default), or plain for links that are already encrypted (e.g. inside
+    /// WireGuard): no encryption, no key authentication, payload spliced. Clients must
+    /// use the same transport.
+    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
+    pub(crate) transport: TransportArg,
     /// Seconds to let open streams finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
@@ -300,6 +327,10 @@ pub(crate) struct StartArgs {
     /// A token, for routers that require one.
     #[arg(long, env = "CONDUIT_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
+    /// tls (default), or plain when the router runs `--transport plain` (links that
+    /// are already encrypted only).
+    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
+    pub(crate) transport: TransportArg,
     /// Handshaken channels each worker keeps ready.
     #[arg(long, default_value_t = 2)]
     pub(crate) pool_size: usize,
@@ -308,4 +339,42 @@ pub(crate) struct StartArgs {
     pub(crate) drain_timeout: u64,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
+}
+
+/// The init systems `--service-file` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServiceKind {
+    /// A systemd unit (Linux).
+    Systemd,
+    /// An OpenRC script run by supervise-daemon (Alpine, Gentoo).
+    Openrc,
+    /// A launchd job for /Library/LaunchDaemons (macOS).
+    Launchd,
+    /// An rc.d script run by daemon(8) (FreeBSD).
+    #[value(name = "rc.d")]
+    RcD,
+}
+
+/// Flags that turn a command into "write a service file that runs this command".
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ServiceArgs {
+    /// Instead of running, print a service file for this init system; the service
+    /// runs the same command in the foreground.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub(crate) service_file: Option<ServiceKind>,
+    /// Write the service file here instead of printing it.
+    #[arg(short = 'o', long, value_name = "PATH", requires = "service_file")]
+    pub(crate) output: Option<PathBuf>,
+    /// The service's name (default: conduit-TUNNEL).
+    #[arg(long, value_name = "NAME", requires = "service_file")]
+    pub(crate) service_name: Option<String>,
+    /// The account the service runs as (default: the current user).
+    #[arg(long, value_name = "USER", requires = "service_file")]
+    pub(crate) service_user: Option<String>,
+    /// The file of secrets (CONDUIT_TOKEN=...) the service reads at start (default:
+    /// /etc/conduit/NAME.env; /usr/local/etc/conduit/NAME.env for launchd and rc.d).
+    #[arg(long, value_name = "PATH", requires = "service_file")]
+    pub(crate) service_env_file: Option<PathBuf>,
 }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         eprintln!("conduit: {e}");
         return ExitCode::from(exit::USAGE);
     }
-    match commands::run(cli.command) {
+    match commands::run(cli.command, &cli.log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Every error message is complete on its own; the source chain would repeat it.

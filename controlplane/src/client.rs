@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::backoff::Backoff;
 use crate::error::from_tls;
 use crate::wire::{self, Wire, WireError};
-use crate::{Error, HEARTBEAT_INTERVAL};
+use crate::{Error, HEARTBEAT_INTERVAL, Transport};
 
 /// Everything a client tunnel needs.
 pub struct TunnelSettings {
@@ -36,6 +36,8 @@ pub struct TunnelSettings {
     pub bind: SocketAddr,
     /// A token for routers that require one.
     pub token: Option<Secret>,
+    /// TLS (the default) or, when the operator opts in, plain.
+    pub transport: Transport,
     /// Idle handshaken channels each worker keeps.
     pub pool_size: usize,
     /// Limit on reaching the router.
@@ -73,6 +75,7 @@ pub enum LinkStatus {
 }
 
 struct Shared {
+    transport: Transport,
     name: String,
     router: String,
     our_key: PublicKey,
@@ -120,6 +123,7 @@ impl ClientTunnel {
             requests,
             local_addr,
             shared: Arc::new(Shared {
+                transport: s.transport,
                 name: s.name,
                 router: s.router,
                 our_key: s.identity.public(),
@@ -184,8 +188,10 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
         .await
         .map_err(|e| Error::network(format!("cannot reach router {}", shared.router), e))?;
     let setup = async {
-        let tls = TlsSession::client(shared.tls.clone())?;
-        let mut w = Wire::handshake(tcp, tls).await?;
+        let mut w = match shared.transport {
+            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls.clone())?).await?,
+            Transport::Plain => Wire::plain(tcp)?,
+        };
         w.send(&Message::Hello(Hello {
             versions: VersionRange::ours(),
             channel: kind,

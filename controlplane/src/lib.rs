@@ -12,7 +12,8 @@
 //!
 //! It runs TLS handshakes, authenticates and authorizes, keeps each client's control
 //! channel with heartbeats and reconnects with back-off, answers the workers'
-//! requests for channels, and owns keys, the allow-list and the home directory.
+//! requests for channels, and owns keys, the allow-list and the home directory. It
+//! also writes the service files that let an init system run a tunnel ([`service`]).
 //!
 //! What it does **not** do: move payload bytes (the data plane does), or parse
 //! command lines (the `conduit` binary does).
@@ -31,6 +32,7 @@ pub mod process;
 pub mod reconcile;
 pub mod registry;
 pub mod router;
+pub mod service;
 pub mod spawn;
 pub mod tune;
 mod wire;
@@ -42,6 +44,17 @@ pub use error::Error;
 pub use home::Home;
 pub use policy::AllowList;
 pub use router::{Router, RouterSettings};
+
+/// How a client and its router talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// TLS 1.3, mutually authenticated with pinned Ed25519 keys.
+    #[default]
+    Tls,
+    /// No encryption and no authentication (a token, if the router sets one): only
+    /// for links that are already protected, such as WireGuard. Payload is spliced.
+    Plain,
+}
 
 /// How often a client pings its router; either side drops a control channel after
 /// a few silent intervals.

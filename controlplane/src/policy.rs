@@ -111,8 +111,13 @@ impl FromStr for Rule {
 }
 
 impl Rule {
-    fn applies_to(&self, client: &PublicKey) -> bool {
-        self.client.is_none_or(|k| k == *client)
+    /// Rules for one key apply only to that key; a client nobody authenticated (plain
+    /// transport) gets only the rules for everyone.
+    fn applies_to(&self, client: Option<&PublicKey>) -> bool {
+        match self.client {
+            None => true,
+            Some(k) => client == Some(&k),
+        }
     }
 
     fn allows_addr(&self, addr: SocketAddr) -> bool {
@@ -192,7 +197,7 @@ impl AllowList {
     /// Checks `target` (`host:port`) for `client` and returns the addresses to try.
     pub fn check(
         &self,
-        client: &PublicKey,
+        client: Option<&PublicKey>,
         target: &str,
         resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
     ) -> Result<Vec<SocketAddr>, Refusal> {
@@ -248,7 +253,11 @@ impl AllowList {
 }
 
 impl SourcePolicy for AllowList {
-    fn resolve(&self, client: &PublicKey, target: &str) -> Result<Vec<SocketAddr>, Refusal> {
+    fn resolve(
+        &self,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
         // Name lookups block this worker for their duration; literal addresses, the
         // common case, never look anything up.
         self.check(client, target, |host, port| {
@@ -275,20 +284,20 @@ mod tests {
         let l = AllowList::parse(&["10.2.0.0/24:5432", "127.0.0.1:8000-8100", "[::1]:*"]).unwrap();
         let k = key();
         assert_eq!(
-            l.check(&k, "10.2.0.7:5432", no_dns).unwrap(),
+            l.check(Some(&k), "10.2.0.7:5432", no_dns).unwrap(),
             vec!["10.2.0.7:5432".parse().unwrap()]
         );
-        assert!(l.check(&k, "10.2.1.7:5432", no_dns).is_err());
-        assert!(l.check(&k, "10.2.0.7:5433", no_dns).is_err());
-        assert!(l.check(&k, "127.0.0.1:8050", no_dns).is_ok());
-        assert!(l.check(&k, "[::1]:22", no_dns).is_ok());
-        assert!(l.check(&k, "[::ffff:10.2.0.9]:5432", no_dns).is_ok());
+        assert!(l.check(Some(&k), "10.2.1.7:5432", no_dns).is_err());
+        assert!(l.check(Some(&k), "10.2.0.7:5433", no_dns).is_err());
+        assert!(l.check(Some(&k), "127.0.0.1:8050", no_dns).is_ok());
+        assert!(l.check(Some(&k), "[::1]:22", no_dns).is_ok());
+        assert!(l.check(Some(&k), "[::ffff:10.2.0.9]:5432", no_dns).is_ok());
     }
 
     #[test]
     fn refusals_say_how_to_allow() {
         let l = AllowList::default();
-        let r = l.check(&key(), "10.0.0.1:22", no_dns).unwrap_err();
+        let r = l.check(Some(&key()), "10.0.0.1:22", no_dns).unwrap_err();
         assert_eq!(r.code, RefusalCode::PolicyDenied);
         assert_eq!(
             r.message,
@@ -302,25 +311,25 @@ mod tests {
         let l = AllowList::parse(&["db.internal:5432", "10.9.0.0/16:80"]).unwrap();
         let k = key();
         let resolved = |_: &str, p: u16| Ok(vec![SocketAddr::from(([10, 9, 1, 1], p))]);
-        assert!(l.check(&k, "DB.internal:5432", resolved).is_ok());
-        assert!(l.check(&k, "web.internal:80", resolved).is_ok());
+        assert!(l.check(Some(&k), "DB.internal:5432", resolved).is_ok());
+        assert!(l.check(Some(&k), "web.internal:80", resolved).is_ok());
         let outside = |_: &str, p: u16| Ok(vec![SocketAddr::from(([192, 168, 1, 1], p))]);
-        let r = l.check(&k, "web.internal:80", outside).unwrap_err();
+        let r = l.check(Some(&k), "web.internal:80", outside).unwrap_err();
         assert!(
             r.message.contains("outside the allowed ranges"),
             "{}",
             r.message
         );
         // A port no rule mentions is refused before any lookup.
-        assert!(l.check(&k, "web.internal:81", no_dns).is_err());
+        assert!(l.check(Some(&k), "web.internal:81", no_dns).is_err());
     }
 
     #[test]
     fn rules_can_be_per_client() {
         let (a, b) = (key(), key());
         let l = AllowList::parse(&[format!("{a}=127.0.0.1:9000")]).unwrap();
-        assert!(l.check(&a, "127.0.0.1:9000", no_dns).is_ok());
-        assert!(l.check(&b, "127.0.0.1:9000", no_dns).is_err());
+        assert!(l.check(Some(&a), "127.0.0.1:9000", no_dns).is_ok());
+        assert!(l.check(Some(&b), "127.0.0.1:9000", no_dns).is_err());
     }
 
     #[test]

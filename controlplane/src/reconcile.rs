@@ -77,6 +77,7 @@ mod tests {
                     source: (*source).into(),
                     bind: "127.0.0.1:8080".parse().unwrap(),
                     protocol: Protocol::Tcp,
+                    transport: crate::config::TransportKind::Tls,
                     token: None,
                     performance: PerformanceConfig::default(),
                 })

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::policy::AllowList;
 use crate::wire::{Wire, WireError};
-use crate::{Error, HEARTBEAT_INTERVAL};
+use crate::{Error, HEARTBEAT_INTERVAL, Transport};
 
 /// Everything a router needs to run.
 pub struct RouterSettings {
@@ -31,6 +31,8 @@ pub struct RouterSettings {
     pub policy: AllowList,
     /// A token clients must present, if set.
     pub token: Option<Secret>,
+    /// TLS (the default) or, when the operator opts in, plain.
+    pub transport: Transport,
     /// Limit on TLS handshake plus `Hello`.
     pub handshake_timeout: Duration,
     /// Limit on connecting a source.
@@ -42,6 +44,7 @@ pub struct RouterSettings {
 }
 
 struct State {
+    transport: Transport,
     tls: Arc<ServerConfig>,
     authorized: Arc<AuthorizedClients>,
     token: Option<Secret>,
@@ -86,6 +89,7 @@ impl Router {
             listener,
             local_addr,
             state: Arc::new(State {
+                transport: s.transport,
                 tls,
                 authorized: s.authorized,
                 token: s.token,
@@ -147,8 +151,10 @@ impl Router {
 
 async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
     let setup = tokio::time::timeout(state.handshake_timeout, async {
-        let session = TlsSession::server(state.tls.clone())?;
-        let mut wire = Wire::handshake(tcp, session).await?;
+        let mut wire = match state.transport {
+            Transport::Tls => Wire::handshake(tcp, TlsSession::server(state.tls.clone())?).await?,
+            Transport::Plain => Wire::plain(tcp)?,
+        };
         let hello = match wire.recv().await? {
             Some(Message::Hello(h)) => h,
             Some(other) => {
@@ -182,13 +188,15 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
         }
         Ok(Ok(x)) => x,
     };
-    let Some(key) = wire.peer_key() else {
+    let key = wire.peer_key();
+    if state.transport == Transport::Tls && key.is_none() {
         return;
-    };
-    let version = match admit(&state, &key, &hello) {
+    }
+    let who = key.map_or_else(|| "(plain transport)".to_owned(), |k| k.to_string());
+    let version = match admit(&state, key.as_ref(), &hello) {
         Ok(v) => v,
         Err(refusal) => {
-            warn!(%peer, client = %key, tunnel = %hello.tunnel, "refused: {}", refusal.message);
+            warn!(%peer, client = %who, tunnel = %hello.tunnel, "refused: {}", refusal.message);
             let _ = wire.send(&Message::Refused(refusal)).await;
             return;
         }
@@ -198,23 +206,26 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
         return;
     }
     match hello.channel {
-        ChannelKind::Control => control_session(&state, wire, key, hello.tunnel).await,
+        ChannelKind::Control => control_session(&state, wire, key, who, hello.tunnel).await,
         ChannelKind::Data => match wire.into_handoff(0) {
             Ok(h) => {
                 if !state.dp.send_router_channel(h) {
                     warn!(%peer, "no data-plane worker is running; channel dropped");
                 }
             }
-            Err(e) => warn!(%peer, client = %key, "data channel refused: {e}"),
+            Err(e) => warn!(%peer, client = %who, "data channel refused: {e}"),
         },
     }
 }
 
 /// Decides whether a client that finished its handshake may use the router.
-fn admit(state: &State, key: &PublicKey, hello: &Hello) -> Result<u16, Refusal> {
+fn admit(state: &State, key: Option<&PublicKey>, hello: &Hello) -> Result<u16, Refusal> {
     // Checked again here (not only in the TLS verifier) because a resumed TLS session
-    // skips certificate verification, and the authorized set may have changed.
-    if state.authorized.lookup(key).is_none() {
+    // skips certificate verification, and the authorized set may have changed. The
+    // plain transport has no key to check: the operator chose to trust the network.
+    if let Some(key) = key
+        && state.authorized.lookup(key).is_none()
+    {
         return Err(Refusal::new(
             RefusalCode::Unauthorized,
             format!(
@@ -241,9 +252,18 @@ fn admit(state: &State, key: &PublicKey, hello: &Hello) -> Result<u16, Refusal> 
     Ok(version)
 }
 
-async fn control_session(state: &State, mut wire: Wire, key: PublicKey, tunnel: String) {
+async fn control_session(
+    state: &State,
+    mut wire: Wire,
+    key: Option<PublicKey>,
+    who: String,
+    tunnel: String,
+) {
     let peer = wire.peer_addr();
-    let comment = state.authorized.lookup(&key).unwrap_or_default();
+    let comment = key
+        .and_then(|k| state.authorized.lookup(&k))
+        .unwrap_or_default();
+    let key = who;
     info!(%peer, client = %key, name = %comment, %tunnel, "client connected");
     let silence = HEARTBEAT_INTERVAL * 4;
     let reason = loop {

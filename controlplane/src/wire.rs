@@ -25,10 +25,13 @@ pub(crate) enum WireError {
     Closed,
 }
 
-/// An established (or establishing) channel.
+/// An established (or establishing) channel: over TLS, or in clear on the plain
+/// transport.
 pub(crate) struct Wire {
     tcp: TcpStream,
-    tls: TlsSession,
+    tls: Option<TlsSession>,
+    /// Received bytes not yet decoded (plain transport only).
+    raw: Vec<u8>,
     decoder: FrameDecoder,
     inbox: VecDeque<Message>,
     peer_addr: SocketAddr,
@@ -39,16 +42,18 @@ impl Wire {
     pub(crate) async fn handshake(tcp: TcpStream, tls: TlsSession) -> Result<Self, WireError> {
         let _ = tcp.set_nodelay(true);
         let peer_addr = tcp.peer_addr()?;
+        let mut tls = tls;
         let mut w = Self {
             tcp,
-            tls,
+            tls: None,
+            raw: Vec::new(),
             decoder: FrameDecoder::new(),
             inbox: VecDeque::new(),
             peer_addr,
         };
         loop {
             let mut out = Vec::new();
-            let status = w.tls.handshake(&mut out);
+            let status = tls.handshake(&mut out);
             if !out.is_empty() {
                 // On error this carries the alert that tells the peer why.
                 let sent = w.tcp.write_all(&out).await;
@@ -57,9 +62,14 @@ impl Wire {
                 }
             }
             match status? {
-                HandshakeStatus::Done => return Ok(w),
+                HandshakeStatus::Done => {
+                    w.tls = Some(tls);
+                    return Ok(w);
+                }
                 HandshakeStatus::NeedMore => {
-                    if w.read_more().await? == 0 {
+                    let n = w.tcp.read(tls.spare(MAX_RECORD_PLAINTEXT + 64)).await?;
+                    tls.received(n);
+                    if n == 0 {
                         return Err(TlsError::ClosedDuringHandshake.into());
                     }
                 }
@@ -67,30 +77,55 @@ impl Wire {
         }
     }
 
+    /// A channel on the plain transport: no TLS, no authentication.
+    pub(crate) fn plain(tcp: TcpStream) -> Result<Self, WireError> {
+        let _ = tcp.set_nodelay(true);
+        let peer_addr = tcp.peer_addr()?;
+        Ok(Self {
+            tcp,
+            tls: None,
+            raw: Vec::new(),
+            decoder: FrameDecoder::new(),
+            inbox: VecDeque::new(),
+            peer_addr,
+        })
+    }
+
     async fn read_more(&mut self) -> std::io::Result<usize> {
-        let n = self
-            .tcp
-            .read(self.tls.spare(MAX_RECORD_PLAINTEXT + 64))
-            .await?;
-        self.tls.received(n);
-        Ok(n)
+        match &mut self.tls {
+            Some(tls) => {
+                let n = self.tcp.read(tls.spare(MAX_RECORD_PLAINTEXT + 64)).await?;
+                tls.received(n);
+                Ok(n)
+            }
+            None => {
+                let mut chunk = [0u8; 4096];
+                let n = self.tcp.read(&mut chunk).await?;
+                self.raw.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+        }
     }
 
     pub(crate) fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
     }
 
-    /// The peer's verified key.
+    /// The peer's verified key (`None` on the plain transport).
     pub(crate) fn peer_key(&self) -> Option<PublicKey> {
-        self.tls.peer_key()
+        self.tls.as_ref().and_then(TlsSession::peer_key)
     }
 
-    /// Encrypts and sends one message.
+    /// Sends one message (encrypted, unless on the plain transport).
     pub(crate) async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
         let frame = msg.to_frame();
-        let mut out = vec![0; self.tls.encrypted_len(frame.len())];
+        let Some(tls) = &mut self.tls else {
+            self.tcp.write_all(&frame).await?;
+            return Ok(());
+        };
+        let mut out = vec![0; tls.encrypted_len(frame.len())];
         let n = loop {
-            match self.tls.encrypt(&frame, &mut out) {
+            match tls.encrypt(&frame, &mut out) {
                 Err(TlsError::BufferTooSmall { required }) => out.resize(required, 0),
                 other => break other?,
             }
@@ -108,7 +143,34 @@ impl Wire {
             let mut bad: Option<ProtoError> = None;
             let decoder = &mut self.decoder;
             let inbox = &mut self.inbox;
-            let closed = self.tls.decrypt(|plain| {
+            let Some(tls) = &mut self.tls else {
+                let raw = std::mem::take(&mut self.raw);
+                let res = decoder.feed(&raw, |ev| match ev {
+                    Event::Message(m) => inbox.push_back(m),
+                    Event::Data(_) => {
+                        bad = Some(ProtoError::Unexpected {
+                            got: "Data",
+                            expected: "a control message",
+                        })
+                    }
+                });
+                if let Some(e) = bad {
+                    return Err(e.into());
+                }
+                res?;
+                if !self.inbox.is_empty() {
+                    continue;
+                }
+                if self.read_more().await? == 0 {
+                    return if self.decoder.at_boundary() {
+                        Ok(None)
+                    } else {
+                        Err(WireError::Closed)
+                    };
+                }
+                continue;
+            };
+            let closed = tls.decrypt(|plain| {
                 if bad.is_some() {
                     return;
                 }
@@ -129,7 +191,7 @@ impl Wire {
                 Ok(c) => c,
                 Err(e) => {
                     let mut alert = Vec::new();
-                    self.tls.drain_alerts(&mut alert);
+                    tls.drain_alerts(&mut alert);
                     let _ = self.tcp.write_all(&alert).await;
                     return Err(e.into());
                 }
@@ -148,7 +210,8 @@ impl Wire {
                 };
             }
             if self.read_more().await? == 0 {
-                return if self.decoder.at_boundary() && self.tls.buffered() == 0 {
+                let buffered = self.tls.as_ref().map_or(0, TlsSession::buffered);
+                return if self.decoder.at_boundary() && buffered == 0 {
                     Ok(None)
                 } else {
                     Err(WireError::Closed)
@@ -167,12 +230,15 @@ impl Wire {
             }
             .into());
         }
-        let peer_key = self.tls.peer_key().ok_or(WireError::Closed)?;
+        let peer_key = self.peer_key();
+        if self.tls.is_some() && peer_key.is_none() {
+            return Err(WireError::Closed);
+        }
         let stream = self.tcp.into_std()?;
         Ok(ChannelHandoff {
             stream,
             tls: self.tls,
-            leftover: Vec::new(),
+            leftover: self.raw,
             peer_key,
             peer_addr: self.peer_addr,
             epoch,

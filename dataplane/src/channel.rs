@@ -26,6 +26,8 @@ pub(crate) enum ChannelError {
     Proto(#[from] ProtoError),
     #[error("the other end closed the channel")]
     Closed,
+    #[error("a plain-transport channel was handed to the TLS path")]
+    NotTls,
 }
 
 /// A frame decoded but not consumed yet. What follows a stream's `Eof` in the same
@@ -53,7 +55,7 @@ pub(crate) struct Channel {
     pub(crate) decoder: FrameDecoder,
     /// Decoded frames not consumed yet, oldest first.
     pub(crate) backlog: VecDeque<Held>,
-    pub(crate) peer_key: PublicKey,
+    pub(crate) peer_key: Option<PublicKey>,
     pub(crate) epoch: u64,
     /// When the channel last became idle (handshake or end of its last stream).
     pub(crate) idle_since: Instant,
@@ -61,6 +63,7 @@ pub(crate) struct Channel {
 
 impl Channel {
     pub(crate) fn adopt(h: ChannelHandoff) -> Result<Self, ChannelError> {
+        let tls = h.tls.ok_or(ChannelError::NotTls)?;
         let sock = Socket::from_std(h.stream)?;
         sock.set_nodelay();
         let mut decoder = FrameDecoder::new();
@@ -68,7 +71,7 @@ impl Channel {
         decoder.feed(&h.leftover, |ev| backlog.push_back(Held::from_event(ev)))?;
         Ok(Self {
             sock,
-            tls: RefCell::new(h.tls),
+            tls: RefCell::new(tls),
             decoder,
             backlog,
             peer_key: h.peer_key,

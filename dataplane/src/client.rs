@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use conduit_proto::{Message, Refusal, RefusalCode};
 use futures::channel::oneshot;
-use futures::future::{Either, select};
+use futures::future::{Either, select, try_join};
 use monoio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::ClientSpec;
-use crate::channel::Channel;
+use crate::channel::{Channel, ChannelError};
 use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::net::Socket;
+use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, Meter};
 use crate::sys::Peek;
@@ -27,8 +28,8 @@ use crate::worker::Core;
 /// Idle channels of one core, and the users waiting for one.
 #[derive(Default)]
 struct Pool {
-    idle: VecDeque<Channel>,
-    waiters: VecDeque<oneshot::Sender<Channel>>,
+    idle: VecDeque<Link>,
+    waiters: VecDeque<oneshot::Sender<Link>>,
     /// Channels asked of the control plane and not yet delivered.
     requested: usize,
 }
@@ -106,7 +107,7 @@ impl ClientCore {
     pub(crate) fn channel_arrived(&self, h: ChannelHandoff) {
         let mut pool = self.pool.borrow_mut();
         pool.requested = pool.requested.saturating_sub(1);
-        let mut ch = match Channel::adopt(h) {
+        let mut ch = match Link::adopt(h) {
             Ok(ch) => ch,
             Err(e) => {
                 warn!(core = self.core.index, "cannot adopt a channel: {e}");
@@ -171,14 +172,18 @@ impl ClientCore {
         }
     }
 
-    fn usable(&self, ch: &Channel) -> bool {
-        ch.epoch == self.spec.link.epoch()
-            && ch.idle_since.elapsed() < self.spec.max_idle
-            && ch.sock.peek() == Peek::Quiet
+    fn usable(&self, ch: &Link) -> bool {
+        let (sock, epoch, idle_since) = match ch {
+            Link::Tls(c) => (&c.sock, c.epoch, c.idle_since),
+            Link::Plain(c) => (&c.sock, c.epoch, c.idle_since),
+        };
+        epoch == self.spec.link.epoch()
+            && idle_since.elapsed() < self.spec.max_idle
+            && sock.peek() == Peek::Quiet
     }
 
     /// A live channel for a new user connection.
-    async fn channel(&self) -> Result<Channel, String> {
+    async fn channel(&self) -> Result<Link, String> {
         loop {
             let next = self.pool.borrow_mut().idle.pop_front();
             match next {
@@ -211,7 +216,13 @@ impl ClientCore {
     async fn serve_user(self: Rc<Self>, stream: TcpStream, peer: SocketAddr) {
         let core = &self.core;
         let id = core.next_conn_id();
-        let user = Socket::new(stream);
+        let user = match Socket::new(stream) {
+            Ok(u) => u,
+            Err(e) => {
+                warn!(%peer, "cannot set up a user connection: {e}");
+                return;
+            }
+        };
         user.set_nodelay();
         core.stats.opened.fetch_add(1, Relaxed);
         core.stats.active.fetch_add(1, Relaxed);
@@ -257,7 +268,10 @@ impl ClientCore {
         counters: &ConnCounters,
         kill: oneshot::Receiver<()>,
     ) -> Result<(), String> {
-        let mut ch = self.channel().await?;
+        let mut ch = match self.channel().await? {
+            Link::Tls(ch) => *ch,
+            Link::Plain(ch) => return self.run_plain(id, user, counters, kill, ch).await,
+        };
         ch.send(&Message::Open {
             target: self.spec.target.clone(),
         })
@@ -318,23 +332,111 @@ impl ClientCore {
         }
     }
 
+    /// One stream over a plain channel: `Open`, then splice both ways at once; the
+    /// router's `Opened` (or `OpenFailed`) precedes its bytes.
+    async fn run_plain(
+        &self,
+        id: u64,
+        user: &Socket,
+        counters: &ConnCounters,
+        kill: oneshot::Receiver<()>,
+        ch: PlainChannel,
+    ) -> Result<(), String> {
+        let PlainChannel { sock, leftover, .. } = ch;
+        send_frame(
+            &sock,
+            &Message::Open {
+                target: self.spec.target.clone(),
+            },
+        )
+        .await
+        .map_err(|e| format!("the channel to the router failed: {e}"))?;
+        let stats = &self.core.stats;
+        let up = pump(
+            user,
+            &sock,
+            false,
+            Meter {
+                conn: &counters.up,
+                core: &stats.bytes_up,
+            },
+        );
+        let down = async {
+            let (reply, rest) = read_frame(&sock, leftover)
+                .await
+                .map_err(|e| Stop::Channel(std::io::Error::other(e.to_string())))?;
+            match reply {
+                Message::Opened => {}
+                Message::OpenFailed(r) => return Err(Stop::OpenFailed(r)),
+                other => {
+                    return Err(Stop::Proto(conduit_proto::ProtoError::Unexpected {
+                        got: other.name(),
+                        expected: "Opened or OpenFailed",
+                    }));
+                }
+            }
+            user.send_all(&rest).await.map_err(Stop::Plain)?;
+            let to_user = Meter {
+                conn: &counters.down,
+                core: &stats.bytes_down,
+            };
+            to_user.add(rest.len());
+            pump(&sock, user, true, to_user).await
+        };
+        let both = try_join(up, down);
+        futures::pin_mut!(both);
+        let stop = match select(both, kill).await {
+            Either::Left((Ok(_), _)) => return Ok(()),
+            Either::Left((Err(stop), _)) => stop,
+            Either::Right(_) => Stop::Killed,
+        };
+        sock.abort();
+        Err(match stop {
+            Stop::OpenFailed(r) => format!("the router could not open the source: {}", r.message),
+            Stop::Killed => {
+                info!(conn = id, "connection closed by the operator");
+                "closed by the operator".into()
+            }
+            other => other.to_string(),
+        })
+    }
+
     /// Puts a channel that finished a stream cleanly back in the pool.
     fn reuse(&self, ch: Channel) {
         let mut pool = self.pool.borrow_mut();
         if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
             return; // plenty idle already; let this one close
         }
-        let mut ch = ch;
+        let mut ch = Link::Tls(Box::new(ch));
         while let Some(waiter) = pool.waiters.pop_front() {
             match waiter.send(ch) {
                 Ok(()) => return,
                 Err(back) => ch = back,
             }
         }
-        ch.idle_since = Instant::now();
+        if let Link::Tls(c) = &mut ch {
+            c.idle_since = Instant::now();
+        }
         pool.idle.push_front(ch);
         drop(pool);
         self.publish();
+    }
+}
+
+/// A pooled channel of either transport.
+pub(crate) enum Link {
+    /// Boxed: a TLS channel is large, and pools move links around.
+    Tls(Box<Channel>),
+    Plain(PlainChannel),
+}
+
+impl Link {
+    fn adopt(h: ChannelHandoff) -> Result<Self, ChannelError> {
+        if h.tls.is_some() {
+            Channel::adopt(h).map(|c| Link::Tls(Box::new(c)))
+        } else {
+            Ok(Link::Plain(PlainChannel::adopt(h)?))
+        }
     }
 }
 

@@ -19,12 +19,14 @@ use crate::stats::ConnSnapshot;
 pub struct ChannelHandoff {
     /// The TCP connection (client → router).
     pub stream: std::net::TcpStream,
-    /// Its TLS session, with any received bytes not yet processed.
-    pub tls: TlsSession,
+    /// Its TLS session, with any received bytes not yet processed; `None` on the plain
+    /// transport.
+    pub tls: Option<TlsSession>,
     /// Plaintext the control plane decrypted but did not consume.
     pub leftover: Vec<u8>,
-    /// The authenticated key of the other end.
-    pub peer_key: PublicKey,
+    /// The authenticated key of the other end (`None` on the plain transport, which
+    /// authenticates nobody).
+    pub peer_key: Option<PublicKey>,
     /// The other end's address.
     pub peer_addr: SocketAddr,
     /// The link generation it was made in (client side; see [`LinkState`]).

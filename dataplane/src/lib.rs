@@ -8,8 +8,8 @@
 //!  requests  ◀──────────── FromWorker (e.g. "core 1 wants 2 channels")
 //! ```
 //!
-//! Each worker is a thread pinned to a core (`core_affinity`) running a
-//! single-threaded monoio runtime on the chosen [`engine`]. On a client it owns a
+//! Each worker is a thread (pinned to a core with `core_affinity` when asked) running
+//! a single-threaded monoio runtime on the chosen [`engine`]. On a client it owns a
 //! `SO_REUSEPORT` listener on the tunnel's bind address, so the kernel spreads users
 //! across cores, and a pool of handshaken channels; on a router it serves the
 //! channels the control plane hands it. Nothing mutable is shared between cores.
@@ -28,6 +28,7 @@ mod channel;
 mod client;
 mod listener;
 mod net;
+mod plain;
 mod pool;
 mod relay;
 mod router;
@@ -108,9 +109,11 @@ fn bind_hint(e: &std::io::Error) -> &'static str {
 
 /// The router's rule for which sources a client may open.
 pub trait SourcePolicy: Send + Sync + 'static {
-    /// Resolves `target` for `client` and checks it against policy: the addresses to
-    /// try, or a refusal that says what to change.
-    fn resolve(&self, client: &PublicKey, target: &str) -> Result<Vec<SocketAddr>, Refusal>;
+    /// Resolves `target` for `client` (`None` on the plain transport, which
+    /// authenticates nobody) and checks it against policy: the addresses to try, or a
+    /// refusal that says what to change.
+    fn resolve(&self, client: Option<&PublicKey>, target: &str)
+    -> Result<Vec<SocketAddr>, Refusal>;
 }
 
 /// A client tunnel's data-plane settings.
@@ -150,7 +153,7 @@ pub struct Options {
     pub workers: usize,
     /// The engine to run.
     pub engine: Engine,
-    /// Pin each worker to a core.
+    /// Pin each worker to a core (opt-in; see docs/architecture.md).
     pub pin: bool,
 }
 
@@ -159,7 +162,7 @@ impl Default for Options {
         Self {
             workers: 0,
             engine: Engine::Auto,
-            pin: true,
+            pin: false,
         }
     }
 }

@@ -23,17 +23,23 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    /// Wraps a runtime socket and makes it non-blocking: the relay never uses the
+    /// runtime's read/write operations on it, only readiness waits, so this is safe
+    /// under both engines (io_uring's own ops would want a blocking socket).
+    pub(crate) fn new(stream: TcpStream) -> io::Result<Self> {
         let fd = stream.as_raw_fd();
-        Self { stream, fd }
+        sys::set_nonblocking(fd)?;
+        Ok(Self { stream, fd })
     }
 
     /// Adopts a socket handed over from the control plane.
     pub(crate) fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
-        // monoio's epoll driver expects non-blocking sockets and its io_uring driver
-        // blocking ones; our own calls pass MSG_DONTWAIT, so either works for us.
-        stream.set_nonblocking(monoio::utils::is_legacy())?;
-        Ok(Self::new(TcpStream::from_std(stream)?))
+        stream.set_nonblocking(true)?;
+        Self::new(TcpStream::from_std(stream)?)
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd
     }
 
     pub(crate) fn set_nodelay(&self) {

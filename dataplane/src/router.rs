@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use conduit_proto::{Message, Refusal, RefusalCode};
+use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
 use futures::channel::oneshot;
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -17,6 +17,7 @@ use crate::RouterSpec;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
 use crate::net::Socket;
+use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, Meter};
 use crate::worker::Core;
@@ -33,6 +34,15 @@ impl RouterCore {
 
     pub(crate) fn serve(self: &Rc<Self>, h: ChannelHandoff) {
         let peer = h.peer_addr;
+        if h.tls.is_none() {
+            match PlainChannel::adopt(h) {
+                Ok(ch) => {
+                    monoio::spawn(self.clone().plain_stream(ch, peer));
+                }
+                Err(e) => warn!(%peer, "cannot adopt a channel: {e}"),
+            }
+            return;
+        }
         match Channel::adopt(h) {
             Ok(ch) => {
                 monoio::spawn(self.clone().channel_loop(ch, peer));
@@ -41,8 +51,148 @@ impl RouterCore {
         }
     }
 
+    /// Checks the allow-list and connects the source for one `Open`; on failure the
+    /// refusal to send back (already logged and counted).
+    async fn open_source(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<Socket, Refusal> {
+        let core = &self.core;
+        core.stats.opened.fetch_add(1, Relaxed);
+        let who = client.map_or_else(|| "(plain transport)".to_owned(), ToString::to_string);
+        let addrs = match self.spec.policy.resolve(client, target) {
+            Ok(a) => a,
+            Err(refusal) => {
+                warn!(conn = id, %peer, client = %who, %target, "open refused: {}", refusal.message);
+                core.stats.failed.fetch_add(1, Relaxed);
+                return Err(refusal);
+            }
+        };
+        match connect(&addrs, self.spec.connect_timeout).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let message = format!("the router could not connect to source {target}: {e}");
+                warn!(conn = id, %peer, client = %who, "{message}");
+                core.stats.failed.fetch_add(1, Relaxed);
+                Err(Refusal::new(RefusalCode::SourceUnreachable, message))
+            }
+        }
+    }
+
+    /// Registers an open stream in this core's table; returns its counters and the
+    /// receiver of a kill order.
+    fn track(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        target: &str,
+    ) -> (Rc<ConnCounters>, oneshot::Receiver<()>) {
+        let core = &self.core;
+        core.stats.active.fetch_add(1, Relaxed);
+        let counters = Rc::new(ConnCounters::default());
+        let (kill_tx, kill_rx) = oneshot::channel();
+        core.conns.insert(
+            id,
+            ConnEntry {
+                peer: Some(peer),
+                target: target.to_owned(),
+                started: Instant::now(),
+                counters: counters.clone(),
+                kill: Some(kill_tx),
+            },
+        );
+        debug!(conn = id, %peer, %target, "stream opened");
+        (counters, kill_rx)
+    }
+
+    /// One stream on a plain channel: `Open`, the source, `Opened`, then splice.
+    async fn plain_stream(self: Rc<Self>, ch: PlainChannel, peer: SocketAddr) {
+        let PlainChannel {
+            sock,
+            peer_key,
+            leftover,
+            ..
+        } = ch;
+        let first =
+            monoio::time::timeout(self.spec.idle_timeout, read_frame(&sock, leftover)).await;
+        let (target, rest) = match first {
+            Ok(Ok((Message::Open { target }, rest))) => (target, rest),
+            Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
+            Err(_) => {
+                debug!(%peer, "idle plain channel timed out");
+                return;
+            }
+            Ok(Ok((other, _))) => {
+                warn!(%peer, "protocol error: {} on an idle plain channel; closing it", other.name());
+                return;
+            }
+            Ok(Err(e)) => {
+                warn!(%peer, "plain channel error: {e}; closing it");
+                return;
+            }
+        };
+        let core = &self.core;
+        let id = core.next_conn_id();
+        if core.stopping.get() {
+            let refusal = Refusal::new(RefusalCode::ShuttingDown, "the router is shutting down");
+            let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
+            return;
+        }
+        let source = match self.open_source(id, peer, peer_key.as_ref(), &target).await {
+            Ok(s) => s,
+            Err(refusal) => {
+                let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
+                return;
+            }
+        };
+        if send_frame(&sock, &Message::Opened).await.is_err()
+            || source.send_all(&rest).await.is_err()
+        {
+            return;
+        }
+        let (counters, kill) = self.track(id, peer, &target);
+        counters.up.set(rest.len() as u64);
+        let to_source = Meter {
+            conn: &counters.up,
+            core: &core.stats.bytes_up,
+        };
+        let to_client = Meter {
+            conn: &counters.down,
+            core: &core.stats.bytes_down,
+        };
+        let both = futures::future::try_join(
+            pump(&sock, &source, true, to_source),
+            pump(&source, &sock, false, to_client),
+        );
+        futures::pin_mut!(both);
+        let stop = match futures::future::select(both, kill).await {
+            futures::future::Either::Left((Ok(_), _)) => None,
+            futures::future::Either::Left((Err(stop), _)) => Some(stop),
+            futures::future::Either::Right(_) => Some(Stop::Killed),
+        };
+        core.stats.active.fetch_sub(1, Relaxed);
+        core.conns.remove(id);
+        if let Some(stop) = stop {
+            core.stats.failed.fetch_add(1, Relaxed);
+            warn!(conn = id, %peer, %target, "plain stream failed: {stop}");
+            source.abort();
+            sock.abort();
+        }
+        debug!(
+            conn = id,
+            to_source = counters.up.get(),
+            from_source = counters.down.get(),
+            "stream closed"
+        );
+    }
+
     async fn channel_loop(self: Rc<Self>, mut ch: Channel, peer: SocketAddr) {
-        let client = ch.peer_key;
+        let client = ch
+            .peer_key
+            .map_or_else(|| "(unauthenticated)".to_owned(), |k| k.to_string());
         loop {
             let idle = monoio::time::timeout(self.spec.idle_timeout, ch.next_message()).await;
             let target = match idle {
@@ -87,30 +237,13 @@ impl RouterCore {
     async fn stream(&self, ch: &mut Channel, peer: SocketAddr, target: String) -> bool {
         let core = &self.core;
         let id = core.next_conn_id();
-        let client = ch.peer_key;
-        core.stats.opened.fetch_add(1, Relaxed);
-
-        let addrs = match self.spec.policy.resolve(&client, &target) {
-            Ok(a) => a,
-            Err(refusal) => {
-                warn!(conn = id, %peer, %client, %target, "open refused: {}", refusal.message);
-                core.stats.failed.fetch_add(1, Relaxed);
-                let _ = ch.send(&Message::OpenFailed(refusal)).await;
-                return false;
-            }
-        };
-        let source = match connect(&addrs, self.spec.connect_timeout).await {
+        let source = match self
+            .open_source(id, peer, ch.peer_key.as_ref(), &target)
+            .await
+        {
             Ok(s) => s,
-            Err(e) => {
-                let message = format!("the router could not connect to source {target}: {e}");
-                warn!(conn = id, %peer, %client, "{message}");
-                core.stats.failed.fetch_add(1, Relaxed);
-                let _ = ch
-                    .send(&Message::OpenFailed(Refusal::new(
-                        RefusalCode::SourceUnreachable,
-                        message,
-                    )))
-                    .await;
+            Err(refusal) => {
+                let _ = ch.send(&Message::OpenFailed(refusal)).await;
                 return false;
             }
         };
@@ -118,21 +251,7 @@ impl RouterCore {
             debug!(conn = id, "channel failed before the stream started: {e}");
             return false;
         }
-
-        core.stats.active.fetch_add(1, Relaxed);
-        let counters = Rc::new(ConnCounters::default());
-        let (kill_tx, kill_rx) = oneshot::channel();
-        core.conns.insert(
-            id,
-            ConnEntry {
-                peer: Some(peer),
-                target: target.clone(),
-                started: Instant::now(),
-                counters: counters.clone(),
-                kill: Some(kill_tx),
-            },
-        );
-        debug!(conn = id, %peer, %target, "stream opened");
+        let (counters, kill_rx) = self.track(id, peer, &target);
         let Channel {
             sock,
             tls,
@@ -210,7 +329,7 @@ async fn connect(addrs: &[SocketAddr], timeout: std::time::Duration) -> std::io:
     for addr in addrs {
         match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
             Ok(Ok(s)) => {
-                let s = Socket::new(s);
+                let s = Socket::new(s)?;
                 s.set_nodelay();
                 return Ok(s);
             }

@@ -1,9 +1,9 @@
 //! System calls the runtimes do not offer: non-blocking `recv`/`send` on a socket the
 //! runtime owns, a peek to tell whether an idle socket is still alive, abortive
-//! close, and (Linux) the socket options and kernel structures of kernel TLS. This is
-//! the crate's only unsafe code; each call passes a file descriptor that a live
-//! `TcpStream` owns for the whole call, and slices whose length is the length given
-//! to the kernel.
+//! close, pipes and `splice` for plain legs, and (Linux) the socket options and
+//! kernel structures of kernel TLS. This is the crate's only unsafe code; each call
+//! passes a file descriptor that a live `TcpStream` owns for the whole call, and
+//! slices whose length is the length given to the kernel.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -108,6 +108,78 @@ pub(crate) fn linger_zero(fd: RawFd) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// A pipe, both ends non-blocking, for splicing between sockets.
+pub(crate) struct Pipe {
+    pub(crate) read: std::os::fd::OwnedFd,
+    pub(crate) write: std::os::fd::OwnedFd,
+}
+
+/// Creates a non-blocking, close-on-exec pipe.
+#[cfg(target_os = "linux")]
+pub(crate) fn pipe() -> io::Result<Pipe> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    let (read, write) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    Ok(Pipe { read, write })
+}
+
+/// Moves up to `len` bytes from `from` to `to` inside the kernel without blocking;
+/// one side must be a pipe. `Ok(0)` from a socket is EOF.
+#[cfg(target_os = "linux")]
+pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: plain syscall on descriptors the caller keeps open; null offsets
+        // mean "current position", as sockets and pipes require.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Sets `O_NONBLOCK`. Relay sockets are only ever waited on for readiness and then
+/// read, written or spliced directly, so they are non-blocking under every engine
+/// (`SPLICE_F_NONBLOCK` covers only the pipe side of a splice).
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller keeps open; F_GETFL takes no argument.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above; F_SETFL takes an int of flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `setsockopt(fd, level, name, bytes, bytes.len())`.

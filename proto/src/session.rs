@@ -48,6 +48,9 @@ pub enum TlsError {
     /// The session is closed; nothing more can be sent.
     #[error("TLS session already closed")]
     Closed,
+    /// An earlier call failed; the session is unusable and the connection must close.
+    #[error("TLS session already failed")]
+    Failed,
 }
 
 fn describe(e: &rustls::Error) -> String {
@@ -131,6 +134,11 @@ pub struct TlsSession {
     /// Plaintext rustls released outside `decrypt`; handed out first by the next one.
     stash: Vec<u8>,
     peer_closed: bool,
+    /// Set by the first error: rustls keeps the offending record, so calling into it
+    /// again would process that record a second time.
+    failed: bool,
+    /// Whether the alert after a failure was already drained.
+    alert_drained: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -185,6 +193,8 @@ impl TlsSession {
             pending: Vec::new(),
             stash: Vec::new(),
             peer_closed: false,
+            failed: false,
+            alert_drained: false,
         }
     }
 
@@ -275,27 +285,37 @@ impl TlsSession {
     /// On error, `out` may end with an alert telling the peer why; send it before
     /// closing.
     pub fn handshake(&mut self, out: &mut Vec<u8>) -> Result<HandshakeStatus, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
         let res = self.handshake_inner(out);
         if res.is_err() {
+            self.failed = true;
             self.drain_alerts(out);
         }
         res
     }
 
-    /// After an error, moves any alert rustls queued (and pending bytes) into `out`.
+    /// After an error, moves the alert rustls queued (and pending bytes) into `out`.
+    ///
+    /// Exactly one call into rustls: after a fatal error it has queued one alert, and
+    /// a second call would read the offending record again (which rustls answers with
+    /// a debug assertion; found by the `handshake` fuzz target).
     pub fn drain_alerts(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.pending);
+        if self.alert_drained {
+            return;
+        }
+        self.alert_drained = true;
         let (start, filled) = (self.start, self.filled);
         let inbuf = &mut self.inbuf;
         on_conn!(self, c => {
-            while let UnbufferedStatus {
+            if let UnbufferedStatus {
                 state: Ok(ConnectionState::EncodeTlsData(mut e)),
                 ..
             } = c.process_tls_records(&mut inbuf[start..filled])
             {
-                if encode_into(out, |buf| e.encode(buf)).is_err() {
-                    break;
-                }
+                let _ = encode_into(out, |buf| e.encode(buf));
             }
         })
     }
@@ -339,7 +359,16 @@ impl TlsSession {
 
     /// Decrypts every complete record buffered, calling `on_plain` with each record's
     /// plaintext in order. Returns true once the peer has sent close_notify.
-    pub fn decrypt(&mut self, mut on_plain: impl FnMut(&[u8])) -> Result<bool, TlsError> {
+    pub fn decrypt(&mut self, on_plain: impl FnMut(&[u8])) -> Result<bool, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
+        let res = self.decrypt_inner(on_plain);
+        self.failed = res.is_err();
+        res
+    }
+
+    fn decrypt_inner(&mut self, mut on_plain: impl FnMut(&[u8])) -> Result<bool, TlsError> {
         if !self.stash.is_empty() {
             let stash = std::mem::take(&mut self.stash);
             on_plain(&stash);
@@ -407,6 +436,22 @@ impl TlsSession {
     }
 
     fn seal(
+        &mut self,
+        out: &mut [u8],
+        write: impl FnMut(&mut WriteTrafficAny<'_>, &mut [u8]) -> Result<usize, EncryptError>,
+    ) -> Result<usize, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
+        let res = self.seal_inner(out, write);
+        // A too-small buffer is the caller's to fix; anything else ends the session.
+        if let Err(e) = &res {
+            self.failed = !matches!(e, TlsError::BufferTooSmall { .. });
+        }
+        res
+    }
+
+    fn seal_inner(
         &mut self,
         out: &mut [u8],
         mut write: impl FnMut(&mut WriteTrafficAny<'_>, &mut [u8]) -> Result<usize, EncryptError>,

@@ -136,6 +136,16 @@ impl Home {
 
     /// A router on a free port allowing `allow`, and its address.
     pub fn router(&self, engine: Engine, allow: &[String]) -> (Proc, SocketAddr) {
+        self.router_with(engine, allow, &[])
+    }
+
+    /// A router with extra arguments.
+    pub fn router_with(
+        &self,
+        engine: Engine,
+        allow: &[String],
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
         let mut args = vec![
             "router".to_owned(),
             "--bind".into(),
@@ -149,6 +159,7 @@ impl Home {
             args.push("--allow".into());
             args.push(a.clone());
         }
+        args.extend(extra.iter().map(|e| (*e).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let p = self.spawn(&args);
         let line = p.wait_stdout("router listening on");
@@ -157,7 +168,18 @@ impl Home {
 
     /// A foreground tunnel to `source` through `router`, connected; and its address.
     pub fn tunnel(&self, engine: Engine, router: SocketAddr, source: &str) -> (Proc, SocketAddr) {
-        let p = self.tunnel_proc(engine, router, source, &[]);
+        self.tunnel_with(engine, router, source, &[])
+    }
+
+    /// A connected foreground tunnel with extra arguments.
+    pub fn tunnel_with(
+        &self,
+        engine: Engine,
+        router: SocketAddr,
+        source: &str,
+        extra: &[&str],
+    ) -> (Proc, SocketAddr) {
+        let p = self.tunnel_proc(engine, router, source, extra);
         let line = p.wait_stdout("listening on");
         let addr = addr_in(&line);
         p.wait_stdout("connected to router");

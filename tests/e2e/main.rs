@@ -11,8 +11,10 @@
 mod config;
 mod harness;
 mod manage;
+mod plain;
 mod real_clients;
 mod refusals;
+mod service;
 mod sources;
 mod tune;
 mod tunnel;

@@ -7,6 +7,7 @@ mod keys;
 mod kill;
 mod list;
 mod router;
+mod service;
 mod start;
 mod status;
 mod tune;
@@ -21,10 +22,10 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_dataplane::Options;
 
-use crate::args::{Command, ConfigCommand, EngineArgs, KeysCommand};
+use crate::args::{Command, ConfigCommand, EngineArgs, KeysCommand, LogArgs};
 use crate::exit::Usage;
 
-pub(crate) fn run(command: Command) -> Result<()> {
+pub(crate) fn run(command: Command, log: &LogArgs) -> Result<()> {
     match command {
         Command::Init(a) => init::run(&home()?, &a),
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
@@ -33,8 +34,8 @@ pub(crate) fn run(command: Command) -> Result<()> {
             config::show(home()?, args, format)
         }
         Command::Router(a) => router::run(&home()?, a),
-        Command::Start(a) => start::run(&home()?, a),
-        Command::Up(a) => up::run(&home()?, a),
+        Command::Start(a) => start::run(&home()?, a, log),
+        Command::Up(a) => up::run(&home()?, a, log),
         Command::Down(a) => down::run(&home()?, &a),
         Command::List(a) => list::run(&home()?, &a),
         Command::Status(a) => status::run(&home()?, &a),
@@ -114,7 +115,7 @@ fn dataplane_options(e: &EngineArgs) -> Options {
     Options {
         workers: e.workers,
         engine: e.io_engine,
-        pin: true,
+        pin: e.pin_cores,
     }
 }
 

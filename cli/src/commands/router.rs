@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, keys};
+use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
 use conduit_proto::Secret;
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
@@ -30,12 +30,24 @@ pub(crate) fn run(home: &Home, a: RouterArgs) -> Result<()> {
     if policy.is_empty() {
         warn!("no --allow rule: clients can connect but may open no source");
     }
+    let transport = a.transport.into();
+    if transport == Transport::Plain {
+        if a.token.is_none() {
+            warn!(
+                "--transport plain without --token: anyone who can reach {bind} may open the allowed \
+                 sources; use it only on a network that is already protected"
+            );
+        } else {
+            warn!("--transport plain: traffic is not encrypted and client keys are not checked");
+        }
+    }
     let settings = RouterSettings {
         bind,
         identity,
         authorized: Arc::new(AuthorizedClients::new(authorized)),
         policy,
         token: a.token.map(Secret::new),
+        transport,
         handshake_timeout: secs(10),
         connect_timeout: secs(10),
         idle_timeout: secs(300),
@@ -49,8 +61,13 @@ pub(crate) fn run(home: &Home, a: RouterArgs) -> Result<()> {
             clients = %auth_path.display(),
             "router up"
         );
+        let plain = if transport == Transport::Plain {
+            ", plain transport"
+        } else {
+            ""
+        };
         say(format_args!(
-            "router listening on {} ({} workers, {})",
+            "router listening on {} ({} workers, {}{plain})",
             router.local_addr(),
             router.workers(),
             router.engine()

@@ -2,28 +2,32 @@
 //! in this terminal with `--foreground`.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
+use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
+use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal};
-use crate::args::StartArgs;
+use crate::args::{LogArgs, ServiceKind, StartArgs};
 
-pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
+pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
+    if let Some(kind) = a.service.service_file {
+        return service_file(home, &a, log, kind);
+    }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = remote_addr("--router", &a.router)?;
     let source = remote_addr("--source", &a.source)?;
     let router_key = keys::load_public(&a.router_key, "--router-key")?;
     let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let identity = keys::load_private(&key_path, "client")?;
-    let name = a.name.clone().unwrap_or_else(|| match bind.port() {
-        0 => "tunnel".to_owned(),
-        p => format!("tunnel-{p}"),
-    });
+    let name = tunnel_name(&a, bind);
     ensure_name_free(home, &name)?;
     if !a.foreground {
         return background(home, &name);
@@ -36,6 +40,7 @@ pub(crate) fn run(home: &Home, a: StartArgs) -> Result<()> {
         source: source.clone(),
         bind,
         token: a.token.map(Secret::new),
+        transport: a.transport.into(),
         pool_size: a.pool_size,
         connect_timeout: secs(10),
         handshake_timeout: secs(10),
@@ -152,4 +157,72 @@ pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
         say(line);
     }
     say(format_args!("log: {}", l.log_file.display()));
+}
+
+fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
+    a.name.clone().unwrap_or_else(|| match bind.port() {
+        0 => "tunnel".to_owned(),
+        p => format!("tunnel-{p}"),
+    })
+}
+
+/// `--service-file`: checks the arguments as a start would, then writes a service
+/// that runs `conduit start --foreground` with them, key paths made absolute.
+fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
+    let bind = listen_addr("--bind", &a.bind)?;
+    remote_addr("--router", &a.router)?;
+    remote_addr("--source", &a.source)?;
+    keys::load_public(&a.router_key, "--router-key")?;
+    let router_key = if a.router_key.trim().starts_with("ed25519:") {
+        a.router_key.trim().to_owned()
+    } else {
+        path_arg(Path::new(a.router_key.trim()))?
+    };
+    let key = a.key.clone().unwrap_or_else(|| home.private_key("client"));
+    let name = tunnel_name(a, bind);
+    let mut args: Vec<String> = [
+        "start",
+        "--foreground",
+        "--router",
+        &a.router,
+        "--router-key",
+        &router_key,
+        "--source",
+        &a.source,
+        "--bind",
+        &a.bind,
+        "--key",
+        &path_arg(&key)?,
+        "--name",
+        &name,
+        "--pool-size",
+        &a.pool_size.to_string(),
+        "--drain-timeout",
+        &a.drain_timeout.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if a.engine.workers != 0 {
+        args.extend(["--workers".to_owned(), a.engine.workers.to_string()]);
+    }
+    if a.engine.io_engine != Engine::Auto {
+        args.extend(["--io-engine".to_owned(), a.engine.io_engine.to_string()]);
+    }
+    args.extend(log_flags(log));
+    service::emit(
+        home,
+        &a.service,
+        kind,
+        Tunnel {
+            name: &name,
+            description: format!("Conduit tunnel {name}"),
+            args,
+            privileged_port: (1..1024).contains(&bind.port()),
+            has_token: a.token.is_some(),
+        },
+    )
+}
+
+fn path_arg(p: &Path) -> Result<String> {
+    Ok(absolute(p)?.to_string_lossy().into_owned())
 }

@@ -16,11 +16,12 @@ use conduit_controlplane::{Home, keys};
 
 use super::config::{fail, print_problems, unreadable};
 use super::kill::stop;
+use super::service::{self, Tunnel, log_flags};
 use super::start::{foreground, launch_detached, report_started};
 use super::{runtime, say};
-use crate::args::UpArgs;
+use crate::args::{LogArgs, ServiceKind, UpArgs};
 
-pub(crate) fn run(home: &Home, a: UpArgs) -> Result<()> {
+pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
     let sources = Sources {
         file: file.clone(),
@@ -41,6 +42,9 @@ pub(crate) fn run(home: &Home, a: UpArgs) -> Result<()> {
             return fail(&name, Role::Client, &report);
         }
     };
+    if let Some(kind) = a.service.service_file {
+        return service_file(home, &a, log, &plan, kind);
+    }
     if let Some(tunnel) = &a.tunnel {
         return one(home, &plan, tunnel, a.detached);
     }
@@ -237,4 +241,53 @@ fn terminate(pid: u32) {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+}
+
+/// `--service-file`: a service that runs `conduit up --foreground -f FILE` (the file's
+/// absolute path, checked above like any `up`) with the same `--set` overrides,
+/// except a token, which stays out of the service file.
+fn service_file(
+    home: &Home,
+    a: &UpArgs,
+    log: &LogArgs,
+    plan: &Plan,
+    kind: ServiceKind,
+) -> Result<()> {
+    for w in &plan.warnings {
+        eprintln!("{w}");
+    }
+    let mut args = vec![
+        "up".to_owned(),
+        "--foreground".to_owned(),
+        "-f".to_owned(),
+        plan.file.to_string_lossy().into_owned(),
+    ];
+    let mut has_token = false;
+    for o in &a.set {
+        if o.key.ends_with(".token") {
+            has_token = true;
+        } else {
+            args.extend(["--set".to_owned(), format!("{}={}", o.key, o.value)]);
+        }
+    }
+    args.extend(log_flags(log));
+    let name = plan
+        .file
+        .file_stem()
+        .map_or_else(|| "conduit".into(), |s| s.to_string_lossy().into_owned());
+    service::emit(
+        home,
+        &a.service,
+        kind,
+        Tunnel {
+            name: &name,
+            description: format!("Conduit tunnels of {}", plan.file.display()),
+            args,
+            privileged_port: plan
+                .tunnels
+                .iter()
+                .any(|t| (1..1024).contains(&t.bind.port())),
+            has_token,
+        },
+    )
 }

@@ -48,7 +48,7 @@ pub use env::Env;
 pub use layers::Override;
 pub use model::{
     Config, IoEngine, LogFormat, LogLevel, LoggingConfig, OptimizeFor, PerformanceConfig, Protocol,
-    RouterConfig, RouterPeer, RouterServer, Security, TunnelConfig,
+    RouterConfig, RouterPeer, RouterServer, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;

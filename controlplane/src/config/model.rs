@@ -47,6 +47,8 @@ pub struct RouterPeer {
     /// The pinned key: `ed25519:…` or the path of the router's `.pub` file (required).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// `tls` (default) or `plain`, which the router must also run.
+    pub transport: TransportKind,
 }
 
 impl Default for RouterPeer {
@@ -55,6 +57,27 @@ impl Default for RouterPeer {
             host: None,
             port: 9999,
             public_key: None,
+            transport: TransportKind::Tls,
+        }
+    }
+}
+
+/// How a client and its router talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// TLS 1.3, mutual, pinned Ed25519 keys.
+    #[default]
+    Tls,
+    /// In clear, for links that are already encrypted (opt-in on both ends).
+    Plain,
+}
+
+impl From<TransportKind> for crate::Transport {
+    fn from(t: TransportKind) -> Self {
+        match t {
+            TransportKind::Tls => Self::Tls,
+            TransportKind::Plain => Self::Plain,
         }
     }
 }
@@ -143,6 +166,8 @@ pub struct PerformanceConfig {
     pub workers: usize,
     /// The I/O engine.
     pub io_engine: IoEngine,
+    /// Pin each worker thread to its own core (for dedicated gateways).
+    pub pin_cores: bool,
     /// Handshaken idle data channels each client worker keeps ready.
     pub pool_size: usize,
     /// Let Conduit tune buffers and pools for `optimize_for`.
@@ -181,6 +206,7 @@ impl Default for PerformanceConfig {
         Self {
             workers: 0,
             io_engine: IoEngine::Auto,
+            pin_cores: false,
             pool_size: 2,
             auto_tune: false,
             optimize_for: OptimizeFor::Balanced,
@@ -205,7 +231,7 @@ impl PerformanceConfig {
         conduit_dataplane::Options {
             workers: self.workers,
             engine: self.io_engine.into(),
-            pin: true,
+            pin: self.pin_cores,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct TunnelPlan {
     pub bind: SocketAddr,
     /// What it carries (always TCP today: validation refuses UDP).
     pub protocol: Protocol,
+    /// TLS or plain (from `[router] transport`).
+    pub transport: super::model::TransportKind,
     /// A token for routers that require one.
     pub token: Option<Secret>,
     /// Workers, engine, pool, timeouts and the rest.
@@ -43,7 +45,7 @@ impl TunnelPlan {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let text = format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{:?}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
             self.name,
             self.router,
             self.router_key,
@@ -51,6 +53,7 @@ impl TunnelPlan {
             self.source,
             self.bind,
             self.protocol,
+            self.transport,
             self.performance,
         );
         h.update(text.as_bytes());
@@ -76,6 +79,7 @@ impl TunnelPlan {
             source: self.source.clone(),
             bind: self.bind,
             token: self.token.clone(),
+            transport: self.transport.into(),
             pool_size: p.pool_size,
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),
@@ -149,6 +153,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             source: source.clone(),
             bind,
             protocol: t.protocol,
+            transport: c.router.transport,
             token: c.security.token.clone(),
             performance: c.performance.clone(),
         });

@@ -135,6 +135,7 @@ const PERFORMANCE: Section = Section {
     keys: &[
         key("workers", Kind::Int { min: 0, max: 1024 }).alias(&["CONDUIT_WORKERS"]),
         key("io_engine", Kind::Choice(&["auto", "uring", "epoll"])).alias(&["CONDUIT_IO_ENGINE"]),
+        key("pin_cores", Kind::Bool).alias(&["CONDUIT_PIN_CORES"]),
         key("pool_size", Kind::Int { min: 0, max: 64 }),
         key("auto_tune", Kind::Bool),
         key(
@@ -177,6 +178,7 @@ static CLIENT: Schema = Schema {
                 key("public_key", Kind::KeyOrPath)
                     .required("public_key = \"ed25519:…\" (what the router's `conduit init` printed, or the path of its .pub file)")
                     .alias(&["CONDUIT_ROUTER_KEY"]),
+                key("transport", Kind::Choice(&["tls", "plain"])),
             ],
         },
         Section {

@@ -252,6 +252,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         format!("host = \"10.2.0.1\" # {file}:2"),
         "port = 2000 # env CONDUIT_ROUTER_PORT".into(),
         format!("public_key = \"{}\" # {file}:3", f.router_key),
+        "transport = \"tls\" # default".into(),
         String::new(),
         "[security]".into(),
         format!("private_key_path = \"{key}\" # default"),
@@ -260,6 +261,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         "[performance]".into(),
         "workers = 2 # cli --set performance.workers".into(),
         "io_engine = \"auto\" # default".into(),
+        "pin_cores = false # default".into(),
     ];
     assert_eq!(lines[..expect.len()], expect[..], "{out}");
     let tail: Vec<&String> = lines.iter().rev().take(6).collect();

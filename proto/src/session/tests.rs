@@ -249,3 +249,35 @@ fn the_receive_buffer_can_be_lent_out_when_empty() {
     assert_eq!(receive(&mut s, &mut w.to_server, 2).unwrap().0, b"three");
     assert_eq!(receive(&mut c, &mut w.to_client, 2).unwrap().0, b"two");
 }
+
+#[test]
+fn a_record_of_unknown_type_is_an_error_with_an_alert_not_a_panic() {
+    // Found by the `handshake` fuzz target: a 6-byte record of content type 0x56.
+    let p = peers();
+    let (_c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let mut wire = vec![0x56, 0x03, 0x01, 0x00, 0x01, 0x00];
+    deliver(&mut s, &mut wire);
+    let mut out = Vec::new();
+    assert!(s.handshake(&mut out).is_err());
+    // The alert that tells the peer why: a TLS alert record (content type 21).
+    assert_eq!(out.first(), Some(&21u8), "{out:?}");
+}
+
+#[test]
+fn a_failed_session_refuses_every_later_call() {
+    let p = peers();
+    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let mut w = Wire::default();
+    handshake(&mut c, &mut s, &mut w).unwrap();
+    send(&mut c, b"secret", &mut w.to_server);
+    let last = w.to_server.len() - 1;
+    w.to_server[last] ^= 1;
+    assert!(receive(&mut s, &mut w.to_server, 1 << 20).is_err());
+    // The bad record is still buffered: rustls must not see it again.
+    assert!(matches!(s.decrypt(|_| {}), Err(TlsError::Failed)));
+    let mut out = vec![0; 256];
+    assert!(matches!(s.encrypt(b"x", &mut out), Err(TlsError::Failed)));
+    let mut alert = Vec::new();
+    s.drain_alerts(&mut alert);
+    s.drain_alerts(&mut alert);
+}

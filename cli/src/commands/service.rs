@@ -1,0 +1,148 @@
+//! `--service-file`: print or write a service file that runs a command in the
+//! foreground under an init system. The text comes from
+//! `conduit_controlplane::service`; this module gathers its inputs from the command
+//! line and the environment.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use conduit_controlplane::Home;
+use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
+
+use crate::args::{LogArgs, LogFormat, ServiceArgs, ServiceKind};
+use crate::exit::Usage;
+
+/// What the command being turned into a service contributes.
+pub(crate) struct Tunnel<'a> {
+    /// The tunnel's name (for `up`, the configuration file's stem).
+    pub(crate) name: &'a str,
+    /// One line for people: what the service runs.
+    pub(crate) description: String,
+    /// The command's arguments after the binary, `--foreground` included.
+    pub(crate) args: Vec<String>,
+    /// It listens on a port below 1024.
+    pub(crate) privileged_port: bool,
+    /// A token was given: it stays out of the file, and the user is told where it goes.
+    pub(crate) has_token: bool,
+}
+
+fn kind(k: ServiceKind) -> InitSystem {
+    match k {
+        ServiceKind::Systemd => InitSystem::Systemd,
+        ServiceKind::Openrc => InitSystem::OpenRc,
+        ServiceKind::Launchd => InitSystem::Launchd,
+        ServiceKind::RcD => InitSystem::RcD,
+    }
+}
+
+/// A service name from a tunnel (or file) name: `conduit-` and the name unless it
+/// starts with `conduit` already, with anything a unit name cannot hold turned into `-`.
+fn default_name(tunnel: &str) -> String {
+    let clean: String = tunnel
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(56)
+        .collect();
+    if clean.starts_with("conduit") {
+        clean
+    } else {
+        format!("conduit-{clean}")
+    }
+}
+
+/// `path` made absolute against the current directory (not resolved: a symlink stays
+/// a symlink, so a key rotated by replacing the link keeps working).
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+}
+
+/// The log flags to repeat in the service, where they differ from the defaults.
+pub(crate) fn log_flags(log: &LogArgs) -> Vec<String> {
+    let mut v = Vec::new();
+    if log.log_level != "info" {
+        v.extend(["--log-level".to_owned(), log.log_level.clone()]);
+    }
+    if log.log_format == LogFormat::Json {
+        v.extend(["--log-format".to_owned(), "json".to_owned()]);
+    }
+    v
+}
+
+/// Renders the service file and prints it, or writes it to `--output`.
+pub(crate) fn emit(
+    home: &Home,
+    s: &ServiceArgs,
+    kind_flag: ServiceKind,
+    t: Tunnel<'_>,
+) -> Result<()> {
+    let kind = kind(kind_flag);
+    let name = s
+        .service_name
+        .clone()
+        .unwrap_or_else(|| default_name(t.name));
+    let user = match &s.service_user {
+        Some(u) => u.clone(),
+        None => ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+            .ok_or_else(|| {
+                Usage("cannot tell the current user: pass --service-user USER".into())
+            })?,
+    };
+    let env_file = match &s.service_env_file {
+        Some(p) => absolute(p)?,
+        None => kind.default_env_file(&name),
+    };
+    let spec = ServiceSpec {
+        description: t.description,
+        name,
+        binary: std::env::current_exe().context("cannot find the path of this conduit binary")?,
+        args: t.args,
+        user,
+        home: absolute(home.root())?,
+        env: Vec::new(),
+        env_file: Some(env_file.clone()),
+        privileged_port: t.privileged_port,
+    };
+    let text = service::render(kind, &spec)?;
+    if t.has_token {
+        eprintln!(
+            "conduit: note: the token is not written into the service file; put \
+             CONDUIT_TOKEN=<token> in {} (mode 0600) instead",
+            env_file.display()
+        );
+    }
+    match &s.output {
+        None => print!("{text}"),
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write the service file {}", path.display()))?;
+            #[cfg(unix)]
+            if matches!(kind, InitSystem::OpenRc | InitSystem::RcD) {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                    .with_context(|| format!("cannot make {} executable", path.display()))?;
+            }
+            eprintln!("conduit: wrote the {kind} service file {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_come_from_tunnel_names() {
+        assert_eq!(default_name("web"), "conduit-web");
+        assert_eq!(default_name("db eu/1"), "conduit-db-eu-1");
+        assert_eq!(default_name("conduit-prod"), "conduit-prod");
+    }
+}

@@ -1,0 +1,105 @@
+//! The plain transport (`--transport plain`): the same guarantees about bytes, with
+//! splice instead of TLS.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+
+use crate::both_engines;
+use crate::harness::{DEADLINE, Engine, Home, dead_port};
+use crate::sources::{self, pattern, read_all_hashed, sha};
+
+const PLAIN: &[&str] = &["--transport", "plain", "--token", "s3cret-token"];
+
+fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+both_engines!(
+    plain_transport_moves_64_mib_each_way_intact,
+    |engine: Engine| {
+        const LEN: usize = 64 << 20;
+        let home = Home::with_keys();
+        let (source, seen) = sources::exchange(LEN);
+        let (router, raddr) = home.router_with(engine, &[source.to_string()], PLAIN);
+        let line = router.wait_stdout("router listening on");
+        assert!(line.ends_with("plain transport)"), "{line}");
+        let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), PLAIN);
+        let conn = connect(taddr);
+        let mut w = conn.try_clone().unwrap();
+        let upload = pattern(5, LEN);
+        let want_up = sha(&upload);
+        let writer = thread::spawn(move || {
+            w.write_all(&upload).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut r = conn;
+        assert_eq!(
+            read_all_hashed(&mut r).unwrap(),
+            (LEN, sha(&pattern(2, LEN)))
+        );
+        writer.join().unwrap();
+        assert_eq!(seen.recv_timeout(DEADLINE).unwrap(), (LEN, want_up));
+    }
+);
+
+both_engines!(
+    plain_transport_half_close_and_many_connections,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = sources::reply_after_eof();
+        let (_router, raddr) = home.router_with(engine, &[source.to_string()], PLAIN);
+        let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), PLAIN);
+        let workers: Vec<_> = (0..50u64)
+            .map(|i| {
+                thread::spawn(move || {
+                    let req = pattern(i, 10_000 + i as usize);
+                    let mut c = connect(taddr);
+                    c.write_all(&req).unwrap();
+                    c.shutdown(Shutdown::Write).unwrap();
+                    let mut reply = String::new();
+                    c.read_to_string(&mut reply).unwrap();
+                    assert_eq!(
+                        reply,
+                        format!("received {} bytes sha256={}\n", req.len(), sha(&req))
+                    );
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a connection failed");
+        }
+    }
+);
+
+#[test]
+fn plain_transport_refuses_a_wrong_token_and_reports_a_dead_source() {
+    let home = Home::with_keys();
+    let source = format!("127.0.0.1:{}", dead_port());
+    let (router, raddr) = home.router_with(Engine::Epoll, std::slice::from_ref(&source), PLAIN);
+    let mut wrong = home.tunnel_proc(
+        Engine::Epoll,
+        raddr,
+        &source,
+        &["--transport", "plain", "--token", "guess"],
+    );
+    let status = wrong.wait_exit();
+    assert_eq!(status.code(), Some(77), "{}", wrong.stderr());
+    assert!(
+        wrong.stderr().contains("the token is wrong"),
+        "{}",
+        wrong.stderr()
+    );
+
+    let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source, PLAIN);
+    let mut c = connect(taddr);
+    let _ = c.write_all(b"hello");
+    let mut buf = [0u8; 8];
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    router.wait_stderr(&format!("the router could not connect to source {source}"));
+    tunnel.wait_stderr(&format!(
+        "the router could not open the source: the router could not connect to source {source}"
+    ));
+}
