@@ -3,8 +3,11 @@
 //!
 //! Values come from a `/proc/sys` tree whose root is passed in (tests use a fake
 //! one), plus a few probes of the running process ([`Probes`]). [`SETTINGS`] is the
-//! one table of recommended values, each with its reason; the sysctl profile under
-//! `tuning/` is to be reconciled with it.
+//! one table of recommended values, each with its reason. It agrees with
+//! `tuning/sysctl-10g.conf` and `tuning/limits.conf`, which set these values or more;
+//! the check accepts the least that does not hold Conduit back, so e.g.
+//! `net.core.somaxconn` is OK from 4096 (the backlog Conduit's listeners ask for)
+//! while the fix sets the profile's 65535. Keep the two in step.
 //!
 //! Every setting ends up `OK`, `SHORT` (with a fix), or `UNKNOWN` when its value
 //! cannot be read (inside a container's network namespace, say); only `SHORT`
@@ -23,8 +26,8 @@ enum Want {
     AtLeast(u64),
     /// A number at most this big.
     AtMost(u64),
-    /// This number.
-    Exactly(u64),
+    /// A number in `lo..=hi`.
+    Between(u64, u64),
     /// "min default max" whose max is at least this big.
     MaxAtLeast(u64),
     /// "low high": at least as many ports as `low..=high`.
@@ -38,7 +41,9 @@ impl fmt::Display for Want {
         match *self {
             Self::AtLeast(n) => write!(f, ">= {n}"),
             Self::AtMost(n) => write!(f, "<= {n}"),
-            Self::Exactly(n) => write!(f, "{n}"),
+            Self::Between(lo, hi) if lo == hi => write!(f, "{lo}"),
+            Self::Between(lo, hi) if hi == lo + 1 => write!(f, "{lo} or {hi}"),
+            Self::Between(lo, hi) => write!(f, "{lo} to {hi}"),
             Self::MaxAtLeast(n) => write!(f, "max >= {n}"),
             Self::Ports(lo, hi) => write!(f, ">= {} ports ({lo} {hi})", hi - lo + 1),
             Self::Available => f.write_str("available"),
@@ -69,6 +74,8 @@ pub struct Setting {
     pub name: &'static str,
     source: Source,
     want: Want,
+    /// What a fix sets, when not the bound in `want`.
+    set: Option<u64>,
     /// Why this value, for operators and for reconciling with `tuning/`.
     pub why: &'static str,
 }
@@ -78,7 +85,16 @@ const fn sysctl(name: &'static str, want: Want, why: &'static str) -> Setting {
         name,
         source: Source::Sysctl,
         want,
+        set: None,
         why,
+    }
+}
+
+impl Setting {
+    /// Makes the fix set `v` rather than the bound in `want`.
+    const fn fix_sets(mut self, v: u64) -> Self {
+        self.set = Some(v);
+        self
     }
 }
 
@@ -106,6 +122,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "RLIMIT_NOFILE.hard",
         source: Source::NofileHard,
         want: Want::AtLeast(NOFILE),
+        set: None,
         why: "bounds the connections a process can hold even after raising its soft limit: 10k \
               connections need 20k-60k fds; 1048576 (fs.nr_open's default, the usual \
               LimitNOFILE) leaves room",
@@ -114,6 +131,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "RLIMIT_NOFILE.soft",
         source: Source::NofileSoft,
         want: Want::AtLeast(NOFILE),
+        set: None,
         why: "what a process started from here gets unless it raises its own limit, as \
               controlplane::limits::raise_nofile does up to the hard one; load generators and \
               other tools on a gateway do not",
@@ -121,10 +139,12 @@ pub const SETTINGS: &[Setting] = &[
     sysctl(
         "net.core.somaxconn",
         Want::AtLeast(4096),
-        "caps every listen() backlog; Conduit's per-core listeners ask for 4096 each \
-         (dataplane listener backlog), and a lower cap silently drops SYNs in connection bursts; \
-         raise both together if more is ever needed (kernels since 5.4 default to 4096)",
-    ),
+        "caps every listen() backlog; Conduit's per-core listeners ask for 4096 each, so less \
+         silently shrinks their accept queues and drops connections in bursts (kernels before \
+         5.4 default to 128); the fix sets tuning/sysctl-10g.conf's 65535, room for a larger \
+         backlog later",
+    )
+    .fix_sets(65_535),
     sysctl(
         "net.core.rmem_max",
         Want::AtLeast(BUF_MAX),
@@ -151,10 +171,10 @@ pub const SETTINGS: &[Setting] = &[
     ),
     sysctl(
         "net.core.netdev_max_backlog",
-        Want::AtLeast(30_000),
+        Want::AtLeast(16_384),
         "packets a core may queue between the NIC driver and the TCP stack; the default 1000 \
-         overflows (drops) in 10 Gbit/s bursts when softirq processing falls behind; 30000 is \
-         the usual 10G value",
+         overflows (drops) in 10 Gbit/s bursts when softirq processing falls behind; 16384 as \
+         in tuning/sysctl-10g.conf (raise further if /proc/net/softnet_stat shows drops)",
     ),
     sysctl(
         "net.ipv4.ip_local_port_range",
@@ -165,10 +185,12 @@ pub const SETTINGS: &[Setting] = &[
     ),
     sysctl(
         "net.ipv4.tcp_tw_reuse",
-        Want::Exactly(1),
-        "lets those outgoing connections reuse ports in TIME_WAIT when TCP timestamps make it \
-         safe; the default 2 allows it for loopback only",
-    ),
+        Want::Between(1, 2),
+        "0 never reuses a TIME_WAIT port for a new outgoing connection; the default 2 does for \
+         loopback and 1 for all traffic when timestamps make it safe. As tuning/README.md says, \
+         keep 2 unless a router runs out of ports to one source (EADDRNOTAVAIL), then try 1",
+    )
+    .fix_sets(2),
     sysctl(
         "net.ipv4.tcp_fin_timeout",
         Want::AtMost(15),
@@ -178,16 +200,18 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "cpus",
         source: Source::Cpus,
-        want: Want::AtLeast(4),
-        why: "Conduit runs one data-plane worker per core; on a 2-vCPU host a loopback relay \
-              moved about 9 Gbit/s with client and server sharing the cores, and the spec's \
-              10 Gbit/s at < 50 % CPU is stated for 8 cores: 4 is an estimate of the least \
-              that leaves room for TLS at 10 Gbit/s",
+        want: Want::AtLeast(8),
+        set: None,
+        why: "Conduit runs one data-plane worker per core; the spec's 10 Gbit/s at < 50 % CPU \
+              and tuning/README.md's reference host are 8 cores (on a 2-vCPU host a loopback \
+              relay moved about 9 Gbit/s with client and server sharing the cores, so fewer \
+              cores can reach 10 Gbit/s, without the headroom)",
     },
     Setting {
         name: "ktls",
         source: Source::Ktls,
         want: Want::Available,
+        set: None,
         why: "kernel TLS lets the kernel seal and open TLS records so relays can splice without \
               copying through userspace; Conduit detects it but its relay does not use it yet, \
               so today this only prepares the host",
@@ -196,6 +220,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "io_uring",
         source: Source::IoUring,
         want: Want::Available,
+        set: None,
         why: "the io_uring engine needs fewer system calls per byte than epoll; without it \
               Conduit runs on epoll, which works everywhere",
     },
@@ -315,7 +340,7 @@ impl Report {
             0 => format!("no setting falls short of a 10 Gbps gateway{unknown}"),
             k => format!(
                 "{k} of {n} settings fall short of a 10 Gbps gateway{unknown}; `sysctl -w` lasts \
-                 until reboot: put the values in /etc/sysctl.d/99-conduit.conf to keep them"
+                 until reboot: keep them in /etc/sysctl.d/90-conduit.conf (see tuning/sysctl-10g.conf)"
             ),
         });
         out
@@ -414,8 +439,8 @@ fn sysctl_status(s: &Setting, raw: String) -> Judged {
                 (!ok).then(|| set(format!("\"{lo} {hi}\""))),
             )
         }
-        (Want::AtLeast(n) | Want::AtMost(n) | Want::Exactly(n), [v]) => {
-            number_status(s.want, *v, raw, || set(n.to_string()))
+        (Want::AtLeast(n) | Want::AtMost(n) | Want::Between(_, n), [v]) => {
+            number_status(s.want, *v, raw, || set(s.set.unwrap_or(n).to_string()))
         }
         _ => (Status::Unknown, format!("unexpected value: {raw}"), None),
     }
@@ -425,7 +450,7 @@ fn number_status(want: Want, v: u64, shown: String, fix: impl FnOnce() -> String
     let ok = match want {
         Want::AtLeast(n) => v >= n,
         Want::AtMost(n) => v <= n,
-        Want::Exactly(n) => v == n,
+        Want::Between(lo, hi) => (lo..=hi).contains(&v),
         Want::MaxAtLeast(_) | Want::Ports(..) | Want::Available => false,
     };
     (status(ok), shown, (!ok).then(fix))
@@ -441,7 +466,7 @@ fn nofile_fix(which: Source, hard: u64) -> String {
     }
     format!(
         "ulimit -n {NOFILE} as root in the shell that starts it; for a service, LimitNOFILE={NOFILE} \
-         in its systemd unit; for logins, \"* hard nofile {NOFILE}\" in /etc/security/limits.conf"
+         in its systemd unit; for logins, tuning/limits.conf in /etc/security/limits.d/"
     )
 }
 
