@@ -12,6 +12,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the metrics format
 command -v openssl >/dev/null || need+=(openssl)
 command -v prlimit >/dev/null || need+=(util-linux)
+command -v ss >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

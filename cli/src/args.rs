@@ -86,8 +86,28 @@ pub(crate) enum Command {
     Health(HealthArgs),
     /// Print a background tunnel's log ($CONDUIT_HOME/logs/NAME.log).
     Logs(LogsArgs),
+    /// Check this host's settings against what a 10 Gbps gateway needs.
+    Tune(TuneArgs),
     /// Show version, build and io-engine information.
     Version,
+}
+
+/// `conduit tune`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 when no setting falls short, 1 when one does \
+                        (UNKNOWN settings, whose value could not be read, do not count)."
+)]
+pub(crate) struct TuneArgs {
+    /// Report each setting that matters for a 10 Gbps gateway (open-file limits,
+    /// socket buffers and backlogs, ports, kTLS, io_uring, cores) as OK, SHORT or
+    /// UNKNOWN, with the recommended value and the command that fixes it. Changes
+    /// nothing; exits 1 when a setting falls short.
+    #[arg(long, required = true)]
+    pub(crate) check: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+    pub(crate) format: ShowFormat,
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +475,19 @@ pub(crate) struct StartArgs {
     /// with a logged reason.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) max_connections: usize,
+    /// Bytes per second the tunnel may move each way, over all its connections (0:
+    /// no limit); `[performance] default_bandwidth_limit` in a file.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub(crate) bandwidth_limit: u64,
+    /// Bytes it may send at once after an idle spell (0: one second's worth);
+    /// `[performance] burst_bandwidth_limit` in a file.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = 0,
+        requires = "bandwidth_limit"
+    )]
+    pub(crate) burst_limit: u64,
     #[command(flatten)]
     pub(crate) engine: EngineArgs,
     #[command(flatten)]

@@ -49,6 +49,10 @@ pub struct TunnelSettings {
     pub handshake_timeout: Duration,
     /// Open user connections at most; 0 means no limit.
     pub max_connections: usize,
+    /// Bytes per second each direction may move (`None`: unlimited).
+    pub bandwidth: Option<conduit_dataplane::ratelimit::Limit>,
+    /// Options for users' sockets.
+    pub sockets: conduit_dataplane::SocketOptions,
     /// Workers and engine.
     pub dataplane: Options,
 }
@@ -119,6 +123,8 @@ impl ClientTunnel {
                 max_idle: Duration::from_secs(240),
                 link: link.clone(),
                 limit: ConnLimit::new(s.max_connections),
+                bandwidth: conduit_dataplane::ratelimit::Bandwidth::new(s.bandwidth).map(Arc::new),
+                sockets: s.sockets,
             },
         )?;
         let requests = dp

@@ -29,6 +29,7 @@ pub mod error;
 pub mod home;
 pub mod http;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;
@@ -38,6 +39,7 @@ pub mod registry;
 pub mod router;
 pub mod service;
 pub mod spawn;
+pub mod tune;
 mod wire;
 
 use std::time::Duration;

@@ -46,6 +46,8 @@ pub struct RouterSettings {
     pub idle_timeout: Duration,
     /// Open streams at most, over all clients; 0 means no limit.
     pub max_connections: usize,
+    /// Options for sources' sockets.
+    pub sockets: conduit_dataplane::SocketOptions,
     /// Workers and engine.
     pub dataplane: Options,
     /// The REST API, if it is on.
@@ -110,6 +112,7 @@ impl Router {
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
                 limit: ConnLimit::new(s.max_connections),
+                sockets: s.sockets,
             },
         )?);
         let monitor = Monitor::start(s.health.clone(), &s.alerts, dp.clone())

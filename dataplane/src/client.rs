@@ -281,7 +281,7 @@ impl ClientCore {
                 return;
             }
         };
-        user.set_nodelay();
+        user.tune(&self.spec.sockets);
         core.stats.opened.fetch_add(1, Relaxed);
         core.stats.active.fetch_add(1, Relaxed);
         let counters = Rc::new(ConnCounters::default());
@@ -363,10 +363,12 @@ impl ClientCore {
             to_chan: Meter {
                 conn: &counters.up,
                 core: &self.core.stats.bytes_up,
+                limit: self.spec.bandwidth.as_ref().map(|b| &b.up),
             },
             to_plain: Meter {
                 conn: &counters.down,
                 core: &self.core.stats.bytes_down,
+                limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
             },
         }
         .run(kill)
@@ -427,6 +429,7 @@ impl ClientCore {
             Meter {
                 conn: &counters.up,
                 core: &stats.bytes_up,
+                limit: self.spec.bandwidth.as_ref().map(|b| &b.up),
             },
         );
         let down = async {
@@ -447,8 +450,9 @@ impl ClientCore {
             let to_user = Meter {
                 conn: &counters.down,
                 core: &stats.bytes_down,
+                limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
             };
-            to_user.add(rest.len());
+            to_user.sent(rest.len()).await;
             pump(&sock, user, true, to_user).await
         };
         let both = try_join(up, down);

@@ -20,6 +20,8 @@
 
 pub mod engine;
 pub mod handoff;
+pub mod ktls;
+pub mod ratelimit;
 pub mod stats;
 pub mod usage;
 
@@ -52,7 +54,8 @@ pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot
 pub use usage::{ClientTotals, Usage};
 pub use worker::core_of;
 
-/// Why the data plane could not start.
+/// What went wrong in the data plane: it could not start, or could not take over a
+/// connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataplaneError {
@@ -77,6 +80,17 @@ pub enum DataplaneError {
         /// Which worker.
         index: usize,
         /// What failed.
+        source: std::io::Error,
+    },
+    /// The kernel would not take a connection's TLS record keys (kernel TLS offload,
+    /// [`ktls::install`]). Local: this kernel lacks the cipher or kTLS, or the socket
+    /// was not prepared. That connection cannot go on, since its keys have left
+    /// rustls: close it. Retrying cannot help; keep TLS in userspace instead.
+    #[error("kernel TLS offload: cannot install the {direction} keys: {source}")]
+    Ktls {
+        /// "transmit" or "receive".
+        direction: &'static str,
+        /// What the kernel (or the key check before it) said.
         source: std::io::Error,
     },
 }
@@ -125,6 +139,30 @@ pub struct ClientSpec {
     pub link: Arc<LinkState>,
     /// The tunnel's cap on open user connections (`--max-connections`).
     pub limit: Arc<ConnLimit>,
+    /// The tunnel's bandwidth limit, each direction (`None`: unlimited).
+    pub bandwidth: Option<Arc<ratelimit::Bandwidth>>,
+    /// Options for users' sockets.
+    pub sockets: SocketOptions,
+}
+
+/// Options for the sockets Conduit relays for others (users' on a client, sources' on
+/// a router). Channels between client and router always run without Nagle's delay
+/// (they carry whole TLS records) and are watched by heartbeats, not keep-alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY` (`[performance] tcp_nodelay`).
+    pub nodelay: bool,
+    /// TCP keep-alive after this long idle (`tcp_keepalive_secs`; `None`: off).
+    pub keepalive: Option<Duration>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            nodelay: true,
+            keepalive: Some(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// A router's data-plane settings.
@@ -138,6 +176,8 @@ pub struct RouterSpec {
     pub idle_timeout: Duration,
     /// The router's cap on open streams (`--max-connections`).
     pub limit: Arc<ConnLimit>,
+    /// Options for sources' sockets.
+    pub sockets: SocketOptions,
 }
 
 /// How many workers, on which engine.

@@ -46,6 +46,15 @@ impl Socket {
         let _ = self.stream.set_nodelay(true);
     }
 
+    /// Applies the operator's options to a user's or a source's socket. Best effort:
+    /// a socket that refuses an option still relays.
+    pub(crate) fn tune(&self, t: &crate::SocketOptions) {
+        let _ = self.stream.set_nodelay(t.nodelay);
+        if let Some(idle) = t.keepalive {
+            let _ = sys::set_keepalive(self.fd, idle);
+        }
+    }
+
     /// Waits until a read would not block (data, EOF or an error is pending).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         // `relaxed = false`: on the epoll driver this confirms with poll(2), because

@@ -184,7 +184,7 @@ pub(crate) async fn pump(
             Ok(0) => return Err(side(!src_is_channel, io::ErrorKind::WriteZero.into())),
             Ok(n) => {
                 in_pipe -= n;
-                meter.add(n);
+                meter.sent(n).await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 dst.writable().await.map_err(|e| side(!src_is_channel, e))?

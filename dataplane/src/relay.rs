@@ -175,7 +175,7 @@ async fn up(
         if n == 0 {
             return Ok(());
         }
-        meter.add(n);
+        meter.sent(n).await;
     }
 }
 
@@ -256,9 +256,11 @@ async fn down(
                 pool::give(out);
                 return Err(Stop::Plain(e));
             }
-            meter.add(len);
         }
         pool::give(out);
+        if len > 0 {
+            meter.sent(len).await;
+        }
         if let Some(e) = b.bad {
             return Err(e.into());
         }

@@ -101,7 +101,7 @@ impl RouterCore {
             return Err(Refusal::new(RefusalCode::LimitReached, message));
         };
         core.usage.source_used(target);
-        match connect(&addrs, self.spec.connect_timeout).await {
+        match connect(&addrs, self.spec.connect_timeout, &self.spec.sockets).await {
             Ok(s) => Ok((s, permit)),
             Err(e) => {
                 let message = format!("the router could not connect to source {target}: {e}");
@@ -208,10 +208,12 @@ impl RouterCore {
         let to_source = Meter {
             conn: &counters.up,
             core: &core.stats.bytes_up,
+            limit: None,
         };
         let to_client = Meter {
             conn: &counters.down,
             core: &core.stats.bytes_down,
+            limit: None,
         };
         let both = futures::future::try_join(
             pump(&sock, &source, true, to_source),
@@ -321,10 +323,12 @@ impl RouterCore {
             to_chan: Meter {
                 conn: &counters.down,
                 core: &core.stats.bytes_down,
+                limit: None,
             },
             to_plain: Meter {
                 conn: &counters.up,
                 core: &core.stats.bytes_up,
+                limit: None,
             },
             backlog,
         }
@@ -372,14 +376,18 @@ impl RouterCore {
     }
 }
 
-async fn connect(addrs: &[SocketAddr], timeout: std::time::Duration) -> std::io::Result<Socket> {
+async fn connect(
+    addrs: &[SocketAddr],
+    timeout: std::time::Duration,
+    sockets: &crate::SocketOptions,
+) -> std::io::Result<Socket> {
     let mut last =
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to connect to");
     for addr in addrs {
         match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
             Ok(Ok(s)) => {
                 let s = Socket::new(s)?;
-                s.set_nodelay();
+                s.tune(sockets);
                 return Ok(s);
             }
             Ok(Err(e)) => last = e,

@@ -293,12 +293,24 @@ pub(crate) struct ConnCounters {
 pub(crate) struct Meter<'a> {
     pub(crate) conn: &'a Cell<u64>,
     pub(crate) core: &'a AtomicU64,
+    /// The tunnel's bandwidth limit for this direction, if it has one.
+    pub(crate) limit: Option<&'a std::sync::Mutex<crate::ratelimit::TokenBucket>>,
 }
 
 impl Meter<'_> {
     pub(crate) fn add(&self, n: usize) {
         self.conn.set(self.conn.get() + n as u64);
         self.core.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts `n` bytes just sent and, under a bandwidth limit, waits until they are
+    /// paid for.
+    pub(crate) async fn sent(&self, n: usize) {
+        self.add(n);
+        if let Some(bucket) = self.limit {
+            // Boxed: only limited tunnels pay for the sleep's state, not every task.
+            Box::pin(crate::ratelimit::pace(bucket, n)).await;
+        }
     }
 }
 

@@ -169,3 +169,95 @@ fn a_hundred_thousand_connections_leave_nothing_behind() {
         }
     }
 }
+
+// `--bandwidth-limit`: 3 MiB each way at 1 MiB/s with a 256 KiB burst arrive whole,
+// and cannot have taken less than the limit allows. (A lower bound only: a loaded
+// machine makes the transfer slower, never faster.)
+both_engines!(
+    a_bandwidth_limit_paces_both_directions_and_loses_nothing,
+    |engine: Engine| {
+        use std::time::Instant;
+
+        use crate::sources::{Pattern, pattern_sha, read_all_hashed};
+        const LEN: usize = 3 << 20;
+        const RATE: usize = 1 << 20;
+        const BURST: usize = 256 << 10;
+        let home = Home::with_keys();
+        let (source, got) = sources::exchange(LEN);
+        let (_router, raddr) = home.router(engine, &[source.to_string()]);
+        let (_tunnel, taddr) = home.tunnel_with(
+            engine,
+            raddr,
+            &source.to_string(),
+            &[
+                "--bandwidth-limit",
+                &RATE.to_string(),
+                "--burst-limit",
+                &BURST.to_string(),
+            ],
+        );
+        let started = Instant::now();
+        let user = connect(taddr);
+        let mut w = user.try_clone().unwrap();
+        let writer = thread::spawn(move || {
+            Pattern::new(1, LEN).write_to(&mut w).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut r = user;
+        let (n, sha) = read_all_hashed(&mut r).unwrap();
+        writer.join().unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!((n, sha), (LEN, pattern_sha(2, LEN)), "source to user");
+        let (n, sha) = got.recv_timeout(crate::harness::DEADLINE).unwrap();
+        assert_eq!((n, sha), (LEN, pattern_sha(1, LEN)), "user to source");
+        // Each direction: the burst, then the rest at the rate, less one 64 KiB chunk
+        // sent before it is paid for.
+        let least = (LEN - BURST - (64 << 10)) as f64 / RATE as f64;
+        assert!(
+            elapsed.as_secs_f64() >= least,
+            "3 MiB at 1 MiB/s took only {elapsed:?}"
+        );
+    }
+);
+
+/// The TCP timers `ss` shows for sockets matching `filter` (e.g. "dst 127.0.0.1:80").
+fn ss_timers(filter: &str) -> String {
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .args(filter.split_whitespace())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn users_and_sources_sockets_get_the_configured_keepalive() {
+    use crate::harness::have;
+    if !have("ss", "--version") {
+        return;
+    }
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router_with(
+        Engine::Epoll,
+        &[source.to_string()],
+        &["--set", "performance.tcp_keepalive_secs=1234"],
+    );
+    let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    let mut user = open_user(taddr);
+    still_works(&mut user, b"kept alive");
+    // The router's socket to the source: the configured idle time; the tunnel's
+    // socket from the user: the default minute. (`ss` shows the retransmit timer
+    // instead while data is unacknowledged: wait for it to settle.)
+    let keepalive = |filter: String, shown: &'static [&'static str]| {
+        wait_until(&format!("keep-alive on {filter}"), || {
+            let t = ss_timers(&filter);
+            (shown.iter().any(|s| t.contains(s)), t)
+        });
+    };
+    keepalive(format!("dst {source}"), &["timer:(keepalive,20min"]);
+    keepalive(
+        format!("src {taddr}"),
+        &["timer:(keepalive,59sec", "timer:(keepalive,1min"],
+    );
+}

@@ -25,6 +25,7 @@ mod refusals;
 mod service;
 mod soak;
 mod sources;
+mod tune;
 mod tunnel;
 mod up_down;
 mod users;

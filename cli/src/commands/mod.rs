@@ -14,6 +14,7 @@ mod service;
 mod start;
 mod stats;
 mod status;
+mod tune;
 mod tunnels;
 mod up;
 mod version;
@@ -61,6 +62,7 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         Command::Stats(a) => stats::run(&home()?, &a),
         Command::Health(a) => health::run(&home()?, &a),
         Command::Logs(a) => logs::run(&home()?, &a),
+        Command::Tune(a) => tune::run(&a),
         Command::Version => version::run(),
     }
 }
@@ -167,6 +169,30 @@ fn say(line: impl std::fmt::Display) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+/// What a tunnel or router process does once at start, before it opens anything:
+/// lifts its soft open-file limit to the hard one (10 000 connections need 20 000+
+/// descriptors, and shells often start processes at 1024), and learns whether the
+/// kernel offers kTLS, saying so in one debug line either way.
+fn prepare_process() {
+    use conduit_controlplane::limits::raise_nofile;
+    match raise_nofile() {
+        Ok((before, after)) if after > before => {
+            tracing::debug!("open-file limit raised from {before} to {after}");
+        }
+        Ok((n, _)) => tracing::debug!("open-file limit {n} (already the hard limit)"),
+        Err(e) => tracing::warn!(
+            "cannot raise the open-file limit: {e}; connections beyond it will be refused \
+             (see `conduit tune --check`)"
+        ),
+    }
+    match conduit_dataplane::ktls::probe() {
+        Ok(()) => tracing::debug!(
+            "kernel TLS is available, but this build keeps TLS in userspace (no offload relay yet)"
+        ),
+        Err(e) => tracing::debug!("kernel TLS unavailable ({e}); TLS stays in userspace"),
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         return Err(Usage(lines(&errors)).into());
     }
     start_logging(log, Some(&loaded.config.logging))?;
+    super::prepare_process();
     for p in loaded.report.warnings() {
         warn!("{p}");
     }
@@ -196,6 +197,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         connect_timeout: p.connect_timeout(),
         idle_timeout: p.idle_timeout(),
         max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
+        sockets: p.socket_options(),
         dataplane: p.dataplane_options(),
         api,
         health: c.health_settings(),

@@ -15,7 +15,7 @@ use conduit_proto::Secret;
 
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal};
-use crate::args::{LogArgs, ServiceKind, StartArgs};
+use crate::args::{LogArgs, ServiceKind, StartArgs, TransportArg};
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
@@ -49,6 +49,11 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         connect_timeout: secs(10),
         handshake_timeout: secs(a.handshake_timeout),
         max_connections: a.max_connections,
+        bandwidth: conduit_dataplane::ratelimit::Limit::from_config(
+            a.bandwidth_limit,
+            a.burst_limit,
+        ),
+        sockets: conduit_dataplane::SocketOptions::default(),
         dataplane: dataplane_options(&a.engine),
     };
     let registration = Registration {
@@ -74,6 +79,7 @@ pub(crate) fn foreground(
 ) -> Result<()> {
     let name = registration.name.clone();
     let router = registration.router.clone();
+    super::prepare_process();
     runtime(1)?.block_on(async move {
         if detached {
             ignore_hangups();
@@ -230,6 +236,20 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     if let Some(m) = &a.metrics_bind {
         args.extend(["--metrics-bind".to_owned(), m.clone()]);
+    }
+    if a.transport == TransportArg::Plain {
+        args.extend(["--transport".to_owned(), "plain".to_owned()]);
+    }
+    let numbers = [
+        ("--handshake-timeout", a.handshake_timeout, 10),
+        ("--max-connections", a.max_connections as u64, 0),
+        ("--bandwidth-limit", a.bandwidth_limit, 0),
+        ("--burst-limit", a.burst_limit, 0),
+    ];
+    for (flag, value, default) in numbers {
+        if value != default {
+            args.extend([flag.to_owned(), value.to_string()]);
+        }
     }
     args.extend(log_flags(log));
     service::emit(

@@ -289,9 +289,12 @@ pub struct PerformanceConfig {
     pub read_buffer_size: usize,
     /// Bytes buffered for writing per connection.
     pub write_buffer_size: usize,
-    /// Bytes per second per tunnel; 0 means unlimited.
+    /// Bytes per second per tunnel, split evenly across its workers; 0 means
+    /// unlimited. The rate of the token bucket in `conduit_dataplane::ratelimit`.
     pub default_bandwidth_limit: u64,
-    /// Bytes per second allowed in a burst; 0 means the same as the limit.
+    /// Bytes a tunnel may send at once after an idle spell (the token bucket's size):
+    /// at most `burst + rate · t` bytes leave in any `t` seconds. 0 means one second's
+    /// worth, the same number as the limit.
     pub burst_bandwidth_limit: u64,
     /// Open user connections at most; 0 means unlimited.
     pub max_connections: u64,
@@ -336,6 +339,15 @@ impl PerformanceConfig {
             workers: self.workers,
             engine: self.io_engine.into(),
             pin: self.pin_cores,
+        }
+    }
+
+    /// `tcp_nodelay` and `tcp_keepalive_secs`, for the sockets relayed for others.
+    pub fn socket_options(&self) -> conduit_dataplane::SocketOptions {
+        conduit_dataplane::SocketOptions {
+            nodelay: self.tcp_nodelay,
+            keepalive: (self.tcp_keepalive_secs > 0)
+                .then(|| Duration::from_secs(self.tcp_keepalive_secs)),
         }
     }
 

@@ -84,6 +84,11 @@ impl TunnelPlan {
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),
             max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
+            bandwidth: conduit_dataplane::ratelimit::Limit::from_config(
+                p.default_bandwidth_limit,
+                p.burst_bandwidth_limit,
+            ),
+            sockets: p.socket_options(),
             dataplane: p.dataplane_options(),
         }
     }

@@ -62,7 +62,7 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
         out.error("security.private_key_path", e);
     }
     token_file(c.security.token.is_some(), "security.token", &mut out);
-    performance(&c.performance, &mut out);
+    performance(&c.performance, false, &mut out);
     logging(&c.logging, &mut out);
     tunnels(c, &mut out);
     out.list
@@ -117,7 +117,7 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     api(&c.api, &mut out);
     health(&c.health, &mut out);
     alerts(&c.alerts, &mut out);
-    performance(&c.performance, &mut out);
+    performance(&c.performance, true, &mut out);
     logging(&c.logging, &mut out);
     out.list
 }
@@ -276,7 +276,38 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
     }
 }
 
-fn performance(p: &PerformanceConfig, out: &mut Out<'_>) {
+fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
+    // Keys of the spec that parse but that this version does not act on: say so
+    // rather than let an operator believe they took effect.
+    let defaults = PerformanceConfig::default();
+    let inert = [
+        ("auto_tune", p.auto_tune != defaults.auto_tune),
+        ("optimize_for", p.optimize_for != defaults.optimize_for),
+        (
+            "read_buffer_size",
+            p.read_buffer_size != defaults.read_buffer_size,
+        ),
+        (
+            "write_buffer_size",
+            p.write_buffer_size != defaults.write_buffer_size,
+        ),
+    ];
+    for (key, set) in inert {
+        if set {
+            out.warn(
+                &format!("performance.{key}"),
+                "not built yet: this version ignores it (relay buffers are 64 KiB, pooled \
+                 per core, and taken only while bytes move); remove it to silence this",
+            );
+        }
+    }
+    if router && p.default_bandwidth_limit > 0 {
+        out.warn(
+            "performance.default_bandwidth_limit",
+            "a router does not limit bandwidth in this version; set the limit on the \
+             tunnels ([performance] of conduit.toml, or `conduit start --bandwidth-limit`)",
+        );
+    }
     let (limit, burst) = (p.default_bandwidth_limit, p.burst_bandwidth_limit);
     if limit > 0 && burst > 0 && burst < limit {
         out.error(

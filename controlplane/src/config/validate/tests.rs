@@ -426,3 +426,25 @@ fn router_files_are_checked_too() {
         ]
     );
 }
+
+#[test]
+fn settings_this_version_ignores_are_warned_about() {
+    let f = Fixture::new();
+    let text = f.client_text("[performance]\nauto_tune = true\nread_buffer_size = 65536\n");
+    let lines = check(&f, &text);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0]
+            .starts_with("warning: performance.auto_tune: not built yet: this version ignores it"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "warning: performance.read_buffer_size: not built yet: this version ignores it"
+        ),
+        "{lines:?}"
+    );
+    // The bandwidth limit works on tunnels, so only a router is warned.
+    let text = f.client_text("[performance]\ndefault_bandwidth_limit = 1000000\n");
+    assert_eq!(check(&f, &text), none());
+}

@@ -1,0 +1,94 @@
+//! The process's open-file limit.
+//!
+//! Every relayed connection holds at least two sockets (four more fds while a plain
+//! leg splices through pipes), so 10 000 connections need 20 000–60 000 descriptors,
+//! while shells and init systems often start processes with a soft `RLIMIT_NOFILE` of
+//! 1024. The soft limit may be raised up to the hard one without privileges, so a
+//! tunnel or router process does that once at start; raising the hard limit is the
+//! operator's part (`conduit tune --check` says how).
+
+use std::io;
+
+/// `RLIMIT_NOFILE` as (soft, hard); `u64::MAX` stands for "unlimited".
+pub fn nofile() -> io::Result<(u64, u64)> {
+    imp::get()
+}
+
+/// Raises the soft open-file limit to the hard limit. Returns the soft limit
+/// (before, after); both are equal when there was nothing to raise.
+pub fn raise_nofile() -> io::Result<(u64, u64)> {
+    let (soft, hard) = imp::get()?;
+    if soft >= hard {
+        return Ok((soft, soft));
+    }
+    imp::set(hard, hard)?;
+    let (after, _) = imp::get()?;
+    Ok((soft, after))
+}
+
+#[cfg(unix)]
+mod imp {
+    use std::io;
+
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    pub(super) fn get() -> io::Result<(u64, u64)> {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+        Ok((soft, hard))
+    }
+
+    pub(super) fn set(soft: u64, hard: u64) -> io::Result<()> {
+        Ok(setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?)
+    }
+}
+
+#[cfg(not(unix))]
+mod imp {
+    use std::io;
+
+    fn unsupported() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this platform has no RLIMIT_NOFILE",
+        )
+    }
+
+    pub(super) fn get() -> io::Result<(u64, u64)> {
+        Err(unsupported())
+    }
+
+    pub(super) fn set(_soft: u64, _hard: u64) -> io::Result<()> {
+        Err(unsupported())
+    }
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use super::*;
+
+    /// Changes this test process's limit; nextest runs each test in its own process.
+    #[test]
+    fn the_soft_limit_goes_up_to_the_hard_one() {
+        let (soft, hard) = nofile().unwrap();
+        // Start from a low soft limit, as a login shell would give.
+        let low = soft.min(hard).min(256);
+        imp::set(low, hard).unwrap();
+        assert_eq!(nofile().unwrap(), (low, hard));
+
+        assert_eq!(raise_nofile().unwrap(), (low, hard));
+        assert_eq!(nofile().unwrap(), (hard, hard));
+
+        // Nothing left to raise.
+        assert_eq!(raise_nofile().unwrap(), (hard, hard));
+
+        // The process can use what it was given: open past the old soft limit.
+        if hard > low + 8 && hard < 1 << 20 {
+            let files: Vec<_> = (0..=low)
+                .map(|_| std::fs::File::open("/dev/null"))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(files.len() as u64, low + 1);
+        }
+    }
+}

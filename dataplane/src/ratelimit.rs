@@ -1,0 +1,432 @@
+//! Per-tunnel bandwidth limits: a token bucket, one per tunnel on each core.
+//!
+//! The two settings of `[performance]` map onto the bucket like this:
+//!
+//! - `default_bandwidth_limit` (bytes per second) is the **rate** at which the bucket
+//!   refills; 0 means unlimited, and then no bucket is needed at all.
+//! - `burst_bandwidth_limit` (bytes) is the bucket's **size**: what a tunnel may send at
+//!   once after being idle. 0 means one second's worth (the rate); validation rejects a
+//!   burst below the rate.
+//!
+//! Over any interval of `t` seconds a bucket lets through at most `burst + rate · t`
+//! bytes, and a sender that always wants more gets exactly the rate in the long run.
+//!
+//! # One bucket per direction, shared by the cores
+//!
+//! A tunnel with a limit has two buckets, one per direction ([`Bandwidth`]), that
+//! every core's relays draw from, each under a mutex. A per-core split of the limit
+//! ([`Limit::share`]) would need no lock, but a tunnel whose traffic lands on one core
+//! (one big download, or an uneven `SO_REUSEPORT` spread) would get only that core's
+//! share: a user who sets 10 MB/s and sees 5 would rightly call it a bug. The lock is
+//! taken once per relayed chunk (up to 64 KiB) and only on tunnels with a limit, whose
+//! rate is by definition below what the relay could do; tunnels without one take no
+//! lock and pay one branch.
+//!
+//! The tunnel's connections draw from its buckets first come, first served; nothing
+//! here makes that fair between connections.
+//!
+//! # Using it in a relay
+//!
+//! The clock is passed in, so tests drive it with a virtual one:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use conduit_dataplane::ratelimit::{Grant, Limit, TokenBucket};
+//!
+//! let t0 = Instant::now();
+//! let mut bucket = TokenBucket::new(Limit::from_config(1000, 0), t0);
+//! assert_eq!(bucket.grant(t0, 600), Grant::Now(600));
+//! // 400 left, but 600 wanted: wait for 200 more (0.2 s at 1000 bytes/s).
+//! assert_eq!(bucket.grant(t0, 600), Grant::Wait(Duration::from_millis(200)));
+//! assert_eq!(bucket.grant(t0 + Duration::from_millis(200), 600), Grant::Now(600));
+//! ```
+//!
+//! A relay sends what [`Grant::Now`] allows (returning what it could not send with
+//! [`TokenBucket::refund`]) and on [`Grant::Wait`] sleeps that long, then asks again.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Tokens are counted in billionths of a byte, so that a refill of `rate` bytes per
+/// second over any whole number of nanoseconds is exact: no rounding, no drift.
+const SCALE: u128 = 1_000_000_000;
+
+/// A bandwidth limit: `rate` bytes per second, bursts of up to `burst` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Bytes per second; never 0 (no limit is `None`, not a zero rate).
+    pub rate: u64,
+    /// The bucket's size in bytes; never 0.
+    pub burst: u64,
+}
+
+impl Limit {
+    /// The limit `[performance]` asks for: `None` (unlimited) when
+    /// `default_bandwidth_limit` is 0; a burst of 0 means one second at the rate.
+    pub fn from_config(default_bandwidth_limit: u64, burst_bandwidth_limit: u64) -> Option<Self> {
+        if default_bandwidth_limit == 0 {
+            return None;
+        }
+        let burst = if burst_bandwidth_limit == 0 {
+            default_bandwidth_limit
+        } else {
+            burst_bandwidth_limit
+        };
+        Some(Self {
+            rate: default_bandwidth_limit,
+            burst,
+        })
+    }
+
+    /// Core `core`'s part of this limit when the tunnel runs on `cores` workers: an
+    /// equal split, remainders to the lowest cores, at least 1 byte/s and 1 byte.
+    pub fn share(self, core: usize, cores: usize) -> Self {
+        let n = cores.max(1) as u64;
+        let i = (core as u64) % n;
+        let part = |v: u64| (v / n + u64::from(i < v % n)).max(1);
+        Self {
+            rate: part(self.rate),
+            burst: part(self.burst),
+        }
+    }
+}
+
+/// What a sender may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Send this many bytes now (at most what was asked for, and at least the
+    /// smaller of that and the burst).
+    Now(usize),
+    /// Nothing yet: ask again after this long.
+    Wait(Duration),
+}
+
+/// A token bucket for one tunnel on one core. Not thread-safe by design: one core
+/// owns it (see the module docs for how a tunnel's limit is split).
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    limit: Option<Limit>,
+    /// Available tokens, in units of 1/[`SCALE`] byte.
+    tokens: u128,
+    /// `burst` in the same units.
+    capacity: u128,
+    /// When `tokens` was last brought up to date.
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket for `limit`; `None` lets everything through.
+    pub fn new(limit: Option<Limit>, now: Instant) -> Self {
+        let capacity = limit.map_or(0, |l| u128::from(l.burst.max(1)) * SCALE);
+        Self {
+            limit,
+            tokens: capacity,
+            capacity,
+            last: now,
+        }
+    }
+
+    /// The limit this bucket enforces (`None`: unlimited).
+    pub fn limit(&self) -> Option<Limit> {
+        self.limit
+    }
+
+    /// Asks to send `want` bytes at `now`.
+    ///
+    /// Grants everything when unlimited. Otherwise it never hands out less than
+    /// `min(want, burst)` at a time, so a slow limit means fewer, larger sends rather
+    /// than a trickle of tiny ones; until that much has accumulated it says how long
+    /// to wait, rounded up to the nanosecond, so asking again exactly then succeeds.
+    pub fn grant(&mut self, now: Instant, want: usize) -> Grant {
+        let Some(limit) = self.limit else {
+            return Grant::Now(want);
+        };
+        if want == 0 {
+            return Grant::Now(0);
+        }
+        self.refill(now, limit.rate);
+        let want_scaled = (want as u128).saturating_mul(SCALE);
+        let need = want_scaled.min(self.capacity);
+        if self.tokens >= need {
+            let n = (self.tokens / SCALE).min(want as u128);
+            self.tokens -= n * SCALE;
+            // n <= want, which came in as a usize.
+            return Grant::Now(usize::try_from(n).unwrap_or(want));
+        }
+        let deficit = need - self.tokens;
+        let rate = u128::from(limit.rate);
+        Grant::Wait(nanos(deficit.div_ceil(rate)))
+    }
+
+    /// Puts back bytes that were granted but not sent (the socket took fewer). The
+    /// bucket never holds more than its burst.
+    pub fn refund(&mut self, n: usize) {
+        if self.limit.is_some() {
+            let add = (n as u128).saturating_mul(SCALE);
+            self.tokens = self.tokens.saturating_add(add).min(self.capacity);
+        }
+    }
+
+    fn refill(&mut self, now: Instant, rate: u64) {
+        // A clock that went backwards (or an older `now`) adds nothing.
+        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        if elapsed == 0 {
+            return;
+        }
+        self.last = now;
+        let add = elapsed.saturating_mul(u128::from(rate));
+        self.tokens = self.tokens.saturating_add(add).min(self.capacity);
+    }
+}
+
+/// A tunnel's bandwidth limit as the relays use it: a bucket for each direction,
+/// shared by every core (see the module docs).
+#[derive(Debug)]
+pub struct Bandwidth {
+    /// Bytes from users to the source.
+    pub(crate) up: Mutex<TokenBucket>,
+    /// Bytes from the source to users.
+    pub(crate) down: Mutex<TokenBucket>,
+}
+
+impl Bandwidth {
+    /// Buckets for `limit` in each direction; `None` when there is no limit.
+    pub fn new(limit: Option<Limit>) -> Option<Self> {
+        let limit = limit?;
+        let now = Instant::now();
+        Some(Self {
+            up: Mutex::new(TokenBucket::new(Some(limit), now)),
+            down: Mutex::new(TokenBucket::new(Some(limit), now)),
+        })
+    }
+}
+
+/// Pays for `n` bytes just relayed: returns at once while the bucket holds them,
+/// otherwise sleeps until it has refilled enough. Relays call it after each send,
+/// so a direction moves at most `burst + rate · t` bytes (plus one chunk) in any
+/// `t` seconds, and the sleep holds back the next read, which pushes back on the
+/// sender through TCP.
+pub(crate) async fn pace(bucket: &Mutex<TokenBucket>, n: usize) {
+    let mut left = n;
+    while left > 0 {
+        let grant = bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .grant(Instant::now(), left);
+        match grant {
+            Grant::Now(k) => left -= k.min(left),
+            Grant::Wait(d) => monoio::time::sleep(d).await,
+        }
+    }
+}
+
+/// A duration of `ns` nanoseconds, saturating at `Duration::MAX`'s whole seconds.
+fn nanos(ns: u128) -> Duration {
+    let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
+    // The remainder is below 10^9, so it fits.
+    let sub = (ns % 1_000_000_000) as u32;
+    Duration::new(secs, sub)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn bucket(rate: u64, burst: u64) -> (TokenBucket, Instant) {
+        let t0 = Instant::now();
+        (TokenBucket::new(Some(Limit { rate, burst }), t0), t0)
+    }
+
+    #[test]
+    fn zero_rate_means_unlimited() {
+        assert_eq!(Limit::from_config(0, 5000), None);
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(Limit::from_config(0, 0), t0);
+        for _ in 0..3 {
+            assert_eq!(b.grant(t0, 1 << 40), Grant::Now(1 << 40));
+        }
+        assert_eq!(b.grant(t0, usize::MAX), Grant::Now(usize::MAX));
+        b.refund(100);
+        assert_eq!(b.limit(), None);
+    }
+
+    #[test]
+    fn zero_burst_means_one_second_at_the_rate() {
+        assert_eq!(
+            Limit::from_config(1000, 0),
+            Some(Limit {
+                rate: 1000,
+                burst: 1000
+            })
+        );
+        assert_eq!(
+            Limit::from_config(1000, 4000),
+            Some(Limit {
+                rate: 1000,
+                burst: 4000
+            })
+        );
+    }
+
+    #[test]
+    fn a_full_bucket_gives_the_burst_then_refills_at_the_rate() {
+        let (mut b, t0) = bucket(1000, 5000);
+        assert_eq!(b.grant(t0, 8000), Grant::Now(5000));
+        // Empty: 5000 (the burst, less than the 8000 wanted) takes 5 s at 1000/s.
+        assert_eq!(b.grant(t0, 8000), Grant::Wait(Duration::from_secs(5)));
+        assert_eq!(b.grant(t0 + 2000 * MS, 8000), Grant::Wait(3000 * MS));
+        assert_eq!(b.grant(t0 + 5000 * MS, 8000), Grant::Now(5000));
+        // A small request after a short pause gets exactly what accumulated.
+        assert_eq!(b.grant(t0 + 5250 * MS, 250), Grant::Now(250));
+        assert_eq!(b.grant(t0 + 5250 * MS, 1), Grant::Wait(MS));
+    }
+
+    #[test]
+    fn never_grants_less_than_the_smaller_of_want_and_burst() {
+        let (mut b, t0) = bucket(1000, 1000);
+        assert_eq!(b.grant(t0, 300), Grant::Now(300));
+        // 700 left but 1000 wanted: wait for the missing 300 rather than send 700.
+        assert_eq!(b.grant(t0, 1000), Grant::Wait(300 * MS));
+        assert_eq!(b.grant(t0 + 300 * MS, 1000), Grant::Now(1000));
+        // More than the burst wanted: the burst is the most that can ever come at once.
+        assert_eq!(b.grant(t0 + 5300 * MS, 1_000_000), Grant::Now(1000));
+    }
+
+    #[test]
+    fn waits_round_up_to_the_nanosecond_and_are_exact() {
+        let (mut b, t0) = bucket(3, 3);
+        assert_eq!(b.grant(t0, 3), Grant::Now(3));
+        // One byte at 3 bytes/s: 333 333 333.3 ns, rounded up.
+        assert_eq!(
+            b.grant(t0, 1),
+            Grant::Wait(Duration::from_nanos(333_333_334))
+        );
+        let early = t0 + Duration::from_nanos(333_333_333);
+        assert_eq!(b.grant(early, 1), Grant::Wait(Duration::from_nanos(1)));
+        assert_eq!(b.grant(early + Duration::from_nanos(1), 1), Grant::Now(1));
+        // The third of a nanosecond-byte left over is kept, not lost: after exactly
+        // two more thirds of a second, two bytes are there.
+        let later = early + Duration::from_nanos(1) + Duration::from_nanos(666_666_666);
+        assert_eq!(b.grant(later, 2), Grant::Now(2));
+    }
+
+    #[test]
+    fn a_greedy_sender_gets_the_rate_over_the_long_run() {
+        // 1 MB/s, 16 KiB bursts, a relay that always wants 16 KiB and sleeps exactly
+        // as told, for 10 virtual seconds.
+        let (mut b, t0) = bucket(1_000_000, 16_384);
+        let end = t0 + Duration::from_secs(10);
+        let (mut now, mut sent, mut sends) = (t0, 0u64, 0u32);
+        while now <= end {
+            match b.grant(now, 16_384) {
+                Grant::Now(n) => {
+                    sent += n as u64;
+                    sends += 1;
+                }
+                Grant::Wait(d) => now += d,
+            }
+        }
+        // The first send at t0, then one every 16.384 ms: 610 more fit in 10 s
+        // (610 × 16.384 ms = 9.994 s; 611 would end at 10.011 s).
+        assert_eq!(sends, 611);
+        assert_eq!(sent, 611 * 16_384);
+        assert!(sent <= 16_384 + 10 * 1_000_000);
+        assert!(sent >= 10 * 1_000_000);
+    }
+
+    #[test]
+    fn refunds_go_back_up_to_the_burst() {
+        let (mut b, t0) = bucket(1000, 1000);
+        assert_eq!(b.grant(t0, 1000), Grant::Now(1000));
+        b.refund(400);
+        assert_eq!(b.grant(t0, 400), Grant::Now(400));
+        b.refund(5000);
+        assert_eq!(b.grant(t0, 5000), Grant::Now(1000));
+    }
+
+    #[test]
+    fn idle_time_fills_the_bucket_only_up_to_the_burst() {
+        let (mut b, t0) = bucket(1000, 2000);
+        assert_eq!(b.grant(t0, 2000), Grant::Now(2000));
+        let hour = t0 + Duration::from_secs(3600);
+        assert_eq!(b.grant(hour, 10_000), Grant::Now(2000));
+        assert_eq!(b.grant(hour, 10_000), Grant::Wait(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_clock_going_backwards_adds_nothing() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let mut b = TokenBucket::new(
+            Some(Limit {
+                rate: 100,
+                burst: 100,
+            }),
+            later,
+        );
+        assert_eq!(b.grant(later, 100), Grant::Now(100));
+        assert_eq!(b.grant(t0, 100), Grant::Wait(Duration::from_secs(1)));
+        assert_eq!(b.grant(later, 100), Grant::Wait(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn huge_values_do_not_overflow() {
+        let (mut b, t0) = bucket(u64::MAX, u64::MAX);
+        assert_eq!(b.grant(t0, usize::MAX), Grant::Now(usize::MAX));
+        let far = t0 + Duration::from_secs(100 * 365 * 24 * 3600);
+        assert_eq!(b.grant(far, usize::MAX), Grant::Now(usize::MAX));
+        b.refund(usize::MAX);
+        b.refund(usize::MAX);
+
+        // The slowest rate with the largest burst: the longest wait there can be.
+        let (mut b, t0) = bucket(1, u64::MAX);
+        assert_eq!(b.grant(t0, usize::MAX), Grant::Now(usize::MAX));
+        assert_eq!(
+            b.grant(t0, usize::MAX),
+            Grant::Wait(Duration::from_secs(usize::MAX as u64))
+        );
+        assert_eq!(b.grant(far, 1), Grant::Now(1));
+    }
+
+    #[test]
+    fn shares_add_up_to_the_whole() {
+        let l = Limit {
+            rate: 10,
+            burst: 25,
+        };
+        let shares: Vec<_> = (0..3).map(|c| l.share(c, 3)).collect();
+        assert_eq!(
+            shares,
+            [
+                Limit { rate: 4, burst: 9 },
+                Limit { rate: 3, burst: 8 },
+                Limit { rate: 3, burst: 8 },
+            ]
+        );
+        let big = Limit {
+            rate: 1_250_000_000,
+            burst: 2_500_000_000,
+        };
+        let total: u64 = (0..8).map(|c| big.share(c, 8).rate).sum();
+        assert_eq!(total, 1_250_000_000);
+        assert_eq!(big.share(0, 1), big);
+        // Zero cores is treated as one.
+        assert_eq!(big.share(0, 0), big);
+    }
+
+    #[test]
+    fn a_share_is_never_zero() {
+        let l = Limit { rate: 2, burst: 2 };
+        let shares: Vec<_> = (0..4).map(|c| l.share(c, 4)).collect();
+        assert_eq!(shares, [Limit { rate: 1, burst: 1 }; 4]);
+    }
+
+    #[test]
+    fn asking_for_nothing_gets_nothing_at_once() {
+        let (mut b, t0) = bucket(1, 1);
+        assert_eq!(b.grant(t0, 1), Grant::Now(1));
+        assert_eq!(b.grant(t0, 0), Grant::Now(0));
+    }
+}
