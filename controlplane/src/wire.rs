@@ -241,7 +241,7 @@ impl Wire {
         let stream = self.tcp.into_std()?;
         Ok(ChannelHandoff {
             stream,
-            tls: self.tls,
+            tls: self.tls.map(Box::new),
             leftover: self.raw,
             peer_key,
             peer_addr: self.peer_addr,

@@ -57,7 +57,7 @@ pub(crate) struct Channel {
     pub(crate) backlog: VecDeque<Held>,
     pub(crate) peer_key: Option<PublicKey>,
     /// The tunnel the channel serves.
-    pub(crate) tunnel: String,
+    pub(crate) tunnel: std::rc::Rc<str>,
     pub(crate) epoch: u64,
     /// When the channel last became idle (handshake or end of its last stream).
     pub(crate) idle_since: Instant,
@@ -73,11 +73,11 @@ impl Channel {
         decoder.feed(&h.leftover, |ev| backlog.push_back(Held::from_event(ev)))?;
         Ok(Self {
             sock,
-            tls: RefCell::new(tls),
+            tls: RefCell::new(*tls),
             decoder,
             backlog,
             peer_key: h.peer_key,
-            tunnel: h.tunnel,
+            tunnel: h.tunnel.into(),
             epoch: h.epoch,
             idle_since: h.made,
         })
@@ -94,14 +94,21 @@ impl Channel {
     }
 
     /// Encrypts and sends one message.
+    /// Sends one control message. Boxed: a message goes out at a stream's start or
+    /// end, and a send kept inline would add its size to every long-lived relay task
+    /// that might send one.
     pub(crate) async fn send(&self, msg: &Message) -> Result<(), ChannelError> {
-        send_message(&self.sock, &self.tls, msg).await
+        Box::pin(send_message(&self.sock, &self.tls, msg)).await
     }
 
     /// Sends a parting message if it goes out within a second: a peer that stopped
     /// reading (frozen, or behind a dead link) must not hold up closing the rest.
     pub(crate) async fn send_best_effort(&self, msg: &Message) {
-        let _ = monoio::time::timeout(Duration::from_secs(1), self.send(msg)).await;
+        let _ = Box::pin(monoio::time::timeout(
+            Duration::from_secs(1),
+            self.send(msg),
+        ))
+        .await;
     }
 
     /// Waits for the next control message; what follows it stays in the backlog for

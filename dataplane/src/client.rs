@@ -60,6 +60,8 @@ pub(crate) struct ClientCore {
     accept_errors: Cell<u32>,
     /// Keeps refusals at the connection limit from flooding the log.
     refusals: Throttle,
+    /// The source, shared by this core's connection entries.
+    target: Rc<str>,
 }
 
 impl ClientCore {
@@ -72,6 +74,7 @@ impl ClientCore {
         listener.set_nonblocking(monoio::utils::is_legacy())?;
         let listener = TcpListener::from_std(listener)?;
         let (tx, rx) = oneshot::channel();
+        let target: Rc<str> = spec.target.as_str().into();
         let me = Rc::new(Self {
             core,
             spec,
@@ -80,6 +83,7 @@ impl ClientCore {
             stop_accept: RefCell::new(Some(tx)),
             accept_errors: Cell::new(0),
             refusals: Throttle::new(Duration::from_secs(1)),
+            target,
         });
         me.refill();
         monoio::spawn(me.clone().accept_loop(listener, rx));
@@ -101,7 +105,9 @@ impl ClientCore {
                     self.accept_errors.set(0);
                     match self.spec.limit.try_acquire() {
                         Some(permit) => {
-                            monoio::spawn(self.clone().serve_user(stream, peer, permit));
+                            if let Some(task) = self.clone().serve_user(stream, peer, permit) {
+                                monoio::spawn(task);
+                            }
                         }
                         None => self.refuse(stream, peer),
                     }
@@ -271,52 +277,61 @@ impl ClientCore {
         }
     }
 
-    async fn serve_user(self: Rc<Self>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
-        let core = &self.core;
-        let id = core.next_conn_id();
+    /// A user's connection, from accept to close. The setup is done here and the
+    /// task captures only what it uses: an `async fn` would keep its arguments (the
+    /// accepted stream among them) in slots of their own for the connection's life.
+    fn serve_user(
+        self: Rc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Permit,
+    ) -> Option<impl Future<Output = ()>> {
+        let id = self.core.next_conn_id();
         let user = match Socket::new(stream) {
             Ok(u) => u,
             Err(e) => {
                 warn!(%peer, "cannot set up a user connection: {e}");
-                return;
+                return None;
             }
         };
-        user.tune(&self.spec.sockets);
-        core.stats.opened.fetch_add(1, Relaxed);
-        core.stats.active.fetch_add(1, Relaxed);
-        let counters = Rc::new(ConnCounters::default());
-        let (kill_tx, kill_rx) = oneshot::channel();
-        let started = Instant::now();
-        core.conns.insert(
-            id,
-            ConnEntry {
-                peer: Some(peer),
-                target: self.spec.target.clone(),
-                client: None,
-                started,
-                counters: counters.clone(),
-                kill: Some(kill_tx),
-                rides: Rides::Nothing,
-            },
-        );
-        debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
+        Some(async move {
+            let core = &self.core;
+            user.tune(&self.spec.sockets);
+            core.stats.opened.fetch_add(1, Relaxed);
+            core.stats.active.fetch_add(1, Relaxed);
+            let counters = Rc::new(ConnCounters::default());
+            let (kill_tx, kill_rx) = oneshot::channel();
+            let started = Instant::now();
+            core.conns.insert(
+                id,
+                ConnEntry {
+                    peer: Some(peer),
+                    target: self.target.clone(),
+                    started,
+                    counters: counters.clone(),
+                    kill: Some(kill_tx),
+                    rides: Rides::Nothing,
+                },
+            );
+            debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
-        if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
-            warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
-            user.abort();
-            core.stats.fail(kind);
-        }
-        core.stats.active.fetch_sub(1, Relaxed);
-        core.stats.durations.observe(started.elapsed());
-        core.conns.remove(id);
-        drop(permit);
-        debug!(
-            conn = id,
-            up = counters.up.get(),
-            down = counters.down.get(),
-            secs = started.elapsed().as_secs_f64(),
-            "user connection closed"
-        );
+            if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
+                warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
+                user.abort();
+                core.stats.fail(kind);
+            }
+            core.stats.active.fetch_sub(1, Relaxed);
+            core.stats.durations.observe(started.elapsed());
+            core.conns.remove(id);
+            drop(permit);
+            debug!(
+                conn = id,
+                up = counters.up.get(),
+                down = counters.down.get(),
+                secs = started.elapsed().as_secs_f64(),
+                "user connection closed"
+            );
+        })
     }
 
     async fn run_user(
@@ -407,9 +422,9 @@ impl ClientCore {
         user: &Socket,
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
-        ch: PlainChannel,
+        ch: Box<PlainChannel>,
     ) -> Result<(), (ErrorKind, String)> {
-        let PlainChannel { sock, leftover, .. } = ch;
+        let PlainChannel { sock, leftover, .. } = *ch;
         send_frame(
             &sock,
             &Message::Open {
@@ -494,9 +509,10 @@ impl ClientCore {
 
 /// A pooled channel of either transport.
 pub(crate) enum Link {
-    /// Boxed: a TLS channel is large, and pools move links around.
+    /// Boxed, both: pools move links around, and a task that held one inline would
+    /// keep its slot for as long as the relay after it runs.
     Tls(Box<Channel>),
-    Plain(PlainChannel),
+    Plain(Box<PlainChannel>),
 }
 
 impl Link {
@@ -512,7 +528,7 @@ impl Link {
         if h.tls.is_some() {
             Channel::adopt(h).map(|c| Link::Tls(Box::new(c)))
         } else {
-            Ok(Link::Plain(PlainChannel::adopt(h)?))
+            Ok(Link::Plain(Box::new(PlainChannel::adopt(h)?)))
         }
     }
 }

@@ -21,8 +21,9 @@ pub struct ChannelHandoff {
     /// The TCP connection (client → router).
     pub stream: std::net::TcpStream,
     /// Its TLS session, with any received bytes not yet processed; `None` on the plain
-    /// transport.
-    pub tls: Option<TlsSession>,
+    /// transport. Boxed: hand-offs queue up in bursts of new connections, and a
+    /// queue's buffer keeps the size its longest burst gave it.
+    pub tls: Option<Box<TlsSession>>,
     /// Plaintext the control plane decrypted but did not consume.
     pub leftover: Vec<u8>,
     /// The authenticated key of the other end (`None` on the plain transport, which

@@ -56,7 +56,7 @@ pub(crate) struct PlainChannel {
     pub(crate) sock: Socket,
     pub(crate) peer_key: Option<PublicKey>,
     /// The tunnel the channel serves.
-    pub(crate) tunnel: String,
+    pub(crate) tunnel: std::rc::Rc<str>,
     pub(crate) epoch: u64,
     pub(crate) idle_since: Instant,
     /// Bytes received before the worker took over.
@@ -70,7 +70,7 @@ impl PlainChannel {
         Ok(Self {
             sock,
             peer_key: h.peer_key,
-            tunnel: h.tunnel,
+            tunnel: h.tunnel.into(),
             epoch: h.epoch,
             idle_since: h.made,
             leftover: h.leftover,

@@ -14,13 +14,18 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use conduit_proto::frame::{HEADER_LEN, Header};
 use conduit_proto::session::MAX_RECORD_PLAINTEXT;
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsError, TlsSession};
-use futures::future::{Either, select, try_join};
+use futures::channel::oneshot;
+use futures::future::try_join;
+use pin_project_lite::pin_project;
 
 use crate::channel::{Held, lend_back, read_tls, seal};
 use crate::net::Socket;
@@ -99,9 +104,17 @@ pub(crate) struct Relay<'a> {
     pub(crate) to_plain: Meter<'a>,
 }
 
-impl Relay<'_> {
+impl<'a> Relay<'a> {
     /// Runs until both directions end, one fails, or `kill` fires.
-    pub(crate) async fn run(self, kill: futures::channel::oneshot::Receiver<String>) -> Outcome {
+    ///
+    /// A plain function returning a hand-written future rather than an `async fn`:
+    /// an `async fn` keeps its arguments (this whole struct) and its pinned locals in
+    /// slots of their own for as long as it runs, and a relay runs for as long as its
+    /// connection lives, which is what memory per held connection is made of.
+    pub(crate) fn run(
+        self,
+        kill: oneshot::Receiver<String>,
+    ) -> RelayRun<'a, impl Future<Output = Result<((), ()), Stop>> + 'a> {
         let Relay {
             side,
             plain,
@@ -112,19 +125,44 @@ impl Relay<'_> {
             to_chan,
             to_plain,
         } = self;
-        let up = up(plain, chan, tls, to_chan);
-        let down = down(side, plain, chan, tls, decoder, backlog, to_plain);
-        let both = try_join(up, down);
-        futures::pin_mut!(both);
-        let stop = match select(both, kill).await {
-            Either::Left((Ok(_), _)) => None,
-            Either::Left((Err(stop), _)) => Some(stop),
-            Either::Right((why, _)) => Some(Stop::Killed(
-                why.unwrap_or_else(|_| "closed by the data plane".into()),
-            )),
+        RelayRun {
+            both: try_join(
+                up(plain, chan, tls, to_chan),
+                down(side, plain, chan, tls, decoder, backlog, to_plain),
+            ),
+            kill,
+            tls,
+        }
+    }
+}
+
+pin_project! {
+    /// Both directions of a relay, and the order that stops them.
+    pub(crate) struct RelayRun<'a, B> {
+        #[pin]
+        both: B,
+        kill: oneshot::Receiver<String>,
+        tls: &'a RefCell<TlsSession>,
+    }
+}
+
+impl<B: Future<Output = Result<((), ()), Stop>>> Future for RelayRun<'_, B> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        let stop = match this.both.poll(cx) {
+            Poll::Ready(Ok(_)) => None,
+            Poll::Ready(Err(stop)) => Some(stop),
+            Poll::Pending => match Pin::new(this.kill).poll(cx) {
+                Poll::Ready(why) => Some(Stop::Killed(
+                    why.unwrap_or_else(|_| "closed by the data plane".into()),
+                )),
+                Poll::Pending => return Poll::Pending,
+            },
         };
-        lend_back(tls);
-        Outcome { stop }
+        lend_back(this.tls);
+        Poll::Ready(Outcome { stop })
     }
 }
 

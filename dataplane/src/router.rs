@@ -119,8 +119,8 @@ impl RouterCore {
         id: u64,
         peer: SocketAddr,
         client: Option<PublicKey>,
-        tunnel: &str,
-        target: &str,
+        tunnel: &Rc<str>,
+        target: &Rc<str>,
     ) -> (Rc<ConnCounters>, oneshot::Receiver<String>) {
         let core = &self.core;
         core.stats.active.fetch_add(1, Relaxed);
@@ -130,12 +130,11 @@ impl RouterCore {
             id,
             ConnEntry {
                 peer: Some(peer),
-                target: target.to_owned(),
-                client: Some(client.unwrap_or(NO_KEY)),
+                target: target.clone(),
                 started: Instant::now(),
                 counters: counters.clone(),
                 kill: Some(kill_tx),
-                rides: Rides::Client(client, tunnel.to_owned()),
+                rides: Rides::Client(client.unwrap_or(NO_KEY), tunnel.clone()),
             },
         );
         debug!(conn = id, %peer, %target, "stream opened");
@@ -166,10 +165,13 @@ impl RouterCore {
             leftover,
             ..
         } = ch;
-        let first =
-            monoio::time::timeout(self.spec.idle_timeout, read_frame(&sock, leftover)).await;
+        let first = Box::pin(monoio::time::timeout(
+            self.spec.idle_timeout,
+            read_frame(&sock, leftover),
+        ))
+        .await;
         let (target, rest) = match first {
-            Ok(Ok((Message::Open { target }, rest))) => (target, rest),
+            Ok(Ok((Message::Open { target }, rest))) => (Rc::<str>::from(target), rest),
             Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
             Err(_) => {
                 debug!(%peer, "idle plain channel timed out");
@@ -246,7 +248,13 @@ impl RouterCore {
             .peer_key
             .map_or_else(|| "(unauthenticated)".to_owned(), |k| k.to_string());
         loop {
-            let idle = monoio::time::timeout(self.spec.idle_timeout, ch.next_message()).await;
+            // Boxed: a timer is large and cache-line aligned, and inline it would size
+            // and align the whole task, which lives as long as its channel.
+            let idle = Box::pin(monoio::time::timeout(
+                self.spec.idle_timeout,
+                ch.next_message(),
+            ))
+            .await;
             let target = match idle {
                 Err(_) => {
                     debug!(%peer, "idle channel timed out");
@@ -287,6 +295,7 @@ impl RouterCore {
 
     /// Serves one stream; true when the channel can carry another.
     async fn stream(&self, ch: &mut Channel, peer: SocketAddr, target: String) -> bool {
+        let target = Rc::<str>::from(target);
         let core = &self.core;
         let id = core.next_conn_id();
         // Boxed: connecting is brief, the relay that follows may last for days.

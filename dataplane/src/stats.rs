@@ -314,10 +314,11 @@ impl Meter<'_> {
     }
 }
 
+/// One open connection. Kept small (shared strings, the client key only once): a
+/// busy core holds thousands.
 pub(crate) struct ConnEntry {
     pub(crate) peer: Option<SocketAddr>,
-    pub(crate) target: String,
-    pub(crate) client: Option<PublicKey>,
+    pub(crate) target: Rc<str>,
     pub(crate) started: Instant,
     pub(crate) counters: Rc<ConnCounters>,
     /// Stops the connection; carries the reason it is given.
@@ -333,9 +334,19 @@ pub(crate) enum Rides {
     Nothing,
     /// Client side: a channel of this generation of the router link.
     Link(u64),
-    /// Router side: a channel of this client key's tunnel (no key on the plain
-    /// transport).
-    Client(Option<PublicKey>, String),
+    /// Router side: a channel of this client key's tunnel (`usage::NO_KEY` on the
+    /// plain transport).
+    Client(PublicKey, Rc<str>),
+}
+
+impl ConnEntry {
+    /// The client whose stream this is (router side).
+    pub(crate) fn client(&self) -> Option<&PublicKey> {
+        match &self.rides {
+            Rides::Client(k, _) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 /// The open connections of one core.
@@ -404,11 +415,7 @@ impl ConnTable {
     /// Calls `f` with each open connection's client and byte counts.
     pub(crate) fn for_each_open(&self, mut f: impl FnMut(Option<&PublicKey>, u64, u64)) {
         for e in self.entries.borrow().values() {
-            f(
-                e.client.as_ref(),
-                e.counters.up.get(),
-                e.counters.down.get(),
-            );
+            f(e.client(), e.counters.up.get(), e.counters.down.get());
         }
     }
 
@@ -420,8 +427,8 @@ impl ConnTable {
             .map(|(id, e)| ConnSnapshot {
                 id: *id,
                 peer: e.peer,
-                target: e.target.clone(),
-                client: e.client,
+                target: e.target.to_string(),
+                client: e.client().copied(),
                 age_secs: now.duration_since(e.started).as_secs(),
                 bytes_up: e.counters.up.get(),
                 bytes_down: e.counters.down.get(),

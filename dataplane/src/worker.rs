@@ -136,7 +136,7 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                 reason,
             } => {
                 let n = core.conns.kill_riding(
-                    |r| matches!(r, Rides::Client(k, t) if *k == key && *t == tunnel),
+                    |r| matches!(r, Rides::Client(k, t) if *k == key.unwrap_or(crate::usage::NO_KEY) && **t == *tunnel),
                     &reason,
                 );
                 if n > 0 {
