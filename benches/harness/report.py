@@ -6,6 +6,7 @@ Output: `results/<date>-<host>[-quick].json` (everything, raw) and `.md` (median
 per relay and metric, then Conduit's ratios to each peer).
 """
 
+import re
 import json
 import statistics
 from pathlib import Path
@@ -28,7 +29,7 @@ METRICS = [
     ("alive", "memory", "alive", "Held connections alive at the end", "conns", "higher"),
 ]
 # Ratios reported for each Conduit row against each peer.
-RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p99", "cps", "conn_p99", "mem"]
+RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p50", "p99", "cps", "conn_p99", "mem"]
 GROUPS = [("Throughput and CPU", ["tput1", "tput4", "cpu1", "cpu4"]),
           ("Latency and connections", ["p50", "p99", "p999", "cps", "conn_p99", "conn_fail", "tcp_p99"]),
           ("Held connections", ["alive", "mem", "mem_rss"])]
@@ -51,8 +52,12 @@ def medians(samples, relay_names):
 
 def ratios(meds, relays):
     """{conduit_row: {peer: {metric: conduit / peer}}}."""
-    conduits = [r.name for r in relays if r.name.startswith("conduit")]
-    peers = [r.name for r in relays if not r.name.startswith("conduit") and r.name != "direct"]
+    return _ratios(meds, [r.name for r in relays])
+
+
+def _ratios(meds, names):
+    conduits = [n for n in names if n.startswith("conduit")]
+    peers = [n for n in names if not n.startswith("conduit") and n != "direct"]
     out = {}
     for c in conduits:
         out[c] = {}
@@ -76,7 +81,10 @@ def _fmt(v):
 
 
 def markdown(run):
-    meta, cfg, meds, rats = run["machine"], run["config"], run["medians"], run["ratios"]
+    meta, cfg, meds = run["machine"], run["config"], run["medians"]
+    # Recomputed from the medians, so a report re-rendered with more ratio columns
+    # than the run stored still has them all.
+    rats = _ratios(meds, [n for n in meds if n in run["ratios"] or not n.startswith("conduit")])
     relays = run["relays"]
     lines = [f"# Conduit benchmark: {run['date']} on {meta['host']}", ""]
     if cfg["quick"]:
@@ -102,7 +110,7 @@ def markdown(run):
         "", "| relay | protects the relayed leg with | notes |", "|---|---|---|",
     ]
     for r in relays:
-        lines.append(f"| {r['name']} | {r['security']} | {r['note'] or ''} |")
+        lines.append(f"| {r['name']} | {r['security']} | {_note(r['note'])} |")
     for title, keys in GROUPS:
         lines += ["", f"## {title} (medians)", "",
                   "| relay | " + " | ".join(f"{_BY_KEY[k][3]} ({_BY_KEY[k][4]})" for k in keys)
@@ -164,3 +172,16 @@ def write(run, out_dir):
     js.write_text(json.dumps(run, indent=1, default=str) + "\n")
     md.write_text(markdown(run))
     return md, js
+
+
+def _note(note):
+    """A relay's note with per-run ids taken out and repeats folded: every run of a
+    Conduit relay reports its own tunnel id, which says nothing in a summary."""
+    if not note:
+        return ""
+    seen = []
+    for part in note.split("; "):
+        part = re.sub(r"^id [\w-]+, ", "", part)
+        if part not in seen:
+            seen.append(part)
+    return "; ".join(seen)
