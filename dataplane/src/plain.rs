@@ -27,7 +27,7 @@ use crate::stats::Meter;
 use crate::sys::{self, Pipe};
 
 /// Bytes moved per splice call.
-const SPLICE_CHUNK: usize = 64 * 1024;
+const SPLICE_CHUNK: usize = sys::PIPE_SIZE;
 /// Pipes kept for reuse per core.
 const MAX_PIPES: usize = 64;
 

@@ -147,8 +147,22 @@ pub(crate) fn pipe() -> io::Result<Pipe> {
             std::os::fd::OwnedFd::from_raw_fd(fds[1]),
         )
     };
+    // A larger pipe moves more per splice call; where the host refuses (its
+    // pipe-max-size or the user's pipe page budget), the default size still works.
+    // SAFETY: fcntl on a descriptor owned just above.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&write),
+            libc::F_SETPIPE_SZ,
+            PIPE_SIZE as libc::c_int,
+        );
+    }
     Ok(Pipe { read, write })
 }
+
+/// Bytes a relay pipe asks the kernel to hold (the default is 64 KiB).
+#[cfg(target_os = "linux")]
+pub(crate) const PIPE_SIZE: usize = 256 * 1024;
 
 /// Moves up to `len` bytes from `from` to `to` inside the kernel without blocking;
 /// one side must be a pipe. `Ok(0)` from a socket is EOF.
@@ -355,5 +369,27 @@ mod ktls_abi {
         info: &CryptoInfo,
     ) -> io::Result<()> {
         super::setsockopt_bytes(fd, SOL_TLS, direction, info.as_bytes())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_pipes_are_enlarged_where_the_host_allows() {
+        let p = pipe().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&p.write);
+        // SAFETY: fcntl on a descriptor `p` owns.
+        let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if max >= PIPE_SIZE {
+            assert_eq!(size as usize, PIPE_SIZE);
+        } else {
+            assert!(size > 0, "F_GETPIPE_SZ failed");
+        }
     }
 }
