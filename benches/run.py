@@ -73,6 +73,8 @@ def build_relays(a, conduit, workdir):
         relays.Stunnel(workdir, certs),
         relays.Rathole(workdir, rathole_bin, "tcp", rathole_missing, note=rnote),
         relays.Rathole(workdir, rathole_bin, "noise", rathole_missing, noise_keys, rnote),
+        relays.Rathole(workdir, rathole_bin, "tls", rathole_missing, note=rnote,
+                       tls=setup.rathole_tls_identity(workdir)),
         relays.Conduit(conduit, home, "uring"), relays.Conduit(conduit, home, "epoll"),
         relays.Conduit(conduit, home, "uring", "plain", router_help),
     ]

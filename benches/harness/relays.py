@@ -164,11 +164,13 @@ CAfile = {c['server_cert']}
 class Rathole(Relay):
     """A rathole pair (server exposes the port, client sits next to the backend)."""
 
-    def __init__(self, workdir, binary, transport, missing_note, noise_keys=None, note=""):
+    def __init__(self, workdir, binary, transport, missing_note, noise_keys=None, note="",
+                 tls=None):
         self.workdir, self.binary, self.transport = workdir, binary, transport
         self.missing_note, self.noise_keys, self.note = missing_note, noise_keys, note
+        self.tls = tls
         self.name = f"rathole-{transport}"
-        self.security = "noise" if transport == "noise" else "plain"
+        self.security = transport if transport in ("noise", "tls") else "plain"
 
     def skip_reason(self):
         return self.missing_note
@@ -179,7 +181,7 @@ class Rathole(Relay):
         server = self.workdir / f"rathole-server-{port}.toml"
         server.write_text(f"""[server]
 bind_addr = "127.0.0.1:{ctl}"
-{transport.format("server")}{self._noise("server")}
+{transport.format("server")}{self._noise("server")}{self._tls("server")}
 [server.services.bench]
 token = "benchmark-token"
 bind_addr = "127.0.0.1:{port}"
@@ -187,7 +189,7 @@ bind_addr = "127.0.0.1:{port}"
         client = self.workdir / f"rathole-client-{port}.toml"
         client.write_text(f"""[client]
 remote_addr = "127.0.0.1:{ctl}"
-{transport.format("client")}{self._noise("client")}
+{transport.format("client")}{self._noise("client")}{self._tls("client")}
 [client.services.bench]
 token = "benchmark-token"
 local_addr = "127.0.0.1:{target_port}"
@@ -199,6 +201,16 @@ local_addr = "127.0.0.1:{target_port}"
             # The server opens the service port once the client's control channel is up.
             wait_listening(port, START_TIMEOUT, procs)
             return Running(sup, port, procs)
+
+    def _tls(self, side):
+        if self.transport != "tls":
+            return ""
+        t = self.tls
+        if side == "server":
+            return (f'[server.transport.tls]\npkcs12 = "{t["pkcs12"]}"\n'
+                    f'pkcs12_password = "{t["password"]}"\n')
+        return (f'[client.transport.tls]\ntrusted_root = "{t["cert"]}"\n'
+                f'hostname = "{t["hostname"]}"\n')
 
     def _noise(self, side):
         if self.transport != "noise":

@@ -14,7 +14,11 @@ from pathlib import Path
 
 # binary → Debian package
 TOOLS = {"stunnel": "stunnel4", "socat": "socat", "haproxy": "haproxy", "iperf3": "iperf3",
-         "redis-server": "redis-server", "nginx": "nginx", "openssl": "openssl"}
+         "redis-server": "redis-server", "nginx": "nginx", "openssl": "openssl",
+         # rathole's TLS transport builds against OpenSSL (native-tls)
+         "pkg-config": "pkg-config"}
+# Debian packages with no binary to look for: (package, file it installs)
+LIBS = {"libssl-dev": "/usr/include/openssl/ssl.h"}
 RATHOLE_VERSION = "0.5.0"
 
 
@@ -23,7 +27,8 @@ class SetupError(RuntimeError):
 
 
 def ensure_tools(install):
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)}
+                     | {pkg for pkg, path in LIBS.items() if not Path(path).exists()})
     if not missing:
         return
     cmd = ["apt-get", "install", "-y", *missing]
@@ -60,7 +65,7 @@ def rathole(workdir):
     which current rustc rejects (E0282), so then without `--locked` (newest
     semver-compatible dependencies).
     """
-    root = workdir / "rathole"
+    root = workdir / "rathole-tls"  # built with the tls feature (earlier runs: "rathole")
     binary = root / "bin" / "rathole"
     if binary.exists():
         return binary, None
@@ -68,7 +73,7 @@ def rathole(workdir):
     log = workdir / "rathole-install.log"
     print(f"harness: cargo install rathole {RATHOLE_VERSION} (once, a few minutes; log {log})")
     base = ["cargo", "install", "rathole", "--version", RATHOLE_VERSION, "--no-default-features",
-            "--features", "server,client,noise", "--root", root]
+            "--features", "server,client,noise,tls", "--root", root]
     codes = []
     with open(log, "w") as out:
         for extra in (["--locked"], []):
@@ -118,6 +123,21 @@ def stunnel_certs(workdir):
                        check=True, capture_output=True)
         certs[f"{side}_key"], certs[f"{side}_cert"] = key, cert
     return certs
+
+
+def rathole_tls_identity(workdir):
+    """The rathole server's TLS identity: a self-signed P-256 certificate for
+    `localhost` in a PKCS#12 file (what rathole's `pkcs12` setting takes), and the
+    certificate the client trusts."""
+    key, cert = workdir / "rathole-tls.key", workdir / "rathole-tls.pem"
+    pfx, password = workdir / "rathole-tls.pfx", "benchmark"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkcs12", "-export", "-out", pfx, "-inkey", key, "-in", cert,
+                    "-passout", f"pass:{password}"], check=True, capture_output=True)
+    return {"pkcs12": pfx, "password": password, "cert": cert, "hostname": "localhost"}
 
 
 def conduit_home(conduit, workdir):
