@@ -20,6 +20,13 @@ work=$(mktemp -d)
 export CONDUIT_HOME="$work/home"
 pids=()
 cleanup() {
+  status=$?
+  if [ "$status" != 0 ]; then
+    # Say why before the logs go: they live in the work directory removed below.
+    for f in router client; do
+      [ -s "$work/$f.log" ] && { echo "== $f log"; sed -e 's/^/  /' "$work/$f.log"; }
+    done
+  fi
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
@@ -33,6 +40,15 @@ wait_for() {
     sleep 0.1
   done
   echo "timed out waiting for '$2' in $1:"; cat "$1" "${1%.out}.log" 2>/dev/null; exit 1
+}
+
+# Waits (up to 30 s) until something listens on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for a listener on 127.0.0.1:$1"; exit 1
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -50,6 +66,7 @@ echo "<h1>Hello through Conduit</h1>" > "$work/www/index.html"
 head -c 50000000 /dev/urandom > "$work/www/big.bin"
 (cd "$work/www" && exec python3 -m http.server "$src" --bind 127.0.0.1 >/dev/null 2>&1) &
 pids+=($!)
+wait_port "$src"
 
 echo "== 3. the router (allowed to reach only that source)"
 "$bin" router --bind 127.0.0.1:0 --allow "127.0.0.1:$src" >"$work/router.out" 2>"$work/router.log" &
