@@ -5,7 +5,7 @@
 //! transfer, and running out of file descriptors.
 
 use std::io::Read;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use crate::both_engines;
 use crate::chaos::{EchoSource, Forwarder};
 use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
 use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, open_fds, wait_until};
-use crate::sources::{self, Pattern, pattern_sha};
+use crate::sources::{self, pattern_sha};
 use crate::users::{
     End, assert_echo, connect, expect_end, expect_refused_user, open_user, wait_for_echo,
 };
@@ -266,11 +266,7 @@ fn sigterm_mid_transfer(engine: Engine, who: Stopped) {
     };
 
     let conn = connect(taddr);
-    let mut w = conn.try_clone().unwrap();
-    let writer = thread::spawn(move || {
-        Pattern::new(1, LEN).write_to(&mut w).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
+    let writer = sources::upload(&conn, 1, LEN);
     let mut r = conn;
     let mut h = Sha256::new();
     let mut got = 0usize;

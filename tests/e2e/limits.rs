@@ -178,7 +178,7 @@ both_engines!(
     |engine: Engine| {
         use std::time::Instant;
 
-        use crate::sources::{Pattern, pattern_sha, read_all_hashed};
+        use crate::sources::{self, pattern_sha, read_all_hashed};
         const LEN: usize = 3 << 20;
         const RATE: usize = 1 << 20;
         const BURST: usize = 256 << 10;
@@ -198,11 +198,7 @@ both_engines!(
         );
         let started = Instant::now();
         let user = connect(taddr);
-        let mut w = user.try_clone().unwrap();
-        let writer = thread::spawn(move || {
-            Pattern::new(1, LEN).write_to(&mut w).unwrap();
-            w.shutdown(Shutdown::Write).unwrap();
-        });
+        let writer = sources::upload(&user, 1, LEN);
         let mut r = user;
         let (n, sha) = read_all_hashed(&mut r).unwrap();
         writer.join().unwrap();

@@ -104,6 +104,16 @@ fn serve(handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketA
     addr
 }
 
+/// Writes `len` pattern bytes of `seed` to `conn` and half-closes it, on a thread of
+/// its own (the caller reads the other direction meanwhile).
+pub fn upload(conn: &TcpStream, seed: u64, len: usize) -> thread::JoinHandle<()> {
+    let mut w = conn.try_clone().expect("clone the connection");
+    thread::spawn(move || {
+        Pattern::new(seed, len).write_to(&mut w).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    })
+}
+
 /// Sends `send_len` pattern bytes (seed 2) while reading everything the client sends;
 /// reports (received length, received sha256) when the client's side ends, for
 /// connections that sent anything.
