@@ -170,6 +170,24 @@ impl From<TransportArg> for conduit_controlplane::Transport {
     }
 }
 
+/// `--optimize-for`, as `[performance] optimize_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OptimizeArg {
+    Balanced,
+    Throughput,
+    Latency,
+}
+
+impl From<OptimizeArg> for conduit_controlplane::config::OptimizeFor {
+    fn from(o: OptimizeArg) -> Self {
+        match o {
+            OptimizeArg::Balanced => Self::Balanced,
+            OptimizeArg::Throughput => Self::Throughput,
+            OptimizeArg::Latency => Self::Latency,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OutputFormat {
     Table,
@@ -260,6 +278,22 @@ pub(crate) struct LogsArgs {
     /// Print only the last N lines first.
     #[arg(short = 'n', long, value_name = "N")]
     pub(crate) lines: Option<usize>,
+}
+
+/// `--read-buffer-size` / `--write-buffer-size`: 0, or a size the kernel can use.
+fn socket_buffer(s: &str) -> Result<usize, String> {
+    use conduit_controlplane::config::{MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER};
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("expected a number of bytes, found {s:?}"))?;
+    if n == 0 || (MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is outside {MIN_SOCKET_BUFFER}-{MAX_SOCKET_BUFFER}; use 0 for the kernel's \
+             auto-tuning"
+        ))
+    }
 }
 
 pub(crate) fn parse_secret(s: &str) -> Result<Secret, String> {
@@ -461,6 +495,19 @@ pub(crate) struct StartArgs {
     /// Handshaken channels each worker keeps ready.
     #[arg(long, default_value_t = 2)]
     pub(crate) pool_size: usize,
+    /// What the relay favours: latency reads one TLS record at a time and keeps at
+    /// least 4 channels ready per worker; balanced and throughput read four records
+    /// at once. `[performance] optimize_for` in a file.
+    #[arg(long, value_enum, default_value_t = OptimizeArg::Balanced)]
+    pub(crate) optimize_for: OptimizeArg,
+    /// The kernel's receive buffer (SO_RCVBUF) of each relayed socket, in bytes (0:
+    /// the kernel's auto-tuning); `[performance] read_buffer_size` in a file.
+    #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = socket_buffer)]
+    pub(crate) read_buffer_size: usize,
+    /// The kernel's send buffer (SO_SNDBUF) of each relayed socket, in bytes (0: the
+    /// kernel's auto-tuning); `[performance] write_buffer_size` in a file.
+    #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = socket_buffer)]
+    pub(crate) write_buffer_size: usize,
     /// Seconds to let open connections finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,

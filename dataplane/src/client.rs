@@ -157,7 +157,7 @@ impl ClientCore {
     pub(crate) fn channel_arrived(&self, h: ChannelHandoff) {
         let mut pool = self.pool.borrow_mut();
         pool.requested = pool.requested.saturating_sub(1);
-        let ch = match Link::adopt(h) {
+        let ch = match Link::adopt(h, &self.spec.sockets) {
             Ok(ch) => ch,
             Err(e) => {
                 warn!(core = self.core.index, "cannot adopt a channel: {e}");
@@ -385,6 +385,7 @@ impl ClientCore {
                 core: &self.core.stats.bytes_down,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
             },
+            chunk: self.spec.sockets.read_chunk,
         }
         .run(kill)
         .await;
@@ -524,12 +525,17 @@ impl Link {
         }
     }
 
-    fn adopt(h: ChannelHandoff) -> Result<Self, ChannelError> {
-        if h.tls.is_some() {
-            Channel::adopt(h).map(|c| Link::Tls(Box::new(c)))
+    fn adopt(h: ChannelHandoff, sockets: &crate::SocketOptions) -> Result<Self, ChannelError> {
+        let link = if h.tls.is_some() {
+            Channel::adopt(h).map(|c| Link::Tls(Box::new(c)))?
         } else {
-            Ok(Link::Plain(Box::new(PlainChannel::adopt(h)?)))
+            Link::Plain(Box::new(PlainChannel::adopt(h)?))
+        };
+        match &link {
+            Link::Tls(c) => c.sock.size_buffers(sockets),
+            Link::Plain(c) => c.sock.size_buffers(sockets),
         }
+        Ok(link)
     }
 }
 

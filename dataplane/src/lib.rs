@@ -147,20 +147,42 @@ pub struct ClientSpec {
 
 /// Options for the sockets Conduit relays for others (users' on a client, sources' on
 /// a router). Channels between client and router always run without Nagle's delay
-/// (they carry whole TLS records) and are watched by heartbeats, not keep-alive.
+/// (they carry whole TLS records) and are watched by heartbeats, not keep-alive; the
+/// kernel buffer sizes apply to them too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketOptions {
     /// `TCP_NODELAY` (`[performance] tcp_nodelay`).
     pub nodelay: bool,
     /// TCP keep-alive after this long idle (`tcp_keepalive_secs`; `None`: off).
     pub keepalive: Option<Duration>,
+    /// `SO_RCVBUF` in bytes (`read_buffer_size`; `None`: the kernel's auto-tuning).
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` in bytes (`write_buffer_size`; `None`: the kernel's auto-tuning).
+    pub send_buffer: Option<usize>,
+    /// Plaintext the TLS relay reads from the socket at once, at most
+    /// [`MAX_READ_CHUNK`] (`optimize_for`): four full TLS records by default, one
+    /// record when tuned for latency, so the first record of a long reply leaves
+    /// before the rest is read and sealed.
+    pub read_chunk: usize,
 }
+
+/// The most plaintext the TLS relay reads at once: with its 5-byte frame header,
+/// exactly four full TLS records, sealed and sent in one write.
+pub const MAX_READ_CHUNK: usize = relay::CHUNK;
+
+/// One full TLS record of plaintext, less the frame header: the read size that sends
+/// bytes on soonest.
+pub const MIN_READ_CHUNK: usize =
+    conduit_proto::session::MAX_RECORD_PLAINTEXT - conduit_proto::frame::HEADER_LEN;
 
 impl Default for SocketOptions {
     fn default() -> Self {
         Self {
             nodelay: true,
             keepalive: Some(Duration::from_secs(60)),
+            recv_buffer: None,
+            send_buffer: None,
+            read_chunk: MAX_READ_CHUNK,
         }
     }
 }

@@ -53,6 +53,15 @@ impl Socket {
         if let Some(idle) = t.keepalive {
             let _ = sys::set_keepalive(self.fd, idle);
         }
+        self.size_buffers(t);
+    }
+
+    /// Sets the kernel's buffer sizes where the operator chose them (best effort:
+    /// the kernel caps them at `net.core.rmem_max` / `wmem_max`).
+    pub(crate) fn size_buffers(&self, t: &crate::SocketOptions) {
+        if t.recv_buffer.is_some() || t.send_buffer.is_some() {
+            let _ = sys::set_buffers(self.fd, t.recv_buffer, t.send_buffer);
+        }
     }
 
     /// Waits until a read would not block (data, EOF or an error is pending).

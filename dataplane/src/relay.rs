@@ -33,7 +33,7 @@ use crate::pool;
 use crate::stats::{ErrorKind, Meter};
 
 /// Plaintext read per chunk: with its frame header, exactly four full TLS records.
-const CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT - HEADER_LEN;
+pub(crate) const CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT - HEADER_LEN;
 
 /// Which end of the tunnel this relay runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,8 @@ pub(crate) struct Relay<'a> {
     pub(crate) to_chan: Meter<'a>,
     /// Counts payload moved from the channel to the plain socket.
     pub(crate) to_plain: Meter<'a>,
+    /// Plaintext read from the plain socket at once (clamped to [`CHUNK`]).
+    pub(crate) chunk: usize,
 }
 
 impl<'a> Relay<'a> {
@@ -124,10 +126,11 @@ impl<'a> Relay<'a> {
             backlog,
             to_chan,
             to_plain,
+            chunk,
         } = self;
         RelayRun {
             both: try_join(
-                up(plain, chan, tls, to_chan),
+                up(plain, chan, tls, to_chan, chunk.clamp(1, CHUNK)),
                 down(side, plain, chan, tls, decoder, backlog, to_plain),
             ),
             kill,
@@ -171,6 +174,7 @@ async fn up(
     chan: &Socket,
     tls: &RefCell<TlsSession>,
     meter: Meter<'_>,
+    chunk: usize,
 ) -> Result<(), Stop> {
     // After a full read more is probably waiting: try again before waiting.
     let mut maybe_more = false;
@@ -179,7 +183,7 @@ async fn up(
             plain.readable().await.map_err(Stop::Plain)?;
         }
         let mut buf = pool::take();
-        let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + CHUNK]) {
+        let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + chunk]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 pool::give(buf);
@@ -191,7 +195,7 @@ async fn up(
                 return Err(Stop::Plain(e));
             }
         };
-        maybe_more = n == CHUNK;
+        maybe_more = n == chunk;
         let mut out = pool::take();
         let sealed = if n == 0 {
             seal(tls, &Message::Eof.to_frame(), &mut out)

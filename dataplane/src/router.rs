@@ -45,6 +45,7 @@ impl RouterCore {
         if h.tls.is_none() {
             match PlainChannel::adopt(h) {
                 Ok(ch) => {
+                    ch.sock.size_buffers(&self.spec.sockets);
                     monoio::spawn(self.clone().plain_stream(ch, peer));
                 }
                 Err(e) => warn!(%peer, "cannot adopt a channel: {e}"),
@@ -53,6 +54,7 @@ impl RouterCore {
         }
         match Channel::adopt(h) {
             Ok(ch) => {
+                ch.sock.size_buffers(&self.spec.sockets);
                 // Boxed: the task's future then holds a pointer, not two copies.
                 monoio::spawn(self.clone().channel_loop(Box::new(ch), peer));
             }
@@ -340,6 +342,7 @@ impl RouterCore {
                 limit: None,
             },
             backlog,
+            chunk: self.spec.sockets.read_chunk,
         }
         .run(kill_rx)
         .await;

@@ -124,6 +124,22 @@ pub(crate) fn set_keepalive(fd: RawFd, idle: std::time::Duration) -> io::Result<
     socket2::SockRef::from(&sock).set_tcp_keepalive(&ka)
 }
 
+/// Sets `SO_RCVBUF` and `SO_SNDBUF` (each only when given). Setting one turns the
+/// kernel's auto-tuning off for that direction of this socket.
+pub(crate) fn set_buffers(fd: RawFd, recv: Option<usize>, send: Option<usize>) -> io::Result<()> {
+    // SAFETY: `fd` belongs to a socket the caller keeps open for the whole call, and
+    // the borrow does not outlive it.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&sock);
+    if let Some(n) = recv {
+        sock.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = send {
+        sock.set_send_buffer_size(n)?;
+    }
+    Ok(())
+}
+
 /// A pipe, both ends non-blocking, for splicing between sockets.
 pub(crate) struct Pipe {
     pub(crate) read: std::os::fd::OwnedFd,
@@ -391,5 +407,25 @@ mod tests {
         } else {
             assert!(size > 0, "F_GETPIPE_SZ failed");
         }
+    }
+
+    #[test]
+    fn socket_buffers_are_set_only_when_chosen() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let r = socket2::SockRef::from(&sock);
+        let (recv0, send0) = (r.recv_buffer_size().unwrap(), r.send_buffer_size().unwrap());
+
+        set_buffers(sock.as_raw_fd(), None, None).unwrap();
+        assert_eq!(r.recv_buffer_size().unwrap(), recv0);
+        assert_eq!(r.send_buffer_size().unwrap(), send0);
+
+        // Linux doubles the value for its bookkeeping and reports the doubled size.
+        set_buffers(sock.as_raw_fd(), Some(16 * 1024), None).unwrap();
+        assert_eq!(r.recv_buffer_size().unwrap(), 32 * 1024);
+        assert_eq!(r.send_buffer_size().unwrap(), send0);
+        set_buffers(sock.as_raw_fd(), None, Some(8 * 1024)).unwrap();
+        assert_eq!(r.send_buffer_size().unwrap(), 16 * 1024);
     }
 }

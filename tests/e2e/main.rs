@@ -18,6 +18,7 @@ mod limits;
 mod manage;
 mod openapi;
 mod ops;
+mod performance;
 mod plain;
 mod procfs;
 mod real_clients;

@@ -171,6 +171,25 @@ fn say(line: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
+/// `[performance] auto_tune` for a tunnel or router process about to start: the
+/// settings it derives from this host, each decision logged at info.
+fn auto_tune(
+    p: &conduit_controlplane::config::PerformanceConfig,
+    plain: bool,
+) -> conduit_controlplane::config::PerformanceConfig {
+    let open_files = conduit_controlplane::limits::nofile()
+        .ok()
+        .map(|(_, hard)| hard);
+    // A plain-transport connection also holds a pipe (two descriptors) per direction
+    // while bytes move.
+    let per_connection = if plain { 6 } else { 2 };
+    let (tuned, said) = p.auto_tuned(open_files, per_connection);
+    for line in said {
+        tracing::info!("auto_tune: {line}");
+    }
+    tuned
+}
+
 /// What a tunnel or router process does once at start, before it opens anything:
 /// lifts its soft open-file limit to the hard one (10 000 connections need 20 000+
 /// descriptors, and shells often start processes at 1024), and learns whether the

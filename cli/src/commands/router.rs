@@ -185,7 +185,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
             warn!("--transport plain: traffic is not encrypted and client keys are not checked");
         }
     }
-    let p = &c.performance;
+    let p = &super::auto_tune(&c.performance, transport == Transport::Plain);
     Ok(RouterSettings {
         bind,
         identity,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
+use conduit_controlplane::config::{OptimizeFor, PerformanceConfig};
 use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
@@ -15,7 +16,7 @@ use conduit_proto::Secret;
 
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal};
-use crate::args::{LogArgs, ServiceKind, StartArgs, TransportArg};
+use crate::args::{LogArgs, OptimizeArg, ServiceKind, StartArgs, TransportArg};
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
@@ -36,6 +37,13 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if !a.foreground {
         return background(home, &name, a.token.clone());
     }
+    let performance = PerformanceConfig {
+        optimize_for: a.optimize_for.into(),
+        pool_size: a.pool_size,
+        read_buffer_size: a.read_buffer_size,
+        write_buffer_size: a.write_buffer_size,
+        ..PerformanceConfig::default()
+    };
     let settings = TunnelSettings {
         name: name.clone(),
         router: router.clone(),
@@ -45,7 +53,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         bind,
         token: a.token,
         transport: a.transport.into(),
-        pool_size: a.pool_size,
+        pool_size: performance.effective_pool_size(),
         connect_timeout: secs(10),
         handshake_timeout: secs(a.handshake_timeout),
         max_connections: a.max_connections,
@@ -53,7 +61,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
             a.bandwidth_limit,
             a.burst_limit,
         ),
-        sockets: conduit_dataplane::SocketOptions::default(),
+        sockets: performance.socket_options(),
         dataplane: dataplane_options(&a.engine),
     };
     let registration = Registration {
@@ -240,11 +248,17 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     if a.transport == TransportArg::Plain {
         args.extend(["--transport".to_owned(), "plain".to_owned()]);
     }
+    if a.optimize_for != OptimizeArg::Balanced {
+        let word = OptimizeFor::from(a.optimize_for).as_str();
+        args.extend(["--optimize-for".to_owned(), word.to_owned()]);
+    }
     let numbers = [
         ("--handshake-timeout", a.handshake_timeout, 10),
         ("--max-connections", a.max_connections as u64, 0),
         ("--bandwidth-limit", a.bandwidth_limit, 0),
         ("--burst-limit", a.burst_limit, 0),
+        ("--read-buffer-size", a.read_buffer_size as u64, 0),
+        ("--write-buffer-size", a.write_buffer_size as u64, 0),
     ];
     for (flag, value, default) in numbers {
         if value != default {

@@ -8,7 +8,9 @@
 use std::ffi::OsString;
 
 use anyhow::{Result, anyhow};
-use conduit_controlplane::config::{Env, Override, Plan, Role, Sources, TunnelPlan, plan_tunnels};
+use conduit_controlplane::config::{
+    Env, Override, Plan, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
+};
 use conduit_controlplane::process::{Registration, ensure_name_free};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, Registry};
@@ -82,6 +84,10 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         log_file: detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: t.performance.drain_timeout(),
         metrics_bind: None,
+    };
+    let t = TunnelPlan {
+        performance: super::auto_tune(&t.performance, t.transport == TransportKind::Plain),
+        ..t.clone()
     };
     foreground(t.settings(identity), registration, detached)
 }

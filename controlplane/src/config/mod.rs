@@ -48,9 +48,10 @@ use std::path::{Path, PathBuf};
 pub use env::Env;
 pub use layers::Override;
 pub use model::{
-    AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LogFormat, LogLevel, LogRotation,
-    LoggingConfig, OptimizeFor, PerformanceConfig, Protocol, RouterConfig, RouterPeer,
-    RouterServer, Security, TransportKind, TunnelConfig,
+    AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LATENCY_POOL, LogFormat, LogLevel,
+    LogRotation, LoggingConfig, MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER, OptimizeFor,
+    PerformanceConfig, Protocol, RESERVED_FDS, RouterConfig, RouterPeer, RouterServer, Security,
+    TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;

@@ -277,17 +277,20 @@ pub struct PerformanceConfig {
     pub pin_cores: bool,
     /// Handshaken idle data channels each client worker keeps ready.
     pub pool_size: usize,
-    /// Let Conduit tune buffers and pools for `optimize_for`.
+    /// Derive the settings left at their defaults from this host (see
+    /// [`PerformanceConfig::auto_tuned`]).
     pub auto_tune: bool,
-    /// What tuning favours.
+    /// What the relay favours (see [`OptimizeFor`]).
     pub optimize_for: OptimizeFor,
     /// Disable Nagle's algorithm on every socket.
     pub tcp_nodelay: bool,
     /// TCP keep-alive idle time in seconds; 0 turns keep-alive off.
     pub tcp_keepalive_secs: u64,
-    /// Bytes read at a time per connection.
+    /// The kernel's receive buffer (`SO_RCVBUF`) of every relayed socket, in bytes;
+    /// 0 leaves Linux's auto-tuning on. Conduit's own buffers are pooled per core.
     pub read_buffer_size: usize,
-    /// Bytes buffered for writing per connection.
+    /// The kernel's send buffer (`SO_SNDBUF`) of every relayed socket, in bytes; 0
+    /// leaves Linux's auto-tuning on.
     pub write_buffer_size: usize,
     /// Bytes per second per tunnel, split evenly across its workers; 0 means
     /// unlimited. The rate of the token bucket in `conduit_dataplane::ratelimit`.
@@ -308,6 +311,19 @@ pub struct PerformanceConfig {
     pub drain_timeout_secs: u64,
 }
 
+/// The fewest ready channels per worker with `optimize_for = "latency"`: a burst of
+/// new connections finds a handshaken channel instead of waiting for a handshake.
+pub const LATENCY_POOL: usize = 4;
+
+/// The smallest `read_buffer_size` / `write_buffer_size` other than 0 (auto-tuning).
+pub const MIN_SOCKET_BUFFER: usize = 4096;
+/// The largest `read_buffer_size` / `write_buffer_size`.
+pub const MAX_SOCKET_BUFFER: usize = 16 * 1024 * 1024;
+
+/// Descriptors `auto_tune` leaves to the process itself (listeners, the control
+/// endpoint, logs, channels being handshaken) when it sizes `max_connections`.
+pub const RESERVED_FDS: u64 = 256;
+
 impl Default for PerformanceConfig {
     fn default() -> Self {
         Self {
@@ -319,8 +335,8 @@ impl Default for PerformanceConfig {
             optimize_for: OptimizeFor::Balanced,
             tcp_nodelay: true,
             tcp_keepalive_secs: 60,
-            read_buffer_size: 16 * 1024,
-            write_buffer_size: 16 * 1024,
+            read_buffer_size: 0,
+            write_buffer_size: 0,
             default_bandwidth_limit: 0,
             burst_bandwidth_limit: 0,
             max_connections: 0,
@@ -342,13 +358,70 @@ impl PerformanceConfig {
         }
     }
 
-    /// `tcp_nodelay` and `tcp_keepalive_secs`, for the sockets relayed for others.
+    /// `tcp_nodelay`, `tcp_keepalive_secs`, the buffer sizes and the relay's read
+    /// size for `optimize_for`, for the sockets the data plane relays.
     pub fn socket_options(&self) -> conduit_dataplane::SocketOptions {
         conduit_dataplane::SocketOptions {
             nodelay: self.tcp_nodelay,
             keepalive: (self.tcp_keepalive_secs > 0)
                 .then(|| Duration::from_secs(self.tcp_keepalive_secs)),
+            recv_buffer: (self.read_buffer_size > 0).then_some(self.read_buffer_size),
+            send_buffer: (self.write_buffer_size > 0).then_some(self.write_buffer_size),
+            read_chunk: match self.optimize_for {
+                OptimizeFor::Latency => conduit_dataplane::MIN_READ_CHUNK,
+                OptimizeFor::Throughput | OptimizeFor::Balanced => {
+                    conduit_dataplane::MAX_READ_CHUNK
+                }
+            },
         }
+    }
+
+    /// Handshaken channels each client worker keeps ready: `pool_size`, at least
+    /// [`LATENCY_POOL`] when optimizing for latency.
+    pub fn effective_pool_size(&self) -> usize {
+        match self.optimize_for {
+            OptimizeFor::Latency => self.pool_size.max(LATENCY_POOL),
+            OptimizeFor::Throughput | OptimizeFor::Balanced => self.pool_size,
+        }
+    }
+
+    /// With `auto_tune`, a copy with the settings derived from this host, and one line
+    /// for the log per decision; without it, an unchanged copy and no lines. Only
+    /// settings left at their defaults are derived: what the operator set stays.
+    ///
+    /// Today one setting is derived: `max_connections` (when 0) from the process's
+    /// hard open-file limit `open_files`, less [`RESERVED_FDS`] for the process
+    /// itself, at `fds_per_connection` descriptors each, so the connection after the
+    /// last that fits is refused with a logged reason instead of failing on EMFILE.
+    pub fn auto_tuned(
+        &self,
+        open_files: Option<u64>,
+        fds_per_connection: u64,
+    ) -> (Self, Vec<String>) {
+        let mut out = self.clone();
+        let mut said = Vec::new();
+        if !self.auto_tune {
+            return (out, said);
+        }
+        if self.max_connections == 0 {
+            match open_files {
+                Some(limit) if limit != u64::MAX => {
+                    let n = (limit.saturating_sub(RESERVED_FDS) / fds_per_connection.max(1)).max(1);
+                    out.max_connections = n;
+                    said.push(format!(
+                        "max_connections = {n}: the open-file limit {limit}, less {RESERVED_FDS} \
+                         for the process, at {fds_per_connection} per connection"
+                    ));
+                }
+                Some(_) => said.push(
+                    "max_connections stays unlimited: the open-file limit is unlimited".into(),
+                ),
+                None => said.push(
+                    "max_connections stays unlimited: the open-file limit is unreadable".into(),
+                ),
+            }
+        }
+        (out, said)
     }
 
     /// `connect_timeout_secs`.
@@ -462,15 +535,19 @@ impl From<IoEngine> for conduit_dataplane::Engine {
     }
 }
 
-/// What auto-tuning favours.
+/// What the relay favours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizeFor {
-    /// Bulk transfer: larger buffers.
+    /// Bulk transfer: the TLS relay reads four records at once and seals them into
+    /// one write. Today the same as `Balanced`, whose settings measured fastest
+    /// without costing request/response latency (benches/results/).
     Throughput,
-    /// Interactive traffic: small buffers, no batching.
+    /// Interactive traffic: the TLS relay reads one record at a time, so the first
+    /// bytes of a long reply leave before the rest is read and sealed, and each
+    /// client worker keeps at least [`LATENCY_POOL`] channels ready.
     Latency,
-    /// Between the two.
+    /// The default: four-record reads, `pool_size` ready channels.
     #[default]
     Balanced,
 }

@@ -80,7 +80,7 @@ impl TunnelPlan {
             bind: self.bind,
             token: self.token.clone(),
             transport: self.transport.into(),
-            pool_size: p.pool_size,
+            pool_size: p.effective_pool_size(),
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),
             max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),

@@ -126,8 +126,8 @@ const COUNT: Kind = Kind::Int {
     max: i64::MAX,
 };
 const BUFFER: Kind = Kind::Int {
-    min: 1024,
-    max: 16 * 1024 * 1024,
+    min: 0,
+    max: super::model::MAX_SOCKET_BUFFER as i64,
 };
 
 const PERFORMANCE: Section = Section {

@@ -389,3 +389,91 @@ fn the_global_log_variables_are_left_to_their_flags() {
     assert_eq!(f.lines(&l.report), Vec::<String>::new());
     assert_eq!(l.config.logging, LoggingConfig::default());
 }
+
+#[test]
+fn optimize_for_and_the_buffer_sizes_reach_the_data_plane() {
+    use conduit_dataplane::{MAX_READ_CHUNK, MIN_READ_CHUNK};
+    let defaults = PerformanceConfig::default();
+    let s = defaults.socket_options();
+    assert_eq!(
+        (s.recv_buffer, s.send_buffer, s.read_chunk),
+        (None, None, MAX_READ_CHUNK)
+    );
+    assert_eq!(defaults.effective_pool_size(), 2);
+
+    let latency = PerformanceConfig {
+        optimize_for: OptimizeFor::Latency,
+        read_buffer_size: 65536,
+        write_buffer_size: 8192,
+        ..PerformanceConfig::default()
+    };
+    let s = latency.socket_options();
+    assert_eq!(
+        (s.recv_buffer, s.send_buffer, s.read_chunk),
+        (Some(65536), Some(8192), MIN_READ_CHUNK)
+    );
+    assert_eq!(MIN_READ_CHUNK, 16 * 1024 - 5);
+    assert_eq!(latency.effective_pool_size(), LATENCY_POOL);
+    let big_pool = PerformanceConfig {
+        pool_size: 9,
+        ..latency
+    };
+    assert_eq!(big_pool.effective_pool_size(), 9);
+
+    let throughput = PerformanceConfig {
+        optimize_for: OptimizeFor::Throughput,
+        ..PerformanceConfig::default()
+    };
+    assert_eq!(throughput.socket_options().read_chunk, MAX_READ_CHUNK);
+}
+
+#[test]
+fn auto_tune_derives_only_what_was_left_at_its_default() {
+    let off = PerformanceConfig::default();
+    assert_eq!(off.auto_tuned(Some(20_000), 2), (off.clone(), vec![]));
+
+    let on = PerformanceConfig {
+        auto_tune: true,
+        ..PerformanceConfig::default()
+    };
+    let (tuned, said) = on.auto_tuned(Some(20_000), 2);
+    assert_eq!(tuned.max_connections, (20_000 - RESERVED_FDS) / 2);
+    assert_eq!(
+        said,
+        [
+            "max_connections = 9872: the open-file limit 20000, less 256 for the process, at 2 \
+          per connection"
+        ]
+    );
+    assert_eq!(
+        PerformanceConfig {
+            max_connections: 0,
+            ..tuned
+        },
+        on
+    );
+    let (plain, _) = on.auto_tuned(Some(20_000), 6);
+    assert_eq!(plain.max_connections, 3290);
+    // A tiny limit still lets one connection through.
+    assert_eq!(on.auto_tuned(Some(100), 2).0.max_connections, 1);
+
+    let (unlimited, said) = on.auto_tuned(Some(u64::MAX), 2);
+    assert_eq!(unlimited.max_connections, 0);
+    assert_eq!(
+        said,
+        ["max_connections stays unlimited: the open-file limit is unlimited"]
+    );
+    let (unknown, said) = on.auto_tuned(None, 2);
+    assert_eq!(unknown.max_connections, 0);
+    assert_eq!(
+        said,
+        ["max_connections stays unlimited: the open-file limit is unreadable"]
+    );
+
+    // What the operator set stays.
+    let set = PerformanceConfig {
+        max_connections: 500,
+        ..on
+    };
+    assert_eq!(set.auto_tuned(Some(20_000), 2), (set.clone(), vec![]));
+}

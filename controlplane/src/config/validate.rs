@@ -16,8 +16,8 @@ use std::str::FromStr;
 use conduit_proto::PublicKey;
 
 use super::model::{
-    AlertsConfig, ApiConfig, Config, HealthConfig, LoggingConfig, PerformanceConfig, Protocol,
-    RouterConfig,
+    AlertsConfig, ApiConfig, Config, HealthConfig, LoggingConfig, MIN_SOCKET_BUFFER, OptimizeFor,
+    PerformanceConfig, Protocol, RouterConfig,
 };
 use super::{Origin, Origins, Problem};
 use crate::keys;
@@ -277,29 +277,27 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
 }
 
 fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
-    // Keys of the spec that parse but that this version does not act on: say so
-    // rather than let an operator believe they took effect.
-    let defaults = PerformanceConfig::default();
-    let inert = [
-        ("auto_tune", p.auto_tune != defaults.auto_tune),
-        ("optimize_for", p.optimize_for != defaults.optimize_for),
-        (
-            "read_buffer_size",
-            p.read_buffer_size != defaults.read_buffer_size,
-        ),
-        (
-            "write_buffer_size",
-            p.write_buffer_size != defaults.write_buffer_size,
-        ),
-    ];
-    for (key, set) in inert {
-        if set {
-            out.warn(
+    for (key, n) in [
+        ("read_buffer_size", p.read_buffer_size),
+        ("write_buffer_size", p.write_buffer_size),
+    ] {
+        if n > 0 && n < MIN_SOCKET_BUFFER {
+            out.error(
                 &format!("performance.{key}"),
-                "not built yet: this version ignores it (relay buffers are 64 KiB, pooled \
-                 per core, and taken only while bytes move); remove it to silence this",
+                format!(
+                    "{n} bytes is too small a socket buffer to move data; use 0 for the \
+                     kernel's auto-tuning (the best choice for most links) or at least \
+                     {MIN_SOCKET_BUFFER}"
+                ),
             );
         }
+    }
+    if p.optimize_for == OptimizeFor::Latency && !p.tcp_nodelay {
+        out.warn(
+            "performance.tcp_nodelay",
+            "false with optimize_for = \"latency\": Nagle's algorithm holds small writes \
+             back for up to one round trip; set tcp_nodelay = true",
+        );
     }
     if router && p.default_bandwidth_limit > 0 {
         out.warn(

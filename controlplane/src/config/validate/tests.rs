@@ -88,7 +88,7 @@ fn wrong_types_say_what_was_expected() {
              without quotes: workers = 4 ($F:10)",
             "error: performance.tcp_nodelay: expected true or false, found a string; write it \
              without quotes: tcp_nodelay = true ($F:11)",
-            "error: performance.read_buffer_size: expected an integer (1024-16777216), found a \
+            "error: performance.read_buffer_size: expected an integer (0-16777216), found a \
              float ($F:12)",
             "error: performance.io_engine: unknown value \"iouring\"; use auto, uring or epoll ($F:13)",
             "error: performance.optimize_for: unknown value \"speed\"; use throughput, latency \
@@ -428,21 +428,29 @@ fn router_files_are_checked_too() {
 }
 
 #[test]
-fn settings_this_version_ignores_are_warned_about() {
+fn socket_buffers_and_optimize_for_are_checked() {
     let f = Fixture::new();
-    let text = f.client_text("[performance]\nauto_tune = true\nread_buffer_size = 65536\n");
-    let lines = check(&f, &text);
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(
-        lines[0]
-            .starts_with("warning: performance.auto_tune: not built yet: this version ignores it"),
-        "{lines:?}"
+    let text = f.client_text(
+        "[performance]\nauto_tune = true\nread_buffer_size = 65536\nwrite_buffer_size = 0\n\
+         optimize_for = \"throughput\"\n",
     );
-    assert!(
-        lines[1].starts_with(
-            "warning: performance.read_buffer_size: not built yet: this version ignores it"
-        ),
-        "{lines:?}"
+    assert_eq!(check(&f, &text), none());
+    let text = f.client_text(
+        "[performance]\nread_buffer_size = 1000\nwrite_buffer_size = 16777217\n\
+         optimize_for = \"latency\"\ntcp_nodelay = false\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: performance.read_buffer_size: 1000 bytes is too small a socket buffer to \
+             move data; use 0 for the kernel's auto-tuning (the best choice for most links) or \
+             at least 4096 ($F:10)",
+            "error: performance.write_buffer_size: 16777217 is out of range; use 0-16777216 \
+             ($F:11)",
+            "warning: performance.tcp_nodelay: false with optimize_for = \"latency\": Nagle's \
+             algorithm holds small writes back for up to one round trip; set tcp_nodelay = true \
+             ($F:13)",
+        ]
     );
     // The bandwidth limit works on tunnels, so only a router is warned.
     let text = f.client_text("[performance]\ndefault_bandwidth_limit = 1000000\n");
