@@ -14,6 +14,7 @@ use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
 };
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::alerts::AlertSettings;
@@ -40,6 +41,8 @@ pub struct RouterSettings {
     pub transport: Transport,
     /// Limit on TLS handshake plus `Hello`.
     pub handshake_timeout: Duration,
+    /// Handshakes in progress at most (`performance.max_pending_handshakes`).
+    pub max_pending_handshakes: usize,
     /// Limit on connecting a source.
     pub connect_timeout: Duration,
     /// How long an unused data channel stays open.
@@ -64,6 +67,10 @@ struct State {
     authorized: Arc<AuthorizedClients>,
     token: Option<Secret>,
     handshake_timeout: Duration,
+    /// One permit per handshake in progress: silent or slow peers cannot make the
+    /// router hold more than this many TLS sessions at once.
+    handshakes: Arc<Semaphore>,
+    max_pending_handshakes: usize,
     client_timeout: Duration,
     dp: Arc<DataPlane>,
     monitor: Arc<Monitor>,
@@ -156,6 +163,8 @@ impl Router {
                 authorized: s.authorized,
                 token: s.token,
                 handshake_timeout: s.handshake_timeout,
+                handshakes: Arc::new(Semaphore::new(s.max_pending_handshakes.max(1))),
+                max_pending_handshakes: s.max_pending_handshakes.max(1),
                 client_timeout: s.health.client_timeout,
                 dp,
                 monitor,
@@ -200,13 +209,41 @@ impl Router {
         });
         tokio::pin!(shutdown);
         let mut accept_errors = 0u32;
+        let mut saturated = false;
         loop {
+            // A handshake slot first: while all are taken, new connections wait in
+            // the kernel's listen backlog and cost nothing here.
+            let permit = match self.state.handshakes.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if !saturated {
+                        saturated = true;
+                        warn!(
+                            "{} handshakes in progress (performance.max_pending_handshakes): new \
+                             connections wait in the listen backlog until one finishes or times \
+                             out; if these are real clients, raise the limit",
+                            self.state.max_pending_handshakes
+                        );
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        p = self.state.handshakes.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         accept_errors = 0;
-                        tokio::spawn(handle(self.state.clone(), tcp, peer));
+                        if saturated && self.state.handshakes.available_permits() > 0 {
+                            saturated = false;
+                            info!("handshake slots free again");
+                        }
+                        tokio::spawn(handle(self.state.clone(), tcp, peer, permit));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -230,7 +267,12 @@ impl Router {
     }
 }
 
-async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
+async fn handle(
+    state: Arc<State>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let started = Instant::now();
     // The first bytes, kept to say what a peer that is not a Conduit client was.
     let mut first = [0u8; 8];
@@ -256,6 +298,7 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: SocketAddr) {
         Ok((wire, hello))
     })
     .await;
+    drop(permit);
     let (mut wire, hello) = match setup {
         Err(_) => {
             state.counters.fail(SetupError::Timeout);

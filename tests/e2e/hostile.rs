@@ -157,6 +157,39 @@ fn silent_and_dribbling_peers_are_cut_off_by_the_handshake_timeout() {
 }
 
 #[test]
+fn handshakes_in_progress_are_capped_and_the_rest_wait_their_turn() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &["--set", "performance.max_pending_handshakes=2"],
+    );
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    assert_echo(taddr, b"before");
+
+    // Two peers open connections and say nothing: both slots are taken.
+    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(raddr).unwrap()).collect();
+    router.wait_stderr(
+        "2 handshakes in progress (performance.max_pending_handshakes): new connections wait \
+         in the listen backlog",
+    );
+    // Streams over channels the tunnel already holds are not affected.
+    assert_echo(taddr, b"while the slots are taken");
+    // A third peer's junk is not even read while the slots are taken...
+    let junk = thread::spawn(move || send_and_see_closed(raddr, b"not a TLS client hello"));
+    assert_eq!(router.stderr_count("not a TLS connection"), 0);
+    // ...and is refused once a slot frees.
+    drop(silent);
+    let answer = junk.join().unwrap();
+    assert!(answer.is_empty() || is_alert(&answer), "{answer:?}");
+    router.wait_stderr("not a TLS connection");
+    router.wait_stderr("handshake slots free again");
+    assert_echo(taddr, b"after");
+}
+
+#[test]
 fn a_man_in_the_middle_with_its_own_router_key_is_refused_naming_both_keys() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();

@@ -194,6 +194,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         token: r.token.clone(),
         transport,
         handshake_timeout: p.handshake_timeout(),
+        max_pending_handshakes: p.max_pending_handshakes,
         connect_timeout: p.connect_timeout(),
         idle_timeout: p.idle_timeout(),
         max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),

@@ -305,6 +305,9 @@ pub struct PerformanceConfig {
     pub connect_timeout_secs: u64,
     /// Limit on a TLS handshake plus `Hello`, in seconds.
     pub handshake_timeout_secs: u64,
+    /// Router: handshakes in progress at most; further connections wait in the
+    /// listen backlog until one finishes or times out.
+    pub max_pending_handshakes: usize,
     /// How long an unused data channel stays open, in seconds.
     pub idle_timeout_secs: u64,
     /// How long open connections may finish after SIGTERM, in seconds.
@@ -342,6 +345,7 @@ impl Default for PerformanceConfig {
             max_connections: 0,
             connect_timeout_secs: 10,
             handshake_timeout_secs: 10,
+            max_pending_handshakes: 1024,
             idle_timeout_secs: 300,
             drain_timeout_secs: 30,
         }
