@@ -299,6 +299,12 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
              back for up to one round trip; set tcp_nodelay = true",
         );
     }
+    if !router && p.max_pending_handshakes != PerformanceConfig::default().max_pending_handshakes {
+        out.warn(
+            "performance.max_pending_handshakes",
+            "only a router runs handshakes for others; a tunnel ignores it: remove it here",
+        );
+    }
     if router && p.default_bandwidth_limit > 0 {
         out.warn(
             "performance.default_bandwidth_limit",

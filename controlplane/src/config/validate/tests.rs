@@ -455,4 +455,13 @@ fn socket_buffers_and_optimize_for_are_checked() {
     // The bandwidth limit works on tunnels, so only a router is warned.
     let text = f.client_text("[performance]\ndefault_bandwidth_limit = 1000000\n");
     assert_eq!(check(&f, &text), none());
+    // The handshake cap works on routers, so only a tunnel is warned.
+    let text = f.client_text("[performance]\nmax_pending_handshakes = 64\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "warning: performance.max_pending_handshakes: only a router runs handshakes for \
+             others; a tunnel ignores it: remove it here ($F:10)"
+        ]
+    );
 }
