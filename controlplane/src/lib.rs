@@ -21,6 +21,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod authorized;
 pub mod backoff;
 pub mod client;
 pub mod config;

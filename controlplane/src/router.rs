@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,11 +15,12 @@ use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::alerts::AlertSettings;
 use crate::api::{self, ApiSettings, ApiState};
+use crate::authorized::{AdmittedPolicy, REVOKED};
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
@@ -33,6 +35,9 @@ pub struct RouterSettings {
     pub identity: KeyPair,
     /// The client keys it admits.
     pub authorized: Arc<AuthorizedClients>,
+    /// The file they came from, read again when it changes or on SIGHUP (`None`:
+    /// the set stays as given).
+    pub authorized_path: Option<PathBuf>,
     /// Which sources clients may open.
     pub policy: AllowList,
     /// A token clients must present, if set.
@@ -79,6 +84,8 @@ struct State {
     /// multi-threaded runtime that come and go independently; a lock held for one
     /// map update is simpler than a task owning the map and answering messages.
     sessions: Mutex<HashMap<(Option<PublicKey>, String), usize>>,
+    /// Bumped when keys are revoked: control sessions check their key again.
+    revoked: watch::Sender<u64>,
 }
 
 /// A bound router, ready to run.
@@ -88,6 +95,7 @@ pub struct Router {
     local_addr: SocketAddr,
     api: Option<(TcpListener, axum::Router)>,
     api_addr: Option<SocketAddr>,
+    authorized_path: Option<PathBuf>,
 }
 
 impl Router {
@@ -115,7 +123,10 @@ impl Router {
         let dp = Arc::new(DataPlane::start_router(
             &s.dataplane,
             RouterSpec {
-                policy: Arc::new(s.policy),
+                policy: Arc::new(AdmittedPolicy {
+                    authorized: s.authorized.clone(),
+                    allow: s.policy,
+                }),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
                 limit: ConnLimit::new(s.max_connections),
@@ -170,7 +181,9 @@ impl Router {
                 monitor,
                 counters,
                 sessions: Mutex::new(HashMap::new()),
+                revoked: watch::Sender::new(0),
             }),
+            authorized_path: s.authorized_path,
         })
     }
 
@@ -206,6 +219,14 @@ impl Router {
             api::serve(listener, app, async move {
                 let _ = api_stopped.await;
             })
+        });
+        let watcher = self.authorized_path.clone().map(|path| {
+            tokio::spawn(crate::authorized::watch(
+                path,
+                self.state.authorized.clone(),
+                self.state.dp.clone(),
+                self.state.revoked.clone(),
+            ))
         });
         tokio::pin!(shutdown);
         let mut accept_errors = 0u32;
@@ -254,6 +275,9 @@ impl Router {
                     }
                 }
             }
+        }
+        if let Some(w) = watcher {
+            w.abort();
         }
         info!("router stopping: no new connections; draining open streams for up to {drain:?}");
         drop(self.listener);
@@ -439,8 +463,20 @@ async fn control_session(
     *lock(&state.sessions).entry(live.clone()).or_default() += 1;
     let silence = state.client_timeout;
     let mut silent = false;
+    let mut revocations = state.revoked.subscribe();
     let (clean, reason) = loop {
-        match tokio::time::timeout(silence, wire.recv()).await {
+        let got = tokio::select! {
+            got = tokio::time::timeout(silence, wire.recv()) => got,
+            _ = revocations.changed() => {
+                if key.is_some_and(|k| state.authorized.lookup(&k).is_none()) {
+                    let bye = Refusal::new(RefusalCode::Unauthorized, REVOKED);
+                    let _ = wire.send(&Message::Goodbye(bye)).await;
+                    break (false, REVOKED.to_owned());
+                }
+                continue;
+            }
+        };
+        match got {
             Err(_) => {
                 silent = true;
                 break (false, format!("no heartbeat for {silence:?}"));

@@ -66,13 +66,13 @@ pub enum ToWorker {
         /// Why, for the users' log lines.
         reason: String,
     },
-    /// A client's tunnel stopped answering heartbeats: stop the streams of its
-    /// channels (router side).
+    /// A client's tunnel stopped answering heartbeats, or its key was revoked: stop
+    /// the streams of its channels (router side).
     ClientLost {
         /// The client's key (`None` on the plain transport).
         key: Option<PublicKey>,
-        /// Its tunnel's name.
-        tunnel: String,
+        /// Its tunnel's name; `None`: every tunnel of that key.
+        tunnel: Option<String>,
         /// Why, for the log lines.
         reason: String,
     },

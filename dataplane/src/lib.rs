@@ -402,7 +402,19 @@ impl DataPlane {
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::ClientLost {
                 key,
-                tunnel: tunnel.to_owned(),
+                tunnel: Some(tunnel.to_owned()),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    /// Tells every core that `key` is no longer authorized: the streams of all its
+    /// tunnels are closed with `reason` (router side).
+    pub fn revoke(&self, key: PublicKey, reason: &str) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::ClientLost {
+                key: Some(key),
+                tunnel: None,
                 reason: reason.to_owned(),
             });
         }

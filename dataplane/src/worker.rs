@@ -135,12 +135,17 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                 tunnel,
                 reason,
             } => {
+                let key = key.unwrap_or(crate::usage::NO_KEY);
                 let n = core.conns.kill_riding(
-                    |r| matches!(r, Rides::Client(k, t) if *k == key.unwrap_or(crate::usage::NO_KEY) && **t == *tunnel),
+                    |r| {
+                        matches!(r, Rides::Client(k, t)
+                            if *k == key && tunnel.as_deref().is_none_or(|want| **t == *want))
+                    },
                     &reason,
                 );
                 if n > 0 {
-                    info!(core = core.index, count = n, client = ?key, %tunnel, "closing streams: {reason}");
+                    let tunnel = tunnel.as_deref().unwrap_or("(all)");
+                    info!(core = core.index, count = n, client = %key, %tunnel, "closing streams: {reason}");
                 }
             }
             ToWorker::Stop { deadline: d } => {

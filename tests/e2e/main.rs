@@ -8,6 +8,7 @@
     clippy::expect_used
 )]
 
+mod authorized;
 mod chaos;
 mod config;
 mod faults;

@@ -190,6 +190,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         bind,
         identity,
         authorized: Arc::new(AuthorizedClients::new(authorized)),
+        authorized_path: Some(auth_path),
         policy,
         token: r.token.clone(),
         transport,

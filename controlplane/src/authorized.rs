@@ -1,0 +1,246 @@
+//! `authorized_clients` while the router runs: admitting a new client or revoking one
+//! must not need a restart, which would cut every other client's streams.
+//!
+//! The router reads the file again when it changes (checked every
+//! [`POLL_INTERVAL`]) and at once on SIGHUP. A file that no longer parses changes
+//! nothing: the keys loaded before stay in force and the error says which line to
+//! fix, so a typo never locks every client out. A key that disappears is revoked
+//! everywhere it is in use: its streams are closed, its control sessions are told
+//! goodbye, and any channel it still holds is refused the next `Open` (see
+//! [`AdmittedPolicy`]); new handshakes with it fail in the TLS verifier.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use conduit_dataplane::{DataPlane, SourcePolicy};
+use conduit_proto::tls::AuthorizedClients;
+use conduit_proto::{PublicKey, Refusal, RefusalCode};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::keys;
+use crate::policy::AllowList;
+
+/// How often the file's size, modification time and inode are compared.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What streams and control sessions of a revoked key are told.
+pub const REVOKED: &str = "the client's key was removed from the router's authorized_clients";
+
+/// The allow-list, refusing `Open`s from keys that are no longer authorized: a
+/// channel handshaken before its key was revoked must not open another source.
+pub(crate) struct AdmittedPolicy {
+    pub(crate) authorized: Arc<AuthorizedClients>,
+    pub(crate) allow: AllowList,
+}
+
+impl SourcePolicy for AdmittedPolicy {
+    fn resolve(
+        &self,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<Vec<std::net::SocketAddr>, Refusal> {
+        if let Some(k) = client
+            && self.authorized.lookup(k).is_none()
+        {
+            return Err(Refusal::new(
+                RefusalCode::Unauthorized,
+                format!("client key {k} is no longer authorized: {REVOKED}"),
+            ));
+        }
+        self.allow.resolve(client, target)
+    }
+}
+
+/// The file as last seen: any difference means "read it again".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode,
+    })
+}
+
+/// Watches `path` until the task is dropped. `revoked` is bumped after keys were
+/// removed, so control sessions check their own key again.
+pub(crate) async fn watch(
+    path: PathBuf,
+    authorized: Arc<AuthorizedClients>,
+    dp: Arc<DataPlane>,
+    revoked: watch::Sender<u64>,
+) {
+    let mut hangups = hangups();
+    let mut last = stamp(&path);
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let asked = tokio::select! {
+            _ = tick.tick() => false,
+            () = next_hangup(&mut hangups) => true,
+        };
+        let now = stamp(&path);
+        if !asked && now == last {
+            continue;
+        }
+        last = now;
+        let removed = reload(&path, &authorized, asked);
+        for (key, name) in &removed {
+            warn!(client = %key, %name, "client key removed from authorized_clients: closing its streams and control sessions");
+            dp.revoke(*key, REVOKED);
+        }
+        if !removed.is_empty() {
+            revoked.send_modify(|generation| *generation += 1);
+        }
+    }
+}
+
+/// Reads the file again and installs it; returns the keys it no longer holds.
+fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(PublicKey, String)> {
+    let why = if asked { "SIGHUP" } else { "the file changed" };
+    let new = match keys::load_authorized(path) {
+        Ok(new) => new,
+        Err(e) => {
+            error!(
+                "authorized_clients not reloaded ({why}): {e}; the {} key(s) loaded before \
+                 stay in force until the file is fixed",
+                authorized.len()
+            );
+            return Vec::new();
+        }
+    };
+    let old = authorized.entries();
+    let removed: Vec<(PublicKey, String)> = old
+        .into_iter()
+        .filter(|(k, _)| !new.contains_key(k))
+        .collect();
+    let added = new
+        .keys()
+        .filter(|k| authorized.lookup(k).is_none())
+        .count();
+    let total = new.len();
+    authorized.replace(new);
+    info!(
+        "authorized_clients reloaded from {} ({why}): {total} in all, {added} added, {} removed",
+        path.display(),
+        removed.len()
+    );
+    removed
+}
+
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(
+                "cannot listen for SIGHUP ({e}); authorized_clients is still reloaded when it changes"
+            );
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
+#[cfg(unix)]
+async fn next_hangup(h: &mut Hangups) {
+    let got = match h {
+        Some(s) => s.recv().await,
+        None => None,
+    };
+    if got.is_none() {
+        // No signal stream (or it ended): only the file's changes count.
+        *h = None;
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangups) {
+    std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit_proto::KeyPair;
+
+    fn line(k: &PublicKey, name: &str) -> String {
+        format!("{k} {name}\n")
+    }
+
+    #[test]
+    fn a_reload_installs_the_file_and_names_the_keys_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let (a, b, c) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        std::fs::write(&path, line(&a, "alpha") + &line(&b, "beta")).unwrap();
+        let set = AuthorizedClients::new(keys::load_authorized(&path).unwrap());
+
+        std::fs::write(&path, line(&b, "beta") + &line(&c, "gamma")).unwrap();
+        assert_eq!(reload(&path, &set, false), vec![(a, "alpha".to_owned())]);
+        assert_eq!(set.lookup(&a), None);
+        assert_eq!(set.lookup(&c).as_deref(), Some("gamma"));
+
+        // A file that does not parse changes nothing.
+        std::fs::write(&path, "ed25519:not-a-key\n").unwrap();
+        assert_eq!(reload(&path, &set, true), vec![]);
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
+        // Nor does a file that went away.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(reload(&path, &set, false), vec![]);
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
+    fn revoked_keys_may_open_nothing() {
+        let (a, b) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        let authorized = Arc::new(AuthorizedClients::new(
+            [(a, "alpha".to_owned())].into_iter().collect(),
+        ));
+        let policy = AdmittedPolicy {
+            authorized,
+            allow: AllowList::parse(&["127.0.0.1:80"]).unwrap(),
+        };
+        assert_eq!(
+            policy.resolve(Some(&a), "127.0.0.1:80").unwrap(),
+            vec!["127.0.0.1:80".parse().unwrap()]
+        );
+        let refused = policy.resolve(Some(&b), "127.0.0.1:80").unwrap_err();
+        assert_eq!(refused.code, RefusalCode::Unauthorized);
+        assert_eq!(
+            refused.message,
+            format!("client key {b} is no longer authorized: {REVOKED}")
+        );
+        // The plain transport authenticates nobody: the allow-list alone decides.
+        assert!(policy.resolve(None, "127.0.0.1:80").is_ok());
+    }
+}

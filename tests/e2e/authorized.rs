@@ -1,0 +1,97 @@
+//! Admitting and revoking clients while the router runs: `authorized_clients` is read
+//! again when it changes and on SIGHUP; a removed key loses its streams and its
+//! tunnel, other clients carry on, and a file that does not parse changes nothing.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use crate::harness::{Engine, Home, assert_code};
+use crate::sources;
+use crate::users::{assert_echo, open_user};
+
+/// Replaces `path` the way editors and config tools do: a new file renamed over it.
+fn rewrite(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits (up to the read timeout) for the other side to close `conn`.
+fn assert_closed(conn: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("got {n} bytes instead of the end"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ),
+            "the connection was not closed: {e}"
+        ),
+    }
+}
+
+#[test]
+fn keys_are_revoked_and_admitted_without_a_restart() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let client = home.ok(&["keys", "show", "--name", "client"]);
+    let other = home.ok(&["init", "--name", "other"]);
+    let file = home.path().join("authorized_clients");
+    rewrite(&file, &format!("{client}{other}"));
+    let source = sources::echo();
+    let (router, raddr) = home.router(engine, &[source.to_string()]);
+    let other_key = home.key("other.key");
+    let other_key = other_key.to_str().unwrap();
+    let (mut revoked, revoked_addr) =
+        home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "first"]);
+    let (_kept, kept_addr) = home.tunnel_with(
+        engine,
+        raddr,
+        &source.to_string(),
+        &["--name", "other", "--key", other_key],
+    );
+    let mut doomed = open_user(revoked_addr);
+    let mut survivor = open_user(kept_addr);
+
+    // The first client's key goes: its stream is closed and its tunnel, refused on
+    // reconnecting, exits; the other client's stream carries on.
+    rewrite(&file, &format!("# only the other one now\n{other}"));
+    router.wait_stderr("authorized_clients reloaded from");
+    router.wait_stderr("(the file changed): 1 in all, 0 added, 1 removed");
+    router.wait_stderr(
+        "client key removed from authorized_clients: closing its streams and control sessions",
+    );
+    assert_closed(&mut doomed);
+    let status = revoked.wait_exit();
+    assert_code(status, 77, &revoked.stderr());
+    assert!(
+        revoked.stderr().contains(
+            "router said goodbye: the client's key was removed from \
+                                   the router's authorized_clients"
+        ),
+        "{}",
+        revoked.stderr()
+    );
+    survivor.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    survivor.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+
+    // A file that no longer parses changes nothing.
+    rewrite(&file, "ed25519:garbage\n");
+    router.wait_stderr("authorized_clients not reloaded (the file changed): ");
+    router.wait_stderr("line 1: invalid public key");
+    router.wait_stderr("the 1 key(s) loaded before stay in force until the file is fixed");
+    assert_echo(kept_addr, b"the other client is unharmed");
+
+    // Written back and announced with SIGHUP, the first key works again.
+    rewrite(&file, &format!("{client}{other}"));
+    router.signal("HUP");
+    router.wait_stderr("(SIGHUP): 2 in all, 1 added, 0 removed");
+    let (_back, back_addr) =
+        home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "again"]);
+    assert_echo(back_addr, b"admitted again");
+}
