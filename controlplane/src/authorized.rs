@@ -19,8 +19,8 @@ use conduit_proto::{PublicKey, Refusal, RefusalCode};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::balance::Balancer;
 use crate::keys;
-use crate::policy::AllowList;
 
 /// How often the file's size, modification time and inode are compared.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -28,11 +28,12 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// What streams and control sessions of a revoked key are told.
 pub const REVOKED: &str = "the client's key was removed from the router's authorized_clients";
 
-/// The allow-list, refusing `Open`s from keys that are no longer authorized: a
-/// channel handshaken before its key was revoked must not open another source.
+/// The allow-list (with balancing), refusing `Open`s from keys that are no longer
+/// authorized: a channel handshaken before its key was revoked must not open
+/// another source.
 pub(crate) struct AdmittedPolicy {
     pub(crate) authorized: Arc<AuthorizedClients>,
-    pub(crate) allow: AllowList,
+    pub(crate) allow: Balancer,
 }
 
 impl SourcePolicy for AdmittedPolicy {
@@ -228,7 +229,10 @@ mod tests {
         ));
         let policy = AdmittedPolicy {
             authorized,
-            allow: AllowList::parse(&["127.0.0.1:80"]).unwrap(),
+            allow: Balancer::new(
+                crate::policy::AllowList::parse(&["127.0.0.1:80"]).unwrap(),
+                Arc::new(std::sync::OnceLock::new()),
+            ),
         };
         assert_eq!(
             policy.resolve(Some(&a), "127.0.0.1:80").unwrap(),

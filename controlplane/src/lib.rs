@@ -23,6 +23,7 @@ pub mod alerts;
 pub mod api;
 pub mod authorized;
 pub mod backoff;
+pub mod balance;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::alerts::AlertSettings;
 use crate::api::{self, ApiSettings, ApiState};
 use crate::authorized::{AdmittedPolicy, REVOKED};
+use crate::balance::Balancer;
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
@@ -120,12 +121,13 @@ impl Router {
             Some(a) => Some(api::bind(a.bind).await?),
             None => None,
         };
+        let health = Arc::new(std::sync::OnceLock::new());
         let dp = Arc::new(DataPlane::start_router(
             &s.dataplane,
             RouterSpec {
                 policy: Arc::new(AdmittedPolicy {
                     authorized: s.authorized.clone(),
-                    allow: s.policy,
+                    allow: Balancer::new(s.policy, health.clone()),
                 }),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
@@ -135,6 +137,7 @@ impl Router {
         )?);
         let monitor = Monitor::start(s.health.clone(), &s.alerts, dp.clone())
             .map_err(|e| Error::Config(format!("cannot set up alerts: {e}")))?;
+        let _ = health.set(Arc::downgrade(&monitor));
         let counters = Arc::new(Counters::default());
         let mut api_addr = None;
         let api = match (api_listener, s.api) {

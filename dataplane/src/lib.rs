@@ -111,6 +111,12 @@ fn bind_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// The sources a tunnel names: `HOST:PORT`, or several separated by commas, which
+/// the router balances across and fails over between.
+pub fn source_members(target: &str) -> impl Iterator<Item = &str> {
+    target.split(',').map(str::trim).filter(|m| !m.is_empty())
+}
+
 /// The router's rule for which sources a client may open.
 pub trait SourcePolicy: Send + Sync + 'static {
     /// Resolves `target` for `client` (`None` on the plain transport, which

@@ -102,7 +102,9 @@ impl RouterCore {
             fail(ErrorKind::LimitReached);
             return Err(Refusal::new(RefusalCode::LimitReached, message));
         };
-        core.usage.source_used(target);
+        for member in crate::source_members(target) {
+            core.usage.source_used(member);
+        }
         match connect(&addrs, self.spec.connect_timeout, &self.spec.sockets).await {
             Ok(s) => Ok((s, permit)),
             Err(e) => {

@@ -52,6 +52,7 @@ pub struct EchoSource {
     stop: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     live: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
 }
 
 impl EchoSource {
@@ -67,6 +68,8 @@ impl EchoSource {
         let crashed = stop.clone();
         let live = Arc::new(AtomicUsize::new(0));
         let count = live.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let echoed = served.clone();
         accept_loop(
             l,
             stop.clone(),
@@ -75,10 +78,15 @@ impl EchoSource {
                 count.fetch_add(1, Ordering::SeqCst);
                 let _done = Decrement(count.clone());
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut first = true;
                 loop {
                     match conn.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            if first {
+                                first = false;
+                                echoed.fetch_add(1, Ordering::SeqCst);
+                            }
                             if conn.write_all(&buf[..n]).is_err() {
                                 return;
                             }
@@ -95,7 +103,13 @@ impl EchoSource {
             stop,
             open,
             live,
+            served,
         }
+    }
+
+    /// Connections that sent it at least one byte (health probes send none).
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 
     pub fn addr(&self) -> SocketAddr {

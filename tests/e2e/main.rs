@@ -9,6 +9,7 @@
 )]
 
 mod authorized;
+mod balance;
 mod chaos;
 mod config;
 mod faults;

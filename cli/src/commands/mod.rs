@@ -151,6 +151,19 @@ fn remote_addr(flag: &str, s: &str) -> Result<String> {
     }
 }
 
+/// `--source`: one `HOST:PORT`, or several separated by commas (the router balances
+/// across them and fails over); returned with the members comma-joined.
+fn source_list(flag: &str, s: &str) -> Result<String> {
+    let members: Vec<&str> = conduit_dataplane::source_members(s).collect();
+    if members.is_empty() {
+        return remote_addr(flag, s);
+    }
+    for m in &members {
+        remote_addr(flag, m)?;
+    }
+    Ok(members.join(","))
+}
+
 fn dataplane_options(e: &EngineArgs) -> Options {
     Options {
         workers: e.workers,
@@ -233,6 +246,17 @@ mod tests {
             remote_addr("--source", "db.internal:5432").unwrap(),
             "db.internal:5432"
         );
+        assert_eq!(
+            source_list("--source", "10.0.0.1:80, 10.0.0.2:80").unwrap(),
+            "10.0.0.1:80,10.0.0.2:80"
+        );
+        assert_eq!(
+            source_list("--source", "10.0.0.1:80,nope")
+                .unwrap_err()
+                .to_string(),
+            "invalid --source \"nope\": expected HOST:PORT such as 10.2.0.2:8080 or db.internal:5432"
+        );
+        assert!(source_list("--source", ",").is_err());
         for bad in ["db.internal", ":80", "h:0", "h:70000"] {
             assert!(remote_addr("--source", bad).is_err(), "{bad}");
         }

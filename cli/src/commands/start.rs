@@ -15,7 +15,9 @@ use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
 use super::service::{self, Tunnel, absolute, log_flags};
-use super::{dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal};
+use super::{
+    dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal, source_list,
+};
 use crate::args::{LogArgs, OptimizeArg, ServiceKind, StartArgs, TransportArg};
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
@@ -24,7 +26,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = remote_addr("--router", &a.router)?;
-    let source = remote_addr("--source", &a.source)?;
+    let source = source_list("--source", &a.source)?;
     let router_key = keys::load_public(&a.router_key, "--router-key")?;
     let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let identity = keys::load_private(&key_path, "client")?;
@@ -205,7 +207,7 @@ fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
 fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
     remote_addr("--router", &a.router)?;
-    remote_addr("--source", &a.source)?;
+    source_list("--source", &a.source)?;
     keys::load_public(&a.router_key, "--router-key")?;
     let router_key = if a.router_key.trim().starts_with("ed25519:") {
         a.router_key.trim().to_owned()

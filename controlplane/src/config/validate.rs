@@ -224,8 +224,19 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 names.insert(name, i);
             }
         }
-        if let Some(Err(e)) = t.source.as_deref().map(source_addr) {
-            out.error(&path("source"), e);
+        if let Some(source) = t.source.as_deref() {
+            // One HOST:PORT, or several separated by commas (balanced by the router).
+            let members: Vec<&str> = conduit_dataplane::source_members(source).collect();
+            if members.is_empty() {
+                if let Err(e) = source_addr(source) {
+                    out.error(&path("source"), e);
+                }
+            }
+            for m in members {
+                if let Err(e) = source_addr(m) {
+                    out.error(&path("source"), e);
+                }
+            }
         }
         if t.protocol == Protocol::Udp {
             out.error(

@@ -183,6 +183,27 @@ fn bad_addresses_are_refused_with_examples() {
 }
 
 #[test]
+fn a_source_list_is_checked_member_by_member() {
+    let f = Fixture::new();
+    let ok = f.client_text(
+        "[[tunnels]]\nname = \"pair\"\nsource = \"10.2.0.5:80, web-2.internal:80\"\n\
+         bind = \"127.0.0.1:1\"\n",
+    );
+    assert_eq!(check(&f, &ok), none());
+    let bad = f.client_text(
+        "[[tunnels]]\nname = \"pair\"\nsource = \"10.2.0.5:80,web-2.internal\"\n\
+         bind = \"127.0.0.1:1\"\n",
+    );
+    assert_eq!(
+        check(&f, &bad),
+        [
+            "error: tunnels[1].source: \"web-2.internal\" is not HOST:PORT; use the address \
+             the router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:11)"
+        ]
+    );
+}
+
+#[test]
 fn names_must_be_unique_and_usable() {
     let f = Fixture::new();
     let text = f.client_text(

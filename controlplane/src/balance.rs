@@ -1,0 +1,168 @@
+//! Load balancing and failover across the sources one tunnel names
+//! (`--source 10.2.0.5:8080,10.2.0.6:8080`).
+//!
+//! Every member must pass the allow-list. Each stream starts at the next member in
+//! turn (round robin over the router's streams), members the health checks report
+//! down go to the end, and the data plane connects to the resulting addresses in
+//! order: the first that accepts serves the stream. So a member that dies fails over
+//! at once (its connection is refused) and, once its probes fail, is no longer even
+//! tried first; when it comes back up it takes its turn again.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, Weak};
+
+use conduit_dataplane::{SourcePolicy, source_members};
+use conduit_proto::{PublicKey, Refusal, RefusalCode};
+
+use crate::monitor::{Monitor, SourceState};
+use crate::policy::AllowList;
+
+/// The allow-list, applied to every member of a target, with members ordered for
+/// balancing and failover.
+pub struct Balancer {
+    allow: AllowList,
+    next: AtomicUsize,
+    /// Weak: the monitor's task holds the data plane, which holds this policy.
+    health: Arc<OnceLock<Weak<Monitor>>>,
+}
+
+impl Balancer {
+    /// Balances over what `allow` admits; health comes from the monitor once
+    /// `health` is set (until then no member counts as down).
+    pub fn new(allow: AllowList, health: Arc<OnceLock<Weak<Monitor>>>) -> Self {
+        Self {
+            allow,
+            next: AtomicUsize::new(0),
+            health,
+        }
+    }
+
+    fn is_down(&self, member: &str) -> bool {
+        self.health.get().and_then(Weak::upgrade).is_some_and(|m| {
+            m.view()
+                .sources
+                .iter()
+                .any(|s| s.target == member && s.state == SourceState::Down)
+        })
+    }
+}
+
+impl SourcePolicy for Balancer {
+    fn resolve(
+        &self,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
+        let members: Vec<&str> = source_members(target).collect();
+        match members.as_slice() {
+            [] => Err(Refusal::new(
+                RefusalCode::Protocol,
+                format!("source {target:?} names no HOST:PORT"),
+            )),
+            [one] => self.allow.resolve(client, one),
+            _ => {
+                let mut resolved = Vec::with_capacity(members.len());
+                for m in &members {
+                    resolved.push((self.is_down(m), self.allow.resolve(client, m)?));
+                }
+                let start = self.next.fetch_add(1, Relaxed);
+                Ok(order(resolved, start))
+            }
+        }
+    }
+}
+
+/// The addresses to try: members rotated to begin at `start` (modulo their number),
+/// those marked down moved after the rest, each keeping its own addresses in order.
+fn order(members: Vec<(bool, Vec<SocketAddr>)>, start: usize) -> Vec<SocketAddr> {
+    let n = members.len().max(1);
+    let mut rotated: Vec<(bool, Vec<SocketAddr>)> = members;
+    rotated.rotate_left(start % n);
+    // A stable sort: up (false) before down (true), the rotation kept within each.
+    rotated.sort_by_key(|(down, _)| *down);
+    rotated.into_iter().flat_map(|(_, a)| a).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn members_take_turns_and_those_down_go_last() {
+        let m = |down: [bool; 3]| {
+            vec![
+                (down[0], vec![a("10.0.0.1:80")]),
+                (down[1], vec![a("10.0.0.2:80"), a("10.0.0.22:80")]),
+                (down[2], vec![a("10.0.0.3:80")]),
+            ]
+        };
+        let firsts: Vec<SocketAddr> = (0..6).map(|i| order(m([false; 3]), i)[0]).collect();
+        assert_eq!(
+            firsts,
+            [
+                a("10.0.0.1:80"),
+                a("10.0.0.2:80"),
+                a("10.0.0.3:80"),
+                a("10.0.0.1:80"),
+                a("10.0.0.2:80"),
+                a("10.0.0.3:80"),
+            ]
+        );
+        assert_eq!(
+            order(m([false; 3]), 1),
+            [
+                a("10.0.0.2:80"),
+                a("10.0.0.22:80"),
+                a("10.0.0.3:80"),
+                a("10.0.0.1:80")
+            ]
+        );
+        assert_eq!(
+            order(m([false, true, false]), 1),
+            [
+                a("10.0.0.3:80"),
+                a("10.0.0.1:80"),
+                a("10.0.0.2:80"),
+                a("10.0.0.22:80")
+            ]
+        );
+        // All down: still all tried, in turn.
+        assert_eq!(order(m([true; 3]), 2)[0], a("10.0.0.3:80"));
+    }
+
+    #[test]
+    fn every_member_must_be_allowed() {
+        let b = Balancer::new(
+            AllowList::parse(&["127.0.0.1:8000-8001"]).unwrap(),
+            Arc::new(OnceLock::new()),
+        );
+        let first = b.resolve(None, "127.0.0.1:8000, 127.0.0.1:8001").unwrap();
+        let second = b.resolve(None, "127.0.0.1:8000,127.0.0.1:8001").unwrap();
+        assert_eq!(first, [a("127.0.0.1:8000"), a("127.0.0.1:8001")]);
+        assert_eq!(second, [a("127.0.0.1:8001"), a("127.0.0.1:8000")]);
+        assert_eq!(
+            b.resolve(None, "127.0.0.1:8001").unwrap(),
+            [a("127.0.0.1:8001")]
+        );
+        let refused = b
+            .resolve(None, "127.0.0.1:8000,127.0.0.1:9000")
+            .unwrap_err();
+        assert_eq!(refused.code, RefusalCode::PolicyDenied);
+        assert!(
+            refused
+                .message
+                .starts_with("source 127.0.0.1:9000 is not allowed"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            b.resolve(None, " , ").unwrap_err().code,
+            RefusalCode::Protocol
+        );
+    }
+}
