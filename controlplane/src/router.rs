@@ -233,15 +233,16 @@ impl Router {
         });
         tokio::pin!(shutdown);
         let mut accept_errors = 0u32;
-        let mut saturated = false;
+        // When the slots last ran out and we said so (at most once a minute).
+        let mut said_full: Option<Instant> = None;
         loop {
             // A handshake slot first: while all are taken, new connections wait in
             // the kernel's listen backlog and cost nothing here.
             let permit = match self.state.handshakes.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    if !saturated {
-                        saturated = true;
+                    if said_full.is_none_or(|t| t.elapsed() >= FULL_REPEAT) {
+                        said_full = Some(Instant::now());
                         warn!(
                             "{} handshakes in progress (performance.max_pending_handshakes): new \
                              connections wait in the listen backlog until one finishes or times \
@@ -263,10 +264,6 @@ impl Router {
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         accept_errors = 0;
-                        if saturated && self.state.handshakes.available_permits() > 0 {
-                            saturated = false;
-                            info!("handshake slots free again");
-                        }
                         tokio::spawn(handle(self.state.clone(), tcp, peer, permit));
                     }
                     Err(e) => {
@@ -293,6 +290,9 @@ impl Router {
         Ok(())
     }
 }
+
+/// How often a router whose handshake slots keep running out says so again.
+const FULL_REPEAT: Duration = Duration::from_secs(60);
 
 async fn handle(
     state: Arc<State>,
