@@ -8,6 +8,10 @@
 //! everywhere it is in use: its streams are closed, its control sessions are told
 //! goodbye, and any channel it still holds is refused the next `Open` (see
 //! [`AdmittedPolicy`]); new handshakes with it fail in the TLS verifier.
+//!
+//! A key listed with `expires=TIME` (a key being rotated out: the new one is added
+//! beside it, the old one kept for a grace period) is revoked the same way when that
+//! time passes, within one [`POLL_INTERVAL`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -85,6 +89,7 @@ pub(crate) async fn watch(
 ) {
     let mut hangups = hangups();
     let mut last = stamp(&path);
+    let mut checked = SystemTime::now();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -92,17 +97,25 @@ pub(crate) async fn watch(
             _ = tick.tick() => false,
             () = next_hangup(&mut hangups) => true,
         };
+        let mut gone = Vec::new();
         let now = stamp(&path);
-        if !asked && now == last {
-            continue;
+        if asked || now != last {
+            last = now;
+            for (key, name) in reload(&path, &authorized, asked) {
+                warn!(client = %key, %name, "client key removed from authorized_clients: closing its streams and control sessions");
+                gone.push(key);
+            }
         }
-        last = now;
-        let removed = reload(&path, &authorized, asked);
-        for (key, name) in &removed {
-            warn!(client = %key, %name, "client key removed from authorized_clients: closing its streams and control sessions");
+        let (before, until) = (checked, SystemTime::now());
+        checked = until;
+        for (key, name) in authorized.expired_between(before, until) {
+            warn!(client = %key, %name, "client key expired (expires= in authorized_clients): closing its streams and control sessions");
+            gone.push(key);
+        }
+        for key in &gone {
             dp.revoke(*key, REVOKED);
         }
-        if !removed.is_empty() {
+        if !gone.is_empty() {
             revoked.send_modify(|generation| *generation += 1);
         }
     }
@@ -111,7 +124,7 @@ pub(crate) async fn watch(
 /// Reads the file again and installs it; returns the keys it no longer holds.
 fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(PublicKey, String)> {
     let why = if asked { "SIGHUP" } else { "the file changed" };
-    let new = match keys::load_authorized(path) {
+    let new = match keys::load_authorized_file(path) {
         Ok(new) => new,
         Err(e) => {
             error!(
@@ -123,16 +136,24 @@ fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(Publ
         }
     };
     let old = authorized.entries();
+    let total = new.names.len();
+    let expiring = new.expires.len();
+    authorized.replace_with_expiry(new.names, new.expires);
+    // Removed: admitted before and not now (gone from the file, or listed with an
+    // expiry time already past).
     let removed: Vec<(PublicKey, String)> = old
-        .into_iter()
-        .filter(|(k, _)| !new.contains_key(k))
+        .iter()
+        .filter(|(k, _)| authorized.lookup(k).is_none())
+        .cloned()
         .collect();
-    let added = new
-        .keys()
-        .filter(|k| authorized.lookup(k).is_none())
+    let added = authorized
+        .entries()
+        .iter()
+        .filter(|(k, _)| !old.iter().any(|(o, _)| o == k))
         .count();
-    let total = new.len();
-    authorized.replace(new);
+    if expiring > 0 {
+        info!("{expiring} key(s) in authorized_clients carry an expiry time (expires=)");
+    }
     info!(
         "authorized_clients reloaded from {} ({why}): {total} in all, {added} added, {} removed",
         path.display(),
@@ -201,6 +222,16 @@ mod tests {
         );
         std::fs::write(&path, line(&a, "alpha") + &line(&b, "beta")).unwrap();
         let set = AuthorizedClients::new(keys::load_authorized(&path).unwrap());
+        // A key whose expiry time is already past counts as removed.
+        std::fs::write(
+            &path,
+            format!("expires=2000-01-01 {}", line(&a, "alpha")) + &line(&b, "beta"),
+        )
+        .unwrap();
+        assert_eq!(reload(&path, &set, false), vec![(a, "alpha".to_owned())]);
+        std::fs::write(&path, line(&a, "alpha") + &line(&b, "beta")).unwrap();
+        assert_eq!(reload(&path, &set, false), vec![]);
+        assert_eq!(set.lookup(&a).as_deref(), Some("alpha"));
 
         std::fs::write(&path, line(&b, "beta") + &line(&c, "gamma")).unwrap();
         assert_eq!(reload(&path, &set, false), vec![(a, "alpha".to_owned())]);

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::time::SystemTime;
 
 use conduit_proto::{KeyPair, PublicKey};
 
@@ -168,8 +169,23 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
     )))
 }
 
-/// Reads an authorized-clients file: key → comment.
+/// An authorized-clients file: each key's comment, and the expiry time of keys
+/// being rotated out (`expires=2026-12-01T00:00:00Z ed25519:… name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizedFile {
+    /// Key → comment.
+    pub names: HashMap<PublicKey, String>,
+    /// Key → the time it stops being admitted.
+    pub expires: HashMap<PublicKey, SystemTime>,
+}
+
+/// Reads an authorized-clients file: key → comment (expiry times aside).
 pub fn load_authorized(path: &Path) -> Result<HashMap<PublicKey, String>, Error> {
+    load_authorized_file(path).map(|f| f.names)
+}
+
+/// Reads an authorized-clients file with its expiry times.
+pub fn load_authorized_file(path: &Path) -> Result<AuthorizedFile, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
@@ -185,23 +201,56 @@ pub fn load_authorized(path: &Path) -> Result<HashMap<PublicKey, String>, Error>
             }
         }
     })?;
-    parse_authorized(&text)
+    parse_authorized_file(&text)
         .map_err(|(line, e)| Error::Config(format!("{} line {line}: {e}", path.display())))
 }
 
 /// Parses authorized-clients text; errors carry the 1-based line number.
 pub fn parse_authorized(text: &str) -> Result<HashMap<PublicKey, String>, (usize, String)> {
-    let mut keys = HashMap::new();
+    parse_authorized_file(text).map(|f| f.names)
+}
+
+/// Parses authorized-clients text with its expiry times. A line is a key as a
+/// `.pub` file holds it, optionally preceded by `expires=TIME`, where TIME is UTC
+/// as `2026-12-01T18:00:00Z` or a date (`2026-12-01`, midnight UTC).
+pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, String)> {
+    let mut file = AuthorizedFile::default();
     for (i, line) in text.lines().enumerate() {
-        match PublicKey::parse_line(line) {
+        let trimmed = line.trim();
+        let (expires, rest) = match trimmed.strip_prefix("expires=") {
+            Some(after) => {
+                let (when, rest) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
+                (Some(parse_expiry(when).map_err(|e| (i + 1, e))?), rest)
+            }
+            None => (None, trimmed),
+        };
+        match PublicKey::parse_line(rest) {
+            None if expires.is_some() => {
+                return Err((i + 1, "expires= must be followed by a key".to_owned()));
+            }
             None => {}
             Some(Ok((k, comment))) => {
-                keys.insert(k, comment);
+                file.names.insert(k, comment);
+                match expires {
+                    Some(t) => file.expires.insert(k, t),
+                    None => file.expires.remove(&k),
+                };
             }
             Some(Err(e)) => return Err((i + 1, e.to_string())),
         }
     }
-    Ok(keys)
+    Ok(file)
+}
+
+fn parse_expiry(s: &str) -> Result<SystemTime, String> {
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_owned()
+    };
+    humantime::parse_rfc3339(&full).map_err(|_| {
+        format!("expires={s} is not a UTC time; write it as 2026-12-01T18:00:00Z or 2026-12-01")
+    })
 }
 
 #[cfg(test)]
@@ -296,6 +345,39 @@ mod tests {
         assert_eq!(keys[&a], "ana");
         let err = parse_authorized(&format!("{a}\nssh-ed25519 AAAA\n")).unwrap_err();
         assert_eq!(err.0, 2);
+    }
+
+    #[test]
+    fn keys_being_rotated_out_carry_an_expiry_time() {
+        let a = KeyPair::generate().unwrap().public();
+        let b = KeyPair::generate().unwrap().public();
+        let text = format!("expires=2026-12-01T18:30:00Z {a} old laptop\n{b} new laptop\n");
+        let f = parse_authorized_file(&text).unwrap();
+        assert_eq!(f.names[&a], "old laptop");
+        assert_eq!(f.names[&b], "new laptop");
+        assert_eq!(
+            f.expires[&a],
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_149_800)
+        );
+        assert!(!f.expires.contains_key(&b));
+        let date = parse_authorized_file(&format!("expires=2026-12-01 {a}\n")).unwrap();
+        assert_eq!(
+            date.expires[&a],
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_083_200)
+        );
+        assert_eq!(
+            parse_authorized_file(&format!("{b}\nexpires=tomorrow {a}\n")).unwrap_err(),
+            (
+                2,
+                "expires=tomorrow is not a UTC time; write it as 2026-12-01T18:00:00Z or \
+                 2026-12-01"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            parse_authorized_file("expires=2026-12-01\n").unwrap_err(),
+            (1, "expires= must be followed by a key".to_owned())
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use rustls::client::AlwaysResolvesClientRawPublicKeys;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -168,14 +169,27 @@ impl ServerCertVerifier for PinnedRouterKey {
     }
 }
 
-/// The set of client keys a router admits, with each key's comment.
+/// The set of client keys a router admits, with each key's comment and, for keys
+/// being rotated out, the time they stop being admitted.
 ///
 /// Shared between the router's listener and whatever reloads the file: a lock is used
 /// because the reader is rustls (which holds only `&self`), and it is read once per
-/// handshake, never on the data path.
+/// handshake and per stream opened, never on the data path.
 #[derive(Default)]
 pub struct AuthorizedClients {
-    keys: RwLock<HashMap<PublicKey, String>>,
+    keys: RwLock<Keys>,
+}
+
+#[derive(Default)]
+struct Keys {
+    names: HashMap<PublicKey, String>,
+    expires: HashMap<PublicKey, SystemTime>,
+}
+
+impl Keys {
+    fn admits(&self, key: &PublicKey, now: SystemTime) -> bool {
+        self.names.contains_key(key) && self.expires.get(key).is_none_or(|t| now < *t)
+    }
 }
 
 impl fmt::Debug for AuthorizedClients {
@@ -185,49 +199,96 @@ impl fmt::Debug for AuthorizedClients {
 }
 
 impl AuthorizedClients {
-    /// A set holding `keys` (key → comment).
+    /// A set holding `keys` (key → comment), none of them expiring.
     pub fn new(keys: HashMap<PublicKey, String>) -> Self {
+        Self::with_expiry(keys, HashMap::new())
+    }
+
+    /// A set holding `keys`, each in `expires` admitted only until that time.
+    pub fn with_expiry(
+        keys: HashMap<PublicKey, String>,
+        expires: HashMap<PublicKey, SystemTime>,
+    ) -> Self {
         Self {
-            keys: RwLock::new(keys),
+            keys: RwLock::new(Keys {
+                names: keys,
+                expires,
+            }),
         }
     }
 
-    /// Replaces the whole set (after the file changed).
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the whole set (after the file changed); no key expires.
     pub fn replace(&self, keys: HashMap<PublicKey, String>) {
-        match self.keys.write() {
-            Ok(mut g) => *g = keys,
-            Err(poisoned) => *poisoned.into_inner() = keys,
-        }
+        self.replace_with_expiry(keys, HashMap::new());
     }
 
-    /// The comment of `key` if it is admitted.
-    pub fn lookup(&self, key: &PublicKey) -> Option<String> {
-        match self.keys.read() {
-            Ok(g) => g.get(key).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(key).cloned(),
-        }
-    }
-
-    /// Every admitted key with its comment, in key order.
-    pub fn entries(&self) -> Vec<(PublicKey, String)> {
-        let mut v: Vec<(PublicKey, String)> = match self.keys.read() {
-            Ok(g) => g.iter().map(|(k, c)| (*k, c.clone())).collect(),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .iter()
-                .map(|(k, c)| (*k, c.clone()))
-                .collect(),
+    /// Replaces the whole set and the expiry times.
+    pub fn replace_with_expiry(
+        &self,
+        keys: HashMap<PublicKey, String>,
+        expires: HashMap<PublicKey, SystemTime>,
+    ) {
+        let mut g = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *g = Keys {
+            names: keys,
+            expires,
         };
+    }
+
+    /// The comment of `key` if it is admitted now (listed and not expired).
+    pub fn lookup(&self, key: &PublicKey) -> Option<String> {
+        let g = self.read();
+        g.admits(key, SystemTime::now())
+            .then(|| g.names.get(key).cloned())
+            .flatten()
+    }
+
+    /// When `key` stops being admitted, if it is listed with an expiry time.
+    pub fn expiry(&self, key: &PublicKey) -> Option<SystemTime> {
+        self.read().expires.get(key).copied()
+    }
+
+    /// The listed keys whose expiry time is in `(after, until]`, with their comments,
+    /// in key order: those that stopped being admitted in that span.
+    pub fn expired_between(
+        &self,
+        after: SystemTime,
+        until: SystemTime,
+    ) -> Vec<(PublicKey, String)> {
+        let g = self.read();
+        let mut v: Vec<(PublicKey, String)> = g
+            .expires
+            .iter()
+            .filter(|(_, t)| after < **t && **t <= until)
+            .filter_map(|(k, _)| Some((*k, g.names.get(k)?.clone())))
+            .collect();
         v.sort();
         v
     }
 
-    /// Number of admitted keys.
+    /// Every key admitted now with its comment, in key order.
+    pub fn entries(&self) -> Vec<(PublicKey, String)> {
+        let g = self.read();
+        let now = SystemTime::now();
+        let mut v: Vec<(PublicKey, String)> = g
+            .names
+            .iter()
+            .filter(|(k, _)| g.admits(k, now))
+            .map(|(k, c)| (*k, c.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of keys admitted now.
     pub fn len(&self) -> usize {
-        match self.keys.read() {
-            Ok(g) => g.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+        let g = self.read();
+        let now = SystemTime::now();
+        g.names.keys().filter(|k| g.admits(k, now)).count()
     }
 
     /// True when no key is admitted.
@@ -320,4 +381,45 @@ pub fn server_config(
 /// and SNI is off, so it does not leave the machine.
 pub fn router_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::KeyPair;
+
+    #[test]
+    fn an_expired_key_is_no_longer_admitted() {
+        let (old, new) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        let now = SystemTime::now();
+        let names: HashMap<PublicKey, String> =
+            [(old, "old".to_owned()), (new, "new".to_owned())].into();
+        let set = AuthorizedClients::with_expiry(
+            names.clone(),
+            [(old, now + Duration::from_secs(3600))].into(),
+        );
+        assert_eq!(set.lookup(&old).as_deref(), Some("old"));
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.expiry(&old), Some(now + Duration::from_secs(3600)));
+        assert_eq!(set.expiry(&new), None);
+        assert_eq!(
+            set.expired_between(now, now + Duration::from_secs(3599)),
+            vec![]
+        );
+        assert_eq!(
+            set.expired_between(now, now + Duration::from_secs(3600)),
+            vec![(old, "old".to_owned())]
+        );
+
+        set.replace_with_expiry(names, [(old, now - Duration::from_secs(1))].into());
+        assert_eq!(set.lookup(&old), None);
+        assert_eq!(set.lookup(&new).as_deref(), Some("new"));
+        assert_eq!(set.entries(), vec![(new, "new".to_owned())]);
+        assert_eq!(set.len(), 1);
+    }
 }

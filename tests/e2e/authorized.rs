@@ -95,3 +95,30 @@ fn keys_are_revoked_and_admitted_without_a_restart() {
         home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "again"]);
     assert_echo(back_addr, b"admitted again");
 }
+
+#[test]
+fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let client = home.ok(&["keys", "show", "--name", "client"]);
+    let file = home.path().join("authorized_clients");
+    // Long enough for router and tunnel to come up on a loaded machine.
+    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+    let at = humantime::format_rfc3339_seconds(until).to_string();
+    rewrite(&file, &format!("expires={at} {client}"));
+    let source = sources::echo();
+    let (router, raddr) = home.router(engine, &[source.to_string()]);
+    router.wait_stderr(&format!(
+        "client key admitted until {at} (expires= in authorized_clients)"
+    ));
+    let (mut tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let mut held = open_user(taddr);
+
+    router.wait_stderr(
+        "client key expired (expires= in authorized_clients): closing its streams and control \
+         sessions",
+    );
+    assert_closed(&mut held);
+    let status = tunnel.wait_exit();
+    assert_code(status, 77, &tunnel.stderr());
+}

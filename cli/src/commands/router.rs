@@ -164,7 +164,16 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
     let key_path = r.private_key_path.clone().unwrap_or_default();
     let identity = keys::load_private(&key_path, "router")?;
     let auth_path = r.authorized_keys.clone().unwrap_or_default();
-    let authorized = keys::load_authorized(&auth_path)?;
+    let authorized = keys::load_authorized_file(&auth_path)?;
+    for (key, when) in &authorized.expires {
+        let name = authorized.names.get(key).cloned().unwrap_or_default();
+        let at = humantime::format_rfc3339_seconds(*when);
+        if *when <= std::time::SystemTime::now() {
+            warn!(client = %key, %name, "client key expired at {at} (expires= in authorized_clients): it is refused");
+        } else {
+            info!(client = %key, %name, "client key admitted until {at} (expires= in authorized_clients)");
+        }
+    }
     let policy = AllowList::parse(&r.allow).map_err(|errs| Error::Config(errs.join("\n")))?;
     let api = c.api_settings().map_err(Usage)?;
     if let Some(a) = &api {
@@ -189,7 +198,10 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
     Ok(RouterSettings {
         bind,
         identity,
-        authorized: Arc::new(AuthorizedClients::new(authorized)),
+        authorized: Arc::new(AuthorizedClients::with_expiry(
+            authorized.names,
+            authorized.expires,
+        )),
         authorized_path: Some(auth_path),
         policy,
         token: r.token.clone(),
