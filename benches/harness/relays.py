@@ -245,7 +245,7 @@ class Conduit(Relay):
         with _starting(sup) as procs:
             router = sup.spawn("conduit-router", [
                 self.binary, "router", "--bind", "127.0.0.1:0",
-                "--allow", f"127.0.0.1:{target_port}", *common, *os.environ.get("XR","").split()], env=env, capture=True)
+                "--allow", f"127.0.0.1:{target_port}", *common], env=env, capture=True)
             procs.append(router)
             m = router.wait_line(r"router listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT)
             rport = int(m.group(1))
@@ -253,7 +253,7 @@ class Conduit(Relay):
                 self.binary, "start", "--foreground", "--name", "bench",
                 "--router", f"127.0.0.1:{rport}", "--router-key",
                 self.home / "keys" / "router.pub", "--source", f"127.0.0.1:{target_port}",
-                "--bind", "127.0.0.1:0", *common, *os.environ.get("XC","").split()], env=env, capture=True)
+                "--bind", "127.0.0.1:0", *common], env=env, capture=True)
             procs.append(client)
             m = client.wait_line(r"listening on 127\.0\.0\.1:(\d+) *(\(.*\))?", START_TIMEOUT)
             client.wait_line(r"connected to router", START_TIMEOUT)
