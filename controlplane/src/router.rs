@@ -57,6 +57,8 @@ pub struct RouterSettings {
     pub max_connections: usize,
     /// Options for sources' sockets.
     pub sockets: conduit_dataplane::SocketOptions,
+    /// Each client's bandwidth limit (each direction, over all its streams).
+    pub bandwidth: Option<conduit_dataplane::ratelimit::Limit>,
     /// Workers and engine.
     pub dataplane: Options,
     /// The REST API, if it is on.
@@ -133,6 +135,7 @@ impl Router {
                 idle_timeout: s.idle_timeout,
                 limit: ConnLimit::new(s.max_connections),
                 sockets: s.sockets,
+                bandwidth: conduit_dataplane::ratelimit::PerClient::new(s.bandwidth).map(Arc::new),
             },
         )?);
         let monitor = Monitor::start(s.health.clone(), &s.alerts, dp.clone())

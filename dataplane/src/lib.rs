@@ -206,6 +206,9 @@ pub struct RouterSpec {
     pub limit: Arc<ConnLimit>,
     /// Options for sources' sockets.
     pub sockets: SocketOptions,
+    /// Each client's bandwidth limit, each direction, over all its streams (`None`:
+    /// unlimited).
+    pub bandwidth: Option<Arc<ratelimit::PerClient>>,
 }
 
 /// How many workers, on which engine.

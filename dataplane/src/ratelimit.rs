@@ -201,6 +201,50 @@ impl Bandwidth {
     }
 }
 
+/// A router's per-client limits: each client key gets its own [`Bandwidth`], shared
+/// by all its streams on every core, created when its first stream opens and freed
+/// with its last.
+#[derive(Debug)]
+pub struct PerClient {
+    limit: Limit,
+    buckets: Mutex<std::collections::HashMap<conduit_proto::PublicKey, std::sync::Weak<Bandwidth>>>,
+}
+
+impl PerClient {
+    /// `limit` for each client; `None` when there is no limit.
+    pub fn new(limit: Option<Limit>) -> Option<Self> {
+        Some(Self {
+            limit: limit?,
+            buckets: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// The buckets of `key`, shared with its other open streams. Called once per
+    /// stream, off the data path.
+    pub fn of(&self, key: &conduit_proto::PublicKey) -> std::sync::Arc<Bandwidth> {
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = m.get(key).and_then(std::sync::Weak::upgrade) {
+            return b;
+        }
+        // Clients with no open stream left hold nothing: drop their entries.
+        m.retain(|_, w| w.strong_count() > 0);
+        let now = Instant::now();
+        let b = std::sync::Arc::new(Bandwidth {
+            up: Mutex::new(TokenBucket::new(Some(self.limit), now)),
+            down: Mutex::new(TokenBucket::new(Some(self.limit), now)),
+        });
+        m.insert(*key, std::sync::Arc::downgrade(&b));
+        b
+    }
+
+    /// Clients with an open stream (for tests).
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        let m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        m.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
 /// Pays for `n` bytes just relayed: returns at once while the bucket holds them,
 /// otherwise sleeps until it has refilled enough. Relays call it after each send,
 /// so a direction moves at most `burst + rate · t` bytes (plus one chunk) in any
@@ -428,5 +472,35 @@ mod tests {
         let (mut b, t0) = bucket(1, 1);
         assert_eq!(b.grant(t0, 1), Grant::Now(1));
         assert_eq!(b.grant(t0, 0), Grant::Now(0));
+    }
+
+    #[test]
+    fn each_client_gets_its_own_buckets_shared_by_its_streams() {
+        use conduit_proto::KeyPair;
+        assert!(PerClient::new(None).is_none());
+        let per = PerClient::new(Limit::from_config(1000, 0)).unwrap();
+        let (a, b) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        let a1 = per.of(&a);
+        let a2 = per.of(&a);
+        let b1 = per.of(&b);
+        assert!(std::sync::Arc::ptr_eq(&a1, &a2));
+        assert!(!std::sync::Arc::ptr_eq(&a1, &b1));
+        assert_eq!(per.live(), 2);
+        // What one stream of a client spends, its other streams cannot.
+        let t = Instant::now();
+        assert_eq!(a1.up.lock().unwrap().grant(t, 1000), Grant::Now(1000));
+        assert!(matches!(a2.up.lock().unwrap().grant(t, 1), Grant::Wait(_)));
+        assert_eq!(b1.up.lock().unwrap().grant(t, 1000), Grant::Now(1000));
+        drop((a1, a2));
+        assert_eq!(per.live(), 1);
+        // A client back after its streams all ended starts with a full bucket.
+        let a3 = per.of(&a);
+        assert_eq!(
+            a3.up.lock().unwrap().grant(Instant::now(), 1000),
+            Grant::Now(1000)
+        );
     }
 }

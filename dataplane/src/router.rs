@@ -62,6 +62,15 @@ impl RouterCore {
         }
     }
 
+    /// The buckets a stream of `client` draws from, when the router limits clients.
+    fn bandwidth_of(
+        &self,
+        client: Option<&PublicKey>,
+    ) -> Option<std::sync::Arc<crate::ratelimit::Bandwidth>> {
+        let per = self.spec.bandwidth.as_ref()?;
+        Some(per.of(client.unwrap_or(&NO_KEY)))
+    }
+
     /// Checks the allow-list and the connection limit and connects the source for one
     /// `Open`; on failure the refusal to send back (already logged and counted). The
     /// permit holds the stream's place under `--max-connections` until dropped.
@@ -211,15 +220,16 @@ impl RouterCore {
         }
         let (counters, kill) = self.track(id, peer, peer_key, &tunnel, &target);
         counters.up.set(rest.len() as u64);
+        let bandwidth = self.bandwidth_of(peer_key.as_ref());
         let to_source = Meter {
             conn: &counters.up,
             core: &core.stats.bytes_up,
-            limit: None,
+            limit: bandwidth.as_ref().map(|b| &b.up),
         };
         let to_client = Meter {
             conn: &counters.down,
             core: &core.stats.bytes_down,
-            limit: None,
+            limit: bandwidth.as_ref().map(|b| &b.down),
         };
         let both = futures::future::try_join(
             pump(&sock, &source, true, to_source),
@@ -319,6 +329,7 @@ impl RouterCore {
             return false;
         }
         let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
+        let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
         let Channel {
             sock,
             tls,
@@ -336,12 +347,12 @@ impl RouterCore {
             to_chan: Meter {
                 conn: &counters.down,
                 core: &core.stats.bytes_down,
-                limit: None,
+                limit: bandwidth.as_ref().map(|b| &b.down),
             },
             to_plain: Meter {
                 conn: &counters.up,
                 core: &core.stats.bytes_up,
-                limit: None,
+                limit: bandwidth.as_ref().map(|b| &b.up),
             },
             backlog,
             chunk: self.spec.sockets.read_chunk,

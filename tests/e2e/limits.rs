@@ -216,6 +216,47 @@ both_engines!(
     }
 );
 
+// The same limit set on the router (`[performance] default_bandwidth_limit`) applies
+// to each client key over all its streams: a tunnel without a limit of its own is
+// paced by the router, in both directions, and loses nothing.
+#[test]
+fn a_router_paces_each_client_and_loses_nothing() {
+    use std::time::Instant;
+
+    use crate::sources::{self, pattern_sha, read_all_hashed};
+    const LEN: usize = 3 << 20;
+    const RATE: usize = 1 << 20;
+    // The burst: 0 in the file means one second's worth (a router's file may not
+    // set a burst below the rate).
+    const BURST: usize = RATE;
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let (source, got) = sources::exchange(LEN);
+    let rate = format!("performance.default_bandwidth_limit={RATE}");
+    let burst = format!("performance.burst_bandwidth_limit={BURST}");
+    let (_router, raddr) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &["--set", &rate, "--set", &burst],
+    );
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let started = Instant::now();
+    let user = connect(taddr);
+    let writer = sources::upload(&user, 1, LEN);
+    let mut r = user;
+    let (n, sha) = read_all_hashed(&mut r).unwrap();
+    writer.join().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!((n, sha), (LEN, pattern_sha(2, LEN)), "source to user");
+    let (n, sha) = got.recv_timeout(crate::harness::DEADLINE).unwrap();
+    assert_eq!((n, sha), (LEN, pattern_sha(1, LEN)), "user to source");
+    let least = (LEN - BURST - (64 << 10)) as f64 / RATE as f64;
+    assert!(
+        elapsed.as_secs_f64() >= least,
+        "3 MiB at 1 MiB/s took only {elapsed:?}"
+    );
+}
+
 /// The TCP timers `ss` shows for sockets matching `filter` (e.g. "dst 127.0.0.1:80").
 fn ss_timers(filter: &str) -> String {
     let out = std::process::Command::new("ss")

@@ -212,6 +212,10 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         idle_timeout: p.idle_timeout(),
         max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
         sockets: p.socket_options(),
+        bandwidth: conduit_dataplane::ratelimit::Limit::from_config(
+            p.default_bandwidth_limit,
+            p.burst_bandwidth_limit,
+        ),
         dataplane: p.dataplane_options(),
         api,
         health: c.health_settings(),

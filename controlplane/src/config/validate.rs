@@ -316,13 +316,6 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
             "only a router runs handshakes for others; a tunnel ignores it: remove it here",
         );
     }
-    if router && p.default_bandwidth_limit > 0 {
-        out.warn(
-            "performance.default_bandwidth_limit",
-            "a router does not limit bandwidth in this version; set the limit on the \
-             tunnels ([performance] of conduit.toml, or `conduit start --bandwidth-limit`)",
-        );
-    }
     let (limit, burst) = (p.default_bandwidth_limit, p.burst_bandwidth_limit);
     if limit > 0 && burst > 0 && burst < limit {
         out.error(

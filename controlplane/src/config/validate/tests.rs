@@ -473,7 +473,7 @@ fn socket_buffers_and_optimize_for_are_checked() {
              ($F:13)",
         ]
     );
-    // The bandwidth limit works on tunnels, so only a router is warned.
+    // The bandwidth limit works on tunnels (per tunnel) and routers (per client).
     let text = f.client_text("[performance]\ndefault_bandwidth_limit = 1000000\n");
     assert_eq!(check(&f, &text), none());
     // The handshake cap works on routers, so only a tunnel is warned.
