@@ -511,6 +511,10 @@ pub(crate) struct StartArgs {
     /// Seconds to let open connections finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Seconds between heartbeats to the router; three without an answer and the
+    /// link counts as lost (its users' connections are closed and it reconnects).
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) heartbeat_interval: u64,
     /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:
     /// bind it to loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]

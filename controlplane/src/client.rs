@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::error::from_tls;
 use crate::metrics::{Counters, SetupError};
 use crate::wire::{self, Wire, WireError};
-use crate::{Error, HEARTBEAT_INTERVAL, Transport};
+use crate::{Error, Transport};
 
 /// Everything a client tunnel needs.
 pub struct TunnelSettings {
@@ -55,6 +55,9 @@ pub struct TunnelSettings {
     pub sockets: conduit_dataplane::SocketOptions,
     /// Workers and engine.
     pub dataplane: Options,
+    /// How often the control channel pings the router; three intervals without an
+    /// answer and the link counts as lost.
+    pub heartbeat: Duration,
 }
 
 /// The state of the link to the router.
@@ -92,6 +95,7 @@ struct Shared {
     token: Option<Secret>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
+    heartbeat: Duration,
     link: Arc<LinkState>,
     status: watch::Sender<LinkStatus>,
     dp: Arc<DataPlane>,
@@ -144,6 +148,7 @@ impl ClientTunnel {
                 token: s.token,
                 connect_timeout: s.connect_timeout,
                 handshake_timeout: s.handshake_timeout,
+                heartbeat: s.heartbeat.max(Duration::from_millis(100)),
                 link,
                 status,
                 dp: Arc::new(dp),
@@ -316,7 +321,7 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
                     since: SystemTime::now(),
                 });
                 info!(tunnel = %shared.name, router = %shared.router, "connected to router");
-                let end = heartbeat(&mut ctl, &mut stop).await;
+                let end = heartbeat(&mut ctl, &mut stop, shared.heartbeat).await;
                 let why = &end.why;
                 shared.link.lost();
                 if *stop.borrow() {
@@ -375,7 +380,11 @@ impl From<String> for LinkEnd {
 
 /// Pings the router until the link fails or `stop` is set (then says goodbye);
 /// returns why it ended.
-async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> LinkEnd {
+async fn heartbeat(
+    ctl: &mut Wire,
+    stop: &mut watch::Receiver<bool>,
+    interval: Duration,
+) -> LinkEnd {
     let mut nonce = 0u64;
     loop {
         if *stop.borrow() {
@@ -390,7 +399,7 @@ async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> LinkEnd 
         if let Err(e) = ctl.send(&Message::Ping { nonce }).await {
             return e.to_string().into();
         }
-        let deadline = tokio::time::Instant::now() + HEARTBEAT_INTERVAL * 3;
+        let deadline = tokio::time::Instant::now() + interval * 3;
         loop {
             let next = tokio::select! {
                 r = tokio::time::timeout_at(deadline, ctl.recv()) => r,
@@ -399,7 +408,7 @@ async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> LinkEnd 
             match next {
                 Err(_) => {
                     return LinkEnd {
-                        why: format!("no heartbeat answer for {:?}", HEARTBEAT_INTERVAL * 3),
+                        why: format!("no heartbeat answer for {:?}", interval * 3),
                         silent: true,
                     };
                 }
@@ -417,7 +426,7 @@ async fn heartbeat(ctl: &mut Wire, stop: &mut watch::Receiver<bool>) -> LinkEnd 
         }
         // Until the next ping, keep reading: a router that goes away is noticed at
         // once, not at the next ping.
-        let next = tokio::time::Instant::now() + HEARTBEAT_INTERVAL;
+        let next = tokio::time::Instant::now() + interval;
         loop {
             let got = tokio::select! {
                 r = tokio::time::timeout_at(next, ctl.recv()) => r,

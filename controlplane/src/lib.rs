@@ -63,6 +63,7 @@ pub enum Transport {
     Plain,
 }
 
-/// How often a client pings its router; either side drops a control channel after
-/// a few silent intervals.
+/// How often a client pings its router by default (`heartbeat_interval_secs`); the
+/// client drops a control channel after three silent intervals, the router after
+/// `health.client_timeout_secs`.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

@@ -176,16 +176,22 @@ fn a_frozen_router_is_found_out_by_heartbeat_and_its_users_closed() {
     let home = Home::with_keys();
     let source = sources::echo();
     let (router, raddr) = home.router(engine, &[source.to_string()]);
-    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    // Heartbeats every second (default 5): found out after 3 s instead of 15.
+    let (tunnel, taddr) = home.tunnel_with(
+        engine,
+        raddr,
+        &source.to_string(),
+        &["--heartbeat-interval", "1"],
+    );
     let mut held = open_user(taddr);
 
     // The router stops answering but resets nothing, like a router behind a link
     // that drops every packet: only the missing heartbeat tells.
     let frozen = Frozen::new(&router);
     assert_eq!(expect_end(&mut held), End::Reset);
-    tunnel.wait_stderr("lost the router link: no heartbeat answer for 15s");
+    tunnel.wait_stderr("lost the router link: no heartbeat answer for 3s");
     tunnel.wait_stderr(
-        "user connection closed: the router link was lost: no heartbeat answer for 15s",
+        "user connection closed: the router link was lost: no heartbeat answer for 3s",
     );
     drop(frozen);
     tunnel.wait_stdout_count("connected to router", 2);
@@ -199,14 +205,25 @@ fn a_frozen_tunnel_is_found_out_by_heartbeat_and_its_sources_closed() {
     let home = Home::with_keys();
     let src = EchoSource::start();
     let saddr = src.addr();
-    let (router, raddr) = home.router(engine, &[saddr.to_string()]);
-    let (tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
+    // The router gives a silent client 4 s (default 20), the tunnel beats every
+    // second (default 5).
+    let (router, raddr) = home.router_with(
+        engine,
+        &[saddr.to_string()],
+        &["--set", "health.client_timeout_secs=4"],
+    );
+    let (tunnel, taddr) = home.tunnel_with(
+        engine,
+        raddr,
+        &saddr.to_string(),
+        &["--heartbeat-interval", "1"],
+    );
     let mut held = open_user(taddr);
     assert_eq!(src.live(), 1);
 
     let frozen = Frozen::new(&tunnel);
-    router.wait_stderr("client disconnected: no heartbeat for 20s");
-    router.wait_stderr("stream closed: the client stopped answering (no heartbeat for 20s)");
+    router.wait_stderr("client disconnected: no heartbeat for 4s");
+    router.wait_stderr("stream closed: the client stopped answering (no heartbeat for 4s)");
     wait_until("the source connection closed by the router", || {
         let n = src.live();
         (n == 0, n)

@@ -65,6 +65,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         ),
         sockets: performance.socket_options(),
         dataplane: dataplane_options(&a.engine),
+        heartbeat: secs(a.heartbeat_interval),
     };
     let registration = Registration {
         home: home.clone(),
@@ -256,6 +257,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     let numbers = [
         ("--handshake-timeout", a.handshake_timeout, 10),
+        ("--heartbeat-interval", a.heartbeat_interval, 5),
         ("--max-connections", a.max_connections as u64, 0),
         ("--bandwidth-limit", a.bandwidth_limit, 0),
         ("--burst-limit", a.burst_limit, 0),

@@ -312,6 +312,9 @@ pub struct PerformanceConfig {
     pub idle_timeout_secs: u64,
     /// How long open connections may finish after SIGTERM, in seconds.
     pub drain_timeout_secs: u64,
+    /// Tunnel: seconds between heartbeats to the router; three without an answer
+    /// and the link counts as lost.
+    pub heartbeat_interval_secs: u64,
 }
 
 /// The fewest ready channels per worker with `optimize_for = "latency"`: a burst of
@@ -348,6 +351,7 @@ impl Default for PerformanceConfig {
             max_pending_handshakes: 1024,
             idle_timeout_secs: 300,
             drain_timeout_secs: 30,
+            heartbeat_interval_secs: crate::HEARTBEAT_INTERVAL.as_secs(),
         }
     }
 }
@@ -446,6 +450,11 @@ impl PerformanceConfig {
     /// `drain_timeout_secs`.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// `heartbeat_interval_secs`.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs)
     }
 }
 

@@ -90,6 +90,7 @@ impl TunnelPlan {
             ),
             sockets: p.socket_options(),
             dataplane: p.dataplane_options(),
+            heartbeat: p.heartbeat(),
         }
     }
 }

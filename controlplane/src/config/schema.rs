@@ -154,6 +154,7 @@ const PERFORMANCE: Section = Section {
         key("max_pending_handshakes", Kind::Int { min: 1, max: 65536 }),
         key("idle_timeout_secs", Kind::Int { min: 1, max: 86400 }),
         key("drain_timeout_secs", Kind::Int { min: 0, max: 3600 }),
+        key("heartbeat_interval_secs", Kind::Int { min: 1, max: 300 }),
     ],
 };
 

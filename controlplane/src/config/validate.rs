@@ -310,6 +310,13 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
              back for up to one round trip; set tcp_nodelay = true",
         );
     }
+    if router && p.heartbeat_interval_secs != PerformanceConfig::default().heartbeat_interval_secs {
+        out.warn(
+            "performance.heartbeat_interval_secs",
+            "a router answers heartbeats and does not send them; health.client_timeout_secs \
+             sets how long it waits for a silent client: remove it here",
+        );
+    }
     if !router && p.max_pending_handshakes != PerformanceConfig::default().max_pending_handshakes {
         out.warn(
             "performance.max_pending_handshakes",

@@ -486,3 +486,23 @@ fn socket_buffers_and_optimize_for_are_checked() {
         ]
     );
 }
+
+#[test]
+fn heartbeats_are_a_tunnel_setting() {
+    let f = Fixture::new();
+    let text = f.client_text("[performance]\nheartbeat_interval_secs = 2\n");
+    assert_eq!(check(&f, &text), none());
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "[router]\nallow = [\"10.2.0.2:80\"]\n[performance]\nheartbeat_interval_secs = 2\n",
+            &[]
+        ),
+        [
+            "warning: performance.heartbeat_interval_secs: a router answers heartbeats and does \
+             not send them; health.client_timeout_secs sets how long it waits for a silent \
+             client: remove it here ($F:4)"
+        ]
+    );
+}
