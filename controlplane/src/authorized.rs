@@ -7,7 +7,7 @@
 //! fix, so a typo never locks every client out. A key that disappears is revoked
 //! everywhere it is in use: its streams are closed, its control sessions are told
 //! goodbye, and any channel it still holds is refused the next `Open` (see
-//! [`AdmittedPolicy`]); new handshakes with it fail in the TLS verifier.
+//! `AdmittedPolicy`); new handshakes with it fail in the TLS verifier.
 //!
 //! A key listed with `expires=TIME` (a key being rotated out: the new one is added
 //! beside it, the old one kept for a grace period) is revoked the same way when that
