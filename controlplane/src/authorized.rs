@@ -146,10 +146,11 @@ fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(Publ
         .filter(|(k, _)| authorized.lookup(k).is_none())
         .cloned()
         .collect();
+    let before: std::collections::HashSet<PublicKey> = old.iter().map(|(k, _)| *k).collect();
     let added = authorized
         .entries()
         .iter()
-        .filter(|(k, _)| !old.iter().any(|(o, _)| o == k))
+        .filter(|(k, _)| !before.contains(k))
         .count();
     if expiring > 0 {
         info!("{expiring} key(s) in authorized_clients carry an expiry time (expires=)");

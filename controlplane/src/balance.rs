@@ -38,13 +38,17 @@ impl Balancer {
         }
     }
 
-    fn is_down(&self, member: &str) -> bool {
-        self.health.get().and_then(Weak::upgrade).is_some_and(|m| {
-            m.view()
-                .sources
-                .iter()
-                .any(|s| s.target == member && s.state == SourceState::Down)
-        })
+    /// The members the health checks report down now.
+    fn down(&self) -> Vec<String> {
+        let Some(monitor) = self.health.get().and_then(Weak::upgrade) else {
+            return Vec::new();
+        };
+        let view = monitor.view();
+        view.sources
+            .iter()
+            .filter(|s| s.state == SourceState::Down)
+            .map(|s| s.target.clone())
+            .collect()
     }
 }
 
@@ -62,9 +66,11 @@ impl SourcePolicy for Balancer {
             )),
             [one] => self.allow.resolve(client, one),
             _ => {
+                let down = self.down();
                 let mut resolved = Vec::with_capacity(members.len());
                 for m in &members {
-                    resolved.push((self.is_down(m), self.allow.resolve(client, m)?));
+                    let is_down = down.iter().any(|d| d == m);
+                    resolved.push((is_down, self.allow.resolve(client, m)?));
                 }
                 let start = self.next.fetch_add(1, Relaxed);
                 Ok(order(resolved, start))

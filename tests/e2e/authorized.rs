@@ -2,35 +2,18 @@
 //! again when it changes and on SIGHUP; a removed key loses its streams and its
 //! tunnel, other clients carry on, and a file that does not parse changes nothing.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::harness::{Engine, Home, assert_code};
 use crate::sources;
-use crate::users::{assert_echo, open_user};
+use crate::users::{End, assert_echo, expect_end, open_user};
 
 /// Replaces `path` the way editors and config tools do: a new file renamed over it.
 fn rewrite(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Waits (up to the read timeout) for the other side to close `conn`.
-fn assert_closed(conn: &mut TcpStream) {
-    let mut buf = [0u8; 64];
-    match conn.read(&mut buf) {
-        Ok(0) => {}
-        Ok(n) => panic!("got {n} bytes instead of the end"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-            ),
-            "the connection was not closed: {e}"
-        ),
-    }
 }
 
 #[test]
@@ -64,7 +47,7 @@ fn keys_are_revoked_and_admitted_without_a_restart() {
     router.wait_stderr(
         "client key removed from authorized_clients: closing its streams and control sessions",
     );
-    assert_closed(&mut doomed);
+    assert_eq!(expect_end(&mut doomed), End::Reset);
     let status = revoked.wait_exit();
     assert_code(status, 77, &revoked.stderr());
     assert!(
@@ -118,7 +101,7 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
         "client key expired (expires= in authorized_clients): closing its streams and control \
          sessions",
     );
-    assert_closed(&mut held);
+    assert_eq!(expect_end(&mut held), End::Reset);
     let status = tunnel.wait_exit();
     assert_code(status, 77, &tunnel.stderr());
 }

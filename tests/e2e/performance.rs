@@ -10,7 +10,7 @@ use std::thread;
 
 use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, have};
-use crate::procfs::wait_until;
+use crate::procfs::{nofile_of, wait_until};
 use crate::sources::{self, pattern, read_all_hashed, sha};
 
 /// (receive, send) buffer of each established TCP socket `ss` lists for `filter`
@@ -41,12 +41,7 @@ fn count(seen: &[(u64, u64)], want: (u64, u64)) -> usize {
 
 /// The hard open-file limit of `pid` (`None`: unlimited).
 fn hard_nofile(pid: u32) -> Option<u64> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    line.split_whitespace().nth(4).unwrap().parse().ok()
+    nofile_of(pid).1.parse().ok()
 }
 
 both_engines!(

@@ -18,6 +18,18 @@ pub fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// `Max open files` of `pid`: (soft, hard), as /proc prints them ("unlimited" too).
+pub fn nofile_of(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    (v[3].to_owned(), v[4].to_owned())
+}
+
 /// Resident memory of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

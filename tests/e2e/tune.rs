@@ -5,6 +5,7 @@
 use std::process::{Command, Output};
 
 use crate::harness::conduit_bin;
+use crate::procfs::nofile_of;
 
 /// The settings the report covers, in order.
 const NAMES: [&str; 16] = [
@@ -141,18 +142,6 @@ fn tune_without_check_is_a_usage_error() {
         "{}",
         text(&help.stdout)
     );
-}
-
-/// `Max open files` of a process: (soft, hard).
-fn nofile_of(pid: u32) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .to_owned();
-    let v: Vec<&str> = line.split_whitespace().collect();
-    (v[3].to_owned(), v[4].to_owned())
 }
 
 #[test]
