@@ -147,9 +147,9 @@ impl Wire {
                 let raw = std::mem::take(&mut self.raw);
                 let res = decoder.feed(&raw, |ev| match ev {
                     Event::Message(m) => inbox.push_back(m),
-                    Event::Data(_) => {
+                    Event::Data(_) | Event::Datagram(_) => {
                         bad = Some(ProtoError::Unexpected {
-                            got: "Data",
+                            got: "payload",
                             expected: "a control message",
                         })
                     }
@@ -176,9 +176,9 @@ impl Wire {
                 }
                 let res = decoder.feed(plain, |ev| match ev {
                     Event::Message(m) => inbox.push_back(m),
-                    Event::Data(_) => {
+                    Event::Data(_) | Event::Datagram(_) => {
                         bad = Some(ProtoError::Unexpected {
-                            got: "Data",
+                            got: "payload",
                             expected: "a control message",
                         })
                     }

@@ -37,6 +37,7 @@ pub(crate) enum ChannelError {
 pub(crate) enum Held {
     Msg(Message),
     Data(Vec<u8>),
+    Datagram(Vec<u8>),
 }
 
 impl Held {
@@ -44,6 +45,7 @@ impl Held {
         match ev {
             Event::Message(m) => Held::Msg(m),
             Event::Data(d) => Held::Data(d.to_vec()),
+            Event::Datagram(d) => Held::Datagram(d.to_vec()),
         }
     }
 }
@@ -117,9 +119,9 @@ impl Channel {
         loop {
             match self.backlog.pop_front() {
                 Some(Held::Msg(m)) => return Ok(Some(m)),
-                Some(Held::Data(_)) => {
+                Some(Held::Data(_) | Held::Datagram(_)) => {
                     return Err(ProtoError::Unexpected {
-                        got: "Data",
+                        got: "payload",
                         expected: "a control message",
                     }
                     .into());

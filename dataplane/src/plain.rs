@@ -95,9 +95,9 @@ pub(crate) async fn read_frame(
             let mut h = [0u8; HEADER_LEN];
             h.copy_from_slice(&have[..HEADER_LEN]);
             let header = Header::parse(&h)?;
-            if header.typ == FrameType::Data {
+            if matches!(header.typ, FrameType::Data | FrameType::Datagram) {
                 return Err(ProtoError::Unexpected {
-                    got: "Data",
+                    got: "payload",
                     expected: "a control message",
                 }
                 .into());

@@ -268,6 +268,14 @@ async fn down(
                     Held::Data(d) => {
                         on_event(Event::Data(&d), side, &mut b, &mut out, &mut len, backlog)
                     }
+                    Held::Datagram(d) => on_event(
+                        Event::Datagram(&d),
+                        side,
+                        &mut b,
+                        &mut out,
+                        &mut len,
+                        backlog,
+                    ),
                 }
             }
         } else {
@@ -357,6 +365,7 @@ fn on_event(
         Event::Message(Message::Eof) if b.opened => b.eof = true,
         Event::Message(Message::Reset(r)) => b.reset = Some(r),
         Event::Data(_) => b.bad = Some(unexpected("Data before Opened")),
+        Event::Datagram(_) => b.bad = Some(unexpected("Datagram on a TCP stream")),
         Event::Message(m) => b.bad = Some(unexpected(m.name())),
     }
 }

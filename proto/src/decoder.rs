@@ -3,7 +3,9 @@
 //! Input arrives in arbitrary pieces (TLS records, socket reads); frames may span them.
 //! Payload bytes are handed out as slices of the input, never copied or buffered, so a
 //! `Data` frame of any allowed size costs no memory here. Control message bodies are
-//! buffered, but only after their header passed the size limit.
+//! buffered, but only after their header passed the size limit. A `Datagram` is handed
+//! out whole: as a slice of the input when it arrived in one piece, else buffered (at
+//! most [`crate::frame::MAX_DATAGRAM`] bytes) until its last byte is in.
 
 use crate::error::ProtoError;
 use crate::frame::{FrameType, HEADER_LEN, Header};
@@ -14,6 +16,8 @@ use crate::message::Message;
 pub enum Event<'a> {
     /// Payload bytes of a `Data` frame (a frame may be handed out in several pieces).
     Data(&'a [u8]),
+    /// One whole UDP datagram (possibly empty: UDP allows it).
+    Datagram(&'a [u8]),
     /// A complete control message.
     Message(Message),
 }
@@ -80,6 +84,18 @@ impl FrameDecoder {
                     let remaining = h.body_len as usize;
                     if h.typ == FrameType::Data {
                         self.state = State::Data { remaining };
+                    } else if h.typ == FrameType::Datagram {
+                        if input.len() >= remaining {
+                            on(Event::Datagram(&input[..remaining]));
+                            input = &input[remaining..];
+                        } else {
+                            self.body.clear();
+                            self.body.reserve_exact(remaining);
+                            self.state = State::Body {
+                                typ: h.typ,
+                                remaining,
+                            };
+                        }
                     } else if remaining == 0 {
                         on(Event::Message(Message::decode(h.typ, &[])?));
                     } else {
@@ -111,6 +127,11 @@ impl FrameDecoder {
                     input = &input[take..];
                     if remaining == take {
                         self.state = State::Header;
+                        if typ == FrameType::Datagram {
+                            on(Event::Datagram(&self.body));
+                            self.body = Vec::new();
+                            continue;
+                        }
                         let msg = Message::decode(typ, &self.body)?;
                         self.body = Vec::new();
                         on(Event::Message(msg));
@@ -139,6 +160,7 @@ mod tests {
     #[derive(Debug, PartialEq, Eq)]
     enum Owned {
         Data(Vec<u8>),
+        Datagram(Vec<u8>),
         Msg(Message),
     }
 
@@ -152,6 +174,7 @@ mod tests {
                     Some(Owned::Data(v)) => v.extend_from_slice(b),
                     _ => out.push(Owned::Data(b.to_vec())),
                 },
+                Event::Datagram(b) => out.push(Owned::Datagram(b.to_vec())),
                 Event::Message(m) => out.push(Owned::Msg(m)),
             })?;
         }
@@ -242,5 +265,49 @@ mod tests {
         .unwrap();
         assert_eq!(got, Some(Message::Ping { nonce: 1 }));
         assert!(d.at_boundary());
+    }
+
+    fn datagram_frame(payload: &[u8]) -> Vec<u8> {
+        let mut v = Header::datagram(payload.len()).to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn datagrams_come_out_whole_and_separate_whatever_the_split() {
+        let big: Vec<u8> = (0..crate::frame::MAX_DATAGRAM).map(|i| i as u8).collect();
+        let mut stream = Message::OpenDatagrams {
+            target: "10.0.0.1:53".into(),
+        }
+        .to_frame();
+        stream.extend(datagram_frame(b"one"));
+        stream.extend(datagram_frame(b""));
+        stream.extend(datagram_frame(b"two"));
+        stream.extend(datagram_frame(&big));
+        stream.extend(Message::Eof.to_frame());
+        let want = vec![
+            Owned::Msg(Message::OpenDatagrams {
+                target: "10.0.0.1:53".into(),
+            }),
+            Owned::Datagram(b"one".to_vec()),
+            Owned::Datagram(Vec::new()),
+            Owned::Datagram(b"two".to_vec()),
+            Owned::Datagram(big.clone()),
+            Owned::Msg(Message::Eof),
+        ];
+        for step in [1, 2, 5, 7, 4096, 16_384, stream.len()] {
+            assert_eq!(decode_in_steps(&stream, step).unwrap(), want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_datagram_fails_on_its_header() {
+        let mut d = FrameDecoder::new();
+        let len = (crate::frame::MAX_DATAGRAM + 2).to_be_bytes();
+        let err = d
+            .feed(&[len[0], len[1], len[2], len[3], 0x23], |_| {})
+            .unwrap_err();
+        assert!(matches!(err, ProtoError::FrameTooLarge { typ: 0x23, .. }));
+        assert_eq!(d.body.capacity(), 0);
     }
 }

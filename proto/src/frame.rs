@@ -13,6 +13,9 @@ pub const HEADER_LEN: usize = 5;
 pub const MAX_CONTROL_BODY: u32 = 16 * 1024;
 /// Largest body of a `Data` frame. Senders in this build use at most 64 KiB.
 pub const MAX_DATA_BODY: u32 = 1024 * 1024;
+/// Largest body of a `Datagram` frame: the largest UDP payload (IPv6 jumbograms
+/// aside), so every datagram travels whole.
+pub const MAX_DATAGRAM: u32 = 65_535;
 
 /// The type byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +33,16 @@ pub enum FrameType {
     Opened = 0x11,
     /// Router → client: the source could not be opened, with the reason.
     OpenFailed = 0x12,
+    /// Client → router on a data channel: open a UDP flow to this source (protocol 2).
+    OpenDatagrams = 0x13,
     /// Payload bytes of the current stream.
     Data = 0x20,
     /// The sender will send no more payload on the current stream (TCP half-close).
     Eof = 0x21,
     /// The current stream was aborted; the channel closes.
     Reset = 0x22,
+    /// One whole UDP datagram of the current flow (protocol 2).
+    Datagram = 0x23,
     /// Heartbeat request.
     Ping = 0x30,
     /// Heartbeat answer.
@@ -54,9 +61,11 @@ impl FrameType {
             0x10 => Self::Open,
             0x11 => Self::Opened,
             0x12 => Self::OpenFailed,
+            0x13 => Self::OpenDatagrams,
             0x20 => Self::Data,
             0x21 => Self::Eof,
             0x22 => Self::Reset,
+            0x23 => Self::Datagram,
             0x30 => Self::Ping,
             0x31 => Self::Pong,
             0x32 => Self::Goodbye,
@@ -68,6 +77,7 @@ impl FrameType {
     pub const fn max_body(self) -> u32 {
         match self {
             Self::Data => MAX_DATA_BODY,
+            Self::Datagram => MAX_DATAGRAM,
             _ => MAX_CONTROL_BODY,
         }
     }
@@ -116,6 +126,14 @@ impl Header {
     pub fn data(body_len: usize) -> [u8; HEADER_LEN] {
         let mut h = [0; HEADER_LEN];
         Self::write(FrameType::Data, body_len, &mut h);
+        h
+    }
+
+    /// The header bytes of a `Datagram` frame carrying a datagram of `len` bytes
+    /// (at most [`MAX_DATAGRAM`]).
+    pub fn datagram(len: usize) -> [u8; HEADER_LEN] {
+        let mut h = [0; HEADER_LEN];
+        Self::write(FrameType::Datagram, len, &mut h);
         h
     }
 }

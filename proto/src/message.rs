@@ -122,6 +122,12 @@ pub enum Message {
         /// The source address.
         target: String,
     },
+    /// Open a UDP flow to this source (`host:port`); `Datagram` frames follow, each
+    /// one whole datagram, and `Eof` from the client ends the flow (protocol 2).
+    OpenDatagrams {
+        /// The source address.
+        target: String,
+    },
     /// The source is connected.
     Opened,
     /// The source could not be opened.
@@ -181,6 +187,7 @@ impl Message {
             Self::Welcome { .. } => "Welcome",
             Self::Refused(_) => "Refused",
             Self::Open { .. } => "Open",
+            Self::OpenDatagrams { .. } => "OpenDatagrams",
             Self::Opened => "Opened",
             Self::OpenFailed(_) => "OpenFailed",
             Self::Eof => "Eof",
@@ -197,6 +204,7 @@ impl Message {
             Self::Welcome { .. } => FrameType::Welcome,
             Self::Refused(_) => FrameType::Refused,
             Self::Open { .. } => FrameType::Open,
+            Self::OpenDatagrams { .. } => FrameType::OpenDatagrams,
             Self::Opened => FrameType::Opened,
             Self::OpenFailed(_) => FrameType::OpenFailed,
             Self::Eof => FrameType::Eof,
@@ -228,7 +236,7 @@ impl Message {
                     message: truncate(&r.message, 4096).to_owned(),
                 })
             }
-            Self::Open { target } => to_vec(&OpenWire {
+            Self::Open { target } | Self::OpenDatagrams { target } => to_vec(&OpenWire {
                 target: target.clone(),
             }),
             Self::Ping { nonce } | Self::Pong { nonce } => to_vec(&NonceWire { nonce: *nonce }),
@@ -278,6 +286,10 @@ impl Message {
                 let w: OpenWire = from_bytes("Open", body)?;
                 Self::Open { target: w.target }
             }
+            FrameType::OpenDatagrams => {
+                let w: OpenWire = from_bytes("OpenDatagrams", body)?;
+                Self::OpenDatagrams { target: w.target }
+            }
             FrameType::Opened => Self::Opened,
             FrameType::OpenFailed => Self::OpenFailed(refusal("OpenFailed", body)?),
             FrameType::Eof => Self::Eof,
@@ -289,9 +301,13 @@ impl Message {
                 nonce: from_bytes::<NonceWire>("Pong", body)?.nonce,
             },
             FrameType::Goodbye => Self::Goodbye(refusal("Goodbye", body)?),
-            FrameType::Data => {
+            FrameType::Data | FrameType::Datagram => {
                 return Err(ProtoError::Unexpected {
-                    got: "Data",
+                    got: if typ == FrameType::Data {
+                        "Data"
+                    } else {
+                        "Datagram"
+                    },
                     expected: "a control message",
                 });
             }

@@ -7,7 +7,10 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 1;
+pub const CURRENT: u16 = 2;
+/// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
+/// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
+pub const DATAGRAMS: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

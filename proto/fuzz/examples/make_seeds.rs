@@ -38,6 +38,9 @@ fn messages() -> Vec<Message> {
         Message::Open {
             target: "10.2.0.2:8080".into(),
         },
+        Message::OpenDatagrams {
+            target: "10.2.0.3:53".into(),
+        },
         Message::Opened,
         Message::OpenFailed(Refusal::new(RefusalCode::SourceUnreachable, "refused")),
         Message::Eof,
@@ -76,6 +79,10 @@ fn main() {
         stream.extend(data_frame(format!("payload {i}").as_bytes()));
     }
     stream.extend(data_frame(b""));
+    for d in [&b"query"[..], b"", &[0xa5; 1400]] {
+        stream.extend_from_slice(&Header::datagram(d.len()));
+        stream.extend_from_slice(d);
+    }
     write(&dir, "stream-whole", &with_cuts(&[], &stream));
     write(
         &dir,

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         .events
         .iter()
         .map(|e| match e {
-            conduit_proto_fuzz::Owned::Data(b) => b.len(),
+            conduit_proto_fuzz::Owned::Data(b) | conduit_proto_fuzz::Owned::Datagram(b) => b.len(),
             conduit_proto_fuzz::Owned::Msg(_) => 0,
         })
         .sum();

@@ -1,6 +1,6 @@
 //! `Message::decode` for every frame type, and the encode/decode round trip.
 //!
-//! Input: `type selector (1 byte, index into ALL_TYPES modulo 12) | body`. The body is
+//! Input: `type selector (1 byte, index into ALL_TYPES modulo its length) | body`. The body is
 //! cut to `MAX_CONTROL_BODY`, the most a `FrameDecoder` ever hands to `decode`.
 //!
 //! Checks:

@@ -14,14 +14,16 @@ use conduit_proto::tls::{AuthorizedClients, client_config, server_config};
 use conduit_proto::{Event, FrameDecoder, KeyPair, Message, ProtoError, TlsSession};
 
 /// Every frame type, in a fixed order: `message_decode` picks one with its first byte.
-pub const ALL_TYPES: [FrameType; 12] = [
+pub const ALL_TYPES: [FrameType; 14] = [
     FrameType::Hello,
     FrameType::Welcome,
     FrameType::Refused,
     FrameType::Open,
     FrameType::Opened,
     FrameType::OpenFailed,
+    FrameType::OpenDatagrams,
     FrameType::Data,
+    FrameType::Datagram,
     FrameType::Eof,
     FrameType::Reset,
     FrameType::Ping,
@@ -74,6 +76,8 @@ pub fn with_cuts(cuts: &[u16], stream: &[u8]) -> Vec<u8> {
 pub enum Owned {
     /// Payload bytes (possibly of several `Data` frames).
     Data(Vec<u8>),
+    /// One whole datagram.
+    Datagram(Vec<u8>),
     /// A control message.
     Msg(Message),
 }
@@ -104,6 +108,7 @@ pub fn decode_pieces(pieces: &[&[u8]]) -> Decoded {
                     _ => events.push(Owned::Data(b.to_vec())),
                 }
             }
+            Event::Datagram(b) => events.push(Owned::Datagram(b.to_vec())),
             Event::Message(m) => events.push(Owned::Msg(m)),
         });
         if let Err(e) = res {
@@ -119,13 +124,18 @@ pub fn decode_pieces(pieces: &[&[u8]]) -> Decoded {
     }
 }
 
-/// Frames `events` again: messages with `Message::encode`, payload as `Data` frames of
-/// at most 64 KiB (what senders in this build use).
+/// Frames `events` again: messages with `Message::encode`, datagrams as one `Datagram`
+/// frame each, payload as `Data` frames of at most 64 KiB (what senders in this build
+/// use).
 pub fn encode_events(events: &[Owned]) -> Vec<u8> {
     let mut out = Vec::new();
     for ev in events {
         match ev {
             Owned::Msg(m) => m.encode(&mut out),
+            Owned::Datagram(d) => {
+                out.extend_from_slice(&conduit_proto::frame::Header::datagram(d.len()));
+                out.extend_from_slice(d);
+            }
             Owned::Data(b) => {
                 for chunk in b.chunks(64 * 1024) {
                     out.extend_from_slice(&conduit_proto::frame::Header::data(chunk.len()));
