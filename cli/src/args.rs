@@ -170,6 +170,13 @@ impl From<TransportArg> for conduit_controlplane::Transport {
     }
 }
 
+/// `--protocol`, as a tunnel's `protocol` in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
 /// `--optimize-for`, as `[performance] optimize_for`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OptimizeArg {
@@ -492,6 +499,14 @@ pub(crate) struct StartArgs {
     /// are already encrypted only).
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
     pub(crate) transport: TransportArg,
+    /// tcp (default), or udp: users send datagrams to --bind and each sender's flow
+    /// rides a TLS channel of its own (not over --transport plain).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+    pub(crate) protocol: ProtocolArg,
+    /// UDP tunnels: seconds a flow may pass no datagram either way before it ends;
+    /// `[performance] udp_idle_timeout_secs` in a file.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub(crate) udp_idle_timeout: u64,
     /// Handshaken channels each worker keeps ready.
     #[arg(long, default_value_t = 2)]
     pub(crate) pool_size: usize,

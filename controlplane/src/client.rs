@@ -10,7 +10,7 @@ use conduit_dataplane::{
     ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
 };
 use conduit_proto::tls::{ClientConfig, client_config};
-use conduit_proto::version::VersionRange;
+use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
 };
@@ -58,6 +58,8 @@ pub struct TunnelSettings {
     /// How often the control channel pings the router; three intervals without an
     /// answer and the link counts as lost.
     pub heartbeat: Duration,
+    /// `Some` for a UDP tunnel (users send datagrams to `bind`).
+    pub udp: Option<conduit_dataplane::UdpSpec>,
 }
 
 /// The state of the link to the router.
@@ -88,6 +90,8 @@ pub enum LinkStatus {
 
 struct Shared {
     transport: Transport,
+    /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
+    datagrams: bool,
     name: String,
     router: String,
     our_key: PublicKey,
@@ -129,6 +133,7 @@ impl ClientTunnel {
                 limit: ConnLimit::new(s.max_connections),
                 bandwidth: conduit_dataplane::ratelimit::Bandwidth::new(s.bandwidth).map(Arc::new),
                 sockets: s.sockets,
+                udp: s.udp,
             },
         )?;
         let requests = dp
@@ -141,6 +146,7 @@ impl ClientTunnel {
             local_addr,
             shared: Arc::new(Shared {
                 transport: s.transport,
+                datagrams: s.udp.is_some(),
                 name: s.name,
                 router: s.router,
                 our_key: s.identity.public(),
@@ -160,6 +166,11 @@ impl ClientTunnel {
     /// Where users connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What users send: `tcp` or `udp`.
+    pub fn protocol(&self) -> &'static str {
+        if self.shared.datagrams { "udp" } else { "tcp" }
     }
 
     /// The engine the workers run.
@@ -271,6 +282,14 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
         Ok(Ok(x)) => x,
     };
     match reply {
+        Some(Message::Welcome { version }) if shared.datagrams && version < version::DATAGRAMS => {
+            Err(Error::Authentication(format!(
+                "router {} speaks protocol {version}, and UDP tunnels need protocol {} or later: \
+                 upgrade conduit on the router",
+                shared.router,
+                version::DATAGRAMS
+            )))
+        }
         Some(Message::Welcome { .. }) => {
             shared.counters.handshakes.observe(started.elapsed());
             Ok(w)

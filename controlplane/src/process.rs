@@ -78,6 +78,7 @@ impl RegisteredTunnel {
                 router: r.router.clone(),
                 source: r.source.clone(),
                 bind: bind.clone(),
+                protocol: tunnel.protocol().into(),
                 file: r.file.clone(),
                 digest: r.digest.clone(),
             },

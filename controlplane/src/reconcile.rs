@@ -98,6 +98,7 @@ mod tests {
                 router: String::new(),
                 source: String::new(),
                 bind: String::new(),
+                protocol: "tcp".into(),
                 file: file.map(PathBuf::from),
                 digest: digest.into(),
             },

@@ -20,12 +20,23 @@ pub struct EntryConfig {
     pub source: String,
     /// Where users connect (the address actually bound).
     pub bind: String,
+    /// `tcp` or `udp` (entries written before UDP tunnels existed are TCP).
+    #[serde(default = "tcp", skip_serializing_if = "is_tcp")]
+    pub protocol: String,
     /// The configuration file it came from (`conduit up`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// A digest of its settings, so `up` can tell a changed tunnel from a running one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+fn is_tcp(p: &str) -> bool {
+    p == "tcp"
 }
 
 /// One registered tunnel process.
@@ -211,6 +222,7 @@ mod tests {
                 router: "10.2.0.1:9999".into(),
                 source: "10.2.0.2:8080".into(),
                 bind: "127.0.0.1:8080".into(),
+                protocol: "tcp".into(),
                 file: None,
                 digest: String::new(),
             },

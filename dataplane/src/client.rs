@@ -24,7 +24,9 @@ use crate::plain::{PlainChannel, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::sys::Peek;
-use crate::worker::Core;
+use crate::worker::{Core, Listen};
+
+mod udp;
 
 /// Idle channels of one core, and the users waiting for one (each is sent a channel,
 /// or the reason none will come).
@@ -62,17 +64,17 @@ pub(crate) struct ClientCore {
     refusals: Throttle,
     /// The source, shared by this core's connection entries.
     target: Rc<str>,
+    /// A UDP tunnel's flows on this core, by user address.
+    flows: RefCell<udp::Flows>,
 }
 
 impl ClientCore {
     pub(crate) fn start(
         core: Rc<Core>,
         spec: Arc<ClientSpec>,
-        listener: std::net::TcpListener,
+        listener: Listen,
         requests: flume::Sender<FromWorker>,
     ) -> std::io::Result<Rc<Self>> {
-        listener.set_nonblocking(monoio::utils::is_legacy())?;
-        let listener = TcpListener::from_std(listener)?;
         let (tx, rx) = oneshot::channel();
         let target: Rc<str> = spec.target.as_str().into();
         let me = Rc::new(Self {
@@ -84,9 +86,20 @@ impl ClientCore {
             accept_errors: Cell::new(0),
             refusals: Throttle::new(Duration::from_secs(1)),
             target,
+            flows: RefCell::default(),
         });
+        match listener {
+            Listen::Tcp(listener) => {
+                listener.set_nonblocking(monoio::utils::is_legacy())?;
+                let listener = TcpListener::from_std(listener)?;
+                monoio::spawn(me.clone().accept_loop(listener, rx));
+            }
+            Listen::Udp(sock) => {
+                let sock = Rc::new(crate::net::Udp::from_std(sock)?);
+                monoio::spawn(me.clone().udp_loop(sock, rx));
+            }
+        }
         me.refill();
-        monoio::spawn(me.clone().accept_loop(listener, rx));
         Ok(me)
     }
 
@@ -389,31 +402,39 @@ impl ClientCore {
         }
         .run(kill)
         .await;
-        match outcome.stop {
-            None => {
-                if ch.is_clean() && !self.core.stopping.get() {
-                    self.reuse(ch);
-                }
-                Ok(())
+        self.finish(ch, outcome.stop, "the user's connection").await
+    }
+
+    /// After a stream or flow on a TLS channel: back to the pool if it ended cleanly;
+    /// else the reason, with the router told where it does not know (`user` names
+    /// the user's side in messages).
+    async fn finish(
+        &self,
+        ch: Box<Channel>,
+        stop: Option<Stop>,
+        user: &str,
+    ) -> Result<(), (ErrorKind, String)> {
+        let Some(stop) = stop else {
+            if ch.is_clean() && !self.core.stopping.get() {
+                self.reuse(ch);
             }
-            Some(stop) => {
-                let reason = match &stop {
-                    Stop::OpenFailed(r) => {
-                        format!("the router could not open the source: {}", r.message)
-                    }
-                    Stop::Plain(e) => {
-                        tell_peer(&ch, "the user's connection failed").await;
-                        format!("user connection failed: {e}")
-                    }
-                    Stop::Killed(why) => {
-                        tell_peer(&ch, &format!("closed by the client: {why}")).await;
-                        why.clone()
-                    }
-                    other => other.to_string(),
-                };
-                Err((stop.kind(), reason))
+            return Ok(());
+        };
+        let reason = match &stop {
+            Stop::OpenFailed(r) => {
+                format!("the router could not open the source: {}", r.message)
             }
-        }
+            Stop::Plain(e) => {
+                tell_peer(&ch, &format!("{user} failed")).await;
+                format!("{user} failed: {e}")
+            }
+            Stop::Killed(why) => {
+                tell_peer(&ch, &format!("closed by the client: {why}")).await;
+                why.clone()
+            }
+            other => other.to_string(),
+        };
+        Err((stop.kind(), reason))
     }
 
     /// One stream over a plain channel: `Open`, then splice both ways at once; the

@@ -27,6 +27,7 @@ pub mod usage;
 
 mod channel;
 mod client;
+mod datagram;
 mod limit;
 mod listener;
 mod net;
@@ -149,6 +150,17 @@ pub struct ClientSpec {
     pub bandwidth: Option<Arc<ratelimit::Bandwidth>>,
     /// Options for users' sockets.
     pub sockets: SocketOptions,
+    /// `Some` for a UDP tunnel: users send datagrams to `bind`, each sender's flow
+    /// rides a channel of its own, and this says when a quiet flow ends.
+    pub udp: Option<UdpSpec>,
+}
+
+/// How a UDP tunnel treats its flows (one per user address and port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSpec {
+    /// A flow with no datagram either way for this long ends, and its channel goes
+    /// back to the pool; the sender's next datagram starts a new flow.
+    pub idle_timeout: Duration,
 }
 
 /// Options for the sockets Conduit relays for others (users' on a client, sources' on
@@ -252,16 +264,29 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Starts a client's workers, each listening on `spec.bind`.
+    /// Starts a client's workers, each listening on `spec.bind` (a TCP listener, or
+    /// a UDP socket for a UDP tunnel).
     pub fn start_client(opts: &Options, spec: ClientSpec) -> Result<Self, DataplaneError> {
         let engine = engine::resolve(opts.engine)?;
         let n = worker_count(opts);
-        let mut listeners =
-            listener::bind(spec.bind, n, 4096).map_err(|source| DataplaneError::Bind {
-                addr: spec.bind,
-                source,
-            })?;
-        let local_addr = listeners.first().and_then(|l| l.local_addr().ok());
+        let bind_error = |source| DataplaneError::Bind {
+            addr: spec.bind,
+            source,
+        };
+        let mut listeners: Vec<worker::Listen> = if spec.udp.is_some() {
+            listener::bind_udp(spec.bind, n)
+                .map_err(bind_error)?
+                .into_iter()
+                .map(worker::Listen::Udp)
+                .collect()
+        } else {
+            listener::bind(spec.bind, n, 4096)
+                .map_err(bind_error)?
+                .into_iter()
+                .map(worker::Listen::Tcp)
+                .collect()
+        };
+        let local_addr = listeners.first().and_then(worker::Listen::local_addr);
         let (req_tx, req_rx) = flume::unbounded();
         let spec = Arc::new(spec);
         let mut dp = Self::spawn(opts, engine, n, |_| worker::Role::Client {

@@ -2,7 +2,7 @@
 //! the kernel spreads new connections across cores with no hand-off between them.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -45,6 +45,38 @@ pub(crate) fn bind(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<V
     Ok(out)
 }
 
+/// Binds `count` UDP sockets sharing `addr`, for a UDP tunnel. The kernel hashes each
+/// sender's address to one of them, so a user's datagrams all reach the same core.
+/// As with TCP, the address is first bound once without `SO_REUSEPORT`, so an address
+/// already taken is an error rather than a silent share.
+pub(crate) fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+    let udp = |reuse_port: bool| -> io::Result<Socket> {
+        // No SO_REUSEADDR: on UDP it would let any socket with it share the port.
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        #[cfg(unix)]
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        if addr.is_ipv6() {
+            s.set_only_v6(false).ok();
+        }
+        Ok(s)
+    };
+    let mut addr = addr;
+    if addr.port() != 0 {
+        udp(false)?.bind(&addr.into())?;
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let s = udp(true)?;
+        s.bind(&addr.into())?;
+        let u: UdpSocket = s.into();
+        addr = u.local_addr()?;
+        out.push(u);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +89,17 @@ mod tests {
         for l in &ls {
             assert_eq!(l.local_addr().unwrap().port(), port);
         }
+    }
+
+    #[test]
+    fn udp_sockets_share_one_port_and_refuse_a_taken_one() {
+        let us = bind_udp("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let addr = us[0].local_addr().unwrap();
+        assert!(us.iter().all(|u| u.local_addr().unwrap() == addr));
+        let err = bind_udp(addr, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        // A TCP listener on the same port is another protocol: no clash.
+        assert!(bind(addr, 1, 16).is_ok());
     }
 
     #[test]

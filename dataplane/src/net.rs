@@ -9,7 +9,7 @@
 //! wait (to kill a connection) lose nothing.
 
 use std::io;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::net::TcpStream;
@@ -104,5 +104,57 @@ impl Socket {
 
     pub(crate) fn peek(&self) -> sys::Peek {
         sys::peek(self.fd)
+    }
+}
+
+/// A UDP socket owned by one core: a tunnel's bound socket on a client (many users
+/// send to it), or one flow's socket connected to its source on a router.
+pub(crate) struct Udp {
+    sock: monoio::net::udp::UdpSocket,
+    fd: RawFd,
+}
+
+impl Udp {
+    /// Takes over a bound (and, on a router, connected) socket.
+    pub(crate) fn from_std(s: std::net::UdpSocket) -> io::Result<Self> {
+        s.set_nonblocking(true)?;
+        let sock = monoio::net::udp::UdpSocket::from_std(s)?;
+        let fd = sock.as_raw_fd();
+        sys::set_nonblocking(fd)?;
+        Ok(Self { sock, fd })
+    }
+
+    /// Waits until a datagram (or an error, such as ICMP's "port unreachable") is
+    /// queued.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        self.sock.readable(false).await
+    }
+
+    /// The next queued datagram and its sender, without waiting.
+    pub(crate) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        sys::recv_from(self.fd, buf)
+    }
+
+    /// The next queued datagram of a connected socket, without waiting.
+    pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv(self.fd, buf)
+    }
+
+    /// Sends one datagram (to `to`, or to the connected peer when `None`), waiting
+    /// for room in the socket's buffer rather than dropping it.
+    pub(crate) async fn send(&self, buf: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
+        loop {
+            let sent = match to {
+                Some(addr) => sys::send_to(self.fd, buf, addr),
+                None => sys::send(self.fd, buf),
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.sock.writable(false).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

@@ -24,6 +24,8 @@ use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
 use crate::worker::Core;
 
+mod udp;
+
 pub(crate) struct RouterCore {
     core: Rc<Core>,
     spec: Arc<RouterSpec>,
@@ -81,20 +83,38 @@ impl RouterCore {
         client: Option<&PublicKey>,
         target: &str,
     ) -> Result<(Socket, Permit), Refusal> {
+        let (addrs, permit) = self.admit(id, peer, client, target)?;
+        for member in crate::source_members(target) {
+            self.core.usage.source_used(member);
+        }
+        match connect(&addrs, self.spec.connect_timeout, &self.spec.sockets).await {
+            Ok(s) => Ok((s, permit)),
+            Err(e) => {
+                let message = format!("the router could not connect to source {target}: {e}");
+                Err(self.refused(id, peer, client, ErrorKind::SourceUnreachable, message))
+            }
+        }
+    }
+
+    /// Counts an opening stream, then checks the allow-list and the connection limit:
+    /// the addresses to try and the stream's permit, or the refusal to send back
+    /// (logged and counted).
+    fn admit(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<(Vec<SocketAddr>, Permit), Refusal> {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
-        let key = client.copied().unwrap_or(NO_KEY);
-        core.usage.opened(&key);
-        let fail = |kind| {
-            core.stats.fail(kind);
-            core.usage.ended(&key, 0, 0, true);
-        };
-        let who = client.map_or_else(|| "(plain transport)".to_owned(), ToString::to_string);
+        core.usage.opened(&client.copied().unwrap_or(NO_KEY));
         let addrs = match self.spec.policy.resolve(client, target) {
             Ok(a) => a,
             Err(refusal) => {
+                let who = describe(client);
                 warn!(conn = id, %peer, client = %who, %target, "open refused: {}", refusal.message);
-                fail(ErrorKind::PolicyRefused);
+                self.failed_open(client, ErrorKind::PolicyRefused);
                 return Err(refusal);
             }
         };
@@ -106,23 +126,34 @@ impl RouterCore {
                 open_connections(max)
             );
             if let Some(held) = self.refusals.admit() {
+                let who = describe(client);
                 warn!(conn = id, %peer, client = %who, %target, "open refused: {message}{}", held_note(held));
             }
-            fail(ErrorKind::LimitReached);
+            self.failed_open(client, ErrorKind::LimitReached);
             return Err(Refusal::new(RefusalCode::LimitReached, message));
         };
-        for member in crate::source_members(target) {
-            core.usage.source_used(member);
-        }
-        match connect(&addrs, self.spec.connect_timeout, &self.spec.sockets).await {
-            Ok(s) => Ok((s, permit)),
-            Err(e) => {
-                let message = format!("the router could not connect to source {target}: {e}");
-                warn!(conn = id, %peer, client = %who, "{message}");
-                fail(ErrorKind::SourceUnreachable);
-                Err(Refusal::new(RefusalCode::SourceUnreachable, message))
-            }
-        }
+        Ok((addrs, permit))
+    }
+
+    /// Counts an admitted stream that could not start, and logs why.
+    fn refused(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        client: Option<&PublicKey>,
+        kind: ErrorKind,
+        message: String,
+    ) -> Refusal {
+        warn!(conn = id, %peer, client = %describe(client), "{message}");
+        self.failed_open(client, kind);
+        Refusal::new(RefusalCode::SourceUnreachable, message)
+    }
+
+    fn failed_open(&self, client: Option<&PublicKey>, kind: ErrorKind) {
+        self.core.stats.fail(kind);
+        self.core
+            .usage
+            .ended(&client.copied().unwrap_or(NO_KEY), 0, 0, true);
     }
 
     /// Registers an open stream in this core's table; returns its counters and the
@@ -186,6 +217,15 @@ impl RouterCore {
         let (target, rest) = match first {
             Ok(Ok((Message::Open { target }, rest))) => (Rc::<str>::from(target), rest),
             Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
+            Ok(Ok((Message::OpenDatagrams { .. }, _))) => {
+                let refusal = Refusal::new(
+                    RefusalCode::PolicyDenied,
+                    "UDP tunnels are not carried over the plain transport; \
+                     use the TLS transport on both ends",
+                );
+                let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
+                return;
+            }
             Err(_) => {
                 debug!(%peer, "idle plain channel timed out");
                 return;
@@ -280,7 +320,8 @@ impl RouterCore {
                         .await;
                     return;
                 }
-                Ok(Ok(Some(Message::Open { target }))) => target,
+                Ok(Ok(Some(Message::Open { target }))) => (target, false),
+                Ok(Ok(Some(Message::OpenDatagrams { target }))) => (target, true),
                 Ok(Ok(Some(Message::Goodbye(_)))) | Ok(Ok(None)) => return,
                 Ok(Ok(Some(other))) => {
                     warn!(%peer, %client, "protocol error: {} on an idle channel; closing it", other.name());
@@ -292,6 +333,7 @@ impl RouterCore {
                     return;
                 }
             };
+            let (target, datagrams) = target;
             if self.core.stopping.get() {
                 let _ = ch
                     .send(&Message::OpenFailed(Refusal::new(
@@ -301,7 +343,12 @@ impl RouterCore {
                     .await;
                 return;
             }
-            if !self.stream(&mut ch, peer, target).await {
+            let reusable = if datagrams {
+                Box::pin(self.datagram_flow(&mut ch, peer, target)).await
+            } else {
+                self.stream(&mut ch, peer, target).await
+            };
+            if !reusable {
                 return;
             }
         }
@@ -361,36 +408,12 @@ impl RouterCore {
         .await;
         self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
         drop(permit);
-        let reusable = match outcome.stop {
-            // What is already buffered belongs to the client's next stream.
-            None => !ch.tls.borrow().peer_closed(),
-            Some(stop) => {
-                match &stop {
-                    Stop::Plain(e) => {
-                        warn!(conn = id, %target, "source connection failed: {e}");
-                        ch.send_best_effort(&Message::Reset(Refusal::new(
-                            RefusalCode::Aborted,
-                            format!("the source connection failed: {e}"),
-                        )))
-                        .await;
-                    }
-                    Stop::Killed(why) => {
-                        info!(conn = id, %peer, %target, "stream closed: {why}");
-                        ch.send_best_effort(&Message::Reset(Refusal::new(
-                            RefusalCode::Aborted,
-                            format!("closed by the router: {why}"),
-                        )))
-                        .await;
-                    }
-                    Stop::PeerReset(r) => {
-                        debug!(conn = id, "client aborted the stream: {}", r.message)
-                    }
-                    other => warn!(conn = id, %peer, "stream failed: {other}"),
-                }
-                source.abort();
-                false
-            }
-        };
+        if outcome.stop.is_some() {
+            source.abort();
+        }
+        let reusable = self
+            .ended(ch, id, peer, &target, outcome.stop, "source connection")
+            .await;
         debug!(
             conn = id,
             to_source = counters.up.get(),
@@ -398,6 +421,54 @@ impl RouterCore {
             "stream closed"
         );
         reusable
+    }
+}
+
+/// How a client key reads in the router's logs.
+fn describe(client: Option<&PublicKey>) -> String {
+    client.map_or_else(|| "(plain transport)".to_owned(), ToString::to_string)
+}
+
+impl RouterCore {
+    /// After a stream or flow: logs why it stopped and tells the client, if it did
+    /// not end cleanly; true when the channel can carry another (`what` names the
+    /// source's socket in messages).
+    async fn ended(
+        &self,
+        ch: &Channel,
+        id: u64,
+        peer: SocketAddr,
+        target: &str,
+        stop: Option<Stop>,
+        what: &str,
+    ) -> bool {
+        let Some(stop) = stop else {
+            // What is already buffered belongs to the client's next stream.
+            return !ch.tls.borrow().peer_closed();
+        };
+        match &stop {
+            Stop::Plain(e) => {
+                warn!(conn = id, %target, "{what} failed: {e}");
+                ch.send_best_effort(&Message::Reset(Refusal::new(
+                    RefusalCode::Aborted,
+                    format!("the {what} failed: {e}"),
+                )))
+                .await;
+            }
+            Stop::Killed(why) => {
+                info!(conn = id, %peer, %target, "stream closed: {why}");
+                ch.send_best_effort(&Message::Reset(Refusal::new(
+                    RefusalCode::Aborted,
+                    format!("closed by the router: {why}"),
+                )))
+                .await;
+            }
+            Stop::PeerReset(r) => {
+                debug!(conn = id, "client aborted the stream: {}", r.message)
+            }
+            other => warn!(conn = id, %peer, "stream failed: {other}"),
+        }
+        false
     }
 }
 

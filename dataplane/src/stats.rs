@@ -186,6 +186,9 @@ pub struct CoreStats {
     pub bytes_down: AtomicU64,
     /// Handshaken channels waiting in this core's pool (client side).
     pub idle_channels: AtomicU64,
+    /// Datagrams a UDP tunnel dropped: the user sent faster than the flow's channel
+    /// drained, or no flow could be opened (limit reached, router unreachable).
+    pub datagrams_dropped: AtomicU64,
     /// User connections that ended in an error, by [`ErrorKind`].
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// How long established connections lasted.
@@ -200,6 +203,7 @@ impl Default for CoreStats {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             idle_channels: AtomicU64::new(0),
+            datagrams_dropped: AtomicU64::new(0),
             errors: Default::default(),
             durations: Histogram::new(CONNECTION_SECONDS),
         }
@@ -228,6 +232,8 @@ pub struct Totals {
     pub bytes_down: u64,
     /// See [`CoreStats::idle_channels`].
     pub idle_channels: u64,
+    /// See [`CoreStats::datagrams_dropped`].
+    pub datagrams_dropped: u64,
     /// Errors by kind, in [`ErrorKind::ALL`] order.
     pub errors: Vec<(ErrorKind, u64)>,
     /// Connection durations.
@@ -243,6 +249,7 @@ impl Totals {
             bytes_up: 0,
             bytes_down: 0,
             idle_channels: 0,
+            datagrams_dropped: 0,
             errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
             durations: HistogramSnapshot::empty(CONNECTION_SECONDS),
         };
@@ -252,6 +259,7 @@ impl Totals {
             t.bytes_up += c.bytes_up.load(Relaxed);
             t.bytes_down += c.bytes_down.load(Relaxed);
             t.idle_channels += c.idle_channels.load(Relaxed);
+            t.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
             for (slot, n) in t.errors.iter_mut().zip(&c.errors) {
                 slot.1 += n.load(Relaxed);
             }

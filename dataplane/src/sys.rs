@@ -1,9 +1,10 @@
-//! System calls the runtimes do not offer: non-blocking `recv`/`send` on a socket the
-//! runtime owns, a peek to tell whether an idle socket is still alive, abortive
-//! close, pipes and `splice` for plain legs, and (Linux) the socket options and
-//! kernel structures of kernel TLS. This is the crate's only unsafe code; each call
-//! passes a file descriptor that a live `TcpStream` owns for the whole call, and
-//! slices whose length is the length given to the kernel.
+//! System calls the runtimes do not offer: non-blocking `recv`/`send` (and, for UDP,
+//! `recvfrom`/`sendto`) on a socket the runtime owns, a peek to tell whether an idle
+//! socket is still alive, abortive close, pipes and `splice` for plain legs, and
+//! (Linux) the socket options and kernel structures of kernel TLS. This is the crate's
+//! only unsafe code; each call passes a file descriptor that a live `TcpStream` or
+//! `UdpSocket` owns for the whole call, and slices whose length is the length given to
+//! the kernel.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -36,6 +37,74 @@ pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         // SAFETY: `buf` is a valid slice of `buf.len()` bytes for the whole call, and
         // `fd` belongs to a socket the caller keeps open.
         let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Receives one datagram without waiting, and who sent it; `WouldBlock` when none is
+/// queued. A datagram longer than `buf` is cut (the caller passes 64 KiB, the most
+/// UDP carries).
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+    loop {
+        // SAFETY: `buf` is writable for `buf.len()` bytes; `storage` and `len` are the
+        // address buffer `try_init` owns for the call; `fd` is a socket the caller
+        // keeps open.
+        let res = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let n = libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    storage.cast(),
+                    len,
+                );
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+        };
+        match res {
+            Ok((n, addr)) => {
+                let addr = addr.as_socket().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a datagram from a non-IP sender",
+                    )
+                })?;
+                return Ok((n, addr));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends one datagram to `to` without waiting; `WouldBlock` when the socket's buffer
+/// is full.
+pub(crate) fn send_to(fd: RawFd, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
+    let addr = socket2::SockAddr::from(to);
+    loop {
+        // SAFETY: `buf` is readable for `buf.len()` bytes and `addr` for `addr.len()`
+        // for the whole call; `fd` is a socket the caller keeps open.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                SEND_FLAGS,
+                addr.as_ptr().cast(),
+                addr.len(),
+            )
+        };
         if n >= 0 {
             return Ok(n as usize);
         }

@@ -56,11 +56,26 @@ pub fn core_of(conn_id: u64, workers: usize) -> usize {
     (conn_id % workers.max(1) as u64) as usize
 }
 
+/// What a client's worker receives users on.
+pub(crate) enum Listen {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+impl Listen {
+    pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Listen::Tcp(l) => l.local_addr().ok(),
+            Listen::Udp(u) => u.local_addr().ok(),
+        }
+    }
+}
+
 /// The role a worker plays.
 pub(crate) enum Role {
     Client {
         spec: Arc<ClientSpec>,
-        listener: std::net::TcpListener,
+        listener: Listen,
         requests: flume::Sender<FromWorker>,
     },
     Router {

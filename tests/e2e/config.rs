@@ -83,7 +83,7 @@ fn validate_accepts_the_documented_examples() {
     assert_eq!(text(&out.stderr), "");
     assert_eq!(
         lines(&out.stdout),
-        [format!("{} is valid: 2 tunnels", file.display())]
+        [format!("{} is valid: 3 tunnels", file.display())]
     );
     assert_eq!(out.status.code(), Some(0));
 

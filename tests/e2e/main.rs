@@ -30,5 +30,6 @@ mod soak;
 mod sources;
 mod tune;
 mod tunnel;
+mod udp;
 mod up_down;
 mod users;

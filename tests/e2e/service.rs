@@ -220,3 +220,46 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = start_service(
+        dir.path(),
+        &[
+            "--service-file",
+            "systemd",
+            "--protocol",
+            "udp",
+            "--udp-idle-timeout",
+            "15",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unit = stdout(&out);
+    let exec = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("an ExecStart line");
+    assert!(
+        exec.contains(" --protocol udp ") && exec.contains(" --udp-idle-timeout 15"),
+        "{exec}"
+    );
+    let out = start_service(
+        dir.path(),
+        &[
+            "--service-file",
+            "systemd",
+            "--protocol",
+            "udp",
+            "--transport",
+            "plain",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("carried over TLS only"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -28,6 +28,7 @@ fn to_json(s: &Seen) -> serde_json::Value {
         "router": e.config.router,
         "source": e.config.source,
         "bind": e.config.bind,
+        "protocol": e.config.protocol,
         "created_at": e.created_at,
     });
     match &s.status {
@@ -95,7 +96,11 @@ fn table(seen: &[Seen], with_connections: bool) {
             e.pid.to_string(),
             e.config.router.clone(),
             e.config.source.clone(),
-            e.config.bind.clone(),
+            if e.config.protocol == "tcp" {
+                e.config.bind.clone()
+            } else {
+                format!("{}/{}", e.config.bind, e.config.protocol)
+            },
             status,
             conns,
             bin,

@@ -18,13 +18,15 @@ use super::service::{self, Tunnel, absolute, log_flags};
 use super::{
     dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal, source_list,
 };
-use crate::args::{LogArgs, OptimizeArg, ServiceKind, StartArgs, TransportArg};
+use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
+use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
     let bind = listen_addr("--bind", &a.bind)?;
+    check_protocol(&a)?;
     let router = remote_addr("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
     let router_key = keys::load_public(&a.router_key, "--router-key")?;
@@ -66,6 +68,9 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         sockets: performance.socket_options(),
         dataplane: dataplane_options(&a.engine),
         heartbeat: secs(a.heartbeat_interval),
+        udp: (a.protocol == ProtocolArg::Udp).then(|| conduit_dataplane::UdpSpec {
+            idle_timeout: secs(a.udp_idle_timeout),
+        }),
     };
     let registration = Registration {
         home: home.clone(),
@@ -196,6 +201,19 @@ pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
     say(format_args!("log: {}", l.log_file.display()));
 }
 
+/// UDP rides the TLS transport only.
+fn check_protocol(a: &StartArgs) -> Result<()> {
+    if a.protocol == ProtocolArg::Udp && a.transport == TransportArg::Plain {
+        return Err(Usage(
+            "--protocol udp is carried over TLS only; drop --transport plain (on the router too) \
+             or use --protocol tcp"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
     a.name.clone().unwrap_or_else(|| match bind.port() {
         0 => "tunnel".to_owned(),
@@ -207,6 +225,7 @@ fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
 /// that runs `conduit start --foreground` with them, key paths made absolute.
 fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
+    check_protocol(a)?;
     remote_addr("--router", &a.router)?;
     source_list("--source", &a.source)?;
     keys::load_public(&a.router_key, "--router-key")?;
@@ -251,6 +270,9 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     if a.transport == TransportArg::Plain {
         args.extend(["--transport".to_owned(), "plain".to_owned()]);
     }
+    if a.protocol == ProtocolArg::Udp {
+        args.extend(["--protocol".to_owned(), "udp".to_owned()]);
+    }
     if a.optimize_for != OptimizeArg::Balanced {
         let word = OptimizeFor::from(a.optimize_for).as_str();
         args.extend(["--optimize-for".to_owned(), word.to_owned()]);
@@ -258,6 +280,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     let numbers = [
         ("--handshake-timeout", a.handshake_timeout, 10),
         ("--heartbeat-interval", a.heartbeat_interval, 5),
+        ("--udp-idle-timeout", a.udp_idle_timeout, 60),
         ("--max-connections", a.max_connections as u64, 0),
         ("--bandwidth-limit", a.bandwidth_limit, 0),
         ("--burst-limit", a.burst_limit, 0),

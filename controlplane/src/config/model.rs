@@ -315,6 +315,9 @@ pub struct PerformanceConfig {
     /// Tunnel: seconds between heartbeats to the router; three without an answer
     /// and the link counts as lost.
     pub heartbeat_interval_secs: u64,
+    /// UDP tunnels: seconds a flow (one user address) may pass no datagram either
+    /// way before it ends and its channel returns to the pool.
+    pub udp_idle_timeout_secs: u64,
 }
 
 /// The fewest ready channels per worker with `optimize_for = "latency"`: a burst of
@@ -352,6 +355,7 @@ impl Default for PerformanceConfig {
             idle_timeout_secs: 300,
             drain_timeout_secs: 30,
             heartbeat_interval_secs: crate::HEARTBEAT_INTERVAL.as_secs(),
+            udp_idle_timeout_secs: 60,
         }
     }
 }
@@ -455,6 +459,11 @@ impl PerformanceConfig {
     /// `heartbeat_interval_secs`.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_interval_secs)
+    }
+
+    /// `udp_idle_timeout_secs`.
+    pub fn udp_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.udp_idle_timeout_secs)
     }
 }
 
@@ -572,7 +581,7 @@ pub enum Protocol {
     /// TCP streams.
     #[default]
     Tcp,
-    /// UDP datagrams (not carried yet).
+    /// UDP datagrams, one flow per user address.
     Udp,
 }
 

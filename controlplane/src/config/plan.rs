@@ -27,7 +27,7 @@ pub struct TunnelPlan {
     pub source: String,
     /// Where users connect.
     pub bind: SocketAddr,
-    /// What it carries (always TCP today: validation refuses UDP).
+    /// What it carries (UDP only over TLS: validation refuses it with plain).
     pub protocol: Protocol,
     /// TLS or plain (from `[router] transport`).
     pub transport: super::model::TransportKind,
@@ -91,6 +91,9 @@ impl TunnelPlan {
             sockets: p.socket_options(),
             dataplane: p.dataplane_options(),
             heartbeat: p.heartbeat(),
+            udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
+                idle_timeout: p.udp_idle_timeout(),
+            }),
         }
     }
 }

@@ -238,10 +238,11 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 }
             }
         }
-        if t.protocol == Protocol::Udp {
+        if t.protocol == Protocol::Udp && c.router.transport == super::model::TransportKind::Plain {
             out.error(
                 &path("protocol"),
-                "udp tunnels are not supported yet; use protocol = \"tcp\" (or remove the line)",
+                "udp tunnels are carried over TLS only; remove router.transport = \"plain\" \
+                 (and --transport plain on the router) or make this a tcp tunnel",
             );
         }
         let Some(bind) = &t.bind else { continue };
@@ -308,6 +309,13 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
             "performance.tcp_nodelay",
             "false with optimize_for = \"latency\": Nagle's algorithm holds small writes \
              back for up to one round trip; set tcp_nodelay = true",
+        );
+    }
+    if router && p.udp_idle_timeout_secs != PerformanceConfig::default().udp_idle_timeout_secs {
+        out.warn(
+            "performance.udp_idle_timeout_secs",
+            "UDP flows are ended by the tunnel that carries them, not by the router: set it in \
+             the tunnels' file and remove it here",
         );
     }
     if router && p.heartbeat_interval_secs != PerformanceConfig::default().heartbeat_interval_secs {

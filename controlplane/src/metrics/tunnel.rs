@@ -78,6 +78,16 @@ pub fn render(tunnel: &str, totals: &Totals, link_up: bool, counters: &Counters)
     )
     .sample("conduit_idle_channels", &l, totals.idle_channels);
     e.family(
+        "conduit_udp_datagrams_dropped_total",
+        Kind::Counter,
+        "Datagrams a UDP tunnel dropped (a flow's queue was full, or no flow could open).",
+    )
+    .sample(
+        "conduit_udp_datagrams_dropped_total",
+        &l,
+        totals.datagrams_dropped,
+    );
+    e.family(
         "conduit_router_link_up",
         Kind::Gauge,
         "1 when the control channel to the router is up.",

@@ -254,20 +254,36 @@ fn two_tunnels_cannot_bind_the_same_address() {
 }
 
 #[test]
-fn udp_is_refused_for_now_and_does_not_clash_with_tcp() {
+fn udp_tunnels_validate_and_do_not_clash_with_tcp() {
     let f = Fixture::new();
     let text = f.client_text(
         "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:8080\"\n\
          protocol = \"udp\"\n[[tunnels]]\nname = \"x\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n\
-         protocol = \"sctp\"\n",
+         protocol = \"sctp\"\n[performance]\nudp_idle_timeout_secs = 30\n",
     );
     assert_eq!(
         check(&f, &text),
-        [
-            "error: tunnels[1].protocol: udp tunnels are not supported yet; use protocol = \
-             \"tcp\" (or remove the line) ($F:13)",
-            "error: tunnels[2].protocol: unknown value \"sctp\"; use tcp or udp ($F:18)",
-        ]
+        ["error: tunnels[2].protocol: unknown value \"sctp\"; use tcp or udp ($F:18)"]
+    );
+}
+
+#[test]
+fn udp_tunnels_need_the_tls_transport() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:5353\"\n\
+         protocol = \"udp\"\n",
+    );
+    let text = text.replacen("[router]\n", "[router]\ntransport = \"plain\"\n", 1);
+    let problems = check(&f, &text);
+    assert!(
+        problems.contains(
+            &"error: tunnels[1].protocol: udp tunnels are carried over TLS only; remove \
+              router.transport = \"plain\" (and --transport plain on the router) or make this a \
+              tcp tunnel ($F:14)"
+                .to_owned()
+        ),
+        "{problems:#?}"
     );
 }
 

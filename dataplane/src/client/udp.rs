@@ -1,0 +1,393 @@
+//! A UDP tunnel's client side: each core owns one `SO_REUSEPORT` UDP socket on the
+//! bind address; every user address sending to it is a flow, with a queue of its
+//! datagrams and a task that carries them over a channel of its own (see
+//! [`crate::datagram`]).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use conduit_proto::Message;
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
+use futures::future::{Either, select, try_join};
+use tracing::{debug, warn};
+
+use super::{ClientCore, Link};
+use crate::channel::Channel;
+use crate::datagram::{Deliver, Framed, RECV_ROOM, down};
+use crate::limit::{Permit, Throttle, held_note, open_connections};
+use crate::net::Udp;
+use crate::relay::{Side, Stop};
+use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
+
+/// Bytes of datagrams one flow may have queued for its channel; beyond this, new ones
+/// are dropped (as a full socket buffer drops them) and counted.
+const FLOW_QUEUE_BYTES: usize = 256 * 1024;
+
+/// Bytes all the flows of one core may have queued: UDP senders cannot be trusted to
+/// be few (addresses are easily forged), so memory is bounded here, not per sender.
+const CORE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+
+/// This core's flows, by user address.
+pub(super) struct Flows {
+    by_peer: HashMap<SocketAddr, Flow>,
+    /// Bytes queued in all of them.
+    queued: Rc<Cell<usize>>,
+    /// Keeps flows that cannot start (router away, limit reached) from flooding the
+    /// log: each datagram of a sender without a flow tries to start one.
+    failures: Throttle,
+}
+
+impl Default for Flows {
+    fn default() -> Self {
+        Self {
+            by_peer: HashMap::new(),
+            queued: Rc::default(),
+            failures: Throttle::new(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// The dispatcher's handle on a flow: dropping it ends the flow (gracefully: what is
+/// queued is sent, then `Eof`).
+struct Flow {
+    id: u64,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queue: Queued,
+}
+
+/// What a flow has queued, and what its core has.
+#[derive(Clone)]
+struct Queued {
+    flow: Rc<Cell<usize>>,
+    core: Rc<Cell<usize>>,
+}
+
+impl Queued {
+    fn has_room(&self, len: usize) -> bool {
+        self.flow.get() + len <= FLOW_QUEUE_BYTES && self.core.get() + len <= CORE_QUEUE_BYTES
+    }
+
+    fn add(&self, len: usize) {
+        self.flow.set(self.flow.get() + len);
+        self.core.set(self.core.get() + len);
+    }
+
+    fn took(&self, len: usize) {
+        self.flow.set(self.flow.get().saturating_sub(len));
+        self.core.set(self.core.get().saturating_sub(len));
+    }
+}
+
+/// A flow's end of its queue. Whatever is left in it when the flow ends stops
+/// counting against the budgets.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queue: Queued,
+}
+
+impl Inbox {
+    /// The next datagram, waiting for one; `None` once the dispatcher let go.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let d = self.rx.next().await?;
+        self.queue.took(d.len());
+        Some(d)
+    }
+
+    /// The next datagram if one is queued.
+    fn try_next(&mut self) -> Option<Vec<u8>> {
+        let d = self.rx.try_recv().ok()?;
+        self.queue.took(d.len());
+        Some(d)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.try_next().is_some() {}
+    }
+}
+
+impl ClientCore {
+    /// Receives every datagram sent to this core's socket and hands it to its flow,
+    /// starting one for a new sender. Ends when the tunnel stops, which ends every
+    /// flow.
+    pub(super) async fn udp_loop(self: Rc<Self>, sock: Rc<Udp>, mut stop: oneshot::Receiver<()>) {
+        // One receive buffer per core, big enough for any datagram.
+        let mut buf = vec![0u8; RECV_ROOM];
+        loop {
+            let ready = {
+                let ready = sock.readable();
+                futures::pin_mut!(ready);
+                match select(ready, &mut stop).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(_) => break,
+                }
+            };
+            if let Err(e) = ready {
+                warn!(core = self.core.index, "udp socket failed: {e}; retrying");
+                monoio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            loop {
+                match sock.try_recv_from(&mut buf) {
+                    Ok((n, peer)) => self.dispatch(&sock, peer, &buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // Nothing on an unconnected socket is fatal; wait a little so
+                        // an error that repeats cannot spin the core.
+                        debug!(core = self.core.index, "udp receive failed: {e}");
+                        monoio::time::sleep(Duration::from_millis(10)).await;
+                        break;
+                    }
+                }
+            }
+        }
+        let flows = std::mem::take(&mut self.flows.borrow_mut().by_peer);
+        if !flows.is_empty() {
+            debug!(
+                core = self.core.index,
+                count = flows.len(),
+                "ending udp flows: the tunnel is stopping"
+            );
+        }
+    }
+
+    /// Queues one datagram on its sender's flow, starting the flow if there is none.
+    fn dispatch(self: &Rc<Self>, sock: &Rc<Udp>, peer: SocketAddr, datagram: &[u8]) {
+        let mut flows = self.flows.borrow_mut();
+        if let Some(flow) = flows.by_peer.get(&peer) {
+            if !flow.queue.has_room(datagram.len()) {
+                self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+                return;
+            }
+            if flow.tx.unbounded_send(datagram.to_vec()).is_ok() {
+                flow.queue.add(datagram.len());
+                return;
+            }
+            // The flow ended (idle, or its channel failed): start a new one.
+            flows.by_peer.remove(&peer);
+        }
+        if self.core.stopping.get() {
+            return;
+        }
+        let Some(permit) = self.spec.limit.try_acquire() else {
+            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            if let Some(held) = flows.failures.admit() {
+                let max = self.spec.limit.max();
+                warn!(
+                    core = self.core.index,
+                    %peer,
+                    tunnel = %self.spec.tunnel,
+                    "dropped a datagram from a new sender: the tunnel's limit of {} is reached; \
+                     raise --max-connections (now {max}) to allow more{}",
+                    open_connections(max),
+                    held_note(held)
+                );
+            }
+            return;
+        };
+        let queue = Queued {
+            flow: Rc::default(),
+            core: flows.queued.clone(),
+        };
+        if !queue.has_room(datagram.len()) {
+            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded();
+        // A fresh queue takes it: its receiver is alive.
+        let _ = tx.unbounded_send(datagram.to_vec());
+        queue.add(datagram.len());
+        let id = self.core.next_conn_id();
+        let inbox = Inbox {
+            rx,
+            queue: queue.clone(),
+        };
+        flows.by_peer.insert(peer, Flow { id, tx, queue });
+        drop(flows);
+        monoio::spawn(
+            self.clone()
+                .serve_flow(id, peer, sock.clone(), inbox, permit),
+        );
+    }
+
+    /// One flow, from its first datagram until it ends.
+    async fn serve_flow(
+        self: Rc<Self>,
+        id: u64,
+        peer: SocketAddr,
+        sock: Rc<Udp>,
+        rx: Inbox,
+        permit: Permit,
+    ) {
+        let core = &self.core;
+        core.stats.opened.fetch_add(1, Relaxed);
+        core.stats.active.fetch_add(1, Relaxed);
+        let counters = Rc::new(ConnCounters::default());
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let started = Instant::now();
+        core.conns.insert(
+            id,
+            ConnEntry {
+                peer: Some(peer),
+                target: self.target.clone(),
+                started,
+                counters: counters.clone(),
+                kill: Some(kill_tx),
+                rides: Rides::Nothing,
+            },
+        );
+        debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
+        let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx));
+        if let Err((kind, reason)) = run.await {
+            core.stats.fail(kind);
+            let held = if kind == ErrorKind::RouterUnreachable {
+                // Every datagram of a sender without a flow tries again: say it once
+                // in a while.
+                self.flows.borrow().failures.admit()
+            } else {
+                Some(0)
+            };
+            if let Some(held) = held {
+                warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow closed: {reason}{}", held_note(held));
+            }
+        }
+        core.stats.active.fetch_sub(1, Relaxed);
+        core.stats.durations.observe(started.elapsed());
+        core.conns.remove(id);
+        drop(permit);
+        let mut flows = self.flows.borrow_mut();
+        if flows.by_peer.get(&peer).is_some_and(|f| f.id == id) {
+            flows.by_peer.remove(&peer);
+        }
+        debug!(
+            conn = id,
+            up = counters.up.get(),
+            down = counters.down.get(),
+            secs = started.elapsed().as_secs_f64(),
+            "udp flow closed"
+        );
+    }
+
+    async fn run_flow(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        sock: &Udp,
+        mut rx: Inbox,
+        counters: &ConnCounters,
+        kill: oneshot::Receiver<String>,
+    ) -> Result<(), (ErrorKind, String)> {
+        let link = self
+            .channel()
+            .await
+            .map_err(|e| (ErrorKind::RouterUnreachable, e))?;
+        self.core.conns.set_rides(id, Rides::Link(link.epoch()));
+        let mut ch = match link {
+            Link::Tls(ch) => ch,
+            Link::Plain(_) => {
+                let why = "UDP tunnels are not carried over the plain transport; \
+                           use the TLS transport (drop --transport plain)";
+                return Err((ErrorKind::Channel, why.to_owned()));
+            }
+        };
+        ch.send(&Message::OpenDatagrams {
+            target: self.spec.target.clone(),
+        })
+        .await
+        .map_err(|e| {
+            let why = format!("the channel to the router failed: {e}");
+            (ErrorKind::Channel, why)
+        })?;
+        let idle = self
+            .spec
+            .udp
+            .map_or(Duration::from_secs(60), |u| u.idle_timeout);
+        let last = Cell::new(Instant::now());
+        let stats = &self.core.stats;
+        let bandwidth = self.spec.bandwidth.as_ref();
+        let stop = {
+            let Channel {
+                sock: chan,
+                tls,
+                decoder,
+                backlog,
+                ..
+            } = &mut *ch;
+            let up = async {
+                loop {
+                    let wait = idle.saturating_sub(last.get().elapsed());
+                    let first = match monoio::time::timeout(wait, rx.next()).await {
+                        Ok(Some(d)) => d,
+                        Ok(None) => break, // the tunnel is stopping
+                        Err(_) if last.get().elapsed() >= idle => break,
+                        Err(_) => continue, // a reply came meanwhile: wait again
+                    };
+                    last.set(Instant::now());
+                    let mut framed = Framed::new();
+                    framed.push(&first);
+                    while !framed.is_full() {
+                        match rx.try_next() {
+                            Some(d) => framed.push(&d),
+                            None => break,
+                        }
+                    }
+                    let payload = framed.send(chan, tls).await?;
+                    Meter {
+                        conn: &counters.up,
+                        core: &stats.bytes_up,
+                        limit: bandwidth.map(|b| &b.up),
+                    }
+                    .sent(payload)
+                    .await;
+                }
+                // The end of the flow. A datagram that slipped in as the idle timer
+                // fired still goes; the router answers with its Eof.
+                rx.rx.close();
+                let mut last_batch = Framed::new();
+                while let Some(d) = rx.try_next() {
+                    last_batch.push(&d);
+                }
+                let payload = last_batch.payload;
+                last_batch.push_message(&Message::Eof);
+                last_batch.send(chan, tls).await?;
+                counters.up.set(counters.up.get() + payload as u64);
+                stats.bytes_up.fetch_add(payload as u64, Relaxed);
+                Ok::<(), Stop>(())
+            };
+            let down = down(
+                Side::Client,
+                chan,
+                tls,
+                decoder,
+                backlog,
+                Deliver {
+                    sock,
+                    to: Some(peer),
+                },
+                Meter {
+                    conn: &counters.down,
+                    core: &stats.bytes_down,
+                    limit: bandwidth.map(|b| &b.down),
+                },
+                &last,
+            );
+            let both = try_join(up, down);
+            futures::pin_mut!(both);
+            match select(both, kill).await {
+                Either::Left((Ok(_), _)) => None,
+                Either::Left((Err(stop), _)) => Some(stop),
+                Either::Right((why, _)) => Some(Stop::Killed(
+                    why.unwrap_or_else(|_| "closed by the data plane".into()),
+                )),
+            }
+        };
+        self.finish(ch, stop, "the user's socket").await
+    }
+}

@@ -1,0 +1,301 @@
+//! UDP flows over channels: what the client and router ends share.
+//!
+//! A UDP tunnel carries *flows*: the datagrams between one user address (IP and port)
+//! and the source. A flow rides one data channel of its own, opened with
+//! `OpenDatagrams`; each datagram travels whole as one `Datagram` frame, so datagram
+//! boundaries survive however TLS cuts the stream into records. Several datagrams
+//! that are ready at once are sealed together and sent in one write.
+//!
+//! The client ends a flow when it has been quiet for the tunnel's idle timeout (or the
+//! tunnel stops) by sending `Eof`; the router answers with its own `Eof` after the
+//! datagrams it already read, and the channel goes back to the client's pool. UDP
+//! keeps its own promises and no more: a datagram the source never answers is not an
+//! error, and a user that sends faster than the flow's queue drains loses datagrams
+//! (counted), as a full socket buffer would.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use conduit_proto::frame::{HEADER_LEN, Header, MAX_DATAGRAM};
+use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
+use futures::channel::oneshot;
+
+use crate::channel::{Held, lend_back, read_tls, seal};
+use crate::net::{Socket, Udp};
+use crate::pool;
+use crate::relay::{CHUNK, Side, Stop};
+use crate::stats::Meter;
+
+/// The most plaintext sealed at once from a batch of datagrams: about four records.
+/// A single datagram may exceed it (up to [`MAX_DATAGRAM`]); it is never split.
+pub(crate) const BATCH: usize = CHUNK;
+
+/// Room to receive any datagram whole.
+pub(crate) const RECV_ROOM: usize = MAX_DATAGRAM as usize;
+
+/// Datagrams framed into one plaintext buffer, waiting to be sealed.
+pub(crate) struct Framed {
+    buf: Vec<u8>,
+    len: usize,
+    /// Payload bytes (the datagrams, without frame headers).
+    pub(crate) payload: usize,
+}
+
+impl Framed {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: pool::take(),
+            len: 0,
+            payload: 0,
+        }
+    }
+
+    /// Appends one datagram as a `Datagram` frame. A datagram longer than UDP allows
+    /// cannot come from a socket; it would be cut to the frame limit.
+    pub(crate) fn push(&mut self, datagram: &[u8]) {
+        let datagram = &datagram[..datagram.len().min(RECV_ROOM)];
+        let end = self.len + HEADER_LEN + datagram.len();
+        if end > self.buf.len() {
+            self.buf.resize(end, 0);
+        }
+        self.buf[self.len..self.len + HEADER_LEN]
+            .copy_from_slice(&Header::datagram(datagram.len()));
+        self.buf[self.len + HEADER_LEN..end].copy_from_slice(datagram);
+        self.len = end;
+        self.payload += datagram.len();
+    }
+
+    /// Appends a control message (the flow's closing `Eof`).
+    pub(crate) fn push_message(&mut self, msg: &Message) {
+        let frame = msg.to_frame();
+        let end = self.len + frame.len();
+        if end > self.buf.len() {
+            self.buf.resize(end, 0);
+        }
+        self.buf[self.len..end].copy_from_slice(&frame);
+        self.len = end;
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True once another datagram should wait for the next batch.
+    pub(crate) fn is_full(&self) -> bool {
+        self.len >= BATCH
+    }
+
+    /// Seals what was framed and sends it on the channel; returns the payload count.
+    pub(crate) async fn send(
+        self,
+        chan: &Socket,
+        tls: &RefCell<TlsSession>,
+    ) -> Result<usize, Stop> {
+        let Framed { buf, len, payload } = self;
+        let mut out = pool::take();
+        let sealed = seal(tls, &buf[..len], &mut out);
+        pool::give(buf);
+        let sealed = match sealed {
+            Ok(n) => n,
+            Err(e) => {
+                pool::give(out);
+                return Err(e.into());
+            }
+        };
+        let sent = chan.send_all(&out[..sealed]).await;
+        pool::give(out);
+        sent.map_err(Stop::Channel)?;
+        Ok(payload)
+    }
+}
+
+/// Where the datagrams a flow receives from its channel go.
+#[derive(Clone, Copy)]
+pub(crate) struct Deliver<'a> {
+    /// The socket that sends them.
+    pub(crate) sock: &'a Udp,
+    /// The user's address (client side), or `None` for a socket connected to its
+    /// source (router side).
+    pub(crate) to: Option<SocketAddr>,
+}
+
+/// What one batch of decrypted frames held.
+#[derive(Default)]
+struct Batch {
+    opened: bool,
+    eof: bool,
+    failed: Option<Refusal>,
+    reset: Option<Refusal>,
+    bad: Option<ProtoError>,
+    /// The datagrams, back to back; `lens` says where each ends.
+    bytes: Vec<u8>,
+    lens: Vec<usize>,
+}
+
+impl Batch {
+    fn on_event(&mut self, ev: Event<'_>, side: Side, later: &mut VecDeque<Held>) {
+        if self.bad.is_some() || self.failed.is_some() || self.reset.is_some() {
+            return;
+        }
+        if self.eof {
+            // The next flow's or stream's frames (the client reused the channel).
+            later.push_back(Held::from_event(ev));
+            return;
+        }
+        let unexpected = |got| ProtoError::Unexpected {
+            got,
+            expected: "Datagram, Eof or Reset",
+        };
+        match ev {
+            Event::Datagram(d) if self.opened => {
+                self.bytes.extend_from_slice(d);
+                self.lens.push(d.len());
+            }
+            Event::Message(Message::Opened) if side == Side::Client && !self.opened => {
+                self.opened = true
+            }
+            Event::Message(Message::OpenFailed(r)) if side == Side::Client && !self.opened => {
+                self.failed = Some(r)
+            }
+            Event::Message(Message::Eof) if self.opened => self.eof = true,
+            Event::Message(Message::Reset(r)) => self.reset = Some(r),
+            Event::Datagram(_) => self.bad = Some(unexpected("Datagram before Opened")),
+            Event::Data(_) => self.bad = Some(unexpected("Data")),
+            Event::Message(m) => self.bad = Some(unexpected(m.name())),
+        }
+    }
+}
+
+/// The channel → socket direction of a flow, on either end: decrypts, sends each
+/// datagram on, and returns at the peer's `Eof`. `last` is set whenever a datagram
+/// passes (the client's idle clock).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn down(
+    side: Side,
+    chan: &Socket,
+    tls: &RefCell<TlsSession>,
+    decoder: &mut FrameDecoder,
+    backlog: &mut VecDeque<Held>,
+    deliver: Deliver<'_>,
+    meter: Meter<'_>,
+    last: &Cell<Instant>,
+) -> Result<(), Stop> {
+    let mut opened = side == Side::Router;
+    let mut replay = std::mem::take(backlog);
+    loop {
+        if replay.is_empty() {
+            match read_tls(chan, tls).await {
+                Ok(0) => return Err(Stop::ChannelClosed),
+                Ok(_) => {}
+                Err(e) => return Err(Stop::Channel(e)),
+            }
+        }
+        let mut b = Batch {
+            opened,
+            ..Batch::default()
+        };
+        let mut closed = false;
+        if !replay.is_empty() {
+            for held in replay.drain(..) {
+                match held {
+                    Held::Msg(m) => b.on_event(Event::Message(m), side, backlog),
+                    Held::Data(d) => b.on_event(Event::Data(&d), side, backlog),
+                    Held::Datagram(d) => b.on_event(Event::Datagram(&d), side, backlog),
+                }
+            }
+        } else {
+            let res = tls.borrow_mut().decrypt(|bytes| {
+                if b.bad.is_some() {
+                    return;
+                }
+                if let Err(e) = decoder.feed(bytes, |ev| b.on_event(ev, side, backlog)) {
+                    b.bad = Some(e);
+                }
+            });
+            lend_back(tls);
+            closed = res?;
+        }
+        opened = b.opened;
+        let mut at = 0;
+        for len in &b.lens {
+            let d = &b.bytes[at..at + len];
+            at += len;
+            match deliver.sock.send(d, deliver.to).await {
+                Ok(()) => {}
+                // The source's port is closed (an ICMP error from an earlier
+                // datagram): UDP drops this one too, and the flow goes on.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(Stop::Plain(e)),
+            }
+        }
+        if !b.lens.is_empty() {
+            last.set(Instant::now());
+            meter.sent(at).await;
+        }
+        if let Some(e) = b.bad {
+            return Err(e.into());
+        }
+        if let Some(r) = b.failed {
+            return Err(Stop::OpenFailed(r));
+        }
+        if let Some(r) = b.reset {
+            return Err(Stop::PeerReset(r));
+        }
+        if b.eof {
+            return Ok(());
+        }
+        if closed {
+            return Err(Stop::ChannelClosed);
+        }
+    }
+}
+
+/// The source → channel direction on a router: reads the datagrams the source sends
+/// back, seals them in batches, and ends with `Eof` once `done` fires (the client
+/// ended the flow). The wait for `done` sits only where nothing is half-sent.
+pub(crate) async fn from_source(
+    source: &Udp,
+    chan: &Socket,
+    tls: &RefCell<TlsSession>,
+    meter: Meter<'_>,
+    mut done: oneshot::Receiver<()>,
+) -> Result<(), Stop> {
+    loop {
+        {
+            let ready = source.readable();
+            futures::pin_mut!(ready);
+            match futures::future::select(ready, &mut done).await {
+                futures::future::Either::Left((r, _)) => r.map_err(Stop::Plain)?,
+                futures::future::Either::Right(_) => break,
+            }
+        }
+        let mut scratch = pool::take();
+        let mut framed = Framed::new();
+        while !framed.is_full() {
+            match source.try_recv(&mut scratch[..RECV_ROOM]) {
+                Ok(n) => framed.push(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP port unreachable for an earlier datagram: the source does not
+                // listen. Nothing to relay; the user's own timeout decides.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                Err(e) => {
+                    pool::give(scratch);
+                    return Err(Stop::Plain(e));
+                }
+            }
+        }
+        pool::give(scratch);
+        if framed.is_empty() {
+            continue;
+        }
+        let payload = framed.send(chan, tls).await?;
+        meter.sent(payload).await;
+    }
+    let mut eof = Framed::new();
+    eof.push_message(&Message::Eof);
+    eof.send(chan, tls).await?;
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! UDP tunnels (`--protocol udp`): datagrams cross whole and unchanged in both
+//! directions, each sender is a flow of its own, quiet flows end and new ones start,
+//! and the router's allow-list and the plain transport's limits hold for UDP too.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::both_engines;
+use crate::harness::{DEADLINE, Engine, Home, assert_code};
+use crate::http::wait_for;
+use crate::sources::pattern;
+
+/// The largest payload a UDP datagram over IPv4 can carry.
+const MAX_UDP: usize = 65_507;
+
+/// A UDP source on a thread: answers each datagram with `echo:` and the datagram, to
+/// the address it came from, and remembers which addresses it heard from.
+struct UdpEcho {
+    addr: SocketAddr,
+    senders: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    received: Arc<AtomicUsize>,
+}
+
+impl UdpEcho {
+    fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let senders = Arc::new(Mutex::new(HashMap::new()));
+        let received = Arc::new(AtomicUsize::new(0));
+        let (s, r) = (senders.clone(), received.clone());
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                *s.lock().unwrap().entry(from).or_insert(0) += 1;
+                r.fetch_add(1, Ordering::SeqCst);
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                // A datagram that would exceed UDP's limit is answered with its
+                // length only.
+                if reply.len() > MAX_UDP {
+                    reply = format!("len:{n}").into_bytes();
+                }
+                let _ = sock.send_to(&reply, from);
+            }
+        });
+        Self {
+            addr,
+            senders,
+            received,
+        }
+    }
+
+    /// The distinct sender addresses seen (router-side flow sockets).
+    fn senders(&self) -> usize {
+        self.senders.lock().unwrap().len()
+    }
+}
+
+/// A user: one socket, sending a datagram and waiting for its answer.
+struct User {
+    sock: UdpSocket,
+    tunnel: SocketAddr,
+}
+
+impl User {
+    fn new(tunnel: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Bounded waits: a lost answer fails the test, never hangs it.
+        sock.set_read_timeout(Some(DEADLINE)).unwrap();
+        Self { sock, tunnel }
+    }
+
+    /// Sends `d` and returns the answer.
+    fn ask(&self, d: &[u8]) -> Vec<u8> {
+        self.sock.send_to(d, self.tunnel).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let (n, from) = self
+            .sock
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer to a {}-byte datagram: {e}", d.len()));
+        assert_eq!(
+            from, self.tunnel,
+            "the answer came from the tunnel's address"
+        );
+        buf.truncate(n);
+        buf
+    }
+
+    /// Sends `d` and checks the echo, byte for byte.
+    fn echo(&self, d: &[u8]) {
+        let got = self.ask(d);
+        let mut want = b"echo:".to_vec();
+        want.extend_from_slice(d);
+        assert!(
+            got == want,
+            "a {}-byte datagram came back as {} bytes that differ",
+            d.len(),
+            got.len()
+        );
+    }
+}
+
+fn list_json(home: &Home) -> Vec<serde_json::Value> {
+    let out = home.ok(&["list", "--format", "json", "--connections"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("list json: {e}\n{out}"))
+}
+
+/// Every size from empty to UDP's largest, with distinct contents.
+const SIZES: [usize; 8] = [0, 1, 5, 1200, 1472, 16_379, 40_000, MAX_UDP - 5];
+
+both_engines!(
+    datagrams_cross_whole_and_each_sender_is_a_flow,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = UdpEcho::start();
+        let (_router, raddr) = home.router(engine, &[source.addr.to_string()]);
+        let (_tunnel, taddr) = home.tunnel_with(
+            engine,
+            raddr,
+            &source.addr.to_string(),
+            &["--protocol", "udp", "--name", "dns"],
+        );
+        let users: Vec<User> = (0..3).map(|_| User::new(taddr)).collect();
+        let mut sent = 0;
+        for (u, user) in users.iter().enumerate() {
+            for (i, len) in SIZES.iter().enumerate() {
+                user.echo(&pattern((u * 100 + i) as u64, *len));
+                sent += len;
+            }
+        }
+        // Three senders, three flows, three router sockets the source heard from.
+        assert_eq!(source.senders(), 3);
+        assert_eq!(source.received.load(Ordering::SeqCst), 3 * SIZES.len());
+        let l = list_json(&home);
+        assert_eq!(l.len(), 1, "{l:#?}");
+        assert_eq!(l[0]["name"], "dns");
+        assert_eq!(l[0]["active_connections"], 3, "{l:#?}");
+        // Payload counted exactly: what users sent, and that plus "echo:" back.
+        assert_eq!(l[0]["bytes_in"], sent as u64);
+        assert_eq!(l[0]["bytes_out"], (sent + 5 * 3 * SIZES.len()) as u64);
+        let mut peers: Vec<String> = l[0]["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["peer"].as_str().unwrap().to_owned())
+            .collect();
+        peers.sort();
+        let mut want: Vec<String> = users
+            .iter()
+            .map(|u| u.sock.local_addr().unwrap().to_string())
+            .collect();
+        want.sort();
+        assert_eq!(peers, want);
+    }
+);
+
+both_engines!(
+    many_flows_at_once_each_get_their_own_answers,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = UdpEcho::start();
+        let (_router, raddr) = home.router(engine, &[source.addr.to_string()]);
+        let (_tunnel, taddr) = home.tunnel_with(
+            engine,
+            raddr,
+            &source.addr.to_string(),
+            &["--protocol", "udp"],
+        );
+        let threads: Vec<_> = (0..40u64)
+            .map(|t| {
+                thread::spawn(move || {
+                    let user = User::new(taddr);
+                    for i in 0..25u64 {
+                        user.echo(&pattern(
+                            t * 1000 + i,
+                            1 + ((t * 37 + i * 101) % 3000) as usize,
+                        ));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a user thread failed");
+        }
+        assert_eq!(source.senders(), 40);
+        assert_eq!(source.received.load(Ordering::SeqCst), 40 * 25);
+    }
+);
+
+#[test]
+fn a_quiet_flow_ends_and_the_next_datagram_opens_another() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
+    let (tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        &[
+            "--protocol",
+            "udp",
+            "--udp-idle-timeout",
+            "1",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let user = User::new(taddr);
+    user.echo(b"first");
+    wait_for("the quiet flow to end", || {
+        let l = list_json(&home);
+        (l[0]["active_connections"] == 0).then_some(())
+    });
+    tunnel.wait_stderr("udp flow closed");
+    // The same user again: a new flow, on a new router socket.
+    user.echo(b"second");
+    assert_eq!(source.senders(), 2);
+    let l = list_json(&home);
+    assert_eq!(l[0]["active_connections"], 1, "{l:#?}");
+    assert_eq!(l[0]["bytes_in"], 11);
+}
+
+#[test]
+fn a_udp_source_outside_the_allow_list_is_refused() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let allowed = UdpEcho::start();
+    let (router, raddr) = home.router(Engine::Epoll, &[allowed.addr.to_string()]);
+    let (tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        &["--protocol", "udp"],
+    );
+    let user = User::new(taddr);
+    user.sock.send_to(b"let me in", taddr).unwrap();
+    tunnel.wait_stderr("the router could not open the source");
+    router.wait_stderr("open refused");
+    assert!(
+        tunnel.stderr().contains("not allowed"),
+        "the refusal says why: {}",
+        tunnel.stderr()
+    );
+    assert_eq!(source.received.load(Ordering::SeqCst), 0);
+    // Nothing came back to the user.
+    user.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(user.sock.recv_from(&mut buf).is_err());
+}
+
+#[test]
+fn stopping_a_udp_tunnel_ends_its_flows_at_once() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
+    let (mut tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        // A drain far longer than the test's deadline: flows must not wait for it.
+        &["--protocol", "udp", "--drain-timeout", "600"],
+    );
+    let user = User::new(taddr);
+    user.echo(b"hello");
+    let status = tunnel.stop();
+    assert!(status.success(), "{status}\n{}", tunnel.stderr());
+    assert!(
+        !tunnel.stderr().contains("drain deadline"),
+        "{}",
+        tunnel.stderr()
+    );
+}
+
+#[test]
+fn udp_over_the_plain_transport_is_refused_with_the_fix() {
+    let home = Home::with_keys();
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        home.key("router.pub").to_str().unwrap(),
+        "--source",
+        "127.0.0.1:53",
+        "--bind",
+        "127.0.0.1:0",
+        "--protocol",
+        "udp",
+        "--transport",
+        "plain",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("--protocol udp is carried over TLS only; drop --transport plain"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_udp_bind_already_taken_is_refused() {
+    let home = Home::with_keys();
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        home.key("router.pub").to_str().unwrap(),
+        "--source",
+        "127.0.0.1:53",
+        "--bind",
+        &addr,
+        "--protocol",
+        "udp",
+    ]);
+    assert_code(status, 69, &err);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("already listens there"), "{err}");
+}
+
+/// Stops every background tunnel of a home, even when the test fails.
+struct KillAll<'a>(&'a Home);
+
+impl Drop for KillAll<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["kill", "--all", "--force"]);
+    }
+}
+
+/// A port free for both TCP and UDP on loopback right now.
+fn port_free_for_both() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[test]
+fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
+    let home = Home::with_keys();
+    let udp_source = UdpEcho::start();
+    let tcp_source = crate::sources::echo();
+    let (_router, raddr) = home.router(
+        Engine::Epoll,
+        &[udp_source.addr.to_string(), tcp_source.to_string()],
+    );
+    let port = port_free_for_both();
+    let file = home.path().join("conduit.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[router]\nhost = \"127.0.0.1\"\nport = {}\npublic_key = \"{}\"\n\n\
+             [security]\nprivate_key_path = \"{}\"\n\n\
+             [performance]\nworkers = 1\nio_engine = \"epoll\"\nudp_idle_timeout_secs = 30\n\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"{tcp_source}\"\nbind = \"127.0.0.1:{port}\"\n\n\
+             [[tunnels]]\nname = \"dns\"\nsource = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
+             protocol = \"udp\"\n",
+            raddr.port(),
+            home.key("router.pub").display(),
+            home.key("client.key").display(),
+            udp_source.addr,
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    home.ok(&["config", "validate", "-f", f]);
+    let _cleanup = KillAll(&home);
+    home.ok(&["up", "-f", f]);
+    let l = list_json(&home);
+    let dns = l
+        .iter()
+        .find(|t| t["name"] == "dns")
+        .expect("dns is listed");
+    assert_eq!(dns["protocol"], "udp");
+    assert_eq!(dns["bind"], format!("127.0.0.1:{port}"));
+    let web = l
+        .iter()
+        .find(|t| t["name"] == "web")
+        .expect("web is listed");
+    assert_eq!(web["protocol"], "tcp");
+    assert!(
+        home.ok(&["list"])
+            .contains(&format!("127.0.0.1:{port}/udp")),
+        "the table marks the UDP tunnel"
+    );
+
+    let user = User::new(format!("127.0.0.1:{port}").parse().unwrap());
+    wait_for("the udp tunnel to answer", || {
+        user.sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        user.sock.send_to(b"ping", user.tunnel).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = user.sock.recv_from(&mut buf).ok()?;
+        assert_eq!(&buf[..n], b"echo:ping");
+        Some(())
+    });
+    crate::ops::echo_through(format!("127.0.0.1:{port}").parse().unwrap(), 4096, 7);
+
+    home.ok(&["down", "-f", f]);
+    assert_eq!(home.ok(&["list"]), "no tunnels running\n");
+}
+
+#[test]
+fn udp_flows_come_back_after_the_router_restarts() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let bind = format!("127.0.0.1:{}", crate::harness::dead_port());
+    let allow = [source.addr.to_string()];
+    let (mut router, raddr) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
+    let (tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        &["--protocol", "udp", "--heartbeat-interval", "1"],
+    );
+    let user = User::new(taddr);
+    user.echo(b"before");
+    router.signal("KILL");
+    router.wait_exit();
+    // The flow riding the dead link is closed, and the tunnel says why.
+    tunnel.wait_stderr("udp flow closed");
+    tunnel.wait_stderr("lost the router link");
+    // Datagrams sent while the router is away start flows that fail at once (the
+    // log says so, rate-limited), and nothing piles up.
+    user.sock.send_to(b"lost", taddr).unwrap();
+    tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
+    let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
+    tunnel.wait_stdout_count("connected to router", 2);
+    // The same user is served again on a new flow.
+    user.sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    wait_for("the udp tunnel to answer after the restart", || {
+        user.sock.send_to(b"after", taddr).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = user.sock.recv_from(&mut buf).ok()?;
+        (&buf[..n] == b"echo:after").then_some(())
+    });
+}
+
+#[test]
+fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
+    let (tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        &[
+            "--protocol",
+            "udp",
+            "--max-connections",
+            "1",
+            "--name",
+            "dns",
+        ],
+    );
+    let first = User::new(taddr);
+    first.echo(b"one flow");
+    let second = User::new(taddr);
+    second.sock.send_to(b"over the limit", taddr).unwrap();
+    tunnel.wait_stderr("dropped a datagram from a new sender: the tunnel's limit of 1");
+    tunnel.wait_stderr("raise --max-connections (now 1)");
+    let metrics = home.ok(&["stats", "--format", "prometheus"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "conduit_udp_datagrams_dropped_total{tunnel=\"dns\"} 1"),
+        "{metrics}"
+    );
+    // The first sender's flow is unaffected.
+    first.echo(b"still served");
+    assert_eq!(source.senders(), 1);
+}
