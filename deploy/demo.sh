@@ -23,7 +23,7 @@ cleanup() {
   status=$?
   if [ "$status" != 0 ]; then
     # Say why before the logs go: they live in the work directory removed below.
-    for f in router client; do
+    for f in router client udp; do
       [ -s "$work/$f.log" ] && { echo "== $f log"; sed -e 's/^/  /' "$work/$f.log"; }
     done
   fi
@@ -68,8 +68,21 @@ head -c 50000000 /dev/urandom > "$work/www/big.bin"
 pids+=($!)
 wait_port "$src"
 
-echo "== 3. the router (allowed to reach only that source)"
-"$bin" router --bind 127.0.0.1:0 --allow "127.0.0.1:$src" >"$work/router.out" 2>"$work/router.log" &
+usrc=$(python3 -c 'import socket; s=socket.socket(type=socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "   and a UDP service: an echo on 127.0.0.1:$usrc/udp"
+python3 - "$usrc" <<'PY' >/dev/null 2>&1 &
+import socket, sys
+s = socket.socket(type=socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(b"echo: " + d, a)
+PY
+pids+=($!)
+
+echo "== 3. the router (allowed to reach only those two sources)"
+"$bin" router --bind 127.0.0.1:0 --allow "127.0.0.1:$src" --allow "127.0.0.1:$usrc" \
+  >"$work/router.out" 2>"$work/router.log" &
 pids+=($!)
 wait_for "$work/router.out" "router listening on"
 cat "$work/router.out"
@@ -80,6 +93,7 @@ echo "== 4. the client tunnel"
   --router-key "$CONDUIT_HOME/keys/router.pub" --source "127.0.0.1:$src" \
   --bind 127.0.0.1:0 >"$work/client.out" 2>"$work/client.log" &
 pids+=($!)
+client_pid=$!
 wait_for "$work/client.out" "connected to router"
 cat "$work/client.out"
 tunnel=$(grep -o '127.0.0.1:[0-9]*' "$work/client.out" | head -1)
@@ -93,10 +107,30 @@ want=$(sha256sum < "$work/www/big.bin" | cut -d' ' -f1)
 got=$(sha256sum < "$work/got.bin" | cut -d' ' -f1)
 if [ "$want" = "$got" ]; then echo "sha256 matches: $got"; else echo "SHA-256 MISMATCH"; exit 1; fi
 
+echo "== 6. a UDP tunnel to the UDP service (--protocol udp)"
+"$bin" start --foreground --name demo-udp --protocol udp --router "$router" \
+  --router-key "$CONDUIT_HOME/keys/router.pub" --source "127.0.0.1:$usrc" \
+  --bind 127.0.0.1:0 >"$work/udp.out" 2>"$work/udp.log" &
+pids+=($!)
+wait_for "$work/udp.out" "connected to router"
+cat "$work/udp.out"
+utunnel=$(grep -o '127.0.0.1:[0-9]*' "$work/udp.out" | head -1)
+python3 - "${utunnel##*:}" <<'PY'
+import socket, sys
+s = socket.socket(type=socket.SOCK_DGRAM)
+s.settimeout(10)
+for d in [b"hello over UDP", b"x" * 60000]:
+    s.sendto(d, ("127.0.0.1", int(sys.argv[1])))
+    got, _ = s.recvfrom(65535)
+    assert got == b"echo: " + d, "the echo differs"
+    print(f"sent {len(d)} bytes, got {len(got)} back: {got[:20]!r}...")
+PY
+"$bin" list
+
 echo "== router log"
 sed -e 's/^/  /' "$work/router.log"
 if [ "$keep" = 1 ]; then
   echo "== the tunnel is up: try  curl http://$tunnel/   (Ctrl-C stops everything)"
-  wait "${pids[2]}"
+  wait "$client_pid"
 fi
 echo "== done: stopping router, tunnel and source"
