@@ -24,7 +24,8 @@ from harness.procs import Supervisor
 
 BENCHES = Path(__file__).resolve().parent
 REPO = BENCHES.parent
-MEASUREMENTS = ["latency", "throughput_1", "throughput_4", "connrate", "memory"]
+MEASUREMENTS = ["latency", "throughput_1", "throughput_4", "connrate", "memory",
+                "udp_latency", "udp_rate"]
 
 
 def parse_args(argv):
@@ -100,6 +101,9 @@ def summary(measurement, d):
     if measurement == "connrate":
         return (f"{f(d['conns_per_s'])} conn/s, p99 {f(d['request_p99_us'])} µs,"
                 f" {f(d['failed_pct'], '.1f')}% failed")
+    if measurement.startswith("udp"):
+        return (f"{f(d['transactions_per_s'])} tx/s, p50 {f(d['p50_us'])} µs,"
+                f" p99 {f(d['p99_us'])} µs, {f(d['lost_pct'], '.2f')}% lost")
     return f"{d['alive']}/{d['target']} alive, {f(d['pss_kib_per_conn'], '.1f')} KiB/conn (PSS)"
 
 
@@ -113,12 +117,18 @@ def run_rounds(a, sup, active, loadgen, workdir):
         "throughput_4": lambda r: measure.throughput(sup, r, a, 4),
         "connrate": lambda r: measure.connrate(sup, r, a, nginx_port),
         "memory": lambda r: measure.memory(sup, r, a, redis_port),
+        # One user with small datagrams: latency; eight users with 1,200-byte
+        # datagrams (a DNS- or game-sized payload): transactions per second.
+        "udp_latency": lambda r: measure.udp(sup, r, a, 1, 64),
+        "udp_rate": lambda r: measure.udp(sup, r, a, 8, 1200),
     }
     samples = []
     for rnd in range(a.rounds):
         for measurement in a.measurements:
             shift = rnd % len(active)  # rotate the order so no relay always goes first
             for relay in active[shift:] + active[:shift]:
+                if measurement.startswith("udp") and not relay.udp:
+                    continue  # stunnel and haproxy relay TCP only
                 t0 = time.monotonic()
                 sample = {"round": rnd + 1, "measurement": measurement, "relay": relay.name}
                 try:

@@ -1,4 +1,5 @@
-"""The services behind the relays: iperf3 (bulk), redis-server (PING), nginx (HTTP).
+"""The services behind the relays: iperf3 (bulk), redis-server (PING), nginx (HTTP),
+and `loadgen udp-echo` (UDP).
 
 They run on loopback ports chosen by the OS and are not measured: their CPU and
 memory are never counted as a relay's.
@@ -56,4 +57,11 @@ http {{
 """)
     p = sup.spawn("nginx", ["nginx", "-p", root, "-c", conf, "-g", "daemon off;"])
     wait_listening(port, TIMEOUT, [p])
+    return p, port
+
+
+def start_udp_echo(sup, loadgen):
+    """A UDP echo (`loadgen udp-echo`, two threads). Returns (proc, port)."""
+    p = sup.spawn("udp-echo", [loadgen, "udp-echo", "--port", "0"], capture=True)
+    port = int(p.wait_line(r'"listening":(\d+)', TIMEOUT).group(1))
     return p, port

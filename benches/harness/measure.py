@@ -124,3 +124,35 @@ def memory(sup, relay, cfg, redis_port):
         "relay_processes": after["processes"], "relay_threads": after["threads"],
         "relay_fds": fds, "relay_info": running.info,
     }
+
+
+def udp(sup, relay, cfg, users, size):
+    """UDP transactions through the relay: `users` users, each sending a `size`-byte
+    datagram and waiting for its echo, for cfg.seconds; the relay's CPU per
+    transaction."""
+    echo, port = backends.start_udp_echo(sup, cfg.loadgen)
+    try:
+        running = relay.start_udp(sup, port)
+        try:
+            cpu0 = procstat.cpu_seconds(running.pids)
+            out = run_tool([cfg.loadgen, "udp", "--addr", f"127.0.0.1:{running.port}",
+                            "--users", users, "--size", size, "--seconds", cfg.seconds],
+                           timeout=cfg.seconds + 60)
+            cpu1 = procstat.cpu_seconds(running.pids)
+            _relay_status(running)
+        finally:
+            running.stop()
+    finally:
+        sup.stop(echo)
+    data = json.loads(out)
+    lat, answered = data["latency"], data["answered"]
+    return {
+        "transactions_per_s": data["transactions_per_s"], "answered": answered,
+        "lost": data["lost"],
+        "lost_pct": 100.0 * data["lost"] / max(1, answered + data["lost"]),
+        "p50_us": lat.get("p50_us"), "p99_us": lat.get("p99_us"),
+        "p999_us": lat.get("p999_us"),
+        "cpu_us_per_tx": (1e6 * (cpu1 - cpu0) / answered
+                          if running.pids and answered else None),
+        "relay_info": running.info,
+    }

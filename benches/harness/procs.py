@@ -176,6 +176,35 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_udp_port():
+    """A UDP port the OS considers free right now."""
+    with socket.socket(type=socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_udp_echo(port, timeout, procs=()):
+    """Waits until a datagram sent to `port` comes back (the relay and the echo
+    behind it are up); fails early if one of `procs` dies."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(type=socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while True:
+            for p in procs:
+                if not p.alive():
+                    raise ProcError(f"{p.name} exited with {p.popen.returncode} before"
+                                    f" relaying UDP on {port}; log {p.log_path}:\n{p.log_tail()}")
+            s.sendto(b"ready?", ("127.0.0.1", port))
+            try:
+                if s.recv(64) == b"ready?":
+                    return
+            except (TimeoutError, ConnectionRefusedError, socket.timeout):
+                pass
+            if time.monotonic() > deadline:
+                names = ", ".join(p.name for p in procs)
+                raise ProcError(f"no UDP echo through port {port} after {timeout}s ({names})")
+
+
 def listening_ports():
     """Local TCP ports in LISTEN state, from /proc/net/tcp and tcp6."""
     ports = set()

@@ -2,14 +2,15 @@
 
 `Relay.start(sup, target_port)` starts the relay in front of a backend listening on
 127.0.0.1:`target_port` and returns a `Running` with the port users connect to and
-the pids whose CPU and memory count as the relay's. Every relay runs on loopback with
-its defaults except where noted (TCP_NODELAY on, limits raised for 9 000 connections).
+the pids whose CPU and memory count as the relay's. Relays that carry UDP also have
+`start_udp(sup, target_port)`, the same for a UDP backend (`udp = True`). Every relay
+runs on loopback with its defaults except where noted (TCP_NODELAY on, limits raised for 9 000 connections).
 """
 
 import os
 from contextlib import contextmanager
 
-from .procs import free_port, wait_listening
+from .procs import free_port, free_udp_port, wait_listening, wait_udp_echo
 
 START_TIMEOUT = 20.0  # seconds for a relay to come up
 
@@ -51,6 +52,7 @@ class Relay:
     name = "?"
     security = "plain"  # "tls", "noise" or "plain": what protects the relayed leg
     note = ""  # a fact about this row for the report (how it was installed, limits)
+    udp = False  # carries UDP (has start_udp)
 
     def skip_reason(self):
         """Why this relay cannot run here, or None."""
@@ -63,15 +65,29 @@ class Relay:
 class Direct(Relay):
     """No relay: the load generator talks to the backend (the ceiling)."""
     name, security = "direct", "none"
+    udp = True
 
     def start(self, sup, target_port):
+        return Running(sup, target_port, [])
+
+    def start_udp(self, sup, target_port):
         return Running(sup, target_port, [])
 
 
 class Socat(Relay):
     """socat, forking a child per connection, plain TCP."""
     name = "socat"
-    note = "one forked process per connection"
+    note = "one forked process per connection (UDP: per sender)"
+    udp = True
+
+    def start_udp(self, sup, target_port):
+        port = free_udp_port()
+        with _starting(sup) as procs:
+            procs.append(sup.spawn("socat-udp", [
+                "socat", f"UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                f"UDP4:127.0.0.1:{target_port}"]))
+            wait_udp_echo(port, START_TIMEOUT, procs)
+            return Running(sup, port, procs)
 
     def start(self, sup, target_port):
         port = free_port()
@@ -172,18 +188,24 @@ class Rathole(Relay):
         self.name = f"rathole-{transport}"
         self.security = transport if transport in ("noise", "tls") else "plain"
 
+    udp = True
+
+    def start_udp(self, sup, target_port):
+        return self.start(sup, target_port, udp=True)
+
     def skip_reason(self):
         return self.missing_note
 
-    def start(self, sup, target_port):
-        ctl, port = free_port(), free_port()
+    def start(self, sup, target_port, udp=False):
+        ctl, port = free_port(), (free_udp_port() if udp else free_port())
         transport = f'[{{}}.transport]\ntype = "{self.transport}"\n'
+        kind = 'type = "udp"\n' if udp else ""
         server = self.workdir / f"rathole-server-{port}.toml"
         server.write_text(f"""[server]
 bind_addr = "127.0.0.1:{ctl}"
 {transport.format("server")}{self._noise("server")}{self._tls("server")}
 [server.services.bench]
-token = "benchmark-token"
+{kind}token = "benchmark-token"
 bind_addr = "127.0.0.1:{port}"
 """)
         client = self.workdir / f"rathole-client-{port}.toml"
@@ -191,7 +213,7 @@ bind_addr = "127.0.0.1:{port}"
 remote_addr = "127.0.0.1:{ctl}"
 {transport.format("client")}{self._noise("client")}{self._tls("client")}
 [client.services.bench]
-token = "benchmark-token"
+{kind}token = "benchmark-token"
 local_addr = "127.0.0.1:{target_port}"
 """)
         with _starting(sup) as procs:
@@ -199,7 +221,10 @@ local_addr = "127.0.0.1:{target_port}"
             wait_listening(ctl, START_TIMEOUT, procs)
             procs.append(sup.spawn("rathole-client", [self.binary, "--client", client]))
             # The server opens the service port once the client's control channel is up.
-            wait_listening(port, START_TIMEOUT, procs)
+            if udp:
+                wait_udp_echo(port, START_TIMEOUT, procs)
+            else:
+                wait_listening(port, START_TIMEOUT, procs)
             return Running(sup, port, procs)
 
     def _tls(self, side):
@@ -230,13 +255,17 @@ class Conduit(Relay):
         self.name = f"conduit-{engine}" if transport == "tls" else f"conduit-{transport}-{engine}"
         self.security = "tls" if transport == "tls" else "plain"
         self.help_text = help_text
+        self.udp = transport == "tls"  # UDP rides TLS only
 
     def skip_reason(self):
         if self.transport != "tls" and "--transport" not in self.help_text:
             return "`conduit router --help` lists no --transport option yet"
         return None
 
-    def start(self, sup, target_port):
+    def start_udp(self, sup, target_port):
+        return self.start(sup, target_port, ["--protocol", "udp"])
+
+    def start(self, sup, target_port, extra=()):
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
         env["CONDUIT_HOME"] = str(self.home)
         common = ["--io-engine", self.engine, "--drain-timeout", "1", "--log-level", "warn"]
@@ -253,7 +282,7 @@ class Conduit(Relay):
                 self.binary, "start", "--foreground", "--name", "bench",
                 "--router", f"127.0.0.1:{rport}", "--router-key",
                 self.home / "keys" / "router.pub", "--source", f"127.0.0.1:{target_port}",
-                "--bind", "127.0.0.1:0", *common], env=env, capture=True)
+                "--bind", "127.0.0.1:0", *common, *extra], env=env, capture=True)
             procs.append(client)
             m = client.wait_line(r"listening on 127\.0\.0\.1:(\d+) *(\(.*\))?", START_TIMEOUT)
             client.wait_line(r"connected to router", START_TIMEOUT)

@@ -27,12 +27,21 @@ METRICS = [
     ("mem", "memory", "pss_kib_per_conn", "Memory per held connection (PSS)", "KiB", "lower"),
     ("mem_rss", "memory", "rss_kib_per_conn", "Memory per held connection (RSS)", "KiB", "lower"),
     ("alive", "memory", "alive", "Held connections alive at the end", "conns", "higher"),
+    ("udp_p50", "udp_latency", "p50_us", "UDP round trip p50", "µs", "lower"),
+    ("udp_p99", "udp_latency", "p99_us", "UDP round trip p99", "µs", "lower"),
+    ("udp_tps", "udp_rate", "transactions_per_s", "UDP transactions, 8 users", "tx/s", "higher"),
+    ("udp_rate_p99", "udp_rate", "p99_us", "UDP transaction p99, 8 users", "µs", "lower"),
+    ("udp_cpu", "udp_rate", "cpu_us_per_tx", "Relay CPU per UDP transaction", "µs", "lower"),
+    ("udp_lost", "udp_rate", "lost_pct", "UDP datagrams lost, 8 users", "%", "lower"),
 ]
 # Ratios reported for each Conduit row against each peer.
-RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p50", "p99", "cps", "conn_p99", "mem"]
+RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p50", "p99", "cps", "conn_p99", "mem",
+              "udp_p50", "udp_tps", "udp_cpu"]
 GROUPS = [("Throughput and CPU", ["tput1", "tput4", "cpu1", "cpu4"]),
           ("Latency and connections", ["p50", "p99", "p999", "cps", "conn_p99", "conn_fail", "tcp_p99"]),
-          ("Held connections", ["alive", "mem", "mem_rss"])]
+          ("Held connections", ["alive", "mem", "mem_rss"]),
+          ("UDP (relays that carry it)", ["udp_p50", "udp_p99", "udp_tps", "udp_rate_p99",
+                                          "udp_cpu", "udp_lost"])]
 _BY_KEY = {m[0]: m for m in METRICS}
 
 
@@ -112,6 +121,9 @@ def markdown(run):
     for r in relays:
         lines.append(f"| {r['name']} | {r['security']} | {_note(r['note'])} |")
     for title, keys in GROUPS:
+        if all(meds[r["name"]].get(k) is None for r in relays if not r["skipped"]
+               for k in keys):
+            continue  # a measurement this run left out
         lines += ["", f"## {title} (medians)", "",
                   "| relay | " + " | ".join(f"{_BY_KEY[k][3]} ({_BY_KEY[k][4]})" for k in keys)
                   + " |", "|---" * (len(keys) + 1) + "|"]
@@ -119,16 +131,21 @@ def markdown(run):
             if r["skipped"]:
                 continue
             m = meds[r["name"]]
-            lines.append(f"| {r['name']} | " + " | ".join(_fmt(m[k]) for k in keys) + " |")
+            lines.append(f"| {r['name']} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
     lines += ["", "## Ratios", "",
               "Each cell is *Conduit row / peer*, medians over medians. Above 1 is better for",
               "throughput and connection rate; below 1 is better for CPU, latency and memory.", ""]
     for c, by_peer in rats.items():
+        keys = [k for k in RATIO_KEYS if any(row[k] is not None for row in by_peer.values())]
+        if not keys:
+            continue
         lines += [f"### {c}", "",
-                  "| peer | " + " | ".join(f"{_BY_KEY[k][3]}" for k in RATIO_KEYS) + " |",
-                  "|---" * (len(RATIO_KEYS) + 1) + "|"]
+                  "| peer | " + " | ".join(f"{_BY_KEY[k][3]}" for k in keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
         for p, row in by_peer.items():
-            lines.append(f"| {c} / {p} | " + " | ".join(_fmt(row[k]) for k in RATIO_KEYS) + " |")
+            if all(row[k] is None for k in keys):
+                continue  # a peer with nothing in common with this run
+            lines.append(f"| {c} / {p} | " + " | ".join(_fmt(row[k]) for k in keys) + " |")
         lines.append("")
     lines += _failures(run)
     return "\n".join(lines) + "\n"

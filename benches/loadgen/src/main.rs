@@ -1,12 +1,14 @@
 //! `loadgen`: the Rust half of Conduit's benchmark harness (`benches/run.py` is the
 //! other). Each subcommand drives one kind of load at one TCP address (a relay's
-//! listening port, or the backend itself for the "direct" row) and prints one JSON
-//! object on stdout:
+//! listening port, or the backend itself for the "direct" row; UDP for `udp`) and
+//! prints one JSON object on stdout:
 //!
 //! ```text
 //! ping      redis PING round trips over one connection   → latency percentiles
 //! connrate  HTTP/1.1 `Connection: close` requests, loop  → connections/s, connect p99
 //! hold      open N connections, wait, check each is alive → opened, alive
+//! udp       UDP users sending and awaiting echoes          → transactions/s, latency
+//! udp-echo  the UDP echo backend for `udp`
 //! ```
 //!
 //! It does not start or stop relays, read their CPU or memory, or compare results:
@@ -17,6 +19,7 @@ mod connrate;
 mod hold;
 mod ping;
 mod summary;
+mod udp;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -71,6 +74,34 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         open_deadline: f64,
     },
+    /// UDP users, each sending a datagram and waiting for its echo, for a while:
+    /// transactions/s, latency p50/p99/p99.9, datagrams lost (no echo within 1 s).
+    Udp {
+        /// Where to send: the relay's UDP address (backend: `loadgen udp-echo`).
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Users, each on its own socket and thread (a flow each, for a relay).
+        #[arg(long, default_value_t = 1)]
+        users: usize,
+        /// Bytes per datagram (at least 16).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// How long to record, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Round trips per user before recording starts.
+        #[arg(long, default_value_t = 100)]
+        warmup: u64,
+    },
+    /// A UDP echo on 127.0.0.1: prints `{"listening": PORT}`, runs until killed.
+    UdpEcho {
+        /// The port (0: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Threads serving the socket.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +126,20 @@ fn main() -> ExitCode {
             conns,
             open_deadline,
         } => hold::run(addr, conns, Duration::from_secs_f64(open_deadline)),
+        Command::Udp {
+            addr,
+            users,
+            size,
+            seconds,
+            warmup,
+        } => udp::run(
+            addr,
+            users.max(1),
+            size,
+            Duration::from_secs_f64(seconds),
+            warmup,
+        ),
+        Command::UdpEcho { port, threads } => udp::echo(port, threads),
     };
     match result {
         Ok(json) => {
