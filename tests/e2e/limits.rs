@@ -125,7 +125,7 @@ const FD_SLACK: usize = 8;
 const RSS_SLACK_KIB: u64 = 4 * 1024;
 
 #[track_caller]
-fn back_to(who: &str, p: &Proc, start: Footprint) {
+pub(crate) fn back_to(who: &str, p: &Proc, start: Footprint) {
     let now = wait_until(
         &format!("the {who}'s open files and memory back near {start:?}"),
         || {

@@ -216,9 +216,10 @@ fn a_quiet_flow_ends_and_the_next_datagram_opens_another() {
         (l[0]["active_connections"] == 0).then_some(())
     });
     tunnel.wait_stderr("udp flow closed");
-    // The same user again: a new flow, on a new router socket.
+    // The same user again: a new flow.
     user.echo(b"second");
-    assert_eq!(source.senders(), 2);
+    assert_eq!(tunnel.stderr_count("udp flow opened"), 2);
+    assert_eq!(source.received.load(Ordering::SeqCst), 2);
     let l = list_json(&home);
     assert_eq!(l[0]["active_connections"], 1, "{l:#?}");
     assert_eq!(l[0]["bytes_in"], 11);
@@ -486,3 +487,59 @@ fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
     first.echo(b"still served");
     assert_eq!(source.senders(), 1);
 }
+
+/// `count` senders, `threads` at a time, each a fresh socket (a new flow) that sends
+/// one datagram and checks its echo.
+fn udp_churn(taddr: SocketAddr, count: usize, threads: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let next = next.clone();
+            thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    User::new(taddr).echo(&pattern(i as u64, 1 + i % 1400));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a flow failed");
+    }
+}
+
+both_engines!(udp_flows_leave_nothing_behind, |engine: Engine| {
+    use crate::procfs::{Footprint, wait_until};
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (router, raddr) = home.router(engine, &[source.addr.to_string()]);
+    let (tunnel, taddr) = home.tunnel_with(
+        engine,
+        raddr,
+        &source.addr.to_string(),
+        &["--protocol", "udp", "--udp-idle-timeout", "1"],
+    );
+    let quiet = |what: &str| {
+        wait_until(&format!("every flow to end ({what})"), || {
+            let l = list_json(&home);
+            (
+                l[0]["active_connections"] == 0,
+                l[0]["active_connections"].clone(),
+            )
+        });
+    };
+    // A warm-up of the same shape, so the pools are at their working size.
+    udp_churn(taddr, 600, 8);
+    quiet("warm-up");
+    let start = (Footprint::of(tunnel.pid()), Footprint::of(router.pid()));
+    udp_churn(taddr, 600, 8);
+    quiet("run");
+    // Each flow had a socket on the router and a channel each side: all given back.
+    crate::limits::back_to("tunnel", &tunnel, start.0);
+    crate::limits::back_to("router", &router, start.1);
+    User::new(taddr).echo(b"still serving");
+    assert_eq!(source.received.load(Ordering::SeqCst), 1201);
+});
