@@ -299,3 +299,96 @@ pub(crate) async fn from_source(
     eof.send(chan, tls).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use conduit_proto::FrameDecoder;
+
+    use super::*;
+
+    /// What a decoder makes of a framed batch: datagrams and messages, in order.
+    fn decode(bytes: &[u8]) -> Vec<Held> {
+        let mut d = FrameDecoder::new();
+        let mut out = Vec::new();
+        d.feed(bytes, |ev| out.push(Held::from_event(ev))).unwrap();
+        assert!(d.at_boundary());
+        out
+    }
+
+    #[test]
+    fn a_batch_frames_each_datagram_whole_and_counts_payload() {
+        let big = vec![7u8; RECV_ROOM];
+        let mut f = Framed::new();
+        f.push(b"");
+        f.push(b"dns query");
+        assert!(!f.is_full());
+        f.push(&big);
+        assert!(f.is_full(), "a batch past BATCH bytes takes no more");
+        f.push_message(&Message::Eof);
+        assert_eq!(f.payload, 9 + RECV_ROOM);
+        let got = decode(&f.buf[..f.len]);
+        assert_eq!(got.len(), 4);
+        assert!(matches!(&got[0], Held::Datagram(d) if d.is_empty()));
+        assert!(matches!(&got[1], Held::Datagram(d) if d == b"dns query"));
+        assert!(matches!(&got[2], Held::Datagram(d) if *d == big));
+        assert!(matches!(&got[3], Held::Msg(Message::Eof)));
+    }
+
+    #[test]
+    fn the_router_side_refuses_payload_of_the_wrong_kind() {
+        let mut later = VecDeque::new();
+        let mut b = Batch {
+            opened: true,
+            ..Batch::default()
+        };
+        b.on_event(Event::Datagram(b"ok"), Side::Router, &mut later);
+        assert_eq!(
+            (b.bytes.as_slice(), b.lens.as_slice()),
+            (&b"ok"[..], &[2][..])
+        );
+        b.on_event(Event::Data(b"tcp bytes"), Side::Router, &mut later);
+        assert!(matches!(
+            b.bad,
+            Some(ProtoError::Unexpected { got: "Data", .. })
+        ));
+    }
+
+    #[test]
+    fn frames_after_eof_wait_for_the_next_stream() {
+        let mut later = VecDeque::new();
+        let mut b = Batch {
+            opened: true,
+            ..Batch::default()
+        };
+        b.on_event(Event::Message(Message::Eof), Side::Router, &mut later);
+        b.on_event(
+            Event::Message(Message::Open {
+                target: "10.0.0.1:80".into(),
+            }),
+            Side::Router,
+            &mut later,
+        );
+        b.on_event(Event::Data(b"GET /"), Side::Router, &mut later);
+        assert!(b.eof && b.bad.is_none());
+        assert_eq!(later.len(), 2, "the next stream's Open and bytes are kept");
+    }
+
+    #[test]
+    fn a_client_needs_opened_before_datagrams() {
+        let mut later = VecDeque::new();
+        let mut b = Batch::default();
+        b.on_event(Event::Datagram(b"early"), Side::Client, &mut later);
+        assert!(matches!(
+            b.bad,
+            Some(ProtoError::Unexpected {
+                got: "Datagram before Opened",
+                ..
+            })
+        ));
+        let mut b = Batch::default();
+        b.on_event(Event::Message(Message::Opened), Side::Client, &mut later);
+        b.on_event(Event::Datagram(b"answer"), Side::Client, &mut later);
+        assert!(b.opened && b.bad.is_none());
+        assert_eq!(b.lens, [6]);
+    }
+}

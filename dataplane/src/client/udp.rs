@@ -391,3 +391,57 @@ impl ClientCore {
         self.finish(ch, stop, "the user's socket").await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_and_its_core_have_byte_budgets() {
+        let core = Rc::new(Cell::new(0));
+        let a = Queued {
+            flow: Rc::default(),
+            core: core.clone(),
+        };
+        let b = Queued {
+            flow: Rc::default(),
+            core: core.clone(),
+        };
+        // One flow: up to its own budget, not a byte more.
+        assert!(a.has_room(FLOW_QUEUE_BYTES));
+        a.add(FLOW_QUEUE_BYTES - 10);
+        assert!(a.has_room(10) && !a.has_room(11));
+        assert!(b.has_room(FLOW_QUEUE_BYTES), "another flow has its own");
+        a.took(FLOW_QUEUE_BYTES - 10);
+        assert_eq!((a.flow.get(), core.get()), (0, 0));
+        // The core: all flows together.
+        core.set(CORE_QUEUE_BYTES - 100);
+        assert!(b.has_room(100) && !b.has_room(101));
+    }
+
+    #[test]
+    fn what_a_flow_leaves_queued_stops_counting_when_it_ends() {
+        let core = Rc::new(Cell::new(0));
+        let queue = Queued {
+            flow: Rc::default(),
+            core: core.clone(),
+        };
+        let (tx, rx) = mpsc::unbounded();
+        for d in [vec![1u8; 100], vec![2u8; 50]] {
+            queue.add(d.len());
+            tx.unbounded_send(d).unwrap();
+        }
+        let mut inbox = Inbox {
+            rx,
+            queue: queue.clone(),
+        };
+        assert_eq!(inbox.try_next().map(|d| d.len()), Some(100));
+        assert_eq!(core.get(), 50);
+        drop(inbox);
+        assert_eq!((queue.flow.get(), core.get()), (0, 0));
+        assert!(
+            tx.unbounded_send(vec![3]).is_err(),
+            "the dispatcher sees the flow ended"
+        );
+    }
+}
