@@ -278,6 +278,7 @@ struct Output {
     stdout: Vec<String>,
     stderr: String,
     stdout_closed: bool,
+    stderr_closed: bool,
 }
 
 /// A child process whose output is collected as it arrives.
@@ -319,6 +320,8 @@ impl Proc {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
                 o.1.notify_all();
             }
+            o.0.lock().unwrap().stderr_closed = true;
+            o.1.notify_all();
         });
         Self { child, out }
     }
@@ -443,12 +446,13 @@ impl Proc {
         }
     }
 
-    /// Waits (briefly) until the output readers have seen end of file.
+    /// Waits (briefly) until both output readers have seen end of file: what the
+    /// process wrote last is in `stdout()` and `stderr()` once it has exited.
     fn drain_output(&self) {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut o = lock.lock().unwrap();
-        while !o.stdout_closed && Instant::now() < deadline {
+        while !(o.stdout_closed && o.stderr_closed) && Instant::now() < deadline {
             o = cv.wait_timeout(o, Duration::from_millis(50)).unwrap().0;
         }
     }
