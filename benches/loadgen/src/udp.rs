@@ -20,6 +20,11 @@ use crate::summary;
 /// How long a user waits for an echo before counting the datagram as lost.
 const LOSS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The longest a user's warm-up may take: a relay that drops a user's datagrams
+/// (socat's forking UDP listener can, when several senders start at once) must not
+/// hold up the others; the measurement then counts that user's losses.
+const WARMUP_LIMIT: Duration = Duration::from_secs(5);
+
 /// Echoes every datagram on 127.0.0.1:`port` (0: any free port) back to its sender,
 /// with `threads` threads on one socket; prints `{"listening": PORT}` once bound and
 /// runs until killed.
@@ -149,7 +154,11 @@ fn user(
         }
     };
     // Warm-up: the relay's flow (and channel) are set up by the first datagrams.
+    let warm_until = Instant::now() + WARMUP_LIMIT;
     for _ in 0..warmup {
+        if Instant::now() > warm_until {
+            break;
+        }
         seq += 1;
         round_trip(seq)?;
     }
