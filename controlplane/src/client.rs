@@ -282,15 +282,8 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
         Ok(Ok(x)) => x,
     };
     match reply {
-        Some(Message::Welcome { version }) if shared.datagrams && version < version::DATAGRAMS => {
-            Err(Error::Authentication(format!(
-                "router {} speaks protocol {version}, and UDP tunnels need protocol {} or later: \
-                 upgrade conduit on the router",
-                shared.router,
-                version::DATAGRAMS
-            )))
-        }
-        Some(Message::Welcome { .. }) => {
+        Some(Message::Welcome { version }) => {
+            can_carry(shared.datagrams, version, &shared.router)?;
             shared.counters.handshakes.observe(started.elapsed());
             Ok(w)
         }
@@ -308,6 +301,19 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
             "the router closed the connection during setup".into(),
         )),
     }
+}
+
+/// Whether a router that negotiated protocol `version` can serve this tunnel: a UDP
+/// tunnel needs [`version::DATAGRAMS`]. Not retried: the router must be upgraded.
+fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
+    if datagrams && version < version::DATAGRAMS {
+        return Err(Error::Authentication(format!(
+            "router {router} speaks protocol {version}, and UDP tunnels need protocol {} or \
+             later: upgrade conduit on the router",
+            version::DATAGRAMS
+        )));
+    }
+    Ok(())
 }
 
 fn wire_error(shared: &Shared, e: WireError) -> Error {
@@ -513,5 +519,26 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
             Err(e) => debug!(core, "cannot open a data channel: {e}"),
         }
         tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_udp_tunnel_refuses_a_router_without_datagrams_for_good() {
+        let err = can_carry(true, 1, "10.2.0.1:9999").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "router 10.2.0.1:9999 speaks protocol 1, and UDP tunnels need protocol 2 or later: \
+             upgrade conduit on the router"
+        );
+        assert!(!err.is_retryable());
+        assert!(can_carry(true, version::DATAGRAMS, "r:1").is_ok());
+        assert!(
+            can_carry(false, 1, "r:1").is_ok(),
+            "TCP tunnels speak protocol 1"
+        );
     }
 }
