@@ -310,22 +310,7 @@ impl ClientCore {
         Some(async move {
             let core = &self.core;
             user.tune(&self.spec.sockets);
-            core.stats.opened.fetch_add(1, Relaxed);
-            core.stats.active.fetch_add(1, Relaxed);
-            let counters = Rc::new(ConnCounters::default());
-            let (kill_tx, kill_rx) = oneshot::channel();
-            let started = Instant::now();
-            core.conns.insert(
-                id,
-                ConnEntry {
-                    peer: Some(peer),
-                    target: self.target.clone(),
-                    started,
-                    counters: counters.clone(),
-                    kill: Some(kill_tx),
-                    rides: Rides::Nothing,
-                },
-            );
+            let (counters, kill_rx, started) = self.open_entry(id, peer);
             debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
             if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
@@ -333,9 +318,7 @@ impl ClientCore {
                 user.abort();
                 core.stats.fail(kind);
             }
-            core.stats.active.fetch_sub(1, Relaxed);
-            core.stats.durations.observe(started.elapsed());
-            core.conns.remove(id);
+            self.close_entry(id, started);
             drop(permit);
             debug!(
                 conn = id,
@@ -345,6 +328,42 @@ impl ClientCore {
                 "user connection closed"
             );
         })
+    }
+
+    /// Counts a user connection (or UDP flow) as open and enters it in this core's
+    /// table: its counters, the receiver of a kill order, and when it started.
+    fn open_entry(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+    ) -> (Rc<ConnCounters>, oneshot::Receiver<String>, Instant) {
+        let core = &self.core;
+        core.stats.opened.fetch_add(1, Relaxed);
+        core.stats.active.fetch_add(1, Relaxed);
+        let counters = Rc::new(ConnCounters::default());
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let started = Instant::now();
+        core.conns.insert(
+            id,
+            ConnEntry {
+                peer: Some(peer),
+                target: self.target.clone(),
+                started,
+                counters: counters.clone(),
+                kill: Some(kill_tx),
+                rides: Rides::Nothing,
+            },
+        );
+        (counters, kill_rx, started)
+    }
+
+    /// The end of [`Self::open_entry`]'s connection: no longer open, its duration
+    /// observed, out of the table.
+    fn close_entry(&self, id: u64, started: Instant) {
+        let core = &self.core;
+        core.stats.active.fetch_sub(1, Relaxed);
+        core.stats.durations.observe(started.elapsed());
+        core.conns.remove(id);
     }
 
     async fn run_user(

@@ -393,39 +393,6 @@ both_engines!(
     }
 );
 
-both_engines!(
-    users_waiting_for_a_channel_that_cannot_be_made_are_told_why,
-    |engine: Engine| {
-        let home = Home::with_keys();
-        let source = sources::echo();
-        let (_router, raddr) = home.router(engine, &[source.to_string()]);
-        // No ready channels (pool size 0, and no user yet to leave one behind): every
-        // user accepted below waits for a channel of its own.
-        let (tunnel, taddr) =
-            home.tunnel_with(engine, raddr, &source.to_string(), &["--pool-size", "0"]);
-        if !have("prlimit", "--version") {
-            return;
-        }
-        // An odd number of free descriptors, each user taking one for its socket and
-        // one for its channel: when they run out, at least one accepted user is still
-        // waiting for a channel that cannot be made (with an even number, the last
-        // channel could take the last descriptor and leave nobody waiting).
-        squeeze_fds(tunnel.pid(), 15);
-        let mut held = Vec::new();
-        while tunnel.stderr_count("accept failed") == 0 {
-            assert!(held.len() < 500, "the tunnel never ran out of descriptors");
-            if let Ok(c) = TcpStream::connect(taddr) {
-                held.push(c);
-            }
-        }
-        // Told why at once, rather than holding descriptors while they wait in vain.
-        tunnel.wait_stderr(
-            "the tunnel is out of file descriptors: raise its open-file limit (ulimit -n",
-        );
-        tunnel.wait_stderr("user connection closed: cannot open a channel to the router");
-    }
-);
-
 #[test]
 fn a_router_out_of_file_descriptors_backs_off_and_recovers() {
     let engine = Engine::Epoll;

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::both_engines;
-use crate::harness::{DEADLINE, Engine, Home, assert_code};
+use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code};
 use crate::http::wait_for;
 use crate::sources::pattern;
 
@@ -104,6 +104,50 @@ impl User {
     }
 }
 
+/// An echo source, a router that allows it and a UDP tunnel to it (`extra`: more
+/// `start` arguments), each stopped when dropped.
+struct UdpTunnel {
+    home: Home,
+    source: UdpEcho,
+    router: Proc,
+    tunnel: Proc,
+    taddr: SocketAddr,
+}
+
+impl UdpTunnel {
+    fn start(engine: Engine, extra: &[&str]) -> Self {
+        let home = Home::with_keys();
+        let source = UdpEcho::start();
+        let (router, raddr) = home.router(engine, &[source.addr.to_string()]);
+        let mut args = vec!["--protocol", "udp"];
+        args.extend_from_slice(extra);
+        let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.addr.to_string(), &args);
+        Self {
+            home,
+            source,
+            router,
+            tunnel,
+            taddr,
+        }
+    }
+}
+
+/// Sends `msg` until the tunnel answers with its echo (a flow may fail while the
+/// router is away, and a datagram may be lost meanwhile).
+fn wait_for_answer(user: &User, msg: &[u8]) {
+    user.sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut want = b"echo:".to_vec();
+    want.extend_from_slice(msg);
+    wait_for("the udp tunnel to answer", || {
+        user.sock.send_to(msg, user.tunnel).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = user.sock.recv_from(&mut buf).ok()?;
+        (buf[..n] == want[..]).then_some(())
+    });
+}
+
 fn list_json(home: &Home) -> Vec<serde_json::Value> {
     let out = home.ok(&["list", "--format", "json", "--connections"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("list json: {e}\n{out}"))
@@ -115,15 +159,13 @@ const SIZES: [usize; 8] = [0, 1, 5, 1200, 1472, 16_379, 40_000, MAX_UDP - 5];
 both_engines!(
     datagrams_cross_whole_and_each_sender_is_a_flow,
     |engine: Engine| {
-        let home = Home::with_keys();
-        let source = UdpEcho::start();
-        let (_router, raddr) = home.router(engine, &[source.addr.to_string()]);
-        let (_tunnel, taddr) = home.tunnel_with(
-            engine,
-            raddr,
-            &source.addr.to_string(),
-            &["--protocol", "udp", "--name", "dns"],
-        );
+        let UdpTunnel {
+            home,
+            source,
+            router: _router,
+            tunnel: _tunnel,
+            taddr,
+        } = UdpTunnel::start(engine, &["--name", "dns"]);
         let users: Vec<User> = (0..3).map(|_| User::new(taddr)).collect();
         let mut sent = 0;
         for (u, user) in users.iter().enumerate() {
@@ -161,15 +203,13 @@ both_engines!(
 both_engines!(
     many_flows_at_once_each_get_their_own_answers,
     |engine: Engine| {
-        let home = Home::with_keys();
-        let source = UdpEcho::start();
-        let (_router, raddr) = home.router(engine, &[source.addr.to_string()]);
-        let (_tunnel, taddr) = home.tunnel_with(
-            engine,
-            raddr,
-            &source.addr.to_string(),
-            &["--protocol", "udp"],
-        );
+        let UdpTunnel {
+            home: _home,
+            source,
+            router: _router,
+            tunnel: _tunnel,
+            taddr,
+        } = UdpTunnel::start(engine, &[]);
         let threads: Vec<_> = (0..40u64)
             .map(|t| {
                 thread::spawn(move || {
@@ -193,21 +233,15 @@ both_engines!(
 
 #[test]
 fn a_quiet_flow_ends_and_the_next_datagram_opens_another() {
-    let home = Home::with_keys();
-    let source = UdpEcho::start();
-    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
-    let (tunnel, taddr) = home.tunnel_with(
+    let UdpTunnel {
+        home,
+        source,
+        router: _router,
+        tunnel,
+        taddr,
+    } = UdpTunnel::start(
         Engine::Epoll,
-        raddr,
-        &source.addr.to_string(),
-        &[
-            "--protocol",
-            "udp",
-            "--udp-idle-timeout",
-            "1",
-            "--log-level",
-            "debug",
-        ],
+        &["--udp-idle-timeout", "1", "--log-level", "debug"],
     );
     let user = User::new(taddr);
     user.echo(b"first");
@@ -257,16 +291,14 @@ fn a_udp_source_outside_the_allow_list_is_refused() {
 
 #[test]
 fn stopping_a_udp_tunnel_ends_its_flows_at_once() {
-    let home = Home::with_keys();
-    let source = UdpEcho::start();
-    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
-    let (mut tunnel, taddr) = home.tunnel_with(
-        Engine::Epoll,
-        raddr,
-        &source.addr.to_string(),
-        // A drain far longer than the test's deadline: flows must not wait for it.
-        &["--protocol", "udp", "--drain-timeout", "600"],
-    );
+    // A drain far longer than the test's deadline: flows must not wait for it.
+    let UdpTunnel {
+        home: _home,
+        source: _source,
+        router: _router,
+        mut tunnel,
+        taddr,
+    } = UdpTunnel::start(Engine::Epoll, &["--drain-timeout", "600"]);
     let user = User::new(taddr);
     user.echo(b"hello");
     let status = tunnel.stop();
@@ -398,16 +430,7 @@ fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
     );
 
     let user = User::new(format!("127.0.0.1:{port}").parse().unwrap());
-    wait_for("the udp tunnel to answer", || {
-        user.sock
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        user.sock.send_to(b"ping", user.tunnel).unwrap();
-        let mut buf = [0u8; 64];
-        let (n, _) = user.sock.recv_from(&mut buf).ok()?;
-        assert_eq!(&buf[..n], b"echo:ping");
-        Some(())
-    });
+    wait_for_answer(&user, b"ping");
     crate::ops::echo_through(format!("127.0.0.1:{port}").parse().unwrap(), 4096, 7);
 
     home.ok(&["down", "-f", f]);
@@ -441,35 +464,18 @@ fn udp_flows_come_back_after_the_router_restarts() {
     let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
     tunnel.wait_stdout_count("connected to router", 2);
     // The same user is served again on a new flow.
-    user.sock
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    wait_for("the udp tunnel to answer after the restart", || {
-        user.sock.send_to(b"after", taddr).unwrap();
-        let mut buf = [0u8; 64];
-        let (n, _) = user.sock.recv_from(&mut buf).ok()?;
-        (&buf[..n] == b"echo:after").then_some(())
-    });
+    wait_for_answer(&user, b"after");
 }
 
 #[test]
 fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
-    let home = Home::with_keys();
-    let source = UdpEcho::start();
-    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
-    let (tunnel, taddr) = home.tunnel_with(
-        Engine::Epoll,
-        raddr,
-        &source.addr.to_string(),
-        &[
-            "--protocol",
-            "udp",
-            "--max-connections",
-            "1",
-            "--name",
-            "dns",
-        ],
-    );
+    let UdpTunnel {
+        home,
+        source,
+        router: _router,
+        tunnel,
+        taddr,
+    } = UdpTunnel::start(Engine::Epoll, &["--max-connections", "1", "--name", "dns"]);
     let first = User::new(taddr);
     first.echo(b"one flow");
     let second = User::new(taddr);
@@ -513,15 +519,13 @@ fn udp_churn(taddr: SocketAddr, count: usize, threads: usize) {
 
 both_engines!(udp_flows_leave_nothing_behind, |engine: Engine| {
     use crate::procfs::{Footprint, wait_until};
-    let home = Home::with_keys();
-    let source = UdpEcho::start();
-    let (router, raddr) = home.router(engine, &[source.addr.to_string()]);
-    let (tunnel, taddr) = home.tunnel_with(
-        engine,
-        raddr,
-        &source.addr.to_string(),
-        &["--protocol", "udp", "--udp-idle-timeout", "1"],
-    );
+    let UdpTunnel {
+        home,
+        source,
+        router,
+        tunnel,
+        taddr,
+    } = UdpTunnel::start(engine, &["--udp-idle-timeout", "1"]);
     let quiet = |what: &str| {
         wait_until(&format!("every flow to end ({what})"), || {
             let l = list_json(&home);

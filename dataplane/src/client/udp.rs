@@ -22,7 +22,7 @@ use crate::datagram::{Deliver, Framed, RECV_ROOM, down};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Udp;
 use crate::relay::{Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
+use crate::stats::{ConnCounters, ErrorKind, Meter, Rides};
 
 /// Bytes of datagrams one flow may have queued for its channel; beyond this, new ones
 /// are dropped (as a full socket buffer drops them) and counted.
@@ -227,22 +227,7 @@ impl ClientCore {
         permit: Permit,
     ) {
         let core = &self.core;
-        core.stats.opened.fetch_add(1, Relaxed);
-        core.stats.active.fetch_add(1, Relaxed);
-        let counters = Rc::new(ConnCounters::default());
-        let (kill_tx, kill_rx) = oneshot::channel();
-        let started = Instant::now();
-        core.conns.insert(
-            id,
-            ConnEntry {
-                peer: Some(peer),
-                target: self.target.clone(),
-                started,
-                counters: counters.clone(),
-                kill: Some(kill_tx),
-                rides: Rides::Nothing,
-            },
-        );
+        let (counters, kill_rx, started) = self.open_entry(id, peer);
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
         let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx));
         if let Err((kind, reason)) = run.await {
@@ -258,9 +243,7 @@ impl ClientCore {
                 warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow closed: {reason}{}", held_note(held));
             }
         }
-        core.stats.active.fetch_sub(1, Relaxed);
-        core.stats.durations.observe(started.elapsed());
-        core.conns.remove(id);
+        self.close_entry(id, started);
         drop(permit);
         let mut flows = self.flows.borrow_mut();
         if flows.by_peer.get(&peer).is_some_and(|f| f.id == id) {
