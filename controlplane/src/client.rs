@@ -485,10 +485,6 @@ async fn make_channels(shared: Arc<Shared>, requests: flume::Receiver<FromWorker
 /// Makes one data channel for `core`, retrying while the router is away.
 async fn make_one(shared: Arc<Shared>, core: usize) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-    // Descriptors come back as soon as users leave: retry as the workers' accept
-    // loops do (at most 1.28 s apart), not on the router's 30-second scale, or the
-    // first users after a shortage wait out a long back-off for nothing.
-    let mut short = Backoff::new(Duration::from_millis(20), Duration::from_millis(1280));
     let mut status = shared.status.subscribe();
     loop {
         // Wait for the control channel: it tells a dead router from a bad key.
@@ -519,8 +515,6 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 );
                 warn!(tunnel = %shared.name, core, "{reason}");
                 shared.dp.no_channels(core, reason);
-                tokio::time::sleep(short.next_wait()).await;
-                continue;
             }
             Err(e) => debug!(core, "cannot open a data channel: {e}"),
         }
