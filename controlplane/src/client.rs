@@ -330,6 +330,10 @@ fn wire_error(shared: &Shared, e: WireError) -> Error {
     }
 }
 
+/// The longest wait before trying the router link again when it failed for want of
+/// file descriptors.
+const OUT_OF_DESCRIPTORS_RETRY: Duration = Duration::from_secs(1);
+
 /// Keeps the control channel up; returns a fatal error, or `None` once `stop` is set
 /// (after saying goodbye to the router).
 async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Option<Error> {
@@ -374,7 +378,12 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
             }
             Err(e) => {
                 attempt += 1;
-                let wait = backoff.next_wait();
+                let mut wait = backoff.next_wait();
+                if e.out_of_descriptors() {
+                    // Nothing is wrong with the router: descriptors come back as
+                    // connections close, and a link is wanted as soon as they do.
+                    wait = wait.min(OUT_OF_DESCRIPTORS_RETRY);
+                }
                 shared.status.send_replace(LinkStatus::Retrying {
                     attempt,
                     next_at: SystemTime::now() + wait,
@@ -482,7 +491,8 @@ async fn make_channels(shared: Arc<Shared>, requests: flume::Receiver<FromWorker
     }
 }
 
-/// Makes one data channel for `core`, retrying while the router is away.
+/// Makes one data channel for `core`, retrying while the router is away; out of file
+/// descriptors, gives the request back to the worker instead.
 async fn make_one(shared: Arc<Shared>, core: usize) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut status = shared.status.subscribe();
@@ -508,13 +518,14 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 Err(e) => debug!(core, "data channel unusable: {e}"),
             },
             Err(e) if e.out_of_descriptors() => {
+                // The worker logs it, tells its users, and asks again when it sees fit.
                 let reason = format!(
                     "cannot open a channel to the router: {e}; the tunnel is out of file \
                      descriptors: raise its open-file limit (ulimit -n, or LimitNOFILE= in a \
                      systemd unit)"
                 );
-                warn!(tunnel = %shared.name, core, "{reason}");
                 shared.dp.no_channels(core, reason);
+                return;
             }
             Err(e) => debug!(core, "cannot open a data channel: {e}"),
         }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use conduit_dataplane::{ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
+use conduit_dataplane::{AcceptBackoff, ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
 use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
@@ -235,7 +235,7 @@ impl Router {
             ))
         });
         tokio::pin!(shutdown);
-        let mut accept_errors = 0u32;
+        let mut backoff = AcceptBackoff::default();
         // When the slots last ran out and we said so (at most once a minute).
         let mut said_full: Option<Instant> = None;
         loop {
@@ -266,14 +266,12 @@ impl Router {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
-                        accept_errors = 0;
+                        backoff.succeeded();
                         tokio::spawn(handle(self.state.clone(), tcp, peer, permit));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        accept_errors = accept_errors.saturating_add(1);
-                        let wait = Duration::from_millis(10u64 << accept_errors.min(7));
-                        warn!("accept failed: {e}; retrying in {wait:?}");
+                        let wait = backoff.failed(&e);
                         tokio::time::sleep(wait).await;
                     }
                 }

@@ -1,7 +1,7 @@
 //! The client side of a worker: accept users on this core's listener, give each a
 //! handshaken channel from this core's pool, open the source, relay.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -15,7 +15,6 @@ use futures::future::{Either, select, try_join};
 use monoio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::ClientSpec;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
@@ -25,6 +24,7 @@ use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::sys::Peek;
 use crate::worker::{Core, Listen};
+use crate::{AcceptBackoff, ClientSpec};
 
 mod udp;
 
@@ -33,9 +33,15 @@ mod udp;
 #[derive(Default)]
 struct Pool {
     idle: VecDeque<Link>,
-    waiters: VecDeque<oneshot::Sender<Result<Link, String>>>,
+    waiters: VecDeque<oneshot::Sender<Result<Link, NoLink>>>,
     /// Channels asked of the control plane and not yet delivered.
     requested: usize,
+    /// Set while no channel can be made (the process is out of file descriptors):
+    /// until when nothing is asked of the control plane, and the reason users are
+    /// told meanwhile.
+    starved: Option<(Instant, Rc<str>)>,
+    /// Rounds of failed channel attempts in a row, for the pause between rounds.
+    starved_rounds: u32,
 }
 
 impl Pool {
@@ -58,10 +64,10 @@ pub(crate) struct ClientCore {
     pool: RefCell<Pool>,
     requests: flume::Sender<FromWorker>,
     stop_accept: RefCell<Option<oneshot::Sender<()>>>,
-    /// Consecutive accept failures, for back-off.
-    accept_errors: Cell<u32>,
     /// Keeps refusals at the connection limit from flooding the log.
     refusals: Throttle,
+    /// The same for users refused while no channel can be made.
+    starved_refusals: Throttle,
     /// The source, shared by this core's connection entries.
     target: Rc<str>,
     /// A UDP tunnel's flows on this core, by user address.
@@ -83,8 +89,8 @@ impl ClientCore {
             pool: RefCell::new(Pool::default()),
             requests,
             stop_accept: RefCell::new(Some(tx)),
-            accept_errors: Cell::new(0),
             refusals: Throttle::new(Duration::from_secs(1)),
+            starved_refusals: Throttle::new(Duration::from_secs(1)),
             target,
             flows: RefCell::default(),
         });
@@ -104,6 +110,7 @@ impl ClientCore {
     }
 
     async fn accept_loop(self: Rc<Self>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
+        let mut backoff = AcceptBackoff::default();
         loop {
             let accepted = {
                 let accept = listener.accept();
@@ -115,7 +122,13 @@ impl ClientCore {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    self.accept_errors.set(0);
+                    backoff.succeeded();
+                    if let Some(why) = self.refuse_now() {
+                        // Closed here, not in a task of its own: the accepts that
+                        // follow need this descriptor back now.
+                        self.refuse_starved(stream, peer, &why);
+                        continue;
+                    }
                     match self.spec.limit.try_acquire() {
                         Some(permit) => {
                             if let Some(task) = self.clone().serve_user(stream, peer, permit) {
@@ -126,14 +139,11 @@ impl ClientCore {
                     }
                 }
                 Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        self.listener_starved();
+                    }
                     // EMFILE and friends: back off instead of spinning on the error.
-                    let n = self.accept_errors.get().saturating_add(1);
-                    self.accept_errors.set(n);
-                    let wait = Duration::from_millis(10u64 << n.min(7));
-                    warn!(
-                        core = self.core.index,
-                        "accept failed: {e}; retrying in {wait:?}"
-                    );
+                    let wait = backoff.failed(&e);
                     monoio::time::sleep(wait).await;
                 }
             }
@@ -160,6 +170,24 @@ impl ClientCore {
         }
     }
 
+    /// No channel can be made (the process is out of descriptors): close the user's
+    /// connection at once, saying why in the log.
+    fn refuse_starved(&self, stream: TcpStream, peer: SocketAddr, why: &str) {
+        if let Ok(user) = Socket::new(stream) {
+            user.abort();
+        }
+        self.core.stats.fail(ErrorKind::OutOfDescriptors);
+        if let Some(held) = self.starved_refusals.admit() {
+            warn!(
+                core = self.core.index,
+                %peer,
+                tunnel = %self.spec.tunnel,
+                "refused a user connection: {why}{}",
+                held_note(held)
+            );
+        }
+    }
+
     pub(crate) fn stop_accepting(&self) {
         if let Some(tx) = self.stop_accept.borrow_mut().take() {
             let _ = tx.send(());
@@ -170,6 +198,10 @@ impl ClientCore {
     pub(crate) fn channel_arrived(&self, h: ChannelHandoff) {
         let mut pool = self.pool.borrow_mut();
         pool.requested = pool.requested.saturating_sub(1);
+        pool.starved_rounds = 0;
+        if pool.starved.take().is_some() {
+            debug!(core = self.core.index, "channels can be made again");
+        }
         let ch = match Link::adopt(h, &self.spec.sockets) {
             Ok(ch) => ch,
             Err(e) => {
@@ -187,12 +219,118 @@ impl ClientCore {
                 return;
             }
         };
-        if self.core.stopping.get() {
+        if self.core.stopping.get() || pool.idle.len() >= self.keep_idle() {
+            // Asked for a user who has gone: more idle channels than the pool keeps
+            // would only hold descriptors the listener needs.
             return;
         }
         pool.idle.push_back(ch);
         drop(pool);
         self.publish();
+    }
+
+    /// Most idle channels a core keeps.
+    fn keep_idle(&self) -> usize {
+        self.spec.pool_size.max(1) * 4
+    }
+
+    /// The control plane could not make a channel asked for, for want of file
+    /// descriptors. Each failed attempt ends its request, so no stray attempts are
+    /// left to pile up idle channels that would starve the listener in turn.
+    pub(crate) fn channel_failed(self: &Rc<Self>, reason: String) {
+        {
+            let mut pool = self.pool.borrow_mut();
+            pool.requested = pool.requested.saturating_sub(1);
+        }
+        self.starve(reason);
+    }
+
+    /// An accept failed for want of file descriptors. Idle channels may be what
+    /// holds them (each stream that ends cleanly leaves its channel idle): all but
+    /// one are closed, so users can get in again and the one left serves the first,
+    /// and the pool is not topped up again until the pause ends.
+    fn listener_starved(self: &Rc<Self>) {
+        let closed = {
+            let mut pool = self.pool.borrow_mut();
+            let keep = pool.idle.len().min(1);
+            pool.idle.split_off(keep)
+        };
+        if !closed.is_empty() {
+            debug!(
+                core = self.core.index,
+                count = closed.len(),
+                "closed idle channels to free descriptors for the listener"
+            );
+            drop(closed);
+            self.publish();
+        }
+        self.starve(format!(
+            "the tunnel is out of file descriptors: {}",
+            RAISE_NOFILE
+        ));
+    }
+
+    /// No descriptor is left for channels: the users waiting for one are told why
+    /// at once (their sockets are the descriptors the next attempt needs), and so is
+    /// every user that finds no idle channel until the pool is topped up again,
+    /// after a pause that doubles from 50 ms to 1.6 s while such spells follow one
+    /// another (a channel that gets through starts it over).
+    fn starve(self: &Rc<Self>, reason: String) {
+        let mut pool = self.pool.borrow_mut();
+        let first = pool.starved.is_none();
+        if first {
+            let pause = Duration::from_millis(50 << pool.starved_rounds.min(5));
+            pool.starved_rounds = pool.starved_rounds.saturating_add(1);
+            warn!(
+                core = self.core.index,
+                tunnel = %self.spec.tunnel,
+                "{reason}; users that find no idle channel are refused with this reason, \
+                 and channels are tried again in {pause:?}"
+            );
+            pool.starved = Some((Instant::now() + pause, reason.into()));
+        }
+        drop(pool);
+        let reason = self.starved_reason().unwrap_or_default();
+        self.fail_waiters(ErrorKind::OutOfDescriptors, &reason);
+        if first {
+            monoio::spawn(self.clone().end_starvation());
+        }
+    }
+
+    /// Why a user that finds no idle channel is refused at once: none can be made
+    /// for now.
+    fn refuse_now(&self) -> Option<String> {
+        if !self.pool.borrow().idle.is_empty() {
+            return None;
+        }
+        self.starved_reason()
+    }
+
+    /// Why users are refused at once, while channels cannot be made.
+    fn starved_reason(&self) -> Option<String> {
+        let pool = self.pool.borrow();
+        pool.starved.as_ref().map(|(_, why)| why.to_string())
+    }
+
+    /// Waits out a starvation pause (unless a channel ends it sooner), then asks
+    /// for channels again.
+    async fn end_starvation(self: Rc<Self>) {
+        let until = match &self.pool.borrow().starved {
+            Some((until, _)) => *until,
+            None => return,
+        };
+        monoio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        {
+            let mut pool = self.pool.borrow_mut();
+            // Ended already by a channel that got through (and maybe begun anew).
+            if !matches!(&pool.starved, Some((u, _)) if *u == until) {
+                return;
+            }
+            pool.starved = None;
+        }
+        if !self.core.stopping.get() {
+            self.refill();
+        }
     }
 
     /// Drops every idle channel (they belong to a link that is gone or new) and
@@ -209,9 +347,12 @@ impl ClientCore {
         }
         drop(dropped);
         if self.core.stopping.get() {
-            self.fail_waiters("the tunnel is stopping");
+            self.fail_waiters(ErrorKind::RouterUnreachable, "the tunnel is stopping");
         } else if !self.spec.link.is_up() {
-            self.fail_waiters("the router is unreachable (the tunnel is reconnecting)");
+            self.fail_waiters(
+                ErrorKind::RouterUnreachable,
+                "the router is unreachable (the tunnel is reconnecting)",
+            );
         }
         self.publish();
         if !self.core.stopping.get() {
@@ -220,10 +361,10 @@ impl ClientCore {
     }
 
     /// Tells every user waiting for a channel that none is coming, and why.
-    pub(crate) fn fail_waiters(&self, reason: &str) {
+    pub(crate) fn fail_waiters(&self, kind: ErrorKind, reason: &str) {
         let waiters = std::mem::take(&mut self.pool.borrow_mut().waiters);
         for w in waiters {
-            let _ = w.send(Err(reason.to_owned()));
+            let _ = w.send(Err((kind, reason.to_owned())));
         }
     }
 
@@ -236,6 +377,9 @@ impl ClientCore {
     /// size plus the users waiting.
     fn refill(&self) {
         let mut pool = self.pool.borrow_mut();
+        if pool.starved.is_some() {
+            return; // asked again when the pause ends
+        }
         let want = self.spec.pool_size + pool.waiters.len();
         let have = pool.idle.len() + pool.requested;
         if have < want {
@@ -259,7 +403,7 @@ impl ClientCore {
     }
 
     /// A live channel for a new user connection.
-    async fn channel(&self) -> Result<Link, String> {
+    async fn channel(&self) -> Result<Link, NoLink> {
         loop {
             let next = self.pool.borrow_mut().idle.pop_front();
             match next {
@@ -275,17 +419,27 @@ impl ClientCore {
         self.publish();
         if !self.spec.link.is_up() {
             self.refill();
-            return Err("the router is unreachable (the tunnel is reconnecting)".into());
+            let why = "the router is unreachable (the tunnel is reconnecting)";
+            return Err((ErrorKind::RouterUnreachable, why.into()));
+        }
+        if let Some(why) = self.starved_reason() {
+            return Err((ErrorKind::OutOfDescriptors, why));
         }
         let (tx, rx) = oneshot::channel();
         self.pool.borrow_mut().waiters.push_back(tx);
         self.refill();
         match monoio::time::timeout(self.spec.wait_for_channel, rx).await {
             Ok(Ok(given)) => given,
-            Ok(Err(_)) => Err("the tunnel is stopping".into()),
-            Err(_) => Err(format!(
-                "no channel to the router within {:?}",
-                self.spec.wait_for_channel
+            Ok(Err(_)) => Err((
+                ErrorKind::RouterUnreachable,
+                "the tunnel is stopping".into(),
+            )),
+            Err(_) => Err((
+                ErrorKind::RouterUnreachable,
+                format!(
+                    "no channel to the router within {:?}",
+                    self.spec.wait_for_channel
+                ),
             )),
         }
     }
@@ -375,9 +529,7 @@ impl ClientCore {
     ) -> Result<(), (ErrorKind, String)> {
         // Both boxed: the relay below may run for days, and a task's size is that of
         // its largest state.
-        let link = Box::pin(self.channel())
-            .await
-            .map_err(|e| (ErrorKind::RouterUnreachable, e))?;
+        let link = Box::pin(self.channel()).await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
         let mut ch = match link {
             Link::Tls(ch) => ch,
@@ -547,6 +699,13 @@ impl ClientCore {
         self.publish();
     }
 }
+
+/// How to fix a process out of file descriptors.
+const RAISE_NOFILE: &str =
+    "raise its open-file limit (ulimit -n, or LimitNOFILE= in a systemd unit)";
+
+/// Why a user gets no channel: the kind its failure is counted as, and the reason.
+type NoLink = (ErrorKind, String);
 
 /// A pooled channel of either transport.
 pub(crate) enum Link {

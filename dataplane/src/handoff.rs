@@ -48,9 +48,10 @@ pub enum ToWorker {
     RouterChannel(ChannelHandoff),
     /// Drop every idle pooled channel (the router link changed).
     Flush,
-    /// No channel can be made for this core for now (its process is out of file
-    /// descriptors): let the users waiting for one go at once, with this reason,
-    /// instead of holding their sockets while they wait in vain.
+    /// A channel asked for could not be made (the process is out of file
+    /// descriptors) and will not come: let the users waiting for one go at once, with
+    /// this reason, instead of holding their sockets while they wait in vain, and ask
+    /// again after a pause.
     NoChannels(String),
     /// Reply with this core's open connections.
     Snapshot(futures::channel::oneshot::Sender<Vec<ConnSnapshot>>),

@@ -51,6 +51,7 @@ use tracing::warn;
 pub use engine::{Engine, EngineKind};
 pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
 pub use limit::ConnLimit;
+pub use listener::AcceptBackoff;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
 pub use usage::{ClientTotals, Usage};
 pub use worker::core_of;
@@ -410,8 +411,9 @@ impl DataPlane {
             .is_some_and(|w| w.tx.send(ToWorker::RouterChannel(h)).is_ok())
     }
 
-    /// Tells core `core` that no channel can be made for now, and why: the users
-    /// waiting for one are let go with that reason.
+    /// Tells core `core` that a channel it asked for cannot be made now, and why:
+    /// the request is over, and the users waiting for one are let go with that
+    /// reason.
     pub fn no_channels(&self, core: usize, reason: String) {
         if let Some(w) = self.workers.get(core) {
             let _ = w.tx.send(ToWorker::NoChannels(reason));

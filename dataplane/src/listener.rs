@@ -3,6 +3,11 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::limit::{Throttle, held_note};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -77,6 +82,51 @@ pub(crate) fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSock
     Ok(out)
 }
 
+/// The pause after a failed accept (EMFILE and friends): 20 ms, doubling to 1.28 s
+/// while accepts keep failing; an accept that succeeds starts it over, since a
+/// listener that still takes connections in between is making progress, not
+/// spinning (and a backlog of waiting users drains fastest that way). The failures
+/// are logged at most once a second, with a count of those held back.
+#[derive(Debug)]
+pub struct AcceptBackoff {
+    failures: u32,
+    log: Throttle,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            log: Throttle::new(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl AcceptBackoff {
+    /// An accept succeeded.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+
+    /// An accept failed with `e`: logs it (unless one was logged within the second)
+    /// and returns how long to wait before the next.
+    pub fn failed(&mut self, e: &io::Error) -> Duration {
+        let wait = self.next_wait();
+        if let Some(held) = self.log.admit() {
+            warn!(
+                "accept failed: {e}; retrying in {wait:?}{}",
+                held_note(held)
+            );
+        }
+        wait
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(10 << self.failures.min(7))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +164,15 @@ mod tests {
             }
         }
         panic!("no port was free for UDP next to a TCP listener in 50 tries");
+    }
+
+    #[test]
+    fn accept_back_off_grows_and_a_success_starts_it_over() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<_> = (0..9).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [20, 40, 80, 160, 320, 640, 1280, 1280, 1280]);
+        b.succeeded();
+        assert_eq!(b.next_wait(), Duration::from_millis(20));
     }
 
     #[test]

@@ -39,11 +39,13 @@ pub enum ErrorKind {
     Killed,
     /// `--max-connections` was reached.
     LimitReached,
+    /// The process had no file descriptor for a channel to the router (client side).
+    OutOfDescriptors,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::PolicyRefused,
         ErrorKind::SourceUnreachable,
         ErrorKind::OpenFailed,
@@ -53,6 +55,7 @@ impl ErrorKind {
         ErrorKind::PeerReset,
         ErrorKind::Killed,
         ErrorKind::LimitReached,
+        ErrorKind::OutOfDescriptors,
     ];
 
     /// The label value metrics use.
@@ -67,6 +70,7 @@ impl ErrorKind {
             ErrorKind::PeerReset => "peer_reset",
             ErrorKind::Killed => "killed",
             ErrorKind::LimitReached => "limit_reached",
+            ErrorKind::OutOfDescriptors => "out_of_descriptors",
         }
     }
 

@@ -121,7 +121,7 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             }
             ToWorker::NoChannels(reason) => {
                 if let Some(c) = &client {
-                    c.fail_waiters(&reason);
+                    c.channel_failed(reason);
                 }
             }
             ToWorker::Snapshot(reply) => {

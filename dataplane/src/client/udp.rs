@@ -267,10 +267,7 @@ impl ClientCore {
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
     ) -> Result<(), (ErrorKind, String)> {
-        let link = self
-            .channel()
-            .await
-            .map_err(|e| (ErrorKind::RouterUnreachable, e))?;
+        let link = self.channel().await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
         let mut ch = match link {
             Link::Tls(ch) => ch,
