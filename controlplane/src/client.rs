@@ -134,6 +134,10 @@ impl ClientTunnel {
                 bandwidth: conduit_dataplane::ratelimit::Bandwidth::new(s.bandwidth).map(Arc::new),
                 sockets: s.sockets,
                 udp: s.udp,
+                new_flows: s
+                    .udp
+                    .and_then(|u| conduit_dataplane::ratelimit::FlowRate::new(u.max_new_flows))
+                    .map(Arc::new),
             },
         )?;
         let requests = dp

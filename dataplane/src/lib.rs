@@ -154,6 +154,8 @@ pub struct ClientSpec {
     /// `Some` for a UDP tunnel: users send datagrams to `bind`, each sender's flow
     /// rides a channel of its own, and this says when a quiet flow ends.
     pub udp: Option<UdpSpec>,
+    /// A UDP tunnel's cap on new flows a second (`None`: no cap).
+    pub new_flows: Option<Arc<ratelimit::FlowRate>>,
 }
 
 /// How a UDP tunnel treats its flows (one per user address and port).
@@ -162,6 +164,9 @@ pub struct UdpSpec {
     /// A flow with no datagram either way for this long ends, and its channel goes
     /// back to the pool; the sender's next datagram starts a new flow.
     pub idle_timeout: Duration,
+    /// At most this many new flows a second (0: no cap); datagrams from new senders
+    /// beyond it are dropped and counted.
+    pub max_new_flows: u64,
 }
 
 /// Options for the sockets Conduit relays for others (users' on a client, sources' on

@@ -201,6 +201,40 @@ impl Bandwidth {
     }
 }
 
+/// A cap on how many UDP flows a tunnel starts per second, shared by its cores.
+///
+/// Each new sender address costs a channel to the router (a TLS handshake), and
+/// UDP sender addresses cost an attacker nothing to forge: without a cap, a flood
+/// of datagrams from made-up addresses turns into a flood of handshakes. A full
+/// second's worth may start at once after a quiet spell.
+#[derive(Debug)]
+pub struct FlowRate {
+    per_sec: u64,
+    bucket: Mutex<TokenBucket>,
+}
+
+impl FlowRate {
+    /// At most `per_sec` new flows a second; `None` when 0 (no cap).
+    pub fn new(per_sec: u64) -> Option<Self> {
+        let limit = Limit::from_config(per_sec, per_sec)?;
+        Some(Self {
+            per_sec,
+            bucket: Mutex::new(TokenBucket::new(Some(limit), Instant::now())),
+        })
+    }
+
+    /// The cap, in flows per second.
+    pub fn per_sec(&self) -> u64 {
+        self.per_sec
+    }
+
+    /// Whether one more flow may start at `now` (and if so, it is counted).
+    pub fn admit(&self, now: Instant) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(b.grant(now, 1), Grant::Now(1))
+    }
+}
+
 /// A router's per-client limits: each client key gets its own [`Bandwidth`], shared
 /// by all its streams on every core, created when its first stream opens and freed
 /// with its last.
@@ -501,6 +535,22 @@ mod tests {
         assert_eq!(
             a3.up.lock().unwrap().grant(Instant::now(), 1000),
             Grant::Now(1000)
+        );
+    }
+
+    #[test]
+    fn new_flows_are_capped_per_second_with_a_second_of_burst() {
+        assert!(FlowRate::new(0).is_none(), "0 is no cap");
+        let cap = FlowRate::new(3).unwrap();
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let admitted = |t| (0..5).filter(|_| cap.admit(t)).count();
+        assert_eq!(admitted(t0), 3, "a full second's worth at once");
+        assert_eq!(admitted(t0 + Duration::from_millis(333)), 0);
+        assert_eq!(admitted(t0 + Duration::from_millis(334)), 1);
+        assert_eq!(
+            admitted(t0 + Duration::from_secs(10)),
+            3,
+            "never more than the burst"
         );
     }
 }

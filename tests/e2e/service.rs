@@ -233,6 +233,8 @@ fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
             "udp",
             "--udp-idle-timeout",
             "15",
+            "--udp-max-new-flows",
+            "500",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -242,7 +244,9 @@ fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
         .find(|l| l.starts_with("ExecStart="))
         .expect("an ExecStart line");
     assert!(
-        exec.contains(" --protocol udp ") && exec.contains(" --udp-idle-timeout 15"),
+        exec.contains(" --protocol udp ")
+            && exec.contains(" --udp-idle-timeout 15")
+            && exec.contains(" --udp-max-new-flows 500"),
         "{exec}"
     );
     let out = start_service(

@@ -396,7 +396,7 @@ fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
         format!(
             "[router]\nhost = \"127.0.0.1\"\nport = {}\npublic_key = \"{}\"\n\n\
              [security]\nprivate_key_path = \"{}\"\n\n\
-             [performance]\nworkers = 1\nio_engine = \"epoll\"\nudp_idle_timeout_secs = 30\n\n\
+             [performance]\nworkers = 1\nio_engine = \"epoll\"\nudp_idle_timeout_secs = 30\nudp_max_new_flows = 1000\n\n\
              [[tunnels]]\nname = \"web\"\nsource = \"{tcp_source}\"\nbind = \"127.0.0.1:{port}\"\n\n\
              [[tunnels]]\nname = \"dns\"\nsource = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
              protocol = \"udp\"\n",
@@ -492,6 +492,53 @@ fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
     // The first sender's flow is unaffected.
     first.echo(b"still served");
     assert_eq!(source.senders(), 1);
+}
+
+#[test]
+fn new_senders_over_the_flow_rate_are_dropped_and_counted() {
+    let UdpTunnel {
+        home,
+        source,
+        router: _router,
+        tunnel,
+        taddr,
+    } = UdpTunnel::start(
+        Engine::Epoll,
+        &["--udp-max-new-flows", "1", "--name", "dns"],
+    );
+    // A full second's worth may start at once: the first sender gets its flow.
+    let first = User::new(taddr);
+    first.echo(b"first flow");
+    // Five new senders within microseconds, at one new flow a second: one at most
+    // starts (a second may have passed since the first), the others are dropped.
+    let burst: Vec<User> = (0..5).map(|_| User::new(taddr)).collect();
+    for u in &burst {
+        u.sock.send_to(b"burst", taddr).unwrap();
+    }
+    tunnel.wait_stderr(
+        "dropped a datagram from a new sender: the tunnel starts at most 1 new flows a \
+         second; raise --udp-max-new-flows (now 1) to allow more",
+    );
+    let metrics = home.ok(&["stats", "--format", "prometheus"]);
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("conduit_udp_datagrams_dropped_total{tunnel=\"dns\"} "))
+        .unwrap_or_else(|| panic!("no drop counter:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(
+        dropped == 4 || dropped == 5,
+        "{dropped} of 5 dropped:\n{metrics}"
+    );
+    // The flow that started is unaffected, and a dropped sender gets in once the
+    // cap allows another flow.
+    first.echo(b"still served");
+    wait_for_answer(&burst[4], b"later");
+    assert!(
+        source.senders() <= 3,
+        "{} flows reached the source",
+        source.senders()
+    );
 }
 
 /// `count` senders, `threads` at a time, each a fresh socket (a new flow) that sends

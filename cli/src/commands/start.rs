@@ -70,6 +70,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         heartbeat: secs(a.heartbeat_interval),
         udp: (a.protocol == ProtocolArg::Udp).then(|| conduit_dataplane::UdpSpec {
             idle_timeout: secs(a.udp_idle_timeout),
+            max_new_flows: a.udp_max_new_flows,
         }),
     };
     let registration = Registration {
@@ -281,6 +282,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
         ("--handshake-timeout", a.handshake_timeout, 10),
         ("--heartbeat-interval", a.heartbeat_interval, 5),
         ("--udp-idle-timeout", a.udp_idle_timeout, 60),
+        ("--udp-max-new-flows", a.udp_max_new_flows, 0),
         ("--max-connections", a.max_connections as u64, 0),
         ("--bandwidth-limit", a.bandwidth_limit, 0),
         ("--burst-limit", a.burst_limit, 0),

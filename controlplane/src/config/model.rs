@@ -318,6 +318,9 @@ pub struct PerformanceConfig {
     /// UDP tunnels: seconds a flow (one user address) may pass no datagram either
     /// way before it ends and its channel returns to the pool.
     pub udp_idle_timeout_secs: u64,
+    /// UDP tunnels: at most this many new flows (new sender addresses) a second;
+    /// 0 for no cap.
+    pub udp_max_new_flows: u64,
 }
 
 /// The fewest ready channels per worker with `optimize_for = "latency"`: a burst of
@@ -356,6 +359,7 @@ impl Default for PerformanceConfig {
             drain_timeout_secs: 30,
             heartbeat_interval_secs: crate::HEARTBEAT_INTERVAL.as_secs(),
             udp_idle_timeout_secs: 60,
+            udp_max_new_flows: 0,
         }
     }
 }

@@ -93,6 +93,7 @@ impl TunnelPlan {
             heartbeat: p.heartbeat(),
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
+                max_new_flows: p.udp_max_new_flows,
             }),
         }
     }

@@ -156,6 +156,7 @@ const PERFORMANCE: Section = Section {
         key("drain_timeout_secs", Kind::Int { min: 0, max: 3600 }),
         key("heartbeat_interval_secs", Kind::Int { min: 1, max: 300 }),
         key("udp_idle_timeout_secs", Kind::Int { min: 1, max: 86400 }),
+        key("udp_max_new_flows", COUNT),
     ],
 };
 

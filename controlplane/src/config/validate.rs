@@ -318,6 +318,13 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
              the tunnels' file and remove it here",
         );
     }
+    if router && p.udp_max_new_flows != PerformanceConfig::default().udp_max_new_flows {
+        out.warn(
+            "performance.udp_max_new_flows",
+            "new UDP flows are capped by the tunnel that starts them, not by the router: set \
+             it in the tunnels' file and remove it here",
+        );
+    }
     if router && p.heartbeat_interval_secs != PerformanceConfig::default().heartbeat_interval_secs {
         out.warn(
             "performance.heartbeat_interval_secs",

@@ -176,6 +176,23 @@ impl ClientCore {
         if self.core.stopping.get() {
             return;
         }
+        if let Some(cap) = &self.spec.new_flows
+            && !cap.admit(Instant::now())
+        {
+            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            if let Some(held) = flows.failures.admit() {
+                let rate = cap.per_sec();
+                warn!(
+                    core = self.core.index,
+                    %peer,
+                    tunnel = %self.spec.tunnel,
+                    "dropped a datagram from a new sender: the tunnel starts at most {rate} \
+                     new flows a second; raise --udp-max-new-flows (now {rate}) to allow more{}",
+                    held_note(held)
+                );
+            }
+            return;
+        }
         let Some(permit) = self.spec.limit.try_acquire() else {
             self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
             if let Some(held) = flows.failures.admit() {

@@ -259,7 +259,7 @@ fn udp_tunnels_validate_and_do_not_clash_with_tcp() {
     let text = f.client_text(
         "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:8080\"\n\
          protocol = \"udp\"\n[[tunnels]]\nname = \"x\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n\
-         protocol = \"sctp\"\n[performance]\nudp_idle_timeout_secs = 30\n",
+         protocol = \"sctp\"\n[performance]\nudp_idle_timeout_secs = 30\nudp_max_new_flows = 100\n",
     );
     assert_eq!(
         check(&f, &text),
@@ -519,6 +519,28 @@ fn heartbeats_are_a_tunnel_setting() {
             "warning: performance.heartbeat_interval_secs: a router answers heartbeats and does \
              not send them; health.client_timeout_secs sets how long it waits for a silent \
              client: remove it here ($F:4)"
+        ]
+    );
+}
+
+#[test]
+fn udp_flow_settings_belong_to_tunnels() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "[router]\nallow = [\"10.2.0.2:80\"]\n[performance]\nudp_idle_timeout_secs = 5\n\
+             udp_max_new_flows = 10\n",
+            &[]
+        ),
+        [
+            "warning: performance.udp_idle_timeout_secs: UDP flows are ended by the tunnel that \
+             carries them, not by the router: set it in the tunnels' file and remove it here \
+             ($F:4)",
+            "warning: performance.udp_max_new_flows: new UDP flows are capped by the tunnel that \
+             starts them, not by the router: set it in the tunnels' file and remove it here \
+             ($F:5)",
         ]
     );
 }
