@@ -22,6 +22,7 @@ use std::time::Instant;
 use conduit_proto::frame::{HEADER_LEN, Header, MAX_DATAGRAM};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
 use futures::channel::oneshot;
+use tracing::{info, warn};
 
 use crate::channel::{Held, lend_back, read_tls, seal};
 use crate::net::{Socket, Udp};
@@ -120,6 +121,56 @@ pub(crate) struct Deliver<'a> {
     /// The user's address (client side), or `None` for a socket connected to its
     /// source (router side).
     pub(crate) to: Option<SocketAddr>,
+    /// The router flow's sources, to move to the next when one refuses.
+    pub(crate) sources: Option<&'a Sources>,
+}
+
+/// A router flow's sources, in the order the balancer gave them; the flow's socket
+/// is connected to one. When that one refuses a datagram (ICMP "port unreachable":
+/// nothing listens there), the socket is connected to the next, so the sender's
+/// next datagram goes to a source that may answer. The refused datagram is lost, as
+/// UDP would lose it; the sender's retry is what gets through.
+pub(crate) struct Sources {
+    addrs: Vec<SocketAddr>,
+    at: Cell<usize>,
+    /// The flow's id, for the log.
+    conn: u64,
+}
+
+impl Sources {
+    /// `addrs[0]` is the one the socket is connected to.
+    pub(crate) fn new(addrs: Vec<SocketAddr>, conn: u64) -> Self {
+        Self {
+            addrs,
+            at: Cell::new(0),
+            conn,
+        }
+    }
+
+    /// The source in use refused a datagram: move `sock` to the next, if there is
+    /// another.
+    pub(crate) fn refused(&self, sock: &Udp) {
+        if self.addrs.len() < 2 {
+            return;
+        }
+        let from = self.addrs[self.at.get()];
+        let next = (self.at.get() + 1) % self.addrs.len();
+        let to = self.addrs[next];
+        match sock.reconnect(to) {
+            Ok(()) => {
+                self.at.set(next);
+                info!(
+                    conn = self.conn,
+                    "source {from} refused a datagram (nothing listens on that UDP port); \
+                     the flow moves to source {to}"
+                );
+            }
+            Err(e) => warn!(
+                conn = self.conn,
+                "source {from} refused a datagram, and the flow cannot move to source {to}: {e}"
+            ),
+        }
+    }
 }
 
 /// What one batch of decrypted frames held.
@@ -226,8 +277,13 @@ pub(crate) async fn down(
             match deliver.sock.send(d, deliver.to).await {
                 Ok(()) => {}
                 // The source's port is closed (an ICMP error from an earlier
-                // datagram): UDP drops this one too, and the flow goes on.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                // datagram): UDP drops this one too, and the flow goes on, to the
+                // next source if there is one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    if let Some(s) = deliver.sources {
+                        s.refused(deliver.sock);
+                    }
+                }
                 Err(e) => return Err(Stop::Plain(e)),
             }
         }
@@ -258,6 +314,7 @@ pub(crate) async fn down(
 /// ended the flow). The wait for `done` sits only where nothing is half-sent.
 pub(crate) async fn from_source(
     source: &Udp,
+    sources: &Sources,
     chan: &Socket,
     tls: &RefCell<TlsSession>,
     meter: Meter<'_>,
@@ -279,8 +336,12 @@ pub(crate) async fn from_source(
                 Ok(n) => framed.push(&scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP port unreachable for an earlier datagram: the source does not
-                // listen. Nothing to relay; the user's own timeout decides.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                // listen. Nothing to relay (the user's own timeout decides); the
+                // flow moves to the next source if there is one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    sources.refused(source);
+                    break;
+                }
                 Err(e) => {
                     pool::give(scratch);
                     return Err(Stop::Plain(e));

@@ -140,6 +140,12 @@ impl Udp {
         sys::recv(self.fd, buf)
     }
 
+    /// Connects the socket to `to` instead of its peer so far: from now on only
+    /// `to`'s datagrams reach it and unaddressed sends go there.
+    pub(crate) fn reconnect(&self, to: SocketAddr) -> io::Result<()> {
+        sys::connect(self.fd, to)
+    }
+
     /// Sends one datagram (to `to`, or to the connected peer when `None`), waiting
     /// for room in the socket's buffer rather than dropping it.
     pub(crate) async fn send(&self, buf: &[u8], to: Option<SocketAddr>) -> io::Result<()> {

@@ -88,6 +88,13 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, std::ne
     }
 }
 
+/// Connects socket `fd` to `to` (for a UDP socket: sets its peer; it does not wait).
+pub(crate) fn connect(fd: RawFd, to: std::net::SocketAddr) -> io::Result<()> {
+    // SAFETY: the caller keeps `fd` open for the whole call.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&sock).connect(&to.into())
+}
+
 /// Sends one datagram to `to` without waiting; `WouldBlock` when the socket's buffer
 /// is full.
 pub(crate) fn send_to(fd: RawFd, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {

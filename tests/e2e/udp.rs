@@ -541,6 +541,35 @@ fn new_senders_over_the_flow_rate_are_dropped_and_counted() {
     );
 }
 
+#[test]
+fn a_udp_flow_moves_to_the_next_source_when_one_refuses() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let live = UdpEcho::start();
+    // A UDP port nothing listens on: bound, then closed again.
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (router, raddr) = home.router(engine, &[dead.to_string(), live.addr.to_string()]);
+    let target = format!("{dead}, {}", live.addr);
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &target, &["--protocol", "udp"]);
+    // Flows start on the sources in turn; those that start on the dead one lose
+    // their first datagram and move on, so every sender is answered.
+    let users: Vec<User> = (0..4).map(|_| User::new(taddr)).collect();
+    for (i, u) in users.iter().enumerate() {
+        wait_for_answer(u, format!("user {i}").as_bytes());
+    }
+    router.wait_stderr(&format!(
+        "source {dead} refused a datagram (nothing listens on that UDP port); the flow moves \
+         to source {}",
+        live.addr
+    ));
+    // Each flow reached the live source from one socket, moved or not.
+    assert_eq!(live.senders(), 4);
+    users[0].echo(b"and stays there");
+}
+
 /// `count` senders, `threads` at a time, each a fresh socket (a new flow) that sends
 /// one datagram and checks its echo.
 fn udp_churn(taddr: SocketAddr, count: usize, threads: usize) {

@@ -365,6 +365,7 @@ impl ClientCore {
                 decoder,
                 backlog,
                 Deliver {
+                    sources: None,
                     sock,
                     to: Some(peer),
                 },

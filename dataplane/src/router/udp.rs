@@ -14,7 +14,7 @@ use tracing::debug;
 
 use super::RouterCore;
 use crate::channel::Channel;
-use crate::datagram::{Deliver, down, from_source};
+use crate::datagram::{Deliver, Sources, down, from_source};
 use crate::net::Udp;
 use crate::relay::{Side, Stop};
 use crate::stats::{ErrorKind, Meter};
@@ -35,7 +35,7 @@ impl RouterCore {
         let opened = self
             .admit(id, peer, client.as_ref(), &target)
             .and_then(|(addrs, permit)| match udp_connect(&addrs) {
-                Ok(s) => Ok((s, permit)),
+                Ok(s) => Ok((s, Sources::new(addrs, id), permit)),
                 Err(e) => {
                     let message =
                         format!("the router could not open a UDP socket to source {target}: {e}");
@@ -48,7 +48,7 @@ impl RouterCore {
                     ))
                 }
             });
-        let (source, permit) = match opened {
+        let (source, sources, permit) = match opened {
             Ok(s) => s,
             Err(refusal) => {
                 let _ = ch.send(&Message::OpenFailed(refusal)).await;
@@ -84,6 +84,7 @@ impl RouterCore {
                     Deliver {
                         sock: &source,
                         to: None,
+                        sources: Some(&sources),
                     },
                     Meter {
                         conn: &counters.up,
@@ -98,6 +99,7 @@ impl RouterCore {
             };
             let to_client = from_source(
                 &source,
+                &sources,
                 sock,
                 tls,
                 Meter {
