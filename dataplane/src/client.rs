@@ -106,7 +106,36 @@ impl ClientCore {
             }
         }
         me.refill();
+        monoio::spawn(me.clone().keep_pool());
         Ok(me)
+    }
+
+    /// Looks over the idle channels every [`POOL_CHECK`]: one the router closed (it
+    /// closes channels unused for its `idle_timeout_secs`), or too old to trust, is
+    /// closed here too and replaced. Without this a quiet tunnel would hold its ends
+    /// of closed channels in `CLOSE_WAIT` until users came and found them dead.
+    async fn keep_pool(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(POOL_CHECK).await;
+            if self.core.stopping.get() {
+                return;
+            }
+            let dropped = {
+                let mut pool = self.pool.borrow_mut();
+                let before = pool.idle.len();
+                pool.idle.retain(|ch| self.usable(ch));
+                before - pool.idle.len()
+            };
+            if dropped > 0 {
+                debug!(
+                    core = self.core.index,
+                    count = dropped,
+                    "closed idle channels the router closed or that grew too old"
+                );
+                self.publish();
+                self.refill();
+            }
+        }
     }
 
     async fn accept_loop(self: Rc<Self>, listener: TcpListener, mut stop: oneshot::Receiver<()>) {
@@ -699,6 +728,9 @@ impl ClientCore {
         self.publish();
     }
 }
+
+/// How often each core looks over its idle channels.
+const POOL_CHECK: Duration = Duration::from_secs(1);
 
 /// How to fix a process out of file descriptors.
 const RAISE_NOFILE: &str =

@@ -451,3 +451,31 @@ fn a_router_out_of_file_descriptors_backs_off_and_recovers() {
     let took = wait_for_echo(second, b"after");
     eprintln!("a new tunnel served {took:?} after it connected");
 }
+
+/// A quiet tunnel's pooled channels outlive the router's patience for unused ones:
+/// when the router closes them, the tunnel must notice, close its ends (no
+/// `CLOSE_WAIT` left behind) and make fresh ones, not wait for a user to find them dead.
+#[test]
+fn idle_channels_the_router_closes_are_replaced_without_close_wait() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &[
+            "--set",
+            "performance.idle_timeout_secs=2",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    assert_echo(taddr, b"before");
+    // Two rounds of the router closing the pool's unused channels.
+    router.wait_stderr_count("idle channel timed out", 4);
+    no_close_wait("tunnel", tunnel.pid());
+    router.wait_stderr_count("idle channel timed out", 8);
+    no_close_wait("tunnel", tunnel.pid());
+    assert_echo(taddr, b"after");
+}
