@@ -58,6 +58,9 @@ pub struct TunnelSettings {
     /// How often the control channel pings the router; three intervals without an
     /// answer and the link counts as lost.
     pub heartbeat: Duration,
+    /// `performance.idle_timeout_secs`: pooled channels unused for 4/5 of this are
+    /// replaced, before a router with the same setting closes them.
+    pub idle_timeout: Duration,
     /// `Some` for a UDP tunnel (users send datagrams to `bind`).
     pub udp: Option<conduit_dataplane::UdpSpec>,
 }
@@ -128,7 +131,7 @@ impl ClientTunnel {
                 target: s.source.clone(),
                 pool_size: s.pool_size,
                 wait_for_channel: s.connect_timeout + s.handshake_timeout,
-                max_idle: Duration::from_secs(240),
+                max_idle: s.idle_timeout * 4 / 5,
                 link: link.clone(),
                 limit: ConnLimit::new(s.max_connections),
                 bandwidth: conduit_dataplane::ratelimit::Bandwidth::new(s.bandwidth).map(Arc::new),

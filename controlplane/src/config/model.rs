@@ -308,7 +308,9 @@ pub struct PerformanceConfig {
     /// Router: handshakes in progress at most; further connections wait in the
     /// listen backlog until one finishes or times out.
     pub max_pending_handshakes: usize,
-    /// How long an unused data channel stays open, in seconds.
+    /// How long an unused data channel stays open, in seconds: a router closes it
+    /// then, and a tunnel replaces it after 4/5 of this (before a router with the
+    /// same setting closes it).
     pub idle_timeout_secs: u64,
     /// How long open connections may finish after SIGTERM, in seconds.
     pub drain_timeout_secs: u64,

@@ -91,6 +91,7 @@ impl TunnelPlan {
             sockets: p.socket_options(),
             dataplane: p.dataplane_options(),
             heartbeat: p.heartbeat(),
+            idle_timeout: p.idle_timeout(),
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
                 max_new_flows: p.udp_max_new_flows,

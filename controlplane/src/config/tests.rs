@@ -340,7 +340,7 @@ fn plans_carry_everything_a_tunnel_needs() {
     let f = Fixture::new();
     let text = f.client_text(
         "\n[[tunnels]]\nname = \"db\"\nsource = \"db.internal:5432\"\nbind = \"127.0.0.1:5432\"\n\
-         [performance]\npool_size = 4\n",
+         [performance]\npool_size = 4\nidle_timeout_secs = 60\n",
     );
     let env = [
         ("CONDUIT_ROUTER_HOST", "fd00::1"),
@@ -362,6 +362,7 @@ fn plans_carry_everything_a_tunnel_needs() {
     let identity = keys::load_private(&db.private_key_path, "client").unwrap();
     let s = db.settings(identity);
     assert_eq!((s.pool_size, s.connect_timeout.as_secs()), (4, 10));
+    assert_eq!(s.idle_timeout.as_secs(), 60);
     assert_eq!(s.router_key.to_string(), f.router_key);
 }
 
