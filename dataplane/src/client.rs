@@ -66,8 +66,9 @@ pub(crate) struct ClientCore {
     stop_accept: RefCell<Option<oneshot::Sender<()>>>,
     /// Keeps refusals at the connection limit from flooding the log.
     refusals: Throttle,
-    /// The same for users refused while no channel can be made.
-    starved_refusals: Throttle,
+    /// The same for users turned away for want of a channel (the router is away, or
+    /// no descriptor is left for one): many at once, said once in a while.
+    unserved: Throttle,
     /// The source, shared by this core's connection entries.
     target: Rc<str>,
     /// A UDP tunnel's flows on this core, by user address.
@@ -90,7 +91,7 @@ impl ClientCore {
             requests,
             stop_accept: RefCell::new(Some(tx)),
             refusals: Throttle::new(Duration::from_secs(1)),
-            starved_refusals: Throttle::new(Duration::from_secs(1)),
+            unserved: Throttle::new(Duration::from_secs(1)),
             target,
             flows: RefCell::default(),
         });
@@ -206,7 +207,7 @@ impl ClientCore {
             user.abort();
         }
         self.core.stats.fail(ErrorKind::OutOfDescriptors);
-        if let Some(held) = self.starved_refusals.admit() {
+        if let Some(held) = self.unserved.admit() {
             warn!(
                 core = self.core.index,
                 %peer,
@@ -497,7 +498,14 @@ impl ClientCore {
             debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
             if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
-                warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
+                let held = if unserved(kind) {
+                    self.unserved.admit()
+                } else {
+                    Some(0)
+                };
+                if let Some(held) = held {
+                    warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}{}", held_note(held));
+                }
                 user.abort();
                 core.stats.fail(kind);
             }
@@ -727,6 +735,15 @@ impl ClientCore {
         drop(pool);
         self.publish();
     }
+}
+
+/// Whether a failure of `kind` turns users away by the crowd (no channel to the
+/// router can be had), so that its log lines are throttled.
+fn unserved(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::RouterUnreachable | ErrorKind::OutOfDescriptors
+    )
 }
 
 /// How often each core looks over its idle channels.

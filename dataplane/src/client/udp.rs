@@ -249,7 +249,7 @@ impl ClientCore {
         let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx));
         if let Err((kind, reason)) = run.await {
             core.stats.fail(kind);
-            let held = if kind == ErrorKind::RouterUnreachable {
+            let held = if super::unserved(kind) {
                 // Every datagram of a sender without a flow tries again: say it once
                 // in a while.
                 self.flows.borrow().failures.admit()
