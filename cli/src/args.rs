@@ -474,7 +474,9 @@ pub(crate) struct StartArgs {
     /// Internal: this process was launched in the background by `conduit start`.
     #[arg(long, hide = true, requires = "foreground")]
     pub(crate) detached: bool,
-    /// The router, HOST:PORT.
+    /// The router, HOST:PORT; or several separated by commas, tried in turn: the
+    /// tunnel moves to the next when it cannot reach the one it uses (they must
+    /// share the key given by --router-key).
     #[arg(long, env = "CONDUIT_ROUTER")]
     pub(crate) router: String,
     /// The router's public key (ed25519:…) or the path of its .pub file.

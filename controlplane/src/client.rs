@@ -74,6 +74,9 @@ pub enum LinkStatus {
     Connected {
         /// Since when.
         since: SystemTime,
+        /// To which router (`host:port`; one of several when the tunnel has
+        /// fallbacks).
+        router: String,
     },
     /// The last attempt failed; the next one is scheduled.
     Retrying {
@@ -96,7 +99,11 @@ struct Shared {
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
     datagrams: bool,
     name: String,
-    router: String,
+    /// The routers to try, in order (`--router A,B`): the link uses one at a time
+    /// and moves to the next when it cannot reach that one.
+    routers: Vec<String>,
+    /// The index (modulo `routers.len()`) of the one in use.
+    at: std::sync::atomic::AtomicUsize,
     our_key: PublicKey,
     tls: Arc<ClientConfig>,
     token: Option<Secret>,
@@ -155,7 +162,10 @@ impl ClientTunnel {
                 transport: s.transport,
                 datagrams: s.udp.is_some(),
                 name: s.name,
-                router: s.router,
+                routers: conduit_dataplane::source_members(&s.router)
+                    .map(str::to_owned)
+                    .collect(),
+                at: std::sync::atomic::AtomicUsize::new(0),
                 our_key: s.identity.public(),
                 tls,
                 token: s.token,
@@ -237,6 +247,20 @@ impl ClientTunnel {
     }
 }
 
+impl Shared {
+    /// The router in use.
+    fn router(&self) -> &str {
+        let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
+        &self.routers[at % self.routers.len()]
+    }
+
+    /// Moves on to the next router; returns it.
+    fn next_router(&self) -> &str {
+        self.at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.router()
+    }
+}
+
 /// Opens a channel of `kind` and completes `Hello`/`Welcome`.
 async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     let res = open_inner(shared, kind).await;
@@ -256,9 +280,10 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
 }
 
 async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
-    let tcp = wire::connect(&shared.router, shared.connect_timeout)
+    let router = shared.router();
+    let tcp = wire::connect(router, shared.connect_timeout)
         .await
-        .map_err(|e| Error::network(format!("cannot reach router {}", shared.router), e))?;
+        .map_err(|e| Error::network(format!("cannot reach router {router}"), e))?;
     let started = std::time::Instant::now();
     let setup = async {
         let mut w = match shared.transport {
@@ -278,19 +303,19 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     let (w, reply) = match tokio::time::timeout(shared.handshake_timeout, setup).await {
         Err(_) => {
             return Err(Error::network(
-                format!("router {} did not complete the handshake", shared.router),
+                format!("router {router} did not complete the handshake"),
                 std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no answer within {:?}", shared.handshake_timeout),
                 ),
             ));
         }
-        Ok(Err(e)) => return Err(wire_error(shared, e)),
+        Ok(Err(e)) => return Err(wire_error(shared, router, e)),
         Ok(Ok(x)) => x,
     };
     match reply {
         Some(Message::Welcome { version }) => {
-            can_carry(shared.datagrams, version, &shared.router)?;
+            can_carry(shared.datagrams, version, router)?;
             shared.counters.handshakes.observe(started.elapsed());
             Ok(w)
         }
@@ -323,16 +348,13 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn wire_error(shared: &Shared, e: WireError) -> Error {
+fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
         WireError::Tls(t) => from_tls(t, &shared.our_key),
-        WireError::Io(io) => {
-            Error::network(format!("connection to router {} failed", shared.router), io)
-        }
-        WireError::Proto(p) => Error::Protocol(format!("router {}: {p}", shared.router)),
+        WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
+        WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(
-            "router {} closed the connection during setup",
-            shared.router
+            "router {router} closed the connection during setup"
         )),
     }
 }
@@ -346,17 +368,22 @@ const OUT_OF_DESCRIPTORS_RETRY: Duration = Duration::from_secs(1);
 async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Option<Error> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut attempt = 0u32;
+    // Routers tried since the last back-off: each is tried once before waiting.
+    let mut tried = 0usize;
     loop {
         match open(&shared, ChannelKind::Control).await {
             Ok(mut ctl) => {
                 attempt = 0;
+                tried = 0;
                 backoff.reset();
                 let epoch = shared.link.connected();
                 shared.dp.flush_pools();
+                let router = shared.router().to_owned();
                 shared.status.send_replace(LinkStatus::Connected {
                     since: SystemTime::now(),
+                    router: router.clone(),
                 });
-                info!(tunnel = %shared.name, router = %shared.router, "connected to router");
+                info!(tunnel = %shared.name, %router, "connected to router");
                 let end = heartbeat(&mut ctl, &mut stop, shared.heartbeat).await;
                 let why = &end.why;
                 shared.link.lost();
@@ -374,7 +401,7 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
                         .dp
                         .link_lost(epoch, &format!("the router link was lost: {why}"));
                 }
-                warn!(tunnel = %shared.name, router = %shared.router, "lost the router link: {why}; reconnecting");
+                warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
             }
             Err(e) if !e.is_retryable() => {
                 shared.link.lost();
@@ -383,8 +410,22 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
                 });
                 return Some(e);
             }
+            Err(e) if shared.routers.len() > 1 && tried + 1 < shared.routers.len() => {
+                // Another router may answer: try it now, and wait only once every
+                // one has failed.
+                attempt += 1;
+                tried += 1;
+                let next = shared.next_router();
+                warn!(tunnel = %shared.name, "{e}; trying router {next}");
+            }
             Err(e) => {
                 attempt += 1;
+                tried = 0;
+                if shared.routers.len() > 1 {
+                    // The round starts again with the next in line (the first
+                    // router after the last).
+                    shared.next_router();
+                }
                 let mut wait = backoff.next_wait();
                 if e.out_of_descriptors() {
                     // Nothing is wrong with the router: descriptors come back as

@@ -217,13 +217,18 @@ impl Home {
         source: &str,
         extra: &[&str],
     ) -> Proc {
-        let router = router.to_string();
+        self.tunnel_via(engine, &router.to_string(), source, extra)
+    }
+
+    /// Starts a foreground tunnel to `router` (`--router` as given: one address or
+    /// several) without waiting for anything.
+    pub fn tunnel_via(&self, engine: Engine, router: &str, source: &str, extra: &[&str]) -> Proc {
         let router_key = self.key("router.pub");
         let mut args = vec![
             "start",
             "--foreground",
             "--router",
-            &router,
+            router,
             "--router-key",
             router_key.to_str().expect("utf-8 path"),
             "--source",

@@ -15,9 +15,7 @@ use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
 use super::service::{self, Tunnel, absolute, log_flags};
-use super::{
-    dataplane_options, listen_addr, remote_addr, runtime, say, secs, shutdown_signal, source_list,
-};
+use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
 use crate::exit::Usage;
 
@@ -27,7 +25,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     }
     let bind = listen_addr("--bind", &a.bind)?;
     check_protocol(&a)?;
-    let router = remote_addr("--router", &a.router)?;
+    let router = source_list("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
     let router_key = keys::load_public(&a.router_key, "--router-key")?;
     let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
@@ -96,7 +94,6 @@ pub(crate) fn foreground(
     detached: bool,
 ) -> Result<()> {
     let name = registration.name.clone();
-    let router = registration.router.clone();
     super::prepare_process();
     runtime(1)?.block_on(async move {
         if detached {
@@ -117,7 +114,7 @@ pub(crate) fn foreground(
                 "tunnel {name:?} serves metrics at http://{m}/metrics"
             ));
         }
-        let announcer = tokio::spawn(announce(name, router, status));
+        let announcer = tokio::spawn(announce(name, status));
         let res = process.run(signals).await;
         announcer.abort();
         res.map_err(anyhow::Error::from)
@@ -125,16 +122,12 @@ pub(crate) fn foreground(
 }
 
 /// Prints "connected", and the first "retrying", as the link changes.
-async fn announce(
-    name: String,
-    router: String,
-    mut status: tokio::sync::watch::Receiver<LinkStatus>,
-) {
+async fn announce(name: String, mut status: tokio::sync::watch::Receiver<LinkStatus>) {
     let mut said_retrying = false;
     loop {
         let now = status.borrow_and_update().clone();
         match now {
-            LinkStatus::Connected { .. } => {
+            LinkStatus::Connected { router, .. } => {
                 say(format_args!("tunnel {name:?} connected to router {router}"));
                 said_retrying = false;
             }
@@ -228,7 +221,7 @@ fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
 fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
     check_protocol(a)?;
-    remote_addr("--router", &a.router)?;
+    source_list("--router", &a.router)?;
     source_list("--source", &a.source)?;
     keys::load_public(&a.router_key, "--router-key")?;
     let router_key = if a.router_key.trim().starts_with("ed25519:") {

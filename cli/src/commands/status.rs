@@ -60,9 +60,15 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         let t = st.tunnel.clone().unwrap_or_default();
         let l = st.link.clone().unwrap_or_default();
         let link = match l.state.as_str() {
+            // `detail` names the router in use, one of several when the tunnel has
+            // fallbacks (older tunnels leave it empty).
             "connected" => format!(
                 "router {} connected since {}",
-                e.config.router,
+                if l.detail.is_empty() {
+                    &e.config.router
+                } else {
+                    &l.detail
+                },
                 time(l.since)
             ),
             "retrying" => format!(

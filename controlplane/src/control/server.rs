@@ -93,8 +93,9 @@ fn link_state(l: &LinkStatus) -> pb::LinkState {
             state: "connecting".into(),
             ..Default::default()
         },
-        LinkStatus::Connected { since } => pb::LinkState {
+        LinkStatus::Connected { since, router } => pb::LinkState {
             state: "connected".into(),
+            detail: router.clone(),
             since: unix(*since),
             ..Default::default()
         },
