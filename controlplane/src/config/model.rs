@@ -49,6 +49,9 @@ pub struct RouterPeer {
     pub public_key: Option<String>,
     /// `tls` (default) or `plain`, which the router must also run.
     pub transport: TransportKind,
+    /// More routers, `HOST:PORT` each, tried in turn when the tunnels cannot reach
+    /// the one they use; they must present the same key.
+    pub fallbacks: Vec<String>,
 }
 
 impl Default for RouterPeer {
@@ -58,6 +61,7 @@ impl Default for RouterPeer {
             port: 9999,
             public_key: None,
             transport: TransportKind::Tls,
+            fallbacks: Vec::new(),
         }
     }
 }

@@ -146,10 +146,15 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
         .private_key_path
         .clone()
         .ok_or_else(|| internal("security.private_key_path"))?;
-    let router = match host.parse::<Ipv6Addr>() {
+    let mut router = match host.parse::<Ipv6Addr>() {
         Ok(v6) => format!("[{v6}]:{}", c.router.port),
         Err(_) => format!("{host}:{}", c.router.port),
     };
+    // The tunnel tries them in this order (see `--router A,B`).
+    for f in &c.router.fallbacks {
+        router.push(',');
+        router.push_str(f);
+    }
     let mut tunnels = Vec::with_capacity(c.tunnels.len());
     for (i, t) in c.tunnels.iter().enumerate() {
         let path = |k: &str| format!("tunnels[{i}].{k}");

@@ -185,6 +185,7 @@ static CLIENT: Schema = Schema {
                     .required("public_key = \"ed25519:…\" (what the router's `conduit init` printed, or the path of its .pub file)")
                     .alias(&["CONDUIT_ROUTER_KEY"]),
                 key("transport", Kind::Choice(&["tls", "plain"])),
+                key("fallbacks", Kind::List),
             ],
         },
         Section {

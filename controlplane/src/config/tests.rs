@@ -253,6 +253,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         "port = 2000 # env CONDUIT_ROUTER_PORT".into(),
         format!("public_key = \"{}\" # {file}:3", f.router_key),
         "transport = \"tls\" # default".into(),
+        "fallbacks = [] # default".into(),
         String::new(),
         "[security]".into(),
         format!("private_key_path = \"{key}\" # default"),
@@ -477,4 +478,19 @@ fn auto_tune_derives_only_what_was_left_at_its_default() {
         ..on
     };
     assert_eq!(set.auto_tuned(Some(20_000), 2), (set.clone(), vec![]));
+}
+
+#[test]
+fn fallback_routers_follow_the_router_in_the_plan() {
+    let f = Fixture::new();
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "fallbacks = [\"10.2.0.3:9999\", \"[fd00::4]:9000\"]\n[[tunnels]]",
+        1,
+    );
+    let plan = plan_tunnels(&f.sources(&text, &[], &[])).unwrap();
+    assert_eq!(
+        plan.tunnels[0].router,
+        "10.2.0.1:9999,10.2.0.3:9999,[fd00::4]:9000"
+    );
 }

@@ -54,6 +54,14 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
     if let Some(Err(e)) = c.router.host.as_deref().map(router_host) {
         out.error("router.host", e);
     }
+    for (i, f) in c.router.fallbacks.iter().enumerate() {
+        if let Err(e) = router_addr(f) {
+            out.push(
+                Problem::error(format!("router.fallbacks[{i}]"), e),
+                "router.fallbacks",
+            );
+        }
+    }
     if let Some(Err(e)) = c.router.public_key.as_deref().map(public_key) {
         out.error("router.public_key", e);
     }
@@ -426,6 +434,25 @@ pub(crate) fn router_host(host: &str) -> Result<(), String> {
         Err(format!(
             "{host:?} is not a host name or IP address; use something like 10.2.0.1 or \
  router.internal"
+        ))
+    }
+}
+
+/// A fallback router: `HOST:PORT` (`[v6]:PORT`).
+fn router_addr(addr: &str) -> Result<(), String> {
+    let fix = "use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999";
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} has no port; {fix}"));
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(format!("{addr:?}: {port:?} is not a port (1-65535); {fix}"));
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() || is_host_name(host) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr:?}: {host:?} is not a host name or IP address; {fix}"
         ))
     }
 }

@@ -61,9 +61,9 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
         [
             "error: host: unknown key at the top level; put it under [router] ($F:1)",
             "error: router.hots: unknown key in [router]; did you mean host? valid keys: host, \
-             port, public_key, transport ($F:3)",
-            "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, transport; \
-             `bind` belongs in a router's file (check those with --router) ($F:5)",
+             port, public_key, transport, fallbacks ($F:3)",
+            "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, \
+             transport, fallbacks; `bind` belongs in a router's file (check those with --router) ($F:5)",
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
@@ -543,4 +543,32 @@ fn udp_flow_settings_belong_to_tunnels() {
              ($F:5)",
         ]
     );
+}
+
+#[test]
+fn fallback_routers_are_checked_one_by_one() {
+    let f = Fixture::new();
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "fallbacks = [\"10.2.0.3:9999\", \"router-c.internal\", \"[fd00::4]:0\", \"bad host:1\"]\n\
+         [[tunnels]]",
+        1,
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.fallbacks[1]: \"router-c.internal\" has no port; use HOST:PORT such \
+             as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[2]: \"[fd00::4]:0\": \"0\" is not a port (1-65535); use \
+             HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[3]: \"bad host:1\": \"bad host\" is not a host name or IP \
+             address; use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+        ]
+    );
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "fallbacks = [\"10.2.0.3:9999\", \"[fd00::4]:9999\"]\n[[tunnels]]",
+        1,
+    );
+    assert_eq!(check(&f, &text), none());
 }
