@@ -49,6 +49,11 @@ pub enum FrameType {
     Pong = 0x31,
     /// The sender is closing the channel on purpose, with the reason.
     Goodbye = 0x32,
+    /// Client → router on the control channel: authorize this key in place of the
+    /// one this channel was authenticated with (protocol 3).
+    RotateKey = 0x40,
+    /// Router → client: the new key is authorized; the old one until the time given.
+    KeyRotated = 0x41,
 }
 
 impl FrameType {
@@ -69,6 +74,8 @@ impl FrameType {
             0x30 => Self::Ping,
             0x31 => Self::Pong,
             0x32 => Self::Goodbye,
+            0x40 => Self::RotateKey,
+            0x41 => Self::KeyRotated,
             other => return Err(ProtoError::UnknownFrameType(other)),
         })
     }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProtoError;
 use crate::frame::{FrameType, HEADER_LEN, Header};
-use crate::identity::Secret;
+use crate::identity::{PublicKey, Secret};
 use crate::version::VersionRange;
 
 /// What a channel is for, named by the first frame sent on it.
@@ -148,6 +148,29 @@ pub enum Message {
     },
     /// The sender closes the channel on purpose.
     Goodbye(Refusal),
+    /// Client → router, on the control channel: put this key in place of the one the
+    /// channel was authenticated with (protocol 3). The router answers `KeyRotated`,
+    /// or `Refused` with the reason.
+    RotateKey {
+        /// The client's next key.
+        next: PublicKey,
+    },
+    /// Router → client: the next key is authorized, and the old one is accepted until
+    /// `expires` (Unix seconds), for streams and tunnels not yet moved over.
+    KeyRotated {
+        /// When the old key stops being accepted, in Unix seconds.
+        expires: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct RotateKeyWire {
+    next: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyRotatedWire {
+    expires: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -195,6 +218,8 @@ impl Message {
             Self::Ping { .. } => "Ping",
             Self::Pong { .. } => "Pong",
             Self::Goodbye(_) => "Goodbye",
+            Self::RotateKey { .. } => "RotateKey",
+            Self::KeyRotated { .. } => "KeyRotated",
         }
     }
 
@@ -212,6 +237,8 @@ impl Message {
             Self::Ping { .. } => FrameType::Ping,
             Self::Pong { .. } => FrameType::Pong,
             Self::Goodbye(_) => FrameType::Goodbye,
+            Self::RotateKey { .. } => FrameType::RotateKey,
+            Self::KeyRotated { .. } => FrameType::KeyRotated,
         }
     }
 
@@ -240,6 +267,10 @@ impl Message {
                 target: target.clone(),
             }),
             Self::Ping { nonce } | Self::Pong { nonce } => to_vec(&NonceWire { nonce: *nonce }),
+            Self::RotateKey { next } => to_vec(&RotateKeyWire {
+                next: next.to_string(),
+            }),
+            Self::KeyRotated { expires } => to_vec(&KeyRotatedWire { expires: *expires }),
             Self::Opened | Self::Eof => Vec::new(),
         };
         out.extend_from_slice(&body);
@@ -301,6 +332,17 @@ impl Message {
                 nonce: from_bytes::<NonceWire>("Pong", body)?.nonce,
             },
             FrameType::Goodbye => Self::Goodbye(refusal("Goodbye", body)?),
+            FrameType::RotateKey => {
+                let w: RotateKeyWire = from_bytes("RotateKey", body)?;
+                let next = w.next.parse().map_err(|e| ProtoError::Malformed {
+                    what: "RotateKey",
+                    reason: format!("{e}"),
+                })?;
+                Self::RotateKey { next }
+            }
+            FrameType::KeyRotated => Self::KeyRotated {
+                expires: from_bytes::<KeyRotatedWire>("KeyRotated", body)?.expires,
+            },
             FrameType::Data | FrameType::Datagram => {
                 return Err(ProtoError::Unexpected {
                     got: if typ == FrameType::Data {
@@ -385,6 +427,12 @@ mod tests {
         round_trip(Message::Reset(Refusal::new(RefusalCode::Aborted, "rst")));
         round_trip(Message::Ping { nonce: u64::MAX });
         round_trip(Message::Pong { nonce: 7 });
+        round_trip(Message::RotateKey {
+            next: crate::KeyPair::generate().unwrap().public(),
+        });
+        round_trip(Message::KeyRotated {
+            expires: 1_800_000_000,
+        });
         round_trip(Message::Goodbye(Refusal::new(
             RefusalCode::Other(999),
             "bye",

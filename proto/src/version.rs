@@ -7,10 +7,13 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 2;
+pub const CURRENT: u16 = 3;
 /// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
 /// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
 pub const DATAGRAMS: u16 = 2;
+/// The first version with key rotation over the control channel (`RotateKey`,
+/// `KeyRotated`); versions 1 and 2 are otherwise unchanged.
+pub const ROTATION: u16 = 3;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

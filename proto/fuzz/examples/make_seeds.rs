@@ -48,6 +48,12 @@ fn messages() -> Vec<Message> {
         Message::Ping { nonce: 7 },
         Message::Pong { nonce: u64::MAX },
         Message::Goodbye(Refusal::new(RefusalCode::Other(999), "bye")),
+        Message::RotateKey {
+            next: Keys::fixed().client.public(),
+        },
+        Message::KeyRotated {
+            expires: 1_800_000_000,
+        },
     ]
 }
 

@@ -14,7 +14,7 @@ use conduit_proto::tls::{AuthorizedClients, client_config, server_config};
 use conduit_proto::{Event, FrameDecoder, KeyPair, Message, ProtoError, TlsSession};
 
 /// Every frame type, in a fixed order: `message_decode` picks one with its first byte.
-pub const ALL_TYPES: [FrameType; 14] = [
+pub const ALL_TYPES: [FrameType; 16] = [
     FrameType::Hello,
     FrameType::Welcome,
     FrameType::Refused,
@@ -29,6 +29,8 @@ pub const ALL_TYPES: [FrameType; 14] = [
     FrameType::Ping,
     FrameType::Pong,
     FrameType::Goodbye,
+    FrameType::RotateKey,
+    FrameType::KeyRotated,
 ];
 
 /// Most cut points an input may ask for.
