@@ -242,6 +242,86 @@ pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, Strin
     Ok(file)
 }
 
+/// Rotates `old` out of authorized-clients `text`: its line gains `expires=` at
+/// `expires` (replacing one it had), and a line for `next` with `name` follows it.
+/// Every other line is kept as written. Fails when `old` is not in the text or
+/// `next` already is.
+pub fn rotate_authorized(
+    text: &str,
+    old: &PublicKey,
+    next: &PublicKey,
+    name: &str,
+    expires: SystemTime,
+) -> Result<String, String> {
+    let file = parse_authorized_file(text).map_err(|(line, e)| format!("line {line}: {e}"))?;
+    if file.names.contains_key(next) {
+        return Err(format!("key {next} is already authorized"));
+    }
+    let when = humantime::format_rfc3339_seconds(expires);
+    let mut out = String::with_capacity(text.len() + 160);
+    let mut found = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        let rest = match trimmed.strip_prefix("expires=") {
+            Some(after) => after.split_once(char::is_whitespace).map_or("", |(_, r)| r),
+            None => trimmed,
+        };
+        match PublicKey::parse_line(rest) {
+            Some(Ok((k, _))) if k == *old => {
+                found = true;
+                out.push_str(&format!("expires={when} {}\n", rest.trim()));
+                let name = if name.is_empty() { String::new() } else { format!(" {name}") };
+                out.push_str(&format!("{next}{name}\n"));
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if !found {
+        return Err(format!(
+            "key {old} is not in the authorized-clients file (was it removed meanwhile?)"
+        ));
+    }
+    Ok(out)
+}
+
+/// Replaces `path` with `bytes` atomically (a temporary file beside it, renamed
+/// over it), keeping its permissions.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let perms = std::fs::metadata(path)?.permissions();
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    f.set_permissions(perms)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes `pair` as the key at `key_path` (mode 0600) and its `.pub` beside it
+/// (named `name`), each replaced atomically.
+pub fn save_pair(key_path: &Path, pair: &KeyPair, name: &str) -> Result<(), Error> {
+    let pem = pem::encode(&pem::Pem::new(PEM_TAG, pair.pkcs8_der().to_vec()));
+    write_private(key_path, pem.as_bytes())?;
+    let pub_path = key_path.with_extension("pub");
+    let line = format!("{} {name}\n", pair.public());
+    let tmp = key_path.with_extension("pub.tmp");
+    std::fs::write(&tmp, line)
+        .and_then(|()| std::fs::rename(&tmp, &pub_path))
+        .map_err(|source| Error::File {
+            what: "cannot write public key",
+            path: pub_path,
+            source,
+        })
+}
+
 fn parse_expiry(s: &str) -> Result<SystemTime, String> {
     let full = if s.len() == 10 {
         format!("{s}T00:00:00Z")
@@ -256,6 +336,36 @@ fn parse_expiry(s: &str) -> Result<SystemTime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_adds_the_next_key_and_dates_the_old_one() {
+        let [a, b, c] = [(); 3].map(|()| KeyPair::generate().unwrap().public());
+        let text = format!("# team\n{a} laptop\nexpires=2030-01-01 {b} old\n");
+        let t = humantime::parse_rfc3339("2027-01-02T03:04:05Z").unwrap();
+        assert_eq!(
+            rotate_authorized(&text, &a, &c, "laptop", t).unwrap(),
+            format!(
+                "# team\nexpires=2027-01-02T03:04:05Z {a} laptop\n{c} laptop\n\
+                 expires=2030-01-01 {b} old\n"
+            )
+        );
+        // A line that already had an expiry gets the new one.
+        assert_eq!(
+            rotate_authorized(&text, &b, &c, "old", t).unwrap(),
+            format!(
+                "# team\n{a} laptop\nexpires=2027-01-02T03:04:05Z {b} old\n{c} old\n"
+            )
+        );
+        assert_eq!(
+            rotate_authorized(&text, &c, &a, "", t).unwrap_err(),
+            format!("key {a} is already authorized")
+        );
+        assert_eq!(
+            rotate_authorized(&text, &c, &KeyPair::generate().unwrap().public(), "", t)
+                .unwrap_err(),
+            format!("key {c} is not in the authorized-clients file (was it removed meanwhile?)")
+        );
+    }
 
     fn home() -> (tempfile::TempDir, Home) {
         let dir = tempfile::tempdir().unwrap();

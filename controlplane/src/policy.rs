@@ -182,6 +182,11 @@ impl AllowList {
         self.rules.is_empty()
     }
 
+    /// True when a rule applies to `key` alone (`KEY=HOST:PORT`).
+    pub fn names_client(&self, key: &PublicKey) -> bool {
+        self.rules.iter().any(|r| r.client.as_ref() == Some(key))
+    }
+
     fn denied(&self, target: &str, why: &str) -> Refusal {
         let fix = if self.rules.is_empty() {
             format!("this router allows no sources yet: start it with `--allow {target}`")

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conduit_dataplane::{AcceptBackoff, ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
 use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
@@ -22,6 +22,7 @@ use crate::alerts::AlertSettings;
 use crate::api::{self, ApiSettings, ApiState};
 use crate::authorized::{AdmittedPolicy, REVOKED};
 use crate::balance::Balancer;
+use crate::keys;
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
@@ -67,6 +68,8 @@ pub struct RouterSettings {
     pub health: HealthSettings,
     /// Where alerts go.
     pub alerts: AlertSettings,
+    /// When a client rotates its key, how long the old one is still admitted.
+    pub key_grace: Duration,
 }
 
 struct State {
@@ -89,6 +92,13 @@ struct State {
     sessions: Mutex<HashMap<(Option<PublicKey>, String), usize>>,
     /// Bumped when keys are revoked: control sessions check their key again.
     revoked: watch::Sender<u64>,
+    /// Where the authorized keys live (`None`: given in memory; no rotation then).
+    authorized_path: Option<PathBuf>,
+    /// The allow-list as configured, to tell keys named in per-key rules.
+    policy: AllowList,
+    key_grace: Duration,
+    /// One rotation at a time edits the authorized-clients file.
+    rotating: tokio::sync::Mutex<()>,
 }
 
 /// A bound router, ready to run.
@@ -129,7 +139,7 @@ impl Router {
             RouterSpec {
                 policy: Arc::new(AdmittedPolicy {
                     authorized: s.authorized.clone(),
-                    allow: Balancer::new(s.policy, health.clone()),
+                    allow: Balancer::new(s.policy.clone(), health.clone()),
                 }),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
@@ -188,6 +198,10 @@ impl Router {
                 counters,
                 sessions: Mutex::new(HashMap::new()),
                 revoked: watch::Sender::new(0),
+                authorized_path: s.authorized_path.clone(),
+                policy: s.policy,
+                key_grace: s.key_grace,
+                rotating: tokio::sync::Mutex::new(()),
             }),
             authorized_path: s.authorized_path,
         })
@@ -494,6 +508,26 @@ async fn control_session(
             Ok(Ok(Some(Message::Goodbye(r)))) => {
                 break (true, format!("client said goodbye: {}", r.message));
             }
+            Ok(Ok(Some(Message::RotateKey { next }))) => {
+                let reply = match rotate(&state, key, next, &comment).await {
+                    Ok(expires) => {
+                        let at = humantime::format_rfc3339_seconds(expires);
+                        info!(%peer, client = %who, %tunnel, next = %next, "client key rotated: the new key is authorized, the old one until {at}");
+                        Message::KeyRotated {
+                            expires: expires
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                        }
+                    }
+                    Err(why) => {
+                        warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
+                        Message::Refused(Refusal::new(RefusalCode::Unauthorized, why))
+                    }
+                };
+                if let Err(e) = wire.send(&reply).await {
+                    break (false, e.to_string());
+                }
+            }
             Ok(Ok(Some(other))) => {
                 break (
                     false,
@@ -530,6 +564,40 @@ async fn control_session(
             &format!("the client stopped answering (no heartbeat for {silence:?})"),
         );
     }
+}
+
+/// Authorizes `next` in place of `key` in the authorized-clients file: `next` gets a
+/// line of its own with the old one's name, and the old line gains
+/// `expires=NOW+grace`. The file is replaced atomically and installed at once (the
+/// client reconnects with `next` right after); returns when the old key expires.
+async fn rotate(
+    state: &State,
+    key: Option<PublicKey>,
+    next: PublicKey,
+    name: &str,
+) -> Result<SystemTime, String> {
+    let Some(key) = key else {
+        return Err("the plain transport has no keys to rotate".into());
+    };
+    let Some(path) = &state.authorized_path else {
+        return Err("this router's client keys do not come from a file".into());
+    };
+    if state.policy.names_client(&key) {
+        return Err(format!(
+            "the router's allow-list has rules for key {key} alone; rotate it by hand: add the \
+             new key to authorized_clients and to those rules, then restart the tunnel with it"
+        ));
+    }
+    let _one_at_a_time = state.rotating.lock().await;
+    let expires = SystemTime::now() + state.key_grace;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let rotated = keys::rotate_authorized(&text, &key, &next, name, expires)?;
+    keys::replace_file(path, rotated.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let new = keys::load_authorized_file(path).map_err(|e| e.to_string())?;
+    state.authorized.replace_with_expiry(new.names, new.expires);
+    Ok(expires)
 }
 
 /// The session table's lock: a poisoned lock still holds valid counts.

@@ -220,6 +220,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         api,
         health: c.health_settings(),
         alerts: c.alert_settings(),
+        key_grace: std::time::Duration::from_secs(r.key_grace_secs),
     })
 }
 

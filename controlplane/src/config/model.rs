@@ -158,6 +158,9 @@ pub struct RouterServer {
     /// A token clients must present, if set.
     #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+    /// When a client rotates its key, how long the old one is still admitted, in
+    /// seconds (default 86400: a day).
+    pub key_grace_secs: u64,
 }
 
 impl Default for RouterServer {
@@ -168,6 +171,7 @@ impl Default for RouterServer {
             authorized_keys: None,
             allow: Vec::new(),
             token: None,
+            key_grace_secs: 86_400,
         }
     }
 }

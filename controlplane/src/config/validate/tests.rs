@@ -439,7 +439,7 @@ fn router_files_are_checked_too() {
              HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
              *:8000-8100 (optionally KEY=HOST:PORT) ($F:4)",
             "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
-             authorized_keys, allow, token; `host` belongs in a client's file (check those \
+             authorized_keys, allow, token, key_grace_secs; `host` belongs in a client's file (check those \
              without --router) ($F:5)",
             "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
              conduit.toml (check those without --router) ($F:6)",
