@@ -329,6 +329,22 @@ pub(crate) enum KeysCommand {
         #[arg(long, default_value = "client")]
         name: String,
     },
+    /// Rotate a running tunnel's key: the tunnel makes a new key, its router
+    /// authorizes it (admitting the old one for its grace period, a day by default),
+    /// the tunnel's key file is replaced and it reconnects with the new key.
+    Rotate(RotateArgs),
+}
+
+/// Which tunnels rotate their keys.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["tunnel", "all"])))]
+pub(crate) struct RotateArgs {
+    /// The tunnel, by name or id.
+    #[arg(long)]
+    pub(crate) tunnel: Option<String>,
+    /// Every running tunnel (tunnels sharing a key file rotate it once).
+    #[arg(long)]
+    pub(crate) all: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conduit_dataplane::{
     ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
@@ -14,7 +16,7 @@ use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
@@ -63,6 +65,40 @@ pub struct TunnelSettings {
     pub idle_timeout: Duration,
     /// `Some` for a UDP tunnel (users send datagrams to `bind`).
     pub udp: Option<conduit_dataplane::UdpSpec>,
+    /// Where `identity` was read from: a rotated key is written there (`None`: the
+    /// key cannot be rotated).
+    pub key_path: Option<PathBuf>,
+}
+
+/// A rotation done: the tunnel's new key, and until when the router still admits
+/// the old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new key (now in the tunnel's key file).
+    pub key: PublicKey,
+    /// When the router stops admitting the old key; `None` when the tunnel took up
+    /// a key another tunnel sharing its key file had rotated to.
+    pub old_expires: Option<SystemTime>,
+}
+
+/// Asks a running tunnel to rotate its key.
+#[derive(Debug, Clone)]
+pub struct KeyRotator(mpsc::Sender<oneshot::Sender<Result<Rotated, String>>>);
+
+impl KeyRotator {
+    /// Rotates the tunnel's key through its router link: a new key pair is made, the
+    /// router authorizes it (keeping the old one for its grace period), the key file
+    /// is replaced and the tunnel reconnects with the new key. Fails, saying why,
+    /// while the link is down or when the router refuses.
+    pub async fn rotate(&self) -> Result<Rotated, String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(tx)
+            .await
+            .map_err(|_| "the tunnel is stopping".to_owned())?;
+        rx.await
+            .map_err(|_| "the tunnel's router link ended before the rotation".to_owned())?
+    }
 }
 
 /// The state of the link to the router.
@@ -104,8 +140,14 @@ struct Shared {
     routers: Vec<String>,
     /// The index (modulo `routers.len()`) of the one in use.
     at: std::sync::atomic::AtomicUsize,
-    our_key: PublicKey,
-    tls: Arc<ClientConfig>,
+    /// The key this tunnel authenticates with, and its TLS configuration: both
+    /// replaced when the key is rotated.
+    our_key: RwLock<PublicKey>,
+    tls: RwLock<Arc<ClientConfig>>,
+    router_key: PublicKey,
+    key_path: Option<PathBuf>,
+    /// The protocol version of the control channel (0 while there is none).
+    version: AtomicU16,
     token: Option<Secret>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
@@ -121,7 +163,11 @@ pub struct ClientTunnel {
     shared: Arc<Shared>,
     requests: flume::Receiver<FromWorker>,
     local_addr: SocketAddr,
+    rotations: (Rotations, RotationsRx),
 }
+
+type Rotations = mpsc::Sender<oneshot::Sender<Result<Rotated, String>>>;
+type RotationsRx = mpsc::Receiver<oneshot::Sender<Result<Rotated, String>>>;
 
 impl ClientTunnel {
     /// Binds the tunnel's listeners and starts its workers; nothing is sent to the
@@ -158,6 +204,7 @@ impl ClientTunnel {
         Ok(Self {
             requests,
             local_addr,
+            rotations: mpsc::channel(4),
             shared: Arc::new(Shared {
                 transport: s.transport,
                 datagrams: s.udp.is_some(),
@@ -166,8 +213,11 @@ impl ClientTunnel {
                     .map(str::to_owned)
                     .collect(),
                 at: std::sync::atomic::AtomicUsize::new(0),
-                our_key: s.identity.public(),
-                tls,
+                our_key: RwLock::new(s.identity.public()),
+                tls: RwLock::new(tls),
+                router_key: s.router_key,
+                key_path: s.key_path,
+                version: AtomicU16::new(0),
                 token: s.token,
                 connect_timeout: s.connect_timeout,
                 handshake_timeout: s.handshake_timeout,
@@ -200,6 +250,11 @@ impl ClientTunnel {
         self.shared.dp.worker_count()
     }
 
+    /// A handle that asks this tunnel to rotate its key.
+    pub fn key_rotator(&self) -> KeyRotator {
+        KeyRotator(self.rotations.0.clone())
+    }
+
     /// Watches the router link.
     pub fn status(&self) -> watch::Receiver<LinkStatus> {
         self.shared.status.subscribe()
@@ -220,7 +275,8 @@ impl ClientTunnel {
     pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
         let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut control = tokio::spawn(control_loop(self.shared.clone(), stop_rx));
+        let (_, rotations) = self.rotations;
+        let mut control = tokio::spawn(control_loop(self.shared.clone(), stop_rx, rotations));
         let (result, drain) = tokio::select! {
             drain = shutdown => {
                 // Say goodbye on the control channel, so the router knows this tunnel
@@ -248,6 +304,45 @@ impl ClientTunnel {
 }
 
 impl Shared {
+    fn tls(&self) -> Arc<ClientConfig> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn our_key(&self) -> PublicKey {
+        *self.our_key.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn use_key(&self, pair: &KeyPair) -> Result<(), String> {
+        let tls = client_config(pair, self.router_key).map_err(|e| e.to_string())?;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        *self.our_key.write().unwrap_or_else(|p| p.into_inner()) = pair.public();
+        Ok(())
+    }
+
+    /// The key the key file holds now, when it is not the one in use: another
+    /// tunnel with the same key file rotated it.
+    fn newer_key_in_file(&self) -> Option<KeyPair> {
+        let path = self.key_path.as_ref()?;
+        let pair = crate::keys::load_private(path, "client").ok()?;
+        (pair.public() != self.our_key()).then_some(pair)
+    }
+
+    /// Before each connection of the link: takes up the key file's key if another
+    /// tunnel sharing the file rotated it, so this one is not locked out when the
+    /// router retires the old key.
+    fn pick_up_key_file(&self) {
+        if let Some(pair) = self.newer_key_in_file() {
+            match self.use_key(&pair) {
+                Ok(()) => {
+                    info!(tunnel = %self.name, key = %pair.public(), "the key file holds a new key (rotated by another tunnel); using it")
+                }
+                Err(e) => {
+                    warn!(tunnel = %self.name, "the key file holds a new key that cannot be used: {e}")
+                }
+            }
+        }
+    }
+
     /// The router in use.
     fn router(&self) -> &str {
         let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
@@ -287,7 +382,7 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     let started = std::time::Instant::now();
     let setup = async {
         let mut w = match shared.transport {
-            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls.clone())?).await?,
+            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls())?).await?,
             Transport::Plain => Wire::plain(tcp)?,
         };
         w.send(&Message::Hello(Hello {
@@ -316,6 +411,9 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     match reply {
         Some(Message::Welcome { version }) => {
             can_carry(shared.datagrams, version, router)?;
+            if kind == ChannelKind::Control {
+                shared.version.store(version, Ordering::Relaxed);
+            }
             shared.counters.handshakes.observe(started.elapsed());
             Ok(w)
         }
@@ -350,7 +448,7 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
 
 fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
-        WireError::Tls(t) => from_tls(t, &shared.our_key),
+        WireError::Tls(t) => from_tls(t, &shared.our_key()),
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
         WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(
@@ -365,12 +463,17 @@ const OUT_OF_DESCRIPTORS_RETRY: Duration = Duration::from_secs(1);
 
 /// Keeps the control channel up; returns a fatal error, or `None` once `stop` is set
 /// (after saying goodbye to the router).
-async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Option<Error> {
+async fn control_loop(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    mut rotations: RotationsRx,
+) -> Option<Error> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut attempt = 0u32;
     // Routers tried since the last back-off: each is tried once before waiting.
     let mut tried = 0usize;
     loop {
+        shared.pick_up_key_file();
         match open(&shared, ChannelKind::Control).await {
             Ok(mut ctl) => {
                 attempt = 0;
@@ -384,8 +487,15 @@ async fn control_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> O
                     router: router.clone(),
                 });
                 info!(tunnel = %shared.name, %router, "connected to router");
-                let end = heartbeat(&mut ctl, &mut stop, shared.heartbeat).await;
+                let end = heartbeat(&shared, &mut ctl, &mut stop, &mut rotations).await;
                 let why = &end.why;
+                if end.rotated {
+                    // The link is fine: reconnect with the new key at once. Users keep
+                    // their streams (the router admits the old key for a while), and
+                    // the pool is refilled with channels of the new key on connect.
+                    info!(tunnel = %shared.name, %router, "{why}");
+                    continue;
+                }
                 shared.link.lost();
                 if *stop.borrow() {
                     return None;
@@ -452,21 +562,29 @@ struct LinkEnd {
     why: String,
     /// The router stopped answering, rather than closing or failing the connection.
     silent: bool,
+    /// The key was rotated: the link is to be made again with the new key.
+    rotated: bool,
 }
 
 impl From<String> for LinkEnd {
     fn from(why: String) -> Self {
-        Self { why, silent: false }
+        Self {
+            why,
+            silent: false,
+            rotated: false,
+        }
     }
 }
 
 /// Pings the router until the link fails or `stop` is set (then says goodbye);
 /// returns why it ended.
 async fn heartbeat(
+    shared: &Shared,
     ctl: &mut Wire,
     stop: &mut watch::Receiver<bool>,
-    interval: Duration,
+    rotations: &mut RotationsRx,
 ) -> LinkEnd {
+    let interval = shared.heartbeat;
     let mut nonce = 0u64;
     loop {
         if *stop.borrow() {
@@ -492,6 +610,7 @@ async fn heartbeat(
                     return LinkEnd {
                         why: format!("no heartbeat answer for {:?}", interval * 3),
                         silent: true,
+                        rotated: false,
                     };
                 }
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
@@ -510,9 +629,42 @@ async fn heartbeat(
         // once, not at the next ping.
         let next = tokio::time::Instant::now() + interval;
         loop {
-            let got = tokio::select! {
-                r = tokio::time::timeout_at(next, ctl.recv()) => r,
+            let asked = tokio::select! {
+                r = tokio::time::timeout_at(next, ctl.recv()) => Err(r),
                 _ = stop.wait_for(|s| *s) => break,
+                Some(reply) = rotations.recv() => Ok(reply),
+            };
+            let got = match asked {
+                Err(got) => got,
+                Ok(reply) => match rotate(shared, ctl).await {
+                    Ok(done) => {
+                        let until = done.old_expires.map_or_else(
+                            || "its grace period ends".to_owned(),
+                            |t| humantime::format_rfc3339_seconds(t).to_string(),
+                        );
+                        let why = format!(
+                            "key rotated: now {}; the router admits the old key until {until}; \
+                             reconnecting with the new key",
+                            done.key
+                        );
+                        let _ = reply.send(Ok(done));
+                        let bye = Refusal::new(RefusalCode::ShuttingDown, "key rotated");
+                        let _ = ctl.send(&Message::Goodbye(bye)).await;
+                        return LinkEnd {
+                            why,
+                            silent: false,
+                            rotated: true,
+                        };
+                    }
+                    Err(Rotation::Refused(why)) => {
+                        let _ = reply.send(Err(why));
+                        continue;
+                    }
+                    Err(Rotation::Link(why)) => {
+                        let _ = reply.send(Err(format!("the router link failed: {why}")));
+                        return why.into();
+                    }
+                },
             };
             match got {
                 Err(_) => break,
@@ -528,6 +680,102 @@ async fn heartbeat(
             }
         }
     }
+}
+
+/// Why a rotation did not happen.
+enum Rotation {
+    /// Refused (by the router, or here); the link goes on.
+    Refused(String),
+    /// The link failed meanwhile.
+    Link(String),
+}
+
+/// Rotates the key over the control channel `ctl`: a new key pair, `RotateKey`, and
+/// once the router answers `KeyRotated`, the key file and the TLS configuration are
+/// replaced. The new key is written only after the router authorized it, so a
+/// refusal or a failure leaves everything as it was.
+async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
+    let Some(path) = &shared.key_path else {
+        return Err(Rotation::Refused(
+            "this tunnel's key was not read from a file".into(),
+        ));
+    };
+    if shared.transport == Transport::Plain {
+        return Err(Rotation::Refused(
+            "the plain transport has no keys to rotate".into(),
+        ));
+    }
+    let version = shared.version.load(Ordering::Relaxed);
+    if version < version::ROTATION {
+        return Err(Rotation::Refused(format!(
+            "router {} speaks protocol {version}, and key rotation needs protocol {} or \
+             later: upgrade conduit on the router",
+            shared.router(),
+            version::ROTATION
+        )));
+    }
+    if let Some(pair) = shared.newer_key_in_file() {
+        // Another tunnel with the same key file rotated it: the router authorized
+        // that key already. Take it up rather than rotate once more.
+        shared.use_key(&pair).map_err(Rotation::Refused)?;
+        return Ok(Rotated {
+            key: pair.public(),
+            old_expires: None,
+        });
+    }
+    let pair = KeyPair::generate()
+        .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
+    // Checked before the router is asked, so that a key it authorizes is usable.
+    client_config(&pair, shared.router_key)
+        .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
+    let next = pair.public();
+    ctl.send(&Message::RotateKey { next })
+        .await
+        .map_err(|e| Rotation::Link(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + shared.heartbeat * 3;
+    let expires = loop {
+        match tokio::time::timeout_at(deadline, ctl.recv()).await {
+            Err(_) => {
+                return Err(Rotation::Link(format!(
+                    "no answer to the rotation for {:?}",
+                    shared.heartbeat * 3
+                )));
+            }
+            Ok(Ok(Some(Message::Pong { .. }))) => continue,
+            Ok(Ok(Some(Message::KeyRotated { expires }))) => break expires,
+            Ok(Ok(Some(Message::Refused(r)))) => {
+                return Err(Rotation::Refused(format!(
+                    "the router refused the rotation: {}",
+                    r.message
+                )));
+            }
+            Ok(Ok(Some(other))) => {
+                return Err(Rotation::Link(format!(
+                    "unexpected {} from the router",
+                    other.name()
+                )));
+            }
+            Ok(Ok(None)) => return Err(Rotation::Link("the router closed the connection".into())),
+            Ok(Err(e)) => return Err(Rotation::Link(e.to_string())),
+        }
+    };
+    let name = std::fs::read_to_string(path.with_extension("pub"))
+        .ok()
+        .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
+        .map(|(_, name)| name)
+        .unwrap_or_default();
+    crate::keys::save_pair(path, &pair, &name).map_err(|e| {
+        // The router admits both keys now; the old one keeps working until it expires.
+        Rotation::Refused(format!(
+            "the router authorized {next}, but the new key could not be saved ({e}); the \
+             tunnel keeps its old key, which the router admits until it expires"
+        ))
+    })?;
+    shared.use_key(&pair).map_err(Rotation::Refused)?;
+    Ok(Rotated {
+        key: next,
+        old_expires: Some(UNIX_EPOCH + Duration::from_secs(expires)),
+    })
 }
 
 /// Answers the workers' requests for channels.

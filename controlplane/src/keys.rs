@@ -270,7 +270,11 @@ pub fn rotate_authorized(
             Some(Ok((k, _))) if k == *old => {
                 found = true;
                 out.push_str(&format!("expires={when} {}\n", rest.trim()));
-                let name = if name.is_empty() { String::new() } else { format!(" {name}") };
+                let name = if name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {name}")
+                };
                 out.push_str(&format!("{next}{name}\n"));
             }
             _ => {
@@ -352,9 +356,7 @@ mod tests {
         // A line that already had an expiry gets the new one.
         assert_eq!(
             rotate_authorized(&text, &b, &c, "old", t).unwrap(),
-            format!(
-                "# team\n{a} laptop\nexpires=2027-01-02T03:04:05Z {b} old\n{c} old\n"
-            )
+            format!("# team\n{a} laptop\nexpires=2027-01-02T03:04:05Z {b} old\n{c} old\n")
         );
         assert_eq!(
             rotate_authorized(&text, &c, &a, "", t).unwrap_err(),

@@ -103,6 +103,7 @@ impl RegisteredTunnel {
             shutdown: Arc::new(shutdown),
             default_drain: r.drain,
             counters: tunnel.counters(),
+            rotator: tunnel.key_rotator(),
         };
         let metrics = match r.metrics_bind {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {

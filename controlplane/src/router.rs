@@ -509,7 +509,7 @@ async fn control_session(
                 break (true, format!("client said goodbye: {}", r.message));
             }
             Ok(Ok(Some(Message::RotateKey { next }))) => {
-                let reply = match rotate(&state, key, next, &comment).await {
+                let reply = match rotate(state, key, next, &comment).await {
                     Ok(expires) => {
                         let at = humantime::format_rfc3339_seconds(expires);
                         info!(%peer, client = %who, %tunnel, next = %next, "client key rotated: the new key is authorized, the old one until {at}");

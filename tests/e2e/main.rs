@@ -25,6 +25,7 @@ mod plain;
 mod procfs;
 mod real_clients;
 mod refusals;
+mod rotation;
 mod routers;
 mod service;
 mod soak;

@@ -1,13 +1,78 @@
-//! `conduit keys show`: print a public key again.
+//! `conduit keys show`: print a public key again. `conduit keys rotate`: have
+//! running tunnels rotate their keys through their routers.
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
+use conduit_controlplane::control::{self, pb};
+use conduit_controlplane::registry::{Entry, Registry};
 use conduit_controlplane::{Home, keys};
 
-use super::say;
+use super::{runtime, say};
+use crate::args::RotateArgs;
 
 pub(crate) fn show(home: &Home, name: &str) -> Result<()> {
     let path = home.public_key(name);
     let key = keys::load_public(&path.to_string_lossy(), "public key")?;
     say(format_args!("{key} {name}"));
     Ok(())
+}
+
+pub(crate) fn rotate(home: &Home, a: &RotateArgs) -> Result<()> {
+    let registry = Registry::new(home);
+    let targets: Vec<Entry> = if a.all {
+        registry.entries()
+    } else {
+        let key = a.tunnel.as_deref().unwrap_or_default();
+        let found = registry.find(key).ok_or_else(|| {
+            anyhow!(
+                "no tunnel named or with id {key:?} is running (`conduit list` shows the running ones)"
+            )
+        })?;
+        vec![found]
+    };
+    if targets.is_empty() {
+        say("no tunnels running");
+        return Ok(());
+    }
+    runtime(1)?.block_on(async {
+        let mut failures = Vec::new();
+        for e in &targets {
+            match rotate_one(e).await {
+                Ok(r) if r.old_expires == 0 => say(format_args!(
+                    "tunnel {:?}: took up key {} (another tunnel sharing its key file rotated it)",
+                    e.name, r.key
+                )),
+                Ok(r) => say(format_args!(
+                    "tunnel {:?}: key rotated to {}; its router admits the old key until {}",
+                    e.name,
+                    r.key,
+                    time(r.old_expires)
+                )),
+                Err(why) => failures.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "could not rotate the key of {}",
+                failures.join("; ")
+            ))
+        }
+    })
+}
+
+async fn rotate_one(e: &Entry) -> Result<pb::RotateKeyResponse, String> {
+    let mut c = control::connect(&e.control_socket)
+        .await
+        .map_err(|err| err.to_string())?;
+    c.rotate_key(pb::RotateKeyRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_owned())
+}
+
+/// Unix seconds as UTC.
+fn time(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -48,6 +48,7 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
     match command {
         Command::Init(a) => init::run(&home()?, &a),
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
+        Command::Keys(KeysCommand::Rotate(a)) => keys::rotate(&home()?, &a),
         Command::Config(ConfigCommand::Validate(a)) => config::validate(home()?, a),
         Command::Config(ConfigCommand::Show { args, format }) => {
             config::show(home()?, args, format)

@@ -67,6 +67,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         dataplane: dataplane_options(&a.engine),
         heartbeat: secs(a.heartbeat_interval),
         idle_timeout: performance.idle_timeout(),
+        key_path: Some(key_path.clone()),
         udp: (a.protocol == ProtocolArg::Udp).then(|| conduit_dataplane::UdpSpec {
             idle_timeout: secs(a.udp_idle_timeout),
             max_new_flows: a.udp_max_new_flows,

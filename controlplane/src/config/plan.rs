@@ -92,6 +92,7 @@ impl TunnelPlan {
             dataplane: p.dataplane_options(),
             heartbeat: p.heartbeat(),
             idle_timeout: p.idle_timeout(),
+            key_path: Some(self.private_key_path.clone()),
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
                 max_new_flows: p.udp_max_new_flows,

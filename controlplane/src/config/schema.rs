@@ -216,7 +216,13 @@ static ROUTER: Schema = Schema {
                 key("authorized_keys", Kind::Path),
                 key("allow", Kind::List),
                 key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),
-                key("key_grace_secs", Kind::Int { min: 1, max: 90 * 86_400 }),
+                key(
+                    "key_grace_secs",
+                    Kind::Int {
+                        min: 1,
+                        max: 90 * 86_400,
+                    },
+                ),
             ],
         },
         Section {

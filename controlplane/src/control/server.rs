@@ -14,7 +14,7 @@ use tracing::warn;
 
 use super::pb;
 use super::pb::tunnel_control_server::{TunnelControl, TunnelControlServer};
-use crate::client::LinkStatus;
+use crate::client::{KeyRotator, LinkStatus};
 use crate::metrics::{self, Counters};
 use crate::{Error, Home};
 
@@ -54,6 +54,8 @@ pub struct ControlState {
     pub default_drain: Duration,
     /// Handshakes and set-up errors of the channels to the router.
     pub counters: Arc<Counters>,
+    /// Asks the tunnel to rotate its key.
+    pub rotator: KeyRotator,
 }
 
 impl ControlState {
@@ -221,6 +223,21 @@ impl TunnelControl for ControlState {
         let id = req.into_inner().id;
         let found = self.dp.connections().await.iter().any(|c| c.id == id) && self.dp.kill(id);
         Ok(Response::new(pb::KillConnectionResponse { found }))
+    }
+
+    async fn rotate_key(
+        &self,
+        _: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        let done = self
+            .rotator
+            .rotate()
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::RotateKeyResponse {
+            key: done.key.to_string(),
+            old_expires: done.old_expires.map_or(0, unix),
+        }))
     }
 }
 

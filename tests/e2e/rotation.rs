@@ -1,0 +1,127 @@
+//! Key rotation (`conduit keys rotate`): a running tunnel makes a new key, its router
+//! authorizes it and keeps the old one for its grace period, the tunnel's key file is
+//! replaced and the tunnel goes on with the new key; the router retires the old key
+//! when the grace period ends.
+
+use std::io::{Read, Write};
+
+use crate::harness::{Engine, Home, assert_code};
+use crate::sources;
+use crate::users::{assert_echo, connect};
+
+/// The key on the first line of a `.pub` file.
+fn key_of(line: &str) -> String {
+    line.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_tunnel_rotates_its_key_through_its_router() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &["--set", "router.key_grace_secs=4"],
+    );
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    assert_echo(taddr, b"before");
+    let old = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    // A user connected before the rotation rides a channel of the old key.
+    let mut early = connect(taddr);
+    early.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    early.read_exact(&mut buf).unwrap();
+
+    let out = home.ok(&["keys", "rotate", "--all"]);
+    let new = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    assert_ne!(new, old);
+    assert!(
+        out.starts_with(&format!(
+            "tunnel \"tunnel\": key rotated to {new}; its router admits the old key until "
+        )),
+        "{out}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.key("client.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the new private key is the owner's only"
+        );
+    }
+    // The router's file: the old line dated, the new key under the same name.
+    let auth = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
+    let lines: Vec<&str> = auth.lines().collect();
+    assert_eq!(lines.len(), 2, "{auth}");
+    assert!(
+        lines[0].starts_with("expires=") && lines[0].ends_with(&format!(" {old} client")),
+        "{auth}"
+    );
+    assert_eq!(lines[1], format!("{new} client"));
+    router.wait_stderr("client key rotated: the new key is authorized");
+
+    // The tunnel reconnects with the new key and serves; the early user is still served.
+    tunnel.wait_stdout_count("connected to router", 2);
+    assert_echo(taddr, b"after");
+    early.write_all(b"pong").unwrap();
+    early.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+
+    // The grace period ends: the old key is retired, the tunnel goes on.
+    router.wait_stderr("client key expired");
+    assert_echo(taddr, b"after the grace period");
+    // A tunnel started from the key file now uses the new key.
+    let (_again, again) =
+        home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "again"]);
+    assert_echo(again, b"from the file");
+}
+
+#[test]
+fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let client = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    // A rule for this key alone: rotating it would silently drop its rights.
+    let rule = format!("{client}={source}");
+    let (_router, raddr) = home.router(engine, &[rule]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let before = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
+
+    let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains(&format!(
+            "the router refused the rotation: the router's allow-list has rules for key \
+             {client} alone; rotate it by hand"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("authorized_clients")).unwrap(),
+        before
+    );
+    assert_eq!(
+        key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap()),
+        client
+    );
+    // The link went on: one connection, still serving.
+    assert_eq!(tunnel.stdout_count("connected to router"), 1);
+    assert_echo(taddr, b"still here");
+
+    let (status, _, err) = home.run(&["keys", "rotate", "--tunnel", "nope"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains("no tunnel named or with id \"nope\" is running"),
+        "{err}"
+    );
+}
