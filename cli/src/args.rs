@@ -552,6 +552,11 @@ pub(crate) struct StartArgs {
     /// link counts as lost (its users' connections are closed and it reconnects).
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub(crate) heartbeat_interval: u64,
+    /// Rotate the key through the router once its file is this many days old (the
+    /// router admits the old key for its grace period); 0 never rotates.
+    /// `[security] key_rotation_days` in a file.
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3650))]
+    pub(crate) key_rotation_days: u64,
     /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:
     /// bind it to loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]

@@ -68,6 +68,13 @@ pub struct TunnelSettings {
     /// Where `identity` was read from: a rotated key is written there (`None`: the
     /// key cannot be rotated).
     pub key_path: Option<PathBuf>,
+    /// Rotate the key through the router once its file is this old (`None`: never).
+    pub key_rotation: Option<Duration>,
+}
+
+/// `n` days, or `None` for 0 (never).
+pub fn days(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n.saturating_mul(86_400)))
 }
 
 /// A rotation done: the tunnel's new key, and until when the router still admits
@@ -146,6 +153,7 @@ struct Shared {
     tls: RwLock<Arc<ClientConfig>>,
     router_key: PublicKey,
     key_path: Option<PathBuf>,
+    key_rotation: Option<Duration>,
     /// The protocol version of the control channel (0 while there is none).
     version: AtomicU16,
     token: Option<Secret>,
@@ -217,6 +225,7 @@ impl ClientTunnel {
                 tls: RwLock::new(tls),
                 router_key: s.router_key,
                 key_path: s.key_path,
+                key_rotation: s.key_rotation,
                 version: AtomicU16::new(0),
                 token: s.token,
                 connect_timeout: s.connect_timeout,
@@ -325,6 +334,17 @@ impl Shared {
         let path = self.key_path.as_ref()?;
         let pair = crate::keys::load_private(path, "client").ok()?;
         (pair.public() != self.our_key()).then_some(pair)
+    }
+
+    /// How old the key file is, when that is past `key_rotation`.
+    fn key_too_old(&self) -> Option<Duration> {
+        let limit = self.key_rotation?;
+        let modified = std::fs::metadata(self.key_path.as_ref()?)
+            .ok()?
+            .modified()
+            .ok()?;
+        let age = modified.elapsed().ok()?;
+        (age >= limit).then_some(age)
     }
 
     /// Before each connection of the link: takes up the key file's key if another
@@ -586,7 +606,21 @@ async fn heartbeat(
 ) -> LinkEnd {
     let interval = shared.heartbeat;
     let mut nonce = 0u64;
+    let mut next_check = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_check {
+            next_check = tokio::time::Instant::now() + ROTATION_CHECK;
+            if let Some(age) = shared.key_too_old() {
+                info!(tunnel = %shared.name, "the key is {} days old: rotating it", age.as_secs() / 86_400);
+                match rotate(shared, ctl).await {
+                    Ok(done) => return rotated(ctl, done).await,
+                    Err(Rotation::Refused(why)) => {
+                        warn!(tunnel = %shared.name, "the key is due for rotation but was not rotated: {why}; trying again in {ROTATION_CHECK:?}");
+                    }
+                    Err(Rotation::Link(why)) => return why.into(),
+                }
+            }
+        }
         if *stop.borrow() {
             let bye = Message::Goodbye(Refusal::new(
                 RefusalCode::ShuttingDown,
@@ -638,23 +672,8 @@ async fn heartbeat(
                 Err(got) => got,
                 Ok(reply) => match rotate(shared, ctl).await {
                     Ok(done) => {
-                        let until = done.old_expires.map_or_else(
-                            || "its grace period ends".to_owned(),
-                            |t| humantime::format_rfc3339_seconds(t).to_string(),
-                        );
-                        let why = format!(
-                            "key rotated: now {}; the router admits the old key until {until}; \
-                             reconnecting with the new key",
-                            done.key
-                        );
-                        let _ = reply.send(Ok(done));
-                        let bye = Refusal::new(RefusalCode::ShuttingDown, "key rotated");
-                        let _ = ctl.send(&Message::Goodbye(bye)).await;
-                        return LinkEnd {
-                            why,
-                            silent: false,
-                            rotated: true,
-                        };
+                        let _ = reply.send(Ok(done.clone()));
+                        return rotated(ctl, done).await;
                     }
                     Err(Rotation::Refused(why)) => {
                         let _ = reply.send(Err(why));
@@ -679,6 +698,30 @@ async fn heartbeat(
                 Ok(Err(e)) => return e.to_string().into(),
             }
         }
+    }
+}
+
+/// How often a tunnel with `key_rotation` checks its key file's age.
+const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+
+/// Ends a control channel after a rotation: says goodbye, so that the link is made
+/// again with the new key.
+async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
+    let until = done.old_expires.map_or_else(
+        || "its grace period ends".to_owned(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    );
+    let why = format!(
+        "key rotated: now {}; the router admits the old key until {until}; reconnecting with \
+         the new key",
+        done.key
+    );
+    let bye = Refusal::new(RefusalCode::ShuttingDown, "key rotated");
+    let _ = ctl.send(&Message::Goodbye(bye)).await;
+    LinkEnd {
+        why,
+        silent: false,
+        rotated: true,
     }
 }
 
@@ -725,10 +768,43 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
     }
     let pair = KeyPair::generate()
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
-    // Checked before the router is asked, so that a key it authorizes is usable.
+    // Checked before the router is asked, so that a key it authorizes is usable and
+    // can be saved.
     client_config(&pair, shared.router_key)
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
+    let staged = crate::keys::stage_pair(path, &pair)
+        .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
     let next = pair.public();
+    let asked = ask_router(shared, ctl, next).await;
+    let expires = match asked {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+    };
+    let name = std::fs::read_to_string(path.with_extension("pub"))
+        .ok()
+        .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
+        .map(|(_, name)| name)
+        .unwrap_or_default();
+    crate::keys::commit_pair(path, &staged, &next, &name).map_err(|e| {
+        // The router admits both keys now; the old one keeps working until it expires.
+        Rotation::Refused(format!(
+            "the router authorized {next}, but the new key could not be put in place ({e}); \
+             the tunnel keeps its old key, which the router admits until it expires"
+        ))
+    })?;
+    shared.use_key(&pair).map_err(Rotation::Refused)?;
+    Ok(Rotated {
+        key: next,
+        old_expires: Some(UNIX_EPOCH + Duration::from_secs(expires)),
+    })
+}
+
+/// Sends `RotateKey` for `next` and waits for the router's answer: when the old key
+/// expires (Unix seconds), or why not.
+async fn ask_router(shared: &Shared, ctl: &mut Wire, next: PublicKey) -> Result<u64, Rotation> {
     ctl.send(&Message::RotateKey { next })
         .await
         .map_err(|e| Rotation::Link(e.to_string()))?;
@@ -759,23 +835,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
             Ok(Err(e)) => return Err(Rotation::Link(e.to_string())),
         }
     };
-    let name = std::fs::read_to_string(path.with_extension("pub"))
-        .ok()
-        .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
-        .map(|(_, name)| name)
-        .unwrap_or_default();
-    crate::keys::save_pair(path, &pair, &name).map_err(|e| {
-        // The router admits both keys now; the old one keeps working until it expires.
-        Rotation::Refused(format!(
-            "the router authorized {next}, but the new key could not be saved ({e}); the \
-             tunnel keeps its old key, which the router admits until it expires"
-        ))
-    })?;
-    shared.use_key(&pair).map_err(Rotation::Refused)?;
-    Ok(Rotated {
-        key: next,
-        old_expires: Some(UNIX_EPOCH + Duration::from_secs(expires)),
-    })
+    Ok(expires)
 }
 
 /// Answers the workers' requests for channels.

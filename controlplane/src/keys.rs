@@ -309,13 +309,33 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Writes `pair` as the key at `key_path` (mode 0600) and its `.pub` beside it
-/// (named `name`), each replaced atomically.
-pub fn save_pair(key_path: &Path, pair: &KeyPair, name: &str) -> Result<(), Error> {
+/// Writes `pair` beside the key at `key_path`, as `KEY.next` (mode 0600), where
+/// [`commit_pair`] finds it: a rotation stages the next key before it asks the
+/// router, so that a key file it cannot write is found out while nothing changed.
+pub fn stage_pair(key_path: &Path, pair: &KeyPair) -> Result<std::path::PathBuf, Error> {
+    let mut name = key_path.file_name().unwrap_or_default().to_owned();
+    name.push(".next");
+    let staged = key_path.with_file_name(name);
     let pem = pem::encode(&pem::Pem::new(PEM_TAG, pair.pkcs8_der().to_vec()));
-    write_private(key_path, pem.as_bytes())?;
+    write_private(&staged, pem.as_bytes())?;
+    Ok(staged)
+}
+
+/// Moves a key staged by [`stage_pair`] over the key at `key_path`, and writes its
+/// `.pub` beside it (named `name`).
+pub fn commit_pair(
+    key_path: &Path,
+    staged: &Path,
+    public: &PublicKey,
+    name: &str,
+) -> Result<(), Error> {
+    std::fs::rename(staged, key_path).map_err(|source| Error::File {
+        what: "cannot move the new private key in place",
+        path: key_path.to_owned(),
+        source,
+    })?;
     let pub_path = key_path.with_extension("pub");
-    let line = format!("{} {name}\n", pair.public());
+    let line = format!("{public} {name}\n");
     let tmp = key_path.with_extension("pub.tmp");
     std::fs::write(&tmp, line)
         .and_then(|()| std::fs::rename(&tmp, &pub_path))

@@ -79,6 +79,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                     transport: crate::config::TransportKind::Tls,
                     token: None,
+                    key_rotation_days: 30,
                     performance: PerformanceConfig::default(),
                 })
                 .collect(),

@@ -125,3 +125,29 @@ fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn a_key_older_than_the_rotation_period_is_rotated_on_connect() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let old = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    // The key file was written 40 days ago; tunnels rotate after 30 by default.
+    let forty_days = std::time::Duration::from_secs(40 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(home.key("client.key"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - forty_days)
+        .unwrap();
+    let (router, raddr) = home.router(engine, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    tunnel.wait_stderr("the key is 40 days old: rotating it");
+    router.wait_stderr("client key rotated: the new key is authorized");
+    tunnel.wait_stdout_count("connected to router", 2);
+    let new = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    assert_ne!(new, old);
+    let auth = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
+    assert!(auth.contains(&format!("{new} client")), "{auth}");
+    assert_echo(taddr, b"with the new key");
+}

@@ -87,7 +87,7 @@ impl From<TransportKind> for crate::Transport {
 }
 
 /// A client's `[security]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Security {
     /// This client's private key (default `$CONDUIT_HOME/keys/client.key`).
@@ -96,6 +96,19 @@ pub struct Security {
     /// A token for routers that require one.
     #[serde(with = "secret", skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+    /// Rotate the key through the router once its file is this many days old (0:
+    /// never; default 30).
+    pub key_rotation_days: u64,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            private_key_path: None,
+            token: None,
+            key_rotation_days: 30,
+        }
+    }
 }
 
 /// One `[[tunnels]]` table.

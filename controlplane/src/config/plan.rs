@@ -33,6 +33,8 @@ pub struct TunnelPlan {
     pub transport: super::model::TransportKind,
     /// A token for routers that require one.
     pub token: Option<Secret>,
+    /// `[security] key_rotation_days` (0: never).
+    pub key_rotation_days: u64,
     /// Workers, engine, pool, timeouts and the rest.
     pub performance: PerformanceConfig,
 }
@@ -45,7 +47,7 @@ impl TunnelPlan {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let text = format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}",
             self.name,
             self.router,
             self.router_key,
@@ -55,6 +57,7 @@ impl TunnelPlan {
             self.protocol,
             self.transport,
             self.performance,
+            self.key_rotation_days,
         );
         h.update(text.as_bytes());
         if let Some(t) = &self.token {
@@ -93,6 +96,7 @@ impl TunnelPlan {
             heartbeat: p.heartbeat(),
             idle_timeout: p.idle_timeout(),
             key_path: Some(self.private_key_path.clone()),
+            key_rotation: crate::client::days(self.key_rotation_days),
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
                 max_new_flows: p.udp_max_new_flows,
@@ -173,6 +177,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             protocol: t.protocol,
             transport: c.router.transport,
             token: c.security.token.clone(),
+            key_rotation_days: c.security.key_rotation_days,
             performance: c.performance.clone(),
         });
     }

@@ -193,6 +193,7 @@ static CLIENT: Schema = Schema {
             keys: &[
                 key("private_key_path", Kind::Path),
                 key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),
+                key("key_rotation_days", Kind::Int { min: 0, max: 3650 }),
             ],
         },
         PERFORMANCE,

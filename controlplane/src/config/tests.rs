@@ -258,6 +258,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         "[security]".into(),
         format!("private_key_path = \"{key}\" # default"),
         format!("token = \"***\" # {file}:10"),
+        "key_rotation_days = 30 # default".into(),
         String::new(),
         "[performance]".into(),
         "workers = 2 # cli --set performance.workers".into(),
