@@ -42,11 +42,17 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             }
             Err(e) => ("unreachable".to_owned(), e.clone()),
         };
+        // Connected, the detail names the router in use (one of several when the
+        // tunnel has fallbacks).
+        let (router, detail) = match state.as_str() {
+            "connected" if !detail.is_empty() => (detail, String::new()),
+            _ => (s.entry.config.router.clone(), detail),
+        };
         if state != "connected" {
             down.push(format!("{} ({state})", s.entry.name));
         }
         rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
-                         "router": s.entry.config.router, "link": state, "detail": detail}));
+                         "router": router, "link": state, "detail": detail}));
     }
     if a.format == OutputFormat::Json {
         say(serde_json::to_string_pretty(&json!({
