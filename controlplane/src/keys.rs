@@ -242,20 +242,30 @@ pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, Strin
     Ok(file)
 }
 
-/// Rotates `old` out of authorized-clients `text`: its line gains `expires=` at
-/// `expires` (replacing one it had), and a line for `next` with `name` follows it.
-/// Every other line is kept as written. Fails when `old` is not in the text or
-/// `next` already is.
+/// Rotates `old` out of authorized-clients `text` at `now`: its line gains
+/// `expires=` at `expires`, and a line for `next` with `name` follows it. Lines of
+/// keys whose expiry time has passed are dropped (each rotation leaves one); every
+/// other line is kept as written. Fails when `old` is not in the text, already has
+/// an expiry time (an operator is phasing it out, or it was rotated already: a
+/// rotation must not outlive either), or `next` is already there.
 pub fn rotate_authorized(
     text: &str,
     old: &PublicKey,
     next: &PublicKey,
     name: &str,
+    now: SystemTime,
     expires: SystemTime,
 ) -> Result<String, String> {
     let file = parse_authorized_file(text).map_err(|(line, e)| format!("line {line}: {e}"))?;
     if file.names.contains_key(next) {
         return Err(format!("key {next} is already authorized"));
+    }
+    if let Some(t) = file.expires.get(old) {
+        return Err(format!(
+            "key {old} is already set to expire at {} in authorized_clients; it is not rotated \
+             again (a tunnel that rotated it uses the new key once it reconnects)",
+            humantime::format_rfc3339_seconds(*t)
+        ));
     }
     let when = humantime::format_rfc3339_seconds(expires);
     let mut out = String::with_capacity(text.len() + 160);
@@ -267,6 +277,7 @@ pub fn rotate_authorized(
             None => trimmed,
         };
         match PublicKey::parse_line(rest) {
+            Some(Ok((k, _))) if file.expires.get(&k).is_some_and(|t| *t <= now) => {}
             Some(Ok((k, _))) if k == *old => {
                 found = true;
                 out.push_str(&format!("expires={when} {}\n", rest.trim()));
@@ -365,26 +376,38 @@ mod tests {
     fn a_rotation_adds_the_next_key_and_dates_the_old_one() {
         let [a, b, c] = [(); 3].map(|()| KeyPair::generate().unwrap().public());
         let text = format!("# team\n{a} laptop\nexpires=2030-01-01 {b} old\n");
+        let now = humantime::parse_rfc3339("2027-01-01T03:04:05Z").unwrap();
         let t = humantime::parse_rfc3339("2027-01-02T03:04:05Z").unwrap();
         assert_eq!(
-            rotate_authorized(&text, &a, &c, "laptop", t).unwrap(),
+            rotate_authorized(&text, &a, &c, "laptop", now, t).unwrap(),
             format!(
                 "# team\nexpires=2027-01-02T03:04:05Z {a} laptop\n{c} laptop\n\
                  expires=2030-01-01 {b} old\n"
             )
         );
-        // A line that already had an expiry gets the new one.
+        // A key being phased out is not rotated: that would outlive its expiry.
         assert_eq!(
-            rotate_authorized(&text, &b, &c, "old", t).unwrap(),
-            format!("# team\n{a} laptop\nexpires=2027-01-02T03:04:05Z {b} old\n{c} old\n")
+            rotate_authorized(&text, &b, &c, "old", now, t).unwrap_err(),
+            format!(
+                "key {b} is already set to expire at 2030-01-01T00:00:00Z in \
+                 authorized_clients; it is not rotated again (a tunnel that rotated it uses \
+                 the new key once it reconnects)"
+            )
+        );
+        // Lines whose time has passed go.
+        let later = humantime::parse_rfc3339("2031-01-01T00:00:00Z").unwrap();
+        let soon = later + std::time::Duration::from_secs(60);
+        assert_eq!(
+            rotate_authorized(&text, &a, &c, "laptop", later, soon).unwrap(),
+            format!("# team\nexpires=2031-01-01T00:01:00Z {a} laptop\n{c} laptop\n")
         );
         assert_eq!(
-            rotate_authorized(&text, &c, &a, "", t).unwrap_err(),
+            rotate_authorized(&text, &c, &a, "", now, t).unwrap_err(),
             format!("key {a} is already authorized")
         );
+        let d = KeyPair::generate().unwrap().public();
         assert_eq!(
-            rotate_authorized(&text, &c, &KeyPair::generate().unwrap().public(), "", t)
-                .unwrap_err(),
+            rotate_authorized(&text, &c, &d, "", now, t).unwrap_err(),
             format!("key {c} is not in the authorized-clients file (was it removed meanwhile?)")
         );
     }

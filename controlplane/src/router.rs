@@ -589,10 +589,11 @@ async fn rotate(
         ));
     }
     let _one_at_a_time = state.rotating.lock().await;
-    let expires = SystemTime::now() + state.key_grace;
+    let now = SystemTime::now();
+    let expires = now + state.key_grace;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let rotated = keys::rotate_authorized(&text, &key, &next, name, expires)?;
+    let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
     keys::replace_file(path, rotated.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let new = keys::load_authorized_file(path).map_err(|e| e.to_string())?;

@@ -151,3 +151,39 @@ fn a_key_older_than_the_rotation_period_is_rotated_on_connect() {
     assert!(auth.contains(&format!("{new} client")), "{auth}");
     assert_echo(taddr, b"with the new key");
 }
+
+#[test]
+fn a_key_an_operator_is_phasing_out_is_not_rotated() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let auth = home.path().join("authorized_clients");
+    let line = std::fs::read_to_string(&auth).unwrap();
+    let client = key_of(&line);
+    std::fs::write(&auth, format!("expires=2099-01-01 {line}")).unwrap();
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+
+    let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains(&format!(
+            "the router refused the rotation: key {client} is already set to expire at \
+             2099-01-01T00:00:00Z in authorized_clients; it is not rotated again"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&auth).unwrap(),
+        format!("expires=2099-01-01 {line}")
+    );
+    assert_eq!(
+        key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap()),
+        client
+    );
+    assert!(
+        !home.key("client.key.next").exists(),
+        "the staged key is removed"
+    );
+    assert_echo(taddr, b"still here");
+}
