@@ -594,9 +594,10 @@ async fn rotate(
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
+    let new = keys::parse_authorized_file(&rotated)
+        .map_err(|(line, e)| format!("the rotated file does not parse at line {line}: {e}"))?;
     keys::replace_file(path, rotated.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let new = keys::load_authorized_file(path).map_err(|e| e.to_string())?;
     state.authorized.replace_with_expiry(new.names, new.expires);
     Ok(expires)
 }

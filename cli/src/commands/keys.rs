@@ -6,6 +6,7 @@ use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry};
 use conduit_controlplane::{Home, keys};
 
+use super::tunnels::{chosen, time};
 use super::{runtime, say};
 use crate::args::RotateArgs;
 
@@ -18,17 +19,7 @@ pub(crate) fn show(home: &Home, name: &str) -> Result<()> {
 
 pub(crate) fn rotate(home: &Home, a: &RotateArgs) -> Result<()> {
     let registry = Registry::new(home);
-    let targets: Vec<Entry> = if a.all {
-        registry.entries()
-    } else {
-        let key = a.tunnel.as_deref().unwrap_or_default();
-        let found = registry.find(key).ok_or_else(|| {
-            anyhow!(
-                "no tunnel named or with id {key:?} is running (`conduit list` shows the running ones)"
-            )
-        })?;
-        vec![found]
-    };
+    let targets = chosen(&registry, a.all, a.tunnel.as_deref())?;
     if targets.is_empty() {
         say("no tunnels running");
         return Ok(());
@@ -69,10 +60,4 @@ async fn rotate_one(e: &Entry) -> Result<pb::RotateKeyResponse, String> {
         .await
         .map(|r| r.into_inner())
         .map_err(|s| s.message().to_owned())
-}
-
-/// Unix seconds as UTC.
-fn time(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }

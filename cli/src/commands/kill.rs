@@ -7,6 +7,7 @@ use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry, process_alive};
 
+use super::tunnels::chosen;
 use super::{runtime, say};
 use crate::args::KillArgs;
 
@@ -15,19 +16,7 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
     if let Some(id) = a.connection {
         return runtime(1)?.block_on(kill_connection(&registry, id));
     }
-    let targets: Vec<Entry> = if a.all {
-        registry.entries()
-    } else {
-        let key = a.tunnel.as_deref().unwrap_or_default();
-        match registry.find(key) {
-            Some(e) => vec![e],
-            None => {
-                return Err(anyhow!(
-                    "no tunnel named or with id {key:?} is running (`conduit list` shows the running ones)"
-                ));
-            }
-        }
-    };
+    let targets = chosen(&registry, a.all, a.tunnel.as_deref())?;
     if targets.is_empty() {
         say("no tunnels running");
         return Ok(());

@@ -1,8 +1,28 @@
-//! What `list`, `status` and `kill` share: the registry's tunnels and their answers.
+//! What `list`, `status`, `kill` and `keys rotate` share: the registry's tunnels and
+//! their answers.
 
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry, process_alive};
+
+/// The tunnels a command names: every running one (`all`), or the one named or
+/// with id `tunnel`.
+pub(crate) fn chosen(
+    registry: &Registry,
+    all: bool,
+    tunnel: Option<&str>,
+) -> anyhow::Result<Vec<Entry>> {
+    if all {
+        return Ok(registry.entries());
+    }
+    let key = tunnel.unwrap_or_default();
+    match registry.find(key) {
+        Some(e) => Ok(vec![e]),
+        None => Err(anyhow::anyhow!(
+            "no tunnel named or with id {key:?} is running (`conduit list` shows the running ones)"
+        )),
+    }
+}
 
 /// A registered tunnel and what its control API said (or why it could not).
 pub(crate) struct Seen {
