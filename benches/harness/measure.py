@@ -51,17 +51,24 @@ def throughput(sup, relay, cfg, streams):
 def latency(sup, relay, cfg, redis_port):
     """redis PING round trips over one connection through the relay."""
     running = relay.start(sup, redis_port)
+    warmup = cfg.pings // 10
     try:
+        cpu0 = procstat.cpu_seconds(running.pids)
         out = run_tool([cfg.loadgen, "ping", "--addr", f"127.0.0.1:{running.port}",
-                        "--requests", cfg.pings, "--warmup", cfg.pings // 10],
+                        "--requests", cfg.pings, "--warmup", warmup],
                        timeout=300)
+        cpu1 = procstat.cpu_seconds(running.pids)
         _relay_status(running)
     finally:
         running.stop()
     lat = json.loads(out)["latency"]
+    # Every PING, warm-up included, passed through the relay while the CPU was read.
+    per_ping = 1e6 * (cpu1 - cpu0) / (cfg.pings + warmup) if running.pids else None
     return {
         "p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "p999_us": lat["p999_us"],
         "mean_us": lat["mean_us"], "max_us": lat["max_us"], "count": lat["count"],
+        "cpu_us_per_ping": per_ping,
+        "cpu_us_per_ping_hop": per_ping / relay.hops if per_ping is not None else None,
         "relay_info": running.info,
     }
 

@@ -53,6 +53,7 @@ class Relay:
     security = "plain"  # "tls", "noise" or "plain": what protects the relayed leg
     note = ""  # a fact about this row for the report (how it was installed, limits)
     udp = False  # carries UDP (has start_udp)
+    hops = 1  # relay processes a request passes through (a pair: 2)
 
     def skip_reason(self):
         """Why this relay cannot run here, or None."""
@@ -65,6 +66,7 @@ class Relay:
 class Direct(Relay):
     """No relay: the load generator talks to the backend (the ceiling)."""
     name, security = "direct", "none"
+    hops = 0
     udp = True
 
     def start(self, sup, target_port):
@@ -137,6 +139,7 @@ backend target
 class Stunnel(Relay):
     """A stunnel pair: client mode → TLS 1.3 (mutual, Ed25519 certs) → server mode."""
     name, security = "stunnel", "tls"
+    hops = 2
 
     def __init__(self, workdir, certs):
         self.workdir, self.certs = workdir, certs
@@ -179,6 +182,7 @@ CAfile = {c['server_cert']}
 
 class Rathole(Relay):
     """A rathole pair (server exposes the port, client sits next to the backend)."""
+    hops = 2
 
     def __init__(self, workdir, binary, transport, missing_note, noise_keys=None, note="",
                  tls=None):
@@ -249,6 +253,7 @@ local_addr = "127.0.0.1:{target_port}"
 
 class Conduit(Relay):
     """Conduit client + router, TLS 1.3 with Ed25519 raw public keys (or plain)."""
+    hops = 2
 
     def __init__(self, binary, home, engine, transport="tls", help_text=""):
         self.binary, self.home, self.engine, self.transport = binary, home, engine, transport

@@ -20,6 +20,9 @@ METRICS = [
     ("p50", "latency", "p50_us", "PING p50", "µs", "lower"),
     ("p99", "latency", "p99_us", "PING p99", "µs", "lower"),
     ("p999", "latency", "p999_us", "PING p99.9", "µs", "lower"),
+    ("ping_cpu", "latency", "cpu_us_per_ping", "Relay CPU per PING", "µs", "lower"),
+    ("ping_cpu_hop", "latency", "cpu_us_per_ping_hop", "Relay CPU per PING per relay process",
+     "µs", "lower"),
     ("cps", "connrate", "conns_per_s", "New connections", "conn/s", "higher"),
     ("conn_p99", "connrate", "request_p99_us", "New-connection request p99", "µs", "lower"),
     ("conn_fail", "connrate", "failed_pct", "Failed new connections", "%", "lower"),
@@ -35,10 +38,11 @@ METRICS = [
     ("udp_lost", "udp_rate", "lost_pct", "UDP datagrams lost, 8 users", "%", "lower"),
 ]
 # Ratios reported for each Conduit row against each peer.
-RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p50", "p99", "cps", "conn_p99", "mem",
+RATIO_KEYS = ["tput1", "tput4", "cpu1", "cpu4", "p50", "p99", "ping_cpu_hop", "cps", "conn_p99", "mem",
               "udp_p50", "udp_tps", "udp_cpu"]
 GROUPS = [("Throughput and CPU", ["tput1", "tput4", "cpu1", "cpu4"]),
-          ("Latency and connections", ["p50", "p99", "p999", "cps", "conn_p99", "conn_fail", "tcp_p99"]),
+          ("Latency", ["p50", "p99", "p999", "ping_cpu", "ping_cpu_hop"]),
+          ("Connections", ["cps", "conn_p99", "conn_fail", "tcp_p99"]),
           ("Held connections", ["alive", "mem", "mem_rss"]),
           ("UDP (relays that carry it)", ["udp_p50", "udp_p99", "udp_tps", "udp_rate_p99",
                                           "udp_cpu", "udp_lost"])]
@@ -77,6 +81,20 @@ def _ratios(meds, names):
     return out
 
 
+def _settings(cfg):
+    """The load of each measurement the run made (all of them in reports of older runs)."""
+    ran = cfg.get("measurements")
+    parts = [
+        ("throughput", f"iperf3 {cfg['seconds']} s per run"),
+        ("latency", f"{cfg['pings']} PINGs per latency run"),
+        ("connrate", f"connection rate {cfg['seconds']} s at concurrency {cfg['concurrency']}"),
+        ("memory", f"{cfg['hold']} held connections"),
+        ("udp", f"UDP {cfg['seconds']} s per run"),
+    ]
+    return "; ".join(text for key, text in parts
+                     if ran is None or any(m.startswith(key) for m in ran))
+
+
 def _fmt(v):
     if v is None:
         return "–"
@@ -113,13 +131,12 @@ def markdown(run):
         "## Run", "",
         f"- command: `{cfg['command']}` at commit {cfg['commit']}",
         f"- {cfg['rounds']} round(s), relays interleaved round-robin within each measurement;"
-        f" iperf3 {cfg['seconds']} s per run; {cfg['pings']} PINGs per latency run;"
-        f" connection rate {cfg['seconds']} s at concurrency {cfg['concurrency']};"
-        f" {cfg['hold']} held connections.",
-        "", "| relay | protects the relayed leg with | notes |", "|---|---|---|",
+        f" {_settings(cfg)}.",
+        "", "| relay | protects the relayed leg with | relay processes in the path | notes |",
+        "|---|---|---|---|",
     ]
     for r in relays:
-        lines.append(f"| {r['name']} | {r['security']} | {_note(r['note'])} |")
+        lines.append(f"| {r['name']} | {r['security']} | {r.get('hops', '–')} | {_note(r['note'])} |")
     for title, keys in GROUPS:
         if all(meds[r["name"]].get(k) is None for r in relays if not r["skipped"]
                for k in keys):
