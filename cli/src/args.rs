@@ -557,6 +557,12 @@ pub(crate) struct StartArgs {
     /// `[security] key_rotation_days` in a file.
     #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3650))]
     pub(crate) key_rotation_days: u64,
+    /// With several routers (`--router A,B`): while the tunnel uses a later one,
+    /// how often it tries the ones before it and moves back to the first that
+    /// answers (its users' open streams finish where they are); 0 stays.
+    /// `[router] failback_secs` in a file.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub(crate) router_failback: u64,
     /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:
     /// bind it to loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]

@@ -70,11 +70,20 @@ pub struct TunnelSettings {
     pub key_path: Option<PathBuf>,
     /// Rotate the key through the router once its file is this old (`None`: never).
     pub key_rotation: Option<Duration>,
+    /// With several routers: while the link uses one later in the list, how often
+    /// to try the earlier ones and move back to the first that answers (`None`:
+    /// stay on the one in use).
+    pub failback: Option<Duration>,
 }
 
 /// `n` days, or `None` for 0 (never).
 pub fn days(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n.saturating_mul(86_400)))
+}
+
+/// `n` seconds, or `None` for 0 (never).
+pub fn secs(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
 }
 
 /// A rotation done: the tunnel's new key, and until when the router still admits
@@ -145,8 +154,11 @@ struct Shared {
     /// The routers to try, in order (`--router A,B`): the link uses one at a time
     /// and moves to the next when it cannot reach that one.
     routers: Vec<String>,
-    /// The index (modulo `routers.len()`) of the one in use.
+    /// The index of the one in use.
     at: std::sync::atomic::AtomicUsize,
+    /// How often to try moving back to an earlier router (see
+    /// [`TunnelSettings::failback`]).
+    failback: Option<Duration>,
     /// The key this tunnel authenticates with, and its TLS configuration: both
     /// replaced when the key is rotated.
     our_key: RwLock<PublicKey>,
@@ -221,6 +233,7 @@ impl ClientTunnel {
                     .map(str::to_owned)
                     .collect(),
                 at: std::sync::atomic::AtomicUsize::new(0),
+                failback: s.failback,
                 our_key: RwLock::new(s.identity.public()),
                 tls: RwLock::new(tls),
                 router_key: s.router_key,
@@ -365,13 +378,18 @@ impl Shared {
 
     /// The router in use.
     fn router(&self) -> &str {
-        let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
-        &self.routers[at % self.routers.len()]
+        &self.routers[self.at()]
     }
 
-    /// Moves on to the next router; returns it.
+    /// The index of the router in use.
+    fn at(&self) -> usize {
+        self.at.load(Ordering::Relaxed) % self.routers.len()
+    }
+
+    /// Moves on to the next router (after the last, the first); returns it.
     fn next_router(&self) -> &str {
-        self.at.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.at
+            .store((self.at() + 1) % self.routers.len(), Ordering::Relaxed);
         self.router()
     }
 }
@@ -395,7 +413,16 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
 }
 
 async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
-    let router = shared.router();
+    let (wire, version) = open_at(shared, kind, shared.router()).await?;
+    if kind == ChannelKind::Control {
+        shared.version.store(version, Ordering::Relaxed);
+    }
+    Ok(wire)
+}
+
+/// Opens a channel of `kind` to `router` and completes `Hello`/`Welcome`; returns
+/// it and the protocol version the router chose.
+async fn open_at(shared: &Shared, kind: ChannelKind, router: &str) -> Result<(Wire, u16), Error> {
     let tcp = wire::connect(router, shared.connect_timeout)
         .await
         .map_err(|e| Error::network(format!("cannot reach router {router}"), e))?;
@@ -431,11 +458,8 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     match reply {
         Some(Message::Welcome { version }) => {
             can_carry(shared.datagrams, version, router)?;
-            if kind == ChannelKind::Control {
-                shared.version.store(version, Ordering::Relaxed);
-            }
             shared.counters.handshakes.observe(started.elapsed());
-            Ok(w)
+            Ok((w, version))
         }
         Some(Message::Refused(r)) => Err(match r.code {
             RefusalCode::Unauthorized | RefusalCode::UnsupportedVersion => {
@@ -492,9 +516,19 @@ async fn control_loop(
     let mut attempt = 0u32;
     // Routers tried since the last back-off: each is tried once before waiting.
     let mut tried = 0usize;
+    // The control channel of an earlier router that answered again, to move to.
+    let mut back: Option<Preferred> = None;
     loop {
         shared.pick_up_key_file();
-        match open(&shared, ChannelKind::Control).await {
+        let opened = match back.take() {
+            Some(p) => {
+                shared.at.store(p.index, Ordering::Relaxed);
+                shared.version.store(p.version, Ordering::Relaxed);
+                Ok(p.wire)
+            }
+            None => open(&shared, ChannelKind::Control).await,
+        };
+        match opened {
             Ok(mut ctl) => {
                 attempt = 0;
                 tried = 0;
@@ -507,13 +541,17 @@ async fn control_loop(
                     router: router.clone(),
                 });
                 info!(tunnel = %shared.name, %router, "connected to router");
-                let end = heartbeat(&shared, &mut ctl, &mut stop, &mut rotations).await;
+                let mut probe = Probe::start(&shared);
+                let end = heartbeat(&shared, &mut ctl, &mut stop, &mut rotations, &mut probe).await;
+                probe.stop();
                 let why = &end.why;
-                if end.rotated {
-                    // The link is fine: reconnect with the new key at once. Users keep
-                    // their streams (the router admits the old key for a while), and
-                    // the pool is refilled with channels of the new key on connect.
+                if end.again {
+                    // The link is fine: make it again at once (with the new key, or
+                    // to the earlier router). Users keep their streams (a clean
+                    // goodbye leaves them to finish), and the pool is refilled with
+                    // channels of the new link on connect.
                     info!(tunnel = %shared.name, %router, "{why}");
+                    back = end.back;
                     continue;
                 }
                 shared.link.lost();
@@ -582,8 +620,11 @@ struct LinkEnd {
     why: String,
     /// The router stopped answering, rather than closing or failing the connection.
     silent: bool,
-    /// The key was rotated: the link is to be made again with the new key.
-    rotated: bool,
+    /// The link was fine and is to be made again at once: the key was rotated, or
+    /// an earlier router answered again.
+    again: bool,
+    /// The earlier router's control channel, ready to use.
+    back: Option<Preferred>,
 }
 
 impl From<String> for LinkEnd {
@@ -591,7 +632,74 @@ impl From<String> for LinkEnd {
         Self {
             why,
             silent: false,
-            rotated: false,
+            again: false,
+            back: None,
+        }
+    }
+}
+
+/// A router earlier in the list than the one in use, answering again.
+struct Preferred {
+    /// Its index in the list.
+    index: usize,
+    /// Its control channel, past `Hello`/`Welcome`.
+    wire: Wire,
+    /// The protocol version it chose.
+    version: u16,
+}
+
+/// While the link uses a router other than the first, tries the earlier ones every
+/// [`Shared::failback`] and hands over the control channel of the first to answer.
+struct Probe(Option<(tokio::task::JoinHandle<()>, oneshot::Receiver<Preferred>)>);
+
+impl Probe {
+    fn start(shared: &Arc<Shared>) -> Self {
+        let (Some(every), current) = (shared.failback, shared.at()) else {
+            return Self(None);
+        };
+        if current == 0 {
+            return Self(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for index in 0..current {
+                    let router = &shared.routers[index];
+                    match open_at(&shared, ChannelKind::Control, router).await {
+                        Ok((wire, version)) => {
+                            let _ = tx.send(Preferred {
+                                index,
+                                wire,
+                                version,
+                            });
+                            return;
+                        }
+                        Err(e) => {
+                            debug!(tunnel = %shared.name, %router, "not moving back yet: {e}")
+                        }
+                    }
+                }
+            }
+        });
+        Self(Some((task, rx)))
+    }
+
+    /// Resolves when an earlier router answered; never without a probe.
+    async fn answered(&mut self) -> Preferred {
+        match &mut self.0 {
+            Some((_, rx)) => match rx.await {
+                Ok(p) => p,
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    fn stop(self) {
+        if let Some((task, _)) = self.0 {
+            task.abort();
         }
     }
 }
@@ -603,6 +711,7 @@ async fn heartbeat(
     ctl: &mut Wire,
     stop: &mut watch::Receiver<bool>,
     rotations: &mut RotationsRx,
+    probe: &mut Probe,
 ) -> LinkEnd {
     let interval = shared.heartbeat;
     let mut nonce = 0u64;
@@ -636,15 +745,21 @@ async fn heartbeat(
         let deadline = tokio::time::Instant::now() + interval * 3;
         loop {
             let next = tokio::select! {
-                r = tokio::time::timeout_at(deadline, ctl.recv()) => r,
+                r = tokio::time::timeout_at(deadline, ctl.recv()) => Ok(r),
                 _ = stop.wait_for(|s| *s) => break,
+                p = probe.answered() => Err(p),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(p) => return move_back(shared, ctl, p).await,
             };
             match next {
                 Err(_) => {
                     return LinkEnd {
                         why: format!("no heartbeat answer for {:?}", interval * 3),
                         silent: true,
-                        rotated: false,
+                        again: false,
+                        back: None,
                     };
                 }
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
@@ -663,14 +778,16 @@ async fn heartbeat(
         // once, not at the next ping.
         let next = tokio::time::Instant::now() + interval;
         loop {
-            let asked = tokio::select! {
-                r = tokio::time::timeout_at(next, ctl.recv()) => Err(r),
+            let woke = tokio::select! {
+                r = tokio::time::timeout_at(next, ctl.recv()) => Woke::Got(r),
                 _ = stop.wait_for(|s| *s) => break,
-                Some(reply) = rotations.recv() => Ok(reply),
+                Some(reply) = rotations.recv() => Woke::Rotate(reply),
+                p = probe.answered() => Woke::Back(Box::new(p)),
             };
-            let got = match asked {
-                Err(got) => got,
-                Ok(reply) => match rotate(shared, ctl).await {
+            let got = match woke {
+                Woke::Got(got) => got,
+                Woke::Back(p) => return move_back(shared, ctl, *p).await,
+                Woke::Rotate(reply) => match rotate(shared, ctl).await {
                     Ok(done) => {
                         let _ = reply.send(Ok(done.clone()));
                         return rotated(ctl, done).await;
@@ -701,6 +818,16 @@ async fn heartbeat(
     }
 }
 
+/// What woke the control channel between two pings.
+enum Woke<T> {
+    /// A message, an error, or the time for the next ping.
+    Got(T),
+    /// `conduit keys rotate` asked for a rotation.
+    Rotate(oneshot::Sender<Result<Rotated, String>>),
+    /// An earlier router answers again.
+    Back(Box<Preferred>),
+}
+
 /// How often a tunnel with `key_rotation` checks its key file's age.
 const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 
@@ -721,7 +848,25 @@ async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
     LinkEnd {
         why,
         silent: false,
-        rotated: true,
+        again: true,
+        back: None,
+    }
+}
+
+/// Ends the control channel to the router in use with a goodbye (its streams go on
+/// until they end) so that the link moves to the earlier router `p`.
+async fn move_back(shared: &Shared, ctl: &mut Wire, p: Preferred) -> LinkEnd {
+    let to = &shared.routers[p.index];
+    let bye = Refusal::new(
+        RefusalCode::ShuttingDown,
+        format!("the tunnel moves back to router {to}"),
+    );
+    let _ = ctl.send(&Message::Goodbye(bye)).await;
+    LinkEnd {
+        why: format!("router {to} answers again: moving back to it"),
+        silent: false,
+        again: true,
+        back: Some(p),
     }
 }
 

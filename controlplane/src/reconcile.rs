@@ -80,6 +80,7 @@ mod tests {
                     transport: crate::config::TransportKind::Tls,
                     token: None,
                     key_rotation_days: 30,
+                    failback_secs: 30,
                     performance: PerformanceConfig::default(),
                 })
                 .collect(),

@@ -25,6 +25,16 @@ pub fn open_user(addr: SocketAddr) -> TcpStream {
     c
 }
 
+/// Writes `msg` on an open user connection to an echo source and asserts it comes
+/// back whole.
+#[track_caller]
+pub fn exchange(user: &mut TcpStream, msg: &[u8]) {
+    user.write_all(msg).expect("write to the tunnel");
+    let mut back = vec![0; msg.len()];
+    user.read_exact(&mut back).expect("read the echo");
+    assert_eq!(back, msg);
+}
+
 /// One echo exchange: send `msg`, half-close, read to the end.
 pub fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut c = TcpStream::connect(addr)?;

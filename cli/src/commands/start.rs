@@ -69,6 +69,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         idle_timeout: performance.idle_timeout(),
         key_path: Some(key_path.clone()),
         key_rotation: conduit_controlplane::client::days(a.key_rotation_days),
+        failback: conduit_controlplane::client::secs(a.router_failback),
         udp: (a.protocol == ProtocolArg::Udp).then(|| conduit_dataplane::UdpSpec {
             idle_timeout: secs(a.udp_idle_timeout),
             max_new_flows: a.udp_max_new_flows,
@@ -278,6 +279,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
         ("--handshake-timeout", a.handshake_timeout, 10),
         ("--heartbeat-interval", a.heartbeat_interval, 5),
         ("--key-rotation-days", a.key_rotation_days, 30),
+        ("--router-failback", a.router_failback, 30),
         ("--udp-idle-timeout", a.udp_idle_timeout, 60),
         ("--udp-max-new-flows", a.udp_max_new_flows, 0),
         ("--max-connections", a.max_connections as u64, 0),

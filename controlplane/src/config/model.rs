@@ -52,6 +52,9 @@ pub struct RouterPeer {
     /// More routers, `HOST:PORT` each, tried in turn when the tunnels cannot reach
     /// the one they use; they must present the same key.
     pub fallbacks: Vec<String>,
+    /// While a tunnel uses a fallback, how often it tries the routers before it and
+    /// moves back to the first that answers (seconds; 0: stays; default 30).
+    pub failback_secs: u64,
 }
 
 impl Default for RouterPeer {
@@ -62,6 +65,7 @@ impl Default for RouterPeer {
             public_key: None,
             transport: TransportKind::Tls,
             fallbacks: Vec::new(),
+            failback_secs: 30,
         }
     }
 }

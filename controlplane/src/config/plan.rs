@@ -35,6 +35,8 @@ pub struct TunnelPlan {
     pub token: Option<Secret>,
     /// `[security] key_rotation_days` (0: never).
     pub key_rotation_days: u64,
+    /// `[router] failback_secs` (0: stay on a fallback).
+    pub failback_secs: u64,
     /// Workers, engine, pool, timeouts and the rest.
     pub performance: PerformanceConfig,
 }
@@ -47,7 +49,7 @@ impl TunnelPlan {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let text = format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}",
             self.name,
             self.router,
             self.router_key,
@@ -58,6 +60,7 @@ impl TunnelPlan {
             self.transport,
             self.performance,
             self.key_rotation_days,
+            self.failback_secs,
         );
         h.update(text.as_bytes());
         if let Some(t) = &self.token {
@@ -97,6 +100,7 @@ impl TunnelPlan {
             idle_timeout: p.idle_timeout(),
             key_path: Some(self.private_key_path.clone()),
             key_rotation: crate::client::days(self.key_rotation_days),
+            failback: crate::client::secs(self.failback_secs),
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
                 max_new_flows: p.udp_max_new_flows,
@@ -178,6 +182,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             transport: c.router.transport,
             token: c.security.token.clone(),
             key_rotation_days: c.security.key_rotation_days,
+            failback_secs: c.router.failback_secs,
             performance: c.performance.clone(),
         });
     }

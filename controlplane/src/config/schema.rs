@@ -186,6 +186,7 @@ static CLIENT: Schema = Schema {
                     .alias(&["CONDUIT_ROUTER_KEY"]),
                 key("transport", Kind::Choice(&["tls", "plain"])),
                 key("fallbacks", Kind::List),
+                key("failback_secs", Kind::Int { min: 0, max: 86_400 }),
             ],
         },
         Section {

@@ -254,6 +254,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         format!("public_key = \"{}\" # {file}:3", f.router_key),
         "transport = \"tls\" # default".into(),
         "fallbacks = [] # default".into(),
+        "failback_secs = 30 # default".into(),
         String::new(),
         "[security]".into(),
         format!("private_key_path = \"{key}\" # default"),
