@@ -56,6 +56,14 @@ impl SourcePolicy for AdmittedPolicy {
         }
         self.allow.resolve(client, target)
     }
+
+    fn gate(&self, target: &str) -> Result<(), Refusal> {
+        self.allow.gate(target)
+    }
+
+    fn connected(&self, target: &str, addr: std::net::SocketAddr) {
+        self.allow.connected(target, addr);
+    }
 }
 
 /// The file as last seen: any difference means "read it again".

@@ -7,10 +7,17 @@
 //! order: the first that accepts serves the stream. So a member that dies fails over
 //! at once (its connection is refused) and, once its probes fail, is no longer even
 //! tried first; when it comes back up it takes its turn again.
+//!
+//! When the probes report every member of a source down, the [`Breaker`] turns its
+//! streams away at once (a host that is down would otherwise hold each user until
+//! its connect times out), except one stream a second that tries it; a trial that
+//! connects marks the source up without waiting for the next probes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use conduit_dataplane::{SourcePolicy, source_members};
 use conduit_proto::{PublicKey, Refusal, RefusalCode};
@@ -25,6 +32,7 @@ pub struct Balancer {
     next: AtomicUsize,
     /// Weak: the monitor's task holds the data plane, which holds this policy.
     health: Arc<OnceLock<Weak<Monitor>>>,
+    breaker: Breaker,
 }
 
 impl Balancer {
@@ -35,12 +43,17 @@ impl Balancer {
             allow,
             next: AtomicUsize::new(0),
             health,
+            breaker: Breaker::default(),
         }
+    }
+
+    fn monitor(&self) -> Option<Arc<Monitor>> {
+        self.health.get().and_then(Weak::upgrade)
     }
 
     /// The members the health checks report down now.
     fn down(&self) -> Vec<String> {
-        let Some(monitor) = self.health.get().and_then(Weak::upgrade) else {
+        let Some(monitor) = self.monitor() else {
             return Vec::new();
         };
         let view = monitor.view();
@@ -76,6 +89,100 @@ impl SourcePolicy for Balancer {
                 Ok(order(resolved, start))
             }
         }
+    }
+
+    fn gate(&self, target: &str) -> Result<(), Refusal> {
+        let Some(monitor) = self.monitor() else {
+            return Ok(());
+        };
+        let view = monitor.view();
+        if !view.sources.iter().any(|s| s.state == SourceState::Down) {
+            return Ok(());
+        }
+        let mut why = None;
+        for member in source_members(target) {
+            let down = view
+                .sources
+                .iter()
+                .find(|s| s.target == member && s.state == SourceState::Down);
+            match down {
+                Some(s) => why = why.or(s.last_error.clone()),
+                None => return Ok(()),
+            }
+        }
+        if why.is_none() || self.breaker.trial(target, Instant::now()) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            RefusalCode::SourceUnreachable,
+            format!(
+                "source {target} is down ({}, say the router's health checks); the router \
+                 turns its streams away at once until it answers again",
+                why.unwrap_or_default()
+            ),
+        ))
+    }
+
+    fn connected(&self, target: &str, addr: SocketAddr) {
+        if !self.breaker.connected(target) {
+            return;
+        }
+        let members: Vec<&str> = source_members(target).collect();
+        let member = match members.as_slice() {
+            [one] => Some(*one),
+            many => many
+                .iter()
+                .find(|m| m.parse::<SocketAddr>().ok() == Some(addr))
+                .copied(),
+        };
+        if let (Some(member), Some(monitor)) = (member, self.monitor()) {
+            monitor.answered(member);
+        }
+    }
+}
+
+/// While a source is down, one stream a second tries it.
+const TRIAL_EVERY: Duration = Duration::from_secs(1);
+
+/// Sources in trial beyond which those not tried for a minute are forgotten.
+const TRIALS_KEPT: usize = 256;
+
+/// The sources the breaker let a trial stream through to, and when.
+#[derive(Default)]
+struct Breaker {
+    trials: Mutex<HashMap<String, Instant>>,
+    /// Whether `trials` holds anything: read on every stream that connects.
+    any: AtomicBool,
+}
+
+impl Breaker {
+    /// Whether a stream to the down source `target` may try it `now`.
+    fn trial(&self, target: &str, now: Instant) -> bool {
+        let mut trials = self.trials.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = trials.get(target)
+            && now.saturating_duration_since(*last) < TRIAL_EVERY
+        {
+            return false;
+        }
+        if trials.len() >= TRIALS_KEPT {
+            trials.retain(|_, last| now.saturating_duration_since(*last) < Duration::from_secs(60));
+        }
+        trials.insert(target.to_owned(), now);
+        self.any.store(true, Relaxed);
+        true
+    }
+
+    /// A stream to `target` connected: whether that ends its trial.
+    fn connected(&self, target: &str) -> bool {
+        if !self.any.load(Relaxed) {
+            return false;
+        }
+        let mut trials = self.trials.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = trials.remove(target).is_some();
+        if trials.is_empty() {
+            self.any.store(false, Relaxed);
+        }
+        ended
     }
 }
 
@@ -139,6 +246,36 @@ mod tests {
         );
         // All down: still all tried, in turn.
         assert_eq!(order(m([true; 3]), 2)[0], a("10.0.0.3:80"));
+    }
+
+    #[test]
+    fn a_source_that_is_down_is_tried_once_a_second() {
+        let b = Breaker::default();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(b.trial("10.0.0.1:80", t0));
+        assert!(!b.trial("10.0.0.1:80", ms(10)));
+        assert!(!b.trial("10.0.0.1:80", ms(999)));
+        // Another source has trials of its own.
+        assert!(b.trial("10.0.0.2:80", ms(10)));
+        assert!(b.trial("10.0.0.1:80", ms(1000)));
+        // A stream that connects ends its source's trial, once.
+        assert!(b.connected("10.0.0.1:80"));
+        assert!(!b.connected("10.0.0.1:80"));
+        assert!(!b.connected("10.0.0.3:80"));
+        assert!(b.connected("10.0.0.2:80"));
+        assert!(!b.any.load(Relaxed));
+    }
+
+    #[test]
+    fn the_breaker_forgets_old_trials_when_it_holds_many() {
+        let b = Breaker::default();
+        let t0 = Instant::now();
+        for i in 0..TRIALS_KEPT {
+            assert!(b.trial(&format!("10.0.{}.{}:80", i / 256, i % 256), t0));
+        }
+        assert!(b.trial("10.9.9.9:80", t0 + Duration::from_secs(61)));
+        assert_eq!(b.trials.lock().unwrap().len(), 1);
     }
 
     #[test]

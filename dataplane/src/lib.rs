@@ -126,6 +126,16 @@ pub trait SourcePolicy: Send + Sync + 'static {
     /// refusal that says what to change.
     fn resolve(&self, client: Option<&PublicKey>, target: &str)
     -> Result<Vec<SocketAddr>, Refusal>;
+
+    /// Whether a TCP stream to `target` (already resolved and allowed) may try to
+    /// connect now: a refusal when the router knows the source is down and turns
+    /// streams away at once rather than let each wait for its connect to fail.
+    fn gate(&self, _target: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// A TCP stream to `target` connected to `addr`.
+    fn connected(&self, _target: &str, _addr: SocketAddr) {}
 }
 
 /// A client tunnel's data-plane settings.

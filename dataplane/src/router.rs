@@ -29,7 +29,8 @@ mod udp;
 pub(crate) struct RouterCore {
     core: Rc<Core>,
     spec: Arc<RouterSpec>,
-    /// Keeps refusals at the connection limit from flooding the log.
+    /// Keeps refusals at the connection limit, or to a source that is down, from
+    /// flooding the log.
     refusals: Throttle,
 }
 
@@ -87,8 +88,19 @@ impl RouterCore {
         for member in crate::source_members(target) {
             self.core.usage.source_used(member);
         }
+        if let Err(refusal) = self.spec.policy.gate(target) {
+            if let Some(held) = self.refusals.admit() {
+                let who = describe(client);
+                warn!(conn = id, %peer, client = %who, %target, "open refused: {}{}", refusal.message, held_note(held));
+            }
+            self.failed_open(client, ErrorKind::SourceUnreachable);
+            return Err(refusal);
+        }
         match connect(&addrs, self.spec.connect_timeout, &self.spec.sockets).await {
-            Ok(s) => Ok((s, permit)),
+            Ok((s, addr)) => {
+                self.spec.policy.connected(target, addr);
+                Ok((s, permit))
+            }
             Err(e) => {
                 let message = format!("the router could not connect to source {target}: {e}");
                 Err(self.refused(id, peer, client, ErrorKind::SourceUnreachable, message))
@@ -476,7 +488,7 @@ async fn connect(
     addrs: &[SocketAddr],
     timeout: std::time::Duration,
     sockets: &crate::SocketOptions,
-) -> std::io::Result<Socket> {
+) -> std::io::Result<(Socket, SocketAddr)> {
     let mut last =
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to connect to");
     for addr in addrs {
@@ -484,7 +496,7 @@ async fn connect(
             Ok(Ok(s)) => {
                 let s = Socket::new(s)?;
                 s.tune(sockets);
-                return Ok(s);
+                return Ok((s, *addr));
             }
             Ok(Err(e)) => last = e,
             Err(_) => {

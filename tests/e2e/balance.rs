@@ -1,10 +1,36 @@
 //! One tunnel, several sources (`--source A,B`): the router takes them in turn,
 //! fails over when one dies, and brings it back into the rotation when its health
-//! probes see it up again.
+//! probes see it up again; a source that is down altogether is turned away at once.
+
+use std::net::SocketAddr;
 
 use crate::chaos::EchoSource;
-use crate::harness::{Engine, Home};
-use crate::users::assert_echo;
+use crate::harness::{Engine, Home, Proc};
+use crate::procfs::wait_until;
+use crate::users::{End, assert_echo, expect_refused_user, wait_for_echo};
+
+/// A router allowing `allow` that probes its sources every second: one failed
+/// probe makes a source down, `successes` in a row make it up again.
+fn quickly_probing_router(
+    home: &Home,
+    engine: Engine,
+    allow: &[String],
+    successes: u32,
+) -> (Proc, SocketAddr) {
+    let successes = format!("health.successes={successes}");
+    home.router_with(
+        engine,
+        allow,
+        &[
+            "--set",
+            "health.interval_secs=1",
+            "--set",
+            "health.failures=1",
+            "--set",
+            &successes,
+        ],
+    )
+}
 
 #[test]
 fn streams_take_turns_fail_over_and_come_back() {
@@ -13,18 +39,8 @@ fn streams_take_turns_fail_over_and_come_back() {
     let a = EchoSource::start();
     let b = EchoSource::start();
     let (a_addr, b_addr) = (a.addr(), b.addr());
-    let (router, raddr) = home.router_with(
-        engine,
-        &[a_addr.to_string(), b_addr.to_string()],
-        &[
-            "--set",
-            "health.interval_secs=1",
-            "--set",
-            "health.failures=1",
-            "--set",
-            "health.successes=1",
-        ],
-    );
+    let (router, raddr) =
+        quickly_probing_router(&home, engine, &[a_addr.to_string(), b_addr.to_string()], 1);
     let target = format!("{a_addr}, {b_addr}");
     let (_tunnel, taddr) = home.tunnel(engine, raddr, &target);
 
@@ -53,4 +69,41 @@ fn streams_take_turns_fail_over_and_come_back() {
         assert_echo(taddr, format!("back {i}").as_bytes());
     }
     assert_eq!((a.served(), b.served()), (2, 10));
+}
+
+#[test]
+fn a_source_reported_down_is_turned_away_at_once_until_a_stream_gets_through() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let src = EchoSource::start();
+    let saddr = src.addr();
+    // Probed every second and down after one failure; back up only after 100
+    // successful probes, far beyond the test's deadline, so only a stream that
+    // connects can bring it back up here.
+    let (router, raddr) = quickly_probing_router(&home, engine, &[saddr.to_string()], 100);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
+    assert_echo(taddr, b"source up");
+
+    src.crash();
+    router.wait_stderr(&format!("source {saddr} is down"));
+    // One stream a second still tries the source; the others are turned away by
+    // the router without a connect, and told why.
+    let turned_away =
+        format!("the router could not open the source: source {saddr} is down (Connection refused");
+    wait_until("a user turned away by the breaker", || {
+        assert_eq!(expect_refused_user(taddr), End::Reset);
+        let n = tunnel.stderr_count(&turned_away);
+        (n > 0, n)
+    });
+    router.wait_stderr(&format!("open refused: source {saddr} is down ("));
+
+    let src = EchoSource::start_on(saddr);
+    wait_for_echo(taddr, b"source back");
+    router.wait_stderr(&format!(
+        "source {saddr} is up again (a stream connected to it)"
+    ));
+    for i in 0..4 {
+        assert_echo(taddr, format!("after {i}").as_bytes());
+    }
+    drop(src);
 }

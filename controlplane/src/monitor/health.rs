@@ -122,6 +122,20 @@ impl SourceHealth {
         &self.view
     }
 
+    /// A stream connected to the source: it is up (at once, however many probes a
+    /// down source otherwise needs); returns the change, if any.
+    pub fn answered(&mut self, now: SystemTime) -> Option<SourceChange> {
+        let v = &mut self.view;
+        v.failures = 0;
+        v.last_error = None;
+        if v.state != SourceState::Down {
+            return None;
+        }
+        v.state = SourceState::Up;
+        v.since = now;
+        Some(SourceChange::Up(v.clone()))
+    }
+
     /// Records a probe's result; returns the change it caused, if any.
     pub fn record(
         &mut self,

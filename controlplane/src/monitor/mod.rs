@@ -57,6 +57,10 @@ enum LinkEvent {
     Beat {
         session: u64,
     },
+    /// Not a link: a stream connected to a source the probes had reported down.
+    Answered {
+        target: String,
+    },
     Down {
         session: u64,
         clean: bool,
@@ -116,6 +120,13 @@ impl Monitor {
     /// Alert delivery counts.
     pub fn alerter(&self) -> &Alerter {
         &self.alerter
+    }
+
+    /// A stream connected to `target` while the probes reported it down: it is up.
+    pub fn answered(&self, target: &str) {
+        let _ = self.events.send(LinkEvent::Answered {
+            target: target.to_owned(),
+        });
     }
 
     /// A control session started; returns its id for [`Self::beat`] and [`Self::link_down`].
@@ -214,6 +225,10 @@ impl Task {
                 self.links.beat(session, now);
                 None
             }
+            LinkEvent::Answered { target } => {
+                self.on_answered(target, now);
+                None
+            }
             LinkEvent::Down {
                 session,
                 clean,
@@ -310,6 +325,21 @@ impl Task {
             });
         }
         self.publish();
+    }
+
+    fn on_answered(&mut self, target: String, now: SystemTime) {
+        let Some(h) = self.sources.get_mut(&target) else {
+            return;
+        };
+        if h.answered(now).is_some() {
+            let message = format!("source {target} is up again (a stream connected to it)");
+            self.raise(Alert {
+                event: Event::SourceUp,
+                subject: Subject::Source { target },
+                message,
+                at: now,
+            });
+        }
     }
 
     fn raise(&mut self, alert: Alert) {
