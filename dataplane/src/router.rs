@@ -484,28 +484,64 @@ impl RouterCore {
     }
 }
 
+/// How long one connect attempt has the source to itself before the next address
+/// is tried alongside it (RFC 8305's "connection attempt delay").
+const CONNECT_STAGGER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Connects to the first of `addrs` that accepts: each address gets `timeout`, the
+/// next one starts when the one before fails or has not answered within
+/// [`CONNECT_STAGGER`] (so a host that is down costs a stream a quarter of a second,
+/// not the whole timeout, when another can serve it), and the first to connect wins
+/// (the attempts still running are dropped). The error is the last failure's.
 async fn connect(
     addrs: &[SocketAddr],
     timeout: std::time::Duration,
     sockets: &crate::SocketOptions,
 ) -> std::io::Result<(Socket, SocketAddr)> {
+    use futures::StreamExt;
+    use futures::stream::FuturesUnordered;
+
+    let attempt = |addr: SocketAddr| async move {
+        match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(s)) => Ok((s, addr)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connection timed out after {timeout:?}"),
+            )),
+        }
+    };
+    let ready = |(s, addr): (TcpStream, SocketAddr)| {
+        let s = Socket::new(s)?;
+        s.tune(sockets);
+        Ok((s, addr))
+    };
+    if let [one] = addrs {
+        return attempt(*one).await.and_then(ready);
+    }
     let mut last =
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to connect to");
-    for addr in addrs {
-        match monoio::time::timeout(timeout, TcpStream::connect_addr(*addr)).await {
-            Ok(Ok(s)) => {
-                let s = Socket::new(s)?;
-                s.tune(sockets);
-                return Ok((s, *addr));
+    let mut next = addrs.iter();
+    let mut running = FuturesUnordered::new();
+    loop {
+        if let Some(addr) = next.next() {
+            running.push(attempt(*addr));
+        }
+        if running.is_empty() {
+            return Err(last);
+        }
+        let done = if next.len() > 0 {
+            monoio::select! {
+                d = running.next() => d,
+                _ = monoio::time::sleep(CONNECT_STAGGER) => continue,
             }
-            Ok(Err(e)) => last = e,
-            Err(_) => {
-                last = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connection timed out after {timeout:?}"),
-                )
-            }
+        } else {
+            running.next().await
+        };
+        match done {
+            Some(Ok(connected)) => return ready(connected),
+            Some(Err(e)) => last = e,
+            None => return Err(last),
         }
     }
-    Err(last)
 }

@@ -2,8 +2,10 @@
 //! fails over when one dies, and brings it back into the rotation when its health
 //! probes see it up again; a source that is down altogether is turned away at once.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
+use crate::both_engines;
 use crate::chaos::EchoSource;
 use crate::harness::{Engine, Home, Proc};
 use crate::procfs::wait_until;
@@ -106,4 +108,61 @@ fn a_source_reported_down_is_turned_away_at_once_until_a_stream_gets_through() {
         assert_echo(taddr, format!("after {i}").as_bytes());
     }
     drop(src);
+}
+
+both_engines!(
+    an_endpoint_that_never_answers_costs_a_stream_only_a_moment,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let silent = SilentSource::start();
+        let b = EchoSource::start();
+        let target = format!("{}, {}", silent.addr, b.addr());
+        // Connects to the silent endpoint would time out only after an hour: a
+        // stream that waited for that would not be served within the test.
+        let (_router, raddr) = home.router_with(
+            engine,
+            &[silent.addr.to_string(), b.addr().to_string()],
+            &["--set", "performance.connect_timeout_secs=3600"],
+        );
+        let (_tunnel, taddr) = home.tunnel(engine, raddr, &target);
+        // Half of these start at the silent endpoint (they take turns): each is
+        // served by the other one after a short head start.
+        for i in 0..4 {
+            assert_echo(taddr, format!("stream {i}").as_bytes());
+        }
+        assert_eq!(b.served(), 4);
+    }
+);
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a
+/// connect to it neither succeeds nor fails until the connector gives up (as with
+/// a host that is down).
+struct SilentSource {
+    addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl SilentSource {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+                Err(e) => panic!("filling the accept queue of {addr}: {e}"),
+            }
+            assert!(
+                queued.len() < 100_000,
+                "the accept queue of {addr} never filled"
+            );
+        }
+        Self {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
 }
