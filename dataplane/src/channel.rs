@@ -136,7 +136,7 @@ impl Channel {
             if closed {
                 return self.ended();
             }
-            if read_tls(&self.sock, &self.tls).await? == 0 {
+            if read_tls(&self.sock, &self.tls, false).await? == 0 {
                 return self.ended();
             }
         }
@@ -171,9 +171,24 @@ impl Channel {
     }
 }
 
+/// Bytes one [`read_tls`] asks the socket for: a full record and some.
+pub(crate) const TLS_READ: usize = MAX_RECORD_PLAINTEXT + 64;
+
 /// Reads whatever TLS bytes are available into the session's buffer, waiting for
 /// some if none are. Returns the count; 0 is EOF.
-pub(crate) async fn read_tls(sock: &Socket, tls: &RefCell<TlsSession>) -> io::Result<usize> {
+///
+/// `wait_first`: wait for readiness before the first read. Right after a read that
+/// did not fill [`TLS_READ`] the socket is almost always empty, and a read that
+/// finds nothing costs a system call for nothing (one per request and reply of
+/// request/response traffic); after a full read, more is probably waiting.
+pub(crate) async fn read_tls(
+    sock: &Socket,
+    tls: &RefCell<TlsSession>,
+    wait_first: bool,
+) -> io::Result<usize> {
+    if wait_first {
+        sock.readable().await?;
+    }
     loop {
         {
             let mut t = tls.borrow_mut();
@@ -182,7 +197,7 @@ pub(crate) async fn read_tls(sock: &Socket, tls: &RefCell<TlsSession>) -> io::Re
                     pool::give(spare);
                 }
             }
-            match sock.try_recv(t.spare(MAX_RECORD_PLAINTEXT + 64)) {
+            match sock.try_recv(t.spare(TLS_READ)) {
                 Ok(n) => {
                     t.received(n);
                     return Ok(n);

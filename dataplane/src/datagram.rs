@@ -238,7 +238,7 @@ pub(crate) async fn down(
     let mut replay = std::mem::take(backlog);
     loop {
         if replay.is_empty() {
-            match read_tls(chan, tls).await {
+            match read_tls(chan, tls, false).await {
                 Ok(0) => return Err(Stop::ChannelClosed),
                 Ok(_) => {}
                 Err(e) => return Err(Stop::Channel(e)),

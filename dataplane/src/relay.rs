@@ -27,7 +27,7 @@ use futures::channel::oneshot;
 use futures::future::try_join;
 use pin_project_lite::pin_project;
 
-use crate::channel::{Held, lend_back, read_tls, seal};
+use crate::channel::{Held, TLS_READ, lend_back, read_tls, seal};
 use crate::net::Socket;
 use crate::pool;
 use crate::stats::{ErrorKind, Meter};
@@ -243,12 +243,14 @@ async fn down(
 ) -> Result<(), Stop> {
     let mut opened = side == Side::Router;
     let mut replay = std::mem::take(backlog);
+    // After a short read the socket is probably empty: wait before reading again.
+    let mut short = false;
     loop {
         if replay.is_empty() {
             // Wait for bytes before taking a buffer: an idle connection holds none.
-            match read_tls(chan, tls).await {
+            match read_tls(chan, tls, short).await {
                 Ok(0) => return Err(Stop::ChannelClosed),
-                Ok(_) => {}
+                Ok(n) => short = n < TLS_READ,
                 Err(e) => return Err(Stop::Channel(e)),
             }
         }
