@@ -8,7 +8,7 @@
 //! at once (its connection is refused) and, once its probes fail, is no longer even
 //! tried first; when it comes back up it takes its turn again.
 //!
-//! When the probes report every member of a source down, the [`Breaker`] turns its
+//! When the probes report every member of a source down, the breaker turns its
 //! streams away at once (a host that is down would otherwise hold each user until
 //! its connect times out), except one stream a second that tries it; a trial that
 //! connects marks the source up without waiting for the next probes.
