@@ -4,7 +4,9 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use conduit_proto::frame::HEADER_LEN;
@@ -73,9 +75,12 @@ impl Channel {
         let mut decoder = FrameDecoder::new();
         let mut backlog = VecDeque::new();
         decoder.feed(&h.leftover, |ev| backlog.push_back(Held::from_event(ev)))?;
+        let tls = RefCell::new(*tls);
+        // The handshake's receive buffer, if empty: an idle channel holds none.
+        lend_back(&tls);
         Ok(Self {
             sock,
-            tls: RefCell::new(*tls),
+            tls,
             decoder,
             backlog,
             peer_key: h.peer_key,
@@ -95,17 +100,19 @@ impl Channel {
             && !tls.peer_closed()
     }
 
-    /// Encrypts and sends one message.
-    /// Sends one control message. Boxed: a message goes out at a stream's start or
-    /// end, and a send kept inline would add its size to every long-lived relay task
-    /// that might send one.
-    pub(crate) async fn send(&self, msg: &Message) -> Result<(), ChannelError> {
-        Box::pin(send_message(&self.sock, &self.tls, msg)).await
+    /// Encrypts and sends one control message. Boxed, message and all: a message
+    /// goes out at a stream's start or end, and a send (or the message) kept inline
+    /// would add its size to every long-lived relay task that might send one.
+    pub(crate) fn send(
+        &self,
+        msg: Message,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ChannelError>> + '_>> {
+        Box::pin(async move { send_message(&self.sock, &self.tls, &msg).await })
     }
 
     /// Sends a parting message if it goes out within a second: a peer that stopped
     /// reading (frozen, or behind a dead link) must not hold up closing the rest.
-    pub(crate) async fn send_best_effort(&self, msg: &Message) {
+    pub(crate) async fn send_best_effort(&self, msg: Message) {
         let _ = Box::pin(monoio::time::timeout(
             Duration::from_secs(1),
             self.send(msg),

@@ -574,7 +574,7 @@ impl ClientCore {
                 return Box::pin(self.run_plain(user, counters, kill, ch)).await;
             }
         };
-        ch.send(&Message::Open {
+        ch.send(Message::Open {
             target: self.spec.target.clone(),
         })
         .await
@@ -789,6 +789,6 @@ impl Link {
 
 /// Best effort: tell the router this stream is aborted, so it resets the source.
 async fn tell_peer(ch: &Channel, why: &str) {
-    ch.send_best_effort(&Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
+    ch.send_best_effort(Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
         .await;
 }

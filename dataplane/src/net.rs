@@ -81,14 +81,39 @@ impl Socket {
     }
 
     /// Writes all of `buf`, waiting for room as needed.
-    pub(crate) async fn send_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            match sys::send(self.fd, buf) {
+    ///
+    /// Most writes fit in the socket's buffer at once; only when one does not is the
+    /// wait for room set up, boxed. Every relay task holds this future while it
+    /// writes, and a readiness wait kept inline would add its size to the task, that
+    /// is, to the memory of every connection for as long as it lives.
+    pub(crate) async fn send_all(&self, buf: &[u8]) -> io::Result<()> {
+        let sent = self.send_now(buf)?;
+        if sent < buf.len() {
+            Box::pin(self.send_waiting(&buf[sent..])).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes as much of `buf` as the socket takes without waiting; how much.
+    fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut sent = 0;
+        while sent < buf.len() {
+            match sys::send(self.fd, &buf[sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
+        }
+        Ok(sent)
+    }
+
+    /// The rest of a write the socket had no room for: wait for room, write what fits,
+    /// again until all is written.
+    async fn send_waiting(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            self.writable().await?;
+            buf = &buf[self.send_now(buf)?..];
         }
         Ok(())
     }

@@ -169,55 +169,73 @@ impl<B: Future<Output = Result<((), ()), Stop>>> Future for RelayRun<'_, B> {
     }
 }
 
-async fn up(
-    plain: &Socket,
-    chan: &Socket,
-    tls: &RefCell<TlsSession>,
-    meter: Meter<'_>,
+/// Plain socket to channel. A function returning an `async move` block rather than an
+/// `async fn`: an `async fn` copies its arguments into locals and keeps both in the
+/// task, and this future lives as long as the connection.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn up<'a>(
+    plain: &'a Socket,
+    chan: &'a Socket,
+    tls: &'a RefCell<TlsSession>,
+    meter: Meter<'a>,
     chunk: usize,
-) -> Result<(), Stop> {
-    // After a full read more is probably waiting: try again before waiting.
-    let mut maybe_more = false;
-    loop {
-        if !maybe_more {
-            plain.readable().await.map_err(Stop::Plain)?;
+) -> impl Future<Output = Result<(), Stop>> + 'a {
+    async move {
+        // After a full read more is probably waiting: try again before waiting.
+        let mut maybe_more = false;
+        loop {
+            if !maybe_more {
+                plain.readable().await.map_err(Stop::Plain)?;
+            }
+            let mut buf = pool::take();
+            let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + chunk]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pool::give(buf);
+                    maybe_more = false;
+                    continue;
+                }
+                Err(e) => {
+                    pool::give(buf);
+                    return Err(Stop::Plain(e));
+                }
+            };
+            maybe_more = n == chunk;
+            let (out, len) = seal_chunk(tls, buf, n)?;
+            let sent = chan.send_all(&out[..len]).await;
+            pool::give(out);
+            sent.map_err(Stop::Channel)?;
+            if n == 0 {
+                return Ok(());
+            }
+            meter.sent(n).await;
         }
-        let mut buf = pool::take();
-        let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + chunk]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                pool::give(buf);
-                maybe_more = false;
-                continue;
-            }
-            Err(e) => {
-                pool::give(buf);
-                return Err(Stop::Plain(e));
-            }
-        };
-        maybe_more = n == chunk;
-        let mut out = pool::take();
-        let sealed = if n == 0 {
-            seal(tls, &Message::Eof.to_frame(), &mut out)
-        } else {
-            buf[..HEADER_LEN].copy_from_slice(&Header::data(n));
-            seal(tls, &buf[..HEADER_LEN + n], &mut out)
-        };
-        pool::give(buf);
-        let len = match sealed {
-            Ok(len) => len,
-            Err(e) => {
-                pool::give(out);
-                return Err(e.into());
-            }
-        };
-        let sent = chan.send_all(&out[..len]).await;
-        pool::give(out);
-        sent.map_err(Stop::Channel)?;
-        if n == 0 {
-            return Ok(());
+    }
+}
+
+/// Seals the `n` bytes read into `buf` after its header room as one `Data` frame
+/// (`Eof` when `n` is 0): a pooled buffer holding the records, and their length.
+/// Both buffers go back to the pool on failure. Not inlined into [`up`], whose task
+/// would otherwise keep slots for its locals across the send that follows.
+fn seal_chunk(
+    tls: &RefCell<TlsSession>,
+    mut buf: Vec<u8>,
+    n: usize,
+) -> Result<(Vec<u8>, usize), Stop> {
+    let mut out = pool::take();
+    let sealed = if n == 0 {
+        seal(tls, &Message::Eof.to_frame(), &mut out)
+    } else {
+        buf[..HEADER_LEN].copy_from_slice(&Header::data(n));
+        seal(tls, &buf[..HEADER_LEN + n], &mut out)
+    };
+    pool::give(buf);
+    match sealed {
+        Ok(len) => Ok((out, len)),
+        Err(e) => {
+            pool::give(out);
+            Err(e.into())
         }
-        meter.sent(n).await;
     }
 }
 
@@ -231,105 +249,141 @@ struct Batch {
     bad: Option<ProtoError>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn down(
+/// Channel to plain socket (an `async move` block for the reason [`up`] gives).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn down<'a>(
     side: Side,
-    plain: &Socket,
-    chan: &Socket,
+    plain: &'a Socket,
+    chan: &'a Socket,
+    tls: &'a RefCell<TlsSession>,
+    decoder: &'a mut FrameDecoder,
+    backlog: &'a mut VecDeque<Held>,
+    meter: Meter<'a>,
+) -> impl Future<Output = Result<(), Stop>> + 'a {
+    async move {
+        let mut opened = side == Side::Router;
+        let mut replay = std::mem::take(backlog);
+        // After a short read the socket is probably empty: wait before reading again.
+        let mut short = false;
+        loop {
+            if replay.is_empty() {
+                // Wait for bytes before taking a buffer: an idle connection holds none.
+                match read_tls(chan, tls, short).await {
+                    Ok(0) => return Err(Stop::ChannelClosed),
+                    Ok(n) => short = n < TLS_READ,
+                    Err(e) => return Err(Stop::Channel(e)),
+                }
+            }
+            let mut out = pool::take();
+            let (len, then) = match take_batch(
+                side,
+                &mut opened,
+                &mut replay,
+                tls,
+                decoder,
+                backlog,
+                &mut out,
+            ) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    pool::give(out);
+                    return Err(e);
+                }
+            };
+            if len > 0 {
+                let sent = plain.send_all(&out[..len]).await;
+                if let Err(e) = sent {
+                    pool::give(out);
+                    return Err(Stop::Plain(e));
+                }
+            }
+            pool::give(out);
+            if len > 0 {
+                meter.sent(len).await;
+            }
+            match then {
+                Then::More => {}
+                Then::Eof => {
+                    plain.shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                Then::Stop(stop) => return Err(*stop),
+            }
+        }
+    }
+}
+
+/// What [`down`] does once a batch's bytes are on the plain socket.
+enum Then {
+    /// Read the channel again.
+    More,
+    /// The stream ended cleanly: half-close the plain socket.
+    Eof,
+    /// The relay ends (boxed: this is held across the write, in every relay task).
+    Stop(Box<Stop>),
+}
+
+/// Decodes one batch: the frames held over from before the relay (`replay`, emptied
+/// and freed) if any, else every record the session has buffered. Payload goes to
+/// `out`; returns its length and what follows. Frames after this stream's `Eof`
+/// go to `backlog`. A plain function, not part of [`down`]: its locals would
+/// otherwise keep slots in every relay task across the writes that follow.
+#[allow(clippy::too_many_arguments)]
+fn take_batch(
+    side: Side,
+    opened: &mut bool,
+    replay: &mut VecDeque<Held>,
     tls: &RefCell<TlsSession>,
     decoder: &mut FrameDecoder,
     backlog: &mut VecDeque<Held>,
-    meter: Meter<'_>,
-) -> Result<(), Stop> {
-    let mut opened = side == Side::Router;
-    let mut replay = std::mem::take(backlog);
-    // After a short read the socket is probably empty: wait before reading again.
-    let mut short = false;
-    loop {
-        if replay.is_empty() {
-            // Wait for bytes before taking a buffer: an idle connection holds none.
-            match read_tls(chan, tls, short).await {
-                Ok(0) => return Err(Stop::ChannelClosed),
-                Ok(n) => short = n < TLS_READ,
-                Err(e) => return Err(Stop::Channel(e)),
+    out: &mut Vec<u8>,
+) -> Result<(usize, Then), Stop> {
+    let mut len = 0;
+    let mut b = Batch {
+        opened: *opened,
+        ..Batch::default()
+    };
+    let mut closed = false;
+    if !replay.is_empty() {
+        for held in std::mem::take(replay) {
+            match held {
+                Held::Msg(m) => on_event(Event::Message(m), side, &mut b, out, &mut len, backlog),
+                Held::Data(d) => on_event(Event::Data(&d), side, &mut b, out, &mut len, backlog),
+                Held::Datagram(d) => {
+                    on_event(Event::Datagram(&d), side, &mut b, out, &mut len, backlog)
+                }
             }
         }
-        let mut out = pool::take();
-        let mut len = 0;
-        let mut b = Batch {
-            opened,
-            ..Batch::default()
-        };
-        let mut closed = false;
-        if !replay.is_empty() {
-            for held in replay.drain(..) {
-                match held {
-                    Held::Msg(m) => {
-                        on_event(Event::Message(m), side, &mut b, &mut out, &mut len, backlog)
-                    }
-                    Held::Data(d) => {
-                        on_event(Event::Data(&d), side, &mut b, &mut out, &mut len, backlog)
-                    }
-                    Held::Datagram(d) => on_event(
-                        Event::Datagram(&d),
-                        side,
-                        &mut b,
-                        &mut out,
-                        &mut len,
-                        backlog,
-                    ),
-                }
+    } else {
+        let res = tls.borrow_mut().decrypt(|bytes| {
+            if b.bad.is_some() {
+                return;
             }
-        } else {
-            let res = tls.borrow_mut().decrypt(|bytes| {
-                if b.bad.is_some() {
-                    return;
-                }
-                let fed = decoder.feed(bytes, |ev| {
-                    on_event(ev, side, &mut b, &mut out, &mut len, backlog)
-                });
-                if let Err(e) = fed {
-                    b.bad = Some(e);
-                }
+            let fed = decoder.feed(bytes, |ev| {
+                on_event(ev, side, &mut b, out, &mut len, backlog)
             });
-            lend_back(tls);
-            match res {
-                Ok(c) => closed = c,
-                Err(e) => {
-                    pool::give(out);
-                    return Err(e.into());
-                }
+            if let Err(e) = fed {
+                b.bad = Some(e);
             }
-        }
-        opened = b.opened;
-        if len > 0 {
-            let sent = plain.send_all(&out[..len]).await;
-            if let Err(e) = sent {
-                pool::give(out);
-                return Err(Stop::Plain(e));
-            }
-        }
-        pool::give(out);
-        if len > 0 {
-            meter.sent(len).await;
-        }
-        if let Some(e) = b.bad {
-            return Err(e.into());
-        }
-        if let Some(r) = b.failed {
-            return Err(Stop::OpenFailed(r));
-        }
-        if let Some(r) = b.reset {
-            return Err(Stop::PeerReset(r));
-        }
-        if b.eof {
-            plain.shutdown(Shutdown::Write);
-            return Ok(());
-        }
-        if closed {
-            return Err(Stop::ChannelClosed);
-        }
+        });
+        lend_back(tls);
+        closed = res?;
     }
+    *opened = b.opened;
+    let then = if let Some(e) = b.bad {
+        Then::Stop(Box::new(e.into()))
+    } else if let Some(r) = b.failed {
+        Then::Stop(Box::new(Stop::OpenFailed(r)))
+    } else if let Some(r) = b.reset {
+        Then::Stop(Box::new(Stop::PeerReset(r)))
+    } else if b.eof {
+        Then::Eof
+    } else if closed {
+        Then::Stop(Box::new(Stop::ChannelClosed))
+    } else {
+        Then::More
+    };
+    Ok((len, then))
 }
 
 fn on_event(

@@ -2,6 +2,7 @@
 //! the router's policy, connects the source, answers `Opened` or `OpenFailed`, relays,
 //! and waits for the next `Open` when the stream ended cleanly.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -310,9 +311,6 @@ impl RouterCore {
     }
 
     async fn channel_loop(self: Rc<Self>, mut ch: Box<Channel>, peer: SocketAddr) {
-        let client = ch
-            .peer_key
-            .map_or_else(|| "(unauthenticated)".to_owned(), |k| k.to_string());
         loop {
             // Boxed: a timer is large and cache-line aligned, and inline it would size
             // and align the whole task, which lives as long as its channel.
@@ -325,7 +323,7 @@ impl RouterCore {
                 Err(_) => {
                     debug!(%peer, "idle channel timed out");
                     let _ = ch
-                        .send(&Message::Goodbye(Refusal::new(
+                        .send(Message::Goodbye(Refusal::new(
                             RefusalCode::ShuttingDown,
                             "idle channel closed by the router",
                         )))
@@ -336,19 +334,19 @@ impl RouterCore {
                 Ok(Ok(Some(Message::OpenDatagrams { target }))) => (target, true),
                 Ok(Ok(Some(Message::Goodbye(_)))) | Ok(Ok(None)) => return,
                 Ok(Ok(Some(other))) => {
-                    warn!(%peer, %client, "protocol error: {} on an idle channel; closing it", other.name());
+                    warn!(%peer, client = %unauthenticated_or(ch.peer_key.as_ref()), "protocol error: {} on an idle channel; closing it", other.name());
                     return;
                 }
                 Ok(Err(ChannelError::Closed)) => return,
                 Ok(Err(e)) => {
-                    warn!(%peer, %client, "channel error: {e}; closing it");
+                    warn!(%peer, client = %unauthenticated_or(ch.peer_key.as_ref()), "channel error: {e}; closing it");
                     return;
                 }
             };
             let (target, datagrams) = target;
             if self.core.stopping.get() {
                 let _ = ch
-                    .send(&Message::OpenFailed(Refusal::new(
+                    .send(Message::OpenFailed(Refusal::new(
                         RefusalCode::ShuttingDown,
                         "the router is shutting down",
                     )))
@@ -366,74 +364,90 @@ impl RouterCore {
         }
     }
 
-    /// Serves one stream; true when the channel can carry another.
-    async fn stream(&self, ch: &mut Channel, peer: SocketAddr, target: String) -> bool {
-        let target = Rc::<str>::from(target);
-        let core = &self.core;
-        let id = core.next_conn_id();
-        // Boxed: connecting is brief, the relay that follows may last for days.
-        let (source, permit) =
-            match Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await {
-                Ok(s) => s,
-                Err(refusal) => {
-                    let _ = ch.send(&Message::OpenFailed(refusal)).await;
-                    return false;
-                }
-            };
-        if let Err(e) = ch.send(&Message::Opened).await {
-            debug!(conn = id, "channel failed before the stream started: {e}");
-            self.core.stats.fail(ErrorKind::Channel);
-            let key = ch.peer_key.unwrap_or(NO_KEY);
-            self.core.usage.ended(&key, 0, 0, true);
-            return false;
-        }
-        let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
-        let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
-        let Channel {
-            sock,
-            tls,
-            decoder,
-            backlog,
-            ..
-        } = &mut *ch;
-        // Counters keep the user's point of view: "up" is toward the source.
-        let outcome = Relay {
-            side: Side::Router,
-            plain: &source,
-            chan: sock,
-            tls,
-            decoder,
-            to_chan: Meter {
-                conn: &counters.down,
-                core: &core.stats.bytes_down,
-                limit: bandwidth.as_ref().map(|b| &b.down),
-            },
-            to_plain: Meter {
-                conn: &counters.up,
-                core: &core.stats.bytes_up,
-                limit: bandwidth.as_ref().map(|b| &b.up),
-            },
-            backlog,
-            chunk: self.spec.sockets.read_chunk,
-        }
-        .run(kill_rx)
-        .await;
-        self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
-        drop(permit);
-        if outcome.stop.is_some() {
-            source.abort();
-        }
-        let reusable = self
-            .ended(ch, id, peer, &target, outcome.stop, "source connection")
+    /// Serves one stream; true when the channel can carry another. An `async move`
+    /// block, not an `async fn`, which would keep its arguments twice in the task for
+    /// as long as the stream lives.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    fn stream<'a>(
+        &'a self,
+        ch: &'a mut Channel,
+        peer: SocketAddr,
+        target: String,
+    ) -> impl Future<Output = bool> + 'a {
+        async move {
+            let target = Rc::<str>::from(target);
+            let core = &self.core;
+            let id = core.next_conn_id();
+            // Boxed: connecting is brief, the relay that follows may last for days.
+            let (source, permit) =
+                match Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await {
+                    Ok(s) => s,
+                    Err(refusal) => {
+                        let _ = ch.send(Message::OpenFailed(refusal)).await;
+                        return false;
+                    }
+                };
+            if let Err(e) = ch.send(Message::Opened).await {
+                debug!(conn = id, "channel failed before the stream started: {e}");
+                self.core.stats.fail(ErrorKind::Channel);
+                let key = ch.peer_key.unwrap_or(NO_KEY);
+                self.core.usage.ended(&key, 0, 0, true);
+                return false;
+            }
+            let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
+            let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
+            let Channel {
+                sock,
+                tls,
+                decoder,
+                backlog,
+                ..
+            } = &mut *ch;
+            // Counters keep the user's point of view: "up" is toward the source.
+            let outcome = Relay {
+                side: Side::Router,
+                plain: &source,
+                chan: sock,
+                tls,
+                decoder,
+                to_chan: Meter {
+                    conn: &counters.down,
+                    core: &core.stats.bytes_down,
+                    limit: bandwidth.as_ref().map(|b| &b.down),
+                },
+                to_plain: Meter {
+                    conn: &counters.up,
+                    core: &core.stats.bytes_up,
+                    limit: bandwidth.as_ref().map(|b| &b.up),
+                },
+                backlog,
+                chunk: self.spec.sockets.read_chunk,
+            }
+            .run(kill_rx)
             .await;
-        debug!(
-            conn = id,
-            to_source = counters.up.get(),
-            from_source = counters.down.get(),
-            "stream closed"
-        );
-        reusable
+            self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
+            drop(permit);
+            if outcome.stop.is_some() {
+                source.abort();
+            }
+            let reusable = self
+                .ended(ch, id, peer, &target, outcome.stop, "source connection")
+                .await;
+            debug!(
+                conn = id,
+                to_source = counters.up.get(),
+                from_source = counters.down.get(),
+                "stream closed"
+            );
+            reusable
+        }
     }
+}
+
+/// How a channel's client reads in the router's logs (a TLS channel always has a
+/// key; written out only when a line is logged).
+fn unauthenticated_or(client: Option<&PublicKey>) -> String {
+    client.map_or_else(|| "(unauthenticated)".to_owned(), ToString::to_string)
 }
 
 /// How a client key reads in the router's logs.
@@ -461,7 +475,7 @@ impl RouterCore {
         match &stop {
             Stop::Plain(e) => {
                 warn!(conn = id, %target, "{what} failed: {e}");
-                ch.send_best_effort(&Message::Reset(Refusal::new(
+                ch.send_best_effort(Message::Reset(Refusal::new(
                     RefusalCode::Aborted,
                     format!("the {what} failed: {e}"),
                 )))
@@ -469,7 +483,7 @@ impl RouterCore {
             }
             Stop::Killed(why) => {
                 info!(conn = id, %peer, %target, "stream closed: {why}");
-                ch.send_best_effort(&Message::Reset(Refusal::new(
+                ch.send_best_effort(Message::Reset(Refusal::new(
                     RefusalCode::Aborted,
                     format!("closed by the router: {why}"),
                 )))

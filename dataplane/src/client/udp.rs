@@ -294,7 +294,7 @@ impl ClientCore {
                 return Err((ErrorKind::Channel, why.to_owned()));
             }
         };
-        ch.send(&Message::OpenDatagrams {
+        ch.send(Message::OpenDatagrams {
             target: self.spec.target.clone(),
         })
         .await

@@ -51,11 +51,11 @@ impl RouterCore {
         let (source, sources, permit) = match opened {
             Ok(s) => s,
             Err(refusal) => {
-                let _ = ch.send(&Message::OpenFailed(refusal)).await;
+                let _ = ch.send(Message::OpenFailed(refusal)).await;
                 return false;
             }
         };
-        if let Err(e) = ch.send(&Message::Opened).await {
+        if let Err(e) = ch.send(Message::Opened).await {
             debug!(conn = id, "channel failed before the flow started: {e}");
             self.failed_open(client.as_ref(), ErrorKind::Channel);
             return false;
