@@ -10,6 +10,7 @@ import re
 import json
 import statistics
 from pathlib import Path
+from .setup import CRYPTO_FLAGS
 
 # key, measurement, field, label, unit, which way is better
 METRICS = [
@@ -125,6 +126,7 @@ def markdown(run):
         *_busy_warning(meta),
         "## Machine", "",
         f"- CPU: {meta['cpu_model']}, {meta['cores']} cores; memory {meta['memory']}",
+        *_crypto_line(meta),
         f"- `uname -a`: {meta['uname_a']}",
         f"- load average at start: {meta['loadavg_start']}; at end: {meta.get('loadavg_end')}",
         f"- {'; '.join(meta['versions'].values())}", "",
@@ -219,3 +221,11 @@ def _note(note):
         if part not in seen:
             seen.append(part)
     return "; ".join(seen)
+
+
+def _crypto_line(meta):
+    """The machine's AES-GCM features, for runs that recorded them."""
+    if "crypto_flags" not in meta:
+        return []
+    have = " ".join(meta["crypto_flags"]) or "none of " + " ".join(CRYPTO_FLAGS)
+    return [f"- CPU features for AES-GCM: {have}"]
