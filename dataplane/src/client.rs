@@ -582,32 +582,22 @@ impl ClientCore {
             let why = format!("the channel to the router failed: {e}");
             (ErrorKind::Channel, why)
         })?;
-        let Channel {
-            sock,
-            tls,
-            decoder,
-            backlog,
-            ..
-        } = &mut *ch;
-        let outcome = Relay {
-            side: Side::Client,
-            plain: user,
-            chan: sock,
-            tls,
-            decoder,
-            backlog,
-            to_chan: Meter {
+        let outcome = Relay::over(
+            &mut ch,
+            Side::Client,
+            user,
+            Meter {
                 conn: &counters.up,
                 core: &self.core.stats.bytes_up,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.up),
             },
-            to_plain: Meter {
+            Meter {
                 conn: &counters.down,
                 core: &self.core.stats.bytes_down,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
             },
-            chunk: self.spec.sockets.read_chunk,
-        }
+            self.spec.sockets.read_chunk,
+        )
         .run(kill)
         .await;
         self.finish(ch, outcome.stop, "the user's connection").await

@@ -27,7 +27,7 @@ use futures::channel::oneshot;
 use futures::future::try_join;
 use pin_project_lite::pin_project;
 
-use crate::channel::{Held, TLS_READ, lend_back, read_tls, seal};
+use crate::channel::{Channel, Held, TLS_READ, lend_back, read_tls, seal};
 use crate::net::Socket;
 use crate::pool;
 use crate::stats::{ErrorKind, Meter};
@@ -107,6 +107,35 @@ pub(crate) struct Relay<'a> {
 }
 
 impl<'a> Relay<'a> {
+    /// A relay of `plain` over the channel `ch`, which it borrows whole.
+    pub(crate) fn over(
+        ch: &'a mut Channel,
+        side: Side,
+        plain: &'a Socket,
+        to_chan: Meter<'a>,
+        to_plain: Meter<'a>,
+        chunk: usize,
+    ) -> Self {
+        let Channel {
+            sock,
+            tls,
+            decoder,
+            backlog,
+            ..
+        } = ch;
+        Relay {
+            side,
+            plain,
+            chan: sock,
+            tls,
+            decoder,
+            backlog,
+            to_chan,
+            to_plain,
+            chunk,
+        }
+    }
+
     /// Runs until both directions end, one fails, or `kill` fires.
     ///
     /// A plain function returning a hand-written future rather than an `async fn`:

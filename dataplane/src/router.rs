@@ -169,6 +169,34 @@ impl RouterCore {
             .ended(&client.copied().unwrap_or(NO_KEY), 0, 0, true);
     }
 
+    /// Answers the client's request for stream or flow `id` (`what` names it in the
+    /// log): `OpenFailed` with the refusal, or `Opened`. What was opened, if the
+    /// stream goes on; `None` when it was refused or the channel failed first (that
+    /// logged and counted here, a refusal already where it was made).
+    async fn answer_open<T>(
+        &self,
+        ch: &Channel,
+        id: u64,
+        what: &str,
+        opened: Result<T, Refusal>,
+    ) -> Option<T> {
+        let opened = match opened {
+            Ok(o) => o,
+            Err(refusal) => {
+                let _ = ch.send(Message::OpenFailed(refusal)).await;
+                return None;
+            }
+        };
+        match ch.send(Message::Opened).await {
+            Ok(()) => Some(opened),
+            Err(e) => {
+                debug!(conn = id, "channel failed before the {what} started: {e}");
+                self.failed_open(ch.peer_key.as_ref(), ErrorKind::Channel);
+                None
+            }
+        }
+    }
+
     /// Registers an open stream in this core's table; returns its counters and the
     /// receiver of a kill order.
     fn track(
@@ -379,50 +407,29 @@ impl RouterCore {
             let core = &self.core;
             let id = core.next_conn_id();
             // Boxed: connecting is brief, the relay that follows may last for days.
-            let (source, permit) =
-                match Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await {
-                    Ok(s) => s,
-                    Err(refusal) => {
-                        let _ = ch.send(Message::OpenFailed(refusal)).await;
-                        return false;
-                    }
-                };
-            if let Err(e) = ch.send(Message::Opened).await {
-                debug!(conn = id, "channel failed before the stream started: {e}");
-                self.core.stats.fail(ErrorKind::Channel);
-                let key = ch.peer_key.unwrap_or(NO_KEY);
-                self.core.usage.ended(&key, 0, 0, true);
+            let opened = Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await;
+            let Some((source, permit)) = self.answer_open(ch, id, "stream", opened).await else {
                 return false;
-            }
+            };
             let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
             let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
-            let Channel {
-                sock,
-                tls,
-                decoder,
-                backlog,
-                ..
-            } = &mut *ch;
             // Counters keep the user's point of view: "up" is toward the source.
-            let outcome = Relay {
-                side: Side::Router,
-                plain: &source,
-                chan: sock,
-                tls,
-                decoder,
-                to_chan: Meter {
+            let outcome = Relay::over(
+                ch,
+                Side::Router,
+                &source,
+                Meter {
                     conn: &counters.down,
                     core: &core.stats.bytes_down,
                     limit: bandwidth.as_ref().map(|b| &b.down),
                 },
-                to_plain: Meter {
+                Meter {
                     conn: &counters.up,
                     core: &core.stats.bytes_up,
                     limit: bandwidth.as_ref().map(|b| &b.up),
                 },
-                backlog,
-                chunk: self.spec.sockets.read_chunk,
-            }
+                self.spec.sockets.read_chunk,
+            )
             .run(kill_rx)
             .await;
             self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));

@@ -7,7 +7,6 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use conduit_proto::Message;
 use futures::channel::oneshot;
 use futures::future::{Either, select};
 use tracing::debug;
@@ -48,18 +47,9 @@ impl RouterCore {
                     ))
                 }
             });
-        let (source, sources, permit) = match opened {
-            Ok(s) => s,
-            Err(refusal) => {
-                let _ = ch.send(Message::OpenFailed(refusal)).await;
-                return false;
-            }
-        };
-        if let Err(e) = ch.send(Message::Opened).await {
-            debug!(conn = id, "channel failed before the flow started: {e}");
-            self.failed_open(client.as_ref(), ErrorKind::Channel);
+        let Some((source, sources, permit)) = self.answer_open(ch, id, "flow", opened).await else {
             return false;
-        }
+        };
         let (counters, kill) = self.track(id, peer, client, &ch.tunnel, &target);
         let bandwidth = self.bandwidth_of(client.as_ref());
         let stop = {
