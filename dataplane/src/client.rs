@@ -582,22 +582,22 @@ impl ClientCore {
             let why = format!("the channel to the router failed: {e}");
             (ErrorKind::Channel, why)
         })?;
-        let outcome = Relay::over(
-            &mut ch,
-            Side::Client,
-            user,
-            Meter {
+        let outcome = Relay {
+            side: Side::Client,
+            plain: user,
+            ch: &mut ch,
+            to_chan: Meter {
                 conn: &counters.up,
                 core: &self.core.stats.bytes_up,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.up),
             },
-            Meter {
+            to_plain: Meter {
                 conn: &counters.down,
                 core: &self.core.stats.bytes_down,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
             },
-            self.spec.sockets.read_chunk,
-        )
+            chunk: self.spec.sockets.read_chunk,
+        }
         .run(kill)
         .await;
         self.finish(ch, outcome.stop, "the user's connection").await

@@ -92,12 +92,10 @@ pub(crate) struct Outcome {
 pub(crate) struct Relay<'a> {
     pub(crate) side: Side,
     pub(crate) plain: &'a Socket,
-    pub(crate) chan: &'a Socket,
-    pub(crate) tls: &'a RefCell<TlsSession>,
-    pub(crate) decoder: &'a mut FrameDecoder,
-    /// Frames decoded before the relay started, replayed first; frames that arrive
-    /// after this stream's `Eof` (the next stream's) are left here.
-    pub(crate) backlog: &'a mut VecDeque<Held>,
+    /// The channel, borrowed whole. Frames in its backlog (decoded before the relay
+    /// started) are replayed first; frames that arrive after this stream's `Eof`
+    /// (the next stream's) are left there.
+    pub(crate) ch: &'a mut Channel,
     /// Counts payload moved from the plain socket into the channel.
     pub(crate) to_chan: Meter<'a>,
     /// Counts payload moved from the channel to the plain socket.
@@ -107,35 +105,6 @@ pub(crate) struct Relay<'a> {
 }
 
 impl<'a> Relay<'a> {
-    /// A relay of `plain` over the channel `ch`, which it borrows whole.
-    pub(crate) fn over(
-        ch: &'a mut Channel,
-        side: Side,
-        plain: &'a Socket,
-        to_chan: Meter<'a>,
-        to_plain: Meter<'a>,
-        chunk: usize,
-    ) -> Self {
-        let Channel {
-            sock,
-            tls,
-            decoder,
-            backlog,
-            ..
-        } = ch;
-        Relay {
-            side,
-            plain,
-            chan: sock,
-            tls,
-            decoder,
-            backlog,
-            to_chan,
-            to_plain,
-            chunk,
-        }
-    }
-
     /// Runs until both directions end, one fails, or `kill` fires.
     ///
     /// A plain function returning a hand-written future rather than an `async fn`:
@@ -149,14 +118,18 @@ impl<'a> Relay<'a> {
         let Relay {
             side,
             plain,
-            chan,
-            tls,
-            decoder,
-            backlog,
+            ch,
             to_chan,
             to_plain,
             chunk,
         } = self;
+        let Channel {
+            sock: chan,
+            tls,
+            decoder,
+            backlog,
+            ..
+        } = ch;
         RelayRun {
             both: try_join(
                 up(plain, chan, tls, to_chan, chunk.clamp(1, CHUNK)),

@@ -414,22 +414,22 @@ impl RouterCore {
             let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
             let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
             // Counters keep the user's point of view: "up" is toward the source.
-            let outcome = Relay::over(
-                ch,
-                Side::Router,
-                &source,
-                Meter {
+            let outcome = Relay {
+                side: Side::Router,
+                plain: &source,
+                ch: &mut *ch,
+                to_chan: Meter {
                     conn: &counters.down,
                     core: &core.stats.bytes_down,
                     limit: bandwidth.as_ref().map(|b| &b.down),
                 },
-                Meter {
+                to_plain: Meter {
                     conn: &counters.up,
                     core: &core.stats.bytes_up,
                     limit: bandwidth.as_ref().map(|b| &b.up),
                 },
-                self.spec.sockets.read_chunk,
-            )
+                chunk: self.spec.sockets.read_chunk,
+            }
             .run(kill_rx)
             .await;
             self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
