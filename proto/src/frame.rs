@@ -35,6 +35,13 @@ pub enum FrameType {
     OpenFailed = 0x12,
     /// Client → router on a data channel: open a UDP flow to this source (protocol 2).
     OpenDatagrams = 0x13,
+    /// Client → router on a TLS data channel: connect to this source and, if the
+    /// router can, hand the channel's TLS records to both kernels (protocol 4).
+    OpenKernel = 0x14,
+    /// Router → client: the source is connected and this is the router's last record
+    /// sealed in userspace; its kernel seals the rest, and the client's kernel must open
+    /// them. The stream's payload follows raw, without frames; close_notify ends it.
+    OpenedKernel = 0x15,
     /// Payload bytes of the current stream.
     Data = 0x20,
     /// The sender will send no more payload on the current stream (TCP half-close).
@@ -67,6 +74,8 @@ impl FrameType {
             0x11 => Self::Opened,
             0x12 => Self::OpenFailed,
             0x13 => Self::OpenDatagrams,
+            0x14 => Self::OpenKernel,
+            0x15 => Self::OpenedKernel,
             0x20 => Self::Data,
             0x21 => Self::Eof,
             0x22 => Self::Reset,

@@ -128,8 +128,18 @@ pub enum Message {
         /// The source address.
         target: String,
     },
+    /// Open a stream to this source (`host:port`) whose payload both ends relay
+    /// through kernel TLS if the router can (protocol 4). The client sends nothing
+    /// more until the answer: `OpenedKernel`, or `Opened` for a stream in userspace.
+    OpenKernel {
+        /// The source address.
+        target: String,
+    },
     /// The source is connected.
     Opened,
+    /// The source is connected, and the record that carries this message is the
+    /// last one sealed in userspace: both ends now hand their keys to the kernel.
+    OpenedKernel,
     /// The source could not be opened.
     OpenFailed(Refusal),
     /// No more payload from the sender on this stream.
@@ -211,7 +221,9 @@ impl Message {
             Self::Refused(_) => "Refused",
             Self::Open { .. } => "Open",
             Self::OpenDatagrams { .. } => "OpenDatagrams",
+            Self::OpenKernel { .. } => "OpenKernel",
             Self::Opened => "Opened",
+            Self::OpenedKernel => "OpenedKernel",
             Self::OpenFailed(_) => "OpenFailed",
             Self::Eof => "Eof",
             Self::Reset(_) => "Reset",
@@ -230,7 +242,9 @@ impl Message {
             Self::Refused(_) => FrameType::Refused,
             Self::Open { .. } => FrameType::Open,
             Self::OpenDatagrams { .. } => FrameType::OpenDatagrams,
+            Self::OpenKernel { .. } => FrameType::OpenKernel,
             Self::Opened => FrameType::Opened,
+            Self::OpenedKernel => FrameType::OpenedKernel,
             Self::OpenFailed(_) => FrameType::OpenFailed,
             Self::Eof => FrameType::Eof,
             Self::Reset(_) => FrameType::Reset,
@@ -263,7 +277,9 @@ impl Message {
                     message: truncate(&r.message, 4096).to_owned(),
                 })
             }
-            Self::Open { target } | Self::OpenDatagrams { target } => to_vec(&OpenWire {
+            Self::Open { target }
+            | Self::OpenDatagrams { target }
+            | Self::OpenKernel { target } => to_vec(&OpenWire {
                 target: target.clone(),
             }),
             Self::Ping { nonce } | Self::Pong { nonce } => to_vec(&NonceWire { nonce: *nonce }),
@@ -271,7 +287,7 @@ impl Message {
                 next: next.to_string(),
             }),
             Self::KeyRotated { expires } => to_vec(&KeyRotatedWire { expires: *expires }),
-            Self::Opened | Self::Eof => Vec::new(),
+            Self::Opened | Self::OpenedKernel | Self::Eof => Vec::new(),
         };
         out.extend_from_slice(&body);
         let mut header = [0; HEADER_LEN];
@@ -321,7 +337,12 @@ impl Message {
                 let w: OpenWire = from_bytes("OpenDatagrams", body)?;
                 Self::OpenDatagrams { target: w.target }
             }
+            FrameType::OpenKernel => {
+                let w: OpenWire = from_bytes("OpenKernel", body)?;
+                Self::OpenKernel { target: w.target }
+            }
             FrameType::Opened => Self::Opened,
+            FrameType::OpenedKernel => Self::OpenedKernel,
             FrameType::OpenFailed => Self::OpenFailed(refusal("OpenFailed", body)?),
             FrameType::Eof => Self::Eof,
             FrameType::Reset => Self::Reset(refusal("Reset", body)?),
@@ -419,6 +440,10 @@ mod tests {
             target: "10.2.0.2:8080".into(),
         });
         round_trip(Message::Opened);
+        round_trip(Message::OpenKernel {
+            target: "10.0.0.5:5432".into(),
+        });
+        round_trip(Message::OpenedKernel);
         round_trip(Message::OpenFailed(Refusal::new(
             RefusalCode::SourceUnreachable,
             "connection refused",

@@ -51,6 +51,10 @@ pub enum TlsError {
     /// An earlier call failed; the session is unusable and the connection must close.
     #[error("TLS session already failed")]
     Failed,
+    /// The session holds bytes its keys must still process (received but not
+    /// decrypted, or sealed but not sent), so they cannot move to the kernel.
+    #[error("cannot hand the TLS keys to the kernel: {0}")]
+    NotAtRecordBoundary(&'static str),
 }
 
 fn describe(e: &rustls::Error) -> String {
@@ -429,6 +433,40 @@ impl TlsSession {
                 return Ok(self.peer_closed);
             }
         }
+    }
+
+    /// Gives up the session for kernel TLS: the record keys of both directions with
+    /// their sequence numbers (for `dataplane::ktls::install`). Only at a record
+    /// boundary: nothing received may wait undecrypted, nothing decrypted unread,
+    /// nothing sealed unsent, or those bytes would be lost between rustls and the
+    /// kernel. Needs a config with `enable_secret_extraction`.
+    ///
+    /// rustls keeps nothing afterwards: a TLS 1.3 `KeyUpdate` from the peer cannot be
+    /// followed, so only a peer that agreed to the hand-over (Conduit's
+    /// `OpenKernel`/`OpenedKernel`) may see this session's keys go to the kernel.
+    pub fn into_kernel(self) -> Result<rustls::ExtractedSecrets, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
+        if self.buffered() > 0 {
+            return Err(TlsError::NotAtRecordBoundary(
+                "received bytes are not yet decrypted",
+            ));
+        }
+        if !self.stash.is_empty() {
+            return Err(TlsError::NotAtRecordBoundary(
+                "decrypted bytes are not yet read",
+            ));
+        }
+        if !self.pending.is_empty() {
+            return Err(TlsError::NotAtRecordBoundary(
+                "sealed bytes are not yet sent",
+            ));
+        }
+        Ok(match self.conn {
+            Conn::Client(c) => c.dangerous_into_kernel_connection()?.0,
+            Conn::Server(c) => c.dangerous_into_kernel_connection()?.0,
+        })
     }
 
     /// Encrypts `plain` into `out` (after any TLS bytes decrypting produced) and

@@ -359,6 +359,8 @@ pub fn client_config(identity: &KeyPair, router: PublicKey) -> Result<Arc<Client
         )));
     cfg.enable_sni = false;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // Lets a data channel's keys move to kernel TLS (`TlsSession::into_kernel`).
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
@@ -374,6 +376,8 @@ pub fn server_config(
             identity.certified_key()?,
         )));
     cfg.alpn_protocols = vec![ALPN.to_vec()];
+    // Lets a data channel's keys move to kernel TLS (`TlsSession::into_kernel`).
+    cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 

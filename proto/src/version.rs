@@ -7,13 +7,17 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 3;
+pub const CURRENT: u16 = 4;
 /// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
 /// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
 pub const DATAGRAMS: u16 = 2;
 /// The first version with key rotation over the control channel (`RotateKey`,
 /// `KeyRotated`); versions 1 and 2 are otherwise unchanged.
 pub const ROTATION: u16 = 3;
+/// The first version with kernel TLS streams (`OpenKernel`, `OpenedKernel`): after
+/// them both ends hand the channel's record keys to their kernels. Versions 1 to 3
+/// are otherwise unchanged.
+pub const KERNEL_TLS: u16 = 4;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

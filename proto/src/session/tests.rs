@@ -337,3 +337,50 @@ fn a_failed_session_refuses_every_later_call() {
     s.drain_alerts(&mut alert);
     s.drain_alerts(&mut alert);
 }
+
+/// A direction's sequence number and key bytes, to compare the two ends.
+fn seq_and_key(d: &(u64, rustls::ConnectionTrafficSecrets)) -> (u64, Vec<u8>) {
+    use rustls::ConnectionTrafficSecrets as S;
+    let key = match &d.1 {
+        S::Aes128Gcm { key, .. } | S::Aes256Gcm { key, .. } | S::Chacha20Poly1305 { key, .. } => {
+            key.as_ref().to_vec()
+        }
+        _ => panic!("a suite Conduit does not negotiate"),
+    };
+    (d.0, key)
+}
+
+#[test]
+fn keys_move_to_the_kernel_with_matching_sequence_numbers() {
+    let p = peers();
+    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let mut w = Wire::default();
+    handshake(&mut c, &mut s, &mut w).unwrap();
+    // Three records one way, one the other (plus the router's session tickets).
+    send(&mut c, &vec![7; 40_000], &mut w.to_server);
+    receive(&mut s, &mut w.to_server, 4096).unwrap();
+    send(&mut s, b"opened", &mut w.to_client);
+    receive(&mut c, &mut w.to_client, 4096).unwrap();
+
+    let (cs, ss) = (c.into_kernel().unwrap(), s.into_kernel().unwrap());
+    assert_eq!(seq_and_key(&cs.tx), seq_and_key(&ss.rx));
+    assert_eq!(seq_and_key(&ss.tx), seq_and_key(&cs.rx));
+    assert_eq!(cs.tx.0, 3, "the client sealed three records");
+    assert_ne!(seq_and_key(&cs.tx).1, seq_and_key(&cs.rx).1);
+}
+
+#[test]
+fn keys_stay_while_received_bytes_wait_to_be_decrypted() {
+    let p = peers();
+    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let mut w = Wire::default();
+    handshake(&mut c, &mut s, &mut w).unwrap();
+    send(&mut c, b"the first bytes", &mut w.to_server);
+    deliver(&mut s, &mut w.to_server);
+    assert!(matches!(
+        s.into_kernel(),
+        Err(TlsError::NotAtRecordBoundary(
+            "received bytes are not yet decrypted"
+        ))
+    ));
+}
