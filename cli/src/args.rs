@@ -457,6 +457,10 @@ pub(crate) struct RouterArgs {
     /// docs/architecture.md).
     #[arg(long, action = clap::ArgAction::Set)]
     pub(crate) pin_cores: Option<bool>,
+    /// Relay streams through kernel TLS where this host's and the client's kernels
+    /// offer it (true/false; on by default).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub(crate) kernel_tls: Option<bool>,
     /// Serve the REST API and /metrics (on 127.0.0.1:9990 unless --api-bind says).
     #[arg(long)]
     pub(crate) api: bool,
@@ -541,6 +545,10 @@ pub(crate) struct StartArgs {
     /// the kernel's auto-tuning); `[performance] read_buffer_size` in a file.
     #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = socket_buffer)]
     pub(crate) read_buffer_size: usize,
+    /// Relay streams through kernel TLS where this host's and the router's kernels
+    /// offer it (true/false); `[performance] kernel_tls` in a file.
+    #[arg(long, env = "CONDUIT_KERNEL_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) kernel_tls: bool,
     /// The kernel's send buffer (SO_SNDBUF) of each relayed socket, in bytes (0: the
     /// kernel's auto-tuning); `[performance] write_buffer_size` in a file.
     #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = socket_buffer)]

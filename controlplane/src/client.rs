@@ -395,7 +395,9 @@ impl Shared {
 }
 
 /// Opens a channel of `kind` and completes `Hello`/`Welcome`.
-async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
+/// Opens a channel of `kind` to the router in use: the channel, past `Welcome`, and
+/// the protocol version the router chose.
+async fn open(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> {
     let res = open_inner(shared, kind).await;
     if let Err(e) = &res {
         let kind = match e {
@@ -412,12 +414,12 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
     res
 }
 
-async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<Wire, Error> {
+async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> {
     let (wire, version) = open_at(shared, kind, shared.router()).await?;
     if kind == ChannelKind::Control {
         shared.version.store(version, Ordering::Relaxed);
     }
-    Ok(wire)
+    Ok((wire, version))
 }
 
 /// Opens a channel of `kind` to `router` and completes `Hello`/`Welcome`; returns
@@ -526,7 +528,7 @@ async fn control_loop(
                 shared.version.store(p.version, Ordering::Relaxed);
                 Ok(p.wire)
             }
-            None => open(&shared, ChannelKind::Control).await,
+            None => open(&shared, ChannelKind::Control).await.map(|(w, _)| w),
         };
         match opened {
             Ok(mut ctl) => {
@@ -1009,7 +1011,7 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
         }
         let epoch = shared.link.epoch();
         match open(&shared, ChannelKind::Data).await {
-            Ok(w) => match w.into_handoff(epoch, shared.name.clone()) {
+            Ok((w, version)) => match w.into_handoff(epoch, shared.name.clone(), version) {
                 Ok(h) => {
                     if !shared.dp.send_client_channel(core, h) {
                         debug!(core, "worker gone; channel dropped");

@@ -393,7 +393,7 @@ async fn handle(
     state.counters.handshakes.observe(started.elapsed());
     match hello.channel {
         ChannelKind::Control => control_session(&state, wire, key, who, hello.tunnel).await,
-        ChannelKind::Data => match wire.into_handoff(0, hello.tunnel) {
+        ChannelKind::Data => match wire.into_handoff(0, hello.tunnel, version) {
             Ok(h) => {
                 if !state.dp.send_router_channel(h) {
                     warn!(%peer, "no data-plane worker is running; channel dropped");

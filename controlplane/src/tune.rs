@@ -212,9 +212,9 @@ pub const SETTINGS: &[Setting] = &[
         source: Source::Ktls,
         want: Want::Available,
         set: None,
-        why: "kernel TLS lets the kernel seal and open TLS records so relays can splice without \
-              copying through userspace; Conduit detects it but its relay does not use it yet, \
-              so today this only prepares the host",
+        why: "kernel TLS lets the kernel seal and open TLS records so relays splice TCP \
+              streams without copying them through userspace (when both ends' kernels have it; \
+              `modprobe tls` where it is a module)",
     },
     Setting {
         name: "io_uring",
@@ -488,8 +488,8 @@ fn ktls_status(root: &Path, p: &Probes) -> Judged {
             Status::Short,
             "absent".into(),
             Some(
-                "modprobe tls (the kernel must be built with CONFIG_TLS); Conduit does not use \
-                 kTLS yet"
+                "modprobe tls (the kernel must be built with CONFIG_TLS); without it TLS \
+                 stays in userspace"
                     .into(),
             ),
         ),

@@ -226,6 +226,7 @@ impl Wire {
         self,
         epoch: u64,
         tunnel: String,
+        version: u16,
     ) -> Result<ChannelHandoff, WireError> {
         if !self.inbox.is_empty() || !self.decoder.at_boundary() {
             return Err(ProtoError::Unexpected {
@@ -247,6 +248,7 @@ impl Wire {
             peer_addr: self.peer_addr,
             tunnel,
             epoch,
+            version,
             made: Instant::now(),
         })
     }

@@ -63,6 +63,8 @@ pub(crate) struct Channel {
     /// The tunnel the channel serves.
     pub(crate) tunnel: std::rc::Rc<str>,
     pub(crate) epoch: u64,
+    /// The protocol version agreed for it.
+    pub(crate) version: u16,
     /// When the channel last became idle (handshake or end of its last stream).
     pub(crate) idle_since: Instant,
 }
@@ -86,6 +88,7 @@ impl Channel {
             peer_key: h.peer_key,
             tunnel: h.tunnel.into(),
             epoch: h.epoch,
+            version: h.version,
             idle_since: h.made,
         })
     }

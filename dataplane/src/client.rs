@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use conduit_proto::{Message, Refusal, RefusalCode};
+use conduit_proto::{Message, ProtoError, Refusal, RefusalCode};
 use futures::channel::oneshot;
 use futures::future::{Either, select, try_join};
 use monoio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{Channel, ChannelError, Held};
 use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
-use crate::plain::{PlainChannel, pump, read_frame, send_frame};
+use crate::offload;
+use crate::plain::{PlainChannel, Wire, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::sys::Peek;
@@ -568,20 +569,35 @@ impl ClientCore {
         // its largest state.
         let link = Box::pin(self.channel()).await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
-        let mut ch = match link {
+        let ch = match link {
             Link::Tls(ch) => ch,
             Link::Plain(ch) => {
                 return Box::pin(self.run_plain(user, counters, kill, ch)).await;
             }
         };
+        if self.spec.sockets.kernel_tls
+            && ch.version >= conduit_proto::version::KERNEL_TLS
+            && ch.is_clean()
+            && offload::attach(&ch.sock)
+        {
+            return Box::pin(self.run_kernel(id, user, counters, kill, ch)).await;
+        }
         ch.send(Message::Open {
             target: self.spec.target.clone(),
         })
         .await
-        .map_err(|e| {
-            let why = format!("the channel to the router failed: {e}");
-            (ErrorKind::Channel, why)
-        })?;
+        .map_err(channel_failed)?;
+        self.relay_tls(user, counters, kill, ch).await
+    }
+
+    /// Relays a stream opened on a TLS channel in userspace, to its end.
+    async fn relay_tls(
+        &self,
+        user: &Socket,
+        counters: &ConnCounters,
+        kill: oneshot::Receiver<String>,
+        mut ch: Box<Channel>,
+    ) -> Result<(), (ErrorKind, String)> {
         let outcome = Relay {
             side: Side::Client,
             plain: user,
@@ -652,43 +668,60 @@ impl ClientCore {
             },
         )
         .await
-        .map_err(|e| {
-            let why = format!("the channel to the router failed: {e}");
-            (ErrorKind::Channel, why)
-        })?;
-        let stats = &self.core.stats;
-        let up = pump(
-            user,
-            &sock,
-            false,
-            Meter {
-                conn: &counters.up,
-                core: &stats.bytes_up,
-                limit: self.spec.bandwidth.as_ref().map(|b| &b.up),
-            },
-        );
-        let down = async {
+        .map_err(channel_failed)?;
+        let opened = async {
             let (reply, rest) = read_frame(&sock, leftover)
                 .await
                 .map_err(|e| Stop::Channel(std::io::Error::other(e.to_string())))?;
             match reply {
-                Message::Opened => {}
-                Message::OpenFailed(r) => return Err(Stop::OpenFailed(r)),
-                other => {
-                    return Err(Stop::Proto(conduit_proto::ProtoError::Unexpected {
-                        got: other.name(),
-                        expected: "Opened or OpenFailed",
-                    }));
-                }
+                Message::Opened => Ok(rest),
+                Message::OpenFailed(r) => Err(Stop::OpenFailed(r)),
+                other => Err(Stop::Proto(ProtoError::Unexpected {
+                    got: other.name(),
+                    expected: "Opened or OpenFailed",
+                })),
             }
+        };
+        self.splice_both(user, counters, kill, &sock, Wire::Plain, opened)
+            .await
+    }
+
+    /// Splices a stream both ways between the user and a channel that carries raw
+    /// payload (`wire` says how it ends), until both directions end, one fails or
+    /// `kill` fires. Bytes toward the user wait for `opened`, which yields what
+    /// arrived with the router's answer.
+    async fn splice_both(
+        &self,
+        user: &Socket,
+        counters: &ConnCounters,
+        kill: oneshot::Receiver<String>,
+        sock: &Socket,
+        wire: Wire,
+        opened: impl Future<Output = Result<Vec<u8>, Stop>>,
+    ) -> Result<(), (ErrorKind, String)> {
+        let stats = &self.core.stats;
+        let limit = self.spec.bandwidth.as_ref();
+        let up = pump(
+            user,
+            sock,
+            false,
+            wire,
+            Meter {
+                conn: &counters.up,
+                core: &stats.bytes_up,
+                limit: limit.map(|b| &b.up),
+            },
+        );
+        let down = async {
+            let rest = opened.await?;
             user.send_all(&rest).await.map_err(Stop::Plain)?;
             let to_user = Meter {
                 conn: &counters.down,
                 core: &stats.bytes_down,
-                limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
+                limit: limit.map(|b| &b.down),
             };
             to_user.sent(rest.len()).await;
-            pump(&sock, user, true, to_user).await
+            pump(sock, user, true, wire, to_user).await
         };
         let both = try_join(up, down);
         futures::pin_mut!(both);
@@ -707,6 +740,69 @@ impl ClientCore {
             other => other.to_string(),
         };
         Err((kind, why))
+    }
+
+    /// One stream offered to kernel TLS: `OpenKernel`, then the router's answer;
+    /// `OpenedKernel` moves the keys to the kernel and splices both ways, `Opened`
+    /// (a router that cannot) goes on in userspace. See `offload.rs`.
+    async fn run_kernel(
+        &self,
+        id: u64,
+        user: &Socket,
+        counters: &ConnCounters,
+        mut kill: oneshot::Receiver<String>,
+        mut ch: Box<Channel>,
+    ) -> Result<(), (ErrorKind, String)> {
+        ch.send(Message::OpenKernel {
+            target: self.spec.target.clone(),
+        })
+        .await
+        .map_err(channel_failed)?;
+        let answer = match select(Box::pin(offload::answer(&mut ch)), &mut kill).await {
+            Either::Left((answer, _)) => Ok(answer),
+            Either::Right((why, _)) => {
+                Err(why.unwrap_or_else(|_| "closed by the data plane".into()))
+            }
+        };
+        let answer = match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                ch.sock.abort();
+                return Err(channel_failed(e));
+            }
+            Err(why) => {
+                ch.sock.abort();
+                return Err((ErrorKind::Killed, why));
+            }
+        };
+        match answer {
+            Message::OpenedKernel => {}
+            Message::Opened => {
+                // The router keeps TLS in userspace: so does this stream.
+                ch.backlog.push_back(Held::Msg(Message::Opened));
+                return self.relay_tls(user, counters, kill, ch).await;
+            }
+            Message::OpenFailed(r) => {
+                let why = format!("the router could not open the source: {}", r.message);
+                return Err((ErrorKind::OpenFailed, why));
+            }
+            other => {
+                let e = ProtoError::Unexpected {
+                    got: other.name(),
+                    expected: "OpenedKernel, Opened or OpenFailed",
+                };
+                return Err((ErrorKind::Channel, format!("protocol error: {e}")));
+            }
+        }
+        let Channel { sock, tls, .. } = *ch;
+        if let Err(e) = offload::hand_over(&sock, tls.into_inner()) {
+            sock.abort();
+            return Err((ErrorKind::Channel, e));
+        }
+        debug!(conn = id, "stream relayed through kernel TLS");
+        let nothing_yet = async { Ok(Vec::new()) };
+        self.splice_both(user, counters, kill, &sock, Wire::KernelTls, nothing_yet)
+            .await
     }
 
     /// Puts a channel that finished a stream cleanly back in the pool.
@@ -775,6 +871,14 @@ impl Link {
         }
         Ok(link)
     }
+}
+
+/// A failure to use the channel to the router, as a user connection's reason.
+fn channel_failed(e: impl std::fmt::Display) -> (ErrorKind, String) {
+    (
+        ErrorKind::Channel,
+        format!("the channel to the router failed: {e}"),
+    )
 }
 
 /// Best effort: tell the router this stream is aborted, so it resets the source.

@@ -35,6 +35,8 @@ pub struct ChannelHandoff {
     pub tunnel: String,
     /// The link generation it was made in (client side; see [`LinkState`]).
     pub epoch: u64,
+    /// The protocol version the two ends agreed on in `Hello`/`Welcome`.
+    pub version: u16,
     /// When the handshake finished.
     pub made: Instant,
 }

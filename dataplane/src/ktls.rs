@@ -1,31 +1,30 @@
 //! Kernel TLS offload (kTLS): finding out whether this kernel can encrypt and decrypt
 //! TLS records itself, and handing it a connection's record keys.
 //!
-//! **Not wired into the relay.** Today every TLS byte is sealed and opened by rustls
-//! in userspace (`relay.rs`), on every machine. This module holds the pieces an
-//! offload path needs, tested as far as a host without kTLS allows; whether to build
-//! that path is an open decision. On a kTLS host it would go:
+//! Used by `offload.rs` for TCP streams whose two ends agree to it (`OpenKernel` /
+//! `OpenedKernel`, protocol 4); everything else (UDP flows, streams to or from a host
+//! without kTLS, `kernel_tls = false`) is sealed and opened by rustls in userspace:
 //!
 //! ```text
 //!  handshake done (rustls, control plane)
-//!    │ attach_ulp(socket)          false ─▶ userspace TLS, as today (cached: one failed
+//!    │ attach_ulp(socket)          false ─▶ userspace TLS (cached: one failed
 //!    ▼                                      setsockopt per process on hosts without kTLS)
-//!  Unbuffered*Connection::dangerous_into_kernel_connection()
-//!    │ (ExtractedSecrets, KernelConnection)   needs `enable_secret_extraction = true`
+//!  TlsSession::into_kernel()       (rustls' dangerous_into_kernel_connection; the
+//!    │ ExtractedSecrets             configs set `enable_secret_extraction`)
 //!    ▼
 //!  install(socket, secrets)        error ─▶ close the connection: its keys have left rustls
 //!    ▼
-//!  relay plaintext with read/write or splice; the kernel seals and opens the records
+//!  relay plaintext with splice; the kernel seals and opens the records
 //! ```
 //!
-//! What that path still lacks, beyond wiring: non-data records. With `TLS_RX` set, a
-//! plain `recv` of a record that is not application data fails (the kernel's
-//! selftest `tls.c: control_msg` expects -1), so the relay must read with `recvmsg`
-//! and a `TLS_GET_RECORD_TYPE` control message, pass TLS 1.3 `KeyUpdate` and
-//! `NewSessionTicket` messages to rustls' `KernelConnection` (`update_rx_secret`,
-//! then `TLS_RX` again with the new keys), and track AES-GCM's confidentiality limit
-//! itself, which rustls no longer sees. The `ktls` crate (Tokio-only) ignores
-//! handshake messages, so a peer's key update would break it; we would not copy that.
+//! Non-data records after the hand-over: the relay reads them with `recvmsg` and a
+//! `TLS_GET_RECORD_TYPE` control message when `splice` refuses one (`EINVAL`);
+//! close_notify ends a direction, anything else ends the stream with an error. No
+//! Conduit end sends a `KeyUpdate` or a session ticket on a kernel-TLS stream, so
+//! none is expected (the `ktls` crate, Tokio-only, ignores them; we refuse them).
+//!
+//! Tested against a real kTLS kernel by `tests/ktls/run.sh`, which boots Debian's
+//! kernel in QEMU: this project's build host has no kTLS.
 //!
 //! Detection follows what was measured on the build host (no `CONFIG_TLS`): the
 //! `TCP_ULP` setsockopt on a connected socket fails with `ENOENT` when the kernel has

@@ -31,6 +31,7 @@ mod datagram;
 mod limit;
 mod listener;
 mod net;
+mod offload;
 mod plain;
 mod pool;
 mod relay;
@@ -198,6 +199,9 @@ pub struct SocketOptions {
     /// record when tuned for latency, so the first record of a long reply leaves
     /// before the rest is read and sealed.
     pub read_chunk: usize,
+    /// Relay TCP streams through kernel TLS where both ends' kernels offer it
+    /// (`[performance] kernel_tls`; see `ktls.rs`).
+    pub kernel_tls: bool,
 }
 
 /// The most plaintext the TLS relay reads at once: with its 5-byte frame header,
@@ -217,6 +221,7 @@ impl Default for SocketOptions {
             recv_buffer: None,
             send_buffer: None,
             read_chunk: MAX_READ_CHUNK,
+            kernel_tls: true,
         }
     }
 }

@@ -22,6 +22,12 @@ pub(crate) struct Socket {
     fd: RawFd,
 }
 
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 impl Socket {
     /// Wraps a runtime socket and makes it non-blocking: the relay never uses the
     /// runtime's read/write operations on it, only readiness waits, so this is safe

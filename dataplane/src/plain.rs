@@ -137,14 +137,27 @@ fn side(channel: bool, e: io::Error) -> Stop {
     }
 }
 
+/// How the channel end of a [`pump`] carries the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// Raw bytes (the plain transport): TCP's FIN ends the stream.
+    Plain,
+    /// Kernel TLS: the kernel seals and opens the records; a close_notify alert ends
+    /// the stream, and a FIN without one is a truncation.
+    KernelTls,
+}
+
 /// Moves bytes from `src` to `dst` until `src` ends, then half-closes `dst`.
-/// `src_is_channel` tells which error to report.
+/// `src_is_channel` tells which end is the channel (for errors, and for `wire`).
 pub(crate) async fn pump(
     src: &Socket,
     dst: &Socket,
     src_is_channel: bool,
+    wire: Wire,
     meter: Meter<'_>,
 ) -> Result<(), Stop> {
+    let tls_in = src_is_channel && wire == Wire::KernelTls;
+    let tls_out = !src_is_channel && wire == Wire::KernelTls;
     let mut pipe: Option<Pipe> = None;
     let mut in_pipe = 0usize;
     let mut maybe_more = false;
@@ -164,6 +177,15 @@ pub(crate) async fn pump(
             match sys::splice(src.raw_fd(), p.write.as_fd_raw(), SPLICE_CHUNK) {
                 Ok(0) => {
                     give_pipe(p);
+                    if tls_in {
+                        return Err(Stop::Channel(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the channel closed without TLS close_notify (stream truncated)",
+                        )));
+                    }
+                    if tls_out {
+                        close_notify(dst).await?;
+                    }
                     dst.shutdown(Shutdown::Write);
                     return Ok(());
                 }
@@ -172,6 +194,13 @@ pub(crate) async fn pump(
                     maybe_more = n == SPLICE_CHUNK;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => maybe_more = false,
+                // splice refuses a record that is not application data.
+                Err(e) if tls_in && e.raw_os_error() == Some(libc::EINVAL) => {
+                    give_pipe(p);
+                    end_of_records(src)?;
+                    dst.shutdown(Shutdown::Write);
+                    return Ok(());
+                }
                 Err(e) => return Err(side(src_is_channel, e)),
             }
             pipe = Some(p);
@@ -192,6 +221,40 @@ pub(crate) async fn pump(
             // A pipe still holding bytes is dropped, not pooled.
             Err(e) => return Err(side(!src_is_channel, e)),
         }
+    }
+}
+
+/// TLS content type of an alert record.
+const ALERT: u8 = 21;
+/// A warning-level close_notify alert: "no more data from this side".
+const CLOSE_NOTIFY: [u8; 2] = [1, 0];
+
+/// Ends our side of a kernel-TLS stream with close_notify, waiting for room.
+async fn close_notify(chan: &Socket) -> Result<(), Stop> {
+    loop {
+        match sys::send_record(chan.raw_fd(), ALERT, &CLOSE_NOTIFY) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                chan.writable().await.map_err(Stop::Channel)?
+            }
+            Err(e) => return Err(Stop::Channel(e)),
+        }
+    }
+}
+
+/// Reads the non-data record that stopped a kernel-TLS splice: a close_notify ends
+/// the stream cleanly; any other record is an error naming it.
+fn end_of_records(chan: &Socket) -> Result<(), Stop> {
+    let mut buf = [0u8; 64];
+    let (n, typ) = sys::recv_record(chan.raw_fd(), &mut buf).map_err(Stop::Channel)?;
+    match (typ, &buf[..n]) {
+        (ALERT, [_, 0]) => Ok(()),
+        (ALERT, [level, what]) => Err(Stop::Channel(io::Error::other(format!(
+            "the other end sent TLS alert {what} (level {level})"
+        )))),
+        (typ, _) => Err(Stop::Channel(io::Error::other(format!(
+            "unexpected TLS record of content type {typ} on a kernel TLS stream"
+        )))),
     }
 }
 

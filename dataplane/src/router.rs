@@ -19,7 +19,8 @@ use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
-use crate::plain::{PlainChannel, pump, read_frame, send_frame};
+use crate::offload;
+use crate::plain::{PlainChannel, Wire, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
@@ -299,8 +300,86 @@ impl RouterCore {
         {
             return;
         }
-        let (counters, kill) = self.track(id, peer, peer_key, &tunnel, &target);
-        counters.up.set(rest.len() as u64);
+        self.splice_both(
+            id,
+            peer,
+            peer_key,
+            &tunnel,
+            &target,
+            &sock,
+            &source,
+            Wire::Plain,
+            rest.len(),
+        )
+        .await;
+    }
+
+    /// One stream the client offered to kernel TLS, on a channel ready for it: the
+    /// source, `OpenedKernel`, the keys to the kernel, then splice both ways.
+    async fn kernel_stream(&self, ch: Box<Channel>, peer: SocketAddr, target: String) {
+        let target = Rc::<str>::from(target);
+        let id = self.core.next_conn_id();
+        let opened = Box::pin(self.open_source(id, peer, ch.peer_key.as_ref(), &target)).await;
+        let (source, _permit) = match opened {
+            Ok(o) => o,
+            Err(refusal) => {
+                let _ = ch.send(Message::OpenFailed(refusal)).await;
+                return;
+            }
+        };
+        if let Err(e) = ch.send(Message::OpenedKernel).await {
+            debug!(conn = id, "channel failed before the stream started: {e}");
+            self.failed_open(ch.peer_key.as_ref(), ErrorKind::Channel);
+            return;
+        }
+        let Channel {
+            sock,
+            tls,
+            peer_key,
+            tunnel,
+            ..
+        } = *ch;
+        if let Err(e) = offload::hand_over(&sock, tls.into_inner()) {
+            warn!(conn = id, %peer, client = %describe(peer_key.as_ref()), "stream closed: {e}");
+            self.failed_open(peer_key.as_ref(), ErrorKind::Channel);
+            source.abort();
+            sock.abort();
+            return;
+        }
+        debug!(conn = id, "stream relayed through kernel TLS");
+        self.splice_both(
+            id,
+            peer,
+            peer_key,
+            &tunnel,
+            &target,
+            &sock,
+            &source,
+            Wire::KernelTls,
+            0,
+        )
+        .await;
+    }
+
+    /// Splices one stream both ways between a channel that carries raw payload
+    /// (`wire` says how it ends) and its source, from tracking it to its end.
+    /// `sent_up` counts bytes already written to the source.
+    #[allow(clippy::too_many_arguments)]
+    async fn splice_both(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        peer_key: Option<PublicKey>,
+        tunnel: &Rc<str>,
+        target: &Rc<str>,
+        sock: &Socket,
+        source: &Socket,
+        wire: Wire,
+        sent_up: usize,
+    ) {
+        let core = &self.core;
+        let (counters, kill) = self.track(id, peer, peer_key, tunnel, target);
+        counters.up.set(sent_up as u64);
         let bandwidth = self.bandwidth_of(peer_key.as_ref());
         let to_source = Meter {
             conn: &counters.up,
@@ -313,8 +392,8 @@ impl RouterCore {
             limit: bandwidth.as_ref().map(|b| &b.down),
         };
         let both = futures::future::try_join(
-            pump(&sock, &source, true, to_source),
-            pump(&source, &sock, false, to_client),
+            pump(sock, source, true, wire, to_source),
+            pump(source, sock, false, wire, to_client),
         );
         futures::pin_mut!(both);
         let stop = match futures::future::select(both, kill).await {
@@ -326,7 +405,11 @@ impl RouterCore {
         };
         self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
         if let Some(stop) = stop {
-            warn!(conn = id, %peer, %target, "plain stream failed: {stop}");
+            let how = match wire {
+                Wire::Plain => "plain stream",
+                Wire::KernelTls => "kernel TLS stream",
+            };
+            warn!(conn = id, %peer, %target, "{how} failed: {stop}");
             source.abort();
             sock.abort();
         }
@@ -358,8 +441,9 @@ impl RouterCore {
                         .await;
                     return;
                 }
-                Ok(Ok(Some(Message::Open { target }))) => (target, false),
-                Ok(Ok(Some(Message::OpenDatagrams { target }))) => (target, true),
+                Ok(Ok(Some(Message::Open { target }))) => (target, Asked::Stream),
+                Ok(Ok(Some(Message::OpenDatagrams { target }))) => (target, Asked::Datagrams),
+                Ok(Ok(Some(Message::OpenKernel { target }))) => (target, Asked::KernelStream),
                 Ok(Ok(Some(Message::Goodbye(_)))) | Ok(Ok(None)) => return,
                 Ok(Ok(Some(other))) => {
                     warn!(%peer, client = %unauthenticated_or(ch.peer_key.as_ref()), "protocol error: {} on an idle channel; closing it", other.name());
@@ -371,7 +455,7 @@ impl RouterCore {
                     return;
                 }
             };
-            let (target, datagrams) = target;
+            let (target, asked) = target;
             if self.core.stopping.get() {
                 let _ = ch
                     .send(Message::OpenFailed(Refusal::new(
@@ -381,10 +465,18 @@ impl RouterCore {
                     .await;
                 return;
             }
-            let reusable = if datagrams {
-                Box::pin(self.datagram_flow(&mut ch, peer, target)).await
-            } else {
-                self.stream(&mut ch, peer, target).await
+            let reusable = match asked {
+                Asked::Datagrams => Box::pin(self.datagram_flow(&mut ch, peer, target)).await,
+                // Nothing may wait in userspace when the keys move (see offload.rs).
+                Asked::KernelStream
+                    if self.spec.sockets.kernel_tls
+                        && ch.is_clean()
+                        && offload::attach(&ch.sock) =>
+                {
+                    return Box::pin(self.kernel_stream(ch, peer, target)).await;
+                }
+                // Answered with `Opened`: the client goes on in userspace.
+                Asked::Stream | Asked::KernelStream => self.stream(&mut ch, peer, target).await,
             };
             if !reusable {
                 return;
@@ -449,6 +541,14 @@ impl RouterCore {
             reusable
         }
     }
+}
+
+/// What a client asked of an idle channel.
+enum Asked {
+    Stream,
+    Datagrams,
+    /// A stream relayed through kernel TLS if this router can (protocol 4).
+    KernelStream,
 }
 
 /// How a channel's client reads in the router's logs (a TLS channel always has a

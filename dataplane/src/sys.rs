@@ -283,6 +283,14 @@ pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// A borrowed handle on a descriptor that `owner` keeps open: for the APIs that
+/// take `BorrowedFd` (the kTLS calls), given a socket the runtime owns.
+pub(crate) fn borrow_fd<T: std::os::fd::AsRawFd>(owner: &T) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: `owner` holds the descriptor open for at least the lifetime of the
+    // borrow, which is tied to `owner`'s.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(owner.as_raw_fd()) }
+}
+
 /// Sets `O_NONBLOCK`. Relay sockets are only ever waited on for readiness and then
 /// read, written or spliced directly, so they are non-blocking under every engine
 /// (`SPLICE_F_NONBLOCK` covers only the pipe side of a splice).
@@ -461,6 +469,96 @@ mod ktls_abi {
         info: &CryptoInfo,
     ) -> io::Result<()> {
         super::setsockopt_bytes(fd, SOL_TLS, direction, info.as_bytes())
+    }
+
+    /// `TLS_SET_RECORD_TYPE` / `TLS_GET_RECORD_TYPE`: the control message that gives
+    /// a record's content type on a kTLS socket.
+    const TLS_SET_RECORD_TYPE: libc::c_int = 1;
+    const TLS_GET_RECORD_TYPE: libc::c_int = 2;
+
+    /// Room for one control message carrying one byte.
+    const CMSG_ROOM: usize = 64;
+
+    /// Sends `payload` as one record of content type `typ` (21: alert) through the
+    /// kernel's TLS, without blocking.
+    pub(crate) fn send_record(fd: RawFd, typ: u8, payload: &[u8]) -> io::Result<usize> {
+        let mut control = [0u64; CMSG_ROOM / 8];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(1) } as _;
+        // SAFETY: msg_control points at `control`, which is larger than
+        // CMSG_SPACE(1) and 8-byte aligned, so the first header and its one data
+        // byte lie inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = SOL_TLS;
+            (*cmsg).cmsg_type = TLS_SET_RECORD_TYPE;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(1) as _;
+            *libc::CMSG_DATA(cmsg) = typ;
+        }
+        loop {
+            // SAFETY: every pointer in `msg` refers to live locals or to `payload`,
+            // which the kernel only reads.
+            let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Reads the next record from a kTLS socket without blocking, with its content
+    /// type (23 for application data): how a non-data record (an alert, say), which
+    /// `splice` refuses with `EINVAL`, is read.
+    pub(crate) fn recv_record(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u8)> {
+        let mut control = [0u64; CMSG_ROOM / 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = CMSG_ROOM as _;
+        let n = loop {
+            // SAFETY: `msg` points at `buf` and `control`, both live and writable
+            // for the lengths given.
+            let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                break n as usize;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        // Application data comes without a control message.
+        let mut typ = 23;
+        // SAFETY: the kernel filled `msg_controllen` bytes of `control`; the CMSG
+        // macros walk only within them.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == SOL_TLS && (*cmsg).cmsg_type == TLS_GET_RECORD_TYPE {
+                    typ = *libc::CMSG_DATA(cmsg);
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Ok((n, typ))
     }
 }
 

@@ -222,7 +222,8 @@ fn prepare_process() {
     }
     match conduit_dataplane::ktls::probe() {
         Ok(()) => tracing::debug!(
-            "kernel TLS is available, but this build keeps TLS in userspace (no offload relay yet)"
+            "kernel TLS is available: streams go through it where the other end's kernel \
+             offers it too (performance.kernel_tls)"
         ),
         Err(e) => tracing::debug!("kernel TLS unavailable ({e}); TLS stays in userspace"),
     }

@@ -126,6 +126,11 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
         "performance.pin_cores",
         a.pin_cores.map(|b| b.to_string()),
     );
+    put(
+        "--kernel-tls",
+        "performance.kernel_tls",
+        a.kernel_tls.map(|b| b.to_string()),
+    );
     put("--api", "api.enabled", a.api.then(|| "true".into()));
     if a.api_bind.is_some() {
         put("--api-bind", "api.enabled", Some("true".into()));

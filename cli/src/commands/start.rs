@@ -44,6 +44,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         pool_size: a.pool_size,
         read_buffer_size: a.read_buffer_size,
         write_buffer_size: a.write_buffer_size,
+        kernel_tls: a.kernel_tls,
         ..PerformanceConfig::default()
     };
     let settings = TunnelSettings {
@@ -267,6 +268,9 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     if a.transport == TransportArg::Plain {
         args.extend(["--transport".to_owned(), "plain".to_owned()]);
+    }
+    if !a.kernel_tls {
+        args.extend(["--kernel-tls".to_owned(), "false".to_owned()]);
     }
     if a.protocol == ProtocolArg::Udp {
         args.extend(["--protocol".to_owned(), "udp".to_owned()]);

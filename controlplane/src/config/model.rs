@@ -309,6 +309,10 @@ pub struct PerformanceConfig {
     pub optimize_for: OptimizeFor,
     /// Disable Nagle's algorithm on every socket.
     pub tcp_nodelay: bool,
+    /// Relay TCP streams through kernel TLS (kTLS) where the kernels of both ends
+    /// offer it: the kernel seals and opens the records and the payload is spliced.
+    /// Elsewhere, and for UDP, TLS stays in userspace.
+    pub kernel_tls: bool,
     /// TCP keep-alive idle time in seconds; 0 turns keep-alive off.
     pub tcp_keepalive_secs: u64,
     /// The kernel's receive buffer (`SO_RCVBUF`) of every relayed socket, in bytes;
@@ -373,6 +377,7 @@ impl Default for PerformanceConfig {
             auto_tune: false,
             optimize_for: OptimizeFor::Balanced,
             tcp_nodelay: true,
+            kernel_tls: true,
             tcp_keepalive_secs: 60,
             read_buffer_size: 0,
             write_buffer_size: 0,
@@ -416,6 +421,7 @@ impl PerformanceConfig {
                     conduit_dataplane::MAX_READ_CHUNK
                 }
             },
+            kernel_tls: self.kernel_tls,
         }
     }
 

@@ -143,6 +143,7 @@ const PERFORMANCE: Section = Section {
             Kind::Choice(&["throughput", "latency", "balanced"]),
         ),
         key("tcp_nodelay", Kind::Bool),
+        key("kernel_tls", Kind::Bool).alias(&["CONDUIT_KERNEL_TLS"]),
         key("tcp_keepalive_secs", Kind::Int { min: 0, max: 86400 }),
         key("read_buffer_size", BUFFER),
         key("write_buffer_size", BUFFER),

@@ -141,8 +141,8 @@ fn a_stock_host_gets_every_fix() {
             "        fix: run on a machine (or give the container or VM) more cores; Conduit \
              starts one worker per core",
             "SHORT   ktls                          absent                want available",
-            "        fix: modprobe tls (the kernel must be built with CONFIG_TLS); Conduit does \
-             not use kTLS yet",
+            "        fix: modprobe tls (the kernel must be built with CONFIG_TLS); without it \
+             TLS stays in userspace",
             "OK      io_uring                      usable                want available",
             "11 of 16 settings fall short of a 10 Gbps gateway; `sysctl -w` lasts until reboot: \
              keep them in /etc/sysctl.d/90-conduit.conf (see tuning/sysctl-10g.conf)",
