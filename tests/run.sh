@@ -28,3 +28,9 @@ command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 export CONDUIT_E2E_REQUIRE_TOOLS=1
 cargo nextest run --workspace --no-fail-fast "$@"
 cargo test --workspace --doc
+
+# Kernel TLS offload: this machine's kernel may lack kTLS, so the offload is
+# checked inside a VM that boots Debian's kernel (QEMU, software emulation),
+# with the same binary the end-to-end tests ran.
+cargo build --bin conduit
+tests/ktls/run.sh target/debug/conduit
