@@ -39,6 +39,7 @@ MANY=20            # concurrent transfers in the `many` case ...
 MANY_SIZE=262144   # ... of 256 KiB each
 ECHO_PORT=7000
 FIRST_PORT=7001    # a source that speaks first and answers after the user's EOF
+TICK_PORT=7002     # a source that writes a line every 0.1 s and never ends
 
 passed=0
 failed=0
@@ -138,6 +139,13 @@ SH
 chmod +x /bin/first
 nc -llllllllllllllllllllllllllllllll -p "$FIRST_PORT" -e /bin/first &
 first_pid=$!
+cat >/bin/ticks <<'SH'
+#!/bin/sh
+while echo tick; do sleep 0.1; done
+SH
+chmod +x /bin/ticks
+nc -llllllll -p "$TICK_PORT" -e /bin/ticks &
+ticks_pid=$!
 echo_end=$(($(now) + READY_SECS))
 until echo_ready; do
     if ! alive "$echo_pid" || [ "$(now)" -ge "$echo_end" ]; then
@@ -183,7 +191,8 @@ echo "guest: tcp_available_ulp: $(cat /proc/sys/net/ipv4/tcp_available_ulp)"
 start_pair() {
     # shellcheck disable=SC2086 # the flags are zero or more words
     conduit router --bind 127.0.0.1:0 --allow "127.0.0.1:$ECHO_PORT" \
-        --allow "127.0.0.1:$FIRST_PORT" --log-level debug $1 \
+        --allow "127.0.0.1:$FIRST_PORT" --allow "127.0.0.1:$TICK_PORT" \
+        --log-level debug $1 \
         >"$d/router.log" 2>&1 &
     rpid=$!
     wait_for "$d/router.log" 'router listening on 127\.0\.0\.1:[0-9]+' "$rpid" || return 1
@@ -323,6 +332,61 @@ run_case many many $((2 * MANY)) "" ""
 run_case first first 2 "" ""
 run_case epoll big 2 "--io-engine epoll" "--io-engine epoll"
 
+# The router dies (SIGKILL) in the middle of a kernel-TLS stream: its kernel
+# closes the channel with a bare FIN (the channel has nothing unread: the user
+# sends nothing), and the client must take that for what it is, a truncated
+# stream, and abort the user's connection rather than end it cleanly. BusyBox
+# nc exits alike on a reset and an EOF, so the client's log line is what
+# tells the two apart.
+case_cut() {
+    name="cut"
+    d=/tmp/case-$name
+    mkdir -p "$d"
+    why=
+    rpid=
+    cpid=
+    source_port=$TICK_PORT
+    tx0=$(tls_stat TlsTxSw)
+    if start_pair "" ""; then
+        # stdin is a FIFO opened read-write: it never ends and never has
+        # bytes, so nc only reads.
+        mkfifo "$d/quiet"
+        timeout "$TRANSFER_SECS" nc 127.0.0.1 "$cport" <>"$d/quiet" >"$d/out" 2>"$d/err" &
+        ncpid=$!
+        cut_end=$(($(now) + READY_SECS))
+        until [ "$(grep -c tick "$d/out" 2>/dev/null)" -ge 3 ]; do
+            if [ "$(now)" -ge "$cut_end" ]; then
+                why="no ticks through the tunnel after ${READY_SECS} s"
+                break
+            fi
+            sleep 0.1
+        done
+        if [ -z "$why" ]; then
+            [ $(($(tls_stat TlsTxSw) - tx0)) -eq 2 ] || why="the stream did not go through kernel TLS"
+        fi
+        kill -9 "$rpid"
+        wait "$rpid" 2>/dev/null
+        rpid=
+        # nc ends when the client closes the user's connection; it should not
+        # take anything like the transfer deadline.
+        wait "$ncpid"
+        rc=$?
+        echo "[$name] nc exit $rc after the router was killed; nc said: $(tr '\n' ' ' <"$d/err")"
+        if [ -z "$why" ] && ! grep -q 'user connection closed: .*without TLS close_notify (stream truncated)' "$d/client.log"; then
+            why="the client did not report the cut stream as truncated (nc exit $rc)"
+        fi
+    fi
+    stop "$cpid"
+    if [ -z "$why" ]; then
+        ok "$name"
+    else
+        fail "$name" "$why"
+        tail -n 30 "$d/client.log" 2>/dev/null
+    fi
+}
+case_cut
+
 stop "$echo_pid"
 stop "$first_pid"
+stop "$ticks_pid"
 echo "KTLS-DONE passed=$passed failed=$failed"
