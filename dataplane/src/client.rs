@@ -799,6 +799,7 @@ impl ClientCore {
             sock.abort();
             return Err((ErrorKind::Channel, e));
         }
+        self.core.stats.kernel_tls.fetch_add(1, Relaxed);
         debug!(conn = id, "stream relayed through kernel TLS");
         let nothing_yet = async { Ok(Vec::new()) };
         self.splice_both(user, counters, kill, &sock, Wire::KernelTls, nothing_yet)

@@ -346,6 +346,7 @@ impl RouterCore {
             sock.abort();
             return;
         }
+        self.core.stats.kernel_tls.fetch_add(1, Relaxed);
         debug!(conn = id, "stream relayed through kernel TLS");
         self.splice_both(
             id,

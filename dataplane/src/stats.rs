@@ -193,6 +193,8 @@ pub struct CoreStats {
     /// Datagrams a UDP tunnel dropped: the user sent faster than the flow's channel
     /// drained, or no flow could be opened (limit reached, router unreachable).
     pub datagrams_dropped: AtomicU64,
+    /// Streams whose TLS records the kernel sealed and opened (kTLS), since start.
+    pub kernel_tls: AtomicU64,
     /// User connections that ended in an error, by [`ErrorKind`].
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// How long established connections lasted.
@@ -208,6 +210,7 @@ impl Default for CoreStats {
             bytes_down: AtomicU64::new(0),
             idle_channels: AtomicU64::new(0),
             datagrams_dropped: AtomicU64::new(0),
+            kernel_tls: AtomicU64::new(0),
             errors: Default::default(),
             durations: Histogram::new(CONNECTION_SECONDS),
         }
@@ -238,6 +241,8 @@ pub struct Totals {
     pub idle_channels: u64,
     /// See [`CoreStats::datagrams_dropped`].
     pub datagrams_dropped: u64,
+    /// See [`CoreStats::kernel_tls`].
+    pub kernel_tls: u64,
     /// Errors by kind, in [`ErrorKind::ALL`] order.
     pub errors: Vec<(ErrorKind, u64)>,
     /// Connection durations.
@@ -254,6 +259,7 @@ impl Totals {
             bytes_down: 0,
             idle_channels: 0,
             datagrams_dropped: 0,
+            kernel_tls: 0,
             errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
             durations: HistogramSnapshot::empty(CONNECTION_SECONDS),
         };
@@ -264,6 +270,7 @@ impl Totals {
             t.bytes_down += c.bytes_down.load(Relaxed);
             t.idle_channels += c.idle_channels.load(Relaxed);
             t.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
+            t.kernel_tls += c.kernel_tls.load(Relaxed);
             for (slot, n) in t.errors.iter_mut().zip(&c.errors) {
                 slot.1 += n.load(Relaxed);
             }

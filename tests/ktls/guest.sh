@@ -303,6 +303,13 @@ run_case() {
     if [ -z "$why" ] && { [ $((tx1 - tx0)) -ne "$3" ] || [ $((rx1 - rx0)) -ne "$3" ]; }; then
         why="kernel TLS sockets: TlsTxSw +$((tx1 - tx0)), TlsRxSw +$((rx1 - rx0)), want +$3 each"
     fi
+    # The tunnel counts its kernel-TLS streams too (one socket each side).
+    if [ -z "$why" ]; then
+        want="conduit_kernel_tls_streams_total{tunnel=\"t1\"} $(($3 / 2))"
+        conduit stats --format prometheus >"$d/stats.prom" 2>&1
+        grep -qxF "$want" "$d/stats.prom" ||
+            why="conduit stats lacks '$want': $(grep kernel_tls "$d/stats.prom" || head -n 3 "$d/stats.prom")"
+    fi
     # A process that died during the case is a failure even if bytes got through.
     if [ -z "$why" ]; then
         alive "$rpid" || why="the router exited during the case"

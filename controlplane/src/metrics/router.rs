@@ -155,6 +155,12 @@ pub fn render(i: &Inputs<'_>) -> String {
         &i.counters.handshakes.snapshot(),
     );
     e.family(
+        "conduit_kernel_tls_streams_total",
+        Kind::Counter,
+        "Streams whose TLS records the kernel sealed and opened (kTLS on both ends).",
+    )
+    .sample("conduit_kernel_tls_streams_total", &[], i.totals.kernel_tls);
+    e.family(
         "conduit_client_link_up",
         Kind::Gauge,
         "1 while a client's tunnel keeps its control channel (heartbeats), 0 once lost or gone.",

@@ -88,6 +88,12 @@ pub fn render(tunnel: &str, totals: &Totals, link_up: bool, counters: &Counters)
         totals.datagrams_dropped,
     );
     e.family(
+        "conduit_kernel_tls_streams_total",
+        Kind::Counter,
+        "Streams whose TLS records the kernel sealed and opened (kTLS on both ends).",
+    )
+    .sample("conduit_kernel_tls_streams_total", &l, totals.kernel_tls);
+    e.family(
         "conduit_router_link_up",
         Kind::Gauge,
         "1 when the control channel to the router is up.",
