@@ -31,6 +31,12 @@ cargo test --workspace --doc
 
 # Kernel TLS offload: this machine's kernel may lack kTLS, so the offload is
 # checked inside a VM that boots Debian's kernel (QEMU, software emulation),
-# with the same binary the end-to-end tests ran.
-cargo build --bin conduit
-tests/ktls/run.sh target/debug/conduit
+# with the same binary the end-to-end tests ran. It takes that kernel from
+# Debian's archive, so it runs on Debian (this project's CI) and says so
+# elsewhere.
+if grep -qx 'ID=debian' /etc/os-release 2>/dev/null; then
+  cargo build --bin conduit
+  tests/ktls/run.sh target/debug/conduit
+else
+  echo "NOTE: not run: the kernel-TLS check (tests/ktls/run.sh) boots Debian's kernel package, and this is not Debian" >&2
+fi

@@ -569,7 +569,7 @@ impl ClientCore {
         // its largest state.
         let link = Box::pin(self.channel()).await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
-        let ch = match link {
+        let mut ch = match link {
             Link::Tls(ch) => ch,
             Link::Plain(ch) => {
                 return Box::pin(self.run_plain(user, counters, kill, ch)).await;
@@ -587,21 +587,21 @@ impl ClientCore {
         })
         .await
         .map_err(channel_failed)?;
-        self.relay_tls(user, counters, kill, ch).await
+        let outcome = self.relay(user, counters, &mut ch).run(kill).await;
+        self.finish(ch, outcome.stop, "the user's connection").await
     }
 
-    /// Relays a stream opened on a TLS channel in userspace, to its end.
-    async fn relay_tls(
-        &self,
-        user: &Socket,
-        counters: &ConnCounters,
-        kill: oneshot::Receiver<String>,
-        mut ch: Box<Channel>,
-    ) -> Result<(), (ErrorKind, String)> {
-        let outcome = Relay {
+    /// The userspace relay of a stream opened on a TLS channel.
+    fn relay<'a>(
+        &'a self,
+        user: &'a Socket,
+        counters: &'a ConnCounters,
+        ch: &'a mut Channel,
+    ) -> Relay<'a> {
+        Relay {
             side: Side::Client,
             plain: user,
-            ch: &mut ch,
+            ch,
             to_chan: Meter {
                 conn: &counters.up,
                 core: &self.core.stats.bytes_up,
@@ -614,9 +614,6 @@ impl ClientCore {
             },
             chunk: self.spec.sockets.read_chunk,
         }
-        .run(kill)
-        .await;
-        self.finish(ch, outcome.stop, "the user's connection").await
     }
 
     /// After a stream or flow on a TLS channel: back to the pool if it ended cleanly;
@@ -780,7 +777,8 @@ impl ClientCore {
             Message::Opened => {
                 // The router keeps TLS in userspace: so does this stream.
                 ch.backlog.push_back(Held::Msg(Message::Opened));
-                return self.relay_tls(user, counters, kill, ch).await;
+                let outcome = self.relay(user, counters, &mut ch).run(kill).await;
+                return self.finish(ch, outcome.stop, "the user's connection").await;
             }
             Message::OpenFailed(r) => {
                 let why = format!("the router could not open the source: {}", r.message);

@@ -11,8 +11,8 @@
 # and prints a marker line for each; this script reads them from the serial
 # log. Exit status 0 when every check passed.
 #
-# Runs as root on a Debian machine. What it needs and lacks it gets: QEMU is
-# installed; the kernel and BusyBox are taken from the system when their
+# Runs on a Debian machine, as root or with sudo (for apt-get install). What it
+# needs and lacks it gets: QEMU is installed; the kernel and BusyBox are taken from the system when their
 # packages are installed, else downloaded once with `apt-get download` and
 # unpacked under target/ktls-vm/ (never installed), where later runs find them.
 set -euo pipefail
@@ -37,13 +37,14 @@ die() {
 }
 { [ -f "$1" ] && [ -x "$1" ]; } || die "$1 is not an executable file"
 conduit=$(realpath "$1")
-[ "$(id -u)" = 0 ] || die "run as root (apt-get, and /boot/vmlinuz-* is readable by root only)"
+sudo=
+[ "$(id -u)" = 0 ] || sudo=sudo
 
 # ------------------------------------------------------------------ tools ---
 if ! command -v qemu-system-x86_64 >/dev/null; then
     say "installing qemu-system-x86"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86
 fi
 
 # installed PACKAGE: the package is installed (not merely known, or removed
@@ -59,10 +60,13 @@ fetch_deb() {
     local dir=$cache/debs
     mkdir -p "$dir"
     rm -f "$dir/$1"_*.deb
-    # apt's download sandbox user cannot write into target/; download as root.
-    if ! (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$1") >&2; then
-        apt-get update -qq
-        (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$1") >&2
+    # apt's download sandbox user cannot write into target/: as root, download
+    # as root (as anyone else, apt downloads as that user).
+    local as=()
+    [ -n "$sudo" ] || as=(-o APT::Sandbox::User=root)
+    if ! (cd "$dir" && apt-get download -qq "${as[@]}" "$1") >&2; then
+        $sudo apt-get update -qq
+        (cd "$dir" && apt-get download -qq "${as[@]}" "$1") >&2
     fi
     local deb
     deb=$(find "$dir" -maxdepth 1 -name "$1_*.deb" | head -n 1)
@@ -94,7 +98,8 @@ kernel_from() {
     vmlinuz=$1/boot/vmlinuz-$kver
     moddir=$1/lib/modules/$kver
     [ -d "$moddir" ] || moddir=$1/usr/lib/modules/$kver
-    [ -f "$vmlinuz" ] && [ -f "$moddir/kernel/net/tls/tls.ko" ]
+    # -r: an installed kernel's image is readable by root only.
+    [ -r "$vmlinuz" ] && [ -f "$moddir/kernel/net/tls/tls.ko" ]
 }
 kver=
 # 1. one installed on this machine,
@@ -114,7 +119,7 @@ fi
 if [ -z "$kver" ]; then
     image() { apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-amd64$/ { print $2; exit }'; }
     pkg=$(image)
-    [ -n "$pkg" ] || { apt-get update -qq && pkg=$(image); }
+    [ -n "$pkg" ] || { $sudo apt-get update -qq && pkg=$(image); }
     [ -n "$pkg" ] || die "apt-cache depends linux-image-amd64 names no linux-image-*-amd64"
     kver=${pkg#linux-image-}
     say "downloading $pkg into $cache"
