@@ -300,18 +300,15 @@ impl RouterCore {
         {
             return;
         }
-        self.splice_both(
+        let of = StreamOf {
             id,
             peer,
-            peer_key,
-            &tunnel,
-            &target,
-            &sock,
-            &source,
-            Wire::Plain,
-            rest.len(),
-        )
-        .await;
+            client: peer_key,
+            tunnel: &tunnel,
+            target: &target,
+        };
+        self.splice_both(&of, &sock, &source, Wire::Plain, rest.len())
+            .await;
     }
 
     /// One stream the client offered to kernel TLS, on a channel ready for it: the
@@ -348,36 +345,35 @@ impl RouterCore {
         }
         self.core.stats.kernel_tls.fetch_add(1, Relaxed);
         debug!(conn = id, "stream relayed through kernel TLS");
-        self.splice_both(
+        let of = StreamOf {
             id,
             peer,
-            peer_key,
-            &tunnel,
-            &target,
-            &sock,
-            &source,
-            Wire::KernelTls,
-            0,
-        )
-        .await;
+            client: peer_key,
+            tunnel: &tunnel,
+            target: &target,
+        };
+        self.splice_both(&of, &sock, &source, Wire::KernelTls, 0)
+            .await;
     }
 
     /// Splices one stream both ways between a channel that carries raw payload
     /// (`wire` says how it ends) and its source, from tracking it to its end.
     /// `sent_up` counts bytes already written to the source.
-    #[allow(clippy::too_many_arguments)]
     async fn splice_both(
         &self,
-        id: u64,
-        peer: SocketAddr,
-        peer_key: Option<PublicKey>,
-        tunnel: &Rc<str>,
-        target: &Rc<str>,
+        of: &StreamOf<'_>,
         sock: &Socket,
         source: &Socket,
         wire: Wire,
         sent_up: usize,
     ) {
+        let StreamOf {
+            id,
+            peer,
+            client: peer_key,
+            tunnel,
+            target,
+        } = *of;
         let core = &self.core;
         let (counters, kill) = self.track(id, peer, peer_key, tunnel, target);
         counters.up.set(sent_up as u64);
@@ -542,6 +538,15 @@ impl RouterCore {
             reusable
         }
     }
+}
+
+/// A stream as the connection table and the logs name it.
+struct StreamOf<'a> {
+    id: u64,
+    peer: SocketAddr,
+    client: Option<PublicKey>,
+    tunnel: &'a Rc<str>,
+    target: &'a Rc<str>,
 }
 
 /// What a client asked of an idle channel.
