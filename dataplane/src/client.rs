@@ -1,7 +1,7 @@
 //! The client side of a worker: accept users on this core's listener, give each a
 //! handshaken channel from this core's pool, open the source, relay.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -74,6 +74,10 @@ pub(crate) struct ClientCore {
     target: Rc<str>,
     /// A UDP tunnel's flows on this core, by user address.
     flows: RefCell<udp::Flows>,
+    /// The router-link generation in which the router answered `OpenKernel` with
+    /// `Opened` (it keeps TLS in userspace): not offered again on that link, so a
+    /// router without kTLS costs one round trip once, not on every connection.
+    kernel_declined: Cell<Option<u64>>,
 }
 
 impl ClientCore {
@@ -95,6 +99,7 @@ impl ClientCore {
             unserved: Throttle::new(Duration::from_secs(1)),
             target,
             flows: RefCell::default(),
+            kernel_declined: Cell::new(None),
         });
         match listener {
             Listen::Tcp(listener) => {
@@ -577,6 +582,7 @@ impl ClientCore {
         };
         if self.spec.sockets.kernel_tls
             && ch.version >= conduit_proto::version::KERNEL_TLS
+            && self.kernel_declined.get() != Some(ch.epoch)
             && ch.is_clean()
             && offload::attach(&ch.sock)
         {
@@ -775,7 +781,14 @@ impl ClientCore {
         match answer {
             Message::OpenedKernel => {}
             Message::Opened => {
-                // The router keeps TLS in userspace: so does this stream.
+                // The router keeps TLS in userspace: so does this stream, and so
+                // will the next ones on this link.
+                if self.kernel_declined.replace(Some(ch.epoch)) != Some(ch.epoch) {
+                    debug!(
+                        conn = id,
+                        "the router keeps TLS in userspace; kernel TLS not offered again on this link"
+                    );
+                }
                 ch.backlog.push_back(Held::Msg(Message::Opened));
                 let outcome = self.relay(user, counters, &mut ch).run(kill).await;
                 return self.finish(ch, outcome.stop, "the user's connection").await;

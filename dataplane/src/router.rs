@@ -311,6 +311,21 @@ impl RouterCore {
             .await;
     }
 
+    /// Why a stream the client offered to kernel TLS stays in userspace, if it does;
+    /// `None` readies the channel's socket for the hand-over.
+    fn kernel_refusal(&self, ch: &Channel) -> Option<&'static str> {
+        if !self.spec.sockets.kernel_tls {
+            Some("kernel_tls is off on this router")
+        } else if !ch.is_clean() {
+            // Nothing may wait in userspace when the keys move (see offload.rs).
+            Some("the channel holds bytes not yet relayed")
+        } else if !offload::attach(&ch.sock) {
+            Some("this host's kernel has no kTLS (modprobe tls)")
+        } else {
+            None
+        }
+    }
+
     /// One stream the client offered to kernel TLS, on a channel ready for it: the
     /// source, `OpenedKernel`, the keys to the kernel, then splice both ways.
     async fn kernel_stream(&self, ch: Box<Channel>, peer: SocketAddr, target: String) {
@@ -464,16 +479,15 @@ impl RouterCore {
             }
             let reusable = match asked {
                 Asked::Datagrams => Box::pin(self.datagram_flow(&mut ch, peer, target)).await,
-                // Nothing may wait in userspace when the keys move (see offload.rs).
-                Asked::KernelStream
-                    if self.spec.sockets.kernel_tls
-                        && ch.is_clean()
-                        && offload::attach(&ch.sock) =>
-                {
-                    return Box::pin(self.kernel_stream(ch, peer, target)).await;
-                }
-                // Answered with `Opened`: the client goes on in userspace.
-                Asked::Stream | Asked::KernelStream => self.stream(&mut ch, peer, target).await,
+                Asked::KernelStream => match self.kernel_refusal(&ch) {
+                    None => return Box::pin(self.kernel_stream(ch, peer, target)).await,
+                    // Answered with `Opened`: the client goes on in userspace.
+                    Some(why) => {
+                        debug!(%peer, "kernel TLS asked for, TLS stays in userspace: {why}");
+                        self.stream(&mut ch, peer, target).await
+                    }
+                },
+                Asked::Stream => self.stream(&mut ch, peer, target).await,
             };
             if !reusable {
                 return;

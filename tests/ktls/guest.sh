@@ -237,6 +237,18 @@ transfer_big() {
     [ -z "$why" ]
 }
 
+# A router that keeps TLS in userspace: the 16 MiB echo, then the `many`
+# echoes at once, which take fresh channels from the pool (a channel used once
+# is never offered again: its socket already has the ULP). The client (one
+# worker) offers kernel TLS once per router link: after the first `Opened` it
+# stops asking, so the router declines exactly once.
+transfer_declined() {
+    transfer_big && transfer_many || return 1
+    asked=$(grep -c 'kernel TLS asked for, TLS stays in userspace: kernel_tls is off on this router' "$d/router.log")
+    [ "$asked" -eq 1 ] || why="the client offered kernel TLS $asked times to a router that declined (want 1)"
+    [ -z "$why" ]
+}
+
 # The speaking-first source: its greeting, then the sha256 of the 16 MiB.
 transfer_first() {
     transfer "$BIG" "$d/first.out"
@@ -276,8 +288,9 @@ transfer_many() {
 }
 
 # run_case NAME KIND SOCKETS ROUTER_FLAGS CLIENT_FLAGS
-#   KIND:    big (one 16 MiB echo), many (MANY concurrent small echoes) or
-#            first (16 MiB to the source that speaks first)
+#   KIND:    big (one 16 MiB echo), many (MANY concurrent small echoes),
+#            declined (big, then five short echoes, to a router that keeps TLS in
+#            userspace) or first (16 MiB to the source that speaks first)
 #   SOCKETS: by how much TlsTxSw and TlsRxSw must each grow: the sockets whose
 #            records the kernel sealed and opened, one per stream on each side
 #            (client and router), 0 when TLS must stay in userspace
@@ -333,7 +346,7 @@ run_case() {
 }
 
 run_case offload big 2 "" ""
-run_case router-off big 0 "--kernel-tls false" ""
+run_case router-off declined 0 "--kernel-tls false" "--workers 1"
 run_case client-off big 0 "" "--kernel-tls false"
 run_case many many $((2 * MANY)) "" ""
 run_case first first 2 "" ""
