@@ -80,6 +80,14 @@ pub fn attach_ulp(socket: BorrowedFd<'_>) -> bool {
     DETECTOR.attach(|| set_ulp(fd))
 }
 
+/// Settles the machine-wide answer at process start with [`probe`], so that it is
+/// logged once, in the detector's one debug line, before any stream asks; later
+/// [`attach_ulp`] calls go by it. Returns the answer.
+pub fn detect() -> Support {
+    DETECTOR.attach(probe);
+    DETECTOR.support()
+}
+
 /// Tries the "tls" ULP on a loopback connection made for the purpose, bypassing the
 /// cache: `Ok` when this kernel offers kTLS, otherwise why not. For diagnostics
 /// (`conduit tune --check`); on a kernel with kTLS as a module, running it as root

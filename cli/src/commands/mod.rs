@@ -220,13 +220,8 @@ fn prepare_process() {
              (see `conduit tune --check`)"
         ),
     }
-    match conduit_dataplane::ktls::probe() {
-        Ok(()) => tracing::debug!(
-            "kernel TLS is available: streams go through it where the other end's kernel \
-             offers it too (performance.kernel_tls)"
-        ),
-        Err(e) => tracing::debug!("kernel TLS unavailable ({e}); TLS stays in userspace"),
-    }
+    // Its one debug line says whether kTLS is there; streams go by the answer.
+    conduit_dataplane::ktls::detect();
 }
 
 #[cfg(test)]

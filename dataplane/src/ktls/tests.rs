@@ -316,6 +316,20 @@ fn the_probe_agrees_with_the_kernel() {
 }
 
 #[test]
+fn detecting_at_start_settles_what_every_stream_goes_by() {
+    let answer = detect();
+    let expected = if listed() {
+        Support::Available
+    } else {
+        Support::Unavailable
+    };
+    assert_eq!(answer, expected);
+    assert_eq!(support(), expected);
+    let (c, _s) = connected_pair();
+    assert_eq!(attach_ulp(c.as_fd()), expected == Support::Available);
+}
+
+#[test]
 fn installing_without_the_ulp_fails_on_the_transmit_keys() {
     let (client, _) = handshake(TLS13_AES_128_GCM_SHA256);
     let (c, _s) = connected_pair();
