@@ -162,7 +162,7 @@ impl Channel {
 
     /// Decrypts every complete buffered record into the backlog; true once the peer
     /// sent close_notify.
-    fn decrypt_buffered(&mut self) -> Result<bool, ChannelError> {
+    pub(crate) fn decrypt_buffered(&mut self) -> Result<bool, ChannelError> {
         let decoder = &mut self.decoder;
         let backlog = &mut self.backlog;
         let mut bad = None;

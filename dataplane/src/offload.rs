@@ -31,7 +31,7 @@ use std::io;
 
 use conduit_proto::{Message, ProtoError, TlsSession};
 
-use crate::channel::{Channel, ChannelError, Held, lend_back};
+use crate::channel::{Channel, ChannelError, Held};
 use crate::ktls;
 use crate::net::Socket;
 use crate::pool;
@@ -82,21 +82,7 @@ pub(crate) async fn answer(ch: &mut Channel) -> Result<Message, ChannelError> {
         if !read_record(&ch.sock, &ch.tls).await? {
             return Err(ChannelError::Closed);
         }
-        let decoder = &mut ch.decoder;
-        let backlog = &mut ch.backlog;
-        let mut bad = None;
-        let closed = ch.tls.borrow_mut().decrypt(|plain| {
-            if bad.is_none() {
-                if let Err(e) = decoder.feed(plain, |ev| backlog.push_back(Held::from_event(ev))) {
-                    bad = Some(e);
-                }
-            }
-        })?;
-        lend_back(&ch.tls);
-        if let Some(e) = bad {
-            return Err(e.into());
-        }
-        if closed && ch.backlog.is_empty() {
+        if ch.decrypt_buffered()? && ch.backlog.is_empty() {
             return Err(ChannelError::Closed);
         }
     }
