@@ -170,3 +170,82 @@ fn a_router_and_a_tunnel_raise_their_open_file_limit_to_the_hard_one() {
         assert_eq!(nofile_of(pid), (hard.clone(), hard.clone()), "pid {pid}");
     }
 }
+
+/// `conduit version`: the build (version, commit, date, target, protocol) and what
+/// this host offers it, one line each; its kernel-TLS answer is the same live probe
+/// as `tune --check`'s, so the two agree whatever this host has.
+#[test]
+fn version_names_the_build_and_what_this_host_offers() {
+    let out = Command::new(conduit_bin()).arg("version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), "");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let field = |i: usize, label: &str| -> String {
+        let line = lines
+            .get(i)
+            .unwrap_or_else(|| panic!("no line {i}: {stdout}"));
+        line.strip_prefix(label)
+            .unwrap_or_else(|| panic!("line {i} is not {label:?}…: {stdout}"))
+            .to_owned()
+    };
+    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines[0], format!("conduit {}", env!("CARGO_PKG_VERSION")));
+
+    let commit = field(1, "commit:     ");
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{stdout}"
+    );
+    let built = field(2, "built:      ");
+    let stamp = built.as_bytes();
+    assert!(
+        built == "unknown"
+            || (stamp.len() == 20
+                && stamp.iter().enumerate().all(|(i, b)| match i {
+                    4 | 7 => *b == b'-',
+                    10 => *b == b'T',
+                    13 | 16 => *b == b':',
+                    19 => *b == b'Z',
+                    _ => b.is_ascii_digit(),
+                })),
+        "{stdout}"
+    );
+    let target = field(3, "target:     ");
+    assert!(target.split('-').count() >= 3, "{stdout}");
+
+    let engines = field(4, "io engines: ");
+    assert!(
+        ["io_uring, epoll", "epoll"].contains(&engines.as_str()),
+        "{stdout}"
+    );
+
+    let tuned = text(&tune(&["--check"]).stdout);
+    let ktls_line = tuned
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("ktls"))
+        .unwrap_or_else(|| panic!("no ktls line: {tuned}"));
+    let uring_line = tuned
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("io_uring"))
+        .unwrap_or_else(|| panic!("no io_uring line: {tuned}"));
+    assert_eq!(
+        engines.starts_with("io_uring"),
+        uring_line.starts_with("OK "),
+        "{stdout}{uring_line}"
+    );
+    let kernel_tls = field(5, "kernel TLS: ");
+    if ktls_line.starts_with("OK ") {
+        assert_eq!(kernel_tls, "yes");
+    } else {
+        assert_eq!(
+            kernel_tls,
+            "no (TLS records are sealed in userspace; `conduit tune --check` says why)"
+        );
+    }
+    assert_eq!(
+        field(6, "protocol:   "),
+        conduit_proto::version::CURRENT.to_string()
+    );
+}

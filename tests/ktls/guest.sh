@@ -174,10 +174,12 @@ if [ -z "$setup_why" ]; then ok setup; else fail setup "$setup_why"; fi
 # kTLS itself: the point of this VM. The ciphers TLS 1.3 records may use are
 # loaded up front too, so that a missing one shows here rather than as a
 # quiet fallback to userspace TLS.
-if modprobe tls; then
-    ok modprobe-tls
-else
+if ! modprobe tls; then
     fail modprobe-tls "modprobe tls failed: the kernel cannot do kTLS"
+elif ! conduit version | grep -qx 'kernel TLS: yes'; then
+    fail modprobe-tls "tls is loaded but conduit version says: $(conduit version | grep 'kernel TLS')"
+else
+    ok modprobe-tls
 fi
 for m in gcm aesni_intel ghash_clmulni_intel chacha20poly1305 chacha_x86_64 poly1305_x86_64; do
     modprobe "$m" 2>/dev/null || echo "note: modprobe $m failed"

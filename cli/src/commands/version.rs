@@ -1,4 +1,4 @@
-//! `conduit version`.
+//! `conduit version`: the build, and what this host offers it (io engines, kernel TLS).
 
 use anyhow::Result;
 
@@ -14,6 +14,12 @@ pub(crate) fn run() -> Result<()> {
         .map(ToString::to_string)
         .collect();
     say(format_args!("io engines: {}", engines.join(", ")));
+    // The same live probe as `conduit tune --check`, which also says why not.
+    let ktls = match conduit_dataplane::ktls::probe() {
+        Ok(()) => "yes",
+        Err(_) => "no (TLS records are sealed in userspace; `conduit tune --check` says why)",
+    };
+    say(format_args!("kernel TLS: {ktls}"));
     say(format_args!(
         "protocol:   {}",
         conduit_proto::version::CURRENT
