@@ -148,6 +148,8 @@ pub enum LinkStatus {
 
 struct Shared {
     transport: Transport,
+    /// `[performance] kernel_tls`.
+    kernel_tls: bool,
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
     datagrams: bool,
     name: String,
@@ -227,6 +229,7 @@ impl ClientTunnel {
             rotations: mpsc::channel(4),
             shared: Arc::new(Shared {
                 transport: s.transport,
+                kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
                 name: s.name,
                 routers: conduit_dataplane::source_members(&s.router)
@@ -265,6 +268,23 @@ impl ClientTunnel {
     /// The engine the workers run.
     pub fn engine(&self) -> EngineKind {
         self.shared.dp.engine()
+    }
+
+    /// Kernel TLS for this tunnel's TCP streams: `on`, `off` (turned off in its
+    /// settings), `absent` (this host has no kTLS) or `n/a` (plain transport, UDP).
+    /// `on` means each new stream asks; a router without kTLS still declines.
+    pub fn kernel_tls(&self) -> &'static str {
+        if self.shared.datagrams || self.shared.transport == Transport::Plain {
+            "n/a"
+        } else if !self.shared.kernel_tls {
+            "off"
+        } else if conduit_dataplane::ktls::support()
+            == conduit_dataplane::ktls::Support::Unavailable
+        {
+            "absent"
+        } else {
+            "on"
+        }
     }
 
     /// Number of workers.

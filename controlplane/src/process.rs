@@ -94,6 +94,7 @@ impl RegisteredTunnel {
             created_at: entry.created_unix(),
             engine: tunnel.engine().to_string(),
             workers: tunnel.workers() as u32,
+            kernel_tls: tunnel.kernel_tls(),
         });
         let (shutdown, _) = watch::channel(None);
         let state = ControlState {

@@ -313,3 +313,67 @@ fn kill_connection_closes_just_that_connection() {
         "{err}"
     );
 }
+
+/// Whether this host offers kernel TLS, as `conduit version` reports it.
+fn host_has_kernel_tls(home: &Home) -> bool {
+    home.ok(&["version"])
+        .lines()
+        .any(|l| l == "kernel TLS: yes")
+}
+
+#[test]
+fn status_says_whether_streams_go_through_kernel_tls() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (raddr, source) = (raddr.to_string(), source.to_string());
+
+    let (status, _, err) = run_args(&home, &start_args(&home, &raddr, &source, "on"));
+    assert_code(status, 0, &err);
+    let mut off = start_args(&home, &raddr, &source, "off");
+    off.extend(["--kernel-tls".into(), "false".into()]);
+    let (status, _, err) = run_args(&home, &off);
+    assert_code(status, 0, &err);
+
+    // One stream through the tunnel that may use kernel TLS.
+    let l = list_json(&home);
+    let on = l.iter().find(|t| t["name"] == "on").expect("tunnel on");
+    let addr = addr_in(on["bind"].as_str().unwrap());
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ping");
+
+    let (state, streams, words) = if host_has_kernel_tls(&home) {
+        ("on", 1, ", kernel TLS on (1 stream so far);")
+    } else {
+        ("absent", 0, ", no kernel TLS on this host;")
+    };
+    let json = home.ok(&["status", "--format", "json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let of = |name: &str| {
+        v.iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no tunnel {name}: {json}"))["kernel_tls"]
+            .clone()
+    };
+    assert_eq!(
+        of("on"),
+        serde_json::json!({"state": state, "streams": streams})
+    );
+    assert_eq!(of("off"), serde_json::json!({"state": "off", "streams": 0}));
+
+    let text = home.ok(&["status"]);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} (")))
+            .unwrap_or_else(|| panic!("no line for {name}: {text}"))
+            .to_owned()
+    };
+    assert!(line("on").contains(words), "{text}");
+    assert!(line("off").contains(", kernel TLS off;"), "{text}");
+}

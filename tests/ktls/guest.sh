@@ -325,6 +325,18 @@ run_case() {
         grep -qxF "$want" "$d/stats.prom" ||
             why="conduit stats lacks '$want': $(grep kernel_tls "$d/stats.prom" || head -n 3 "$d/stats.prom")"
     fi
+    # And `conduit status` says so in words.
+    if [ -z "$why" ]; then
+        n=$(($3 / 2))
+        case "$5" in
+            *"--kernel-tls false"*) want="kernel TLS off" ;;
+            *) if [ "$n" -eq 1 ]; then want="kernel TLS on (1 stream so far)"
+               else want="kernel TLS on ($n streams so far)"; fi ;;
+        esac
+        conduit status >"$d/status.txt" 2>&1
+        grep -qF "$want" "$d/status.txt" ||
+            why="conduit status lacks '$want': $(cat "$d/status.txt")"
+    fi
     # A process that died during the case is a failure even if bytes got through.
     if [ -z "$why" ]; then
         alive "$rpid" || why="the router exited during the case"

@@ -28,6 +28,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                         v["active_connections"] = json!(t.active_connections);
                         v["idle_channels"] = json!(st.idle_channels);
                         v["io_engine"] = json!(t.io_engine);
+                        v["kernel_tls"] = json!({"state": st.kernel_tls,
+                                                 "streams": st.kernel_tls_streams});
                     }
                     Err(e) => {
                         v["status"] = json!("unreachable");
@@ -85,15 +87,28 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             _ => format!("router {} connecting", e.config.router),
         };
         say(format_args!(
-            "{head}: {} — {link}; {} open connections, {} idle channels, {} on {} workers; {} → {}",
+            "{head}: {} — {link}; {} open connections, {} idle channels, {} on {} workers{}; {} → {}",
             t.status,
             t.active_connections,
             st.idle_channels,
             t.io_engine,
             t.workers,
+            kernel_tls(&st.kernel_tls, st.kernel_tls_streams),
             e.config.bind,
             e.config.source
         ));
     }
     Ok(())
+}
+
+/// The status line's words on kernel TLS; nothing where it does not apply (plain
+/// transport, UDP) or the tunnel predates it.
+fn kernel_tls(state: &str, streams: u64) -> String {
+    match state {
+        "on" if streams == 1 => ", kernel TLS on (1 stream so far)".into(),
+        "on" => format!(", kernel TLS on ({streams} streams so far)"),
+        "off" => ", kernel TLS off".into(),
+        "absent" => ", no kernel TLS on this host".into(),
+        _ => String::new(),
+    }
 }

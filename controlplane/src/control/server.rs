@@ -37,6 +37,8 @@ pub struct TunnelFacts {
     pub engine: String,
     /// Worker count.
     pub workers: u32,
+    /// Kernel TLS: `on`, `off`, `absent` or `n/a` (see `Tunnel::kernel_tls`).
+    pub kernel_tls: &'static str,
 }
 
 /// What the control API reads and drives.
@@ -148,6 +150,8 @@ impl TunnelControl for ControlState {
             connections_total: t.opened,
             connections_failed: t.failed,
             idle_channels: t.idle_channels,
+            kernel_tls: f.kernel_tls.into(),
+            kernel_tls_streams: t.kernel_tls,
         }))
     }
 
