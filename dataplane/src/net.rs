@@ -70,6 +70,12 @@ impl Socket {
         }
     }
 
+    /// The segment size the socket sends with now (see [`sys::tcp_mss`]); `None` if
+    /// the kernel will not say.
+    pub(crate) fn mss(&self) -> Option<usize> {
+        sys::tcp_mss(self.fd).ok().filter(|&m| m > 0)
+    }
+
     /// Waits until a read would not block (data, EOF or an error is pending).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         // `relaxed = false`: on the epoll driver this confirms with poll(2), because

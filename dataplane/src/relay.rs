@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use conduit_proto::frame::{HEADER_LEN, Header};
-use conduit_proto::session::MAX_RECORD_PLAINTEXT;
+use conduit_proto::session::{MAX_RECORD_PLAINTEXT, RECORD_OVERHEAD};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsError, TlsSession};
 use futures::channel::oneshot;
 use futures::future::try_join;
@@ -185,12 +185,15 @@ fn up<'a>(
     async move {
         // After a full read more is probably waiting: try again before waiting.
         let mut maybe_more = false;
+        // Plaintext read at once: `chunk`, trimmed once bytes flow so that each
+        // write fills whole TCP segments (see `fit_to_segments`).
+        let mut size = chunk;
         loop {
             if !maybe_more {
                 plain.readable().await.map_err(Stop::Plain)?;
             }
             let mut buf = pool::take();
-            let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + chunk]) {
+            let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + size]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     pool::give(buf);
@@ -202,7 +205,7 @@ fn up<'a>(
                     return Err(Stop::Plain(e));
                 }
             };
-            maybe_more = n == chunk;
+            maybe_more = n == size;
             let (out, len) = seal_chunk(tls, buf, n)?;
             let sent = chan.send_all(&out[..len]).await;
             pool::give(out);
@@ -210,9 +213,37 @@ fn up<'a>(
             if n == 0 {
                 return Ok(());
             }
+            if maybe_more {
+                // Bulk: the segment size moves as the connection's window grows.
+                size = fit_to_segments(chunk, chan.mss());
+            }
             meter.sent(n).await;
         }
     }
+}
+
+/// The plaintext to read at once, at most `chunk`, so that its sealed records (with
+/// the frame header) come to a whole number of TCP segments of `mss` bytes.
+///
+/// Linux cuts a write into socket buffers of at most one GSO packet, a whole number
+/// of segments (on loopback one segment of 65,483 bytes; on Ethernet 45 of 1,448).
+/// Four full records are 65,624 bytes: written as they are, every write would leave
+/// a scrap of a few hundred bytes that goes out as a packet of its own, with all the
+/// per-packet work of a full one on both ends. On loopback, trimming the write to
+/// fit cut the relays' CPU per byte by a fifth. Nothing to trim when one segment
+/// holds the whole write (`chunk` tuned for latency on loopback) or the size is
+/// unknown.
+pub(crate) fn fit_to_segments(chunk: usize, mss: Option<usize>) -> usize {
+    let framed = chunk + HEADER_LEN;
+    let sealed = framed + framed.div_ceil(MAX_RECORD_PLAINTEXT) * RECORD_OVERHEAD;
+    let Some(mss) = mss.filter(|&m| m > 0 && m < sealed) else {
+        return chunk;
+    };
+    let target = sealed / mss * mss;
+    let records = target.div_ceil(MAX_RECORD_PLAINTEXT + RECORD_OVERHEAD);
+    target
+        .saturating_sub(records * RECORD_OVERHEAD + HEADER_LEN)
+        .clamp(1, chunk)
 }
 
 /// Seals the `n` bytes read into `buf` after its header room as one `Data` frame
@@ -425,5 +456,65 @@ fn on_event(
         Event::Data(_) => b.bad = Some(unexpected("Data before Opened")),
         Event::Datagram(_) => b.bad = Some(unexpected("Datagram on a TCP stream")),
         Event::Message(m) => b.bad = Some(unexpected(m.name())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What four records' worth of `plain` bytes (framed) seal to.
+    fn sealed(plain: usize) -> usize {
+        let framed = plain + HEADER_LEN;
+        framed + framed.div_ceil(MAX_RECORD_PLAINTEXT) * RECORD_OVERHEAD
+    }
+
+    #[test]
+    fn a_full_chunk_is_trimmed_to_whole_segments() {
+        assert_eq!(sealed(CHUNK), 65_624);
+        // Loopback once the window has grown: one segment.
+        assert_eq!(fit_to_segments(CHUNK, Some(65_483)), 65_390);
+        assert_eq!(sealed(65_390), 65_483);
+        // Ethernet: 45 segments of 1,448 bytes.
+        assert_eq!(fit_to_segments(CHUNK, Some(1_448)), 65_067);
+        assert_eq!(sealed(65_067), 45 * 1_448);
+        // Loopback early on, while the peer's window bounds the segment: two, then one.
+        assert_eq!(sealed(fit_to_segments(CHUNK, Some(32_741))), 2 * 32_741);
+        let three_records = fit_to_segments(CHUNK, Some(47_616));
+        assert_eq!(sealed(three_records), 47_616);
+        assert_eq!(
+            (three_records + HEADER_LEN).div_ceil(MAX_RECORD_PLAINTEXT),
+            3
+        );
+    }
+
+    #[test]
+    fn the_sealed_write_never_passes_the_segments_it_was_fitted_to() {
+        for mss in (88..70_000).step_by(7) {
+            for chunk in [CHUNK, crate::MIN_READ_CHUNK, 4_000] {
+                let fit = fit_to_segments(chunk, Some(mss));
+                assert!((1..=chunk).contains(&fit), "mss {mss} chunk {chunk}: {fit}");
+                if mss < sealed(chunk) {
+                    let whole = sealed(chunk) / mss * mss;
+                    // Full to within one record's overhead, never over.
+                    assert!(sealed(fit) <= whole, "mss {mss} chunk {chunk}");
+                    assert!(
+                        sealed(fit) + RECORD_OVERHEAD >= whole,
+                        "mss {mss} chunk {chunk}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_trimmed_when_one_segment_holds_the_write_or_the_size_is_unknown() {
+        assert_eq!(fit_to_segments(CHUNK, None), CHUNK);
+        assert_eq!(fit_to_segments(CHUNK, Some(0)), CHUNK);
+        assert_eq!(fit_to_segments(CHUNK, Some(sealed(CHUNK))), CHUNK);
+        assert_eq!(
+            fit_to_segments(crate::MIN_READ_CHUNK, Some(65_483)),
+            crate::MIN_READ_CHUNK
+        );
     }
 }
