@@ -45,6 +45,10 @@ def parse_args(argv):
     p.add_argument("--no-install", action="store_true",
                    help="never apt-get install; print the command instead")
     p.add_argument("--skip-rathole", action="store_true", help="do not install or run rathole")
+    p.add_argument("--baseline", type=Path, metavar="BIN",
+                   help="another conduit binary (an earlier build): each Conduit relay runs"
+                        " again with it as RELAY@base, interleaved with the rest, and the"
+                        " report gives this build's ratios to it")
     p.add_argument("--out", type=Path, default=BENCHES / "results", help="results directory")
     p.add_argument("--render", type=Path, metavar="JSON",
                    help="only rewrite the Markdown report of an earlier run's JSON")
@@ -86,6 +90,9 @@ def build_relays(a, conduit, workdir):
             raise setup.SetupError(f"unknown relay(s) {', '.join(sorted(unknown))}; known:"
                                    f" {', '.join(r.name for r in all_relays)}")
         all_relays = [r for r in all_relays if r.name in wanted]
+    if a.baseline:
+        all_relays += [r.twin(a.baseline.resolve(), setup.baseline_note(a.baseline))
+                       for r in all_relays if isinstance(r, relays.Conduit)]
     return all_relays
 
 

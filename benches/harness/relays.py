@@ -262,6 +262,12 @@ class Conduit(Relay):
         self.help_text = help_text
         self.udp = transport == "tls"  # UDP rides TLS only
 
+    def twin(self, binary, note):
+        """The same relay run with another build (`--baseline`), named RELAY@base."""
+        other = Conduit(binary, self.home, self.engine, self.transport, self.help_text)
+        other.name, other.note = self.name + "@base", note
+        return other
+
     def skip_reason(self):
         if self.transport != "tls" and "--transport" not in self.help_text:
             return "`conduit router --help` lists no --transport option yet"

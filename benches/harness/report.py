@@ -70,8 +70,9 @@ def ratios(meds, relays):
 
 
 def _ratios(meds, names):
-    conduits = [n for n in names if n.startswith("conduit")]
-    peers = [n for n in names if not n.startswith("conduit") and n != "direct"]
+    # A `--baseline` build's rows (RELAY@base) are peers of this build's.
+    conduits = [n for n in names if n.startswith("conduit") and "@" not in n]
+    peers = [n for n in names if (not n.startswith("conduit") or "@" in n) and n != "direct"]
     out = {}
     for c in conduits:
         out[c] = {}

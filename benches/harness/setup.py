@@ -97,6 +97,22 @@ def rathole_note(binary):
         return ""
 
 
+def baseline_note(binary):
+    """Which build a `--baseline` binary is, for the report."""
+    try:
+        out = subprocess.run([str(binary), "version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except OSError as e:
+        raise SetupError(f"--baseline {binary}: cannot run it ({e}); give the path of a"
+                         " conduit binary, e.g. one built from an earlier commit") from e
+    commit = next((line.split()[-1] for line in out.splitlines() if line.startswith("commit:")),
+                  None)
+    if not out.startswith("conduit ") or commit is None:
+        raise SetupError(f"--baseline {binary}: `version` did not answer like conduit;"
+                         " give the path of a conduit binary")
+    return f"baseline build {commit}"
+
+
 def rathole_noise_keys(binary):
     """A Noise static key pair from `rathole --genkey`."""
     out = subprocess.run([binary, "--genkey"], capture_output=True, text=True, check=True)
