@@ -70,13 +70,13 @@ def ratios(meds, relays):
 
 
 def _ratios(meds, names):
-    # A `--baseline` build's rows (RELAY@base) are peers of this build's.
+    # A `--baseline` build's row (RELAY@base) is a peer of the same row of this build.
     conduits = [n for n in names if n.startswith("conduit") and "@" not in n]
-    peers = [n for n in names if (not n.startswith("conduit") or "@" in n) and n != "direct"]
+    peers = [n for n in names if not n.startswith("conduit") and n != "direct"]
     out = {}
     for c in conduits:
         out[c] = {}
-        for p in peers:
+        for p in peers + [n for n in names if n == c + "@base"]:
             out[c][p] = {k: (meds[c][k] / meds[p][k]
                              if meds[c].get(k) and meds[p].get(k) else None)
                          for k in RATIO_KEYS}
@@ -113,7 +113,8 @@ def markdown(run):
     meta, cfg, meds = run["machine"], run["config"], run["medians"]
     # Recomputed from the medians, so a report re-rendered with more ratio columns
     # than the run stored still has them all.
-    rats = _ratios(meds, [n for n in meds if n in run["ratios"] or not n.startswith("conduit")])
+    rats = _ratios(meds, [n for n in meds
+                          if n in run["ratios"] or not n.startswith("conduit") or "@" in n])
     relays = run["relays"]
     lines = [f"# Conduit benchmark: {run['date']} on {meta['host']}", ""]
     if cfg["quick"]:
