@@ -233,9 +233,8 @@ fn up<'a>(
 /// fit cut the relays' CPU per byte by a fifth. Nothing to trim when one segment
 /// holds the whole write (`chunk` tuned for latency on loopback) or the size is
 /// unknown.
-pub(crate) fn fit_to_segments(chunk: usize, mss: Option<usize>) -> usize {
-    let framed = chunk + HEADER_LEN;
-    let sealed = framed + framed.div_ceil(MAX_RECORD_PLAINTEXT) * RECORD_OVERHEAD;
+fn fit_to_segments(chunk: usize, mss: Option<usize>) -> usize {
+    let sealed = sealed_len(chunk);
     let Some(mss) = mss.filter(|&m| m > 0 && m < sealed) else {
         return chunk;
     };
@@ -244,6 +243,12 @@ pub(crate) fn fit_to_segments(chunk: usize, mss: Option<usize>) -> usize {
     target
         .saturating_sub(records * RECORD_OVERHEAD + HEADER_LEN)
         .clamp(1, chunk)
+}
+
+/// What `plain` bytes of payload seal to: one `Data` frame cut into full TLS records.
+fn sealed_len(plain: usize) -> usize {
+    let framed = plain + HEADER_LEN;
+    framed + framed.div_ceil(MAX_RECORD_PLAINTEXT) * RECORD_OVERHEAD
 }
 
 /// Seals the `n` bytes read into `buf` after its header room as one `Data` frame
@@ -463,11 +468,7 @@ fn on_event(
 mod tests {
     use super::*;
 
-    /// What four records' worth of `plain` bytes (framed) seal to.
-    fn sealed(plain: usize) -> usize {
-        let framed = plain + HEADER_LEN;
-        framed + framed.div_ceil(MAX_RECORD_PLAINTEXT) * RECORD_OVERHEAD
-    }
+    use sealed_len as sealed;
 
     #[test]
     fn a_full_chunk_is_trimmed_to_whole_segments() {
