@@ -20,7 +20,7 @@ use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::offload;
-use crate::plain::{PlainChannel, Wire, pump, read_frame, send_frame};
+use crate::plain::{PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::sys::Peek;
@@ -633,7 +633,7 @@ impl ClientCore {
     ) -> Result<(), (ErrorKind, String)> {
         let Some(stop) = stop else {
             if ch.is_clean() && !self.core.stopping.get() {
-                self.reuse(ch);
+                self.reuse(Link::Tls(ch));
             }
             return Ok(());
         };
@@ -655,25 +655,28 @@ impl ClientCore {
     }
 
     /// One stream over a plain channel: `Open`, then splice both ways at once; the
-    /// router's `Opened` (or `OpenFailed`) precedes its bytes.
+    /// router's `Opened` (or `OpenFailed`) precedes its bytes. A channel that frames
+    /// its streams (protocol 5) goes back to the pool once both directions ended.
     async fn run_plain(
         &self,
         user: &Socket,
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
-        ch: Box<PlainChannel>,
+        mut ch: Box<PlainChannel>,
     ) -> Result<(), (ErrorKind, String)> {
-        let PlainChannel { sock, leftover, .. } = *ch;
+        let wire = ch.wire();
+        let leftover = std::mem::take(&mut ch.leftover);
         send_frame(
-            &sock,
+            &ch.sock,
             &Message::Open {
                 target: self.spec.target.clone(),
             },
         )
         .await
         .map_err(channel_failed)?;
+        let sock = &ch.sock;
         let opened = async {
-            let (reply, rest) = read_frame(&sock, leftover)
+            let (reply, rest) = read_frame(sock, leftover)
                 .await
                 .map_err(|e| Stop::Channel(std::io::Error::other(e.to_string())))?;
             match reply {
@@ -685,8 +688,12 @@ impl ClientCore {
                 })),
             }
         };
-        self.splice_both(user, counters, kill, &sock, Wire::Plain, opened)
-            .await
+        self.splice_both(user, counters, kill, sock, wire, opened)
+            .await?;
+        if wire == Wire::Framed && !self.core.stopping.get() {
+            self.reuse(Link::Plain(ch));
+        }
+        Ok(())
     }
 
     /// Splices a stream both ways between the user and a channel that carries raw
@@ -704,25 +711,29 @@ impl ClientCore {
     ) -> Result<(), (ErrorKind, String)> {
         let stats = &self.core.stats;
         let limit = self.spec.bandwidth.as_ref();
-        let up = pump(
-            user,
-            sock,
-            false,
-            wire,
-            Meter {
-                conn: &counters.up,
-                core: &stats.bytes_up,
-                limit: limit.map(|b| &b.up),
-            },
-        );
+        let to_router = Meter {
+            conn: &counters.up,
+            core: &stats.bytes_up,
+            limit: limit.map(|b| &b.up),
+        };
+        let up = async {
+            if wire == Wire::Framed {
+                frames_out(user, sock, to_router).await
+            } else {
+                pump(user, sock, false, wire, to_router).await
+            }
+        };
         let down = async {
             let rest = opened.await?;
-            user.send_all(&rest).await.map_err(Stop::Plain)?;
             let to_user = Meter {
                 conn: &counters.down,
                 core: &stats.bytes_down,
                 limit: limit.map(|b| &b.down),
             };
+            if wire == Wire::Framed {
+                return frames_in(sock, user, &rest, to_user).await;
+            }
+            user.send_all(&rest).await.map_err(Stop::Plain)?;
             to_user.sent(rest.len()).await;
             pump(sock, user, true, wire, to_user).await
         };
@@ -818,16 +829,17 @@ impl ClientCore {
     }
 
     /// Puts a channel that finished a stream cleanly back in the pool.
-    fn reuse(&self, ch: Box<Channel>) {
+    fn reuse(&self, ch: Link) {
         let mut pool = self.pool.borrow_mut();
         if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
             return; // plenty idle already; let this one close
         }
-        let Some(mut ch) = pool.hand_to_waiter(Link::Tls(ch)) else {
+        let Some(mut ch) = pool.hand_to_waiter(ch) else {
             return;
         };
-        if let Link::Tls(c) = &mut ch {
-            c.idle_since = Instant::now();
+        match &mut ch {
+            Link::Tls(c) => c.idle_since = Instant::now(),
+            Link::Plain(c) => c.idle_since = Instant::now(),
         }
         pool.idle.push_front(ch);
         drop(pool);

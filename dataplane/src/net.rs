@@ -99,18 +99,28 @@ impl Socket {
     /// writes, and a readiness wait kept inline would add its size to the task, that
     /// is, to the memory of every connection for as long as it lives.
     pub(crate) async fn send_all(&self, buf: &[u8]) -> io::Result<()> {
-        let sent = self.send_now(buf)?;
+        self.send_all_flags(buf, 0).await
+    }
+
+    /// [`Self::send_all`] for bytes that more will follow at once (a frame header
+    /// before its spliced body): the kernel holds them back to share a segment.
+    pub(crate) async fn send_all_more(&self, buf: &[u8]) -> io::Result<()> {
+        self.send_all_flags(buf, sys::MORE).await
+    }
+
+    async fn send_all_flags(&self, buf: &[u8], flags: libc::c_int) -> io::Result<()> {
+        let sent = self.send_now(buf, flags)?;
         if sent < buf.len() {
-            Box::pin(self.send_waiting(&buf[sent..])).await?;
+            Box::pin(self.send_waiting(&buf[sent..], flags)).await?;
         }
         Ok(())
     }
 
     /// Writes as much of `buf` as the socket takes without waiting; how much.
-    fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+    fn send_now(&self, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
         let mut sent = 0;
         while sent < buf.len() {
-            match sys::send(self.fd, &buf[sent..]) {
+            match sys::send_flags(self.fd, &buf[sent..], flags) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -122,10 +132,10 @@ impl Socket {
 
     /// The rest of a write the socket had no room for: wait for room, write what fits,
     /// again until all is written.
-    async fn send_waiting(&self, mut buf: &[u8]) -> io::Result<()> {
+    async fn send_waiting(&self, mut buf: &[u8], flags: libc::c_int) -> io::Result<()> {
         while !buf.is_empty() {
             self.writable().await?;
-            buf = &buf[self.send_now(buf)?..];
+            buf = &buf[self.send_now(buf, flags)?..];
         }
         Ok(())
     }

@@ -2,9 +2,12 @@
 //! and only when the operator opts in on both ends with `--transport plain`.
 //!
 //! The same `Hello`/`Welcome` and `Open`/`Opened` frames as over TLS, in clear; after
-//! `Open` (client) and `Opened` (router) the channel carries raw bytes, relayed with
-//! `splice(2)`: the payload never enters user space. TCP half-close maps onto the
-//! channel's own half-close, so a plain channel carries one stream and then closes.
+//! `Open` (client) and `Opened` (router) each direction's payload travels as `Data`
+//! frames, each a 5-byte header written by us and the bytes after it moved with
+//! `splice(2)`: the payload never enters user space. `Eof` ends a direction (TCP
+//! half-close); once both have ended the channel is idle again and carries the next
+//! stream, as a TLS channel does. Against a peer older than protocol 5 a plain
+//! channel carries one stream of raw bytes, ended by TCP's FIN, and then closes.
 //!
 //! Splicing waits for readiness and then splices without blocking: io_uring's own
 //! splice op parks a kernel worker thread per waiting connection. Pipes come from a
@@ -17,6 +20,7 @@ use std::net::Shutdown;
 use std::time::Instant;
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header};
+use conduit_proto::version::PLAIN_FRAMES;
 use conduit_proto::{Message, ProtoError, PublicKey};
 
 use crate::channel::ChannelError;
@@ -28,6 +32,8 @@ use crate::sys::{self, Pipe};
 
 /// Bytes moved per splice call.
 const SPLICE_CHUNK: usize = sys::PIPE_SIZE;
+// A chunk spliced whole is one `Data` frame.
+const _: () = assert!(SPLICE_CHUNK <= conduit_proto::frame::MAX_DATA_BODY as usize);
 /// Pipes kept for reuse per core.
 const MAX_PIPES: usize = 64;
 
@@ -61,6 +67,8 @@ pub(crate) struct PlainChannel {
     pub(crate) idle_since: Instant,
     /// Bytes received before the worker took over.
     pub(crate) leftover: Vec<u8>,
+    /// The protocol version agreed in `Hello`/`Welcome`.
+    pub(crate) version: u16,
 }
 
 impl PlainChannel {
@@ -74,7 +82,17 @@ impl PlainChannel {
             epoch: h.epoch,
             idle_since: h.made,
             leftover: h.leftover,
+            version: h.version,
         })
+    }
+
+    /// How the channel carries a stream's payload.
+    pub(crate) fn wire(&self) -> Wire {
+        if self.version >= PLAIN_FRAMES {
+            Wire::Framed
+        } else {
+            Wire::Plain
+        }
     }
 }
 
@@ -140,8 +158,12 @@ fn side(channel: bool, e: io::Error) -> Stop {
 /// How the channel end of a [`pump`] carries the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wire {
-    /// Raw bytes (the plain transport): TCP's FIN ends the stream.
+    /// Raw bytes (the plain transport before protocol 5): TCP's FIN ends the stream.
     Plain,
+    /// `Data` frames whose bodies are spliced, `Eof` ending each direction (the plain
+    /// transport from protocol 5 on): the channel outlives the stream. See
+    /// [`frames_out`] and [`frames_in`]; [`pump`] does not take this one.
+    Framed,
     /// Kernel TLS: the kernel seals and opens the records; a close_notify alert ends
     /// the stream, and a FIN without one is a truncation.
     KernelTls,
@@ -224,6 +246,204 @@ pub(crate) async fn pump(
     }
 }
 
+/// Moves a stream's bytes from `src` into the channel `chan` as `Data` frames until
+/// `src` ends, then sends `Eof`.
+///
+/// Each chunk is spliced from `src` into a pipe first, so its length is known before
+/// its header goes out; the header is sent with `MSG_MORE`, and the splice from the
+/// pipe that follows joins it in the same TCP segment.
+pub(crate) async fn frames_out(src: &Socket, chan: &Socket, meter: Meter<'_>) -> Result<(), Stop> {
+    let mut maybe_more = false;
+    loop {
+        if !maybe_more {
+            src.readable().await.map_err(Stop::Plain)?;
+        }
+        let p = take_pipe().map_err(Stop::Plain)?;
+        let n = match sys::splice(src.raw_fd(), p.write.as_fd_raw(), SPLICE_CHUNK) {
+            Ok(n) => n,
+            Err(e) => {
+                give_pipe(p);
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    maybe_more = false;
+                    continue;
+                }
+                return Err(Stop::Plain(e));
+            }
+        };
+        if n == 0 {
+            give_pipe(p);
+            let mut eof = [0u8; HEADER_LEN];
+            Header::write(FrameType::Eof, 0, &mut eof);
+            return chan.send_all(&eof).await.map_err(Stop::Channel);
+        }
+        maybe_more = n == SPLICE_CHUNK;
+        let mut header = [0u8; HEADER_LEN];
+        Header::write(FrameType::Data, n, &mut header);
+        chan.send_all_more(&header).await.map_err(Stop::Channel)?;
+        // On an error the pipe, which may still hold bytes, is dropped, not pooled.
+        drain(&p, n, chan, &meter).await.map_err(Stop::Channel)?;
+        give_pipe(p);
+    }
+}
+
+/// Moves a stream's `Data` frames from the channel `chan` into `dst` until `Eof`,
+/// then half-closes `dst`. `pre` is what of the stream was read from the channel
+/// along with `Open` or `Opened`. Reads from the channel never go past `Eof`: the
+/// next stream's frames stay in the socket for whoever reads its `Open`.
+pub(crate) async fn frames_in(
+    chan: &Socket,
+    dst: &Socket,
+    mut pre: &[u8],
+    meter: Meter<'_>,
+) -> Result<(), Stop> {
+    let mut frames = FrameReader::default();
+    while let Some(piece) = frames.take(&mut pre)? {
+        match piece {
+            Piece::Payload(bytes) => {
+                dst.send_all(bytes).await.map_err(Stop::Plain)?;
+                meter.sent(bytes.len()).await;
+            }
+            Piece::Eof if pre.is_empty() => {
+                dst.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            Piece::Eof => {
+                return Err(ProtoError::Unexpected {
+                    got: "bytes after Eof",
+                    expected: "the end of the stream",
+                }
+                .into());
+            }
+        }
+    }
+    let mut maybe_more = true;
+    loop {
+        if !maybe_more {
+            chan.readable().await.map_err(Stop::Channel)?;
+        }
+        if frames.body_left == 0 {
+            // Only the header's own bytes: what follows may be the body or nothing.
+            match chan.try_recv(&mut frames.header[frames.have..]) {
+                Ok(0) => return Err(Stop::ChannelClosed),
+                Ok(k) => {
+                    maybe_more = true;
+                    frames.have += k;
+                    if let Some(Piece::Eof) = frames.header_done()? {
+                        dst.shutdown(Shutdown::Write);
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => maybe_more = false,
+                Err(e) => return Err(Stop::Channel(e)),
+            }
+            continue;
+        }
+        let want = frames.body_left.min(SPLICE_CHUNK);
+        let p = take_pipe().map_err(Stop::Plain)?;
+        match sys::splice(chan.raw_fd(), p.write.as_fd_raw(), want) {
+            Ok(0) => {
+                give_pipe(p);
+                return Err(Stop::ChannelClosed);
+            }
+            Ok(n) => {
+                frames.body_left -= n;
+                maybe_more = n == want;
+                drain(&p, n, dst, &meter).await.map_err(Stop::Plain)?;
+                give_pipe(p);
+            }
+            Err(e) => {
+                give_pipe(p);
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(Stop::Channel(e));
+                }
+                maybe_more = false;
+            }
+        }
+    }
+}
+
+/// Splices all `n` bytes held in `p` into `dst`, waiting for room as needed.
+async fn drain(p: &Pipe, mut n: usize, dst: &Socket, meter: &Meter<'_>) -> io::Result<()> {
+    while n > 0 {
+        match sys::splice(p.read.as_fd_raw(), dst.raw_fd(), n) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => {
+                n -= k;
+                meter.sent(k).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Where a framed stream's reader stands: inside a header, or inside a `Data` body.
+#[derive(Debug, Default)]
+struct FrameReader {
+    header: [u8; HEADER_LEN],
+    /// Bytes of `header` received so far.
+    have: usize,
+    /// Bytes of the current `Data` body not yet received.
+    body_left: usize,
+}
+
+/// What a [`FrameReader`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    /// Payload of the stream.
+    Payload(&'a [u8]),
+    /// The end of this direction of the stream.
+    Eof,
+}
+
+impl FrameReader {
+    /// The next piece of the stream in `buf`, consuming what it read; `None` once
+    /// `buf` is used up without completing one.
+    fn take<'a>(&mut self, buf: &mut &'a [u8]) -> Result<Option<Piece<'a>>, ProtoError> {
+        while !buf.is_empty() {
+            if self.body_left > 0 {
+                let (payload, rest) = buf.split_at(self.body_left.min(buf.len()));
+                *buf = rest;
+                self.body_left -= payload.len();
+                return Ok(Some(Piece::Payload(payload)));
+            }
+            let k = (HEADER_LEN - self.have).min(buf.len());
+            self.header[self.have..self.have + k].copy_from_slice(&buf[..k]);
+            self.have += k;
+            *buf = &buf[k..];
+            if let Some(piece) = self.header_done()? {
+                return Ok(Some(piece));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Once the header is whole: `Eof`, or a `Data` body to expect.
+    fn header_done(&mut self) -> Result<Option<Piece<'static>>, ProtoError> {
+        if self.have < HEADER_LEN {
+            return Ok(None);
+        }
+        self.have = 0;
+        let header = Header::parse(&self.header)?;
+        match header.typ {
+            FrameType::Data => {
+                self.body_left = header.body_len as usize;
+                Ok(None)
+            }
+            FrameType::Eof if header.body_len == 0 => Ok(Some(Piece::Eof)),
+            FrameType::Eof => Err(ProtoError::Malformed {
+                what: "Eof",
+                reason: format!("it carries {} bytes; it carries none", header.body_len),
+            }),
+            _ => Err(ProtoError::Unexpected {
+                got: "a control frame",
+                expected: "Data or Eof, in the middle of a stream",
+            }),
+        }
+    }
+}
+
 /// TLS content type of an alert record.
 const ALERT: u8 = 21;
 /// A warning-level close_notify alert: "no more data from this side".
@@ -267,4 +487,108 @@ impl AsFdRaw for std::os::fd::OwnedFd {
         use std::os::fd::AsRawFd;
         self.as_raw_fd()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(typ: FrameType, body: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; HEADER_LEN];
+        Header::write(typ, body.len(), &mut h);
+        [&h[..], body].concat()
+    }
+
+    /// Everything a reader finds in `stream` fed `step` bytes at a time: the payload,
+    /// and how many bytes were left unread after `Eof` (`None`: no `Eof`).
+    fn read_in_steps(stream: &[u8], step: usize) -> Result<(Vec<u8>, Option<usize>), ProtoError> {
+        let mut r = FrameReader::default();
+        let mut payload = Vec::new();
+        for (i, chunk) in stream.chunks(step).enumerate() {
+            let mut buf = chunk;
+            while let Some(piece) = r.take(&mut buf)? {
+                match piece {
+                    Piece::Payload(p) => payload.extend_from_slice(p),
+                    Piece::Eof => {
+                        let after = buf.len() + stream.len().saturating_sub((i + 1) * step);
+                        return Ok((payload, Some(after)));
+                    }
+                }
+            }
+        }
+        Ok((payload, None))
+    }
+
+    #[test]
+    fn payload_and_eof_come_out_whole_however_the_bytes_are_cut() {
+        let stream = [
+            frame(FrameType::Data, b"hello, "),
+            frame(FrameType::Data, b""),
+            frame(FrameType::Data, &[7u8; 3000]),
+            frame(FrameType::Eof, b""),
+        ]
+        .concat();
+        let want = [&b"hello, "[..], &[7u8; 3000][..]].concat();
+        for step in 1..=stream.len() {
+            assert_eq!(
+                read_in_steps(&stream, step).unwrap(),
+                (want.clone(), Some(0)),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reader_stops_at_eof_and_leaves_the_next_stream_alone() {
+        let next = frame(FrameType::Open, b"next");
+        let stream = [
+            frame(FrameType::Data, b"abc"),
+            frame(FrameType::Eof, b""),
+            next.clone(),
+        ]
+        .concat();
+        assert_eq!(
+            read_in_steps(&stream, stream.len()).unwrap(),
+            (b"abc".to_vec(), Some(next.len()))
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_short_has_no_eof() {
+        let stream = [frame(FrameType::Data, b"abcdef")].concat();
+        assert_eq!(
+            read_in_steps(&stream[..stream.len() - 2], 4).unwrap(),
+            (b"abcd".to_vec(), None)
+        );
+    }
+
+    #[test]
+    fn control_frames_and_bad_headers_mid_stream_are_errors() {
+        let ping = [frame(FrameType::Data, b"x"), frame(FrameType::Ping, b"")].concat();
+        assert!(matches!(
+            read_in_steps(&ping, 1),
+            Err(ProtoError::Unexpected {
+                got: "a control frame",
+                ..
+            })
+        ));
+        let eof_with_body = frame(FrameType::Eof, b"!");
+        assert!(matches!(
+            read_in_steps(&eof_with_body, 3),
+            Err(ProtoError::Malformed { what: "Eof", .. })
+        ));
+        // Over the Data limit: refused from the header alone, nothing allocated.
+        let mut huge = ((MAX_DATA + 2) as u32).to_be_bytes().to_vec();
+        huge.push(FrameType::Data as u8);
+        assert!(matches!(
+            read_in_steps(&huge, HEADER_LEN),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+        assert!(matches!(
+            read_in_steps(&[0, 0, 0, 0, 0x20], HEADER_LEN),
+            Err(ProtoError::EmptyFrame)
+        ));
+    }
+
+    const MAX_DATA: usize = conduit_proto::frame::MAX_DATA_BODY as usize;
 }

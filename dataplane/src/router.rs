@@ -20,7 +20,7 @@ use crate::handoff::ChannelHandoff;
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::offload;
-use crate::plain::{PlainChannel, Wire, pump, read_frame, send_frame};
+use crate::plain::{PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
@@ -242,73 +242,79 @@ impl RouterCore {
         }
     }
 
-    /// One stream on a plain channel: `Open`, the source, `Opened`, then splice.
+    /// A plain channel: `Open`, the source, `Opened`, then splice; again for the next
+    /// stream while the channel frames its streams (protocol 5) and each ends cleanly.
     async fn plain_stream(self: Rc<Self>, ch: PlainChannel, peer: SocketAddr) {
+        let wire = ch.wire();
         let PlainChannel {
             sock,
             peer_key,
             tunnel,
-            leftover,
+            mut leftover,
             ..
         } = ch;
-        let first = Box::pin(monoio::time::timeout(
-            self.spec.idle_timeout,
-            read_frame(&sock, leftover),
-        ))
-        .await;
-        let (target, rest) = match first {
-            Ok(Ok((Message::Open { target }, rest))) => (Rc::<str>::from(target), rest),
-            Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
-            Ok(Ok((Message::OpenDatagrams { .. }, _))) => {
-                let refusal = Refusal::new(
-                    RefusalCode::PolicyDenied,
-                    "UDP tunnels are not carried over the plain transport; \
-                     use the TLS transport on both ends",
-                );
-                let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "idle plain channel timed out");
-                return;
-            }
-            Ok(Ok((other, _))) => {
-                warn!(%peer, "protocol error: {} on an idle plain channel; closing it", other.name());
-                return;
-            }
-            Ok(Err(e)) => {
-                warn!(%peer, "plain channel error: {e}; closing it");
-                return;
-            }
-        };
-        let core = &self.core;
-        let id = core.next_conn_id();
-        if core.stopping.get() {
-            let refusal = Refusal::new(RefusalCode::ShuttingDown, "the router is shutting down");
-            let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
-            return;
-        }
-        let (source, _permit) = match self.open_source(id, peer, peer_key.as_ref(), &target).await {
-            Ok(s) => s,
-            Err(refusal) => {
-                let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
-                return;
-            }
-        };
-        if send_frame(&sock, &Message::Opened).await.is_err()
-            || source.send_all(&rest).await.is_err()
-        {
-            return;
-        }
-        let of = StreamOf {
-            id,
-            peer,
-            client: peer_key,
-            tunnel: &tunnel,
-            target: &target,
-        };
-        self.splice_both(&of, &sock, &source, Wire::Plain, rest.len())
+        loop {
+            let first = Box::pin(monoio::time::timeout(
+                self.spec.idle_timeout,
+                read_frame(&sock, std::mem::take(&mut leftover)),
+            ))
             .await;
+            let (target, rest) = match first {
+                Ok(Ok((Message::Open { target }, rest))) => (Rc::<str>::from(target), rest),
+                Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
+                Ok(Ok((Message::OpenDatagrams { .. }, _))) => {
+                    let refusal = Refusal::new(
+                        RefusalCode::PolicyDenied,
+                        "UDP tunnels are not carried over the plain transport; \
+                         use the TLS transport on both ends",
+                    );
+                    let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "idle plain channel timed out");
+                    return;
+                }
+                Ok(Ok((other, _))) => {
+                    warn!(%peer, "protocol error: {} on an idle plain channel; closing it", other.name());
+                    return;
+                }
+                Ok(Err(e)) => {
+                    warn!(%peer, "plain channel error: {e}; closing it");
+                    return;
+                }
+            };
+            let core = &self.core;
+            let id = core.next_conn_id();
+            if core.stopping.get() {
+                let refusal =
+                    Refusal::new(RefusalCode::ShuttingDown, "the router is shutting down");
+                let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
+                return;
+            }
+            let opened = self.open_source(id, peer, peer_key.as_ref(), &target).await;
+            let (source, _permit) = match opened {
+                Ok(s) => s,
+                Err(refusal) => {
+                    let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
+                    return;
+                }
+            };
+            if send_frame(&sock, &Message::Opened).await.is_err() {
+                return;
+            }
+            let of = StreamOf {
+                id,
+                peer,
+                client: peer_key,
+                tunnel: &tunnel,
+                target: &target,
+            };
+            let clean = self.splice_both(&of, &sock, &source, wire, &rest).await;
+            if wire != Wire::Framed || !clean || core.stopping.get() {
+                return;
+            }
+        }
     }
 
     /// Why a stream the client offered to kernel TLS stays in userspace, if it does;
@@ -367,21 +373,21 @@ impl RouterCore {
             tunnel: &tunnel,
             target: &target,
         };
-        self.splice_both(&of, &sock, &source, Wire::KernelTls, 0)
+        self.splice_both(&of, &sock, &source, Wire::KernelTls, &[])
             .await;
     }
 
     /// Splices one stream both ways between a channel that carries raw payload
-    /// (`wire` says how it ends) and its source, from tracking it to its end.
-    /// `sent_up` counts bytes already written to the source.
+    /// (`wire` says how) and its source, from tracking it to its end. `pre` is what
+    /// of the stream arrived with `Open`. Whether the stream ended cleanly.
     async fn splice_both(
         &self,
         of: &StreamOf<'_>,
         sock: &Socket,
         source: &Socket,
         wire: Wire,
-        sent_up: usize,
-    ) {
+        pre: &[u8],
+    ) -> bool {
         let StreamOf {
             id,
             peer,
@@ -391,7 +397,6 @@ impl RouterCore {
         } = *of;
         let core = &self.core;
         let (counters, kill) = self.track(id, peer, peer_key, tunnel, target);
-        counters.up.set(sent_up as u64);
         let bandwidth = self.bandwidth_of(peer_key.as_ref());
         let to_source = Meter {
             conn: &counters.up,
@@ -403,10 +408,22 @@ impl RouterCore {
             core: &core.stats.bytes_down,
             limit: bandwidth.as_ref().map(|b| &b.down),
         };
-        let both = futures::future::try_join(
-            pump(sock, source, true, wire, to_source),
-            pump(source, sock, false, wire, to_client),
-        );
+        let up = async {
+            if wire == Wire::Framed {
+                return frames_in(sock, source, pre, to_source).await;
+            }
+            source.send_all(pre).await.map_err(Stop::Plain)?;
+            to_source.sent(pre.len()).await;
+            pump(sock, source, true, wire, to_source).await
+        };
+        let down = async {
+            if wire == Wire::Framed {
+                frames_out(source, sock, to_client).await
+            } else {
+                pump(source, sock, false, wire, to_client).await
+            }
+        };
+        let both = futures::future::try_join(up, down);
         futures::pin_mut!(both);
         let stop = match futures::future::select(both, kill).await {
             futures::future::Either::Left((Ok(_), _)) => None,
@@ -416,9 +433,10 @@ impl RouterCore {
             )),
         };
         self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
+        let clean = stop.is_none();
         if let Some(stop) = stop {
             let how = match wire {
-                Wire::Plain => "plain stream",
+                Wire::Plain | Wire::Framed => "plain stream",
                 Wire::KernelTls => "kernel TLS stream",
             };
             warn!(conn = id, %peer, %target, "{how} failed: {stop}");
@@ -431,6 +449,7 @@ impl RouterCore {
             from_source = counters.down.get(),
             "stream closed"
         );
+        clean
     }
 
     async fn channel_loop(self: Rc<Self>, mut ch: Box<Channel>, peer: SocketAddr) {

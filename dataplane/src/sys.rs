@@ -15,6 +15,12 @@ const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 #[cfg(not(target_os = "linux"))]
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
 
+/// `send` flag: more follows at once, so hold this back to share a segment with it.
+#[cfg(target_os = "linux")]
+pub(crate) const MORE: libc::c_int = libc::MSG_MORE;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const MORE: libc::c_int = 0;
+
 /// Reads what is available without waiting; `WouldBlock` when nothing is.
 pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -33,10 +39,15 @@ pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Writes what fits without waiting; `WouldBlock` when nothing does.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    send_flags(fd, buf, 0)
+}
+
+/// [`send`] with more flags (`MORE`).
+pub(crate) fn send_flags(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is a valid slice of `buf.len()` bytes for the whole call, and
         // `fd` belongs to a socket the caller keeps open.
-        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS | flags) };
         if n >= 0 {
             return Ok(n as usize);
         }

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 4;
+pub const CURRENT: u16 = 5;
 /// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
 /// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
 pub const DATAGRAMS: u16 = 2;
@@ -18,6 +18,12 @@ pub const ROTATION: u16 = 3;
 /// them both ends hand the channel's record keys to their kernels. Versions 1 to 3
 /// are otherwise unchanged.
 pub const KERNEL_TLS: u16 = 4;
+/// The first version whose plain channels outlive their streams: after `Open` and
+/// `Opened` each direction's payload travels in `Data` frames (header, then the raw
+/// bytes, spliced) and `Eof` ends it, so the channel can carry the next stream.
+/// Before it a plain channel carried one stream of raw bytes, ended by TCP's FIN.
+/// Versions 1 to 4 are otherwise unchanged.
+pub const PLAIN_FRAMES: u16 = 5;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

@@ -96,6 +96,26 @@ pub fn tcp_states(pid: u32) -> HashMap<u8, usize> {
     count
 }
 
+/// How many TCP sockets on this host, in any state (`TIME_WAIT` included), have
+/// `port` at either end: a connection over loopback counts twice, once per end.
+pub fn tcp_sockets_on_port(port: u16) -> usize {
+    let port = format!("{port:04X}");
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |addr: &str| addr.rsplit(':').next().map(str::to_owned);
+            if f.len() > 2
+                && (port_of(f[1]).as_ref() == Some(&port) || port_of(f[2]).as_ref() == Some(&port))
+            {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
 /// `pid`'s sockets whose peer closed and that it has not closed itself.
 pub fn close_wait(pid: u32) -> usize {
     tcp_states(pid).get(&CLOSE_WAIT).copied().unwrap_or(0)

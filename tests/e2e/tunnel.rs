@@ -157,7 +157,11 @@ fn idle_user_connection_stays_open_and_works_later() {
 /// A channel is reused as soon as the client has seen the router's `Eof`, so the
 /// client's own `Eof` and the next stream's `Open` can reach the router in one read.
 /// (This once reset ~10% of `Connection: close` requests.)
-fn server_closes_first_then_user(taddr: std::net::SocketAddr, rounds: usize, tag: usize) {
+pub(crate) fn server_closes_first_then_user(
+    taddr: std::net::SocketAddr,
+    rounds: usize,
+    tag: usize,
+) {
     for i in 0..rounds {
         let req = format!("GET /{tag}/{i} HTTP/1.1\r\nHost: x\r\n\r\n");
         let mut c = connect(taddr);
