@@ -20,7 +20,9 @@ use crate::handoff::{ChannelHandoff, FromWorker};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::offload;
-use crate::plain::{PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame};
+use crate::plain::{
+    Ending, PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame,
+};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::sys::Peek;
@@ -688,18 +690,19 @@ impl ClientCore {
                 })),
             }
         };
-        self.splice_both(user, counters, kill, sock, wire, opened)
+        let reusable = self
+            .splice_both(user, counters, kill, sock, wire, opened)
             .await?;
-        if wire == Wire::Framed && !self.core.stopping.get() {
+        if reusable && !self.core.stopping.get() {
             self.reuse(Link::Plain(ch));
         }
         Ok(())
     }
 
     /// Splices a stream both ways between the user and a channel that carries raw
-    /// payload (`wire` says how it ends), until both directions end, one fails or
-    /// `kill` fires. Bytes toward the user wait for `opened`, which yields what
-    /// arrived with the router's answer.
+    /// payload (`wire` says how), until both directions end, one fails or `kill`
+    /// fires. Bytes toward the user wait for `opened`, which yields what arrived
+    /// with the router's answer. Whether the channel can carry another stream.
     async fn splice_both(
         &self,
         user: &Socket,
@@ -708,7 +711,7 @@ impl ClientCore {
         sock: &Socket,
         wire: Wire,
         opened: impl Future<Output = Result<Vec<u8>, Stop>>,
-    ) -> Result<(), (ErrorKind, String)> {
+    ) -> Result<bool, (ErrorKind, String)> {
         let stats = &self.core.stats;
         let limit = self.spec.bandwidth.as_ref();
         let to_router = Meter {
@@ -718,9 +721,11 @@ impl ClientCore {
         };
         let up = async {
             if wire == Wire::Framed {
-                frames_out(user, sock, to_router).await
+                Ok(frames_out(user, sock, to_router).await? == Ending::Eof)
             } else {
-                pump(user, sock, false, wire, to_router).await
+                pump(user, sock, false, wire, to_router)
+                    .await
+                    .map(|()| false)
             }
         };
         let down = async {
@@ -731,16 +736,16 @@ impl ClientCore {
                 limit: limit.map(|b| &b.down),
             };
             if wire == Wire::Framed {
-                return frames_in(sock, user, &rest, to_user).await;
+                return Ok(frames_in(sock, user, &rest, to_user).await? == Ending::Eof);
             }
             user.send_all(&rest).await.map_err(Stop::Plain)?;
             to_user.sent(rest.len()).await;
-            pump(sock, user, true, wire, to_user).await
+            pump(sock, user, true, wire, to_user).await.map(|()| false)
         };
         let both = try_join(up, down);
         futures::pin_mut!(both);
         let stop = match select(both, kill).await {
-            Either::Left((Ok(_), _)) => return Ok(()),
+            Either::Left((Ok((up, down)), _)) => return Ok(up && down),
             Either::Left((Err(stop), _)) => stop,
             Either::Right((why, _)) => {
                 Stop::Killed(why.unwrap_or_else(|_| "closed by the data plane".into()))
@@ -826,6 +831,7 @@ impl ClientCore {
         let nothing_yet = async { Ok(Vec::new()) };
         self.splice_both(user, counters, kill, &sock, Wire::KernelTls, nothing_yet)
             .await
+            .map(|_| ())
     }
 
     /// Puts a channel that finished a stream cleanly back in the pool.

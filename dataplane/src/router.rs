@@ -20,7 +20,9 @@ use crate::handoff::ChannelHandoff;
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Socket;
 use crate::offload;
-use crate::plain::{PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame};
+use crate::plain::{
+    Ending, PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame,
+};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
@@ -310,8 +312,8 @@ impl RouterCore {
                 tunnel: &tunnel,
                 target: &target,
             };
-            let clean = self.splice_both(&of, &sock, &source, wire, &rest).await;
-            if wire != Wire::Framed || !clean || core.stopping.get() {
+            let reusable = self.splice_both(&of, &sock, &source, wire, &rest).await;
+            if !reusable || core.stopping.get() {
                 return;
             }
         }
@@ -379,7 +381,8 @@ impl RouterCore {
 
     /// Splices one stream both ways between a channel that carries raw payload
     /// (`wire` says how) and its source, from tracking it to its end. `pre` is what
-    /// of the stream arrived with `Open`. Whether the stream ended cleanly.
+    /// of the stream arrived with `Open`. Whether the channel can carry another
+    /// stream (it ended cleanly, and framed both ways).
     async fn splice_both(
         &self,
         of: &StreamOf<'_>,
@@ -410,30 +413,37 @@ impl RouterCore {
         };
         let up = async {
             if wire == Wire::Framed {
-                return frames_in(sock, source, pre, to_source).await;
+                return Ok(frames_in(sock, source, pre, to_source).await? == Ending::Eof);
             }
             source.send_all(pre).await.map_err(Stop::Plain)?;
             to_source.sent(pre.len()).await;
-            pump(sock, source, true, wire, to_source).await
+            pump(sock, source, true, wire, to_source)
+                .await
+                .map(|()| false)
         };
         let down = async {
             if wire == Wire::Framed {
-                frames_out(source, sock, to_client).await
+                Ok(frames_out(source, sock, to_client).await? == Ending::Eof)
             } else {
-                pump(source, sock, false, wire, to_client).await
+                pump(source, sock, false, wire, to_client)
+                    .await
+                    .map(|()| false)
             }
         };
         let both = futures::future::try_join(up, down);
         futures::pin_mut!(both);
+        let mut reusable = false;
         let stop = match futures::future::select(both, kill).await {
-            futures::future::Either::Left((Ok(_), _)) => None,
+            futures::future::Either::Left((Ok((up, down)), _)) => {
+                reusable = up && down;
+                None
+            }
             futures::future::Either::Left((Err(stop), _)) => Some(stop),
             futures::future::Either::Right((why, _)) => Some(Stop::Killed(
                 why.unwrap_or_else(|_| "the router is stopping".to_owned()),
             )),
         };
         self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
-        let clean = stop.is_none();
         if let Some(stop) = stop {
             let how = match wire {
                 Wire::Plain | Wire::Framed => "plain stream",
@@ -449,7 +459,7 @@ impl RouterCore {
             from_source = counters.down.get(),
             "stream closed"
         );
-        clean
+        reusable
     }
 
     async fn channel_loop(self: Rc<Self>, mut ch: Box<Channel>, peer: SocketAddr) {

@@ -50,6 +50,10 @@ pub enum FrameType {
     Reset = 0x22,
     /// One whole UDP datagram of the current flow (protocol 2).
     Datagram = 0x23,
+    /// On a plain channel (protocol 5): the rest of this direction of the stream
+    /// follows raw, without frames, and the sender's FIN ends it; the channel closes
+    /// after the stream.
+    Unframed = 0x24,
     /// Heartbeat request.
     Ping = 0x30,
     /// Heartbeat answer.
@@ -80,6 +84,7 @@ impl FrameType {
             0x21 => Self::Eof,
             0x22 => Self::Reset,
             0x23 => Self::Datagram,
+            0x24 => Self::Unframed,
             0x30 => Self::Ping,
             0x31 => Self::Pong,
             0x32 => Self::Goodbye,

@@ -144,6 +144,8 @@ pub enum Message {
     OpenFailed(Refusal),
     /// No more payload from the sender on this stream.
     Eof,
+    /// The rest of this direction is raw bytes ended by FIN (plain channels only).
+    Unframed,
     /// The stream was aborted; the channel will close.
     Reset(Refusal),
     /// Heartbeat request.
@@ -226,6 +228,7 @@ impl Message {
             Self::OpenedKernel => "OpenedKernel",
             Self::OpenFailed(_) => "OpenFailed",
             Self::Eof => "Eof",
+            Self::Unframed => "Unframed",
             Self::Reset(_) => "Reset",
             Self::Ping { .. } => "Ping",
             Self::Pong { .. } => "Pong",
@@ -247,6 +250,7 @@ impl Message {
             Self::OpenedKernel => FrameType::OpenedKernel,
             Self::OpenFailed(_) => FrameType::OpenFailed,
             Self::Eof => FrameType::Eof,
+            Self::Unframed => FrameType::Unframed,
             Self::Reset(_) => FrameType::Reset,
             Self::Ping { .. } => FrameType::Ping,
             Self::Pong { .. } => FrameType::Pong,
@@ -287,7 +291,7 @@ impl Message {
                 next: next.to_string(),
             }),
             Self::KeyRotated { expires } => to_vec(&KeyRotatedWire { expires: *expires }),
-            Self::Opened | Self::OpenedKernel | Self::Eof => Vec::new(),
+            Self::Opened | Self::OpenedKernel | Self::Eof | Self::Unframed => Vec::new(),
         };
         out.extend_from_slice(&body);
         let mut header = [0; HEADER_LEN];
@@ -345,6 +349,7 @@ impl Message {
             FrameType::OpenedKernel => Self::OpenedKernel,
             FrameType::OpenFailed => Self::OpenFailed(refusal("OpenFailed", body)?),
             FrameType::Eof => Self::Eof,
+            FrameType::Unframed => Self::Unframed,
             FrameType::Reset => Self::Reset(refusal("Reset", body)?),
             FrameType::Ping => Self::Ping {
                 nonce: from_bytes::<NonceWire>("Ping", body)?.nonce,
@@ -449,6 +454,7 @@ mod tests {
             "connection refused",
         )));
         round_trip(Message::Eof);
+        round_trip(Message::Unframed);
         round_trip(Message::Reset(Refusal::new(RefusalCode::Aborted, "rst")));
         round_trip(Message::Ping { nonce: u64::MAX });
         round_trip(Message::Pong { nonce: 7 });

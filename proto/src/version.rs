@@ -20,7 +20,8 @@ pub const ROTATION: u16 = 3;
 pub const KERNEL_TLS: u16 = 4;
 /// The first version whose plain channels outlive their streams: after `Open` and
 /// `Opened` each direction's payload travels in `Data` frames (header, then the raw
-/// bytes, spliced) and `Eof` ends it, so the channel can carry the next stream.
+/// bytes, spliced) and `Eof` ends it, so the channel can carry the next stream; a
+/// bulk direction may send `Unframed` and go on raw to FIN, and the channel closes.
 /// Before it a plain channel carried one stream of raw bytes, ended by TCP's FIN.
 /// Versions 1 to 4 are otherwise unchanged.
 pub const PLAIN_FRAMES: u16 = 5;

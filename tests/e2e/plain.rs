@@ -107,6 +107,38 @@ both_engines!(
 );
 
 both_engines!(
+    plain_bulk_and_small_streams_alternate_intact,
+    |engine: Engine| {
+        // A bulk direction goes on unframed and its channel closes after the stream;
+        // the small streams around it stay framed on reused channels.
+        let home = Home::with_keys();
+        let source = sources::echo();
+        let (_router, raddr) = home.router_with(engine, &[source.to_string()], PLAIN);
+        let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), PLAIN);
+        for i in 0..24u64 {
+            let len = if i % 4 == 0 {
+                8 << 20
+            } else {
+                100 + i as usize
+            };
+            let conn = connect(taddr);
+            let mut w = conn.try_clone().unwrap();
+            let writer = thread::spawn(move || {
+                w.write_all(&pattern(i, len)).unwrap();
+                w.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut r = conn;
+            assert_eq!(
+                read_all_hashed(&mut r).unwrap(),
+                (len, sha(&pattern(i, len))),
+                "stream {i}"
+            );
+            writer.join().unwrap();
+        }
+    }
+);
+
+both_engines!(
     plain_channels_reused_when_the_server_closes_first,
     |engine: Engine| {
         let home = Home::with_keys();
