@@ -736,7 +736,10 @@ impl ClientCore {
                 limit: limit.map(|b| &b.down),
             };
             if wire == Wire::Framed {
-                return Ok(frames_in(sock, user, &rest, to_user).await? == Ending::Eof);
+                let (ending, after) = frames_in(sock, user, &rest, to_user).await?;
+                // The router sends nothing after its `Eof` until the next `Open`: a
+                // channel that did is not reused.
+                return Ok(ending == Ending::Eof && after.is_empty());
             }
             user.send_all(&rest).await.map_err(Stop::Plain)?;
             to_user.sent(rest.len()).await;

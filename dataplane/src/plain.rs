@@ -3,13 +3,14 @@
 //!
 //! The same `Hello`/`Welcome` and `Open`/`Opened` frames as over TLS, in clear; after
 //! `Open` (client) and `Opened` (router) each direction's payload travels as `Data`
-//! frames, each a 5-byte header written by us and the bytes after it moved with
-//! `splice(2)`: the payload never enters user space. `Eof` ends a direction (TCP
-//! half-close); once both have ended the channel is idle again and carries the next
-//! stream, as a TLS channel does. A direction that turns out to be bulk (a whole
-//! pipe's worth ready at once) sends `Unframed` instead and goes on raw, ended by
-//! FIN, as before frames: the frame boundaries cost a bulk transfer about a tenth
-//! more CPU per byte, a new channel costs it nothing worth counting, and the
+//! frames, and `Eof` ends a direction (TCP half-close); once both have ended the
+//! channel is idle again and carries the next stream, as a TLS channel does. Small
+//! chunks (up to 16 KiB, request/response traffic) are copied through a pooled
+//! buffer, one `recv` and one `send` a hop; larger ones are spliced (`splice(2)`),
+//! header written by us, so their payload never enters user space. A direction that
+//! turns out to be bulk (a whole pipe's worth ready at once) sends `Unframed` and
+//! goes on raw, ended by FIN: frame boundaries would cost a bulk transfer about a
+//! tenth more CPU per byte, a new channel costs it nothing worth counting, and the
 //! channel then closes after the stream. Against a peer older than protocol 5 a
 //! plain channel carries one stream of raw bytes, ended by TCP's FIN, and closes.
 //!
@@ -30,6 +31,7 @@ use conduit_proto::{Message, ProtoError, PublicKey};
 use crate::channel::ChannelError;
 use crate::handoff::ChannelHandoff;
 use crate::net::Socket;
+use crate::pool;
 use crate::relay::Stop;
 use crate::stats::Meter;
 use crate::sys::{self, Pipe};
@@ -260,22 +262,60 @@ pub(crate) enum Ending {
     Fin,
 }
 
+/// Chunks up to this size go through a pooled buffer, with one `recv` and one `send`
+/// (header and payload together); splicing them would take three calls a chunk.
+const SMALL: usize = 16 * 1024;
+const _: () = assert!(HEADER_LEN + SMALL <= crate::pool::BUF_SIZE);
+
 /// Moves a stream's bytes from `src` into the channel `chan` as `Data` frames until
 /// `src` ends, then sends `Eof`; or, once a whole pipe's worth is ready at once,
 /// `Unframed` and the rest raw, ended by FIN.
 ///
-/// Each chunk is spliced from `src` into a pipe first, so its length is known before
-/// its header goes out; the header is sent with `MSG_MORE`, and the splice from the
-/// pipe that follows joins it in the same TCP segment.
+/// Small chunks are copied: read into a pooled buffer behind room for the header,
+/// sent with it in one call. After a chunk that filled the buffer the next ones are
+/// spliced: each into a pipe first, so its length is known before its header goes
+/// out; the header is sent with `MSG_MORE`, and the splice from the pipe that follows
+/// joins it in the same TCP segment. A spliced chunk that comes out small switches
+/// back to copying.
 pub(crate) async fn frames_out(
     src: &Socket,
     chan: &Socket,
     meter: Meter<'_>,
 ) -> Result<Ending, Stop> {
     let mut maybe_more = false;
+    let mut copy = true;
     loop {
         if !maybe_more {
             src.readable().await.map_err(Stop::Plain)?;
+        }
+        if copy {
+            let mut buf = pool::take();
+            let n = match src.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + SMALL]) {
+                Ok(n) => n,
+                Err(e) => {
+                    pool::give(buf);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        maybe_more = false;
+                        continue;
+                    }
+                    return Err(Stop::Plain(e));
+                }
+            };
+            if n == 0 {
+                pool::give(buf);
+                return send_eof(chan).await;
+            }
+            let mut header = [0u8; HEADER_LEN];
+            Header::write(FrameType::Data, n, &mut header);
+            buf[..HEADER_LEN].copy_from_slice(&header);
+            chan.send_all(&buf[..HEADER_LEN + n])
+                .await
+                .map_err(Stop::Channel)?;
+            pool::give(buf);
+            meter.sent(n).await;
+            maybe_more = n == SMALL;
+            copy = n < SMALL;
+            continue;
         }
         let p = take_pipe().map_err(Stop::Plain)?;
         let n = match sys::splice(src.raw_fd(), p.write.as_fd_raw(), SPLICE_CHUNK) {
@@ -291,12 +331,10 @@ pub(crate) async fn frames_out(
         };
         if n == 0 {
             give_pipe(p);
-            let mut eof = [0u8; HEADER_LEN];
-            Header::write(FrameType::Eof, 0, &mut eof);
-            chan.send_all(&eof).await.map_err(Stop::Channel)?;
-            return Ok(Ending::Eof);
+            return send_eof(chan).await;
         }
         maybe_more = n == SPLICE_CHUNK;
+        copy = n <= SMALL;
         let bulk = n == SPLICE_CHUNK;
         let mut header = [0u8; HEADER_LEN];
         if bulk {
@@ -315,42 +353,46 @@ pub(crate) async fn frames_out(
     }
 }
 
+/// Ends a framed direction: `Eof`.
+async fn send_eof(chan: &Socket) -> Result<Ending, Stop> {
+    let mut eof = [0u8; HEADER_LEN];
+    Header::write(FrameType::Eof, 0, &mut eof);
+    chan.send_all(&eof).await.map_err(Stop::Channel)?;
+    Ok(Ending::Eof)
+}
+
 /// Moves a stream's `Data` frames from the channel `chan` into `dst` until `Eof`
 /// (or after `Unframed`, raw bytes until FIN), then half-closes `dst`. `pre` is what
-/// of the stream was read from the channel along with `Open` or `Opened`. Reads from
-/// the channel never go past `Eof`: the next stream's frames stay in the socket for
-/// whoever reads its `Open`.
+/// of the stream was read from the channel along with `Open` or `Opened`.
+///
+/// At each frame boundary up to [`SMALL`] bytes more than a header are read into a
+/// pooled buffer: a small frame arrives whole in one call and leaves with one `send`.
+/// The rest of a larger body is spliced. That read can take bytes past `Eof` (the
+/// next stream's `Open`, which a client sends as soon as it has seen this stream
+/// end): they are returned with the ending, for whoever reads the next `Open`.
 pub(crate) async fn frames_in(
     chan: &Socket,
     dst: &Socket,
-    mut pre: &[u8],
+    pre: &[u8],
     meter: Meter<'_>,
-) -> Result<Ending, Stop> {
+) -> Result<(Ending, Vec<u8>), Stop> {
     let mut frames = FrameReader::default();
-    while let Some(piece) = frames.take(&mut pre)? {
-        match piece {
-            Piece::Payload(bytes) => {
-                dst.send_all(bytes).await.map_err(Stop::Plain)?;
-                meter.sent(bytes.len()).await;
-            }
-            Piece::Eof if pre.is_empty() => {
-                dst.shutdown(Shutdown::Write);
-                return Ok(Ending::Eof);
-            }
-            Piece::Eof => {
-                return Err(ProtoError::Unexpected {
-                    got: "bytes after Eof",
-                    expected: "the end of the stream",
-                }
-                .into());
-            }
-            Piece::Unframed => {
-                dst.send_all(pre).await.map_err(Stop::Plain)?;
-                meter.sent(pre.len()).await;
-                pump(chan, dst, true, Wire::Plain, meter).await?;
-                return Ok(Ending::Fin);
-            }
+    match deliver(&mut frames, pre, dst, &meter).await? {
+        Delivered::More => {}
+        Delivered::Eof([]) => {
+            dst.shutdown(Shutdown::Write);
+            return Ok((Ending::Eof, Vec::new()));
         }
+        // Read with `Open` or `Opened`, before the other end could have seen this
+        // stream end: nothing of a next stream can be there.
+        Delivered::Eof(_) => {
+            return Err(ProtoError::Unexpected {
+                got: "bytes after Eof",
+                expected: "the end of the stream",
+            }
+            .into());
+        }
+        Delivered::Unframed(raw) => return unframed(chan, dst, raw, meter).await,
     }
     let mut maybe_more = true;
     loop {
@@ -358,28 +400,33 @@ pub(crate) async fn frames_in(
             chan.readable().await.map_err(Stop::Channel)?;
         }
         if frames.body_left == 0 {
-            // Only the header's own bytes: what follows may be the body or nothing.
-            match chan.try_recv(&mut frames.header[frames.have..]) {
+            let mut buf = pool::take();
+            let k = match chan.try_recv(&mut buf[..HEADER_LEN + SMALL]) {
                 Ok(0) => return Err(Stop::ChannelClosed),
-                Ok(k) => {
-                    maybe_more = true;
-                    frames.have += k;
-                    match frames.header_done()? {
-                        Some(Piece::Eof) => {
-                            dst.shutdown(Shutdown::Write);
-                            return Ok(Ending::Eof);
-                        }
-                        Some(Piece::Unframed) => {
-                            pump(chan, dst, true, Wire::Plain, meter).await?;
-                            return Ok(Ending::Fin);
-                        }
-                        _ => {}
+                Ok(k) => k,
+                Err(e) => {
+                    pool::give(buf);
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        maybe_more = false;
+                        continue;
                     }
+                    return Err(Stop::Channel(e));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => maybe_more = false,
-                Err(e) => return Err(Stop::Channel(e)),
+            };
+            maybe_more = k == HEADER_LEN + SMALL;
+            let ending = match deliver(&mut frames, &buf[..k], dst, &meter).await? {
+                Delivered::More => None,
+                Delivered::Eof(next) => {
+                    dst.shutdown(Shutdown::Write);
+                    Some(Ok((Ending::Eof, next.to_vec())))
+                }
+                Delivered::Unframed(raw) => Some(unframed(chan, dst, raw, meter).await),
+            };
+            pool::give(buf);
+            match ending {
+                Some(ending) => return ending,
+                None => continue,
             }
-            continue;
         }
         let want = frames.body_left.min(SPLICE_CHUNK);
         let p = take_pipe().map_err(Stop::Plain)?;
@@ -403,6 +450,49 @@ pub(crate) async fn frames_in(
             }
         }
     }
+}
+
+/// Where [`deliver`] stopped.
+enum Delivered<'a> {
+    /// At the end of the bytes, inside the stream.
+    More,
+    /// At `Eof`, with what followed it.
+    Eof(&'a [u8]),
+    /// At `Unframed`, with the raw bytes that followed it.
+    Unframed(&'a [u8]),
+}
+
+/// Sends the payload framed in `bytes` to `dst`, up to `Eof` or `Unframed`.
+async fn deliver<'a>(
+    frames: &mut FrameReader,
+    mut bytes: &'a [u8],
+    dst: &Socket,
+    meter: &Meter<'_>,
+) -> Result<Delivered<'a>, Stop> {
+    while let Some(piece) = frames.take(&mut bytes)? {
+        match piece {
+            Piece::Payload(payload) => {
+                dst.send_all(payload).await.map_err(Stop::Plain)?;
+                meter.sent(payload.len()).await;
+            }
+            Piece::Eof => return Ok(Delivered::Eof(bytes)),
+            Piece::Unframed => return Ok(Delivered::Unframed(bytes)),
+        }
+    }
+    Ok(Delivered::More)
+}
+
+/// After `Unframed`: `raw`, then everything up to the channel's FIN, to `dst`.
+async fn unframed(
+    chan: &Socket,
+    dst: &Socket,
+    raw: &[u8],
+    meter: Meter<'_>,
+) -> Result<(Ending, Vec<u8>), Stop> {
+    dst.send_all(raw).await.map_err(Stop::Plain)?;
+    meter.sent(raw.len()).await;
+    pump(chan, dst, true, Wire::Plain, meter).await?;
+    Ok((Ending::Fin, Vec::new()))
 }
 
 /// Splices all `n` bytes held in `p` into `dst`, waiting for room as needed.

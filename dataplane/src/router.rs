@@ -313,8 +313,9 @@ impl RouterCore {
                 target: &target,
             };
             let reusable = self.splice_both(&of, &sock, &source, wire, &rest).await;
-            if !reusable || core.stopping.get() {
-                return;
+            match reusable {
+                Some(next) if !core.stopping.get() => leftover = next,
+                _ => return,
             }
         }
     }
@@ -381,8 +382,8 @@ impl RouterCore {
 
     /// Splices one stream both ways between a channel that carries raw payload
     /// (`wire` says how) and its source, from tracking it to its end. `pre` is what
-    /// of the stream arrived with `Open`. Whether the channel can carry another
-    /// stream (it ended cleanly, and framed both ways).
+    /// of the stream arrived with `Open`. When the channel can carry another stream
+    /// (it ended cleanly, framed both ways), what was read of it already.
     async fn splice_both(
         &self,
         of: &StreamOf<'_>,
@@ -390,7 +391,7 @@ impl RouterCore {
         source: &Socket,
         wire: Wire,
         pre: &[u8],
-    ) -> bool {
+    ) -> Option<Vec<u8>> {
         let StreamOf {
             id,
             peer,
@@ -413,13 +414,16 @@ impl RouterCore {
         };
         let up = async {
             if wire == Wire::Framed {
-                return Ok(frames_in(sock, source, pre, to_source).await? == Ending::Eof);
+                return Ok(match frames_in(sock, source, pre, to_source).await? {
+                    (Ending::Eof, next) => Some(next),
+                    (Ending::Fin, _) => None,
+                });
             }
             source.send_all(pre).await.map_err(Stop::Plain)?;
             to_source.sent(pre.len()).await;
             pump(sock, source, true, wire, to_source)
                 .await
-                .map(|()| false)
+                .map(|()| None)
         };
         let down = async {
             if wire == Wire::Framed {
@@ -432,10 +436,10 @@ impl RouterCore {
         };
         let both = futures::future::try_join(up, down);
         futures::pin_mut!(both);
-        let mut reusable = false;
+        let mut reusable = None;
         let stop = match futures::future::select(both, kill).await {
-            futures::future::Either::Left((Ok((up, down)), _)) => {
-                reusable = up && down;
+            futures::future::Either::Left((Ok((next, down)), _)) => {
+                reusable = next.filter(|_| down);
                 None
             }
             futures::future::Either::Left((Err(stop), _)) => Some(stop),
