@@ -9,7 +9,7 @@ use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, dead_port};
 use crate::procfs::tcp_sockets_on_port;
 use crate::sources::{self, pattern, read_all_hashed, sha};
-use crate::tunnel::server_closes_first_then_user;
+use crate::tunnel::{echo_back_to_back, server_closes_first_then_user};
 
 const PLAIN: &[&str] = &["--transport", "plain", "--token", "s3cret-token"];
 
@@ -83,16 +83,8 @@ both_engines!(
         let source = sources::echo();
         let (_router, raddr) = home.router_with(engine, &[source.to_string()], PLAIN);
         let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), PLAIN);
-        const STREAMS: usize = 300;
-        for i in 0..STREAMS {
-            let msg = format!("message {i}\n");
-            let mut c = connect(taddr);
-            c.write_all(msg.as_bytes()).unwrap();
-            c.shutdown(Shutdown::Write).unwrap();
-            let mut back = String::new();
-            c.read_to_string(&mut back).unwrap();
-            assert_eq!(back, msg);
-        }
+        const STREAMS: u64 = 300;
+        echo_back_to_back(taddr, STREAMS);
         // A channel that carried one stream and closed would leave its two ends
         // behind (one in TIME_WAIT for a minute): 600 sockets on the router's port.
         // Reused channels are the pools' few (at most 8 idle per core, 2 cores),

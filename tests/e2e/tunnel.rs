@@ -125,7 +125,13 @@ both_engines!(connections_reuse_channels_back_to_back, |engine: Engine| {
     let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
     // Many short connections in a row: channels go back to the pool and carry the
     // next stream; every stream must see only its own bytes.
-    for i in 0..300u64 {
+    echo_back_to_back(taddr, 300);
+});
+
+/// `count` connections in a row through a tunnel to an echo source, each sending
+/// its own line and checking it comes back exactly.
+pub(crate) fn echo_back_to_back(taddr: std::net::SocketAddr, count: u64) {
+    for i in 0..count {
         let msg = format!("message {i}\n");
         let mut c = connect(taddr);
         c.write_all(msg.as_bytes()).unwrap();
@@ -134,7 +140,7 @@ both_engines!(connections_reuse_channels_back_to_back, |engine: Engine| {
         c.read_to_string(&mut back).unwrap();
         assert_eq!(back, msg);
     }
-});
+}
 
 #[test]
 fn idle_user_connection_stays_open_and_works_later() {
