@@ -6,10 +6,12 @@
 //! back at their starting level with no half-dead sockets.
 //!
 //! The CI version runs about a minute. The long one (30 minutes by default, a router
-//! restart every 3 minutes) is `#[ignore]`d:
+//! restart every 3 minutes) is `#[ignore]`d. Each runs over TLS and over the plain
+//! transport (`plain_` in the name):
 //!
 //! ```sh
 //! cargo nextest run -p conduit --test e2e --run-ignored only soak::thirty_minutes
+//! cargo nextest run -p conduit --test e2e --run-ignored only soak::plain_thirty_minutes
 //! CONDUIT_SOAK_SECS=7200 cargo nextest run -p conduit --test e2e --run-ignored only soak::thirty_minutes
 //! ```
 
@@ -269,7 +271,12 @@ impl Traffic {
 const FD_SLACK: usize = 8;
 const RSS_SLACK_KIB: u64 = 8 * 1024;
 
-fn soak(run_for: Duration, restart_every: Duration) {
+/// The plain transport's arguments, for both ends.
+const PLAIN: &[&str] = &["--transport", "plain", "--token", "soak-token"];
+
+/// Soaks a tunnel for `run_for`, restarting its router every `restart_every`;
+/// `transport` goes to both ends (empty for TLS).
+fn soak(run_for: Duration, restart_every: Duration, transport: &[&str]) {
     let engine = if Engine::Uring.available() {
         Engine::Uring
     } else {
@@ -279,9 +286,9 @@ fn soak(run_for: Duration, restart_every: Duration) {
     let source = sources::echo();
     let bind = format!("127.0.0.1:{}", dead_port());
     let allow = [source.to_string()];
-    let router_args = ["--drain-timeout", "2"];
+    let router_args = [&["--drain-timeout", "2"], transport].concat();
     let (router, raddr) = home.router_at(engine, &bind, &allow, &router_args);
-    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), transport);
 
     // Warm up with the same traffic, so buffer pools and allocator arenas reach
     // their working size; the footprint after that is the one to come back to.
@@ -376,15 +383,33 @@ fn soak(run_for: Duration, restart_every: Duration) {
 
 #[test]
 fn one_minute() {
-    soak(Duration::from_secs(60), Duration::from_secs(15));
+    soak(Duration::from_secs(60), Duration::from_secs(15), &[]);
+}
+
+/// The plain transport's channels carry stream after stream: the same soak shows
+/// that reuse loses nothing across restarts either.
+#[test]
+fn plain_one_minute() {
+    soak(Duration::from_secs(60), Duration::from_secs(15), PLAIN);
+}
+
+/// `CONDUIT_SOAK_SECS`, 1800 by default.
+fn long_run() -> Duration {
+    let secs = std::env::var("CONDUIT_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1800);
+    Duration::from_secs(secs)
 }
 
 #[test]
 #[ignore = "30 minutes; run on demand (see the module docs)"]
 fn thirty_minutes() {
-    let secs = std::env::var("CONDUIT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1800);
-    soak(Duration::from_secs(secs), Duration::from_secs(180));
+    soak(long_run(), Duration::from_secs(180), &[]);
+}
+
+#[test]
+#[ignore = "30 minutes; run on demand (see the module docs)"]
+fn plain_thirty_minutes() {
+    soak(long_run(), Duration::from_secs(180), PLAIN);
 }
