@@ -25,6 +25,7 @@ use std::net::Shutdown;
 use std::time::Instant;
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header};
+use conduit_proto::stream::{Piece, StreamReader};
 use conduit_proto::version::PLAIN_FRAMES;
 use conduit_proto::{Message, ProtoError, PublicKey};
 
@@ -376,7 +377,7 @@ pub(crate) async fn frames_in(
     pre: &[u8],
     meter: Meter<'_>,
 ) -> Result<(Ending, Vec<u8>), Stop> {
-    let mut frames = FrameReader::default();
+    let mut frames = StreamReader::default();
     match deliver(&mut frames, pre, dst, &meter).await? {
         Delivered::More => {}
         Delivered::Eof([]) => {
@@ -399,7 +400,7 @@ pub(crate) async fn frames_in(
         if !maybe_more {
             chan.readable().await.map_err(Stop::Channel)?;
         }
-        if frames.body_left == 0 {
+        if frames.body_left() == 0 {
             let mut buf = pool::take();
             let k = match chan.try_recv(&mut buf[..HEADER_LEN + SMALL]) {
                 Ok(0) => return Err(Stop::ChannelClosed),
@@ -428,7 +429,7 @@ pub(crate) async fn frames_in(
                 None => continue,
             }
         }
-        let want = frames.body_left.min(SPLICE_CHUNK);
+        let want = frames.body_left().min(SPLICE_CHUNK);
         let p = take_pipe().map_err(Stop::Plain)?;
         match sys::splice(chan.raw_fd(), p.write.as_fd_raw(), want) {
             Ok(0) => {
@@ -436,7 +437,7 @@ pub(crate) async fn frames_in(
                 return Err(Stop::ChannelClosed);
             }
             Ok(n) => {
-                frames.body_left -= n;
+                frames.skip_body(n);
                 maybe_more = n == want;
                 drain(&p, n, dst, &meter).await.map_err(Stop::Plain)?;
                 give_pipe(p);
@@ -464,7 +465,7 @@ enum Delivered<'a> {
 
 /// Sends the payload framed in `bytes` to `dst`, up to `Eof` or `Unframed`.
 async fn deliver<'a>(
-    frames: &mut FrameReader,
+    frames: &mut StreamReader,
     mut bytes: &'a [u8],
     dst: &Socket,
     meter: &Meter<'_>,
@@ -511,81 +512,6 @@ async fn drain(p: &Pipe, mut n: usize, dst: &Socket, meter: &Meter<'_>) -> io::R
     Ok(())
 }
 
-/// Where a framed stream's reader stands: inside a header, or inside a `Data` body.
-#[derive(Debug, Default)]
-struct FrameReader {
-    header: [u8; HEADER_LEN],
-    /// Bytes of `header` received so far.
-    have: usize,
-    /// Bytes of the current `Data` body not yet received.
-    body_left: usize,
-}
-
-/// What a [`FrameReader`] found.
-#[derive(Debug, PartialEq, Eq)]
-enum Piece<'a> {
-    /// Payload of the stream.
-    Payload(&'a [u8]),
-    /// The end of this direction of the stream.
-    Eof,
-    /// The rest of this direction is raw, up to FIN.
-    Unframed,
-}
-
-impl FrameReader {
-    /// The next piece of the stream in `buf`, consuming what it read; `None` once
-    /// `buf` is used up without completing one.
-    fn take<'a>(&mut self, buf: &mut &'a [u8]) -> Result<Option<Piece<'a>>, ProtoError> {
-        while !buf.is_empty() {
-            if self.body_left > 0 {
-                let (payload, rest) = buf.split_at(self.body_left.min(buf.len()));
-                *buf = rest;
-                self.body_left -= payload.len();
-                return Ok(Some(Piece::Payload(payload)));
-            }
-            let k = (HEADER_LEN - self.have).min(buf.len());
-            self.header[self.have..self.have + k].copy_from_slice(&buf[..k]);
-            self.have += k;
-            *buf = &buf[k..];
-            if let Some(piece) = self.header_done()? {
-                return Ok(Some(piece));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Once the header is whole: `Eof`, or a `Data` body to expect.
-    fn header_done(&mut self) -> Result<Option<Piece<'static>>, ProtoError> {
-        if self.have < HEADER_LEN {
-            return Ok(None);
-        }
-        self.have = 0;
-        let header = Header::parse(&self.header)?;
-        match header.typ {
-            FrameType::Data => {
-                self.body_left = header.body_len as usize;
-                Ok(None)
-            }
-            FrameType::Eof | FrameType::Unframed if header.body_len > 0 => {
-                Err(ProtoError::Malformed {
-                    what: if header.typ == FrameType::Eof {
-                        "Eof"
-                    } else {
-                        "Unframed"
-                    },
-                    reason: format!("it carries {} bytes; it carries none", header.body_len),
-                })
-            }
-            FrameType::Eof => Ok(Some(Piece::Eof)),
-            FrameType::Unframed => Ok(Some(Piece::Unframed)),
-            _ => Err(ProtoError::Unexpected {
-                got: "a control frame",
-                expected: "Data, Eof or Unframed, in the middle of a stream",
-            }),
-        }
-    }
-}
-
 /// TLS content type of an alert record.
 const ALERT: u8 = 21;
 /// A warning-level close_notify alert: "no more data from this side".
@@ -629,136 +555,4 @@ impl AsFdRaw for std::os::fd::OwnedFd {
         use std::os::fd::AsRawFd;
         self.as_raw_fd()
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(typ: FrameType, body: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; HEADER_LEN];
-        Header::write(typ, body.len(), &mut h);
-        [&h[..], body].concat()
-    }
-
-    /// Everything a reader finds in `stream` fed `step` bytes at a time: the payload,
-    /// and how many bytes were left unread after `Eof` or `Unframed` (`None`: neither).
-    fn read_in_steps(stream: &[u8], step: usize) -> Result<(Vec<u8>, Option<usize>), ProtoError> {
-        let mut r = FrameReader::default();
-        let mut payload = Vec::new();
-        for (i, chunk) in stream.chunks(step).enumerate() {
-            let mut buf = chunk;
-            while let Some(piece) = r.take(&mut buf)? {
-                match piece {
-                    Piece::Payload(p) => payload.extend_from_slice(p),
-                    Piece::Eof | Piece::Unframed => {
-                        let after = buf.len() + stream.len().saturating_sub((i + 1) * step);
-                        return Ok((payload, Some(after)));
-                    }
-                }
-            }
-        }
-        Ok((payload, None))
-    }
-
-    #[test]
-    fn payload_and_eof_come_out_whole_however_the_bytes_are_cut() {
-        let stream = [
-            frame(FrameType::Data, b"hello, "),
-            frame(FrameType::Data, b""),
-            frame(FrameType::Data, &[7u8; 3000]),
-            frame(FrameType::Eof, b""),
-        ]
-        .concat();
-        let want = [&b"hello, "[..], &[7u8; 3000][..]].concat();
-        for step in 1..=stream.len() {
-            assert_eq!(
-                read_in_steps(&stream, step).unwrap(),
-                (want.clone(), Some(0)),
-                "step {step}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_reader_stops_at_eof_and_leaves_the_next_stream_alone() {
-        let next = frame(FrameType::Open, b"next");
-        let stream = [
-            frame(FrameType::Data, b"abc"),
-            frame(FrameType::Eof, b""),
-            next.clone(),
-        ]
-        .concat();
-        assert_eq!(
-            read_in_steps(&stream, stream.len()).unwrap(),
-            (b"abc".to_vec(), Some(next.len()))
-        );
-    }
-
-    #[test]
-    fn after_unframed_the_rest_is_left_raw() {
-        let raw = [0x20u8, 0, 0, 0, 9, 1, 2, 3];
-        let stream = [
-            frame(FrameType::Data, b"framed"),
-            frame(FrameType::Unframed, b""),
-            raw.to_vec(),
-        ]
-        .concat();
-        let mut r = FrameReader::default();
-        let mut buf = &stream[..];
-        assert_eq!(
-            r.take(&mut buf).unwrap(),
-            Some(Piece::Payload(&b"framed"[..]))
-        );
-        assert_eq!(r.take(&mut buf).unwrap(), Some(Piece::Unframed));
-        // Raw bytes that look like a header are payload all the same: not parsed.
-        assert_eq!(buf, &raw[..]);
-        let with_body = frame(FrameType::Unframed, b"x");
-        assert!(matches!(
-            read_in_steps(&with_body, 2),
-            Err(ProtoError::Malformed {
-                what: "Unframed",
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn a_stream_cut_short_has_no_eof() {
-        let stream = [frame(FrameType::Data, b"abcdef")].concat();
-        assert_eq!(
-            read_in_steps(&stream[..stream.len() - 2], 4).unwrap(),
-            (b"abcd".to_vec(), None)
-        );
-    }
-
-    #[test]
-    fn control_frames_and_bad_headers_mid_stream_are_errors() {
-        let ping = [frame(FrameType::Data, b"x"), frame(FrameType::Ping, b"")].concat();
-        assert!(matches!(
-            read_in_steps(&ping, 1),
-            Err(ProtoError::Unexpected {
-                got: "a control frame",
-                ..
-            })
-        ));
-        let eof_with_body = frame(FrameType::Eof, b"!");
-        assert!(matches!(
-            read_in_steps(&eof_with_body, 3),
-            Err(ProtoError::Malformed { what: "Eof", .. })
-        ));
-        // Over the Data limit: refused from the header alone, nothing allocated.
-        let mut huge = ((MAX_DATA + 2) as u32).to_be_bytes().to_vec();
-        huge.push(FrameType::Data as u8);
-        assert!(matches!(
-            read_in_steps(&huge, HEADER_LEN),
-            Err(ProtoError::FrameTooLarge { .. })
-        ));
-        assert!(matches!(
-            read_in_steps(&[0, 0, 0, 0, 0x20], HEADER_LEN),
-            Err(ProtoError::EmptyFrame)
-        ));
-    }
-
-    const MAX_DATA: usize = conduit_proto::frame::MAX_DATA_BODY as usize;
 }

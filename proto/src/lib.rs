@@ -19,6 +19,8 @@
 //! * [`frame`], [`message`], [`decoder`]: the framing (4-byte length, 1-byte type) with
 //!   its size limits, the typed messages, and a streaming decoder that yields payload
 //!   slices without copying them.
+//! * [`stream`]: one direction of a stream on the plain transport (`Data` frames up to
+//!   `Eof`, or `Unframed` and raw bytes), read without allocating.
 //! * [`version`]: protocol version negotiation.
 //!
 //! What this crate does **not** do: open sockets, read key files, keep time, retry,
@@ -32,6 +34,7 @@ pub mod frame;
 pub mod identity;
 pub mod message;
 pub mod session;
+pub mod stream;
 pub mod tls;
 pub mod version;
 

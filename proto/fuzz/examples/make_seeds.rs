@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use conduit_proto::frame::{HEADER_LEN, Header};
+use conduit_proto::frame::{FrameType, HEADER_LEN, Header};
 use conduit_proto::message::{ChannelKind, Hello, Refusal, RefusalCode};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{Message, Secret};
@@ -54,7 +54,18 @@ fn messages() -> Vec<Message> {
         Message::KeyRotated {
             expires: 1_800_000_000,
         },
+        Message::OpenKernel {
+            target: "10.2.0.4:443".into(),
+        },
+        Message::OpenedKernel,
+        Message::Unframed,
     ]
+}
+
+fn frame_of(typ: FrameType) -> Vec<u8> {
+    let mut v = [0u8; HEADER_LEN];
+    Header::write(typ, 0, &mut v);
+    v.to_vec()
 }
 
 fn data_frame(payload: &[u8]) -> Vec<u8> {
@@ -70,6 +81,11 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    for b in 0..=u8::MAX {
+        if let Ok(t) = FrameType::from_byte(b) {
+            assert!(ALL_TYPES.contains(&t), "ALL_TYPES lacks {t:?}");
+        }
+    }
 
     // frame_decoder: single frames, and a mixed stream whole and cut.
     let dir = root.join("frame_decoder");
@@ -94,6 +110,40 @@ fn main() {
         &dir,
         "stream-cut",
         &with_cuts(&[1, 4, 5, 9, 40, 41, 200], &stream),
+    );
+
+    // stream_reader: one direction ending with Eof (the next stream's Open after it),
+    // one going Unframed (raw bytes after it), whole and cut.
+    let dir = root.join("stream_reader");
+    let next = Message::Open {
+        target: "10.2.0.2:8080".into(),
+    }
+    .to_frame();
+    let eof_stream = [
+        data_frame(b"GET / HTTP/1.1\r\n\r\n"),
+        data_frame(b""),
+        data_frame(&[0x5a; 3000]),
+        frame_of(FrameType::Eof),
+        next,
+    ]
+    .concat();
+    write(&dir, "eof-whole", &with_cuts(&[], &eof_stream));
+    write(
+        &dir,
+        "eof-cut",
+        &with_cuts(&[2, 5, 7, 30, 1000], &eof_stream),
+    );
+    let unframed_stream = [
+        data_frame(b"hello"),
+        frame_of(FrameType::Unframed),
+        data_frame(b"raw bytes that look like frames"),
+    ]
+    .concat();
+    write(&dir, "unframed-whole", &with_cuts(&[], &unframed_stream));
+    write(
+        &dir,
+        "unframed-cut",
+        &with_cuts(&[3, 9, 12], &unframed_stream),
     );
 
     // message_decode: selector byte, then the body.

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use conduit_proto::frame::FrameType;
 use conduit_proto::session::HandshakeStatus;
+use conduit_proto::stream::{Piece, StreamReader};
 use conduit_proto::tls::{AuthorizedClients, client_config, server_config};
 use conduit_proto::{Event, FrameDecoder, KeyPair, Message, ProtoError, TlsSession};
 
 /// Every frame type, in a fixed order: `message_decode` picks one with its first byte.
-pub const ALL_TYPES: [FrameType; 16] = [
+/// Types added later go at the end, so that saved inputs keep their meaning.
+pub const ALL_TYPES: [FrameType; 19] = [
     FrameType::Hello,
     FrameType::Welcome,
     FrameType::Refused,
@@ -31,6 +33,9 @@ pub const ALL_TYPES: [FrameType; 16] = [
     FrameType::Goodbye,
     FrameType::RotateKey,
     FrameType::KeyRotated,
+    FrameType::OpenKernel,
+    FrameType::OpenedKernel,
+    FrameType::Unframed,
 ];
 
 /// Most cut points an input may ask for.
@@ -353,5 +358,62 @@ pub fn pair_handshake(keys: &Keys, tampers: &[Tamper]) -> PairOutcome {
         server_done: s_state == Some(true),
         tampered,
         transcript: t,
+    }
+}
+
+/// How one direction of a plain-transport stream read (see [`read_stream`]).
+#[derive(Debug, PartialEq)]
+pub struct StreamRead {
+    /// All payload, in order.
+    pub payload: Vec<u8>,
+    /// `Ok(None)`: the bytes ran out inside the stream; `Ok(Some((unframed, rest)))`:
+    /// it ended with `Eof` (`unframed` false) or `Unframed`, and `rest` followed.
+    pub end: Result<Option<(bool, Vec<u8>)>, ProtoError>,
+}
+
+/// Reads `pieces` in order with one [`StreamReader`], as the plain transport's data
+/// plane does. With `splice`, a piece that starts inside a `Data` body has that part
+/// of the body moved past the reader (`skip_body`), as the data plane splices large
+/// bodies, and only the rest of the piece is fed to it.
+pub fn read_stream(pieces: &[&[u8]], splice: bool) -> StreamRead {
+    let mut r = StreamReader::default();
+    let mut payload = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let mut buf: &[u8] = piece;
+        if splice && r.body_left() > 0 {
+            let n = r.body_left().min(buf.len());
+            payload.extend_from_slice(&buf[..n]);
+            r.skip_body(n);
+            buf = &buf[n..];
+        }
+        loop {
+            match r.take(&mut buf) {
+                Ok(Some(Piece::Payload(p))) => {
+                    assert!(!p.is_empty(), "the reader handed out an empty payload");
+                    payload.extend_from_slice(p);
+                }
+                Ok(Some(end @ (Piece::Eof | Piece::Unframed))) => {
+                    let mut rest = buf.to_vec();
+                    for later in &pieces[i + 1..] {
+                        rest.extend_from_slice(later);
+                    }
+                    return StreamRead {
+                        payload,
+                        end: Ok(Some((end == Piece::Unframed, rest))),
+                    };
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return StreamRead {
+                        payload,
+                        end: Err(e),
+                    };
+                }
+            }
+        }
+    }
+    StreamRead {
+        payload,
+        end: Ok(None),
     }
 }
