@@ -1,15 +1,21 @@
 //! The plain transport (`--transport plain`): the same guarantees about bytes, with
 //! splice instead of TLS.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::thread;
 
+use conduit_proto::frame::Header;
+use conduit_proto::message::{ChannelKind, Hello};
+use conduit_proto::version::VersionRange;
+use conduit_proto::{Event, FrameDecoder, Message, Secret};
+
 use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, dead_port};
-use crate::procfs::tcp_sockets_on_port;
+use crate::procfs::{close_wait, established, tcp_sockets_on_port, wait_until};
 use crate::sources::{self, pattern, read_all_hashed, sha};
 use crate::tunnel::{echo_back_to_back, server_closes_first_then_user};
+use crate::users::wait_for_echo;
 
 const PLAIN: &[&str] = &["--transport", "plain", "--token", "s3cret-token"];
 
@@ -175,4 +181,79 @@ fn plain_transport_refuses_a_wrong_token_and_reports_a_dead_source() {
     tunnel.wait_stderr(&format!(
         "the router could not open the source: the router could not connect to source {source}"
     ));
+}
+
+/// Reads from `s` until `want` complete events have been decoded; payload is merged.
+fn read_events(s: &mut TcpStream, d: &mut FrameDecoder, want: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < want {
+        let n = s.read(&mut buf).expect("the router answers");
+        assert!(n > 0, "the router closed the channel early; got {got:?}");
+        d.feed(&buf[..n], |ev| {
+            got.push(match ev {
+                Event::Data(b) => format!("Data {}", String::from_utf8_lossy(b)),
+                Event::Datagram(_) => "Datagram".to_owned(),
+                Event::Message(m) => m.name().to_owned(),
+            })
+        })
+        .expect("the router's frames decode");
+    }
+    got
+}
+
+/// Anyone with the token may speak the plain transport, so the router must hold its
+/// own against a peer that breaks the framing mid-stream: that channel and its
+/// source connection close, the reason is logged, and other streams go on.
+#[test]
+fn a_plain_peer_that_breaks_the_framing_mid_stream_is_cut_off() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+    let mut peer = connect(raddr);
+    let hello = Message::Hello(Hello {
+        versions: VersionRange::ours(),
+        channel: ChannelKind::Data,
+        tunnel: "rogue".into(),
+        token: Some(Secret::new("s3cret-token".into())),
+    });
+    peer.write_all(&hello.to_frame()).unwrap();
+    let mut d = FrameDecoder::new();
+    assert_eq!(read_events(&mut peer, &mut d, 1), ["Welcome"]);
+    // A well-formed stream's start: `Open` with the first payload.
+    let mut frames = Vec::new();
+    Message::Open {
+        target: source.to_string(),
+    }
+    .encode(&mut frames);
+    frames.extend_from_slice(&Header::data(3));
+    frames.extend_from_slice(b"abc");
+    peer.write_all(&frames).unwrap();
+    assert_eq!(read_events(&mut peer, &mut d, 2), ["Opened", "Data abc"]);
+
+    // A heartbeat where payload belongs.
+    peer.write_all(&Message::Ping { nonce: 1 }.to_frame())
+        .unwrap();
+    let mut rest = Vec::new();
+    match peer.read_to_end(&mut rest) {
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "the router sent {rest:?} instead of closing"
+        ),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    router.wait_stderr(
+        "plain stream failed: protocol error: unexpected a control frame \
+         (expected Data, Eof or Unframed, in the middle of a stream)",
+    );
+
+    // The source connection went with it: the router holds no connection at all.
+    let pid = router.pid();
+    wait_until("the router's connections all closed", || {
+        let n = (established(pid), close_wait(pid));
+        (n == (0, 0), n)
+    });
+
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), PLAIN);
+    wait_for_echo(taddr, b"still serving");
 }
