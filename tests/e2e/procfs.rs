@@ -96,11 +96,14 @@ pub fn tcp_states(pid: u32) -> HashMap<u8, usize> {
     count
 }
 
-/// How many TCP sockets on this host, in any state (`TIME_WAIT` included), have
-/// `port` at either end: a connection over loopback counts twice, once per end.
-pub fn tcp_sockets_on_port(port: u16) -> usize {
+/// The TCP sockets on this host, in any state (`TIME_WAIT` included), that have
+/// `port` at either end, as (local, remote) address pairs: a connection over
+/// loopback shows twice, once per end. A listener on port 0 can get a port that
+/// an earlier test's connections still hold in `TIME_WAIT`, so callers compare
+/// two snapshots rather than count one.
+pub fn tcp_sockets_on_port(port: u16) -> HashSet<(String, String)> {
     let port = format!("{port:04X}");
-    let mut count = 0;
+    let mut seen = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
@@ -109,11 +112,11 @@ pub fn tcp_sockets_on_port(port: u16) -> usize {
             if f.len() > 2
                 && (port_of(f[1]).as_ref() == Some(&port) || port_of(f[2]).as_ref() == Some(&port))
             {
-                count += 1;
+                seen.insert((f[1].to_owned(), f[2].to_owned()));
             }
         }
     }
-    count
+    seen
 }
 
 /// `pid`'s sockets whose peer closed and that it has not closed itself.
