@@ -712,6 +712,10 @@ impl ClientCore {
         wire: Wire,
         opened: impl Future<Output = Result<Vec<u8>, Stop>>,
     ) -> Result<bool, (ErrorKind, String)> {
+        if wire == Wire::Plain {
+            // Raw both ways, ended by FIN alone.
+            sock.reset_on_close();
+        }
         let stats = &self.core.stats;
         let limit = self.spec.bandwidth.as_ref();
         let to_router = Meter {
@@ -748,7 +752,13 @@ impl ClientCore {
         let both = try_join(up, down);
         futures::pin_mut!(both);
         let stop = match select(both, kill).await {
-            Either::Left((Ok((up, down)), _)) => return Ok(up && down),
+            Either::Left((Ok((up, down)), _)) => {
+                let reusable = up && down;
+                if !reusable {
+                    sock.close_orderly();
+                }
+                return Ok(reusable);
+            }
             Either::Left((Err(stop), _)) => stop,
             Either::Right((why, _)) => {
                 Stop::Killed(why.unwrap_or_else(|_| "closed by the data plane".into()))

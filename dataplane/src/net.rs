@@ -146,7 +146,20 @@ impl Socket {
 
     /// Arranges for the close to send RST: the peer sees an abort, not an end.
     pub(crate) fn abort(&self) {
-        sys::linger_zero(self.fd);
+        sys::linger_zero(self.fd, true);
+    }
+
+    /// Guards a stream that FIN alone ends (raw bytes on a plain channel): until
+    /// [`Self::close_orderly`], any close sends RST, the kernel's too when the process
+    /// is killed, so a relay that dies mid-stream is never taken for the stream's end.
+    pub(crate) fn reset_on_close(&self) {
+        sys::linger_zero(self.fd, true);
+    }
+
+    /// The stream ended cleanly: the close that follows sends what is still queued,
+    /// then FIN, as usual.
+    pub(crate) fn close_orderly(&self) {
+        sys::linger_zero(self.fd, false);
     }
 
     pub(crate) fn peek(&self) -> sys::Peek {

@@ -13,6 +13,9 @@
 //! tenth more CPU per byte, a new channel costs it nothing worth counting, and the
 //! channel then closes after the stream. Against a peer older than protocol 5 a
 //! plain channel carries one stream of raw bytes, ended by TCP's FIN, and closes.
+//! While a raw direction is in flight the channel's socket resets on close
+//! (`SO_LINGER` 0) until the stream has ended cleanly: the kernel closes a killed
+//! relay's sockets with a FIN, which must not pass for the end of a stream cut short.
 //!
 //! Splicing waits for readiness and then splices without blocking: io_uring's own
 //! splice op parks a kernel worker thread per waiting connection. Pipes come from a
@@ -339,6 +342,8 @@ pub(crate) async fn frames_out(
         let bulk = n == SPLICE_CHUNK;
         let mut header = [0u8; HEADER_LEN];
         if bulk {
+            // From here FIN ends the stream: a FIN that a crash sent must not.
+            chan.reset_on_close();
             Header::write(FrameType::Unframed, 0, &mut header);
         } else {
             Header::write(FrameType::Data, n, &mut header);

@@ -400,6 +400,10 @@ impl RouterCore {
             target,
         } = *of;
         let core = &self.core;
+        if wire == Wire::Plain {
+            // Raw both ways, ended by FIN alone.
+            sock.reset_on_close();
+        }
         let (counters, kill) = self.track(id, peer, peer_key, tunnel, target);
         let bandwidth = self.bandwidth_of(peer_key.as_ref());
         let to_source = Meter {
@@ -440,6 +444,9 @@ impl RouterCore {
         let stop = match futures::future::select(both, kill).await {
             futures::future::Either::Left((Ok((next, down)), _)) => {
                 reusable = next.filter(|_| down);
+                if reusable.is_none() {
+                    sock.close_orderly();
+                }
                 None
             }
             futures::future::Either::Left((Err(stop), _)) => Some(stop),

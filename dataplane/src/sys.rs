@@ -179,10 +179,12 @@ pub(crate) fn shutdown(fd: RawFd, how: std::net::Shutdown) {
     }
 }
 
-/// Makes the next close send RST instead of FIN, so the peer sees an abort.
-pub(crate) fn linger_zero(fd: RawFd) {
+/// With `reset`, makes every later close of the socket (the kernel's when the process
+/// dies included) send RST instead of FIN, so the peer sees an abort; without, closes
+/// are orderly again (the default).
+pub(crate) fn linger_zero(fd: RawFd, reset: bool) {
     let l = libc::linger {
-        l_onoff: 1,
+        l_onoff: reset.into(),
         l_linger: 0,
     };
     // SAFETY: `l` outlives the call and the length passed is its size.

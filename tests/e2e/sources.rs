@@ -213,3 +213,44 @@ pub fn answer_and_close() -> SocketAddr {
         let _ = conn.shutdown(Shutdown::Both);
     })
 }
+
+/// On the first bytes a client sends, answers with `len` pattern bytes (seed 3) and
+/// then holds the connection open, sending nothing more, until the client goes.
+pub fn answer_then_hold(len: usize) -> SocketAddr {
+    serve(move |mut conn| {
+        let mut first = [0u8; 64];
+        if !matches!(conn.read(&mut first), Ok(n) if n > 0) {
+            return;
+        }
+        if conn.write_all(&pattern(3, len)).is_err() {
+            return;
+        }
+        let _ = std::io::copy(&mut conn, &mut std::io::sink());
+    })
+}
+
+/// Reads `len` bytes, reports them (length, sha256), then reports how the client's
+/// side went on: `Ok(n)` bytes more up to a clean end, or the error that ended it.
+pub fn receive_then_watch(len: usize) -> (SocketAddr, mpsc::Receiver<Watched>) {
+    let (tx, rx) = mpsc::channel();
+    let addr = serve(move |mut conn| {
+        let mut got = vec![0u8; len];
+        if conn.read_exact(&mut got).is_err() {
+            // A health probe, which closes at once.
+            return;
+        }
+        let _ = tx.send(Watched::Received(got.len(), sha(&got)));
+        let _ = tx.send(Watched::Then(std::io::copy(
+            &mut conn,
+            &mut std::io::sink(),
+        )));
+    });
+    (addr, rx)
+}
+
+/// What [`receive_then_watch`] saw.
+#[derive(Debug)]
+pub enum Watched {
+    Received(usize, String),
+    Then(std::io::Result<u64>),
+}
