@@ -502,10 +502,17 @@ impl ClientCore {
         Some(async move {
             let core = &self.core;
             user.tune(&self.spec.sockets);
+            // Until the stream ends cleanly: if this process dies, the user sees a
+            // reset, not the end of a stream that was cut short.
+            user.reset_on_close();
             let (counters, kill_rx, started) = self.open_entry(id, peer);
             debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
-            if let Err((kind, reason)) = self.run_user(id, &user, &counters, kill_rx).await {
+            let ran = self.run_user(id, &user, &counters, kill_rx).await;
+            if ran.is_ok() {
+                user.close_orderly();
+            }
+            if let Err((kind, reason)) = ran {
                 let held = if unserved(kind) {
                     self.unserved.admit()
                 } else {

@@ -447,6 +447,7 @@ impl RouterCore {
                 if reusable.is_none() {
                     sock.close_orderly();
                 }
+                source.close_orderly();
                 None
             }
             futures::future::Either::Left((Err(stop), _)) => Some(stop),
@@ -579,6 +580,8 @@ impl RouterCore {
             drop(permit);
             if outcome.stop.is_some() {
                 source.abort();
+            } else {
+                source.close_orderly();
             }
             let reusable = self
                 .ended(ch, id, peer, &target, outcome.stop, "source connection")
@@ -695,6 +698,9 @@ async fn connect(
     let ready = |(s, addr): (TcpStream, SocketAddr)| {
         let s = Socket::new(s)?;
         s.tune(sockets);
+        // Until the stream ends cleanly: if this process dies, the source sees a
+        // reset, not the end of a stream that was cut short.
+        s.reset_on_close();
         Ok((s, addr))
     };
     if let [one] = addrs {

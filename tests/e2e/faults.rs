@@ -2,9 +2,9 @@
 //! killed and restarted on its port, a source going down and coming back, a router
 //! that appears late, the link between tunnel and router cut mid-stream, a router or
 //! tunnel that freezes (only heartbeats can tell), a stop signal during a long
-//! transfer, and running out of file descriptors.
+//! transfer, running out of file descriptors, and a relay killed mid-stream.
 
-use std::io::Read;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::thread;
@@ -16,7 +16,7 @@ use crate::both_engines;
 use crate::chaos::{EchoSource, Forwarder};
 use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
 use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, open_fds, wait_until};
-use crate::sources::{self, pattern_sha};
+use crate::sources::{self, Watched, pattern_sha};
 use crate::users::{
     End, assert_echo, connect, expect_end, expect_refused_user, open_user, wait_for_echo,
 };
@@ -479,3 +479,73 @@ fn idle_channels_the_router_closes_are_replaced_without_close_wait() {
     no_close_wait("tunnel", tunnel.pid());
     assert_echo(taddr, b"after");
 }
+
+// A relay that dies has its sockets closed by the kernel, with a FIN unless told
+// otherwise; a FIN to a user or a source would pass a stream cut short for a whole one
+// (an upload the source stores as complete). While a stream runs, the user's and the
+// source's connections reset on close instead; a clean end still ends with FIN (every
+// transfer test checks that).
+
+both_engines!(
+    a_tunnel_killed_mid_answer_resets_the_user,
+    |engine: Engine| {
+        const LEN: usize = 4 << 20;
+        let home = Home::with_keys();
+        let source = sources::answer_then_hold(LEN);
+        let (_router, raddr) = home.router(engine, &[source.to_string()]);
+        let (mut tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+        let mut user = connect(taddr);
+        user.write_all(b"go\n").unwrap();
+        let mut answer = vec![0u8; LEN];
+        user.read_exact(&mut answer).unwrap();
+        assert!(
+            answer == sources::pattern(3, LEN),
+            "the answer's bytes changed"
+        );
+
+        tunnel.signal("KILL");
+        tunnel.wait_exit();
+        let mut more = [0u8; 1];
+        match user.read(&mut more) {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+            Ok(0) => panic!("the user saw a clean end of the answer after the tunnel died"),
+            Ok(_) => panic!("the user got bytes the source never sent"),
+        }
+    }
+);
+
+both_engines!(
+    a_router_killed_mid_upload_resets_the_source,
+    |engine: Engine| {
+        const LEN: usize = 4 << 20;
+        let home = Home::with_keys();
+        let (source, seen) = sources::receive_then_watch(LEN);
+        let (mut router, raddr) = home.router(engine, &[source.to_string()]);
+        let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+        let mut user = connect(taddr);
+        let upload = sources::pattern(4, LEN);
+        user.write_all(&upload).unwrap();
+        match seen.recv_timeout(DEADLINE).unwrap() {
+            Watched::Received(n, digest) => {
+                assert_eq!((n, digest), (LEN, sources::sha(&upload)))
+            }
+            other => panic!("the source saw {other:?}"),
+        }
+
+        router.signal("KILL");
+        router.wait_exit();
+        match seen.recv_timeout(DEADLINE).unwrap() {
+            Watched::Then(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+            other => panic!(
+                "the source saw {other:?} after the router died: a cut upload passed for a whole one"
+            ),
+        }
+        // The user learns too, and the tunnel says why.
+        let mut more = [0u8; 1];
+        match user.read(&mut more) {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => panic!("the user read {n} bytes instead of a reset"),
+        }
+        tunnel.wait_stderr("user connection closed");
+    }
+);
