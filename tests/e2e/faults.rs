@@ -484,68 +484,100 @@ fn idle_channels_the_router_closes_are_replaced_without_close_wait() {
 // otherwise; a FIN to a user or a source would pass a stream cut short for a whole one
 // (an upload the source stores as complete). While a stream runs, the user's and the
 // source's connections reset on close instead; a clean end still ends with FIN (every
-// transfer test checks that).
+// transfer test checks that). `plain.rs` runs the same over the plain transport.
+
+/// Which process a test kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Victim {
+    Router,
+    Tunnel,
+}
+
+/// Bytes of the answer or upload before the kill: enough to go past a pipe's worth,
+/// so a plain channel's bulk direction has gone raw.
+const KILLED_LEN: usize = 4 << 20;
+
+/// Reads a user's next byte after a relay died: it must be a reset.
+#[track_caller]
+fn expect_reset(user: &mut TcpStream, victim: Victim) {
+    let mut more = [0u8; 1];
+    match user.read(&mut more) {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        Ok(0) => panic!("the user saw a clean end of a cut stream after the {victim:?} died"),
+        Ok(n) => panic!("the user read {n} bytes the source never sent"),
+    }
+}
+
+/// A user reads a 4 MiB answer from a source that then holds its connection open;
+/// `victim` is killed. The user sees a reset. Returns the router and the tunnel
+/// (the survivor's log says why).
+pub fn killed_mid_answer(engine: Engine, transport: &[&str], victim: Victim) -> (Proc, Proc) {
+    let home = Home::with_keys();
+    let source = sources::answer_then_hold(KILLED_LEN);
+    let (mut router, raddr) = home.router_with(engine, &[source.to_string()], transport);
+    let (mut tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), transport);
+    let mut user = connect(taddr);
+    user.write_all(b"go\n").unwrap();
+    let mut answer = vec![0u8; KILLED_LEN];
+    user.read_exact(&mut answer).unwrap();
+    assert!(
+        answer == sources::pattern(3, KILLED_LEN),
+        "the answer's bytes changed"
+    );
+    kill(&mut router, &mut tunnel, victim);
+    expect_reset(&mut user, victim);
+    (router, tunnel)
+}
+
+/// A user sends 4 MiB that the source receives whole, holding the connection open;
+/// `victim` is killed. The source sees a reset, and so does the user. Returns the
+/// router and the tunnel.
+pub fn killed_mid_upload(engine: Engine, transport: &[&str], victim: Victim) -> (Proc, Proc) {
+    let home = Home::with_keys();
+    let (source, seen) = sources::receive_then_watch(KILLED_LEN);
+    let (mut router, raddr) = home.router_with(engine, &[source.to_string()], transport);
+    let (mut tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), transport);
+    let mut user = connect(taddr);
+    let upload = sources::pattern(4, KILLED_LEN);
+    user.write_all(&upload).unwrap();
+    match seen.recv_timeout(DEADLINE).unwrap() {
+        Watched::Received(n, digest) => {
+            assert_eq!((n, digest), (KILLED_LEN, sources::sha(&upload)))
+        }
+        other => panic!("the source saw {other:?}"),
+    }
+    kill(&mut router, &mut tunnel, victim);
+    match seen.recv_timeout(DEADLINE).unwrap() {
+        Watched::Then(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        other => panic!(
+            "the source saw {other:?} after the {victim:?} died: a cut upload passed for a whole one"
+        ),
+    }
+    expect_reset(&mut user, victim);
+    (router, tunnel)
+}
+
+/// SIGKILL to `victim`, and waits for it to be gone.
+fn kill(router: &mut Proc, tunnel: &mut Proc, victim: Victim) {
+    let p = match victim {
+        Victim::Router => router,
+        Victim::Tunnel => tunnel,
+    };
+    p.signal("KILL");
+    p.wait_exit();
+}
 
 both_engines!(
     a_tunnel_killed_mid_answer_resets_the_user,
     |engine: Engine| {
-        const LEN: usize = 4 << 20;
-        let home = Home::with_keys();
-        let source = sources::answer_then_hold(LEN);
-        let (_router, raddr) = home.router(engine, &[source.to_string()]);
-        let (mut tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
-        let mut user = connect(taddr);
-        user.write_all(b"go\n").unwrap();
-        let mut answer = vec![0u8; LEN];
-        user.read_exact(&mut answer).unwrap();
-        assert!(
-            answer == sources::pattern(3, LEN),
-            "the answer's bytes changed"
-        );
-
-        tunnel.signal("KILL");
-        tunnel.wait_exit();
-        let mut more = [0u8; 1];
-        match user.read(&mut more) {
-            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-            Ok(0) => panic!("the user saw a clean end of the answer after the tunnel died"),
-            Ok(_) => panic!("the user got bytes the source never sent"),
-        }
+        killed_mid_answer(engine, &[], Victim::Tunnel);
     }
 );
 
 both_engines!(
     a_router_killed_mid_upload_resets_the_source,
     |engine: Engine| {
-        const LEN: usize = 4 << 20;
-        let home = Home::with_keys();
-        let (source, seen) = sources::receive_then_watch(LEN);
-        let (mut router, raddr) = home.router(engine, &[source.to_string()]);
-        let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
-        let mut user = connect(taddr);
-        let upload = sources::pattern(4, LEN);
-        user.write_all(&upload).unwrap();
-        match seen.recv_timeout(DEADLINE).unwrap() {
-            Watched::Received(n, digest) => {
-                assert_eq!((n, digest), (LEN, sources::sha(&upload)))
-            }
-            other => panic!("the source saw {other:?}"),
-        }
-
-        router.signal("KILL");
-        router.wait_exit();
-        match seen.recv_timeout(DEADLINE).unwrap() {
-            Watched::Then(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-            other => panic!(
-                "the source saw {other:?} after the router died: a cut upload passed for a whole one"
-            ),
-        }
-        // The user learns too, and the tunnel says why.
-        let mut more = [0u8; 1];
-        match user.read(&mut more) {
-            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-            Ok(n) => panic!("the user read {n} bytes instead of a reset"),
-        }
+        let (_router, tunnel) = killed_mid_upload(engine, &[], Victim::Router);
         tunnel.wait_stderr("user connection closed");
     }
 );

@@ -11,9 +11,10 @@ use conduit_proto::version::VersionRange;
 use conduit_proto::{Event, FrameDecoder, Message, Secret};
 
 use crate::both_engines;
+use crate::faults::{Victim, killed_mid_answer, killed_mid_upload};
 use crate::harness::{DEADLINE, Engine, Home, dead_port};
 use crate::procfs::{close_wait, established, tcp_sockets_on_port, wait_until};
-use crate::sources::{self, Watched, pattern, read_all_hashed, sha};
+use crate::sources::{self, pattern, read_all_hashed, sha};
 use crate::tunnel::{echo_back_to_back, server_closes_first_then_user};
 use crate::users::wait_for_echo;
 
@@ -163,25 +164,7 @@ both_engines!(
 both_engines!(
     a_router_killed_mid_bulk_answer_resets_the_user,
     |engine: Engine| {
-        const LEN: usize = 4 << 20;
-        let home = Home::with_keys();
-        let source = sources::answer_then_hold(LEN);
-        let (mut router, raddr) = home.router_with(engine, &[source.to_string()], PLAIN);
-        let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), PLAIN);
-        let mut user = connect(taddr);
-        user.write_all(b"go\n").unwrap();
-        let mut answer = vec![0u8; LEN];
-        user.read_exact(&mut answer).unwrap();
-        assert!(answer == pattern(3, LEN), "the answer's bytes changed");
-
-        router.signal("KILL");
-        router.wait_exit();
-        let mut more = [0u8; 1];
-        match user.read(&mut more) {
-            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-            Ok(0) => panic!("the user saw a clean end of the answer after the router died"),
-            Ok(_) => panic!("the user got bytes the source never sent"),
-        }
+        let (_router, tunnel) = killed_mid_answer(engine, PLAIN, Victim::Router);
         tunnel.wait_stderr("channel failed: Connection reset by peer");
     }
 );
@@ -189,29 +172,8 @@ both_engines!(
 both_engines!(
     a_tunnel_killed_mid_bulk_upload_resets_the_source,
     |engine: Engine| {
-        const LEN: usize = 4 << 20;
-        let home = Home::with_keys();
-        let (source, seen) = sources::receive_then_watch(LEN);
-        let (router, raddr) = home.router_with(engine, &[source.to_string()], PLAIN);
-        let (mut tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), PLAIN);
-        let mut user = connect(taddr);
-        let upload = pattern(4, LEN);
-        user.write_all(&upload).unwrap();
-        match seen.recv_timeout(DEADLINE).unwrap() {
-            Watched::Received(n, digest) => assert_eq!((n, digest), (LEN, sha(&upload))),
-            other => panic!("the source saw {other:?}"),
-        }
-
-        tunnel.signal("KILL");
-        tunnel.wait_exit();
-        match seen.recv_timeout(DEADLINE).unwrap() {
-            Watched::Then(Err(e)) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-            other => panic!(
-                "the source saw {other:?} after the tunnel died: a cut upload passed for a whole one"
-            ),
-        }
+        let (router, _tunnel) = killed_mid_upload(engine, PLAIN, Victim::Tunnel);
         router.wait_stderr("plain stream failed: channel failed: Connection reset by peer");
-        drop(user);
     }
 );
 
