@@ -146,12 +146,13 @@ impl Socket {
 
     /// Arranges for the close to send RST: the peer sees an abort, not an end.
     pub(crate) fn abort(&self) {
-        sys::linger_zero(self.fd, true);
+        self.reset_on_close();
     }
 
-    /// Guards a stream that FIN alone ends (raw bytes on a plain channel): until
-    /// [`Self::close_orderly`], any close sends RST, the kernel's too when the process
-    /// is killed, so a relay that dies mid-stream is never taken for the stream's end.
+    /// Guards a stream in flight (a user's or a source's connection, a plain
+    /// channel's raw direction): until [`Self::close_orderly`], any close sends RST,
+    /// the kernel's too when the process is killed, so a relay that dies mid-stream is
+    /// never taken for the stream's end.
     pub(crate) fn reset_on_close(&self) {
         sys::linger_zero(self.fd, true);
     }
