@@ -646,20 +646,10 @@ impl ClientCore {
             }
             return Ok(());
         };
-        let reason = match &stop {
-            Stop::OpenFailed(r) => {
-                format!("the router could not open the source: {}", r.message)
-            }
-            Stop::Plain(e) => {
-                tell_peer(&ch, &format!("{user} failed")).await;
-                format!("{user} failed: {e}")
-            }
-            Stop::Killed(why) => {
-                tell_peer(&ch, &format!("closed by the client: {why}")).await;
-                why.clone()
-            }
-            other => other.to_string(),
-        };
+        let (reason, notice) = stopped(&stop, user);
+        if let Some(why) = notice {
+            tell_peer(&ch, &why).await;
+        }
         Err((stop.kind(), reason))
     }
 
@@ -929,6 +919,23 @@ fn channel_failed(e: impl std::fmt::Display) -> (ErrorKind, String) {
         ErrorKind::Channel,
         format!("the channel to the router failed: {e}"),
     )
+}
+
+/// Why a stream or flow stopped, as its user's reason (`user` names the user's side);
+/// and what to tell the router, where it cannot know.
+fn stopped(stop: &Stop, user: &str) -> (String, Option<String>) {
+    match stop {
+        Stop::OpenFailed(r) => (
+            format!("the router could not open the source: {}", r.message),
+            None,
+        ),
+        Stop::Plain(e) => (
+            format!("{user} failed: {e}"),
+            Some(format!("{user} failed")),
+        ),
+        Stop::Killed(why) => (why.clone(), Some(format!("closed by the client: {why}"))),
+        other => (other.to_string(), None),
+    }
 }
 
 /// Best effort: tell the router this stream is aborted, so it resets the source.

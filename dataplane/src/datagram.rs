@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use conduit_proto::frame::{HEADER_LEN, Header, MAX_DATAGRAM};
+use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
 use futures::channel::oneshot;
 use tracing::{info, warn};
@@ -89,28 +89,36 @@ impl Framed {
         self.len >= BATCH
     }
 
-    /// Seals what was framed and sends it on the channel; returns the payload count.
-    pub(crate) async fn send(
-        self,
-        chan: &Socket,
-        tls: &RefCell<TlsSession>,
-    ) -> Result<usize, Stop> {
+    /// Sends what was framed on the channel (sealed, over TLS); returns the payload
+    /// count.
+    pub(crate) async fn send(self, to: Carrier<'_>) -> Result<usize, Stop> {
         let Framed { buf, len, payload } = self;
-        let mut out = pool::take();
-        let sealed = seal(tls, &buf[..len], &mut out);
-        pool::give(buf);
-        let sealed = match sealed {
-            Ok(n) => n,
-            Err(e) => {
-                pool::give(out);
-                return Err(e.into());
-            }
+        let sent = match to {
+            Carrier::Tls(chan, tls) => seal_and_send(chan, tls, &buf[..len]).await,
+            Carrier::Plain(chan) => chan.send_all(&buf[..len]).await.map_err(Stop::Channel),
         };
-        let sent = chan.send_all(&out[..sealed]).await;
-        pool::give(out);
-        sent.map_err(Stop::Channel)?;
-        Ok(payload)
+        pool::give(buf);
+        sent.map(|()| payload)
     }
+}
+
+/// Encrypts `plain` and sends it.
+async fn seal_and_send(chan: &Socket, tls: &RefCell<TlsSession>, plain: &[u8]) -> Result<(), Stop> {
+    let mut out = pool::take();
+    let sent = match seal(tls, plain, &mut out) {
+        Ok(n) => chan.send_all(&out[..n]).await.map_err(Stop::Channel),
+        Err(e) => Err(e.into()),
+    };
+    pool::give(out);
+    sent
+}
+
+/// The channel a flow's frames go out on: sealed by its TLS session, or as they are
+/// (the plain transport).
+#[derive(Clone, Copy)]
+pub(crate) enum Carrier<'a> {
+    Tls(&'a Socket, &'a RefCell<TlsSession>),
+    Plain(&'a Socket),
 }
 
 /// Where the datagrams a flow receives from its channel go.
@@ -187,6 +195,11 @@ struct Batch {
 }
 
 impl Batch {
+    /// True once nothing after this point belongs to the flow: its end, or an error.
+    fn is_final(&self) -> bool {
+        self.eof || self.bad.is_some() || self.failed.is_some() || self.reset.is_some()
+    }
+
     fn on_event(&mut self, ev: Event<'_>, side: Side, later: &mut VecDeque<Held>) {
         if self.bad.is_some() || self.failed.is_some() || self.reset.is_some() {
             return;
@@ -220,11 +233,45 @@ impl Batch {
     }
 }
 
-/// The channel → socket direction of a flow, on either end: decrypts, sends each
-/// datagram on, and returns at the peer's `Eof`. `last` is set whenever a datagram
-/// passes (the client's idle clock).
-#[allow(clippy::too_many_arguments)]
+/// The channel a flow's frames come in on, with what was read of it already.
+pub(crate) enum Inbound<'a> {
+    Tls {
+        sock: &'a Socket,
+        tls: &'a RefCell<TlsSession>,
+        decoder: &'a mut FrameDecoder,
+        backlog: &'a mut VecDeque<Held>,
+    },
+    /// `have`: what was read with `OpenDatagrams` or `Opened`.
+    Plain { sock: &'a Socket, have: Vec<u8> },
+}
+
+/// The channel → socket direction of a flow, on either end: sends each datagram on,
+/// and returns at the peer's `Eof` with what a plain channel read past it (see
+/// [`down_plain`]). `last` is set whenever a datagram passes (the client's idle
+/// clock).
 pub(crate) async fn down(
+    side: Side,
+    from: Inbound<'_>,
+    deliver: Deliver<'_>,
+    meter: Meter<'_>,
+    last: &Cell<Instant>,
+) -> Result<Vec<u8>, Stop> {
+    match from {
+        Inbound::Tls {
+            sock,
+            tls,
+            decoder,
+            backlog,
+        } => down_tls(side, sock, tls, decoder, backlog, deliver, meter, last)
+            .await
+            .map(|()| Vec::new()),
+        Inbound::Plain { sock, have } => down_plain(side, sock, have, deliver, meter, last).await,
+    }
+}
+
+/// [`down`] over TLS: decrypts; frames after the peer's `Eof` wait in `backlog`.
+#[allow(clippy::too_many_arguments)]
+async fn down_tls(
     side: Side,
     chan: &Socket,
     tls: &RefCell<TlsSession>,
@@ -270,37 +317,7 @@ pub(crate) async fn down(
             closed = res?;
         }
         opened = b.opened;
-        let mut at = 0;
-        for len in &b.lens {
-            let d = &b.bytes[at..at + len];
-            at += len;
-            match deliver.sock.send(d, deliver.to).await {
-                Ok(()) => {}
-                // The source's port is closed (an ICMP error from an earlier
-                // datagram): UDP drops this one too, and the flow goes on, to the
-                // next source if there is one.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    if let Some(s) = deliver.sources {
-                        s.refused(deliver.sock);
-                    }
-                }
-                Err(e) => return Err(Stop::Plain(e)),
-            }
-        }
-        if !b.lens.is_empty() {
-            last.set(Instant::now());
-            meter.sent(at).await;
-        }
-        if let Some(e) = b.bad {
-            return Err(e.into());
-        }
-        if let Some(r) = b.failed {
-            return Err(Stop::OpenFailed(r));
-        }
-        if let Some(r) = b.reset {
-            return Err(Stop::PeerReset(r));
-        }
-        if b.eof {
+        if settle(b, deliver, &meter, last).await? {
             return Ok(());
         }
         if closed {
@@ -309,14 +326,145 @@ pub(crate) async fn down(
     }
 }
 
+/// Sends a batch's datagrams on, then says how the batch ended the flow: an error,
+/// `true` at the peer's `Eof`, `false` when more is to come.
+async fn settle(
+    b: Batch,
+    deliver: Deliver<'_>,
+    meter: &Meter<'_>,
+    last: &Cell<Instant>,
+) -> Result<bool, Stop> {
+    let mut at = 0;
+    for len in &b.lens {
+        let d = &b.bytes[at..at + len];
+        at += len;
+        match deliver.sock.send(d, deliver.to).await {
+            Ok(()) => {}
+            // The source's port is closed (an ICMP error from an earlier datagram):
+            // UDP drops this one too, and the flow goes on, to the next source if
+            // there is one.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                if let Some(s) = deliver.sources {
+                    s.refused(deliver.sock);
+                }
+            }
+            Err(e) => return Err(Stop::Plain(e)),
+        }
+    }
+    if !b.lens.is_empty() {
+        last.set(Instant::now());
+        meter.sent(at).await;
+    }
+    if let Some(e) = b.bad {
+        return Err(e.into());
+    }
+    if let Some(r) = b.failed {
+        return Err(Stop::OpenFailed(r));
+    }
+    if let Some(r) = b.reset {
+        return Err(Stop::PeerReset(r));
+    }
+    Ok(b.eof)
+}
+
+/// [`down`] on the plain transport, where frames arrive as they were sent. `have`
+/// is what was read of the flow already (with `Open`, `OpenDatagrams` or `Opened`).
+/// Returns what followed the peer's `Eof`: the next stream's first frames, from a
+/// client that pipelines them (none, in this build: a client waits for the
+/// router's `Eof`).
+async fn down_plain(
+    side: Side,
+    chan: &Socket,
+    mut have: Vec<u8>,
+    deliver: Deliver<'_>,
+    meter: Meter<'_>,
+    last: &Cell<Instant>,
+) -> Result<Vec<u8>, Stop> {
+    let mut opened = side == Side::Router;
+    // Stays empty: reading stops at `Eof`, before any next stream's frames.
+    let mut later = VecDeque::new();
+    loop {
+        let mut b = Batch {
+            opened,
+            ..Batch::default()
+        };
+        let mut at = 0;
+        while !b.is_final() {
+            let (typ, body) = match next_frame(&have[at..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    b.bad = Some(e);
+                    break;
+                }
+            };
+            let frame = &have[at + HEADER_LEN..at + HEADER_LEN + body];
+            at += HEADER_LEN + body;
+            match typ {
+                FrameType::Datagram => b.on_event(Event::Datagram(frame), side, &mut later),
+                _ => match Message::decode(typ, frame) {
+                    Ok(m) => b.on_event(Event::Message(m), side, &mut later),
+                    Err(e) => b.bad = Some(e),
+                },
+            }
+        }
+        have.drain(..at);
+        opened = b.opened;
+        if settle(b, deliver, &meter, last).await? {
+            return Ok(have);
+        }
+        let mut buf = pool::take();
+        let read = loop {
+            match chan.try_recv(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = chan.readable().await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
+            }
+        };
+        match read {
+            Ok(0) => {
+                pool::give(buf);
+                return Err(Stop::ChannelClosed);
+            }
+            Ok(n) => have.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                pool::give(buf);
+                return Err(Stop::Channel(e));
+            }
+        }
+        pool::give(buf);
+    }
+}
+
+/// The first whole frame in `buf`: its type and body length, or `None` while it is
+/// incomplete. The header's limits are checked first, so at most one frame's worth
+/// ([`MAX_DATAGRAM`]) is ever waited for; a `Data` frame (a TCP stream's) is
+/// refused from its header alone.
+fn next_frame(buf: &[u8]) -> Result<Option<(FrameType, usize)>, ProtoError> {
+    let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let header = Header::parse(h)?;
+    if header.typ == FrameType::Data {
+        return Err(ProtoError::Unexpected {
+            got: "Data",
+            expected: "Datagram, Eof or Reset",
+        });
+    }
+    let body = header.body_len as usize;
+    Ok((buf.len() >= HEADER_LEN + body).then_some((header.typ, body)))
+}
+
 /// The source → channel direction on a router: reads the datagrams the source sends
 /// back, seals them in batches, and ends with `Eof` once `done` fires (the client
 /// ended the flow). The wait for `done` sits only where nothing is half-sent.
 pub(crate) async fn from_source(
     source: &Udp,
     sources: &Sources,
-    chan: &Socket,
-    tls: &RefCell<TlsSession>,
+    chan: Carrier<'_>,
     meter: Meter<'_>,
     mut done: oneshot::Receiver<()>,
 ) -> Result<(), Stop> {
@@ -352,19 +500,17 @@ pub(crate) async fn from_source(
         if framed.is_empty() {
             continue;
         }
-        let payload = framed.send(chan, tls).await?;
+        let payload = framed.send(chan).await?;
         meter.sent(payload).await;
     }
     let mut eof = Framed::new();
     eof.push_message(&Message::Eof);
-    eof.send(chan, tls).await?;
+    eof.send(chan).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use conduit_proto::FrameDecoder;
-
     use super::*;
 
     /// What a decoder makes of a framed batch: datagrams and messages, in order.
@@ -393,6 +539,36 @@ mod tests {
         assert!(matches!(&got[1], Held::Datagram(d) if d == b"dns query"));
         assert!(matches!(&got[2], Held::Datagram(d) if *d == big));
         assert!(matches!(&got[3], Held::Msg(Message::Eof)));
+    }
+
+    #[test]
+    fn a_plain_flow_takes_whole_frames_and_refuses_others_from_the_header() {
+        let mut f = Framed::new();
+        f.push(b"dns query");
+        f.push_message(&Message::Eof);
+        let bytes = &f.buf[..f.len];
+        let eof_body = Message::Eof.to_frame().len() - HEADER_LEN;
+        // Nothing until a frame is whole.
+        assert_eq!(next_frame(&bytes[..3]).unwrap(), None);
+        assert_eq!(next_frame(&bytes[..HEADER_LEN + 8]).unwrap(), None);
+        assert_eq!(next_frame(bytes).unwrap(), Some((FrameType::Datagram, 9)));
+        assert_eq!(
+            next_frame(&bytes[HEADER_LEN + 9..]).unwrap(),
+            Some((FrameType::Eof, eof_body))
+        );
+        // A TCP stream's `Data` frame: refused before its body is waited for.
+        assert!(matches!(
+            next_frame(&Header::data(1000)),
+            Err(ProtoError::Unexpected { got: "Data", .. })
+        ));
+        // A datagram longer than UDP allows: refused from its header.
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&(MAX_DATAGRAM + 2).to_be_bytes());
+        h[4] = FrameType::Datagram as u8;
+        assert!(matches!(
+            next_frame(&h),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! While a raw direction is in flight the channel's socket resets on close
 //! (`SO_LINGER` 0) until the stream has ended cleanly: the kernel closes a killed
 //! relay's sockets with a FIN, which must not pass for the end of a stream cut short.
+//! A UDP flow rides a plain channel as it rides a TLS one (`OpenDatagrams`, then
+//! `Datagram` frames and `Eof` each way: see [`crate::datagram`]), framed channels
+//! only.
 //!
 //! Splicing waits for readiness and then splices without blocking: io_uring's own
 //! splice op parks a kernel worker thread per waiting connection. Pipes come from a
@@ -109,6 +112,16 @@ impl PlainChannel {
 /// Sends one frame.
 pub(crate) async fn send_frame(sock: &Socket, msg: &Message) -> io::Result<()> {
     sock.send_all(&msg.to_frame()).await
+}
+
+/// Sends a parting message if it goes out within a second: a peer that stopped
+/// reading must not hold up closing the rest.
+pub(crate) async fn send_best_effort(sock: &Socket, msg: &Message) {
+    let _ = Box::pin(monoio::time::timeout(
+        std::time::Duration::from_secs(1),
+        send_frame(sock, msg),
+    ))
+    .await;
 }
 
 /// Reads exactly one control frame; returns it with the raw bytes that followed it.

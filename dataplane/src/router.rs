@@ -246,6 +246,7 @@ impl RouterCore {
 
     /// A plain channel: `Open`, the source, `Opened`, then splice; again for the next
     /// stream while the channel frames its streams (protocol 5) and each ends cleanly.
+    /// Such a channel may carry a UDP flow (`OpenDatagrams`) as well.
     async fn plain_stream(self: Rc<Self>, ch: PlainChannel, peer: SocketAddr) {
         let wire = ch.wire();
         let PlainChannel {
@@ -261,14 +262,19 @@ impl RouterCore {
                 read_frame(&sock, std::mem::take(&mut leftover)),
             ))
             .await;
-            let (target, rest) = match first {
-                Ok(Ok((Message::Open { target }, rest))) => (Rc::<str>::from(target), rest),
+            let (target, rest, asked) = match first {
+                Ok(Ok((Message::Open { target }, rest))) => {
+                    (Rc::<str>::from(target), rest, Asked::Stream)
+                }
+                Ok(Ok((Message::OpenDatagrams { target }, rest))) if wire == Wire::Framed => {
+                    (Rc::<str>::from(target), rest, Asked::Datagrams)
+                }
                 Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
                 Ok(Ok((Message::OpenDatagrams { .. }, _))) => {
                     let refusal = Refusal::new(
                         RefusalCode::PolicyDenied,
-                        "UDP tunnels are not carried over the plain transport; \
-                         use the TLS transport on both ends",
+                        "UDP over the plain transport needs protocol 5 on both ends; \
+                         upgrade the client, or use the TLS transport",
                     );
                     let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
                     return;
@@ -293,6 +299,20 @@ impl RouterCore {
                     Refusal::new(RefusalCode::ShuttingDown, "the router is shutting down");
                 let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
                 return;
+            }
+            if matches!(asked, Asked::Datagrams) {
+                let of = StreamOf {
+                    id,
+                    peer,
+                    client: peer_key,
+                    tunnel: &tunnel,
+                    target: &target,
+                };
+                match Box::pin(self.plain_datagram_flow(&sock, &of, rest)).await {
+                    Some(next) if !core.stopping.get() => leftover = next,
+                    _ => return,
+                }
+                continue;
             }
             let opened = self.open_source(id, peer, peer_key.as_ref(), &target).await;
             let (source, _permit) = match opened {
@@ -642,30 +662,35 @@ impl RouterCore {
             // What is already buffered belongs to the client's next stream.
             return !ch.tls.borrow().peer_closed();
         };
-        match &stop {
-            Stop::Plain(e) => {
-                warn!(conn = id, %target, "{what} failed: {e}");
-                ch.send_best_effort(Message::Reset(Refusal::new(
-                    RefusalCode::Aborted,
-                    format!("the {what} failed: {e}"),
-                )))
-                .await;
-            }
-            Stop::Killed(why) => {
-                info!(conn = id, %peer, %target, "stream closed: {why}");
-                ch.send_best_effort(Message::Reset(Refusal::new(
-                    RefusalCode::Aborted,
-                    format!("closed by the router: {why}"),
-                )))
-                .await;
-            }
-            Stop::PeerReset(r) => {
-                debug!(conn = id, "client aborted the stream: {}", r.message)
-            }
-            other => warn!(conn = id, %peer, "stream failed: {other}"),
+        if let Some(notice) = stopped(id, peer, target, &stop, what) {
+            ch.send_best_effort(notice).await;
         }
         false
     }
+}
+
+/// Logs why a stream or flow stopped (`what` names the source's socket); the
+/// `Reset` to tell the client, where it cannot know.
+fn stopped(id: u64, peer: SocketAddr, target: &str, stop: &Stop, what: &str) -> Option<Message> {
+    let why = match stop {
+        Stop::Plain(e) => {
+            warn!(conn = id, %target, "{what} failed: {e}");
+            format!("the {what} failed: {e}")
+        }
+        Stop::Killed(why) => {
+            info!(conn = id, %peer, %target, "stream closed: {why}");
+            format!("closed by the router: {why}")
+        }
+        Stop::PeerReset(r) => {
+            debug!(conn = id, "client aborted the stream: {}", r.message);
+            return None;
+        }
+        other => {
+            warn!(conn = id, %peer, "stream failed: {other}");
+            return None;
+        }
+    };
+    Some(Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
 }
 
 /// How long one connect attempt has the source to itself before the next address

@@ -18,7 +18,8 @@ use crate::sources::{self, pattern, read_all_hashed, sha};
 use crate::tunnel::{echo_back_to_back, server_closes_first_then_user};
 use crate::users::wait_for_echo;
 
-const PLAIN: &[&str] = &["--transport", "plain", "--token", "s3cret-token"];
+/// The arguments that put a router or a tunnel on the plain transport.
+pub const PLAIN: &[&str] = &["--transport", "plain", "--token", "s3cret-token"];
 
 fn connect(addr: std::net::SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
@@ -208,7 +209,7 @@ fn plain_transport_refuses_a_wrong_token_and_reports_a_dead_source() {
 }
 
 /// Reads from `s` until `want` complete events have been decoded; payload is merged.
-fn read_events(s: &mut TcpStream, d: &mut FrameDecoder, want: usize) -> Vec<String> {
+pub fn read_events(s: &mut TcpStream, d: &mut FrameDecoder, want: usize) -> Vec<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while got.len() < want {
@@ -217,7 +218,7 @@ fn read_events(s: &mut TcpStream, d: &mut FrameDecoder, want: usize) -> Vec<Stri
         d.feed(&buf[..n], |ev| {
             got.push(match ev {
                 Event::Data(b) => format!("Data {}", String::from_utf8_lossy(b)),
-                Event::Datagram(_) => "Datagram".to_owned(),
+                Event::Datagram(b) => format!("Datagram {}", String::from_utf8_lossy(b)),
                 Event::Message(m) => m.name().to_owned(),
             })
         })

@@ -1,17 +1,25 @@
 //! UDP tunnels (`--protocol udp`): datagrams cross whole and unchanged in both
 //! directions, each sender is a flow of its own, quiet flows end and new ones start,
-//! and the router's allow-list and the plain transport's limits hold for UDP too.
+//! the router's allow-list holds for UDP too, and UDP rides the plain transport as
+//! it rides TLS.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use conduit_proto::frame::Header;
+use conduit_proto::message::{ChannelKind, Hello};
+use conduit_proto::version::VersionRange;
+use conduit_proto::{FrameDecoder, Message, Secret};
+
 use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code};
 use crate::http::wait_for;
+use crate::plain::{PLAIN, read_events};
 use crate::sources::pattern;
 
 /// The largest payload a UDP datagram over IPv4 can carry.
@@ -312,30 +320,99 @@ fn stopping_a_udp_tunnel_ends_its_flows_at_once() {
     );
 }
 
+both_engines!(
+    udp_rides_the_plain_transport_flow_after_flow,
+    |engine: Engine| {
+        let home = Home::with_keys();
+        let source = UdpEcho::start();
+        let (router, raddr) = home.router_with(engine, &[source.addr.to_string()], PLAIN);
+        let mut args = vec!["--protocol", "udp", "--udp-idle-timeout", "1"];
+        args.extend_from_slice(PLAIN);
+        let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.addr.to_string(), &args);
+        let users: Vec<User> = (0..3).map(|_| User::new(taddr)).collect();
+        let mut sent = 0;
+        // Two rounds: the flows of the first end quiet, their channels go back to
+        // the pool, and the second round's flows start on channels that carried one.
+        for round in 0..2 {
+            for (u, user) in users.iter().enumerate() {
+                for (i, len) in SIZES.iter().enumerate() {
+                    user.echo(&pattern((round * 1000 + u * 100 + i) as u64, *len));
+                    sent += len;
+                }
+            }
+            wait_for("the quiet flows to end", || {
+                let l = list_json(&home);
+                (l[0]["active_connections"] == 0).then_some(())
+            });
+        }
+        assert_eq!(source.received.load(Ordering::SeqCst), 2 * 3 * SIZES.len());
+        let l = list_json(&home);
+        assert_eq!(l[0]["bytes_in"], sent as u64);
+        assert_eq!(l[0]["bytes_out"], (sent + 5 * 2 * 3 * SIZES.len()) as u64);
+        // Every flow ended cleanly (`Eof` both ways): no warning about one on
+        // either end.
+        assert!(
+            !tunnel.stderr().contains("udp flow closed:"),
+            "{}",
+            tunnel.stderr()
+        );
+        let warnings: Vec<String> = router
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("conn="))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(warnings, Vec::<String>::new());
+    }
+);
+
+/// A peer on the plain transport (anyone with the token) that puts a TCP stream's
+/// `Data` frame into a UDP flow is cut off at that frame's header; the router goes on
+/// serving.
 #[test]
-fn udp_over_the_plain_transport_is_refused_with_the_fix() {
+fn a_plain_peer_that_sends_data_into_a_udp_flow_is_cut_off() {
     let home = Home::with_keys();
-    let (status, _, err) = home.run(&[
-        "start",
-        "--foreground",
-        "--router",
-        "127.0.0.1:9",
-        "--router-key",
-        home.key("router.pub").to_str().unwrap(),
-        "--source",
-        "127.0.0.1:53",
-        "--bind",
-        "127.0.0.1:0",
-        "--protocol",
-        "udp",
-        "--transport",
-        "plain",
-    ]);
-    assert_code(status, 64, &err);
-    assert!(
-        err.contains("--protocol udp is carried over TLS only; drop --transport plain"),
-        "{err}"
+    let source = UdpEcho::start();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.addr.to_string()], PLAIN);
+    let mut peer = std::net::TcpStream::connect(raddr).unwrap();
+    peer.set_read_timeout(Some(DEADLINE)).unwrap();
+    let hello = Message::Hello(Hello {
+        versions: VersionRange::ours(),
+        channel: ChannelKind::Data,
+        tunnel: "rogue".into(),
+        token: Some(Secret::new("s3cret-token".into())),
+    });
+    peer.write_all(&hello.to_frame()).unwrap();
+    let mut d = FrameDecoder::new();
+    assert_eq!(read_events(&mut peer, &mut d, 1), ["Welcome"]);
+    // A well-formed flow: `OpenDatagrams` and a datagram, answered.
+    let mut frames = Message::OpenDatagrams {
+        target: source.addr.to_string(),
+    }
+    .to_frame();
+    frames.extend_from_slice(&Header::datagram(4));
+    frames.extend_from_slice(b"ping");
+    peer.write_all(&frames).unwrap();
+    assert_eq!(
+        read_events(&mut peer, &mut d, 2),
+        ["Opened", "Datagram echo:ping"]
     );
+    // The header of a 1 MiB `Data` frame, and nothing of its body.
+    peer.write_all(&Header::data(1 << 20)).unwrap();
+    let mut rest = Vec::new();
+    match peer.read_to_end(&mut rest) {
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "the router sent {rest:?} instead of closing"
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    router.wait_stderr("protocol error: unexpected Data (expected Datagram, Eof or Reset");
+    // Others are served.
+    let mut args = vec!["--protocol", "udp"];
+    args.extend_from_slice(PLAIN);
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.addr.to_string(), &args);
+    User::new(taddr).echo(b"still serving");
 }
 
 #[test]
@@ -441,17 +518,25 @@ fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
 
 #[test]
 fn udp_flows_come_back_after_the_router_restarts() {
+    flows_come_back_after_the_router_restarts(&[]);
+}
+
+#[test]
+fn udp_flows_over_the_plain_transport_come_back_after_the_router_restarts() {
+    flows_come_back_after_the_router_restarts(PLAIN);
+}
+
+/// A router killed under a flow and started again on its address; `transport`:
+/// the arguments that choose it, on both ends.
+fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
     let home = Home::with_keys();
     let source = UdpEcho::start();
     let bind = format!("127.0.0.1:{}", crate::harness::dead_port());
     let allow = [source.addr.to_string()];
-    let (mut router, raddr) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
-    let (tunnel, taddr) = home.tunnel_with(
-        Engine::Epoll,
-        raddr,
-        &source.addr.to_string(),
-        &["--protocol", "udp", "--heartbeat-interval", "1"],
-    );
+    let (mut router, raddr) = home.router_at(Engine::Epoll, &bind, &allow, transport);
+    let mut args = vec!["--protocol", "udp", "--heartbeat-interval", "1"];
+    args.extend_from_slice(transport);
+    let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.addr.to_string(), &args);
     let user = User::new(taddr);
     user.echo(b"before");
     router.signal("KILL");
@@ -463,7 +548,7 @@ fn udp_flows_come_back_after_the_router_restarts() {
     // log says so, rate-limited), and nothing piles up.
     user.sock.send_to(b"lost", taddr).unwrap();
     tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
-    let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
+    let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, transport);
     tunnel.wait_stdout_count("connected to router", 2);
     // The same user is served again on a new flow.
     wait_for_answer(&user, b"after");

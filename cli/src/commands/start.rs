@@ -17,14 +17,12 @@ use conduit_proto::Secret;
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
-use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
     let bind = listen_addr("--bind", &a.bind)?;
-    check_protocol(&a)?;
     let router = source_list("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
     let router_key = keys::load_public(&a.router_key, "--router-key")?;
@@ -200,19 +198,6 @@ pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
     say(format_args!("log: {}", l.log_file.display()));
 }
 
-/// UDP rides the TLS transport only.
-fn check_protocol(a: &StartArgs) -> Result<()> {
-    if a.protocol == ProtocolArg::Udp && a.transport == TransportArg::Plain {
-        return Err(Usage(
-            "--protocol udp is carried over TLS only; drop --transport plain (on the router too) \
-             or use --protocol tcp"
-                .into(),
-        )
-        .into());
-    }
-    Ok(())
-}
-
 fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
     a.name.clone().unwrap_or_else(|| match bind.port() {
         0 => "tunnel".to_owned(),
@@ -224,7 +209,6 @@ fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
 /// that runs `conduit start --foreground` with them, key paths made absolute.
 fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
-    check_protocol(a)?;
     source_list("--router", &a.router)?;
     source_list("--source", &a.source)?;
     keys::load_public(&a.router_key, "--router-key")?;

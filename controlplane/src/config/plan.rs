@@ -27,7 +27,7 @@ pub struct TunnelPlan {
     pub source: String,
     /// Where users connect.
     pub bind: SocketAddr,
-    /// What it carries (UDP only over TLS: validation refuses it with plain).
+    /// What it carries.
     pub protocol: Protocol,
     /// TLS or plain (from `[router] transport`).
     pub transport: super::model::TransportKind,

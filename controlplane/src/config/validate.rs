@@ -246,13 +246,6 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 }
             }
         }
-        if t.protocol == Protocol::Udp && c.router.transport == super::model::TransportKind::Plain {
-            out.error(
-                &path("protocol"),
-                "udp tunnels are carried over TLS only; remove router.transport = \"plain\" \
-                 (and --transport plain on the router) or make this a tcp tunnel",
-            );
-        }
         let Some(bind) = &t.bind else { continue };
         let addr = match bind_addr(bind) {
             Ok(a) => a,

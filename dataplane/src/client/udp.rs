@@ -10,17 +10,18 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use conduit_proto::Message;
+use conduit_proto::{Message, Refusal, RefusalCode};
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select, try_join};
 use tracing::{debug, warn};
 
-use super::{ClientCore, Link};
+use super::{ClientCore, Link, channel_failed, stopped};
 use crate::channel::Channel;
-use crate::datagram::{Deliver, Framed, RECV_ROOM, down};
+use crate::datagram::{Carrier, Deliver, Framed, Inbound, RECV_ROOM, down};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Udp;
+use crate::plain::{Wire, send_best_effort, send_frame};
 use crate::relay::{Side, Stop};
 use crate::stats::{ConnCounters, ErrorKind, Meter, Rides};
 
@@ -275,33 +276,99 @@ impl ClientCore {
         );
     }
 
+    /// A flow on a channel of its own: `OpenDatagrams`, then datagrams both ways until
+    /// the flow is quiet for the idle timeout (or the tunnel stops).
     async fn run_flow(
         &self,
         id: u64,
         peer: SocketAddr,
         sock: &Udp,
-        mut rx: Inbox,
+        rx: Inbox,
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
     ) -> Result<(), (ErrorKind, String)> {
         let link = self.channel().await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
-        let mut ch = match link {
-            Link::Tls(ch) => ch,
-            Link::Plain(_) => {
-                let why = "UDP tunnels are not carried over the plain transport; \
-                           use the TLS transport (drop --transport plain)";
-                return Err((ErrorKind::Channel, why.to_owned()));
-            }
-        };
-        ch.send(Message::OpenDatagrams {
+        let open = Message::OpenDatagrams {
             target: self.spec.target.clone(),
-        })
-        .await
-        .map_err(|e| {
-            let why = format!("the channel to the router failed: {e}");
-            (ErrorKind::Channel, why)
-        })?;
+        };
+        let user = Deliver {
+            sources: None,
+            sock,
+            to: Some(peer),
+        };
+        match link {
+            Link::Tls(mut ch) => {
+                ch.send(open).await.map_err(channel_failed)?;
+                let stop = {
+                    let Channel {
+                        sock: chan,
+                        tls,
+                        decoder,
+                        backlog,
+                        ..
+                    } = &mut *ch;
+                    let (chan, tls) = (&*chan, &*tls);
+                    let from = Inbound::Tls {
+                        sock: chan,
+                        tls,
+                        decoder,
+                        backlog,
+                    };
+                    let to = Carrier::Tls(chan, tls);
+                    self.relay_flow(rx, counters, kill, user, from, to)
+                        .await
+                        .err()
+                };
+                self.finish(ch, stop, "the user's socket").await
+            }
+            Link::Plain(mut ch) => {
+                if ch.wire() != Wire::Framed {
+                    let why = format!(
+                        "the router speaks protocol {} on the plain transport, and UDP over \
+                         it needs 5: upgrade the router, or use the TLS transport",
+                        ch.version
+                    );
+                    return Err((ErrorKind::Channel, why));
+                }
+                let have = std::mem::take(&mut ch.leftover);
+                send_frame(&ch.sock, &open).await.map_err(channel_failed)?;
+                let chan = &ch.sock;
+                let from = Inbound::Plain { sock: chan, have };
+                let to = Carrier::Plain(chan);
+                match self.relay_flow(rx, counters, kill, user, from, to).await {
+                    // The router sends nothing after its `Eof` unasked.
+                    Ok(next) => {
+                        if next.is_empty() && !self.core.stopping.get() {
+                            self.reuse(Link::Plain(ch));
+                        }
+                        Ok(())
+                    }
+                    Err(stop) => {
+                        let (reason, notice) = stopped(&stop, "the user's socket");
+                        if let Some(why) = notice {
+                            let reset = Message::Reset(Refusal::new(RefusalCode::Aborted, why));
+                            send_best_effort(chan, &reset).await;
+                        }
+                        Err((stop.kind(), reason))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries a flow's datagrams both ways until it ends: the user's, queued in
+    /// `rx`, out on `to`; the router's, from `from`, to the user. Ok with what a
+    /// plain channel read past the router's `Eof`.
+    async fn relay_flow(
+        &self,
+        mut rx: Inbox,
+        counters: &ConnCounters,
+        kill: oneshot::Receiver<String>,
+        user: Deliver<'_>,
+        from: Inbound<'_>,
+        to: Carrier<'_>,
+    ) -> Result<Vec<u8>, Stop> {
         let idle = self
             .spec
             .udp
@@ -309,84 +376,67 @@ impl ClientCore {
         let last = Cell::new(Instant::now());
         let stats = &self.core.stats;
         let bandwidth = self.spec.bandwidth.as_ref();
-        let stop = {
-            let Channel {
-                sock: chan,
-                tls,
-                decoder,
-                backlog,
-                ..
-            } = &mut *ch;
-            let up = async {
-                loop {
-                    let wait = idle.saturating_sub(last.get().elapsed());
-                    let first = match monoio::time::timeout(wait, rx.next()).await {
-                        Ok(Some(d)) => d,
-                        Ok(None) => break, // the tunnel is stopping
-                        Err(_) if last.get().elapsed() >= idle => break,
-                        Err(_) => continue, // a reply came meanwhile: wait again
-                    };
-                    last.set(Instant::now());
-                    let mut framed = Framed::new();
-                    framed.push(&first);
-                    while !framed.is_full() {
-                        match rx.try_next() {
-                            Some(d) => framed.push(&d),
-                            None => break,
-                        }
+        let up = async {
+            loop {
+                let wait = idle.saturating_sub(last.get().elapsed());
+                let first = match monoio::time::timeout(wait, rx.next()).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => break, // the tunnel is stopping
+                    Err(_) if last.get().elapsed() >= idle => break,
+                    Err(_) => continue, // a reply came meanwhile: wait again
+                };
+                last.set(Instant::now());
+                let mut framed = Framed::new();
+                framed.push(&first);
+                while !framed.is_full() {
+                    match rx.try_next() {
+                        Some(d) => framed.push(&d),
+                        None => break,
                     }
-                    let payload = framed.send(chan, tls).await?;
-                    Meter {
-                        conn: &counters.up,
-                        core: &stats.bytes_up,
-                        limit: bandwidth.map(|b| &b.up),
-                    }
-                    .sent(payload)
-                    .await;
                 }
-                // The end of the flow. A datagram that slipped in as the idle timer
-                // fired still goes; the router answers with its Eof.
-                rx.rx.close();
-                let mut last_batch = Framed::new();
-                while let Some(d) = rx.try_next() {
-                    last_batch.push(&d);
-                }
-                let payload = last_batch.payload;
-                last_batch.push_message(&Message::Eof);
-                last_batch.send(chan, tls).await?;
-                counters.up.set(counters.up.get() + payload as u64);
-                stats.bytes_up.fetch_add(payload as u64, Relaxed);
-                Ok::<(), Stop>(())
-            };
-            let down = down(
-                Side::Client,
-                chan,
-                tls,
-                decoder,
-                backlog,
-                Deliver {
-                    sources: None,
-                    sock,
-                    to: Some(peer),
-                },
+                let payload = framed.send(to).await?;
                 Meter {
-                    conn: &counters.down,
-                    core: &stats.bytes_down,
-                    limit: bandwidth.map(|b| &b.down),
-                },
-                &last,
-            );
-            let both = try_join(up, down);
-            futures::pin_mut!(both);
-            match select(both, kill).await {
-                Either::Left((Ok(_), _)) => None,
-                Either::Left((Err(stop), _)) => Some(stop),
-                Either::Right((why, _)) => Some(Stop::Killed(
-                    why.unwrap_or_else(|_| "closed by the data plane".into()),
-                )),
+                    conn: &counters.up,
+                    core: &stats.bytes_up,
+                    limit: bandwidth.map(|b| &b.up),
+                }
+                .sent(payload)
+                .await;
             }
+            // The end of the flow. A datagram that slipped in as the idle timer fired
+            // still goes; the router answers with its Eof.
+            rx.rx.close();
+            let mut last_batch = Framed::new();
+            while let Some(d) = rx.try_next() {
+                last_batch.push(&d);
+            }
+            let payload = last_batch.payload;
+            last_batch.push_message(&Message::Eof);
+            last_batch.send(to).await?;
+            counters.up.set(counters.up.get() + payload as u64);
+            stats.bytes_up.fetch_add(payload as u64, Relaxed);
+            Ok::<(), Stop>(())
         };
-        self.finish(ch, stop, "the user's socket").await
+        let down = down(
+            Side::Client,
+            from,
+            user,
+            Meter {
+                conn: &counters.down,
+                core: &stats.bytes_down,
+                limit: bandwidth.map(|b| &b.down),
+            },
+            &last,
+        );
+        let both = try_join(up, down);
+        futures::pin_mut!(both);
+        match select(both, kill).await {
+            Either::Left((Ok(((), next)), _)) => Ok(next),
+            Either::Left((Err(stop), _)) => Err(stop),
+            Either::Right((why, _)) => Err(Stop::Killed(
+                why.unwrap_or_else(|_| "closed by the data plane".into()),
+            )),
+        }
     }
 }
 

@@ -7,20 +7,24 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
+use conduit_proto::{Message, PublicKey, Refusal};
 use futures::channel::oneshot;
 use futures::future::{Either, select};
 use tracing::debug;
 
-use super::RouterCore;
+use super::{RouterCore, StreamOf, stopped};
 use crate::channel::Channel;
-use crate::datagram::{Deliver, Sources, down, from_source};
-use crate::net::Udp;
+use crate::datagram::{Carrier, Deliver, Inbound, Sources, down, from_source};
+use crate::limit::Permit;
+use crate::net::{Socket, Udp};
+use crate::plain::{send_best_effort, send_frame};
 use crate::relay::{Side, Stop};
 use crate::stats::{ErrorKind, Meter};
 use crate::usage::NO_KEY;
 
 impl RouterCore {
-    /// Serves one `OpenDatagrams`; true when the channel can carry another stream.
+    /// Serves one `OpenDatagrams` on a TLS channel; true when the channel can carry
+    /// another stream.
     pub(super) async fn datagram_flow(
         &self,
         ch: &mut Channel,
@@ -28,30 +32,20 @@ impl RouterCore {
         target: String,
     ) -> bool {
         let target = Rc::<str>::from(target);
-        let core = &self.core;
-        let id = core.next_conn_id();
+        let id = self.core.next_conn_id();
         let client = ch.peer_key;
-        let opened = self
-            .admit(id, peer, client.as_ref(), &target)
-            .and_then(|(addrs, permit)| match udp_connect(&addrs) {
-                Ok(s) => Ok((s, Sources::new(addrs, id), permit)),
-                Err(e) => {
-                    let message =
-                        format!("the router could not open a UDP socket to source {target}: {e}");
-                    Err(self.refused(
-                        id,
-                        peer,
-                        client.as_ref(),
-                        ErrorKind::SourceUnreachable,
-                        message,
-                    ))
-                }
-            });
-        let Some((source, sources, permit)) = self.answer_open(ch, id, "flow", opened).await else {
+        let opened = self.open_flow(id, peer, client.as_ref(), &target);
+        let Some(flow) = self.answer_open(ch, id, "flow", opened).await else {
             return false;
         };
-        let (counters, kill) = self.track(id, peer, client, &ch.tunnel, &target);
-        let bandwidth = self.bandwidth_of(client.as_ref());
+        let tunnel = ch.tunnel.clone();
+        let of = StreamOf {
+            id,
+            peer,
+            client,
+            tunnel: &tunnel,
+            target: &target,
+        };
         let stop = {
             let Channel {
                 sock,
@@ -60,69 +54,154 @@ impl RouterCore {
                 backlog,
                 ..
             } = &mut *ch;
-            let (done_tx, done_rx) = oneshot::channel();
-            let last = Cell::new(Instant::now());
-            // The client's datagrams, until its Eof; then the source's answers already
-            // read go back, followed by this side's Eof.
-            let to_source = async {
-                let r = down(
-                    Side::Router,
-                    sock,
-                    tls,
-                    decoder,
-                    backlog,
-                    Deliver {
-                        sock: &source,
-                        to: None,
-                        sources: Some(&sources),
-                    },
-                    Meter {
-                        conn: &counters.up,
-                        core: &core.stats.bytes_up,
-                        limit: bandwidth.as_ref().map(|b| &b.up),
-                    },
-                    &last,
-                )
-                .await;
-                let _ = done_tx.send(());
-                r
-            };
-            let to_client = from_source(
-                &source,
-                &sources,
+            let (sock, tls) = (&*sock, &*tls);
+            let from = Inbound::Tls {
                 sock,
                 tls,
-                Meter {
-                    conn: &counters.down,
-                    core: &core.stats.bytes_down,
-                    limit: bandwidth.as_ref().map(|b| &b.down),
-                },
-                done_rx,
-            );
-            let both = futures::future::try_join(to_source, to_client);
-            futures::pin_mut!(both);
-            match select(both, kill).await {
-                Either::Left((Ok(_), _)) => None,
-                Either::Left((Err(stop), _)) => Some(stop),
-                Either::Right((why, _)) => Some(Stop::Killed(
-                    why.unwrap_or_else(|_| "the router is stopping".to_owned()),
-                )),
+                decoder,
+                backlog,
+            };
+            self.relay_flow(&of, flow, from, Carrier::Tls(sock, tls))
+                .await
+                .err()
+        };
+        self.ended(ch, id, peer, &target, stop, "source socket")
+            .await
+    }
+
+    /// Serves one `OpenDatagrams` on a plain channel that frames its streams
+    /// (protocol 5); `rest` is what was read with it. What was read past the flow's
+    /// end when the channel can carry another stream.
+    pub(super) async fn plain_datagram_flow(
+        &self,
+        sock: &Socket,
+        of: &StreamOf<'_>,
+        rest: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let client = of.client.as_ref();
+        let flow = match self.open_flow(of.id, of.peer, client, of.target) {
+            Ok(flow) => flow,
+            Err(refusal) => {
+                let _ = send_frame(sock, &Message::OpenFailed(refusal)).await;
+                return None;
             }
         };
-        self.untrack(id, client, stop.as_ref().map(Stop::kind));
+        if let Err(e) = send_frame(sock, &Message::Opened).await {
+            debug!(conn = of.id, "channel failed before the flow started: {e}");
+            self.failed_open(client, ErrorKind::Channel);
+            return None;
+        }
+        let from = Inbound::Plain { sock, have: rest };
+        match self.relay_flow(of, flow, from, Carrier::Plain(sock)).await {
+            Ok(next) => Some(next),
+            Err(stop) => {
+                if let Some(notice) = stopped(of.id, of.peer, of.target, &stop, "source socket") {
+                    send_best_effort(sock, &notice).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Counts an opening flow, checks the allow-list and the limit, and opens the
+    /// flow's socket: what the flow needs, or the refusal to send back.
+    fn open_flow(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<Flow, Refusal> {
+        let (addrs, permit) = self.admit(id, peer, client, target)?;
+        match udp_connect(&addrs) {
+            Ok(s) => Ok(Flow {
+                source: s,
+                sources: Sources::new(addrs, id),
+                permit,
+            }),
+            Err(e) => {
+                let message =
+                    format!("the router could not open a UDP socket to source {target}: {e}");
+                Err(self.refused(id, peer, client, ErrorKind::SourceUnreachable, message))
+            }
+        }
+    }
+
+    /// Relays an opened flow, tracked in the connection table, until it ends: what a
+    /// plain channel read past its end, or why it stopped.
+    async fn relay_flow(
+        &self,
+        of: &StreamOf<'_>,
+        flow: Flow,
+        from: Inbound<'_>,
+        to: Carrier<'_>,
+    ) -> Result<Vec<u8>, Stop> {
+        let core = &self.core;
+        let Flow {
+            source,
+            sources,
+            permit,
+        } = flow;
+        let (counters, kill) = self.track(of.id, of.peer, of.client, of.tunnel, of.target);
+        let bandwidth = self.bandwidth_of(of.client.as_ref());
+        let (done_tx, done_rx) = oneshot::channel();
+        let last = Cell::new(Instant::now());
+        // The client's datagrams, until its Eof; then the source's answers already
+        // read go back, followed by this side's Eof.
+        let to_source = async {
+            let deliver = Deliver {
+                sock: &source,
+                to: None,
+                sources: Some(&sources),
+            };
+            let meter = Meter {
+                conn: &counters.up,
+                core: &core.stats.bytes_up,
+                limit: bandwidth.as_ref().map(|b| &b.up),
+            };
+            let r = down(Side::Router, from, deliver, meter, &last).await;
+            let _ = done_tx.send(());
+            r
+        };
+        let to_client = from_source(
+            &source,
+            &sources,
+            to,
+            Meter {
+                conn: &counters.down,
+                core: &core.stats.bytes_down,
+                limit: bandwidth.as_ref().map(|b| &b.down),
+            },
+            done_rx,
+        );
+        let both = futures::future::try_join(to_source, to_client);
+        futures::pin_mut!(both);
+        let result = match select(both, kill).await {
+            Either::Left((Ok((next, ())), _)) => Ok(next),
+            Either::Left((Err(stop), _)) => Err(stop),
+            Either::Right((why, _)) => Err(Stop::Killed(
+                why.unwrap_or_else(|_| "the router is stopping".to_owned()),
+            )),
+        };
+        self.untrack(of.id, of.client, result.as_ref().err().map(Stop::kind));
         drop(permit);
-        let reusable = self
-            .ended(ch, id, peer, &target, stop, "source socket")
-            .await;
         debug!(
-            conn = id,
-            client = %client.unwrap_or(NO_KEY),
+            conn = of.id,
+            client = %of.client.unwrap_or(NO_KEY),
             to_source = counters.up.get(),
             from_source = counters.down.get(),
             "udp flow closed"
         );
-        reusable
+        result
     }
+}
+
+/// What an admitted flow holds: its socket, connected to the first of its sources,
+/// and its place under the router's connection limit.
+struct Flow {
+    source: Udp,
+    sources: Sources,
+    permit: Permit,
 }
 
 /// A UDP socket connected to the first of `addrs` (the balancer put the one to use

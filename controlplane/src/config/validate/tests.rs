@@ -268,26 +268,6 @@ fn udp_tunnels_validate_and_do_not_clash_with_tcp() {
 }
 
 #[test]
-fn udp_tunnels_need_the_tls_transport() {
-    let f = Fixture::new();
-    let text = f.client_text(
-        "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:5353\"\n\
-         protocol = \"udp\"\n",
-    );
-    let text = text.replacen("[router]\n", "[router]\ntransport = \"plain\"\n", 1);
-    let problems = check(&f, &text);
-    assert!(
-        problems.contains(
-            &"error: tunnels[1].protocol: udp tunnels are carried over TLS only; remove \
-              router.transport = \"plain\" (and --transport plain on the router) or make this a \
-              tcp tunnel ($F:14)"
-                .to_owned()
-        ),
-        "{problems:#?}"
-    );
-}
-
-#[test]
 fn router_keys_are_checked_inline_and_as_files() {
     let f = Fixture::new();
     let text = |key: &str| {
@@ -521,6 +501,17 @@ fn heartbeats_are_a_tunnel_setting() {
              client: remove it here ($F:4)"
         ]
     );
+}
+
+#[test]
+fn udp_tunnels_ride_the_plain_transport_too() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:5353\"\n\
+         protocol = \"udp\"\n",
+    );
+    let text = text.replacen("[router]\n", "[router]\ntransport = \"plain\"\n", 1);
+    assert_eq!(check(&f, &text), Vec::<String>::new());
 }
 
 #[test]
