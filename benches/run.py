@@ -166,6 +166,8 @@ def main(argv):
     try:
         setup.ensure_tools(install=not a.no_install)
         conduit, loadgen = setup.binaries(REPO) if a.no_build else setup.build(REPO)
+        # The tree the binaries were built from: it may change while the run goes on.
+        built_from = setup.commit(REPO)
         all_relays = build_relays(a, conduit, workdir)
     except (setup.SetupError, OSError, subprocess.CalledProcessError) as e:
         print(f"harness: {e}", file=sys.stderr)
@@ -189,7 +191,7 @@ def main(argv):
         "date": f"{stamp:%Y-%m-%d}", "started": stamp.isoformat(timespec="seconds"),
         "machine": machine,
         "config": {"command": " ".join(["python3 benches/run.py", *argv]), "quick": a.quick,
-                   "commit": setup.commit(REPO),
+                   "commit": built_from,
                    "rounds": a.rounds, "measurements": a.measurements,
                    "seconds": a.seconds, "pings": a.pings,
                    "concurrency": a.concurrency, "hold": a.hold,

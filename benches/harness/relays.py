@@ -260,12 +260,14 @@ class Conduit(Relay):
         self.name = f"conduit-{engine}" if transport == "tls" else f"conduit-{transport}-{engine}"
         self.security = "tls" if transport == "tls" else "plain"
         self.help_text = help_text
-        self.udp = transport == "tls"  # UDP rides TLS only
+        self.udp = True
 
     def twin(self, binary, note):
         """The same relay run with another build (`--baseline`), named RELAY@base."""
         other = Conduit(binary, self.home, self.engine, self.transport, self.help_text)
         other.name, other.note = self.name + "@base", note
+        # Older builds carry UDP over TLS only: a baseline plain relay runs TCP alone.
+        other.udp = self.transport == "tls"
         return other
 
     def skip_reason(self):
