@@ -418,29 +418,32 @@ async fn down_plain(
         if settle(b, deliver, &meter, last).await? {
             return Ok(have);
         }
-        let mut buf = pool::take();
+        // A buffer only while bytes are there to read: a flow waits holding none.
         let read = loop {
+            let mut buf = pool::take();
             match chan.try_recv(&mut buf) {
+                Ok(n) => {
+                    have.extend_from_slice(&buf[..n]);
+                    pool::give(buf);
+                    break Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pool::give(buf);
                     if let Err(e) = chan.readable().await {
                         break Err(e);
                     }
                 }
-                other => break other,
+                Err(e) => {
+                    pool::give(buf);
+                    break Err(e);
+                }
             }
         };
         match read {
-            Ok(0) => {
-                pool::give(buf);
-                return Err(Stop::ChannelClosed);
-            }
-            Ok(n) => have.extend_from_slice(&buf[..n]),
-            Err(e) => {
-                pool::give(buf);
-                return Err(Stop::Channel(e));
-            }
+            Ok(0) => return Err(Stop::ChannelClosed),
+            Ok(_) => {}
+            Err(e) => return Err(Stop::Channel(e)),
         }
-        pool::give(buf);
     }
 }
 
