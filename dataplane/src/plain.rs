@@ -129,8 +129,6 @@ pub(crate) async fn read_frame(
     sock: &Socket,
     mut have: Vec<u8>,
 ) -> Result<(Message, Vec<u8>), ChannelError> {
-    // On the heap: this future is part of every user connection's task.
-    let mut chunk = vec![0u8; 4096];
     loop {
         if have.len() >= HEADER_LEN {
             let mut h = [0u8; HEADER_LEN];
@@ -150,7 +148,15 @@ pub(crate) async fn read_frame(
                 return Ok((msg, rest));
             }
         }
-        match sock.try_recv(&mut chunk) {
+        // A pooled buffer for the read alone: an idle channel waits holding none. At
+        // most 4 KiB: what follows the frame is the stream's, for its relay.
+        let mut buf = pool::take();
+        let read = sock.try_recv(&mut buf[..4096]);
+        if let Ok(n) = read {
+            have.extend_from_slice(&buf[..n]);
+        }
+        pool::give(buf);
+        match read {
             Ok(0) => {
                 return Err(if have.is_empty() {
                     ChannelError::Closed
@@ -162,7 +168,7 @@ pub(crate) async fn read_frame(
                     .into()
                 });
             }
-            Ok(n) => have.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.readable().await?,
             Err(e) => return Err(e.into()),
         }
