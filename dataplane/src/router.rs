@@ -300,14 +300,14 @@ impl RouterCore {
                 let _ = send_frame(&sock, &Message::OpenFailed(refusal)).await;
                 return;
             }
+            let of = StreamOf {
+                id,
+                peer,
+                client: peer_key,
+                tunnel: &tunnel,
+                target: &target,
+            };
             if matches!(asked, Asked::Datagrams) {
-                let of = StreamOf {
-                    id,
-                    peer,
-                    client: peer_key,
-                    tunnel: &tunnel,
-                    target: &target,
-                };
                 match Box::pin(self.plain_datagram_flow(&sock, &of, rest)).await {
                     Some(next) if !core.stopping.get() => leftover = next,
                     _ => return,
@@ -325,13 +325,6 @@ impl RouterCore {
             if send_frame(&sock, &Message::Opened).await.is_err() {
                 return;
             }
-            let of = StreamOf {
-                id,
-                peer,
-                client: peer_key,
-                tunnel: &tunnel,
-                target: &target,
-            };
             let reusable = self.splice_both(&of, &sock, &source, wire, &rest).await;
             match reusable {
                 Some(next) if !core.stopping.get() => leftover = next,

@@ -227,14 +227,9 @@ pub fn read_events(s: &mut TcpStream, d: &mut FrameDecoder, want: usize) -> Vec<
     got
 }
 
-/// Anyone with the token may speak the plain transport, so the router must hold its
-/// own against a peer that breaks the framing mid-stream: that channel and its
-/// source connection close, the reason is logged, and other streams go on.
-#[test]
-fn a_plain_peer_that_breaks_the_framing_mid_stream_is_cut_off() {
-    let home = Home::with_keys();
-    let source = sources::echo();
-    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+/// A hand-made peer on a plain router's data channel (tunnel "rogue", the token of
+/// [`PLAIN`]), past `Welcome`; with the decoder that read it.
+pub fn welcomed_peer(raddr: std::net::SocketAddr) -> (TcpStream, FrameDecoder) {
     let mut peer = connect(raddr);
     let hello = Message::Hello(Hello {
         versions: VersionRange::ours(),
@@ -245,6 +240,18 @@ fn a_plain_peer_that_breaks_the_framing_mid_stream_is_cut_off() {
     peer.write_all(&hello.to_frame()).unwrap();
     let mut d = FrameDecoder::new();
     assert_eq!(read_events(&mut peer, &mut d, 1), ["Welcome"]);
+    (peer, d)
+}
+
+/// Anyone with the token may speak the plain transport, so the router must hold its
+/// own against a peer that breaks the framing mid-stream: that channel and its
+/// source connection close, the reason is logged, and other streams go on.
+#[test]
+fn a_plain_peer_that_breaks_the_framing_mid_stream_is_cut_off() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+    let (mut peer, mut d) = welcomed_peer(raddr);
     // A well-formed stream's start: `Open` with the first payload.
     let mut frames = Vec::new();
     Message::Open {

@@ -239,10 +239,7 @@ fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let unit = stdout(&out);
-    let exec = unit
-        .lines()
-        .find(|l| l.starts_with("ExecStart="))
-        .expect("an ExecStart line");
+    let exec = exec_start(&unit);
     assert!(
         exec.contains(" --protocol udp ")
             && exec.contains(" --udp-idle-timeout 15")
@@ -262,12 +259,16 @@ fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let unit = stdout(&out);
-    let exec = unit
-        .lines()
-        .find(|l| l.starts_with("ExecStart="))
-        .expect("an ExecStart line");
+    let exec = exec_start(&unit);
     assert!(
         exec.contains(" --transport plain ") && exec.contains(" --protocol udp"),
         "{exec}"
     );
+}
+
+/// A systemd unit's `ExecStart=` line.
+fn exec_start(unit: &str) -> &str {
+    unit.lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("an ExecStart line")
 }

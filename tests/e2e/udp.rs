@@ -11,15 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use conduit_proto::Message;
 use conduit_proto::frame::Header;
-use conduit_proto::message::{ChannelKind, Hello};
-use conduit_proto::version::VersionRange;
-use conduit_proto::{FrameDecoder, Message, Secret};
 
 use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code};
 use crate::http::wait_for;
-use crate::plain::{PLAIN, read_events};
+use crate::plain::{PLAIN, read_events, welcomed_peer};
 use crate::sources::pattern;
 
 /// The largest payload a UDP datagram over IPv4 can carry.
@@ -163,6 +161,17 @@ fn wait_for_answer(user: &User, msg: &[u8]) {
     });
 }
 
+/// Waits until the (only) tunnel has no flow open; `what` names the wait.
+fn wait_quiet(home: &Home, what: &str) {
+    crate::procfs::wait_until(&format!("every flow to end ({what})"), || {
+        let l = list_json(home);
+        (
+            l[0]["active_connections"] == 0,
+            l[0]["active_connections"].clone(),
+        )
+    });
+}
+
 fn list_json(home: &Home) -> Vec<serde_json::Value> {
     let out = home.ok(&["list", "--format", "json", "--connections"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("list json: {e}\n{out}"))
@@ -260,10 +269,7 @@ fn a_quiet_flow_ends_and_the_next_datagram_opens_another() {
     );
     let user = User::new(taddr);
     user.echo(b"first");
-    wait_for("the quiet flow to end", || {
-        let l = list_json(&home);
-        (l[0]["active_connections"] == 0).then_some(())
-    });
+    wait_quiet(&home, "the quiet flow");
     tunnel.wait_stderr("udp flow closed");
     // The same user again: a new flow.
     user.echo(b"second");
@@ -348,10 +354,7 @@ both_engines!(
                     sent += len;
                 }
             }
-            wait_for("the quiet flows to end", || {
-                let l = list_json(&home);
-                (l[0]["active_connections"] == 0).then_some(())
-            });
+            wait_quiet(&home, &format!("round {round}"));
         }
         assert_eq!(source.received.load(Ordering::SeqCst), 2 * 3 * SIZES.len());
         let l = list_json(&home);
@@ -382,17 +385,7 @@ fn a_plain_peer_that_sends_data_into_a_udp_flow_is_cut_off() {
     let home = Home::with_keys();
     let source = UdpEcho::start();
     let (router, raddr) = home.router_with(Engine::Epoll, &[source.addr.to_string()], PLAIN);
-    let mut peer = std::net::TcpStream::connect(raddr).unwrap();
-    peer.set_read_timeout(Some(DEADLINE)).unwrap();
-    let hello = Message::Hello(Hello {
-        versions: VersionRange::ours(),
-        channel: ChannelKind::Data,
-        tunnel: "rogue".into(),
-        token: Some(Secret::new("s3cret-token".into())),
-    });
-    peer.write_all(&hello.to_frame()).unwrap();
-    let mut d = FrameDecoder::new();
-    assert_eq!(read_events(&mut peer, &mut d, 1), ["Welcome"]);
+    let (mut peer, mut d) = welcomed_peer(raddr);
     // A well-formed flow: `OpenDatagrams` and a datagram, answered.
     let mut frames = Message::OpenDatagrams {
         target: source.addr.to_string(),
@@ -700,7 +693,7 @@ fn udp_flows_over_the_plain_transport_leave_nothing_behind() {
 /// 600 flows after a warm-up of 600: the tunnel's and the router's open files and
 /// memory back where they were; `transport`: the arguments that choose it.
 fn flows_leave_nothing_behind(engine: Engine, transport: &[&str]) {
-    use crate::procfs::{Footprint, wait_until};
+    use crate::procfs::Footprint;
     let UdpTunnel {
         home,
         source,
@@ -708,15 +701,7 @@ fn flows_leave_nothing_behind(engine: Engine, transport: &[&str]) {
         tunnel,
         taddr,
     } = UdpTunnel::start_on(engine, transport, &["--udp-idle-timeout", "1"]);
-    let quiet = |what: &str| {
-        wait_until(&format!("every flow to end ({what})"), || {
-            let l = list_json(&home);
-            (
-                l[0]["active_connections"] == 0,
-                l[0]["active_connections"].clone(),
-            )
-        });
-    };
+    let quiet = |what: &str| wait_quiet(&home, what);
     // A warm-up of the same shape, so the pools are at their working size.
     udp_churn(taddr, 600, 8);
     quiet("warm-up");
