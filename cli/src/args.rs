@@ -495,11 +495,12 @@ pub(crate) struct StartArgs {
     #[arg(long, hide = true, requires = "foreground")]
     pub(crate) detached: bool,
     /// The router, HOST:PORT; or several separated by commas, tried in turn: the
-    /// tunnel moves to the next when it cannot reach the one it uses (they must
-    /// share the key given by --router-key).
+    /// tunnel moves to the next when it cannot reach the one it uses.
     #[arg(long, env = "CONDUIT_ROUTER")]
     pub(crate) router: String,
-    /// The router's public key (ed25519:…) or the path of its .pub file.
+    /// The router's public key (ed25519:…) or the path of its .pub file. With
+    /// several routers: one key that all of them present, or one per router,
+    /// separated by commas, in the order of --router.
     #[arg(long, env = "CONDUIT_ROUTER_KEY")]
     pub(crate) router_key: String,
     /// The service to reach, HOST:PORT as the router sees it.

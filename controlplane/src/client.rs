@@ -29,10 +29,11 @@ use crate::{Error, Transport};
 pub struct TunnelSettings {
     /// The tunnel's name.
     pub name: String,
-    /// The router, `host:port`.
+    /// The router, `host:port`; or several separated by commas, tried in turn.
     pub router: String,
-    /// The router's pinned key.
-    pub router_key: PublicKey,
+    /// The routers' pinned keys: one that all of them present, or one per router in
+    /// the order of [`router`](Self::router) (see [`router_keys`]).
+    pub router_keys: Vec<PublicKey>,
     /// This client's key.
     pub identity: KeyPair,
     /// The source, as the router resolves it.
@@ -74,6 +75,20 @@ pub struct TunnelSettings {
     /// to try the earlier ones and move back to the first that answers (`None`:
     /// stay on the one in use).
     pub failback: Option<Duration>,
+}
+
+/// The pinned key of each of `routers` routers, from `keys` as given: one key that
+/// every router presents, or one per router in their order.
+pub fn router_keys(routers: usize, keys: &[PublicKey]) -> Result<Vec<PublicKey>, Error> {
+    match keys {
+        [one] => Ok(vec![*one; routers]),
+        _ if keys.len() == routers => Ok(keys.to_vec()),
+        _ => Err(Error::Config(format!(
+            "{} router keys for {routers} routers: give one key that every router presents, \
+             or one per router in the order the routers are listed",
+            keys.len()
+        ))),
+    }
 }
 
 /// `n` days, or `None` for 0 (never).
@@ -156,16 +171,17 @@ struct Shared {
     /// The routers to try, in order (`--router A,B`): the link uses one at a time
     /// and moves to the next when it cannot reach that one.
     routers: Vec<String>,
+    /// The key each of `routers` must present.
+    router_keys: Vec<PublicKey>,
     /// The index of the one in use.
     at: std::sync::atomic::AtomicUsize,
     /// How often to try moving back to an earlier router (see
     /// [`TunnelSettings::failback`]).
     failback: Option<Duration>,
-    /// The key this tunnel authenticates with, and its TLS configuration: both
-    /// replaced when the key is rotated.
+    /// The key this tunnel authenticates with, and its TLS configuration for each
+    /// of `routers`: all replaced when the key is rotated.
     our_key: RwLock<PublicKey>,
-    tls: RwLock<Arc<ClientConfig>>,
-    router_key: PublicKey,
+    tls: RwLock<Vec<Arc<ClientConfig>>>,
     key_path: Option<PathBuf>,
     key_rotation: Option<Duration>,
     /// The protocol version of the control channel (0 while there is none).
@@ -195,8 +211,19 @@ impl ClientTunnel {
     /// Binds the tunnel's listeners and starts its workers; nothing is sent to the
     /// router until [`Self::run`].
     pub fn start(s: TunnelSettings) -> Result<Self, Error> {
-        let tls = client_config(&s.identity, s.router_key)
+        let routers: Vec<String> = conduit_dataplane::source_members(&s.router)
+            .map(str::to_owned)
+            .collect();
+        let router_keys = router_keys(routers.len(), &s.router_keys)?;
+        let tls = configs(&s.identity, &router_keys)
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
+        let key_rotation = match s.key_rotation {
+            Some(_) if routers.len() > 1 => {
+                info!(tunnel = %s.name, "automatic key rotation is off: this tunnel has {} routers, and a key rotated through one would be refused by the others (rotate by hand, see docs/operations.md)", routers.len());
+                None
+            }
+            r => r,
+        };
         let link = Arc::new(LinkState::default());
         let mut dp = DataPlane::start_client(
             &s.dataplane,
@@ -232,16 +259,14 @@ impl ClientTunnel {
                 kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
                 name: s.name,
-                routers: conduit_dataplane::source_members(&s.router)
-                    .map(str::to_owned)
-                    .collect(),
+                routers,
+                router_keys,
                 at: std::sync::atomic::AtomicUsize::new(0),
                 failback: s.failback,
                 our_key: RwLock::new(s.identity.public()),
                 tls: RwLock::new(tls),
-                router_key: s.router_key,
                 key_path: s.key_path,
-                key_rotation: s.key_rotation,
+                key_rotation,
                 version: AtomicU16::new(0),
                 token: s.token,
                 connect_timeout: s.connect_timeout,
@@ -346,8 +371,9 @@ impl ClientTunnel {
 }
 
 impl Shared {
-    fn tls(&self) -> Arc<ClientConfig> {
-        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The TLS configuration for the router at `index`.
+    fn tls(&self, index: usize) -> Arc<ClientConfig> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner())[index].clone()
     }
 
     fn our_key(&self) -> PublicKey {
@@ -355,7 +381,7 @@ impl Shared {
     }
 
     fn use_key(&self, pair: &KeyPair) -> Result<(), String> {
-        let tls = client_config(pair, self.router_key).map_err(|e| e.to_string())?;
+        let tls = configs(pair, &self.router_keys).map_err(|e| e.to_string())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.our_key.write().unwrap_or_else(|p| p.into_inner()) = pair.public();
         Ok(())
@@ -414,7 +440,6 @@ impl Shared {
     }
 }
 
-/// Opens a channel of `kind` and completes `Hello`/`Welcome`.
 /// Opens a channel of `kind` to the router in use: the channel, past `Welcome`, and
 /// the protocol version the router chose.
 async fn open(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> {
@@ -435,23 +460,24 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> 
 }
 
 async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> {
-    let (wire, version) = open_at(shared, kind, shared.router()).await?;
+    let (wire, version) = open_at(shared, kind, shared.at()).await?;
     if kind == ChannelKind::Control {
         shared.version.store(version, Ordering::Relaxed);
     }
     Ok((wire, version))
 }
 
-/// Opens a channel of `kind` to `router` and completes `Hello`/`Welcome`; returns
-/// it and the protocol version the router chose.
-async fn open_at(shared: &Shared, kind: ChannelKind, router: &str) -> Result<(Wire, u16), Error> {
+/// Opens a channel of `kind` to the router at `index` in the list and completes
+/// `Hello`/`Welcome`; returns it and the protocol version the router chose.
+async fn open_at(shared: &Shared, kind: ChannelKind, index: usize) -> Result<(Wire, u16), Error> {
+    let router = &shared.routers[index];
     let tcp = wire::connect(router, shared.connect_timeout)
         .await
         .map_err(|e| Error::network(format!("cannot reach router {router}"), e))?;
     let started = std::time::Instant::now();
     let setup = async {
         let mut w = match shared.transport {
-            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls())?).await?,
+            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls(index))?).await?,
             Transport::Plain => Wire::plain(tcp)?,
         };
         w.send(&Message::Hello(Hello {
@@ -514,7 +540,13 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
 
 fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
-        WireError::Tls(t) => from_tls(t, &shared.our_key()),
+        // With several routers, say which one.
+        WireError::Tls(t) => match from_tls(t, &shared.our_key()) {
+            Error::Authentication(m) if shared.routers.len() > 1 => {
+                Error::Authentication(format!("router {router}: {m}"))
+            }
+            e => e,
+        },
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
         WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(
@@ -689,7 +721,7 @@ impl Probe {
                 tokio::time::sleep(every).await;
                 for index in 0..current {
                     let router = &shared.routers[index];
-                    match open_at(&shared, ChannelKind::Control, router).await {
+                    match open_at(&shared, ChannelKind::Control, index).await {
                         Ok((wire, version)) => {
                             let _ = tx.send(Preferred {
                                 index,
@@ -910,6 +942,13 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
             "this tunnel's key was not read from a file".into(),
         ));
     };
+    if shared.routers.len() > 1 {
+        return Err(Rotation::Refused(format!(
+            "this tunnel has {} routers, and a key rotated through one would be refused by the \
+             others: rotate it by hand (docs/operations.md, Key rotation)",
+            shared.routers.len()
+        )));
+    }
     if shared.transport == Transport::Plain {
         return Err(Rotation::Refused(
             "the plain transport has no keys to rotate".into(),
@@ -937,7 +976,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
     // Checked before the router is asked, so that a key it authorizes is usable and
     // can be saved.
-    client_config(&pair, shared.router_key)
+    configs(&pair, &shared.router_keys)
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
     let staged = crate::keys::stage_pair(path, &pair)
         .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
@@ -1005,6 +1044,17 @@ async fn ask_router(shared: &Shared, ctl: &mut Wire, next: PublicKey) -> Result<
     Ok(expires)
 }
 
+/// The TLS configuration of `pair` for each of `router_keys`.
+fn configs(
+    pair: &KeyPair,
+    router_keys: &[PublicKey],
+) -> Result<Vec<Arc<ClientConfig>>, rustls::Error> {
+    router_keys
+        .iter()
+        .map(|k| client_config(pair, *k))
+        .collect()
+}
+
 /// Answers the workers' requests for channels.
 async fn make_channels(shared: Arc<Shared>, requests: flume::Receiver<FromWorker>) {
     while let Ok(FromWorker::WantChannels { core, count }) = requests.recv_async().await {
@@ -1059,6 +1109,19 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_keys_are_one_for_all_or_one_per_router() {
+        let a = KeyPair::generate().unwrap().public();
+        let b = KeyPair::generate().unwrap().public();
+        assert_eq!(router_keys(3, &[a]).unwrap(), [a, a, a]);
+        assert_eq!(router_keys(2, &[a, b]).unwrap(), [a, b]);
+        assert_eq!(
+            router_keys(3, &[a, b]).unwrap_err().to_string(),
+            "2 router keys for 3 routers: give one key that every router presents, or one per \
+             router in the order the routers are listed"
+        );
+    }
 
     #[test]
     fn a_udp_tunnel_refuses_a_router_without_datagrams_for_good() {

@@ -169,6 +169,23 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
     )))
 }
 
+/// Public keys separated by commas, each given as [`load_public`] takes it.
+pub fn load_publics(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
+    spec.split(',')
+        .enumerate()
+        .map(|(i, one)| {
+            if one.trim().is_empty() {
+                Err(Error::Config(format!(
+                    "{what}: key {} of {spec:?} is empty; separate keys with single commas",
+                    i + 1
+                )))
+            } else {
+                load_public(one, what)
+            }
+        })
+        .collect()
+}
+
 /// An authorized-clients file: each key's comment, and the expiry time of keys
 /// being rotated out (`expires=2026-12-01T00:00:00Z ed25519:… name`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -224,13 +224,26 @@ impl Home {
     /// several) without waiting for anything.
     pub fn tunnel_via(&self, engine: Engine, router: &str, source: &str, extra: &[&str]) -> Proc {
         let router_key = self.key("router.pub");
+        let router_key = router_key.to_str().expect("utf-8 path");
+        self.tunnel_keyed(engine, router, router_key, source, extra)
+    }
+
+    /// [`Self::tunnel_via`] with `--router-key` as given.
+    pub fn tunnel_keyed(
+        &self,
+        engine: Engine,
+        router: &str,
+        router_key: &str,
+        source: &str,
+        extra: &[&str],
+    ) -> Proc {
         let mut args = vec![
             "start",
             "--foreground",
             "--router",
             router,
             "--router-key",
-            router_key.to_str().expect("utf-8 path"),
+            router_key,
             "--source",
             source,
             "--bind",

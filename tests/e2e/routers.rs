@@ -1,9 +1,10 @@
-//! One tunnel, several routers (`--router A,B`, sharing one key): the link uses one
-//! at a time and moves to the next when it cannot reach the one it uses.
+//! One tunnel, several routers (`--router A,B`, sharing one key or each with its
+//! own): the link uses one at a time and moves to the next when it cannot reach the
+//! one it uses.
 
 use std::net::TcpListener;
 
-use crate::harness::{Engine, Home, addr_in};
+use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
 use crate::sources;
 use crate::users::{assert_echo, exchange, open_user, wait_for_echo};
 
@@ -97,5 +98,127 @@ fn the_link_moves_back_to_the_first_router_when_it_returns() {
     assert!(
         status.contains(&format!("router {a} connected since")),
         "{status}"
+    );
+}
+
+/// What `conduit keys show --name NAME` prints first: the key.
+fn public_key(home: &Home, name: &str) -> String {
+    home.ok(&["keys", "show", "--name", name])
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn routers_with_keys_of_their_own_are_each_pinned_to_theirs() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "router-b"]);
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (mut first, a) = home.router(engine, &allow);
+    let b_key = home.key("router-b.key");
+    let (_second, b) = home.router_with(engine, &allow, &["--key", b_key.to_str().unwrap()]);
+    // One a path, one inline: each router has its own.
+    let keys = format!(
+        "{},{}",
+        home.key("router.pub").display(),
+        public_key(&home, "router-b")
+    );
+    let tunnel = home.tunnel_keyed(engine, &format!("{a},{b}"), &keys, &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    assert_echo(taddr, b"through the first");
+
+    first.stop();
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"through the second, pinned to its own key");
+
+    // A key rotated through one router would be refused by the others: the
+    // rotation is refused, and the link goes on as it was.
+    let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains(
+            "this tunnel has 2 routers, and a key rotated through one would be refused by the \
+             others: rotate it by hand"
+        ),
+        "{err}"
+    );
+    assert_eq!(tunnel.stdout_count(&format!("connected to router {b}")), 1);
+    assert_echo(taddr, b"still through the second");
+}
+
+#[test]
+fn a_fallback_presenting_a_key_other_than_its_pinned_one_is_refused_by_name() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "router-b"]);
+    let source = sources::echo();
+    let b_key = home.key("router-b.key");
+    let (_second, b) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &["--key", b_key.to_str().unwrap()],
+    );
+    // The first is away; the second is pinned to router.pub (the one key given for
+    // both) but presents router-b's.
+    let away = format!("127.0.0.1:{}", dead_port());
+    let mut tunnel = home.tunnel_via(engine, &format!("{away},{b}"), &source.to_string(), &[]);
+    let status = tunnel.wait_exit();
+    let err = tunnel.stderr();
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains(&format!(
+            "router {b}: router key mismatch: expected {}, got {}",
+            public_key(&home, "router"),
+            public_key(&home, "router-b")
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn router_keys_must_be_one_for_all_or_one_per_router() {
+    let home = Home::with_keys();
+    let key = public_key(&home, "router");
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:1,127.0.0.1:2",
+        "--router-key",
+        &format!("{key},{key},{key}"),
+        "--source",
+        "127.0.0.1:3",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains(
+            "--router-key: 3 router keys for 2 routers: give one key that every router \
+             presents, or one per router in the order the routers are listed"
+        ),
+        "{err}"
+    );
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:1,127.0.0.1:2",
+        "--router-key",
+        &format!("{key},,{key}"),
+        "--source",
+        "127.0.0.1:3",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("--router-key: key 2 of ")
+            && err.contains("is empty; separate keys with single commas"),
+        "{err}"
     );
 }

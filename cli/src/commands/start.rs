@@ -25,7 +25,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
     let router = source_list("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
-    let router_key = keys::load_public(&a.router_key, "--router-key")?;
+    let router_keys = router_keys(&router, &a.router_key)?;
     let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let identity = keys::load_private(&key_path, "client")?;
     let name = tunnel_name(&a, bind);
@@ -48,7 +48,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     let settings = TunnelSettings {
         name: name.clone(),
         router: router.clone(),
-        router_key,
+        router_keys,
         identity,
         source: source.clone(),
         bind,
@@ -198,6 +198,15 @@ pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
     say(format_args!("log: {}", l.log_file.display()));
 }
 
+/// The pinned key of each router in `routers` (a checked `--router` list), from
+/// `--router-key`.
+fn router_keys(routers: &str, spec: &str) -> Result<Vec<conduit_proto::PublicKey>> {
+    let keys = keys::load_publics(spec, "--router-key")?;
+    let count = conduit_dataplane::source_members(routers).count().max(1);
+    conduit_controlplane::client::router_keys(count, &keys)
+        .map_err(|e| conduit_controlplane::Error::Config(format!("--router-key: {e}")).into())
+}
+
 fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
     a.name.clone().unwrap_or_else(|| match bind.port() {
         0 => "tunnel".to_owned(),
@@ -209,14 +218,22 @@ fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
 /// that runs `conduit start --foreground` with them, key paths made absolute.
 fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
-    source_list("--router", &a.router)?;
+    let router = source_list("--router", &a.router)?;
     source_list("--source", &a.source)?;
-    keys::load_public(&a.router_key, "--router-key")?;
-    let router_key = if a.router_key.trim().starts_with("ed25519:") {
-        a.router_key.trim().to_owned()
-    } else {
-        path_arg(Path::new(a.router_key.trim()))?
-    };
+    router_keys(&router, &a.router_key)?;
+    let router_key = a
+        .router_key
+        .split(',')
+        .map(|k| {
+            let k = k.trim();
+            if k.starts_with("ed25519:") {
+                Ok(k.to_owned())
+            } else {
+                path_arg(Path::new(k))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?
+        .join(",");
     let key = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let name = tunnel_name(a, bind);
     let mut args: Vec<String> = [

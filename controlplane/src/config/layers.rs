@@ -205,6 +205,17 @@ impl Merge {
                 (Kind::KeyOrPath, Value::String(s)) if !s.trim().starts_with("ed25519:") => {
                     Value::String(doc.resolve(s.trim()))
                 }
+                (Kind::KeyList, Value::Array(items)) => Value::Array(
+                    items
+                        .iter()
+                        .map(|item| match item.as_str() {
+                            Some(s) if !s.trim().starts_with("ed25519:") => {
+                                Value::String(doc.resolve(s.trim()))
+                            }
+                            _ => item.clone(),
+                        })
+                        .collect(),
+                ),
                 _ => v.clone(),
             };
             good.insert(k.clone(), v);

@@ -50,8 +50,11 @@ pub struct RouterPeer {
     /// `tls` (default) or `plain`, which the router must also run.
     pub transport: TransportKind,
     /// More routers, `HOST:PORT` each, tried in turn when the tunnels cannot reach
-    /// the one they use; they must present the same key.
+    /// the one they use; they present `public_key` unless `fallback_keys` is set.
     pub fallbacks: Vec<String>,
+    /// The pinned key of each fallback, in the order of `fallbacks` (`ed25519:…` or
+    /// the path of a `.pub` file); empty: every fallback presents `public_key`.
+    pub fallback_keys: Vec<String>,
     /// While a tunnel uses a fallback, how often it tries the routers before it and
     /// moves back to the first that answers (seconds; 0: stays; default 30).
     pub failback_secs: u64,
@@ -65,6 +68,7 @@ impl Default for RouterPeer {
             public_key: None,
             transport: TransportKind::Tls,
             fallbacks: Vec::new(),
+            fallback_keys: Vec::new(),
             failback_secs: 30,
         }
     }
@@ -702,7 +706,7 @@ mod tests {
             Kind::Int { min, .. } => Value::Integer(min),
             Kind::Bool => Value::Boolean(true),
             Kind::Choice(words) => Value::String(words[0].into()),
-            Kind::List => Value::Array(vec![Value::String("x".into())]),
+            Kind::List | Kind::KeyList => Value::Array(vec![Value::String("x".into())]),
         }
     }
 

@@ -19,8 +19,9 @@ pub struct TunnelPlan {
     pub name: String,
     /// The router, `host:port` (`[v6]:port` for an IPv6 address).
     pub router: String,
-    /// The router's pinned key.
-    pub router_key: PublicKey,
+    /// The routers' pinned keys: one for all of them, or one per router in the order
+    /// of [`router`](Self::router) (`[router] public_key`, then `fallback_keys`).
+    pub router_keys: Vec<PublicKey>,
     /// This client's private key file (loaded by the tunnel process).
     pub private_key_path: PathBuf,
     /// The source, `HOST:PORT` as the router resolves it.
@@ -52,7 +53,12 @@ impl TunnelPlan {
             "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}",
             self.name,
             self.router,
-            self.router_key,
+            // One key prints as before this became a list.
+            self.router_keys
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             self.private_key_path.display(),
             self.source,
             self.bind,
@@ -80,7 +86,7 @@ impl TunnelPlan {
         TunnelSettings {
             name: self.name.clone(),
             router: self.router.clone(),
-            router_key: self.router_key,
+            router_keys: self.router_keys.clone(),
             identity,
             source: self.source.clone(),
             bind: self.bind,
@@ -149,7 +155,11 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
         .public_key
         .as_deref()
         .ok_or_else(|| internal("router.public_key"))?;
-    let router_key = public_key(spec).map_err(|_| internal("router.public_key"))?;
+    let mut router_keys = vec![public_key(spec).map_err(|_| internal("router.public_key"))?];
+    for (i, k) in c.router.fallback_keys.iter().enumerate() {
+        router_keys
+            .push(public_key(k).map_err(|_| internal(&format!("router.fallback_keys[{i}]")))?);
+    }
     let private_key_path = c
         .security
         .private_key_path
@@ -174,7 +184,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
         tunnels.push(TunnelPlan {
             name: name.clone(),
             router: router.clone(),
-            router_key,
+            router_keys: router_keys.clone(),
             private_key_path: private_key_path.clone(),
             source: source.clone(),
             bind,

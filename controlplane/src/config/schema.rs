@@ -27,6 +27,8 @@ pub(crate) enum Kind {
     Choice(&'static [&'static str]),
     /// A list of non-empty strings (comma-separated in the environment).
     List,
+    /// A list of public keys or `.pub` paths (each resolved like `KeyOrPath`).
+    KeyList,
 }
 
 /// One key of a section.
@@ -187,6 +189,7 @@ static CLIENT: Schema = Schema {
                     .alias(&["CONDUIT_ROUTER_KEY"]),
                 key("transport", Kind::Choice(&["tls", "plain"])),
                 key("fallbacks", Kind::List),
+                key("fallback_keys", Kind::KeyList),
                 key("failback_secs", Kind::Int { min: 0, max: 86_400 }),
             ],
         },
@@ -321,7 +324,7 @@ impl Kind {
             Kind::Int { min, max } => format!("an integer ({})", range(min, max)),
             Kind::Bool => "true or false".into(),
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
-            Kind::List => "a list of strings".into(),
+            Kind::List | Kind::KeyList => "a list of strings".into(),
         }
     }
 
@@ -344,7 +347,7 @@ impl Kind {
             (Kind::Int { min, max }, Value::Integer(n)) => in_range(*n, min, max),
             (Kind::Bool, Value::Boolean(_)) => Ok(()),
             (Kind::Choice(words), Value::String(s)) => choice(words, s),
-            (Kind::List, Value::Array(items)) => {
+            (Kind::List | Kind::KeyList, Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     match item {
                         Value::String(s) => non_empty(s).map_err(|e| format!("item {i}: {e}"))?,
@@ -387,7 +390,7 @@ impl Kind {
                 choice(words, &w)?;
                 Ok(Value::String(w))
             }
-            Kind::List => Ok(Value::Array(
+            Kind::List | Kind::KeyList => Ok(Value::Array(
                 s.split(',')
                     .map(str::trim)
                     .filter(|p| !p.is_empty())

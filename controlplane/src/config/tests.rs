@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use conduit_proto::Secret;
+use conduit_proto::{KeyPair, Secret};
 
 use super::*;
 use crate::keys;
@@ -223,7 +223,14 @@ fn relative_paths_in_the_file_resolve_against_its_directory() {
         Some(f.path("router.pub").display().to_string())
     );
     let plan = plan_tunnels(&f.sources(text, &[], &[])).unwrap();
-    assert_eq!(plan.tunnels[0].router_key.to_string(), f.router_key);
+    assert_eq!(
+        plan.tunnels[0]
+            .router_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&f.router_key)
+    );
 }
 
 fn squash(s: &str) -> Vec<String> {
@@ -254,6 +261,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         format!("public_key = \"{}\" # {file}:3", f.router_key),
         "transport = \"tls\" # default".into(),
         "fallbacks = [] # default".into(),
+        "fallback_keys = [] # default".into(),
         "failback_secs = 30 # default".into(),
         String::new(),
         "[security]".into(),
@@ -366,7 +374,13 @@ fn plans_carry_everything_a_tunnel_needs() {
     let s = db.settings(identity);
     assert_eq!((s.pool_size, s.connect_timeout.as_secs()), (4, 10));
     assert_eq!(s.idle_timeout.as_secs(), 60);
-    assert_eq!(s.router_key.to_string(), f.router_key);
+    assert_eq!(
+        s.router_keys
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&f.router_key)
+    );
 }
 
 #[test]
@@ -494,5 +508,33 @@ fn fallback_routers_follow_the_router_in_the_plan() {
     assert_eq!(
         plan.tunnels[0].router,
         "10.2.0.1:9999,10.2.0.3:9999,[fd00::4]:9000"
+    );
+}
+
+#[test]
+fn fallback_keys_give_each_router_its_own_key_in_the_plan() {
+    let f = Fixture::new();
+    let b = KeyPair::generate().unwrap().public();
+    let c = KeyPair::generate().unwrap().public();
+    // A relative path resolves against the file's directory, as public_key does.
+    std::fs::write(f.path("c.pub"), format!("{c} router-c\n")).unwrap();
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        &format!(
+            "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{b}\", \
+             \"c.pub\"]\n[[tunnels]]"
+        ),
+        1,
+    );
+    let plan = plan_tunnels(&f.sources(&text, &[], &[])).unwrap();
+    let keys: Vec<String> = plan.tunnels[0]
+        .router_keys
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(keys, [f.router_key.clone(), b.to_string(), c.to_string()]);
+    assert_eq!(
+        plan.tunnels[0].router,
+        "10.2.0.1:9999,10.2.0.3:9999,10.2.0.4:9999"
     );
 }

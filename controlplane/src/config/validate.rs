@@ -65,6 +65,7 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
     if let Some(Err(e)) = c.router.public_key.as_deref().map(public_key) {
         out.error("router.public_key", e);
     }
+    fallback_keys(&c.router, &mut out);
     let key = c.security.private_key_path.as_deref();
     if let Some(Err(e)) = key.map(|p| private_key(p, "client", "security.private_key_path")) {
         out.error("security.private_key_path", e);
@@ -428,6 +429,29 @@ pub(crate) fn router_host(host: &str) -> Result<(), String> {
             "{host:?} is not a host name or IP address; use something like 10.2.0.1 or \
  router.internal"
         ))
+    }
+}
+
+/// `[router] fallback_keys`: none, or one key for each fallback, each a key or a
+/// `.pub` file.
+fn fallback_keys(r: &super::model::RouterPeer, out: &mut Out<'_>) {
+    let (keys, fallbacks) = (r.fallback_keys.len(), r.fallbacks.len());
+    if keys != 0 && keys != fallbacks {
+        out.error(
+            "router.fallback_keys",
+            format!(
+                "{keys} keys for {fallbacks} fallbacks; give one key per fallback, in the order \
+                 of router.fallbacks, or none when every fallback presents router.public_key"
+            ),
+        );
+    }
+    for (i, k) in r.fallback_keys.iter().enumerate() {
+        if let Err(e) = public_key(k) {
+            out.push(
+                Problem::error(format!("router.fallback_keys[{i}]"), e),
+                "router.fallback_keys",
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use crate::config::tests::Fixture;
 use crate::config::{Report, load_router};
+use conduit_proto::KeyPair;
 
 /// The problems for `text`, with the file's path shown as `$F`.
 fn check(f: &Fixture, text: &str) -> Vec<String> {
@@ -61,9 +62,9 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
         [
             "error: host: unknown key at the top level; put it under [router] ($F:1)",
             "error: router.hots: unknown key in [router]; did you mean host? valid keys: host, \
-             port, public_key, transport, fallbacks, failback_secs ($F:3)",
+             port, public_key, transport, fallbacks, fallback_keys, failback_secs ($F:3)",
             "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, \
-             transport, fallbacks, failback_secs; `bind` belongs in a router's file (check those with --router) ($F:5)",
+             transport, fallbacks, fallback_keys, failback_secs; `bind` belongs in a router's file (check those with --router) ($F:5)",
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
@@ -561,5 +562,43 @@ fn fallback_routers_are_checked_one_by_one() {
         "fallbacks = [\"10.2.0.3:9999\", \"[fd00::4]:9999\"]\n[[tunnels]]",
         1,
     );
+    assert_eq!(check(&f, &text), none());
+}
+
+#[test]
+fn fallback_keys_are_one_per_fallback_and_each_a_key() {
+    let f = Fixture::new();
+    let with = |lines: &str| {
+        f.client_text("")
+            .replacen("[[tunnels]]", &format!("{lines}\n[[tunnels]]"), 1)
+    };
+    let other = KeyPair::generate().unwrap().public();
+    let text = with(&format!(
+        "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{other}\"]"
+    ));
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.fallback_keys: 1 keys for 2 fallbacks; give one key per fallback, in \
+             the order of router.fallbacks, or none when every fallback presents \
+             router.public_key ($F:6)",
+        ]
+    );
+    let text = with(&format!(
+        "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{other}\", \
+         \"ed25519:nope\"]"
+    ));
+    let lines = check(&f, &text);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("error: router.fallback_keys[1]: ")
+            && lines[0].contains("paste the key the router's `conduit init` printed"),
+        "{lines:?}"
+    );
+    let text = with(&format!(
+        "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{other}\", \
+         \"{}\"]",
+        f.router_key
+    ));
     assert_eq!(check(&f, &text), none());
 }
