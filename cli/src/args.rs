@@ -498,9 +498,10 @@ pub(crate) struct StartArgs {
     /// tunnel moves to the next when it cannot reach the one it uses.
     #[arg(long, env = "CONDUIT_ROUTER")]
     pub(crate) router: String,
-    /// The router's public key (ed25519:…) or the path of its .pub file. With
-    /// several routers: one key that all of them present, or one per router,
-    /// separated by commas, in the order of --router.
+    /// The router's public key (ed25519:…) or the path of its .pub file (every key
+    /// in the file is accepted); KEY|KEY accepts either, while the router's key is
+    /// being replaced. With several routers: keys that all of them present, or
+    /// each router's, separated by commas, in the order of --router.
     #[arg(long, env = "CONDUIT_ROUTER_KEY")]
     pub(crate) router_key: String,
     /// The service to reach, HOST:PORT as the router sees it.

@@ -31,9 +31,10 @@ pub struct TunnelSettings {
     pub name: String,
     /// The router, `host:port`; or several separated by commas, tried in turn.
     pub router: String,
-    /// The routers' pinned keys: one that all of them present, or one per router in
-    /// the order of [`router`](Self::router) (see [`router_keys`]).
-    pub router_keys: Vec<PublicKey>,
+    /// The routers' pinned keys: the keys that all of them may present, or the
+    /// keys of each router in the order of [`router`](Self::router) (see
+    /// [`router_keys`]). A router may present any of its keys.
+    pub router_keys: Vec<Vec<PublicKey>>,
     /// This client's key.
     pub identity: KeyPair,
     /// The source, as the router resolves it.
@@ -77,11 +78,11 @@ pub struct TunnelSettings {
     pub failback: Option<Duration>,
 }
 
-/// The pinned key of each of `routers` routers, from `keys` as given: one key that
-/// every router presents, or one per router in their order.
-pub fn router_keys(routers: usize, keys: &[PublicKey]) -> Result<Vec<PublicKey>, Error> {
+/// The pinned keys of each of `routers` routers, from `keys` as given: keys that
+/// every router may present, or each router's in their order.
+pub fn router_keys(routers: usize, keys: &[Vec<PublicKey>]) -> Result<Vec<Vec<PublicKey>>, Error> {
     match keys {
-        [one] => Ok(vec![*one; routers]),
+        [one] => Ok(vec![one.clone(); routers]),
         _ if keys.len() == routers => Ok(keys.to_vec()),
         _ => Err(Error::Config(format!(
             "{} router keys for {routers} routers: give one key that every router presents, \
@@ -171,8 +172,8 @@ struct Shared {
     /// The routers to try, in order (`--router A,B`): the link uses one at a time
     /// and moves to the next when it cannot reach that one.
     routers: Vec<String>,
-    /// The key each of `routers` must present.
-    router_keys: Vec<PublicKey>,
+    /// The keys each of `routers` may present.
+    router_keys: Vec<Vec<PublicKey>>,
     /// The index of the one in use.
     at: std::sync::atomic::AtomicUsize,
     /// How often to try moving back to an earlier router (see
@@ -1047,12 +1048,9 @@ async fn ask_router(shared: &Shared, ctl: &mut Wire, next: PublicKey) -> Result<
 /// The TLS configuration of `pair` for each of `router_keys`.
 fn configs(
     pair: &KeyPair,
-    router_keys: &[PublicKey],
+    router_keys: &[Vec<PublicKey>],
 ) -> Result<Vec<Arc<ClientConfig>>, rustls::Error> {
-    router_keys
-        .iter()
-        .map(|k| client_config(pair, *k))
-        .collect()
+    router_keys.iter().map(|k| client_config(pair, k)).collect()
 }
 
 /// Answers the workers' requests for channels.
@@ -1114,10 +1112,16 @@ mod tests {
     fn router_keys_are_one_for_all_or_one_per_router() {
         let a = KeyPair::generate().unwrap().public();
         let b = KeyPair::generate().unwrap().public();
-        assert_eq!(router_keys(3, &[a]).unwrap(), [a, a, a]);
-        assert_eq!(router_keys(2, &[a, b]).unwrap(), [a, b]);
         assert_eq!(
-            router_keys(3, &[a, b]).unwrap_err().to_string(),
+            router_keys(3, &[vec![a, b]]).unwrap(),
+            [vec![a, b], vec![a, b], vec![a, b]]
+        );
+        assert_eq!(
+            router_keys(2, &[vec![a], vec![b]]).unwrap(),
+            [vec![a], vec![b]]
+        );
+        assert_eq!(
+            router_keys(3, &[vec![a], vec![b]]).unwrap_err().to_string(),
             "2 router keys for 3 routers: give one key that every router presents, or one per \
              router in the order the routers are listed"
         );

@@ -169,8 +169,45 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
     )))
 }
 
-/// Public keys separated by commas, each given as [`load_public`] takes it.
-pub fn load_publics(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
+/// The keys one router may present: `ed25519:…` or the path of a `.pub` file, or
+/// several such separated by `|`; every key line of a file counts (a router whose
+/// key is being replaced is pinned to the old and the new).
+pub fn load_pinned(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
+    let mut keys = Vec::new();
+    for one in spec.split('|') {
+        let one = one.trim();
+        if one.is_empty() {
+            return Err(Error::Config(format!(
+                "{what}: {spec:?} has an empty key; separate a router's keys with single `|`"
+            )));
+        }
+        if one.starts_with("ed25519:") {
+            keys.push(load_public(one, what)?);
+            continue;
+        }
+        // Checks the file as for one key (it exists, its first key is sound), then
+        // takes every key line.
+        load_public(one, what)?;
+        let text = std::fs::read_to_string(one).map_err(|source| Error::File {
+            what: "cannot read public key",
+            path: one.into(),
+            source,
+        })?;
+        for line in text.lines() {
+            match PublicKey::parse_line(line) {
+                None => {}
+                Some(Ok((key, _))) => keys.push(key),
+                Some(Err(e)) => return Err(Error::Config(format!("{what} in {one}: {e}"))),
+            }
+        }
+    }
+    keys.dedup();
+    Ok(keys)
+}
+
+/// The pinned keys of several routers, separated by commas, each as
+/// [`load_pinned`] takes it.
+pub fn load_router_pins(spec: &str, what: &str) -> Result<Vec<Vec<PublicKey>>, Error> {
     spec.split(',')
         .enumerate()
         .map(|(i, one)| {
@@ -180,7 +217,7 @@ pub fn load_publics(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
                     i + 1
                 )))
             } else {
-                load_public(one, what)
+                load_pinned(one, what)
             }
         })
         .collect()
@@ -484,6 +521,39 @@ mod tests {
         );
         assert!(
             err.contains(&format!("chmod 600 {}", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_router_is_pinned_to_every_key_its_pub_file_or_spec_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = [(); 3].map(|()| KeyPair::generate().unwrap().public());
+        let file = dir.path().join("router.pub");
+        std::fs::write(
+            &file,
+            format!("# the router\n{a} router\n\n{b} router-next\n"),
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        assert_eq!(load_pinned(path, "k").unwrap(), [a, b]);
+        assert_eq!(
+            load_pinned(&format!("{c} | {path}"), "k").unwrap(),
+            [c, a, b]
+        );
+        let pins = load_router_pins(&format!("{path},{c}"), "--router-key").unwrap();
+        assert_eq!(pins, [vec![a, b], vec![c]]);
+
+        let err = load_pinned(&format!("{c}||{path}"), "--router-key").unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("has an empty key; separate a router's keys with single `|`"),
+            "{err}"
+        );
+        std::fs::write(&file, format!("{a} router\ned25519:garbage next\n")).unwrap();
+        let err = load_pinned(path, "--router-key").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("--router-key in {path}: ")),
             "{err}"
         );
     }

@@ -72,7 +72,7 @@ mod tests {
                 .map(|(n, source)| TunnelPlan {
                     name: (*n).into(),
                     router: "10.0.0.1:9999".into(),
-                    router_keys: vec![key],
+                    router_keys: vec![vec![key]],
                     private_key_path: "/k/client.key".into(),
                     source: (*source).into(),
                     bind: "127.0.0.1:8080".parse().unwrap(),

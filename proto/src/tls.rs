@@ -51,17 +51,30 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
     provider().signature_verification_algorithms
 }
 
-/// The router presented a key other than the pinned one.
+/// The router presented a key other than the pinned one (or ones).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "router key mismatch: expected {expected}, got {got}; if the router's key really changed, \
-     update `--router-key` (or `[router] public_key`), otherwise something is intercepting the connection"
+    "router key mismatch: expected {}, got {got}; if the router's key really changed, \
+     update `--router-key` (or `[router] public_key`), otherwise something is intercepting the connection",
+    one_of(.expected)
 )]
 pub struct RouterKeyMismatch {
-    /// The pinned key.
-    pub expected: PublicKey,
+    /// The pinned keys: the router may present any of them.
+    pub expected: Vec<PublicKey>,
     /// What the router presented.
     pub got: PublicKey,
+}
+
+/// `A`, `A or B`, `A, B or C`.
+fn one_of(keys: &[PublicKey]) -> String {
+    match keys {
+        [] => "no key".to_owned(),
+        [one] => one.to_string(),
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(ToString::to_string).collect();
+            format!("{} or {last}", init.join(", "))
+        }
+    }
 }
 
 /// A client presented a key that is not in the router's authorized set.
@@ -109,16 +122,19 @@ fn verify_sig(
     )
 }
 
-/// Accepts exactly one router key.
+/// Accepts the pinned router keys only: one, or (while the router's key is being
+/// replaced) the old and the new.
 #[derive(Debug)]
 pub struct PinnedRouterKey {
-    expected: PublicKey,
+    expected: Vec<PublicKey>,
 }
 
 impl PinnedRouterKey {
-    /// Pins `expected`.
-    pub fn new(expected: PublicKey) -> Self {
-        Self { expected }
+    /// Pins `expected`: the router must present one of these keys.
+    pub fn new(expected: &[PublicKey]) -> Self {
+        Self {
+            expected: expected.to_vec(),
+        }
     }
 }
 
@@ -132,11 +148,11 @@ impl ServerCertVerifier for PinnedRouterKey {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let got = PublicKey::from_spki(end_entity).ok_or_else(|| other(NotEd25519))?;
-        if got == self.expected {
+        if self.expected.contains(&got) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(other(RouterKeyMismatch {
-                expected: self.expected,
+                expected: self.expected.clone(),
                 got,
             }))
         }
@@ -348,8 +364,9 @@ impl ClientCertVerifier for AuthorizedClientVerifier {
     }
 }
 
-/// The client side: present `identity`, accept only `router`.
-pub fn client_config(identity: &KeyPair, router: PublicKey) -> Result<Arc<ClientConfig>, Error> {
+/// The client side: present `identity`, accept only a router that presents one of
+/// the keys in `router`.
+pub fn client_config(identity: &KeyPair, router: &[PublicKey]) -> Result<Arc<ClientConfig>, Error> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

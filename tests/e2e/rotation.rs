@@ -1,13 +1,14 @@
 //! Key rotation (`conduit keys rotate`): a running tunnel makes a new key, its router
 //! authorizes it and keeps the old one for its grace period, the tunnel's key file is
 //! replaced and the tunnel goes on with the new key; the router retires the old key
-//! when the grace period ends.
+//! when the grace period ends. And the router's own key, replaced by hand without
+//! an outage: tunnels pin the old and the new key while the router switches.
 
 use std::io::{Read, Write};
 
-use crate::harness::{Engine, Home, assert_code};
+use crate::harness::{Engine, Home, addr_in, assert_code};
 use crate::sources;
-use crate::users::{assert_echo, connect};
+use crate::users::{assert_echo, connect, wait_for_echo};
 
 /// The key on the first line of a `.pub` file.
 fn key_of(line: &str) -> String {
@@ -186,4 +187,46 @@ fn a_key_an_operator_is_phasing_out_is_not_rotated() {
         "the staged key is removed"
     );
     assert_echo(taddr, b"still here");
+}
+
+#[test]
+fn a_router_key_replaced_by_hand_keeps_tunnels_that_pin_both_keys() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "router-next"]);
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (mut old_router, raddr) = home.router(engine, &allow);
+    // Step 1: the tunnel's pinned file gets the router's next key as a second line.
+    let pins = home.path().join("pinned-router.pub");
+    let both = std::fs::read_to_string(home.key("router.pub")).unwrap()
+        + &std::fs::read_to_string(home.key("router-next.pub")).unwrap();
+    std::fs::write(&pins, both).unwrap();
+    let tunnel = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        pins.to_str().unwrap(),
+        &source.to_string(),
+        &[],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {raddr}"));
+    assert_echo(taddr, b"the old key");
+
+    // Step 2: the router restarts with its next key; the tunnel comes back to it.
+    old_router.stop();
+    let next = home.key("router-next.key");
+    let (_new_router, _) = home.router_at(
+        engine,
+        &raddr.to_string(),
+        &allow,
+        &["--key", next.to_str().unwrap()],
+    );
+    tunnel.wait_stdout_count(&format!("connected to router {raddr}"), 2);
+    wait_for_echo(taddr, b"the next key");
+    assert!(
+        !tunnel.stderr().contains("router key mismatch"),
+        "{}",
+        tunnel.stderr()
+    );
 }

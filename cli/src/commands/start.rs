@@ -200,8 +200,8 @@ pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
 
 /// The pinned key of each router in `routers` (a checked `--router` list), from
 /// `--router-key`.
-fn router_keys(routers: &str, spec: &str) -> Result<Vec<conduit_proto::PublicKey>> {
-    let keys = keys::load_publics(spec, "--router-key")?;
+fn router_keys(routers: &str, spec: &str) -> Result<Vec<Vec<conduit_proto::PublicKey>>> {
+    let keys = keys::load_router_pins(spec, "--router-key")?;
     let count = conduit_dataplane::source_members(routers).count().max(1);
     conduit_controlplane::client::router_keys(count, &keys)
         .map_err(|e| conduit_controlplane::Error::Config(format!("--router-key: {e}")).into())
@@ -221,16 +221,24 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     let router = source_list("--router", &a.router)?;
     source_list("--source", &a.source)?;
     router_keys(&router, &a.router_key)?;
+    // Each router's keys (separated by `,`), each key (separated by `|`) inline or
+    // a path, made absolute.
     let router_key = a
         .router_key
         .split(',')
-        .map(|k| {
-            let k = k.trim();
-            if k.starts_with("ed25519:") {
-                Ok(k.to_owned())
-            } else {
-                path_arg(Path::new(k))
-            }
+        .map(|keys| {
+            let keys = keys
+                .split('|')
+                .map(|k| {
+                    let k = k.trim();
+                    if k.starts_with("ed25519:") {
+                        Ok(k.to_owned())
+                    } else {
+                        path_arg(Path::new(k))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(keys.join("|"))
         })
         .collect::<Result<Vec<_>>>()?
         .join(",");

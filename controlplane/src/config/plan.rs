@@ -21,7 +21,7 @@ pub struct TunnelPlan {
     pub router: String,
     /// The routers' pinned keys: one for all of them, or one per router in the order
     /// of [`router`](Self::router) (`[router] public_key`, then `fallback_keys`).
-    pub router_keys: Vec<PublicKey>,
+    pub router_keys: Vec<Vec<PublicKey>>,
     /// This client's private key file (loaded by the tunnel process).
     pub private_key_path: PathBuf,
     /// The source, `HOST:PORT` as the router resolves it.
@@ -56,7 +56,10 @@ impl TunnelPlan {
             // One key prints as before this became a list.
             self.router_keys
                 .iter()
-                .map(ToString::to_string)
+                .map(|keys| {
+                    let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                    keys.join("|")
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             self.private_key_path.display(),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use conduit_proto::{KeyPair, Secret};
+use conduit_proto::{KeyPair, PublicKey, Secret};
 
 use super::*;
 use crate::keys;
@@ -224,11 +224,7 @@ fn relative_paths_in_the_file_resolve_against_its_directory() {
     );
     let plan = plan_tunnels(&f.sources(text, &[], &[])).unwrap();
     assert_eq!(
-        plan.tunnels[0]
-            .router_keys
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
+        pins(&plan.tunnels[0].router_keys),
         std::slice::from_ref(&f.router_key)
     );
 }
@@ -374,13 +370,7 @@ fn plans_carry_everything_a_tunnel_needs() {
     let s = db.settings(identity);
     assert_eq!((s.pool_size, s.connect_timeout.as_secs()), (4, 10));
     assert_eq!(s.idle_timeout.as_secs(), 60);
-    assert_eq!(
-        s.router_keys
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        std::slice::from_ref(&f.router_key)
-    );
+    assert_eq!(pins(&s.router_keys), std::slice::from_ref(&f.router_key));
 }
 
 #[test]
@@ -511,28 +501,54 @@ fn fallback_routers_follow_the_router_in_the_plan() {
     );
 }
 
-#[test]
-fn fallback_keys_give_each_router_its_own_key_in_the_plan() {
-    let f = Fixture::new();
-    let b = KeyPair::generate().unwrap().public();
-    let c = KeyPair::generate().unwrap().public();
-    // A relative path resolves against the file's directory, as public_key does.
-    std::fs::write(f.path("c.pub"), format!("{c} router-c\n")).unwrap();
-    let text = f.client_text("").replacen(
-        "[[tunnels]]",
-        &format!(
-            "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{b}\", \
-             \"c.pub\"]\n[[tunnels]]"
-        ),
-        1,
-    );
-    let plan = plan_tunnels(&f.sources(&text, &[], &[])).unwrap();
-    let keys: Vec<String> = plan.tunnels[0]
-        .router_keys
+/// Each router's pinned keys, `|` between a router's keys.
+fn pins(routers: &[Vec<PublicKey>]) -> Vec<String> {
+    routers
         .iter()
-        .map(ToString::to_string)
-        .collect();
-    assert_eq!(keys, [f.router_key.clone(), b.to_string(), c.to_string()]);
+        .map(|keys| {
+            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+            keys.join("|")
+        })
+        .collect()
+}
+
+#[test]
+fn fallback_keys_give_each_router_its_own_keys_in_the_plan() {
+    let f = Fixture::new();
+    let new_key = || KeyPair::generate().unwrap().public();
+    let (old, b, c, c_next) = (new_key(), new_key(), new_key(), new_key());
+    // Relative paths resolve against the file's directory, as a single path does;
+    // every key in a file is pinned.
+    std::fs::write(f.path("old.pub"), format!("{old} router-old\n")).unwrap();
+    std::fs::write(
+        f.path("c.pub"),
+        format!("# router c, and its next key\n{c} router-c\n{c_next} router-c-next\n"),
+    )
+    .unwrap();
+    let text = f
+        .client_text("")
+        .replacen(
+            &format!("public_key = \"{}\"", f.router_key),
+            &format!("public_key = \"{}|old.pub\"", f.router_key),
+            1,
+        )
+        .replacen(
+            "[[tunnels]]",
+            &format!(
+                "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{b}\", \
+                 \"c.pub\"]\n[[tunnels]]"
+            ),
+            1,
+        );
+    let plan = plan_tunnels(&f.sources(&text, &[], &[])).unwrap();
+    assert_eq!(
+        pins(&plan.tunnels[0].router_keys),
+        [
+            format!("{}|{old}", f.router_key),
+            b.to_string(),
+            format!("{c}|{c_next}")
+        ]
+    );
     assert_eq!(
         plan.tunnels[0].router,
         "10.2.0.1:9999,10.2.0.3:9999,10.2.0.4:9999"

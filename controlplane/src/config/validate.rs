@@ -550,11 +550,21 @@ fn tunnel_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A public key given inline or as the path of a `.pub` file.
-pub(crate) fn public_key(spec: &str) -> Result<PublicKey, String> {
+/// A router's pinned keys: a key given inline or as the path of a `.pub` file (all
+/// its keys), or several such separated by `|`.
+pub(crate) fn public_key(spec: &str) -> Result<Vec<PublicKey>, String> {
+    let mut keys = Vec::new();
+    for one in spec.split('|') {
+        keys.extend(pinned(one)?);
+    }
+    Ok(keys)
+}
+
+fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
     let spec = spec.trim();
     if spec.starts_with("ed25519:") {
         return PublicKey::parse(spec)
+            .map(|k| vec![k])
             .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"));
     }
     if !Path::new(spec).exists() {
@@ -563,7 +573,7 @@ pub(crate) fn public_key(spec: &str) -> Result<PublicKey, String> {
  `conduit init` printed) or the path of its .pub file"
         ));
     }
-    keys::load_public(spec, "public key").map_err(|e| e.to_string())
+    keys::load_pinned(spec, "public key").map_err(|e| e.to_string())
 }
 
 fn private_key(p: &Path, name: &str, key: &str) -> Result<(), String> {

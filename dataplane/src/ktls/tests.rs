@@ -199,7 +199,7 @@ fn handshake(suite: SupportedCipherSuite) -> (ExtractedSecrets, ExtractedSecrets
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedRouterKey::new(router.public())))
+        .with_custom_certificate_verifier(Arc::new(PinnedRouterKey::new(&[router.public()])))
         .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(
             client.certified_key().unwrap(),
         )));

@@ -185,7 +185,7 @@ impl Keys {
     /// A client session that pins the router's key. Configs are built per call, so
     /// no session cache carries state from one fuzz input to the next.
     pub fn client_session(&self) -> TlsSession {
-        let cfg = client_config(&self.client, self.router.public()).expect("client config");
+        let cfg = client_config(&self.client, &[self.router.public()]).expect("client config");
         TlsSession::client(cfg).expect("client session")
     }
 

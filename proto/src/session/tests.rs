@@ -19,7 +19,7 @@ fn peers() -> Peers {
     }
 }
 
-fn sessions(p: &Peers, pinned: PublicKey, admitted: &[PublicKey]) -> (TlsSession, TlsSession) {
+fn sessions(p: &Peers, pinned: &[PublicKey], admitted: &[PublicKey]) -> (TlsSession, TlsSession) {
     let clients = Arc::new(AuthorizedClients::new(
         admitted
             .iter()
@@ -101,7 +101,7 @@ fn receive(
 #[test]
 fn handshake_pins_both_keys() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     handshake(&mut c, &mut s, &mut Wire::default()).unwrap();
     assert_eq!(c.peer_key(), Some(p.router_key.public()));
     assert_eq!(s.peer_key(), Some(p.client_key.public()));
@@ -110,7 +110,7 @@ fn handshake_pins_both_keys() {
 #[test]
 fn data_flows_both_ways_whatever_the_split() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     // Post-handshake messages (session tickets) must not disturb the data.
@@ -130,7 +130,7 @@ fn data_flows_both_ways_whatever_the_split() {
 #[test]
 fn half_close_still_carries_the_reply() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
 
@@ -152,15 +152,15 @@ fn a_wrong_router_key_is_refused_with_both_keys_named() {
     let p = peers();
     let impostor = KeyPair::generate().unwrap();
     // The client pins a key the router does not hold.
-    let (mut c, mut s) = sessions(&p, impostor.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[impostor.public()], &[p.client_key.public()]);
     let err = match handshake(&mut c, &mut s, &mut Wire::default()) {
         Err(Failed::Client(e)) => e,
         other => panic!("expected the client to refuse, got {other:?}"),
     };
     let m = err.router_key_mismatch().expect("a key mismatch");
     assert_eq!(
-        (m.expected, m.got),
-        (impostor.public(), p.router_key.public())
+        (m.expected.clone(), m.got),
+        (vec![impostor.public()], p.router_key.public())
     );
     let text = err.to_string();
     assert!(text.starts_with(&format!(
@@ -171,9 +171,32 @@ fn a_wrong_router_key_is_refused_with_both_keys_named() {
 }
 
 #[test]
+fn a_router_may_present_any_of_its_pinned_keys_and_no_other() {
+    let p = peers();
+    let (old, third) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+    // While the router's key is being replaced, the client pins the old and the new.
+    let pinned = [old.public(), p.router_key.public()];
+    let (mut c, mut s) = sessions(&p, &pinned, &[p.client_key.public()]);
+    handshake(&mut c, &mut s, &mut Wire::default()).expect("the new key is pinned");
+
+    let pinned = [old.public(), third.public()];
+    let (mut c, mut s) = sessions(&p, &pinned, &[p.client_key.public()]);
+    let err = match handshake(&mut c, &mut s, &mut Wire::default()) {
+        Err(Failed::Client(e)) => e,
+        other => panic!("expected the client to refuse, got {other:?}"),
+    };
+    assert!(err.to_string().starts_with(&format!(
+        "router key mismatch: expected {} or {}, got {}",
+        old.public(),
+        third.public(),
+        p.router_key.public()
+    )));
+}
+
+#[test]
 fn an_unknown_client_key_is_refused_and_the_client_learns_it() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[]);
     let mut w = Wire::default();
     let err = match handshake(&mut c, &mut s, &mut w) {
         Err(Failed::Server(e)) => e,
@@ -191,7 +214,7 @@ fn an_unknown_client_key_is_refused_and_the_client_learns_it() {
 #[test]
 fn a_small_output_buffer_is_reported_and_nothing_is_lost() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     let mut small = [0u8; 10];
@@ -211,7 +234,7 @@ fn a_small_output_buffer_is_reported_and_nothing_is_lost() {
 #[test]
 fn corrupted_records_are_errors() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     send(&mut c, b"secret", &mut w.to_server);
@@ -226,7 +249,7 @@ fn corrupted_records_are_errors() {
 /// What a router's session says to bytes that are not a TLS client's.
 fn server_answer_to(junk: &[u8]) -> (TlsError, Vec<u8>) {
     let p = peers();
-    let (_, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (_, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut wire = junk.to_vec();
     deliver(&mut s, &mut wire);
     let mut out = Vec::new();
@@ -282,7 +305,7 @@ fn a_tls12_only_client_is_told_the_version_is_wrong() {
 #[test]
 fn the_receive_buffer_can_be_lent_out_when_empty() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     send(&mut c, b"one", &mut w.to_server);
@@ -310,7 +333,7 @@ fn the_receive_buffer_can_be_lent_out_when_empty() {
 fn a_record_of_unknown_type_is_an_error_with_an_alert_not_a_panic() {
     // Found by the `handshake` fuzz target: a 6-byte record of content type 0x56.
     let p = peers();
-    let (_c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (_c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut wire = vec![0x56, 0x03, 0x01, 0x00, 0x01, 0x00];
     deliver(&mut s, &mut wire);
     let mut out = Vec::new();
@@ -322,7 +345,7 @@ fn a_record_of_unknown_type_is_an_error_with_an_alert_not_a_panic() {
 #[test]
 fn a_failed_session_refuses_every_later_call() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     send(&mut c, b"secret", &mut w.to_server);
@@ -353,7 +376,7 @@ fn seq_and_key(d: &(u64, rustls::ConnectionTrafficSecrets)) -> (u64, Vec<u8>) {
 #[test]
 fn keys_move_to_the_kernel_with_matching_sequence_numbers() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     // Three records one way, one the other (plus the router's session tickets).
@@ -372,7 +395,7 @@ fn keys_move_to_the_kernel_with_matching_sequence_numbers() {
 #[test]
 fn keys_stay_while_received_bytes_wait_to_be_decrypted() {
     let p = peers();
-    let (mut c, mut s) = sessions(&p, p.router_key.public(), &[p.client_key.public()]);
+    let (mut c, mut s) = sessions(&p, &[p.router_key.public()], &[p.client_key.public()]);
     let mut w = Wire::default();
     handshake(&mut c, &mut s, &mut w).unwrap();
     send(&mut c, b"the first bytes", &mut w.to_server);
