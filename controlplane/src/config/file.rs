@@ -101,6 +101,22 @@ impl FileDoc {
             None => p.display().to_string(),
         }
     }
+
+    /// Resolves a router's pinned keys as written in the file: keys separated by `|`,
+    /// each inline (`ed25519:…`, kept) or the path of a `.pub` file (resolved).
+    pub(crate) fn resolve_keys(&self, keys: &str) -> String {
+        keys.split('|')
+            .map(|one| {
+                let one = one.trim();
+                if one.starts_with("ed25519:") || one.is_empty() {
+                    one.to_owned()
+                } else {
+                    self.resolve(one)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    }
 }
 
 fn fatal(message: String) -> Report {

@@ -202,28 +202,13 @@ impl Merge {
             }
             let v = match (key.kind, v) {
                 (Kind::Path, Value::String(s)) => Value::String(doc.resolve(s)),
-                // Keys separated by `|` (a router's old and new key), each inline or a path.
-                (Kind::KeyOrPath, Value::String(s)) => Value::String(
-                    s.split('|')
-                        .map(|one| {
-                            let one = one.trim();
-                            if one.starts_with("ed25519:") || one.is_empty() {
-                                one.to_owned()
-                            } else {
-                                doc.resolve(one)
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join("|"),
-                ),
+                (Kind::KeyOrPath, Value::String(s)) => Value::String(doc.resolve_keys(s)),
                 (Kind::KeyList, Value::Array(items)) => Value::Array(
                     items
                         .iter()
                         .map(|item| match item.as_str() {
-                            Some(s) if !s.trim().starts_with("ed25519:") => {
-                                Value::String(doc.resolve(s.trim()))
-                            }
-                            _ => item.clone(),
+                            Some(s) => Value::String(doc.resolve_keys(s)),
+                            None => item.clone(),
                         })
                         .collect(),
                 ),

@@ -535,7 +535,7 @@ fn fallback_keys_give_each_router_its_own_keys_in_the_plan() {
         .replacen(
             "[[tunnels]]",
             &format!(
-                "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{b}\", \
+                "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{b}|old.pub\", \
                  \"c.pub\"]\n[[tunnels]]"
             ),
             1,
@@ -545,7 +545,7 @@ fn fallback_keys_give_each_router_its_own_keys_in_the_plan() {
         pins(&plan.tunnels[0].router_keys),
         [
             format!("{}|{old}", f.router_key),
-            b.to_string(),
+            format!("{b}|{old}"),
             format!("{c}|{c_next}")
         ]
     );
