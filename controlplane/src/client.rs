@@ -85,8 +85,8 @@ pub fn router_keys(routers: usize, keys: &[Vec<PublicKey>]) -> Result<Vec<Vec<Pu
         [one] => Ok(vec![one.clone(); routers]),
         _ if keys.len() == routers => Ok(keys.to_vec()),
         _ => Err(Error::Config(format!(
-            "{} router keys for {routers} routers: give one key that every router presents, \
-             or one per router in the order the routers are listed",
+            "{} router keys for {routers} routers: give the key that every router presents, \
+             or each router's key, in the order the routers are listed",
             keys.len()
         ))),
     }
@@ -215,6 +215,9 @@ impl ClientTunnel {
         let routers: Vec<String> = conduit_dataplane::source_members(&s.router)
             .map(str::to_owned)
             .collect();
+        if routers.is_empty() {
+            return Err(Error::Config("no router given: name it HOST:PORT".into()));
+        }
         let router_keys = router_keys(routers.len(), &s.router_keys)?;
         let tls = configs(&s.identity, &router_keys)
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
@@ -1122,8 +1125,8 @@ mod tests {
         );
         assert_eq!(
             router_keys(3, &[vec![a], vec![b]]).unwrap_err().to_string(),
-            "2 router keys for 3 routers: give one key that every router presents, or one per \
-             router in the order the routers are listed"
+            "2 router keys for 3 routers: give the key that every router presents, or each \
+             router's key, in the order the routers are listed"
         );
     }
 

@@ -198,8 +198,8 @@ fn router_keys_must_be_one_for_all_or_one_per_router() {
     assert_code(status, 64, &err);
     assert!(
         err.contains(
-            "--router-key: 3 router keys for 2 routers: give one key that every router \
-             presents, or one per router in the order the routers are listed"
+            "--router-key: 3 router keys for 2 routers: give the key that every router \
+             presents, or each router's key, in the order the routers are listed"
         ),
         "{err}"
     );
