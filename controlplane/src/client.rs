@@ -17,7 +17,7 @@ use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::error::from_tls;
@@ -475,6 +475,25 @@ async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), E
 /// `Hello`/`Welcome`; returns it and the protocol version the router chose.
 async fn open_at(shared: &Shared, kind: ChannelKind, index: usize) -> Result<(Wire, u16), Error> {
     let router = &shared.routers[index];
+    open_at_inner(shared, kind, index)
+        .await
+        .map_err(|e| match e {
+            // With several routers, a refusal names the one that refused.
+            Error::Authentication(m)
+                if shared.routers.len() > 1 && !m.starts_with(&format!("router {router} ")) =>
+            {
+                Error::Authentication(format!("router {router}: {m}"))
+            }
+            e => e,
+        })
+}
+
+async fn open_at_inner(
+    shared: &Shared,
+    kind: ChannelKind,
+    index: usize,
+) -> Result<(Wire, u16), Error> {
+    let router = &shared.routers[index];
     let tcp = wire::connect(router, shared.connect_timeout)
         .await
         .map_err(|e| Error::network(format!("cannot reach router {router}"), e))?;
@@ -544,13 +563,7 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
 
 fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
-        // With several routers, say which one.
-        WireError::Tls(t) => match from_tls(t, &shared.our_key()) {
-            Error::Authentication(m) if shared.routers.len() > 1 => {
-                Error::Authentication(format!("router {router}: {m}"))
-            }
-            e => e,
-        },
+        WireError::Tls(t) => from_tls(t, &shared.our_key()),
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
         WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(
@@ -576,6 +589,8 @@ async fn control_loop(
     let mut tried = 0usize;
     // The control channel of an earlier router that answered again, to move to.
     let mut back: Option<Preferred> = None;
+    // Why each router refused this tunnel for good, since the link was last up.
+    let mut refused: Vec<Option<String>> = vec![None; shared.routers.len()];
     loop {
         shared.pick_up_key_file();
         let opened = match back.take() {
@@ -590,6 +605,7 @@ async fn control_loop(
             Ok(mut ctl) => {
                 attempt = 0;
                 tried = 0;
+                refused.fill(None);
                 backoff.reset();
                 let epoch = shared.link.connected();
                 shared.dp.flush_pools();
@@ -630,11 +646,48 @@ async fn control_loop(
                 warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
             }
             Err(e) if !e.is_retryable() => {
-                shared.link.lost();
-                shared.status.send_replace(LinkStatus::Refused {
-                    reason: e.to_string(),
+                // Refused for good by this router. With several, the others may
+                // still serve: this one is tried again in later rounds (its operator
+                // may fix it), and the tunnel stops only once every router refused.
+                refused[shared.at()] = Some(e.to_string());
+                if refused.iter().all(Option::is_some) {
+                    shared.link.lost();
+                    let e = match refused.len() {
+                        1 => e,
+                        _ => Error::Authentication(format!(
+                            "every router refused this tunnel: {}",
+                            refused
+                                .iter()
+                                .flatten()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )),
+                    };
+                    shared.status.send_replace(LinkStatus::Refused {
+                        reason: e.to_string(),
+                    });
+                    return Some(e);
+                }
+                attempt += 1;
+                let wait = if tried + 1 < shared.routers.len() {
+                    tried += 1;
+                    Duration::ZERO
+                } else {
+                    tried = 0;
+                    backoff.next_wait()
+                };
+                let next = shared.next_router().to_owned();
+                shared.status.send_replace(LinkStatus::Retrying {
+                    attempt,
+                    next_at: SystemTime::now() + wait,
+                    error: e.to_string(),
                 });
-                return Some(e);
+                error!(tunnel = %shared.name, "{e}; trying router {next} in {:.1}s", wait.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
             }
             Err(e) if shared.routers.len() > 1 && tried + 1 < shared.routers.len() => {
                 // Another router may answer: try it now, and wait only once every

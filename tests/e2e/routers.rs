@@ -151,29 +151,56 @@ fn routers_with_keys_of_their_own_are_each_pinned_to_theirs() {
 }
 
 #[test]
-fn a_fallback_presenting_a_key_other_than_its_pinned_one_is_refused_by_name() {
+fn a_router_that_refuses_is_skipped_while_another_may_serve() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     home.ok(&["init", "--name", "router-b"]);
     let source = sources::echo();
+    let allow = [source.to_string()];
     let b_key = home.key("router-b.key");
-    let (_second, b) = home.router_with(
-        engine,
-        &[source.to_string()],
-        &["--key", b_key.to_str().unwrap()],
-    );
-    // The first is away; the second is pinned to router.pub (the one key given for
-    // both) but presents router-b's.
-    let away = format!("127.0.0.1:{}", dead_port());
-    let mut tunnel = home.tunnel_via(engine, &format!("{away},{b}"), &source.to_string(), &[]);
+    let (_second, b) = home.router_with(engine, &allow, &["--key", b_key.to_str().unwrap()]);
+    // The first is away; the second presents router-b's key where the tunnel pins
+    // router.pub for both: refused, named, and skipped, and the tunnel waits for
+    // the first rather than giving up.
+    let a = format!("127.0.0.1:{}", dead_port());
+    let tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stderr(&format!(
+        "router {b}: router key mismatch: expected {}, got {}",
+        public_key(&home, "router"),
+        public_key(&home, "router-b")
+    ));
+    tunnel.wait_stderr(&format!("; trying router {a} in "));
+    let status = home.ok(&["status"]);
+    assert!(status.contains("retrying"), "{status}");
+
+    let (_first, _) = home.router_at(engine, &a, &allow, &[]);
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    wait_for_echo(taddr, b"through the first, the second refused");
+}
+
+#[test]
+fn a_tunnel_that_every_router_refuses_stops_naming_each() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "router-b"]);
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let b_key = home.key("router-b.key");
+    let extra = ["--key", b_key.to_str().unwrap()];
+    let (_first, a) = home.router_with(engine, &allow, &extra);
+    let (_second, b) = home.router_with(engine, &allow, &extra);
+    let mut tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
     let status = tunnel.wait_exit();
     let err = tunnel.stderr();
     assert_code(status, 77, &err);
+    let (pinned, got) = (public_key(&home, "router"), public_key(&home, "router-b"));
     assert!(
         err.contains(&format!(
-            "router {b}: router key mismatch: expected {}, got {}",
-            public_key(&home, "router"),
-            public_key(&home, "router-b")
+            "every router refused this tunnel: router {a}: router key mismatch: expected \
+             {pinned}, got {got}"
+        )) && err.contains(&format!(
+            "; router {b}: router key mismatch: expected {pinned}, got {got}"
         )),
         "{err}"
     );
