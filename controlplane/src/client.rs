@@ -85,10 +85,21 @@ pub fn router_keys(routers: usize, keys: &[Vec<PublicKey>]) -> Result<Vec<Vec<Pu
         [one] => Ok(vec![one.clone(); routers]),
         _ if keys.len() == routers => Ok(keys.to_vec()),
         _ => Err(Error::Config(format!(
-            "{} router keys for {routers} routers: give the key that every router presents, \
-             or each router's key, in the order the routers are listed",
-            keys.len()
+            "{} for {}: give the key that every router presents, or each router's key, in \
+             the order the routers are listed (to pin one router to several keys, separate \
+             them with `|`)",
+            count(keys.len(), "router key"),
+            count(routers, "router")
         ))),
+    }
+}
+
+/// `1 router`, `2 routers`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -412,16 +423,23 @@ impl Shared {
 
     /// Before each connection of the link: takes up the key file's key if another
     /// tunnel sharing the file rotated it, so this one is not locked out when the
-    /// router retires the old key.
-    fn pick_up_key_file(&self) {
-        if let Some(pair) = self.newer_key_in_file() {
-            match self.use_key(&pair) {
-                Ok(()) => {
-                    info!(tunnel = %self.name, key = %pair.public(), "the key file holds a new key (rotated by another tunnel); using it")
-                }
-                Err(e) => {
-                    warn!(tunnel = %self.name, "the key file holds a new key that cannot be used: {e}")
-                }
+    /// router retires the old key. True when it did.
+    fn pick_up_key_file(&self) -> bool {
+        let Some(pair) = self.newer_key_in_file() else {
+            return false;
+        };
+        match self.use_key(&pair) {
+            Ok(()) if self.routers.len() > 1 => {
+                warn!(tunnel = %self.name, key = %pair.public(), "the key file holds a new key (rotated by another tunnel through its router); using it, but of this tunnel's {} routers those that do not know it will refuse it: add it to their authorized_clients", self.routers.len());
+                true
+            }
+            Ok(()) => {
+                info!(tunnel = %self.name, key = %pair.public(), "the key file holds a new key (rotated by another tunnel); using it");
+                true
+            }
+            Err(e) => {
+                warn!(tunnel = %self.name, "the key file holds a new key that cannot be used: {e}");
+                false
             }
         }
     }
@@ -592,7 +610,10 @@ async fn control_loop(
     // Why each router refused this tunnel for good, since the link was last up.
     let mut refused: Vec<Option<String>> = vec![None; shared.routers.len()];
     loop {
-        shared.pick_up_key_file();
+        if shared.pick_up_key_file() {
+            // Refusals of the old key say nothing about the new one.
+            refused.fill(None);
+        }
         let opened = match back.take() {
             Some(p) => {
                 shared.at.store(p.index, Ordering::Relaxed);
@@ -655,13 +676,12 @@ async fn control_loop(
                     let e = match refused.len() {
                         1 => e,
                         _ => Error::Authentication(format!(
-                            "every router refused this tunnel: {}",
+                            "every router refused this tunnel:{}",
                             refused
                                 .iter()
                                 .flatten()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join("; ")
+                                .map(|why| format!("\n  {why}"))
+                                .collect::<String>()
                         )),
                     };
                     shared.status.send_replace(LinkStatus::Refused {
@@ -999,13 +1019,6 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
             "this tunnel's key was not read from a file".into(),
         ));
     };
-    if shared.routers.len() > 1 {
-        return Err(Rotation::Refused(format!(
-            "this tunnel has {} routers, and a key rotated through one would be refused by the \
-             others: rotate it by hand (docs/operations.md, Key rotation)",
-            shared.routers.len()
-        )));
-    }
     if shared.transport == Transport::Plain {
         return Err(Rotation::Refused(
             "the plain transport has no keys to rotate".into(),
@@ -1028,6 +1041,13 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
             key: pair.public(),
             old_expires: None,
         });
+    }
+    if shared.routers.len() > 1 {
+        return Err(Rotation::Refused(format!(
+            "this tunnel has {} routers, and a key rotated through one would be refused by the \
+             others: rotate it by hand (docs/operations.md, Key rotation)",
+            shared.routers.len()
+        )));
     }
     let pair = KeyPair::generate()
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
@@ -1179,7 +1199,8 @@ mod tests {
         assert_eq!(
             router_keys(3, &[vec![a], vec![b]]).unwrap_err().to_string(),
             "2 router keys for 3 routers: give the key that every router presents, or each \
-             router's key, in the order the routers are listed"
+             router's key, in the order the routers are listed (to pin one router to several \
+             keys, separate them with `|`)"
         );
     }
 

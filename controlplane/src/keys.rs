@@ -201,7 +201,9 @@ pub fn load_pinned(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
             }
         }
     }
-    keys.dedup();
+    // Each key once, in the order given.
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(*k));
     Ok(keys)
 }
 

@@ -55,7 +55,7 @@ fn algorithms() -> WebPkiSupportedAlgorithms {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "router key mismatch: expected {}, got {got}; if the router's key really changed, \
-     update `--router-key` (or `[router] public_key`), otherwise something is intercepting the connection",
+     update `--router-key` (or `[router] public_key`, `fallback_keys`), otherwise something is intercepting the connection",
     one_of(.expected)
 )]
 pub struct RouterKeyMismatch {

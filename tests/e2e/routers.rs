@@ -197,10 +197,10 @@ fn a_tunnel_that_every_router_refuses_stops_naming_each() {
     let (pinned, got) = (public_key(&home, "router"), public_key(&home, "router-b"));
     assert!(
         err.contains(&format!(
-            "every router refused this tunnel: router {a}: router key mismatch: expected \
+            "every router refused this tunnel:\n  router {a}: router key mismatch: expected \
              {pinned}, got {got}"
         )) && err.contains(&format!(
-            "; router {b}: router key mismatch: expected {pinned}, got {got}"
+            "\n  router {b}: router key mismatch: expected {pinned}, got {got}"
         )),
         "{err}"
     );
@@ -226,7 +226,8 @@ fn router_keys_must_be_one_for_all_or_one_per_router() {
     assert!(
         err.contains(
             "--router-key: 3 router keys for 2 routers: give the key that every router \
-             presents, or each router's key, in the order the routers are listed"
+             presents, or each router's key, in the order the routers are listed (to pin one \
+             router to several keys, separate them with `|`)"
         ),
         "{err}"
     );

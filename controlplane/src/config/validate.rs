@@ -440,8 +440,12 @@ fn fallback_keys(r: &super::model::RouterPeer, out: &mut Out<'_>) {
         out.error(
             "router.fallback_keys",
             format!(
-                "{keys} keys for {fallbacks} fallbacks; give one key per fallback, in the order \
-                 of router.fallbacks, or none when every fallback presents router.public_key"
+                "{keys} key{} for {fallbacks} fallback{}; give one key per fallback, in the \
+                 order of router.fallbacks, or none when every fallback presents \
+                 router.public_key (to pin one router to several keys, separate them with `|` \
+                 in one string)",
+                if keys == 1 { "" } else { "s" },
+                if fallbacks == 1 { "" } else { "s" }
             ),
         );
     }
@@ -555,6 +559,11 @@ fn tunnel_name(name: &str) -> Result<(), String> {
 pub(crate) fn public_key(spec: &str) -> Result<Vec<PublicKey>, String> {
     let mut keys = Vec::new();
     for one in spec.split('|') {
+        if one.trim().is_empty() {
+            return Err(format!(
+                "{spec:?} has an empty key; separate a router's keys with single `|`"
+            ));
+        }
         keys.extend(pinned(one)?);
     }
     Ok(keys)

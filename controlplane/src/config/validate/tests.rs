@@ -579,9 +579,10 @@ fn fallback_keys_are_one_per_fallback_and_each_a_key() {
     assert_eq!(
         check(&f, &text),
         [
-            "error: router.fallback_keys: 1 keys for 2 fallbacks; give one key per fallback, in \
+            "error: router.fallback_keys: 1 key for 2 fallbacks; give one key per fallback, in \
              the order of router.fallbacks, or none when every fallback presents \
-             router.public_key ($F:6)",
+             router.public_key (to pin one router to several keys, separate them with `|` in \
+             one string) ($F:6)",
         ]
     );
     let text = with(&format!(
@@ -597,7 +598,18 @@ fn fallback_keys_are_one_per_fallback_and_each_a_key() {
     );
     let text = with(&format!(
         "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{other}\", \
-         \"{}\"]",
+         \"{other}||{other}\"]"
+    ));
+    assert_eq!(
+        check(&f, &text),
+        [format!(
+            "error: router.fallback_keys[1]: \"{other}||{other}\" has an empty key; separate a \
+             router's keys with single `|` ($F:6)"
+        )]
+    );
+    let text = with(&format!(
+        "fallbacks = [\"10.2.0.3:9999\", \"10.2.0.4:9999\"]\nfallback_keys = [\"{other}\", \
+         \"{}|{other}\"]",
         f.router_key
     ));
     assert_eq!(check(&f, &text), none());
