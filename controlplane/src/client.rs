@@ -666,59 +666,50 @@ async fn control_loop(
                 }
                 warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
             }
-            Err(e) if !e.is_retryable() => {
-                // Refused for good by this router. With several, the others may
-                // still serve: this one is tried again in later rounds (its operator
-                // may fix it), and the tunnel stops only once every router refused.
-                refused[shared.at()] = Some(e.to_string());
-                if refused.iter().all(Option::is_some) {
-                    shared.link.lost();
-                    let e = match refused.len() {
-                        1 => e,
-                        _ => Error::Authentication(format!(
-                            "every router refused this tunnel:{}",
-                            refused
-                                .iter()
-                                .flatten()
-                                .map(|why| format!("\n  {why}"))
-                                .collect::<String>()
-                        )),
-                    };
-                    shared.status.send_replace(LinkStatus::Refused {
-                        reason: e.to_string(),
-                    });
-                    return Some(e);
-                }
-                attempt += 1;
-                let wait = if tried + 1 < shared.routers.len() {
-                    tried += 1;
-                    Duration::ZERO
-                } else {
-                    tried = 0;
-                    backoff.next_wait()
-                };
-                let next = shared.next_router().to_owned();
-                shared.status.send_replace(LinkStatus::Retrying {
-                    attempt,
-                    next_at: SystemTime::now() + wait,
-                    error: e.to_string(),
-                });
-                error!(tunnel = %shared.name, "{e}; trying router {next} in {:.1}s", wait.as_secs_f64());
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return None,
-                }
-            }
-            Err(e) if shared.routers.len() > 1 && tried + 1 < shared.routers.len() => {
-                // Another router may answer: try it now, and wait only once every
-                // one has failed.
-                attempt += 1;
-                tried += 1;
-                let next = shared.next_router();
-                warn!(tunnel = %shared.name, "{e}; trying router {next}");
-            }
             Err(e) => {
+                let refusal = !e.is_retryable();
+                if refusal {
+                    // Refused for good by this router. With several, the others may
+                    // still serve: this one is tried again in later rounds (its
+                    // operator may fix it), and the tunnel stops only once every
+                    // router refused.
+                    refused[shared.at()] = Some(e.to_string());
+                    if refused.iter().all(Option::is_some) {
+                        shared.link.lost();
+                        let e = match refused.len() {
+                            1 => e,
+                            _ => Error::Authentication(format!(
+                                "every router refused this tunnel:{}",
+                                refused
+                                    .iter()
+                                    .flatten()
+                                    .map(|why| format!("\n  {why}"))
+                                    .collect::<String>()
+                            )),
+                        };
+                        shared.status.send_replace(LinkStatus::Refused {
+                            reason: e.to_string(),
+                        });
+                        return Some(e);
+                    }
+                }
+                // A refusal is the operator's to fix: an error, not a warning.
+                let say = |line: String| {
+                    if refusal {
+                        error!(tunnel = %shared.name, "{line}");
+                    } else {
+                        warn!(tunnel = %shared.name, "{line}");
+                    }
+                };
                 attempt += 1;
+                if tried + 1 < shared.routers.len() {
+                    // Another router may answer: try it now, and wait only once
+                    // every one has failed.
+                    tried += 1;
+                    let next = shared.next_router();
+                    say(format!("{e}; trying router {next}"));
+                    continue;
+                }
                 tried = 0;
                 if shared.routers.len() > 1 {
                     // The round starts again with the next in line (the first
@@ -736,7 +727,7 @@ async fn control_loop(
                     next_at: SystemTime::now() + wait,
                     error: e.to_string(),
                 });
-                warn!(tunnel = %shared.name, "{e}; retrying in {:.1}s", wait.as_secs_f64());
+                say(format!("{e}; retrying in {:.1}s", wait.as_secs_f64()));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.wait_for(|s| *s) => return None,

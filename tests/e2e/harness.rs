@@ -96,6 +96,15 @@ impl Home {
         self.dir.path()
     }
 
+    /// What `conduit keys show --name NAME` prints first: the key.
+    pub fn public_key(&self, name: &str) -> String {
+        self.ok(&["keys", "show", "--name", name])
+            .split_whitespace()
+            .next()
+            .expect("a key")
+            .to_owned()
+    }
+
     pub fn key(&self, file: &str) -> PathBuf {
         self.path().join("keys").join(file)
     }

@@ -14,14 +14,6 @@ use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code, have};
 use crate::sources::{self, pattern};
 use crate::users::{assert_echo, open_user};
 
-fn public_key(home: &Home, name: &str) -> String {
-    home.ok(&["keys", "show", "--name", name])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// Sends `bytes` to `addr` and reads until the other side closes; returns what it
 /// answered. Panics if it does not close within [`DEADLINE`].
 fn send_and_see_closed(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
@@ -198,13 +190,13 @@ fn a_man_in_the_middle_with_its_own_router_key_is_refused_naming_both_keys() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     let source = sources::echo();
-    let real_key = public_key(&home, "router");
+    let real_key = home.public_key("router");
     let (_router, _raddr) = home.router(engine, &[source.to_string()]);
 
     // The attacker runs a real router with a key of its own, admitting the victim's
     // (public) client key, and gets the victim pointed at it.
     let mitm = Home::with_keys();
-    let mitm_key = public_key(&mitm, "router");
+    let mitm_key = mitm.public_key("router");
     std::fs::write(
         mitm.path().join("authorized_clients"),
         home.ok(&["keys", "show", "--name", "client"]),
@@ -243,7 +235,7 @@ fn a_man_in_the_middle_with_its_own_client_key_is_refused_by_the_router() {
     // The attacker knows the router's public key, but has only its own client key.
     let mitm = Home::with_keys();
     std::fs::copy(home.key("router.pub"), mitm.key("router.pub")).unwrap();
-    let mitm_client = public_key(&mitm, "client");
+    let mitm_client = mitm.public_key("client");
     let mut relay = mitm.tunnel_proc(engine, raddr, &source.to_string(), &[]);
     let status = relay.wait_exit();
     let err = relay.stderr();
@@ -408,7 +400,7 @@ fn secrets_never_reach_logs_debug_output_or_config_show() {
         &file,
         format!(
             "[router]\nhost = \"127.0.0.1\"\npublic_key = \"{}\"\n\n[security]\ntoken = \"{TOKEN}\"\n",
-            public_key(&home, "router")
+            home.public_key("router")
         ),
     )
     .unwrap();

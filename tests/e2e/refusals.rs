@@ -9,14 +9,6 @@ use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, assert_code, dead_port};
 use crate::sources;
 
-fn public_key(home: &Home, name: &str) -> String {
-    home.ok(&["keys", "show", "--name", name])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// Connects through the tunnel and expects the connection to be closed on us
 /// without any byte arriving.
 fn expect_closed_without_data(addr: std::net::SocketAddr) {
@@ -48,8 +40,8 @@ both_engines!(
         let home = Home::with_keys();
         let (_router, raddr) = home.router(engine, &["127.0.0.1:1".into()]);
         home.ok(&["init", "--name", "impostor"]);
-        let expected = public_key(&home, "impostor");
-        let actual = public_key(&home, "router");
+        let expected = home.public_key("impostor");
+        let actual = home.public_key("router");
         let mut client = home.spawn(&[
             "start",
             "--foreground",
@@ -81,12 +73,12 @@ both_engines!(
     an_unknown_client_key_is_refused_and_logged_by_the_router,
     |engine: Engine| {
         let home = Home::with_keys();
-        let stranger = public_key(&home, "client");
+        let stranger = home.public_key("client");
         // The router admits someone else.
         home.ok(&["init", "--name", "friend"]);
         std::fs::write(
             home.path().join("authorized_clients"),
-            format!("# only friends\n{}\n", public_key(&home, "friend")),
+            format!("# only friends\n{}\n", home.public_key("friend")),
         )
         .unwrap();
         let (router, raddr) = home.router(engine, &["127.0.0.1:1".into()]);

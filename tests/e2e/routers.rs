@@ -101,30 +101,35 @@ fn the_link_moves_back_to_the_first_router_when_it_returns() {
     );
 }
 
-/// What `conduit keys show --name NAME` prints first: the key.
-fn public_key(home: &Home, name: &str) -> String {
-    home.ok(&["keys", "show", "--name", name])
-        .split_whitespace()
-        .next()
-        .unwrap()
+/// A home whose keys include a second router key, `router-b`; an echo source, and
+/// the allow-list for it.
+fn with_router_b() -> (Home, std::net::SocketAddr, [String; 1]) {
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "router-b"]);
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    (home, source, allow)
+}
+
+/// The path of `router-b`'s private key, for a router's `--key`.
+fn b_key(home: &Home) -> String {
+    home.key("router-b.key")
+        .to_str()
+        .expect("utf-8 path")
         .to_owned()
 }
 
 #[test]
 fn routers_with_keys_of_their_own_are_each_pinned_to_theirs() {
     let engine = Engine::Epoll;
-    let home = Home::with_keys();
-    home.ok(&["init", "--name", "router-b"]);
-    let source = sources::echo();
-    let allow = [source.to_string()];
+    let (home, source, allow) = with_router_b();
     let (mut first, a) = home.router(engine, &allow);
-    let b_key = home.key("router-b.key");
-    let (_second, b) = home.router_with(engine, &allow, &["--key", b_key.to_str().unwrap()]);
+    let (_second, b) = home.router_with(engine, &allow, &["--key", &b_key(&home)]);
     // One a path, one inline: each router has its own.
     let keys = format!(
         "{},{}",
         home.key("router.pub").display(),
-        public_key(&home, "router-b")
+        home.public_key("router-b")
     );
     let tunnel = home.tunnel_keyed(engine, &format!("{a},{b}"), &keys, &source.to_string(), &[]);
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
@@ -153,12 +158,8 @@ fn routers_with_keys_of_their_own_are_each_pinned_to_theirs() {
 #[test]
 fn a_router_that_refuses_is_skipped_while_another_may_serve() {
     let engine = Engine::Epoll;
-    let home = Home::with_keys();
-    home.ok(&["init", "--name", "router-b"]);
-    let source = sources::echo();
-    let allow = [source.to_string()];
-    let b_key = home.key("router-b.key");
-    let (_second, b) = home.router_with(engine, &allow, &["--key", b_key.to_str().unwrap()]);
+    let (home, source, allow) = with_router_b();
+    let (_second, b) = home.router_with(engine, &allow, &["--key", &b_key(&home)]);
     // The first is away; the second presents router-b's key where the tunnel pins
     // router.pub for both: refused, named, and skipped, and the tunnel waits for
     // the first rather than giving up.
@@ -167,10 +168,18 @@ fn a_router_that_refuses_is_skipped_while_another_may_serve() {
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
     tunnel.wait_stderr(&format!(
         "router {b}: router key mismatch: expected {}, got {}",
-        public_key(&home, "router"),
-        public_key(&home, "router-b")
+        home.public_key("router"),
+        home.public_key("router-b")
     ));
-    tunnel.wait_stderr(&format!("; trying router {a} in "));
+    // Logged as an error, then retried with back-off like an unreachable router.
+    tunnel.wait_stderr("something is intercepting the connection; retrying in ");
+    assert!(
+        tunnel
+            .stderr()
+            .contains(&format!("ERROR router {b}: router key mismatch")),
+        "{}",
+        tunnel.stderr()
+    );
     let status = home.ok(&["status"]);
     assert!(status.contains("retrying"), "{status}");
 
@@ -182,19 +191,16 @@ fn a_router_that_refuses_is_skipped_while_another_may_serve() {
 #[test]
 fn a_tunnel_that_every_router_refuses_stops_naming_each() {
     let engine = Engine::Epoll;
-    let home = Home::with_keys();
-    home.ok(&["init", "--name", "router-b"]);
-    let source = sources::echo();
-    let allow = [source.to_string()];
-    let b_key = home.key("router-b.key");
-    let extra = ["--key", b_key.to_str().unwrap()];
+    let (home, source, allow) = with_router_b();
+    let b_key = b_key(&home);
+    let extra = ["--key", b_key.as_str()];
     let (_first, a) = home.router_with(engine, &allow, &extra);
     let (_second, b) = home.router_with(engine, &allow, &extra);
     let mut tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
     let status = tunnel.wait_exit();
     let err = tunnel.stderr();
     assert_code(status, 77, &err);
-    let (pinned, got) = (public_key(&home, "router"), public_key(&home, "router-b"));
+    let (pinned, got) = (home.public_key("router"), home.public_key("router-b"));
     assert!(
         err.contains(&format!(
             "every router refused this tunnel:\n  router {a}: router key mismatch: expected \
@@ -209,19 +215,22 @@ fn a_tunnel_that_every_router_refuses_stops_naming_each() {
 #[test]
 fn router_keys_must_be_one_for_all_or_one_per_router() {
     let home = Home::with_keys();
-    let key = public_key(&home, "router");
-    let (status, _, err) = home.run(&[
-        "start",
-        "--foreground",
-        "--router",
-        "127.0.0.1:1,127.0.0.1:2",
-        "--router-key",
-        &format!("{key},{key},{key}"),
-        "--source",
-        "127.0.0.1:3",
-        "--bind",
-        "127.0.0.1:0",
-    ]);
+    let key = home.public_key("router");
+    let start = |router_key: &str| {
+        home.run(&[
+            "start",
+            "--foreground",
+            "--router",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--router-key",
+            router_key,
+            "--source",
+            "127.0.0.1:3",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+    };
+    let (status, _, err) = start(&format!("{key},{key},{key}"));
     assert_code(status, 64, &err);
     assert!(
         err.contains(
@@ -231,18 +240,7 @@ fn router_keys_must_be_one_for_all_or_one_per_router() {
         ),
         "{err}"
     );
-    let (status, _, err) = home.run(&[
-        "start",
-        "--foreground",
-        "--router",
-        "127.0.0.1:1,127.0.0.1:2",
-        "--router-key",
-        &format!("{key},,{key}"),
-        "--source",
-        "127.0.0.1:3",
-        "--bind",
-        "127.0.0.1:0",
-    ]);
+    let (status, _, err) = start(&format!("{key},,{key}"));
     assert_code(status, 64, &err);
     assert!(
         err.contains("--router-key: key 2 of ")
