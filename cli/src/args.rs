@@ -499,8 +499,9 @@ pub(crate) struct StartArgs {
     #[arg(long, env = "CONDUIT_ROUTER")]
     pub(crate) router: String,
     /// The router's public key (ed25519:…) or the path of its .pub file (every key
-    /// in the file is accepted); KEY|KEY accepts either, while the router's key is
-    /// being replaced. With several routers: keys that all of them present, or
+    /// in the file is accepted, and the file is read again at each heartbeat and
+    /// before each connection: no restart when it changes); KEY|KEY accepts either,
+    /// while the router's key is being replaced. With several routers: keys that all of them present, or
     /// each router's, separated by commas, in the order of --router.
     #[arg(long, env = "CONDUIT_ROUTER_KEY")]
     pub(crate) router_key: String,

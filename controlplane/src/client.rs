@@ -35,6 +35,12 @@ pub struct TunnelSettings {
     /// keys of each router in the order of [`router`](Self::router) (see
     /// [`router_keys`]). A router may present any of its keys.
     pub router_keys: Vec<Vec<PublicKey>>,
+    /// Where [`router_keys`](Self::router_keys) came from, in the same shape: each
+    /// as [`crate::keys::load_pinned`] takes it. The `.pub` files they name are read
+    /// again before each connection to a router and at each heartbeat, so a key
+    /// added to a file is accepted and a key taken out of it refused without a
+    /// restart. Empty: the keys stay as given.
+    pub router_key_specs: Vec<String>,
     /// This client's key.
     pub identity: KeyPair,
     /// The source, as the router resolves it.
@@ -183,16 +189,21 @@ struct Shared {
     /// The routers to try, in order (`--router A,B`): the link uses one at a time
     /// and moves to the next when it cannot reach that one.
     routers: Vec<String>,
-    /// The keys each of `routers` may present.
-    router_keys: Vec<Vec<PublicKey>>,
+    /// The keys each of `routers` may present (read again from `pins`).
+    router_keys: RwLock<Vec<Vec<PublicKey>>>,
+    /// The pinned-key specs that name files (paths absolute), one for every router
+    /// or one per router, and the last failure to read each (logged once).
+    pins: Vec<Option<String>>,
+    pin_errors: std::sync::Mutex<Vec<Option<String>>>,
     /// The index of the one in use.
     at: std::sync::atomic::AtomicUsize,
     /// How often to try moving back to an earlier router (see
     /// [`TunnelSettings::failback`]).
     failback: Option<Duration>,
     /// The key this tunnel authenticates with, and its TLS configuration for each
-    /// of `routers`: all replaced when the key is rotated.
-    our_key: RwLock<PublicKey>,
+    /// of `routers`: replaced when the key is rotated (the configurations also
+    /// when a router's pinned keys change).
+    identity: RwLock<Arc<KeyPair>>,
     tls: RwLock<Vec<Arc<ClientConfig>>>,
     key_path: Option<PathBuf>,
     key_rotation: Option<Duration>,
@@ -232,6 +243,7 @@ impl ClientTunnel {
         let router_keys = router_keys(routers.len(), &s.router_keys)?;
         let tls = configs(&s.identity, &router_keys)
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
+        let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = match s.key_rotation {
             Some(_) if routers.len() > 1 => {
                 info!(tunnel = %s.name, "automatic key rotation is off: this tunnel has {} routers, and a key rotated through one would be refused by the others (rotate by hand, see docs/operations.md)", routers.len());
@@ -275,10 +287,12 @@ impl ClientTunnel {
                 datagrams: s.udp.is_some(),
                 name: s.name,
                 routers,
-                router_keys,
+                router_keys: RwLock::new(router_keys),
+                pin_errors: std::sync::Mutex::new(vec![None; pins.len()]),
+                pins,
                 at: std::sync::atomic::AtomicUsize::new(0),
                 failback: s.failback,
-                our_key: RwLock::new(s.identity.public()),
+                identity: RwLock::new(Arc::new(s.identity)),
                 tls: RwLock::new(tls),
                 key_path: s.key_path,
                 key_rotation,
@@ -391,15 +405,89 @@ impl Shared {
         self.tls.read().unwrap_or_else(|p| p.into_inner())[index].clone()
     }
 
-    fn our_key(&self) -> PublicKey {
-        *self.our_key.read().unwrap_or_else(|p| p.into_inner())
+    fn identity(&self) -> Arc<KeyPair> {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    fn use_key(&self, pair: &KeyPair) -> Result<(), String> {
-        let tls = configs(pair, &self.router_keys).map_err(|e| e.to_string())?;
+    fn our_key(&self) -> PublicKey {
+        self.identity().public()
+    }
+
+    fn router_keys(&self) -> Vec<Vec<PublicKey>> {
+        self.router_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn use_key(&self, pair: KeyPair) -> Result<(), String> {
+        let tls = configs(&pair, &self.router_keys()).map_err(|e| e.to_string())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        *self.our_key.write().unwrap_or_else(|p| p.into_inner()) = pair.public();
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
         Ok(())
+    }
+
+    /// Reads the pinned-key files again and takes up what changed in them; tells
+    /// whether anything did, and which keys the router in use may no longer
+    /// present. A file that cannot be read (or holds no key) leaves the keys as
+    /// they were, with a warning.
+    fn reread_pins(&self) -> Repinned {
+        let mut out = Repinned::default();
+        let mut errors = self.pin_errors.lock().unwrap_or_else(|p| p.into_inner());
+        for (j, spec) in self.pins.iter().enumerate() {
+            let Some(spec) = spec else { continue };
+            let routers: Vec<usize> = match self.pins.len() {
+                1 => (0..self.routers.len()).collect(),
+                _ => vec![j],
+            };
+            let whose = match routers.as_slice() {
+                [one] => format!("router {}", self.routers[*one]),
+                _ => "the routers".to_owned(),
+            };
+            let keys = match crate::keys::load_pinned(spec, "pinned router keys") {
+                Ok(keys) => {
+                    errors[j] = None;
+                    keys
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    if errors[j].as_ref() != Some(&e) {
+                        warn!(tunnel = %self.name, "cannot read the keys pinned for {whose} again: {e}; keeping the keys read before until the file is fixed");
+                        errors[j] = Some(e);
+                    }
+                    continue;
+                }
+            };
+            let old = self.router_keys()[routers[0]].clone();
+            if keys == old {
+                continue;
+            }
+            let config = match client_config(&self.identity(), &keys) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(tunnel = %self.name, "cannot use the keys now pinned for {whose}: {e}; keeping the keys read before");
+                    continue;
+                }
+            };
+            {
+                let mut pinned = self.router_keys.write().unwrap_or_else(|p| p.into_inner());
+                let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
+                for &i in &routers {
+                    pinned[i] = keys.clone();
+                    tls[i] = config.clone();
+                }
+            }
+            out.changed = true;
+            let gone: Vec<PublicKey> = old.into_iter().filter(|k| !keys.contains(k)).collect();
+            if !gone.is_empty() && routers.contains(&self.at()) {
+                out.withdrawn = Some(conduit_proto::tls::one_of(&gone));
+            }
+            info!(tunnel = %self.name, "the keys pinned for {whose} changed ({spec}): now {}", conduit_proto::tls::one_of(&keys));
+        }
+        out
     }
 
     /// The key the key file holds now, when it is not the one in use: another
@@ -428,13 +516,14 @@ impl Shared {
         let Some(pair) = self.newer_key_in_file() else {
             return false;
         };
-        match self.use_key(&pair) {
+        let key = pair.public();
+        match self.use_key(pair) {
             Ok(()) if self.routers.len() > 1 => {
-                warn!(tunnel = %self.name, key = %pair.public(), "the key file holds a new key (rotated by another tunnel through its router); using it, but of this tunnel's {} routers those that do not know it will refuse it: add it to their authorized_clients", self.routers.len());
+                warn!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel through its router); using it, but of this tunnel's {} routers those that do not know it will refuse it: add it to their authorized_clients", self.routers.len());
                 true
             }
             Ok(()) => {
-                info!(tunnel = %self.name, key = %pair.public(), "the key file holds a new key (rotated by another tunnel); using it");
+                info!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it");
                 true
             }
             Err(e) => {
@@ -610,8 +699,9 @@ async fn control_loop(
     // Why each router refused this tunnel for good, since the link was last up.
     let mut refused: Vec<Option<String>> = vec![None; shared.routers.len()];
     loop {
-        if shared.pick_up_key_file() {
-            // Refusals of the old key say nothing about the new one.
+        // Both before any connection: refusals of the old keys say nothing about
+        // the new ones.
+        if shared.pick_up_key_file() | shared.reread_pins().changed {
             refused.fill(None);
         }
         let opened = match back.take() {
@@ -667,6 +757,9 @@ async fn control_loop(
                 warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
             }
             Err(e) => {
+                // Down, if it was up until a link made again at once (a rotation,
+                // a withdrawn key) failed: users are turned away, not left waiting.
+                shared.link.lost();
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused for good by this router. With several, the others may
@@ -675,7 +768,6 @@ async fn control_loop(
                     // router refused.
                     refused[shared.at()] = Some(e.to_string());
                     if refused.iter().all(Option::is_some) {
-                        shared.link.lost();
                         let e = match refused.len() {
                             1 => e,
                             _ => Error::Authentication(format!(
@@ -852,6 +944,20 @@ async fn heartbeat(
                 }
             }
         }
+        if let Some(gone) = shared.reread_pins().withdrawn {
+            // The router was admitted with a key that may have been withdrawn:
+            // connect again, which checks it against the keys pinned now. Streams
+            // in flight go on.
+            return LinkEnd {
+                why: format!(
+                    "{gone} is no longer pinned for router {}: connecting again to check the key it presents",
+                    shared.router()
+                ),
+                silent: false,
+                again: true,
+                back: None,
+            };
+        }
         if *stop.borrow() {
             let bye = Message::Goodbye(Refusal::new(
                 RefusalCode::ShuttingDown,
@@ -1027,9 +1133,10 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
     if let Some(pair) = shared.newer_key_in_file() {
         // Another tunnel with the same key file rotated it: the router authorized
         // that key already. Take it up rather than rotate once more.
-        shared.use_key(&pair).map_err(Rotation::Refused)?;
+        let key = pair.public();
+        shared.use_key(pair).map_err(Rotation::Refused)?;
         return Ok(Rotated {
-            key: pair.public(),
+            key,
             old_expires: None,
         });
     }
@@ -1044,7 +1151,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
     // Checked before the router is asked, so that a key it authorizes is usable and
     // can be saved.
-    configs(&pair, &shared.router_keys)
+    configs(&pair, &shared.router_keys())
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
     let staged = crate::keys::stage_pair(path, &pair)
         .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
@@ -1069,7 +1176,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
              the tunnel keeps its old key, which the router admits until it expires"
         ))
     })?;
-    shared.use_key(&pair).map_err(Rotation::Refused)?;
+    shared.use_key(pair).map_err(Rotation::Refused)?;
     Ok(Rotated {
         key: next,
         old_expires: Some(UNIX_EPOCH + Duration::from_secs(expires)),
@@ -1118,6 +1225,36 @@ fn configs(
     router_keys: &[Vec<PublicKey>],
 ) -> Result<Vec<Arc<ClientConfig>>, rustls::Error> {
     router_keys.iter().map(|k| client_config(pair, k)).collect()
+}
+
+/// What [`Shared::reread_pins`] found.
+#[derive(Default)]
+struct Repinned {
+    /// Some router's pinned keys changed.
+    changed: bool,
+    /// Keys the router in use may no longer present (`A or B`).
+    withdrawn: Option<String>,
+}
+
+/// The specs among `specs` that name files, paths made absolute (`None` for those
+/// that give keys inline); `specs` is empty, or one for all of the `routers`, or one
+/// for each.
+fn pin_files(specs: &[String], routers: usize) -> Result<Vec<Option<String>>, Error> {
+    if specs.len() > 1 && specs.len() != routers {
+        return Err(Error::Config(format!(
+            "{} pinned-key specs for {}: a Conduit bug; please report it",
+            specs.len(),
+            count(routers, "router")
+        )));
+    }
+    specs
+        .iter()
+        .map(|spec| {
+            crate::keys::pins_name_a_file(spec)
+                .then(|| crate::keys::absolute_pins(spec))
+                .transpose()
+        })
+        .collect()
 }
 
 /// Answers the workers' requests for channels.
@@ -1174,6 +1311,22 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_files_are_one_spec_for_all_routers_or_one_per_router() {
+        let k = KeyPair::generate().unwrap().public().to_string();
+        assert!(pin_files(&[], 2).unwrap().is_empty());
+        assert_eq!(
+            pin_files(&["/r.pub".into()], 2).unwrap(),
+            [Some("/r.pub".to_owned())]
+        );
+        assert_eq!(
+            pin_files(&[k.clone(), format!("{k}|/b.pub")], 2).unwrap(),
+            [None, Some(format!("{k}|/b.pub"))]
+        );
+        let err = pin_files(&[k.clone(), k], 3).unwrap_err().to_string();
+        assert!(err.contains("2 pinned-key specs for 3 routers"), "{err}");
+    }
 
     #[test]
     fn router_keys_are_one_for_all_or_one_per_router() {

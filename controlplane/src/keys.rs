@@ -207,6 +207,35 @@ pub fn load_pinned(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
     Ok(keys)
 }
 
+/// Whether `spec` (as [`load_pinned`] takes it) names a `.pub` file, which a tunnel
+/// reads again before each connection to its router.
+pub fn pins_name_a_file(spec: &str) -> bool {
+    spec.split('|')
+        .map(str::trim)
+        .any(|one| !one.is_empty() && !one.starts_with("ed25519:"))
+}
+
+/// `spec` (as [`load_pinned`] takes it) with each file path made absolute, so it
+/// reads the same files from any working directory.
+pub fn absolute_pins(spec: &str) -> Result<String, Error> {
+    spec.split('|')
+        .map(|one| {
+            let one = one.trim();
+            if one.is_empty() || one.starts_with("ed25519:") {
+                return Ok(one.to_owned());
+            }
+            std::path::absolute(one)
+                .map(|p| p.display().to_string())
+                .map_err(|source| Error::File {
+                    what: "cannot make the path absolute",
+                    path: one.into(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|v| v.join("|"))
+}
+
 /// The pinned keys of several routers, separated by commas, each as
 /// [`load_pinned`] takes it.
 pub fn load_router_pins(spec: &str, what: &str) -> Result<Vec<Vec<PublicKey>>, Error> {
@@ -557,6 +586,19 @@ mod tests {
         assert!(
             err.starts_with(&format!("--router-key in {path}: ")),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn pins_that_name_files_are_made_absolute() {
+        let k = KeyPair::generate().unwrap().public().to_string();
+        assert!(!pins_name_a_file(&k));
+        assert!(!pins_name_a_file(&format!("{k} | {k}")));
+        assert!(pins_name_a_file(&format!("{k}|router.pub")));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_pins(&format!("{k} | keys/router.pub|/etc/r.pub")).unwrap(),
+            format!("{k}|{}|/etc/r.pub", cwd.join("keys/router.pub").display())
         );
     }
 

@@ -73,6 +73,7 @@ mod tests {
                     name: (*n).into(),
                     router: "10.0.0.1:9999".into(),
                     router_keys: vec![vec![key]],
+                    router_key_specs: vec![key.to_string()],
                     private_key_path: "/k/client.key".into(),
                     source: (*source).into(),
                     bind: "127.0.0.1:8080".parse().unwrap(),
@@ -168,6 +169,14 @@ mod tests {
         p.tunnels[0].source = "10.0.0.2:81".into();
         let b = p.tunnels[0].digest();
         assert_ne!(a, b);
+        // A changed inline key restarts the tunnel; a changed key file does not
+        // (the tunnel reads it again itself).
+        p.tunnels[0].router_key_specs = vec!["/keys/router.pub".into()];
+        let b2 = p.tunnels[0].digest();
+        assert_ne!(b, b2);
+        p.tunnels[0].router_keys = vec![vec![KeyPair::generate().unwrap().public()]];
+        assert_eq!(b2, p.tunnels[0].digest());
+        let b = b2;
         p.tunnels[0].token = Some(conduit_proto::Secret::new("hunter2".into()));
         let c = p.tunnels[0].digest();
         assert_ne!(b, c);

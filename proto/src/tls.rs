@@ -65,8 +65,8 @@ pub struct RouterKeyMismatch {
     pub got: PublicKey,
 }
 
-/// `A`, `A or B`, `A, B or C`.
-fn one_of(keys: &[PublicKey]) -> String {
+/// `A`, `A or B`, `A, B or C` (`no key` for none).
+pub fn one_of(keys: &[PublicKey]) -> String {
     match keys {
         [] => "no key".to_owned(),
         [one] => one.to_string(),

@@ -190,42 +190,75 @@ fn a_key_an_operator_is_phasing_out_is_not_rotated() {
 }
 
 #[test]
-fn a_router_key_replaced_by_hand_keeps_tunnels_that_pin_both_keys() {
+fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_restart() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     home.ok(&["init", "--name", "router-next"]);
+    let old = home.public_key("router");
+    let next = home.public_key("router-next");
     let source = sources::echo();
     let allow = [source.to_string()];
     let (mut old_router, raddr) = home.router(engine, &allow);
-    // Step 1: the tunnel's pinned file gets the router's next key as a second line.
     let pins = home.path().join("pinned-router.pub");
-    let both = std::fs::read_to_string(home.key("router.pub")).unwrap()
-        + &std::fs::read_to_string(home.key("router-next.pub")).unwrap();
-    std::fs::write(&pins, both).unwrap();
-    let tunnel = home.tunnel_keyed(
+    let old_line = std::fs::read_to_string(home.key("router.pub")).unwrap();
+    let next_line = std::fs::read_to_string(home.key("router-next.pub")).unwrap();
+    std::fs::write(&pins, &old_line).unwrap();
+    let mut tunnel = home.tunnel_keyed(
         engine,
         &raddr.to_string(),
         pins.to_str().unwrap(),
         &source.to_string(),
-        &[],
+        &["--heartbeat-interval", "1"],
     );
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
-    tunnel.wait_stdout(&format!("connected to router {raddr}"));
+    let connected = format!("connected to router {raddr}");
+    tunnel.wait_stdout(&connected);
     assert_echo(taddr, b"the old key");
 
-    // Step 2: the router restarts with its next key; the tunnel comes back to it.
+    // Step 1: the router's next key is added to the pinned file, and the running
+    // tunnel takes it up (at its next heartbeat; a link is not made again for it).
+    std::fs::write(&pins, old_line.clone() + &next_line).unwrap();
+    tunnel.wait_stderr(&format!(
+        "the keys pinned for router {raddr} changed ({}): now {old} or {next}",
+        pins.display()
+    ));
+
+    // Step 2: the router restarts with its next key; the same tunnel process comes
+    // back to it.
     old_router.stop();
-    let next = home.key("router-next.key");
+    let next_key = home.key("router-next.key");
     let (_new_router, _) = home.router_at(
         engine,
         &raddr.to_string(),
         &allow,
-        &["--key", next.to_str().unwrap()],
+        &["--key", next_key.to_str().unwrap()],
     );
-    tunnel.wait_stdout_count(&format!("connected to router {raddr}"), 2);
+    tunnel.wait_stdout_count(&connected, 2);
     wait_for_echo(taddr, b"the next key");
+
+    // Step 3: the old key leaves the file: the link is made again to check the
+    // router's key, which is still pinned.
+    std::fs::write(&pins, &next_line).unwrap();
+    tunnel.wait_stderr(&format!(
+        "{old} is no longer pinned for router {raddr}: connecting again"
+    ));
+    tunnel.wait_stdout_count(&connected, 3);
+    assert_echo(taddr, b"still the next key");
     assert!(
         !tunnel.stderr().contains("router key mismatch"),
+        "{}",
+        tunnel.stderr()
+    );
+
+    // A file that pins only a key the router no longer has: the tunnel refuses the
+    // router it is connected to, as it would at start.
+    std::fs::write(&pins, &old_line).unwrap();
+    let status = tunnel.wait_exit();
+    assert_code(status, 77, &tunnel.stderr());
+    assert!(
+        tunnel
+            .stderr()
+            .contains(&format!("router key mismatch: expected {old}, got {next}")),
         "{}",
         tunnel.stderr()
     );

@@ -49,6 +49,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         name: name.clone(),
         router: router.clone(),
         router_keys,
+        router_key_specs: router_key_specs(&a.router_key)?,
         identity,
         source: source.clone(),
         bind,
@@ -207,6 +208,14 @@ fn router_keys(routers: &str, spec: &str) -> Result<Vec<Vec<conduit_proto::Publi
         .map_err(|e| conduit_controlplane::Error::Config(format!("--router-key: {e}")).into())
 }
 
+/// Each router's keys from `--router-key` (separated by `,`), each key (separated
+/// by `|`) inline or a path, made absolute.
+fn router_key_specs(spec: &str) -> Result<Vec<String>> {
+    spec.split(',')
+        .map(|one| keys::absolute_pins(one).map_err(Into::into))
+        .collect()
+}
+
 fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
     a.name.clone().unwrap_or_else(|| match bind.port() {
         0 => "tunnel".to_owned(),
@@ -221,27 +230,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     let router = source_list("--router", &a.router)?;
     source_list("--source", &a.source)?;
     router_keys(&router, &a.router_key)?;
-    // Each router's keys (separated by `,`), each key (separated by `|`) inline or
-    // a path, made absolute.
-    let router_key = a
-        .router_key
-        .split(',')
-        .map(|keys| {
-            let keys = keys
-                .split('|')
-                .map(|k| {
-                    let k = k.trim();
-                    if k.starts_with("ed25519:") {
-                        Ok(k.to_owned())
-                    } else {
-                        path_arg(Path::new(k))
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(keys.join("|"))
-        })
-        .collect::<Result<Vec<_>>>()?
-        .join(",");
+    let router_key = router_key_specs(&a.router_key)?.join(",");
     let key = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let name = tunnel_name(a, bind);
     let mut args: Vec<String> = [

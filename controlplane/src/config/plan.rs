@@ -22,6 +22,10 @@ pub struct TunnelPlan {
     /// The routers' pinned keys: one for all of them, or one per router in the order
     /// of [`router`](Self::router) (`[router] public_key`, then `fallback_keys`).
     pub router_keys: Vec<Vec<PublicKey>>,
+    /// Where `router_keys` came from, as written (paths resolved): the tunnel reads
+    /// the `.pub` files among them again (see
+    /// [`TunnelSettings::router_key_specs`]).
+    pub router_key_specs: Vec<String>,
     /// This client's private key file (loaded by the tunnel process).
     pub private_key_path: PathBuf,
     /// The source, `HOST:PORT` as the router resolves it.
@@ -53,15 +57,9 @@ impl TunnelPlan {
             "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}",
             self.name,
             self.router,
-            // One key prints as before this became a list.
-            self.router_keys
-                .iter()
-                .map(|keys| {
-                    let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
-                    keys.join("|")
-                })
-                .collect::<Vec<_>>()
-                .join(","),
+            // The pins as written, not the keys read from their files: a tunnel
+            // takes up a changed `.pub` file by itself, without a restart.
+            self.router_key_specs.join(","),
             self.private_key_path.display(),
             self.source,
             self.bind,
@@ -90,6 +88,7 @@ impl TunnelPlan {
             name: self.name.clone(),
             router: self.router.clone(),
             router_keys: self.router_keys.clone(),
+            router_key_specs: self.router_key_specs.clone(),
             identity,
             source: self.source.clone(),
             bind: self.bind,
@@ -188,6 +187,9 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             name: name.clone(),
             router: router.clone(),
             router_keys: router_keys.clone(),
+            router_key_specs: std::iter::once(spec.to_owned())
+                .chain(c.router.fallback_keys.iter().cloned())
+                .collect(),
             private_key_path: private_key_path.clone(),
             source: source.clone(),
             bind,
