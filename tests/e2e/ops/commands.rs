@@ -149,8 +149,12 @@ fn stats_health_and_logs_commands() {
     let out = home.ok(&["logs", "web"]);
     assert!(out.contains("connected to router"), "{out}");
     assert_eq!(home.ok(&["logs", "web", "-n", "1"]).lines().count(), 1);
-    let follow = home.spawn(&["logs", "web", "-f", "-n", "0"]);
-    // Something new in the log: a connection to a source the router refuses.
+    // The follower prints the last line once it has read the log: only then is
+    // what comes next sure to be followed (with `-n 0` a kill could land before the
+    // follower had read the file, and the line would be missed).
+    let follow = home.spawn(&["logs", "web", "-f", "-n", "1"]);
+    follow.wait_stdout_count("", 1);
+    // Something new in the log: the tunnel stopping.
     let _ = home.ok(&["kill", "--tunnel", "web"]);
     follow.wait_stdout("stopping");
     let (status, _, err) = home.run(&["logs", "nope"]);
