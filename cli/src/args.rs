@@ -424,7 +424,8 @@ pub(crate) struct RouterArgs {
     #[arg(long)]
     pub(crate) authorized_keys: Option<PathBuf>,
     /// Allow clients to open this source: HOST:PORT, CIDR:PORT, *:PORT, ranges
-    /// like 8000-8100, or KEY=HOST:PORT for one client. Repeatable. Nothing is
+    /// like 8000-8100; KEY=HOST:PORT for one client key, NAME=HOST:PORT for the
+    /// keys named NAME in authorized_clients. Repeatable. Nothing is
     /// allowed without one.
     #[arg(long = "allow", value_name = "RULE")]
     pub(crate) allow: Vec<String>,

@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::balance::Balancer;
 use crate::keys;
+use crate::policy::Caller;
 
 /// How often the file's size, modification time and inode are compared.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -46,15 +47,21 @@ impl SourcePolicy for AdmittedPolicy {
         client: Option<&PublicKey>,
         target: &str,
     ) -> Result<Vec<std::net::SocketAddr>, Refusal> {
-        if let Some(k) = client
-            && self.authorized.lookup(k).is_none()
-        {
+        let Some(key) = client else {
+            return self.allow.resolve_for(None, target);
+        };
+        let Some(name) = self.authorized.lookup(key) else {
             return Err(Refusal::new(
                 RefusalCode::Unauthorized,
-                format!("client key {k} is no longer authorized: {REVOKED}"),
+                format!("client key {key} is no longer authorized: {REVOKED}"),
             ));
-        }
-        self.allow.resolve(client, target)
+        };
+        // Rules may name the client as its line in authorized_clients does.
+        let caller = Caller {
+            key,
+            name: Some(name.as_str()).filter(|n| !n.is_empty()),
+        };
+        self.allow.resolve_for(Some(caller), target)
     }
 
     fn gate(&self, target: &str) -> Result<(), Refusal> {

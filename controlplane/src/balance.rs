@@ -23,7 +23,7 @@ use conduit_dataplane::{SourcePolicy, source_members};
 use conduit_proto::{PublicKey, Refusal, RefusalCode};
 
 use crate::monitor::{Monitor, SourceState};
-use crate::policy::AllowList;
+use crate::policy::{AllowList, Caller};
 
 /// The allow-list, applied to every member of a target, with members ordered for
 /// balancing and failover.
@@ -65,10 +65,12 @@ impl Balancer {
     }
 }
 
-impl SourcePolicy for Balancer {
-    fn resolve(
+impl Balancer {
+    /// What `allow` admits of `target` for `client`, its members ordered for this
+    /// stream: round robin, members the health checks report down last.
+    pub(crate) fn resolve_for(
         &self,
-        client: Option<&PublicKey>,
+        client: Option<Caller<'_>>,
         target: &str,
     ) -> Result<Vec<SocketAddr>, Refusal> {
         let members: Vec<&str> = source_members(target).collect();
@@ -77,18 +79,28 @@ impl SourcePolicy for Balancer {
                 RefusalCode::Protocol,
                 format!("source {target:?} names no HOST:PORT"),
             )),
-            [one] => self.allow.resolve(client, one),
+            [one] => self.allow.resolve_for(client, one),
             _ => {
                 let down = self.down();
                 let mut resolved = Vec::with_capacity(members.len());
                 for m in &members {
                     let is_down = down.iter().any(|d| d == m);
-                    resolved.push((is_down, self.allow.resolve(client, m)?));
+                    resolved.push((is_down, self.allow.resolve_for(client, m)?));
                 }
                 let start = self.next.fetch_add(1, Relaxed);
                 Ok(order(resolved, start))
             }
         }
+    }
+}
+
+impl SourcePolicy for Balancer {
+    fn resolve(
+        &self,
+        client: Option<&PublicKey>,
+        target: &str,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
+        self.resolve_for(client.map(Caller::key), target)
     }
 
     fn gate(&self, target: &str) -> Result<(), Refusal> {

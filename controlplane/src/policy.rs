@@ -1,7 +1,10 @@
 //! The router's allow-list: which sources clients may open, so a router is never an
 //! open proxy into its network.
 //!
-//! A rule is `HOST:PORTS`, optionally for one client key: `KEY=HOST:PORTS`.
+//! A rule is `HOST:PORTS`, optionally for one client: `KEY=HOST:PORTS` for a key, or
+//! `NAME=HOST:PORTS` for the keys whose `authorized_clients` line bears that name
+//! (a rotated key keeps its name, so such a rule follows the client through
+//! rotations).
 //! * HOST: an IP (`10.2.0.2`, `[::1]`), a CIDR (`10.2.0.0/24`), a host name
 //!   (`db.internal`, matched by name) or `*` (any address).
 //! * PORTS: a port (`8080`), a range (`8000-8100`) or `*`.
@@ -39,10 +42,44 @@ impl Ports {
     }
 }
 
+/// Whom a rule is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
+    Key(PublicKey),
+    /// The name in `authorized_clients`.
+    Name(String),
+}
+
+/// Who opens a source: an authenticated client's key, and the name its line in
+/// `authorized_clients` gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The key it authenticated with.
+    pub key: &'a PublicKey,
+    /// Its name, if its line has one.
+    pub name: Option<&'a str>,
+}
+
+impl<'a> Caller<'a> {
+    /// A caller known by its key alone.
+    pub fn key(key: &'a PublicKey) -> Self {
+        Self { key, name: None }
+    }
+}
+
+/// Whether `name` can be a client's name in a rule: what `conduit init --name` and
+/// hosts' names hold.
+fn is_client_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
 /// One allow rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    client: Option<PublicKey>,
+    client: Option<Who>,
     host: Host,
     ports: Ports,
     text: String,
@@ -56,15 +93,26 @@ impl FromStr for Rule {
         // The key's base64 may end in '=', and HOST:PORT never holds one: split at the last.
         let (client, pattern) = match t.rsplit_once('=') {
             Some((k, p)) if k.starts_with("ed25519:") => (
-                Some(PublicKey::parse(k).map_err(|e| format!("allow rule {t:?}: {e}"))?),
+                Some(Who::Key(
+                    PublicKey::parse(k).map_err(|e| format!("allow rule {t:?}: {e}"))?,
+                )),
                 p,
             ),
-            _ => (None, t),
+            Some((name, p)) if is_client_name(name) => (Some(Who::Name(name.to_owned())), p),
+            Some((name, _)) => {
+                return Err(format!(
+                    "invalid allow rule {t:?}: {name:?} is neither a client key (ed25519:…) \
+                     nor a client name (letters, digits, '.', '_', '-', '@': the name on the \
+                     key's line in authorized_clients)"
+                ));
+            }
+            None => (None, t),
         };
         let bad = |why: &str| {
             format!(
                 "invalid allow rule {t:?}: {why}; expected HOST:PORT such as 10.2.0.2:8080, \
-                 10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 (optionally KEY=HOST:PORT)"
+                 10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 (optionally \
+                 KEY=HOST:PORT or NAME=HOST:PORT)"
             )
         };
         let (host, ports) = pattern.rsplit_once(':').ok_or_else(|| bad("no port"))?;
@@ -111,12 +159,14 @@ impl FromStr for Rule {
 }
 
 impl Rule {
-    /// Rules for one key apply only to that key; a client nobody authenticated (plain
-    /// transport) gets only the rules for everyone.
-    fn applies_to(&self, client: Option<&PublicKey>) -> bool {
-        match self.client {
+    /// Rules for one key or name apply only to that key or the keys of that name; a
+    /// client nobody authenticated (plain transport) gets only the rules for
+    /// everyone.
+    fn applies_to(&self, client: Option<Caller<'_>>) -> bool {
+        match &self.client {
             None => true,
-            Some(k) => client == Some(&k),
+            Some(Who::Key(k)) => client.is_some_and(|c| c.key == k),
+            Some(Who::Name(n)) => client.and_then(|c| c.name) == Some(n.as_str()),
         }
     }
 
@@ -184,7 +234,24 @@ impl AllowList {
 
     /// True when a rule applies to `key` alone (`KEY=HOST:PORT`).
     pub fn names_client(&self, key: &PublicKey) -> bool {
-        self.rules.iter().any(|r| r.client.as_ref() == Some(key))
+        self.rules
+            .iter()
+            .any(|r| matches!(&r.client, Some(Who::Key(k)) if k == key))
+    }
+
+    /// The client names rules are for (`NAME=HOST:PORT`), each once.
+    pub fn client_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .rules
+            .iter()
+            .filter_map(|r| match &r.client {
+                Some(Who::Name(n)) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     fn denied(&self, target: &str, why: &str) -> Refusal {
@@ -202,7 +269,7 @@ impl AllowList {
     /// Checks `target` (`host:port`) for `client` and returns the addresses to try.
     pub fn check(
         &self,
-        client: Option<&PublicKey>,
+        client: Option<Caller<'_>>,
         target: &str,
         resolve: impl FnOnce(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
     ) -> Result<Vec<SocketAddr>, Refusal> {
@@ -257,17 +324,28 @@ impl AllowList {
     }
 }
 
+impl AllowList {
+    /// [`Self::check`] with the system's resolver. Name lookups block the worker
+    /// for their duration; literal addresses, the common case, never look anything
+    /// up.
+    pub fn resolve_for(
+        &self,
+        client: Option<Caller<'_>>,
+        target: &str,
+    ) -> Result<Vec<SocketAddr>, Refusal> {
+        self.check(client, target, |host, port| {
+            Ok((host, port).to_socket_addrs()?.collect())
+        })
+    }
+}
+
 impl SourcePolicy for AllowList {
     fn resolve(
         &self,
         client: Option<&PublicKey>,
         target: &str,
     ) -> Result<Vec<SocketAddr>, Refusal> {
-        // Name lookups block this worker for their duration; literal addresses, the
-        // common case, never look anything up.
-        self.check(client, target, |host, port| {
-            Ok((host, port).to_socket_addrs()?.collect())
-        })
+        self.resolve_for(client.map(Caller::key), target)
     }
 }
 
@@ -289,20 +367,35 @@ mod tests {
         let l = AllowList::parse(&["10.2.0.0/24:5432", "127.0.0.1:8000-8100", "[::1]:*"]).unwrap();
         let k = key();
         assert_eq!(
-            l.check(Some(&k), "10.2.0.7:5432", no_dns).unwrap(),
+            l.check(Some(Caller::key(&k)), "10.2.0.7:5432", no_dns)
+                .unwrap(),
             vec!["10.2.0.7:5432".parse().unwrap()]
         );
-        assert!(l.check(Some(&k), "10.2.1.7:5432", no_dns).is_err());
-        assert!(l.check(Some(&k), "10.2.0.7:5433", no_dns).is_err());
-        assert!(l.check(Some(&k), "127.0.0.1:8050", no_dns).is_ok());
-        assert!(l.check(Some(&k), "[::1]:22", no_dns).is_ok());
-        assert!(l.check(Some(&k), "[::ffff:10.2.0.9]:5432", no_dns).is_ok());
+        assert!(
+            l.check(Some(Caller::key(&k)), "10.2.1.7:5432", no_dns)
+                .is_err()
+        );
+        assert!(
+            l.check(Some(Caller::key(&k)), "10.2.0.7:5433", no_dns)
+                .is_err()
+        );
+        assert!(
+            l.check(Some(Caller::key(&k)), "127.0.0.1:8050", no_dns)
+                .is_ok()
+        );
+        assert!(l.check(Some(Caller::key(&k)), "[::1]:22", no_dns).is_ok());
+        assert!(
+            l.check(Some(Caller::key(&k)), "[::ffff:10.2.0.9]:5432", no_dns)
+                .is_ok()
+        );
     }
 
     #[test]
     fn refusals_say_how_to_allow() {
         let l = AllowList::default();
-        let r = l.check(Some(&key()), "10.0.0.1:22", no_dns).unwrap_err();
+        let r = l
+            .check(Some(Caller::key(&key())), "10.0.0.1:22", no_dns)
+            .unwrap_err();
         assert_eq!(r.code, RefusalCode::PolicyDenied);
         assert_eq!(
             r.message,
@@ -316,25 +409,86 @@ mod tests {
         let l = AllowList::parse(&["db.internal:5432", "10.9.0.0/16:80"]).unwrap();
         let k = key();
         let resolved = |_: &str, p: u16| Ok(vec![SocketAddr::from(([10, 9, 1, 1], p))]);
-        assert!(l.check(Some(&k), "DB.internal:5432", resolved).is_ok());
-        assert!(l.check(Some(&k), "web.internal:80", resolved).is_ok());
+        assert!(
+            l.check(Some(Caller::key(&k)), "DB.internal:5432", resolved)
+                .is_ok()
+        );
+        assert!(
+            l.check(Some(Caller::key(&k)), "web.internal:80", resolved)
+                .is_ok()
+        );
         let outside = |_: &str, p: u16| Ok(vec![SocketAddr::from(([192, 168, 1, 1], p))]);
-        let r = l.check(Some(&k), "web.internal:80", outside).unwrap_err();
+        let r = l
+            .check(Some(Caller::key(&k)), "web.internal:80", outside)
+            .unwrap_err();
         assert!(
             r.message.contains("outside the allowed ranges"),
             "{}",
             r.message
         );
         // A port no rule mentions is refused before any lookup.
-        assert!(l.check(Some(&k), "web.internal:81", no_dns).is_err());
+        assert!(
+            l.check(Some(Caller::key(&k)), "web.internal:81", no_dns)
+                .is_err()
+        );
     }
 
     #[test]
     fn rules_can_be_per_client() {
         let (a, b) = (key(), key());
         let l = AllowList::parse(&[format!("{a}=127.0.0.1:9000")]).unwrap();
-        assert!(l.check(Some(&a), "127.0.0.1:9000", no_dns).is_ok());
-        assert!(l.check(Some(&b), "127.0.0.1:9000", no_dns).is_err());
+        assert!(
+            l.check(Some(Caller::key(&a)), "127.0.0.1:9000", no_dns)
+                .is_ok()
+        );
+        assert!(
+            l.check(Some(Caller::key(&b)), "127.0.0.1:9000", no_dns)
+                .is_err()
+        );
+        assert!(l.check(None, "127.0.0.1:9000", no_dns).is_err());
+        assert!(l.names_client(&a) && !l.names_client(&b));
+    }
+
+    #[test]
+    fn rules_can_name_clients_as_authorized_clients_does() {
+        let (a, b) = (key(), key());
+        let l = AllowList::parse(&["gw-eu.1@edge=127.0.0.1:9000", "127.0.0.1:80"]).unwrap();
+        let named = |key, name| {
+            Some(Caller {
+                key,
+                name: Some(name),
+            })
+        };
+        // Any key of that name (old and new during a rotation), no other.
+        assert!(
+            l.check(named(&a, "gw-eu.1@edge"), "127.0.0.1:9000", no_dns)
+                .is_ok()
+        );
+        assert!(
+            l.check(named(&b, "gw-eu.1@edge"), "127.0.0.1:9000", no_dns)
+                .is_ok()
+        );
+        assert!(
+            l.check(named(&a, "gw-us"), "127.0.0.1:9000", no_dns)
+                .is_err()
+        );
+        assert!(
+            l.check(Some(Caller::key(&a)), "127.0.0.1:9000", no_dns)
+                .is_err()
+        );
+        assert!(l.check(None, "127.0.0.1:9000", no_dns).is_err());
+        assert!(l.check(named(&a, "gw-us"), "127.0.0.1:80", no_dns).is_ok());
+        // A rule by name does not stop the key's rotation.
+        assert!(!l.names_client(&a));
+        assert_eq!(l.client_names(), ["gw-eu.1@edge"]);
+
+        let errs = AllowList::parse(&["web gw=127.0.0.1:80", "=127.0.0.1:80"]).unwrap_err();
+        assert_eq!(errs.len(), 2);
+        assert!(
+            errs[0].contains("\"web gw\" is neither a client key (ed25519:…) nor a client name"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

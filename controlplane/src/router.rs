@@ -585,7 +585,8 @@ async fn rotate(
     if state.policy.names_client(&key) {
         return Err(format!(
             "the router's allow-list has rules for key {key} alone; rotate it by hand: add the \
-             new key to authorized_clients and to those rules, then restart the tunnel with it"
+             new key to authorized_clients and to those rules, then restart the tunnel with it \
+             (or write the rules for the client's name, NAME=HOST:PORT, which rotation keeps)"
         ));
     }
     let _one_at_a_time = state.rotating.lock().await;

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 
 use crate::harness::{Engine, Home, addr_in, assert_code};
 use crate::sources;
-use crate::users::{assert_echo, connect, wait_for_echo};
+use crate::users::{assert_echo, connect, expect_refused_user, wait_for_echo};
 
 /// The key on the first line of a `.pub` file.
 fn key_of(line: &str) -> String {
@@ -84,6 +84,47 @@ fn a_tunnel_rotates_its_key_through_its_router() {
     let (_again, again) =
         home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "again"]);
     assert_echo(again, b"from the file");
+}
+
+#[test]
+fn an_allow_rule_for_a_client_name_follows_the_key_through_rotation() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    // A second client, under another name.
+    let other = home.ok(&["init", "--name", "other"]);
+    let auth = home.path().join("authorized_clients");
+    let both = std::fs::read_to_string(&auth).unwrap() + &other;
+    std::fs::write(&auth, both).unwrap();
+    let source = sources::echo();
+    // `client` is the name on the key's line in authorized_clients; `ghost` is on none.
+    let (router, raddr) = home.router(
+        engine,
+        &[format!("client={source}"), format!("ghost={source}")],
+    );
+    router.wait_stderr("allow rules name client \"ghost\", but no key in");
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    assert_echo(taddr, b"by name");
+    let other_key = home.key("other.key");
+    let (other_tunnel, other_addr) = home.tunnel_with(
+        engine,
+        raddr,
+        &source.to_string(),
+        &["--name", "other", "--key", other_key.to_str().unwrap()],
+    );
+    expect_refused_user(other_addr);
+    other_tunnel.wait_stderr(&format!(
+        "source {source} is not allowed by the router's policy"
+    ));
+
+    // A rule by name does not hold the rotation back, and the new key keeps the
+    // name, so its rights.
+    let old = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    home.ok(&["keys", "rotate", "--tunnel", "tunnel"]);
+    let new = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    assert_ne!(new, old);
+    tunnel.wait_stdout_count("connected to router", 2);
+    assert_echo(taddr, b"by name, with the new key");
+    expect_refused_user(other_addr);
 }
 
 #[test]

@@ -180,6 +180,15 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         }
     }
     let policy = AllowList::parse(&r.allow).map_err(|errs| Error::Config(errs.join("\n")))?;
+    for name in policy.client_names() {
+        if !authorized.names.values().any(|n| n == name) {
+            warn!(
+                "allow rules name client {name:?}, but no key in {} has that name: they apply \
+                 to no one until a key's line ends with `{name}`",
+                auth_path.display()
+            );
+        }
+    }
     let api = c.api_settings().map_err(Usage)?;
     if let Some(a) = &api {
         if a.token.is_none() {

@@ -418,7 +418,7 @@ fn router_files_are_checked_too() {
              client), or set router.authorized_keys ($F:3)",
             "error: router.allow[1]: invalid allow rule \"10.2.0.2\": no port; expected \
              HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
-             *:8000-8100 (optionally KEY=HOST:PORT) ($F:4)",
+             *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT) ($F:4)",
             "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
              authorized_keys, allow, token, key_grace_secs; `host` belongs in a client's file (check those \
              without --router) ($F:5)",
