@@ -16,7 +16,6 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::str::FromStr;
 
-use conduit_dataplane::SourcePolicy;
 use conduit_proto::{PublicKey, Refusal, RefusalCode};
 use ipnet::IpNet;
 
@@ -336,16 +335,6 @@ impl AllowList {
         self.check(client, target, |host, port| {
             Ok((host, port).to_socket_addrs()?.collect())
         })
-    }
-}
-
-impl SourcePolicy for AllowList {
-    fn resolve(
-        &self,
-        client: Option<&PublicKey>,
-        target: &str,
-    ) -> Result<Vec<SocketAddr>, Refusal> {
-        self.resolve_for(client.map(Caller::key), target)
     }
 }
 
