@@ -128,6 +128,9 @@ pub struct Rotated {
     /// When the router stops admitting the old key; `None` when the tunnel took up
     /// a key another tunnel sharing its key file had rotated to.
     pub old_expires: Option<SystemTime>,
+    /// With several routers: those that did not authorize the new key, and why
+    /// (`router ADDR: …`). They refuse the tunnel until their operator adds it.
+    pub not_authorized: Vec<String>,
 }
 
 /// Asks a running tunnel to rotate its key.
@@ -244,13 +247,7 @@ impl ClientTunnel {
         let tls = configs(&s.identity, &router_keys)
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
         let pins = pin_files(&s.router_key_specs, routers.len())?;
-        let key_rotation = match s.key_rotation {
-            Some(_) if routers.len() > 1 => {
-                info!(tunnel = %s.name, "automatic key rotation is off: this tunnel has {} routers, and a key rotated through one would be refused by the others (rotate by hand, see docs/operations.md)", routers.len());
-                None
-            }
-            r => r,
-        };
+        let key_rotation = s.key_rotation;
         let link = Arc::new(LinkState::default());
         let mut dp = DataPlane::start_client(
             &s.dataplane,
@@ -1067,7 +1064,7 @@ async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
         |t| humantime::format_rfc3339_seconds(t).to_string(),
     );
     let why = format!(
-        "key rotated: now {}; the router admits the old key until {until}; reconnecting with \
+        "key rotated: now {}; the old key is admitted until {until}; reconnecting with \
          the new key",
         done.key
     );
@@ -1138,15 +1135,12 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
         return Ok(Rotated {
             key,
             old_expires: None,
+            not_authorized: Vec::new(),
         });
     }
-    if shared.routers.len() > 1 {
-        return Err(Rotation::Refused(format!(
-            "this tunnel has {} routers, and a key rotated through one would be refused by the \
-             others: rotate it by hand (docs/operations.md, Key rotation)",
-            shared.routers.len()
-        )));
-    }
+    // Every other router is reached before any is asked: one that is away postpones
+    // the rotation rather than leave it half made.
+    let mut others = open_others(shared).await?;
     let pair = KeyPair::generate()
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
     // Checked before the router is asked, so that a key it authorizes is usable and
@@ -1156,14 +1150,39 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
     let staged = crate::keys::stage_pair(path, &pair)
         .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
     let next = pair.public();
+    // The router in use first: if it refuses, nothing has changed anywhere.
     let asked = ask_router(shared, ctl, next).await;
-    let expires = match asked {
+    let mut expires = match asked {
         Ok(t) => t,
         Err(e) => {
             let _ = std::fs::remove_file(&staged);
+            for (_, wire) in &mut others {
+                goodbye(wire, "the key rotation was called off").await;
+            }
             return Err(e);
         }
     };
+    // Then the others, at once. One that fails now keeps admitting the old key
+    // only: the new key is used all the same (the router in use retires the old
+    // one), and its operator is told to add it.
+    let answers = futures::future::join_all(others.iter_mut().map(|(index, wire)| {
+        let index = *index;
+        async move {
+            let asked = ask_router(shared, wire, next).await;
+            goodbye(wire, "key rotated").await;
+            (index, asked)
+        }
+    }))
+    .await;
+    let mut not_authorized = Vec::new();
+    for (index, asked) in answers {
+        match asked {
+            Ok(t) => expires = expires.min(t),
+            Err(Rotation::Refused(why) | Rotation::Link(why)) => {
+                not_authorized.push(format!("router {}: {why}", shared.routers[index]));
+            }
+        }
+    }
     let name = std::fs::read_to_string(path.with_extension("pub"))
         .ok()
         .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
@@ -1177,10 +1196,67 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
         ))
     })?;
     shared.use_key(pair).map_err(Rotation::Refused)?;
+    for why in &not_authorized {
+        error!(tunnel = %shared.name, "the new key {next} is not authorized by {why}; add it to that router's authorized_clients, or it refuses this tunnel");
+    }
     Ok(Rotated {
         key: next,
         old_expires: Some(UNIX_EPOCH + Duration::from_secs(expires)),
+        not_authorized,
     })
+}
+
+/// Control channels to every router but the one in use, for a rotation: all of
+/// them, or why not.
+async fn open_others(shared: &Shared) -> Result<Vec<(usize, Wire)>, Rotation> {
+    let at = shared.at();
+    let opened = futures::future::join_all((0..shared.routers.len()).filter(|i| *i != at).map(
+        |index| async move {
+            // Bounded, so that the link in use misses no more than a heartbeat.
+            let opened = tokio::time::timeout(
+                shared.heartbeat,
+                open_at(shared, ChannelKind::Control, index),
+            )
+            .await;
+            (index, opened)
+        },
+    ))
+    .await;
+    let mut others = Vec::with_capacity(opened.len());
+    let mut away = Vec::new();
+    for (index, opened) in opened {
+        let router = &shared.routers[index];
+        match opened {
+            Ok(Ok((wire, version))) if version >= version::ROTATION => others.push((index, wire)),
+            Ok(Ok((_, version))) => away.push(format!(
+                "router {router} speaks protocol {version}, and key rotation needs protocol {} \
+                 or later: upgrade conduit on it",
+                version::ROTATION
+            )),
+            Ok(Err(e)) => away.push(format!("router {router}: {e}")),
+            Err(_) => away.push(format!(
+                "router {router} did not answer within {:?}",
+                shared.heartbeat
+            )),
+        }
+    }
+    if away.is_empty() {
+        return Ok(others);
+    }
+    for (_, wire) in &mut others {
+        goodbye(wire, "the key rotation was called off").await;
+    }
+    Err(Rotation::Refused(format!(
+        "every router of this tunnel must authorize the new key, and {}; the key is rotated \
+         once every router answers",
+        away.join("; ")
+    )))
+}
+
+/// Ends a control channel of a rotation with a goodbye.
+async fn goodbye(wire: &mut Wire, why: &str) {
+    let bye = Refusal::new(RefusalCode::ShuttingDown, why);
+    let _ = wire.send(&Message::Goodbye(bye)).await;
 }
 
 /// Sends `RotateKey` for `next` and waits for the router's answer: when the old key

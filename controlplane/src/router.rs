@@ -594,6 +594,18 @@ async fn rotate(
     let expires = now + state.key_grace;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Ok(file) = keys::parse_authorized_file(&text)
+        && file.names.contains_key(&next)
+        && let Some(&old_expires) = file.expires.get(&key)
+    {
+        // This very rotation was made already: by another router sharing the file
+        // (a tunnel with several routers asks each), or before an answer was lost.
+        // The file says so; it is installed as it is.
+        state
+            .authorized
+            .replace_with_expiry(file.names, file.expires);
+        return Ok(old_expires);
+    }
     let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
     let new = keys::parse_authorized_file(&rotated)
         .map_err(|(line, e)| format!("the rotated file does not parse at line {line}: {e}"))?;

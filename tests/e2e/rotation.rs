@@ -42,7 +42,7 @@ fn a_tunnel_rotates_its_key_through_its_router() {
     assert_ne!(new, old);
     assert!(
         out.starts_with(&format!(
-            "tunnel \"tunnel\": key rotated to {new}; its router admits the old key until "
+            "tunnel \"tunnel\": key rotated to {new}; the old key is admitted until "
         )),
         "{out}"
     );

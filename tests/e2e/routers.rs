@@ -136,23 +136,137 @@ fn routers_with_keys_of_their_own_are_each_pinned_to_theirs() {
     tunnel.wait_stdout(&format!("connected to router {a}"));
     assert_echo(taddr, b"through the first");
 
+    // The key rotates through both routers. They share one authorized_clients
+    // here: the second finds the rotation made by the first and agrees.
+    let out = home.ok(&["keys", "rotate", "--all"]);
+    let new = home.public_key("client");
+    assert!(
+        out.starts_with(&format!("tunnel \"tunnel\": key rotated to {new};")),
+        "{out}"
+    );
+    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    assert_echo(taddr, b"through the first, with the new key");
+
     first.stop();
     tunnel.wait_stdout(&format!("connected to router {b}"));
     wait_for_echo(taddr, b"through the second, pinned to its own key");
 
-    // A key rotated through one router would be refused by the others: the
-    // rotation is refused, and the link goes on as it was.
+    // With the first router away, a rotation would be half made: it is refused,
+    // and the link goes on as it was.
     let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
     assert_code(status, 1, &err);
     assert!(
-        err.contains(
-            "this tunnel has 2 routers, and a key rotated through one would be refused by the \
-             others: rotate it by hand"
-        ),
+        err.contains(&format!(
+            "every router of this tunnel must authorize the new key, and router {a}: cannot \
+             reach router {a}"
+        )),
         "{err}"
     );
+    assert!(
+        err.contains("the key is rotated once every router answers"),
+        "{err}"
+    );
+    assert_eq!(home.public_key("client"), new);
     assert_eq!(tunnel.stdout_count(&format!("connected to router {b}")), 1);
     assert_echo(taddr, b"still through the second");
+}
+
+#[test]
+fn a_key_rotates_through_every_router_each_with_its_own_clients_file() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let authorized = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
+    let files = ["clients-a", "clients-b"].map(|f| {
+        let path = home.path().join(f);
+        std::fs::write(&path, &authorized).unwrap();
+        path
+    });
+    let own = |i: usize| ["--authorized-keys", files[i].to_str().unwrap()];
+    let (mut first, a) = home.router_with(engine, &allow, &own(0));
+    let (second, b) = home.router_with(engine, &allow, &own(1));
+    let tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    let old = home.public_key("client");
+
+    home.ok(&["keys", "rotate", "--tunnel", "tunnel"]);
+    let new = home.public_key("client");
+    assert_ne!(new, old);
+    // Each router's own file: the old key dated, the new one under its name.
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.len() == 2
+                && lines[0].starts_with("expires=")
+                && lines[0].ends_with(&format!(" {old} client"))
+                && lines[1] == format!("{new} client"),
+            "{}: {text}",
+            file.display()
+        );
+    }
+    second.wait_stderr("client key rotated: the new key is authorized");
+    // The second router said goodbye to the rotation's channel: no lost client.
+    second.wait_stderr("client said goodbye: key rotated");
+    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    assert_echo(taddr, b"the new key, through the first");
+
+    // The second router admits the new key when the link moves to it.
+    first.stop();
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"the new key, through the second");
+    assert!(
+        !tunnel.stderr().contains("not authorized"),
+        "{}",
+        tunnel.stderr()
+    );
+}
+
+#[test]
+fn a_router_that_refuses_the_rotation_is_named_and_the_others_take_the_key() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let old = home.public_key("client");
+    let authorized = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
+    let file_b = home.path().join("clients-b");
+    std::fs::write(&file_b, &authorized).unwrap();
+    let (_first, a) = home.router(engine, &[source.to_string()]);
+    // The second router's rule is for the old key alone: it refuses to rotate it.
+    let (_second, b) = home.router_with(
+        engine,
+        &[format!("{old}={source}")],
+        &["--authorized-keys", file_b.to_str().unwrap()],
+    );
+    let tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+
+    let (status, out, err) = home.run(&["keys", "rotate", "--all"]);
+    let new = home.public_key("client");
+    assert_ne!(new, old);
+    assert_code(status, 1, &err);
+    assert!(
+        out.starts_with(&format!("tunnel \"tunnel\": key rotated to {new};")),
+        "{out}"
+    );
+    let why = format!(
+        "the new key {new} is not authorized by router {b}: the router refused the rotation: \
+         the router's allow-list has rules for key {old} alone"
+    );
+    assert!(
+        err.contains(&format!(
+            "the key of tunnel \"tunnel\" was rotated, but {why}"
+        )),
+        "{err}"
+    );
+    tunnel.wait_stderr(&why);
+    assert_eq!(std::fs::read_to_string(&file_b).unwrap(), authorized);
+    // The first router took it: the tunnel goes on there with the new key.
+    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    assert_echo(taddr, b"the new key, through the first");
 }
 
 #[test]

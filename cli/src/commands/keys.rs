@@ -26,28 +26,42 @@ pub(crate) fn rotate(home: &Home, a: &RotateArgs) -> Result<()> {
     }
     runtime(1)?.block_on(async {
         let mut failures = Vec::new();
+        let mut partial = Vec::new();
         for e in &targets {
             match rotate_one(e).await {
                 Ok(r) if r.old_expires == 0 => say(format_args!(
                     "tunnel {:?}: took up key {} (another tunnel sharing its key file rotated it)",
                     e.name, r.key
                 )),
-                Ok(r) => say(format_args!(
-                    "tunnel {:?}: key rotated to {}; its router admits the old key until {}",
-                    e.name,
-                    r.key,
-                    time(r.old_expires)
-                )),
+                Ok(r) => {
+                    say(format_args!(
+                        "tunnel {:?}: key rotated to {}; the old key is admitted until {}",
+                        e.name,
+                        r.key,
+                        time(r.old_expires)
+                    ));
+                    for why in &r.not_authorized {
+                        partial.push(format!(
+                            "the key of tunnel {:?} was rotated, but the new key {} is not \
+                             authorized by {why}; add it to that router's authorized_clients, \
+                             or it refuses this tunnel",
+                            e.name, r.key
+                        ));
+                    }
+                }
                 Err(why) => failures.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
             }
         }
-        if failures.is_empty() {
+        if !failures.is_empty() {
+            partial.insert(
+                0,
+                format!("could not rotate the key of {}", failures.join("; ")),
+            );
+        }
+        if partial.is_empty() {
             Ok(())
         } else {
-            Err(anyhow!(
-                "could not rotate the key of {}",
-                failures.join("; ")
-            ))
+            Err(anyhow!("{}", partial.join("\n")))
         }
     })
 }

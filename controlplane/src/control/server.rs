@@ -241,6 +241,7 @@ impl TunnelControl for ControlState {
         Ok(Response::new(pb::RotateKeyResponse {
             key: done.key.to_string(),
             old_expires: done.old_expires.map_or(0, unix),
+            not_authorized: done.not_authorized,
         }))
     }
 }
