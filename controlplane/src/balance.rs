@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use conduit_dataplane::{SourcePolicy, source_members};
 use conduit_proto::{PublicKey, Refusal, RefusalCode};
 
+use crate::config::Protocol;
 use crate::monitor::{Monitor, SourceState};
 use crate::policy::{AllowList, Caller};
 
@@ -108,7 +109,14 @@ impl SourcePolicy for Balancer {
             return Ok(());
         };
         let view = monitor.view();
-        if !view.sources.iter().any(|s| s.state == SourceState::Down) {
+        // Streams are TCP: UDP probes say nothing about them.
+        let tcp = |s: &&crate::monitor::SourceView| s.protocol == Protocol::Tcp;
+        if !view
+            .sources
+            .iter()
+            .filter(tcp)
+            .any(|s| s.state == SourceState::Down)
+        {
             return Ok(());
         }
         let mut why = None;
@@ -116,6 +124,7 @@ impl SourcePolicy for Balancer {
             let down = view
                 .sources
                 .iter()
+                .filter(tcp)
                 .find(|s| s.target == member && s.state == SourceState::Down);
             match down {
                 Some(s) => why = why.or(s.last_error.clone()),

@@ -54,8 +54,10 @@ impl ClientTotals {
 pub struct Usage {
     /// Per client key.
     pub clients: HashMap<PublicKey, ClientTotals>,
-    /// Per source (as the client named it): how long ago it was last opened.
+    /// Per TCP source (as the client named it): how long ago it was last opened.
     pub sources: HashMap<String, Duration>,
+    /// Per UDP source: how long ago a flow to it last began.
+    pub udp_sources: HashMap<String, Duration>,
 }
 
 impl Usage {
@@ -64,9 +66,14 @@ impl Usage {
         for (k, t) in other.clients {
             self.clients.entry(k).or_default().add(&t);
         }
-        for (s, ago) in other.sources {
-            let e = self.sources.entry(s).or_insert(ago);
-            *e = (*e).min(ago);
+        for (mine, theirs) in [
+            (&mut self.sources, other.sources),
+            (&mut self.udp_sources, other.udp_sources),
+        ] {
+            for (s, ago) in theirs {
+                let e = mine.entry(s).or_insert(ago);
+                *e = (*e).min(ago);
+            }
         }
     }
 }
@@ -77,6 +84,7 @@ pub(crate) struct UsageBook {
     /// Ended streams per client (open ones live in the connection table).
     clients: RefCell<HashMap<PublicKey, ClientTotals>>,
     sources: RefCell<HashMap<String, Instant>>,
+    udp_sources: RefCell<HashMap<String, Instant>>,
 }
 
 impl UsageBook {
@@ -94,10 +102,19 @@ impl UsageBook {
         t.failed += u64::from(failed);
     }
 
-    /// A client opened `target` (it passed the allow-list).
+    /// A client opened TCP source `target` (it passed the allow-list).
     pub(crate) fn source_used(&self, target: &str) {
+        Self::used(&self.sources, target);
+    }
+
+    /// A client began a flow to UDP source `target` (it passed the allow-list).
+    pub(crate) fn udp_source_used(&self, target: &str) {
+        Self::used(&self.udp_sources, target);
+    }
+
+    fn used(sources: &RefCell<HashMap<String, Instant>>, target: &str) {
         let now = Instant::now();
-        let mut m = self.sources.borrow_mut();
+        let mut m = sources.borrow_mut();
         if let Some(t) = m.get_mut(target) {
             *t = now;
             return;
@@ -122,13 +139,17 @@ impl UsageBook {
             }
         });
         let now = Instant::now();
-        let sources = self
-            .sources
-            .borrow()
-            .iter()
-            .map(|(s, t)| (s.clone(), now.duration_since(*t)))
-            .collect();
-        Usage { clients, sources }
+        let ago = |m: &RefCell<HashMap<String, Instant>>| {
+            m.borrow()
+                .iter()
+                .map(|(s, t)| (s.clone(), now.duration_since(*t)))
+                .collect()
+        };
+        Usage {
+            clients,
+            sources: ago(&self.sources),
+            udp_sources: ago(&self.udp_sources),
+        }
     }
 }
 

@@ -41,7 +41,11 @@ impl UdpEcho {
         thread::spawn(move || {
             let mut buf = vec![0u8; 65_536];
             while let Ok((n, from)) = sock.recv_from(&mut buf) {
-                *s.lock().unwrap().entry(from).or_insert(0) += 1;
+                // An empty datagram alone is the router's health probe (each from
+                // a socket of its own): not a flow.
+                if n > 0 {
+                    *s.lock().unwrap().entry(from).or_insert(0) += 1;
+                }
                 r.fetch_add(1, Ordering::SeqCst);
                 let mut reply = b"echo:".to_vec();
                 reply.extend_from_slice(&buf[..n]);
@@ -60,7 +64,8 @@ impl UdpEcho {
         }
     }
 
-    /// The distinct sender addresses seen (router-side flow sockets).
+    /// The distinct sender addresses seen with a datagram that is not empty
+    /// (router-side flow sockets).
     fn senders(&self) -> usize {
         self.senders.lock().unwrap().len()
     }
@@ -656,6 +661,77 @@ fn a_udp_flow_moves_to_the_next_source_when_one_refuses() {
     // Each flow reached the live source from one socket, moved or not.
     assert_eq!(live.senders(), 4);
     users[0].echo(b"and stays there");
+}
+
+#[test]
+fn the_router_probes_udp_sources_and_reports_one_nothing_listens_on_down() {
+    let home = Home::with_keys();
+    let rx = crate::http::Receiver::start();
+    let live = UdpEcho::start();
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (router, raddr, api) = crate::ops::router_api(
+        &home,
+        &[dead.to_string(), live.addr.to_string()],
+        &[
+            "--set",
+            "health.interval_secs=1",
+            "--alert-webhook",
+            &rx.url("/hook"),
+        ],
+    );
+    let target = format!("{dead},{}", live.addr);
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &target, &["--protocol", "udp"]);
+    // A flow makes both members sources in use.
+    wait_for_answer(&User::new(taddr), b"in use");
+
+    let sources = wait_for("the probes to tell the UDP sources apart", || {
+        let h = crate::ops::get(&api, "/api/v1/health");
+        let s = h["data"]["sources"].as_array()?.clone();
+        let state = |t: String| {
+            s.iter()
+                .find(|x| x["target"] == t)
+                .map(|x| x["state"].clone())
+        };
+        (state(dead.to_string())? == "down" && state(live.addr.to_string())? == "up").then_some(s)
+    });
+    let of = |t: String| sources.iter().find(|x| x["target"] == t).unwrap();
+    let why = format!(
+        "{dead} answered port unreachable: nothing listens on UDP port {}",
+        dead.port()
+    );
+    assert_eq!(of(dead.to_string())["protocol"], "udp");
+    assert_eq!(of(dead.to_string())["last_error"], why.as_str());
+    assert_eq!(of(live.addr.to_string())["protocol"], "udp");
+    // The echo answered the probe.
+    assert!(of(live.addr.to_string())["latency_ms"].is_number());
+
+    let hooks = rx.wait("the down alert", |r| !r.is_empty());
+    let b = &hooks[0].body;
+    assert_eq!(b["event"], "source_down");
+    assert_eq!(
+        b["subject"],
+        serde_json::json!({"kind": "source", "target": dead.to_string(), "protocol": "udp"})
+    );
+    assert_eq!(
+        b["message"],
+        format!("UDP source {dead} is down: {why} (2 failed probes in a row)")
+    );
+
+    // New flows now start on the live source: none has to move off the dead one.
+    let moved = router.stderr_count(&format!("source {dead} refused a datagram"));
+    let users: Vec<User> = (0..4).map(|_| User::new(taddr)).collect();
+    for (i, u) in users.iter().enumerate() {
+        wait_for_answer(u, format!("user {i}").as_bytes());
+    }
+    assert_eq!(
+        router.stderr_count(&format!("source {dead} refused a datagram")),
+        moved,
+        "{}",
+        router.stderr()
+    );
 }
 
 /// `count` senders, `threads` at a time, each a fresh socket (a new flow) that sends

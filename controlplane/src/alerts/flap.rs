@@ -132,6 +132,7 @@ mod tests {
             event,
             subject: AlertSubject::Source {
                 target: "db:5432".into(),
+                protocol: crate::config::Protocol::Tcp,
             },
             message: format!("source db:5432 is {}", event.state_word()),
             at: SystemTime::UNIX_EPOCH,

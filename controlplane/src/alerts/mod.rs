@@ -26,6 +26,7 @@ use tracing::warn;
 
 pub use flap::{FlapGuard, FlapSettings};
 
+use crate::config::Protocol;
 use crate::http::{HttpClient, redact};
 
 /// What happened.
@@ -90,6 +91,8 @@ pub enum Subject {
     Source {
         /// `host:port`.
         target: String,
+        /// TCP or UDP (each probed on its own).
+        protocol: Protocol,
     },
     /// A client's tunnel link.
     Client {
@@ -115,24 +118,39 @@ pub struct Alert {
     pub at: SystemTime,
 }
 
+impl Subject {
+    /// How messages name it: `source HOST:PORT` (`UDP source HOST:PORT`), `client
+    /// NAME (tunnel T)`.
+    pub fn text(&self) -> String {
+        match self {
+            Subject::Source {
+                target,
+                protocol: Protocol::Tcp,
+            } => format!("source {target}"),
+            Subject::Source {
+                target,
+                protocol: Protocol::Udp,
+            } => format!("UDP source {target}"),
+            Subject::Client { name, tunnel, id } => {
+                let who = if name.is_empty() { id } else { name };
+                format!("client {who} (tunnel {tunnel})")
+            }
+        }
+    }
+}
+
 impl Alert {
     /// The key flapping is tracked by.
     pub fn subject_key(&self) -> String {
         match &self.subject {
-            Subject::Source { target } => format!("source {target}"),
+            Subject::Source { .. } => self.subject.text(),
             Subject::Client { id, tunnel, .. } => format!("client {id} {tunnel}"),
         }
     }
 
     /// How the message names the subject.
     pub fn subject_text(&self) -> String {
-        match &self.subject {
-            Subject::Source { target } => format!("source {target}"),
-            Subject::Client { name, tunnel, id } => {
-                let who = if name.is_empty() { id } else { name };
-                format!("client {who} (tunnel {tunnel})")
-            }
-        }
+        self.subject.text()
     }
 
     /// The same subject with another event and message.
@@ -148,7 +166,9 @@ impl Alert {
     /// The generic webhook's JSON body.
     pub fn webhook_json(&self, router: &str) -> serde_json::Value {
         let subject = match &self.subject {
-            Subject::Source { target } => json!({"kind": "source", "target": target}),
+            Subject::Source { target, protocol } => {
+                json!({"kind": "source", "target": target, "protocol": protocol.as_str()})
+            }
             Subject::Client { id, name, tunnel } => {
                 json!({"kind": "client", "id": id, "name": name, "tunnel": tunnel})
             }

@@ -62,6 +62,7 @@ pub(crate) async fn health(State(s): State<Arc<ApiState>>) -> Data {
         .map(|v| {
             json!({
                 "target": v.target,
+                "protocol": v.protocol.as_str(),
                 "state": v.state.as_str(),
                 "since": rfc3339(v.since),
                 "last_probe": v.last_probe.map(rfc3339),

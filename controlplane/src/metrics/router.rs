@@ -180,13 +180,13 @@ pub fn render(i: &Inputs<'_>) -> String {
     e.family(
         "conduit_source_up",
         Kind::Gauge,
-        "1 when the source accepts TCP connections, 0 when probes fail (sources in use).",
+        "1 when the source answers its probes (TCP: accepts connections; UDP: no ICMP error), 0 when they fail (sources in use).",
     );
     for s in &i.view.sources {
         if s.state != SourceState::Unknown {
             e.sample(
                 "conduit_source_up",
-                &[("source", &s.target)],
+                &[("source", &s.target), ("protocol", s.protocol.as_str())],
                 u64::from(s.state == SourceState::Up),
             );
         }

@@ -1,6 +1,11 @@
-//! Source health: the router probes each source in use with a TCP connect, and a
-//! source changes state only after `fall` failures (or `rise` successes) in a row, so
-//! one lost SYN does not page anyone.
+//! Source health: the router probes each source in use, and a source changes state
+//! only after `fall` failures (or `rise` successes) in a row, so one lost SYN does not
+//! page anyone. A TCP source is probed with a connect. A UDP source is sent an empty
+//! datagram from a connected socket: an ICMP error in answer (port or host
+//! unreachable, which the kernel reports on that socket) is a failure, a reply or
+//! silence for the probe's timeout a success, as load balancers' UDP monitors do: a
+//! service that crashed, or a host the router's network knows to be gone, is told
+//! apart; a host that drops everything silently is not.
 //!
 //! Which sources: those a client opened within `recent` (the data plane remembers when
 //! each was last opened), plus the ones the operator lists. With the defaults (probe
@@ -8,6 +13,8 @@
 //! about 12 s, and within 20 s at worst (a probe that hangs for its whole timeout).
 
 use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Protocol;
 
 /// How sources are probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,13 +76,16 @@ impl SourceState {
 pub struct SourceView {
     /// The source, as clients name it.
     pub target: String,
+    /// How it is reached (and probed).
+    pub protocol: Protocol,
     /// Its state.
     pub state: SourceState,
     /// Since when (or since it was first seen).
     pub since: SystemTime,
     /// When it was last probed.
     pub last_probe: Option<SystemTime>,
-    /// How long the last successful probe took.
+    /// How long the last successful probe took (`None` for a UDP source that
+    /// answered with silence).
     pub last_latency: Option<Duration>,
     /// Why the last probe failed, if it did.
     pub last_error: Option<String>,
@@ -102,10 +112,11 @@ pub struct SourceHealth {
 
 impl SourceHealth {
     /// A source first seen `now`.
-    pub fn new(target: &str, now: SystemTime) -> Self {
+    pub fn new(target: &str, protocol: Protocol, now: SystemTime) -> Self {
         Self {
             view: SourceView {
                 target: target.to_owned(),
+                protocol,
                 state: SourceState::Unknown,
                 since: now,
                 last_probe: None,
@@ -139,7 +150,7 @@ impl SourceHealth {
     /// Records a probe's result; returns the change it caused, if any.
     pub fn record(
         &mut self,
-        result: Result<Duration, String>,
+        result: Result<Option<Duration>, String>,
         s: &HealthSettings,
         now: SystemTime,
     ) -> Option<SourceChange> {
@@ -149,7 +160,7 @@ impl SourceHealth {
             Ok(latency) => {
                 v.successes = v.successes.saturating_add(1);
                 v.failures = 0;
-                v.last_latency = Some(latency);
+                v.last_latency = latency;
                 v.last_error = None;
                 let needed = if v.state == SourceState::Down {
                     s.rise
@@ -179,14 +190,81 @@ impl SourceHealth {
     }
 }
 
-/// Probes `target` (`host:port`): resolves it and connects to each address until one
-/// accepts, all within `timeout`. The connection is closed at once.
-pub async fn probe(target: &str, timeout: Duration) -> Result<Duration, String> {
+/// Probes `target` (`host:port`) as a source of `protocol`: how long it took to
+/// answer (`None`: a UDP source that stayed silent), or why it failed.
+pub async fn probe(
+    target: &str,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<Option<Duration>, String> {
+    match protocol {
+        Protocol::Tcp => probe_tcp(target, timeout).await.map(Some),
+        Protocol::Udp => probe_udp(target, timeout).await,
+    }
+}
+
+/// Resolves `target` and connects to each address until one accepts, all within
+/// `timeout`. The connection is closed at once.
+async fn probe_tcp(target: &str, timeout: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     match crate::wire::connect(target, timeout).await {
         Ok(_) => Ok(start.elapsed()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Resolves `target` and sends each address an empty datagram, waiting up to
+/// `timeout` for an answer: an ICMP error fails that address (the next is tried);
+/// a datagram, or silence, passes.
+async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, String> {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(target)).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(format!("cannot resolve {target}: {e}")),
+            Err(_) => return Err(format!("resolving {target} took over {timeout:?}")),
+        };
+    let mut last = format!("{target} resolves to no address");
+    for addr in addrs {
+        let unspecified: std::net::SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = match tokio::net::UdpSocket::bind(unspecified).await {
+            Ok(s) => s,
+            Err(e) => return Err(format!("cannot open a UDP socket: {e}")),
+        };
+        let sent = match sock.connect(addr).await {
+            Ok(()) => sock.send(&[]).await,
+            Err(e) => Err(e),
+        };
+        let answer: std::io::Result<()> = match sent {
+            Err(e) => Err(e),
+            Ok(_) => {
+                let mut buf = [0u8; 1];
+                match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                    Ok(Ok(_)) => return Ok(Some(start.elapsed())),
+                    Ok(Err(e)) => Err(e),
+                    // Nothing refused it: as up as UDP can tell.
+                    Err(_) => return Ok(None),
+                }
+            }
+        };
+        if let Err(e) = answer {
+            last = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    format!(
+                        "{addr} answered port unreachable: nothing listens on UDP port {}",
+                        addr.port()
+                    )
+                }
+                _ => format!("{addr}: {e}"),
+            };
+        }
+    }
+    Err(last)
 }
 
 #[cfg(test)]
@@ -197,16 +275,16 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
     }
 
-    const OK: Result<Duration, String> = Ok(Duration::from_millis(1));
+    const OK: Result<Option<Duration>, String> = Ok(Some(Duration::from_millis(1)));
 
-    fn fail() -> Result<Duration, String> {
+    fn fail() -> Result<Option<Duration>, String> {
         Err("connection refused".into())
     }
 
     #[test]
     fn down_after_fall_failures_up_after_rise_successes() {
         let s = HealthSettings::default();
-        let mut h = SourceHealth::new("db:5432", t(0));
+        let mut h = SourceHealth::new("db:5432", Protocol::Tcp, t(0));
         // The first success makes an unknown source up, without an alert.
         assert_eq!(h.record(OK, &s, t(1)), None);
         assert_eq!(h.view().state, SourceState::Up);
@@ -231,7 +309,7 @@ mod tests {
     #[test]
     fn a_source_down_from_the_start_is_reported() {
         let s = HealthSettings::default();
-        let mut h = SourceHealth::new("db:5432", t(0));
+        let mut h = SourceHealth::new("db:5432", Protocol::Tcp, t(0));
         assert_eq!(h.record(fail(), &s, t(1)), None);
         assert!(matches!(
             h.record(fail(), &s, t(2)),
@@ -243,9 +321,46 @@ mod tests {
     async fn probes_connect_or_say_why_not() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        assert!(probe(&addr, Duration::from_secs(2)).await.is_ok());
+        let timeout = Duration::from_secs(2);
+        assert!(
+            probe(&addr, Protocol::Tcp, timeout)
+                .await
+                .unwrap()
+                .is_some()
+        );
         drop(l);
-        let e = probe(&addr, Duration::from_secs(2)).await.unwrap_err();
+        let e = probe(&addr, Protocol::Tcp, timeout).await.unwrap_err();
         assert!(e.contains("refused"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn udp_probes_fail_on_port_unreachable_and_pass_on_a_reply_or_silence() {
+        let udp = |a: String, wait: u64| async move {
+            probe(&a, Protocol::Udp, Duration::from_millis(wait)).await
+        };
+        // A source that answers (an echo of the empty datagram).
+        let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = echo.local_addr().unwrap().to_string();
+        let answering = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let (n, from) = echo.recv_from(&mut buf).await.unwrap();
+            echo.send_to(&buf[..n], from).await.unwrap();
+            echo
+        });
+        assert!(udp(addr.clone(), 5_000).await.unwrap().is_some());
+        // The same socket, now silent: up as far as UDP can tell, no latency.
+        let silent = answering.await.unwrap();
+        assert_eq!(udp(addr.clone(), 200).await, Ok(None));
+        // Nothing listens: the kernel's port unreachable fails it (silence would
+        // have passed).
+        drop(silent);
+        let e = udp(addr.clone(), 30_000).await.unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "{addr} answered port unreachable: nothing listens on UDP port {}",
+                addr.rsplit_once(':').unwrap().1
+            )
+        );
     }
 }

@@ -12,8 +12,8 @@
 //!                            API handlers, /metrics
 //! ```
 //!
-//! The monitor never touches payload bytes; a probe is one TCP connect per source per
-//! interval, from the Tokio side.
+//! The monitor never touches payload bytes; a probe is one TCP connect (or, for a UDP
+//! source, one empty datagram) per source per interval, from the Tokio side.
 
 mod health;
 mod links;
@@ -34,13 +34,14 @@ pub use health::{HealthSettings, SourceChange, SourceHealth, SourceState, Source
 pub use links::{LinkChange, LinkState, LinkView, Links};
 
 use crate::alerts::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
+use crate::config::Protocol;
 
 /// What the API and metrics read: every link and every probed source.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// Client links, by key then tunnel.
     pub links: Vec<LinkView>,
-    /// Sources, by name.
+    /// Sources, by name (then TCP before UDP).
     pub sources: Vec<SourceView>,
 }
 
@@ -177,12 +178,16 @@ struct Task {
     alerter: Arc<Alerter>,
     flap: FlapGuard,
     links: Links,
-    sources: HashMap<String, SourceHealth>,
-    in_flight: HashSet<String>,
+    sources: HashMap<Source, SourceHealth>,
+    in_flight: HashSet<Source>,
     view: watch::Sender<Arc<View>>,
 }
 
-type ProbeResult = (String, Result<Duration, String>);
+/// A source as the monitor tracks it: the same `host:port` may be used over TCP and
+/// over UDP (DNS), and each is probed on its own.
+type Source = (String, Protocol);
+
+type ProbeResult = (Source, Result<Option<Duration>, String>);
 
 impl Task {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
@@ -198,8 +203,8 @@ impl Task {
                 },
                 _ = probe_tick.tick() => self.start_round(&mut probes).await,
                 Some(done) = probes.join_next() => {
-                    if let Ok((target, result)) = done {
-                        self.on_probe(target, result);
+                    if let Ok((source, result)) = done {
+                        self.on_probe(source, result);
                     }
                 }
                 _ = flap_tick.tick() => {
@@ -268,25 +273,32 @@ impl Task {
     async fn start_round(&mut self, probes: &mut JoinSet<ProbeResult>) {
         let usage = self.dp.usage().await;
         let recent = self.settings.recent;
-        let mut wanted: HashSet<String> = usage
-            .sources
-            .into_iter()
-            .filter(|(_, ago)| *ago <= recent)
-            .map(|(s, _)| s)
+        let in_use = |m: HashMap<String, Duration>, protocol: Protocol| {
+            m.into_iter()
+                .filter(move |(_, ago)| *ago <= recent)
+                .map(move |(s, _)| (s, protocol))
+        };
+        let mut wanted: HashSet<Source> = in_use(usage.sources, Protocol::Tcp)
+            .chain(in_use(usage.udp_sources, Protocol::Udp))
             .collect();
-        wanted.extend(self.settings.sources.iter().cloned());
+        wanted.extend(
+            self.settings
+                .sources
+                .iter()
+                .map(|s| (s.clone(), Protocol::Tcp)),
+        );
         let before = self.sources.len();
         self.sources.retain(|s, _| wanted.contains(s));
         let now = SystemTime::now();
-        for target in wanted {
+        for source in wanted {
             self.sources
-                .entry(target.clone())
-                .or_insert_with(|| SourceHealth::new(&target, now));
-            if self.in_flight.insert(target.clone()) {
+                .entry(source.clone())
+                .or_insert_with(|| SourceHealth::new(&source.0, source.1, now));
+            if self.in_flight.insert(source.clone()) {
                 let timeout = self.settings.timeout;
                 probes.spawn(async move {
-                    let r = probe(&target, timeout).await;
-                    (target, r)
+                    let r = probe(&source.0, source.1, timeout).await;
+                    (source, r)
                 });
             }
         }
@@ -295,31 +307,35 @@ impl Task {
         }
     }
 
-    fn on_probe(&mut self, target: String, result: Result<Duration, String>) {
-        self.in_flight.remove(&target);
-        let Some(h) = self.sources.get_mut(&target) else {
+    fn on_probe(&mut self, source: Source, result: Result<Option<Duration>, String>) {
+        self.in_flight.remove(&source);
+        let Some(h) = self.sources.get_mut(&source) else {
             return;
         };
+        let (target, protocol) = source;
         let now = SystemTime::now();
         if let Some(change) = h.record(result, &self.settings, now) {
             let (event, v) = match change {
                 SourceChange::Down(v) => (Event::SourceDown, v),
                 SourceChange::Up(v) => (Event::SourceUp, v),
             };
+            let subject = Subject::Source { target, protocol };
             let message = match event {
                 Event::SourceDown => format!(
-                    "source {target} is down: {} ({} failed probes in a row)",
+                    "{} is down: {} ({} failed probes in a row)",
+                    subject.text(),
                     v.last_error.as_deref().unwrap_or("no answer"),
                     v.failures
                 ),
                 _ => format!(
-                    "source {target} is up again ({} successful probes in a row)",
+                    "{} is up again ({} successful probes in a row)",
+                    subject.text(),
                     v.successes
                 ),
             };
             self.raise(Alert {
                 event,
-                subject: Subject::Source { target },
+                subject,
                 message,
                 at: now,
             });
@@ -327,15 +343,19 @@ impl Task {
         self.publish();
     }
 
+    /// A TCP stream connected to `target`.
     fn on_answered(&mut self, target: String, now: SystemTime) {
-        let Some(h) = self.sources.get_mut(&target) else {
+        let source = (target, Protocol::Tcp);
+        let Some(h) = self.sources.get_mut(&source) else {
             return;
         };
         if h.answered(now).is_some() {
-            let message = format!("source {target} is up again (a stream connected to it)");
+            let (target, protocol) = source;
+            let subject = Subject::Source { target, protocol };
+            let message = format!("{} is up again (a stream connected to it)", subject.text());
             self.raise(Alert {
                 event: Event::SourceUp,
-                subject: Subject::Source { target },
+                subject,
                 message,
                 at: now,
             });
@@ -358,7 +378,9 @@ impl Task {
     fn publish(&self) {
         let mut sources: Vec<SourceView> =
             self.sources.values().map(|h| h.view().clone()).collect();
-        sources.sort_by(|a, b| a.target.cmp(&b.target));
+        sources.sort_by(|a, b| {
+            (&a.target, a.protocol.as_str()).cmp(&(&b.target, b.protocol.as_str()))
+        });
         self.view.send_replace(Arc::new(View {
             links: self.links.views(),
             sources,

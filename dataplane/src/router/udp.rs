@@ -113,6 +113,9 @@ impl RouterCore {
         target: &str,
     ) -> Result<Flow, Refusal> {
         let (addrs, permit) = self.admit(id, peer, client, target)?;
+        for member in crate::source_members(target) {
+            self.core.usage.udp_source_used(member);
+        }
         match udp_connect(&addrs) {
             Ok(s) => Ok(Flow {
                 source: s,

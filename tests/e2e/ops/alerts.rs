@@ -66,7 +66,10 @@ fn a_source_that_stops_and_starts_raises_one_down_and_one_up_alert_per_format() 
     assert_eq!(b["state"], "down");
     assert_eq!(b["severity"], "critical");
     assert_eq!(b["router"], "gw-test");
-    assert_eq!(b["subject"], json!({"kind": "source", "target": target}));
+    assert_eq!(
+        b["subject"],
+        json!({"kind": "source", "target": target, "protocol": "tcp"})
+    );
     let msg = b["message"].as_str().unwrap();
     assert!(
         msg.starts_with(&format!("source {target} is down: "))
