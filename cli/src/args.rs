@@ -90,6 +90,13 @@ pub(crate) enum Command {
     Tune(TuneArgs),
     /// Show version, build and io-engine information.
     Version,
+    /// Print a completion script for SHELL: `conduit completions bash >
+    /// /etc/bash_completion.d/conduit`, `conduit completions zsh > ~/.zfunc/_conduit`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `conduit tune`.

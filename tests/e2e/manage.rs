@@ -377,3 +377,52 @@ fn status_says_whether_streams_go_through_kernel_tls() {
     assert!(line("on").contains(words), "{text}");
     assert!(line("off").contains(", kernel TLS off;"), "{text}");
 }
+
+#[test]
+fn completion_scripts_load_in_their_shell() {
+    let home = Home::empty();
+    let script = home.ok(&["completions", "bash"]);
+    // bash loads it and completes `conduit` with it.
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "source /dev/stdin && complete -p conduit && COMP_WORDS=(conduit sta) && \
+             COMP_CWORD=1 && _conduit conduit sta conduit && printf '%s\\n' \"${COMPREPLY[@]}\"",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("bash runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1..].sort_unstable();
+    assert!(
+        lines[0].starts_with("complete ")
+            && lines[0].contains(" -F _conduit ")
+            && lines[0].ends_with(" conduit"),
+        "{text}"
+    );
+    assert_eq!(&lines[1..], ["start", "stats", "status"]);
+
+    assert!(
+        home.ok(&["completions", "zsh"])
+            .starts_with("#compdef conduit")
+    );
+    let (status, _, err) = home.run(&["completions", "tcsh"]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("invalid value 'tcsh'"), "{err}");
+}

@@ -65,6 +65,11 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         Command::Logs(a) => logs::run(&home()?, &a),
         Command::Tune(a) => tune::run(&a),
         Command::Version => version::run(),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "conduit", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
