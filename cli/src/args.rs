@@ -427,6 +427,11 @@ pub(crate) struct RouterArgs {
     /// The router's private key (default: $CONDUIT_HOME/keys/router.key).
     #[arg(long)]
     pub(crate) key: Option<PathBuf>,
+    /// The key this router will present next (`conduit init --name router-next`): its
+    /// public half is named to tunnels, which accept it from then on; restart the
+    /// router with it as --key later, without touching the tunnels.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) next_key: Option<PathBuf>,
     /// Client public keys to admit, one per line (default: $CONDUIT_HOME/authorized_clients).
     #[arg(long)]
     pub(crate) authorized_keys: Option<PathBuf>,

@@ -41,6 +41,10 @@ pub struct TunnelSettings {
     /// added to a file is accepted and a key taken out of it refused without a
     /// restart. Empty: the keys stay as given.
     pub router_key_specs: Vec<String>,
+    /// `known_routers`: the keys routers named (protocol 6), read at start and
+    /// written when a router names new ones; they are trusted for that router beside
+    /// the pinned ones (`None`: learned keys are kept in memory only).
+    pub known_routers: Option<PathBuf>,
     /// This client's key.
     pub identity: KeyPair,
     /// The source, as the router resolves it.
@@ -198,6 +202,12 @@ struct Shared {
     /// or one per router, and the last failure to read each (logged once).
     pins: Vec<Option<String>>,
     pin_errors: std::sync::Mutex<Vec<Option<String>>>,
+    /// The keys each router named itself (`RouterKeys`), trusted beside the pinned
+    /// ones, and the file they are kept in.
+    learned: std::sync::Mutex<Vec<Vec<PublicKey>>>,
+    known_routers: Option<PathBuf>,
+    /// What `known_routers` held when this tunnel last read or wrote it.
+    known_text: std::sync::Mutex<String>,
     /// The index of the one in use.
     at: std::sync::atomic::AtomicUsize,
     /// How often to try moving back to an earlier router (see
@@ -244,7 +254,17 @@ impl ClientTunnel {
             return Err(Error::Config("no router given: name it HOST:PORT".into()));
         }
         let router_keys = router_keys(routers.len(), &s.router_keys)?;
-        let tls = configs(&s.identity, &router_keys)
+        let known_text = s
+            .known_routers
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let known = crate::keys::parse_known_routers(&known_text);
+        let learned: Vec<Vec<PublicKey>> = routers
+            .iter()
+            .map(|r| known.get(r).cloned().unwrap_or_default())
+            .collect();
+        let tls = configs(&s.identity, &trusted(&router_keys, &learned))
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
@@ -287,6 +307,9 @@ impl ClientTunnel {
                 router_keys: RwLock::new(router_keys),
                 pin_errors: std::sync::Mutex::new(vec![None; pins.len()]),
                 pins,
+                learned: std::sync::Mutex::new(learned),
+                known_routers: s.known_routers,
+                known_text: std::sync::Mutex::new(known_text),
                 at: std::sync::atomic::AtomicUsize::new(0),
                 failback: s.failback,
                 identity: RwLock::new(Arc::new(s.identity)),
@@ -420,19 +443,110 @@ impl Shared {
             .clone()
     }
 
+    fn learned(&self) -> Vec<Vec<PublicKey>> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The keys each router may present: those pinned and those it named.
+    fn trusted(&self) -> Vec<Vec<PublicKey>> {
+        trusted(&self.router_keys(), &self.learned())
+    }
+
+    /// The router in use named its keys (`RouterKeys`): trusts them for it from now
+    /// on, in place of what it named before, and keeps them in `known_routers`.
+    fn learn(&self, keys: &[PublicKey]) {
+        let at = self.at();
+        let router = &self.routers[at];
+        {
+            let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            if learned[at] == keys {
+                return;
+            }
+            learned[at] = keys.to_vec();
+        }
+        let pinned = &self.router_keys()[at];
+        match client_config(&self.identity(), &trusted_one(pinned, keys)) {
+            Ok(c) => self.tls.write().unwrap_or_else(|p| p.into_inner())[at] = c,
+            Err(e) => {
+                warn!(tunnel = %self.name, %router, "cannot use the keys the router named: {e}");
+                return;
+            }
+        }
+        let named = match keys {
+            [now] => format!("its key {now}"),
+            [now, next @ ..] => format!(
+                "its key {now} and, next, {}",
+                conduit_proto::tls::one_of(next)
+            ),
+            [] => return,
+        };
+        let kept = match &self.known_routers {
+            Some(path) => match crate::keys::save_known_router(path, router, keys) {
+                Ok(text) => {
+                    *self.known_text.lock().unwrap_or_else(|p| p.into_inner()) = text;
+                    format!(" (kept in {})", path.display())
+                }
+                Err(e) => format!(" (for this run only: {e})"),
+            },
+            None => String::new(),
+        };
+        info!(tunnel = %self.name, %router, "router {router} names {named}: trusted for it from now on{kept}");
+    }
+
     fn use_key(&self, pair: KeyPair) -> Result<(), String> {
-        let tls = configs(&pair, &self.router_keys()).map_err(|e| e.to_string())?;
+        let tls = configs(&pair, &self.trusted()).map_err(|e| e.to_string())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
         Ok(())
     }
 
-    /// Reads the pinned-key files again and takes up what changed in them; tells
-    /// whether anything did, and which keys the router in use may no longer
-    /// present. A file that cannot be read (or holds no key) leaves the keys as
-    /// they were, with a warning.
+    /// Reads the pinned-key files and `known_routers` again and takes up what
+    /// changed in them; tells whether anything did, and which keys the router in use
+    /// may no longer present. A pinned file that cannot be read (or holds no key)
+    /// leaves the keys as they were, with a warning.
     fn reread_pins(&self) -> Repinned {
+        let old_pinned = self.router_keys();
+        let old_learned = self.learned();
+        let pinned = self.reread_pin_files(&old_pinned);
+        let learned = self.reread_known_routers(&old_learned);
         let mut out = Repinned::default();
+        let at = self.at();
+        let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
+        let mut kept_pinned = self.router_keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut kept_learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..self.routers.len() {
+            let old = trusted_one(&old_pinned[i], &old_learned[i]);
+            let new = trusted_one(&pinned[i], &learned[i]);
+            if new == old {
+                kept_pinned[i].clone_from(&pinned[i]);
+                kept_learned[i].clone_from(&learned[i]);
+                continue;
+            }
+            match client_config(&self.identity(), &new) {
+                Ok(c) => tls[i] = c,
+                Err(e) => {
+                    warn!(tunnel = %self.name, router = %self.routers[i], "cannot use the keys now trusted for router {}: {e}; keeping those trusted before", self.routers[i]);
+                    continue;
+                }
+            }
+            kept_pinned[i].clone_from(&pinned[i]);
+            kept_learned[i].clone_from(&learned[i]);
+            out.changed = true;
+            let gone: Vec<PublicKey> = old.into_iter().filter(|k| !new.contains(k)).collect();
+            if i == at && !gone.is_empty() {
+                out.withdrawn = Some(conduit_proto::tls::one_of(&gone));
+            }
+        }
+        out
+    }
+
+    /// Each router's pinned keys as their files say now (as `old` where a spec names
+    /// no file, or its file cannot be read).
+    fn reread_pin_files(&self, old: &[Vec<PublicKey>]) -> Vec<Vec<PublicKey>> {
+        let mut pinned = old.to_vec();
         let mut errors = self.pin_errors.lock().unwrap_or_else(|p| p.into_inner());
         for (j, spec) in self.pins.iter().enumerate() {
             let Some(spec) = spec else { continue };
@@ -458,33 +572,47 @@ impl Shared {
                     continue;
                 }
             };
-            let old = self.router_keys()[routers[0]].clone();
-            if keys == old {
+            if keys == old[routers[0]] {
                 continue;
             }
-            let config = match client_config(&self.identity(), &keys) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(tunnel = %self.name, "cannot use the keys now pinned for {whose}: {e}; keeping the keys read before");
-                    continue;
-                }
-            };
-            {
-                let mut pinned = self.router_keys.write().unwrap_or_else(|p| p.into_inner());
-                let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
-                for &i in &routers {
-                    pinned[i] = keys.clone();
-                    tls[i] = config.clone();
-                }
-            }
-            out.changed = true;
-            let gone: Vec<PublicKey> = old.into_iter().filter(|k| !keys.contains(k)).collect();
-            if !gone.is_empty() && routers.contains(&self.at()) {
-                out.withdrawn = Some(conduit_proto::tls::one_of(&gone));
-            }
             info!(tunnel = %self.name, "the keys pinned for {whose} changed ({spec}): now {}", conduit_proto::tls::one_of(&keys));
+            for i in routers {
+                pinned[i].clone_from(&keys);
+            }
         }
-        out
+        pinned
+    }
+
+    /// The keys each router named as `known_routers` says now: as `old` unless the
+    /// file changed since this tunnel last read or wrote it (an operator deleted a
+    /// line, or another tunnel learned a router's keys).
+    fn reread_known_routers(&self, old: &[Vec<PublicKey>]) -> Vec<Vec<PublicKey>> {
+        let Some(path) = &self.known_routers else {
+            return old.to_vec();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        {
+            let mut seen = self.known_text.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == text {
+                return old.to_vec();
+            }
+            seen.clone_from(&text);
+        }
+        let known = crate::keys::parse_known_routers(&text);
+        self.routers
+            .iter()
+            .zip(old)
+            .map(|(r, old)| {
+                let now = known.get(r).cloned().unwrap_or_default();
+                if now != *old {
+                    match now.as_slice() {
+                        [] => info!(tunnel = %self.name, router = %r, "the keys router {r} named are no longer in {}: no longer trusted unless pinned", path.display()),
+                        keys => info!(tunnel = %self.name, router = %r, "the keys router {r} named, in {}, are now {}", path.display(), conduit_proto::tls::one_of(keys)),
+                    }
+                }
+                now
+            })
+            .collect()
     }
 
     /// The key the key file holds now, when it is not the one in use: another
@@ -947,7 +1075,7 @@ async fn heartbeat(
             // in flight go on.
             return LinkEnd {
                 why: format!(
-                    "{gone} is no longer pinned for router {}: connecting again to check the key it presents",
+                    "{gone} is no longer trusted for router {}: connecting again to check the key it presents",
                     shared.router()
                 ),
                 silent: false,
@@ -989,6 +1117,10 @@ async fn heartbeat(
                 }
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::RouterKeys { keys }))) => {
+                    shared.learn(&keys);
+                    continue;
+                }
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
                     return format!("router said goodbye: {}", r.message).into();
                 }
@@ -1030,6 +1162,10 @@ async fn heartbeat(
             match got {
                 Err(_) => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::RouterKeys { keys }))) => {
+                    shared.learn(&keys);
+                    continue;
+                }
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
                     return format!("router said goodbye: {}", r.message).into();
                 }
@@ -1145,7 +1281,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
     // Checked before the router is asked, so that a key it authorizes is usable and
     // can be saved.
-    configs(&pair, &shared.router_keys())
+    configs(&pair, &shared.trusted())
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
     let staged = crate::keys::stage_pair(path, &pair)
         .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
@@ -1274,7 +1410,9 @@ async fn ask_router(shared: &Shared, ctl: &mut Wire, next: PublicKey) -> Result<
                     shared.heartbeat * 3
                 )));
             }
-            Ok(Ok(Some(Message::Pong { .. }))) => continue,
+            // A channel opened for the rotation may name the router's keys first;
+            // they are taken up when the link moves there.
+            Ok(Ok(Some(Message::Pong { .. } | Message::RouterKeys { .. }))) => continue,
             Ok(Ok(Some(Message::KeyRotated { expires }))) => break expires,
             Ok(Ok(Some(Message::Refused(r)))) => {
                 return Err(Rotation::Refused(format!(
@@ -1301,6 +1439,21 @@ fn configs(
     router_keys: &[Vec<PublicKey>],
 ) -> Result<Vec<Arc<ClientConfig>>, rustls::Error> {
     router_keys.iter().map(|k| client_config(pair, k)).collect()
+}
+
+/// Per router, the pinned keys and then those it named that are not pinned.
+fn trusted(pinned: &[Vec<PublicKey>], learned: &[Vec<PublicKey>]) -> Vec<Vec<PublicKey>> {
+    pinned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| trusted_one(p, learned.get(i).map_or(&[][..], Vec::as_slice)))
+        .collect()
+}
+
+fn trusted_one(pinned: &[PublicKey], learned: &[PublicKey]) -> Vec<PublicKey> {
+    let mut all = pinned.to_vec();
+    all.extend(learned.iter().filter(|k| !pinned.contains(k)));
+    all
 }
 
 /// What [`Shared::reread_pins`] found.

@@ -50,6 +50,11 @@ impl Home {
         self.keys().join(format!("{name}.pub"))
     }
 
+    /// `known_routers`: the keys tunnels learned from their routers.
+    pub fn known_routers(&self) -> PathBuf {
+        self.root.join("known_routers")
+    }
+
     /// `authorized_clients`.
     pub fn authorized_clients(&self) -> PathBuf {
         self.root.join("authorized_clients")

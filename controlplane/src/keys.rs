@@ -254,6 +254,69 @@ pub fn load_router_pins(spec: &str, what: &str) -> Result<Vec<Vec<PublicKey>>, E
         .collect()
 }
 
+/// Reads `known_routers`: the keys each router named (`RouterKeys`), by router as
+/// the tunnels name it. A missing file is empty; a line that does not parse is
+/// skipped (the router names its keys again at the next connection).
+pub fn load_known_routers(path: &Path) -> HashMap<String, Vec<PublicKey>> {
+    parse_known_routers(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The text of a `known_routers` file, as [`load_known_routers`] reads it.
+pub fn parse_known_routers(text: &str) -> HashMap<String, Vec<PublicKey>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let router = words.next()?.to_owned();
+            let keys = words
+                .map(PublicKey::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            (!keys.is_empty()).then_some((router, keys))
+        })
+        .collect()
+}
+
+/// Records in `known_routers` that `router` named `keys`, in place of what it named
+/// before; the file is replaced atomically (mode 0600: it decides whom tunnels
+/// trust). Returns the text written.
+pub fn save_known_router(path: &Path, router: &str, keys: &[PublicKey]) -> Result<String, Error> {
+    let mut known = load_known_routers(path);
+    known.insert(router.to_owned(), keys.to_vec());
+    let mut routers: Vec<_> = known.into_iter().collect();
+    routers.sort();
+    let mut text = String::from(
+        "# Keys routers named to the tunnels of this CONDUIT_HOME (written by them):\n\
+         # ROUTER KEY..., the key in use first. Tunnels accept these keys for that\n\
+         # router besides the ones they pin. Delete a line to stop trusting them.\n",
+    );
+    for (r, keys) in routers {
+        let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        text.push_str(&format!("{r} {}\n", keys.join(" ")));
+    }
+    let err = |source| Error::File {
+        what: "cannot write",
+        path: path.to_owned(),
+        source,
+    };
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(text)
+}
+
 /// An authorized-clients file: each key's comment, and the expiry time of keys
 /// being rotated out (`expires=2026-12-01T00:00:00Z ed25519:… name`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

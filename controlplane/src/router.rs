@@ -70,10 +70,16 @@ pub struct RouterSettings {
     pub alerts: AlertSettings,
     /// When a client rotates its key, how long the old one is still admitted.
     pub key_grace: Duration,
+    /// The key this router will present once its operator switches to it
+    /// (`--next-key`): named to tunnels (protocol 6) beside the one in use, so that
+    /// they accept it by themselves.
+    pub next_key: Option<PublicKey>,
 }
 
 struct State {
     transport: Transport,
+    /// What `RouterKeys` names: the key in use, then the next one if there is one.
+    keys: Vec<PublicKey>,
     tls: Arc<ServerConfig>,
     authorized: Arc<AuthorizedClients>,
     token: Option<Secret>,
@@ -185,6 +191,9 @@ impl Router {
             api,
             api_addr,
             state: Arc::new(State {
+                keys: std::iter::once(s.identity.public())
+                    .chain(s.next_key.filter(|k| *k != s.identity.public()))
+                    .collect(),
                 transport: s.transport,
                 tls,
                 authorized: s.authorized,
@@ -392,7 +401,9 @@ async fn handle(
     }
     state.counters.handshakes.observe(started.elapsed());
     match hello.channel {
-        ChannelKind::Control => control_session(&state, wire, key, who, hello.tunnel).await,
+        ChannelKind::Control => {
+            control_session(&state, wire, key, who, hello.tunnel, version).await;
+        }
         ChannelKind::Data => match wire.into_handoff(0, hello.tunnel, version) {
             Ok(h) => {
                 if !state.dp.send_router_channel(h) {
@@ -466,8 +477,22 @@ async fn control_session(
     key: Option<PublicKey>,
     who: String,
     tunnel: String,
+    version: u16,
 ) {
     let peer = wire.peer_addr();
+    // The router's keys, for the tunnel to trust from now on (the plain transport
+    // authenticates nobody: nothing to name there).
+    if version >= conduit_proto::version::ROUTER_KEYS
+        && state.transport == Transport::Tls
+        && let Err(e) = wire
+            .send(&Message::RouterKeys {
+                keys: state.keys.clone(),
+            })
+            .await
+    {
+        debug!(%peer, "client left before RouterKeys: {e}");
+        return;
+    }
     let comment = key
         .and_then(|k| state.authorized.lookup(&k))
         .unwrap_or_default();

@@ -65,6 +65,9 @@ pub enum FrameType {
     RotateKey = 0x40,
     /// Router → client: the new key is authorized; the old one until the time given.
     KeyRotated = 0x41,
+    /// Router → client on the control channel: the keys it presents now and next
+    /// (protocol 6).
+    RouterKeys = 0x42,
 }
 
 impl FrameType {
@@ -90,6 +93,7 @@ impl FrameType {
             0x32 => Self::Goodbye,
             0x40 => Self::RotateKey,
             0x41 => Self::KeyRotated,
+            0x42 => Self::RouterKeys,
             other => return Err(ProtoError::UnknownFrameType(other)),
         })
     }

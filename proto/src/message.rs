@@ -173,6 +173,23 @@ pub enum Message {
         /// When the old key stops being accepted, in Unix seconds.
         expires: u64,
     },
+    /// Router → client, on the control channel after `Welcome` (protocol 6): every key
+    /// the router may present (the one it presents now, and the one it will present
+    /// once its operator switches to it), at most [`MAX_ROUTER_KEYS`]. Sent over a
+    /// channel the client authenticated the router on, so the client may trust them
+    /// for that router.
+    RouterKeys {
+        /// The keys, the one in use first.
+        keys: Vec<PublicKey>,
+    },
+}
+
+/// The most keys a `RouterKeys` may name.
+pub const MAX_ROUTER_KEYS: usize = 4;
+
+#[derive(Serialize, Deserialize)]
+struct RouterKeysWire {
+    keys: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -235,6 +252,7 @@ impl Message {
             Self::Goodbye(_) => "Goodbye",
             Self::RotateKey { .. } => "RotateKey",
             Self::KeyRotated { .. } => "KeyRotated",
+            Self::RouterKeys { .. } => "RouterKeys",
         }
     }
 
@@ -257,6 +275,7 @@ impl Message {
             Self::Goodbye(_) => FrameType::Goodbye,
             Self::RotateKey { .. } => FrameType::RotateKey,
             Self::KeyRotated { .. } => FrameType::KeyRotated,
+            Self::RouterKeys { .. } => FrameType::RouterKeys,
         }
     }
 
@@ -291,6 +310,13 @@ impl Message {
                 next: next.to_string(),
             }),
             Self::KeyRotated { expires } => to_vec(&KeyRotatedWire { expires: *expires }),
+            Self::RouterKeys { keys } => to_vec(&RouterKeysWire {
+                keys: keys
+                    .iter()
+                    .take(MAX_ROUTER_KEYS)
+                    .map(ToString::to_string)
+                    .collect(),
+            }),
             Self::Opened | Self::OpenedKernel | Self::Eof | Self::Unframed => Vec::new(),
         };
         out.extend_from_slice(&body);
@@ -369,6 +395,25 @@ impl Message {
             FrameType::KeyRotated => Self::KeyRotated {
                 expires: from_bytes::<KeyRotatedWire>("KeyRotated", body)?.expires,
             },
+            FrameType::RouterKeys => {
+                let w: RouterKeysWire = from_bytes("RouterKeys", body)?;
+                let malformed = |reason: String| ProtoError::Malformed {
+                    what: "RouterKeys",
+                    reason,
+                };
+                if w.keys.is_empty() || w.keys.len() > MAX_ROUTER_KEYS {
+                    return Err(malformed(format!(
+                        "{} keys (1 to {MAX_ROUTER_KEYS} expected)",
+                        w.keys.len()
+                    )));
+                }
+                let keys = w
+                    .keys
+                    .iter()
+                    .map(|k| k.parse().map_err(|e| malformed(format!("{e}"))))
+                    .collect::<Result<Vec<PublicKey>, _>>()?;
+                Self::RouterKeys { keys }
+            }
             FrameType::Data | FrameType::Datagram => {
                 return Err(ProtoError::Unexpected {
                     got: if typ == FrameType::Data {
@@ -464,6 +509,12 @@ mod tests {
         round_trip(Message::KeyRotated {
             expires: 1_800_000_000,
         });
+        round_trip(Message::RouterKeys {
+            keys: vec![
+                crate::KeyPair::generate().unwrap().public(),
+                crate::KeyPair::generate().unwrap().public(),
+            ],
+        });
         round_trip(Message::Goodbye(Refusal::new(
             RefusalCode::Other(999),
             "bye",
@@ -505,6 +556,31 @@ mod tests {
                 reason: "unknown channel kind 9".into()
             })
         );
+    }
+
+    #[test]
+    fn router_keys_are_one_to_four_sound_keys() {
+        let body = |keys: Vec<String>| postcard::to_stdvec(&RouterKeysWire { keys }).unwrap();
+        let k = crate::KeyPair::generate().unwrap().public().to_string();
+        for (keys, reason) in [
+            (vec![], "0 keys (1 to 4 expected)".to_owned()),
+            (vec![k.clone(); 5], "5 keys (1 to 4 expected)".to_owned()),
+        ] {
+            assert_eq!(
+                Message::decode(FrameType::RouterKeys, &body(keys)),
+                Err(ProtoError::Malformed {
+                    what: "RouterKeys",
+                    reason
+                })
+            );
+        }
+        assert!(matches!(
+            Message::decode(FrameType::RouterKeys, &body(vec![k, "ed25519:nope".into()])),
+            Err(ProtoError::Malformed {
+                what: "RouterKeys",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 5;
+pub const CURRENT: u16 = 6;
 /// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
 /// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
 pub const DATAGRAMS: u16 = 2;
@@ -25,6 +25,11 @@ pub const KERNEL_TLS: u16 = 4;
 /// Before it a plain channel carried one stream of raw bytes, ended by TCP's FIN.
 /// Versions 1 to 4 are otherwise unchanged.
 pub const PLAIN_FRAMES: u16 = 5;
+/// The first version in which the router names its keys on the control channel
+/// (`RouterKeys`): the key it presents and the one it will present next, so that
+/// tunnels take a replaced router key up by themselves. Versions 1 to 5 are
+/// otherwise unchanged.
+pub const ROUTER_KEYS: u16 = 6;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

@@ -281,7 +281,7 @@ fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_rest
     // router's key, which is still pinned.
     std::fs::write(&pins, &next_line).unwrap();
     tunnel.wait_stderr(&format!(
-        "{old} is no longer pinned for router {raddr}: connecting again"
+        "{old} is no longer trusted for router {raddr}: connecting again"
     ));
     tunnel.wait_stdout_count(&connected, 3);
     assert_echo(taddr, b"still the next key");
@@ -291,9 +291,18 @@ fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_rest
         tunnel.stderr()
     );
 
-    // A file that pins only a key the router no longer has: the tunnel refuses the
-    // router it is connected to, as it would at start.
+    // The router named its key itself (protocol 6), and the tunnel keeps trusting
+    // it while known_routers says so. A pinned file with only a key the router no
+    // longer has, and that line gone: the tunnel refuses the router it is connected
+    // to, as it would at start.
+    let known = home.path().join("known_routers");
+    assert!(
+        std::fs::read_to_string(&known)
+            .unwrap()
+            .contains(&format!("\n{raddr} {next}\n")),
+    );
     std::fs::write(&pins, &old_line).unwrap();
+    std::fs::remove_file(&known).unwrap();
     let status = tunnel.wait_exit();
     assert_code(status, 77, &tunnel.stderr());
     assert!(
@@ -302,5 +311,81 @@ fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_rest
             .contains(&format!("router key mismatch: expected {old}, got {next}")),
         "{}",
         tunnel.stderr()
+    );
+}
+
+#[test]
+fn a_router_names_its_next_key_and_tunnels_take_it_up_by_themselves() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "router-next"]);
+    let old = home.public_key("router");
+    let next = home.public_key("router-next");
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let next_key = home.key("router-next.key");
+    let next_key = next_key.to_str().unwrap();
+    // The router names the key it will present next.
+    let (mut router, raddr) = home.router_with(engine, &allow, &["--next-key", next_key]);
+    router.wait_stderr("naming the next router key to tunnels");
+    // The tunnels pin the router's present key only.
+    let pinned = home.key("router.pub");
+    let pinned = pinned.to_str().unwrap();
+    let tunnel = home.tunnel_keyed(engine, &raddr.to_string(), pinned, &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    let known = home.path().join("known_routers");
+    tunnel.wait_stderr(&format!(
+        "router {raddr} names its key {old} and, next, {next}: trusted for it from now on \
+         (kept in {})",
+        known.display()
+    ));
+    assert!(
+        std::fs::read_to_string(&known)
+            .unwrap()
+            .ends_with(&format!("\n{raddr} {old} {next}\n"))
+    );
+    assert_echo(taddr, b"the present key");
+
+    // The router switches to its next key; nobody touches the tunnel or its pins.
+    router.stop();
+    let (_switched, _) = home.router_at(engine, &raddr.to_string(), &allow, &["--key", next_key]);
+    tunnel.wait_stdout_count(&format!("connected to router {raddr}"), 2);
+    wait_for_echo(taddr, b"the next key");
+    tunnel.wait_stderr(&format!("router {raddr} names its key {next}: trusted"));
+    assert!(
+        !tunnel.stderr().contains("router key mismatch"),
+        "{}",
+        tunnel.stderr()
+    );
+    // A tunnel started now, pinning the old key only, trusts the key the router
+    // named, from known_routers.
+    let later = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        pinned,
+        &source.to_string(),
+        &["--name", "later"],
+    );
+    let later_addr = addr_in(&later.wait_stdout("listening on"));
+    later.wait_stdout(&format!("connected to router {raddr}"));
+    assert_echo(later_addr, b"a tunnel started after the switch");
+
+    // Without that trust, the same pin is refused: the key came from the router.
+    std::fs::remove_file(&known).unwrap();
+    let mut stranger = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        pinned,
+        &source.to_string(),
+        &["--name", "stranger"],
+    );
+    let status = stranger.wait_exit();
+    assert_code(status, 77, &stranger.stderr());
+    assert!(
+        stranger
+            .stderr()
+            .contains(&format!("router key mismatch: expected {old}, got {next}")),
+        "{}",
+        stranger.stderr()
     );
 }

@@ -86,6 +86,11 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
         a.key.as_deref().map(path),
     );
     put(
+        "--next-key",
+        "router.next_private_key_path",
+        a.next_key.as_deref().map(path),
+    );
+    put(
         "--authorized-keys",
         "router.authorized_keys",
         a.authorized_keys.as_deref().map(path),
@@ -168,6 +173,14 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         .map_err(|_| Usage(format!("invalid router.bind {:?}", r.bind)))?;
     let key_path = r.private_key_path.clone().unwrap_or_default();
     let identity = keys::load_private(&key_path, "router")?;
+    let next_key = match &r.next_private_key_path {
+        Some(p) => {
+            let next = keys::load_private(p, "router-next")?.public();
+            info!(%next, "naming the next router key to tunnels: they accept it from now on, so the router can switch to it (--key) without an outage");
+            Some(next)
+        }
+        None => None,
+    };
     let auth_path = r.authorized_keys.clone().unwrap_or_default();
     let authorized = keys::load_authorized_file(&auth_path)?;
     for (key, when) in &authorized.expires {
@@ -235,6 +248,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         health: c.health_settings(),
         alerts: c.alert_settings(),
         key_grace: std::time::Duration::from_secs(r.key_grace_secs),
+        next_key,
     })
 }
 

@@ -50,6 +50,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         router: router.clone(),
         router_keys,
         router_key_specs: router_key_specs(&a.router_key)?,
+        known_routers: Some(home.known_routers()),
         identity,
         source: source.clone(),
         bind,

@@ -89,7 +89,11 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         performance: super::auto_tune(&t.performance, t.transport == TransportKind::Plain),
         ..t.clone()
     };
-    foreground(t.settings(identity), registration, detached)
+    foreground(
+        t.settings(identity, Some(home.known_routers())),
+        registration,
+        detached,
+    )
 }
 
 /// The arguments that run tunnel `t` of `plan` as its own process.

@@ -182,12 +182,17 @@ pub struct RouterServer {
     /// When a client rotates its key, how long the old one is still admitted, in
     /// seconds (default 86400: a day).
     pub key_grace_secs: u64,
+    /// The key this router will present next (`--next-key`): named to tunnels beside
+    /// the one in use, so that they accept it when the router switches to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_private_key_path: Option<PathBuf>,
 }
 
 impl Default for RouterServer {
     fn default() -> Self {
         Self {
             bind: "0.0.0.0:9999".into(),
+            next_private_key_path: None,
             private_key_path: None,
             authorized_keys: None,
             allow: Vec::new(),

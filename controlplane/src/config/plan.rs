@@ -81,14 +81,16 @@ impl TunnelPlan {
     }
 
     /// The client tunnel's settings, given the key loaded from
-    /// [`private_key_path`](Self::private_key_path).
-    pub fn settings(&self, identity: KeyPair) -> TunnelSettings {
+    /// [`private_key_path`](Self::private_key_path) and where learned router keys
+    /// are kept.
+    pub fn settings(&self, identity: KeyPair, known_routers: Option<PathBuf>) -> TunnelSettings {
         let p = &self.performance;
         TunnelSettings {
             name: self.name.clone(),
             router: self.router.clone(),
             router_keys: self.router_keys.clone(),
             router_key_specs: self.router_key_specs.clone(),
+            known_routers,
             identity,
             source: self.source.clone(),
             bind: self.bind,

@@ -219,6 +219,7 @@ static ROUTER: Schema = Schema {
             keys: &[
                 key("bind", Kind::Str),
                 key("private_key_path", Kind::Path),
+                key("next_private_key_path", Kind::Path),
                 key("authorized_keys", Kind::Path),
                 key("allow", Kind::List),
                 key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),

@@ -367,7 +367,7 @@ fn plans_carry_everything_a_tunnel_needs() {
     assert_eq!(db.token.as_ref().map(Secret::expose), Some("t"));
     assert_eq!(db.private_key_path, f.home.private_key("client"));
     let identity = keys::load_private(&db.private_key_path, "client").unwrap();
-    let s = db.settings(identity);
+    let s = db.settings(identity, None);
     assert_eq!((s.pool_size, s.connect_timeout.as_secs()), (4, 10));
     assert_eq!(s.idle_timeout.as_secs(), 60);
     assert_eq!(pins(&s.router_keys), std::slice::from_ref(&f.router_key));

@@ -93,6 +93,12 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     if let Some(Err(e)) = key.map(|p| private_key(p, "router", "router.private_key_path")) {
         out.error("router.private_key_path", e);
     }
+    let next = r.next_private_key_path.as_deref();
+    if let Some(Err(e)) =
+        next.map(|p| private_key(p, "router-next", "router.next_private_key_path"))
+    {
+        out.error("router.next_private_key_path", e);
+    }
     if let Some(p) = &r.authorized_keys {
         match authorized(p) {
             Ok(0) => out.warn(

@@ -16,7 +16,7 @@ use conduit_proto::{Event, FrameDecoder, KeyPair, Message, ProtoError, TlsSessio
 
 /// Every frame type, in a fixed order: `message_decode` picks one with its first byte.
 /// Types added later go at the end, so that saved inputs keep their meaning.
-pub const ALL_TYPES: [FrameType; 19] = [
+pub const ALL_TYPES: [FrameType; 20] = [
     FrameType::Hello,
     FrameType::Welcome,
     FrameType::Refused,
@@ -36,6 +36,7 @@ pub const ALL_TYPES: [FrameType; 19] = [
     FrameType::OpenKernel,
     FrameType::OpenedKernel,
     FrameType::Unframed,
+    FrameType::RouterKeys,
 ];
 
 /// Most cut points an input may ask for.

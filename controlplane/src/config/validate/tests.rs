@@ -420,8 +420,8 @@ fn router_files_are_checked_too() {
              HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
              *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT) ($F:4)",
             "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
-             authorized_keys, allow, token, key_grace_secs; `host` belongs in a client's file (check those \
-             without --router) ($F:5)",
+             next_private_key_path, authorized_keys, allow, token, key_grace_secs; `host` belongs \
+             in a client's file (check those without --router) ($F:5)",
             "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
              conduit.toml (check those without --router) ($F:6)",
         ]
@@ -431,12 +431,22 @@ fn router_files_are_checked_too() {
         router(
             &f,
             "",
-            &[("CONDUIT_ROUTER_PRIVATE_KEY_PATH", "/nonexistent/r.key")]
+            &[
+                ("CONDUIT_ROUTER_PRIVATE_KEY_PATH", "/nonexistent/r.key"),
+                (
+                    "CONDUIT_ROUTER_NEXT_PRIVATE_KEY_PATH",
+                    "/nonexistent/next.key"
+                )
+            ]
         ),
         [
             "error: router.private_key_path: no private key at /nonexistent/r.key: create one \
              with `conduit init --name router` (it writes $CONDUIT_HOME/keys/router.key) or set \
              router.private_key_path to an existing key (env CONDUIT_ROUTER_PRIVATE_KEY_PATH)",
+            "error: router.next_private_key_path: no private key at /nonexistent/next.key: \
+             create one with `conduit init --name router-next` (it writes \
+             $CONDUIT_HOME/keys/router-next.key) or set router.next_private_key_path to an \
+             existing key (env CONDUIT_ROUTER_NEXT_PRIVATE_KEY_PATH)",
             "error: router.authorized_keys: $DIR/home/authorized_clients line 1: invalid public \
              key \"not\": expected the form ed25519:<base64>, as `conduit init` prints",
             "warning: router.allow: no rule: clients can connect but may open no source; add \
