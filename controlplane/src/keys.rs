@@ -62,16 +62,25 @@ fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Writes a file readable by its owner only, replacing any previous one.
+/// Writes a private key file, readable by its owner only, replacing any previous one.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    owner_only(
+        path,
+        &path.with_extension("key.tmp"),
+        bytes,
+        "cannot write private key",
+    )
+}
+
+/// Writes `bytes` to `path` through `tmp`, a fresh file with mode 0600 from the start,
+/// renamed over `path`: readers see the old file or the new one, never a part.
+fn owner_only(path: &Path, tmp: &Path, bytes: &[u8], what: &'static str) -> Result<(), Error> {
     let err = |source| Error::File {
-        what: "cannot write private key",
+        what,
         path: path.to_owned(),
         source,
     };
-    // Write a fresh temp file with mode 0600 from the start, then rename over.
-    let tmp = path.with_extension("key.tmp");
-    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -79,10 +88,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&tmp).map_err(err)?;
+    let mut f = opts.open(tmp).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    std::fs::rename(tmp, path).map_err(err)
 }
 
 /// Loads a private key, refusing one that group or others can read.
@@ -295,25 +304,15 @@ pub fn save_known_router(path: &Path, router: &str, keys: &[PublicKey]) -> Resul
         let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
         text.push_str(&format!("{r} {}\n", keys.join(" ")));
     }
-    let err = |source| Error::File {
-        what: "cannot write",
-        path: path.to_owned(),
-        source,
-    };
+    // Tunnels write it concurrently: a temp file of each process's own.
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    owner_only(
+        path,
+        &path.with_file_name(name),
+        text.as_bytes(),
+        "cannot write",
+    )?;
     Ok(text)
 }
 
@@ -650,6 +649,31 @@ mod tests {
             err.starts_with(&format!("--router-key in {path}: ")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn known_routers_keep_one_line_per_router_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_routers");
+        let [a, b, c] = [(); 3].map(|()| KeyPair::generate().unwrap().public());
+        assert!(load_known_routers(&path).is_empty());
+        save_known_router(&path, "10.0.0.1:9999", &[a, b]).unwrap();
+        save_known_router(&path, "gw:9999", &[c]).unwrap();
+        // The router named other keys since: they replace its line.
+        let text = save_known_router(&path, "10.0.0.1:9999", &[b]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let known = load_known_routers(&path);
+        assert_eq!(known.len(), 2);
+        assert_eq!(known["10.0.0.1:9999"], [b]);
+        assert_eq!(known["gw:9999"], [c]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A line that does not parse is skipped, not an error.
+        assert_eq!(parse_known_routers("r:1 ed25519:nope\n# c\nr:2\n").len(), 0);
     }
 
     #[test]
