@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::balance::Balancer;
 use crate::keys;
 use crate::policy::Caller;
+use crate::signals::{Signals, Which};
 
 /// How often the file's size, modification time and inode are compared.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -102,7 +103,10 @@ pub(crate) async fn watch(
     dp: Arc<DataPlane>,
     revoked: watch::Sender<u64>,
 ) {
-    let mut hangups = hangups();
+    let mut hangups = Signals::listen(
+        Which::Hangup,
+        "authorized_clients is still reloaded when it changes",
+    );
     let mut last = stamp(&path);
     let mut checked = SystemTime::now();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -110,7 +114,7 @@ pub(crate) async fn watch(
     loop {
         let asked = tokio::select! {
             _ = tick.tick() => false,
-            () = next_hangup(&mut hangups) => true,
+            () = hangups.next() => true,
         };
         let mut gone = Vec::new();
         let now = stamp(&path);
@@ -176,46 +180,6 @@ fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(Publ
         removed.len()
     );
     removed
-}
-
-#[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangups = ();
-
-#[cfg(unix)]
-fn hangups() -> Hangups {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(
-                "cannot listen for SIGHUP ({e}); authorized_clients is still reloaded when it changes"
-            );
-            None
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn hangups() -> Hangups {}
-
-#[cfg(unix)]
-async fn next_hangup(h: &mut Hangups) {
-    let got = match h {
-        Some(s) => s.recv().await,
-        None => None,
-    };
-    if got.is_none() {
-        // No signal stream (or it ended): only the file's changes count.
-        *h = None;
-        std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(not(unix))]
-async fn next_hangup(_: &mut Hangups) {
-    std::future::pending().await
 }
 
 #[cfg(test)]

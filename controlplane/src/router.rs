@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conduit_dataplane::{AcceptBackoff, ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
-use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
+use conduit_proto::tls::AuthorizedClients;
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
@@ -26,6 +26,7 @@ use crate::keys;
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
+use crate::router_key::RouterIdentity;
 use crate::wire::{Wire, WireError};
 use crate::{Error, Transport};
 
@@ -74,13 +75,15 @@ pub struct RouterSettings {
     /// (`--next-key`): named to tunnels (protocol 6) beside the one in use, so that
     /// they accept it by themselves.
     pub next_key: Option<PublicKey>,
+    /// The router rotates its own key (`[router] key_rotation_days`, SIGUSR1);
+    /// `None` on the plain transport.
+    pub key_rotation: Option<crate::router_key::KeyRotation>,
 }
 
 struct State {
     transport: Transport,
-    /// What `RouterKeys` names: the key in use, then the next one if there is one.
-    keys: Vec<PublicKey>,
-    tls: Arc<ServerConfig>,
+    /// The key presented and named, and the TLS configuration of handshakes.
+    identity: Arc<RouterIdentity>,
     authorized: Arc<AuthorizedClients>,
     token: Option<Secret>,
     handshake_timeout: Duration,
@@ -115,13 +118,16 @@ pub struct Router {
     api: Option<(TcpListener, axum::Router)>,
     api_addr: Option<SocketAddr>,
     authorized_path: Option<PathBuf>,
+    key_rotation: Option<crate::router_key::KeyRotation>,
 }
 
 impl Router {
     /// Binds the listener and starts the workers.
     pub async fn bind(s: RouterSettings) -> Result<Self, Error> {
-        let tls = server_config(&s.identity, s.authorized.clone())
-            .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?;
+        let identity = Arc::new(
+            RouterIdentity::new(&s.identity, s.next_key, s.authorized.clone())
+                .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?,
+        );
         let listener = TcpListener::bind(s.bind).await.map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {
@@ -191,11 +197,8 @@ impl Router {
             api,
             api_addr,
             state: Arc::new(State {
-                keys: std::iter::once(s.identity.public())
-                    .chain(s.next_key.filter(|k| *k != s.identity.public()))
-                    .collect(),
+                identity,
                 transport: s.transport,
-                tls,
                 authorized: s.authorized,
                 token: s.token,
                 handshake_timeout: s.handshake_timeout,
@@ -213,6 +216,7 @@ impl Router {
                 rotating: tokio::sync::Mutex::new(()),
             }),
             authorized_path: s.authorized_path,
+            key_rotation: s.key_rotation.filter(|_| s.transport == Transport::Tls),
         })
     }
 
@@ -257,6 +261,10 @@ impl Router {
                 self.state.revoked.clone(),
             ))
         });
+        let rotator = self
+            .key_rotation
+            .clone()
+            .map(|r| tokio::spawn(crate::router_key::run(self.state.identity.clone(), r)));
         tokio::pin!(shutdown);
         let mut backoff = AcceptBackoff::default();
         // When the slots last ran out and we said so (at most once a minute).
@@ -303,6 +311,9 @@ impl Router {
         if let Some(w) = watcher {
             w.abort();
         }
+        if let Some(r) = rotator {
+            r.abort();
+        }
         info!("router stopping: no new connections; draining open streams for up to {drain:?}");
         drop(self.listener);
         let dp = self.state.dp.clone();
@@ -332,7 +343,11 @@ async fn handle(
         let mut wire = match state.transport {
             Transport::Tls => {
                 seen = tcp.peek(&mut first).await?;
-                Wire::handshake(tcp, TlsSession::server(state.tls.clone())?).await?
+                Wire::handshake(
+                    tcp,
+                    TlsSession::server(state.identity.presented().tls.clone())?,
+                )
+                .await?
             }
             Transport::Plain => Wire::plain(tcp)?,
         };
@@ -480,16 +495,13 @@ async fn control_session(
     version: u16,
 ) {
     let peer = wire.peer_addr();
-    // The router's keys, for the tunnel to trust from now on (the plain transport
-    // authenticates nobody: nothing to name there).
-    if version >= conduit_proto::version::ROUTER_KEYS
-        && state.transport == Transport::Tls
-        && let Err(e) = wire
-            .send(&Message::RouterKeys {
-                keys: state.keys.clone(),
-            })
-            .await
-    {
+    // The router's keys, for the tunnel to trust from now on, and again whenever
+    // they change (the plain transport authenticates nobody: nothing to name there).
+    let names_keys =
+        version >= conduit_proto::version::ROUTER_KEYS && state.transport == Transport::Tls;
+    let mut presented = state.identity.subscribe();
+    let keys = presented.borrow_and_update().keys.clone();
+    if names_keys && let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
         debug!(%peer, "client left before RouterKeys: {e}");
         return;
     }
@@ -515,6 +527,13 @@ async fn control_session(
                     let bye = Refusal::new(RefusalCode::Unauthorized, REVOKED);
                     let _ = wire.send(&Message::Goodbye(bye)).await;
                     break (false, REVOKED.to_owned());
+                }
+                continue;
+            }
+            Ok(()) = presented.changed(), if names_keys => {
+                let keys = presented.borrow_and_update().keys.clone();
+                if let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
+                    break (false, e.to_string());
                 }
                 continue;
             }

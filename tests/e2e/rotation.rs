@@ -389,3 +389,74 @@ fn a_router_names_its_next_key_and_tunnels_take_it_up_by_themselves() {
         stranger.stderr()
     );
 }
+
+#[test]
+fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let old = home.public_key("router");
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    // The next key is named to tunnels for 2 s before the router presents it.
+    let (router, raddr) =
+        home.router_with(engine, &allow, &["--set", "router.key_announce_secs=2"]);
+    let pinned = home.key("router.pub");
+    let pinned = pinned.to_str().unwrap().to_owned();
+    // A copy of the pin, as another machine's tunnel would hold it.
+    let stranger_pin = home.path().join("stranger-router.pub");
+    std::fs::copy(&pinned, &stranger_pin).unwrap();
+    let tunnel = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        &pinned,
+        &source.to_string(),
+        &[],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {raddr}"));
+
+    // SIGUSR1: the router makes its next key and names it on the open control
+    // channel at once.
+    router.signal("USR1");
+    router.wait_stderr("router key rotation: naming the next key to tunnels for 2s");
+    let staged = home.key("router.key.next");
+    assert!(staged.exists());
+    router.wait_stderr("router key rotated: presenting the new key from now on");
+    let new = home.public_key("router");
+    assert_ne!(new, old);
+    assert!(!staged.exists());
+    tunnel.wait_stderr(&format!(
+        "router {raddr} names its key {old} and, next, {new}: trusted"
+    ));
+    // The switch is named too: the tunnel now keeps the new key alone.
+    tunnel.wait_stderr(&format!("router {raddr} names its key {new}: trusted"));
+    let known = home.path().join("known_routers");
+    crate::procfs::wait_until("known_routers to hold the new key alone", || {
+        let text = std::fs::read_to_string(&known).unwrap_or_default();
+        (text.ends_with(&format!("\n{raddr} {new}\n")), text)
+    });
+
+    // Without a restart, the router presents the new key: a tunnel that knows it
+    // (from known_routers) connects; one that pins the old key only is refused.
+    let (_later, later_addr) =
+        home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "later"]);
+    assert_echo(later_addr, b"with the rotated key");
+    std::fs::remove_file(&known).unwrap();
+    let mut stranger = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        stranger_pin.to_str().unwrap(),
+        &source.to_string(),
+        &["--name", "stranger"],
+    );
+    assert_code(stranger.wait_exit(), 77, &stranger.stderr());
+    assert!(
+        stranger
+            .stderr()
+            .contains(&format!("router key mismatch: expected {old}, got {new}")),
+        "{}",
+        stranger.stderr()
+    );
+    // The first tunnel's link, made with the old key, goes on.
+    assert_echo(taddr, b"the first link is untouched");
+}

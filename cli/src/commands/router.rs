@@ -248,6 +248,14 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         health: c.health_settings(),
         alerts: c.alert_settings(),
         key_grace: std::time::Duration::from_secs(r.key_grace_secs),
+        // By hand (a next key given) or by the router: one or the other.
+        key_rotation: next_key
+            .is_none()
+            .then(|| conduit_controlplane::router_key::KeyRotation {
+                path: key_path.clone(),
+                every: conduit_controlplane::client::days(r.key_rotation_days),
+                announce: std::time::Duration::from_secs(r.key_announce_secs),
+            }),
         next_key,
     })
 }

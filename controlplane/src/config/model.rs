@@ -186,6 +186,12 @@ pub struct RouterServer {
     /// the one in use, so that they accept it when the router switches to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_private_key_path: Option<PathBuf>,
+    /// The router rotates its own key once it is this many days old (0: never; by
+    /// hand with `next_private_key_path`, or SIGUSR1).
+    pub key_rotation_days: u64,
+    /// How long a rotation names the next key to tunnels before the router presents
+    /// it, in seconds (default 86400: a day).
+    pub key_announce_secs: u64,
 }
 
 impl Default for RouterServer {
@@ -193,6 +199,8 @@ impl Default for RouterServer {
         Self {
             bind: "0.0.0.0:9999".into(),
             next_private_key_path: None,
+            key_rotation_days: 0,
+            key_announce_secs: 86_400,
             private_key_path: None,
             authorized_keys: None,
             allow: Vec::new(),

@@ -230,6 +230,14 @@ static ROUTER: Schema = Schema {
                         max: 90 * 86_400,
                     },
                 ),
+                key("key_rotation_days", Kind::Int { min: 0, max: 3650 }),
+                key(
+                    "key_announce_secs",
+                    Kind::Int {
+                        min: 1,
+                        max: 90 * 86_400,
+                    },
+                ),
             ],
         },
         Section {

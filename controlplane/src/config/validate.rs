@@ -99,6 +99,24 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     {
         out.error("router.next_private_key_path", e);
     }
+    if r.next_private_key_path.is_some() && r.key_rotation_days > 0 {
+        out.error(
+            "router.key_rotation_days",
+            "the router cannot switch to a next key by hand (next_private_key_path) and \
+             rotate its key by itself: remove one of the two"
+                .to_owned(),
+        );
+    }
+    if r.key_rotation_days > 0 && r.key_announce_secs >= r.key_rotation_days * 86_400 {
+        out.error(
+            "router.key_announce_secs",
+            format!(
+                "{} s is as long as the rotation period ({} days): make it shorter than \
+                 key_rotation_days",
+                r.key_announce_secs, r.key_rotation_days
+            ),
+        );
+    }
     if let Some(p) = &r.authorized_keys {
         match authorized(p) {
             Ok(0) => out.warn(

@@ -420,8 +420,9 @@ fn router_files_are_checked_too() {
              HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
              *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT) ($F:4)",
             "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
-             next_private_key_path, authorized_keys, allow, token, key_grace_secs; `host` belongs \
-             in a client's file (check those without --router) ($F:5)",
+             next_private_key_path, authorized_keys, allow, token, key_grace_secs, \
+             key_rotation_days, key_announce_secs; `host` belongs in a client's file (check \
+             those without --router) ($F:5)",
             "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
              conduit.toml (check those without --router) ($F:6)",
         ]
@@ -623,4 +624,40 @@ fn fallback_keys_are_one_per_fallback_and_each_a_key() {
         f.router_key
     ));
     assert_eq!(check(&f, &text), none());
+}
+
+#[test]
+fn router_key_rotation_is_by_hand_or_by_the_router_and_announces_within_its_period() {
+    let f = Fixture::new();
+    let next = f.home.private_key("router");
+    let both = format!("[router]\nnext_private_key_path = {next:?}\nkey_rotation_days = 30\n",);
+    let lines = router(&f, &both, &[]);
+    assert!(
+        lines.contains(
+            &"error: router.key_rotation_days: the router cannot switch to a next key by hand \
+              (next_private_key_path) and rotate its key by itself: remove one of the two ($F:3)"
+                .to_owned()
+        ),
+        "{lines:?}"
+    );
+    let lines = router(
+        &f,
+        "[router]\nkey_rotation_days = 1\nkey_announce_secs = 86400\n",
+        &[],
+    );
+    assert!(
+        lines.contains(
+            &"error: router.key_announce_secs: 86400 s is as long as the rotation period (1 \
+              days): make it shorter than key_rotation_days ($F:3)"
+                .to_owned()
+        ),
+        "{lines:?}"
+    );
+    let lines = router(&f, "[router]\nkey_rotation_days = 30\n", &[]);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("key_rotation") || l.contains("key_announce")),
+        "{lines:?}"
+    );
 }
