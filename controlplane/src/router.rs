@@ -179,7 +179,10 @@ impl Router {
                         started: SystemTime::now(),
                     },
                     listen: local_addr,
-                    public_key: s.identity.public(),
+                    keys: {
+                        let identity = identity.clone();
+                        Arc::new(move || identity.presented().keys.clone())
+                    },
                     api_listen: addr,
                     auth: settings.token.is_some(),
                     dp: dp.clone(),

@@ -325,9 +325,12 @@ fn a_router_names_its_next_key_and_tunnels_take_it_up_by_themselves() {
     let allow = [source.to_string()];
     let next_key = home.key("router-next.key");
     let next_key = next_key.to_str().unwrap();
-    // The router names the key it will present next.
-    let (mut router, raddr) = home.router_with(engine, &allow, &["--next-key", next_key]);
+    // The router names the key it will present next (its API says so too).
+    let (mut router, raddr, api) = crate::ops::router_api(&home, &allow, &["--next-key", next_key]);
     router.wait_stderr("naming the next router key to tunnels");
+    let info = crate::ops::get(&api, "/api/v1/info");
+    assert_eq!(info["data"]["public_key"], old.as_str());
+    assert_eq!(info["data"]["next_public_key"], next.as_str());
     // The tunnels pin the router's present key only.
     let pinned = home.key("router.pub");
     let pinned = pinned.to_str().unwrap();

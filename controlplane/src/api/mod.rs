@@ -68,8 +68,8 @@ pub struct ApiState {
     pub facts: RouterFacts,
     /// Where clients connect.
     pub listen: SocketAddr,
-    /// The router's key.
-    pub public_key: PublicKey,
+    /// The router's keys: the one it presents, then the one it names as next.
+    pub keys: Arc<dyn Fn() -> Vec<PublicKey> + Send + Sync>,
     /// Where the API listens.
     pub api_listen: SocketAddr,
     /// Whether a token is required.

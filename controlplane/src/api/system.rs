@@ -24,12 +24,14 @@ fn uptime(s: &ApiState) -> u64 {
 }
 
 pub(crate) async fn info(State(s): State<Arc<ApiState>>) -> Data {
+    let keys = (s.keys)();
     Data(json!({
         "name": "conduit",
         "version": s.facts.version,
         "role": "router",
         "listen": s.listen.to_string(),
-        "public_key": s.public_key.to_string(),
+        "public_key": keys.first().map(ToString::to_string),
+        "next_public_key": keys.get(1).map(ToString::to_string),
         "io_engine": s.facts.engine,
         "workers": s.facts.workers,
         "pid": std::process::id(),
