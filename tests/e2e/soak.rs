@@ -56,6 +56,9 @@ fn interrupted(e: &std::io::Error) -> bool {
             | ErrorKind::ConnectionRefused
             | ErrorKind::ConnectionAborted
             | ErrorKind::BrokenPipe
+            // `shutdown` on a connection a reset already closed (its state is CLOSE:
+            // a peer's FIN alone leaves it open for our half-close).
+            | ErrorKind::NotConnected
     )
 }
 
