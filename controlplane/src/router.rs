@@ -76,7 +76,8 @@ pub struct RouterSettings {
     /// they accept it by themselves.
     pub next_key: Option<PublicKey>,
     /// The router rotates its own key (`[router] key_rotation_days`, SIGUSR1);
-    /// `None` on the plain transport.
+    /// `None` when it does not (a next key given by hand, a key not from a file): a
+    /// SIGUSR1 is then logged and ignored. Never on the plain transport.
     pub key_rotation: Option<crate::router_key::KeyRotation>,
 }
 
@@ -118,7 +119,8 @@ pub struct Router {
     api: Option<(TcpListener, axum::Router)>,
     api_addr: Option<SocketAddr>,
     authorized_path: Option<PathBuf>,
-    key_rotation: Option<crate::router_key::KeyRotation>,
+    /// How the router rotates its key, or why it does not.
+    key_rotation: Result<crate::router_key::KeyRotation, &'static str>,
 }
 
 impl Router {
@@ -219,7 +221,15 @@ impl Router {
                 rotating: tokio::sync::Mutex::new(()),
             }),
             authorized_path: s.authorized_path,
-            key_rotation: s.key_rotation.filter(|_| s.transport == Transport::Tls),
+            key_rotation: match (s.transport, s.key_rotation, s.next_key) {
+                (Transport::Plain, _, _) => Err("the plain transport has no router key to rotate"),
+                (_, Some(r), _) => Ok(r),
+                (_, None, Some(_)) => Err(
+                    "the next key was given by hand (--next-key): restart the router with it \
+                     as --key",
+                ),
+                (_, None, None) => Err("this router's key does not come from a file"),
+            },
         })
     }
 
@@ -264,10 +274,11 @@ impl Router {
                 self.state.revoked.clone(),
             ))
         });
-        let rotator = self
-            .key_rotation
-            .clone()
-            .map(|r| tokio::spawn(crate::router_key::run(self.state.identity.clone(), r)));
+        // Always listening for SIGUSR1, whose default action would end the router.
+        let rotator = Some(match self.key_rotation.clone() {
+            Ok(r) => tokio::spawn(crate::router_key::run(self.state.identity.clone(), r)),
+            Err(why) => tokio::spawn(crate::router_key::refuse(why)),
+        });
         tokio::pin!(shutdown);
         let mut backoff = AcceptBackoff::default();
         // When the slots last ran out and we said so (at most once a minute).

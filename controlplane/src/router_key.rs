@@ -173,6 +173,16 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
     }
 }
 
+/// Answers each SIGUSR1 of a router that does not rotate its key with why not (the
+/// signal's default action would end the router).
+pub(crate) async fn refuse(why: &'static str) {
+    let mut usr1 = Signals::listen(Which::User1, "a SIGUSR1 ends the router");
+    loop {
+        usr1.next().await;
+        warn!("SIGUSR1: this router does not rotate its key: {why}");
+    }
+}
+
 /// Makes the next key and writes it beside the key file.
 fn stage(r: &KeyRotation) -> Result<KeyPair, String> {
     let pair = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;

@@ -331,6 +331,13 @@ fn a_router_names_its_next_key_and_tunnels_take_it_up_by_themselves() {
     let info = crate::ops::get(&api, "/api/v1/info");
     assert_eq!(info["data"]["public_key"], old.as_str());
     assert_eq!(info["data"]["next_public_key"], next.as_str());
+    // A next key given by hand: SIGUSR1 starts no rotation of the router's own, and
+    // does not end the router either.
+    router.signal("USR1");
+    router.wait_stderr(
+        "SIGUSR1: this router does not rotate its key: the next key was given by hand \
+         (--next-key): restart the router with it as --key",
+    );
     // The tunnels pin the router's present key only.
     let pinned = home.key("router.pub");
     let pinned = pinned.to_str().unwrap();
