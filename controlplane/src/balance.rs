@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use conduit_dataplane::{SourcePolicy, source_members};
-use conduit_proto::{PublicKey, Refusal, RefusalCode};
+use conduit_dataplane::source_members;
+use conduit_proto::{Refusal, RefusalCode};
 
 use crate::config::Protocol;
 use crate::monitor::{Monitor, SourceState};
@@ -93,18 +93,10 @@ impl Balancer {
             }
         }
     }
-}
 
-impl SourcePolicy for Balancer {
-    fn resolve(
-        &self,
-        client: Option<&PublicKey>,
-        target: &str,
-    ) -> Result<Vec<SocketAddr>, Refusal> {
-        self.resolve_for(client.map(Caller::key), target)
-    }
-
-    fn gate(&self, target: &str) -> Result<(), Refusal> {
+    /// Whether a TCP stream to `target` may try to connect now (see
+    /// `SourcePolicy::gate`).
+    pub(crate) fn gate(&self, target: &str) -> Result<(), Refusal> {
         let Some(monitor) = self.monitor() else {
             return Ok(());
         };
@@ -144,7 +136,8 @@ impl SourcePolicy for Balancer {
         ))
     }
 
-    fn connected(&self, target: &str, addr: SocketAddr) {
+    /// A TCP stream to `target` connected to `addr` (see `SourcePolicy::connected`).
+    pub(crate) fn connected(&self, target: &str, addr: SocketAddr) {
         if !self.breaker.connected(target) {
             return;
         }
@@ -305,16 +298,20 @@ mod tests {
             AllowList::parse(&["127.0.0.1:8000-8001"]).unwrap(),
             Arc::new(OnceLock::new()),
         );
-        let first = b.resolve(None, "127.0.0.1:8000, 127.0.0.1:8001").unwrap();
-        let second = b.resolve(None, "127.0.0.1:8000,127.0.0.1:8001").unwrap();
+        let first = b
+            .resolve_for(None, "127.0.0.1:8000, 127.0.0.1:8001")
+            .unwrap();
+        let second = b
+            .resolve_for(None, "127.0.0.1:8000,127.0.0.1:8001")
+            .unwrap();
         assert_eq!(first, [a("127.0.0.1:8000"), a("127.0.0.1:8001")]);
         assert_eq!(second, [a("127.0.0.1:8001"), a("127.0.0.1:8000")]);
         assert_eq!(
-            b.resolve(None, "127.0.0.1:8001").unwrap(),
+            b.resolve_for(None, "127.0.0.1:8001").unwrap(),
             [a("127.0.0.1:8001")]
         );
         let refused = b
-            .resolve(None, "127.0.0.1:8000,127.0.0.1:9000")
+            .resolve_for(None, "127.0.0.1:8000,127.0.0.1:9000")
             .unwrap_err();
         assert_eq!(refused.code, RefusalCode::PolicyDenied);
         assert!(
@@ -325,7 +322,7 @@ mod tests {
             refused.message
         );
         assert_eq!(
-            b.resolve(None, " , ").unwrap_err().code,
+            b.resolve_for(None, " , ").unwrap_err().code,
             RefusalCode::Protocol
         );
     }

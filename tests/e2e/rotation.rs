@@ -6,9 +6,23 @@
 
 use std::io::{Read, Write};
 
-use crate::harness::{Engine, Home, addr_in, assert_code};
+use crate::harness::{Engine, Home, Proc, addr_in, assert_code};
 use crate::sources;
 use crate::users::{assert_echo, connect, expect_refused_user, wait_for_echo};
+
+/// Waits for `tunnel` to stop, refusing a router that presented `got` where it
+/// trusts only `expected`: exit 77, naming both.
+fn refuses_the_key(tunnel: &mut Proc, expected: &str, got: &str) {
+    let status = tunnel.wait_exit();
+    assert_code(status, 77, &tunnel.stderr());
+    assert!(
+        tunnel.stderr().contains(&format!(
+            "router key mismatch: expected {expected}, got {got}"
+        )),
+        "{}",
+        tunnel.stderr()
+    );
+}
 
 /// The key on the first line of a `.pub` file.
 fn key_of(line: &str) -> String {
@@ -303,15 +317,7 @@ fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_rest
     );
     std::fs::write(&pins, &old_line).unwrap();
     std::fs::remove_file(&known).unwrap();
-    let status = tunnel.wait_exit();
-    assert_code(status, 77, &tunnel.stderr());
-    assert!(
-        tunnel
-            .stderr()
-            .contains(&format!("router key mismatch: expected {old}, got {next}")),
-        "{}",
-        tunnel.stderr()
-    );
+    refuses_the_key(&mut tunnel, &old, &next);
 }
 
 #[test]
@@ -389,15 +395,7 @@ fn a_router_names_its_next_key_and_tunnels_take_it_up_by_themselves() {
         &source.to_string(),
         &["--name", "stranger"],
     );
-    let status = stranger.wait_exit();
-    assert_code(status, 77, &stranger.stderr());
-    assert!(
-        stranger
-            .stderr()
-            .contains(&format!("router key mismatch: expected {old}, got {next}")),
-        "{}",
-        stranger.stderr()
-    );
+    refuses_the_key(&mut stranger, &old, &next);
 }
 
 #[test]
@@ -459,14 +457,7 @@ fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
         &source.to_string(),
         &["--name", "stranger"],
     );
-    assert_code(stranger.wait_exit(), 77, &stranger.stderr());
-    assert!(
-        stranger
-            .stderr()
-            .contains(&format!("router key mismatch: expected {old}, got {new}")),
-        "{}",
-        stranger.stderr()
-    );
+    refuses_the_key(&mut stranger, &old, &new);
     // The first tunnel's link, made with the old key, goes on.
     assert_echo(taddr, b"the first link is untouched");
 }
