@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use conduit_dataplane::{DataPlane, SourcePolicy};
+use conduit_dataplane::{DataPlane, SourcePolicy, SourceProtocol};
 use conduit_proto::tls::AuthorizedClients;
 use conduit_proto::{PublicKey, Refusal, RefusalCode};
 use tokio::sync::watch;
@@ -47,9 +47,10 @@ impl SourcePolicy for AdmittedPolicy {
         &self,
         client: Option<&PublicKey>,
         target: &str,
+        protocol: SourceProtocol,
     ) -> Result<Vec<std::net::SocketAddr>, Refusal> {
         let Some(key) = client else {
-            return self.allow.resolve_for(None, target);
+            return self.allow.resolve_for(None, target, protocol);
         };
         let Some(name) = self.authorized.lookup(key) else {
             return Err(Refusal::new(
@@ -62,7 +63,7 @@ impl SourcePolicy for AdmittedPolicy {
             key,
             name: Some(name.as_str()).filter(|n| !n.is_empty()),
         };
-        self.allow.resolve_for(Some(caller), target)
+        self.allow.resolve_for(Some(caller), target, protocol)
     }
 
     fn gate(&self, target: &str) -> Result<(), Refusal> {
@@ -246,16 +247,24 @@ mod tests {
             ),
         };
         assert_eq!(
-            policy.resolve(Some(&a), "127.0.0.1:80").unwrap(),
+            policy
+                .resolve(Some(&a), "127.0.0.1:80", SourceProtocol::Tcp)
+                .unwrap(),
             vec!["127.0.0.1:80".parse().unwrap()]
         );
-        let refused = policy.resolve(Some(&b), "127.0.0.1:80").unwrap_err();
+        let refused = policy
+            .resolve(Some(&b), "127.0.0.1:80", SourceProtocol::Tcp)
+            .unwrap_err();
         assert_eq!(refused.code, RefusalCode::Unauthorized);
         assert_eq!(
             refused.message,
             format!("client key {b} is no longer authorized: {REVOKED}")
         );
         // The plain transport authenticates nobody: the allow-list alone decides.
-        assert!(policy.resolve(None, "127.0.0.1:80").is_ok());
+        assert!(
+            policy
+                .resolve(None, "127.0.0.1:80", SourceProtocol::Tcp)
+                .is_ok()
+        );
     }
 }

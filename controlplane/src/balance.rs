@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use conduit_dataplane::source_members;
+use conduit_dataplane::{SourceProtocol, source_members};
 use conduit_proto::{Refusal, RefusalCode};
 
 use crate::config::Protocol;
-use crate::monitor::{Monitor, SourceState};
+use crate::monitor::{Monitor, SourceState, SourceView};
 use crate::policy::{AllowList, Caller};
 
 /// The allow-list, applied to every member of a target, with members ordered for
@@ -52,27 +52,38 @@ impl Balancer {
         self.health.get().and_then(Weak::upgrade)
     }
 
-    /// The members the health checks report down now.
-    fn down(&self) -> Vec<String> {
+    /// The members the health checks of `protocol` report down now.
+    fn down(&self, protocol: SourceProtocol) -> Vec<String> {
         let Some(monitor) = self.monitor() else {
             return Vec::new();
         };
-        let view = monitor.view();
-        view.sources
-            .iter()
-            .filter(|s| s.state == SourceState::Down)
-            .map(|s| s.target.clone())
-            .collect()
+        down_members(&monitor.view().sources, protocol)
     }
+}
+
+/// The sources of `protocol` that `sources` show down: a UDP probe says nothing about
+/// the same address's TCP service, nor a TCP probe about its UDP one.
+fn down_members(sources: &[SourceView], protocol: SourceProtocol) -> Vec<String> {
+    let protocol = match protocol {
+        SourceProtocol::Tcp => Protocol::Tcp,
+        SourceProtocol::Udp => Protocol::Udp,
+    };
+    sources
+        .iter()
+        .filter(|s| s.protocol == protocol && s.state == SourceState::Down)
+        .map(|s| s.target.clone())
+        .collect()
 }
 
 impl Balancer {
     /// What `allow` admits of `target` for `client`, its members ordered for this
-    /// stream: round robin, members the health checks report down last.
+    /// stream or flow: round robin, members the health checks of `protocol` report
+    /// down last.
     pub(crate) fn resolve_for(
         &self,
         client: Option<Caller<'_>>,
         target: &str,
+        protocol: SourceProtocol,
     ) -> Result<Vec<SocketAddr>, Refusal> {
         let members: Vec<&str> = source_members(target).collect();
         match members.as_slice() {
@@ -82,7 +93,7 @@ impl Balancer {
             )),
             [one] => self.allow.resolve_for(client, one),
             _ => {
-                let down = self.down();
+                let down = self.down(protocol);
                 let mut resolved = Vec::with_capacity(members.len());
                 for m in &members {
                     let is_down = down.iter().any(|d| d == m);
@@ -215,8 +226,33 @@ fn order(members: Vec<(bool, Vec<SocketAddr>)>, start: usize) -> Vec<SocketAddr>
 mod tests {
     use super::*;
 
+    const TCP: SourceProtocol = SourceProtocol::Tcp;
+
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_probe_speaks_only_for_its_own_protocol() {
+        let view = |target: &str, protocol, state| SourceView {
+            target: target.into(),
+            protocol,
+            state,
+            since: std::time::SystemTime::UNIX_EPOCH,
+            last_probe: None,
+            last_latency: None,
+            last_error: None,
+            failures: 0,
+            successes: 0,
+        };
+        let sources = [
+            view("10.0.0.1:53", Protocol::Udp, SourceState::Down),
+            view("10.0.0.1:53", Protocol::Tcp, SourceState::Up),
+            view("10.0.0.2:53", Protocol::Tcp, SourceState::Down),
+            view("10.0.0.3:53", Protocol::Udp, SourceState::Up),
+        ];
+        assert_eq!(down_members(&sources, TCP), ["10.0.0.2:53"]);
+        assert_eq!(down_members(&sources, SourceProtocol::Udp), ["10.0.0.1:53"]);
     }
 
     #[test]
@@ -299,19 +335,19 @@ mod tests {
             Arc::new(OnceLock::new()),
         );
         let first = b
-            .resolve_for(None, "127.0.0.1:8000, 127.0.0.1:8001")
+            .resolve_for(None, "127.0.0.1:8000, 127.0.0.1:8001", TCP)
             .unwrap();
         let second = b
-            .resolve_for(None, "127.0.0.1:8000,127.0.0.1:8001")
+            .resolve_for(None, "127.0.0.1:8000,127.0.0.1:8001", TCP)
             .unwrap();
         assert_eq!(first, [a("127.0.0.1:8000"), a("127.0.0.1:8001")]);
         assert_eq!(second, [a("127.0.0.1:8001"), a("127.0.0.1:8000")]);
         assert_eq!(
-            b.resolve_for(None, "127.0.0.1:8001").unwrap(),
+            b.resolve_for(None, "127.0.0.1:8001", TCP).unwrap(),
             [a("127.0.0.1:8001")]
         );
         let refused = b
-            .resolve_for(None, "127.0.0.1:8000,127.0.0.1:9000")
+            .resolve_for(None, "127.0.0.1:8000,127.0.0.1:9000", TCP)
             .unwrap_err();
         assert_eq!(refused.code, RefusalCode::PolicyDenied);
         assert!(
@@ -322,7 +358,7 @@ mod tests {
             refused.message
         );
         assert_eq!(
-            b.resolve_for(None, " , ").unwrap_err().code,
+            b.resolve_for(None, " , ", TCP).unwrap_err().code,
             RefusalCode::Protocol
         );
     }

@@ -120,13 +120,26 @@ pub fn source_members(target: &str) -> impl Iterator<Item = &str> {
     target.split(',').map(str::trim).filter(|m| !m.is_empty())
 }
 
+/// How a source is reached: by a TCP stream or by a UDP flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceProtocol {
+    /// A user's TCP stream.
+    Tcp,
+    /// A user's UDP flow.
+    Udp,
+}
+
 /// The router's rule for which sources a client may open.
 pub trait SourcePolicy: Send + Sync + 'static {
     /// Resolves `target` for `client` (`None` on the plain transport, which
-    /// authenticates nobody) and checks it against policy: the addresses to try, or a
-    /// refusal that says what to change.
-    fn resolve(&self, client: Option<&PublicKey>, target: &str)
-    -> Result<Vec<SocketAddr>, Refusal>;
+    /// authenticates nobody), reached over `protocol`, and checks it against policy:
+    /// the addresses to try, or a refusal that says what to change.
+    fn resolve(
+        &self,
+        client: Option<&PublicKey>,
+        target: &str,
+        protocol: SourceProtocol,
+    ) -> Result<Vec<SocketAddr>, Refusal>;
 
     /// Whether a TCP stream to `target` (already resolved and allowed) may try to
     /// connect now: a refusal when the router knows the source is down and turns

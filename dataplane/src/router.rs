@@ -14,7 +14,6 @@ use futures::channel::oneshot;
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::RouterSpec;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
 use crate::limit::{Permit, Throttle, held_note, open_connections};
@@ -27,6 +26,7 @@ use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
 use crate::worker::Core;
+use crate::{RouterSpec, SourceProtocol};
 
 mod udp;
 
@@ -88,7 +88,7 @@ impl RouterCore {
         client: Option<&PublicKey>,
         target: &str,
     ) -> Result<(Socket, Permit), Refusal> {
-        let (addrs, permit) = self.admit(id, peer, client, target)?;
+        let (addrs, permit) = self.admit(id, peer, client, target, SourceProtocol::Tcp)?;
         for member in crate::source_members(target) {
             self.core.usage.source_used(member);
         }
@@ -121,11 +121,12 @@ impl RouterCore {
         peer: SocketAddr,
         client: Option<&PublicKey>,
         target: &str,
+        protocol: SourceProtocol,
     ) -> Result<(Vec<SocketAddr>, Permit), Refusal> {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
         core.usage.opened(&client.copied().unwrap_or(NO_KEY));
-        let addrs = match self.spec.policy.resolve(client, target) {
+        let addrs = match self.spec.policy.resolve(client, target, protocol) {
             Ok(a) => a,
             Err(refusal) => {
                 let who = describe(client);

@@ -13,6 +13,7 @@ use futures::future::{Either, select};
 use tracing::debug;
 
 use super::{RouterCore, StreamOf, stopped};
+use crate::SourceProtocol;
 use crate::channel::Channel;
 use crate::datagram::{Carrier, Deliver, Inbound, Sources, down, from_source};
 use crate::limit::Permit;
@@ -112,7 +113,7 @@ impl RouterCore {
         client: Option<&PublicKey>,
         target: &str,
     ) -> Result<Flow, Refusal> {
-        let (addrs, permit) = self.admit(id, peer, client, target)?;
+        let (addrs, permit) = self.admit(id, peer, client, target, SourceProtocol::Udp)?;
         for member in crate::source_members(target) {
             self.core.usage.udp_source_used(member);
         }
