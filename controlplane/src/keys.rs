@@ -291,6 +291,9 @@ pub fn parse_known_routers(text: &str) -> HashMap<String, Vec<PublicKey>> {
 /// before; the file is replaced atomically (mode 0600: it decides whom tunnels
 /// trust). Returns the text written.
 pub fn save_known_router(path: &Path, router: &str, keys: &[PublicKey]) -> Result<String, Error> {
+    // Tunnels of one CONDUIT_HOME write it concurrently: each holds the lock from
+    // reading to renaming, so none drops a line another just wrote.
+    let _held = lock_beside(path)?;
     let mut known = load_known_routers(path);
     known.insert(router.to_owned(), keys.to_vec());
     let mut routers: Vec<_> = known.into_iter().collect();
@@ -314,6 +317,30 @@ pub fn save_known_router(path: &Path, router: &str, keys: &[PublicKey]) -> Resul
         "cannot write",
     )?;
     Ok(text)
+}
+
+/// Takes an exclusive lock on `PATH.lock` (created owner-only), held until the file
+/// returned is dropped. The lock is on a file beside `path` because `path` itself is
+/// replaced by rename, which a lock on it would not survive.
+fn lock_beside(path: &Path) -> Result<std::fs::File, Error> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    let lock = path.with_file_name(name);
+    let err = |source| Error::File {
+        what: "cannot lock",
+        path: lock.clone(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts.open(&lock).map_err(err)?;
+    f.lock().map_err(err)?;
+    Ok(f)
 }
 
 /// An authorized-clients file: each key's comment, and the expiry time of keys
@@ -674,6 +701,25 @@ mod tests {
         }
         // A line that does not parse is skipped, not an error.
         assert_eq!(parse_known_routers("r:1 ed25519:nope\n# c\nr:2\n").len(), 0);
+    }
+
+    #[test]
+    fn tunnels_writing_known_routers_at_once_keep_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_routers");
+        let key = KeyPair::generate().unwrap().public();
+        let writers: Vec<_> = (0..16)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    save_known_router(&path, &format!("10.0.0.{i}:9999"), &[key]).unwrap();
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(load_known_routers(&path).len(), 16);
     }
 
     #[test]

@@ -167,10 +167,10 @@ impl Channel {
         let backlog = &mut self.backlog;
         let mut bad = None;
         let closed = self.tls.borrow_mut().decrypt(|plain| {
-            if bad.is_none() {
-                if let Err(e) = decoder.feed(plain, |ev| backlog.push_back(Held::from_event(ev))) {
-                    bad = Some(e);
-                }
+            if bad.is_none()
+                && let Err(e) = decoder.feed(plain, |ev| backlog.push_back(Held::from_event(ev)))
+            {
+                bad = Some(e);
             }
         })?;
         lend_back(&self.tls);
@@ -202,10 +202,10 @@ pub(crate) async fn read_tls(
     loop {
         {
             let mut t = tls.borrow_mut();
-            if t.buffered() == 0 {
-                if let Some(spare) = t.give_buffer(pool::take()) {
-                    pool::give(spare);
-                }
+            if t.buffered() == 0
+                && let Some(spare) = t.give_buffer(pool::take())
+            {
+                pool::give(spare);
             }
             match sock.try_recv(t.spare(TLS_READ)) {
                 Ok(n) => {

@@ -559,10 +559,10 @@ impl DataPlane {
                 Ok(mut g) => g.take(),
                 Err(poisoned) => poisoned.into_inner().take(),
             };
-            if let Some(t) = handle {
-                if t.join().is_err() {
-                    warn!(worker = i, "a data-plane worker panicked");
-                }
+            if let Some(t) = handle
+                && t.join().is_err()
+            {
+                warn!(worker = i, "a data-plane worker panicked");
             }
         }
     }

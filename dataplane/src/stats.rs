@@ -416,11 +416,11 @@ impl ConnTable {
     pub(crate) fn kill_riding(&self, lost: impl Fn(&Rides) -> bool, reason: &str) -> usize {
         let mut n = 0;
         for e in self.entries.borrow_mut().values_mut() {
-            if lost(&e.rides) {
-                if let Some(k) = e.kill.take() {
-                    let _ = k.send(reason.to_owned());
-                    n += 1;
-                }
+            if lost(&e.rides)
+                && let Some(k) = e.kill.take()
+            {
+                let _ = k.send(reason.to_owned());
+                n += 1;
             }
         }
         n

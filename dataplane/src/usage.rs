@@ -119,10 +119,10 @@ impl UsageBook {
             *t = now;
             return;
         }
-        if m.len() >= MAX_SOURCES {
-            if let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
-                m.remove(&oldest);
-            }
+        if m.len() >= MAX_SOURCES
+            && let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+        {
+            m.remove(&oldest);
         }
         m.insert(target.to_owned(), now);
     }

@@ -80,15 +80,15 @@ impl Doc {
                 out.push(format!("{at}: matches {ok} of oneOf, not exactly 1: {v}"));
             }
         }
-        if let Some(c) = schema.get("const") {
-            if c != v {
-                out.push(format!("{at}: expected {c}, found {v}"));
-            }
+        if let Some(c) = schema.get("const")
+            && c != v
+        {
+            out.push(format!("{at}: expected {c}, found {v}"));
         }
-        if let Some(e) = schema["enum"].as_array() {
-            if !e.contains(v) {
-                out.push(format!("{at}: {v} is not one of {e:?}"));
-            }
+        if let Some(e) = schema["enum"].as_array()
+            && !e.contains(v)
+        {
+            out.push(format!("{at}: {v} is not one of {e:?}"));
         }
         if let Some(t) = schema.get("type") {
             let types: Vec<&str> = match t {
@@ -101,15 +101,15 @@ impl Doc {
                 return;
             }
         }
-        if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64()) {
-            if n < min {
-                out.push(format!("{at}: {n} is below {min}"));
-            }
+        if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64())
+            && n < min
+        {
+            out.push(format!("{at}: {n} is below {min}"));
         }
-        if let (Some(max), Some(n)) = (schema["maximum"].as_f64(), v.as_f64()) {
-            if n > max {
-                out.push(format!("{at}: {n} is above {max}"));
-            }
+        if let (Some(max), Some(n)) = (schema["maximum"].as_f64(), v.as_f64())
+            && n > max
+        {
+            out.push(format!("{at}: {n} is above {max}"));
         }
         if let Value::Object(o) = v {
             let props = schema["properties"].as_object();

@@ -74,12 +74,11 @@ pub(crate) async fn stop(e: &Entry, force: bool, drain: Option<u32>) -> Result<(
 async fn kill_connection(registry: &Registry, id: u64) -> Result<()> {
     let mut hits = Vec::new();
     for e in registry.entries() {
-        if let Ok(mut c) = control::connect(&e.control_socket).await {
-            if let Ok(r) = c.kill_connection(pb::KillConnectionRequest { id }).await {
-                if r.into_inner().found {
-                    hits.push(e.name.clone());
-                }
-            }
+        if let Ok(mut c) = control::connect(&e.control_socket).await
+            && let Ok(r) = c.kill_connection(pb::KillConnectionRequest { id }).await
+            && r.into_inner().found
+        {
+            hits.push(e.name.clone());
         }
     }
     match hits.as_slice() {

@@ -203,13 +203,13 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         }
     }
     let api = c.api_settings().map_err(Usage)?;
-    if let Some(a) = &api {
-        if a.token.is_none() {
-            warn!(
-                "the API on {} answers without a token (--api-no-auth): anyone on this machine can read it",
-                a.bind
-            );
-        }
+    if let Some(a) = &api
+        && a.token.is_none()
+    {
+        warn!(
+            "the API on {} answers without a token (--api-no-auth): anyone on this machine can read it",
+            a.bind
+        );
     }
     if transport == Transport::Plain {
         if r.token.is_none() {

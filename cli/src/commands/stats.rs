@@ -23,10 +23,10 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
     if a.format == StatsFormat::Prometheus {
         let mut texts = Vec::new();
         for s in &seen {
-            if let Ok(mut c) = control::connect(&s.entry.control_socket).await {
-                if let Ok(m) = c.get_metrics(pb::MetricsRequest {}).await {
-                    texts.push(m.into_inner().prometheus);
-                }
+            if let Ok(mut c) = control::connect(&s.entry.control_socket).await
+                && let Ok(m) = c.get_metrics(pb::MetricsRequest {}).await
+            {
+                texts.push(m.into_inner().prometheus);
             }
         }
         print!("{}", merge_expositions(&texts));

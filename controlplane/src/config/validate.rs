@@ -260,10 +260,10 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
         if let Some(source) = t.source.as_deref() {
             // One HOST:PORT, or several separated by commas (balanced by the router).
             let members: Vec<&str> = conduit_dataplane::source_members(source).collect();
-            if members.is_empty() {
-                if let Err(e) = source_addr(source) {
-                    out.error(&path("source"), e);
-                }
+            if members.is_empty()
+                && let Err(e) = source_addr(source)
+            {
+                out.error(&path("source"), e);
             }
             for m in members {
                 if let Err(e) = source_addr(m) {
