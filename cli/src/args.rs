@@ -55,7 +55,7 @@ pub(crate) enum LogRotation {
 pub(crate) enum Command {
     /// Create a key pair in $CONDUIT_HOME/keys and print its public key.
     Init(InitArgs),
-    /// Show keys.
+    /// Show a public key, or rotate a running tunnel's key.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Check a configuration file, or print the configuration in effect.

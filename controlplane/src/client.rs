@@ -493,7 +493,12 @@ impl Shared {
             },
             None => String::new(),
         };
-        info!(tunnel = %self.name, %router, "router {router} names {named}: trusted for it from now on{kept}");
+        if keys.iter().all(|k| pinned.contains(k)) {
+            // Nothing new to trust: the keys it names are the ones pinned.
+            debug!(tunnel = %self.name, %router, "router {router} names {named}, as pinned{kept}");
+        } else {
+            info!(tunnel = %self.name, %router, "router {router} names {named}: trusted for it from now on{kept}");
+        }
     }
 
     fn use_key(&self, pair: KeyPair) -> Result<(), String> {

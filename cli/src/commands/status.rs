@@ -74,11 +74,15 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 time(l.since)
             ),
             "retrying" => format!(
-                "router {} unreachable ({}); attempt {} failed, next in {}s",
+                "router {} unreachable ({}); attempt {} failed, next {}",
                 e.config.router,
                 l.detail,
                 l.attempt,
-                (l.next_attempt_at - now).max(0)
+                // Whole seconds on the wire: the first waits are shorter.
+                match l.next_attempt_at - now {
+                    ..=0 => "within a second".to_owned(),
+                    secs => format!("in {secs}s"),
+                }
             ),
             "refused" => format!(
                 "router {} refused this tunnel: {}",
