@@ -587,6 +587,11 @@ pub(crate) struct StartArgs {
     /// `[router] failback_secs` in a file.
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub(crate) router_failback: u64,
+    /// With several routers (`--router A,B`): use them all at once, each new
+    /// connection's channel opened to the next router whose link is up, instead of
+    /// one at a time. `[router] balance = true` in a file.
+    #[arg(long)]
+    pub(crate) router_balance: bool,
     /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:
     /// bind it to loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]

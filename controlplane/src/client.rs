@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +24,8 @@ use crate::error::from_tls;
 use crate::metrics::{Counters, SetupError};
 use crate::wire::{self, Wire, WireError};
 use crate::{Error, Transport};
+
+mod lanes;
 
 /// Everything a client tunnel needs.
 pub struct TunnelSettings {
@@ -86,6 +88,9 @@ pub struct TunnelSettings {
     /// to try the earlier ones and move back to the first that answers (`None`:
     /// stay on the one in use).
     pub failback: Option<Duration>,
+    /// With several routers: use all of them at once, each new data channel
+    /// opened to the next router whose link is up, instead of one at a time.
+    pub balance: bool,
 }
 
 /// The pinned keys of each of `routers` routers, from `keys` as given: keys that
@@ -194,8 +199,18 @@ struct Shared {
     datagrams: bool,
     name: String,
     /// The routers to try, in order (`--router A,B`): the link uses one at a time
-    /// and moves to the next when it cannot reach that one.
+    /// and moves to the next when it cannot reach that one; or, when `balance`,
+    /// all of them at once.
     routers: Vec<String>,
+    /// Keep a link to every router and spread the data channels over them.
+    balance: bool,
+    /// Where each core's next data channel's round over the routers starts
+    /// (`balance`): each core's pool holds channels of every router in turn.
+    next_pick: Box<[AtomicUsize]>,
+    /// Each router's link, when `balance` (`status` shows them together), and why
+    /// each refused this tunnel for good since its link was last up.
+    lanes: std::sync::Mutex<Vec<LinkStatus>>,
+    refused: std::sync::Mutex<Vec<Option<String>>>,
     /// The keys each of `routers` may present (read again from `pins`).
     router_keys: RwLock<Vec<Vec<PublicKey>>>,
     /// The pinned-key specs that name files (paths absolute), one for every router
@@ -221,7 +236,7 @@ struct Shared {
     key_path: Option<PathBuf>,
     key_rotation: Option<Duration>,
     /// The protocol version of the control channel (0 while there is none).
-    version: AtomicU16,
+    versions: Box<[AtomicU16]>,
     token: Option<Secret>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
@@ -242,6 +257,10 @@ pub struct ClientTunnel {
 
 type Rotations = mpsc::Sender<oneshot::Sender<Result<Rotated, String>>>;
 type RotationsRx = mpsc::Receiver<oneshot::Sender<Result<Rotated, String>>>;
+/// The rotation requests, taken by whichever router link is up; held while a
+/// rotation runs, so that two links never rotate at once.
+type SharedRotations = Arc<tokio::sync::Mutex<RotationsRx>>;
+type RotationTurn = tokio::sync::OwnedMutexGuard<RotationsRx>;
 
 impl ClientTunnel {
     /// Binds the tunnel's listeners and starts its workers; nothing is sent to the
@@ -254,6 +273,9 @@ impl ClientTunnel {
             return Err(Error::Config("no router given: name it HOST:PORT".into()));
         }
         let router_keys = router_keys(routers.len(), &s.router_keys)?;
+        if s.balance && routers.len() == 1 {
+            warn!(tunnel = %s.name, "balancing over one router does nothing: name the others too (--router A,B, or [router] fallbacks)");
+        }
         let known_text = s
             .known_routers
             .as_deref()
@@ -268,7 +290,7 @@ impl ClientTunnel {
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
-        let link = Arc::new(LinkState::default());
+        let link = Arc::new(LinkState::new(routers.len()));
         let mut dp = DataPlane::start_client(
             &s.dataplane,
             ClientSpec {
@@ -293,6 +315,7 @@ impl ClientTunnel {
             .take_requests()
             .ok_or_else(|| Error::Config("the data plane has no request queue".into()))?;
         let local_addr = dp.local_addr().unwrap_or(s.bind);
+        let workers = dp.worker_count();
         let (status, _) = watch::channel(LinkStatus::Connecting);
         Ok(Self {
             requests,
@@ -303,6 +326,11 @@ impl ClientTunnel {
                 kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
                 name: s.name,
+                balance: s.balance && routers.len() > 1,
+                versions: (0..routers.len()).map(|_| AtomicU16::new(0)).collect(),
+                next_pick: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+                lanes: std::sync::Mutex::new(vec![LinkStatus::Connecting; routers.len()]),
+                refused: std::sync::Mutex::new(vec![None; routers.len()]),
                 routers,
                 router_keys: RwLock::new(router_keys),
                 pin_errors: std::sync::Mutex::new(vec![None; pins.len()]),
@@ -316,7 +344,6 @@ impl ClientTunnel {
                 tls: RwLock::new(tls),
                 key_path: s.key_path,
                 key_rotation,
-                version: AtomicU16::new(0),
                 token: s.token,
                 connect_timeout: s.connect_timeout,
                 handshake_timeout: s.handshake_timeout,
@@ -361,6 +388,11 @@ impl ClientTunnel {
         }
     }
 
+    /// Whether it uses all of its routers at once.
+    pub fn balance(&self) -> bool {
+        self.shared.balance
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.shared.dp.worker_count()
@@ -392,7 +424,11 @@ impl ClientTunnel {
         let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (_, rotations) = self.rotations;
-        let mut control = tokio::spawn(control_loop(self.shared.clone(), stop_rx, rotations));
+        let mut control = if self.shared.balance {
+            tokio::spawn(lanes::run(self.shared.clone(), stop_rx, rotations))
+        } else {
+            tokio::spawn(control_loop(self.shared.clone(), stop_rx, rotations))
+        };
         let (result, drain) = tokio::select! {
             drain = shutdown => {
                 // Say goodbye on the control channel, so the router knows this tunnel
@@ -409,7 +445,7 @@ impl ClientTunnel {
             },
         };
         maker.abort();
-        self.shared.link.lost();
+        self.shared.link.lost_all();
         if result.is_ok() {
             info!(tunnel = %self.shared.name, "stopping: no new connections; draining open ones for up to {drain:?}");
         }
@@ -455,10 +491,9 @@ impl Shared {
         trusted(&self.router_keys(), &self.learned())
     }
 
-    /// The router in use named its keys (`RouterKeys`): trusts them for it from now
-    /// on, in place of what it named before, and keeps them in `known_routers`.
-    fn learn(&self, keys: &[PublicKey]) {
-        let at = self.at();
+    /// Router `at` named its keys (`RouterKeys`): trusts them for it from now on,
+    /// in place of what it named before, and keeps them in `known_routers`.
+    fn learn(&self, at: usize, keys: &[PublicKey]) {
         let router = &self.routers[at];
         {
             let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
@@ -509,16 +544,14 @@ impl Shared {
     }
 
     /// Reads the pinned-key files and `known_routers` again and takes up what
-    /// changed in them; tells whether anything did, and which keys the router in use
-    /// may no longer present. A pinned file that cannot be read (or holds no key)
-    /// leaves the keys as they were, with a warning.
-    fn reread_pins(&self) -> Repinned {
+    /// changed in them; tells whether anything did. A pinned file that cannot be
+    /// read (or holds no key) leaves the keys as they were, with a warning.
+    fn reread_pins(&self) -> bool {
         let old_pinned = self.router_keys();
         let old_learned = self.learned();
         let pinned = self.reread_pin_files(&old_pinned);
         let learned = self.reread_known_routers(&old_learned);
-        let mut out = Repinned::default();
-        let at = self.at();
+        let mut changed = false;
         let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
         let mut kept_pinned = self.router_keys.write().unwrap_or_else(|p| p.into_inner());
         let mut kept_learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
@@ -539,13 +572,14 @@ impl Shared {
             }
             kept_pinned[i].clone_from(&pinned[i]);
             kept_learned[i].clone_from(&learned[i]);
-            out.changed = true;
-            let gone: Vec<PublicKey> = old.into_iter().filter(|k| !new.contains(k)).collect();
-            if i == at && !gone.is_empty() {
-                out.withdrawn = Some(conduit_proto::tls::one_of(&gone));
-            }
+            changed = true;
         }
-        out
+        changed
+    }
+
+    /// The keys router `index` may present now.
+    fn trusted_for(&self, index: usize) -> Vec<PublicKey> {
+        trusted_one(&self.router_keys()[index], &self.learned()[index])
     }
 
     /// Each router's pinned keys as their files say now (as `old` where a spec names
@@ -673,6 +707,20 @@ impl Shared {
         self.at.load(Ordering::Relaxed) % self.routers.len()
     }
 
+    /// The router for core `core`'s next data channel: the one in use; or,
+    /// balancing, the next in turn whose link is up. `None` if its link is down.
+    fn pick(&self, core: usize) -> Option<usize> {
+        if !self.balance {
+            let at = self.at();
+            return self.link.is_up_at(at).then_some(at);
+        }
+        let n = self.routers.len();
+        let start = self.next_pick[core % self.next_pick.len()].fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.link.is_up_at(i))
+    }
+
     /// Moves on to the next router (after the last, the first); returns it.
     fn next_router(&self) -> &str {
         self.at
@@ -681,10 +729,10 @@ impl Shared {
     }
 }
 
-/// Opens a channel of `kind` to the router in use: the channel, past `Welcome`, and
-/// the protocol version the router chose.
-async fn open(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> {
-    let res = open_inner(shared, kind).await;
+/// Opens a channel of `kind` to the router at `index` in the list, counting a
+/// failure: the channel, past `Welcome`, and the protocol version the router chose.
+async fn open(shared: &Shared, kind: ChannelKind, index: usize) -> Result<(Wire, u16), Error> {
+    let res = open_at(shared, kind, index).await;
     if let Err(e) = &res {
         let kind = match e {
             Error::Network { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
@@ -698,14 +746,6 @@ async fn open(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> 
         shared.counters.fail(kind);
     }
     res
-}
-
-async fn open_inner(shared: &Shared, kind: ChannelKind) -> Result<(Wire, u16), Error> {
-    let (wire, version) = open_at(shared, kind, shared.at()).await?;
-    if kind == ChannelKind::Control {
-        shared.version.store(version, Ordering::Relaxed);
-    }
-    Ok((wire, version))
 }
 
 /// Opens a channel of `kind` to the router at `index` in the list and completes
@@ -818,8 +858,9 @@ const OUT_OF_DESCRIPTORS_RETRY: Duration = Duration::from_secs(1);
 async fn control_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    mut rotations: RotationsRx,
+    rotations: RotationsRx,
 ) -> Option<Error> {
+    let rotations: SharedRotations = Arc::new(tokio::sync::Mutex::new(rotations));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut attempt = 0u32;
     // Routers tried since the last back-off: each is tried once before waiting.
@@ -831,16 +872,21 @@ async fn control_loop(
     loop {
         // Both before any connection: refusals of the old keys say nothing about
         // the new ones.
-        if shared.pick_up_key_file() | shared.reread_pins().changed {
+        if shared.pick_up_key_file() | shared.reread_pins() {
             refused.fill(None);
         }
         let opened = match back.take() {
             Some(p) => {
                 shared.at.store(p.index, Ordering::Relaxed);
-                shared.version.store(p.version, Ordering::Relaxed);
+                shared.versions[p.index].store(p.version, Ordering::Relaxed);
                 Ok(p.wire)
             }
-            None => open(&shared, ChannelKind::Control).await.map(|(w, _)| w),
+            None => open(&shared, ChannelKind::Control, shared.at())
+                .await
+                .map(|(w, version)| {
+                    shared.versions[shared.at()].store(version, Ordering::Relaxed);
+                    w
+                }),
         };
         match opened {
             Ok(mut ctl) => {
@@ -848,7 +894,7 @@ async fn control_loop(
                 tried = 0;
                 refused.fill(None);
                 backoff.reset();
-                let epoch = shared.link.connected();
+                let epoch = shared.link.switched_to(shared.at());
                 shared.dp.flush_pools();
                 let router = shared.router().to_owned();
                 shared.status.send_replace(LinkStatus::Connected {
@@ -857,7 +903,16 @@ async fn control_loop(
                 });
                 info!(tunnel = %shared.name, %router, "connected to router");
                 let mut probe = Probe::start(&shared);
-                let end = heartbeat(&shared, &mut ctl, &mut stop, &mut rotations, &mut probe).await;
+                let at = shared.at();
+                let end = heartbeat(
+                    &shared,
+                    at,
+                    &mut ctl,
+                    &mut stop,
+                    Some(&rotations),
+                    &mut probe,
+                )
+                .await;
                 probe.stop();
                 let why = &end.why;
                 if end.again {
@@ -869,7 +924,7 @@ async fn control_loop(
                     back = end.back;
                     continue;
                 }
-                shared.link.lost();
+                shared.link.lost_all();
                 if *stop.borrow() {
                     return None;
                 }
@@ -889,7 +944,7 @@ async fn control_loop(
             Err(e) => {
                 // Down, if it was up until a link made again at once (a rotation,
                 // a withdrawn key) failed: users are turned away, not left waiting.
-                shared.link.lost();
+                shared.link.lost_all();
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused for good by this router. With several, the others may
@@ -1001,6 +1056,9 @@ impl Probe {
         let (Some(every), current) = (shared.failback, shared.at()) else {
             return Self(None);
         };
+        if shared.balance {
+            return Self(None); // every router is in use
+        }
         if current == 0 {
             return Self(None);
         }
@@ -1052,20 +1110,28 @@ impl Probe {
 /// returns why it ended.
 async fn heartbeat(
     shared: &Shared,
+    index: usize,
     ctl: &mut Wire,
     stop: &mut watch::Receiver<bool>,
-    rotations: &mut RotationsRx,
+    rotations: Option<&SharedRotations>,
     probe: &mut Probe,
 ) -> LinkEnd {
     let interval = shared.heartbeat;
+    let router = &shared.routers[index];
+    // What the link was made with: a key withdrawn from `trusted`, or a new key of
+    // this tunnel's own, makes it again.
+    let mut trusted = shared.trusted_for(index);
+    let key = shared.our_key();
     let mut nonce = 0u64;
     let mut next_check = tokio::time::Instant::now();
     loop {
-        if tokio::time::Instant::now() >= next_check {
+        if tokio::time::Instant::now() >= next_check
+            && let Some(_turn) = rotations.and_then(|r| r.clone().try_lock_owned().ok())
+        {
             next_check = tokio::time::Instant::now() + ROTATION_CHECK;
             if let Some(age) = shared.key_too_old() {
                 info!(tunnel = %shared.name, "the key is {} days old: rotating it", age.as_secs() / 86_400);
-                match rotate(shared, ctl).await {
+                match rotate(shared, ctl, index).await {
                     Ok(done) => return rotated(ctl, done).await,
                     Err(Rotation::Refused(why)) => {
                         warn!(tunnel = %shared.name, "the key is due for rotation but was not rotated: {why}; trying again in {ROTATION_CHECK:?}");
@@ -1074,14 +1140,37 @@ async fn heartbeat(
                 }
             }
         }
-        if let Some(gone) = shared.reread_pins().withdrawn {
+        shared.reread_pins();
+        let now_trusted = shared.trusted_for(index);
+        let gone: Vec<PublicKey> = trusted
+            .iter()
+            .filter(|k| !now_trusted.contains(k))
+            .copied()
+            .collect();
+        trusted = now_trusted;
+        if !gone.is_empty() {
             // The router was admitted with a key that may have been withdrawn:
             // connect again, which checks it against the keys pinned now. Streams
             // in flight go on.
+            goodbye(ctl, "the tunnel checks the router's key again").await;
             return LinkEnd {
                 why: format!(
-                    "{gone} is no longer trusted for router {}: connecting again to check the key it presents",
-                    shared.router()
+                    "{} is no longer trusted for router {router}: connecting again to check the key it presents",
+                    conduit_proto::tls::one_of(&gone)
+                ),
+                silent: false,
+                again: true,
+                back: None,
+            };
+        }
+        if shared.our_key() != key {
+            // Rotated on another router's link, or taken from the key file: this
+            // link is made again with the new key. Streams in flight go on.
+            goodbye(ctl, "the tunnel's key changed").await;
+            return LinkEnd {
+                why: format!(
+                    "the tunnel's key is now {}: connecting again with it",
+                    shared.our_key()
                 ),
                 silent: false,
                 again: true,
@@ -1123,7 +1212,9 @@ async fn heartbeat(
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::RouterKeys { keys }))) => {
-                    shared.learn(&keys);
+                    shared.learn(index, &keys);
+                    // What the router itself says of its keys needs no new check.
+                    trusted = shared.trusted_for(index);
                     continue;
                 }
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
@@ -1143,13 +1234,13 @@ async fn heartbeat(
             let woke = tokio::select! {
                 r = tokio::time::timeout_at(next, ctl.recv()) => Woke::Got(r),
                 _ = stop.wait_for(|s| *s) => break,
-                Some(reply) = rotations.recv() => Woke::Rotate(reply),
+                (reply, turn) = asked_to_rotate(rotations) => Woke::Rotate(reply, turn),
                 p = probe.answered() => Woke::Back(Box::new(p)),
             };
             let got = match woke {
                 Woke::Got(got) => got,
                 Woke::Back(p) => return move_back(shared, ctl, *p).await,
-                Woke::Rotate(reply) => match rotate(shared, ctl).await {
+                Woke::Rotate(reply, _turn) => match rotate(shared, ctl, index).await {
                     Ok(done) => {
                         let _ = reply.send(Ok(done.clone()));
                         return rotated(ctl, done).await;
@@ -1168,7 +1259,9 @@ async fn heartbeat(
                 Err(_) => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::RouterKeys { keys }))) => {
-                    shared.learn(&keys);
+                    shared.learn(index, &keys);
+                    // What the router itself says of its keys needs no new check.
+                    trusted = shared.trusted_for(index);
                     continue;
                 }
                 Ok(Ok(Some(Message::Goodbye(r)))) => {
@@ -1184,12 +1277,27 @@ async fn heartbeat(
     }
 }
 
+/// The next request to rotate the key, with the turn to rotate it; never when
+/// this link takes no requests.
+async fn asked_to_rotate(
+    rotations: Option<&SharedRotations>,
+) -> (oneshot::Sender<Result<Rotated, String>>, RotationTurn) {
+    let Some(rotations) = rotations else {
+        return std::future::pending().await;
+    };
+    let mut turn = rotations.clone().lock_owned().await;
+    match turn.recv().await {
+        Some(reply) => (reply, turn),
+        None => std::future::pending().await,
+    }
+}
+
 /// What woke the control channel between two pings.
 enum Woke<T> {
     /// A message, an error, or the time for the next ping.
     Got(T),
     /// `conduit keys rotate` asked for a rotation.
-    Rotate(oneshot::Sender<Result<Rotated, String>>),
+    Rotate(oneshot::Sender<Result<Rotated, String>>, RotationTurn),
     /// An earlier router answers again.
     Back(Box<Preferred>),
 }
@@ -1248,7 +1356,7 @@ enum Rotation {
 /// once the router answers `KeyRotated`, the key file and the TLS configuration are
 /// replaced. The new key is written only after the router authorized it, so a
 /// refusal or a failure leaves everything as it was.
-async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
+async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated, Rotation> {
     let Some(path) = &shared.key_path else {
         return Err(Rotation::Refused(
             "this tunnel's key was not read from a file".into(),
@@ -1259,12 +1367,12 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
             "the plain transport has no keys to rotate".into(),
         ));
     }
-    let version = shared.version.load(Ordering::Relaxed);
+    let version = shared.versions[index].load(Ordering::Relaxed);
     if version < version::ROTATION {
         return Err(Rotation::Refused(format!(
             "router {} speaks protocol {version}, and key rotation needs protocol {} or \
              later: upgrade conduit on the router",
-            shared.router(),
+            shared.routers[index],
             version::ROTATION
         )));
     }
@@ -1281,7 +1389,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
     }
     // Every other router is reached before any is asked: one that is away postpones
     // the rotation rather than leave it half made.
-    let mut others = open_others(shared).await?;
+    let mut others = open_others(shared, index).await?;
     let pair = KeyPair::generate()
         .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
     // Checked before the router is asked, so that a key it authorizes is usable and
@@ -1347,10 +1455,9 @@ async fn rotate(shared: &Shared, ctl: &mut Wire) -> Result<Rotated, Rotation> {
     })
 }
 
-/// Control channels to every router but the one in use, for a rotation: all of
-/// them, or why not.
-async fn open_others(shared: &Shared) -> Result<Vec<(usize, Wire)>, Rotation> {
-    let at = shared.at();
+/// Control channels to every router but the one at `at`, whose link rotates the
+/// key: all of them, or why not.
+async fn open_others(shared: &Shared, at: usize) -> Result<Vec<(usize, Wire)>, Rotation> {
     let opened = futures::future::join_all((0..shared.routers.len()).filter(|i| *i != at).map(
         |index| async move {
             // Bounded, so that the link in use misses no more than a heartbeat.
@@ -1462,14 +1569,6 @@ fn trusted_one(pinned: &[PublicKey], learned: &[PublicKey]) -> Vec<PublicKey> {
 }
 
 /// What [`Shared::reread_pins`] found.
-#[derive(Default)]
-struct Repinned {
-    /// Some router's pinned keys changed.
-    changed: bool,
-    /// Keys the router in use may no longer present (`A or B`).
-    withdrawn: Option<String>,
-}
-
 /// The specs among `specs` that name files, paths made absolute (`None` for those
 /// that give keys inline); `specs` is empty, or one for all of the `routers`, or one
 /// for each.
@@ -1515,8 +1614,13 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 return;
             }
         }
-        let epoch = shared.link.epoch();
-        match open(&shared, ChannelKind::Data).await {
+        let Some(index) = shared.pick(core) else {
+            // The link moves to another router right now.
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let epoch = shared.link.current(index);
+        match open(&shared, ChannelKind::Data, index).await {
             Ok((w, version)) => match w.into_handoff(epoch, shared.name.clone(), version) {
                 Ok(h) => {
                     if !shared.dp.send_client_channel(core, h) {

@@ -81,6 +81,7 @@ impl RegisteredTunnel {
                 protocol: tunnel.protocol().into(),
                 file: r.file.clone(),
                 digest: r.digest.clone(),
+                balance: tunnel.balance(),
             },
             status: "starting".into(),
             created_at: registry::now_rfc3339(),

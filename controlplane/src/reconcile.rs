@@ -82,6 +82,7 @@ mod tests {
                     token: None,
                     key_rotation_days: 30,
                     failback_secs: 30,
+                    balance: false,
                     performance: PerformanceConfig::default(),
                 })
                 .collect(),
@@ -104,6 +105,7 @@ mod tests {
                 protocol: "tcp".into(),
                 file: file.map(PathBuf::from),
                 digest: digest.into(),
+                balance: false,
             },
             status: "running".into(),
             created_at: String::new(),
@@ -181,5 +183,13 @@ mod tests {
         let c = p.tunnels[0].digest();
         assert_ne!(b, c);
         assert!(!c.contains("hunter2"));
+        // Balancing over the routers, or not, restarts the tunnel.
+        p.tunnels[0].balance = true;
+        assert_ne!(c, p.tunnels[0].digest());
+        assert!(
+            p.tunnels[0]
+                .settings(KeyPair::generate().unwrap(), None)
+                .balance
+        );
     }
 }

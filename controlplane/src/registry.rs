@@ -29,6 +29,9 @@ pub struct EntryConfig {
     /// A digest of its settings, so `up` can tell a changed tunnel from a running one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
+    /// It uses all of its routers at once (`--router-balance`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balance: bool,
 }
 
 fn tcp() -> String {
@@ -225,6 +228,7 @@ mod tests {
                 protocol: "tcp".into(),
                 file: None,
                 digest: String::new(),
+                balance: false,
             },
             status: "running".into(),
             created_at: now_rfc3339(),

@@ -433,7 +433,7 @@ async fn handle(
         ChannelKind::Control => {
             control_session(&state, wire, key, who, hello.tunnel, version).await;
         }
-        ChannelKind::Data => match wire.into_handoff(0, hello.tunnel, version) {
+        ChannelKind::Data => match wire.into_handoff(Default::default(), hello.tunnel, version) {
             Ok(h) => {
                 if !state.dp.send_router_channel(h) {
                     warn!(%peer, "no data-plane worker is running; channel dropped");

@@ -224,7 +224,7 @@ impl Wire {
     /// messages consumed here is a protocol error: no frame may precede `Welcome`.
     pub(crate) fn into_handoff(
         self,
-        epoch: u64,
+        epoch: conduit_dataplane::LinkEpoch,
         tunnel: String,
         version: u16,
     ) -> Result<ChannelHandoff, WireError> {

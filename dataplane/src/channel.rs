@@ -62,7 +62,7 @@ pub(crate) struct Channel {
     pub(crate) peer_key: Option<PublicKey>,
     /// The tunnel the channel serves.
     pub(crate) tunnel: std::rc::Rc<str>,
-    pub(crate) epoch: u64,
+    pub(crate) epoch: crate::LinkEpoch,
     /// The protocol version agreed for it.
     pub(crate) version: u16,
     /// When the channel last became idle (handshake or end of its last stream).

@@ -79,7 +79,7 @@ pub(crate) struct ClientCore {
     /// The router-link generation in which the router answered `OpenKernel` with
     /// `Opened` (it keeps TLS in userspace): not offered again on that link, so a
     /// router without kTLS costs one round trip once, not on every connection.
-    kernel_declined: Cell<Option<u64>>,
+    kernel_declined: Cell<Option<crate::LinkEpoch>>,
 }
 
 impl ClientCore {
@@ -371,11 +371,18 @@ impl ClientCore {
         }
     }
 
-    /// Drops every idle channel (they belong to a link that is gone or new) and
-    /// refills. While the link is down, users waiting for a channel are let go too:
-    /// none will come until it is back.
-    pub(crate) fn flush_pool(&self) {
-        let dropped = std::mem::take(&mut self.pool.borrow_mut().idle);
+    /// Drops the idle channels of links that are gone or were made again (with
+    /// `all`, every idle channel), and refills. While every link is down, users
+    /// waiting for a channel are let go too: none will come until one is back.
+    pub(crate) fn flush_pool(&self, all: bool) {
+        let dropped = {
+            let mut pool = self.pool.borrow_mut();
+            let (keep, drop): (VecDeque<Link>, VecDeque<Link>) = std::mem::take(&mut pool.idle)
+                .into_iter()
+                .partition(|ch| !all && self.spec.link.is_current(ch.epoch()));
+            pool.idle = keep;
+            drop
+        };
         if !dropped.is_empty() {
             debug!(
                 core = self.core.index,
@@ -435,7 +442,7 @@ impl ClientCore {
             Link::Tls(c) => (&c.sock, c.epoch, c.idle_since),
             Link::Plain(c) => (&c.sock, c.epoch, c.idle_since),
         };
-        epoch == self.spec.link.epoch()
+        self.spec.link.is_current(epoch)
             && idle_since.elapsed() < self.spec.max_idle
             && sock.peek() == Peek::Quiet
     }
@@ -892,7 +899,7 @@ pub(crate) enum Link {
 
 impl Link {
     /// The router-link generation the channel was made in.
-    fn epoch(&self) -> u64 {
+    fn epoch(&self) -> crate::LinkEpoch {
         match self {
             Link::Tls(c) => c.epoch,
             Link::Plain(c) => c.epoch,

@@ -33,8 +33,9 @@ pub struct ChannelHandoff {
     pub peer_addr: SocketAddr,
     /// The tunnel it serves (its name, from `Hello`).
     pub tunnel: String,
-    /// The link generation it was made in (client side; see [`LinkState`]).
-    pub epoch: u64,
+    /// The router and link generation it was made in (client side; see
+    /// [`LinkState`]).
+    pub epoch: LinkEpoch,
     /// The protocol version the two ends agreed on in `Hello`/`Welcome`.
     pub version: u16,
     /// When the handshake finished.
@@ -48,8 +49,12 @@ pub enum ToWorker {
     ClientChannel(ChannelHandoff),
     /// A channel to serve (router side).
     RouterChannel(ChannelHandoff),
-    /// Drop every idle pooled channel (the router link changed).
+    /// Drop the idle pooled channels of router links that are gone or were made
+    /// again (a router link changed).
     Flush,
+    /// Drop every idle pooled channel and make the pool again: a tunnel that
+    /// balances over its routers has one more of them to spread channels over.
+    Renew,
     /// A channel asked for could not be made (the process is out of file
     /// descriptors) and will not come: let the users waiting for one go at once, with
     /// this reason, instead of holding their sockets while they wait in vain, and ask
@@ -64,8 +69,8 @@ pub enum ToWorker {
     /// The router link of this generation was lost without its channels noticing
     /// (no heartbeat answer): stop the user connections riding on it (client side).
     LinkLost {
-        /// The generation lost.
-        epoch: u64,
+        /// The router and generation lost.
+        epoch: LinkEpoch,
         /// Why, for the users' log lines.
         reason: String,
     },
@@ -98,34 +103,123 @@ pub enum FromWorker {
     },
 }
 
-/// The state of a client's link to its router, written by the control plane and
-/// read by the workers, so a user connection fails fast while the router is away.
-#[derive(Debug, Default)]
+/// A client's links to its routers (one per router it names), written by the
+/// control plane and read by the workers, so a user connection fails fast while
+/// every router is away and never rides a channel of a link that is gone.
+#[derive(Debug)]
 pub struct LinkState {
+    routers: Box<[RouterLink]>,
+}
+
+/// The link to one router.
+#[derive(Debug, Default)]
+struct RouterLink {
     up: AtomicBool,
-    epoch: AtomicU64,
+    generation: AtomicU64,
+}
+
+/// Which link a channel was made in: the router (its index in the tunnel's list)
+/// and the generation of the link to it; channels of other generations are stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkEpoch {
+    /// The router's index.
+    pub router: usize,
+    /// Its link's generation, counted from 1.
+    pub generation: u64,
 }
 
 impl LinkState {
-    /// Marks the link up and starts a new generation; returns it.
-    pub fn connected(&self) -> u64 {
-        let e = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        self.up.store(true, Ordering::Release);
-        e
+    /// The links of a tunnel with `routers` routers, all down.
+    pub fn new(routers: usize) -> Self {
+        Self {
+            routers: (0..routers.max(1)).map(|_| RouterLink::default()).collect(),
+        }
     }
 
-    /// Marks the link down.
-    pub fn lost(&self) {
-        self.up.store(false, Ordering::Release);
+    fn link(&self, router: usize) -> &RouterLink {
+        &self.routers[router % self.routers.len()]
     }
 
-    /// Whether the control channel is up.
+    /// Marks the link to `router` up and starts a new generation of it; returns it.
+    pub fn connected(&self, router: usize) -> LinkEpoch {
+        let link = self.link(router);
+        let generation = link.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        link.up.store(true, Ordering::Release);
+        LinkEpoch { router, generation }
+    }
+
+    /// Like [`Self::connected`], and marks every other link down: a tunnel that
+    /// uses one router at a time moved to `router`.
+    pub fn switched_to(&self, router: usize) -> LinkEpoch {
+        let epoch = self.connected(router);
+        for (i, other) in self.routers.iter().enumerate() {
+            if i != router % self.routers.len() {
+                other.up.store(false, Ordering::Release);
+            }
+        }
+        epoch
+    }
+
+    /// Marks the link to `router` down.
+    pub fn lost(&self, router: usize) {
+        self.link(router).up.store(false, Ordering::Release);
+    }
+
+    /// Marks every link down.
+    pub fn lost_all(&self) {
+        for link in &self.routers {
+            link.up.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether any router's control channel is up.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.routers.iter().any(|l| l.up.load(Ordering::Acquire))
     }
 
-    /// The current generation; channels from older ones are stale.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// Whether the link to `router` is up.
+    pub fn is_up_at(&self, router: usize) -> bool {
+        self.link(router).up.load(Ordering::Acquire)
+    }
+
+    /// The current link to `router` (its generation, up or not).
+    pub fn current(&self, router: usize) -> LinkEpoch {
+        LinkEpoch {
+            router,
+            generation: self.link(router).generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether a channel made in `epoch` may still carry streams: its link is up
+    /// and has not been made again since.
+    pub fn is_current(&self, epoch: LinkEpoch) -> bool {
+        let link = self.link(epoch.router);
+        link.up.load(Ordering::Acquire)
+            && link.generation.load(Ordering::Acquire) == epoch.generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_router_link_has_generations_of_its_own() {
+        let links = LinkState::new(2);
+        assert!(!links.is_up());
+        let a1 = links.connected(0);
+        let b1 = links.connected(1);
+        assert_eq!((a1.generation, b1.generation), (1, 1));
+        assert!(links.is_current(a1) && links.is_current(b1));
+        links.lost(1);
+        assert!(links.is_up() && links.is_current(a1) && !links.is_current(b1));
+        let a2 = links.connected(0);
+        assert!(!links.is_current(a1) && links.is_current(a2));
+        // One router at a time: moving to the second drops the first.
+        let b2 = links.switched_to(1);
+        assert!(links.is_current(b2) && !links.is_current(a2) && !links.is_up_at(0));
+        links.lost_all();
+        assert!(!links.is_up() && !links.is_current(b2));
+        assert_eq!(links.current(1), b2);
     }
 }

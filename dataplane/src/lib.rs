@@ -50,7 +50,7 @@ use conduit_proto::{PublicKey, Refusal};
 use tracing::warn;
 
 pub use engine::{Engine, EngineKind};
-pub use handoff::{ChannelHandoff, FromWorker, LinkState, ToWorker};
+pub use handoff::{ChannelHandoff, FromWorker, LinkEpoch, LinkState, ToWorker};
 pub use limit::ConnLimit;
 pub use listener::AcceptBackoff;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
@@ -453,10 +453,10 @@ impl DataPlane {
         }
     }
 
-    /// Tells every core that the router link of generation `epoch` is lost without
-    /// its channels noticing: the user connections riding on it are closed with
-    /// `reason` (client side).
-    pub fn link_lost(&self, epoch: u64, reason: &str) {
+    /// Tells every core that the router link of `epoch` is lost without its
+    /// channels noticing: the user connections riding on it (or on earlier
+    /// generations of the link to that router) are closed with `reason` (client side).
+    pub fn link_lost(&self, epoch: LinkEpoch, reason: &str) {
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::LinkLost {
                 epoch,
@@ -489,10 +489,19 @@ impl DataPlane {
         }
     }
 
-    /// Tells every core to drop its idle channels (the router link changed).
+    /// Tells every core to drop its idle channels of links that are gone or were
+    /// made again (a router link changed).
     pub fn flush_pools(&self) {
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::Flush);
+        }
+    }
+
+    /// Tells every core to drop all of its idle channels and make its pool again
+    /// (a tunnel balancing over its routers has a new one to spread them over).
+    pub fn renew_pools(&self) {
+        for w in &self.workers {
+            let _ = w.tx.send(ToWorker::Renew);
         }
     }
 

@@ -76,7 +76,7 @@ pub(crate) struct PlainChannel {
     pub(crate) peer_key: Option<PublicKey>,
     /// The tunnel the channel serves.
     pub(crate) tunnel: std::rc::Rc<str>,
-    pub(crate) epoch: u64,
+    pub(crate) epoch: crate::LinkEpoch,
     pub(crate) idle_since: Instant,
     /// Bytes received before the worker took over.
     pub(crate) leftover: Vec<u8>,

@@ -351,8 +351,8 @@ pub(crate) struct ConnEntry {
 pub(crate) enum Rides {
     /// Nothing yet (a user still waiting for a channel).
     Nothing,
-    /// Client side: a channel of this generation of the router link.
-    Link(u64),
+    /// Client side: a channel of this link (router and generation).
+    Link(crate::LinkEpoch),
     /// Router side: a channel of this client key's tunnel (`usage::NO_KEY` on the
     /// plain transport).
     Client(PublicKey, Rc<str>),

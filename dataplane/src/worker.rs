@@ -116,7 +116,12 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             },
             ToWorker::Flush => {
                 if let Some(c) = &client {
-                    c.flush_pool();
+                    c.flush_pool(false);
+                }
+            }
+            ToWorker::Renew => {
+                if let Some(c) = &client {
+                    c.flush_pool(true);
                 }
             }
             ToWorker::NoChannels(reason) => {
@@ -134,9 +139,13 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                 core.conns.kill(id, "closed by the operator");
             }
             ToWorker::LinkLost { epoch, reason } => {
-                let n = core
-                    .conns
-                    .kill_riding(|r| matches!(r, Rides::Link(e) if *e <= epoch), &reason);
+                let n = core.conns.kill_riding(
+                    |r| {
+                        matches!(r, Rides::Link(e)
+                                if e.router == epoch.router && e.generation <= epoch.generation)
+                    },
+                    &reason,
+                );
                 if n > 0 {
                     info!(
                         core = core.index,
@@ -174,7 +183,7 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
     core.stopping.set(true);
     if let Some(c) = &client {
         c.stop_accepting();
-        c.flush_pool();
+        c.flush_pool(true);
     }
     let deadline = deadline.unwrap_or_else(Instant::now);
     let open = core.conns.len();

@@ -155,10 +155,10 @@ both_engines!(
 );
 
 /// Resumes a stopped process when dropped, so a failing test leaves none frozen.
-struct Frozen<'a>(&'a Proc);
+pub struct Frozen<'a>(&'a Proc);
 
 impl<'a> Frozen<'a> {
-    fn new(p: &'a Proc) -> Self {
+    pub fn new(p: &'a Proc) -> Self {
         p.signal("STOP");
         Self(p)
     }

@@ -1,10 +1,14 @@
 //! One tunnel, several routers (`--router A,B`, sharing one key or each with its
 //! own): the link uses one at a time and moves to the next when it cannot reach the
-//! one it uses.
+//! one it uses; or, with `--router-balance`, uses all of them at once.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 
+use crate::faults::Frozen;
 use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
+use crate::http::wait_for;
+use crate::ops::{get, router_api};
 use crate::sources;
 use crate::users::{assert_echo, exchange, open_user, wait_for_echo};
 
@@ -99,6 +103,135 @@ fn the_link_moves_back_to_the_first_router_when_it_returns() {
         status.contains(&format!("router {a} connected since")),
         "{status}"
     );
+}
+
+#[test]
+fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_away() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (mut first, a, api_a) = router_api(&home, &allow, &[]);
+    let (_second, b, api_b) = router_api(&home, &allow, &[]);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-balance"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+
+    // Users held open at once, each on a channel of its own: the channels are made
+    // to each router in turn, so the routers carry about half each (beyond the
+    // few channels made while only one link was up).
+    let users: Vec<_> = (0..40)
+        .map(|i| {
+            let mut u = open_user(taddr);
+            exchange(&mut u, format!("user {i}").as_bytes());
+            u
+        })
+        .collect();
+    let active = |api: &str| {
+        get(api, "/api/v1/stats/connections")["data"]["active"]
+            .as_u64()
+            .unwrap()
+    };
+    let (on_a, on_b) = wait_for("every user counted by a router", || {
+        let (x, y) = (active(&api_a), active(&api_b));
+        (x + y == 40).then_some((x, y))
+    });
+    assert!(
+        on_a >= 10 && on_b >= 10,
+        "{on_a} users on {a}, {on_b} on {b}"
+    );
+    drop(users);
+    wait_for("the users gone", || {
+        (active(&api_a) + active(&api_b) == 0).then_some(())
+    });
+
+    // One router away: the other serves everyone, and status names both.
+    first.stop();
+    tunnel.wait_stderr(&format!("lost the link to router {a}"));
+    for i in 0..8 {
+        assert_echo(taddr, format!("while {a} is away, {i}").as_bytes());
+    }
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("routers {b} connected since"))
+            && status.contains(&format!("; {a} not connected (retrying)")),
+        "{status}"
+    );
+    let health = home.ok(&["health"]);
+    assert!(health.contains(&format!("({a} not connected)")), "{health}");
+
+    // Back: both routers in use again.
+    let (_first, _) = home.router_at(Engine::Epoll, &a.to_string(), &allow, &[]);
+    tunnel.wait_stdout_count(&format!("connected to routers {a}, {b}"), 2);
+    assert_echo(taddr, b"both again");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("routers {a}, {b} connected since"))
+            && !status.contains("not connected"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_balancing_tunnel_closes_only_the_users_of_a_router_that_froze() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (first, a, api_a) = router_api(&home, &allow, &[]);
+    let (_second, b, api_b) = router_api(&home, &allow, &[]);
+    // Heartbeats every second: a silent router is found out after 3 s.
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-balance", "--heartbeat-interval", "1"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+    let mut users: Vec<_> = (0..12).map(|_| open_user(taddr)).collect();
+    let active = |api: &str| {
+        get(api, "/api/v1/stats/connections")["data"]["active"]
+            .as_u64()
+            .unwrap() as usize
+    };
+    let on_a = wait_for("every user counted by a router", || {
+        let on_a = active(&api_a);
+        (on_a + active(&api_b) == 12).then_some(on_a)
+    });
+    assert!(on_a > 0 && on_a < 12, "{on_a} of 12 users on {a}");
+
+    // The first router stops answering and resets nothing: its heartbeats tell,
+    // and only the users riding its channels are closed.
+    let frozen = Frozen::new(&first);
+    tunnel.wait_stderr(&format!(
+        "lost the link to router {a}: no heartbeat answer for 3s"
+    ));
+    tunnel.wait_stderr_count(
+        &format!("user connection closed: the link to router {a} was lost"),
+        on_a,
+    );
+    let mut alive = 0;
+    for u in &mut users {
+        let _ = u.write_all(b"still?");
+        let mut back = [0u8; 6];
+        if u.read_exact(&mut back).is_ok() {
+            assert_eq!(&back, b"still?");
+            alive += 1;
+        }
+    }
+    assert_eq!(alive, 12 - on_a);
+    assert_echo(taddr, b"through the second");
+    assert!(
+        !tunnel.stderr().contains(&format!("router {b} was lost")),
+        "{}",
+        tunnel.stderr()
+    );
+    drop(frozen);
+    tunnel.wait_stdout_count(&format!("connected to routers {a}, {b}"), 2);
 }
 
 /// A home whose keys include a second router key, `router-b`; an echo source, and

@@ -45,6 +45,15 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         // Connected, the detail names the router in use (one of several when the
         // tunnel has fallbacks).
         let (router, detail) = match state.as_str() {
+            // Balancing: serving while any router is; those away are named.
+            "connected" if s.entry.config.balance => {
+                let (_, down) = super::status::balanced(&s.entry.config.router, &detail);
+                let detail = match down.as_slice() {
+                    [] => String::new(),
+                    down => format!("{} not connected", down.join(", ")),
+                };
+                (s.entry.config.router.clone(), detail)
+            }
             "connected" if !detail.is_empty() => (detail, String::new()),
             _ => (s.entry.config.router.clone(), detail),
         };

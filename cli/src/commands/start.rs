@@ -71,6 +71,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         key_path: Some(key_path.clone()),
         key_rotation: conduit_controlplane::client::days(a.key_rotation_days),
         failback: conduit_controlplane::client::secs(a.router_failback),
+        balance: a.router_balance,
         udp: (a.protocol == ProtocolArg::Udp).then(|| conduit_dataplane::UdpSpec {
             idle_timeout: secs(a.udp_idle_timeout),
             max_new_flows: a.udp_max_new_flows,
@@ -131,6 +132,13 @@ async fn announce(name: String, mut status: tokio::sync::watch::Receiver<LinkSta
     loop {
         let now = status.borrow_and_update().clone();
         match now {
+            // Balancing, `router` names every router whose link is up.
+            LinkStatus::Connected { router, .. } if router.contains(", ") => {
+                say(format_args!(
+                    "tunnel {name:?} connected to routers {router}"
+                ));
+                said_retrying = false;
+            }
             LinkStatus::Connected { router, .. } => {
                 say(format_args!("tunnel {name:?} connected to router {router}"));
                 said_retrying = false;
@@ -273,6 +281,9 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     if a.protocol == ProtocolArg::Udp {
         args.extend(["--protocol".to_owned(), "udp".to_owned()]);
+    }
+    if a.router_balance {
+        args.push("--router-balance".to_owned());
     }
     if a.optimize_for != OptimizeArg::Balanced {
         let word = OptimizeFor::from(a.optimize_for).as_str();

@@ -62,6 +62,19 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         let t = st.tunnel.clone().unwrap_or_default();
         let l = st.link.clone().unwrap_or_default();
         let link = match l.state.as_str() {
+            // Balancing, `detail` names the routers whose links are up.
+            "connected" if e.config.balance => {
+                let (up, down) = balanced(&e.config.router, &l.detail);
+                format!(
+                    "routers {} connected since {}{}",
+                    up.join(", "),
+                    time(l.since),
+                    match down.as_slice() {
+                        [] => String::new(),
+                        down => format!("; {} not connected (retrying)", down.join(", ")),
+                    }
+                )
+            }
             // `detail` names the router in use, one of several when the tunnel has
             // fallbacks (older tunnels leave it empty).
             "connected" => format!(
@@ -103,6 +116,19 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The routers of a balancing tunnel (`routers`, as `--router` names them) whose
+/// links are up (`connected`, as its link state's detail names them), and those
+/// whose links are not.
+pub(crate) fn balanced(routers: &str, connected: &str) -> (Vec<String>, Vec<String>) {
+    let up: Vec<&str> = connected.split(", ").collect();
+    routers
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .partition(|r| up.contains(&r.as_str()))
 }
 
 /// The status line's words on kernel TLS; nothing where it does not apply (plain

@@ -58,6 +58,9 @@ pub struct RouterPeer {
     /// While a tunnel uses a fallback, how often it tries the routers before it and
     /// moves back to the first that answers (seconds; 0: stays; default 30).
     pub failback_secs: u64,
+    /// Use `host` and every fallback at once, spreading connections over those
+    /// that are up, instead of one at a time (default false).
+    pub balance: bool,
 }
 
 impl Default for RouterPeer {
@@ -70,6 +73,7 @@ impl Default for RouterPeer {
             fallbacks: Vec::new(),
             fallback_keys: Vec::new(),
             failback_secs: 30,
+            balance: false,
         }
     }
 }

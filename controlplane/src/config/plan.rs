@@ -42,6 +42,8 @@ pub struct TunnelPlan {
     pub key_rotation_days: u64,
     /// `[router] failback_secs` (0: stay on a fallback).
     pub failback_secs: u64,
+    /// `[router] balance`: every router at once.
+    pub balance: bool,
     /// Workers, engine, pool, timeouts and the rest.
     pub performance: PerformanceConfig,
 }
@@ -70,6 +72,10 @@ impl TunnelPlan {
             self.failback_secs,
         );
         h.update(text.as_bytes());
+        // Only when set: tunnels from before the setting keep their digests.
+        if self.balance {
+            h.update(b"|balance");
+        }
         if let Some(t) = &self.token {
             h.update(b"|token|");
             h.update(t.expose().as_bytes());
@@ -111,6 +117,7 @@ impl TunnelPlan {
             key_path: Some(self.private_key_path.clone()),
             key_rotation: crate::client::days(self.key_rotation_days),
             failback: crate::client::secs(self.failback_secs),
+            balance: self.balance,
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
                 max_new_flows: p.udp_max_new_flows,
@@ -200,6 +207,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             token: c.security.token.clone(),
             key_rotation_days: c.security.key_rotation_days,
             failback_secs: c.router.failback_secs,
+            balance: c.router.balance,
             performance: c.performance.clone(),
         });
     }

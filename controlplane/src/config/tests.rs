@@ -259,6 +259,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         "fallbacks = [] # default".into(),
         "fallback_keys = [] # default".into(),
         "failback_secs = 30 # default".into(),
+        "balance = false # default".into(),
         String::new(),
         "[security]".into(),
         format!("private_key_path = \"{key}\" # default"),

@@ -481,6 +481,13 @@ fn fallback_keys(r: &super::model::RouterPeer, out: &mut Out<'_>) {
             );
         }
     }
+    if r.balance && fallbacks == 0 {
+        out.warn(
+            "router.balance",
+            "true with no router.fallbacks: one router has nothing to balance with; list \
+             the other routers in router.fallbacks",
+        );
+    }
 }
 
 /// A fallback router: `HOST:PORT` (`[v6]:PORT`).

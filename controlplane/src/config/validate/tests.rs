@@ -62,9 +62,9 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
         [
             "error: host: unknown key at the top level; put it under [router] ($F:1)",
             "error: router.hots: unknown key in [router]; did you mean host? valid keys: host, \
-             port, public_key, transport, fallbacks, fallback_keys, failback_secs ($F:3)",
+             port, public_key, transport, fallbacks, fallback_keys, failback_secs, balance ($F:3)",
             "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, \
-             transport, fallbacks, fallback_keys, failback_secs; `bind` belongs in a router's file (check those with --router) ($F:5)",
+             transport, fallbacks, fallback_keys, failback_secs, balance; `bind` belongs in a router's file (check those with --router) ($F:5)",
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
@@ -571,6 +571,27 @@ fn fallback_routers_are_checked_one_by_one() {
     let text = f.client_text("").replacen(
         "[[tunnels]]",
         "fallbacks = [\"10.2.0.3:9999\", \"[fd00::4]:9999\"]\n[[tunnels]]",
+        1,
+    );
+    assert_eq!(check(&f, &text), none());
+}
+
+#[test]
+fn balancing_over_one_router_is_a_warning() {
+    let f = Fixture::new();
+    let text = f
+        .client_text("")
+        .replacen("[[tunnels]]", "balance = true\n[[tunnels]]", 1);
+    assert_eq!(
+        check(&f, &text),
+        [
+            "warning: router.balance: true with no router.fallbacks: one router has nothing to \
+             balance with; list the other routers in router.fallbacks ($F:5)"
+        ]
+    );
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "balance = true\nfallbacks = [\"10.2.0.3:9999\"]\n[[tunnels]]",
         1,
     );
     assert_eq!(check(&f, &text), none());
