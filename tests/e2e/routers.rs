@@ -234,6 +234,38 @@ fn a_balancing_tunnel_closes_only_the_users_of_a_router_that_froze() {
     tunnel.wait_stdout_count(&format!("connected to routers {a}, {b}"), 2);
 }
 
+#[test]
+fn a_balancing_tunnel_rotates_its_key_on_one_link_and_makes_the_others_again() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (first, a) = home.router(Engine::Epoll, &allow);
+    let (second, b) = home.router(Engine::Epoll, &allow);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-balance"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+    let old = home.public_key("client");
+
+    let out = home.ok(&["keys", "rotate", "--all"]);
+    let new = home.public_key("client");
+    assert_ne!(new, old);
+    assert!(
+        out.starts_with(&format!("tunnel \"tunnel\": key rotated to {new};")),
+        "{out}"
+    );
+    // Both routers see the tunnel again, with the new key, and carry its users.
+    first.wait_stderr(&format!("client={new}"));
+    second.wait_stderr(&format!("client={new}"));
+    for i in 0..8 {
+        assert_echo(taddr, format!("with the new key, {i}").as_bytes());
+    }
+}
+
 /// A home whose keys include a second router key, `router-b`; an echo source, and
 /// the allow-list for it.
 fn with_router_b() -> (Home, std::net::SocketAddr, [String; 1]) {
