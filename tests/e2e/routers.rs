@@ -475,20 +475,23 @@ fn a_tunnel_that_every_router_refuses_stops_naming_each() {
     let extra = ["--key", b_key.as_str()];
     let (_first, a) = home.router_with(engine, &allow, &extra);
     let (_second, b) = home.router_with(engine, &allow, &extra);
-    let mut tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
-    let status = tunnel.wait_exit();
-    let err = tunnel.stderr();
-    assert_code(status, 77, &err);
-    let (pinned, got) = (home.public_key("router"), home.public_key("router-b"));
-    assert!(
-        err.contains(&format!(
-            "every router refused this tunnel:\n  router {a}: router key mismatch: expected \
-             {pinned}, got {got}"
-        )) && err.contains(&format!(
-            "\n  router {b}: router key mismatch: expected {pinned}, got {got}"
-        )),
-        "{err}"
-    );
+    // Using one router at a time, or all at once.
+    for mode in [&[][..], &["--router-balance"][..]] {
+        let mut tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), mode);
+        let status = tunnel.wait_exit();
+        let err = tunnel.stderr();
+        assert_code(status, 77, &err);
+        let (pinned, got) = (home.public_key("router"), home.public_key("router-b"));
+        assert!(
+            err.contains(&format!(
+                "every router refused this tunnel:\n  router {a}: router key mismatch: expected \
+                 {pinned}, got {got}"
+            )) && err.contains(&format!(
+                "\n  router {b}: router key mismatch: expected {pinned}, got {got}"
+            )),
+            "{mode:?}: {err}"
+        );
+    }
 }
 
 #[test]
