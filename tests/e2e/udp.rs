@@ -561,6 +561,43 @@ fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
 }
 
 #[test]
+fn udp_flows_of_a_balancing_tunnel_spread_over_its_routers() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let allow = [source.addr.to_string()];
+    let (_first, a, api_a) = crate::ops::router_api(&home, &allow, &[]);
+    let (_second, b, api_b) = crate::ops::router_api(&home, &allow, &[]);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.addr.to_string(),
+        &["--protocol", "udp", "--router-balance"],
+    );
+    let taddr = crate::harness::addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+    // Forty senders, a flow each: each flow rides a channel of its own, made to
+    // the routers in turn.
+    let users: Vec<User> = (0..40).map(|_| User::new(taddr)).collect();
+    for (i, u) in users.iter().enumerate() {
+        u.echo(format!("sender {i}").as_bytes());
+    }
+    let active = |api: &str| {
+        crate::ops::get(api, "/api/v1/stats/connections")["data"]["active"]
+            .as_u64()
+            .unwrap()
+    };
+    let (on_a, on_b) = crate::http::wait_for("every flow counted by a router", || {
+        let (x, y) = (active(&api_a), active(&api_b));
+        (x + y == 40).then_some((x, y))
+    });
+    assert!(
+        on_a >= 10 && on_b >= 10,
+        "{on_a} flows on {a}, {on_b} on {b}"
+    );
+    assert_eq!(source.senders(), 40);
+}
+
+#[test]
 fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
     let UdpTunnel {
         home,
