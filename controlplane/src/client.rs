@@ -235,7 +235,8 @@ struct Shared {
     tls: RwLock<Vec<Arc<ClientConfig>>>,
     key_path: Option<PathBuf>,
     key_rotation: Option<Duration>,
-    /// The protocol version of the control channel (0 while there is none).
+    /// The protocol version of each router's control channel (0 while there is
+    /// none).
     versions: Box<[AtomicU16]>,
     token: Option<Secret>,
     connect_timeout: Duration,
@@ -904,15 +905,7 @@ async fn control_loop(
                 info!(tunnel = %shared.name, %router, "connected to router");
                 let mut probe = Probe::start(&shared);
                 let at = shared.at();
-                let end = heartbeat(
-                    &shared,
-                    at,
-                    &mut ctl,
-                    &mut stop,
-                    Some(&rotations),
-                    &mut probe,
-                )
-                .await;
+                let end = heartbeat(&shared, at, &mut ctl, &mut stop, &rotations, &mut probe).await;
                 probe.stop();
                 let why = &end.why;
                 if end.again {
@@ -1106,14 +1099,15 @@ impl Probe {
     }
 }
 
-/// Pings the router until the link fails or `stop` is set (then says goodbye);
+/// Pings router `index` over its control channel `ctl` until the link fails or
+/// `stop` is set (then says goodbye), taking the key rotations asked for meanwhile;
 /// returns why it ended.
 async fn heartbeat(
     shared: &Shared,
     index: usize,
     ctl: &mut Wire,
     stop: &mut watch::Receiver<bool>,
-    rotations: Option<&SharedRotations>,
+    rotations: &SharedRotations,
     probe: &mut Probe,
 ) -> LinkEnd {
     let interval = shared.heartbeat;
@@ -1126,7 +1120,7 @@ async fn heartbeat(
     let mut next_check = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= next_check
-            && let Some(_turn) = rotations.and_then(|r| r.clone().try_lock_owned().ok())
+            && let Ok(_turn) = rotations.clone().try_lock_owned()
         {
             next_check = tokio::time::Instant::now() + ROTATION_CHECK;
             if let Some(age) = shared.key_too_old() {
@@ -1277,14 +1271,10 @@ async fn heartbeat(
     }
 }
 
-/// The next request to rotate the key, with the turn to rotate it; never when
-/// this link takes no requests.
+/// The next request to rotate the key, with the turn to rotate it.
 async fn asked_to_rotate(
-    rotations: Option<&SharedRotations>,
+    rotations: &SharedRotations,
 ) -> (oneshot::Sender<Result<Rotated, String>>, RotationTurn) {
-    let Some(rotations) = rotations else {
-        return std::future::pending().await;
-    };
     let mut turn = rotations.clone().lock_owned().await;
     match turn.recv().await {
         Some(reply) => (reply, turn),

@@ -92,7 +92,7 @@ async fn lane(
                     index,
                     &mut ctl,
                     &mut stop,
-                    Some(&rotations),
+                    &rotations,
                     &mut Probe(None),
                 )
                 .await;
