@@ -162,7 +162,12 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
         "{status}"
     );
     let health = home.ok(&["health"]);
-    assert!(health.contains(&format!("({a} not connected)")), "{health}");
+    assert!(
+        health.contains(&format!(
+            "tunnel: routers {a}, {b} link connected ({a} not connected)"
+        )),
+        "{health}"
+    );
 
     // Back: both routers in use again.
     let (_first, _) = home.router_at(Engine::Epoll, &a.to_string(), &allow, &[]);

@@ -73,10 +73,17 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     } else {
         for r in &rows {
             let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+            // Several: a balancing tunnel's routers, all in use.
+            let routers: Vec<&str> = r["router"].as_str().unwrap_or("?").split(',').collect();
             say(format_args!(
-                "{}: router {} link {}{}",
+                "{}: {} {} link {}{}",
                 r["name"].as_str().unwrap_or("?"),
-                r["router"].as_str().unwrap_or("?"),
+                if routers.len() > 1 {
+                    "routers"
+                } else {
+                    "router"
+                },
+                routers.join(", "),
                 r["link"].as_str().unwrap_or("?"),
                 detail.map(|d| format!(" ({d})")).unwrap_or_default()
             ));
