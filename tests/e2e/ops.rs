@@ -36,6 +36,23 @@ pub fn get(api: &str, path: &str) -> Value {
     v
 }
 
+/// How many streams (or UDP flows) each router, by its API's URL, counts open
+/// once together they count `total`; panics after the deadline.
+pub fn open_on(apis: [&str; 2], total: u64) -> [u64; 2] {
+    let active = |api: &str| {
+        get(api, "/api/v1/stats/connections")["data"]["active"]
+            .as_u64()
+            .expect("a count of open connections")
+    };
+    wait_for(
+        &format!("{total} open connections over the routers"),
+        || {
+            let counts = apis.map(active);
+            (counts.iter().sum::<u64>() == total).then_some(counts)
+        },
+    )
+}
+
 /// Sends `len` bytes through an echo tunnel and reads them back; returns them.
 pub fn echo_through(addr: SocketAddr, len: usize, seed: u64) {
     let data = sources::pattern(seed, len);

@@ -7,8 +7,7 @@ use std::net::TcpListener;
 
 use crate::faults::Frozen;
 use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
-use crate::http::wait_for;
-use crate::ops::{get, router_api};
+use crate::ops::{open_on, router_api};
 use crate::sources;
 use crate::users::{assert_echo, exchange, open_user, wait_for_echo};
 
@@ -131,23 +130,13 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
             u
         })
         .collect();
-    let active = |api: &str| {
-        get(api, "/api/v1/stats/connections")["data"]["active"]
-            .as_u64()
-            .unwrap()
-    };
-    let (on_a, on_b) = wait_for("every user counted by a router", || {
-        let (x, y) = (active(&api_a), active(&api_b));
-        (x + y == 40).then_some((x, y))
-    });
+    let [on_a, on_b] = open_on([&api_a, &api_b], 40);
     assert!(
         on_a >= 10 && on_b >= 10,
         "{on_a} users on {a}, {on_b} on {b}"
     );
     drop(users);
-    wait_for("the users gone", || {
-        (active(&api_a) + active(&api_b) == 0).then_some(())
-    });
+    open_on([&api_a, &api_b], 0);
 
     // One router away: the other serves everyone, and status names both.
     first.stop();
@@ -198,15 +187,7 @@ fn a_balancing_tunnel_closes_only_the_users_of_a_router_that_froze() {
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
     tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
     let mut users: Vec<_> = (0..12).map(|_| open_user(taddr)).collect();
-    let active = |api: &str| {
-        get(api, "/api/v1/stats/connections")["data"]["active"]
-            .as_u64()
-            .unwrap() as usize
-    };
-    let on_a = wait_for("every user counted by a router", || {
-        let on_a = active(&api_a);
-        (on_a + active(&api_b) == 12).then_some(on_a)
-    });
+    let on_a = open_on([&api_a, &api_b], 12)[0] as usize;
     assert!(on_a > 0 && on_a < 12, "{on_a} of 12 users on {a}");
 
     // The first router stops answering and resets nothing: its heartbeats tell,

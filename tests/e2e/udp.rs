@@ -581,15 +581,7 @@ fn udp_flows_of_a_balancing_tunnel_spread_over_its_routers() {
     for (i, u) in users.iter().enumerate() {
         u.echo(format!("sender {i}").as_bytes());
     }
-    let active = |api: &str| {
-        crate::ops::get(api, "/api/v1/stats/connections")["data"]["active"]
-            .as_u64()
-            .unwrap()
-    };
-    let (on_a, on_b) = crate::http::wait_for("every flow counted by a router", || {
-        let (x, y) = (active(&api_a), active(&api_b));
-        (x + y == 40).then_some((x, y))
-    });
+    let [on_a, on_b] = crate::ops::open_on([&api_a, &api_b], 40);
     assert!(
         on_a >= 10 && on_b >= 10,
         "{on_a} flows on {a}, {on_b} on {b}"
