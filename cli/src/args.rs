@@ -588,8 +588,8 @@ pub(crate) struct StartArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub(crate) router_failback: u64,
     /// With several routers (`--router A,B`): use them all at once, each new
-    /// connection's channel opened to the next router whose link is up, instead of
-    /// one at a time. `[router] balance = true` in a file.
+    /// connection through the router (of those whose link is up) carrying the
+    /// fewest, instead of one at a time. `[router] balance = true` in a file.
     #[arg(long)]
     pub(crate) router_balance: bool,
     /// Serve this tunnel's Prometheus metrics over HTTP at ADDR/metrics (no token:

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conduit_dataplane::{
-    ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
+    ChannelSlot, ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
 };
 use conduit_proto::tls::{ClientConfig, client_config};
 use conduit_proto::version::{self, VersionRange};
@@ -708,18 +708,16 @@ impl Shared {
         self.at.load(Ordering::Relaxed) % self.routers.len()
     }
 
-    /// The router for core `core`'s next data channel: the one in use; or,
-    /// balancing, the next in turn whose link is up. `None` if its link is down.
-    fn pick(&self, core: usize) -> Option<usize> {
+    /// A slot for core `core`'s next data channel, on the router in use; or,
+    /// balancing, on the router whose link is up with the fewest channels (ties in
+    /// turn). `None` while that link (every link) is down.
+    fn pick(&self, core: usize) -> Option<ChannelSlot> {
         if !self.balance {
             let at = self.at();
-            return self.link.is_up_at(at).then_some(at);
+            return self.link.is_up_at(at).then(|| self.link.reserve(at));
         }
-        let n = self.routers.len();
         let start = self.next_pick[core % self.next_pick.len()].fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.link.is_up_at(i))
+        self.link.reserve_least_loaded(start)
     }
 
     /// Moves on to the next router (after the last, the first); returns it.
@@ -1604,22 +1602,25 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 return;
             }
         }
-        let Some(index) = shared.pick(core) else {
+        let Some(slot) = shared.pick(core) else {
             // The link moves to another router right now.
             tokio::task::yield_now().await;
             continue;
         };
+        let index = slot.router();
         let epoch = shared.link.current(index);
         match open(&shared, ChannelKind::Data, index).await {
-            Ok((w, version)) => match w.into_handoff(epoch, shared.name.clone(), version) {
-                Ok(h) => {
-                    if !shared.dp.send_client_channel(core, h) {
-                        debug!(core, "worker gone; channel dropped");
+            Ok((w, version)) => {
+                match w.into_handoff(epoch, Some(slot), shared.name.clone(), version) {
+                    Ok(h) => {
+                        if !shared.dp.send_client_channel(core, h) {
+                            debug!(core, "worker gone; channel dropped");
+                        }
+                        return;
                     }
-                    return;
+                    Err(e) => debug!(core, "data channel unusable: {e}"),
                 }
-                Err(e) => debug!(core, "data channel unusable: {e}"),
-            },
+            }
             Err(e) if e.out_of_descriptors() => {
                 // The worker logs it, tells its users, and asks again when it sees fit.
                 let reason = format!(
@@ -1630,7 +1631,11 @@ async fn make_one(shared: Arc<Shared>, core: usize) {
                 shared.dp.no_channels(core, reason);
                 return;
             }
-            Err(e) => debug!(core, "cannot open a data channel: {e}"),
+            Err(e) => {
+                // Not counted against its router while waiting to try again.
+                drop(slot);
+                debug!(core, "cannot open a data channel: {e}");
+            }
         }
         tokio::time::sleep(backoff.next_wait()).await;
     }

@@ -433,14 +433,16 @@ async fn handle(
         ChannelKind::Control => {
             control_session(&state, wire, key, who, hello.tunnel, version).await;
         }
-        ChannelKind::Data => match wire.into_handoff(Default::default(), hello.tunnel, version) {
-            Ok(h) => {
-                if !state.dp.send_router_channel(h) {
-                    warn!(%peer, "no data-plane worker is running; channel dropped");
+        ChannelKind::Data => {
+            match wire.into_handoff(Default::default(), None, hello.tunnel, version) {
+                Ok(h) => {
+                    if !state.dp.send_router_channel(h) {
+                        warn!(%peer, "no data-plane worker is running; channel dropped");
+                    }
                 }
+                Err(e) => warn!(%peer, client = %who, "data channel refused: {e}"),
             }
-            Err(e) => warn!(%peer, client = %who, "data channel refused: {e}"),
-        },
+        }
     }
 }
 

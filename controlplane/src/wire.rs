@@ -225,6 +225,7 @@ impl Wire {
     pub(crate) fn into_handoff(
         self,
         epoch: conduit_dataplane::LinkEpoch,
+        slot: Option<conduit_dataplane::ChannelSlot>,
         tunnel: String,
         version: u16,
     ) -> Result<ChannelHandoff, WireError> {
@@ -248,6 +249,7 @@ impl Wire {
             peer_addr: self.peer_addr,
             tunnel,
             epoch,
+            slot,
             version,
             made: Instant::now(),
         })

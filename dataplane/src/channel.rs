@@ -63,6 +63,8 @@ pub(crate) struct Channel {
     /// The tunnel the channel serves.
     pub(crate) tunnel: std::rc::Rc<str>,
     pub(crate) epoch: crate::LinkEpoch,
+    /// Counts it among its router's channels (client side).
+    pub(crate) slot: Option<crate::ChannelSlot>,
     /// The protocol version agreed for it.
     pub(crate) version: u16,
     /// When the channel last became idle (handshake or end of its last stream).
@@ -88,6 +90,7 @@ impl Channel {
             peer_key: h.peer_key,
             tunnel: h.tunnel.into(),
             epoch: h.epoch,
+            slot: h.slot,
             version: h.version,
             idle_since: h.made,
         })

@@ -447,10 +447,29 @@ impl ClientCore {
             && sock.peek() == Peek::Quiet
     }
 
+    /// The idle channel to try next: the first; or, where several routers are in
+    /// use at once, the first of the router with the fewest streams riding it now
+    /// (a router that holds its streams longer, slower or busier, gets fewer).
+    fn take_idle(&self) -> Option<Link> {
+        let mut pool = self.pool.borrow_mut();
+        let links = &self.spec.link;
+        let at = if links.routers() > 1 && pool.idle.len() > 1 {
+            let streams = |ch: &Link| links.streams(ch.epoch().router);
+            pool.idle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, ch)| streams(ch))
+                .map_or(0, |(i, _)| i)
+        } else {
+            0
+        };
+        pool.idle.remove(at)
+    }
+
     /// A live channel for a new user connection.
     async fn channel(&self) -> Result<Link, NoLink> {
         loop {
-            let next = self.pool.borrow_mut().idle.pop_front();
+            let next = self.take_idle();
             match next {
                 Some(ch) if self.usable(&ch) => {
                     self.publish();
@@ -590,6 +609,7 @@ impl ClientCore {
         // its largest state.
         let link = Box::pin(self.channel()).await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
+        let _riding = self.spec.link.ride(link.epoch().router);
         let mut ch = match link {
             Link::Tls(ch) => ch,
             Link::Plain(ch) => {
@@ -838,7 +858,11 @@ impl ClientCore {
                 return Err((ErrorKind::Channel, format!("protocol error: {e}")));
             }
         }
-        let Channel { sock, tls, .. } = *ch;
+        // The slot stays: the stream still holds a channel's worth of its router.
+        let Channel {
+            sock, tls, slot, ..
+        } = *ch;
+        let _slot = slot;
         if let Err(e) = offload::hand_over(&sock, tls.into_inner()) {
             sock.abort();
             return Err((ErrorKind::Channel, e));

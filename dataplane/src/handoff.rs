@@ -7,7 +7,8 @@
 //! Data → control: [`FromWorker`] on one shared queue, and the per-core counters.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use conduit_proto::{PublicKey, TlsSession};
@@ -36,6 +37,8 @@ pub struct ChannelHandoff {
     /// The router and link generation it was made in (client side; see
     /// [`LinkState`]).
     pub epoch: LinkEpoch,
+    /// Counts the channel among its router's while it lives (client side).
+    pub slot: Option<ChannelSlot>,
     /// The protocol version the two ends agreed on in `Hello`/`Welcome`.
     pub version: u16,
     /// When the handshake finished.
@@ -116,6 +119,47 @@ pub struct LinkState {
 struct RouterLink {
     up: AtomicBool,
     generation: AtomicU64,
+    /// Its data channels: being made, idle or carrying a stream.
+    channels: AtomicUsize,
+    /// The user connections and flows riding its channels.
+    streams: AtomicUsize,
+}
+
+/// One data channel counted among its router's (see [`LinkState::reserve`]) until
+/// it is dropped: made, failed, or closed.
+#[derive(Debug)]
+pub struct ChannelSlot {
+    links: Arc<LinkState>,
+    router: usize,
+}
+
+impl ChannelSlot {
+    /// The router the channel is (to be) made to.
+    pub fn router(&self) -> usize {
+        self.router
+    }
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.links
+            .link(self.router)
+            .channels
+            .fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One user connection or flow counted among its router's streams while it rides
+/// one of its channels (see [`LinkState::ride`]).
+#[derive(Debug)]
+pub struct Riding<'a> {
+    link: &'a RouterLink,
+}
+
+impl Drop for Riding<'_> {
+    fn drop(&mut self) {
+        self.link.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Which link a channel was made in: the router (its index in the tunnel's list)
@@ -190,6 +234,52 @@ impl LinkState {
         }
     }
 
+    /// How many routers the tunnel names.
+    pub fn routers(&self) -> usize {
+        self.routers.len()
+    }
+
+    /// Counts a data channel to `router` from now until the slot is dropped.
+    pub fn reserve(self: &Arc<Self>, router: usize) -> ChannelSlot {
+        let router = router % self.routers.len();
+        self.link(router).channels.fetch_add(1, Ordering::AcqRel);
+        ChannelSlot {
+            links: self.clone(),
+            router,
+        }
+    }
+
+    /// A slot for the next data channel of a tunnel that balances over its routers:
+    /// on the router, of those whose link is up, with the fewest channels (being
+    /// made, idle or busy), so that one that joins late or holds its streams longer
+    /// gets the next ones; ties go to the first from `start` on. `None` while every
+    /// link is down.
+    pub fn reserve_least_loaded(self: &Arc<Self>, start: usize) -> Option<ChannelSlot> {
+        let n = self.routers.len();
+        let router = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| self.is_up_at(i))
+            .min_by_key(|&i| self.routers[i].channels.load(Ordering::Acquire))?;
+        Some(self.reserve(router))
+    }
+
+    /// The data channels to `router` counted now (see [`Self::reserve`]).
+    pub fn channels(&self, router: usize) -> usize {
+        self.link(router).channels.load(Ordering::Acquire)
+    }
+
+    /// The streams riding `router`'s channels now (see [`Self::ride`]).
+    pub fn streams(&self, router: usize) -> usize {
+        self.link(router).streams.load(Ordering::Acquire)
+    }
+
+    /// Counts a stream riding a channel of `router` until the guard is dropped.
+    pub fn ride(&self, router: usize) -> Riding<'_> {
+        let link = self.link(router);
+        link.streams.fetch_add(1, Ordering::AcqRel);
+        Riding { link }
+    }
+
     /// Whether a channel made in `epoch` may still carry streams: its link is up
     /// and has not been made again since.
     pub fn is_current(&self, epoch: LinkEpoch) -> bool {
@@ -221,5 +311,51 @@ mod tests {
         links.lost_all();
         assert!(!links.is_up() && !links.is_current(b2));
         assert_eq!(links.current(1), b2);
+    }
+
+    #[test]
+    fn balancing_picks_the_router_with_the_fewest_channels() {
+        let links = Arc::new(LinkState::new(3));
+        assert!(
+            links.reserve_least_loaded(0).is_none(),
+            "every link is down"
+        );
+        links.connected(0);
+        links.connected(1);
+        // Router 2 is down: never picked, however few channels it has.
+        let a = links.reserve_least_loaded(0).unwrap();
+        assert_eq!(a.router(), 0);
+        let b = links.reserve_least_loaded(0).unwrap();
+        assert_eq!(b.router(), 1);
+        // A tie goes to the first from `start` on.
+        assert_eq!(links.reserve_least_loaded(1).unwrap().router(), 1);
+        let a2 = links.reserve_least_loaded(0).unwrap();
+        assert_eq!(
+            (a2.router(), links.channels(0), links.channels(1)),
+            (0, 2, 1)
+        );
+        assert_eq!(links.reserve_least_loaded(0).unwrap().router(), 1);
+        // A closed channel leaves its router's count.
+        drop(a);
+        drop(a2);
+        assert_eq!((links.channels(0), links.channels(1)), (0, 1));
+        assert_eq!(links.reserve_least_loaded(1).unwrap().router(), 0);
+        links.connected(2);
+        let c = links.reserve_least_loaded(0).unwrap();
+        assert_eq!(c.router(), 0);
+        assert_eq!(links.reserve_least_loaded(1).unwrap().router(), 2);
+        drop(b);
+    }
+
+    #[test]
+    fn a_stream_counts_while_it_rides() {
+        let links = LinkState::new(2);
+        let r = links.ride(1);
+        let r2 = links.ride(1);
+        assert_eq!((links.streams(0), links.streams(1)), (0, 2));
+        drop(r);
+        assert_eq!(links.streams(1), 1);
+        drop(r2);
+        assert_eq!(links.streams(1), 0);
     }
 }

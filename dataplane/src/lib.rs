@@ -50,7 +50,9 @@ use conduit_proto::{PublicKey, Refusal};
 use tracing::warn;
 
 pub use engine::{Engine, EngineKind};
-pub use handoff::{ChannelHandoff, FromWorker, LinkEpoch, LinkState, ToWorker};
+pub use handoff::{
+    ChannelHandoff, ChannelSlot, FromWorker, LinkEpoch, LinkState, Riding, ToWorker,
+};
 pub use limit::ConnLimit;
 pub use listener::AcceptBackoff;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};

@@ -77,6 +77,8 @@ pub(crate) struct PlainChannel {
     /// The tunnel the channel serves.
     pub(crate) tunnel: std::rc::Rc<str>,
     pub(crate) epoch: crate::LinkEpoch,
+    /// Counts it among its router's channels (client side) until it is dropped.
+    _slot: Option<crate::ChannelSlot>,
     pub(crate) idle_since: Instant,
     /// Bytes received before the worker took over.
     pub(crate) leftover: Vec<u8>,
@@ -93,6 +95,7 @@ impl PlainChannel {
             peer_key: h.peer_key,
             tunnel: h.tunnel.into(),
             epoch: h.epoch,
+            _slot: h.slot,
             idle_since: h.made,
             leftover: h.leftover,
             version: h.version,

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 
 use crate::faults::Frozen;
 use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
-use crate::ops::{open_on, router_api};
+use crate::ops::{TOKEN, open_on, router_api};
 use crate::sources;
 use crate::users::{assert_echo, exchange, open_user, wait_for_echo};
 
@@ -120,9 +120,9 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
     tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
 
-    // Users held open at once, each on a channel of its own: the channels are made
-    // to each router in turn, so the routers carry about half each (beyond the
-    // few channels made while only one link was up).
+    // Users held open at once, each on a channel of its own: each channel goes to
+    // the router with fewer, so the routers carry about half each (beyond the few
+    // channels made while only one link was up).
     let users: Vec<_> = (0..40)
         .map(|i| {
             let mut u = open_user(taddr);
@@ -168,6 +168,55 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
             && !status.contains("not connected"),
         "{status}"
     );
+}
+
+#[test]
+fn a_router_that_joins_a_balancing_tunnel_late_takes_the_next_users() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (_first, a, api_a) = router_api(&home, &allow, &[]);
+    // The second router's address, nothing listening on it yet.
+    let b = format!("127.0.0.1:{}", dead_port());
+    // Two channels ready on each of the two cores.
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-balance", "--pool-size", "2"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    let mut users: Vec<_> = (0..12)
+        .map(|i| {
+            let mut u = open_user(taddr);
+            exchange(&mut u, format!("early {i}").as_bytes());
+            u
+        })
+        .collect();
+
+    // The second router comes up: it carries none of the twelve, so the next users'
+    // channels go to it (taken in turn they would split about evenly).
+    let extra = ["--api-bind", "127.0.0.1:0", "--api-token", TOKEN];
+    let (second, _) = home.router_at(Engine::Epoll, &b, &allow, &extra);
+    let api_b = format!(
+        "http://{}",
+        addr_in(&second.wait_stdout("api listening on"))
+    );
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+    users.extend((0..12).map(|i| {
+        let mut u = open_user(taddr);
+        exchange(&mut u, format!("late {i}").as_bytes());
+        u
+    }));
+    let [on_a, on_b] = open_on([&api_a, &api_b], 24);
+    assert!(
+        on_b >= 10,
+        "{on_b} of the 12 late users on {b}, which joined late; {on_a} on {a}"
+    );
+    for (i, u) in users.iter_mut().enumerate() {
+        exchange(u, format!("still there {i}").as_bytes());
+    }
 }
 
 #[test]

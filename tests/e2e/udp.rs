@@ -576,7 +576,7 @@ fn udp_flows_of_a_balancing_tunnel_spread_over_its_routers() {
     let taddr = crate::harness::addr_in(&tunnel.wait_stdout("listening on"));
     tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
     // Forty senders, a flow each: each flow rides a channel of its own, made to
-    // the routers in turn.
+    // the router with fewer.
     let users: Vec<User> = (0..40).map(|_| User::new(taddr)).collect();
     for (i, u) in users.iter().enumerate() {
         u.echo(format!("sender {i}").as_bytes());

@@ -1,10 +1,11 @@
 //! Balancing across routers (`--router-balance`, `[router] balance = true`): the
 //! tunnel keeps a link to every router it names at once, each made, watched by
-//! heartbeats and made again on its own, and each new data channel goes to the next
-//! router in turn whose link is up. User connections take the pooled channels in
-//! the order they were made, so they spread over the routers; a router that goes
-//! away takes only its own channels (and, when it went silent, the connections on
-//! them) with it, and rejoins once its link is back.
+//! heartbeats and made again on its own, and each new data channel goes to the
+//! router, of those whose link is up, with the fewest channels (see
+//! [`conduit_dataplane::LinkState::reserve_least_loaded`]); each user takes the idle channel of the
+//! router with the fewest streams. A router that goes away takes only its own
+//! channels (and, when it went silent, the connections on them) with it, and
+//! rejoins once its link is back.
 //!
 //! Keys work as with one router at a time: any link that is up takes a rotation
 //! (which reaches every router before any is asked), and the other links are made

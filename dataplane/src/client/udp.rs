@@ -289,6 +289,7 @@ impl ClientCore {
     ) -> Result<(), (ErrorKind, String)> {
         let link = self.channel().await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
+        let _riding = self.spec.link.ride(link.epoch().router);
         let open = Message::OpenDatagrams {
             target: self.spec.target.clone(),
         };
