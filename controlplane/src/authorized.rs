@@ -73,6 +73,10 @@ impl SourcePolicy for AdmittedPolicy {
     fn connected(&self, target: &str, addr: std::net::SocketAddr) {
         self.allow.connected(target, addr);
     }
+
+    fn not_connected(&self, target: &str, error: &std::io::Error) {
+        self.allow.not_connected(target, error);
+    }
 }
 
 /// The file as last seen: any difference means "read it again".

@@ -11,7 +11,9 @@
 //! When the probes report every member of a source down, the breaker turns its
 //! streams away at once (a host that is down would otherwise hold each user until
 //! its connect times out), except one stream a second that tries it; a trial that
-//! connects marks the source up without waiting for the next probes.
+//! connects marks the source up without waiting for the next probes. A stream whose
+//! connect found nothing answering (timed out, no route) trips the breaker the same
+//! way before the probes notice, until a stream connects or the host refuses one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -106,13 +108,34 @@ impl Balancer {
     }
 
     /// Whether a TCP stream to `target` may try to connect now (see
-    /// `SourcePolicy::gate`).
+    /// `SourcePolicy::gate`): yes, unless the health checks report every member
+    /// down or the last stream that tried it found nothing answering; then one
+    /// stream a second, which tries it.
     pub(crate) fn gate(&self, target: &str) -> Result<(), Refusal> {
-        let Some(monitor) = self.monitor() else {
-            return Ok(());
+        let why = match self.down_why(target) {
+            Some(e) => format!("{target} is down ({e}, say the router's health checks)"),
+            None => match self.breaker.unanswered(target) {
+                Some(e) => format!("{target} is not answering ({e}, when a stream last tried it)"),
+                None => return Ok(()),
+            },
         };
+        if self.breaker.trial(target, Instant::now()) {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            RefusalCode::SourceUnreachable,
+            format!(
+                "source {why}; the router turns its streams away at once until it answers \
+                 again"
+            ),
+        ))
+    }
+
+    /// Why the health checks report every member of `target` down (TCP: streams
+    /// are TCP, and UDP probes say nothing about them); `None` if any is not.
+    fn down_why(&self, target: &str) -> Option<String> {
+        let monitor = self.monitor()?;
         let view = monitor.view();
-        // Streams are TCP: UDP probes say nothing about them.
         let tcp = |s: &&crate::monitor::SourceView| s.protocol == Protocol::Tcp;
         if !view
             .sources
@@ -120,31 +143,36 @@ impl Balancer {
             .filter(tcp)
             .any(|s| s.state == SourceState::Down)
         {
-            return Ok(());
+            return None;
         }
         let mut why = None;
         for member in source_members(target) {
-            let down = view
+            let s = view
                 .sources
                 .iter()
                 .filter(tcp)
-                .find(|s| s.target == member && s.state == SourceState::Down);
-            match down {
-                Some(s) => why = why.or(s.last_error.clone()),
-                None => return Ok(()),
-            }
+                .find(|s| s.target == member && s.state == SourceState::Down)?;
+            why = why.or(s.last_error.clone());
         }
-        if why.is_none() || self.breaker.trial(target, Instant::now()) {
-            return Ok(());
-        }
-        Err(Refusal::new(
-            RefusalCode::SourceUnreachable,
-            format!(
-                "source {target} is down ({}, say the router's health checks); the router \
-                 turns its streams away at once until it answers again",
-                why.unwrap_or_default()
-            ),
-        ))
+        why
+    }
+
+    /// A TCP stream to `target` failed to connect with `error` (see
+    /// `SourcePolicy::not_connected`). When nothing answered (the connect timed
+    /// out, or no route leads there), its streams are turned away but for one a
+    /// second until one connects; any other failure is quick to get and shows
+    /// the host answers, so it ends that.
+    pub(crate) fn not_connected(&self, target: &str, error: &std::io::Error) {
+        use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable, TimedOut};
+        let unanswered = matches!(
+            error.kind(),
+            TimedOut | HostUnreachable | NetworkUnreachable
+        );
+        self.breaker.not_connected(
+            target,
+            unanswered.then(|| error.to_string()),
+            Instant::now(),
+        );
     }
 
     /// A TCP stream to `target` connected to `addr` (see `SourcePolicy::connected`).
@@ -172,39 +200,111 @@ const TRIAL_EVERY: Duration = Duration::from_secs(1);
 /// Sources in trial beyond which those not tried for a minute are forgotten.
 const TRIALS_KEPT: usize = 256;
 
-/// The sources the breaker let a trial stream through to, and when.
+/// The sources the breaker watches: each down, or not answering, and let one
+/// trial stream a second through.
 #[derive(Default)]
 struct Breaker {
-    trials: Mutex<HashMap<String, Instant>>,
-    /// Whether `trials` holds anything: read on every stream that connects.
+    sources: Mutex<HashMap<String, Watched>>,
+    /// Whether `sources` holds anything: read on every stream.
     any: AtomicBool,
 }
 
+/// What the breaker knows of one source.
+#[derive(Default)]
+struct Watched {
+    /// When a stream was last let through to try it.
+    trial: Option<Instant>,
+    /// When a stream last found nothing answering there, and the reason.
+    unanswered: Option<(Instant, String)>,
+}
+
+impl Watched {
+    /// When the breaker last heard of the source.
+    fn last(&self) -> Option<Instant> {
+        self.trial.max(self.unanswered.as_ref().map(|(at, _)| *at))
+    }
+}
+
 impl Breaker {
+    fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes room, when many sources are watched, by forgetting those the breaker
+    /// has not heard of for a minute.
+    fn watch<'a>(
+        sources: &'a mut HashMap<String, Watched>,
+        target: &str,
+        now: Instant,
+    ) -> &'a mut Watched {
+        if sources.len() >= TRIALS_KEPT && !sources.contains_key(target) {
+            sources.retain(|_, w| {
+                w.last()
+                    .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(60))
+            });
+        }
+        sources.entry(target.to_owned()).or_default()
+    }
+
     /// Whether a stream to the down source `target` may try it `now`.
     fn trial(&self, target: &str, now: Instant) -> bool {
-        let mut trials = self.trials.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(last) = trials.get(target)
-            && now.saturating_duration_since(*last) < TRIAL_EVERY
+        let mut sources = self.sources();
+        if let Some(last) = sources.get(target).and_then(|w| w.trial)
+            && now.saturating_duration_since(last) < TRIAL_EVERY
         {
             return false;
         }
-        if trials.len() >= TRIALS_KEPT {
-            trials.retain(|_, last| now.saturating_duration_since(*last) < Duration::from_secs(60));
-        }
-        trials.insert(target.to_owned(), now);
+        Self::watch(&mut sources, target, now).trial = Some(now);
         self.any.store(true, Relaxed);
         true
     }
 
-    /// A stream to `target` connected: whether that ends its trial.
+    /// A stream to `target` failed to connect `now`: `why` nothing answered, or
+    /// `None` when something did (a refusal).
+    fn not_connected(&self, target: &str, why: Option<String>, now: Instant) {
+        if why.is_none() && !self.any.load(Relaxed) {
+            return;
+        }
+        let mut sources = self.sources();
+        match why {
+            Some(why) => {
+                // That stream counts as the source's latest trial.
+                let watched = Self::watch(&mut sources, target, now);
+                watched.unanswered = Some((now, why));
+                watched.trial = Some(now);
+                self.any.store(true, Relaxed);
+            }
+            None => {
+                if let Some(watched) = sources.get_mut(target) {
+                    watched.unanswered = None;
+                }
+            }
+        }
+    }
+
+    /// Why the last stream that tried `target` found nothing answering, unless a
+    /// stream connected since.
+    fn unanswered(&self, target: &str) -> Option<String> {
+        if !self.any.load(Relaxed) {
+            return None;
+        }
+        let sources = self.sources();
+        sources
+            .get(target)?
+            .unanswered
+            .as_ref()
+            .map(|(_, why)| why.clone())
+    }
+
+    /// A stream to `target` connected: whether that ends a trial (or its not
+    /// answering).
     fn connected(&self, target: &str) -> bool {
         if !self.any.load(Relaxed) {
             return false;
         }
-        let mut trials = self.trials.lock().unwrap_or_else(|p| p.into_inner());
-        let ended = trials.remove(target).is_some();
-        if trials.is_empty() {
+        let mut sources = self.sources();
+        let ended = sources.remove(target).is_some();
+        if sources.is_empty() {
             self.any.store(false, Relaxed);
         }
         ended
@@ -318,6 +418,47 @@ mod tests {
     }
 
     #[test]
+    fn a_source_a_stream_found_not_answering_is_turned_away_until_one_connects() {
+        let b = Balancer::new(
+            AllowList::parse(&["10.0.0.0/24:80"]).unwrap(),
+            Arc::new(OnceLock::new()),
+        );
+        let src = "10.0.0.1:80";
+        assert!(b.gate(src).is_ok());
+        let timed_out = std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connection timed out after 10s",
+        );
+        b.not_connected(src, &timed_out);
+        // Turned away, but for one stream a second, which tries it.
+        let refused = b.gate(src).unwrap_err();
+        assert_eq!(refused.code, RefusalCode::SourceUnreachable);
+        assert_eq!(
+            refused.message,
+            "source 10.0.0.1:80 is not answering (connection timed out after 10s, when a \
+             stream last tried it); the router turns its streams away at once until it \
+             answers again"
+        );
+        assert!(
+            b.gate("10.0.0.2:80").is_ok(),
+            "other sources are not held back"
+        );
+        let later = Instant::now() + TRIAL_EVERY;
+        assert!(b.breaker.trial(src, later));
+        assert!(!b.breaker.trial(src, later));
+        // A stream that connects ends it.
+        b.connected(src, a(src));
+        assert!(b.gate(src).is_ok() && b.gate(src).is_ok());
+        assert!(!b.breaker.any.load(Relaxed));
+        // So does a refusal: the host answers, and refusals are quick.
+        b.not_connected(src, &timed_out);
+        assert!(b.gate(src).is_err());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        b.not_connected(src, &refused);
+        assert!(b.gate(src).is_ok());
+    }
+
+    #[test]
     fn the_breaker_forgets_old_trials_when_it_holds_many() {
         let b = Breaker::default();
         let t0 = Instant::now();
@@ -325,7 +466,7 @@ mod tests {
             assert!(b.trial(&format!("10.0.{}.{}:80", i / 256, i % 256), t0));
         }
         assert!(b.trial("10.9.9.9:80", t0 + Duration::from_secs(61)));
-        assert_eq!(b.trials.lock().unwrap().len(), 1);
+        assert_eq!(b.sources().len(), 1);
     }
 
     #[test]

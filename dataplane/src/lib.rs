@@ -152,6 +152,12 @@ pub trait SourcePolicy: Send + Sync + 'static {
 
     /// A TCP stream to `target` connected to `addr`.
     fn connected(&self, _target: &str, _addr: SocketAddr) {}
+
+    /// A TCP stream could not connect to `target`, failing with `error`. One that
+    /// found nothing answering (timed out, no route) may have the source turned
+    /// away at once for a while (see [`Self::gate`]) rather than hold each stream
+    /// until its connect fails the same way.
+    fn not_connected(&self, _target: &str, _error: &std::io::Error) {}
 }
 
 /// A client tunnel's data-plane settings.

@@ -106,6 +106,7 @@ impl RouterCore {
                 Ok((s, permit))
             }
             Err(e) => {
+                self.spec.policy.not_connected(target, &e);
                 let message = format!("the router could not connect to source {target}: {e}");
                 Err(self.refused(id, peer, client, ErrorKind::SourceUnreachable, message))
             }

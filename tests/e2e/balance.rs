@@ -144,6 +144,55 @@ both_engines!(
     }
 );
 
+#[test]
+fn a_source_that_stops_answering_is_turned_away_at_once_after_one_stream_waited() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let silent = SilentSource::start();
+    let saddr = silent.addr;
+    // Connects give up after a second; the health checks would take far longer to
+    // call the source down, so only streams find it out here.
+    let (router, raddr) = home.router_with(
+        engine,
+        &[saddr.to_string()],
+        &[
+            "--set",
+            "performance.connect_timeout_secs=1",
+            "--set",
+            "health.failures=100",
+        ],
+    );
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
+
+    // The first stream waits out its connect; after it, the router turns streams
+    // away at once (but for one a second, which tries the source), and says why.
+    assert_eq!(expect_refused_user(taddr), End::Reset);
+    router.wait_stderr(&format!(
+        "the router could not connect to source {saddr}: connection timed out after 1s"
+    ));
+    let turned_away = format!(
+        "the router could not open the source: source {saddr} is not answering (connection \
+         timed out after 1s, when a stream last tried it); the router turns its streams away \
+         at once until it answers again"
+    );
+    wait_until("a user turned away without a connect", || {
+        assert_eq!(expect_refused_user(taddr), End::Reset);
+        let n = tunnel.stderr_count(&turned_away);
+        (n > 0, n)
+    });
+    router.wait_stderr(&format!("open refused: source {saddr} is not answering ("));
+
+    // It answers again on the same port: the next trial connects, and every stream
+    // after it gets through.
+    drop(silent);
+    let src = EchoSource::start_on(saddr);
+    wait_for_echo(taddr, b"answering again");
+    for i in 0..4 {
+        assert_echo(taddr, format!("after {i}").as_bytes());
+    }
+    drop(src);
+}
+
 /// A listener whose accept queue is full: the kernel drops further SYNs, so a
 /// connect to it neither succeeds nor fails until the connector gives up (as with
 /// a host that is down).
