@@ -264,6 +264,14 @@ pub(crate) struct StatsArgs {
     /// the router).
     #[arg(long, value_enum, default_value_t = StatsFormat::Table)]
     pub(crate) format: StatsFormat,
+    /// The router's traffic over time instead: one line per sample (taken every
+    /// `api.history_interval_secs` on the router), oldest first, and a summary.
+    #[arg(long, requires = "router")]
+    pub(crate) history: bool,
+    /// With --history: only the samples of this last stretch of time (e.g. 15m,
+    /// 2h, 1d); without, every sample the router keeps.
+    #[arg(long, value_name = "DURATION", requires = "history", value_parser = humantime::parse_duration)]
+    pub(crate) window: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

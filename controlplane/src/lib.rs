@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod history;
 pub mod home;
 pub mod http;
 pub mod keys;

@@ -173,6 +173,12 @@ impl Router {
                     .local_addr()
                     .map_err(|e| Error::network("cannot read the API's address", e))?;
                 api_addr = Some(addr);
+                let (history, skipped) = crate::history::History::open(settings.history.clone())
+                    .map_err(Error::Config)?;
+                if let Some(why) = skipped {
+                    warn!("{why}");
+                }
+                tokio::spawn(crate::history::run(history.clone(), dp.clone()));
                 let state = Arc::new(ApiState {
                     facts: RouterFacts {
                         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -191,6 +197,7 @@ impl Router {
                     monitor: monitor.clone(),
                     counters: counters.clone(),
                     authorized: s.authorized.clone(),
+                    history,
                 });
                 Some((l, api::router(state, settings.token)))
             }

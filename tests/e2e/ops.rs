@@ -309,3 +309,75 @@ fn the_api_token_comes_from_the_config_file_or_the_environment() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["data"]["api"]["auth"], true);
 }
+
+#[test]
+fn the_router_keeps_a_traffic_history_across_restarts() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let file = home.path().join("history.jsonl");
+    let in_file = format!("api.history_file={}", file.display());
+    let extra = ["--set", "api.history_interval_secs=1", "--set", &in_file];
+    let (mut router, raddr, api) = router_api(&home, &[source.to_string()], &extra);
+    let (tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    echo_through(taddr, 100_000, 7);
+
+    // Once a sample is taken after the last bytes were counted, the samples add up to
+    // the traffic, exactly.
+    let doc = Doc::load();
+    let h = wait_for("the history to hold the echoed bytes", || {
+        let v = get(&api, "/api/v1/stats/history");
+        (v["data"]["summary"]["bytes"] == json!({"in": 100_000, "out": 100_000})).then_some(v)
+    });
+    let schema = doc.response_schema("/api/v1/stats/history", 200, "application/json");
+    assert_eq!(doc.check(&schema, &h), Vec::<String>::new(), "{h:#}");
+    let d = &h["data"];
+    assert_eq!(d["interval_secs"], 1);
+    assert_eq!(d["summary"]["connections"]["opened"], 1);
+    assert_eq!(d["summary"]["connections"]["failed"], 0);
+    let items = d["items"].as_array().unwrap();
+    let sum: u64 = items
+        .iter()
+        .map(|s| s["bytes"]["in"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, 100_000, "{d:#}");
+    // Newest first.
+    assert!(
+        items
+            .windows(2)
+            .all(|w| w[0]["at"].as_str() >= w[1]["at"].as_str())
+    );
+    let bad = curl(
+        "GET",
+        &format!("{api}/api/v1/stats/history?window_secs=soon"),
+        Some(TOKEN),
+        &[],
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(
+        bad.json()["error"]["message"],
+        "window_secs must be a whole number of seconds, at least 1, not \"soon\""
+    );
+
+    // The command line shows the samples and the summary.
+    let out = home.ok(&["stats", "--router", &api, "--api-token", TOKEN, "--history"]);
+    assert!(out.starts_with("AT "), "{out}");
+    assert!(
+        out.contains("in 100.0 kB (mean ")
+            && out.contains("out 100.0 kB (mean ")
+            && out.contains("; streams: 1 opened, 0 failed, up to "),
+        "{out}"
+    );
+    let (status, _, err) = home.run(&["stats", "--history"]);
+    assert_code(status, 64, &err);
+    assert!(err.contains("--router <URL>"), "{err}");
+
+    // Started again on the same file, the router has the history it kept.
+    drop(tunnel);
+    router.stop();
+    let (_router, _, api) = router_api(&home, &[source.to_string()], &extra);
+    let d = get(&api, "/api/v1/stats/history")["data"].clone();
+    assert_eq!(
+        d["summary"]["bytes"],
+        json!({"in": 100_000, "out": 100_000})
+    );
+}

@@ -129,6 +129,6 @@ pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
     .into())
 }
 
-fn plural(n: usize, word: &str) -> String {
+pub(crate) fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }

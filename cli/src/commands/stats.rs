@@ -6,6 +6,7 @@ use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use serde_json::{Value, json};
 
+use super::config::plural;
 use super::tunnels::{bytes, survey};
 use super::{api_client, runtime, say};
 use crate::args::{StatsArgs, StatsFormat};
@@ -58,6 +59,9 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
 }
 
 async fn router(a: &StatsArgs) -> Result<()> {
+    if a.history {
+        return history(a).await;
+    }
     if a.format == StatsFormat::Prometheus {
         print!("{}", api_client::metrics(&a.api).await?);
         return Ok(());
@@ -80,6 +84,102 @@ async fn router(a: &StatsArgs) -> Result<()> {
         table("CLIENT", &items);
     }
     Ok(())
+}
+
+/// `--history`: every page of the router's samples in the window, printed oldest
+/// first, and the summary.
+async fn history(a: &StatsArgs) -> Result<()> {
+    let window = a
+        .window
+        .map(|w| format!("&window_secs={}", w.as_secs().max(1)))
+        .unwrap_or_default();
+    let mut items: Vec<Value> = Vec::new();
+    let mut page = 1;
+    let first = loop {
+        let path = format!("/api/v1/stats/history?per_page=500&page={page}{window}");
+        let d = api_client::data(&a.api, &path).await?;
+        items.extend(d["items"].as_array().cloned().unwrap_or_default());
+        let pages = d["pagination"]["total_pages"].as_u64().unwrap_or(0);
+        if page >= pages {
+            break d;
+        }
+        page += 1;
+    };
+    if a.format != StatsFormat::Table {
+        let mut all = first.clone();
+        all["items"] = Value::Array(items);
+        if let Some(o) = all.as_object_mut() {
+            o.remove("pagination");
+        }
+        say(serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    let every = first["interval_secs"].as_u64().unwrap_or(0);
+    if items.is_empty() {
+        say(format_args!(
+            "no samples yet: the router takes one every {every}s (api.history_interval_secs)"
+        ));
+        return Ok(());
+    }
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let rate = |v: &Value| bits(v.as_f64().unwrap_or(0.0));
+    let mut lines = vec![
+        [
+            "AT", "IN/S", "OUT/S", "IN", "OUT", "OPENED", "FAILED", "OPEN",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for s in items.iter().rev() {
+        lines.push(vec![
+            s["at"].as_str().unwrap_or("?").to_owned(),
+            rate(&s["rate_bps"]["in"]),
+            rate(&s["rate_bps"]["out"]),
+            bytes(n(&s["bytes"]["in"])),
+            bytes(n(&s["bytes"]["out"])),
+            n(&s["connections"]["opened"]).to_string(),
+            n(&s["connections"]["failed"]).to_string(),
+            n(&s["connections"]["active"]).to_string(),
+        ]);
+    }
+    print_columns(&lines);
+    let t = &first["summary"];
+    say(format_args!(
+        "{} of {every}s from {} to {}: in {} (mean {}, peak {}), out {} (mean {}, peak {}); \
+         streams: {} opened, {} failed, up to {} open when sampled",
+        plural(
+            usize::try_from(n(&t["samples"])).unwrap_or(usize::MAX),
+            "sample"
+        ),
+        t["from"].as_str().unwrap_or("?"),
+        t["to"].as_str().unwrap_or("?"),
+        bytes(n(&t["bytes"]["in"])),
+        rate(&t["rate_bps"]["in"]["mean"]),
+        rate(&t["rate_bps"]["in"]["peak"]),
+        bytes(n(&t["bytes"]["out"])),
+        rate(&t["rate_bps"]["out"]["mean"]),
+        rate(&t["rate_bps"]["out"]["peak"]),
+        n(&t["connections"]["opened"]),
+        n(&t["connections"]["failed"]),
+        n(&t["connections"]["peak_active"]),
+    ));
+    Ok(())
+}
+
+/// A rate in bits a second, as `12.3 Mbit/s`.
+fn bits(bps: f64) -> String {
+    const UNITS: [&str; 5] = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];
+    let mut v = bps;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{v:.0} {}", UNITS[0])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// One line per row: name, bytes in/out, connections.
@@ -106,6 +206,11 @@ fn table(what: &str, rows: &[Value]) {
             n(&r["connections"]["failed"]).to_string(),
         ]);
     }
+    print_columns(&lines);
+}
+
+/// Prints `lines` in columns as wide as their widest cell.
+fn print_columns(lines: &[Vec<String>]) {
     let cols = lines[0].len();
     let widths: Vec<usize> = (0..cols)
         .map(|i| {
@@ -117,7 +222,7 @@ fn table(what: &str, rows: &[Value]) {
                 .unwrap_or(0)
         })
         .collect();
-    for l in &lines {
+    for l in lines {
         let cells: Vec<String> = l
             .iter()
             .zip(&widths)
@@ -176,6 +281,14 @@ pub(crate) fn merge_expositions(texts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_read_in_bits_a_second() {
+        assert_eq!(bits(0.0), "0 bit/s");
+        assert_eq!(bits(999.0), "999 bit/s");
+        assert_eq!(bits(24_000.0), "24.0 kbit/s");
+        assert_eq!(bits(9_870_000_000.0), "9.9 Gbit/s");
+    }
 
     #[test]
     fn merged_expositions_declare_each_family_once() {

@@ -6,7 +6,8 @@
 //!               └▶ require_token (Bearer, unless turned off on loopback)
 //!                    └▶ handlers: system.rs (info, health, metrics, openapi)
 //!                                 clients.rs (clients, clients/{id})
-//!                                 stats.rs   (stats/traffic, stats/connections)
+//!                                 stats.rs   (stats/traffic, stats/connections,
+//!                                             stats/history)
 //! ```
 //!
 //! It listens on its own address (`api.bind`, loopback by default), apart from the
@@ -49,6 +50,7 @@ pub const ROUTES: &[&str] = &[
     "/api/v1/clients/{id}",
     "/api/v1/stats/traffic",
     "/api/v1/stats/connections",
+    "/api/v1/stats/history",
     "/api/v1/openapi.json",
     "/metrics",
 ];
@@ -60,6 +62,8 @@ pub struct ApiSettings {
     pub bind: SocketAddr,
     /// The bearer token; `None` only when authentication was turned off (loopback).
     pub token: Option<Secret>,
+    /// How the traffic history is kept.
+    pub history: crate::history::HistorySettings,
 }
 
 /// What the handlers read.
@@ -82,6 +86,8 @@ pub struct ApiState {
     pub counters: Arc<Counters>,
     /// The admitted client keys.
     pub authorized: Arc<AuthorizedClients>,
+    /// Traffic samples over time.
+    pub history: Arc<crate::history::History>,
 }
 
 /// Binds the API's listener.
@@ -103,6 +109,7 @@ pub fn router(state: Arc<ApiState>, token: Option<Secret>) -> Router {
         .route("/api/v1/clients/{id}", get(clients::one))
         .route("/api/v1/stats/traffic", get(stats::traffic))
         .route("/api/v1/stats/connections", get(stats::connections))
+        .route("/api/v1/stats/history", get(stats::history))
         .route("/api/v1/openapi.json", get(system::openapi))
         .route("/metrics", get(system::metrics))
         .fallback(system::not_found)

@@ -1,6 +1,6 @@
 //! `/stats/traffic` (bytes and streams, in total and per client) and
 //! `/stats/connections` (stream counts, errors by kind, durations, and the streams
-//! open now).
+//! open now), and `/stats/history` (traffic samples over time).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use super::ApiState;
 use super::clients::{ClientRow, rows};
 use super::envelope::{ApiError, Data};
 use super::pages::Page;
+use crate::history::Sample;
 use crate::monitor::client_id;
 
 pub(crate) async fn traffic(
@@ -91,4 +92,97 @@ pub(crate) async fn connections(
         "items": items,
         "pagination": pagination,
     })))
+}
+
+/// `/stats/history`: the traffic samples, newest first (within `window_secs`, if
+/// given), and their summary.
+pub(crate) async fn history(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Data, ApiError> {
+    let page = Page::parse(&q)?;
+    let window = match q.get("window_secs") {
+        None => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => Some(std::time::Duration::from_secs(n)),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "window_secs must be a whole number of seconds, at least 1, not {v:?}"
+                )));
+            }
+        },
+    };
+    let samples = s.history.newest_first(window, std::time::SystemTime::now());
+    let rows: Vec<Value> = samples.iter().map(sample_json).collect();
+    let (items, pagination) = page.slice(&rows);
+    Ok(Data(json!({
+        "interval_secs": s.history.interval().as_secs(),
+        "window_secs": window.map(|w| w.as_secs()),
+        "summary": summary(&samples),
+        "items": items,
+        "pagination": pagination,
+    })))
+}
+
+fn sample_json(s: &Sample) -> Value {
+    let (rate_in, rate_out) = s.rates();
+    json!({
+        "at": humantime::format_rfc3339_seconds(s.at).to_string(),
+        "secs": s.secs,
+        "bytes": {"in": s.bytes.into, "out": s.bytes.out},
+        "rate_bps": {"in": rate_in.round(), "out": rate_out.round()},
+        "connections": {
+            "opened": s.connections.opened,
+            "failed": s.connections.failed,
+            "active": s.connections.active,
+        },
+    })
+}
+
+/// Totals, mean and peak rates, and the most streams open at a sample's end, over
+/// `samples`.
+fn summary(samples: &[Sample]) -> Value {
+    let secs: f64 = samples.iter().map(|s| s.secs).sum();
+    let sum = |f: fn(&Sample) -> u64| samples.iter().map(f).sum::<u64>();
+    let (bytes_in, bytes_out) = (sum(|s| s.bytes.into), sum(|s| s.bytes.out));
+    let mean = |b: u64| {
+        if secs > 0.0 {
+            (b as f64 * 8.0 / secs).round()
+        } else {
+            0.0
+        }
+    };
+    let peak = |f: fn((f64, f64)) -> f64| {
+        samples
+            .iter()
+            .map(|s| f(s.rates()))
+            .fold(0.0, f64::max)
+            .round()
+    };
+    let at = |s: Option<&Sample>, back: bool| {
+        s.map(|s| {
+            let t = if back {
+                s.at - std::time::Duration::from_secs_f64(s.secs)
+            } else {
+                s.at
+            };
+            humantime::format_rfc3339_seconds(t).to_string()
+        })
+    };
+    json!({
+        "samples": samples.len(),
+        "from": at(samples.last(), true),
+        "to": at(samples.first(), false),
+        "secs": (secs * 1000.0).round() / 1000.0,
+        "bytes": {"in": bytes_in, "out": bytes_out},
+        "rate_bps": {
+            "in": {"mean": mean(bytes_in), "peak": peak(|r| r.0)},
+            "out": {"mean": mean(bytes_out), "peak": peak(|r| r.1)},
+        },
+        "connections": {
+            "opened": sum(|s| s.connections.opened),
+            "failed": sum(|s| s.connections.failed),
+            "peak_active": samples.iter().map(|s| s.connections.active).max().unwrap_or(0),
+        },
+    })
 }

@@ -227,6 +227,13 @@ pub struct ApiConfig {
     pub token: Option<Secret>,
     /// Require the token; `false` is accepted only for a loopback `bind`.
     pub auth: bool,
+    /// Seconds between samples of the traffic history (`/stats/history`).
+    pub history_interval_secs: u64,
+    /// Samples of the traffic history kept (1440 of a minute each: a day).
+    pub history_samples: u64,
+    /// A JSON Lines file the traffic history is kept in across restarts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -236,6 +243,9 @@ impl Default for ApiConfig {
             bind: "127.0.0.1:9990".into(),
             token: None,
             auth: true,
+            history_interval_secs: 60,
+            history_samples: 1440,
+            history_file: None,
         }
     }
 }

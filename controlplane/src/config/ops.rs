@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::model::RouterConfig;
 use crate::alerts::{AlertSettings, FlapSettings};
 use crate::api::ApiSettings;
+use crate::history::HistorySettings;
 use crate::monitor::HealthSettings;
 
 impl RouterConfig {
@@ -20,6 +21,11 @@ impl RouterConfig {
         Ok(Some(ApiSettings {
             bind,
             token: if a.auth { a.token.clone() } else { None },
+            history: HistorySettings {
+                interval: Duration::from_secs(a.history_interval_secs),
+                keep: usize::try_from(a.history_samples).unwrap_or(usize::MAX),
+                file: a.history_file.clone(),
+            },
         }))
     }
 

@@ -248,6 +248,21 @@ static ROUTER: Schema = Schema {
                 key("bind", Kind::Str),
                 key("token", Kind::Str).secret(),
                 key("auth", Kind::Bool),
+                key(
+                    "history_interval_secs",
+                    Kind::Int {
+                        min: 1,
+                        max: 86_400,
+                    },
+                ),
+                key(
+                    "history_samples",
+                    Kind::Int {
+                        min: 1,
+                        max: 100_000,
+                    },
+                ),
+                key("history_file", Kind::Path),
             ],
         },
         Section {

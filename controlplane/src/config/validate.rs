@@ -157,6 +157,7 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
 
 fn api(a: &ApiConfig, out: &mut Out<'_>) {
     token_file(a.token.is_some(), "api.token", out);
+    file_dir(a.history_file.as_deref(), "api.history_file", out);
     let addr = match bind_addr(&a.bind) {
         Ok(addr) => addr,
         Err(e) => {
@@ -384,10 +385,15 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
 }
 
 fn logging(l: &LoggingConfig, out: &mut Out<'_>) {
-    let dir = l.file.as_deref().and_then(Path::parent);
+    file_dir(l.file.as_deref(), "logging.file", out);
+}
+
+/// An error when the directory of a file Conduit writes (at `key`) does not exist.
+fn file_dir(file: Option<&Path>, key: &str, out: &mut Out<'_>) {
+    let dir = file.and_then(Path::parent);
     if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
         out.error(
-            "logging.file",
+            key,
             format!(
                 "directory {} does not exist; create it or choose another file",
                 dir.display()

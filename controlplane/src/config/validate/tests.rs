@@ -457,6 +457,20 @@ fn router_files_are_checked_too() {
 }
 
 #[test]
+fn the_traffic_history_file_needs_its_directory() {
+    let f = Fixture::new();
+    let text = "[api]\nhistory_file = \"no/such/dir/history.jsonl\"\nhistory_samples = 0\n";
+    assert_eq!(
+        router(&f, text, &[])[..2],
+        [
+            "error: api.history_file: directory $DIR/no/such/dir does not exist; create it or \
+             choose another file ($F:2)",
+            "error: api.history_samples: 0 is out of range; use 1-100000 ($F:3)",
+        ]
+    );
+}
+
+#[test]
 fn socket_buffers_and_optimize_for_are_checked() {
     let f = Fixture::new();
     let text = f.client_text(
