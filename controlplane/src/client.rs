@@ -394,6 +394,12 @@ impl ClientTunnel {
         self.shared.balance
     }
 
+    /// Its routers, in order, and the workers' view of the links to them (up or
+    /// not, and the streams and channels on each).
+    pub fn links(&self) -> (Vec<String>, Arc<LinkState>) {
+        (self.shared.routers.clone(), self.shared.link.clone())
+    }
+
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.shared.dp.worker_count()

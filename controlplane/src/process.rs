@@ -106,6 +106,7 @@ impl RegisteredTunnel {
             default_drain: r.drain,
             counters: tunnel.counters(),
             rotator: tunnel.key_rotator(),
+            routers: tunnel.links(),
         };
         let metrics = match r.metrics_bind {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {

@@ -370,6 +370,19 @@ fn the_router_keeps_a_traffic_history_across_restarts() {
     let (status, _, err) = home.run(&["stats", "--history"]);
     assert_code(status, 64, &err);
     assert!(err.contains("--router <URL>"), "{err}");
+    let (status, _, err) = home.run(&[
+        "stats",
+        "--router",
+        &api,
+        "--history",
+        "--format",
+        "prometheus",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains("--history prints a table or JSON, not Prometheus text"),
+        "{err}"
+    );
 
     // Started again on the same file, the router has the history it kept.
     drop(tunnel);

@@ -214,6 +214,12 @@ fn a_router_that_joins_a_balancing_tunnel_late_takes_the_next_users() {
         on_b >= 10,
         "{on_b} of the 12 late users on {b}, which joined late; {on_a} on {a}"
     );
+    // `status` counts them as the routers do.
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("; streams by router: {a} {on_a}, {b} {on_b};")),
+        "{status}"
+    );
     for (i, u) in users.iter_mut().enumerate() {
         exchange(u, format!("still there {i}").as_bytes());
     }

@@ -10,6 +10,7 @@ use super::config::plural;
 use super::tunnels::{bytes, survey};
 use super::{api_client, runtime, say};
 use crate::args::{StatsArgs, StatsFormat};
+use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: &StatsArgs) -> Result<()> {
     let rt = runtime(1)?;
@@ -60,6 +61,14 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
 
 async fn router(a: &StatsArgs) -> Result<()> {
     if a.history {
+        if a.format == StatsFormat::Prometheus {
+            return Err(Usage(
+                "--history prints a table or JSON, not Prometheus text: drop --format \
+                 prometheus, or --history to get the router's metrics"
+                    .into(),
+            )
+            .into());
+        }
         return history(a).await;
     }
     if a.format == StatsFormat::Prometheus {

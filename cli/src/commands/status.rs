@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use conduit_controlplane::Home;
+use conduit_controlplane::control::pb;
 use serde_json::json;
 
 use super::tunnels::{survey, time};
@@ -30,6 +31,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                         v["io_engine"] = json!(t.io_engine);
                         v["kernel_tls"] = json!({"state": st.kernel_tls,
                                                  "streams": st.kernel_tls_streams});
+                        v["routers"] = st.routers.iter().map(|r| json!({"addr": r.addr, "up": r.up,
+                            "streams": r.streams, "channels": r.channels})).collect();
                     }
                     Err(e) => {
                         v["status"] = json!("unreachable");
@@ -66,13 +69,14 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             "connected" if e.config.balance => {
                 let (up, down) = balanced(&e.config.router, &l.detail);
                 format!(
-                    "routers {} connected since {}{}",
+                    "routers {} connected since {}{}{}",
                     up.join(", "),
                     time(l.since),
                     match down.as_slice() {
                         [] => String::new(),
                         down => format!("; {} not connected (retrying)", down.join(", ")),
-                    }
+                    },
+                    spread(&st.routers)
                 )
             }
             // `detail` names the router in use, one of several when the tunnel has
@@ -116,6 +120,19 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// How a balancing tunnel's streams are spread: `; streams by router: A 12, B 11`
+/// (nothing from a tunnel too old to say).
+fn spread(routers: &[pb::RouterLoad]) -> String {
+    if routers.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = routers
+        .iter()
+        .map(|r| format!("{} {}", r.addr, r.streams))
+        .collect();
+    format!("; streams by router: {}", each.join(", "))
 }
 
 /// The routers of a balancing tunnel (`routers`, as `--router` names them) whose

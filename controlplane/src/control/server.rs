@@ -58,6 +58,8 @@ pub struct ControlState {
     pub counters: Arc<Counters>,
     /// Asks the tunnel to rotate its key.
     pub rotator: KeyRotator,
+    /// The routers, in order, and the links to them.
+    pub routers: (Vec<String>, Arc<conduit_dataplane::LinkState>),
 }
 
 impl ControlState {
@@ -65,6 +67,21 @@ impl ControlState {
     pub fn metrics_text(&self) -> String {
         let up = matches!(*self.link.borrow(), LinkStatus::Connected { .. });
         metrics::render_tunnel(&self.facts.name, &self.dp.totals(), up, &self.counters)
+    }
+
+    /// Each router's link, streams and channels.
+    fn router_loads(&self) -> Vec<pb::RouterLoad> {
+        let (addrs, links) = &self.routers;
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| pb::RouterLoad {
+                addr: addr.clone(),
+                up: links.is_up_at(i),
+                streams: links.streams(i) as u64,
+                channels: links.channels(i) as u64,
+            })
+            .collect()
     }
 
     /// The registry status word for the current state.
@@ -152,6 +169,7 @@ impl TunnelControl for ControlState {
             idle_channels: t.idle_channels,
             kernel_tls: f.kernel_tls.into(),
             kernel_tls_streams: t.kernel_tls,
+            routers: self.router_loads(),
         }))
     }
 
