@@ -4,9 +4,28 @@ use conduit_dataplane::Totals;
 
 use super::{Counters, Exposition, Kind};
 
+/// One router of a tunnel, as its metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterLoad {
+    /// `host:port`, as the tunnel names it.
+    pub addr: String,
+    /// Whether the link to it is up.
+    pub up: bool,
+    /// User connections and UDP flows riding its channels.
+    pub streams: u64,
+    /// Its data channels: being made, idle or carrying a stream.
+    pub channels: u64,
+}
+
 /// Renders a tunnel's metrics: its data plane's `totals`, whether its router link is
-/// `link_up`, and its control plane's `counters`.
-pub fn render(tunnel: &str, totals: &Totals, link_up: bool, counters: &Counters) -> String {
+/// `link_up`, its control plane's `counters`, and each of its `routers`.
+pub fn render(
+    tunnel: &str,
+    totals: &Totals,
+    link_up: bool,
+    counters: &Counters,
+    routers: &[RouterLoad],
+) -> String {
     let l = [("tunnel", tunnel)];
     let mut e = Exposition::default();
     e.family(
@@ -99,5 +118,29 @@ pub fn render(tunnel: &str, totals: &Totals, link_up: bool, counters: &Counters)
         "1 when the control channel to the router is up.",
     )
     .sample("conduit_router_link_up", &l, u64::from(link_up));
+    let each = |e: &mut Exposition, name: &str, help: &str, v: fn(&RouterLoad) -> u64| {
+        e.family(name, Kind::Gauge, help);
+        for r in routers {
+            e.sample(name, &[("tunnel", tunnel), ("router", &r.addr)], v(r));
+        }
+    };
+    each(
+        &mut e,
+        "conduit_router_up",
+        "1 when the link to this router is up (every router the tunnel names).",
+        |r| u64::from(r.up),
+    );
+    each(
+        &mut e,
+        "conduit_router_streams",
+        "User connections and UDP flows riding this router's channels now.",
+        |r| r.streams,
+    );
+    each(
+        &mut e,
+        "conduit_router_channels",
+        "Data channels to this router now: being made, idle or carrying a stream.",
+        |r| r.channels,
+    );
     e.finish()
 }

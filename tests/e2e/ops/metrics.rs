@@ -128,6 +128,9 @@ fn tunnel_metrics_and_stats_count_the_bytes_sent() {
         value(&s, "conduit_router_link_up", &[("tunnel", "tunnel")]),
         Some(1.0)
     );
+    let router = [("tunnel", "tunnel"), ("router", &*raddr.to_string())];
+    assert_eq!(value(&s, "conduit_router_up", &router), Some(1.0));
+    assert_eq!(value(&s, "conduit_router_streams", &router), Some(0.0));
     let stats: Value = serde_json::from_str(&home.ok(&["stats", "--format", "json"])).unwrap();
     assert_eq!(stats[0]["bytes"], json!({"in": 100_000, "out": 100_000}));
     assert_eq!(stats[0]["connections"]["total"], 1);
