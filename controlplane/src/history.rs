@@ -191,24 +191,29 @@ impl History {
     /// Keeps `sample`, and appends it to the file; rewrites the file with the
     /// samples kept once it holds twice as many lines.
     fn record(&self, sample: Sample) -> Result<(), String> {
-        let kept: Vec<Sample> = {
+        let text = line(&sample);
+        let kept = {
             let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-            samples.push_back(sample.clone());
+            samples.push_back(sample);
             while samples.len() > self.settings.keep {
                 samples.pop_front();
             }
-            samples.iter().cloned().collect()
+            samples.len()
         };
         let Some(path) = &self.settings.file else {
             return Ok(());
         };
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if *lines + 1 > self.settings.keep.saturating_mul(2) {
-            let text: String = kept.iter().map(line).collect();
-            rewrite(path, &text).map_err(|e| cannot(path, "rewrite", &e))?;
-            *lines = kept.len();
+            // Only now are the kept samples written out: not copied every interval.
+            let all: String = {
+                let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+                samples.iter().map(line).collect()
+            };
+            rewrite(path, &all).map_err(|e| cannot(path, "rewrite", &e))?;
+            *lines = kept;
         } else {
-            append(path, &line(&sample)).map_err(|e| cannot(path, "write", &e))?;
+            append(path, &text).map_err(|e| cannot(path, "write", &e))?;
             *lines += 1;
         }
         Ok(())

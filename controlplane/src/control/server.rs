@@ -66,22 +66,12 @@ impl ControlState {
     /// The tunnel's metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let up = matches!(*self.link.borrow(), LinkStatus::Connected { .. });
-        let routers: Vec<metrics::RouterLoad> = self
-            .router_loads()
-            .into_iter()
-            .map(|r| metrics::RouterLoad {
-                addr: r.addr,
-                up: r.up,
-                streams: r.streams,
-                channels: r.channels,
-            })
-            .collect();
         metrics::render_tunnel(
             &self.facts.name,
             &self.dp.totals(),
             up,
             &self.counters,
-            &routers,
+            &self.router_loads(),
         )
     }
 

@@ -26,7 +26,7 @@ use std::fmt::Write;
 use conduit_dataplane::{Histogram, HistogramSnapshot};
 
 pub use router::{Inputs as RouterInputs, RouterFacts, render as render_router};
-pub use tunnel::{RouterLoad, render as render_tunnel};
+pub use tunnel::render as render_tunnel;
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -2,20 +2,9 @@
 
 use conduit_dataplane::Totals;
 
-use super::{Counters, Exposition, Kind};
+use crate::control::pb::RouterLoad;
 
-/// One router of a tunnel, as its metrics show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouterLoad {
-    /// `host:port`, as the tunnel names it.
-    pub addr: String,
-    /// Whether the link to it is up.
-    pub up: bool,
-    /// User connections and UDP flows riding its channels.
-    pub streams: u64,
-    /// Its data channels: being made, idle or carrying a stream.
-    pub channels: u64,
-}
+use super::{Counters, Exposition, Kind};
 
 /// Renders a tunnel's metrics: its data plane's `totals`, whether its router link is
 /// `link_up`, its control plane's `counters`, and each of its `routers`.
