@@ -584,6 +584,16 @@ impl Shared {
         changed
     }
 
+    /// The key to ask router `index` for (a router that rotated its key presents
+    /// the old one to a tunnel that asks for it, for a while): the key it last named
+    /// as its own, or else the first pinned.
+    fn hint(&self, index: usize) -> Option<PublicKey> {
+        let named = self.learned.lock().unwrap_or_else(|p| p.into_inner())[index]
+            .first()
+            .copied();
+        named.or_else(|| self.router_keys()[index].first().copied())
+    }
+
     /// The keys router `index` may present now.
     fn trusted_for(&self, index: usize) -> Vec<PublicKey> {
         trusted_one(&self.router_keys()[index], &self.learned()[index])
@@ -782,7 +792,10 @@ async fn open_at_inner(
     let started = std::time::Instant::now();
     let setup = async {
         let mut w = match shared.transport {
-            Transport::Tls => Wire::handshake(tcp, TlsSession::client(shared.tls(index))?).await?,
+            Transport::Tls => {
+                let hint = shared.hint(index);
+                Wire::handshake(tcp, TlsSession::client(shared.tls(index), hint.as_ref())?).await?
+            }
             Transport::Plain => Wire::plain(tcp)?,
         };
         w.send(&Message::Hello(Hello {

@@ -498,12 +498,31 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// [`commit_pair`] finds it: a rotation stages the next key before it asks the
 /// router, so that a key file it cannot write is found out while nothing changed.
 pub fn stage_pair(key_path: &Path, pair: &KeyPair) -> Result<std::path::PathBuf, Error> {
+    write_beside(key_path, ".next", pair)
+}
+
+/// Writes `pair` beside the key at `key_path` as `KEY.old` (mode 0600), where a router
+/// keeps the key it rotated away from while it still presents it.
+pub fn keep_old_pair(key_path: &Path, pair: &KeyPair) -> Result<std::path::PathBuf, Error> {
+    write_beside(key_path, ".old", pair)
+}
+
+/// `key_path` with `suffix` added to its file name.
+pub fn beside(key_path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = key_path.file_name().unwrap_or_default().to_owned();
-    name.push(".next");
-    let staged = key_path.with_file_name(name);
+    name.push(suffix);
+    key_path.with_file_name(name)
+}
+
+fn write_beside(
+    key_path: &Path,
+    suffix: &str,
+    pair: &KeyPair,
+) -> Result<std::path::PathBuf, Error> {
+    let path = beside(key_path, suffix);
     let pem = pem::encode(&pem::Pem::new(PEM_TAG, pair.pkcs8_der().to_vec()));
-    write_private(&staged, pem.as_bytes())?;
-    Ok(staged)
+    write_private(&path, pem.as_bytes())?;
+    Ok(path)
 }
 
 /// Moves a key staged by [`stage_pair`] over the key at `key_path`, and writes its

@@ -127,7 +127,7 @@ impl Router {
     /// Binds the listener and starts the workers.
     pub async fn bind(s: RouterSettings) -> Result<Self, Error> {
         let identity = Arc::new(
-            RouterIdentity::new(&s.identity, s.next_key, s.authorized.clone())
+            RouterIdentity::new(s.identity, s.next_key, s.authorized.clone())
                 .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?,
         );
         let listener = TcpListener::bind(s.bind).await.map_err(|e| {
@@ -189,7 +189,13 @@ impl Router {
                     listen: local_addr,
                     keys: {
                         let identity = identity.clone();
-                        Arc::new(move || identity.presented().keys.clone())
+                        Arc::new(move || {
+                            let p = identity.presented();
+                            api::RouterKeys {
+                                presented: p.keys.clone(),
+                                retiring: p.retiring(),
+                            }
+                        })
                     },
                     api_listen: addr,
                     auth: settings.token.is_some(),

@@ -8,8 +8,12 @@
 //! (counted from the staged file's time).
 //!
 //! Tunnels that connected during the announcement trust the new key (they keep it in
-//! `known_routers`); one that was away the whole time refuses the router until its
-//! operator pins the new key.
+//! `known_routers`). For one that was away the whole time, the router keeps its old
+//! key (`KEY.old`, mode 0600) for `key_retire_secs` after the switch and presents it
+//! to a tunnel that asks for it (each tunnel names the key it expects in its
+//! handshake, [`conduit_proto::tls::router_server_name`]); the control channel then
+//! names the new key, which the tunnel trusts from then on. Past that, such a tunnel
+//! refuses the router until its operator pins the new key.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +36,9 @@ pub struct KeyRotation {
     pub every: Option<Duration>,
     /// How long the next key is named to tunnels before the router presents it.
     pub announce: Duration,
+    /// How long after the switch the old key is still presented to tunnels that ask
+    /// for it (zero: it is forgotten at the switch).
+    pub retire: Duration,
 }
 
 /// What the router presents and names, swapped whole when the key changes.
@@ -40,10 +47,21 @@ pub(crate) struct Presented {
     pub(crate) tls: Arc<ServerConfig>,
     /// What `RouterKeys` names: the key in use, then the next one if there is one.
     pub(crate) keys: Vec<PublicKey>,
+    /// The key in use, and the old one still presented to tunnels that ask for it.
+    present: Arc<KeyPair>,
+    retiring: Option<Arc<KeyPair>>,
+}
+
+impl Presented {
+    /// The old key still presented to tunnels that ask for it, if any.
+    pub(crate) fn retiring(&self) -> Option<PublicKey> {
+        self.retiring.as_ref().map(|k| k.public())
+    }
 }
 
 /// The router's key and TLS configuration, as handshakes and control sessions read
 /// them; control sessions [`subscribe`](Self::subscribe) to name a change at once.
+/// Changed by the rotation task alone.
 pub(crate) struct RouterIdentity {
     presented: watch::Sender<Arc<Presented>>,
     authorized: Arc<AuthorizedClients>,
@@ -51,17 +69,36 @@ pub(crate) struct RouterIdentity {
 
 impl RouterIdentity {
     pub(crate) fn new(
-        identity: &KeyPair,
+        identity: KeyPair,
         next: Option<PublicKey>,
         authorized: Arc<AuthorizedClients>,
     ) -> Result<Self, String> {
-        let tls = server_config(identity, authorized.clone()).map_err(|e| e.to_string())?;
-        let keys = std::iter::once(identity.public())
-            .chain(next.filter(|k| *k != identity.public()))
+        let present = Arc::new(identity);
+        let keys = std::iter::once(present.public())
+            .chain(next.filter(|k| *k != present.public()))
             .collect();
+        let presented = Self::build(&authorized, present, None, keys)?;
         Ok(Self {
-            presented: watch::Sender::new(Arc::new(Presented { tls, keys })),
+            presented: watch::Sender::new(Arc::new(presented)),
             authorized,
+        })
+    }
+
+    fn build(
+        authorized: &Arc<AuthorizedClients>,
+        present: Arc<KeyPair>,
+        retiring: Option<Arc<KeyPair>>,
+        keys: Vec<PublicKey>,
+    ) -> Result<Presented, String> {
+        let held: Vec<&KeyPair> = std::iter::once(&*present)
+            .chain(retiring.as_deref())
+            .collect();
+        let tls = server_config(&held, authorized.clone()).map_err(|e| e.to_string())?;
+        Ok(Presented {
+            tls,
+            keys,
+            present,
+            retiring,
         })
     }
 
@@ -80,25 +117,39 @@ impl RouterIdentity {
         self.presented.send_replace(Arc::new(Presented {
             tls: p.tls.clone(),
             keys: vec![p.keys[0], next],
+            present: p.present.clone(),
+            retiring: p.retiring.clone(),
         }));
     }
 
-    /// Presents `pair` from now on.
-    fn switch(&self, pair: &KeyPair) -> Result<(), String> {
-        let tls = server_config(pair, self.authorized.clone()).map_err(|e| e.to_string())?;
-        self.presented.send_replace(Arc::new(Presented {
-            tls,
-            keys: vec![pair.public()],
-        }));
+    /// Presents `pair` from now on; the key it replaces goes on being presented to
+    /// tunnels that ask for it when `keep_old`.
+    fn switch(&self, pair: Arc<KeyPair>, keep_old: bool) -> Result<(), String> {
+        let p = self.presented();
+        let retiring = keep_old.then(|| p.present.clone());
+        let keys = vec![pair.public()];
+        let next = Self::build(&self.authorized, pair, retiring, keys)?;
+        self.presented.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    /// Presents `old` to tunnels that ask for it (`None`: to none any more).
+    fn retiring(&self, old: Option<Arc<KeyPair>>) -> Result<(), String> {
+        let p = self.presented();
+        let next = Self::build(&self.authorized, p.present.clone(), old, p.keys.clone())?;
+        self.presented.send_replace(Arc::new(next));
         Ok(())
     }
 }
 
 /// The staged next key, if a rotation is under way: the key file's `.next`.
 fn staged_path(r: &KeyRotation) -> PathBuf {
-    let mut name = r.path.file_name().unwrap_or_default().to_owned();
-    name.push(".next");
-    r.path.with_file_name(name)
+    keys::beside(&r.path, ".next")
+}
+
+/// The old key, kept after a rotation while it is still presented: `KEY.old`.
+fn old_path(r: &KeyRotation) -> PathBuf {
+    keys::beside(&r.path, ".old")
 }
 
 /// Whether a key of age `age` is due for rotation every `every`: the next key is
@@ -108,18 +159,31 @@ fn due(age: Duration, every: Duration, announce: Duration) -> bool {
     age + announce >= every
 }
 
+/// How often the rotation task looks at the clock: a quarter of the shortest period
+/// it keeps, within 100 ms and a minute.
+fn step(r: &KeyRotation) -> Duration {
+    let shortest = if r.retire.is_zero() {
+        r.announce
+    } else {
+        r.announce.min(r.retire)
+    };
+    (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
 /// Rotates the router's key as `r` says until the task is dropped.
 pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
     let mut usr1 = Signals::listen(Which::User1, "the router key rotates on schedule only");
+    // The old key a previous run of the router rotated away from, while it lasts.
+    let mut retiring_until = take_up_old(&identity, &r);
     let staged = staged_path(&r);
     // A rotation a previous run of the router began.
-    let mut next: Option<(KeyPair, SystemTime)> = match std::fs::metadata(&staged) {
+    let mut next: Option<(Arc<KeyPair>, SystemTime)> = match std::fs::metadata(&staged) {
         Ok(meta) => match keys::load_private(&staged, "router") {
             Ok(pair) => {
                 let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
                 info!(next = %pair.public(), "router key rotation under way: naming the next key to tunnels again");
                 identity.announce(pair.public());
-                Some((pair, since))
+                Some((Arc::new(pair), since))
             }
             Err(e) => {
                 warn!("ignoring {}: {e}", staged.display());
@@ -128,12 +192,18 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
         },
         Err(_) => None,
     };
-    let step = (r.announce / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let step = step(&r);
     loop {
         let asked = tokio::select! {
             () = tokio::time::sleep(step) => false,
             () = usr1.next() => true,
         };
+        if retiring_until.is_some_and(|until| SystemTime::now() >= until) {
+            match retire_old(&identity, &r) {
+                Ok(()) => retiring_until = None,
+                Err(e) => error!("router key rotation: {e}; trying again in {step:?}"),
+            }
+        }
         match &next {
             None => {
                 let age = std::fs::metadata(&r.path)
@@ -149,7 +219,7 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
                     Ok(pair) => {
                         info!(next = %pair.public(), "router key rotation: naming the next key to tunnels for {:?}, then presenting it", r.announce);
                         identity.announce(pair.public());
-                        next = Some((pair, SystemTime::now()));
+                        next = Some((Arc::new(pair), SystemTime::now()));
                     }
                     Err(e) => error!("router key rotation: {e}; trying again in {step:?}"),
                 }
@@ -161,9 +231,9 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
                 if since.elapsed().unwrap_or_default() < r.announce {
                     continue;
                 }
-                match commit(&r, pair).and_then(|()| identity.switch(pair)) {
-                    Ok(()) => {
-                        info!(key = %pair.public(), "router key rotated: presenting the new key from now on (tunnels that heard of it accept it; others need it pinned)");
+                match switch(&identity, &r, pair) {
+                    Ok(until) => {
+                        retiring_until = until;
                         next = None;
                     }
                     Err(e) => error!("router key rotation: {e}; trying again in {step:?}"),
@@ -171,6 +241,83 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
             }
         }
     }
+}
+
+/// Moves the router to `pair`: keeps the key in use as `KEY.old` (unless nothing is
+/// kept), moves the staged key over the key file and presents it. Tells until when
+/// the old key is presented to tunnels that ask for it.
+fn switch(
+    identity: &RouterIdentity,
+    r: &KeyRotation,
+    pair: &Arc<KeyPair>,
+) -> Result<Option<SystemTime>, String> {
+    let old = identity.presented().present.clone();
+    let keep = !r.retire.is_zero();
+    if keep {
+        keys::keep_old_pair(&r.path, &old).map_err(|e| e.to_string())?;
+    }
+    commit(r, pair)?;
+    identity.switch(pair.clone(), keep)?;
+    if keep {
+        info!(key = %pair.public(), old = %old.public(), "router key rotated: presenting the new key from now on; tunnels that heard of it accept it, and for {:?} the old key is still presented to tunnels that ask for it (then named the new one)", r.retire);
+        Ok(Some(SystemTime::now() + r.retire))
+    } else {
+        let _ = std::fs::remove_file(old_path(r));
+        info!(key = %pair.public(), old = %old.public(), "router key rotated: presenting the new key from now on; tunnels that heard of it accept it, others need it pinned (key_retire_secs = 0: the old key is forgotten)");
+        Ok(None)
+    }
+}
+
+/// At start: presents the old key kept by a previous run (`KEY.old`) to tunnels that
+/// ask for it, for what is left of `key_retire_secs` since the switch (counted from
+/// the file's time); removes it when that is over. Tells until when.
+fn take_up_old(identity: &RouterIdentity, r: &KeyRotation) -> Option<SystemTime> {
+    let path = old_path(r);
+    let since = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+    let until = since + r.retire;
+    let pair = match keys::load_private(&path, "router") {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!("ignoring {}: {e}", path.display());
+            return None;
+        }
+    };
+    let old = pair.public();
+    if r.retire.is_zero() || SystemTime::now() >= until || old == identity.presented().keys[0] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                info!(%old, "removed the router's old key {}: its time (key_retire_secs) is over", path.display())
+            }
+            Err(e) => warn!(%old, "cannot remove the router's old key {}: {e}", path.display()),
+        }
+        return None;
+    }
+    match identity.retiring(Some(Arc::new(pair))) {
+        Ok(()) => {
+            info!(%old, "still presenting the old router key to tunnels that ask for it until {}", humantime::format_rfc3339_seconds(until));
+            Some(until)
+        }
+        Err(e) => {
+            warn!(%old, "cannot present the old router key {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Stops presenting the old key and removes its file.
+fn retire_old(identity: &RouterIdentity, r: &KeyRotation) -> Result<(), String> {
+    let Some(old) = identity.presented().retiring() else {
+        return Ok(());
+    };
+    identity.retiring(None)?;
+    let path = old_path(r);
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(%old, "cannot remove the router's old key {}: {e}; remove it by hand", path.display());
+    }
+    info!(%old, "router key retired: tunnels that still pin only {old} now refuse this router until they pin its key");
+    Ok(())
 }
 
 /// Answers each SIGUSR1 of a router that does not rotate its key with why not (the
@@ -215,11 +362,17 @@ mod tests {
     fn the_identity_names_the_next_key_then_presents_it() {
         let authorized = Arc::new(AuthorizedClients::new(Default::default()));
         let (old, next) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
-        let id = RouterIdentity::new(&old, None, authorized).unwrap();
-        assert_eq!(id.presented().keys, [old.public()]);
-        id.announce(next.public());
-        assert_eq!(id.presented().keys, [old.public(), next.public()]);
-        id.switch(&next).unwrap();
-        assert_eq!(id.presented().keys, [next.public()]);
+        let (old_pub, next_pub) = (old.public(), next.public());
+        let id = RouterIdentity::new(old, None, authorized).unwrap();
+        assert_eq!(id.presented().keys, [old_pub]);
+        id.announce(next_pub);
+        assert_eq!(id.presented().keys, [old_pub, next_pub]);
+        assert_eq!(id.presented().retiring(), None);
+        id.switch(Arc::new(next), true).unwrap();
+        assert_eq!(id.presented().keys, [next_pub]);
+        assert_eq!(id.presented().retiring(), Some(old_pub));
+        id.retiring(None).unwrap();
+        assert_eq!(id.presented().keys, [next_pub]);
+        assert_eq!(id.presented().retiring(), None);
     }
 }

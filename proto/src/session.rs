@@ -185,9 +185,11 @@ macro_rules! on_conn {
 pub const DEFAULT_INBUF: usize = 4 * (MAX_RECORD_PLAINTEXT + RECORD_OVERHEAD);
 
 impl TlsSession {
-    /// A client session (sends its ClientHello on the first [`Self::handshake`]).
-    pub fn client(config: Arc<ClientConfig>) -> Result<Self, TlsError> {
-        let conn = UnbufferedClientConnection::new(config, crate::tls::router_server_name())?;
+    /// A client session (sends its ClientHello on the first [`Self::handshake`]),
+    /// asking the router for the key `hint` if it holds more than one
+    /// ([`crate::tls::router_server_name`]).
+    pub fn client(config: Arc<ClientConfig>, hint: Option<&PublicKey>) -> Result<Self, TlsError> {
+        let conn = UnbufferedClientConnection::new(config, crate::tls::router_server_name(hint))?;
         Ok(Self::new(Conn::Client(conn)))
     }
 

@@ -17,8 +17,9 @@ use rustls::client::AlwaysResolvesClientRawPublicKeys;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
-use rustls::server::AlwaysResolvesServerRawPublicKeys;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError,
     PeerIncompatible, SignatureScheme,
@@ -374,34 +375,88 @@ pub fn client_config(identity: &KeyPair, router: &[PublicKey]) -> Result<Arc<Cli
         .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(
             identity.certified_key()?,
         )));
-    cfg.enable_sni = false;
+    // SNI carries the hint of the key the client expects ([`router_server_name`]).
+    cfg.enable_sni = true;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     // Lets a data channel's keys move to kernel TLS (`TlsSession::into_kernel`).
     cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
-/// The router side: present `identity`, admit the keys in `clients`.
+/// The router side: present `keys[0]`, or another of `keys` to a client that asks
+/// for it by its [hint](router_server_name) (a key the router is retiring, for
+/// tunnels that have not heard of the new one yet); admit the keys in `clients`.
 pub fn server_config(
-    identity: &KeyPair,
+    keys: &[&KeyPair],
     clients: Arc<AuthorizedClients>,
 ) -> Result<Arc<ServerConfig>, Error> {
+    if keys.is_empty() {
+        return Err(Error::General("a router needs a key to present".into()));
+    }
+    let held = keys
+        .iter()
+        .map(|k| Ok((key_hint(&k.public()), k.certified_key()?)))
+        .collect::<Result<_, Error>>()?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(AuthorizedClientVerifier { clients }))
-        .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
-            identity.certified_key()?,
-        )));
+        .with_cert_resolver(Arc::new(PresentsAskedKey { held }));
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     // Lets a data channel's keys move to kernel TLS (`TlsSession::into_kernel`).
     cfg.enable_secret_extraction = true;
     Ok(Arc::new(cfg))
 }
 
-/// The name a client puts in its handshake; with pinned raw keys it is never checked,
-/// and SNI is off, so it does not leave the machine.
-pub fn router_server_name() -> ServerName<'static> {
-    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+/// The router's keys, each with its hint: the first is presented unless the client
+/// hints at another.
+struct PresentsAskedKey {
+    held: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl fmt::Debug for PresentsAskedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hints: Vec<&str> = self.held.iter().map(|(h, _)| h.as_str()).collect();
+        f.debug_struct("PresentsAskedKey")
+            .field("hints", &hints)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for PresentsAskedKey {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let asked = hello.server_name();
+        let (_, key) = self
+            .held
+            .iter()
+            .find(|(hint, _)| Some(hint.as_str()) == asked)
+            .unwrap_or(&self.held[0]);
+        Some(key.clone())
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// The name by which a client asks a router for `key`: the first 8 bytes of its
+/// SHA-256 in hex, under `.invalid` (a name that never resolves). Sent in the clear
+/// (SNI): it tells an observer which of a handful of keys is asked for, not the key.
+pub fn key_hint(key: &PublicKey) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("k{hex}.conduit.invalid")
+}
+
+/// The name a client puts in its handshake. With a `hint` (the key it expects the
+/// router to present), the key's [`key_hint`], sent as SNI, so that a router that
+/// holds more than one key presents that one; without, an address, which is not sent.
+/// The name is never checked against anything else: the key is pinned.
+pub fn router_server_name(hint: Option<&PublicKey>) -> ServerName<'static> {
+    hint.and_then(|k| ServerName::try_from(key_hint(k)).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()))
 }
 
 #[cfg(test)]

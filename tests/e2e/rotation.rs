@@ -445,11 +445,86 @@ fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
     });
 
     // Without a restart, the router presents the new key: a tunnel that knows it
-    // (from known_routers) connects; one that pins the old key only is refused.
+    // (from known_routers) connects.
     let (_later, later_addr) =
         home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "later"]);
     assert_echo(later_addr, b"with the rotated key");
+    // The old key is kept, owner-only, for tunnels that were away.
+    let kept = home.key("router.key.old");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A tunnel that was away during the announcement pins the old key alone and
+    // asks for it: the router presents it, then names its new key, which the tunnel
+    // trusts from then on.
     std::fs::remove_file(&known).unwrap();
+    let away = |name: &str| {
+        let p = home.tunnel_keyed(
+            engine,
+            &raddr.to_string(),
+            stranger_pin.to_str().unwrap(),
+            &source.to_string(),
+            &["--name", name],
+        );
+        let addr = addr_in(&p.wait_stdout("listening on"));
+        p.wait_stdout(&format!("connected to router {raddr}"));
+        (p, addr)
+    };
+    let (stranger, stranger_addr) = away("stranger");
+    stranger.wait_stderr(&format!("router {raddr} names its key {new}: trusted"));
+    assert_echo(stranger_addr, b"away during the announcement");
+    crate::procfs::wait_until("known_routers to hold the new key", || {
+        let text = std::fs::read_to_string(&known).unwrap_or_default();
+        (text.contains(&format!("{raddr} {new}\n")), text)
+    });
+    // The first tunnel's link, made with the old key, goes on.
+    assert_echo(taddr, b"the first link is untouched");
+
+    // A router restarted on its port keeps presenting the old key to those who ask.
+    let mut router = router;
+    router.stop();
+    let (router, _) = home.router_at(
+        engine,
+        &raddr.to_string(),
+        &allow,
+        &["--set", "router.key_announce_secs=2"],
+    );
+    router.wait_stderr("still presenting the old router key to tunnels that ask for it until");
+    std::fs::remove_file(&known).unwrap();
+    let (_second, second_addr) = away("second");
+    assert_echo(second_addr, b"after the router's restart");
+}
+
+#[test]
+fn a_router_stops_presenting_its_old_key_when_it_retires() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let old = home.public_key("router");
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (router, raddr) = home.router_with(
+        engine,
+        &allow,
+        &[
+            "--set",
+            "router.key_announce_secs=1",
+            "--set",
+            "router.key_retire_secs=2",
+        ],
+    );
+    let stranger_pin = home.path().join("stranger-router.pub");
+    std::fs::copy(home.key("router.pub"), &stranger_pin).unwrap();
+    router.signal("USR1");
+    router.wait_stderr("router key rotated: presenting the new key from now on");
+    let new = home.public_key("router");
+    assert_ne!(new, old);
+    router.wait_stderr(&format!(
+        "router key retired: tunnels that still pin only {old}"
+    ));
+    assert!(!home.key("router.key.old").exists());
+    // A tunnel that pins the old key alone is refused now, naming both keys.
     let mut stranger = home.tunnel_keyed(
         engine,
         &raddr.to_string(),
@@ -458,6 +533,4 @@ fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
         &["--name", "stranger"],
     );
     refuses_the_key(&mut stranger, &old, &new);
-    // The first tunnel's link, made with the old key, goes on.
-    assert_echo(taddr, b"the first link is untouched");
 }

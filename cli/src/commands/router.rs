@@ -255,6 +255,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
                 path: key_path.clone(),
                 every: conduit_controlplane::client::days(r.key_rotation_days),
                 announce: std::time::Duration::from_secs(r.key_announce_secs),
+                retire: std::time::Duration::from_secs(r.key_retire_secs),
             }),
         next_key,
     })

@@ -66,14 +66,22 @@ pub struct ApiSettings {
     pub history: crate::history::HistorySettings,
 }
 
+/// The router's keys, as `/info` shows them.
+pub struct RouterKeys {
+    /// The key it presents, then the one it names as next if any.
+    pub presented: Vec<PublicKey>,
+    /// The old key it still presents to tunnels that ask for it after a rotation.
+    pub retiring: Option<PublicKey>,
+}
+
 /// What the handlers read.
 pub struct ApiState {
     /// Version, engine, workers, start time.
     pub facts: RouterFacts,
     /// Where clients connect.
     pub listen: SocketAddr,
-    /// The router's keys: the one it presents, then the one it names as next.
-    pub keys: Arc<dyn Fn() -> Vec<PublicKey> + Send + Sync>,
+    /// The router's keys as they are now.
+    pub keys: Arc<dyn Fn() -> RouterKeys + Send + Sync>,
     /// Where the API listens.
     pub api_listen: SocketAddr,
     /// Whether a token is required.

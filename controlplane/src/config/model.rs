@@ -196,6 +196,10 @@ pub struct RouterServer {
     /// How long a rotation names the next key to tunnels before the router presents
     /// it, in seconds (default 86400: a day).
     pub key_announce_secs: u64,
+    /// After a rotation, how long the router still presents its old key to tunnels
+    /// that ask for it (those away during the announcement), in seconds (default
+    /// 2592000: 30 days; 0: forget it at the switch).
+    pub key_retire_secs: u64,
 }
 
 impl Default for RouterServer {
@@ -205,6 +209,7 @@ impl Default for RouterServer {
             next_private_key_path: None,
             key_rotation_days: 0,
             key_announce_secs: 86_400,
+            key_retire_secs: 30 * 86_400,
             private_key_path: None,
             authorized_keys: None,
             allow: Vec::new(),

@@ -239,6 +239,13 @@ static ROUTER: Schema = Schema {
                         max: 90 * 86_400,
                     },
                 ),
+                key(
+                    "key_retire_secs",
+                    Kind::Int {
+                        min: 0,
+                        max: 365 * 86_400,
+                    },
+                ),
             ],
         },
         Section {

@@ -191,7 +191,8 @@ fn handshake(suite: SupportedCipherSuite) -> (ExtractedSecrets, ExtractedSecrets
     let client = KeyPair::generate().unwrap();
     let clients = HashMap::from([(client.public(), "test".to_owned())]);
     let mut server_cfg =
-        (*tls::server_config(&router, Arc::new(AuthorizedClients::new(clients))).unwrap()).clone();
+        (*tls::server_config(&[&router], Arc::new(AuthorizedClients::new(clients))).unwrap())
+            .clone();
     server_cfg.enable_secret_extraction = true;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = vec![suite];
@@ -205,7 +206,7 @@ fn handshake(suite: SupportedCipherSuite) -> (ExtractedSecrets, ExtractedSecrets
         )));
     client_cfg.alpn_protocols = vec![tls::ALPN.to_vec()];
     client_cfg.enable_secret_extraction = true;
-    let mut c = ClientConnection::new(Arc::new(client_cfg), tls::router_server_name()).unwrap();
+    let mut c = ClientConnection::new(Arc::new(client_cfg), tls::router_server_name(None)).unwrap();
     let mut s = ServerConnection::new(Arc::new(server_cfg)).unwrap();
     for _ in 0..16 {
         let mut wire = Vec::new();

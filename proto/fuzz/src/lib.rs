@@ -187,13 +187,13 @@ impl Keys {
     /// no session cache carries state from one fuzz input to the next.
     pub fn client_session(&self) -> TlsSession {
         let cfg = client_config(&self.client, &[self.router.public()]).expect("client config");
-        TlsSession::client(cfg).expect("client session")
+        TlsSession::client(cfg, None).expect("client session")
     }
 
     /// A router session that admits the client's key.
     pub fn server_session(&self) -> TlsSession {
         let admitted = HashMap::from([(self.client.public(), String::new())]);
-        let cfg = server_config(&self.router, Arc::new(AuthorizedClients::new(admitted)))
+        let cfg = server_config(&[&self.router], Arc::new(AuthorizedClients::new(admitted)))
             .expect("server config");
         TlsSession::server(cfg).expect("server session")
     }

@@ -26,9 +26,27 @@ fn sessions(p: &Peers, pinned: &[PublicKey], admitted: &[PublicKey]) -> (TlsSess
             .map(|k| (*k, String::new()))
             .collect::<HashMap<_, _>>(),
     ));
-    let client = TlsSession::client(client_config(&p.client_key, pinned).unwrap()).unwrap();
-    let server = TlsSession::server(server_config(&p.router_key, clients).unwrap()).unwrap();
+    let client = TlsSession::client(client_config(&p.client_key, pinned).unwrap(), None).unwrap();
+    let server = TlsSession::server(server_config(&[&p.router_key], clients).unwrap()).unwrap();
     (client, server)
+}
+
+/// A router that holds `held` (presenting the first unless asked for another) and a
+/// client that pins `pinned` and asks for `hint`; the key the client saw.
+fn hinted(
+    p: &Peers,
+    held: &[&KeyPair],
+    pinned: &[PublicKey],
+    hint: Option<&PublicKey>,
+) -> Result<Option<PublicKey>, Failed> {
+    let clients = Arc::new(AuthorizedClients::new(HashMap::from([(
+        p.client_key.public(),
+        String::new(),
+    )])));
+    let mut c = TlsSession::client(client_config(&p.client_key, pinned).unwrap(), hint).unwrap();
+    let mut s = TlsSession::server(server_config(held, clients).unwrap()).unwrap();
+    handshake(&mut c, &mut s, &mut Wire::default())?;
+    Ok(c.peer_key())
 }
 
 /// The bytes in flight each way.
@@ -191,6 +209,50 @@ fn a_router_may_present_any_of_its_pinned_keys_and_no_other() {
         third.public(),
         p.router_key.public()
     )));
+}
+
+#[test]
+fn a_router_presents_a_key_it_is_retiring_only_to_a_client_that_asks_for_it() {
+    let p = peers();
+    let old = KeyPair::generate().unwrap();
+    let (new, old_pub) = (p.router_key.public(), old.public());
+    let held = [&p.router_key, &old];
+    // A tunnel that was away during the rotation pins the old key and asks for it.
+    assert_eq!(
+        hinted(&p, &held, &[old_pub], Some(&old_pub)).unwrap(),
+        Some(old_pub)
+    );
+    // Asking for nothing, or for a key the router does not hold, gets the key in use.
+    assert_eq!(hinted(&p, &held, &[new], None).unwrap(), Some(new));
+    let stranger = KeyPair::generate().unwrap().public();
+    assert_eq!(
+        hinted(&p, &held, &[new], Some(&stranger)).unwrap(),
+        Some(new)
+    );
+    // Once the old key is retired, the tunnel that pins it alone is refused.
+    match hinted(&p, &[&p.router_key], &[old_pub], Some(&old_pub)) {
+        Err(Failed::Client(e)) => {
+            let m = e.router_key_mismatch().expect("a key mismatch");
+            assert_eq!((m.expected.clone(), m.got), (vec![old_pub], new));
+        }
+        other => panic!("expected the client to refuse, got {other:?}"),
+    }
+}
+
+#[test]
+fn hints_are_distinct_names_that_never_resolve() {
+    let (a, b) = (
+        KeyPair::generate().unwrap().public(),
+        KeyPair::generate().unwrap().public(),
+    );
+    let (ha, hb) = (crate::tls::key_hint(&a), crate::tls::key_hint(&b));
+    assert_ne!(ha, hb);
+    assert_eq!(ha, crate::tls::key_hint(&a));
+    assert!(ha.ends_with(".conduit.invalid") && ha.len() == "k.conduit.invalid".len() + 16);
+    assert!(matches!(
+        crate::tls::router_server_name(Some(&a)),
+        rustls::pki_types::ServerName::DnsName(_)
+    ));
 }
 
 #[test]
