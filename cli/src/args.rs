@@ -505,6 +505,8 @@ pub(crate) struct RouterArgs {
     /// health.interval_secs=2. Repeatable.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
     pub(crate) set: Vec<Override>,
+    #[command(flatten)]
+    pub(crate) service: ServiceArgs,
 }
 
 #[derive(Debug, Args)]

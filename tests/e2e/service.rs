@@ -1,4 +1,4 @@
-//! `conduit start|up --service-file`: the exact unit it prints, `-o` writing the
+//! `conduit start|up|router --service-file`: the exact unit it prints, `-o` writing the
 //! file, and tokens kept out of it.
 
 use std::path::Path;
@@ -271,4 +271,97 @@ fn exec_start(unit: &str) -> &str {
     unit.lines()
         .find(|l| l.starts_with("ExecStart="))
         .expect("an ExecStart line")
+}
+
+/// `conduit router --service-file`: the router as configured here (its file by its
+/// absolute path, each flag as `--set`, relative paths made absolute), secrets and
+/// settings from this shell's environment left for the environment file; and the
+/// command it writes runs that router.
+#[test]
+fn a_router_service_runs_the_router_as_configured_here() {
+    let home = crate::harness::Home::with_keys();
+    // The configuration and the log live outside CONDUIT_HOME, named relative to it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let dir = elsewhere.path();
+    let source = crate::sources::echo();
+    std::fs::write(
+        dir.join("router.toml"),
+        format!("[router]\nallow = [\"{source}\"]\n"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("logs")).unwrap();
+    let out = home
+        .cmd()
+        .current_dir(dir)
+        .env("CONDUIT_HEALTH_INTERVAL_SECS", "7")
+        .args([
+            "router",
+            "--config",
+            "router.toml",
+            "--bind",
+            "127.0.0.1:0",
+            "--api-bind",
+            "127.0.0.1:0",
+            "--api-token",
+            "s3cret-api-t0ken",
+            "--log-file",
+            "logs/router.log",
+            "--service-file",
+            "systemd",
+            "--service-user",
+            "conduit",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unit = stdout(&out);
+    assert!(!unit.contains("s3cret-api-t0ken"), "{unit}");
+    let d = dir.display();
+    assert_eq!(
+        stderr(&out),
+        "warning: router.bind: port 0 lets the system pick a different free port at each \
+         start, so users cannot know where to connect; pick a fixed port (cli --bind)\n\
+         conduit: note: the token is not written into the service file; put \
+         CONDUIT_API_TOKEN=<token> in /etc/conduit/conduit-router.env (mode 0600) instead\n\
+         conduit: note: CONDUIT_HEALTH_INTERVAL_SECS is not written into the service file; \
+         put CONDUIT_HEALTH_INTERVAL_SECS=<value> in /etc/conduit/conduit-router.env (mode \
+         0600) instead\n"
+    );
+    let exec = exec_start(&unit);
+    let bin = env!("CARGO_BIN_EXE_conduit");
+    assert_eq!(
+        exec,
+        format!(
+            "ExecStart={bin} router --config {d}/router.toml --set router.bind=127.0.0.1:0 \
+             --set api.enabled=true --set api.bind=127.0.0.1:0 --log-file {d}/logs/router.log"
+        )
+    );
+    // The log's directory is writable under systemd's sandbox; the keys and clients
+    // file are in CONDUIT_HOME, writable anyway.
+    let h = home.path().display();
+    assert!(
+        unit.contains(&format!("\nReadWritePaths={h} -{d}/logs\n")),
+        "{unit}"
+    );
+    assert!(unit.contains("\nDescription=Conduit router on 127.0.0.1:0\n"));
+
+    // What systemd would run, with the token from the environment file.
+    let words: Vec<&str> = exec["ExecStart=".len()..].split(' ').collect();
+    let router = crate::harness::Proc::spawn(
+        home.cmd()
+            .env("CONDUIT_API_TOKEN", "s3cret-api-t0ken")
+            .args(&words[1..]),
+    );
+    let raddr = crate::harness::addr_in(&router.wait_stdout("router listening on"));
+    let (_tunnel, taddr) = home.tunnel_with(
+        crate::harness::Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &[],
+    );
+    crate::users::assert_echo(taddr, b"through the router the service runs");
+    crate::procfs::wait_until("the router to log to its file", || {
+        let log = std::fs::read_to_string(dir.join("logs/router.log")).unwrap_or_default();
+        (log.contains("router up"), log)
+    });
 }

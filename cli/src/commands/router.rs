@@ -5,13 +5,16 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use conduit_controlplane::config::{self, Env, Override, Problem, RouterConfig, Severity, Sources};
+use conduit_controlplane::config::{
+    self, Env, Override, Problem, Role, RouterConfig, Severity, Sources,
+};
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
+use super::service::{self, Tunnel, absolute, log_flags};
 use super::{runtime, say, shutdown_signal, start_logging};
-use crate::args::{LogArgs, RouterArgs};
+use crate::args::{LogArgs, RouterArgs, ServiceKind, TransportArg};
 use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
@@ -28,6 +31,12 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     if loaded.report.has_errors() {
         let errors: Vec<Problem> = loaded.report.errors().cloned().collect();
         return Err(Usage(lines(&errors)).into());
+    }
+    if let Some(kind) = a.service.service_file {
+        for p in loaded.report.warnings() {
+            eprintln!("warning: {p}");
+        }
+        return service_file(home, &a, log, &loaded, kind);
     }
     start_logging(log, Some(&loaded.config.logging))?;
     super::prepare_process();
@@ -259,6 +268,81 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
             }),
         next_key,
     })
+}
+
+/// `--service-file`: a service that runs this router as configured here: the
+/// configuration file's absolute path, and each flag as `--set SECTION.KEY=VALUE`
+/// (paths made absolute). Secrets, and settings taken from the environment, stay out
+/// of the file: the user is told to put them in the service's environment file.
+fn service_file(
+    home: &Home,
+    a: &RouterArgs,
+    log: &LogArgs,
+    loaded: &config::Loaded<RouterConfig>,
+    kind: ServiceKind,
+) -> Result<()> {
+    let mut args = vec!["router".to_owned()];
+    if let Some(file) = &a.config {
+        args.extend(["--config".to_owned(), absolute(file)?.display().to_string()]);
+    }
+    if a.transport == TransportArg::Plain {
+        args.extend(["--transport".to_owned(), "plain".to_owned()]);
+    }
+    let mut env = Vec::new();
+    for o in overrides(a) {
+        let Some(s) = config::setting(Role::Router, &o.key) else {
+            return Err(Usage(format!("{}: no such setting {}", o.flag, o.key)).into());
+        };
+        if s.secret {
+            env.push(s.env);
+            continue;
+        }
+        let value = if s.path {
+            absolute(std::path::Path::new(&o.value))?
+                .display()
+                .to_string()
+        } else {
+            o.value
+        };
+        args.extend(["--set".to_owned(), format!("{}={value}", o.key)]);
+    }
+    for (_, origin) in loaded.origins.iter() {
+        if let config::Origin::Env(var) = origin
+            && !env.contains(var)
+        {
+            env.push(var.clone());
+        }
+    }
+    args.extend(log_flags(log));
+    let c = &loaded.config;
+    let port = |addr: &str| addr.parse::<std::net::SocketAddr>().map_or(0, |a| a.port());
+    let api_port = if c.api.enabled { port(&c.api.bind) } else { 0 };
+    // What the router writes besides CONDUIT_HOME: KEY.next and KEY.old beside its
+    // key, the clients file when a client rotates its key, the history, the log.
+    let writes = [
+        c.router.private_key_path.clone(),
+        c.router.authorized_keys.clone(),
+        c.api.history_file.clone(),
+        log.log_file.clone().or_else(|| c.logging.file.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    service::emit(
+        home,
+        &a.service,
+        kind,
+        Tunnel {
+            name: "router",
+            description: format!("Conduit router on {}", c.router.bind),
+            args,
+            privileged_port: [port(&c.router.bind), api_port]
+                .iter()
+                .any(|p| (1..1024).contains(p)),
+            env_vars: env,
+            writes,
+        },
+    )
 }
 
 /// The problems, one a line, as `config validate` prints them.

@@ -22,8 +22,25 @@ pub(crate) struct Tunnel<'a> {
     pub(crate) args: Vec<String>,
     /// It listens on a port below 1024.
     pub(crate) privileged_port: bool,
-    /// A token was given: it stays out of the file, and the user is told where it goes.
-    pub(crate) has_token: bool,
+    /// The variables of settings that stay out of the file (secrets such as a token
+    /// or an alert URL, and settings taken from this shell's environment): the user
+    /// is told to put them in the service's environment file.
+    pub(crate) env_vars: Vec<String>,
+    /// Files the service writes outside `CONDUIT_HOME` (a log file, a key file that
+    /// rotates beside it): their directories are made writable where the service is
+    /// sandboxed.
+    pub(crate) writes: Vec<PathBuf>,
+}
+
+/// The directories of `files`, made absolute.
+fn directories(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    files
+        .iter()
+        .map(|f| {
+            let f = absolute(f)?;
+            Ok(f.parent().map_or_else(|| f.clone(), Path::to_path_buf))
+        })
+        .collect()
 }
 
 fn kind(k: ServiceKind) -> InitSystem {
@@ -124,12 +141,18 @@ pub(crate) fn emit(
         env: Vec::new(),
         env_file: Some(env_file.clone()),
         privileged_port: t.privileged_port,
+        writable: directories(&t.writes)?,
     };
     let text = service::render(kind, &spec)?;
-    if t.has_token {
+    for var in &t.env_vars {
+        let (what, value) = if var.ends_with("_TOKEN") {
+            ("the token", "token")
+        } else {
+            (var.as_str(), "value")
+        };
         eprintln!(
-            "conduit: note: the token is not written into the service file; put \
-             CONDUIT_TOKEN=<token> in {} (mode 0600) instead",
+            "conduit: note: {what} is not written into the service file; put \
+             {var}=<{value}> in {} (mode 0600) instead",
             env_file.display()
         );
     }

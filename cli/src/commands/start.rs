@@ -317,7 +317,9 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
             description: format!("Conduit tunnel {name}"),
             args,
             privileged_port: (1..1024).contains(&bind.port()),
-            has_token: a.token.is_some(),
+            env_vars: a.token.iter().map(|_| "CONDUIT_TOKEN".to_owned()).collect(),
+            // The key rotates beside its file.
+            writes: std::iter::once(key).chain(log.log_file.clone()).collect(),
         },
     )
 }

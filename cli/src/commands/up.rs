@@ -298,7 +298,17 @@ fn service_file(
                 .tunnels
                 .iter()
                 .any(|t| (1..1024).contains(&t.bind.port())),
-            has_token,
+            env_vars: has_token
+                .then(|| "CONDUIT_TOKEN".to_owned())
+                .into_iter()
+                .collect(),
+            // Keys rotate beside their files.
+            writes: plan
+                .tunnels
+                .iter()
+                .map(|t| t.private_key_path.clone())
+                .chain(log.log_file.clone().or_else(|| plan.logging.file.clone()))
+                .collect(),
         },
     )
 }

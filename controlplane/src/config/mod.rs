@@ -58,6 +58,29 @@ pub use show::Format;
 
 use crate::home::Home;
 
+/// What a service file needs to know of one setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// Its `CONDUIT_<SECTION>_<KEY>` variable.
+    pub env: String,
+    /// A token or a URL that carries one: kept out of files other people read.
+    pub secret: bool,
+    /// A file's path.
+    pub path: bool,
+}
+
+/// The setting `section.key` of `role`'s file, if there is one.
+pub fn setting(role: Role, key_path: &str) -> Option<Setting> {
+    let (section, key) = key_path.split_once('.')?;
+    let section = schema::Schema::of(role).section(section)?;
+    let key = section.key(key)?;
+    Some(Setting {
+        env: section.env_name(key),
+        secret: key.secret,
+        path: matches!(key.kind, schema::Kind::Path),
+    })
+}
+
 /// Which kind of file is being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -109,6 +132,11 @@ impl Origins {
     /// Where the value at `path` came from.
     pub fn get(&self, path: &str) -> &Origin {
         self.0.get(path).unwrap_or(&Origin::Default)
+    }
+
+    /// Every value that was set, with its origin, by key path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Origin)> {
+        self.0.iter().map(|(k, o)| (k.as_str(), o))
     }
 
     pub(crate) fn set(&mut self, path: String, origin: Origin) {

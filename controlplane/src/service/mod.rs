@@ -104,8 +104,12 @@ pub struct ServiceSpec {
     /// A file of `KEY=value` lines (secrets such as `CONDUIT_TOKEN`) read at start if
     /// it exists. Write it with mode 0600, owned by root or [`Self::user`].
     pub env_file: Option<PathBuf>,
-    /// The tunnel listens on a port below 1024 and needs `CAP_NET_BIND_SERVICE`.
+    /// The service listens on a port below 1024 and needs `CAP_NET_BIND_SERVICE`.
     pub privileged_port: bool,
+    /// Directories besides [`Self::home`] that the service writes (a log file's, a
+    /// key file's that rotates, an authorized-clients file's): absolute. Where the
+    /// format sandboxes the service (systemd), they are made writable.
+    pub writable: Vec<PathBuf>,
 }
 
 impl ServiceSpec {
@@ -142,6 +146,7 @@ impl ServiceSpec {
         ]
         .into_iter()
         .chain(self.env_file.iter().map(|p| ("environment file", p)))
+        .chain(self.writable.iter().map(|p| ("writable directory", p)))
         {
             if !path.is_absolute() {
                 return Err(Error::Config(format!(
@@ -171,6 +176,19 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::writable`] without those under [`Self::home`] (writable anyway) and
+    /// without repeats, in order.
+    fn extra_writable(&self) -> Vec<&Path> {
+        let mut out: Vec<&Path> = Vec::new();
+        for dir in &self.writable {
+            if !dir.starts_with(&self.home) && !out.iter().any(|d| dir.starts_with(d)) {
+                out.retain(|d| !d.starts_with(dir));
+                out.push(dir);
+            }
+        }
+        out
     }
 
     /// The environment the tunnel runs with: `CONDUIT_HOME` first, then [`Self::env`].

@@ -64,7 +64,7 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
     );
     if spec.privileged_port {
         s.push_str(
-            "# The tunnel listens on a port below 1024.\n\
+            "# The service listens on a port below 1024.\n\
              capabilities=\"^cap_net_bind_service\"\n",
         );
     }

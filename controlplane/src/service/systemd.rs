@@ -138,11 +138,19 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         } else {
             "yes"
         },
-        rw = word(home, false),
+        rw = std::iter::once(word(home, false))
+            // '-': a directory that is missing is skipped rather than failing the start.
+            .chain(
+                spec.extra_writable()
+                    .into_iter()
+                    .map(|d| word(&format!("-{}", d.to_string_lossy()), false)),
+            )
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     if spec.privileged_port {
         u.push_str(
-            "# The tunnel listens on a port below 1024.\n\
+            "# The service listens on a port below 1024.\n\
              CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n\
              AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
         );
@@ -155,6 +163,7 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::process::Command;
 
     use super::*;
@@ -198,6 +207,35 @@ mod tests {
         assert!(render(&spec).unwrap().contains("\nProtectHome=read-only\n"));
     }
 
+    #[test]
+    fn directories_the_service_writes_are_made_writable_once_each() {
+        let mut spec = sample_spec();
+        spec.writable = [
+            "/var/log/conduit",
+            "/var/lib/conduit/keys",
+            "/etc/conduit",
+            "/var/log/conduit/router",
+            "/srv/conduit data",
+            "/etc/conduit",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        let unit = render(&spec).unwrap();
+        assert!(
+            unit.contains(
+                "\nReadWritePaths=/var/lib/conduit -/var/log/conduit -/etc/conduit \"-/srv/conduit data\"\n"
+            ),
+            "{unit}"
+        );
+        spec.writable = vec!["logs".into()];
+        assert_eq!(
+            crate::service::render(crate::service::InitSystem::Systemd, &spec)
+                .unwrap_err()
+                .to_string(),
+            "the writable directory path logs is relative: a service needs an absolute path"
+        );
+    }
+
     /// `systemd-analyze verify` on the generated unit, where systemd is installed.
     #[test]
     fn systemd_analyze_accepts_the_unit() {
@@ -213,6 +251,7 @@ mod tests {
         let mut spec = sample_spec();
         // verify checks that the binary exists and is executable.
         spec.binary = std::env::current_exe().unwrap();
+        spec.writable = vec!["/var/log/conduit".into(), "/srv/conduit data".into()];
         let path = dir.path().join(format!("{}.service", spec.name));
         std::fs::write(&path, render(&spec).unwrap()).unwrap();
         let out = Command::new("systemd-analyze")

@@ -34,6 +34,7 @@ pub(super) fn sample_spec() -> ServiceSpec {
         env: vec![("CONDUIT_LOG_FORMAT".into(), "json".into())],
         env_file: Some("/etc/conduit/conduit-web.env".into()),
         privileged_port: true,
+        writable: Vec::new(),
     }
 }
 
