@@ -15,6 +15,7 @@ command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the met
 command -v openssl >/dev/null || need+=(openssl)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v ss >/dev/null || need+=(iproute2)
+command -v systemd-analyze >/dev/null || need+=(systemd)   # checks the service units
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

@@ -365,3 +365,47 @@ fn a_router_service_runs_the_router_as_configured_here() {
         (log.contains("router up"), log)
     });
 }
+
+/// The units the Debian and RPM packages install (`deploy/packaging/`): accepted by
+/// `systemd-analyze verify` (with this build's binary in place of /usr/bin/conduit),
+/// and every file the packages' metadata names exists.
+#[test]
+fn the_packaged_units_and_files_are_sound() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("cli/Cargo.toml")).unwrap();
+    let mut named = 0;
+    for line in manifest.lines() {
+        // `["../path", …]` (cargo-deb) and `{ source = "../path", … }` (generate-rpm).
+        for piece in line.split('"').skip(1).step_by(2) {
+            if let Some(rel) = piece.strip_prefix("../") {
+                assert!(root.join(rel).exists(), "{rel}, named in cli/Cargo.toml");
+                named += 1;
+            }
+        }
+    }
+    assert!(named >= 20, "{named} files named");
+    if !crate::harness::have("systemd-analyze", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for unit in ["conduit-router.service", "conduit-tunnels.service"] {
+        let text = std::fs::read_to_string(root.join("deploy/packaging").join(unit)).unwrap();
+        assert!(text.contains("ExecStart=/usr/bin/conduit "), "{unit}");
+        let path = dir.path().join(unit);
+        std::fs::write(
+            &path,
+            text.replace("/usr/bin/conduit", env!("CARGO_BIN_EXE_conduit")),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(
+            (out.status.code(), stderr(&out)),
+            (Some(0), String::new()),
+            "{unit}"
+        );
+    }
+}
