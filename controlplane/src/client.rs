@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::error::from_tls;
+use crate::keys::KnownRouter;
 use crate::metrics::{Counters, SetupError};
 use crate::wire::{self, Wire, WireError};
 use crate::{Error, Transport};
@@ -217,9 +218,9 @@ struct Shared {
     /// or one per router, and the last failure to read each (logged once).
     pins: Vec<Option<String>>,
     pin_errors: std::sync::Mutex<Vec<Option<String>>>,
-    /// The keys each router named itself (`RouterKeys`), trusted beside the pinned
-    /// ones, and the file they are kept in.
-    learned: std::sync::Mutex<Vec<Vec<PublicKey>>>,
+    /// The keys each router named itself (`RouterKeys`) under a key still pinned,
+    /// trusted beside the pinned ones, and the file they are kept in.
+    learned: std::sync::Mutex<Vec<Option<KnownRouter>>>,
     known_routers: Option<PathBuf>,
     /// What `known_routers` held when this tunnel last read or wrote it.
     known_text: std::sync::Mutex<String>,
@@ -283,11 +284,12 @@ impl ClientTunnel {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_default();
         let known = crate::keys::parse_known_routers(&known_text);
-        let learned: Vec<Vec<PublicKey>> = routers
+        let learned: Vec<Option<KnownRouter>> = routers
             .iter()
-            .map(|r| known.get(r).cloned().unwrap_or_default())
+            .zip(&router_keys)
+            .map(|(r, pinned)| still_pinned(&s.name, r, known.get(r), pinned))
             .collect();
-        let tls = configs(&s.identity, &trusted(&router_keys, &learned))
+        let tls = configs(&s.identity, &trusted(&router_keys, &keys_of(&learned)))
             .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
@@ -487,6 +489,10 @@ impl Shared {
     }
 
     fn learned(&self) -> Vec<Vec<PublicKey>> {
+        keys_of(&self.learned_entries())
+    }
+
+    fn learned_entries(&self) -> Vec<Option<KnownRouter>> {
         self.learned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -498,19 +504,34 @@ impl Shared {
         trusted(&self.router_keys(), &self.learned())
     }
 
-    /// Router `at` named its keys (`RouterKeys`): trusts them for it from now on,
-    /// in place of what it named before, and keeps them in `known_routers`.
-    fn learn(&self, at: usize, keys: &[PublicKey]) {
+    /// Router `at` named its keys (`RouterKeys`) on a link where it presented `via`:
+    /// trusts them for it from now on, in place of what it named before, and keeps
+    /// them in `known_routers` with the pinned key they were learned under (`via`
+    /// itself, or the pin under which `via` was learned).
+    fn learn(&self, at: usize, keys: &[PublicKey], via: Option<PublicKey>) {
         let router = &self.routers[at];
-        {
+        let pinned = self.router_keys()[at].clone();
+        let known = {
             let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
-            if learned[at] == keys {
+            let pin = match (via, &learned[at]) {
+                (Some(v), _) if pinned.contains(&v) => v,
+                (Some(v), Some(k)) if k.keys.contains(&v) => k.pin,
+                _ => {
+                    warn!(tunnel = %self.name, %router, "router {router} named keys on a link whose key is neither pinned nor learned: ignored (a Conduit bug; please report it)");
+                    return;
+                }
+            };
+            let known = KnownRouter {
+                keys: keys.to_vec(),
+                pin,
+            };
+            if learned[at].as_ref() == Some(&known) {
                 return;
             }
-            learned[at] = keys.to_vec();
-        }
-        let pinned = &self.router_keys()[at];
-        match client_config(&self.identity(), &trusted_one(pinned, keys)) {
+            learned[at] = Some(known.clone());
+            known
+        };
+        match client_config(&self.identity(), &trusted_one(&pinned, keys)) {
             Ok(c) => self.tls.write().unwrap_or_else(|p| p.into_inner())[at] = c,
             Err(e) => {
                 warn!(tunnel = %self.name, %router, "cannot use the keys the router named: {e}");
@@ -526,7 +547,7 @@ impl Shared {
             [] => return,
         };
         let kept = match &self.known_routers {
-            Some(path) => match crate::keys::save_known_router(path, router, keys) {
+            Some(path) => match crate::keys::save_known_router(path, router, &known) {
                 Ok(text) => {
                     *self.known_text.lock().unwrap_or_else(|p| p.into_inner()) = text;
                     format!(" (kept in {})", path.display())
@@ -555,9 +576,16 @@ impl Shared {
     /// read (or holds no key) leaves the keys as they were, with a warning.
     fn reread_pins(&self) -> bool {
         let old_pinned = self.router_keys();
-        let old_learned = self.learned();
+        let old_entries = self.learned_entries();
+        let old_learned = keys_of(&old_entries);
         let pinned = self.reread_pin_files(&old_pinned);
-        let learned = self.reread_known_routers(&old_learned);
+        let entries: Vec<Option<KnownRouter>> = self
+            .reread_known_routers(&old_entries)
+            .iter()
+            .enumerate()
+            .map(|(i, k)| still_pinned(&self.name, &self.routers[i], k.as_ref(), &pinned[i]))
+            .collect();
+        let learned = keys_of(&entries);
         let mut changed = false;
         let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
         let mut kept_pinned = self.router_keys.write().unwrap_or_else(|p| p.into_inner());
@@ -567,7 +595,7 @@ impl Shared {
             let new = trusted_one(&pinned[i], &learned[i]);
             if new == old {
                 kept_pinned[i].clone_from(&pinned[i]);
-                kept_learned[i].clone_from(&learned[i]);
+                kept_learned[i].clone_from(&entries[i]);
                 continue;
             }
             match client_config(&self.identity(), &new) {
@@ -578,7 +606,7 @@ impl Shared {
                 }
             }
             kept_pinned[i].clone_from(&pinned[i]);
-            kept_learned[i].clone_from(&learned[i]);
+            kept_learned[i].clone_from(&entries[i]);
             changed = true;
         }
         changed
@@ -589,8 +617,8 @@ impl Shared {
     /// as its own, or else the first pinned.
     fn hint(&self, index: usize) -> Option<PublicKey> {
         let named = self.learned.lock().unwrap_or_else(|p| p.into_inner())[index]
-            .first()
-            .copied();
+            .as_ref()
+            .and_then(|k| k.keys.first().copied());
         named.or_else(|| self.router_keys()[index].first().copied())
     }
 
@@ -642,7 +670,7 @@ impl Shared {
     /// The keys each router named as `known_routers` says now: as `old` unless the
     /// file changed since this tunnel last read or wrote it (an operator deleted a
     /// line, or another tunnel learned a router's keys).
-    fn reread_known_routers(&self, old: &[Vec<PublicKey>]) -> Vec<Vec<PublicKey>> {
+    fn reread_known_routers(&self, old: &[Option<KnownRouter>]) -> Vec<Option<KnownRouter>> {
         let Some(path) = &self.known_routers else {
             return old.to_vec();
         };
@@ -659,11 +687,11 @@ impl Shared {
             .iter()
             .zip(old)
             .map(|(r, old)| {
-                let now = known.get(r).cloned().unwrap_or_default();
+                let now = known.get(r).cloned();
                 if now != *old {
-                    match now.as_slice() {
-                        [] => info!(tunnel = %self.name, router = %r, "the keys router {r} named are no longer in {}: no longer trusted unless pinned", path.display()),
-                        keys => info!(tunnel = %self.name, router = %r, "the keys router {r} named, in {}, are now {}", path.display(), conduit_proto::tls::one_of(keys)),
+                    match &now {
+                        None => info!(tunnel = %self.name, router = %r, "the keys router {r} named are no longer in {}: no longer trusted unless pinned", path.display()),
+                        Some(k) => info!(tunnel = %self.name, router = %r, "the keys router {r} named, in {}, are now {}", path.display(), conduit_proto::tls::one_of(&k.keys)),
                     }
                 }
                 now
@@ -1223,7 +1251,7 @@ async fn heartbeat(
                 Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::RouterKeys { keys }))) => {
-                    shared.learn(index, &keys);
+                    shared.learn(index, &keys, ctl.peer_key());
                     // What the router itself says of its keys needs no new check.
                     trusted = shared.trusted_for(index);
                     continue;
@@ -1270,7 +1298,7 @@ async fn heartbeat(
                 Err(_) => break,
                 Ok(Ok(Some(Message::Pong { .. }))) => continue,
                 Ok(Ok(Some(Message::RouterKeys { keys }))) => {
-                    shared.learn(index, &keys);
+                    shared.learn(index, &keys, ctl.peer_key());
                     // What the router itself says of its keys needs no new check.
                     trusted = shared.trusted_for(index);
                     continue;
@@ -1567,6 +1595,40 @@ fn trusted(pinned: &[Vec<PublicKey>], learned: &[Vec<PublicKey>]) -> Vec<Vec<Pub
         .enumerate()
         .map(|(i, p)| trusted_one(p, learned.get(i).map_or(&[][..], Vec::as_slice)))
         .collect()
+}
+
+/// The keys of each router's learned entry (none where there is none).
+fn keys_of(learned: &[Option<KnownRouter>]) -> Vec<Vec<PublicKey>> {
+    learned
+        .iter()
+        .map(|k| k.as_ref().map_or_else(Vec::new, |k| k.keys.clone()))
+        .collect()
+}
+
+/// What `known_routers` says `router` named (`known`), if it was learned under a key
+/// the tunnel still pins (`pinned`); otherwise nothing, and a warning: a router
+/// pinned to another key since must not be trusted with what it named before.
+fn still_pinned(
+    tunnel: &str,
+    router: &str,
+    known: Option<&KnownRouter>,
+    pinned: &[PublicKey],
+) -> Option<KnownRouter> {
+    let k = known?;
+    if pinned.contains(&k.pin) {
+        return Some(k.clone());
+    }
+    warn!(
+        tunnel,
+        router,
+        "known_routers holds keys router {router} named ({}) while it was pinned to {}; \
+         it is pinned to {} now, so they are not trusted (pin the key again, or delete \
+         the line)",
+        conduit_proto::tls::one_of(&k.keys),
+        k.pin,
+        conduit_proto::tls::one_of(pinned)
+    );
+    None
 }
 
 fn trusted_one(pinned: &[PublicKey], learned: &[PublicKey]) -> Vec<PublicKey> {

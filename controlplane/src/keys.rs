@@ -263,49 +263,66 @@ pub fn load_router_pins(spec: &str, what: &str) -> Result<Vec<Vec<PublicKey>>, E
         .collect()
 }
 
+/// What a router named of its keys (`RouterKeys`), as `known_routers` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownRouter {
+    /// The keys it named, the one in use first.
+    pub keys: Vec<PublicKey>,
+    /// The pinned key they were learned under (`pin=`): the router proved it held
+    /// this key, or a key learned under it, when it named them. A tunnel trusts them
+    /// only while it still pins this key, so that pinning a router to another key
+    /// (after a compromise, say) is not undone by what it named before.
+    pub pin: PublicKey,
+}
+
 /// Reads `known_routers`: the keys each router named (`RouterKeys`), by router as
 /// the tunnels name it. A missing file is empty; a line that does not parse is
 /// skipped (the router names its keys again at the next connection).
-pub fn load_known_routers(path: &Path) -> HashMap<String, Vec<PublicKey>> {
+pub fn load_known_routers(path: &Path) -> HashMap<String, KnownRouter> {
     parse_known_routers(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
-/// The text of a `known_routers` file, as [`load_known_routers`] reads it.
-pub fn parse_known_routers(text: &str) -> HashMap<String, Vec<PublicKey>> {
+/// The text of a `known_routers` file, as [`load_known_routers`] reads it: lines of
+/// `ROUTER KEY… pin=KEY`.
+pub fn parse_known_routers(text: &str) -> HashMap<String, KnownRouter> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let router = words.next()?.to_owned();
-            let keys = words
-                .map(PublicKey::parse)
+            let mut words: Vec<&str> = l.split_whitespace().collect();
+            let pin = PublicKey::parse(words.pop()?.strip_prefix("pin=")?).ok()?;
+            let router = (*words.first()?).to_owned();
+            let keys = words[1..]
+                .iter()
+                .map(|w| PublicKey::parse(w))
                 .collect::<Result<Vec<_>, _>>()
                 .ok()?;
-            (!keys.is_empty()).then_some((router, keys))
+            (!keys.is_empty()).then_some((router, KnownRouter { keys, pin }))
         })
         .collect()
 }
 
-/// Records in `known_routers` that `router` named `keys`, in place of what it named
-/// before; the file is replaced atomically (mode 0600: it decides whom tunnels
+/// Records in `known_routers` that `router` named `known.keys`, in place of what it
+/// named before; the file is replaced atomically (mode 0600: it decides whom tunnels
 /// trust). Returns the text written.
-pub fn save_known_router(path: &Path, router: &str, keys: &[PublicKey]) -> Result<String, Error> {
+pub fn save_known_router(path: &Path, router: &str, known: &KnownRouter) -> Result<String, Error> {
     // Tunnels of one CONDUIT_HOME write it concurrently: each holds the lock from
     // reading to renaming, so none drops a line another just wrote.
     let _held = lock_beside(path)?;
-    let mut known = load_known_routers(path);
-    known.insert(router.to_owned(), keys.to_vec());
-    let mut routers: Vec<_> = known.into_iter().collect();
-    routers.sort();
+    let mut all = load_known_routers(path);
+    all.insert(router.to_owned(), known.clone());
+    let mut routers: Vec<_> = all.into_iter().collect();
+    routers.sort_by(|a, b| a.0.cmp(&b.0));
     let mut text = String::from(
         "# Keys routers named to the tunnels of this CONDUIT_HOME (written by them):\n\
-         # ROUTER KEY..., the key in use first. Tunnels accept these keys for that\n\
-         # router besides the ones they pin. Delete a line to stop trusting them.\n",
+         # ROUTER KEY... pin=KEY, the key in use first. Tunnels accept these keys for\n\
+         # that router besides the ones they pin, as long as they still pin the key\n\
+         # after pin= (the one they were learned under). Delete a line to stop\n\
+         # trusting them.\n",
     );
-    for (r, keys) in routers {
-        let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
-        text.push_str(&format!("{r} {}\n", keys.join(" ")));
+    for (r, known) in routers {
+        let keys: Vec<String> = known.keys.iter().map(ToString::to_string).collect();
+        text.push_str(&format!("{r} {} pin={}\n", keys.join(" "), known.pin));
     }
     // Tunnels write it concurrently: a temp file of each process's own.
     let mut name = path.file_name().unwrap_or_default().to_owned();
@@ -702,24 +719,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("known_routers");
         let [a, b, c] = [(); 3].map(|()| KeyPair::generate().unwrap().public());
+        let known = |keys: &[PublicKey], pin| KnownRouter {
+            keys: keys.to_vec(),
+            pin,
+        };
         assert!(load_known_routers(&path).is_empty());
-        save_known_router(&path, "10.0.0.1:9999", &[a, b]).unwrap();
-        save_known_router(&path, "gw:9999", &[c]).unwrap();
+        save_known_router(&path, "10.0.0.1:9999", &known(&[a, b], a)).unwrap();
+        save_known_router(&path, "gw:9999", &known(&[c], c)).unwrap();
         // The router named other keys since: they replace its line.
-        let text = save_known_router(&path, "10.0.0.1:9999", &[b]).unwrap();
+        let text = save_known_router(&path, "10.0.0.1:9999", &known(&[b], a)).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
-        let known = load_known_routers(&path);
-        assert_eq!(known.len(), 2);
-        assert_eq!(known["10.0.0.1:9999"], [b]);
-        assert_eq!(known["gw:9999"], [c]);
+        assert!(text.ends_with(&format!(
+            "\n10.0.0.1:9999 {b} pin={a}\ngw:9999 {c} pin={c}\n"
+        )));
+        let all = load_known_routers(&path);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["10.0.0.1:9999"], known(&[b], a));
+        assert_eq!(all["gw:9999"], known(&[c], c));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        // A line that does not parse is skipped, not an error.
-        assert_eq!(parse_known_routers("r:1 ed25519:nope\n# c\nr:2\n").len(), 0);
+        // A line that does not parse is skipped, not an error; so is one without the
+        // pin it was learned under.
+        let lines = format!("r:1 ed25519:nope pin={a}\n# c\nr:2\nr:3 {a}\nr:4 pin={a}\n");
+        assert_eq!(parse_known_routers(&lines).len(), 0);
     }
 
     #[test]
@@ -731,7 +757,11 @@ mod tests {
             .map(|i| {
                 let path = path.clone();
                 std::thread::spawn(move || {
-                    save_known_router(&path, &format!("10.0.0.{i}:9999"), &[key]).unwrap();
+                    let known = KnownRouter {
+                        keys: vec![key],
+                        pin: key,
+                    };
+                    save_known_router(&path, &format!("10.0.0.{i}:9999"), &known).unwrap();
                 })
             })
             .collect();

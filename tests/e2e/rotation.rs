@@ -313,7 +313,7 @@ fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_rest
     assert!(
         std::fs::read_to_string(&known)
             .unwrap()
-            .contains(&format!("\n{raddr} {next}\n")),
+            .contains(&format!("\n{raddr} {next} pin=")),
     );
     std::fs::write(&pins, &old_line).unwrap();
     std::fs::remove_file(&known).unwrap();
@@ -358,7 +358,7 @@ fn a_router_names_its_next_key_and_tunnels_take_it_up_by_themselves() {
     assert!(
         std::fs::read_to_string(&known)
             .unwrap()
-            .ends_with(&format!("\n{raddr} {old} {next}\n"))
+            .ends_with(&format!("\n{raddr} {old} {next} pin={old}\n"))
     );
     assert_echo(taddr, b"the present key");
 
@@ -441,7 +441,10 @@ fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
     let known = home.path().join("known_routers");
     crate::procfs::wait_until("known_routers to hold the new key alone", || {
         let text = std::fs::read_to_string(&known).unwrap_or_default();
-        (text.ends_with(&format!("\n{raddr} {new}\n")), text)
+        (
+            text.ends_with(&format!("\n{raddr} {new} pin={old}\n")),
+            text,
+        )
     });
 
     // Without a restart, the router presents the new key: a tunnel that knows it
@@ -477,7 +480,7 @@ fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
     assert_echo(stranger_addr, b"away during the announcement");
     crate::procfs::wait_until("known_routers to hold the new key", || {
         let text = std::fs::read_to_string(&known).unwrap_or_default();
-        (text.contains(&format!("{raddr} {new}\n")), text)
+        (text.contains(&format!("{raddr} {new} pin={old}\n")), text)
     });
     // The first tunnel's link, made with the old key, goes on.
     assert_echo(taddr, b"the first link is untouched");
@@ -533,4 +536,44 @@ fn a_router_stops_presenting_its_old_key_when_it_retires() {
         &["--name", "stranger"],
     );
     refuses_the_key(&mut stranger, &old, &new);
+}
+
+/// What a router named is trusted only under the pin it was learned under: a
+/// tunnel that pins the router to another key (a key thought stolen, replaced) is
+/// not let in by known_routers, and says why.
+#[test]
+fn keys_a_router_named_are_not_trusted_once_it_is_pinned_to_another_key() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let router_key = home.public_key("router");
+    let other = home.public_key("client");
+    let source = sources::echo();
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    // A first tunnel learns the router's key under its pin.
+    let (_first, _) = home.tunnel_with(engine, raddr, &source.to_string(), &[]);
+    let known = home.path().join("known_routers");
+    crate::procfs::wait_until("known_routers to name the router", || {
+        let text = std::fs::read_to_string(&known).unwrap_or_default();
+        (
+            text.ends_with(&format!("\n{raddr} {router_key} pin={router_key}\n")),
+            text,
+        )
+    });
+    // Another pins the router to a key it does not hold.
+    let mut repinned = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        &other,
+        &source.to_string(),
+        &["--name", "repinned"],
+    );
+    refuses_the_key(&mut repinned, &other, &router_key);
+    assert!(
+        repinned.stderr().contains(&format!(
+            "known_routers holds keys router {raddr} named ({router_key}) while it was \
+             pinned to {router_key}; it is pinned to {other} now, so they are not trusted"
+        )),
+        "{}",
+        repinned.stderr()
+    );
 }
