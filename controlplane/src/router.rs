@@ -121,6 +121,8 @@ pub struct Router {
     authorized_path: Option<PathBuf>,
     /// How the router rotates its key, or why it does not.
     key_rotation: Result<crate::router_key::KeyRotation, &'static str>,
+    /// SIGUSR1, listened for from the start (see [`crate::router_key::run`]).
+    usr1: crate::signals::Signals,
 }
 
 impl Router {
@@ -209,7 +211,18 @@ impl Router {
             }
             _ => None,
         };
+        let key_rotation = match (s.transport, s.key_rotation, s.next_key) {
+            (Transport::Plain, _, _) => Err("the plain transport has no router key to rotate"),
+            (_, Some(r), _) => Ok(r),
+            (_, None, Some(_)) => Err(
+                "the next key was given by hand (--next-key): restart the router with it \
+                 as --key",
+            ),
+            (_, None, None) => Err("this router's key does not come from a file"),
+        };
         Ok(Self {
+            usr1: crate::router_key::listen(key_rotation.is_ok()),
+            key_rotation,
             listener,
             local_addr,
             api,
@@ -234,15 +247,6 @@ impl Router {
                 rotating: tokio::sync::Mutex::new(()),
             }),
             authorized_path: s.authorized_path,
-            key_rotation: match (s.transport, s.key_rotation, s.next_key) {
-                (Transport::Plain, _, _) => Err("the plain transport has no router key to rotate"),
-                (_, Some(r), _) => Ok(r),
-                (_, None, Some(_)) => Err(
-                    "the next key was given by hand (--next-key): restart the router with it \
-                     as --key",
-                ),
-                (_, None, None) => Err("this router's key does not come from a file"),
-            },
         })
     }
 
@@ -289,8 +293,12 @@ impl Router {
         });
         // Always listening for SIGUSR1, whose default action would end the router.
         let rotator = Some(match self.key_rotation.clone() {
-            Ok(r) => tokio::spawn(crate::router_key::run(self.state.identity.clone(), r)),
-            Err(why) => tokio::spawn(crate::router_key::refuse(why)),
+            Ok(r) => tokio::spawn(crate::router_key::run(
+                self.state.identity.clone(),
+                r,
+                self.usr1,
+            )),
+            Err(why) => tokio::spawn(crate::router_key::refuse(why, self.usr1)),
         });
         tokio::pin!(shutdown);
         let mut backoff = AcceptBackoff::default();

@@ -171,8 +171,9 @@ fn step(r: &KeyRotation) -> Duration {
 }
 
 /// Rotates the router's key as `r` says until the task is dropped.
-pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation) {
-    let mut usr1 = Signals::listen(Which::User1, "the router key rotates on schedule only");
+/// SIGUSR1 is listened for from the router's start (`usr1`, see [`listen`]), so that
+/// one sent as soon as the router says it listens is not the default action's.
+pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation, mut usr1: Signals) {
     // The old key a previous run of the router rotated away from, while it lasts.
     let mut retiring_until = take_up_old(&identity, &r);
     let staged = staged_path(&r);
@@ -322,12 +323,22 @@ fn retire_old(identity: &RouterIdentity, r: &KeyRotation) -> Result<(), String> 
 
 /// Answers each SIGUSR1 of a router that does not rotate its key with why not (the
 /// signal's default action would end the router).
-pub(crate) async fn refuse(why: &'static str) {
-    let mut usr1 = Signals::listen(Which::User1, "a SIGUSR1 ends the router");
+pub(crate) async fn refuse(why: &'static str, mut usr1: Signals) {
     loop {
         usr1.next().await;
         warn!("SIGUSR1: this router does not rotate its key: {why}");
     }
+}
+
+/// Starts listening for SIGUSR1 (before the router says it listens), for [`run`]
+/// or [`refuse`].
+pub(crate) fn listen(rotates: bool) -> Signals {
+    let otherwise = if rotates {
+        "the router key rotates on schedule only"
+    } else {
+        "a SIGUSR1 ends the router"
+    };
+    Signals::listen(Which::User1, otherwise)
 }
 
 /// Makes the next key and writes it beside the key file.
