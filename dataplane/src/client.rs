@@ -748,6 +748,7 @@ impl ClientCore {
             limit: limit.map(|b| &b.up),
         };
         let up = async {
+            to_router.settled().await;
             if wire == Wire::Framed {
                 Ok(frames_out(user, sock, to_router).await? == Ending::Eof)
             } else {
@@ -763,6 +764,7 @@ impl ClientCore {
                 core: &stats.bytes_down,
                 limit: limit.map(|b| &b.down),
             };
+            to_user.settled().await;
             if wire == Wire::Framed {
                 let (ending, after) = frames_in(sock, user, &rest, to_user).await?;
                 // The router sends nothing after its `Eof` until the next `Open`: a

@@ -9,7 +9,9 @@
 //!   burst below the rate.
 //!
 //! Over any interval of `t` seconds a bucket lets through at most `burst + rate · t`
-//! bytes, and a sender that always wants more gets exactly the rate in the long run.
+//! bytes (relays: plus one chunk per stream sending at that moment, paid for after
+//! it is sent: see `pace`), and a sender that always wants more gets exactly the
+//! rate in the long run.
 //!
 //! # One bucket per direction, shared by the cores
 //!
@@ -49,7 +51,12 @@ use std::time::{Duration, Instant};
 
 /// Tokens are counted in billionths of a byte, so that a refill of `rate` bytes per
 /// second over any whole number of nanoseconds is exact: no rounding, no drift.
-const SCALE: u128 = 1_000_000_000;
+const SCALE: i128 = 1_000_000_000;
+
+/// `n` bytes in tokens.
+fn scaled(n: usize) -> i128 {
+    i128::try_from(n).unwrap_or(i128::MAX).saturating_mul(SCALE)
+}
 
 /// A bandwidth limit: `rate` bytes per second, bursts of up to `burst` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,15 +108,16 @@ pub enum Grant {
     Wait(Duration),
 }
 
-/// A token bucket for one tunnel on one core. Not thread-safe by design: one core
-/// owns it (see the module docs for how a tunnel's limit is split).
+/// A token bucket. Not thread-safe by itself: shared buckets sit under a mutex (see
+/// the module docs).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     limit: Option<Limit>,
-    /// Available tokens, in units of 1/[`SCALE`] byte.
-    tokens: u128,
+    /// Available tokens, in units of 1/[`SCALE`] byte; below zero while bytes sent
+    /// ahead of the rate ([`Self::charge`]) are not paid for yet.
+    tokens: i128,
     /// `burst` in the same units.
-    capacity: u128,
+    capacity: i128,
     /// When `tokens` was last brought up to date.
     last: Instant,
 }
@@ -117,7 +125,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket for `limit`; `None` lets everything through.
     pub fn new(limit: Option<Limit>, now: Instant) -> Self {
-        let capacity = limit.map_or(0, |l| u128::from(l.burst.max(1)) * SCALE);
+        let capacity = limit.map_or(0, |l| i128::from(l.burst.max(1)) * SCALE);
         Self {
             limit,
             tokens: capacity,
@@ -145,25 +153,44 @@ impl TokenBucket {
             return Grant::Now(0);
         }
         self.refill(now, limit.rate);
-        let want_scaled = (want as u128).saturating_mul(SCALE);
+        let want_scaled = scaled(want);
         let need = want_scaled.min(self.capacity);
         if self.tokens >= need {
-            let n = (self.tokens / SCALE).min(want as u128);
+            let n = (self.tokens / SCALE).min(want as i128);
             self.tokens -= n * SCALE;
-            // n <= want, which came in as a usize.
+            // 0 <= n <= want, which came in as a usize.
             return Grant::Now(usize::try_from(n).unwrap_or(want));
         }
         let deficit = need - self.tokens;
-        let rate = u128::from(limit.rate);
-        Grant::Wait(nanos(deficit.div_ceil(rate)))
+        Grant::Wait(refill_time(deficit, limit.rate))
+    }
+
+    /// Takes `n` bytes already sent out of the bucket at `now`, into debt if it holds
+    /// fewer, and says how long until the debt is paid off (`None`: nothing owed).
+    ///
+    /// The debt stays in the bucket whoever ends up waiting for it: a connection
+    /// that closes before its wait is over leaves it to the tunnel's next bytes, so
+    /// many short transfers cannot slip past the limit one chunk at a time.
+    pub fn charge(&mut self, now: Instant, n: usize) -> Option<Duration> {
+        let limit = self.limit?;
+        self.refill(now, limit.rate);
+        self.tokens = self.tokens.saturating_sub(scaled(n));
+        (self.tokens < 0).then(|| refill_time(-self.tokens, limit.rate))
+    }
+
+    /// How long until bytes sent ahead of the rate are paid for (`None`: nothing is
+    /// owed).
+    pub fn owed(&mut self, now: Instant) -> Option<Duration> {
+        let limit = self.limit?;
+        self.refill(now, limit.rate);
+        (self.tokens < 0).then(|| refill_time(-self.tokens, limit.rate))
     }
 
     /// Puts back bytes that were granted but not sent (the socket took fewer). The
     /// bucket never holds more than its burst.
     pub fn refund(&mut self, n: usize) {
         if self.limit.is_some() {
-            let add = (n as u128).saturating_mul(SCALE);
-            self.tokens = self.tokens.saturating_add(add).min(self.capacity);
+            self.tokens = self.tokens.saturating_add(scaled(n)).min(self.capacity);
         }
     }
 
@@ -174,7 +201,7 @@ impl TokenBucket {
             return;
         }
         self.last = now;
-        let add = elapsed.saturating_mul(u128::from(rate));
+        let add = i128::try_from(elapsed.saturating_mul(u128::from(rate))).unwrap_or(i128::MAX);
         self.tokens = self.tokens.saturating_add(add).min(self.capacity);
     }
 }
@@ -280,21 +307,39 @@ impl PerClient {
 }
 
 /// Pays for `n` bytes just relayed: returns at once while the bucket holds them,
-/// otherwise sleeps until it has refilled enough. Relays call it after each send,
-/// so a direction moves at most `burst + rate · t` bytes (plus one chunk) in any
-/// `t` seconds, and the sleep holds back the next read, which pushes back on the
-/// sender through TCP.
+/// otherwise charges them as debt and sleeps until it is paid off. Relays call it
+/// after each send, so a direction moves at most `burst + rate · t` bytes (plus one
+/// chunk per connection sending at that moment) in any `t` seconds, and the sleep
+/// holds back the next read, which pushes back on the sender through TCP.
 pub(crate) async fn pace(bucket: &Mutex<TokenBucket>, n: usize) {
-    let mut left = n;
-    while left > 0 {
-        let grant = bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .grant(Instant::now(), left);
-        match grant {
-            Grant::Now(k) => left -= k.min(left),
-            Grant::Wait(d) => monoio::time::sleep(d).await,
-        }
+    let wait = bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .charge(Instant::now(), n);
+    if let Some(d) = wait {
+        monoio::time::sleep(d).await;
+    }
+}
+
+/// How long `rate` bytes a second take to refill `deficit` tokens (positive), rounded
+/// up to the nanosecond.
+fn refill_time(deficit: i128, rate: u64) -> Duration {
+    let deficit = u128::try_from(deficit).unwrap_or(0);
+    nanos(deficit.div_ceil(u128::from(rate)))
+}
+
+/// Waits until bytes sent ahead of the rate are paid for. A stream calls it before
+/// it relays anything: one that starts while the tunnel is in debt (its earlier
+/// streams each sent a chunk and ended before their waits were over) sends nothing
+/// until the debt is paid, so short transfers one after another are held to the
+/// limit too.
+pub(crate) async fn settle(bucket: &Mutex<TokenBucket>) {
+    let wait = bucket
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .owed(Instant::now());
+    if let Some(d) = wait {
+        monoio::time::sleep(d).await;
     }
 }
 
@@ -412,6 +457,24 @@ mod tests {
         assert_eq!(sent, 611 * 16_384);
         assert!(sent <= 16_384 + 10 * 1_000_000);
         assert!(sent >= 10 * 1_000_000);
+    }
+
+    #[test]
+    fn bytes_sent_ahead_are_owed_by_whoever_sends_next() {
+        let (mut b, t0) = bucket(1000, 1000);
+        // A 5000-byte chunk went out at once: 4000 owed, 4 s at 1000 bytes/s.
+        assert_eq!(b.charge(t0, 5000), Some(Duration::from_secs(4)));
+        // Its sender went away without waiting; the next bytes wait for the debt too.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(b.charge(t1, 1000), Some(Duration::from_secs(4)));
+        assert_eq!(b.grant(t1, 100), Grant::Wait(Duration::from_millis(4100)));
+        // Paid off: what is sent within the bucket owes nothing.
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(b.charge(t2, 1000), None);
+        assert_eq!(b.charge(t2, 1), Some(Duration::from_millis(1)));
+        // Unlimited: nothing is ever owed.
+        let unlimited = &mut TokenBucket::new(None, t0);
+        assert_eq!(unlimited.charge(t0, usize::MAX), None);
     }
 
     #[test]

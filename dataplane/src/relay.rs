@@ -183,6 +183,7 @@ fn up<'a>(
     chunk: usize,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
+        meter.settled().await;
         // After a full read more is probably waiting: try again before waiting.
         let mut maybe_more = false;
         // Plaintext read at once: `chunk`, trimmed once bytes flow so that each
@@ -299,6 +300,7 @@ fn down<'a>(
     meter: Meter<'a>,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
+        meter.settled().await;
         let mut opened = side == Side::Router;
         let mut replay = std::mem::take(backlog);
         // After a short read the socket is probably empty: wait before reading again.

@@ -432,6 +432,7 @@ impl RouterCore {
             limit: bandwidth.as_ref().map(|b| &b.down),
         };
         let up = async {
+            to_source.settled().await;
             if wire == Wire::Framed {
                 return Ok(match frames_in(sock, source, pre, to_source).await? {
                     (Ending::Eof, next) => Some(next),
@@ -445,6 +446,7 @@ impl RouterCore {
                 .map(|()| None)
         };
         let down = async {
+            to_client.settled().await;
             if wire == Wire::Framed {
                 Ok(frames_out(source, sock, to_client).await? == Ending::Eof)
             } else {

@@ -322,6 +322,14 @@ impl Meter<'_> {
         self.core.fetch_add(n as u64, Relaxed);
     }
 
+    /// Under a bandwidth limit, waits until what the tunnel sent ahead of the rate is
+    /// paid for: the first thing each direction of a stream does.
+    pub(crate) async fn settled(&self) {
+        if let Some(bucket) = self.limit {
+            Box::pin(crate::ratelimit::settle(bucket)).await;
+        }
+    }
+
     /// Counts `n` bytes just sent and, under a bandwidth limit, waits until they are
     /// paid for.
     pub(crate) async fn sent(&self, n: usize) {

@@ -197,6 +197,47 @@ both_engines!(
     }
 );
 
+// Short transfers one after another (a client that reads what it asked for and goes,
+// as curl does with a Content-Length) are held to the limit too: a stream that ends
+// before paying for its last chunk leaves the debt to the tunnel's next stream.
+#[test]
+fn short_transfers_one_after_another_are_held_to_the_bandwidth_limit() {
+    // Each transfer fits in one read of the relay (64 KiB), so it reaches the user
+    // before the relay pays for it.
+    const RATE: usize = 30_000;
+    const LEN: usize = 30_000;
+    const COUNT: usize = 4;
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::answer_then_hold(LEN);
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let (_tunnel, taddr) = home.tunnel_with(
+        engine,
+        raddr,
+        &source.to_string(),
+        &["--bandwidth-limit", &RATE.to_string()],
+    );
+    let want = sources::pattern(3, LEN);
+    let started = std::time::Instant::now();
+    for i in 0..COUNT {
+        let mut c = connect(taddr);
+        c.write_all(b"go").unwrap();
+        let mut got = vec![0u8; LEN];
+        c.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("transfer {i}: {e}"));
+        assert!(got == want, "transfer {i}: the bytes differ");
+    }
+    let elapsed = started.elapsed();
+    // At most the burst (one second's worth) plus the rate, plus the last transfer,
+    // sent before it is paid for: (4 - 1 - 1) s here, with a tenth off for clocks.
+    // A lower bound only.
+    let least = 0.9 * (COUNT * LEN - RATE - LEN) as f64 / RATE as f64;
+    assert!(
+        elapsed.as_secs_f64() >= least,
+        "{COUNT} transfers of {LEN} bytes at {RATE} bytes/s took only {elapsed:?}"
+    );
+}
+
 // The same limit set on the router (`[performance] default_bandwidth_limit`) applies
 // to each client key over all its streams: a tunnel without a limit of its own is
 // paced by the router, in both directions, and loses nothing.
