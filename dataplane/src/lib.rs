@@ -56,6 +56,7 @@ pub use handoff::{
 pub use limit::ConnLimit;
 pub use listener::AcceptBackoff;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
+pub use sys::stop_with_parent;
 pub use usage::{ClientTotals, Usage};
 pub use worker::core_of;
 

@@ -1,8 +1,8 @@
 //! System calls the runtimes do not offer: non-blocking `recv`/`send` (and, for UDP,
 //! `recvfrom`/`sendto`) on a socket the runtime owns, a peek to tell whether an idle
 //! socket is still alive, abortive close, pipes and `splice` for plain legs, and
-//! (Linux) the socket options and kernel structures of kernel TLS. This is the crate's
-//! only unsafe code; each call passes a file descriptor that a live `TcpStream` or
+//! (Linux) the socket options and kernel structures of kernel TLS; and a child process
+//! that stops with its parent. This is the crate's only unsafe code; each call passes a file descriptor that a live `TcpStream` or
 //! `UdpSocket` owns for the whole call, and slices whose length is the length given to
 //! the kernel.
 #![allow(unsafe_code)]
@@ -625,4 +625,31 @@ mod tests {
         set_buffers(sock.as_raw_fd(), None, Some(8 * 1024)).unwrap();
         assert_eq!(r.send_buffer_size().unwrap(), 16 * 1024);
     }
+}
+
+/// Has the child `cmd` starts receive SIGTERM when the thread that starts it (the
+/// caller's) exits, even by SIGKILL, and fail to start if that thread's process is
+/// already gone. Linux only (`PR_SET_PDEATHSIG`); elsewhere it does nothing.
+pub fn stop_with_parent(cmd: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe system calls (prctl, getppid), allocating nothing.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent died before the line above: do not start at all.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }

@@ -266,3 +266,34 @@ fn up_foreground_supervises_and_stops_everything_on_sigterm() {
     assert_code(status, 0, &sup.stderr());
     assert!(list(&home).is_empty(), "{:?}", list(&home));
 }
+
+/// A supervisor killed outright (SIGKILL: no chance to stop its children) takes its
+/// tunnels with it, so a new `up --foreground` can bring them up again.
+#[test]
+fn tunnels_of_a_killed_supervisor_stop_and_come_up_again() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("one", source.clone())]);
+    let file = file.to_str().unwrap();
+    let up = || {
+        let sup = home.spawn(&["up", "-f", file, "--foreground"]);
+        crate::procfs::wait_until("the tunnel to run", || {
+            let l = list(&home);
+            (l.len() == 1 && l[0]["status"] == "running", l)
+        });
+        sup
+    };
+    let sup = up();
+    echo_through(&home, "one");
+    sup.signal("KILL");
+    crate::procfs::wait_until("the supervisor's tunnel to stop", || {
+        let l = list(&home);
+        (l.is_empty(), l)
+    });
+    let mut again = up();
+    echo_through(&home, "one");
+    let status = again.stop();
+    assert_code(status, 0, &again.stderr());
+}

@@ -195,9 +195,13 @@ fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
     runtime(1)?.block_on(async move {
         let mut children = Vec::new();
         for t in &plan.tunnels {
-            let child = tokio::process::Command::new(&exe)
-                .args(child_args(plan, set, t, false))
-                .kill_on_drop(true)
+            let mut cmd = tokio::process::Command::new(&exe);
+            cmd.args(child_args(plan, set, t, false)).kill_on_drop(true);
+            // Should the supervisor die, even by SIGKILL, its tunnels stop (SIGTERM:
+            // they drain, then exit) rather than run on unsupervised, holding their
+            // names and ports against the next `up` (Linux; elsewhere they run on).
+            conduit_dataplane::stop_with_parent(cmd.as_std_mut());
+            let child = cmd
                 .spawn()
                 .map_err(|e| anyhow!("cannot start tunnel {:?}: {e}", t.name))?;
             children.push((t.name.clone(), child));
