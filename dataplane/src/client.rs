@@ -535,8 +535,13 @@ impl ClientCore {
             debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
             let ran = self.run_user(id, &user, &counters, kill_rx).await;
-            if ran.is_ok() {
-                user.close_orderly();
+            match &ran {
+                Ok(()) => {
+                    user.close_orderly();
+                    self.spec.link.stream_served();
+                }
+                Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
+                Err(_) => {}
             }
             if let Err((kind, reason)) = ran {
                 let held = if unserved(kind) {

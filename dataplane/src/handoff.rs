@@ -112,6 +112,11 @@ pub enum FromWorker {
 #[derive(Debug)]
 pub struct LinkState {
     routers: Box<[RouterLink]>,
+    /// Why the router refused to open the source for the latest stream it refused
+    /// (its allow-list, an unreachable source), until a stream ends well again;
+    /// `refusing` says whether there is one without taking the lock.
+    refused: std::sync::Mutex<Option<String>>,
+    refusing: AtomicBool,
 }
 
 /// The link to one router.
@@ -177,7 +182,34 @@ impl LinkState {
     pub fn new(routers: usize) -> Self {
         Self {
             routers: (0..routers.max(1)).map(|_| RouterLink::default()).collect(),
+            refused: std::sync::Mutex::new(None),
+            refusing: AtomicBool::new(false),
         }
+    }
+
+    /// The router refused to open the source for a stream, saying `why`.
+    pub fn open_refused(&self, why: &str) {
+        let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        *r = Some(why.to_owned());
+        self.refusing.store(true, Ordering::Release);
+    }
+
+    /// A stream ended well: whatever the router refused before, it opens now.
+    pub fn stream_served(&self) {
+        if self.refusing.load(Ordering::Acquire) {
+            let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            *r = None;
+            self.refusing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Why the router refused the latest stream it refused, unless one was served
+    /// since.
+    pub fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn link(&self, router: usize) -> &RouterLink {

@@ -427,3 +427,45 @@ fn completion_scripts_load_in_their_shell() {
     assert_code(status, 64, &err);
     assert!(err.contains("invalid value 'tcsh'"), "{err}");
 }
+
+/// A tunnel whose source the router will not open is linked but serves no one:
+/// `status` gives the router's reason and `health` fails, until a stream is served
+/// again (here, once the router allows the source).
+#[test]
+fn status_and_health_name_a_source_the_router_refuses() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let (allowed, wanted) = (sources::echo(), sources::echo());
+    let (router, raddr) = home.router(engine, &[allowed.to_string()]);
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &wanted.to_string(), &["--name", "web"]);
+    crate::users::expect_refused_user(taddr);
+    let why = format!(
+        "the router could not open the source: source {wanted} is not allowed by the \
+         router's policy; to allow it, add `--allow {wanted}` to the router"
+    );
+    let (code, out, err) = crate::procfs::wait_until("health to name the refusal", || {
+        let (code, out, err) = home.run(&["health"]);
+        (out.contains("latest stream refused"), (code, out, err))
+    });
+    assert_code(code, 1, &err);
+    assert_eq!(
+        out,
+        format!("web: router {raddr} link connected (latest stream refused: {why})\n")
+    );
+    assert_eq!(err, "conduit: error: unhealthy: web (source refused)\n");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.ends_with(&format!("\n  latest stream refused: {why}\n")),
+        "{status}"
+    );
+    // The router allows it now: the next stream is served, and all is well again.
+    let mut router = router;
+    router.stop();
+    let (_router, _) = home.router_at(engine, &raddr.to_string(), &[wanted.to_string()], &[]);
+    crate::users::wait_for_echo(taddr, b"allowed now");
+    assert_eq!(
+        home.ok(&["health"]),
+        format!("web: router {raddr} link connected\n")
+    );
+    assert!(!home.ok(&["status"]).contains("refused"));
+}

@@ -35,12 +35,12 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut down = Vec::new();
     for s in &seen {
-        let (state, detail) = match &s.status {
+        let (state, detail, refused) = match &s.status {
             Ok(st) => {
                 let l = st.link.clone().unwrap_or_default();
-                (l.state, l.detail)
+                (l.state, l.detail, st.source_refused.clone())
             }
-            Err(e) => ("unreachable".to_owned(), e.clone()),
+            Err(e) => ("unreachable".to_owned(), e.clone(), String::new()),
         };
         // Connected, the detail names the router in use (one of several when the
         // tunnel has fallbacks).
@@ -59,7 +59,15 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         };
         if state != "connected" {
             down.push(format!("{} ({state})", s.entry.name));
+        } else if !refused.is_empty() {
+            // Linked, but its streams are turned away: users get nothing.
+            down.push(format!("{} (source refused)", s.entry.name));
         }
+        let detail = match (detail.is_empty(), refused.is_empty()) {
+            (_, true) => detail,
+            (true, false) => format!("latest stream refused: {refused}"),
+            (false, false) => format!("{detail}; latest stream refused: {refused}"),
+        };
         rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
                          "router": router, "link": state, "detail": detail}));
     }

@@ -33,6 +33,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                                                  "streams": st.kernel_tls_streams});
                         v["routers"] = st.routers.iter().map(|r| json!({"addr": r.addr, "up": r.up,
                             "streams": r.streams, "channels": r.channels})).collect();
+                        v["source_refused"] = json!((!st.source_refused.is_empty())
+                            .then_some(&st.source_refused));
                     }
                     Err(e) => {
                         v["status"] = json!("unreachable");
@@ -118,6 +120,12 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             e.config.bind,
             e.config.source
         ));
+        if !st.source_refused.is_empty() {
+            say(format_args!(
+                "  latest stream refused: {}",
+                st.source_refused
+            ));
+        }
     }
     Ok(())
 }

@@ -176,6 +176,7 @@ impl TunnelControl for ControlState {
             kernel_tls: f.kernel_tls.into(),
             kernel_tls_streams: t.kernel_tls,
             routers: self.router_loads(),
+            source_refused: self.routers.1.refused().unwrap_or_default(),
         }))
     }
 

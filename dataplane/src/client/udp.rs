@@ -247,8 +247,13 @@ impl ClientCore {
         let core = &self.core;
         let (counters, kill_rx, started) = self.open_entry(id, peer);
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
-        let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx));
-        if let Err((kind, reason)) = run.await {
+        let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx)).await;
+        match &run {
+            Ok(()) => self.spec.link.stream_served(),
+            Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
+            Err(_) => {}
+        }
+        if let Err((kind, reason)) = run {
             core.stats.fail(kind);
             let held = if super::unserved(kind) {
                 // Every datagram of a sender without a flow tries again: say it once
