@@ -73,6 +73,14 @@ fn describe(e: &rustls::Error) -> String {
             "TLS error: the peer offers only TLS 1.2 or older, and Conduit speaks TLS 1.3 only ({e})"
         );
     }
+    if let rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+    | rustls::Error::NoApplicationProtocol = e
+    {
+        return format!(
+            "TLS error: the peer does not speak Conduit's protocol (ALPN conduit/1); is it \
+             a Conduit router (or, on a router, a Conduit client)? ({e})"
+        );
+    }
     format!("TLS error: {e}")
 }
 

@@ -42,9 +42,20 @@ async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
     let answer = client
         .send(Method::GET, &url, &headers, None, Duration::from_secs(10))
         .await
-        .map_err(|e| Error::Network {
-            what: format!("cannot reach the router's API at {}", base(router)),
-            source: std::io::Error::other(e),
+        .map_err(|e| {
+            // Something answered, but not in HTTP: most likely the router's tunnel
+            // port (TLS) rather than its API's.
+            let text = e.to_string();
+            let hint = if text.contains("invalid HTTP") || text.contains("parse") {
+                "; it answered something that is not HTTP: is this the address of the \
+                 router's API (--api-bind), not the one tunnels connect to?"
+            } else {
+                ""
+            };
+            Error::Network {
+                what: format!("cannot reach the router's API at {}{hint}", base(router)),
+                source: std::io::Error::other(e),
+            }
         })?;
     Ok(answer)
 }

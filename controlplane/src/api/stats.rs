@@ -142,7 +142,8 @@ fn sample_json(s: &Sample) -> Value {
 /// Totals, mean and peak rates, and the most streams open at a sample's end, over
 /// `samples`.
 fn summary(samples: &[Sample]) -> Value {
-    let secs: f64 = samples.iter().map(|s| s.secs).sum();
+    // A fold from 0.0: a float `sum` of nothing is -0.0, which JSON shows as such.
+    let secs = samples.iter().fold(0.0, |t, s| t + s.secs);
     let sum = |f: fn(&Sample) -> u64| samples.iter().map(f).sum::<u64>();
     let (bytes_in, bytes_out) = (sum(|s| s.bytes.into), sum(|s| s.bytes.out));
     let mean = |b: u64| {

@@ -469,3 +469,32 @@ fn keys_stay_while_received_bytes_wait_to_be_decrypted() {
         ))
     ));
 }
+
+#[test]
+fn a_peer_that_does_not_speak_conduit_is_named_as_such() {
+    let p = peers();
+    let clients = Arc::new(AuthorizedClients::new(HashMap::from([(
+        p.client_key.public(),
+        String::new(),
+    )])));
+    // A TLS server with the same key that speaks another protocol (HTTP/2, say).
+    let mut other = (*server_config(&[&p.router_key], clients).unwrap()).clone();
+    other.alpn_protocols = vec![b"h2".to_vec()];
+    let mut c = TlsSession::client(
+        client_config(&p.client_key, &[p.router_key.public()]).unwrap(),
+        None,
+    )
+    .unwrap();
+    let mut s = TlsSession::server(Arc::new(other)).unwrap();
+    let err = match handshake(&mut c, &mut s, &mut Wire::default()) {
+        Err(Failed::Server(e)) | Err(Failed::Client(e)) => e.to_string(),
+        Ok(()) => panic!("a handshake without a protocol in common succeeded"),
+    };
+    assert!(
+        err.starts_with(
+            "TLS error: the peer does not speak Conduit's protocol (ALPN conduit/1); is it a \
+             Conduit router (or, on a router, a Conduit client)?"
+        ),
+        "{err}"
+    );
+}

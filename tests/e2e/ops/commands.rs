@@ -135,6 +135,16 @@ fn stats_health_and_logs_commands() {
     );
     let out = home.ok(&["health", "--router", &api, "--api-token", TOKEN]);
     assert!(out.starts_with("router: ok (up "), "{out}");
+    // The tunnels' port instead of the API's: named as the likely mistake.
+    let (status, _, err) = home.run(&["stats", "--router", &format!("http://{raddr_s}")]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(
+            "it answered something that is not HTTP: is this the address of the router's \
+             API (--api-bind), not the one tunnels connect to?"
+        ),
+        "{err}"
+    );
 
     // Local tunnels.
     let out = home.ok(&["stats"]);
