@@ -33,7 +33,7 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::Config(_) | Error::File { .. }) => USAGE,
         Some(Error::Authentication(_)) => NOPERM,
-        Some(Error::Network { .. } | Error::Dataplane(_)) => UNAVAILABLE,
+        Some(Error::Network { .. } | Error::Listen { .. } | Error::Dataplane(_)) => UNAVAILABLE,
         Some(Error::Launch { code, .. }) => u8::try_from(*code).unwrap_or(FAILURE),
         Some(_) => FAILURE,
         None => FAILURE,

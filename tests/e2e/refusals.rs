@@ -162,6 +162,66 @@ fn a_bind_address_in_use_is_refused_with_the_fix() {
     assert!(err.contains("pick another --bind"), "{err}");
 }
 
+/// Every address a process listens on, taken by another, is "unavailable" (69) like
+/// `start --bind`, with the flag to change in the message.
+#[test]
+fn router_api_and_metrics_addresses_in_use_exit_69_with_the_fix() {
+    let home = Home::with_keys();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+
+    let (status, _, err) = home.run(&["router", "--bind", &addr]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {addr}: Address already in use (os error 98); \
+             something already listens there: pick another --bind"
+        )),
+        "{err}"
+    );
+
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        "127.0.0.1:0",
+        "--api-bind",
+        &addr,
+        "--api-no-auth",
+    ]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(&format!(
+            "cannot listen for the API on {addr}: Address already in use (os error 98); \
+             choose another --api-bind (api.bind)"
+        )),
+        "{err}"
+    );
+
+    let key = home.key("router.pub");
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        "127.0.0.1:0",
+        "--metrics-bind",
+        &addr,
+    ]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(&format!(
+            "cannot serve metrics on {addr}: Address already in use (os error 98); \
+             choose another --metrics-bind"
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_keys_and_bad_addresses_are_usage_errors() {
     let home = Home::empty();
