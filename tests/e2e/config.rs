@@ -171,7 +171,16 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
         lines(&out.stderr),
         [
             "conduit: error: no configuration file at other.toml: create it \
-          (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+          (deploy/router.example.toml is a documented example) or name another file with -f FILE"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let out = s.run(&["router", "--config", "/no/such.toml"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: no configuration file at /no/such.toml: create it \
+          (deploy/router.example.toml is a documented example) or name another file with --config FILE"
         ]
     );
     assert_eq!(out.status.code(), Some(64));

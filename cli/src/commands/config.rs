@@ -74,6 +74,7 @@ fn sources(home: Home, a: ConfigArgs) -> (Role, Sources) {
     let role = if a.router { Role::Router } else { Role::Client };
     let sources = Sources {
         file: a.file,
+        file_flag: "-f",
         env: Env::from_process(),
         overrides: a.set,
         home,

@@ -20,6 +20,7 @@ use crate::exit::Usage;
 pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     let sources = Sources {
         file: a.config.clone().unwrap_or_default(),
+        file_flag: "--config",
         env: Env::from_process(),
         overrides: overrides(&a),
         home: home.clone(),
