@@ -130,6 +130,8 @@ pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
     .into())
 }
 
-pub(crate) fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+/// "1 error", "2 errors": `n` and `word`, plural unless `n` is 1.
+pub(crate) fn plural<N: std::fmt::Display + PartialEq + From<u8>>(n: N, word: &str) -> String {
+    let s = if n == N::from(1) { "" } else { "s" };
+    format!("{n} {word}{s}")
 }

@@ -12,6 +12,7 @@ use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Trans
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
+use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{runtime, say, shutdown_signal, start_logging};
 use crate::args::{LogArgs, RouterArgs, ServiceKind, TransportArg};
@@ -67,9 +68,9 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
             ""
         };
         say(format_args!(
-            "router listening on {} ({} workers, {}{plain})",
+            "router listening on {} ({}, {}{plain})",
             router.local_addr(),
-            router.workers(),
+            plural(router.workers(), "worker"),
             router.engine()
         ));
         if let Some(api) = router.api_addr() {

@@ -14,6 +14,7 @@ use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys}
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
+use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
@@ -111,8 +112,9 @@ pub(crate) fn foreground(
         let process = RegisteredTunnel::register(tunnel, registration).await?;
         let signals = shutdown_signal();
         say(format_args!(
-            "tunnel {name:?} listening on {addr} (id {}, {workers} workers, {engine})",
-            process.id()
+            "tunnel {name:?} listening on {addr} (id {}, {}, {engine})",
+            process.id(),
+            plural(workers, "worker")
         ));
         if let Some(m) = process.metrics_addr() {
             say(format_args!(
