@@ -56,17 +56,17 @@ pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> 
             Role::Router => config::load_router(&sources)
                 .map(|l| (config::show_router(&l, format), report_of(l))),
         };
-    let report = match shown {
-        Ok((text, report)) => {
-            print!("{text}");
-            report
-        }
+    let (text, report) = match shown {
+        Ok(x) => x,
         Err(report) => return unreadable(&name, role, &report),
     };
     print_problems(&report);
+    // With errors the configuration shown would not be the one that runs (a bad value
+    // is left out): only the problems are printed.
     if report.has_errors() {
         return fail(&name, role, &report);
     }
+    print!("{text}");
     Ok(())
 }
 
