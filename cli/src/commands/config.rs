@@ -15,6 +15,7 @@ use conduit_controlplane::config::{
 use super::say;
 use crate::args::{ConfigArgs, ShowFormat};
 use crate::exit::Usage;
+use crate::output;
 
 pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
     let (role, sources) = sources(home, a);
@@ -66,7 +67,7 @@ pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> 
     if report.has_errors() {
         return fail(&name, role, &report);
     }
-    print!("{text}");
+    output::write(text);
     Ok(())
 }
 

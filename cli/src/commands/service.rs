@@ -11,6 +11,7 @@ use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
 
 use crate::args::{LogArgs, LogFormat, LogRotation, ServiceArgs, ServiceKind};
 use crate::exit::Usage;
+use crate::output;
 
 /// What the command being turned into a service contributes.
 pub(crate) struct Tunnel<'a> {
@@ -171,7 +172,7 @@ pub(crate) fn emit(
         );
     }
     match &s.output {
-        None => print!("{text}"),
+        None => output::write(text),
         Some(path) => {
             std::fs::write(path, &text)
                 .with_context(|| format!("cannot write the service file {}", path.display()))?;
