@@ -3,7 +3,9 @@
 # router allowed to reach it, and a client tunnel in front of it, all on loopback;
 # then traffic through the tunnel, checked. Everything stops at the end (or on
 # Ctrl-C); pass --keep to leave the tunnel running until Ctrl-C.
-set -euo pipefail
+set -eEuo pipefail
+# `set -e` alone would stop at a failing step without a word: name it.
+trap 'echo "demo: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 
 keep=0
@@ -14,7 +16,12 @@ command -v curl >/dev/null || { echo "demo needs curl: apt-get install -y curl";
 
 echo "== building conduit (release)"
 cargo build --release -p conduit --quiet
-bin="$PWD/target/release/conduit"
+# Where cargo put it: CARGO_TARGET_DIR if set (relative to this directory, as cargo
+# takes it), else ./target.
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$PWD/$target" ;; esac
+bin="$target/release/conduit"
+[ -x "$bin" ] || { echo "demo: cargo built no binary at $bin; is CARGO_TARGET_DIR what cargo used?" >&2; exit 1; }
 
 work=$(mktemp -d)
 export CONDUIT_HOME="$work/home"

@@ -6,6 +6,8 @@ use conduit_controlplane::Error;
 pub(crate) const USAGE: u8 = 64;
 /// The network or a peer is unavailable (EX_UNAVAILABLE).
 pub(crate) const UNAVAILABLE: u8 = 69;
+/// Output could not be written: stdout full or closed (EX_IOERR).
+pub(crate) const IOERR: u8 = 74;
 /// A peer refused who we are, or is not who it must be (EX_NOPERM).
 pub(crate) const NOPERM: u8 = 77;
 /// Anything else.
@@ -27,13 +29,16 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return USAGE;
     }
+    if e.downcast_ref::<crate::output::StdoutError>().is_some() {
+        return IOERR;
+    }
     if e.downcast_ref::<crate::commands::Unhealthy>().is_some() {
         return FAILURE;
     }
     match e.downcast_ref::<Error>() {
         Some(Error::Config(_) | Error::File { .. }) => USAGE,
         Some(Error::Authentication(_)) => NOPERM,
-        Some(Error::Network { .. } | Error::Dataplane(_)) => UNAVAILABLE,
+        Some(Error::Network { .. } | Error::Listen { .. } | Error::Dataplane(_)) => UNAVAILABLE,
         Some(Error::Launch { code, .. }) => u8::try_from(*code).unwrap_or(FAILURE),
         Some(_) => FAILURE,
         None => FAILURE,

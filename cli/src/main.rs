@@ -6,7 +6,9 @@ mod args;
 mod commands;
 mod exit;
 mod logging;
+mod output;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -24,8 +26,15 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Every error message is complete on its own; the source chain would repeat it.
-            eprintln!("conduit: error: {e}");
+            // A reader that went away (`conduit list | head -1`) needs no message.
+            let reader_gone = e
+                .downcast_ref::<output::StdoutError>()
+                .is_some_and(output::StdoutError::reader_gone);
+            if !reader_gone {
+                // Every error message is complete on its own; the source chain would
+                // repeat it. Nothing is left to tell if stderr cannot take it either.
+                let _ = writeln!(std::io::stderr(), "conduit: error: {e}");
+            }
             ExitCode::from(exit::code_for(&e))
         }
     }

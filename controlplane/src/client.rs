@@ -1169,7 +1169,9 @@ async fn heartbeat(
         {
             next_check = tokio::time::Instant::now() + ROTATION_CHECK;
             if let Some(age) = shared.key_too_old() {
-                info!(tunnel = %shared.name, "the key is {} days old: rotating it", age.as_secs() / 86_400);
+                let days = age.as_secs() / 86_400;
+                let unit = if days == 1 { "day" } else { "days" };
+                info!(tunnel = %shared.name, "the key is {days} {unit} old: rotating it");
                 match rotate(shared, ctl, index).await {
                     Ok(done) => return rotated(ctl, done).await,
                     Err(Rotation::Refused(why)) => {

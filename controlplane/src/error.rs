@@ -1,6 +1,7 @@
 //! The control plane's errors: whose fault, and whether retrying can help.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use conduit_proto::TlsError;
@@ -29,6 +30,20 @@ pub enum Error {
         what: String,
         /// What the system said.
         source: io::Error,
+    },
+    /// An address this process must listen on cannot be bound (in use, ports below
+    /// 1024 without privileges, not on this machine). Local fault; free the address
+    /// or choose another.
+    #[error("cannot {what} on {addr}: {source}; {fix}")]
+    Listen {
+        /// What the address is for ("listen", "serve metrics"…).
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        source: io::Error,
+        /// What the user can do.
+        fix: &'static str,
     },
     /// The peer is not who it must be, or refuses who we are. Never retried:
     /// someone must change a key, a token or an authorized-clients file.

@@ -94,6 +94,21 @@ fn owner_only(path: &Path, tmp: &Path, bytes: &[u8], what: &'static str) -> Resu
     std::fs::rename(tmp, path).map_err(err)
 }
 
+/// The public key `keys/NAME.pub` of `home` (`conduit keys show --name NAME`); `name`
+/// is checked as `conduit init` checks it.
+pub fn load_named_public(home: &Home, name: &str) -> Result<PublicKey, Error> {
+    validate_name(name)?;
+    let path = home.public_key(name);
+    if matches!(path.try_exists(), Ok(false)) {
+        return Err(Error::Config(format!(
+            "no key named {name:?} ({} does not exist): create it with `conduit init --name \
+             {name}`",
+            path.display()
+        )));
+    }
+    load_public(&path.to_string_lossy(), "public key")
+}
+
 /// Loads a private key, refusing one that group or others can read.
 pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     let meta = std::fs::metadata(path).map_err(|source| {
@@ -132,15 +147,24 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     })?;
     let bad = |why: &str| {
         Error::Config(format!(
-            "{} is not a Conduit private key ({why}); expected a PKCS#8 Ed25519 key as `conduit init` writes",
+            "{} is not a Conduit private key: {why}; make one with `conduit init --name \
+             {hint_name}` (a PKCS#8 Ed25519 key in PEM) or pass another --key PATH",
             path.display()
         ))
     };
-    let block = pem::parse(text.trim()).map_err(|e| bad(&e.to_string()))?;
+    let block = pem::parse(text.trim())
+        .map_err(|_| bad("it is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
     if block.tag() != PEM_TAG {
-        return Err(bad(&format!("PEM block is {:?}", block.tag())));
+        return Err(bad(&format!(
+            "its PEM block is {:?}, not \"PRIVATE KEY\"",
+            block.tag()
+        )));
     }
-    KeyPair::from_pkcs8_der(block.contents()).map_err(|e| bad(&e.to_string()))
+    KeyPair::from_pkcs8_der(block.contents()).map_err(|e| {
+        bad(&format!(
+            "its PEM block holds no Ed25519 key in PKCS#8 form ({e})"
+        ))
+    })
 }
 
 /// A public key given inline (`ed25519:…`) or as the path of a `.pub` file.
@@ -796,7 +820,15 @@ mod tests {
         let err = load_private(&home.private_key("x"), "x")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is not a Conduit private key"), "{err}");
+        assert_eq!(
+            err,
+            format!(
+                "{} is not a Conduit private key: it is not a PEM private key \
+                 (-----BEGIN PRIVATE KEY-----); make one with `conduit init --name x` \
+                 (a PKCS#8 Ed25519 key in PEM) or pass another --key PATH",
+                home.private_key("x").display()
+            )
+        );
         let err = load_public("/nonexistent/router.pub", "--router-key")
             .unwrap_err()
             .to_string();
@@ -853,6 +885,7 @@ mod tests {
         let (_d, home) = home();
         for bad in ["", "../x", ".hidden", "a/b"] {
             assert!(generate(&home, bad, false).is_err(), "{bad:?}");
+            assert!(load_named_public(&home, bad).is_err(), "{bad:?}");
         }
     }
 }

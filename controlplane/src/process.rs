@@ -109,11 +109,15 @@ impl RegisteredTunnel {
             routers: tunnel.links(),
         };
         let metrics = match r.metrics_bind {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::Config(format!(
-                    "cannot serve metrics on {addr}: {e}; choose another --metrics-bind"
-                ))
-            })?),
+            Some(addr) => {
+                let bound = tokio::net::TcpListener::bind(addr).await;
+                Some(bound.map_err(|source| Error::Listen {
+                    what: "serve metrics",
+                    addr,
+                    source,
+                    fix: "choose another --metrics-bind",
+                })?)
+            }
             None => None,
         };
         Ok(Self {

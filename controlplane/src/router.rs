@@ -133,14 +133,21 @@ impl Router {
                 .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?,
         );
         let listener = TcpListener::bind(s.bind).await.map_err(|e| {
-            let hint = match e.kind() {
+            let fix = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {
-                    "; something already listens there: pick another --bind"
+                    "something already listens there: pick another --bind"
                 }
-                std::io::ErrorKind::PermissionDenied => "; ports below 1024 need privileges",
-                _ => "",
+                std::io::ErrorKind::PermissionDenied => {
+                    "ports below 1024 need privileges: pick a higher --bind port"
+                }
+                _ => "pick another --bind",
             };
-            Error::Config(format!("cannot listen on {}: {e}{hint}", s.bind))
+            Error::Listen {
+                what: "listen",
+                addr: s.bind,
+                source: e,
+                fix,
+            }
         })?;
         let local_addr = listener
             .local_addr()

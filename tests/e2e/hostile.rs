@@ -394,12 +394,14 @@ fn secrets_never_reach_logs_debug_output_or_config_show() {
     let status_out = home.ok(&["status", "--format", "json"]);
     let (_, _, kill_err) = home.run(&["kill", "--all"]);
 
-    // Configuration files: `config show` prints the token as ***.
+    // Configuration files: `config show` prints the token as *** (a valid file: with
+    // errors it prints only them).
     let file = home.path().join("conduit.toml");
     std::fs::write(
         &file,
         format!(
-            "[router]\nhost = \"127.0.0.1\"\npublic_key = \"{}\"\n\n[security]\ntoken = \"{TOKEN}\"\n",
+            "[router]\nhost = \"127.0.0.1\"\npublic_key = \"{}\"\n\n[security]\ntoken = \"{TOKEN}\"\n\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"127.0.0.1:80\"\nbind = \"127.0.0.1:8080\"\n",
             home.public_key("router")
         ),
     )
@@ -407,7 +409,8 @@ fn secrets_never_reach_logs_debug_output_or_config_show() {
     let file_arg = file.to_str().unwrap();
     let mut shown = String::new();
     for format in ["text", "json"] {
-        let (_, out, err) = home.run(&["config", "show", "-f", file_arg, "--format", format]);
+        let (status, out, err) = home.run(&["config", "show", "-f", file_arg, "--format", format]);
+        assert_code(status, 0, &err);
         assert!(out.contains("***"), "{out}{err}");
         shown.push_str(&out);
         shown.push_str(&err);

@@ -20,6 +20,7 @@ mod limits;
 mod manage;
 mod openapi;
 mod ops;
+mod output;
 mod performance;
 mod plain;
 mod procfs;

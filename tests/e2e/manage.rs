@@ -129,7 +129,7 @@ fn start_list_counts_a_held_connection_kill_and_list_is_empty() {
         status_out.contains(&format!("router {raddr} connected since")),
         "{status_out}"
     );
-    assert!(status_out.contains("1 open connections"), "{status_out}");
+    assert!(status_out.contains("; 1 open connection, "), "{status_out}");
 
     // Graceful kill: the held connection is drained, then the process is gone.
     drop(c);

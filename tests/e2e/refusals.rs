@@ -162,6 +162,66 @@ fn a_bind_address_in_use_is_refused_with_the_fix() {
     assert!(err.contains("pick another --bind"), "{err}");
 }
 
+/// Every address a process listens on, taken by another, is "unavailable" (69) like
+/// `start --bind`, with the flag to change in the message.
+#[test]
+fn router_api_and_metrics_addresses_in_use_exit_69_with_the_fix() {
+    let home = Home::with_keys();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+
+    let (status, _, err) = home.run(&["router", "--bind", &addr]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(&format!(
+            "cannot listen on {addr}: Address already in use (os error 98); \
+             something already listens there: pick another --bind"
+        )),
+        "{err}"
+    );
+
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        "127.0.0.1:0",
+        "--api-bind",
+        &addr,
+        "--api-no-auth",
+    ]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(&format!(
+            "cannot listen for the API on {addr}: Address already in use (os error 98); \
+             choose another --api-bind (api.bind)"
+        )),
+        "{err}"
+    );
+
+    let key = home.key("router.pub");
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        "127.0.0.1:0",
+        "--metrics-bind",
+        &addr,
+    ]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.contains(&format!(
+            "cannot serve metrics on {addr}: Address already in use (os error 98); \
+             choose another --metrics-bind"
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_keys_and_bad_addresses_are_usage_errors() {
     let home = Home::empty();
@@ -185,6 +245,64 @@ fn missing_keys_and_bad_addresses_are_usage_errors() {
     assert!(
         err.contains("invalid --router \"nowhere\": expected HOST:PORT"),
         "{err}"
+    );
+}
+
+/// Key names and key files that are not what they must be: each refusal names the
+/// problem and the command that fixes it.
+#[test]
+fn unknown_key_names_and_garbage_key_files_say_how_to_make_a_key() {
+    let home = Home::with_keys();
+    let (status, out, err) = home.run(&["keys", "show", "--name", "nope"]);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: no key named \"nope\" ({} does not exist): create it with \
+             `conduit init --name nope`\n",
+            home.key("nope.pub").display()
+        )
+    );
+    let (status, out, err) = home.run(&["keys", "show", "--name", "../keys/client"]);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "conduit: error: invalid key name \"../keys/client\": use 1-64 letters, digits, '-', \
+         '_' or '.' (not starting with '.')\n"
+    );
+
+    let garbage = home.path().join("garbage.key");
+    std::fs::write(&garbage, "this is not a key\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let router_key = home.key("router.pub");
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        router_key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        "127.0.0.1:0",
+        "--key",
+        garbage.to_str().unwrap(),
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: {} is not a Conduit private key: it is not a PEM private key \
+             (-----BEGIN PRIVATE KEY-----); make one with `conduit init --name client` (a \
+             PKCS#8 Ed25519 key in PEM) or pass another --key PATH\n",
+            garbage.display()
+        )
     );
 }
 

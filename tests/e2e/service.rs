@@ -106,6 +106,40 @@ fn prints_the_systemd_unit() {
     assert_eq!(stdout(&out), want);
 }
 
+/// Without --service-user, $USER or $LOGNAME, the service runs as whoever this uid
+/// is in the password database (root in a container or a cron job has neither).
+#[test]
+fn without_user_variables_the_service_user_is_this_uid_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Command::new("id").arg("-un").output().expect("run id -un");
+    let me = String::from_utf8(me.stdout).unwrap().trim().to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .env_clear()
+        .env("CONDUIT_HOME", dir.path())
+        .args([
+            "start",
+            "--router",
+            "router.example.com:9999",
+            "--router-key",
+            ROUTER_KEY,
+            "--source",
+            "10.2.0.2:8080",
+            "--bind",
+            "127.0.0.1:8080",
+            "--service-file",
+            "systemd",
+        ])
+        .output()
+        .expect("run conduit");
+    assert_eq!(
+        (out.status.code(), stderr(&out).as_str()),
+        (Some(0), ""),
+        "conduit failed"
+    );
+    let unit = stdout(&out);
+    assert!(unit.contains(&format!("\nUser={me}\n")), "{unit}");
+}
+
 #[test]
 fn output_flag_writes_the_file_instead() {
     let dir = tempfile::tempdir().unwrap();

@@ -297,3 +297,18 @@ fn tunnels_of_a_killed_supervisor_stop_and_come_up_again() {
     let status = again.stop();
     assert_code(status, 0, &again.stderr());
 }
+
+/// `down` of a file that is not there (and started nothing) is refused exactly as
+/// `up` refuses it, not answered with "no tunnels are running".
+#[test]
+fn down_with_a_missing_file_fails_like_up() {
+    let home = Home::empty();
+    let want = "conduit: error: no configuration file at /no/such/file.toml: create it \
+                (deploy/conduit.example.toml is a documented example) or name another file \
+                with -f FILE\n";
+    for command in ["up", "down"] {
+        let (status, out, err) = home.run(&[command, "-f", "/no/such/file.toml"]);
+        assert_code(status, 64, &err);
+        assert_eq!((out.as_str(), err.as_str()), ("", want), "{command}");
+    }
+}

@@ -15,6 +15,7 @@ use conduit_controlplane::config::{
 use super::say;
 use crate::args::{ConfigArgs, ShowFormat};
 use crate::exit::Usage;
+use crate::output;
 
 pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
     let (role, sources) = sources(home, a);
@@ -56,17 +57,17 @@ pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> 
             Role::Router => config::load_router(&sources)
                 .map(|l| (config::show_router(&l, format), report_of(l))),
         };
-    let report = match shown {
-        Ok((text, report)) => {
-            print!("{text}");
-            report
-        }
+    let (text, report) = match shown {
+        Ok(x) => x,
         Err(report) => return unreadable(&name, role, &report),
     };
     print_problems(&report);
+    // With errors the configuration shown would not be the one that runs (a bad value
+    // is left out): only the problems are printed.
     if report.has_errors() {
         return fail(&name, role, &report);
     }
+    output::write(text);
     Ok(())
 }
 
@@ -74,6 +75,7 @@ fn sources(home: Home, a: ConfigArgs) -> (Role, Sources) {
     let role = if a.router { Role::Router } else { Role::Client };
     let sources = Sources {
         file: a.file,
+        file_flag: "-f",
         env: Env::from_process(),
         overrides: a.set,
         home,
@@ -129,6 +131,8 @@ pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
     .into())
 }
 
-pub(crate) fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+/// "1 error", "2 errors": `n` and `word`, plural unless `n` is 1.
+pub(crate) fn plural<N: std::fmt::Display + PartialEq + From<u8>>(n: N, word: &str) -> String {
+    let s = if n == N::from(1) { "" } else { "s" };
+    format!("{n} {word}{s}")
 }

@@ -2,16 +2,23 @@
 
 use anyhow::{Result, anyhow};
 use conduit_controlplane::Home;
+use conduit_controlplane::config::{Role, missing};
 use conduit_controlplane::reconcile::started_from;
 use conduit_controlplane::registry::Registry;
 
 use super::kill::stop;
 use super::{runtime, say};
 use crate::args::DownArgs;
+use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
     let targets = started_from(&file, &Registry::new(home).entries());
+    // Tunnels from a file removed since `up` are still stopped; with none running,
+    // a missing file is a mistyped name, refused as `up` refuses it.
+    if targets.is_empty() && matches!(file.try_exists(), Ok(false)) {
+        return Err(Usage(missing(&file, Role::Client, "-f")).into());
+    }
     if targets.is_empty() {
         say(format_args!(
             "no tunnels from {} are running",

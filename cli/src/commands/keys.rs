@@ -11,8 +11,7 @@ use super::{runtime, say};
 use crate::args::RotateArgs;
 
 pub(crate) fn show(home: &Home, name: &str) -> Result<()> {
-    let path = home.public_key(name);
-    let key = keys::load_public(&path.to_string_lossy(), "public key")?;
+    let key = keys::load_named_public(home, name)?;
     say(format_args!("{key} {name}"));
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `$CONDUIT_HOME/logs/NAME.log` (the registry entry's `log_file`). The file stays
 //! after the tunnel stops, so its last words can still be read.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use conduit_controlplane::registry::Registry;
 
 use crate::args::LogsArgs;
 use crate::exit::Usage;
+use crate::output;
 
 pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     let path = log_path(home, &a.name)?;
@@ -19,7 +20,6 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
         .map_err(|e| Usage(format!("cannot read {}: {e}", path.display())))?;
     let mut text = String::new();
     f.read_to_string(&mut text)?;
-    let mut out = std::io::stdout().lock();
     let shown = match a.lines {
         Some(n) => {
             let all: Vec<&str> = text.lines().collect();
@@ -31,8 +31,7 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
         }
         None => text.clone(),
     };
-    out.write_all(shown.as_bytes())?;
-    out.flush()?;
+    output::try_write(shown.as_bytes())?;
     if !a.follow {
         return Ok(());
     }
@@ -51,8 +50,8 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
             buf.clear();
             f.read_to_end(&mut buf)?;
             pos += buf.len() as u64;
-            out.write_all(&buf)?;
-            out.flush()?;
+            // A reader gone (`| head`) or a full disk ends `-f`.
+            output::try_write(&buf)?;
         }
     }
 }

@@ -29,6 +29,7 @@ use conduit_dataplane::Options;
 use crate::args::{Cli, Command, ConfigCommand, EngineArgs, KeysCommand, LogArgs};
 use crate::exit::Usage;
 use crate::logging;
+use crate::output::{self, say};
 
 pub(crate) use health::Unhealthy;
 
@@ -36,12 +37,14 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
     let Cli { log, command } = cli;
     match command {
         // The router's file may hold [logging]: it starts logging once that is read.
-        Command::Router(a) => router::run(&home()?, a, &log),
+        Command::Router(a) => router::run(&home()?, a, &log)?,
         other => {
             start_logging(&log, None)?;
-            run_other(other, &log)
+            run_other(other, &log)?;
         }
     }
+    // The command's work is done; what it printed must have arrived.
+    Ok(output::check()?)
 }
 
 fn run_other(command: Command, log: &LogArgs) -> Result<()> {
@@ -66,8 +69,11 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         Command::Tune(a) => tune::run(&a),
         Command::Version => version::run(),
         Command::Completions { shell } => {
+            // Into memory first: clap_complete panics when its writer fails.
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "conduit", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "conduit", &mut script);
+            output::try_write(&script)?;
             Ok(())
         }
     }
@@ -180,14 +186,6 @@ fn dataplane_options(e: &EngineArgs) -> Options {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-/// Prints a line on stdout right away (scripts and tests wait for these lines).
-fn say(line: impl std::fmt::Display) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 /// `[performance] auto_tune` for a tunnel or router process about to start: the

@@ -12,14 +12,17 @@ use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Trans
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
+use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
-use super::{runtime, say, shutdown_signal, start_logging};
+use super::{runtime, shutdown_signal, start_logging};
 use crate::args::{LogArgs, RouterArgs, ServiceKind, TransportArg};
 use crate::exit::Usage;
+use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     let sources = Sources {
         file: a.config.clone().unwrap_or_default(),
+        file_flag: "--config",
         env: Env::from_process(),
         overrides: overrides(&a),
         home: home.clone(),
@@ -65,14 +68,14 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         } else {
             ""
         };
-        say(format_args!(
-            "router listening on {} ({} workers, {}{plain})",
+        announce(format_args!(
+            "router listening on {} ({}, {}{plain})",
             router.local_addr(),
-            router.workers(),
+            plural(router.workers(), "worker"),
             router.engine()
         ));
         if let Some(api) = router.api_addr() {
-            say(format_args!("api listening on {api}"));
+            announce(format_args!("api listening on {api}"));
         }
         router.run(signals, drain).await?;
         Ok::<_, anyhow::Error>(())

@@ -11,6 +11,7 @@ use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
 
 use crate::args::{LogArgs, LogFormat, LogRotation, ServiceArgs, ServiceKind};
 use crate::exit::Usage;
+use crate::output;
 
 /// What the command being turned into a service contributes.
 pub(crate) struct Tunnel<'a> {
@@ -106,6 +107,23 @@ pub(crate) fn log_flags(log: &LogArgs) -> Vec<String> {
     v
 }
 
+/// Who runs the service when `--service-user` is not given: `$USER` or `$LOGNAME`,
+/// else the name of this process's uid in the password database (cron jobs and
+/// containers often run as root without either variable).
+fn current_user() -> Option<String> {
+    let from_env = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+    if from_env.is_some() {
+        return from_env;
+    }
+    #[cfg(unix)]
+    if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::getuid()) {
+        return Some(u.name);
+    }
+    None
+}
+
 /// Renders the service file and prints it, or writes it to `--output`.
 pub(crate) fn emit(
     home: &Home,
@@ -120,12 +138,9 @@ pub(crate) fn emit(
         .unwrap_or_else(|| default_name(t.name));
     let user = match &s.service_user {
         Some(u) => u.clone(),
-        None => ["USER", "LOGNAME"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-            .ok_or_else(|| {
-                Usage("cannot tell the current user: pass --service-user USER".into())
-            })?,
+        None => current_user().ok_or_else(|| {
+            Usage("cannot tell the current user: pass --service-user USER".into())
+        })?,
     };
     let env_file = match &s.service_env_file {
         Some(p) => absolute(p)?,
@@ -157,7 +172,7 @@ pub(crate) fn emit(
         );
     }
     match &s.output {
-        None => print!("{text}"),
+        None => output::write(text),
         Some(path) => {
             std::fs::write(path, &text)
                 .with_context(|| format!("cannot write the service file {}", path.display()))?;

@@ -14,9 +14,11 @@ use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys}
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
+use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
+use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
@@ -110,16 +112,17 @@ pub(crate) fn foreground(
         let status = tunnel.status();
         let process = RegisteredTunnel::register(tunnel, registration).await?;
         let signals = shutdown_signal();
-        say(format_args!(
-            "tunnel {name:?} listening on {addr} (id {}, {workers} workers, {engine})",
-            process.id()
+        announce(format_args!(
+            "tunnel {name:?} listening on {addr} (id {}, {}, {engine})",
+            process.id(),
+            plural(workers, "worker")
         ));
         if let Some(m) = process.metrics_addr() {
-            say(format_args!(
+            announce(format_args!(
                 "tunnel {name:?} serves metrics at http://{m}/metrics"
             ));
         }
-        let announcer = tokio::spawn(announce(name, status));
+        let announcer = tokio::spawn(announce_link(name, status));
         let res = process.run(signals).await;
         announcer.abort();
         res.map_err(anyhow::Error::from)
@@ -127,24 +130,24 @@ pub(crate) fn foreground(
 }
 
 /// Prints "connected", and the first "retrying", as the link changes.
-async fn announce(name: String, mut status: tokio::sync::watch::Receiver<LinkStatus>) {
+async fn announce_link(name: String, mut status: tokio::sync::watch::Receiver<LinkStatus>) {
     let mut said_retrying = false;
     loop {
         let now = status.borrow_and_update().clone();
         match now {
             // Balancing, `router` names every router whose link is up.
             LinkStatus::Connected { router, .. } if router.contains(", ") => {
-                say(format_args!(
+                announce(format_args!(
                     "tunnel {name:?} connected to routers {router}"
                 ));
                 said_retrying = false;
             }
             LinkStatus::Connected { router, .. } => {
-                say(format_args!("tunnel {name:?} connected to router {router}"));
+                announce(format_args!("tunnel {name:?} connected to router {router}"));
                 said_retrying = false;
             }
             LinkStatus::Retrying { error, .. } if !said_retrying => {
-                say(format_args!(
+                announce(format_args!(
                     "tunnel {name:?}: {error}; retrying in the background (`conduit status` shows progress)"
                 ));
                 said_retrying = true;

@@ -11,6 +11,7 @@ use super::tunnels::{bytes, survey};
 use super::{api_client, runtime, say};
 use crate::args::{StatsArgs, StatsFormat};
 use crate::exit::Usage;
+use crate::output;
 
 pub(crate) fn run(home: &Home, a: &StatsArgs) -> Result<()> {
     let rt = runtime(1)?;
@@ -31,7 +32,7 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
                 texts.push(m.into_inner().prometheus);
             }
         }
-        print!("{}", merge_expositions(&texts));
+        output::write(merge_expositions(&texts));
         return Ok(());
     }
     let rows: Vec<Value> = seen
@@ -72,7 +73,7 @@ async fn router(a: &StatsArgs) -> Result<()> {
         return history(a).await;
     }
     if a.format == StatsFormat::Prometheus {
-        print!("{}", api_client::metrics(&a.api).await?);
+        output::write(api_client::metrics(&a.api).await?);
         return Ok(());
     }
     let d = api_client::data(&a.api, "/api/v1/stats/traffic?per_page=500").await?;

@@ -7,6 +7,7 @@ use conduit_controlplane::Home;
 use conduit_controlplane::control::pb;
 use serde_json::json;
 
+use super::config::plural;
 use super::tunnels::{survey, time};
 use super::{runtime, say};
 use crate::args::{OutputFormat, StatusArgs};
@@ -110,12 +111,12 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             _ => format!("router {} connecting", e.config.router),
         };
         say(format_args!(
-            "{head}: {} — {link}; {} open connections, {} idle channels, {} on {} workers{}; {} → {}",
+            "{head}: {} — {link}; {}, {}, {} on {}{}; {} → {}",
             t.status,
-            t.active_connections,
-            st.idle_channels,
+            plural(t.active_connections, "open connection"),
+            plural(st.idle_channels, "idle channel"),
             t.io_engine,
-            t.workers,
+            plural(t.workers, "worker"),
             kernel_tls(&st.kernel_tls, st.kernel_tls_streams),
             e.config.bind,
             e.config.source

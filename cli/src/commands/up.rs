@@ -27,6 +27,7 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
     let sources = Sources {
         file: file.clone(),
+        file_flag: "-f",
         env: Env::from_process(),
         overrides: a.set.clone(),
         home: home.clone(),

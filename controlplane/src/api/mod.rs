@@ -100,11 +100,14 @@ pub struct ApiState {
 
 /// Binds the API's listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        Error::Config(format!(
-            "cannot listen for the API on {addr}: {e}; choose another --api-bind (api.bind)"
-        ))
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen {
+            what: "listen for the API",
+            addr,
+            source,
+            fix: "choose another --api-bind (api.bind)",
+        })
 }
 
 /// The routes, with their middleware.

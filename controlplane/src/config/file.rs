@@ -6,7 +6,20 @@ use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
-use super::{Origin, Problem, Report};
+use super::{Origin, Problem, Report, Role};
+
+/// What to say when `path`, a `role` file named by `flag`, does not exist.
+pub fn missing(path: &Path, role: Role, flag: &str) -> String {
+    let example = match role {
+        Role::Client => "deploy/conduit.example.toml",
+        Role::Router => "deploy/router.example.toml",
+    };
+    format!(
+        "no configuration file at {}: create it ({example} is a documented example) or name \
+         another file with {flag} FILE",
+        path.display()
+    )
+}
 
 /// A parsed configuration file.
 #[derive(Debug)]
@@ -18,15 +31,12 @@ pub(crate) struct FileDoc {
 }
 
 impl FileDoc {
-    /// Reads and parses `path`; `Err` holds why there is nothing to check.
-    pub(crate) fn read(path: &Path) -> Result<Self, Report> {
+    /// Reads and parses `path`, a `role` file named by `flag`; `Err` holds why there
+    /// is nothing to check.
+    pub(crate) fn read(path: &Path, role: Role, flag: &str) -> Result<Self, Report> {
         let text = std::fs::read(path).map_err(|e| {
             let why = match e.kind() {
-                std::io::ErrorKind::NotFound => format!(
-                    "no configuration file at {}: create it (deploy/conduit.example.toml is a \
-                     documented example) or name another file with -f FILE",
-                    path.display()
-                ),
+                std::io::ErrorKind::NotFound => missing(path, role, flag),
                 _ => format!("cannot read {}: {e}", path.display()),
             };
             fatal(why)
@@ -208,13 +218,21 @@ mod tests {
 
     #[test]
     fn a_missing_file_says_how_to_make_one() {
-        let err = FileDoc::read(Path::new("/nonexistent/conduit.toml")).unwrap_err();
+        let err =
+            FileDoc::read(Path::new("/nonexistent/conduit.toml"), Role::Client, "-f").unwrap_err();
         assert_eq!(
             msgs(err),
             [
                 "no configuration file at /nonexistent/conduit.toml: create it \
               (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
             ]
+        );
+        let err =
+            FileDoc::read(Path::new("/nonexistent/r.toml"), Role::Router, "--config").unwrap_err();
+        assert_eq!(
+            msgs(err),
+            ["no configuration file at /nonexistent/r.toml: create it \
+              (deploy/router.example.toml is a documented example) or name another file with --config FILE"]
         );
     }
 

@@ -78,7 +78,7 @@ pub(crate) fn resolve<T: DeserializeOwned>(
     let doc = if sources.file.as_os_str().is_empty() {
         FileDoc::empty()
     } else {
-        FileDoc::read(&sources.file)?
+        FileDoc::read(&sources.file, role, sources.file_flag)?
     };
     let schema = Schema::of(role);
     let mut m = Merge {

@@ -46,6 +46,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use env::Env;
+pub use file::missing;
 pub use layers::Override;
 pub use model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LATENCY_POOL, LogFormat, LogLevel,
@@ -260,6 +261,9 @@ pub struct Sources {
     /// The configuration file, as the user named it; an empty path reads no file (a
     /// router run from its flags and the environment alone).
     pub file: PathBuf,
+    /// The flag that names another file (`-f`, `--config`), for the message when
+    /// `file` does not exist.
+    pub file_flag: &'static str,
     /// The `CONDUIT_*` variables.
     pub env: Env,
     /// Command-line overrides, applied last.

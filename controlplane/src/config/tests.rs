@@ -51,6 +51,7 @@ impl Fixture {
         }
         Sources {
             file,
+            file_flag: "-f",
             env: Env::from_pairs(env.iter().copied()),
             overrides: sets
                 .iter()

@@ -111,9 +111,11 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         out.error(
             "router.key_announce_secs",
             format!(
-                "{} s is as long as the rotation period ({} days): make it shorter than \
+                "{} s is as long as the rotation period ({} day{}): make it shorter than \
                  key_rotation_days",
-                r.key_announce_secs, r.key_rotation_days
+                r.key_announce_secs,
+                r.key_rotation_days,
+                if r.key_rotation_days == 1 { "" } else { "s" }
             ),
         );
     }

@@ -683,7 +683,7 @@ fn router_key_rotation_is_by_hand_or_by_the_router_and_announces_within_its_peri
     assert!(
         lines.contains(
             &"error: router.key_announce_secs: 86400 s is as long as the rotation period (1 \
-              days): make it shorter than key_rotation_days ($F:3)"
+              day): make it shorter than key_rotation_days ($F:3)"
                 .to_owned()
         ),
         "{lines:?}"

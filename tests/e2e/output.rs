@@ -1,0 +1,87 @@
+//! Output that cannot be written: a full disk fails the command with one line and
+//! exit 74 (EX_IOERR), a reader that went away (`| head`) ends it without a word;
+//! never a panic, never output lost with exit 0.
+
+use std::process::{Output, Stdio};
+
+use crate::harness::Home;
+
+const FULL: &str =
+    "conduit: error: cannot write to stdout: No space left on device (os error 28)\n";
+
+/// `conduit ARGS > /dev/full`.
+fn to_full_disk(home: &Home, args: &[&str]) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    home.cmd()
+        .args(args)
+        .stdout(Stdio::from(full))
+        .output()
+        .expect("run conduit")
+}
+
+/// `conduit ARGS` writing into a pipe nobody reads any more.
+fn to_closed_pipe(home: &Home, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    home.cmd()
+        .args(args)
+        .stdout(Stdio::from(writer))
+        .output()
+        .expect("run conduit")
+}
+
+#[test]
+fn a_full_disk_fails_each_command_with_one_line_and_exit_74() {
+    let home = Home::with_keys();
+    let file = home.path().join("conduit.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[router]\nhost = \"10.2.0.1\"\nport = 9999\npublic_key = \"{}\"\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:80\"\nbind = \"127.0.0.1:8080\"\n",
+            home.public_key("router")
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        &["version"][..],
+        &["completions", "bash"],
+        &["list"],
+        &["list", "--format", "json"],
+        &["status"],
+        &["stats"],
+        &["keys", "show"],
+        &["config", "show", "-f", file],
+        &["config", "validate", "-f", file],
+    ] {
+        let out = to_full_disk(&home, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), err.as_ref()),
+            (Some(74), FULL),
+            "conduit {args:?}"
+        );
+    }
+}
+
+#[test]
+fn a_reader_gone_ends_the_command_quietly_with_exit_74() {
+    let home = Home::with_keys();
+    for args in [
+        &["completions", "bash"][..],
+        &["version"],
+        &["keys", "show"],
+    ] {
+        let out = to_closed_pipe(&home, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), err.as_ref()),
+            (Some(74), ""),
+            "conduit {args:?}"
+        );
+    }
+}
