@@ -183,7 +183,16 @@ both_engines!(
     a_tunnel_killed_mid_bulk_upload_resets_the_source,
     |engine: Engine| {
         let (router, _tunnel) = killed_mid_upload(engine, PLAIN, Victim::Tunnel);
-        router.wait_stderr("plain stream failed: channel failed: Connection reset by peer");
+        // The source is reset either way (checked above). As for the answer above:
+        // an upload that went raw resets the channel when the tunnel dies; one still
+        // framed (the bytes arrived in pieces, on a loaded machine) sees the channel
+        // end mid-stream.
+        crate::http::wait_for("the router to log the cut channel", || {
+            let e = router.stderr();
+            (e.contains("plain stream failed: channel failed: Connection reset by peer")
+                || e.contains("plain stream failed: the other end closed the channel mid-stream"))
+            .then_some(())
+        });
     }
 );
 
