@@ -144,19 +144,7 @@ fn a_bind_address_in_use_is_refused_with_the_fix() {
     let home = Home::with_keys();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let key = home.key("router.pub");
-    let (status, _out, err) = home.run(&[
-        "start",
-        "--foreground",
-        "--router",
-        "127.0.0.1:9",
-        "--router-key",
-        key.to_str().unwrap(),
-        "--source",
-        "127.0.0.1:1",
-        "--bind",
-        &addr,
-    ]);
+    let (status, err) = start_to_nowhere(&home, &addr, &[]);
     assert_code(status, 69, &err);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert!(err.contains("pick another --bind"), "{err}");
@@ -197,21 +185,7 @@ fn router_api_and_metrics_addresses_in_use_exit_69_with_the_fix() {
         "{err}"
     );
 
-    let key = home.key("router.pub");
-    let (status, _, err) = home.run(&[
-        "start",
-        "--foreground",
-        "--router",
-        "127.0.0.1:9",
-        "--router-key",
-        key.to_str().unwrap(),
-        "--source",
-        "127.0.0.1:1",
-        "--bind",
-        "127.0.0.1:0",
-        "--metrics-bind",
-        &addr,
-    ]);
+    let (status, err) = start_to_nowhere(&home, "127.0.0.1:0", &["--metrics-bind", &addr]);
     assert_code(status, 69, &err);
     assert!(
         err.contains(&format!(
@@ -279,21 +253,8 @@ fn unknown_key_names_and_garbage_key_files_say_how_to_make_a_key() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let router_key = home.key("router.pub");
-    let (status, _, err) = home.run(&[
-        "start",
-        "--foreground",
-        "--router",
-        "127.0.0.1:9",
-        "--router-key",
-        router_key.to_str().unwrap(),
-        "--source",
-        "127.0.0.1:1",
-        "--bind",
-        "127.0.0.1:0",
-        "--key",
-        garbage.to_str().unwrap(),
-    ]);
+    let (status, err) =
+        start_to_nowhere(&home, "127.0.0.1:0", &["--key", garbage.to_str().unwrap()]);
     assert_code(status, 64, &err);
     assert_eq!(
         err,
@@ -332,4 +293,26 @@ fn init_refuses_to_overwrite_and_keys_show_repeats_the_key() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+}
+
+/// `conduit start --foreground` to a router that is not there (127.0.0.1:9), for
+/// a source that is not there, binding `bind`, with `extra` flags; its exit status
+/// and stderr. What it refuses, it refuses before reaching for the router.
+fn start_to_nowhere(home: &Home, bind: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let key = home.key("router.pub");
+    let mut args = vec![
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        bind,
+    ];
+    args.extend_from_slice(extra);
+    let (status, _, err) = home.run(&args);
+    (status, err)
 }
