@@ -220,6 +220,38 @@ fn the_environment_overrides_the_file() {
     echo_through(&home, "envy");
 }
 
+/// `up --log-level` wins over the file's `[logging]` for the tunnels it starts: the
+/// file says `warn`, the flag `debug`, and a stream's open is logged (at debug).
+#[test]
+fn the_log_flags_of_up_override_the_file() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("chatty", source.clone())]);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text = text.replace(
+        "[performance]",
+        "[logging]\nlevel = \"warn\"\n\n[performance]",
+    );
+    std::fs::write(&file, text).unwrap();
+    let (status, _, err) = home.run(&["--log-level", "debug", "up", "-f", file.to_str().unwrap()]);
+    assert_code(status, 0, &err);
+    echo_through(&home, "chatty");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = home.ok(&["logs", "chatty"]);
+        if log.contains("DEBUG") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no debug line in the tunnel's log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_bad_file_starts_nothing() {
     let home = Home::with_keys();

@@ -21,7 +21,7 @@ use super::kill::stop;
 use super::service::{self, Tunnel, log_flags};
 use super::start::{foreground, launch_detached, report_started};
 use super::{runtime, say};
-use crate::args::{LogArgs, ServiceKind, UpArgs};
+use crate::args::{LogArgs, LogFormat, ServiceKind, UpArgs};
 
 pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
@@ -61,9 +61,9 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         return Ok(());
     }
     if a.foreground {
-        return supervise(&plan, &a.set);
+        return supervise(&plan, &a.set, log);
     }
-    reconcile_and_launch(home, &plan, &a.set)
+    reconcile_and_launch(home, &plan, &a.set, log)
 }
 
 /// Runs one tunnel of the plan in this process (a child of `up`).
@@ -98,12 +98,30 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
 }
 
 /// The arguments that run tunnel `t` of `plan` as its own process.
-fn child_args(plan: &Plan, set: &[Override], t: &TunnelPlan, detached: bool) -> Vec<OsString> {
+///
+/// `up`'s own `--log-level` and `--log-format` (or `CONDUIT_LOG_LEVEL` and
+/// `CONDUIT_LOG_FORMAT`) win over the file's `[logging]`, as everywhere else.
+fn child_args(
+    plan: &Plan,
+    set: &[Override],
+    log: &LogArgs,
+    t: &TunnelPlan,
+    detached: bool,
+) -> Vec<OsString> {
+    let level = log
+        .log_level
+        .clone()
+        .unwrap_or_else(|| plan.logging.level.as_str().to_owned());
+    let format = match log.log_format {
+        Some(LogFormat::Json) => "json",
+        Some(LogFormat::Text) => "text",
+        None => plan.logging.format.as_str(),
+    };
     let mut args: Vec<OsString> = vec![
         "--log-level".into(),
-        format!("{:?}", plan.logging.level).to_lowercase().into(),
+        level.into(),
         "--log-format".into(),
-        format!("{:?}", plan.logging.format).to_lowercase().into(),
+        format.into(),
         "up".into(),
         "-f".into(),
         plan.file.clone().into_os_string(),
@@ -123,7 +141,7 @@ fn child_args(plan: &Plan, set: &[Override], t: &TunnelPlan, detached: bool) -> 
     args
 }
 
-fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
+fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
     let entries = Registry::new(home).entries();
     let actions = reconcile(plan, &entries);
     let file = plan.file.display();
@@ -178,7 +196,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
         }
     }
     for (t, verb) in to_start {
-        match launch_detached(home, &t.name, child_args(plan, set, t, true), None) {
+        match launch_detached(home, &t.name, child_args(plan, set, log, t, true), None) {
             Ok(l) => report_started(verb, &t.name, &l),
             Err(e) => failures.push(format!("tunnel {:?}: {e}", t.name)),
         }
@@ -191,13 +209,14 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
 }
 
 /// Runs every tunnel as a child of this process until a signal, then stops them.
-fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
+fn supervise(plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
     runtime(1)?.block_on(async move {
         let mut children = Vec::new();
         for t in &plan.tunnels {
             let mut cmd = tokio::process::Command::new(&exe);
-            cmd.args(child_args(plan, set, t, false)).kill_on_drop(true);
+            cmd.args(child_args(plan, set, log, t, false))
+                .kill_on_drop(true);
             // Should the supervisor die, even by SIGKILL, its tunnels stop (SIGTERM:
             // they drain, then exit) rather than run on unsupervised, holding their
             // names and ports against the next `up` (Linux; elsewhere they run on).
