@@ -394,3 +394,18 @@ fn the_router_keeps_a_traffic_history_across_restarts() {
         json!({"in": 100_000, "out": 100_000})
     );
 }
+
+/// A token on the router's command line is readable by every user of the host
+/// (`ps`): the router says so, and where to put it instead, without printing it.
+#[test]
+fn a_token_given_as_a_flag_is_warned_about_and_never_logged() {
+    let home = Home::with_keys();
+    let (p, _, _) = router_api(&home, &[], &[]);
+    p.wait_stderr("--api-token puts a secret on the command line");
+    let err = p.stderr();
+    assert!(
+        err.contains("give it in CONDUIT_API_TOKEN or [api] token in --config instead"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "{err}");
+}

@@ -46,6 +46,25 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     for p in loaded.report.warnings() {
         warn!("{p}");
     }
+    for (flag, given, instead) in [
+        (
+            "--token",
+            a.token.is_some(),
+            "CONDUIT_TOKEN or [router] token in --config",
+        ),
+        (
+            "--api-token",
+            a.api_token.is_some(),
+            "CONDUIT_API_TOKEN or [api] token in --config",
+        ),
+    ] {
+        if given {
+            warn!(
+                "{flag} puts a secret on the command line, where every user of this host can \
+                 read it (`ps`); give it in {instead} instead"
+            );
+        }
+    }
     let c = loaded.config;
     let transport: Transport = a.transport.into();
     let settings = settings(&c, transport)?;
