@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::Home;
+use conduit_controlplane::config::Env;
 use conduit_dataplane::Options;
 
 use crate::args::{Cli, Command, ConfigCommand, EngineArgs, KeysCommand, LogArgs};
@@ -57,7 +58,23 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
             config::show(home()?, args, format)
         }
         Command::Router(_) => unreachable!("`run` dispatches the router before logging starts"),
-        Command::Start(a) => start::run(&home()?, a, log),
+        Command::Start(a) => {
+            // The variables `start`'s own flags read (see `args.rs`).
+            let read = [
+                "CONDUIT_ROUTER",
+                "CONDUIT_ROUTER_KEY",
+                "CONDUIT_TOKEN",
+                "CONDUIT_WORKERS",
+                "CONDUIT_IO_ENGINE",
+                "CONDUIT_PIN_CORES",
+                "CONDUIT_KERNEL_TLS",
+                "CONDUIT_LOG_FILE",
+            ];
+            for w in Env::from_process().unread_without_a_file(&read) {
+                eprintln!("warning: {w}");
+            }
+            start::run(&home()?, a, log)
+        }
         Command::Up(a) => up::run(&home()?, a, log),
         Command::Down(a) => down::run(&home()?, &a),
         Command::List(a) => list::run(&home()?, &a),

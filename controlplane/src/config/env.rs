@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::Problem;
-use super::schema::{closest, known_vars, section_prefixes};
+use super::schema::{OTHER_VARS, closest, known_vars, section_prefixes};
 
 /// A snapshot of the `CONDUIT_*` environment variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,11 +78,57 @@ impl Env {
         }
         out
     }
+
+    /// For `conduit start`, which reads flags and no file: one warning for each
+    /// variable set that only a configuration file's settings read (all but `read`,
+    /// the flags' own variables), and for each that is no setting at all.
+    pub fn unread_without_a_file(&self, read: &[&str]) -> Vec<String> {
+        let known = known_vars();
+        let rest = Self {
+            vars: (self.vars.iter())
+                .filter(|(v, _)| !read.contains(&v.as_str()) && !OTHER_VARS.contains(&v.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let mut out: Vec<String> = (rest.vars.keys())
+            .filter(|v| known.contains(v))
+            .map(|v| {
+                format!(
+                    "{v} is ignored: it sets a configuration file's key, and `conduit start` \
+                     reads flags only; give the flag instead (`conduit start --help`), or put \
+                     the tunnel in a file and run `conduit up -f FILE`"
+                )
+            })
+            .collect();
+        out.extend(rest.unknown().into_iter().map(|p| p.message));
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_names_the_file_settings_it_does_not_read() {
+        let env = Env::from_pairs([
+            ("CONDUIT_PERFORMANCE_WORKERS", "1"),
+            ("CONDUIT_TOKEN", "t"),
+            ("CONDUIT_HOME", "/h"),
+            ("CONDUIT_ROUTER_COLOUR", "red"),
+            ("CONDUIT_ROUTER_KEY", "ed25519:…"),
+        ]);
+        let w = env.unread_without_a_file(&["CONDUIT_TOKEN", "CONDUIT_ROUTER_KEY"]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("CONDUIT_PERFORMANCE_WORKERS is ignored: it sets a configuration"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("CONDUIT_ROUTER_COLOUR is not a Conduit setting"),
+            "{w:?}"
+        );
+    }
 
     #[test]
     fn only_non_empty_conduit_variables_are_kept() {

@@ -311,7 +311,7 @@ static ROUTER: Schema = Schema {
 /// Variables Conduit reads that are not keys of either file. `CONDUIT_LOG_LEVEL` and
 /// `CONDUIT_LOG_FORMAT` belong to the global `--log-level`/`--log-format` flags, which
 /// also accept tracing filters, so they are not aliases of `logging.level`/`format`.
-const OTHER_VARS: &[&str] = &[
+pub(crate) const OTHER_VARS: &[&str] = &[
     "CONDUIT_HOME",
     "CONDUIT_ROUTER",
     "CONDUIT_LOG_LEVEL",
