@@ -990,6 +990,7 @@ async fn control_loop(
                     // operator may fix it), and the tunnel stops only once every
                     // router refused.
                     refused[shared.at()] = Some(e.to_string());
+                    shared.link.router_refused(shared.at(), e.to_string());
                     if refused.iter().all(Option::is_some) {
                         let e = match refused.len() {
                             1 => e,

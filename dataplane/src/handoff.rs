@@ -128,6 +128,9 @@ struct RouterLink {
     channels: AtomicUsize,
     /// The user connections and flows riding its channels.
     streams: AtomicUsize,
+    /// Why it refused this tunnel at the latest attempt (a key it does not know, a
+    /// key this tunnel does not pin, a token), until a link to it is up again.
+    refusal: std::sync::Mutex<Option<String>>,
 }
 
 /// One data channel counted among its router's (see [`LinkState::reserve`]) until
@@ -216,9 +219,26 @@ impl LinkState {
         &self.routers[router % self.routers.len()]
     }
 
+    /// `router` refused this tunnel, saying `why`.
+    pub fn router_refused(&self, router: usize, why: String) {
+        *self
+            .link(router)
+            .refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why `router` refused this tunnel, unless a link to it was up since.
+    pub fn router_refusal(&self, router: usize) -> Option<String> {
+        (self.link(router).refusal.lock())
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Marks the link to `router` up and starts a new generation of it; returns it.
     pub fn connected(&self, router: usize) -> LinkEpoch {
         let link = self.link(router);
+        *link.refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let generation = link.generation.fetch_add(1, Ordering::AcqRel) + 1;
         link.up.store(true, Ordering::Release);
         LinkEpoch { router, generation }

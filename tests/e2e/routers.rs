@@ -571,3 +571,33 @@ fn router_keys_must_be_one_for_all_or_one_per_router() {
         "{err}"
     );
 }
+
+#[test]
+fn a_router_that_refuses_while_another_serves_shows_in_status_and_fails_health() {
+    let engine = Engine::Epoll;
+    let (home, source, allow) = with_router_b();
+    // The first presents router-b's key where the tunnel pins router.pub.
+    let (_first, a) = home.router_with(engine, &allow, &["--key", &b_key(&home)]);
+    let (_second, b) = home.router_with(engine, &allow, &[]);
+    let tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"through the second, the first refused");
+    let why = format!(
+        "router key mismatch: expected {}, got {}",
+        home.public_key("router"),
+        home.public_key("router-b")
+    );
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("\n  router {a} refused this tunnel: {why}")),
+        "{status}"
+    );
+    let (code, out, err) = home.run(&["health"]);
+    assert_code(code, 1, &err);
+    assert!(
+        out.contains(&format!("router {a} refused this tunnel: {why}")),
+        "{out}"
+    );
+    assert!(err.contains("(a router refused it)"), "{err}");
+}

@@ -42,6 +42,15 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             }
             Err(e) => ("unreachable".to_owned(), e.clone(), String::new()),
         };
+        // Routers that refused the tunnel while another serves it: an operator's
+        // to fix (a key not authorized there, or not the key pinned for it).
+        let refusing: Vec<String> = match &s.status {
+            Ok(st) => (st.routers.iter())
+                .filter(|r| !r.refused.is_empty())
+                .map(|r| format!("router {} refused this tunnel: {}", r.addr, r.refused))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         // Connected, the detail names the router in use (one of several when the
         // tunnel has fallbacks).
         let (router, detail) = match state.as_str() {
@@ -62,12 +71,23 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         } else if !refused.is_empty() {
             // Linked, but its streams are turned away: users get nothing.
             down.push(format!("{} (source refused)", s.entry.name));
+        } else if !refusing.is_empty() {
+            down.push(format!("{} (a router refused it)", s.entry.name));
         }
-        let detail = match (detail.is_empty(), refused.is_empty()) {
+        let mut detail = match (detail.is_empty(), refused.is_empty()) {
             (_, true) => detail,
             (true, false) => format!("latest stream refused: {refused}"),
             (false, false) => format!("{detail}; latest stream refused: {refused}"),
         };
+        if state == "connected" {
+            for r in refusing {
+                detail = if detail.is_empty() {
+                    r
+                } else {
+                    format!("{detail}; {r}")
+                };
+            }
+        }
         rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
                          "router": router, "link": state, "detail": detail}));
     }

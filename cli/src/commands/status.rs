@@ -33,7 +33,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                         v["kernel_tls"] = json!({"state": st.kernel_tls,
                                                  "streams": st.kernel_tls_streams});
                         v["routers"] = st.routers.iter().map(|r| json!({"addr": r.addr, "up": r.up,
-                            "streams": r.streams, "channels": r.channels})).collect();
+                            "streams": r.streams, "channels": r.channels,
+                            "refused": (!r.refused.is_empty()).then_some(&r.refused)})).collect();
                         v["source_refused"] = json!((!st.source_refused.is_empty())
                             .then_some(&st.source_refused));
                     }
@@ -125,6 +126,12 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             say(format_args!(
                 "  latest stream refused: {}",
                 st.source_refused
+            ));
+        }
+        for r in st.routers.iter().filter(|r| !r.refused.is_empty()) {
+            say(format_args!(
+                "  router {} refused this tunnel: {}",
+                r.addr, r.refused
             ));
         }
     }

@@ -119,6 +119,9 @@ async fn lane(
             Err(e) => {
                 shared.link.lost(index);
                 let refusal = !e.is_retryable();
+                if refusal {
+                    shared.link.router_refused(index, e.to_string());
+                }
                 if refusal && let Some(all) = shared.refused_by(Some(index), Some(e.to_string())) {
                     let e =
                         Error::Authentication(format!("every router refused this tunnel:{all}"));

@@ -86,6 +86,14 @@ impl ControlState {
                 up: links.is_up_at(i),
                 streams: links.streams(i) as u64,
                 channels: links.channels(i) as u64,
+                // The error names the router already; the field belongs to it.
+                refused: links
+                    .router_refusal(i)
+                    .map(|why| match why.strip_prefix(&format!("router {addr}: ")) {
+                        Some(rest) => rest.to_owned(),
+                        None => why,
+                    })
+                    .unwrap_or_default(),
             })
             .collect()
     }
