@@ -537,6 +537,49 @@ mod tests {
         }
     }
 
+    /// The README sends users to the example files for every key: each key of each
+    /// section (and of `[[tunnels]]`) is there, set or in a comment, in its section.
+    #[test]
+    fn the_example_files_document_every_key() {
+        let files = [
+            (
+                &CLIENT,
+                include_str!("../../../deploy/conduit.example.toml"),
+            ),
+            (&ROUTER, include_str!("../../../deploy/router.example.toml")),
+        ];
+        for (schema, text) in files {
+            let mut missing = Vec::new();
+            let tables = schema
+                .sections
+                .iter()
+                .map(|s| (format!("[{}]", s.name), s.keys))
+                .chain(schema.tunnels.map(|k| ("[[tunnels]]".to_owned(), k)));
+            for (header, keys) in tables {
+                let at = text.find(&format!("\n{header}\n"));
+                // The section's text: from its header to the next one.
+                let body = at.map(|at| {
+                    let rest = &text[at + header.len() + 1..];
+                    let end = rest.find("\n[").unwrap_or(rest.len());
+                    &rest[..end]
+                });
+                for k in keys {
+                    let documented = body.is_some_and(|b| {
+                        b.lines().any(|l| {
+                            let l = l.trim_start_matches(['#', ' ']);
+                            l.strip_prefix(k.name)
+                                .is_some_and(|r| r.trim_start().starts_with('='))
+                        })
+                    });
+                    if !documented {
+                        missing.push(format!("{header} {}", k.name));
+                    }
+                }
+            }
+            assert!(missing.is_empty(), "not in the example: {missing:?}");
+        }
+    }
+
     #[test]
     fn values_are_checked_by_kind_with_the_fix_in_the_message() {
         let n = |i| Value::Integer(i);
