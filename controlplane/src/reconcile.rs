@@ -49,8 +49,19 @@ pub fn started_from(file: &Path, entries: &[Entry]) -> Vec<Entry> {
         .collect()
 }
 
+/// Whether `e` was started from `file`: the same path, or one that leads to the
+/// same file through symbolic links (`up -f link.toml`, `down -f real.toml`). The
+/// path given is what is kept: a Kubernetes ConfigMap's file is a link whose target
+/// changes with each update, and its tunnels must stay the file's.
 fn from_file(e: &Entry, file: &Path) -> bool {
-    e.config.file.as_deref() == Some(file)
+    let Some(theirs) = e.config.file.as_deref() else {
+        return false;
+    };
+    theirs == file
+        || matches!(
+            (std::fs::canonicalize(theirs), std::fs::canonicalize(file)),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 #[cfg(test)]

@@ -187,7 +187,10 @@ fn up_twice_then_change_remove_and_down() {
         "--io-engine",
         "epoll",
     ]);
-    let (status, out, err) = home.run(&["down", "-f", file.to_str().unwrap()]);
+    // `down` through a symbolic link to the file `up` was given stops its tunnels.
+    let link = home.path().join("link.toml");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let (status, out, err) = home.run(&["down", "-f", link.to_str().unwrap()]);
     assert_code(status, 0, &err);
     assert!(
         out.contains("stopped tunnel \"alpha\"") && out.contains("stopped tunnel \"beta\""),
