@@ -367,6 +367,12 @@ fn status_says_whether_streams_go_through_kernel_tls() {
         serde_json::json!({"state": state, "streams": streams})
     );
     assert_eq!(of("off"), serde_json::json!({"state": "off", "streams": 0}));
+    // Times as RFC 3339, as `list` writes them; none scheduled while connected.
+    let link = &v.iter().find(|t| t["name"] == "on").unwrap()["link"];
+    assert_eq!(link["state"], "connected", "{json}");
+    let since = link["since"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(since.len() == 20 && since.ends_with('Z'), "{json}");
+    assert_eq!(link["next_attempt_at"], serde_json::Value::Null, "{json}");
 
     let text = home.ok(&["status"]);
     let line = |name: &str| {

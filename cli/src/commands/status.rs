@@ -25,8 +25,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                         let l = st.link.clone().unwrap_or_default();
                         let t = st.tunnel.clone().unwrap_or_default();
                         v["status"] = json!(t.status);
-                        v["link"] = json!({"state": l.state, "detail": l.detail, "since": l.since,
-                                           "next_attempt_at": l.next_attempt_at, "attempt": l.attempt});
+                        v["link"] = json!({"state": l.state, "detail": l.detail, "since": rfc3339(l.since),
+                                           "next_attempt_at": rfc3339(l.next_attempt_at), "attempt": l.attempt});
                         v["active_connections"] = json!(t.active_connections);
                         v["idle_channels"] = json!(st.idle_channels);
                         v["io_engine"] = json!(t.io_engine);
@@ -136,6 +136,14 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Seconds since the epoch as an RFC 3339 time, as `list` writes `created_at`; null
+/// for 0 (not connected, or no attempt scheduled).
+fn rfc3339(secs: i64) -> Option<String> {
+    let secs = u64::try_from(secs).ok().filter(|s| *s > 0)?;
+    let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    Some(humantime::format_rfc3339_seconds(at).to_string())
 }
 
 /// How a balancing tunnel's streams are spread: `; streams by router: A 12, B 11`
