@@ -274,6 +274,25 @@ impl AllowList {
     ) -> Result<Vec<SocketAddr>, Refusal> {
         let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.applies_to(client)).collect();
         if let Ok(addr) = target.parse::<SocketAddr>() {
+            if addr.ip().is_unspecified() {
+                // Connecting to it reaches this host: never a source by that name.
+                return Err(Refusal::new(
+                    RefusalCode::PolicyDenied,
+                    format!(
+                        "source {target} is not a host's address ({} means any address): \
+                         give the source's own address, e.g. --source {}",
+                        addr.ip(),
+                        SocketAddr::new(
+                            if addr.is_ipv4() {
+                                std::net::Ipv4Addr::LOCALHOST.into()
+                            } else {
+                                std::net::Ipv6Addr::LOCALHOST.into()
+                            },
+                            addr.port()
+                        )
+                    ),
+                ));
+            }
             return if rules.iter().any(|r| r.allows_addr(addr)) {
                 Ok(vec![addr])
             } else {
@@ -391,6 +410,21 @@ mod tests {
             "source 10.0.0.1:22 is not allowed by the router's policy; this router allows no \
              sources yet: start it with `--allow 10.0.0.1:22`"
         );
+    }
+
+    #[test]
+    fn the_any_address_is_no_source_even_where_every_address_is_allowed() {
+        let l = AllowList::parse(&["*:80"]).unwrap();
+        let r = l
+            .check(Some(Caller::key(&key())), "0.0.0.0:80", no_dns)
+            .unwrap_err();
+        assert_eq!(r.code, RefusalCode::PolicyDenied);
+        assert_eq!(
+            r.message,
+            "source 0.0.0.0:80 is not a host's address (0.0.0.0 means any address): give the \
+             source's own address, e.g. --source 127.0.0.1:80"
+        );
+        assert!(l.check(None, "[::]:80", no_dns).is_err());
     }
 
     #[test]
