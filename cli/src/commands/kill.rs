@@ -45,7 +45,7 @@ pub(crate) async fn stop(e: &Entry, force: bool, drain: Option<u32>) -> Result<(
     let mut c = control::connect(&e.control_socket)
         .await
         .map_err(|err| err.to_string())?;
-    let drain = if force { 0 } else { drain.unwrap_or(0) };
+    let drain = if force { None } else { drain };
     c.shutdown(pb::ShutdownRequest {
         force,
         drain_secs: drain,
@@ -56,7 +56,7 @@ pub(crate) async fn stop(e: &Entry, force: bool, drain: Option<u32>) -> Result<(
     let limit = if force {
         Duration::from_secs(10)
     } else {
-        Duration::from_secs(u64::from(drain.max(30)) + 10)
+        Duration::from_secs(u64::from(drain.unwrap_or(0).max(30)) + 10)
     };
     let deadline = Instant::now() + limit;
     while process_alive(e.pid) {
