@@ -72,6 +72,7 @@ impl RegisteredTunnel {
             tunnel_id: id.clone(),
             name: r.name.clone(),
             pid: std::process::id(),
+            started: registry::start_ticks(std::process::id()),
             control_socket: r.home.run().join(format!("{id}.sock")),
             log_file: r.log_file.clone(),
             config: EntryConfig {
