@@ -79,7 +79,7 @@ pub(crate) enum Command {
     /// Stop tunnels, or close one connection.
     Kill(KillArgs),
     /// Traffic of the tunnels on this machine, or (with --router) of a router, read
-    /// through its REST API.
+    /// through its REST API; exits 1 when a tunnel's figures could not be read.
     Stats(StatsArgs),
     /// Health of the tunnels on this machine, or (with --router) of a router and its
     /// sources and clients; exits 1 when something is down.

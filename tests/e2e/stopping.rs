@@ -215,21 +215,7 @@ fn kill_force_kills_a_tunnel_whose_control_socket_does_not_answer() {
     let source = sources::echo();
     let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
     start(&home, raddr, source, "frozen", &[]);
-    let l = wait_list(&home, "the tunnel running", |l| {
-        l.len() == 1 && l[0]["status"] == "running"
-    });
-    let pid = l[0]["pid"].as_u64().unwrap();
-    let id = l[0]["id"].as_str().unwrap().to_owned();
-    cleanup.frozen.push(pid);
-    signal(pid, "STOP");
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
-    }) {
-        assert!(Instant::now() < deadline, "pid {pid} never stopped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (pid, id) = freeze(&home, &mut cleanup, "frozen");
 
     let (status, _, err) = home.run(&["kill", "--tunnel", "frozen"]);
     assert_code(status, 1, &err);
@@ -352,4 +338,81 @@ fn kill_connection_needs_the_tunnel_when_several_have_the_id() {
     assert_code(status, 1, &err);
     assert!(err.contains("tunnel \"two-"), "{err}");
     assert!(err.contains("\" has no connection 1"), "{err}");
+}
+
+/// Freezes (SIGSTOP) the process of the tunnel `list` shows as `name`; its pid and id.
+fn freeze(home: &Home, cleanup: &mut Cleanup<'_>, name: &str) -> (u64, String) {
+    let l = wait_list(home, "the tunnel running", |l| {
+        l.iter()
+            .any(|t| t["name"] == name && t["status"] == "running")
+    });
+    let t = l.iter().find(|t| t["name"] == name).unwrap();
+    let pid = t["pid"].as_u64().unwrap();
+    cleanup.frozen.push(pid);
+    signal(pid, "STOP");
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+    }) {
+        assert!(Instant::now() < deadline, "pid {pid} never stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (pid, t["id"].as_str().unwrap().to_owned())
+}
+
+const NO_ANSWER: &str = "control socket does not answer (the process may be stopped or overloaded)";
+
+/// A tunnel that does not answer is named as such by `status`, `health` and `stats`
+/// (not blamed on its router link), and `stats` fails naming it while still showing
+/// the tunnels that answered.
+#[test]
+fn a_frozen_tunnel_is_named_as_not_answering() {
+    let home = Home::with_keys();
+    let mut cleanup = Cleanup {
+        home: &home,
+        frozen: Vec::new(),
+    };
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    start(&home, raddr, source, "fine", &[]);
+    start(&home, raddr, source, "frozen", &[]);
+    wait_list(&home, "both running", |l| {
+        l.len() == 2 && l.iter().all(|t| t["status"] == "running")
+    });
+    let (pid, id) = freeze(&home, &mut cleanup, "frozen");
+
+    let st = home.ok(&["status"]);
+    assert!(
+        st.contains(&format!(
+            "frozen ({id}, pid {pid}): unreachable: {NO_ANSWER}"
+        )),
+        "{st}"
+    );
+    assert!(st.contains(": running — router "), "{st}");
+
+    let (status, out, err) = home.run(&["health"]);
+    assert_code(status, 1, &err);
+    assert!(
+        out.lines().any(|l| l == format!("frozen: {NO_ANSWER}")),
+        "{out}"
+    );
+    assert!(!out.contains("frozen: router"), "{out}");
+    assert!(
+        out.contains(&format!("fine: router {raddr} link connected")),
+        "{out}"
+    );
+
+    let (status, out, err) = home.run(&["stats"]);
+    assert_code(status, 1, &err);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("TUNNEL"), "{out}");
+    assert!(lines[1].starts_with("fine "), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: could not read the stats of frozen ({id}): {NO_ANSWER}"
+        )),
+        "{err}"
+    );
 }
