@@ -215,7 +215,8 @@ impl RegisteredTunnel {
             .run(async move {
                 let d = ordered.await;
                 control::order_shutdown(&shutdown, d);
-                d
+                // A request may have shortened it meanwhile (never lengthened).
+                shutdown.borrow().map_or(d, |now| now.min(d))
             })
             .await;
         updater.abort();

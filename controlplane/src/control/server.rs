@@ -356,3 +356,20 @@ fn bind_private(socket: &Path) -> Result<UnixListener, Error> {
     }
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_shutdown_order_shortens_a_drain_and_never_lengthens_it() {
+        let (tx, rx) = watch::channel(None);
+        assert!(order_shutdown(&tx, Duration::from_secs(20)));
+        assert_eq!(*rx.borrow(), Some(Duration::from_secs(20)));
+        assert!(!order_shutdown(&tx, Duration::from_secs(30)));
+        assert!(!order_shutdown(&tx, Duration::from_secs(20)));
+        assert_eq!(*rx.borrow(), Some(Duration::from_secs(20)));
+        assert!(order_shutdown(&tx, Duration::ZERO));
+        assert_eq!(*rx.borrow(), Some(Duration::ZERO));
+    }
+}
