@@ -415,4 +415,17 @@ fn a_frozen_tunnel_is_named_as_not_answering() {
         )),
         "{err}"
     );
+
+    let (status, out, err) = home.run(&["stats", "--format", "prometheus"]);
+    assert_code(status, 1, &err);
+    assert!(
+        out.contains("tunnel=\"fine\"") && !out.contains("frozen"),
+        "{out}"
+    );
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: could not read the stats of frozen ({id}): {NO_ANSWER}"
+        )),
+        "{err}"
+    );
 }

@@ -4,7 +4,7 @@
 use anyhow::{Result, anyhow};
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
-use conduit_controlplane::registry::Entry;
+use conduit_controlplane::registry::{Entry, Registry};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
@@ -24,20 +24,21 @@ pub(crate) fn run(home: &Home, a: &StatsArgs) -> Result<()> {
 }
 
 async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
-    let seen = survey(home, false).await;
     if a.format == StatsFormat::Prometheus {
-        let asked = seen.iter().map(|s| metrics_of(&s.entry));
+        let entries = Registry::new(home).entries();
+        let asked = join_all(entries.iter().map(metrics_of)).await;
         let mut texts = Vec::new();
         let mut unread = Vec::new();
-        for (s, m) in seen.iter().zip(join_all(asked).await) {
+        for (e, m) in entries.iter().zip(asked) {
             match m {
                 Ok(text) => texts.push(text),
-                Err(why) => unread.push(format!("{} ({}): {why}", s.entry.name, s.entry.tunnel_id)),
+                Err(why) => unread.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
             }
         }
         output::write(merge_expositions(&texts));
         return unreadable(&unread);
     }
+    let seen = survey(home, false).await;
     let rows: Vec<Value> = seen
         .iter()
         .map(|s| match &s.status {
