@@ -79,7 +79,7 @@ pub(crate) enum Command {
     /// Stop tunnels, or close one connection.
     Kill(KillArgs),
     /// Traffic of the tunnels on this machine, or (with --router) of a router, read
-    /// through its REST API.
+    /// through its REST API; exits 1 when a tunnel's figures could not be read.
     Stats(StatsArgs),
     /// Health of the tunnels on this machine, or (with --router) of a router and its
     /// sources and clients; exits 1 when something is down.
@@ -154,10 +154,12 @@ pub(crate) struct DownArgs {
         default_value = "conduit.toml"
     )]
     pub(crate) file: PathBuf,
-    /// Stop now instead of letting open connections finish.
+    /// Stop now instead of letting open connections finish; a tunnel whose control
+    /// socket does not answer (a stopped or hung process) is killed with SIGKILL.
     #[arg(long)]
     pub(crate) force: bool,
-    /// Seconds open connections get to finish (default: each tunnel's own setting).
+    /// Seconds open connections get to finish (default: each tunnel's own setting);
+    /// 0 closes them at once. The tunnels drain side by side.
     #[arg(long)]
     pub(crate) drain_timeout: Option<u32>,
 }
@@ -226,21 +228,31 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["tunnel", "all", "connection"])))]
+#[command(group(
+    clap::ArgGroup::new("what")
+        .required(true)
+        .multiple(true)
+        .args(["tunnel", "all", "connection"])
+))]
 pub(crate) struct KillArgs {
-    /// The tunnel to stop, by name or id.
-    #[arg(long)]
+    /// The tunnel to stop, by name or id; with --connection, the tunnel whose
+    /// connection to close.
+    #[arg(long, conflicts_with = "all")]
     pub(crate) tunnel: Option<String>,
-    /// Stop every tunnel.
+    /// Stop every tunnel (all at once: they drain side by side).
     #[arg(long)]
     pub(crate) all: bool,
-    /// Close this connection (an id from `conduit list --connections`).
-    #[arg(long)]
+    /// Close this connection (an id from `conduit list --connections`). Ids are per
+    /// tunnel: when several tunnels have it, name one with --tunnel.
+    #[arg(long, conflicts_with = "all")]
     pub(crate) connection: Option<u64>,
-    /// Stop now instead of letting open connections finish.
+    /// Stop now instead of letting open connections finish; also cuts short a drain
+    /// under way. A tunnel whose control socket does not answer (a stopped or hung
+    /// process) is killed with SIGKILL.
     #[arg(long)]
     pub(crate) force: bool,
-    /// Seconds open connections get to finish (default: the tunnel's own setting).
+    /// Seconds open connections get to finish (default: the tunnel's own setting);
+    /// 0 closes them at once.
     #[arg(long)]
     pub(crate) drain_timeout: Option<u32>,
 }

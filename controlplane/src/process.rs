@@ -72,6 +72,7 @@ impl RegisteredTunnel {
             tunnel_id: id.clone(),
             name: r.name.clone(),
             pid: std::process::id(),
+            started: registry::start_ticks(std::process::id()),
             control_socket: r.home.run().join(format!("{id}.sock")),
             log_file: r.log_file.clone(),
             config: EntryConfig {
@@ -156,12 +157,17 @@ impl RegisteredTunnel {
         } = self;
         registry.write(&entry)?;
         let mut stopped = state.shutdown.subscribe();
-        let api_stop = {
-            let mut s = state.shutdown.subscribe();
+        // The control API and the metrics stay served until the tunnel has stopped,
+        // not just until a shutdown is ordered: while it drains, `list` and `status`
+        // still see it, and a second `Shutdown` (kill --force) can cut the drain short.
+        let (exited, _) = watch::channel(false);
+        let until_exit = || {
+            let mut s = exited.subscribe();
             async move {
-                let _ = s.wait_for(Option::is_some).await;
+                let _ = s.wait_for(|done| *done).await;
             }
         };
+        let api_stop = until_exit();
         let api = match control::serve(entry.control_socket.clone(), state.clone(), api_stop).await
         {
             Ok(api) => api,
@@ -171,15 +177,7 @@ impl RegisteredTunnel {
             }
         };
 
-        let metrics_task = metrics.map(|l| {
-            let stop = {
-                let mut s = state.shutdown.subscribe();
-                async move {
-                    let _ = s.wait_for(Option::is_some).await;
-                }
-            };
-            control::serve_metrics(l, state.clone(), stop)
-        });
+        let metrics_task = metrics.map(|l| control::serve_metrics(l, state.clone(), until_exit()));
 
         // Keep the registry's status word in step with the router link.
         let updater = {
@@ -216,12 +214,13 @@ impl RegisteredTunnel {
         let result = tunnel
             .run(async move {
                 let d = ordered.await;
-                shutdown.send_replace(Some(d));
-                d
+                control::order_shutdown(&shutdown, d);
+                // A request may have shortened it meanwhile (never lengthened).
+                shutdown.borrow().map_or(d, |now| now.min(d))
             })
             .await;
         updater.abort();
-        state.shutdown.send_replace(Some(Duration::ZERO));
+        exited.send_replace(true);
         let _ = api.await;
         if let Some(t) = metrics_task {
             let _ = t.await;

@@ -107,6 +107,7 @@ mod tests {
             tunnel_id: format!("{name}-0001"),
             name: name.into(),
             pid: 1,
+            started: None,
             control_socket: "/x.sock".into(),
             log_file: None,
             config: EntryConfig {

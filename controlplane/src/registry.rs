@@ -51,6 +51,11 @@ pub struct Entry {
     pub name: String,
     /// The process.
     pub pid: u32,
+    /// When the process started, in clock ticks after boot (`/proc/PID/stat`), so
+    /// that a pid reused by another program is never taken for the tunnel (absent
+    /// from entries of older versions, and where there is no /proc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
     /// The Unix socket of its gRPC control API.
     pub control_socket: PathBuf,
     /// Its log file (background tunnels).
@@ -65,6 +70,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether `pid` still is the process that registered this entry: `None` when
+    /// that cannot be told (an entry without a start time, no /proc).
+    pub fn is_its_process(&self) -> Option<bool> {
+        let want = self.started?;
+        if !process_alive(self.pid) {
+            return Some(false);
+        }
+        start_ticks(self.pid).map(|now| now == want)
+    }
+
     /// The creation time as Unix seconds (0 if unparsable).
     pub fn created_unix(&self) -> i64 {
         humantime::parse_rfc3339(&self.created_at)
@@ -205,6 +220,15 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`); `None` without /proc or such a process.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// A fresh tunnel id: the name and four random hex digits.
 pub fn new_id(name: &str) -> String {
     format!("{name}-{:04x}", rand::random::<u16>())
@@ -219,6 +243,7 @@ mod tests {
             tunnel_id: id.into(),
             name: "web".into(),
             pid,
+            started: start_ticks(pid),
             control_socket: home.run().join(format!("{id}.sock")),
             log_file: None,
             config: EntryConfig {
@@ -255,6 +280,20 @@ mod tests {
         assert_eq!(reg.find("nope"), None);
         reg.remove(&alive);
         assert!(reg.entries().is_empty());
+    }
+
+    #[test]
+    fn an_entry_knows_its_own_process_and_not_a_reused_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let mut e = entry(&home, "web-0003", std::process::id());
+        assert!(e.started.is_some());
+        assert_eq!(e.is_its_process(), Some(true));
+        // The same pid, started at another time: another program.
+        e.started = e.started.map(|t| t + 1);
+        assert_eq!(e.is_its_process(), Some(false));
+        e.started = None;
+        assert_eq!(e.is_its_process(), None);
     }
 
     #[test]

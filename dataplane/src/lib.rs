@@ -564,13 +564,21 @@ impl DataPlane {
         }
     }
 
-    /// Stops accepting, lets open connections finish for up to `drain`, closes the
-    /// rest and joins the workers. Blocks the calling thread; later calls do nothing.
-    pub fn stop(&self, drain: Duration) {
+    /// Cuts a drain under way (or about to start) short: open connections get at
+    /// most `drain` from now. Each worker keeps the earlier of its deadlines; one that
+    /// was not stopping yet stops now. Does not wait.
+    pub fn cut_drain(&self, drain: Duration) {
         let deadline = Instant::now() + drain;
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::Stop { deadline });
         }
+    }
+
+    /// Stops accepting, lets open connections finish for up to `drain` (or less, if
+    /// [`cut_drain`](Self::cut_drain) says so), closes the rest and joins the workers.
+    /// Blocks the calling thread; later calls do nothing.
+    pub fn stop(&self, drain: Duration) {
+        self.cut_drain(drain);
         for (i, w) in self.workers.iter().enumerate() {
             // The lock only guards taking the handle once; it is never contended.
             let handle = match w.thread.lock() {

@@ -185,12 +185,29 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         c.stop_accepting();
         c.flush_pool(true);
     }
-    let deadline = deadline.unwrap_or_else(Instant::now);
+    let mut deadline = deadline.unwrap_or_else(Instant::now);
     let open = core.conns.len();
     if open > 0 {
         info!(core = core.index, open, "draining open connections");
     }
     while core.conns.len() > 0 && Instant::now() < deadline {
+        // Still obeyed while draining: an earlier deadline (a forced stop after a
+        // graceful one), connection lists and closing one connection.
+        while let Ok(msg) = inbox.try_recv() {
+            match msg {
+                ToWorker::Stop { deadline: d } => deadline = deadline.min(d),
+                ToWorker::Snapshot(reply) => {
+                    let _ = reply.send(core.conns.snapshot());
+                }
+                ToWorker::Usage(reply) => {
+                    let _ = reply.send(core.usage.report(&core.conns));
+                }
+                ToWorker::Kill(id) => {
+                    core.conns.kill(id, "closed by the operator");
+                }
+                _ => {}
+            }
+        }
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if core.conns.len() > 0 {

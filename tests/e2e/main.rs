@@ -31,6 +31,7 @@ mod routers;
 mod service;
 mod soak;
 mod sources;
+mod stopping;
 mod tune;
 mod tunnel;
 mod udp;

@@ -1,12 +1,12 @@
 //! `conduit down -f FILE`: stop exactly the tunnels that file brought up.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::config::{Role, missing};
 use conduit_controlplane::reconcile::started_from;
 use conduit_controlplane::registry::Registry;
 
-use super::kill::stop;
+use super::kill::stop_each;
 use super::{runtime, say};
 use crate::args::DownArgs;
 use crate::exit::Usage;
@@ -26,21 +26,6 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         ));
         return Ok(());
     }
-    runtime(1)?.block_on(async {
-        let mut failures = Vec::new();
-        for e in &targets {
-            match stop(e, a.force, a.drain_timeout).await {
-                Ok(()) => say(format_args!(
-                    "stopped tunnel {:?} ({})",
-                    e.name, e.tunnel_id
-                )),
-                Err(why) => failures.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow!("could not stop {}", failures.join("; ")))
-        }
-    })
+    let registry = Registry::new(home);
+    runtime(1)?.block_on(stop_each(&registry, &targets, a.force, a.drain_timeout))
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use serde_json::{Value, json};
 
-use super::tunnels::survey;
+use super::tunnels::{NO_ANSWER, survey};
 use super::{api_client, runtime, say};
 use crate::args::{HealthArgs, OutputFormat};
 
@@ -101,6 +101,15 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     } else {
         for r in &rows {
             let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+            // The tunnel itself did not answer: nothing is known of its link.
+            if r["link"] == "unreachable" {
+                say(format_args!(
+                    "{}: {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    detail.unwrap_or(NO_ANSWER)
+                ));
+                continue;
+            }
             // Several: a balancing tunnel's routers, all in use.
             let routers: Vec<&str> = r["router"].as_str().unwrap_or("?").split(',').collect();
             say(format_args!(

@@ -6,91 +6,240 @@ use anyhow::{Result, anyhow};
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry, process_alive};
+use futures::future::join_all;
 
 use super::tunnels::chosen;
 use super::{runtime, say};
 use crate::args::KillArgs;
+use crate::exit::Usage;
+
+/// How long `--force` waits for a control socket to answer before it signals the
+/// process instead.
+const FORCE_ASK: Duration = Duration::from_secs(5);
 
 pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
     let registry = Registry::new(home);
     if let Some(id) = a.connection {
-        return runtime(1)?.block_on(kill_connection(&registry, id));
+        return runtime(1)?.block_on(kill_connection(&registry, id, a.tunnel.as_deref()));
     }
     let targets = chosen(&registry, a.all, a.tunnel.as_deref())?;
     if targets.is_empty() {
         say("no tunnels running");
         return Ok(());
     }
-    runtime(1)?.block_on(async {
-        let mut failures = Vec::new();
-        for e in &targets {
-            match stop(e, a.force, a.drain_timeout).await {
-                Ok(()) => say(format_args!(
-                    "stopped tunnel {:?} ({})",
-                    e.name, e.tunnel_id
-                )),
-                Err(why) => failures.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow!("could not stop {}", failures.join("; ")))
-        }
-    })
+    runtime(1)?.block_on(stop_each(&registry, &targets, a.force, a.drain_timeout))
 }
 
-/// Asks one tunnel to stop and waits until its process is gone.
-pub(crate) async fn stop(e: &Entry, force: bool, drain: Option<u32>) -> Result<(), String> {
+/// Stops every tunnel of `targets` at once (they drain side by side) and says which
+/// stopped; the error names each one that did not.
+pub(crate) async fn stop_each(
+    registry: &Registry,
+    targets: &[Entry],
+    force: bool,
+    drain: Option<u32>,
+) -> Result<()> {
+    let results = join_all(targets.iter().map(|e| stop(registry, e, force, drain))).await;
+    let mut failures = Vec::new();
+    for (e, res) in targets.iter().zip(results) {
+        match res {
+            Ok(how) => say(format_args!(
+                "stopped tunnel {:?} ({}){how}",
+                e.name, e.tunnel_id
+            )),
+            Err(why) => failures.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("could not stop {}", failures.join("; ")))
+    }
+}
+
+/// Asks one tunnel to stop and waits until its process is gone. With `force`, a
+/// tunnel that does not answer or does not stop is killed with SIGKILL (when its pid
+/// still is that tunnel's process). `Ok` says how it stopped, if not as asked.
+pub(crate) async fn stop(
+    registry: &Registry,
+    e: &Entry,
+    force: bool,
+    drain: Option<u32>,
+) -> Result<String, String> {
+    let drain = if force { None } else { drain };
+    let asked = if force {
+        tokio::time::timeout(FORCE_ASK, ask(e, force, drain))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {FORCE_ASK:?}")))
+    } else {
+        ask(e, force, drain).await
+    };
+    // The tunnel drains for at most its own deadline; allow for that plus margin.
+    let limit = if force {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(u64::from(drain.unwrap_or(0).max(30)) + 10)
+    };
+    match asked {
+        Ok(()) => match gone_within(e.pid, limit).await {
+            Ok(()) => Ok(String::new()),
+            Err(why) if force => kill_hard(registry, e, &why).await,
+            Err(why) => Err(format!(
+                "{why}; `conduit kill --tunnel {} --force` stops it now",
+                e.tunnel_id
+            )),
+        },
+        // It exited between the registry read and the request.
+        Err(_) if !process_alive(e.pid) => {
+            registry.remove(e);
+            Ok(String::new())
+        }
+        Err(why) if force => kill_hard(registry, e, &why).await,
+        Err(why) => Err(format!(
+            "{why}; the process may be stopped or hung: `conduit kill --tunnel {} --force` \
+             kills it (SIGKILL)",
+            e.tunnel_id
+        )),
+    }
+}
+
+/// Sends `Shutdown` to the tunnel's control API.
+async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<(), String> {
     let mut c = control::connect(&e.control_socket)
         .await
         .map_err(|err| err.to_string())?;
-    let drain = if force { 0 } else { drain.unwrap_or(0) };
     c.shutdown(pb::ShutdownRequest {
         force,
         drain_secs: drain,
     })
     .await
-    .map_err(|s| s.message().to_owned())?;
-    // The tunnel drains for at most its own deadline; allow for that plus margin.
-    let limit = if force {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(u64::from(drain.max(30)) + 10)
-    };
+    .map(drop)
+    .map_err(|s| {
+        format!(
+            "its control socket {} does not answer: {}",
+            e.control_socket.display(),
+            s.message()
+        )
+    })
+}
+
+/// Waits until `pid` has exited, for at most `limit`.
+async fn gone_within(pid: u32, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
-    while process_alive(e.pid) {
+    while process_alive(pid) {
         if Instant::now() > deadline {
-            return Err(format!(
-                "pid {} still running after {limit:?}; use --force",
-                e.pid
-            ));
+            return Err(format!("pid {pid} still running after {limit:?}"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }
 
-async fn kill_connection(registry: &Registry, id: u64) -> Result<()> {
-    let mut hits = Vec::new();
-    for e in registry.entries() {
-        if let Ok(mut c) = control::connect(&e.control_socket).await
-            && let Ok(r) = c.kill_connection(pb::KillConnectionRequest { id }).await
-            && r.into_inner().found
-        {
-            hits.push(e.name.clone());
+/// `--force` for a tunnel that could not be stopped through its control API
+/// (`why`): SIGKILL to its process, once it is sure the pid still is that process.
+async fn kill_hard(registry: &Registry, e: &Entry, why: &str) -> Result<String, String> {
+    match e.is_its_process() {
+        Some(true) => {}
+        Some(false) => {
+            registry.remove(e);
+            return Ok(format!(
+                ": its process had exited (pid {} is not it any more); removed its registry entry",
+                e.pid
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{why}; cannot tell whether pid {} still is this tunnel (its registry entry \
+                 predates start times), so it was not signalled: check it with `ps -p {}` \
+                 and stop it with `kill -KILL {}`",
+                e.pid, e.pid, e.pid
+            ));
         }
     }
-    match hits.as_slice() {
-        [] => Err(anyhow!(
-            "no running tunnel has connection {id} (`conduit list --connections` shows them)"
-        )),
-        names => {
-            say(format_args!(
-                "closed connection {id} of tunnel {}",
-                names.join(", ")
-            ));
+    sigkill(e.pid).map_err(|err| format!("{why}; SIGKILL to pid {} failed: {err}", e.pid))?;
+    gone_within(e.pid, Duration::from_secs(10))
+        .await
+        .map_err(|err| format!("{why}; sent SIGKILL, but {err}"))?;
+    registry.remove(e);
+    Ok(format!(
+        ": {why}; killed pid {} (SIGKILL) and removed its registry entry",
+        e.pid
+    ))
+}
+
+#[cfg(unix)]
+fn sigkill(pid: u32) -> Result<(), String> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let raw = i32::try_from(pid).map_err(|_| format!("pid {pid} is out of range"))?;
+    kill(Pid::from_raw(raw), Signal::SIGKILL).map_err(|e| e.to_string())
+}
+
+#[cfg(not(unix))]
+fn sigkill(_: u32) -> Result<(), String> {
+    Err("signals need a Unix host".into())
+}
+
+/// Closes connection `id` of the one tunnel that has it (`tunnel`, if named).
+/// Connection ids are per tunnel process: when several have `id`, none is closed.
+async fn kill_connection(registry: &Registry, id: u64, tunnel: Option<&str>) -> Result<()> {
+    let candidates = match tunnel {
+        Some(t) => chosen(registry, false, Some(t))?,
+        None => registry.entries(),
+    };
+    let has = join_all(candidates.iter().map(|e| has_connection(e, id))).await;
+    let holders: Vec<&Entry> = candidates
+        .iter()
+        .zip(has)
+        .filter_map(|(e, has)| has.then_some(e))
+        .collect();
+    match holders.as_slice() {
+        [] => Err(match tunnel {
+            Some(t) => anyhow!(
+                "tunnel {t:?} has no connection {id} (`conduit list --connections` shows them)"
+            ),
+            None => anyhow!(
+                "no running tunnel has connection {id} (`conduit list --connections` shows them)"
+            ),
+        }),
+        [e] => {
+            let mut c = control::connect(&e.control_socket).await?;
+            let found = c
+                .kill_connection(pb::KillConnectionRequest { id })
+                .await
+                .map_err(|s| anyhow!("tunnel {:?} did not close it: {}", e.name, s.message()))?
+                .into_inner()
+                .found;
+            if !found {
+                return Err(anyhow!(
+                    "connection {id} of tunnel {:?} ended before it could be closed",
+                    e.name
+                ));
+            }
+            say(format_args!("closed connection {id} of tunnel {}", e.name));
             Ok(())
         }
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|e| format!("{} ({})", e.name, e.tunnel_id))
+                .collect();
+            Err(Usage(format!(
+                "connection ids are per tunnel, and {} tunnels have connection {id}: {}; \
+                 name one with `--tunnel NAME|ID`",
+                many.len(),
+                names.join(", ")
+            ))
+            .into())
+        }
     }
+}
+
+/// Whether the tunnel has connection `id` open (a tunnel that does not answer has not).
+async fn has_connection(e: &Entry, id: u64) -> bool {
+    let Ok(mut c) = control::connect(&e.control_socket).await else {
+        return false;
+    };
+    c.list_connections(pb::ListConnectionsRequest {})
+        .await
+        .is_ok_and(|r| r.into_inner().connections.iter().any(|c| c.id == id))
 }

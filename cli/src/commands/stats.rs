@@ -1,13 +1,15 @@
 //! `conduit stats`: traffic of the tunnels on this machine (through each one's control
 //! API), or, with `--router`, of a router's clients (through its REST API).
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
+use conduit_controlplane::registry::{Entry, Registry};
+use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::config::plural;
-use super::tunnels::{bytes, survey};
+use super::tunnels::{ANSWER_WITHIN, NO_ANSWER, bytes, survey};
 use super::{api_client, runtime, say};
 use crate::args::{StatsArgs, StatsFormat};
 use crate::exit::Usage;
@@ -22,19 +24,21 @@ pub(crate) fn run(home: &Home, a: &StatsArgs) -> Result<()> {
 }
 
 async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
-    let seen = survey(home, false).await;
     if a.format == StatsFormat::Prometheus {
+        let entries = Registry::new(home).entries();
+        let asked = join_all(entries.iter().map(metrics_of)).await;
         let mut texts = Vec::new();
-        for s in &seen {
-            if let Ok(mut c) = control::connect(&s.entry.control_socket).await
-                && let Ok(m) = c.get_metrics(pb::MetricsRequest {}).await
-            {
-                texts.push(m.into_inner().prometheus);
+        let mut unread = Vec::new();
+        for (e, m) in entries.iter().zip(asked) {
+            match m {
+                Ok(text) => texts.push(text),
+                Err(why) => unread.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
             }
         }
         output::write(merge_expositions(&texts));
-        return Ok(());
+        return unreadable(&unread);
     }
+    let seen = survey(home, false).await;
     let rows: Vec<Value> = seen
         .iter()
         .map(|s| match &s.status {
@@ -48,16 +52,53 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
             Err(e) => json!({"id": s.entry.tunnel_id, "name": s.entry.name, "error": e}),
         })
         .collect();
+    let unread: Vec<String> = seen
+        .iter()
+        .filter_map(|s| {
+            let why = s.status.as_ref().err()?;
+            Some(format!("{} ({}): {why}", s.entry.name, s.entry.tunnel_id))
+        })
+        .collect();
     if a.format == StatsFormat::Json {
         say(serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return unreadable(&unread);
     }
     if rows.is_empty() {
         say("no tunnels running");
         return Ok(());
     }
-    table("TUNNEL", &rows);
-    Ok(())
+    let read: Vec<Value> = rows
+        .into_iter()
+        .filter(|r| r.get("error").is_none())
+        .collect();
+    if !read.is_empty() {
+        table("TUNNEL", &read);
+    }
+    unreadable(&unread)
+}
+
+/// One tunnel's metrics in the Prometheus text format.
+async fn metrics_of(e: &Entry) -> Result<String, String> {
+    let mut c = control::connect(&e.control_socket)
+        .await
+        .map_err(|err| err.to_string())?;
+    match tokio::time::timeout(ANSWER_WITHIN, c.get_metrics(pb::MetricsRequest {})).await {
+        Ok(Ok(m)) => Ok(m.into_inner().prometheus),
+        Ok(Err(s)) => Err(format!("{NO_ANSWER}: {}", s.message())),
+        Err(_) => Err(NO_ANSWER.to_owned()),
+    }
+}
+
+/// The tunnels whose figures could not be read fail the command, each named.
+fn unreadable(unread: &[String]) -> Result<()> {
+    if unread.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "could not read the stats of {}; `conduit kill --tunnel ID --force` stops a tunnel \
+         that stays stuck",
+        unread.join("; ")
+    ))
 }
 
 async fn router(a: &StatsArgs) -> Result<()> {
@@ -203,10 +244,6 @@ fn table(what: &str, rows: &[Value]) {
         let n = |v: &Value| v.as_u64().unwrap_or(0);
         let name = r["name"].as_str().filter(|s| !s.is_empty());
         let name = name.or(r["id"].as_str()).unwrap_or("?").to_owned();
-        if let Some(e) = r["error"].as_str() {
-            lines.push(vec![name, format!("unreachable: {e}")]);
-            continue;
-        }
         lines.push(vec![
             name,
             bytes(n(&r["bytes"]["in"])),

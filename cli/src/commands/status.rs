@@ -61,7 +61,7 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         let head = format!("{} ({}, pid {})", e.name, e.tunnel_id, e.pid);
         let Ok(st) = &s.status else {
             say(format_args!(
-                "{head}: unreachable: its control socket does not answer ({})",
+                "{head}: unreachable: {}",
                 s.status.as_ref().err().map_or("", String::as_str)
             ));
             continue;

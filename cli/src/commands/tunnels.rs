@@ -1,9 +1,12 @@
 //! What `list`, `status`, `kill` and `keys rotate` share: the registry's tunnels and
 //! their answers.
 
+use std::time::Duration;
+
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry, process_alive};
+use futures::future::join_all;
 
 /// The tunnels a command names: every running one (`all`), or the one named or
 /// with id `tunnel`.
@@ -31,44 +34,68 @@ pub(crate) struct Seen {
     pub(crate) connections: Vec<pb::Connection>,
 }
 
-/// Asks every live tunnel for its status (and connections, if asked).
+/// What commands say of a live tunnel whose control API does not answer.
+pub(crate) const NO_ANSWER: &str =
+    "control socket does not answer (the process may be stopped or overloaded)";
+
+/// How long one tunnel gets to answer a survey; all are asked at once, so this
+/// bounds the whole survey. Shorter than the control client's own request timeout,
+/// so a silent tunnel is always reported in the same words.
+pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Asks every live tunnel for its status (and connections, if asked), all at once.
 pub(crate) async fn survey(home: &Home, with_connections: bool) -> Vec<Seen> {
     let registry = Registry::new(home);
-    let mut out = Vec::new();
-    for entry in registry.entries() {
-        let (status, connections) = match control::connect(&entry.control_socket).await {
-            Ok(mut c) => {
-                let status = c
-                    .get_status(pb::StatusRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|e| e.message().to_owned());
-                let conns = if with_connections {
-                    c.list_connections(pb::ListConnectionsRequest {})
-                        .await
-                        .map(|r| r.into_inner().connections)
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
-                (status, conns)
+    let asked = registry
+        .entries()
+        .into_iter()
+        .map(|entry| look(&registry, entry, with_connections));
+    join_all(asked).await.into_iter().flatten().collect()
+}
+
+/// One tunnel's answer; `None` when its process turned out to be gone.
+async fn look(registry: &Registry, entry: Entry, with_connections: bool) -> Option<Seen> {
+    let mut c = match control::connect(&entry.control_socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            if !process_alive(entry.pid) {
+                // It died between the registry read and now.
+                registry.remove(&entry);
+                return None;
             }
-            Err(e) => {
-                if !process_alive(entry.pid) {
-                    // It died between the registry read and now.
-                    registry.remove(&entry);
-                    continue;
-                }
-                (Err(e.to_string()), Vec::new())
-            }
+            return Some(Seen {
+                entry,
+                status: Err(e.to_string()),
+                connections: Vec::new(),
+            });
+        }
+    };
+    let asked = async {
+        let status = c
+            .get_status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| format!("{NO_ANSWER}: {}", e.message()))?;
+        let connections = if with_connections {
+            c.list_connections(pb::ListConnectionsRequest {})
+                .await
+                .map(|r| r.into_inner().connections)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
         };
-        out.push(Seen {
-            entry,
-            status,
-            connections,
-        });
-    }
-    out
+        Ok((status, connections))
+    };
+    let (status, connections) = match tokio::time::timeout(ANSWER_WITHIN, asked).await {
+        Ok(Ok((status, connections))) => (Ok(status), connections),
+        Ok(Err(why)) => (Err(why), Vec::new()),
+        Err(_) => (Err(NO_ANSWER.to_owned()), Vec::new()),
+    };
+    Some(Seen {
+        entry,
+        status,
+        connections,
+    })
 }
 
 /// Bytes as people read them.

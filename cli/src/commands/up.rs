@@ -15,6 +15,7 @@ use conduit_controlplane::process::{Registration, ensure_name_free};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, Registry};
 use conduit_controlplane::{Home, keys};
+use futures::future::join_all;
 
 use super::config::{fail, print_problems, unreadable};
 use super::kill::stop;
@@ -142,7 +143,8 @@ fn child_args(
 }
 
 fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
-    let entries = Registry::new(home).entries();
+    let registry = Registry::new(home);
+    let entries = registry.entries();
     let actions = reconcile(plan, &entries);
     let file = plan.file.display();
     let mut failures = Vec::new();
@@ -161,13 +163,11 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     }
     let stop_all = |list: &[Entry]| -> Vec<(String, Result<(), String>)> {
         match runtime(1) {
-            Ok(rt) => rt.block_on(async {
-                let mut out = Vec::new();
-                for e in list {
-                    out.push((e.name.clone(), stop(e, false, None).await));
-                }
-                out
-            }),
+            // All at once: each drains while the others do.
+            Ok(rt) => rt.block_on(join_all(list.iter().map(|e| async {
+                let stopped = stop(&registry, e, false, None).await.map(drop);
+                (e.name.clone(), stopped)
+            }))),
             Err(e) => list
                 .iter()
                 .map(|x| (x.name.clone(), Err(e.to_string())))

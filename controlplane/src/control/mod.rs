@@ -12,4 +12,5 @@ pub mod pb {
 }
 
 pub use client::{Control, connect};
+pub(crate) use server::order_shutdown;
 pub use server::{ControlState, TunnelFacts, serve, serve_metrics};

@@ -107,6 +107,18 @@ impl ControlState {
     }
 }
 
+/// Orders a shutdown with `drain` as its deadline, or shortens the one ordered
+/// already; a later order never lengthens a drain. Whether the deadline changed.
+pub(crate) fn order_shutdown(shutdown: &watch::Sender<Option<Duration>>, drain: Duration) -> bool {
+    shutdown.send_if_modified(|ordered| match ordered {
+        Some(d) if *d <= drain => false,
+        _ => {
+            *ordered = Some(drain);
+            true
+        }
+    })
+}
+
 /// The registry status word for a link state.
 pub(crate) fn status_word(l: &LinkStatus) -> &'static str {
     match l {
@@ -214,15 +226,18 @@ impl TunnelControl for ControlState {
         req: Request<pb::ShutdownRequest>,
     ) -> Result<Response<pb::ShutdownResponse>, Status> {
         let r = req.into_inner();
-        let drain = if r.force {
-            Duration::ZERO
-        } else if r.drain_secs > 0 {
-            Duration::from_secs(r.drain_secs.into())
-        } else {
-            self.default_drain
+        let drain = match (r.force, r.drain_secs) {
+            (true, _) => Duration::ZERO,
+            (false, Some(secs)) => Duration::from_secs(secs.into()),
+            (false, None) => self.default_drain,
         };
         let open = self.dp.totals().active.min(i32::MAX as u64) as i32;
-        self.shutdown.send_replace(Some(drain));
+        let draining = self.shutdown.borrow().is_some();
+        if order_shutdown(&self.shutdown, drain) && draining {
+            // The tunnel is draining already (the API answers until the process
+            // exits): this request shortens the drain under way.
+            self.dp.cut_drain(drain);
+        }
         Ok(Response::new(pb::ShutdownResponse {
             open_connections: open,
         }))
@@ -348,4 +363,21 @@ fn bind_private(socket: &Path) -> Result<UnixListener, Error> {
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     }
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_shutdown_order_shortens_a_drain_and_never_lengthens_it() {
+        let (tx, rx) = watch::channel(None);
+        assert!(order_shutdown(&tx, Duration::from_secs(20)));
+        assert_eq!(*rx.borrow(), Some(Duration::from_secs(20)));
+        assert!(!order_shutdown(&tx, Duration::from_secs(30)));
+        assert!(!order_shutdown(&tx, Duration::from_secs(20)));
+        assert_eq!(*rx.borrow(), Some(Duration::from_secs(20)));
+        assert!(order_shutdown(&tx, Duration::ZERO));
+        assert_eq!(*rx.borrow(), Some(Duration::ZERO));
+    }
 }
