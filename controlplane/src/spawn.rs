@@ -1,11 +1,13 @@
 //! Launching a tunnel as a background process (`conduit start` without
 //! `--foreground`) and waiting until it is up.
 //!
-//! The parent starts `conduit start --foreground --detached …` in its own process
-//! group, with stderr going to `$CONDUIT_HOME/logs/NAME.log` and stdout to a pipe on
-//! which the child announces "listening", then "connected" or "retrying". The parent
-//! returns as soon as one of those arrives; if the child exits first, the parent
-//! reports the child's error and exit code, and nothing is left behind.
+//! The parent claims the tunnel's name ([`NameClaim`]) before anything else, then
+//! starts `conduit start --foreground --detached …` in its own process group, handing
+//! it the claim, with stderr going to `$CONDUIT_HOME/logs/NAME.log` (or `--log-file`)
+//! and stdout to a pipe on which the child announces "listening", then "connected" or
+//! "retrying". The parent returns as soon as one of those arrives; if the child exits
+//! first, the parent reports the child's error and exit code, and nothing is left
+//! behind.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -16,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use conduit_proto::Secret;
 
+use crate::process::{INHERITED_CLAIM, NameClaim};
 use crate::{Error, Home};
 
 /// What to launch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Launch {
     /// The `conduit` binary.
     pub exe: PathBuf,
@@ -35,6 +38,8 @@ pub struct Launch {
     /// its owner only), never on its command line, which every local user can read
     /// in `ps` for as long as the tunnel runs.
     pub token: Option<Secret>,
+    /// The claim on the name, handed to the child, which holds it while it runs.
+    pub claim: NameClaim,
 }
 
 /// How the launched tunnel stands.
@@ -72,9 +77,11 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         path: log_file.clone(),
         source,
     })?;
+    l.claim.make_inheritable()?;
     let mut cmd = Command::new(&l.exe);
     cmd.args(&l.args)
         .env("CONDUIT_HOME", l.home.root())
+        .env(INHERITED_CLAIM, &l.name)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -93,6 +100,8 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         source,
     })?;
     let pid = child.id();
+    // Only what a second claimant is told: a failure here changes nothing else.
+    let _ = l.claim.set_holder(pid);
     let (tx, rx) = mpsc::channel();
     if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {

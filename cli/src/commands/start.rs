@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::config::{OptimizeFor, PerformanceConfig};
-use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
+use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_dataplane::Engine;
@@ -35,9 +35,10 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         Some(m) => Some(listen_addr("--metrics-bind", m)?),
         None => None,
     };
-    ensure_name_free(home, &name)?;
+    // Held until this function returns: for a background start, by the child.
+    let claim = claim_name(home, &name)?;
     if !a.foreground {
-        return background(home, &name, a.token.clone());
+        return background(home, &name, a.token.clone(), claim);
     }
     let performance = PerformanceConfig {
         optimize_for: a.optimize_for.into(),
@@ -169,14 +170,14 @@ fn ignore_hangups() {
 }
 
 /// Relaunches this command as a detached `--foreground --detached` process.
-fn background(home: &Home, name: &str, token: Option<Secret>) -> Result<()> {
+fn background(home: &Home, name: &str, token: Option<Secret>, claim: NameClaim) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
     // The token travels in the child's environment, not on its command line.
     let mut args = without_flag(std::env::args_os().skip(1), "--token");
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
-    let l = launch_detached(home, name, args, token)?;
+    let l = launch_detached(home, name, args, token, claim)?;
     report_started("started", name, &l);
     Ok(())
 }
@@ -188,6 +189,7 @@ pub(crate) fn launch_detached(
     name: &str,
     args: Vec<OsString>,
     token: Option<Secret>,
+    claim: NameClaim,
 ) -> Result<Launched> {
     Ok(launch(Launch {
         exe: std::env::current_exe()?,
@@ -196,6 +198,7 @@ pub(crate) fn launch_detached(
         name: name.to_owned(),
         timeout: Duration::from_secs(30),
         token,
+        claim,
     })?)
 }
 

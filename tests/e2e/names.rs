@@ -1,0 +1,80 @@
+//! Launching background tunnels: one tunnel per name, the log files they leave, the
+//! names `start` accepts, and the home directory they are registered in.
+
+use std::process::Stdio;
+
+use crate::harness::{Engine, Home, assert_code};
+use crate::manage::{Cleanup, list_json, run_args, start_args};
+use crate::sources;
+
+fn log_of(home: &Home, file: &str) -> Vec<u8> {
+    std::fs::read(home.path().join("logs").join(file))
+        .unwrap_or_else(|e| panic!("logs/{file}: {e}"))
+}
+
+#[test]
+fn two_starts_of_one_name_at_once_leave_one_tunnel() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "race");
+    let spawn = || {
+        home.cmd()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let mut outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    outs.sort_by_key(|o| o.status.code());
+    let [won, lost] = outs;
+    let err = String::from_utf8_lossy(&won.stderr);
+    assert_code(won.status, 0, &err);
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert_code(lost.status, 64, &err);
+    assert!(lost.stdout.is_empty());
+    assert!(
+        err.starts_with("conduit: error: a tunnel named \"race\" is already running (")
+            && err.ends_with(
+                "): stop it with `conduit kill --tunnel race` or choose another --name\n"
+            ),
+        "{err}"
+    );
+
+    let l = list_json(&home);
+    assert_eq!(l.len(), 1, "{l:#?}");
+    assert_eq!(l[0]["name"], "race");
+    // The winner's log is the only one, and the loser wrote nothing into it.
+    let log = String::from_utf8_lossy(&log_of(&home, "race.log")).into_owned();
+    assert!(!log.contains("already running"), "{log}");
+    assert!(!home.path().join("logs/race.log.1").exists());
+}
+
+#[test]
+fn a_second_start_while_one_runs_leaves_the_running_tunnels_log_alone() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "keep");
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    let before = log_of(&home, "keep.log");
+
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert!(out.is_empty(), "{out}");
+    let pid = list_json(&home)[0]["pid"].as_u64().unwrap();
+    assert!(
+        err.starts_with("conduit: error: a tunnel named \"keep\" is already running (id keep-"),
+        "{err}"
+    );
+    assert!(err.contains(&format!(", pid {pid}): stop it")), "{err}");
+    assert_eq!(log_of(&home, "keep.log"), before);
+    assert!(!home.path().join("logs/keep.log.1").exists());
+    assert_eq!(home.ok(&["logs", "keep"]).into_bytes(), before);
+}
