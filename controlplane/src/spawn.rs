@@ -7,11 +7,11 @@
 //! and stdout to a pipe on which the child announces "listening", then "connected" or
 //! "retrying". The parent returns as soon as one of those arrives; if the child exits
 //! first, the parent reports the child's error and exit code, and nothing is left
-//! behind.
+//! behind. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -72,11 +72,18 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
     let logs = l.home.logs();
     Home::ensure_private_dir(&logs)?;
     let log_file = logs.join(format!("{}.log", l.name));
-    let log = std::fs::File::create(&log_file).map_err(|source| Error::File {
-        what: "cannot create log file",
-        path: log_file.clone(),
-        source,
-    })?;
+    // The claim on the name means no tunnel writes this log now: the previous run's
+    // log is kept, as NAME.log.1, for its last words.
+    let previous = keep_previous(&log_file)?;
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_file)
+        .map_err(|source| Error::File {
+            what: "cannot create log file",
+            path: log_file.clone(),
+            source,
+        })?;
     l.claim.make_inheritable()?;
     let mut cmd = Command::new(&l.exe);
     cmd.args(&l.args)
@@ -134,7 +141,12 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 let status = child.wait().ok();
                 let code = status.and_then(|s| s.code()).unwrap_or(1);
                 let message = last_error(&log_file);
+                // Nothing of a tunnel that never came up stays behind: the previous
+                // run's log is NAME.log again.
                 let _ = std::fs::remove_file(&log_file);
+                if let Some(previous) = previous {
+                    let _ = std::fs::rename(previous, &log_file);
+                }
                 return Err(Error::Launch { code, message });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -148,6 +160,23 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 return Err(Error::Launch { code: 69, message });
             }
         }
+    }
+}
+
+/// Moves `log` to `log.1` (replacing an older one), if there is a `log`; returns
+/// where it went.
+fn keep_previous(log: &Path) -> Result<Option<PathBuf>, Error> {
+    let mut kept = log.as_os_str().to_owned();
+    kept.push(".1");
+    let kept = PathBuf::from(kept);
+    match std::fs::rename(log, &kept) {
+        Ok(()) => Ok(Some(kept)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::File {
+            what: "cannot keep the previous log (check the permissions of the logs directory)",
+            path: log.to_owned(),
+            source,
+        }),
     }
 }
 

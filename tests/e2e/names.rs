@@ -78,3 +78,36 @@ fn a_second_start_while_one_runs_leaves_the_running_tunnels_log_alone() {
     assert!(!home.path().join("logs/keep.log.1").exists());
     assert_eq!(home.ok(&["logs", "keep"]).into_bytes(), before);
 }
+
+#[test]
+fn a_restart_keeps_the_previous_runs_log_and_logs_shows_the_current_run() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "again");
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    home.ok(&["kill", "--tunnel", "again"]);
+    let first = log_of(&home, "again.log");
+    assert!(!first.is_empty());
+
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    assert_eq!(log_of(&home, "again.log.1"), first);
+    let current = log_of(&home, "again.log");
+    assert_eq!(home.ok(&["logs", "again"]).into_bytes(), current);
+    assert!(!current.starts_with(&first));
+
+    // A start that fails leaves the last run's log where it was.
+    home.ok(&["kill", "--tunnel", "again"]);
+    let second = log_of(&home, "again.log");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = args;
+    let bind_at = args.iter().position(|a| a == "--bind").unwrap() + 1;
+    args[bind_at] = taken.local_addr().unwrap().to_string();
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 69, &err);
+    assert_eq!(log_of(&home, "again.log"), second);
+    assert_eq!(home.ok(&["logs", "again"]).into_bytes(), second);
+}
