@@ -111,3 +111,30 @@ fn a_restart_keeps_the_previous_runs_log_and_logs_shows_the_current_run() {
     assert_eq!(log_of(&home, "again.log"), second);
     assert_eq!(home.ok(&["logs", "again"]).into_bytes(), second);
 }
+
+#[test]
+fn start_refuses_a_name_that_is_not_a_plain_file_name() {
+    let home = Home::with_keys();
+    let long = "x".repeat(65);
+    for bad in ["", "has space", "a/b", "../../trav", ".hidden", &long] {
+        let mut args = start_args(&home, "127.0.0.1:1", "127.0.0.1:1", bad);
+        let (status, out, err) = run_args(&home, &args);
+        assert_code(status, 64, &err);
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err,
+            format!(
+                "conduit: error: --name {bad:?} is not a valid name; use 1-64 letters, digits, \
+                 '-', '_' or '.' (not starting with '.')\n"
+            )
+        );
+        args.push("--foreground".into());
+        let (status, _, err) = run_args(&home, &args);
+        assert_code(status, 64, &err);
+    }
+    // Nothing was started or written, inside the home or beside it.
+    assert!(list_json(&home).is_empty());
+    assert!(!home.path().join("logs").exists());
+    assert!(!home.path().join("run").exists());
+    assert!(!home.path().parent().unwrap().join("trav.log").exists());
+}

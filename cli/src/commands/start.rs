@@ -18,9 +18,15 @@ use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
+use crate::exit::Usage;
 use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
+    // The name names files (logs/NAME.log, run/NAME.lock): the rule `config validate`
+    // applies to a file's tunnels.
+    if let Some(n) = &a.name {
+        conduit_controlplane::config::tunnel_name(n).map_err(|e| Usage(format!("--name {e}")))?;
+    }
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
