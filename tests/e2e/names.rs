@@ -138,3 +138,69 @@ fn start_refuses_a_name_that_is_not_a_plain_file_name() {
     assert!(!home.path().join("run").exists());
     assert!(!home.path().parent().unwrap().join("trav.log").exists());
 }
+
+#[test]
+fn a_tunnel_started_under_a_relative_home_is_managed_from_anywhere() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "relh");
+    let out = home
+        .cmd()
+        .args(&args)
+        .env("CONDUIT_HOME", home.path().file_name().unwrap())
+        .current_dir(home.path().parent().unwrap())
+        .output()
+        .unwrap();
+    assert_code(out.status, 0, &String::from_utf8_lossy(&out.stderr));
+    let log = home.path().join("logs/relh.log");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with(&format!("log: {}\n", log.display())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // `home.run` works in the test's own directory, with the absolute home.
+    let l = list_json(&home);
+    assert_eq!(l.len(), 1, "{l:#?}");
+    let entry: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            home.path()
+                .join("tunnels")
+                .join(format!("{}.json", l[0]["id"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let socket = home
+        .path()
+        .join(format!("run/{}.sock", l[0]["id"].as_str().unwrap()));
+    assert_eq!(entry["control_socket"], socket.to_str().unwrap());
+    assert_eq!(entry["log_file"], log.to_str().unwrap());
+    assert_eq!(
+        home.ok(&["logs", "relh"]).into_bytes(),
+        std::fs::read(&log).unwrap()
+    );
+    let out = home.ok(&["kill", "--tunnel", "relh"]);
+    assert!(out.starts_with("stopped tunnel \"relh\""), "{out}");
+    assert!(list_json(&home).is_empty());
+}
+
+#[test]
+fn an_empty_conduit_home_is_an_error() {
+    let home = Home::empty();
+    let out = home
+        .cmd()
+        .args(["list"])
+        .env("CONDUIT_HOME", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_code(out.status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: CONDUIT_HOME is set but empty: unset it (for ~/.conduit) or give a \
+         directory\n"
+    );
+}
