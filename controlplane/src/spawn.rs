@@ -32,6 +32,8 @@ pub struct Launch {
     pub home: Home,
     /// The tunnel's name (names the log file).
     pub name: String,
+    /// Where its log goes if not `logs/NAME.log` (`--log-file`, absolute).
+    pub log_file: Option<PathBuf>,
     /// How long to wait for the tunnel to come up.
     pub timeout: Duration,
     /// A token for the child: passed in its environment (`CONDUIT_TOKEN`, readable by
@@ -69,20 +71,29 @@ pub struct Launched {
 /// Starts the tunnel process and waits until it listens and has either connected
 /// or started retrying.
 pub fn launch(l: Launch) -> Result<Launched, Error> {
-    let logs = l.home.logs();
-    Home::ensure_private_dir(&logs)?;
-    let log_file = logs.join(format!("{}.log", l.name));
-    // The claim on the name means no tunnel writes this log now: the previous run's
-    // log is kept, as NAME.log.1, for its last words.
-    let previous = keep_previous(&log_file)?;
+    let (log_file, previous) = match &l.log_file {
+        // The user's file is only ever appended to; its own rotation is the user's.
+        Some(file) => (file.clone(), None),
+        None => {
+            let logs = l.home.logs();
+            Home::ensure_private_dir(&logs)?;
+            let file = logs.join(format!("{}.log", l.name));
+            // The claim on the name means no tunnel writes this log now: the previous
+            // run's log is kept, as NAME.log.1, for its last words.
+            let previous = keep_previous(&file)?;
+            (file, previous)
+        }
+    };
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(&log_file)
-        .map_err(|source| Error::File {
-            what: "cannot create log file",
-            path: log_file.clone(),
-            source,
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot open the log file {}: {e}; give --log-file a file in an existing \
+                 directory this user may write to",
+                log_file.display()
+            ))
         })?;
     l.claim.make_inheritable()?;
     let mut cmd = Command::new(&l.exe);
@@ -143,7 +154,9 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 let message = last_error(&log_file);
                 // Nothing of a tunnel that never came up stays behind: the previous
                 // run's log is NAME.log again.
-                let _ = std::fs::remove_file(&log_file);
+                if l.log_file.is_none() {
+                    let _ = std::fs::remove_file(&log_file);
+                }
                 if let Some(previous) = previous {
                     let _ = std::fs::rename(previous, &log_file);
                 }

@@ -204,3 +204,60 @@ fn an_empty_conduit_home_is_an_error() {
          directory\n"
     );
 }
+
+#[test]
+fn a_background_tunnel_with_log_file_logs_there_and_says_so() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = start_args(&home, &raddr.to_string(), &source.to_string(), "lf");
+    // Relative: the tunnel's log is where the command's directory says.
+    args.extend(["--log-file".into(), "lf.log".into()]);
+    let out = home
+        .cmd()
+        .args(&args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_code(out.status, 0, &String::from_utf8_lossy(&out.stderr));
+    let log = dir.path().join("lf.log");
+    assert!(
+        stdout.ends_with(&format!("log: {}\n", log.display())),
+        "{stdout}"
+    );
+    let l = list_json(&home);
+    let entry: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            home.path()
+                .join("tunnels")
+                .join(format!("{}.json", l[0]["id"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(entry["log_file"], log.to_str().unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("connected to router"), "{text}");
+    assert_eq!(home.ok(&["logs", "lf"]), text);
+    assert!(!home.path().join("logs/lf.log").exists());
+
+    // A log file that cannot be written stops `start` before it launches anything.
+    std::fs::write(dir.path().join("afile"), b"").unwrap();
+    let bad = dir.path().join("afile/x.log");
+    let mut args = start_args(&home, &raddr.to_string(), &source.to_string(), "lf2");
+    args.extend(["--log-file".into(), bad.to_string_lossy().into_owned()]);
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: cannot write the log file {}: ",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(list_json(&home).len(), 1);
+}

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -44,7 +44,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     // Held until this function returns: for a background start, by the child.
     let claim = claim_name(home, &name)?;
     if !a.foreground {
-        return background(home, &name, a.token.clone(), claim);
+        return background(home, &name, a.token.clone(), claim, log);
     }
     let performance = PerformanceConfig {
         optimize_for: a.optimize_for.into(),
@@ -93,7 +93,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         source,
         file: None,
         digest: String::new(),
-        log_file: a.detached.then(|| home.logs().join(format!("{name}.log"))),
+        log_file: a.detached.then(|| background_log(home, &name, log)),
         drain: secs(a.drain_timeout),
         metrics_bind,
     };
@@ -176,16 +176,35 @@ fn ignore_hangups() {
 }
 
 /// Relaunches this command as a detached `--foreground --detached` process.
-fn background(home: &Home, name: &str, token: Option<Secret>, claim: NameClaim) -> Result<()> {
+fn background(
+    home: &Home,
+    name: &str,
+    token: Option<Secret>,
+    claim: NameClaim,
+    log: &LogArgs,
+) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
     // The token travels in the child's environment, not on its command line.
     let mut args = without_flag(std::env::args_os().skip(1), "--token");
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
-    let l = launch_detached(home, name, args, token, claim)?;
+    let log_file = log
+        .log_file
+        .is_some()
+        .then(|| background_log(home, name, log));
+    let l = launch_detached(home, name, args, token, claim, log_file)?;
     report_started("started", name, &l);
     Ok(())
+}
+
+/// Where a background tunnel logs: `--log-file` (made absolute, as the registry
+/// records it), else `logs/NAME.log`.
+fn background_log(home: &Home, name: &str, log: &LogArgs) -> PathBuf {
+    log.log_file
+        .as_ref()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .unwrap_or_else(|| home.logs().join(format!("{name}.log")))
 }
 
 /// Launches `conduit ARGS` in the background and waits until the tunnel is up.
@@ -196,12 +215,14 @@ pub(crate) fn launch_detached(
     args: Vec<OsString>,
     token: Option<Secret>,
     claim: NameClaim,
+    log_file: Option<PathBuf>,
 ) -> Result<Launched> {
     Ok(launch(Launch {
         exe: std::env::current_exe()?,
         args,
         home: home.clone(),
         name: name.to_owned(),
+        log_file,
         timeout: Duration::from_secs(30),
         token,
         claim,

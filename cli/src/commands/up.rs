@@ -182,7 +182,14 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
         let launched = claim_name(home, &t.name)
             .map_err(anyhow::Error::from)
             .and_then(|claim| {
-                launch_detached(home, &t.name, child_args(plan, set, t, true), None, claim)
+                launch_detached(
+                    home,
+                    &t.name,
+                    child_args(plan, set, t, true),
+                    None,
+                    claim,
+                    None,
+                )
             });
         match launched {
             Ok(l) => report_started(verb, &t.name, &l),
