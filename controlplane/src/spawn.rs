@@ -7,7 +7,8 @@
 //! and stdout to a pipe on which the child announces "listening", then "connected" or
 //! "retrying". The parent returns as soon as one of those arrives; if the child exits
 //! first, the parent reports the child's error and exit code, and nothing is left
-//! behind. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
+//! behind. Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits
+//! 130. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use conduit_proto::Secret;
 
 use crate::process::{INHERITED_CLAIM, NameClaim};
+use crate::registry::Registry;
 use crate::{Error, Home};
 
 /// What to launch.
@@ -121,13 +123,16 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
     // Only what a second claimant is told: a failure here changes nothing else.
     let _ = l.claim.set_holder(pid);
     let (tx, rx) = mpsc::channel();
+    // Dropped when this function returns, which ends the catching.
+    let _catching = catch_interrupts(tx.clone());
     if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                if tx.send(Event::Line(line)).is_err() {
                     return;
                 }
             }
+            let _ = tx.send(Event::Closed);
         });
     }
 
@@ -137,7 +142,18 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) => {
+            Ok(Event::Interrupted) => {
+                // The child has its own process group: Ctrl-C reached only this one.
+                let _ = child.kill();
+                let _ = child.wait();
+                // Reading the registry sweeps the entry of the process just ended.
+                let _swept = Registry::new(&l.home).entries();
+                return Err(Error::Launch {
+                    code: 130,
+                    message: "interrupted; the tunnel was stopped".into(),
+                });
+            }
+            Ok(Event::Line(line)) => {
                 if let Some((a, i)) = parse_listening(&line) {
                     addr = Some(a);
                     id = i;
@@ -147,7 +163,7 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                     return Ok(launched(pid, id, addr, Standing::Retrying(line), log_file));
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Ok(Event::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // The child closed stdout: it is exiting. Report why.
                 let status = child.wait().ok();
                 let code = status.and_then(|s| s.code()).unwrap_or(1);
@@ -190,6 +206,57 @@ fn keep_previous(log: &Path) -> Result<Option<PathBuf>, Error> {
             path: log.to_owned(),
             source,
         }),
+    }
+}
+
+/// What the waiting parent hears.
+enum Event {
+    /// A line the child printed.
+    Line(String),
+    /// The child closed its stdout: it is exiting.
+    Closed,
+    /// SIGINT or SIGTERM reached this process.
+    Interrupted,
+}
+
+/// Turns SIGINT and SIGTERM into [`Event::Interrupted`] on `tx` instead of ending this
+/// process, until the returned sender is dropped. `None` if the handlers cannot be
+/// installed: the signals then end this process as before.
+fn catch_interrupts(tx: mpsc::Sender<Event>) -> Option<tokio::sync::oneshot::Sender<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .ok()?;
+        // Installed here, before the wait begins, not when the thread gets to run.
+        let (mut int, mut term) = {
+            let _in = rt.enter();
+            (
+                signal(SignalKind::interrupt()).ok()?,
+                signal(SignalKind::terminate()).ok()?,
+            )
+        };
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let caught = rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => true,
+                    _ = term.recv() => true,
+                    _ = &mut stopped => false,
+                }
+            });
+            if caught {
+                let _ = tx.send(Event::Interrupted);
+            }
+        });
+        Some(stop)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tx;
+        None
     }
 }
 

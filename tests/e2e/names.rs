@@ -4,7 +4,7 @@
 use std::process::Stdio;
 
 use crate::harness::{Engine, Home, assert_code};
-use crate::manage::{Cleanup, list_json, run_args, start_args};
+use crate::manage::{Cleanup, list_json, pid_alive, run_args, start_args, wait_list};
 use crate::sources;
 
 fn log_of(home: &Home, file: &str) -> Vec<u8> {
@@ -260,4 +260,42 @@ fn a_background_tunnel_with_log_file_logs_there_and_says_so() {
         "{err}"
     );
     assert_eq!(list_json(&home).len(), 1);
+}
+
+#[test]
+fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    // A router that accepts and never answers: the tunnel waits in its handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raddr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().map_while(Result::ok) {
+            held.push(c);
+        }
+    });
+    let mut args = start_args(&home, &raddr.to_string(), "127.0.0.1:1", "hung");
+    args.extend(["--handshake-timeout".into(), "3600".into()]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut start = home.spawn(&a);
+    // Registered: the tunnel process is up, and `start` is waiting for its link.
+    let l = wait_list(&home, "the starting tunnel", |l| l.len() == 1);
+    let pid = l[0]["pid"].as_u64().unwrap();
+    start.signal("INT");
+    let status = start.wait_exit();
+    assert_code(status, 130, &start.stderr());
+    assert_eq!(
+        start.stderr(),
+        "conduit: error: interrupted; the tunnel was stopped\n"
+    );
+    assert!(start.stdout().is_empty());
+    assert!(!pid_alive(pid), "the tunnel process is still there");
+    assert!(list_json(&home).is_empty());
+    assert_eq!(
+        std::fs::read_dir(home.path().join("tunnels"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
