@@ -549,7 +549,7 @@ pub(crate) struct StartArgs {
     /// This client's private key (default: $CONDUIT_HOME/keys/client.key).
     #[arg(long)]
     pub(crate) key: Option<PathBuf>,
-    /// The tunnel's name (default: tunnel-PORT).
+    /// The tunnel's name: 1-64 letters, digits, '-', '_' or '.' (default: tunnel-PORT).
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// A token, for routers that require one.

@@ -1,5 +1,6 @@
 //! `CONDUIT_HOME`: where keys, the tunnel registry, runtime files and logs live.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -11,18 +12,35 @@ pub struct Home {
 }
 
 impl Home {
-    /// `$CONDUIT_HOME`, or `~/.conduit`.
+    /// `$CONDUIT_HOME`, or `~/.conduit`, made absolute: the registry records paths in
+    /// it, which must mean the same from any working directory.
     pub fn from_env() -> Result<Self, Error> {
-        if let Some(h) = std::env::var_os("CONDUIT_HOME").filter(|h| !h.is_empty()) {
-            return Ok(Self::at(PathBuf::from(h)));
-        }
-        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-            Some(home) => Ok(Self::at(PathBuf::from(home).join(".conduit"))),
-            None => Err(Error::Config(
-                "neither CONDUIT_HOME nor HOME is set: set CONDUIT_HOME to the directory for Conduit's keys and state"
-                    .into(),
-            )),
-        }
+        Self::from_vars(std::env::var_os("CONDUIT_HOME"), std::env::var_os("HOME"))
+    }
+
+    fn from_vars(conduit_home: Option<OsString>, home: Option<OsString>) -> Result<Self, Error> {
+        let root = match (conduit_home, home.filter(|h| !h.is_empty())) {
+            (Some(h), _) if h.is_empty() => {
+                return Err(Error::Config(
+                    "CONDUIT_HOME is set but empty: unset it (for ~/.conduit) or give a directory"
+                        .into(),
+                ));
+            }
+            (Some(h), _) => PathBuf::from(h),
+            (None, Some(home)) => PathBuf::from(home).join(".conduit"),
+            (None, None) => {
+                return Err(Error::Config(
+                    "neither CONDUIT_HOME nor HOME is set: set CONDUIT_HOME to the directory for Conduit's keys and state"
+                        .into(),
+                ));
+            }
+        };
+        let root = std::path::absolute(&root).map_err(|source| Error::File {
+            what: "cannot make CONDUIT_HOME absolute (give it as an absolute path)",
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Self::at(root))
     }
 
     /// A home rooted at `root`.
@@ -88,5 +106,40 @@ impl Home {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(conduit_home: Option<&str>, home: Option<&str>) -> Result<PathBuf, String> {
+        Home::from_vars(conduit_home.map(Into::into), home.map(Into::into))
+            .map(|h| h.root().to_owned())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_home_is_absolute_and_an_empty_conduit_home_is_an_error() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(root(Some("/srv/c"), Some("/root")), Ok("/srv/c".into()));
+        assert_eq!(root(Some("relh"), None), Ok(cwd.join("relh")));
+        assert_eq!(root(None, Some("/home/u")), Ok("/home/u/.conduit".into()));
+        assert_eq!(root(None, Some("u")), Ok(cwd.join("u/.conduit")));
+        assert_eq!(
+            root(Some(""), Some("/home/u")),
+            Err(
+                "CONDUIT_HOME is set but empty: unset it (for ~/.conduit) or give a directory"
+                    .into()
+            )
+        );
+        assert_eq!(
+            root(None, Some("")),
+            Err(
+                "neither CONDUIT_HOME nor HOME is set: set CONDUIT_HOME to the directory for \
+                 Conduit's keys and state"
+                    .into()
+            )
+        );
     }
 }

@@ -36,19 +36,121 @@ pub struct Registration {
     pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
-/// Refuses a name that a live tunnel already uses.
-pub fn ensure_name_free(home: &Home, name: &str) -> Result<(), Error> {
-    match Registry::new(home)
-        .entries()
-        .into_iter()
-        .find(|e| e.name == name)
-    {
-        Some(e) => Err(Error::Config(format!(
-            "a tunnel named {name:?} is already running (id {}, pid {}): stop it with \
-             `conduit kill --tunnel {name}` or choose another --name",
-            e.tunnel_id, e.pid
-        ))),
-        None => Ok(()),
+/// The variable through which a launching parent tells its child that the claim on
+/// the tunnel's name comes with a descriptor the child inherited (see [`NameClaim`]).
+pub const INHERITED_CLAIM: &str = "CONDUIT_NAME_CLAIM";
+
+/// An exclusive claim on a tunnel name: a lock (`flock`) on `run/NAME.lock`, taken
+/// before anything of the tunnel exists and held as long as the file stays open — by
+/// the tunnel process, or by a launching parent and then by the child it hands the
+/// descriptor to. The kernel drops the lock when its last holder exits, however it
+/// exits, so a crashed tunnel leaves no stale claim; the file itself stays (removing
+/// it would let a second claimant lock a file the first one no longer sees).
+#[derive(Debug)]
+pub struct NameClaim {
+    /// The locked file; `None` when this process runs under its parent's claim.
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+/// Claims `name` for a tunnel of this home, or says which tunnel holds it.
+pub fn claim_name(home: &Home, name: &str) -> Result<NameClaim, Error> {
+    let run = home.run();
+    Home::ensure_private_dir(&run)?;
+    let path = run.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| Error::File {
+            what: "cannot open the tunnel's name lock",
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => {
+            // A tunnel of a version without name locks is known by its entry alone.
+            if let Some(e) = Registry::new(home)
+                .entries()
+                .into_iter()
+                .find(|e| e.name == name)
+            {
+                return Err(taken(name, Some(e.pid), Some(&e.tunnel_id)));
+            }
+            let claim = NameClaim {
+                file: Some(file),
+                path,
+            };
+            claim.set_holder(std::process::id())?;
+            Ok(claim)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            if std::env::var_os(INHERITED_CLAIM).is_some_and(|n| n == name) {
+                return Ok(NameClaim { file: None, path });
+            }
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            let id = Registry::new(home)
+                .find(name)
+                .filter(|e| Some(e.pid) == pid)
+                .map(|e| e.tunnel_id);
+            Err(taken(name, pid, id.as_deref()))
+        }
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::File {
+            what: "cannot lock the tunnel's name lock",
+            path,
+            source,
+        }),
+    }
+}
+
+fn taken(name: &str, pid: Option<u32>, id: Option<&str>) -> Error {
+    let who = match (id, pid) {
+        (Some(id), Some(pid)) => format!(" (id {id}, pid {pid})"),
+        (None, Some(pid)) => format!(" (pid {pid})"),
+        _ => String::new(),
+    };
+    Error::Config(format!(
+        "a tunnel named {name:?} is already running{who}: stop it with \
+         `conduit kill --tunnel {name}` or choose another --name"
+    ))
+}
+
+impl NameClaim {
+    /// Records `pid` as the claim's holder in the lock file, for the message a
+    /// second claimant gets.
+    pub fn set_holder(&self, pid: u32) -> Result<(), Error> {
+        let Some(mut file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        use std::io::{Seek, Write};
+        let io = |source| Error::File {
+            what: "cannot write the tunnel's name lock",
+            path: self.path.clone(),
+            source,
+        };
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        file.write_all(format!("{pid}\n").as_bytes()).map_err(io)
+    }
+
+    /// Lets processes started from now on inherit the locked descriptor, so that a
+    /// child holds the claim after this process exits. The child learns of it from
+    /// [`INHERITED_CLAIM`].
+    pub fn make_inheritable(&self) -> Result<(), Error> {
+        #[cfg(unix)]
+        if let Some(file) = &self.file {
+            use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+            fcntl(file, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| Error::File {
+                what: "cannot hand on the tunnel's name lock",
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
+        }
+        Ok(())
     }
 }
 

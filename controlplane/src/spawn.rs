@@ -1,25 +1,30 @@
 //! Launching a tunnel as a background process (`conduit start` without
 //! `--foreground`) and waiting until it is up.
 //!
-//! The parent starts `conduit start --foreground --detached …` in its own process
-//! group, with stderr going to `$CONDUIT_HOME/logs/NAME.log` and stdout to a pipe on
-//! which the child announces "listening", then "connected" or "retrying". The parent
-//! returns as soon as one of those arrives; if the child exits first, the parent
-//! reports the child's error and exit code, and nothing is left behind.
+//! The parent claims the tunnel's name ([`NameClaim`]) before anything else, then
+//! starts `conduit start --foreground --detached …` in its own process group, handing
+//! it the claim, with stderr going to `$CONDUIT_HOME/logs/NAME.log` (or `--log-file`)
+//! and stdout to a pipe on which the child announces "listening", then "connected" or
+//! "retrying". The parent returns as soon as one of those arrives; if the child exits
+//! first, the parent reports the child's error and exit code, and nothing is left
+//! behind. Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits
+//! 130. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use conduit_proto::Secret;
 
+use crate::process::{INHERITED_CLAIM, NameClaim};
+use crate::registry::Registry;
 use crate::{Error, Home};
 
 /// What to launch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Launch {
     /// The `conduit` binary.
     pub exe: PathBuf,
@@ -29,12 +34,16 @@ pub struct Launch {
     pub home: Home,
     /// The tunnel's name (names the log file).
     pub name: String,
+    /// Where its log goes if not `logs/NAME.log` (`--log-file`, absolute).
+    pub log_file: Option<PathBuf>,
     /// How long to wait for the tunnel to come up.
     pub timeout: Duration,
     /// A token for the child: passed in its environment (`CONDUIT_TOKEN`, readable by
     /// its owner only), never on its command line, which every local user can read
     /// in `ps` for as long as the tunnel runs.
     pub token: Option<Secret>,
+    /// The claim on the name, handed to the child, which holds it while it runs.
+    pub claim: NameClaim,
 }
 
 /// How the launched tunnel stands.
@@ -64,17 +73,35 @@ pub struct Launched {
 /// Starts the tunnel process and waits until it listens and has either connected
 /// or started retrying.
 pub fn launch(l: Launch) -> Result<Launched, Error> {
-    let logs = l.home.logs();
-    Home::ensure_private_dir(&logs)?;
-    let log_file = logs.join(format!("{}.log", l.name));
-    let log = std::fs::File::create(&log_file).map_err(|source| Error::File {
-        what: "cannot create log file",
-        path: log_file.clone(),
-        source,
-    })?;
+    let (log_file, previous) = match &l.log_file {
+        // The user's file is only ever appended to; its own rotation is the user's.
+        Some(file) => (file.clone(), None),
+        None => {
+            let logs = l.home.logs();
+            Home::ensure_private_dir(&logs)?;
+            let file = logs.join(format!("{}.log", l.name));
+            // The claim on the name means no tunnel writes this log now: the previous
+            // run's log is kept, as NAME.log.1, for its last words.
+            let previous = keep_previous(&file)?;
+            (file, previous)
+        }
+    };
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_file)
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot open the log file {}: {e}; give --log-file a file in an existing \
+                 directory this user may write to",
+                log_file.display()
+            ))
+        })?;
+    l.claim.make_inheritable()?;
     let mut cmd = Command::new(&l.exe);
     cmd.args(&l.args)
         .env("CONDUIT_HOME", l.home.root())
+        .env(INHERITED_CLAIM, &l.name)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -93,14 +120,19 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         source,
     })?;
     let pid = child.id();
+    // Only what a second claimant is told: a failure here changes nothing else.
+    let _ = l.claim.set_holder(pid);
     let (tx, rx) = mpsc::channel();
+    // Dropped when this function returns, which ends the catching.
+    let _catching = catch_interrupts(tx.clone());
     if let Some(out) = child.stdout.take() {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                if tx.send(Event::Line(line)).is_err() {
                     return;
                 }
             }
+            let _ = tx.send(Event::Closed);
         });
     }
 
@@ -110,7 +142,18 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) => {
+            Ok(Event::Interrupted) => {
+                // The child has its own process group: Ctrl-C reached only this one.
+                let _ = child.kill();
+                let _ = child.wait();
+                // Reading the registry sweeps the entry of the process just ended.
+                let _swept = Registry::new(&l.home).entries();
+                return Err(Error::Launch {
+                    code: 130,
+                    message: "interrupted; the tunnel was stopped".into(),
+                });
+            }
+            Ok(Event::Line(line)) => {
                 if let Some((a, i)) = parse_listening(&line) {
                     addr = Some(a);
                     id = i;
@@ -120,12 +163,19 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                     return Ok(launched(pid, id, addr, Standing::Retrying(line), log_file));
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Ok(Event::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // The child closed stdout: it is exiting. Report why.
                 let status = child.wait().ok();
                 let code = status.and_then(|s| s.code()).unwrap_or(1);
                 let message = last_error(&log_file);
-                let _ = std::fs::remove_file(&log_file);
+                // Nothing of a tunnel that never came up stays behind: the previous
+                // run's log is NAME.log again.
+                if l.log_file.is_none() {
+                    let _ = std::fs::remove_file(&log_file);
+                }
+                if let Some(previous) = previous {
+                    let _ = std::fs::rename(previous, &log_file);
+                }
                 return Err(Error::Launch { code, message });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -139,6 +189,74 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 return Err(Error::Launch { code: 69, message });
             }
         }
+    }
+}
+
+/// Moves `log` to `log.1` (replacing an older one), if there is a `log`; returns
+/// where it went.
+fn keep_previous(log: &Path) -> Result<Option<PathBuf>, Error> {
+    let mut kept = log.as_os_str().to_owned();
+    kept.push(".1");
+    let kept = PathBuf::from(kept);
+    match std::fs::rename(log, &kept) {
+        Ok(()) => Ok(Some(kept)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::File {
+            what: "cannot keep the previous log (check the permissions of the logs directory)",
+            path: log.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// What the waiting parent hears.
+enum Event {
+    /// A line the child printed.
+    Line(String),
+    /// The child closed its stdout: it is exiting.
+    Closed,
+    /// SIGINT or SIGTERM reached this process.
+    Interrupted,
+}
+
+/// Turns SIGINT and SIGTERM into [`Event::Interrupted`] on `tx` instead of ending this
+/// process, until the returned sender is dropped. `None` if the handlers cannot be
+/// installed: the signals then end this process as before.
+fn catch_interrupts(tx: mpsc::Sender<Event>) -> Option<tokio::sync::oneshot::Sender<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .ok()?;
+        // Installed here, before the wait begins, not when the thread gets to run.
+        let (mut int, mut term) = {
+            let _in = rt.enter();
+            (
+                signal(SignalKind::interrupt()).ok()?,
+                signal(SignalKind::terminate()).ok()?,
+            )
+        };
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let caught = rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => true,
+                    _ = term.recv() => true,
+                    _ = &mut stopped => false,
+                }
+            });
+            if caught {
+                let _ = tx.send(Event::Interrupted);
+            }
+        });
+        Some(stop)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tx;
+        None
     }
 }
 

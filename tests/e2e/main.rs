@@ -18,6 +18,7 @@ mod hostile;
 mod http;
 mod limits;
 mod manage;
+mod names;
 mod openapi;
 mod ops;
 mod output;

@@ -8,7 +8,7 @@ use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code, dead_port};
 use crate::sources;
 
 /// Stops every tunnel of a home when the test ends, whatever happened.
-struct Cleanup<'a>(&'a Home);
+pub(crate) struct Cleanup<'a>(pub(crate) &'a Home);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -16,7 +16,7 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn start_args(home: &Home, router: &str, source: &str, name: &str) -> Vec<String> {
+pub(crate) fn start_args(home: &Home, router: &str, source: &str, name: &str) -> Vec<String> {
     vec![
         "start".into(),
         "--router".into(),
@@ -34,18 +34,18 @@ fn start_args(home: &Home, router: &str, source: &str, name: &str) -> Vec<String
     ]
 }
 
-fn run_args(home: &Home, args: &[String]) -> (std::process::ExitStatus, String, String) {
+pub(crate) fn run_args(home: &Home, args: &[String]) -> (std::process::ExitStatus, String, String) {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     home.run(&a)
 }
 
-fn list_json(home: &Home) -> Vec<serde_json::Value> {
+pub(crate) fn list_json(home: &Home) -> Vec<serde_json::Value> {
     let out = home.ok(&["list", "--format", "json", "--connections"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("list json: {e}\n{out}"))
 }
 
 /// Polls `list` until `pred` holds (deadline-bounded).
-fn wait_list(
+pub(crate) fn wait_list(
     home: &Home,
     what: &str,
     pred: impl Fn(&[serde_json::Value]) -> bool,
@@ -64,7 +64,7 @@ fn wait_list(
     }
 }
 
-fn pid_alive(pid: u64) -> bool {
+pub(crate) fn pid_alive(pid: u64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()

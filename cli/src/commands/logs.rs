@@ -1,6 +1,7 @@
 //! `conduit logs NAME [-f] [-n N]`: a background tunnel's log,
-//! `$CONDUIT_HOME/logs/NAME.log` (the registry entry's `log_file`). The file stays
-//! after the tunnel stops, so its last words can still be read.
+//! `$CONDUIT_HOME/logs/NAME.log` (the registry entry's `log_file`): its current run,
+//! or its last one. The file stays after the tunnel stops, so its last words can
+//! still be read; starting it again moves them to `NAME.log.1`.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;

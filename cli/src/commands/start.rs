@@ -3,12 +3,12 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::config::{OptimizeFor, PerformanceConfig};
-use conduit_controlplane::process::{RegisteredTunnel, Registration, ensure_name_free};
+use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_dataplane::Engine;
@@ -18,9 +18,15 @@ use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
 use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
+use crate::exit::Usage;
 use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
+    // The name names files (logs/NAME.log, run/NAME.lock): the rule `config validate`
+    // applies to a file's tunnels.
+    if let Some(n) = &a.name {
+        conduit_controlplane::config::tunnel_name(n).map_err(|e| Usage(format!("--name {e}")))?;
+    }
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
@@ -35,9 +41,10 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         Some(m) => Some(listen_addr("--metrics-bind", m)?),
         None => None,
     };
-    ensure_name_free(home, &name)?;
+    // Held until this function returns: for a background start, by the child.
+    let claim = claim_name(home, &name)?;
     if !a.foreground {
-        return background(home, &name, a.token.clone());
+        return background(home, &name, a.token.clone(), claim, log);
     }
     let performance = PerformanceConfig {
         optimize_for: a.optimize_for.into(),
@@ -86,7 +93,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         source,
         file: None,
         digest: String::new(),
-        log_file: a.detached.then(|| home.logs().join(format!("{name}.log"))),
+        log_file: a.detached.then(|| background_log(home, &name, log)),
         drain: secs(a.drain_timeout),
         metrics_bind,
     };
@@ -169,16 +176,35 @@ fn ignore_hangups() {
 }
 
 /// Relaunches this command as a detached `--foreground --detached` process.
-fn background(home: &Home, name: &str, token: Option<Secret>) -> Result<()> {
+fn background(
+    home: &Home,
+    name: &str,
+    token: Option<Secret>,
+    claim: NameClaim,
+    log: &LogArgs,
+) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
     // The token travels in the child's environment, not on its command line.
     let mut args = without_flag(std::env::args_os().skip(1), "--token");
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
-    let l = launch_detached(home, name, args, token)?;
+    let log_file = log
+        .log_file
+        .is_some()
+        .then(|| background_log(home, name, log));
+    let l = launch_detached(home, name, args, token, claim, log_file)?;
     report_started("started", name, &l);
     Ok(())
+}
+
+/// Where a background tunnel logs: `--log-file` (made absolute, as the registry
+/// records it), else `logs/NAME.log`.
+fn background_log(home: &Home, name: &str, log: &LogArgs) -> PathBuf {
+    log.log_file
+        .as_ref()
+        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+        .unwrap_or_else(|| home.logs().join(format!("{name}.log")))
 }
 
 /// Launches `conduit ARGS` in the background and waits until the tunnel is up.
@@ -188,14 +214,18 @@ pub(crate) fn launch_detached(
     name: &str,
     args: Vec<OsString>,
     token: Option<Secret>,
+    claim: NameClaim,
+    log_file: Option<PathBuf>,
 ) -> Result<Launched> {
     Ok(launch(Launch {
         exe: std::env::current_exe()?,
         args,
         home: home.clone(),
         name: name.to_owned(),
+        log_file,
         timeout: Duration::from_secs(30),
         token,
+        claim,
     })?)
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
     Env, Override, Plan, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
 };
-use conduit_controlplane::process::{Registration, ensure_name_free};
+use conduit_controlplane::process::{Registration, claim_name};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, Registry};
 use conduit_controlplane::{Home, keys};
@@ -74,7 +74,8 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         .iter()
         .find(|t| t.name == name)
         .ok_or_else(|| anyhow!("{} has no tunnel named {name:?}", plan.file.display()))?;
-    ensure_name_free(home, name)?;
+    // Held while the tunnel runs (or inherited from the launching `up`).
+    let _claim = claim_name(home, name)?;
     let identity = keys::load_private(&t.private_key_path, "client")?;
     let registration = Registration {
         home: home.clone(),
@@ -196,7 +197,19 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
         }
     }
     for (t, verb) in to_start {
-        match launch_detached(home, &t.name, child_args(plan, set, log, t, true), None) {
+        let launched = claim_name(home, &t.name)
+            .map_err(anyhow::Error::from)
+            .and_then(|claim| {
+                launch_detached(
+                    home,
+                    &t.name,
+                    child_args(plan, set, log, t, true),
+                    None,
+                    claim,
+                    None,
+                )
+            });
+        match launched {
             Ok(l) => report_started(verb, &t.name, &l),
             Err(e) => failures.push(format!("tunnel {:?}: {e}", t.name)),
         }

@@ -56,6 +56,7 @@ pub use model::{
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;
+pub use validate::tunnel_name;
 
 use crate::home::Home;
 

@@ -577,8 +577,10 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         || (y.is_unspecified() && x.is_ipv4() == y.is_ipv4())
 }
 
-fn tunnel_name(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 64
+/// Checks a tunnel's name: it names files (`logs/NAME.log`, `run/NAME.lock`), so it
+/// must be a plain, non-empty file name.
+pub fn tunnel_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
         && !name.starts_with('.')
         && name
             .chars()

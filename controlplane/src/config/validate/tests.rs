@@ -696,3 +696,27 @@ fn router_key_rotation_is_by_hand_or_by_the_router_and_announces_within_its_peri
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_tunnel_name_is_a_plain_file_name() {
+    for good in ["web", "a", "db-2.prod_1", &"x".repeat(64)] {
+        assert_eq!(super::tunnel_name(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "",
+        "has space",
+        "a/b",
+        "../../trav",
+        ".hidden",
+        &"x".repeat(65),
+    ] {
+        assert_eq!(
+            super::tunnel_name(bad),
+            Err(format!(
+                "{bad:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.' (not \
+                 starting with '.')"
+            )),
+            "{bad}"
+        );
+    }
+}

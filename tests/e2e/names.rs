@@ -1,0 +1,301 @@
+//! Launching background tunnels: one tunnel per name, the log files they leave, the
+//! names `start` accepts, and the home directory they are registered in.
+
+use std::process::Stdio;
+
+use crate::harness::{Engine, Home, assert_code};
+use crate::manage::{Cleanup, list_json, pid_alive, run_args, start_args, wait_list};
+use crate::sources;
+
+fn log_of(home: &Home, file: &str) -> Vec<u8> {
+    std::fs::read(home.path().join("logs").join(file))
+        .unwrap_or_else(|e| panic!("logs/{file}: {e}"))
+}
+
+#[test]
+fn two_starts_of_one_name_at_once_leave_one_tunnel() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "race");
+    let spawn = || {
+        home.cmd()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let mut outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    outs.sort_by_key(|o| o.status.code());
+    let [won, lost] = outs;
+    let err = String::from_utf8_lossy(&won.stderr);
+    assert_code(won.status, 0, &err);
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert_code(lost.status, 64, &err);
+    assert!(lost.stdout.is_empty());
+    assert!(
+        err.starts_with("conduit: error: a tunnel named \"race\" is already running (")
+            && err.ends_with(
+                "): stop it with `conduit kill --tunnel race` or choose another --name\n"
+            ),
+        "{err}"
+    );
+
+    let l = list_json(&home);
+    assert_eq!(l.len(), 1, "{l:#?}");
+    assert_eq!(l[0]["name"], "race");
+    // The winner's log is the only one, and the loser wrote nothing into it.
+    let log = String::from_utf8_lossy(&log_of(&home, "race.log")).into_owned();
+    assert!(!log.contains("already running"), "{log}");
+    assert!(!home.path().join("logs/race.log.1").exists());
+}
+
+#[test]
+fn a_second_start_while_one_runs_leaves_the_running_tunnels_log_alone() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "keep");
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    let before = log_of(&home, "keep.log");
+
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert!(out.is_empty(), "{out}");
+    let pid = list_json(&home)[0]["pid"].as_u64().unwrap();
+    assert!(
+        err.starts_with("conduit: error: a tunnel named \"keep\" is already running (id keep-"),
+        "{err}"
+    );
+    assert!(err.contains(&format!(", pid {pid}): stop it")), "{err}");
+    assert_eq!(log_of(&home, "keep.log"), before);
+    assert!(!home.path().join("logs/keep.log.1").exists());
+    assert_eq!(home.ok(&["logs", "keep"]).into_bytes(), before);
+}
+
+#[test]
+fn a_restart_keeps_the_previous_runs_log_and_logs_shows_the_current_run() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "again");
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    home.ok(&["kill", "--tunnel", "again"]);
+    let first = log_of(&home, "again.log");
+    assert!(!first.is_empty());
+
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    assert_eq!(log_of(&home, "again.log.1"), first);
+    let current = log_of(&home, "again.log");
+    assert_eq!(home.ok(&["logs", "again"]).into_bytes(), current);
+    assert!(!current.starts_with(&first));
+
+    // A start that fails leaves the last run's log where it was.
+    home.ok(&["kill", "--tunnel", "again"]);
+    let second = log_of(&home, "again.log");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = args;
+    let bind_at = args.iter().position(|a| a == "--bind").unwrap() + 1;
+    args[bind_at] = taken.local_addr().unwrap().to_string();
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 69, &err);
+    assert_eq!(log_of(&home, "again.log"), second);
+    assert_eq!(home.ok(&["logs", "again"]).into_bytes(), second);
+}
+
+#[test]
+fn start_refuses_a_name_that_is_not_a_plain_file_name() {
+    let home = Home::with_keys();
+    let long = "x".repeat(65);
+    for bad in ["", "has space", "a/b", "../../trav", ".hidden", &long] {
+        let mut args = start_args(&home, "127.0.0.1:1", "127.0.0.1:1", bad);
+        let (status, out, err) = run_args(&home, &args);
+        assert_code(status, 64, &err);
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err,
+            format!(
+                "conduit: error: --name {bad:?} is not a valid name; use 1-64 letters, digits, \
+                 '-', '_' or '.' (not starting with '.')\n"
+            )
+        );
+        args.push("--foreground".into());
+        let (status, _, err) = run_args(&home, &args);
+        assert_code(status, 64, &err);
+    }
+    // Nothing was started or written, inside the home or beside it.
+    assert!(list_json(&home).is_empty());
+    assert!(!home.path().join("logs").exists());
+    assert!(!home.path().join("run").exists());
+    assert!(!home.path().parent().unwrap().join("trav.log").exists());
+}
+
+#[test]
+fn a_tunnel_started_under_a_relative_home_is_managed_from_anywhere() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "relh");
+    let out = home
+        .cmd()
+        .args(&args)
+        .env("CONDUIT_HOME", home.path().file_name().unwrap())
+        .current_dir(home.path().parent().unwrap())
+        .output()
+        .unwrap();
+    assert_code(out.status, 0, &String::from_utf8_lossy(&out.stderr));
+    let log = home.path().join("logs/relh.log");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with(&format!("log: {}\n", log.display())),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // `home.run` works in the test's own directory, with the absolute home.
+    let l = list_json(&home);
+    assert_eq!(l.len(), 1, "{l:#?}");
+    let entry: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            home.path()
+                .join("tunnels")
+                .join(format!("{}.json", l[0]["id"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let socket = home
+        .path()
+        .join(format!("run/{}.sock", l[0]["id"].as_str().unwrap()));
+    assert_eq!(entry["control_socket"], socket.to_str().unwrap());
+    assert_eq!(entry["log_file"], log.to_str().unwrap());
+    assert_eq!(
+        home.ok(&["logs", "relh"]).into_bytes(),
+        std::fs::read(&log).unwrap()
+    );
+    let out = home.ok(&["kill", "--tunnel", "relh"]);
+    assert!(out.starts_with("stopped tunnel \"relh\""), "{out}");
+    assert!(list_json(&home).is_empty());
+}
+
+#[test]
+fn an_empty_conduit_home_is_an_error() {
+    let home = Home::empty();
+    let out = home
+        .cmd()
+        .args(["list"])
+        .env("CONDUIT_HOME", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_code(out.status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: CONDUIT_HOME is set but empty: unset it (for ~/.conduit) or give a \
+         directory\n"
+    );
+}
+
+#[test]
+fn a_background_tunnel_with_log_file_logs_there_and_says_so() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = start_args(&home, &raddr.to_string(), &source.to_string(), "lf");
+    // Relative: the tunnel's log is where the command's directory says.
+    args.extend(["--log-file".into(), "lf.log".into()]);
+    let out = home
+        .cmd()
+        .args(&args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_code(out.status, 0, &String::from_utf8_lossy(&out.stderr));
+    let log = dir.path().join("lf.log");
+    assert!(
+        stdout.ends_with(&format!("log: {}\n", log.display())),
+        "{stdout}"
+    );
+    let l = list_json(&home);
+    let entry: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            home.path()
+                .join("tunnels")
+                .join(format!("{}.json", l[0]["id"].as_str().unwrap())),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(entry["log_file"], log.to_str().unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("connected to router"), "{text}");
+    assert_eq!(home.ok(&["logs", "lf"]), text);
+    assert!(!home.path().join("logs/lf.log").exists());
+
+    // A log file that cannot be written stops `start` before it launches anything.
+    std::fs::write(dir.path().join("afile"), b"").unwrap();
+    let bad = dir.path().join("afile/x.log");
+    let mut args = start_args(&home, &raddr.to_string(), &source.to_string(), "lf2");
+    args.extend(["--log-file".into(), bad.to_string_lossy().into_owned()]);
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: cannot write the log file {}: ",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(list_json(&home).len(), 1);
+}
+
+#[test]
+fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    // A router that accepts and never answers: the tunnel waits in its handshake.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raddr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().map_while(Result::ok) {
+            held.push(c);
+        }
+    });
+    let mut args = start_args(&home, &raddr.to_string(), "127.0.0.1:1", "hung");
+    args.extend(["--handshake-timeout".into(), "3600".into()]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut start = home.spawn(&a);
+    // Registered: the tunnel process is up, and `start` is waiting for its link.
+    let l = wait_list(&home, "the starting tunnel", |l| l.len() == 1);
+    let pid = l[0]["pid"].as_u64().unwrap();
+    start.signal("INT");
+    let status = start.wait_exit();
+    assert_code(status, 130, &start.stderr());
+    assert_eq!(
+        start.stderr(),
+        "conduit: error: interrupted; the tunnel was stopped\n"
+    );
+    assert!(start.stdout().is_empty());
+    assert!(!pid_alive(pid), "the tunnel process is still there");
+    assert!(list_json(&home).is_empty());
+    assert_eq!(
+        std::fs::read_dir(home.path().join("tunnels"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
