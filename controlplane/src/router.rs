@@ -446,7 +446,7 @@ async fn handle(
         Ok(v) => v,
         Err(refusal) => {
             state.counters.fail(SetupError::Unauthorized);
-            warn!(%peer, client = %who, tunnel = %hello.tunnel, "refused: {}", refusal.message);
+            warn!(%peer, client = %who, tunnel = ?hello.tunnel, "refused: {}", refusal.message);
             let _ = wire.send(&Message::Refused(refusal)).await;
             return;
         }
@@ -511,6 +511,14 @@ fn admit(state: &State, key: Option<&PublicKey>, hello: &Hello) -> Result<u16, R
             ),
         ));
     }
+    // The name goes into logs, metrics labels and the API: a name that could forge
+    // a log line, or a label value nobody chose, is refused.
+    crate::config::tunnel_name(&hello.tunnel).map_err(|e| {
+        Refusal::new(
+            RefusalCode::Protocol,
+            format!("the tunnel's name {e}: rename it (conduit start --name, or name in the file)"),
+        )
+    })?;
     let version = VersionRange::ours()
         .negotiate(hello.versions)
         .map_err(|m| Refusal::new(RefusalCode::UnsupportedVersion, m))?;

@@ -307,3 +307,50 @@ fn a_plain_peer_that_breaks_the_framing_mid_stream_is_cut_off() {
     let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), PLAIN);
     wait_for_echo(taddr, b"still serving");
 }
+
+/// A tunnel name that could forge a line in the router's log (or a label nobody
+/// chose) is refused, named escaped, and the router serves on.
+#[test]
+fn a_hello_with_a_name_that_is_no_name_is_refused() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+    let mut peer = connect(raddr);
+    let hello = Message::Hello(Hello {
+        versions: VersionRange::ours(),
+        channel: ChannelKind::Control,
+        tunnel: "evil\nINFO forged".into(),
+        token: Some(Secret::new("s3cret-token".into())),
+    });
+    peer.write_all(&hello.to_frame()).unwrap();
+    let mut d = FrameDecoder::new();
+    let mut refusal = None;
+    let mut buf = [0u8; 4096];
+    while refusal.is_none() {
+        let n = peer.read(&mut buf).expect("the router answers");
+        assert!(n > 0, "the router closed without a refusal");
+        d.feed(&buf[..n], |ev| {
+            if let Event::Message(Message::Refused(r)) = ev {
+                refusal = Some(r.message.clone());
+            }
+        })
+        .expect("the router's frames decode");
+    }
+    let refusal = refusal.unwrap();
+    assert!(
+        refusal
+            .starts_with("the tunnel's name \"evil\\nINFO forged\" is not a valid name; use 1-64"),
+        "{refusal}"
+    );
+    router.wait_stderr("tunnel=\"evil\\nINFO forged\"");
+    assert!(
+        !router
+            .stderr()
+            .lines()
+            .any(|l| l.starts_with("INFO forged")),
+        "{}",
+        router.stderr()
+    );
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), PLAIN);
+    wait_for_echo(taddr, b"served on");
+}
