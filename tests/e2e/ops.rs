@@ -14,6 +14,7 @@ use crate::openapi::Doc;
 use crate::sources;
 
 mod alerts;
+mod bounds;
 mod commands;
 mod metrics;
 
