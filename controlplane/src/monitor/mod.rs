@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-pub use health::{HealthSettings, SourceChange, SourceHealth, SourceState, SourceView, probe};
+pub use health::{
+    HealthSettings, ProbeError, SourceChange, SourceHealth, SourceState, SourceView, probe,
+};
 pub use links::{LinkChange, LinkState, LinkView, Links};
 
 use crate::alerts::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
@@ -97,6 +99,7 @@ impl Monitor {
             sources: HashMap::new(),
             in_flight: HashSet::new(),
             view: view_tx,
+            said_local: None,
         };
         tokio::spawn(task.run(events_rx));
         Ok(Arc::new(Self {
@@ -181,13 +184,18 @@ struct Task {
     sources: HashMap<Source, SourceHealth>,
     in_flight: HashSet<Source>,
     view: watch::Sender<Arc<View>>,
+    /// When a probe the router could not make was last logged.
+    said_local: Option<Instant>,
 }
+
+/// How often "cannot probe: the router is short of files" is logged at most.
+const LOCAL_REPEAT: Duration = Duration::from_secs(60);
 
 /// A source as the monitor tracks it: the same `host:port` may be used over TCP and
 /// over UDP (DNS), and each is probed on its own.
 type Source = (String, Protocol);
 
-type ProbeResult = (Source, Result<Option<Duration>, String>);
+type ProbeResult = (Source, Result<Option<Duration>, ProbeError>);
 
 impl Task {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
@@ -307,8 +315,26 @@ impl Task {
         }
     }
 
-    fn on_probe(&mut self, source: Source, result: Result<Option<Duration>, String>) {
+    fn on_probe(&mut self, source: Source, result: Result<Option<Duration>, ProbeError>) {
         self.in_flight.remove(&source);
+        let result = match result {
+            Ok(r) => Ok(r),
+            Err(ProbeError::Source(e)) => Err(e),
+            Err(ProbeError::Local(e)) => {
+                // Not the source's fault: it keeps its state rather than raise a false alert.
+                if self.said_local.is_none_or(|t| t.elapsed() >= LOCAL_REPEAT) {
+                    self.said_local = Some(Instant::now());
+                    warn!(
+                        "cannot probe {} {}: {e}; the router itself is short of file \
+                         descriptors or memory, not the source: raise its open-files limit \
+                         (LimitNOFILE, see tuning/limits.conf) or find what holds them",
+                        source.1.as_str(),
+                        source.0
+                    );
+                }
+                return;
+            }
+        };
         let Some(h) = self.sources.get_mut(&source) else {
             return;
         };
