@@ -110,12 +110,13 @@ async fn run(
     }
     drop(listener);
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(DRAIN, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        debug!("{what}: closing {} connection(s) still answering", conns.len());
+        debug!(
+            "{what}: closing {} connection(s) still answering",
+            conns.len()
+        );
     }
 }
 
