@@ -33,6 +33,8 @@ pub struct HealthSettings {
     pub sources: Vec<String>,
     /// A client link whose control channel is silent this long is lost.
     pub client_timeout: Duration,
+    /// A client link lost or disconnected this long is forgotten.
+    pub lost_link_expiry: Duration,
 }
 
 impl Default for HealthSettings {
@@ -45,6 +47,7 @@ impl Default for HealthSettings {
             recent: Duration::from_secs(600),
             sources: Vec::new(),
             client_timeout: Duration::from_secs(20),
+            lost_link_expiry: Duration::from_secs(86_400),
         }
     }
 }

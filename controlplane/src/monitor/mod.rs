@@ -69,6 +69,10 @@ enum LinkEvent {
         clean: bool,
         reason: String,
     },
+    /// The key was removed from authorized_clients: its links go.
+    Revoked {
+        key: PublicKey,
+    },
 }
 
 /// The handle the router's tasks share.
@@ -157,6 +161,12 @@ impl Monitor {
         let _ = self.events.send(LinkEvent::Beat { session });
     }
 
+    /// `key` was removed from authorized_clients (or expired): its links are forgotten,
+    /// lost ones included, so they no longer make the router degraded.
+    pub fn revoked(&self, key: PublicKey) {
+        let _ = self.events.send(LinkEvent::Revoked { key });
+    }
+
     /// `session` ended; `clean` when the client said goodbye.
     pub fn link_down(&self, session: u64, clean: bool, reason: &str) {
         let _ = self.events.send(LinkEvent::Down {
@@ -219,6 +229,7 @@ impl Task {
                     for a in self.flap.tick(Instant::now()) {
                         self.alerter.send(&a);
                     }
+                    self.expire_links();
                 }
             }
         }
@@ -247,6 +258,13 @@ impl Task {
                 clean,
                 reason,
             } => self.links.down(session, clean, &reason, now),
+            LinkEvent::Revoked { key } => {
+                let n = self.links.forget(&key);
+                if n > 0 {
+                    info!(client = %key, "forgot {n} link(s) of a revoked client key");
+                }
+                None
+            }
         };
         if let Some(c) = change {
             let (event, v) = match c {
@@ -275,6 +293,27 @@ impl Task {
             self.raise(alert);
         }
         self.publish();
+    }
+
+    /// Forgets the links that have not been connected for `lost_link_expiry`.
+    fn expire_links(&mut self) {
+        let gone = self
+            .links
+            .expire(SystemTime::now(), self.settings.lost_link_expiry);
+        for v in &gone {
+            info!(
+                client = %v.key,
+                "forgot the {} link of {} (tunnel {}): not connected for {}s \
+                 (health.lost_link_expiry_secs)",
+                v.state.as_str(),
+                v.name,
+                v.tunnel,
+                self.settings.lost_link_expiry.as_secs()
+            );
+        }
+        if !gone.is_empty() {
+            self.publish();
+        }
     }
 
     /// Starts a probe of every source in use that is not being probed already.
