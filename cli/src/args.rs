@@ -82,7 +82,8 @@ pub(crate) enum Command {
     /// through its REST API.
     Stats(StatsArgs),
     /// Health of the tunnels on this machine, or (with --router) of a router and its
-    /// sources and clients; exits 1 when something is down.
+    /// sources and clients; exits 1 when something is down (69 when the router's API
+    /// cannot be reached, 76 when it answers an error).
     Health(HealthArgs),
     /// Print a background tunnel's log ($CONDUIT_HOME/logs/NAME.log).
     Logs(LogsArgs),

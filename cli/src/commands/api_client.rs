@@ -8,11 +8,13 @@ use conduit_controlplane::http::{Answer, HttpClient, Method};
 use serde_json::Value;
 
 use crate::args::ApiClientArgs;
-use crate::exit::Usage;
+use crate::exit::{BadAnswer, Usage};
 
-/// The router's base URL, `http://` added when no scheme is given.
+/// The router's base URL, `http://` added when no scheme is given and a trailing
+/// `/api/v1` (the API's own prefix, which each path adds) taken off.
 pub(crate) fn base(router: &str) -> String {
     let r = router.trim_end_matches('/');
+    let r = r.strip_suffix("/api/v1").unwrap_or(r);
     if r.contains("://") {
         r.to_owned()
     } else {
@@ -63,7 +65,7 @@ async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
 /// The envelope's `data`, or its error as ours (401 is an authentication error).
 fn unwrap(a: &Answer, router: &str) -> Result<Value> {
     let v: Value = serde_json::from_slice(&a.body).map_err(|_| {
-        Error::Protocol(format!(
+        BadAnswer(format!(
             "{} answered {} with something that is not Conduit's JSON envelope; is it a \
              Conduit router's API?",
             base(router),
@@ -81,7 +83,12 @@ fn unwrap(a: &Answer, router: &str) -> Result<Value> {
         ))
         .into());
     }
-    Err(Error::Protocol(format!("the router's API answered {}: {message}", a.status)).into())
+    Err(BadAnswer(format!(
+        "the router's API at {} answered {}: {message}",
+        base(router),
+        a.status
+    ))
+    .into())
 }
 
 /// GETs `path` (under `/api/v1`) and returns the envelope's `data`.
@@ -97,4 +104,23 @@ pub(crate) async fn metrics(api: &ApiClientArgs) -> Result<String> {
         return Ok(String::from_utf8_lossy(&a.body).into_owned());
     }
     unwrap(&a, router(api)?).map(|_| String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_takes_a_scheme_and_drops_the_api_prefix() {
+        for (given, base_url) in [
+            ("127.0.0.1:9990", "http://127.0.0.1:9990"),
+            ("http://127.0.0.1:9990/", "http://127.0.0.1:9990"),
+            ("http://127.0.0.1:9990/api/v1", "http://127.0.0.1:9990"),
+            ("https://r.example/api/v1/", "https://r.example"),
+            ("r.example/api/v1", "http://r.example"),
+            ("https://r.example/conduit", "https://r.example/conduit"),
+        ] {
+            assert_eq!(base(given), base_url, "{given}");
+        }
+    }
 }
