@@ -97,6 +97,47 @@ pub(crate) async fn data(api: &ApiClientArgs, path: &str) -> Result<Value> {
     unwrap(&a, router(api)?)
 }
 
+/// Items per page asked for by [`all_pages`]: the API's most.
+const PER_PAGE: u32 = 500;
+
+/// Every page of the list at `path` (under `/api/v1`, with its own query if any): the
+/// first page's `data` without `pagination`, its `items` those of every page.
+pub(crate) async fn all_pages(api: &ApiClientArgs, path: &str, key: &str) -> Result<Value> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut pages = Vec::new();
+    loop {
+        let page = pages.len() + 1;
+        let d = data(api, &format!("{path}{sep}per_page={PER_PAGE}&page={page}")).await?;
+        let total = d["pagination"]["total_pages"].as_u64().unwrap_or(0);
+        pages.push(d);
+        if u64::try_from(page).unwrap_or(u64::MAX) >= total {
+            break;
+        }
+    }
+    Ok(merge_pages(pages, key))
+}
+
+/// `pages` as one: each item once, by its `key` field. A list can shift between two
+/// pages' requests (a new history sample, a new client), pushing an item already
+/// fetched onto the next page.
+fn merge_pages(pages: Vec<Value>, key: &str) -> Value {
+    let mut seen = std::collections::HashSet::new();
+    let mut items = Vec::new();
+    for p in &pages {
+        for item in p["items"].as_array().into_iter().flatten() {
+            if seen.insert(item[key].to_string()) {
+                items.push(item.clone());
+            }
+        }
+    }
+    let mut all = pages.into_iter().next().unwrap_or(Value::Null);
+    if let Some(o) = all.as_object_mut() {
+        o.remove("pagination");
+        o.insert("items".into(), Value::Array(items));
+    }
+    all
+}
+
 /// GETs the router's metrics text.
 pub(crate) async fn metrics(api: &ApiClientArgs) -> Result<String> {
     let a = get(api, "/api/v1/metrics", "text/plain").await?;
@@ -109,6 +150,27 @@ pub(crate) async fn metrics(api: &ApiClientArgs) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sample taken between two pages' requests pushes the first page's last onto
+    /// the second: it is listed once.
+    #[test]
+    fn pages_merge_each_item_once() {
+        let page = |ats: &[&str], n: u64| {
+            let items: Vec<Value> = ats.iter().map(|a| serde_json::json!({"at": a})).collect();
+            serde_json::json!({"interval_secs": 60, "items": items,
+                               "pagination": {"page": n, "total_pages": 2}})
+        };
+        let all = merge_pages(
+            vec![page(&["t4", "t3"], 1), page(&["t3", "t2", "t1"], 2)],
+            "at",
+        );
+        assert_eq!(
+            all,
+            serde_json::json!({"interval_secs": 60, "items": [
+                {"at": "t4"}, {"at": "t3"}, {"at": "t2"}, {"at": "t1"}
+            ]})
+        );
+    }
 
     #[test]
     fn the_base_url_takes_a_scheme_and_drops_the_api_prefix() {

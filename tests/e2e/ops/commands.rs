@@ -242,3 +242,58 @@ fn health_names_each_lost_link_and_forgets_it_when_its_key_is_revoked() {
         "{err}"
     );
 }
+
+#[test]
+fn stats_router_lists_every_client_not_only_the_first_page() {
+    let home = Home::with_keys();
+    let client = home.ok(&["keys", "show", "--name", "client"]);
+    let b64 = client
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .strip_prefix("ed25519:")
+        .unwrap()
+        .to_owned();
+    // 600 more keys (the real one's with its first four characters changed), named to
+    // sort before "client", which the API lists on its second page of 500.
+    let mut file = String::new();
+    for i in 0..600 {
+        let head = format!("{i:04}");
+        if b64.starts_with(&head) {
+            continue;
+        }
+        file.push_str(&format!("ed25519:{head}{} a{head}\n", &b64[4..]));
+    }
+    let listed = file.lines().count() + 1;
+    file.push_str(&client);
+    std::fs::write(home.path().join("authorized_clients"), file).unwrap();
+    let source = sources::echo();
+    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    echo_through(taddr, 2000, 6);
+
+    let out = wait_for("the router's stats to count the stream", || {
+        let out = home.ok(&["stats", "--router", &api, "--api-token", TOKEN]);
+        out.contains("in 2.0 kB  out 2.0 kB").then_some(out)
+    });
+    // The summary, the header, and every client once.
+    assert_eq!(out.lines().count(), 2 + listed, "{out}");
+    let ours: Vec<&str> = out.lines().filter(|l| l.starts_with("client ")).collect();
+    assert_eq!(ours.len(), 1, "{out}");
+    assert!(ours[0].starts_with("client  2.0 kB  2.0 kB  "), "{out}");
+    let json: Value = serde_json::from_str(&home.ok(&[
+        "stats",
+        "--router",
+        &api,
+        "--api-token",
+        TOKEN,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let items = json["items"].as_array().unwrap();
+    assert_eq!(items.len(), listed);
+    assert_eq!(items[listed - 1]["name"], "client");
+    assert_eq!(items[listed - 1]["bytes"]["in"], 2000);
+    assert!(json.get("pagination").is_none(), "{json}");
+}
