@@ -33,7 +33,8 @@ pub(crate) struct LogArgs {
     /// [default: never].
     #[arg(long, global = true, value_enum, requires = "log_file")]
     pub(crate) log_rotation: Option<LogRotation>,
-    /// Rotated log files to keep, 0 for all [default: 7].
+    /// Rotated log files to keep besides the one being written, 0 for all [default: 7].
+    /// Any file in the log's directory whose name starts with the log file's counts.
     #[arg(long, global = true, requires = "log_file")]
     pub(crate) log_keep: Option<usize>,
 }
