@@ -212,4 +212,34 @@ mod tests {
         let _ = stop.send(());
         server.await.unwrap();
     }
+
+    /// A keep-alive connection idle after its answer is closed too.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, app(), "test", 2, async move {
+            let _ = stopped.await;
+        }));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        // The answer, then the end of the stream once the connection sat idle for the
+        // header time limit (on the paused clock), well before its age limit.
+        let start = Instant::now();
+        s.read_to_end(&mut out).await.unwrap();
+        let idle = start.elapsed();
+        assert!(
+            idle >= HEADER_READ_TIMEOUT && idle < MAX_CONNECTION_AGE,
+            "{idle:?}"
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhello"), "{out}");
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
 }
