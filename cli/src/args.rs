@@ -33,7 +33,8 @@ pub(crate) struct LogArgs {
     /// [default: never].
     #[arg(long, global = true, value_enum, requires = "log_file")]
     pub(crate) log_rotation: Option<LogRotation>,
-    /// Rotated log files to keep, 0 for all [default: 7].
+    /// Rotated log files to keep besides the one being written, 0 for all [default: 7].
+    /// Any file in the log's directory whose name starts with the log file's counts.
     #[arg(long, global = true, requires = "log_file")]
     pub(crate) log_keep: Option<usize>,
 }
@@ -82,7 +83,8 @@ pub(crate) enum Command {
     /// through its REST API; exits 1 when a tunnel's figures could not be read.
     Stats(StatsArgs),
     /// Health of the tunnels on this machine, or (with --router) of a router and its
-    /// sources and clients; exits 1 when something is down.
+    /// sources and clients; exits 1 when something is down (69 when the router's API
+    /// cannot be reached, 76 when it answers an error).
     Health(HealthArgs),
     /// Print a background tunnel's log ($CONDUIT_HOME/logs/NAME.log).
     Logs(LogsArgs),

@@ -8,6 +8,8 @@ pub(crate) const USAGE: u8 = 64;
 pub(crate) const UNAVAILABLE: u8 = 69;
 /// Output could not be written: stdout full or closed (EX_IOERR).
 pub(crate) const IOERR: u8 = 74;
+/// A peer answered, but not what it should: an error, or not its protocol (EX_PROTOCOL).
+pub(crate) const PROTOCOL: u8 = 76;
 /// A peer refused who we are, or is not who it must be (EX_NOPERM).
 pub(crate) const NOPERM: u8 = 77;
 /// Anything else.
@@ -25,9 +27,25 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// A peer's answer that cannot be used (a router's API answering an error), raised by a
+/// command: exit 76, apart from 1, which `health` keeps for "something is down".
+#[derive(Debug)]
+pub(crate) struct BadAnswer(pub(crate) String);
+
+impl std::fmt::Display for BadAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadAnswer {}
+
 pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Usage>().is_some() {
         return USAGE;
+    }
+    if e.downcast_ref::<BadAnswer>().is_some() {
+        return PROTOCOL;
     }
     if e.downcast_ref::<crate::output::StdoutError>().is_some() {
         return IOERR;

@@ -89,6 +89,15 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("--log-file {}: not a file name", path.display()))?;
+    // Made here, so a missing directory is made or refused with a clear error before the
+    // appender looks for old files in it (it would print an unprefixed line instead).
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        format!(
+            "cannot create the log directory {}: {e}; create it with write access for this \
+             user, or choose another --log-file",
+            dir.display()
+        )
+    })?;
     let rotation = match s.rotation {
         LogRotation::Never => Rotation::NEVER,
         LogRotation::Hourly => Rotation::HOURLY,
@@ -98,7 +107,9 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
         .rotation(rotation)
         .filename_prefix(name);
     if s.keep > 0 && s.rotation != LogRotation::Never {
-        b = b.max_log_files(s.keep);
+        // tracing-appender counts the file being written too: N rotated files kept
+        // means N + 1 in its terms.
+        b = b.max_log_files(s.keep.saturating_add(1));
     }
     b.build(&dir).map_err(|e| {
         format!(
@@ -147,5 +158,34 @@ mod tests {
         let f = a.settings(Some(&file));
         assert_eq!((f.level.as_str(), f.json), ("warn", false));
         assert_eq!(f.file, Some(PathBuf::from("/var/log/conduit.log")));
+    }
+
+    /// `--log-keep 2` keeps two rotated files besides the one being written, and a
+    /// missing directory is made.
+    #[test]
+    fn keep_counts_rotated_files_and_the_directory_is_made() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = home.path().join("not").join("yet");
+        let path = dir.join("router.log");
+        let mut s = args().settings(None);
+        s.rotation = LogRotation::Daily;
+        s.keep = 2;
+        drop(file_writer(&path, &s).unwrap());
+        assert!(dir.is_dir());
+        let old = ["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"];
+        for day in old {
+            std::fs::write(dir.join(format!("router.log.{day}")), day).unwrap();
+        }
+        drop(file_writer(&path, &s).unwrap());
+        // Which go is the appender's choice (by creation time, here all but equal);
+        // how many stay is ours: the two kept and today's.
+        let left = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("router.log.")
+            })
+            .count();
+        assert_eq!(left, 3);
     }
 }

@@ -101,11 +101,13 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 /// Watches `path` until the task is dropped. `revoked` is bumped after keys were
-/// removed, so control sessions check their own key again.
+/// removed, so control sessions check their own key again; the monitor forgets their
+/// links.
 pub(crate) async fn watch(
     path: PathBuf,
     authorized: Arc<AuthorizedClients>,
     dp: Arc<DataPlane>,
+    monitor: Arc<crate::monitor::Monitor>,
     revoked: watch::Sender<u64>,
 ) {
     let mut hangups = Signals::listen(
@@ -137,6 +139,8 @@ pub(crate) async fn watch(
             gone.push(key);
         }
         for key in &gone {
+            // The links first: the sessions' ends that follow then find nothing to mark lost.
+            monitor.revoked(*key);
             dp.revoke(*key, REVOKED);
         }
         if !gone.is_empty() {

@@ -105,6 +105,18 @@ impl Sample {
         }
     }
 
+    /// Whether the sample could have been taken: its interval is a length of time.
+    fn check(&self) -> Result<(), String> {
+        if self.secs.is_finite() && self.secs >= 0.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "secs is {}, not a length of time in seconds",
+                self.secs
+            ))
+        }
+    }
+
     /// Bits a second each way over the interval.
     pub fn rates(&self) -> (f64, f64) {
         let per = |b: u64| {
@@ -142,7 +154,10 @@ impl History {
             };
             for (i, line) in text.lines().enumerate() {
                 lines += 1;
-                match serde_json::from_str::<Sample>(line) {
+                let sample = serde_json::from_str::<Sample>(line)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| s.check().map(|()| s));
+                match sample {
                     Ok(s) => samples.push_back(s),
                     Err(e) => {
                         skipped.get_or_insert_with(|| {
@@ -397,8 +412,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         drop(h);
 
-        // Started again: the samples come back, a bad line is skipped and named.
+        // Started again: the samples come back, a bad line is skipped and named, and
+        // so is an impossible one.
         append(&path, "not json\n").unwrap();
+        let mut impossible = serde_json::to_value(sample(6)).unwrap();
+        impossible["secs"] = serde_json::json!(-5);
+        append(&path, &format!("{impossible}\n")).unwrap();
         let (h, skipped) = History::open(settings(2, Some(path.clone()))).unwrap();
         let back: Vec<u64> = h
             .newest_first(None, at(10))
@@ -414,6 +433,30 @@ mod tests {
             )),
             "{skipped}"
         );
+        drop(h);
+
+        // The impossible line alone: skipped with its reason.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.lines().filter(|l| *l != "not json").collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+        let (h, skipped) = History::open(settings(2, Some(path.clone()))).unwrap();
+        assert_eq!(
+            skipped.as_deref(),
+            Some(
+                format!(
+                    "traffic history file {} line 3 is not a sample (secs is -5, not a length \
+                     of time in seconds); skipped",
+                    path.display()
+                )
+                .as_str()
+            )
+        );
+        let back: Vec<u64> = h
+            .newest_first(None, at(10))
+            .iter()
+            .map(|s| s.bytes.into)
+            .collect();
+        assert_eq!(back, [5, 4]);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod reconcile;
 pub mod registry;
 pub mod router;
 pub mod router_key;
+pub mod serve;
 pub mod service;
 mod signals;
 pub mod spawn;

@@ -295,6 +295,7 @@ impl Router {
                 path,
                 self.state.authorized.clone(),
                 self.state.dp.clone(),
+                self.state.monitor.clone(),
                 self.state.revoked.clone(),
             ))
         });

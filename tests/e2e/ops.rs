@@ -14,6 +14,7 @@ use crate::openapi::Doc;
 use crate::sources;
 
 mod alerts;
+mod bounds;
 mod commands;
 mod metrics;
 
@@ -224,7 +225,17 @@ fn every_endpoint_answers_in_the_documented_envelope() {
         "per_page must be a whole number from 1 to 500, not \"501\""
     );
     let post = curl("POST", &format!("{api}/api/v1/info"), Some(TOKEN), &[]);
-    check_error(&post, 405, "method_not_allowed");
+    let v = check_error(&post, 405, "method_not_allowed");
+    assert_eq!(
+        v["error"]["message"],
+        "method not allowed: only GET is served here (the API is read-only)"
+    );
+    // The id's hex in upper case names the same client.
+    let upper = get(
+        &api,
+        &format!("/api/v1/clients/{}", id.to_ascii_uppercase()),
+    );
+    assert_eq!(upper["data"]["id"], id.as_str());
     let nowhere = curl("GET", &format!("{api}/api/v2/info"), Some(TOKEN), &[]);
     check_error(&nowhere, 404, "not_found");
 }

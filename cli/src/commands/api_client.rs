@@ -8,11 +8,13 @@ use conduit_controlplane::http::{Answer, HttpClient, Method};
 use serde_json::Value;
 
 use crate::args::ApiClientArgs;
-use crate::exit::Usage;
+use crate::exit::{BadAnswer, Usage};
 
-/// The router's base URL, `http://` added when no scheme is given.
+/// The router's base URL, `http://` added when no scheme is given and a trailing
+/// `/api/v1` (the API's own prefix, which each path adds) taken off.
 pub(crate) fn base(router: &str) -> String {
     let r = router.trim_end_matches('/');
+    let r = r.strip_suffix("/api/v1").unwrap_or(r);
     if r.contains("://") {
         r.to_owned()
     } else {
@@ -63,7 +65,7 @@ async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
 /// The envelope's `data`, or its error as ours (401 is an authentication error).
 fn unwrap(a: &Answer, router: &str) -> Result<Value> {
     let v: Value = serde_json::from_slice(&a.body).map_err(|_| {
-        Error::Protocol(format!(
+        BadAnswer(format!(
             "{} answered {} with something that is not Conduit's JSON envelope; is it a \
              Conduit router's API?",
             base(router),
@@ -81,13 +83,59 @@ fn unwrap(a: &Answer, router: &str) -> Result<Value> {
         ))
         .into());
     }
-    Err(Error::Protocol(format!("the router's API answered {}: {message}", a.status)).into())
+    Err(BadAnswer(format!(
+        "the router's API at {} answered {}: {message}",
+        base(router),
+        a.status
+    ))
+    .into())
 }
 
 /// GETs `path` (under `/api/v1`) and returns the envelope's `data`.
 pub(crate) async fn data(api: &ApiClientArgs, path: &str) -> Result<Value> {
     let a = get(api, path, "application/json").await?;
     unwrap(&a, router(api)?)
+}
+
+/// Items per page asked for by [`all_pages`]: the API's most.
+const PER_PAGE: u32 = 500;
+
+/// Every page of the list at `path` (under `/api/v1`, with its own query if any): the
+/// first page's `data` without `pagination`, its `items` those of every page.
+pub(crate) async fn all_pages(api: &ApiClientArgs, path: &str, key: &str) -> Result<Value> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut pages = Vec::new();
+    loop {
+        let page = pages.len() + 1;
+        let d = data(api, &format!("{path}{sep}per_page={PER_PAGE}&page={page}")).await?;
+        let total = d["pagination"]["total_pages"].as_u64().unwrap_or(0);
+        pages.push(d);
+        if u64::try_from(page).unwrap_or(u64::MAX) >= total {
+            break;
+        }
+    }
+    Ok(merge_pages(pages, key))
+}
+
+/// `pages` as one: each item once, by its `key` field. A list can shift between two
+/// pages' requests (a new history sample, a new client), pushing an item already
+/// fetched onto the next page.
+fn merge_pages(pages: Vec<Value>, key: &str) -> Value {
+    let mut seen = std::collections::HashSet::new();
+    let mut items = Vec::new();
+    for p in &pages {
+        for item in p["items"].as_array().into_iter().flatten() {
+            if seen.insert(item[key].to_string()) {
+                items.push(item.clone());
+            }
+        }
+    }
+    let mut all = pages.into_iter().next().unwrap_or(Value::Null);
+    if let Some(o) = all.as_object_mut() {
+        o.remove("pagination");
+        o.insert("items".into(), Value::Array(items));
+    }
+    all
 }
 
 /// GETs the router's metrics text.
@@ -97,4 +145,44 @@ pub(crate) async fn metrics(api: &ApiClientArgs) -> Result<String> {
         return Ok(String::from_utf8_lossy(&a.body).into_owned());
     }
     unwrap(&a, router(api)?).map(|_| String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample taken between two pages' requests pushes the first page's last onto
+    /// the second: it is listed once.
+    #[test]
+    fn pages_merge_each_item_once() {
+        let page = |ats: &[&str], n: u64| {
+            let items: Vec<Value> = ats.iter().map(|a| serde_json::json!({"at": a})).collect();
+            serde_json::json!({"interval_secs": 60, "items": items,
+                               "pagination": {"page": n, "total_pages": 2}})
+        };
+        let all = merge_pages(
+            vec![page(&["t4", "t3"], 1), page(&["t3", "t2", "t1"], 2)],
+            "at",
+        );
+        assert_eq!(
+            all,
+            serde_json::json!({"interval_secs": 60, "items": [
+                {"at": "t4"}, {"at": "t3"}, {"at": "t2"}, {"at": "t1"}
+            ]})
+        );
+    }
+
+    #[test]
+    fn the_base_url_takes_a_scheme_and_drops_the_api_prefix() {
+        for (given, base_url) in [
+            ("127.0.0.1:9990", "http://127.0.0.1:9990"),
+            ("http://127.0.0.1:9990/", "http://127.0.0.1:9990"),
+            ("http://127.0.0.1:9990/api/v1", "http://127.0.0.1:9990"),
+            ("https://r.example/api/v1/", "https://r.example"),
+            ("r.example/api/v1", "http://r.example"),
+            ("https://r.example/conduit", "https://r.example/conduit"),
+        ] {
+            assert_eq!(base(given), base_url, "{given}");
+        }
+    }
 }

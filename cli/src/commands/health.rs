@@ -138,7 +138,14 @@ async fn router(a: &HealthArgs) -> Result<()> {
         .map(|s| format!("source {}", s["target"].as_str().unwrap_or("?")))
         .collect();
     let lost = d["checks"]["client_links"]["lost"].as_u64().unwrap_or(0);
-    if lost > 0 {
+    let lost_links = d["lost_links"].as_array().cloned().unwrap_or_default();
+    down.extend(
+        lost_links
+            .iter()
+            .map(|l| format!("client {} lost", link_of(l))),
+    );
+    if lost_links.is_empty() && lost > 0 {
+        // A router from before `lost_links`: only the count.
         down.push(format!("{lost} client link(s) lost"));
     }
     if a.format == OutputFormat::Json {
@@ -163,8 +170,29 @@ async fn router(a: &HealthArgs) -> Result<()> {
                 error_of(s)
             ));
         }
+        for l in &lost_links {
+            say(format_args!(
+                "  client {}: lost since {}{}",
+                link_of(l),
+                l["since"].as_str().unwrap_or("?"),
+                l["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     verdict(&down)
+}
+
+/// A lost link as `NAME (ID) tunnel TUNNEL`; a client without a name by its id only.
+fn link_of(l: &Value) -> String {
+    let id = l["client_id"].as_str().unwrap_or("?");
+    let who = match l["client"].as_str().filter(|n| !n.is_empty()) {
+        Some(name) => format!("{name} ({id})"),
+        None => id.to_owned(),
+    };
+    format!("{who} tunnel {}", l["tunnel"].as_str().unwrap_or("?"))
 }
 
 fn error_of(s: &Value) -> String {

@@ -1,7 +1,9 @@
 //! `conduit logs NAME [-f] [-n N]`: a background tunnel's log,
 //! `$CONDUIT_HOME/logs/NAME.log` (the registry entry's `log_file`): its current run,
 //! or its last one. The file stays after the tunnel stops, so its last words can
-//! still be read; starting it again moves them to `NAME.log.1`.
+//! still be read; starting it again moves them to `NAME.log.1`. With `-f`, a log put
+//! in the file's place (another inode), truncated, or written again from the top (a
+//! restart) is followed from its start; one that only grows, from where it was.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -36,25 +38,92 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     if !a.follow {
         return Ok(());
     }
-    let mut pos = text.len() as u64;
-    let mut buf = Vec::new();
+    let mut follower = Follower::new(f, text.into_bytes());
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            // Truncated or replaced (the tunnel was started again): from the top.
-            f = std::fs::File::open(&path)?;
-            pos = 0;
-        }
-        if len > pos {
-            f.seek(SeekFrom::Start(pos))?;
-            buf.clear();
-            f.read_to_end(&mut buf)?;
-            pos += buf.len() as u64;
-            // A reader gone (`| head`) or a full disk ends `-f`.
-            output::try_write(&buf)?;
-        }
+        let new = follower.poll(&path)?;
+        // A reader gone (`| head`) or a full disk ends `-f`.
+        output::try_write(&new)?;
     }
+}
+
+/// Bytes kept from the end of what `-f` has read, to tell a file that was truncated and
+/// written again past that point (a restart) from one that only grew.
+const TAIL: usize = 64;
+
+/// What `-f` has read of the log, and from which file.
+struct Follower {
+    file: std::fs::File,
+    id: Option<(u64, u64)>,
+    pos: u64,
+    tail: Vec<u8>,
+}
+
+impl Follower {
+    /// `file`, of which `read` has been read.
+    fn new(file: std::fs::File, read: Vec<u8>) -> Self {
+        let id = file.metadata().ok().map(|m| identity(&m));
+        let mut me = Self {
+            file,
+            id,
+            pos: 0,
+            tail: Vec::new(),
+        };
+        me.advance(&read);
+        me
+    }
+
+    /// What was added to the log at `path` since the last call. When the file was
+    /// replaced (another inode), truncated, or rewritten from the top past where we
+    /// were, all of it, from the start: the tunnel was started again.
+    fn poll(&mut self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            // Being replaced right now: look again next time.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let replaced = self.id != Some(identity(&meta));
+        if replaced || meta.len() < self.pos || !self.tail_still_there() {
+            self.file = std::fs::File::open(path)?;
+            self.id = self.file.metadata().ok().map(|m| identity(&m));
+            self.pos = 0;
+            self.tail.clear();
+        }
+        let mut buf = Vec::new();
+        self.file.seek(SeekFrom::Start(self.pos))?;
+        self.file.read_to_end(&mut buf)?;
+        self.advance(&buf);
+        Ok(buf)
+    }
+
+    /// Whether the bytes last read are still where they were.
+    fn tail_still_there(&mut self) -> bool {
+        let start = self.pos.saturating_sub(self.tail.len() as u64);
+        let mut now = vec![0; self.tail.len()];
+        self.file.seek(SeekFrom::Start(start)).is_ok()
+            && self.file.read_exact(&mut now).is_ok()
+            && now == self.tail
+    }
+
+    fn advance(&mut self, read: &[u8]) {
+        self.pos += read.len() as u64;
+        self.tail.extend_from_slice(read);
+        let cut = self.tail.len().saturating_sub(TAIL);
+        self.tail.drain(..cut);
+    }
+}
+
+/// A file's device and inode: a file put in the log's place has other ones.
+#[cfg(unix)]
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(_: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
 }
 
 /// The log of the tunnel named (or with id) `name`: its registry entry's, or, for a
@@ -73,4 +142,66 @@ fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
         home.logs().join("NAME.log").display()
     ))
     .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn follower(path: &std::path::Path) -> Follower {
+        let text = std::fs::read(path).unwrap();
+        Follower::new(std::fs::File::open(path).unwrap(), text)
+    }
+
+    #[test]
+    fn a_growing_log_gives_what_was_added_a_separator_line_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        std::fs::write(&path, "one\n").unwrap();
+        let mut f = follower(&path);
+        assert_eq!(f.poll(&path).unwrap(), b"");
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        w.write_all(b"two\n--- started again ---\nthree\n").unwrap();
+        assert_eq!(
+            f.poll(&path).unwrap(),
+            b"two\n--- started again ---\nthree\n"
+        );
+        w.write_all(b"four\n").unwrap();
+        assert_eq!(f.poll(&path).unwrap(), b"four\n");
+    }
+
+    #[test]
+    fn a_log_replaced_by_a_longer_one_is_read_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        std::fs::write(&path, "old 1\n").unwrap();
+        let mut f = follower(&path);
+        // Another file in its place, already longer than what was read.
+        let tmp = dir.path().join("web.log.new");
+        std::fs::write(&tmp, "new 1\nnew 2\nnew 3\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(f.poll(&path).unwrap(), b"new 1\nnew 2\nnew 3\n");
+        assert_eq!(f.poll(&path).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_log_truncated_and_written_past_where_it_was_is_read_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        std::fs::write(&path, "12:00:00 old line\n").unwrap();
+        let mut f = follower(&path);
+        // The same file (inode), truncated and written again within one poll.
+        std::fs::write(&path, "12:05:00 new line one\n12:05:01 new line two\n").unwrap();
+        assert_eq!(
+            f.poll(&path).unwrap(),
+            b"12:05:00 new line one\n12:05:01 new line two\n"
+        );
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(f.poll(&path).unwrap(), b"short\n");
+    }
 }

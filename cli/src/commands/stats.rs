@@ -117,7 +117,7 @@ async fn router(a: &StatsArgs) -> Result<()> {
         output::write(api_client::metrics(&a.api).await?);
         return Ok(());
     }
-    let d = api_client::data(&a.api, "/api/v1/stats/traffic?per_page=500").await?;
+    let d = api_client::all_pages(&a.api, "/api/v1/stats/traffic", "id").await?;
     if a.format == StatsFormat::Json {
         say(serde_json::to_string_pretty(&d)?);
         return Ok(());
@@ -140,31 +140,17 @@ async fn router(a: &StatsArgs) -> Result<()> {
 /// `--history`: every page of the router's samples in the window, printed oldest
 /// first, and the summary.
 async fn history(a: &StatsArgs) -> Result<()> {
-    let window = a
-        .window
-        .map(|w| format!("&window_secs={}", w.as_secs().max(1)))
-        .unwrap_or_default();
-    let mut items: Vec<Value> = Vec::new();
-    let mut page = 1;
-    let first = loop {
-        let path = format!("/api/v1/stats/history?per_page=500&page={page}{window}");
-        let d = api_client::data(&a.api, &path).await?;
-        items.extend(d["items"].as_array().cloned().unwrap_or_default());
-        let pages = d["pagination"]["total_pages"].as_u64().unwrap_or(0);
-        if page >= pages {
-            break d;
-        }
-        page += 1;
+    let path = match a.window {
+        Some(w) => format!("/api/v1/stats/history?window_secs={}", w.as_secs().max(1)),
+        None => "/api/v1/stats/history".to_owned(),
     };
+    // Each sample once by its time: one taken between two pages' requests shifts them.
+    let first = api_client::all_pages(&a.api, &path, "at").await?;
     if a.format != StatsFormat::Table {
-        let mut all = first.clone();
-        all["items"] = Value::Array(items);
-        if let Some(o) = all.as_object_mut() {
-            o.remove("pagination");
-        }
-        say(serde_json::to_string_pretty(&all)?);
+        say(serde_json::to_string_pretty(&first)?);
         return Ok(());
     }
+    let items = first["items"].as_array().cloned().unwrap_or_default();
     let every = first["interval_secs"].as_u64().unwrap_or(0);
     if items.is_empty() {
         say(format_args!(

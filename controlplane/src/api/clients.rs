@@ -2,7 +2,7 @@
 //! tunnels' link states, and its traffic through this router.
 //!
 //! A client's id is the first 8 bytes of its key in hex (16 characters): stable,
-//! URL-safe, and short enough to type. A key removed from authorized_clients still
+//! URL-safe, and short enough to type; upper-case hex is read too. A key removed from authorized_clients still
 //! shows while it has traffic on record.
 
 use std::collections::{BTreeMap, HashMap};
@@ -135,10 +135,12 @@ pub(crate) async fn one(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Data, ApiError> {
+    // Hex either way: ids are written in lower case but read in any.
+    let wanted = id.to_ascii_lowercase();
     rows(&s)
         .await
         .iter()
-        .find(|r| r.id == id)
+        .find(|r| r.id == wanted)
         .map(|r| Data(r.json()))
         .ok_or_else(|| {
             ApiError::not_found(format!(

@@ -103,6 +103,15 @@ async fn finish(resp: Response, id: &RequestId) -> Response {
             .unwrap_or("request failed")
             .to_owned();
     }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // axum's own text is only "Method Not Allowed"; its `Allow` header says more.
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "GET".to_owned(), |a| a.replace(',', ", "));
+        message = format!("method not allowed: only {allow} is served here (the API is read-only)");
+    }
     let code = match status {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::NOT_FOUND => "not_found",

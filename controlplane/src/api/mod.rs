@@ -31,7 +31,6 @@ use conduit_dataplane::DataPlane;
 use conduit_proto::tls::AuthorizedClients;
 use conduit_proto::{PublicKey, Secret};
 use tokio::net::TcpListener;
-use tracing::warn;
 
 use crate::Error;
 use crate::metrics::{Counters, RouterFacts};
@@ -132,20 +131,14 @@ pub fn router(state: Arc<ApiState>, token: Option<Secret>) -> Router {
     .layer(axum::middleware::from_fn(envelope::envelope))
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, with the bounds of [`crate::serve`] (connections
+/// at once, header and connection time limits).
 pub fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!("the API server stopped: {e}");
-        }
-    })
+    crate::serve::serve(listener, app, "the API", shutdown)
 }
 
 #[cfg(test)]

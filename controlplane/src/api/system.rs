@@ -11,7 +11,7 @@ use serde_json::json;
 use super::ApiState;
 use super::envelope::{ApiError, Data};
 use crate::metrics::{self, CONTENT_TYPE, RouterInputs};
-use crate::monitor::{LinkState, SourceState};
+use crate::monitor::{LinkState, SourceState, client_id};
 
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -76,6 +76,20 @@ pub(crate) async fn health(State(s): State<Arc<ApiState>>) -> Data {
             })
         })
         .collect();
+    let lost_links: Vec<_> = view
+        .links
+        .iter()
+        .filter(|l| l.state == LinkState::Lost)
+        .map(|l| {
+            json!({
+                "client_id": client_id(&l.key),
+                "client": l.name,
+                "tunnel": l.tunnel,
+                "since": rfc3339(l.since),
+                "reason": l.reason,
+            })
+        })
+        .collect();
     Data(json!({
         "status": status,
         "uptime_secs": uptime(&s),
@@ -91,6 +105,7 @@ pub(crate) async fn health(State(s): State<Arc<ApiState>>) -> Data {
             "rise": settings.rise,
         },
         "sources": sources,
+        "lost_links": lost_links,
     }))
 }
 

@@ -273,6 +273,8 @@ pub struct HealthConfig {
     pub sources: Vec<String>,
     /// Seconds of silence (no heartbeat) after which a client link is lost.
     pub client_timeout_secs: u64,
+    /// Seconds after which a lost (or disconnected) client link is forgotten.
+    pub lost_link_expiry_secs: u64,
 }
 
 impl Default for HealthConfig {
@@ -285,6 +287,7 @@ impl Default for HealthConfig {
             recent_secs: 600,
             sources: Vec::new(),
             client_timeout_secs: 20,
+            lost_link_expiry_secs: 86_400,
         }
     }
 }

@@ -40,6 +40,7 @@ impl RouterConfig {
             recent: Duration::from_secs(h.recent_secs),
             sources: h.sources.clone(),
             client_timeout: Duration::from_secs(h.client_timeout_secs),
+            lost_link_expiry: Duration::from_secs(h.lost_link_expiry_secs),
         }
     }
 

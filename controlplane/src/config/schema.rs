@@ -288,6 +288,13 @@ static ROUTER: Schema = Schema {
                 ),
                 key("sources", Kind::List),
                 key("client_timeout_secs", SECS),
+                key(
+                    "lost_link_expiry_secs",
+                    Kind::Int {
+                        min: 1,
+                        max: 86400 * 30,
+                    },
+                ),
             ],
         },
         Section {

@@ -295,7 +295,8 @@ impl TunnelControl for ControlState {
 }
 
 /// Serves `GET /metrics` (the Prometheus text format) on `listener` until `stop`
-/// completes. Read-only and without a token: the operator chooses where it listens.
+/// completes, with the bounds of [`crate::serve`]. Read-only and without a token: the
+/// operator chooses where it listens.
 pub fn serve_metrics(
     listener: tokio::net::TcpListener,
     state: ControlState,
@@ -314,14 +315,7 @@ pub fn serve_metrics(
             }
         }),
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            warn!("the metrics server stopped: {e}");
-        }
-    })
+    crate::serve::serve(listener, app, "the metrics endpoint", stop)
 }
 
 /// Serves the control API on `socket` until `stop` completes; the socket file is

@@ -33,6 +33,8 @@ pub struct HealthSettings {
     pub sources: Vec<String>,
     /// A client link whose control channel is silent this long is lost.
     pub client_timeout: Duration,
+    /// A client link lost or disconnected this long is forgotten.
+    pub lost_link_expiry: Duration,
 }
 
 impl Default for HealthSettings {
@@ -45,6 +47,7 @@ impl Default for HealthSettings {
             recent: Duration::from_secs(600),
             sources: Vec::new(),
             client_timeout: Duration::from_secs(20),
+            lost_link_expiry: Duration::from_secs(86_400),
         }
     }
 }
@@ -190,13 +193,51 @@ impl SourceHealth {
     }
 }
 
+/// Why a probe failed: the source's fault, or the router's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The source refused, did not answer, or its name did not resolve: counts
+    /// towards its `fall`.
+    Source(String),
+    /// The router could not make the probe (out of file descriptors or socket
+    /// buffers): it says nothing about the source, which keeps its state.
+    Local(String),
+}
+
+impl ProbeError {
+    /// `e` from opening or connecting a probe's socket, told apart by whose fault.
+    pub fn from_io(e: &std::io::Error) -> Self {
+        if is_local(e) {
+            ProbeError::Local(e.to_string())
+        } else {
+            ProbeError::Source(e.to_string())
+        }
+    }
+}
+
+/// Whether `e` is the router running out of something, not a source failing.
+fn is_local(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::errno::Errno;
+        let local = [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM];
+        e.raw_os_error()
+            .is_some_and(|n| local.iter().any(|l| *l as i32 == n))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// Probes `target` (`host:port`) as a source of `protocol`: how long it took to
 /// answer (`None`: a UDP source that stayed silent), or why it failed.
 pub async fn probe(
     target: &str,
     protocol: Protocol,
     timeout: Duration,
-) -> Result<Option<Duration>, String> {
+) -> Result<Option<Duration>, ProbeError> {
     match protocol {
         Protocol::Tcp => probe_tcp(target, timeout).await.map(Some),
         Protocol::Udp => probe_udp(target, timeout).await,
@@ -205,25 +246,41 @@ pub async fn probe(
 
 /// Resolves `target` and connects to each address until one accepts, all within
 /// `timeout`. The connection is closed at once.
-async fn probe_tcp(target: &str, timeout: Duration) -> Result<Duration, String> {
+async fn probe_tcp(target: &str, timeout: Duration) -> Result<Duration, ProbeError> {
     let start = Instant::now();
     match crate::wire::connect(target, timeout).await {
         Ok(_) => Ok(start.elapsed()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ProbeError::from_io(&e)),
     }
 }
 
 /// Resolves `target` and sends each address an empty datagram, waiting up to
 /// `timeout` for an answer: an ICMP error fails that address (the next is tried);
 /// a datagram, or silence, passes.
-async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, String> {
+async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, ProbeError> {
+    probe_udp_addrs(target, timeout)
+        .await
+        .map_err(|(e, local)| {
+            if local {
+                ProbeError::Local(e)
+            } else {
+                ProbeError::Source(e)
+            }
+        })
+}
+
+/// [`probe_udp`], its failure with whether it was the router's own.
+async fn probe_udp_addrs(
+    target: &str,
+    timeout: Duration,
+) -> Result<Option<Duration>, (String, bool)> {
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let addrs: Vec<std::net::SocketAddr> =
         match tokio::time::timeout_at(deadline, tokio::net::lookup_host(target)).await {
             Ok(Ok(a)) => a.collect(),
-            Ok(Err(e)) => return Err(format!("cannot resolve {target}: {e}")),
-            Err(_) => return Err(format!("resolving {target} took over {timeout:?}")),
+            Ok(Err(e)) => return Err((format!("cannot resolve {target}: {e}"), false)),
+            Err(_) => return Err((format!("resolving {target} took over {timeout:?}"), false)),
         };
     let mut last = format!("{target} resolves to no address");
     for addr in addrs {
@@ -234,7 +291,7 @@ async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, 
         };
         let sock = match tokio::net::UdpSocket::bind(unspecified).await {
             Ok(s) => s,
-            Err(e) => return Err(format!("cannot open a UDP socket: {e}")),
+            Err(e) => return Err((format!("cannot open a UDP socket: {e}"), is_local(&e))),
         };
         let sent = match sock.connect(addr).await {
             Ok(()) => sock.send(&[]).await,
@@ -264,7 +321,7 @@ async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, 
             };
         }
     }
-    Err(last)
+    Err((last, false))
 }
 
 #[cfg(test)]
@@ -329,8 +386,25 @@ mod tests {
                 .is_some()
         );
         drop(l);
-        let e = probe(&addr, Protocol::Tcp, timeout).await.unwrap_err();
-        assert!(e.contains("refused"), "{e}");
+        match probe(&addr, Protocol::Tcp, timeout).await {
+            Err(ProbeError::Source(e)) => assert!(e.contains("refused"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Out of file descriptors is the router's problem, not the source's.
+    #[test]
+    fn running_out_of_files_is_a_local_failure() {
+        let emfile = std::io::Error::from_raw_os_error(nix::errno::Errno::EMFILE as i32);
+        assert_eq!(
+            ProbeError::from_io(&emfile),
+            ProbeError::Local(emfile.to_string())
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            ProbeError::from_io(&refused),
+            ProbeError::Source(refused.to_string())
+        );
     }
 
     #[tokio::test]
@@ -357,10 +431,10 @@ mod tests {
         let e = udp(addr.clone(), 30_000).await.unwrap_err();
         assert_eq!(
             e,
-            format!(
+            ProbeError::Source(format!(
                 "{addr} answered port unreachable: nothing listens on UDP port {}",
                 addr.rsplit_once(':').unwrap().1
-            )
+            ))
         );
     }
 }

@@ -6,10 +6,14 @@
 //! without a `Goodbye` (heartbeats stopped, the connection broke), and `disconnected`
 //! when the client said goodbye. Losing a link and getting it back are the transitions
 //! worth an alert; a clean goodbye and a later reconnect are not.
+//!
+//! A link that is not connected is forgotten after `health.lost_link_expiry_secs` (a
+//! tunnel gone for good stops making the router `degraded`), and every link of a key
+//! at once when the key is removed from authorized_clients.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use conduit_proto::PublicKey;
 
@@ -160,6 +164,32 @@ impl Links {
         (!clean).then(|| LinkChange::Lost(link.view.clone()))
     }
 
+    /// Forgets every link of `key` (its key was revoked); returns how many there were.
+    pub fn forget(&mut self, key: &PublicKey) -> usize {
+        let before = self.links.len();
+        self.links.retain(|(k, _), _| k != key);
+        self.by_session.retain(|_, (k, _)| k != key);
+        before - self.links.len()
+    }
+
+    /// Forgets the links that have not been connected for `after`; returns them.
+    pub fn expire(&mut self, now: SystemTime, after: Duration) -> Vec<LinkView> {
+        let old = |l: &Link| {
+            l.view.state != LinkState::Connected
+                && now.duration_since(l.view.since).is_ok_and(|d| d >= after)
+        };
+        let gone: Vec<(PublicKey, String)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| old(l))
+            .map(|(id, _)| id.clone())
+            .collect();
+        gone.iter()
+            .filter_map(|id| self.links.remove(id))
+            .map(|l| l.view)
+            .collect()
+    }
+
     /// Every link, by client key then tunnel name.
     pub fn views(&self) -> Vec<LinkView> {
         self.links.values().map(|l| l.view.clone()).collect()
@@ -183,8 +213,6 @@ impl Links {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn t(s: u64) -> SystemTime {
@@ -230,5 +258,55 @@ mod tests {
             l.down(i, true, "bye", t(i));
         }
         assert_eq!(l.views().len(), MAX_LINKS_PER_CLIENT);
+    }
+
+    #[test]
+    fn a_revoked_keys_links_are_forgotten_and_its_sessions_too() {
+        let (k, other) = (
+            PublicKey::from_bytes([3; 32]),
+            PublicKey::from_bytes([4; 32]),
+        );
+        let mut l = Links::default();
+        l.up(1, k, "laptop", "web", None, t(0));
+        l.up(2, k, "laptop", "db", None, t(0));
+        l.up(3, other, "desk", "web", None, t(0));
+        assert!(matches!(
+            l.down(1, false, "reset", t(1)),
+            Some(LinkChange::Lost(_))
+        ));
+        assert_eq!(l.forget(&k), 2);
+        let left: Vec<(String, String)> =
+            l.views().into_iter().map(|v| (v.name, v.tunnel)).collect();
+        assert_eq!(left, [("desk".to_owned(), "web".to_owned())]);
+        // Its session closing afterwards brings nothing back.
+        assert_eq!(l.down(2, false, "revoked", t(2)), None);
+        assert_eq!(l.views().len(), 1);
+    }
+
+    #[test]
+    fn links_not_connected_expire_connected_ones_do_not() {
+        let k = PublicKey::from_bytes([5; 32]);
+        let mut l = Links::default();
+        l.up(1, k, "laptop", "web", None, t(0));
+        l.up(2, k, "laptop", "db", None, t(0));
+        l.up(3, k, "laptop", "ssh", None, t(0));
+        l.down(1, false, "reset", t(10));
+        l.down(2, true, "bye", t(20));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(l.expire(t(10) + day - Duration::from_secs(1), day), []);
+        let gone: Vec<String> = l
+            .expire(t(10) + day, day)
+            .into_iter()
+            .map(|v| v.tunnel)
+            .collect();
+        assert_eq!(gone, ["web"]);
+        let gone: Vec<String> = l
+            .expire(t(1_000_000), day)
+            .into_iter()
+            .map(|v| v.tunnel)
+            .collect();
+        assert_eq!(gone, ["db"]);
+        assert_eq!(l.views()[0].tunnel, "ssh");
+        assert_eq!(l.views()[0].state, LinkState::Connected);
     }
 }

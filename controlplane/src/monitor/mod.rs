@@ -30,7 +30,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-pub use health::{HealthSettings, SourceChange, SourceHealth, SourceState, SourceView, probe};
+pub use health::{
+    HealthSettings, ProbeError, SourceChange, SourceHealth, SourceState, SourceView, probe,
+};
 pub use links::{LinkChange, LinkState, LinkView, Links};
 
 use crate::alerts::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
@@ -67,6 +69,10 @@ enum LinkEvent {
         clean: bool,
         reason: String,
     },
+    /// The key was removed from authorized_clients: its links go.
+    Revoked {
+        key: PublicKey,
+    },
 }
 
 /// The handle the router's tasks share.
@@ -97,6 +103,7 @@ impl Monitor {
             sources: HashMap::new(),
             in_flight: HashSet::new(),
             view: view_tx,
+            said_local: None,
         };
         tokio::spawn(task.run(events_rx));
         Ok(Arc::new(Self {
@@ -154,6 +161,12 @@ impl Monitor {
         let _ = self.events.send(LinkEvent::Beat { session });
     }
 
+    /// `key` was removed from authorized_clients (or expired): its links are forgotten,
+    /// lost ones included, so they no longer make the router degraded.
+    pub fn revoked(&self, key: PublicKey) {
+        let _ = self.events.send(LinkEvent::Revoked { key });
+    }
+
     /// `session` ended; `clean` when the client said goodbye.
     pub fn link_down(&self, session: u64, clean: bool, reason: &str) {
         let _ = self.events.send(LinkEvent::Down {
@@ -181,13 +194,18 @@ struct Task {
     sources: HashMap<Source, SourceHealth>,
     in_flight: HashSet<Source>,
     view: watch::Sender<Arc<View>>,
+    /// When a probe the router could not make was last logged.
+    said_local: Option<Instant>,
 }
+
+/// How often "cannot probe: the router is short of files" is logged at most.
+const LOCAL_REPEAT: Duration = Duration::from_secs(60);
 
 /// A source as the monitor tracks it: the same `host:port` may be used over TCP and
 /// over UDP (DNS), and each is probed on its own.
 type Source = (String, Protocol);
 
-type ProbeResult = (Source, Result<Option<Duration>, String>);
+type ProbeResult = (Source, Result<Option<Duration>, ProbeError>);
 
 impl Task {
     async fn run(mut self, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
@@ -211,6 +229,7 @@ impl Task {
                     for a in self.flap.tick(Instant::now()) {
                         self.alerter.send(&a);
                     }
+                    self.expire_links();
                 }
             }
         }
@@ -239,6 +258,13 @@ impl Task {
                 clean,
                 reason,
             } => self.links.down(session, clean, &reason, now),
+            LinkEvent::Revoked { key } => {
+                let n = self.links.forget(&key);
+                if n > 0 {
+                    info!(client = %key, "forgot {n} link(s) of a revoked client key");
+                }
+                None
+            }
         };
         if let Some(c) = change {
             let (event, v) = match c {
@@ -267,6 +293,27 @@ impl Task {
             self.raise(alert);
         }
         self.publish();
+    }
+
+    /// Forgets the links that have not been connected for `lost_link_expiry`.
+    fn expire_links(&mut self) {
+        let gone = self
+            .links
+            .expire(SystemTime::now(), self.settings.lost_link_expiry);
+        for v in &gone {
+            info!(
+                client = %v.key,
+                "forgot the {} link of {} (tunnel {}): not connected for {}s \
+                 (health.lost_link_expiry_secs)",
+                v.state.as_str(),
+                v.name,
+                v.tunnel,
+                self.settings.lost_link_expiry.as_secs()
+            );
+        }
+        if !gone.is_empty() {
+            self.publish();
+        }
     }
 
     /// Starts a probe of every source in use that is not being probed already.
@@ -307,8 +354,26 @@ impl Task {
         }
     }
 
-    fn on_probe(&mut self, source: Source, result: Result<Option<Duration>, String>) {
+    fn on_probe(&mut self, source: Source, result: Result<Option<Duration>, ProbeError>) {
         self.in_flight.remove(&source);
+        let result = match result {
+            Ok(r) => Ok(r),
+            Err(ProbeError::Source(e)) => Err(e),
+            Err(ProbeError::Local(e)) => {
+                // Not the source's fault: it keeps its state rather than raise a false alert.
+                if self.said_local.is_none_or(|t| t.elapsed() >= LOCAL_REPEAT) {
+                    self.said_local = Some(Instant::now());
+                    warn!(
+                        "cannot probe {} {}: {e}; the router itself is short of file \
+                         descriptors or memory, not the source: raise its open-files limit \
+                         (LimitNOFILE, see tuning/limits.conf) or find what holds them",
+                        source.1.as_str(),
+                        source.0
+                    );
+                }
+                return;
+            }
+        };
         let Some(h) = self.sources.get_mut(&source) else {
             return;
         };

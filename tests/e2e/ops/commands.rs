@@ -171,3 +171,129 @@ fn stats_health_and_logs_commands() {
     assert_code(status, 64, &err);
     assert!(err.contains("no log for tunnel \"nope\""), "{err}");
 }
+
+#[test]
+fn health_names_each_lost_link_and_forgets_it_when_its_key_is_revoked() {
+    let home = Home::with_keys();
+    let client = home.ok(&["keys", "show", "--name", "client"]);
+    let other = home.ok(&["init", "--name", "other"]);
+    let file = home.path().join("authorized_clients");
+    std::fs::write(&file, format!("{client}{other}")).unwrap();
+    let source = sources::echo();
+    let (router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let (mut tunnel, _) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &["--name", "web"],
+    );
+    // The API's URL as its documents write it, /api/v1 included.
+    let api_v1 = format!("{api}/api/v1");
+    let health = |url: &str| home.run(&["health", "--router", url, "--api-token", TOKEN]);
+    let (status, out, err) = health(&api_v1);
+    assert_code(status, 0, &err);
+    assert!(out.starts_with("router: ok (up "), "{out}");
+
+    tunnel.signal("KILL");
+    tunnel.wait_exit();
+    let (out, err) = wait_for("the link to be lost", || {
+        let (status, out, err) = health(&api);
+        (status.code() == Some(1)).then_some((out, err))
+    });
+    let id = super::client_id(&home, "client");
+    assert!(
+        err.contains(&format!("unhealthy: client client ({id}) tunnel web lost")),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!("\n  client client ({id}) tunnel web: lost since ")),
+        "{out}"
+    );
+    let h = super::get(&api, "/api/v1/health");
+    let doc = crate::openapi::Doc::load();
+    let schema = doc.response_schema("/api/v1/health", 200, "application/json");
+    assert_eq!(doc.check(&schema, &h), Vec::<String>::new());
+    let lost = &h["data"]["lost_links"];
+    assert_eq!(lost.as_array().map(Vec::len), Some(1), "{lost}");
+    assert_eq!(lost[0]["client_id"], id.as_str());
+    assert_eq!(lost[0]["client"], "client");
+    assert_eq!(lost[0]["tunnel"], "web");
+
+    // Its key revoked, the lost link goes, and the router is healthy again.
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, &other).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    router.wait_stderr("(the file changed): 1 in all, 0 added, 1 removed");
+    let out = wait_for("the lost link to be forgotten", || {
+        let (status, out, _) = health(&api);
+        status.success().then_some(out)
+    });
+    assert!(out.contains("client links 0 connected, 0 lost"), "{out}");
+    let h = super::get(&api, "/api/v1/health");
+    assert_eq!(h["data"]["lost_links"], serde_json::json!([]));
+    let text = crate::http::curl("GET", &format!("{api}/metrics"), Some(TOKEN), &[]).body;
+    assert!(!text.contains("conduit_client_link_up{"), "{text}");
+
+    // An answer that is an API error, not a verdict on health: 76, not 1.
+    let (status, _, err) = health(&format!("{api}/nowhere"));
+    assert_code(status, 76, &err);
+    assert!(
+        err.contains("answered 404 Not Found: no such endpoint; the API lives under /api/v1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_router_lists_every_client_not_only_the_first_page() {
+    let home = Home::with_keys();
+    let client = home.ok(&["keys", "show", "--name", "client"]);
+    let b64 = client
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .strip_prefix("ed25519:")
+        .unwrap()
+        .to_owned();
+    // 600 more keys (the real one's with its first four characters changed), named to
+    // sort before "client", which the API lists on its second page of 500.
+    let mut file = String::new();
+    for i in 0..600 {
+        let head = format!("{i:04}");
+        if b64.starts_with(&head) {
+            continue;
+        }
+        file.push_str(&format!("ed25519:{head}{} a{head}\n", &b64[4..]));
+    }
+    let listed = file.lines().count() + 1;
+    file.push_str(&client);
+    std::fs::write(home.path().join("authorized_clients"), file).unwrap();
+    let source = sources::echo();
+    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    echo_through(taddr, 2000, 6);
+
+    let out = wait_for("the router's stats to count the stream", || {
+        let out = home.ok(&["stats", "--router", &api, "--api-token", TOKEN]);
+        out.contains("in 2.0 kB  out 2.0 kB").then_some(out)
+    });
+    // The summary, the header, and every client once.
+    assert_eq!(out.lines().count(), 2 + listed, "{out}");
+    let ours: Vec<&str> = out.lines().filter(|l| l.starts_with("client ")).collect();
+    assert_eq!(ours.len(), 1, "{out}");
+    assert!(ours[0].starts_with("client  2.0 kB  2.0 kB  "), "{out}");
+    let json: Value = serde_json::from_str(&home.ok(&[
+        "stats",
+        "--router",
+        &api,
+        "--api-token",
+        TOKEN,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let items = json["items"].as_array().unwrap();
+    assert_eq!(items.len(), listed);
+    assert_eq!(items[listed - 1]["name"], "client");
+    assert_eq!(items[listed - 1]["bytes"]["in"], 2000);
+    assert!(json.get("pagination").is_none(), "{json}");
+}
