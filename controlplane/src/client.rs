@@ -135,8 +135,7 @@ pub fn secs(n: u64) -> Option<Duration> {
 pub struct Rotated {
     /// The new key (now in the tunnel's key file).
     pub key: PublicKey,
-    /// When the router stops admitting the old key; `None` when the tunnel took up
-    /// a key another tunnel sharing its key file had rotated to.
+    /// When the router stops admitting the old key (`None`: not known).
     pub old_expires: Option<SystemTime>,
     /// With several routers: those that did not authorize the new key, and why
     /// (`router ADDR: …`). They refuse the tunnel until their operator adds it.
@@ -234,6 +233,14 @@ struct Shared {
     /// when a router's pinned keys change).
     identity: RwLock<Arc<KeyPair>>,
     tls: RwLock<Vec<Arc<ClientConfig>>>,
+    /// The key in use before one taken up from the key file (another tunnel sharing
+    /// the file rotated it, perhaps through a router of its own), kept until a
+    /// router admits the new one: a router that refuses the new key is reached with
+    /// this one again.
+    previous: std::sync::Mutex<Option<Arc<KeyPair>>>,
+    /// A key the key file holds that a router refused: not taken up from the file
+    /// again (a rotation of this tunnel asks its routers to authorize it).
+    declined: std::sync::Mutex<Option<PublicKey>>,
     key_path: Option<PathBuf>,
     key_rotation: Option<Duration>,
     /// The protocol version of each router's control channel (0 while there is
@@ -345,6 +352,8 @@ impl ClientTunnel {
                 failback: s.failback,
                 identity: RwLock::new(Arc::new(s.identity)),
                 tls: RwLock::new(tls),
+                previous: std::sync::Mutex::new(None),
+                declined: std::sync::Mutex::new(None),
                 key_path: s.key_path,
                 key_rotation,
                 token: s.token,
@@ -564,10 +573,10 @@ impl Shared {
         }
     }
 
-    fn use_key(&self, pair: KeyPair) -> Result<(), String> {
+    fn use_key(&self, pair: Arc<KeyPair>) -> Result<(), String> {
         let tls = configs(&pair, &self.trusted()).map_err(|e| e.to_string())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = pair;
         Ok(())
     }
 
@@ -720,19 +729,28 @@ impl Shared {
 
     /// Before each connection of the link: takes up the key file's key if another
     /// tunnel sharing the file rotated it, so this one is not locked out when the
-    /// router retires the old key. True when it did.
+    /// router retires the old key; the key in use is kept, for a router that does
+    /// not know the new one (see [`Self::fall_back`]). True when it did.
     fn pick_up_key_file(&self) -> bool {
         let Some(pair) = self.newer_key_in_file() else {
             return false;
         };
         let key = pair.public();
-        match self.use_key(pair) {
-            Ok(()) if self.routers.len() > 1 => {
-                warn!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel through its router); using it, but of this tunnel's {} routers those that do not know it will refuse it: add it to their authorized_clients", self.routers.len());
-                true
-            }
+        if *self.declined.lock().unwrap_or_else(|p| p.into_inner()) == Some(key) {
+            return false;
+        }
+        let was = self.identity();
+        match self.use_key(Arc::new(pair)) {
             Ok(()) => {
-                info!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it");
+                self.previous
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(was);
+                if self.routers.len() > 1 {
+                    warn!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it, but of this tunnel's {} routers those that do not know it will refuse it: rotate this tunnel too (`conduit keys rotate --tunnel {}`), which has each of them authorize it", self.routers.len(), self.name);
+                } else {
+                    info!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it");
+                }
                 true
             }
             Err(e) => {
@@ -740,6 +758,48 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// The router in use admitted this tunnel: a key taken up from the key file is
+    /// known to work, the one before it is no longer kept.
+    fn admitted(&self) {
+        self.previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Router `index` refused this tunnel (`e`) with a key taken up from the key
+    /// file: goes back to the key used before, which the router may still admit
+    /// (another tunnel rotated the file's key through a router of its own), and
+    /// leaves the file's key alone until a rotation of this tunnel asks its routers
+    /// to authorize it. True when it did: the link is to be made again at once.
+    fn fall_back(&self, index: usize, e: &Error) -> bool {
+        if !matches!(e, Error::Authentication(_)) {
+            return false;
+        }
+        let Some(previous) = self
+            .previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return false;
+        };
+        let refused = self.our_key();
+        let back = previous.public();
+        if let Err(why) = self.use_key(previous) {
+            warn!(tunnel = %self.name, "cannot go back to the previous key {back}: {why}");
+            return false;
+        }
+        *self.declined.lock().unwrap_or_else(|p| p.into_inner()) = Some(refused);
+        let router = &self.routers[index];
+        let file = self
+            .key_path
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" {}", p.display()));
+        warn!(tunnel = %self.name, %router, "router {router} does not admit the key the key file{file} holds now, {refused} (another tunnel sharing the file rotated it through a router of its own): {e}; going back to the previous key {back}, which this tunnel used until now. Rotate this tunnel too (`conduit keys rotate --tunnel {}`: its routers authorize the file's key), or give each tunnel a key file of its own (--key)", self.name);
+        true
     }
 
     /// The router in use.
@@ -936,6 +996,7 @@ async fn control_loop(
         };
         match opened {
             Ok(mut ctl) => {
+                shared.admitted();
                 attempt = 0;
                 tried = 0;
                 refused.fill(None);
@@ -983,6 +1044,9 @@ async fn control_loop(
                 // Down, if it was up until a link made again at once (a rotation,
                 // a withdrawn key) failed: users are turned away, not left waiting.
                 shared.link.lost_all();
+                if shared.fall_back(shared.at(), &e) {
+                    continue;
+                }
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused for good by this router. With several, the others may
@@ -1389,10 +1453,11 @@ enum Rotation {
     Link(String),
 }
 
-/// Rotates the key over the control channel `ctl`: a new key pair, `RotateKey`, and
-/// once the router answers `KeyRotated`, the key file and the TLS configuration are
-/// replaced. The new key is written only after the router authorized it, so a
-/// refusal or a failure leaves everything as it was.
+/// Rotates the key over the control channel `ctl`: a new key pair (or the key file's,
+/// when another tunnel sharing the file rotated it), `RotateKey` to every router,
+/// and once the router in use answers `KeyRotated`, the key file and the TLS
+/// configuration are replaced. The new key is written only after the router
+/// authorized it, so a refusal or a failure leaves everything as it was.
 async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated, Rotation> {
     let Some(path) = &shared.key_path else {
         return Err(Rotation::Refused(
@@ -1413,35 +1478,41 @@ async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated
             version::ROTATION
         )));
     }
-    if let Some(pair) = shared.newer_key_in_file() {
-        // Another tunnel with the same key file rotated it: the router authorized
-        // that key already. Take it up rather than rotate once more.
-        let key = pair.public();
-        shared.use_key(pair).map_err(Rotation::Refused)?;
-        return Ok(Rotated {
-            key,
-            old_expires: None,
-            not_authorized: Vec::new(),
-        });
-    }
     // Every other router is reached before any is asked: one that is away postpones
     // the rotation rather than leave it half made.
     let mut others = open_others(shared, index).await?;
-    let pair = KeyPair::generate()
-        .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
+    // Another tunnel with the same key file rotated it: the routers are asked to
+    // authorize that key rather than a new one (those the other tunnel's rotation
+    // reached, through a clients file they share, know it already and agree).
+    let (pair, fresh) = match shared.newer_key_in_file() {
+        Some(pair) => (pair, false),
+        None => {
+            let pair = KeyPair::generate()
+                .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
+            (pair, true)
+        }
+    };
     // Checked before the router is asked, so that a key it authorizes is usable and
     // can be saved.
     configs(&pair, &shared.trusted())
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
-    let staged = crate::keys::stage_pair(path, &pair)
-        .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
+    let staged = if fresh {
+        Some(
+            crate::keys::stage_pair(path, &pair)
+                .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?,
+        )
+    } else {
+        None
+    };
     let next = pair.public();
     // The router in use first: if it refuses, nothing has changed anywhere.
     let asked = ask_router(shared, ctl, next).await;
     let mut expires = match asked {
         Ok(t) => t,
         Err(e) => {
-            let _ = std::fs::remove_file(&staged);
+            if let Some(staged) = &staged {
+                let _ = std::fs::remove_file(staged);
+            }
             for (_, wire) in &mut others {
                 goodbye(wire, "the key rotation was called off").await;
             }
@@ -1469,19 +1540,24 @@ async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated
             }
         }
     }
-    let name = std::fs::read_to_string(path.with_extension("pub"))
-        .ok()
-        .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
-        .map(|(_, name)| name)
-        .unwrap_or_default();
-    crate::keys::commit_pair(path, &staged, &next, &name).map_err(|e| {
-        // The router admits both keys now; the old one keeps working until it expires.
-        Rotation::Refused(format!(
-            "the router authorized {next}, but the new key could not be put in place ({e}); \
-             the tunnel keeps its old key, which the router admits until it expires"
-        ))
-    })?;
-    shared.use_key(pair).map_err(Rotation::Refused)?;
+    if let Some(staged) = &staged {
+        let name = std::fs::read_to_string(path.with_extension("pub"))
+            .ok()
+            .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
+            .map(|(_, name)| name)
+            .unwrap_or_default();
+        crate::keys::commit_pair(path, staged, &next, &name).map_err(|e| {
+            // The router admits both keys now; the old one keeps working until it
+            // expires.
+            Rotation::Refused(format!(
+                "the router authorized {next}, but the new key could not be put in place \
+                 ({e}); the tunnel keeps its old key, which the router admits until it expires"
+            ))
+        })?;
+    }
+    shared.use_key(Arc::new(pair)).map_err(Rotation::Refused)?;
+    shared.admitted();
+    *shared.declined.lock().unwrap_or_else(|p| p.into_inner()) = None;
     for why in &not_authorized {
         error!(tunnel = %shared.name, "the new key {next} is not authorized by {why}; add it to that router's authorized_clients, or it refuses this tunnel");
     }

@@ -244,6 +244,75 @@ fn a_key_an_operator_is_phasing_out_is_not_rotated() {
     assert_echo(taddr, b"still here");
 }
 
+/// Two tunnels share the default key file, each through a router of its own with a
+/// clients file of its own. One rotates the key through its router; the other,
+/// when its router restarts, tries the file's new key, which that router does not
+/// know, and goes back to the old key the router still admits, saying how to fix
+/// it, instead of stopping. Rotating it too has its router authorize the file's key.
+#[test]
+fn a_tunnel_sharing_its_key_file_with_another_routers_tunnel_keeps_its_admitted_key() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let authorized = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
+    let files = ["a.txt", "b.txt"].map(|f| {
+        let path = home.path().join(f);
+        std::fs::write(&path, &authorized).unwrap();
+        path
+    });
+    let own = |i: usize| ["--authorized-keys", files[i].to_str().unwrap()];
+    let (_ra, a) = home.router_with(engine, &allow, &own(0));
+    let (mut rb, b) = home.router_with(engine, &allow, &own(1));
+    let (_ta, _) = home.tunnel_with(engine, a, &source.to_string(), &["--name", "ta"]);
+    let (mut tb, tb_addr) = home.tunnel_with(engine, b, &source.to_string(), &["--name", "tb"]);
+    let old = home.public_key("client");
+
+    home.ok(&["keys", "rotate", "--tunnel", "ta"]);
+    let new = home.public_key("client");
+    assert_ne!(new, old);
+    assert_eq!(std::fs::read_to_string(&files[1]).unwrap(), authorized);
+
+    rb.stop();
+    let (_rb, _) = home.router_at(engine, &b.to_string(), &allow, &own(1));
+    tb.wait_stderr(&format!(
+        "router {b} does not admit the key the key file {} holds now, {new} (another tunnel \
+         sharing the file rotated it through a router of its own): the router refused this \
+         client's key {new}",
+        home.key("client.key").display()
+    ));
+    tb.wait_stderr(&format!(
+        "going back to the previous key {old}, which this tunnel used until now. Rotate this \
+         tunnel too (`conduit keys rotate --tunnel tb`: its routers authorize the file's key), \
+         or give each tunnel a key file of its own (--key)"
+    ));
+    tb.wait_stdout_count("connected to router", 2);
+    assert!(tb.running(), "{}", tb.stderr());
+    assert_echo(tb_addr, b"with the old key");
+
+    // Rotating it has its router authorize the key the file holds.
+    let out = home.ok(&["keys", "rotate", "--tunnel", "tb"]);
+    assert!(
+        out.starts_with(&format!(
+            "tunnel \"tb\": key rotated to {new}; the old key is admitted until "
+        )),
+        "{out}"
+    );
+    assert_eq!(home.public_key("client"), new);
+    let text = std::fs::read_to_string(&files[1]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0].starts_with("expires=")
+            && lines[0].ends_with(&format!(" {old} client"))
+            && lines[1] == format!("{new} client"),
+        "{text}"
+    );
+    tb.wait_stdout_count("connected to router", 3);
+    assert_echo(tb_addr, b"with the new key");
+    assert!(tb.running(), "{}", tb.stderr());
+}
+
 #[test]
 fn a_router_key_replaced_by_hand_is_taken_up_from_the_pinned_file_without_a_restart() {
     let engine = Engine::Epoll;
