@@ -171,7 +171,8 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
 pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
     let spec = spec.trim();
     if spec.starts_with("ed25519:") {
-        return PublicKey::parse(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
+        // The line `conduit init` prints, its name too, is taken as it is.
+        return PublicKey::parse_named(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
     }
     let path = Path::new(spec);
     let text = std::fs::read_to_string(path).map_err(|source| {
@@ -671,6 +672,9 @@ mod tests {
         assert_eq!(loaded.public(), pair.public());
         let from_file = load_public(home.public_key("client").to_str().unwrap(), "key").unwrap();
         assert_eq!(from_file, pair.public());
+        // The .pub file's line, name and all (`--router-key "$(cat router.pub)"`).
+        assert_eq!(load_public(&pub_line, "key").unwrap(), pair.public());
+        assert_eq!(load_pinned(&pub_line, "key").unwrap(), [pair.public()]);
     }
 
     #[test]

@@ -302,6 +302,10 @@ fn router_keys_are_checked_inline_and_as_files() {
     );
     let pub_file = f.home.public_key("router").display().to_string();
     assert_eq!(check(&f, &text(&pub_file)), none());
+    // The line `conduit init` printed, the key's name too.
+    let line = std::fs::read_to_string(&pub_file).unwrap();
+    assert!(line.trim().ends_with(" router"), "{line}");
+    assert_eq!(check(&f, &text(line.trim())), none());
 }
 
 #[test]
