@@ -125,6 +125,45 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
             }
         }
     })?;
+    if meta.is_dir() {
+        let inside = [
+            path.join(format!("{hint_name}.key")),
+            path.join("keys").join(format!("{hint_name}.key")),
+        ];
+        let fix = match inside.iter().find(|p| p.is_file()) {
+            Some(key) => format!("give the private key file in it, {}", key.display()),
+            None => format!(
+                "give the private key file, e.g. $CONDUIT_HOME/keys/{hint_name}.key (`conduit \
+                 init --name {hint_name}` makes one)"
+            ),
+        };
+        return Err(Error::Config(format!(
+            "private key {} is a directory; {fix}",
+            path.display()
+        )));
+    }
+    // A public key given for the private one (a .pub file, or any file whose first
+    // key line is `ed25519:…`): it says nothing secret, so its mode does not matter.
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Some(Some(Ok(_))) = text
+            .lines()
+            .map(PublicKey::parse_line)
+            .find(Option::is_some)
+    {
+        let beside = path.with_extension("key");
+        let fix = if beside != path && beside.is_file() {
+            format!("give the .key file beside it, {}", beside.display())
+        } else {
+            format!(
+                "give the private key file instead ({hint_name}.key, which `conduit init \
+                 --name {hint_name}` writes beside {hint_name}.pub)"
+            )
+        };
+        return Err(Error::Config(format!(
+            "{} is a public key, not a private key; {fix}",
+            path.display()
+        )));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -675,6 +714,67 @@ mod tests {
         // The .pub file's line, name and all (`--router-key "$(cat router.pub)"`).
         assert_eq!(load_public(&pub_line, "key").unwrap(), pair.public());
         assert_eq!(load_pinned(&pub_line, "key").unwrap(), [pair.public()]);
+    }
+
+    #[test]
+    fn a_directory_or_a_public_key_given_as_the_private_key_is_named_before_its_mode() {
+        let (d, home) = home();
+        generate(&home, "router", false).unwrap();
+        let keys = d.path().join("keys");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let err = load_private(&keys, "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "private key {} is a directory; give the private key file in it, {}",
+                keys.display(),
+                home.private_key("router").display()
+            )
+        );
+        let err = load_private(d.path(), "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "private key {} is a directory; give the private key file in it, {}",
+                d.path().display(),
+                home.private_key("router").display()
+            )
+        );
+        let err = load_private(&keys, "client").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "private key {} is a directory; give the private key file, e.g. \
+                 $CONDUIT_HOME/keys/client.key (`conduit init --name client` makes one)",
+                keys.display()
+            )
+        );
+        // router.pub is mode 0644: it is named a public key, not told to be chmodded.
+        let public = home.public_key("router");
+        let err = load_private(&public, "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} is a public key, not a private key; give the .key file beside it, {}",
+                public.display(),
+                home.private_key("router").display()
+            )
+        );
+        let alone = d.path().join("copied.pub");
+        std::fs::copy(&public, &alone).unwrap();
+        let err = load_private(&alone, "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} is a public key, not a private key; give the private key file instead \
+                 (router.key, which `conduit init --name router` writes beside router.pub)",
+                alone.display()
+            )
+        );
     }
 
     #[test]

@@ -316,3 +316,46 @@ fn start_to_nowhere(home: &Home, bind: &str, extra: &[&str]) -> (std::process::E
     let (status, _, err) = home.run(&args);
     (status, err)
 }
+
+/// A directory, or the public key, given as the router's private key is named as
+/// such, before its mode (a directory's 0755 is no reason to chmod it).
+#[test]
+fn a_router_given_a_directory_or_a_public_key_for_its_key_says_which_file_to_give() {
+    let home = Home::with_keys();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let router = |key: &std::path::Path| {
+        home.run(&[
+            "router",
+            "--bind",
+            "127.0.0.1:0",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+    };
+    let (status, _, err) = router(dir.path());
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: router.private_key_path: private key {} is a directory; give the \
+             private key file, e.g. $CONDUIT_HOME/keys/router.key (`conduit init --name router` \
+             makes one) (cli --key)\n",
+            dir.path().display()
+        )
+    );
+    let (status, _, err) = router(&home.key("router.pub"));
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: router.private_key_path: {} is a public key, not a private key; \
+             give the .key file beside it, {} (cli --key)\n",
+            home.key("router.pub").display(),
+            home.key("router.key").display()
+        )
+    );
+}
