@@ -490,6 +490,29 @@ impl Shared {
         self.identity().public()
     }
 
+    /// This tunnel's key as a line of authorized_clients: the key, then the name its
+    /// `.pub` file gives it (what `conduit keys show --name NAME` prints for
+    /// `NAME.key`), else the key file's name.
+    fn our_line(&self) -> String {
+        let key = self.our_key();
+        let Some(path) = &self.key_path else {
+            return key.to_string();
+        };
+        let named = std::fs::read_to_string(path.with_extension("pub"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| PublicKey::parse_line(l)?.ok())
+                    .filter(|(k, name)| *k == key && !name.is_empty())
+                    .map(|(_, name)| name)
+            })
+            .or_else(|| Some(path.file_stem()?.to_string_lossy().into_owned()));
+        match named {
+            Some(name) => format!("{key} {name}"),
+            None => key.to_string(),
+        }
+    }
+
     fn router_keys(&self) -> Vec<Vec<PublicKey>> {
         self.router_keys
             .read()
@@ -946,7 +969,7 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
 
 fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
-        WireError::Tls(t) => from_tls(t, &shared.our_key()),
+        WireError::Tls(t) => from_tls(t, &shared.our_key(), &shared.our_line()),
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
         WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(

@@ -87,12 +87,43 @@ both_engines!(
         let err = client.stderr();
         assert_code(status, 77, &err);
         assert!(
-            err.contains(&format!("the router refused this client's key {stranger}")),
+            err.contains(&format!(
+                "the router refused this client's key {stranger}; add this line to the \
+                 router's authorized_clients file: {stranger} client\n"
+            )),
             "{err}"
         );
         router.wait_stderr(&format!("refused unknown client key {stranger}"));
     }
 );
+
+/// A tunnel started with a key of another name (`--key keys/other.key`) is told the
+/// line of that key to add, not pointed at `conduit keys show`, which shows client.pub.
+#[test]
+fn an_unknown_key_of_another_name_is_refused_with_its_own_line() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "other"]);
+    let other = home.public_key("other");
+    let (_router, raddr) = home.router(engine, &["127.0.0.1:1".into()]);
+    let key = home.key("other.key");
+    let mut client = home.tunnel_proc(
+        engine,
+        raddr,
+        "127.0.0.1:1",
+        &["--key", key.to_str().unwrap()],
+    );
+    let status = client.wait_exit();
+    let err = client.stderr();
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains(&format!(
+            "the router refused this client's key {other}; add this line to the router's \
+             authorized_clients file: {other} other\n"
+        )),
+        "{err}"
+    );
+}
 
 both_engines!(
     an_unreachable_source_closes_the_user_promptly_with_the_reason_on_both_sides,
