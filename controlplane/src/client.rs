@@ -14,7 +14,8 @@ use conduit_dataplane::{
 use conduit_proto::tls::{ClientConfig, client_config};
 use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{
-    ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
+    ChannelKind, Hello, KeyPair, Message, ProtoError, PublicKey, Refusal, RefusalCode, Secret,
+    TlsSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -969,8 +970,33 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
 
 fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
+        // Retried all the same: the router may be replaced by one that does.
+        WireError::Tls(t) if t.peer_not_tls() => Error::Protocol(format!(
+            "router {router} does not speak Conduit's TLS transport (is it a plain-transport \
+             router, or not a Conduit router at all?): check --router and --transport ({t})"
+        )),
         WireError::Tls(t) => from_tls(t, &shared.our_key(), &shared.our_line()),
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
+        // The first frame the router sent, read as the plain transport's, is not one:
+        // a TLS record (an alert: 0x15 0x03…, read as a frame's length) says a TLS router.
+        WireError::Proto(p @ ProtoError::FrameTooLarge { len, .. })
+            if shared.transport == Transport::Plain
+                && (0x14..=0x17).contains(&(len >> 24))
+                && (len >> 16) & 0xff == 0x03 =>
+        {
+            Error::Protocol(format!(
+                "router {router} answers in TLS, and this tunnel uses --transport plain: start \
+                 the tunnel without --transport plain, or run the router with --transport plain \
+                 ({p})"
+            ))
+        }
+        WireError::Proto(
+            p @ (ProtoError::FrameTooLarge { .. } | ProtoError::UnknownFrameType(_)),
+        ) if shared.transport == Transport::Plain => Error::Protocol(format!(
+            "router {router} does not speak Conduit's plain transport (is it a TLS router, \
+                 or not a Conduit router at all?): start the tunnel without --transport plain \
+                 if the router runs without it, and check --router ({p})"
+        )),
         WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(
             "router {router} closed the connection during setup"
