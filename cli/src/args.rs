@@ -20,7 +20,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
-    /// Log level: error, warn, info, debug, trace (or a tracing filter) [default: info].
+    /// Log level: error, warn, info, debug, trace (or a tracing filter with `=`, such as
+    /// conduit=debug,rustls=warn) [default: info].
     #[arg(long, global = true, env = "CONDUIT_LOG_LEVEL")]
     pub(crate) log_level: Option<String>,
     /// Log format: text for terminals, json for log collectors [default: text].

@@ -390,3 +390,23 @@ fn a_router_given_a_directory_or_a_public_key_for_its_key_says_which_file_to_giv
         )
     );
 }
+
+/// `--log-level warning` logs warnings (it is `warn`), and a single word that is no
+/// level is refused with the levels, instead of silently logging nothing.
+#[test]
+fn a_log_level_that_is_no_level_is_refused_and_warning_is_warn() {
+    let home = Home::with_keys();
+    let (status, _, err) = home.run(&["router", "--bind", "127.0.0.1:0", "--log-level", "verbose"]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: unknown log level verbose: use error, warn, info, debug or trace, or a \
+         filter like conduit=debug\n"
+    );
+    // A router without --allow warns at start: with `warning`, the warning is logged.
+    let mut router = home.spawn(&["router", "--bind", "127.0.0.1:0", "--log-level", "warning"]);
+    router.wait_stdout("router listening on");
+    router.wait_stderr("WARN router.allow: no rule: clients can connect but may open no source");
+    assert_eq!(router.stderr_count(" INFO "), 0, "{}", router.stderr());
+    router.stop();
+}
