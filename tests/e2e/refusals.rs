@@ -410,3 +410,37 @@ fn a_log_level_that_is_no_level_is_refused_and_warning_is_warn() {
     assert_eq!(router.stderr_count(" INFO "), 0, "{}", router.stderr());
     router.stop();
 }
+
+/// `start --workers` is checked as the router's is (0-1024), before anything listens,
+/// instead of failing later with "Too many open files".
+#[test]
+fn start_refuses_a_worker_count_out_of_range() {
+    let home = Home::with_keys();
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:1",
+        "--source",
+        "127.0.0.1:2",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "100000",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err.lines().next(),
+        Some(
+            "error: invalid value '100000' for '--workers <WORKERS>': 100000 is out of range; \
+             use 0-1024"
+        ),
+        "{err}"
+    );
+    // The help says what UDP rides: a channel over either transport.
+    let help = home.ok(&["start", "--help"]);
+    assert!(
+        help.contains("channel of its own to the router (TLS, or plain with --transport"),
+        "{help}"
+    );
+}
