@@ -109,6 +109,31 @@ pub fn load_named_public(home: &Home, name: &str) -> Result<PublicKey, Error> {
     load_public(&path.to_string_lossy(), "public key")
 }
 
+/// Writes `keys/NAME.pub` of `home` again from `keys/NAME.key` when the private key
+/// is there and the public one is not (deleted by hand): the public key is derived
+/// from the private one, and the file gets mode 0644. Returns the file written, if
+/// any.
+pub fn restore_named_public(home: &Home, name: &str) -> Result<Option<std::path::PathBuf>, Error> {
+    validate_name(name)?;
+    let (key_path, pub_path) = (home.private_key(name), home.public_key(name));
+    if !matches!(pub_path.try_exists(), Ok(false)) || !key_path.is_file() {
+        return Ok(None);
+    }
+    let pair = load_private(&key_path, name)?;
+    let err = |source| Error::File {
+        what: "cannot write public key",
+        path: pub_path.clone(),
+        source,
+    };
+    std::fs::write(&pub_path, format!("{} {name}\n", pair.public())).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pub_path, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+    }
+    Ok(Some(pub_path))
+}
+
 /// Loads a private key, refusing one that group or others can read.
 pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     let meta = std::fs::metadata(path).map_err(|source| {
@@ -775,6 +800,32 @@ mod tests {
                 alone.display()
             )
         );
+    }
+
+    #[test]
+    fn a_deleted_public_key_is_written_again_from_the_private_one() {
+        let (_d, home) = home();
+        let pair = generate(&home, "r", false).unwrap();
+        let line = std::fs::read_to_string(home.public_key("r")).unwrap();
+        assert_eq!(restore_named_public(&home, "r").unwrap(), None);
+        std::fs::remove_file(home.public_key("r")).unwrap();
+        assert_eq!(
+            restore_named_public(&home, "r").unwrap(),
+            Some(home.public_key("r"))
+        );
+        assert_eq!(std::fs::read_to_string(home.public_key("r")).unwrap(), line);
+        assert_eq!(load_named_public(&home, "r").unwrap(), pair.public());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(home.public_key("r"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        // Neither file: nothing to restore, and `keys show` says to create the key.
+        assert_eq!(restore_named_public(&home, "none").unwrap(), None);
     }
 
     #[test]

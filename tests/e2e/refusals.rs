@@ -444,3 +444,51 @@ fn start_refuses_a_worker_count_out_of_range() {
         "{help}"
     );
 }
+
+/// `keys show --name r` with r.pub deleted derives the key from r.key and writes
+/// r.pub again, instead of suggesting `init --name r` (which refuses: r.key exists).
+/// And `init` says what a router's key is for, not where client keys go.
+#[test]
+fn keys_show_writes_a_deleted_public_key_again_from_the_private_key() {
+    let home = Home::empty();
+    let (status, line, err) = home.run(&["init", "--name", "router"]);
+    assert_code(status, 0, &err);
+    assert!(
+        err.ends_with(
+            "public key (tunnels pin it: give this line to each tunnel as --router-key, or \
+             [router] public_key in its file):\n"
+        ),
+        "{err}"
+    );
+    let (_, _, err) = home.run(&["init", "--name", "r"]);
+    assert!(
+        err.ends_with(
+            "public key (a client's: add this line to the router's authorized_clients to admit \
+             it; a router's: tunnels pin it with --router-key):\n"
+        ),
+        "{err}"
+    );
+    let r_line = std::fs::read_to_string(home.key("r.pub")).unwrap();
+    std::fs::remove_file(home.key("r.pub")).unwrap();
+    let (status, out, err) = home.run(&["keys", "show", "--name", "r"]);
+    assert_code(status, 0, &err);
+    assert_eq!(out, r_line);
+    assert_eq!(
+        err,
+        format!(
+            "{} was missing: written again from {}\n",
+            home.key("r.pub").display(),
+            home.key("r.key").display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(home.key("r.pub")).unwrap(), r_line);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.key("r.pub"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+    assert_eq!(home.ok(&["keys", "show", "--name", "router"]), line);
+}

@@ -145,7 +145,7 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         out.warn(
             "router.allow",
             "no rule: clients can connect but may open no source; add rules such as \
- allow = [\"10.2.0.2:8080\"]",
+ --allow 10.2.0.2:8080 on the command line, or allow = [\"10.2.0.2:8080\"] in the router's file",
         );
     }
     token_file(r.token.is_some(), "router.token", &mut out);

@@ -455,7 +455,8 @@ fn router_files_are_checked_too() {
             "error: router.authorized_keys: $DIR/home/authorized_clients line 1: invalid public \
              key \"not\": expected the form ed25519:<base64>, as `conduit init` prints",
             "warning: router.allow: no rule: clients can connect but may open no source; add \
-             rules such as allow = [\"10.2.0.2:8080\"]",
+             rules such as --allow 10.2.0.2:8080 on the command line, or allow = \
+             [\"10.2.0.2:8080\"] in the router's file",
         ]
     );
 }
