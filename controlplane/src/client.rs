@@ -784,6 +784,16 @@ impl Shared {
         }
     }
 
+    /// The key file's key, when a router refused it (see [`Self::fall_back`]) and
+    /// this tunnel rotates its key by itself (`key_rotation`): it is to be taken up
+    /// through a rotation, which has the routers authorize it.
+    fn declined_in_file(&self) -> Option<PublicKey> {
+        self.key_rotation?;
+        let declined = (*self.declined.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let in_file = self.newer_key_in_file()?.public();
+        (in_file == declined).then_some(declined)
+    }
+
     /// The router in use admitted this tunnel: a key taken up from the key file is
     /// known to work, the one before it is no longer kept.
     fn admitted(&self) {
@@ -818,11 +828,24 @@ impl Shared {
         }
         *self.declined.lock().unwrap_or_else(|p| p.into_inner()) = Some(refused);
         let router = &self.routers[index];
+        let then = if self.key_rotation.is_some() {
+            format!(
+                ", and asking its routers to authorize the file's key (as `conduit keys rotate \
+                 --tunnel {}` does)",
+                self.name
+            )
+        } else {
+            format!(
+                "; to move it to the file's key, rotate it too (`conduit keys rotate --tunnel \
+                 {}`: its routers authorize that key)",
+                self.name
+            )
+        };
         let file = self
             .key_path
             .as_deref()
             .map_or_else(String::new, |p| format!(" {}", p.display()));
-        warn!(tunnel = %self.name, %router, "router {router} does not admit the key the key file{file} holds now, {refused} (another tunnel sharing the file rotated it through a router of its own): {e}; going back to the previous key {back}, which this tunnel used until now. Rotate this tunnel too (`conduit keys rotate --tunnel {}`: its routers authorize the file's key), or give each tunnel a key file of its own (--key)", self.name);
+        warn!(tunnel = %self.name, %router, "router {router} does not admit the key the key file{file} holds now, {refused} (another tunnel sharing the file rotated it through a router of its own): {e}; going back to the previous key {back}, which this tunnel used until now{then}. To keep tunnels apart, give each a key file of its own (--key)");
         true
     }
 
@@ -1289,6 +1312,17 @@ async fn heartbeat(
                     Ok(done) => return rotated(ctl, done).await,
                     Err(Rotation::Refused(why)) => {
                         warn!(tunnel = %shared.name, "the key is due for rotation but was not rotated: {why}; trying again in {ROTATION_CHECK:?}");
+                    }
+                    Err(Rotation::Link(why)) => return why.into(),
+                }
+            } else if let Some(next) = shared.declined_in_file() {
+                // A router refused the key file's key (see `Shared::fall_back`): it is
+                // taken up through a rotation, which has the routers authorize it.
+                info!(tunnel = %shared.name, "asking this tunnel's routers to authorize the key file's key {next}");
+                match rotate(shared, ctl, index).await {
+                    Ok(done) => return rotated(ctl, done).await,
+                    Err(Rotation::Refused(why)) => {
+                        warn!(tunnel = %shared.name, "the key file's key {next} was not authorized: {why}; this tunnel keeps its key {key}: add {next} to its routers' authorized_clients, or give each tunnel a key file of its own (--key); trying again in {ROTATION_CHECK:?}");
                     }
                     Err(Rotation::Link(why)) => return why.into(),
                 }
