@@ -148,10 +148,11 @@ pub struct Rotated {
 pub struct KeyRotator(mpsc::Sender<oneshot::Sender<Result<Rotated, String>>>);
 
 impl KeyRotator {
-    /// Rotates the tunnel's key through its router link: a new key pair is made, the
-    /// router authorizes it (keeping the old one for its grace period), the key file
-    /// is replaced and the tunnel reconnects with the new key. Fails, saying why,
-    /// while the link is down or when the router refuses.
+    /// Rotates the tunnel's key through its router link: a new key pair is made (or,
+    /// when another tunnel sharing the key file rotated it, the file's key is taken),
+    /// the router authorizes it (keeping the old one for its grace period), the key
+    /// file is replaced and the tunnel reconnects with the new key. Fails, saying
+    /// why, while the link is down or when the router refuses.
     pub async fn rotate(&self) -> Result<Rotated, String> {
         let (tx, rx) = oneshot::channel();
         self.0
