@@ -280,7 +280,10 @@ pub fn load_pinned(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
             )));
         }
         if one.starts_with("ed25519:") {
-            keys.push(load_public(one, what)?);
+            // One key, or a .pub file's lines pasted (`"$(cat router.pub)"`).
+            let pasted =
+                PublicKey::parse_lines(one).map_err(|e| Error::Config(format!("{what}: {e}")))?;
+            keys.extend(pasted);
             continue;
         }
         // Checks the file as for one key (it exists, its first key is sound), then
@@ -739,6 +742,9 @@ mod tests {
         // The .pub file's line, name and all (`--router-key "$(cat router.pub)"`).
         assert_eq!(load_public(&pub_line, "key").unwrap(), pair.public());
         assert_eq!(load_pinned(&pub_line, "key").unwrap(), [pair.public()]);
+        let next = KeyPair::generate().unwrap().public();
+        let both = format!("{}{next} client-next", pub_line);
+        assert_eq!(load_pinned(&both, "key").unwrap(), [pair.public(), next]);
     }
 
     #[test]

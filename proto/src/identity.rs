@@ -65,6 +65,16 @@ impl PublicKey {
         Self::parse(t.split_once(char::is_whitespace).map_or(t, |(key, _)| key))
     }
 
+    /// Parses every key of `text` given as a `.pub` file's content (`"$(cat
+    /// router.pub)"`): a key per line, each as [`Self::parse_named`] takes it; blank
+    /// lines and `#` comments are skipped.
+    pub fn parse_lines(text: &str) -> Result<Vec<Self>, ProtoError> {
+        text.lines()
+            .filter_map(Self::parse_line)
+            .map(|k| k.map(|(key, _)| key))
+            .collect()
+    }
+
     /// Parses one line of a `.pub` or `authorized_clients` file: a key, then optionally
     /// whitespace and a comment. Returns `None` for blank lines and `#` comments.
     pub fn parse_line(line: &str) -> Option<Result<(Self, String), ProtoError>> {
@@ -250,6 +260,11 @@ mod tests {
             k
         );
         assert_eq!(PublicKey::parse_named(&k.to_string()).unwrap(), k);
+        let k2 = KeyPair::generate().unwrap().public();
+        assert_eq!(
+            PublicKey::parse_lines(&format!("{k} router\n{k2} router-next")).unwrap(),
+            [k, k2]
+        );
         let e = PublicKey::parse_named("ed25519:!!! router").unwrap_err();
         assert_eq!(
             e.to_string(),

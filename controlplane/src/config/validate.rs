@@ -611,8 +611,7 @@ pub(crate) fn public_key(spec: &str) -> Result<Vec<PublicKey>, String> {
 fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
     let spec = spec.trim();
     if spec.starts_with("ed25519:") {
-        return PublicKey::parse_named(spec)
-            .map(|k| vec![k])
+        return PublicKey::parse_lines(spec)
             .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"));
     }
     if !Path::new(spec).exists() {
