@@ -20,7 +20,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
-    /// Log level: error, warn, info, debug, trace (or a tracing filter) [default: info].
+    /// Log level: error, warn, info, debug, trace (or a tracing filter with `=`, such as
+    /// conduit=debug,rustls=warn) [default: info].
     #[arg(long, global = true, env = "CONDUIT_LOG_LEVEL")]
     pub(crate) log_level: Option<String>,
     /// Log format: text for terminals, json for log collectors [default: text].
@@ -419,8 +420,8 @@ pub(crate) enum ShowFormat {
 
 #[derive(Debug, Args, Clone)]
 pub(crate) struct EngineArgs {
-    /// Data-plane worker threads (default: one per usable core).
-    #[arg(long, env = "CONDUIT_WORKERS", default_value_t = 0)]
+    /// Data-plane worker threads, 0-1024 (default, 0: one per usable core).
+    #[arg(long, env = "CONDUIT_WORKERS", default_value_t = 0, value_parser = parse_workers)]
     pub(crate) workers: usize,
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
     #[arg(long, env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
@@ -434,6 +435,18 @@ pub(crate) struct EngineArgs {
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
     s.parse()
+}
+
+/// The most data-plane workers, as the router's `performance.workers` allows.
+const MAX_WORKERS: usize = 1024;
+
+/// `--workers`: 0 (one per usable core) to [`MAX_WORKERS`].
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_WORKERS => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range; use 0-{MAX_WORKERS}")),
+        Err(_) => Err(format!("expected an integer (0-{MAX_WORKERS})")),
+    }
 }
 
 /// `conduit router`. Every setting also has a key in the router's configuration file
@@ -562,7 +575,8 @@ pub(crate) struct StartArgs {
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
     pub(crate) transport: TransportArg,
     /// tcp (default), or udp: users send datagrams to --bind and each sender's flow
-    /// rides a TLS channel of its own (not over --transport plain).
+    /// rides a channel of its own to the router (TLS, or plain with --transport
+    /// plain).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
     pub(crate) protocol: ProtocolArg,
     /// UDP tunnels: seconds a flow may pass no datagram either way before it ends;

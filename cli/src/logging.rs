@@ -50,14 +50,31 @@ impl LogArgs {
     }
 }
 
-pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
-    let directives = match s.level.as_str() {
-        // Plain levels keep the TLS and HTTP libraries' chatter down.
-        l @ ("error" | "warn" | "info" | "debug" | "trace") => {
-            format!("{l},rustls=warn,hyper=warn,hyper_util=warn,h2=warn")
+/// The tracing filter `--log-level` stands for: a level (`warning` is `warn`), with
+/// the TLS and HTTP libraries' chatter kept down, or a filter as written. A single
+/// word that is no level is refused: tracing would take it for a target and log
+/// nothing else.
+fn directives(level: &str) -> Result<String, String> {
+    if level.contains(['=', ',']) {
+        return Ok(level.to_owned());
+    }
+    let l = match level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_owned(),
+        l @ ("off" | "error" | "warn" | "info" | "debug" | "trace") => l.to_owned(),
+        _ => {
+            return Err(format!(
+                "unknown log level {level}: use error, warn, info, debug or trace, or a filter \
+                 like conduit=debug"
+            ));
         }
-        other => other.to_owned(),
     };
+    Ok(format!(
+        "{l},rustls=warn,hyper=warn,hyper_util=warn,h2=warn"
+    ))
+}
+
+pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
+    let directives = directives(&s.level)?;
     let filter = EnvFilter::try_new(&directives)
         .map_err(|e| format!("invalid --log-level {:?}: {e}", s.level))?;
     let (writer, ansi) = match &s.file {
@@ -132,6 +149,24 @@ mod tests {
             log_rotation: None,
             log_keep: None,
         }
+    }
+
+    #[test]
+    fn levels_are_levels_and_other_single_words_are_refused() {
+        let quiet = ",rustls=warn,hyper=warn,hyper_util=warn,h2=warn";
+        assert_eq!(directives("warning").unwrap(), format!("warn{quiet}"));
+        assert_eq!(directives("Debug").unwrap(), format!("debug{quiet}"));
+        assert_eq!(directives("info").unwrap(), format!("info{quiet}"));
+        assert_eq!(
+            directives("verbose").unwrap_err(),
+            "unknown log level verbose: use error, warn, info, debug or trace, or a filter \
+             like conduit=debug"
+        );
+        assert_eq!(directives("conduit=debug").unwrap(), "conduit=debug");
+        assert_eq!(
+            directives("info,rustls=debug").unwrap(),
+            "info,rustls=debug"
+        );
     }
 
     #[test]

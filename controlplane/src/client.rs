@@ -14,7 +14,8 @@ use conduit_dataplane::{
 use conduit_proto::tls::{ClientConfig, client_config};
 use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{
-    ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
+    ChannelKind, Hello, KeyPair, Message, ProtoError, PublicKey, Refusal, RefusalCode, Secret,
+    TlsSession,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -135,8 +136,7 @@ pub fn secs(n: u64) -> Option<Duration> {
 pub struct Rotated {
     /// The new key (now in the tunnel's key file).
     pub key: PublicKey,
-    /// When the router stops admitting the old key; `None` when the tunnel took up
-    /// a key another tunnel sharing its key file had rotated to.
+    /// When the router stops admitting the old key (`None`: not known).
     pub old_expires: Option<SystemTime>,
     /// With several routers: those that did not authorize the new key, and why
     /// (`router ADDR: …`). They refuse the tunnel until their operator adds it.
@@ -148,10 +148,11 @@ pub struct Rotated {
 pub struct KeyRotator(mpsc::Sender<oneshot::Sender<Result<Rotated, String>>>);
 
 impl KeyRotator {
-    /// Rotates the tunnel's key through its router link: a new key pair is made, the
-    /// router authorizes it (keeping the old one for its grace period), the key file
-    /// is replaced and the tunnel reconnects with the new key. Fails, saying why,
-    /// while the link is down or when the router refuses.
+    /// Rotates the tunnel's key through its router link: a new key pair is made (or,
+    /// when another tunnel sharing the key file rotated it, the file's key is taken),
+    /// the router authorizes it (keeping the old one for its grace period), the key
+    /// file is replaced and the tunnel reconnects with the new key. Fails, saying
+    /// why, while the link is down or when the router refuses.
     pub async fn rotate(&self) -> Result<Rotated, String> {
         let (tx, rx) = oneshot::channel();
         self.0
@@ -234,6 +235,14 @@ struct Shared {
     /// when a router's pinned keys change).
     identity: RwLock<Arc<KeyPair>>,
     tls: RwLock<Vec<Arc<ClientConfig>>>,
+    /// The key in use before one taken up from the key file (another tunnel sharing
+    /// the file rotated it, perhaps through a router of its own), kept until a
+    /// router admits the new one: a router that refuses the new key is reached with
+    /// this one again.
+    previous: std::sync::Mutex<Option<Arc<KeyPair>>>,
+    /// A key the key file holds that a router refused: not taken up from the file
+    /// again (a rotation of this tunnel asks its routers to authorize it).
+    declined: std::sync::Mutex<Option<PublicKey>>,
     key_path: Option<PathBuf>,
     key_rotation: Option<Duration>,
     /// The protocol version of each router's control channel (0 while there is
@@ -345,6 +354,8 @@ impl ClientTunnel {
                 failback: s.failback,
                 identity: RwLock::new(Arc::new(s.identity)),
                 tls: RwLock::new(tls),
+                previous: std::sync::Mutex::new(None),
+                declined: std::sync::Mutex::new(None),
                 key_path: s.key_path,
                 key_rotation,
                 token: s.token,
@@ -481,6 +492,29 @@ impl Shared {
         self.identity().public()
     }
 
+    /// This tunnel's key as a line of authorized_clients: the key, then the name its
+    /// `.pub` file gives it (what `conduit keys show --name NAME` prints for
+    /// `NAME.key`), else the key file's name.
+    fn our_line(&self) -> String {
+        let key = self.our_key();
+        let Some(path) = &self.key_path else {
+            return key.to_string();
+        };
+        let named = std::fs::read_to_string(path.with_extension("pub"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| PublicKey::parse_line(l)?.ok())
+                    .filter(|(k, name)| *k == key && !name.is_empty())
+                    .map(|(_, name)| name)
+            })
+            .or_else(|| Some(path.file_stem()?.to_string_lossy().into_owned()));
+        match named {
+            Some(name) => format!("{key} {name}"),
+            None => key.to_string(),
+        }
+    }
+
     fn router_keys(&self) -> Vec<Vec<PublicKey>> {
         self.router_keys
             .read()
@@ -564,10 +598,10 @@ impl Shared {
         }
     }
 
-    fn use_key(&self, pair: KeyPair) -> Result<(), String> {
+    fn use_key(&self, pair: Arc<KeyPair>) -> Result<(), String> {
         let tls = configs(&pair, &self.trusted()).map_err(|e| e.to_string())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
-        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pair);
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = pair;
         Ok(())
     }
 
@@ -720,19 +754,28 @@ impl Shared {
 
     /// Before each connection of the link: takes up the key file's key if another
     /// tunnel sharing the file rotated it, so this one is not locked out when the
-    /// router retires the old key. True when it did.
+    /// router retires the old key; the key in use is kept, for a router that does
+    /// not know the new one (see [`Self::fall_back`]). True when it did.
     fn pick_up_key_file(&self) -> bool {
         let Some(pair) = self.newer_key_in_file() else {
             return false;
         };
         let key = pair.public();
-        match self.use_key(pair) {
-            Ok(()) if self.routers.len() > 1 => {
-                warn!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel through its router); using it, but of this tunnel's {} routers those that do not know it will refuse it: add it to their authorized_clients", self.routers.len());
-                true
-            }
+        if *self.declined.lock().unwrap_or_else(|p| p.into_inner()) == Some(key) {
+            return false;
+        }
+        let was = self.identity();
+        match self.use_key(Arc::new(pair)) {
             Ok(()) => {
-                info!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it");
+                self.previous
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(was);
+                if self.routers.len() > 1 {
+                    warn!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it, but of this tunnel's {} routers those that do not know it will refuse it: rotate this tunnel too (`conduit keys rotate --tunnel {}`), which has each of them authorize it", self.routers.len(), self.name);
+                } else {
+                    info!(tunnel = %self.name, %key, "the key file holds a new key (rotated by another tunnel); using it");
+                }
                 true
             }
             Err(e) => {
@@ -740,6 +783,71 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// The key file's key, when a router refused it (see [`Self::fall_back`]) and
+    /// this tunnel rotates its key by itself (`key_rotation`): it is to be taken up
+    /// through a rotation, which has the routers authorize it.
+    fn declined_in_file(&self) -> Option<PublicKey> {
+        self.key_rotation?;
+        let declined = (*self.declined.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let in_file = self.newer_key_in_file()?.public();
+        (in_file == declined).then_some(declined)
+    }
+
+    /// The router in use admitted this tunnel: a key taken up from the key file is
+    /// known to work, the one before it is no longer kept.
+    fn admitted(&self) {
+        self.previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Router `index` refused this tunnel (`e`) with a key taken up from the key
+    /// file: goes back to the key used before, which the router may still admit
+    /// (another tunnel rotated the file's key through a router of its own), and
+    /// leaves the file's key alone until a rotation of this tunnel asks its routers
+    /// to authorize it. True when it did: the link is to be made again at once.
+    fn fall_back(&self, index: usize, e: &Error) -> bool {
+        if !matches!(e, Error::Authentication(_)) {
+            return false;
+        }
+        let Some(previous) = self
+            .previous
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return false;
+        };
+        let refused = self.our_key();
+        let back = previous.public();
+        if let Err(why) = self.use_key(previous) {
+            warn!(tunnel = %self.name, "cannot go back to the previous key {back}: {why}");
+            return false;
+        }
+        *self.declined.lock().unwrap_or_else(|p| p.into_inner()) = Some(refused);
+        let router = &self.routers[index];
+        let then = if self.key_rotation.is_some() {
+            format!(
+                ", and asking its routers to authorize the file's key (as `conduit keys rotate \
+                 --tunnel {}` does)",
+                self.name
+            )
+        } else {
+            format!(
+                "; to move it to the file's key, rotate it too (`conduit keys rotate --tunnel \
+                 {}`: its routers authorize that key)",
+                self.name
+            )
+        };
+        let file = self
+            .key_path
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" {}", p.display()));
+        warn!(tunnel = %self.name, %router, "router {router} does not admit the key the key file{file} holds now, {refused} (another tunnel sharing the file rotated it through a router of its own): {e}; going back to the previous key {back}, which this tunnel used until now{then}. To keep tunnels apart, give each a key file of its own (--key)");
+        true
     }
 
     /// The router in use.
@@ -886,8 +994,33 @@ fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(), Error> {
 
 fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
-        WireError::Tls(t) => from_tls(t, &shared.our_key()),
+        // Retried all the same: the router may be replaced by one that does.
+        WireError::Tls(t) if t.peer_not_tls() => Error::Protocol(format!(
+            "router {router} does not speak Conduit's TLS transport (is it a plain-transport \
+             router, or not a Conduit router at all?): check --router and --transport ({t})"
+        )),
+        WireError::Tls(t) => from_tls(t, &shared.our_key(), &shared.our_line()),
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
+        // The first frame the router sent, read as the plain transport's, is not one:
+        // a TLS record (an alert: 0x15 0x03…, read as a frame's length) says a TLS router.
+        WireError::Proto(p @ ProtoError::FrameTooLarge { len, .. })
+            if shared.transport == Transport::Plain
+                && (0x14..=0x17).contains(&(len >> 24))
+                && (len >> 16) & 0xff == 0x03 =>
+        {
+            Error::Protocol(format!(
+                "router {router} answers in TLS, and this tunnel uses --transport plain: start \
+                 the tunnel without --transport plain, or run the router with --transport plain \
+                 ({p})"
+            ))
+        }
+        WireError::Proto(
+            p @ (ProtoError::FrameTooLarge { .. } | ProtoError::UnknownFrameType(_)),
+        ) if shared.transport == Transport::Plain => Error::Protocol(format!(
+            "router {router} does not speak Conduit's plain transport (is it a TLS router, \
+                 or not a Conduit router at all?): start the tunnel without --transport plain \
+                 if the router runs without it, and check --router ({p})"
+        )),
         WireError::Proto(p) => Error::Protocol(format!("router {router}: {p}")),
         WireError::Closed => Error::Protocol(format!(
             "router {router} closed the connection during setup"
@@ -936,6 +1069,7 @@ async fn control_loop(
         };
         match opened {
             Ok(mut ctl) => {
+                shared.admitted();
                 attempt = 0;
                 tried = 0;
                 refused.fill(None);
@@ -983,6 +1117,9 @@ async fn control_loop(
                 // Down, if it was up until a link made again at once (a rotation,
                 // a withdrawn key) failed: users are turned away, not left waiting.
                 shared.link.lost_all();
+                if shared.fall_back(shared.at(), &e) {
+                    continue;
+                }
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused for good by this router. With several, the others may
@@ -1177,6 +1314,17 @@ async fn heartbeat(
                     Ok(done) => return rotated(ctl, done).await,
                     Err(Rotation::Refused(why)) => {
                         warn!(tunnel = %shared.name, "the key is due for rotation but was not rotated: {why}; trying again in {ROTATION_CHECK:?}");
+                    }
+                    Err(Rotation::Link(why)) => return why.into(),
+                }
+            } else if let Some(next) = shared.declined_in_file() {
+                // A router refused the key file's key (see `Shared::fall_back`): it is
+                // taken up through a rotation, which has the routers authorize it.
+                info!(tunnel = %shared.name, "asking this tunnel's routers to authorize the key file's key {next}");
+                match rotate(shared, ctl, index).await {
+                    Ok(done) => return rotated(ctl, done).await,
+                    Err(Rotation::Refused(why)) => {
+                        warn!(tunnel = %shared.name, "the key file's key {next} was not authorized: {why}; this tunnel keeps its key {key}: add {next} to its routers' authorized_clients, or give each tunnel a key file of its own (--key); trying again in {ROTATION_CHECK:?}");
                     }
                     Err(Rotation::Link(why)) => return why.into(),
                 }
@@ -1390,10 +1538,11 @@ enum Rotation {
     Link(String),
 }
 
-/// Rotates the key over the control channel `ctl`: a new key pair, `RotateKey`, and
-/// once the router answers `KeyRotated`, the key file and the TLS configuration are
-/// replaced. The new key is written only after the router authorized it, so a
-/// refusal or a failure leaves everything as it was.
+/// Rotates the key over the control channel `ctl`: a new key pair (or the key file's,
+/// when another tunnel sharing the file rotated it), `RotateKey` to every router,
+/// and once the router in use answers `KeyRotated`, the key file and the TLS
+/// configuration are replaced. The new key is written only after the router
+/// authorized it, so a refusal or a failure leaves everything as it was.
 async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated, Rotation> {
     let Some(path) = &shared.key_path else {
         return Err(Rotation::Refused(
@@ -1414,35 +1563,41 @@ async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated
             version::ROTATION
         )));
     }
-    if let Some(pair) = shared.newer_key_in_file() {
-        // Another tunnel with the same key file rotated it: the router authorized
-        // that key already. Take it up rather than rotate once more.
-        let key = pair.public();
-        shared.use_key(pair).map_err(Rotation::Refused)?;
-        return Ok(Rotated {
-            key,
-            old_expires: None,
-            not_authorized: Vec::new(),
-        });
-    }
     // Every other router is reached before any is asked: one that is away postpones
     // the rotation rather than leave it half made.
     let mut others = open_others(shared, index).await?;
-    let pair = KeyPair::generate()
-        .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
+    // Another tunnel with the same key file rotated it: the routers are asked to
+    // authorize that key rather than a new one (those the other tunnel's rotation
+    // reached, through a clients file they share, know it already and agree).
+    let (pair, fresh) = match shared.newer_key_in_file() {
+        Some(pair) => (pair, false),
+        None => {
+            let pair = KeyPair::generate()
+                .map_err(|e| Rotation::Refused(format!("cannot generate a key: {e}")))?;
+            (pair, true)
+        }
+    };
     // Checked before the router is asked, so that a key it authorizes is usable and
     // can be saved.
     configs(&pair, &shared.trusted())
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
-    let staged = crate::keys::stage_pair(path, &pair)
-        .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?;
+    let staged = if fresh {
+        Some(
+            crate::keys::stage_pair(path, &pair)
+                .map_err(|e| Rotation::Refused(format!("cannot save a new key: {e}")))?,
+        )
+    } else {
+        None
+    };
     let next = pair.public();
     // The router in use first: if it refuses, nothing has changed anywhere.
     let asked = ask_router(shared, ctl, next).await;
     let mut expires = match asked {
         Ok(t) => t,
         Err(e) => {
-            let _ = std::fs::remove_file(&staged);
+            if let Some(staged) = &staged {
+                let _ = std::fs::remove_file(staged);
+            }
             for (_, wire) in &mut others {
                 goodbye(wire, "the key rotation was called off").await;
             }
@@ -1470,19 +1625,24 @@ async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated
             }
         }
     }
-    let name = std::fs::read_to_string(path.with_extension("pub"))
-        .ok()
-        .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
-        .map(|(_, name)| name)
-        .unwrap_or_default();
-    crate::keys::commit_pair(path, &staged, &next, &name).map_err(|e| {
-        // The router admits both keys now; the old one keeps working until it expires.
-        Rotation::Refused(format!(
-            "the router authorized {next}, but the new key could not be put in place ({e}); \
-             the tunnel keeps its old key, which the router admits until it expires"
-        ))
-    })?;
-    shared.use_key(pair).map_err(Rotation::Refused)?;
+    if let Some(staged) = &staged {
+        let name = std::fs::read_to_string(path.with_extension("pub"))
+            .ok()
+            .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
+            .map(|(_, name)| name)
+            .unwrap_or_default();
+        crate::keys::commit_pair(path, staged, &next, &name).map_err(|e| {
+            // The router admits both keys now; the old one keeps working until it
+            // expires.
+            Rotation::Refused(format!(
+                "the router authorized {next}, but the new key could not be put in place \
+                 ({e}); the tunnel keeps its old key, which the router admits until it expires"
+            ))
+        })?;
+    }
+    shared.use_key(Arc::new(pair)).map_err(Rotation::Refused)?;
+    shared.admitted();
+    *shared.declined.lock().unwrap_or_else(|p| p.into_inner()) = None;
     for why in &not_authorized {
         error!(tunnel = %shared.name, "the new key {next} is not authorized by {why}; add it to that router's authorized_clients, or it refuses this tunnel");
     }

@@ -97,15 +97,17 @@ impl Error {
     }
 }
 
-/// Turns a TLS error into the error a user should see, naming keys where they matter.
-pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey) -> Error {
+/// Turns a TLS error into the error a user should see, naming keys where they matter:
+/// `our_line` is this client's key as its authorized_clients line reads (the key and
+/// its name).
+pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey, our_line: &str) -> Error {
     if e.router_key_mismatch().is_some() {
         return Error::Authentication(e.to_string());
     }
     if e.peer_rejected_our_key() {
         return Error::Authentication(format!(
-            "the router refused this client's key {our_key}; add that line to the router's \
-             authorized_clients file (it is what `conduit keys show` prints here)"
+            "the router refused this client's key {our_key}; add this line to the router's \
+             authorized_clients file: {our_line}"
         ));
     }
     Error::Tls(e)

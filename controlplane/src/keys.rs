@@ -109,6 +109,31 @@ pub fn load_named_public(home: &Home, name: &str) -> Result<PublicKey, Error> {
     load_public(&path.to_string_lossy(), "public key")
 }
 
+/// Writes `keys/NAME.pub` of `home` again from `keys/NAME.key` when the private key
+/// is there and the public one is not (deleted by hand): the public key is derived
+/// from the private one, and the file gets mode 0644. Returns the file written, if
+/// any.
+pub fn restore_named_public(home: &Home, name: &str) -> Result<Option<std::path::PathBuf>, Error> {
+    validate_name(name)?;
+    let (key_path, pub_path) = (home.private_key(name), home.public_key(name));
+    if !matches!(pub_path.try_exists(), Ok(false)) || !key_path.is_file() {
+        return Ok(None);
+    }
+    let pair = load_private(&key_path, name)?;
+    let err = |source| Error::File {
+        what: "cannot write public key",
+        path: pub_path.clone(),
+        source,
+    };
+    std::fs::write(&pub_path, format!("{} {name}\n", pair.public())).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pub_path, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+    }
+    Ok(Some(pub_path))
+}
+
 /// Loads a private key, refusing one that group or others can read.
 pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     let meta = std::fs::metadata(path).map_err(|source| {
@@ -125,6 +150,45 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
             }
         }
     })?;
+    if meta.is_dir() {
+        let inside = [
+            path.join(format!("{hint_name}.key")),
+            path.join("keys").join(format!("{hint_name}.key")),
+        ];
+        let fix = match inside.iter().find(|p| p.is_file()) {
+            Some(key) => format!("give the private key file in it, {}", key.display()),
+            None => format!(
+                "give the private key file, e.g. $CONDUIT_HOME/keys/{hint_name}.key (`conduit \
+                 init --name {hint_name}` makes one)"
+            ),
+        };
+        return Err(Error::Config(format!(
+            "private key {} is a directory; {fix}",
+            path.display()
+        )));
+    }
+    // A public key given for the private one (a .pub file, or any file whose first
+    // key line is `ed25519:…`): it says nothing secret, so its mode does not matter.
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Some(Some(Ok(_))) = text
+            .lines()
+            .map(PublicKey::parse_line)
+            .find(Option::is_some)
+    {
+        let beside = path.with_extension("key");
+        let fix = if beside != path && beside.is_file() {
+            format!("give the .key file beside it, {}", beside.display())
+        } else {
+            format!(
+                "give the private key file instead ({hint_name}.key, which `conduit init \
+                 --name {hint_name}` writes beside {hint_name}.pub)"
+            )
+        };
+        return Err(Error::Config(format!(
+            "{} is a public key, not a private key; {fix}",
+            path.display()
+        )));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -171,7 +235,8 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
 pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
     let spec = spec.trim();
     if spec.starts_with("ed25519:") {
-        return PublicKey::parse(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
+        // The line `conduit init` prints, its name too, is taken as it is.
+        return PublicKey::parse_named(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
     }
     let path = Path::new(spec);
     let text = std::fs::read_to_string(path).map_err(|source| {
@@ -215,7 +280,10 @@ pub fn load_pinned(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
             )));
         }
         if one.starts_with("ed25519:") {
-            keys.push(load_public(one, what)?);
+            // One key, or a .pub file's lines pasted (`"$(cat router.pub)"`).
+            let pasted =
+                PublicKey::parse_lines(one).map_err(|e| Error::Config(format!("{what}: {e}")))?;
+            keys.extend(pasted);
             continue;
         }
         // Checks the file as for one key (it exists, its first key is sound), then
@@ -671,6 +739,99 @@ mod tests {
         assert_eq!(loaded.public(), pair.public());
         let from_file = load_public(home.public_key("client").to_str().unwrap(), "key").unwrap();
         assert_eq!(from_file, pair.public());
+        // The .pub file's line, name and all (`--router-key "$(cat router.pub)"`).
+        assert_eq!(load_public(&pub_line, "key").unwrap(), pair.public());
+        assert_eq!(load_pinned(&pub_line, "key").unwrap(), [pair.public()]);
+        let next = KeyPair::generate().unwrap().public();
+        let both = format!("{}{next} client-next", pub_line);
+        assert_eq!(load_pinned(&both, "key").unwrap(), [pair.public(), next]);
+    }
+
+    #[test]
+    fn a_directory_or_a_public_key_given_as_the_private_key_is_named_before_its_mode() {
+        let (d, home) = home();
+        generate(&home, "router", false).unwrap();
+        let keys = d.path().join("keys");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let err = load_private(&keys, "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "private key {} is a directory; give the private key file in it, {}",
+                keys.display(),
+                home.private_key("router").display()
+            )
+        );
+        let err = load_private(d.path(), "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "private key {} is a directory; give the private key file in it, {}",
+                d.path().display(),
+                home.private_key("router").display()
+            )
+        );
+        let err = load_private(&keys, "client").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "private key {} is a directory; give the private key file, e.g. \
+                 $CONDUIT_HOME/keys/client.key (`conduit init --name client` makes one)",
+                keys.display()
+            )
+        );
+        // router.pub is mode 0644: it is named a public key, not told to be chmodded.
+        let public = home.public_key("router");
+        let err = load_private(&public, "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} is a public key, not a private key; give the .key file beside it, {}",
+                public.display(),
+                home.private_key("router").display()
+            )
+        );
+        let alone = d.path().join("copied.pub");
+        std::fs::copy(&public, &alone).unwrap();
+        let err = load_private(&alone, "router").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "{} is a public key, not a private key; give the private key file instead \
+                 (router.key, which `conduit init --name router` writes beside router.pub)",
+                alone.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_deleted_public_key_is_written_again_from_the_private_one() {
+        let (_d, home) = home();
+        let pair = generate(&home, "r", false).unwrap();
+        let line = std::fs::read_to_string(home.public_key("r")).unwrap();
+        assert_eq!(restore_named_public(&home, "r").unwrap(), None);
+        std::fs::remove_file(home.public_key("r")).unwrap();
+        assert_eq!(
+            restore_named_public(&home, "r").unwrap(),
+            Some(home.public_key("r"))
+        );
+        assert_eq!(std::fs::read_to_string(home.public_key("r")).unwrap(), line);
+        assert_eq!(load_named_public(&home, "r").unwrap(), pair.public());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(home.public_key("r"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        // Neither file: nothing to restore, and `keys show` says to create the key.
+        assert_eq!(restore_named_public(&home, "none").unwrap(), None);
     }
 
     #[test]

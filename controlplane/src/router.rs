@@ -392,7 +392,10 @@ async fn handle(
                 )
                 .await?
             }
-            Transport::Plain => Wire::plain(tcp)?,
+            Transport::Plain => {
+                seen = tcp.peek(&mut first).await?;
+                Wire::plain(tcp)?
+            }
         };
         let hello = match wire.recv().await? {
             Some(Message::Hello(h)) => h,
@@ -433,7 +436,12 @@ async fn handle(
         }
         Ok(Err(e)) => {
             state.counters.fail(SetupError::Protocol);
-            info!(%peer, "connection dropped during setup: {e}");
+            match (state.transport, is_tls_record(&first[..seen])) {
+                (Transport::Plain, true) => {
+                    info!(%peer, "connection refused: a TLS client connected to this plain-transport router: start the tunnel with --transport plain or run the router without it ({e})")
+                }
+                _ => info!(%peer, "connection dropped during setup: {e}"),
+            }
             return;
         }
         Ok(Ok(x)) => x,
@@ -475,6 +483,20 @@ async fn handle(
     }
 }
 
+/// Whether `first` starts as a TLS handshake record does (`0x16 0x03`): a TLS
+/// client's ClientHello.
+fn is_tls_record(first: &[u8]) -> bool {
+    first.starts_with(&[0x16, 0x03])
+}
+
+/// Whether `first` starts as a plain-transport client's first frame does: a `Hello`
+/// frame, whose length (4 bytes, big-endian) is far below 16 MiB.
+fn is_plain_hello(first: &[u8]) -> bool {
+    first.len() >= conduit_proto::frame::HEADER_LEN
+        && first[0] == 0
+        && first[4] == conduit_proto::frame::FrameType::Hello as u8
+}
+
 /// What a peer whose first bytes are not a TLS handshake record was, for the log;
 /// `None` when they are one (TLS itself then says what was wrong).
 fn not_tls(first: &[u8]) -> Option<String> {
@@ -484,6 +506,11 @@ fn not_tls(first: &[u8]) -> Option<String> {
     ];
     match first.first() {
         None | Some(&TLS_HANDSHAKE) => None,
+        Some(_) if is_plain_hello(first) => Some(
+            "a client of the plain transport connected to this TLS router: start the tunnel \
+             without --transport plain, or run the router with --transport plain"
+                .into(),
+        ),
         Some(_) if HTTP.iter().any(|m| first.starts_with(m)) => Some(
             "a plain-text HTTP request, not TLS: this port is a Conduit router, only Conduit \
              clients can use it; point HTTP clients at a tunnel's --bind address"
@@ -730,6 +757,13 @@ mod tests {
             http.starts_with("a plain-text HTTP request, not TLS"),
             "{http}"
         );
+        assert_eq!(
+            not_tls(&[0, 0, 0, 0x2a, 0x01, 0x00, 0x01]).unwrap(),
+            "a client of the plain transport connected to this TLS router: start the tunnel \
+             without --transport plain, or run the router with --transport plain"
+        );
+        assert!(is_tls_record(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(!is_tls_record(&[0, 0, 0, 0x2a, 0x01]));
         assert_eq!(
             not_tls(&[0xde, 0xad, 0xbe, 0xef]).unwrap(),
             "not a TLS connection (first bytes deadbeef): this port is a Conduit router, \

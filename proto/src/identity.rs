@@ -57,6 +57,24 @@ impl PublicKey {
         Ok(Self(raw))
     }
 
+    /// Parses a key as `conduit init` and `conduit keys show` print it, and a `.pub`
+    /// file's line holds it: `ed25519:<base64>`, optionally followed by whitespace and
+    /// the key's name, which is ignored.
+    pub fn parse_named(text: &str) -> Result<Self, ProtoError> {
+        let t = text.trim();
+        Self::parse(t.split_once(char::is_whitespace).map_or(t, |(key, _)| key))
+    }
+
+    /// Parses every key of `text` given as a `.pub` file's content (`"$(cat
+    /// router.pub)"`): a key per line, each as [`Self::parse_named`] takes it; blank
+    /// lines and `#` comments are skipped.
+    pub fn parse_lines(text: &str) -> Result<Vec<Self>, ProtoError> {
+        text.lines()
+            .filter_map(Self::parse_line)
+            .map(|k| k.map(|(key, _)| key))
+            .collect()
+    }
+
     /// Parses one line of a `.pub` or `authorized_clients` file: a key, then optionally
     /// whitespace and a comment. Returns `None` for blank lines and `#` comments.
     pub fn parse_line(line: &str) -> Option<Result<(Self, String), ProtoError>> {
@@ -231,6 +249,27 @@ mod tests {
         // Without padding, and with whitespace around it.
         let unpadded = format!("  {}\n", text.trim_end_matches('='));
         assert_eq!(PublicKey::parse(&unpadded).unwrap(), k);
+    }
+
+    #[test]
+    fn a_key_with_its_name_as_init_prints_it_is_the_key() {
+        let k = KeyPair::generate().unwrap().public();
+        assert_eq!(PublicKey::parse_named(&format!("{k} router\n")).unwrap(), k);
+        assert_eq!(
+            PublicKey::parse_named(&format!(" {k}\tmy router ")).unwrap(),
+            k
+        );
+        assert_eq!(PublicKey::parse_named(&k.to_string()).unwrap(), k);
+        let k2 = KeyPair::generate().unwrap().public();
+        assert_eq!(
+            PublicKey::parse_lines(&format!("{k} router\n{k2} router-next")).unwrap(),
+            [k, k2]
+        );
+        let e = PublicKey::parse_named("ed25519:!!! router").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            PublicKey::parse("ed25519:!!!").unwrap_err().to_string()
+        );
     }
 
     #[test]

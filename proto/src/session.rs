@@ -101,6 +101,21 @@ impl TlsError {
         }
     }
 
+    /// True when the peer does not seem to speak TLS: its bytes are no TLS record
+    /// (an HTTP server's answer, a plain-transport router's frame), or it closed the
+    /// connection during the handshake without an alert (a plain-transport router
+    /// given a ClientHello does).
+    pub fn peer_not_tls(&self) -> bool {
+        use rustls::InvalidMessage as M;
+        matches!(
+            self,
+            Self::ClosedDuringHandshake
+                | Self::Rustls(rustls::Error::InvalidMessage(
+                    M::InvalidContentType | M::UnknownProtocolVersion
+                ))
+        )
+    }
+
     /// True when the peer sent an alert that means "I do not accept your key".
     pub fn peer_rejected_our_key(&self) -> bool {
         use rustls::AlertDescription as A;

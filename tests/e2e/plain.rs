@@ -354,3 +354,55 @@ fn a_hello_with_a_name_that_is_no_name_is_refused() {
     let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), PLAIN);
     wait_for_echo(taddr, b"served on");
 }
+
+/// A tunnel and a router of different transports, and a tunnel pointed at a server
+/// that is no router, are each told what is probably wrong and the fix; the tunnel
+/// keeps retrying (the router may be replaced).
+#[test]
+fn a_transport_mismatch_is_named_on_both_sides() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo().to_string();
+
+    let (tls_router, raddr) = home.router(engine, std::slice::from_ref(&source));
+    let mut plain_tunnel = home.tunnel_proc(engine, raddr, &source, PLAIN);
+    plain_tunnel.wait_stderr(&format!(
+        "router {raddr} answers in TLS, and this tunnel uses --transport plain: start the \
+         tunnel without --transport plain, or run the router with --transport plain"
+    ));
+    tls_router.wait_stderr(
+        "a client of the plain transport connected to this TLS router: start the tunnel \
+         without --transport plain, or run the router with --transport plain",
+    );
+    assert!(plain_tunnel.running(), "{}", plain_tunnel.stderr());
+    plain_tunnel.stop();
+
+    let (plain_router, raddr) = home.router_with(engine, std::slice::from_ref(&source), PLAIN);
+    let mut tls_tunnel = home.tunnel_proc(engine, raddr, &source, &[]);
+    tls_tunnel.wait_stderr(&format!(
+        "router {raddr} does not speak Conduit's TLS transport (is it a plain-transport \
+         router, or not a Conduit router at all?): check --router and --transport"
+    ));
+    plain_router.wait_stderr(
+        "a TLS client connected to this plain-transport router: start the tunnel with \
+         --transport plain or run the router without it",
+    );
+    assert!(tls_tunnel.running(), "{}", tls_tunnel.stderr());
+    tls_tunnel.stop();
+
+    // An HTTP server where the router should be.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let haddr = http.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in http.incoming().flatten() {
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let mut at_http = home.tunnel_proc(engine, haddr, &source, &[]);
+    at_http.wait_stderr(&format!(
+        "router {haddr} does not speak Conduit's TLS transport (is it a plain-transport \
+         router, or not a Conduit router at all?): check --router and --transport"
+    ));
+    assert!(at_http.running(), "{}", at_http.stderr());
+    at_http.stop();
+}

@@ -87,12 +87,43 @@ both_engines!(
         let err = client.stderr();
         assert_code(status, 77, &err);
         assert!(
-            err.contains(&format!("the router refused this client's key {stranger}")),
+            err.contains(&format!(
+                "the router refused this client's key {stranger}; add this line to the \
+                 router's authorized_clients file: {stranger} client\n"
+            )),
             "{err}"
         );
         router.wait_stderr(&format!("refused unknown client key {stranger}"));
     }
 );
+
+/// A tunnel started with a key of another name (`--key keys/other.key`) is told the
+/// line of that key to add, not pointed at `conduit keys show`, which shows client.pub.
+#[test]
+fn an_unknown_key_of_another_name_is_refused_with_its_own_line() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    home.ok(&["init", "--name", "other"]);
+    let other = home.public_key("other");
+    let (_router, raddr) = home.router(engine, &["127.0.0.1:1".into()]);
+    let key = home.key("other.key");
+    let mut client = home.tunnel_proc(
+        engine,
+        raddr,
+        "127.0.0.1:1",
+        &["--key", key.to_str().unwrap()],
+    );
+    let status = client.wait_exit();
+    let err = client.stderr();
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains(&format!(
+            "the router refused this client's key {other}; add this line to the router's \
+             authorized_clients file: {other} other\n"
+        )),
+        "{err}"
+    );
+}
 
 both_engines!(
     an_unreachable_source_closes_the_user_promptly_with_the_reason_on_both_sides,
@@ -315,4 +346,149 @@ fn start_to_nowhere(home: &Home, bind: &str, extra: &[&str]) -> (std::process::E
     args.extend_from_slice(extra);
     let (status, _, err) = home.run(&args);
     (status, err)
+}
+
+/// A directory, or the public key, given as the router's private key is named as
+/// such, before its mode (a directory's 0755 is no reason to chmod it).
+#[test]
+fn a_router_given_a_directory_or_a_public_key_for_its_key_says_which_file_to_give() {
+    let home = Home::with_keys();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let router = |key: &std::path::Path| {
+        home.run(&[
+            "router",
+            "--bind",
+            "127.0.0.1:0",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+    };
+    let (status, _, err) = router(dir.path());
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: router.private_key_path: private key {} is a directory; give the \
+             private key file, e.g. $CONDUIT_HOME/keys/router.key (`conduit init --name router` \
+             makes one) (cli --key)\n",
+            dir.path().display()
+        )
+    );
+    let (status, _, err) = router(&home.key("router.pub"));
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: router.private_key_path: {} is a public key, not a private key; \
+             give the .key file beside it, {} (cli --key)\n",
+            home.key("router.pub").display(),
+            home.key("router.key").display()
+        )
+    );
+}
+
+/// `--log-level warning` logs warnings (it is `warn`), and a single word that is no
+/// level is refused with the levels, instead of silently logging nothing.
+#[test]
+fn a_log_level_that_is_no_level_is_refused_and_warning_is_warn() {
+    let home = Home::with_keys();
+    let (status, _, err) = home.run(&["router", "--bind", "127.0.0.1:0", "--log-level", "verbose"]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: unknown log level verbose: use error, warn, info, debug or trace, or a \
+         filter like conduit=debug\n"
+    );
+    // A router without --allow warns at start: with `warning`, the warning is logged.
+    let mut router = home.spawn(&["router", "--bind", "127.0.0.1:0", "--log-level", "warning"]);
+    router.wait_stdout("router listening on");
+    router.wait_stderr("WARN router.allow: no rule: clients can connect but may open no source");
+    assert_eq!(router.stderr_count(" INFO "), 0, "{}", router.stderr());
+    router.stop();
+}
+
+/// `start --workers` is checked as the router's is (0-1024), before anything listens,
+/// instead of failing later with "Too many open files".
+#[test]
+fn start_refuses_a_worker_count_out_of_range() {
+    let home = Home::with_keys();
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:1",
+        "--source",
+        "127.0.0.1:2",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "100000",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err.lines().next(),
+        Some(
+            "error: invalid value '100000' for '--workers <WORKERS>': 100000 is out of range; \
+             use 0-1024"
+        ),
+        "{err}"
+    );
+    // The help says what UDP rides: a channel over either transport.
+    let help = home.ok(&["start", "--help"]);
+    assert!(
+        help.contains("channel of its own to the router (TLS, or plain with --transport"),
+        "{help}"
+    );
+}
+
+/// `keys show --name r` with r.pub deleted derives the key from r.key and writes
+/// r.pub again, instead of suggesting `init --name r` (which refuses: r.key exists).
+/// And `init` says what a router's key is for, not where client keys go.
+#[test]
+fn keys_show_writes_a_deleted_public_key_again_from_the_private_key() {
+    let home = Home::empty();
+    let (status, line, err) = home.run(&["init", "--name", "router"]);
+    assert_code(status, 0, &err);
+    assert!(
+        err.ends_with(
+            "public key (tunnels pin it: give this line to each tunnel as --router-key, or \
+             [router] public_key in its file):\n"
+        ),
+        "{err}"
+    );
+    let (_, _, err) = home.run(&["init", "--name", "r"]);
+    assert!(
+        err.ends_with(
+            "public key (a client's: add this line to the router's authorized_clients to admit \
+             it; a router's: tunnels pin it with --router-key):\n"
+        ),
+        "{err}"
+    );
+    let r_line = std::fs::read_to_string(home.key("r.pub")).unwrap();
+    std::fs::remove_file(home.key("r.pub")).unwrap();
+    let (status, out, err) = home.run(&["keys", "show", "--name", "r"]);
+    assert_code(status, 0, &err);
+    assert_eq!(out, r_line);
+    assert_eq!(
+        err,
+        format!(
+            "{} was missing: written again from {}\n",
+            home.key("r.pub").display(),
+            home.key("r.key").display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(home.key("r.pub")).unwrap(), r_line);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.key("r.pub"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+    assert_eq!(home.ok(&["keys", "show", "--name", "router"]), line);
 }

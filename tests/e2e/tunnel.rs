@@ -196,3 +196,20 @@ both_engines!(
         }
     }
 );
+
+/// The router's key as `conduit init` printed it and its .pub file holds it, its name
+/// too (`--router-key "$(cat keys/router.pub)"`), pins the router.
+#[test]
+fn a_router_key_given_as_the_line_init_printed_pins_the_router() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let line = std::fs::read_to_string(home.key("router.pub")).unwrap();
+    let line = line.trim_end();
+    assert_eq!(line, format!("{} router", home.public_key("router")));
+    let tunnel = home.tunnel_keyed(engine, &raddr.to_string(), line, &source.to_string(), &[]);
+    let taddr = crate::harness::addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout("connected to router");
+    crate::users::assert_echo(taddr, b"pinned by the printed line");
+}

@@ -11,6 +11,13 @@ use super::{runtime, say};
 use crate::args::RotateArgs;
 
 pub(crate) fn show(home: &Home, name: &str) -> Result<()> {
+    if let Some(path) = keys::restore_named_public(home, name)? {
+        eprintln!(
+            "{} was missing: written again from {}",
+            path.display(),
+            home.private_key(name).display()
+        );
+    }
     let key = keys::load_named_public(home, name)?;
     say(format_args!("{key} {name}"));
     Ok(())

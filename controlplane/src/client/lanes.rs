@@ -73,6 +73,7 @@ async fn lane(
         }
         match open(&shared, ChannelKind::Control, index).await {
             Ok((mut ctl, version)) => {
+                shared.admitted();
                 attempt = 0;
                 backoff.reset();
                 shared.versions[index].store(version, Ordering::Relaxed);
@@ -118,6 +119,9 @@ async fn lane(
             }
             Err(e) => {
                 shared.link.lost(index);
+                if shared.fall_back(index, &e) {
+                    continue;
+                }
                 let refusal = !e.is_retryable();
                 if refusal {
                     shared.link.router_refused(index, e.to_string());

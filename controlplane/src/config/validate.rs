@@ -145,7 +145,7 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         out.warn(
             "router.allow",
             "no rule: clients can connect but may open no source; add rules such as \
- allow = [\"10.2.0.2:8080\"]",
+ --allow 10.2.0.2:8080 on the command line, or allow = [\"10.2.0.2:8080\"] in the router's file",
         );
     }
     token_file(r.token.is_some(), "router.token", &mut out);
@@ -613,8 +613,7 @@ pub(crate) fn public_key(spec: &str) -> Result<Vec<PublicKey>, String> {
 fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
     let spec = spec.trim();
     if spec.starts_with("ed25519:") {
-        return PublicKey::parse(spec)
-            .map(|k| vec![k])
+        return PublicKey::parse_lines(spec)
             .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"));
     }
     if !Path::new(spec).exists() {

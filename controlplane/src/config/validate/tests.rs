@@ -302,6 +302,10 @@ fn router_keys_are_checked_inline_and_as_files() {
     );
     let pub_file = f.home.public_key("router").display().to_string();
     assert_eq!(check(&f, &text(&pub_file)), none());
+    // The line `conduit init` printed, the key's name too.
+    let line = std::fs::read_to_string(&pub_file).unwrap();
+    assert!(line.trim().ends_with(" router"), "{line}");
+    assert_eq!(check(&f, &text(line.trim())), none());
 }
 
 #[test]
@@ -451,7 +455,8 @@ fn router_files_are_checked_too() {
             "error: router.authorized_keys: $DIR/home/authorized_clients line 1: invalid public \
              key \"not\": expected the form ed25519:<base64>, as `conduit init` prints",
             "warning: router.allow: no rule: clients can connect but may open no source; add \
-             rules such as allow = [\"10.2.0.2:8080\"]",
+             rules such as --allow 10.2.0.2:8080 on the command line, or allow = \
+             [\"10.2.0.2:8080\"] in the router's file",
         ]
     );
 }
