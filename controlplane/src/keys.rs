@@ -38,12 +38,43 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
     let pem = pem::encode(&pem::Pem::new(PEM_TAG, pair.pkcs8_der().to_vec()));
     write_private(&key_path, pem.as_bytes())?;
     let line = format!("{} {name}\n", pair.public());
-    std::fs::write(&pub_path, line).map_err(|source| Error::File {
+    let err = |source| Error::File {
         what: "cannot write public key",
         path: pub_path.clone(),
         source,
-    })?;
+    };
+    std::fs::write(&pub_path, line).map_err(err)?;
+    // Whatever the umask: others may read it, only its owner write it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pub_path, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
+    }
     Ok(pair)
+}
+
+/// Refuses a file of trusted keys (authorized clients, a pinned router key) that
+/// others may write: anyone on the host could then admit a key, or pin their own
+/// router (as ssh refuses such an `authorized_keys`).
+fn trusted_file(path: &Path, what: &str) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o002 != 0 {
+                return Err(Error::Config(format!(
+                    "{what} {} is writable by every user of this host (mode {mode:04o}), who \
+                     could put their own key in it; run `chmod o-w {}`",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what);
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {
@@ -239,6 +270,7 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
         return PublicKey::parse_named(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
     }
     let path = Path::new(spec);
+    trusted_file(path, "the public key file")?;
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
@@ -469,6 +501,7 @@ pub fn load_authorized(path: &Path) -> Result<HashMap<PublicKey, String>, Error>
 
 /// Reads an authorized-clients file with its expiry times.
 pub fn load_authorized_file(path: &Path) -> Result<AuthorizedFile, Error> {
+    trusted_file(path, "the authorized clients file")?;
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
@@ -586,21 +619,29 @@ pub fn rotate_authorized(
 }
 
 /// Replaces `path` with `bytes` atomically (a temporary file beside it, renamed
-/// over it), keeping its permissions.
+/// over it), keeping its permissions. A symbolic link is followed: the file it leads
+/// to is replaced (routers sharing it through links see the change), not the link.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let path = &std::fs::canonicalize(path)?;
     let perms = std::fs::metadata(path)?.permissions();
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)?;
-    f.set_permissions(perms)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.set_permissions(perms)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Writes `pair` beside the key at `key_path`, as `KEY.next` (mode 0600), where
@@ -718,6 +759,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path().to_owned());
         (dir, home)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_of_trusted_keys_that_anyone_may_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_d, home) = home();
+        let pair = generate(&home, "client", false).unwrap();
+        let pub_path = home.public_key("client");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&pub_path), 0o644, "whatever the umask");
+        let auth = home.authorized_clients();
+        std::fs::write(&auth, format!("{} client\n", pair.public())).unwrap();
+        for (path, what) in [
+            (&auth, "the authorized clients file"),
+            (&pub_path, "the public key file"),
+        ] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
+            let e = match what {
+                "the public key file" => load_public(path.to_str().unwrap(), "key").unwrap_err(),
+                _ => load_authorized_file(path).map(|_| ()).unwrap_err(),
+            };
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{what} {} is writable by every user of this host (mode 0666), who could \
+                     put their own key in it; run `chmod o-w {}`",
+                    path.display(),
+                    path.display()
+                )
+            );
+            // Group-writable (a umask of 002) stays the operator's call.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        }
+        assert!(load_authorized_file(&auth).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_behind_a_link_is_the_link_s_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shared");
+        std::fs::write(&target, "old\n").unwrap();
+        let link = dir.path().join("authorized_clients");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        replace_file(&link, b"new\n").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
+        assert!(!dir.path().join("shared.tmp").exists());
     }
 
     #[test]
