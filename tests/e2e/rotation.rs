@@ -182,6 +182,31 @@ fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
     );
 }
 
+/// Without a router link there is nobody to authorize the new key: said at once.
+#[test]
+fn a_tunnel_away_from_its_router_says_so_instead_of_rotating() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let router = format!("127.0.0.1:{}", crate::harness::dead_port());
+    let tunnel = home.tunnel_via(Engine::Epoll, &router, &source.to_string(), &[]);
+    tunnel.wait_stderr("retrying in");
+    let client = std::fs::read_to_string(home.key("client.pub")).unwrap();
+    let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains("the tunnel is not connected to its router (the last attempt: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("rotate once `conduit status` shows it connected"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.key("client.pub")).unwrap(),
+        client
+    );
+}
+
 #[test]
 fn a_key_older_than_the_rotation_period_is_rotated_on_connect() {
     let engine = Engine::Epoll;

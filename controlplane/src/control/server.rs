@@ -281,6 +281,20 @@ impl TunnelControl for ControlState {
         &self,
         _: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        // The router authorizes the new key over the link: without one, say so now
+        // rather than when the caller's deadline passes.
+        let link = self.link.borrow().clone();
+        if !matches!(link, LinkStatus::Connected { .. }) {
+            let why = match link {
+                LinkStatus::Retrying { error, .. } => format!(" (the last attempt: {error})"),
+                LinkStatus::Refused { reason } => format!(" (refused: {reason})"),
+                _ => String::new(),
+            };
+            return Err(Status::failed_precondition(format!(
+                "the tunnel is not connected to its router{why}: rotate once `conduit status` \
+                 shows it connected"
+            )));
+        }
         let done = self
             .rotator
             .rotate()
