@@ -34,6 +34,22 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// What streams and control sessions of a revoked key are told.
 pub const REVOKED: &str = "the client's key was removed from the router's authorized_clients";
 
+/// Why `key` is not admitted: its `expires=` time passed (the fix is on its line), or
+/// it is not listed at all.
+pub(crate) fn not_admitted(authorized: &AuthorizedClients, key: &PublicKey) -> String {
+    match authorized.expiry(key) {
+        Some(at) if at <= SystemTime::now() => format!(
+            "client key {key} expired at {} (expires= on its line in the router's \
+             authorized_clients): extend or remove that expires=, or rotate the client to a \
+             new key (conduit keys rotate)",
+            humantime::format_rfc3339_seconds(at)
+        ),
+        _ => format!(
+            "client key {key} is not authorized; add it to the router's authorized_clients file"
+        ),
+    }
+}
+
 /// The allow-list (with balancing), refusing `Open`s from keys that are no longer
 /// authorized: a channel handshaken before its key was revoked must not open
 /// another source.
@@ -53,10 +69,11 @@ impl SourcePolicy for AdmittedPolicy {
             return self.allow.resolve_for(None, target, protocol);
         };
         let Some(name) = self.authorized.lookup(key) else {
-            return Err(Refusal::new(
-                RefusalCode::Unauthorized,
-                format!("client key {key} is no longer authorized: {REVOKED}"),
-            ));
+            let why = match self.authorized.expiry(key) {
+                Some(at) if at <= SystemTime::now() => not_admitted(&self.authorized, key),
+                _ => format!("client key {key} is no longer authorized: {REVOKED}"),
+            };
+            return Err(Refusal::new(RefusalCode::Unauthorized, why));
         };
         // Rules may name the client as its line in authorized_clients does.
         let caller = Caller {

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::alerts::AlertSettings;
 use crate::api::{self, ApiSettings, ApiState};
-use crate::authorized::{AdmittedPolicy, REVOKED};
+use crate::authorized::{AdmittedPolicy, REVOKED, not_admitted};
 use crate::balance::Balancer;
 use crate::keys;
 use crate::metrics::{Counters, RouterFacts, SetupError};
@@ -421,11 +421,23 @@ async fn handle(
             match (e.unknown_client_key(), not_tls(&first[..seen])) {
                 (Some(u), _) => {
                     state.counters.fail(SetupError::Unauthorized);
-                    warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it", u.got)
+                    match state.authorized.expiry(&u.got) {
+                        Some(_) => {
+                            warn!(%peer, "refused: {}", not_admitted(&state.authorized, &u.got))
+                        }
+                        None => {
+                            warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it", u.got)
+                        }
+                    }
                 }
                 (None, Some(what)) => {
                     state.counters.fail(SetupError::Tls);
                     info!(%peer, "connection refused: {what}")
+                }
+                // Closed before a byte: a port check (a load balancer's, a
+                // Kubernetes probe's), not a failed client.
+                (None, None) if seen == 0 => {
+                    debug!(%peer, "connection closed before it sent anything (a port check?)")
                 }
                 (None, None) => {
                     state.counters.fail(SetupError::Tls);
@@ -534,9 +546,7 @@ fn admit(state: &State, key: Option<&PublicKey>, hello: &Hello) -> Result<u16, R
     {
         return Err(Refusal::new(
             RefusalCode::Unauthorized,
-            format!(
-                "client key {key} is not authorized; add it to the router's authorized_clients file"
-            ),
+            not_admitted(&state.authorized, key),
         ));
     }
     // The name goes into logs, metrics labels and the API: a name that could forge
@@ -603,10 +613,15 @@ async fn control_session(
         let got = tokio::select! {
             got = tokio::time::timeout(silence, wire.recv()) => got,
             _ = revocations.changed() => {
-                if key.is_some_and(|k| state.authorized.lookup(&k).is_none()) {
-                    let bye = Refusal::new(RefusalCode::Unauthorized, REVOKED);
+                if let Some(k) = key.filter(|k| state.authorized.lookup(k).is_none()) {
+                    // Expired (its line is still there) or removed.
+                    let why = match state.authorized.expiry(&k) {
+                        Some(_) => not_admitted(&state.authorized, &k),
+                        None => REVOKED.to_owned(),
+                    };
+                    let bye = Refusal::new(RefusalCode::Unauthorized, why.clone());
                     let _ = wire.send(&Message::Goodbye(bye)).await;
-                    break (false, REVOKED.to_owned());
+                    break (false, why);
                 }
                 continue;
             }

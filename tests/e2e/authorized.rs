@@ -103,5 +103,13 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
     );
     assert_eq!(expect_end(&mut held), End::Reset);
     let status = tunnel.wait_exit();
-    assert_code(status, 77, &tunnel.stderr());
+    let err = tunnel.stderr();
+    assert_code(status, 77, &err);
+    // Told that it expired and where the fix is, not that it was never listed.
+    let expired = format!(
+        "client key {} expired at {at} (expires= on its line in the router's authorized_clients)",
+        client.split_whitespace().next().unwrap()
+    );
+    assert!(err.contains(&expired), "{err}");
+    assert!(!err.contains("add it to the router's"), "{err}");
 }
