@@ -136,8 +136,9 @@ impl Registry {
         let _ = std::fs::remove_file(&e.control_socket);
     }
 
-    /// Every entry whose process is alive, oldest first; entries of dead processes
-    /// (and unreadable files) are removed on the way.
+    /// Every entry whose process is alive, oldest first; entries of dead processes,
+    /// of pids now reused by another program (after a crash or a reboot), and
+    /// unreadable files are removed on the way.
     pub fn entries(&self) -> Vec<Entry> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -149,7 +150,9 @@ impl Registry {
                 continue;
             }
             match read_entry(&path) {
-                Some(e) if process_alive(e.pid) => out.push(e),
+                Some(e) if e.is_its_process().unwrap_or_else(|| process_alive(e.pid)) => {
+                    out.push(e);
+                }
                 Some(e) => {
                     debug!(id = %e.tunnel_id, pid = e.pid, "sweeping the entry of a dead tunnel process");
                     self.remove(&e);
@@ -294,6 +297,21 @@ mod tests {
         assert_eq!(e.is_its_process(), Some(false));
         e.started = None;
         assert_eq!(e.is_its_process(), None);
+    }
+
+    #[test]
+    fn the_entry_of_a_pid_reused_by_another_program_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        let mut e = entry(&home, "web-0004", std::process::id());
+        let Some(t) = e.started else {
+            return; // no /proc here: nothing to tell them apart by
+        };
+        e.started = Some(t + 1);
+        reg.write(&e).unwrap();
+        assert!(reg.entries().is_empty());
+        assert!(!home.tunnels().join("web-0004.json").exists());
     }
 
     #[test]
