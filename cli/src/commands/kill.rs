@@ -73,21 +73,25 @@ pub(crate) async fn stop(
     } else {
         ask(e, force, drain).await
     };
-    // The tunnel drains for at most its own deadline; allow for that plus margin.
-    let limit = if force {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_secs(u64::from(drain.unwrap_or(0).max(30)) + 10)
-    };
     match asked {
-        Ok(()) => match gone_within(e.pid, limit).await {
-            Ok(()) => Ok(String::new()),
-            Err(why) if force => kill_hard(registry, e, &why).await,
-            Err(why) => Err(format!(
-                "{why}; `conduit kill --tunnel {} --force` stops it now",
-                e.tunnel_id
-            )),
-        },
+        Ok(draining) => {
+            // The tunnel drains for the time it answered (its own default when none
+            // was asked; an older tunnel does not say); allow for that plus margin.
+            let limit = if force {
+                Duration::from_secs(10)
+            } else {
+                let secs = draining.or(drain).unwrap_or(30);
+                Duration::from_secs(u64::from(secs) + 10)
+            };
+            match gone_within(e.pid, limit).await {
+                Ok(()) => Ok(String::new()),
+                Err(why) if force => kill_hard(registry, e, &why).await,
+                Err(why) => Err(format!(
+                    "{why}; `conduit kill --tunnel {} --force` stops it now",
+                    e.tunnel_id
+                )),
+            }
+        }
         // It exited between the registry read and the request.
         Err(_) if !process_alive(e.pid) => {
             registry.remove(e);
@@ -102,8 +106,8 @@ pub(crate) async fn stop(
     }
 }
 
-/// Sends `Shutdown` to the tunnel's control API.
-async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<(), String> {
+/// Sends `Shutdown` to the tunnel's control API; returns how long it said it drains.
+async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<Option<u32>, String> {
     let mut c = control::connect(&e.control_socket)
         .await
         .map_err(|err| err.to_string())?;
@@ -112,7 +116,7 @@ async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<(), String> {
         drain_secs: drain,
     })
     .await
-    .map(drop)
+    .map(|r| r.into_inner().drain_secs)
     .map_err(|s| {
         format!(
             "its control socket {} does not answer: {}",

@@ -240,6 +240,7 @@ impl TunnelControl for ControlState {
         }
         Ok(Response::new(pb::ShutdownResponse {
             open_connections: open,
+            drain_secs: Some(u32::try_from(drain.as_secs()).unwrap_or(u32::MAX)),
         }))
     }
 
