@@ -84,6 +84,13 @@ impl Follower {
             Err(e) => return Err(e),
         };
         let replaced = self.id != Some(identity(&meta));
+        let mut last_words = Vec::new();
+        if replaced {
+            // The run before (moved to NAME.log.1) may have written its last lines
+            // since the previous call: still readable through the file held open.
+            self.file.seek(SeekFrom::Start(self.pos))?;
+            self.file.read_to_end(&mut last_words)?;
+        }
         if replaced || meta.len() < self.pos || !self.tail_still_there() {
             self.file = std::fs::File::open(path)?;
             self.id = self.file.metadata().ok().map(|m| identity(&m));
@@ -94,7 +101,8 @@ impl Follower {
         self.file.seek(SeekFrom::Start(self.pos))?;
         self.file.read_to_end(&mut buf)?;
         self.advance(&buf);
-        Ok(buf)
+        last_words.extend_from_slice(&buf);
+        Ok(last_words)
     }
 
     /// Whether the bytes last read are still where they were.
@@ -186,6 +194,29 @@ mod tests {
         std::fs::write(&tmp, "new 1\nnew 2\nnew 3\n").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         assert_eq!(f.poll(&path).unwrap(), b"new 1\nnew 2\nnew 3\n");
+        assert_eq!(f.poll(&path).unwrap(), b"");
+    }
+
+    /// A restart moves the log to NAME.log.1 and starts a new one: the old run's
+    /// last lines, written after the previous poll, come first.
+    #[test]
+    fn a_restart_gives_the_last_words_of_the_run_before_then_the_new_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        std::fs::write(&path, "run 1 starts\n").unwrap();
+        let mut f = follower(&path);
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        old.write_all(b"run 1 drains\n").unwrap();
+        std::fs::rename(&path, dir.path().join("web.log.1")).unwrap();
+        old.write_all(b"run 1 stopped\n").unwrap();
+        std::fs::write(&path, "run 2 starts\n").unwrap();
+        assert_eq!(
+            f.poll(&path).unwrap(),
+            b"run 1 drains\nrun 1 stopped\nrun 2 starts\n"
+        );
         assert_eq!(f.poll(&path).unwrap(), b"");
     }
 
