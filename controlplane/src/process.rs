@@ -108,14 +108,19 @@ pub fn claim_name(home: &Home, name: &str) -> Result<NameClaim, Error> {
 }
 
 fn taken(name: &str, pid: Option<u32>, id: Option<&str>) -> Error {
-    let who = match (id, pid) {
-        (Some(id), Some(pid)) => format!(" (id {id}, pid {pid})"),
-        (None, Some(pid)) => format!(" (pid {pid})"),
-        _ => String::new(),
+    let Some(id) = id else {
+        // Claimed, not registered yet: a `start` or `up` launching it right now.
+        let by = pid.map(|p| format!(" (by pid {p})")).unwrap_or_default();
+        return Error::Config(format!(
+            "a tunnel named {name:?} is being started right now{by}: see it with \
+             `conduit list` once that is done, or choose another name (--name, or name in \
+             the file)"
+        ));
     };
+    let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
     Error::Config(format!(
-        "a tunnel named {name:?} is already running{who}: stop it with \
-         `conduit kill --tunnel {name}` or choose another --name"
+        "a tunnel named {name:?} is already running (id {id}{pid}): stop it with \
+         `conduit kill --tunnel {name}` or choose another name (--name, or name in the file)"
     ))
 }
 
