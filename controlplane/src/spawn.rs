@@ -148,9 +148,13 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 let _ = child.wait();
                 // Reading the registry sweeps the entry of the process just ended.
                 let _swept = Registry::new(&l.home).entries();
+                // Its log stays: why it had not come up yet may be in it.
                 return Err(Error::Launch {
                     code: 130,
-                    message: "interrupted; the tunnel was stopped".into(),
+                    message: format!(
+                        "interrupted; the tunnel was stopped (its log: {})",
+                        log_file.display()
+                    ),
                 });
             }
             Ok(Event::Line(line)) => {

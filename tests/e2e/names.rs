@@ -293,7 +293,12 @@ fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
     assert_code(status, 130, &start.stderr());
     assert_eq!(
         start.stderr(),
-        "conduit: error: interrupted; the tunnel was stopped\n"
+        format!(
+            "conduit: error: interrupted; the tunnel was stopped (its log: {})\n",
+            home.path()
+                .join(format!("logs/{}.log", l[0]["name"].as_str().unwrap()))
+                .display()
+        )
     );
     assert!(start.stdout().is_empty());
     assert!(!pid_alive(pid), "the tunnel process is still there");
