@@ -34,8 +34,8 @@ pub(crate) struct LogArgs {
     /// [default: never].
     #[arg(long, global = true, value_enum, requires = "log_file")]
     pub(crate) log_rotation: Option<LogRotation>,
-    /// Rotated log files to keep besides the one being written, 0 for all [default: 7].
-    /// Any file in the log's directory whose name starts with the log file's counts.
+    /// Rotated log files (FILE.YYYY-MM-DD[-HH]) to keep besides the one being written,
+    /// 0 for all [default: 7]; no other file is touched.
     #[arg(long, global = true, requires = "log_file")]
     pub(crate) log_keep: Option<usize>,
 }

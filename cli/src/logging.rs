@@ -120,21 +120,69 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
         LogRotation::Hourly => Rotation::HOURLY,
         LogRotation::Daily => Rotation::DAILY,
     };
-    let mut b = RollingFileAppender::builder()
-        .rotation(rotation)
-        .filename_prefix(name);
     if s.keep > 0 && s.rotation != LogRotation::Never {
-        // tracing-appender counts the file being written too: N rotated files kept
-        // means N + 1 in its terms.
-        b = b.max_log_files(s.keep.saturating_add(1));
+        // Not tracing-appender's own pruning: it deletes every file whose name starts
+        // with the log's (`--log-file /etc/conduit/conduit` would take conduit.toml).
+        keep_pruned(dir.clone(), name.to_owned(), s.keep);
     }
-    b.build(&dir).map_err(|e| {
-        format!(
-            "cannot write the log file {}: {e}; check that {} exists and is writable",
-            path.display(),
-            dir.display()
-        )
-    })
+    RollingFileAppender::builder()
+        .rotation(rotation)
+        .filename_prefix(name)
+        .build(&dir)
+        .map_err(|e| {
+            format!(
+                "cannot write the log file {}: {e}; check that {} exists and is writable",
+                path.display(),
+                dir.display()
+            )
+        })
+}
+
+/// Deletes all but the newest `keep` rotated files of the log `name` in `dir` (and
+/// the one being written), now and every minute, on a thread of its own.
+fn keep_pruned(dir: PathBuf, name: String, keep: usize) {
+    let spawned = std::thread::Builder::new()
+        .name("conduit-log-prune".into())
+        .spawn(move || {
+            loop {
+                prune(&dir, &name, keep);
+                std::thread::sleep(std::time::Duration::from_secs(60));
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("conduit: cannot start pruning old log files ({e}); they are kept");
+    }
+}
+
+/// One pass of [`keep_pruned`]: only `NAME.YYYY-MM-DD` and `NAME.YYYY-MM-DD-HH`, the
+/// names rotation gives, are candidates; their dates sort as their names do.
+fn prune(dir: &std::path::Path, name: &str, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut rotated: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let date = file.strip_prefix(name)?.strip_prefix('.')?;
+            rotation_date(date).then(|| (date.to_owned(), e.path()))
+        })
+        .collect();
+    rotated.sort();
+    let extra = rotated.len().saturating_sub(keep.saturating_add(1));
+    for (_, path) in rotated.into_iter().take(extra) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// `YYYY-MM-DD` or `YYYY-MM-DD-HH`.
+fn rotation_date(s: &str) -> bool {
+    matches!(s.len(), 10 | 13)
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 | 10 => b == b'-',
+            _ => b.is_ascii_digit(),
+        })
 }
 
 #[cfg(test)]
@@ -207,20 +255,44 @@ mod tests {
         s.keep = 2;
         drop(file_writer(&path, &s).unwrap());
         assert!(dir.is_dir());
-        let old = ["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"];
-        for day in old {
+        let days = ["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04-13"];
+        for day in days {
             std::fs::write(dir.join(format!("router.log.{day}")), day).unwrap();
         }
-        drop(file_writer(&path, &s).unwrap());
-        // Which go is the appender's choice (by creation time, here all but equal);
-        // how many stay is ours: the two kept and today's.
-        let left = std::fs::read_dir(&dir)
+        // Files that only share the name's start are never the log's.
+        let others = [
+            "router.log.bak",
+            "router.log.toml",
+            "routers.conf",
+            "router.log",
+        ];
+        for other in others {
+            std::fs::write(dir.join(other), other).unwrap();
+        }
+        prune(&dir, "router.log", 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
-            .filter(|e| {
-                let name = e.as_ref().unwrap().file_name();
-                name.to_string_lossy().starts_with("router.log.")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // The appender's own file, of today: the newest, so kept.
+        let today: Vec<String> = left
+            .extract_if(.., |f| {
+                f.strip_prefix("router.log.")
+                    .is_some_and(|d| rotation_date(d) && !days.contains(&d))
             })
-            .count();
-        assert_eq!(left, 3);
+            .collect();
+        assert_eq!(today.len(), 1, "{today:?}");
+        assert_eq!(
+            left,
+            [
+                "router.log",
+                "router.log.2020-01-03",
+                "router.log.2020-01-04-13",
+                "router.log.bak",
+                "router.log.toml",
+                "routers.conf"
+            ]
+        );
     }
 }
