@@ -1781,6 +1781,11 @@ fn still_pinned(
     if pinned.contains(&k.pin) {
         return Some(k.clone());
     }
+    if k.keys.iter().all(|named| pinned.contains(named)) {
+        // Pinned now anyway (the operator pinned the key the router moved to):
+        // nothing is lost by not trusting the line.
+        return None;
+    }
     warn!(
         tunnel,
         router,
