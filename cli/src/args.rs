@@ -395,19 +395,14 @@ pub(crate) enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct ConfigArgs {
-    /// The configuration file.
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "FILE",
-        default_value = "conduit.toml"
-    )]
-    pub(crate) file: PathBuf,
+    /// The configuration file [default: conduit.toml, or router.toml with --router].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub(crate) file: Option<PathBuf>,
     /// The file configures a router (`[router] bind`, `allow`…), not a client.
     #[arg(long)]
     pub(crate) router: bool,
     /// Override one value, over the file and the environment: SECTION.KEY=VALUE, such
-    /// as router.port=9999. Repeatable; `[[tunnels]]` cannot be set this way.
+    /// as performance.workers=2. Repeatable; `[[tunnels]]` cannot be set this way.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = Override::parse_set)]
     pub(crate) set: Vec<Override>,
 }

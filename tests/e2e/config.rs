@@ -146,7 +146,7 @@ fn validate_reports_every_problem_and_exits_64() {
             "error: performance.workers: expected an integer (0-1024), found \"lots\" (env \
              CONDUIT_PERFORMANCE_WORKERS)",
             "conduit: error: conduit.toml has 6 errors; fix them and run `conduit config \
-             validate` again",
+             validate -f conduit.toml` again",
         ]
     );
     assert_eq!(text(&out.stdout), "");
@@ -166,6 +166,15 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
     );
     assert_eq!(text(&out.stdout), "");
     assert_eq!(out.status.code(), Some(64));
+    // A router's file is router.toml unless named.
+    let out = s.run(&["config", "validate", "--router"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: no configuration file at router.toml: create it \
+          (deploy/router.example.toml is a documented example) or name another file with -f FILE"
+        ]
+    );
     let out = s.run(&["config", "show", "--router", "-f", "other.toml"], &[]);
     assert_eq!(
         lines(&out.stderr),
@@ -210,7 +219,7 @@ fn malformed_toml_gives_line_and_column() {
     );
     assert_eq!(
         err[3],
-        "conduit: error: bad.toml has 3 errors; fix them and run `conduit config validate` again"
+        "conduit: error: bad.toml has 3 errors; fix them and run `conduit config validate -f bad.toml` again"
     );
     assert_eq!(out.status.code(), Some(64));
 }
@@ -311,7 +320,7 @@ fn show_prints_only_the_errors_of_an_invalid_configuration() {
     assert_eq!(
         err.last().map(String::as_str),
         Some(
-            "conduit: error: conduit.toml has 3 errors; fix them and run `conduit config validate` again"
+            "conduit: error: conduit.toml has 3 errors; fix them and run `conduit config validate -f conduit.toml` again"
         ),
         "{err:?}"
     );
@@ -334,7 +343,7 @@ fn show_prints_only_the_errors_of_an_invalid_configuration() {
         [
             "error: performance.workers: expected an integer (0-1024), found \"abc\" (cli --set \
              performance.workers)",
-            "conduit: error: conduit.toml has 1 error; fix it and run `conduit config validate` again"
+            "conduit: error: conduit.toml has 1 error; fix it and run `conduit config validate -f conduit.toml` again"
         ]
     );
     assert_eq!(out.status.code(), Some(64));

@@ -73,8 +73,12 @@ pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> 
 
 fn sources(home: Home, a: ConfigArgs) -> (Role, Sources) {
     let role = if a.router { Role::Router } else { Role::Client };
+    let default = match role {
+        Role::Client => "conduit.toml",
+        Role::Router => "router.toml",
+    };
     let sources = Sources {
-        file: a.file,
+        file: a.file.unwrap_or_else(|| default.into()),
         file_flag: "-f",
         env: Env::from_process(),
         overrides: a.set,
@@ -114,8 +118,8 @@ pub(crate) fn unreadable(name: &str, role: Role, report: &Report) -> Result<()> 
 /// The exit-64 error that follows the printed problems.
 pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
     let again = match role {
-        Role::Client => "conduit config validate",
-        Role::Router => "conduit config validate --router",
+        Role::Client => format!("conduit config validate -f {name}"),
+        Role::Router => format!("conduit config validate --router -f {name}"),
     };
     let (errors, warnings) = (report.errors().count(), report.warnings().count());
     Err(Usage(format!(
