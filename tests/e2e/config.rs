@@ -196,6 +196,28 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
 }
 
 #[test]
+fn a_router_key_given_by_a_flag_and_by_set_is_refused() {
+    let s = Sandbox::new();
+    let out = s.run(
+        &[
+            "router",
+            "--set",
+            "router.bind=127.0.0.1:0",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: router.bind is given twice, by --bind and by --set router.bind: give it once"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
 fn malformed_toml_gives_line_and_column() {
     let s = Sandbox::new();
     s.write("bad.toml", "[router]\nhost = \"10.2.0.1\"\nport = 99 99\n");

@@ -20,11 +20,15 @@ use crate::exit::Usage;
 use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
+    let overrides = overrides(&a);
+    if let Some(e) = given_twice(&overrides) {
+        return Err(Usage(e).into());
+    }
     let sources = Sources {
         file: a.config.clone().unwrap_or_default(),
         file_flag: "--config",
         env: Env::from_process(),
-        overrides: overrides(&a),
+        overrides,
         home: home.clone(),
     };
     let loaded = match config::load_router(&sources) {
@@ -194,6 +198,20 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
     );
     o.extend(a.set.iter().cloned());
     o
+}
+
+/// A key set both by one of the router's flags and by `--set`: which one was meant
+/// is not for the router to guess.
+fn given_twice(o: &[Override]) -> Option<String> {
+    let (sets, flags): (Vec<&Override>, Vec<&Override>) =
+        o.iter().partition(|x| x.flag.starts_with("--set "));
+    sets.iter().find_map(|s| {
+        let f = flags.iter().find(|f| f.key == s.key)?;
+        Some(format!(
+            "{} is given twice, by {} and by {}: give it once",
+            s.key, f.flag, s.flag
+        ))
+    })
 }
 
 fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
