@@ -24,9 +24,14 @@ pub(crate) fn base(router: &str) -> String {
 
 /// The `--router` value, or a usage error.
 fn router(api: &ApiClientArgs) -> Result<&str> {
-    api.router
-        .as_deref()
-        .ok_or_else(|| Usage("--router URL is required here".into()).into())
+    match api.router.as_deref().map(str::trim) {
+        Some("") => Err(Usage(
+            "--router is empty: give the router's API as host:port or http://host:port".into(),
+        )
+        .into()),
+        Some(r) => Ok(r),
+        None => Err(Usage("--router URL is required here".into()).into()),
+    }
 }
 
 async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {

@@ -193,6 +193,13 @@ fn health_names_each_lost_link_and_forgets_it_when_its_key_is_revoked() {
     let (status, out, err) = health(&api_v1);
     assert_code(status, 0, &err);
     assert!(out.starts_with("router: ok (up "), "{out}");
+    let (status, _, err) = health("");
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --router is empty: give the router's API as host:port or \
+         http://host:port\n"
+    );
 
     tunnel.signal("KILL");
     tunnel.wait_exit();
