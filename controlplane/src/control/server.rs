@@ -356,6 +356,17 @@ pub async fn serve(
 }
 
 fn bind_private(socket: &Path) -> Result<UnixListener, Error> {
+    // Unix socket paths are short (108 bytes on Linux, 104 on macOS).
+    const MAX_SOCKET_PATH: usize = 104;
+    let len = socket.as_os_str().len();
+    if len >= MAX_SOCKET_PATH {
+        return Err(Error::Config(format!(
+            "the control socket's path {} is {len} bytes, and a Unix socket's may be at most \
+             {}: use a shorter CONDUIT_HOME or a shorter tunnel name",
+            socket.display(),
+            MAX_SOCKET_PATH - 1
+        )));
+    }
     if let Some(dir) = socket.parent() {
         Home::ensure_private_dir(dir)?;
     }
