@@ -317,7 +317,7 @@ impl DataPlane {
             source,
         };
         let mut listeners: Vec<worker::Listen> = if spec.udp.is_some() {
-            listener::bind_udp(spec.bind, n)
+            listener::bind_udp(spec.bind, n, &spec.sockets)
                 .map_err(bind_error)?
                 .into_iter()
                 .map(worker::Listen::Udp)

@@ -54,7 +54,11 @@ pub(crate) fn bind(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<V
 /// sender's address to one of them, so a user's datagrams all reach the same core.
 /// As with TCP, the address is first bound once without `SO_REUSEPORT`, so an address
 /// already taken is an error rather than a silent share.
-pub(crate) fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSocket>> {
+pub(crate) fn bind_udp(
+    addr: SocketAddr,
+    count: usize,
+    sockets: &crate::SocketOptions,
+) -> io::Result<Vec<UdpSocket>> {
     let udp = |reuse_port: bool| -> io::Result<Socket> {
         // No SO_REUSEADDR: on UDP it would let any socket with it share the port.
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -65,6 +69,7 @@ pub(crate) fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSock
         if addr.is_ipv6() {
             s.set_only_v6(false).ok();
         }
+        size_udp_buffers(&socket2::SockRef::from(&s), sockets);
         Ok(s)
     };
     let mut addr = addr;
@@ -80,6 +85,19 @@ pub(crate) fn bind_udp(addr: SocketAddr, count: usize) -> io::Result<Vec<UdpSock
         out.push(u);
     }
     Ok(out)
+}
+
+/// Sets a UDP socket's kernel buffers where the operator chose them
+/// (`read_buffer_size`, `write_buffer_size`): a burst of datagrams larger than the
+/// receive buffer is dropped by the kernel. Best effort: the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`.
+pub(crate) fn size_udp_buffers(s: &socket2::SockRef<'_>, sockets: &crate::SocketOptions) {
+    if let Some(n) = sockets.recv_buffer {
+        let _ = s.set_recv_buffer_size(n);
+    }
+    if let Some(n) = sockets.send_buffer {
+        let _ = s.set_send_buffer_size(n);
+    }
 }
 
 /// The pause after a failed accept (EMFILE and friends): 20 ms, doubling to 1.28 s
@@ -143,10 +161,10 @@ mod tests {
 
     #[test]
     fn udp_sockets_share_one_port_and_refuse_a_taken_one() {
-        let us = bind_udp("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let us = bind_udp("127.0.0.1:0".parse().unwrap(), 3, &Default::default()).unwrap();
         let addr = us[0].local_addr().unwrap();
         assert!(us.iter().all(|u| u.local_addr().unwrap() == addr));
-        let err = bind_udp(addr, 2).unwrap_err();
+        let err = bind_udp(addr, 2, &Default::default()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
@@ -155,7 +173,7 @@ mod tests {
         // Other tests bind ports meanwhile: retry until one is free for both.
         for _ in 0..50 {
             let tcp = bind("127.0.0.1:0".parse().unwrap(), 1, 16).unwrap();
-            match bind_udp(tcp[0].local_addr().unwrap(), 2) {
+            match bind_udp(tcp[0].local_addr().unwrap(), 2, &Default::default()) {
                 Ok(u) => {
                     assert_eq!(u[0].local_addr().unwrap(), tcp[0].local_addr().unwrap());
                     return;

@@ -117,7 +117,7 @@ impl RouterCore {
         for member in crate::source_members(target) {
             self.core.usage.udp_source_used(member);
         }
-        match udp_connect(&addrs) {
+        match udp_connect(&addrs, &self.spec.sockets) {
             Ok(s) => Ok(Flow {
                 source: s,
                 sources: Sources::new(addrs, id),
@@ -210,7 +210,7 @@ struct Flow {
 
 /// A UDP socket connected to the first of `addrs` (the balancer put the one to use
 /// first): the kernel then delivers only that source's datagrams to it.
-fn udp_connect(addrs: &[SocketAddr]) -> std::io::Result<Udp> {
+fn udp_connect(addrs: &[SocketAddr], sockets: &crate::SocketOptions) -> std::io::Result<Udp> {
     let addr = addrs.first().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to send to")
     })?;
@@ -220,6 +220,7 @@ fn udp_connect(addrs: &[SocketAddr]) -> std::io::Result<Udp> {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let s = std::net::UdpSocket::bind(local)?;
+    crate::listener::size_udp_buffers(&socket2::SockRef::from(&s), sockets);
     s.connect(addr)?;
     Udp::from_std(s)
 }
