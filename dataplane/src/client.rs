@@ -194,6 +194,7 @@ impl ClientCore {
         if let Ok(user) = Socket::new(stream) {
             user.abort();
         }
+        self.core.stats.fail(ErrorKind::LimitReached);
         if let Some(held) = self.refusals.admit() {
             let max = self.spec.limit.max();
             warn!(

@@ -49,6 +49,15 @@ both_engines!(
             "refused a user connection: the tunnel's limit of 2 open connections is reached; \
              raise --max-connections (now 2) to allow more",
         );
+        // Counted among the tunnel's errors, by kind.
+        let metrics = home.ok(&["stats", "--format", "prometheus"]);
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("conduit_errors_total{")
+                    && l.ends_with(",kind=\"limit_reached\"} 1")),
+            "{metrics}"
+        );
         still_works(&mut a, b"a is unharmed");
         still_works(&mut b, b"b is unharmed");
 

@@ -196,6 +196,7 @@ impl ClientCore {
         }
         let Some(permit) = self.spec.limit.try_acquire() else {
             self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            self.core.stats.fail(ErrorKind::LimitReached);
             if let Some(held) = flows.failures.admit() {
                 let max = self.spec.limit.max();
                 warn!(
