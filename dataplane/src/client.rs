@@ -539,7 +539,7 @@ impl ClientCore {
             match &ran {
                 Ok(()) => {
                     user.close_orderly();
-                    self.spec.link.stream_served();
+                    self.spec.link.stream_served(started);
                 }
                 Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
                 Err(_) => {}

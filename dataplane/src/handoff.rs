@@ -115,7 +115,7 @@ pub struct LinkState {
     /// Why the router refused to open the source for the latest stream it refused
     /// (its allow-list, an unreachable source), until a stream ends well again;
     /// `refusing` says whether there is one without taking the lock.
-    refused: std::sync::Mutex<Option<String>>,
+    refused: std::sync::Mutex<Option<(String, Instant)>>,
     refusing: AtomicBool,
 }
 
@@ -193,26 +193,31 @@ impl LinkState {
     /// The router refused to open the source for a stream, saying `why`.
     pub fn open_refused(&self, why: &str) {
         let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        *r = Some(why.to_owned());
+        *r = Some((why.to_owned(), Instant::now()));
         self.refusing.store(true, Ordering::Release);
     }
 
-    /// A stream ended well: whatever the router refused before, it opens now.
-    pub fn stream_served(&self) {
+    /// A stream that opened at `opened` ended well: if it opened after the latest
+    /// refusal, the router opens streams again. (One that opened before says nothing
+    /// about what the router does now.)
+    pub fn stream_served(&self, opened: Instant) {
         if self.refusing.load(Ordering::Acquire) {
             let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-            *r = None;
-            self.refusing.store(false, Ordering::Release);
+            if r.as_ref().is_some_and(|(_, at)| *at <= opened) {
+                *r = None;
+                self.refusing.store(false, Ordering::Release);
+            }
         }
     }
 
-    /// Why the router refused the latest stream it refused, unless one was served
-    /// since.
+    /// Why the router refused the latest stream it refused, unless one opened since
+    /// was served.
     pub fn refused(&self) -> Option<String> {
         self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(why, _)| why.clone())
     }
 
     fn link(&self, router: usize) -> &RouterLink {
@@ -344,6 +349,21 @@ impl LinkState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_cleared_only_by_a_stream_that_opened_after_it() {
+        let links = LinkState::new(1);
+        let before = Instant::now();
+        links.open_refused("the router's limit of 2 open connections is reached");
+        // A stream held since before the refusal ends well: nothing learned.
+        links.stream_served(before);
+        assert_eq!(
+            links.refused().as_deref(),
+            Some("the router's limit of 2 open connections is reached")
+        );
+        links.stream_served(Instant::now());
+        assert_eq!(links.refused(), None);
+    }
 
     #[test]
     fn each_router_link_has_generations_of_its_own() {

@@ -250,7 +250,7 @@ impl ClientCore {
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
         let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx)).await;
         match &run {
-            Ok(()) => self.spec.link.stream_served(),
+            Ok(()) => self.spec.link.stream_served(started),
             Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
             Err(_) => {}
         }
