@@ -799,7 +799,7 @@ impl ClientCore {
         sock.abort();
         let kind = stop.kind();
         let why = match stop {
-            Stop::OpenFailed(r) => format!("the router could not open the source: {}", r.message),
+            Stop::OpenFailed(r) => open_failed(&r),
             Stop::Killed(why) => why,
             other => other.to_string(),
         };
@@ -855,7 +855,7 @@ impl ClientCore {
                 return self.finish(ch, outcome.stop, "the user's connection").await;
             }
             Message::OpenFailed(r) => {
-                let why = format!("the router could not open the source: {}", r.message);
+                let why = open_failed(&r);
                 return Err((ErrorKind::OpenFailed, why));
             }
             other => {
@@ -904,6 +904,17 @@ impl ClientCore {
 
 /// Whether a failure of `kind` turns users away by the crowd (no channel to the
 /// router can be had), so that its log lines are throttled.
+/// What the user's stream is closed with when the router did not open its source:
+/// its own limit is not the source's fault.
+fn open_failed(r: &conduit_proto::Refusal) -> String {
+    match r.code {
+        conduit_proto::RefusalCode::LimitReached => {
+            format!("the router refused the stream: {}", r.message)
+        }
+        _ => format!("the router could not open the source: {}", r.message),
+    }
+}
+
 fn unserved(kind: ErrorKind) -> bool {
     matches!(
         kind,
@@ -964,10 +975,7 @@ fn channel_failed(e: impl std::fmt::Display) -> (ErrorKind, String) {
 /// and what to tell the router, where it cannot know.
 fn stopped(stop: &Stop, user: &str) -> (String, Option<String>) {
     match stop {
-        Stop::OpenFailed(r) => (
-            format!("the router could not open the source: {}", r.message),
-            None,
-        ),
+        Stop::OpenFailed(r) => (open_failed(r), None),
         Stop::Plain(e) => (
             format!("{user} failed: {e}"),
             Some(format!("{user} failed")),

@@ -87,7 +87,7 @@ both_engines!(
         expect_refused_user(taddr);
         router.wait_stderr(&format!("open refused: {limit}"));
         tunnel.wait_stderr(&format!(
-            "user connection closed: the router could not open the source: {limit}"
+            "user connection closed: the router refused the stream: {limit}"
         ));
         still_works(&mut a, b"a is unharmed");
 
