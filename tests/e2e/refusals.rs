@@ -251,6 +251,25 @@ fn missing_keys_and_bad_addresses_are_usage_errors() {
         err.contains("invalid --router \"nowhere\": expected HOST:PORT"),
         "{err}"
     );
+
+    // The same router twice: failover would retry it, balancing link it twice.
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9,127.0.0.1:9",
+        "--router-key",
+        "x",
+        "--source",
+        "a:1",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --router names 127.0.0.1:9 twice: list each once\n"
+    );
 }
 
 /// Key names and key files that are not what they must be: each refusal names the

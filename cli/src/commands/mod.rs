@@ -189,8 +189,11 @@ fn source_list(flag: &str, s: &str) -> Result<String> {
     if members.is_empty() {
         return remote_addr(flag, s);
     }
-    for m in &members {
+    for (i, m) in members.iter().enumerate() {
         remote_addr(flag, m)?;
+        if members[..i].contains(m) {
+            return Err(Usage(format!("{flag} names {m} twice: list each once")).into());
+        }
     }
     Ok(members.join(","))
 }

@@ -54,10 +54,32 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
     if let Some(Err(e)) = c.router.host.as_deref().map(router_host) {
         out.error("router.host", e);
     }
+    let first = c
+        .router
+        .host
+        .as_deref()
+        .map(|h| format!("{}:{}", h.trim(), c.router.port));
     for (i, f) in c.router.fallbacks.iter().enumerate() {
         if let Err(e) = router_addr(f) {
             out.push(
                 Problem::error(format!("router.fallbacks[{i}]"), e),
+                "router.fallbacks",
+            );
+        }
+        // The same router twice: failover would retry it, balancing link it twice.
+        let again = if first.as_deref() == Some(f.trim()) {
+            Some("router.host and router.port".to_owned())
+        } else {
+            (c.router.fallbacks[..i].iter())
+                .position(|g| g.trim() == f.trim())
+                .map(|j| format!("router.fallbacks[{j}]"))
+        };
+        if let Some(other) = again {
+            out.push(
+                Problem::error(
+                    format!("router.fallbacks[{i}]"),
+                    format!("{f:?} is the router of {other} already; list each router once"),
+                ),
                 "router.fallbacks",
             );
         }

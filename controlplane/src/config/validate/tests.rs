@@ -596,6 +596,25 @@ fn fallback_routers_are_checked_one_by_one() {
 }
 
 #[test]
+fn a_router_listed_twice_is_an_error() {
+    let f = Fixture::new();
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "fallbacks = [\"10.2.0.1:9999\", \"10.2.0.3:9999\", \"10.2.0.3:9999\"]\n[[tunnels]]",
+        1,
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.fallbacks[0]: \"10.2.0.1:9999\" is the router of router.host and \
+             router.port already; list each router once ($F:5)",
+            "error: router.fallbacks[2]: \"10.2.0.3:9999\" is the router of router.fallbacks[1] \
+             already; list each router once ($F:5)",
+        ]
+    );
+}
+
+#[test]
 fn balancing_over_one_router_is_a_warning() {
     let f = Fixture::new();
     let text = f
