@@ -38,11 +38,12 @@ fn two_starts_of_one_name_at_once_leave_one_tunnel() {
     assert_code(lost.status, 64, &err);
     assert!(lost.stdout.is_empty());
     // Before the winner registers, it is being started; after, it is running.
+    // (The pid, once the winner has written it into the lock file.)
     let starting = err
-        .starts_with("conduit: error: a tunnel named \"race\" is being started right now (by pid ")
+        .starts_with("conduit: error: a tunnel named \"race\" is being started right now")
         && err.ends_with(
-            "): see it with `conduit list` once that is done, or choose another name (--name, or \
-         name in the file)\n",
+            ": see it with `conduit list` once that is done, or choose another name (--name, or \
+             name in the file)\n",
         );
     let running = err.starts_with("conduit: error: a tunnel named \"race\" is already running (")
         && err.ends_with(
