@@ -83,6 +83,24 @@ pub(crate) enum Role {
     },
 }
 
+/// Answers the requests a worker serves running and draining alike (its
+/// connections, its usage, closing one connection); gives back any other message.
+fn answer(core: &Core, msg: ToWorker) -> Option<ToWorker> {
+    match msg {
+        ToWorker::Snapshot(reply) => {
+            let _ = reply.send(core.conns.snapshot());
+        }
+        ToWorker::Usage(reply) => {
+            let _ = reply.send(core.usage.report(&core.conns));
+        }
+        ToWorker::Kill(id) => {
+            core.conns.kill(id, "closed by the operator");
+        }
+        other => return Some(other),
+    }
+    None
+}
+
 /// The worker's main task: set up its role, then obey the control plane.
 pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWorker>) {
     let mut client: Option<Rc<ClientCore>> = None;
@@ -105,6 +123,9 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
 
     let mut deadline = None;
     while let Ok(msg) = inbox.recv_async().await {
+        let Some(msg) = answer(&core, msg) else {
+            continue;
+        };
         match msg {
             ToWorker::ClientChannel(h) => match &client {
                 Some(c) => c.channel_arrived(h),
@@ -129,15 +150,8 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                     c.channel_failed(reason);
                 }
             }
-            ToWorker::Snapshot(reply) => {
-                let _ = reply.send(core.conns.snapshot());
-            }
-            ToWorker::Usage(reply) => {
-                let _ = reply.send(core.usage.report(&core.conns));
-            }
-            ToWorker::Kill(id) => {
-                core.conns.kill(id, "closed by the operator");
-            }
+            // Answered by `answer`.
+            ToWorker::Snapshot(_) | ToWorker::Usage(_) | ToWorker::Kill(_) => {}
             ToWorker::LinkLost { epoch, reason } => {
                 let n = core.conns.kill_riding(
                     |r| {
@@ -194,18 +208,8 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         // Still obeyed while draining: an earlier deadline (a forced stop after a
         // graceful one), connection lists and closing one connection.
         while let Ok(msg) = inbox.try_recv() {
-            match msg {
-                ToWorker::Stop { deadline: d } => deadline = deadline.min(d),
-                ToWorker::Snapshot(reply) => {
-                    let _ = reply.send(core.conns.snapshot());
-                }
-                ToWorker::Usage(reply) => {
-                    let _ = reply.send(core.usage.report(&core.conns));
-                }
-                ToWorker::Kill(id) => {
-                    core.conns.kill(id, "closed by the operator");
-                }
-                _ => {}
+            if let Some(ToWorker::Stop { deadline: d }) = answer(&core, msg) {
+                deadline = deadline.min(d);
             }
         }
         monoio::time::sleep(Duration::from_millis(20)).await;

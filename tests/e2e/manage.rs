@@ -64,11 +64,13 @@ pub(crate) fn wait_list(
     }
 }
 
+/// Whether process `pid` exists and is not a zombie (its state, after the command
+/// name in parentheses, is not `Z`).
 pub(crate) fn pid_alive(pid: u64) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z")
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code};
+use crate::manage::{list_json, pid_alive, wait_list};
 use crate::sources;
 
 /// Stops every tunnel of a home when the test ends, whatever happened; a tunnel the
@@ -90,38 +91,6 @@ fn echoes(c: &mut TcpStream) -> bool {
 fn closed(c: &mut TcpStream) -> bool {
     let mut buf = [0u8; 1];
     matches!(c.read(&mut buf), Ok(0) | Err(_))
-}
-
-fn list_json(home: &Home) -> Vec<serde_json::Value> {
-    let out = home.ok(&["list", "--format", "json", "--connections"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("list json: {e}\n{out}"))
-}
-
-/// Polls `list` until `pred` holds (deadline-bounded).
-fn wait_list(
-    home: &Home,
-    what: &str,
-    pred: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let l = list_json(home);
-        if pred(&l) {
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "list never showed {what}: {l:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pid_alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-    })
 }
 
 fn registry_files(home: &Home) -> usize {
