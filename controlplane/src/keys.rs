@@ -793,7 +793,11 @@ mod tests {
             // Group-writable (a umask of 002) stays the operator's call.
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o664)).unwrap();
         }
-        assert!(load_authorized_file(&auth).is_ok());
+        let names = load_authorized_file(&auth).unwrap().names;
+        assert_eq!(
+            names.get(&pair.public()).map(String::as_str),
+            Some("client")
+        );
     }
 
     #[cfg(unix)]
