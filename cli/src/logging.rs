@@ -157,10 +157,31 @@ fn keep_pruned(dir: PathBuf, name: String, keep: usize) {
 /// One pass of [`keep_pruned`]: only `NAME.YYYY-MM-DD` and `NAME.YYYY-MM-DD-HH`, the
 /// names rotation gives, are candidates; their dates sort as their names do.
 fn prune(dir: &std::path::Path, name: &str, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+    let mut rotated = rotated(dir, name);
+    rotated.sort();
+    let extra = rotated.len().saturating_sub(keep.saturating_add(1));
+    for (_, path) in rotated.into_iter().take(extra) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The newest rotated file of the log `path` (`PATH.YYYY-MM-DD[-HH]`, the one being
+/// written when rotation is on), if there is one.
+pub(crate) fn newest_rotated(path: &std::path::Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
     };
-    let mut rotated: Vec<(String, PathBuf)> = entries
+    rotated(dir, name).into_iter().max().map(|(_, p)| p)
+}
+
+/// The rotated files of the log `name` in `dir`, each with its date.
+fn rotated(dir: &std::path::Path, name: &str) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| {
@@ -168,12 +189,7 @@ fn prune(dir: &std::path::Path, name: &str, keep: usize) {
             let date = file.strip_prefix(name)?.strip_prefix('.')?;
             rotation_date(date).then(|| (date.to_owned(), e.path()))
         })
-        .collect();
-    rotated.sort();
-    let extra = rotated.len().saturating_sub(keep.saturating_add(1));
-    for (_, path) in rotated.into_iter().take(extra) {
-        let _ = std::fs::remove_file(path);
-    }
+        .collect()
 }
 
 /// `YYYY-MM-DD` or `YYYY-MM-DD-HH`.

@@ -4,6 +4,10 @@
 //! still be read; starting it again moves them to `NAME.log.1`. With `-f`, a log put
 //! in the file's place (another inode), truncated, or written again from the top (a
 //! restart) is followed from its start; one that only grows, from where it was.
+//! A tunnel started with `--log-file FILE --log-rotation …` logs to the newest
+//! `FILE.YYYY-MM-DD[-HH]`, which is what is shown and followed (into the next one
+//! when it begins); `FILE` itself then holds only what the process wrote outside
+//! its log, such as a fatal error, shown after the log when it is newer.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -15,36 +19,78 @@ use conduit_controlplane::registry::Registry;
 
 use crate::args::LogsArgs;
 use crate::exit::Usage;
+use crate::logging::newest_rotated;
 use crate::output;
 
 pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     let path = log_path(home, &a.name)?;
-    let mut f = std::fs::File::open(&path)
-        .map_err(|e| Usage(format!("cannot read {}: {e}", path.display())))?;
-    let mut text = String::new();
-    f.read_to_string(&mut text)?;
-    let shown = match a.lines {
-        Some(n) => {
-            let all: Vec<&str> = text.lines().collect();
-            let mut s = all[all.len().saturating_sub(n)..].join("\n");
-            if !s.is_empty() {
-                s.push('\n');
+    // With --log-rotation the log is the newest PATH.DATE; PATH itself holds only
+    // what the process wrote outside its log (a fatal error), shown after the log
+    // when it is newer.
+    let rotated = newest_rotated(&path);
+    let current = rotated.clone().unwrap_or_else(|| path.clone());
+    let (f, text) = read(&current)?;
+    let mut shown = text.clone();
+    let outside = match &rotated {
+        Some(r) => match read(&path) {
+            Ok((f, words)) => {
+                if modified(&path) > modified(r) {
+                    shown.push_str(&words);
+                }
+                Some(Follower::new(f, words.into_bytes()))
             }
-            s
-        }
-        None => text.clone(),
+            Err(_) => None,
+        },
+        None => None,
     };
+    if let Some(n) = a.lines {
+        let all: Vec<&str> = shown.lines().collect();
+        let mut last = all[all.len().saturating_sub(n)..].join("\n");
+        if !last.is_empty() {
+            last.push('\n');
+        }
+        shown = last;
+    }
     output::try_write(shown.as_bytes())?;
     if !a.follow {
         return Ok(());
     }
-    let mut follower = Follower::new(f, text.into_bytes());
+    let mut log = Follower::new(f, text.into_bytes());
+    let mut outside = outside;
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let new = follower.poll(&path)?;
+        // A new day (or hour) of a rotated log: the rest of the old file, then the new.
+        let now = match &rotated {
+            Some(_) => newest_rotated(&path).unwrap_or_else(|| current.clone()),
+            None => current.clone(),
+        };
+        let mut new = log.poll(&now)?;
+        if rotated.is_some() {
+            match &mut outside {
+                Some(o) => new.extend(o.poll(&path)?),
+                None => {
+                    outside = std::fs::File::open(&path)
+                        .ok()
+                        .map(|f| Follower::new(f, Vec::new()))
+                }
+            }
+        }
         // A reader gone (`| head`) or a full disk ends `-f`.
         output::try_write(&new)?;
     }
+}
+
+/// The file at `path`, open, and what it holds.
+fn read(path: &std::path::Path) -> Result<(std::fs::File, String)> {
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| Usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok((f, text))
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Bytes kept from the end of what `-f` has read, to tell a file that was truncated and

@@ -172,6 +172,49 @@ fn stats_health_and_logs_commands() {
     assert!(err.contains("no log for tunnel \"nope\""), "{err}");
 }
 
+/// `logs` reads a background tunnel's rotated log (`FILE.YYYY-MM-DD`), not the
+/// undated `--log-file` path, which holds only what is written outside the log.
+#[test]
+fn logs_reads_and_follows_a_rotated_log_file() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let key = home.key("router.pub").to_string_lossy().into_owned();
+    let log = home.path().join("var").join("web.log");
+    let out = home.ok(&[
+        "start",
+        "--router",
+        &raddr.to_string(),
+        "--router-key",
+        &key,
+        "--source",
+        &source.to_string(),
+        "--bind",
+        "127.0.0.1:0",
+        "--name",
+        "web",
+        "--io-engine",
+        "epoll",
+        "--log-file",
+        &log.to_string_lossy(),
+        "--log-rotation",
+        "daily",
+    ]);
+    assert!(out.contains(&format!("log: {}", log.display())), "{out}");
+    let rotated = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("web.log."))
+        .count();
+    assert_eq!(rotated, 1);
+    let out = home.ok(&["logs", "web"]);
+    assert!(out.contains("connected to router"), "{out}");
+    let follow = home.spawn(&["logs", "web", "-f", "-n", "1"]);
+    follow.wait_stdout_count("", 1);
+    let _ = home.ok(&["kill", "--tunnel", "web"]);
+    follow.wait_stdout("stopping");
+}
+
 #[test]
 fn health_names_each_lost_link_and_forgets_it_when_its_key_is_revoked() {
     let home = Home::with_keys();
