@@ -189,10 +189,10 @@ async fn router(a: &HealthArgs) -> Result<()> {
 fn link_of(l: &Value) -> String {
     let id = l["client_id"].as_str().unwrap_or("?");
     let who = match l["client"].as_str().filter(|n| !n.is_empty()) {
-        Some(name) => format!("{name} ({id})"),
+        Some(name) => format!("{name:?} ({id})"),
         None => id.to_owned(),
     };
-    format!("{who} tunnel {}", l["tunnel"].as_str().unwrap_or("?"))
+    format!("{who} tunnel {:?}", l["tunnel"].as_str().unwrap_or("?"))
 }
 
 fn error_of(s: &Value) -> String {

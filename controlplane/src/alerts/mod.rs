@@ -120,7 +120,7 @@ pub struct Alert {
 
 impl Subject {
     /// How messages name it: `source HOST:PORT` (`UDP source HOST:PORT`), `client
-    /// NAME (tunnel T)`.
+    /// "NAME" (tunnel "T")` (the default key name is `client`: quoted, it reads as a name).
     pub fn text(&self) -> String {
         match self {
             Subject::Source {
@@ -133,7 +133,7 @@ impl Subject {
             } => format!("UDP source {target}"),
             Subject::Client { name, tunnel, id } => {
                 let who = if name.is_empty() { id } else { name };
-                format!("client {who} (tunnel {tunnel})")
+                format!("client {who:?} (tunnel {tunnel:?})")
             }
         }
     }
@@ -347,7 +347,7 @@ mod tests {
                 name: "laptop".into(),
                 tunnel: "web".into(),
             },
-            message: "client laptop (tunnel web) lost: no heartbeat for 20s".into(),
+            message: r#"client "laptop" (tunnel "web") lost: no heartbeat for 20s"#.into(),
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         };
         assert_eq!(
@@ -357,15 +357,15 @@ mod tests {
                 "state": "lost",
                 "severity": "critical",
                 "subject": {"kind": "client", "id": "0a0b", "name": "laptop", "tunnel": "web"},
-                "message": "client laptop (tunnel web) lost: no heartbeat for 20s",
+                "message": r#"client "laptop" (tunnel "web") lost: no heartbeat for 20s"#,
                 "router": "gw1",
                 "timestamp": "2023-11-14T22:13:20Z",
             })
         );
         assert_eq!(
             a.slack_json("gw1"),
-            json!({"text": ":red_circle: *conduit router gw1*: client laptop (tunnel web) lost: no heartbeat for 20s"})
+            json!({"text": r#":red_circle: *conduit router gw1*: client "laptop" (tunnel "web") lost: no heartbeat for 20s"#})
         );
-        assert_eq!(a.subject_text(), "client laptop (tunnel web)");
+        assert_eq!(a.subject_text(), r#"client "laptop" (tunnel "web")"#);
     }
 }

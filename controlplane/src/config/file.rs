@@ -74,10 +74,16 @@ impl FileDoc {
                     }
                     None => path.display().to_string(),
                 };
-                report.push(Problem::error(
-                    "",
-                    format!("{at}: invalid TOML: {}; fix the syntax there", e.message()),
-                ));
+                let what = e.span().and_then(|s| text.get(s)).map(str::trim);
+                let message = match what {
+                    // toml names no key: the span is the second one.
+                    Some(key) if e.message() == "duplicate key" && !key.is_empty() => format!(
+                        "{at}: invalid TOML: {key} appears twice (a key or table may appear only once); \
+                         remove one of them"
+                    ),
+                    _ => format!("{at}: invalid TOML: {}; fix the syntax there", e.message()),
+                };
+                report.push(Problem::error("", message));
             }
             return Err(report);
         }
@@ -209,10 +215,20 @@ mod tests {
             ]
         );
         let err = FileDoc::parse(Path::new("c.toml"), "a = 1\na = 2\n").unwrap_err();
-        assert_eq!(msgs(err).len(), 1);
-        assert!(
-            msgs(FileDoc::parse(Path::new("c.toml"), "a = 1\na = 2\n").unwrap_err())[0]
-                .starts_with("c.toml:2:1: invalid TOML: duplicate key")
+        assert_eq!(
+            msgs(err),
+            [
+                "c.toml:2:1: invalid TOML: a appears twice (a key or table may appear only \
+                 once); remove one of them"
+            ]
+        );
+        let err = FileDoc::parse(Path::new("c.toml"), "[router]\n[router]\n").unwrap_err();
+        assert_eq!(
+            msgs(err),
+            [
+                "c.toml:2:2: invalid TOML: router appears twice (a key or table may appear \
+                 only once); remove one of them"
+            ]
         );
     }
 

@@ -252,11 +252,15 @@ fn health_names_each_lost_link_and_forgets_it_when_its_key_is_revoked() {
     });
     let id = super::client_id(&home, "client");
     assert!(
-        err.contains(&format!("unhealthy: client client ({id}) tunnel web lost")),
+        err.contains(&format!(
+            "unhealthy: client \"client\" ({id}) tunnel \"web\" lost"
+        )),
         "{err}"
     );
     assert!(
-        out.contains(&format!("\n  client client ({id}) tunnel web: lost since ")),
+        out.contains(&format!(
+            "\n  client \"client\" ({id}) tunnel \"web\": lost since "
+        )),
         "{out}"
     );
     let h = super::get(&api, "/api/v1/health");
