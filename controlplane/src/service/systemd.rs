@@ -7,7 +7,8 @@
 //!
 //! The sandbox (systemd.exec(5)): the whole file system is read-only
 //! (`ProtectSystem=strict`) except `CONDUIT_HOME`; home directories are hidden, or
-//! read-only when the tunnel's binary, home or argument paths live there; no capabilities at all unless
+//! read-only when the tunnel's binary, home or argument paths live there; /tmp is
+//! private unless such a path is under /tmp or /var/tmp; no capabilities at all unless
 //! the tunnel binds a port below 1024, and then only `CAP_NET_BIND_SERVICE`. No
 //! `SystemCallFilter=` is set: the io_uring engine's system calls are outside the
 //! `@system-service` set on older systemd releases, and a filter that kills the
@@ -55,14 +56,20 @@ fn under_home_dirs(path: &Path) -> bool {
         .any(|d| path.starts_with(d))
 }
 
-/// True when the tunnel needs something under a home directory: its binary, its
-/// CONDUIT_HOME, or a path among its arguments (`/home/…` or `--flag=/home/…`).
-fn uses_home_dirs(spec: &ServiceSpec) -> bool {
-    under_home_dirs(&spec.home)
-        || under_home_dirs(&spec.binary)
+/// True when `path` is under a directory `PrivateTmp=` replaces with an empty one.
+fn under_tmp_dirs(path: &Path) -> bool {
+    ["/tmp", "/var/tmp"].iter().any(|d| path.starts_with(d))
+}
+
+/// True when the tunnel needs something under the directories `under` picks: its
+/// binary, its CONDUIT_HOME, or a path among its arguments (`/home/…` or
+/// `--flag=/home/…`).
+fn uses(spec: &ServiceSpec, under: fn(&Path) -> bool) -> bool {
+    under(&spec.home)
+        || under(&spec.binary)
         || spec.args.iter().any(|a| {
             let value = a.split_once('=').map_or(a.as_str(), |(_, v)| v);
-            under_home_dirs(Path::new(a)) || under_home_dirs(Path::new(value))
+            under(Path::new(a)) || under(Path::new(value))
         })
 }
 
@@ -125,7 +132,7 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          ProtectSystem=strict\n\
          ProtectHome={protect_home}\n\
          ReadWritePaths={rw}\n\
-         PrivateTmp=yes\n\
+         {private_tmp}\
          PrivateDevices=yes\n\
          ProtectKernelTunables=yes\n\
          ProtectKernelModules=yes\n\
@@ -133,7 +140,15 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          RestrictSUIDSGID=yes\n\
          LockPersonality=yes\n\
          RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n",
-        protect_home = if uses_home_dirs(spec) {
+        // A private /tmp would hide the tunnel's own files there from it.
+        private_tmp = if uses(spec, under_tmp_dirs) {
+            "# Not PrivateTmp=yes: the tunnel uses files under /tmp or /var/tmp, which\n\
+             # a private /tmp would hide (better: move them somewhere lasting).\n\
+             PrivateTmp=no\n"
+        } else {
+            "PrivateTmp=yes\n"
+        },
+        protect_home = if uses(spec, under_home_dirs) {
             "read-only"
         } else {
             "yes"
@@ -205,6 +220,26 @@ mod tests {
         assert!(render(&spec).unwrap().contains("\nProtectHome=yes\n"));
         spec.args.push("--key=/root/client.key".into());
         assert!(render(&spec).unwrap().contains("\nProtectHome=read-only\n"));
+    }
+
+    #[test]
+    fn files_under_tmp_keep_the_shared_tmp() {
+        let unit = render(&sample_spec()).unwrap();
+        assert!(unit.contains("\nPrivateTmp=yes\n"), "{unit}");
+        for tmp in ["/tmp/conduit", "/var/tmp/c"] {
+            let mut spec = sample_spec();
+            spec.home = tmp.into();
+            let unit = render(&spec).unwrap();
+            assert!(unit.contains("\nPrivateTmp=no\n"), "{unit}");
+            assert!(!unit.contains("\nPrivateTmp=yes"), "{unit}");
+        }
+        let mut spec = sample_spec();
+        spec.args.push("--log-file=/tmp/web.log".into());
+        assert!(render(&spec).unwrap().contains("\nPrivateTmp=no\n"));
+        // Only /tmp itself, not a directory whose name starts the same.
+        let mut spec = sample_spec();
+        spec.home = "/tmpdata/conduit".into();
+        assert!(render(&spec).unwrap().contains("\nPrivateTmp=yes\n"));
     }
 
     #[test]
