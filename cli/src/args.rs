@@ -300,6 +300,10 @@ pub(crate) enum StatsFormat {
 pub(crate) struct HealthArgs {
     #[command(flatten)]
     pub(crate) api: ApiClientArgs,
+    /// Only this tunnel (by name or id; repeatable), which is unhealthy when it is not
+    /// running: the check for a probe (a container's, a service manager's).
+    #[arg(long = "tunnel", value_name = "NAME|ID", conflicts_with = "router")]
+    pub(crate) tunnels: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub(crate) format: OutputFormat,

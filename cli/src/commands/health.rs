@@ -31,9 +31,18 @@ pub(crate) fn run(home: &Home, a: &HealthArgs) -> Result<()> {
 }
 
 async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
-    let seen = survey(home, false).await;
+    let mut seen = survey(home, false).await;
     let mut rows = Vec::new();
     let mut down = Vec::new();
+    // With --tunnel, only those; each one not running is unhealthy.
+    let named =
+        |s: &super::tunnels::Seen, t: &String| s.entry.name == *t || s.entry.tunnel_id == *t;
+    if !a.tunnels.is_empty() {
+        seen.retain(|s| a.tunnels.iter().any(|t| named(s, t)));
+    }
+    let missing: Vec<&String> = (a.tunnels.iter())
+        .filter(|t| !seen.iter().any(|s| named(s, t)))
+        .collect();
     for s in &seen {
         let (state, detail, refused) = match &s.status {
             Ok(st) => {
@@ -91,6 +100,10 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
                          "router": router, "link": state, "detail": detail}));
     }
+    for t in missing {
+        down.push(format!("{t} (not running)"));
+        rows.push(json!({"name": t, "id": "", "router": "", "link": "not running", "detail": ""}));
+    }
     if a.format == OutputFormat::Json {
         say(serde_json::to_string_pretty(&json!({
             "status": if down.is_empty() { "ok" } else { "degraded" },
@@ -101,6 +114,13 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     } else {
         for r in &rows {
             let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+            if r["link"] == "not running" {
+                say(format_args!(
+                    "{}: not running",
+                    r["name"].as_str().unwrap_or("?")
+                ));
+                continue;
+            }
             // The tunnel itself did not answer: nothing is known of its link.
             if r["link"] == "unreachable" {
                 say(format_args!(

@@ -154,6 +154,12 @@ fn stats_health_and_logs_commands() {
     );
     let out = home.ok(&["health"]);
     assert_eq!(out, format!("web: router {raddr_s} link connected\n"));
+    // A probe's check: the tunnels named, each unhealthy unless running and linked.
+    assert_eq!(home.ok(&["health", "--tunnel", "web"]), out);
+    let (status, both, err) = home.run(&["health", "--tunnel", "api", "--tunnel", "web"]);
+    assert_code(status, 1, &err);
+    assert_eq!(both, format!("{out}api: not running\n"));
+    assert_eq!(err, "conduit: error: unhealthy: api (not running)\n");
 
     // The background tunnel's log.
     let out = home.ok(&["logs", "web"]);
