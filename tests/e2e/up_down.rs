@@ -202,6 +202,122 @@ fn up_twice_then_change_remove_and_down() {
     assert!(out.contains("no tunnels from"), "{out}");
 }
 
+/// A restart by `up` waits only for what each tunnel needs: beta, idle, is restarted
+/// while alpha still drains a held connection (its drain allows 120 s).
+#[test]
+fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let write = |source: &str| {
+        let file = write_file(
+            &home,
+            raddr.port(),
+            &[("alpha", source.to_owned()), ("beta", source.to_owned())],
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.replace("drain_timeout_secs = 2", "drain_timeout_secs = 120");
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let file = write(&source);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    let (alpha, beta) = (pid_of(&home, "alpha"), pid_of(&home, "beta"));
+    let bind = list(&home).iter().find(|t| t["name"] == "alpha").unwrap()["bind"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut held = TcpStream::connect(&bind).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    let echo = |held: &mut TcpStream, what: &[u8]| {
+        held.write_all(what).unwrap();
+        let mut back = vec![0u8; what.len()];
+        held.read_exact(&mut back).unwrap();
+        assert_eq!(back, what);
+    };
+    echo(&mut held, b"before");
+
+    // Both change; beta comes back while alpha drains.
+    let file = write(&source.replace("127.0.0.1", "localhost"));
+    let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
+    crate::procfs::wait_until("beta to be restarted while alpha drains", || {
+        let now = list(&home);
+        let pid = |n: &str| {
+            now.iter()
+                .find(|t| t["name"] == n)
+                .map(|t| t["pid"].clone())
+        };
+        let restarted = pid("beta").is_some_and(|p| p != beta);
+        (restarted, now)
+    });
+    echo_through(&home, "beta");
+    assert_eq!(pid_of(&home, "alpha"), alpha);
+    echo(&mut held, b"still draining");
+    drop(held);
+    let status = again.wait_exit();
+    assert_code(status, 0, &again.stderr());
+    let out = again.stdout().join("\n");
+    for n in ["alpha", "beta"] {
+        assert!(
+            out.contains(&format!("restarted (settings changed) tunnel \"{n}\"")),
+            "{out}"
+        );
+    }
+    assert_ne!(pid_of(&home, "alpha"), alpha);
+    echo_through(&home, "alpha");
+}
+
+/// A tunnel new in the file on the port of one that left it starts only once that
+/// one has drained and gone: it never listens beside it.
+#[test]
+fn a_new_tunnel_on_a_leaving_ones_port_waits_for_it() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let port = crate::harness::dead_port();
+    let write = |name: &str| {
+        let file = write_file(&home, raddr.port(), &[(name, source.clone())]);
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("drain_timeout_secs = 2", "drain_timeout_secs = 120")
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    let (status, _, err) = up(&home, &write("alpha"), &[]);
+    assert_code(status, 0, &err);
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    held.write_all(b"held").unwrap();
+    let mut back = [0u8; 4];
+    held.read_exact(&mut back).unwrap();
+
+    let file = write("delta");
+    let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
+    let now = crate::procfs::wait_until("alpha to drain", || {
+        let now = list(&home);
+        let draining = now
+            .iter()
+            .any(|t| t["name"] == "alpha" && t["status"] == "stopping");
+        (draining, now)
+    });
+    assert!(!now.iter().any(|t| t["name"] == "delta"), "{now:?}");
+    drop(held);
+    let status = again.wait_exit();
+    assert_code(status, 0, &again.stderr());
+    let out = again.stdout().join("\n");
+    assert!(
+        out.contains("stopped tunnel \"alpha\" (no longer in"),
+        "{out}"
+    );
+    assert!(out.contains("started tunnel \"delta\""), "{out}");
+    assert_eq!(names(&home), ["delta"]);
+    echo_through(&home, "delta");
+}
+
 #[test]
 fn the_environment_overrides_the_file() {
     let home = Home::with_keys();

@@ -1,7 +1,9 @@
 //! `conduit up -f FILE`: one background tunnel process per `[[tunnels]]` table.
 //!
 //! Idempotent: running tunnels with unchanged settings are left alone, changed ones
-//! are restarted, ones removed from the file are stopped. Each tunnel process is
+//! are restarted, ones removed from the file are stopped. Stops run side by side, and
+//! each tunnel starts once its old process (and any tunnel being stopped on its port)
+//! is gone, not after the slowest drain. Each tunnel process is
 //! `conduit up -f FILE --tunnel NAME --foreground`, so it reads exactly its own plan.
 //! `up --foreground` supervises one such child per tunnel in this terminal.
 
@@ -15,6 +17,7 @@ use conduit_controlplane::process::{Registration, claim_name};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, Registry};
 use conduit_controlplane::{Home, keys};
+use futures::FutureExt;
 use futures::future::join_all;
 
 use super::config::{fail, print_problems, unreadable};
@@ -162,54 +165,77 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
             t.name, e.tunnel_id, e.pid, e.config.bind
         ));
     }
-    let stop_all = |list: &[Entry]| -> Vec<(String, Result<(), String>)> {
-        match runtime(1) {
-            // All at once: each drains while the others do.
-            Ok(rt) => rt.block_on(join_all(list.iter().map(|e| async {
-                let stopped = stop(&registry, e, false, None).await.map(drop);
-                (e.name.clone(), stopped)
-            }))),
-            Err(e) => list
-                .iter()
-                .map(|x| (x.name.clone(), Err(e.to_string())))
-                .collect(),
-        }
-    };
-    for (name, res) in stop_all(&actions.remove) {
+    // Each stop once, all at once (each drains while the others do); a tunnel starts
+    // as soon as what it waits for has stopped: its own old process when restarted,
+    // and any tunnel being stopped that holds its port. The others do not wait for
+    // the slowest drain.
+    let restarting: Vec<Entry> = actions.restart.iter().map(|(_, e)| e.clone()).collect();
+    let stopping: Vec<&Entry> = actions.remove.iter().chain(&restarting).collect();
+    let mut to_start: Vec<(&TunnelPlan, Option<usize>)> =
+        actions.start.iter().map(|t| (*t, None)).collect();
+    let removed = actions.remove.len();
+    to_start
+        .extend((actions.restart.iter().enumerate()).map(|(i, (t, _))| (*t, Some(removed + i))));
+    let rt = runtime(2)?;
+    let launching = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let (stopped, launched) = rt.block_on(async {
+        let stops: Vec<_> = (stopping.iter())
+            .map(|e| {
+                stop(&registry, e, false, None)
+                    .map(|r| r.map(drop))
+                    .boxed_local()
+                    .shared()
+            })
+            .collect();
+        let starts = to_start.iter().map(|&(t, own)| {
+            let stops = &stops;
+            let stopping = &stopping;
+            let launching = &launching;
+            async move {
+                if let Some(i) = own {
+                    stops[i]
+                        .clone()
+                        .await
+                        .map_err(|why| anyhow!("could not stop it to restart: {why}"))?;
+                }
+                let port = t.bind.port();
+                for (e, s) in stopping.iter().zip(stops) {
+                    if port != 0 && bind_port(e) == Some(port) {
+                        // Not stopped: the launch says the port is taken.
+                        let _ = s.clone().await;
+                    }
+                }
+                let args = child_args(plan, set, log, t, true);
+                let (home, name) = (home.clone(), t.name.clone());
+                let launching = launching.clone();
+                tokio::task::spawn_blocking(move || {
+                    // One launch at a time: a claim is handed on by letting every
+                    // child spawned meanwhile inherit it, so another tunnel started
+                    // alongside would hold this one's name for as long as it runs.
+                    let _one = launching.lock().unwrap_or_else(|e| e.into_inner());
+                    let claim = claim_name(&home, &name)?;
+                    launch_detached(&home, &name, args, None, claim, None)
+                })
+                .await?
+            }
+        });
+        futures::join!(join_all(stops[..removed].iter().cloned()), join_all(starts))
+    });
+    for (e, res) in actions.remove.iter().zip(stopped) {
         match res {
             Ok(()) => say(format_args!(
-                "stopped tunnel {name:?} (no longer in {file})"
+                "stopped tunnel {:?} (no longer in {file})",
+                e.name
             )),
-            Err(why) => failures.push(format!("tunnel {name:?}: could not stop it: {why}")),
+            Err(why) => failures.push(format!("tunnel {:?}: could not stop it: {why}", e.name)),
         }
     }
-    let restarting: Vec<Entry> = actions.restart.iter().map(|(_, e)| e.clone()).collect();
-    let stopped = stop_all(&restarting);
-    let mut to_start: Vec<(&TunnelPlan, &str)> =
-        actions.start.iter().map(|t| (*t, "started")).collect();
-    for ((t, _), (_, res)) in actions.restart.iter().zip(stopped) {
+    for ((t, own), res) in to_start.iter().zip(launched) {
+        let verb = match own {
+            Some(_) => "restarted (settings changed)",
+            None => "started",
+        };
         match res {
-            Ok(()) => to_start.push((t, "restarted (settings changed)")),
-            Err(why) => failures.push(format!(
-                "tunnel {:?}: could not stop it to restart: {why}",
-                t.name
-            )),
-        }
-    }
-    for (t, verb) in to_start {
-        let launched = claim_name(home, &t.name)
-            .map_err(anyhow::Error::from)
-            .and_then(|claim| {
-                launch_detached(
-                    home,
-                    &t.name,
-                    child_args(plan, set, log, t, true),
-                    None,
-                    claim,
-                    None,
-                )
-            });
-        match launched {
             Ok(l) => report_started(verb, &t.name, &l),
             Err(e) => failures.push(format!("tunnel {:?}: {e}", t.name)),
         }
@@ -219,6 +245,11 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     } else {
         Err(anyhow!("{}", failures.join("\n")))
     }
+}
+
+/// The port a registry entry's tunnel binds, if its address has one.
+fn bind_port(e: &Entry) -> Option<u16> {
+    e.config.bind.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Runs every tunnel as a child of this process until a signal, then stops them.
