@@ -670,45 +670,44 @@ fn wait_all_threads_stopped(p: &Proc) {
     });
 }
 
-/// Datagrams the kernel drops because the tunnel's socket is full are counted: a
-/// frozen tunnel reads nothing while a burst overflows its receive buffer (the
-/// smallest `--read-buffer-size`), and once it runs again the metric shows them.
-#[test]
-fn datagrams_the_kernel_drops_on_a_full_socket_are_counted() {
-    let UdpTunnel {
-        home,
-        source: _source,
-        router: _router,
-        tunnel,
-        taddr,
-    } = UdpTunnel::start(
-        Engine::Epoll,
-        &["--read-buffer-size", "4096", "--name", "dns"],
-    );
-    let user = User::new(taddr);
-    user.echo(b"before");
-    assert_eq!(
-        dns_metric(&home, "conduit_udp_receive_buffer_drops_total"),
-        0
-    );
-    {
-        let _frozen = crate::faults::Frozen::new(&tunnel);
-        wait_all_threads_stopped(&tunnel);
-        // 200 KB into a buffer of 8 KiB (Linux doubles what is asked) that nobody
-        // reads: most are dropped.
-        for _ in 0..200 {
-            user.sock.send_to(&[7u8; 1000], taddr).unwrap();
+// Datagrams the kernel drops because the tunnel's socket is full are counted: a
+// frozen tunnel reads nothing while a burst overflows its receive buffer (the
+// smallest `--read-buffer-size`), and once it runs again the metric shows them.
+both_engines!(
+    datagrams_the_kernel_drops_on_a_full_socket_are_counted,
+    |engine: Engine| {
+        let UdpTunnel {
+            home,
+            source: _source,
+            router: _router,
+            tunnel,
+            taddr,
+        } = UdpTunnel::start(engine, &["--read-buffer-size", "4096", "--name", "dns"]);
+        let user = User::new(taddr);
+        user.echo(b"before");
+        assert_eq!(
+            dns_metric(&home, "conduit_udp_receive_buffer_drops_total"),
+            0
+        );
+        {
+            let _frozen = crate::faults::Frozen::new(&tunnel);
+            wait_all_threads_stopped(&tunnel);
+            // 200 KB into a buffer of 8 KiB (Linux doubles what is asked) that nobody
+            // reads: most are dropped.
+            for _ in 0..200 {
+                user.sock.send_to(&[7u8; 1000], taddr).unwrap();
+            }
         }
+        let dropped = wait_for("the tunnel to count the kernel's drops", || {
+            let n = dns_metric(&home, "conduit_udp_receive_buffer_drops_total");
+            (n > 0).then_some(n)
+        });
+        assert!(dropped < 200, "{dropped} of 200 dropped: none fit?");
+        // Conduit itself dropped none: its flow's queue had room for what was read.
+        assert_eq!(dns_metric(&home, "conduit_udp_datagrams_dropped_total"), 0);
+        wait_for_answer(&user, b"after");
     }
-    let dropped = wait_for("the tunnel to count the kernel's drops", || {
-        let n = dns_metric(&home, "conduit_udp_receive_buffer_drops_total");
-        (n > 0).then_some(n)
-    });
-    assert!(dropped < 200, "{dropped} of 200 dropped: none fit?");
-    // Conduit itself dropped none: its flow's queue had room for what was read.
-    assert_eq!(dns_metric(&home, "conduit_udp_datagrams_dropped_total"), 0);
-    wait_for_answer(&user, b"after");
-}
+);
 
 #[test]
 fn new_senders_over_the_flow_rate_are_dropped_and_counted() {
