@@ -17,6 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
@@ -28,7 +29,7 @@ use crate::channel::{Held, lend_back, read_tls, seal};
 use crate::net::{Socket, Udp};
 use crate::pool;
 use crate::relay::{CHUNK, Side, Stop};
-use crate::stats::Meter;
+use crate::stats::{DropTally, Meter};
 
 /// The most plaintext sealed at once from a batch of datagrams: about four records.
 /// A single datagram may exceed it (up to [`MAX_DATAGRAM`]); it is never split.
@@ -468,53 +469,70 @@ fn next_frame(buf: &[u8]) -> Result<Option<(FrameType, usize)>, ProtoError> {
 
 /// The source → channel direction on a router: reads the datagrams the source sends
 /// back, seals them in batches, and ends with `Eof` once `done` fires (the client
-/// ended the flow). The wait for `done` sits only where nothing is half-sent.
+/// ended the flow). The wait for `done` sits only where nothing is half-sent. After
+/// each batch, and at the end, adds what the kernel dropped on the source's socket
+/// (its receive buffer full while the channel was slow) to `drops`.
 pub(crate) async fn from_source(
     source: &Udp,
     sources: &Sources,
     chan: Carrier<'_>,
     meter: Meter<'_>,
+    drops: &AtomicU64,
     mut done: oneshot::Receiver<()>,
 ) -> Result<(), Stop> {
-    loop {
-        {
-            let ready = source.readable();
-            futures::pin_mut!(ready);
-            match futures::future::select(ready, &mut done).await {
-                futures::future::Either::Left((r, _)) => r.map_err(Stop::Plain)?,
-                futures::future::Either::Right(_) => break,
-            }
-        }
-        let mut scratch = pool::take();
-        let mut framed = Framed::new();
-        while !framed.is_full() {
-            match source.try_recv(&mut scratch[..RECV_ROOM]) {
-                Ok(n) => framed.push(&scratch[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP port unreachable for an earlier datagram: the source does not
-                // listen. Nothing to relay (the user's own timeout decides); the
-                // flow moves to the next source if there is one.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    sources.refused(source);
-                    break;
-                }
-                Err(e) => {
-                    pool::give(scratch);
-                    return Err(Stop::Plain(e));
+    let tally = DropTally::default();
+    let count = || tally.update(source.receive_drops(), drops);
+    let result = async {
+        loop {
+            {
+                let ready = source.readable();
+                futures::pin_mut!(ready);
+                match futures::future::select(ready, &mut done).await {
+                    futures::future::Either::Left((r, _)) => r.map_err(Stop::Plain)?,
+                    futures::future::Either::Right(_) => break,
                 }
             }
+            let batch = read_batch(source, sources);
+            count();
+            let framed = batch?;
+            if framed.is_empty() {
+                continue;
+            }
+            let payload = framed.send(chan).await?;
+            meter.sent(payload).await;
         }
-        pool::give(scratch);
-        if framed.is_empty() {
-            continue;
-        }
-        let payload = framed.send(chan).await?;
-        meter.sent(payload).await;
+        let mut eof = Framed::new();
+        eof.push_message(&Message::Eof);
+        eof.send(chan).await.map(drop)
     }
-    let mut eof = Framed::new();
-    eof.push_message(&Message::Eof);
-    eof.send(chan).await?;
-    Ok(())
+    .await;
+    count();
+    result
+}
+
+/// What the source sent back, as much as one batch holds, without waiting.
+fn read_batch(source: &Udp, sources: &Sources) -> Result<Framed, Stop> {
+    let mut scratch = pool::take();
+    let mut framed = Framed::new();
+    while !framed.is_full() {
+        match source.try_recv(&mut scratch[..RECV_ROOM]) {
+            Ok(n) => framed.push(&scratch[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // ICMP port unreachable for an earlier datagram: the source does not
+            // listen. Nothing to relay (the user's own timeout decides); the flow
+            // moves to the next source if there is one.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                sources.refused(source);
+                break;
+            }
+            Err(e) => {
+                pool::give(scratch);
+                return Err(Stop::Plain(e));
+            }
+        }
+    }
+    pool::give(scratch);
+    Ok(framed)
 }
 
 #[cfg(test)]

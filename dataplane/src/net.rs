@@ -196,6 +196,12 @@ impl Udp {
         sys::recv_from(self.fd, buf)
     }
 
+    /// Datagrams the kernel dropped on their way into this socket since it was made
+    /// (see [`sys::receive_drops`]); `None` where the system does not say.
+    pub(crate) fn receive_drops(&self) -> Option<u32> {
+        sys::receive_drops(self.fd)
+    }
+
     /// The next queued datagram of a connected socket, without waiting.
     pub(crate) fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         sys::recv(self.fd, buf)

@@ -193,6 +193,11 @@ pub struct CoreStats {
     /// Datagrams a UDP tunnel dropped: the user sent faster than the flow's channel
     /// drained, or no flow could be opened (limit reached, router unreachable).
     pub datagrams_dropped: AtomicU64,
+    /// Datagrams the kernel dropped because a UDP socket's receive buffer was full:
+    /// this core's socket on a client's bind address, or its sockets toward sources
+    /// on a router. Read from the kernel each time such a socket is emptied, and
+    /// once more when the core stops reading it.
+    pub udp_receive_drops: AtomicU64,
     /// Streams whose TLS records the kernel sealed and opened (kTLS), since start.
     pub kernel_tls: AtomicU64,
     /// User connections that ended in an error, by [`ErrorKind`].
@@ -210,6 +215,7 @@ impl Default for CoreStats {
             bytes_down: AtomicU64::new(0),
             idle_channels: AtomicU64::new(0),
             datagrams_dropped: AtomicU64::new(0),
+            udp_receive_drops: AtomicU64::new(0),
             kernel_tls: AtomicU64::new(0),
             errors: Default::default(),
             durations: Histogram::new(CONNECTION_SECONDS),
@@ -241,6 +247,9 @@ pub struct Totals {
     pub idle_channels: u64,
     /// See [`CoreStats::datagrams_dropped`].
     pub datagrams_dropped: u64,
+    /// See [`CoreStats::udp_receive_drops`]; `None` where the system does not count
+    /// them (only Linux does).
+    pub udp_receive_drops: Option<u64>,
     /// See [`CoreStats::kernel_tls`].
     pub kernel_tls: u64,
     /// Errors by kind, in [`ErrorKind::ALL`] order.
@@ -259,6 +268,7 @@ impl Totals {
             bytes_down: 0,
             idle_channels: 0,
             datagrams_dropped: 0,
+            udp_receive_drops: crate::sys::RECEIVE_DROPS_KNOWN.then_some(0),
             kernel_tls: 0,
             errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
             durations: HistogramSnapshot::empty(CONNECTION_SECONDS),
@@ -270,6 +280,9 @@ impl Totals {
             t.bytes_down += c.bytes_down.load(Relaxed);
             t.idle_channels += c.idle_channels.load(Relaxed);
             t.datagrams_dropped += c.datagrams_dropped.load(Relaxed);
+            if let Some(n) = &mut t.udp_receive_drops {
+                *n += c.udp_receive_drops.load(Relaxed);
+            }
             t.kernel_tls += c.kernel_tls.load(Relaxed);
             for (slot, n) in t.errors.iter_mut().zip(&c.errors) {
                 slot.1 += n.load(Relaxed);
@@ -278,6 +291,27 @@ impl Totals {
         }
         t.failed = t.errors.iter().map(|(_, n)| n).sum();
         t
+    }
+}
+
+/// Carries one UDP socket's kernel drop count into its core's counter. The kernel
+/// counts per socket, in 32 bits that wrap; the core's counter sums what each of its
+/// sockets dropped between two readings.
+#[derive(Debug, Default)]
+pub(crate) struct DropTally {
+    seen: Cell<u32>,
+}
+
+impl DropTally {
+    /// Adds to `core` what the socket dropped since the last reading, given its
+    /// count `now` (`None`: the system does not say, and nothing is added).
+    pub(crate) fn update(&self, now: Option<u32>, core: &AtomicU64) {
+        if let Some(now) = now {
+            let new = now.wrapping_sub(self.seen.replace(now));
+            if new > 0 {
+                core.fetch_add(u64::from(new), Relaxed);
+            }
+        }
     }
 }
 
@@ -485,6 +519,34 @@ mod tests {
         sum.add(&s);
         sum.add(&s);
         assert_eq!(sum.counts, vec![4, 2, 2]);
+    }
+
+    #[test]
+    fn a_drop_tally_adds_only_what_is_new_across_the_wrap() {
+        let core = AtomicU64::new(5);
+        let tally = DropTally::default();
+        tally.update(Some(3), &core);
+        tally.update(Some(3), &core);
+        assert_eq!(core.load(Relaxed), 8);
+        tally.update(None, &core);
+        assert_eq!(core.load(Relaxed), 8, "an unknown count adds nothing");
+        tally.update(Some(u32::MAX), &core);
+        tally.update(Some(1), &core);
+        assert_eq!(core.load(Relaxed), 8 + (u64::from(u32::MAX) - 3) + 2);
+        // A second socket on the same core counts from its own zero.
+        DropTally::default().update(Some(4), &core);
+        assert_eq!(core.load(Relaxed), 8 + (u64::from(u32::MAX) - 3) + 2 + 4);
+    }
+
+    #[test]
+    fn totals_sum_udp_receive_drops_where_the_system_counts_them() {
+        let a = CoreStats::default();
+        let b = CoreStats::default();
+        a.udp_receive_drops.store(2, Relaxed);
+        b.udp_receive_drops.store(5, Relaxed);
+        let t = Totals::sum([&a, &b]);
+        let expected = cfg!(target_os = "linux").then_some(7);
+        assert_eq!(t.udp_receive_drops, expected);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! System calls the runtimes do not offer: non-blocking `recv`/`send` (and, for UDP,
 //! `recvfrom`/`sendto`) on a socket the runtime owns, a peek to tell whether an idle
 //! socket is still alive, abortive close, pipes and `splice` for plain legs, and
-//! (Linux) the socket options and kernel structures of kernel TLS; and a child process
-//! that stops with its parent. This is the crate's only unsafe code; each call passes a file descriptor that a live `TcpStream` or
-//! `UdpSocket` owns for the whole call, and slices whose length is the length given to
-//! the kernel.
+//! (Linux) the socket options and kernel structures of kernel TLS and the kernel's
+//! count of packets a socket dropped; and a child process that stops with its parent.
+//! This is the crate's only unsafe code; each call passes a file descriptor that a
+//! live `TcpStream` or `UdpSocket` owns for the whole call, and slices whose length
+//! is the length given to the kernel.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -237,6 +238,46 @@ pub(crate) fn set_buffers(fd: RawFd, recv: Option<usize>, send: Option<usize>) -
         sock.set_send_buffer_size(n)?;
     }
     Ok(())
+}
+
+/// Whether [`receive_drops`] reads anything on this system (Linux's `SO_MEMINFO`).
+pub(crate) const RECEIVE_DROPS_KNOWN: bool = cfg!(target_os = "linux");
+
+/// `SK_MEMINFO_VARS`: the length of the array `SO_MEMINFO` fills (not in `libc`).
+#[cfg(target_os = "linux")]
+const SK_MEMINFO_VARS: usize = 9;
+
+/// How many packets the kernel dropped on their way into the socket since it was
+/// made: for UDP, datagrams that found its receive buffer full (and the few that
+/// failed their checksum). `SK_MEMINFO_DROPS` of `getsockopt(SOL_SOCKET,
+/// SO_MEMINFO)`; the kernel keeps it in 32 bits, so it wraps. `None` where the
+/// system does not say: not Linux, or a kernel that does not fill the field.
+pub(crate) fn receive_drops(fd: RawFd) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut info = [0u32; SK_MEMINFO_VARS];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: `info` is writable for `len` bytes and `len` is a valid socklen_t
+        // for the whole call; the kernel writes at most `len` bytes and stores how
+        // many in `len`. `fd` belongs to a socket the caller keeps open.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let drops = libc::SK_MEMINFO_DROPS as usize;
+        let filled = (len as usize) / std::mem::size_of::<u32>();
+        (rc == 0 && filled > drops).then(|| info[drops])
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
+    }
 }
 
 /// A pipe, both ends non-blocking, for splicing between sockets.
@@ -624,6 +665,32 @@ mod tests {
         assert_eq!(r.send_buffer_size().unwrap(), send0);
         set_buffers(sock.as_raw_fd(), None, Some(8 * 1024)).unwrap();
         assert_eq!(r.send_buffer_size().unwrap(), 16 * 1024);
+    }
+
+    #[test]
+    fn a_full_receive_buffer_drops_datagrams_and_the_kernel_counts_them() {
+        use std::os::fd::AsRawFd;
+        let fresh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(receive_drops(fresh.as_raw_fd()), Some(0));
+
+        let full = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel raises this to its floor (a few KiB): room for a handful of
+        // datagrams, each charged with its buffer's true size.
+        socket2::SockRef::from(&full)
+            .set_recv_buffer_size(1024)
+            .unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Loopback delivers each datagram before `send_to` returns: nothing is read,
+        // so all but the first few are dropped.
+        for _ in 0..200 {
+            sender
+                .send_to(&[7u8; 1000], full.local_addr().unwrap())
+                .unwrap();
+        }
+        let drops = receive_drops(full.as_raw_fd()).unwrap();
+        assert!(drops > 0, "no drops counted after 200 datagrams unread");
+        assert!(drops < 200, "{drops} dropped, yet some fit in the buffer");
+        assert_eq!(receive_drops(fresh.as_raw_fd()), Some(0));
     }
 }
 

@@ -36,6 +36,12 @@ pub const HANDSHAKE_SECONDS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The help text of `conduit_udp_receive_buffer_drops_total`, tunnel and router alike
+/// (a tunnel's sockets on its bind address; a router's sockets toward sources).
+const RECEIVE_BUFFER_DROPS_HELP: &str = "Datagrams the kernel dropped because a UDP \
+    socket's receive buffer was full (Linux only). Raise read_buffer_size \
+    (--read-buffer-size) and net.core.rmem_max to make room for bursts.";
+
 /// Control-plane counters: handshakes and the errors the data plane never sees.
 #[derive(Debug)]
 pub struct Counters {

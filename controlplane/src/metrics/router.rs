@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use conduit_dataplane::{ClientTotals, Totals, Usage};
 use conduit_proto::PublicKey;
 
-use super::{Counters, Exposition, Kind};
+use super::{Counters, Exposition, Kind, RECEIVE_BUFFER_DROPS_HELP};
 use crate::alerts::Alerter;
 use crate::monitor::{LinkState, SourceState, View, client_id};
 
@@ -160,6 +160,14 @@ pub fn render(i: &Inputs<'_>) -> String {
         "Streams whose TLS records the kernel sealed and opened (kTLS on both ends).",
     )
     .sample("conduit_kernel_tls_streams_total", &[], i.totals.kernel_tls);
+    if let Some(drops) = i.totals.udp_receive_drops {
+        e.family(
+            "conduit_udp_receive_buffer_drops_total",
+            Kind::Counter,
+            RECEIVE_BUFFER_DROPS_HELP,
+        )
+        .sample("conduit_udp_receive_buffer_drops_total", &[], drops);
+    }
     e.family(
         "conduit_client_link_up",
         Kind::Gauge,

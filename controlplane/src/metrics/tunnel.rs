@@ -4,7 +4,7 @@ use conduit_dataplane::Totals;
 
 use crate::control::pb::RouterLoad;
 
-use super::{Counters, Exposition, Kind};
+use super::{Counters, Exposition, Kind, RECEIVE_BUFFER_DROPS_HELP};
 
 /// Renders a tunnel's metrics: its data plane's `totals`, whether its router link is
 /// `link_up`, its control plane's `counters`, and each of its `routers`.
@@ -95,6 +95,14 @@ pub fn render(
         &l,
         totals.datagrams_dropped,
     );
+    if let Some(drops) = totals.udp_receive_drops {
+        e.family(
+            "conduit_udp_receive_buffer_drops_total",
+            Kind::Counter,
+            RECEIVE_BUFFER_DROPS_HELP,
+        )
+        .sample("conduit_udp_receive_buffer_drops_total", &l, drops);
+    }
     e.family(
         "conduit_kernel_tls_streams_total",
         Kind::Counter,
@@ -132,4 +140,54 @@ pub fn render(
         |r| r.channels,
     );
     e.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use conduit_dataplane::stats::CONNECTION_SECONDS;
+    use conduit_dataplane::{ErrorKind, HistogramSnapshot};
+
+    use super::*;
+
+    fn totals(udp_receive_drops: Option<u64>) -> Totals {
+        Totals {
+            active: 0,
+            opened: 0,
+            failed: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            idle_channels: 0,
+            datagrams_dropped: 4,
+            udp_receive_drops,
+            kernel_tls: 0,
+            errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
+            durations: HistogramSnapshot::empty(CONNECTION_SECONDS),
+        }
+    }
+
+    #[test]
+    fn kernel_receive_buffer_drops_are_a_counter_beside_the_tunnels_own() {
+        let text = render("dns", &totals(Some(17)), true, &Counters::default(), &[]);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == "# TYPE conduit_udp_receive_buffer_drops_total counter")
+            .expect("the family is declared");
+        assert_eq!(
+            lines[at - 1],
+            format!("# HELP conduit_udp_receive_buffer_drops_total {RECEIVE_BUFFER_DROPS_HELP}")
+        );
+        assert_eq!(
+            lines[at + 1],
+            "conduit_udp_receive_buffer_drops_total{tunnel=\"dns\"} 17"
+        );
+        assert!(lines.contains(&"conduit_udp_datagrams_dropped_total{tunnel=\"dns\"} 4"));
+    }
+
+    #[test]
+    fn a_system_that_does_not_count_them_shows_no_receive_buffer_drops() {
+        let text = render("dns", &totals(None), true, &Counters::default(), &[]);
+        assert!(!text.contains("conduit_udp_receive_buffer_drops_total"));
+        assert!(text.contains("conduit_udp_datagrams_dropped_total{tunnel=\"dns\"} 4"));
+    }
 }

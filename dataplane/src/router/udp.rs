@@ -176,6 +176,7 @@ impl RouterCore {
                 core: &core.stats.bytes_down,
                 limit: bandwidth.as_ref().map(|b| &b.down),
             },
+            &core.stats.udp_receive_drops,
             done_rx,
         );
         let both = futures::future::try_join(to_source, to_client);

@@ -81,6 +81,11 @@ crate::both_engines!(metrics_count_the_bytes_sent, |engine: Engine| {
         Some(0.0)
     );
     assert!(value(&s, "conduit_handshake_duration_seconds_count", &[]).unwrap() >= 2.0);
+    // Nothing relayed over UDP: no socket toward a source dropped anything.
+    assert_eq!(
+        value(&s, "conduit_udp_receive_buffer_drops_total", &[]),
+        Some(0.0)
+    );
 
     // The source becomes "up" after the first probe (every 5 s by default).
     let s = wait_for("the source to be probed", || {
