@@ -650,15 +650,18 @@ impl ClientCore {
             side: Side::Client,
             plain: user,
             ch,
+            // What is sent before the router's `Opened` counts once it comes.
             to_chan: Meter {
                 conn: &counters.up,
                 core: &self.core.stats.bytes_up,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.up),
+                unanswered: Some(&counters.unanswered),
             },
             to_plain: Meter {
                 conn: &counters.down,
                 core: &self.core.stats.bytes_down,
                 limit: self.spec.bandwidth.as_ref().map(|b| &b.down),
+                unanswered: None,
             },
             chunk: self.spec.sockets.read_chunk,
         }
@@ -748,10 +751,12 @@ impl ClientCore {
         }
         let stats = &self.core.stats;
         let limit = self.spec.bandwidth.as_ref();
+        // What is sent before the router's answer counts once it opened the source.
         let to_router = Meter {
             conn: &counters.up,
             core: &stats.bytes_up,
             limit: limit.map(|b| &b.up),
+            unanswered: Some(&counters.unanswered),
         };
         let up = async {
             to_router.settled().await;
@@ -765,10 +770,12 @@ impl ClientCore {
         };
         let down = async {
             let rest = opened.await?;
+            to_router.opened();
             let to_user = Meter {
                 conn: &counters.down,
                 core: &stats.bytes_down,
                 limit: limit.map(|b| &b.down),
+                unanswered: None,
             };
             to_user.settled().await;
             if wire == Wire::Framed {

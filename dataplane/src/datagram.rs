@@ -249,12 +249,14 @@ pub(crate) enum Inbound<'a> {
 /// The channel → socket direction of a flow, on either end: sends each datagram on,
 /// and returns at the peer's `Eof` with what a plain channel read past it (see
 /// [`down_plain`]). `last` is set whenever a datagram passes (the client's idle
-/// clock).
+/// clock). `ahead`, on the client: the meter of the datagrams toward the source, told
+/// when the router opens the flow (see [`crate::stats::Unanswered`]).
 pub(crate) async fn down(
     side: Side,
     from: Inbound<'_>,
     deliver: Deliver<'_>,
     meter: Meter<'_>,
+    ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<Vec<u8>, Stop> {
     match from {
@@ -263,10 +265,14 @@ pub(crate) async fn down(
             tls,
             decoder,
             backlog,
-        } => down_tls(side, sock, tls, decoder, backlog, deliver, meter, last)
-            .await
-            .map(|()| Vec::new()),
-        Inbound::Plain { sock, have } => down_plain(side, sock, have, deliver, meter, last).await,
+        } => down_tls(
+            side, sock, tls, decoder, backlog, deliver, meter, ahead, last,
+        )
+        .await
+        .map(|()| Vec::new()),
+        Inbound::Plain { sock, have } => {
+            down_plain(side, sock, have, deliver, meter, ahead, last).await
+        }
     }
 }
 
@@ -280,6 +286,7 @@ async fn down_tls(
     backlog: &mut VecDeque<Held>,
     deliver: Deliver<'_>,
     meter: Meter<'_>,
+    ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<(), Stop> {
     let mut opened = side == Side::Router;
@@ -316,6 +323,12 @@ async fn down_tls(
             });
             lend_back(tls);
             closed = res?;
+        }
+        if b.opened
+            && !opened
+            && let Some(up) = &ahead
+        {
+            up.opened();
         }
         opened = b.opened;
         if settle(b, deliver, &meter, last).await? {
@@ -379,6 +392,7 @@ async fn down_plain(
     mut have: Vec<u8>,
     deliver: Deliver<'_>,
     meter: Meter<'_>,
+    ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<Vec<u8>, Stop> {
     let mut opened = side == Side::Router;
@@ -414,6 +428,12 @@ async fn down_plain(
             // Between datagrams an idle flow holds no buffer (one could have grown to
             // a 64 KiB datagram and a read).
             have = Vec::new();
+        }
+        if b.opened
+            && !opened
+            && let Some(up) = &ahead
+        {
+            up.opened();
         }
         opened = b.opened;
         if settle(b, deliver, &meter, last).await? {

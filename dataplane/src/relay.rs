@@ -130,10 +130,13 @@ impl<'a> Relay<'a> {
             backlog,
             ..
         } = ch;
+        // On the client, what goes up before the router's `Opened` counts once it
+        // comes (see `Unanswered`): the down direction is the one that sees it.
+        let ahead = (side == Side::Client).then_some(to_chan);
         RelayRun {
             both: try_join(
                 up(plain, chan, tls, to_chan, chunk.clamp(1, CHUNK)),
-                down(side, plain, chan, tls, decoder, backlog, to_plain),
+                down(side, plain, chan, tls, decoder, backlog, to_plain, ahead),
             ),
             kill,
             tls,
@@ -289,6 +292,8 @@ struct Batch {
 }
 
 /// Channel to plain socket (an `async move` block for the reason [`up`] gives).
+/// `ahead`, on the client: the meter of the up direction, told when the router's
+/// `Opened` arrives.
 #[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 fn down<'a>(
     side: Side,
@@ -298,6 +303,7 @@ fn down<'a>(
     decoder: &'a mut FrameDecoder,
     backlog: &'a mut VecDeque<Held>,
     meter: Meter<'a>,
+    ahead: Option<Meter<'a>>,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
         meter.settled().await;
@@ -315,6 +321,7 @@ fn down<'a>(
                 }
             }
             let mut out = pool::take();
+            let was_opened = opened;
             let (len, then) = match take_batch(
                 side,
                 &mut opened,
@@ -330,6 +337,12 @@ fn down<'a>(
                     return Err(e);
                 }
             };
+            if opened
+                && !was_opened
+                && let Some(up) = &ahead
+            {
+                up.opened();
+            }
             if len > 0 {
                 let sent = plain.send_all(&out[..len]).await;
                 if let Err(e) = sent {

@@ -425,11 +425,13 @@ impl RouterCore {
             conn: &counters.up,
             core: &core.stats.bytes_up,
             limit: bandwidth.as_ref().map(|b| &b.up),
+            unanswered: None,
         };
         let to_client = Meter {
             conn: &counters.down,
             core: &core.stats.bytes_down,
             limit: bandwidth.as_ref().map(|b| &b.down),
+            unanswered: None,
         };
         let up = async {
             to_source.settled().await;
@@ -583,11 +585,13 @@ impl RouterCore {
                     conn: &counters.down,
                     core: &core.stats.bytes_down,
                     limit: bandwidth.as_ref().map(|b| &b.down),
+                    unanswered: None,
                 },
                 to_plain: Meter {
                     conn: &counters.up,
                     core: &core.stats.bytes_up,
                     limit: bandwidth.as_ref().map(|b| &b.up),
+                    unanswered: None,
                 },
                 chunk: self.spec.sockets.read_chunk,
             }

@@ -339,6 +339,23 @@ pub struct ConnSnapshot {
 pub(crate) struct ConnCounters {
     pub(crate) up: Cell<u64>,
     pub(crate) down: Cell<u64>,
+    /// Client side: what was sent toward the source before the router answered.
+    pub(crate) unanswered: Unanswered,
+}
+
+/// Bytes a client sends toward the source before the router answers its open: they
+/// go right behind the `Open`, saving a round trip, but the router may refuse it
+/// (the source not allowed, unreachable, a limit reached), and then they never
+/// reached a source. So they are held here and counted only once the router opens
+/// the source. Held rather than counted at once and taken back on a refusal: the
+/// byte counters only ever grow (a Prometheus counter that falls reads as a
+/// restart), and none shows bytes that may yet be refused.
+#[derive(Debug, Default)]
+pub(crate) struct Unanswered {
+    /// Bytes sent while waiting for the answer, not counted yet.
+    held: Cell<u64>,
+    /// The router opened the source: bytes count as they are sent.
+    opened: Cell<bool>,
 }
 
 /// Where a relay direction counts its bytes: the connection's counter and the core's.
@@ -348,12 +365,37 @@ pub(crate) struct Meter<'a> {
     pub(crate) core: &'a AtomicU64,
     /// The tunnel's bandwidth limit for this direction, if it has one.
     pub(crate) limit: Option<&'a std::sync::Mutex<crate::ratelimit::TokenBucket>>,
+    /// Client side, toward the source: where bytes wait until the router opens the
+    /// source (see [`Unanswered`]). `None` counts every byte as it is sent.
+    pub(crate) unanswered: Option<&'a Unanswered>,
 }
 
 impl Meter<'_> {
     pub(crate) fn add(&self, n: usize) {
-        self.conn.set(self.conn.get() + n as u64);
-        self.core.fetch_add(n as u64, Relaxed);
+        if let Some(u) = self.unanswered
+            && !u.opened.get()
+        {
+            u.held.set(u.held.get() + n as u64);
+            return;
+        }
+        self.count(n as u64);
+    }
+
+    /// The router opened the source: what was sent before its answer counts now, and
+    /// what follows as it is sent. Nothing to do for a meter that never waits.
+    pub(crate) fn opened(&self) {
+        if let Some(u) = self.unanswered
+            && !u.opened.replace(true)
+        {
+            self.count(u.held.take());
+        }
+    }
+
+    fn count(&self, n: u64) {
+        if n > 0 {
+            self.conn.set(self.conn.get() + n);
+            self.core.fetch_add(n, Relaxed);
+        }
     }
 
     /// Under a bandwidth limit, waits until what the tunnel sent ahead of the rate is
@@ -547,6 +589,49 @@ mod tests {
         let t = Totals::sum([&a, &b]);
         let expected = cfg!(target_os = "linux").then_some(7);
         assert_eq!(t.udp_receive_drops, expected);
+    }
+
+    #[test]
+    fn bytes_sent_before_the_answer_count_only_once_the_router_opens() {
+        let core = AtomicU64::new(0);
+        let refused = ConnCounters::default();
+        let meter = Meter {
+            conn: &refused.up,
+            core: &core,
+            limit: None,
+            unanswered: Some(&refused.unanswered),
+        };
+        meter.add(100);
+        meter.add(20);
+        // Refused: the meter is never told, and the bytes never count.
+        assert_eq!((refused.up.get(), core.load(Relaxed)), (0, 0));
+
+        let accepted = ConnCounters::default();
+        let meter = Meter {
+            conn: &accepted.up,
+            core: &core,
+            limit: None,
+            unanswered: Some(&accepted.unanswered),
+        };
+        meter.add(7);
+        assert_eq!((accepted.up.get(), core.load(Relaxed)), (0, 0));
+        meter.opened();
+        assert_eq!((accepted.up.get(), core.load(Relaxed)), (7, 7));
+        meter.add(3);
+        // Told twice (a stray second `Opened`): nothing counted twice.
+        meter.opened();
+        assert_eq!((accepted.up.get(), core.load(Relaxed)), (10, 10));
+
+        // A meter that never waits counts at once.
+        let router = ConnCounters::default();
+        let meter = Meter {
+            conn: &router.up,
+            core: &core,
+            limit: None,
+            unanswered: None,
+        };
+        meter.add(5);
+        assert_eq!((router.up.get(), core.load(Relaxed)), (5, 15));
     }
 
     #[test]

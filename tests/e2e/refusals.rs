@@ -5,16 +5,23 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
+use serde_json::{Value, json};
+
 use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home, assert_code, dead_port};
+use crate::http::wait_for;
+use crate::ops::{get, router_api};
 use crate::sources;
 
-/// Connects through the tunnel and expects the connection to be closed on us
-/// without any byte arriving.
-fn expect_closed_without_data(addr: std::net::SocketAddr) {
+/// What a user sends first in these tests.
+const GET: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+
+/// Connects through the tunnel, sends `first`, and expects the connection to be
+/// closed on us without any byte arriving.
+fn expect_closed_without_data(addr: std::net::SocketAddr, first: &[u8]) {
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(DEADLINE)).unwrap();
-    let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let _ = c.write_all(first);
     let started = Instant::now();
     let mut buf = [0u8; 64];
     match c.read(&mut buf) {
@@ -132,13 +139,13 @@ both_engines!(
         let source = format!("127.0.0.1:{}", dead_port());
         let (router, raddr) = home.router(engine, std::slice::from_ref(&source));
         let (tunnel, taddr) = home.tunnel(engine, raddr, &source);
-        expect_closed_without_data(taddr);
+        expect_closed_without_data(taddr, GET);
         router.wait_stderr(&format!("the router could not connect to source {source}"));
         tunnel.wait_stderr(&format!(
             "the router could not open the source: the router could not connect to source {source}"
         ));
         // The tunnel keeps serving: a second attempt gets the same clear refusal.
-        expect_closed_without_data(taddr);
+        expect_closed_without_data(taddr, GET);
     }
 );
 
@@ -149,7 +156,7 @@ both_engines!(
         let source = sources::echo();
         let (router, raddr) = home.router(engine, &["127.0.0.1:1-2".into()]);
         let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
-        expect_closed_without_data(taddr);
+        expect_closed_without_data(taddr, GET);
         let why = format!(
             "source {source} is not allowed by the router's policy; to allow it, add `--allow {source}` to the router"
         );
@@ -166,7 +173,7 @@ fn a_router_that_is_not_there_is_retried_and_users_fail_fast() {
     let line = tunnel.wait_stdout("listening on");
     tunnel.wait_stderr(&format!("cannot reach router {router}"));
     tunnel.wait_stderr("retrying in");
-    expect_closed_without_data(crate::harness::addr_in(&line));
+    expect_closed_without_data(crate::harness::addr_in(&line), GET);
     tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
 }
 
@@ -511,3 +518,74 @@ fn keys_show_writes_a_deleted_public_key_again_from_the_private_key() {
     }
     assert_eq!(home.ok(&["keys", "show", "--name", "router"]), line);
 }
+
+/// The client sends a user's first bytes right behind the `Open`, without waiting
+/// for the router's answer. When the router refuses the open (here: its limit of
+/// one stream is reached), those bytes reached no source, and neither end counts
+/// them: the tunnel's and the router's byte counters hold exactly what the one
+/// accepted connection moved.
+fn bytes_of_refused_opens_are_not_counted(engine: Engine, transport: &[&str]) {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let mut router_args = vec!["--max-connections", "1"];
+    router_args.extend_from_slice(transport);
+    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &router_args);
+    // Kernel TLS waits for the router's answer before relaying: userspace TLS is
+    // the path that sends bytes ahead of it.
+    let mut tunnel_args = transport.to_vec();
+    if transport.is_empty() {
+        tunnel_args.extend(["--kernel-tls", "false"]);
+    }
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &tunnel_args);
+
+    // The one stream the router accepts, held open: 5 bytes each way.
+    let mut held = TcpStream::connect(taddr).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    held.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    held.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+
+    // Three users the router refuses, each with 1,000 bytes sent before the answer.
+    const REFUSED: u64 = 3;
+    for _ in 0..REFUSED {
+        expect_closed_without_data(taddr, &[b'x'; 1000]);
+    }
+
+    let tunnel = wait_for("the tunnel to count the refused connections", || {
+        let out = home.ok(&["stats", "--format", "json"]);
+        let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+        (rows[0]["connections"]["failed"] == REFUSED).then(|| rows[0].clone())
+    });
+    assert_eq!(tunnel["bytes"], json!({"in": 5, "out": 5}), "{tunnel:#}");
+    let conns = crate::manage::list_json(&home)[0]["connections"].clone();
+    assert_eq!(
+        conns.as_array().map(|c| c.len()),
+        Some(1),
+        "only the held connection is open: {conns:#}"
+    );
+    assert_eq!(conns[0]["bytes_in"], 5, "{conns:#}");
+    assert_eq!(conns[0]["bytes_out"], 5, "{conns:#}");
+
+    // The router counts a chunk just after relaying it: wait for the echo's.
+    let router = wait_for("the router to count the refused streams", || {
+        let t = get(&api, "/api/v1/stats/traffic")["data"].clone();
+        (t["connections"]["failed"] == REFUSED && t["bytes"]["out"] == 5).then_some(t)
+    });
+    assert_eq!(router["bytes"], json!({"in": 5, "out": 5}), "{router:#}");
+    assert_eq!(router["connections"]["active"], 1, "{router:#}");
+
+    // The held connection was never disturbed.
+    held.write_all(b"again").unwrap();
+    held.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"again");
+}
+
+both_engines!(bytes_of_refused_opens_are_not_counted_over_tls, |engine| {
+    bytes_of_refused_opens_are_not_counted(engine, &[])
+});
+
+both_engines!(
+    bytes_of_refused_opens_are_not_counted_over_the_plain_transport,
+    |engine| bytes_of_refused_opens_are_not_counted(engine, crate::plain::PLAIN)
+);

@@ -314,6 +314,18 @@ fn a_udp_source_outside_the_allow_list_is_refused() {
         tunnel.stderr()
     );
     assert_eq!(source.received.load(Ordering::SeqCst), 0);
+    // The datagram went with the flow's open, before the refusal: it reached no
+    // source, and the tunnel does not count it.
+    let stats = wait_for("the tunnel to count the refused flow", || {
+        let out = home.ok(&["stats", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        (rows[0]["connections"]["failed"] == 1).then(|| rows[0].clone())
+    });
+    assert_eq!(
+        stats["bytes"],
+        serde_json::json!({"in": 0, "out": 0}),
+        "{stats:#}"
+    );
     // Nothing came back to the user.
     user.sock
         .set_read_timeout(Some(Duration::from_millis(300)))

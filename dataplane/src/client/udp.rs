@@ -391,6 +391,13 @@ impl ClientCore {
         let last = Cell::new(Instant::now());
         let stats = &self.core.stats;
         let bandwidth = self.spec.bandwidth.as_ref();
+        // The datagrams sent before the router opens the flow count once it does.
+        let to_router = Meter {
+            conn: &counters.up,
+            core: &stats.bytes_up,
+            limit: bandwidth.map(|b| &b.up),
+            unanswered: Some(&counters.unanswered),
+        };
         let up = async {
             loop {
                 let wait = idle.saturating_sub(last.get().elapsed());
@@ -410,13 +417,7 @@ impl ClientCore {
                     }
                 }
                 let payload = framed.send(to).await?;
-                Meter {
-                    conn: &counters.up,
-                    core: &stats.bytes_up,
-                    limit: bandwidth.map(|b| &b.up),
-                }
-                .sent(payload)
-                .await;
+                to_router.sent(payload).await;
             }
             // The end of the flow. A datagram that slipped in as the idle timer fired
             // still goes; the router answers with its Eof.
@@ -428,8 +429,7 @@ impl ClientCore {
             let payload = last_batch.payload;
             last_batch.push_message(&Message::Eof);
             last_batch.send(to).await?;
-            counters.up.set(counters.up.get() + payload as u64);
-            stats.bytes_up.fetch_add(payload as u64, Relaxed);
+            to_router.add(payload);
             Ok::<(), Stop>(())
         };
         let down = down(
@@ -440,7 +440,9 @@ impl ClientCore {
                 conn: &counters.down,
                 core: &stats.bytes_down,
                 limit: bandwidth.map(|b| &b.down),
+                unanswered: None,
             },
+            Some(to_router),
             &last,
         );
         let both = try_join(up, down);

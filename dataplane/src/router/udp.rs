@@ -162,8 +162,9 @@ impl RouterCore {
                 conn: &counters.up,
                 core: &core.stats.bytes_up,
                 limit: bandwidth.as_ref().map(|b| &b.up),
+                unanswered: None,
             };
-            let r = down(Side::Router, from, deliver, meter, &last).await;
+            let r = down(Side::Router, from, deliver, meter, None, &last).await;
             let _ = done_tx.send(());
             r
         };
@@ -175,6 +176,7 @@ impl RouterCore {
                 conn: &counters.down,
                 core: &core.stats.bytes_down,
                 limit: bandwidth.as_ref().map(|b| &b.down),
+                unanswered: None,
             },
             &core.stats.udp_receive_drops,
             done_rx,
