@@ -53,6 +53,17 @@ fn prints_the_systemd_unit() {
     );
     // The rule under test in conduit-controlplane: home directories become read-only
     // rather than hidden when the binary or CONDUIT_HOME lives in one (CI checkouts do).
+    // The temporary CONDUIT_HOME is usually under /tmp, which a private /tmp would hide.
+    let private_tmp = if ["/tmp", "/var/tmp"]
+        .iter()
+        .any(|d| Path::new(bin).starts_with(d) || dir.path().starts_with(d))
+    {
+        "# Not PrivateTmp=yes: the tunnel uses files under /tmp or /var/tmp, which\n\
+         # a private /tmp would hide (better: move them somewhere lasting).\n\
+         PrivateTmp=no\n"
+    } else {
+        "PrivateTmp=yes\n"
+    };
     let protect_home = if ["/home", "/root", "/run/user"]
         .iter()
         .any(|d| Path::new(bin).starts_with(d) || dir.path().starts_with(d))
@@ -90,7 +101,7 @@ fn prints_the_systemd_unit() {
          ProtectSystem=strict\n\
          ProtectHome={protect_home}\n\
          ReadWritePaths={home}\n\
-         PrivateTmp=yes\n\
+         {private_tmp}\
          PrivateDevices=yes\n\
          ProtectKernelTunables=yes\n\
          ProtectKernelModules=yes\n\
