@@ -489,9 +489,10 @@ fn next_frame(buf: &[u8]) -> Result<Option<(FrameType, usize)>, ProtoError> {
 
 /// The source → channel direction on a router: reads the datagrams the source sends
 /// back, seals them in batches, and ends with `Eof` once `done` fires (the client
-/// ended the flow). The wait for `done` sits only where nothing is half-sent. After
-/// each batch, and at the end, adds what the kernel dropped on the source's socket
-/// (its receive buffer full while the channel was slow) to `drops`.
+/// ended the flow). The wait for `done` sits only where nothing is half-sent. After a
+/// batch (at most once per [`crate::stats::DROPS_READ_EVERY`]), and at the end, adds what the kernel
+/// dropped on the source's socket (its receive buffer full while the channel was
+/// slow) to `drops`.
 pub(crate) async fn from_source(
     source: &Udp,
     sources: &Sources,
@@ -501,7 +502,6 @@ pub(crate) async fn from_source(
     mut done: oneshot::Receiver<()>,
 ) -> Result<(), Stop> {
     let tally = DropTally::default();
-    let count = || tally.update(source.receive_drops(), drops);
     let result = async {
         loop {
             {
@@ -513,7 +513,7 @@ pub(crate) async fn from_source(
                 }
             }
             let batch = read_batch(source, sources);
-            count();
+            tally.now_and_then(|| source.receive_drops(), drops);
             let framed = batch?;
             if framed.is_empty() {
                 continue;
@@ -526,7 +526,7 @@ pub(crate) async fn from_source(
         eof.send(chan).await.map(drop)
     }
     .await;
-    count();
+    tally.update(source.receive_drops(), drops);
     result
 }
 

@@ -294,15 +294,33 @@ impl Totals {
     }
 }
 
+/// How often a busy UDP socket's kernel drop count is read: each reading is a system
+/// call, too many for every datagram (a tenth of a UDP transaction's relay CPU when
+/// read at each wake-up).
+pub(crate) const DROPS_READ_EVERY: Duration = Duration::from_secs(1);
+
 /// Carries one UDP socket's kernel drop count into its core's counter. The kernel
 /// counts per socket, in 32 bits that wrap; the core's counter sums what each of its
 /// sockets dropped between two readings.
 #[derive(Debug, Default)]
 pub(crate) struct DropTally {
     seen: Cell<u32>,
+    /// No reading by [`DropTally::now_and_then`] before this.
+    next: Cell<Option<Instant>>,
 }
 
 impl DropTally {
+    /// [`DropTally::update`] with the count `read` gives, at most once per
+    /// [`DROPS_READ_EVERY`]; the last reading (when the socket closes) is the caller's.
+    pub(crate) fn now_and_then(&self, read: impl FnOnce() -> Option<u32>, core: &AtomicU64) {
+        let now = Instant::now();
+        if self.next.get().is_some_and(|next| now < next) {
+            return;
+        }
+        self.next.set(Some(now + DROPS_READ_EVERY));
+        self.update(read(), core);
+    }
+
     /// Adds to `core` what the socket dropped since the last reading, given its
     /// count `now` (`None`: the system does not say, and nothing is added).
     pub(crate) fn update(&self, now: Option<u32>, core: &AtomicU64) {
@@ -578,6 +596,23 @@ mod tests {
         // A second socket on the same core counts from its own zero.
         DropTally::default().update(Some(4), &core);
         assert_eq!(core.load(Relaxed), 8 + (u64::from(u32::MAX) - 3) + 2 + 4);
+    }
+
+    #[test]
+    fn a_drop_tally_reads_now_and_then_at_most_once_a_period() {
+        let core = AtomicU64::new(0);
+        let tally = DropTally::default();
+        let reads = Cell::new(0);
+        let read = |n| {
+            reads.set(reads.get() + 1);
+            Some(n)
+        };
+        tally.now_and_then(|| read(3), &core);
+        tally.now_and_then(|| read(5), &core);
+        assert_eq!((reads.get(), core.load(Relaxed)), (1, 3));
+        // The last reading, when the socket closes, is always made.
+        tally.update(read(6), &core);
+        assert_eq!((reads.get(), core.load(Relaxed)), (2, 6));
     }
 
     #[test]

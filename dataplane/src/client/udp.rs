@@ -23,7 +23,7 @@ use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::Udp;
 use crate::plain::{Wire, send_best_effort, send_frame};
 use crate::relay::{Side, Stop};
-use crate::stats::{ConnCounters, DropTally, ErrorKind, Meter, Rides};
+use crate::stats::{ConnCounters, DROPS_READ_EVERY, DropTally, ErrorKind, Meter, Rides};
 
 /// Bytes of datagrams one flow may have queued for its channel; beyond this, new ones
 /// are dropped (as a full socket buffer drops them) and counted.
@@ -119,20 +119,28 @@ impl ClientCore {
     /// starting one for a new sender. Ends when the tunnel stops, which ends every
     /// flow.
     ///
-    /// Each time the socket is emptied, the kernel's count of datagrams it dropped
-    /// for want of buffer room is read into the core's counter: one `getsockopt`
-    /// per wake-up, and the count cannot grow again before a datagram arrives and
-    /// wakes the loop.
+    /// Every [`DROPS_READ_EVERY`], and at the end, the kernel's count of datagrams the
+    /// socket dropped for want of buffer room is read into the core's counter (a
+    /// system call: not one per datagram).
     pub(super) async fn udp_loop(self: Rc<Self>, sock: Rc<Udp>, mut stop: oneshot::Receiver<()>) {
         // One receive buffer per core, big enough for any datagram.
         let mut buf = vec![0u8; RECV_ROOM];
         let drops = DropTally::default();
+        let read_drops = || drops.update(sock.receive_drops(), &self.core.stats.udp_receive_drops);
+        let tick = monoio::time::sleep(DROPS_READ_EVERY);
+        futures::pin_mut!(tick);
         loop {
             let ready = {
                 let ready = sock.readable();
                 futures::pin_mut!(ready);
-                match select(ready, &mut stop).await {
-                    Either::Left((r, _)) => r,
+                match select(select(ready, tick.as_mut()), &mut stop).await {
+                    Either::Left((Either::Left((r, _)), _)) => r,
+                    Either::Left((Either::Right(((), _)), _)) => {
+                        read_drops();
+                        tick.as_mut()
+                            .reset(monoio::time::Instant::now() + DROPS_READ_EVERY);
+                        continue;
+                    }
                     Either::Right(_) => break,
                 }
             };
@@ -154,9 +162,8 @@ impl ClientCore {
                     }
                 }
             }
-            drops.update(sock.receive_drops(), &self.core.stats.udp_receive_drops);
         }
-        drops.update(sock.receive_drops(), &self.core.stats.udp_receive_drops);
+        read_drops();
         let flows = std::mem::take(&mut self.flows.borrow_mut().by_peer);
         if !flows.is_empty() {
             debug!(
