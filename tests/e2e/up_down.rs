@@ -33,6 +33,39 @@ fn write_file(home: &Home, router_port: u16, tunnels: &[(&str, String)]) -> std:
     path
 }
 
+/// `write_file` with a drain long enough (120 s) that a held connection keeps a
+/// stopping tunnel around until the test lets it go, and each tunnel on `bind`.
+fn write_slow_draining(
+    home: &Home,
+    router_port: u16,
+    tunnels: &[(&str, String)],
+    bind: &str,
+) -> std::path::PathBuf {
+    let file = write_file(home, router_port, tunnels);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("drain_timeout_secs = 2", "drain_timeout_secs = 120")
+        .replace("127.0.0.1:0", bind);
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Sends `what` on `c` and expects it back from the echo source.
+fn echo_on(c: &mut TcpStream, what: &[u8]) {
+    c.write_all(what).unwrap();
+    let mut back = vec![0u8; what.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, what);
+}
+
+/// A connection through the tunnel at `addr`, open and echoing.
+fn held(addr: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    echo_on(&mut c, b"held");
+    c
+}
+
 fn list(home: &Home) -> Vec<serde_json::Value> {
     serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap()
 }
@@ -211,15 +244,8 @@ fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
     let source = sources::echo().to_string();
     let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
     let write = |source: &str| {
-        let file = write_file(
-            &home,
-            raddr.port(),
-            &[("alpha", source.to_owned()), ("beta", source.to_owned())],
-        );
-        let text = std::fs::read_to_string(&file).unwrap();
-        let text = text.replace("drain_timeout_secs = 2", "drain_timeout_secs = 120");
-        std::fs::write(&file, text).unwrap();
-        file
+        let tunnels = [("alpha", source.to_owned()), ("beta", source.to_owned())];
+        write_slow_draining(&home, raddr.port(), &tunnels, "127.0.0.1:0")
     };
     let file = write(&source);
     let (status, _, err) = up(&home, &file, &[]);
@@ -229,15 +255,7 @@ fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut held = TcpStream::connect(&bind).unwrap();
-    held.set_read_timeout(Some(DEADLINE)).unwrap();
-    let echo = |held: &mut TcpStream, what: &[u8]| {
-        held.write_all(what).unwrap();
-        let mut back = vec![0u8; what.len()];
-        held.read_exact(&mut back).unwrap();
-        assert_eq!(back, what);
-    };
-    echo(&mut held, b"before");
+    let mut held = held(&bind);
 
     // Both change; beta comes back while alpha drains.
     let file = write(&source.replace("127.0.0.1", "localhost"));
@@ -254,7 +272,7 @@ fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
     });
     echo_through(&home, "beta");
     assert_eq!(pid_of(&home, "alpha"), alpha);
-    echo(&mut held, b"still draining");
+    echo_on(&mut held, b"still draining");
     drop(held);
     let status = again.wait_exit();
     assert_code(status, 0, &again.stderr());
@@ -277,23 +295,12 @@ fn a_new_tunnel_on_a_leaving_ones_port_waits_for_it() {
     let _cleanup = Cleanup(&home);
     let source = sources::echo().to_string();
     let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let port = crate::harness::dead_port();
-    let write = |name: &str| {
-        let file = write_file(&home, raddr.port(), &[(name, source.clone())]);
-        let text = std::fs::read_to_string(&file)
-            .unwrap()
-            .replace("drain_timeout_secs = 2", "drain_timeout_secs = 120")
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-        std::fs::write(&file, text).unwrap();
-        file
-    };
+    let bind = format!("127.0.0.1:{}", crate::harness::dead_port());
+    let write =
+        |name: &str| write_slow_draining(&home, raddr.port(), &[(name, source.clone())], &bind);
     let (status, _, err) = up(&home, &write("alpha"), &[]);
     assert_code(status, 0, &err);
-    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    held.set_read_timeout(Some(DEADLINE)).unwrap();
-    held.write_all(b"held").unwrap();
-    let mut back = [0u8; 4];
-    held.read_exact(&mut back).unwrap();
+    let held = held(&bind);
 
     let file = write("delta");
     let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);

@@ -1,6 +1,8 @@
 //! Logs (JSON, a rotated file, each connection's open and close at debug) and the
 //! `stats`, `health` and `logs` commands.
 
+use std::net::SocketAddr;
+
 use serde_json::Value;
 
 use super::{TOKEN, echo_through, router_api};
@@ -78,29 +80,37 @@ fn connections_are_logged_at_debug_with_their_id_and_logs_can_go_to_a_rotated_fi
     assert_eq!(c["fields"]["up"], 1000);
 }
 
-#[test]
-fn stats_health_and_logs_commands() {
-    let home = Home::with_keys();
-    let source = sources::echo();
-    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
-    let raddr_s = raddr.to_string();
+/// `conduit start` of a background tunnel "web" (epoll) from a free port to `source`,
+/// with `extra` flags; returns what it printed.
+fn start_web(home: &Home, router: SocketAddr, source: SocketAddr, extra: &[&str]) -> String {
     let key = home.key("router.pub").to_string_lossy().into_owned();
-    let src = source.to_string();
-    let out = home.ok(&[
+    let (router, source) = (router.to_string(), source.to_string());
+    let mut args = vec![
         "start",
         "--router",
-        &raddr_s,
+        &router,
         "--router-key",
         &key,
         "--source",
-        &src,
+        &source,
         "--bind",
         "127.0.0.1:0",
         "--name",
         "web",
         "--io-engine",
         "epoll",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    home.ok(&args)
+}
+
+#[test]
+fn stats_health_and_logs_commands() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let raddr_s = raddr.to_string();
+    let out = start_web(&home, raddr, source, &[]);
     let taddr = addr_in(
         out.lines()
             .next()
@@ -185,27 +195,10 @@ fn logs_reads_and_follows_a_rotated_log_file() {
     let home = Home::with_keys();
     let source = sources::echo();
     let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
-    let key = home.key("router.pub").to_string_lossy().into_owned();
     let log = home.path().join("var").join("web.log");
-    let out = home.ok(&[
-        "start",
-        "--router",
-        &raddr.to_string(),
-        "--router-key",
-        &key,
-        "--source",
-        &source.to_string(),
-        "--bind",
-        "127.0.0.1:0",
-        "--name",
-        "web",
-        "--io-engine",
-        "epoll",
-        "--log-file",
-        &log.to_string_lossy(),
-        "--log-rotation",
-        "daily",
-    ]);
+    let log_s = log.to_string_lossy();
+    let rotated = ["--log-file", &log_s, "--log-rotation", "daily"];
+    let out = start_web(&home, raddr, source, &rotated);
     assert!(out.contains(&format!("log: {}", log.display())), "{out}");
     let rotated = std::fs::read_dir(log.parent().unwrap())
         .unwrap()
