@@ -195,8 +195,8 @@ pub struct CoreStats {
     pub datagrams_dropped: AtomicU64,
     /// Datagrams the kernel dropped because a UDP socket's receive buffer was full:
     /// this core's socket on a client's bind address, or its sockets toward sources
-    /// on a router. Read from the kernel each time such a socket is emptied, and
-    /// once more when the core stops reading it.
+    /// on a router. Read from the kernel about once a second while such a socket is
+    /// in use, and once more when the core stops reading it.
     pub udp_receive_drops: AtomicU64,
     /// Streams whose TLS records the kernel sealed and opened (kTLS), since start.
     pub kernel_tls: AtomicU64,
