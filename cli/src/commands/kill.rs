@@ -75,14 +75,7 @@ pub(crate) async fn stop(
     };
     match asked {
         Ok(draining) => {
-            // The tunnel drains for the time it answered (its own default when none
-            // was asked; an older tunnel does not say); allow for that plus margin.
-            let limit = if force {
-                Duration::from_secs(10)
-            } else {
-                let secs = draining.or(drain).unwrap_or(30);
-                Duration::from_secs(u64::from(secs) + 10)
-            };
+            let limit = exit_wait(force, draining, drain);
             match gone_within(e.pid, limit).await {
                 Ok(()) => Ok(String::new()),
                 Err(why) if force => kill_hard(registry, e, &why).await,
@@ -104,6 +97,19 @@ pub(crate) async fn stop(
             e.tunnel_id
         )),
     }
+}
+
+/// How long to wait for a tunnel that accepted `Shutdown` to exit: the drain it
+/// answered (`draining`; its own default when none was asked), else the one asked
+/// (`drain`; an older tunnel does not say), else the default 30 s, plus a margin.
+/// With `force`, it exits without draining.
+fn exit_wait(force: bool, draining: Option<u32>, drain: Option<u32>) -> Duration {
+    const MARGIN_SECS: u64 = 10;
+    if force {
+        return Duration::from_secs(MARGIN_SECS);
+    }
+    let secs = draining.or(drain).unwrap_or(30);
+    Duration::from_secs(u64::from(secs) + MARGIN_SECS)
 }
 
 /// Sends `Shutdown` to the tunnel's control API; returns how long it said it drains.
@@ -246,4 +252,21 @@ async fn has_connection(e: &Entry, id: u64) -> bool {
     c.list_connections(pb::ListConnectionsRequest {})
         .await
         .is_ok_and(|r| r.into_inner().connections.iter().any(|c| c.id == id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tunnel configured to drain longer than the default (its answer) is waited
+    /// for that long, not cut off at the default.
+    #[test]
+    fn the_wait_follows_the_drain_the_tunnel_answered() {
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(exit_wait(false, Some(120), None), secs(130));
+        assert_eq!(exit_wait(false, Some(0), Some(5)), secs(10));
+        assert_eq!(exit_wait(false, None, Some(5)), secs(15));
+        assert_eq!(exit_wait(false, None, None), secs(40));
+        assert_eq!(exit_wait(true, Some(120), Some(5)), secs(10));
+    }
 }
