@@ -200,6 +200,8 @@ struct Shared {
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
     datagrams: bool,
     name: String,
+    /// The source, named in the control channel's `Hello` for the router to check.
+    source: String,
     /// The routers to try, in order (`--router A,B`): the link uses one at a time
     /// and moves to the next when it cannot reach that one; or, when `balance`,
     /// all of them at once.
@@ -337,6 +339,7 @@ impl ClientTunnel {
                 transport: s.transport,
                 kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
+                source: s.source.clone(),
                 name: s.name,
                 balance: s.balance && routers.len() > 1,
                 versions: (0..routers.len()).map(|_| AtomicU16::new(0)).collect(),
@@ -939,6 +942,7 @@ async fn open_at_inner(
             channel: kind,
             tunnel: shared.name.clone(),
             token: shared.token.clone(),
+            source: (kind == ChannelKind::Control).then(|| shared.source.clone()),
         }))
         .await?;
         let reply = w.recv().await?;
@@ -966,6 +970,11 @@ async fn open_at_inner(
         Some(Message::Refused(r)) => Err(match r.code {
             RefusalCode::Unauthorized | RefusalCode::UnsupportedVersion => {
                 Error::Authentication(format!("the router refused this client: {}", r.message))
+            }
+            // The router checked the source against its policy (protocol 7): no
+            // stream of this tunnel would be served.
+            RefusalCode::PolicyDenied => {
+                Error::Authentication(format!("the router refused this tunnel: {}", r.message))
             }
             _ => Error::Protocol(format!("the router refused the channel: {}", r.message)),
         }),

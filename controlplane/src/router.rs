@@ -25,7 +25,7 @@ use crate::balance::Balancer;
 use crate::keys;
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
-use crate::policy::AllowList;
+use crate::policy::{AllowList, Caller};
 use crate::router_key::RouterIdentity;
 use crate::wire::{Wire, WireError};
 use crate::{Error, Transport};
@@ -463,7 +463,16 @@ async fn handle(
         return;
     }
     let who = key.map_or_else(|| "(plain transport)".to_owned(), |k| k.to_string());
-    let version = match admit(&state, key.as_ref(), &hello) {
+    let admitted = match admit(&state, key.as_ref(), &hello) {
+        Ok(v) => match (&hello.channel, &hello.source) {
+            (ChannelKind::Control, Some(source)) => {
+                source_allowed(&state, key, source).await.map(|()| v)
+            }
+            _ => Ok(v),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    let version = match admitted {
         Ok(v) => v,
         Err(refusal) => {
             state.counters.fail(SetupError::Unauthorized);
@@ -574,6 +583,46 @@ fn admit(state: &State, key: Option<&PublicKey>, hello: &Hello) -> Result<u16, R
         }
     }
     Ok(version)
+}
+
+/// The longest a tunnel's `Hello` waits for its source's name to be looked up.
+const SOURCE_LOOKUP: Duration = Duration::from_secs(2);
+
+/// Whether the policy lets `key`'s tunnel open `source` (every member of it): a
+/// tunnel whose streams would all be refused is refused at its link, so that it fails
+/// at `start` rather than at its first user. A name is looked up off the runtime and
+/// for at most [`SOURCE_LOOKUP`]; one that does not resolve (yet) is let through, and
+/// each stream is checked as it opens all the same.
+async fn source_allowed(
+    state: &State,
+    key: Option<PublicKey>,
+    source: &str,
+) -> Result<(), Refusal> {
+    let allow = state.policy.clone();
+    // Rules may name the client as its line in authorized_clients does.
+    let name = key
+        .and_then(|k| state.authorized.lookup(&k))
+        .filter(|n| !n.is_empty());
+    let target = source.to_owned();
+    let check = tokio::task::spawn_blocking(move || {
+        let caller = key.as_ref().map(|key| Caller {
+            key,
+            name: name.as_deref(),
+        });
+        conduit_dataplane::source_members(&target)
+            .try_for_each(|member| allow.resolve_for(caller, member).map(drop))
+    });
+    match tokio::time::timeout(SOURCE_LOOKUP, check).await {
+        Ok(Ok(Err(refusal))) if refusal.code == RefusalCode::PolicyDenied => Err(refusal),
+        Ok(Ok(Err(other))) => {
+            debug!(
+                "source {source:?} not checked at the link: {}",
+                other.message
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 async fn control_session(

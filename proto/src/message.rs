@@ -30,6 +30,12 @@ pub struct Hello {
     pub tunnel: String,
     /// The authorization token, when the router requires one.
     pub token: Option<Secret>,
+    /// On a control channel (protocol 7): the source the tunnel's streams will open
+    /// (`host:port`, or members joined by commas), for the router to check against
+    /// its policy before it admits the tunnel, so that a tunnel it would never serve
+    /// fails at start rather than at its first user. Each stream's `Open` is checked
+    /// all the same.
+    pub source: Option<String>,
 }
 
 /// Why something was refused. Unknown codes from newer peers decode as `Other`.
@@ -210,6 +216,13 @@ struct HelloWire {
     token: Option<String>,
 }
 
+/// Appended to a `HelloWire` when the `Hello` names a source (protocol 7): older
+/// routers read the `HelloWire` and ignore what follows.
+#[derive(Serialize, Deserialize)]
+struct HelloSourceWire {
+    source: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct RefusalWire {
     code: u16,
@@ -284,15 +297,23 @@ impl Message {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
         let body = match self {
-            Self::Hello(h) => to_vec(&HelloWire {
-                versions: h.versions,
-                channel: match h.channel {
-                    ChannelKind::Control => 1,
-                    ChannelKind::Data => 2,
-                },
-                tunnel: h.tunnel.clone(),
-                token: h.token.as_ref().map(|t| t.expose().to_owned()),
-            }),
+            Self::Hello(h) => {
+                let mut body = to_vec(&HelloWire {
+                    versions: h.versions,
+                    channel: match h.channel {
+                        ChannelKind::Control => 1,
+                        ChannelKind::Data => 2,
+                    },
+                    tunnel: h.tunnel.clone(),
+                    token: h.token.as_ref().map(|t| t.expose().to_owned()),
+                });
+                if let Some(source) = &h.source {
+                    body.extend(to_vec(&HelloSourceWire {
+                        source: source.clone(),
+                    }));
+                }
+                body
+            }
             Self::Welcome { version } => to_vec(&WelcomeWire { version: *version }),
             Self::Refused(r) | Self::OpenFailed(r) | Self::Reset(r) | Self::Goodbye(r) => {
                 to_vec(&RefusalWire {
@@ -336,7 +357,16 @@ impl Message {
     pub fn decode(typ: FrameType, body: &[u8]) -> Result<Self, ProtoError> {
         Ok(match typ {
             FrameType::Hello => {
-                let w: HelloWire = from_bytes("Hello", body)?;
+                let (w, rest): (HelloWire, _) =
+                    postcard::take_from_bytes(body).map_err(|e| ProtoError::Malformed {
+                        what: "Hello",
+                        reason: e.to_string(),
+                    })?;
+                // A Hello of protocol 6 or older ends here.
+                let source = match rest {
+                    [] => None,
+                    rest => Some(from_bytes::<HelloSourceWire>("Hello", rest)?.source),
+                };
                 let channel = match w.channel {
                     1 => ChannelKind::Control,
                     2 => ChannelKind::Data,
@@ -352,6 +382,7 @@ impl Message {
                     channel,
                     tunnel: w.tunnel,
                     token: w.token.map(Secret::new),
+                    source,
                 })
             }
             FrameType::Welcome => {
@@ -480,6 +511,14 @@ mod tests {
             channel: ChannelKind::Data,
             tunnel: "web".into(),
             token: Some(Secret::new("s3cret".into())),
+            source: None,
+        }));
+        round_trip(Message::Hello(Hello {
+            versions: VersionRange::ours(),
+            channel: ChannelKind::Control,
+            tunnel: "web".into(),
+            token: None,
+            source: Some("10.2.0.5:8080,10.2.0.6:8080".into()),
         }));
         round_trip(Message::Welcome { version: 1 });
         round_trip(Message::Refused(Refusal::new(
@@ -519,6 +558,39 @@ mod tests {
             RefusalCode::Other(999),
             "bye",
         )));
+    }
+
+    #[test]
+    fn a_hello_without_a_source_is_the_hello_of_protocol_6() {
+        let hello = |source: Option<&str>| {
+            Message::Hello(Hello {
+                versions: VersionRange { min: 1, max: 6 },
+                channel: ChannelKind::Control,
+                tunnel: "web".into(),
+                token: None,
+                source: source.map(Into::into),
+            })
+            .to_frame()
+        };
+        // What a build of protocol 6 sends, byte for byte: no source.
+        let old = hello(None);
+        assert_eq!(
+            old[HEADER_LEN..],
+            [1, 6, 1, 3, b'w', b'e', b'b', 0],
+            "versions 1..=6, control, \"web\", no token"
+        );
+        // The source follows it: what a router of protocol 6 reads is the same.
+        let new = hello(Some("a:1"));
+        assert_eq!(new[HEADER_LEN..old.len()], old[HEADER_LEN..]);
+        assert_eq!(new[old.len()..], [3, b'a', b':', b'1']);
+        let old_reader: HelloWire = postcard::from_bytes(&new[HEADER_LEN..]).unwrap();
+        assert_eq!(old_reader.tunnel, "web");
+        // A source that is cut short is an error, not a Hello without one.
+        let cut = &new[HEADER_LEN..new.len() - 1];
+        assert!(matches!(
+            Message::decode(FrameType::Hello, cut),
+            Err(ProtoError::Malformed { what: "Hello", .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 6;
+pub const CURRENT: u16 = 7;
 /// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
 /// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
 pub const DATAGRAMS: u16 = 2;
@@ -30,6 +30,11 @@ pub const PLAIN_FRAMES: u16 = 5;
 /// tunnels take a replaced router key up by themselves. Versions 1 to 5 are
 /// otherwise unchanged.
 pub const ROUTER_KEYS: u16 = 6;
+/// The first version whose control channel's `Hello` names the tunnel's source, and
+/// whose routers refuse a tunnel whose source their policy does not allow
+/// (`Refused` with `PolicyDenied`) before they admit it. Versions 1 to 6 are
+/// otherwise unchanged.
+pub const SOURCE_CHECK: u16 = 7;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

@@ -254,11 +254,69 @@ pub fn welcomed_peer(raddr: std::net::SocketAddr) -> (TcpStream, FrameDecoder) {
         channel: ChannelKind::Data,
         tunnel: "rogue".into(),
         token: Some(Secret::new("s3cret-token".into())),
+        source: None,
     });
     peer.write_all(&hello.to_frame()).unwrap();
     let mut d = FrameDecoder::new();
     assert_eq!(read_events(&mut peer, &mut d, 1), ["Welcome"]);
     (peer, d)
+}
+
+/// The message of the first refusal (`Refused`, `OpenFailed`, `Reset`) the router
+/// sends on `peer`.
+fn read_refusal(peer: &mut TcpStream, d: &mut FrameDecoder) -> String {
+    let mut refusal = None;
+    let mut buf = [0u8; 4096];
+    while refusal.is_none() {
+        let n = peer.read(&mut buf).expect("the router answers");
+        assert!(n > 0, "the router closed without a refusal");
+        d.feed(&buf[..n], |ev| {
+            if let Event::Message(
+                Message::Refused(r) | Message::OpenFailed(r) | Message::Reset(r),
+            ) = ev
+            {
+                refusal.get_or_insert_with(|| r.message.clone());
+            }
+        })
+        .expect("the router's frames decode");
+    }
+    refusal.unwrap()
+}
+
+/// The router checks a tunnel's source when its link comes up (protocol 7), and each
+/// stream all the same: a peer that names one source on its link (or none, as
+/// clients of protocol 6 do) may still open no other.
+#[test]
+fn a_stream_to_a_source_outside_the_allow_list_is_refused_whatever_the_link_named() {
+    let home = Home::with_keys();
+    let (allowed, other) = (sources::echo(), sources::echo());
+    let (router, raddr) = home.router_with(Engine::Epoll, &[allowed.to_string()], PLAIN);
+    let mut ctl = connect(raddr);
+    let hello = Message::Hello(Hello {
+        versions: VersionRange::ours(),
+        channel: ChannelKind::Control,
+        tunnel: "rogue".into(),
+        token: Some(Secret::new("s3cret-token".into())),
+        source: Some(allowed.to_string()),
+    });
+    ctl.write_all(&hello.to_frame()).unwrap();
+    assert_eq!(
+        read_events(&mut ctl, &mut FrameDecoder::new(), 1),
+        ["Welcome"]
+    );
+    let (mut peer, mut d) = welcomed_peer(raddr);
+    let mut frames = Message::Open {
+        target: other.to_string(),
+    }
+    .to_frame();
+    frames.extend_from_slice(&Header::data(3));
+    frames.extend_from_slice(b"abc");
+    peer.write_all(&frames).unwrap();
+    let why = format!(
+        "source {other} is not allowed by the router's policy; to allow it, add `--allow {other}` to the router"
+    );
+    assert_eq!(read_refusal(&mut peer, &mut d), why);
+    router.wait_stderr(&why);
 }
 
 /// Anyone with the token may speak the plain transport, so the router must hold its
@@ -321,22 +379,10 @@ fn a_hello_with_a_name_that_is_no_name_is_refused() {
         channel: ChannelKind::Control,
         tunnel: "evil\nINFO forged".into(),
         token: Some(Secret::new("s3cret-token".into())),
+        source: None,
     });
     peer.write_all(&hello.to_frame()).unwrap();
-    let mut d = FrameDecoder::new();
-    let mut refusal = None;
-    let mut buf = [0u8; 4096];
-    while refusal.is_none() {
-        let n = peer.read(&mut buf).expect("the router answers");
-        assert!(n > 0, "the router closed without a refusal");
-        d.feed(&buf[..n], |ev| {
-            if let Event::Message(Message::Refused(r)) = ev {
-                refusal = Some(r.message.clone());
-            }
-        })
-        .expect("the router's frames decode");
-    }
-    let refusal = refusal.unwrap();
+    let refusal = read_refusal(&mut peer, &mut FrameDecoder::new());
     assert!(
         refusal
             .starts_with("the tunnel's name \"evil\\nINFO forged\" is not a valid name; use 1-64"),

@@ -149,21 +149,40 @@ both_engines!(
     }
 );
 
-both_engines!(
-    a_source_outside_the_allow_list_is_refused,
-    |engine: Engine| {
-        let home = Home::with_keys();
-        let source = sources::echo();
-        let (router, raddr) = home.router(engine, &["127.0.0.1:1-2".into()]);
-        let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
-        expect_closed_without_data(taddr, GET);
-        let why = format!(
-            "source {source} is not allowed by the router's policy; to allow it, add `--allow {source}` to the router"
-        );
-        router.wait_stderr(&why);
-        tunnel.wait_stderr(&why);
-    }
-);
+/// The router checks the tunnel's source when the tunnel links up: a tunnel it would
+/// never serve stops at once, with the router's reason and its fix.
+#[test]
+fn a_tunnel_whose_source_the_router_does_not_allow_is_refused_at_its_link() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router(engine, &["127.0.0.1:1-2".into()]);
+    let mut tunnel = home.tunnel_proc(engine, raddr, &source.to_string(), &[]);
+    let status = tunnel.wait_exit();
+    let err = tunnel.stderr();
+    assert_code(status, 77, &err);
+    let why = format!(
+        "source {source} is not allowed by the router's policy; to allow it, add `--allow {source}` to the router"
+    );
+    assert!(
+        err.contains(&format!("the router refused this tunnel: {why}")),
+        "{err}"
+    );
+    router.wait_stderr(&format!("refused: {why}"));
+    // Every member of a balanced source must be allowed.
+    let allowed = sources::echo();
+    let (router, raddr) = home.router(engine, &[allowed.to_string()]);
+    let both = format!("{allowed},{source}");
+    let mut tunnel = home.tunnel_proc(engine, raddr, &both, &[]);
+    let status = tunnel.wait_exit();
+    let err = tunnel.stderr();
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains(&format!("the router refused this tunnel: {why}")),
+        "{err}"
+    );
+    router.wait_stderr(&why);
+}
 
 #[test]
 fn a_router_that_is_not_there_is_retried_and_users_fail_fast() {

@@ -92,7 +92,16 @@ pub fn read_all_hashed(s: &mut impl Read) -> std::io::Result<(usize, String)> {
 }
 
 fn serve(handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind source");
+    serve_on(
+        TcpListener::bind("127.0.0.1:0").expect("bind source"),
+        handler,
+    )
+}
+
+fn serve_on(
+    l: TcpListener,
+    handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static,
+) -> SocketAddr {
     let addr = l.local_addr().expect("addr");
     thread::spawn(move || {
         for conn in l.incoming() {
@@ -146,7 +155,12 @@ pub fn exchange(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String)>
 
 /// Echoes every connection until the client half-closes, then closes.
 pub fn echo() -> SocketAddr {
-    serve(|mut conn| {
+    echo_on(TcpListener::bind("127.0.0.1:0").expect("bind source"))
+}
+
+/// [`echo`] on `l`: a source that comes up at an address chosen before.
+pub fn echo_on(l: TcpListener) -> SocketAddr {
+    serve_on(l, |mut conn| {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match conn.read(&mut buf) {

@@ -293,27 +293,57 @@ fn a_quiet_flow_ends_and_the_next_datagram_opens_another() {
 }
 
 #[test]
-fn a_udp_source_outside_the_allow_list_is_refused() {
+fn a_udp_source_outside_the_allow_list_is_refused_at_the_link() {
     let home = Home::with_keys();
     let source = UdpEcho::start();
     let allowed = UdpEcho::start();
     let (router, raddr) = home.router(Engine::Epoll, &[allowed.addr.to_string()]);
+    let mut tunnel = home.tunnel_proc(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        &["--protocol", "udp"],
+    );
+    let status = tunnel.wait_exit();
+    let err = tunnel.stderr();
+    assert_code(status, 77, &err);
+    let why = format!(
+        "source {} is not allowed by the router's policy; to allow it, add `--allow {}` to the router",
+        source.addr, source.addr
+    );
+    assert!(
+        err.contains(&format!("the router refused this tunnel: {why}")),
+        "{err}"
+    );
+    router.wait_stderr(&why);
+    assert_eq!(source.received.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_flow_the_router_refuses_is_not_counted() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (router, raddr) = home.router_with(
+        Engine::Epoll,
+        &[source.addr.to_string()],
+        &["--max-connections", "1"],
+    );
     let (tunnel, taddr) = home.tunnel_with(
         Engine::Epoll,
         raddr,
         &source.addr.to_string(),
         &["--protocol", "udp"],
     );
+    // The one flow the router takes, held open.
+    let held = User::new(taddr);
+    held.echo(b"first");
     let user = User::new(taddr);
     user.sock.send_to(b"let me in", taddr).unwrap();
-    tunnel.wait_stderr("the router could not open the source");
-    router.wait_stderr("open refused");
-    assert!(
-        tunnel.stderr().contains("not allowed"),
-        "the refusal says why: {}",
-        tunnel.stderr()
+    tunnel.wait_stderr(
+        "udp flow closed: the router refused the stream: the router's limit of 1 open \
+         connection is reached",
     );
-    assert_eq!(source.received.load(Ordering::SeqCst), 0);
+    router.wait_stderr("limit of 1 open connection");
     // The datagram went with the flow's open, before the refusal: it reached no
     // source, and the tunnel does not count it.
     let stats = wait_for("the tunnel to count the refused flow", || {
@@ -323,10 +353,15 @@ fn a_udp_source_outside_the_allow_list_is_refused() {
     });
     assert_eq!(
         stats["bytes"],
-        serde_json::json!({"in": 0, "out": 0}),
-        "{stats:#}"
+        serde_json::json!({"in": 5, "out": 10}),
+        "only the held flow's datagrams: {stats:#}"
     );
-    // Nothing came back to the user.
+    assert_eq!(
+        source.payloads(),
+        1,
+        "only the held flow's datagram arrived"
+    );
+    // Nothing came back to the refused user.
     user.sock
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
