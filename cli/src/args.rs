@@ -19,6 +19,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
 pub(crate) struct LogArgs {
     /// Log level: error, warn, info, debug, trace (or a tracing filter with `=`, such as
     /// conduit=debug,rustls=warn) [default: info].
@@ -418,6 +419,7 @@ pub(crate) enum ShowFormat {
 }
 
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Data plane")]
 pub(crate) struct EngineArgs {
     /// Data-plane worker threads, 0-1024 (default, 0: one per usable core).
     #[arg(long, env = "CONDUIT_WORKERS", default_value_t = 0, value_parser = parse_workers)]
@@ -675,6 +677,7 @@ pub(crate) enum ServiceKind {
 
 /// Flags that turn a command into "write a service file that runs this command".
 #[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Service file")]
 pub(crate) struct ServiceArgs {
     /// Instead of running, print a service file for this init system; the service
     /// runs the same command in the foreground.
