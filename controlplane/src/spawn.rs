@@ -75,10 +75,14 @@ pub struct Launched {
 pub fn launch(l: Launch) -> Result<Launched, Error> {
     let (log_file, previous) = match &l.log_file {
         // The user's file is only ever appended to; its own rotation is the user's.
-        Some(file) => (file.clone(), None),
+        Some(file) => {
+            point_to_log(&l.home, &l.name, Some(file));
+            (file.clone(), None)
+        }
         None => {
             let logs = l.home.logs();
             Home::ensure_private_dir(&logs)?;
+            point_to_log(&l.home, &l.name, None);
             let file = logs.join(format!("{}.log", l.name));
             // The claim on the name means no tunnel writes this log now: the previous
             // run's log is kept, as NAME.log.1, for its last words.
@@ -194,6 +198,45 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             }
         }
     }
+}
+
+/// `logs/NAME.log-file`: the path of the file a tunnel started with `--log-file`
+/// logs to. Its registry entry names the file too, but goes when the tunnel stops:
+/// this stays, so that `conduit logs NAME` finds the log of a tunnel that stopped.
+fn log_pointer(home: &Home, name: &str) -> PathBuf {
+    home.logs().join(format!("{name}.log-file"))
+}
+
+/// Records where tunnel `name` logs: `Some(file)` of its own, `None` for
+/// `logs/NAME.log` (the record of an earlier run's file goes). A record that cannot
+/// be written costs only `conduit logs NAME` after the tunnel stopped: not worth
+/// failing the start for.
+fn point_to_log(home: &Home, name: &str, file: Option<&Path>) {
+    let pointer = log_pointer(home, name);
+    let Some(file) = file else {
+        let _ = std::fs::remove_file(&pointer);
+        return;
+    };
+    let Some(text) = file.to_str() else {
+        return;
+    };
+    if Home::ensure_private_dir(&home.logs()).is_err() {
+        return;
+    }
+    let tmp = pointer.with_extension("log-file.tmp");
+    if std::fs::write(&tmp, format!("{text}\n")).is_err()
+        || std::fs::rename(&tmp, &pointer).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Where tunnel `name`, running or stopped, was last started to log with
+/// `--log-file`; `None` if it logs to `logs/NAME.log`.
+pub fn own_log_file(home: &Home, name: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(log_pointer(home, name)).ok()?;
+    let path = text.trim_end_matches('\n');
+    (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// Moves `log` to `log.1` (replacing an older one), if there is a `log`; returns

@@ -31,7 +31,7 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     let current = rotated.clone().unwrap_or_else(|| path.clone());
     let (f, text) = read(&current)?;
     let mut shown = text.clone();
-    let outside = match &rotated {
+    let mut outside = match &rotated {
         Some(r) => match read(&path) {
             Ok((f, words)) => {
                 if modified(&path) > modified(r) {
@@ -56,7 +56,6 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
         return Ok(());
     }
     let mut log = Follower::new(f, text.into_bytes());
-    let mut outside = outside;
     loop {
         std::thread::sleep(Duration::from_millis(200));
         // A new day (or hour) of a rotated log: the rest of the old file, then the new.
@@ -184,6 +183,10 @@ fn identity(_: &std::fs::Metadata) -> (u64, u64) {
 /// tunnel that stopped, `logs/NAME.log`.
 fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
     if let Some(p) = Registry::new(home).find(name).and_then(|e| e.log_file) {
+        return Ok(p);
+    }
+    // A tunnel that stopped: its own --log-file, if it was started with one.
+    if let Some(p) = conduit_controlplane::spawn::own_log_file(home, name) {
         return Ok(p);
     }
     let p = home.logs().join(format!("{name}.log"));

@@ -93,7 +93,8 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         source,
         file: None,
         digest: String::new(),
-        log_file: a.detached.then(|| background_log(home, &name, log)),
+        // A foreground tunnel's own --log-file too: `logs NAME` reads it while it runs.
+        log_file: (a.detached || log.log_file.is_some()).then(|| background_log(home, &name, log)),
         drain: secs(a.drain_timeout),
         metrics_bind,
     };

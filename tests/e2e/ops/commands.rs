@@ -212,6 +212,22 @@ fn logs_reads_and_follows_a_rotated_log_file() {
     follow.wait_stdout_count("", 1);
     let _ = home.ok(&["kill", "--tunnel", "web"]);
     follow.wait_stdout("stopping");
+    // Stopped, the tunnel is gone from the registry; `logs` still finds its file.
+    let out = home.ok(&["logs", "web"]);
+    assert!(
+        out.contains("connected to router") && out.contains("stopping"),
+        "{out}"
+    );
+    // Started again without --log-file, it logs to logs/web.log, which `logs` reads.
+    let out = start_web(&home, raddr, source, &[]);
+    let default = home.path().join("logs").join("web.log");
+    assert!(
+        out.contains(&format!("log: {}", default.display())),
+        "{out}"
+    );
+    let _ = home.ok(&["kill", "--tunnel", "web"]);
+    let out = home.ok(&["logs", "web"]);
+    assert_eq!(out, std::fs::read_to_string(&default).unwrap());
 }
 
 #[test]
