@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use conduit_controlplane::config::Override;
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
+use conduit_proto::tls::Suites;
 
 /// Conduit: expose a service from a private network through a mutually
 /// authenticated TLS 1.3 tunnel.
@@ -338,6 +339,10 @@ fn socket_buffer(s: &str) -> Result<usize, String> {
     }
 }
 
+fn parse_suites(s: &str) -> Result<Suites, String> {
+    Suites::parse_list(s)
+}
+
 pub(crate) fn parse_secret(s: &str) -> Result<Secret, String> {
     if s.is_empty() {
         Err("must not be empty".into())
@@ -485,6 +490,11 @@ pub(crate) struct RouterArgs {
     /// use the same transport.
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
     pub(crate) transport: TransportArg,
+    /// TLS 1.3 cipher suites to accept, by IANA name, comma-separated, in the order
+    /// the router prefers them: TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
+    /// TLS_CHACHA20_POLY1305_SHA256 (default: all three, in that order).
+    #[arg(long, value_name = "SUITES", value_parser = parse_suites)]
+    pub(crate) cipher_suites: Option<Suites>,
     /// Seconds to let open streams finish after SIGTERM/SIGINT [default: 30].
     #[arg(long)]
     pub(crate) drain_timeout: Option<u64>,
@@ -575,6 +585,16 @@ pub(crate) struct StartArgs {
     /// are already encrypted only).
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
     pub(crate) transport: TransportArg,
+    /// TLS 1.3 cipher suites to offer, by IANA name, comma-separated, in order of
+    /// preference (the router's order wins): TLS_AES_128_GCM_SHA256,
+    /// TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256 (default: all three).
+    #[arg(
+        long,
+        env = "CONDUIT_CIPHER_SUITES",
+        value_name = "SUITES",
+        value_parser = parse_suites
+    )]
+    pub(crate) cipher_suites: Option<Suites>,
     /// tcp (default), or udp: users send datagrams to --bind and each sender's flow
     /// rides a channel of its own to the router (TLS, or plain with --transport
     /// plain).

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use conduit_dataplane::{
     ChannelSlot, ClientSpec, ConnLimit, DataPlane, EngineKind, FromWorker, LinkState, Options,
 };
-use conduit_proto::tls::{ClientConfig, client_config};
+use conduit_proto::tls::{ClientConfig, Suites, client_config};
 use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, ProtoError, PublicKey, Refusal, RefusalCode, Secret,
@@ -59,6 +59,8 @@ pub struct TunnelSettings {
     pub token: Option<Secret>,
     /// TLS (the default) or, when the operator opts in, plain.
     pub transport: Transport,
+    /// The TLS cipher suites offered, in order of preference.
+    pub suites: Suites,
     /// Idle handshaken channels each worker keeps.
     pub pool_size: usize,
     /// Limit on reaching the router.
@@ -176,6 +178,9 @@ pub enum LinkStatus {
         /// To which router (`host:port`; one of several when the tunnel has
         /// fallbacks).
         router: String,
+        /// The TLS cipher suite of its control channel (`plain` on the plain
+        /// transport); when balancing, each suite in use, joined with `, `.
+        cipher: String,
     },
     /// The last attempt failed; the next one is scheduled.
     Retrying {
@@ -195,6 +200,8 @@ pub enum LinkStatus {
 
 struct Shared {
     transport: Transport,
+    /// The TLS cipher suites offered (`--cipher-suites`).
+    suites: Suites,
     /// `[performance] kernel_tls`.
     kernel_tls: bool,
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
@@ -300,8 +307,12 @@ impl ClientTunnel {
             .zip(&router_keys)
             .map(|(r, pinned)| still_pinned(&s.name, r, known.get(r), pinned))
             .collect();
-        let tls = configs(&s.identity, &trusted(&router_keys, &keys_of(&learned)))
-            .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
+        let tls = configs(
+            &s.identity,
+            &trusted(&router_keys, &keys_of(&learned)),
+            &s.suites,
+        )
+        .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
         let link = Arc::new(LinkState::new(routers.len()));
@@ -337,6 +348,7 @@ impl ClientTunnel {
             rotations: mpsc::channel(4),
             shared: Arc::new(Shared {
                 transport: s.transport,
+                suites: s.suites.clone(),
                 kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
                 source: s.source.clone(),
@@ -568,7 +580,7 @@ impl Shared {
             learned[at] = Some(known.clone());
             known
         };
-        match client_config(&self.identity(), &trusted_one(&pinned, keys)) {
+        match client_config(&self.identity(), &trusted_one(&pinned, keys), &self.suites) {
             Ok(c) => self.tls.write().unwrap_or_else(|p| p.into_inner())[at] = c,
             Err(e) => {
                 warn!(tunnel = %self.name, %router, "cannot use the keys the router named: {e}");
@@ -602,7 +614,7 @@ impl Shared {
     }
 
     fn use_key(&self, pair: Arc<KeyPair>) -> Result<(), String> {
-        let tls = configs(&pair, &self.trusted()).map_err(|e| e.to_string())?;
+        let tls = configs(&pair, &self.trusted(), &self.suites).map_err(|e| e.to_string())?;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = pair;
         Ok(())
@@ -635,7 +647,7 @@ impl Shared {
                 kept_learned[i].clone_from(&entries[i]);
                 continue;
             }
-            match client_config(&self.identity(), &new) {
+            match client_config(&self.identity(), &new, &self.suites) {
                 Ok(c) => tls[i] = c,
                 Err(e) => {
                     warn!(tunnel = %self.name, router = %self.routers[i], "cannot use the keys now trusted for router {}: {e}; keeping those trusted before", self.routers[i]);
@@ -1008,6 +1020,13 @@ fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
             "router {router} does not speak Conduit's TLS transport (is it a plain-transport \
              router, or not a Conduit router at all?): check --router and --transport ({t})"
         )),
+        // Not retried: the router's operator or this tunnel's must change a setting.
+        WireError::Tls(t) if t.peer_refused_handshake() => Error::Authentication(format!(
+            "router {router} refused the TLS handshake: it accepts none of the cipher suites \
+             this tunnel offers ({}); offer one it accepts (--cipher-suites, or [security] \
+             cipher_suites in the file), or leave the setting out to offer all",
+            shared.suites
+        )),
         WireError::Tls(t) => from_tls(t, &shared.our_key(), &shared.our_line()),
         WireError::Io(io) => Error::network(format!("connection to router {router} failed"), io),
         // The first frame the router sent, read as the plain transport's, is not one:
@@ -1089,8 +1108,9 @@ async fn control_loop(
                 shared.status.send_replace(LinkStatus::Connected {
                     since: SystemTime::now(),
                     router: router.clone(),
+                    cipher: ctl.cipher().to_owned(),
                 });
-                info!(tunnel = %shared.name, %router, "connected to router");
+                info!(tunnel = %shared.name, %router, cipher = %ctl.cipher(), "connected to router");
                 let mut probe = Probe::start(&shared);
                 let at = shared.at();
                 let end = heartbeat(&shared, at, &mut ctl, &mut stop, &rotations, &mut probe).await;
@@ -1588,7 +1608,7 @@ async fn rotate(shared: &Shared, ctl: &mut Wire, index: usize) -> Result<Rotated
     };
     // Checked before the router is asked, so that a key it authorizes is usable and
     // can be saved.
-    configs(&pair, &shared.trusted())
+    configs(&pair, &shared.trusted(), &shared.suites)
         .map_err(|e| Rotation::Refused(format!("cannot use the new key: {e}")))?;
     let staged = if fresh {
         Some(
@@ -1756,8 +1776,12 @@ async fn ask_router(shared: &Shared, ctl: &mut Wire, next: PublicKey) -> Result<
 fn configs(
     pair: &KeyPair,
     router_keys: &[Vec<PublicKey>],
+    suites: &Suites,
 ) -> Result<Vec<Arc<ClientConfig>>, rustls::Error> {
-    router_keys.iter().map(|k| client_config(pair, k)).collect()
+    router_keys
+        .iter()
+        .map(|k| client_config(pair, k, suites))
+        .collect()
 }
 
 /// Per router, the pinned keys and then those it named that are not pinned.

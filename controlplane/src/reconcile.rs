@@ -92,6 +92,7 @@ mod tests {
                     transport: crate::config::TransportKind::Tls,
                     token: None,
                     key_rotation_days: 30,
+                    suites: conduit_proto::tls::Suites::all(),
                     failback_secs: 30,
                     balance: false,
                     performance: PerformanceConfig::default(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conduit_dataplane::{AcceptBackoff, ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
-use conduit_proto::tls::AuthorizedClients;
+use conduit_proto::tls::{AuthorizedClients, Suites};
 use conduit_proto::version::VersionRange;
 use conduit_proto::{
     ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
@@ -47,6 +47,8 @@ pub struct RouterSettings {
     pub token: Option<Secret>,
     /// TLS (the default) or, when the operator opts in, plain.
     pub transport: Transport,
+    /// The TLS cipher suites handshakes accept, the router's order first.
+    pub suites: Suites,
     /// Limit on TLS handshake plus `Hello`.
     pub handshake_timeout: Duration,
     /// Handshakes in progress at most (`performance.max_pending_handshakes`).
@@ -83,6 +85,8 @@ pub struct RouterSettings {
 
 struct State {
     transport: Transport,
+    /// The cipher suites handshakes accept, for messages.
+    suites: Suites,
     /// The key presented and named, and the TLS configuration of handshakes.
     identity: Arc<RouterIdentity>,
     authorized: Arc<AuthorizedClients>,
@@ -129,8 +133,13 @@ impl Router {
     /// Binds the listener and starts the workers.
     pub async fn bind(s: RouterSettings) -> Result<Self, Error> {
         let identity = Arc::new(
-            RouterIdentity::new(s.identity, s.next_key, s.authorized.clone())
-                .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?,
+            RouterIdentity::new(
+                s.identity,
+                s.next_key,
+                s.authorized.clone(),
+                s.suites.clone(),
+            )
+            .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?,
         );
         let listener = TcpListener::bind(s.bind).await.map_err(|e| {
             let fix = match e.kind() {
@@ -237,6 +246,7 @@ impl Router {
             state: Arc::new(State {
                 identity,
                 transport: s.transport,
+                suites: s.suites,
                 authorized: s.authorized,
                 token: s.token,
                 handshake_timeout: s.handshake_timeout,
@@ -438,6 +448,10 @@ async fn handle(
                 // Kubernetes probe's), not a failed client.
                 (None, None) if seen == 0 => {
                     debug!(%peer, "connection closed before it sent anything (a port check?)")
+                }
+                (None, None) if e.no_cipher_suite_in_common() => {
+                    state.counters.fail(SetupError::Tls);
+                    warn!(%peer, "TLS handshake refused: the client offers none of the cipher suites this router accepts ({}); the tunnel must offer one of them (its --cipher-suites, or [security] cipher_suites), or the router accept more (--cipher-suites)", state.suites);
                 }
                 (None, None) => {
                     state.counters.fail(SetupError::Tls);
@@ -647,7 +661,7 @@ async fn control_session(
     let comment = key
         .and_then(|k| state.authorized.lookup(&k))
         .unwrap_or_default();
-    info!(%peer, client = %who, name = %comment, %tunnel, "client connected");
+    info!(%peer, client = %who, name = %comment, %tunnel, cipher = %wire.cipher(), "client connected");
     // The plain transport has no keys: its clients share the all-zero one.
     let link_key = key.unwrap_or(conduit_dataplane::usage::NO_KEY);
     let session = state

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use conduit_proto::tls::{AuthorizedClients, ServerConfig, server_config};
+use conduit_proto::tls::{AuthorizedClients, ServerConfig, Suites, server_config};
 use conduit_proto::{KeyPair, PublicKey};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -65,6 +65,8 @@ impl Presented {
 pub(crate) struct RouterIdentity {
     presented: watch::Sender<Arc<Presented>>,
     authorized: Arc<AuthorizedClients>,
+    /// The cipher suites handshakes accept (`--cipher-suites`).
+    suites: Suites,
 }
 
 impl RouterIdentity {
@@ -72,20 +74,23 @@ impl RouterIdentity {
         identity: KeyPair,
         next: Option<PublicKey>,
         authorized: Arc<AuthorizedClients>,
+        suites: Suites,
     ) -> Result<Self, String> {
         let present = Arc::new(identity);
         let keys = std::iter::once(present.public())
             .chain(next.filter(|k| *k != present.public()))
             .collect();
-        let presented = Self::build(&authorized, present, None, keys)?;
+        let presented = Self::build(&authorized, &suites, present, None, keys)?;
         Ok(Self {
             presented: watch::Sender::new(Arc::new(presented)),
             authorized,
+            suites,
         })
     }
 
     fn build(
         authorized: &Arc<AuthorizedClients>,
+        suites: &Suites,
         present: Arc<KeyPair>,
         retiring: Option<Arc<KeyPair>>,
         keys: Vec<PublicKey>,
@@ -93,7 +98,7 @@ impl RouterIdentity {
         let held: Vec<&KeyPair> = std::iter::once(&*present)
             .chain(retiring.as_deref())
             .collect();
-        let tls = server_config(&held, authorized.clone()).map_err(|e| e.to_string())?;
+        let tls = server_config(&held, authorized.clone(), suites).map_err(|e| e.to_string())?;
         Ok(Presented {
             tls,
             keys,
@@ -128,7 +133,7 @@ impl RouterIdentity {
         let p = self.presented();
         let retiring = keep_old.then(|| p.present.clone());
         let keys = vec![pair.public()];
-        let next = Self::build(&self.authorized, pair, retiring, keys)?;
+        let next = Self::build(&self.authorized, &self.suites, pair, retiring, keys)?;
         self.presented.send_replace(Arc::new(next));
         Ok(())
     }
@@ -136,7 +141,13 @@ impl RouterIdentity {
     /// Presents `old` to tunnels that ask for it (`None`: to none any more).
     fn retiring(&self, old: Option<Arc<KeyPair>>) -> Result<(), String> {
         let p = self.presented();
-        let next = Self::build(&self.authorized, p.present.clone(), old, p.keys.clone())?;
+        let next = Self::build(
+            &self.authorized,
+            &self.suites,
+            p.present.clone(),
+            old,
+            p.keys.clone(),
+        )?;
         self.presented.send_replace(Arc::new(next));
         Ok(())
     }
@@ -374,7 +385,7 @@ mod tests {
         let authorized = Arc::new(AuthorizedClients::new(Default::default()));
         let (old, next) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
         let (old_pub, next_pub) = (old.public(), next.public());
-        let id = RouterIdentity::new(old, None, authorized).unwrap();
+        let id = RouterIdentity::new(old, None, authorized, Suites::all()).unwrap();
         assert_eq!(id.presented().keys, [old_pub]);
         id.announce(next_pub);
         assert_eq!(id.presented().keys, [old_pub, next_pub]);

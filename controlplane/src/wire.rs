@@ -116,6 +116,17 @@ impl Wire {
         self.tls.as_ref().and_then(TlsSession::peer_key)
     }
 
+    /// The TLS cipher suite in use, as the log names it: `plain` on the plain
+    /// transport.
+    pub(crate) fn cipher(&self) -> &'static str {
+        match &self.tls {
+            Some(tls) => tls
+                .cipher_suite()
+                .map_or("unknown", conduit_proto::tls::Suite::name),
+            None => "plain",
+        }
+    }
+
     /// Sends one message (encrypted, unless on the plain transport).
     pub(crate) async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
         let frame = msg.to_frame();

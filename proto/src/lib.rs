@@ -35,6 +35,7 @@ pub mod identity;
 pub mod message;
 pub mod session;
 pub mod stream;
+pub mod suite;
 pub mod tls;
 pub mod version;
 

@@ -116,6 +116,29 @@ impl TlsError {
         )
     }
 
+    /// True when this side (a router) found none of its cipher suites among those the
+    /// peer offered.
+    pub fn no_cipher_suite_in_common(&self) -> bool {
+        matches!(
+            self,
+            Self::Rustls(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::NoCipherSuitesInCommon
+            ))
+        )
+    }
+
+    /// True when the peer (a router) ended the handshake with `handshake_failure`:
+    /// between Conduit peers, which agree on everything else, it accepts none of the
+    /// cipher suites offered.
+    pub fn peer_refused_handshake(&self) -> bool {
+        matches!(
+            self,
+            Self::Rustls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            ))
+        )
+    }
+
     /// True when the peer sent an alert that means "I do not accept your key".
     pub fn peer_rejected_our_key(&self) -> bool {
         use rustls::AlertDescription as A;
@@ -243,6 +266,15 @@ impl TlsSession {
             Conn::Server(c) => c.peer_certificates(),
         }?;
         PublicKey::from_spki(certs.first()?.as_ref())
+    }
+
+    /// The cipher suite the handshake agreed on (`None` before it).
+    pub fn cipher_suite(&self) -> Option<crate::suite::Suite> {
+        let negotiated = match &self.conn {
+            Conn::Client(c) => c.negotiated_cipher_suite(),
+            Conn::Server(c) => c.negotiated_cipher_suite(),
+        }?;
+        crate::suite::Suite::of(negotiated)
     }
 
     /// True once the peer's close_notify has been seen.

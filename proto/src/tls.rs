@@ -26,26 +26,16 @@ use rustls::{
 };
 
 use crate::identity::{KeyPair, PublicKey};
+pub use crate::suite::{Suite, Suites};
 
 pub use rustls::{ClientConfig, ServerConfig};
 
 /// The ALPN identifier both sides require.
 pub const ALPN: &[u8] = b"conduit/1";
 
-/// The crypto provider: aws-lc-rs with the TLS 1.3 suites, AES-128-GCM first (it is
-/// the fastest with AES-NI, and 128-bit keys are the strength Ed25519 gives anyway),
-/// then AES-256-GCM, then ChaCha20-Poly1305 for machines without AES instructions.
+/// The crypto provider with every suite, in the default order (see [`Suites`]).
 pub fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::aws_lc_rs::cipher_suite::{
-        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
-    };
-    let mut p = rustls::crypto::aws_lc_rs::default_provider();
-    p.cipher_suites = vec![
-        TLS13_AES_128_GCM_SHA256,
-        TLS13_AES_256_GCM_SHA384,
-        TLS13_CHACHA20_POLY1305_SHA256,
-    ];
-    Arc::new(p)
+    Suites::all().provider()
 }
 
 fn algorithms() -> WebPkiSupportedAlgorithms {
@@ -366,9 +356,13 @@ impl ClientCertVerifier for AuthorizedClientVerifier {
 }
 
 /// The client side: present `identity`, accept only a router that presents one of
-/// the keys in `router`.
-pub fn client_config(identity: &KeyPair, router: &[PublicKey]) -> Result<Arc<ClientConfig>, Error> {
-    let mut cfg = ClientConfig::builder_with_provider(provider())
+/// the keys in `router`; offer `suites`.
+pub fn client_config(
+    identity: &KeyPair,
+    router: &[PublicKey],
+    suites: &Suites,
+) -> Result<Arc<ClientConfig>, Error> {
+    let mut cfg = ClientConfig::builder_with_provider(suites.provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedRouterKey::new(router)))
@@ -385,10 +379,12 @@ pub fn client_config(identity: &KeyPair, router: &[PublicKey]) -> Result<Arc<Cli
 
 /// The router side: present `keys[0]`, or another of `keys` to a client that asks
 /// for it by its [hint](router_server_name) (a key the router is retiring, for
-/// tunnels that have not heard of the new one yet); admit the keys in `clients`.
+/// tunnels that have not heard of the new one yet); admit the keys in `clients`;
+/// accept `suites`, preferring them in their order over the client's.
 pub fn server_config(
     keys: &[&KeyPair],
     clients: Arc<AuthorizedClients>,
+    suites: &Suites,
 ) -> Result<Arc<ServerConfig>, Error> {
     if keys.is_empty() {
         return Err(Error::General("a router needs a key to present".into()));
@@ -397,10 +393,12 @@ pub fn server_config(
         .iter()
         .map(|k| Ok((key_hint(&k.public()), k.certified_key()?)))
         .collect::<Result<_, Error>>()?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(suites.provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(AuthorizedClientVerifier { clients }))
         .with_cert_resolver(Arc::new(PresentsAskedKey { held }));
+    // The operator's order, not the client's: the router's policy decides.
+    cfg.ignore_client_order = true;
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     // Lets a data channel's keys move to kernel TLS (`TlsSession::into_kernel`).
     cfg.enable_secret_extraction = true;

@@ -33,6 +33,7 @@ mod service;
 mod soak;
 mod sources;
 mod stopping;
+mod suites;
 mod tune;
 mod tunnel;
 mod udp;

@@ -141,6 +141,11 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
         a.token.as_ref().map(|t| t.expose().to_owned()),
     );
     put(
+        "--cipher-suites",
+        "router.cipher_suites",
+        a.cipher_suites.as_ref().map(ToString::to_string),
+    );
+    put(
         "--drain-timeout",
         "performance.drain_timeout_secs",
         a.drain_timeout.map(|n| n.to_string()),
@@ -282,6 +287,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         policy,
         token: r.token.clone(),
         transport,
+        suites: conduit_controlplane::config::suites(&r.cipher_suites).map_err(Usage)?,
         handshake_timeout: p.handshake_timeout(),
         max_pending_handshakes: p.max_pending_handshakes,
         connect_timeout: p.connect_timeout(),

@@ -65,6 +65,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         bind,
         token: a.token,
         transport: a.transport.into(),
+        suites: a.cipher_suites.clone().unwrap_or_default(),
         pool_size: performance.effective_pool_size(),
         connect_timeout: secs(10),
         handshake_timeout: secs(a.handshake_timeout),
@@ -315,6 +316,9 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     if a.protocol == ProtocolArg::Udp {
         args.extend(["--protocol".to_owned(), "udp".to_owned()]);
+    }
+    if let Some(suites) = &a.cipher_suites {
+        args.extend(["--cipher-suites".to_owned(), suites.to_string()]);
     }
     if a.router_balance {
         args.push("--router-balance".to_owned());

@@ -26,7 +26,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                         let t = st.tunnel.clone().unwrap_or_default();
                         v["status"] = json!(t.status);
                         v["link"] = json!({"state": l.state, "detail": l.detail, "since": rfc3339(l.since),
-                                           "next_attempt_at": rfc3339(l.next_attempt_at), "attempt": l.attempt});
+                                           "next_attempt_at": rfc3339(l.next_attempt_at), "attempt": l.attempt,
+                                           "cipher_suite": (!l.cipher_suite.is_empty()).then_some(&l.cipher_suite)});
                         v["active_connections"] = json!(t.active_connections);
                         v["idle_channels"] = json!(st.idle_channels);
                         v["io_engine"] = json!(t.io_engine);
@@ -73,9 +74,10 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             "connected" if e.config.balance => {
                 let (up, down) = balanced(&e.config.router, &l.detail);
                 format!(
-                    "routers {} connected since {}{}{}",
+                    "routers {} connected since {}{}{}{}",
                     up.join(", "),
                     time(l.since),
+                    over(&l.cipher_suite),
                     match down.as_slice() {
                         [] => String::new(),
                         down => format!("; {} not connected (retrying)", down.join(", ")),
@@ -86,13 +88,14 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             // `detail` names the router in use, one of several when the tunnel has
             // fallbacks (older tunnels leave it empty).
             "connected" => format!(
-                "router {} connected since {}",
+                "router {} connected since {}{}",
                 if l.detail.is_empty() {
                     &e.config.router
                 } else {
                     &l.detail
                 },
-                time(l.since)
+                time(l.since),
+                over(&l.cipher_suite)
             ),
             "retrying" => format!(
                 "router {} unreachable ({}); attempt {} failed, next {}",
@@ -170,6 +173,15 @@ pub(crate) fn balanced(routers: &str, connected: &str) -> (Vec<String>, Vec<Stri
         .filter(|r| !r.is_empty())
         .map(str::to_owned)
         .partition(|r| up.contains(&r.as_str()))
+}
+
+/// The link's cipher suite, ` over SUITE`; nothing from a tunnel that predates it.
+fn over(cipher: &str) -> String {
+    if cipher.is_empty() {
+        String::new()
+    } else {
+        format!(" over {cipher}")
+    }
 }
 
 /// The status line's words on kernel TLS; nothing where it does not apply (plain

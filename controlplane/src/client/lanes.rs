@@ -86,9 +86,10 @@ async fn lane(
                     LinkStatus::Connected {
                         since: SystemTime::now(),
                         router: router.clone(),
+                        cipher: ctl.cipher().to_owned(),
                     },
                 );
-                info!(tunnel = %shared.name, %router, "connected to router (one of {} in use at once)", shared.routers.len());
+                info!(tunnel = %shared.name, %router, cipher = %ctl.cipher(), "connected to router (one of {} in use at once)", shared.routers.len());
                 let end = heartbeat(
                     &shared,
                     index,
@@ -201,21 +202,32 @@ impl Shared {
 /// (to the routers whose links are), connecting while any link makes its first
 /// attempt, else retrying (at the soonest attempt, with every router's error).
 fn together(lanes: &[LinkStatus]) -> LinkStatus {
-    let connected: Vec<(&SystemTime, &str)> = lanes
+    let connected: Vec<(&SystemTime, &str, &str)> = lanes
         .iter()
         .filter_map(|l| match l {
-            LinkStatus::Connected { since, router } => Some((since, router.as_str())),
+            LinkStatus::Connected {
+                since,
+                router,
+                cipher,
+            } => Some((since, router.as_str(), cipher.as_str())),
             _ => None,
         })
         .collect();
-    if let Some(since) = connected.iter().map(|(s, _)| **s).min() {
+    if let Some(since) = connected.iter().map(|(s, _, _)| **s).min() {
+        let mut ciphers: Vec<&str> = Vec::new();
+        for (_, _, c) in &connected {
+            if !ciphers.contains(c) {
+                ciphers.push(c);
+            }
+        }
         return LinkStatus::Connected {
             since,
             router: connected
                 .iter()
-                .map(|(_, r)| *r)
+                .map(|(_, r, _)| *r)
                 .collect::<Vec<_>>()
                 .join(", "),
+            cipher: ciphers.join(", "),
         };
     }
     if lanes.contains(&LinkStatus::Connecting) {
@@ -253,6 +265,7 @@ mod tests {
         let up = |since, router: &str| LinkStatus::Connected {
             since,
             router: router.into(),
+            cipher: "TLS_AES_128_GCM_SHA256".into(),
         };
         let retrying = |attempt, next_at, error: &str| LinkStatus::Retrying {
             attempt,

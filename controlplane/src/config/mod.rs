@@ -309,6 +309,16 @@ pub fn load_router(sources: &Sources) -> Result<Loaded<RouterConfig>, Report> {
     Ok(finish(config, origins, &sources.file, report))
 }
 
+/// The cipher suites a `cipher_suites` key names (every suite when it names none);
+/// the schema checked each name before.
+pub fn suites(names: &[String]) -> Result<conduit_proto::tls::Suites, String> {
+    names
+        .iter()
+        .map(|n| n.parse())
+        .collect::<Result<Vec<_>, _>>()
+        .map(conduit_proto::tls::Suites::new)
+}
+
 fn finish<T>(config: T, origins: Origins, file: &Path, mut report: Report) -> Loaded<T> {
     report.sort();
     Loaded {

@@ -111,6 +111,9 @@ pub struct Security {
     /// Rotate the key through the router once its file is this many days old (0:
     /// never; default 30).
     pub key_rotation_days: u64,
+    /// The TLS cipher suites to offer, by IANA name, in order of preference (default:
+    /// all three, AES-128-GCM first).
+    pub cipher_suites: Vec<String>,
 }
 
 impl Default for Security {
@@ -119,6 +122,7 @@ impl Default for Security {
             private_key_path: None,
             token: None,
             key_rotation_days: 30,
+            cipher_suites: all_suites(),
         }
     }
 }
@@ -200,6 +204,9 @@ pub struct RouterServer {
     /// that ask for it (those away during the announcement), in seconds (default
     /// 2592000: 30 days; 0: forget it at the switch).
     pub key_retire_secs: u64,
+    /// The TLS cipher suites handshakes accept, by IANA name, in the order the router
+    /// prefers them (default: all three, AES-128-GCM first).
+    pub cipher_suites: Vec<String>,
 }
 
 impl Default for RouterServer {
@@ -215,6 +222,7 @@ impl Default for RouterServer {
             allow: Vec::new(),
             token: None,
             key_grace_secs: 86_400,
+            cipher_suites: all_suites(),
         }
     }
 }
@@ -709,6 +717,15 @@ impl RouterConfig {
     }
 }
 
+/// Every cipher suite, in the default order, by name: what `cipher_suites` holds
+/// unless set.
+fn all_suites() -> Vec<String> {
+    conduit_proto::tls::Suite::ALL
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect()
+}
+
 /// Serde for secrets: read as a string, written as `***`, so no rendering of the tree
 /// can leak one.
 mod secret {
@@ -742,6 +759,7 @@ mod tests {
             Kind::Bool => Value::Boolean(true),
             Kind::Choice(words) => Value::String(words[0].into()),
             Kind::List | Kind::KeyList => Value::Array(vec![Value::String("x".into())]),
+            Kind::Suites => Value::Array(vec![Value::String("TLS_AES_256_GCM_SHA384".into())]),
         }
     }
 

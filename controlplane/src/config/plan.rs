@@ -5,6 +5,7 @@
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
+use conduit_proto::tls::Suites;
 use conduit_proto::{KeyPair, PublicKey, Secret};
 
 use super::model::{LoggingConfig, PerformanceConfig, Protocol};
@@ -40,6 +41,8 @@ pub struct TunnelPlan {
     pub token: Option<Secret>,
     /// `[security] key_rotation_days` (0: never).
     pub key_rotation_days: u64,
+    /// `[security] cipher_suites`.
+    pub suites: Suites,
     /// `[router] failback_secs` (0: stay on a fallback).
     pub failback_secs: u64,
     /// `[router] balance`: every router at once.
@@ -76,6 +79,9 @@ impl TunnelPlan {
         if self.balance {
             h.update(b"|balance");
         }
+        if !self.suites.is_default() {
+            h.update(format!("|suites|{}", self.suites).as_bytes());
+        }
         if let Some(t) = &self.token {
             h.update(b"|token|");
             h.update(t.expose().as_bytes());
@@ -102,6 +108,7 @@ impl TunnelPlan {
             bind: self.bind,
             token: self.token.clone(),
             transport: self.transport.into(),
+            suites: self.suites.clone(),
             pool_size: p.effective_pool_size(),
             connect_timeout: p.connect_timeout(),
             handshake_timeout: p.handshake_timeout(),
@@ -185,6 +192,8 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
         router.push(',');
         router.push_str(f);
     }
+    let suites =
+        super::suites(&c.security.cipher_suites).map_err(|_| internal("security.cipher_suites"))?;
     let mut tunnels = Vec::with_capacity(c.tunnels.len());
     for (i, t) in c.tunnels.iter().enumerate() {
         let path = |k: &str| format!("tunnels[{i}].{k}");
@@ -206,6 +215,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             transport: c.router.transport,
             token: c.security.token.clone(),
             key_rotation_days: c.security.key_rotation_days,
+            suites: suites.clone(),
             failback_secs: c.router.failback_secs,
             balance: c.router.balance,
             performance: c.performance.clone(),

@@ -6,6 +6,9 @@
 //! next), map `CONDUIT_<SECTION>_<KEY>` to keys, and list valid keys in messages. A
 //! test keeps the two in step.
 
+use std::str::FromStr;
+
+use conduit_proto::tls::{Suite, Suites};
 use toml::Value;
 
 use super::Role;
@@ -29,6 +32,9 @@ pub(crate) enum Kind {
     List,
     /// A list of public keys or `.pub` paths (each resolved like `KeyOrPath`).
     KeyList,
+    /// A list of TLS 1.3 cipher suites by IANA name (comma-separated in the
+    /// environment), in order of preference.
+    Suites,
 }
 
 /// One key of a section.
@@ -200,6 +206,7 @@ static CLIENT: Schema = Schema {
                 key("private_key_path", Kind::Path),
                 key("token", Kind::Str).secret().alias(&["CONDUIT_TOKEN"]),
                 key("key_rotation_days", Kind::Int { min: 0, max: 3650 }),
+                key("cipher_suites", Kind::Suites),
             ],
         },
         PERFORMANCE,
@@ -246,6 +253,7 @@ static ROUTER: Schema = Schema {
                         max: 365 * 86_400,
                     },
                 ),
+                key("cipher_suites", Kind::Suites),
             ],
         },
         Section {
@@ -364,6 +372,7 @@ impl Kind {
             Kind::Bool => "true or false".into(),
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
             Kind::List | Kind::KeyList => "a list of strings".into(),
+            Kind::Suites => "a list of cipher suite names".into(),
         }
     }
 
@@ -386,6 +395,29 @@ impl Kind {
             (Kind::Int { min, max }, Value::Integer(n)) => in_range(*n, min, max),
             (Kind::Bool, Value::Boolean(_)) => Ok(()),
             (Kind::Choice(words), Value::String(s)) => choice(words, s),
+            (Kind::Suites, Value::Array(items)) => {
+                if items.is_empty() {
+                    return Err(format!(
+                        "no cipher suite named; leave {name} out to allow every suite, or name \
+                         one or more of {}",
+                        Suites::all()
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => {
+                            Suite::from_str(s).map_err(|e| format!("item {i}: {e}"))?;
+                        }
+                        other => {
+                            return Err(format!(
+                                "item {i}: expected a string, found {}",
+                                type_of(other)
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
             (Kind::List | Kind::KeyList, Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     match item {
@@ -429,6 +461,13 @@ impl Kind {
                 choice(words, &w)?;
                 Ok(Value::String(w))
             }
+            Kind::Suites => Ok(Value::Array(
+                Suites::parse_list(s)?
+                    .list()
+                    .into_iter()
+                    .map(|suite| Value::String(suite.name().to_owned()))
+                    .collect(),
+            )),
             Kind::List | Kind::KeyList => Ok(Value::Array(
                 s.split(',')
                     .map(str::trim)

@@ -266,6 +266,9 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         format!("private_key_path = \"{key}\" # default"),
         format!("token = \"***\" # {file}:10"),
         "key_rotation_days = 30 # default".into(),
+        "cipher_suites = [\"TLS_AES_128_GCM_SHA256\", \"TLS_AES_256_GCM_SHA384\", \
+         \"TLS_CHACHA20_POLY1305_SHA256\"] # default"
+            .into(),
         String::new(),
         "[performance]".into(),
         "workers = 2 # cli --set performance.workers".into(),
@@ -554,5 +557,56 @@ fn fallback_keys_give_each_router_its_own_keys_in_the_plan() {
     assert_eq!(
         plan.tunnels[0].router,
         "10.2.0.1:9999,10.2.0.3:9999,10.2.0.4:9999"
+    );
+}
+
+#[test]
+fn cipher_suites_reach_the_plan_and_bad_names_are_named() {
+    use conduit_proto::tls::{Suite, Suites};
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[security]\ncipher_suites = [\"TLS_CHACHA20_POLY1305_SHA256\", \"tls_aes_256_gcm_sha384\"]\n",
+    );
+    let plan = plan_tunnels(&f.sources(&text, &[], &[])).unwrap();
+    assert_eq!(
+        plan.tunnels[0].suites.list(),
+        [Suite::Chacha20Poly1305, Suite::Aes256Gcm]
+    );
+    let default = plan_tunnels(&f.sources(&f.client_text(""), &[], &[])).unwrap();
+    assert_eq!(default.tunnels[0].suites, Suites::all());
+    // A changed choice restarts the tunnel on `up`; the default keeps old digests.
+    assert_ne!(plan.tunnels[0].digest(), default.tunnels[0].digest());
+
+    let env = [("CONDUIT_SECURITY_CIPHER_SUITES", "TLS_AES_256_GCM_SHA384")];
+    let plan = plan_tunnels(&f.sources(&text, &env, &[])).unwrap();
+    assert_eq!(plan.tunnels[0].suites.list(), [Suite::Aes256Gcm]);
+
+    let bad = f.client_text("[security]\ncipher_suites = [\"TLS_AES_128_GCM_SHA256\", \"RC4\"]\n");
+    assert_eq!(
+        f.client(&bad),
+        [
+            "error: security.cipher_suites: item 1: unknown cipher suite \"RC4\": Conduit speaks \
+          TLS 1.3 only, with TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 and \
+          TLS_CHACHA20_POLY1305_SHA256 (conduit.toml:10)"
+                .replace(
+                    "conduit.toml",
+                    &f.path("conduit.toml").display().to_string()
+                )
+                .replace(&f.dir.path().display().to_string(), "$DIR")
+        ]
+    );
+    let empty = f.client_text("[security]\ncipher_suites = []\n");
+    assert_eq!(
+        f.client(&empty),
+        [
+            "error: security.cipher_suites: no cipher suite named; leave cipher_suites out to \
+          allow every suite, or name one or more of TLS_AES_128_GCM_SHA256,\
+          TLS_AES_256_GCM_SHA384,TLS_CHACHA20_POLY1305_SHA256 (conduit.toml:10)"
+                .replace(
+                    "conduit.toml",
+                    &f.path("conduit.toml").display().to_string()
+                )
+                .replace(&f.dir.path().display().to_string(), "$DIR")
+        ]
     );
 }

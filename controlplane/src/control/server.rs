@@ -140,9 +140,14 @@ fn link_state(l: &LinkStatus) -> pb::LinkState {
             state: "connecting".into(),
             ..Default::default()
         },
-        LinkStatus::Connected { since, router } => pb::LinkState {
+        LinkStatus::Connected {
+            since,
+            router,
+            cipher,
+        } => pb::LinkState {
             state: "connected".into(),
             detail: router.clone(),
+            cipher_suite: cipher.clone(),
             since: unix(*since),
             ..Default::default()
         },

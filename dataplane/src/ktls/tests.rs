@@ -190,9 +190,13 @@ fn handshake(suite: SupportedCipherSuite) -> (ExtractedSecrets, ExtractedSecrets
     let router = KeyPair::generate().unwrap();
     let client = KeyPair::generate().unwrap();
     let clients = HashMap::from([(client.public(), "test".to_owned())]);
-    let mut server_cfg =
-        (*tls::server_config(&[&router], Arc::new(AuthorizedClients::new(clients))).unwrap())
-            .clone();
+    let mut server_cfg = (*tls::server_config(
+        &[&router],
+        Arc::new(AuthorizedClients::new(clients)),
+        &tls::Suites::all(),
+    )
+    .unwrap())
+    .clone();
     server_cfg.enable_secret_extraction = true;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = vec![suite];

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use conduit_proto::frame::FrameType;
 use conduit_proto::session::HandshakeStatus;
 use conduit_proto::stream::{Piece, StreamReader};
-use conduit_proto::tls::{AuthorizedClients, client_config, server_config};
+use conduit_proto::tls::{AuthorizedClients, Suites, client_config, server_config};
 use conduit_proto::{Event, FrameDecoder, KeyPair, Message, ProtoError, TlsSession};
 
 /// Every frame type, in a fixed order: `message_decode` picks one with its first byte.
@@ -186,14 +186,14 @@ impl Keys {
     /// A client session that pins the router's key. Configs are built per call, so
     /// no session cache carries state from one fuzz input to the next.
     pub fn client_session(&self) -> TlsSession {
-        let cfg = client_config(&self.client, &[self.router.public()]).expect("client config");
+        let cfg = client_config(&self.client, &[self.router.public()], &Suites::all()).expect("client config");
         TlsSession::client(cfg, None).expect("client session")
     }
 
     /// A router session that admits the client's key.
     pub fn server_session(&self) -> TlsSession {
         let admitted = HashMap::from([(self.client.public(), String::new())]);
-        let cfg = server_config(&[&self.router], Arc::new(AuthorizedClients::new(admitted)))
+        let cfg = server_config(&[&self.router], Arc::new(AuthorizedClients::new(admitted)), &Suites::all())
             .expect("server config");
         TlsSession::server(cfg).expect("server session")
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::identity::KeyPair;
-use crate::tls::{AuthorizedClients, client_config, server_config};
+use crate::tls::{AuthorizedClients, Suites, client_config, server_config};
 
 struct Peers {
     client_key: KeyPair,
@@ -26,8 +26,14 @@ fn sessions(p: &Peers, pinned: &[PublicKey], admitted: &[PublicKey]) -> (TlsSess
             .map(|k| (*k, String::new()))
             .collect::<HashMap<_, _>>(),
     ));
-    let client = TlsSession::client(client_config(&p.client_key, pinned).unwrap(), None).unwrap();
-    let server = TlsSession::server(server_config(&[&p.router_key], clients).unwrap()).unwrap();
+    let client = TlsSession::client(
+        client_config(&p.client_key, pinned, &Suites::all()).unwrap(),
+        None,
+    )
+    .unwrap();
+    let server =
+        TlsSession::server(server_config(&[&p.router_key], clients, &Suites::all()).unwrap())
+            .unwrap();
     (client, server)
 }
 
@@ -43,8 +49,12 @@ fn hinted(
         p.client_key.public(),
         String::new(),
     )])));
-    let mut c = TlsSession::client(client_config(&p.client_key, pinned).unwrap(), hint).unwrap();
-    let mut s = TlsSession::server(server_config(held, clients).unwrap()).unwrap();
+    let mut c = TlsSession::client(
+        client_config(&p.client_key, pinned, &Suites::all()).unwrap(),
+        hint,
+    )
+    .unwrap();
+    let mut s = TlsSession::server(server_config(held, clients, &Suites::all()).unwrap()).unwrap();
     handshake(&mut c, &mut s, &mut Wire::default())?;
     Ok(c.peer_key())
 }
@@ -478,10 +488,10 @@ fn a_peer_that_does_not_speak_conduit_is_named_as_such() {
         String::new(),
     )])));
     // A TLS server with the same key that speaks another protocol (HTTP/2, say).
-    let mut other = (*server_config(&[&p.router_key], clients).unwrap()).clone();
+    let mut other = (*server_config(&[&p.router_key], clients, &Suites::all()).unwrap()).clone();
     other.alpn_protocols = vec![b"h2".to_vec()];
     let mut c = TlsSession::client(
-        client_config(&p.client_key, &[p.router_key.public()]).unwrap(),
+        client_config(&p.client_key, &[p.router_key.public()], &Suites::all()).unwrap(),
         None,
     )
     .unwrap();
@@ -497,4 +507,62 @@ fn a_peer_that_does_not_speak_conduit_is_named_as_such() {
         ),
         "{err}"
     );
+}
+
+/// A client offering `client` and a router accepting `router`, each admitting the
+/// other.
+fn with_suites(p: &Peers, client: &Suites, router: &Suites) -> (TlsSession, TlsSession) {
+    let clients = Arc::new(AuthorizedClients::new(HashMap::from([(
+        p.client_key.public(),
+        String::new(),
+    )])));
+    let pinned = [p.router_key.public()];
+    let c = client_config(&p.client_key, &pinned, client).unwrap();
+    let s = server_config(&[&p.router_key], clients, router).unwrap();
+    (
+        TlsSession::client(c, None).unwrap(),
+        TlsSession::server(s).unwrap(),
+    )
+}
+
+#[test]
+fn the_routers_order_of_cipher_suites_wins() {
+    use crate::tls::Suite::{Aes256Gcm, Chacha20Poly1305};
+    let p = peers();
+    let (mut c, mut s) = with_suites(
+        &p,
+        &Suites::new([Chacha20Poly1305, Aes256Gcm]),
+        &Suites::new([Aes256Gcm, Chacha20Poly1305]),
+    );
+    assert_eq!(c.cipher_suite(), None);
+    handshake(&mut c, &mut s, &mut Wire::default()).unwrap();
+    assert_eq!(c.cipher_suite(), Some(Aes256Gcm));
+    assert_eq!(s.cipher_suite(), Some(Aes256Gcm));
+    // By default both ends offer every suite, AES-128-GCM first.
+    let (mut c, mut s) = with_suites(&p, &Suites::all(), &Suites::all());
+    handshake(&mut c, &mut s, &mut Wire::default()).unwrap();
+    assert_eq!(c.cipher_suite(), Some(crate::tls::Suite::Aes128Gcm));
+}
+
+#[test]
+fn no_cipher_suite_in_common_is_told_apart_on_both_sides() {
+    use crate::tls::Suite::{Aes256Gcm, Chacha20Poly1305};
+    let p = peers();
+    let (mut c, mut s) = with_suites(
+        &p,
+        &Suites::new([Chacha20Poly1305]),
+        &Suites::new([Aes256Gcm]),
+    );
+    let mut w = Wire::default();
+    match handshake(&mut c, &mut s, &mut w) {
+        Err(Failed::Server(e)) => {
+            assert!(e.no_cipher_suite_in_common(), "{e}");
+            assert!(!e.peer_refused_handshake(), "{e}");
+        }
+        other => panic!("the router must refuse the handshake: {other:?}"),
+    }
+    deliver(&mut c, &mut w.to_client);
+    let e = c.handshake(&mut Vec::new()).unwrap_err();
+    assert!(e.peer_refused_handshake(), "{e}");
+    assert!(!e.no_cipher_suite_in_common(), "{e}");
 }
