@@ -6,29 +6,31 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use conduit_dataplane::{AcceptBackoff, ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
 use conduit_proto::tls::{AuthorizedClients, Suites};
-use conduit_proto::version::VersionRange;
-use conduit_proto::{
-    ChannelKind, Hello, KeyPair, Message, PublicKey, Refusal, RefusalCode, Secret, TlsSession,
-};
+use conduit_proto::{ChannelKind, KeyPair, Message, PublicKey, Secret, TlsSession};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use crate::alerts::AlertSettings;
 use crate::api::{self, ApiSettings, ApiState};
-use crate::authorized::{AdmittedPolicy, REVOKED, not_admitted};
+use crate::authorized::{AdmittedPolicy, not_admitted};
 use crate::balance::Balancer;
-use crate::keys;
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
-use crate::policy::{AllowList, Caller};
+use crate::policy::AllowList;
 use crate::router_key::RouterIdentity;
 use crate::wire::{Wire, WireError};
 use crate::{Error, Transport};
+
+mod admit;
+mod session;
+
+use admit::{admit, is_tls_record, not_tls, source_allowed};
+use session::control_session;
 
 /// Everything a router needs to run.
 pub struct RouterSettings {
@@ -516,305 +518,6 @@ async fn handle(
             }
         }
     }
-}
-
-/// Whether `first` starts as a TLS handshake record does (`0x16 0x03`): a TLS
-/// client's ClientHello.
-fn is_tls_record(first: &[u8]) -> bool {
-    first.starts_with(&[0x16, 0x03])
-}
-
-/// Whether `first` starts as a plain-transport client's first frame does: a `Hello`
-/// frame, whose length (4 bytes, big-endian) is far below 16 MiB.
-fn is_plain_hello(first: &[u8]) -> bool {
-    first.len() >= conduit_proto::frame::HEADER_LEN
-        && first[0] == 0
-        && first[4] == conduit_proto::frame::FrameType::Hello as u8
-}
-
-/// What a peer whose first bytes are not a TLS handshake record was, for the log;
-/// `None` when they are one (TLS itself then says what was wrong).
-fn not_tls(first: &[u8]) -> Option<String> {
-    const TLS_HANDSHAKE: u8 = 0x16;
-    const HTTP: [&[u8]; 9] = [
-        b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ",
-    ];
-    match first.first() {
-        None | Some(&TLS_HANDSHAKE) => None,
-        Some(_) if is_plain_hello(first) => Some(
-            "a client of the plain transport connected to this TLS router: start the tunnel \
-             without --transport plain, or run the router with --transport plain"
-                .into(),
-        ),
-        Some(_) if HTTP.iter().any(|m| first.starts_with(m)) => Some(
-            "a plain-text HTTP request, not TLS: this port is a Conduit router, only Conduit \
-             clients can use it; point HTTP clients at a tunnel's --bind address"
-                .into(),
-        ),
-        Some(_) => Some(format!(
-            "not a TLS connection (first bytes {}): this port is a Conduit router, only Conduit \
-             clients can use it",
-            first.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        )),
-    }
-}
-
-/// Decides whether a client that finished its handshake may use the router.
-fn admit(state: &State, key: Option<&PublicKey>, hello: &Hello) -> Result<u16, Refusal> {
-    // Checked again here (not only in the TLS verifier) because a resumed TLS session
-    // skips certificate verification, and the authorized set may have changed. The
-    // plain transport has no key to check: the operator chose to trust the network.
-    if let Some(key) = key
-        && state.authorized.lookup(key).is_none()
-    {
-        return Err(Refusal::new(
-            RefusalCode::Unauthorized,
-            not_admitted(&state.authorized, key),
-        ));
-    }
-    // The name goes into logs, metrics labels and the API: a name that could forge
-    // a log line, or a label value nobody chose, is refused.
-    crate::config::tunnel_name(&hello.tunnel).map_err(|e| {
-        Refusal::new(
-            RefusalCode::Protocol,
-            format!("the tunnel's name {e}: rename it (conduit start --name, or name in the file)"),
-        )
-    })?;
-    let version = VersionRange::ours()
-        .negotiate(hello.versions)
-        .map_err(|m| Refusal::new(RefusalCode::UnsupportedVersion, m))?;
-    if let Some(required) = &state.token {
-        let ok = hello.token.as_ref().is_some_and(|t| t.matches(required));
-        if !ok {
-            return Err(Refusal::new(
-                RefusalCode::Unauthorized,
-                if hello.token.is_some() {
-                    "the token is wrong: use the token the router's operator configured (--token or CONDUIT_TOKEN)"
-                } else {
-                    "this router requires a token: pass --token (or set CONDUIT_TOKEN)"
-                },
-            ));
-        }
-    }
-    Ok(version)
-}
-
-/// The longest a tunnel's `Hello` waits for its source's name to be looked up.
-const SOURCE_LOOKUP: Duration = Duration::from_secs(2);
-
-/// Whether the policy lets `key`'s tunnel open `source` (every member of it): a
-/// tunnel whose streams would all be refused is refused at its link, so that it fails
-/// at `start` rather than at its first user. A name is looked up off the runtime and
-/// for at most [`SOURCE_LOOKUP`]; one that does not resolve (yet) is let through, and
-/// each stream is checked as it opens all the same.
-async fn source_allowed(
-    state: &State,
-    key: Option<PublicKey>,
-    source: &str,
-) -> Result<(), Refusal> {
-    let allow = state.policy.clone();
-    // Rules may name the client as its line in authorized_clients does.
-    let name = key
-        .and_then(|k| state.authorized.lookup(&k))
-        .filter(|n| !n.is_empty());
-    let target = source.to_owned();
-    let check = tokio::task::spawn_blocking(move || {
-        let caller = key.as_ref().map(|key| Caller {
-            key,
-            name: name.as_deref(),
-        });
-        conduit_dataplane::source_members(&target)
-            .try_for_each(|member| allow.resolve_for(caller, member).map(drop))
-    });
-    match tokio::time::timeout(SOURCE_LOOKUP, check).await {
-        Ok(Ok(Err(refusal))) if refusal.code == RefusalCode::PolicyDenied => Err(refusal),
-        Ok(Ok(Err(other))) => {
-            debug!(
-                "source {source:?} not checked at the link: {}",
-                other.message
-            );
-            Ok(())
-        }
-        _ => Ok(()),
-    }
-}
-
-async fn control_session(
-    state: &State,
-    mut wire: Wire,
-    key: Option<PublicKey>,
-    who: String,
-    tunnel: String,
-    version: u16,
-) {
-    let peer = wire.peer_addr();
-    // The router's keys, for the tunnel to trust from now on, and again whenever
-    // they change (the plain transport authenticates nobody: nothing to name there).
-    let names_keys =
-        version >= conduit_proto::version::ROUTER_KEYS && state.transport == Transport::Tls;
-    let mut presented = state.identity.subscribe();
-    let keys = presented.borrow_and_update().keys.clone();
-    if names_keys && let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
-        debug!(%peer, "client left before RouterKeys: {e}");
-        return;
-    }
-    let comment = key
-        .and_then(|k| state.authorized.lookup(&k))
-        .unwrap_or_default();
-    info!(%peer, client = %who, name = %comment, %tunnel, cipher = %wire.cipher(), "client connected");
-    // The plain transport has no keys: its clients share the all-zero one.
-    let link_key = key.unwrap_or(conduit_dataplane::usage::NO_KEY);
-    let session = state
-        .monitor
-        .link_up(link_key, &comment, &tunnel, Some(peer));
-    let live = (key, tunnel.clone());
-    *lock(&state.sessions).entry(live.clone()).or_default() += 1;
-    let silence = state.client_timeout;
-    let mut silent = false;
-    let mut revocations = state.revoked.subscribe();
-    let (clean, reason) = loop {
-        let got = tokio::select! {
-            got = tokio::time::timeout(silence, wire.recv()) => got,
-            _ = revocations.changed() => {
-                if let Some(k) = key.filter(|k| state.authorized.lookup(k).is_none()) {
-                    // Expired (its line is still there) or removed.
-                    let why = match state.authorized.expiry(&k) {
-                        Some(_) => not_admitted(&state.authorized, &k),
-                        None => REVOKED.to_owned(),
-                    };
-                    let bye = Refusal::new(RefusalCode::Unauthorized, why.clone());
-                    let _ = wire.send(&Message::Goodbye(bye)).await;
-                    break (false, why);
-                }
-                continue;
-            }
-            Ok(()) = presented.changed(), if names_keys => {
-                let keys = presented.borrow_and_update().keys.clone();
-                if let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
-                    break (false, e.to_string());
-                }
-                continue;
-            }
-        };
-        match got {
-            Err(_) => {
-                silent = true;
-                break (false, format!("no heartbeat for {silence:?}"));
-            }
-            Ok(Ok(Some(Message::Ping { nonce }))) => {
-                state.monitor.beat(session);
-                if let Err(e) = wire.send(&Message::Pong { nonce }).await {
-                    break (false, e.to_string());
-                }
-            }
-            Ok(Ok(Some(Message::Goodbye(r)))) => {
-                break (true, format!("client said goodbye: {}", r.message));
-            }
-            Ok(Ok(Some(Message::RotateKey { next }))) => {
-                let reply = match rotate(state, key, next, &comment).await {
-                    Ok(expires) => {
-                        let at = humantime::format_rfc3339_seconds(expires);
-                        info!(%peer, client = %who, %tunnel, next = %next, "client key rotated: the new key is authorized, the old one until {at}");
-                        Message::KeyRotated {
-                            expires: expires
-                                .duration_since(UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs()),
-                        }
-                    }
-                    Err(why) => {
-                        warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
-                        Message::Refused(Refusal::new(RefusalCode::Unauthorized, why))
-                    }
-                };
-                if let Err(e) = wire.send(&reply).await {
-                    break (false, e.to_string());
-                }
-            }
-            Ok(Ok(Some(other))) => {
-                break (
-                    false,
-                    format!(
-                        "protocol error: unexpected {} on the control channel",
-                        other.name()
-                    ),
-                );
-            }
-            Ok(Ok(None)) => break (false, "connection closed without a goodbye".into()),
-            Ok(Err(e)) => break (false, e.to_string()),
-        }
-    };
-    state.monitor.link_down(session, clean, &reason);
-    info!(%peer, client = %who, %tunnel, "client disconnected: {reason}");
-    let others = {
-        let mut sessions = lock(&state.sessions);
-        let left = sessions.get_mut(&live).map_or(0, |n| {
-            *n -= 1;
-            *n
-        });
-        if left == 0 {
-            sessions.remove(&live);
-        }
-        left
-    };
-    // A client that stopped answering (frozen, or behind a link that drops
-    // everything) sends no reset either: its streams would hold their sources open
-    // forever. Close them, unless the same tunnel is connected again meanwhile.
-    if silent && others == 0 {
-        state.dp.client_lost(
-            key,
-            &tunnel,
-            &format!("the client stopped answering (no heartbeat for {silence:?})"),
-        );
-    }
-}
-
-/// Authorizes `next` in place of `key` in the authorized-clients file: `next` gets a
-/// line of its own with the old one's name, and the old line gains
-/// `expires=NOW+grace`. The file is replaced atomically and installed at once (the
-/// client reconnects with `next` right after); returns when the old key expires.
-async fn rotate(
-    state: &State,
-    key: Option<PublicKey>,
-    next: PublicKey,
-    name: &str,
-) -> Result<SystemTime, String> {
-    let Some(key) = key else {
-        return Err("the plain transport has no keys to rotate".into());
-    };
-    let Some(path) = &state.authorized_path else {
-        return Err("this router's client keys do not come from a file".into());
-    };
-    if state.policy.names_client(&key) {
-        return Err(format!(
-            "the router's allow-list has rules for key {key} alone; rotate it by hand: add the \
-             new key to authorized_clients and to those rules, then restart the tunnel with it \
-             (or write the rules for the client's name, NAME=HOST:PORT, which rotation keeps)"
-        ));
-    }
-    let _one_at_a_time = state.rotating.lock().await;
-    let now = SystemTime::now();
-    let expires = now + state.key_grace;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if let Ok(file) = keys::parse_authorized_file(&text)
-        && file.names.contains_key(&next)
-        && let Some(&old_expires) = file.expires.get(&key)
-    {
-        // This very rotation was made already: by another router sharing the file
-        // (a tunnel with several routers asks each), or before an answer was lost.
-        // The file says so; it is installed as it is.
-        state
-            .authorized
-            .replace_with_expiry(file.names, file.expires);
-        return Ok(old_expires);
-    }
-    let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
-    let new = keys::parse_authorized_file(&rotated)
-        .map_err(|(line, e)| format!("the rotated file does not parse at line {line}: {e}"))?;
-    keys::replace_file(path, rotated.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    state.authorized.replace_with_expiry(new.names, new.expires);
-    Ok(expires)
 }
 
 /// The session table's lock: a poisoned lock still holds valid counts.

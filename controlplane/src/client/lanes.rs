@@ -19,10 +19,9 @@ use conduit_proto::ChannelKind;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::{
-    LinkStatus, OUT_OF_DESCRIPTORS_RETRY, Probe, RotationsRx, Shared, SharedRotations, heartbeat,
-    open,
-};
+use super::link::{OUT_OF_DESCRIPTORS_RETRY, Probe, heartbeat};
+use super::open::open;
+use super::{LinkStatus, RotationsRx, Shared, SharedRotations};
 use crate::Error;
 use crate::backoff::Backoff;
 

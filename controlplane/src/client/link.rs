@@ -1,0 +1,523 @@
+//! The router link: the control channel kept up with back-off, heartbeats that
+//! notice a dead router, failback to an earlier router, and the rotations asked for
+//! while it is up.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use conduit_proto::{ChannelKind, Message, PublicKey, Refusal, RefusalCode};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use super::open::{open, open_at};
+use super::rotation::{Rotation, goodbye, rotate};
+use super::{LinkStatus, Rotated, RotationTurn, RotationsRx, Shared, SharedRotations};
+use crate::Error;
+use crate::backoff::Backoff;
+use crate::wire::Wire;
+
+/// The longest wait before trying the router link again when it failed for want of
+/// file descriptors.
+pub(super) const OUT_OF_DESCRIPTORS_RETRY: Duration = Duration::from_secs(1);
+
+/// Keeps the control channel up; returns a fatal error, or `None` once `stop` is set
+/// (after saying goodbye to the router).
+pub(super) async fn control_loop(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    rotations: RotationsRx,
+) -> Option<Error> {
+    let rotations: SharedRotations = Arc::new(tokio::sync::Mutex::new(rotations));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut attempt = 0u32;
+    // Routers tried since the last back-off: each is tried once before waiting.
+    let mut tried = 0usize;
+    // The control channel of an earlier router that answered again, to move to.
+    let mut back: Option<Preferred> = None;
+    // Why each router refused this tunnel for good, since the link was last up.
+    let mut refused: Vec<Option<String>> = vec![None; shared.routers.len()];
+    loop {
+        // Both before any connection: refusals of the old keys say nothing about
+        // the new ones.
+        if shared.pick_up_key_file() | shared.reread_pins() {
+            refused.fill(None);
+        }
+        let opened = match back.take() {
+            Some(p) => {
+                shared.at.store(p.index, Ordering::Relaxed);
+                shared.versions[p.index].store(p.version, Ordering::Relaxed);
+                Ok(p.wire)
+            }
+            None => open(&shared, ChannelKind::Control, shared.at())
+                .await
+                .map(|(w, version)| {
+                    shared.versions[shared.at()].store(version, Ordering::Relaxed);
+                    w
+                }),
+        };
+        match opened {
+            Ok(mut ctl) => {
+                shared.admitted();
+                attempt = 0;
+                tried = 0;
+                refused.fill(None);
+                backoff.reset();
+                let epoch = shared.link.switched_to(shared.at());
+                shared.dp.flush_pools();
+                let router = shared.router().to_owned();
+                shared.status.send_replace(LinkStatus::Connected {
+                    since: SystemTime::now(),
+                    router: router.clone(),
+                    cipher: ctl.cipher().to_owned(),
+                });
+                info!(tunnel = %shared.name, %router, cipher = %ctl.cipher(), "connected to router");
+                let mut probe = Probe::start(&shared);
+                let at = shared.at();
+                let end = heartbeat(&shared, at, &mut ctl, &mut stop, &rotations, &mut probe).await;
+                probe.stop();
+                let why = &end.why;
+                if end.again {
+                    // The link is fine: make it again at once (with the new key, or
+                    // to the earlier router). Users keep their streams (a clean
+                    // goodbye leaves them to finish), and the pool is refilled with
+                    // channels of the new link on connect.
+                    info!(tunnel = %shared.name, %router, "{why}");
+                    back = end.back;
+                    continue;
+                }
+                shared.link.lost_all();
+                if *stop.borrow() {
+                    return None;
+                }
+                // Idle channels of the lost link are dead or soon will be: close them
+                // now rather than hold them half-closed until the link is back.
+                shared.dp.flush_pools();
+                if end.silent {
+                    // A router that stopped answering (frozen, or behind a link that
+                    // drops everything) sends no reset either: the data channels would
+                    // wait forever. Their users are told now.
+                    shared
+                        .dp
+                        .link_lost(epoch, &format!("the router link was lost: {why}"));
+                }
+                warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
+            }
+            Err(e) => {
+                // Down, if it was up until a link made again at once (a rotation,
+                // a withdrawn key) failed: users are turned away, not left waiting.
+                shared.link.lost_all();
+                if shared.fall_back(shared.at(), &e) {
+                    continue;
+                }
+                let refusal = !e.is_retryable();
+                if refusal {
+                    // Refused for good by this router. With several, the others may
+                    // still serve: this one is tried again in later rounds (its
+                    // operator may fix it), and the tunnel stops only once every
+                    // router refused.
+                    refused[shared.at()] = Some(e.to_string());
+                    shared.link.router_refused(shared.at(), e.to_string());
+                    if refused.iter().all(Option::is_some) {
+                        let e = match refused.len() {
+                            1 => e,
+                            _ => Error::Authentication(format!(
+                                "every router refused this tunnel:{}",
+                                refused
+                                    .iter()
+                                    .flatten()
+                                    .map(|why| format!("\n  {why}"))
+                                    .collect::<String>()
+                            )),
+                        };
+                        shared.status.send_replace(LinkStatus::Refused {
+                            reason: e.to_string(),
+                        });
+                        return Some(e);
+                    }
+                }
+                // A refusal is the operator's to fix: an error, not a warning.
+                let say = |line: String| {
+                    if refusal {
+                        error!(tunnel = %shared.name, "{line}");
+                    } else {
+                        warn!(tunnel = %shared.name, "{line}");
+                    }
+                };
+                attempt += 1;
+                if tried + 1 < shared.routers.len() {
+                    // Another router may answer: try it now, and wait only once
+                    // every one has failed.
+                    tried += 1;
+                    let next = shared.next_router();
+                    say(format!("{e}; trying router {next}"));
+                    continue;
+                }
+                tried = 0;
+                if shared.routers.len() > 1 {
+                    // The round starts again with the next in line (the first
+                    // router after the last).
+                    shared.next_router();
+                }
+                let mut wait = backoff.next_wait();
+                if e.out_of_descriptors() {
+                    // Nothing is wrong with the router: descriptors come back as
+                    // connections close, and a link is wanted as soon as they do.
+                    wait = wait.min(OUT_OF_DESCRIPTORS_RETRY);
+                }
+                shared.status.send_replace(LinkStatus::Retrying {
+                    attempt,
+                    next_at: SystemTime::now() + wait,
+                    error: e.to_string(),
+                });
+                say(format!("{e}; retrying in {:.1}s", wait.as_secs_f64()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
+            }
+        }
+    }
+}
+
+/// How a control channel ended.
+pub(super) struct LinkEnd {
+    pub(super) why: String,
+    /// The router stopped answering, rather than closing or failing the connection.
+    pub(super) silent: bool,
+    /// The link was fine and is to be made again at once: the key was rotated, or
+    /// an earlier router answered again.
+    pub(super) again: bool,
+    /// The earlier router's control channel, ready to use.
+    pub(super) back: Option<Preferred>,
+}
+
+impl From<String> for LinkEnd {
+    fn from(why: String) -> Self {
+        Self {
+            why,
+            silent: false,
+            again: false,
+            back: None,
+        }
+    }
+}
+
+/// A router earlier in the list than the one in use, answering again.
+pub(super) struct Preferred {
+    /// Its index in the list.
+    pub(super) index: usize,
+    /// Its control channel, past `Hello`/`Welcome`.
+    pub(super) wire: Wire,
+    /// The protocol version it chose.
+    pub(super) version: u16,
+}
+
+/// While the link uses a router other than the first, tries the earlier ones every
+/// [`Shared::failback`] and hands over the control channel of the first to answer.
+pub(super) struct Probe(
+    pub(super) Option<(tokio::task::JoinHandle<()>, oneshot::Receiver<Preferred>)>,
+);
+
+impl Probe {
+    fn start(shared: &Arc<Shared>) -> Self {
+        let (Some(every), current) = (shared.failback, shared.at()) else {
+            return Self(None);
+        };
+        if shared.balance {
+            return Self(None); // every router is in use
+        }
+        if current == 0 {
+            return Self(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                for index in 0..current {
+                    let router = &shared.routers[index];
+                    match open_at(&shared, ChannelKind::Control, index).await {
+                        Ok((wire, version)) => {
+                            let _ = tx.send(Preferred {
+                                index,
+                                wire,
+                                version,
+                            });
+                            return;
+                        }
+                        Err(e) => {
+                            debug!(tunnel = %shared.name, %router, "not moving back yet: {e}")
+                        }
+                    }
+                }
+            }
+        });
+        Self(Some((task, rx)))
+    }
+
+    /// Resolves when an earlier router answered; never without a probe.
+    async fn answered(&mut self) -> Preferred {
+        match &mut self.0 {
+            Some((_, rx)) => match rx.await {
+                Ok(p) => p,
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    fn stop(self) {
+        if let Some((task, _)) = self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Pings router `index` over its control channel `ctl` until the link fails or
+/// `stop` is set (then says goodbye), taking the key rotations asked for meanwhile;
+/// returns why it ended.
+pub(super) async fn heartbeat(
+    shared: &Shared,
+    index: usize,
+    ctl: &mut Wire,
+    stop: &mut watch::Receiver<bool>,
+    rotations: &SharedRotations,
+    probe: &mut Probe,
+) -> LinkEnd {
+    let interval = shared.heartbeat;
+    let router = &shared.routers[index];
+    // What the link was made with: a key withdrawn from `trusted`, or a new key of
+    // this tunnel's own, makes it again.
+    let mut trusted = shared.trusted_for(index);
+    let key = shared.our_key();
+    let mut nonce = 0u64;
+    let mut next_check = tokio::time::Instant::now();
+    loop {
+        if tokio::time::Instant::now() >= next_check
+            && let Ok(_turn) = rotations.clone().try_lock_owned()
+        {
+            next_check = tokio::time::Instant::now() + ROTATION_CHECK;
+            if let Some(age) = shared.key_too_old() {
+                let days = age.as_secs() / 86_400;
+                let unit = if days == 1 { "day" } else { "days" };
+                info!(tunnel = %shared.name, "the key is {days} {unit} old: rotating it");
+                match rotate(shared, ctl, index).await {
+                    Ok(done) => return rotated(ctl, done).await,
+                    Err(Rotation::Refused(why)) => {
+                        warn!(tunnel = %shared.name, "the key is due for rotation but was not rotated: {why}; trying again in {ROTATION_CHECK:?}");
+                    }
+                    Err(Rotation::Link(why)) => return why.into(),
+                }
+            } else if let Some(next) = shared.declined_in_file() {
+                // A router refused the key file's key (see `Shared::fall_back`): it is
+                // taken up through a rotation, which has the routers authorize it.
+                info!(tunnel = %shared.name, "asking this tunnel's routers to authorize the key file's key {next}");
+                match rotate(shared, ctl, index).await {
+                    Ok(done) => return rotated(ctl, done).await,
+                    Err(Rotation::Refused(why)) => {
+                        warn!(tunnel = %shared.name, "the key file's key {next} was not authorized: {why}; this tunnel keeps its key {key}: add {next} to its routers' authorized_clients, or give each tunnel a key file of its own (--key); trying again in {ROTATION_CHECK:?}");
+                    }
+                    Err(Rotation::Link(why)) => return why.into(),
+                }
+            }
+        }
+        shared.reread_pins();
+        let now_trusted = shared.trusted_for(index);
+        let gone: Vec<PublicKey> = trusted
+            .iter()
+            .filter(|k| !now_trusted.contains(k))
+            .copied()
+            .collect();
+        trusted = now_trusted;
+        if !gone.is_empty() {
+            // The router was admitted with a key that may have been withdrawn:
+            // connect again, which checks it against the keys pinned now. Streams
+            // in flight go on.
+            goodbye(ctl, "the tunnel checks the router's key again").await;
+            return LinkEnd {
+                why: format!(
+                    "{} is no longer trusted for router {router}: connecting again to check the key it presents",
+                    conduit_proto::tls::one_of(&gone)
+                ),
+                silent: false,
+                again: true,
+                back: None,
+            };
+        }
+        if shared.our_key() != key {
+            // Rotated on another router's link, or taken from the key file: this
+            // link is made again with the new key. Streams in flight go on.
+            goodbye(ctl, "the tunnel's key changed").await;
+            return LinkEnd {
+                why: format!(
+                    "the tunnel's key is now {}: connecting again with it",
+                    shared.our_key()
+                ),
+                silent: false,
+                again: true,
+                back: None,
+            };
+        }
+        if *stop.borrow() {
+            let bye = Message::Goodbye(Refusal::new(
+                RefusalCode::ShuttingDown,
+                "the tunnel is stopping",
+            ));
+            let _ = ctl.send(&bye).await;
+            return "stopping".to_owned().into();
+        }
+        nonce += 1;
+        if let Err(e) = ctl.send(&Message::Ping { nonce }).await {
+            return e.to_string().into();
+        }
+        let deadline = tokio::time::Instant::now() + interval * 3;
+        loop {
+            let next = tokio::select! {
+                r = tokio::time::timeout_at(deadline, ctl.recv()) => Ok(r),
+                _ = stop.wait_for(|s| *s) => break,
+                p = probe.answered() => Err(p),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(p) => return move_back(shared, ctl, p).await,
+            };
+            match next {
+                Err(_) => {
+                    return LinkEnd {
+                        why: format!("no heartbeat answer for {:?}", interval * 3),
+                        silent: true,
+                        again: false,
+                        back: None,
+                    };
+                }
+                Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
+                Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::RouterKeys { keys }))) => {
+                    shared.learn(index, &keys, ctl.peer_key());
+                    // What the router itself says of its keys needs no new check.
+                    trusted = shared.trusted_for(index);
+                    continue;
+                }
+                Ok(Ok(Some(Message::Goodbye(r)))) => {
+                    return format!("router said goodbye: {}", r.message).into();
+                }
+                Ok(Ok(Some(other))) => {
+                    return format!("unexpected {} from the router", other.name()).into();
+                }
+                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
+                Ok(Err(e)) => return e.to_string().into(),
+            }
+        }
+        // Until the next ping, keep reading: a router that goes away is noticed at
+        // once, not at the next ping.
+        let next = tokio::time::Instant::now() + interval;
+        loop {
+            let woke = tokio::select! {
+                r = tokio::time::timeout_at(next, ctl.recv()) => Woke::Got(r),
+                _ = stop.wait_for(|s| *s) => break,
+                (reply, turn) = asked_to_rotate(rotations) => Woke::Rotate(reply, turn),
+                p = probe.answered() => Woke::Back(Box::new(p)),
+            };
+            let got = match woke {
+                Woke::Got(got) => got,
+                Woke::Back(p) => return move_back(shared, ctl, *p).await,
+                Woke::Rotate(reply, _turn) => match rotate(shared, ctl, index).await {
+                    Ok(done) => {
+                        let _ = reply.send(Ok(done.clone()));
+                        return rotated(ctl, done).await;
+                    }
+                    Err(Rotation::Refused(why)) => {
+                        let _ = reply.send(Err(why));
+                        continue;
+                    }
+                    Err(Rotation::Link(why)) => {
+                        let _ = reply.send(Err(format!("the router link failed: {why}")));
+                        return why.into();
+                    }
+                },
+            };
+            match got {
+                Err(_) => break,
+                Ok(Ok(Some(Message::Pong { .. }))) => continue,
+                Ok(Ok(Some(Message::RouterKeys { keys }))) => {
+                    shared.learn(index, &keys, ctl.peer_key());
+                    // What the router itself says of its keys needs no new check.
+                    trusted = shared.trusted_for(index);
+                    continue;
+                }
+                Ok(Ok(Some(Message::Goodbye(r)))) => {
+                    return format!("router said goodbye: {}", r.message).into();
+                }
+                Ok(Ok(Some(other))) => {
+                    return format!("unexpected {} from the router", other.name()).into();
+                }
+                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
+                Ok(Err(e)) => return e.to_string().into(),
+            }
+        }
+    }
+}
+
+/// The next request to rotate the key, with the turn to rotate it.
+pub(super) async fn asked_to_rotate(
+    rotations: &SharedRotations,
+) -> (oneshot::Sender<Result<Rotated, String>>, RotationTurn) {
+    let mut turn = rotations.clone().lock_owned().await;
+    match turn.recv().await {
+        Some(reply) => (reply, turn),
+        None => std::future::pending().await,
+    }
+}
+
+/// What woke the control channel between two pings.
+pub(super) enum Woke<T> {
+    /// A message, an error, or the time for the next ping.
+    Got(T),
+    /// `conduit keys rotate` asked for a rotation.
+    Rotate(oneshot::Sender<Result<Rotated, String>>, RotationTurn),
+    /// An earlier router answers again.
+    Back(Box<Preferred>),
+}
+
+/// How often a tunnel with `key_rotation` checks its key file's age.
+pub(super) const ROTATION_CHECK: Duration = Duration::from_secs(3600);
+
+/// Ends a control channel after a rotation: says goodbye, so that the link is made
+/// again with the new key.
+pub(super) async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
+    let until = done.old_expires.map_or_else(
+        || "its grace period ends".to_owned(),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    );
+    let why = format!(
+        "key rotated: now {}; the old key is admitted until {until}; reconnecting with \
+         the new key",
+        done.key
+    );
+    let bye = Refusal::new(RefusalCode::ShuttingDown, "key rotated");
+    let _ = ctl.send(&Message::Goodbye(bye)).await;
+    LinkEnd {
+        why,
+        silent: false,
+        again: true,
+        back: None,
+    }
+}
+
+/// Ends the control channel to the router in use with a goodbye (its streams go on
+/// until they end) so that the link moves to the earlier router `p`.
+pub(super) async fn move_back(shared: &Shared, ctl: &mut Wire, p: Preferred) -> LinkEnd {
+    let to = &shared.routers[p.index];
+    let bye = Refusal::new(
+        RefusalCode::ShuttingDown,
+        format!("the tunnel moves back to router {to}"),
+    );
+    let _ = ctl.send(&Message::Goodbye(bye)).await;
+    LinkEnd {
+        why: format!("router {to} answers again: moving back to it"),
+        silent: false,
+        again: true,
+        back: Some(p),
+    }
+}

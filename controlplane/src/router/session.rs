@@ -1,0 +1,191 @@
+//! A tunnel's control session: heartbeats, key rotations asked for by the client,
+//! the router's keys named as they change, and revocations, until the link ends.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
+use tracing::{debug, info, warn};
+
+use super::{State, lock};
+use crate::Transport;
+use crate::authorized::{REVOKED, not_admitted};
+use crate::keys;
+use crate::wire::Wire;
+
+pub(super) async fn control_session(
+    state: &State,
+    mut wire: Wire,
+    key: Option<PublicKey>,
+    who: String,
+    tunnel: String,
+    version: u16,
+) {
+    let peer = wire.peer_addr();
+    // The router's keys, for the tunnel to trust from now on, and again whenever
+    // they change (the plain transport authenticates nobody: nothing to name there).
+    let names_keys =
+        version >= conduit_proto::version::ROUTER_KEYS && state.transport == Transport::Tls;
+    let mut presented = state.identity.subscribe();
+    let keys = presented.borrow_and_update().keys.clone();
+    if names_keys && let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
+        debug!(%peer, "client left before RouterKeys: {e}");
+        return;
+    }
+    let comment = key
+        .and_then(|k| state.authorized.lookup(&k))
+        .unwrap_or_default();
+    info!(%peer, client = %who, name = %comment, %tunnel, cipher = %wire.cipher(), "client connected");
+    // The plain transport has no keys: its clients share the all-zero one.
+    let link_key = key.unwrap_or(conduit_dataplane::usage::NO_KEY);
+    let session = state
+        .monitor
+        .link_up(link_key, &comment, &tunnel, Some(peer));
+    let live = (key, tunnel.clone());
+    *lock(&state.sessions).entry(live.clone()).or_default() += 1;
+    let silence = state.client_timeout;
+    let mut silent = false;
+    let mut revocations = state.revoked.subscribe();
+    let (clean, reason) = loop {
+        let got = tokio::select! {
+            got = tokio::time::timeout(silence, wire.recv()) => got,
+            _ = revocations.changed() => {
+                if let Some(k) = key.filter(|k| state.authorized.lookup(k).is_none()) {
+                    // Expired (its line is still there) or removed.
+                    let why = match state.authorized.expiry(&k) {
+                        Some(_) => not_admitted(&state.authorized, &k),
+                        None => REVOKED.to_owned(),
+                    };
+                    let bye = Refusal::new(RefusalCode::Unauthorized, why.clone());
+                    let _ = wire.send(&Message::Goodbye(bye)).await;
+                    break (false, why);
+                }
+                continue;
+            }
+            Ok(()) = presented.changed(), if names_keys => {
+                let keys = presented.borrow_and_update().keys.clone();
+                if let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
+                    break (false, e.to_string());
+                }
+                continue;
+            }
+        };
+        match got {
+            Err(_) => {
+                silent = true;
+                break (false, format!("no heartbeat for {silence:?}"));
+            }
+            Ok(Ok(Some(Message::Ping { nonce }))) => {
+                state.monitor.beat(session);
+                if let Err(e) = wire.send(&Message::Pong { nonce }).await {
+                    break (false, e.to_string());
+                }
+            }
+            Ok(Ok(Some(Message::Goodbye(r)))) => {
+                break (true, format!("client said goodbye: {}", r.message));
+            }
+            Ok(Ok(Some(Message::RotateKey { next }))) => {
+                let reply = match rotate(state, key, next, &comment).await {
+                    Ok(expires) => {
+                        let at = humantime::format_rfc3339_seconds(expires);
+                        info!(%peer, client = %who, %tunnel, next = %next, "client key rotated: the new key is authorized, the old one until {at}");
+                        Message::KeyRotated {
+                            expires: expires
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                        }
+                    }
+                    Err(why) => {
+                        warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
+                        Message::Refused(Refusal::new(RefusalCode::Unauthorized, why))
+                    }
+                };
+                if let Err(e) = wire.send(&reply).await {
+                    break (false, e.to_string());
+                }
+            }
+            Ok(Ok(Some(other))) => {
+                break (
+                    false,
+                    format!(
+                        "protocol error: unexpected {} on the control channel",
+                        other.name()
+                    ),
+                );
+            }
+            Ok(Ok(None)) => break (false, "connection closed without a goodbye".into()),
+            Ok(Err(e)) => break (false, e.to_string()),
+        }
+    };
+    state.monitor.link_down(session, clean, &reason);
+    info!(%peer, client = %who, %tunnel, "client disconnected: {reason}");
+    let others = {
+        let mut sessions = lock(&state.sessions);
+        let left = sessions.get_mut(&live).map_or(0, |n| {
+            *n -= 1;
+            *n
+        });
+        if left == 0 {
+            sessions.remove(&live);
+        }
+        left
+    };
+    // A client that stopped answering (frozen, or behind a link that drops
+    // everything) sends no reset either: its streams would hold their sources open
+    // forever. Close them, unless the same tunnel is connected again meanwhile.
+    if silent && others == 0 {
+        state.dp.client_lost(
+            key,
+            &tunnel,
+            &format!("the client stopped answering (no heartbeat for {silence:?})"),
+        );
+    }
+}
+
+/// Authorizes `next` in place of `key` in the authorized-clients file: `next` gets a
+/// line of its own with the old one's name, and the old line gains
+/// `expires=NOW+grace`. The file is replaced atomically and installed at once (the
+/// client reconnects with `next` right after); returns when the old key expires.
+pub(super) async fn rotate(
+    state: &State,
+    key: Option<PublicKey>,
+    next: PublicKey,
+    name: &str,
+) -> Result<SystemTime, String> {
+    let Some(key) = key else {
+        return Err("the plain transport has no keys to rotate".into());
+    };
+    let Some(path) = &state.authorized_path else {
+        return Err("this router's client keys do not come from a file".into());
+    };
+    if state.policy.names_client(&key) {
+        return Err(format!(
+            "the router's allow-list has rules for key {key} alone; rotate it by hand: add the \
+             new key to authorized_clients and to those rules, then restart the tunnel with it \
+             (or write the rules for the client's name, NAME=HOST:PORT, which rotation keeps)"
+        ));
+    }
+    let _one_at_a_time = state.rotating.lock().await;
+    let now = SystemTime::now();
+    let expires = now + state.key_grace;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Ok(file) = keys::parse_authorized_file(&text)
+        && file.names.contains_key(&next)
+        && let Some(&old_expires) = file.expires.get(&key)
+    {
+        // This very rotation was made already: by another router sharing the file
+        // (a tunnel with several routers asks each), or before an answer was lost.
+        // The file says so; it is installed as it is.
+        state
+            .authorized
+            .replace_with_expiry(file.names, file.expires);
+        return Ok(old_expires);
+    }
+    let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
+    let new = keys::parse_authorized_file(&rotated)
+        .map_err(|(line, e)| format!("the rotated file does not parse at line {line}: {e}"))?;
+    keys::replace_file(path, rotated.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    state.authorized.replace_with_expiry(new.names, new.expires);
+    Ok(expires)
+}
