@@ -166,6 +166,8 @@ fn every_endpoint_answers_in_the_documented_envelope() {
     assert_eq!(c["name"], "client");
     assert_eq!(c["state"], "connected");
     assert_eq!(c["tunnels"][0]["state"], "connected");
+    // Both ends offer every suite by default, AES-128-GCM first.
+    assert_eq!(c["tunnels"][0]["cipher_suite"], "TLS_AES_128_GCM_SHA256");
     assert_eq!(c["bytes"], json!({"in": 10_004, "out": 10_004}));
     assert_eq!(c["connections"]["active"], 1);
 

@@ -58,6 +58,8 @@ pub struct LinkView {
     pub since: SystemTime,
     /// Where the newest session comes from.
     pub peer: Option<SocketAddr>,
+    /// The TLS cipher suite of the newest session (`plain` on the plain transport).
+    pub cipher: &'static str,
     /// The newest heartbeat of any of its sessions.
     pub last_heartbeat: Option<SystemTime>,
     /// Why it was lost or disconnected.
@@ -79,6 +81,24 @@ struct Link {
     sessions: HashMap<u64, Option<SocketAddr>>,
 }
 
+/// A control session that started: whose, for which tunnel, from where, over which
+/// cipher suite.
+#[derive(Debug, Clone, Copy)]
+pub struct Started<'a> {
+    /// The session's id.
+    pub session: u64,
+    /// The client's key.
+    pub key: PublicKey,
+    /// The client's name (its comment in authorized_clients).
+    pub name: &'a str,
+    /// The tunnel's name.
+    pub tunnel: &'a str,
+    /// Where it comes from.
+    pub peer: Option<SocketAddr>,
+    /// Its TLS cipher suite (`plain` on the plain transport).
+    pub cipher: &'static str,
+}
+
 /// Every link, owned by the monitor task.
 #[derive(Debug, Default)]
 pub struct Links {
@@ -88,15 +108,15 @@ pub struct Links {
 
 impl Links {
     /// A control session started.
-    pub fn up(
-        &mut self,
-        session: u64,
-        key: PublicKey,
-        name: &str,
-        tunnel: &str,
-        peer: Option<SocketAddr>,
-        now: SystemTime,
-    ) -> Option<LinkChange> {
+    pub fn up(&mut self, started: Started<'_>, now: SystemTime) -> Option<LinkChange> {
+        let Started {
+            session,
+            key,
+            name,
+            tunnel,
+            peer,
+            cipher,
+        } = started;
         let id = (key, tunnel.to_owned());
         if !self.links.contains_key(&id) {
             self.make_room(&key);
@@ -109,6 +129,7 @@ impl Links {
                 state: LinkState::Disconnected,
                 since: now,
                 peer,
+                cipher,
                 last_heartbeat: None,
                 reason: None,
             },
@@ -117,6 +138,7 @@ impl Links {
         self.by_session.insert(session, id);
         link.sessions.insert(session, peer);
         link.view.peer = peer;
+        link.view.cipher = cipher;
         link.view.name = name.to_owned();
         link.view.last_heartbeat = Some(now);
         if link.view.state == LinkState::Connected {
@@ -215,6 +237,17 @@ impl Links {
 mod tests {
     use super::*;
 
+    fn started<'a>(session: u64, key: PublicKey, name: &'a str, tunnel: &'a str) -> Started<'a> {
+        Started {
+            session,
+            key,
+            name,
+            tunnel,
+            peer: None,
+            cipher: "TLS_AES_128_GCM_SHA256",
+        }
+    }
+
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
     }
@@ -223,9 +256,9 @@ mod tests {
     fn lost_and_back_are_reported_once_goodbye_is_not() {
         let k = PublicKey::from_bytes([1; 32]);
         let mut l = Links::default();
-        assert_eq!(l.up(1, k, "laptop", "web", None, t(0)), None);
+        assert_eq!(l.up(started(1, k, "laptop", "web"), t(0)), None);
         // A reconnect overlapping the old session: still connected, nothing to say.
-        assert_eq!(l.up(2, k, "laptop", "web", None, t(1)), None);
+        assert_eq!(l.up(started(2, k, "laptop", "web"), t(1)), None);
         assert_eq!(l.down(1, false, "no heartbeat", t(2)), None);
         let lost = l.down(2, false, "connection reset", t(3));
         match lost {
@@ -237,12 +270,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            l.up(3, k, "laptop", "web", None, t(4)),
+            l.up(started(3, k, "laptop", "web"), t(4)),
             Some(LinkChange::Back(_))
         ));
         assert_eq!(l.down(3, true, "client said goodbye", t(5)), None);
         assert_eq!(l.views()[0].state, LinkState::Disconnected);
-        assert_eq!(l.up(4, k, "laptop", "web", None, t(6)), None);
+        assert_eq!(l.up(started(4, k, "laptop", "web"), t(6)), None);
         l.beat(4, t(7));
         assert_eq!(l.views()[0].last_heartbeat, Some(t(7)));
         // An unknown session changes nothing.
@@ -254,7 +287,7 @@ mod tests {
         let k = PublicKey::from_bytes([2; 32]);
         let mut l = Links::default();
         for i in 0..MAX_LINKS_PER_CLIENT as u64 + 5 {
-            l.up(i, k, "c", &format!("t{i}"), None, t(i));
+            l.up(started(i, k, "c", &format!("t{i}")), t(i));
             l.down(i, true, "bye", t(i));
         }
         assert_eq!(l.views().len(), MAX_LINKS_PER_CLIENT);
@@ -267,9 +300,9 @@ mod tests {
             PublicKey::from_bytes([4; 32]),
         );
         let mut l = Links::default();
-        l.up(1, k, "laptop", "web", None, t(0));
-        l.up(2, k, "laptop", "db", None, t(0));
-        l.up(3, other, "desk", "web", None, t(0));
+        l.up(started(1, k, "laptop", "web"), t(0));
+        l.up(started(2, k, "laptop", "db"), t(0));
+        l.up(started(3, other, "desk", "web"), t(0));
         assert!(matches!(
             l.down(1, false, "reset", t(1)),
             Some(LinkChange::Lost(_))
@@ -287,9 +320,9 @@ mod tests {
     fn links_not_connected_expire_connected_ones_do_not() {
         let k = PublicKey::from_bytes([5; 32]);
         let mut l = Links::default();
-        l.up(1, k, "laptop", "web", None, t(0));
-        l.up(2, k, "laptop", "db", None, t(0));
-        l.up(3, k, "laptop", "ssh", None, t(0));
+        l.up(started(1, k, "laptop", "web"), t(0));
+        l.up(started(2, k, "laptop", "db"), t(0));
+        l.up(started(3, k, "laptop", "ssh"), t(0));
         l.down(1, false, "reset", t(10));
         l.down(2, true, "bye", t(20));
         let day = Duration::from_secs(86_400);

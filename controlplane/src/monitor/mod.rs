@@ -33,7 +33,7 @@ use tracing::{info, warn};
 pub use health::{
     HealthSettings, ProbeError, SourceChange, SourceHealth, SourceState, SourceView, probe,
 };
-pub use links::{LinkChange, LinkState, LinkView, Links};
+pub use links::{LinkChange, LinkState, LinkView, Links, Started};
 
 use crate::alerts::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
 use crate::config::Protocol;
@@ -56,6 +56,7 @@ enum LinkEvent {
         name: String,
         tunnel: String,
         peer: Option<SocketAddr>,
+        cipher: &'static str,
     },
     Beat {
         session: u64,
@@ -137,13 +138,15 @@ impl Monitor {
         });
     }
 
-    /// A control session started; returns its id for [`Self::beat`] and [`Self::link_down`].
+    /// A control session started, over `cipher` (a TLS cipher suite, or `plain`);
+    /// returns its id for [`Self::beat`] and [`Self::link_down`].
     pub fn link_up(
         &self,
         key: PublicKey,
         name: &str,
         tunnel: &str,
         peer: Option<SocketAddr>,
+        cipher: &'static str,
     ) -> u64 {
         let session = self.next_session.fetch_add(1, Relaxed);
         let _ = self.events.send(LinkEvent::Up {
@@ -152,6 +155,7 @@ impl Monitor {
             name: name.to_owned(),
             tunnel: tunnel.to_owned(),
             peer,
+            cipher,
         });
         session
     }
@@ -244,7 +248,18 @@ impl Task {
                 name,
                 tunnel,
                 peer,
-            } => self.links.up(session, key, &name, &tunnel, peer, now),
+                cipher,
+            } => self.links.up(
+                Started {
+                    session,
+                    key,
+                    name: &name,
+                    tunnel: &tunnel,
+                    peer,
+                    cipher,
+                },
+                now,
+            ),
             LinkEvent::Beat { session } => {
                 self.links.beat(session, now);
                 None

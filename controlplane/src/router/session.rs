@@ -39,7 +39,7 @@ pub(super) async fn control_session(
     let link_key = key.unwrap_or(conduit_dataplane::usage::NO_KEY);
     let session = state
         .monitor
-        .link_up(link_key, &comment, &tunnel, Some(peer));
+        .link_up(link_key, &comment, &tunnel, Some(peer), wire.cipher());
     let live = (key, tunnel.clone());
     *lock(&state.sessions).entry(live.clone()).or_default() += 1;
     let silence = state.client_timeout;
