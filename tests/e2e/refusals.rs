@@ -184,6 +184,44 @@ fn a_tunnel_whose_source_the_router_does_not_allow_is_refused_at_its_link() {
     router.wait_stderr(&why);
 }
 
+/// Sources given by name at the link: one a name rule allows is admitted without a
+/// lookup; one that resolves outside the rules is refused; one that does not resolve
+/// is let through (it may resolve later), and its streams are refused with the reason.
+#[test]
+fn sources_by_name_are_checked_at_the_link_as_the_streams_would_be() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let (router, raddr) = home.router(
+        engine,
+        &[
+            "db.internal:5432".into(),
+            "*:7".into(),
+            "10.9.9.9:6379".into(),
+        ],
+    );
+    let (_by_name, _) = home.tunnel_with(engine, raddr, "db.internal:5432", &["--name", "db"]);
+    let mut outside = home.tunnel_proc(engine, raddr, "localhost:6379", &["--name", "cache"]);
+    let status = outside.wait_exit();
+    let err = outside.stderr();
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains(
+            "the router refused this tunnel: source localhost:6379 is not allowed by the \
+             router's policy (it resolves to an address outside the allowed ranges)"
+        ),
+        "{err}"
+    );
+    let (unresolved, uaddr) = home.tunnel_with(
+        engine,
+        raddr,
+        "no-such-host.invalid:7",
+        &["--name", "later"],
+    );
+    expect_closed_without_data(uaddr, GET);
+    unresolved.wait_stderr("the router cannot resolve source no-such-host.invalid:7");
+    router.wait_stderr("the router cannot resolve source no-such-host.invalid:7");
+}
+
 #[test]
 fn a_router_that_is_not_there_is_retried_and_users_fail_fast() {
     let home = Home::with_keys();
