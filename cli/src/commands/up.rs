@@ -2,7 +2,8 @@
 //!
 //! Idempotent: running tunnels with unchanged settings are left alone, changed ones
 //! are restarted, ones removed from the file are stopped. Stops run side by side, and
-//! each tunnel starts once its old process (and any tunnel being stopped on its port)
+//! each tunnel starts once its old process (and any tunnel being stopped on its port
+//! and protocol)
 //! is gone, not after the slowest drain. Each tunnel process is
 //! `conduit up -f FILE --tunnel NAME --foreground`, so it reads exactly its own plan.
 //! `up --foreground` supervises one such child per tunnel in this terminal.
@@ -11,11 +12,11 @@ use std::ffi::OsString;
 
 use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
-    Env, Override, Plan, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
+    Env, Override, Plan, Protocol, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
 };
 use conduit_controlplane::process::{Registration, claim_name};
 use conduit_controlplane::reconcile::reconcile;
-use conduit_controlplane::registry::{Entry, Registry};
+use conduit_controlplane::registry::{Entry, EntryConfig, Registry};
 use conduit_controlplane::{Home, keys};
 use futures::FutureExt;
 use futures::future::join_all;
@@ -198,9 +199,8 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
                         .await
                         .map_err(|why| anyhow!("could not stop it to restart: {why}"))?;
                 }
-                let port = t.bind.port();
                 for (e, s) in stopping.iter().zip(stops) {
-                    if port != 0 && bind_port(e) == Some(port) {
+                    if holds_port(&e.config, t.bind.port(), t.protocol) {
                         // Not stopped: the launch says the port is taken.
                         let _ = s.clone().await;
                     }
@@ -247,9 +247,16 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     }
 }
 
-/// The port a registry entry's tunnel binds, if its address has one.
-fn bind_port(e: &Entry) -> Option<u16> {
-    e.config.bind.rsplit_once(':')?.1.parse().ok()
+/// Whether the tunnel registered with `c` holds `port` for `protocol`: a TCP
+/// listener and a UDP socket share a port number without conflict, and port 0 (the
+/// system picks a free one) conflicts with nothing.
+fn holds_port(c: &EntryConfig, port: u16, protocol: Protocol) -> bool {
+    let bound = c.bind.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+    let same = match protocol {
+        Protocol::Tcp => c.protocol == "tcp",
+        Protocol::Udp => c.protocol == "udp",
+    };
+    port != 0 && bound == Some(port) && same
 }
 
 /// Runs every tunnel as a child of this process until a signal, then stops them.
@@ -379,4 +386,40 @@ fn service_file(
                 .collect(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_is_held_by_the_same_protocol_only() {
+        let c = |bind: &str, protocol: &str| EntryConfig {
+            router: "10.2.0.1:9999".into(),
+            source: "10.2.0.2:53".into(),
+            bind: bind.into(),
+            protocol: protocol.into(),
+            file: None,
+            digest: String::new(),
+            balance: false,
+        };
+        assert!(holds_port(&c("127.0.0.1:5353", "tcp"), 5353, Protocol::Tcp));
+        assert!(holds_port(&c("[::1]:5353", "udp"), 5353, Protocol::Udp));
+        assert!(!holds_port(
+            &c("127.0.0.1:5353", "udp"),
+            5353,
+            Protocol::Tcp
+        ));
+        assert!(!holds_port(
+            &c("127.0.0.1:5353", "tcp"),
+            5353,
+            Protocol::Udp
+        ));
+        assert!(!holds_port(
+            &c("127.0.0.1:5354", "tcp"),
+            5353,
+            Protocol::Tcp
+        ));
+        assert!(!holds_port(&c("127.0.0.1:0", "tcp"), 0, Protocol::Tcp));
+    }
 }
