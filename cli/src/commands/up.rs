@@ -3,8 +3,7 @@
 //! Idempotent: running tunnels with unchanged settings are left alone, changed ones
 //! are restarted, ones removed from the file are stopped. Stops run side by side, and
 //! each tunnel starts once its old process (and any tunnel being stopped on its port
-//! and protocol)
-//! is gone, not after the slowest drain. Each tunnel process is
+//! and protocol) is gone, not after the slowest drain. Each tunnel process is
 //! `conduit up -f FILE --tunnel NAME --foreground`, so it reads exactly its own plan.
 //! `up --foreground` supervises one such child per tunnel in this terminal.
 
