@@ -15,7 +15,7 @@ use super::rotation::{Rotation, goodbye, rotate};
 use super::{LinkStatus, Rotated, RotationTurn, RotationsRx, Shared, SharedRotations};
 use crate::Error;
 use crate::backoff::Backoff;
-use crate::wire::Wire;
+use crate::wire::{Wire, WireError};
 
 /// The longest wait before trying the router link again when it failed for want of
 /// file descriptors.
@@ -391,22 +391,11 @@ pub(super) async fn heartbeat(
                         back: None,
                     };
                 }
-                Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => break,
-                Ok(Ok(Some(Message::Pong { .. }))) => continue,
-                Ok(Ok(Some(Message::RouterKeys { keys }))) => {
-                    shared.learn(index, &keys, ctl.peer_key());
-                    // What the router itself says of its keys needs no new check.
-                    trusted = shared.trusted_for(index);
-                    continue;
-                }
-                Ok(Ok(Some(Message::Goodbye(r)))) => {
-                    return format!("router said goodbye: {}", r.message).into();
-                }
-                Ok(Ok(Some(other))) => {
-                    return format!("unexpected {} from the router", other.name()).into();
-                }
-                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
-                Ok(Err(e)) => return e.to_string().into(),
+                Ok(got) => match read(shared, index, ctl, got, &mut trusted) {
+                    Ok(Some(n)) if n == nonce => break,
+                    Ok(_) => continue,
+                    Err(why) => return why.into(),
+                },
             }
         }
         // Until the next ping, keep reading: a router that goes away is noticed at
@@ -439,23 +428,39 @@ pub(super) async fn heartbeat(
             };
             match got {
                 Err(_) => break,
-                Ok(Ok(Some(Message::Pong { .. }))) => continue,
-                Ok(Ok(Some(Message::RouterKeys { keys }))) => {
-                    shared.learn(index, &keys, ctl.peer_key());
-                    // What the router itself says of its keys needs no new check.
-                    trusted = shared.trusted_for(index);
-                    continue;
+                Ok(got) => {
+                    if let Err(why) = read(shared, index, ctl, got, &mut trusted) {
+                        return why.into();
+                    }
                 }
-                Ok(Ok(Some(Message::Goodbye(r)))) => {
-                    return format!("router said goodbye: {}", r.message).into();
-                }
-                Ok(Ok(Some(other))) => {
-                    return format!("unexpected {} from the router", other.name()).into();
-                }
-                Ok(Ok(None)) => return "the router closed the connection".to_owned().into(),
-                Ok(Err(e)) => return e.to_string().into(),
             }
         }
+    }
+}
+
+/// What a message read on router `index`'s control channel means for the link: a
+/// `Pong` (its nonce) or router keys learned (`None`) let it go on; a goodbye,
+/// anything else, the end of the connection or an error end it, for the reason
+/// returned.
+fn read(
+    shared: &Shared,
+    index: usize,
+    ctl: &Wire,
+    got: Result<Option<Message>, WireError>,
+    trusted: &mut Vec<PublicKey>,
+) -> Result<Option<u64>, String> {
+    match got {
+        Ok(Some(Message::Pong { nonce })) => Ok(Some(nonce)),
+        Ok(Some(Message::RouterKeys { keys })) => {
+            shared.learn(index, &keys, ctl.peer_key());
+            // What the router itself says of its keys needs no new check.
+            *trusted = shared.trusted_for(index);
+            Ok(None)
+        }
+        Ok(Some(Message::Goodbye(r))) => Err(format!("router said goodbye: {}", r.message)),
+        Ok(Some(other)) => Err(format!("unexpected {} from the router", other.name())),
+        Ok(None) => Err("the router closed the connection".to_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

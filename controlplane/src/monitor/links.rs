@@ -83,16 +83,16 @@ struct Link {
 
 /// A control session that started: whose, for which tunnel, from where, over which
 /// cipher suite.
-#[derive(Debug, Clone, Copy)]
-pub struct Started<'a> {
+#[derive(Debug, Clone)]
+pub struct Started {
     /// The session's id.
     pub session: u64,
     /// The client's key.
     pub key: PublicKey,
     /// The client's name (its comment in authorized_clients).
-    pub name: &'a str,
+    pub name: String,
     /// The tunnel's name.
-    pub tunnel: &'a str,
+    pub tunnel: String,
     /// Where it comes from.
     pub peer: Option<SocketAddr>,
     /// Its TLS cipher suite (`plain` on the plain transport).
@@ -108,7 +108,7 @@ pub struct Links {
 
 impl Links {
     /// A control session started.
-    pub fn up(&mut self, started: Started<'_>, now: SystemTime) -> Option<LinkChange> {
+    pub fn up(&mut self, started: Started, now: SystemTime) -> Option<LinkChange> {
         let Started {
             session,
             key,
@@ -117,15 +117,15 @@ impl Links {
             peer,
             cipher,
         } = started;
-        let id = (key, tunnel.to_owned());
+        let id = (key, tunnel.clone());
         if !self.links.contains_key(&id) {
             self.make_room(&key);
         }
         let link = self.links.entry(id.clone()).or_insert_with(|| Link {
             view: LinkView {
                 key,
-                name: name.to_owned(),
-                tunnel: tunnel.to_owned(),
+                name: name.clone(),
+                tunnel,
                 state: LinkState::Disconnected,
                 since: now,
                 peer,
@@ -139,7 +139,7 @@ impl Links {
         link.sessions.insert(session, peer);
         link.view.peer = peer;
         link.view.cipher = cipher;
-        link.view.name = name.to_owned();
+        link.view.name = name;
         link.view.last_heartbeat = Some(now);
         if link.view.state == LinkState::Connected {
             return None;
@@ -237,12 +237,12 @@ impl Links {
 mod tests {
     use super::*;
 
-    fn started<'a>(session: u64, key: PublicKey, name: &'a str, tunnel: &'a str) -> Started<'a> {
+    fn started(session: u64, key: PublicKey, name: &str, tunnel: &str) -> Started {
         Started {
             session,
             key,
-            name,
-            tunnel,
+            name: name.into(),
+            tunnel: tunnel.into(),
             peer: None,
             cipher: "TLS_AES_128_GCM_SHA256",
         }

@@ -50,14 +50,7 @@ pub struct View {
 /// A change to a client's control session.
 #[derive(Debug)]
 enum LinkEvent {
-    Up {
-        session: u64,
-        key: PublicKey,
-        name: String,
-        tunnel: String,
-        peer: Option<SocketAddr>,
-        cipher: &'static str,
-    },
+    Up(Started),
     Beat {
         session: u64,
     },
@@ -149,14 +142,14 @@ impl Monitor {
         cipher: &'static str,
     ) -> u64 {
         let session = self.next_session.fetch_add(1, Relaxed);
-        let _ = self.events.send(LinkEvent::Up {
+        let _ = self.events.send(LinkEvent::Up(Started {
             session,
             key,
             name: name.to_owned(),
             tunnel: tunnel.to_owned(),
             peer,
             cipher,
-        });
+        }));
         session
     }
 
@@ -242,24 +235,7 @@ impl Task {
     fn on_link(&mut self, ev: LinkEvent) {
         let now = SystemTime::now();
         let change = match ev {
-            LinkEvent::Up {
-                session,
-                key,
-                name,
-                tunnel,
-                peer,
-                cipher,
-            } => self.links.up(
-                Started {
-                    session,
-                    key,
-                    name: &name,
-                    tunnel: &tunnel,
-                    peer,
-                    cipher,
-                },
-                now,
-            ),
+            LinkEvent::Up(started) => self.links.up(started, now),
             LinkEvent::Beat { session } => {
                 self.links.beat(session, now);
                 None
