@@ -1,0 +1,230 @@
+//! UDP flows across a router restart, over several routers and sources, and after
+//! churn: they come back, spread, move on, and leave nothing behind.
+
+use super::*;
+
+#[test]
+fn udp_flows_come_back_after_the_router_restarts() {
+    flows_come_back_after_the_router_restarts(&[]);
+}
+
+#[test]
+fn udp_flows_over_the_plain_transport_come_back_after_the_router_restarts() {
+    flows_come_back_after_the_router_restarts(PLAIN);
+}
+
+/// A router killed under a flow and started again on its address; `transport`:
+/// the arguments that choose it, on both ends.
+fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let bind = format!("127.0.0.1:{}", crate::harness::dead_port());
+    let allow = [source.addr.to_string()];
+    let (mut router, raddr) = home.router_at(Engine::Epoll, &bind, &allow, transport);
+    let mut args = vec!["--protocol", "udp", "--heartbeat-interval", "1"];
+    args.extend_from_slice(transport);
+    let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.addr.to_string(), &args);
+    let user = User::new(taddr);
+    user.echo(b"before");
+    router.signal("KILL");
+    router.wait_exit();
+    // The flow riding the dead link is closed, and the tunnel says why.
+    tunnel.wait_stderr("udp flow closed");
+    tunnel.wait_stderr("lost the router link");
+    // Datagrams sent while the router is away start flows that fail at once (the
+    // log says so, rate-limited), and nothing piles up.
+    user.sock.send_to(b"lost", taddr).unwrap();
+    tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
+    let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, transport);
+    tunnel.wait_stdout_count("connected to router", 2);
+    // The same user is served again on a new flow.
+    wait_for_answer(&user, b"after");
+}
+
+#[test]
+fn udp_flows_of_a_balancing_tunnel_spread_over_its_routers() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let allow = [source.addr.to_string()];
+    let (_first, a, api_a) = crate::ops::router_api(&home, &allow, &[]);
+    let (_second, b, api_b) = crate::ops::router_api(&home, &allow, &[]);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.addr.to_string(),
+        &["--protocol", "udp", "--router-balance"],
+    );
+    let taddr = crate::harness::addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+    // Forty senders, a flow each: each flow rides a channel of its own, made to
+    // the router with fewer.
+    let users: Vec<User> = (0..40).map(|_| User::new(taddr)).collect();
+    for (i, u) in users.iter().enumerate() {
+        u.echo(format!("sender {i}").as_bytes());
+    }
+    let [on_a, on_b] = crate::ops::open_on([&api_a, &api_b], 40);
+    assert!(
+        on_a >= 10 && on_b >= 10,
+        "{on_a} flows on {a}, {on_b} on {b}"
+    );
+    assert_eq!(source.senders(), 40);
+}
+
+#[test]
+fn a_udp_flow_moves_to_the_next_source_when_one_refuses() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let live = UdpEcho::start();
+    // A UDP port nothing listens on: bound, then closed again.
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (router, raddr) = home.router(engine, &[dead.to_string(), live.addr.to_string()]);
+    let target = format!("{dead}, {}", live.addr);
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &target, &["--protocol", "udp"]);
+    // Flows start on the sources in turn; those that start on the dead one lose
+    // their first datagram and move on, so every sender is answered.
+    let users: Vec<User> = (0..4).map(|_| User::new(taddr)).collect();
+    for (i, u) in users.iter().enumerate() {
+        wait_for_answer(u, format!("user {i}").as_bytes());
+    }
+    router.wait_stderr(&format!(
+        "source {dead} refused a datagram (nothing listens on that UDP port); the flow moves \
+         to source {}",
+        live.addr
+    ));
+    // Each flow reached the live source from one socket, moved or not.
+    assert_eq!(live.senders(), 4);
+    users[0].echo(b"and stays there");
+}
+
+#[test]
+fn the_router_probes_udp_sources_and_reports_one_nothing_listens_on_down() {
+    let home = Home::with_keys();
+    let rx = crate::http::Receiver::start();
+    let live = UdpEcho::start();
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (router, raddr, api) = crate::ops::router_api(
+        &home,
+        &[dead.to_string(), live.addr.to_string()],
+        &[
+            "--set",
+            "health.interval_secs=1",
+            "--alert-webhook",
+            &rx.url("/hook"),
+        ],
+    );
+    let target = format!("{dead},{}", live.addr);
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &target, &["--protocol", "udp"]);
+    // A flow makes both members sources in use.
+    wait_for_answer(&User::new(taddr), b"in use");
+
+    let sources = wait_for("the probes to tell the UDP sources apart", || {
+        let h = crate::ops::get(&api, "/api/v1/health");
+        let s = h["data"]["sources"].as_array()?.clone();
+        let state = |t: String| {
+            s.iter()
+                .find(|x| x["target"] == t)
+                .map(|x| x["state"].clone())
+        };
+        (state(dead.to_string())? == "down" && state(live.addr.to_string())? == "up").then_some(s)
+    });
+    let of = |t: String| sources.iter().find(|x| x["target"] == t).unwrap();
+    let why = format!(
+        "{dead} answered port unreachable: nothing listens on UDP port {}",
+        dead.port()
+    );
+    assert_eq!(of(dead.to_string())["protocol"], "udp");
+    assert_eq!(of(dead.to_string())["last_error"], why.as_str());
+    assert_eq!(of(live.addr.to_string())["protocol"], "udp");
+    // The echo answered the probe.
+    assert!(of(live.addr.to_string())["latency_ms"].is_number());
+
+    let hooks = rx.wait("the down alert", |r| !r.is_empty());
+    let b = &hooks[0].body;
+    assert_eq!(b["event"], "source_down");
+    assert_eq!(
+        b["subject"],
+        serde_json::json!({"kind": "source", "target": dead.to_string(), "protocol": "udp"})
+    );
+    assert_eq!(
+        b["message"],
+        format!("UDP source {dead} is down: {why} (2 failed probes in a row)")
+    );
+
+    // New flows now start on the live source: none has to move off the dead one.
+    let moved = router.stderr_count(&format!("source {dead} refused a datagram"));
+    let users: Vec<User> = (0..4).map(|_| User::new(taddr)).collect();
+    for (i, u) in users.iter().enumerate() {
+        wait_for_answer(u, format!("user {i}").as_bytes());
+    }
+    assert_eq!(
+        router.stderr_count(&format!("source {dead} refused a datagram")),
+        moved,
+        "{}",
+        router.stderr()
+    );
+}
+
+/// `count` senders, `threads` at a time, each a fresh socket (a new flow) that sends
+/// one datagram and checks its echo.
+fn udp_churn(taddr: SocketAddr, count: usize, threads: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let next = next.clone();
+            thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    User::new(taddr).echo(&pattern(i as u64, 1 + i % 1400));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a flow failed");
+    }
+}
+
+both_engines!(udp_flows_leave_nothing_behind, |engine: Engine| {
+    flows_leave_nothing_behind(engine, &[]);
+});
+
+#[test]
+fn udp_flows_over_the_plain_transport_leave_nothing_behind() {
+    flows_leave_nothing_behind(Engine::Epoll, PLAIN);
+}
+
+/// 600 flows after a warm-up of 600: the tunnel's and the router's open files and
+/// memory back where they were; `transport`: the arguments that choose it.
+fn flows_leave_nothing_behind(engine: Engine, transport: &[&str]) {
+    use crate::procfs::Footprint;
+    let UdpTunnel {
+        home,
+        source,
+        router,
+        tunnel,
+        taddr,
+    } = UdpTunnel::start_on(engine, transport, &["--udp-idle-timeout", "1"]);
+    let quiet = |what: &str| wait_quiet(&home, what);
+    // A warm-up of the same shape, so the pools are at their working size.
+    udp_churn(taddr, 600, 8);
+    quiet("warm-up");
+    let start = (Footprint::of(tunnel.pid()), Footprint::of(router.pid()));
+    udp_churn(taddr, 600, 8);
+    quiet("run");
+    // Each flow had a socket on the router and a channel each side: all given back.
+    crate::limits::back_to("tunnel", &tunnel, start.0);
+    crate::limits::back_to("router", &router, start.1);
+    User::new(taddr).echo(b"still serving");
+    // Every datagram sent here has a payload; the router's health probe (empty,
+    // every 5 s) lands too when the test runs longer than that.
+    assert_eq!(source.payloads(), 1201);
+}
