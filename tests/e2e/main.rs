@@ -16,6 +16,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod http;
+mod ipv6;
 mod limits;
 mod manage;
 mod names;

@@ -28,15 +28,20 @@ const MAX_UDP: usize = 65_507;
 
 /// A UDP source on a thread: answers each datagram with `echo:` and the datagram, to
 /// the address it came from, and remembers which addresses it heard from.
-struct UdpEcho {
-    addr: SocketAddr,
+pub(crate) struct UdpEcho {
+    pub(crate) addr: SocketAddr,
     senders: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     received: Arc<AtomicUsize>,
 }
 
 impl UdpEcho {
     fn start() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// The echo source on `bind`.
+    pub(crate) fn start_on(bind: &str) -> Self {
+        let sock = UdpSocket::bind(bind).unwrap();
         let addr = sock.local_addr().unwrap();
         let senders = Arc::new(Mutex::new(HashMap::new()));
         let received = Arc::new(AtomicUsize::new(0));
@@ -69,7 +74,7 @@ impl UdpEcho {
 
     /// The distinct sender addresses seen with a datagram that is not empty
     /// (router-side flow sockets).
-    fn senders(&self) -> usize {
+    pub(crate) fn senders(&self) -> usize {
         self.senders.lock().unwrap().len()
     }
 
@@ -80,14 +85,20 @@ impl UdpEcho {
 }
 
 /// A user: one socket, sending a datagram and waiting for its answer.
-struct User {
+pub(crate) struct User {
     sock: UdpSocket,
     tunnel: SocketAddr,
 }
 
 impl User {
-    fn new(tunnel: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    /// A socket of the tunnel's address family.
+    pub(crate) fn new(tunnel: SocketAddr) -> Self {
+        let local = if tunnel.is_ipv6() {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let sock = UdpSocket::bind(local).unwrap();
         // Bounded waits: a lost answer fails the test, never hangs it.
         sock.set_read_timeout(Some(DEADLINE)).unwrap();
         Self { sock, tunnel }
@@ -110,7 +121,7 @@ impl User {
     }
 
     /// Sends `d` and checks the echo, byte for byte.
-    fn echo(&self, d: &[u8]) {
+    pub(crate) fn echo(&self, d: &[u8]) {
         let got = self.ask(d);
         let mut want = b"echo:".to_vec();
         want.extend_from_slice(d);
