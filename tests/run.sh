@@ -16,6 +16,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v ss >/dev/null || need+=(iproute2)
 command -v systemd-analyze >/dev/null || need+=(systemd)   # checks the service units
+command -v nginx >/dev/null || need+=(nginx)   # reads the PROXY protocol header a tunnel sends
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

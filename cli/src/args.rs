@@ -191,6 +191,22 @@ pub(crate) enum ProtocolArg {
     Udp,
 }
 
+/// `--proxy-protocol`, as a tunnel's `proxy_protocol` in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProxyProtocolArg {
+    V1,
+    V2,
+}
+
+impl From<ProxyProtocolArg> for conduit_dataplane::ProxyProtocol {
+    fn from(p: ProxyProtocolArg) -> Self {
+        match p {
+            ProxyProtocolArg::V1 => Self::V1,
+            ProxyProtocolArg::V2 => Self::V2,
+        }
+    }
+}
+
 /// `--optimize-for`, as `[performance] optimize_for`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OptimizeArg {
@@ -600,6 +616,12 @@ pub(crate) struct StartArgs {
     /// plain).
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
     pub(crate) protocol: ProtocolArg,
+    /// Start each stream toward the source with a PROXY protocol header carrying the
+    /// user's address (v1: text, v2: binary), for sources that read one (nginx
+    /// `listen … proxy_protocol`, HAProxy `accept-proxy`); TCP tunnels only. A
+    /// tunnel's `proxy_protocol` in a file.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub(crate) proxy_protocol: Option<ProxyProtocolArg>,
     /// UDP tunnels: seconds a flow may pass no datagram either way before it ends;
     /// `[performance] udp_idle_timeout_secs` in a file.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]

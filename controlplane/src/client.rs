@@ -84,6 +84,9 @@ pub struct TunnelSettings {
     pub idle_timeout: Duration,
     /// `Some` for a UDP tunnel (users send datagrams to `bind`).
     pub udp: Option<conduit_dataplane::UdpSpec>,
+    /// The PROXY protocol header each TCP stream starts with toward the source
+    /// (`--proxy-protocol`, a tunnel's `proxy_protocol`).
+    pub proxy_protocol: Option<conduit_dataplane::ProxyProtocol>,
     /// Where `identity` was read from: a rotated key is written there (`None`: the
     /// key cannot be rotated).
     pub key_path: Option<PathBuf>,
@@ -335,6 +338,7 @@ impl ClientTunnel {
                     .udp
                     .and_then(|u| conduit_dataplane::ratelimit::FlowRate::new(u.max_new_flows))
                     .map(Arc::new),
+                proxy_protocol: s.proxy_protocol,
             },
         )?;
         let requests = dp

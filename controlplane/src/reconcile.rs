@@ -89,6 +89,7 @@ mod tests {
                     source: (*source).into(),
                     bind: "127.0.0.1:8080".parse().unwrap(),
                     protocol: Protocol::Tcp,
+                    proxy_protocol: None,
                     transport: crate::config::TransportKind::Tls,
                     token: None,
                     key_rotation_days: 30,

@@ -116,6 +116,15 @@ impl Channel {
         Box::pin(async move { send_message(&self.sock, &self.tls, &msg).await })
     }
 
+    /// Encrypts and sends frames already encoded (a message with the stream's first
+    /// payload, say), in one write.
+    pub(crate) fn send_frames(
+        &self,
+        frames: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ChannelError>> + '_>> {
+        Box::pin(async move { send_sealed(&self.sock, &self.tls, &frames).await })
+    }
+
     /// Sends a parting message if it goes out within a second: a peer that stopped
     /// reading (frozen, or behind a dead link) must not hold up closing the rest.
     pub(crate) async fn send_best_effort(&self, msg: Message) {
@@ -241,8 +250,17 @@ pub(crate) async fn send_message(
 ) -> Result<(), ChannelError> {
     let frame = msg.to_frame();
     debug_assert!(frame.len() >= HEADER_LEN);
+    send_sealed(sock, tls, &frame).await
+}
+
+/// Encrypts and sends encoded frames.
+async fn send_sealed(
+    sock: &Socket,
+    tls: &RefCell<TlsSession>,
+    frames: &[u8],
+) -> Result<(), ChannelError> {
     let mut out = pool::take();
-    let n = seal(tls, &frame, &mut out)?;
+    let n = seal(tls, frames, &mut out)?;
     let res = sock.send_all(&out[..n]).await;
     pool::give(out);
     Ok(res?)

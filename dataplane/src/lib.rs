@@ -21,6 +21,7 @@
 pub mod engine;
 pub mod handoff;
 pub mod ktls;
+pub mod proxy_header;
 pub mod ratelimit;
 pub mod stats;
 pub mod usage;
@@ -55,6 +56,7 @@ pub use handoff::{
 };
 pub use limit::ConnLimit;
 pub use listener::AcceptBackoff;
+pub use proxy_header::ProxyProtocol;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
 pub use sys::stop_with_parent;
 pub use usage::{ClientTotals, Usage};
@@ -189,6 +191,9 @@ pub struct ClientSpec {
     pub udp: Option<UdpSpec>,
     /// A UDP tunnel's cap on new flows a second (`None`: no cap).
     pub new_flows: Option<Arc<ratelimit::FlowRate>>,
+    /// The PROXY protocol header each TCP stream starts with, toward the source
+    /// (`None`: none; see [`proxy_header`]).
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// How a UDP tunnel treats its flows (one per user address and port).

@@ -48,6 +48,11 @@ impl Socket {
         self.fd
     }
 
+    /// The local address (for a user's socket: the tunnel's address it reached).
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
     pub(crate) fn set_nodelay(&self) {
         let _ = self.stream.set_nodelay(true);
     }

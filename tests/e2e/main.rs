@@ -26,6 +26,7 @@ mod output;
 mod performance;
 mod plain;
 mod procfs;
+mod proxy_protocol;
 mod real_clients;
 mod refusals;
 mod rotation;

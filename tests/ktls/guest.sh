@@ -261,6 +261,28 @@ transfer_first() {
     [ -z "$why" ]
 }
 
+# --proxy-protocol v1: the echo starts with the PROXY header the client sent
+# ahead of the user's bytes (through kernel TLS, or in userspace after the
+# router declined), naming the user's address and the tunnel's port; the user's
+# bytes follow unchanged.
+transfer_proxy() {
+    f=/tmp/many/1.in
+    transfer "$f" "$d/proxy.out"
+    line=$(head -n 1 "$d/proxy.out")
+    cr=$(printf '\r')
+    case "$line" in
+        "PROXY TCP4 127.0.0.1 127.0.0.1 "*" $cport$cr") ;;
+        *) why="the echo does not start with the PROXY header: '$(printf %s "$line" | head -c 120 | tr -c '[:print:]' '?')'" ;;
+    esac
+    if [ -z "$why" ]; then
+        tail -c +$((${#line} + 2)) "$d/proxy.out" >"$d/proxy.rest"
+        echo 0 >"$d/proxy.rest.rc"
+        : >"$d/proxy.rest.err"
+        check_echo "$f" "$d/proxy.rest"
+    fi
+    [ -z "$why" ]
+}
+
 transfer_many() {
     t0=$(now)
     pids=
@@ -292,7 +314,8 @@ transfer_many() {
 # run_case NAME KIND SOCKETS ROUTER_FLAGS CLIENT_FLAGS
 #   KIND:    big (one 16 MiB echo), many (MANY concurrent small echoes),
 #            declined (big, then five short echoes, to a router that keeps TLS in
-#            userspace) or first (16 MiB to the source that speaks first)
+#            userspace), first (16 MiB to the source that speaks first) or
+#            proxy (a small echo behind the PROXY v1 header the client sends)
 #   SOCKETS: by how much TlsTxSw and TlsRxSw must each grow: the sockets whose
 #            records the kernel sealed and opened, one per stream on each side
 #            (client and router), 0 when TLS must stay in userspace
@@ -365,6 +388,8 @@ run_case client-off big 0 "" "--kernel-tls false"
 run_case many many $((2 * MANY)) "" ""
 run_case first first 2 "" ""
 run_case epoll big 2 "--io-engine epoll" "--io-engine epoll"
+run_case proxy proxy 2 "" "--proxy-protocol v1"
+run_case proxy-declined proxy 0 "--kernel-tls false" "--workers 1 --proxy-protocol v1"
 
 # The router dies (SIGKILL) in the middle of a kernel-TLS stream: its kernel
 # closes the channel with a bare FIN (the channel has nothing unread: the user

@@ -23,7 +23,7 @@ cache=$repo/target/ktls-vm
 
 # The checks the guest must report as passed; a missing one fails the run, so
 # a guest that stops early or skips one cannot pass.
-expected=(setup modprobe-tls offload router-off client-off many first epoll cut)
+expected=(setup modprobe-tls offload router-off client-off many first epoll proxy proxy-declined cut)
 
 say() { echo "ktls: $*" >&2; }
 die() {

@@ -30,6 +30,16 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
+    if let Some(v) = a.proxy_protocol
+        && a.protocol == ProtocolArg::Udp
+    {
+        let v = conduit_dataplane::ProxyProtocol::from(v);
+        return Err(Usage(format!(
+            "--proxy-protocol {v} is for TCP tunnels; a UDP tunnel sends no PROXY header: drop \
+             --proxy-protocol or --protocol udp"
+        ))
+        .into());
+    }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = source_list("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
@@ -86,6 +96,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
             idle_timeout: secs(a.udp_idle_timeout),
             max_new_flows: a.udp_max_new_flows,
         }),
+        proxy_protocol: a.proxy_protocol.map(Into::into),
     };
     let registration = Registration {
         home: home.clone(),
@@ -319,6 +330,10 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     }
     if let Some(suites) = &a.cipher_suites {
         args.extend(["--cipher-suites".to_owned(), suites.to_string()]);
+    }
+    if let Some(v) = a.proxy_protocol {
+        let v = conduit_dataplane::ProxyProtocol::from(v);
+        args.extend(["--proxy-protocol".to_owned(), v.to_string()]);
     }
     if a.router_balance {
         args.push("--router-balance".to_owned());

@@ -51,8 +51,8 @@ pub use layers::Override;
 pub use model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LATENCY_POOL, LogFormat, LogLevel,
     LogRotation, LoggingConfig, MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER, OptimizeFor,
-    PerformanceConfig, Protocol, RESERVED_FDS, RouterConfig, RouterPeer, RouterServer, Security,
-    TransportKind, TunnelConfig,
+    PerformanceConfig, Protocol, ProxyProtocolVersion, RESERVED_FDS, RouterConfig, RouterPeer,
+    RouterServer, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;

@@ -149,6 +149,10 @@ pub struct TunnelConfig {
     /// `tcp` (default) or `udp`.
     #[serde(default)]
     pub protocol: Protocol,
+    /// The PROXY protocol header each stream starts with toward the source, so it
+    /// sees the user's address (TCP tunnels; none unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 /// A router's file: where it listens, whom it admits, what they may open, and how it
@@ -393,6 +397,7 @@ macro_rules! words {
 words!(IoEngine { Auto = "auto", Uring = "uring", Epoll = "epoll" });
 words!(OptimizeFor { Throughput = "throughput", Latency = "latency", Balanced = "balanced" });
 words!(Protocol { Tcp = "tcp", Udp = "udp" });
+words!(ProxyProtocolVersion { V1 = "v1", V2 = "v2" });
 words!(LogLevel { Error = "error", Warn = "warn", Info = "info", Debug = "debug", Trace = "trace" });
 words!(LogFormat { Text = "text", Json = "json" });
 words!(LogRotation { Never = "never", Hourly = "hourly", Daily = "daily" });
@@ -419,6 +424,25 @@ pub enum Protocol {
     Tcp,
     /// UDP datagrams, one flow per user address.
     Udp,
+}
+
+/// A tunnel's `proxy_protocol`: which PROXY protocol header its streams start with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// The text header (`PROXY TCP4 …`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl From<ProxyProtocolVersion> for conduit_dataplane::ProxyProtocol {
+    fn from(v: ProxyProtocolVersion) -> Self {
+        match v {
+            ProxyProtocolVersion::V1 => Self::V1,
+            ProxyProtocolVersion::V2 => Self::V2,
+        }
+    }
 }
 
 /// A log level.

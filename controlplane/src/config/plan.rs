@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use conduit_proto::tls::Suites;
 use conduit_proto::{KeyPair, PublicKey, Secret};
 
-use super::model::{LoggingConfig, PerformanceConfig, Protocol};
+use super::model::{LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion};
 use super::validate::{bind_addr, public_key};
 use super::{Problem, Report, Sources, load_client};
 use crate::client::TunnelSettings;
@@ -35,6 +35,8 @@ pub struct TunnelPlan {
     pub bind: SocketAddr,
     /// What it carries.
     pub protocol: Protocol,
+    /// The PROXY protocol header its streams start with (TCP only).
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
     /// TLS or plain (from `[router] transport`).
     pub transport: super::model::TransportKind,
     /// A token for routers that require one.
@@ -81,6 +83,9 @@ impl TunnelPlan {
         }
         if !self.suites.is_default() {
             h.update(format!("|suites|{}", self.suites).as_bytes());
+        }
+        if let Some(v) = self.proxy_protocol {
+            h.update(format!("|proxy_protocol|{v}").as_bytes());
         }
         if let Some(t) = &self.token {
             h.update(b"|token|");
@@ -129,6 +134,7 @@ impl TunnelPlan {
                 idle_timeout: p.udp_idle_timeout(),
                 max_new_flows: p.udp_max_new_flows,
             }),
+            proxy_protocol: self.proxy_protocol.map(Into::into),
         }
     }
 }
@@ -212,6 +218,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             source: source.clone(),
             bind,
             protocol: t.protocol,
+            proxy_protocol: t.proxy_protocol,
             transport: c.router.transport,
             token: c.security.token.clone(),
             key_rotation_days: c.security.key_rotation_days,

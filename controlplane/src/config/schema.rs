@@ -217,6 +217,7 @@ static CLIENT: Schema = Schema {
         key("source", Kind::Str).required("source = \"10.2.0.2:8080\""),
         key("bind", Kind::Str).required("bind = \"0.0.0.0:8080\""),
         key("protocol", Kind::Choice(&["tcp", "udp"])),
+        key("proxy_protocol", Kind::Choice(&["v1", "v2"])),
     ]),
 };
 

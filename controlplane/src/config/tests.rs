@@ -280,12 +280,12 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
     assert_eq!(
         tail,
         [
+            "proxy_protocol = (not set) # default",
             "protocol = \"tcp\" # default",
             &format!("bind = \"0.0.0.0:8080\" # {file}:8"),
             &format!("source = \"10.2.0.2:8080\" # {file}:7"),
             &format!("name = \"web\" # {file}:6"),
             "[[tunnels]]",
-            "",
         ]
     );
     assert!(

@@ -296,6 +296,17 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 }
             }
         }
+        if let Some(v) = t.proxy_protocol
+            && t.protocol == Protocol::Udp
+        {
+            out.error(
+                &path("proxy_protocol"),
+                format!(
+                    "proxy_protocol = \"{v}\" is for TCP tunnels; a UDP tunnel sends no PROXY \
+ header: remove proxy_protocol or set protocol = \"tcp\""
+                ),
+            );
+        }
         let Some(bind) = &t.bind else { continue };
         let addr = match bind_addr(bind) {
             Ok(a) => a,

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use conduit_proto::frame::Header;
 use conduit_proto::{Message, ProtoError};
 use futures::channel::oneshot;
 use futures::future::{Either, select, try_join};
@@ -19,9 +20,7 @@ use crate::channel::{Channel, Held};
 use crate::limit::{Permit, held_note};
 use crate::net::Socket;
 use crate::offload;
-use crate::plain::{
-    Ending, PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame,
-};
+use crate::plain::{Ending, PlainChannel, Wire, frames_in, frames_out, pump, read_frame};
 use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 
@@ -52,7 +51,13 @@ impl ClientCore {
             let (counters, kill_rx, started) = self.open_entry(id, peer);
             debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
-            let ran = self.run_user(id, &user, &counters, kill_rx).await;
+            let ran = match self.proxy_header(&user, peer) {
+                Ok(header) => self.run_user(id, &user, &counters, kill_rx, header).await,
+                Err(e) => Err((
+                    ErrorKind::Plain,
+                    format!("cannot write its PROXY protocol header: {e}"),
+                )),
+            };
             match &ran {
                 Ok(()) => {
                     user.close_orderly();
@@ -121,12 +126,24 @@ impl ClientCore {
         core.conns.remove(id);
     }
 
+    /// The PROXY protocol header this stream starts with, if the tunnel sends one:
+    /// from the user's address to the tunnel's that it reached.
+    fn proxy_header(&self, user: &Socket, peer: SocketAddr) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(version) = self.spec.proxy_protocol else {
+            return Ok(None);
+        };
+        version.header(peer, user.local_addr()?).map(Some)
+    }
+
+    /// `header`: the PROXY protocol header to send ahead of the user's bytes, in the
+    /// stream's first payload, whichever way the stream goes.
     pub(super) async fn run_user(
         &self,
         id: u64,
         user: &Socket,
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
+        header: Option<Vec<u8>>,
     ) -> Result<(), (ErrorKind, String)> {
         // Both boxed: the relay below may run for days, and a task's size is that of
         // its largest state.
@@ -136,7 +153,7 @@ impl ClientCore {
         let mut ch = match link {
             Link::Tls(ch) => ch,
             Link::Plain(ch) => {
-                return Box::pin(self.run_plain(user, counters, kill, ch)).await;
+                return Box::pin(self.run_plain(user, counters, kill, ch, header)).await;
             }
         };
         if self.spec.sockets.kernel_tls
@@ -145,13 +162,16 @@ impl ClientCore {
             && ch.is_clean()
             && offload::attach(&ch.sock)
         {
-            return Box::pin(self.run_kernel(id, user, counters, kill, ch)).await;
+            return Box::pin(self.run_kernel(id, user, counters, kill, ch, header)).await;
         }
-        ch.send(Message::Open {
+        let mut frames = Message::Open {
             target: self.spec.target.clone(),
-        })
-        .await
-        .map_err(channel_failed)?;
+        }
+        .to_frame();
+        if let Some(h) = header {
+            frames.extend_from_slice(&data_frame(&h));
+        }
+        ch.send_frames(frames).await.map_err(channel_failed)?;
         let outcome = self.relay(user, counters, &mut ch).run(kill).await;
         self.finish(ch, outcome.stop, "the user's connection").await
     }
@@ -215,17 +235,21 @@ impl ClientCore {
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
         mut ch: Box<PlainChannel>,
+        header: Option<Vec<u8>>,
     ) -> Result<(), (ErrorKind, String)> {
         let wire = ch.wire();
         let leftover = std::mem::take(&mut ch.leftover);
-        send_frame(
-            &ch.sock,
-            &Message::Open {
-                target: self.spec.target.clone(),
-            },
-        )
-        .await
-        .map_err(channel_failed)?;
+        let mut first = Message::Open {
+            target: self.spec.target.clone(),
+        }
+        .to_frame();
+        match (header, wire) {
+            (Some(h), Wire::Framed) => first.extend_from_slice(&data_frame(&h)),
+            // Raw bytes after `Open`, ended by FIN (protocol 4 and older).
+            (Some(h), _) => first.extend_from_slice(&h),
+            (None, _) => {}
+        }
+        ch.sock.send_all(&first).await.map_err(channel_failed)?;
         let sock = &ch.sock;
         let opened = async {
             let (reply, rest) = read_frame(sock, leftover)
@@ -340,6 +364,7 @@ impl ClientCore {
         counters: &ConnCounters,
         mut kill: oneshot::Receiver<String>,
         mut ch: Box<Channel>,
+        header: Option<Vec<u8>>,
     ) -> Result<(), (ErrorKind, String)> {
         ch.send(Message::OpenKernel {
             target: self.spec.target.clone(),
@@ -375,6 +400,11 @@ impl ClientCore {
                     );
                 }
                 ch.backlog.push_back(Held::Msg(Message::Opened));
+                if let Some(h) = header {
+                    ch.send_frames(data_frame(&h))
+                        .await
+                        .map_err(channel_failed)?;
+                }
                 let outcome = self.relay(user, counters, &mut ch).run(kill).await;
                 return self.finish(ch, outcome.stop, "the user's connection").await;
             }
@@ -401,9 +431,23 @@ impl ClientCore {
         }
         self.core.stats.kernel_tls.fetch_add(1, Relaxed);
         debug!(conn = id, "stream relayed through kernel TLS");
+        if let Some(h) = header {
+            // The kernel seals it like the payload that follows.
+            if let Err(e) = sock.send_all(&h).await {
+                sock.abort();
+                return Err(channel_failed(e));
+            }
+        }
         let nothing_yet = async { Ok(Vec::new()) };
         self.splice_both(user, counters, kill, &sock, Wire::KernelTls, nothing_yet)
             .await
             .map(|_| ())
     }
+}
+
+/// `payload` as one `Data` frame.
+fn data_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Header::data(payload.len()).to_vec();
+    f.extend_from_slice(payload);
+    f
 }

@@ -68,7 +68,7 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
-             bind, protocol ($F:12)",
+             bind, protocol, proxy_protocol ($F:12)",
             "error: router.host: missing; add host = \"10.2.0.1\" under [router], or set \
              CONDUIT_ROUTER_HOST",
         ]
@@ -530,6 +530,25 @@ fn heartbeats_are_a_tunnel_setting() {
             "warning: performance.heartbeat_interval_secs: a router answers heartbeats and does \
              not send them; health.client_timeout_secs sets how long it waits for a silent \
              client: remove it here ($F:4)"
+        ]
+    );
+}
+
+#[test]
+fn the_proxy_header_is_for_tcp_tunnels() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:5353\"\n\
+         protocol = \"udp\"\nproxy_protocol = \"v2\"\n[[tunnels]]\nname = \"smtp\"\n\
+         source = \"10.2.0.25:25\"\nbind = \"0.0.0.0:25\"\nproxy_protocol = \"v1\"\n\
+         [[tunnels]]\nname = \"x\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels[1].proxy_protocol: proxy_protocol = \"v2\" is for TCP tunnels; a UDP \
+             tunnel sends no PROXY header: remove proxy_protocol or set protocol = \"tcp\" ($F:14)",
+            "error: tunnels[3].proxy_protocol: unknown value \"v3\"; use v1 or v2 ($F:24)",
         ]
     );
 }

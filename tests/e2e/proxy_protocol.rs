@@ -1,0 +1,185 @@
+//! `--proxy-protocol v1|v2`: each stream reaches the source behind a PROXY protocol
+//! header that names the user's address and the tunnel's. nginx, a real consumer of
+//! the header, reads it and answers with what it read; over TLS (both engines) and
+//! the plain transport, from the command line and from a file. `tests/run.sh`
+//! installs nginx.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+
+use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code, have};
+use crate::plain::PLAIN;
+
+/// nginx on a free loopback port, its listener expecting a PROXY header (v1 or v2,
+/// it tells them apart), answering each request with the addresses the header gave.
+struct Nginx {
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // nginx takes a port, not port 0: one the OS just handed out and took back.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1;\n\
+             pid {d}/nginx.pid; error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               server {{\n\
+                 listen 127.0.0.1:{port} proxy_protocol;\n\
+                 location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port \
+             $proxy_protocol_server_addr $proxy_protocol_server_port\\n\"; }}\n\
+               }}\n\
+             }}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let proc = Proc::spawn(
+            Command::new("nginx")
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&path),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx does not listen on {addr}: {}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self {
+            _dir: dir,
+            _proc: proc,
+            addr,
+        }
+    }
+}
+
+/// One HTTP request through the tunnel at `taddr`: the body nginx answered, and
+/// the user's own address (which the header should have named).
+fn ask(taddr: SocketAddr) -> (String, SocketAddr) {
+    let mut c = TcpStream::connect(taddr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    let me = c.local_addr().unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (body.to_owned(), me)
+}
+
+/// What nginx must have read: the user's address and port, then the tunnel's.
+fn want(me: SocketAddr, taddr: SocketAddr) -> String {
+    format!(
+        "{} {} {} {}\n",
+        me.ip(),
+        me.port(),
+        taddr.ip(),
+        taddr.port()
+    )
+}
+
+/// Both versions through one router; `transport`: the arguments that choose it on
+/// both ends.
+fn both_versions(engine: Engine, transport: &[&str]) {
+    if !have("nginx", "-v") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let home = Home::with_keys();
+    let (_router, raddr) = home.router_with(engine, &[nginx.addr.to_string()], transport);
+    for v in ["v1", "v2"] {
+        let mut extra = vec!["--proxy-protocol", v, "--name", v];
+        extra.extend_from_slice(transport);
+        let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &nginx.addr.to_string(), &extra);
+        // Several streams: a channel back from the pool carries the next one's header.
+        for _ in 0..3 {
+            let (body, me) = ask(taddr);
+            assert_eq!(body, want(me, taddr), "{v}");
+        }
+    }
+}
+
+crate::both_engines!(
+    the_source_reads_the_users_address_from_the_proxy_header,
+    |engine: Engine| both_versions(engine, &[])
+);
+
+#[test]
+fn the_proxy_header_rides_the_plain_transport_too() {
+    both_versions(Engine::Epoll, PLAIN);
+}
+
+#[test]
+fn a_file_tunnel_sends_the_proxy_header_it_names() {
+    if !have("nginx", "-v") {
+        return;
+    }
+    let nginx = Nginx::start();
+    let home = Home::with_keys();
+    let (_router, raddr) = home.router(Engine::Epoll, &[nginx.addr.to_string()]);
+    let port = crate::harness::dead_port();
+    let file = home.path().join("conduit.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[router]\nhost = \"{}\"\nport = {}\npublic_key = \"{}\"\n\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"{}\"\nbind = \"127.0.0.1:{port}\"\n\
+             proxy_protocol = \"v2\"\n",
+            raddr.ip(),
+            raddr.port(),
+            home.public_key("router"),
+            nginx.addr
+        ),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    home.ok(&["up", "-f", f]);
+    let taddr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (body, me) = ask(taddr);
+    assert_eq!(body, want(me, taddr));
+    home.ok(&["down", "-f", f]);
+}
+
+#[test]
+fn a_udp_tunnel_refuses_a_proxy_header() {
+    let home = Home::with_keys();
+    let (status, _, err) = home.run(&[
+        "start",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        &home.public_key("router"),
+        "--source",
+        "127.0.0.1:53",
+        "--bind",
+        "127.0.0.1:0",
+        "--protocol",
+        "udp",
+        "--proxy-protocol",
+        "v1",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --proxy-protocol v1 is for TCP tunnels; a UDP tunnel sends no PROXY \
+         header: drop --proxy-protocol or --protocol udp\n"
+    );
+}
