@@ -622,6 +622,12 @@ pub(crate) struct StartArgs {
     /// tunnel's `proxy_protocol` in a file.
     #[arg(long, value_enum, value_name = "VERSION")]
     pub(crate) proxy_protocol: Option<ProxyProtocolArg>,
+    /// Let users in from these addresses only: an address or a CIDR block (repeat,
+    /// or separate with commas). Others are reset at accept and their datagrams
+    /// dropped, each logged and counted (`user_not_allowed`). Default: anyone who
+    /// can reach --bind. A tunnel's `allow_from` in a file.
+    #[arg(long, value_name = "ADDR|CIDR", value_delimiter = ',', value_parser = conduit_controlplane::config::allow_from_net)]
+    pub(crate) allow_from: Vec<ipnet::IpNet>,
     /// UDP tunnels: seconds a flow may pass no datagram either way before it ends;
     /// `[performance] udp_idle_timeout_secs` in a file.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]

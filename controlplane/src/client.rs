@@ -87,6 +87,8 @@ pub struct TunnelSettings {
     /// The PROXY protocol header each TCP stream starts with toward the source
     /// (`--proxy-protocol`, a tunnel's `proxy_protocol`).
     pub proxy_protocol: Option<conduit_dataplane::ProxyProtocol>,
+    /// The addresses users may connect from (`--allow-from`; empty: any).
+    pub allow_from: Vec<ipnet::IpNet>,
     /// Where `identity` was read from: a rotated key is written there (`None`: the
     /// key cannot be rotated).
     pub key_path: Option<PathBuf>,
@@ -339,6 +341,7 @@ impl ClientTunnel {
                     .and_then(|u| conduit_dataplane::ratelimit::FlowRate::new(u.max_new_flows))
                     .map(Arc::new),
                 proxy_protocol: s.proxy_protocol,
+                allow_from: s.allow_from.clone(),
             },
         )?;
         let requests = dp

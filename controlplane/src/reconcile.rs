@@ -90,6 +90,7 @@ mod tests {
                     bind: "127.0.0.1:8080".parse().unwrap(),
                     protocol: Protocol::Tcp,
                     proxy_protocol: None,
+                    allow_from: Vec::new(),
                     transport: crate::config::TransportKind::Tls,
                     token: None,
                     key_rotation_days: 30,

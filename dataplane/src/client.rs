@@ -70,6 +70,8 @@ pub(crate) struct ClientCore {
     /// The same for users turned away for want of a channel (the router is away, or
     /// no descriptor is left for one): many at once, said once in a while.
     unserved: Throttle,
+    /// The same for users whose address `--allow-from` does not name.
+    strangers: Throttle,
     /// The source, shared by this core's connection entries.
     target: Rc<str>,
     /// A UDP tunnel's flows on this core, by user address.
@@ -97,6 +99,7 @@ impl ClientCore {
             stop_accept: RefCell::new(Some(tx)),
             refusals: Throttle::new(Duration::from_secs(1)),
             unserved: Throttle::new(Duration::from_secs(1)),
+            strangers: Throttle::new(Duration::from_secs(1)),
             target,
             flows: RefCell::default(),
             kernel_declined: Cell::new(None),
@@ -159,6 +162,10 @@ impl ClientCore {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff.succeeded();
+                    if !self.spec.admits(peer.ip()) {
+                        self.refuse_stranger(stream, peer);
+                        continue;
+                    }
                     if let Some(why) = self.refuse_now() {
                         // Closed here, not in a task of its own: the accepts that
                         // follow need this descriptor back now.
@@ -183,6 +190,33 @@ impl ClientCore {
                     monoio::time::sleep(wait).await;
                 }
             }
+        }
+    }
+
+    /// A user whose address `--allow-from` does not name: reset at once, before it
+    /// costs a channel or a place under `--max-connections`.
+    fn refuse_stranger(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Ok(user) = Socket::new(stream) {
+            user.abort();
+        }
+        self.core.stats.fail(ErrorKind::UserNotAllowed);
+        self.stranger_said(peer, "refused a user connection");
+    }
+
+    /// Logs (at most once a second) that a user of `--allow-from` was turned away;
+    /// `what`: what was done to it.
+    pub(crate) fn stranger_said(&self, peer: SocketAddr, what: &str) {
+        if let Some(held) = self.strangers.admit() {
+            warn!(
+                core = self.core.index,
+                %peer,
+                tunnel = %self.spec.tunnel,
+                "{what} from {}: the address is not in the tunnel's --allow-from ({}); \
+                 add it there (allow_from in a file) to let it in{}",
+                peer.ip(),
+                self.spec.allow_from_list(),
+                held_note(held)
+            );
         }
     }
 

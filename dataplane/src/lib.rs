@@ -194,6 +194,26 @@ pub struct ClientSpec {
     /// The PROXY protocol header each TCP stream starts with, toward the source
     /// (`None`: none; see [`proxy_header`]).
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The addresses users may connect (or send datagrams) from (`--allow-from`);
+    /// empty: any. Others are reset at accept (their datagrams dropped), counted
+    /// as `user_not_allowed`.
+    pub allow_from: Vec<ipnet::IpNet>,
+}
+
+impl ClientSpec {
+    /// Whether a user at `ip` may use the tunnel (see [`Self::allow_from`]). An
+    /// IPv4 user that a dual-stack socket shows as `::ffff:a.b.c.d` is checked as
+    /// `a.b.c.d`.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
+    }
+
+    /// `allow_from` for people: `10.0.0.0/8, 192.0.2.7/32`.
+    pub(crate) fn allow_from_list(&self) -> String {
+        let nets: Vec<String> = self.allow_from.iter().map(ToString::to_string).collect();
+        nets.join(", ")
+    }
 }
 
 /// How a UDP tunnel treats its flows (one per user address and port).

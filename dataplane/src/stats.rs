@@ -41,11 +41,13 @@ pub enum ErrorKind {
     LimitReached,
     /// The process had no file descriptor for a channel to the router (client side).
     OutOfDescriptors,
+    /// The user's address is not in the tunnel's `--allow-from` (client side).
+    UserNotAllowed,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::PolicyRefused,
         ErrorKind::SourceUnreachable,
         ErrorKind::OpenFailed,
@@ -56,6 +58,7 @@ impl ErrorKind {
         ErrorKind::Killed,
         ErrorKind::LimitReached,
         ErrorKind::OutOfDescriptors,
+        ErrorKind::UserNotAllowed,
     ];
 
     /// The label value metrics use.
@@ -71,6 +74,7 @@ impl ErrorKind {
             ErrorKind::Killed => "killed",
             ErrorKind::LimitReached => "limit_reached",
             ErrorKind::OutOfDescriptors => "out_of_descriptors",
+            ErrorKind::UserNotAllowed => "user_not_allowed",
         }
     }
 

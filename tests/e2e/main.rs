@@ -8,6 +8,7 @@
     clippy::expect_used
 )]
 
+mod allow_from;
 mod authorized;
 mod balance;
 mod chaos;

@@ -97,6 +97,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
             max_new_flows: a.udp_max_new_flows,
         }),
         proxy_protocol: a.proxy_protocol.map(Into::into),
+        allow_from: a.allow_from.clone(),
     };
     let registration = Registration {
         home: home.clone(),
@@ -334,6 +335,10 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     if let Some(v) = a.proxy_protocol {
         let v = conduit_dataplane::ProxyProtocol::from(v);
         args.extend(["--proxy-protocol".to_owned(), v.to_string()]);
+    }
+    if !a.allow_from.is_empty() {
+        let nets: Vec<String> = a.allow_from.iter().map(ToString::to_string).collect();
+        args.extend(["--allow-from".to_owned(), nets.join(",")]);
     }
     if a.router_balance {
         args.push("--router-balance".to_owned());

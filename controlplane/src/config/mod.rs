@@ -58,6 +58,18 @@ pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;
 pub use validate::tunnel_name;
 
+/// One `--allow-from` / `allow_from` entry: an address (one host) or a CIDR block,
+/// IPv6 with or without brackets.
+pub fn allow_from_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+    s.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            "not an address or a CIDR block; write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32".into()
+        })
+}
+
 use crate::home::Home;
 
 /// What a service file needs to know of one setting.

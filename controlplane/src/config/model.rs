@@ -153,6 +153,10 @@ pub struct TunnelConfig {
     /// sees the user's address (TCP tunnels; none unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The addresses and CIDR blocks users may connect from; empty: anyone who can
+    /// reach `bind`.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
 }
 
 /// A router's file: where it listens, whom it admits, what they may open, and how it

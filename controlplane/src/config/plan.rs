@@ -37,6 +37,8 @@ pub struct TunnelPlan {
     pub protocol: Protocol,
     /// The PROXY protocol header its streams start with (TCP only).
     pub proxy_protocol: Option<ProxyProtocolVersion>,
+    /// The addresses users may connect from (empty: any).
+    pub allow_from: Vec<ipnet::IpNet>,
     /// TLS or plain (from `[router] transport`).
     pub transport: super::model::TransportKind,
     /// A token for routers that require one.
@@ -87,6 +89,9 @@ impl TunnelPlan {
         if let Some(v) = self.proxy_protocol {
             h.update(format!("|proxy_protocol|{v}").as_bytes());
         }
+        if !self.allow_from.is_empty() {
+            h.update(format!("|allow_from|{:?}", self.allow_from).as_bytes());
+        }
         if let Some(t) = &self.token {
             h.update(b"|token|");
             h.update(t.expose().as_bytes());
@@ -135,6 +140,7 @@ impl TunnelPlan {
                 max_new_flows: p.udp_max_new_flows,
             }),
             proxy_protocol: self.proxy_protocol.map(Into::into),
+            allow_from: self.allow_from.clone(),
         }
     }
 }
@@ -207,6 +213,11 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             return Err(internal(&format!("tunnels[{i}]")));
         };
         let bind = bind_addr(bind).map_err(|_| internal(&path("bind")))?;
+        let allow_from = t
+            .allow_from
+            .iter()
+            .map(|n| super::allow_from_net(n).map_err(|_| internal(&path("allow_from"))))
+            .collect::<Result<Vec<_>, _>>()?;
         tunnels.push(TunnelPlan {
             name: name.clone(),
             router: router.clone(),
@@ -219,6 +230,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             bind,
             protocol: t.protocol,
             proxy_protocol: t.proxy_protocol,
+            allow_from,
             transport: c.router.transport,
             token: c.security.token.clone(),
             key_rotation_days: c.security.key_rotation_days,

@@ -218,6 +218,7 @@ static CLIENT: Schema = Schema {
         key("bind", Kind::Str).required("bind = \"0.0.0.0:8080\""),
         key("protocol", Kind::Choice(&["tcp", "udp"])),
         key("proxy_protocol", Kind::Choice(&["v1", "v2"])),
+        key("allow_from", Kind::List),
     ]),
 };
 

@@ -276,10 +276,11 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         "pin_cores = false # default".into(),
     ];
     assert_eq!(lines[..expect.len()], expect[..], "{out}");
-    let tail: Vec<&String> = lines.iter().rev().take(6).collect();
+    let tail: Vec<&String> = lines.iter().rev().take(7).collect();
     assert_eq!(
         tail,
         [
+            "allow_from = [] # default",
             "proxy_protocol = (not set) # default",
             "protocol = \"tcp\" # default",
             &format!("bind = \"0.0.0.0:8080\" # {file}:8"),

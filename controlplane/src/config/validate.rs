@@ -307,6 +307,11 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 ),
             );
         }
+        for (j, item) in t.allow_from.iter().enumerate() {
+            if let Err(e) = super::allow_from_net(item) {
+                out.error(&path("allow_from"), format!("item {j}: {item:?} is {e}"));
+            }
+        }
         let Some(bind) = &t.bind else { continue };
         let addr = match bind_addr(bind) {
             Ok(a) => a,

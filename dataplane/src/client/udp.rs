@@ -192,6 +192,13 @@ impl ClientCore {
         if self.core.stopping.get() {
             return;
         }
+        if !self.spec.admits(peer.ip()) {
+            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            self.core.stats.fail(ErrorKind::UserNotAllowed);
+            drop(flows);
+            self.stranger_said(peer, "dropped a datagram");
+            return;
+        }
         if let Some(cap) = &self.spec.new_flows
             && !cap.admit(Instant::now())
         {

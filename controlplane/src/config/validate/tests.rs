@@ -68,7 +68,7 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
-             bind, protocol, proxy_protocol ($F:12)",
+             bind, protocol, proxy_protocol, allow_from ($F:12)",
             "error: router.host: missing; add host = \"10.2.0.1\" under [router], or set \
              CONDUIT_ROUTER_HOST",
         ]
@@ -549,6 +549,24 @@ fn the_proxy_header_is_for_tcp_tunnels() {
             "error: tunnels[1].proxy_protocol: proxy_protocol = \"v2\" is for TCP tunnels; a UDP \
              tunnel sends no PROXY header: remove proxy_protocol or set protocol = \"tcp\" ($F:14)",
             "error: tunnels[3].proxy_protocol: unknown value \"v3\"; use v1 or v2 ($F:24)",
+        ]
+    );
+}
+
+#[test]
+fn allow_from_takes_addresses_and_cidr_blocks() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"db\"\nsource = \"10.2.0.5:5432\"\nbind = \"0.0.0.0:5432\"\n\
+         allow_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"[2001:db8::1]\", \"10.0.0.0/33\", \"office\"]\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels[1].allow_from: item 3: \"10.0.0.0/33\" is not an address or a CIDR \
+             block; write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32 ($F:13)",
+            "error: tunnels[1].allow_from: item 4: \"office\" is not an address or a CIDR block; \
+             write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32 ($F:13)",
         ]
     );
 }
