@@ -212,6 +212,9 @@ struct Shared {
     kernel_tls: bool,
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
     datagrams: bool,
+    /// `--proxy-protocol` and `--allow-from`, for the registry.
+    proxy_protocol: Option<conduit_dataplane::ProxyProtocol>,
+    allow_from: Vec<ipnet::IpNet>,
     name: String,
     /// The source, named in the control channel's `Hello` for the router to check.
     source: String,
@@ -359,6 +362,8 @@ impl ClientTunnel {
                 suites: s.suites.clone(),
                 kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
+                proxy_protocol: s.proxy_protocol,
+                allow_from: s.allow_from.clone(),
                 source: s.source.clone(),
                 name: s.name,
                 balance: s.balance && routers.len() > 1,
@@ -428,6 +433,16 @@ impl ClientTunnel {
     /// Whether it uses all of its routers at once.
     pub fn balance(&self) -> bool {
         self.shared.balance
+    }
+
+    /// The PROXY protocol header its streams start with (`--proxy-protocol`).
+    pub fn proxy_protocol(&self) -> Option<conduit_dataplane::ProxyProtocol> {
+        self.shared.proxy_protocol
+    }
+
+    /// The addresses users may connect from (`--allow-from`; empty: any).
+    pub fn allow_from(&self) -> &[ipnet::IpNet] {
+        &self.shared.allow_from
     }
 
     /// Its routers, in order, and the workers' view of the links to them (up or

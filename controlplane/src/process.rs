@@ -190,6 +190,12 @@ impl RegisteredTunnel {
                 file: r.file.clone(),
                 digest: r.digest.clone(),
                 balance: tunnel.balance(),
+                proxy_protocol: tunnel.proxy_protocol().map(|v| v.to_string()),
+                allow_from: tunnel
+                    .allow_from()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             },
             status: "starting".into(),
             created_at: registry::now_rfc3339(),

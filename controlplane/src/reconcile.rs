@@ -121,6 +121,8 @@ mod tests {
                 file: file.map(PathBuf::from),
                 digest: digest.into(),
                 balance: false,
+                proxy_protocol: None,
+                allow_from: Vec::new(),
             },
             status: "running".into(),
             created_at: String::new(),

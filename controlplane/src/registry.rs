@@ -32,6 +32,12 @@ pub struct EntryConfig {
     /// It uses all of its routers at once (`--router-balance`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub balance: bool,
+    /// The PROXY protocol header its streams start with (`v1`, `v2`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+    /// The addresses and CIDR blocks users may connect from (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 fn tcp() -> String {
@@ -257,6 +263,8 @@ mod tests {
                 file: None,
                 digest: String::new(),
                 balance: false,
+                proxy_protocol: None,
+                allow_from: Vec::new(),
             },
             status: "running".into(),
             created_at: now_rfc3339(),

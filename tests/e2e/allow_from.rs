@@ -57,6 +57,21 @@ both_engines!(
         expect_refused_user(taddr);
         tunnel.wait_stderr(&format!("refused a user connection {WHY}"));
         assert_eq!(not_allowed(&home), "1");
+        // `status` and `list` name who may come in.
+        let status = home.ok(&["status"]);
+        assert!(
+            status.contains(&format!(
+                "{taddr} → {source} (users from 127.0.0.2/32, 10.0.0.0/8 only)\n"
+            )),
+            "{status}"
+        );
+        let list: serde_json::Value =
+            serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap();
+        assert_eq!(
+            list[0]["allow_from"],
+            serde_json::json!(["127.0.0.2/32", "10.0.0.0/8"]),
+            "{list:#}"
+        );
 
         // 127.0.0.2 is.
         let mut c = connect_from("127.0.0.2", taddr);

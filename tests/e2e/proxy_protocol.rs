@@ -114,6 +114,21 @@ fn both_versions(engine: Engine, transport: &[&str]) {
             let (body, me) = ask(taddr);
             assert_eq!(body, want(me, taddr), "{v}");
         }
+        // `status` and `list` say so.
+        let status = home.ok(&["status"]);
+        assert!(
+            status.contains(&format!("{taddr} → {} (PROXY {v} header)\n", nginx.addr)),
+            "{status}"
+        );
+        let list: serde_json::Value =
+            serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap();
+        let me = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == v)
+            .unwrap();
+        assert_eq!(me["proxy_protocol"], v, "{list:#}");
     }
 }
 

@@ -29,6 +29,8 @@ fn to_json(s: &Seen) -> serde_json::Value {
         "source": e.config.source,
         "bind": e.config.bind,
         "protocol": e.config.protocol,
+        "proxy_protocol": e.config.proxy_protocol,
+        "allow_from": e.config.allow_from,
         "created_at": e.created_at,
     });
     match &s.status {

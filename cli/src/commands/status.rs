@@ -115,7 +115,7 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             _ => format!("router {} connecting", e.config.router),
         };
         say(format_args!(
-            "{head}: {} — {link}; {}, {}, {} on {}{}; {} → {}",
+            "{head}: {} — {link}; {}, {}, {} on {}{}; {} → {}{}",
             t.status,
             plural(t.active_connections, "open connection"),
             plural(st.idle_channels, "idle channel"),
@@ -123,7 +123,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             plural(t.workers, "worker"),
             kernel_tls(&st.kernel_tls, st.kernel_tls_streams),
             e.config.bind,
-            e.config.source
+            e.config.source,
+            admission(&e.config)
         ));
         if !st.source_refused.is_empty() {
             say(format_args!(
@@ -181,6 +182,24 @@ fn over(cipher: &str) -> String {
         String::new()
     } else {
         format!(" over {cipher}")
+    }
+}
+
+/// What the source hears and who may come in, after the status line's `bind →
+/// source`: ` (PROXY v2 header; users from 10.0.0.0/8 only)`; nothing when neither
+/// is set.
+fn admission(c: &conduit_controlplane::registry::EntryConfig) -> String {
+    let mut said = Vec::new();
+    if let Some(v) = &c.proxy_protocol {
+        said.push(format!("PROXY {v} header"));
+    }
+    if !c.allow_from.is_empty() {
+        said.push(format!("users from {} only", c.allow_from.join(", ")));
+    }
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", said.join("; "))
     }
 }
 

@@ -401,6 +401,8 @@ mod tests {
             file: None,
             digest: String::new(),
             balance: false,
+            proxy_protocol: None,
+            allow_from: Vec::new(),
         };
         assert!(holds_port(&c("127.0.0.1:5353", "tcp"), 5353, Protocol::Tcp));
         assert!(holds_port(&c("[::1]:5353", "udp"), 5353, Protocol::Udp));
