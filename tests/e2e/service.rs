@@ -311,6 +311,50 @@ fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
     );
 }
 
+#[test]
+fn the_proxy_header_and_allow_from_stay_in_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = start_service(
+        dir.path(),
+        &[
+            "--service-file",
+            "systemd",
+            "--proxy-protocol",
+            "v2",
+            "--allow-from",
+            "10.0.0.0/8",
+            "--allow-from",
+            "192.0.2.7",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unit = stdout(&out);
+    let exec = exec_start(&unit);
+    assert!(
+        exec.contains(" --proxy-protocol v2 --allow-from 10.0.0.0/8,192.0.2.7/32"),
+        "{exec}"
+    );
+    // A unit that could not start is not written.
+    let out = start_service(
+        dir.path(),
+        &[
+            "--service-file",
+            "systemd",
+            "--protocol",
+            "udp",
+            "--proxy-protocol",
+            "v1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("--proxy-protocol v1 is for TCP tunnels"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// A systemd unit's `ExecStart=` line.
 fn exec_start(unit: &str) -> &str {
     unit.lines()

@@ -27,9 +27,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(n) = &a.name {
         conduit_controlplane::config::tunnel_name(n).map_err(|e| Usage(format!("--name {e}")))?;
     }
-    if let Some(kind) = a.service.service_file {
-        return service_file(home, &a, log, kind);
-    }
+    // Before a service file too: it must not hold a tunnel that cannot start.
     if let Some(v) = a.proxy_protocol
         && a.protocol == ProtocolArg::Udp
     {
@@ -39,6 +37,9 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
              --proxy-protocol or --protocol udp"
         ))
         .into());
+    }
+    if let Some(kind) = a.service.service_file {
+        return service_file(home, &a, log, kind);
     }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = source_list("--router", &a.router)?;
