@@ -683,6 +683,19 @@ pub(crate) struct StartArgs {
     /// bind it to loopback or a monitoring network).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_bind: Option<String>,
+    /// POST a JSON alert to this URL when the router link is lost (down for
+    /// --alert-after), back, or refused for good (also CONDUIT_ALERTS_WEBHOOK;
+    /// `[alerts] webhook` in a file).
+    #[arg(long, value_name = "URL", env = "CONDUIT_ALERTS_WEBHOOK", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) alert_webhook: Option<Secret>,
+    /// Send the same alerts to this Slack incoming-webhook URL (also
+    /// CONDUIT_ALERTS_SLACK; `[alerts] slack` in a file).
+    #[arg(long, value_name = "URL", env = "CONDUIT_ALERTS_SLACK", hide_env_values = true, value_parser = parse_secret)]
+    pub(crate) alert_slack: Option<Secret>,
+    /// Seconds the router link may be down before the alert that it is lost
+    /// (`[alerts] lost_after_secs` in a file).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub(crate) alert_after: u64,
     /// Seconds the router gets to complete the TLS handshake and Hello/Welcome.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) handshake_timeout: u64,

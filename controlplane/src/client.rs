@@ -14,8 +14,9 @@ use conduit_dataplane::{
 use conduit_proto::tls::{ClientConfig, Suites};
 use conduit_proto::{KeyPair, PublicKey, Secret};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::alerts::tunnel::{TunnelAlerts, Watcher};
 use crate::keys::KnownRouter;
 use crate::metrics::Counters;
 use crate::{Error, Transport};
@@ -101,6 +102,8 @@ pub struct TunnelSettings {
     /// With several routers: use all of them at once, each new data channel
     /// opened to the next router whose link is up, instead of one at a time.
     pub balance: bool,
+    /// Where to report the router link lost, back or refused (`None`: nowhere).
+    pub alerts: Option<TunnelAlerts>,
 }
 
 /// The pinned keys of each of `routers` routers, from `keys` as given: keys that
@@ -282,6 +285,7 @@ pub struct ClientTunnel {
     requests: flume::Receiver<FromWorker>,
     local_addr: SocketAddr,
     rotations: (Rotations, RotationsRx),
+    alerts: Option<TunnelAlerts>,
 }
 
 type Rotations = mpsc::Sender<oneshot::Sender<Result<Rotated, String>>>;
@@ -357,6 +361,7 @@ impl ClientTunnel {
             requests,
             local_addr,
             rotations: mpsc::channel(4),
+            alerts: s.alerts.filter(TunnelAlerts::is_on),
             shared: Arc::new(Shared {
                 transport: s.transport,
                 suites: s.suites.clone(),
@@ -479,6 +484,19 @@ impl ClientTunnel {
     /// Runs until `shutdown` completes with a drain deadline (open connections get
     /// that long to finish) or the router refuses this client for good (an error).
     pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
+        let watcher = match &self.alerts {
+            Some(a) => Watcher::start(
+                a,
+                &self.shared.name,
+                self.shared.routers.clone(),
+                self.shared.status.subscribe(),
+            )
+            .unwrap_or_else(|e| {
+                error!(tunnel = %self.shared.name, "alerts are off: {e}");
+                None
+            }),
+            None => None,
+        };
         let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (_, rotations) = self.rotations;
@@ -509,6 +527,11 @@ impl ClientTunnel {
         }
         let dp = self.shared.dp.clone();
         let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        if let Some(w) = watcher {
+            // A refusal's alert is worth a short wait; a planned stop's is not.
+            let within = if result.is_err() { 10 } else { 2 };
+            w.finish(Duration::from_secs(within)).await;
+        }
         result
     }
 }

@@ -98,6 +98,7 @@ mod tests {
                     failback_secs: 30,
                     balance: false,
                     performance: PerformanceConfig::default(),
+                    alerts: crate::config::AlertsConfig::default().tunnel_settings(n),
                 })
                 .collect(),
             logging: LoggingConfig::default(),

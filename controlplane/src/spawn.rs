@@ -38,10 +38,10 @@ pub struct Launch {
     pub log_file: Option<PathBuf>,
     /// How long to wait for the tunnel to come up.
     pub timeout: Duration,
-    /// A token for the child: passed in its environment (`CONDUIT_TOKEN`, readable by
-    /// its owner only), never on its command line, which every local user can read
-    /// in `ps` for as long as the tunnel runs.
-    pub token: Option<Secret>,
+    /// Secrets for the child (a token, alert URLs): passed in its environment
+    /// (`CONDUIT_TOKEN`…, readable by its owner only), never on its command line,
+    /// which every local user can read in `ps` for as long as the tunnel runs.
+    pub secrets: Vec<(&'static str, Secret)>,
     /// The claim on the name, handed to the child, which holds it while it runs.
     pub claim: NameClaim,
 }
@@ -109,8 +109,8 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    if let Some(t) = &l.token {
-        cmd.env("CONDUIT_TOKEN", t.expose());
+    for (var, value) in &l.secrets {
+        cmd.env(var, value.expose());
     }
     #[cfg(unix)]
     {

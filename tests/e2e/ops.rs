@@ -17,6 +17,7 @@ mod alerts;
 mod bounds;
 mod commands;
 mod metrics;
+mod tunnel_alerts;
 
 pub const TOKEN: &str = "t0ken-for-tests";
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
-use conduit_controlplane::config::{OptimizeFor, PerformanceConfig};
+use conduit_controlplane::alerts::tunnel::TunnelAlerts;
+use conduit_controlplane::config::{AlertsConfig, OptimizeFor, PerformanceConfig};
 use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
@@ -38,6 +39,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         ))
         .into());
     }
+    alert_urls(&a)?;
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
@@ -55,7 +57,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     // Held until this function returns: for a background start, by the child.
     let claim = claim_name(home, &name)?;
     if !a.foreground {
-        return background(home, &name, a.token.clone(), claim, log);
+        return background(home, &name, secrets(&a), claim, log);
     }
     let performance = PerformanceConfig {
         optimize_for: a.optimize_for.into(),
@@ -65,6 +67,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         kernel_tls: a.kernel_tls,
         ..PerformanceConfig::default()
     };
+    let alerts = tunnel_alerts(&a, &name);
     let settings = TunnelSettings {
         name: name.clone(),
         router: router.clone(),
@@ -99,6 +102,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         }),
         proxy_protocol: a.proxy_protocol.map(Into::into),
         allow_from: a.allow_from.clone(),
+        alerts: Some(alerts),
     };
     let registration = Registration {
         home: home.clone(),
@@ -194,13 +198,17 @@ fn ignore_hangups() {
 fn background(
     home: &Home,
     name: &str,
-    token: Option<Secret>,
+    secrets: Vec<(&'static str, Secret)>,
     claim: NameClaim,
     log: &LogArgs,
 ) -> Result<()> {
     // The child inherits this working directory, so relative paths keep their meaning.
-    // The token travels in the child's environment, not on its command line.
-    let mut args = without_flag(std::env::args_os().skip(1), "--token");
+    // The token and the alert URLs travel in the child's environment, not on its
+    // command line.
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    for (flag, _) in SECRET_FLAGS {
+        args = without_flag(args, flag);
+    }
     let pos = args.iter().position(|a| a == "start").map_or(0, |p| p + 1);
     args.insert(pos, "--foreground".into());
     args.insert(pos + 1, "--detached".into());
@@ -208,9 +216,36 @@ fn background(
         .log_file
         .is_some()
         .then(|| background_log(home, name, log));
-    let l = launch_detached(home, name, args, token, claim, log_file)?;
+    let l = launch_detached(home, name, args, secrets, claim, log_file)?;
     report_started("started", name, &l);
     Ok(())
+}
+
+/// `--alert-webhook` and `--alert-slack`, checked (the URLs are not repeated: they
+/// may hold a token).
+fn alert_urls(a: &StartArgs) -> Result<()> {
+    for (flag, url) in [
+        ("--alert-webhook", &a.alert_webhook),
+        ("--alert-slack", &a.alert_slack),
+    ] {
+        if let Some(url) = url {
+            conduit_controlplane::config::webhook_url(url.expose())
+                .map_err(|e| Usage(format!("{flag}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the tunnel reports its router link: the flags over the defaults of a
+/// file's `[alerts]`.
+fn tunnel_alerts(a: &StartArgs, name: &str) -> TunnelAlerts {
+    AlertsConfig {
+        webhook: a.alert_webhook.clone(),
+        slack: a.alert_slack.clone(),
+        lost_after_secs: Some(a.alert_after),
+        ..AlertsConfig::default()
+    }
+    .tunnel_settings(name)
 }
 
 /// Where a background tunnel logs: `--log-file` (made absolute, as the registry
@@ -228,7 +263,7 @@ pub(crate) fn launch_detached(
     home: &Home,
     name: &str,
     args: Vec<OsString>,
-    token: Option<Secret>,
+    secrets: Vec<(&'static str, Secret)>,
     claim: NameClaim,
     log_file: Option<PathBuf>,
 ) -> Result<Launched> {
@@ -239,9 +274,26 @@ pub(crate) fn launch_detached(
         name: name.to_owned(),
         log_file,
         timeout: Duration::from_secs(30),
-        token,
+        secrets,
         claim,
     })?)
+}
+
+/// The flags whose values are secrets, and the variables that carry them to a
+/// background tunnel or a service instead.
+const SECRET_FLAGS: [(&str, &str); 3] = [
+    ("--token", "CONDUIT_TOKEN"),
+    ("--alert-webhook", "CONDUIT_ALERTS_WEBHOOK"),
+    ("--alert-slack", "CONDUIT_ALERTS_SLACK"),
+];
+
+/// The secrets given to `start`, each with its variable.
+fn secrets(a: &StartArgs) -> Vec<(&'static str, Secret)> {
+    [&a.token, &a.alert_webhook, &a.alert_slack]
+        .into_iter()
+        .zip(SECRET_FLAGS)
+        .filter_map(|(value, (_, var))| value.clone().map(|v| (var, v)))
+        .collect()
 }
 
 /// Prints what a launch achieved: `VERB tunnel "NAME" (id …, pid …) listening on …`.
@@ -354,6 +406,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
         ("--key-rotation-days", a.key_rotation_days, 30),
         ("--router-failback", a.router_failback, 30),
         ("--udp-idle-timeout", a.udp_idle_timeout, 60),
+        ("--alert-after", a.alert_after, 10),
         ("--udp-max-new-flows", a.udp_max_new_flows, 0),
         ("--max-connections", a.max_connections as u64, 0),
         ("--bandwidth-limit", a.bandwidth_limit, 0),
@@ -376,7 +429,10 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
             description: format!("Conduit tunnel {name}"),
             args,
             privileged_port: (1..1024).contains(&bind.port()),
-            env_vars: a.token.iter().map(|_| "CONDUIT_TOKEN".to_owned()).collect(),
+            env_vars: secrets(a)
+                .into_iter()
+                .map(|(var, _)| var.to_owned())
+                .collect(),
             // The key rotates beside its file.
             writes: std::iter::once(key).chain(log.log_file.clone()).collect(),
         },

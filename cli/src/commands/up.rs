@@ -213,7 +213,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
                     // alongside would hold this one's name for as long as it runs.
                     let _one = launching.lock().unwrap_or_else(|e| e.into_inner());
                     let claim = claim_name(&home, &name)?;
-                    launch_detached(&home, &name, args, None, claim, None)
+                    launch_detached(&home, &name, args, Vec::new(), claim, None)
                 })
                 .await?
             }

@@ -10,13 +10,13 @@ use hyper::Method;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Alert, SinkKind, SinkStats, shown};
+use super::{Alert, Origin, SinkKind, SinkStats, shown};
 use crate::http::HttpClient;
 
 pub(super) struct Target {
     pub(super) kind: SinkKind,
     pub(super) url: Secret,
-    pub(super) router: String,
+    pub(super) origin: Origin,
     pub(super) retries: u32,
     pub(super) timeout: Duration,
     pub(super) backoff: Duration,
@@ -30,8 +30,8 @@ pub(super) async fn run(
 ) {
     while let Some(alert) = queue.recv().await {
         let body = match t.kind {
-            SinkKind::Webhook => alert.webhook_json(&t.router),
-            SinkKind::Slack => alert.slack_json(&t.router),
+            SinkKind::Webhook => alert.webhook_json(&t.origin),
+            SinkKind::Slack => alert.slack_json(&t.origin),
         };
         let body = body.to_string().into_bytes();
         match post(&t, &client, body).await {

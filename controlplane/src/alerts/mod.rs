@@ -1,6 +1,7 @@
 //! Alerts: when a source goes down or comes back, or a client link is lost or back,
 //! the router tells the operator through a generic JSON webhook and/or a Slack incoming
-//! webhook.
+//! webhook; when a tunnel's router link is lost, back or refused, the tunnel does
+//! ([`tunnel`]).
 //!
 //! ```text
 //!  monitor ── Alert ──▶ FlapGuard ──▶ Alerter::send ──▶ per-sink queue ──▶ task: POST, retry
@@ -14,6 +15,7 @@
 
 mod deliver;
 mod flap;
+pub mod tunnel;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use conduit_proto::Secret;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 pub use flap::{FlapGuard, FlapSettings};
@@ -40,6 +43,12 @@ pub enum Event {
     ClientLost,
     /// A lost client link is back.
     ClientBack,
+    /// A tunnel has had no router link for a while.
+    RouterLost,
+    /// Its router link is up again.
+    RouterBack,
+    /// A router refused the tunnel for good; it stopped.
+    RouterRefused,
     /// A subject changes state too often; its alerts are paused.
     Flapping,
 }
@@ -52,6 +61,9 @@ impl Event {
             Event::SourceUp => "source_up",
             Event::ClientLost => "client_lost",
             Event::ClientBack => "client_back",
+            Event::RouterLost => "router_lost",
+            Event::RouterBack => "router_back",
+            Event::RouterRefused => "router_refused",
             Event::Flapping => "flapping",
         }
     }
@@ -61,25 +73,30 @@ impl Event {
         match self {
             Event::SourceDown => "down",
             Event::SourceUp => "up",
-            Event::ClientLost => "lost",
-            Event::ClientBack => "connected",
+            Event::ClientLost | Event::RouterLost => "lost",
+            Event::ClientBack | Event::RouterBack => "connected",
+            Event::RouterRefused => "refused",
             Event::Flapping => "flapping",
         }
     }
 
     fn severity(self) -> &'static str {
         match self {
-            Event::SourceDown | Event::ClientLost => "critical",
+            Event::SourceDown | Event::ClientLost | Event::RouterLost | Event::RouterRefused => {
+                "critical"
+            }
             Event::Flapping => "warning",
-            Event::SourceUp | Event::ClientBack => "resolved",
+            Event::SourceUp | Event::ClientBack | Event::RouterBack => "resolved",
         }
     }
 
     fn emoji(self) -> &'static str {
         match self {
-            Event::SourceDown | Event::ClientLost => ":red_circle:",
+            Event::SourceDown | Event::ClientLost | Event::RouterLost | Event::RouterRefused => {
+                ":red_circle:"
+            }
             Event::Flapping => ":warning:",
-            Event::SourceUp | Event::ClientBack => ":large_green_circle:",
+            Event::SourceUp | Event::ClientBack | Event::RouterBack => ":large_green_circle:",
         }
     }
 }
@@ -102,6 +119,11 @@ pub enum Subject {
         name: String,
         /// The tunnel.
         tunnel: String,
+    },
+    /// A tunnel's link to its routers (as the tunnel reports it).
+    Router {
+        /// The routers it may use, `host:port` each, in order.
+        routers: Vec<String>,
     },
 }
 
@@ -135,6 +157,10 @@ impl Subject {
                 let who = if name.is_empty() { id } else { name };
                 format!("client {who:?} (tunnel {tunnel:?})")
             }
+            Subject::Router { routers } => match routers.as_slice() {
+                [one] => format!("router {one}"),
+                _ => format!("routers {}", routers.join(", ")),
+            },
         }
     }
 }
@@ -143,7 +169,7 @@ impl Alert {
     /// The key flapping is tracked by.
     pub fn subject_key(&self) -> String {
         match &self.subject {
-            Subject::Source { .. } => self.subject.text(),
+            Subject::Source { .. } | Subject::Router { .. } => self.subject.text(),
             Subject::Client { id, tunnel, .. } => format!("client {id} {tunnel}"),
         }
     }
@@ -164,7 +190,7 @@ impl Alert {
     }
 
     /// The generic webhook's JSON body.
-    pub fn webhook_json(&self, router: &str) -> serde_json::Value {
+    pub fn webhook_json(&self, origin: &Origin) -> serde_json::Value {
         let subject = match &self.subject {
             Subject::Source { target, protocol } => {
                 json!({"kind": "source", "target": target, "protocol": protocol.as_str()})
@@ -172,24 +198,48 @@ impl Alert {
             Subject::Client { id, name, tunnel } => {
                 json!({"kind": "client", "id": id, "name": name, "tunnel": tunnel})
             }
+            Subject::Router { routers } => json!({"kind": "router", "routers": routers}),
         };
-        json!({
+        let mut body = json!({
             "event": self.event.as_str(),
             "state": self.event.state_word(),
             "severity": self.event.severity(),
             "subject": subject,
             "message": self.message,
-            "router": router,
             "timestamp": humantime::format_rfc3339_seconds(self.at).to_string(),
-        })
+        });
+        match origin {
+            Origin::Router(name) => body["router"] = json!(name),
+            Origin::Tunnel { name, host } => {
+                body["tunnel"] = json!(name);
+                body["host"] = json!(host);
+            }
+        }
+        body
     }
 
     /// The Slack incoming-webhook body.
-    pub fn slack_json(&self, router: &str) -> serde_json::Value {
-        json!({
-            "text": format!("{} *conduit router {router}*: {}", self.event.emoji(), self.message)
-        })
+    pub fn slack_json(&self, origin: &Origin) -> serde_json::Value {
+        let from = match origin {
+            Origin::Router(name) => format!("conduit router {name}"),
+            Origin::Tunnel { name, host } => format!("conduit tunnel {name} on {host}"),
+        };
+        json!({"text": format!("{} *{from}*: {}", self.event.emoji(), self.message)})
     }
+}
+
+/// Who sends the alerts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A router, by its name (`alerts.name`, default the host name).
+    Router(String),
+    /// A tunnel process.
+    Tunnel {
+        /// The tunnel's name.
+        name: String,
+        /// Its host (`alerts.name`, default the host name).
+        host: String,
+    },
 }
 
 /// Where alerts go.
@@ -207,8 +257,8 @@ pub struct AlertSettings {
     pub backoff: Duration,
     /// Flapping suppression.
     pub flap: FlapSettings,
-    /// How alerts name this router.
-    pub router_name: String,
+    /// Who sends them.
+    pub origin: Origin,
 }
 
 impl Default for AlertSettings {
@@ -220,7 +270,7 @@ impl Default for AlertSettings {
             timeout: Duration::from_secs(5),
             backoff: Duration::from_millis(500),
             flap: FlapSettings::default(),
-            router_name: String::new(),
+            origin: Origin::Router(String::new()),
         }
     }
 }
@@ -259,6 +309,7 @@ struct Sink {
     kind: SinkKind,
     queue: mpsc::Sender<Alert>,
     stats: Arc<SinkStats>,
+    task: JoinHandle<()>,
 }
 
 /// The sending side of the alert sinks.
@@ -282,11 +333,11 @@ impl Alerter {
                 let Some(url) = url.clone() else { continue };
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let stats = Arc::new(SinkStats::default());
-                tokio::spawn(deliver::run(
+                let task = tokio::spawn(deliver::run(
                     deliver::Target {
                         kind,
                         url,
-                        router: s.router_name.clone(),
+                        origin: s.origin.clone(),
                         retries: s.retries,
                         timeout: s.timeout,
                         backoff: s.backoff,
@@ -299,6 +350,7 @@ impl Alerter {
                     kind,
                     queue: tx,
                     stats,
+                    task,
                 });
             }
         }
@@ -327,6 +379,20 @@ impl Alerter {
     pub fn stats(&self) -> Vec<(SinkKind, &SinkStats)> {
         self.sinks.iter().map(|s| (s.kind, &*s.stats)).collect()
     }
+
+    /// Whether any sink is configured.
+    pub fn is_active(&self) -> bool {
+        !self.sinks.is_empty()
+    }
+
+    /// Takes no more alerts and waits until those queued are delivered or given up
+    /// (each sink's retries bound it; the caller bounds it too).
+    pub async fn close(self) {
+        let tasks: Vec<JoinHandle<()>> = self.sinks.into_iter().map(|s| s.task).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
 }
 
 /// A URL as it may appear in logs and `Debug` output.
@@ -350,8 +416,9 @@ mod tests {
             message: r#"client "laptop" (tunnel "web") lost: no heartbeat for 20s"#.into(),
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         };
+        let gw1 = Origin::Router("gw1".into());
         assert_eq!(
-            a.webhook_json("gw1"),
+            a.webhook_json(&gw1),
             json!({
                 "event": "client_lost",
                 "state": "lost",
@@ -363,7 +430,7 @@ mod tests {
             })
         );
         assert_eq!(
-            a.slack_json("gw1"),
+            a.slack_json(&gw1),
             json!({"text": r#":red_circle: *conduit router gw1*: client "laptop" (tunnel "web") lost: no heartbeat for 20s"#})
         );
         assert_eq!(a.subject_text(), r#"client "laptop" (tunnel "web")"#);

@@ -36,6 +36,9 @@ pub struct Config {
     /// `[logging]`.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// `[alerts]`: where the tunnels report their router link lost, back or refused.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// `[[tunnels]]`.
     #[serde(default)]
     pub tunnels: Vec<TunnelConfig>,
@@ -314,7 +317,7 @@ impl Default for HealthConfig {
     }
 }
 
-/// A router's `[alerts]`.
+/// A router's `[alerts]`, or a client's (which alone has `lost_after_secs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
@@ -332,10 +335,17 @@ pub struct AlertsConfig {
     pub flap_window_secs: u64,
     /// More changes than this within the window is flapping: alerts pause.
     pub flap_changes: u64,
-    /// How alerts name this router (default: the host name).
+    /// How alerts name this router, or a client's host (default: the host name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A client's: seconds its router link may be down before `router_lost` is sent
+    /// (a client's file fills in 10 when it is not set; a router has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_after_secs: Option<u64>,
 }
+
+/// A client's `alerts.lost_after_secs` unless set.
+pub(crate) const LOST_AFTER_SECS: u64 = 10;
 
 impl Default for AlertsConfig {
     fn default() -> Self {
@@ -347,6 +357,7 @@ impl Default for AlertsConfig {
             flap_window_secs: 600,
             flap_changes: 4,
             name: None,
+            lost_after_secs: None,
         }
     }
 }
@@ -483,6 +494,7 @@ impl Config {
         self.security
             .private_key_path
             .get_or_insert_with(|| home.private_key("client"));
+        self.alerts.lost_after_secs.get_or_insert(LOST_AFTER_SECS);
     }
 }
 

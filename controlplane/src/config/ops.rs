@@ -1,11 +1,13 @@
-//! From a router's `[api]`, `[health]` and `[alerts]` to the settings the monitor, the
-//! alerter and the API run with. Called after `validate` found no error.
+//! From a router's `[api]`, `[health]` and `[alerts]` (and a client's `[alerts]`) to
+//! the settings the monitor, the alerters and the API run with. Called after
+//! `validate` found no error.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::model::RouterConfig;
-use crate::alerts::{AlertSettings, FlapSettings};
+use super::model::{AlertsConfig, LOST_AFTER_SECS, RouterConfig};
+use crate::alerts::tunnel::TunnelAlerts;
+use crate::alerts::{AlertSettings, FlapSettings, Origin};
 use crate::api::ApiSettings;
 use crate::history::HistorySettings;
 use crate::monitor::HealthSettings;
@@ -46,20 +48,38 @@ impl RouterConfig {
 
     /// Where alerts go; the host name names the router when `alerts.name` is not set.
     pub fn alert_settings(&self) -> AlertSettings {
-        let a = &self.alerts;
-        let window = Duration::from_secs(a.flap_window_secs);
+        let name = self.alerts.name.clone().unwrap_or_else(host_name);
+        self.alerts.settings(Origin::Router(name))
+    }
+}
+
+impl AlertsConfig {
+    /// Where the alerts of tunnel `tunnel` go (a client's `[alerts]`); the host name
+    /// names its host when `alerts.name` is not set.
+    pub fn tunnel_settings(&self, tunnel: &str) -> TunnelAlerts {
+        TunnelAlerts {
+            sinks: self.settings(Origin::Tunnel {
+                name: tunnel.to_owned(),
+                host: self.name.clone().unwrap_or_else(host_name),
+            }),
+            lost_after: Duration::from_secs(self.lost_after_secs.unwrap_or(LOST_AFTER_SECS)),
+        }
+    }
+
+    fn settings(&self, origin: Origin) -> AlertSettings {
+        let window = Duration::from_secs(self.flap_window_secs);
         AlertSettings {
-            webhook: a.webhook.clone(),
-            slack: a.slack.clone(),
-            retries: u32::try_from(a.retries).unwrap_or(u32::MAX),
-            timeout: Duration::from_secs(a.timeout_secs),
+            webhook: self.webhook.clone(),
+            slack: self.slack.clone(),
+            retries: u32::try_from(self.retries).unwrap_or(u32::MAX),
+            timeout: Duration::from_secs(self.timeout_secs),
             backoff: Duration::from_millis(500),
             flap: FlapSettings {
                 window,
-                max_changes: usize::try_from(a.flap_changes).unwrap_or(usize::MAX),
+                max_changes: usize::try_from(self.flap_changes).unwrap_or(usize::MAX),
                 quiet: window / 2,
             },
-            router_name: a.name.clone().unwrap_or_else(host_name),
+            origin,
         }
     }
 }

@@ -11,6 +11,7 @@ use conduit_proto::{KeyPair, PublicKey, Secret};
 use super::model::{LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion};
 use super::validate::{bind_addr, public_key};
 use super::{Problem, Report, Sources, load_client};
+use crate::alerts::tunnel::TunnelAlerts;
 use crate::client::TunnelSettings;
 
 /// One tunnel process's settings.
@@ -53,6 +54,8 @@ pub struct TunnelPlan {
     pub balance: bool,
     /// Workers, engine, pool, timeouts and the rest.
     pub performance: PerformanceConfig,
+    /// `[alerts]`: where the tunnel reports its router link.
+    pub alerts: TunnelAlerts,
 }
 
 impl TunnelPlan {
@@ -95,6 +98,22 @@ impl TunnelPlan {
         if let Some(t) = &self.token {
             h.update(b"|token|");
             h.update(t.expose().as_bytes());
+        }
+        if self.alerts.is_on() {
+            let a = &self.alerts;
+            let urls = [&a.sinks.webhook, &a.sinks.slack].map(|u| u.as_ref().map(Secret::expose));
+            h.update(
+                format!(
+                    "|alerts|{urls:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                    a.sinks.retries,
+                    a.sinks.timeout,
+                    a.sinks.backoff,
+                    a.sinks.flap,
+                    a.sinks.origin,
+                    a.lost_after
+                )
+                .as_bytes(),
+            );
         }
         h.finalize()[..8]
             .iter()
@@ -141,6 +160,7 @@ impl TunnelPlan {
             }),
             proxy_protocol: self.proxy_protocol.map(Into::into),
             allow_from: self.allow_from.clone(),
+            alerts: Some(self.alerts.clone()),
         }
     }
 }
@@ -238,6 +258,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             failback_secs: c.router.failback_secs,
             balance: c.router.balance,
             performance: c.performance.clone(),
+            alerts: c.alerts.tunnel_settings(name),
         });
     }
     Ok(Plan {

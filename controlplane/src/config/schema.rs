@@ -183,6 +183,15 @@ const LOGGING: Section = Section {
     ],
 };
 
+// `[alerts]`: the router's, and a client's with one more key.
+const ALERT_WEBHOOK: Key = key("webhook", Kind::Str).secret();
+const ALERT_SLACK: Key = key("slack", Kind::Str).secret();
+const ALERT_RETRIES: Key = key("retries", Kind::Int { min: 0, max: 20 });
+const ALERT_TIMEOUT: Key = key("timeout_secs", SECS);
+const ALERT_FLAP_WINDOW: Key = key("flap_window_secs", Kind::Int { min: 1, max: 86400 });
+const ALERT_FLAP_CHANGES: Key = key("flap_changes", Kind::Int { min: 1, max: 1000 });
+const ALERT_NAME: Key = key("name", Kind::Str);
+
 static CLIENT: Schema = Schema {
     sections: &[
         Section {
@@ -211,6 +220,19 @@ static CLIENT: Schema = Schema {
         },
         PERFORMANCE,
         LOGGING,
+        Section {
+            name: "alerts",
+            keys: &[
+                ALERT_WEBHOOK,
+                ALERT_SLACK,
+                ALERT_RETRIES,
+                ALERT_TIMEOUT,
+                ALERT_FLAP_WINDOW,
+                ALERT_FLAP_CHANGES,
+                ALERT_NAME,
+                key("lost_after_secs", Kind::Int { min: 0, max: 86_400 }),
+            ],
+        },
     ],
     tunnels: Some(&[
         key("name", Kind::Str).required("name = \"web\""),
@@ -310,13 +332,13 @@ static ROUTER: Schema = Schema {
         Section {
             name: "alerts",
             keys: &[
-                key("webhook", Kind::Str).secret(),
-                key("slack", Kind::Str).secret(),
-                key("retries", Kind::Int { min: 0, max: 20 }),
-                key("timeout_secs", SECS),
-                key("flap_window_secs", Kind::Int { min: 1, max: 86400 }),
-                key("flap_changes", Kind::Int { min: 1, max: 1000 }),
-                key("name", Kind::Str),
+                ALERT_WEBHOOK,
+                ALERT_SLACK,
+                ALERT_RETRIES,
+                ALERT_TIMEOUT,
+                ALERT_FLAP_WINDOW,
+                ALERT_FLAP_CHANGES,
+                ALERT_NAME,
             ],
         },
         PERFORMANCE,

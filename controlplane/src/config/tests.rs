@@ -175,7 +175,7 @@ fn a_bad_override_is_reported_and_the_layer_below_stays() {
             "error: performance.workers: expected an integer (0-1024), found \"many\" (env \
              CONDUIT_PERFORMANCE_WORKERS)",
             "error: router.prot: unknown key; did you mean router.port? only the keys of \
-             [router], [security], [performance], [logging] can be set this way (cli --set \
+             [router], [security], [performance], [logging], [alerts] can be set this way (cli --set \
              router.prot)",
             "error: performance.io_engine: unknown value \"turbo\"; use auto, uring or epoll \
              (cli --set performance.io_engine)",

@@ -95,6 +95,7 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
     token_file(c.security.token.is_some(), "security.token", &mut out);
     performance(&c.performance, false, &mut out);
     logging(&c.logging, &mut out);
+    alerts(&c.alerts, &mut out);
     tunnels(c, &mut out);
     out.list
 }
@@ -247,7 +248,7 @@ fn alerts(a: &AlertsConfig, out: &mut Out<'_>) {
 }
 
 /// An `http://` or `https://` URL with a host.
-pub(crate) fn webhook_url(u: &str) -> Result<(), String> {
+pub fn webhook_url(u: &str) -> Result<(), String> {
     let ok = u
         .parse::<hyper::Uri>()
         .ok()

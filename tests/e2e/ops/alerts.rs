@@ -10,7 +10,8 @@ use crate::harness::{Engine, Home, addr_in};
 use crate::http::{Receiver, Switchable, black_hole, wait_for};
 use crate::sources;
 
-fn alert_events(r: &Receiver, path: &str) -> Vec<String> {
+/// The events (Slack: the texts) `r` received on `path`, in order.
+pub(super) fn alert_events(r: &Receiver, path: &str) -> Vec<String> {
     r.received()
         .iter()
         .filter(|x| x.path == path)

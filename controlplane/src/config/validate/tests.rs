@@ -66,7 +66,7 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
             "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, \
              transport, fallbacks, fallback_keys, failback_secs, balance; `bind` belongs in a router's file (check those with --router) ($F:5)",
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
-             security, performance, logging, tunnels ($F:6)",
+             security, performance, logging, alerts, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
              bind, protocol, proxy_protocol, allow_from ($F:12)",
             "error: router.host: missing; add host = \"10.2.0.1\" under [router], or set \

@@ -1,0 +1,187 @@
+//! A tunnel's own alerts: its router link lost and back, to both webhook formats; a
+//! background tunnel whose router never answers; alert URLs kept off command lines.
+
+use serde_json::json;
+
+use crate::harness::{Engine, Home, assert_code, dead_port};
+use crate::http::Receiver;
+use crate::manage::{Cleanup, run_args, start_args};
+use crate::sources;
+
+use super::alerts::alert_events;
+use super::echo_through;
+
+/// The webhook's path, with a token in its query as real ones often have.
+const HOOK: &str = "/hook?token=SECRET-IN-URL";
+
+#[test]
+fn a_router_that_goes_away_is_reported_lost_once_then_back_once() {
+    let home = Home::with_keys();
+    let rx = Receiver::start();
+    let source = sources::echo();
+    let bind = format!("127.0.0.1:{}", dead_port());
+    let allow = [source.to_string()];
+    let (mut router, raddr) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
+    let (tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &[
+            "--name",
+            "web",
+            "--alert-webhook",
+            &rx.url(HOOK),
+            "--alert-slack",
+            &rx.url("/slack"),
+            "--alert-after",
+            "1",
+        ],
+    );
+    echo_through(taddr, 100, 1);
+
+    router.signal("KILL");
+    router.wait_exit();
+    let got = rx.wait("a router_lost alert on both sinks", |r| {
+        r.iter().any(|x| x.path == HOOK) && r.iter().any(|x| x.path == "/slack")
+    });
+    let hook = got.iter().find(|x| x.path == HOOK).unwrap();
+    let b = &hook.body;
+    assert_eq!(b["event"], "router_lost");
+    assert_eq!(b["state"], "lost");
+    assert_eq!(b["severity"], "critical");
+    assert_eq!(b["tunnel"], "web");
+    assert!(b["host"].as_str().is_some_and(|h| !h.is_empty()), "{b}");
+    assert_eq!(b.get("router"), None, "{b}");
+    assert_eq!(
+        b["subject"],
+        json!({"kind": "router", "routers": [raddr.to_string()]})
+    );
+    let msg = b["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("tunnel \"web\" has had no router link for ")
+            && msg.ends_with("; its users are turned away until the link is back"),
+        "{msg}"
+    );
+    let host = b["host"].as_str().unwrap().to_owned();
+
+    (router, _) = home.router_at(Engine::Epoll, &bind, &allow, &[]);
+    tunnel.wait_stdout_count("connected to router", 2);
+    rx.wait("a router_back alert on both sinks", |r| r.len() >= 4);
+    echo_through(taddr, 100, 2);
+    assert_eq!(alert_events(&rx, HOOK), ["router_lost", "router_back"]);
+    let slack = alert_events(&rx, "/slack");
+    assert_eq!(slack.len(), 2, "{slack:?}");
+    assert_eq!(
+        slack[0],
+        format!(":red_circle: *conduit tunnel web on {host}*: {msg}")
+    );
+    let back = format!(
+        ":large_green_circle: *conduit tunnel web on {host}*: tunnel \"web\" is connected to \
+         router {raddr} again, after "
+    );
+    assert!(
+        slack[1].starts_with(&back) && slack[1].ends_with(" without a router link"),
+        "{}",
+        slack[1]
+    );
+    tunnel.wait_stderr("alert sent");
+    let err = tunnel.stderr();
+    assert!(
+        !err.contains("SECRET-IN-URL"),
+        "a webhook's token was logged:\n{err}"
+    );
+    drop(router);
+}
+
+#[test]
+fn a_background_tunnel_whose_router_never_answers_reports_it_without_showing_the_url() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let rx = Receiver::start();
+    let router = format!("127.0.0.1:{}", dead_port());
+    let mut args = start_args(&home, &router, "127.0.0.1:9", "edge");
+    let url = rx.url(HOOK);
+    args.extend([
+        "--alert-webhook".into(),
+        url,
+        "--alert-after".into(),
+        "1".into(),
+    ]);
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 0, &err);
+    assert!(out.contains("retrying"), "{out}");
+    let got = rx.wait("a router_lost alert", |r| !r.is_empty());
+    let b = &got[0].body;
+    assert_eq!(b["event"], "router_lost");
+    assert_eq!(b["tunnel"], "edge");
+    let msg = b["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("tunnel \"edge\" has not reached its router in ")
+            && msg.contains(" since it started: "),
+        "{msg}"
+    );
+    // The URL reached the tunnel process through its environment, not its command
+    // line, which every local user can read.
+    let list = crate::manage::list_json(&home);
+    let pid = list[0]["pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("--alert-after 1"), "{cmdline}");
+    assert!(!cmdline.contains("SECRET-IN-URL"), "{cmdline}");
+}
+
+#[test]
+fn a_bad_alert_url_is_refused_before_anything_starts() {
+    let home = Home::with_keys();
+    let mut args = start_args(&home, "127.0.0.1:9", "127.0.0.1:9", "bad");
+    args.extend([
+        "--alert-slack".into(),
+        "hooks.slack.com/services/T0/B0/SECRET".into(),
+    ]);
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "conduit: error: --alert-slack: not an http:// or https:// URL with a host; give the \
+         full webhook URL\n"
+    );
+}
+
+#[test]
+fn up_reports_each_tunnels_router_link_from_the_files_alerts_section() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let rx = Receiver::start();
+    let file = home.path().join("conduit.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[router]\nhost = \"127.0.0.1\"\nport = {}\npublic_key = \"{}\"\n\n\
+             [security]\nprivate_key_path = \"{}\"\n\n\
+             [performance]\nworkers = 1\nio_engine = \"epoll\"\n\n\
+             [alerts]\nwebhook = \"{}\"\nlost_after_secs = 1\nname = \"edge-7\"\n\n\
+             [[tunnels]]\nname = \"a\"\nsource = \"127.0.0.1:9\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[tunnels]]\nname = \"b\"\nsource = \"127.0.0.1:9\"\nbind = \"127.0.0.1:0\"\n",
+            dead_port(),
+            home.key("router.pub").display(),
+            home.key("client.key").display(),
+            rx.url(HOOK),
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = home.run(&["up", "-f", file.to_str().unwrap()]);
+    assert_code(status, 0, &err);
+    assert!(out.contains("retrying"), "{out}");
+    let got = rx.wait("a router_lost alert from each tunnel", |r| r.len() >= 2);
+    let mut from: Vec<(String, String, String)> = got
+        .iter()
+        .map(|x| {
+            let s = |k: &str| x.body[k].as_str().unwrap_or_default().to_owned();
+            (s("tunnel"), s("host"), s("event"))
+        })
+        .collect();
+    from.sort();
+    let want = |t: &str| (t.to_owned(), "edge-7".to_owned(), "router_lost".to_owned());
+    assert_eq!(from, [want("a"), want("b")]);
+}
