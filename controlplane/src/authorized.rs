@@ -83,6 +83,22 @@ impl SourcePolicy for AdmittedPolicy {
         self.allow.resolve_for(Some(caller), target, protocol)
     }
 
+    fn lookups(&self, client: Option<&PublicKey>, target: &str) -> Option<flume::Receiver<()>> {
+        let caller = match client {
+            None => None,
+            // A key no longer admitted is refused by `resolve`, before any lookup.
+            Some(key) => {
+                let name = self.authorized.lookup(key)?;
+                Some((key, name))
+            }
+        };
+        let caller = caller.as_ref().map(|(key, name)| Caller {
+            key,
+            name: Some(name.as_str()).filter(|n| !n.is_empty()),
+        });
+        self.allow.lookups(caller, target)
+    }
+
     fn gate(&self, target: &str) -> Result<(), Refusal> {
         self.allow.gate(target)
     }

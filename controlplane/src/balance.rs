@@ -25,13 +25,20 @@ use conduit_dataplane::{SourceProtocol, source_members};
 use conduit_proto::{Refusal, RefusalCode};
 
 use crate::config::Protocol;
+use crate::dns::Resolver;
 use crate::monitor::{Monitor, SourceState, SourceView};
 use crate::policy::{AllowList, Caller};
+
+/// Members one source may name at most (`HOST:PORT,HOST:PORT,…`).
+pub const MAX_MEMBERS: usize = 64;
 
 /// The allow-list, applied to every member of a target, with members ordered for
 /// balancing and failover.
 pub struct Balancer {
     allow: AllowList,
+    /// Where names are looked up off the data plane (`None`: in place, blocking;
+    /// for tests).
+    resolver: Option<Arc<Resolver>>,
     next: AtomicUsize,
     /// Weak: the monitor's task holds the data plane, which holds this policy.
     health: Arc<OnceLock<Weak<Monitor>>>,
@@ -44,9 +51,43 @@ impl Balancer {
     pub fn new(allow: AllowList, health: Arc<OnceLock<Weak<Monitor>>>) -> Self {
         Self {
             allow,
+            resolver: None,
             next: AtomicUsize::new(0),
             health,
             breaker: Breaker::default(),
+        }
+    }
+
+    /// Looks names up through `resolver`, which the data plane waits on without
+    /// blocking (see [`Self::lookups`]).
+    pub fn with_resolver(mut self, resolver: Arc<Resolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Starts the lookups `resolve_for` will need for `target` (its members, at
+    /// most [`MAX_MEMBERS`]); a wait for them, or `None` when none is needed.
+    pub(crate) fn lookups(
+        &self,
+        client: Option<Caller<'_>>,
+        target: &str,
+    ) -> Option<flume::Receiver<()>> {
+        let resolver = self.resolver.as_ref()?;
+        resolver.prefetch(
+            source_members(target)
+                .take(MAX_MEMBERS)
+                .filter_map(|m| self.allow.lookup_needed(client, m)),
+        )
+    }
+
+    /// What `allow` admits of one member, its name (if any) read from the
+    /// resolver's answers.
+    fn member(&self, client: Option<Caller<'_>>, m: &str) -> Result<Vec<SocketAddr>, Refusal> {
+        match &self.resolver {
+            Some(r) => self
+                .allow
+                .check(client, m, |host, port| r.cached(host, port)),
+            None => self.allow.resolve_for(client, m),
         }
     }
 
@@ -93,13 +134,20 @@ impl Balancer {
                 RefusalCode::Protocol,
                 format!("source {target:?} names no HOST:PORT"),
             )),
-            [one] => self.allow.resolve_for(client, one),
+            [one] => self.member(client, one),
+            many if many.len() > MAX_MEMBERS => Err(Refusal::new(
+                RefusalCode::Protocol,
+                format!(
+                    "source names {} members; a source may name at most {MAX_MEMBERS}",
+                    many.len()
+                ),
+            )),
             _ => {
                 let down = self.down(protocol);
                 let mut resolved = Vec::with_capacity(members.len());
                 for m in &members {
                     let is_down = down.iter().any(|d| d == m);
-                    resolved.push((is_down, self.allow.resolve_for(client, m)?));
+                    resolved.push((is_down, self.member(client, m)?));
                 }
                 let start = self.next.fetch_add(1, Relaxed);
                 Ok(order(resolved, start))

@@ -27,6 +27,7 @@ pub mod balance;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod history;
 pub mod home;

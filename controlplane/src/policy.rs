@@ -265,6 +265,25 @@ impl AllowList {
         )
     }
 
+    /// The name `check` would look up for `target` and `client`: `None` for an
+    /// address, a malformed target, or a name no rule could admit.
+    pub fn lookup_needed<'t>(
+        &self,
+        client: Option<Caller<'_>>,
+        target: &'t str,
+    ) -> Option<(&'t str, u16)> {
+        if target.parse::<SocketAddr>().is_ok() {
+            return None;
+        }
+        let (host, port) = target.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok()?;
+        self.rules
+            .iter()
+            .filter(|r| r.applies_to(client))
+            .any(|r| r.allows_name(host, port) || r.ports.contains(port))
+            .then_some((host, port))
+    }
+
     /// Checks `target` (`host:port`) for `client` and returns the addresses to try.
     pub fn check(
         &self,

@@ -112,6 +112,8 @@ struct State {
     authorized_path: Option<PathBuf>,
     /// The allow-list as configured, to tell keys named in per-key rules.
     policy: AllowList,
+    /// Where sources' names are looked up (shared with the data plane's policy).
+    resolver: Arc<crate::dns::Resolver>,
     key_grace: Duration,
     /// One rotation at a time edits the authorized-clients file.
     rotating: tokio::sync::Mutex<()>,
@@ -168,12 +170,14 @@ impl Router {
             None => None,
         };
         let health = Arc::new(std::sync::OnceLock::new());
+        let resolver = crate::dns::Resolver::new(tokio::runtime::Handle::current());
         let dp = Arc::new(DataPlane::start_router(
             &s.dataplane,
             RouterSpec {
                 policy: Arc::new(AdmittedPolicy {
                     authorized: s.authorized.clone(),
-                    allow: Balancer::new(s.policy.clone(), health.clone()),
+                    allow: Balancer::new(s.policy.clone(), health.clone())
+                        .with_resolver(resolver.clone()),
                 }),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
@@ -262,6 +266,7 @@ impl Router {
                 revoked: watch::Sender::new(0),
                 authorized_path: s.authorized_path.clone(),
                 policy: s.policy,
+                resolver,
                 key_grace: s.key_grace,
                 rotating: tokio::sync::Mutex::new(()),
             }),

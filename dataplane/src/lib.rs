@@ -134,6 +134,10 @@ pub enum SourceProtocol {
     Udp,
 }
 
+/// The longest a worker waits for a source's name to be looked up (see
+/// [`SourcePolicy::lookups`]); the policy's own limit is shorter.
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(6);
+
 /// The router's rule for which sources a client may open.
 pub trait SourcePolicy: Send + Sync + 'static {
     /// Resolves `target` for `client` (`None` on the plain transport, which
@@ -145,6 +149,15 @@ pub trait SourcePolicy: Send + Sync + 'static {
         target: &str,
         protocol: SourceProtocol,
     ) -> Result<Vec<SocketAddr>, Refusal>;
+
+    /// Starts the name lookups [`Self::resolve`] needs for `target` so that it
+    /// need not block: a receiver that disconnects once they ended, which a worker
+    /// awaits (for at most [`LOOKUP_WAIT`]) before calling `resolve`. `None`: nothing
+    /// to look up (addresses, or names answered lately), or `resolve` looks names up
+    /// itself.
+    fn lookups(&self, _client: Option<&PublicKey>, _target: &str) -> Option<flume::Receiver<()>> {
+        None
+    }
 
     /// Whether a TCP stream to `target` (already resolved and allowed) may try to
     /// connect now: a refusal when the router knows the source is down and turns

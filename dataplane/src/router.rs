@@ -14,6 +14,7 @@ use futures::channel::oneshot;
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::LOOKUP_WAIT;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
 use crate::limit::{Permit, Throttle, held_note, open_connections};
@@ -88,6 +89,7 @@ impl RouterCore {
         client: Option<&PublicKey>,
         target: &str,
     ) -> Result<(Socket, Permit), Refusal> {
+        self.lookups(client, target).await;
         let (addrs, permit) = self.admit(id, peer, client, target, SourceProtocol::Tcp)?;
         for member in crate::source_members(target) {
             self.core.usage.source_used(member);
@@ -110,6 +112,15 @@ impl RouterCore {
                 let message = format!("the router could not connect to source {target}: {e}");
                 Err(self.refused(id, peer, client, ErrorKind::SourceUnreachable, message))
             }
+        }
+    }
+
+    /// Waits (at most [`LOOKUP_WAIT`]) for the name lookups `target` needs, which
+    /// run off this worker: its other streams go on meanwhile.
+    pub(crate) async fn lookups(&self, client: Option<&PublicKey>, target: &str) {
+        if let Some(done) = self.spec.policy.lookups(client, target) {
+            let all = async { while done.recv_async().await.is_ok() {} };
+            let _ = monoio::time::timeout(LOOKUP_WAIT, all).await;
         }
     }
 

@@ -222,6 +222,24 @@ fn sources_by_name_are_checked_at_the_link_as_the_streams_would_be() {
     router.wait_stderr("the router cannot resolve source no-such-host.invalid:7");
 }
 
+// A source named by host name is looked up off the workers and served; the
+// second stream uses the looked-up answer.
+both_engines!(a_source_named_by_host_name_is_served, |engine: Engine| {
+    let home = Home::with_keys();
+    let echo = sources::echo();
+    let named = format!("localhost:{}", echo.port());
+    // Hosts files differ on whether localhost is ::1 too; the echo listens on the
+    // IPv4 one, and a refused ::1 fails over to it.
+    let allow = [
+        format!("127.0.0.1:{}", echo.port()),
+        format!("[::1]:{}", echo.port()),
+    ];
+    let (_router, raddr) = home.router(engine, &allow);
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &named);
+    crate::users::assert_echo(taddr, b"first, looked up");
+    crate::users::assert_echo(taddr, b"second, from the cache");
+});
+
 #[test]
 fn a_router_that_is_not_there_is_retried_and_users_fail_fast() {
     let home = Home::with_keys();

@@ -98,37 +98,57 @@ pub(super) const SOURCE_LOOKUP: Duration = Duration::from_secs(2);
 
 /// Whether the policy lets `key`'s tunnel open `source` (every member of it): a
 /// tunnel whose streams would all be refused is refused at its link, so that it fails
-/// at `start` rather than at its first user. A name is looked up off the runtime and
-/// for at most [`SOURCE_LOOKUP`]; one that does not resolve (yet) is let through, and
-/// each stream is checked as it opens all the same.
+/// at `start` rather than at its first user. A name is looked up through the router's
+/// resolver for at most [`SOURCE_LOOKUP`]; one that does not resolve (yet) is let
+/// through, and each stream is checked as it opens all the same.
 pub(super) async fn source_allowed(
     state: &State,
     key: Option<PublicKey>,
     source: &str,
 ) -> Result<(), Refusal> {
-    let allow = state.policy.clone();
+    let members = conduit_dataplane::source_members(source).count();
+    if members > crate::balance::MAX_MEMBERS {
+        return Err(Refusal::new(
+            RefusalCode::Protocol,
+            format!(
+                "source names {members} members; a source may name at most {}",
+                crate::balance::MAX_MEMBERS
+            ),
+        ));
+    }
     // Rules may name the client as its line in authorized_clients does.
     let name = key
         .and_then(|k| state.authorized.lookup(&k))
         .filter(|n| !n.is_empty());
-    let target = source.to_owned();
-    let check = tokio::task::spawn_blocking(move || {
-        let caller = key.as_ref().map(|key| Caller {
-            key,
-            name: name.as_deref(),
-        });
-        conduit_dataplane::source_members(&target)
-            .try_for_each(|member| allow.resolve_for(caller, member).map(drop))
+    let caller = key.as_ref().map(|key| Caller {
+        key,
+        name: name.as_deref(),
     });
-    match tokio::time::timeout(SOURCE_LOOKUP, check).await {
-        Ok(Ok(Err(refusal))) if refusal.code == RefusalCode::PolicyDenied => Err(refusal),
-        Ok(Ok(Err(other))) => {
+    let allow = &state.policy;
+    let names: Vec<(&str, u16)> = conduit_dataplane::source_members(source)
+        .take(crate::balance::MAX_MEMBERS)
+        .filter_map(|m| allow.lookup_needed(caller, m))
+        .collect();
+    if let Some(done) = state.resolver.prefetch(names) {
+        let all = async { while done.recv_async().await.is_ok() {} };
+        let _ = tokio::time::timeout(SOURCE_LOOKUP, all).await;
+    }
+    let checked = conduit_dataplane::source_members(source).try_for_each(|member| {
+        allow
+            .check(caller, member, |host, port| {
+                state.resolver.cached(host, port)
+            })
+            .map(drop)
+    });
+    match checked {
+        Err(refusal) if refusal.code == RefusalCode::PolicyDenied => Err(refusal),
+        Err(other) => {
             debug!(
                 "source {source:?} not checked at the link: {}",
                 other.message
             );
             Ok(())
         }
-        _ => Ok(()),
+        Ok(()) => Ok(()),
     }
 }

@@ -35,6 +35,7 @@ impl RouterCore {
         let target = Rc::<str>::from(target);
         let id = self.core.next_conn_id();
         let client = ch.peer_key;
+        self.lookups(client.as_ref(), &target).await;
         let opened = self.open_flow(id, peer, client.as_ref(), &target);
         let Some(flow) = self.answer_open(ch, id, "flow", opened).await else {
             return false;
@@ -80,6 +81,7 @@ impl RouterCore {
         rest: Vec<u8>,
     ) -> Option<Vec<u8>> {
         let client = of.client.as_ref();
+        self.lookups(client, of.target).await;
         let flow = match self.open_flow(of.id, of.peer, client, of.target) {
             Ok(flow) => flow,
             Err(refusal) => {
