@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use conduit_controlplane::config::Override;
 use conduit_dataplane::Engine;
@@ -37,8 +38,9 @@ pub(crate) struct LogArgs {
     #[arg(long, global = true, value_enum, requires = "log_file")]
     pub(crate) log_rotation: Option<LogRotation>,
     /// Rotated log files (FILE.YYYY-MM-DD[-HH]) to keep besides the one being written,
-    /// 0 for all [default: 7]; no other file is touched.
-    #[arg(long, global = true, requires = "log_file")]
+    /// 0 for all, at most 10000 (as `[logging] keep` in a file) [default: 7]; no other
+    /// file is touched.
+    #[arg(long, global = true, requires = "log_file", value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub(crate) log_keep: Option<usize>,
 }
 
@@ -164,8 +166,8 @@ pub(crate) struct DownArgs {
     #[arg(long)]
     pub(crate) force: bool,
     /// Seconds open connections get to finish (default: each tunnel's own setting);
-    /// 0 closes them at once. The tunnels drain side by side.
-    #[arg(long)]
+    /// 0 closes them at once, 3600 at most. The tunnels drain side by side.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub(crate) drain_timeout: Option<u32>,
 }
 
@@ -273,8 +275,8 @@ pub(crate) struct KillArgs {
     #[arg(long)]
     pub(crate) force: bool,
     /// Seconds open connections get to finish (default: the tunnel's own setting);
-    /// 0 closes them at once.
-    #[arg(long)]
+    /// 0 closes them at once, 3600 at most.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(0..=3600))]
     pub(crate) drain_timeout: Option<u32>,
 }
 
@@ -636,8 +638,9 @@ pub(crate) struct StartArgs {
     /// for no cap; `[performance] udp_max_new_flows` in a file.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) udp_max_new_flows: u64,
-    /// Handshaken channels each worker keeps ready.
-    #[arg(long, default_value_t = 2)]
+    /// Handshaken channels each worker keeps ready, 0 to 64; `[performance]
+    /// pool_size` in a file.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(0..=64))]
     pub(crate) pool_size: usize,
     /// What the relay favours: latency reads one TLS record at a time and keeps at
     /// least 4 channels ready per worker; balanced and throughput read four records
@@ -656,8 +659,9 @@ pub(crate) struct StartArgs {
     /// kernel's auto-tuning); `[performance] write_buffer_size` in a file.
     #[arg(long, value_name = "BYTES", default_value_t = 0, value_parser = socket_buffer)]
     pub(crate) write_buffer_size: usize,
-    /// Seconds to let open connections finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to let open connections finish after SIGTERM/SIGINT, 0 to 3600;
+    /// `[performance] drain_timeout_secs` in a file.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub(crate) drain_timeout: u64,
     /// Seconds between heartbeats to the router; three without an answer and the
     /// link counts as lost (its users' connections are closed and it reconnects).
@@ -787,5 +791,66 @@ mod tests {
             assert!(!shown.contains("hunter2"), "{shown}");
             assert!(shown.contains("token: Some(***)"), "{shown}");
         }
+    }
+
+    /// Flags whose file key has a range take the same range: `--drain-timeout
+    /// 18446744073709551615` once panicked the tunnel at its first drain.
+    #[test]
+    fn numeric_flags_keep_to_the_ranges_of_their_file_keys() {
+        let start = [
+            "conduit",
+            "start",
+            "--router",
+            "r:1",
+            "--router-key",
+            "k",
+            "--source",
+            "s:1",
+            "--bind",
+            "127.0.0.1:0",
+        ];
+        let cases: [(&[&str], &[&str], &str); 5] = [
+            (&start, &["--pool-size", "65"], "65 is not in 0..=64"),
+            (
+                &start,
+                &["--drain-timeout", "18446744073709551615"],
+                "18446744073709551615 is not in 0..=3600",
+            ),
+            (
+                &["conduit", "down"],
+                &["--drain-timeout", "3601"],
+                "3601 is not in 0..=3600",
+            ),
+            (
+                &["conduit", "kill", "--all"],
+                &["--drain-timeout", "3601"],
+                "3601 is not in 0..=3600",
+            ),
+            (
+                &start,
+                &["--log-file", "/tmp/t.log", "--log-keep", "10001"],
+                "10001 is not in 0..=10000",
+            ),
+        ];
+        for (command, flags, why) in cases {
+            let args = [command, flags].concat();
+            let err = Cli::try_parse_from(&args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert!(err.to_string().contains(why), "{args:?}: {err}");
+        }
+        // The ends of the ranges are taken.
+        let args = [
+            &start[..],
+            &["--pool-size", "64", "--drain-timeout", "3600"],
+        ]
+        .concat();
+        let Command::Start(a) = Cli::try_parse_from(&args).unwrap().command else {
+            panic!("not a start");
+        };
+        assert_eq!((a.pool_size, a.drain_timeout), (64, 3600));
     }
 }

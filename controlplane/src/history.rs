@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conduit_dataplane::{DataPlane, Totals};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,11 @@ pub struct HistorySettings {
     /// Where samples are appended, if anywhere.
     pub file: Option<PathBuf>,
 }
+
+/// The longest interval a sample may span: samples are taken at most a day apart
+/// (`api.history_interval_secs`), so a line of the history file that says more was
+/// not written by a router, and its times cannot be trusted.
+pub const MAX_SAMPLE_SECS: f64 = 366.0 * 86_400.0;
 
 /// What moved through the router in one interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,16 +110,35 @@ impl Sample {
         }
     }
 
-    /// Whether the sample could have been taken: its interval is a length of time.
+    /// Whether the sample could have been taken: its interval is a length of time,
+    /// at most [`MAX_SAMPLE_SECS`], that began after 1970.
     fn check(&self) -> Result<(), String> {
-        if self.secs.is_finite() && self.secs >= 0.0 {
-            Ok(())
-        } else {
-            Err(format!(
+        if !(self.secs.is_finite() && self.secs >= 0.0) {
+            return Err(format!(
                 "secs is {}, not a length of time in seconds",
                 self.secs
-            ))
+            ));
         }
+        if self.secs > MAX_SAMPLE_SECS {
+            return Err(format!(
+                "secs is {}, more than the {MAX_SAMPLE_SECS} seconds (a year) a sample can span",
+                self.secs
+            ));
+        }
+        if self.start().is_none() {
+            return Err(format!(
+                "secs is {}, so the interval would have begun before 1970",
+                self.secs
+            ));
+        }
+        Ok(())
+    }
+
+    /// When the interval began: `at` less `secs`; `None` when that is before 1970
+    /// (or `secs` is not a length of time), which no sample taken can be.
+    pub fn start(&self) -> Option<SystemTime> {
+        let secs = Duration::try_from_secs_f64(self.secs).ok()?;
+        self.at.checked_sub(secs).filter(|t| *t >= UNIX_EPOCH)
     }
 
     /// Bits a second each way over the interval.
@@ -457,6 +481,53 @@ mod tests {
             .map(|s| s.bytes.into)
             .collect();
         assert_eq!(back, [5, 4]);
+    }
+
+    /// Lines no router writes: an interval longer than a year, or one that would
+    /// have begun before 1970. Skipped with their reason, not kept to panic later.
+    #[test]
+    fn a_sample_spanning_more_than_a_year_or_from_before_1970_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let good = r#"{"at":"2027-01-15T08:00:00Z","secs":60.0,"bytes":{"in":1,"out":2},"connections":{"opened":0,"failed":0,"active":0}}"#;
+        let huge = r#"{"at":"2027-01-15T08:01:00Z","secs":1.9e19,"bytes":{"in":3,"out":4},"connections":{"opened":0,"failed":0,"active":0}}"#;
+        let early = r#"{"at":"1970-01-01T00:01:00Z","secs":120.0,"bytes":{"in":5,"out":6},"connections":{"opened":0,"failed":0,"active":0}}"#;
+        for (bad, why) in [
+            (
+                huge,
+                "secs is 19000000000000000000, more than the 31622400 seconds (a year) a \
+                 sample can span",
+            ),
+            (
+                early,
+                "secs is 120, so the interval would have begun before 1970",
+            ),
+        ] {
+            std::fs::write(&path, format!("{good}\n{bad}\n")).unwrap();
+            let (h, skipped) = History::open(settings(10, Some(path.clone()))).unwrap();
+            assert_eq!(
+                skipped,
+                Some(format!(
+                    "traffic history file {} line 2 is not a sample ({why}); skipped",
+                    path.display()
+                ))
+            );
+            let kept = h.newest_first(None, at(0));
+            assert_eq!(kept.iter().map(|s| s.bytes.into).collect::<Vec<_>>(), [1]);
+        }
+    }
+
+    #[test]
+    fn a_sample_starts_its_secs_before_its_end() {
+        let s = Sample::between(&totals(0, 0, 0, 0, 0), &totals(0, 0, 0, 0, 0), 60.0, at(60));
+        assert_eq!(s.start(), Some(at(0)));
+        let huge = Sample {
+            secs: 1.9e19,
+            ..s.clone()
+        };
+        assert_eq!(huge.start(), None);
+        let negative = Sample { secs: -1.0, ..s };
+        assert_eq!(negative.start(), None);
     }
 
     #[test]

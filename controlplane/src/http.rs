@@ -9,12 +9,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 pub use hyper::Method;
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+/// The most of an answer's body that is read: the router API's answers are pages of
+/// a few hundred rows and a webhook receiver's a line, so anything larger is a wrong
+/// URL or a hostile server, refused rather than held in memory.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// A reusable client.
 #[derive(Clone)]
@@ -50,7 +55,8 @@ impl HttpClient {
         })
     }
 
-    /// Sends one request and reads the whole answer, all within `timeout`.
+    /// Sends one request and reads the whole answer (at most [`MAX_ANSWER_BYTES`]),
+    /// all within `timeout`.
     pub async fn send(
         &self,
         method: Method,
@@ -76,18 +82,36 @@ impl HttpClient {
         let exchange = async {
             let resp = self.inner.request(req).await.map_err(describe)?;
             let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer failed: {e}"))?
-                .to_bytes();
+            let body = read_body(resp.into_body(), MAX_ANSWER_BYTES).await?;
             Ok(Answer { status, body })
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
+    }
+}
+
+/// The whole of `body`, or an error once it passes `limit` bytes.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, String>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(all) => Ok(all.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            let most = if limit.is_multiple_of(1 << 20) {
+                format!("{} MiB", limit >> 20)
+            } else {
+                format!("{limit} bytes")
+            };
+            Err(format!(
+                "the answer is larger than {most}, the most read of one: check that the URL \
+                 is a Conduit router's API or the webhook receiver meant"
+            ))
+        }
+        Err(e) => Err(format!("reading the answer failed: {e}")),
     }
 }
 
@@ -149,5 +173,67 @@ mod tests {
             "https://example.com/…"
         );
         assert_eq!(redact("nonsense"), "(invalid URL)");
+    }
+
+    #[tokio::test]
+    async fn an_answer_up_to_the_limit_is_read_whole() {
+        let body = Full::new(Bytes::from(vec![7u8; 64]));
+        assert_eq!(read_body(body, 64).await, Ok(Bytes::from(vec![7u8; 64])));
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_is_refused() {
+        let body = Full::new(Bytes::from(vec![7u8; 65]));
+        assert_eq!(
+            read_body(body, 64).await,
+            Err(
+                "the answer is larger than 64 bytes, the most read of one: check that the URL \
+                 is a Conduit router's API or the webhook receiver meant"
+                    .to_owned()
+            )
+        );
+    }
+
+    /// The limit through `send`: a server that answers with more than
+    /// [`MAX_ANSWER_BYTES`] (a `Content-Length` it never sends in full) is refused
+    /// once that much arrived.
+    #[tokio::test]
+    async fn send_refuses_an_answer_larger_than_the_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await.unwrap();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                MAX_ANSWER_BYTES * 2
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            // Until the client hangs up: it stops reading past the limit.
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let client = HttpClient::new(Duration::from_secs(5)).unwrap();
+        let got = client
+            .send(
+                Method::GET,
+                &format!("http://{addr}/api/v1/stats/history"),
+                &[],
+                None,
+                Duration::from_secs(60),
+            )
+            .await;
+        assert_eq!(
+            got,
+            Err(
+                "the answer is larger than 16 MiB, the most read of one: check that the URL \
+                 is a Conduit router's API or the webhook receiver meant"
+                    .to_owned()
+            )
+        );
+        server.abort();
     }
 }

@@ -46,6 +46,7 @@ pub mod serve;
 pub mod service;
 mod signals;
 pub mod spawn;
+pub mod timestamp;
 pub mod tune;
 mod wire;
 

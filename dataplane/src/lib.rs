@@ -606,7 +606,7 @@ impl DataPlane {
     /// most `drain` from now. Each worker keeps the earlier of its deadlines; one that
     /// was not stopping yet stops now. Does not wait.
     pub fn cut_drain(&self, drain: Duration) {
-        let deadline = Instant::now() + drain;
+        let deadline = drain_deadline(Instant::now(), drain);
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::Stop { deadline });
         }
@@ -632,10 +632,47 @@ impl DataPlane {
     }
 }
 
+/// The longest a drain waits: a deadline further ahead is as good as none, and
+/// `Instant` cannot hold every `Duration` (`Instant::now() + Duration::MAX` panics).
+/// Flags and files allow an hour; this bounds what other callers may ask.
+const MAX_DRAIN: Duration = Duration::from_secs(365 * 86_400);
+
+/// When a drain of `drain` from `now` ends: `drain` is held to [`MAX_DRAIN`].
+fn drain_deadline(now: Instant, drain: Duration) -> Instant {
+    now.checked_add(drain.min(MAX_DRAIN)).unwrap_or(now)
+}
+
 fn worker_count(opts: &Options) -> usize {
     if opts.workers == 0 {
         default_workers()
     } else {
         opts.workers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_ends_its_length_from_now() {
+        let now = Instant::now();
+        assert_eq!(
+            drain_deadline(now, Duration::from_secs(30)),
+            now + Duration::from_secs(30)
+        );
+        assert_eq!(drain_deadline(now, Duration::ZERO), now);
+    }
+
+    /// `--drain-timeout 18446744073709551615` (or a Shutdown asking as much) once
+    /// panicked at `Instant::now() + drain`.
+    #[test]
+    fn a_drain_longer_than_instant_can_hold_waits_a_year() {
+        let now = Instant::now();
+        assert_eq!(drain_deadline(now, Duration::MAX), now + MAX_DRAIN);
+        assert_eq!(
+            drain_deadline(now, Duration::from_secs(u64::MAX)),
+            now + MAX_DRAIN
+        );
     }
 }

@@ -39,6 +39,11 @@ pub(crate) fn rotate(home: &Home, a: &RotateArgs) -> Result<()> {
                     "tunnel {:?}: took up key {} (another tunnel sharing its key file rotated it)",
                     e.name, r.key
                 )),
+                Ok(r) if r.old_expires < 0 => say(format_args!(
+                    "tunnel {:?}: key rotated to {}; until when the router admits the old key is \
+                     not known (its answer was not believable: see the tunnel's log)",
+                    e.name, r.key
+                )),
                 Ok(r) => {
                     say(format_args!(
                         "tunnel {:?}: key rotated to {}; the old key is admitted until {}",

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::control::pb;
+use conduit_controlplane::timestamp;
 use serde_json::json;
 
 use super::config::plural;
@@ -143,11 +144,10 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
 }
 
 /// Seconds since the epoch as an RFC 3339 time, as `list` writes `created_at`; null
-/// for 0 (not connected, or no attempt scheduled).
+/// for 0 (not connected, or no attempt scheduled) and past year 9999.
 fn rfc3339(secs: i64) -> Option<String> {
     let secs = u64::try_from(secs).ok().filter(|s| *s > 0)?;
-    let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    Some(humantime::format_rfc3339_seconds(at).to_string())
+    timestamp::unix_rfc3339(secs)
 }
 
 /// How a balancing tunnel's streams are spread: `; streams by router: A 12, B 11`

@@ -6,6 +6,7 @@ use std::time::Duration;
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry, process_alive};
+use conduit_controlplane::timestamp;
 use futures::future::join_all;
 
 /// The tunnels a command names: every running one (`all`), or the one named or
@@ -114,10 +115,11 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
-/// Unix seconds as RFC 3339.
+/// Unix seconds as RFC 3339 (a time before 1970 as 1970); a time past year 9999,
+/// which RFC 3339 cannot write, as its number.
 pub(crate) fn time(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    timestamp::unix_rfc3339(unix.max(0).unsigned_abs())
+        .unwrap_or_else(|| format!("{unix} (Unix seconds, past year 9999)"))
 }
 
 #[cfg(test)]
@@ -130,5 +132,20 @@ mod tests {
         assert_eq!(bytes(999), "999 B");
         assert_eq!(bytes(1_500), "1.5 kB");
         assert_eq!(bytes(64 << 20), "67.1 MB");
+    }
+
+    #[test]
+    fn times_past_year_9999_are_written_as_numbers_not_a_panic() {
+        assert_eq!(time(1_764_612_000), "2025-12-01T18:00:00Z");
+        assert_eq!(time(-5), "1970-01-01T00:00:00Z");
+        // The first second of year 10000.
+        assert_eq!(
+            time(253_402_300_800),
+            "253402300800 (Unix seconds, past year 9999)"
+        );
+        assert_eq!(
+            time(i64::MAX),
+            "9223372036854775807 (Unix seconds, past year 9999)"
+        );
     }
 }

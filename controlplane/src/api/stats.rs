@@ -15,6 +15,7 @@ use super::envelope::{ApiError, Data};
 use super::pages::Page;
 use crate::history::Sample;
 use crate::monitor::client_id;
+use crate::timestamp;
 
 pub(crate) async fn traffic(
     State(s): State<Arc<ApiState>>,
@@ -127,7 +128,7 @@ pub(crate) async fn history(
 fn sample_json(s: &Sample) -> Value {
     let (rate_in, rate_out) = s.rates();
     json!({
-        "at": humantime::format_rfc3339_seconds(s.at).to_string(),
+        "at": timestamp::rfc3339(s.at),
         "secs": s.secs,
         "bytes": {"in": s.bytes.into, "out": s.bytes.out},
         "rate_bps": {"in": rate_in.round(), "out": rate_out.round()},
@@ -144,7 +145,8 @@ fn sample_json(s: &Sample) -> Value {
 fn summary(samples: &[Sample]) -> Value {
     // A fold from 0.0: a float `sum` of nothing is -0.0, which JSON shows as such.
     let secs = samples.iter().fold(0.0, |t, s| t + s.secs);
-    let sum = |f: fn(&Sample) -> u64| samples.iter().map(f).sum::<u64>();
+    // Saturating: the samples may come from a history file with any counts.
+    let sum = |f: fn(&Sample) -> u64| samples.iter().map(f).fold(0, u64::saturating_add);
     let (bytes_in, bytes_out) = (sum(|s| s.bytes.into), sum(|s| s.bytes.out));
     let mean = |b: u64| {
         if secs > 0.0 {
@@ -161,14 +163,8 @@ fn summary(samples: &[Sample]) -> Value {
             .round()
     };
     let at = |s: Option<&Sample>, back: bool| {
-        s.map(|s| {
-            let t = if back {
-                s.at - std::time::Duration::from_secs_f64(s.secs)
-            } else {
-                s.at
-            };
-            humantime::format_rfc3339_seconds(t).to_string()
-        })
+        s.and_then(|s| if back { s.start() } else { Some(s.at) })
+            .and_then(timestamp::rfc3339)
     };
     json!({
         "samples": samples.len(),
@@ -186,4 +182,50 @@ fn summary(samples: &[Sample]) -> Value {
             "peak_active": samples.iter().map(|s| s.connections.active).max().unwrap_or(0),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::history::{InOut, Streams};
+
+    fn sample(secs: f64, bytes: u64) -> Sample {
+        Sample {
+            // 2027-01-15T08:00:00Z.
+            at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            secs,
+            bytes: InOut {
+                into: bytes,
+                out: bytes,
+            },
+            connections: Streams {
+                opened: u64::MAX,
+                failed: 1,
+                active: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn a_summary_of_counts_past_u64_saturates() {
+        let s = summary(&[sample(60.0, u64::MAX), sample(60.0, 1)]);
+        assert_eq!(s["bytes"], json!({"in": u64::MAX, "out": u64::MAX}));
+        assert_eq!(s["connections"]["opened"], json!(u64::MAX));
+        assert_eq!(s["connections"]["failed"], json!(2));
+        assert_eq!(s["from"], json!("2027-01-15T07:59:00Z"));
+        assert_eq!(s["to"], json!("2027-01-15T08:00:00Z"));
+    }
+
+    /// A sample whose interval would begin before 1970 (the history file's check
+    /// keeps such lines out; this is the summary not panicking all the same).
+    #[test]
+    fn a_summary_of_an_impossible_interval_has_no_start() {
+        for secs in [1.9e19, 2.0e9] {
+            let s = summary(&[sample(secs, 8)]);
+            assert_eq!(s["from"], Value::Null, "{secs}");
+            assert_eq!(s["to"], json!("2027-01-15T08:00:00Z"));
+        }
+    }
 }

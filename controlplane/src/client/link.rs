@@ -491,10 +491,10 @@ pub(super) const ROTATION_CHECK: Duration = Duration::from_secs(3600);
 /// Ends a control channel after a rotation: says goodbye, so that the link is made
 /// again with the new key.
 pub(super) async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
-    let until = done.old_expires.map_or_else(
-        || "its grace period ends".to_owned(),
-        |t| humantime::format_rfc3339_seconds(t).to_string(),
-    );
+    let until = done
+        .old_expires
+        .and_then(crate::timestamp::rfc3339)
+        .unwrap_or_else(|| "its grace period ends".to_owned());
     let why = format!(
         "key rotated: now {}; the old key is admitted until {until}; reconnecting with \
          the new key",

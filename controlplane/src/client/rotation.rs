@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conduit_proto::version;
 use conduit_proto::{ChannelKind, KeyPair, Message, PublicKey, Refusal, RefusalCode};
-use tracing::error;
+use tracing::{error, warn};
 
 use super::open::open_at;
 use super::{Rotated, Shared, configs};
@@ -134,11 +134,30 @@ pub(super) async fn rotate(
     for why in &not_authorized {
         error!(tunnel = %shared.name, "the new key {next} is not authorized by {why}; add it to that router's authorized_clients, or it refuses this tunnel");
     }
+    let old_expires = old_key_expiry(expires, SystemTime::now());
+    if old_expires.is_none() {
+        warn!(tunnel = %shared.name, "the router said it admits the old key until {expires} (Unix seconds), more than {} years from now: that time is not believed and the old key's expiry is taken as unknown; the router's authorized_clients (its expires= lines) says when it ends", MAX_GRACE_YEARS);
+    }
     Ok(Rotated {
         key: next,
-        old_expires: Some(UNIX_EPOCH + Duration::from_secs(expires)),
+        old_expires,
         not_authorized,
     })
+}
+
+/// How far ahead a router's `KeyRotated` may put the old key's expiry and be
+/// believed: a router's grace is at most 90 days (`key_grace_secs`), and an operator's
+/// `expires=` in authorized_clients is not decades away.
+const MAX_GRACE_YEARS: u64 = 10;
+
+/// When the old key expires, from a router's `KeyRotated` (Unix seconds): `None` (not
+/// known) for a time more than [`MAX_GRACE_YEARS`] after `now`, which a router sends
+/// only through a bug or a forgery, and which would not fit a `SystemTime` or an
+/// RFC 3339 date.
+fn old_key_expiry(expires: u64, now: SystemTime) -> Option<SystemTime> {
+    let at = UNIX_EPOCH.checked_add(Duration::from_secs(expires))?;
+    let latest = now.checked_add(Duration::from_secs(MAX_GRACE_YEARS * 366 * 86_400))?;
+    (at <= latest).then_some(at)
 }
 
 /// Control channels to every router but the one at `at`, whose link rotates the
@@ -236,4 +255,41 @@ pub(super) async fn ask_router(
         }
     };
     Ok(expires)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timestamp::LAST_UNIX_SECOND;
+
+    /// 2026-01-01T00:00:00Z.
+    const NOW: u64 = 1_767_225_600;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(NOW)
+    }
+
+    #[test]
+    fn an_expiry_within_the_grace_a_router_can_have_is_taken() {
+        let in_90_days = NOW + 90 * 86_400;
+        assert_eq!(
+            old_key_expiry(in_90_days, now()),
+            Some(UNIX_EPOCH + Duration::from_secs(in_90_days))
+        );
+        // A time already past (an expires= the operator set) is taken as it is.
+        assert_eq!(
+            old_key_expiry(NOW - 60, now()),
+            Some(UNIX_EPOCH + Duration::from_secs(NOW - 60))
+        );
+    }
+
+    #[test]
+    fn an_absurd_expiry_from_a_router_is_unknown_and_does_not_panic() {
+        assert_eq!(old_key_expiry(u64::MAX, now()), None);
+        // Year 10000, which RFC 3339 cannot write.
+        assert_eq!(old_key_expiry(LAST_UNIX_SECOND + 1, now()), None);
+        // Just past ten years from now.
+        let eleven_years = NOW + 11 * 365 * 86_400;
+        assert_eq!(old_key_expiry(eleven_years, now()), None);
+    }
 }

@@ -308,7 +308,7 @@ impl TunnelControl for ControlState {
             .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::RotateKeyResponse {
             key: done.key.to_string(),
-            old_expires: done.old_expires.map_or(0, unix),
+            old_expires: done.old_expires.map_or(-1, unix),
             not_authorized: done.not_authorized,
         }))
     }

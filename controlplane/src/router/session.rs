@@ -1,7 +1,7 @@
 //! A tunnel's control session: heartbeats, key rotations asked for by the client,
 //! the router's keys named as they change, and revocations, until the link ends.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
 use tracing::{debug, info, warn};
@@ -27,8 +27,11 @@ pub(super) async fn control_session(
         version >= conduit_proto::version::ROUTER_KEYS && state.transport == Transport::Tls;
     let mut presented = state.identity.subscribe();
     let keys = presented.borrow_and_update().keys.clone();
-    if names_keys && let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
-        debug!(%peer, "client left before RouterKeys: {e}");
+    let silence = state.client_timeout;
+    if names_keys
+        && let Err(e) = send_within(&mut wire, &Message::RouterKeys { keys }, silence).await
+    {
+        debug!(%peer, "client left before RouterKeys: {}", e.why);
         return;
     }
     let comment = key
@@ -42,7 +45,6 @@ pub(super) async fn control_session(
         .link_up(link_key, &comment, &tunnel, Some(peer), wire.cipher());
     let live = (key, tunnel.clone());
     *lock(&state.sessions).entry(live.clone()).or_default() += 1;
-    let silence = state.client_timeout;
     let mut silent = false;
     let mut revocations = state.revoked.subscribe();
     let (clean, reason) = loop {
@@ -56,15 +58,16 @@ pub(super) async fn control_session(
                         None => REVOKED.to_owned(),
                     };
                     let bye = Refusal::new(RefusalCode::Unauthorized, why.clone());
-                    let _ = wire.send(&Message::Goodbye(bye)).await;
+                    let _ = send_within(&mut wire, &Message::Goodbye(bye), silence).await;
                     break (false, why);
                 }
                 continue;
             }
             Ok(()) = presented.changed(), if names_keys => {
                 let keys = presented.borrow_and_update().keys.clone();
-                if let Err(e) = wire.send(&Message::RouterKeys { keys }).await {
-                    break (false, e.to_string());
+                if let Err(e) = send_within(&mut wire, &Message::RouterKeys { keys }, silence).await {
+                    silent = e.stalled;
+                    break (false, e.why);
                 }
                 continue;
             }
@@ -76,8 +79,9 @@ pub(super) async fn control_session(
             }
             Ok(Ok(Some(Message::Ping { nonce }))) => {
                 state.monitor.beat(session);
-                if let Err(e) = wire.send(&Message::Pong { nonce }).await {
-                    break (false, e.to_string());
+                if let Err(e) = send_within(&mut wire, &Message::Pong { nonce }, silence).await {
+                    silent = e.stalled;
+                    break (false, e.why);
                 }
             }
             Ok(Ok(Some(Message::Goodbye(r)))) => {
@@ -99,8 +103,9 @@ pub(super) async fn control_session(
                         Message::Refused(Refusal::new(RefusalCode::Unauthorized, why))
                     }
                 };
-                if let Err(e) = wire.send(&reply).await {
-                    break (false, e.to_string());
+                if let Err(e) = send_within(&mut wire, &reply, silence).await {
+                    silent = e.stalled;
+                    break (false, e.why);
                 }
             }
             Ok(Ok(Some(other))) => {
@@ -129,15 +134,46 @@ pub(super) async fn control_session(
         }
         left
     };
-    // A client that stopped answering (frozen, or behind a link that drops
-    // everything) sends no reset either: its streams would hold their sources open
-    // forever. Close them, unless the same tunnel is connected again meanwhile.
+    // A client that stopped answering or reading (frozen, or behind a link that
+    // drops everything) sends no reset either: its streams would hold their sources
+    // open forever. Close them, unless the same tunnel is connected again meanwhile.
     if silent && others == 0 {
         state.dp.client_lost(
             key,
             &tunnel,
-            &format!("the client stopped answering (no heartbeat for {silence:?})"),
+            &format!("the client stopped answering ({reason})"),
         );
+    }
+}
+
+/// Why a message did not reach the client.
+#[derive(Debug)]
+struct Unsent {
+    /// The client read nothing for the whole time limit (rather than the
+    /// connection failing).
+    stalled: bool,
+    /// What the log says.
+    why: String,
+}
+
+/// Sends `msg` to the client within `limit` (the client timeout,
+/// `health.client_timeout_secs`). A client that sends Pings but reads nothing fills
+/// its receive window; without a limit the send would then hold the session, and
+/// with it the heartbeat timeout and the revocation of its key, forever.
+async fn send_within(wire: &mut Wire, msg: &Message, limit: Duration) -> Result<(), Unsent> {
+    match tokio::time::timeout(limit, wire.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Unsent {
+            stalled: false,
+            why: e.to_string(),
+        }),
+        Err(_) => Err(Unsent {
+            stalled: true,
+            why: format!(
+                "the client read nothing for {limit:?}: a {} to it could not be sent",
+                msg.name()
+            ),
+        }),
     }
 }
 
@@ -188,4 +224,80 @@ pub(super) async fn rotate(
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     state.authorized.replace_with_expiry(new.names, new.expires);
     Ok(expires)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpSocket;
+
+    use super::*;
+
+    /// A client that never reads what the router sends: the send that finds its
+    /// window and the router's buffer full ends at the time limit, not never.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_to_a_client_that_reads_nothing_ends_at_the_time_limit() {
+        // Small buffers on both ends (the accepted socket inherits the listener's),
+        // so that they fill after a few thousand Pongs.
+        let listening = TcpSocket::new_v4().unwrap();
+        listening.set_send_buffer_size(4096).unwrap();
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listening.listen(1).unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut wire = Wire::plain(tcp).unwrap();
+        let limit = Duration::from_secs(15);
+        let mut nonce = 0;
+        let (unsent, started) = loop {
+            let started = tokio::time::Instant::now();
+            match send_within(&mut wire, &Message::Pong { nonce }, limit).await {
+                Ok(()) => nonce += 1,
+                Err(e) => break (e, started),
+            }
+            assert!(nonce < 1_000_000, "the buffers never filled");
+        };
+        assert!(unsent.stalled);
+        assert_eq!(
+            unsent.why,
+            "the client read nothing for 15s: a Pong to it could not be sent"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= limit && waited < limit + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        drop(client);
+    }
+
+    /// A client that closed its connection: the send fails at once, not stalled.
+    #[tokio::test]
+    async fn a_send_to_a_closed_client_fails_without_waiting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut wire = Wire::plain(tcp).unwrap();
+        drop(client);
+        // The first send may still be taken by the kernel; the reset fails a later one.
+        let mut unsent = None;
+        for nonce in 0..100 {
+            if let Err(e) = send_within(
+                &mut wire,
+                &Message::Pong { nonce },
+                Duration::from_secs(3600),
+            )
+            .await
+            {
+                unsent = Some(e);
+                break;
+            }
+        }
+        let unsent = unsent.unwrap();
+        assert!(!unsent.stalled, "{unsent:?}");
+    }
 }
