@@ -46,6 +46,15 @@ struct Pool {
 }
 
 impl Pool {
+    /// How many channels to ask for: enough for `pool_size` idle plus one per user
+    /// waiting, less those idle or asked for already. Users who gave up waiting
+    /// (their wait timed out, or they left) are forgotten first: counted, they would
+    /// have the control plane make channels for nobody, more with each one.
+    fn channels_to_ask(&mut self, pool_size: usize) -> usize {
+        self.waiters.retain(|w| !w.is_canceled());
+        (pool_size + self.waiters.len()).saturating_sub(self.idle.len() + self.requested)
+    }
+
     /// Gives `ch` to the longest-waiting user still waiting; returns it if none is.
     fn hand_to_waiter(&mut self, mut ch: Link) -> Option<Link> {
         while let Some(waiter) = self.waiters.pop_front() {
@@ -458,10 +467,8 @@ impl ClientCore {
         if pool.starved.is_some() {
             return; // asked again when the pause ends
         }
-        let want = self.spec.pool_size + pool.waiters.len();
-        let have = pool.idle.len() + pool.requested;
-        if have < want {
-            let count = want - have;
+        let count = pool.channels_to_ask(self.spec.pool_size);
+        if count > 0 {
             pool.requested += count;
             let _ = self.requests.send(FromWorker::WantChannels {
                 core: self.core.index,
@@ -647,4 +654,25 @@ fn stopped(stop: &Stop, user: &str) -> (String, Option<String>) {
 async fn tell_peer(ch: &Channel, why: &str) {
     ch.send_best_effort(Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_who_gave_up_waiting_ask_for_no_channels() {
+        let mut pool = Pool::default();
+        assert_eq!(pool.channels_to_ask(2), 2);
+        pool.requested = 2;
+        assert_eq!(pool.channels_to_ask(2), 0);
+        let (waiting, _kept) = oneshot::channel();
+        let (gave_up, gone) = oneshot::channel();
+        pool.waiters.extend([waiting, gave_up]);
+        assert_eq!(pool.channels_to_ask(2), 2);
+        drop(gone);
+        pool.requested = 3;
+        assert_eq!(pool.channels_to_ask(2), 0);
+        assert_eq!(pool.waiters.len(), 1);
+    }
 }
