@@ -69,6 +69,8 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
                 "CONDUIT_PIN_CORES",
                 "CONDUIT_KERNEL_TLS",
                 "CONDUIT_LOG_FILE",
+                "CONDUIT_ALERTS_WEBHOOK",
+                "CONDUIT_ALERTS_SLACK",
                 // Not start's, but stats' and health's (--api-token): set for them.
                 "CONDUIT_API_TOKEN",
             ];

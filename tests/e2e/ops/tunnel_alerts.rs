@@ -128,6 +128,9 @@ fn a_background_tunnel_whose_router_never_answers_reports_it_without_showing_the
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(cmdline.contains("--alert-after 1"), "{cmdline}");
     assert!(!cmdline.contains("SECRET-IN-URL"), "{cmdline}");
+    // ... and `start` reads that variable: it says nothing of it being ignored.
+    let log = std::fs::read_to_string(home.path().join("logs/edge.log")).unwrap();
+    assert!(!log.contains("is ignored"), "{log}");
 }
 
 #[test]
