@@ -64,7 +64,8 @@ pub(crate) enum Command {
     /// Show a public key, or rotate a running tunnel's key.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Check a configuration file, or print the configuration in effect.
+    /// Write a starting configuration file, check one, or print the configuration in
+    /// effect.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Run a router: accept tunnels from authorized clients and connect them to
@@ -407,6 +408,19 @@ pub(crate) struct RotateArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
+    /// Write a starting configuration file: every key, documented, with example
+    /// values to replace (`-f -` prints it). Never overwrites without --force.
+    Init {
+        /// Where [default: conduit.toml, or router.toml with --router]; `-` prints it.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// A router's file instead of a client's.
+        #[arg(long)]
+        router: bool,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Report every problem in a configuration file, each with its key path; exits 64
     /// if there is an error.
     Validate(ConfigArgs),

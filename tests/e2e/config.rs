@@ -1,4 +1,4 @@
-//! `conduit config validate` and `conduit config show`, run as the real binary with a
+//! `conduit config init`, `validate` and `show`, run as the real binary with a
 //! temporary CONDUIT_HOME and working directory and no inherited CONDUIT_* variables.
 // Test helpers: a panic is how a failure is reported.
 #![allow(clippy::unwrap_used)]
@@ -113,6 +113,63 @@ fn validate_accepts_the_documented_examples() {
         )]
     );
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// `config init` writes the documented example (which validates), owner-only, and
+/// never over a file without --force; `-f -` prints it.
+#[test]
+fn init_writes_a_file_that_validates_and_never_overwrites_without_force() {
+    let s = Sandbox::new();
+    s.init("client");
+    let out = s.run(&["config", "init"], &[]);
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(
+        lines(&out.stdout),
+        [
+            "wrote conduit.toml (mode 0600): set [router] host and public_key (what `conduit \
+          init --name router` printed on the router) and your [[tunnels]], then check it: \
+          conduit config validate -f conduit.toml; run it: conduit up -f conduit.toml"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let written = s.dir.path().join("conduit.toml");
+    assert_eq!(
+        std::fs::read(&written).unwrap(),
+        std::fs::read(example("conduit.example.toml")).unwrap()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let out = s.run(&["config", "validate"], &[]);
+    assert_eq!(lines(&out.stdout), ["conduit.toml is valid: 3 tunnels"]);
+    assert_eq!(out.status.code(), Some(0));
+
+    std::fs::write(&written, "# mine\n").unwrap();
+    let out = s.run(&["config", "init"], &[]);
+    assert_eq!(
+        text(&out.stderr),
+        "conduit: error: conduit.toml already exists; use --force to replace it, or give \
+         another file with -f\n"
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "# mine\n");
+    let out = s.run(&["config", "init", "--force"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(&written).unwrap(),
+        std::fs::read(example("conduit.example.toml")).unwrap()
+    );
+
+    let out = s.run(&["config", "init", "--router", "-f", "-"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        out.stdout,
+        std::fs::read(example("router.example.toml")).unwrap()
+    );
+    assert!(!s.dir.path().join("router.toml").exists());
 }
 
 #[test]

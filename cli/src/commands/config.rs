@@ -1,10 +1,13 @@
-//! `conduit config validate` and `conduit config show`.
+//! `conduit config init`, `conduit config validate` and `conduit config show`.
 //!
 //! Problems go to stderr, one a line (`error: tunnels[1].bind: …`, `warning: …`), errors
 //! first; when there is an error a summary follows and the exit code is 64. A file that
 //! cannot be loaded at all with one reason (missing, one syntax error) gets just that
 //! reason: `conduit: error: no configuration file at …`. What the user asked for (the
 //! "valid" line, the shown configuration) goes to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use conduit_controlplane::Home;
@@ -16,6 +19,62 @@ use super::say;
 use crate::args::{ConfigArgs, ShowFormat};
 use crate::exit::Usage;
 use crate::output;
+
+/// The documented example files, which a test keeps naming every key.
+const CLIENT_EXAMPLE: &str = include_str!("../../../deploy/conduit.example.toml");
+const ROUTER_EXAMPLE: &str = include_str!("../../../deploy/router.example.toml");
+
+/// Writes the example file for a client (or a router) to `file`, mode 0600 (it may
+/// come to hold a token), never over an existing file unless `force`.
+pub(crate) fn init(file: Option<PathBuf>, router: bool, force: bool) -> Result<()> {
+    let (text, default) = match router {
+        false => (CLIENT_EXAMPLE, "conduit.toml"),
+        true => (ROUTER_EXAMPLE, "router.toml"),
+    };
+    let path = file.unwrap_or_else(|| default.into());
+    if path.as_os_str() == "-" {
+        output::try_write(text.as_bytes())?;
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let shown = path.display();
+    let mut f = opts.open(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => Usage(format!(
+            "{shown} already exists; use --force to replace it, or give another file with -f"
+        )),
+        _ => Usage(format!(
+            "cannot write {shown}: {e}; give -f a file in a directory this user may write to"
+        )),
+    })?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Usage(format!("cannot write {shown}: {e}")))?;
+    let next = match router {
+        false => format!(
+            "set [router] host and public_key (what `conduit init --name router` printed on \
+             the router) and your [[tunnels]], then check it: conduit config validate -f \
+             {shown}; run it: conduit up -f {shown}"
+        ),
+        true => format!(
+            "set [router] bind and allow (the sources clients may open), then check it: \
+             conduit config validate --router -f {shown}; run it: conduit router --config \
+             {shown}"
+        ),
+    };
+    say(format_args!("wrote {shown} (mode 0600): {next}"));
+    Ok(())
+}
 
 pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
     let (role, sources) = sources(home, a);

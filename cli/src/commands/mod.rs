@@ -53,6 +53,11 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         Command::Init(a) => init::run(&home()?, &a),
         Command::Keys(KeysCommand::Show { name }) => keys::show(&home()?, &name),
         Command::Keys(KeysCommand::Rotate(a)) => keys::rotate(&home()?, &a),
+        Command::Config(ConfigCommand::Init {
+            file,
+            router,
+            force,
+        }) => config::init(file, router, force),
         Command::Config(ConfigCommand::Validate(a)) => config::validate(home()?, a),
         Command::Config(ConfigCommand::Show { args, format }) => {
             config::show(home()?, args, format)
