@@ -115,8 +115,9 @@ struct State {
     /// Where sources' names are looked up (shared with the data plane's policy).
     resolver: Arc<crate::dns::Resolver>,
     key_grace: Duration,
-    /// One rotation at a time edits the authorized-clients file.
-    rotating: tokio::sync::Mutex<()>,
+    /// One rotation at a time edits the authorized-clients file; the keys rotations
+    /// made within [`session::MIN_KEY_AGE`], and when.
+    rotating: tokio::sync::Mutex<HashMap<PublicKey, Instant>>,
 }
 
 /// A bound router, ready to run.
@@ -268,7 +269,7 @@ impl Router {
                 policy: s.policy,
                 resolver,
                 key_grace: s.key_grace,
-                rotating: tokio::sync::Mutex::new(()),
+                rotating: tokio::sync::Mutex::new(HashMap::new()),
             }),
             authorized_path: s.authorized_path,
         })

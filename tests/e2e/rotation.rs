@@ -186,6 +186,39 @@ fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
     );
 }
 
+/// A key a rotation just made is not rotated again at once: each rotation adds a
+/// line and an admitted key, which a client rotating in a loop would pile up.
+#[test]
+fn a_key_a_rotation_just_made_is_not_rotated_again() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    home.ok(&["keys", "rotate", "--all"]);
+    let new = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    tunnel.wait_stdout_count("connected to router", 2);
+    let auth = home.path().join("authorized_clients");
+    let before = std::fs::read_to_string(&auth).unwrap();
+
+    let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    let why = format!("the router refused the rotation: key {new} was made by a rotation ");
+    assert!(
+        err.contains(&why)
+            && err.contains(
+                " ago, and a client's key is rotated at most once every 1h: rotate it again in "
+            ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&auth).unwrap(), before);
+    assert_eq!(
+        key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap()),
+        new
+    );
+    assert_echo(taddr, b"still served with the new key");
+}
+
 /// Without a router link there is nobody to authorize the new key: said at once.
 #[test]
 fn a_tunnel_away_from_its_router_says_so_instead_of_rotating() {

@@ -1,7 +1,7 @@
 //! A tunnel's control session: heartbeats, key rotations asked for by the client,
 //! the router's keys named as they change, and revocations, until the link ends.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
 use tracing::{debug, info, warn};
@@ -200,7 +200,7 @@ pub(super) async fn rotate(
              (or write the rules for the client's name, NAME=HOST:PORT, which rotation keeps)"
         ));
     }
-    let _one_at_a_time = state.rotating.lock().await;
+    let mut recent = state.rotating.lock().await;
     let now = SystemTime::now();
     let expires = now + state.key_grace;
     let text = std::fs::read_to_string(path)
@@ -217,13 +217,36 @@ pub(super) async fn rotate(
             .replace_with_expiry(file.names, file.expires);
         return Ok(old_expires);
     }
+    // A client that rotated a moment ago (its key was made by that rotation) waits:
+    // each rotation adds a line to the file and a key admitted through the grace
+    // period, so a client rotating again and again would grow both without end.
+    let born = Instant::now();
+    recent.retain(|_, at| born.duration_since(*at) < MIN_KEY_AGE);
+    if let Some(at) = recent.get(&key) {
+        let age = born.duration_since(*at);
+        return Err(format!(
+            "key {key} was made by a rotation {} ago, and a client's key is rotated at most \
+             once every {}: rotate it again in {}",
+            whole_secs(age),
+            whole_secs(MIN_KEY_AGE),
+            whole_secs(MIN_KEY_AGE.saturating_sub(age))
+        ));
+    }
     let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
     let new = keys::parse_authorized_file(&rotated)
         .map_err(|(line, e)| format!("the rotated file does not parse at line {line}: {e}"))?;
     keys::replace_file(path, rotated.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     state.authorized.replace_with_expiry(new.names, new.expires);
+    recent.insert(next, born);
     Ok(expires)
+}
+
+/// How long after a rotation the key it made may be rotated again.
+pub(super) const MIN_KEY_AGE: Duration = Duration::from_secs(3600);
+
+fn whole_secs(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs().max(1)))
 }
 
 #[cfg(test)]
