@@ -136,6 +136,13 @@ pub struct KeyPair {
     public: PublicKey,
 }
 
+/// The private bytes are wiped from memory when it is dropped.
+impl Drop for KeyPair {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.pkcs8);
+    }
+}
+
 /// A key file that does not hold a usable Ed25519 private key.
 #[derive(Debug, thiserror::Error)]
 #[error("not an Ed25519 private key in PKCS#8 form: {0}")]
@@ -220,6 +227,13 @@ impl Secret {
             return false;
         }
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Wiped from memory when dropped, so it does not linger in freed heap.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
