@@ -32,6 +32,11 @@ use crate::policy::{AllowList, Caller};
 /// Members one source may name at most (`HOST:PORT,HOST:PORT,…`).
 pub const MAX_MEMBERS: usize = 64;
 
+/// Whether a member of `target` is named by host name rather than address.
+pub(crate) fn names_a_host(target: &str) -> bool {
+    source_members(target).any(|m| m.parse::<SocketAddr>().is_err())
+}
+
 /// The allow-list, applied to every member of a target, with members ordered for
 /// balancing and failover.
 pub struct Balancer {
@@ -73,6 +78,9 @@ impl Balancer {
         target: &str,
     ) -> Option<flume::Receiver<()>> {
         let resolver = self.resolver.as_ref()?;
+        if !names_a_host(target) {
+            return None;
+        }
         resolver.prefetch(
             source_members(target)
                 .take(MAX_MEMBERS)
@@ -373,6 +381,13 @@ fn order(members: Vec<(bool, Vec<SocketAddr>)>, start: usize) -> Vec<SocketAddr>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_targets_with_a_host_name_need_a_lookup() {
+        assert!(!names_a_host("10.0.0.1:80, [::1]:443"));
+        assert!(names_a_host("10.0.0.1:80,db.internal:5432"));
+        assert!(names_a_host("localhost:80"));
+    }
 
     const TCP: SourceProtocol = SourceProtocol::Tcp;
 

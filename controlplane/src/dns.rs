@@ -119,6 +119,8 @@ impl Resolver {
         self: &Arc<Self>,
         names: impl IntoIterator<Item = (&'a str, u16)>,
     ) -> Option<flume::Receiver<()>> {
+        let mut names = names.into_iter().peekable();
+        names.peek()?;
         let (tx, rx) = flume::bounded(0);
         let mut waiting = false;
         let now = Instant::now();
@@ -207,6 +209,10 @@ mod tests {
     fn a_name_is_looked_up_once_then_answered_from_the_cache() {
         let rt = runtime();
         let r = Resolver::new(rt.handle().clone());
+        assert!(
+            r.prefetch([]).is_none(),
+            "nothing to look up, nothing to wait for"
+        );
         assert!(r.cached("localhost", 80).is_err());
         let wait = r.prefetch([("localhost", 80)]).expect("a lookup starts");
         // A second ask while it runs waits for the same lookup.
