@@ -41,7 +41,7 @@ pub struct Launch {
     /// Secrets for the child (a token, alert URLs): passed in its environment
     /// (`CONDUIT_TOKEN`…, readable by its owner only), never on its command line,
     /// which every local user can read in `ps` for as long as the tunnel runs.
-    pub secrets: Vec<(&'static str, Secret)>,
+    pub secrets: Vec<(String, Secret)>,
     /// The claim on the name, handed to the child, which holds it while it runs.
     pub claim: NameClaim,
 }

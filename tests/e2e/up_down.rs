@@ -346,6 +346,34 @@ fn the_environment_overrides_the_file() {
     echo_through(&home, "envy");
 }
 
+/// A token given to `up` with `--set` reaches its tunnel processes through their
+/// environment: it works, and no command line shows it.
+#[test]
+fn a_token_set_on_the_command_line_stays_off_the_tunnels_command_lines() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let token = "t0ken-in-a-set-flag";
+    let (_router, raddr) = home.router_with(
+        Engine::Epoll,
+        std::slice::from_ref(&source),
+        &["--token", token],
+    );
+    let file = write_file(&home, raddr.port(), &[("secret", source.clone())]);
+    let mut cmd = home.cmd();
+    cmd.args(["up", "-f", file.to_str().unwrap(), "--set"])
+        .arg(format!("security.token={token}"));
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_code(out.status, 0, &err);
+    echo_through(&home, "secret");
+    let pid = pid_of(&home, "secret");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains(" up -f "), "{cmdline}");
+    assert!(!cmdline.contains(token), "{cmdline}");
+}
+
 /// `up --log-level` wins over the file's `[logging]` for the tunnels it starts: the
 /// file says `warn`, the flag `debug`, and a stream's open is logged (at debug).
 #[test]

@@ -198,7 +198,7 @@ fn ignore_hangups() {
 fn background(
     home: &Home,
     name: &str,
-    secrets: Vec<(&'static str, Secret)>,
+    secrets: Vec<(String, Secret)>,
     claim: NameClaim,
     log: &LogArgs,
 ) -> Result<()> {
@@ -263,7 +263,7 @@ pub(crate) fn launch_detached(
     home: &Home,
     name: &str,
     args: Vec<OsString>,
-    secrets: Vec<(&'static str, Secret)>,
+    secrets: Vec<(String, Secret)>,
     claim: NameClaim,
     log_file: Option<PathBuf>,
 ) -> Result<Launched> {
@@ -288,11 +288,11 @@ const SECRET_FLAGS: [(&str, &str); 3] = [
 ];
 
 /// The secrets given to `start`, each with its variable.
-fn secrets(a: &StartArgs) -> Vec<(&'static str, Secret)> {
+fn secrets(a: &StartArgs) -> Vec<(String, Secret)> {
     [&a.token, &a.alert_webhook, &a.alert_slack]
         .into_iter()
         .zip(SECRET_FLAGS)
-        .filter_map(|(value, (_, var))| value.clone().map(|v| (var, v)))
+        .filter_map(|(value, (_, var))| value.clone().map(|v| (var.to_owned(), v)))
         .collect()
 }
 

@@ -17,6 +17,7 @@ use conduit_controlplane::process::{Registration, claim_name};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, EntryConfig, Registry};
 use conduit_controlplane::{Home, keys};
+use conduit_proto::Secret;
 use futures::FutureExt;
 use futures::future::join_all;
 
@@ -131,7 +132,8 @@ fn child_args(
         "-f".into(),
         plan.file.clone().into_os_string(),
     ];
-    for o in set {
+    // Secrets go in the child's environment instead (see `secret_vars`).
+    for o in set.iter().filter(|o| !o.is_secret()) {
         args.push("--set".into());
         args.push(format!("{}={}", o.key, o.value).into());
     }
@@ -144,6 +146,17 @@ fn child_args(
         args.push("--detached".into());
     }
     args
+}
+
+/// The `--set` values that are secrets (a token, webhook URLs), as the variables a
+/// child reads them from: its environment is its owner's only, where its command line
+/// is every local user's to read in `ps` for as long as it runs. A variable outranks
+/// the file as `--set` does.
+fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
+    set.iter()
+        .filter(|o| o.is_secret())
+        .map(|o| (o.env_name(), Secret::new(o.value.clone())))
+        .collect()
 }
 
 fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
@@ -205,6 +218,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
                     }
                 }
                 let args = child_args(plan, set, log, t, true);
+                let secrets = secret_vars(set);
                 let (home, name) = (home.clone(), t.name.clone());
                 let launching = launching.clone();
                 tokio::task::spawn_blocking(move || {
@@ -213,7 +227,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
                     // alongside would hold this one's name for as long as it runs.
                     let _one = launching.lock().unwrap_or_else(|e| e.into_inner());
                     let claim = claim_name(&home, &name)?;
-                    launch_detached(&home, &name, args, Vec::new(), claim, None)
+                    launch_detached(&home, &name, args, secrets, claim, None)
                 })
                 .await?
             }
@@ -266,6 +280,7 @@ fn supervise(plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
         for t in &plan.tunnels {
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.args(child_args(plan, set, log, t, false))
+                .envs(secret_vars(set).iter().map(|(var, v)| (var, v.expose())))
                 .kill_on_drop(true);
             // Should the supervisor die, even by SIGKILL, its tunnels stop (SIGTERM:
             // they drain, then exit) rather than run on unsupervised, holding their

@@ -27,14 +27,7 @@ pub struct Override {
 
 impl std::fmt::Debug for Override {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret = self.key.split_once('.').is_some_and(|(s, k)| {
-            [Role::Client, Role::Router].iter().any(|r| {
-                Schema::of(*r)
-                    .section(s)
-                    .and_then(|sec| sec.key(k))
-                    .is_some_and(|key| key.secret)
-            })
-        });
+        let secret = self.is_secret();
         f.debug_struct("Override")
             .field("key", &self.key)
             .field("value", if secret { &"***" } else { &self.value })
@@ -44,6 +37,25 @@ impl std::fmt::Debug for Override {
 }
 
 impl Override {
+    /// Whether it sets a secret (a token, a webhook URL): then it is never shown,
+    /// and a process handed it gets it in its environment, not on its command line.
+    pub fn is_secret(&self) -> bool {
+        self.key.split_once('.').is_some_and(|(s, k)| {
+            [Role::Client, Role::Router].iter().any(|r| {
+                Schema::of(*r)
+                    .section(s)
+                    .and_then(|sec| sec.key(k))
+                    .is_some_and(|key| key.secret)
+            })
+        })
+    }
+
+    /// The variable that sets the same key (`CONDUIT_SECURITY_TOKEN` for
+    /// `security.token`).
+    pub fn env_name(&self) -> String {
+        format!("CONDUIT_{}", self.key.replace('.', "_")).to_ascii_uppercase()
+    }
+
     /// A value a named flag sets (`--api-bind` sets `api.bind`).
     pub fn flag(flag: &str, key: &str, value: impl Into<String>) -> Self {
         Self {
@@ -439,6 +451,21 @@ impl Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_overrides_are_told_apart_with_their_variables() {
+        let token = Override::parse_set("security.token=t").unwrap();
+        assert!(token.is_secret());
+        assert_eq!(token.env_name(), "CONDUIT_SECURITY_TOKEN");
+        let hook = Override::parse_set("alerts.webhook=https://h/x").unwrap();
+        assert!(hook.is_secret());
+        assert_eq!(hook.env_name(), "CONDUIT_ALERTS_WEBHOOK");
+        assert!(
+            !Override::parse_set("performance.workers=2")
+                .unwrap()
+                .is_secret()
+        );
+    }
 
     #[test]
     fn secret_overrides_print_masked() {
