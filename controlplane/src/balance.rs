@@ -64,7 +64,7 @@ impl Balancer {
     }
 
     /// Looks names up through `resolver`, which the data plane waits on without
-    /// blocking (see [`Self::lookups`]).
+    /// blocking (see `lookups`).
     pub fn with_resolver(mut self, resolver: Arc<Resolver>) -> Self {
         self.resolver = Some(resolver);
         self
