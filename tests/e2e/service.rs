@@ -234,6 +234,8 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
             "performance.workers=2",
             "--set",
             "security.token=s3cret-t0ken",
+            "--set",
+            "alerts.webhook=https://hooks.example/x?t=HOOK-SECRET",
         ])
         .output()
         .unwrap();
@@ -256,13 +258,13 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
         "{text}"
     );
     assert!(!text.contains("s3cret-t0ken"), "{text}");
-    assert!(
-        stderr(&out).contains(
-            "the token is not written into the service file; put CONDUIT_TOKEN=<token> \
-             in /etc/conduit/conduit-prod.env (mode 0600) instead"
-        ),
-        "{}",
-        stderr(&out)
+    assert!(!text.contains("HOOK-SECRET"), "{text}");
+    assert_eq!(
+        stderr(&out),
+        "conduit: note: the token is not written into the service file; put \
+         CONDUIT_TOKEN=<token> in /etc/conduit/conduit-prod.env (mode 0600) instead\n\
+         conduit: note: CONDUIT_ALERTS_WEBHOOK is not written into the service file; put \
+         CONDUIT_ALERTS_WEBHOOK=<value> in /etc/conduit/conduit-prod.env (mode 0600) instead\n"
     );
 }
 

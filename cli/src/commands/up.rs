@@ -362,10 +362,12 @@ fn service_file(
         "-f".to_owned(),
         plan.file.to_string_lossy().into_owned(),
     ];
-    let mut has_token = false;
+    // Secrets (a token, webhook URLs) stay out of the file: the service reads them
+    // from its environment file.
+    let mut env_vars = Vec::new();
     for o in &a.set {
-        if o.key.ends_with(".token") {
-            has_token = true;
+        if o.is_secret() {
+            env_vars.push(o.env_name());
         } else {
             args.extend(["--set".to_owned(), format!("{}={}", o.key, o.value)]);
         }
@@ -387,10 +389,7 @@ fn service_file(
                 .tunnels
                 .iter()
                 .any(|t| (1..1024).contains(&t.bind.port())),
-            env_vars: has_token
-                .then(|| "CONDUIT_TOKEN".to_owned())
-                .into_iter()
-                .collect(),
+            env_vars,
             // Keys rotate beside their files.
             writes: plan
                 .tunnels

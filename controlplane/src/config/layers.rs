@@ -50,10 +50,22 @@ impl Override {
         })
     }
 
-    /// The variable that sets the same key (`CONDUIT_SECURITY_TOKEN` for
-    /// `security.token`).
+    /// The variable that sets the same key: the short name users are told of where
+    /// there is one (`CONDUIT_TOKEN` for `security.token`), else
+    /// `CONDUIT_<SECTION>_<KEY>`.
     pub fn env_name(&self) -> String {
-        format!("CONDUIT_{}", self.key.replace('.', "_")).to_ascii_uppercase()
+        let alias = self.key.split_once('.').and_then(|(s, k)| {
+            [Role::Client, Role::Router].iter().find_map(|r| {
+                Schema::of(*r)
+                    .section(s)
+                    .and_then(|sec| sec.key(k))
+                    .and_then(|key| key.aliases.first())
+            })
+        });
+        match alias {
+            Some(a) => (*a).to_owned(),
+            None => format!("CONDUIT_{}", self.key.replace('.', "_")).to_ascii_uppercase(),
+        }
     }
 
     /// A value a named flag sets (`--api-bind` sets `api.bind`).
@@ -456,7 +468,7 @@ mod tests {
     fn secret_overrides_are_told_apart_with_their_variables() {
         let token = Override::parse_set("security.token=t").unwrap();
         assert!(token.is_secret());
-        assert_eq!(token.env_name(), "CONDUIT_SECURITY_TOKEN");
+        assert_eq!(token.env_name(), "CONDUIT_TOKEN");
         let hook = Override::parse_set("alerts.webhook=https://h/x").unwrap();
         assert!(hook.is_secret());
         assert_eq!(hook.env_name(), "CONDUIT_ALERTS_WEBHOOK");
