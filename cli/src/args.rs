@@ -798,6 +798,8 @@ mod tests {
                 "127.0.0.1:0",
                 "--token",
                 "hunter2-secret",
+                "--alert-webhook",
+                "https://hooks.example/x?t=hunter2-secret",
             ][..],
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
