@@ -230,9 +230,12 @@ struct Shared {
     /// Where each core's next data channel's round over the routers starts
     /// (`balance`): each core's pool holds channels of every router in turn.
     next_pick: Box<[AtomicUsize]>,
-    /// Each router's link, when `balance` (`status` shows them together), and why
-    /// each refused this tunnel for good since its link was last up.
-    lanes: std::sync::Mutex<Vec<LinkStatus>>,
+    /// Each router's link, for the tunnel's alerts: when `balance`, every link
+    /// (`status` shows them together); otherwise the one in use is connected, one
+    /// that failed is retrying until the tunnel uses it again, and one never tried,
+    /// or left for an earlier router that answered again, is connecting. And why
+    /// each refused this tunnel for good since its link was last up (`balance`).
+    links: watch::Sender<Vec<LinkStatus>>,
     refused: std::sync::Mutex<Vec<Option<String>>>,
     /// The keys each of `routers` may present (read again from `pins`).
     router_keys: RwLock<Vec<Vec<PublicKey>>>,
@@ -374,7 +377,7 @@ impl ClientTunnel {
                 balance: s.balance && routers.len() > 1,
                 versions: (0..routers.len()).map(|_| AtomicU16::new(0)).collect(),
                 next_pick: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
-                lanes: std::sync::Mutex::new(vec![LinkStatus::Connecting; routers.len()]),
+                links: watch::Sender::new(vec![LinkStatus::Connecting; routers.len()]),
                 refused: std::sync::Mutex::new(vec![None; routers.len()]),
                 routers,
                 router_keys: RwLock::new(router_keys),
@@ -489,6 +492,7 @@ impl ClientTunnel {
                 a,
                 &self.shared.name,
                 self.shared.routers.clone(),
+                self.shared.links.subscribe(),
                 self.shared.status.subscribe(),
             )
             .unwrap_or_else(|e| {
@@ -560,6 +564,16 @@ impl Shared {
     }
 
     /// Moves on to the next router (after the last, the first); returns it.
+    /// Sets router `index`'s link state, one router at a time (see
+    /// [`Shared::links`]).
+    fn router_link(&self, index: usize, state: LinkStatus) {
+        self.links.send_if_modified(|links| {
+            let changed = links[index] != state;
+            links[index] = state;
+            changed
+        });
+    }
+
     fn next_router(&self) -> &str {
         self.at
             .store((self.at() + 1) % self.routers.len(), Ordering::Relaxed);

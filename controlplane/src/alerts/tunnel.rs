@@ -9,6 +9,13 @@
 //! `router_back` once when the link is up again. A refusal for good is sent at once,
 //! and the tunnel, which stops, waits a little for it to be delivered. A tunnel
 //! refused at its very start sends nothing: `start` and `up` already say why.
+//!
+//! With several routers, each is watched on its own (`Links`): one that goes away
+//! is reported lost (its subject names that router alone) even while another serves
+//! the tunnel, and the message says which routers serve it meanwhile, or that none
+//! does. Balancing, the tunnel keeps a link to each, so each is seen to come back;
+//! failing over, a router counts as back when the tunnel uses it again (at once with
+//! `failback_secs`, else once the routers after it fail).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,16 +66,28 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct LinkWatch {
     tunnel: String,
+    /// The router watched, when the tunnel has several (messages then name it).
+    router: Option<String>,
     lost_after: Duration,
     phase: Phase,
 }
 
 impl LinkWatch {
+    /// Watches a tunnel's one router link.
     pub(crate) fn new(tunnel: &str, lost_after: Duration) -> Self {
         Self {
             tunnel: tunnel.to_owned(),
+            router: None,
             lost_after,
             phase: Phase::Starting,
+        }
+    }
+
+    /// Watches the link to `router`, one of several.
+    fn one_of(tunnel: &str, router: &str, lost_after: Duration) -> Self {
+        Self {
+            router: Some(router.to_owned()),
+            ..Self::new(tunnel, lost_after)
         }
     }
 
@@ -84,14 +103,20 @@ impl LinkWatch {
                         since,
                         alerted: true,
                         ..
-                    } => Some((
-                        Event::RouterBack,
-                        format!(
-                            "tunnel {tunnel:?} is connected to router {router} again, after \
-                             {} without a router link",
-                            rounded(now.saturating_duration_since(since))
-                        ),
-                    )),
+                    } => {
+                        let without = match self.router {
+                            None => "a router link",
+                            Some(_) => "it",
+                        };
+                        Some((
+                            Event::RouterBack,
+                            format!(
+                                "tunnel {tunnel:?} is connected to router {router} again, \
+                                 after {} without {without}",
+                                rounded(now.saturating_duration_since(since))
+                            ),
+                        ))
+                    }
                     _ => None,
                 }
             }
@@ -135,7 +160,12 @@ impl LinkWatch {
     }
 
     /// Time passed: the `router_lost` alert once the link has been down long enough.
-    pub(crate) fn on_deadline(&mut self, now: Instant) -> Option<(Event, String)> {
+    /// `serving`: the tunnel's other routers connected now (when it has several).
+    pub(crate) fn on_deadline(
+        &mut self,
+        now: Instant,
+        serving: &[&str],
+    ) -> Option<(Event, String)> {
         let due = self.deadline().is_some_and(|d| now >= d);
         let Phase::Down {
             since,
@@ -152,15 +182,128 @@ impl LinkWatch {
         *alerted = true;
         let down = rounded(now.saturating_duration_since(*since));
         let tunnel = &self.tunnel;
-        let what = if *ever_up {
-            format!("tunnel {tunnel:?} has had no router link for {down}")
-        } else {
-            format!("tunnel {tunnel:?} has not reached its router in {down} since it started")
+        let Some(router) = &self.router else {
+            let what = if *ever_up {
+                format!("tunnel {tunnel:?} has had no router link for {down}")
+            } else {
+                format!("tunnel {tunnel:?} has not reached its router in {down} since it started")
+            };
+            return Some((
+                Event::RouterLost,
+                format!("{what}: {why}; its users are turned away until the link is back"),
+            ));
         };
-        Some((
-            Event::RouterLost,
-            format!("{what}: {why}; its users are turned away until the link is back"),
-        ))
+        let what = if *ever_up {
+            format!("tunnel {tunnel:?} has had no link to router {router} for {down}")
+        } else {
+            format!("tunnel {tunnel:?} has not reached router {router} in {down} since it started")
+        };
+        let meanwhile = match serving {
+            [] => "no other router serves it: its users are turned away until a link is back"
+                .to_owned(),
+            [one] => format!("router {one} serves its users meanwhile"),
+            more => format!("routers {} serve its users meanwhile", more.join(", ")),
+        };
+        Some((Event::RouterLost, format!("{what}: {why}; {meanwhile}")))
+    }
+}
+
+/// A tunnel's router links, each watched on its own, and the tunnel's refusal for
+/// good.
+#[derive(Debug)]
+pub(crate) struct Links {
+    routers: Vec<String>,
+    watches: Vec<LinkWatch>,
+    /// Each router's latest link state.
+    now: Vec<LinkStatus>,
+}
+
+/// An alert to send: what, about which routers, and the message.
+type Said = (Event, Vec<String>, String);
+
+impl Links {
+    pub(crate) fn new(tunnel: &str, routers: Vec<String>, lost_after: Duration) -> Self {
+        let watches = match routers.as_slice() {
+            [_] => vec![LinkWatch::new(tunnel, lost_after)],
+            _ => routers
+                .iter()
+                .map(|r| LinkWatch::one_of(tunnel, r, lost_after))
+                .collect(),
+        };
+        Self {
+            now: vec![LinkStatus::Connecting; routers.len()],
+            routers,
+            watches,
+        }
+    }
+
+    /// Which alerts name router `index`: itself alone, or every router when the
+    /// tunnel has one.
+    fn about(&self, index: usize) -> Vec<String> {
+        match self.routers.len() {
+            1 => self.routers.clone(),
+            _ => vec![self.routers[index].clone()],
+        }
+    }
+
+    /// Each router's link state (as [`crate::client`] publishes them).
+    pub(crate) fn on_links(&mut self, links: &[LinkStatus], now: Instant) -> Vec<Said> {
+        let mut said = Vec::new();
+        for (i, (watch, s)) in self.watches.iter_mut().zip(links).enumerate() {
+            self.now[i] = s.clone();
+            if let Some((event, message)) = watch.on_status(s, now) {
+                said.push((event, i, message));
+            }
+        }
+        said.into_iter()
+            .map(|(e, i, m)| (e, self.about(i), m))
+            .collect()
+    }
+
+    /// The tunnel's link state: only a refusal for good says something here (once,
+    /// about every router, if the tunnel had been up).
+    pub(crate) fn on_tunnel(&mut self, status: &LinkStatus, now: Instant) -> Option<Said> {
+        if !matches!(status, LinkStatus::Refused { .. }) {
+            return None;
+        }
+        let mut said = None;
+        for watch in &mut self.watches {
+            // Every watch takes it; each one that had been up says the same.
+            if let Some(s) = watch.on_status(status, now) {
+                said.get_or_insert(s);
+            }
+        }
+        said.map(|(e, m)| (e, self.routers.clone(), m))
+    }
+
+    /// When [`Self::on_deadline`] has something to send.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.watches.iter().filter_map(LinkWatch::deadline).min()
+    }
+
+    /// Time passed: `router_lost` for each router down long enough.
+    pub(crate) fn on_deadline(&mut self, now: Instant) -> Vec<Said> {
+        let up: Vec<&str> = self
+            .routers
+            .iter()
+            .zip(&self.now)
+            .filter(|(_, s)| matches!(s, LinkStatus::Connected { .. }))
+            .map(|(r, _)| r.as_str())
+            .collect();
+        let mut said = Vec::new();
+        for (i, watch) in self.watches.iter_mut().enumerate() {
+            let others: Vec<&str> = up
+                .iter()
+                .copied()
+                .filter(|r| *r != self.routers[i])
+                .collect();
+            if let Some((event, message)) = watch.on_deadline(now, &others) {
+                said.push((event, i, message));
+            }
+        }
+        said.into_iter()
+            .map(|(e, i, m)| (e, self.about(i), m))
+            .collect()
     }
 }
 
@@ -175,11 +318,13 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching `status` (nothing when no sink is configured).
+    /// Starts watching each router's link (`links`) and the tunnel's (`status`);
+    /// nothing when no sink is configured.
     pub(crate) fn start(
         settings: &TunnelAlerts,
         tunnel: &str,
         routers: Vec<String>,
+        links: watch::Receiver<Vec<LinkStatus>>,
         status: watch::Receiver<LinkStatus>,
     ) -> Result<Option<Self>, String> {
         if !settings.is_on() {
@@ -190,9 +335,8 @@ impl Watcher {
         let task = tokio::spawn(run(
             alerter,
             FlapGuard::new(settings.sinks.flap),
-            LinkWatch::new(tunnel, settings.lost_after),
-            Subject::Router { routers },
-            status,
+            Links::new(tunnel, routers, settings.lost_after),
+            (links, status),
             stopped,
         ));
         Ok(Some(Self { stop, task }))
@@ -213,36 +357,53 @@ impl Watcher {
 async fn run(
     alerter: Alerter,
     mut flap: FlapGuard,
-    mut watch: LinkWatch,
-    subject: Subject,
-    mut status: watch::Receiver<LinkStatus>,
+    mut watch: Links,
+    (mut links, mut status): (
+        watch::Receiver<Vec<LinkStatus>>,
+        watch::Receiver<LinkStatus>,
+    ),
     mut stop: oneshot::Receiver<()>,
 ) {
-    let emit = |flap: &mut FlapGuard, ev: Option<(Event, String)>| {
-        let Some((event, message)) = ev else { return };
-        let alert = Alert {
-            event,
-            subject: subject.clone(),
-            message,
-            at: SystemTime::now(),
-        };
-        if let Some(a) = flap.on_change(alert, Instant::now()) {
-            alerter.send(&a);
+    let emit = |flap: &mut FlapGuard, said: Vec<Said>| {
+        for (event, routers, message) in said {
+            let alert = Alert {
+                event,
+                subject: Subject::Router { routers },
+                message,
+                at: SystemTime::now(),
+            };
+            if let Some(a) = flap.on_change(alert, Instant::now()) {
+                alerter.send(&a);
+            }
         }
     };
-    // The status it starts with counts too.
-    let first = status.borrow_and_update().clone();
-    emit(&mut flap, watch.on_status(&first, Instant::now()));
+    // Each router's state, then the tunnel's.
+    let take_in = |watch: &mut Links,
+                   links: &mut watch::Receiver<Vec<LinkStatus>>,
+                   status: &mut watch::Receiver<LinkStatus>| {
+        let each = links.borrow_and_update().clone();
+        let mut said = watch.on_links(&each, Instant::now());
+        let all = status.borrow_and_update().clone();
+        said.extend(watch.on_tunnel(&all, Instant::now()));
+        said
+    };
+    // The states it starts with count too.
+    emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let deadline = watch.deadline();
         tokio::select! {
+            changed = links.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
+            }
             changed = status.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let s = status.borrow_and_update().clone();
-                emit(&mut flap, watch.on_status(&s, Instant::now()));
+                emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
             }
             () = sleep_until(deadline) => emit(&mut flap, watch.on_deadline(Instant::now())),
             _ = tick.tick() => {
@@ -251,8 +412,7 @@ async fn run(
                 }
             }
             _ = &mut stop => {
-                let s = status.borrow_and_update().clone();
-                emit(&mut flap, watch.on_status(&s, Instant::now()));
+                emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
                 break;
             }
         }
@@ -302,12 +462,12 @@ mod tests {
             None
         );
         assert_eq!(w.deadline(), Some(t0 + secs(11)));
-        assert_eq!(w.on_deadline(t0 + secs(5)), None);
+        assert_eq!(w.on_deadline(t0 + secs(5), &[]), None);
         // The reason given is the latest attempt's.
         assert_eq!(w.on_status(&retrying("timed out"), t0 + secs(6)), None);
         assert_eq!(w.deadline(), Some(t0 + secs(11)));
         assert_eq!(
-            w.on_deadline(t0 + secs(11)),
+            w.on_deadline(t0 + secs(11), &[]),
             Some((
                 Event::RouterLost,
                 "tunnel \"web\" has had no router link for 10s: timed out; its users are \
@@ -316,7 +476,7 @@ mod tests {
             ))
         );
         assert_eq!(w.deadline(), None);
-        assert_eq!(w.on_deadline(t0 + secs(20)), None);
+        assert_eq!(w.on_deadline(t0 + secs(20), &[]), None);
         assert_eq!(w.on_status(&retrying("timed out"), t0 + secs(30)), None);
         assert_eq!(
             w.on_status(&connected("r:2"), t0 + secs(61)),
@@ -347,7 +507,7 @@ mod tests {
         assert_eq!(w.on_status(&LinkStatus::Connecting, t0), None);
         w.on_status(&retrying("connection refused"), t0);
         assert_eq!(
-            w.on_deadline(t0 + secs(3)),
+            w.on_deadline(t0 + secs(3), &[]),
             Some((
                 Event::RouterLost,
                 "tunnel \"web\" has not reached its router in 3s since it started: \
@@ -387,5 +547,143 @@ mod tests {
         );
         assert_eq!(w.deadline(), None);
         assert_eq!(w.on_status(&connected("r:1"), t0 + secs(3)), None);
+    }
+
+    fn routers(list: &[&str]) -> Vec<String> {
+        list.iter().map(|r| (*r).to_owned()).collect()
+    }
+
+    #[test]
+    fn each_of_several_routers_is_lost_and_back_on_its_own() {
+        let t0 = Instant::now();
+        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
+        assert_eq!(
+            w.on_links(&[connected("a:1"), connected("b:1")], t0),
+            vec![]
+        );
+        // b goes away while a serves.
+        assert_eq!(
+            w.on_links(&[connected("a:1"), retrying("timed out")], t0 + secs(1)),
+            vec![]
+        );
+        assert_eq!(w.deadline(), Some(t0 + secs(11)));
+        assert_eq!(w.on_deadline(t0 + secs(10)), vec![]);
+        assert_eq!(
+            w.on_deadline(t0 + secs(11)),
+            vec![(
+                Event::RouterLost,
+                routers(&["b:1"]),
+                "tunnel \"web\" has had no link to router b:1 for 10s: timed out; router a:1 \
+                 serves its users meanwhile"
+                    .into()
+            )]
+        );
+        // Then a goes too: nobody is left.
+        w.on_links(
+            &[retrying("connection refused"), retrying("timed out")],
+            t0 + secs(12),
+        );
+        assert_eq!(
+            w.on_deadline(t0 + secs(22)),
+            vec![(
+                Event::RouterLost,
+                routers(&["a:1"]),
+                "tunnel \"web\" has had no link to router a:1 for 10s: connection refused; no \
+                 other router serves it: its users are turned away until a link is back"
+                    .into()
+            )]
+        );
+        assert_eq!(w.deadline(), None);
+        assert_eq!(
+            w.on_links(
+                &[retrying("connection refused"), connected("b:1")],
+                t0 + secs(30)
+            ),
+            vec![(
+                Event::RouterBack,
+                routers(&["b:1"]),
+                "tunnel \"web\" is connected to router b:1 again, after 29s without it".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn failing_over_the_router_left_is_lost_and_the_unused_one_says_nothing() {
+        let t0 = Instant::now();
+        let mut w = Links::new("web", routers(&["a:1", "b:1", "c:1"]), secs(10));
+        let idle = LinkStatus::Connecting;
+        w.on_links(&[connected("a:1"), idle.clone(), idle.clone()], t0);
+        w.on_links(
+            &[retrying("reset"), idle.clone(), idle.clone()],
+            t0 + secs(1),
+        );
+        w.on_links(
+            &[retrying("reset"), connected("b:1"), idle.clone()],
+            t0 + secs(1),
+        );
+        assert_eq!(
+            w.on_deadline(t0 + secs(11)),
+            vec![(
+                Event::RouterLost,
+                routers(&["a:1"]),
+                "tunnel \"web\" has had no link to router a:1 for 10s: reset; router b:1 serves \
+                 its users meanwhile"
+                    .into()
+            )]
+        );
+        // c, never used, never alerts; a is back when used again (failback), and b,
+        // left for it, is not lost.
+        assert_eq!(
+            w.on_links(
+                &[connected("a:1"), idle.clone(), idle.clone()],
+                t0 + secs(40)
+            ),
+            vec![(
+                Event::RouterBack,
+                routers(&["a:1"]),
+                "tunnel \"web\" is connected to router a:1 again, after 39s without it".into()
+            )]
+        );
+        assert_eq!(w.deadline(), None);
+    }
+
+    #[test]
+    fn a_refusal_of_a_tunnel_with_several_routers_is_one_alert_about_all() {
+        let t0 = Instant::now();
+        let refused = LinkStatus::Refused {
+            reason: "every router refused this tunnel".into(),
+        };
+        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
+        assert_eq!(w.on_tunnel(&connected("a:1, b:1"), t0), None);
+        w.on_links(&[connected("a:1"), connected("b:1")], t0);
+        w.on_links(&[retrying("refused"), retrying("refused")], t0 + secs(1));
+        assert_eq!(
+            w.on_tunnel(&refused, t0 + secs(2)),
+            Some((
+                Event::RouterRefused,
+                routers(&["a:1", "b:1"]),
+                "tunnel \"web\" was refused and stopped: every router refused this tunnel".into()
+            ))
+        );
+        assert_eq!(w.deadline(), None);
+        assert_eq!(w.on_deadline(t0 + secs(30)), vec![]);
+    }
+
+    #[test]
+    fn one_router_keeps_the_tunnel_wide_wording() {
+        let t0 = Instant::now();
+        let mut w = Links::new("web", routers(&["a:1"]), secs(3));
+        w.on_links(&[connected("a:1")], t0);
+        w.on_links(&[retrying("reset")], t0 + secs(1));
+        assert_eq!(
+            w.on_deadline(t0 + secs(4)),
+            vec![(
+                Event::RouterLost,
+                routers(&["a:1"]),
+                "tunnel \"web\" has had no router link for 3s: reset; its users are turned \
+                 away until the link is back"
+                    .into()
+            )]
+        );
     }
 }

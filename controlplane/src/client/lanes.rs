@@ -19,7 +19,7 @@ use conduit_proto::ChannelKind;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::link::{OUT_OF_DESCRIPTORS_RETRY, Probe, heartbeat};
+use super::link::{OUT_OF_DESCRIPTORS_RETRY, Probe, heartbeat, retrying};
 use super::open::open;
 use super::{LinkStatus, RotationsRx, Shared, SharedRotations};
 use crate::Error;
@@ -114,7 +114,8 @@ async fn lane(
                         &format!("the link to router {router} was lost: {why}"),
                     );
                 }
-                shared.lane(index, LinkStatus::Connecting);
+                // Down from now (its alerts count from here), and made again at once.
+                shared.lane(index, retrying(why));
                 warn!(tunnel = %shared.name, %router, "lost the link to router {router}: {why}; reconnecting");
             }
             Err(e) => {
@@ -166,15 +167,16 @@ impl Shared {
     /// Sets router `index`'s link state and publishes the tunnel's (see
     /// [`together`]).
     fn lane(&self, index: usize, state: LinkStatus) {
-        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes[index] = state;
-        let now = together(&lanes);
-        // Told only when it changed: one router retrying while another serves
-        // changes nothing for the tunnel.
-        self.status.send_if_modified(|was| {
-            let changed = *was != now;
-            *was = now;
-            changed
+        self.links.send_modify(|lanes| {
+            lanes[index] = state;
+            let now = together(lanes);
+            // Told only when it changed: one router retrying while another serves
+            // changes nothing for the tunnel.
+            self.status.send_if_modified(|was| {
+                let changed = *was != now;
+                *was = now;
+                changed
+            });
         });
     }
 

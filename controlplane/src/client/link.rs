@@ -45,6 +45,8 @@ pub(super) async fn control_loop(
         }
         let opened = match back.take() {
             Some(p) => {
+                // The router left is fine, just no longer in use.
+                shared.router_link(shared.at(), LinkStatus::Connecting);
                 shared.at.store(p.index, Ordering::Relaxed);
                 shared.versions[p.index].store(p.version, Ordering::Relaxed);
                 Ok(p.wire)
@@ -66,11 +68,13 @@ pub(super) async fn control_loop(
                 let epoch = shared.link.switched_to(shared.at());
                 shared.dp.flush_pools();
                 let router = shared.router().to_owned();
-                shared.status.send_replace(LinkStatus::Connected {
+                let connected = LinkStatus::Connected {
                     since: SystemTime::now(),
                     router: router.clone(),
                     cipher: ctl.cipher().to_owned(),
-                });
+                };
+                shared.router_link(shared.at(), connected.clone());
+                shared.status.send_replace(connected);
                 info!(tunnel = %shared.name, %router, cipher = %ctl.cipher(), "connected to router");
                 let mut probe = Probe::start(&shared);
                 let at = shared.at();
@@ -90,6 +94,7 @@ pub(super) async fn control_loop(
                 if *stop.borrow() {
                     return None;
                 }
+                shared.router_link(at, retrying(why));
                 // Idle channels of the lost link are dead or soon will be: close them
                 // now rather than hold them half-closed until the link is back.
                 shared.dp.flush_pools();
@@ -110,6 +115,7 @@ pub(super) async fn control_loop(
                 if shared.fall_back(shared.at(), &e) {
                     continue;
                 }
+                shared.router_link(shared.at(), retrying(&e.to_string()));
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused for good by this router. With several, the others may
@@ -177,6 +183,16 @@ pub(super) async fn control_loop(
                 }
             }
         }
+    }
+}
+
+/// A router's link that just failed (`why`), as [`Shared::links`] holds it: the
+/// tunnel tries it again in its turn.
+pub(super) fn retrying(why: &str) -> LinkStatus {
+    LinkStatus::Retrying {
+        attempt: 1,
+        next_at: SystemTime::now(),
+        error: why.to_owned(),
     }
 }
 

@@ -3,10 +3,11 @@
 
 use serde_json::json;
 
-use crate::harness::{Engine, Home, assert_code, dead_port};
+use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
 use crate::http::Receiver;
 use crate::manage::{Cleanup, run_args, start_args};
 use crate::sources;
+use crate::users::{assert_echo, wait_for_echo};
 
 use super::alerts::alert_events;
 use super::echo_through;
@@ -187,4 +188,125 @@ fn up_reports_each_tunnels_router_link_from_the_files_alerts_section() {
     from.sort();
     let want = |t: &str| (t.to_owned(), "edge-7".to_owned(), "router_lost".to_owned());
     assert_eq!(from, [want("a"), want("b")]);
+}
+
+/// The subjects and messages of the webhook's alerts so far, in order.
+fn subjects_and_messages(rx: &Receiver) -> Vec<(String, serde_json::Value, String)> {
+    rx.received()
+        .iter()
+        .filter(|x| x.path == "/hook")
+        .map(|x| {
+            (
+                x.body["event"].as_str().unwrap_or_default().to_owned(),
+                x.body["subject"].clone(),
+                x.body["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_balancing_tunnel_reports_the_one_router_it_lost_while_the_other_serves() {
+    let home = Home::with_keys();
+    let rx = Receiver::start();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (mut first, a) = home.router(Engine::Epoll, &allow);
+    let (_second, b) = home.router(Engine::Epoll, &allow);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &[
+            "--name",
+            "web",
+            "--router-balance",
+            "--alert-webhook",
+            &rx.url("/hook"),
+            "--alert-after",
+            "1",
+        ],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+
+    first.signal("KILL");
+    first.wait_exit();
+    rx.wait("a router_lost alert", |r| !r.is_empty());
+    // The other router serves on meanwhile.
+    assert_echo(taddr, b"through the second");
+    let (_first, _) = home.router_at(Engine::Epoll, &a.to_string(), &allow, &[]);
+    rx.wait("a router_back alert", |r| r.len() >= 2);
+    tunnel.wait_stdout_count(&format!("connected to routers {a}, {b}"), 2);
+    let got = subjects_and_messages(&rx);
+    let only_a = json!({"kind": "router", "routers": [a.to_string()]});
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0.as_str(), &got[0].1), ("router_lost", &only_a));
+    assert!(
+        got[0].2.starts_with(&format!(
+            "tunnel \"web\" has had no link to router {a} for "
+        )) && got[0]
+            .2
+            .ends_with(&format!("; router {b} serves its users meanwhile")),
+        "{}",
+        got[0].2
+    );
+    assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_a));
+    assert!(
+        got[1].2.starts_with(&format!(
+            "tunnel \"web\" is connected to router {a} again, after "
+        )) && got[1].2.ends_with(" without it"),
+        "{}",
+        got[1].2
+    );
+}
+
+#[test]
+fn a_tunnel_that_fails_over_reports_the_router_it_left_and_its_return() {
+    let home = Home::with_keys();
+    let rx = Receiver::start();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (mut first, a) = home.router(Engine::Epoll, &allow);
+    let (_second, b) = home.router(Engine::Epoll, &allow);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &[
+            "--name",
+            "web",
+            "--router-failback",
+            "1",
+            "--alert-webhook",
+            &rx.url("/hook"),
+            "--alert-after",
+            "1",
+        ],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+
+    first.signal("KILL");
+    first.wait_exit();
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"through the second");
+    rx.wait("a router_lost alert", |r| !r.is_empty());
+    let (_first, _) = home.router_at(Engine::Epoll, &a.to_string(), &allow, &[]);
+    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    rx.wait("a router_back alert", |r| r.len() >= 2);
+    assert_echo(taddr, b"through the first again");
+    let got = subjects_and_messages(&rx);
+    let only_a = json!({"kind": "router", "routers": [a.to_string()]});
+    // Nothing about the second router, left for the first: it was fine.
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0.as_str(), &got[0].1), ("router_lost", &only_a));
+    assert!(
+        got[0]
+            .2
+            .ends_with(&format!("; router {b} serves its users meanwhile")),
+        "{}",
+        got[0].2
+    );
+    assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_a));
 }
