@@ -89,6 +89,16 @@ impl Error {
         false
     }
 
+    /// True when a connection failed at once because nothing listened there, or
+    /// there was no route to the host: what a router that is restarting, or whose
+    /// host is, looks like. (Not a timeout, nor a failure after the connection was
+    /// accepted.)
+    pub fn found_no_listener(&self) -> bool {
+        use io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+        matches!(self, Self::Network { source, .. }
+            if matches!(source.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable))
+    }
+
     pub(crate) fn network(what: impl Into<String>, source: io::Error) -> Self {
         Self::Network {
             what: what.into(),
@@ -111,4 +121,30 @@ pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey, our_line
         ));
     }
     Error::Tls(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_connection_refused_or_unroutable_found_no_listener() {
+        let net = |kind| Error::network("cannot reach router r:1", io::Error::from(kind));
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable,
+        ] {
+            assert!(net(kind).found_no_listener(), "{kind:?}");
+        }
+        // A silent host, or a router that accepted and then failed the attempt.
+        for kind in [
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(!net(kind).found_no_listener(), "{kind:?}");
+        }
+        assert!(!Error::Authentication("refused".into()).found_no_listener());
+    }
 }

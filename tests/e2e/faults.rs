@@ -1,8 +1,9 @@
 //! Faults a tunnel must heal from, or end cleanly with the reason logged: the router
 //! killed and restarted on its port, a source going down and coming back, a router
-//! that appears late, the link between tunnel and router cut mid-stream, a router or
-//! tunnel that freezes (only heartbeats can tell), a stop signal during a long
-//! transfer, running out of file descriptors, and a relay killed mid-stream.
+//! that appears late (or comes back while the tunnel backs off), the link between
+//! tunnel and router cut mid-stream, a router or tunnel that freezes (only heartbeats
+//! can tell), a stop signal during a long transfer, running out of file descriptors,
+//! and a relay killed mid-stream.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -121,6 +122,41 @@ fn a_router_that_appears_later_is_connected_and_serves() {
     tunnel.wait_stdout("connected to router");
     let took = wait_for_echo(taddr, b"late router");
     eprintln!("users served {took:?} after the tunnel connected");
+}
+
+/// The longest back-off the tunnel announced so far ("retrying in 6.1s"), in seconds.
+pub fn longest_wait(p: &Proc) -> f64 {
+    p.stderr()
+        .split("retrying in ")
+        .skip(1)
+        .filter_map(|rest| rest.split('s').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn a_router_back_on_its_port_is_used_without_waiting_out_the_back_off() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let bind = format!("127.0.0.1:{}", dead_port());
+    let tunnel = home.tunnel_proc(engine, bind.parse().unwrap(), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    // The back-off has grown long: a wait of 6.4 s or more (the step after 3.2-6.4 s)
+    // is announced only after about six failed attempts.
+    wait_until("a back-off of 6 s or more", || {
+        let longest = longest_wait(&tunnel);
+        (longest >= 6.0, longest)
+    });
+    let (_router, _) = home.router_at(engine, &bind, &[source.to_string()], &[]);
+    // The port is tried about every second meanwhile: the tunnel attempts as soon as
+    // it accepts, and says how much of the wait it cut short.
+    tunnel.wait_stderr(&format!(
+        "router {bind} accepts connections again: attempting now rather than in "
+    ));
+    tunnel.wait_stdout("connected to router");
+    wait_for_echo(taddr, b"router back");
+    // One knock answered, and the attempt made over its connection succeeded.
+    assert_eq!(tunnel.stderr_count("accepts connections again"), 1);
 }
 
 both_engines!(

@@ -601,3 +601,29 @@ fn a_router_that_refuses_while_another_serves_shows_in_status_and_fails_health()
     );
     assert!(err.contains("(a router refused it)"), "{err}");
 }
+
+#[test]
+fn a_tunnel_whose_routers_are_all_away_takes_the_first_that_comes_back_at_once() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let a_port = dead_port();
+    let b_port = std::iter::repeat_with(dead_port)
+        .find(|p| *p != a_port)
+        .unwrap();
+    let (a, b) = (format!("127.0.0.1:{a_port}"), format!("127.0.0.1:{b_port}"));
+    let tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    crate::procfs::wait_until("a back-off of 6 s or more", || {
+        let longest = crate::faults::longest_wait(&tunnel);
+        (longest >= 6.0, longest)
+    });
+    // The second router comes back: the tunnel, knocking on both, moves to it at
+    // once.
+    let (_second, _) = home.router_at(engine, &b, &[source.to_string()], &[]);
+    tunnel.wait_stderr(&format!(
+        "router {b} accepts connections again: attempting now rather than in "
+    ));
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"through the second");
+}

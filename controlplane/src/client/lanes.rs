@@ -19,8 +19,8 @@ use conduit_proto::ChannelKind;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::link::{OUT_OF_DESCRIPTORS_RETRY, Probe, heartbeat, retrying};
-use super::open::open;
+use super::link::{OUT_OF_DESCRIPTORS_RETRY, Probe, Waited, back_off, heartbeat, retrying};
+use super::open::open_over;
 use super::{LinkStatus, RotationsRx, Shared, SharedRotations};
 use crate::Error;
 use crate::backoff::Backoff;
@@ -62,6 +62,8 @@ async fn lane(
         std::time::Duration::from_secs(30),
     );
     let mut attempt = 0u32;
+    // A connection the router's port accepted during the back-off, for the attempt.
+    let mut knocked = None;
     loop {
         if *stop.borrow() {
             return None;
@@ -70,7 +72,7 @@ async fn lane(
         if shared.pick_up_key_file() | shared.reread_pins() {
             shared.refused_by(None, None);
         }
-        match open(&shared, ChannelKind::Control, index).await {
+        match open_over(&shared, ChannelKind::Control, index, knocked.take()).await {
             Ok((mut ctl, version)) => {
                 shared.admitted();
                 attempt = 0;
@@ -154,9 +156,11 @@ async fn lane(
                 } else {
                     warn!(tunnel = %shared.name, %router, "{line}");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return None,
+                let knock: &[usize] = if e.found_no_listener() { &[index] } else { &[] };
+                match back_off(&shared, knock, wait, &mut stop).await {
+                    Waited::Stopped => return None,
+                    Waited::Over => {}
+                    Waited::Answered { tcp, .. } => knocked = Some(tcp),
                 }
             }
         }

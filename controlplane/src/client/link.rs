@@ -7,15 +7,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use conduit_proto::{ChannelKind, Message, PublicKey, Refusal, RefusalCode};
+use rand::Rng;
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use super::open::{open, open_at};
+use super::open::{open_at, open_over};
 use super::rotation::{Rotation, goodbye, rotate};
 use super::{LinkStatus, Rotated, RotationTurn, RotationsRx, Shared, SharedRotations};
 use crate::Error;
 use crate::backoff::Backoff;
-use crate::wire::{Wire, WireError};
+use crate::wire::{self, Wire, WireError};
 
 /// The longest wait before trying the router link again when it failed for want of
 /// file descriptors.
@@ -37,6 +39,10 @@ pub(super) async fn control_loop(
     let mut back: Option<Preferred> = None;
     // Why each router refused this tunnel for good, since the link was last up.
     let mut refused: Vec<Option<String>> = vec![None; shared.routers.len()];
+    // Which routers' last attempt found nothing listening (knocked on during the
+    // back-off), and a connection one accepted meanwhile, for the attempt.
+    let mut no_listener = vec![false; shared.routers.len()];
+    let mut knocked = None;
     loop {
         // Both before any connection: refusals of the old keys say nothing about
         // the new ones.
@@ -51,7 +57,7 @@ pub(super) async fn control_loop(
                 shared.versions[p.index].store(p.version, Ordering::Relaxed);
                 Ok(p.wire)
             }
-            None => open(&shared, ChannelKind::Control, shared.at())
+            None => open_over(&shared, ChannelKind::Control, shared.at(), knocked.take())
                 .await
                 .map(|(w, version)| {
                     shared.versions[shared.at()].store(version, Ordering::Relaxed);
@@ -64,6 +70,7 @@ pub(super) async fn control_loop(
                 attempt = 0;
                 tried = 0;
                 refused.fill(None);
+                no_listener.fill(false);
                 backoff.reset();
                 let epoch = shared.link.switched_to(shared.at());
                 shared.dp.flush_pools();
@@ -116,6 +123,7 @@ pub(super) async fn control_loop(
                     continue;
                 }
                 shared.router_link(shared.at(), retrying(&e.to_string()));
+                no_listener[shared.at()] = e.found_no_listener();
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused for good by this router. With several, the others may
@@ -177,12 +185,76 @@ pub(super) async fn control_loop(
                     error: e.to_string(),
                 });
                 say(format!("{e}; retrying in {:.1}s", wait.as_secs_f64()));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.wait_for(|s| *s) => return None,
+                let knock: Vec<usize> = (0..shared.routers.len())
+                    .filter(|&i| no_listener[i])
+                    .collect();
+                match back_off(&shared, &knock, wait, &mut stop).await {
+                    Waited::Stopped => return None,
+                    Waited::Over => {}
+                    Waited::Answered { index, tcp } => {
+                        shared.at.store(index, Ordering::Relaxed);
+                        knocked = Some(tcp);
+                    }
                 }
             }
         }
+    }
+}
+
+/// About how often (with jitter) the routers' ports are tried during a back-off
+/// after nothing listened there (see [`back_off`]).
+pub(super) const KNOCK_EVERY: Duration = Duration::from_secs(1);
+
+/// How a back-off ended.
+pub(super) enum Waited {
+    /// `stop` was set.
+    Stopped,
+    /// The wait is over: attempt again.
+    Over,
+    /// Router `index`'s port accepted `tcp`: attempt at once, over it.
+    Answered { index: usize, tcp: TcpStream },
+}
+
+/// Waits `wait` before the next attempt, or less: the ports of `knock` (indexes of
+/// routers whose last attempt found nothing listening, see
+/// [`Error::found_no_listener`]: a router restarting, or its host rebooting) are
+/// tried about every [`KNOCK_EVERY`] meanwhile, and the wait ends as soon as one
+/// accepts a connection, which the attempt then uses (the router sees no
+/// connection beyond the attempt's). A router that listens but fails the attempt
+/// is not knocked on: its back-off is waited out in full.
+pub(super) async fn back_off(
+    shared: &Shared,
+    knock: &[usize],
+    wait: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Waited {
+    let until = tokio::time::Instant::now() + wait;
+    let knocks = async {
+        if knock.is_empty() {
+            return std::future::pending().await;
+        }
+        loop {
+            let jitter = rand::rng().random_range(0.5..1.5);
+            let next = tokio::time::Instant::now() + KNOCK_EVERY.mul_f64(jitter);
+            if next >= until {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep_until(next).await;
+            for &index in knock {
+                let router = &shared.routers[index];
+                let within = shared.connect_timeout.min(KNOCK_EVERY);
+                if let Ok(tcp) = wire::connect(router, within).await {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    info!(tunnel = %shared.name, %router, "router {router} accepts connections again: attempting now rather than in {:.1}s", left.as_secs_f64());
+                    return Waited::Answered { index, tcp };
+                }
+            }
+        }
+    };
+    tokio::select! {
+        waited = knocks => waited,
+        () = tokio::time::sleep_until(until) => Waited::Over,
+        _ = stop.wait_for(|s| *s) => Waited::Stopped,
     }
 }
 

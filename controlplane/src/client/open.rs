@@ -8,6 +8,7 @@ use std::time::Duration;
 use conduit_dataplane::FromWorker;
 use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{ChannelKind, Hello, Message, ProtoError, RefusalCode, TlsSession};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{LinkStatus, Shared};
@@ -24,7 +25,17 @@ pub(super) async fn open(
     kind: ChannelKind,
     index: usize,
 ) -> Result<(Wire, u16), Error> {
-    let res = open_at(shared, kind, index).await;
+    open_over(shared, kind, index, None).await
+}
+
+/// [`open`], over `tcp` when the router's port has already accepted it.
+pub(super) async fn open_over(
+    shared: &Shared,
+    kind: ChannelKind,
+    index: usize,
+    tcp: Option<TcpStream>,
+) -> Result<(Wire, u16), Error> {
+    let res = named(shared, index, open_at_inner(shared, kind, index, tcp).await);
     if let Err(e) = &res {
         let kind = match e {
             Error::Network { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
@@ -47,29 +58,39 @@ pub(super) async fn open_at(
     kind: ChannelKind,
     index: usize,
 ) -> Result<(Wire, u16), Error> {
-    let router = &shared.routers[index];
-    open_at_inner(shared, kind, index)
-        .await
-        .map_err(|e| match e {
-            // With several routers, a refusal names the one that refused.
-            Error::Authentication(m)
-                if shared.routers.len() > 1 && !m.starts_with(&format!("router {router} ")) =>
-            {
-                Error::Authentication(format!("router {router}: {m}"))
-            }
-            e => e,
-        })
+    named(
+        shared,
+        index,
+        open_at_inner(shared, kind, index, None).await,
+    )
 }
 
-pub(super) async fn open_at_inner(
+/// With several routers, a refusal names the one that refused.
+fn named<T>(shared: &Shared, index: usize, res: Result<T, Error>) -> Result<T, Error> {
+    let router = &shared.routers[index];
+    res.map_err(|e| match e {
+        Error::Authentication(m)
+            if shared.routers.len() > 1 && !m.starts_with(&format!("router {router} ")) =>
+        {
+            Error::Authentication(format!("router {router}: {m}"))
+        }
+        e => e,
+    })
+}
+
+async fn open_at_inner(
     shared: &Shared,
     kind: ChannelKind,
     index: usize,
+    tcp: Option<TcpStream>,
 ) -> Result<(Wire, u16), Error> {
     let router = &shared.routers[index];
-    let tcp = wire::connect(router, shared.connect_timeout)
-        .await
-        .map_err(|e| Error::network(format!("cannot reach router {router}"), e))?;
+    let tcp = match tcp {
+        Some(tcp) => tcp,
+        None => wire::connect(router, shared.connect_timeout)
+            .await
+            .map_err(|e| Error::network(format!("cannot reach router {router}"), e))?,
+    };
     let started = std::time::Instant::now();
     let setup = async {
         let mut w = match shared.transport {
