@@ -205,108 +205,117 @@ fn subjects_and_messages(rx: &Receiver) -> Vec<(String, serde_json::Value, Strin
         .collect()
 }
 
-#[test]
-fn a_balancing_tunnel_reports_the_one_router_it_lost_while_the_other_serves() {
-    let home = Home::with_keys();
-    let rx = Receiver::start();
-    let source = sources::echo();
-    let allow = [source.to_string()];
-    let (mut first, a) = home.router(Engine::Epoll, &allow);
-    let (_second, b) = home.router(Engine::Epoll, &allow);
-    let tunnel = home.tunnel_via(
-        Engine::Epoll,
-        &format!("{a},{b}"),
-        &source.to_string(),
-        &[
+/// Two routers, a tunnel "web" over both (`mode`: its balancing or failover flags)
+/// alerting to a local receiver after a second, and the first router killed.
+struct FirstRouterKilled {
+    home: Home,
+    rx: Receiver,
+    allow: [String; 1],
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    _second: crate::harness::Proc,
+    tunnel: crate::harness::Proc,
+    taddr: std::net::SocketAddr,
+}
+
+impl FirstRouterKilled {
+    fn start(mode: &[&str], connected: impl Fn(&str, &str) -> String) -> Self {
+        let home = Home::with_keys();
+        let rx = Receiver::start();
+        let allow = [sources::echo().to_string()];
+        let (mut first, a) = home.router(Engine::Epoll, &allow);
+        let (second, b) = home.router(Engine::Epoll, &allow);
+        let hook = rx.url("/hook");
+        let mut extra = vec![
             "--name",
             "web",
-            "--router-balance",
             "--alert-webhook",
-            &rx.url("/hook"),
+            &hook,
             "--alert-after",
             "1",
-        ],
-    );
-    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
-    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+        ];
+        extra.extend(mode);
+        let tunnel = home.tunnel_via(Engine::Epoll, &format!("{a},{b}"), &allow[0], &extra);
+        let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+        tunnel.wait_stdout(&connected(&a.to_string(), &b.to_string()));
+        first.signal("KILL");
+        first.wait_exit();
+        Self {
+            home,
+            rx,
+            allow,
+            a,
+            b,
+            _second: second,
+            tunnel,
+            taddr,
+        }
+    }
 
-    first.signal("KILL");
-    first.wait_exit();
-    rx.wait("a router_lost alert", |r| !r.is_empty());
+    /// Starts the first router again on its port.
+    fn first_again(&self) -> crate::harness::Proc {
+        let a = self.a.to_string();
+        self.home.router_at(Engine::Epoll, &a, &self.allow, &[]).0
+    }
+
+    /// Checks the webhook got exactly `router_lost` then `router_back`, each about
+    /// the first router alone, the loss saying the second serves meanwhile.
+    fn assert_lost_then_back(&self) {
+        let (a, b) = (self.a, self.b);
+        let got = subjects_and_messages(&self.rx);
+        let only_a = json!({"kind": "router", "routers": [a.to_string()]});
+        // Nothing about the second router, which stayed up.
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0.as_str(), &got[0].1), ("router_lost", &only_a));
+        assert!(
+            got[0].2.starts_with(&format!(
+                "tunnel \"web\" has had no link to router {a} for "
+            )) && got[0]
+                .2
+                .ends_with(&format!("; router {b} serves its users meanwhile")),
+            "{}",
+            got[0].2
+        );
+        assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_a));
+        assert!(
+            got[1].2.starts_with(&format!(
+                "tunnel \"web\" is connected to router {a} again, after "
+            )) && got[1].2.ends_with(" without it"),
+            "{}",
+            got[1].2
+        );
+    }
+}
+
+#[test]
+fn a_balancing_tunnel_reports_the_one_router_it_lost_while_the_other_serves() {
+    let t = FirstRouterKilled::start(&["--router-balance"], |a, b| {
+        format!("connected to routers {a}, {b}")
+    });
+    t.rx.wait("a router_lost alert", |r| !r.is_empty());
     // The other router serves on meanwhile.
-    assert_echo(taddr, b"through the second");
-    let (_first, _) = home.router_at(Engine::Epoll, &a.to_string(), &allow, &[]);
-    rx.wait("a router_back alert", |r| r.len() >= 2);
-    tunnel.wait_stdout_count(&format!("connected to routers {a}, {b}"), 2);
-    let got = subjects_and_messages(&rx);
-    let only_a = json!({"kind": "router", "routers": [a.to_string()]});
-    assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!((got[0].0.as_str(), &got[0].1), ("router_lost", &only_a));
-    assert!(
-        got[0].2.starts_with(&format!(
-            "tunnel \"web\" has had no link to router {a} for "
-        )) && got[0]
-            .2
-            .ends_with(&format!("; router {b} serves its users meanwhile")),
-        "{}",
-        got[0].2
-    );
-    assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_a));
-    assert!(
-        got[1].2.starts_with(&format!(
-            "tunnel \"web\" is connected to router {a} again, after "
-        )) && got[1].2.ends_with(" without it"),
-        "{}",
-        got[1].2
-    );
+    assert_echo(t.taddr, b"through the second");
+    let _first = t.first_again();
+    t.rx.wait("a router_back alert", |r| r.len() >= 2);
+    let (a, b) = (t.a, t.b);
+    t.tunnel
+        .wait_stdout_count(&format!("connected to routers {a}, {b}"), 2);
+    t.assert_lost_then_back();
 }
 
 #[test]
 fn a_tunnel_that_fails_over_reports_the_router_it_left_and_its_return() {
-    let home = Home::with_keys();
-    let rx = Receiver::start();
-    let source = sources::echo();
-    let allow = [source.to_string()];
-    let (mut first, a) = home.router(Engine::Epoll, &allow);
-    let (_second, b) = home.router(Engine::Epoll, &allow);
-    let tunnel = home.tunnel_via(
-        Engine::Epoll,
-        &format!("{a},{b}"),
-        &source.to_string(),
-        &[
-            "--name",
-            "web",
-            "--router-failback",
-            "1",
-            "--alert-webhook",
-            &rx.url("/hook"),
-            "--alert-after",
-            "1",
-        ],
-    );
-    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
-    tunnel.wait_stdout(&format!("connected to router {a}"));
-
-    first.signal("KILL");
-    first.wait_exit();
-    tunnel.wait_stdout(&format!("connected to router {b}"));
-    wait_for_echo(taddr, b"through the second");
-    rx.wait("a router_lost alert", |r| !r.is_empty());
-    let (_first, _) = home.router_at(Engine::Epoll, &a.to_string(), &allow, &[]);
-    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
-    rx.wait("a router_back alert", |r| r.len() >= 2);
-    assert_echo(taddr, b"through the first again");
-    let got = subjects_and_messages(&rx);
-    let only_a = json!({"kind": "router", "routers": [a.to_string()]});
-    // Nothing about the second router, left for the first: it was fine.
-    assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!((got[0].0.as_str(), &got[0].1), ("router_lost", &only_a));
-    assert!(
-        got[0]
-            .2
-            .ends_with(&format!("; router {b} serves its users meanwhile")),
-        "{}",
-        got[0].2
-    );
-    assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_a));
+    let t = FirstRouterKilled::start(&["--router-failback", "1"], |a, _| {
+        format!("connected to router {a}")
+    });
+    let (a, b) = (t.a, t.b);
+    t.tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(t.taddr, b"through the second");
+    t.rx.wait("a router_lost alert", |r| !r.is_empty());
+    let _first = t.first_again();
+    t.tunnel
+        .wait_stdout_count(&format!("connected to router {a}"), 2);
+    t.rx.wait("a router_back alert", |r| r.len() >= 2);
+    assert_echo(t.taddr, b"through the first again");
+    t.assert_lost_then_back();
 }
