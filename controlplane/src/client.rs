@@ -26,6 +26,7 @@ mod lanes;
 mod link;
 mod open;
 mod rotation;
+mod standby;
 
 use keys::{configs, keys_of, pin_files, still_pinned, trusted};
 use link::control_loop;
@@ -200,6 +201,15 @@ pub enum LinkStatus {
         /// Why the last one failed.
         error: String,
     },
+    /// One router of several, answering but not in use: the tunnel fails over and
+    /// another router serves it (a router it left, checked again until it answers).
+    /// Only a router's own link state says this, never the tunnel's.
+    Standby {
+        /// Since when it is known to answer.
+        since: SystemTime,
+        /// The router that serves the tunnel meanwhile (`host:port`).
+        serving: String,
+    },
     /// The router refused this client; nothing will be retried.
     Refused {
         /// Why.
@@ -232,8 +242,9 @@ struct Shared {
     next_pick: Box<[AtomicUsize]>,
     /// Each router's link, for the tunnel's alerts: when `balance`, every link
     /// (`status` shows them together); otherwise the one in use is connected, one
-    /// that failed is retrying until the tunnel uses it again, and one never tried,
-    /// or left for an earlier router that answered again, is connecting. And why
+    /// that failed is retrying until it answers again (then on standby, see
+    /// `standby.rs`) or the tunnel uses it again, one left for an earlier router
+    /// that answered again is on standby, and one never tried is connecting. And why
     /// each refused this tunnel for good since its link was last up (`balance`).
     links: watch::Sender<Vec<LinkStatus>>,
     refused: std::sync::Mutex<Vec<Option<String>>>,

@@ -233,7 +233,18 @@ impl LinkState {
             .unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
-    /// Why `router` refused this tunnel, unless a link to it was up since.
+    /// `router` accepted this tunnel (a check, not a link in use): a refusal of
+    /// its is forgotten.
+    pub fn router_accepted(&self, router: usize) {
+        *self
+            .link(router)
+            .refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why `router` refused this tunnel, unless a link to it was up since (or a
+    /// check found it accepting the tunnel again).
     pub fn router_refusal(&self, router: usize) -> Option<String> {
         (self.link(router).refusal.lock())
             .unwrap_or_else(|p| p.into_inner())
@@ -242,8 +253,8 @@ impl LinkState {
 
     /// Marks the link to `router` up and starts a new generation of it; returns it.
     pub fn connected(&self, router: usize) -> LinkEpoch {
+        self.router_accepted(router);
         let link = self.link(router);
-        *link.refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let generation = link.generation.fetch_add(1, Ordering::AcqRel) + 1;
         link.up.store(true, Ordering::Release);
         LinkEpoch { router, generation }

@@ -14,8 +14,8 @@
 //! is reported lost (its subject names that router alone) even while another serves
 //! the tunnel, and the message says which routers serve it meanwhile, or that none
 //! does. Balancing, the tunnel keeps a link to each, so each is seen to come back;
-//! failing over, a router counts as back when the tunnel uses it again (at once with
-//! `failback_secs`, else once the routers after it fail).
+//! failing over, a router left behind is checked again until it answers, and
+//! counts as back then, standing by (or in use again, with `failback_secs`).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -117,6 +117,25 @@ impl LinkWatch {
                             ),
                         ))
                     }
+                    _ => None,
+                }
+            }
+            (LinkStatus::Standby { serving, .. }, phase) => {
+                let router = self.router.as_deref().unwrap_or_default();
+                match std::mem::replace(phase, Phase::Up) {
+                    Phase::Down {
+                        since,
+                        alerted: true,
+                        ..
+                    } => Some((
+                        Event::RouterBack,
+                        format!(
+                            "tunnel {tunnel:?} reaches router {router} again, after {} \
+                             without it; it stands by while router {serving} serves the \
+                             tunnel's users",
+                            rounded(now.saturating_duration_since(since))
+                        ),
+                    )),
                     _ => None,
                 }
             }
@@ -635,7 +654,7 @@ mod tests {
         // left for it, is not lost.
         assert_eq!(
             w.on_links(
-                &[connected("a:1"), idle.clone(), idle.clone()],
+                &[connected("a:1"), standby("a:1"), idle.clone()],
                 t0 + secs(40)
             ),
             vec![(
@@ -645,6 +664,58 @@ mod tests {
             )]
         );
         assert_eq!(w.deadline(), None);
+    }
+
+    fn standby(serving: &str) -> LinkStatus {
+        LinkStatus::Standby {
+            since: SystemTime::UNIX_EPOCH,
+            serving: serving.into(),
+        }
+    }
+
+    #[test]
+    fn a_router_left_behind_that_answers_again_is_back_on_standby() {
+        let t0 = Instant::now();
+        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
+        w.on_links(&[connected("a:1"), LinkStatus::Connecting], t0);
+        w.on_links(&[retrying("reset"), connected("b:1")], t0 + secs(1));
+        assert_eq!(w.on_deadline(t0 + secs(11)).len(), 1);
+        assert_eq!(
+            w.on_links(&[standby("b:1"), connected("b:1")], t0 + secs(31)),
+            vec![(
+                Event::RouterBack,
+                routers(&["a:1"]),
+                "tunnel \"web\" reaches router a:1 again, after 30s without it; it stands by \
+                 while router b:1 serves the tunnel's users"
+                    .into()
+            )]
+        );
+        assert_eq!(w.deadline(), None);
+        // Down again later: lost again, then back in use (once b fails) without a
+        // second alert for the standby it went through.
+        w.on_links(&[retrying("refused"), connected("b:1")], t0 + secs(40));
+        assert_eq!(w.deadline(), Some(t0 + secs(50)));
+        assert_eq!(w.on_deadline(t0 + secs(50)).len(), 1);
+        let back = w.on_links(&[connected("a:1"), retrying("reset")], t0 + secs(60));
+        assert_eq!(back.len(), 1);
+        assert!(
+            back[0].2.contains("is connected to router a:1 again"),
+            "{back:?}"
+        );
+    }
+
+    #[test]
+    fn a_router_on_standby_before_the_grace_is_over_says_nothing() {
+        let t0 = Instant::now();
+        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
+        w.on_links(&[connected("a:1"), LinkStatus::Connecting], t0);
+        w.on_links(&[retrying("reset"), connected("b:1")], t0 + secs(1));
+        assert_eq!(
+            w.on_links(&[standby("b:1"), connected("b:1")], t0 + secs(5)),
+            vec![]
+        );
+        assert_eq!(w.deadline(), None);
+        assert_eq!(w.on_deadline(t0 + secs(20)), vec![]);
     }
 
     #[test]

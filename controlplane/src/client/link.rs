@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 
 use super::open::{open_at, open_over};
 use super::rotation::{Rotation, goodbye, rotate};
+use super::standby::Standby;
 use super::{LinkStatus, Rotated, RotationTurn, RotationsRx, Shared, SharedRotations};
 use crate::Error;
 use crate::backoff::Backoff;
@@ -52,7 +53,11 @@ pub(super) async fn control_loop(
         let opened = match back.take() {
             Some(p) => {
                 // The router left is fine, just no longer in use.
-                shared.router_link(shared.at(), LinkStatus::Connecting);
+                let standby = LinkStatus::Standby {
+                    since: SystemTime::now(),
+                    serving: shared.routers[p.index].clone(),
+                };
+                shared.router_link(shared.at(), standby);
                 shared.at.store(p.index, Ordering::Relaxed);
                 shared.versions[p.index].store(p.version, Ordering::Relaxed);
                 Ok(p.wire)
@@ -85,8 +90,10 @@ pub(super) async fn control_loop(
                 info!(tunnel = %shared.name, %router, cipher = %ctl.cipher(), "connected to router");
                 let mut probe = Probe::start(&shared);
                 let at = shared.at();
+                let standby = Standby::start(&shared, at);
                 let end = heartbeat(&shared, at, &mut ctl, &mut stop, &rotations, &mut probe).await;
                 probe.stop();
+                standby.stop();
                 let why = &end.why;
                 if end.again {
                     // The link is fine: make it again at once (with the new key, or

@@ -124,6 +124,7 @@ pub(crate) fn status_word(l: &LinkStatus) -> &'static str {
     match l {
         LinkStatus::Connecting => "starting",
         LinkStatus::Connected { .. } => "running",
+        LinkStatus::Standby { .. } => "standby",
         LinkStatus::Retrying { .. } => "retrying",
         LinkStatus::Refused { .. } => "refused",
     }
@@ -148,6 +149,12 @@ fn link_state(l: &LinkStatus) -> pb::LinkState {
             state: "connected".into(),
             detail: router.clone(),
             cipher_suite: cipher.clone(),
+            since: unix(*since),
+            ..Default::default()
+        },
+        LinkStatus::Standby { since, serving } => pb::LinkState {
+            state: "standby".into(),
+            detail: format!("router {serving} serves the tunnel"),
             since: unix(*since),
             ..Default::default()
         },

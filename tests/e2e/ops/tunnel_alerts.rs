@@ -259,8 +259,19 @@ impl FirstRouterKilled {
     }
 
     /// Checks the webhook got exactly `router_lost` then `router_back`, each about
-    /// the first router alone, the loss saying the second serves meanwhile.
+    /// the first router alone, the loss saying the second serves meanwhile, the
+    /// return that the tunnel uses the first again.
     fn assert_lost_then_back(&self) {
+        let a = self.a;
+        self.assert_lost_then(
+            &format!("tunnel \"web\" is connected to router {a} again, after "),
+            " without it",
+        );
+    }
+
+    /// [`Self::assert_lost_then_back`], the return's message starting and ending as
+    /// given.
+    fn assert_lost_then(&self, back_starts: &str, back_ends: &str) {
         let (a, b) = (self.a, self.b);
         let got = subjects_and_messages(&self.rx);
         let only_a = json!({"kind": "router", "routers": [a.to_string()]});
@@ -278,9 +289,7 @@ impl FirstRouterKilled {
         );
         assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_a));
         assert!(
-            got[1].2.starts_with(&format!(
-                "tunnel \"web\" is connected to router {a} again, after "
-            )) && got[1].2.ends_with(" without it"),
+            got[1].2.starts_with(back_starts) && got[1].2.ends_with(back_ends),
             "{}",
             got[1].2
         );
@@ -318,4 +327,30 @@ fn a_tunnel_that_fails_over_reports_the_router_it_left_and_its_return() {
     t.rx.wait("a router_back alert", |r| r.len() >= 2);
     assert_echo(t.taddr, b"through the first again");
     t.assert_lost_then_back();
+}
+
+#[test]
+fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby() {
+    let t = FirstRouterKilled::start(&["--router-failback", "0"], |a, _| {
+        format!("connected to router {a}")
+    });
+    let (a, b) = (t.a, t.b);
+    t.tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(t.taddr, b"through the second");
+    t.rx.wait("a router_lost alert", |r| !r.is_empty());
+    let _first = t.first_again();
+    t.tunnel.wait_stderr(&format!(
+        "router {a} answers again: it stands by while router {b} serves this tunnel"
+    ));
+    t.rx.wait("a router_back alert", |r| r.len() >= 2);
+    // The tunnel stays on the second router: it never connects to the first again.
+    assert_echo(t.taddr, b"still through the second");
+    assert_eq!(
+        t.tunnel.stdout_count(&format!("connected to router {a}")),
+        1
+    );
+    t.assert_lost_then(
+        &format!("tunnel \"web\" reaches router {a} again, after "),
+        &format!(" without it; it stands by while router {b} serves the tunnel's users"),
+    );
 }
