@@ -1,30 +1,11 @@
 #!/usr/bin/env bash
 # Runs Conduit's whole test suite, installing what a fresh machine lacks first
-# (Debian packages for the real-client and metrics tests, cargo-nextest).
+# (tests/setup.sh: Debian packages for the real-client and metrics tests,
+# cargo-nextest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v curl >/dev/null || need+=(curl)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-cli >/dev/null || need+=(redis-tools)
-command -v dnsmasq >/dev/null || need+=(dnsmasq-base)    # a DNS server behind the UDP tunnel test
-command -v dig >/dev/null || need+=(bind9-dnsutils)
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-command -v promtool >/dev/null || need+=(prometheus)   # promtool checks the metrics format
-command -v openssl >/dev/null || need+=(openssl)
-command -v prlimit >/dev/null || need+=(util-linux)
-command -v ss >/dev/null || need+=(iproute2)
-command -v systemd-analyze >/dev/null || need+=(systemd)   # checks the service units
-command -v nginx >/dev/null || need+=(nginx)   # reads the PROXY protocol header a tunnel sends
-if ((${#need[@]})); then
-  echo "installing: ${need[*]}"
-  sudo=""
-  [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+tests/setup.sh
 
 # The real-client tests fail (instead of skipping) if a tool is missing here.
 export CONDUIT_E2E_REQUIRE_TOOLS=1

@@ -9,9 +9,7 @@ const ROUTER_KEY: &str = "ed25519:Ik6aDp1Rj7l1nB6ucjJJOXsn0sIBvlvSFwzC7xE0Zmk=";
 /// `conduit start --service-file …` with a clean environment (no CONDUIT_* from the
 /// caller leaks in) and `home` as CONDUIT_HOME.
 fn start_service(home: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_conduit"))
-        .env_clear()
-        .env("CONDUIT_HOME", home)
+    bare_conduit(home)
         .args([
             "start",
             "--router",
@@ -30,6 +28,17 @@ fn start_service(home: &Path, extra: &[&str]) -> Output {
         .args(extra)
         .output()
         .expect("run conduit")
+}
+
+/// `conduit` with an empty environment but for `home` as CONDUIT_HOME (and a
+/// coverage run's profile file, `tests/coverage.sh`, which the command never reads).
+fn bare_conduit(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    c.env_clear().env("CONDUIT_HOME", home);
+    if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+        c.env("LLVM_PROFILE_FILE", profile);
+    }
+    c
 }
 
 fn stdout(o: &Output) -> String {
@@ -124,9 +133,7 @@ fn without_user_variables_the_service_user_is_this_uid_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let me = Command::new("id").arg("-un").output().expect("run id -un");
     let me = String::from_utf8(me.stdout).unwrap().trim().to_owned();
-    let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
-        .env_clear()
-        .env("CONDUIT_HOME", dir.path())
+    let out = bare_conduit(dir.path())
         .args([
             "start",
             "--router",
@@ -208,11 +215,7 @@ fn output_without_service_file_is_a_usage_error() {
 #[test]
 fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
     let dir = tempfile::tempdir().unwrap();
-    let conduit = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_conduit"));
-        c.env_clear().env("CONDUIT_HOME", dir.path());
-        c
-    };
+    let conduit = || bare_conduit(dir.path());
     // The file must validate, and that needs the client key it names by default.
     let init = conduit().arg("init").output().unwrap();
     assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
