@@ -217,6 +217,20 @@ pub enum LinkStatus {
     },
 }
 
+impl LinkStatus {
+    /// The state's one word, as `status` and the API name it: `connecting`,
+    /// `connected`, `standby`, `retrying` or `refused`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Connected { .. } => "connected",
+            Self::Standby { .. } => "standby",
+            Self::Retrying { .. } => "retrying",
+            Self::Refused { .. } => "refused",
+        }
+    }
+}
+
 struct Shared {
     transport: Transport,
     /// The TLS cipher suites offered (`--cipher-suites`).
@@ -468,6 +482,11 @@ impl ClientTunnel {
     /// not, and the streams and channels on each).
     pub fn links(&self) -> (Vec<String>, Arc<LinkState>) {
         (self.shared.routers.clone(), self.shared.link.clone())
+    }
+
+    /// Each router's link, in the order of [`Self::links`].
+    pub fn router_links(&self) -> watch::Receiver<Vec<LinkStatus>> {
+        self.shared.links.subscribe()
     }
 
     /// Number of workers.

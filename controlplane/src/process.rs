@@ -221,6 +221,7 @@ impl RegisteredTunnel {
             counters: tunnel.counters(),
             rotator: tunnel.key_rotator(),
             routers: tunnel.links(),
+            router_links: tunnel.router_links(),
         };
         let metrics = match r.metrics_bind {
             Some(addr) => {

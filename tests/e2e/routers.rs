@@ -22,6 +22,11 @@ fn the_link_moves_to_the_next_router_when_one_goes_away() {
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
     tunnel.wait_stdout(&format!("connected to router {a}"));
     assert_echo(taddr, b"through the first");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("\n  router {b} is not in use: not tried yet")),
+        "{status}"
+    );
 
     first.stop();
     tunnel.wait_stdout(&format!("connected to router {b}"));

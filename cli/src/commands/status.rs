@@ -36,7 +36,10 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                                                  "streams": st.kernel_tls_streams});
                         v["routers"] = st.routers.iter().map(|r| json!({"addr": r.addr, "up": r.up,
                             "streams": r.streams, "channels": r.channels,
-                            "refused": (!r.refused.is_empty()).then_some(&r.refused)})).collect();
+                            "refused": (!r.refused.is_empty()).then_some(&r.refused),
+                            "link": (!r.link.is_empty()).then_some(&r.link),
+                            "error": (!r.error.is_empty()).then_some(&r.error),
+                            "standby_since": rfc3339(r.standby_since)})).collect();
                         v["source_refused"] = json!((!st.source_refused.is_empty())
                             .then_some(&st.source_refused));
                     }
@@ -133,6 +136,11 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 st.source_refused
             ));
         }
+        if !e.config.balance && st.routers.len() > 1 {
+            for line in idle_routers(&st.routers) {
+                say(format_args!("  {line}"));
+            }
+        }
         for r in st.routers.iter().filter(|r| !r.refused.is_empty()) {
             say(format_args!(
                 "  router {} refused this tunnel: {}",
@@ -148,6 +156,29 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
 fn rfc3339(secs: i64) -> Option<String> {
     let secs = u64::try_from(secs).ok().filter(|s| *s > 0)?;
     timestamp::unix_rfc3339(secs)
+}
+
+/// What a failing-over tunnel's routers not in use are doing: one line each for
+/// those on standby, failing (unless they refused the tunnel, said apart) or not
+/// tried yet; nothing from a tunnel too old to say.
+fn idle_routers(routers: &[pb::RouterLoad]) -> Vec<String> {
+    routers
+        .iter()
+        .filter(|r| r.refused.is_empty())
+        .filter_map(|r| match r.link.as_str() {
+            "standby" => Some(format!(
+                "router {} stands by: it answered a check at {}",
+                r.addr,
+                time(r.standby_since)
+            )),
+            "retrying" => Some(format!(
+                "router {} is not in use: its latest attempt failed: {}",
+                r.addr, r.error
+            )),
+            "connecting" => Some(format!("router {} is not in use: not tried yet", r.addr)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How a balancing tunnel's streams are spread: `; streams by router: A 12, B 11`

@@ -60,6 +60,8 @@ pub struct ControlState {
     pub rotator: KeyRotator,
     /// The routers, in order, and the links to them.
     pub routers: (Vec<String>, Arc<conduit_dataplane::LinkState>),
+    /// Each router's link state, in the same order.
+    pub router_links: watch::Receiver<Vec<LinkStatus>>,
 }
 
 impl ControlState {
@@ -78,10 +80,20 @@ impl ControlState {
     /// Each router's link, streams and channels.
     fn router_loads(&self) -> Vec<pb::RouterLoad> {
         let (addrs, links) = &self.routers;
+        let states = self.router_links.borrow().clone();
         addrs
             .iter()
             .enumerate()
             .map(|(i, addr)| pb::RouterLoad {
+                link: states.get(i).map_or("connecting", |s| s.word()).to_owned(),
+                error: match states.get(i) {
+                    Some(LinkStatus::Retrying { error, .. }) => error.clone(),
+                    _ => String::new(),
+                },
+                standby_since: match states.get(i) {
+                    Some(LinkStatus::Standby { since, .. }) => unix(*since),
+                    _ => 0,
+                },
                 addr: addr.clone(),
                 up: links.is_up_at(i),
                 streams: links.streams(i) as u64,
@@ -138,7 +150,7 @@ fn unix(t: SystemTime) -> i64 {
 fn link_state(l: &LinkStatus) -> pb::LinkState {
     match l {
         LinkStatus::Connecting => pb::LinkState {
-            state: "connecting".into(),
+            state: l.word().into(),
             ..Default::default()
         },
         LinkStatus::Connected {
@@ -146,14 +158,14 @@ fn link_state(l: &LinkStatus) -> pb::LinkState {
             router,
             cipher,
         } => pb::LinkState {
-            state: "connected".into(),
+            state: l.word().into(),
             detail: router.clone(),
             cipher_suite: cipher.clone(),
             since: unix(*since),
             ..Default::default()
         },
         LinkStatus::Standby { since, serving } => pb::LinkState {
-            state: "standby".into(),
+            state: l.word().into(),
             detail: format!("router {serving} serves the tunnel"),
             since: unix(*since),
             ..Default::default()
@@ -163,14 +175,14 @@ fn link_state(l: &LinkStatus) -> pb::LinkState {
             next_at,
             error,
         } => pb::LinkState {
-            state: "retrying".into(),
+            state: l.word().into(),
             detail: error.clone(),
             next_attempt_at: unix(*next_at),
             attempt: *attempt,
             ..Default::default()
         },
         LinkStatus::Refused { reason } => pb::LinkState {
-            state: "refused".into(),
+            state: l.word().into(),
             detail: reason.clone(),
             ..Default::default()
         },

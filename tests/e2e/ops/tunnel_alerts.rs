@@ -338,11 +338,28 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
     t.tunnel.wait_stdout(&format!("connected to router {b}"));
     wait_for_echo(t.taddr, b"through the second");
     t.rx.wait("a router_lost alert", |r| !r.is_empty());
+    // `status` names the router in use, and why the other is not.
+    let status = t.home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("router {b} connected since"))
+            && status.contains(&format!(
+                "\n  router {a} is not in use: its latest attempt failed: cannot reach router {a}"
+            )),
+        "{status}"
+    );
     let _first = t.first_again();
     t.tunnel.wait_stderr(&format!(
         "router {a} answers again: it stands by while router {b} serves this tunnel"
     ));
     t.rx.wait("a router_back alert", |r| r.len() >= 2);
+    let status = t.home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("router {b} connected since"))
+            && status.contains(&format!(
+                "\n  router {a} stands by: it answered a check at "
+            )),
+        "{status}"
+    );
     // The tunnel stays on the second router: it never connects to the first again.
     assert_echo(t.taddr, b"still through the second");
     assert_eq!(
