@@ -88,8 +88,18 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             (true, false) => format!("latest stream refused: {refused}"),
             (false, false) => format!("{detail}; latest stream refused: {refused}"),
         };
+        // Failing over: a router not in use that fails would not take over from the
+        // one in use: said, though the tunnel serves (as a balancing tunnel's
+        // routers away are).
+        let failing: Vec<String> = match &s.status {
+            Ok(st) if !s.entry.config.balance => (st.routers.iter())
+                .filter(|r| r.link == "retrying" && r.refused.is_empty())
+                .map(|r| format!("router {} not in use, failing: {}", r.addr, r.error))
+                .collect(),
+            _ => Vec::new(),
+        };
         if state == "connected" {
-            for r in refusing {
+            for r in refusing.into_iter().chain(failing) {
                 detail = if detail.is_empty() {
                     r
                 } else {

@@ -347,6 +347,15 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
             )),
         "{status}"
     );
+    // Healthy, the second router serving, and the first named as failing.
+    let health = t.home.ok(&["health"]);
+    assert_eq!(
+        health,
+        format!(
+            "web: router {b} link connected (router {a} not in use, failing: cannot reach \
+             router {a}: Connection refused (os error 111))\n"
+        )
+    );
     let _first = t.first_again();
     t.tunnel.wait_stderr(&format!(
         "router {a} answers again: it stands by while router {b} serves this tunnel"
@@ -359,6 +368,10 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
                 "\n  router {a} stands by: it answered a check at "
             )),
         "{status}"
+    );
+    assert_eq!(
+        t.home.ok(&["health"]),
+        format!("web: router {b} link connected\n")
     );
     // The tunnel stays on the second router: it never connects to the first again.
     assert_echo(t.taddr, b"still through the second");
