@@ -18,7 +18,8 @@ tests/setup.sh
 command -v cargo-llvm-cov >/dev/null || cargo install cargo-llvm-cov --locked
 # llvm-cov and llvm-profdata must match rustc's LLVM: rustup's llvm-tools component
 # when installed (cargo-llvm-cov finds it), else Debian's llvm-N.
-if ! rustup component list --installed 2>/dev/null | grep -q '^llvm-tools'; then
+components=$(rustup component list --installed 2>/dev/null || true)
+if ! grep -q '^llvm-tools' <<<"$components"; then
   llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\)\..*/\1/p')
   if ! command -v "llvm-cov-$llvm" >/dev/null || ! command -v "llvm-profdata-$llvm" >/dev/null; then
     echo "installing: llvm-$llvm (llvm-cov and llvm-profdata for rustc's LLVM $llvm)"
