@@ -129,6 +129,13 @@ pub fn render(
     );
     each(
         &mut e,
+        "conduit_router_standby",
+        "1 when this router is not in use but answered a check since the tunnel left it \
+         (failing over: it can take over).",
+        |r| u64::from(r.link == "standby"),
+    );
+    each(
+        &mut e,
         "conduit_router_streams",
         "User connections and UDP flows riding this router's channels now.",
         |r| r.streams,

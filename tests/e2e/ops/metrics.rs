@@ -11,13 +11,17 @@ use crate::harness::{Engine, Home, addr_in};
 use crate::http::{curl, wait_for};
 use crate::sources;
 
-fn scrape(text: &str) -> prometheus_parse::Scrape {
+pub(super) fn scrape(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("the metrics parse")
 }
 
 /// The value of `metric` whose labels include `labels`.
-fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(super) fn value(
+    s: &prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     s.samples
         .iter()
         .filter(|x| x.metric == metric)

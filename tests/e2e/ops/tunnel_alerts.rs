@@ -11,6 +11,7 @@ use crate::users::{assert_echo, wait_for_echo};
 
 use super::alerts::alert_events;
 use super::echo_through;
+use super::metrics::{scrape, value};
 
 /// The webhook's path, with a token in its query as real ones often have.
 const HOOK: &str = "/hook?token=SECRET-IN-URL";
@@ -373,6 +374,20 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
         t.home.ok(&["health"]),
         format!("web: router {b} link connected\n")
     );
+    let s = scrape(&t.home.ok(&["stats", "--format", "prometheus"]));
+    for (router, up, standby) in [(a, 0.0, 1.0), (b, 1.0, 0.0)] {
+        let labels = [("tunnel", "web"), ("router", &*router.to_string())];
+        assert_eq!(
+            value(&s, "conduit_router_up", &labels),
+            Some(up),
+            "{router}"
+        );
+        assert_eq!(
+            value(&s, "conduit_router_standby", &labels),
+            Some(standby),
+            "{router}"
+        );
+    }
     // The tunnel stays on the second router: it never connects to the first again.
     assert_echo(t.taddr, b"still through the second");
     assert_eq!(
