@@ -15,7 +15,8 @@
 //! the tunnel, and the message says which routers serve it meanwhile, or that none
 //! does. Balancing, the tunnel keeps a link to each, so each is seen to come back;
 //! failing over, a router left behind is checked again until it answers, and
-//! counts as back then, standing by (or in use again, with `failback_secs`).
+//! counts as back then, standing by (or in use again, with `failback_secs`); one
+//! standing by whose port stops accepting connections is lost again.
 
 use std::time::{Duration, Instant, SystemTime};
 

@@ -1,22 +1,28 @@
-//! Checks on the routers a failing-over tunnel left behind: while another router
+//! Checks on the routers a failing-over tunnel is not using: while another router
 //! serves it, each router whose link failed is tried again with back-off, and once
-//! one answers it is on standby. Its loss is then followed by its return in the
-//! alerts, though the tunnel stays where it is (a failback probe, when asked for,
-//! moves it back to an earlier router instead).
+//! one completes a handshake it is on standby. Its loss is then followed by its
+//! return in the alerts, though the tunnel stays where it is (a failback probe,
+//! when asked for, moves it back to an earlier router instead). A router on standby
+//! is watched on: its port is tried about every [`WATCH_EVERY`] (a connection closed
+//! before a byte, which a router logs at debug only), and one that stops accepting
+//! connections is failing again, checked as before and, past the alerts' grace,
+//! reported lost.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use conduit_proto::ChannelKind;
+use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::link::retrying;
 use super::open::open_at;
 use super::rotation::goodbye;
 use super::{LinkStatus, Shared};
 use crate::backoff::Backoff;
+use crate::{Error, wire};
 
 /// The first check on a router left behind comes this long after the link moved
 /// (with the back-off's jitter); later ones wait longer, up to [`LONGEST_WAIT`].
@@ -26,29 +32,41 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// attempts.
 const LONGEST_WAIT: Duration = Duration::from_secs(30);
 
+/// The wait before checking again a router that refused this tunnel: its operator
+/// must act first, and each refusal is a warning in its log.
+const REFUSED_WAIT: Duration = Duration::from_secs(300);
+
+/// About how often (with jitter) the port of a router on standby is tried.
+pub(super) const WATCH_EVERY: Duration = Duration::from_secs(10);
+
 /// The running checks, stopped when the link they were started for ends.
 pub(super) struct Standby(Option<JoinHandle<()>>);
 
 impl Standby {
     /// Starts checking, while the link uses router `at`, each other router whose
-    /// link failed, but for those a failback probe tries (the routers before `at`
-    /// under `--router-failback`). Nothing for a balancing tunnel, which uses every
-    /// router.
+    /// link failed or that stands by, but for those a failback probe tries (the
+    /// routers before `at` under `--router-failback`). Nothing for a balancing
+    /// tunnel, which uses every router.
     pub(super) fn start(shared: &Arc<Shared>, at: usize) -> Self {
         if shared.balance {
             return Self(None);
         }
         let probed = if shared.failback.is_some() { at } else { 0 };
-        let down: Vec<usize> = {
+        let watched: Vec<(usize, bool)> = {
             let links = shared.links.borrow();
             (probed..links.len())
-                .filter(|&i| i != at && matches!(links[i], LinkStatus::Retrying { .. }))
+                .filter(|&i| i != at)
+                .filter_map(|i| match links[i] {
+                    LinkStatus::Retrying { .. } => Some((i, false)),
+                    LinkStatus::Standby { .. } => Some((i, true)),
+                    _ => None,
+                })
                 .collect()
         };
-        if down.is_empty() {
+        if watched.is_empty() {
             return Self(None);
         }
-        Self(Some(tokio::spawn(check(shared.clone(), at, down))))
+        Self(Some(tokio::spawn(check(shared.clone(), at, watched))))
     }
 
     pub(super) fn stop(self) {
@@ -58,48 +76,85 @@ impl Standby {
     }
 }
 
-/// Tries each of `down` with its own back-off until it answers `Hello` with
-/// `Welcome`, then says goodbye on that channel and marks the router on standby.
-async fn check(shared: Arc<Shared>, at: usize, down: Vec<usize>) {
+/// What is next for one router.
+enum Next {
+    /// A handshake, and on failure the next wait of this back-off.
+    Check(Backoff),
+    /// A connection to its port (it stands by).
+    Watch,
+}
+
+/// Checks each of `watched` (`true`: on standby) until the task is stopped: a
+/// failing router with its own back-off until it answers `Hello` with `Welcome`
+/// (then the channel says goodbye and the router stands by), a router on standby by
+/// its port about every [`WATCH_EVERY`].
+async fn check(shared: Arc<Shared>, at: usize, watched: Vec<(usize, bool)>) {
     let now = Instant::now();
-    let mut due: Vec<(usize, Backoff, Instant)> = down
+    let mut due: Vec<(usize, Next, Instant)> = watched
         .into_iter()
-        .map(|i| {
-            let mut backoff = Backoff::new(FIRST_WAIT, LONGEST_WAIT);
-            let first = backoff.next_wait();
-            (i, backoff, now + first)
+        .map(|(i, standing_by)| match standing_by {
+            true => (i, Next::Watch, now + watch_wait()),
+            false => {
+                let mut backoff = Backoff::new(FIRST_WAIT, LONGEST_WAIT);
+                let first = backoff.next_wait();
+                (i, Next::Check(backoff), now + first)
+            }
         })
         .collect();
     let serving = &shared.routers[at];
     while let Some(next) = (0..due.len()).min_by_key(|&k| due[k].2) {
         tokio::time::sleep_until(due[next].2).await;
-        let index = due[next].0;
+        let (index, ref mut what, ref mut when) = due[next];
         let router = &shared.routers[index];
-        match open_at(&shared, ChannelKind::Control, index).await {
-            Ok((mut wire, _)) => {
-                goodbye(
-                    &mut wire,
-                    "a standby check: this tunnel is served elsewhere",
-                )
-                .await;
-                shared.link.router_accepted(index);
-                let standby = LinkStatus::Standby {
-                    since: SystemTime::now(),
-                    serving: serving.clone(),
-                };
-                shared.router_link(index, standby);
-                info!(tunnel = %shared.name, %router, "router {router} answers again: it stands by while router {serving} serves this tunnel");
-                due.swap_remove(next);
-            }
-            Err(e) => {
-                if !e.is_retryable() {
-                    shared.link.router_refused(index, e.to_string());
+        match what {
+            Next::Watch => {
+                let within = shared.connect_timeout.min(WATCH_EVERY);
+                match wire::connect(router, within).await {
+                    // Closed before a byte: the router takes it for a port check.
+                    Ok(_port) => *when = Instant::now() + watch_wait(),
+                    Err(e) => {
+                        let e = Error::network(format!("cannot reach router {router}"), e);
+                        shared.router_link(index, retrying(&e.to_string()));
+                        warn!(tunnel = %shared.name, %router, "router {router}, standing by, no longer accepts connections: {e}; checking it again");
+                        let mut backoff = Backoff::new(FIRST_WAIT, LONGEST_WAIT);
+                        *when = Instant::now() + backoff.next_wait();
+                        *what = Next::Check(backoff);
+                    }
                 }
-                shared.router_link(index, retrying(&e.to_string()));
-                let wait = due[next].1.next_wait();
-                due[next].2 = Instant::now() + wait;
-                debug!(tunnel = %shared.name, %router, "router {router} still fails: {e}; checking again in {:.1}s", wait.as_secs_f64());
             }
+            Next::Check(backoff) => match open_at(&shared, ChannelKind::Control, index).await {
+                Ok((mut wire, _)) => {
+                    goodbye(
+                        &mut wire,
+                        "a standby check: this tunnel is served elsewhere",
+                    )
+                    .await;
+                    shared.link.router_accepted(index);
+                    let standby = LinkStatus::Standby {
+                        since: SystemTime::now(),
+                        serving: serving.clone(),
+                    };
+                    shared.router_link(index, standby);
+                    info!(tunnel = %shared.name, %router, "router {router} answers again: it stands by while router {serving} serves this tunnel");
+                    *what = Next::Watch;
+                    *when = Instant::now() + watch_wait();
+                }
+                Err(e) => {
+                    let mut wait = backoff.next_wait();
+                    if !e.is_retryable() {
+                        shared.link.router_refused(index, e.to_string());
+                        wait = wait.max(REFUSED_WAIT);
+                    }
+                    shared.router_link(index, retrying(&e.to_string()));
+                    *when = Instant::now() + wait;
+                    debug!(tunnel = %shared.name, %router, "router {router} still fails: {e}; checking again in {:.1}s", wait.as_secs_f64());
+                }
+            },
         }
     }
+}
+
+/// [`WATCH_EVERY`], give or take half.
+fn watch_wait() -> Duration {
+    WATCH_EVERY.mul_f64(rand::rng().random_range(0.5..1.5))
 }

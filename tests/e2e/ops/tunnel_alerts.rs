@@ -357,7 +357,7 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
              router {a}: Connection refused (os error 111))\n"
         )
     );
-    let _first = t.first_again();
+    let mut first = t.first_again();
     t.tunnel.wait_stderr(&format!(
         "router {a} answers again: it stands by while router {b} serves this tunnel"
     ));
@@ -398,4 +398,25 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
         &format!("tunnel \"web\" reaches router {a} again, after "),
         &format!(" without it; it stands by while router {b} serves the tunnel's users"),
     );
+
+    // Standing by, it is watched on: gone again, it is lost again.
+    first.signal("KILL");
+    first.wait_exit();
+    t.tunnel.wait_stderr(&format!(
+        "router {a}, standing by, no longer accepts connections: cannot reach router {a}"
+    ));
+    t.rx.wait("a second router_lost alert", |r| r.len() >= 3);
+    let got = subjects_and_messages(&t.rx);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2].0, "router_lost");
+    assert!(
+        got[2].2.starts_with(&format!(
+            "tunnel \"web\" has had no link to router {a} for "
+        )) && got[2]
+            .2
+            .ends_with(&format!("; router {b} serves its users meanwhile")),
+        "{}",
+        got[2].2
+    );
+    assert_echo(t.taddr, b"and the second serves on");
 }
