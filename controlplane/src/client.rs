@@ -202,7 +202,8 @@ pub enum LinkStatus {
         error: String,
     },
     /// One router of several, answering but not in use: the tunnel fails over and
-    /// another router serves it (a router it left, checked again until it answers).
+    /// another router serves it (a spare, or a router it left, checked until it
+    /// answers).
     /// Only a router's own link state says this, never the tunnel's.
     Standby {
         /// Since when it is known to answer.
@@ -258,7 +259,8 @@ struct Shared {
     /// (`status` shows them together); otherwise the one in use is connected, one
     /// that failed is retrying until it answers again (then on standby, see
     /// `standby.rs`) or the tunnel uses it again, one left for an earlier router
-    /// that answered again is on standby, and one never tried is connecting. And why
+    /// that answered again is on standby, and a spare is connecting until its first
+    /// check (then on standby, or retrying). And why
     /// each refused this tunnel for good since its link was last up (`balance`).
     links: watch::Sender<Vec<LinkStatus>>,
     refused: std::sync::Mutex<Vec<Option<String>>>,

@@ -7,6 +7,7 @@ use std::net::TcpListener;
 
 use crate::faults::Frozen;
 use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
+use crate::http::wait_for;
 use crate::ops::{TOKEN, open_on, router_api};
 use crate::sources;
 use crate::users::{assert_echo, exchange, open_user, wait_for_echo};
@@ -22,9 +23,15 @@ fn the_link_moves_to_the_next_router_when_one_goes_away() {
     let taddr = addr_in(&tunnel.wait_stdout("listening on"));
     tunnel.wait_stdout(&format!("connected to router {a}"));
     assert_echo(taddr, b"through the first");
+    // The spare is checked (a handshake, then goodbye) before the tunnel needs it.
+    tunnel.wait_stderr(&format!(
+        "router {b} answers: it stands by while router {a} serves this tunnel"
+    ));
     let status = home.ok(&["status"]);
     assert!(
-        status.contains(&format!("\n  router {b} is not in use: not tried yet")),
+        status.contains(&format!(
+            "\n  router {b} stands by: it answered a check at "
+        )),
         "{status}"
     );
 
@@ -37,6 +44,39 @@ fn the_link_moves_to_the_next_router_when_one_goes_away() {
         status.contains(&format!("router {b} connected since")),
         "{status}"
     );
+}
+
+#[test]
+fn a_spare_router_that_is_down_shows_before_the_tunnel_needs_it() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, a) = home.router(engine, &[source.to_string()]);
+    let spare = format!("127.0.0.1:{}", dead_port());
+    let tunnel = home.tunnel_via(engine, &format!("{a},{spare}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    let failing = format!(
+        "router {spare} is not in use: its latest attempt failed: cannot reach router \
+         {spare}: Connection refused (os error 111)"
+    );
+    let status = wait_for("the spare's failed check in status", || {
+        let status = home.ok(&["status"]);
+        status.contains(&failing).then_some(status)
+    });
+    assert!(
+        status.contains(&format!("router {a} connected since")),
+        "{status}"
+    );
+    // Healthy (exit 0), the spare named as failing.
+    assert_eq!(
+        home.ok(&["health"]),
+        format!(
+            "tunnel: router {a} link connected (router {spare} not in use, failing: cannot \
+             reach router {spare}: Connection refused (os error 111))\n"
+        )
+    );
+    assert_echo(taddr, b"served all along");
 }
 
 #[test]

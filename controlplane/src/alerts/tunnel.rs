@@ -16,7 +16,9 @@
 //! does. Balancing, the tunnel keeps a link to each, so each is seen to come back;
 //! failing over, a router left behind is checked again until it answers, and
 //! counts as back then, standing by (or in use again, with `failback_secs`); one
-//! standing by whose port stops accepting connections is lost again.
+//! standing by whose port stops accepting connections is lost again. A spare the
+//! tunnel has not used is checked too: down, it is reported lost like the others,
+//! and when it answers, back on standby.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -127,16 +129,23 @@ impl LinkWatch {
                     Phase::Down {
                         since,
                         alerted: true,
+                        ever_up,
                         ..
-                    } => Some((
-                        Event::RouterBack,
-                        format!(
-                            "tunnel {tunnel:?} reaches router {router} again, after {} \
-                             without it; it stands by while router {serving} serves the \
-                             tunnel's users",
-                            rounded(now.saturating_duration_since(since))
-                        ),
-                    )),
+                    } => {
+                        let down = rounded(now.saturating_duration_since(since));
+                        let reaches = if ever_up {
+                            format!("{router} again, after {down} without it")
+                        } else {
+                            format!("{router}, {down} after it first failed")
+                        };
+                        Some((
+                            Event::RouterBack,
+                            format!(
+                                "tunnel {tunnel:?} reaches router {reaches}; it stands by \
+                                 while router {serving} serves the tunnel's users"
+                            ),
+                        ))
+                    }
                     _ => None,
                 }
             }
@@ -672,6 +681,40 @@ mod tests {
             since: SystemTime::UNIX_EPOCH,
             serving: serving.into(),
         }
+    }
+
+    #[test]
+    fn a_spare_that_is_down_is_lost_and_back_on_standby_when_it_answers() {
+        let t0 = Instant::now();
+        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
+        w.on_links(&[connected("a:1"), LinkStatus::Connecting], t0);
+        // The spare's first check fails: it was never up.
+        w.on_links(&[connected("a:1"), retrying("refused")], t0 + secs(1));
+        let lost = w.on_deadline(t0 + secs(11));
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(
+            lost[0].2,
+            "tunnel \"web\" has not reached router b:1 in 10s since it started: refused; \
+             router a:1 serves its users meanwhile"
+        );
+        assert_eq!(
+            w.on_links(&[connected("a:1"), standby("a:1")], t0 + secs(21)),
+            vec![(
+                Event::RouterBack,
+                routers(&["b:1"]),
+                "tunnel \"web\" reaches router b:1, 20s after it first failed; it stands by \
+                 while router a:1 serves the tunnel's users"
+                    .into()
+            )]
+        );
+        // A spare that answers its first check is no news.
+        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
+        w.on_links(&[connected("a:1"), LinkStatus::Connecting], t0);
+        assert_eq!(
+            w.on_links(&[connected("a:1"), standby("a:1")], t0 + secs(1)),
+            vec![]
+        );
+        assert_eq!(w.deadline(), None);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! serves it, each router whose link failed is tried again with back-off, and once
 //! one completes a handshake it is on standby. Its loss is then followed by its
 //! return in the alerts, though the tunnel stays where it is (a failback probe,
-//! when asked for, moves it back to an earlier router instead). A router on standby
+//! when asked for, moves it back to an earlier router instead). A spare the tunnel
+//! has not tried yet is checked the same way about a second after the link comes
+//! up, so that one that is down shows in `status`, `health` and the alerts before
+//! the tunnel needs it, and one that answers stands by. A router on standby
 //! is watched on: its port is tried about every [`WATCH_EVERY`] (a connection closed
 //! before a byte, which a router logs at debug only), and one that stops accepting
 //! connections is failing again, checked as before and, past the alerts' grace,
@@ -43,10 +46,10 @@ pub(super) const WATCH_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct Standby(Option<JoinHandle<()>>);
 
 impl Standby {
-    /// Starts checking, while the link uses router `at`, each other router whose
-    /// link failed or that stands by, but for those a failback probe tries (the
-    /// routers before `at` under `--router-failback`). Nothing for a balancing
-    /// tunnel, which uses every router.
+    /// Starts checking, while the link uses router `at`, each other router not
+    /// tried yet, whose link failed or that stands by, but for those a failback
+    /// probe tries (the routers before `at` under `--router-failback`). Nothing for
+    /// a balancing tunnel, which uses every router.
     pub(super) fn start(shared: &Arc<Shared>, at: usize) -> Self {
         if shared.balance {
             return Self(None);
@@ -57,7 +60,7 @@ impl Standby {
             (probed..links.len())
                 .filter(|&i| i != at)
                 .filter_map(|i| match links[i] {
-                    LinkStatus::Retrying { .. } => Some((i, false)),
+                    LinkStatus::Connecting | LinkStatus::Retrying { .. } => Some((i, false)),
                     LinkStatus::Standby { .. } => Some((i, true)),
                     _ => None,
                 })
@@ -134,8 +137,10 @@ async fn check(shared: Arc<Shared>, at: usize, watched: Vec<(usize, bool)>) {
                         since: SystemTime::now(),
                         serving: serving.clone(),
                     };
+                    let spare = shared.links.borrow()[index] == LinkStatus::Connecting;
                     shared.router_link(index, standby);
-                    info!(tunnel = %shared.name, %router, "router {router} answers again: it stands by while router {serving} serves this tunnel");
+                    let answers = if spare { "answers" } else { "answers again" };
+                    info!(tunnel = %shared.name, %router, "router {router} {answers}: it stands by while router {serving} serves this tunnel");
                     *what = Next::Watch;
                     *when = Instant::now() + watch_wait();
                 }

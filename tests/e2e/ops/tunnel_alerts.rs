@@ -420,3 +420,60 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
     );
     assert_echo(t.taddr, b"and the second serves on");
 }
+
+#[test]
+fn a_spare_router_that_is_down_is_reported_and_so_is_its_arrival() {
+    let home = Home::with_keys();
+    let rx = Receiver::start();
+    let allow = [sources::echo().to_string()];
+    let (_router, a) = home.router(Engine::Epoll, &allow);
+    let spare = format!("127.0.0.1:{}", dead_port());
+    let hook = rx.url("/hook");
+    let extra = [
+        "--name",
+        "web",
+        "--alert-webhook",
+        &hook,
+        "--alert-after",
+        "1",
+    ];
+    let tunnel = home.tunnel_via(Engine::Epoll, &format!("{a},{spare}"), &allow[0], &extra);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    rx.wait("a router_lost alert", |r| !r.is_empty());
+    let _spare = home.router_at(Engine::Epoll, &spare, &allow, &[]).0;
+    tunnel.wait_stderr(&format!(
+        "router {spare} answers again: it stands by while router {a} serves this tunnel"
+    ));
+    rx.wait("a router_back alert", |r| r.len() >= 2);
+    let got = subjects_and_messages(&rx);
+    let only_spare = json!({"kind": "router", "routers": [spare]});
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0.as_str(), &got[0].1), ("router_lost", &only_spare));
+    let lost = &got[0].2;
+    assert!(
+        lost.starts_with(&format!(
+            "tunnel \"web\" has not reached router {spare} in "
+        )) && lost.ends_with(&format!(
+            " since it started: cannot reach router {spare}: Connection refused (os error \
+             111); router {a} serves its users meanwhile"
+        )),
+        "{lost}"
+    );
+    assert_eq!((got[1].0.as_str(), &got[1].1), ("router_back", &only_spare));
+    let back = &got[1].2;
+    assert!(
+        back.starts_with(&format!("tunnel \"web\" reaches router {spare}, "))
+            && back.ends_with(&format!(
+                " after it first failed; it stands by while router {a} serves the tunnel's \
+                 users"
+            )),
+        "{back}"
+    );
+    // The tunnel never left the router it uses.
+    assert_echo(taddr, b"still through the first");
+    assert_eq!(
+        tunnel.stdout_count(&format!("connected to router {spare}")),
+        0
+    );
+}
