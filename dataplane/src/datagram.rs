@@ -340,14 +340,18 @@ async fn down_tls(
     }
 }
 
-/// Sends a batch's datagrams on, then says how the batch ended the flow: an error,
-/// `true` at the peer's `Eof`, `false` when more is to come.
+/// Sends a batch's datagrams on, once paid for under a bandwidth limit, then says
+/// how the batch ended the flow: an error, `true` at the peer's `Eof`, `false` when
+/// more is to come.
 async fn settle(
     b: Batch,
     deliver: Deliver<'_>,
     meter: &Meter<'_>,
     last: &Cell<Instant>,
 ) -> Result<bool, Stop> {
+    if !b.lens.is_empty() {
+        meter.pay(b.lens.iter().sum()).await;
+    }
     let mut at = 0;
     for len in &b.lens {
         let d = &b.bytes[at..at + len];
@@ -367,7 +371,7 @@ async fn settle(
     }
     if !b.lens.is_empty() {
         last.set(Instant::now());
-        meter.sent(at).await;
+        meter.add(at);
     }
     if let Some(e) = b.bad {
         return Err(e.into());
@@ -518,8 +522,9 @@ pub(crate) async fn from_source(
             if framed.is_empty() {
                 continue;
             }
+            meter.pay(framed.payload).await;
             let payload = framed.send(chan).await?;
-            meter.sent(payload).await;
+            meter.add(payload);
         }
         let mut eof = Framed::new();
         eof.push_message(&Message::Eof);

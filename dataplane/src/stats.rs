@@ -432,6 +432,14 @@ impl Meter<'_> {
     /// paid for.
     pub(crate) async fn sent(&self, n: usize) {
         self.add(n);
+        self.pay(n).await;
+    }
+
+    /// Under a bandwidth limit, charges `n` bytes and waits until they are paid for.
+    /// Datagrams pay before they are sent (a stream's bytes after, a read's worth at
+    /// a time): each flow of a datagram or two would otherwise pass the limit by what
+    /// it sent before its first wait, however many flows there are.
+    pub(crate) async fn pay(&self, n: usize) {
         if let Some(bucket) = self.limit {
             // Boxed: only limited tunnels pay for the sleep's state, not every task.
             Box::pin(crate::ratelimit::pace(bucket, n)).await;

@@ -430,8 +430,9 @@ impl ClientCore {
                         None => break,
                     }
                 }
+                to_router.pay(framed.payload).await;
                 let payload = framed.send(to).await?;
-                to_router.sent(payload).await;
+                to_router.add(payload);
             }
             // The end of the flow. A datagram that slipped in as the idle timer fired
             // still goes; the router answers with its Eof.
@@ -441,6 +442,9 @@ impl ClientCore {
                 last_batch.push(&d);
             }
             let payload = last_batch.payload;
+            if payload > 0 {
+                to_router.pay(payload).await;
+            }
             last_batch.push_message(&Message::Eof);
             last_batch.send(to).await?;
             to_router.add(payload);

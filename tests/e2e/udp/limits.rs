@@ -30,6 +30,49 @@ fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
     assert_eq!(source.senders(), 1);
 }
 
+/// Under `--bandwidth-limit`, a datagram is paid for before it goes: forty new
+/// senders of one 1000-byte datagram each, at 10,000 bytes/s with a burst of as
+/// much, are answered only once the 30,000 bytes past the burst are paid for, each
+/// way: 3 s, less a tenth for clocks (a lower bound only: a loaded machine makes it
+/// slower, never faster). A flow that paid after sending let each new sender's
+/// first datagram through at once, however many there were.
+#[test]
+fn many_new_senders_are_held_to_the_bandwidth_limit() {
+    const RATE: usize = 10_000;
+    const SIZE: usize = 1_000;
+    const SENDERS: usize = 40;
+    let rate = RATE.to_string();
+    let t = UdpTunnel::start(
+        Engine::Epoll,
+        &["--bandwidth-limit", &rate, "--burst-limit", &rate],
+    );
+    let started = std::time::Instant::now();
+    let users: Vec<(User, Vec<u8>)> = (0..SENDERS)
+        .map(|i| (User::new(t.taddr), pattern(i as u64, SIZE)))
+        .collect();
+    for (u, d) in &users {
+        u.sock.send_to(d, t.taddr).unwrap();
+    }
+    for (i, (u, d)) in users.iter().enumerate() {
+        let mut buf = vec![0u8; 2 * SIZE];
+        let (n, _) = u
+            .sock
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("sender {i}: no answer: {e}"));
+        assert!(
+            buf[..n] == [b"echo:", &d[..]].concat(),
+            "sender {i}: the answer differs"
+        );
+    }
+    let elapsed = started.elapsed();
+    let least = 0.9 * (SENDERS * SIZE - RATE) as f64 / RATE as f64;
+    assert!(
+        elapsed.as_secs_f64() >= least,
+        "{SENDERS} senders of {SIZE} bytes at {RATE} bytes/s were answered in {elapsed:?}"
+    );
+    assert_eq!(t.source.senders(), SENDERS);
+}
+
 /// `--read-buffer-size` / `--write-buffer-size` size the tunnel's UDP sockets too
 /// (a burst larger than the receive buffer is dropped by the kernel): Linux shows
 /// twice the size asked for (its bookkeeping), here below any host's cap.
