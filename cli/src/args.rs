@@ -714,6 +714,10 @@ pub(crate) struct StartArgs {
     /// (`[alerts] lost_after_secs` in a file).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub(crate) alert_after: u64,
+    /// Seconds a connection to the router may go unanswered before the attempt
+    /// fails (`[performance] connect_timeout_secs` in a file).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) connect_timeout: u64,
     /// Seconds the router gets to complete the TLS handshake and Hello/Welcome.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub(crate) handshake_timeout: u64,

@@ -89,14 +89,23 @@ impl Error {
         false
     }
 
-    /// True when a connection failed at once because nothing listened there, or
-    /// there was no route to the host: what a router that is restarting, or whose
-    /// host is, looks like. (Not a timeout, nor a failure after the connection was
-    /// accepted.)
+    /// True when a connection found nothing listening: refused, no route to the
+    /// host, or no answer at all within the connect timeout (a host that is down or
+    /// rebooting, a firewall that drops): what a router that is restarting, or whose
+    /// host is, looks like. Not a failure after the connection was accepted (a
+    /// handshake that timed out included): that router listens.
     pub fn found_no_listener(&self) -> bool {
-        use io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
-        matches!(self, Self::Network { source, .. }
-            if matches!(source.kind(), ConnectionRefused | HostUnreachable | NetworkUnreachable))
+        use io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable, TimedOut};
+        let Self::Network { source, .. } = self else {
+            return false;
+        };
+        match source.kind() {
+            ConnectionRefused | HostUnreachable | NetworkUnreachable => true,
+            TimedOut => source
+                .get_ref()
+                .is_some_and(|e| e.is::<crate::wire::NoAnswer>()),
+            _ => false,
+        }
     }
 
     pub(crate) fn network(what: impl Into<String>, source: io::Error) -> Self {
@@ -128,23 +137,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_connection_refused_or_unroutable_found_no_listener() {
-        let net = |kind| Error::network("cannot reach router r:1", io::Error::from(kind));
+    fn a_connection_refused_unroutable_or_unanswered_found_no_listener() {
+        let net = |e| Error::network("cannot reach router r:1", e);
         for kind in [
             io::ErrorKind::ConnectionRefused,
             io::ErrorKind::HostUnreachable,
             io::ErrorKind::NetworkUnreachable,
         ] {
-            assert!(net(kind).found_no_listener(), "{kind:?}");
+            assert!(net(io::Error::from(kind)).found_no_listener(), "{kind:?}");
         }
-        // A silent host, or a router that accepted and then failed the attempt.
+        let unanswered = crate::wire::NoAnswer(std::time::Duration::from_secs(1));
+        let unanswered = net(io::Error::new(io::ErrorKind::TimedOut, unanswered));
+        assert!(unanswered.found_no_listener());
+        assert_eq!(
+            unanswered.to_string(),
+            "cannot reach router r:1: no answer within 1s"
+        );
+        // A router that accepted and then failed the attempt, a handshake that
+        // timed out among them.
         for kind in [
             io::ErrorKind::TimedOut,
             io::ErrorKind::ConnectionReset,
             io::ErrorKind::UnexpectedEof,
         ] {
-            assert!(!net(kind).found_no_listener(), "{kind:?}");
+            assert!(!net(io::Error::from(kind)).found_no_listener(), "{kind:?}");
         }
         assert!(!Error::Authentication("refused".into()).found_no_listener());
+    }
+
+    /// A listener whose accept queue is full drops new connections' SYNs without a
+    /// word, as a host that is down or a dropping firewall does: the connection
+    /// gets no answer, and that is found to be no listener.
+    #[tokio::test]
+    async fn a_port_that_does_not_answer_found_no_listener() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent = socket.listen(0).unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        // Never accepted: it fills the queue.
+        let _queued = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let within = std::time::Duration::from_millis(300);
+        let e = crate::wire::connect(&addr, within).await.unwrap_err();
+        let e = Error::network(format!("cannot reach router {addr}"), e);
+        assert_eq!(
+            e.to_string(),
+            format!("cannot reach router {addr}: no answer within 300ms")
+        );
+        assert!(e.found_no_listener());
     }
 }

@@ -267,6 +267,20 @@ impl Wire {
     }
 }
 
+/// What [`connect`] says inside its `TimedOut` error: no answer to the connection
+/// within the timeout (a host that is down, a firewall that drops), which tells it
+/// apart from a peer that accepted the connection and then stalled.
+#[derive(Debug)]
+pub(crate) struct NoAnswer(pub(crate) std::time::Duration);
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no answer within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoAnswer {}
+
 /// Connects TCP to `addr` (resolved now) with a timeout.
 pub(crate) async fn connect(
     addr: &str,
@@ -289,7 +303,7 @@ pub(crate) async fn connect(
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer within {timeout:?}"),
+            NoAnswer(timeout),
         )),
     }
 }

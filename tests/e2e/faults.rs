@@ -159,6 +159,53 @@ fn a_router_back_on_its_port_is_used_without_waiting_out_the_back_off() {
     assert_eq!(tunnel.stderr_count("accepts connections again"), 1);
 }
 
+/// A router whose host is silent (a host down or rebooting, a firewall that drops:
+/// connections get no answer at all) is knocked on too, and used as soon as it
+/// answers. The silent port: a listener whose accept queue is full, so the kernel
+/// drops new connections' SYNs without a word.
+#[test]
+fn a_silent_router_host_back_on_its_port_is_used_without_waiting_out_the_back_off() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let silent = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    silent
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    silent.listen(0).unwrap();
+    let addr = silent.local_addr().unwrap().as_socket().unwrap();
+    let queued = TcpStream::connect(addr).unwrap();
+    // The port is silent now: a connection gets no answer.
+    let e = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    let bind = addr.to_string();
+    let tunnel = home.tunnel_proc(
+        engine,
+        addr,
+        &source.to_string(),
+        &["--connect-timeout", "1"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stderr(&format!("cannot reach router {bind}: no answer within 1s"));
+    // The back-off has grown: a wait of 3 s or more (the step after 1.6-3.2 s).
+    wait_until("a back-off of 3 s or more", || {
+        let longest = longest_wait(&tunnel);
+        (longest >= 3.0, longest)
+    });
+    drop((queued, silent));
+    let (_router, _) = home.router_at(engine, &bind, &[source.to_string()], &[]);
+    tunnel.wait_stderr(&format!(
+        "router {bind} accepts connections again: attempting now rather than in "
+    ));
+    tunnel.wait_stdout("connected to router");
+    wait_for_echo(taddr, b"host back");
+}
+
 both_engines!(
     a_cut_link_closes_user_and_source_promptly_and_heals,
     |engine: Engine| {

@@ -81,7 +81,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         transport: a.transport.into(),
         suites: a.cipher_suites.clone().unwrap_or_default(),
         pool_size: performance.effective_pool_size(),
-        connect_timeout: secs(10),
+        connect_timeout: secs(a.connect_timeout),
         handshake_timeout: secs(a.handshake_timeout),
         max_connections: a.max_connections,
         bandwidth: conduit_dataplane::ratelimit::Limit::from_config(
@@ -401,6 +401,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
         args.extend(["--optimize-for".to_owned(), word.to_owned()]);
     }
     let numbers = [
+        ("--connect-timeout", a.connect_timeout, 10),
         ("--handshake-timeout", a.handshake_timeout, 10),
         ("--heartbeat-interval", a.heartbeat_interval, 5),
         ("--key-rotation-days", a.key_rotation_days, 30),

@@ -224,7 +224,8 @@ pub(super) enum Waited {
 
 /// Waits `wait` before the next attempt, or less: the ports of `knock` (indexes of
 /// routers whose last attempt found nothing listening, see
-/// [`Error::found_no_listener`]: a router restarting, or its host rebooting) are
+/// [`Error::found_no_listener`]: a router restarting, or its host rebooting or
+/// down) are
 /// tried about every [`KNOCK_EVERY`] meanwhile, and the wait ends as soon as one
 /// accepts a connection, which the attempt then uses (the router sees no
 /// connection beyond the attempt's). A router that listens but fails the attempt
