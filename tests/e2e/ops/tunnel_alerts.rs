@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
-use crate::http::Receiver;
+use crate::http::{Receiver, wait_for};
 use crate::manage::{Cleanup, run_args, start_args};
 use crate::sources;
 use crate::users::{assert_echo, wait_for_echo};
@@ -339,13 +339,17 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
     t.tunnel.wait_stdout(&format!("connected to router {b}"));
     wait_for_echo(t.taddr, b"through the second");
     t.rx.wait("a router_lost alert", |r| !r.is_empty());
-    // `status` names the router in use, and why the other is not.
-    let status = t.home.ok(&["status"]);
+    // `status` names the router in use, and why the other is not: at once, the
+    // link's own failure (a reconnection that raced the kill may have been accepted
+    // and then reset), then each check's, the port refusing.
+    let refused =
+        format!("\n  router {a} is not in use: its latest attempt failed: cannot reach router {a}");
+    let status = wait_for("status naming the first router's refusal", || {
+        let status = t.home.ok(&["status"]);
+        status.contains(&refused).then_some(status)
+    });
     assert!(
-        status.contains(&format!("router {b} connected since"))
-            && status.contains(&format!(
-                "\n  router {a} is not in use: its latest attempt failed: cannot reach router {a}"
-            )),
+        status.contains(&format!("router {b} connected since")),
         "{status}"
     );
     // Healthy, the second router serving, and the first named as failing.
