@@ -271,7 +271,7 @@ fn names_are_unique_and_unknown_names_are_errors() {
     );
 
     let (status, _, err) = home.run(&["kill", "--tunnel", "ghost"]);
-    assert_code(status, 1, &err);
+    assert_code(status, 64, &err);
     assert!(
         err.contains("no tunnel named or with id \"ghost\" is running"),
         "{err}"
@@ -327,7 +327,7 @@ fn kill_connection_closes_just_that_connection() {
     b.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"!");
     let (status, _, err) = home.run(&["kill", "--connection", "999999"]);
-    assert_code(status, 1, &err);
+    assert_code(status, 64, &err);
     assert!(
         err.contains("no running tunnel has connection 999999"),
         "{err}"

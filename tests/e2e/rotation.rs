@@ -179,7 +179,7 @@ fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
     assert_echo(taddr, b"still here");
 
     let (status, _, err) = home.run(&["keys", "rotate", "--tunnel", "nope"]);
-    assert_code(status, 1, &err);
+    assert_code(status, 64, &err);
     assert!(
         err.contains("no tunnel named or with id \"nope\" is running"),
         "{err}"

@@ -304,7 +304,7 @@ fn kill_connection_needs_the_tunnel_when_several_have_the_id() {
     );
 
     let (status, _, err) = home.run(&["kill", "--connection", "1", "--tunnel", two]);
-    assert_code(status, 1, &err);
+    assert_code(status, 64, &err);
     assert!(err.contains("tunnel \"two-"), "{err}");
     assert!(err.contains("\" has no connection 1"), "{err}");
 }

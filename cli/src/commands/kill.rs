@@ -203,14 +203,15 @@ async fn kill_connection(registry: &Registry, id: u64, tunnel: Option<&str>) -> 
         .filter_map(|(e, has)| has.then_some(e))
         .collect();
     match holders.as_slice() {
-        [] => Err(match tunnel {
-            Some(t) => anyhow!(
+        [] => Err(Usage(match tunnel {
+            Some(t) => format!(
                 "tunnel {t:?} has no connection {id} (`conduit list --connections` shows them)"
             ),
-            None => anyhow!(
+            None => format!(
                 "no running tunnel has connection {id} (`conduit list --connections` shows them)"
             ),
-        }),
+        })
+        .into()),
         [e] => {
             let mut c = control::connect(&e.control_socket).await?;
             let found = c

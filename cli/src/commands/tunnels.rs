@@ -22,9 +22,10 @@ pub(crate) fn chosen(
     let key = tunnel.unwrap_or_default();
     match registry.find(key) {
         Some(e) => Ok(vec![e]),
-        None => Err(anyhow::anyhow!(
+        None => Err(crate::exit::Usage(format!(
             "no tunnel named or with id {key:?} is running (`conduit list` shows the running ones)"
-        )),
+        ))
+        .into()),
     }
 }
 
