@@ -100,6 +100,10 @@ pub struct TunnelSettings {
     /// to try the earlier ones and move back to the first that answers (`None`:
     /// stay on the one in use).
     pub failback: Option<Duration>,
+    /// With several routers: how often a router on standby is checked with a full
+    /// handshake, besides the look at its port about every 10 s (`None`: its port
+    /// only).
+    pub standby_check: Option<Duration>,
     /// With several routers: use all of them at once, each new data channel
     /// opened to the next router whose link is up, instead of one at a time.
     pub balance: bool,
@@ -281,6 +285,9 @@ struct Shared {
     /// How often to try moving back to an earlier router (see
     /// [`TunnelSettings::failback`]).
     failback: Option<Duration>,
+    /// How often a router on standby gets a full handshake (see
+    /// [`TunnelSettings::standby_check`]).
+    standby_check: Option<Duration>,
     /// The key this tunnel authenticates with, and its TLS configuration for each
     /// of `routers`: replaced when the key is rotated (the configurations also
     /// when a router's pinned keys change).
@@ -415,6 +422,7 @@ impl ClientTunnel {
                 known_text: std::sync::Mutex::new(known_text),
                 at: std::sync::atomic::AtomicUsize::new(0),
                 failback: s.failback,
+                standby_check: s.standby_check,
                 identity: RwLock::new(Arc::new(s.identity)),
                 tls: RwLock::new(tls),
                 previous: std::sync::Mutex::new(None),

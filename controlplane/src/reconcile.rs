@@ -96,6 +96,7 @@ mod tests {
                     key_rotation_days: 30,
                     suites: conduit_proto::tls::Suites::all(),
                     failback_secs: 30,
+                    standby_check_secs: 300,
                     balance: false,
                     performance: PerformanceConfig::default(),
                     alerts: crate::config::AlertsConfig::default().tunnel_settings(n),

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before the test fails.
@@ -327,10 +327,15 @@ impl Proc {
         let o = out.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                o.0.lock().unwrap().stdout.push(line);
+                o.0.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .stdout
+                    .push(line);
                 o.1.notify_all();
             }
-            o.0.lock().unwrap().stdout_closed = true;
+            o.0.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stdout_closed = true;
             o.1.notify_all();
         });
         let mut stderr = child.stderr.take().expect("stderr");
@@ -342,12 +347,14 @@ impl Proc {
                     break;
                 }
                 o.0.lock()
-                    .unwrap()
+                    .unwrap_or_else(PoisonError::into_inner)
                     .stderr
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
                 o.1.notify_all();
             }
-            o.0.lock().unwrap().stderr_closed = true;
+            o.0.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stderr_closed = true;
             o.1.notify_all();
         });
         Self { child, out }
@@ -361,7 +368,7 @@ impl Proc {
     pub fn wait_stdout(&self, needle: &str) -> String {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + DEADLINE;
-        let mut o = lock.lock().unwrap();
+        let mut o = lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(l) = o.stdout.iter().find(|l| l.contains(needle)) {
                 return l.clone();
@@ -379,13 +386,16 @@ impl Proc {
                     o.stderr
                 );
             }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+            o = cv
+                .wait_timeout(o, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     /// Stdout lines containing `needle` so far.
     pub fn stdout_count(&self, needle: &str) -> usize {
-        let o = self.out.0.lock().unwrap();
+        let o = self.out.0.lock().unwrap_or_else(PoisonError::into_inner);
         o.stdout.iter().filter(|l| l.contains(needle)).count()
     }
 
@@ -393,7 +403,7 @@ impl Proc {
     pub fn wait_stdout_count(&self, needle: &str, n: usize) {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + DEADLINE;
-        let mut o = lock.lock().unwrap();
+        let mut o = lock.lock().unwrap_or_else(PoisonError::into_inner);
         while o.stdout.iter().filter(|l| l.contains(needle)).count() < n {
             let now = Instant::now();
             if now >= deadline || o.stdout_closed {
@@ -402,20 +412,29 @@ impl Proc {
                     o.stdout, o.stderr
                 );
             }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+            o = cv
+                .wait_timeout(o, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     /// Occurrences of `needle` in stderr so far.
     pub fn stderr_count(&self, needle: &str) -> usize {
-        self.out.0.lock().unwrap().stderr.matches(needle).count()
+        self.out
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stderr
+            .matches(needle)
+            .count()
     }
 
     /// Waits until stderr contains `needle` `n` times.
     pub fn wait_stderr_count(&self, needle: &str, n: usize) {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + DEADLINE;
-        let mut o = lock.lock().unwrap();
+        let mut o = lock.lock().unwrap_or_else(PoisonError::into_inner);
         while o.stderr.matches(needle).count() < n {
             let now = Instant::now();
             if now >= deadline {
@@ -424,13 +443,21 @@ impl Proc {
                     o.stderr
                 );
             }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+            o = cv
+                .wait_timeout(o, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     /// All stdout lines so far.
     pub fn stdout(&self) -> Vec<String> {
-        self.out.0.lock().unwrap().stdout.clone()
+        self.out
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stdout
+            .clone()
     }
 
     /// Whether the process is still running.
@@ -442,18 +469,26 @@ impl Proc {
     pub fn wait_stderr(&self, needle: &str) {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + DEADLINE;
-        let mut o = lock.lock().unwrap();
+        let mut o = lock.lock().unwrap_or_else(PoisonError::into_inner);
         while !o.stderr.contains(needle) {
             let now = Instant::now();
             if now >= deadline {
                 panic!("stderr never contained {needle:?}; stderr:\n{}", o.stderr);
             }
-            o = cv.wait_timeout(o, deadline - now).unwrap().0;
+            o = cv
+                .wait_timeout(o, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     pub fn stderr(&self) -> String {
-        self.out.0.lock().unwrap().stderr.clone()
+        self.out
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stderr
+            .clone()
     }
 
     /// Waits for the process to exit on its own.
@@ -478,9 +513,12 @@ impl Proc {
     fn drain_output(&self) {
         let (lock, cv) = &*self.out;
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut o = lock.lock().unwrap();
+        let mut o = lock.lock().unwrap_or_else(PoisonError::into_inner);
         while !(o.stdout_closed && o.stderr_closed) && Instant::now() < deadline {
-            o = cv.wait_timeout(o, Duration::from_millis(50)).unwrap().0;
+            o = cv
+                .wait_timeout(o, Duration::from_millis(50))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 

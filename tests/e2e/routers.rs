@@ -79,6 +79,63 @@ fn a_spare_router_that_is_down_shows_before_the_tunnel_needs_it() {
     assert_echo(taddr, b"served all along");
 }
 
+/// A router on standby whose port still answers but that would refuse the tunnel
+/// (here its clients file lost the tunnel's key) is found out by the full check
+/// (`--standby-check`), not when the tunnel needs it.
+#[test]
+fn a_standby_router_that_would_refuse_the_tunnel_is_found_out_before_it_is_needed() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let clients = home.path().join("clients-b");
+    std::fs::copy(home.path().join("authorized_clients"), &clients).unwrap();
+    let (_first, a) = home.router(engine, &allow);
+    let (second, b) = home.router_with(
+        engine,
+        &allow,
+        &["--authorized-keys", clients.to_str().unwrap()],
+    );
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--standby-check", "1"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    tunnel.wait_stderr(&format!(
+        "router {b} answers: it stands by while router {a} serves this tunnel"
+    ));
+    // Checked in full again and again while it stands by.
+    second.wait_stderr_count("client said goodbye: a standby check", 3);
+
+    std::fs::write(&clients, "# nobody\n").unwrap();
+    second.wait_stderr("0 in all, 0 added, 1 removed");
+    tunnel.wait_stderr(&format!(
+        "router {b}, standing by, fails its check: router {b}: the router refused this \
+         client: client key {} is not authorized",
+        home.public_key("client")
+    ));
+    let status = wait_for("the refusal in status", || {
+        let status = home.ok(&["status"]);
+        (!status.contains("stands by")).then_some(status)
+    });
+    assert!(
+        status.contains(&format!("router {a} connected since")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "\n  router {b} refused this tunnel: the router refused this client: client key \
+             {} is not authorized; add it to the router's authorized_clients file\n",
+            home.public_key("client")
+        )),
+        "{status}"
+    );
+    assert_echo(taddr, b"served by the first all along");
+}
+
 #[test]
 fn a_tunnel_whose_first_router_is_away_starts_on_the_next() {
     let engine = Engine::Epoll;

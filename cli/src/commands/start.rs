@@ -95,6 +95,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         key_path: Some(key_path.clone()),
         key_rotation: conduit_controlplane::client::days(a.key_rotation_days),
         failback: conduit_controlplane::client::secs(a.router_failback),
+        standby_check: conduit_controlplane::client::secs(a.standby_check),
         balance: a.router_balance,
         udp: (a.protocol == ProtocolArg::Udp).then(|| conduit_dataplane::UdpSpec {
             idle_timeout: secs(a.udp_idle_timeout),
@@ -406,6 +407,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
         ("--heartbeat-interval", a.heartbeat_interval, 5),
         ("--key-rotation-days", a.key_rotation_days, 30),
         ("--router-failback", a.router_failback, 30),
+        ("--standby-check", a.standby_check, 300),
         ("--udp-idle-timeout", a.udp_idle_timeout, 60),
         ("--alert-after", a.alert_after, 10),
         ("--udp-max-new-flows", a.udp_max_new_flows, 0),

@@ -7,8 +7,11 @@
 //! up, so that one that is down shows in `status`, `health` and the alerts before
 //! the tunnel needs it, and one that answers stands by. A router on standby
 //! is watched on: its port is tried about every [`WATCH_EVERY`] (a connection closed
-//! before a byte, which a router logs at debug only), and one that stops accepting
-//! connections is failing again, checked as before and, past the alerts' grace,
+//! before a byte, which a router logs at debug only), and every
+//! [`Shared::standby_check`] (`--standby-check`) it gets a full handshake instead, so
+//! that one whose port still answers but that would refuse the tunnel (its key or
+//! policy changed, a wrong router behind the address) is found out too. One that
+//! fails either is failing again, checked as before and, past the alerts' grace,
 //! reported lost.
 
 use std::sync::Arc;
@@ -83,8 +86,9 @@ impl Standby {
 enum Next {
     /// A handshake, and on failure the next wait of this back-off.
     Check(Backoff),
-    /// A connection to its port (it stands by).
-    Watch,
+    /// A connection to its port (it stands by), or a handshake if its last one was
+    /// at least [`Shared::standby_check`] ago: when that was.
+    Watch { checked: Instant },
 }
 
 /// Checks each of `watched` (`true`: on standby) until the task is stopped: a
@@ -96,7 +100,7 @@ async fn check(shared: Arc<Shared>, at: usize, watched: Vec<(usize, bool)>) {
     let mut due: Vec<(usize, Next, Instant)> = watched
         .into_iter()
         .map(|(i, standing_by)| match standing_by {
-            true => (i, Next::Watch, now + watch_wait()),
+            true => (i, Next::Watch { checked: now }, look_at(&shared, now)),
             false => {
                 let mut backoff = Backoff::new(FIRST_WAIT, LONGEST_WAIT);
                 let first = backoff.next_wait();
@@ -110,11 +114,30 @@ async fn check(shared: Arc<Shared>, at: usize, watched: Vec<(usize, bool)>) {
         let (index, ref mut what, ref mut when) = due[next];
         let router = &shared.routers[index];
         match what {
-            Next::Watch => {
+            Next::Watch { checked }
+                if shared
+                    .standby_check
+                    .is_some_and(|every| checked.elapsed() >= every) =>
+            {
+                match handshake(&shared, index).await {
+                    Ok(()) => {
+                        debug!(tunnel = %shared.name, %router, "router {router}, standing by, still answers");
+                        *checked = Instant::now();
+                        *when = look_at(&shared, *checked);
+                    }
+                    Err(e) => {
+                        warn!(tunnel = %shared.name, %router, "router {router}, standing by, fails its check: {e}; checking it again");
+                        let mut backoff = Backoff::new(FIRST_WAIT, LONGEST_WAIT);
+                        *when = Instant::now() + failed(&shared, index, &e, &mut backoff);
+                        *what = Next::Check(backoff);
+                    }
+                }
+            }
+            Next::Watch { checked } => {
                 let within = shared.connect_timeout.min(WATCH_EVERY);
                 match wire::connect(router, within).await {
                     // Closed before a byte: the router takes it for a port check.
-                    Ok(_port) => *when = Instant::now() + watch_wait(),
+                    Ok(_port) => *when = look_at(&shared, *checked),
                     Err(e) => {
                         let e = Error::network(format!("cannot reach router {router}"), e);
                         shared.router_link(index, retrying(&e.to_string()));
@@ -125,14 +148,8 @@ async fn check(shared: Arc<Shared>, at: usize, watched: Vec<(usize, bool)>) {
                     }
                 }
             }
-            Next::Check(backoff) => match open_at(&shared, ChannelKind::Control, index).await {
-                Ok((mut wire, _)) => {
-                    goodbye(
-                        &mut wire,
-                        "a standby check: this tunnel is served elsewhere",
-                    )
-                    .await;
-                    shared.link.router_accepted(index);
+            Next::Check(backoff) => match handshake(&shared, index).await {
+                Ok(()) => {
                     let standby = LinkStatus::Standby {
                         since: SystemTime::now(),
                         serving: serving.clone(),
@@ -141,21 +158,52 @@ async fn check(shared: Arc<Shared>, at: usize, watched: Vec<(usize, bool)>) {
                     shared.router_link(index, standby);
                     let answers = if spare { "answers" } else { "answers again" };
                     info!(tunnel = %shared.name, %router, "router {router} {answers}: it stands by while router {serving} serves this tunnel");
-                    *what = Next::Watch;
-                    *when = Instant::now() + watch_wait();
+                    let checked = Instant::now();
+                    *what = Next::Watch { checked };
+                    *when = look_at(&shared, checked);
                 }
                 Err(e) => {
-                    let mut wait = backoff.next_wait();
-                    if !e.is_retryable() {
-                        shared.link.router_refused(index, e.to_string());
-                        wait = wait.max(REFUSED_WAIT);
-                    }
-                    shared.router_link(index, retrying(&e.to_string()));
+                    let wait = failed(&shared, index, &e, backoff);
                     *when = Instant::now() + wait;
                     debug!(tunnel = %shared.name, %router, "router {router} still fails: {e}; checking again in {:.1}s", wait.as_secs_f64());
                 }
             },
         }
+    }
+}
+
+/// A full check of router `index`: a control channel's handshake, which says
+/// goodbye at once.
+async fn handshake(shared: &Shared, index: usize) -> Result<(), Error> {
+    let (mut wire, _) = open_at(shared, ChannelKind::Control, index).await?;
+    goodbye(
+        &mut wire,
+        "a standby check: this tunnel is served elsewhere",
+    )
+    .await;
+    shared.link.router_accepted(index);
+    Ok(())
+}
+
+/// Records that router `index` failed a check with `e`: the wait before the next
+/// (the back-off's, and at least [`REFUSED_WAIT`] after a refusal).
+fn failed(shared: &Shared, index: usize, e: &Error, backoff: &mut Backoff) -> Duration {
+    let mut wait = backoff.next_wait();
+    if !e.is_retryable() {
+        shared.link.router_refused(index, e.to_string());
+        wait = wait.max(REFUSED_WAIT);
+    }
+    shared.router_link(index, retrying(&e.to_string()));
+    wait
+}
+
+/// When to look next at a router on standby last checked in full at `checked`: its
+/// port in about [`WATCH_EVERY`], or its full check if that is due sooner.
+fn look_at(shared: &Shared, checked: Instant) -> Instant {
+    let port = Instant::now() + watch_wait();
+    match shared.standby_check {
+        Some(every) => port.min(checked + every),
+        None => port,
     }
 }
 

@@ -67,6 +67,11 @@ pub struct RouterPeer {
     /// While a tunnel uses a fallback, how often it tries the routers before it and
     /// moves back to the first that answers (seconds; 0: stays; default 30).
     pub failback_secs: u64,
+    /// How often a router on standby (a fallback not in use) is checked with a full
+    /// handshake, besides a look at its port about every 10 s, so that one that
+    /// would refuse the tunnel shows before the tunnel needs it (seconds; 0: the
+    /// port only; default 300).
+    pub standby_check_secs: u64,
     /// Use `host` and every fallback at once, spreading connections over those
     /// that are up, instead of one at a time (default false).
     pub balance: bool,
@@ -82,6 +87,7 @@ impl Default for RouterPeer {
             fallbacks: Vec::new(),
             fallback_keys: Vec::new(),
             failback_secs: 30,
+            standby_check_secs: 300,
             balance: false,
         }
     }

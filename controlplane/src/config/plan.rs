@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use conduit_proto::tls::Suites;
 use conduit_proto::{KeyPair, PublicKey, Secret};
 
-use super::model::{LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion};
+use super::model::{LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion, RouterPeer};
 use super::validate::{bind_addr, public_key};
 use super::{Problem, Report, Sources, load_client};
 use crate::alerts::tunnel::TunnelAlerts;
@@ -50,6 +50,8 @@ pub struct TunnelPlan {
     pub suites: Suites,
     /// `[router] failback_secs` (0: stay on a fallback).
     pub failback_secs: u64,
+    /// `[router] standby_check_secs` (0: a standby's port only).
+    pub standby_check_secs: u64,
     /// `[router] balance`: every router at once.
     pub balance: bool,
     /// Workers, engine, pool, timeouts and the rest.
@@ -83,6 +85,9 @@ impl TunnelPlan {
         );
         h.update(text.as_bytes());
         // Only when set: tunnels from before the setting keep their digests.
+        if self.standby_check_secs != RouterPeer::default().standby_check_secs {
+            h.update(format!("|standby_check|{}", self.standby_check_secs).as_bytes());
+        }
         if self.balance {
             h.update(b"|balance");
         }
@@ -153,6 +158,7 @@ impl TunnelPlan {
             key_path: Some(self.private_key_path.clone()),
             key_rotation: crate::client::days(self.key_rotation_days),
             failback: crate::client::secs(self.failback_secs),
+            standby_check: crate::client::secs(self.standby_check_secs),
             balance: self.balance,
             udp: (self.protocol == Protocol::Udp).then(|| conduit_dataplane::UdpSpec {
                 idle_timeout: p.udp_idle_timeout(),
@@ -256,6 +262,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             key_rotation_days: c.security.key_rotation_days,
             suites: suites.clone(),
             failback_secs: c.router.failback_secs,
+            standby_check_secs: c.router.standby_check_secs,
             balance: c.router.balance,
             performance: c.performance.clone(),
             alerts: c.alerts.tunnel_settings(name),

@@ -206,6 +206,7 @@ static CLIENT: Schema = Schema {
                 key("fallbacks", Kind::List),
                 key("fallback_keys", Kind::KeyList),
                 key("failback_secs", Kind::Int { min: 0, max: 86_400 }),
+                key("standby_check_secs", Kind::Int { min: 0, max: 86_400 }),
                 key("balance", Kind::Bool),
             ],
         },

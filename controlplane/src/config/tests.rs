@@ -260,6 +260,7 @@ fn show_prints_every_value_with_its_origin_and_masks_secrets() {
         "fallbacks = [] # default".into(),
         "fallback_keys = [] # default".into(),
         "failback_secs = 30 # default".into(),
+        "standby_check_secs = 300 # default".into(),
         "balance = false # default".into(),
         String::new(),
         "[security]".into(),

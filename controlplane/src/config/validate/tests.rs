@@ -62,9 +62,11 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
         [
             "error: host: unknown key at the top level; put it under [router] ($F:1)",
             "error: router.hots: unknown key in [router]; did you mean host? valid keys: host, \
-             port, public_key, transport, fallbacks, fallback_keys, failback_secs, balance ($F:3)",
+             port, public_key, transport, fallbacks, fallback_keys, failback_secs, \
+             standby_check_secs, balance ($F:3)",
             "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, \
-             transport, fallbacks, fallback_keys, failback_secs, balance; `bind` belongs in a router's file (check those with --router) ($F:5)",
+             transport, fallbacks, fallback_keys, failback_secs, standby_check_secs, balance; \
+             `bind` belongs in a router's file (check those with --router) ($F:5)",
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, alerts, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
