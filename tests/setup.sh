@@ -17,6 +17,7 @@ command -v prlimit >/dev/null || need+=(util-linux)
 command -v ss >/dev/null || need+=(iproute2)
 command -v systemd-analyze >/dev/null || need+=(systemd)   # checks the service units
 command -v nginx >/dev/null || need+=(nginx)   # reads the PROXY protocol header a tunnel sends
+command -v unbound >/dev/null || need+=(unbound)   # reads the PROXY header in front of UDP datagrams
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""

@@ -634,8 +634,9 @@ pub(crate) struct StartArgs {
     pub(crate) protocol: ProtocolArg,
     /// Start each stream toward the source with a PROXY protocol header carrying the
     /// user's address (v1: text, v2: binary), for sources that read one (nginx
-    /// `listen … proxy_protocol`, HAProxy `accept-proxy`); TCP tunnels only. A
-    /// tunnel's `proxy_protocol` in a file.
+    /// `listen … proxy_protocol`, HAProxy `accept-proxy`); a UDP tunnel puts v2's
+    /// before each datagram (Unbound's `proxy-protocol-port`, dnsdist). A tunnel's
+    /// `proxy_protocol` in a file.
     #[arg(long, value_enum, value_name = "VERSION")]
     pub(crate) proxy_protocol: Option<ProxyProtocolArg>,
     /// Let users in from these addresses only: an address or a CIDR block (repeat,

@@ -23,7 +23,7 @@ use std::time::Instant;
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
 use futures::channel::oneshot;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::channel::{Held, lend_back, read_tls, seal};
 use crate::net::{Socket, Udp};
@@ -59,15 +59,28 @@ impl Framed {
     /// cannot come from a socket; it would be cut to the frame limit.
     pub(crate) fn push(&mut self, datagram: &[u8]) {
         let datagram = &datagram[..datagram.len().min(RECV_ROOM)];
-        let end = self.len + HEADER_LEN + datagram.len();
+        self.push_after(&[], datagram);
+    }
+
+    /// Appends one datagram behind `prefix` (a PROXY protocol header) in one
+    /// `Datagram` frame; `payload` counts the datagram's bytes only. False, and
+    /// nothing appended, when the two do not fit in one datagram.
+    pub(crate) fn push_after(&mut self, prefix: &[u8], datagram: &[u8]) -> bool {
+        let body = prefix.len() + datagram.len();
+        if body > RECV_ROOM {
+            return false;
+        }
+        let start = self.len + HEADER_LEN;
+        let end = start + body;
         if end > self.buf.len() {
             self.buf.resize(end, 0);
         }
-        self.buf[self.len..self.len + HEADER_LEN]
-            .copy_from_slice(&Header::datagram(datagram.len()));
-        self.buf[self.len + HEADER_LEN..end].copy_from_slice(datagram);
+        self.buf[self.len..start].copy_from_slice(&Header::datagram(body));
+        self.buf[start..start + prefix.len()].copy_from_slice(prefix);
+        self.buf[start + prefix.len()..end].copy_from_slice(datagram);
         self.len = end;
         self.payload += datagram.len();
+        true
     }
 
     /// Appends a control message (the flow's closing `Eof`).
@@ -366,6 +379,12 @@ async fn settle(
                     s.refused(deliver.sock);
                 }
             }
+            // Bigger than a datagram of the receiver's address family can be (one
+            // from an IPv6 user to an IPv4 source, or one a PROXY header made too
+            // big): UDP drops it, and the flow goes on.
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                debug!(len, "dropped a datagram too big for its receiver: {e}");
+            }
             Err(e) => return Err(Stop::Plain(e)),
         }
     }
@@ -590,6 +609,22 @@ mod tests {
         assert!(matches!(&got[1], Held::Datagram(d) if d == b"dns query"));
         assert!(matches!(&got[2], Held::Datagram(d) if *d == big));
         assert!(matches!(&got[3], Held::Msg(Message::Eof)));
+    }
+
+    #[test]
+    fn a_prefix_rides_in_its_datagrams_frame_and_is_not_counted_as_payload() {
+        let mut f = Framed::new();
+        assert!(f.push_after(b"HDR", b"query"));
+        // A datagram that fits alone but not behind its prefix is left out whole.
+        assert!(!f.push_after(b"HDR", &vec![1u8; RECV_ROOM - 2]));
+        assert!(f.push_after(b"HDR", &vec![2u8; RECV_ROOM - 3]));
+        assert_eq!(f.payload, 5 + RECV_ROOM - 3);
+        let got = decode(&f.buf[..f.len]);
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0], Held::Datagram(d) if d == b"HDRquery"));
+        assert!(
+            matches!(&got[1], Held::Datagram(d) if d.len() == RECV_ROOM && d[..3] == *b"HDR" && d[3..].iter().all(|&b| b == 2))
+        );
     }
 
     #[test]

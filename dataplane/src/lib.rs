@@ -204,8 +204,8 @@ pub struct ClientSpec {
     pub udp: Option<UdpSpec>,
     /// A UDP tunnel's cap on new flows a second (`None`: no cap).
     pub new_flows: Option<Arc<ratelimit::FlowRate>>,
-    /// The PROXY protocol header each TCP stream starts with, toward the source
-    /// (`None`: none; see [`proxy_header`]).
+    /// The PROXY protocol header each TCP stream starts with (each UDP datagram,
+    /// v2 only), toward the source (`None`: none; see [`proxy_header`]).
     pub proxy_protocol: Option<ProxyProtocol>,
     /// The addresses users may connect (or send datagrams) from (`--allow-from`);
     /// empty: any. Others are reset at accept (their datagrams dropped), counted

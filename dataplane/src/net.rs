@@ -196,6 +196,11 @@ impl Udp {
         self.sock.readable(false).await
     }
 
+    /// The address the socket is bound to.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.sock.local_addr()
+    }
+
     /// The next queued datagram and its sender, without waiting.
     pub(crate) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         sys::recv_from(self.fd, buf)

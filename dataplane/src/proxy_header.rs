@@ -6,8 +6,9 @@
 //! other byte and needs no part in it. It says where the user connected from and
 //! which address of the tunnel it reached. The `ppp` crate writes it.
 //!
-//! Only for TCP streams: a UDP tunnel sends none (the configuration refuses the
-//! setting there).
+//! A UDP tunnel puts v2's datagram form in front of every datagram of a flow (v1
+//! has none: the configuration refuses it there), as Unbound, dnsdist and PowerDNS
+//! read it; the source's answers come back bare.
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,6 +39,27 @@ impl ProxyProtocol {
             ProxyProtocol::V2 => {
                 Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst))
                     .build()
+            }
+        }
+    }
+
+    /// The header a UDP tunnel puts in front of each datagram from `user` that
+    /// reached the tunnel's socket bound at `local` (v2 only: v1 has no datagram
+    /// form).
+    pub fn datagram_header(self, user: SocketAddr, local: SocketAddr) -> io::Result<Vec<u8>> {
+        match self {
+            ProxyProtocol::V1 => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the PROXY protocol's v1 has no form for UDP: use v2",
+            )),
+            ProxyProtocol::V2 => {
+                let (src, dst) = same_family(user, local);
+                Builder::with_addresses(
+                    Version::Two | Command::Proxy,
+                    Protocol::Datagram,
+                    (src, dst),
+                )
+                .build()
             }
         }
     }
@@ -118,6 +140,29 @@ mod tests {
                 .octets()
         );
         assert_eq!(h[48..52], [0xc7, 0x38, 0x01, 0xbb]);
+    }
+
+    #[test]
+    fn datagrams_get_v2s_udp_form_and_v1_has_none() {
+        let h = ProxyProtocol::V2
+            .datagram_header(addr("192.0.2.7:51000"), addr("0.0.0.0:53"))
+            .unwrap();
+        let mut want = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        // Version 2, PROXY; UDP over IPv4; 12 bytes of addresses.
+        want.extend_from_slice(&[0x21, 0x12, 0, 12]);
+        want.extend_from_slice(&[192, 0, 2, 7, 0, 0, 0, 0]);
+        want.extend_from_slice(&51000u16.to_be_bytes());
+        want.extend_from_slice(&53u16.to_be_bytes());
+        assert_eq!(h, want);
+        let h = ProxyProtocol::V2
+            .datagram_header(addr("[2001:db8::7]:51000"), addr("[::]:53"))
+            .unwrap();
+        // UDP over IPv6.
+        assert_eq!((h.len(), &h[12..16]), (16 + 36, &[0x21, 0x22, 0, 36][..]));
+        let e = ProxyProtocol::V1
+            .datagram_header(addr("192.0.2.7:1"), addr("0.0.0.0:53"))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! `--proxy-protocol v1|v2`: each stream reaches the source behind a PROXY protocol
 //! header that names the user's address and the tunnel's. nginx, a real consumer of
 //! the header, reads it and answers with what it read; over TLS (both engines) and
-//! the plain transport, from the command line and from a file. `tests/run.sh`
-//! installs nginx.
+//! the plain transport, from the command line and from a file. Each datagram of a
+//! UDP tunnel reaches the source behind v2's datagram form, which Unbound reads.
+//! `tests/run.sh` installs nginx and Unbound.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 
 use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code, have};
@@ -174,7 +175,7 @@ fn a_file_tunnel_sends_the_proxy_header_it_names() {
 }
 
 #[test]
-fn a_udp_tunnel_refuses_a_proxy_header() {
+fn a_udp_tunnel_refuses_the_proxy_headers_text_form() {
     let home = Home::with_keys();
     let (status, _, err) = home.run(&[
         "start",
@@ -194,7 +195,126 @@ fn a_udp_tunnel_refuses_a_proxy_header() {
     assert_code(status, 64, &err);
     assert_eq!(
         err,
-        "conduit: error: --proxy-protocol v1 is for TCP tunnels; a UDP tunnel sends no PROXY \
-         header: drop --proxy-protocol or --protocol udp\n"
+        "conduit: error: --proxy-protocol v1 has no form for UDP: a UDP tunnel sends v2's \
+         before each datagram; use --proxy-protocol v2\n"
     );
 }
+
+/// Unbound, the DNS resolver, on a free loopback port where every datagram must
+/// start with a PROXY v2 header (it drops those that do not), answering
+/// `a.conduit.test` with 192.0.2.1 to the users its access control lets in: the
+/// header's address must be allowed (127.0.0.2, not 127.0.0.3) and so must the
+/// datagram's own (the router's, 127.0.0.1).
+struct Unbound {
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Unbound {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // Unbound takes a port, not port 0: one the OS just handed out and took back.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "server:\n\
+             \x20 username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n\
+             \x20 pidfile: \"{d}/unbound.pid\"\n  use-syslog: no\n  verbosity: 1\n\
+             \x20 interface: 127.0.0.1@{port}\n  port: {port}\n  proxy-protocol-port: {port}\n\
+             \x20 do-ip6: no\n  do-tcp: no\n  module-config: \"iterator\"\n\
+             \x20 access-control: 0.0.0.0/0 refuse\n\
+             \x20 access-control: 127.0.0.0/8 allow\n\
+             \x20 access-control: 127.0.0.3/32 refuse\n\
+             \x20 local-zone: \"conduit.test.\" static\n\
+             \x20 local-data: \"a.conduit.test. IN A 192.0.2.1\"\n\
+             remote-control:\n  control-enable: no\n"
+        );
+        let path = dir.path().join("unbound.conf");
+        std::fs::write(&path, conf).unwrap();
+        let proc = Proc::spawn(Command::new("unbound").arg("-d").arg("-c").arg(&path));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Up once it answers a query that carries its header itself.
+        let sock = UdpSocket::bind("127.0.0.2:0").unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let me = sock.local_addr().unwrap();
+        let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x12\0\x0c\x7f\0\0\x02\x7f\0\0\x01".to_vec();
+        header.extend_from_slice(&me.port().to_be_bytes());
+        header.extend_from_slice(&port.to_be_bytes());
+        crate::http::wait_for("unbound to answer", || {
+            sock.send_to(&[&header[..], &query()].concat(), addr)
+                .unwrap();
+            let mut buf = [0u8; 512];
+            sock.recv_from(&mut buf).ok().map(|_| ())
+        });
+        Self {
+            _dir: dir,
+            _proc: proc,
+            addr,
+        }
+    }
+}
+
+/// A DNS query for the A record of `a.conduit.test`.
+fn query() -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["a", "conduit", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// What a user at `from` (a loopback address) gets from the tunnel at `taddr`:
+/// the answer's response code and, if one came, the address answered.
+fn resolve(from: &str, taddr: SocketAddr) -> (u8, Option<[u8; 4]>) {
+    let sock = UdpSocket::bind(format!("{from}:0")).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    sock.send_to(&query(), taddr).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, answered_by) = sock
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no answer for {from}: {e}"));
+    assert_eq!(answered_by, taddr);
+    let answer = &buf[..n];
+    assert_eq!(answer[..2], [0x12, 0x34], "the answer to the query sent");
+    let rcode = answer[3] & 0x0f;
+    let answers = u16::from_be_bytes([answer[6], answer[7]]);
+    let a = (answers == 1).then(|| answer[n - 4..].try_into().unwrap());
+    (rcode, a)
+}
+
+crate::both_engines!(
+    each_datagram_of_a_udp_tunnel_carries_the_users_address_to_the_source,
+    |engine: Engine| {
+        if !have("unbound", "-V") {
+            return;
+        }
+        let unbound = Unbound::start();
+        let home = Home::with_keys();
+        let (_router, raddr) = home.router(engine, &[unbound.addr.to_string()]);
+        let (_tunnel, taddr) = home.tunnel_with(
+            engine,
+            raddr,
+            &unbound.addr.to_string(),
+            &["--protocol", "udp", "--proxy-protocol", "v2"],
+        );
+        // Unbound's access control sees each user's own address.
+        for _ in 0..3 {
+            assert_eq!(resolve("127.0.0.2", taddr), (0, Some([192, 0, 2, 1])));
+        }
+        const REFUSED: u8 = 5;
+        assert_eq!(resolve("127.0.0.3", taddr), (REFUSED, None));
+        let status = home.ok(&["status"]);
+        assert!(
+            status.contains(&format!("{taddr} → {} (PROXY v2 header)\n", unbound.addr)),
+            "{status}"
+        );
+    }
+);

@@ -354,7 +354,7 @@ fn the_proxy_header_and_allow_from_stay_in_the_service() {
     assert_eq!(out.status.code(), Some(64));
     assert_eq!(stdout(&out), "");
     assert!(
-        stderr(&out).contains("--proxy-protocol v1 is for TCP tunnels"),
+        stderr(&out).contains("--proxy-protocol v1 has no form for UDP"),
         "{}",
         stderr(&out)
     );

@@ -29,14 +29,15 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         conduit_controlplane::config::tunnel_name(n).map_err(|e| Usage(format!("--name {e}")))?;
     }
     // Before a service file too: it must not hold a tunnel that cannot start.
-    if let Some(v) = a.proxy_protocol
-        && a.protocol == ProtocolArg::Udp
+    if a.protocol == ProtocolArg::Udp
+        && a.proxy_protocol.map(conduit_dataplane::ProxyProtocol::from)
+            == Some(conduit_dataplane::ProxyProtocol::V1)
     {
-        let v = conduit_dataplane::ProxyProtocol::from(v);
-        return Err(Usage(format!(
-            "--proxy-protocol {v} is for TCP tunnels; a UDP tunnel sends no PROXY header: drop \
-             --proxy-protocol or --protocol udp"
-        ))
+        return Err(Usage(
+            "--proxy-protocol v1 has no form for UDP: a UDP tunnel sends v2's before each \
+             datagram; use --proxy-protocol v2"
+                .into(),
+        )
         .into());
     }
     alert_urls(&a)?;

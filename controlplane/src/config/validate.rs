@@ -297,15 +297,13 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                 }
             }
         }
-        if let Some(v) = t.proxy_protocol
+        if t.proxy_protocol == Some(super::model::ProxyProtocolVersion::V1)
             && t.protocol == Protocol::Udp
         {
             out.error(
                 &path("proxy_protocol"),
-                format!(
-                    "proxy_protocol = \"{v}\" is for TCP tunnels; a UDP tunnel sends no PROXY \
- header: remove proxy_protocol or set protocol = \"tcp\""
-                ),
+                "proxy_protocol = \"v1\" has no form for UDP: a UDP tunnel sends v2's before \
+                 each datagram; set proxy_protocol = \"v2\"",
             );
         }
         for (j, item) in t.allow_from.iter().enumerate() {

@@ -84,6 +84,13 @@ impl Queued {
     }
 }
 
+/// What a flow sends up: its user's datagrams, each behind `proxy` (a PROXY
+/// protocol header, or nothing).
+struct Upstream<'a> {
+    rx: Inbox,
+    proxy: &'a [u8],
+}
+
 /// A flow's end of its queue. Whatever is left in it when the flow ends stops
 /// counting against the budgets.
 struct Inbox {
@@ -315,13 +322,28 @@ impl ClientCore {
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
     ) -> Result<(), (ErrorKind, String)> {
+        let proxy = match self.spec.proxy_protocol {
+            Some(v) => Some(
+                sock.local_addr()
+                    .and_then(|local| v.datagram_header(peer, local))
+                    .map_err(|e| {
+                        let why = format!("cannot write its PROXY protocol header: {e}");
+                        (ErrorKind::Plain, why)
+                    })?,
+            ),
+            None => None,
+        };
+        let user = Upstream {
+            rx,
+            proxy: proxy.as_deref().unwrap_or_default(),
+        };
         let link = self.channel().await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
         let _riding = self.spec.link.ride(link.epoch().router);
         let open = Message::OpenDatagrams {
             target: self.spec.target.clone(),
         };
-        let user = Deliver {
+        let back = Deliver {
             sources: None,
             sock,
             to: Some(peer),
@@ -345,7 +367,7 @@ impl ClientCore {
                         backlog,
                     };
                     let to = Carrier::Tls(chan, tls);
-                    self.relay_flow(rx, counters, kill, user, from, to)
+                    self.relay_flow(user, counters, kill, back, from, to)
                         .await
                         .err()
                 };
@@ -365,7 +387,7 @@ impl ClientCore {
                 let chan = &ch.sock;
                 let from = Inbound::Plain { sock: chan, have };
                 let to = Carrier::Plain(chan);
-                match self.relay_flow(rx, counters, kill, user, from, to).await {
+                match self.relay_flow(user, counters, kill, back, from, to).await {
                     // The router sends nothing after its `Eof` unasked.
                     Ok(next) => {
                         if next.is_empty() && !self.core.stopping.get() {
@@ -387,14 +409,14 @@ impl ClientCore {
     }
 
     /// Carries a flow's datagrams both ways until it ends: the user's, queued in
-    /// `rx`, out on `to`; the router's, from `from`, to the user. Ok with what a
-    /// plain channel read past the router's `Eof`.
+    /// `user`, out on `to`; the router's, from `from`, to the user (`back`). Ok with
+    /// what a plain channel read past the router's `Eof`.
     async fn relay_flow(
         &self,
-        mut rx: Inbox,
+        user: Upstream<'_>,
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
-        user: Deliver<'_>,
+        back: Deliver<'_>,
         from: Inbound<'_>,
         to: Carrier<'_>,
     ) -> Result<Vec<u8>, Stop> {
@@ -412,6 +434,14 @@ impl ClientCore {
             limit: bandwidth.map(|b| &b.up),
             unanswered: Some(&counters.unanswered),
         };
+        let Upstream { mut rx, proxy } = user;
+        // Each datagram into the batch, behind the PROXY header if there is one; one
+        // that does not fit behind it is dropped and counted.
+        let push = |framed: &mut Framed, d: &[u8]| {
+            if !framed.push_after(proxy, d) {
+                stats.datagrams_dropped.fetch_add(1, Relaxed);
+            }
+        };
         let up = async {
             loop {
                 let wait = idle.saturating_sub(last.get().elapsed());
@@ -423,12 +453,15 @@ impl ClientCore {
                 };
                 last.set(Instant::now());
                 let mut framed = Framed::new();
-                framed.push(&first);
+                push(&mut framed, &first);
                 while !framed.is_full() {
                     match rx.try_next() {
-                        Some(d) => framed.push(&d),
+                        Some(d) => push(&mut framed, &d),
                         None => break,
                     }
+                }
+                if framed.is_empty() {
+                    continue; // every one too big behind its header
                 }
                 to_router.pay(framed.payload).await;
                 let payload = framed.send(to).await?;
@@ -439,7 +472,7 @@ impl ClientCore {
             rx.rx.close();
             let mut last_batch = Framed::new();
             while let Some(d) = rx.try_next() {
-                last_batch.push(&d);
+                push(&mut last_batch, &d);
             }
             let payload = last_batch.payload;
             if payload > 0 {
@@ -453,7 +486,7 @@ impl ClientCore {
         let down = down(
             Side::Client,
             from,
-            user,
+            back,
             Meter {
                 conn: &counters.down,
                 core: &stats.bytes_down,

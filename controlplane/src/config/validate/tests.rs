@@ -537,19 +537,21 @@ fn heartbeats_are_a_tunnel_setting() {
 }
 
 #[test]
-fn the_proxy_header_is_for_tcp_tunnels() {
+fn the_proxy_header_of_udp_tunnels_is_v2() {
     let f = Fixture::new();
     let text = f.client_text(
         "[[tunnels]]\nname = \"dns\"\nsource = \"10.2.0.53:53\"\nbind = \"0.0.0.0:5353\"\n\
-         protocol = \"udp\"\nproxy_protocol = \"v2\"\n[[tunnels]]\nname = \"smtp\"\n\
+         protocol = \"udp\"\nproxy_protocol = \"v1\"\n[[tunnels]]\nname = \"smtp\"\n\
          source = \"10.2.0.25:25\"\nbind = \"0.0.0.0:25\"\nproxy_protocol = \"v1\"\n\
-         [[tunnels]]\nname = \"x\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"\n",
+         [[tunnels]]\nname = \"x\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"\n\
+         [[tunnels]]\nname = \"dns2\"\nsource = \"10.2.0.54:53\"\nbind = \"0.0.0.0:5354\"\n\
+         protocol = \"udp\"\nproxy_protocol = \"v2\"\n",
     );
     assert_eq!(
         check(&f, &text),
         [
-            "error: tunnels[1].proxy_protocol: proxy_protocol = \"v2\" is for TCP tunnels; a UDP \
-             tunnel sends no PROXY header: remove proxy_protocol or set protocol = \"tcp\" ($F:14)",
+            "error: tunnels[1].proxy_protocol: proxy_protocol = \"v1\" has no form for UDP: a UDP \
+             tunnel sends v2's before each datagram; set proxy_protocol = \"v2\" ($F:14)",
             "error: tunnels[3].proxy_protocol: unknown value \"v3\"; use v1 or v2 ($F:24)",
         ]
     );
