@@ -294,10 +294,21 @@ pub fn addr_in(line: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
-/// A port nothing listens on (bound, then released).
+/// A port nothing listens on (bound, then released), which a test may bind again
+/// later. It lies below the range the kernel picks outgoing connections' ports from
+/// (`ip_local_port_range`), so that no connection made elsewhere in the suite takes
+/// it meanwhile (port 0 would hand out one of those).
 pub fn dead_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use rand::Rng;
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let below = 10_000..first_ephemeral.max(10_001);
+    std::iter::repeat_with(|| rand::rng().random_range(below.clone()))
+        .take(1_000)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 #[derive(Default)]
