@@ -120,7 +120,7 @@ impl ClientCore {
                 monoio::spawn(me.clone().accept_loop(listener, rx));
             }
             Listen::Udp(sock) => {
-                let sock = Rc::new(crate::net::Udp::from_std(sock)?);
+                let sock = Rc::new(crate::net::Udp::serving(sock)?);
                 monoio::spawn(me.clone().udp_loop(sock, rx));
             }
         }

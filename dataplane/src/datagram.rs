@@ -26,7 +26,7 @@ use futures::channel::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::channel::{Held, lend_back, read_tls, seal};
-use crate::net::{Socket, Udp};
+use crate::net::{Destination, Socket, Udp};
 use crate::pool;
 use crate::relay::{CHUNK, Side, Stop};
 use crate::stats::{DropTally, Meter};
@@ -143,6 +143,9 @@ pub(crate) struct Deliver<'a> {
     /// The user's address (client side), or `None` for a socket connected to its
     /// source (router side).
     pub(crate) to: Option<SocketAddr>,
+    /// The local address the user sent to, to answer from (client side, on a
+    /// socket bound to every address).
+    pub(crate) from: Option<Destination>,
     /// The router flow's sources, to move to the next when one refuses.
     pub(crate) sources: Option<&'a Sources>,
 }
@@ -369,7 +372,7 @@ async fn settle(
     for len in &b.lens {
         let d = &b.bytes[at..at + len];
         at += len;
-        match deliver.sock.send(d, deliver.to).await {
+        match deliver.sock.send(d, deliver.to, deliver.from).await {
             Ok(()) => {}
             // The source's port is closed (an ICMP error from an earlier datagram):
             // UDP drops this one too, and the flow goes on, to the next source if

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use monoio::net::TcpStream;
 
 use crate::sys;
+pub(crate) use crate::sys::Destination;
 
 /// A TCP socket owned by one core.
 pub(crate) struct Socket {
@@ -178,6 +179,8 @@ impl Socket {
 pub(crate) struct Udp {
     sock: monoio::net::udp::UdpSocket,
     fd: RawFd,
+    /// The kernel reports each datagram's destination ([`Udp::serving`]).
+    destinations: bool,
 }
 
 impl Udp {
@@ -187,7 +190,25 @@ impl Udp {
         let sock = monoio::net::udp::UdpSocket::from_std(s)?;
         let fd = sock.as_raw_fd();
         sys::set_nonblocking(fd)?;
-        Ok(Self { sock, fd })
+        Ok(Self {
+            sock,
+            fd,
+            destinations: false,
+        })
+    }
+
+    /// Takes over a tunnel's bound socket. One bound to every address (`0.0.0.0`,
+    /// `::`) learns each datagram's destination, so that answers leave from the
+    /// address their user sent to: on a host with several, the kernel would pick
+    /// the one its routing prefers, whose answers users' sockets drop.
+    pub(crate) fn serving(s: std::net::UdpSocket) -> io::Result<Self> {
+        let local = s.local_addr()?;
+        let mut me = Self::from_std(s)?;
+        if local.ip().is_unspecified() {
+            sys::report_destinations(me.fd, local.is_ipv6())?;
+            me.destinations = true;
+        }
+        Ok(me)
     }
 
     /// Waits until a datagram (or an error, such as ICMP's "port unreachable") is
@@ -201,9 +222,16 @@ impl Udp {
         self.sock.local_addr()
     }
 
-    /// The next queued datagram and its sender, without waiting.
-    pub(crate) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        sys::recv_from(self.fd, buf)
+    /// The next queued datagram, its sender and (on a socket bound to every
+    /// address) the local address it was sent to, without waiting.
+    pub(crate) fn try_recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> io::Result<(usize, SocketAddr, Option<Destination>)> {
+        if self.destinations {
+            return sys::recv_from_to(self.fd, buf);
+        }
+        sys::recv_from(self.fd, buf).map(|(n, from)| (n, from, None))
     }
 
     /// Datagrams the kernel dropped on their way into this socket since it was made
@@ -223,13 +251,20 @@ impl Udp {
         sys::connect(self.fd, to)
     }
 
-    /// Sends one datagram (to `to`, or to the connected peer when `None`), waiting
-    /// for room in the socket's buffer rather than dropping it.
-    pub(crate) async fn send(&self, buf: &[u8], to: Option<SocketAddr>) -> io::Result<()> {
+    /// Sends one datagram (to `to`, or to the connected peer when `None`; from
+    /// local address `from` when given), waiting for room in the socket's buffer
+    /// rather than dropping it.
+    pub(crate) async fn send(
+        &self,
+        buf: &[u8],
+        to: Option<SocketAddr>,
+        from: Option<Destination>,
+    ) -> io::Result<()> {
         loop {
-            let sent = match to {
-                Some(addr) => sys::send_to(self.fd, buf, addr),
-                None => sys::send(self.fd, buf),
+            let sent = match (to, from) {
+                (Some(addr), Some(from)) => sys::send_to_from(self.fd, buf, addr, from),
+                (Some(addr), None) => sys::send_to(self.fd, buf, addr),
+                (None, _) => sys::send(self.fd, buf),
             };
             match sent {
                 Ok(_) => return Ok(()),

@@ -246,6 +246,33 @@ impl Home {
         source: &str,
         extra: &[&str],
     ) -> Proc {
+        self.tunnel_keyed_at(engine, router, router_key, source, "127.0.0.1:0", extra)
+    }
+
+    /// [`Self::tunnel_via`] listening on `bind`.
+    pub fn tunnel_at(
+        &self,
+        engine: Engine,
+        router: &str,
+        source: &str,
+        bind: &str,
+        extra: &[&str],
+    ) -> Proc {
+        let router_key = self.key("router.pub");
+        let router_key = router_key.to_str().expect("utf-8 path");
+        self.tunnel_keyed_at(engine, router, router_key, source, bind, extra)
+    }
+
+    /// [`Self::tunnel_keyed`] listening on `bind`.
+    pub fn tunnel_keyed_at(
+        &self,
+        engine: Engine,
+        router: &str,
+        router_key: &str,
+        source: &str,
+        bind: &str,
+        extra: &[&str],
+    ) -> Proc {
         let mut args = vec![
             "start",
             "--foreground",
@@ -256,7 +283,7 @@ impl Home {
             "--source",
             source,
             "--bind",
-            "127.0.0.1:0",
+            bind,
             "--io-engine",
             engine.flag(),
             "--workers",

@@ -12,7 +12,7 @@ use crate::udp::{UdpEcho, User};
 
 /// Whether this host has an IPv6 loopback; without one the test says so and skips
 /// (containers often run with IPv6 off).
-fn ipv6_loopback() -> bool {
+pub(crate) fn ipv6_loopback() -> bool {
     match TcpListener::bind("[::1]:0") {
         Ok(_) => true,
         Err(e) => {
@@ -25,26 +25,7 @@ fn ipv6_loopback() -> bool {
 /// A foreground tunnel on `[::1]` through the router at `raddr` to `source`
 /// (`extra`: more `start` arguments), not yet waited on.
 fn tunnel6(home: &Home, engine: Engine, raddr: SocketAddr, source: &str, extra: &[&str]) -> Proc {
-    let router = raddr.to_string();
-    let key = home.key("router.pub");
-    let mut args = vec![
-        "start",
-        "--foreground",
-        "--router",
-        &router,
-        "--router-key",
-        key.to_str().unwrap(),
-        "--source",
-        source,
-        "--bind",
-        "[::1]:0",
-        "--io-engine",
-        engine.flag(),
-        "--workers",
-        "2",
-    ];
-    args.extend_from_slice(extra);
-    home.spawn(&args)
+    home.tunnel_at(engine, &raddr.to_string(), source, "[::1]:0", extra)
 }
 
 both_engines!(

@@ -15,7 +15,7 @@ use conduit_proto::Message;
 use conduit_proto::frame::Header;
 
 use crate::both_engines;
-use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code};
+use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code};
 use crate::http::wait_for;
 use crate::plain::{PLAIN, read_events, welcomed_peer};
 use crate::sources::pattern;
@@ -287,6 +287,64 @@ fn a_proxy_header_rides_in_front_of_each_datagram() {
     // The tunnel counts its user's bytes, not the headers.
     assert_eq!(l[0]["bytes_in"], (5 + 1200 + MAX_UDP + 5) as u64, "{l:#?}");
 }
+
+/// A user whose socket is connected to the address it sends to takes answers from
+/// that address only. A tunnel bound to every address answers from the one each
+/// user sent to, which on a host with several (here the loopback's 127.0.0.2 and
+/// 127.0.0.3) is not the one the kernel would pick; on `::` too, for IPv4 users of
+/// the dual-stack socket and IPv6 ones.
+fn answers_from_the_address_sent_to(engine: Engine, bind: &str, to: &[&str]) {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (_router, raddr) = home.router(engine, &[source.addr.to_string()]);
+    let tunnel = home.tunnel_at(
+        engine,
+        &raddr.to_string(),
+        &source.addr.to_string(),
+        bind,
+        &["--protocol", "udp", "--proxy-protocol", "v2"],
+    );
+    let port = addr_in(&tunnel.wait_stdout("listening on")).port();
+    tunnel.wait_stdout("connected to router");
+    for ip in to {
+        let dst = SocketAddr::new(ip.parse().unwrap(), port);
+        let user = UdpSocket::bind(SocketAddr::new(dst.ip(), 0)).unwrap();
+        user.connect(dst).unwrap();
+        user.set_read_timeout(Some(DEADLINE)).unwrap();
+        user.send(b"which address?").unwrap();
+        let mut buf = [0u8; 256];
+        let n = user
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no answer from {dst}: {e}"));
+        let got = &buf[..n];
+        assert!(got.starts_with(b"echo:") && got.ends_with(b"which address?"));
+        // The PROXY header names the address the user sent to, not `bind`'s.
+        let me = user.local_addr().unwrap();
+        let header = &got[5..n - 14];
+        let (src, dst_in_header) = match (me.ip().to_canonical(), dst.ip().to_canonical()) {
+            (std::net::IpAddr::V4(m), std::net::IpAddr::V4(d)) => {
+                assert_eq!(header[12..16], [0x21, 0x12, 0, 12], "{dst}");
+                (header[16..20] == m.octets(), header[20..24] == d.octets())
+            }
+            (std::net::IpAddr::V6(m), std::net::IpAddr::V6(d)) => {
+                assert_eq!(header[12..16], [0x21, 0x22, 0, 36], "{dst}");
+                (header[16..32] == m.octets(), header[32..48] == d.octets())
+            }
+            other => panic!("mixed families {other:?}"),
+        };
+        assert!(src && dst_in_header, "{dst}: header {header:02x?}");
+    }
+}
+
+both_engines!(
+    a_tunnel_bound_to_every_address_answers_from_the_one_each_user_sent_to,
+    |engine: Engine| {
+        answers_from_the_address_sent_to(engine, "0.0.0.0:0", &["127.0.0.2", "127.0.0.3"]);
+        if crate::ipv6::ipv6_loopback() {
+            answers_from_the_address_sent_to(engine, "[::]:0", &["127.0.0.3", "::1"]);
+        }
+    }
+);
 
 both_engines!(
     many_flows_at_once_each_get_their_own_answers,

@@ -20,7 +20,7 @@ use super::{ClientCore, Link, channel_failed, stopped};
 use crate::channel::Channel;
 use crate::datagram::{Carrier, Deliver, Framed, Inbound, RECV_ROOM, down};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
-use crate::net::Udp;
+use crate::net::{Destination, Udp};
 use crate::plain::{Wire, send_best_effort, send_frame};
 use crate::relay::{Side, Stop};
 use crate::stats::{ConnCounters, DROPS_READ_EVERY, DropTally, ErrorKind, Meter, Rides};
@@ -82,6 +82,14 @@ impl Queued {
         self.flow.set(self.flow.get().saturating_sub(len));
         self.core.set(self.core.get().saturating_sub(len));
     }
+}
+
+/// A flow's two ends on this side: its user, and the tunnel's socket and address
+/// the user sends to (`local`: known on a socket bound to every address).
+struct Ends {
+    peer: SocketAddr,
+    local: Option<Destination>,
+    sock: Rc<Udp>,
 }
 
 /// What a flow sends up: its user's datagrams, each behind `proxy` (a PROXY
@@ -158,7 +166,7 @@ impl ClientCore {
             }
             loop {
                 match sock.try_recv_from(&mut buf) {
-                    Ok((n, peer)) => self.dispatch(&sock, peer, &buf[..n]),
+                    Ok((n, peer, to)) => self.dispatch(&sock, peer, to, &buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         // Nothing on an unconnected socket is fatal; wait a little so
@@ -182,7 +190,15 @@ impl ClientCore {
     }
 
     /// Queues one datagram on its sender's flow, starting the flow if there is none.
-    fn dispatch(self: &Rc<Self>, sock: &Rc<Udp>, peer: SocketAddr, datagram: &[u8]) {
+    /// `to`: the local address it was sent to, which a new flow answers from (on a
+    /// socket bound to every address; a sender's flow keeps its first).
+    fn dispatch(
+        self: &Rc<Self>,
+        sock: &Rc<Udp>,
+        peer: SocketAddr,
+        to: Option<Destination>,
+        datagram: &[u8],
+    ) {
         let mut flows = self.flows.borrow_mut();
         if let Some(flow) = flows.by_peer.get(&peer) {
             if !flow.queue.has_room(datagram.len()) {
@@ -259,25 +275,21 @@ impl ClientCore {
         };
         flows.by_peer.insert(peer, Flow { id, tx, queue });
         drop(flows);
-        monoio::spawn(
-            self.clone()
-                .serve_flow(id, peer, sock.clone(), inbox, permit),
-        );
+        let ends = Ends {
+            peer,
+            local: to,
+            sock: sock.clone(),
+        };
+        monoio::spawn(self.clone().serve_flow(id, ends, inbox, permit));
     }
 
     /// One flow, from its first datagram until it ends.
-    async fn serve_flow(
-        self: Rc<Self>,
-        id: u64,
-        peer: SocketAddr,
-        sock: Rc<Udp>,
-        rx: Inbox,
-        permit: Permit,
-    ) {
+    async fn serve_flow(self: Rc<Self>, id: u64, ends: Ends, rx: Inbox, permit: Permit) {
+        let peer = ends.peer;
         let core = &self.core;
         let (counters, kill_rx, started) = self.open_entry(id, peer);
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
-        let run = Box::pin(self.run_flow(id, peer, &sock, rx, &counters, kill_rx)).await;
+        let run = Box::pin(self.run_flow(id, &ends, rx, &counters, kill_rx)).await;
         match &run {
             Ok(()) => self.spec.link.stream_served(started),
             Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
@@ -316,15 +328,20 @@ impl ClientCore {
     async fn run_flow(
         &self,
         id: u64,
-        peer: SocketAddr,
-        sock: &Udp,
+        ends: &Ends,
         rx: Inbox,
         counters: &ConnCounters,
         kill: oneshot::Receiver<String>,
     ) -> Result<(), (ErrorKind, String)> {
+        let Ends { peer, local, sock } = ends;
+        let (peer, sock) = (*peer, &**sock);
         let proxy = match self.spec.proxy_protocol {
             Some(v) => Some(
                 sock.local_addr()
+                    .map(|bound| match local {
+                        Some(to) => SocketAddr::new(to.addr, bound.port()),
+                        None => bound,
+                    })
                     .and_then(|local| v.datagram_header(peer, local))
                     .map_err(|e| {
                         let why = format!("cannot write its PROXY protocol header: {e}");
@@ -347,6 +364,7 @@ impl ClientCore {
             sources: None,
             sock,
             to: Some(peer),
+            from: *local,
         };
         match link {
             Link::Tls(mut ch) => {

@@ -158,6 +158,7 @@ impl RouterCore {
             let deliver = Deliver {
                 sock: &source,
                 to: None,
+                from: None,
                 sources: Some(&sources),
             };
             let meter = Meter {
