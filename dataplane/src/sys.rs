@@ -149,6 +149,20 @@ pub(crate) fn report_destinations(_fd: RawFd, _v6: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// A `msghdr` for one buffer (`iov`) and a control-message area (`control`, whole:
+/// a sender sets the length it fills), with no address. It points at both: the
+/// caller keeps them alive while the kernel uses it.
+#[cfg(target_os = "linux")]
+fn one_buffer_msg(iov: &mut libc::iovec, control: &mut [u64]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(control) as _;
+    msg
+}
+
 /// Room for one `IP_PKTINFO` or `IPV6_PKTINFO` control message (with its header),
 /// in 8-byte words so that it is aligned as control messages must be.
 #[cfg(target_os = "linux")]
@@ -166,12 +180,7 @@ pub(crate) fn recv_from_to(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    let mut msg = one_buffer_msg(&mut iov, &mut control);
     // SAFETY: `msg` points at the address buffer `try_init` owns for the call (its
     // length read from and written back to `len`), at `buf` and at `control`, all
     // live and writable for the lengths given; `fd` is a socket the caller keeps
@@ -262,13 +271,9 @@ pub(crate) fn send_to_from(
         iov_base: buf.as_ptr().cast_mut().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    let mut msg = one_buffer_msg(&mut iov, &mut control);
     msg.msg_name = addr.as_ptr().cast_mut().cast();
     msg.msg_namelen = addr.len();
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
     let (level, kind, len) = match from.addr {
         std::net::IpAddr::V4(_) => (
             libc::IPPROTO_IP,
@@ -791,11 +796,7 @@ mod ktls_abi {
             iov_base: payload.as_ptr().cast_mut().cast(),
             iov_len: payload.len(),
         };
-        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
+        let mut msg = super::one_buffer_msg(&mut iov, &mut control);
         // SAFETY: CMSG_SPACE only computes a size.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(1) } as _;
         // SAFETY: msg_control points at `control`, which is larger than
@@ -831,12 +832,7 @@ mod ktls_abi {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        // SAFETY: an all-zero msghdr is valid (no name, no buffers).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = CMSG_ROOM as _;
+        let mut msg = super::one_buffer_msg(&mut iov, &mut control);
         let n = loop {
             // SAFETY: `msg` points at `buf` and `control`, both live and writable
             // for the lengths given.
