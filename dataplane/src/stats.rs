@@ -195,7 +195,8 @@ pub struct CoreStats {
     /// Handshaken channels waiting in this core's pool (client side).
     pub idle_channels: AtomicU64,
     /// Datagrams a UDP tunnel dropped: the user sent faster than the flow's channel
-    /// drained, or no flow could be opened (limit reached, router unreachable).
+    /// drained, no flow could be opened (limit reached, router unreachable), or one
+    /// did not fit in a datagram behind its PROXY header.
     pub datagrams_dropped: AtomicU64,
     /// Datagrams the kernel dropped because a UDP socket's receive buffer was full:
     /// this core's socket on a client's bind address, or its sockets toward sources
