@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
@@ -148,6 +149,8 @@ pub(crate) struct Deliver<'a> {
     pub(crate) from: Option<Destination>,
     /// The router flow's sources, to move to the next when one refuses.
     pub(crate) sources: Option<&'a Sources>,
+    /// Counts the datagrams dropped as too big for their receiver.
+    pub(crate) dropped: &'a AtomicU64,
 }
 
 /// A router flow's sources, in the order the balancer gave them; the flow's socket
@@ -386,6 +389,7 @@ async fn settle(
             // from an IPv6 user to an IPv4 source, or one a PROXY header made too
             // big): UDP drops it, and the flow goes on.
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                deliver.dropped.fetch_add(1, Relaxed);
                 debug!(len, "dropped a datagram too big for its receiver: {e}");
             }
             Err(e) => return Err(Stop::Plain(e)),

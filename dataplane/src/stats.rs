@@ -196,7 +196,9 @@ pub struct CoreStats {
     pub idle_channels: AtomicU64,
     /// Datagrams a UDP tunnel dropped: the user sent faster than the flow's channel
     /// drained, no flow could be opened (limit reached, router unreachable), or one
-    /// did not fit in a datagram behind its PROXY header.
+    /// was too big for its receiver: for a datagram of its address family (an IPv6
+    /// sender's to an IPv4 receiver), or behind its PROXY header. On a router, only
+    /// the last.
     pub datagrams_dropped: AtomicU64,
     /// Datagrams the kernel dropped because a UDP socket's receive buffer was full:
     /// this core's socket on a client's bind address, or its sockets toward sources

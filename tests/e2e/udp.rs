@@ -152,9 +152,21 @@ impl UdpTunnel {
     /// The same on the transport that `transport` chooses (its arguments, given to
     /// both ends).
     fn start_on(engine: Engine, transport: &[&str], extra: &[&str]) -> Self {
+        Self::start_with(engine, transport, &[], extra)
+    }
+
+    /// The same with `router_extra`: more `router` arguments.
+    fn start_with(
+        engine: Engine,
+        transport: &[&str],
+        router_extra: &[&str],
+        extra: &[&str],
+    ) -> Self {
         let home = Home::with_keys();
         let source = UdpEcho::start();
-        let (router, raddr) = home.router_with(engine, &[source.addr.to_string()], transport);
+        let mut router_args = transport.to_vec();
+        router_args.extend_from_slice(router_extra);
+        let (router, raddr) = home.router_with(engine, &[source.addr.to_string()], &router_args);
         let mut args = vec!["--protocol", "udp"];
         args.extend_from_slice(transport);
         args.extend_from_slice(extra);
@@ -250,16 +262,22 @@ both_engines!(
 
 /// With `--proxy-protocol v2` every datagram reaches the source behind v2's UDP
 /// form naming its user; one that fits UDP alone but not behind the header is
-/// dropped, and its flow goes on.
+/// dropped and counted, and its flow goes on.
 #[test]
 fn a_proxy_header_rides_in_front_of_each_datagram() {
     let UdpTunnel {
         home,
         source,
-        router: _router,
+        router,
         tunnel: _tunnel,
         taddr,
-    } = UdpTunnel::start(Engine::Epoll, &["--proxy-protocol", "v2"]);
+    } = UdpTunnel::start_with(
+        Engine::Epoll,
+        &[],
+        &["--api-bind", "127.0.0.1:0", "--api-no-auth"],
+        &["--proxy-protocol", "v2", "--name", "dns"],
+    );
+    let api = addr_in(&router.wait_stdout("api listening on"));
     let user = User::new(taddr);
     let me = user.sock.local_addr().unwrap();
     // Version 2, PROXY, UDP over IPv4; 12 bytes: the user's address and the tunnel's.
@@ -286,6 +304,21 @@ fn a_proxy_header_rides_in_front_of_each_datagram() {
     assert_eq!(l[0]["connections"][0]["id"], flow, "{l:#?}");
     // The tunnel counts its user's bytes, not the headers.
     assert_eq!(l[0]["bytes_in"], (5 + 1200 + MAX_UDP + 5) as u64, "{l:#?}");
+    // The router counts the drop; the tunnel, which sent it on whole, does not.
+    let metrics = crate::http::curl("GET", &format!("http://{api}/metrics"), None, &[]).body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "conduit_udp_datagrams_dropped_total 1"),
+        "{metrics}"
+    );
+    let metrics = home.ok(&["stats", "--format", "prometheus"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "conduit_udp_datagrams_dropped_total{tunnel=\"dns\"} 0"),
+        "{metrics}"
+    );
 }
 
 /// A user whose socket is connected to the address it sends to takes answers from

@@ -160,6 +160,16 @@ pub fn render(i: &Inputs<'_>) -> String {
         "Streams whose TLS records the kernel sealed and opened (kTLS on both ends).",
     )
     .sample("conduit_kernel_tls_streams_total", &[], i.totals.kernel_tls);
+    e.family(
+        "conduit_udp_datagrams_dropped_total",
+        Kind::Counter,
+        "Datagrams UDP flows dropped as too big for their source's address family or behind a PROXY header.",
+    )
+    .sample(
+        "conduit_udp_datagrams_dropped_total",
+        &[],
+        i.totals.datagrams_dropped,
+    );
     if let Some(drops) = i.totals.udp_receive_drops {
         e.family(
             "conduit_udp_receive_buffer_drops_total",

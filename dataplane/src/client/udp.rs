@@ -365,6 +365,7 @@ impl ClientCore {
             sock,
             to: Some(peer),
             from: *local,
+            dropped: &self.core.stats.datagrams_dropped,
         };
         match link {
             Link::Tls(mut ch) => {

@@ -160,6 +160,7 @@ impl RouterCore {
                 to: None,
                 from: None,
                 sources: Some(&sources),
+                dropped: &core.stats.datagrams_dropped,
             };
             let meter = Meter {
                 conn: &counters.up,
