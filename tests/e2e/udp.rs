@@ -379,6 +379,49 @@ both_engines!(
     }
 );
 
+/// One user socket sending to two of the host's addresses is two flows: each
+/// answered from the address it was sent to, each named in its PROXY headers.
+#[test]
+fn one_user_sending_to_two_addresses_is_two_flows() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
+    let tunnel = home.tunnel_at(
+        Engine::Epoll,
+        &raddr.to_string(),
+        &source.addr.to_string(),
+        "0.0.0.0:0",
+        &["--protocol", "udp", "--proxy-protocol", "v2"],
+    );
+    let port = addr_in(&tunnel.wait_stdout("listening on")).port();
+    tunnel.wait_stdout("connected to router");
+    let user = UdpSocket::bind("127.0.0.1:0").unwrap();
+    user.set_read_timeout(Some(DEADLINE)).unwrap();
+    let me = user.local_addr().unwrap();
+    for round in 0..2 {
+        for last in [2u8, 3] {
+            let dst = SocketAddr::from(([127, 0, 0, last], port));
+            let msg = format!("round {round} to {dst}");
+            user.send_to(msg.as_bytes(), dst).unwrap();
+            let mut buf = [0u8; 256];
+            let (n, from) = user
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("no answer from {dst}: {e}"));
+            assert_eq!(from, dst, "the answer to {msg:?}");
+            let mut want = b"echo:\r\n\r\n\0\r\nQUIT\n\x21\x12\0\x0c\x7f\0\0\x01\x7f\0\0".to_vec();
+            want.push(last);
+            want.extend_from_slice(&me.port().to_be_bytes());
+            want.extend_from_slice(&port.to_be_bytes());
+            want.extend_from_slice(msg.as_bytes());
+            assert!(buf[..n] == want[..], "{msg:?}: got {:02x?}", &buf[..n]);
+        }
+    }
+    assert_eq!(source.senders(), 2, "two flows, two router sockets");
+    assert_eq!(source.received.load(Ordering::SeqCst), 4);
+    let l = list_json(&home);
+    assert_eq!(l[0]["active_connections"], 2, "{l:#?}");
+}
+
 both_engines!(
     many_flows_at_once_each_get_their_own_answers,
     |engine: Engine| {

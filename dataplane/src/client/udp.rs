@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -33,9 +33,14 @@ const FLOW_QUEUE_BYTES: usize = 256 * 1024;
 /// be few (addresses are easily forged), so memory is bounded here, not per sender.
 const CORE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
-/// This core's flows, by user address.
+/// A flow's key: its user's address and, on a socket bound to every address, the
+/// local address the user sends to. One user socket sending to two of the host's
+/// addresses is two flows, each answered from its own address.
+type FlowKey = (SocketAddr, Option<IpAddr>);
+
+/// This core's flows, by [`FlowKey`].
 pub(super) struct Flows {
-    by_peer: HashMap<SocketAddr, Flow>,
+    by_ends: HashMap<FlowKey, Flow>,
     /// Bytes queued in all of them.
     queued: Rc<Cell<usize>>,
     /// Keeps flows that cannot start (router away, limit reached) from flooding the
@@ -46,7 +51,7 @@ pub(super) struct Flows {
 impl Default for Flows {
     fn default() -> Self {
         Self {
-            by_peer: HashMap::new(),
+            by_ends: HashMap::new(),
             queued: Rc::default(),
             failures: Throttle::new(Duration::from_secs(1)),
         }
@@ -179,7 +184,7 @@ impl ClientCore {
             }
         }
         read_drops();
-        let flows = std::mem::take(&mut self.flows.borrow_mut().by_peer);
+        let flows = std::mem::take(&mut self.flows.borrow_mut().by_ends);
         if !flows.is_empty() {
             debug!(
                 core = self.core.index,
@@ -189,9 +194,9 @@ impl ClientCore {
         }
     }
 
-    /// Queues one datagram on its sender's flow, starting the flow if there is none.
-    /// `to`: the local address it was sent to, which a new flow answers from (on a
-    /// socket bound to every address; a sender's flow keeps its first).
+    /// Queues one datagram on its flow, starting the flow if there is none. `to`: the
+    /// local address it was sent to (on a socket bound to every address), part of the
+    /// flow's key and the address its answers leave from.
     fn dispatch(
         self: &Rc<Self>,
         sock: &Rc<Udp>,
@@ -199,8 +204,9 @@ impl ClientCore {
         to: Option<Destination>,
         datagram: &[u8],
     ) {
+        let key = (peer, to.map(|d| d.addr));
         let mut flows = self.flows.borrow_mut();
-        if let Some(flow) = flows.by_peer.get(&peer) {
+        if let Some(flow) = flows.by_ends.get(&key) {
             if !flow.queue.has_room(datagram.len()) {
                 self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
                 return;
@@ -210,7 +216,7 @@ impl ClientCore {
                 return;
             }
             // The flow ended (idle, or its channel failed): start a new one.
-            flows.by_peer.remove(&peer);
+            flows.by_ends.remove(&key);
         }
         if self.core.stopping.get() {
             return;
@@ -273,7 +279,7 @@ impl ClientCore {
             rx,
             queue: queue.clone(),
         };
-        flows.by_peer.insert(peer, Flow { id, tx, queue });
+        flows.by_ends.insert(key, Flow { id, tx, queue });
         drop(flows);
         let ends = Ends {
             peer,
@@ -310,9 +316,10 @@ impl ClientCore {
         }
         self.close_entry(id, started);
         drop(permit);
+        let key = (peer, ends.local.map(|d| d.addr));
         let mut flows = self.flows.borrow_mut();
-        if flows.by_peer.get(&peer).is_some_and(|f| f.id == id) {
-            flows.by_peer.remove(&peer);
+        if flows.by_ends.get(&key).is_some_and(|f| f.id == id) {
+            flows.by_ends.remove(&key);
         }
         debug!(
             conn = id,
