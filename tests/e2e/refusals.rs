@@ -330,7 +330,7 @@ fn missing_keys_and_bad_addresses_are_usage_errors() {
     ]);
     assert_code(status, 64, &err);
     assert!(
-        err.contains("invalid --router \"nowhere\": expected HOST:PORT"),
+        err.contains("invalid --router \"nowhere\": it has no port; expected HOST:PORT"),
         "{err}"
     );
 

@@ -175,17 +175,13 @@ fn listen_addr(flag: &str, s: &str) -> Result<SocketAddr> {
 
 /// Checks a remote `HOST:PORT` without resolving it (the router may see other names).
 fn remote_addr(flag: &str, s: &str) -> Result<String> {
-    let ok = match s.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
-        None => false,
-    };
-    if ok {
-        Ok(s.to_owned())
-    } else {
-        Err(Usage(format!(
-            "invalid {flag} {s:?}: expected HOST:PORT such as 10.2.0.2:8080 or db.internal:5432"
+    match conduit_controlplane::config::host_port(s) {
+        Ok(()) => Ok(s.to_owned()),
+        Err(why) => Err(Usage(format!(
+            "invalid {flag} {s:?}: {why}; expected HOST:PORT such as 10.2.0.2:8080 or \
+             db.internal:5432"
         ))
-        .into())
+        .into()),
     }
 }
 
@@ -283,11 +279,34 @@ mod tests {
             source_list("--source", "10.0.0.1:80,nope")
                 .unwrap_err()
                 .to_string(),
-            "invalid --source \"nope\": expected HOST:PORT such as 10.2.0.2:8080 or db.internal:5432"
+            "invalid --source \"nope\": it has no port; expected HOST:PORT such as 10.2.0.2:8080 \
+             or db.internal:5432"
         );
         assert!(source_list("--source", ",").is_err());
-        for bad in ["db.internal", ":80", "h:0", "h:70000"] {
-            assert!(remote_addr("--source", bad).is_err(), "{bad}");
+        for (bad, why) in [
+            ("db.internal", "it has no port"),
+            (":80", "\"\" is not a host name or IP address"),
+            ("h:0", "port 0 is out of range (1-65535)"),
+            ("h:70000", "port 70000 is out of range (1-65535)"),
+            ("h:", "\"\" is not a port (1-65535)"),
+            ("[::1:1", "\"[::1\" is not a host name or IP address"),
+            ("::1:1", "an IPv6 address goes in brackets, as [::1]:1"),
+            (
+                "bad host:1",
+                "\"bad host\" is not a host name or IP address",
+            ),
+        ] {
+            let e = remote_addr("--source", bad).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "invalid --source {bad:?}: {why}; expected HOST:PORT such as 10.2.0.2:8080 \
+                     or db.internal:5432"
+                )
+            );
+        }
+        for good in ["[::1]:1", "10.0.0.1:65535", "db-1.internal:5432"] {
+            assert_eq!(remote_addr("--source", good).unwrap(), good);
         }
     }
 }

@@ -56,7 +56,7 @@ pub use model::{
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;
-pub use validate::{tunnel_name, webhook_url};
+pub use validate::{host_port, tunnel_name, webhook_url};
 
 /// One `--allow-from` / `allow_from` entry: an address (one host) or a CIDR block,
 /// IPv6 with or without brackets.

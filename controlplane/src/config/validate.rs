@@ -537,20 +537,37 @@ fn fallback_keys(r: &super::model::RouterPeer, out: &mut Out<'_>) {
 
 /// A fallback router: `HOST:PORT` (`[v6]:PORT`).
 fn router_addr(addr: &str) -> Result<(), String> {
-    let fix = "use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999";
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} has no port; {fix}"));
+    host_port(addr).map_err(|why| {
+        format!("{addr:?}: {why}; use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999")
+    })
+}
+
+/// Why `s` is not `HOST:PORT`, if it is not: a host name, an IPv4 address or an
+/// IPv6 one in brackets, then a port of 1-65535. Nothing is resolved (the router
+/// may know names this machine does not).
+pub fn host_port(s: &str) -> Result<(), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("it has no port".into());
     };
-    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
-        return Err(format!("{addr:?}: {port:?} is not a port (1-65535); {fix}"));
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => {}
+        Ok(p) => return Err(format!("port {p} is out of range (1-65535)")),
+        Err(_) => return Err(format!("{port:?} is not a port (1-65535)")),
     }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_ok() || is_host_name(host) {
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<Ipv6Addr>().is_ok()),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || is_host_name(host),
+    };
+    if host_ok {
         Ok(())
-    } else {
+    } else if host.contains(':') && !host.starts_with('[') {
         Err(format!(
-            "{addr:?}: {host:?} is not a host name or IP address; {fix}"
+            "an IPv6 address goes in brackets, as [{host}]:{port}"
         ))
+    } else {
+        Err(format!("{host:?} is not a host name or IP address"))
     }
 }
 
@@ -574,19 +591,15 @@ pub(crate) fn source_addr(s: &str) -> Result<(), String> {
  as 10.2.0.2:8080 or db.internal:5432"
         )
     };
-    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
-        None => host.parse::<std::net::Ipv4Addr>().is_ok() || is_host_name(host),
-    };
-    let port: u32 = port.parse().map_err(|_| bad())?;
-    if !host_ok {
-        return Err(bad());
+    match host_port(s) {
+        Ok(()) => Ok(()),
+        // A port that is a number, out of range.
+        Err(why) if why.starts_with("port ") => {
+            let port = s.rsplit_once(':').map_or("", |(_, p)| p);
+            Err(format!("port {port} in {s:?} is out of range; use 1-65535"))
+        }
+        Err(_) => Err(bad()),
     }
-    if !(1..=65535).contains(&port) {
-        return Err(format!("port {port} in {s:?} is out of range; use 1-65535"));
-    }
-    Ok(())
 }
 
 /// A listening address: an IP address and a port on this machine.

@@ -613,19 +613,25 @@ fn fallback_routers_are_checked_one_by_one() {
     let f = Fixture::new();
     let text = f.client_text("").replacen(
         "[[tunnels]]",
-        "fallbacks = [\"10.2.0.3:9999\", \"router-c.internal\", \"[fd00::4]:0\", \"bad host:1\"]\n\
-         [[tunnels]]",
+        "fallbacks = [\"10.2.0.3:9999\", \"router-c.internal\", \"[fd00::4]:0\", \"bad host:1\", \
+         \"fd00::5:9999\", \"[fd00::6:9999\", \"r:http\"]\n[[tunnels]]",
         1,
     );
     assert_eq!(
         check(&f, &text),
         [
-            "error: router.fallbacks[1]: \"router-c.internal\" has no port; use HOST:PORT such \
-             as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
-            "error: router.fallbacks[2]: \"[fd00::4]:0\": \"0\" is not a port (1-65535); use \
+            "error: router.fallbacks[1]: \"router-c.internal\": it has no port; use HOST:PORT \
+             such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[2]: \"[fd00::4]:0\": port 0 is out of range (1-65535); use \
              HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
             "error: router.fallbacks[3]: \"bad host:1\": \"bad host\" is not a host name or IP \
              address; use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[4]: \"fd00::5:9999\": an IPv6 address goes in brackets, as \
+             [fd00::5]:9999; use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[5]: \"[fd00::6:9999\": \"[fd00::6\" is not a host name or IP \
+             address; use HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[6]: \"r:http\": \"http\" is not a port (1-65535); use \
+             HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
         ]
     );
     let text = f.client_text("").replacen(
