@@ -167,8 +167,12 @@ fn listen_addr(flag: &str, s: &str) -> Result<SocketAddr> {
     if let Some(a) = s.to_socket_addrs().ok().and_then(|mut a| a.next()) {
         return Ok(a);
     }
+    let why = match conduit_controlplane::config::host_port(s) {
+        Err(why) => why,
+        Ok(()) => "its host name does not resolve".to_owned(),
+    };
     Err(Usage(format!(
-        "invalid {flag} {s:?}: expected ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80"
+        "invalid {flag} {s:?}: {why}; expected ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80"
     ))
     .into())
 }
@@ -265,7 +269,16 @@ mod tests {
         let e = listen_addr("--bind", "nonsense").unwrap_err().to_string();
         assert_eq!(
             e,
-            "invalid --bind \"nonsense\": expected ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80"
+            "invalid --bind \"nonsense\": it has no port; expected ADDRESS:PORT such as \
+             127.0.0.1:8080 or 0.0.0.0:80"
+        );
+        let e = listen_addr("--bind", "127.0.0.1:99999")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid --bind \"127.0.0.1:99999\": port 99999 is out of range (1-65535); expected \
+             ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80"
         );
         assert_eq!(
             remote_addr("--source", "db.internal:5432").unwrap(),

@@ -605,9 +605,13 @@ pub(crate) fn source_addr(s: &str) -> Result<(), String> {
 /// A listening address: an IP address and a port on this machine.
 pub(crate) fn bind_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
+        let why = match host_port(s) {
+            Err(why) => why,
+            Ok(()) => "a host name, where an IP address must be".to_owned(),
+        };
         format!(
-            "{s:?} is not ADDR:PORT; use a local IP address and a port such as 0.0.0.0:8080, \
- 127.0.0.1:8080 or [::]:8080"
+            "{s:?} is not ADDR:PORT ({why}); use a local IP address and a port such as \
+             0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080"
         )
     })
 }

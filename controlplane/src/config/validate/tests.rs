@@ -172,11 +172,12 @@ fn bad_addresses_are_refused_with_examples() {
              the port in router.port ($F:2)",
             "error: tunnels[0].source: \"db.internal\" is not HOST:PORT; use the address the \
              router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:6)",
-            "error: tunnels[0].bind: \"0.0.0.0\" is not ADDR:PORT; use a local IP address and a \
-             port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:7)",
+            "error: tunnels[0].bind: \"0.0.0.0\" is not ADDR:PORT (it has no port); use a local \
+             IP address and a port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:7)",
             "error: tunnels[1].source: port 0 in \"10.2.0.2:0\" is out of range; use 1-65535 ($F:10)",
-            "error: tunnels[1].bind: \"localhost:80\" is not ADDR:PORT; use a local IP address \
-             and a port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:11)",
+            "error: tunnels[1].bind: \"localhost:80\" is not ADDR:PORT (a host name, where an IP \
+             address must be); use a local IP address and a port such as 0.0.0.0:8080, \
+             127.0.0.1:8080 or [::]:8080 ($F:11)",
             "error: tunnels[2].source: \"bad host:80\" is not HOST:PORT; use the address the \
              router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:14)",
             "warning: tunnels[2].bind: port 0 lets the system pick a different free port at \
@@ -417,8 +418,8 @@ fn router_files_are_checked_too() {
     assert_eq!(
         router(&f, text, &[]),
         [
-            "error: router.bind: \"0.0.0.0\" is not ADDR:PORT; use a local IP address and a \
-             port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:2)",
+            "error: router.bind: \"0.0.0.0\" is not ADDR:PORT (it has no port); use a local IP \
+             address and a port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:2)",
             "error: router.authorized_keys: no authorized clients file at $DIR/clients: create \
              it with one client public key per line (what `conduit init` printed on each \
              client), or set router.authorized_keys ($F:3)",
