@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and a fresh machine lacks: Debian packages for
-# the real-client, DNS, metrics and service-file tests, and cargo-nextest. Used by
-# tests/run.sh and tests/coverage.sh.
+# the real-client, DNS, metrics and service-file tests, cargo-nextest, and (from
+# PyPI) the schema checkers of the deployment-file tests. Used by tests/run.sh and
+# tests/coverage.sh.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need=()
 command -v curl >/dev/null || need+=(curl)
@@ -26,3 +28,20 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+# Schema checkers for the deployment files and workflows (tests/e2e/deploy.rs), from
+# PyPI, in a virtual environment of their own under target/.
+tools=target/pytools
+if ! "$tools/bin/kubernetes-validate" --version >/dev/null 2>&1 ||
+   ! "$tools/bin/check-jsonschema" --version >/dev/null 2>&1; then
+  if ! python3 -m venv --clear "$tools" >/dev/null 2>&1; then
+    # Debian's python3 leaves venv (ensurepip) to a package of its own.
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv
+    python3 -m venv --clear "$tools"
+  fi
+  "$tools/bin/pip" install --quiet --disable-pip-version-check \
+    kubernetes-validate==1.37.0 check-jsonschema==0.39.0
+fi

@@ -13,6 +13,7 @@ mod authorized;
 mod balance;
 mod chaos;
 mod config;
+mod deploy;
 mod faults;
 mod harness;
 mod hostile;
