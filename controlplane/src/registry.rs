@@ -144,7 +144,8 @@ impl Registry {
 
     /// Every entry whose process is alive, oldest first; entries of dead processes,
     /// of pids now reused by another program (after a crash or a reboot), and
-    /// unreadable files are removed on the way.
+    /// unreadable files are removed on the way, except an unreadable entry that
+    /// still names a live process (see [`Registry::unreadable`]).
     pub fn entries(&self) -> Vec<Entry> {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -164,9 +165,12 @@ impl Registry {
                     self.remove(&e);
                 }
                 None => {
-                    // Half-written files never exist (rename is atomic); this one is
-                    // foreign or corrupt, and would confuse every command.
-                    let _ = std::fs::remove_file(&path);
+                    // Half-written files never exist (rename is atomic): this one is
+                    // corrupt, or a newer Conduit's. Kept while the process it names
+                    // lives (its owner needs it), removed otherwise.
+                    if read_head(&path).is_none_or(|h| !h.alive()) {
+                        let _ = std::fs::remove_file(&path);
+                    }
                 }
             }
         }
@@ -175,6 +179,32 @@ impl Registry {
                 .cmp(&b.created_at)
                 .then(a.tunnel_id.cmp(&b.tunnel_id))
         });
+        out
+    }
+
+    /// Entries this version cannot read (written by a newer Conduit, or damaged)
+    /// whose process still lives: left in place, and for commands to mention.
+    pub fn unreadable(&self) -> Vec<Unreadable> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Unreadable> = dir
+            .flatten()
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|path| {
+                let bytes = std::fs::read(&path).ok()?;
+                let why = serde_json::from_slice::<Entry>(&bytes).err()?;
+                let head = serde_json::from_slice::<Head>(&bytes).ok()?;
+                head.alive().then(|| Unreadable {
+                    path,
+                    name: head.name,
+                    pid: head.pid,
+                    why: why.to_string(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         out
     }
 
@@ -189,6 +219,43 @@ impl Registry {
 }
 
 fn read_entry(path: &Path) -> Option<Entry> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// An entry this version cannot read whose process lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its file.
+    pub path: PathBuf,
+    /// The tunnel's name, if that much could be read.
+    pub name: Option<String>,
+    /// Its process.
+    pub pid: u32,
+    /// Why the entry could not be read.
+    pub why: String,
+}
+
+/// What any version's entry holds, enough to tell whether its process lives.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    name: Option<String>,
+    pid: u32,
+    #[serde(default)]
+    started: Option<u64>,
+}
+
+impl Head {
+    fn alive(&self) -> bool {
+        match (self.started, start_ticks(self.pid)) {
+            (Some(want), Some(now)) => want == now && process_alive(self.pid),
+            _ => process_alive(self.pid),
+        }
+    }
+}
+
+fn read_head(path: &Path) -> Option<Head> {
     let bytes = std::fs::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
@@ -291,6 +358,47 @@ mod tests {
         assert_eq!(reg.find("nope"), None);
         reg.remove(&alive);
         assert!(reg.entries().is_empty());
+    }
+
+    /// An entry a newer Conduit might write (here: a status this version does not
+    /// know the form of) is kept while its process lives, and reported; once the
+    /// process is gone it is swept like any other.
+    #[test]
+    fn an_unreadable_entry_of_a_live_process_is_kept_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        let newer = |id: &str, pid: u32| {
+            let mut v = serde_json::to_value(entry(&home, id, pid)).unwrap();
+            v["status"] = serde_json::json!({"state": "running"});
+            let path = home.tunnels().join(format!("{id}.json"));
+            std::fs::create_dir_all(home.tunnels()).unwrap();
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+            path
+        };
+        let live = newer("web-0005", std::process::id());
+        let gone = newer("web-0006", 4_000_000_000);
+        assert!(reg.entries().is_empty());
+        assert!(live.exists());
+        assert!(!gone.exists());
+        let u = reg.unreadable();
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].path, live);
+        assert_eq!(u[0].name.as_deref(), Some("web"));
+        assert_eq!(u[0].pid, std::process::id());
+        assert!(
+            u[0].why.starts_with("invalid type: map, expected a string"),
+            "{}",
+            u[0].why
+        );
+        // The same pid, started at another time: not its process, so swept.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&live).unwrap()).unwrap();
+        v["started"] = serde_json::json!(v["started"].as_u64().unwrap() + 1);
+        std::fs::write(&live, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(reg.unreadable().is_empty());
+        assert!(reg.entries().is_empty());
+        assert!(!live.exists());
     }
 
     #[test]

@@ -493,3 +493,57 @@ fn status_and_health_name_a_source_the_router_refuses() {
     );
     assert!(!home.ok(&["status"]).contains("refused"));
 }
+
+/// A registry entry this version cannot read (as a newer Conduit might write it) is
+/// left alone while its process lives, and `list` says whose it is and what to do;
+/// once the process is gone it is swept like any other.
+#[test]
+fn an_entry_this_version_cannot_read_is_kept_while_its_process_lives() {
+    let home = Home::with_keys();
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let (mut tunnel, _) = home.tunnel(Engine::Epoll, raddr, &source);
+    tunnel.wait_stdout("connected to router");
+    let files: Vec<_> = std::fs::read_dir(home.path().join("tunnels"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = &files[0];
+    // Once the tunnel has recorded itself running, it leaves the file alone.
+    let mut v = crate::http::wait_for("the entry to say running", || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+        (v["status"] == "running").then_some(v)
+    });
+    v["status"] = serde_json::json!({"state": "running"});
+    std::fs::write(file, serde_json::to_vec(&v).unwrap()).unwrap();
+
+    let (status, out, err) = home.run(&["list"]);
+    assert_code(status, 0, &err);
+    assert_eq!(out, "no tunnels running\n");
+    let want = format!(
+        "warning: {}: tunnel \"tunnel\" (pid {}) is registered in a form this conduit {} \
+         cannot read (invalid type: map, expected a string at line 1 column ",
+        file.display(),
+        tunnel.pid(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(err.starts_with(&want), "{err}");
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "a newer conduit started it? Manage it with that one, or stop it with `kill {}`",
+            tunnel.pid()
+        )),
+        "{err}"
+    );
+    assert!(file.exists());
+
+    // Gone without a word (SIGKILL): the entry goes at the next look.
+    tunnel.signal("KILL");
+    tunnel.wait_exit();
+    let (status, out, err) = home.run(&["list"]);
+    assert_code(status, 0, &err);
+    assert_eq!((out.as_str(), err.as_str()), ("no tunnels running\n", ""));
+    assert!(!file.exists());
+}

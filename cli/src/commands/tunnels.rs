@@ -48,6 +48,19 @@ pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// Asks every live tunnel for its status (and connections, if asked), all at once.
 pub(crate) async fn survey(home: &Home, with_connections: bool) -> Vec<Seen> {
     let registry = Registry::new(home);
+    for u in registry.unreadable() {
+        let name = u.name.as_deref().unwrap_or("?");
+        eprintln!(
+            "warning: {}: tunnel {name:?} (pid {}) is registered in a form this conduit {} \
+             cannot read ({}); a newer conduit started it? Manage it with that one, or stop \
+             it with `kill {}`",
+            u.path.display(),
+            u.pid,
+            env!("CARGO_PKG_VERSION"),
+            u.why,
+            u.pid
+        );
+    }
     let asked = registry
         .entries()
         .into_iter()
