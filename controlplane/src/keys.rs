@@ -651,10 +651,15 @@ pub fn stage_pair(key_path: &Path, pair: &KeyPair) -> Result<std::path::PathBuf,
     write_beside(key_path, ".next", pair)
 }
 
-/// Writes `pair` beside the key at `key_path` as `KEY.old` (mode 0600), where a router
-/// keeps the key it rotated away from while it still presents it.
-pub fn keep_old_pair(key_path: &Path, pair: &KeyPair) -> Result<std::path::PathBuf, Error> {
-    write_beside(key_path, ".old", pair)
+/// Writes `pair` beside the key at `key_path` as `KEY.old-SECS` (mode 0600; SECS: the
+/// Unix time of the switch), where a router keeps a key it rotated away from while
+/// it still presents it.
+pub fn keep_old_pair(
+    key_path: &Path,
+    pair: &KeyPair,
+    switched: u64,
+) -> Result<std::path::PathBuf, Error> {
+    write_beside(key_path, &format!(".old-{switched}"), pair)
 }
 
 /// `key_path` with `suffix` added to its file name.

@@ -8,16 +8,20 @@
 //! (counted from the staged file's time).
 //!
 //! Tunnels that connected during the announcement trust the new key (they keep it in
-//! `known_routers`). For one that was away the whole time, the router keeps its old
-//! key (`KEY.old`, mode 0600) for `key_retire_secs` after the switch and presents it
-//! to a tunnel that asks for it (each tunnel names the key it expects in its
-//! handshake, [`conduit_proto::tls::router_server_name`]); the control channel then
-//! names the new key, which the tunnel trusts from then on. Past that, such a tunnel
-//! refuses the router until its operator pins the new key.
+//! `known_routers`). For one that was away the whole time, the router keeps each key
+//! it rotated away from (`KEY.old-SECS`, mode 0600, SECS the Unix time of the switch)
+//! for `key_retire_secs` after its switch and presents it to a tunnel that asks for
+//! it (each tunnel names the key it expects in its handshake,
+//! [`conduit_proto::tls::router_server_name`]); the control channel then names the
+//! new key, which the tunnel trusts from then on. Rotations closer together than
+//! `key_retire_secs` leave several keys kept, so that a tunnel away for any part of
+//! that time still connects. Past that, such a tunnel refuses the router until its
+//! operator pins the new key. A key left by hand as `KEY.old` (after a switch with
+//! `--next-key`, then `--key`) is kept the same way, from the file's time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conduit_proto::tls::{AuthorizedClients, ServerConfig, Suites, server_config};
 use conduit_proto::{KeyPair, PublicKey};
@@ -47,15 +51,16 @@ pub(crate) struct Presented {
     pub(crate) tls: Arc<ServerConfig>,
     /// What `RouterKeys` names: the key in use, then the next one if there is one.
     pub(crate) keys: Vec<PublicKey>,
-    /// The key in use, and the old one still presented to tunnels that ask for it.
+    /// The key in use, and the old ones still presented to tunnels that ask for
+    /// them (newest first).
     present: Arc<KeyPair>,
-    retiring: Option<Arc<KeyPair>>,
+    retiring: Vec<Arc<KeyPair>>,
 }
 
 impl Presented {
-    /// The old key still presented to tunnels that ask for it, if any.
-    pub(crate) fn retiring(&self) -> Option<PublicKey> {
-        self.retiring.as_ref().map(|k| k.public())
+    /// The old keys still presented to tunnels that ask for them, newest first.
+    pub(crate) fn retiring(&self) -> Vec<PublicKey> {
+        self.retiring.iter().map(|k| k.public()).collect()
     }
 }
 
@@ -80,7 +85,7 @@ impl RouterIdentity {
         let keys = std::iter::once(present.public())
             .chain(next.filter(|k| *k != present.public()))
             .collect();
-        let presented = Self::build(&authorized, &suites, present, None, keys)?;
+        let presented = Self::build(&authorized, &suites, present, Vec::new(), keys)?;
         Ok(Self {
             presented: watch::Sender::new(Arc::new(presented)),
             authorized,
@@ -92,11 +97,11 @@ impl RouterIdentity {
         authorized: &Arc<AuthorizedClients>,
         suites: &Suites,
         present: Arc<KeyPair>,
-        retiring: Option<Arc<KeyPair>>,
+        retiring: Vec<Arc<KeyPair>>,
         keys: Vec<PublicKey>,
     ) -> Result<Presented, String> {
         let held: Vec<&KeyPair> = std::iter::once(&*present)
-            .chain(retiring.as_deref())
+            .chain(retiring.iter().map(|k| &**k))
             .collect();
         let tls = server_config(&held, authorized.clone(), suites).map_err(|e| e.to_string())?;
         Ok(Presented {
@@ -128,18 +133,23 @@ impl RouterIdentity {
     }
 
     /// Presents `pair` from now on; the key it replaces goes on being presented to
-    /// tunnels that ask for it when `keep_old`.
+    /// tunnels that ask for it when `keep_old`, before the old keys still kept.
     fn switch(&self, pair: Arc<KeyPair>, keep_old: bool) -> Result<(), String> {
         let p = self.presented();
-        let retiring = keep_old.then(|| p.present.clone());
+        let retiring = keep_old
+            .then(|| p.present.clone())
+            .into_iter()
+            .chain(p.retiring.iter().cloned())
+            .collect();
         let keys = vec![pair.public()];
         let next = Self::build(&self.authorized, &self.suites, pair, retiring, keys)?;
         self.presented.send_replace(Arc::new(next));
         Ok(())
     }
 
-    /// Presents `old` to tunnels that ask for it (`None`: to none any more).
-    fn retiring(&self, old: Option<Arc<KeyPair>>) -> Result<(), String> {
+    /// Presents `old` (newest first) to tunnels that ask for them, and no other old
+    /// key.
+    fn retiring(&self, old: Vec<Arc<KeyPair>>) -> Result<(), String> {
         let p = self.presented();
         let next = Self::build(
             &self.authorized,
@@ -158,9 +168,30 @@ fn staged_path(r: &KeyRotation) -> PathBuf {
     keys::beside(&r.path, ".next")
 }
 
-/// The old key, kept after a rotation while it is still presented: `KEY.old`.
-fn old_path(r: &KeyRotation) -> PathBuf {
-    keys::beside(&r.path, ".old")
+/// An old key kept after a rotation while it is still presented.
+struct Kept {
+    pair: Arc<KeyPair>,
+    /// When it stops being presented.
+    until: SystemTime,
+    /// Its file: `KEY.old-SECS`, or `KEY.old` left by hand.
+    path: PathBuf,
+}
+
+/// The name of a kept key's file, for a switch at `when`.
+fn old_suffix(when: SystemTime) -> u64 {
+    when.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// When the key in file `name` (beside the key file `key_name`) was switched away
+/// from, if it is a kept key's file: `KEY.old-SECS` says; `KEY.old` (left by hand)
+/// has the file's time.
+fn switched_at(key_name: &str, name: &str, path: &std::path::Path) -> Option<SystemTime> {
+    let rest = name.strip_prefix(key_name)?.strip_prefix(".old")?;
+    if rest.is_empty() {
+        return std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    }
+    let secs: u64 = rest.strip_prefix('-')?.parse().ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Whether a key of age `age` is due for rotation every `every`: the next key is
@@ -185,8 +216,8 @@ fn step(r: &KeyRotation) -> Duration {
 /// SIGUSR1 is listened for from the router's start (`usr1`, see [`listen`]), so that
 /// one sent as soon as the router says it listens is not the default action's.
 pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation, mut usr1: Signals) {
-    // The old key a previous run of the router rotated away from, while it lasts.
-    let mut retiring_until = take_up_old(&identity, &r);
+    // The old keys previous runs of the router rotated away from, while they last.
+    let mut kept = take_up_old(&identity, &r);
     let staged = staged_path(&r);
     // A rotation a previous run of the router began.
     let mut next: Option<(Arc<KeyPair>, SystemTime)> = match std::fs::metadata(&staged) {
@@ -210,11 +241,10 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation, mut usr1:
             () = tokio::time::sleep(step) => false,
             () = usr1.next() => true,
         };
-        if retiring_until.is_some_and(|until| SystemTime::now() >= until) {
-            match retire_old(&identity, &r) {
-                Ok(()) => retiring_until = None,
-                Err(e) => error!("router key rotation: {e}; trying again in {step:?}"),
-            }
+        if kept.iter().any(|k| SystemTime::now() >= k.until)
+            && let Err(e) = retire_old(&identity, &mut kept)
+        {
+            error!("router key rotation: {e}; trying again in {step:?}");
         }
         match &next {
             None => {
@@ -244,8 +274,8 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation, mut usr1:
                     continue;
                 }
                 match switch(&identity, &r, pair) {
-                    Ok(until) => {
-                        retiring_until = until;
+                    Ok(old) => {
+                        kept.splice(0..0, old);
                         next = None;
                     }
                     Err(e) => error!("router key rotation: {e}; trying again in {step:?}"),
@@ -255,80 +285,141 @@ pub(crate) async fn run(identity: Arc<RouterIdentity>, r: KeyRotation, mut usr1:
     }
 }
 
-/// Moves the router to `pair`: keeps the key in use as `KEY.old` (unless nothing is
-/// kept), moves the staged key over the key file and presents it. Tells until when
-/// the old key is presented to tunnels that ask for it.
+/// Moves the router to `pair`: keeps the key in use as `KEY.old-SECS` (unless
+/// nothing is kept), moves the staged key over the key file and presents it. Returns
+/// the key kept, if one is.
 fn switch(
     identity: &RouterIdentity,
     r: &KeyRotation,
     pair: &Arc<KeyPair>,
-) -> Result<Option<SystemTime>, String> {
+) -> Result<Option<Kept>, String> {
     let old = identity.presented().present.clone();
     let keep = !r.retire.is_zero();
-    if keep {
-        keys::keep_old_pair(&r.path, &old).map_err(|e| e.to_string())?;
-    }
+    let now = SystemTime::now();
+    let path = if keep {
+        Some(keys::keep_old_pair(&r.path, &old, old_suffix(now)).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     commit(r, pair)?;
     identity.switch(pair.clone(), keep)?;
-    if keep {
-        info!(key = %pair.public(), old = %old.public(), "router key rotated: presenting the new key from now on; tunnels that heard of it accept it, and for {:?} the old key is still presented to tunnels that ask for it (then named the new one)", r.retire);
-        Ok(Some(SystemTime::now() + r.retire))
+    match path {
+        Some(path) => {
+            let before = identity.presented().retiring.len() - 1;
+            let also = if before == 0 {
+                String::new()
+            } else {
+                let s = if before == 1 { "" } else { "s" };
+                format!(
+                    " ({before} older key{s} kept too, each for {:?} after its own switch)",
+                    r.retire
+                )
+            };
+            info!(key = %pair.public(), old = %old.public(), "router key rotated: presenting the new key from now on; tunnels that heard of it accept it, and for {:?} the old key is still presented to tunnels that ask for it (then named the new one){also}", r.retire);
+            Ok(Some(Kept {
+                pair: old,
+                until: now + r.retire,
+                path,
+            }))
+        }
+        None => {
+            info!(key = %pair.public(), old = %old.public(), "router key rotated: presenting the new key from now on; tunnels that heard of it accept it, others need it pinned (key_retire_secs = 0: the old key is forgotten)");
+            Ok(None)
+        }
+    }
+}
+
+/// At start: presents the old keys kept by previous runs (`KEY.old-SECS`, or
+/// `KEY.old` left by hand) to tunnels that ask for them, each for what is left of
+/// `key_retire_secs` since its switch; removes those whose time is over. Returns
+/// the ones kept, newest first.
+fn take_up_old(identity: &RouterIdentity, r: &KeyRotation) -> Vec<Kept> {
+    let (Some(dir), Some(key_name)) =
+        (r.path.parent(), r.path.file_name().and_then(|n| n.to_str()))
+    else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
     } else {
-        let _ = std::fs::remove_file(old_path(r));
-        info!(key = %pair.public(), old = %old.public(), "router key rotated: presenting the new key from now on; tunnels that heard of it accept it, others need it pinned (key_retire_secs = 0: the old key is forgotten)");
-        Ok(None)
-    }
-}
-
-/// At start: presents the old key kept by a previous run (`KEY.old`) to tunnels that
-/// ask for it, for what is left of `key_retire_secs` since the switch (counted from
-/// the file's time); removes it when that is over. Tells until when.
-fn take_up_old(identity: &RouterIdentity, r: &KeyRotation) -> Option<SystemTime> {
-    let path = old_path(r);
-    let since = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-    let until = since + r.retire;
-    let pair = match keys::load_private(&path, "router") {
-        Ok(pair) => pair,
-        Err(e) => {
-            warn!("ignoring {}: {e}", path.display());
-            return None;
-        }
+        dir
     };
-    let old = pair.public();
-    if r.retire.is_zero() || SystemTime::now() >= until || old == identity.presented().keys[0] {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                info!(%old, "removed the router's old key {}: its time (key_retire_secs) is over", path.display())
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let present = identity.presented().keys[0];
+    let now = SystemTime::now();
+    let mut kept = Vec::new();
+    for f in entries.flatten() {
+        let path = f.path();
+        let Some(since) = f
+            .file_name()
+            .to_str()
+            .and_then(|name| switched_at(key_name, name, &path))
+        else {
+            continue;
+        };
+        let until = since + r.retire;
+        let pair = match keys::load_private(&path, "router") {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!("ignoring {}: {e}", path.display());
+                continue;
             }
-            Err(e) => warn!(%old, "cannot remove the router's old key {}: {e}", path.display()),
+        };
+        let old = pair.public();
+        if r.retire.is_zero() || now >= until || old == present {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    info!(%old, "removed the router's old key {}: its time (key_retire_secs) is over", path.display())
+                }
+                Err(e) => warn!(%old, "cannot remove the router's old key {}: {e}", path.display()),
+            }
+            continue;
         }
-        return None;
+        kept.push(Kept {
+            pair: Arc::new(pair),
+            until,
+            path,
+        });
     }
-    match identity.retiring(Some(Arc::new(pair))) {
+    kept.sort_by_key(|k| std::cmp::Reverse(k.until));
+    match identity.retiring(kept.iter().map(|k| k.pair.clone()).collect()) {
         Ok(()) => {
-            info!(%old, "still presenting the old router key to tunnels that ask for it until {}", humantime::format_rfc3339_seconds(until));
-            Some(until)
+            for k in &kept {
+                info!(old = %k.pair.public(), "still presenting the old router key to tunnels that ask for it until {}", humantime::format_rfc3339_seconds(k.until));
+            }
+            kept
         }
         Err(e) => {
-            warn!(%old, "cannot present the old router key {}: {e}", path.display());
-            None
+            warn!("cannot present the router's old keys: {e}");
+            Vec::new()
         }
     }
 }
 
-/// Stops presenting the old key and removes its file.
-fn retire_old(identity: &RouterIdentity, r: &KeyRotation) -> Result<(), String> {
-    let Some(old) = identity.presented().retiring() else {
-        return Ok(());
-    };
-    identity.retiring(None)?;
-    let path = old_path(r);
-    if let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(%old, "cannot remove the router's old key {}: {e}; remove it by hand", path.display());
+/// Stops presenting the kept keys whose time is over, and removes their files.
+fn retire_old(identity: &RouterIdentity, kept: &mut Vec<Kept>) -> Result<(), String> {
+    let now = SystemTime::now();
+    let (over, left): (Vec<Kept>, Vec<Kept>) = std::mem::take(kept)
+        .into_iter()
+        .partition(|k| now >= k.until);
+    if let Err(e) = identity.retiring(left.iter().map(|k| k.pair.clone()).collect()) {
+        kept.extend(over);
+        kept.extend(left);
+        kept.sort_by_key(|k| std::cmp::Reverse(k.until));
+        return Err(e);
     }
-    info!(%old, "router key retired: tunnels that still pin only {old} now refuse this router until they pin its key");
+    *kept = left;
+    for k in over {
+        let old = k.pair.public();
+        if let Err(e) = std::fs::remove_file(&k.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(%old, "cannot remove the router's old key {}: {e}; remove it by hand", k.path.display());
+        }
+        info!(%old, "router key retired: tunnels that still pin only {old} now refuse this router until they pin its key");
+    }
     Ok(())
 }
 
@@ -381,6 +472,33 @@ mod tests {
     }
 
     #[test]
+    fn kept_keys_are_found_by_name_and_dated_by_their_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, b"").unwrap();
+            p
+        };
+        let at = |n: &str| switched_at("router.key", n, &path(n));
+        assert_eq!(
+            at("router.key.old-1765000000"),
+            UNIX_EPOCH.checked_add(Duration::from_secs(1_765_000_000))
+        );
+        let by_hand = at("router.key.old").expect("a file left by hand");
+        assert!(by_hand.elapsed().unwrap() < Duration::from_secs(60));
+        for other in [
+            "router.key.older",
+            "router.key.old-",
+            "router.key.old-x",
+            "router.key.next",
+            "other.key.old-1",
+            "router.key",
+        ] {
+            assert_eq!(at(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn the_identity_names_the_next_key_then_presents_it() {
         let authorized = Arc::new(AuthorizedClients::new(Default::default()));
         let (old, next) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
@@ -389,12 +507,18 @@ mod tests {
         assert_eq!(id.presented().keys, [old_pub]);
         id.announce(next_pub);
         assert_eq!(id.presented().keys, [old_pub, next_pub]);
-        assert_eq!(id.presented().retiring(), None);
+        assert_eq!(id.presented().retiring(), []);
         id.switch(Arc::new(next), true).unwrap();
         assert_eq!(id.presented().keys, [next_pub]);
-        assert_eq!(id.presented().retiring(), Some(old_pub));
-        id.retiring(None).unwrap();
-        assert_eq!(id.presented().keys, [next_pub]);
-        assert_eq!(id.presented().retiring(), None);
+        assert_eq!(id.presented().retiring(), [old_pub]);
+        // A second switch keeps both old keys, newest first.
+        let third = KeyPair::generate().unwrap();
+        let third_pub = third.public();
+        id.switch(Arc::new(third), true).unwrap();
+        assert_eq!(id.presented().keys, [third_pub]);
+        assert_eq!(id.presented().retiring(), [next_pub, old_pub]);
+        id.retiring(Vec::new()).unwrap();
+        assert_eq!(id.presented().keys, [third_pub]);
+        assert_eq!(id.presented().retiring(), []);
     }
 }

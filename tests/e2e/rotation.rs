@@ -645,10 +645,12 @@ fn a_router_rotates_its_own_key_and_tunnels_that_heard_of_it_follow() {
         home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "later"]);
     assert_echo(later_addr, b"with the rotated key");
     // The old key is kept, owner-only, for tunnels that were away.
-    let kept = home.key("router.key.old");
+    let kept = kept_keys(&home);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let kept = &kept[0];
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+        let mode = std::fs::metadata(kept).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     // A tunnel that was away during the announcement pins the old key alone and
@@ -718,7 +720,7 @@ fn a_router_stops_presenting_its_old_key_when_it_retires() {
     router.wait_stderr(&format!(
         "router key retired: tunnels that still pin only {old}"
     ));
-    assert!(!home.key("router.key.old").exists());
+    assert_eq!(kept_keys(&home), Vec::<std::path::PathBuf>::new());
     // A tunnel that pins the old key alone is refused now, naming both keys.
     let mut stranger = home.tunnel_keyed(
         engine,
@@ -728,6 +730,77 @@ fn a_router_stops_presenting_its_old_key_when_it_retires() {
         &["--name", "stranger"],
     );
     refuses_the_key(&mut stranger, &old, &new);
+}
+
+/// The old keys a router keeps after its rotations (`router.key.old-SECS`).
+fn kept_keys(home: &Home) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(home.path().join("keys"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("router.key.old"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Rotations closer together than `key_retire_secs` leave every old key kept: a
+/// tunnel that pins the key of two rotations ago, or of one, still connects (and
+/// learns the key in use), also after the router restarts.
+#[test]
+fn a_router_rotated_twice_within_the_retire_time_keeps_both_old_keys() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let args = ["--set", "router.key_announce_secs=1"];
+    let (router, raddr) = home.router_with(engine, &allow, &args);
+    let first = home.public_key("router");
+    let first_pin = home.path().join("first-router.pub");
+    std::fs::copy(home.key("router.pub"), &first_pin).unwrap();
+    router.signal("USR1");
+    router.wait_stderr_count("router key rotated: presenting the new key from now on", 1);
+    let second = home.public_key("router");
+    let second_pin = home.path().join("second-router.pub");
+    std::fs::copy(home.key("router.pub"), &second_pin).unwrap();
+    router.signal("USR1");
+    router.wait_stderr_count("router key rotated: presenting the new key from now on", 2);
+    router.wait_stderr("(1 older key kept too, each for 2592000s after its own switch)");
+    let third = home.public_key("router");
+    assert!(first != second && second != third && first != third);
+    assert_eq!(kept_keys(&home).len(), 2, "{:?}", kept_keys(&home));
+
+    let known = home.path().join("known_routers");
+    let away = |pin: &std::path::Path, name: &str| {
+        let _ = std::fs::remove_file(&known);
+        let p = home.tunnel_keyed(
+            engine,
+            &raddr.to_string(),
+            pin.to_str().unwrap(),
+            &source.to_string(),
+            &["--name", name],
+        );
+        let addr = addr_in(&p.wait_stdout("listening on"));
+        p.wait_stdout(&format!("connected to router {raddr}"));
+        p.wait_stderr(&format!("router {raddr} names its key {third}: trusted"));
+        assert_echo(addr, name.as_bytes());
+        p
+    };
+    drop(away(&first_pin, "two-rotations-ago"));
+    drop(away(&second_pin, "one-rotation-ago"));
+
+    // A restarted router takes both up again.
+    let mut router = router;
+    router.stop();
+    let (router, _) = home.router_at(engine, &raddr.to_string(), &allow, &args);
+    router.wait_stderr_count(
+        "still presenting the old router key to tunnels that ask for it until",
+        2,
+    );
+    drop(away(&first_pin, "after-restart"));
 }
 
 /// What a router named is trusted only under the pin it was learned under: a

@@ -69,8 +69,9 @@ pub struct ApiSettings {
 pub struct RouterKeys {
     /// The key it presents, then the one it names as next if any.
     pub presented: Vec<PublicKey>,
-    /// The old key it still presents to tunnels that ask for it after a rotation.
-    pub retiring: Option<PublicKey>,
+    /// The old keys it still presents to tunnels that ask for them after rotations,
+    /// newest first.
+    pub retiring: Vec<PublicKey>,
 }
 
 /// What the handlers read.
