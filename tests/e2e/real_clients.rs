@@ -125,16 +125,14 @@ fn redis_cli_talks_to_redis_through_the_tunnel() {
     assert_eq!(cli(&["GET", "conduit"]), "through the tunnel\n");
 }
 
-#[test]
-fn dig_resolves_through_a_udp_tunnel_to_dnsmasq() {
-    if !have("dnsmasq") || !have("dig") {
-        return;
-    }
+/// dnsmasq on a free port of 127.0.0.1, once it serves: `a.conduit.test` is
+/// 10.9.8.7, and `big.conduit.test` a TXT record of five 200-byte strings (an
+/// answer of about a kilobyte, more than the 512 bytes of classic DNS, carried in
+/// one datagram with EDNS).
+fn dnsmasq() -> (Proc, u16) {
     let port = free_port();
-    // A TXT record of five 200-byte strings: an answer of about a kilobyte, more than
-    // the 512 bytes of classic DNS, carried in one datagram (EDNS).
     let big = vec!["x".repeat(200); 5].join(",");
-    let _server = Proc::spawn(Command::new("dnsmasq").args([
+    let server = Proc::spawn(Command::new("dnsmasq").args([
         "--keep-in-foreground",
         &format!("--port={port}"),
         "--listen-address=127.0.0.1",
@@ -149,7 +147,108 @@ fn dig_resolves_through_a_udp_tunnel_to_dnsmasq() {
     ]));
     // dnsmasq serves TCP on the same port: listening there means it is up.
     wait_listening(port);
+    (server, port)
+}
 
+/// `dig` at the tunnel on `port`, one try of `wait` seconds: its output, or `None`
+/// when it got no answer.
+fn dig_at(port: u16, wait: u32, args: &[&str]) -> Option<String> {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string()])
+        .args(["+notcp", "+tries=1", &format!("+time={wait}")])
+        .args(args)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A resolver that stops answering is found out by a DNS probe
+/// (`health.udp_probes`), where an empty datagram's silence would pass: with two
+/// sources, one silent (a socket that never answers, as a host that drops
+/// everything), every new flow starts on the one that answers once the probes
+/// find the other down.
+#[test]
+fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one() {
+    if !have("dnsmasq") || !have("dig") {
+        return;
+    }
+    let (_server, port) = dnsmasq();
+    let live = format!("127.0.0.1:{port}");
+    let silent_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent_sock.local_addr().unwrap().to_string();
+    let home = Home::with_keys();
+    let probes = format!("health.udp_probes={silent}=dns,{live}=dns");
+    let (router, raddr) = home.router_with(
+        Engine::Epoll,
+        &[silent.clone(), live.clone()],
+        &[
+            "--api-bind",
+            "127.0.0.1:0",
+            "--api-no-auth",
+            "--set",
+            "health.interval_secs=1",
+            "--set",
+            "health.timeout_secs=1",
+            "--set",
+            &probes,
+        ],
+    );
+    let api = format!(
+        "http://{}",
+        crate::harness::addr_in(&router.wait_stdout("api listening on"))
+    );
+    let (_tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &format!("{silent},{live}"),
+        &["--protocol", "udp"],
+    );
+    // Flows start on the sources in turn until the probes know better: ask until
+    // one is answered (that puts both sources in use, and so under probes).
+    crate::http::wait_for("an answer through the tunnel", || {
+        dig_at(taddr.port(), 1, &["+short", "a.conduit.test", "A"])
+    });
+    let state = |h: &serde_json::Value, source: &str| {
+        h["data"]["sources"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["target"] == source))
+            .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+    };
+    let h = crate::http::wait_for("the probes to find the silent source down", || {
+        let h = crate::http::curl("GET", &format!("{api}/api/v1/health"), None, &[]).json();
+        (state(&h, &silent).as_deref() == Some("down") && state(&h, &live).as_deref() == Some("up"))
+            .then_some(h)
+    });
+    let down = h["data"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["target"] == silent.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        down["last_error"],
+        format!("{silent} did not answer the probe within 1s"),
+        "{down}"
+    );
+    // Each dig is a new flow from a new port: every one is answered at the first try.
+    for _ in 0..4 {
+        assert_eq!(
+            dig_at(taddr.port(), 5, &["+short", "a.conduit.test", "A"]).as_deref(),
+            Some("10.9.8.7\n")
+        );
+    }
+    drop(silent_sock);
+}
+
+#[test]
+fn dig_resolves_through_a_udp_tunnel_to_dnsmasq() {
+    if !have("dnsmasq") || !have("dig") {
+        return;
+    }
+    let (_server, port) = dnsmasq();
     let home = Home::with_keys();
     let source = format!("127.0.0.1:{port}");
     let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));

@@ -302,6 +302,9 @@ pub struct HealthConfig {
     pub recent_secs: u64,
     /// Sources probed even when no client uses them.
     pub sources: Vec<String>,
+    /// UDP sources probed with a datagram they must answer: `SOURCE=dns` or
+    /// `SOURCE=hex:BYTES`.
+    pub udp_probes: Vec<String>,
     /// Seconds of silence (no heartbeat) after which a client link is lost.
     pub client_timeout_secs: u64,
     /// Seconds after which a lost (or disconnected) client link is forgotten.
@@ -317,6 +320,7 @@ impl Default for HealthConfig {
             successes: 2,
             recent_secs: 600,
             sources: Vec::new(),
+            udp_probes: Vec::new(),
             client_timeout_secs: 20,
             lost_link_expiry_secs: 86_400,
         }

@@ -10,7 +10,7 @@ use crate::alerts::tunnel::TunnelAlerts;
 use crate::alerts::{AlertSettings, FlapSettings, Origin};
 use crate::api::ApiSettings;
 use crate::history::HistorySettings;
-use crate::monitor::HealthSettings;
+use crate::monitor::{HealthSettings, UdpProbe};
 
 impl RouterConfig {
     /// The API's settings, or `None` when it is off. `Err` names a bad `api.bind`.
@@ -41,6 +41,12 @@ impl RouterConfig {
             rise: u32::try_from(h.successes).unwrap_or(u32::MAX),
             recent: Duration::from_secs(h.recent_secs),
             sources: h.sources.clone(),
+            // Checked by validation: an entry that does not parse is left out.
+            udp_probes: h
+                .udp_probes
+                .iter()
+                .filter_map(|e| udp_probe_entry(e).ok())
+                .collect(),
             client_timeout: Duration::from_secs(h.client_timeout_secs),
             lost_link_expiry: Duration::from_secs(h.lost_link_expiry_secs),
         }
@@ -91,6 +97,17 @@ fn host_name() -> String {
         return h.to_string_lossy().into_owned();
     }
     "router".into()
+}
+
+/// One `[health] udp_probes` entry, `SOURCE=PROBE`, parsed.
+pub(crate) fn udp_probe_entry(entry: &str) -> Result<(String, UdpProbe), String> {
+    let Some((source, probe)) = entry.split_once('=') else {
+        return Err(format!(
+            "{entry:?} is not SOURCE=PROBE; write it as 10.2.0.53:53=dns or 10.2.0.9:9000=hex:0d0a"
+        ));
+    };
+    super::validate::source_addr(source)?;
+    Ok((source.to_owned(), UdpProbe::parse(probe)?))
 }
 
 #[cfg(test)]

@@ -320,6 +320,7 @@ static ROUTER: Schema = Schema {
                     },
                 ),
                 key("sources", Kind::List),
+                key("udp_probes", Kind::List),
                 key("client_timeout_secs", SECS),
                 key(
                     "lost_link_expiry_secs",

@@ -217,6 +217,14 @@ fn health(h: &HealthConfig, out: &mut Out<'_>) {
             );
         }
     }
+    for (i, entry) in h.udp_probes.iter().enumerate() {
+        if let Err(e) = super::ops::udp_probe_entry(entry) {
+            out.push(
+                Problem::error(format!("health.udp_probes[{i}]"), e),
+                "health.udp_probes",
+            );
+        }
+    }
     if h.timeout_secs >= h.interval_secs {
         out.warn(
  "health.timeout_secs",

@@ -5,7 +5,10 @@
 //! unreachable, which the kernel reports on that socket) is a failure, a reply or
 //! silence for the probe's timeout a success, as load balancers' UDP monitors do: a
 //! service that crashed, or a host the router's network knows to be gone, is told
-//! apart; a host that drops everything silently is not.
+//! apart; a host that drops everything silently is not. A UDP source given a probe
+//! of its own (`[health] udp_probes`: a DNS query, or bytes the service answers) must
+//! answer it within the timeout: silence fails it too, so a host that drops
+//! everything, or a service that hangs, is found out.
 //!
 //! Which sources: those a client opened within `recent` (the data plane remembers when
 //! each was last opened), plus the ones the operator lists. With the defaults (probe
@@ -31,10 +34,90 @@ pub struct HealthSettings {
     pub recent: Duration,
     /// Sources probed whether or not a client uses them.
     pub sources: Vec<String>,
+    /// UDP sources (as tunnels name them) probed with a datagram they must answer.
+    pub udp_probes: Vec<(String, UdpProbe)>,
     /// A client link whose control channel is silent this long is lost.
     pub client_timeout: Duration,
     /// A client link lost or disconnected this long is forgotten.
     pub lost_link_expiry: Duration,
+}
+
+impl HealthSettings {
+    /// How UDP source `source` is probed.
+    pub fn udp_probe(&self, source: &str) -> UdpProbe {
+        self.udp_probes
+            .iter()
+            .find(|(s, _)| s == source)
+            .map_or(UdpProbe::Empty, |(_, p)| p.clone())
+    }
+}
+
+/// What a UDP source is sent to probe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UdpProbe {
+    /// An empty datagram: only an ICMP error fails it.
+    Empty,
+    /// A DNS query (`. IN NS`): any DNS response answering it passes, whatever its
+    /// code (a server that refuses the query is up).
+    Dns,
+    /// These bytes: any datagram in answer passes.
+    Bytes(Vec<u8>),
+}
+
+/// The id of the DNS probe's query, which its response repeats.
+const DNS_PROBE_ID: [u8; 2] = *b"cd";
+
+impl UdpProbe {
+    /// Parses `dns` or `hex:BYTES` (one or more, in hex).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "dns" {
+            return Ok(UdpProbe::Dns);
+        }
+        let Some(hex) = s.strip_prefix("hex:") else {
+            return Err(format!(
+                "unknown probe {s:?}: use dns (a DNS query) or hex:BYTES (bytes the source \
+                 answers, such as hex:0d0a)"
+            ));
+        };
+        match hex::decode(hex) {
+            Ok(b) if !b.is_empty() => Ok(UdpProbe::Bytes(b)),
+            Ok(_) => Err("hex: names no bytes; give at least one, such as hex:0d0a".into()),
+            Err(e) => Err(format!(
+                "{hex:?} is not hex ({e}); write the bytes as hex:0d0a"
+            )),
+        }
+    }
+
+    /// The datagram sent.
+    fn datagram(&self) -> Vec<u8> {
+        match self {
+            UdpProbe::Empty => Vec::new(),
+            // Header: id, flags (recursion desired), one question; the question: the
+            // root name, type NS, class IN.
+            UdpProbe::Dns => [
+                &DNS_PROBE_ID[..],
+                &[1, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+                &[0, 0, 2, 0, 1],
+            ]
+            .concat(),
+            UdpProbe::Bytes(b) => b.clone(),
+        }
+    }
+
+    /// Why `answer` does not pass, if it does not.
+    fn refuses(&self, answer: &[u8]) -> Option<String> {
+        match self {
+            UdpProbe::Dns
+                if answer.len() < 12 || answer[..2] != DNS_PROBE_ID || answer[2] & 0x80 == 0 =>
+            {
+                Some(format!(
+                    "answered the DNS probe with {} bytes that are no DNS response to it",
+                    answer.len()
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Default for HealthSettings {
@@ -46,6 +129,7 @@ impl Default for HealthSettings {
             rise: 2,
             recent: Duration::from_secs(600),
             sources: Vec::new(),
+            udp_probes: Vec::new(),
             client_timeout: Duration::from_secs(20),
             lost_link_expiry: Duration::from_secs(86_400),
         }
@@ -231,16 +315,18 @@ fn is_local(e: &std::io::Error) -> bool {
     }
 }
 
-/// Probes `target` (`host:port`) as a source of `protocol`: how long it took to
-/// answer (`None`: a UDP source that stayed silent), or why it failed.
+/// Probes `target` (`host:port`) as a source of `protocol` (a UDP one with `udp`):
+/// how long it took to answer (`None`: a UDP source that stayed silent where that
+/// passes), or why it failed.
 pub async fn probe(
     target: &str,
     protocol: Protocol,
     timeout: Duration,
+    udp: &UdpProbe,
 ) -> Result<Option<Duration>, ProbeError> {
     match protocol {
         Protocol::Tcp => probe_tcp(target, timeout).await.map(Some),
-        Protocol::Udp => probe_udp(target, timeout).await,
+        Protocol::Udp => probe_udp(target, timeout, udp).await,
     }
 }
 
@@ -254,11 +340,15 @@ async fn probe_tcp(target: &str, timeout: Duration) -> Result<Duration, ProbeErr
     }
 }
 
-/// Resolves `target` and sends each address an empty datagram, waiting up to
+/// Resolves `target` and sends each address `how`'s datagram, waiting up to
 /// `timeout` for an answer: an ICMP error fails that address (the next is tried);
-/// a datagram, or silence, passes.
-async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, ProbeError> {
-    probe_udp_addrs(target, timeout)
+/// an answer passes, and so does silence after an empty datagram.
+async fn probe_udp(
+    target: &str,
+    timeout: Duration,
+    how: &UdpProbe,
+) -> Result<Option<Duration>, ProbeError> {
+    probe_udp_addrs(target, timeout, how)
         .await
         .map_err(|(e, local)| {
             if local {
@@ -273,6 +363,7 @@ async fn probe_udp(target: &str, timeout: Duration) -> Result<Option<Duration>, 
 async fn probe_udp_addrs(
     target: &str,
     timeout: Duration,
+    how: &UdpProbe,
 ) -> Result<Option<Duration>, (String, bool)> {
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -294,18 +385,28 @@ async fn probe_udp_addrs(
             Err(e) => return Err((format!("cannot open a UDP socket: {e}"), is_local(&e))),
         };
         let sent = match sock.connect(addr).await {
-            Ok(()) => sock.send(&[]).await,
+            Ok(()) => sock.send(&how.datagram()).await,
             Err(e) => Err(e),
         };
         let answer: std::io::Result<()> = match sent {
             Err(e) => Err(e),
             Ok(_) => {
-                let mut buf = [0u8; 1];
+                let mut buf = [0u8; 512];
                 match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-                    Ok(Ok(_)) => return Ok(Some(start.elapsed())),
+                    Ok(Ok(n)) => match how.refuses(&buf[..n]) {
+                        None => return Ok(Some(start.elapsed())),
+                        Some(why) => {
+                            last = format!("{addr} {why}");
+                            continue;
+                        }
+                    },
                     Ok(Err(e)) => Err(e),
                     // Nothing refused it: as up as UDP can tell.
-                    Err(_) => return Ok(None),
+                    Err(_) if *how == UdpProbe::Empty => return Ok(None),
+                    Err(_) => {
+                        last = format!("{addr} did not answer the probe within {timeout:?}");
+                        continue;
+                    }
                 }
             }
         };
@@ -380,13 +481,13 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let timeout = Duration::from_secs(2);
         assert!(
-            probe(&addr, Protocol::Tcp, timeout)
+            probe(&addr, Protocol::Tcp, timeout, &UdpProbe::Empty)
                 .await
                 .unwrap()
                 .is_some()
         );
         drop(l);
-        match probe(&addr, Protocol::Tcp, timeout).await {
+        match probe(&addr, Protocol::Tcp, timeout, &UdpProbe::Empty).await {
             Err(ProbeError::Source(e)) => assert!(e.contains("refused"), "{e}"),
             other => panic!("{other:?}"),
         }
@@ -410,7 +511,13 @@ mod tests {
     #[tokio::test]
     async fn udp_probes_fail_on_port_unreachable_and_pass_on_a_reply_or_silence() {
         let udp = |a: String, wait: u64| async move {
-            probe(&a, Protocol::Udp, Duration::from_millis(wait)).await
+            probe(
+                &a,
+                Protocol::Udp,
+                Duration::from_millis(wait),
+                &UdpProbe::Empty,
+            )
+            .await
         };
         // A source that answers (an echo of the empty datagram).
         let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -436,5 +543,88 @@ mod tests {
                 addr.rsplit_once(':').unwrap().1
             ))
         );
+    }
+
+    #[tokio::test]
+    async fn a_udp_source_with_a_probe_of_its_own_must_answer_it() {
+        let udp = |a: String, how: UdpProbe, wait: u64| async move {
+            probe(&a, Protocol::Udp, Duration::from_millis(wait), &how).await
+        };
+        // A DNS server (as far as the probe goes): answers the query with its id
+        // and the response bit; and a service that answers with garbage.
+        let dns = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = dns.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let (n, from) = dns.recv_from(&mut buf).await.unwrap();
+            let query = buf[..n].to_vec();
+            assert_eq!(query, UdpProbe::Dns.datagram());
+            let mut reply = query.clone();
+            reply[2] |= 0x80;
+            dns.send_to(&reply, from).await.unwrap();
+            let (_, from) = dns.recv_from(&mut buf).await.unwrap();
+            dns.send_to(b"nonsense", from).await.unwrap();
+            let (n, from) = dns.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"\r\n");
+            dns.send_to(b"+PONG", from).await.unwrap();
+            dns
+        });
+        assert!(
+            udp(addr.clone(), UdpProbe::Dns, 5_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            udp(addr.clone(), UdpProbe::Dns, 5_000).await,
+            Err(ProbeError::Source(format!(
+                "{addr} answered the DNS probe with 8 bytes that are no DNS response to it"
+            )))
+        );
+        let bytes = UdpProbe::parse("hex:0d0a").unwrap();
+        assert!(
+            udp(addr.clone(), bytes.clone(), 5_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Silent now: a failure, where an empty datagram's silence passes.
+        let _silent = server.await.unwrap();
+        assert_eq!(
+            udp(addr.clone(), bytes, 200).await,
+            Err(ProbeError::Source(format!(
+                "{addr} did not answer the probe within 200ms"
+            )))
+        );
+        assert_eq!(udp(addr, UdpProbe::Empty, 200).await, Ok(None));
+    }
+
+    #[test]
+    fn udp_probes_parse_with_the_fix_in_the_error() {
+        assert_eq!(UdpProbe::parse("dns"), Ok(UdpProbe::Dns));
+        assert_eq!(
+            UdpProbe::parse("hex:00ff"),
+            Ok(UdpProbe::Bytes(vec![0, 255]))
+        );
+        assert_eq!(
+            UdpProbe::parse("ping").unwrap_err(),
+            "unknown probe \"ping\": use dns (a DNS query) or hex:BYTES (bytes the source \
+             answers, such as hex:0d0a)"
+        );
+        assert_eq!(
+            UdpProbe::parse("hex:").unwrap_err(),
+            "hex: names no bytes; give at least one, such as hex:0d0a"
+        );
+        assert!(
+            UdpProbe::parse("hex:0g")
+                .unwrap_err()
+                .starts_with("\"0g\" is not hex (")
+        );
+        let s = HealthSettings {
+            udp_probes: vec![("10.2.0.53:53".into(), UdpProbe::Dns)],
+            ..HealthSettings::default()
+        };
+        assert_eq!(s.udp_probe("10.2.0.53:53"), UdpProbe::Dns);
+        assert_eq!(s.udp_probe("10.2.0.54:53"), UdpProbe::Empty);
     }
 }

@@ -31,7 +31,8 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 pub use health::{
-    HealthSettings, ProbeError, SourceChange, SourceHealth, SourceState, SourceView, probe,
+    HealthSettings, ProbeError, SourceChange, SourceHealth, SourceState, SourceView, UdpProbe,
+    probe,
 };
 pub use links::{LinkChange, LinkState, LinkView, Links, Started};
 
@@ -334,8 +335,9 @@ impl Task {
                 .or_insert_with(|| SourceHealth::new(&source.0, source.1, now));
             if self.in_flight.insert(source.clone()) {
                 let timeout = self.settings.timeout;
+                let how = self.settings.udp_probe(&source.0);
                 probes.spawn(async move {
-                    let r = probe(&source.0, source.1, timeout).await;
+                    let r = probe(&source.0, source.1, timeout, &how).await;
                     (source, r)
                 });
             }

@@ -792,3 +792,39 @@ fn a_tunnel_name_is_a_plain_file_name() {
         );
     }
 }
+
+#[test]
+fn udp_probes_are_checked_one_by_one() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let text = "[router]\nallow = [\"10.2.0.53:53\"]\n[health]\nudp_probes = \
+                [\"10.2.0.53:53=dns\", \"10.2.0.9:9000=hex:0d0a\", \"10.2.0.53:53\", \
+                \"10.2.0.53=dns\", \"10.2.0.53:53=ping\"]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "error: health.udp_probes[2]: \"10.2.0.53:53\" is not SOURCE=PROBE; write it as \
+             10.2.0.53:53=dns or 10.2.0.9:9000=hex:0d0a ($F:4)",
+            "error: health.udp_probes[3]: \"10.2.0.53\" is not HOST:PORT; use the address the \
+             router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:4)",
+            "error: health.udp_probes[4]: unknown probe \"ping\": use dns (a DNS query) or \
+             hex:BYTES (bytes the source answers, such as hex:0d0a) ($F:4)",
+        ]
+    );
+    // From the environment too, comma-separated.
+    let text = "[router]\nallow = [\"10.2.0.53:53\"]\n";
+    assert_eq!(
+        router(
+            &f,
+            text,
+            &[(
+                "CONDUIT_HEALTH_UDP_PROBES",
+                "10.2.0.53:53=dns, 10.2.0.54:53=hex:zz"
+            )]
+        ),
+        [
+            "error: health.udp_probes[1]: \"zz\" is not hex (Invalid character 'z' at position \
+             0); write the bytes as hex:0d0a (env CONDUIT_HEALTH_UDP_PROBES)"
+        ]
+    );
+}
