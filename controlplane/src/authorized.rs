@@ -107,6 +107,10 @@ impl SourcePolicy for AdmittedPolicy {
         self.allow.gate(target)
     }
 
+    fn down_addrs(&self, target: &str, protocol: SourceProtocol) -> Vec<std::net::SocketAddr> {
+        self.allow.down_addrs(target, protocol)
+    }
+
     fn connected(&self, target: &str, addr: std::net::SocketAddr) {
         self.allow.connected(target, addr);
     }

@@ -163,6 +163,30 @@ impl Balancer {
         }
     }
 
+    /// The addresses of `target`'s members the health checks of `protocol` report
+    /// down, when it names several; a member named by host name counts with the
+    /// addresses its last lookup gave (none if it has not been looked up).
+    pub(crate) fn down_addrs(&self, target: &str, protocol: SourceProtocol) -> Vec<SocketAddr> {
+        if source_members(target).nth(1).is_none() {
+            return Vec::new();
+        }
+        let down = self.down(protocol);
+        source_members(target)
+            .filter(|m| down.iter().any(|d| d == m))
+            .flat_map(|m| match m.parse::<SocketAddr>() {
+                Ok(a) => vec![a],
+                Err(_) => m
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                    .and_then(|(host, port)| {
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        self.resolver.as_ref()?.cached(host, port).ok()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Whether a TCP stream to `target` may try to connect now (see
     /// `SourcePolicy::gate`): yes, unless the health checks report every member
     /// down or the last stream that tried it found nothing answering; then one

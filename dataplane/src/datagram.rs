@@ -17,9 +17,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
@@ -31,6 +32,7 @@ use crate::net::{Destination, Socket, Udp};
 use crate::pool;
 use crate::relay::{CHUNK, Side, Stop};
 use crate::stats::{DropTally, Meter};
+use crate::{SourcePolicy, SourceProtocol};
 
 /// The most plaintext sealed at once from a batch of datagrams: about four records.
 /// A single datagram may exceed it (up to [`MAX_DATAGRAM`]); it is never split.
@@ -158,20 +160,77 @@ pub(crate) struct Deliver<'a> {
 /// nothing listens there), the socket is connected to the next, so the sender's
 /// next datagram goes to a source that may answer. The refused datagram is lost, as
 /// UDP would lose it; the sender's retry is what gets through.
+///
+/// The same when the router's health checks report the source in use down (a host
+/// that drops everything, found out by a probe it must answer): checked at most
+/// every [`HEALTH_EVERY`] while the user sends, the flow moves to the next source
+/// not reported down.
 pub(crate) struct Sources {
     addrs: Vec<SocketAddr>,
     at: Cell<usize>,
     /// The flow's id, for the log.
     conn: u64,
+    /// Where the health checks' verdicts come from, and the target they judge.
+    health: Option<(Arc<dyn SourcePolicy>, String)>,
+    checked: Cell<Instant>,
 }
 
+/// How often a flow with several sources asks whether the one in use is down.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
 impl Sources {
-    /// `addrs[0]` is the one the socket is connected to.
-    pub(crate) fn new(addrs: Vec<SocketAddr>, conn: u64) -> Self {
+    /// `addrs[0]` is the one the socket is connected to; `health`: the policy to ask
+    /// about `target`'s members (a target of several).
+    pub(crate) fn new(
+        addrs: Vec<SocketAddr>,
+        conn: u64,
+        health: Option<(Arc<dyn SourcePolicy>, String)>,
+    ) -> Self {
         Self {
             addrs,
             at: Cell::new(0),
             conn,
+            health,
+            checked: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Moves `sock` off the source in use if the health checks report it down and
+    /// another is not; asks at most every [`HEALTH_EVERY`].
+    pub(crate) fn check_health(&self, sock: &Udp) {
+        let Some((policy, target)) = &self.health else {
+            return;
+        };
+        if self.addrs.len() < 2 || self.checked.get().elapsed() < HEALTH_EVERY {
+            return;
+        }
+        self.checked.set(Instant::now());
+        let down = policy.down_addrs(target, SourceProtocol::Udp);
+        let from = self.addrs[self.at.get()];
+        if !down.contains(&from) {
+            return;
+        }
+        let n = self.addrs.len();
+        let Some(next) = (1..n)
+            .map(|i| (self.at.get() + i) % n)
+            .find(|&i| !down.contains(&self.addrs[i]))
+        else {
+            return;
+        };
+        let to = self.addrs[next];
+        match sock.reconnect(to) {
+            Ok(()) => {
+                self.at.set(next);
+                info!(
+                    conn = self.conn,
+                    "source {from} is down (the router's health checks); the flow moves to \
+                     source {to}"
+                );
+            }
+            Err(e) => warn!(
+                conn = self.conn,
+                "source {from} is down, and the flow cannot move to source {to}: {e}"
+            ),
         }
     }
 
@@ -370,6 +429,9 @@ async fn settle(
 ) -> Result<bool, Stop> {
     if !b.lens.is_empty() {
         meter.pay(b.lens.iter().sum()).await;
+        if let Some(s) = deliver.sources {
+            s.check_health(deliver.sock);
+        }
     }
     let mut at = 0;
     for len in &b.lens {

@@ -166,6 +166,13 @@ pub trait SourcePolicy: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The addresses of `target`'s members that the health checks of `protocol`
+    /// report down, when `target` names several members (a flow on one of them
+    /// moves to another); from what is known at once, never waiting on a lookup.
+    fn down_addrs(&self, _target: &str, _protocol: SourceProtocol) -> Vec<SocketAddr> {
+        Vec::new()
+    }
+
     /// A TCP stream to `target` connected to `addr`.
     fn connected(&self, _target: &str, _addr: SocketAddr) {}
 

@@ -153,7 +153,17 @@ fn dnsmasq() -> (Proc, u16) {
 /// `dig` at the tunnel on `port`, one try of `wait` seconds: its output, or `None`
 /// when it got no answer.
 fn dig_at(port: u16, wait: u32, args: &[&str]) -> Option<String> {
-    let out = Command::new("dig")
+    dig_from(None, port, wait, args)
+}
+
+/// [`dig_at`] from UDP port `from` of 127.0.0.1 (a flow of its own, the same on each
+/// call), or from a port of the system's choosing.
+fn dig_from(from: Option<u16>, port: u16, wait: u32, args: &[&str]) -> Option<String> {
+    let mut dig = Command::new("dig");
+    if let Some(from) = from {
+        dig.args(["-b", &format!("127.0.0.1#{from}")]);
+    }
+    let out = dig
         .args(["@127.0.0.1", "-p", &port.to_string()])
         .args(["+notcp", "+tries=1", &format!("+time={wait}")])
         .args(args)
@@ -168,7 +178,8 @@ fn dig_at(port: u16, wait: u32, args: &[&str]) -> Option<String> {
 /// (`health.udp_probes`), where an empty datagram's silence would pass: with two
 /// sources, one silent (a socket that never answers, as a host that drops
 /// everything), every new flow starts on the one that answers once the probes
-/// find the other down.
+/// find the other down, and a flow already on the silent one (a user that keeps its
+/// port and retries) moves to the live one.
 #[test]
 fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one() {
     if !have("dnsmasq") || !have("dig") {
@@ -205,11 +216,31 @@ fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one(
         &format!("{silent},{live}"),
         &["--protocol", "udp"],
     );
-    // Flows start on the sources in turn until the probes know better: ask until
-    // one is answered (that puts both sources in use, and so under probes).
-    crate::http::wait_for("an answer through the tunnel", || {
-        dig_at(taddr.port(), 1, &["+short", "a.conduit.test", "A"])
-    });
+    // Flows start on the sources in turn until the probes know better: ask from
+    // one port after another until one is answered and one is not (its flow is on
+    // the silent source; both sources are in use, and so under probes).
+    let (mut answered, mut stuck) = (false, None);
+    for _ in 0..10 {
+        let from = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        match dig_from(
+            Some(from),
+            taddr.port(),
+            1,
+            &["+short", "a.conduit.test", "A"],
+        ) {
+            Some(_) => answered = true,
+            None => stuck = stuck.or(Some(from)),
+        }
+        if answered && stuck.is_some() {
+            break;
+        }
+    }
+    let stuck = stuck.expect("a flow on the silent source");
+    assert!(answered, "no flow was answered");
     let state = |h: &serde_json::Value, source: &str| {
         h["data"]["sources"]
             .as_array()
@@ -233,6 +264,20 @@ fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one(
         format!("{silent} did not answer the probe within 1s"),
         "{down}"
     );
+    // The flow on the silent source moves at its user's next datagram.
+    assert_eq!(
+        dig_from(
+            Some(stuck),
+            taddr.port(),
+            5,
+            &["+short", "a.conduit.test", "A"]
+        )
+        .as_deref(),
+        Some("10.9.8.7\n")
+    );
+    router.wait_stderr(&format!(
+        "source {silent} is down (the router's health checks); the flow moves to source {live}"
+    ));
     // Each dig is a new flow from a new port: every one is answered at the first try.
     for _ in 0..4 {
         assert_eq!(

@@ -122,7 +122,11 @@ impl RouterCore {
         match udp_connect(&addrs, &self.spec.sockets) {
             Ok(s) => Ok(Flow {
                 source: s,
-                sources: Sources::new(addrs, id),
+                sources: Sources::new(
+                    addrs,
+                    id,
+                    Some((self.spec.policy.clone(), target.to_owned())),
+                ),
                 permit,
             }),
             Err(e) => {
