@@ -649,8 +649,9 @@ pub(crate) struct StartArgs {
     /// `[performance] udp_idle_timeout_secs` in a file.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) udp_idle_timeout: u64,
-    /// UDP tunnels: at most this many new flows (new sender addresses) a second, 0
-    /// for no cap; `[performance] udp_max_new_flows` in a file.
+    /// UDP tunnels: at most this many new flows (each a sender address, and the
+    /// local address it sends to) a second, 0 for no cap; `[performance]
+    /// udp_max_new_flows` in a file.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) udp_max_new_flows: u64,
     /// Handshaken channels each worker keeps ready, 0 to 64; `[performance]

@@ -732,6 +732,40 @@ fn a_router_stops_presenting_its_old_key_when_it_retires() {
     refuses_the_key(&mut stranger, &old, &new);
 }
 
+/// After a switch by hand to `--key NEW.key`, the old key copied beside it as
+/// `NEW.key.old` is presented to tunnels that ask for it, which learn the new key.
+#[test]
+fn an_old_key_left_by_hand_beside_the_new_one_is_presented_to_those_who_ask() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let old = home.public_key("router");
+    home.ok(&["init", "--name", "router-next"]);
+    let new = home.public_key("router-next");
+    let next_key = home.key("router-next.key");
+    let left = home.key("router-next.key.old");
+    std::fs::copy(home.key("router.key"), &left).unwrap();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &["--key", next_key.to_str().unwrap()],
+    );
+    router.wait_stderr("still presenting the old router key to tunnels that ask for it until");
+    assert!(router.stderr().contains(&old), "{}", router.stderr());
+    // A tunnel that pins the old key alone connects, and learns the new one.
+    let tunnel = home.tunnel_keyed(
+        engine,
+        &raddr.to_string(),
+        home.key("router.pub").to_str().unwrap(),
+        &source.to_string(),
+        &[],
+    );
+    let addr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {raddr}"));
+    tunnel.wait_stderr(&format!("router {raddr} names its key {new}: trusted"));
+    assert_echo(addr, b"through the key left by hand");
+}
+
 /// The old keys a router keeps after its rotations (`router.key.old-SECS`).
 fn kept_keys(home: &Home) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(home.path().join("keys"))
