@@ -217,19 +217,23 @@ impl Sources {
         else {
             return;
         };
-        let to = self.addrs[next];
+        self.move_to(sock, next, "is down (the router's health checks)");
+    }
+
+    /// Connects `sock` to source `next`, the one in use having done `why`.
+    fn move_to(&self, sock: &Udp, next: usize, why: &str) {
+        let (from, to) = (self.addrs[self.at.get()], self.addrs[next]);
         match sock.reconnect(to) {
             Ok(()) => {
                 self.at.set(next);
                 info!(
                     conn = self.conn,
-                    "source {from} is down (the router's health checks); the flow moves to \
-                     source {to}"
+                    "source {from} {why}; the flow moves to source {to}"
                 );
             }
             Err(e) => warn!(
                 conn = self.conn,
-                "source {from} is down, and the flow cannot move to source {to}: {e}"
+                "source {from} {why}, and the flow cannot move to source {to}: {e}"
             ),
         }
     }
@@ -240,23 +244,12 @@ impl Sources {
         if self.addrs.len() < 2 {
             return;
         }
-        let from = self.addrs[self.at.get()];
         let next = (self.at.get() + 1) % self.addrs.len();
-        let to = self.addrs[next];
-        match sock.reconnect(to) {
-            Ok(()) => {
-                self.at.set(next);
-                info!(
-                    conn = self.conn,
-                    "source {from} refused a datagram (nothing listens on that UDP port); \
-                     the flow moves to source {to}"
-                );
-            }
-            Err(e) => warn!(
-                conn = self.conn,
-                "source {from} refused a datagram, and the flow cannot move to source {to}: {e}"
-            ),
-        }
+        self.move_to(
+            sock,
+            next,
+            "refused a datagram (nothing listens on that UDP port)",
+        );
     }
 }
 
