@@ -264,6 +264,7 @@ fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one(
         format!("{silent} did not answer the probe within 1s"),
         "{down}"
     );
+    assert_eq!(down["probe"], "dns", "{down}");
     // The flow on the silent source moves at its user's next datagram.
     assert_eq!(
         dig_from(

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::ApiState;
 use super::envelope::{ApiError, Data};
+use crate::config::Protocol;
 use crate::metrics::{self, CONTENT_TYPE, RouterInputs};
 use crate::monitor::{LinkState, SourceState, client_id};
 
@@ -67,6 +68,10 @@ pub(crate) async fn health(State(s): State<Arc<ApiState>>) -> Data {
             json!({
                 "target": v.target,
                 "protocol": v.protocol.as_str(),
+                "probe": match v.protocol {
+                    Protocol::Tcp => "connect",
+                    Protocol::Udp => settings.udp_probe(&v.target).name(),
+                },
                 "state": v.state.as_str(),
                 "since": rfc3339(v.since),
                 "last_probe": v.last_probe.map(rfc3339),

@@ -88,6 +88,15 @@ impl UdpProbe {
         }
     }
 
+    /// Its name in the API: `empty`, `dns` or `bytes`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            UdpProbe::Empty => "empty",
+            UdpProbe::Dns => "dns",
+            UdpProbe::Bytes(_) => "bytes",
+        }
+    }
+
     /// The datagram sent.
     fn datagram(&self) -> Vec<u8> {
         match self {
