@@ -177,9 +177,14 @@ struct Kept {
     path: PathBuf,
 }
 
-/// The name of a kept key's file, for a switch at `when`.
-fn old_suffix(when: SystemTime) -> u64 {
-    when.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// The time in a kept key's file name, for a switch at `when`: its Unix second, or
+/// the next free one (two switches within a second keep two files).
+fn old_suffix(r: &KeyRotation, when: SystemTime) -> u64 {
+    let mut secs = when.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    while keys::beside(&r.path, &format!(".old-{secs}")).exists() {
+        secs += 1;
+    }
+    secs
 }
 
 /// When the key in file `name` (beside the key file `key_name`) was switched away
@@ -297,7 +302,7 @@ fn switch(
     let keep = !r.retire.is_zero();
     let now = SystemTime::now();
     let path = if keep {
-        Some(keys::keep_old_pair(&r.path, &old, old_suffix(now)).map_err(|e| e.to_string())?)
+        Some(keys::keep_old_pair(&r.path, &old, old_suffix(r, now)).map_err(|e| e.to_string())?)
     } else {
         None
     };
