@@ -150,20 +150,12 @@ fn dnsmasq() -> (Proc, u16) {
     (server, port)
 }
 
-/// `dig` at the tunnel on `port`, one try of `wait` seconds: its output, or `None`
+/// `dig` at the tunnel on `port` from UDP port `from` of 127.0.0.1 (a flow of its
+/// own, the same on each call), one try of `wait` seconds: its output, or `None`
 /// when it got no answer.
-fn dig_at(port: u16, wait: u32, args: &[&str]) -> Option<String> {
-    dig_from(None, port, wait, args)
-}
-
-/// [`dig_at`] from UDP port `from` of 127.0.0.1 (a flow of its own, the same on each
-/// call), or from a port of the system's choosing.
-fn dig_from(from: Option<u16>, port: u16, wait: u32, args: &[&str]) -> Option<String> {
-    let mut dig = Command::new("dig");
-    if let Some(from) = from {
-        dig.args(["-b", &format!("127.0.0.1#{from}")]);
-    }
-    let out = dig
+fn dig_from(from: u16, port: u16, wait: u32, args: &[&str]) -> Option<String> {
+    let out = Command::new("dig")
+        .args(["-b", &format!("127.0.0.1#{from}")])
         .args(["@127.0.0.1", "-p", &port.to_string()])
         .args(["+notcp", "+tries=1", &format!("+time={wait}")])
         .args(args)
@@ -174,26 +166,50 @@ fn dig_from(from: Option<u16>, port: u16, wait: u32, args: &[&str]) -> Option<St
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A DNS server on 127.0.0.1 that answers every query with no records (its own
+/// question, flagged as a response) until `falls_silent` is set, then drops
+/// everything, as a host that is gone without an ICMP error.
+fn quiet_resolver() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let silent = std::sync::Arc::new(AtomicBool::new(false));
+    let s = silent.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n >= 12 && !s.load(Ordering::SeqCst) {
+                buf[2] |= 0x80;
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    (addr, silent)
+}
+
 /// A resolver that stops answering is found out by a DNS probe
 /// (`health.udp_probes`), where an empty datagram's silence would pass: with two
-/// sources, one silent (a socket that never answers, as a host that drops
-/// everything), every new flow starts on the one that answers once the probes
-/// find the other down, and a flow already on the silent one (a user that keeps its
-/// port and retries) moves to the live one.
+/// sources, one that falls silent (as a host that drops everything), a flow on it
+/// (a user that keeps its port and retries) moves to the one that answers, and
+/// every new flow starts there.
 #[test]
-fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one() {
+fn a_dns_probe_finds_a_silent_resolver_down_and_its_flows_move_to_the_live_one() {
+    use std::sync::atomic::Ordering;
     if !have("dnsmasq") || !have("dig") {
         return;
     }
     let (_server, port) = dnsmasq();
     let live = format!("127.0.0.1:{port}");
-    let silent_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let silent = silent_sock.local_addr().unwrap().to_string();
+    let (quiet, falls_silent) = quiet_resolver();
+    let quiet = quiet.to_string();
     let home = Home::with_keys();
-    let probes = format!("health.udp_probes={silent}=dns,{live}=dns");
+    let probes = format!("health.udp_probes={quiet}=dns,{live}=dns");
     let (router, raddr) = home.router_with(
         Engine::Epoll,
-        &[silent.clone(), live.clone()],
+        &[quiet.clone(), live.clone()],
         &[
             "--api-bind",
             "127.0.0.1:0",
@@ -210,83 +226,71 @@ fn a_dns_probe_finds_a_silent_resolver_down_and_new_flows_start_on_the_live_one(
         "http://{}",
         crate::harness::addr_in(&router.wait_stdout("api listening on"))
     );
-    let (_tunnel, taddr) = home.tunnel_with(
-        Engine::Epoll,
-        raddr,
-        &format!("{silent},{live}"),
-        &["--protocol", "udp"],
-    );
-    // Flows start on the sources in turn until the probes know better: ask from
-    // one port after another until one is answered and one is not (its flow is on
-    // the silent source; both sources are in use, and so under probes).
-    let (mut answered, mut stuck) = (false, None);
-    for _ in 0..10 {
-        let from = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        match dig_from(
-            Some(from),
-            taddr.port(),
-            1,
-            &["+short", "a.conduit.test", "A"],
-        ) {
-            Some(_) => answered = true,
-            None => stuck = stuck.or(Some(from)),
-        }
-        if answered && stuck.is_some() {
-            break;
-        }
-    }
-    let stuck = stuck.expect("a flow on the silent source");
-    assert!(answered, "no flow was answered");
+    let sources = || crate::http::curl("GET", &format!("{api}/api/v1/health"), None, &[]).json();
     let state = |h: &serde_json::Value, source: &str| {
         h["data"]["sources"]
             .as_array()
             .and_then(|a| a.iter().find(|s| s["target"] == source))
-            .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+            .cloned()
     };
-    let h = crate::http::wait_for("the probes to find the silent source down", || {
-        let h = crate::http::curl("GET", &format!("{api}/api/v1/health"), None, &[]).json();
-        (state(&h, &silent).as_deref() == Some("down") && state(&h, &live).as_deref() == Some("up"))
-            .then_some(h)
+    // Sources with a probe of their own are watched before any flow uses them.
+    crate::http::wait_for("both sources probed up", || {
+        let h = sources();
+        [&quiet, &live]
+            .iter()
+            .all(|s| state(&h, s).is_some_and(|v| v["state"] == "up" && v["probe"] == "dns"))
+            .then_some(())
     });
-    let down = h["data"]["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["target"] == silent.as_str())
-        .unwrap()
-        .clone();
+    let (_tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &format!("{quiet},{live}"),
+        &["--protocol", "udp"],
+    );
+    // Flows start on the sources in turn: the quiet one answers with no records.
+    let ask = |from: u16, wait: u32| {
+        dig_from(from, taddr.port(), wait, &["+short", "a.conduit.test", "A"])
+    };
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (mut on_live, mut on_quiet) = (false, None);
+    for _ in 0..10 {
+        let from = free();
+        match ask(from, 5).as_deref() {
+            Some("10.9.8.7\n") => on_live = true,
+            Some("") => on_quiet = on_quiet.or(Some(from)),
+            other => panic!("dig from port {from}: {other:?}"),
+        }
+        if on_live && on_quiet.is_some() {
+            break;
+        }
+    }
+    let on_quiet = on_quiet.expect("a flow on the quiet source");
+    assert!(on_live, "no flow on the live source");
+
+    falls_silent.store(true, Ordering::SeqCst);
+    let down = crate::http::wait_for("the probes to find the quiet source down", || {
+        state(&sources(), &quiet).filter(|v| v["state"] == "down")
+    });
     assert_eq!(
         down["last_error"],
-        format!("{silent} did not answer the probe within 1s"),
+        format!("{quiet} did not answer the probe within 1s"),
         "{down}"
     );
-    assert_eq!(down["probe"], "dns", "{down}");
     // The flow on the silent source moves at its user's next datagram.
-    assert_eq!(
-        dig_from(
-            Some(stuck),
-            taddr.port(),
-            5,
-            &["+short", "a.conduit.test", "A"]
-        )
-        .as_deref(),
-        Some("10.9.8.7\n")
-    );
+    assert_eq!(ask(on_quiet, 5).as_deref(), Some("10.9.8.7\n"));
     router.wait_stderr(&format!(
-        "source {silent} is down (the router's health checks); the flow moves to source {live}"
+        "source {quiet} is down (the router's health checks); the flow moves to source {live}"
     ));
     // Each dig is a new flow from a new port: every one is answered at the first try.
     for _ in 0..4 {
-        assert_eq!(
-            dig_at(taddr.port(), 5, &["+short", "a.conduit.test", "A"]).as_deref(),
-            Some("10.9.8.7\n")
-        );
+        assert_eq!(ask(free(), 5).as_deref(), Some("10.9.8.7\n"));
     }
-    drop(silent_sock);
 }
 
 #[test]

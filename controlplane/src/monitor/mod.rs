@@ -326,6 +326,14 @@ impl Task {
                 .iter()
                 .map(|s| (s.clone(), Protocol::Tcp)),
         );
+        // A UDP source given a probe of its own is watched whether or not a flow
+        // uses it, as `sources` are over TCP.
+        wanted.extend(
+            self.settings
+                .udp_probes
+                .iter()
+                .map(|(s, _)| (s.clone(), Protocol::Udp)),
+        );
         let before = self.sources.len();
         self.sources.retain(|s, _| wanted.contains(s));
         let now = SystemTime::now();
