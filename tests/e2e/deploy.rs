@@ -11,7 +11,7 @@ use std::process::Command;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::harness::{Proc, addr_in, assert_code, conduit_bin, have};
+use crate::harness::{Proc, addr_in, assert_code, clean_conduit, conduit_bin, have};
 use crate::http::wait_for;
 use crate::ops::echo_through;
 use crate::sources;
@@ -54,14 +54,8 @@ fn swap(s: &str, pairs: &[(&str, &str)]) -> String {
 
 /// A `conduit` command with only `env` of the CONDUIT_ variables.
 fn conduit(env: &[(String, String)]) -> Command {
-    let mut c = Command::new(conduit_bin());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CONDUIT_") {
-            c.env_remove(&k);
-        }
-    }
-    c.env_remove("RUST_LOG")
-        .envs(env.iter().map(|(k, v)| (k, v)));
+    let mut c = clean_conduit();
+    c.envs(env.iter().map(|(k, v)| (k, v)));
     c
 }
 

@@ -69,6 +69,18 @@ macro_rules! both_engines {
     };
 }
 
+/// A `conduit` command with none of this process's CONDUIT_ variables or RUST_LOG.
+pub fn clean_conduit() -> Command {
+    let mut c = Command::new(conduit_bin());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CONDUIT_") {
+            c.env_remove(&k);
+        }
+    }
+    c.env_remove("RUST_LOG");
+    c
+}
+
 /// A temporary CONDUIT_HOME with router and client keys, the client authorized.
 pub struct Home {
     dir: tempfile::TempDir,
@@ -111,13 +123,8 @@ impl Home {
 
     /// A `conduit` command with this home and a clean environment.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(conduit_bin());
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("CONDUIT_") {
-                c.env_remove(&k);
-            }
-        }
-        c.env("CONDUIT_HOME", self.path()).env_remove("RUST_LOG");
+        let mut c = clean_conduit();
+        c.env("CONDUIT_HOME", self.path());
         c
     }
 
