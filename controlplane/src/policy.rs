@@ -253,6 +253,25 @@ impl AllowList {
         names
     }
 
+    /// Whether some client could be allowed to open `target` (`HOST:PORT`) under some
+    /// rule, without resolving names: a name counts when a rule names it, or when an
+    /// address rule covers its port (what it resolves to is checked when it is opened).
+    pub fn could_allow(&self, target: &str) -> bool {
+        if let Ok(addr) = target.parse::<SocketAddr>() {
+            return self.rules.iter().any(|r| r.allows_addr(addr));
+        }
+        let Some((host, port)) = target.rsplit_once(':') else {
+            return false;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            return false;
+        };
+        self.rules.iter().any(|r| {
+            r.allows_name(host, port)
+                || (!matches!(r.host, Host::Name(_)) && r.ports.contains(port))
+        })
+    }
+
     fn denied(&self, target: &str, why: &str) -> Refusal {
         let fix = if self.rules.is_empty() {
             format!("this router allows no sources yet: start it with `--allow {target}`")

@@ -21,7 +21,7 @@ use super::model::{
 };
 use super::{Origin, Origins, Problem};
 use crate::keys;
-use crate::policy::Rule;
+use crate::policy::{AllowList, Rule};
 
 /// The problems found so far, each tagged with where its value came from.
 struct Out<'a> {
@@ -174,6 +174,11 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     token_file(r.token.is_some(), "router.token", &mut out);
     api(&c.api, &mut out);
     health(&c.health, &mut out);
+    if let Ok(allow) = AllowList::parse(&r.allow)
+        && !allow.is_empty()
+    {
+        probed_but_not_allowed(&c.health, &allow, &mut out);
+    }
     alerts(&c.alerts, &mut out);
     performance(&c.performance, true, &mut out);
     logging(&c.logging, &mut out);
@@ -242,6 +247,35 @@ fn health(h: &HealthConfig, out: &mut Out<'_>) {
  "a source that goes down is reported only after up to {worst}s (interval_secs × failures + timeout_secs); the defaults report within 30s"
  ),
         );
+    }
+}
+
+/// A source the router probes that no allow rule admits is a warning: it is watched
+/// and alerted on, but no client may open it, which is rarely what was meant.
+fn probed_but_not_allowed(h: &HealthConfig, allow: &AllowList, out: &mut Out<'_>) {
+    let tcp = h
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ("health.sources", i, s.clone()));
+    let udp = h.udp_probes.iter().enumerate().filter_map(|(i, e)| {
+        let (source, _) = super::ops::udp_probe_entry(e).ok()?;
+        Some(("health.udp_probes", i, source))
+    });
+    for (list, i, source) in tcp.chain(udp) {
+        if source_addr(&source).is_ok() && !allow.could_allow(&source) {
+            out.push(
+                Problem::warning(
+                    format!("{list}[{i}]"),
+                    format!(
+                        "no allow rule admits {source}: the router watches it, but no client \
+                         may open it; add --allow {source} to the router, or remove it from \
+                         {list}"
+                    ),
+                ),
+                list,
+            );
+        }
     }
 }
 

@@ -797,7 +797,7 @@ fn a_tunnel_name_is_a_plain_file_name() {
 fn udp_probes_are_checked_one_by_one() {
     let f = Fixture::new();
     std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
-    let text = "[router]\nallow = [\"10.2.0.53:53\"]\n[health]\nudp_probes = \
+    let text = "[router]\nallow = [\"10.2.0.53:53\", \"10.2.0.9:9000\"]\n[health]\nudp_probes = \
                 [\"10.2.0.53:53=dns\", \"10.2.0.9:9000=hex:0d0a\", \"10.2.0.53:53\", \
                 \"10.2.0.53=dns\", \"10.2.0.53:53=ping\"]\n";
     assert_eq!(
@@ -825,6 +825,31 @@ fn udp_probes_are_checked_one_by_one() {
         [
             "error: health.udp_probes[1]: \"zz\" is not hex (Invalid character 'z' at position \
              0); write the bytes as hex:0d0a (env CONDUIT_HEALTH_UDP_PROBES)"
+        ]
+    );
+}
+
+#[test]
+fn a_watched_source_no_rule_admits_is_a_warning() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let text = "[router]\nallow = [\"10.2.0.0/24:5432\", \"db.internal:6379\", \
+                \"alice=10.3.0.53:53\"]\n[health]\nsources = [\"10.2.0.7:5432\", \
+                \"10.2.1.7:5432\", \"db.internal:6379\", \"pg.internal:5432\", \
+                \"cache.internal:11211\"]\nudp_probes = [\"10.3.0.53:53=dns\", \
+                \"10.3.0.54:53=dns\"]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "warning: health.sources[1]: no allow rule admits 10.2.1.7:5432: the router watches \
+             it, but no client may open it; add --allow 10.2.1.7:5432 to the router, or remove \
+             it from health.sources ($F:4)",
+            "warning: health.sources[4]: no allow rule admits cache.internal:11211: the router \
+             watches it, but no client may open it; add --allow cache.internal:11211 to the \
+             router, or remove it from health.sources ($F:4)",
+            "warning: health.udp_probes[1]: no allow rule admits 10.3.0.54:53: the router \
+             watches it, but no client may open it; add --allow 10.3.0.54:53 to the router, or \
+             remove it from health.udp_probes ($F:5)",
         ]
     );
 }
