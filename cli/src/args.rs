@@ -607,7 +607,8 @@ pub(crate) struct StartArgs {
     /// This client's private key (default: $CONDUIT_HOME/keys/client.key).
     #[arg(long)]
     pub(crate) key: Option<PathBuf>,
-    /// The tunnel's name: 1-64 letters, digits, '-', '_' or '.' (default: tunnel-PORT).
+    /// The tunnel's name: 1-64 letters, digits, '-', '_' or '.', not starting with '.' or
+    /// '-' (default: tunnel-PORT, or tunnel when PORT is 0).
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// A token, for routers that require one.

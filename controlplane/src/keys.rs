@@ -83,12 +83,12 @@ fn validate_name(name: &str) -> Result<(), Error> {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
+        && !name.starts_with(['.', '-']);
     if ok {
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "invalid key name {name:?}: use 1-64 letters, digits, '-', '_' or '.' (not starting with '.')"
+            "invalid key name {name:?}: use 1-64 letters, digits, '-', '_' or '.' (not starting with '.' or '-')"
         )))
     }
 }

@@ -132,7 +132,7 @@ fn start_refuses_a_name_that_is_not_a_plain_file_name() {
             err,
             format!(
                 "conduit: error: --name {bad:?} is not a valid name; use 1-64 letters, digits, \
-                 '-', '_' or '.' (not starting with '.')\n"
+                 '-', '_' or '.' (not starting with '.' or '-')\n"
             )
         );
         args.push("--foreground".into());
@@ -144,6 +144,36 @@ fn start_refuses_a_name_that_is_not_a_plain_file_name() {
     assert!(!home.path().join("logs").exists());
     assert!(!home.path().join("run").exists());
     assert!(!home.path().parent().unwrap().join("trav.log").exists());
+}
+
+#[test]
+fn a_name_that_looks_like_an_option_is_refused_and_logs_reads_no_path() {
+    let home = Home::with_keys();
+    let mut args = start_args(&home, "127.0.0.1:1", "127.0.0.1:1", "-x");
+    let at = args.iter().position(|a| a == "--name").unwrap();
+    args.splice(at..at + 2, ["--name=-x".to_owned()]);
+    let (status, out, err) = run_args(&home, &args);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "conduit: error: --name \"-x\" is not a valid name: commands would take it for an \
+         option; use 1-64 letters, digits, '-', '_' or '.' (not starting with '.' or '-')\n"
+    );
+    // `logs NAME` reads logs/NAME.log, never a file elsewhere that ends in .log.
+    std::fs::write(home.path().join("secret.log"), "not a tunnel's log\n").unwrap();
+    for bad in ["../secret", "/var/log/dpkg"] {
+        let (status, out, err) = home.run(&["logs", bad]);
+        assert_code(status, 64, &err);
+        assert_eq!(out, "");
+        assert_eq!(
+            err,
+            format!(
+                "conduit: error: {bad:?} is not a valid name; use 1-64 letters, digits, '-', \
+                 '_' or '.' (not starting with '.' or '-')\n"
+            )
+        );
+    }
 }
 
 #[test]

@@ -376,7 +376,7 @@ fn unknown_key_names_and_garbage_key_files_say_how_to_make_a_key() {
     assert_eq!(
         err,
         "conduit: error: invalid key name \"../keys/client\": use 1-64 letters, digits, '-', \
-         '_' or '.' (not starting with '.')\n"
+         '_' or '.' (not starting with '.' or '-')\n"
     );
 
     let garbage = home.path().join("garbage.key");

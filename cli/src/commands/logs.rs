@@ -182,6 +182,8 @@ fn identity(_: &std::fs::Metadata) -> (u64, u64) {
 /// The log of the tunnel named (or with id) `name`: its registry entry's, or, for a
 /// tunnel that stopped, `logs/NAME.log`.
 fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
+    // NAME names a file under logs/: never a path out of it.
+    conduit_controlplane::config::tunnel_name(name).map_err(Usage)?;
     if let Some(p) = Registry::new(home).find(name).and_then(|e| e.log_file) {
         return Ok(p);
     }

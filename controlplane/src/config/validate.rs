@@ -674,8 +674,21 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// Checks a tunnel's name: it names files (`logs/NAME.log`, `run/NAME.lock`), so it
-/// must be a plain, non-empty file name.
+/// must be a plain, non-empty file name, and it is typed after options
+/// (`conduit kill --tunnel NAME`), so it must not look like one.
 pub fn tunnel_name(name: &str) -> Result<(), String> {
+    if name.starts_with('-') {
+        return Err(format!(
+            "{name:?} is not a valid name: commands would take it for an option; use 1-64 \
+             letters, digits, '-', '_' or '.' (not starting with '.' or '-')"
+        ));
+    }
+    peer_tunnel_name(name)
+}
+
+/// The rule a router holds a client's tunnel name to: [`tunnel_name`]'s, except that
+/// a leading '-' (allowed by versions before 0.1.0's name check) is let through.
+pub(crate) fn peer_tunnel_name(name: &str) -> Result<(), String> {
     let ok = (1..=64).contains(&name.len())
         && !name.starts_with('.')
         && name
@@ -686,7 +699,7 @@ pub fn tunnel_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "{name:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.' (not \
- starting with '.')"
+             starting with '.' or '-')"
         ))
     }
 }

@@ -68,7 +68,7 @@ pub(super) fn admit(state: &State, key: Option<&PublicKey>, hello: &Hello) -> Re
     }
     // The name goes into logs, metrics labels and the API: a name that could forge
     // a log line, or a label value nobody chose, is refused.
-    crate::config::tunnel_name(&hello.tunnel).map_err(|e| {
+    crate::config::peer_tunnel_name(&hello.tunnel).map_err(|e| {
         Refusal::new(
             RefusalCode::Protocol,
             format!("the tunnel's name {e}: rename it (conduit start --name, or name in the file)"),

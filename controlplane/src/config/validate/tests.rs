@@ -220,7 +220,7 @@ fn names_must_be_unique_and_usable() {
             "error: tunnels[1].name: \"web\" is already the name of tunnels[0]; give each \
              tunnel its own name ($F:10)",
             "error: tunnels[2].name: \"my tunnel\" is not a valid name; use 1-64 letters, \
-             digits, '-', '_' or '.' (not starting with '.') ($F:14)",
+             digits, '-', '_' or '.' (not starting with '.' or '-') ($F:14)",
         ]
     );
 }
@@ -786,11 +786,21 @@ fn a_tunnel_name_is_a_plain_file_name() {
             super::tunnel_name(bad),
             Err(format!(
                 "{bad:?} is not a valid name; use 1-64 letters, digits, '-', '_' or '.' (not \
-                 starting with '.')"
+                 starting with '.' or '-')"
             )),
             "{bad}"
         );
     }
+    // `conduit kill --tunnel -x` would take it for an option.
+    assert_eq!(
+        super::tunnel_name("-x"),
+        Err(
+            "\"-x\" is not a valid name: commands would take it for an option; use 1-64 \
+             letters, digits, '-', '_' or '.' (not starting with '.' or '-')"
+                .to_owned()
+        )
+    );
+    assert_eq!(super::peer_tunnel_name("-x"), Ok(()));
 }
 
 #[test]
