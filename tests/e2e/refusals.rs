@@ -352,6 +352,27 @@ fn missing_keys_and_bad_addresses_are_usage_errors() {
         err,
         "conduit: error: --router names 127.0.0.1:9 twice: list each once\n"
     );
+
+    // More sources than the router balances across: refused here, not retried there.
+    let many: Vec<String> = (0..65).map(|i| format!("127.0.0.1:{}", 8000 + i)).collect();
+    let many = many.join(",");
+    let (status, _, err) = home.run(&[
+        "start",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        "x",
+        "--source",
+        &many,
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --source names 65 members; a source may name at most 64: split it \
+         across tunnels, or put a load balancer in front of the rest\n"
+    );
 }
 
 /// Key names and key files that are not what they must be: each refusal names the

@@ -202,6 +202,10 @@ fn source_list(flag: &str, s: &str) -> Result<String> {
             return Err(Usage(format!("{flag} names {m} twice: list each once")).into());
         }
     }
+    if flag == "--source" && members.len() > conduit_controlplane::balance::MAX_MEMBERS {
+        let why = conduit_controlplane::config::too_many_members(members.len());
+        return Err(Usage(format!("{flag} {why}")).into());
+    }
     Ok(members.join(","))
 }
 

@@ -57,7 +57,7 @@ pub use model::{
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use show::Format;
 pub(crate) use validate::peer_tunnel_name;
-pub use validate::{host_port, tunnel_name, webhook_url};
+pub use validate::{host_port, too_many_members, tunnel_name, webhook_url};
 
 /// One `--allow-from` / `allow_from` entry: an address (one host) or a CIDR block,
 /// IPv6 with or without brackets.

@@ -20,6 +20,7 @@ use super::model::{
     PerformanceConfig, Protocol, RouterConfig,
 };
 use super::{Origin, Origins, Problem};
+use crate::balance::MAX_MEMBERS;
 use crate::keys;
 use crate::policy::{AllowList, Rule};
 
@@ -333,10 +334,15 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
             {
                 out.error(&path("source"), e);
             }
-            for m in members {
+            for (j, m) in members.iter().enumerate() {
                 if let Err(e) = source_addr(m) {
                     out.error(&path("source"), e);
+                } else if members[..j].contains(m) {
+                    out.error(&path("source"), format!("names {m} twice: list each once"));
                 }
+            }
+            if members.len() > MAX_MEMBERS {
+                out.error(&path("source"), too_many_members(members.len()));
             }
         }
         if t.proxy_protocol == Some(super::model::ProxyProtocolVersion::V1)
@@ -642,6 +648,14 @@ pub(crate) fn source_addr(s: &str) -> Result<(), String> {
         }
         Err(_) => Err(bad()),
     }
+}
+
+/// What is wrong with a source of more members than the router balances across.
+pub fn too_many_members(n: usize) -> String {
+    format!(
+        "names {n} members; a source may name at most {MAX_MEMBERS}: split it across tunnels, \
+         or put a load balancer in front of the rest"
+    )
 }
 
 /// A listening address: an IP address and a port on this machine.

@@ -205,6 +205,22 @@ fn a_source_list_is_checked_member_by_member() {
              the router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:11)"
         ]
     );
+    // What the router would refuse: a member twice, more members than it balances.
+    let many: Vec<String> = (0..65).map(|i| format!("10.2.0.5:{}", 8000 + i)).collect();
+    let bad = f.client_text(&format!(
+        "[[tunnels]]\nname = \"pair\"\nsource = \"10.2.0.5:80,10.2.0.5:80\"\n\
+         bind = \"127.0.0.1:1\"\n[[tunnels]]\nname = \"many\"\nsource = \"{}\"\n\
+         bind = \"127.0.0.1:2\"\n",
+        many.join(",")
+    ));
+    assert_eq!(
+        check(&f, &bad),
+        [
+            "error: tunnels[1].source: names 10.2.0.5:80 twice: list each once ($F:11)",
+            "error: tunnels[2].source: names 65 members; a source may name at most 64: split \
+             it across tunnels, or put a load balancer in front of the rest ($F:15)"
+        ]
+    );
 }
 
 #[test]
