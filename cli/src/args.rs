@@ -467,8 +467,14 @@ pub(crate) struct EngineArgs {
     /// Pin each worker thread to its own core. Worth it on a dedicated gateway; off
     /// by default because relays sharing a machine (a client and a router, a
     /// container host) can end up pinned to the same core (docs/architecture.md).
-    #[arg(long, env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) pin_cores: bool,
+}
+
+/// true/false as a configuration file's environment variables take it (`yes`, `on`,
+/// `1` and their opposites too).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    conduit_controlplane::config::parse_bool(s)
 }
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
@@ -546,11 +552,11 @@ pub(crate) struct RouterArgs {
     pub(crate) io_engine: Option<String>,
     /// Pin each worker thread to its own core (true/false; off by default, see
     /// docs/architecture.md).
-    #[arg(long, action = clap::ArgAction::Set)]
+    #[arg(long, action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) pin_cores: Option<bool>,
     /// Relay streams through kernel TLS where this host's and the client's kernels
     /// offer it (true/false; on by default).
-    #[arg(long, action = clap::ArgAction::Set)]
+    #[arg(long, action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) kernel_tls: Option<bool>,
     /// Serve the REST API and /metrics (on 127.0.0.1:9990 unless --api-bind says).
     #[arg(long)]
@@ -670,7 +676,7 @@ pub(crate) struct StartArgs {
     pub(crate) read_buffer_size: usize,
     /// Relay streams through kernel TLS where this host's and the router's kernels
     /// offer it (true/false); `[performance] kernel_tls` in a file.
-    #[arg(long, env = "CONDUIT_KERNEL_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CONDUIT_KERNEL_TLS", default_value_t = true, action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) kernel_tls: bool,
     /// The kernel's send buffer (SO_SNDBUF) of each relayed socket, in bytes (0: the
     /// kernel's auto-tuning); `[performance] write_buffer_size` in a file.

@@ -55,6 +55,7 @@ pub use model::{
     RouterServer, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
+pub use schema::parse_bool;
 pub use show::Format;
 pub(crate) use validate::peer_tunnel_name;
 pub use validate::{host_port, too_many_members, tunnel_name, webhook_url};

@@ -477,11 +477,7 @@ impl Kind {
                 in_range(n, min, max)?;
                 Ok(Value::Integer(n))
             }
-            Kind::Bool => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
-                "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
-                _ => Err(format!("expected true or false, found {s:?}")),
-            },
+            Kind::Bool => parse_bool(s).map(Value::Boolean),
             Kind::Choice(words) => {
                 let w = s.trim().to_ascii_lowercase();
                 choice(words, &w)?;
@@ -583,6 +579,16 @@ fn distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// A true/false setting as the environment and the command line give it: `true`,
+/// `1`, `yes`, `on` or their opposites, in any case.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, found {s:?}")),
+    }
 }
 
 #[cfg(test)]
