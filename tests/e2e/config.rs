@@ -148,6 +148,12 @@ fn init_writes_a_file_that_validates_and_never_overwrites_without_force() {
     assert_eq!(out.status.code(), Some(0));
 
     std::fs::write(&written, "# mine\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let readable = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&written, readable).unwrap();
+    }
     let out = s.run(&["config", "init"], &[]);
     assert_eq!(
         text(&out.stderr),
@@ -162,6 +168,13 @@ fn init_writes_a_file_that_validates_and_never_overwrites_without_force() {
         std::fs::read(&written).unwrap(),
         std::fs::read(example("conduit.example.toml")).unwrap()
     );
+    // The file it replaced was readable by all; the new one is private, as it says.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     let out = s.run(&["config", "init", "--router", "-f", "-"], &[]);
     assert_eq!(out.status.code(), Some(0));

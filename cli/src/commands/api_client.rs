@@ -29,9 +29,50 @@ fn router(api: &ApiClientArgs) -> Result<&str> {
             "--router is empty: give the router's API as host:port or http://host:port".into(),
         )
         .into()),
-        Some(r) => Ok(r),
+        Some(r) => {
+            api_url(r).map_err(|why| {
+                Usage(format!(
+                    "--router {r:?}: {why}; give the router's API as host:port, \
+                     http://host:port or https://host:port"
+                ))
+            })?;
+            Ok(r)
+        }
         None => Err(Usage("--router URL is required here".into()).into()),
     }
+}
+
+/// Checks what [`base`] makes of `router`: an http or https URL with a host, and a
+/// port, if any, that is a port.
+fn api_url(router: &str) -> Result<(), String> {
+    if router
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.trim_matches('/').is_empty())
+    {
+        return Err("it names no host".into());
+    }
+    let url = base(router);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", &url));
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!("{scheme}:// is not a scheme the API speaks"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("it names no host".into());
+    }
+    let bracketed = authority.starts_with('[');
+    if bracketed && !authority.contains(']') {
+        return Err("its IPv6 address opens a bracket it does not close".into());
+    }
+    let has_port = if bracketed {
+        authority.contains("]:")
+    } else {
+        authority.contains(':')
+    };
+    if has_port {
+        conduit_controlplane::config::host_port(authority)?;
+    }
+    Ok(())
 }
 
 async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
@@ -53,16 +94,18 @@ async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
             // Something answered, but not in HTTP: most likely the router's tunnel
             // port (TLS) rather than its API's.
             let text = e.to_string();
-            let hint = if text.contains("invalid HTTP") || text.contains("parse") {
-                "; it answered something that is not HTTP: is this the address of the \
-                 router's API (--api-bind), not the one tunnels connect to?"
-            } else {
-                ""
-            };
+            if text.contains("invalid HTTP") || text.contains("parse") {
+                return anyhow::Error::new(BadAnswer(format!(
+                    "{} answered something that is not HTTP ({text}): is this the address \
+                     of the router's API (--api-bind), not the one tunnels connect to?",
+                    base(router)
+                )));
+            }
             Error::Network {
-                what: format!("cannot reach the router's API at {}{hint}", base(router)),
+                what: format!("cannot reach the router's API at {}", base(router)),
                 source: std::io::Error::other(e),
             }
+            .into()
         })?;
     Ok(answer)
 }
@@ -175,6 +218,34 @@ mod tests {
                 {"at": "t4"}, {"at": "t3"}, {"at": "t2"}, {"at": "t1"}
             ]})
         );
+    }
+
+    #[test]
+    fn an_api_url_needs_a_scheme_the_api_speaks_a_host_and_a_port_if_any() {
+        for good in [
+            "127.0.0.1:9990",
+            "http://127.0.0.1:9990/api/v1",
+            "https://r.example",
+            "[::1]:9990",
+            "r.example/api/v1",
+        ] {
+            assert_eq!(api_url(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("http://", "it names no host"),
+            (
+                "ftp://127.0.0.1:21",
+                "ftp:// is not a scheme the API speaks",
+            ),
+            ("http://u:p@h:1", "it names no host"),
+            (
+                "http://[::1",
+                "its IPv6 address opens a bracket it does not close",
+            ),
+            ("127.0.0.1:99999", "port 99999 is out of range (1-65535)"),
+        ] {
+            assert_eq!(api_url(bad), Err(why.to_owned()), "{bad}");
+        }
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub(crate) fn init(file: Option<PathBuf>, router: bool, force: bool) -> Result<(
             "cannot write {shown}: {e}; give -f a file in a directory this user may write to"
         )),
     })?;
+    // A file replaced with --force keeps its inode, and so its mode: set it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Usage(format!("cannot make {shown} private (mode 0600): {e}")))?;
+    }
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| Usage(format!("cannot write {shown}: {e}")))?;

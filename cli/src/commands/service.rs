@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
 
@@ -77,7 +77,8 @@ fn default_name(tunnel: &str) -> String {
 /// `path` made absolute against the current directory (not resolved: a symlink stays
 /// a symlink, so a key rotated by replacing the link keeps working).
 pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
+    std::path::absolute(path)
+        .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
 }
 
 /// The log flags to repeat in the service, where they differ from the defaults.
@@ -149,7 +150,8 @@ pub(crate) fn emit(
     let spec = ServiceSpec {
         description: t.description,
         name,
-        binary: std::env::current_exe().context("cannot find the path of this conduit binary")?,
+        binary: std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find the path of this conduit binary: {e}"))?,
         args: t.args,
         user,
         home: absolute(home.root())?,
@@ -174,15 +176,26 @@ pub(crate) fn emit(
     match &s.output {
         None => output::write(text),
         Some(path) => {
-            std::fs::write(path, &text)
-                .with_context(|| format!("cannot write the service file {}", path.display()))?;
+            let shown = path.display();
+            let replaced = path.is_file();
+            std::fs::write(path, &text).map_err(|e| {
+                Usage(format!(
+                    "cannot write the service file {shown}: {e}; give -o a file in a \
+                     directory this user may write to"
+                ))
+            })?;
             #[cfg(unix)]
             if matches!(kind, InitSystem::OpenRc | InitSystem::RcD) {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-                    .with_context(|| format!("cannot make {} executable", path.display()))?;
+                    .map_err(|e| Usage(format!("cannot make {shown} executable: {e}")))?;
             }
-            eprintln!("conduit: wrote the {kind} service file {}", path.display());
+            let note = if replaced {
+                " (it replaced the file there)"
+            } else {
+                ""
+            };
+            eprintln!("conduit: wrote the {kind} service file {shown}{note}");
         }
     }
     Ok(())

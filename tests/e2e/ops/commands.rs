@@ -147,13 +147,28 @@ fn stats_health_and_logs_commands() {
     assert!(out.starts_with("router: ok (up "), "{out}");
     // The tunnels' port instead of the API's: named as the likely mistake.
     let (status, _, err) = home.run(&["stats", "--router", &format!("http://{raddr_s}")]);
-    assert_code(status, 69, &err);
+    // Something answered, but not the API: 76, as for any answer that is not its API's.
+    assert_code(status, 76, &err);
     assert!(
-        err.contains(
-            "it answered something that is not HTTP: is this the address of the router's \
-             API (--api-bind), not the one tunnels connect to?"
+        err.starts_with(&format!(
+            "conduit: error: http://{raddr_s} answered something that is not HTTP ("
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "): is this the address of the router's API (--api-bind), not the one tunnels \
+             connect to?\n"
         ),
         "{err}"
+    );
+    // Not a URL of the API at all: a usage error, before anything is sent.
+    let (status, _, err) = home.run(&["stats", "--router", "ftp://127.0.0.1:21"]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --router \"ftp://127.0.0.1:21\": ftp:// is not a scheme the API \
+         speaks; give the router's API as host:port, http://host:port or https://host:port\n"
     );
 
     // Local tunnels.
