@@ -106,6 +106,13 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("--log-file {}: not a file name", path.display()))?;
+    if path.is_dir() {
+        return Err(format!(
+            "--log-file {} is a directory: give a file in it, such as {}",
+            path.display(),
+            path.join("conduit.log").display()
+        ));
+    }
     // Made here, so a missing directory is made or refused with a clear error before the
     // appender looks for old files in it (it would print an unprefixed line instead).
     std::fs::create_dir_all(&dir).map_err(|e| {

@@ -40,6 +40,14 @@ impl Home {
             path: root.clone(),
             source,
         })?;
+        // A file there would read as a home with no tunnels and no keys.
+        if root.exists() && !root.is_dir() {
+            return Err(Error::Config(format!(
+                "{} (CONDUIT_HOME) is not a directory: point CONDUIT_HOME at a directory \
+                 (it is created where missing), or move the file away",
+                root.display()
+            )));
+        }
         Ok(Self::at(root))
     }
 
@@ -117,6 +125,18 @@ mod tests {
         Home::from_vars(conduit_home.map(Into::into), home.map(Into::into))
             .map(|h| h.root().to_owned())
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_home_that_is_a_file_is_an_error() {
+        assert_eq!(
+            root(Some("/dev/null"), None),
+            Err(
+                "/dev/null (CONDUIT_HOME) is not a directory: point CONDUIT_HOME at a \
+                 directory (it is created where missing), or move the file away"
+                    .into()
+            )
+        );
     }
 
     #[test]

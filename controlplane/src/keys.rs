@@ -137,7 +137,15 @@ pub fn load_named_public(home: &Home, name: &str) -> Result<PublicKey, Error> {
             path.display()
         )));
     }
-    load_public(&path.to_string_lossy(), "public key")
+    load_public(&path.to_string_lossy(), "public key").map_err(|e| match e {
+        // The private key is the truth: a spoiled .pub can be written again from it.
+        Error::Config(why) if home.private_key(name).is_file() => Error::Config(format!(
+            "{why}; delete {} and run this again: it is written anew from {}",
+            path.display(),
+            home.private_key(name).display()
+        )),
+        other => other,
+    })
 }
 
 /// Writes `keys/NAME.pub` of `home` again from `keys/NAME.key` when the private key
@@ -235,7 +243,7 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+    let bytes = std::fs::read(path).map_err(|source| Error::File {
         what: "cannot read private key",
         path: path.to_owned(),
         source,
@@ -247,6 +255,8 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
             path.display()
         ))
     };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad("it is not text (a key file is PEM: -----BEGIN PRIVATE KEY-----)"))?;
     let block = pem::parse(text.trim())
         .map_err(|_| bad("it is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
     if block.tag() != PEM_TAG {
@@ -275,6 +285,12 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
                 "{what}: {spec:?} is neither a public key (ed25519:…) nor an existing .pub file"
+            ))
+        } else if source.kind() == std::io::ErrorKind::InvalidData {
+            Error::Config(format!(
+                "{what}: {} is not a public key file (it is not text): give the .pub file \
+                 `conduit init` wrote, or the key itself (ed25519:…)",
+                path.display()
             ))
         } else {
             Error::File {
@@ -507,6 +523,12 @@ pub fn load_authorized_file(path: &Path) -> Result<AuthorizedFile, Error> {
             Error::Config(format!(
                 "no authorized clients file at {}: create it with one client public key per line \
                  (what `conduit init` printed on each client), or pass --authorized-keys PATH",
+                path.display()
+            ))
+        } else if source.kind() == std::io::ErrorKind::InvalidData {
+            Error::Config(format!(
+                "{} is not an authorized clients file (it is not text): it holds one client \
+                 public key per line (what `conduit init` printed on each client)",
                 path.display()
             ))
         } else {

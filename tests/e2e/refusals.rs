@@ -418,6 +418,57 @@ fn unknown_key_names_and_garbage_key_files_say_how_to_make_a_key() {
             garbage.display()
         )
     );
+
+    // Bytes that are not text, as key, pinned key and authorized clients.
+    std::fs::write(&garbage, [0xff, 0xfe, 0x00, 0x80, 0x16, 0x03]).unwrap();
+    let (status, err) =
+        start_to_nowhere(&home, "127.0.0.1:0", &["--key", garbage.to_str().unwrap()]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: {} is not a Conduit private key: it is not text (a key file is \
+             PEM: -----BEGIN PRIVATE KEY-----); make one with `conduit init --name client` (a \
+             PKCS#8 Ed25519 key in PEM) or pass another --key PATH\n",
+            garbage.display()
+        )
+    );
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        garbage.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:9",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: --router-key: {} is not a public key file (it is not text): give \
+             the .pub file `conduit init` wrote, or the key itself (ed25519:…)\n",
+            garbage.display()
+        )
+    );
+
+    // A spoiled .pub beside its private key: written anew once deleted.
+    std::fs::write(home.key("client.pub"), "-----BEGIN junk\n").unwrap();
+    let (status, _, err) = home.run(&["keys", "show"]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: public key in {pubkey}: invalid public key \"-----BEGIN\": \
+             expected the form ed25519:<base64>, as `conduit init` prints; delete {pubkey} and \
+             run this again: it is written anew from {key}\n",
+            pubkey = home.key("client.pub").display(),
+            key = home.key("client.key").display()
+        )
+    );
 }
 
 #[test]

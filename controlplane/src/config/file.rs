@@ -67,13 +67,7 @@ impl FileDoc {
             errors.sort_by_key(|e| e.span().map_or(usize::MAX, |s| s.start));
             let mut report = Report::default();
             for e in errors {
-                let at = match e.span() {
-                    Some(span) => {
-                        let (line, col) = line_col(text, span.start);
-                        format!("{}:{line}:{col}", path.display())
-                    }
-                    None => path.display().to_string(),
-                };
+                let at = position(path, text, e.span());
                 let what = e.span().and_then(|s| text.get(s)).map(str::trim);
                 let message = match what {
                     // toml names no key: the span is the second one.
@@ -87,8 +81,19 @@ impl FileDoc {
             }
             return Err(report);
         }
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| fatal(format!("{}: invalid TOML: {}", path.display(), e.message())))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = position(path, text, e.span());
+            let what = e.span().and_then(|s| text.get(s)).map(str::trim);
+            let message = match what {
+                // TOML's integers are 64-bit.
+                Some(n) if e.message().starts_with("invalid type: integer") => format!(
+                    "{at}: invalid TOML: {n} is outside what a TOML integer holds \
+                     (±9223372036854775807); give a value in the key's range"
+                ),
+                _ => format!("{at}: invalid TOML: {}; fix the value there", e.message()),
+            };
+            fatal(message)
+        })?;
         let mut lines = HashMap::new();
         walk(text, doc.get_ref(), "", &mut lines);
         Ok(Self {
@@ -167,6 +172,17 @@ fn walk_value(text: &str, v: &DeValue<'_>, path: &str, lines: &mut HashMap<Strin
     }
 }
 
+/// `PATH:LINE:COLUMN` of the start of `span` in `text`, or `PATH` without one.
+fn position(path: &Path, text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("{}:{line}:{col}", path.display())
+        }
+        None => path.display().to_string(),
+    }
+}
+
 /// 1-based line and column (in characters) of byte `offset`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
@@ -228,6 +244,18 @@ mod tests {
             [
                 "c.toml:2:2: invalid TOML: router appears twice (a key or table may appear \
                  only once); remove one of them"
+            ]
+        );
+        let err = FileDoc::parse(
+            Path::new("c.toml"),
+            "[router]\nport = 99999999999999999999\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            msgs(err),
+            [
+                "c.toml:2:8: invalid TOML: 99999999999999999999 is outside what a TOML integer \
+                 holds (±9223372036854775807); give a value in the key's range"
             ]
         );
     }
