@@ -17,10 +17,22 @@ fn main() -> ExitCode {
     let cli = match args::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // Help and version requests are not errors.
+            // Help and version requests are not errors, unless they cannot be written.
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
+            return match e.print() {
+                Ok(()) => ExitCode::from(code),
+                Err(_) if e.use_stderr() => ExitCode::from(code),
+                Err(w) => {
+                    // A reader that went away (`conduit --help | head -1`) needs no message.
+                    if w.kind() != std::io::ErrorKind::BrokenPipe {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "conduit: error: cannot write to stdout: {w}"
+                        );
+                    }
+                    ExitCode::from(exit::IOERR)
+                }
+            };
         }
     };
     match commands::run(cli) {

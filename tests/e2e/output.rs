@@ -57,6 +57,9 @@ fn a_full_disk_fails_each_command_with_one_line_and_exit_74() {
         &["keys", "show"],
         &["config", "show", "-f", file],
         &["config", "validate", "-f", file],
+        &["--help"],
+        &["start", "--help"],
+        &["--version"],
     ] {
         let out = to_full_disk(&home, args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -75,6 +78,7 @@ fn a_reader_gone_ends_the_command_quietly_with_exit_74() {
         &["completions", "bash"][..],
         &["version"],
         &["keys", "show"],
+        &["--help"],
     ] {
         let out = to_closed_pipe(&home, args);
         let err = String::from_utf8_lossy(&out.stderr);
