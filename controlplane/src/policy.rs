@@ -132,6 +132,13 @@ impl FromStr for Rule {
                 }
             },
         };
+        // `fe80::1:8080` is a whole IPv6 address: the port is told apart by brackets.
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        if host.contains(':') && !bracketed {
+            return Err(bad(
+                "an IPv6 address goes in brackets, such as [::1]:80 or [fd00::/64]:5432",
+            ));
+        }
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = if host == "*" {
             Host::Any
@@ -434,6 +441,23 @@ mod tests {
             l.check(Some(Caller::key(&k)), "[::ffff:10.2.0.9]:5432", no_dns)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_ipv6_host_goes_in_brackets() {
+        assert!(AllowList::parse(&["[fd00::/64]:5432", "[::1]:80"]).is_ok());
+        for bad in ["::1:80", "fe80::1:8080", "[::1:80"] {
+            assert_eq!(
+                bad.parse::<Rule>(),
+                Err(format!(
+                    "invalid allow rule {bad:?}: an IPv6 address goes in brackets, such as \
+                     [::1]:80 or [fd00::/64]:5432; expected HOST:PORT such as 10.2.0.2:8080, \
+                     10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 (optionally \
+                     KEY=HOST:PORT or NAME=HOST:PORT)"
+                )),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod tunnels;
 mod up;
 mod version;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -164,12 +164,10 @@ fn listen_addr(flag: &str, s: &str) -> Result<SocketAddr> {
     if let Ok(a) = s.parse() {
         return Ok(a);
     }
-    if let Some(a) = s.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-        return Ok(a);
-    }
+    // As in a file: a name could stand for several addresses, or another one tomorrow.
     let why = match conduit_controlplane::config::host_port(s) {
         Err(why) => why,
-        Ok(()) => "its host name does not resolve".to_owned(),
+        Ok(()) => "a host name, where an IP address must be".to_owned(),
     };
     Err(Usage(format!(
         "invalid {flag} {s:?}: {why}; expected ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80"
