@@ -102,8 +102,14 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 over(&l.cipher_suite)
             ),
             "retrying" => format!(
-                "router {} unreachable ({}); attempt {} failed, next {}",
+                "router {} {} ({}); attempt {} failed, next {}",
                 e.config.router,
+                // It answered, and said no: not a router out of reach.
+                if l.detail.starts_with("the router refused") {
+                    "refuses the link"
+                } else {
+                    "unreachable"
+                },
                 l.detail,
                 l.attempt,
                 // Whole seconds on the wire: the first waits are shorter.
