@@ -354,19 +354,6 @@ fn missing_keys_and_bad_addresses_are_usage_errors() {
          must be; expected ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80\n"
     );
 
-    // A burst below the rate, refused as a file refuses it.
-    let (status, err) = start_to_nowhere(
-        &home,
-        "127.0.0.1:0",
-        &["--bandwidth-limit", "100", "--burst-limit", "10"],
-    );
-    assert_code(status, 64, &err);
-    assert_eq!(
-        err,
-        "conduit: error: --burst-limit 10 is below --bandwidth-limit (100); a burst must allow \
-         at least the steady rate (or be 0 for the same)\n"
-    );
-
     // The same router twice: failover would retry it, balancing link it twice.
     let (status, _, err) = home.run(&[
         "start",

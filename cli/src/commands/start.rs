@@ -41,15 +41,6 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         .into());
     }
     alert_urls(&a)?;
-    // As `config validate` holds a file's performance.burst_bandwidth_limit to it.
-    if a.bandwidth_limit > 0 && a.burst_limit > 0 && a.burst_limit < a.bandwidth_limit {
-        return Err(Usage(format!(
-            "--burst-limit {} is below --bandwidth-limit ({}); a burst must allow at least the \
-             steady rate (or be 0 for the same)",
-            a.burst_limit, a.bandwidth_limit
-        ))
-        .into());
-    }
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }

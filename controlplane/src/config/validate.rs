@@ -452,13 +452,15 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
             "only a router runs handshakes for others; a tunnel ignores it: remove it here",
         );
     }
-    let (limit, burst) = (p.default_bandwidth_limit, p.burst_bandwidth_limit);
-    if limit > 0 && burst > 0 && burst < limit {
-        out.error(
+    // A bucket smaller than the rate is a smoother pace, but one smaller than a TLS
+    // record makes every send a small one.
+    let burst = p.burst_bandwidth_limit;
+    if burst > 0 && burst < 16_384 {
+        out.warn(
             "performance.burst_bandwidth_limit",
             format!(
-                "{burst} is below default_bandwidth_limit ({limit}); a burst must allow at \
- least the steady rate (or be 0 for the same)"
+                "{burst} bytes is less than one TLS record (16384): a limited tunnel then \
+ relays in pieces that small, at more CPU per byte; give 16384 or more (0: one second's worth)"
             ),
         );
     }

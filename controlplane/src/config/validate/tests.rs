@@ -368,10 +368,11 @@ fn limits_must_agree_and_log_directories_exist() {
     assert_eq!(
         check(&f, &text),
         [
-            "error: performance.burst_bandwidth_limit: 10 is below default_bandwidth_limit \
-             (1000); a burst must allow at least the steady rate (or be 0 for the same) ($F:11)",
             "error: logging.file: directory $DIR/no/such/dir does not exist; create it or \
              choose another file ($F:13)",
+            "warning: performance.burst_bandwidth_limit: 10 bytes is less than one TLS record \
+             (16384): a limited tunnel then relays in pieces that small, at more CPU per byte; \
+             give 16384 or more (0: one second's worth) ($F:11)",
         ]
     );
 }
