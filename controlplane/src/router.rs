@@ -108,6 +108,9 @@ struct State {
     sessions: Mutex<HashMap<(Option<PublicKey>, String), usize>>,
     /// Bumped when keys are revoked: control sessions check their key again.
     revoked: watch::Sender<u64>,
+    /// Set when the router stops: control sessions say goodbye, so tunnels turn
+    /// new users away (or fail over) at once instead of waiting out the drain.
+    stopping: watch::Sender<bool>,
     /// Where the authorized keys live (`None`: given in memory; no rotation then).
     authorized_path: Option<PathBuf>,
     /// The allow-list as configured, to tell keys named in per-key rules.
@@ -265,6 +268,7 @@ impl Router {
                 counters,
                 sessions: Mutex::new(HashMap::new()),
                 revoked: watch::Sender::new(0),
+                stopping: watch::Sender::new(false),
                 authorized_path: s.authorized_path.clone(),
                 policy: s.policy,
                 resolver,
@@ -377,6 +381,7 @@ impl Router {
         }
         info!("router stopping: no new connections; draining open streams for up to {drain:?}");
         drop(self.listener);
+        self.state.stopping.send_replace(true);
         let dp = self.state.dp.clone();
         let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
         let _ = api_stop.send(());

@@ -19,7 +19,7 @@ use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_po
 use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, open_fds, wait_until};
 use crate::sources::{self, Watched, pattern_sha};
 use crate::users::{
-    End, assert_echo, connect, expect_end, expect_refused_user, open_user, wait_for_echo,
+    End, assert_echo, connect, exchange, expect_end, expect_refused_user, open_user, wait_for_echo,
 };
 
 #[track_caller]
@@ -401,6 +401,36 @@ fn sigterm_mid_transfer(engine: Engine, who: Stopped) {
     assert_code(status, 0, &err);
     assert!(err.contains("draining open"), "{err}");
     assert!(!err.contains("drain deadline reached"), "{err}");
+}
+
+/// A router told to stop says goodbye on its control links: its tunnels turn new
+/// users away at once (or fail over) while the streams in flight drain, rather than
+/// leave the new users waiting out the drain.
+#[test]
+fn a_draining_router_says_goodbye_and_new_users_are_turned_away_at_once() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let drain = ["--drain-timeout", "300"];
+    let (mut router, raddr) =
+        home.router_at(Engine::Epoll, "127.0.0.1:0", &[source.to_string()], &drain);
+    let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), &[]);
+    let mut held = open_user(taddr);
+    router.signal("TERM");
+    router.wait_stderr("router stopping");
+    tunnel.wait_stderr("lost the router link: router said goodbye: the router is shutting down");
+    // Turned away within the deadline, long before the drain's 300 s are over.
+    expect_refused_user(taddr);
+    // The stream in flight still goes both ways.
+    exchange(&mut held, b"still here");
+    drop(held);
+    assert_code(router.wait_exit(), 0, &router.stderr());
+    assert!(
+        router
+            .stderr()
+            .contains("client disconnected: the router is shutting down"),
+        "{}",
+        router.stderr()
+    );
 }
 
 both_engines!(sigterm_to_the_tunnel_mid_transfer_loses_nothing, |engine| {

@@ -47,6 +47,7 @@ pub(super) async fn control_session(
     *lock(&state.sessions).entry(live.clone()).or_default() += 1;
     let mut silent = false;
     let mut revocations = state.revoked.subscribe();
+    let mut stopping = state.stopping.subscribe();
     let (clean, reason) = loop {
         let got = tokio::select! {
             got = tokio::time::timeout(silence, wire.recv()) => got,
@@ -62,6 +63,13 @@ pub(super) async fn control_session(
                     break (false, why);
                 }
                 continue;
+            }
+            Ok(()) = async { stopping.wait_for(|s| *s).await.map(drop) } => {
+                // Streams in flight go on over their own channels until the drain ends.
+                let why = "the router is shutting down";
+                let bye = Refusal::new(RefusalCode::ShuttingDown, why);
+                let _ = send_within(&mut wire, &Message::Goodbye(bye), silence).await;
+                break (true, why.to_owned());
             }
             Ok(()) = presented.changed(), if names_keys => {
                 let keys = presented.borrow_and_update().keys.clone();
