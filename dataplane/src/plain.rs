@@ -264,13 +264,17 @@ pub(crate) async fn pump(
         let Some(p) = pipe.as_ref() else {
             return Ok(());
         };
-        match sys::splice(p.read.as_fd_raw(), dst.raw_fd(), in_pipe) {
+        // Under a bandwidth limit, no more leaves than the bucket grants.
+        let allowed = meter.allowance(in_pipe).await;
+        match sys::splice(p.read.as_fd_raw(), dst.raw_fd(), allowed) {
             Ok(0) => return Err(side(!src_is_channel, io::ErrorKind::WriteZero.into())),
             Ok(n) => {
+                meter.unused(allowed - n);
                 in_pipe -= n;
-                meter.sent(n).await;
+                meter.add(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                meter.unused(allowed);
                 dst.writable().await.map_err(|e| side(!src_is_channel, e))?
             }
             // A pipe still holding bytes is dropped, not pooled.
@@ -315,11 +319,14 @@ pub(crate) async fn frames_out(
             src.readable().await.map_err(Stop::Plain)?;
         }
         if copy {
+            // Under a bandwidth limit, no more is read than may be sent now.
+            let allowed = meter.allowance(SMALL).await;
             let mut buf = pool::take();
-            let n = match src.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + SMALL]) {
+            let n = match src.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + allowed]) {
                 Ok(n) => n,
                 Err(e) => {
                     pool::give(buf);
+                    meter.unused(allowed);
                     if e.kind() == io::ErrorKind::WouldBlock {
                         maybe_more = false;
                         continue;
@@ -327,6 +334,7 @@ pub(crate) async fn frames_out(
                     return Err(Stop::Plain(e));
                 }
             };
+            meter.unused(allowed - n);
             if n == 0 {
                 pool::give(buf);
                 return send_eof(chan).await;
@@ -338,8 +346,8 @@ pub(crate) async fn frames_out(
                 .await
                 .map_err(Stop::Channel)?;
             pool::give(buf);
-            meter.sent(n).await;
-            maybe_more = n == SMALL;
+            meter.add(n);
+            maybe_more = n == allowed;
             copy = n < SMALL;
             continue;
         }
@@ -499,10 +507,7 @@ async fn deliver<'a>(
 ) -> Result<Delivered<'a>, Stop> {
     while let Some(piece) = frames.take(&mut bytes)? {
         match piece {
-            Piece::Payload(payload) => {
-                dst.send_all(payload).await.map_err(Stop::Plain)?;
-                meter.sent(payload.len()).await;
-            }
+            Piece::Payload(payload) => meter.send_all(dst, payload).await.map_err(Stop::Plain)?,
             Piece::Eof => return Ok(Delivered::Eof(bytes)),
             Piece::Unframed => return Ok(Delivered::Unframed(bytes)),
         }
@@ -517,22 +522,27 @@ async fn unframed(
     raw: &[u8],
     meter: Meter<'_>,
 ) -> Result<(Ending, Vec<u8>), Stop> {
-    dst.send_all(raw).await.map_err(Stop::Plain)?;
-    meter.sent(raw.len()).await;
+    meter.send_all(dst, raw).await.map_err(Stop::Plain)?;
     pump(chan, dst, true, Wire::Plain, meter).await?;
     Ok((Ending::Fin, Vec::new()))
 }
 
-/// Splices all `n` bytes held in `p` into `dst`, waiting for room as needed.
+/// Splices all `n` bytes held in `p` into `dst`, waiting for room as needed (and,
+/// under a bandwidth limit, for the bucket to grant each piece).
 async fn drain(p: &Pipe, mut n: usize, dst: &Socket, meter: &Meter<'_>) -> io::Result<()> {
     while n > 0 {
-        match sys::splice(p.read.as_fd_raw(), dst.raw_fd(), n) {
+        let allowed = meter.allowance(n).await;
+        match sys::splice(p.read.as_fd_raw(), dst.raw_fd(), allowed) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(k) => {
+                meter.unused(allowed - k);
                 n -= k;
-                meter.sent(k).await;
+                meter.add(k);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                meter.unused(allowed);
+                dst.writable().await?
+            }
             Err(e) => return Err(e),
         }
     }
@@ -581,5 +591,133 @@ impl AsFdRaw for std::os::fd::OwnedFd {
     fn as_fd_raw(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::Read;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::{EngineKind, block_on};
+    use crate::ratelimit::{Grant, Limit, TokenBucket};
+
+    /// A burst of 1000 bytes at 1 byte/s: after the burst, the next grant (1000
+    /// bytes, the smaller of what is wanted and the burst) is 1000 s away, so
+    /// whatever else a relay sends during a test came from ignoring the bucket.
+    const BURST: usize = 1000;
+    const SENT: usize = 5 * BURST;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A connected pair: the end the relay uses, as a runtime socket, and the other.
+    fn pair() -> (Socket, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let far = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (near, _) = l.accept().unwrap();
+        (Socket::from_std(near).unwrap(), far)
+    }
+
+    /// The ways a relay direction moves bytes.
+    enum Way {
+        /// Spliced through a pipe ([`pump`]).
+        Spliced,
+        /// Framed, copied ([`frames_out`]).
+        Framed,
+        /// Held whole, then sent ([`Meter::send_all`]: a batch of TLS records, a
+        /// frame's payload).
+        Held,
+    }
+
+    async fn relay(way: Way, src: &Socket, dst: &Socket, meter: Meter<'_>) {
+        match way {
+            Way::Spliced => drop(pump(src, dst, false, Wire::Plain, meter).await),
+            Way::Framed => drop(frames_out(src, dst, meter).await),
+            Way::Held => {
+                let mut all = vec![0u8; SENT];
+                let mut have = 0;
+                while have < SENT {
+                    src.readable().await.unwrap();
+                    if let Ok(n) = src.try_recv(&mut all[have..]) {
+                        have += n;
+                    }
+                }
+                drop(meter.send_all(dst, &all).await);
+            }
+        }
+    }
+
+    /// Relays `SENT` bytes one `way` under a full bucket until the meter counted the
+    /// burst, then checks that exactly the burst reached the far end, behind the
+    /// `header` bytes the relay adds.
+    fn sends_only_the_burst(way: Way, header: usize) {
+        block_on(EngineKind::Epoll, async move {
+            let bucket = Mutex::new(TokenBucket::new(
+                Some(Limit {
+                    rate: 1,
+                    burst: BURST as u64,
+                }),
+                std::time::Instant::now(),
+            ));
+            let (conn, core) = (Cell::new(0), AtomicU64::new(0));
+            let meter = Meter {
+                conn: &conn,
+                core: &core,
+                limit: Some(&bucket),
+                unanswered: None,
+            };
+            let (src, mut src_far) = pair();
+            let (dst, mut dst_far) = pair();
+            std::io::Write::write_all(&mut src_far, &pattern(SENT)).unwrap();
+            let counted = async {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while conn.get() < BURST as u64 {
+                    assert!(std::time::Instant::now() < deadline, "the burst never left");
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            let relay = relay(way, &src, &dst, meter);
+            futures::pin_mut!(relay, counted);
+            let _ = futures::future::select(relay, counted).await;
+            assert_eq!(conn.get(), BURST as u64);
+            let now = std::time::Instant::now();
+            assert!(matches!(
+                bucket.lock().unwrap().grant(now, 1),
+                Grant::Wait(_)
+            ));
+            let mut got = vec![0u8; header + BURST];
+            dst_far.read_exact(&mut got).unwrap();
+            assert_eq!(&got[header..], &pattern(SENT)[..BURST]);
+            dst_far.set_nonblocking(true).unwrap();
+            let more = dst_far.read(&mut [0u8; 1]);
+            assert_eq!(
+                more.map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock),
+                "more than the burst left at once"
+            );
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_spliced_direction_sends_at_most_the_burst_after_idle() {
+        sends_only_the_burst(Way::Spliced, 0);
+    }
+
+    #[test]
+    fn a_framed_direction_sends_at_most_the_burst_after_idle() {
+        // One `Data` frame of the burst: its header, then the payload.
+        sends_only_the_burst(Way::Framed, HEADER_LEN);
+    }
+
+    #[test]
+    fn bytes_already_read_leave_in_granted_pieces() {
+        sends_only_the_burst(Way::Held, 0);
     }
 }

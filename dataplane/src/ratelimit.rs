@@ -9,9 +9,13 @@
 //!   burst below the rate.
 //!
 //! Over any interval of `t` seconds a bucket lets through at most `burst + rate · t`
-//! bytes (relays: plus one chunk per stream sending at that moment, paid for after
-//! it is sent: see `pace`), and a sender that always wants more gets exactly the
-//! rate in the long run.
+//! bytes, and a sender that always wants more gets exactly the rate in the long run.
+//! In particular, after an idle spell a tunnel sends at most the burst before it
+//! waits for the bucket to refill, however large its reads and writes are: stream
+//! relays ask the bucket before each read or send and move only what it grants
+//! ([`take`]), cutting a large chunk into granted pieces; a datagram, which cannot be
+//! cut, is paid for before it goes ([`pace`]), taking the bucket into debt that every
+//! sender of the tunnel then waits out.
 //!
 //! # One bucket per direction, shared by the cores
 //!
@@ -20,7 +24,7 @@
 //! ([`Limit::share`]) would need no lock, but a tunnel whose traffic lands on one core
 //! (one big download, or an uneven `SO_REUSEPORT` spread) would get only that core's
 //! share: a user who sets 10 MB/s and sees 5 would rightly call it a bug. The lock is
-//! taken once per relayed chunk (up to 64 KiB) and only on tunnels with a limit, whose
+//! taken once per granted piece (up to 64 KiB) and only on tunnels with a limit, whose
 //! rate is by definition below what the relay could do; tunnels without one take no
 //! lock and pay one branch.
 //!
@@ -43,8 +47,10 @@
 //! assert_eq!(bucket.grant(t0 + Duration::from_millis(200), 600), Grant::Now(600));
 //! ```
 //!
-//! A relay sends what [`Grant::Now`] allows (returning what it could not send with
-//! [`TokenBucket::refund`]) and on [`Grant::Wait`] sleeps that long, then asks again.
+//! A relay reads or sends at most what [`Grant::Now`] allows (returning what it could
+//! not use with [`TokenBucket::refund`]) and on [`Grant::Wait`] sleeps that long, then
+//! asks again. A limited relay holds the bytes it already read (one pooled buffer, or
+//! a pipe) while it waits for a grant to send them; unlimited ones never ask.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -113,7 +119,7 @@ pub enum Grant {
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     limit: Option<Limit>,
-    /// Available tokens, in units of 1/[`SCALE`] byte; below zero while bytes sent
+    /// Available tokens, in units of 1/[`SCALE`] byte; below zero while bytes charged
     /// ahead of the rate ([`Self::charge`]) are not paid for yet.
     tokens: i128,
     /// `burst` in the same units.
@@ -165,24 +171,18 @@ impl TokenBucket {
         Grant::Wait(refill_time(deficit, limit.rate))
     }
 
-    /// Takes `n` bytes already sent out of the bucket at `now`, into debt if it holds
-    /// fewer, and says how long until the debt is paid off (`None`: nothing owed).
+    /// Takes `n` bytes out of the bucket at `now`, into debt if it holds fewer, and
+    /// says how long until the debt is paid off (`None`: nothing owed). For what
+    /// cannot be cut to a grant (a datagram): its sender waits that long before it
+    /// sends.
     ///
-    /// The debt stays in the bucket whoever ends up waiting for it: a connection
-    /// that closes before its wait is over leaves it to the tunnel's next bytes, so
-    /// many short transfers cannot slip past the limit one chunk at a time.
+    /// The debt stays in the bucket whoever ends up waiting for it: [`Self::grant`]
+    /// grants nothing until it is paid, so a flow that closes before its wait is over
+    /// leaves it to the tunnel's next bytes.
     pub fn charge(&mut self, now: Instant, n: usize) -> Option<Duration> {
         let limit = self.limit?;
         self.refill(now, limit.rate);
         self.tokens = self.tokens.saturating_sub(scaled(n));
-        (self.tokens < 0).then(|| refill_time(-self.tokens, limit.rate))
-    }
-
-    /// How long until bytes sent ahead of the rate are paid for (`None`: nothing is
-    /// owed).
-    pub fn owed(&mut self, now: Instant) -> Option<Duration> {
-        let limit = self.limit?;
-        self.refill(now, limit.rate);
         (self.tokens < 0).then(|| refill_time(-self.tokens, limit.rate))
     }
 
@@ -306,11 +306,35 @@ impl PerClient {
     }
 }
 
-/// Pays for `n` bytes just relayed: returns at once while the bucket holds them,
-/// otherwise charges them as debt and sleeps until it is paid off. Relays call it
-/// after each send, so a direction moves at most `burst + rate · t` bytes (plus one
-/// chunk per connection sending at that moment) in any `t` seconds, and the sleep
-/// holds back the next read, which pushes back on the sender through TCP.
+/// Waits until `bucket` grants some of `want` bytes and takes them: how many may be
+/// read or sent now (at least `min(want, burst)`, see [`TokenBucket::grant`]; `0` only
+/// when `want` is). What goes unused goes back with [`TokenBucket::refund`]. Nothing
+/// leaves ahead of the bucket this way, so a stream never puts its tunnel into debt
+/// and waits out the debt datagrams left before its next bytes.
+pub(crate) async fn take(bucket: &Mutex<TokenBucket>, want: usize) -> usize {
+    loop {
+        let grant = bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .grant(Instant::now(), want);
+        match grant {
+            Grant::Now(n) => return n,
+            Grant::Wait(d) => monoio::time::sleep(d).await,
+        }
+    }
+}
+
+/// Gives back `n` bytes granted by [`take`] but not sent.
+pub(crate) fn give_back(bucket: &Mutex<TokenBucket>, n: usize) {
+    if n > 0 {
+        bucket.lock().unwrap_or_else(|p| p.into_inner()).refund(n);
+    }
+}
+
+/// Pays for `n` bytes about to be sent whole (a batch of datagrams, which cannot be
+/// cut to a grant): returns at once while the bucket holds them, otherwise charges
+/// them as debt and sleeps until it is paid off, so they leave no earlier than the
+/// rate allows and every other sender of the tunnel waits out the debt too.
 pub(crate) async fn pace(bucket: &Mutex<TokenBucket>, n: usize) {
     let wait = bucket
         .lock()
@@ -326,21 +350,6 @@ pub(crate) async fn pace(bucket: &Mutex<TokenBucket>, n: usize) {
 fn refill_time(deficit: i128, rate: u64) -> Duration {
     let deficit = u128::try_from(deficit).unwrap_or(0);
     nanos(deficit.div_ceil(u128::from(rate)))
-}
-
-/// Waits until bytes sent ahead of the rate are paid for. A stream calls it before
-/// it relays anything: one that starts while the tunnel is in debt (its earlier
-/// streams each sent a chunk and ended before their waits were over) sends nothing
-/// until the debt is paid, so short transfers one after another are held to the
-/// limit too.
-pub(crate) async fn settle(bucket: &Mutex<TokenBucket>) {
-    let wait = bucket
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .owed(Instant::now());
-    if let Some(d) = wait {
-        monoio::time::sleep(d).await;
-    }
 }
 
 /// A duration of `ns` nanoseconds, saturating at `Duration::MAX`'s whole seconds.
@@ -457,6 +466,40 @@ mod tests {
         assert_eq!(sent, 611 * 16_384);
         assert!(sent <= 16_384 + 10 * 1_000_000);
         assert!(sent >= 10 * 1_000_000);
+    }
+
+    #[test]
+    fn a_sender_that_asks_before_each_send_sends_the_burst_then_the_rate() {
+        // The relays' way: ask for a whole read (64 KiB) and send only what is
+        // granted. After idle, 50 000 bytes at 10 000 bytes/s with a 10 000-byte
+        // burst: 10 000 at once, then 10 000 a second, so 40 000 wait 4 s.
+        let (mut b, t0) = bucket(10_000, 10_000);
+        let (mut now, mut left, mut sends) = (t0, 50_000usize, Vec::new());
+        while left > 0 {
+            match b.grant(now, left.min(65_536)) {
+                Grant::Now(n) => {
+                    sends.push((now - t0, n));
+                    left -= n;
+                }
+                Grant::Wait(d) => now += d,
+            }
+        }
+        let expected: Vec<_> = (0..5).map(|s| (Duration::from_secs(s), 10_000)).collect();
+        assert_eq!(sends, expected);
+    }
+
+    #[test]
+    fn a_datagrams_debt_holds_back_the_next_grant() {
+        let (mut b, t0) = bucket(1000, 1000);
+        // A 3000-byte batch of datagrams, paid for before it goes: 2000 owed, 2 s.
+        assert_eq!(b.charge(t0, 3000), Some(Duration::from_secs(2)));
+        // A stream asking meanwhile waits out the debt, then for its grant.
+        assert_eq!(b.grant(t0, 5000), Grant::Wait(Duration::from_secs(3)));
+        let t3 = t0 + Duration::from_secs(3);
+        assert_eq!(b.grant(t3, 5000), Grant::Now(1000));
+        // A grant read short gives back what was not sent, up to the burst.
+        b.refund(600);
+        assert_eq!(b.grant(t3, 600), Grant::Now(600));
     }
 
     #[test]

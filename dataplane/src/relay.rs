@@ -186,7 +186,6 @@ fn up<'a>(
     chunk: usize,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
-        meter.settled().await;
         // After a full read more is probably waiting: try again before waiting.
         let mut maybe_more = false;
         // Plaintext read at once: `chunk`, trimmed once bytes flow so that each
@@ -196,11 +195,14 @@ fn up<'a>(
             if !maybe_more {
                 plain.readable().await.map_err(Stop::Plain)?;
             }
+            // Under a bandwidth limit, no more is read than may be sent now.
+            let allowed = meter.allowance(size).await;
             let mut buf = pool::take();
-            let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + size]) {
+            let n = match plain.try_recv(&mut buf[HEADER_LEN..HEADER_LEN + allowed]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     pool::give(buf);
+                    meter.unused(allowed);
                     maybe_more = false;
                     continue;
                 }
@@ -209,7 +211,8 @@ fn up<'a>(
                     return Err(Stop::Plain(e));
                 }
             };
-            maybe_more = n == size;
+            meter.unused(allowed - n);
+            maybe_more = n == allowed;
             let (out, len) = seal_chunk(tls, buf, n)?;
             let sent = chan.send_all(&out[..len]).await;
             pool::give(out);
@@ -221,7 +224,7 @@ fn up<'a>(
                 // Bulk: the segment size moves as the connection's window grows.
                 size = fit_to_segments(chunk, chan.mss());
             }
-            meter.sent(n).await;
+            meter.add(n);
         }
     }
 }
@@ -306,7 +309,6 @@ fn down<'a>(
     ahead: Option<Meter<'a>>,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
-        meter.settled().await;
         let mut opened = side == Side::Router;
         let mut replay = std::mem::take(backlog);
         // After a short read the socket is probably empty: wait before reading again.
@@ -344,16 +346,14 @@ fn down<'a>(
                 up.opened();
             }
             if len > 0 {
-                let sent = plain.send_all(&out[..len]).await;
+                // Under a bandwidth limit, in the pieces the bucket grants.
+                let sent = meter.send_all(plain, &out[..len]).await;
                 if let Err(e) = sent {
                     pool::give(out);
                     return Err(Stop::Plain(e));
                 }
             }
             pool::give(out);
-            if len > 0 {
-                meter.sent(len).await;
-            }
             match then {
                 Then::More => {}
                 Then::Eof => {

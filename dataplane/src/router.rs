@@ -445,21 +445,18 @@ impl RouterCore {
             unanswered: None,
         };
         let up = async {
-            to_source.settled().await;
             if wire == Wire::Framed {
                 return Ok(match frames_in(sock, source, pre, to_source).await? {
                     (Ending::Eof, next) => Some(next),
                     (Ending::Fin, _) => None,
                 });
             }
-            source.send_all(pre).await.map_err(Stop::Plain)?;
-            to_source.sent(pre.len()).await;
+            to_source.send_all(source, pre).await.map_err(Stop::Plain)?;
             pump(sock, source, true, wire, to_source)
                 .await
                 .map(|()| None)
         };
         let down = async {
-            to_client.settled().await;
             if wire == Wire::Framed {
                 Ok(frames_out(source, sock, to_client).await? == Ending::Eof)
             } else {

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -423,25 +424,52 @@ impl Meter<'_> {
         }
     }
 
-    /// Under a bandwidth limit, waits until what the tunnel sent ahead of the rate is
-    /// paid for: the first thing each direction of a stream does.
-    pub(crate) async fn settled(&self) {
-        if let Some(bucket) = self.limit {
-            Box::pin(crate::ratelimit::settle(bucket)).await;
+    /// What of `want` bytes may be read or sent now: all of it without a bandwidth
+    /// limit; under one, what the bucket grants (waiting for at least
+    /// `min(want, burst)`), taken out of it. What goes unsent goes back with
+    /// [`Self::unused`].
+    pub(crate) async fn allowance(&self, want: usize) -> usize {
+        match self.limit {
+            None => want,
+            // Boxed: only limited tunnels pay for the sleep's state, not every task.
+            Some(bucket) => Box::pin(crate::ratelimit::take(bucket, want)).await,
         }
     }
 
-    /// Counts `n` bytes just sent and, under a bandwidth limit, waits until they are
-    /// paid for.
-    pub(crate) async fn sent(&self, n: usize) {
-        self.add(n);
-        self.pay(n).await;
+    /// Gives back `n` bytes of an [`Self::allowance`] that were not sent.
+    pub(crate) fn unused(&self, n: usize) {
+        if let Some(bucket) = self.limit {
+            crate::ratelimit::give_back(bucket, n);
+        }
     }
 
-    /// Under a bandwidth limit, charges `n` bytes and waits until they are paid for.
-    /// Datagrams pay before they are sent (a stream's bytes after, a read's worth at
-    /// a time): each flow of a datagram or two would otherwise pass the limit by what
-    /// it sent before its first wait, however many flows there are.
+    /// Sends all of `bytes` on `sock` and counts them. Under a bandwidth limit they
+    /// go in the pieces the bucket grants, each once granted: after an idle spell
+    /// at most the burst leaves at once, however much arrived in one read.
+    pub(crate) async fn send_all(&self, sock: &crate::net::Socket, bytes: &[u8]) -> io::Result<()> {
+        if self.limit.is_none() {
+            sock.send_all(bytes).await?;
+            self.add(bytes.len());
+            return Ok(());
+        }
+        Box::pin(self.send_granted(sock, bytes)).await
+    }
+
+    async fn send_granted(&self, sock: &crate::net::Socket, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = self.allowance(bytes.len()).await;
+            sock.send_all(&bytes[..n]).await?;
+            self.add(n);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Under a bandwidth limit, pays for `n` bytes before they are sent whole, waiting
+    /// until they are paid for (see [`crate::ratelimit::pace`]). For datagrams, which
+    /// cannot be cut to a grant: paid before they go, each flow of a datagram or two
+    /// would otherwise pass the limit by what it sent before its first wait, however
+    /// many flows there are.
     pub(crate) async fn pay(&self, n: usize) {
         if let Some(bucket) = self.limit {
             // Boxed: only limited tunnels pay for the sleep's state, not every task.

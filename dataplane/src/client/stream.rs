@@ -300,7 +300,6 @@ impl ClientCore {
             unanswered: Some(&counters.unanswered),
         };
         let up = async {
-            to_router.settled().await;
             if wire == Wire::Framed {
                 Ok(frames_out(user, sock, to_router).await? == Ending::Eof)
             } else {
@@ -318,15 +317,13 @@ impl ClientCore {
                 limit: limit.map(|b| &b.down),
                 unanswered: None,
             };
-            to_user.settled().await;
             if wire == Wire::Framed {
                 let (ending, after) = frames_in(sock, user, &rest, to_user).await?;
                 // The router sends nothing after its `Eof` until the next `Open`: a
                 // channel that did is not reused.
                 return Ok(ending == Ending::Eof && after.is_empty());
             }
-            user.send_all(&rest).await.map_err(Stop::Plain)?;
-            to_user.sent(rest.len()).await;
+            to_user.send_all(user, &rest).await.map_err(Stop::Plain)?;
             pump(sock, user, true, wire, to_user).await.map(|()| false)
         };
         let both = try_join(up, down);
