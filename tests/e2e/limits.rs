@@ -206,13 +206,42 @@ both_engines!(
     }
 );
 
+// `--burst-limit` is the most a tunnel sends at once after an idle spell: a transfer
+// of several bursts that fits in one read of the relay (64 KiB) must not go through
+// at once, either way, on either transport.
+both_engines!(
+    a_burst_after_idle_is_the_most_that_leaves_at_once,
+    |engine: Engine| burst_after_idle(engine, &[])
+);
+
+#[test]
+fn a_burst_after_idle_is_the_most_that_leaves_at_once_over_plain() {
+    burst_after_idle(Engine::Epoll, crate::plain::PLAIN);
+}
+
+/// 50 000 bytes each way through a tunnel just started (its buckets full) with a
+/// limit of 10 000 bytes/s and a 10 000-byte burst: each way takes at least 4 s.
+fn burst_after_idle(engine: Engine, transport: &[&str]) {
+    const LEN: usize = 50_000;
+    const RATE: usize = 10_000;
+    const BURST: usize = 10_000;
+    let home = Home::with_keys();
+    let (source, got) = sources::exchange(LEN);
+    let (_router, raddr) = home.router_with(engine, &[source.to_string()], transport);
+    let (rate, burst) = (RATE.to_string(), BURST.to_string());
+    let mut flags = vec!["--bandwidth-limit", &rate, "--burst-limit", &burst];
+    flags.extend_from_slice(transport);
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &flags);
+    assert_paced(taddr, &got, LEN, RATE, BURST);
+}
+
 // Short transfers one after another (a client that reads what it asked for and goes,
-// as curl does with a Content-Length) are held to the limit too: a stream that ends
-// before paying for its last chunk leaves the debt to the tunnel's next stream.
+// as curl does with a Content-Length) are held to the limit too: the burst goes to
+// the first, and each one after waits for what it sends to refill.
 #[test]
 fn short_transfers_one_after_another_are_held_to_the_bandwidth_limit() {
-    // Each transfer fits in one read of the relay (64 KiB), so it reaches the user
-    // before the relay pays for it.
+    // Each transfer fits in one read of the relay (64 KiB): without a grant for
+    // each read it would reach the user at once.
     const RATE: usize = 30_000;
     const LEN: usize = 30_000;
     const COUNT: usize = 4;
@@ -237,12 +266,10 @@ fn short_transfers_one_after_another_are_held_to_the_bandwidth_limit() {
         assert!(got == want, "transfer {i}: the bytes differ");
     }
     let elapsed = started.elapsed();
-    // At most the burst (one second's worth) plus the rate, plus what is sent but
-    // not charged yet: the last transfer, and one more if its relay is charged only
-    // after the next stream looked (a worker descheduled between its write and its
-    // charge, as happens on a loaded machine): (4 - 1 - 2) s here, with a tenth off
-    // for clocks. Without the debt the four take milliseconds. A lower bound only.
-    let least = 0.9 * (COUNT * LEN - RATE - 2 * LEN) as f64 / RATE as f64;
+    // At most the burst (one second's worth) at once, then the rate: (4 - 1) s here,
+    // with a tenth off for slack. Unpaced, the four take milliseconds. A lower bound
+    // only.
+    let least = 0.9 * (COUNT * LEN - RATE) as f64 / RATE as f64;
     assert!(
         elapsed.as_secs_f64() >= least,
         "{COUNT} transfers of {LEN} bytes at {RATE} bytes/s took only {elapsed:?}"
@@ -275,10 +302,9 @@ fn a_router_paces_each_client_and_loses_nothing() {
 
 /// Sends `len` bytes each way through the tunnel at `taddr` (to a
 /// [`sources::exchange`] source whose results arrive on `got`), checks both arrive
-/// whole, and that it took at least what a limit of `rate` bytes/s with `burst`
-/// allows: each direction the burst, then the rest at the rate, less one 64 KiB
-/// chunk sent before it is paid for. (A lower bound only: a loaded machine makes
-/// the transfer slower, never faster.)
+/// whole, and that each way took at least what a limit of `rate` bytes/s with
+/// `burst` allows: the burst, then the rest at the rate, with a tenth off for slack.
+/// (A lower bound only: a loaded machine makes the transfer slower, never faster.)
 fn assert_paced(
     taddr: std::net::SocketAddr,
     got: &std::sync::mpsc::Receiver<(usize, String)>,
@@ -293,15 +319,18 @@ fn assert_paced(
     let mut r = user;
     let (n, sha) = read_all_hashed(&mut r).unwrap();
     writer.join().unwrap();
-    let elapsed = started.elapsed();
+    let down = started.elapsed();
     assert_eq!((n, sha), (len, pattern_sha(2, len)), "source to user");
     let (n, sha) = got.recv_timeout(crate::harness::DEADLINE).unwrap();
+    let up = started.elapsed();
     assert_eq!((n, sha), (len, pattern_sha(1, len)), "user to source");
-    let least = (len - burst - (64 << 10)) as f64 / rate as f64;
-    assert!(
-        elapsed.as_secs_f64() >= least,
-        "{len} bytes at {rate} bytes/s took only {elapsed:?}"
-    );
+    let least = 0.9 * (len - burst) as f64 / rate as f64;
+    for (way, took) in [("source to user", down), ("user to source", up)] {
+        assert!(
+            took.as_secs_f64() >= least,
+            "{way}: {len} bytes at {rate} bytes/s with a burst of {burst} took only {took:?}"
+        );
+    }
 }
 
 /// The TCP timers `ss` shows for sockets matching `filter` (e.g. "dst 127.0.0.1:80").
