@@ -44,67 +44,158 @@ pub const INHERITED_CLAIM: &str = "CONDUIT_NAME_CLAIM";
 /// before anything of the tunnel exists and held as long as the file stays open — by
 /// the tunnel process, or by a launching parent and then by the child it hands the
 /// descriptor to. The kernel drops the lock when its last holder exits, however it
-/// exits, so a crashed tunnel leaves no stale claim; the file itself stays (removing
-/// it would let a second claimant lock a file the first one no longer sees).
+/// exits, so a crashed tunnel leaves no stale claim (only its file, which the next
+/// claim takes over).
+///
+/// The holder that ends the claim removes the file, while it still holds the lock,
+/// so a stopped tunnel or a failed start leaves nothing in `run/`. Removing it opens a
+/// race the claim closes: a second claimant may have opened the file just before it
+/// was removed, and would then lock a file no longer at the path while a third
+/// creates and locks a new one. So a lock counts only once the path is seen to still
+/// name the locked file (same device and inode); otherwise the claimant opens the
+/// path again.
 #[derive(Debug)]
 pub struct NameClaim {
-    /// The locked file; `None` when this process runs under its parent's claim.
-    file: Option<std::fs::File>,
+    held: Held,
     path: PathBuf,
 }
 
+/// How a [`NameClaim`] holds its lock.
+#[derive(Debug)]
+enum Held {
+    /// Locked through this descriptor.
+    Own(std::fs::File),
+    /// Locked through a descriptor the launching parent handed this process (open
+    /// until it exits); this is the same file opened again, to know it by.
+    Inherited(std::fs::File),
+    /// Handed on to a child, which ends the claim: its file is the child's to remove.
+    HandedOn,
+}
+
+/// How many times a claimant opens the lock file again after finding that the file
+/// it locked was removed (or replaced) meanwhile. Each retry means another claimant
+/// ended its claim in between: a handful is already far beyond what happens.
+const CLAIM_TRIES: usize = 8;
+
 /// Claims `name` for a tunnel of this home, or says which tunnel holds it.
 pub fn claim_name(home: &Home, name: &str) -> Result<NameClaim, Error> {
+    let inherited = std::env::var_os(INHERITED_CLAIM).is_some_and(|n| n == name);
+    claim(home, name, inherited)
+}
+
+/// [`claim_name`], told whether this process runs under its parent's claim on `name`.
+fn claim(home: &Home, name: &str, inherited: bool) -> Result<NameClaim, Error> {
     let run = home.run();
     Home::ensure_private_dir(&run)?;
     let path = run.join(format!("{name}.lock"));
-    let file = std::fs::OpenOptions::new()
+    for _ in 0..CLAIM_TRIES {
+        let file = open_lock(&path)?;
+        match lock(&file, &path)? {
+            Locked::Yes => {
+                // A tunnel of a version without name locks is known by its entry alone.
+                if let Some(e) = Registry::new(home)
+                    .entries()
+                    .into_iter()
+                    .find(|e| e.name == name)
+                {
+                    return Err(taken(name, Some(e.pid), Some(&e.tunnel_id)));
+                }
+                let claim = NameClaim {
+                    held: Held::Own(file),
+                    path,
+                };
+                claim.set_holder(std::process::id())?;
+                return Ok(claim);
+            }
+            Locked::Moved => continue,
+            Locked::Busy if inherited => {
+                return Ok(NameClaim {
+                    held: Held::Inherited(file),
+                    path,
+                });
+            }
+            Locked::Busy => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok());
+                let id = Registry::new(home)
+                    .find(name)
+                    .filter(|e| Some(e.pid) == pid)
+                    .map(|e| e.tunnel_id);
+                return Err(taken(name, pid, id.as_deref()));
+            }
+        }
+    }
+    Err(Error::File {
+        what: "cannot lock the tunnel's name lock",
+        path,
+        source: std::io::Error::other(format!(
+            "it was removed or replaced each of {CLAIM_TRIES} times it was locked; try again"
+        )),
+    })
+}
+
+fn open_lock(path: &std::path::Path) -> Result<std::fs::File, Error> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
         .map_err(|source| Error::File {
             what: "cannot open the tunnel's name lock",
-            path: path.clone(),
+            path: path.to_owned(),
             source,
-        })?;
+        })
+}
+
+/// What [`lock`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Locked {
+    /// Locked, and the path names the locked file: the claim is this process's.
+    Yes,
+    /// Another descriptor holds the lock.
+    Busy,
+    /// Locked, but the file is no longer at the path (its holder removed it as it
+    /// ended its claim, after this one opened it): the lock is worth nothing, and
+    /// is dropped with `file`.
+    Moved,
+}
+
+/// Tries to lock `file`, opened from `path`, and checks that `path` still names it.
+fn lock(file: &std::fs::File, path: &std::path::Path) -> Result<Locked, Error> {
     match file.try_lock() {
+        Ok(()) if names(path, file) => Ok(Locked::Yes),
         Ok(()) => {
-            // A tunnel of a version without name locks is known by its entry alone.
-            if let Some(e) = Registry::new(home)
-                .entries()
-                .into_iter()
-                .find(|e| e.name == name)
-            {
-                return Err(taken(name, Some(e.pid), Some(&e.tunnel_id)));
-            }
-            let claim = NameClaim {
-                file: Some(file),
-                path,
-            };
-            claim.set_holder(std::process::id())?;
-            Ok(claim)
+            // Unlocked now rather than when `file` closes: whoever holds the same
+            // stale file open may go on to the path at once.
+            let _ = file.unlock();
+            Ok(Locked::Moved)
         }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            if std::env::var_os(INHERITED_CLAIM).is_some_and(|n| n == name) {
-                return Ok(NameClaim { file: None, path });
-            }
-            let pid = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse::<u32>().ok());
-            let id = Registry::new(home)
-                .find(name)
-                .filter(|e| Some(e.pid) == pid)
-                .map(|e| e.tunnel_id);
-            Err(taken(name, pid, id.as_deref()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Locked::Busy),
         Err(std::fs::TryLockError::Error(source)) => Err(Error::File {
             what: "cannot lock the tunnel's name lock",
-            path,
+            path: path.to_owned(),
             source,
         }),
     }
+}
+
+/// Whether `path` names the file open as `file` (same device and inode).
+#[cfg(unix)]
+fn names(path: &std::path::Path, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(at), Ok(open)) => at.dev() == open.dev() && at.ino() == open.ino(),
+        _ => false,
+    }
+}
+
+/// Whether `path` names the file open as `file`: without inodes to compare, whether
+/// it names a file at all.
+#[cfg(not(unix))]
+fn names(path: &std::path::Path, _file: &std::fs::File) -> bool {
+    path.is_file()
 }
 
 fn taken(name: &str, pid: Option<u32>, id: Option<&str>) -> Error {
@@ -128,9 +219,10 @@ impl NameClaim {
     /// Records `pid` as the claim's holder in the lock file, for the message a
     /// second claimant gets.
     pub fn set_holder(&self, pid: u32) -> Result<(), Error> {
-        let Some(mut file) = self.file.as_ref() else {
+        let Held::Own(file) = &self.held else {
             return Ok(());
         };
+        let mut file = file;
         use std::io::{Seek, Write};
         let io = |source| Error::File {
             what: "cannot write the tunnel's name lock",
@@ -147,7 +239,7 @@ impl NameClaim {
     /// [`INHERITED_CLAIM`].
     pub fn make_inheritable(&self) -> Result<(), Error> {
         #[cfg(unix)]
-        if let Some(file) = &self.file {
+        if let Held::Own(file) = &self.held {
             use nix::fcntl::{FcntlArg, FdFlag, fcntl};
             fcntl(file, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| Error::File {
                 what: "cannot hand on the tunnel's name lock",
@@ -156,6 +248,29 @@ impl NameClaim {
             })?;
         }
         Ok(())
+    }
+
+    /// The child this claim was made inheritable for is up and holds it: this
+    /// process lets go of its descriptor, and leaves the file for the child to
+    /// remove when it ends.
+    pub fn handed_on(mut self) {
+        self.held = Held::HandedOn;
+    }
+}
+
+impl Drop for NameClaim {
+    /// Ends the claim: removes the lock file while the lock is still held (the
+    /// descriptor closes after this, or for an inherited claim when the process
+    /// exits), so no other claimant can hold the file being removed; one that opened
+    /// it before finds it gone once it locks it, and opens the path again.
+    fn drop(&mut self) {
+        let (Held::Own(file) | Held::Inherited(file)) = &self.held else {
+            return;
+        };
+        // Only the file this claim holds: never one a later claim made.
+        if names(&self.path, file) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -342,5 +457,132 @@ impl RegisteredTunnel {
         entry.status = "stopping".into();
         registry.remove(&entry);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("home"));
+        (dir, home)
+    }
+
+    #[test]
+    fn a_claim_excludes_a_second_and_its_end_removes_the_file() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        let a = claim(&home, "t", false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        let Err(Error::Config(why)) = claim(&home, "t", false) else {
+            panic!("a second claim of a held name succeeded");
+        };
+        assert!(
+            why.starts_with("a tunnel named \"t\" is being started right now (by pid "),
+            "{why}"
+        );
+        drop(a);
+        assert!(!path.exists(), "the ended claim left {}", path.display());
+        let again = claim(&home, "t", false).unwrap();
+        assert!(path.exists());
+        drop(again);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_claimant_that_opened_the_file_before_its_holder_removed_it_does_not_win() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        let a = claim(&home, "t", false).unwrap();
+        // B opens the file, then A ends its claim (removing the file) before B locks.
+        let b = open_lock(&path).unwrap();
+        assert_eq!(lock(&b, &path).unwrap(), Locked::Busy);
+        drop(a);
+        // C claims the name meanwhile: a new file at the path.
+        let c = claim(&home, "t", false).unwrap();
+        // B's lock on the removed file is worth nothing: it must not count as the
+        // claim, or B and C would both hold the name.
+        assert_eq!(lock(&b, &path).unwrap(), Locked::Moved);
+        // Opening the path again, B finds C's claim.
+        let b2 = open_lock(&path).unwrap();
+        assert_eq!(lock(&b2, &path).unwrap(), Locked::Busy);
+        assert!(matches!(claim(&home, "t", false), Err(Error::Config(_))));
+        // B's stale open does not keep C from ending its claim cleanly.
+        drop(c);
+        assert!(!path.exists());
+        drop((b, b2));
+        // Nor is anything left that keeps the name from being claimed again.
+        let d = claim(&home, "t", false).unwrap();
+        assert!(path.exists());
+        drop(d);
+    }
+
+    #[test]
+    fn a_lock_on_a_removed_file_is_let_go_at_once() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        let a = claim(&home, "t", false).unwrap();
+        let (b, b_again) = (open_lock(&path).unwrap(), open_lock(&path).unwrap());
+        drop(a);
+        assert_eq!(lock(&b, &path).unwrap(), Locked::Moved);
+        // Another descriptor of the same stale file can lock it: B did not keep it.
+        assert_eq!(lock(&b_again, &path).unwrap(), Locked::Moved);
+        assert!(
+            !path.exists(),
+            "a stale lock must not create the file again"
+        );
+    }
+
+    #[test]
+    fn a_file_left_by_a_crashed_holder_is_taken_over() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        Home::ensure_private_dir(&home.run()).unwrap();
+        // What a SIGKILLed tunnel leaves: the file, unlocked, its pid inside.
+        std::fs::write(&path, "999999\n").unwrap();
+        let c = claim(&home, "t", false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        drop(c);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_claim_handed_on_leaves_the_file_to_the_child_which_removes_it() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        let parent = claim(&home, "t", false).unwrap();
+        parent.make_inheritable().unwrap();
+        // The child, under its parent's claim (here the parent's descriptor is
+        // still open in this one process, as the inherited one is in a child).
+        let child = claim(&home, "t", true).unwrap();
+        assert!(matches!(child.held, Held::Inherited(_)));
+        parent.handed_on();
+        assert!(path.exists(), "the parent removed the file its child holds");
+        drop(child);
+        assert!(!path.exists(), "the child left its file as it ended");
+    }
+
+    #[test]
+    fn an_inherited_claim_never_removes_a_file_it_does_not_hold() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        let parent = claim(&home, "t", false).unwrap();
+        let child = claim(&home, "t", true).unwrap();
+        // The file is gone (by hand) and another claim made a new one.
+        std::fs::remove_file(&path).unwrap();
+        drop(parent);
+        let other = claim(&home, "t", false).unwrap();
+        drop(child);
+        assert!(path.exists(), "the child removed another claim's file");
+        drop(other);
+        assert!(!path.exists());
     }
 }

@@ -7,7 +7,9 @@
 //! and stdout to a pipe on which the child announces "listening", then "connected" or
 //! "retrying". The parent returns as soon as one of those arrives; if the child exits
 //! first, the parent reports the child's error and exit code, and nothing is left
-//! behind. Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits
+//! behind (the name's lock file included: the child removes it as it ends, or the
+//! parent does if the child could not; once the child is up the parent hands the
+//! claim on, [`NameClaim::handed_on`], and leaves the file to it). Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits
 //! 130. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
@@ -166,8 +168,10 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                     addr = Some(a);
                     id = i;
                 } else if addr.is_some() && line.contains("connected to router") {
+                    l.claim.handed_on();
                     return Ok(launched(pid, id, addr, Standing::Connected, log_file));
                 } else if addr.is_some() && line.contains("retrying") {
+                    l.claim.handed_on();
                     return Ok(launched(pid, id, addr, Standing::Retrying(line), log_file));
                 }
             }
