@@ -5,6 +5,7 @@ use std::process::Stdio;
 
 use crate::harness::{Engine, Home, assert_code};
 use crate::manage::{Cleanup, list_json, pid_alive, run_args, start_args, wait_list};
+use crate::procfs::wait_until;
 use crate::sources;
 
 fn log_of(home: &Home, file: &str) -> Vec<u8> {
@@ -59,6 +60,55 @@ fn two_starts_of_one_name_at_once_leave_one_tunnel() {
     let log = String::from_utf8_lossy(&log_of(&home, "race.log")).into_owned();
     assert!(!log.contains("already running"), "{log}");
     assert!(!home.path().join("logs/race.log.1").exists());
+}
+
+/// The name lock files in `run/`.
+fn locks(home: &Home) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(home.path().join("run")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<_> = dir
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lock"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn neither_a_failed_start_nor_a_stopped_tunnel_leaves_its_name_lock() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let mut args = start_args(&home, &raddr.to_string(), &source.to_string(), "tidy");
+    let bind_at = args.iter().position(|a| a == "--bind").unwrap() + 1;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    args[bind_at] = taken.local_addr().unwrap().to_string();
+    // In the background (the child fails after its parent handed it the claim) and
+    // in the foreground.
+    let (status, _, err) = run_args(&home, &args);
+    assert_code(status, 69, &err);
+    assert_eq!(locks(&home), Vec::<String>::new());
+    let mut foreground = args.clone();
+    foreground.insert(1, "--foreground".into());
+    let (status, _, err) = run_args(&home, &foreground);
+    assert_code(status, 69, &err);
+    assert_eq!(locks(&home), Vec::<String>::new());
+
+    // A tunnel holds its lock while it runs and leaves none once stopped, and the
+    // name is free again (twice: the second run claims a file the first removed).
+    args[bind_at] = "127.0.0.1:0".into();
+    for _ in 0..2 {
+        let (status, _, err) = run_args(&home, &args);
+        assert_code(status, 0, &err);
+        assert_eq!(locks(&home), ["tidy.lock"]);
+        home.ok(&["kill", "--tunnel", "tidy"]);
+        wait_until("the stopped tunnel's lock file gone", || {
+            let l = locks(&home);
+            (l.is_empty(), l)
+        });
+    }
 }
 
 #[test]
@@ -334,6 +384,7 @@ fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
     assert!(start.stdout().is_empty());
     assert!(!pid_alive(pid), "the tunnel process is still there");
     assert!(list_json(&home).is_empty());
+    assert_eq!(locks(&home), Vec::<String>::new());
     assert_eq!(
         std::fs::read_dir(home.path().join("tunnels"))
             .unwrap()
