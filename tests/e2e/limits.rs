@@ -219,20 +219,63 @@ fn a_burst_after_idle_is_the_most_that_leaves_at_once_over_plain() {
     burst_after_idle(Engine::Epoll, crate::plain::PLAIN);
 }
 
-/// 50 000 bytes each way through a tunnel just started (its buckets full) with a
-/// limit of 10 000 bytes/s and a 10 000-byte burst: each way takes at least 4 s.
+/// 50 000 bytes, written at once, each way through a tunnel just started (its buckets
+/// full) with a limit of 10 000 bytes/s and a 10 000-byte burst: each way takes at
+/// least 4 s, with a tenth off for slack (a lower bound only). Unpaced, each is one
+/// read of the relay and arrives at once.
 fn burst_after_idle(engine: Engine, transport: &[&str]) {
+    use std::time::{Duration, Instant};
     const LEN: usize = 50_000;
     const RATE: usize = 10_000;
     const BURST: usize = 10_000;
+    let least = Duration::from_secs_f64(0.9 * (LEN - BURST) as f64 / RATE as f64);
     let home = Home::with_keys();
-    let (source, got) = sources::exchange(LEN);
-    let (_router, raddr) = home.router_with(engine, &[source.to_string()], transport);
+    let answers = sources::answer_then_hold(LEN);
+    let (receiver, received) = sources::receive_then_watch(LEN);
+    let allow = [answers.to_string(), receiver.to_string()];
+    let (_router, raddr) = home.router_with(engine, &allow, transport);
     let (rate, burst) = (RATE.to_string(), BURST.to_string());
-    let mut flags = vec!["--bandwidth-limit", &rate, "--burst-limit", &burst];
-    flags.extend_from_slice(transport);
-    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &flags);
-    assert_paced(taddr, &got, LEN, RATE, BURST);
+    let tunnel = |name: &'static str, source: &str| {
+        let mut flags = vec!["--bandwidth-limit", &rate, "--burst-limit", &burst];
+        flags.extend_from_slice(&["--name", name]);
+        flags.extend_from_slice(transport);
+        home.tunnel_with(engine, raddr, source, &flags)
+    };
+    let (_down, down_addr) = tunnel("down", &allow[0]);
+    let (_up, up_addr) = tunnel("up", &allow[1]);
+
+    // Source to user: the source answers `go` with all of it in one write.
+    let started = Instant::now();
+    let mut c = connect(down_addr);
+    c.write_all(b"go").unwrap();
+    let mut got = vec![0u8; LEN];
+    c.read_exact(&mut got).unwrap();
+    let took = started.elapsed();
+    assert!(got == pattern(3, LEN), "source to user: the bytes differ");
+    assert!(
+        took >= least,
+        "source to user: {LEN} bytes at {RATE} bytes/s with a burst of {BURST} took only {took:?}"
+    );
+
+    // User to source: all of it in one write.
+    let started = Instant::now();
+    let mut c = connect(up_addr);
+    c.write_all(&pattern(4, LEN)).unwrap();
+    match received.recv_timeout(crate::harness::DEADLINE).unwrap() {
+        sources::Watched::Received(n, sha) => {
+            assert_eq!(
+                (n, sha),
+                (LEN, sources::pattern_sha(4, LEN)),
+                "user to source"
+            )
+        }
+        other => panic!("user to source: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= least,
+        "user to source: {LEN} bytes at {RATE} bytes/s with a burst of {BURST} took only {took:?}"
+    );
 }
 
 // Short transfers one after another (a client that reads what it asked for and goes,
