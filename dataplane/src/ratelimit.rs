@@ -13,9 +13,9 @@
 //! In particular, after an idle spell a tunnel sends at most the burst before it
 //! waits for the bucket to refill, however large its reads and writes are: stream
 //! relays ask the bucket before each read or send and move only what it grants
-//! ([`take`]), cutting a large chunk into granted pieces; a datagram, which cannot be
-//! cut, is paid for before it goes ([`pace`]), taking the bucket into debt that every
-//! sender of the tunnel then waits out.
+//! ([`TokenBucket::grant`]), cutting a large chunk into granted pieces; a datagram,
+//! which cannot be cut, is paid for before it goes ([`TokenBucket::charge`]), taking
+//! the bucket into debt that every sender of the tunnel then waits out.
 //!
 //! # One bucket per direction, shared by the cores
 //!
