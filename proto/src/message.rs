@@ -365,7 +365,10 @@ impl Message {
                 // A Hello of protocol 6 or older ends here.
                 let source = match rest {
                     [] => None,
-                    rest => Some(from_bytes::<HelloSourceWire>("Hello", rest)?.source),
+                    rest => Some(printable(
+                        "Hello",
+                        from_bytes::<HelloSourceWire>("Hello", rest)?.source,
+                    )?),
                 };
                 let channel = match w.channel {
                     1 => ChannelKind::Control,
@@ -392,15 +395,21 @@ impl Message {
             FrameType::Refused => Self::Refused(refusal("Refused", body)?),
             FrameType::Open => {
                 let w: OpenWire = from_bytes("Open", body)?;
-                Self::Open { target: w.target }
+                Self::Open {
+                    target: printable("Open", w.target)?,
+                }
             }
             FrameType::OpenDatagrams => {
                 let w: OpenWire = from_bytes("OpenDatagrams", body)?;
-                Self::OpenDatagrams { target: w.target }
+                Self::OpenDatagrams {
+                    target: printable("OpenDatagrams", w.target)?,
+                }
             }
             FrameType::OpenKernel => {
                 let w: OpenWire = from_bytes("OpenKernel", body)?;
-                Self::OpenKernel { target: w.target }
+                Self::OpenKernel {
+                    target: printable("OpenKernel", w.target)?,
+                }
             }
             FrameType::Opened => Self::Opened,
             FrameType::OpenedKernel => Self::OpenedKernel,
@@ -461,10 +470,33 @@ impl Message {
 
 fn refusal(what: &'static str, body: &[u8]) -> Result<Refusal, ProtoError> {
     let w: RefusalWire = from_bytes(what, body)?;
+    // Shown and logged as it came: a peer's line break or terminal escape must not
+    // forge a log line or repaint a terminal.
+    let message = if w.message.contains(char::is_control) {
+        w.message
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect()
+    } else {
+        w.message
+    };
     Ok(Refusal {
         code: RefusalCode::from_wire(w.code),
-        message: w.message,
+        message,
     })
+}
+
+/// A source a peer names (`HOST:PORT`, or several, comma-separated): it goes into
+/// logs and messages, so a control character (a line break that would forge a log
+/// line, a terminal escape) makes the message malformed.
+fn printable(what: &'static str, target: String) -> Result<String, ProtoError> {
+    if target.contains(char::is_control) {
+        return Err(ProtoError::Malformed {
+            what,
+            reason: "the source it names holds a control character".into(),
+        });
+    }
+    Ok(target)
 }
 
 fn to_vec<T: Serialize>(v: &T) -> Vec<u8> {
@@ -591,6 +623,50 @@ mod tests {
             Message::decode(FrameType::Hello, cut),
             Err(ProtoError::Malformed { what: "Hello", .. })
         ));
+    }
+
+    /// What a peer names goes into logs: it cannot carry a line of its own.
+    #[test]
+    fn a_control_character_from_a_peer_never_reaches_a_log_line() {
+        let forged = "127.0.0.1:1\n2026-12-06T10:00:00Z  INFO client connected";
+        for m in [
+            Message::Open {
+                target: forged.into(),
+            },
+            Message::OpenDatagrams {
+                target: forged.into(),
+            },
+            Message::OpenKernel {
+                target: "a:1\x1b[2J".into(),
+            },
+            Message::Hello(Hello {
+                versions: VersionRange { min: 1, max: 7 },
+                channel: ChannelKind::Control,
+                tunnel: "web".into(),
+                token: None,
+                source: Some(forged.into()),
+            }),
+        ] {
+            let frame = m.to_frame();
+            let h = Header::parse(&frame[..HEADER_LEN].try_into().unwrap()).unwrap();
+            assert_eq!(
+                Message::decode(h.typ, &frame[HEADER_LEN..]),
+                Err(ProtoError::Malformed {
+                    what: m.name(),
+                    reason: "the source it names holds a control character".into(),
+                }),
+            );
+        }
+        let frame =
+            Message::Goodbye(Refusal::new(RefusalCode::ShuttingDown, "bye\r\nINFO x")).to_frame();
+        let h = Header::parse(&frame[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(
+            Message::decode(h.typ, &frame[HEADER_LEN..]),
+            Ok(Message::Goodbye(Refusal::new(
+                RefusalCode::ShuttingDown,
+                "bye\u{fffd}\u{fffd}INFO x"
+            )))
+        );
     }
 
     #[test]
