@@ -150,6 +150,10 @@ const PER_PAGE: u32 = 500;
 
 /// Every page of the list at `path` (under `/api/v1`, with its own query if any): the
 /// first page's `data` without `pagination`, its `items` those of every page.
+/// The most pages [`all_pages`] reads: far more than a router lists (its clients,
+/// a week of history samples), and a bound on what an API that never ends can cost.
+const MAX_PAGES: usize = 1000;
+
 pub(crate) async fn all_pages(api: &ApiClientArgs, path: &str, key: &str) -> Result<Value> {
     let sep = if path.contains('?') { '&' } else { '?' };
     let mut pages = Vec::new();
@@ -157,9 +161,20 @@ pub(crate) async fn all_pages(api: &ApiClientArgs, path: &str, key: &str) -> Res
         let page = pages.len() + 1;
         let d = data(api, &format!("{path}{sep}per_page={PER_PAGE}&page={page}")).await?;
         let total = d["pagination"]["total_pages"].as_u64().unwrap_or(0);
+        // A list that shrank while it was read ends early; one that never ends is
+        // not an API this command can read.
+        let empty = d["items"].as_array().is_none_or(Vec::is_empty);
         pages.push(d);
-        if u64::try_from(page).unwrap_or(u64::MAX) >= total {
+        if empty || u64::try_from(page).unwrap_or(u64::MAX) >= total {
             break;
+        }
+        if page >= MAX_PAGES {
+            return Err(BadAnswer(format!(
+                "{} lists more than {MAX_PAGES} pages of {PER_PAGE} under {path} ({total} \
+                 pages): is it a Conduit router's API?",
+                base(router(api)?)
+            ))
+            .into());
         }
     }
     Ok(merge_pages(pages, key))

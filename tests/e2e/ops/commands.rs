@@ -381,3 +381,44 @@ fn stats_router_lists_every_client_not_only_the_first_page() {
     assert_eq!(items[listed - 1]["bytes"]["in"], 2000);
     assert!(json.get("pagination").is_none(), "{json}");
 }
+
+/// An API whose every page says more follow, each with an item: `stats --router`
+/// stops after a bounded number of pages and says the answer is not one it can use
+/// (exit 76), instead of reading forever.
+#[test]
+fn stats_router_stops_reading_pages_that_never_end() {
+    use std::io::{Read, Write};
+    let home = Home::with_keys();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        let body = r#"{"success":true,"data":{"items":[{"id":"c"}],"pagination":{"page":1,"total_pages":200000}},"error":null,"timestamp":"2026-12-06T00:00:00Z","request_id":"r"}"#;
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (status, _, err) = home.run(&["stats", "--router", &addr.to_string()]);
+    assert_code(status, 76, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: http://{addr} lists more than 1000 pages of 500 under \
+             /api/v1/stats/traffic (200000 pages): is it a Conduit router's API?\n"
+        )
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 1000);
+}
