@@ -306,8 +306,17 @@ pub(crate) struct StatsArgs {
     pub(crate) history: bool,
     /// With --history: only the samples of this last stretch of time (e.g. 15m,
     /// 2h, 1d); without, every sample the router keeps.
-    #[arg(long, value_name = "DURATION", requires = "history", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", requires = "history", value_parser = parse_window)]
     pub(crate) window: Option<std::time::Duration>,
+}
+
+/// A `--window`: a duration of at least a second (the API counts whole seconds).
+fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err("a window is at least 1s; leave --window out for every sample".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -888,5 +897,30 @@ mod tests {
             panic!("not a start");
         };
         assert_eq!((a.pool_size, a.drain_timeout), (64, 3600));
+    }
+
+    #[test]
+    fn a_history_window_is_at_least_a_second() {
+        let stats = |w: &str| {
+            Cli::try_parse_from([
+                "conduit",
+                "stats",
+                "--router",
+                "r:1",
+                "--history",
+                "--window",
+                w,
+            ])
+        };
+        for bad in ["0", "0s", "500ms"] {
+            let err = stats(bad).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(
+                err.to_string()
+                    .contains("a window is at least 1s; leave --window out for every sample"),
+                "{err}"
+            );
+        }
+        assert!(stats("1s").is_ok());
     }
 }
