@@ -216,6 +216,18 @@ fn every_endpoint_answers_in_the_documented_envelope() {
         v["error"]["message"],
         "no client with id \"0000000000000000\"; GET /api/v1/clients lists the ids"
     );
+    // An id that is not text is no client's either.
+    let garbled = curl(
+        "GET",
+        &format!("{api}/api/v1/clients/%FF"),
+        Some(TOKEN),
+        &[],
+    );
+    let v = check_error(&garbled, 404, "not_found");
+    assert_eq!(
+        v["error"]["message"],
+        "no client with that id (it is not text); GET /api/v1/clients lists the ids"
+    );
     let bad = curl(
         "GET",
         &format!("{api}/api/v1/clients?per_page=501"),

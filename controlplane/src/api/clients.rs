@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use conduit_dataplane::ClientTotals;
 use conduit_proto::PublicKey;
@@ -134,8 +135,14 @@ pub(crate) async fn list(
 
 pub(crate) async fn one(
     State(s): State<Arc<ApiState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Data, ApiError> {
+    // An id that is not even text (`%FF`) is no client's either: 404, as documented.
+    let Ok(Path(id)) = id else {
+        return Err(ApiError::not_found(
+            "no client with that id (it is not text); GET /api/v1/clients lists the ids".to_owned(),
+        ));
+    };
     // Hex either way: ids are written in lower case but read in any.
     let wanted = id.to_ascii_lowercase();
     rows(&s)
