@@ -89,7 +89,8 @@ fn the_routers_cipher_suites_decide_and_a_tunnel_offering_none_of_them_stops() {
             "conduit: error: router {raddr} refused the TLS handshake: it accepts none of the \
              cipher suites this tunnel offers (TLS_AES_128_GCM_SHA256); offer one it accepts \
              (--cipher-suites, or [security] cipher_suites in the file), or leave the setting \
-             out to offer all"
+             out to offer all (a server that is not a Conduit router may refuse it the same \
+             way: check --router)"
         )),
         "{err}"
     );

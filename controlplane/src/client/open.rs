@@ -175,7 +175,8 @@ pub(super) fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
         WireError::Tls(t) if t.peer_refused_handshake() => Error::Authentication(format!(
             "router {router} refused the TLS handshake: it accepts none of the cipher suites \
              this tunnel offers ({}); offer one it accepts (--cipher-suites, or [security] \
-             cipher_suites in the file), or leave the setting out to offer all",
+             cipher_suites in the file), or leave the setting out to offer all (a server \
+             that is not a Conduit router may refuse it the same way: check --router)",
             shared.suites
         )),
         WireError::Tls(t) => from_tls(t, &shared.our_key(), &shared.our_line()),
