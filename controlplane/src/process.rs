@@ -200,12 +200,22 @@ fn names(path: &std::path::Path, _file: &std::fs::File) -> bool {
 
 fn taken(name: &str, pid: Option<u32>, id: Option<&str>) -> Error {
     let Some(id) = id else {
-        // Claimed, not registered yet: a `start` or `up` launching it right now.
-        let by = pid.map(|p| format!(" (by pid {p})")).unwrap_or_default();
+        // Claimed, not registered yet: a `start` or `up` launching it right now (or a
+        // tunnel whose registry entry was deleted by hand).
+        let (by, stray) = match pid {
+            Some(p) => (
+                format!(" (by pid {p})"),
+                format!(
+                    "; if `conduit list` never shows it, pid {p} holds the name without a \
+                     registry entry: stop it with `kill {p}`"
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         return Error::Config(format!(
             "a tunnel named {name:?} is being started right now{by}: see it with \
              `conduit list` once that is done, or choose another name (--name, or name in \
-             the file)"
+             the file){stray}"
         ));
     };
     let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
