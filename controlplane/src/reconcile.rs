@@ -104,6 +104,7 @@ mod tests {
                 .collect(),
             logging: LoggingConfig::default(),
             warnings: Vec::new(),
+            env_vars: Vec::new(),
         }
     }
 

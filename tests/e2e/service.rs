@@ -240,6 +240,8 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
             "--set",
             "alerts.webhook=https://hooks.example/x?t=HOOK-SECRET",
         ])
+        // A setting from the shell: the service has no such shell, so it is named too.
+        .env("CONDUIT_PERFORMANCE_IO_ENGINE", "epoll")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -267,7 +269,10 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
         "conduit: note: the token is not written into the service file; put \
          CONDUIT_TOKEN=<token> in /etc/conduit/conduit-prod.env (mode 0600) instead\n\
          conduit: note: CONDUIT_ALERTS_WEBHOOK is not written into the service file; put \
-         CONDUIT_ALERTS_WEBHOOK=<value> in /etc/conduit/conduit-prod.env (mode 0600) instead\n"
+         CONDUIT_ALERTS_WEBHOOK=<value> in /etc/conduit/conduit-prod.env (mode 0600) instead\n\
+         conduit: note: CONDUIT_PERFORMANCE_IO_ENGINE is not written into the service file; \
+         put CONDUIT_PERFORMANCE_IO_ENGINE=<value> in /etc/conduit/conduit-prod.env (mode \
+         0600) instead\n"
     );
 }
 

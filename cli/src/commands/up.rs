@@ -372,6 +372,12 @@ fn service_file(
             args.extend(["--set".to_owned(), format!("{}={}", o.key, o.value)]);
         }
     }
+    // Settings the shell's CONDUIT_* variables gave: the service has no such shell.
+    for var in &plan.env_vars {
+        if !env_vars.contains(var) {
+            env_vars.push(var.clone());
+        }
+    }
     args.extend(log_flags(log));
     let name = plan
         .file

@@ -182,6 +182,9 @@ pub struct Plan {
     pub logging: LoggingConfig,
     /// Warnings worth printing before starting.
     pub warnings: Vec<Problem>,
+    /// The `CONDUIT_<SECTION>_<KEY>` variables the configuration took values from,
+    /// each once: what a service running this file needs in its environment too.
+    pub env_vars: Vec<String>,
 }
 
 /// Resolves file, environment and command-line overrides into one plan per tunnel.
@@ -268,10 +271,19 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             alerts: c.alerts.tunnel_settings(name),
         });
     }
+    let mut env_vars: Vec<String> = Vec::new();
+    for (_, origin) in loaded.origins.iter() {
+        if let super::Origin::Env(var) = origin
+            && !env_vars.contains(var)
+        {
+            env_vars.push(var.clone());
+        }
+    }
     Ok(Plan {
         file: loaded.file,
         tunnels,
         logging: c.logging.clone(),
         warnings: loaded.report.problems,
+        env_vars,
     })
 }
