@@ -42,10 +42,13 @@ fn two_starts_of_one_name_at_once_leave_one_tunnel() {
     // (The pid, once the winner has written it into the lock file.)
     let starting = err
         .starts_with("conduit: error: a tunnel named \"race\" is being started right now")
-        && err.ends_with(
+        && (err.ends_with(
             ": see it with `conduit list` once that is done, or choose another name (--name, or \
              name in the file)\n",
-        );
+        ) || err.contains(
+            ": see it with `conduit list` once that is done, or choose another name (--name, or \
+             name in the file); if `conduit list` never shows it, pid ",
+        ));
     let running = err.starts_with("conduit: error: a tunnel named \"race\" is already running (")
         && err.ends_with(
             "): stop it with `conduit kill --tunnel race` or choose another name (--name, or \
