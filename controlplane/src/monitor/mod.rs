@@ -334,6 +334,15 @@ impl Task {
                 .iter()
                 .map(|(s, _)| (s.clone(), Protocol::Udp)),
         );
+        // A source found down is watched until it is back, used or not: its outage
+        // ends with an `up` (what an alert's receiver waits for), and the router does
+        // not read healthy while it lasts.
+        wanted.extend(
+            self.sources
+                .iter()
+                .filter(|(_, h)| h.view().state == SourceState::Down)
+                .map(|(s, _)| s.clone()),
+        );
         let before = self.sources.len();
         self.sources.retain(|s, _| wanted.contains(s));
         let now = SystemTime::now();

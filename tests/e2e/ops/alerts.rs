@@ -106,6 +106,52 @@ fn a_source_that_stops_and_starts_raises_one_down_and_one_up_alert_per_format() 
     );
 }
 
+/// A source that goes down and then goes unused for longer than `recent_secs` is
+/// still watched: health stays degraded, and its outage ends with one `up` alert
+/// (it used to be forgotten, read healthy, and be reported down again when next used).
+#[test]
+fn a_source_down_is_watched_until_it_is_back_even_when_unused() {
+    let home = Home::with_keys();
+    let rx = Receiver::start();
+    let mut source = Switchable::start();
+    let target = source.addr.to_string();
+    let (_router, raddr, api) = router_api(
+        &home,
+        std::slice::from_ref(&target),
+        &[
+            "--alert-webhook",
+            &rx.url("/hook"),
+            "--set",
+            "health.interval_secs=1",
+            "--set",
+            "health.recent_secs=8",
+        ],
+    );
+    let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &target);
+    echo_through(taddr, 100, 1);
+    wait_for("the source to be up", || {
+        (get(&api, "/api/v1/health")["data"]["checks"]["sources"]["up"] == 1).then_some(())
+    });
+    source.down();
+    rx.wait("a down alert", |r| !r.is_empty());
+    // Well past recent_secs without a stream: probed all along, still down.
+    let health = wait_for("probes long after the source was last used", || {
+        let h = get(&api, "/api/v1/health")["data"].clone();
+        (h["sources"][0]["consecutive_failures"].as_u64() >= Some(12)).then_some(h)
+    });
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["sources"][0]["state"], "down");
+    source.up();
+    rx.wait("an up alert", |r| r.len() >= 2);
+    assert_eq!(alert_events(&rx, "/hook"), vec!["source_down", "source_up"]);
+    // Up and unused: forgotten after recent_secs, as any source no stream uses.
+    wait_for("the unused source to be forgotten", || {
+        let h = get(&api, "/api/v1/health")["data"].clone();
+        (h["sources"] == json!([]) && h["status"] == "ok").then_some(())
+    });
+    assert_eq!(alert_events(&rx, "/hook"), vec!["source_down", "source_up"]);
+}
+
 #[test]
 fn a_receiver_that_hangs_does_not_slow_the_tunnel_and_its_failure_is_logged() {
     let home = Home::with_keys();
