@@ -427,11 +427,14 @@ async fn settle(
         }
     }
     let mut at = 0;
+    // Bytes counted as moved: those of the datagrams the socket took, not of those
+    // UDP dropped here.
+    let mut sent = 0;
     for len in &b.lens {
         let d = &b.bytes[at..at + len];
         at += len;
         match deliver.sock.send(d, deliver.to, deliver.from).await {
-            Ok(()) => {}
+            Ok(()) => sent += len,
             // The source's port is closed (an ICMP error from an earlier datagram):
             // UDP drops this one too, and the flow goes on, to the next source if
             // there is one.
@@ -452,7 +455,7 @@ async fn settle(
     }
     if !b.lens.is_empty() {
         last.set(Instant::now());
-        meter.add(at);
+        meter.add(sent);
     }
     if let Some(e) = b.bad {
         return Err(e.into());

@@ -312,6 +312,16 @@ fn a_proxy_header_rides_in_front_of_each_datagram() {
             .any(|l| l == "conduit_udp_datagrams_dropped_total 1"),
         "{metrics}"
     );
+    // Nor does it count the dropped datagram's bytes as moved toward the source: the
+    // four that reached it, each behind its 28-byte header.
+    let toward_source = (5 + 1200 + 5 + 4 * 28) as u64;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("conduit_bytes_transferred_total{")
+                && l.ends_with(&format!("direction=\"in\"}} {toward_source}"))),
+        "{metrics}"
+    );
     let metrics = home.ok(&["stats", "--format", "prometheus"]);
     assert!(
         metrics
