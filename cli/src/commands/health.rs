@@ -65,12 +65,13 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         let (router, detail) = match state.as_str() {
             // Balancing: serving while any router is; those away are named.
             "connected" if s.entry.config.balance => {
-                let (_, down) = super::status::balanced(&s.entry.config.router, &detail);
+                let (up, down) = super::status::balanced(&s.entry.config.router, &detail);
                 let detail = match down.as_slice() {
                     [] => String::new(),
                     down => format!("{} not connected", down.join(", ")),
                 };
-                (s.entry.config.router.clone(), detail)
+                // The routers whose links are up; those away are in the detail.
+                (up.join(","), detail)
             }
             "connected" if !detail.is_empty() => (detail, String::new()),
             _ => (s.entry.config.router.clone(), detail),
