@@ -704,6 +704,53 @@ fn a_router_that_refuses_while_another_serves_shows_in_status_and_fails_health()
     assert!(err.contains("(a router refused it)"), "{err}");
 }
 
+/// An earlier router that comes back refusing the tunnel (here: presenting another
+/// key) is found out by the failback probe: logged as an error, named by `status`,
+/// failing `health`, while the tunnel stays on the router it uses.
+#[test]
+fn an_earlier_router_back_but_refusing_is_named_while_the_tunnel_stays() {
+    let engine = Engine::Epoll;
+    let (home, source, allow) = with_router_b();
+    let (mut first, a) = home.router_with(engine, &allow, &[]);
+    let (_second, b) = home.router_with(engine, &allow, &[]);
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-failback", "1"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    first.stop();
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    let (_back, _) = home.router_at(engine, &a.to_string(), &allow, &["--key", &b_key(&home)]);
+    let why = format!(
+        "router key mismatch: expected {}, got {}",
+        home.public_key("router"),
+        home.public_key("router-b")
+    );
+    tunnel.wait_stderr(&format!(
+        "router {a} refused this tunnel, which stays on the router it uses: router {a}: {why}"
+    ));
+    wait_for_echo(taddr, b"still through the second");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("\n  router {a} refused this tunnel: {why}")),
+        "{status}"
+    );
+    let (code, out, err) = home.run(&["health"]);
+    assert_code(code, 1, &err);
+    assert!(
+        out.contains(&format!("router {a} refused this tunnel: {why}")),
+        "{out}"
+    );
+    // Said once, not at every probe.
+    assert_eq!(
+        tunnel.stderr_count(&format!("router {a} refused this tunnel, which stays")),
+        1
+    );
+}
+
 #[test]
 fn a_tunnel_whose_routers_are_all_away_takes_the_first_that_comes_back_at_once() {
     let engine = Engine::Epoll;

@@ -329,9 +329,11 @@ impl Probe {
         let (tx, rx) = oneshot::channel();
         let shared = shared.clone();
         let task = tokio::spawn(async move {
+            // The last refusal said of each earlier router: said again only if it changes.
+            let mut said: Vec<Option<String>> = vec![None; current];
             loop {
                 tokio::time::sleep(every).await;
-                for index in 0..current {
+                for (index, said) in said.iter_mut().enumerate() {
                     let router = &shared.routers[index];
                     match open_at(&shared, ChannelKind::Control, index).await {
                         Ok((wire, version)) => {
@@ -343,7 +345,20 @@ impl Probe {
                             return;
                         }
                         Err(e) => {
-                            debug!(tunnel = %shared.name, %router, "not moving back yet: {e}")
+                            let why = e.to_string();
+                            // `status` and `health` show each router's latest attempt;
+                            // one that refuses the tunnel is its operator's to fix.
+                            if !e.is_retryable() {
+                                shared.link.router_refused(index, why.clone());
+                                if said.as_deref() != Some(why.as_str()) {
+                                    error!(tunnel = %shared.name, %router, "router {router} refused this tunnel, which stays on the router it uses: {why}");
+                                    *said = Some(why.clone());
+                                }
+                            } else {
+                                *said = None;
+                                debug!(tunnel = %shared.name, %router, "not moving back yet: {why}");
+                            }
+                            shared.router_link(index, retrying(&why));
                         }
                     }
                 }
