@@ -352,11 +352,9 @@ fn service_file(
         };
         args.extend(["--set".to_owned(), format!("{}={value}", o.key)]);
     }
-    for (_, origin) in loaded.origins.iter() {
-        if let config::Origin::Env(var) = origin
-            && !env.contains(var)
-        {
-            env.push(var.clone());
+    for var in loaded.origins.env_vars() {
+        if !env.contains(&var) {
+            env.push(var);
         }
     }
     args.extend(log_flags(log));

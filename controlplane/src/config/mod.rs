@@ -155,6 +155,20 @@ impl Origins {
         self.0.iter().map(|(k, o)| (k.as_str(), o))
     }
 
+    /// The `CONDUIT_<SECTION>_<KEY>` variables values came from, each once, in key
+    /// order: what a service running the same configuration needs in its environment.
+    pub fn env_vars(&self) -> Vec<String> {
+        let mut vars: Vec<String> = Vec::new();
+        for origin in self.0.values() {
+            if let Origin::Env(var) = origin
+                && !vars.contains(var)
+            {
+                vars.push(var.clone());
+            }
+        }
+        vars
+    }
+
     pub(crate) fn set(&mut self, path: String, origin: Origin) {
         self.0.insert(path, origin);
     }

@@ -271,14 +271,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             alerts: c.alerts.tunnel_settings(name),
         });
     }
-    let mut env_vars: Vec<String> = Vec::new();
-    for (_, origin) in loaded.origins.iter() {
-        if let super::Origin::Env(var) = origin
-            && !env_vars.contains(var)
-        {
-            env_vars.push(var.clone());
-        }
-    }
+    let env_vars = loaded.origins.env_vars();
     Ok(Plan {
         file: loaded.file,
         tunnels,
