@@ -137,6 +137,23 @@ pub struct Router {
     usr1: crate::signals::Signals,
 }
 
+/// Accept queue of the router's port: handshakes beyond those in progress wait
+/// here, as users do in each tunnel worker's own queue of the same length (the
+/// kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the router's port with [`LISTEN_BACKLOG`] (tokio's own bind asks for 1024).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Router {
     /// Binds the listener and starts the workers.
     pub async fn bind(s: RouterSettings) -> Result<Self, Error> {
@@ -149,7 +166,7 @@ impl Router {
             )
             .map_err(|e| Error::Config(format!("cannot use the router key: {e}")))?,
         );
-        let listener = TcpListener::bind(s.bind).await.map_err(|e| {
+        let listener = listen(s.bind).map_err(|e| {
             let fix = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {
                     "something already listens there: pick another --bind"
@@ -561,5 +578,23 @@ mod tests {
             "not a TLS connection (first bytes deadbeef): this port is a Conduit router, \
              only Conduit clients can use it"
         );
+    }
+
+    #[tokio::test]
+    async fn the_port_queues_hundreds_of_connections_before_they_are_accepted() {
+        // tokio's own bind queues 128: the 130th connection would wait for a
+        // SYN retry that meets a queue still full, and never complete.
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::task::spawn_blocking(move || {
+            (0..600)
+                .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .unwrap()
+        .expect("every connection completes while none is accepted");
+        assert_eq!(held.len(), 600);
+        drop(listener);
     }
 }

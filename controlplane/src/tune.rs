@@ -139,8 +139,8 @@ pub const SETTINGS: &[Setting] = &[
     sysctl(
         "net.core.somaxconn",
         Want::AtLeast(4096),
-        "caps every listen() backlog; Conduit's per-core listeners ask for 4096 each, so less \
-         silently shrinks their accept queues and drops connections in bursts (kernels before \
+        "caps every listen() backlog; a tunnel's per-core listeners and a router's port ask \
+         for 4096 each, so less silently shrinks their accept queues and drops connections in bursts (kernels before \
          5.4 default to 128); the fix sets tuning/sysctl-10g.conf's 65535, room for a larger \
          backlog later",
     )
