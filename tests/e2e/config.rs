@@ -317,6 +317,44 @@ fn malformed_toml_gives_line_and_column() {
 }
 
 #[test]
+fn a_file_of_the_other_kind_is_named_with_the_command_that_checks_it() {
+    let s = Sandbox::new();
+    s.write(
+        "router.toml",
+        "[router]\nbind = \"127.0.0.1:1\"\nallow = [\"127.0.0.1:2\"]\n[api]\nenabled = true\n",
+    );
+    let out = s.run(&["config", "validate", "-f", "router.toml"], &[]);
+    let err = lines(&out.stderr);
+    assert_eq!(
+        err.last().unwrap(),
+        "conduit: error: router.toml has 7 errors, 3 of them keys or sections of a router's \
+         file: if that is what it is, check it with `conduit config validate --router -f \
+         router.toml`; otherwise fix them and run `conduit config validate -f router.toml` again",
+        "{err:?}"
+    );
+    assert_eq!(out.status.code(), Some(64));
+
+    s.write(
+        "conduit.toml",
+        "[router]\nhost = \"10.2.0.1\"\n[[tunnels]]\nname = \"web\"\nsource = \"s:1\"\n\
+         bind = \"127.0.0.1:1\"\n",
+    );
+    let out = s.run(
+        &["config", "validate", "--router", "-f", "conduit.toml"],
+        &[],
+    );
+    let err = lines(&out.stderr);
+    assert_eq!(
+        err.last().unwrap(),
+        "conduit: error: conduit.toml has 4 errors, 2 of them keys or sections of a client's \
+         file: if that is what it is, check it with `conduit config validate -f conduit.toml`; \
+         otherwise fix them and run `conduit config validate --router -f conduit.toml` again",
+        "{err:?}"
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
 fn warnings_alone_keep_the_file_valid() {
     let s = Sandbox::new();
     let router_key = s.init("client");

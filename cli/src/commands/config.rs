@@ -188,6 +188,22 @@ pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
         Role::Router => format!("conduit config validate --router -f {name}"),
     };
     let (errors, warnings) = (report.errors().count(), report.warnings().count());
+    if report.other_kind > 0 {
+        let (kind, other) = match role {
+            Role::Client => (
+                "a router's",
+                format!("conduit config validate --router -f {name}"),
+            ),
+            Role::Router => ("a client's", format!("conduit config validate -f {name}")),
+        };
+        return Err(Usage(format!(
+            "{name} has {}, {} of them keys or sections of {kind} file: if that is what it \
+             is, check it with `{other}`; otherwise fix them and run `{again}` again",
+            plural(errors, "error"),
+            report.other_kind,
+        ))
+        .into());
+    }
     Err(Usage(format!(
         "{name} has {}{}; fix {} and run `{again}` again",
         plural(errors, "error"),

@@ -143,6 +143,7 @@ impl FileDoc {
 fn fatal(message: String) -> Report {
     Report {
         problems: vec![Problem::error("", message)],
+        other_kind: 0,
     }
 }
 

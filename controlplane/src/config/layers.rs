@@ -168,6 +168,15 @@ impl Merge {
                 self.tunnels(doc, value, keys, &origin);
             } else {
                 let message = self.unknown_section(name, value);
+                let other = Schema::of(self.role.other());
+                let theirs = match value {
+                    Value::Table(_) => other.section(name).is_some(),
+                    Value::Array(_) => name == "tunnels" && other.tunnels.is_some(),
+                    _ => false,
+                };
+                if theirs {
+                    self.report.other_kind += 1;
+                }
                 self.report
                     .push(Problem::error(name.as_str(), message).at(&origin));
             }
@@ -217,6 +226,9 @@ impl Merge {
             let origin = doc.origin(&path);
             let Some(key) = keys.iter().find(|key| key.name == k.as_str()) else {
                 let message = self.unknown_key(prefix, k, keys, section);
+                if self.of_other_kind(prefix, k) {
+                    self.report.other_kind += 1;
+                }
                 self.report.push(Problem::error(path, message).at(&origin));
                 continue;
             };
@@ -443,20 +455,21 @@ impl Merge {
             names.join(", ")
         );
         // A key of the other kind of file: the user is probably checking the wrong way.
-        let other = match self.role {
-            Role::Client => (
-                Schema::of(Role::Router),
-                "a router's file (check those with --router)",
-            ),
-            Role::Router => (
-                Schema::of(Role::Client),
-                "a client's file (check those without --router)",
-            ),
-        };
-        if other.0.section(prefix).is_some_and(|s| s.key(k).is_some()) {
-            m.push_str(&format!("; `{k}` belongs in {}", other.1));
+        if self.of_other_kind(prefix, k) {
+            let other = match self.role {
+                Role::Client => "a router's file (check those with --router)",
+                Role::Router => "a client's file (check those without --router)",
+            };
+            m.push_str(&format!("; `{k}` belongs in {other}"));
         }
         m
+    }
+
+    /// True when `prefix.k` is a key of the other kind of file.
+    fn of_other_kind(&self, prefix: &str, k: &str) -> bool {
+        Schema::of(self.role.other())
+            .section(prefix)
+            .is_some_and(|s| s.key(k).is_some())
     }
 }
 

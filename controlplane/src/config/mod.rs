@@ -106,6 +106,16 @@ pub enum Role {
     Router,
 }
 
+impl Role {
+    /// The other kind of file.
+    pub fn other(self) -> Role {
+        match self {
+            Role::Client => Role::Router,
+            Role::Router => Role::Client,
+        }
+    }
+}
+
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -240,6 +250,9 @@ impl fmt::Display for Problem {
 pub struct Report {
     /// The problems.
     pub problems: Vec<Problem>,
+    /// How many of the file's unknown keys and sections belong in the other kind of
+    /// file (a router's checked as a client's, or the reverse).
+    pub other_kind: usize,
 }
 
 impl Report {
