@@ -89,3 +89,28 @@ fn a_reader_gone_ends_the_command_quietly_with_exit_74() {
         );
     }
 }
+
+#[test]
+fn a_failing_command_whose_report_is_lost_says_both_and_exits_74() {
+    let home = Home::with_keys();
+    let out = to_full_disk(&home, &["health", "--tunnel", "nosuch"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (
+            Some(74),
+            &*format!("conduit: error: unhealthy: nosuch (not running)\n{FULL}")
+        )
+    );
+    // A reader that has what it wanted: the command's own answer stands.
+    let out = to_closed_pipe(&home, &["health", "--tunnel", "nosuch"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(1), "conduit: error: unhealthy: nosuch (not running)\n")
+    );
+}

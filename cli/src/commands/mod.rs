@@ -19,6 +19,7 @@ mod tunnels;
 mod up;
 mod version;
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -36,16 +37,29 @@ pub(crate) use health::Unhealthy;
 
 pub(crate) fn run(cli: Cli) -> Result<()> {
     let Cli { log, command } = cli;
-    match command {
+    let done = match command {
         // The router's file may hold [logging]: it starts logging once that is read.
-        Command::Router(a) => router::run(&home()?, a, &log)?,
+        Command::Router(a) => router::run(&home()?, a, &log),
         other => {
             start_logging(&log, None)?;
-            run_other(other, &log)?;
+            run_other(other, &log)
+        }
+    };
+    // The command's work is done; what it printed must have arrived.
+    match (done, output::check()) {
+        (done, Ok(())) => done,
+        (Ok(()), Err(lost)) => Err(lost.into()),
+        // `conduit health | grep -q …`: the reader has what it wanted; the command's
+        // own failure (unhealthy, short) is the answer.
+        (Err(e), Err(lost)) if lost.reader_gone() => Err(e),
+        (Err(e), Err(_)) if e.downcast_ref::<output::StdoutError>().is_some() => Err(e),
+        // The report was lost (a full disk): that comes first, exit 74, after what
+        // the command itself found.
+        (Err(e), Err(lost)) => {
+            let _ = writeln!(std::io::stderr(), "conduit: error: {e}");
+            Err(lost.into())
         }
     }
-    // The command's work is done; what it printed must have arrived.
-    Ok(output::check()?)
 }
 
 fn run_other(command: Command, log: &LogArgs) -> Result<()> {
