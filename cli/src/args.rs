@@ -90,7 +90,8 @@ pub(crate) enum Command {
     Stats(StatsArgs),
     /// Health of the tunnels on this machine, or (with --router) of a router and its
     /// sources and clients; exits 1 when something is down (69 when the router's API
-    /// cannot be reached, 76 when it answers an error).
+    /// cannot be reached, 77 when it refuses the token, 76 when it answers another
+    /// error).
     Health(HealthArgs),
     /// Print a background tunnel's log ($CONDUIT_HOME/logs/NAME.log).
     Logs(LogsArgs),

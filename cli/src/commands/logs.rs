@@ -88,7 +88,7 @@ fn read(path: &std::path::Path) -> Result<(std::fs::File, String)> {
     Ok((f, text))
 }
 
-fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+pub(super) fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 

@@ -307,7 +307,16 @@ pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
     if let Standing::Retrying(line) = &l.standing {
         say(line);
     }
-    say(format_args!("log: {}", l.log_file.display()));
+    // With --log-rotation the tunnel writes the newest FILE.DATE, newer than FILE.
+    let rotated = crate::logging::newest_rotated(&l.log_file)
+        .filter(|r| super::logs::modified(r) >= super::logs::modified(&l.log_file));
+    match rotated {
+        Some(r) => say(format_args!(
+            "log: {} (a new file each period: `conduit logs {name}` shows the newest)",
+            r.display()
+        )),
+        None => say(format_args!("log: {}", l.log_file.display())),
+    }
 }
 
 /// The pinned key of each router in `routers` (a checked `--router` list), from
