@@ -166,7 +166,7 @@ async fn router(a: &HealthArgs) -> Result<()> {
     let mut down: Vec<String> = sources
         .iter()
         .filter(|s| s["state"] == "down")
-        .map(|s| format!("source {}", s["target"].as_str().unwrap_or("?")))
+        .map(|s| format!("source {}", source_of(s)))
         .collect();
     let lost = d["checks"]["client_links"]["lost"].as_u64().unwrap_or(0);
     let lost_links = d["lost_links"].as_array().cloned().unwrap_or_default();
@@ -196,7 +196,7 @@ async fn router(a: &HealthArgs) -> Result<()> {
         for s in &sources {
             say(format_args!(
                 "  source {}: {}{}",
-                s["target"].as_str().unwrap_or("?"),
+                source_of(s),
                 s["state"].as_str().unwrap_or("?"),
                 error_of(s)
             ));
@@ -214,6 +214,15 @@ async fn router(a: &HealthArgs) -> Result<()> {
         }
     }
     verdict(&down)
+}
+
+/// A source as `HOST:PORT`, a UDP one as `HOST:PORT/udp` (as `list` shows a bind).
+fn source_of(s: &Value) -> String {
+    let target = s["target"].as_str().unwrap_or("?");
+    match s["protocol"].as_str() {
+        Some("udp") => format!("{target}/udp"),
+        _ => target.to_owned(),
+    }
 }
 
 /// A lost link as `NAME (ID) tunnel TUNNEL`; a client without a name by its id only.
@@ -238,5 +247,23 @@ fn verdict(down: &[String]) -> Result<()> {
         Ok(())
     } else {
         Err(Unhealthy(format!("unhealthy: {}", down.join(", "))).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::source_of;
+
+    #[test]
+    fn a_udp_source_is_told_from_the_tcp_one_on_its_port() {
+        let tcp = json!({"target": "10.2.0.2:53", "protocol": "tcp"});
+        let udp = json!({"target": "10.2.0.2:53", "protocol": "udp"});
+        // A router from before `protocol` was served: the address alone.
+        let old = json!({"target": "10.2.0.2:53"});
+        assert_eq!(source_of(&tcp), "10.2.0.2:53");
+        assert_eq!(source_of(&udp), "10.2.0.2:53/udp");
+        assert_eq!(source_of(&old), "10.2.0.2:53");
     }
 }
