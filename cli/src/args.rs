@@ -728,7 +728,7 @@ pub(crate) struct StartArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_bind: Option<String>,
     /// POST a JSON alert to this URL when the router link is lost (down for
-    /// --alert-after), back, or refused for good (also CONDUIT_ALERTS_WEBHOOK;
+    /// --alert-after: a router that refuses the tunnel counts), or back (also CONDUIT_ALERTS_WEBHOOK;
     /// `[alerts] webhook` in a file).
     #[arg(long, value_name = "URL", env = "CONDUIT_ALERTS_WEBHOOK", hide_env_values = true, value_parser = parse_secret)]
     pub(crate) alert_webhook: Option<Secret>,

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -215,7 +215,7 @@ pub enum LinkStatus {
         /// The router that serves the tunnel meanwhile (`host:port`).
         serving: String,
     },
-    /// The router refused this client; nothing will be retried.
+    /// Every router refused this client before any admitted it; it stops.
     Refused {
         /// Why.
         reason: String,
@@ -265,9 +265,15 @@ struct Shared {
     /// `standby.rs`) or the tunnel uses it again, one left for an earlier router
     /// that answered again is on standby, and a spare is connecting until its first
     /// check (then on standby, or retrying). And why
-    /// each refused this tunnel for good since its link was last up (`balance`).
+    /// each refused this tunnel since its link was last up (`balance`).
     links: watch::Sender<Vec<LinkStatus>>,
     refused: std::sync::Mutex<Vec<Option<String>>>,
+    /// A router admitted this tunnel since it started. Until one has, a refusal by
+    /// every router stops the tunnel (`start` reports it, exit 77); after, it is
+    /// waited out like an unreachable router: whoever runs the router may fix it
+    /// (a key file restored, an allow rule put back), and a man in the middle must
+    /// not be able to stop tunnels for good by refusing them once.
+    been_up: AtomicBool,
     /// The keys each of `routers` may present (read again from `pins`).
     router_keys: RwLock<Vec<Vec<PublicKey>>>,
     /// The pinned-key specs that name files (paths absolute), one for every router
@@ -413,6 +419,7 @@ impl ClientTunnel {
                 next_pick: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
                 links: watch::Sender::new(vec![LinkStatus::Connecting; routers.len()]),
                 refused: std::sync::Mutex::new(vec![None; routers.len()]),
+                been_up: AtomicBool::new(false),
                 routers,
                 router_keys: RwLock::new(router_keys),
                 pin_errors: std::sync::Mutex::new(vec![None; pins.len()]),
@@ -525,7 +532,8 @@ impl ClientTunnel {
     }
 
     /// Runs until `shutdown` completes with a drain deadline (open connections get
-    /// that long to finish) or the router refuses this client for good (an error).
+    /// that long to finish) or every router refuses this client before any admitted
+    /// it (an error).
     pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
         let watcher = match &self.alerts {
             Some(a) => Watcher::start(
@@ -533,7 +541,6 @@ impl ClientTunnel {
                 &self.shared.name,
                 self.shared.routers.clone(),
                 self.shared.links.subscribe(),
-                self.shared.status.subscribe(),
             )
             .unwrap_or_else(|e| {
                 error!(tunnel = %self.shared.name, "alerts are off: {e}");
@@ -572,9 +579,7 @@ impl ClientTunnel {
         let dp = self.shared.dp.clone();
         let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
         if let Some(w) = watcher {
-            // A refusal's alert is worth a short wait; a planned stop's is not.
-            let within = if result.is_err() { 10 } else { 2 };
-            w.finish(Duration::from_secs(within)).await;
+            w.finish(Duration::from_secs(2)).await;
         }
         result
     }

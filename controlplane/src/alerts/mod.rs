@@ -47,8 +47,6 @@ pub enum Event {
     RouterLost,
     /// Its router link is up again.
     RouterBack,
-    /// A router refused the tunnel for good; it stopped.
-    RouterRefused,
     /// A subject changes state too often; its alerts are paused.
     Flapping,
 }
@@ -63,7 +61,6 @@ impl Event {
             Event::ClientBack => "client_back",
             Event::RouterLost => "router_lost",
             Event::RouterBack => "router_back",
-            Event::RouterRefused => "router_refused",
             Event::Flapping => "flapping",
         }
     }
@@ -75,16 +72,13 @@ impl Event {
             Event::SourceUp => "up",
             Event::ClientLost | Event::RouterLost => "lost",
             Event::ClientBack | Event::RouterBack => "connected",
-            Event::RouterRefused => "refused",
             Event::Flapping => "flapping",
         }
     }
 
     fn severity(self) -> &'static str {
         match self {
-            Event::SourceDown | Event::ClientLost | Event::RouterLost | Event::RouterRefused => {
-                "critical"
-            }
+            Event::SourceDown | Event::ClientLost | Event::RouterLost => "critical",
             Event::Flapping => "warning",
             Event::SourceUp | Event::ClientBack | Event::RouterBack => "resolved",
         }
@@ -92,9 +86,7 @@ impl Event {
 
     fn emoji(self) -> &'static str {
         match self {
-            Event::SourceDown | Event::ClientLost | Event::RouterLost | Event::RouterRefused => {
-                ":red_circle:"
-            }
+            Event::SourceDown | Event::ClientLost | Event::RouterLost => ":red_circle:",
             Event::Flapping => ":warning:",
             Event::SourceUp | Event::ClientBack | Event::RouterBack => ":large_green_circle:",
         }

@@ -1,4 +1,4 @@
-//! A tunnel's own alerts: its router link lost, back, or refused for good.
+//! A tunnel's own alerts: its router link lost, or back.
 //!
 //! The router reports clients it loses; nobody reports a router that is gone, so each
 //! tunnel process watches its link ([`LinkStatus`]) and alerts through the same sinks,
@@ -6,9 +6,10 @@
 //!
 //! A link that is down counts as lost only after `lost_after` (a router restart that
 //! takes a few seconds is not worth waking anyone); the alert then goes out once, and
-//! `router_back` once when the link is up again. A refusal for good is sent at once,
-//! and the tunnel, which stops, waits a little for it to be delivered. A tunnel
-//! refused at its very start sends nothing: `start` and `up` already say why.
+//! `router_back` once when the link is up again. A router that refuses a tunnel it
+//! admitted before counts as lost the same way (the message says why): the tunnel
+//! keeps trying. A tunnel refused at its very start sends nothing and stops: `start`
+//! and `up` already say why.
 //!
 //! With several routers, each is watched on its own (`Links`): one that goes away
 //! is reported lost (its subject names that router alone) even while another serves
@@ -60,8 +61,6 @@ enum Phase {
         alerted: bool,
         ever_up: bool,
     },
-    /// Refused for good: nothing more to say.
-    Refused,
 }
 
 /// The link's alert logic, over instants the caller gives (tested with a virtual
@@ -98,7 +97,10 @@ impl LinkWatch {
     pub(crate) fn on_status(&mut self, s: &LinkStatus, now: Instant) -> Option<(Event, String)> {
         let tunnel = &self.tunnel;
         match (s, &mut self.phase) {
-            (_, Phase::Refused) | (LinkStatus::Connecting, _) => None,
+            // Only a tunnel that no router has admitted yet is refused: it stops,
+            // and `start` or `up` reports why. One admitted before waits a refusal
+            // out, retrying: a lost link like any other.
+            (LinkStatus::Connecting | LinkStatus::Refused { .. }, _) => None,
             (LinkStatus::Connected { router, .. }, phase) => {
                 let was = std::mem::replace(phase, Phase::Up);
                 match was {
@@ -162,16 +164,6 @@ impl LinkWatch {
                     ever_up,
                 };
                 None
-            }
-            (LinkStatus::Refused { reason }, phase) => {
-                let was_up = matches!(phase, Phase::Up | Phase::Down { ever_up: true, .. });
-                *phase = Phase::Refused;
-                was_up.then(|| {
-                    (
-                        Event::RouterRefused,
-                        format!("tunnel {tunnel:?} was refused and stopped: {reason}"),
-                    )
-                })
             }
         }
     }
@@ -289,22 +281,6 @@ impl Links {
             .collect()
     }
 
-    /// The tunnel's link state: only a refusal for good says something here (once,
-    /// about every router, if the tunnel had been up).
-    pub(crate) fn on_tunnel(&mut self, status: &LinkStatus, now: Instant) -> Option<Said> {
-        if !matches!(status, LinkStatus::Refused { .. }) {
-            return None;
-        }
-        let mut said = None;
-        for watch in &mut self.watches {
-            // Every watch takes it; each one that had been up says the same.
-            if let Some(s) = watch.on_status(status, now) {
-                said.get_or_insert(s);
-            }
-        }
-        said.map(|(e, m)| (e, self.routers.clone(), m))
-    }
-
     /// When [`Self::on_deadline`] has something to send.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.watches.iter().filter_map(LinkWatch::deadline).min()
@@ -347,14 +323,13 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    /// Starts watching each router's link (`links`) and the tunnel's (`status`);
-    /// nothing when no sink is configured.
+    /// Starts watching each router's link (`links`); nothing when no sink is
+    /// configured.
     pub(crate) fn start(
         settings: &TunnelAlerts,
         tunnel: &str,
         routers: Vec<String>,
         links: watch::Receiver<Vec<LinkStatus>>,
-        status: watch::Receiver<LinkStatus>,
     ) -> Result<Option<Self>, String> {
         if !settings.is_on() {
             return Ok(None);
@@ -365,7 +340,7 @@ impl Watcher {
             alerter,
             FlapGuard::new(settings.sinks.flap),
             Links::new(tunnel, routers, settings.lost_after),
-            (links, status),
+            links,
             stopped,
         ));
         Ok(Some(Self { stop, task }))
@@ -387,10 +362,7 @@ async fn run(
     alerter: Alerter,
     mut flap: FlapGuard,
     mut watch: Links,
-    (mut links, mut status): (
-        watch::Receiver<Vec<LinkStatus>>,
-        watch::Receiver<LinkStatus>,
-    ),
+    mut links: watch::Receiver<Vec<LinkStatus>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let emit = |flap: &mut FlapGuard, said: Vec<Said>| {
@@ -406,18 +378,12 @@ async fn run(
             }
         }
     };
-    // Each router's state, then the tunnel's.
-    let take_in = |watch: &mut Links,
-                   links: &mut watch::Receiver<Vec<LinkStatus>>,
-                   status: &mut watch::Receiver<LinkStatus>| {
+    let take_in = |watch: &mut Links, links: &mut watch::Receiver<Vec<LinkStatus>>| {
         let each = links.borrow_and_update().clone();
-        let mut said = watch.on_links(&each, Instant::now());
-        let all = status.borrow_and_update().clone();
-        said.extend(watch.on_tunnel(&all, Instant::now()));
-        said
+        watch.on_links(&each, Instant::now())
     };
     // The states it starts with count too.
-    emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
+    emit(&mut flap, take_in(&mut watch, &mut links));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let deadline = watch.deadline();
@@ -426,13 +392,7 @@ async fn run(
                 if changed.is_err() {
                     break;
                 }
-                emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
-            }
-            changed = status.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
+                emit(&mut flap, take_in(&mut watch, &mut links));
             }
             () = sleep_until(deadline) => emit(&mut flap, watch.on_deadline(Instant::now())),
             _ = tick.tick() => {
@@ -441,7 +401,7 @@ async fn run(
                 }
             }
             _ = &mut stop => {
-                emit(&mut flap, take_in(&mut watch, &mut links, &mut status));
+                emit(&mut flap, take_in(&mut watch, &mut links));
                 break;
             }
         }
@@ -548,34 +508,6 @@ mod tests {
             w.on_status(&connected("r:1"), t0 + secs(4)).map(|e| e.0),
             Some(Event::RouterBack)
         );
-    }
-
-    #[test]
-    fn a_refusal_is_sent_at_once_unless_the_tunnel_never_came_up() {
-        let t0 = Instant::now();
-        let refused = LinkStatus::Refused {
-            reason: "the router does not know this client's key".into(),
-        };
-        let mut fresh = LinkWatch::new("web", secs(10));
-        assert_eq!(fresh.on_status(&refused, t0), None);
-        let mut fresh = LinkWatch::new("web", secs(10));
-        fresh.on_status(&retrying("connection refused"), t0);
-        assert_eq!(fresh.on_status(&refused, t0), None);
-
-        let mut w = LinkWatch::new("web", secs(10));
-        w.on_status(&connected("r:1"), t0);
-        w.on_status(&retrying("connection refused"), t0 + secs(1));
-        assert_eq!(
-            w.on_status(&refused, t0 + secs(2)),
-            Some((
-                Event::RouterRefused,
-                "tunnel \"web\" was refused and stopped: the router does not know this \
-                 client's key"
-                    .into()
-            ))
-        );
-        assert_eq!(w.deadline(), None);
-        assert_eq!(w.on_status(&connected("r:1"), t0 + secs(3)), None);
     }
 
     fn routers(list: &[&str]) -> Vec<String> {
@@ -760,28 +692,6 @@ mod tests {
         );
         assert_eq!(w.deadline(), None);
         assert_eq!(w.on_deadline(t0 + secs(20)), vec![]);
-    }
-
-    #[test]
-    fn a_refusal_of_a_tunnel_with_several_routers_is_one_alert_about_all() {
-        let t0 = Instant::now();
-        let refused = LinkStatus::Refused {
-            reason: "every router refused this tunnel".into(),
-        };
-        let mut w = Links::new("web", routers(&["a:1", "b:1"]), secs(10));
-        assert_eq!(w.on_tunnel(&connected("a:1, b:1"), t0), None);
-        w.on_links(&[connected("a:1"), connected("b:1")], t0);
-        w.on_links(&[retrying("refused"), retrying("refused")], t0 + secs(1));
-        assert_eq!(
-            w.on_tunnel(&refused, t0 + secs(2)),
-            Some((
-                Event::RouterRefused,
-                routers(&["a:1", "b:1"]),
-                "tunnel \"web\" was refused and stopped: every router refused this tunnel".into()
-            ))
-        );
-        assert_eq!(w.deadline(), None);
-        assert_eq!(w.on_deadline(t0 + secs(30)), vec![]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! router named of itself), and the TLS configurations made from them.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use conduit_proto::tls::{ClientConfig, Suites, client_config};
@@ -336,9 +337,16 @@ impl Shared {
         (in_file == declined).then_some(declined)
     }
 
+    /// A router admitted this tunnel since it started (see `Shared::been_up`).
+    pub(super) fn been_up(&self) -> bool {
+        self.been_up.load(Ordering::Acquire)
+    }
+
     /// The router in use admitted this tunnel: a key taken up from the key file is
-    /// known to work, the one before it is no longer kept.
+    /// known to work, the one before it is no longer kept; from now on refusals are
+    /// waited out (see `Shared::been_up`).
     pub(super) fn admitted(&self) {
+        self.been_up.store(true, Ordering::Release);
         self.previous
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -26,7 +26,7 @@ use crate::Error;
 use crate::backoff::Backoff;
 
 /// Keeps a link to every router until `stop` is set (then `None`), or returns the
-/// error once every router refused this tunnel for good.
+/// error once every router refused this tunnel before any admitted it.
 pub(super) async fn run(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -129,7 +129,10 @@ async fn lane(
                 if refusal {
                     shared.link.router_refused(index, e.to_string());
                 }
-                if refusal && let Some(all) = shared.refused_by(Some(index), Some(e.to_string())) {
+                if refusal
+                    && let Some(all) = shared.refused_by(Some(index), Some(e.to_string()))
+                    && !shared.been_up()
+                {
                     let e =
                         Error::Authentication(format!("every router refused this tunnel:{all}"));
                     shared.status.send_replace(LinkStatus::Refused {
@@ -184,7 +187,7 @@ impl Shared {
         });
     }
 
-    /// Records that router `index` refused this tunnel for good (`why`), or no
+    /// Records that router `index` refused this tunnel (`why`), or no
     /// longer does (`None`); with no index, forgets every refusal. Returns every
     /// router's reason once all of them refused.
     fn refused_by(&self, index: Option<usize>, why: Option<String>) -> Option<String> {

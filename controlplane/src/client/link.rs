@@ -38,7 +38,7 @@ pub(super) async fn control_loop(
     let mut tried = 0usize;
     // The control channel of an earlier router that answered again, to move to.
     let mut back: Option<Preferred> = None;
-    // Why each router refused this tunnel for good, since the link was last up.
+    // Why each router refused this tunnel, since the link was last up.
     let mut refused: Vec<Option<String>> = vec![None; shared.routers.len()];
     // Which routers' last attempt found nothing listening (knocked on during the
     // back-off), and a connection one accepted meanwhile, for the attempt.
@@ -133,13 +133,13 @@ pub(super) async fn control_loop(
                 no_listener[shared.at()] = e.found_no_listener();
                 let refusal = !e.is_retryable();
                 if refusal {
-                    // Refused for good by this router. With several, the others may
-                    // still serve: this one is tried again in later rounds (its
-                    // operator may fix it), and the tunnel stops only once every
-                    // router refused.
+                    // Refused by this router. With several, the others may still
+                    // serve: this one is tried again in later rounds (its operator
+                    // may fix it). Only a tunnel no router has admitted yet stops,
+                    // once every router refused it.
                     refused[shared.at()] = Some(e.to_string());
                     shared.link.router_refused(shared.at(), e.to_string());
-                    if refused.iter().all(Option::is_some) {
+                    if refused.iter().all(Option::is_some) && !shared.been_up() {
                         let e = match refused.len() {
                             1 => e,
                             _ => Error::Authentication(format!(
