@@ -5,8 +5,11 @@
 //! - `default_bandwidth_limit` (bytes per second) is the **rate** at which the bucket
 //!   refills; 0 means unlimited, and then no bucket is needed at all.
 //! - `burst_bandwidth_limit` (bytes) is the bucket's **size**: what a tunnel may send at
-//!   once after being idle. 0 means one second's worth (the rate); validation rejects a
-//!   burst below the rate.
+//!   once after being idle. 0 means one second's worth (the rate). The bucket holds at
+//!   least [`MIN_BURST_TIME`] at the rate, whatever the setting: a sender's timer wakes
+//!   it no sooner than a millisecond or so, later on a busy machine, and a bucket
+//!   that fills in less time overflows while it sleeps: the tunnel would get a
+//!   fraction of its rate (a 16 KiB burst at 50 MB/s gave 12 MB/s).
 //!
 //! Over any interval of `t` seconds a bucket lets through at most `burst + rate · t`
 //! bytes, and a sender that always wants more gets exactly the rate in the long run.
@@ -58,6 +61,9 @@ use std::time::{Duration, Instant};
 /// Tokens are counted in billionths of a byte, so that a refill of `rate` bytes per
 /// second over any whole number of nanoseconds is exact: no rounding, no drift.
 const SCALE: i128 = 1_000_000_000;
+
+/// The least a bucket holds, in time at its rate (see the module docs).
+pub const MIN_BURST_TIME: Duration = Duration::from_millis(5);
 
 /// `n` bytes in tokens.
 fn scaled(n: usize) -> i128 {
@@ -129,9 +135,14 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// A full bucket for `limit`; `None` lets everything through.
+    /// A full bucket for `limit`; `None` lets everything through. It holds the
+    /// burst, or [`MIN_BURST_TIME`] at the rate if that is more.
     pub fn new(limit: Option<Limit>, now: Instant) -> Self {
-        let capacity = limit.map_or(0, |l| i128::from(l.burst.max(1)) * SCALE);
+        let capacity = limit.map_or(0, |l| {
+            // Tokens come in at `rate` per nanosecond (see `refill`).
+            let floor = i128::from(l.rate).saturating_mul(MIN_BURST_TIME.as_nanos() as i128);
+            (i128::from(l.burst.max(1)) * SCALE).max(floor)
+        });
         Self {
             limit,
             tokens: capacity,
@@ -466,6 +477,35 @@ mod tests {
         assert_eq!(sent, 611 * 16_384);
         assert!(sent <= 16_384 + 10 * 1_000_000);
         assert!(sent >= 10 * 1_000_000);
+    }
+
+    #[test]
+    fn a_burst_shorter_than_a_timer_tick_still_gets_the_rate() {
+        // 50 MB/s with a 16 KiB burst (0.33 ms at the rate), and a relay whose timer
+        // wakes it 1 ms after the time it asked for, as a busy machine's does.
+        let (mut b, t0) = bucket(50_000_000, 16_384);
+        let end = t0 + Duration::from_secs(1);
+        let (mut now, mut sent, mut sends) = (t0, 0u64, 0u32);
+        while now < end {
+            match b.grant(now, 65_536) {
+                Grant::Now(n) => {
+                    sent += n as u64;
+                    sends += 1;
+                }
+                Grant::Wait(d) => now += d + MS,
+            }
+        }
+        // The bucket holds 5 ms at the rate (250 000 bytes), which a 1 ms late
+        // wake-up does not overflow: every byte of the rate goes, in grants of up to
+        // 64 KiB (the 16 KiB burst alone gave a third of the rate here).
+        assert!(sent >= 50_000_000, "{sent} bytes in {sends} sends");
+        assert!(sent <= 50_000_000 + 250_000 + 65_536, "{sent}");
+        // The floor never lowers a larger burst, and is small at a slow rate (5 bytes
+        // at 1000 bytes/s).
+        let (slow, _) = bucket(1000, 3);
+        assert_eq!(slow.capacity, 5 * SCALE);
+        let (big, _) = bucket(50_000_000, 1_000_000);
+        assert_eq!(big.capacity, 1_000_000 * SCALE);
     }
 
     #[test]
