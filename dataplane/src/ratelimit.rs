@@ -5,11 +5,12 @@
 //! - `default_bandwidth_limit` (bytes per second) is the **rate** at which the bucket
 //!   refills; 0 means unlimited, and then no bucket is needed at all.
 //! - `burst_bandwidth_limit` (bytes) is the bucket's **size**: what a tunnel may send at
-//!   once after being idle. 0 means one second's worth (the rate). The bucket holds at
-//!   least [`MIN_BURST_TIME`] at the rate, whatever the setting: a sender's timer wakes
-//!   it no sooner than a millisecond or so, later on a busy machine, and a bucket
-//!   that fills in less time overflows while it sleeps: the tunnel would get a
-//!   fraction of its rate (a 16 KiB burst at 50 MB/s gave 12 MB/s).
+//!   once after being idle. 0 means one second's worth (the rate). A sender's timer
+//!   wakes it a millisecond or so after the time it asked for, later on a busy
+//!   machine, and a bucket that overflows meanwhile loses what it could not hold: a
+//!   16 KiB burst at 50 MB/s gave 12 MB/s. So a burst under [`MIN_BURST_TIME`] at
+//!   the rate acts as that much, and the bucket then holds twice that, leaving a
+//!   sender who waits for it that long to wake late in.
 //!
 //! Over any interval of `t` seconds a bucket lets through at most `burst + rate · t`
 //! bytes, and a sender that always wants more gets exactly the rate in the long run.
@@ -62,7 +63,7 @@ use std::time::{Duration, Instant};
 /// second over any whole number of nanoseconds is exact: no rounding, no drift.
 const SCALE: i128 = 1_000_000_000;
 
-/// The least a bucket holds, in time at its rate (see the module docs).
+/// The least burst, in time at the rate (see the module docs).
 pub const MIN_BURST_TIME: Duration = Duration::from_millis(5);
 
 /// `n` bytes in tokens.
@@ -128,25 +129,30 @@ pub struct TokenBucket {
     /// Available tokens, in units of 1/[`SCALE`] byte; below zero while bytes charged
     /// ahead of the rate ([`Self::charge`]) are not paid for yet.
     tokens: i128,
-    /// `burst` in the same units.
+    /// The most it holds, in the same units: the burst, or twice [`MIN_BURST_TIME`]
+    /// at the rate if that is more.
     capacity: i128,
+    /// The least it grants a sender who wants more: the burst, or
+    /// [`MIN_BURST_TIME`] at the rate if that is more.
+    least: i128,
     /// When `tokens` was last brought up to date.
     last: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket for `limit`; `None` lets everything through. It holds the
-    /// burst, or [`MIN_BURST_TIME`] at the rate if that is more.
+    /// A full bucket for `limit`; `None` lets everything through.
     pub fn new(limit: Option<Limit>, now: Instant) -> Self {
-        let capacity = limit.map_or(0, |l| {
+        let (capacity, least) = limit.map_or((0, 0), |l| {
+            let burst = i128::from(l.burst.max(1)) * SCALE;
             // Tokens come in at `rate` per nanosecond (see `refill`).
             let floor = i128::from(l.rate).saturating_mul(MIN_BURST_TIME.as_nanos() as i128);
-            (i128::from(l.burst.max(1)) * SCALE).max(floor)
+            (burst.max(floor.saturating_mul(2)), burst.max(floor))
         });
         Self {
             limit,
             tokens: capacity,
             capacity,
+            least,
             last: now,
         }
     }
@@ -171,7 +177,7 @@ impl TokenBucket {
         }
         self.refill(now, limit.rate);
         let want_scaled = scaled(want);
-        let need = want_scaled.min(self.capacity);
+        let need = want_scaled.min(self.least);
         if self.tokens >= need {
             let n = (self.tokens / SCALE).min(want as i128);
             self.tokens -= n * SCALE;
@@ -495,17 +501,36 @@ mod tests {
                 Grant::Wait(d) => now += d + MS,
             }
         }
-        // The bucket holds 5 ms at the rate (250 000 bytes), which a 1 ms late
+        // The bucket holds 10 ms at the rate (500 000 bytes), which a 1 ms late
         // wake-up does not overflow: every byte of the rate goes, in grants of up to
         // 64 KiB (the 16 KiB burst alone gave a third of the rate here).
         assert!(sent >= 50_000_000, "{sent} bytes in {sends} sends");
-        assert!(sent <= 50_000_000 + 250_000 + 65_536, "{sent}");
+        assert!(sent <= 50_000_000 + 500_000 + 65_536, "{sent}");
+
+        // A tiny burst waits for 5 ms at the rate, with 5 ms more room to wake late
+        // in: 1 MB/s, a burst of 1 byte, 2 ms late each time.
+        let (mut b, t0) = bucket(1_000_000, 1);
+        let end = t0 + Duration::from_secs(1);
+        let (mut now, mut sent, mut sends) = (t0, 0u64, 0u32);
+        while now < end {
+            match b.grant(now, 65_536) {
+                Grant::Now(n) => {
+                    assert!(n >= 5000, "{n}");
+                    sent += n as u64;
+                    sends += 1;
+                }
+                Grant::Wait(d) => now += d + 2 * MS,
+            }
+        }
+        assert!(sent >= 1_000_000, "{sent} bytes in {sends} sends");
+        assert!(sent <= 1_000_000 + 10_000 + 65_536, "{sent}");
+
         // The floor never lowers a larger burst, and is small at a slow rate (5 bytes
         // at 1000 bytes/s).
         let (slow, _) = bucket(1000, 3);
-        assert_eq!(slow.capacity, 5 * SCALE);
+        assert_eq!((slow.least, slow.capacity), (5 * SCALE, 10 * SCALE));
         let (big, _) = bucket(50_000_000, 1_000_000);
-        assert_eq!(big.capacity, 1_000_000 * SCALE);
+        assert_eq!((big.least, big.capacity), (1_000_000 * SCALE, 1_000_000 * SCALE));
     }
 
     #[test]
