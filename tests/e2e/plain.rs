@@ -12,7 +12,7 @@ use conduit_proto::{Event, FrameDecoder, Message, Secret};
 
 use crate::both_engines;
 use crate::faults::{Victim, killed_mid_answer, killed_mid_upload};
-use crate::harness::{DEADLINE, Engine, Home, dead_port};
+use crate::harness::{DEADLINE, Engine, Home, assert_code, dead_port};
 use crate::procfs::{close_wait, established, tcp_sockets_on_port, wait_until};
 use crate::sources::{self, pattern, read_all_hashed, sha};
 use crate::tunnel::{echo_back_to_back, server_closes_first_then_user};
@@ -402,8 +402,8 @@ fn a_hello_with_a_name_that_is_no_name_is_refused() {
 }
 
 /// A tunnel and a router of different transports, and a tunnel pointed at a server
-/// that is no router, are each told what is probably wrong and the fix; the tunnel
-/// keeps retrying (the router may be replaced).
+/// that is no router, are each told what is probably wrong and the fix; the tunnel,
+/// which no router admitted yet, stops (exit 77), as `start` would report it.
 #[test]
 fn a_transport_mismatch_is_named_on_both_sides() {
     let engine = Engine::Epoll;
@@ -420,8 +420,7 @@ fn a_transport_mismatch_is_named_on_both_sides() {
         "a client of the plain transport connected to this TLS router: start the tunnel \
          without --transport plain, or run the router with --transport plain",
     );
-    assert!(plain_tunnel.running(), "{}", plain_tunnel.stderr());
-    plain_tunnel.stop();
+    assert_code(plain_tunnel.wait_exit(), 77, &plain_tunnel.stderr());
 
     let (plain_router, raddr) = home.router_with(engine, std::slice::from_ref(&source), PLAIN);
     let mut tls_tunnel = home.tunnel_proc(engine, raddr, &source, &[]);
@@ -433,8 +432,7 @@ fn a_transport_mismatch_is_named_on_both_sides() {
         "a TLS client connected to this plain-transport router: start the tunnel with \
          --transport plain or run the router without it",
     );
-    assert!(tls_tunnel.running(), "{}", tls_tunnel.stderr());
-    tls_tunnel.stop();
+    assert_code(tls_tunnel.wait_exit(), 77, &tls_tunnel.stderr());
 
     // An HTTP server where the router should be.
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -449,6 +447,5 @@ fn a_transport_mismatch_is_named_on_both_sides() {
         "router {haddr} does not speak Conduit's TLS transport (is it a plain-transport \
          router, or not a Conduit router at all?): check --router and --transport"
     ));
-    assert!(at_http.running(), "{}", at_http.stderr());
-    at_http.stop();
+    assert_code(at_http.wait_exit(), 77, &at_http.stderr());
 }

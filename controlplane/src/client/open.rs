@@ -166,8 +166,9 @@ pub(super) fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(
 
 pub(super) fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
-        // Retried all the same: the router may be replaced by one that does.
-        WireError::Tls(t) if t.peer_not_tls() => Error::Protocol(format!(
+        // A setting to change, as a refusal is: a tunnel no router admitted yet stops
+        // (`start` says why); one that has been up keeps trying (see `Shared::been_up`).
+        WireError::Tls(t) if t.peer_not_tls() => Error::Authentication(format!(
             "router {router} does not speak Conduit's TLS transport (is it a plain-transport \
              router, or not a Conduit router at all?): check --router and --transport ({t})"
         )),
@@ -188,7 +189,7 @@ pub(super) fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
                 && (0x14..=0x17).contains(&(len >> 24))
                 && (len >> 16) & 0xff == 0x03 =>
         {
-            Error::Protocol(format!(
+            Error::Authentication(format!(
                 "router {router} answers in TLS, and this tunnel uses --transport plain: start \
                  the tunnel without --transport plain, or run the router with --transport plain \
                  ({p})"
@@ -196,7 +197,7 @@ pub(super) fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
         }
         WireError::Proto(
             p @ (ProtoError::FrameTooLarge { .. } | ProtoError::UnknownFrameType(_)),
-        ) if shared.transport == Transport::Plain => Error::Protocol(format!(
+        ) if shared.transport == Transport::Plain => Error::Authentication(format!(
             "router {router} does not speak Conduit's plain transport (is it a TLS router, \
                  or not a Conduit router at all?): start the tunnel without --transport plain \
                  if the router runs without it, and check --router ({p})"
