@@ -530,7 +530,10 @@ mod tests {
         let (slow, _) = bucket(1000, 3);
         assert_eq!((slow.least, slow.capacity), (5 * SCALE, 10 * SCALE));
         let (big, _) = bucket(50_000_000, 1_000_000);
-        assert_eq!((big.least, big.capacity), (1_000_000 * SCALE, 1_000_000 * SCALE));
+        assert_eq!(
+            (big.least, big.capacity),
+            (1_000_000 * SCALE, 1_000_000 * SCALE)
+        );
     }
 
     #[test]

@@ -488,7 +488,18 @@ impl RouterCore {
                 Wire::Plain | Wire::Framed => "plain stream",
                 Wire::KernelTls => "kernel TLS stream",
             };
-            warn!(conn = id, %peer, %target, "{how} failed: {stop}");
+            let why = match &stop {
+                Stop::Plain(e) => format!("the source connection failed: {e}"),
+                Stop::Channel(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    format!(
+                        "the channel from the tunnel was reset: {e} (a tunnel resets it when its \
+                         user's connection fails or it aborts the stream; if it still runs, its \
+                         log says why)"
+                    )
+                }
+                other => other.to_string(),
+            };
+            warn!(conn = id, %peer, %target, "{how} failed: {why}");
             source.abort();
             sock.abort();
         }

@@ -172,7 +172,7 @@ both_engines!(
         // source's answer arrived.
         crate::http::wait_for("the tunnel to log the cut channel", || {
             let e = tunnel.stderr();
-            (e.contains("channel failed: Connection reset by peer")
+            (e.contains("the channel to the router was reset: Connection reset by peer")
                 || e.contains("the other end closed the channel mid-stream"))
             .then_some(())
         });
@@ -189,8 +189,10 @@ both_engines!(
         // end mid-stream.
         crate::http::wait_for("the router to log the cut channel", || {
             let e = router.stderr();
-            (e.contains("plain stream failed: channel failed: Connection reset by peer")
-                || e.contains("plain stream failed: the other end closed the channel mid-stream"))
+            (e.contains(
+                "plain stream failed: the channel from the tunnel was reset: Connection reset \
+                 by peer",
+            ) || e.contains("plain stream failed: the other end closed the channel mid-stream"))
             .then_some(())
         });
     }

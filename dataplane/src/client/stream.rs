@@ -346,6 +346,12 @@ impl ClientCore {
         let why = match stop {
             Stop::OpenFailed(r) => open_failed(&r),
             Stop::Killed(why) => why,
+            Stop::Plain(e) => format!("the user's connection failed: {e}"),
+            // Spliced streams carry no `Reset`: the router resets the channel itself.
+            Stop::Channel(e) if e.kind() == std::io::ErrorKind::ConnectionReset => format!(
+                "the channel to the router was reset: {e} (a router resets it when the source \
+                 fails or it aborts the stream; if it still runs, its log says why)"
+            ),
             other => other.to_string(),
         };
         Err((kind, why))
