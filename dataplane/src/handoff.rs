@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use conduit_proto::{PublicKey, TlsSession};
 
@@ -180,6 +180,14 @@ pub struct LinkEpoch {
     pub generation: u64,
 }
 
+/// How long a refused stream marks the tunnel's source as refused when no stream is
+/// served after it, as a load balancer's passive health check holds a failed
+/// server out for a while: a tunnel whose users stay away (a Kubernetes pod taken
+/// out of its Service by the very readiness probe that saw the refusal) would
+/// otherwise never be seen healthy again. Once it has passed, the next stream tries
+/// the source again, and a refusal marks it again.
+pub const REFUSAL_HOLD: Duration = Duration::from_secs(30);
+
 impl LinkState {
     /// The links of a tunnel with `routers` routers, all down.
     pub fn new(routers: usize) -> Self {
@@ -211,12 +219,18 @@ impl LinkState {
     }
 
     /// Why the router refused the latest stream it refused, unless one opened since
-    /// was served.
+    /// was served or [`REFUSAL_HOLD`] has passed since.
     pub fn refused(&self) -> Option<String> {
+        self.refused_at(Instant::now())
+    }
+
+    /// [`Self::refused`] as of `now`.
+    pub fn refused_at(&self, now: Instant) -> Option<String> {
         self.refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < REFUSAL_HOLD)
             .map(|(why, _)| why.clone())
     }
 
@@ -374,6 +388,15 @@ mod tests {
         );
         links.stream_served(Instant::now());
         assert_eq!(links.refused(), None);
+
+        // Nothing served after a refusal: it holds for REFUSAL_HOLD, then no more.
+        links.open_refused("the source refused the connection");
+        let now = Instant::now();
+        assert_eq!(
+            links.refused_at(now + REFUSAL_HOLD - Duration::from_millis(1)).as_deref(),
+            Some("the source refused the connection")
+        );
+        assert_eq!(links.refused_at(now + REFUSAL_HOLD), None);
     }
 
     #[test]
