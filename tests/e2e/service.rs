@@ -158,6 +158,48 @@ fn without_user_variables_the_service_user_is_this_uid_by_name() {
     assert!(unit.contains(&format!("\nUser={me}\n")), "{unit}");
 }
 
+/// A service that runs as another user than the owner of CONDUIT_HOME could not read
+/// its keys: the command says so, and how to set it up instead.
+#[test]
+fn a_service_user_who_cannot_read_conduit_home_is_told_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Command::new("id").arg("-un").output().expect("run id -un");
+    let me = String::from_utf8(me.stdout).unwrap().trim().to_owned();
+    assert_ne!(me, "nobody", "run the tests as another user than nobody");
+    let out = bare_conduit(dir.path())
+        .args([
+            "start",
+            "--router",
+            "router.example.com:9999",
+            "--router-key",
+            ROUTER_KEY,
+            "--source",
+            "10.2.0.2:8080",
+            "--bind",
+            "127.0.0.1:8080",
+            "--service-file",
+            "systemd",
+            "--service-user",
+            "nobody",
+        ])
+        .output()
+        .expect("run conduit");
+    let home = dir.path().display();
+    assert_eq!(
+        (out.status.code(), stderr(&out)),
+        (
+            Some(0),
+            format!(
+                "conduit: note: CONDUIT_HOME {home} belongs to {me}, and the service runs as \
+                 nobody, who cannot read the keys there (mode 0600); run this command as nobody \
+                 with a CONDUIT_HOME of theirs (e.g. sudo -u nobody env \
+                 CONDUIT_HOME=/var/lib/conduit conduit …), or chown -R nobody {home}\n"
+            )
+        )
+    );
+    assert!(stdout(&out).contains("\nUser=nobody\n"));
+}
+
 #[test]
 fn output_flag_writes_the_file_instead() {
     let dir = tempfile::tempdir().unwrap();

@@ -125,6 +125,38 @@ fn current_user() -> Option<String> {
     None
 }
 
+/// A note when `home` (the service's `CONDUIT_HOME`) is not owned by `user`, who
+/// runs the service: its keys, mode 0600, would be unreadable to it (a unit written
+/// as root with `--service-user conduit` and root's `~/.conduit`).
+fn home_not_theirs(home: &Path, user: &str) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(home).ok()?.uid();
+        let runs_as = nix::unistd::User::from_name(user).ok()??;
+        if runs_as.uid.as_raw() == owner {
+            return None;
+        }
+        let of = nix::unistd::User::from_uid(owner.into())
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("uid {owner}"), |u| u.name);
+        Some(format!(
+            "CONDUIT_HOME {} belongs to {of}, and the service runs as {user}, who cannot \
+             read the keys there (mode 0600); run this command as {user} with a CONDUIT_HOME \
+             of theirs (e.g. sudo -u {user} env CONDUIT_HOME=/var/lib/conduit conduit …), \
+             or chown -R {user} {}",
+            home.display(),
+            home.display()
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (home, user);
+        None
+    }
+}
+
 /// Renders the service file and prints it, or writes it to `--output`.
 pub(crate) fn emit(
     home: &Home,
@@ -161,6 +193,9 @@ pub(crate) fn emit(
         writable: directories(&t.writes)?,
     };
     let text = service::render(kind, &spec)?;
+    if let Some(note) = home_not_theirs(&spec.home, &spec.user) {
+        eprintln!("conduit: note: {note}");
+    }
     for var in &t.env_vars {
         let (what, value) = if var.ends_with("_TOKEN") {
             ("the token", "token")
