@@ -102,10 +102,11 @@ struct State {
     dp: Arc<DataPlane>,
     monitor: Arc<Monitor>,
     counters: Arc<Counters>,
-    /// Live control sessions per (client key, tunnel name). Sessions are tasks on a
-    /// multi-threaded runtime that come and go independently; a lock held for one
-    /// map update is simpler than a task owning the map and answering messages.
-    sessions: Mutex<HashMap<(Option<PublicKey>, String), usize>>,
+    /// Live control sessions per (client key, tunnel name): the address each comes
+    /// from. Sessions are tasks on a multi-threaded runtime that come and go
+    /// independently; a lock held for one map update is simpler than a task owning
+    /// the map and answering messages.
+    sessions: Mutex<Sessions>,
     /// Bumped when keys are revoked: control sessions check their key again.
     revoked: watch::Sender<u64>,
     /// Set when the router stops: control sessions say goodbye, so tunnels turn
@@ -408,6 +409,9 @@ impl Router {
         Ok(())
     }
 }
+
+/// Live control sessions: per (client key, tunnel name), the address of each.
+type Sessions = HashMap<(Option<PublicKey>, String), Vec<std::net::IpAddr>>;
 
 /// How often a router whose handshake slots keep running out says so again.
 const FULL_REPEAT: Duration = Duration::from_secs(60);

@@ -1,6 +1,7 @@
 //! A tunnel's control session: heartbeats, key rotations asked for by the client,
 //! the router's keys named as they change, and revocations, until the link ends.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
@@ -44,7 +45,10 @@ pub(super) async fn control_session(
         .monitor
         .link_up(link_key, &comment, &tunnel, Some(peer), wire.cipher());
     let live = (key, tunnel.clone());
-    *lock(&state.sessions).entry(live.clone()).or_default() += 1;
+    lock(&state.sessions)
+        .entry(live.clone())
+        .or_default()
+        .push(peer.ip());
     let mut silent = false;
     let mut revocations = state.revoked.subscribe();
     let mut stopping = state.stopping.subscribe();
@@ -96,7 +100,7 @@ pub(super) async fn control_session(
                 break (true, format!("client said goodbye: {}", r.message));
             }
             Ok(Ok(Some(Message::RotateKey { next }))) => {
-                let reply = match rotate(state, key, next, &comment).await {
+                let reply = match rotate(state, key, next, &comment, peer.ip()).await {
                     Ok(expires) => {
                         let at = humantime::format_rfc3339_seconds(expires);
                         info!(%peer, client = %who, %tunnel, next = %next, "client key rotated: the new key is authorized, the old one until {at}");
@@ -133,9 +137,11 @@ pub(super) async fn control_session(
     info!(%peer, client = %who, %tunnel, "client disconnected: {reason}");
     let others = {
         let mut sessions = lock(&state.sessions);
-        let left = sessions.get_mut(&live).map_or(0, |n| {
-            *n -= 1;
-            *n
+        let left = sessions.get_mut(&live).map_or(0, |from| {
+            if let Some(i) = from.iter().position(|ip| *ip == peer.ip()) {
+                from.swap_remove(i);
+            }
+            from.len()
         });
         if left == 0 {
             sessions.remove(&live);
@@ -194,6 +200,7 @@ pub(super) async fn rotate(
     key: Option<PublicKey>,
     next: PublicKey,
     name: &str,
+    from: IpAddr,
 ) -> Result<SystemTime, String> {
     let Some(key) = key else {
         return Err("the plain transport has no keys to rotate".into());
@@ -206,6 +213,15 @@ pub(super) async fn rotate(
             "the router's allow-list has rules for key {key} alone; rotate it by hand: add the \
              new key to authorized_clients and to those rules, then restart the tunnel with it \
              (or write the rules for the client's name, NAME=HOST:PORT, which rotation keeps)"
+        ));
+    }
+    if let Some((ip, tunnel)) = in_use_elsewhere(&lock(&state.sessions), &key, from) {
+        return Err(format!(
+            "key {key} is also in use from {ip} (tunnel {tunnel:?}), which does not share this \
+             tunnel's key file: rotating it would lock that host out once the old key expires; \
+             give each host a key of its own (`conduit init` there, and its line in \
+             authorized_clients), or set key_rotation_days = 0 where a key is copied between \
+             hosts"
         ));
     }
     let mut recent = state.rotating.lock().await;
@@ -248,6 +264,25 @@ pub(super) async fn rotate(
     state.authorized.replace_with_expiry(new.names, new.expires);
     recent.insert(next, born);
     Ok(expires)
+}
+
+/// A live session with `key` from another address than `from`, and its tunnel: a
+/// copy of the key on another host (replicas, a key copied by hand), which a
+/// rotation would leave with a key that expires. Tunnels on the rotating tunnel's
+/// host may share its key file, which hands them the new key.
+fn in_use_elsewhere(
+    sessions: &super::Sessions,
+    key: &PublicKey,
+    from: IpAddr,
+) -> Option<(IpAddr, String)> {
+    sessions
+        .iter()
+        .filter(|((k, _), _)| k.as_ref() == Some(key))
+        .find_map(|((_, tunnel), ips)| {
+            ips.iter()
+                .find(|ip| **ip != from)
+                .map(|ip| (*ip, tunnel.clone()))
+        })
 }
 
 /// How long after a rotation the key it made may be rotated again.
@@ -330,5 +365,25 @@ mod tests {
         }
         let unsent = unsent.unwrap();
         assert!(!unsent.stalled, "{unsent:?}");
+    }
+
+    #[test]
+    fn a_key_in_use_from_another_host_is_named() {
+        let key = conduit_proto::KeyPair::generate().unwrap().public();
+        let other = conduit_proto::KeyPair::generate().unwrap().public();
+        let here: IpAddr = "10.0.0.5".parse().unwrap();
+        let there: IpAddr = "10.0.0.6".parse().unwrap();
+        let mut sessions = std::collections::HashMap::new();
+        // This host's tunnels (one reconnecting: two sessions), another key elsewhere.
+        sessions.insert((Some(key), "web".to_owned()), vec![here, here]);
+        sessions.insert((Some(key), "db".to_owned()), vec![here]);
+        sessions.insert((Some(other), "web".to_owned()), vec![there]);
+        assert_eq!(in_use_elsewhere(&sessions, &key, here), None);
+        // A replica on another host with the same key, under another tunnel name too.
+        sessions.insert((Some(key), "web-2".to_owned()), vec![there]);
+        assert_eq!(
+            in_use_elsewhere(&sessions, &key, here),
+            Some((there, "web-2".to_owned()))
+        );
     }
 }
