@@ -65,6 +65,7 @@ impl ClientRow {
                     "state": l.state.as_str(),
                     "since": rfc3339(l.since),
                     "peer": l.peer.map(|p| p.to_string()),
+                    "peers": l.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "cipher_suite": l.cipher,
                     "last_heartbeat": l.last_heartbeat.map(rfc3339),
                     "reason": l.reason,

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use conduit_proto::PublicKey;
+use tracing::warn;
 
 /// Links kept per client key at most (tunnel names come from the client); beyond
 /// that, the oldest link that is not connected is forgotten.
@@ -58,6 +59,10 @@ pub struct LinkView {
     pub since: SystemTime,
     /// Where the newest session comes from.
     pub peer: Option<SocketAddr>,
+    /// Where each live session comes from, in order: two from one host while a
+    /// reconnect overlaps the old session, one from each host that runs the tunnel
+    /// when several do with one key (replicas).
+    pub peers: Vec<SocketAddr>,
     /// The TLS cipher suite of the newest session (`plain` on the plain transport).
     pub cipher: &'static str,
     /// The newest heartbeat of any of its sessions.
@@ -99,6 +104,15 @@ pub struct Started {
     pub cipher: &'static str,
 }
 
+impl Link {
+    /// The addresses of its live sessions, in order.
+    fn peers(&self) -> Vec<SocketAddr> {
+        let mut p: Vec<SocketAddr> = self.sessions.values().flatten().copied().collect();
+        p.sort_unstable();
+        p
+    }
+}
+
 /// Every link, owned by the monitor task.
 #[derive(Debug, Default)]
 pub struct Links {
@@ -129,6 +143,7 @@ impl Links {
                 state: LinkState::Disconnected,
                 since: now,
                 peer,
+                peers: Vec::new(),
                 cipher,
                 last_heartbeat: None,
                 reason: None,
@@ -137,6 +152,7 @@ impl Links {
         });
         self.by_session.insert(session, id);
         link.sessions.insert(session, peer);
+        link.view.peers = link.peers();
         link.view.peer = peer;
         link.view.cipher = cipher;
         link.view.name = name;
@@ -172,8 +188,25 @@ impl Links {
     ) -> Option<LinkChange> {
         let id = self.by_session.remove(&session)?;
         let link = self.links.get_mut(&id)?;
-        link.sessions.remove(&session);
+        let from = link.sessions.remove(&session).flatten();
+        link.view.peers = link.peers();
         if !link.sessions.is_empty() {
+            // One of several hosts running the tunnel with one key went away: the
+            // link stays up through the others (its alert would say "lost" of a link
+            // still connected), but the operator is told.
+            let ip = from.map(|a| a.ip());
+            if !clean && ip.is_some() && link.view.peers.iter().all(|p| Some(p.ip()) != ip) {
+                let others: Vec<String> =
+                    link.view.peers.iter().map(ToString::to_string).collect();
+                warn!(
+                    client = %link.view.key,
+                    name = %link.view.name,
+                    tunnel = %link.view.tunnel,
+                    "the tunnel's instance at {} was lost ({reason}); still connected from {}",
+                    from.map_or_else(String::new, |a| a.to_string()),
+                    others.join(", ")
+                );
+            }
             return None;
         }
         link.view.state = if clean {
@@ -280,6 +313,33 @@ mod tests {
         assert_eq!(l.views()[0].last_heartbeat, Some(t(7)));
         // An unknown session changes nothing.
         assert_eq!(l.down(99, false, "x", t(8)), None);
+    }
+
+    #[test]
+    fn each_host_running_the_tunnel_is_listed_and_one_lost_leaves_the_link_up() {
+        let k = PublicKey::from_bytes([6; 32]);
+        let at = |a: &str| Some(a.parse::<SocketAddr>().unwrap());
+        let mut l = Links::default();
+        let from = |session, peer| Started {
+            peer,
+            ..started(session, k, "edge", "web")
+        };
+        assert_eq!(l.up(from(1, at("10.0.0.6:40000")), t(0)), None);
+        assert_eq!(l.up(from(2, at("10.0.0.5:40000")), t(1)), None);
+        assert_eq!(
+            l.views()[0].peers,
+            [at("10.0.0.5:40000").unwrap(), at("10.0.0.6:40000").unwrap()]
+        );
+        // One replica gone: the link stays connected through the other.
+        assert_eq!(l.down(1, false, "no heartbeat", t(2)), None);
+        let v = &l.views()[0];
+        assert_eq!(v.state, LinkState::Connected);
+        assert_eq!(v.peers, [at("10.0.0.5:40000").unwrap()]);
+        // The last one gone: lost, with nobody left.
+        assert!(matches!(
+            l.down(2, false, "reset", t(3)),
+            Some(LinkChange::Lost(v)) if v.peers.is_empty()
+        ));
     }
 
     #[test]
