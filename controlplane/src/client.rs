@@ -352,11 +352,18 @@ impl ClientTunnel {
         if s.balance && routers.len() == 1 {
             warn!(tunnel = %s.name, "balancing over one router does nothing: name the others too (--router A,B, or [router] fallbacks)");
         }
-        let known_text = s
+        let known_text = match s
             .known_routers
             .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
+            .map(crate::keys::read_known_routers)
+        {
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                warn!(tunnel = %s.name, "{e}; the router keys it keeps are not trusted");
+                String::new()
+            }
+            None => String::new(),
+        };
         let known = crate::keys::parse_known_routers(&known_text);
         let learned: Vec<Option<KnownRouter>> = routers
             .iter()

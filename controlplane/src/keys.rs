@@ -417,9 +417,26 @@ pub struct KnownRouter {
 
 /// Reads `known_routers`: the keys each router named (`RouterKeys`), by router as
 /// the tunnels name it. A missing file is empty; a line that does not parse is
-/// skipped (the router names its keys again at the next connection).
-pub fn load_known_routers(path: &Path) -> HashMap<String, KnownRouter> {
-    parse_known_routers(&std::fs::read_to_string(path).unwrap_or_default())
+/// skipped (the router names its keys again at the next connection). A file that
+/// cannot be read, or that every user may write, is an error (see
+/// [`read_known_routers`]).
+pub fn load_known_routers(path: &Path) -> Result<HashMap<String, KnownRouter>, String> {
+    read_known_routers(path).map(|text| parse_known_routers(&text))
+}
+
+/// The text of `known_routers` (empty when there is none; bytes that are not UTF-8
+/// spoil only their line). An error when it cannot be read, or when every user of
+/// the host may write it: anyone could then make tunnels trust their own key for a
+/// router, so nothing in it is trusted until `chmod o-w`.
+pub fn read_known_routers(path: &Path) -> Result<String, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            trusted_file(path, "known_routers").map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// The text of a `known_routers` file, as [`load_known_routers`] reads it: lines of
@@ -449,7 +466,8 @@ pub fn save_known_router(path: &Path, router: &str, known: &KnownRouter) -> Resu
     // Tunnels of one CONDUIT_HOME write it concurrently: each holds the lock from
     // reading to renaming, so none drops a line another just wrote.
     let _held = lock_beside(path)?;
-    let mut all = load_known_routers(path);
+    // Not rewritten over what cannot be read or trusted: its other lines would go.
+    let mut all = load_known_routers(path).map_err(Error::Config)?;
     all.insert(router.to_owned(), known.clone());
     let mut routers: Vec<_> = all.into_iter().collect();
     routers.sort_by(|a, b| a.0.cmp(&b.0));

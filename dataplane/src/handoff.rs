@@ -393,7 +393,9 @@ mod tests {
         links.open_refused("the source refused the connection");
         let now = Instant::now();
         assert_eq!(
-            links.refused_at(now + REFUSAL_HOLD - Duration::from_millis(1)).as_deref(),
+            links
+                .refused_at(now + REFUSAL_HOLD - Duration::from_millis(1))
+                .as_deref(),
             Some("the source refused the connection")
         );
         assert_eq!(links.refused_at(now + REFUSAL_HOLD), None);

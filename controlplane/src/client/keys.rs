@@ -250,7 +250,12 @@ impl Shared {
         let Some(path) = &self.known_routers else {
             return old.to_vec();
         };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (text, refused) = match crate::keys::read_known_routers(path) {
+            Ok(text) => (text, None),
+            // Kept as what was seen (a file's text never starts with NUL), so that the
+            // warning comes once, not at every look.
+            Err(e) => (format!("\0{e}"), Some(e)),
+        };
         {
             let mut seen = self.known_text.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == text {
@@ -258,7 +263,10 @@ impl Shared {
             }
             seen.clone_from(&text);
         }
-        let known = crate::keys::parse_known_routers(&text);
+        if let Some(e) = &refused {
+            warn!(tunnel = %self.name, "{e}; the router keys it keeps are not trusted");
+        }
+        let known = crate::keys::parse_known_routers(if refused.is_some() { "" } else { &text });
         self.routers
             .iter()
             .zip(old)

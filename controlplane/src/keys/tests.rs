@@ -295,7 +295,7 @@ fn known_routers_keep_one_line_per_router_owner_only() {
         keys: keys.to_vec(),
         pin,
     };
-    assert!(load_known_routers(&path).is_empty());
+    assert!(load_known_routers(&path).unwrap().is_empty());
     save_known_router(&path, "10.0.0.1:9999", &known(&[a, b], a)).unwrap();
     save_known_router(&path, "gw:9999", &known(&[c], c)).unwrap();
     // The router named other keys since: they replace its line.
@@ -304,7 +304,7 @@ fn known_routers_keep_one_line_per_router_owner_only() {
     assert!(text.ends_with(&format!(
         "\n10.0.0.1:9999 {b} pin={a}\ngw:9999 {c} pin={c}\n"
     )));
-    let all = load_known_routers(&path);
+    let all = load_known_routers(&path).unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(all["10.0.0.1:9999"], known(&[b], a));
     assert_eq!(all["gw:9999"], known(&[c], c));
@@ -318,6 +318,48 @@ fn known_routers_keep_one_line_per_router_owner_only() {
     // pin it was learned under.
     let lines = format!("r:1 ed25519:nope pin={a}\n# c\nr:2\nr:3 {a}\nr:4 pin={a}\n");
     assert_eq!(parse_known_routers(&lines).len(), 0);
+}
+
+#[test]
+fn known_routers_with_a_spoiled_line_or_writable_by_all_keep_their_other_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("known_routers");
+    let [a, b] = [(); 2].map(|()| KeyPair::generate().unwrap().public());
+    let known = |k: PublicKey| KnownRouter {
+        keys: vec![k],
+        pin: k,
+    };
+    save_known_router(&path, "r:1", &known(a)).unwrap();
+    // Bytes that are not UTF-8 spoil their own line only: the others stay.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"\xff\xfe\n");
+    std::fs::write(&path, &bytes).unwrap();
+    save_known_router(&path, "r:2", &known(b)).unwrap();
+    let all = load_known_routers(&path).unwrap();
+    assert_eq!(
+        (all["r:1"].clone(), all["r:2"].clone()),
+        (known(a), known(b))
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Writable by every user: not trusted, and not rewritten either.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = format!(
+            "known_routers {0} is writable by every user of this host (mode 0666), who could \
+             put their own key in it; run `chmod o-w {0}`",
+            path.display()
+        );
+        assert_eq!(load_known_routers(&path).unwrap_err(), err);
+        let before = std::fs::read(&path).unwrap();
+        assert_eq!(
+            save_known_router(&path, "r:3", &known(a))
+                .unwrap_err()
+                .to_string(),
+            err
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
 }
 
 #[test]
@@ -340,7 +382,7 @@ fn tunnels_writing_known_routers_at_once_keep_every_line() {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(load_known_routers(&path).len(), 16);
+    assert_eq!(load_known_routers(&path).unwrap().len(), 16);
 }
 
 #[test]

@@ -196,8 +196,7 @@ impl Links {
             // still connected), but the operator is told.
             let ip = from.map(|a| a.ip());
             if !clean && ip.is_some() && link.view.peers.iter().all(|p| Some(p.ip()) != ip) {
-                let others: Vec<String> =
-                    link.view.peers.iter().map(ToString::to_string).collect();
+                let others: Vec<String> = link.view.peers.iter().map(ToString::to_string).collect();
                 warn!(
                     client = %link.view.key,
                     name = %link.view.name,
