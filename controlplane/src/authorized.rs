@@ -126,18 +126,24 @@ struct Stamp {
     modified: Option<SystemTime>,
     len: u64,
     inode: u64,
+    /// Its mode: a file refused for its mode is read again once `chmod` fixes it.
+    mode: u32,
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    let (inode, mode) = (
+        std::os::unix::fs::MetadataExt::ino(&m),
+        std::os::unix::fs::MetadataExt::mode(&m),
+    );
     #[cfg(not(unix))]
-    let inode = 0;
+    let (inode, mode) = (0, 0);
     Some(Stamp {
         modified: m.modified().ok(),
         len: m.len(),
         inode,
+        mode,
     })
 }
 
@@ -204,6 +210,19 @@ fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(Publ
             return Vec::new();
         }
     };
+    if !asked && new.names.is_empty() && !authorized.is_empty() {
+        // `> authorized_clients`, a download, an editor saving in place: the file is
+        // empty for a moment before its lines arrive, and installing that would
+        // revoke every client. Its next change is read as usual.
+        warn!(
+            "authorized_clients lists no key now ({why}): not reloaded, as a file caught \
+             while it is written would revoke every client; the {} key(s) loaded before stay \
+             in force. To revoke every client, send SIGHUP (kill -HUP {})",
+            authorized.len(),
+            std::process::id()
+        );
+        return Vec::new();
+    }
     let old = authorized.entries();
     let total = new.names.len();
     let expiring = new.expires.len();

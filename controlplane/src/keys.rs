@@ -571,6 +571,9 @@ pub fn parse_authorized(text: &str) -> Result<HashMap<PublicKey, String>, (usize
 /// as `2026-12-01T18:00:00Z` or a date (`2026-12-01`, midnight UTC).
 pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, String)> {
     let mut file = AuthorizedFile::default();
+    // The line each key is on: a key listed twice is an error, since its lines may
+    // say different things (`expires=` on one only: is it leaving or not?).
+    let mut seen: HashMap<PublicKey, usize> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         let (expires, rest) = match trimmed.strip_prefix("expires=") {
@@ -586,6 +589,15 @@ pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, Strin
             }
             None => {}
             Some(Ok((k, comment))) => {
+                if let Some(first) = seen.insert(k, i + 1) {
+                    return Err((
+                        i + 1,
+                        format!(
+                            "key {k} is listed on line {first} already; keep one line per key \
+                             (with expires= on it, if it is to leave)"
+                        ),
+                    ));
+                }
                 file.names.insert(k, comment);
                 match expires {
                     Some(t) => file.expires.insert(k, t),

@@ -62,6 +62,14 @@ fn keys_are_revoked_and_admitted_without_a_restart() {
     survivor.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"still here");
 
+    // Written in place (`> authorized_clients`), the file is empty for a moment:
+    // that revokes nobody; its content, once there, is read as usual.
+    std::fs::write(&file, "").unwrap();
+    router.wait_stderr("authorized_clients lists no key now (the file changed): not reloaded");
+    assert_echo(kept_addr, b"an empty moment revokes nobody");
+    std::fs::write(&file, &other).unwrap();
+    router.wait_stderr("(the file changed): 1 in all, 0 added, 0 removed");
+
     // A file that no longer parses changes nothing.
     rewrite(&file, "ed25519:garbage\n");
     router.wait_stderr("authorized_clients not reloaded (the file changed): ");

@@ -468,6 +468,17 @@ fn keys_being_rotated_out_carry_an_expiry_time() {
         parse_authorized_file("expires=2026-12-01\n").unwrap_err(),
         (1, "expires= must be followed by a key".to_owned())
     );
+    // Listed twice (is it leaving or not?): an error naming both lines.
+    assert_eq!(
+        parse_authorized_file(&format!("expires=2020-01-01 {a} old\n{b}\n{a} old\n")).unwrap_err(),
+        (
+            3,
+            format!(
+                "key {a} is listed on line 1 already; keep one line per key (with expires= on \
+                 it, if it is to leave)"
+            )
+        )
+    );
 }
 
 #[test]
