@@ -26,17 +26,45 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
     Home::ensure_private_dir(&dir)?;
     let key_path = home.private_key(name);
     let pub_path = home.public_key(name);
-    if !force && (key_path.exists() || pub_path.exists()) {
-        return Err(Error::Config(format!(
+    let exists = |at: &Path| {
+        Error::Config(format!(
             "a key named {name:?} already exists at {}; use --force to replace it \
              (every router or client that trusts the old key must then be updated)",
-            key_path.display()
-        )));
+            at.display()
+        ))
+    };
+    if !force && let Some(at) = [&key_path, &pub_path].into_iter().find(|p| p.exists()) {
+        return Err(exists(at));
     }
     let pair =
         KeyPair::generate().map_err(|e| Error::Config(format!("cannot generate a key: {e}")))?;
     let pem = pem::encode(&pem::Pem::new(PEM_TAG, pair.pkcs8_der().to_vec()));
-    write_private(&key_path, pem.as_bytes())?;
+    if force {
+        write_private(&key_path, pem.as_bytes())?;
+    } else {
+        // Two `init`s at once both passed the check above: only one may create the
+        // key (a link fails where a rename would replace), and only it writes the .pub.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.key.{}.{n}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        new_owner_only(&tmp, pem.as_bytes(), "cannot write private key")?;
+        let linked = std::fs::hard_link(&tmp, &key_path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(exists(&key_path));
+            }
+            Err(source) => {
+                return Err(Error::File {
+                    what: "cannot write private key",
+                    path: key_path,
+                    source,
+                });
+            }
+        }
+    }
     let line = format!("{} {name}\n", pair.public());
     let err = |source| Error::File {
         what: "cannot write public key",
@@ -106,12 +134,23 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 /// Writes `bytes` to `path` through `tmp`, a fresh file with mode 0600 from the start,
 /// renamed over `path`: readers see the old file or the new one, never a part.
 fn owner_only(path: &Path, tmp: &Path, bytes: &[u8], what: &'static str) -> Result<(), Error> {
+    let _ = std::fs::remove_file(tmp);
+    new_owner_only(tmp, bytes, what)?;
+    std::fs::rename(tmp, path).map_err(|source| Error::File {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates `path`, which must not exist, with mode 0600 from the start, and writes
+/// `bytes` to disk.
+fn new_owner_only(path: &Path, bytes: &[u8], what: &'static str) -> Result<(), Error> {
     let err = |source| Error::File {
         what,
         path: path.to_owned(),
         source,
     };
-    let _ = std::fs::remove_file(tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -119,10 +158,9 @@ fn owner_only(path: &Path, tmp: &Path, bytes: &[u8], what: &'static str) -> Resu
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(tmp).map_err(err)?;
+    let mut f = opts.open(path).map_err(err)?;
     f.write_all(bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(tmp, path).map_err(err)
+    f.sync_all().map_err(err)
 }
 
 /// The public key `keys/NAME.pub` of `home` (`conduit keys show --name NAME`); `name`

@@ -232,6 +232,43 @@ fn generate_refuses_to_overwrite_without_force() {
     );
     let second = generate(&home, "router", true).unwrap();
     assert_ne!(first.public(), second.public());
+    // Only the .pub there: named as what exists.
+    std::fs::write(
+        home.public_key("lone"),
+        format!("{} lone\n", first.public()),
+    )
+    .unwrap();
+    assert_eq!(
+        generate(&home, "lone", false).unwrap_err().to_string(),
+        format!(
+            "a key named \"lone\" already exists at {}; use --force to replace it (every \
+             router or client that trusts the old key must then be updated)",
+            home.public_key("lone").display()
+        )
+    );
+}
+
+#[test]
+fn inits_at_once_make_one_key_and_its_own_pub() {
+    let (_d, home) = home();
+    let made: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| generate(&home, "race", false)))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let won: Vec<&KeyPair> = made.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{made:?}");
+    let on_disk = load_private(&home.private_key("race"), "race").unwrap();
+    assert_eq!(on_disk.public(), won[0].public());
+    assert_eq!(load_named_public(&home, "race").unwrap(), won[0].public());
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(home.keys())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[cfg(unix)]
