@@ -142,6 +142,22 @@ impl Registry {
         let _ = std::fs::remove_file(&e.control_socket);
     }
 
+    /// Whether the registry can be read: an error naming the problem and the fix
+    /// when its directory exists but cannot be listed (another user's, or a file in
+    /// its place), where [`Self::entries`] would only find no tunnels.
+    pub fn readable(&self) -> Result<(), String> {
+        match std::fs::read_dir(&self.dir) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!(
+                "cannot read the tunnel registry {}: {e}; run conduit as the user who \
+                 started the tunnels, with their CONDUIT_HOME (it must be a directory they \
+                 own)",
+                self.dir.display()
+            )),
+        }
+    }
+
     /// Every entry whose process is alive, oldest first; entries of dead processes,
     /// of pids now reused by another program (after a crash or a reboot), and
     /// unreadable files are removed on the way, except an unreadable entry that

@@ -254,6 +254,35 @@ fn an_unreachable_router_is_retried_in_the_background_and_start_says_so() {
     assert!(list_json(&home).is_empty());
 }
 
+/// A registry that cannot be read is an error, never "no tunnels running" (which a
+/// health probe would take for fine).
+#[test]
+fn a_registry_that_cannot_be_read_is_an_error_not_an_empty_list() {
+    let home = Home::with_keys();
+    std::fs::write(home.path().join("tunnels"), "").unwrap();
+    let want = format!(
+        "conduit: error: cannot read the tunnel registry {}: Not a directory (os error 20); \
+         run conduit as the user who started the tunnels, with their CONDUIT_HOME (it must be \
+         a directory they own)\n",
+        home.path().join("tunnels").display()
+    );
+    for args in [
+        &["list"][..],
+        &["status"],
+        &["stats"],
+        &["health"],
+        &["kill", "--all"],
+    ] {
+        let (status, out, err) = home.run(args);
+        assert_code(status, 1, &err);
+        assert_eq!(
+            (out.as_str(), err.as_str()),
+            ("", want.as_str()),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn names_are_unique_and_unknown_names_are_errors() {
     let home = Home::with_keys();

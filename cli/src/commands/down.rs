@@ -13,7 +13,9 @@ use crate::exit::Usage;
 
 pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
-    let targets = started_from(&file, &Registry::new(home).entries());
+    let registry = Registry::new(home);
+    registry.readable().map_err(anyhow::Error::msg)?;
+    let targets = started_from(&file, &registry.entries());
     // Tunnels from a file removed since `up` are still stopped; with none running,
     // a missing file is a mistyped name, refused as `up` refuses it.
     if targets.is_empty() && matches!(file.try_exists(), Ok(false)) {
@@ -26,6 +28,5 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         ));
         return Ok(());
     }
-    let registry = Registry::new(home);
     runtime(1)?.block_on(stop_each(&registry, &targets, a.force, a.drain_timeout))
 }

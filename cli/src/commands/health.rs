@@ -31,7 +31,7 @@ pub(crate) fn run(home: &Home, a: &HealthArgs) -> Result<()> {
 }
 
 async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
-    let mut seen = survey(home, false).await;
+    let mut seen = survey(home, false).await?;
     let mut rows = Vec::new();
     let mut down = Vec::new();
     // With --tunnel, only those; each one not running is unhealthy.

@@ -9,7 +9,7 @@ use super::{runtime, say};
 use crate::args::{ListArgs, OutputFormat};
 
 pub(crate) fn run(home: &Home, a: &ListArgs) -> Result<()> {
-    let seen = runtime(1)?.block_on(survey(home, a.connections));
+    let seen = runtime(1)?.block_on(survey(home, a.connections))?;
     match a.format {
         OutputFormat::Json => say(serde_json::to_string_pretty(
             &seen.iter().map(to_json).collect::<Vec<_>>(),

@@ -25,7 +25,9 @@ pub(crate) fn run(home: &Home, a: &StatsArgs) -> Result<()> {
 
 async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
     if a.format == StatsFormat::Prometheus {
-        let entries = Registry::new(home).entries();
+        let registry = Registry::new(home);
+        registry.readable().map_err(anyhow::Error::msg)?;
+        let entries = registry.entries();
         let asked = join_all(entries.iter().map(metrics_of)).await;
         let mut texts = Vec::new();
         let mut unread = Vec::new();
@@ -38,7 +40,7 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
         output::write(merge_expositions(&texts));
         return unreadable(&unread);
     }
-    let seen = survey(home, false).await;
+    let seen = survey(home, false).await?;
     let rows: Vec<Value> = seen
         .iter()
         .map(|s| match &s.status {

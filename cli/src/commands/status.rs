@@ -14,7 +14,7 @@ use super::{runtime, say};
 use crate::args::{OutputFormat, StatusArgs};
 
 pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
-    let seen = runtime(1)?.block_on(survey(home, false));
+    let seen = runtime(1)?.block_on(survey(home, false))?;
     if a.format == OutputFormat::Json {
         let v: Vec<_> = seen
             .iter()

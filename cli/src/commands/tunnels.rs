@@ -16,6 +16,7 @@ pub(crate) fn chosen(
     all: bool,
     tunnel: Option<&str>,
 ) -> anyhow::Result<Vec<Entry>> {
+    registry.readable().map_err(anyhow::Error::msg)?;
     if all {
         return Ok(registry.entries());
     }
@@ -46,8 +47,9 @@ pub(crate) const NO_ANSWER: &str =
 pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// Asks every live tunnel for its status (and connections, if asked), all at once.
-pub(crate) async fn survey(home: &Home, with_connections: bool) -> Vec<Seen> {
+pub(crate) async fn survey(home: &Home, with_connections: bool) -> anyhow::Result<Vec<Seen>> {
     let registry = Registry::new(home);
+    registry.readable().map_err(anyhow::Error::msg)?;
     for u in registry.unreadable() {
         let name = u.name.as_deref().unwrap_or("?");
         eprintln!(
@@ -65,7 +67,7 @@ pub(crate) async fn survey(home: &Home, with_connections: bool) -> Vec<Seen> {
         .entries()
         .into_iter()
         .map(|entry| look(&registry, entry, with_connections));
-    join_all(asked).await.into_iter().flatten().collect()
+    Ok(join_all(asked).await.into_iter().flatten().collect())
 }
 
 /// One tunnel's answer; `None` when its process turned out to be gone.
