@@ -103,7 +103,13 @@ impl Home {
 
     /// Creates `dir` (and parents) readable by the owner only.
     pub fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+        // Every directory it creates (CONDUIT_HOME itself too) is its owner's alone
+        // from the start, whatever the umask.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|source| Error::File {
             what: "cannot create directory",
             path: dir.to_owned(),
             source,
@@ -161,5 +167,22 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_directories_and_their_new_parents_are_the_owners_alone_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        // nextest runs each test in a process of its own: the umask is this test's.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let made = Home::ensure_private_dir(&home.join("keys"));
+        nix::sys::stat::umask(old);
+        made.unwrap();
+        for d in [&home, &home.join("keys")] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 }

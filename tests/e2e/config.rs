@@ -355,6 +355,26 @@ fn a_file_of_the_other_kind_is_named_with_the_command_that_checks_it() {
 }
 
 #[test]
+fn a_file_that_never_ends_is_no_configuration() {
+    let s = Sandbox::new();
+    for args in [
+        &["config", "validate", "-f", "/dev/zero"][..],
+        &["config", "validate", "--router", "-f", "/dev/urandom"],
+    ] {
+        let out = s.run(args, &[]);
+        assert_eq!(
+            lines(&out.stderr),
+            [format!(
+                "conduit: error: {} is larger than 4 MiB: not a Conduit configuration file \
+                 (check -f)",
+                args[args.len() - 1]
+            )]
+        );
+        assert_eq!(out.status.code(), Some(64));
+    }
+}
+
+#[test]
 fn warnings_alone_keep_the_file_valid() {
     let s = Sandbox::new();
     let router_key = s.init("client");

@@ -22,6 +22,23 @@ pub fn missing(path: &Path, role: Role, flag: &str) -> String {
 }
 
 /// A parsed configuration file.
+/// The most of a configuration file read: a file past it (or a device that never
+/// ends, `-f /dev/urandom`) is no configuration.
+const MAX_FILE: u64 = 4 << 20;
+
+/// Reads `path` whole, or fails with `FileTooLarge` past `max` bytes.
+fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::ErrorKind::FileTooLarge.into());
+    }
+    Ok(bytes)
+}
+
 #[derive(Debug)]
 pub(crate) struct FileDoc {
     pub(crate) path: PathBuf,
@@ -34,9 +51,14 @@ impl FileDoc {
     /// Reads and parses `path`, a `role` file named by `flag`; `Err` holds why there
     /// is nothing to check.
     pub(crate) fn read(path: &Path, role: Role, flag: &str) -> Result<Self, Report> {
-        let text = std::fs::read(path).map_err(|e| {
+        let text = read_at_most(path, MAX_FILE).map_err(|e| {
             let why = match e.kind() {
                 std::io::ErrorKind::NotFound => missing(path, role, flag),
+                std::io::ErrorKind::FileTooLarge => format!(
+                    "{} is larger than {} MiB: not a Conduit configuration file (check -f)",
+                    path.display(),
+                    MAX_FILE >> 20
+                ),
                 _ => format!("cannot read {}: {e}", path.display()),
             };
             fatal(why)
