@@ -29,33 +29,33 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     // when it is newer.
     let rotated = newest_rotated(&path);
     let current = rotated.clone().unwrap_or_else(|| path.clone());
-    let (f, text) = read(&current)?;
+    // The log's bytes as they are (a byte that is not UTF-8 is shown, not fatal), and
+    // with -n only its end: a log of gigabytes is not read whole for a few lines.
+    let (f, text) = match (a.lines, &rotated) {
+        (Some(n), None) => read_end(&current, n)?,
+        _ => read(&current)?,
+    };
     let mut shown = text.clone();
     let mut outside = match &rotated {
         Some(r) => match read(&path) {
             Ok((f, words)) => {
                 if modified(&path) > modified(r) {
-                    shown.push_str(&words);
+                    shown.extend_from_slice(&words);
                 }
-                Some(Follower::new(f, words.into_bytes()))
+                Some(Follower::new(f, &words))
             }
             Err(_) => None,
         },
         None => None,
     };
     if let Some(n) = a.lines {
-        let all: Vec<&str> = shown.lines().collect();
-        let mut last = all[all.len().saturating_sub(n)..].join("\n");
-        if !last.is_empty() {
-            last.push('\n');
-        }
-        shown = last;
+        shown = last_lines(&shown, n);
     }
-    output::try_write(shown.as_bytes())?;
+    output::try_write(&shown)?;
     if !a.follow {
         return Ok(());
     }
-    let mut log = Follower::new(f, text.into_bytes());
+    let mut log = Follower::new(f, &text);
     loop {
         std::thread::sleep(Duration::from_millis(200));
         // A new day (or hour) of a rotated log: the rest of the old file, then the new.
@@ -70,7 +70,7 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
                 None => {
                     outside = std::fs::File::open(&path)
                         .ok()
-                        .map(|f| Follower::new(f, Vec::new()))
+                        .map(|f| Follower::new(f, &[]))
                 }
             }
         }
@@ -79,13 +79,67 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     }
 }
 
-/// The file at `path`, open, and what it holds.
-fn read(path: &std::path::Path) -> Result<(std::fs::File, String)> {
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| Usage(format!("cannot read {}: {e}", path.display())))?;
-    let mut text = String::new();
-    f.read_to_string(&mut text)?;
-    Ok((f, text))
+/// The file at `path`, open at its end, and what it holds.
+fn read(path: &std::path::Path) -> Result<(std::fs::File, Vec<u8>)> {
+    let mut f = open(path)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok((f, bytes))
+}
+
+fn open(path: &std::path::Path) -> Result<std::fs::File> {
+    Ok(std::fs::File::open(path)
+        .map_err(|e| Usage(format!("cannot read {}: {e}", path.display())))?)
+}
+
+/// The file at `path`, open at its end, and enough of its end to hold its last `n`
+/// lines (read backwards a block at a time).
+fn read_end(path: &std::path::Path, n: usize) -> Result<(std::fs::File, Vec<u8>)> {
+    const BLOCK: u64 = 64 * 1024;
+    let mut f = open(path)?;
+    let len = f.metadata()?.len();
+    let mut start = len;
+    // Blocks from the end backwards, and the newlines in them (the file's last byte
+    // aside: it ends the last line).
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0;
+    while start > 0 && newlines < n {
+        let from = start.saturating_sub(BLOCK);
+        let mut block = vec![0; usize::try_from(start - from).unwrap_or(0)];
+        f.seek(SeekFrom::Start(from))?;
+        f.read_exact(&mut block)?;
+        let counted = if start == len {
+            block.strip_suffix(b"\n").unwrap_or(&block)
+        } else {
+            &block[..]
+        };
+        newlines += counted.iter().filter(|&&b| b == b'\n').count();
+        blocks.push(block);
+        start = from;
+    }
+    // `Follower` goes on from here.
+    f.seek(SeekFrom::Start(len))?;
+    Ok((f, blocks.into_iter().rev().flatten().collect()))
+}
+
+/// The last `n` lines of `bytes`, each ending with a newline.
+fn last_lines(bytes: &[u8], n: usize) -> Vec<u8> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let from = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n - 1)
+        .map_or(0, |(i, _)| i + 1);
+    let mut out = body[from..].to_vec();
+    if !out.is_empty() {
+        out.push(b'\n');
+    }
+    out
 }
 
 pub(super) fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
@@ -105,16 +159,17 @@ struct Follower {
 }
 
 impl Follower {
-    /// `file`, of which `read` has been read.
-    fn new(file: std::fs::File, read: Vec<u8>) -> Self {
+    /// `file`, read up to where it stands now; `read` ends with what was read last.
+    fn new(mut file: std::fs::File, read: &[u8]) -> Self {
         let id = file.metadata().ok().map(|m| identity(&m));
+        let pos = file.stream_position().unwrap_or(read.len() as u64);
         let mut me = Self {
             file,
             id,
-            pos: 0,
+            pos: pos.saturating_sub(read.len() as u64),
             tail: Vec::new(),
         };
-        me.advance(&read);
+        me.advance(read);
         me
     }
 
@@ -209,9 +264,37 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_last_lines_come_from_the_end_of_a_file_whatever_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        // Bytes that are not UTF-8 are shown as they are, not an error.
+        std::fs::write(&path, b"ok\n\xff\nline\n").unwrap();
+        for (n, want) in [
+            (0, &b""[..]),
+            (1, b"line\n"),
+            (2, b"\xff\nline\n"),
+            (9, b"ok\n\xff\nline\n"),
+        ] {
+            let (_, end) = read_end(&path, n).unwrap();
+            assert_eq!(last_lines(&end, n), want, "-n {n}");
+        }
+        // A last line without its newline gets one; a long file is read from its end.
+        let mut long = Vec::new();
+        for i in 0..50_000 {
+            writeln!(long, "line {i}").unwrap();
+        }
+        long.extend_from_slice(b"partial");
+        std::fs::write(&path, &long).unwrap();
+        let (mut f, end) = read_end(&path, 2).unwrap();
+        assert!(end.len() < long.len() / 4, "{}", end.len());
+        assert_eq!(last_lines(&end, 2), b"line 49999\npartial\n");
+        assert_eq!(f.stream_position().unwrap(), long.len() as u64);
+    }
+
     fn follower(path: &std::path::Path) -> Follower {
-        let text = std::fs::read(path).unwrap();
-        Follower::new(std::fs::File::open(path).unwrap(), text)
+        let (f, text) = read(path).unwrap();
+        Follower::new(f, &text)
     }
 
     #[test]
