@@ -180,7 +180,15 @@ pub(crate) fn newest_rotated(path: &std::path::Path) -> Option<PathBuf> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    rotated(dir, name).into_iter().max().map(|(_, p)| p)
+    // The one written last: names of daily and hourly files (after a switch from one
+    // to the other) do not sort by time.
+    rotated(dir, name)
+        .into_iter()
+        .max_by_key(|(date, p)| {
+            let written = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            (written, date.clone())
+        })
+        .map(|(_, p)| p)
 }
 
 /// The rotated files of the log `name` in `dir`, each with its date.
@@ -211,6 +219,26 @@ fn rotation_date(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_rotated_file_is_the_one_written_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("t.log");
+        let at = |name: &str, secs: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        // Hourly until 13:00, then daily: the daily file's name sorts first.
+        at("t.log.2026-12-06-12", 1_000);
+        at("t.log.2026-12-06-13", 2_000);
+        at("t.log.2026-12-06", 3_000);
+        at("t.log.notadate", 4_000);
+        assert_eq!(
+            newest_rotated(&log),
+            Some(dir.path().join("t.log.2026-12-06"))
+        );
+    }
 
     fn args() -> LogArgs {
         LogArgs {
