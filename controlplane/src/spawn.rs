@@ -79,7 +79,7 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         // The user's file is only ever appended to; its own rotation is the user's.
         Some(file) => {
             point_to_log(&l.home, &l.name, Some(file));
-            (file.clone(), None)
+            (file.clone(), Previous::default())
         }
         None => {
             let logs = l.home.logs();
@@ -154,6 +154,7 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 let _ = child.wait();
                 // Reading the registry sweeps the entry of the process just ended.
                 let _swept = Registry::new(&l.home).entries();
+                previous.settle();
                 // Its log stays: why it had not come up yet may be in it.
                 return Err(Error::Launch {
                     code: 130,
@@ -169,9 +170,11 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                     id = i;
                 } else if addr.is_some() && line.contains("connected to router") {
                     l.claim.handed_on();
+                    previous.settle();
                     return Ok(launched(pid, id, addr, Standing::Connected, log_file));
                 } else if addr.is_some() && line.contains("retrying") {
                     l.claim.handed_on();
+                    previous.settle();
                     return Ok(launched(pid, id, addr, Standing::Retrying(line), log_file));
                 }
             }
@@ -185,14 +188,13 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 if l.log_file.is_none() {
                     let _ = std::fs::remove_file(&log_file);
                 }
-                if let Some(previous) = previous {
-                    let _ = std::fs::rename(previous, &log_file);
-                }
+                previous.restore(&log_file);
                 return Err(Error::Launch { code, message });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                previous.settle();
                 let message = format!(
                     "the tunnel did not come up within {:?}; its log: {}",
                     l.timeout,
@@ -243,20 +245,72 @@ pub fn own_log_file(home: &Home, name: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// Moves `log` to `log.1` (replacing an older one), if there is a `log`; returns
-/// where it went.
-fn keep_previous(log: &Path) -> Result<Option<PathBuf>, Error> {
-    let mut kept = log.as_os_str().to_owned();
-    kept.push(".1");
-    let kept = PathBuf::from(kept);
+/// The logs of earlier runs, moved aside for a start: `NAME.log` as `NAME.log.1`,
+/// and the `NAME.log.1` before it as `NAME.log.1.old` until the start is settled.
+#[derive(Debug, Default)]
+struct Previous {
+    /// Where `NAME.log` went, if there was one.
+    kept: Option<PathBuf>,
+    /// Where the older `NAME.log.1` went, if there was one.
+    older: Option<PathBuf>,
+}
+
+impl Previous {
+    /// The new run's log stays: the oldest one goes, as a rotation drops it.
+    fn settle(self) {
+        if let Some(older) = self.older {
+            let _ = std::fs::remove_file(older);
+        }
+    }
+
+    /// The start failed and its log goes: every earlier log is back as it was.
+    fn restore(self, log: &Path) {
+        if let Some(kept) = &self.kept {
+            let _ = std::fs::rename(kept, log);
+            if let Some(older) = self.older {
+                let _ = std::fs::rename(older, kept);
+            }
+        }
+    }
+}
+
+/// `log` with `suffix` added to its name.
+fn with_suffix(log: &Path, suffix: &str) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Moves `log` to `log.1`, and an older `log.1` aside, if there is a `log`.
+fn keep_previous(log: &Path) -> Result<Previous, Error> {
+    let kept = with_suffix(log, ".1");
+    let older = with_suffix(log, ".1.old");
+    let err = |source| Error::File {
+        what: "cannot keep the previous log (check the permissions of the logs directory)",
+        path: log.to_owned(),
+        source,
+    };
+    if !log.exists() {
+        return Ok(Previous::default());
+    }
+    let older = match std::fs::rename(&kept, &older) {
+        Ok(()) => Some(older),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(err(source)),
+    };
     match std::fs::rename(log, &kept) {
-        Ok(()) => Ok(Some(kept)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::File {
-            what: "cannot keep the previous log (check the permissions of the logs directory)",
-            path: log.to_owned(),
-            source,
+        Ok(()) => Ok(Previous {
+            kept: Some(kept),
+            older,
         }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Gone meanwhile: the older one goes back.
+            if let Some(older) = older {
+                let _ = std::fs::rename(older, &kept);
+            }
+            Ok(Previous::default())
+        }
+        Err(source) => Err(err(source)),
     }
 }
 

@@ -170,6 +170,9 @@ fn a_restart_keeps_the_previous_runs_log_and_logs_shows_the_current_run() {
     assert_code(status, 69, &err);
     assert_eq!(log_of(&home, "again.log"), second);
     assert_eq!(home.ok(&["logs", "again"]).into_bytes(), second);
+    // And the run before it, as NAME.log.1, too.
+    assert_eq!(log_of(&home, "again.log.1"), first);
+    assert!(!home.path().join("logs/again.log.1.old").exists());
 }
 
 #[test]
