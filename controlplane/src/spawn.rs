@@ -182,6 +182,19 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 // The child closed stdout: it is exiting. Report why.
                 let status = child.wait().ok();
                 let code = status.and_then(|s| s.code()).unwrap_or(1);
+                if code == 0 {
+                    // It stopped as asked (`conduit kill`, SIGTERM) before it came up:
+                    // no failure of its own, but not up either. Its log stays.
+                    previous.settle();
+                    return Err(Error::Launch {
+                        code: 1,
+                        message: format!(
+                            "the tunnel was stopped before it came up (by `conduit kill` or a \
+                             signal); its log: {}",
+                            log_file.display()
+                        ),
+                    });
+                }
                 let message = last_error(&log_file);
                 // Nothing of a tunnel that never came up stays behind: the previous
                 // run's log is NAME.log again.

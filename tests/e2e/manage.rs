@@ -228,6 +228,41 @@ fn a_tunnel_that_cannot_come_up_says_why_and_leaves_nothing_behind() {
     assert!(list_json(&home).is_empty());
 }
 
+/// A tunnel stopped while `start` still waits for it to come up: `start` says so and
+/// fails, rather than passing the tunnel's last log line off as its error with exit 0.
+#[test]
+fn a_tunnel_stopped_before_it_came_up_fails_its_start_with_that_reason() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    // A port that accepts connections and never answers: the handshake waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut args = start_args(
+        &home,
+        &silent.local_addr().unwrap().to_string(),
+        "127.0.0.1:1",
+        "halted",
+    );
+    args.extend(["--handshake-timeout".into(), "120".into()]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut start = home.spawn(&a);
+    wait_list(&home, "the tunnel coming up", |l| {
+        l.iter().any(|t| t["name"] == "halted")
+    });
+    home.ok(&["kill", "--tunnel", "halted"]);
+    let status = start.wait_exit();
+    let err = start.stderr();
+    assert_code(status, 1, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: the tunnel was stopped before it came up (by `conduit kill` or a \
+             signal); its log: {}\n",
+            home.path().join("logs/halted.log").display()
+        )
+    );
+    assert!(home.path().join("logs/halted.log").exists());
+}
+
 #[test]
 fn an_unreachable_router_is_retried_in_the_background_and_start_says_so() {
     let home = Home::with_keys();
