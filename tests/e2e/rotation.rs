@@ -883,3 +883,27 @@ fn keys_a_router_named_are_not_trusted_once_it_is_pinned_to_another_key() {
         repinned.stderr()
     );
 }
+
+#[test]
+fn a_next_key_that_is_the_key_in_use_is_refused() {
+    let home = Home::with_keys();
+    let key = home.key("router.key");
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        "127.0.0.1:0",
+        "--next-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.ends_with(&format!(
+            "conduit: error: --next-key (router.next_private_key_path) {} holds the key the \
+             router presents now ({}): give it a new key (`conduit init --name router-next`), \
+             or leave --next-key out once the router has switched to it\n",
+            key.display(),
+            home.public_key("router")
+        )),
+        "{err}"
+    );
+}

@@ -230,6 +230,16 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
     let next_key = match &r.next_private_key_path {
         Some(p) => {
             let next = keys::load_private(p, "router-next")?.public();
+            if next == identity.public() {
+                return Err(Usage(format!(
+                    "--next-key (router.next_private_key_path) {} holds the key the router \
+                     presents now ({next}): give it a \
+                     new key (`conduit init --name router-next`), or leave --next-key out \
+                     once the router has switched to it",
+                    p.display()
+                ))
+                .into());
+            }
             info!(%next, "naming the next router key to tunnels: they accept it from now on, so the router can switch to it (--key) without an outage");
             Some(next)
         }
