@@ -195,6 +195,19 @@ fn kill_force_kills_a_tunnel_whose_control_socket_does_not_answer() {
         "{err}"
     );
     assert!(pid_alive(pid));
+    // Nor is one of its connections said not to exist: the tunnel did not answer.
+    let (status, _, err) = home.run(&["kill", "--connection", "3", "--tunnel", "frozen"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.starts_with(
+            "conduit: error: connection 3 was not found, and the control socket of tunnel \
+             \"frozen\" ("
+        ) && err.ends_with(
+            ") did not answer: the process may be stopped or overloaded; `conduit kill \
+             --tunnel NAME --force` stops a hung tunnel\n"
+        ),
+        "{err}"
+    );
 
     let (status, out, err) = home.run(&["kill", "--tunnel", "frozen", "--force"]);
     assert_code(status, 0, &err);

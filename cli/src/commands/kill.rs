@@ -197,12 +197,23 @@ async fn kill_connection(registry: &Registry, id: u64, tunnel: Option<&str>) -> 
         None => registry.entries(),
     };
     let has = join_all(candidates.iter().map(|e| has_connection(e, id))).await;
-    let holders: Vec<&Entry> = candidates
-        .iter()
-        .zip(has)
-        .filter_map(|(e, has)| has.then_some(e))
-        .collect();
+    let mut silent = Vec::new();
+    let mut holders: Vec<&Entry> = Vec::new();
+    for (e, has) in candidates.iter().zip(has) {
+        match has {
+            Ok(true) => holders.push(e),
+            Ok(false) => {}
+            Err(why) => silent.push(format!("{:?} ({why})", e.name)),
+        }
+    }
     match holders.as_slice() {
+        // A tunnel that did not answer may have it: not "no such connection".
+        [] if !silent.is_empty() => Err(anyhow!(
+            "connection {id} was not found, and the control socket of tunnel {} did not \
+             answer: the process may be stopped or overloaded; `conduit kill --tunnel NAME \
+             --force` stops a hung tunnel",
+            silent.join(", tunnel ")
+        )),
         [] => Err(Usage(match tunnel {
             Some(t) => format!(
                 "tunnel {t:?} has no connection {id} (`conduit list --connections` shows them)"
@@ -245,14 +256,16 @@ async fn kill_connection(registry: &Registry, id: u64, tunnel: Option<&str>) -> 
     }
 }
 
-/// Whether the tunnel has connection `id` open (a tunnel that does not answer has not).
-async fn has_connection(e: &Entry, id: u64) -> bool {
-    let Ok(mut c) = control::connect(&e.control_socket).await else {
-        return false;
-    };
+/// Whether the tunnel has connection `id` open; why not, when its control socket
+/// does not answer.
+async fn has_connection(e: &Entry, id: u64) -> Result<bool, String> {
+    let mut c = control::connect(&e.control_socket)
+        .await
+        .map_err(|e| e.to_string())?;
     c.list_connections(pb::ListConnectionsRequest {})
         .await
-        .is_ok_and(|r| r.into_inner().connections.iter().any(|c| c.id == id))
+        .map(|r| r.into_inner().connections.iter().any(|c| c.id == id))
+        .map_err(|s| s.message().to_owned())
 }
 
 #[cfg(test)]
