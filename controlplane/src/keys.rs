@@ -535,7 +535,7 @@ pub fn save_known_router(path: &Path, router: &str, known: &KnownRouter) -> Resu
 /// Takes an exclusive lock on `PATH.lock` (created owner-only), held until the file
 /// returned is dropped. The lock is on a file beside `path` because `path` itself is
 /// replaced by rename, which a lock on it would not survive.
-fn lock_beside(path: &Path) -> Result<std::fs::File, Error> {
+pub(crate) fn lock_beside(path: &Path) -> Result<std::fs::File, Error> {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".lock");
     let lock = path.with_file_name(name);

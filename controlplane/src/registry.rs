@@ -142,6 +142,17 @@ impl Registry {
         let _ = std::fs::remove_file(&e.control_socket);
     }
 
+    /// Holds `up` and `down` of this home one at a time (until the file returned is
+    /// dropped): a `down` while an `up` launches would stop some of the file's
+    /// tunnels and miss those launched after it looked, and two `up`s at once would
+    /// each find the other's tunnels "being started" and fail.
+    pub fn lock_changes(&self) -> Result<std::fs::File, crate::Error> {
+        if let Some(home) = self.dir.parent() {
+            crate::Home::ensure_private_dir(home)?;
+        }
+        crate::keys::lock_beside(&self.dir)
+    }
+
     /// Whether the registry can be read: an error naming the problem and the fix
     /// when its directory exists but cannot be listed (another user's, or a file in
     /// its place), where [`Self::entries`] would only find no tunnels.

@@ -498,3 +498,43 @@ fn down_with_a_missing_file_fails_like_up() {
         assert_eq!((out.as_str(), err.as_str()), ("", want), "{command}");
     }
 }
+
+/// `up`s and a `down` of one file run one at a time: three `up`s at once all succeed
+/// (the later ones find the tunnels up to date), and a `down` started meanwhile stops
+/// every tunnel the `up`s started, or, if it ran first, found none.
+#[test]
+fn ups_and_a_down_at_once_take_turns() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[
+            ("alpha", source.clone()),
+            ("beta", source.clone()),
+            ("gamma", source.clone()),
+        ],
+    );
+    let f = file.to_str().unwrap();
+    let ups: Vec<_> = (0..3).map(|_| home.spawn(&["up", "-f", f])).collect();
+    for mut u in ups {
+        let status = u.wait_exit();
+        assert_code(status, 0, &u.stderr());
+    }
+    assert_eq!(names(&home), ["alpha", "beta", "gamma"]);
+
+    home.ok(&["down", "-f", f]);
+    let mut up = home.spawn(&["up", "-f", f]);
+    let (status, out, err) = home.run(&["down", "-f", f]);
+    assert_code(status, 0, &err);
+    assert_code(up.wait_exit(), 0, &up.stderr());
+    let left = names(&home);
+    if out.starts_with("no tunnels from ") {
+        // `down` went first; `up` then started all three.
+        assert_eq!(left, ["alpha", "beta", "gamma"], "{out}");
+    } else {
+        assert_eq!(left, Vec::<String>::new(), "{out}");
+    }
+}

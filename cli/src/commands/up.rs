@@ -162,6 +162,7 @@ fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
 fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
     let registry = Registry::new(home);
     registry.readable().map_err(anyhow::Error::msg)?;
+    let _one_at_a_time = registry.lock_changes()?;
     let entries = registry.entries();
     let actions = reconcile(plan, &entries);
     let file = plan.file.display();
