@@ -199,13 +199,9 @@ fn kill_force_kills_a_tunnel_whose_control_socket_does_not_answer() {
     let (status, _, err) = home.run(&["kill", "--connection", "3", "--tunnel", "frozen"]);
     assert_code(status, 1, &err);
     assert!(
-        err.starts_with(
-            "conduit: error: connection 3 was not found, and the control socket of tunnel \
-             \"frozen\" ("
-        ) && err.ends_with(
-            ") did not answer: the process may be stopped or overloaded; `conduit kill \
-             --tunnel NAME --force` stops a hung tunnel\n"
-        ),
+        err == "conduit: error: connection 3 was not found, but tunnel \"frozen\" did not \
+                answer: its control socket did not answer in time (the process may be stopped \
+                or overloaded); `conduit kill --tunnel NAME --force` stops a hung tunnel\n",
         "{err}"
     );
 

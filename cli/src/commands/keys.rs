@@ -84,5 +84,5 @@ async fn rotate_one(e: &Entry) -> Result<pb::RotateKeyResponse, String> {
     c.rotate_key(pb::RotateKeyRequest {})
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_owned())
+        .map_err(|s| super::tunnels::control_failed(s.message()))
 }

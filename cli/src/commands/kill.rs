@@ -203,16 +203,15 @@ async fn kill_connection(registry: &Registry, id: u64, tunnel: Option<&str>) -> 
         match has {
             Ok(true) => holders.push(e),
             Ok(false) => {}
-            Err(why) => silent.push(format!("{:?} ({why})", e.name)),
+            Err(why) => silent.push(format!("tunnel {:?} did not answer: {why}", e.name)),
         }
     }
     match holders.as_slice() {
         // A tunnel that did not answer may have it: not "no such connection".
         [] if !silent.is_empty() => Err(anyhow!(
-            "connection {id} was not found, and the control socket of tunnel {} did not \
-             answer: the process may be stopped or overloaded; `conduit kill --tunnel NAME \
-             --force` stops a hung tunnel",
-            silent.join(", tunnel ")
+            "connection {id} was not found, but {}; `conduit kill --tunnel NAME --force` \
+             stops a hung tunnel",
+            silent.join(", and ")
         )),
         [] => Err(Usage(match tunnel {
             Some(t) => format!(
@@ -265,7 +264,7 @@ async fn has_connection(e: &Entry, id: u64) -> Result<bool, String> {
     c.list_connections(pb::ListConnectionsRequest {})
         .await
         .map(|r| r.into_inner().connections.iter().any(|c| c.id == id))
-        .map_err(|s| s.message().to_owned())
+        .map_err(|s| super::tunnels::control_failed(s.message()))
 }
 
 #[cfg(test)]

@@ -41,6 +41,18 @@ pub(crate) struct Seen {
 pub(crate) const NO_ANSWER: &str =
     "control socket does not answer (the process may be stopped or overloaded)";
 
+/// A control request's failure in words: the timeout tonic reports as "Timeout
+/// expired" says what it means for a tunnel.
+pub(crate) fn control_failed(message: &str) -> String {
+    if message == "Timeout expired" {
+        "its control socket did not answer in time (the process may be stopped or \
+         overloaded)"
+            .to_owned()
+    } else {
+        message.to_owned()
+    }
+}
+
 /// How long one tunnel gets to answer a survey; all are asked at once, so this
 /// bounds the whole survey. Shorter than the control client's own request timeout,
 /// so a silent tunnel is always reported in the same words.
