@@ -110,7 +110,10 @@ fn a_standby_router_that_would_refuse_the_tunnel_is_found_out_before_it_is_neede
     // Checked in full again and again while it stands by.
     second.wait_stderr_count("client said goodbye: a standby check", 3);
 
+    // A file left without a key is installed on SIGHUP only (written in place, a
+    // file is empty for a moment).
     std::fs::write(&clients, "# nobody\n").unwrap();
+    second.signal("HUP");
     second.wait_stderr("0 in all, 0 added, 1 removed");
     tunnel.wait_stderr(&format!(
         "router {b}, standing by, fails its check: router {b}: the router refused this \
