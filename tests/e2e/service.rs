@@ -126,14 +126,9 @@ fn prints_the_systemd_unit() {
     assert_eq!(stdout(&out), want);
 }
 
-/// Without --service-user, $USER or $LOGNAME, the service runs as whoever this uid
-/// is in the password database (root in a container or a cron job has neither).
-#[test]
-fn without_user_variables_the_service_user_is_this_uid_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let me = Command::new("id").arg("-un").output().expect("run id -un");
-    let me = String::from_utf8(me.stdout).unwrap().trim().to_owned();
-    let out = bare_conduit(dir.path())
+/// `conduit start … --service-file systemd` in an empty environment, with `extra`.
+fn systemd_unit_as(home: &Path, extra: &[&str]) -> Output {
+    bare_conduit(home)
         .args([
             "start",
             "--router",
@@ -147,8 +142,19 @@ fn without_user_variables_the_service_user_is_this_uid_by_name() {
             "--service-file",
             "systemd",
         ])
+        .args(extra)
         .output()
-        .expect("run conduit");
+        .expect("run conduit")
+}
+
+/// Without --service-user, $USER or $LOGNAME, the service runs as whoever this uid
+/// is in the password database (root in a container or a cron job has neither).
+#[test]
+fn without_user_variables_the_service_user_is_this_uid_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = Command::new("id").arg("-un").output().expect("run id -un");
+    let me = String::from_utf8(me.stdout).unwrap().trim().to_owned();
+    let out = systemd_unit_as(dir.path(), &[]);
     assert_eq!(
         (out.status.code(), stderr(&out).as_str()),
         (Some(0), ""),
@@ -166,24 +172,7 @@ fn a_service_user_who_cannot_read_conduit_home_is_told_of() {
     let me = Command::new("id").arg("-un").output().expect("run id -un");
     let me = String::from_utf8(me.stdout).unwrap().trim().to_owned();
     assert_ne!(me, "nobody", "run the tests as another user than nobody");
-    let out = bare_conduit(dir.path())
-        .args([
-            "start",
-            "--router",
-            "router.example.com:9999",
-            "--router-key",
-            ROUTER_KEY,
-            "--source",
-            "10.2.0.2:8080",
-            "--bind",
-            "127.0.0.1:8080",
-            "--service-file",
-            "systemd",
-            "--service-user",
-            "nobody",
-        ])
-        .output()
-        .expect("run conduit");
+    let out = systemd_unit_as(dir.path(), &["--service-user", "nobody"]);
     let home = dir.path().display();
     assert_eq!(
         (out.status.code(), stderr(&out)),
