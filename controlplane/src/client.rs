@@ -268,11 +268,13 @@ struct Shared {
     /// each refused this tunnel since its link was last up (`balance`).
     links: watch::Sender<Vec<LinkStatus>>,
     refused: std::sync::Mutex<Vec<Option<String>>>,
-    /// A router admitted this tunnel since it started. Until one has, a refusal by
-    /// every router stops the tunnel (`start` reports it, exit 77); after, it is
-    /// waited out like an unreachable router: whoever runs the router may fix it
-    /// (a key file restored, an allow rule put back), and a man in the middle must
-    /// not be able to stop tunnels for good by refusing them once.
+    /// A router admitted this tunnel since it started, or it went on to retry in the
+    /// background (an unreachable router: `start` returned then, saying so). Until
+    /// then, a refusal by every router stops the tunnel (`start` reports it, exit
+    /// 77); after, it is waited out like an unreachable router: whoever runs the
+    /// router may fix it (a key file restored, an allow rule put back), nobody waits
+    /// on the tunnel to hear of its end, and a man in the middle must not be able to
+    /// stop tunnels for good by refusing them once.
     been_up: AtomicBool,
     /// The keys each of `routers` may present (read again from `pins`).
     router_keys: RwLock<Vec<Vec<PublicKey>>>,
@@ -360,7 +362,8 @@ impl ClientTunnel {
             Some(Ok(text)) => text,
             Some(Err(e)) => {
                 warn!(tunnel = %s.name, "{e}; the router keys it keeps are not trusted");
-                String::new()
+                // As `reread_known_routers` keeps it, so that it does not warn again.
+                format!("\0{e}")
             }
             None => String::new(),
         };

@@ -143,7 +143,7 @@ pub struct Router {
 /// kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds the router's port with [`LISTEN_BACKLOG`] (tokio's own bind asks for 1024).
+/// Binds the router's port with [`LISTEN_BACKLOG`] (tokio's own bind asks for 128).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv6() {
         tokio::net::TcpSocket::new_v6()?
@@ -413,6 +413,9 @@ impl Router {
 /// Live control sessions: per (client key, tunnel name), the address of each.
 type Sessions = HashMap<(Option<PublicKey>, String), Vec<std::net::IpAddr>>;
 
+/// A TLS record holding a fatal `protocol_version` alert (RFC 8446, 6.2).
+const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
+
 /// How often a router whose handshake slots keep running out says so again.
 const FULL_REPEAT: Duration = Duration::from_secs(60);
 
@@ -438,6 +441,15 @@ async fn handle(
             }
             Transport::Plain => {
                 seen = tcp.peek(&mut first).await?;
+                if is_tls_record(&first[..seen]) {
+                    // A TLS client: a fatal protocol_version alert tells it this is no
+                    // router of its transport (a bare close would look like a router
+                    // going away, worth trying again).
+                    let mut tcp = tcp;
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &PROTOCOL_VERSION_ALERT)
+                        .await;
+                    return Err(WireError::Closed);
+                }
                 Wire::plain(tcp)?
             }
         };

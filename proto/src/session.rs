@@ -101,19 +101,27 @@ impl TlsError {
         }
     }
 
-    /// True when the peer does not seem to speak TLS: its bytes are no TLS record
-    /// (an HTTP server's answer, a plain-transport router's frame), or it closed the
-    /// connection during the handshake without an alert (a plain-transport router
-    /// given a ClientHello does).
+    /// True when the peer answered the handshake with something that is not TLS 1.3
+    /// (an HTTP server's answer, a plain-transport router's frame), or with a
+    /// `protocol_version` alert (a plain-transport Conduit router given a ClientHello
+    /// sends one; so does a server that has no TLS 1.3): it is no router of this
+    /// transport, and trying again will not change that.
     pub fn peer_not_tls(&self) -> bool {
         use rustls::InvalidMessage as M;
         matches!(
             self,
-            Self::ClosedDuringHandshake
-                | Self::Rustls(rustls::Error::InvalidMessage(
-                    M::InvalidContentType | M::UnknownProtocolVersion
-                ))
+            Self::Rustls(
+                rustls::Error::InvalidMessage(M::InvalidContentType | M::UnknownProtocolVersion)
+                    | rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion)
+            )
         )
+    }
+
+    /// True when the peer closed the connection during the handshake without a word:
+    /// a router going away, or a forwarder (a port-forward, a TCP proxy) whose router
+    /// is not up yet. Worth trying again.
+    pub fn closed_during_handshake(&self) -> bool {
+        matches!(self, Self::ClosedDuringHandshake)
     }
 
     /// True when this side (a router) found none of its cipher suites among those the

@@ -284,6 +284,30 @@ fn an_unreachable_router_is_retried_in_the_background_and_start_says_so() {
             && (st.contains("failed, next in ") || st.contains("failed, next within a second")),
         "{st}"
     );
+    // The router comes up, and refuses it: `start` has long returned, so the tunnel
+    // does not stop (nobody would hear of it) but keeps trying, as one that was up.
+    let others = home.path().join("others");
+    std::fs::write(&others, home.ok(&["init", "--name", "other"])).unwrap();
+    let (_router, _) = home.router_at(
+        Engine::Epoll,
+        &router,
+        &["127.0.0.1:1".into()],
+        &["--authorized-keys", others.to_str().unwrap()],
+    );
+    let log = home.path().join("logs/patient.log");
+    let deadline = Instant::now() + DEADLINE;
+    // Refused twice: it tried again.
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("the router refused this client's key")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "never refused twice");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let l = list_json(&home);
+    assert!(l.len() == 1 && l[0]["status"] == "retrying", "{l:#?}");
     let out = home.ok(&["kill", "--all"]);
     assert!(out.contains("stopped tunnel \"patient\""), "{out}");
     assert!(list_json(&home).is_empty());

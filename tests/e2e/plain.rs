@@ -405,7 +405,8 @@ fn a_hello_with_a_name_that_is_no_name_is_refused() {
 
 /// A tunnel and a router of different transports, and a tunnel pointed at a server
 /// that is no router, are each told what is probably wrong and the fix; the tunnel,
-/// which no router admitted yet, stops (exit 77), as `start` would report it.
+/// which no router admitted yet, stops (exit 77), as `start` would report it. A peer
+/// that only closes the connection is tried again.
 #[test]
 fn a_transport_mismatch_is_named_on_both_sides() {
     let engine = Engine::Epoll;
@@ -450,4 +451,21 @@ fn a_transport_mismatch_is_named_on_both_sides() {
          router, or not a Conduit router at all?): check --router and --transport"
     ));
     assert_code(at_http.wait_exit(), 77, &at_http.stderr());
+
+    // A forwarder whose router is not up yet accepts and closes: that is tried again.
+    let forwarder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let faddr = forwarder.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in forwarder.incoming().flatten() {
+            drop(c);
+        }
+    });
+    let mut early = home.tunnel_proc(engine, faddr, &source, &[]);
+    early.wait_stderr(&format!(
+        "router {faddr} closed the connection during the TLS handshake (a router stopping, or \
+         a forwarder whose router is not up yet; if it stays so, check --router and \
+         --transport); retrying in"
+    ));
+    assert!(early.running(), "{}", early.stderr());
+    early.stop();
 }

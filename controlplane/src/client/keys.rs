@@ -345,9 +345,16 @@ impl Shared {
         (in_file == declined).then_some(declined)
     }
 
-    /// A router admitted this tunnel since it started (see `Shared::been_up`).
+    /// A router admitted this tunnel since it started, or it retried in the
+    /// background (see `Shared::been_up`).
     pub(super) fn been_up(&self) -> bool {
         self.been_up.load(Ordering::Acquire)
+    }
+
+    /// The tunnel goes on retrying in the background: from now on refusals are
+    /// waited out too (see `Shared::been_up`).
+    pub(super) fn retries_in_background(&self) {
+        self.been_up.store(true, Ordering::Release);
     }
 
     /// The router in use admitted this tunnel: a key taken up from the key file is

@@ -154,6 +154,8 @@ async fn lane(
                     },
                 );
                 let line = format!("{e}; retrying in {:.1}s", wait.as_secs_f64());
+                // `start` returns on that line: the tunnel runs in the background now.
+                shared.retries_in_background();
                 if refusal {
                     error!(tunnel = %shared.name, %router, "{line}");
                 } else {

@@ -192,6 +192,8 @@ pub(super) async fn control_loop(
                     error: e.to_string(),
                 });
                 say(format!("{e}; retrying in {:.1}s", wait.as_secs_f64()));
+                // `start` returns on that line: the tunnel runs in the background now.
+                shared.retries_in_background();
                 let knock: Vec<usize> = (0..shared.routers.len())
                     .filter(|&i| no_listener[i])
                     .collect();

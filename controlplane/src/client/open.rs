@@ -166,6 +166,13 @@ pub(super) fn can_carry(datagrams: bool, version: u16, router: &str) -> Result<(
 
 pub(super) fn wire_error(shared: &Shared, router: &str, e: WireError) -> Error {
     match e {
+        // Closed without a word: a router going away, or a port-forward whose router
+        // is not up yet. Tried again.
+        WireError::Tls(t) if t.closed_during_handshake() => Error::Protocol(format!(
+            "router {router} closed the connection during the TLS handshake (a router \
+             stopping, or a forwarder whose router is not up yet; if it stays so, check \
+             --router and --transport)"
+        )),
         // A setting to change, as a refusal is: a tunnel no router admitted yet stops
         // (`start` says why); one that has been up keeps trying (see `Shared::been_up`).
         WireError::Tls(t) if t.peer_not_tls() => Error::Authentication(format!(
