@@ -92,39 +92,52 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             (file, previous)
         }
     };
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_file)
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot open the log file {}: {e}; give --log-file a file in an existing \
-                 directory this user may write to",
-                log_file.display()
-            ))
-        })?;
-    l.claim.make_inheritable()?;
-    let mut cmd = Command::new(&l.exe);
-    cmd.args(&l.args)
-        .env("CONDUIT_HOME", l.home.root())
-        .env(INHERITED_CLAIM, &l.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log);
-    for (var, value) in &l.secrets {
-        cmd.env(var, value.expose());
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        // Its own process group: Ctrl-C in this terminal does not reach it.
-        cmd.process_group(0);
-    }
-    let mut child = cmd.spawn().map_err(|source| Error::File {
-        what: "cannot start the tunnel process",
-        path: l.exe.clone(),
-        source,
-    })?;
+    // Until the child runs, a failure puts the earlier logs back as they were.
+    let spawned = (|| -> Result<std::process::Child, Error> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_file)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot open the log file {}: {e}; give --log-file a file in an existing \
+                     directory this user may write to",
+                    log_file.display()
+                ))
+            })?;
+        l.claim.make_inheritable()?;
+        let mut cmd = Command::new(&l.exe);
+        cmd.args(&l.args)
+            .env("CONDUIT_HOME", l.home.root())
+            .env(INHERITED_CLAIM, &l.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (var, value) in &l.secrets {
+            cmd.env(var, value.expose());
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::CommandExt;
+            // Its own process group: Ctrl-C in this terminal does not reach it.
+            cmd.process_group(0);
+        }
+        cmd.spawn().map_err(|source| Error::File {
+            what: "cannot start the tunnel process",
+            path: l.exe.clone(),
+            source,
+        })
+    })();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if l.log_file.is_none() {
+                let _ = std::fs::remove_file(&log_file);
+            }
+            previous.restore(&log_file);
+            return Err(e);
+        }
+    };
     let pid = child.id();
     // Only what a second claimant is told: a failure here changes nothing else.
     let _ = l.claim.set_holder(pid);

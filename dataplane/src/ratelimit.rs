@@ -9,8 +9,8 @@
 //!   wakes it a millisecond or so after the time it asked for, later on a busy
 //!   machine, and a bucket that overflows meanwhile loses what it could not hold: a
 //!   16 KiB burst at 50 MB/s gave 12 MB/s. So a burst under [`MIN_BURST_TIME`] at
-//!   the rate acts as that much, and the bucket then holds twice that, leaving a
-//!   sender who waits for it that long to wake late in.
+//!   the rate acts as that much, and the bucket holds at least twice that, leaving a
+//!   sender who waits for a burst that small at least that long to wake late in.
 //!
 //! Over any interval of `t` seconds a bucket lets through at most `burst + rate · t`
 //! bytes, and a sender that always wants more gets exactly the rate in the long run.

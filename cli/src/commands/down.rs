@@ -15,7 +15,11 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
     let registry = Registry::new(home);
     registry.readable().map_err(anyhow::Error::msg)?;
-    let _one_at_a_time = registry.lock_changes()?;
+    // No CONDUIT_HOME, no tunnels: nothing to make for the lock.
+    let _one_at_a_time = match home.root().exists() {
+        true => Some(registry.lock_changes()?),
+        false => None,
+    };
     let targets = started_from(&file, &registry.entries());
     // Tunnels from a file removed since `up` are still stopped; with none running,
     // a missing file is a mistyped name, refused as `up` refuses it.

@@ -190,6 +190,10 @@ impl Links {
         let link = self.links.get_mut(&id)?;
         let from = link.sessions.remove(&session).flatten();
         link.view.peers = link.peers();
+        if let Some((_, newest)) = link.sessions.iter().max_by_key(|(id, _)| **id) {
+            // Session ids grow: the newest that is left.
+            link.view.peer = *newest;
+        }
         if !link.sessions.is_empty() {
             // One of several hosts running the tunnel with one key went away: the
             // link stays up through the others (its alert would say "lost" of a link
@@ -334,6 +338,7 @@ mod tests {
         let v = &l.views()[0];
         assert_eq!(v.state, LinkState::Connected);
         assert_eq!(v.peers, [at("10.0.0.5:40000").unwrap()]);
+        assert_eq!(v.peer, at("10.0.0.5:40000"));
         // The last one gone: lost, with nobody left.
         assert!(matches!(
             l.down(2, false, "reset", t(3)),
