@@ -153,13 +153,15 @@ async fn lane(
                         error: e.to_string(),
                     },
                 );
-                let line = format!("{e}; retrying in {:.1}s", wait.as_secs_f64());
-                // `start` returns on that line: the tunnel runs in the background now.
-                shared.retries_in_background();
+                let wait_s = wait.as_secs_f64();
                 if refusal {
-                    error!(tunnel = %shared.name, %router, "{line}");
+                    // Not "retrying": `start` waits on, for the other routers' answers
+                    // (a tunnel every router refuses stops, and `start` says why).
+                    error!(tunnel = %shared.name, %router, "{e}; trying it again in {wait_s:.1}s");
                 } else {
-                    warn!(tunnel = %shared.name, %router, "{line}");
+                    warn!(tunnel = %shared.name, %router, "{e}; retrying in {wait_s:.1}s");
+                    // `start` returns on that line: the tunnel runs in the background now.
+                    shared.retries_in_background();
                 }
                 let knock: &[usize] = if e.found_no_listener() { &[index] } else { &[] };
                 match back_off(&shared, knock, wait, &mut stop).await {
