@@ -33,6 +33,12 @@ fn write_file(home: &Home, router_port: u16, tunnels: &[(&str, String)]) -> std:
     path
 }
 
+/// `write_file` with tunnels alpha, beta and gamma, all to `source`.
+fn write_three(home: &Home, router_port: u16, source: &str) -> std::path::PathBuf {
+    let tunnels = ["alpha", "beta", "gamma"].map(|n| (n, source.to_owned()));
+    write_file(home, router_port, &tunnels)
+}
+
 /// `write_file` with a drain long enough (120 s) that a held connection keeps a
 /// stopping tunnel around until the test lets it go, and each tunnel on `bind`.
 fn write_slow_draining(
@@ -134,15 +140,7 @@ fn up_twice_then_change_remove_and_down() {
     let _cleanup = Cleanup(&home);
     let source = sources::echo().to_string();
     let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let file = write_file(
-        &home,
-        raddr.port(),
-        &[
-            ("alpha", source.clone()),
-            ("beta", source.clone()),
-            ("gamma", source.clone()),
-        ],
-    );
+    let file = write_three(&home, raddr.port(), &source);
 
     let (status, out, err) = up(&home, &file, &[]);
     assert_code(status, 0, &err);
@@ -508,15 +506,7 @@ fn ups_and_a_down_at_once_take_turns() {
     let _cleanup = Cleanup(&home);
     let source = sources::echo().to_string();
     let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let file = write_file(
-        &home,
-        raddr.port(),
-        &[
-            ("alpha", source.clone()),
-            ("beta", source.clone()),
-            ("gamma", source.clone()),
-        ],
-    );
+    let file = write_three(&home, raddr.port(), &source);
     let f = file.to_str().unwrap();
     let ups: Vec<_> = (0..3).map(|_| home.spawn(&["up", "-f", f])).collect();
     for mut u in ups {
