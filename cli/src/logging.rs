@@ -6,7 +6,8 @@
 //! which wins over the defaults (info, text, stderr).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use conduit_controlplane::config::{self, LoggingConfig};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
@@ -73,16 +74,33 @@ fn directives(level: &str) -> Result<String, String> {
     ))
 }
 
+/// Where the process's log goes, once it is started: what [`fatal`] needs.
+#[derive(Debug, Clone, Copy)]
+struct Sink {
+    json: bool,
+    /// The log is written to stderr (no `--log-file`, or a file that stderr is
+    /// too, as with a background tunnel started with `--log-file`).
+    stderr: bool,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
 pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
     let directives = directives(&s.level)?;
     let filter = EnvFilter::try_new(&directives)
         .map_err(|e| format!("invalid --log-level {:?}: {e}", s.level))?;
-    let (writer, ansi) = match &s.file {
+    let (writer, ansi, to_stderr) = match &s.file {
         None => (
             BoxMakeWriter::new(std::io::stderr),
             std::io::stderr().is_terminal(),
+            true,
         ),
-        Some(path) => (BoxMakeWriter::new(file_writer(path, s)?), false),
+        Some(path) => {
+            let appender = file_writer(path, s)?;
+            // Rotated, the log is written to PATH.DATE, never stderr's PATH.
+            let same = s.rotation == LogRotation::Never && is_stderr(path);
+            (BoxMakeWriter::new(appender), false, same)
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -94,7 +112,51 @@ pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
     } else {
         builder.try_init()
     };
-    res.map_err(|e| format!("cannot start logging: {e}"))
+    res.map_err(|e| format!("cannot start logging: {e}"))?;
+    let _ = SINK.set(Sink {
+        json: s.json,
+        stderr: to_stderr,
+    });
+    Ok(())
+}
+
+/// Records the error a process ends with in its log, where a reader of the log
+/// needs it: always in a JSON log (a collector sees why the process stopped, as an
+/// event with `fatal: true` and the `exit_code`), and in a text log written to a
+/// file of its own. Returns whether stderr still needs the plain
+/// `conduit: error: …` line: every time but when a JSON log is stderr itself, where
+/// that line would be the one a collector cannot parse.
+pub(crate) fn fatal(message: &str, exit_code: u8) -> bool {
+    let Some(sink) = SINK.get() else {
+        return true;
+    };
+    // A log filtered down to nothing (`--log-level off`) would swallow the event.
+    if !tracing::enabled!(tracing::Level::ERROR) {
+        return true;
+    }
+    if sink.json || !sink.stderr {
+        tracing::error!(exit_code, fatal = true, "{message}");
+    }
+    !(sink.json && sink.stderr)
+}
+
+/// Whether stderr is the file at `path` (a background tunnel's stderr is its log).
+#[cfg(unix)]
+fn is_stderr(path: &Path) -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match (std::fs::File::from(fd).metadata(), std::fs::metadata(path)) {
+        (Ok(err), Ok(log)) => err.dev() == log.dev() && err.ino() == log.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn is_stderr(_: &Path) -> bool {
+    false
 }
 
 fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileAppender, String> {

@@ -42,12 +42,13 @@ fn main() -> ExitCode {
             let reader_gone = e
                 .downcast_ref::<output::StdoutError>()
                 .is_some_and(output::StdoutError::reader_gone);
-            if !reader_gone {
-                // Every error message is complete on its own; the source chain would
-                // repeat it. Nothing is left to tell if stderr cannot take it either.
+            let code = exit::code_for(&e);
+            // Every error message is complete on its own; the source chain would
+            // repeat it. Nothing is left to tell if stderr cannot take it either.
+            if !reader_gone && logging::fatal(&e.to_string(), code) {
                 let _ = writeln!(std::io::stderr(), "conduit: error: {e}");
             }
-            ExitCode::from(exit::code_for(&e))
+            ExitCode::from(code)
         }
     }
 }

@@ -419,12 +419,13 @@ fn parse_listening(line: &str) -> Option<(String, String)> {
     Some((addr, id))
 }
 
-/// The child's error line from its log (`conduit: error: …`), or a pointer to the log.
+/// The child's error line from its log (`conduit: error: …`, or with
+/// `--log-format json` the event marked `fatal`), or a pointer to the log.
 fn last_error(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .rev()
-        .find_map(|l| l.split_once("conduit: error: ").map(|(_, m)| m.to_owned()))
+        .find_map(fatal_message)
         .or_else(|| {
             text.lines()
                 .rev()
@@ -434,9 +435,41 @@ fn last_error(log: &std::path::Path) -> String {
         .unwrap_or_else(|| "the tunnel process exited without saying why".into())
 }
 
+/// The message of a process's last words, as a log line holds them.
+fn fatal_message(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = event.get("fields")?;
+        if fields.get("fatal")? != &serde_json::Value::Bool(true) {
+            return None;
+        }
+        return fields.get("message")?.as_str().map(str::to_owned);
+    }
+    line.split_once("conduit: error: ")
+        .map(|(_, m)| m.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_words_are_read_from_text_and_json_logs() {
+        assert_eq!(
+            fatal_message("conduit: error: cannot listen on 127.0.0.1:80: denied").as_deref(),
+            Some("cannot listen on 127.0.0.1:80: denied")
+        );
+        let json = r#"{"timestamp":"2026-12-06T16:40:00Z","level":"ERROR","fields":{"message":"cannot listen on 127.0.0.1:80: denied","exit_code":69,"fatal":true}}"#;
+        assert_eq!(
+            fatal_message(json).as_deref(),
+            Some("cannot listen on 127.0.0.1:80: denied")
+        );
+        // Other errors, and lines that only look like JSON, are not last words.
+        let other = r#"{"level":"ERROR","fields":{"message":"source refused"}}"#;
+        assert_eq!(fatal_message(other), None);
+        assert_eq!(fatal_message("{not json"), None);
+        assert_eq!(fatal_message("WARN retrying in 1s"), None);
+    }
 
     #[test]
     fn parses_the_listening_line() {

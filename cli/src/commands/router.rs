@@ -31,11 +31,21 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         overrides,
         home: home.clone(),
     };
+    // A router that cannot start is logged where its logs would have gone, as far
+    // as the flags and the file say where that is: an operator (or a collector)
+    // reading the log sees why it stopped. Logging that cannot start leaves the
+    // plain message on stderr.
     let loaded = match config::load_router(&sources) {
         Ok(l) => l,
-        Err(report) => return Err(Usage(lines(&report.problems)).into()),
+        Err(report) => {
+            let _ = start_logging(log, None);
+            return Err(Usage(lines(&report.problems)).into());
+        }
     };
     if loaded.report.has_errors() {
+        if a.service.service_file.is_none() {
+            let _ = start_logging(log, Some(&loaded.config.logging));
+        }
         let errors: Vec<Problem> = loaded.report.errors().cloned().collect();
         return Err(Usage(lines(&errors)).into());
     }

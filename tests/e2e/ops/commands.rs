@@ -431,3 +431,105 @@ fn stats_router_stops_reading_pages_that_never_end() {
     );
     assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 1000);
 }
+
+/// The error a process stops on is its log's last event: a JSON log on stderr gets
+/// it as JSON (no plain line a collector cannot parse), a log file gets it besides
+/// the plain line on stderr, and `start` reads a background tunnel's JSON log for
+/// the reason it tells.
+#[test]
+fn a_process_that_cannot_start_says_why_in_its_log_format() {
+    let home = Home::with_keys();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let why = format!(
+        "cannot listen on {addr}: Address already in use (os error 98); something already \
+         listens there: pick another --bind"
+    );
+    let json_lines = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect()
+    };
+    let assert_fatal = |event: &Value, message: &str, code: u64| {
+        assert_eq!(event["level"], "ERROR", "{event}");
+        assert_eq!(event["fields"]["message"], message, "{event}");
+        assert_eq!(event["fields"]["exit_code"], code, "{event}");
+        assert_eq!(event["fields"]["fatal"], true, "{event}");
+    };
+
+    // JSON on stderr: every line is JSON, the last one the reason.
+    let (status, _, err) = home.run(&["router", "--bind", &addr, "--log-format", "json"]);
+    assert_code(status, 69, &err);
+    assert_fatal(json_lines(&err).last().unwrap(), &why, 69);
+
+    // A configuration error, before the router knows its settings, too.
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        &addr,
+        "--log-format",
+        "json",
+        "--authorized-keys",
+        "/nonexistent/authorized_clients",
+    ]);
+    assert_code(status, 64, &err);
+    let events = json_lines(&err);
+    let message = events[0]["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "router.authorized_keys: no authorized clients file at \
+             /nonexistent/authorized_clients: create it"
+        ),
+        "{message}"
+    );
+    assert_fatal(&events[0], message, 64);
+
+    // A text log file: the reason there and on stderr.
+    let log = home.path().join("router.log");
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        &addr,
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
+    assert_code(status, 69, &err);
+    assert_eq!(err, format!("conduit: error: {why}\n"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.ends_with(&format!(" ERROR {why} exit_code=69 fatal=true")),
+        "{last}"
+    );
+
+    // A background tunnel logging JSON: `start` tells the tunnel's own reason.
+    let router_key = home.key("router.pub");
+    let (status, out, err) = home.run(&[
+        "start",
+        "--name",
+        "web",
+        "--log-format",
+        "json",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        router_key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        &addr,
+    ]);
+    assert_code(status, 69, &err);
+    assert_eq!(out, "");
+    let events = json_lines(&err);
+    assert_eq!(events.len(), 1, "{err}");
+    assert_fatal(
+        &events[0],
+        &format!(
+            "cannot listen on {addr}: Address already in use (os error 98); another program \
+             (or another tunnel) already listens there: pick another --bind or stop the other \
+             one (`conduit list` shows tunnels)"
+        ),
+        69,
+    );
+}
