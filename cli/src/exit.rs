@@ -40,7 +40,38 @@ impl std::fmt::Display for BadAnswer {
 
 impl std::error::Error for BadAnswer {}
 
+/// A command that failed in several parts (`up`'s tunnels), with the exit code
+/// they share, or 1.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) message: String,
+    pub(crate) code: u8,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+/// The exit code of failures that share one (every tunnel refused the same way),
+/// else 1.
+pub(crate) fn shared_code(codes: impl IntoIterator<Item = u8>) -> u8 {
+    let mut codes = codes.into_iter();
+    let first = codes.next().unwrap_or(FAILURE);
+    if codes.all(|c| c == first) {
+        first
+    } else {
+        FAILURE
+    }
+}
+
 pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
+    if let Some(f) = e.downcast_ref::<Failed>() {
+        return f.code;
+    }
     if e.downcast_ref::<Usage>().is_some() {
         return USAGE;
     }
@@ -60,5 +91,18 @@ pub(crate) fn code_for(e: &anyhow::Error) -> u8 {
         Some(Error::Launch { code, .. }) => u8::try_from(*code).unwrap_or(FAILURE),
         Some(_) => FAILURE,
         None => FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_keep_the_code_they_share() {
+        assert_eq!(shared_code([NOPERM, NOPERM]), NOPERM);
+        assert_eq!(shared_code([UNAVAILABLE]), UNAVAILABLE);
+        assert_eq!(shared_code([NOPERM, UNAVAILABLE]), FAILURE);
+        assert_eq!(shared_code([]), FAILURE);
     }
 }

@@ -423,9 +423,21 @@ fn parse_listening(line: &str) -> Option<(String, String)> {
 /// `--log-format json` the event marked `fatal`), or a pointer to the log.
 fn last_error(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
+    let lines: Vec<&str> = text.lines().collect();
+    (0..lines.len())
         .rev()
-        .find_map(fatal_message)
+        .find_map(|at| {
+            let first = fatal_message(lines[at])?;
+            // A message of several lines (`every router refused this tunnel:` and
+            // each router's reason) goes on to the end: it is the child's last output.
+            let rest = lines[at + 1..].iter().filter(|l| !l.starts_with('{'));
+            Some(
+                std::iter::once(first.as_str())
+                    .chain(rest.copied())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })
         .or_else(|| {
             text.lines()
                 .rev()
@@ -469,6 +481,23 @@ mod tests {
         assert_eq!(fatal_message(other), None);
         assert_eq!(fatal_message("{not json"), None);
         assert_eq!(fatal_message("WARN retrying in 1s"), None);
+    }
+
+    #[test]
+    fn a_reason_of_several_lines_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("t.log");
+        std::fs::write(
+            &log,
+            "WARN router a refused\nconduit: error: every router refused this tunnel:\n  \
+             router a: key mismatch\n  router b: key mismatch\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_error(&log),
+            "every router refused this tunnel:\n  router a: key mismatch\n  router b: key \
+             mismatch"
+        );
     }
 
     #[test]

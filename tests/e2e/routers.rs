@@ -638,6 +638,32 @@ fn a_tunnel_that_every_router_refuses_stops_naming_each() {
             "{mode:?}: {err}"
         );
     }
+    // In the background: `start` tells every router's reason too.
+    let router_key = home.key("router.pub");
+    let (status, out, err) = home.run(&[
+        "start",
+        "--name",
+        "refused",
+        "--router",
+        &format!("{a},{b}"),
+        "--router-key",
+        router_key.to_str().unwrap(),
+        "--source",
+        &source.to_string(),
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 77, &err);
+    assert_eq!(out, "");
+    let (pinned, got) = (home.public_key("router"), home.public_key("router-b"));
+    let reason = |r| format!("router {r}: router key mismatch: expected {pinned}, got {got}");
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: every router refused this tunnel:\n  {}",
+            reason(a)
+        )) && err.contains(&format!("\n  {}", reason(b))),
+        "{err}"
+    );
 }
 
 #[test]

@@ -528,3 +528,48 @@ fn ups_and_a_down_at_once_take_turns() {
         assert_eq!(left, Vec::<String>::new(), "{out}");
     }
 }
+
+/// `up` exits with the code its failed tunnels share, as `start` would for each
+/// (69 for a bind address in use, 77 for a source the router does not allow), and
+/// with 1 when they differ.
+#[test]
+fn up_exits_with_the_code_its_failed_tunnels_share() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let in_use = |name: &str| {
+        format!("tunnel {name:?}: cannot listen on {taken}: Address already in use (os error 98)")
+    };
+
+    let file = write_slow_draining(&home, raddr.port(), &[("one", source.clone())], &taken);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 69, &err);
+    assert!(err.contains(&in_use("one")), "{err}");
+
+    let forbidden = [("three", "127.0.0.1:2".to_owned())];
+    let file = write_file(&home, raddr.port(), &forbidden);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 77, &err);
+    assert!(
+        err.contains("tunnel \"three\": the router refused this tunnel: source 127.0.0.1:2 is not allowed by the router's policy"),
+        "{err}"
+    );
+
+    // One of each: 1. The second tunnel's bind is the taken address.
+    let mixed = [("three", "127.0.0.1:2".to_owned()), ("four", source)];
+    let file = write_file(&home, raddr.port(), &mixed);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let (head, tail) = text.rsplit_once("127.0.0.1:0").unwrap();
+    std::fs::write(&file, format!("{head}{taken}{tail}")).unwrap();
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains("tunnel \"three\": the router refused this tunnel: source 127.0.0.1:2 is not allowed by the router's policy")
+            && err.contains(&in_use("four")),
+        "{err}"
+    );
+    assert!(list(&home).is_empty());
+}

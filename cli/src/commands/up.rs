@@ -27,6 +27,7 @@ use super::service::{self, Tunnel, log_flags};
 use super::start::{foreground, launch_detached, report_started};
 use super::{runtime, say};
 use crate::args::{LogArgs, LogFormat, ServiceKind, UpArgs};
+use crate::exit::{self, Failed};
 
 pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     let file = std::path::absolute(&a.file)?;
@@ -168,10 +169,13 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     let file = plan.file.display();
     let mut failures = Vec::new();
     for (t, e) in &actions.conflict {
-        failures.push(format!(
-            "tunnel {:?}: the name is taken by a tunnel not started from {file} (id {}, pid {}); \
-             stop it with `conduit kill --tunnel {}` or rename one of them",
-            t.name, e.tunnel_id, e.pid, t.name
+        failures.push((
+            format!(
+                "tunnel {:?}: the name is taken by a tunnel not started from {file} (id {}, pid \
+                 {}); stop it with `conduit kill --tunnel {}` or rename one of them",
+                t.name, e.tunnel_id, e.pid, t.name
+            ),
+            exit::USAGE,
         ));
     }
     for (t, e) in &actions.keep {
@@ -242,7 +246,10 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
                 "stopped tunnel {:?} (no longer in {file})",
                 e.name
             )),
-            Err(why) => failures.push(format!("tunnel {:?}: could not stop it: {why}", e.name)),
+            Err(why) => failures.push((
+                format!("tunnel {:?}: could not stop it: {why}", e.name),
+                exit::FAILURE,
+            )),
         }
     }
     for ((t, own), res) in to_start.iter().zip(launched) {
@@ -252,14 +259,19 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
         };
         match res {
             Ok(l) => report_started(verb, &t.name, &l),
-            Err(e) => failures.push(format!("tunnel {:?}: {e}", t.name)),
+            Err(e) => failures.push((format!("tunnel {:?}: {e}", t.name), exit::code_for(&e))),
         }
     }
     if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!("{}", failures.join("\n")))
+        return Ok(());
     }
+    let code = exit::shared_code(failures.iter().map(|(_, c)| *c));
+    let message = failures.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
+    Err(Failed {
+        message: message.join("\n"),
+        code,
+    }
+    .into())
 }
 
 /// Whether the tunnel registered with `c` holds `port` for `protocol`: a TCP
@@ -309,16 +321,27 @@ fn supervise(plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
                 all.await
             }
         };
-        let failed: Vec<String> = results
+        let failed: Vec<(String, u8)> = results
             .into_iter()
             .filter(|(_, s)| !s.as_ref().is_ok_and(|s| s.success()))
-            .map(|(n, _)| n)
+            .map(|(n, s)| {
+                let code = s.ok().and_then(|s| s.code());
+                (
+                    n,
+                    code.and_then(|c| u8::try_from(c).ok())
+                        .unwrap_or(exit::FAILURE),
+                )
+            })
             .collect();
         if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow!("tunnels that failed: {}", failed.join(", ")))
+            return Ok(());
         }
+        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        Err(Failed {
+            message: format!("tunnels that failed: {}", names.join(", ")),
+            code: exit::shared_code(failed.iter().map(|(_, c)| *c)),
+        }
+        .into())
     })
 }
 
