@@ -231,7 +231,7 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
         lines(&out.stderr),
         [
             "conduit: error: no configuration file at conduit.toml: create it \
-          (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+          with `conduit config init -f conduit.toml` (a documented starting file) or name another file with -f FILE"
         ]
     );
     assert_eq!(text(&out.stdout), "");
@@ -242,7 +242,7 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
         lines(&out.stderr),
         [
             "conduit: error: no configuration file at router.toml: create it \
-          (deploy/router.example.toml is a documented example) or name another file with -f FILE"
+          with `conduit config init --router -f router.toml` (a documented starting file) or name another file with -f FILE"
         ]
     );
     let out = s.run(&["config", "show", "--router", "-f", "other.toml"], &[]);
@@ -250,7 +250,7 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
         lines(&out.stderr),
         [
             "conduit: error: no configuration file at other.toml: create it \
-          (deploy/router.example.toml is a documented example) or name another file with -f FILE"
+          with `conduit config init --router -f other.toml` (a documented starting file) or name another file with -f FILE"
         ]
     );
     assert_eq!(out.status.code(), Some(64));
@@ -259,7 +259,7 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
         lines(&out.stderr),
         [
             "conduit: error: no configuration file at /no/such.toml: create it \
-          (deploy/router.example.toml is a documented example) or name another file with --config FILE"
+          with `conduit config init --router -f /no/such.toml` (a documented starting file) or name another file with --config FILE"
         ]
     );
     assert_eq!(out.status.code(), Some(64));

@@ -241,8 +241,14 @@ fn burst_after_idle(engine: Engine, transport: &[&str]) {
         flags.extend_from_slice(transport);
         home.tunnel_with(engine, raddr, source, &flags)
     };
-    let (_down, down_addr) = tunnel("down", &allow[0]);
+    let (down, down_addr) = tunnel("down", &allow[0]);
     let (_up, up_addr) = tunnel("up", &allow[1]);
+    // A burst smaller than a TLS record is taken, with a warning.
+    let warning = format!(
+        "WARN --burst-limit {BURST} bytes is less than one TLS record (16384): a limited \
+         tunnel then relays in pieces that small"
+    );
+    assert!(down.stderr().contains(&warning), "{}", down.stderr());
 
     // Source to user: the source answers `go` with all of it in one write.
     let started = Instant::now();

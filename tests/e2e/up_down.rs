@@ -488,7 +488,7 @@ fn tunnels_of_a_killed_supervisor_stop_and_come_up_again() {
 fn down_with_a_missing_file_fails_like_up() {
     let home = Home::empty();
     let want = "conduit: error: no configuration file at /no/such/file.toml: create it \
-                (deploy/conduit.example.toml is a documented example) or name another file \
+                with `conduit config init -f /no/such/file.toml` (a documented starting file) or name another file \
                 with -f FILE\n";
     for command in ["up", "down"] {
         let (status, out, err) = home.run(&[command, "-f", "/no/such/file.toml"]);

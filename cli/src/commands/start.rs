@@ -41,6 +41,9 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         .into());
     }
     alert_urls(&a)?;
+    if let Some(w) = conduit_controlplane::config::small_burst(a.burst_limit) {
+        tracing::warn!("--burst-limit {w}");
+    }
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }

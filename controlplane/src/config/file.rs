@@ -10,13 +10,13 @@ use super::{Origin, Problem, Report, Role};
 
 /// What to say when `path`, a `role` file named by `flag`, does not exist.
 pub fn missing(path: &Path, role: Role, flag: &str) -> String {
-    let example = match role {
-        Role::Client => "deploy/conduit.example.toml",
-        Role::Router => "deploy/router.example.toml",
+    let router = match role {
+        Role::Client => "",
+        Role::Router => " --router",
     };
     format!(
-        "no configuration file at {}: create it ({example} is a documented example) or name \
-         another file with {flag} FILE",
+        "no configuration file at {0}: create it with `conduit config init{router} -f {0}` \
+         (a documented starting file) or name another file with {flag} FILE",
         path.display()
     )
 }
@@ -291,7 +291,7 @@ mod tests {
             msgs(err),
             [
                 "no configuration file at /nonexistent/conduit.toml: create it \
-              (deploy/conduit.example.toml is a documented example) or name another file with -f FILE"
+              with `conduit config init -f /nonexistent/conduit.toml` (a documented starting file) or name another file with -f FILE"
             ]
         );
         let err =
@@ -299,7 +299,7 @@ mod tests {
         assert_eq!(
             msgs(err),
             ["no configuration file at /nonexistent/r.toml: create it \
-              (deploy/router.example.toml is a documented example) or name another file with --config FILE"]
+              with `conduit config init --router -f /nonexistent/r.toml` (a documented starting file) or name another file with --config FILE"]
         );
     }
 

@@ -452,17 +452,8 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
             "only a router runs handshakes for others; a tunnel ignores it: remove it here",
         );
     }
-    // A bucket smaller than the rate is a smoother pace, but one smaller than a TLS
-    // record makes every send a small one.
-    let burst = p.burst_bandwidth_limit;
-    if burst > 0 && burst < 16_384 {
-        out.warn(
-            "performance.burst_bandwidth_limit",
-            format!(
-                "{burst} bytes is less than one TLS record (16384): a limited tunnel then \
- relays in pieces that small, at more CPU per byte; give 16384 or more (0: one second's worth)"
-            ),
-        );
+    if let Some(w) = small_burst(p.burst_bandwidth_limit) {
+        out.warn("performance.burst_bandwidth_limit", w);
     }
     if p.io_engine == super::IoEngine::Uring && !conduit_dataplane::engine::uring_usable() {
         out.warn(
@@ -774,6 +765,19 @@ fn authorized(p: &Path) -> Result<usize, String> {
     keys::load_authorized(p)
         .map(|k| k.len())
         .map_err(|e| e.to_string())
+}
+
+/// Why a bandwidth burst of `burst` bytes is a poor choice, if it is: a bucket smaller
+/// than the rate is a smoother pace, but one smaller than a TLS record makes every
+/// send a small one.
+pub fn small_burst(burst: u64) -> Option<String> {
+    (burst > 0 && burst < 16_384).then(|| {
+        format!(
+            "{burst} bytes is less than one TLS record (16384): a limited tunnel then relays \
+             in pieces that small, at more CPU per byte; give 16384 or more (0: one second's \
+             worth)"
+        )
+    })
 }
 
 #[cfg(test)]
