@@ -64,8 +64,8 @@ fn directives(level: &str) -> Result<String, String> {
         l @ ("off" | "error" | "warn" | "info" | "debug" | "trace") => l.to_owned(),
         _ => {
             return Err(format!(
-                "unknown log level {level}: use error, warn, info, debug or trace, or a filter \
-                 like conduit=debug"
+                "unknown log level {level} (--log-level, CONDUIT_LOG_LEVEL): use error, warn, \
+                 info, debug or trace, or a filter like conduit=debug"
             ));
         }
     };
@@ -320,8 +320,8 @@ mod tests {
         assert_eq!(directives("info").unwrap(), format!("info{quiet}"));
         assert_eq!(
             directives("verbose").unwrap_err(),
-            "unknown log level verbose: use error, warn, info, debug or trace, or a filter \
-             like conduit=debug"
+            "unknown log level verbose (--log-level, CONDUIT_LOG_LEVEL): use error, warn, info, \
+             debug or trace, or a filter like conduit=debug"
         );
         assert_eq!(directives("conduit=debug").unwrap(), "conduit=debug");
         assert_eq!(

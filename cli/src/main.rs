@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod env_hint;
 mod exit;
 mod logging;
 mod output;
@@ -20,7 +21,12 @@ fn main() -> ExitCode {
             // Help and version requests are not errors, unless they cannot be written.
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
             return match e.print() {
-                Ok(()) => ExitCode::from(code),
+                Ok(()) => {
+                    if let Some(note) = env_hint::for_error(&e) {
+                        let _ = writeln!(std::io::stderr(), "{note}");
+                    }
+                    ExitCode::from(code)
+                }
                 Err(_) if e.use_stderr() => ExitCode::from(code),
                 Err(w) => {
                     // A reader that went away (`conduit --help | head -1`) needs no message.

@@ -498,3 +498,33 @@ fn show_prints_only_the_errors_of_an_invalid_configuration() {
     );
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// A value clap refuses names the variable it came from: its own message names only
+/// the flag, which the user never typed.
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    let s = Sandbox::new();
+    let out = s.run(&["list"], &[("CONDUIT_LOG_FORMAT", "xml")]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: invalid value 'xml' for '--log-format <LOG_FORMAT>'"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "note: the value comes from the environment variable CONDUIT_LOG_FORMAT; fix or \
+             unset it\n"
+        ),
+        "{err}"
+    );
+    // Given on the command line, the value is the user's own: no note.
+    let out = s.run(
+        &["list", "--log-format", "yaml"],
+        &[("CONDUIT_LOG_FORMAT", "xml")],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: invalid value 'yaml'"), "{err}");
+    assert!(!err.contains("note:"), "{err}");
+}

@@ -593,8 +593,8 @@ fn a_log_level_that_is_no_level_is_refused_and_warning_is_warn() {
     assert_code(status, 64, &err);
     assert_eq!(
         err,
-        "conduit: error: unknown log level verbose: use error, warn, info, debug or trace, or a \
-         filter like conduit=debug\n"
+        "conduit: error: unknown log level verbose (--log-level, CONDUIT_LOG_LEVEL): use error, \
+         warn, info, debug or trace, or a filter like conduit=debug\n"
     );
     // A router without --allow warns at start: with `warning`, the warning is logged.
     let mut router = home.spawn(&["router", "--bind", "127.0.0.1:0", "--log-level", "warning"]);
