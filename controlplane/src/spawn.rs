@@ -242,8 +242,8 @@ fn log_pointer(home: &Home, name: &str) -> PathBuf {
 /// Records where tunnel `name` logs: `Some(file)` of its own, `None` for
 /// `logs/NAME.log` (the record of an earlier run's file goes). A record that cannot
 /// be written costs only `conduit logs NAME` after the tunnel stopped: not worth
-/// failing the start for.
-fn point_to_log(home: &Home, name: &str, file: Option<&Path>) {
+/// failing the start for. A foreground tunnel with `--log-file` records it too.
+pub fn point_to_log(home: &Home, name: &str, file: Option<&Path>) {
     let pointer = log_pointer(home, name);
     let Some(file) = file else {
         let _ = std::fs::remove_file(&pointer);

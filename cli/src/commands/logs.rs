@@ -252,7 +252,8 @@ fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
     }
     Err(Usage(format!(
         "no log for tunnel {name:?}: background tunnels (`conduit start` without \
-         --foreground) log to {}; a foreground tunnel logs to its terminal",
+         --foreground) log to {}; a foreground tunnel logs to its terminal, or to its \
+         --log-file",
         home.logs().join("NAME.log").display()
     ))
     .into())

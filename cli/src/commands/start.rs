@@ -109,6 +109,12 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         allow_from: a.allow_from.clone(),
         alerts: Some(alerts),
     };
+    let log_file = (a.detached || log.log_file.is_some()).then(|| background_log(home, &name, log));
+    if let Some(file) = log_file.as_deref().filter(|_| !a.detached) {
+        // A foreground tunnel's own --log-file: `logs NAME` reads it while it runs
+        // and after it stopped.
+        conduit_controlplane::spawn::point_to_log(home, &name, Some(file));
+    }
     let registration = Registration {
         home: home.clone(),
         name: name.clone(),
@@ -116,8 +122,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         source,
         file: None,
         digest: String::new(),
-        // A foreground tunnel's own --log-file too: `logs NAME` reads it while it runs.
-        log_file: (a.detached || log.log_file.is_some()).then(|| background_log(home, &name, log)),
+        log_file,
         drain: secs(a.drain_timeout),
         metrics_bind,
     };

@@ -533,3 +533,24 @@ fn a_process_that_cannot_start_says_why_in_its_log_format() {
         69,
     );
 }
+
+/// A foreground tunnel's `--log-file` is found by `conduit logs` after it stopped,
+/// as a background tunnel's is.
+#[test]
+fn logs_finds_a_stopped_foreground_tunnels_log_file() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let log = home.path().join("fg.log");
+    let log_s = log.to_string_lossy();
+    let (mut tunnel, _) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &["--name", "fg", "--log-file", &log_s],
+    );
+    assert_code(tunnel.stop(), 0, &tunnel.stderr());
+    let out = home.ok(&["logs", "fg"]);
+    assert_eq!(out, std::fs::read_to_string(&log).unwrap());
+    assert!(out.contains("connected to router"), "{out}");
+}
