@@ -199,7 +199,9 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         c.stop_accepting();
         c.flush_pool(true);
     }
-    let mut deadline = deadline.unwrap_or_else(Instant::now);
+    let stopped_at = Instant::now();
+    let mut deadline = deadline.unwrap_or(stopped_at);
+    let first_deadline = deadline;
     let open = core.conns.len();
     if open > 0 {
         info!(core = core.index, open, "draining open connections");
@@ -220,8 +222,13 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             open = core.conns.len(),
             "drain deadline reached; closing the connections still open"
         );
-        core.conns
-            .kill_all("the drain deadline passed (--drain-timeout) while stopping");
+        core.conns.kill_all(if first_deadline <= stopped_at {
+            "stopped without a drain (kill --force, or a drain timeout of 0)"
+        } else if deadline < first_deadline {
+            "a later stop (kill --force, or a shorter --drain-timeout) cut the drain short"
+        } else {
+            "the drain deadline passed (--drain-timeout) while stopping"
+        });
         let cut = Instant::now() + Duration::from_secs(2);
         while core.conns.len() > 0 && Instant::now() < cut {
             monoio::time::sleep(Duration::from_millis(5)).await;

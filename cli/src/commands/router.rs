@@ -281,7 +281,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         && a.token.is_none()
     {
         warn!(
-            "the API on {} answers without a token (--api-no-auth): anyone on this machine can read it",
+            "the API on {} answers without a token (--api-no-auth, api.auth = false): anyone on this machine can read it",
             a.bind
         );
     }

@@ -142,11 +142,18 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n",
         // A private /tmp would hide the tunnel's own files there from it.
         private_tmp = if uses(spec, under_tmp_dirs) {
-            "# Not PrivateTmp=yes: the tunnel uses files under /tmp or /var/tmp, which\n\
-             # a private /tmp would hide (better: move them somewhere lasting).\n\
-             PrivateTmp=no\n"
+            format!(
+                "# Not PrivateTmp=yes: the {} uses files under /tmp or /var/tmp, which\n\
+                 # a private /tmp would hide (better: move them somewhere lasting).\n\
+                 PrivateTmp=no\n",
+                if spec.args.first().is_some_and(|a| a == "router") {
+                    "router"
+                } else {
+                    "tunnel"
+                }
+            )
         } else {
-            "PrivateTmp=yes\n"
+            "PrivateTmp=yes\n".to_owned()
         },
         protect_home = if uses(spec, under_home_dirs) {
             "read-only"
@@ -236,6 +243,13 @@ mod tests {
         let mut spec = sample_spec();
         spec.args.push("--log-file=/tmp/web.log".into());
         assert!(render(&spec).unwrap().contains("\nPrivateTmp=no\n"));
+        // A router's file says it is the router's files.
+        spec.args[0] = "router".into();
+        assert!(
+            render(&spec)
+                .unwrap()
+                .contains("# Not PrivateTmp=yes: the router uses files under /tmp or /var/tmp")
+        );
         // Only /tmp itself, not a directory whose name starts the same.
         let mut spec = sample_spec();
         spec.home = "/tmpdata/conduit".into();
