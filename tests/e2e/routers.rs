@@ -607,6 +607,24 @@ fn a_router_that_refuses_is_skipped_while_another_may_serve() {
     );
     let status = home.ok(&["status"]);
     assert!(status.contains("retrying"), "{status}");
+    // The other way round, the refusal comes first and the round ends on the router
+    // away: the tunnel's word that it retries names the refusal too.
+    let other = home.tunnel_via(
+        engine,
+        &format!("{b},{a}"),
+        &source.to_string(),
+        &["--name", "other"],
+    );
+    let line = other.wait_stdout("retrying in the background");
+    assert!(line.contains(&format!("router {a}")), "{line}");
+    assert!(
+        line.contains(&format!(
+            "; and refused: router {b}: router key mismatch: expected {}, got {}",
+            home.public_key("router"),
+            home.public_key("router-b")
+        )),
+        "{line}"
+    );
 
     let (_first, _) = home.router_at(engine, &a, &allow, &[]);
     tunnel.wait_stdout(&format!("connected to router {a}"));

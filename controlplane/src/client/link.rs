@@ -129,8 +129,9 @@ pub(super) async fn control_loop(
                 if shared.fall_back(shared.at(), &e) {
                     continue;
                 }
-                shared.router_link(shared.at(), retrying(&e.to_string()));
-                no_listener[shared.at()] = e.found_no_listener();
+                let failed_at = shared.at();
+                shared.router_link(failed_at, retrying(&e.to_string()));
+                no_listener[failed_at] = e.found_no_listener();
                 let refusal = !e.is_retryable();
                 if refusal {
                     // Refused by this router. With several, the others may still
@@ -186,10 +187,20 @@ pub(super) async fn control_loop(
                     // connections close, and a link is wanted as soon as they do.
                     wait = wait.min(OUT_OF_DESCRIPTORS_RETRY);
                 }
+                // The others' refusals too: the operator's to fix, where this error
+                // may be only a router that is down.
+                let others: Vec<&str> = (refused.iter().enumerate())
+                    .filter(|&(i, _)| i != failed_at)
+                    .filter_map(|(_, r)| r.as_deref())
+                    .collect();
+                let error = match others[..] {
+                    [] => e.to_string(),
+                    _ => format!("{e}; and refused: {}", others.join("; ")),
+                };
                 shared.status.send_replace(LinkStatus::Retrying {
                     attempt,
                     next_at: SystemTime::now() + wait,
-                    error: e.to_string(),
+                    error,
                 });
                 say(format!("{e}; retrying in {:.1}s", wait.as_secs_f64()));
                 // `start` returns on that line: the tunnel runs in the background now.
