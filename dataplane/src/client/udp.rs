@@ -33,6 +33,11 @@ const FLOW_QUEUE_BYTES: usize = 256 * 1024;
 /// be few (addresses are easily forged), so memory is bounded here, not per sender.
 const CORE_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
+/// What a queued datagram costs besides its payload, counted against the budgets with
+/// it: its `Vec`, the queue's node, the allocator's headers. Without it, empty
+/// datagrams would queue for free, without bound.
+const DATAGRAM_OVERHEAD: usize = 96;
+
 /// A flow's key: its user's address and, on a socket bound to every address, the
 /// local address the user sends to. One user socket sending to two of the host's
 /// addresses is two flows, each answered from its own address.
@@ -73,19 +78,24 @@ struct Queued {
     core: Rc<Cell<usize>>,
 }
 
+/// Each method takes a datagram's payload length; the budgets count its
+/// [`DATAGRAM_OVERHEAD`] too.
 impl Queued {
     fn has_room(&self, len: usize) -> bool {
-        self.flow.get() + len <= FLOW_QUEUE_BYTES && self.core.get() + len <= CORE_QUEUE_BYTES
+        let cost = len + DATAGRAM_OVERHEAD;
+        self.flow.get() + cost <= FLOW_QUEUE_BYTES && self.core.get() + cost <= CORE_QUEUE_BYTES
     }
 
     fn add(&self, len: usize) {
-        self.flow.set(self.flow.get() + len);
-        self.core.set(self.core.get() + len);
+        let cost = len + DATAGRAM_OVERHEAD;
+        self.flow.set(self.flow.get() + cost);
+        self.core.set(self.core.get() + cost);
     }
 
     fn took(&self, len: usize) {
-        self.flow.set(self.flow.get().saturating_sub(len));
-        self.core.set(self.core.get().saturating_sub(len));
+        let cost = len + DATAGRAM_OVERHEAD;
+        self.flow.set(self.flow.get().saturating_sub(cost));
+        self.core.set(self.core.get().saturating_sub(cost));
     }
 }
 
@@ -549,16 +559,33 @@ mod tests {
             flow: Rc::default(),
             core: core.clone(),
         };
+        let most = FLOW_QUEUE_BYTES - DATAGRAM_OVERHEAD;
         // One flow: up to its own budget, not a byte more.
-        assert!(a.has_room(FLOW_QUEUE_BYTES));
-        a.add(FLOW_QUEUE_BYTES - 10);
+        assert!(a.has_room(most) && !a.has_room(most + 1));
+        a.add(most - 10 - DATAGRAM_OVERHEAD);
         assert!(a.has_room(10) && !a.has_room(11));
-        assert!(b.has_room(FLOW_QUEUE_BYTES), "another flow has its own");
-        a.took(FLOW_QUEUE_BYTES - 10);
+        assert!(b.has_room(most), "another flow has its own");
+        a.took(most - 10 - DATAGRAM_OVERHEAD);
         assert_eq!((a.flow.get(), core.get()), (0, 0));
         // The core: all flows together.
-        core.set(CORE_QUEUE_BYTES - 100);
+        core.set(CORE_QUEUE_BYTES - 100 - DATAGRAM_OVERHEAD);
         assert!(b.has_room(100) && !b.has_room(101));
+    }
+
+    /// Empty datagrams are not free: a flood of them fills the flow's budget as its
+    /// queue's memory does.
+    #[test]
+    fn empty_datagrams_count_against_the_budgets() {
+        let a = Queued {
+            flow: Rc::default(),
+            core: Rc::default(),
+        };
+        let mut queued = 0;
+        while a.has_room(0) {
+            a.add(0);
+            queued += 1;
+        }
+        assert_eq!(queued, FLOW_QUEUE_BYTES / DATAGRAM_OVERHEAD);
     }
 
     #[test]
@@ -578,7 +605,7 @@ mod tests {
             queue: queue.clone(),
         };
         assert_eq!(inbox.try_next().map(|d| d.len()), Some(100));
-        assert_eq!(core.get(), 50);
+        assert_eq!(core.get(), 50 + DATAGRAM_OVERHEAD);
         drop(inbox);
         assert_eq!((queue.flow.get(), core.get()), (0, 0));
         assert!(
