@@ -489,16 +489,21 @@ impl ClientCore {
 
     /// The idle channel to try next: the first; or, where several routers are in
     /// use at once, the first of the router with the fewest streams riding it now
-    /// (a router that holds its streams longer, slower or busier, gets fewer).
+    /// (a router that holds its streams longer, slower or busier, gets fewer), passing
+    /// over one that just refused a stream (its limit reached) while another has one.
     fn take_idle(&self) -> Option<Link> {
         let mut pool = self.pool.borrow_mut();
         let links = &self.spec.link;
         let at = if links.routers() > 1 && pool.idle.len() > 1 {
-            let streams = |ch: &Link| links.streams(ch.epoch().router);
+            let now = Instant::now();
+            let load = |ch: &Link| {
+                let router = ch.epoch().router;
+                (links.shunned(router, now), links.streams(router))
+            };
             pool.idle
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, ch)| streams(ch))
+                .min_by_key(|(_, ch)| load(ch))
                 .map_or(0, |(i, _)| i)
         } else {
             0

@@ -117,6 +117,8 @@ pub struct LinkState {
     /// `refusing` says whether there is one without taking the lock.
     refused: std::sync::Mutex<Option<(String, Instant)>>,
     refusing: AtomicBool,
+    /// What the routers' `refused_stream_at` count from.
+    born: Instant,
 }
 
 /// The link to one router.
@@ -131,6 +133,10 @@ struct RouterLink {
     /// Why it refused this tunnel at the latest attempt (a key it does not know, a
     /// key this tunnel does not pin, a token), until a link to it is up again.
     refusal: std::sync::Mutex<Option<String>>,
+    /// When it last refused to open a stream's source (its connection limit, a
+    /// source it cannot reach), in milliseconds from [`LinkState::born`] plus one;
+    /// 0: never.
+    refused_stream_at: AtomicU64,
 }
 
 /// One data channel counted among its router's (see [`LinkState::reserve`]) until
@@ -188,6 +194,12 @@ pub struct LinkEpoch {
 /// the source again, and a refusal marks it again.
 pub const REFUSAL_HOLD: Duration = Duration::from_secs(30);
 
+/// How long a tunnel that balances over its routers passes over one that refused to
+/// open a stream (its connection limit reached, a source it cannot reach) while
+/// another has room: long enough that a full router is not handed every other
+/// user, short enough that one with room again is soon used again.
+pub const STREAM_REFUSAL_SHUN: Duration = Duration::from_secs(2);
+
 impl LinkState {
     /// The links of a tunnel with `routers` routers, all down.
     pub fn new(routers: usize) -> Self {
@@ -195,14 +207,32 @@ impl LinkState {
             routers: (0..routers.max(1)).map(|_| RouterLink::default()).collect(),
             refused: std::sync::Mutex::new(None),
             refusing: AtomicBool::new(false),
+            born: Instant::now(),
         }
     }
 
-    /// The router refused to open the source for a stream, saying `why`.
-    pub fn open_refused(&self, why: &str) {
+    /// `router` (when known) refused to open the source for a stream, saying `why`.
+    pub fn open_refused(&self, router: Option<usize>, why: &str) {
+        let now = Instant::now();
+        if let Some(router) = router {
+            let at = u64::try_from(now.duration_since(self.born).as_millis()).unwrap_or(u64::MAX);
+            (self.link(router).refused_stream_at).store(at.saturating_add(1), Ordering::Release);
+        }
         let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        *r = Some((why.to_owned(), Instant::now()));
+        *r = Some((why.to_owned(), now));
         self.refusing.store(true, Ordering::Release);
+    }
+
+    /// Whether `router` refused to open a stream within the last
+    /// [`STREAM_REFUSAL_SHUN`] (as of `now`).
+    pub fn shunned(&self, router: usize, now: Instant) -> bool {
+        match self.link(router).refused_stream_at.load(Ordering::Acquire) {
+            0 => false,
+            at => {
+                let since = now.saturating_duration_since(self.born).as_millis();
+                since.saturating_sub(u128::from(at - 1)) < STREAM_REFUSAL_SHUN.as_millis()
+            }
+        }
     }
 
     /// A stream that opened at `opened` ended well: if it opened after the latest
@@ -338,10 +368,14 @@ impl LinkState {
     /// link is down.
     pub fn reserve_least_loaded(self: &Arc<Self>, start: usize) -> Option<ChannelSlot> {
         let n = self.routers.len();
+        let now = Instant::now();
         let router = (0..n)
             .map(|k| (start + k) % n)
             .filter(|&i| self.is_up_at(i))
-            .min_by_key(|&i| self.routers[i].channels.load(Ordering::Acquire))?;
+            .min_by_key(|&i| {
+                let channels = self.routers[i].channels.load(Ordering::Acquire);
+                (self.shunned(i, now), channels)
+            })?;
         Some(self.reserve(router))
     }
 
@@ -376,10 +410,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_router_that_refused_a_stream_gets_new_channels_only_when_no_other_is_up() {
+        let links = Arc::new(LinkState::new(2));
+        links.connected(0);
+        links.connected(1);
+        let _held = links.reserve(1);
+        // Router 0 has fewer channels: it is next.
+        assert_eq!(links.reserve_least_loaded(0).map(|s| s.router()), Some(0));
+        links.open_refused(
+            Some(0),
+            "the router's limit of 2 open connections is reached",
+        );
+        let now = Instant::now();
+        assert!(links.shunned(0, now) && !links.shunned(1, now));
+        assert_eq!(links.reserve_least_loaded(0).map(|s| s.router()), Some(1));
+        // Alone, it is still used.
+        links.lost(1);
+        assert_eq!(links.reserve_least_loaded(0).map(|s| s.router()), Some(0));
+        // Not for long.
+        assert!(!links.shunned(0, now + STREAM_REFUSAL_SHUN));
+    }
+
+    #[test]
     fn a_refusal_is_cleared_only_by_a_stream_that_opened_after_it() {
         let links = LinkState::new(1);
         let before = Instant::now();
-        links.open_refused("the router's limit of 2 open connections is reached");
+        links.open_refused(None, "the router's limit of 2 open connections is reached");
         // A stream held since before the refusal ends well: nothing learned.
         links.stream_served(before);
         assert_eq!(
@@ -390,7 +446,7 @@ mod tests {
         assert_eq!(links.refused(), None);
 
         // Nothing served after a refusal: it holds for REFUSAL_HOLD, then no more.
-        links.open_refused("the source refused the connection");
+        links.open_refused(None, "the source refused the connection");
         let now = Instant::now();
         assert_eq!(
             links

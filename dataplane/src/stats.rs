@@ -537,6 +537,14 @@ impl ConnTable {
     }
 
     /// Records what connection `id` now rides on.
+    /// The router whose channel connection `id` rides (client side), if it does.
+    pub(crate) fn router_of(&self, id: u64) -> Option<usize> {
+        match self.entries.borrow().get(&id)?.rides {
+            Rides::Link(epoch) => Some(epoch.router),
+            _ => None,
+        }
+    }
+
     pub(crate) fn set_rides(&self, id: u64, rides: Rides) {
         if let Some(e) = self.entries.borrow_mut().get_mut(&id) {
             e.rides = rides;

@@ -63,7 +63,10 @@ impl ClientCore {
                     user.close_orderly();
                     self.spec.link.stream_served(started);
                 }
-                Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
+                Err((ErrorKind::OpenFailed, reason)) => {
+                    let router = self.core.conns.router_of(id);
+                    self.spec.link.open_refused(router, reason);
+                }
                 Err(_) => {}
             }
             if let Err((kind, reason)) = ran {

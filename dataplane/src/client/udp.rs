@@ -308,7 +308,10 @@ impl ClientCore {
         let run = Box::pin(self.run_flow(id, &ends, rx, &counters, kill_rx)).await;
         match &run {
             Ok(()) => self.spec.link.stream_served(started),
-            Err((ErrorKind::OpenFailed, reason)) => self.spec.link.open_refused(reason),
+            Err((ErrorKind::OpenFailed, reason)) => {
+                let router = self.core.conns.router_of(id);
+                self.spec.link.open_refused(router, reason);
+            }
             Err(_) => {}
         }
         if let Err((kind, reason)) = run {
