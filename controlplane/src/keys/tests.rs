@@ -1,6 +1,8 @@
 //! Key files, pins, known routers and the authorized-clients file, with real files
 //! in a temporary directory.
 
+use std::time::SystemTime;
+
 use super::*;
 
 #[test]

@@ -1,0 +1,125 @@
+//! The `known_routers` file: the keys each router named (`RouterKeys`), read,
+//! parsed and rewritten under a lock beside it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use conduit_proto::PublicKey;
+
+use super::{owner_only, trusted_file};
+use crate::Error;
+
+/// What a router named of its keys (`RouterKeys`), as `known_routers` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownRouter {
+    /// The keys it named, the one in use first.
+    pub keys: Vec<PublicKey>,
+    /// The pinned key they were learned under (`pin=`): the router proved it held
+    /// this key, or a key learned under it, when it named them. A tunnel trusts them
+    /// only while it still pins this key, so that pinning a router to another key
+    /// (after a compromise, say) is not undone by what it named before.
+    pub pin: PublicKey,
+}
+
+/// Reads `known_routers`: the keys each router named (`RouterKeys`), by router as
+/// the tunnels name it. A missing file is empty; a line that does not parse is
+/// skipped (the router names its keys again at the next connection). A file that
+/// cannot be read, or that every user may write, is an error (see
+/// [`read_known_routers`]).
+pub fn load_known_routers(path: &Path) -> Result<HashMap<String, KnownRouter>, String> {
+    read_known_routers(path).map(|text| parse_known_routers(&text))
+}
+
+/// The text of `known_routers` (empty when there is none; bytes that are not UTF-8
+/// spoil only their line). An error when it cannot be read, or when every user of
+/// the host may write it: anyone could then make tunnels trust their own key for a
+/// router, so nothing in it is trusted until `chmod o-w`.
+pub fn read_known_routers(path: &Path) -> Result<String, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            trusted_file(path, "known_routers").map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The text of a `known_routers` file, as [`load_known_routers`] reads it: lines of
+/// `ROUTER KEY… pin=KEY`.
+pub fn parse_known_routers(text: &str) -> HashMap<String, KnownRouter> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut words: Vec<&str> = l.split_whitespace().collect();
+            let pin = PublicKey::parse(words.pop()?.strip_prefix("pin=")?).ok()?;
+            let router = (*words.first()?).to_owned();
+            let keys = words[1..]
+                .iter()
+                .map(|w| PublicKey::parse(w))
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            (!keys.is_empty()).then_some((router, KnownRouter { keys, pin }))
+        })
+        .collect()
+}
+
+/// Records in `known_routers` that `router` named `known.keys`, in place of what it
+/// named before; the file is replaced atomically (mode 0600: it decides whom tunnels
+/// trust). Returns the text written.
+pub fn save_known_router(path: &Path, router: &str, known: &KnownRouter) -> Result<String, Error> {
+    // Tunnels of one CONDUIT_HOME write it concurrently: each holds the lock from
+    // reading to renaming, so none drops a line another just wrote.
+    let _held = lock_beside(path)?;
+    // Not rewritten over what cannot be read or trusted: its other lines would go.
+    let mut all = load_known_routers(path).map_err(Error::Config)?;
+    all.insert(router.to_owned(), known.clone());
+    let mut routers: Vec<_> = all.into_iter().collect();
+    routers.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut text = String::from(
+        "# Keys routers named to the tunnels of this CONDUIT_HOME (written by them):\n\
+         # ROUTER KEY... pin=KEY, the key in use first. Tunnels accept these keys for\n\
+         # that router besides the ones they pin, as long as they still pin the key\n\
+         # after pin= (the one they were learned under). Delete a line to stop\n\
+         # trusting them.\n",
+    );
+    for (r, known) in routers {
+        let keys: Vec<String> = known.keys.iter().map(ToString::to_string).collect();
+        text.push_str(&format!("{r} {} pin={}\n", keys.join(" "), known.pin));
+    }
+    // Tunnels write it concurrently: a temp file of each process's own.
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp.{}", std::process::id()));
+    owner_only(
+        path,
+        &path.with_file_name(name),
+        text.as_bytes(),
+        "cannot write",
+    )?;
+    Ok(text)
+}
+
+/// Takes an exclusive lock on `PATH.lock` (created owner-only), held until the file
+/// returned is dropped. The lock is on a file beside `path` because `path` itself is
+/// replaced by rename, which a lock on it would not survive.
+pub(crate) fn lock_beside(path: &Path) -> Result<std::fs::File, Error> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    let lock = path.with_file_name(name);
+    let err = |source| Error::File {
+        what: "cannot lock",
+        path: lock.clone(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts.open(&lock).map_err(err)?;
+    f.lock().map_err(err)?;
+    Ok(f)
+}
