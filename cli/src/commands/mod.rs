@@ -78,7 +78,7 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         }
         Command::Router(_) => unreachable!("`run` dispatches the router before logging starts"),
         Command::Start(a) => {
-            // The variables `start`'s own flags read (see `args.rs`).
+            // The variables `start`'s own flags read (see `args/tunnel.rs`).
             let read = [
                 "CONDUIT_ROUTER",
                 "CONDUIT_ROUTER_KEY",
