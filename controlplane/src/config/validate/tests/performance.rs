@@ -1,0 +1,83 @@
+//! `[performance]`: limits that must agree, socket buffers, `optimize_for`,
+//! heartbeats; and the log file's directory.
+
+use super::{check, none, router};
+use crate::config::tests::Fixture;
+
+#[test]
+fn limits_must_agree_and_log_directories_exist() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[performance]\ndefault_bandwidth_limit = 1000\nburst_bandwidth_limit = 10\n\
+         [logging]\nfile = \"no/such/dir/conduit.log\"\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: logging.file: directory $DIR/no/such/dir does not exist; create it or \
+             choose another file ($F:13)",
+            "warning: performance.burst_bandwidth_limit: 10 bytes is less than one TLS record \
+             (16384): a limited tunnel then relays in pieces that small, at more CPU per byte; \
+             give 16384 or more (0: one second's worth) ($F:11)",
+        ]
+    );
+}
+
+#[test]
+fn socket_buffers_and_optimize_for_are_checked() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[performance]\nauto_tune = true\nread_buffer_size = 65536\nwrite_buffer_size = 0\n\
+         optimize_for = \"throughput\"\n",
+    );
+    assert_eq!(check(&f, &text), none());
+    let text = f.client_text(
+        "[performance]\nread_buffer_size = 1000\nwrite_buffer_size = 16777217\n\
+         optimize_for = \"latency\"\ntcp_nodelay = false\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: performance.read_buffer_size: 1000 bytes is too small a socket buffer to \
+             move data; use 0 for the kernel's auto-tuning (the best choice for most links) or \
+             at least 4096 ($F:10)",
+            "error: performance.write_buffer_size: 16777217 is out of range; use 0-16777216 \
+             ($F:11)",
+            "warning: performance.tcp_nodelay: false with optimize_for = \"latency\": Nagle's \
+             algorithm holds small writes back for up to one round trip; set tcp_nodelay = true \
+             ($F:13)",
+        ]
+    );
+    // The bandwidth limit works on tunnels (per tunnel) and routers (per client).
+    let text = f.client_text("[performance]\ndefault_bandwidth_limit = 1000000\n");
+    assert_eq!(check(&f, &text), none());
+    // The handshake cap works on routers, so only a tunnel is warned.
+    let text = f.client_text("[performance]\nmax_pending_handshakes = 64\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "warning: performance.max_pending_handshakes: only a router runs handshakes for \
+             others; a tunnel ignores it: remove it here ($F:10)"
+        ]
+    );
+}
+
+#[test]
+fn heartbeats_are_a_tunnel_setting() {
+    let f = Fixture::new();
+    let text = f.client_text("[performance]\nheartbeat_interval_secs = 2\n");
+    assert_eq!(check(&f, &text), none());
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "[router]\nallow = [\"10.2.0.2:80\"]\n[performance]\nheartbeat_interval_secs = 2\n",
+            &[]
+        ),
+        [
+            "warning: performance.heartbeat_interval_secs: a router answers heartbeats and does \
+             not send them; health.client_timeout_secs sets how long it waits for a silent \
+             client: remove it here ($F:4)"
+        ]
+    );
+}

@@ -1,0 +1,192 @@
+//! A router's own file: its sections, the traffic history file, settings that
+//! belong to tunnels, key rotation, health probes and watched sources.
+
+use super::router;
+use crate::config::tests::Fixture;
+
+#[test]
+fn router_files_are_checked_too() {
+    let f = Fixture::new();
+    let text = "[router]\nbind = \"0.0.0.0\"\nauthorized_keys = \"clients\"\n\
+                allow = [\"10.2.0.2:8080\", \"10.2.0.2\"]\nhost = \"x\"\n[[tunnels]]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "error: router.bind: \"0.0.0.0\" is not ADDR:PORT (it has no port); use a local IP \
+             address and a port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:2)",
+            "error: router.authorized_keys: no authorized clients file at $DIR/clients: create \
+             it with one client public key per line (what `conduit init` printed on each \
+             client), or set router.authorized_keys ($F:3)",
+            "error: router.allow[1]: invalid allow rule \"10.2.0.2\": no port; expected \
+             HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
+             *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT) ($F:4)",
+            "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
+             next_private_key_path, authorized_keys, allow, token, key_grace_secs, \
+             key_rotation_days, key_announce_secs, key_retire_secs, cipher_suites; `host` belongs in a client's file (check \
+             those without --router) ($F:5)",
+            "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
+             conduit.toml (check those without --router) ($F:6)",
+        ]
+    );
+    std::fs::write(f.home.authorized_clients(), "not a key\n").unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "",
+            &[
+                ("CONDUIT_ROUTER_PRIVATE_KEY_PATH", "/nonexistent/r.key"),
+                (
+                    "CONDUIT_ROUTER_NEXT_PRIVATE_KEY_PATH",
+                    "/nonexistent/next.key"
+                )
+            ]
+        ),
+        [
+            "error: router.private_key_path: no private key at /nonexistent/r.key: create one \
+             with `conduit init --name router` (it writes $CONDUIT_HOME/keys/router.key) or set \
+             router.private_key_path to an existing key (env CONDUIT_ROUTER_PRIVATE_KEY_PATH)",
+            "error: router.next_private_key_path: no private key at /nonexistent/next.key: \
+             create one with `conduit init --name router-next` (it writes \
+             $CONDUIT_HOME/keys/router-next.key) or set router.next_private_key_path to an \
+             existing key (env CONDUIT_ROUTER_NEXT_PRIVATE_KEY_PATH)",
+            "error: router.authorized_keys: $DIR/home/authorized_clients line 1: invalid public \
+             key \"not\": expected the form ed25519:<base64>, as `conduit init` prints",
+            "warning: router.allow: no rule: clients can connect but may open no source; add \
+             rules such as --allow 10.2.0.2:8080 on the command line, or allow = \
+             [\"10.2.0.2:8080\"] in the router's file",
+        ]
+    );
+}
+
+#[test]
+fn the_traffic_history_file_needs_its_directory() {
+    let f = Fixture::new();
+    let text = "[api]\nhistory_file = \"no/such/dir/history.jsonl\"\nhistory_samples = 0\n";
+    assert_eq!(
+        router(&f, text, &[])[..2],
+        [
+            "error: api.history_file: directory $DIR/no/such/dir does not exist; create it or \
+             choose another file ($F:2)",
+            "error: api.history_samples: 0 is out of range; use 1-100000 ($F:3)",
+        ]
+    );
+}
+
+#[test]
+fn udp_flow_settings_belong_to_tunnels() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "[router]\nallow = [\"10.2.0.2:80\"]\n[performance]\nudp_idle_timeout_secs = 5\n\
+             udp_max_new_flows = 10\n",
+            &[]
+        ),
+        [
+            "warning: performance.udp_idle_timeout_secs: UDP flows are ended by the tunnel that \
+             carries them, not by the router: set it in the tunnels' file and remove it here \
+             ($F:4)",
+            "warning: performance.udp_max_new_flows: new UDP flows are capped by the tunnel that \
+             starts them, not by the router: set it in the tunnels' file and remove it here \
+             ($F:5)",
+        ]
+    );
+}
+
+#[test]
+fn router_key_rotation_is_by_hand_or_by_the_router_and_announces_within_its_period() {
+    let f = Fixture::new();
+    let next = f.home.private_key("router");
+    let both = format!("[router]\nnext_private_key_path = {next:?}\nkey_rotation_days = 30\n",);
+    let lines = router(&f, &both, &[]);
+    assert!(
+        lines.contains(
+            &"error: router.key_rotation_days: the router cannot switch to a next key by hand \
+              (next_private_key_path) and rotate its key by itself: remove one of the two ($F:3)"
+                .to_owned()
+        ),
+        "{lines:?}"
+    );
+    let lines = router(
+        &f,
+        "[router]\nkey_rotation_days = 1\nkey_announce_secs = 86400\n",
+        &[],
+    );
+    assert!(
+        lines.contains(
+            &"error: router.key_announce_secs: 86400 s is as long as the rotation period (1 \
+              day): make it shorter than key_rotation_days ($F:3)"
+                .to_owned()
+        ),
+        "{lines:?}"
+    );
+    let lines = router(&f, "[router]\nkey_rotation_days = 30\n", &[]);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("key_rotation") || l.contains("key_announce")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn udp_probes_are_checked_one_by_one() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let text = "[router]\nallow = [\"10.2.0.53:53\", \"10.2.0.9:9000\"]\n[health]\nudp_probes = \
+                [\"10.2.0.53:53=dns\", \"10.2.0.9:9000=hex:0d0a\", \"10.2.0.53:53\", \
+                \"10.2.0.53=dns\", \"10.2.0.53:53=ping\"]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "error: health.udp_probes[2]: \"10.2.0.53:53\" is not SOURCE=PROBE; write it as \
+             10.2.0.53:53=dns or 10.2.0.9:9000=hex:0d0a ($F:4)",
+            "error: health.udp_probes[3]: \"10.2.0.53\" is not HOST:PORT; use the address the \
+             router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:4)",
+            "error: health.udp_probes[4]: unknown probe \"ping\": use dns (a DNS query) or \
+             hex:BYTES (bytes the source answers, such as hex:0d0a) ($F:4)",
+        ]
+    );
+    // From the environment too, comma-separated.
+    let text = "[router]\nallow = [\"10.2.0.53:53\"]\n";
+    assert_eq!(
+        router(
+            &f,
+            text,
+            &[(
+                "CONDUIT_HEALTH_UDP_PROBES",
+                "10.2.0.53:53=dns, 10.2.0.54:53=hex:zz"
+            )]
+        ),
+        [
+            "error: health.udp_probes[1]: \"zz\" is not hex (Invalid character 'z' at position \
+             0); write the bytes as hex:0d0a (env CONDUIT_HEALTH_UDP_PROBES)"
+        ]
+    );
+}
+
+#[test]
+fn a_watched_source_no_rule_admits_is_a_warning() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let text = "[router]\nallow = [\"10.2.0.0/24:5432\", \"db.internal:6379\", \
+                \"alice=10.3.0.53:53\"]\n[health]\nsources = [\"10.2.0.7:5432\", \
+                \"10.2.1.7:5432\", \"db.internal:6379\", \"pg.internal:5432\", \
+                \"cache.internal:11211\"]\nudp_probes = [\"10.3.0.53:53=dns\", \
+                \"10.3.0.54:53=dns\"]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "warning: health.sources[1]: no allow rule admits 10.2.1.7:5432: the router watches \
+             it, but no client may open it; add --allow 10.2.1.7:5432 to the router, or remove \
+             it from health.sources ($F:4)",
+            "warning: health.sources[4]: no allow rule admits cache.internal:11211: the router \
+             watches it, but no client may open it; add --allow cache.internal:11211 to the \
+             router, or remove it from health.sources ($F:4)",
+            "warning: health.udp_probes[1]: no allow rule admits 10.3.0.54:53: the router \
+             watches it, but no client may open it; add --allow 10.3.0.54:53 to the router, or \
+             remove it from health.udp_probes ($F:5)",
+        ]
+    );
+}

@@ -1,0 +1,98 @@
+//! Keys and secrets: the router's public key inline or as a file, the private key's
+//! file and mode, a token in a file others can read.
+
+use super::{check, none};
+use crate::config::tests::Fixture;
+
+#[test]
+fn router_keys_are_checked_inline_and_as_files() {
+    let f = Fixture::new();
+    let text = |key: &str| {
+        format!(
+            "[router]\nhost = \"h\"\npublic_key = \"{key}\"\n[[tunnels]]\nname = \"a\"\n\
+             source = \"s:1\"\nbind = \"127.0.0.1:1\"\n"
+        )
+    };
+    assert_eq!(
+        check(&f, &text("ed25519:AAAA")),
+        [
+            "error: router.public_key: invalid public key \"ed25519:AAAA\": an Ed25519 public key \
+          is 32 bytes; paste the key the router's `conduit init` printed ($F:3)"
+        ]
+    );
+    assert_eq!(
+        check(&f, &text("keys/router.pub")),
+        [
+            "error: router.public_key: no file at $DIR/keys/router.pub: give the router's public \
+          key (ed25519:…, as the router's `conduit init` printed) or the path of its .pub \
+          file ($F:3)"
+        ]
+    );
+    std::fs::write(f.path("bad.pub"), "ssh-ed25519 AAAA\n").unwrap();
+    assert_eq!(
+        check(&f, &text("bad.pub")),
+        [
+            "error: router.public_key: public key in $DIR/bad.pub: invalid public key \
+          \"ssh-ed25519\": expected the form ed25519:<base64>, as `conduit init` prints ($F:3)"
+        ]
+    );
+    let pub_file = f.home.public_key("router").display().to_string();
+    assert_eq!(check(&f, &text(&pub_file)), none());
+    // The line `conduit init` printed, the key's name too.
+    let line = std::fs::read_to_string(&pub_file).unwrap();
+    assert!(line.trim().ends_with(" router"), "{line}");
+    assert_eq!(check(&f, &text(line.trim())), none());
+}
+
+#[test]
+fn the_private_key_must_exist_and_be_private() {
+    let f = Fixture::new();
+    let text = f.client_text("[security]\nprivate_key_path = \"nope.key\"\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: security.private_key_path: no private key at $DIR/nope.key: create one with \
+          `conduit init --name client` (it writes $CONDUIT_HOME/keys/client.key) or set \
+          security.private_key_path to an existing key ($F:10)"
+        ]
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = f.home.private_key("client");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let k = key
+            .display()
+            .to_string()
+            .replace(&f.dir.path().display().to_string(), "$DIR");
+        assert_eq!(
+            check(&f, &f.client_text("")),
+            [format!(
+                "error: security.private_key_path: private key {k} is readable by group or \
+                 others (mode 0644); run `chmod 600 {k}` and start again"
+            )]
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_token_in_a_readable_file_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let sources = f.sources(&f.client_text("[security]\ntoken = \"t\"\n"), &[], &[]);
+    std::fs::set_permissions(&sources.file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let report = crate::config::load_client(&sources).unwrap().report;
+    let lines: Vec<String> = f
+        .lines(&report)
+        .into_iter()
+        .map(|l| l.replace("$DIR/conduit.toml", "$F"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: security.token: $F holds a secret and is readable by group or others (mode \
+          0644); run `chmod 600 $F` or pass the token in CONDUIT_SECURITY_TOKEN ($F:10)"
+        ]
+    );
+}
