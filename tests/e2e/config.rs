@@ -508,7 +508,7 @@ fn a_bad_value_from_the_environment_names_the_variable() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.starts_with("error: invalid value 'xml' for '--log-format <LOG_FORMAT>'"),
+        err.starts_with("error: invalid value 'xml' for '--log-format <FORMAT>'"),
         "{err}"
     );
     assert!(

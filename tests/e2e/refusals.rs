@@ -625,7 +625,7 @@ fn start_refuses_a_worker_count_out_of_range() {
     assert_eq!(
         err.lines().next(),
         Some(
-            "error: invalid value '100000' for '--workers <WORKERS>': 100000 is out of range; \
+            "error: invalid value '100000' for '--workers <N>': 100000 is out of range; \
              use 0-1024"
         ),
         "{err}"

@@ -40,22 +40,34 @@ pub(crate) struct Cli {
 pub(crate) struct LogArgs {
     /// Log level: error, warn, info, debug, trace (or a tracing filter with `=`, such as
     /// conduit=debug,rustls=warn) [default: info].
-    #[arg(long, global = true, env = "CONDUIT_LOG_LEVEL")]
+    #[arg(long, value_name = "LEVEL", global = true, env = "CONDUIT_LOG_LEVEL")]
     pub(crate) log_level: Option<String>,
     /// Log format: text for terminals, json for log collectors [default: text].
-    #[arg(long, global = true, env = "CONDUIT_LOG_FORMAT", value_enum)]
+    #[arg(
+        value_name = "FORMAT",
+        long,
+        global = true,
+        env = "CONDUIT_LOG_FORMAT",
+        value_enum
+    )]
     pub(crate) log_format: Option<LogFormat>,
     /// Write logs to this file instead of stderr.
     #[arg(long, global = true, env = "CONDUIT_LOG_FILE", value_name = "PATH")]
     pub(crate) log_file: Option<PathBuf>,
     /// Rotate the log file: a new FILE.YYYY-MM-DD (daily) or FILE.YYYY-MM-DD-HH (hourly)
     /// [default: never].
-    #[arg(long, global = true, value_enum, requires = "log_file")]
+    #[arg(
+        value_name = "PERIOD",
+        long,
+        global = true,
+        value_enum,
+        requires = "log_file"
+    )]
     pub(crate) log_rotation: Option<LogRotation>,
     /// Rotated log files (FILE.YYYY-MM-DD[-HH]) to keep besides the one being written,
     /// 0 for all, at most 10000 (as `[logging] keep` in a file) [default: 7]; no other
     /// file is touched.
-    #[arg(long, global = true, requires = "log_file", value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
+    #[arg(long, value_name = "N", global = true, requires = "log_file", value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub(crate) log_keep: Option<usize>,
 }
 

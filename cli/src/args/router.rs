@@ -18,10 +18,10 @@ pub(crate) struct RouterArgs {
     #[arg(short = 'f', long = "config", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Address to listen on for clients [default: 0.0.0.0:9999].
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     pub(crate) bind: Option<String>,
     /// The router's private key (default: $CONDUIT_HOME/keys/router.key).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub(crate) key: Option<PathBuf>,
     /// The key this router will present next (`conduit init --name router-next`): its
     /// public half is named to tunnels, which accept it from then on; restart the
@@ -29,7 +29,7 @@ pub(crate) struct RouterArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) next_key: Option<PathBuf>,
     /// Client public keys to admit, one per line (default: $CONDUIT_HOME/authorized_clients).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub(crate) authorized_keys: Option<PathBuf>,
     /// Allow clients to open this source: HOST:PORT, CIDR:PORT, *:PORT, ranges
     /// like 8000-8100; KEY=HOST:PORT for one client key, NAME=HOST:PORT for the
@@ -50,8 +50,9 @@ pub(crate) struct RouterArgs {
     /// TLS_CHACHA20_POLY1305_SHA256 (default: all three, in that order).
     #[arg(long, value_name = "SUITES", value_parser = parse_suites)]
     pub(crate) cipher_suites: Option<Suites>,
-    /// Seconds to let open streams finish after SIGTERM/SIGINT [default: 30].
-    #[arg(long)]
+    /// Seconds to let open streams finish after SIGTERM/SIGINT, 0 to 3600;
+    /// `[performance] drain_timeout_secs` in --config [default: 30].
+    #[arg(long, value_name = "SECS")]
     pub(crate) drain_timeout: Option<u64>,
     /// Seconds a connecting client gets for its TLS handshake and Hello; a peer that
     /// is silent or slow is cut off then [default: 10].
@@ -62,18 +63,18 @@ pub(crate) struct RouterArgs {
     #[arg(long, value_name = "N")]
     pub(crate) max_connections: Option<u64>,
     /// Data-plane worker threads (default: one per usable core).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub(crate) workers: Option<usize>,
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
-    #[arg(long, value_parser = ["auto", "uring", "epoll"])]
+    #[arg(long, value_name = "ENGINE", value_parser = ["auto", "uring", "epoll"])]
     pub(crate) io_engine: Option<String>,
     /// Pin each worker thread to its own core (true/false; off by default, see
     /// docs/architecture.md).
-    #[arg(long, action = clap::ArgAction::Set, value_parser = parse_bool)]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) pin_cores: Option<bool>,
     /// Relay streams through kernel TLS where this host's and the client's kernels
     /// offer it (true/false; on by default).
-    #[arg(long, action = clap::ArgAction::Set, value_parser = parse_bool)]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) kernel_tls: Option<bool>,
     /// Serve the REST API and /metrics (on 127.0.0.1:9990 unless --api-bind says).
     #[arg(long)]
@@ -82,7 +83,7 @@ pub(crate) struct RouterArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) api_bind: Option<String>,
     /// The API's bearer token (also CONDUIT_API_TOKEN, or api.token in the file).
-    #[arg(long, value_parser = parse_secret)]
+    #[arg(long, value_name = "TOKEN", value_parser = parse_secret)]
     pub(crate) api_token: Option<Secret>,
     /// Serve the API without a token; allowed only on a loopback --api-bind.
     #[arg(long)]

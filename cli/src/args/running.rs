@@ -66,7 +66,7 @@ pub(crate) struct ApiClientArgs {
     #[arg(long, value_name = "URL")]
     pub(crate) router: Option<String>,
     /// The API's bearer token.
-    #[arg(long, env = "CONDUIT_API_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, value_name = "TOKEN", env = "CONDUIT_API_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub(crate) api_token: Option<Secret>,
 }
 
@@ -79,7 +79,8 @@ pub(crate) struct StatsArgs {
     #[arg(long, value_enum, default_value_t = StatsFormat::Table)]
     pub(crate) format: StatsFormat,
     /// The router's traffic over time instead: one line per sample (taken every
-    /// `api.history_interval_secs` on the router), oldest first, and a summary.
+    /// `api.history_interval_secs` on the router), oldest first, and a summary
+    /// (`--format json`: the API's pages merged, newest first).
     #[arg(long, requires = "router")]
     pub(crate) history: bool,
     /// With --history: only the samples of this last stretch of time (e.g. 15m,

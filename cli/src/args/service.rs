@@ -29,7 +29,9 @@ pub(crate) struct ServiceArgs {
     /// Write the service file here instead of printing it.
     #[arg(short = 'o', long, value_name = "PATH", requires = "service_file")]
     pub(crate) output: Option<PathBuf>,
-    /// The service's name (default: conduit-TUNNEL).
+    /// The service's name (default: conduit-NAME, NAME being the tunnel's for start,
+    /// `router` for a router, the file's for up: conduit-edge for edge.toml; a NAME
+    /// that starts with conduit stays as it is, so conduit.toml gives conduit).
     #[arg(long, value_name = "NAME", requires = "service_file")]
     pub(crate) service_name: Option<String>,
     /// The account the service runs as (default: the current user).

@@ -120,15 +120,15 @@ fn socket_buffer(s: &str) -> Result<usize, String> {
 #[command(next_help_heading = "Data plane")]
 pub(crate) struct EngineArgs {
     /// Data-plane worker threads, 0-1024 (default, 0: one per usable core).
-    #[arg(long, env = "CONDUIT_WORKERS", default_value_t = 0, value_parser = parse_workers)]
+    #[arg(long, value_name = "N", env = "CONDUIT_WORKERS", default_value_t = 0, value_parser = parse_workers)]
     pub(crate) workers: usize,
     /// I/O engine: auto (io_uring where usable), uring, or epoll.
-    #[arg(long, env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
+    #[arg(long, value_name = "ENGINE", env = "CONDUIT_IO_ENGINE", default_value = "auto", value_parser = parse_engine)]
     pub(crate) io_engine: Engine,
     /// Pin each worker thread to its own core. Worth it on a dedicated gateway; off
     /// by default because relays sharing a machine (a client and a router, a
     /// container host) can end up pinned to the same core (docs/architecture.md).
-    #[arg(long, env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set, value_parser = parse_bool)]
+    #[arg(long, value_name = "BOOL", env = "CONDUIT_PIN_CORES", default_value_t = false, action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) pin_cores: bool,
 }
 
@@ -165,16 +165,16 @@ pub(crate) struct StartArgs {
     /// before each connection: no restart when it changes); KEY|KEY accepts either,
     /// while the router's key is being replaced. With several routers: keys that all of them present, or
     /// each router's, separated by commas, in the order of --router.
-    #[arg(long, env = "CONDUIT_ROUTER_KEY")]
+    #[arg(long, value_name = "KEY", env = "CONDUIT_ROUTER_KEY")]
     pub(crate) router_key: String,
     /// The service to reach, HOST:PORT as the router sees it.
     #[arg(long)]
     pub(crate) source: String,
     /// Where users connect, ADDR:PORT on this machine.
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     pub(crate) bind: String,
     /// This client's private key (default: $CONDUIT_HOME/keys/client.key).
-    #[arg(long)]
+    #[arg(long, value_name = "PATH")]
     pub(crate) key: Option<PathBuf>,
     /// The tunnel's name: 1-64 letters, digits, '-', '_' or '.', not starting with '.' or
     /// '-' (default: tunnel-PORT, or tunnel when PORT is 0).
@@ -231,7 +231,7 @@ pub(crate) struct StartArgs {
     /// What the relay favours: latency reads one TLS record at a time and keeps at
     /// least 4 channels ready per worker; balanced and throughput read four records
     /// at once. `[performance] optimize_for` in a file.
-    #[arg(long, value_enum, default_value_t = OptimizeArg::Balanced)]
+    #[arg(long, value_name = "GOAL", value_enum, default_value_t = OptimizeArg::Balanced)]
     pub(crate) optimize_for: OptimizeArg,
     /// The kernel's receive buffer (SO_RCVBUF) of each relayed socket, in bytes (0:
     /// the kernel's auto-tuning); `[performance] read_buffer_size` in a file.
@@ -239,7 +239,7 @@ pub(crate) struct StartArgs {
     pub(crate) read_buffer_size: usize,
     /// Relay streams through kernel TLS where this host's and the router's kernels
     /// offer it (true/false); `[performance] kernel_tls` in a file.
-    #[arg(long, env = "CONDUIT_KERNEL_TLS", default_value_t = true, action = clap::ArgAction::Set, value_parser = parse_bool)]
+    #[arg(long, value_name = "BOOL", env = "CONDUIT_KERNEL_TLS", default_value_t = true, action = clap::ArgAction::Set, value_parser = parse_bool)]
     pub(crate) kernel_tls: bool,
     /// The kernel's send buffer (SO_SNDBUF) of each relayed socket, in bytes (0: the
     /// kernel's auto-tuning); `[performance] write_buffer_size` in a file.
