@@ -469,3 +469,38 @@ fn a_transport_mismatch_is_named_on_both_sides() {
     assert!(early.running(), "{}", early.stderr());
     early.stop();
 }
+
+/// A plain router checks no client keys: it needs no authorized_clients file, and
+/// does not warn that an empty one refuses every client.
+#[test]
+fn a_plain_router_needs_no_authorized_clients() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let clients = home.path().join("authorized_clients");
+    std::fs::remove_file(&clients).unwrap();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), PLAIN);
+    wait_for_echo(taddr, b"no keys checked");
+    assert!(
+        !router.stderr().contains("authorized"),
+        "{}",
+        router.stderr()
+    );
+    drop(router);
+
+    // An empty one: no warning that every client will be refused.
+    std::fs::write(&clients, "").unwrap();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+    let (_tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &[PLAIN, &["--name", "second"]].concat(),
+    );
+    wait_for_echo(taddr, b"still none");
+    assert!(
+        !router.stderr().contains("every client will be refused"),
+        "{}",
+        router.stderr()
+    );
+}

@@ -41,8 +41,9 @@ pub(crate) struct RouterArgs {
     #[arg(long, value_parser = parse_secret)]
     pub(crate) token: Option<Secret>,
     /// tls (default), or plain for links that are already encrypted (e.g. inside
-    /// WireGuard): no encryption, no key authentication, payload spliced. Clients must
-    /// use the same transport.
+    /// WireGuard): no encryption, client keys not checked (no authorized_clients
+    /// needed: --token is the only check), payload spliced. Clients must use the
+    /// same transport.
     #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
     pub(crate) transport: TransportArg,
     /// TLS 1.3 cipher suites to accept, by IANA name, comma-separated, in the order

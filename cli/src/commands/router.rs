@@ -35,13 +35,18 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     // as the flags and the file say where that is: an operator (or a collector)
     // reading the log sees why it stopped. Logging that cannot start leaves the
     // plain message on stderr.
-    let loaded = match config::load_router(&sources) {
+    let mut loaded = match config::load_router(&sources) {
         Ok(l) => l,
         Err(report) => {
             let _ = start_logging(log, None);
             return Err(Usage(lines(&report.problems)).into());
         }
     };
+    if a.transport == TransportArg::Plain {
+        // Client keys are not checked on the plain transport: a missing or empty
+        // authorized_clients file is nothing to stop or warn about.
+        (loaded.report.problems).retain(|p| p.path != "router.authorized_keys");
+    }
     if loaded.report.has_errors() {
         if a.service.service_file.is_none() {
             let _ = start_logging(log, Some(&loaded.config.logging));
@@ -91,11 +96,14 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     runtime(threads)?.block_on(async move {
         let router = Router::bind(settings).await?;
         let signals = shutdown_signal();
-        info!(
-            key = %key_path.display(),
-            clients = %auth_path.display(),
-            "router up"
-        );
+        match transport {
+            Transport::Plain => info!(key = %key_path.display(), "router up"),
+            Transport::Tls => info!(
+                key = %key_path.display(),
+                clients = %auth_path.display(),
+                "router up"
+            ),
+        }
         let plain = if transport == Transport::Plain {
             ", plain transport"
         } else {
@@ -256,7 +264,13 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         None => None,
     };
     let auth_path = r.authorized_keys.clone().unwrap_or_default();
-    let authorized = keys::load_authorized_file(&auth_path)?;
+    let authorized = match keys::load_authorized_file(&auth_path) {
+        // Not read on the plain transport, which checks no client keys.
+        Err(_) if transport == Transport::Plain && !auth_path.exists() => {
+            keys::AuthorizedFile::default()
+        }
+        other => other?,
+    };
     for (key, when) in &authorized.expires {
         let name = authorized.names.get(key).cloned().unwrap_or_default();
         let at = humantime::format_rfc3339_seconds(*when);
@@ -303,7 +317,7 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
             authorized.names,
             authorized.expires,
         )),
-        authorized_path: Some(auth_path),
+        authorized_path: (transport == Transport::Tls || auth_path.exists()).then_some(auth_path),
         policy,
         token: r.token.clone(),
         transport,
