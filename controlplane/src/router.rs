@@ -399,10 +399,12 @@ impl Router {
         }
         info!("router stopping: no new connections; draining open streams for up to {drain:?}");
         drop(self.listener);
+        // The API's port goes with the router's: a successor can take both at once
+        // (requests under way are answered), and a health check sees it gone.
+        let _ = api_stop.send(());
         self.state.stopping.send_replace(true);
         let dp = self.state.dp.clone();
         let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
-        let _ = api_stop.send(());
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }

@@ -222,6 +222,7 @@ impl RouterCore {
         client: Option<PublicKey>,
         tunnel: &Rc<str>,
         target: &Rc<str>,
+        datagrams: bool,
     ) -> (Rc<ConnCounters>, oneshot::Receiver<String>) {
         let core = &self.core;
         core.stats.active.fetch_add(1, Relaxed);
@@ -236,6 +237,7 @@ impl RouterCore {
                 counters: counters.clone(),
                 kill: Some(kill_tx),
                 rides: Rides::Client(client.unwrap_or(NO_KEY), tunnel.clone()),
+                datagrams,
             },
         );
         debug!(conn = id, %peer, %target, "stream opened");
@@ -430,7 +432,7 @@ impl RouterCore {
             // Raw both ways, ended by FIN alone.
             sock.reset_on_close();
         }
-        let (counters, kill) = self.track(id, peer, peer_key, tunnel, target);
+        let (counters, kill) = self.track(id, peer, peer_key, tunnel, target, false);
         let bandwidth = self.bandwidth_of(peer_key.as_ref());
         let to_source = Meter {
             conn: &counters.up,
@@ -593,7 +595,7 @@ impl RouterCore {
             let Some((source, permit)) = self.answer_open(ch, id, "stream", opened).await else {
                 return false;
             };
-            let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target);
+            let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target, false);
             let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
             // Counters keep the user's point of view: "up" is toward the source.
             let outcome = Relay {

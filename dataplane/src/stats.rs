@@ -489,6 +489,8 @@ pub(crate) struct ConnEntry {
     pub(crate) kill: Option<futures::channel::oneshot::Sender<String>>,
     /// What the connection rides on, to stop it when that is lost.
     pub(crate) rides: Rides,
+    /// A UDP flow: nothing is in flight to let finish when its process stops.
+    pub(crate) datagrams: bool,
 }
 
 /// What a connection depends on beyond its own sockets.
@@ -536,7 +538,6 @@ impl ConnTable {
         self.entries.borrow().len()
     }
 
-    /// Records what connection `id` now rides on.
     /// The router whose channel connection `id` rides (client side), if it does.
     pub(crate) fn router_of(&self, id: u64) -> Option<usize> {
         match self.entries.borrow().get(&id)?.rides {
@@ -545,6 +546,7 @@ impl ConnTable {
         }
     }
 
+    /// Records what connection `id` now rides on.
     pub(crate) fn set_rides(&self, id: u64, rides: Rides) {
         if let Some(e) = self.entries.borrow_mut().get_mut(&id) {
             e.rides = rides;
@@ -570,6 +572,20 @@ impl ConnTable {
         let mut n = 0;
         for e in self.entries.borrow_mut().values_mut() {
             if lost(&e.rides)
+                && let Some(k) = e.kill.take()
+            {
+                let _ = k.send(reason.to_owned());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Asks every UDP flow to stop; returns how many were asked.
+    pub(crate) fn kill_flows(&self, reason: &str) -> usize {
+        let mut n = 0;
+        for e in self.entries.borrow_mut().values_mut() {
+            if e.datagrams
                 && let Some(k) = e.kill.take()
             {
                 let _ = k.send(reason.to_owned());

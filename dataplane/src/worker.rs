@@ -202,9 +202,19 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
     let stopped_at = Instant::now();
     let mut deadline = deadline.unwrap_or(stopped_at);
     let first_deadline = deadline;
+    // UDP flows have nothing in flight to let finish: they end now (a tunnel's
+    // next datagram starts a flow on a router that stays), not at the deadline.
+    let flows = core.conns.kill_flows("stopping: a UDP flow is not drained");
+    if flows > 0 {
+        debug!(core = core.index, flows, "closed the UDP flows");
+    }
     let open = core.conns.len();
-    if open > 0 {
-        info!(core = core.index, open, "draining open connections");
+    if open > flows {
+        info!(
+            core = core.index,
+            open = open - flows,
+            "draining open connections"
+        );
     }
     while core.conns.len() > 0 && Instant::now() < deadline {
         // Still obeyed while draining: an earlier deadline (a forced stop after a

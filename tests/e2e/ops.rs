@@ -435,3 +435,32 @@ fn a_token_given_as_a_flag_is_warned_about_and_never_logged() {
     );
     assert!(!err.contains(TOKEN), "{err}");
 }
+
+/// A router that stops frees its API's port with its own at once, while its streams
+/// drain: a successor can take both.
+#[test]
+fn a_stopping_router_frees_its_api_port_while_it_drains() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (mut router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), &[]);
+    let mut held = TcpStream::connect(taddr).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    held.write_all(b"held").unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).unwrap();
+    router.signal("TERM");
+    router.wait_stderr("draining open streams");
+    let api_addr = api.trim_start_matches("http://").to_owned();
+    let taken = wait_for("the API's port to be free", || {
+        std::net::TcpListener::bind(&api_addr).ok()
+    });
+    let data = std::net::TcpListener::bind(raddr).unwrap();
+    // Still draining: the held stream is served.
+    assert!(router.running(), "{}", router.stderr());
+    held.write_all(b"more").unwrap();
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"more");
+    drop((taken, data, held));
+    assert_code(router.wait_exit(), 0, &router.stderr());
+}

@@ -588,6 +588,32 @@ fn stopping_a_udp_tunnel_ends_its_flows_at_once() {
     );
 }
 
+/// A router that stops ends its UDP flows at once (nothing is in flight in a
+/// flow), rather than waiting out its drain for them.
+#[test]
+fn stopping_a_router_ends_its_udp_flows_at_once() {
+    let home = Home::with_keys();
+    let source = UdpEcho::start();
+    let allow = [source.addr.to_string()];
+    // A drain far longer than the test's deadline: flows must not wait for it.
+    let (mut router, raddr) = home.router_with(Engine::Epoll, &allow, &["--drain-timeout", "600"]);
+    let (_tunnel, taddr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.addr.to_string(),
+        &["--protocol", "udp"],
+    );
+    let user = User::new(taddr);
+    user.echo(b"hello");
+    let status = router.stop();
+    assert_code(status, 0, &router.stderr());
+    assert!(
+        !router.stderr().contains("drain deadline"),
+        "{}",
+        router.stderr()
+    );
+}
+
 both_engines!(
     udp_rides_the_plain_transport_flow_after_flow,
     |engine: Engine| {

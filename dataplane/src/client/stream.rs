@@ -48,7 +48,7 @@ impl ClientCore {
             // Until the stream ends cleanly: if this process dies, the user sees a
             // reset, not the end of a stream that was cut short.
             user.reset_on_close();
-            let (counters, kill_rx, started) = self.open_entry(id, peer);
+            let (counters, kill_rx, started) = self.open_entry(id, peer, false);
             debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection opened");
 
             let ran = match self.proxy_header(&user, peer) {
@@ -93,12 +93,14 @@ impl ClientCore {
         })
     }
 
-    /// Counts a user connection (or UDP flow) as open and enters it in this core's
-    /// table: its counters, the receiver of a kill order, and when it started.
+    /// Counts a user connection (or UDP flow, `datagrams`) as open and enters it in
+    /// this core's table: its counters, the receiver of a kill order, and when it
+    /// started.
     pub(super) fn open_entry(
         &self,
         id: u64,
         peer: SocketAddr,
+        datagrams: bool,
     ) -> (Rc<ConnCounters>, oneshot::Receiver<String>, Instant) {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
@@ -115,6 +117,7 @@ impl ClientCore {
                 counters: counters.clone(),
                 kill: Some(kill_tx),
                 rides: Rides::Nothing,
+                datagrams,
             },
         );
         (counters, kill_rx, started)

@@ -303,7 +303,7 @@ impl ClientCore {
     async fn serve_flow(self: Rc<Self>, id: u64, ends: Ends, rx: Inbox, permit: Permit) {
         let peer = ends.peer;
         let core = &self.core;
-        let (counters, kill_rx, started) = self.open_entry(id, peer);
+        let (counters, kill_rx, started) = self.open_entry(id, peer, true);
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
         let run = Box::pin(self.run_flow(id, &ends, rx, &counters, kill_rx)).await;
         match &run {

@@ -152,7 +152,7 @@ impl RouterCore {
             sources,
             permit,
         } = flow;
-        let (counters, kill) = self.track(of.id, of.peer, of.client, of.tunnel, of.target);
+        let (counters, kill) = self.track(of.id, of.peer, of.client, of.tunnel, of.target, true);
         let bandwidth = self.bandwidth_of(of.client.as_ref());
         let (done_tx, done_rx) = oneshot::channel();
         let last = Cell::new(Instant::now());
