@@ -566,7 +566,10 @@ fn status_and_health_name_a_source_the_router_refuses() {
         )),
         "{out}"
     );
-    assert_eq!(err, "conduit: error: unhealthy: web (source refused)\n");
+    assert_eq!(
+        err,
+        "conduit: error: unhealthy: web (latest stream refused)\n"
+    );
     let status = home.ok(&["status"]);
     assert!(
         status.contains(&format!("\n  latest stream refused: {why}")),

@@ -30,7 +30,7 @@ fn the_link_moves_to_the_next_router_when_one_goes_away() {
     let status = home.ok(&["status"]);
     assert!(
         status.contains(&format!(
-            "\n  router {b} stands by: it answered a check at "
+            "\n  router {b} stands by: it has answered checks since "
         )),
         "{status}"
     );
@@ -624,6 +624,12 @@ fn a_router_that_refuses_is_skipped_while_another_may_serve() {
             home.public_key("router-b")
         )),
         "{line}"
+    );
+    // Not "unreachable": one of them answered, and was refused.
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("retrying — router {b},{a} not linked (")),
+        "{status}"
     );
 
     let (_first, _) = home.router_at(engine, &a, &allow, &[]);

@@ -80,7 +80,7 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             down.push(format!("{} ({state})", s.entry.name));
         } else if !refused.is_empty() {
             // Linked, but its streams are turned away: users get nothing.
-            down.push(format!("{} (source refused)", s.entry.name));
+            down.push(format!("{} (latest stream refused)", s.entry.name));
         } else if !refusing.is_empty() {
             down.push(format!("{} (a router refused it)", s.entry.name));
         }

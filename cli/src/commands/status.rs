@@ -104,9 +104,12 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             "retrying" => format!(
                 "router {} {} ({}); attempt {} failed, next {}",
                 e.config.router,
-                // It answered, and said no: not a router out of reach.
+                // It answered, and said no: not a router out of reach. Of several,
+                // some may have refused and others be away: the detail says which.
                 if l.detail.starts_with("the router refused") {
                     "refuses the link"
+                } else if st.routers.iter().any(|r| !r.refused.is_empty()) {
+                    "not linked"
                 } else {
                     "unreachable"
                 },
@@ -173,7 +176,7 @@ fn idle_routers(routers: &[pb::RouterLoad]) -> Vec<String> {
         .filter(|r| r.refused.is_empty())
         .filter_map(|r| match r.link.as_str() {
             "standby" => Some(format!(
-                "router {} stands by: it answered a check at {}",
+                "router {} stands by: it has answered checks since {}",
                 r.addr,
                 time(r.standby_since)
             )),

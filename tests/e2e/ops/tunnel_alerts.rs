@@ -370,7 +370,7 @@ fn a_tunnel_that_fails_over_for_good_reports_the_router_it_left_back_on_standby(
     assert!(
         status.contains(&format!("router {b} connected since"))
             && status.contains(&format!(
-                "\n  router {a} stands by: it answered a check at "
+                "\n  router {a} stands by: it has answered checks since "
             )),
         "{status}"
     );
