@@ -756,3 +756,21 @@ both_engines!(
     bytes_of_refused_opens_are_not_counted_over_the_plain_transport,
     |engine| bytes_of_refused_opens_are_not_counted(engine, crate::plain::PLAIN)
 );
+
+/// A UDP setting on a TCP tunnel is refused: `--protocol udp` was most likely
+/// forgotten, and the tunnel would otherwise run without what was asked.
+#[test]
+fn a_udp_setting_on_a_tcp_tunnel_is_a_usage_error() {
+    let home = Home::with_keys();
+    for (flag, value) in [("--udp-idle-timeout", "5"), ("--udp-max-new-flows", "10")] {
+        let (status, err) = start_to_nowhere(&home, "127.0.0.1:0", &[flag, value]);
+        assert_code(status, 64, &err);
+        assert_eq!(
+            err,
+            format!(
+                "conduit: error: {flag} applies to UDP tunnels only: add --protocol udp, or \
+                 leave it out\n"
+            )
+        );
+    }
+}

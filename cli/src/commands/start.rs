@@ -40,6 +40,19 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         )
         .into());
     }
+    // A UDP setting on a TCP tunnel: most likely `--protocol udp` was forgotten.
+    if a.protocol == ProtocolArg::Tcp {
+        let given = [
+            ("--udp-idle-timeout", a.udp_idle_timeout != 60),
+            ("--udp-max-new-flows", a.udp_max_new_flows != 0),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(Usage(format!(
+                "{flag} applies to UDP tunnels only: add --protocol udp, or leave it out"
+            ))
+            .into());
+        }
+    }
     alert_urls(&a)?;
     if let Some(w) = conduit_controlplane::config::small_burst(a.burst_limit) {
         tracing::warn!("--burst-limit {w}");
