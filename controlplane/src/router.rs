@@ -514,6 +514,9 @@ async fn handle(
                 (Transport::Plain, true) => {
                     info!(%peer, "connection refused: a TLS client connected to this plain-transport router: start the tunnel with --transport plain or run the router without it ({e})")
                 }
+                (Transport::Plain, false) if admit::is_http(&first[..seen]) => {
+                    info!(%peer, "connection refused: a plain-text HTTP request: this port is a Conduit router, only Conduit clients can use it; point HTTP clients at a tunnel's --bind address (the router's own API is on its --api-bind)")
+                }
                 _ => info!(%peer, "connection dropped during setup: {e}"),
             }
             return;

@@ -504,3 +504,25 @@ fn a_plain_router_needs_no_authorized_clients() {
         router.stderr()
     );
 }
+
+/// An HTTP request sent to a plain router's port is named as such in its log, not
+/// as a frame of an unknown type.
+#[test]
+fn a_plain_router_names_an_http_request_sent_to_it() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router_with(Engine::Epoll, &[source.to_string()], PLAIN);
+    let mut c = connect(raddr);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: conduit\r\n\r\n")
+        .unwrap();
+    router.wait_stderr(
+        "connection refused: a plain-text HTTP request: this port is a Conduit router, only \
+         Conduit clients can use it",
+    );
+    assert_eq!(
+        router.stderr_count("unknown frame type"),
+        0,
+        "{}",
+        router.stderr()
+    );
+}

@@ -30,9 +30,6 @@ pub(super) fn is_plain_hello(first: &[u8]) -> bool {
 /// `None` when they are one (TLS itself then says what was wrong).
 pub(super) fn not_tls(first: &[u8]) -> Option<String> {
     const TLS_HANDSHAKE: u8 = 0x16;
-    const HTTP: [&[u8]; 9] = [
-        b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ",
-    ];
     match first.first() {
         None | Some(&TLS_HANDSHAKE) => None,
         Some(_) if is_plain_hello(first) => Some(
@@ -40,7 +37,7 @@ pub(super) fn not_tls(first: &[u8]) -> Option<String> {
              without --transport plain, or run the router with --transport plain"
                 .into(),
         ),
-        Some(_) if HTTP.iter().any(|m| first.starts_with(m)) => Some(
+        Some(_) if is_http(first) => Some(
             "a plain-text HTTP request, not TLS: this port is a Conduit router, only Conduit \
              clients can use it; point HTTP clients at a tunnel's --bind address"
                 .into(),
@@ -51,6 +48,15 @@ pub(super) fn not_tls(first: &[u8]) -> Option<String> {
             first.iter().map(|b| format!("{b:02x}")).collect::<String>()
         )),
     }
+}
+
+/// Whether `first`, a connection's first bytes, start an HTTP/1 request (or the
+/// HTTP/2 preface).
+pub(super) fn is_http(first: &[u8]) -> bool {
+    const HTTP: [&[u8]; 9] = [
+        b"GET ", b"POST", b"HEAD", b"PUT ", b"DELE", b"OPTI", b"PATC", b"CONN", b"PRI ",
+    ];
+    HTTP.iter().any(|m| first.starts_with(m))
 }
 
 /// Decides whether a client that finished its handshake may use the router.
