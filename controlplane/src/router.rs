@@ -415,6 +415,35 @@ impl Router {
 /// Live control sessions: per (client key, tunnel name), the address of each.
 type Sessions = HashMap<(Option<PublicKey>, String), Vec<std::net::IpAddr>>;
 
+/// What a plain router answers an HTTP request with: the body of a 400.
+const NOT_THE_API: &str = "this port is a Conduit router's, for Conduit tunnels only; its API is on its --api-bind address\n";
+
+/// Answers an HTTP client with [`NOT_THE_API`] in a 400, then reads what it sent
+/// until it closes (a bit at most, for a second at most): closing on unread bytes
+/// would reset the connection, and the answer with it.
+async fn answer_http(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{NOT_THE_API}",
+        NOT_THE_API.len()
+    );
+    if tcp.write_all(answer.as_bytes()).await.is_err() || tcp.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 /// A TLS record holding a fatal `protocol_version` alert (RFC 8446, 6.2).
 const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46];
 
@@ -450,6 +479,12 @@ async fn handle(
                     let mut tcp = tcp;
                     let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &PROTOCOL_VERSION_ALERT)
                         .await;
+                    return Err(WireError::Closed);
+                }
+                if admit::is_http(&first[..seen]) {
+                    // An HTTP client (`curl`, `conduit health --router` pointed here):
+                    // an answer it can show, rather than a bare close.
+                    answer_http(tcp).await;
                     return Err(WireError::Closed);
                 }
                 Wire::plain(tcp)?

@@ -515,6 +515,18 @@ fn a_plain_router_names_an_http_request_sent_to_it() {
     let mut c = connect(raddr);
     c.write_all(b"GET / HTTP/1.1\r\nHost: conduit\r\n\r\n")
         .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let body = "this port is a Conduit router's, for Conduit tunnels only; its API is on its \
+                --api-bind address\n";
+    assert_eq!(
+        answer,
+        format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    );
     router.wait_stderr(
         "connection refused: a plain-text HTTP request: this port is a Conduit router, only \
          Conduit clients can use it",
