@@ -255,6 +255,23 @@ impl ClientCore {
             }
             return;
         }
+        if !self.spec.link.is_up() {
+            // No flow to start (it would fail at once, counted as a connection
+            // opened and lost): the datagram is dropped, as it would be in flight.
+            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            self.core.stats.fail(ErrorKind::RouterUnreachable);
+            if let Some(held) = flows.failures.admit() {
+                warn!(
+                    core = self.core.index,
+                    %peer,
+                    tunnel = %self.spec.tunnel,
+                    "dropped a datagram from a new sender: the router is unreachable (the \
+                     tunnel is reconnecting){}",
+                    held_note(held)
+                );
+            }
+            return;
+        }
         let Some(permit) = self.spec.limit.try_acquire() else {
             self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
             self.core.stats.fail(ErrorKind::LimitReached);

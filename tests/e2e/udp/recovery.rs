@@ -34,7 +34,28 @@ fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
     // Datagrams sent while the router is away start flows that fail at once (the
     // log says so, rate-limited), and nothing piles up.
     user.sock.send_to(b"lost", taddr).unwrap();
-    tunnel.wait_stderr("the router is unreachable (the tunnel is reconnecting)");
+    tunnel.wait_stderr(
+        "dropped a datagram from a new sender: the router is unreachable (the tunnel is \
+         reconnecting)",
+    );
+    // Dropped and counted as such: no flow opened (and failed) for it.
+    let metrics = home.ok(&["stats", "--format", "prometheus"]);
+    let count = |metric: &str| {
+        (metrics.lines())
+            .find(|l| l.starts_with(&format!("{metric}{{")))
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.to_owned())
+    };
+    assert_eq!(
+        count("conduit_udp_datagrams_dropped_total").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        count("conduit_connections_total").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
     let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, transport);
     tunnel.wait_stdout_count("connected to router", 2);
     // The same user is served again on a new flow.
