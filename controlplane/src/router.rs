@@ -595,7 +595,12 @@ async fn handle(
             match wire.into_handoff(Default::default(), None, hello.tunnel, version) {
                 Ok(h) => {
                     if !state.dp.send_router_channel(h) {
-                        warn!(%peer, "no data-plane worker is running; channel dropped");
+                        // Stopping, the workers are gone: nothing went wrong.
+                        if *state.stopping.borrow() {
+                            debug!(%peer, "the router is stopping; data channel dropped");
+                        } else {
+                            warn!(%peer, "no data-plane worker is running; channel dropped");
+                        }
                     }
                 }
                 Err(e) => warn!(%peer, client = %who, "data channel refused: {e}"),
