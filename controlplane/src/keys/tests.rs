@@ -523,8 +523,18 @@ fn keys_being_rotated_out_carry_an_expiry_time() {
 #[test]
 fn key_names_are_checked() {
     let (_d, home) = home();
-    for bad in ["", "../x", ".hidden", "a/b"] {
-        assert!(generate(&home, bad, false).is_err(), "{bad:?}");
-        assert!(load_named_public(&home, bad).is_err(), "{bad:?}");
+    for bad in ["", "../x", ".hidden", "a/b", "-x", &"k".repeat(65)] {
+        let want = format!(
+            "invalid key name {bad:?}: use 1-64 letters, digits, '-', '_' or '.' (not starting \
+             with '.' or '-')"
+        );
+        let err = |r: Result<_, Error>| r.err().map(|e| e.to_string());
+        assert_eq!(
+            err(generate(&home, bad, false).map(drop)),
+            Some(want.clone())
+        );
+        assert_eq!(err(load_named_public(&home, bad).map(drop)), Some(want));
     }
+    // A good name is not refused for its shape.
+    assert!(generate(&home, "edge-1.b_2", false).is_ok());
 }
