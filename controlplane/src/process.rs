@@ -418,10 +418,12 @@ impl RegisteredTunnel {
 
         let metrics_task = metrics.map(|l| control::serve_metrics(l, state.clone(), until_exit()));
 
-        // Keep the registry's status word in step with the router link.
+        // Keep the registry's status word in step with the router link, and with a
+        // stop ordered (`up` leaves no tunnel that is stopping for "up to date").
         let updater = {
             let registry = registry.clone();
             let mut link = state.link.clone();
+            let mut ordered = state.shutdown.subscribe();
             let state = state.clone();
             let mut e = entry.clone();
             tokio::spawn(async move {
@@ -433,7 +435,11 @@ impl RegisteredTunnel {
                             warn!("cannot update the registry: {err}");
                         }
                     }
-                    if link.changed().await.is_err() {
+                    let changed = tokio::select! {
+                        r = link.changed() => r,
+                        r = ordered.changed() => r,
+                    };
+                    if changed.is_err() {
                         return;
                     }
                 }

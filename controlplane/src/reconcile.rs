@@ -15,6 +15,9 @@ pub struct Actions<'p> {
     pub keep: Vec<(&'p TunnelPlan, Entry)>,
     /// Running from this file with other settings: stop, then start.
     pub restart: Vec<(&'p TunnelPlan, Entry)>,
+    /// Stopping (a `kill` draining it), though the file wants it: let it stop, then
+    /// start it again.
+    pub revive: Vec<(&'p TunnelPlan, Entry)>,
     /// Running from this file but no longer in it: stop.
     pub remove: Vec<Entry>,
     /// Its name is taken by a tunnel that was not started from this file.
@@ -28,6 +31,7 @@ pub fn reconcile<'p>(plan: &'p Plan, entries: &[Entry]) -> Actions<'p> {
         match entries.iter().find(|e| e.name == t.name) {
             None => a.start.push(t),
             Some(e) if !from_file(e, &plan.file) => a.conflict.push((t, e.clone())),
+            Some(e) if e.status == "stopping" => a.revive.push((t, e.clone())),
             Some(e) if e.config.digest == t.digest() => a.keep.push((t, e.clone())),
             Some(e) => a.restart.push((t, e.clone())),
         }
@@ -130,6 +134,24 @@ mod tests {
             status: "running".into(),
             created_at: String::new(),
         }
+    }
+
+    /// A tunnel a `kill` is draining is not "up to date": once it has stopped, it is
+    /// started again, whether its settings changed or not.
+    #[test]
+    fn a_stopping_tunnel_is_started_again() {
+        let p = plan(
+            "/etc/c.toml",
+            &[("web", "10.0.0.2:80"), ("api", "10.0.0.3:80")],
+        );
+        let mut web = entry("web", Some("/etc/c.toml"), &p.tunnels[0].digest());
+        web.status = "stopping".into();
+        let mut api = entry("api", Some("/etc/c.toml"), "stale");
+        api.status = "stopping".into();
+        let a = reconcile(&p, &[web, api]);
+        let names: Vec<&str> = a.revive.iter().map(|(t, _)| t.name.as_str()).collect();
+        assert_eq!(names, ["web", "api"]);
+        assert!(a.keep.is_empty() && a.restart.is_empty() && a.start.is_empty());
     }
 
     #[test]

@@ -573,3 +573,41 @@ fn up_exits_with_the_code_its_failed_tunnels_share() {
     );
     assert!(list(&home).is_empty());
 }
+
+/// A tunnel of the file that a `kill` is draining is not "up to date": `up` lets it
+/// finish stopping, then starts it again.
+#[test]
+fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_slow_draining(&home, raddr.port(), &[("alpha", source)], "127.0.0.1:0");
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    let before = pid_of(&home, "alpha");
+    let bind = list(&home)[0]["bind"].as_str().unwrap().to_owned();
+    let mut held = held(&bind);
+    let mut kill = home.spawn(&["kill", "--tunnel", "alpha"]);
+    // As `up` reads it: the registry's entry.
+    crate::procfs::wait_until("alpha's registry entry to say stopping", || {
+        let dir = home.path().join("tunnels");
+        let stopping = std::fs::read_dir(&dir).unwrap().flatten().any(|f| {
+            std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains("\"status\": \"stopping\""))
+        });
+        (stopping, ())
+    });
+    let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
+    // The drain goes on until its last user leaves.
+    echo_on(&mut held, b"still draining");
+    drop(held);
+    assert_code(kill.wait_exit(), 0, &kill.stderr());
+    assert_code(again.wait_exit(), 0, &again.stderr());
+    let out = again.stdout().join("\n");
+    assert!(
+        out.contains("started again (it was stopping) tunnel \"alpha\""),
+        "{out}"
+    );
+    assert_ne!(pid_of(&home, "alpha"), before);
+    echo_through(&home, "alpha");
+}

@@ -188,13 +188,19 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     // as soon as what it waits for has stopped: its own old process when restarted,
     // and any tunnel being stopped that holds its port. The others do not wait for
     // the slowest drain.
-    let restarting: Vec<Entry> = actions.restart.iter().map(|(_, e)| e.clone()).collect();
-    let stopping: Vec<&Entry> = actions.remove.iter().chain(&restarting).collect();
+    // Restarted: for settings changed, or because a `kill` is stopping it (it drains
+    // first, as that kill asked).
+    let again: Vec<(&TunnelPlan, &Entry, &str)> = (actions.restart.iter())
+        .map(|(t, e)| (*t, e, "restarted (settings changed)"))
+        .chain((actions.revive.iter()).map(|(t, e)| (*t, e, "started again (it was stopping)")))
+        .collect();
+    let stopping: Vec<&Entry> = (actions.remove.iter())
+        .chain(again.iter().map(|(_, e, _)| *e))
+        .collect();
     let mut to_start: Vec<(&TunnelPlan, Option<usize>)> =
         actions.start.iter().map(|t| (*t, None)).collect();
     let removed = actions.remove.len();
-    to_start
-        .extend((actions.restart.iter().enumerate()).map(|(i, (t, _))| (*t, Some(removed + i))));
+    to_start.extend((again.iter().enumerate()).map(|(i, (t, _, _))| (*t, Some(removed + i))));
     let rt = runtime(2)?;
     let launching = std::sync::Arc::new(std::sync::Mutex::new(()));
     let (stopped, launched) = rt.block_on(async {
@@ -254,7 +260,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     }
     for ((t, own), res) in to_start.iter().zip(launched) {
         let verb = match own {
-            Some(_) => "restarted (settings changed)",
+            Some(i) => again[i - removed].2,
             None => "started",
         };
         match res {
