@@ -406,11 +406,12 @@ fn kill_connection_closes_just_that_connection() {
         .unwrap();
     let out = home.ok(&["kill", "--connection", &victim.to_string()]);
     assert_eq!(out, format!("closed connection {victim} of tunnel two\n"));
-    let mut buf = [0u8; 1];
-    assert!(
-        matches!(a.read(&mut buf), Ok(0) | Err(_)),
-        "the killed connection still works"
+    assert_eq!(
+        crate::users::expect_end(&mut a),
+        crate::users::End::Reset,
+        "the killed connection"
     );
+    let mut buf = [0u8; 1];
     b.write_all(b"!").unwrap();
     b.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"!");

@@ -220,8 +220,7 @@ fn plain_transport_refuses_a_wrong_token_and_reports_a_dead_source() {
     let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source, PLAIN);
     let mut c = connect(taddr);
     let _ = c.write_all(b"hello");
-    let mut buf = [0u8; 8];
-    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    assert_eq!(crate::users::expect_end(&mut c), crate::users::End::Reset);
     router.wait_stderr(&format!("the router could not connect to source {source}"));
     tunnel.wait_stderr(&format!(
         "the router could not open the source: the router could not connect to source {source}"

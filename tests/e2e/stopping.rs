@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code};
 use crate::manage::{list_json, pid_alive, wait_list};
 use crate::sources;
+use crate::users::{End, expect_end};
 
 /// Stops every tunnel of a home when the test ends, whatever happened; a tunnel the
 /// test froze (SIGSTOP) is let go on first.
@@ -88,11 +89,6 @@ fn echoes(c: &mut TcpStream) -> bool {
     c.write_all(b"!").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"!"
 }
 
-fn closed(c: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1];
-    matches!(c.read(&mut buf), Ok(0) | Err(_))
-}
-
 fn registry_files(home: &Home) -> usize {
     std::fs::read_dir(home.path().join("tunnels"))
         .map(|d| d.count())
@@ -135,9 +131,11 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
     let (status, out, err) = home.run(&["kill", "--tunnel", "web", "--force"]);
     assert_code(status, 0, &err);
     assert_eq!(out, format!("stopped tunnel \"web\" ({id})\n"));
-    assert!(
-        closed(&mut held),
-        "the held connection outlived the forced stop"
+    // Cut short, a stream is reset: a FIN would pass it off as complete.
+    assert_eq!(
+        expect_end(&mut held),
+        End::Reset,
+        "the held connection at the forced stop"
     );
     let status = graceful.wait_exit();
     assert_code(status, 0, &graceful.stderr());
@@ -168,7 +166,7 @@ fn drain_timeout_zero_closes_connections_at_once() {
     let (status, out, err) = home.run(&["kill", "--tunnel", "web", "--drain-timeout", "0"]);
     assert_code(status, 0, &err);
     assert!(out.starts_with("stopped tunnel \"web\" (web-"), "{out}");
-    assert!(closed(&mut held));
+    assert_eq!(expect_end(&mut held), End::Reset);
     assert!(list_json(&home).is_empty());
 }
 
@@ -258,7 +256,8 @@ fn kill_all_drains_the_tunnels_side_by_side() {
             && said[1].starts_with("stopped tunnel \"two\" (two-"),
         "{said:?}"
     );
-    assert!(closed(&mut ca) && closed(&mut cb));
+    assert_eq!(expect_end(&mut ca), End::Reset);
+    assert_eq!(expect_end(&mut cb), End::Reset);
     assert!(list_json(&home).is_empty());
 }
 
@@ -306,7 +305,7 @@ fn kill_connection_needs_the_tunnel_when_several_have_the_id() {
 
     let out = home.ok(&["kill", "--connection", "1", "--tunnel", "two"]);
     assert_eq!(out, "closed connection 1 of tunnel two\n");
-    assert!(closed(&mut cb), "the killed connection still works");
+    assert_eq!(expect_end(&mut cb), End::Reset, "the killed connection");
     assert!(
         echoes(&mut ca),
         "the other tunnel's connection 1 was closed"
