@@ -189,7 +189,7 @@ both_engines!(
         const RATE: usize = 1 << 20;
         const BURST: usize = 256 << 10;
         let home = Home::with_keys();
-        let (source, got) = sources::exchange(LEN);
+        let (source, got) = sources::exchange_timed(LEN);
         let (_router, raddr) = home.router(engine, &[source.to_string()]);
         let (_tunnel, taddr) = home.tunnel_with(
             engine,
@@ -337,7 +337,7 @@ fn a_router_paces_each_client_and_loses_nothing() {
     const BURST: usize = RATE;
     let engine = Engine::Epoll;
     let home = Home::with_keys();
-    let (source, got) = sources::exchange(LEN);
+    let (source, got) = sources::exchange_timed(LEN);
     let rate = format!("performance.default_bandwidth_limit={RATE}");
     let burst = format!("performance.burst_bandwidth_limit={BURST}");
     let (_router, raddr) = home.router_with(
@@ -350,13 +350,15 @@ fn a_router_paces_each_client_and_loses_nothing() {
 }
 
 /// Sends `len` bytes each way through the tunnel at `taddr` (to a
-/// [`sources::exchange`] source whose results arrive on `got`), checks both arrive
-/// whole, and that each way took at least what a limit of `rate` bytes/s with
-/// `burst` allows: the burst, then the rest at the rate, with a tenth off for slack.
-/// (A lower bound only: a loaded machine makes the transfer slower, never faster.)
+/// [`sources::exchange_timed`] source whose results arrive on `got`), checks both
+/// arrive whole, and that each way took at least what a limit of `rate` bytes/s
+/// with `burst` allows: the burst, then the rest at the rate, with a tenth off for
+/// slack. Each way is timed on its own: the download until the user reads its end,
+/// the upload until the source's read reaches its end. (A lower bound only: a
+/// loaded machine makes the transfer slower, never faster.)
 fn assert_paced(
     taddr: std::net::SocketAddr,
-    got: &std::sync::mpsc::Receiver<(usize, String)>,
+    got: &std::sync::mpsc::Receiver<(usize, String, std::time::Instant)>,
     len: usize,
     rate: usize,
     burst: usize,
@@ -367,11 +369,11 @@ fn assert_paced(
     let writer = sources::upload(&user, 1, len);
     let mut r = user;
     let (n, sha) = read_all_hashed(&mut r).unwrap();
-    writer.join().unwrap();
     let down = started.elapsed();
+    writer.join().unwrap();
     assert_eq!((n, sha), (len, pattern_sha(2, len)), "source to user");
-    let (n, sha) = got.recv_timeout(crate::harness::DEADLINE).unwrap();
-    let up = started.elapsed();
+    let (n, sha, uploaded) = got.recv_timeout(crate::harness::DEADLINE).unwrap();
+    let up = uploaded.duration_since(started);
     assert_eq!((n, sha), (len, pattern_sha(1, len)), "user to source");
     let least = 0.9 * (len - burst) as f64 / rate as f64;
     for (way, took) in [("source to user", down), ("user to source", up)] {

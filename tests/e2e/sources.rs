@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -127,6 +128,21 @@ pub fn upload(conn: &TcpStream, seed: u64, len: usize) -> thread::JoinHandle<()>
 /// reports (received length, received sha256) when the client's side ends, for
 /// connections that sent anything.
 pub fn exchange(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String)>) {
+    let (addr, timed) = exchange_timed(send_len);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for (len, sha, _) in timed {
+            if tx.send((len, sha)).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// [`exchange`], reporting also the instant the source's read reached the end of
+/// what the client sent (before its own sending is done).
+pub fn exchange_timed(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String, Instant)>) {
     let (tx, rx) = mpsc::channel();
     let addr = serve(move |conn| {
         let mut w = conn.try_clone().expect("clone");
@@ -138,6 +154,7 @@ pub fn exchange(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String)>
         });
         let mut r = conn;
         let got = read_all_hashed(&mut r);
+        let ended = Instant::now();
         let _ = writer.join();
         // A connection that brings nothing is the router's health probe (it connects
         // and closes every few seconds while the source is in use), not the transfer
@@ -145,8 +162,8 @@ pub fn exchange(send_len: usize) -> (SocketAddr, mpsc::Receiver<(usize, String)>
         // mid-transfer and must not be taken for its result.
         match got {
             Ok((0, _)) | Err(_) => {}
-            Ok(got) => {
-                let _ = tx.send(got);
+            Ok((len, sha)) => {
+                let _ = tx.send((len, sha, ended));
             }
         }
     });
