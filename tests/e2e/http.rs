@@ -1,6 +1,6 @@
 //! HTTP for the operations tests: `curl` as the real client of the router's API, a
-//! local webhook receiver that records what it is sent, a receiver that never answers,
-//! and a source that can be stopped and started again on the same port.
+//! local webhook receiver that records what it is sent, one that holds each request
+//! unanswered until the test lets it go, and a source that can be stopped and started again on the same port.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -116,6 +116,14 @@ impl Receiver {
 }
 
 fn read_request(conn: TcpStream) -> Option<Received> {
+    let (mut conn, r) = read_unanswered(conn)?;
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    Some(r)
+}
+
+/// Reads one request whose body is JSON, and answers nothing; the connection and
+/// what it brought.
+fn read_unanswered(conn: TcpStream) -> Option<(TcpStream, Received)> {
     conn.set_read_timeout(Some(DEADLINE)).ok()?;
     let mut r = BufReader::new(conn);
     let mut line = String::new();
@@ -137,25 +145,93 @@ fn read_request(conn: TcpStream) -> Option<Received> {
     }
     let mut body = vec![0; len];
     r.read_exact(&mut body).ok()?;
-    let mut conn = r.into_inner();
-    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-    Some(Received {
-        path,
-        body: serde_json::from_slice(&body).ok()?,
-    })
+    let body = serde_json::from_slice(&body).ok()?;
+    Some((r.into_inner(), Received { path, body }))
 }
 
-/// A receiver that accepts connections and never answers.
-pub fn black_hole() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind black hole");
-    let addr = l.local_addr().expect("addr");
-    thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in l.incoming().flatten() {
-            held.push(conn);
+/// What [`Holding`] has seen.
+#[derive(Default)]
+struct HoldState {
+    received: Vec<Received>,
+    held: Vec<TcpStream>,
+    released: bool,
+}
+
+/// A webhook receiver that reads each request and holds it, unanswered, until the
+/// test calls [`Holding::release`]; then it answers each one, and each one after,
+/// `503 Service Unavailable`.
+pub struct Holding {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<HoldState>>,
+}
+
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+impl Holding {
+    pub fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let addr = l.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(HoldState::default()));
+        let s = state.clone();
+        thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let s = s.clone();
+                thread::spawn(move || {
+                    let Some((mut conn, r)) = read_unanswered(conn) else {
+                        return;
+                    };
+                    let mut s = s.lock().unwrap();
+                    s.received.push(r);
+                    if s.released {
+                        let _ = conn.write_all(UNAVAILABLE);
+                    } else {
+                        s.held.push(conn);
+                    }
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Waits until `n` requests are held.
+    pub fn wait_held(&self, n: usize) {
+        wait_for(&format!("{n} requests held by the receiver"), || {
+            (self.state.lock().unwrap().held.len() >= n).then_some(())
+        });
+    }
+
+    /// How many held requests their sender still waits on (it has not closed the
+    /// connection).
+    pub fn held_open(&self) -> usize {
+        let s = self.state.lock().unwrap();
+        s.held
+            .iter()
+            .filter(|c| {
+                c.set_nonblocking(true).expect("nonblocking");
+                let open = matches!(
+                    c.peek(&mut [0u8; 1]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                );
+                c.set_nonblocking(false).expect("blocking");
+                open
+            })
+            .count()
+    }
+
+    /// Answers the held requests, and from now on every request, with 503.
+    pub fn release(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.released = true;
+        for mut c in s.held.drain(..) {
+            let _ = c.write_all(UNAVAILABLE);
         }
-    });
-    addr
+    }
 }
 
 /// An echo source that can be stopped (its port then refuses) and started again on

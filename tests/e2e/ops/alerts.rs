@@ -1,13 +1,11 @@
 //! Alerts to local webhook receivers: a source stopped and started, a receiver that
 //! hangs, a client link that breaks.
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 
 use super::{client_id, echo_through, get, router_api};
 use crate::harness::{Engine, Home, addr_in};
-use crate::http::{Receiver, Switchable, black_hole, wait_for};
+use crate::http::{Holding, Receiver, Switchable, wait_for};
 use crate::sources;
 
 /// The events (Slack: the texts) `r` received on `path`, in order.
@@ -28,7 +26,7 @@ fn a_source_that_stops_and_starts_raises_one_down_and_one_up_alert_per_format() 
     let rx = Receiver::start();
     let mut source = Switchable::start();
     let target = source.addr.to_string();
-    // Default probe settings: the down alert must come within 30 s.
+    // Default probe settings: the down alert must come within the wait's deadline.
     let (router, raddr, api) = router_api(
         &home,
         std::slice::from_ref(&target),
@@ -48,15 +46,9 @@ fn a_source_that_stops_and_starts_raises_one_down_and_one_up_alert_per_format() 
     });
 
     source.down();
-    let stopped = Instant::now();
     rx.wait("a down alert on both sinks", |r| {
         r.iter().any(|x| x.path == "/hook") && r.iter().any(|x| x.path == "/slack")
     });
-    assert!(
-        stopped.elapsed() < Duration::from_secs(30),
-        "the down alert took {:?}",
-        stopped.elapsed()
-    );
     let hook = rx
         .received()
         .into_iter()
@@ -152,10 +144,14 @@ fn a_source_down_is_watched_until_it_is_back_even_when_unused() {
     assert_eq!(alert_events(&rx, "/hook"), vec!["source_down", "source_up"]);
 }
 
+/// An alert whose receiver does not answer is pending while traffic goes on: every
+/// round trip completes while the receiver still holds the alert's request and the
+/// router still waits on it. Once the receiver fails it, the alert is tried once
+/// more and its failure logged, without the URL's secret.
 #[test]
 fn a_receiver_that_hangs_does_not_slow_the_tunnel_and_its_failure_is_logged() {
     let home = Home::with_keys();
-    let hole = black_hole();
+    let hook = Holding::start();
     let mut flaky = Switchable::start();
     let steady = sources::echo();
     let (router, raddr, api) = router_api(
@@ -163,11 +159,13 @@ fn a_receiver_that_hangs_does_not_slow_the_tunnel_and_its_failure_is_logged() {
         &[flaky.addr.to_string(), steady.to_string()],
         &[
             "--alert-webhook",
-            &format!("http://{hole}/hook?token=SECRET-IN-URL"),
+            &format!("http://{}/hook?token=SECRET-IN-URL", hook.addr),
             "--set",
             "health.interval_secs=1",
+            // Far beyond the test: the router waits on the held request until the
+            // receiver lets it go.
             "--set",
-            "alerts.timeout_secs=5",
+            "alerts.timeout_secs=600",
             "--set",
             "alerts.retries=1",
         ],
@@ -186,19 +184,35 @@ fn a_receiver_that_hangs_does_not_slow_the_tunnel_and_its_failure_is_logged() {
     wait_for("the source to be down", || {
         (get(&api, "/api/v1/health")["data"]["checks"]["sources"]["down"] == 1).then_some(())
     });
-    // The alert is now stuck on the receiver for 5 s an attempt; traffic goes on meanwhile.
+    // The down alert is now stuck on the receiver; traffic goes on meanwhile.
+    hook.wait_held(1);
     for i in 0..20 {
-        let t = Instant::now();
         echo_through(steady_addr, 20_000, i);
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "a round trip took {:?} while an alert was pending",
-            t.elapsed()
-        );
     }
+    assert_eq!(
+        hook.held_open(),
+        1,
+        "the router stopped waiting on the alert before the round trips were done"
+    );
+    assert_eq!(router.stderr_count("alert not delivered"), 0);
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].path, "/hook?token=SECRET-IN-URL");
+    assert_eq!(received[0].body["event"], "source_down");
+    let msg = received[0].body["message"].as_str().unwrap().to_owned();
+
+    hook.release();
     router.wait_stderr("alert not delivered after 2 attempts");
+    assert_eq!(hook.received().len(), 2);
     let err = router.stderr();
-    assert!(err.contains(&format!("http://{hole}/…")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "alert not delivered after 2 attempts: the receiver answered 503 Service \
+             Unavailable; alert was: {msg}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("http://{}/…", hook.addr)), "{err}");
     assert!(
         !err.contains("SECRET-IN-URL"),
         "the webhook's token was logged:\n{err}"
