@@ -493,28 +493,62 @@ mod tests {
     fn names_match_by_name_or_by_resolved_address() {
         let l = AllowList::parse(&["db.internal:5432", "10.9.0.0/16:80"]).unwrap();
         let k = key();
-        let resolved = |_: &str, p: u16| Ok(vec![SocketAddr::from(([10, 9, 1, 1], p))]);
-        assert!(
-            l.check(Some(Caller::key(&k)), "DB.internal:5432", resolved)
-                .is_ok()
+        let inside = |p: u16| SocketAddr::from(([10, 9, 1, 1], p));
+        let outside = |p: u16| SocketAddr::from(([192, 168, 1, 1], p));
+        let resolved = |_: &str, p: u16| Ok(vec![inside(p)]);
+        // Allowed by name: whatever it resolves to.
+        assert_eq!(
+            l.check(Some(Caller::key(&k)), "DB.internal:5432", resolved),
+            Ok(vec![inside(5432)])
         );
-        assert!(
-            l.check(Some(Caller::key(&k)), "web.internal:80", resolved)
-                .is_ok()
+        // Allowed by the address it resolves to.
+        assert_eq!(
+            l.check(Some(Caller::key(&k)), "web.internal:80", resolved),
+            Ok(vec![inside(80)])
         );
-        let outside = |_: &str, p: u16| Ok(vec![SocketAddr::from(([192, 168, 1, 1], p))]);
+        let also_inside = SocketAddr::from(([10, 9, 200, 3], 80));
+        let both = move |_: &str, p: u16| Ok(vec![inside(p), also_inside]);
+        assert_eq!(
+            l.check(Some(Caller::key(&k)), "web.internal:80", both),
+            Ok(vec![inside(80), also_inside])
+        );
+        let refused = "source web.internal:80 is not allowed by the router's policy (it \
+                       resolves to an address outside the allowed ranges); to allow it, add \
+                       `--allow web.internal:80` to the router";
         let r = l
-            .check(Some(Caller::key(&k)), "web.internal:80", outside)
+            .check(
+                Some(Caller::key(&k)),
+                "web.internal:80",
+                |_: &str, p: u16| Ok(vec![outside(p)]),
+            )
             .unwrap_err();
-        assert!(
-            r.message.contains("outside the allowed ranges"),
-            "{}",
-            r.message
+        assert_eq!(
+            (r.code, r.message.as_str()),
+            (RefusalCode::PolicyDenied, refused)
         );
+        // Every address must be allowed: one outside the ranges refuses the name,
+        // whichever comes first.
+        for mixed in [vec![inside(80), outside(80)], vec![outside(80), inside(80)]] {
+            let r = l
+                .check(
+                    Some(Caller::key(&k)),
+                    "web.internal:80",
+                    move |_: &str, _| Ok(mixed),
+                )
+                .unwrap_err();
+            assert_eq!(
+                (r.code, r.message.as_str()),
+                (RefusalCode::PolicyDenied, refused)
+            );
+        }
         // A port no rule mentions is refused before any lookup.
-        assert!(
-            l.check(Some(Caller::key(&k)), "web.internal:81", no_dns)
-                .is_err()
+        let r = l
+            .check(Some(Caller::key(&k)), "web.internal:81", no_dns)
+            .unwrap_err();
+        assert_eq!(
+            r.message,
+            "source web.internal:81 is not allowed by the router's policy; to allow it, add \
+             `--allow web.internal:81` to the router"
         );
     }
 
