@@ -150,6 +150,7 @@ fn a_file_tunnel_sends_the_proxy_header_it_names() {
     }
     let nginx = Nginx::start();
     let home = Home::with_keys();
+    let _cleanup = crate::manage::Cleanup(&home);
     let (_router, raddr) = home.router(Engine::Epoll, &[nginx.addr.to_string()]);
     let port = crate::harness::dead_port();
     let file = home.path().join("conduit.toml");

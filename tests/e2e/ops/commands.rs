@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{TOKEN, echo_through, router_api};
 use crate::harness::{Engine, Home, addr_in, assert_code};
 use crate::http::wait_for;
+use crate::manage::Cleanup;
 use crate::sources;
 
 #[test]
@@ -107,6 +108,7 @@ fn start_web(home: &Home, router: SocketAddr, source: SocketAddr, extra: &[&str]
 #[test]
 fn stats_health_and_logs_commands() {
     let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
     let source = sources::echo();
     let (_router, raddr, api) = router_api(&home, &[source.to_string()], &[]);
     let raddr_s = raddr.to_string();
@@ -208,6 +210,7 @@ fn stats_health_and_logs_commands() {
 #[test]
 fn logs_reads_and_follows_a_rotated_log_file() {
     let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
     let source = sources::echo();
     let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
     let log = home.path().join("var").join("web.log");
