@@ -6,11 +6,16 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a command run to completion may take before it is killed and the test
+/// fails: generous, for a loaded machine, yet a command that never exits does not
+/// hold up the suite.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn conduit_bin() -> &'static str {
     env!("CARGO_BIN_EXE_conduit")
@@ -36,10 +41,7 @@ impl Engine {
         match self {
             Engine::Epoll => true,
             Engine::Uring => {
-                let out = Command::new(conduit_bin())
-                    .arg("version")
-                    .output()
-                    .expect("run conduit version");
+                let out = output_of(Command::new(conduit_bin()).arg("version"));
                 String::from_utf8_lossy(&out.stdout).contains("io_uring")
             }
         }
@@ -128,9 +130,10 @@ impl Home {
         c
     }
 
-    /// Runs a command to completion; returns (exit status, stdout, stderr).
+    /// Runs a command to completion (within [`RUN_DEADLINE`]); returns (exit
+    /// status, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        let out = self.cmd().args(args).output().expect("run conduit");
+        let out = output_of(self.cmd().args(args));
         (
             out.status,
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -299,6 +302,82 @@ impl Home {
         args.extend_from_slice(extra);
         self.spawn(&args)
     }
+}
+
+/// Runs `cmd` to completion, its output collected, as [`Command::output`] does;
+/// after [`RUN_DEADLINE`] the command is killed and the test fails with what it
+/// wrote so far.
+#[track_caller]
+pub fn output_of(cmd: &mut Command) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let (done, ended) = mpsc::channel();
+    let stdout = collect(child.stdout.take().expect("piped"), done.clone());
+    let stderr = collect(child.stderr.take().expect("piped"), done);
+    let take = |b: &Arc<Mutex<Vec<u8>>>| {
+        std::mem::take(&mut *b.lock().unwrap_or_else(PoisonError::into_inner))
+    };
+    let deadline = Instant::now() + RUN_DEADLINE;
+    // Both outputs at their end, then the exit, which follows at once.
+    let mut open = 2;
+    let status = loop {
+        let now = Instant::now();
+        if open > 0 {
+            match ended.recv_timeout(deadline.saturating_duration_since(now)) {
+                Ok(()) => {
+                    open -= 1;
+                    continue;
+                }
+                // Both readers gone.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    open = 0;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        } else if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        } else if now < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{cmd:?} did not finish within {RUN_DEADLINE:?}; killed it.\nstdout so far:\n{}\nstderr so far:\n{}",
+            String::from_utf8_lossy(&take(&stdout)),
+            String::from_utf8_lossy(&take(&stderr))
+        );
+    };
+    std::process::Output {
+        status,
+        stdout: take(&stdout),
+        stderr: take(&stderr),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own into the buffer returned; says
+/// so on `done` then.
+fn collect(mut pipe: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Arc<Mutex<Vec<u8>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            g.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(&buf[..n]);
+        }
+        let _ = done.send(());
+    });
+    got
 }
 
 /// Whether `tool` is installed (it answers `tool version_arg`). Without it a test

@@ -126,7 +126,7 @@ fn up(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = crate::harness::output_of(&mut cmd);
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -361,7 +361,7 @@ fn a_token_set_on_the_command_line_stays_off_the_tunnels_command_lines() {
     let mut cmd = home.cmd();
     cmd.args(["up", "-f", file.to_str().unwrap(), "--set"])
         .arg(format!("security.token={token}"));
-    let out = cmd.output().unwrap();
+    let out = crate::harness::output_of(&mut cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_code(out.status, 0, &err);
     echo_through(&home, "secret");

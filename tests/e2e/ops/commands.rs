@@ -132,12 +132,11 @@ fn stats_health_and_logs_commands() {
         "{err}"
     );
     let out = wait_for("the router's stats to count the stream", || {
-        let out = home
-            .cmd()
-            .args(["stats", "--router", host])
-            .env("CONDUIT_API_TOKEN", TOKEN)
-            .output()
-            .unwrap();
+        let out = crate::harness::output_of(
+            home.cmd()
+                .args(["stats", "--router", host])
+                .env("CONDUIT_API_TOKEN", TOKEN),
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.contains("in 2.0 kB  out 2.0 kB").then_some(text)
     });
