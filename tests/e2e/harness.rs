@@ -3,7 +3,7 @@
 //! stops through the child's handle.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
@@ -412,6 +412,18 @@ pub fn addr_in(line: &str) -> SocketAddr {
 /// (`ip_local_port_range`), so that no connection made elsewhere in the suite takes
 /// it meanwhile (port 0 would hand out one of those).
 pub fn dead_port() -> u16 {
+    port_below_ephemeral(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// [`dead_port`] free for UDP as well: for a server a test starts on both (a DNS
+/// server), or on UDP alone.
+pub fn dead_udp_port() -> u16 {
+    port_below_ephemeral(|p| {
+        TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+    })
+}
+
+fn port_below_ephemeral(free: impl Fn(u16) -> bool) -> u16 {
     use rand::Rng;
     let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -420,7 +432,7 @@ pub fn dead_port() -> u16 {
     let below = 10_000..first_ephemeral.max(10_001);
     std::iter::repeat_with(|| rand::rng().random_range(below.clone()))
         .take(1_000)
-        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .find(|&p| free(p))
         .expect("a free port below the ephemeral range")
 }
 

@@ -6,10 +6,10 @@
 //! `tests/run.sh` installs nginx and Unbound.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 
-use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code, have};
+use crate::harness::{DEADLINE, Engine, Home, Proc, assert_code, dead_port, dead_udp_port, have};
 use crate::plain::PLAIN;
 
 /// nginx on a free loopback port, its listener expecting a PROXY header (v1 or v2,
@@ -24,12 +24,8 @@ impl Nginx {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
-        // nginx takes a port, not port 0: one the OS just handed out and took back.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // nginx takes a port, not port 0.
+        let port = dead_port();
         let conf = format!(
             "daemon off; master_process off; worker_processes 1;\n\
              pid {d}/nginx.pid; error_log {d}/error.log;\n\
@@ -55,11 +51,14 @@ impl Nginx {
                 .arg(&path),
         );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Up once it answers a request behind a header of ours with what it read.
         let deadline = std::time::Instant::now() + DEADLINE;
-        while TcpStream::connect(addr).is_err() {
+        while ask_directly(addr).as_deref()
+            != Some("HTTP/1.1 200 OK\r\n|127.0.0.9 1234 127.0.0.10 5678\n")
+        {
             assert!(
                 std::time::Instant::now() < deadline,
-                "nginx does not listen on {addr}: {}",
+                "nginx does not answer on {addr}: {}",
                 std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -70,6 +69,21 @@ impl Nginx {
             addr,
         }
     }
+}
+
+/// One HTTP request to nginx at `addr` behind a PROXY v1 header naming 127.0.0.9:1234
+/// to 127.0.0.10:5678: the status line and the body, joined by `|`; `None` if it
+/// does not answer.
+fn ask_directly(addr: SocketAddr) -> Option<String> {
+    let mut c = TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(DEADLINE)).ok()?;
+    c.write_all(b"PROXY TCP4 127.0.0.9 127.0.0.10 1234 5678\r\nGET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let status = head.lines().next()?;
+    Some(format!("{status}\r\n|{body}"))
 }
 
 /// One HTTP request through the tunnel at `taddr`: the body nginx answered, and
@@ -152,7 +166,7 @@ fn a_file_tunnel_sends_the_proxy_header_it_names() {
     let home = Home::with_keys();
     let _cleanup = crate::manage::Cleanup(&home);
     let (_router, raddr) = home.router(Engine::Epoll, &[nginx.addr.to_string()]);
-    let port = crate::harness::dead_port();
+    let port = dead_port();
     let file = home.path().join("conduit.toml");
     std::fs::write(
         &file,
@@ -216,12 +230,8 @@ impl Unbound {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
-        // Unbound takes a port, not port 0: one the OS just handed out and took back.
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Unbound takes a port, not port 0.
+        let port = dead_udp_port();
         let conf = format!(
             "server:\n\
              \x20 username: \"\"\n  chroot: \"\"\n  directory: \"{d}\"\n\

@@ -2,10 +2,10 @@
 //! redis-cli against Redis, and dig against dnsmasq through a UDP tunnel. The tools come from the OS; `.ci/run` installs them and
 //! sets CONDUIT_E2E_REQUIRE_TOOLS=1 so a missing tool fails there instead of skipping.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 
-use crate::harness::{DEADLINE, Engine, Home, Proc};
+use crate::harness::{Engine, Home, Proc, dead_port, dead_udp_port};
+use crate::http::wait_for;
 
 fn have(tool: &str) -> bool {
     let found = Command::new(tool)
@@ -24,26 +24,6 @@ fn have(tool: &str) -> bool {
     found
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something accepts connections on `port`.
-fn wait_listening(port: u16) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing listens on {port}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn curl_fetches_a_page_through_the_tunnel() {
     if !have("curl") || !have("python3") {
@@ -52,7 +32,7 @@ fn curl_fetches_a_page_through_the_tunnel() {
     let dir = tempfile::tempdir().unwrap();
     let body = crate::sources::pattern(7, 200_000);
     std::fs::write(dir.path().join("blob.bin"), &body).unwrap();
-    let port = free_port();
+    let port = dead_port();
     let _server = Proc::spawn(
         Command::new("python3")
             .args([
@@ -64,7 +44,23 @@ fn curl_fetches_a_page_through_the_tunnel() {
             ])
             .current_dir(dir.path()),
     );
-    wait_listening(port);
+    // Up once it serves the file itself.
+    wait_for("the HTTP server to serve the file", || {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://127.0.0.1:{port}/blob.bin"))
+            .output()
+            .ok()?;
+        (out.stdout == b"200").then_some(())
+    });
 
     let home = Home::with_keys();
     let source = format!("127.0.0.1:{port}");
@@ -90,7 +86,7 @@ fn redis_cli_talks_to_redis_through_the_tunnel() {
     if !have("redis-server") || !have("redis-cli") {
         return;
     }
-    let port = free_port();
+    let port = dead_port();
     let _server = Proc::spawn(Command::new("redis-server").args([
         "--port",
         &port.to_string(),
@@ -101,7 +97,14 @@ fn redis_cli_talks_to_redis_through_the_tunnel() {
         "--appendonly",
         "no",
     ]));
-    wait_listening(port);
+    // Up once it answers a PING itself.
+    wait_for("redis to answer PING", || {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+            .output()
+            .ok()?;
+        (out.stdout == b"PONG\n").then_some(())
+    });
 
     let home = Home::with_keys();
     let source = format!("127.0.0.1:{port}");
@@ -130,7 +133,7 @@ fn redis_cli_talks_to_redis_through_the_tunnel() {
 /// answer of about a kilobyte, more than the 512 bytes of classic DNS, carried in
 /// one datagram with EDNS).
 fn dnsmasq() -> (Proc, u16) {
-    let port = free_port();
+    let port = dead_udp_port();
     let big = vec!["x".repeat(200); 5].join(",");
     let server = Proc::spawn(Command::new("dnsmasq").args([
         "--keep-in-foreground",
@@ -145,8 +148,11 @@ fn dnsmasq() -> (Proc, u16) {
         &format!("--txt-record=big.conduit.test,{big}"),
         "--log-facility=-",
     ]));
-    // dnsmasq serves TCP on the same port: listening there means it is up.
-    wait_listening(port);
+    // Up once it answers a query itself.
+    wait_for("dnsmasq to answer", || {
+        dig_from(dead_udp_port(), port, 1, &["+short", "a.conduit.test", "A"])
+            .filter(|a| a == "10.9.8.7\n")
+    });
     (server, port)
 }
 
@@ -251,13 +257,9 @@ fn a_dns_probe_finds_a_silent_resolver_down_and_its_flows_move_to_the_live_one()
     let ask = |from: u16, wait: u32| {
         dig_from(from, taddr.port(), wait, &["+short", "a.conduit.test", "A"])
     };
-    let free = || {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    // A port of its own for each new flow, from below the range other sockets of
+    // the suite take theirs from.
+    let free = dead_udp_port;
     let (mut on_live, mut on_quiet) = (false, None);
     for _ in 0..10 {
         let from = free();

@@ -730,17 +730,6 @@ impl Drop for KillAll<'_> {
     }
 }
 
-/// A port free for both TCP and UDP on loopback right now.
-fn port_free_for_both() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 #[test]
 fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
     let home = Home::with_keys();
@@ -750,7 +739,7 @@ fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
         Engine::Epoll,
         &[udp_source.addr.to_string(), tcp_source.to_string()],
     );
-    let port = port_free_for_both();
+    let port = crate::harness::dead_udp_port();
     let file = home.path().join("conduit.toml");
     std::fs::write(
         &file,
