@@ -1,13 +1,15 @@
 //! The foundation: bytes through the tunnel, intact, under both io engines.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
-use std::time::Duration;
 
 use crate::both_engines;
 use crate::harness::{DEADLINE, Engine, Home};
+use crate::procfs::{tcp_sockets_on_port, wait_until};
 use crate::sources::{self, pattern, read_all_hashed, sha};
+use crate::users::{exchange, open_user};
 
 fn connect(addr: std::net::SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect to the tunnel");
@@ -142,22 +144,51 @@ pub(crate) fn echo_back_to_back(taddr: std::net::SocketAddr, count: u64) {
     }
 }
 
+/// A user connection that goes quiet is no idle channel: it outlives the router's
+/// idle timeout (`performance.idle_timeout_secs`, which closes unused channels) and
+/// works afterwards.
 #[test]
-fn idle_user_connection_stays_open_and_works_later() {
+fn a_quiet_user_connection_outlives_the_routers_idle_timeout() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     let source = sources::echo();
-    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let (router, raddr) = home.router_with(
+        engine,
+        &[source.to_string()],
+        &[
+            "--set",
+            "performance.idle_timeout_secs=1",
+            "--log-level",
+            "debug",
+        ],
+    );
     let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
-    let mut c = connect(taddr);
-    c.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    c.read_exact(&mut buf).unwrap();
-    // Quiet for a while (no buffers are held), then talk again.
-    thread::sleep(Duration::from_millis(300));
-    c.write_all(b"pong").unwrap();
-    c.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"pong");
+    let mut c = open_user(taddr);
+    // Quiet from here. The tunnel's ends of its connections to the router so far,
+    // those closed already too (TIME_WAIT): any other channel is opened later.
+    let before: HashSet<u16> = tcp_sockets_on_port(raddr.port())
+        .iter()
+        .flat_map(|(local, remote)| [local, remote])
+        .filter_map(|a| u16::from_str_radix(a.rsplit(':').next()?, 16).ok())
+        .collect();
+    // The router times out a channel opened since: it sat unused for a whole
+    // timeout, and the user's connection was quiet all along.
+    wait_until(
+        "the router to time out a channel opened after the user went quiet",
+        || {
+            let timed_out: Vec<SocketAddr> = router
+                .stderr()
+                .lines()
+                .filter_map(|l| l.split_once("idle channel timed out peer="))
+                .filter_map(|(_, p)| p.split_whitespace().next()?.parse().ok())
+                .collect();
+            (
+                timed_out.iter().any(|p| !before.contains(&p.port())),
+                timed_out,
+            )
+        },
+    );
+    exchange(&mut c, b"still open after the idle timeout");
 }
 
 /// A channel is reused as soon as the client has seen the router's `Eof`, so the
