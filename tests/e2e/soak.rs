@@ -322,8 +322,11 @@ fn soak(run_for: Duration, restart_every: Duration, transport: &[&str]) {
         router.wait_exit();
         restarts += 1;
         (router, _) = home.router_at(engine, &bind, &allow, &router_args);
+        // The tunnel serves through each new router, amid the traffic.
+        let back = wait_for_echo(taddr, format!("after restart {restarts}").as_bytes());
         eprintln!(
-            "{:>5.0}s: router restarted ({sig}); {} bulk and {} request/response done, {} interrupted",
+            "{:>5.0}s: router restarted ({sig}), echoing again after {back:?}; {} bulk and {} \
+             request/response done, {} interrupted",
             began.elapsed().as_secs_f64(),
             tally.bulk_done.load(Ordering::Relaxed),
             tally.rr_done.load(Ordering::Relaxed),
