@@ -104,17 +104,30 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
     let home = Home::with_keys();
     let client = home.ok(&["keys", "show", "--name", "client"]);
     let file = home.path().join("authorized_clients");
-    // Long enough for router and tunnel to come up on a loaded machine.
-    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
-    let at = humantime::format_rfc3339_seconds(until).to_string();
-    rewrite(&file, &format!("expires={at} {client}"));
+    let expires_in = |secs| {
+        humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(secs),
+        )
+        .to_string()
+    };
+    // Listed with an expiry an hour ahead while router and tunnel come up,
+    // however long that takes on a loaded machine.
+    let far = expires_in(3600);
+    rewrite(&file, &format!("expires={far} {client}"));
     let source = sources::echo();
     let (router, raddr) = home.router(engine, &[source.to_string()]);
     router.wait_stderr(&format!(
-        "client key admitted until {at} (expires= in authorized_clients)"
+        "client key admitted until {far} (expires= in authorized_clients)"
     ));
     let (mut tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
     let mut held = open_user(taddr);
+
+    // Then the line gets an expiry a few seconds ahead, announced with SIGHUP.
+    let at = expires_in(5);
+    rewrite(&file, &format!("expires={at} {client}"));
+    router.signal("HUP");
+    router.wait_stderr("(SIGHUP): 1 in all, 0 added, 0 removed");
+    router.wait_stderr("1 key(s) in authorized_clients carry an expiry time (expires=)");
 
     router.wait_stderr(
         "client key expired (expires= in authorized_clients): closing its streams and control \
