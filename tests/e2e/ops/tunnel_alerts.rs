@@ -131,8 +131,35 @@ fn a_background_tunnel_whose_router_never_answers_reports_it_without_showing_the
     assert!(cmdline.contains("--alert-after 1"), "{cmdline}");
     assert!(!cmdline.contains("SECRET-IN-URL"), "{cmdline}");
     // ... and `start` reads that variable: it says nothing of it being ignored.
-    let log = std::fs::read_to_string(home.path().join("logs/edge.log")).unwrap();
+    // Nor is the URL shown anywhere else: not in the log, which names the alert
+    // sent, nor by `start`, `list` or `status`.
+    let log_file = home.path().join("logs/edge.log");
+    let log = wait_for("the tunnel to log the alert sent", || {
+        std::fs::read_to_string(&log_file)
+            .ok()
+            .filter(|l| l.contains("alert sent"))
+    });
     assert!(!log.contains("is ignored"), "{log}");
+    let shown = [
+        ("the log", log),
+        ("start's output", format!("{out}{err}")),
+        (
+            "list",
+            home.ok(&["list", "--format", "json", "--connections"]),
+        ),
+        ("status", home.ok(&["status"])),
+        ("status as JSON", home.ok(&["status", "--format", "json"])),
+    ];
+    for (what, text) in shown {
+        assert!(
+            text.contains("edge"),
+            "{what} does not name the tunnel: {text}"
+        );
+        assert!(
+            !text.contains("SECRET-IN-URL"),
+            "the webhook's token is in {what}:\n{text}"
+        );
+    }
 }
 
 #[test]
