@@ -489,8 +489,19 @@ mod tests {
             at("router.key.old-1765000000"),
             UNIX_EPOCH.checked_add(Duration::from_secs(1_765_000_000))
         );
-        let by_hand = at("router.key.old").expect("a file left by hand");
-        assert!(by_hand.elapsed().unwrap() < Duration::from_secs(60));
+        // A file left by hand is dated by its modification time.
+        let by_hand = path("router.key.old");
+        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_123);
+        std::fs::File::options()
+            .write(true)
+            .open(&by_hand)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(
+            switched_at("router.key", "router.key.old", &by_hand),
+            Some(modified)
+        );
         for other in [
             "router.key.older",
             "router.key.old-",

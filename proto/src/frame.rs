@@ -195,12 +195,22 @@ mod tests {
         );
         // The same length is fine for payload.
         let h = [over[0], over[1], over[2], over[3], FrameType::Data as u8];
-        assert!(Header::parse(&h).is_ok());
-        let h = [0xff, 0xff, 0xff, 0xff, FrameType::Data as u8];
-        assert!(matches!(
+        assert_eq!(
             Header::parse(&h),
-            Err(ProtoError::FrameTooLarge { .. })
-        ));
+            Ok(Header {
+                typ: FrameType::Data,
+                body_len: MAX_CONTROL_BODY + 1
+            })
+        );
+        let h = [0xff, 0xff, 0xff, 0xff, FrameType::Data as u8];
+        assert_eq!(
+            Header::parse(&h),
+            Err(ProtoError::FrameTooLarge {
+                typ: FrameType::Data as u8,
+                len: u32::MAX,
+                max: MAX_DATA_BODY + 1
+            })
+        );
     }
 
     #[test]

@@ -311,7 +311,12 @@ mod tests {
             "invalid --source \"nope\": it has no port; expected HOST:PORT such as 10.2.0.2:8080 \
              or db.internal:5432"
         );
-        assert!(source_list("--source", ",").is_err());
+        // A list of no members is taken for one address, and refused as one.
+        assert_eq!(
+            source_list("--source", ",").unwrap_err().to_string(),
+            "invalid --source \",\": it has no port; expected HOST:PORT such as 10.2.0.2:8080 \
+             or db.internal:5432"
+        );
         for (bad, why) in [
             ("db.internal", "it has no port"),
             (":80", "\"\" is not a host name or IP address"),
