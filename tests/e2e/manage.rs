@@ -364,8 +364,17 @@ fn names_are_unique_and_unknown_names_are_errors() {
         err.contains("no tunnel named or with id \"ghost\" is running"),
         "{err}"
     );
-    let (status, _, err) = home.run(&["kill"]);
+    // Nothing named: a usage error that names the choices.
+    let (status, out, err) = home.run(&["kill"]);
     assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "error: the following required arguments were not provided:\n  \
+         <--tunnel <TUNNEL>|--all|--connection <CONNECTION>>\n\nUsage: conduit kill \
+         <--tunnel <TUNNEL>|--all|--connection <CONNECTION>>\n\nFor more information, try \
+         '--help'.\n"
+    );
 }
 
 #[test]

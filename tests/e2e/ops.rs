@@ -259,7 +259,7 @@ fn every_endpoint_answers_in_the_documented_envelope() {
 fn the_api_is_off_by_default_and_refuses_to_run_open_on_a_public_address() {
     let home = Home::with_keys();
     let (mut p, _) = home.router(Engine::Epoll, &[]);
-    p.stop();
+    assert_code(p.stop(), 0, &p.stderr());
     let lines = p.stdout();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with("router listening on "), "{lines:?}");
@@ -412,7 +412,7 @@ fn the_router_keeps_a_traffic_history_across_restarts() {
 
     // Started again on the same file, the router has the history it kept.
     drop(tunnel);
-    router.stop();
+    assert_code(router.stop(), 0, &router.stderr());
     let (_router, _, api) = router_api(&home, &[source.to_string()], &extra);
     let d = get(&api, "/api/v1/stats/history")["data"].clone();
     assert_eq!(

@@ -601,7 +601,7 @@ fn a_log_level_that_is_no_level_is_refused_and_warning_is_warn() {
     router.wait_stdout("router listening on");
     router.wait_stderr("WARN router.allow: no rule: clients can connect but may open no source");
     assert_eq!(router.stderr_count(" INFO "), 0, "{}", router.stderr());
-    router.stop();
+    assert_code(router.stop(), 0, &router.stderr());
 }
 
 /// `start --workers` is checked as the router's is (0-1024), before anything listens,

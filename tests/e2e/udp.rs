@@ -564,7 +564,17 @@ fn a_flow_the_router_refuses_is_not_counted() {
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let mut buf = [0u8; 64];
-    assert!(user.sock.recv_from(&mut buf).is_err());
+    let e = user
+        .sock
+        .recv_from(&mut buf)
+        .expect_err("a datagram came back to the refused user");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
 }
 
 #[test]
