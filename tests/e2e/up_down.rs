@@ -360,7 +360,10 @@ fn a_token_set_on_the_command_line_stays_off_the_tunnels_command_lines() {
     let file = write_file(&home, raddr.port(), &[("secret", source.clone())]);
     let mut cmd = home.cmd();
     cmd.args(["up", "-f", file.to_str().unwrap(), "--set"])
-        .arg(format!("security.token={token}"));
+        .arg(format!("security.token={token}"))
+        // A variable the tunnel inherits loses to the command line, as it does for
+        // `up` itself.
+        .env("CONDUIT_SECURITY_TOKEN", "an-older-token");
     let out = crate::harness::output_of(&mut cmd);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_code(out.status, 0, &err);
@@ -610,4 +613,85 @@ fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
     );
     assert_ne!(pid_of(&home, "alpha"), before);
     echo_through(&home, "alpha");
+}
+
+/// One file named two ways is one file: its tunnels are up to date whatever path
+/// `up` is given (relative paths in it resolve to the same files); and a file `up`
+/// cannot read again (a pipe) is refused before anything starts.
+#[test]
+fn up_takes_a_file_however_it_is_named_and_refuses_a_pipe() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let dir = home.path().join("etc");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("c.toml"),
+        format!(
+            "[router]\nhost = \"127.0.0.1\"\nport = {}\npublic_key = \"../keys/router.pub\"\n\
+             [security]\nprivate_key_path = \"../keys/client.key\"\n\
+             [performance]\nworkers = 1\nio_engine = \"epoll\"\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"{source}\"\nbind = \"127.0.0.1:0\"\n",
+            raddr.port()
+        ),
+    )
+    .unwrap();
+    let up_as = |path: &str| {
+        let mut cmd = home.cmd();
+        cmd.current_dir(home.path()).args(["up", "-f", path]);
+        let out = crate::harness::output_of(&mut cmd);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_code(out.status, 0, &err);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = up_as("etc/c.toml");
+    assert!(out.contains("started tunnel \"web\""), "{out}");
+    let pid = pid_of(&home, "web");
+    for path in ["etc/../etc/c.toml", "./etc/c.toml"] {
+        let out = up_as(path);
+        assert!(
+            out.starts_with("tunnel \"web\" is up to date"),
+            "{path}: {out}"
+        );
+    }
+    assert_eq!(pid_of(&home, "web"), pid);
+
+    // Its stdin here is /dev/null, no more a file on disk than a pipe is.
+    let mut cmd = home.cmd();
+    cmd.args(["up", "-f", "/dev/stdin"]);
+    let out = crate::harness::output_of(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_code(out.status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: /dev/stdin is not a regular file: each tunnel `up` starts reads the \
+         file again, so give one on disk (a pipe or /dev/stdin can be read only once)\n"
+    );
+}
+
+/// A tunnel stopped to restart on new settings that then cannot start is down, and
+/// `up` says so rather than only why the start failed.
+#[test]
+fn a_restart_that_fails_says_the_tunnel_is_down() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let file = write_slow_draining(&home, raddr.port(), &[("web", source)], &taken);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: tunnel \"web\" is down: it was stopped to restart, and could not \
+             start again: cannot listen on {taken}: Address already in use"
+        )),
+        "{err}"
+    );
+    assert!(list(&home).is_empty());
 }

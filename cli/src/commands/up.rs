@@ -27,10 +27,23 @@ use super::service::{self, Tunnel, log_flags};
 use super::start::{foreground, launch_detached, report_started};
 use super::{runtime, say};
 use crate::args::{LogArgs, LogFormat, ServiceKind, UpArgs};
-use crate::exit::{self, Failed};
+use crate::exit::{self, Failed, Usage};
 
 pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
-    let file = std::path::absolute(&a.file)?;
+    let file = file_path(&a.file)?;
+    // Each tunnel process reads the file again: a pipe (`-f /dev/stdin`, `<(…)`)
+    // would be empty for them.
+    if let Ok(m) = std::fs::metadata(&file)
+        && !m.is_file()
+        && !m.is_dir()
+    {
+        return Err(Usage(format!(
+            "{} is not a regular file: each tunnel `up` starts reads the file again, so \
+             give one on disk (a pipe or /dev/stdin can be read only once)",
+            a.file.display()
+        ))
+        .into());
+    }
     let sources = Sources {
         file: file.clone(),
         file_flag: "-f",
@@ -156,7 +169,7 @@ fn child_args(
 fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
     set.iter()
         .filter(|o| o.is_secret())
-        .map(|o| (o.env_name(), Secret::new(o.value.clone())))
+        .map(|o| (o.canonical_env_name(), Secret::new(o.value.clone())))
         .collect()
 }
 
@@ -218,10 +231,9 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
             let launching = &launching;
             async move {
                 if let Some(i) = own {
-                    stops[i]
-                        .clone()
-                        .await
-                        .map_err(|why| anyhow!("could not stop it to restart: {why}"))?;
+                    stops[i].clone().await.map_err(|why| {
+                        StopFailed(format!("could not stop it to restart: {why}"))
+                    })?;
                 }
                 for (e, s) in stopping.iter().zip(stops) {
                     if holds_port(&e.config, t.bind.port(), t.protocol) {
@@ -265,6 +277,15 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
         };
         match res {
             Ok(l) => report_started(verb, &t.name, &l),
+            // Its old process is gone: say so, it is not running on the old settings.
+            Err(e) if own.is_some() && e.downcast_ref::<StopFailed>().is_none() => failures.push((
+                format!(
+                    "tunnel {:?} is down: it was stopped to restart, and could not start again: \
+                     {e}",
+                    t.name
+                ),
+                exit::code_for(&e),
+            )),
             Err(e) => failures.push((format!("tunnel {:?}: {e}", t.name), exit::code_for(&e))),
         }
     }
@@ -279,6 +300,30 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     }
     .into())
 }
+
+/// `file` made absolute, with its directory's `.`, `..` and links resolved: one
+/// file named two ways (`rel/c.toml`, `../w/rel/c.toml`) makes one plan, whose
+/// paths, and so digests, are the same. The file's own name is kept as given: a
+/// link (a Kubernetes ConfigMap's file) stays the file the tunnels were started from.
+fn file_path(file: &std::path::Path) -> Result<std::path::PathBuf> {
+    let abs = std::path::absolute(file)?;
+    Ok(match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or(abs.clone(), |d| d.join(name)),
+        _ => abs,
+    })
+}
+
+/// A tunnel to restart that would not stop: it runs on, on its old settings.
+#[derive(Debug)]
+struct StopFailed(String);
+
+impl std::fmt::Display for StopFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StopFailed {}
 
 /// Whether the tunnel registered with `c` holds `port` for `protocol`: a TCP
 /// listener and a UDP socket share a port number without conflict, and port 0 (the

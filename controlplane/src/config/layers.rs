@@ -68,6 +68,13 @@ impl Override {
         }
     }
 
+    /// The variable that sets the same key ahead of any other: the one to hand a
+    /// process this value in (`CONDUIT_SECURITY_TOKEN` for `security.token`), which
+    /// wins over its short name (`CONDUIT_TOKEN`) the process may have inherited.
+    pub fn canonical_env_name(&self) -> String {
+        format!("CONDUIT_{}", self.key.replace('.', "_")).to_ascii_uppercase()
+    }
+
     /// A value a named flag sets (`--api-bind` sets `api.bind`).
     pub fn flag(flag: &str, key: &str, value: impl Into<String>) -> Self {
         Self {
@@ -482,6 +489,7 @@ mod tests {
         let token = Override::parse_set("security.token=t").unwrap();
         assert!(token.is_secret());
         assert_eq!(token.env_name(), "CONDUIT_TOKEN");
+        assert_eq!(token.canonical_env_name(), "CONDUIT_SECURITY_TOKEN");
         let hook = Override::parse_set("alerts.webhook=https://h/x").unwrap();
         assert!(hook.is_secret());
         assert_eq!(hook.env_name(), "CONDUIT_ALERTS_WEBHOOK");
