@@ -493,10 +493,25 @@ fn show_prints_only_the_errors_of_an_invalid_configuration() {
         [
             "error: performance.workers: expected an integer (0-1024), found \"abc\" (cli --set \
              performance.workers)",
-            "conduit: error: conduit.toml has 1 error; fix it and run `conduit config validate -f conduit.toml` again"
+            "conduit: error: 1 error in the settings given with conduit.toml (--set \
+             performance.workers); fix it and run this command again"
         ]
     );
     assert_eq!(out.status.code(), Some(64));
+    // An error of the file's own still points at `validate`.
+    let out = s.run(
+        &["config", "show", "--set", "performance.workers=abc"],
+        &[("CONDUIT_ROUTER_PORT", "1000")],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    s.write("conduit.toml", "[router]\nhost = \"10.2.0.1\"\nprt = 1\n");
+    let out = s.run(&["config", "show", "--set", "performance.workers=abc"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).ends_with("and run `conduit config validate -f conduit.toml` again\n"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A value clap refuses names the variable it came from: its own message names only

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::config::{
-    self, Env, Format, Loaded, Problem, Report, Role, Severity, Sources,
+    self, Env, Format, Loaded, Origin, Problem, Report, Role, Severity, Sources,
 };
 
 use super::say;
@@ -201,6 +201,24 @@ pub(crate) fn fail(name: &str, role: Role, report: &Report) -> Result<()> {
              is, check it with `{other}`; otherwise fix them and run `{again}` again",
             plural(errors, "error"),
             report.other_kind,
+        ))
+        .into());
+    }
+    // Errors of values the environment or the command line gave are not the file's:
+    // `validate -f FILE` alone would find it valid.
+    let outside: Vec<String> = (report.errors())
+        .filter_map(|p| match &p.origin {
+            Some(Origin::Env(var)) => Some(var.clone()),
+            Some(Origin::Cli(flag)) => Some(flag.clone()),
+            _ => None,
+        })
+        .collect();
+    if outside.len() == errors {
+        return Err(Usage(format!(
+            "{} in the settings given with {name} ({}); fix {} and run this command again",
+            plural(errors, "error"),
+            outside.join(", "),
+            if errors == 1 { "it" } else { "them" }
         ))
         .into());
     }

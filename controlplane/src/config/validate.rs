@@ -95,7 +95,15 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
     }
     token_file(c.security.token.is_some(), "security.token", &mut out);
     performance(&c.performance, false, &mut out);
-    logging(&c.logging, &mut out);
+    if c.logging.file.is_some() {
+        out.warn(
+            "logging.file",
+            "only a router's file sends its log to a file: each tunnel `up` starts logs to \
+             $CONDUIT_HOME/logs/NAME.log (`conduit logs NAME`), and under `up --foreground` \
+             to its stderr; remove logging.file (and rotation, keep) here"
+                .to_owned(),
+        );
+    }
     alerts(&c.alerts, &mut out);
     tunnels(c, &mut out);
     out.list

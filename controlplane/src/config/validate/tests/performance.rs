@@ -11,14 +11,28 @@ fn limits_must_agree_and_log_directories_exist() {
         "[performance]\ndefault_bandwidth_limit = 1000\nburst_bandwidth_limit = 10\n\
          [logging]\nfile = \"no/such/dir/conduit.log\"\n",
     );
+    // A client's file has no log file to check: its tunnels log where `up` puts them.
     assert_eq!(
         check(&f, &text),
         [
-            "error: logging.file: directory $DIR/no/such/dir does not exist; create it or \
-             choose another file ($F:13)",
             "warning: performance.burst_bandwidth_limit: 10 bytes is less than one TLS record \
              (16384): a limited tunnel then relays in pieces that small, at more CPU per byte; \
              give 16384 or more (0: one second's worth) ($F:11)",
+            "warning: logging.file: only a router's file sends its log to a file: each tunnel \
+             `up` starts logs to $CONDUIT_HOME/logs/NAME.log (`conduit logs NAME`), and under \
+             `up --foreground` to its stderr; remove logging.file (and rotation, keep) here \
+             ($F:13)",
+        ]
+    );
+    let text = "[logging]\nfile = \"no/such/dir/router.log\"\n";
+    assert_eq!(
+        router(&f, text, &[])
+            .into_iter()
+            .filter(|l| l.contains("logging.file"))
+            .collect::<Vec<_>>(),
+        [
+            "error: logging.file: directory $DIR/no/such/dir does not exist; create it or \
+          choose another file ($F:2)"
         ]
     );
 }
