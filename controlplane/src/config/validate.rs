@@ -205,6 +205,18 @@ fn api(a: &ApiConfig, out: &mut Out<'_>) {
         }
     };
     if !a.enabled {
+        // An address given for an API left off: most likely it was meant to be on.
+        if !matches!(out.origins.get("api.bind"), Origin::Default)
+            && matches!(out.origins.get("api.enabled"), Origin::Default)
+        {
+            out.warn(
+                "api.bind",
+                "the API is off, so this address is not used: turn it on with enabled = true \
+                 under [api] (CONDUIT_API_ENABLED=true, or --api / --api-bind on the command \
+                 line)"
+                    .to_owned(),
+            );
+        }
         return;
     }
     if !a.auth && !addr.ip().is_loopback() {

@@ -190,3 +190,27 @@ fn a_watched_source_no_rule_admits_is_a_warning() {
         ]
     );
 }
+
+#[test]
+fn an_api_address_for_an_api_left_off_is_a_warning() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), "").unwrap();
+    let warning = "warning: api.bind: the API is off, so this address is not used: turn it on \
+                   with enabled = true under [api] (CONDUIT_API_ENABLED=true, or --api / \
+                   --api-bind on the command line)";
+    let api = |lines: Vec<String>| -> Vec<String> {
+        lines.into_iter().filter(|l| l.contains("api.")).collect()
+    };
+    assert_eq!(
+        api(router(&f, "[api]\nbind = \"127.0.0.1:9991\"\n", &[])),
+        [format!("{warning} ($F:2)")]
+    );
+    assert_eq!(
+        api(router(&f, "", &[("CONDUIT_API_BIND", "127.0.0.1:9991")])),
+        [format!("{warning} (env CONDUIT_API_BIND)")]
+    );
+    // Off on purpose, or left at its default address: nothing to say.
+    let off = "[api]\nenabled = false\nbind = \"127.0.0.1:9991\"\n";
+    assert!(api(router(&f, off, &[])).is_empty());
+    assert!(api(router(&f, "", &[])).is_empty());
+}
