@@ -417,7 +417,8 @@ impl Kind {
             m
         };
         match (self, v) {
-            (Kind::Str | Kind::Path | Kind::KeyOrPath, Value::String(s)) => non_empty(s),
+            (Kind::Path, Value::String(s)) => non_empty(s).and_then(|()| no_tilde(s)),
+            (Kind::Str | Kind::KeyOrPath, Value::String(s)) => non_empty(s),
             (Kind::Int { min, max }, Value::Integer(n)) => in_range(*n, min, max),
             (Kind::Bool, Value::Boolean(_)) => Ok(()),
             (Kind::Choice(words), Value::String(s)) => choice(words, s),
@@ -467,6 +468,9 @@ impl Kind {
         match self {
             Kind::Str | Kind::Path | Kind::KeyOrPath => {
                 non_empty(s)?;
+                if self == Kind::Path {
+                    no_tilde(s)?;
+                }
                 Ok(Value::String(s.to_owned()))
             }
             Kind::Int { min, max } => {
@@ -520,6 +524,19 @@ fn in_range(n: i64, min: i64, max: i64) -> Result<(), String> {
 fn non_empty(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {
         Err("is empty; give a value or remove the line".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// A path is taken as written: no shell reads a file or a variable to expand `~`.
+fn no_tilde(s: &str) -> Result<(), String> {
+    if s == "~" || s.starts_with("~/") {
+        Err(format!(
+            "{s:?} starts with ~, which is not expanded here (no shell reads this value): \
+             write the home directory in full, such as /home/USER{}",
+            &s[1..]
+        ))
     } else {
         Ok(())
     }

@@ -45,6 +45,20 @@ fn router_keys_are_checked_inline_and_as_files() {
 }
 
 #[test]
+fn a_path_starting_with_a_tilde_is_refused_with_the_fix() {
+    let f = Fixture::new();
+    let text = f.client_text("[security]\nprivate_key_path = \"~/keys/client.key\"\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: security.private_key_path: \"~/keys/client.key\" starts with ~, which is \
+             not expanded here (no shell reads this value): write the home directory in full, \
+             such as /home/USER/keys/client.key ($F:10)"
+        ]
+    );
+}
+
+#[test]
 fn the_private_key_must_exist_and_be_private() {
     let f = Fixture::new();
     let text = f.client_text("[security]\nprivate_key_path = \"nope.key\"\n");
