@@ -695,3 +695,35 @@ fn a_restart_that_fails_says_the_tunnel_is_down() {
     );
     assert!(list(&home).is_empty());
 }
+
+/// A tunnel name another file's tunnel has is refused, naming that file and how to
+/// stop its tunnels.
+#[test]
+fn a_name_another_file_runs_is_refused_naming_that_file() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let written = write_file(&home, raddr.port(), &[("web", source)]);
+    let (first, second) = (home.path().join("a.toml"), home.path().join("b.toml"));
+    std::fs::copy(&written, &first).unwrap();
+    std::fs::copy(&written, &second).unwrap();
+    let (status, _, err) = up(&home, &first, &[]);
+    assert_code(status, 0, &err);
+    let (status, _, err) = up(&home, &second, &[]);
+    assert_code(status, 64, &err);
+    let (a, b) = (first.display(), second.display());
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("conduit: error:"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "conduit: error: tunnel \"web\": the name is taken by a tunnel started from {a}, not \
+             from {b} (id web-"
+        )) && line.ends_with(&format!(
+            "stop it with `conduit down -f {a}` or rename one of them"
+        )),
+        "{err}"
+    );
+}

@@ -182,11 +182,21 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
     let file = plan.file.display();
     let mut failures = Vec::new();
     for (t, e) in &actions.conflict {
+        let (whose, stop) = match &e.config.file {
+            Some(other) => (
+                format!("started from {}", other.display()),
+                format!("`conduit down -f {}`", other.display()),
+            ),
+            None => (
+                "started by `conduit start`".to_owned(),
+                format!("`conduit kill --tunnel {}`", t.name),
+            ),
+        };
         failures.push((
             format!(
-                "tunnel {:?}: the name is taken by a tunnel not started from {file} (id {}, pid \
-                 {}); stop it with `conduit kill --tunnel {}` or rename one of them",
-                t.name, e.tunnel_id, e.pid, t.name
+                "tunnel {:?}: the name is taken by a tunnel {whose}, not from {file} (id {}, pid \
+                 {}); stop it with {stop} or rename one of them",
+                t.name, e.tunnel_id, e.pid
             ),
             exit::USAGE,
         ));
