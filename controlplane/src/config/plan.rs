@@ -67,6 +67,12 @@ impl TunnelPlan {
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
+        // What a tunnel ignores (a router's setting in the shared section) is left
+        // out: changing it restarts nothing.
+        let performance = PerformanceConfig {
+            max_pending_handshakes: PerformanceConfig::default().max_pending_handshakes,
+            ..self.performance.clone()
+        };
         let text = format!(
             "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}",
             self.name,
@@ -79,7 +85,7 @@ impl TunnelPlan {
             self.bind,
             self.protocol,
             self.transport,
-            self.performance,
+            performance,
             self.key_rotation_days,
             self.failback_secs,
         );

@@ -612,3 +612,20 @@ fn cipher_suites_reach_the_plan_and_bad_names_are_named() {
         ]
     );
 }
+
+/// A router's setting in the shared `[performance]` section does not change a
+/// tunnel's digest (`up` restarts nothing for it); a tunnel's own does.
+#[test]
+fn only_what_a_tunnel_uses_changes_its_digest() {
+    let f = Fixture::new();
+    let digest = |extra: &str| {
+        let plan = plan_tunnels(&f.sources(&f.client_text(extra), &[], &[])).unwrap();
+        plan.tunnels[0].digest()
+    };
+    let default = digest("");
+    assert_eq!(
+        digest("[performance]\nmax_pending_handshakes = 10\n"),
+        default
+    );
+    assert_ne!(digest("[performance]\npool_size = 3\n"), default);
+}
