@@ -104,6 +104,7 @@ mod tests {
                     balance: false,
                     performance: PerformanceConfig::default(),
                     alerts: crate::config::AlertsConfig::default().tunnel_settings(n),
+                    logging: LoggingConfig::default(),
                 })
                 .collect(),
             logging: LoggingConfig::default(),

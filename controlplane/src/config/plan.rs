@@ -58,6 +58,9 @@ pub struct TunnelPlan {
     pub performance: PerformanceConfig,
     /// `[alerts]`: where the tunnel reports its router link.
     pub alerts: TunnelAlerts,
+    /// `[logging]` of the file: the level and format the tunnel runs with (unless
+    /// `up`'s own flags say otherwise).
+    pub logging: LoggingConfig,
 }
 
 impl TunnelPlan {
@@ -99,6 +102,11 @@ impl TunnelPlan {
         }
         if !self.suites.is_default() {
             h.update(format!("|suites|{}", self.suites).as_bytes());
+        }
+        let (level, format) = (self.logging.level.as_str(), self.logging.format.as_str());
+        let default = LoggingConfig::default();
+        if (level, format) != (default.level.as_str(), default.format.as_str()) {
+            h.update(format!("|logging|{level}|{format}").as_bytes());
         }
         if let Some(v) = self.proxy_protocol {
             h.update(format!("|proxy_protocol|{v}").as_bytes());
@@ -275,6 +283,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             balance: c.router.balance,
             performance: c.performance.clone(),
             alerts: c.alerts.tunnel_settings(name),
+            logging: c.logging.clone(),
         });
     }
     let env_vars = loaded.origins.env_vars();

@@ -628,4 +628,8 @@ fn only_what_a_tunnel_uses_changes_its_digest() {
         default
     );
     assert_ne!(digest("[performance]\npool_size = 3\n"), default);
+    // The log's level and format are the tunnel's too.
+    assert_eq!(digest("[logging]\nlevel = \"info\"\n"), default);
+    assert_ne!(digest("[logging]\nlevel = \"debug\"\n"), default);
+    assert_ne!(digest("[logging]\nformat = \"json\"\n"), default);
 }
