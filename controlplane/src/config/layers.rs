@@ -268,7 +268,22 @@ impl Merge {
             for key in section.keys {
                 let canonical = section.env_name(key);
                 let names = std::iter::once(canonical.as_str()).chain(key.aliases.iter().copied());
-                if let Some((var, text)) = sources.env.first(names) {
+                if let Some((var, text)) = sources.env.first(names.clone()) {
+                    // Two names for one key that disagree: the first wins, said.
+                    let losers: Vec<&str> = names
+                        .filter(|n| *n != var)
+                        .filter(|n| sources.env.first([*n]).is_some_and(|(_, t)| t != text))
+                        .collect();
+                    if !losers.is_empty() {
+                        self.report.push(Problem::warning(
+                            format!("{}.{}", section.name, key.name),
+                            format!(
+                                "{var} and {} are both set, to different values: {var} wins; \
+                                 unset one of them",
+                                losers.join(", ")
+                            ),
+                        ));
+                    }
                     let var = var.to_owned();
                     self.set(section, key, text, Origin::Env(var));
                 }

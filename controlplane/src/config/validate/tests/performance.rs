@@ -95,3 +95,32 @@ fn heartbeats_are_a_tunnel_setting() {
         ]
     );
 }
+
+/// A key's two variables set to different values: the long name wins, and a
+/// warning names both.
+#[test]
+fn two_variables_for_one_key_that_disagree_are_a_warning() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), "").unwrap();
+    let lines = |env: &[(&str, &str)]| -> Vec<String> {
+        router(&f, "", env)
+            .into_iter()
+            .filter(|l| l.contains("performance.workers"))
+            .collect()
+    };
+    assert_eq!(
+        lines(&[
+            ("CONDUIT_PERFORMANCE_WORKERS", "3"),
+            ("CONDUIT_WORKERS", "5")
+        ]),
+        [
+            "warning: performance.workers: CONDUIT_PERFORMANCE_WORKERS and CONDUIT_WORKERS are \
+          both set, to different values: CONDUIT_PERFORMANCE_WORKERS wins; unset one of them"
+        ]
+    );
+    let agree = [
+        ("CONDUIT_PERFORMANCE_WORKERS", "3"),
+        ("CONDUIT_WORKERS", "3"),
+    ];
+    assert_eq!(lines(&agree), Vec::<String>::new());
+}
