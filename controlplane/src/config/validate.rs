@@ -316,13 +316,29 @@ pub fn webhook_url(u: &str) -> Result<(), String> {
         .parse::<hyper::Uri>()
         .ok()
         .filter(|uri| matches!(uri.scheme_str(), Some("http" | "https")))
-        .and_then(|uri| uri.host().map(|h| !h.is_empty()))
+        .and_then(|uri| {
+            // A port the URI type takes as text, past what a port can be: refused.
+            let port_ok = uri.authority().is_none_or(|a| {
+                let host_port = a.as_str().rsplit('@').next().unwrap_or_default();
+                match host_port.rsplit_once(':') {
+                    // `[::1]`: the colons are the address's.
+                    _ if host_port.ends_with(']') => true,
+                    Some((_, port)) => port.parse::<u16>().is_ok_and(|n| n > 0),
+                    None => true,
+                }
+            });
+            uri.host().map(|h| !h.is_empty() && port_ok)
+        })
         .unwrap_or(false);
     if ok {
         Ok(())
     } else {
         // The URL itself is not repeated: it may hold a token.
-        Err("not an http:// or https:// URL with a host; give the full webhook URL".into())
+        Err(
+            "not an http:// or https:// URL with a host (and a port 1-65535, if any); give the \
+             full webhook URL"
+                .into(),
+        )
     }
 }
 

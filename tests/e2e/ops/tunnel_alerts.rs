@@ -175,8 +175,8 @@ fn a_bad_alert_url_is_refused_before_anything_starts() {
     assert_eq!(out, "");
     assert_eq!(
         err,
-        "conduit: error: --alert-slack: not an http:// or https:// URL with a host; give the \
-         full webhook URL\n"
+        "conduit: error: --alert-slack: not an http:// or https:// URL with a host (and a port \
+         1-65535, if any); give the full webhook URL\n"
     );
 }
 

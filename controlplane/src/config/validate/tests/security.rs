@@ -110,3 +110,32 @@ fn a_token_in_a_readable_file_is_a_warning() {
         ]
     );
 }
+
+#[test]
+fn webhook_urls_need_a_scheme_a_host_and_a_real_port() {
+    use crate::config::webhook_url;
+    for good in [
+        "https://h/x",
+        "http://10.0.0.1:8080/hook",
+        "https://[::1]:443/",
+    ] {
+        assert_eq!(webhook_url(good), Ok(()), "{good}");
+    }
+    for bad in [
+        "h/x",
+        "ftp://h/x",
+        "http://h:99999/x",
+        "http://h:0/x",
+        "https:///x",
+    ] {
+        assert_eq!(
+            webhook_url(bad),
+            Err(
+                "not an http:// or https:// URL with a host (and a port 1-65535, if any); give \
+                 the full webhook URL"
+                    .to_owned()
+            ),
+            "{bad}"
+        );
+    }
+}
