@@ -64,10 +64,18 @@ impl FileDoc {
             fatal(why)
         })?;
         let text = String::from_utf8(text).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let before = &e.as_bytes()[..at];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = at
+                - before
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
             fatal(format!(
-                "{} is not UTF-8 text (first bad byte at offset {}); save it as UTF-8",
+                "{}:{line}:{column}: not UTF-8 text (byte {at}); save the file as UTF-8",
                 path.display(),
-                e.utf8_error().valid_up_to()
             ))
         })?;
         Self::parse(path, &text)
@@ -280,6 +288,21 @@ mod tests {
                 "c.toml:2:8: invalid TOML: 99999999999999999999 is outside what a TOML integer \
                  holds (±9223372036854775807); give a value in the key's range"
             ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_named_with_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, b"[router]\nhost = \"r\xe9seau\"\n").unwrap();
+        let err = FileDoc::read(&path, Role::Client, "-f").unwrap_err();
+        assert_eq!(
+            msgs(err),
+            [format!(
+                "{}:2:10: not UTF-8 text (byte 18); save the file as UTF-8",
+                path.display()
+            )]
         );
     }
 
