@@ -145,6 +145,15 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
     );
     assert!(list_json(&home).is_empty());
     assert_eq!(registry_files(&home), 0);
+    // Its log says what ended the stream: the forced stop, not a deadline.
+    let log = home.ok(&["logs", "web"]);
+    assert!(
+        log.contains(
+            "user connection closed: a later stop (kill --force, or a shorter \
+             --drain-timeout) cut the drain short"
+        ),
+        "{log}"
+    );
 }
 
 /// `--drain-timeout 0` closes open connections at once, whatever the tunnel's own
