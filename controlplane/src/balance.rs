@@ -212,7 +212,9 @@ impl Balancer {
     }
 
     /// Why the health checks report every member of `target` down (TCP: streams
-    /// are TCP, and UDP probes say nothing about them); `None` if any is not.
+    /// are TCP, and UDP probes say nothing about them); `None` if any is not. A
+    /// member down whose latest probe passed (not yet enough in a row to be up) is
+    /// still down: the first stream that connects to it marks it up.
     fn down_why(&self, target: &str) -> Option<String> {
         let monitor = self.monitor()?;
         let view = monitor.view();
@@ -225,7 +227,7 @@ impl Balancer {
         {
             return None;
         }
-        let mut why = None;
+        let (mut why, mut members) = (None, 0);
         for member in source_members(target) {
             let s = view
                 .sources
@@ -233,8 +235,11 @@ impl Balancer {
                 .filter(tcp)
                 .find(|s| s.target == member && s.state == SourceState::Down)?;
             why = why.or(s.last_error.clone());
+            members += 1;
         }
-        why
+        (members > 0).then(|| {
+            why.unwrap_or_else(|| "its latest probe passed, not yet enough in a row".into())
+        })
     }
 
     /// A TCP stream to `target` failed to connect with `error` (see
