@@ -383,6 +383,15 @@ fn the_router_keeps_a_traffic_history_across_restarts() {
         bad.json()["error"]["message"],
         "window_secs must be a whole number of seconds, at least 1, not \"soon\""
     );
+    // A window longer than any number of seconds holds: all of the history.
+    let all = curl(
+        "GET",
+        &format!("{api}/api/v1/stats/history?window_secs=99999999999999999999"),
+        Some(TOKEN),
+        &[],
+    );
+    assert_eq!(all.status, 200, "{}", all.body);
+    assert_eq!(all.json()["data"]["window_secs"], u64::MAX);
 
     // The command line shows the samples and the summary.
     let out = home.ok(&["stats", "--router", &api, "--api-token", TOKEN, "--history"]);

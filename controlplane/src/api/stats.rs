@@ -106,6 +106,10 @@ pub(crate) async fn history(
         None => None,
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n >= 1 => Some(std::time::Duration::from_secs(n)),
+            // More seconds than a u64 holds: longer than any history, so all of it.
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => {
+                Some(std::time::Duration::from_secs(u64::MAX))
+            }
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "window_secs must be a whole number of seconds, at least 1, not {v:?}"
