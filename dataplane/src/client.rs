@@ -208,6 +208,9 @@ impl ClientCore {
         if let Ok(user) = Socket::new(stream) {
             user.abort();
         }
+        // Counted among the connections, as failed (as a router counts what it
+        // refuses): failed is never more than total.
+        self.core.stats.opened.fetch_add(1, Relaxed);
         self.core.stats.fail(ErrorKind::UserNotAllowed);
         self.stranger_said(peer, "refused a user connection");
     }
@@ -235,6 +238,7 @@ impl ClientCore {
         if let Ok(user) = Socket::new(stream) {
             user.abort();
         }
+        self.core.stats.opened.fetch_add(1, Relaxed);
         self.core.stats.fail(ErrorKind::LimitReached);
         if let Some(held) = self.refusals.admit() {
             let max = self.spec.limit.max();

@@ -26,7 +26,9 @@ pub enum ErrorKind {
     PolicyRefused,
     /// The router could not connect the source.
     SourceUnreachable,
-    /// The router could not open the source (client side: the router said so).
+    /// The router refused to open the stream (client side, whatever the router's
+    /// reason: its allow-list, its connection limit, a source it cannot reach; the
+    /// log line and `status` name it, the router's own metrics count it by kind).
     OpenFailed,
     /// No channel to the router (link down, or none in time) (client side).
     RouterUnreachable,
@@ -598,6 +600,13 @@ impl ConnTable {
     /// Asks every connection to stop.
     pub(crate) fn kill_all(&self, reason: &str) {
         self.kill_riding(|_| true, reason);
+    }
+
+    /// Calls `f` with each open connection's target, and whether it is a UDP flow.
+    pub(crate) fn for_each_target(&self, mut f: impl FnMut(&str, bool)) {
+        for e in self.entries.borrow().values() {
+            f(&e.target, e.datagrams);
+        }
     }
 
     /// Calls `f` with each open connection's client and byte counts.

@@ -145,10 +145,22 @@ impl UsageBook {
                 .map(|(s, t)| (s.clone(), now.duration_since(*t)))
                 .collect()
         };
+        let (mut sources, mut udp_sources): (HashMap<_, _>, HashMap<_, _>) =
+            (ago(&self.sources), ago(&self.udp_sources));
+        // A source a stream or flow still uses is in use now, however long ago it
+        // was opened: the health checks go on watching it.
+        conns.for_each_target(|target, datagrams| {
+            let m = if datagrams {
+                &mut udp_sources
+            } else {
+                &mut sources
+            };
+            m.insert(target.to_owned(), Duration::ZERO);
+        });
         Usage {
             clients,
-            sources: ago(&self.sources),
-            udp_sources: ago(&self.udp_sources),
+            sources,
+            udp_sources,
         }
     }
 }
@@ -183,6 +195,38 @@ mod tests {
         all.merge(r);
         assert_eq!(all.clients[&k].bytes_down, 44);
         assert_eq!(all.sources.len(), 1);
+    }
+
+    /// A source opened long ago (or dropped from the map) that a stream still uses
+    /// is reported in use now: it stays health-checked.
+    #[test]
+    fn a_source_with_an_open_stream_is_in_use_now() {
+        use crate::stats::{ConnEntry, Rides};
+        let book = UsageBook::default();
+        let conns = ConnTable::default();
+        for (id, target, datagrams) in [(1, "10.0.0.9:80", false), (2, "10.0.0.9:53", true)] {
+            conns.insert(
+                id,
+                ConnEntry {
+                    peer: None,
+                    target: target.into(),
+                    started: Instant::now(),
+                    counters: Default::default(),
+                    kill: None,
+                    rides: Rides::Nothing,
+                    datagrams,
+                },
+            );
+        }
+        let r = book.report(&conns);
+        assert_eq!(
+            r.sources,
+            HashMap::from([("10.0.0.9:80".to_owned(), Duration::ZERO)])
+        );
+        assert_eq!(
+            r.udp_sources,
+            HashMap::from([("10.0.0.9:53".to_owned(), Duration::ZERO)])
+        );
     }
 
     #[test]

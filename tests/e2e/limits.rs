@@ -58,6 +58,14 @@ both_engines!(
                     && l.ends_with(",kind=\"limit_reached\"} 1")),
             "{metrics}"
         );
+        // And among its connections, as a router counts what it refuses: never
+        // more failed than in all.
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("conduit_connections_total{") && l.ends_with("} 3")),
+            "{metrics}"
+        );
         still_works(&mut a, b"a is unharmed");
         still_works(&mut b, b"b is unharmed");
 
