@@ -232,12 +232,35 @@ impl Problem {
 }
 
 /// `router.port: 70000 is out of range; use 1-65535 (conduit.toml:3)`.
+/// The most of a problem's message shown: one quoting a value of 100 kB (a
+/// mistake, most likely) is cut in its middle.
+const MESSAGE_SHOWN: usize = 1000;
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
-        f.write_str(&self.message)?;
+        let m = &self.message;
+        if m.len() <= MESSAGE_SHOWN {
+            f.write_str(m)?;
+        } else {
+            let half = MESSAGE_SHOWN / 2;
+            let head = (0..=half)
+                .rev()
+                .find(|&i| m.is_char_boundary(i))
+                .unwrap_or(0);
+            let tail = (m.len() - half..=m.len())
+                .find(|&i| m.is_char_boundary(i))
+                .unwrap_or(m.len());
+            write!(
+                f,
+                "{}… ({} bytes left out) …{}",
+                &m[..head],
+                tail - head,
+                &m[tail..]
+            )?;
+        }
         match &self.origin {
             Some(o) => write!(f, " ({o})"),
             None => Ok(()),

@@ -633,3 +633,24 @@ fn only_what_a_tunnel_uses_changes_its_digest() {
     assert_ne!(digest("[logging]\nlevel = \"debug\"\n"), default);
     assert_ne!(digest("[logging]\nformat = \"json\"\n"), default);
 }
+
+/// A problem quoting a huge value is shown cut in its middle, whole at both ends.
+#[test]
+fn a_problem_with_a_huge_message_is_cut_in_the_middle() {
+    let f = Fixture::new();
+    let host = "é".repeat(50_000);
+    let text = f
+        .client_text("")
+        .replacen("host = \"10.2.0.1\"", &format!("host = \"{host}\""), 1);
+    let err = plan_tunnels(&f.sources(&text, &[], &[])).unwrap_err();
+    let line = err
+        .problems
+        .iter()
+        .find(|p| p.path == "router.host")
+        .map(ToString::to_string)
+        .unwrap();
+    assert!(line.len() < 1200, "{} bytes", line.len());
+    assert!(line.starts_with("router.host: "), "{line}");
+    assert!(line.contains(" bytes left out) …"), "{line}");
+    assert!(line.ends_with("/conduit.toml:2)"), "{line}");
+}
