@@ -601,6 +601,14 @@ fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
         (stopping, ())
     });
     let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
+    // `up` has found it stopping once it asks it to stop too.
+    crate::procfs::wait_until("up to ask alpha to stop", || {
+        let log = home.ok(&["logs", "alpha"]);
+        (
+            log.contains("asked to stop (conduit kill, down or up) while stopping"),
+            (),
+        )
+    });
     // The drain goes on until its last user leaves.
     echo_on(&mut held, b"still draining");
     drop(held);

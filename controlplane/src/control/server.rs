@@ -10,7 +10,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::pb;
 use super::pb::tunnel_control_server::{TunnelControl, TunnelControlServer};
@@ -257,6 +257,12 @@ impl TunnelControl for ControlState {
         };
         let open = self.dp.totals().active.min(i32::MAX as u64) as i32;
         let draining = self.shutdown.borrow().is_some();
+        info!(
+            force = r.force,
+            open,
+            "asked to stop (conduit kill, down or up){}",
+            if draining { " while stopping" } else { "" }
+        );
         if order_shutdown(&self.shutdown, drain) && draining {
             // The tunnel is draining already (the API answers until the process
             // exits): this request shortens the drain under way.
