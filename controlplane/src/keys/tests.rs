@@ -536,5 +536,9 @@ fn key_names_are_checked() {
         assert_eq!(err(load_named_public(&home, bad).map(drop)), Some(want));
     }
     // A good name is not refused for its shape.
-    assert!(generate(&home, "edge-1.b_2", false).is_ok());
+    let made = generate(&home, "edge-1.b_2", false).unwrap();
+    assert_eq!(
+        load_named_public(&home, "edge-1.b_2").unwrap(),
+        made.public()
+    );
 }
