@@ -148,14 +148,20 @@ impl UsageBook {
         let (mut sources, mut udp_sources): (HashMap<_, _>, HashMap<_, _>) =
             (ago(&self.sources), ago(&self.udp_sources));
         // A source a stream or flow still uses is in use now, however long ago it
-        // was opened: the health checks go on watching it.
+        // was opened: the health checks go on watching it. Only sources recorded as
+        // opened (they passed the allow-list) count: a stream refused names a
+        // target the router must never probe.
         conns.for_each_target(|target, datagrams| {
             let m = if datagrams {
                 &mut udp_sources
             } else {
                 &mut sources
             };
-            m.insert(target.to_owned(), Duration::ZERO);
+            for member in crate::source_members(target) {
+                if let Some(ago) = m.get_mut(member) {
+                    *ago = Duration::ZERO;
+                }
+            }
         });
         Usage {
             clients,
@@ -197,14 +203,23 @@ mod tests {
         assert_eq!(all.sources.len(), 1);
     }
 
-    /// A source opened long ago (or dropped from the map) that a stream still uses
-    /// is reported in use now: it stays health-checked.
+    /// A source opened long ago that a stream still uses is reported in use now: it
+    /// stays health-checked. Each member of a source of several counts on its own;
+    /// a target never opened (refused) is not reported at all.
     #[test]
     fn a_source_with_an_open_stream_is_in_use_now() {
         use crate::stats::{ConnEntry, Rides};
         let book = UsageBook::default();
+        book.source_used("10.0.0.9:80");
+        book.source_used("10.0.0.8:80");
+        book.udp_source_used("10.0.0.9:53");
+        std::thread::sleep(Duration::from_millis(5));
         let conns = ConnTable::default();
-        for (id, target, datagrams) in [(1, "10.0.0.9:80", false), (2, "10.0.0.9:53", true)] {
+        for (id, target, datagrams) in [
+            (1, "10.0.0.9:80,10.0.0.7:80", false),
+            (2, "10.0.0.9:53", true),
+            (3, "192.168.1.1:22", false),
+        ] {
             conns.insert(
                 id,
                 ConnEntry {
@@ -219,10 +234,9 @@ mod tests {
             );
         }
         let r = book.report(&conns);
-        assert_eq!(
-            r.sources,
-            HashMap::from([("10.0.0.9:80".to_owned(), Duration::ZERO)])
-        );
+        assert_eq!(r.sources.len(), 2, "{:?}", r.sources);
+        assert_eq!(r.sources["10.0.0.9:80"], Duration::ZERO);
+        assert!(r.sources["10.0.0.8:80"] > Duration::ZERO);
         assert_eq!(
             r.udp_sources,
             HashMap::from([("10.0.0.9:53".to_owned(), Duration::ZERO)])
