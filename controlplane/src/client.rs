@@ -354,8 +354,9 @@ impl ClientTunnel {
         if s.balance && routers.len() == 1 {
             warn!(tunnel = %s.name, "balancing over one router does nothing: name the others too (--router A,B, or [router] fallbacks)");
         }
-        let known_text = match s
-            .known_routers
+        // The plain transport checks no router keys: known_routers is not for it.
+        let known_routers = s.known_routers.filter(|_| s.transport != Transport::Plain);
+        let known_text = match known_routers
             .as_deref()
             .map(crate::keys::read_known_routers)
         {
@@ -435,7 +436,7 @@ impl ClientTunnel {
                 pin_errors: std::sync::Mutex::new(vec![None; pins.len()]),
                 pins,
                 learned: std::sync::Mutex::new(learned),
-                known_routers: s.known_routers,
+                known_routers,
                 known_text: std::sync::Mutex::new(known_text),
                 at: std::sync::atomic::AtomicUsize::new(0),
                 failback: s.failback,

@@ -8,7 +8,7 @@
 //! and blank lines allowed.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use conduit_proto::{KeyPair, PublicKey};
 
@@ -223,6 +223,33 @@ pub fn restore_named_public(home: &Home, name: &str) -> Result<Option<std::path:
         std::fs::set_permissions(&pub_path, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
     }
     Ok(Some(pub_path))
+}
+
+/// For the plain transport, which checks no keys: the key at `path` when there is
+/// a file there (loaded and checked as [`load_private`] does), `None` when there
+/// is none.
+pub fn load_private_if_present(path: &Path, hint_name: &str) -> Result<Option<KeyPair>, Error> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        _ => load_private(path, hint_name).map(Some),
+    }
+}
+
+/// The key a client tunnel runs with, and the file it comes from: the key at
+/// `path`; on the plain transport, which checks no keys, a key made for this run
+/// (never written, never sent) when there is no file at `path`.
+pub fn client_identity(path: &Path, plain: bool) -> Result<(KeyPair, Option<PathBuf>), Error> {
+    let loaded = if plain {
+        load_private_if_present(path, "client")?
+    } else {
+        Some(load_private(path, "client")?)
+    };
+    match loaded {
+        Some(pair) => Ok((pair, Some(path.to_owned()))),
+        None => KeyPair::generate()
+            .map(|pair| (pair, None))
+            .map_err(|e| Error::Config(format!("cannot make a key: {e}"))),
+    }
 }
 
 /// Loads a private key, refusing one that group or others can read.

@@ -235,11 +235,13 @@ impl Router {
                     listen: local_addr,
                     keys: {
                         let identity = identity.clone();
+                        // The plain transport presents no key.
+                        let plain = s.transport == Transport::Plain;
                         Arc::new(move || {
                             let p = identity.presented();
                             api::RouterKeys {
-                                presented: p.keys.clone(),
-                                retiring: p.retiring(),
+                                presented: if plain { Vec::new() } else { p.keys.clone() },
+                                retiring: if plain { Vec::new() } else { p.retiring() },
                             }
                         })
                     },

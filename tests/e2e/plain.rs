@@ -12,7 +12,7 @@ use conduit_proto::{Event, FrameDecoder, Message, Secret};
 
 use crate::both_engines;
 use crate::faults::{Victim, killed_mid_answer, killed_mid_upload};
-use crate::harness::{DEADLINE, Engine, Home, assert_code, dead_port};
+use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code, dead_port};
 use crate::procfs::{close_wait, established, tcp_sockets_on_port, wait_until};
 use crate::sources::{self, pattern, read_all_hashed, sha};
 use crate::tunnel::{echo_back_to_back, server_closes_first_then_user};
@@ -536,4 +536,92 @@ fn a_plain_router_names_an_http_request_sent_to_it() {
         "{}",
         router.stderr()
     );
+}
+
+/// The plain transport checks no keys, so it needs none: on a machine where
+/// `conduit init` never ran, a plain router serves a tunnel started in the
+/// foreground, one started in the background and one brought up from a file, none
+/// given a router key; no key file is written, and the router's API names no key. The TLS transport still asks for the
+/// router's key, and says how to give it.
+#[test]
+fn the_plain_transport_needs_no_keys() {
+    let home = Home::empty();
+    let _cleanup = KillAll(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr, api) = crate::ops::router_api(&home, std::slice::from_ref(&source), PLAIN);
+    // It presents no key.
+    let info = crate::ops::get(&api, "/api/v1/info");
+    assert_eq!(
+        info["data"]["public_key"],
+        serde_json::Value::Null,
+        "{info}"
+    );
+    let raddr = raddr.to_string();
+    let start = |name: &str, extra: &[&str]| -> Vec<String> {
+        let fixed = [
+            "start", "--router", &raddr, "--source", &source, "--name", name,
+        ];
+        let rest = ["--bind", "127.0.0.1:0", "--io-engine", "epoll"];
+        (fixed.iter().chain(&rest).chain(extra))
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run = |v: Vec<String>| home.run(&v.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let fg = start("fg", &[&["--foreground"], PLAIN].concat());
+    let foreground = home.spawn(&fg.iter().map(String::as_str).collect::<Vec<_>>());
+    let addr = addr_in(&foreground.wait_stdout("listening on"));
+    foreground.wait_stdout("connected to router");
+    wait_for_echo(addr, b"in the foreground, no keys");
+
+    let (status, _, err) = run(start("bg", PLAIN));
+    assert_code(status, 0, &err);
+    wait_for_echo(bind_of(&home, "bg"), b"in the background, no keys");
+
+    let file = home.path().join("plain.toml");
+    let port = raddr.rsplit_once(':').unwrap().1;
+    std::fs::write(
+        &file,
+        format!(
+            "[router]\nhost = \"127.0.0.1\"\nport = {port}\ntransport = \"plain\"\n\n\
+             [security]\ntoken = \"s3cret-token\"\n\n\
+             [performance]\nworkers = 1\nio_engine = \"epoll\"\n\n\
+             [[tunnels]]\nname = \"filed\"\nsource = \"{source}\"\nbind = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (status, _, err) = home.run(&["config", "validate", "-f", file]);
+    assert_code(status, 0, &err);
+    let (status, _, err) = home.run(&["up", "-f", file]);
+    assert_code(status, 0, &err);
+    wait_for_echo(bind_of(&home, "filed"), b"from a file, no keys");
+    assert!(!home.path().join("keys").exists());
+
+    // TLS: the router's key is needed.
+    let (status, out, err) = run(start("tls", &[]));
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "conduit: error: --router-key is missing: give the router's public key (what its \
+         `conduit init` printed) or the path of its .pub file, or set CONDUIT_ROUTER_KEY \
+         (only --transport plain, which checks no keys, goes without)\n"
+    );
+}
+
+struct KillAll<'a>(&'a Home);
+
+impl Drop for KillAll<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["kill", "--all", "--force"]);
+    }
+}
+
+/// Where the running tunnel `name` listens, as `conduit list` says.
+fn bind_of(home: &Home, name: &str) -> std::net::SocketAddr {
+    let list: serde_json::Value =
+        serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap();
+    let bind = list.as_array().unwrap().iter().find(|t| t["name"] == name);
+    bind.unwrap()["bind"].as_str().unwrap().parse().unwrap()
 }

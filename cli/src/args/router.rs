@@ -20,7 +20,8 @@ pub(crate) struct RouterArgs {
     /// Address to listen on for clients [default: 0.0.0.0:9999].
     #[arg(long, value_name = "ADDR")]
     pub(crate) bind: Option<String>,
-    /// The router's private key (default: $CONDUIT_HOME/keys/router.key).
+    /// The router's private key (default: $CONDUIT_HOME/keys/router.key; the plain
+    /// transport, which presents no key, does without one that is not there).
     #[arg(long, value_name = "PATH")]
     pub(crate) key: Option<PathBuf>,
     /// The key this router will present next (`conduit init --name router-next`): its

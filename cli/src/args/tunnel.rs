@@ -164,16 +164,18 @@ pub(crate) struct StartArgs {
     /// in the file is accepted, and the file is read again at each heartbeat and
     /// before each connection: no restart when it changes); KEY|KEY accepts either,
     /// while the router's key is being replaced. With several routers: keys that all of them present, or
-    /// each router's, separated by commas, in the order of --router.
+    /// each router's, separated by commas, in the order of --router. Required on the
+    /// TLS transport; the plain transport checks no keys (nor --key).
     #[arg(long, value_name = "KEY", env = "CONDUIT_ROUTER_KEY")]
-    pub(crate) router_key: String,
+    pub(crate) router_key: Option<String>,
     /// The service to reach, HOST:PORT as the router sees it.
     #[arg(long)]
     pub(crate) source: String,
     /// Where users connect, ADDR:PORT on this machine.
     #[arg(long, value_name = "ADDR")]
     pub(crate) bind: String,
-    /// This client's private key (default: $CONDUIT_HOME/keys/client.key).
+    /// This client's private key (default: $CONDUIT_HOME/keys/client.key; the plain
+    /// transport, which checks no keys, does without one that is not there).
     #[arg(long, value_name = "PATH")]
     pub(crate) key: Option<PathBuf>,
     /// The tunnel's name: 1-64 letters, digits, '-', '_' or '.', not starting with '.' or

@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
     self, Env, Override, Problem, Role, RouterConfig, Severity, Sources,
 };
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
+use conduit_proto::KeyPair;
 use conduit_proto::tls::AuthorizedClients;
 use tracing::{info, warn};
 
@@ -46,6 +47,11 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         // Client keys are not checked on the plain transport: a missing or empty
         // authorized_clients file is nothing to stop or warn about.
         (loaded.report.problems).retain(|p| p.path != "router.authorized_keys");
+        // Nor its own key: a key file that is not there is nothing to stop for.
+        let key = loaded.config.router.private_key_path.as_deref();
+        if key.is_some_and(|k| std::fs::symlink_metadata(k).is_err()) {
+            (loaded.report.problems).retain(|p| p.path != "router.private_key_path");
+        }
     }
     if loaded.report.has_errors() {
         if a.service.service_file.is_none() {
@@ -97,7 +103,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         let router = Router::bind(settings).await?;
         let signals = shutdown_signal();
         match transport {
-            Transport::Plain => info!(key = %key_path.display(), "router up"),
+            Transport::Plain => info!("router up"),
             Transport::Tls => info!(
                 key = %key_path.display(),
                 clients = %auth_path.display(),
@@ -244,7 +250,18 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         .parse()
         .map_err(|_| Usage(format!("invalid router.bind {:?}", r.bind)))?;
     let key_path = r.private_key_path.clone().unwrap_or_default();
-    let identity = keys::load_private(&key_path, "router")?;
+    let (identity, key_file) = match transport {
+        Transport::Tls => (keys::load_private(&key_path, "router")?, true),
+        // The plain transport presents no key: a key file is checked only if there is
+        // one, and a key made for this run (never written, never sent) fills in.
+        Transport::Plain => match keys::load_private_if_present(&key_path, "router")? {
+            Some(pair) => (pair, true),
+            None => (
+                KeyPair::generate().map_err(|e| anyhow!("cannot make a key: {e}"))?,
+                false,
+            ),
+        },
+    };
     let next_key = match &r.next_private_key_path {
         Some(p) => {
             let next = keys::load_private(p, "router-next")?.public();
@@ -338,14 +355,14 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         alerts: c.alert_settings(),
         key_grace: std::time::Duration::from_secs(r.key_grace_secs),
         // By hand (a next key given) or by the router: one or the other.
-        key_rotation: next_key
-            .is_none()
-            .then(|| conduit_controlplane::router_key::KeyRotation {
+        key_rotation: (next_key.is_none() && key_file).then(|| {
+            conduit_controlplane::router_key::KeyRotation {
                 path: key_path.clone(),
                 every: conduit_controlplane::client::days(r.key_rotation_days),
                 announce: std::time::Duration::from_secs(r.key_announce_secs),
                 retire: std::time::Duration::from_secs(r.key_retire_secs),
-            }),
+            }
+        }),
         next_key,
     })
 }

@@ -63,9 +63,13 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
     let router = source_list("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
-    let router_keys = router_keys(&router, &a.router_key)?;
-    let key_path = a.key.clone().unwrap_or_else(|| home.private_key("client"));
-    let identity = keys::load_private(&key_path, "client")?;
+    let (router_keys, router_key_specs) = pins(&a, &router)?;
+    let plain = a.transport == TransportArg::Plain;
+    let (identity, key_path) = match &a.key {
+        // Given, it is used (and checked) on either transport.
+        Some(key) => (keys::load_private(key, "client")?, Some(key.clone())),
+        None => keys::client_identity(&home.private_key("client"), plain)?,
+    };
     let name = tunnel_name(&a, bind);
     let metrics_bind = match &a.metrics_bind {
         Some(m) => Some(listen_addr("--metrics-bind", m)?),
@@ -89,7 +93,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         name: name.clone(),
         router: router.clone(),
         router_keys,
-        router_key_specs: router_key_specs(&a.router_key)?,
+        router_key_specs,
         known_routers: Some(home.known_routers()),
         identity,
         source: source.clone(),
@@ -109,7 +113,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         dataplane: dataplane_options(&a.engine),
         heartbeat: secs(a.heartbeat_interval),
         idle_timeout: performance.idle_timeout(),
-        key_path: Some(key_path.clone()),
+        key_path,
         key_rotation: conduit_controlplane::client::days(a.key_rotation_days),
         failback: conduit_controlplane::client::secs(a.router_failback),
         standby_check: conduit_controlplane::client::secs(a.standby_check),
@@ -349,6 +353,23 @@ fn router_keys(routers: &str, spec: &str) -> Result<Vec<Vec<conduit_proto::Publi
         .map_err(|e| conduit_controlplane::Error::Config(format!("--router-key: {e}")).into())
 }
 
+/// The pinned keys of each router in `routers` and where they came from, from
+/// `--router-key`: none on the plain transport when it is not given (that transport
+/// checks no keys).
+fn pins(a: &StartArgs, routers: &str) -> Result<(Vec<Vec<conduit_proto::PublicKey>>, Vec<String>)> {
+    match &a.router_key {
+        Some(spec) => Ok((router_keys(routers, spec)?, router_key_specs(spec)?)),
+        None if a.transport == TransportArg::Plain => Ok((vec![Vec::new()], Vec::new())),
+        None => Err(Usage(
+            "--router-key is missing: give the router's public key (what its `conduit init` \
+             printed) or the path of its .pub file, or set CONDUIT_ROUTER_KEY (only \
+             --transport plain, which checks no keys, goes without)"
+                .to_owned(),
+        )
+        .into()),
+    }
+}
+
 /// Each router's keys from `--router-key` (separated by `,`), each key (separated
 /// by `|`) inline or a path, made absolute.
 fn router_key_specs(spec: &str) -> Result<Vec<String>> {
@@ -364,11 +385,21 @@ fn tunnel_name(a: &StartArgs, bind: SocketAddr) -> String {
     })
 }
 
+/// The client key file the tunnel uses: `--key`, or the default one, which the
+/// plain transport (checking no keys) does without when it is not there.
+fn key_file(home: &Home, a: &StartArgs) -> Option<PathBuf> {
+    let default = || home.private_key("client");
+    match &a.key {
+        Some(key) => Some(key.clone()),
+        None if a.transport == TransportArg::Plain && !default().exists() => None,
+        None => Some(default()),
+    }
+}
+
 /// `--service-file`: checks the arguments as a start would, then writes a service
 /// that runs `conduit start --foreground` with them, key paths made absolute.
 fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) -> Result<()> {
     let bind = listen_addr("--bind", &a.bind)?;
-    let key = a.key.clone().unwrap_or_else(|| home.private_key("client"));
     let name = tunnel_name(a, bind);
     let args = service_args(home, a, log)?;
     service::emit(
@@ -385,7 +416,10 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
                 .map(|(var, _)| var.to_owned())
                 .collect(),
             // The key rotates beside its file.
-            writes: std::iter::once(key).chain(log.log_file.clone()).collect(),
+            writes: key_file(home, a)
+                .into_iter()
+                .chain(log.log_file.clone())
+                .collect(),
         },
     )
 }
@@ -397,32 +431,29 @@ fn service_args(home: &Home, a: &StartArgs, log: &LogArgs) -> Result<Vec<String>
     let bind = listen_addr("--bind", &a.bind)?;
     let router = source_list("--router", &a.router)?;
     source_list("--source", &a.source)?;
-    router_keys(&router, &a.router_key)?;
-    let router_key = router_key_specs(&a.router_key)?.join(",");
-    let key = a.key.clone().unwrap_or_else(|| home.private_key("client"));
+    let (_, specs) = pins(a, &router)?;
     let name = tunnel_name(a, bind);
-    let mut args: Vec<String> = [
-        "start",
-        "--foreground",
-        "--router",
-        &a.router,
-        "--router-key",
-        &router_key,
-        "--source",
-        &a.source,
-        "--bind",
-        &a.bind,
-        "--key",
-        &path_arg(&key)?,
-        "--name",
-        &name,
-        "--pool-size",
-        &a.pool_size.to_string(),
-        "--drain-timeout",
-        &a.drain_timeout.to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = ["start", "--foreground", "--router", &a.router]
+        .map(String::from)
+        .to_vec();
+    if a.router_key.is_some() {
+        args.extend(["--router-key".to_owned(), specs.join(",")]);
+    }
+    args.extend(["--source", &a.source, "--bind", &a.bind].map(String::from));
+    if let Some(key) = key_file(home, a) {
+        args.extend(["--key".to_owned(), path_arg(&key)?]);
+    }
+    args.extend(
+        [
+            "--name",
+            &name,
+            "--pool-size",
+            &a.pool_size.to_string(),
+            "--drain-timeout",
+            &a.drain_timeout.to_string(),
+        ]
+        .map(String::from),
+    );
     if a.engine.workers != 0 {
         args.extend(["--workers".to_owned(), a.engine.workers.to_string()]);
     }

@@ -16,7 +16,7 @@ use conduit_controlplane::config::{
 use conduit_controlplane::process::{Registration, claim_name};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, EntryConfig, Registry};
-use conduit_controlplane::{Home, keys};
+use conduit_controlplane::{Home, TunnelSettings, keys};
 use conduit_proto::Secret;
 use futures::FutureExt;
 use futures::future::join_all;
@@ -94,7 +94,8 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         .ok_or_else(|| anyhow!("{} has no tunnel named {name:?}", plan.file.display()))?;
     // Held while the tunnel runs (or inherited from the launching `up`).
     let _claim = claim_name(home, name)?;
-    let identity = keys::load_private(&t.private_key_path, "client")?;
+    let plain = t.transport == TransportKind::Plain;
+    let (identity, key_path) = keys::client_identity(&t.private_key_path, plain)?;
     let registration = Registration {
         home: home.clone(),
         name: t.name.clone(),
@@ -110,11 +111,11 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         performance: super::auto_tune(&t.performance, t.transport == TransportKind::Plain),
         ..t.clone()
     };
-    foreground(
-        t.settings(identity, Some(home.known_routers())),
-        registration,
-        detached,
-    )
+    let settings = TunnelSettings {
+        key_path,
+        ..t.settings(identity, Some(home.known_routers()))
+    };
+    foreground(settings, registration, detached)
 }
 
 /// The arguments that run tunnel `t` of `plan` as its own process.

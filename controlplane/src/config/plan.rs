@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use conduit_proto::tls::Suites;
 use conduit_proto::{KeyPair, PublicKey, Secret};
 
-use super::model::{LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion, RouterPeer};
+use super::model::{
+    LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion, RouterPeer, TransportKind,
+};
 use super::validate::{bind_addr, public_key};
 use super::{Problem, Report, Sources, load_client};
 use crate::alerts::tunnel::TunnelAlerts;
@@ -223,16 +225,23 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
         .host
         .as_deref()
         .ok_or_else(|| internal("router.host"))?;
-    let spec = c
-        .router
-        .public_key
-        .as_deref()
-        .ok_or_else(|| internal("router.public_key"))?;
-    let mut router_keys = vec![public_key(spec).map_err(|_| internal("router.public_key"))?];
-    for (i, k) in c.router.fallback_keys.iter().enumerate() {
-        router_keys
-            .push(public_key(k).map_err(|_| internal(&format!("router.fallback_keys[{i}]")))?);
-    }
+    let (router_keys, router_key_specs) = match c.router.public_key.as_deref() {
+        Some(spec) => {
+            let mut keys = vec![public_key(spec).map_err(|_| internal("router.public_key"))?];
+            for (i, k) in c.router.fallback_keys.iter().enumerate() {
+                keys.push(
+                    public_key(k).map_err(|_| internal(&format!("router.fallback_keys[{i}]")))?,
+                );
+            }
+            let specs = std::iter::once(spec.to_owned())
+                .chain(c.router.fallback_keys.iter().cloned())
+                .collect();
+            (keys, specs)
+        }
+        // The plain transport, which checks no router keys.
+        None if c.router.transport == TransportKind::Plain => (vec![Vec::new()], Vec::new()),
+        None => return Err(internal("router.public_key")),
+    };
     let private_key_path = c
         .security
         .private_key_path
@@ -265,9 +274,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             name: name.clone(),
             router: router.clone(),
             router_keys: router_keys.clone(),
-            router_key_specs: std::iter::once(spec.to_owned())
-                .chain(c.router.fallback_keys.iter().cloned())
-                .collect(),
+            router_key_specs: router_key_specs.clone(),
             private_key_path: private_key_path.clone(),
             source: source.clone(),
             bind,

@@ -17,7 +17,7 @@ use conduit_proto::PublicKey;
 
 use super::model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, LoggingConfig, MIN_SOCKET_BUFFER, OptimizeFor,
-    PerformanceConfig, Protocol, RouterConfig,
+    PerformanceConfig, Protocol, RouterConfig, TransportKind,
 };
 use super::{Origin, Origins, Problem};
 use crate::balance::MAX_MEMBERS;
@@ -89,7 +89,9 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
         out.error("router.public_key", e);
     }
     fallback_keys(&c.router, &mut out);
-    let key = c.security.private_key_path.as_deref();
+    // The plain transport checks no keys: a key file is checked only if there is one.
+    let plain = c.router.transport == TransportKind::Plain;
+    let key = (c.security.private_key_path.as_deref()).filter(|p| !plain || p.exists());
     if let Some(Err(e)) = key.map(|p| private_key(p, "client", "security.private_key_path")) {
         out.error("security.private_key_path", e);
     }

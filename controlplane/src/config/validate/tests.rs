@@ -123,6 +123,47 @@ fn out_of_range_values_give_the_range() {
     );
 }
 
+/// The plain transport checks no keys: it needs neither the router's key nor a
+/// client key file; one that is named and there is still checked.
+#[test]
+fn the_plain_transport_needs_no_keys() {
+    let f = Fixture::new();
+    let tunnel =
+        "[[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:8080\"\nbind = \"0.0.0.0:8080\"\n";
+    let plain = format!(
+        "[router]\nhost = \"10.2.0.1\"\ntransport = \"plain\"\n[security]\n\
+         private_key_path = \"{}\"\n{tunnel}",
+        f.path("none.key").display()
+    );
+    assert_eq!(check(&f, &plain), none());
+    let tls = plain.replace("transport = \"plain\"\n", "");
+    assert_eq!(
+        check(&f, &tls),
+        [
+            "error: security.private_key_path: no private key at $DIR/none.key: create one \
+             with `conduit init --name client` (it writes $CONDUIT_HOME/keys/client.key) or \
+             set security.private_key_path to an existing key ($F:4)",
+            "error: router.public_key: missing; add public_key = \"ed25519:…\" (what the \
+             router's `conduit init` printed, or the path of its .pub file) under [router], or \
+             set CONDUIT_ROUTER_PUBLIC_KEY",
+        ]
+    );
+    let open = f.path("open.key");
+    std::fs::copy(f.home.private_key("client"), &open).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let named = plain.replace("none.key", "open.key");
+        let problems = check(&f, &named);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("error: security.private_key_path: "),
+            "{problems:?}"
+        );
+    }
+}
+
 #[test]
 fn missing_required_values_say_what_to_add() {
     let f = Fixture::new();
