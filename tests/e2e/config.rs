@@ -543,3 +543,35 @@ fn a_bad_value_from_the_environment_names_the_variable() {
     assert!(err.starts_with("error: invalid value 'yaml'"), "{err}");
     assert!(!err.contains("note:"), "{err}");
 }
+
+/// A router whose `logging.file` is in a directory that is not there refuses to
+/// start, and says so on stderr, without making the directory: the same answer
+/// each time, as `config validate` gives.
+#[test]
+fn a_router_log_file_in_a_missing_directory_is_refused_without_making_it() {
+    let s = Sandbox::new();
+    s.init("router");
+    let file = s.write(
+        "router.toml",
+        "[router]\nbind = \"127.0.0.1:0\"\n[logging]\nfile = \"logs/router.log\"\n",
+    );
+    let file = file.to_str().unwrap();
+    let dir = s.dir.path().display();
+    let want = format!(
+        "conduit: error: logging.file: directory {dir}/logs does not exist; create it or \
+         choose another file ({file}:4)"
+    );
+    for _ in 0..2 {
+        let out = s.run(&["router", "--config", file, "--transport", "plain"], &[]);
+        assert_eq!(lines(&out.stderr), [want.as_str()]);
+        assert_eq!(out.status.code(), Some(64));
+        assert!(!s.dir.path().join("logs").exists());
+    }
+    let out = s.run(&["config", "validate", "--router", "-f", file], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).contains(&want["conduit: ".len()..]),
+        "{}",
+        text(&out.stderr)
+    );
+}

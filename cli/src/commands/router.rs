@@ -55,7 +55,10 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     }
     if loaded.report.has_errors() {
         if a.service.service_file.is_none() {
-            let _ = start_logging(log, Some(&loaded.config.logging));
+            // Not into a log file the configuration got wrong (a directory that is
+            // not there would be made by trying).
+            let file_wrong = (loaded.report.errors()).any(|p| p.path == "logging.file");
+            let _ = start_logging(log, (!file_wrong).then_some(&loaded.config.logging));
         }
         let errors: Vec<Problem> = loaded.report.errors().cloned().collect();
         return Err(Usage(lines(&errors)).into());
