@@ -373,6 +373,25 @@ fn missing_keys_and_bad_addresses_are_usage_errors() {
         "conduit: error: --router names 127.0.0.1:9 twice: list each once\n"
     );
 
+    // A comma too many: named, not passed over.
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        "x",
+        "--source",
+        "a:1,",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --source \"a:1,\" has an empty member (a comma too many); remove it\n"
+    );
+
     // More sources than the router balances across: refused here, not retried there.
     let many: Vec<String> = (0..65).map(|i| format!("127.0.0.1:{}", 8000 + i)).collect();
     let many = many.join(",");

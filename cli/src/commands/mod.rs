@@ -214,6 +214,10 @@ fn source_list(flag: &str, s: &str) -> Result<String> {
             return Err(Usage(format!("{flag} names {m} twice: list each once")).into());
         }
     }
+    if members.len() < s.split(',').count() {
+        let why = conduit_controlplane::config::empty_member(s);
+        return Err(Usage(format!("{flag} {why}")).into());
+    }
     if flag == "--source" && members.len() > conduit_controlplane::balance::MAX_MEMBERS {
         let why = conduit_controlplane::config::too_many_members(members.len());
         return Err(Usage(format!("{flag} {why}")).into());

@@ -58,7 +58,9 @@ pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use schema::parse_bool;
 pub use show::Format;
 pub(crate) use validate::peer_tunnel_name;
-pub use validate::{host_port, small_burst, too_many_members, tunnel_name, webhook_url};
+pub use validate::{
+    empty_member, host_port, small_burst, too_many_members, tunnel_name, webhook_url,
+};
 
 /// One `--allow-from` / `allow_from` entry: an address (one host) or a CIDR block,
 /// IPv6 with or without brackets.

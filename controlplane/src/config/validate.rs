@@ -382,6 +382,9 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
             if members.len() > MAX_MEMBERS {
                 out.error(&path("source"), too_many_members(members.len()));
             }
+            if !members.is_empty() && members.len() < source.split(',').count() {
+                out.error(&path("source"), empty_member(source));
+            }
         }
         if t.proxy_protocol == Some(super::model::ProxyProtocolVersion::V1)
             && t.protocol == Protocol::Udp
@@ -612,6 +615,11 @@ fn fallback_keys(r: &super::model::RouterPeer, out: &mut Out<'_>) {
              the other routers in router.fallbacks",
         );
     }
+}
+
+/// What is wrong with a list of sources that holds an empty member.
+pub fn empty_member(list: &str) -> String {
+    format!("{list:?} has an empty member (a comma too many); remove it")
 }
 
 /// A fallback router: `HOST:PORT` (`[v6]:PORT`).

@@ -70,6 +70,21 @@ fn a_source_list_is_checked_member_by_member() {
              it across tunnels, or put a load balancer in front of the rest ($F:15)"
         ]
     );
+    // A comma too many is named, not passed over.
+    let bad = f.client_text(
+        "[[tunnels]]\nname = \"pair\"\nsource = \"10.2.0.5:80, ,10.2.0.6:80\"\n\
+         bind = \"127.0.0.1:1\"\n[[tunnels]]\nname = \"one\"\nsource = \"10.2.0.5:80,\"\n\
+         bind = \"127.0.0.1:2\"\n",
+    );
+    assert_eq!(
+        check(&f, &bad),
+        [
+            "error: tunnels[1].source: \"10.2.0.5:80, ,10.2.0.6:80\" has an empty member (a \
+             comma too many); remove it ($F:11)",
+            "error: tunnels[2].source: \"10.2.0.5:80,\" has an empty member (a comma too many); \
+             remove it ($F:15)"
+        ]
+    );
 }
 
 #[test]
