@@ -202,6 +202,16 @@ fn kill_force_kills_a_tunnel_whose_control_socket_does_not_answer() {
         "{err}"
     );
     assert!(pid_alive(pid));
+    // Its connections are not said to be none: they are not known.
+    let table = home.ok(&["list", "--connections"]);
+    assert!(
+        table.ends_with("\n    (connections unknown: the tunnel did not answer)\n"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["list", "--connections", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["status"], "unreachable", "{json}");
+    assert_eq!(json[0]["connections"], serde_json::Value::Null, "{json}");
     // Nor is one of its connections said not to exist: the tunnel did not answer.
     let (status, _, err) = home.run(&["kill", "--connection", "3", "--tunnel", "frozen"]);
     assert_code(status, 1, &err);

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use conduit_controlplane::Home;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::tunnels::{Seen, bytes, survey, time};
 use super::{runtime, say};
@@ -47,14 +47,18 @@ fn to_json(s: &Seen) -> serde_json::Value {
             v["error"] = json!(why);
         }
     }
-    v["connections"] = s
-        .connections
-        .iter()
-        .map(|c| {
-            json!({"id": c.id, "peer": c.peer, "age_secs": c.age_secs,
-                   "bytes_in": c.bytes_in, "bytes_out": c.bytes_out})
-        })
-        .collect();
+    // Not known when the tunnel did not answer: null, not an empty list.
+    v["connections"] = match &s.status {
+        Ok(_) => s
+            .connections
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "peer": c.peer, "age_secs": c.age_secs,
+                       "bytes_in": c.bytes_in, "bytes_out": c.bytes_out})
+            })
+            .collect(),
+        Err(_) => Value::Null,
+    };
     v
 }
 
@@ -122,7 +126,9 @@ fn table(seen: &[Seen], with_connections: bool) {
         say(line.join("  ").trim_end());
         if with_connections && i > 0 {
             let s = &seen[i - 1];
-            if s.connections.is_empty() {
+            if s.status.is_err() {
+                say("    (connections unknown: the tunnel did not answer)");
+            } else if s.connections.is_empty() {
                 say("    (no open connections)");
             }
             for c in &s.connections {
