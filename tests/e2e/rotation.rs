@@ -248,6 +248,35 @@ fn a_tunnel_away_from_its_router_says_so_instead_of_rotating() {
     );
 }
 
+/// A router that does not answer a rotation (frozen) is named, before the control
+/// API's deadline passes, rather than the tunnel; the rotation goes on and ends when
+/// the router answers.
+#[test]
+fn a_router_that_does_not_answer_a_rotation_is_named() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    assert_echo(taddr, b"before");
+    let old = std::fs::read_to_string(home.key("client.pub")).unwrap();
+    router.signal("STOP");
+    let (status, out, err) = home.run(&["keys", "rotate", "--all"]);
+    router.signal("CONT");
+    assert_code(status, 1, &err);
+    assert_eq!(out, "");
+    assert!(
+        err.contains(&format!(
+            "router {raddr} did not answer the rotation within 8s (stopped or overloaded?); \
+             the tunnel goes on waiting for the answer and logs how the rotation ends: see \
+             `conduit logs tunnel`\n"
+        )),
+        "{err}"
+    );
+    tunnel.wait_stderr("key rotated: now ");
+    let new = std::fs::read_to_string(home.key("client.pub")).unwrap();
+    assert_ne!(new, old);
+}
+
 #[test]
 fn a_key_older_than_the_rotation_period_is_rotated_on_connect() {
     let engine = Engine::Epoll;

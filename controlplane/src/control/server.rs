@@ -41,6 +41,10 @@ pub struct TunnelFacts {
     pub kernel_tls: &'static str,
 }
 
+/// How long a rotation asked over the control API waits for the routers' answer
+/// before it answers itself: less than the control client's request timeout.
+const ROTATION_ANSWER_WITHIN: Duration = Duration::from_secs(8);
+
 /// What the control API reads and drives.
 #[derive(Clone)]
 pub struct ControlState {
@@ -326,11 +330,27 @@ impl TunnelControl for ControlState {
                  shows it connected"
             )));
         }
-        let done = self
-            .rotator
-            .rotate()
-            .await
-            .map_err(Status::failed_precondition)?;
+        // Answered before the caller's deadline (10 s): a router that does not answer
+        // is named, not the tunnel. The rotation goes on (it is not safe to abandon
+        // halfway: the router may take the new key up when it comes back).
+        let done = match tokio::time::timeout(ROTATION_ANSWER_WITHIN, self.rotator.rotate()).await {
+            Ok(done) => done.map_err(Status::failed_precondition)?,
+            Err(_) => {
+                let whom = match link {
+                    LinkStatus::Connected { router, .. } if !router.contains(',') => {
+                        format!("router {router}")
+                    }
+                    _ => "the tunnel's routers".to_owned(),
+                };
+                return Err(Status::deadline_exceeded(format!(
+                    "{whom} did not answer the rotation within {}s (stopped or overloaded?); \
+                     the tunnel goes on waiting for the answer and logs how the rotation \
+                     ends: see `conduit logs {}`",
+                    ROTATION_ANSWER_WITHIN.as_secs(),
+                    self.facts.name
+                )));
+            }
+        };
         Ok(Response::new(pb::RotateKeyResponse {
             key: done.key.to_string(),
             old_expires: done.old_expires.map_or(-1, unix),
