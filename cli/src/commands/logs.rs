@@ -55,6 +55,14 @@ pub(crate) fn run(home: &Home, a: &LogsArgs) -> Result<()> {
     if !a.follow {
         return Ok(());
     }
+    if Registry::new(home).find(&a.name).is_none() {
+        // Not a silent wait: nothing comes until it starts again.
+        eprintln!(
+            "conduit: tunnel {:?} is not running: following its log for when it starts \
+             again (Ctrl-C to stop)",
+            a.name
+        );
+    }
     let mut log = Follower::new(f, &text);
     loop {
         std::thread::sleep(Duration::from_millis(200));

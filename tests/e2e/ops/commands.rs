@@ -199,6 +199,12 @@ fn stats_health_and_logs_commands() {
     // Something new in the log: the tunnel stopping.
     let _ = home.ok(&["kill", "--tunnel", "web"]);
     follow.wait_stdout("stopping");
+    // Followed once it stopped: said, not a silent wait.
+    let after = home.spawn(&["logs", "web", "-f", "-n", "1"]);
+    after.wait_stderr(
+        "conduit: tunnel \"web\" is not running: following its log for when it starts again \
+         (Ctrl-C to stop)",
+    );
     let (status, _, err) = home.run(&["logs", "nope"]);
     assert_code(status, 64, &err);
     assert!(err.contains("no log for tunnel \"nope\""), "{err}");
