@@ -127,12 +127,25 @@ impl Channel {
 
     /// Sends a parting message if it goes out within a second: a peer that stopped
     /// reading (frozen, or behind a dead link) must not hold up closing the rest.
+    ///
+    /// A message that cannot go out whole (a write of the stream was cut off before
+    /// it, or the peer does not make room within the second) is not sent, or not
+    /// finished: the channel is closed with RST instead, which the peer learns of
+    /// even while it does not read, rather than a FIN queued behind what it has not
+    /// read (or a record cut in two).
     pub(crate) async fn send_best_effort(&self, msg: Message) {
-        let _ = Box::pin(monoio::time::timeout(
+        if self.sock.cut_off() {
+            self.sock.abort();
+            return;
+        }
+        let sent = Box::pin(monoio::time::timeout(
             Duration::from_secs(1),
             self.send(msg),
         ))
         .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.sock.abort();
+        }
     }
 
     /// Waits for the next control message; what follows it stays in the backlog for

@@ -21,7 +21,33 @@ pub(crate) use crate::sys::Destination;
 pub(crate) struct Socket {
     stream: TcpStream,
     fd: RawFd,
+    /// A write was cut off (its future dropped while it waited for room), whether or
+    /// not part of it went out: on a channel, records sealed and not sent leave the
+    /// TLS session ahead of what the peer can decrypt, and a record cut in two is no
+    /// record. Nothing more may be sent, and the close sends RST.
+    partial: std::cell::Cell<bool>,
 }
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if self.partial.get() {
+            // The peer must not take a cut-off record for the end of the stream.
+            self.abort();
+        }
+    }
+}
+
+/// Why [`Socket::send_all_watching`] failed.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The socket written to failed.
+    Own(io::Error),
+    /// The socket watched meanwhile failed (its peer reset it).
+    Other(io::Error),
+}
+
+/// How often a write that waits for room looks at the socket it watches.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AsRawFd for Socket {
     fn as_raw_fd(&self) -> RawFd {
@@ -36,7 +62,11 @@ impl Socket {
     pub(crate) fn new(stream: TcpStream) -> io::Result<Self> {
         let fd = stream.as_raw_fd();
         sys::set_nonblocking(fd)?;
-        Ok(Self { stream, fd })
+        Ok(Self {
+            stream,
+            fd,
+            partial: std::cell::Cell::new(false),
+        })
     }
 
     /// Adopts a socket handed over from the control plane.
@@ -117,9 +147,57 @@ impl Socket {
     async fn send_all_flags(&self, buf: &[u8], flags: libc::c_int) -> io::Result<()> {
         let sent = self.send_now(buf, flags)?;
         if sent < buf.len() {
+            self.partial.set(true);
             Box::pin(self.send_waiting(&buf[sent..], flags)).await?;
+            self.partial.set(false);
         }
         Ok(())
+    }
+
+    /// [`Self::send_all`] that, while it waits for room, looks at `other` every
+    /// second: a relay blocked on a peer that stopped reading still learns that the
+    /// peer on its other side reset its connection (a user that gave up, a channel
+    /// the other end of the tunnel aborted), and ends instead of holding both
+    /// connections until the slow peer reads.
+    pub(crate) async fn send_all_watching(
+        &self,
+        buf: &[u8],
+        other: &Socket,
+    ) -> Result<(), SendError> {
+        let sent = self.send_now(buf, 0).map_err(SendError::Own)?;
+        if sent < buf.len() {
+            self.partial.set(true);
+            Box::pin(self.send_watching(&buf[sent..], other)).await?;
+            self.partial.set(false);
+        }
+        Ok(())
+    }
+
+    async fn send_watching(&self, mut buf: &[u8], other: &Socket) -> Result<(), SendError> {
+        while !buf.is_empty() {
+            monoio::select! {
+                room = self.writable() => {
+                    room.map_err(SendError::Own)?;
+                    buf = &buf[self.send_now(buf, 0).map_err(SendError::Own)?..];
+                }
+                () = monoio::time::sleep(WATCH_EVERY) => {
+                    if let Some(e) = other.failed() {
+                        return Err(SendError::Other(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error the peer's reset (or another failure) left on the socket, if any.
+    pub(crate) fn failed(&self) -> Option<io::Error> {
+        sys::pending_error(self.fd)
+    }
+
+    /// Whether a write was cut off part way (see [`Socket::partial`]'s field).
+    pub(crate) fn cut_off(&self) -> bool {
+        self.partial.get()
     }
 
     /// Writes as much of `buf` as the socket takes without waiting; how much.

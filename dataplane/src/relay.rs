@@ -28,7 +28,7 @@ use futures::future::try_join;
 use pin_project_lite::pin_project;
 
 use crate::channel::{Channel, Held, TLS_READ, lend_back, read_tls, seal};
-use crate::net::Socket;
+use crate::net::{SendError, Socket};
 use crate::pool;
 use crate::stats::{ErrorKind, Meter};
 
@@ -214,9 +214,12 @@ fn up<'a>(
             meter.unused(allowed - n);
             maybe_more = n == allowed;
             let (out, len) = seal_chunk(tls, buf, n)?;
-            let sent = chan.send_all(&out[..len]).await;
+            let sent = chan.send_all_watching(&out[..len], plain).await;
             pool::give(out);
-            sent.map_err(Stop::Channel)?;
+            sent.map_err(|e| match e {
+                SendError::Own(e) => Stop::Channel(e),
+                SendError::Other(e) => Stop::Plain(e),
+            })?;
             if n == 0 {
                 return Ok(());
             }
@@ -347,10 +350,13 @@ fn down<'a>(
             }
             if len > 0 {
                 // Under a bandwidth limit, in the pieces the bucket grants.
-                let sent = meter.send_all(plain, &out[..len]).await;
+                let sent = meter.send_all_watching(plain, &out[..len], chan).await;
                 if let Err(e) = sent {
                     pool::give(out);
-                    return Err(Stop::Plain(e));
+                    return Err(match e {
+                        SendError::Own(e) => Stop::Plain(e),
+                        SendError::Other(e) => Stop::Channel(e),
+                    });
                 }
             }
             pool::give(out);

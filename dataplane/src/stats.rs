@@ -457,6 +457,37 @@ impl Meter<'_> {
         Box::pin(self.send_granted(sock, bytes)).await
     }
 
+    /// [`Self::send_all`], watching `other` while it waits for room (see
+    /// [`crate::net::Socket::send_all_watching`]).
+    pub(crate) async fn send_all_watching(
+        &self,
+        sock: &crate::net::Socket,
+        bytes: &[u8],
+        other: &crate::net::Socket,
+    ) -> Result<(), crate::net::SendError> {
+        if self.limit.is_none() {
+            sock.send_all_watching(bytes, other).await?;
+            self.add(bytes.len());
+            return Ok(());
+        }
+        Box::pin(self.send_granted_watching(sock, bytes, other)).await
+    }
+
+    async fn send_granted_watching(
+        &self,
+        sock: &crate::net::Socket,
+        mut bytes: &[u8],
+        other: &crate::net::Socket,
+    ) -> Result<(), crate::net::SendError> {
+        while !bytes.is_empty() {
+            let n = self.allowance(bytes.len()).await;
+            sock.send_all_watching(&bytes[..n], other).await?;
+            self.add(n);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
     async fn send_granted(&self, sock: &crate::net::Socket, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let n = self.allowance(bytes.len()).await;

@@ -29,8 +29,8 @@ pub(crate) use datagram::{
 pub(crate) use ktls_abi::*;
 pub use process::stop_with_parent;
 pub(crate) use sockopt::{
-    RECEIVE_DROPS_KNOWN, linger_zero, receive_drops, set_buffers, set_keepalive, set_nonblocking,
-    tcp_mss,
+    RECEIVE_DROPS_KNOWN, linger_zero, pending_error, receive_drops, set_buffers, set_keepalive,
+    set_nonblocking, tcp_mss,
 };
 pub(crate) use splice::Pipe;
 #[cfg(target_os = "linux")]

@@ -10,6 +10,7 @@
 
 mod allow_from;
 mod authorized;
+mod backpressure;
 mod balance;
 mod chaos;
 mod config;

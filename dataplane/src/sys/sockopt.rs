@@ -49,6 +49,18 @@ pub(crate) fn tcp_mss(fd: RawFd) -> io::Result<usize> {
     Ok(socket2::SockRef::from(&sock).tcp_mss()? as usize)
 }
 
+/// The error pending on a socket (`SO_ERROR`, which reading clears), if any: a
+/// connection its peer reset has `ECONNRESET` (or `EPIPE`) there.
+pub(crate) fn pending_error(fd: RawFd) -> Option<io::Error> {
+    // SAFETY: `fd` belongs to a socket the caller keeps open for the whole call, and
+    // the borrow does not outlive it.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match socket2::SockRef::from(&sock).take_error() {
+        Ok(e) => e,
+        Err(e) => Some(e),
+    }
+}
+
 /// Sets `SO_RCVBUF` and `SO_SNDBUF` (each only when given). Setting one turns the
 /// kernel's auto-tuning off for that direction of this socket.
 pub(crate) fn set_buffers(fd: RawFd, recv: Option<usize>, send: Option<usize>) -> io::Result<()> {
