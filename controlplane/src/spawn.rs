@@ -423,21 +423,12 @@ fn parse_listening(line: &str) -> Option<(String, String)> {
 /// `--log-format json` the event marked `fatal`), or a pointer to the log.
 fn last_error(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    (0..lines.len())
-        .rev()
-        .find_map(|at| {
-            let first = fatal_message(lines[at])?;
-            // A message of several lines (`every router refused this tunnel:` and
-            // each router's reason) goes on to the end: it is the child's last output.
-            let rest = lines[at + 1..].iter().filter(|l| !l.starts_with('{'));
-            Some(
-                std::iter::once(first.as_str())
-                    .chain(rest.copied())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })
+    let mut words = LastWords::default();
+    for line in text.lines() {
+        words.push(line);
+    }
+    words
+        .message()
         .or_else(|| {
             text.lines()
                 .rev()
@@ -445,6 +436,34 @@ fn last_error(log: &std::path::Path) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "the tunnel process exited without saying why".into())
+}
+
+/// A `conduit` process's last words, read line by line from its stderr or log: the
+/// error it ended with (`conduit: error: …`, or with `--log-format json` the event
+/// marked `fatal`). A message of several lines (`every router refused this tunnel:`
+/// and each router's reason) goes on to the end: it is the process's last output.
+#[derive(Debug, Default)]
+pub struct LastWords {
+    said: Option<String>,
+}
+
+impl LastWords {
+    /// Takes the next line the process wrote.
+    pub fn push(&mut self, line: &str) {
+        if let Some(first) = fatal_message(line) {
+            self.said = Some(first);
+        } else if let Some(said) = &mut self.said
+            && !line.starts_with('{')
+        {
+            said.push('\n');
+            said.push_str(line);
+        }
+    }
+
+    /// The error the process ended with, if it said one.
+    pub fn message(self) -> Option<String> {
+        self.said
+    }
 }
 
 /// The message of a process's last words, as a log line holds them.
