@@ -105,6 +105,7 @@ mod tests {
                     performance: PerformanceConfig::default(),
                     alerts: crate::config::AlertsConfig::default().tunnel_settings(n),
                     logging: LoggingConfig::default(),
+                    log_level_flag: None,
                 })
                 .collect(),
             logging: LoggingConfig::default(),
@@ -234,5 +235,29 @@ mod tests {
                 .settings(KeyPair::generate().unwrap(), None)
                 .balance
         );
+    }
+
+    /// `up`'s own log flags are part of what a tunnel runs with: given, they change
+    /// the digest; given as the defaults, or as the file's own values, they do not.
+    #[test]
+    fn the_digest_holds_the_log_flags_of_up() {
+        use crate::config::LogFormat;
+        let file = plan("/c.toml", &[("web", "10.0.0.2:80")]);
+        let plain = file.tunnels[0].digest();
+        let with = |level: Option<&str>, format: Option<LogFormat>| {
+            file.clone().with_log_flags(level, format).tunnels[0].digest()
+        };
+        assert_eq!(with(None, None), plain);
+        assert_eq!(with(Some("info"), Some(LogFormat::Text)), plain);
+        let debug = with(Some("debug"), None);
+        assert_ne!(debug, plain);
+        assert_ne!(with(Some("conduit=debug"), None), debug);
+        let json = with(None, Some(LogFormat::Json));
+        assert_ne!(json, plain);
+        assert_ne!(json, debug);
+        // The file saying `debug` runs the same process as the flag saying it.
+        let mut in_file = file.clone();
+        in_file.tunnels[0].logging.level = crate::config::LogLevel::Debug;
+        assert_eq!(in_file.tunnels[0].digest(), debug);
     }
 }

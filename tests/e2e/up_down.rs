@@ -405,6 +405,45 @@ fn the_log_flags_of_up_override_the_file() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // The flags are part of what the tunnel runs with: an `up` without them, or
+    // with others (by flag or variable), restarts it on what it asks for, and the
+    // same again leaves it be.
+    let f = file.to_str().unwrap();
+    let level_of = || {
+        let pid = pid_of(&home, "chatty");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let after = |flag: &str| {
+            let rest = cmdline.split_once(flag).unwrap().1;
+            rest.split_whitespace().next().unwrap().to_owned()
+        };
+        (after(" --log-level "), after(" --log-format "))
+    };
+    assert_eq!(level_of(), ("debug".to_owned(), "text".to_owned()));
+    // Twice each: restarted, then up to date.
+    let up_as = |flags: &[&str], env: &[(&str, &str)], level: &str, format: &str| {
+        for want in [
+            "restarted (settings changed) tunnel \"chatty\"",
+            "tunnel \"chatty\" is up to date",
+        ] {
+            let mut cmd = home.cmd();
+            cmd.args(flags)
+                .args(["up", "-f", f])
+                .envs(env.iter().copied());
+            let out = crate::harness::output_of(&mut cmd);
+            let (o, err) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert_code(out.status, 0, &err);
+            assert!(o.starts_with(want), "{flags:?} {env:?}: {o}");
+            assert_eq!(level_of(), (level.to_owned(), format.to_owned()));
+        }
+    };
+    up_as(&[], &[], "warn", "text");
+    up_as(&[], &[("CONDUIT_LOG_LEVEL", "debug")], "debug", "text");
+    up_as(&["--log-format", "json"], &[], "warn", "json");
 }
 
 #[test]

@@ -53,7 +53,14 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     };
     let name = a.file.display().to_string();
     let plan = match plan_tunnels(&sources) {
-        Ok(p) => p,
+        // `up`'s own flags over the file's `[logging]`: what each tunnel runs with.
+        Ok(p) => p.with_log_flags(
+            log.log_level.as_deref(),
+            log.log_format.map(|f| match f {
+                LogFormat::Json => conduit_controlplane::config::LogFormat::Json,
+                LogFormat::Text => conduit_controlplane::config::LogFormat::Text,
+            }),
+        ),
         Err(report)
             if report.has_errors() && report.problems.iter().all(|p| p.origin.is_none()) =>
         {
@@ -80,9 +87,9 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         return Ok(());
     }
     if a.foreground {
-        return supervise(&plan, &a.set, log);
+        return supervise(&plan, &a.set);
     }
-    reconcile_and_launch(home, &plan, &a.set, log)
+    reconcile_and_launch(home, &plan, &a.set)
 }
 
 /// Runs one tunnel of the plan in this process (a child of `up`).
@@ -121,28 +128,19 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
 /// The arguments that run tunnel `t` of `plan` as its own process.
 ///
 /// `up`'s own `--log-level` and `--log-format` (or `CONDUIT_LOG_LEVEL` and
-/// `CONDUIT_LOG_FORMAT`) win over the file's `[logging]`, as everywhere else.
+/// `CONDUIT_LOG_FORMAT`) win over the file's `[logging]`, as everywhere else: the
+/// plan holds them (`Plan::with_log_flags`), and so does its digest.
 fn child_args(
     plan: &Plan,
     set: &[Override],
-    log: &LogArgs,
     t: &TunnelPlan,
     detached: bool,
 ) -> Vec<OsString> {
-    let level = log
-        .log_level
-        .clone()
-        .unwrap_or_else(|| plan.logging.level.as_str().to_owned());
-    let format = match log.log_format {
-        Some(LogFormat::Json) => "json",
-        Some(LogFormat::Text) => "text",
-        None => plan.logging.format.as_str(),
-    };
     let mut args: Vec<OsString> = vec![
         "--log-level".into(),
-        level.into(),
+        t.log_level().into(),
         "--log-format".into(),
-        format.into(),
+        t.logging.format.as_str().into(),
         "up".into(),
         "-f".into(),
         plan.file.clone().into_os_string(),
@@ -174,7 +172,7 @@ fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
         .collect()
 }
 
-fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
+fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
     let registry = Registry::new(home);
     registry.readable().map_err(anyhow::Error::msg)?;
     let _one_at_a_time = registry.lock_changes()?;
@@ -252,7 +250,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override], log: &LogArg
                         let _ = s.clone().await;
                     }
                 }
-                let args = child_args(plan, set, log, t, true);
+                let args = child_args(plan, set, t, true);
                 let secrets = secret_vars(set);
                 let (home, name) = (home.clone(), t.name.clone());
                 let launching = launching.clone();
@@ -349,13 +347,13 @@ fn holds_port(c: &EntryConfig, port: u16, protocol: Protocol) -> bool {
 }
 
 /// Runs every tunnel as a child of this process until a signal, then stops them.
-fn supervise(plan: &Plan, set: &[Override], log: &LogArgs) -> Result<()> {
+fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
     let exe = std::env::current_exe()?;
     runtime(1)?.block_on(async move {
         let mut children = Vec::new();
         for t in &plan.tunnels {
             let mut cmd = tokio::process::Command::new(&exe);
-            cmd.args(child_args(plan, set, log, t, false))
+            cmd.args(child_args(plan, set, t, false))
                 .envs(secret_vars(set).iter().map(|(var, v)| (var, v.expose())))
                 .kill_on_drop(true);
             // Should the supervisor die, even by SIGKILL, its tunnels stop (SIGTERM:

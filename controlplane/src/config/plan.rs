@@ -9,7 +9,8 @@ use conduit_proto::tls::Suites;
 use conduit_proto::{KeyPair, PublicKey, Secret};
 
 use super::model::{
-    LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion, RouterPeer, TransportKind,
+    LogFormat, LoggingConfig, PerformanceConfig, Protocol, ProxyProtocolVersion, RouterPeer,
+    TransportKind,
 };
 use super::validate::{bind_addr, public_key};
 use super::{Problem, Report, Sources, load_client};
@@ -60,12 +61,23 @@ pub struct TunnelPlan {
     pub performance: PerformanceConfig,
     /// `[alerts]`: where the tunnel reports its router link.
     pub alerts: TunnelAlerts,
-    /// `[logging]` of the file: the level and format the tunnel runs with (unless
-    /// `up`'s own flags say otherwise).
+    /// `[logging]` of the file, with `up`'s own `--log-format` over its format (see
+    /// [`Plan::with_log_flags`]): the format the tunnel runs with.
     pub logging: LoggingConfig,
+    /// `up`'s own `--log-level` (a level, or a tracing filter such as
+    /// `conduit=debug`), over `logging.level`; see [`TunnelPlan::log_level`].
+    pub log_level_flag: Option<String>,
 }
 
 impl TunnelPlan {
+    /// The level (or tracing filter) the tunnel process runs with: `up`'s flag,
+    /// else the file's `[logging] level`.
+    pub fn log_level(&self) -> &str {
+        self.log_level_flag
+            .as_deref()
+            .unwrap_or(self.logging.level.as_str())
+    }
+
     /// A digest of everything that shapes this tunnel, so `up` can tell a running
     /// tunnel whose settings changed (restart it) from one that did not (leave it).
     /// The token enters only through the hash.
@@ -105,7 +117,8 @@ impl TunnelPlan {
         if !self.suites.is_default() {
             h.update(format!("|suites|{}", self.suites).as_bytes());
         }
-        let (level, format) = (self.logging.level.as_str(), self.logging.format.as_str());
+        // As the process runs: `up`'s own flags count as the file's `[logging]` does.
+        let (level, format) = (self.log_level(), self.logging.format.as_str());
         let default = LoggingConfig::default();
         if (level, format) != (default.level.as_str(), default.format.as_str()) {
             h.update(format!("|logging|{level}|{format}").as_bytes());
@@ -203,6 +216,24 @@ pub struct Plan {
     pub env_vars: Vec<String>,
 }
 
+impl Plan {
+    /// The plan as `up` runs it when its own `--log-level` and `--log-format` (or
+    /// `CONDUIT_LOG_LEVEL`, `CONDUIT_LOG_FORMAT`) are given: each tunnel process is
+    /// started with them over the file's `[logging]`, so its digest holds them too,
+    /// and a later `up` without them restarts it on the file's.
+    pub fn with_log_flags(mut self, level: Option<&str>, format: Option<LogFormat>) -> Self {
+        for t in &mut self.tunnels {
+            if let Some(level) = level {
+                t.log_level_flag = Some(level.to_owned());
+            }
+            if let Some(format) = format {
+                t.logging.format = format;
+            }
+        }
+        self
+    }
+}
+
 /// Resolves file, environment and command-line overrides into one plan per tunnel.
 ///
 /// `Err` holds every problem (warnings too) when there is at least one error.
@@ -291,6 +322,7 @@ pub fn plan_tunnels(sources: &Sources) -> Result<Plan, Report> {
             performance: c.performance.clone(),
             alerts: c.alerts.tunnel_settings(name),
             logging: c.logging.clone(),
+            log_level_flag: None,
         });
     }
     let env_vars = loaded.origins.env_vars();
