@@ -24,7 +24,7 @@ pub use authorized::{
     AuthorizedFile, load_authorized, load_authorized_file, parse_authorized, parse_authorized_file,
     replace_file, rotate_authorized,
 };
-pub(crate) use known_routers::lock_beside;
+pub(crate) use known_routers::lock_beside_telling;
 pub use known_routers::{
     KnownRouter, load_known_routers, parse_known_routers, read_known_routers, save_known_router,
 };

@@ -146,11 +146,13 @@ impl Registry {
     /// dropped): a `down` while an `up` launches would stop some of the file's
     /// tunnels and miss those launched after it looked, and two `up`s at once would
     /// each find the other's tunnels "being started" and fail.
-    pub fn lock_changes(&self) -> Result<std::fs::File, crate::Error> {
+    /// `waiting` is called first when another `up` or `down` holds the lock, before
+    /// this one waits for it (to say so).
+    pub fn lock_changes(&self, waiting: impl FnOnce()) -> Result<std::fs::File, crate::Error> {
         if let Some(home) = self.dir.parent() {
             crate::Home::ensure_private_dir(home)?;
         }
-        crate::keys::lock_beside(&self.dir)
+        crate::keys::lock_beside_telling(&self.dir, waiting)
     }
 
     /// Whether the registry can be read: an error naming the problem and the fix

@@ -128,9 +128,18 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
         "{st}"
     );
 
+    // Said at once: which tunnel drains how much, for how long, and what stops it now.
+    let draining = format!(
+        "tunnel \"web\" ({id}) is draining 1 open connection for up to 600s; `conduit kill \
+         --tunnel {id} --force` stops it now\n"
+    );
+    graceful.wait_stderr(&draining);
+
     let (status, out, err) = home.run(&["kill", "--tunnel", "web", "--force"]);
     assert_code(status, 0, &err);
     assert_eq!(out, format!("stopped tunnel \"web\" ({id})\n"));
+    // Nothing drains: nothing to say.
+    assert_eq!(err, "");
     // Cut short, a stream is reset: a FIN would pass it off as complete.
     assert_eq!(
         expect_end(&mut held),
@@ -143,6 +152,7 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
         graceful.stdout(),
         [format!("stopped tunnel \"web\" ({id})")]
     );
+    assert_eq!(graceful.stderr(), draining);
     assert!(list_json(&home).is_empty());
     assert_eq!(registry_files(&home), 0);
     // Its log says what ended the stream: the forced stop, not a deadline.

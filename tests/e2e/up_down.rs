@@ -72,6 +72,16 @@ fn held(addr: &str) -> TcpStream {
     c
 }
 
+/// `up`'s stderr without the file's warnings (each `bind` on port 0 has one).
+fn said(stderr: &str) -> String {
+    let port_0 = |l: &&str| l.starts_with("tunnels[") && l.contains(".bind: port 0 lets");
+    stderr
+        .lines()
+        .filter(|l| !port_0(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 fn list(home: &Home) -> Vec<serde_json::Value> {
     serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap()
 }
@@ -249,15 +259,25 @@ fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
     let (status, _, err) = up(&home, &file, &[]);
     assert_code(status, 0, &err);
     let (alpha, beta) = (pid_of(&home, "alpha"), pid_of(&home, "beta"));
-    let bind = list(&home).iter().find(|t| t["name"] == "alpha").unwrap()["bind"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let entry = |name: &str, key: &str| {
+        list(&home).iter().find(|t| t["name"] == name).unwrap()[key]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (bind, id) = (entry("alpha", "bind"), entry("alpha", "id"));
     let mut held = held(&bind);
 
-    // Both change; beta comes back while alpha drains.
+    // Both change; beta comes back while alpha drains, and `up` says at once what
+    // it waits for.
     let file = write(&source.replace("127.0.0.1", "localhost"));
     let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
+    let draining = format!(
+        "tunnel \"alpha\" ({id}) is draining 1 open connection for up to 120s: `up` starts it \
+         again on its new settings once it has stopped; `conduit kill --tunnel {id} --force` \
+         stops it now\n"
+    );
+    again.wait_stderr(&draining);
     crate::procfs::wait_until("beta to be restarted while alpha drains", || {
         let now = list(&home);
         let pid = |n: &str| {
@@ -274,6 +294,8 @@ fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
     drop(held);
     let status = again.wait_exit();
     assert_code(status, 0, &again.stderr());
+    // Beta had nothing to drain: nothing said of it.
+    assert_eq!(said(&again.stderr()), draining);
     let out = again.stdout().join("\n");
     for n in ["alpha", "beta"] {
         assert!(
@@ -444,6 +466,56 @@ fn the_log_flags_of_up_override_the_file() {
     up_as(&[], &[], "warn", "text");
     up_as(&[], &[("CONDUIT_LOG_LEVEL", "debug")], "debug", "text");
     up_as(&["--log-format", "json"], &[], "warn", "json");
+}
+
+/// `down` says at once which tunnel drains how many connections for how long, and
+/// how to stop it now; an `up` that waits for that `down` says so too.
+#[test]
+fn down_and_a_waiting_up_say_what_they_wait_for() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_slow_draining(&home, raddr.port(), &[("alpha", source)], "127.0.0.1:0");
+    let f = file.to_str().unwrap();
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    let (bind, id) = {
+        let l = list(&home);
+        let s = |k: &str| l[0][k].as_str().unwrap().to_owned();
+        (s("bind"), s("id"))
+    };
+    let held = held(&bind);
+
+    let mut down = home.spawn(&["down", "-f", f]);
+    let draining = format!(
+        "tunnel \"alpha\" ({id}) is draining 1 open connection for up to 120s; `conduit kill \
+         --tunnel {id} --force` stops it now (`down --force` does not drain)\n"
+    );
+    down.wait_stderr(&draining);
+    let mut up = home.spawn(&["up", "-f", f]);
+    let waiting = format!(
+        "another `conduit up` or `conduit down` is changing the tunnels of {}; waiting for it \
+         to finish (it may be draining a tunnel)\n",
+        home.path().display()
+    );
+    up.wait_stderr(&waiting);
+
+    let (status, out, err) = home.run(&["kill", "--tunnel", &id, "--force"]);
+    assert_code(status, 0, &err);
+    assert_eq!(out, format!("stopped tunnel \"alpha\" ({id})\n"));
+    assert_eq!(err, "");
+    assert_code(down.wait_exit(), 0, &down.stderr());
+    assert_eq!(down.stdout(), [format!("stopped tunnel \"alpha\" ({id})")]);
+    assert_eq!(down.stderr(), draining);
+    assert_code(up.wait_exit(), 0, &up.stderr());
+    assert_eq!(said(&up.stderr()), waiting);
+    assert!(
+        up.stdout()[0].starts_with("started tunnel \"alpha\""),
+        "{:?}",
+        up.stdout()
+    );
+    drop(held);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use conduit_controlplane::config::{Role, missing};
 use conduit_controlplane::reconcile::started_from;
 use conduit_controlplane::registry::Registry;
 
-use super::kill::stop_each;
+use super::kill::{Stopper, stop_each};
 use super::{runtime, say};
 use crate::args::DownArgs;
 use crate::exit::Usage;
@@ -17,7 +17,7 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
     registry.readable().map_err(anyhow::Error::msg)?;
     // No CONDUIT_HOME, no tunnels: nothing to make for the lock.
     let _one_at_a_time = match home.root().exists() {
-        true => Some(registry.lock_changes()?),
+        true => Some(registry.lock_changes(|| super::say_waiting_for_lock(home))?),
         false => None,
     };
     let targets = started_from(&file, &registry.entries());
@@ -33,5 +33,11 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         ));
         return Ok(());
     }
-    runtime(1)?.block_on(stop_each(&registry, &targets, a.force, a.drain_timeout))
+    runtime(1)?.block_on(stop_each(
+        &registry,
+        &targets,
+        a.force,
+        a.drain_timeout,
+        Stopper::Down,
+    ))
 }

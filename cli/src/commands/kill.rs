@@ -27,7 +27,48 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
         say("no tunnels running");
         return Ok(());
     }
-    runtime(1)?.block_on(stop_each(&registry, &targets, a.force, a.drain_timeout))
+    runtime(1)?.block_on(stop_each(
+        &registry,
+        &targets,
+        a.force,
+        a.drain_timeout,
+        Stopper::Kill,
+    ))
+}
+
+/// The command stopping a tunnel, for what it says while the tunnel drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stopper {
+    /// `conduit kill`.
+    Kill,
+    /// `conduit down -f FILE`.
+    Down,
+    /// `conduit up -f FILE`, which starts the tunnel again once it has stopped.
+    Up,
+}
+
+impl Stopper {
+    /// Said at once (on stderr) when tunnel `e` has `open` connections to drain for
+    /// up to `secs` seconds: what is waited for, and how to end the wait now.
+    /// `conduit kill` takes no lock, so it can cut short a `down`'s or an `up`'s
+    /// drain (a `down --force` would wait for this `down` to finish first).
+    pub(crate) fn draining(self, e: &Entry, open: u32, secs: u32) -> String {
+        let what = format!(
+            "tunnel {:?} ({}) is draining {open} open connection{} for up to {secs}s",
+            e.name,
+            e.tunnel_id,
+            if open == 1 { "" } else { "s" }
+        );
+        let force = format!("`conduit kill --tunnel {} --force`", e.tunnel_id);
+        match self {
+            Self::Kill => format!("{what}; {force} stops it now"),
+            Self::Down => format!("{what}; {force} stops it now (`down --force` does not drain)"),
+            Self::Up => format!(
+                "{what}: `up` starts it again on its new settings once it has stopped; {force} \
+                 stops it now"
+            ),
+        }
+    }
 }
 
 /// Stops every tunnel of `targets` at once (they drain side by side) and says which
@@ -37,8 +78,9 @@ pub(crate) async fn stop_each(
     targets: &[Entry],
     force: bool,
     drain: Option<u32>,
+    by: Stopper,
 ) -> Result<()> {
-    let results = join_all(targets.iter().map(|e| stop(registry, e, force, drain))).await;
+    let results = join_all(targets.iter().map(|e| stop(registry, e, force, drain, by))).await;
     let mut failures = Vec::new();
     for (e, res) in targets.iter().zip(results) {
         match res {
@@ -64,6 +106,7 @@ pub(crate) async fn stop(
     e: &Entry,
     force: bool,
     drain: Option<u32>,
+    by: Stopper,
 ) -> Result<String, String> {
     let drain = if force { None } else { drain };
     let asked = if force {
@@ -74,7 +117,11 @@ pub(crate) async fn stop(
         ask(e, force, drain).await
     };
     match asked {
-        Ok(draining) => {
+        Ok((open, draining)) => {
+            let secs = draining.or(drain).unwrap_or(DEFAULT_DRAIN_SECS);
+            if !force && open > 0 && secs > 0 {
+                eprintln!("{}", by.draining(e, open, secs));
+            }
             let limit = exit_wait(force, draining, drain);
             match gone_within(e.pid, limit).await {
                 Ok(()) => Ok(String::new()),
@@ -108,12 +155,16 @@ fn exit_wait(force: bool, draining: Option<u32>, drain: Option<u32>) -> Duration
     if force {
         return Duration::from_secs(MARGIN_SECS);
     }
-    let secs = draining.or(drain).unwrap_or(30);
+    let secs = draining.or(drain).unwrap_or(DEFAULT_DRAIN_SECS);
     Duration::from_secs(u64::from(secs) + MARGIN_SECS)
 }
 
-/// Sends `Shutdown` to the tunnel's control API; returns how long it said it drains.
-async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<Option<u32>, String> {
+/// A tunnel's drain when it does not say (an older one) and none was asked.
+const DEFAULT_DRAIN_SECS: u32 = 30;
+
+/// Sends `Shutdown` to the tunnel's control API; returns the connections it had open
+/// and how long it said it drains.
+async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<(u32, Option<u32>), String> {
     let mut c = control::connect(&e.control_socket)
         .await
         .map_err(|err| err.to_string())?;
@@ -122,7 +173,10 @@ async fn ask(e: &Entry, force: bool, drain: Option<u32>) -> Result<Option<u32>, 
         drain_secs: drain,
     })
     .await
-    .map(|r| r.into_inner().drain_secs)
+    .map(|r| {
+        let r = r.into_inner();
+        (u32::try_from(r.open_connections).unwrap_or(0), r.drain_secs)
+    })
     .map_err(|s| {
         format!(
             "its control socket {} does not answer: {}",

@@ -233,6 +233,16 @@ fn dataplane_options(e: &EngineArgs) -> Options {
     }
 }
 
+/// Said (on stderr) by an `up` or `down` that finds another one changing the
+/// tunnels of `home`, before it waits for that one to finish.
+fn say_waiting_for_lock(home: &Home) {
+    eprintln!(
+        "another `conduit up` or `conduit down` is changing the tunnels of {}; waiting for it \
+         to finish (it may be draining a tunnel)",
+        home.root().display()
+    );
+}
+
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }

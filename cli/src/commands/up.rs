@@ -22,7 +22,7 @@ use futures::FutureExt;
 use futures::future::join_all;
 
 use super::config::{fail, print_problems, unreadable};
-use super::kill::stop;
+use super::kill::{Stopper, stop};
 use super::service::{self, Tunnel, log_flags};
 use super::start::{foreground, launch_detached, report_started};
 use super::{runtime, say};
@@ -175,7 +175,7 @@ fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
 fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
     let registry = Registry::new(home);
     registry.readable().map_err(anyhow::Error::msg)?;
-    let _one_at_a_time = registry.lock_changes()?;
+    let _one_at_a_time = registry.lock_changes(|| super::say_waiting_for_lock(home))?;
     let entries = registry.entries();
     let actions = reconcile(plan, &entries);
     let file = plan.file.display();
@@ -228,7 +228,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     let (stopped, launched) = rt.block_on(async {
         let stops: Vec<_> = (stopping.iter())
             .map(|e| {
-                stop(&registry, e, false, None)
+                stop(&registry, e, false, None, Stopper::Up)
                     .map(|r| r.map(drop))
                     .boxed_local()
                     .shared()

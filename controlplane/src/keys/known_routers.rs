@@ -104,6 +104,15 @@ pub fn save_known_router(path: &Path, router: &str, known: &KnownRouter) -> Resu
 /// returned is dropped. The lock is on a file beside `path` because `path` itself is
 /// replaced by rename, which a lock on it would not survive.
 pub(crate) fn lock_beside(path: &Path) -> Result<std::fs::File, Error> {
+    lock_beside_telling(path, || {})
+}
+
+/// [`lock_beside`], calling `waiting` first when another process holds the lock
+/// (and so this one is about to wait for it).
+pub(crate) fn lock_beside_telling(
+    path: &Path,
+    waiting: impl FnOnce(),
+) -> Result<std::fs::File, Error> {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".lock");
     let lock = path.with_file_name(name);
@@ -120,6 +129,11 @@ pub(crate) fn lock_beside(path: &Path) -> Result<std::fs::File, Error> {
         opts.mode(0o600);
     }
     let f = opts.open(&lock).map_err(err)?;
+    match f.try_lock() {
+        Ok(()) => return Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => waiting(),
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
     f.lock().map_err(err)?;
     Ok(f)
 }
