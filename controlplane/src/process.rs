@@ -34,6 +34,8 @@ pub struct Registration {
     pub drain: Duration,
     /// Where to serve the tunnel's Prometheus metrics over HTTP, if anywhere.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// The `up --foreground` whose child this tunnel is, if any.
+    pub supervisor: Option<registry::Supervisor>,
 }
 
 /// The variable through which a launching parent tells its child that the claim on
@@ -324,6 +326,7 @@ impl RegisteredTunnel {
             },
             status: "starting".into(),
             created_at: registry::now_rfc3339(),
+            supervisor: r.supervisor,
         };
         let facts = Arc::new(TunnelFacts {
             id,

@@ -22,6 +22,9 @@ pub struct Actions<'p> {
     pub remove: Vec<Entry>,
     /// Its name is taken by a tunnel that was not started from this file.
     pub conflict: Vec<(&'p TunnelPlan, Entry)>,
+    /// From this file, and to restart or stop, but a live `up --foreground` runs it
+    /// and would not know: left alone (its supervisor is the one to restart).
+    pub supervised: Vec<Entry>,
 }
 
 /// Compares `plan` with the live registry `entries`.
@@ -31,14 +34,20 @@ pub fn reconcile<'p>(plan: &'p Plan, entries: &[Entry]) -> Actions<'p> {
         match entries.iter().find(|e| e.name == t.name) {
             None => a.start.push(t),
             Some(e) if !from_file(e, &plan.file) => a.conflict.push((t, e.clone())),
+            Some(e) if e.status != "stopping" && e.config.digest == t.digest() => {
+                a.keep.push((t, e.clone()));
+            }
+            Some(e) if e.live_supervisor().is_some() => a.supervised.push(e.clone()),
             Some(e) if e.status == "stopping" => a.revive.push((t, e.clone())),
-            Some(e) if e.config.digest == t.digest() => a.keep.push((t, e.clone())),
             Some(e) => a.restart.push((t, e.clone())),
         }
     }
     for e in entries {
         if from_file(e, &plan.file) && !plan.tunnels.iter().any(|t| t.name == e.name) {
-            a.remove.push(e.clone());
+            match e.live_supervisor() {
+                Some(_) => a.supervised.push(e.clone()),
+                None => a.remove.push(e.clone()),
+            }
         }
     }
     a
@@ -135,6 +144,7 @@ mod tests {
             },
             status: "running".into(),
             created_at: String::new(),
+            supervisor: None,
         }
     }
 
@@ -204,6 +214,48 @@ mod tests {
             ["old"]
         );
         assert_eq!(started_from(Path::new("/etc/c.toml"), &entries).len(), 3);
+    }
+
+    /// A tunnel an `up --foreground` runs is neither restarted, started again nor
+    /// stopped by another `up` of its file (its supervisor would not know); one whose
+    /// supervisor is gone is handled as any other.
+    #[test]
+    fn a_supervised_tunnel_is_left_to_its_supervisor() {
+        use crate::registry::Supervisor;
+        let p = plan(
+            "/etc/c.toml",
+            &[
+                ("same", "10.0.0.2:80"),
+                ("changed", "10.0.0.3:80"),
+                ("stopping", "10.0.0.4:80"),
+            ],
+        );
+        let live = Supervisor::of(std::process::id());
+        let dead = Supervisor {
+            pid: 4_000_000_000,
+            started: None,
+        };
+        let supervised = |name: &str, digest: &str, by: Supervisor| Entry {
+            supervisor: Some(by),
+            ..entry(name, Some("/etc/c.toml"), digest)
+        };
+        let mut stopping = supervised("stopping", &p.tunnels[2].digest(), live);
+        stopping.status = "stopping".into();
+        let entries = vec![
+            supervised("same", &p.tunnels[0].digest(), live),
+            supervised("changed", "stale", live),
+            stopping,
+            supervised("gone", "x", live),
+            supervised("orphan", "y", dead),
+        ];
+        let a = reconcile(&p, &entries);
+        let names: Vec<&str> = a.supervised.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["changed", "stopping", "gone"]);
+        assert_eq!(a.keep.len(), 1);
+        assert_eq!(a.keep[0].0.name, "same");
+        assert!(a.restart.is_empty() && a.revive.is_empty() && a.start.is_empty());
+        let removed: Vec<&str> = a.remove.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(removed, ["orphan"]);
     }
 
     #[test]

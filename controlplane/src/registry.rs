@@ -73,6 +73,41 @@ pub struct Entry {
     pub status: String,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// The `conduit up --foreground` that runs this tunnel as its child and restarts
+    /// it when it fails, if one does (absent from entries of older versions, which
+    /// did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<Supervisor>,
+}
+
+/// The `conduit up --foreground` process that supervises a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervisor {
+    /// Its process.
+    pub pid: u32,
+    /// When it started, in clock ticks after boot, as [`Entry::started`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<u64>,
+}
+
+impl Supervisor {
+    /// Process `pid` as a supervisor, with its start time when it can be read.
+    pub fn of(pid: u32) -> Self {
+        Self {
+            pid,
+            started: start_ticks(pid),
+        }
+    }
+
+    /// Whether the supervisor still runs: its pid lives and, when its start time is
+    /// known, is still that process (not a pid reused since).
+    pub fn alive(&self) -> bool {
+        process_alive(self.pid)
+            && match self.started {
+                Some(want) => start_ticks(self.pid).is_none_or(|now| now == want),
+                None => true,
+            }
+    }
 }
 
 impl Entry {
@@ -84,6 +119,11 @@ impl Entry {
             return Some(false);
         }
         start_ticks(self.pid).map(|now| now == want)
+    }
+
+    /// The live `up --foreground` that supervises this tunnel, if one does.
+    pub fn live_supervisor(&self) -> Option<Supervisor> {
+        self.supervisor.filter(Supervisor::alive)
     }
 
     /// The creation time as Unix seconds (0 if unparsable).
@@ -364,6 +404,7 @@ mod tests {
             },
             status: "running".into(),
             created_at: now_rfc3339(),
+            supervisor: None,
         }
     }
 
@@ -457,6 +498,47 @@ mod tests {
         reg.write(&e).unwrap();
         assert!(reg.entries().is_empty());
         assert!(!home.tunnels().join("web-0004.json").exists());
+    }
+
+    /// An entry written before supervisors were recorded reads as unsupervised; one
+    /// that names a supervisor names it while that process lives, and not once its
+    /// pid is dead or another program's.
+    #[test]
+    fn a_supervisor_is_recorded_and_old_entries_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        let mut e = entry(&home, "web-0007", std::process::id());
+        let mut old = serde_json::to_value(&e).unwrap();
+        assert!(old.get("supervisor").is_none(), "{old}");
+        old.as_object_mut().unwrap().remove("started");
+        std::fs::create_dir_all(home.tunnels()).unwrap();
+        std::fs::write(
+            home.tunnels().join("web-0007.json"),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let read = reg.entries();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].supervisor, None);
+        assert_eq!(read[0].live_supervisor(), None);
+
+        let me = Supervisor::of(std::process::id());
+        e.supervisor = Some(me);
+        reg.write(&e).unwrap();
+        assert_eq!(reg.entries()[0].live_supervisor(), Some(me));
+        e.supervisor = Some(Supervisor {
+            pid: 4_000_000_000,
+            started: None,
+        });
+        assert_eq!(e.live_supervisor(), None);
+        if let Some(t) = me.started {
+            e.supervisor = Some(Supervisor {
+                pid: me.pid,
+                started: Some(t + 1),
+            });
+            assert_eq!(e.live_supervisor(), None);
+        }
     }
 
     #[test]

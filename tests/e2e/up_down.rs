@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use crate::harness::{DEADLINE, Engine, Home, assert_code};
 use crate::sources;
 
+mod supervise;
+
 struct Cleanup<'a>(&'a Home);
 
 impl Drop for Cleanup<'_> {

@@ -35,6 +35,16 @@ pub(crate) struct UpArgs {
     /// Internal: this process was launched in the background by `conduit up`.
     #[arg(long, hide = true, requires = "tunnel")]
     pub(crate) detached: bool,
+    /// Internal: this process is a child of the `up --foreground` with this pid,
+    /// which restarts it when it fails.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "PID",
+        requires = "tunnel",
+        conflicts_with = "detached"
+    )]
+    pub(crate) supervisor: Option<u32>,
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
 }

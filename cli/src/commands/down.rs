@@ -33,6 +33,16 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         ));
         return Ok(());
     }
+    for e in &targets {
+        if let Some(s) = e.live_supervisor() {
+            eprintln!(
+                "tunnel {:?} is run by `conduit up --foreground` (pid {}), which does not \
+                 restart a tunnel stopped on purpose: it stays down until that supervisor is \
+                 restarted",
+                e.name, s.pid
+            );
+        }
+    }
     runtime(1)?.block_on(stop_each(
         &registry,
         &targets,

@@ -14,6 +14,7 @@ mod service;
 mod start;
 mod stats;
 mod status;
+mod supervise;
 mod tune;
 mod tunnels;
 mod up;

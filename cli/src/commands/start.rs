@@ -142,6 +142,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         log_file,
         drain: secs(a.drain_timeout),
         metrics_bind,
+        supervisor: None,
     };
     foreground(settings, registration, a.detached)
 }

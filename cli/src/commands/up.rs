@@ -5,7 +5,8 @@
 //! each tunnel starts once its old process (and any tunnel being stopped on its port
 //! and protocol) is gone, not after the slowest drain. Each tunnel process is
 //! `conduit up -f FILE --tunnel NAME --foreground`, so it reads exactly its own plan.
-//! `up --foreground` supervises one such child per tunnel in this terminal.
+//! `up --foreground` supervises one such child per tunnel in this terminal (see
+//! `supervise`); a plain `up` leaves the tunnels such a supervisor runs to it.
 
 use std::ffi::OsString;
 
@@ -15,7 +16,7 @@ use conduit_controlplane::config::{
 };
 use conduit_controlplane::process::{Registration, claim_name};
 use conduit_controlplane::reconcile::reconcile;
-use conduit_controlplane::registry::{Entry, EntryConfig, Registry};
+use conduit_controlplane::registry::{Entry, EntryConfig, Registry, Supervisor};
 use conduit_controlplane::{Home, TunnelSettings, keys};
 use conduit_proto::Secret;
 use futures::FutureExt;
@@ -75,7 +76,7 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         return service_file(home, &a, log, &plan, kind);
     }
     if let Some(tunnel) = &a.tunnel {
-        return one(home, &plan, tunnel, a.detached);
+        return one(home, &plan, tunnel, a.detached, a.supervisor);
     }
     for w in &plan.warnings {
         eprintln!("{w}");
@@ -87,13 +88,20 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         return Ok(());
     }
     if a.foreground {
-        return supervise(&plan, &a.set);
+        return super::supervise::supervise(&plan, &a.set);
     }
     reconcile_and_launch(home, &plan, &a.set)
 }
 
-/// Runs one tunnel of the plan in this process (a child of `up`).
-fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
+/// Runs one tunnel of the plan in this process (a child of `up`, or of the
+/// `up --foreground` whose pid is `supervisor`).
+fn one(
+    home: &Home,
+    plan: &Plan,
+    name: &str,
+    detached: bool,
+    supervisor: Option<u32>,
+) -> Result<()> {
     let t = plan
         .tunnels
         .iter()
@@ -113,6 +121,7 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
         log_file: detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: t.performance.drain_timeout(),
         metrics_bind: None,
+        supervisor: supervisor.map(Supervisor::of),
     };
     let t = TunnelPlan {
         performance: super::auto_tune(&t.performance, t.transport == TransportKind::Plain),
@@ -130,7 +139,7 @@ fn one(home: &Home, plan: &Plan, name: &str, detached: bool) -> Result<()> {
 /// `up`'s own `--log-level` and `--log-format` (or `CONDUIT_LOG_LEVEL` and
 /// `CONDUIT_LOG_FORMAT`) win over the file's `[logging]`, as everywhere else: the
 /// plan holds them (`Plan::with_log_flags`), and so does its digest.
-fn child_args(
+pub(super) fn child_args(
     plan: &Plan,
     set: &[Override],
     t: &TunnelPlan,
@@ -165,7 +174,7 @@ fn child_args(
 /// child reads them from: its environment is its owner's only, where its command line
 /// is every local user's to read in `ps` for as long as it runs. A variable outranks
 /// the file as `--set` does.
-fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
+pub(super) fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
     set.iter()
         .filter(|o| o.is_secret())
         .map(|o| (o.canonical_env_name(), Secret::new(o.value.clone())))
@@ -196,6 +205,22 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                 "tunnel {:?}: the name is taken by a tunnel {whose}, not from {file} (id {}, pid \
                  {}); stop it with {stop} or rename one of them",
                 t.name, e.tunnel_id, e.pid
+            ),
+            exit::USAGE,
+        ));
+    }
+    for e in &actions.supervised {
+        let pid = e.supervisor.map_or(0, |s| s.pid);
+        let what = match plan.tunnels.iter().any(|t| t.name == e.name) {
+            true => "its settings changed",
+            false => "it is no longer in the file",
+        };
+        failures.push((
+            format!(
+                "tunnel {:?}: {what}, but `conduit up --foreground -f {file}` (pid {pid}) runs \
+                 it and restarts it when it fails, so this `up` leaves it alone; restart that \
+                 supervisor (or the service that runs it) to apply the file",
+                e.name
             ),
             exit::USAGE,
         ));
@@ -344,88 +369,6 @@ fn holds_port(c: &EntryConfig, port: u16, protocol: Protocol) -> bool {
         Protocol::Udp => c.protocol == "udp",
     };
     port != 0 && bound == Some(port) && same
-}
-
-/// Runs every tunnel as a child of this process until a signal, then stops them.
-fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    runtime(1)?.block_on(async move {
-        let mut children = Vec::new();
-        for t in &plan.tunnels {
-            let mut cmd = tokio::process::Command::new(&exe);
-            cmd.args(child_args(plan, set, t, false))
-                .envs(secret_vars(set).iter().map(|(var, v)| (var, v.expose())))
-                .kill_on_drop(true);
-            // Should the supervisor die, even by SIGKILL, its tunnels stop (SIGTERM:
-            // they drain, then exit) rather than run on unsupervised, holding their
-            // names and ports against the next `up` (Linux; elsewhere they run on).
-            conduit_dataplane::stop_with_parent(cmd.as_std_mut());
-            let child = cmd
-                .spawn()
-                .map_err(|e| anyhow!("cannot start tunnel {:?}: {e}", t.name))?;
-            children.push((t.name.clone(), child));
-        }
-        let mut waits = Vec::new();
-        let pids: Vec<u32> = children.iter().filter_map(|(_, c)| c.id()).collect();
-        for (name, mut child) in children {
-            waits.push(tokio::spawn(async move { (name, child.wait().await) }));
-        }
-        let all = futures_join_all(waits);
-        tokio::pin!(all);
-        let results = tokio::select! {
-            r = &mut all => r,
-            _ = super::shutdown_signal() => {
-                for pid in &pids {
-                    terminate(*pid);
-                }
-                all.await
-            }
-        };
-        let failed: Vec<(String, u8)> = results
-            .into_iter()
-            .filter(|(_, s)| !s.as_ref().is_ok_and(|s| s.success()))
-            .map(|(n, s)| {
-                let code = s.ok().and_then(|s| s.code());
-                (
-                    n,
-                    code.and_then(|c| u8::try_from(c).ok())
-                        .unwrap_or(exit::FAILURE),
-                )
-            })
-            .collect();
-        if failed.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
-        Err(Failed {
-            message: format!("tunnels that failed: {}", names.join(", ")),
-            code: exit::shared_code(failed.iter().map(|(_, c)| *c)),
-        }
-        .into())
-    })
-}
-
-async fn futures_join_all(
-    waits: Vec<tokio::task::JoinHandle<(String, std::io::Result<std::process::ExitStatus>)>>,
-) -> Vec<(String, std::io::Result<std::process::ExitStatus>)> {
-    let mut out = Vec::new();
-    for w in waits {
-        if let Ok(r) = w.await {
-            out.push(r);
-        }
-    }
-    out
-}
-
-/// Asks a child to stop gracefully (it drains, then exits).
-fn terminate(pid: u32) {
-    #[cfg(unix)]
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(raw),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
 }
 
 /// `--service-file`: a service that runs `conduit up --foreground -f FILE` (the file's

@@ -1,0 +1,304 @@
+//! `conduit up --foreground -f FILE`: each tunnel of the file as a child of this
+//! process, which an init system (the units `--service-file` writes) keeps running.
+//!
+//! Each child has a task of its own that owns it: a child that exits on its own with
+//! a failure (an exit code other than 0, or a signal such as SIGKILL) is logged at
+//! once, with the reason from its last words on stderr, and started again alone
+//! after a back-off (1 s, doubling to 30 s; back to 1 s once a run has lasted a
+//! minute). A child that exits with 0 was stopped on purpose (`conduit kill`,
+//! `down`) and stays stopped. SIGTERM or SIGINT stops every child (they drain) and
+//! every pending restart; the exit code is then that of the tunnels whose last run
+//! failed, as `up` reports them.
+//!
+//! Children name this process in their registry entries (`--supervisor PID`), so a
+//! plain `up` of the same file leaves them to it (see `up::reconcile_and_launch`).
+//! What is not done here: a child's settings are never changed while it runs; a
+//! changed file takes a restart of this process.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::Result;
+use conduit_controlplane::config::{Override, Plan};
+use conduit_controlplane::spawn::LastWords;
+use conduit_proto::Secret;
+use futures::future::join_all;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info};
+
+use super::up::{child_args, secret_vars};
+use crate::exit::{self, Failed};
+
+/// The first wait before a failed tunnel is started again.
+const FIRST_WAIT: Duration = Duration::from_secs(1);
+/// The longest wait between two starts of a tunnel that keeps failing.
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
+/// A run this long counts as a success: the next failure waits [`FIRST_WAIT`] again.
+const STEADY: Duration = Duration::from_secs(60);
+
+/// Runs every tunnel of `plan` as a child of this process until a signal, restarting
+/// each one that fails; then stops them.
+pub(super) fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let me = std::process::id().to_string();
+    let secrets = secret_vars(set);
+    let children: Vec<Child> = (plan.tunnels.iter())
+        .map(|t| {
+            let mut args = child_args(plan, set, t, false);
+            args.extend(["--supervisor".into(), me.clone().into()]);
+            Child {
+                name: t.name.clone(),
+                exe: exe.clone().into_os_string(),
+                args,
+                secrets: secrets.clone(),
+            }
+        })
+        .collect();
+    // One thread, this one, which lives as long as the process: the kernel stops a
+    // child with its parent *thread* (`PR_SET_PDEATHSIG`), so no child may be
+    // started from a worker thread that could end before the process.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        // Installed before any child starts: a signal meanwhile still stops them.
+        let signal = super::shutdown_signal();
+        let (stop, stopping) = watch::channel(false);
+        // Each child's future owns it; all run on this one thread.
+        let tasks: Vec<_> = (children.into_iter())
+            .map(|c| {
+                let stopping = stopping.clone();
+                async move {
+                    let name = c.name.clone();
+                    (name, c.keep_running(stopping).await)
+                }
+            })
+            .collect();
+        let all = join_all(tasks);
+        tokio::pin!(all);
+        let results = tokio::select! {
+            r = &mut all => r,
+            () = signal => {
+                info!("stopping every tunnel (signal)");
+                stop.send_replace(true);
+                all.await
+            }
+        };
+        let failed: Vec<(String, u8)> = (results.into_iter())
+            .filter_map(|(name, code)| code.map(|c| (name, c)))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        Err(Failed {
+            message: format!("tunnels that failed: {}", names.join(", ")),
+            code: exit::shared_code(failed.iter().map(|(_, c)| *c)),
+        }
+        .into())
+    })
+}
+
+/// One tunnel's child process, as it is started each time.
+struct Child {
+    name: String,
+    exe: OsString,
+    args: Vec<OsString>,
+    secrets: Vec<(String, Secret)>,
+}
+
+/// How a run of a child ended.
+struct Ended {
+    status: std::io::Result<ExitStatus>,
+    /// Its last words on stderr (`conduit: error: …`, or a JSON `fatal` event).
+    reason: Option<String>,
+}
+
+impl Child {
+    /// Starts the child, and again each time it fails, until `stopping` turns true
+    /// or it exits with 0. Returns the exit code of its last run if that failed.
+    async fn keep_running(self, mut stopping: watch::Receiver<bool>) -> Option<u8> {
+        let mut wait = FIRST_WAIT;
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let ended = match self.start() {
+                Ok(child) => self.run(child, &mut stopping).await,
+                Err(e) => Ended {
+                    status: Err(e),
+                    reason: None,
+                },
+            };
+            let failed = match &ended.status {
+                Ok(s) if s.success() => {
+                    if !*stopping.borrow() {
+                        info!(
+                            tunnel = %self.name,
+                            "tunnel {:?} exited with code 0 (stopped on purpose: `conduit \
+                             kill` or `down`); not restarting it",
+                            self.name
+                        );
+                    }
+                    return None;
+                }
+                Ok(s) => exit_code(s),
+                Err(_) => exit::FAILURE,
+            };
+            let how = describe(&ended);
+            error!(tunnel = %self.name, exit_code = failed, "tunnel {:?} {how}", self.name);
+            if *stopping.borrow() {
+                return Some(failed);
+            }
+            if started.elapsed() >= STEADY {
+                wait = FIRST_WAIT;
+                failures = 0;
+            }
+            failures += 1;
+            info!(
+                tunnel = %self.name,
+                "restarting tunnel {:?} in {}s (failure {failures} in a row)",
+                self.name,
+                wait.as_secs()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stopping.wait_for(|s| *s) => return Some(failed),
+            }
+            wait = (wait * 2).min(LONGEST_WAIT);
+        }
+    }
+
+    fn start(&self) -> std::io::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&self.args)
+            .envs(self.secrets.iter().map(|(var, v)| (var, v.expose())))
+            // Its stderr passes through this process, which reads its last words.
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // Should the supervisor die, even by SIGKILL, its tunnels stop (SIGTERM:
+        // they drain, then exit) rather than run on unsupervised, holding their
+        // names and ports against the next `up` (Linux; elsewhere they run on).
+        conduit_dataplane::stop_with_parent(cmd.as_std_mut());
+        cmd.spawn()
+    }
+
+    /// Waits for `child` to exit, asking it to stop (it drains) once `stopping`.
+    async fn run(
+        &self,
+        mut child: tokio::process::Child,
+        stopping: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let stderr = child.stderr.take();
+        let words = tokio::spawn(async move {
+            let mut words = LastWords::default();
+            let Some(stderr) = stderr else {
+                return words;
+            };
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut out = std::io::stderr().lock();
+                let _ = writeln!(out, "{line}");
+                words.push(&line);
+            }
+            words
+        });
+        let status = tokio::select! {
+            s = child.wait() => s,
+            stop = stopping.wait_for(|s| *s) => {
+                // A guard on the channel: not held while the child drains.
+                drop(stop);
+                if let Some(pid) = child.id() {
+                    terminate(pid);
+                }
+                child.wait().await
+            }
+        };
+        let reason = words.await.ok().and_then(LastWords::message);
+        Ended { status, reason }
+    }
+}
+
+/// The code a failed run counts with: its exit code, or 1 for a signal.
+fn exit_code(s: &ExitStatus) -> u8 {
+    s.code()
+        .and_then(|c| u8::try_from(c).ok())
+        .filter(|c| *c != 0)
+        .unwrap_or(exit::FAILURE)
+}
+
+/// How a run failed: `exited with code 69: cannot listen on …`, `was killed by
+/// signal 9 (SIGKILL)`, or why it could not start.
+fn describe(e: &Ended) -> String {
+    let how = match &e.status {
+        Err(err) => return format!("could not be started: {err}"),
+        Ok(s) => match (s.code(), signal_of(s)) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            (None, None) => format!("ended: {s}"),
+        },
+    };
+    match &e.reason {
+        Some(why) => format!("{how}: {why}"),
+        None => format!("{how} without saying why"),
+    }
+}
+
+/// `9 (SIGKILL)` for a process a signal ended.
+#[cfg(unix)]
+fn signal_of(s: &ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    let n = s.signal()?;
+    Some(match nix::sys::signal::Signal::try_from(n) {
+        Ok(sig) => format!("{n} ({sig})"),
+        Err(_) => n.to_string(),
+    })
+}
+
+#[cfg(not(unix))]
+fn signal_of(_: &ExitStatus) -> Option<String> {
+    None
+}
+
+/// Asks a child to stop gracefully (it drains, then exits).
+fn terminate(pid: u32) {
+    #[cfg(unix)]
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(raw),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_failure_says_its_code_or_signal_and_its_reason() {
+        use std::os::unix::process::ExitStatusExt;
+        let ended = |raw: i32, reason: Option<&str>| Ended {
+            status: Ok(ExitStatus::from_raw(raw)),
+            reason: reason.map(str::to_owned),
+        };
+        let bind = ended(
+            69 << 8,
+            Some("cannot listen on 127.0.0.1:80: Address already in use"),
+        );
+        assert_eq!(
+            describe(&bind),
+            "exited with code 69: cannot listen on 127.0.0.1:80: Address already in use"
+        );
+        assert_eq!(exit_code(&ExitStatus::from_raw(69 << 8)), 69);
+        assert_eq!(
+            describe(&ended(9, None)),
+            "was killed by signal 9 (SIGKILL) without saying why"
+        );
+        assert_eq!(exit_code(&ExitStatus::from_raw(9)), exit::FAILURE);
+    }
+}

@@ -1,0 +1,188 @@
+//! `conduit up --foreground`: a child that fails is logged and restarted alone, one
+//! stopped on purpose stays stopped, and a plain `up` leaves the supervisor's
+//! tunnels to it.
+
+use super::{Cleanup, echo_through, list, names, pid_of, said, write_file};
+use crate::harness::{Engine, Home, assert_code};
+use crate::sources;
+
+/// Waits until tunnel `name` runs (its status `running`), and returns its pid.
+fn running(home: &Home, name: &str) -> u64 {
+    crate::procfs::wait_until(&format!("tunnel {name} to run"), || {
+        let l = list(home);
+        let t = l.iter().find(|t| t["name"] == name).cloned();
+        let pid = t
+            .as_ref()
+            .filter(|t| t["status"] == "running")
+            .and_then(|t| t["pid"].as_u64());
+        (pid.is_some(), (pid, l))
+    })
+    .0
+    .unwrap_or_default()
+}
+
+fn sigkill(pid: u64) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A child killed outright (SIGKILL) is logged at once, naming the tunnel and the
+/// signal, and started again alone; the other tunnel's process is left as it was.
+/// A child stopped on purpose (`conduit kill`) is logged at info and not restarted;
+/// once no child is left, the supervisor exits 0.
+#[test]
+fn a_killed_child_is_restarted_alone_and_a_stopped_one_is_not() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("one", source.clone()), ("two", source.clone())],
+    );
+    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
+    let (one, two) = (running(&home, "one"), running(&home, "two"));
+
+    sigkill(one);
+    sup.wait_stderr("tunnel \"one\" was killed by signal 9 (SIGKILL) without saying why");
+    sup.wait_stderr("restarting tunnel \"one\" in 1s (failure 1 in a row)");
+    let again = crate::procfs::wait_until("one to be started again", || {
+        let pid = running(&home, "one");
+        (pid != one, pid)
+    });
+    assert_ne!(again, one);
+    assert_eq!(pid_of(&home, "two"), two);
+    echo_through(&home, "one");
+
+    let (status, out, err) = home.run(&["kill", "--tunnel", "one"]);
+    assert_code(status, 0, &err);
+    assert!(out.starts_with("stopped tunnel \"one\""), "{out}");
+    sup.wait_stderr(
+        "tunnel \"one\" exited with code 0 (stopped on purpose: `conduit kill` or `down`); \
+         not restarting it",
+    );
+    assert_eq!(names(&home), ["two"]);
+    assert!(sup.running(), "{}", sup.stderr());
+    assert_eq!(sup.stderr_count("restarting tunnel \"one\""), 1);
+
+    let (status, _, err) = home.run(&["kill", "--tunnel", "two"]);
+    assert_code(status, 0, &err);
+    let status = sup.wait_exit();
+    assert_code(status, 0, &sup.stderr());
+    assert!(list(&home).is_empty());
+}
+
+/// A child that cannot start (its bind address in use) is logged with its exit
+/// code and its own reason, and tried again after 1 s, then 2 s; once the address
+/// is free it comes up. A supervisor stopped while a restart is pending exits with
+/// the failed child's code, as `up` would.
+#[test]
+fn a_child_that_cannot_bind_is_retried_with_backoff_until_it_can() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("127.0.0.1:0", &taken);
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+
+    let mut sup = home.spawn(&["up", "-f", f, "--foreground"]);
+    let failed = format!(
+        "tunnel \"web\" exited with code 69: cannot listen on {taken}: Address already in use"
+    );
+    sup.wait_stderr(&failed);
+    sup.wait_stderr("restarting tunnel \"web\" in 1s (failure 1 in a row)");
+    sup.wait_stderr("restarting tunnel \"web\" in 2s (failure 2 in a row)");
+    drop(held);
+    running(&home, "web");
+    echo_through(&home, "web");
+    let status = sup.stop();
+    assert_code(status, 0, &sup.stderr());
+    assert!(list(&home).is_empty());
+
+    // Stopped while it waits to try again: the code of the last failure.
+    let held = std::net::TcpListener::bind(&taken).unwrap();
+    let mut sup = home.spawn(&["up", "-f", f, "--foreground"]);
+    sup.wait_stderr("restarting tunnel \"web\" in 2s (failure 2 in a row)");
+    let status = sup.stop();
+    let err = sup.stderr();
+    assert_code(status, 69, &err);
+    assert!(
+        err.ends_with("conduit: error: tunnels that failed: web\n"),
+        "{err}"
+    );
+    drop(held);
+}
+
+/// A plain `up` of the file a supervisor runs neither restarts a changed tunnel
+/// nor stops one gone from the file: it names the supervisor and exits 64, and the
+/// tunnels run on as they were. `down` stops them (the supervisor, told nothing,
+/// does not restart them), saying that they stay down.
+#[test]
+fn plain_up_leaves_a_supervised_tunnel_to_its_supervisor() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("web", source.clone()), ("old", source.clone())],
+    );
+    let f = file.to_str().unwrap();
+    let mut sup = home.spawn(&["up", "-f", f, "--foreground"]);
+    let (web, old) = (running(&home, "web"), running(&home, "old"));
+    let sup_pid = sup.pid();
+
+    // The same settings: up to date, as for any tunnel.
+    let (status, out, err) = home.run(&["up", "-f", f]);
+    assert_code(status, 0, &err);
+    assert!(out.starts_with("tunnel \"web\" is up to date"), "{out}");
+
+    let changed = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("drain_timeout_secs = 2", "drain_timeout_secs = 3");
+    let web_only = changed[..changed.find("\n[[tunnels]]\nname = \"old\"").unwrap()].to_owned();
+    std::fs::write(&file, web_only).unwrap();
+    let (status, out, err) = home.run(&["up", "-f", f]);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    let tail = "runs it and restarts it when it fails, so this `up` leaves it alone; restart \
+                that supervisor (or the service that runs it) to apply the file";
+    assert_eq!(
+        said(&err),
+        format!(
+            "conduit: error: tunnel \"web\": its settings changed, but `conduit up --foreground \
+             -f {f}` (pid {sup_pid}) {tail}\ntunnel \"old\": it is no longer in the file, but \
+             `conduit up --foreground -f {f}` (pid {sup_pid}) {tail}\n"
+        )
+    );
+    assert_eq!((pid_of(&home, "web"), pid_of(&home, "old")), (web, old));
+
+    let (status, out, err) = home.run(&["down", "-f", f]);
+    assert_code(status, 0, &err);
+    for n in ["web", "old"] {
+        assert!(out.contains(&format!("stopped tunnel \"{n}\"")), "{out}");
+        assert!(
+            err.contains(&format!(
+                "tunnel \"{n}\" is run by `conduit up --foreground` (pid {sup_pid}), which does \
+                 not restart a tunnel stopped on purpose: it stays down until that supervisor \
+                 is restarted\n"
+            )),
+            "{err}"
+        );
+    }
+    let status = sup.wait_exit();
+    assert_code(status, 0, &sup.stderr());
+    assert_eq!(sup.stderr_count("restarting tunnel"), 0, "{}", sup.stderr());
+    assert!(list(&home).is_empty());
+}
