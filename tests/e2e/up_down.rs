@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{DEADLINE, Engine, Home, assert_code};
 use crate::sources;
 
+mod draining;
 mod supervise;
 
 struct Cleanup<'a>(&'a Home);
@@ -56,22 +57,6 @@ fn write_slow_draining(
         .replace("127.0.0.1:0", bind);
     std::fs::write(&file, text).unwrap();
     file
-}
-
-/// Sends `what` on `c` and expects it back from the echo source.
-fn echo_on(c: &mut TcpStream, what: &[u8]) {
-    c.write_all(what).unwrap();
-    let mut back = vec![0u8; what.len()];
-    c.read_exact(&mut back).unwrap();
-    assert_eq!(back, what);
-}
-
-/// A connection through the tunnel at `addr`, open and echoing.
-fn held(addr: &str) -> TcpStream {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(DEADLINE)).unwrap();
-    echo_on(&mut c, b"held");
-    c
 }
 
 /// `up`'s stderr without the file's warnings (each `bind` on port 0 has one).
@@ -245,108 +230,6 @@ fn up_twice_then_change_remove_and_down() {
     assert!(out.contains("no tunnels from"), "{out}");
 }
 
-/// A restart by `up` waits only for what each tunnel needs: beta, idle, is restarted
-/// while alpha still drains a held connection (its drain allows 120 s).
-#[test]
-fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
-    let home = Home::with_keys();
-    let _cleanup = Cleanup(&home);
-    let source = sources::echo().to_string();
-    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let write = |source: &str| {
-        let tunnels = [("alpha", source.to_owned()), ("beta", source.to_owned())];
-        write_slow_draining(&home, raddr.port(), &tunnels, "127.0.0.1:0")
-    };
-    let file = write(&source);
-    let (status, _, err) = up(&home, &file, &[]);
-    assert_code(status, 0, &err);
-    let (alpha, beta) = (pid_of(&home, "alpha"), pid_of(&home, "beta"));
-    let entry = |name: &str, key: &str| {
-        list(&home).iter().find(|t| t["name"] == name).unwrap()[key]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let (bind, id) = (entry("alpha", "bind"), entry("alpha", "id"));
-    let mut held = held(&bind);
-
-    // Both change; beta comes back while alpha drains, and `up` says at once what
-    // it waits for.
-    let file = write(&source.replace("127.0.0.1", "localhost"));
-    let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
-    let draining = format!(
-        "tunnel \"alpha\" ({id}) is draining 1 open connection for up to 120s: `up` starts it \
-         again on its new settings once it has stopped; `conduit kill --tunnel {id} --force` \
-         stops it now\n"
-    );
-    again.wait_stderr(&draining);
-    crate::procfs::wait_until("beta to be restarted while alpha drains", || {
-        let now = list(&home);
-        let pid = |n: &str| {
-            now.iter()
-                .find(|t| t["name"] == n)
-                .map(|t| t["pid"].clone())
-        };
-        let restarted = pid("beta").is_some_and(|p| p != beta);
-        (restarted, now)
-    });
-    echo_through(&home, "beta");
-    assert_eq!(pid_of(&home, "alpha"), alpha);
-    echo_on(&mut held, b"still draining");
-    drop(held);
-    let status = again.wait_exit();
-    assert_code(status, 0, &again.stderr());
-    // Beta had nothing to drain: nothing said of it.
-    assert_eq!(said(&again.stderr()), draining);
-    let out = again.stdout().join("\n");
-    for n in ["alpha", "beta"] {
-        assert!(
-            out.contains(&format!("restarted (settings changed) tunnel \"{n}\"")),
-            "{out}"
-        );
-    }
-    assert_ne!(pid_of(&home, "alpha"), alpha);
-    echo_through(&home, "alpha");
-}
-
-/// A tunnel new in the file on the port of one that left it starts only once that
-/// one has drained and gone: it never listens beside it.
-#[test]
-fn a_new_tunnel_on_a_leaving_ones_port_waits_for_it() {
-    let home = Home::with_keys();
-    let _cleanup = Cleanup(&home);
-    let source = sources::echo().to_string();
-    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let bind = format!("127.0.0.1:{}", crate::harness::dead_port());
-    let write =
-        |name: &str| write_slow_draining(&home, raddr.port(), &[(name, source.clone())], &bind);
-    let (status, _, err) = up(&home, &write("alpha"), &[]);
-    assert_code(status, 0, &err);
-    let held = held(&bind);
-
-    let file = write("delta");
-    let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
-    let now = crate::procfs::wait_until("alpha to drain", || {
-        let now = list(&home);
-        let draining = now
-            .iter()
-            .any(|t| t["name"] == "alpha" && t["status"] == "stopping");
-        (draining, now)
-    });
-    assert!(!now.iter().any(|t| t["name"] == "delta"), "{now:?}");
-    drop(held);
-    let status = again.wait_exit();
-    assert_code(status, 0, &again.stderr());
-    let out = again.stdout().join("\n");
-    assert!(
-        out.contains("stopped tunnel \"alpha\" (no longer in"),
-        "{out}"
-    );
-    assert!(out.contains("started tunnel \"delta\""), "{out}");
-    assert_eq!(names(&home), ["delta"]);
-    echo_through(&home, "delta");
-}
-
 #[test]
 fn the_environment_overrides_the_file() {
     let home = Home::with_keys();
@@ -470,56 +353,6 @@ fn the_log_flags_of_up_override_the_file() {
     up_as(&["--log-format", "json"], &[], "warn", "json");
 }
 
-/// `down` says at once which tunnel drains how many connections for how long, and
-/// how to stop it now; an `up` that waits for that `down` says so too.
-#[test]
-fn down_and_a_waiting_up_say_what_they_wait_for() {
-    let home = Home::with_keys();
-    let _cleanup = Cleanup(&home);
-    let source = sources::echo().to_string();
-    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let file = write_slow_draining(&home, raddr.port(), &[("alpha", source)], "127.0.0.1:0");
-    let f = file.to_str().unwrap();
-    let (status, _, err) = up(&home, &file, &[]);
-    assert_code(status, 0, &err);
-    let (bind, id) = {
-        let l = list(&home);
-        let s = |k: &str| l[0][k].as_str().unwrap().to_owned();
-        (s("bind"), s("id"))
-    };
-    let held = held(&bind);
-
-    let mut down = home.spawn(&["down", "-f", f]);
-    let draining = format!(
-        "tunnel \"alpha\" ({id}) is draining 1 open connection for up to 120s; `conduit kill \
-         --tunnel {id} --force` stops it now (`down --force` does not drain)\n"
-    );
-    down.wait_stderr(&draining);
-    let mut up = home.spawn(&["up", "-f", f]);
-    let waiting = format!(
-        "another `conduit up` or `conduit down` is changing the tunnels of {}; waiting for it \
-         to finish (it may be draining a tunnel)\n",
-        home.path().display()
-    );
-    up.wait_stderr(&waiting);
-
-    let (status, out, err) = home.run(&["kill", "--tunnel", &id, "--force"]);
-    assert_code(status, 0, &err);
-    assert_eq!(out, format!("stopped tunnel \"alpha\" ({id})\n"));
-    assert_eq!(err, "");
-    assert_code(down.wait_exit(), 0, &down.stderr());
-    assert_eq!(down.stdout(), [format!("stopped tunnel \"alpha\" ({id})")]);
-    assert_eq!(down.stderr(), draining);
-    assert_code(up.wait_exit(), 0, &up.stderr());
-    assert_eq!(said(&up.stderr()), waiting);
-    assert!(
-        up.stdout()[0].starts_with("started tunnel \"alpha\""),
-        "{:?}",
-        up.stdout()
-    );
-    drop(held);
-}
-
 #[test]
 fn a_bad_file_starts_nothing() {
     let home = Home::with_keys();
@@ -536,66 +369,6 @@ fn a_bad_file_starts_nothing() {
     ]);
     assert_code(status, 64, &err);
     assert!(err.contains("no configuration file at"), "{err}");
-}
-
-#[test]
-fn up_foreground_supervises_and_stops_everything_on_sigterm() {
-    let home = Home::with_keys();
-    let _cleanup = Cleanup(&home);
-    let source = sources::echo().to_string();
-    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let file = write_file(
-        &home,
-        raddr.port(),
-        &[("one", source.clone()), ("two", source.clone())],
-    );
-    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
-    let deadline = Instant::now() + DEADLINE;
-    while !(names(&home) == ["one", "two"] && list(&home).iter().all(|t| t["status"] == "running"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "tunnels never came up: {:?}",
-            list(&home)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    echo_through(&home, "one");
-    echo_through(&home, "two");
-    let status = sup.stop();
-    assert_code(status, 0, &sup.stderr());
-    assert!(list(&home).is_empty(), "{:?}", list(&home));
-}
-
-/// A supervisor killed outright (SIGKILL: no chance to stop its children) takes its
-/// tunnels with it, so a new `up --foreground` can bring them up again.
-#[test]
-fn tunnels_of_a_killed_supervisor_stop_and_come_up_again() {
-    let home = Home::with_keys();
-    let _cleanup = Cleanup(&home);
-    let source = sources::echo().to_string();
-    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let file = write_file(&home, raddr.port(), &[("one", source.clone())]);
-    let file = file.to_str().unwrap();
-    let up = || {
-        let sup = home.spawn(&["up", "-f", file, "--foreground"]);
-        crate::procfs::wait_until("the tunnel to run", || {
-            let l = list(&home);
-            (l.len() == 1 && l[0]["status"] == "running", l)
-        });
-        sup
-    };
-    let sup = up();
-    echo_through(&home, "one");
-    sup.signal("KILL");
-    crate::procfs::wait_until("the supervisor's tunnel to stop", || {
-        let l = list(&home);
-        (l.is_empty(), l)
-    });
-    let mut again = up();
-    echo_through(&home, "one");
-    let status = again.stop();
-    assert_code(status, 0, &again.stderr());
 }
 
 /// `down` of a file that is not there (and started nothing) is refused exactly as
@@ -688,52 +461,6 @@ fn up_exits_with_the_code_its_failed_tunnels_share() {
         "{err}"
     );
     assert!(list(&home).is_empty());
-}
-
-/// A tunnel of the file that a `kill` is draining is not "up to date": `up` lets it
-/// finish stopping, then starts it again.
-#[test]
-fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
-    let home = Home::with_keys();
-    let _cleanup = Cleanup(&home);
-    let source = sources::echo().to_string();
-    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
-    let file = write_slow_draining(&home, raddr.port(), &[("alpha", source)], "127.0.0.1:0");
-    let (status, _, err) = up(&home, &file, &[]);
-    assert_code(status, 0, &err);
-    let before = pid_of(&home, "alpha");
-    let bind = list(&home)[0]["bind"].as_str().unwrap().to_owned();
-    let mut held = held(&bind);
-    let mut kill = home.spawn(&["kill", "--tunnel", "alpha"]);
-    // As `up` reads it: the registry's entry.
-    crate::procfs::wait_until("alpha's registry entry to say stopping", || {
-        let dir = home.path().join("tunnels");
-        let stopping = std::fs::read_dir(&dir).unwrap().flatten().any(|f| {
-            std::fs::read_to_string(f.path()).is_ok_and(|t| t.contains("\"status\": \"stopping\""))
-        });
-        (stopping, ())
-    });
-    let mut again = home.spawn(&["up", "-f", file.to_str().unwrap()]);
-    // `up` has found it stopping once it asks it to stop too.
-    crate::procfs::wait_until("up to ask alpha to stop", || {
-        let log = home.ok(&["logs", "alpha"]);
-        (
-            log.contains("asked to stop (conduit kill, down or up) while stopping"),
-            (),
-        )
-    });
-    // The drain goes on until its last user leaves.
-    echo_on(&mut held, b"still draining");
-    drop(held);
-    assert_code(kill.wait_exit(), 0, &kill.stderr());
-    assert_code(again.wait_exit(), 0, &again.stderr());
-    let out = again.stdout().join("\n");
-    assert!(
-        out.contains("started again (it was stopping) tunnel \"alpha\""),
-        "{out}"
-    );
-    assert_ne!(pid_of(&home, "alpha"), before);
-    echo_through(&home, "alpha");
 }
 
 /// One file named two ways is one file: its tunnels are up to date whatever path

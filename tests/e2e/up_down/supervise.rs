@@ -1,9 +1,12 @@
-//! `conduit up --foreground`: a child that fails is logged and restarted alone, one
+//! `conduit up --foreground`: it supervises the file's tunnels and stops them all on
+//! a signal (or with itself); a child that fails is logged and restarted alone, one
 //! stopped on purpose stays stopped, and a plain `up` leaves the supervisor's
 //! tunnels to it.
 
+use std::time::{Duration, Instant};
+
 use super::{Cleanup, echo_through, list, names, pid_of, said, write_file};
-use crate::harness::{Engine, Home, assert_code};
+use crate::harness::{DEADLINE, Engine, Home, assert_code};
 use crate::sources;
 
 /// Waits until tunnel `name` runs (its status `running`), and returns its pid.
@@ -185,4 +188,64 @@ fn plain_up_leaves_a_supervised_tunnel_to_its_supervisor() {
     assert_code(status, 0, &sup.stderr());
     assert_eq!(sup.stderr_count("restarting tunnel"), 0, "{}", sup.stderr());
     assert!(list(&home).is_empty());
+}
+
+#[test]
+fn up_foreground_supervises_and_stops_everything_on_sigterm() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("one", source.clone()), ("two", source.clone())],
+    );
+    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
+    let deadline = Instant::now() + DEADLINE;
+    while !(names(&home) == ["one", "two"] && list(&home).iter().all(|t| t["status"] == "running"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "tunnels never came up: {:?}",
+            list(&home)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    echo_through(&home, "one");
+    echo_through(&home, "two");
+    let status = sup.stop();
+    assert_code(status, 0, &sup.stderr());
+    assert!(list(&home).is_empty(), "{:?}", list(&home));
+}
+
+/// A supervisor killed outright (SIGKILL: no chance to stop its children) takes its
+/// tunnels with it, so a new `up --foreground` can bring them up again.
+#[test]
+fn tunnels_of_a_killed_supervisor_stop_and_come_up_again() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("one", source.clone())]);
+    let file = file.to_str().unwrap();
+    let up = || {
+        let sup = home.spawn(&["up", "-f", file, "--foreground"]);
+        crate::procfs::wait_until("the tunnel to run", || {
+            let l = list(&home);
+            (l.len() == 1 && l[0]["status"] == "running", l)
+        });
+        sup
+    };
+    let sup = up();
+    echo_through(&home, "one");
+    sup.signal("KILL");
+    crate::procfs::wait_until("the supervisor's tunnel to stop", || {
+        let l = list(&home);
+        (l.is_empty(), l)
+    });
+    let mut again = up();
+    echo_through(&home, "one");
+    let status = again.stop();
+    assert_code(status, 0, &again.stderr());
 }
