@@ -619,7 +619,6 @@ impl Shared {
         self.link.reserve_least_loaded(start)
     }
 
-    /// Moves on to the next router (after the last, the first); returns it.
     /// Sets router `index`'s link state, one router at a time (see
     /// [`Shared::links`]).
     fn router_link(&self, index: usize, state: LinkStatus) {
@@ -630,11 +629,28 @@ impl Shared {
         });
     }
 
+    /// Moves on to the next router (after the last, the first); returns it.
     fn next_router(&self) -> &str {
         self.at
             .store((self.at() + 1) % self.routers.len(), Ordering::Relaxed);
         self.router()
     }
+
+    /// The index of the router after `index` (in turn, after the last the first)
+    /// that stands by, answering its checks; the next in line when none does.
+    fn next_up_after(&self, index: usize) -> usize {
+        next_up_after(&self.links.borrow(), index)
+    }
+}
+
+/// The index of the first of `links` after `index` (in turn) on standby, else the
+/// one right after `index`.
+fn next_up_after(links: &[LinkStatus], index: usize) -> usize {
+    let n = links.len();
+    (1..n)
+        .map(|k| (index + k) % n)
+        .find(|&i| matches!(links[i], LinkStatus::Standby { .. }))
+        .unwrap_or((index + 1) % n)
 }
 
 #[cfg(test)]
@@ -655,6 +671,33 @@ mod tests {
         );
         let err = pin_files(&[k.clone(), k], 3).unwrap_err().to_string();
         assert!(err.contains("2 pinned-key specs for 3 routers"), "{err}");
+    }
+
+    #[test]
+    fn the_next_router_up_is_the_first_on_standby_after_the_one_lost() {
+        let standby = LinkStatus::Standby {
+            since: SystemTime::UNIX_EPOCH,
+            serving: "a:1".into(),
+        };
+        let failing = LinkStatus::Retrying {
+            attempt: 1,
+            next_at: SystemTime::UNIX_EPOCH,
+            error: "cannot reach router".into(),
+        };
+        let lost = failing.clone();
+        // Past a failing router to the one standing by.
+        let links = [lost.clone(), failing.clone(), standby.clone()];
+        assert_eq!(next_up_after(&links, 0), 2);
+        // In turn: after the last, the first.
+        let links = [standby.clone(), failing.clone(), lost.clone()];
+        assert_eq!(next_up_after(&links, 2), 0);
+        let links = [standby.clone(), lost.clone(), standby.clone()];
+        assert_eq!(next_up_after(&links, 1), 2);
+        // None stands by (failing, or not checked yet): the next in line.
+        let links = [lost.clone(), LinkStatus::Connecting, failing];
+        assert_eq!(next_up_after(&links, 0), 1);
+        let links = [standby, lost];
+        assert_eq!(next_up_after(&links, 1), 0);
     }
 
     #[test]

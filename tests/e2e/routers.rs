@@ -829,3 +829,48 @@ fn a_tunnel_whose_routers_are_all_away_takes_the_first_that_comes_back_at_once()
     tunnel.wait_stdout(&format!("connected to router {b}"));
     wait_for_echo(taddr, b"through the second");
 }
+
+/// A router that stops answering (frozen: it resets nothing) is found out by the
+/// heartbeats, and the router standing by takes over at once: the frozen one is
+/// not tried again first (it used to be, holding users for its whole handshake
+/// timeout; here one far past the test's deadline).
+#[test]
+fn a_router_that_stops_answering_hands_over_to_the_one_standing_by_at_once() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (first, a) = home.router(engine, &[source.to_string()]);
+    let (_second, b) = home.router(engine, &[source.to_string()]);
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--heartbeat-interval", "1", "--handshake-timeout", "3600"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    tunnel.wait_stderr(&format!(
+        "router {b} answers: it stands by while router {a} serves this tunnel"
+    ));
+    assert_echo(taddr, b"through the first");
+
+    let frozen = Frozen::new(&first);
+    tunnel.wait_stderr(&format!(
+        "lost the router link: no heartbeat answer for 3s; trying router {b} at once"
+    ));
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"through the second");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("router {b} connected since")),
+        "{status}"
+    );
+    assert_eq!(
+        home.ok(&["health"]),
+        format!(
+            "tunnel: router {b} link connected (router {a} not in use, failing: no heartbeat \
+             answer for 3s)\n"
+        )
+    );
+    drop(frozen);
+}

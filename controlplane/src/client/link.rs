@@ -120,7 +120,19 @@ pub(super) async fn control_loop(
                         .dp
                         .link_lost(epoch, &format!("the router link was lost: {why}"));
                 }
-                warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
+                // A router that stopped answering would most likely hold the next
+                // attempt for its whole handshake timeout: the next router that
+                // answers takes over at once instead, and this one is tried again
+                // in its turn. A router that closed the link or failed it is tried
+                // again first: it fails at once if it is gone, and it may be back.
+                if end.silent && shared.routers.len() > 1 {
+                    let next = shared.next_up_after(at);
+                    shared.at.store(next, Ordering::Relaxed);
+                    let next = &shared.routers[next];
+                    warn!(tunnel = %shared.name, %router, "lost the router link: {why}; trying router {next} at once");
+                } else {
+                    warn!(tunnel = %shared.name, %router, "lost the router link: {why}; reconnecting");
+                }
             }
             Err(e) => {
                 // Down, if it was up until a link made again at once (a rotation,
