@@ -874,3 +874,106 @@ fn a_router_that_stops_answering_hands_over_to_the_one_standing_by_at_once() {
     );
     drop(frozen);
 }
+
+/// While no router serves the tunnel (its only router froze, and the attempt to
+/// reach it again hangs), `status` says it is retrying and `health` fails it: they
+/// used to say "connected" until the attempt failed.
+#[test]
+fn a_tunnel_whose_router_stopped_answering_is_not_connected_in_status_or_health() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, a) = home.router(engine, &[source.to_string()]);
+    let tunnel = home.tunnel_via(
+        engine,
+        &a.to_string(),
+        &source.to_string(),
+        &[
+            "--name",
+            "fo",
+            "--heartbeat-interval",
+            "1",
+            "--handshake-timeout",
+            "3600",
+        ],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    assert_eq!(
+        home.ok(&["health", "--tunnel", "fo"]),
+        format!("fo: router {a} link connected\n")
+    );
+
+    let frozen = Frozen::new(&router);
+    tunnel.wait_stderr("lost the router link: no heartbeat answer for 3s; reconnecting");
+    let why = format!("lost the link to router {a}: no heartbeat answer for 3s");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            ": retrying — router {a} unreachable ({why}); attempt 1 failed, next within a \
+             second; "
+        )),
+        "{status}"
+    );
+    let (code, out, err) = home.run(&["health", "--tunnel", "fo", "--format", "json"]);
+    assert_code(code, 1, &err);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "degraded", "{out}");
+    assert_eq!(v["tunnels"][0]["link"], "retrying", "{out}");
+    assert_eq!(v["tunnels"][0]["detail"], why.as_str(), "{out}");
+    assert_eq!(err, "conduit: error: unhealthy: fo (retrying)\n");
+
+    // Thawed, the router completes the attempt under way, and all is well again.
+    drop(frozen);
+    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    wait_for_echo(taddr, b"thawed");
+    assert_eq!(
+        home.ok(&["health", "--tunnel", "fo"]),
+        format!("fo: router {a} link connected\n")
+    );
+}
+
+/// A router that stops answering while the other is down: the tunnel tries the
+/// other at once, then the silent one again, and says all along that no router
+/// serves it (each router that fails named in turn), not "connected".
+#[test]
+fn a_tunnel_whose_routers_are_silent_or_down_is_not_connected_in_status_or_health() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, a) = home.router(engine, &[source.to_string()]);
+    let spare = format!("127.0.0.1:{}", dead_port());
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{spare}"),
+        &source.to_string(),
+        &["--heartbeat-interval", "1", "--handshake-timeout", "3600"],
+    );
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    let refused = format!("cannot reach router {spare}: Connection refused (os error 111)");
+    wait_for("the spare's failed check in status", || {
+        let status = home.ok(&["status"]);
+        status.contains(&refused).then_some(status)
+    });
+
+    let frozen = Frozen::new(&router);
+    tunnel.wait_stderr(&format!(
+        "lost the router link: no heartbeat answer for 3s; trying router {spare} at once"
+    ));
+    tunnel.wait_stderr(&format!("{refused}; trying router {a}"));
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            ": retrying — router {a},{spare} unreachable ({refused}); attempt 1 failed, next \
+             within a second; "
+        )),
+        "{status}"
+    );
+    let (code, out, err) = home.run(&["health"]);
+    assert_code(code, 1, &err);
+    assert_eq!(
+        out,
+        format!("tunnel: routers {a}, {spare} link retrying ({refused})\n")
+    );
+    drop(frozen);
+}

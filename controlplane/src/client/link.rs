@@ -109,6 +109,11 @@ pub(super) async fn control_loop(
                     return None;
                 }
                 shared.router_link(at, retrying(why));
+                // No router serves the tunnel until the next attempt succeeds:
+                // `status` and `health` say so meanwhile, not "connected".
+                shared.status.send_replace(retrying(&format!(
+                    "lost the link to router {router}: {why}"
+                )));
                 // Idle channels of the lost link are dead or soon will be: close them
                 // now rather than hold them half-closed until the link is back.
                 shared.dp.flush_pools();
@@ -183,6 +188,21 @@ pub(super) async fn control_loop(
                     // Another router may answer: try it now, and wait only once
                     // every one has failed.
                     tried += 1;
+                    // No router serves the tunnel meanwhile (a link made again at
+                    // once, or the one lost, failed): said. Not during the first
+                    // round, still connecting: `start` takes the first "retrying"
+                    // for the end of the round (the tunnel retries in the background).
+                    shared.status.send_if_modified(|now| {
+                        if *now == LinkStatus::Connecting {
+                            return false;
+                        }
+                        *now = LinkStatus::Retrying {
+                            attempt,
+                            next_at: SystemTime::now(),
+                            error: e.to_string(),
+                        };
+                        true
+                    });
                     let next = shared.next_router();
                     say(format!("{e}; trying router {next}"));
                     continue;
@@ -292,7 +312,8 @@ pub(super) async fn back_off(
 }
 
 /// A router's link that just failed (`why`), as [`Shared::links`] holds it: the
-/// tunnel tries it again in its turn.
+/// tunnel tries it again in its turn. Also the tunnel's own state once its link
+/// is lost, until the next attempt ends.
 pub(super) fn retrying(why: &str) -> LinkStatus {
     LinkStatus::Retrying {
         attempt: 1,
