@@ -51,6 +51,10 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             }
             Err(e) => ("unreachable".to_owned(), e.clone(), String::new()),
         };
+        // Ordered to stop (`kill`, `down`): it drains its open connections and
+        // turns new users away, whatever its link.
+        let stopping = matches!(&s.status, Ok(st) if st.tunnel.as_ref()
+            .is_some_and(|t| t.status == "stopping"));
         // Routers that refused the tunnel while another serves it: an operator's
         // to fix (a key not authorized there, or not the key pinned for it).
         let refusing: Vec<String> = match &s.status {
@@ -76,7 +80,9 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             "connected" if !detail.is_empty() => (detail, String::new()),
             _ => (s.entry.config.router.clone(), detail),
         };
-        if state != "connected" {
+        if stopping {
+            down.push(format!("{} (stopping)", s.entry.name));
+        } else if state != "connected" {
             down.push(format!("{} ({state})", s.entry.name));
         } else if !refused.is_empty() {
             // Linked, but its streams are turned away: users get nothing.
@@ -107,6 +113,14 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
                     format!("{detail}; {r}")
                 };
             }
+        }
+        if stopping {
+            let now = "stopping: it drains its open connections and turns new users away";
+            detail = if detail.is_empty() {
+                now.to_owned()
+            } else {
+                format!("{now}; {detail}")
+            };
         }
         rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
                          "router": router, "link": state, "detail": detail}));

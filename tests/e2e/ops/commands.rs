@@ -8,8 +8,9 @@ use serde_json::Value;
 use super::{TOKEN, echo_through, router_api};
 use crate::harness::{Engine, Home, addr_in, assert_code};
 use crate::http::wait_for;
-use crate::manage::Cleanup;
+use crate::manage::{Cleanup, wait_list};
 use crate::sources;
+use crate::users::open_user;
 
 #[test]
 fn connections_are_logged_at_debug_with_their_id_and_logs_can_go_to_a_rotated_file() {
@@ -208,6 +209,60 @@ fn stats_health_and_logs_commands() {
     let (status, _, err) = home.run(&["logs", "nope"]);
     assert_code(status, 64, &err);
     assert!(err.contains("no log for tunnel \"nope\""), "{err}");
+}
+
+/// A tunnel ordered to stop drains its open connections and turns new users away:
+/// `health` fails it, saying so, though its link was up (it used to pass it).
+#[test]
+fn health_fails_a_tunnel_that_is_stopping() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let out = start_web(&home, raddr, source, &[]);
+    let taddr = addr_in(
+        out.lines()
+            .next()
+            .unwrap()
+            .split(" listening on ")
+            .nth(1)
+            .unwrap(),
+    );
+    // A stream held open keeps the tunnel draining.
+    let _held = open_user(taddr);
+    assert_eq!(
+        home.ok(&["health", "--tunnel", "web"]),
+        format!("web: router {raddr} link connected\n")
+    );
+
+    let mut graceful = home.spawn(&["kill", "--tunnel", "web", "--drain-timeout", "600"]);
+    wait_list(&home, "the tunnel stopping", |l| {
+        l.len() == 1 && l[0]["status"] == "stopping"
+    });
+    let (status, out, err) = home.run(&["health", "--tunnel", "web"]);
+    assert_code(status, 1, &err);
+    assert_eq!(
+        out,
+        format!(
+            "web: router {raddr} link connected (stopping: it drains its open connections \
+             and turns new users away)\n"
+        )
+    );
+    assert_eq!(err, "conduit: error: unhealthy: web (stopping)\n");
+    let (status, out, err) = home.run(&["health", "--tunnel", "web", "--format", "json"]);
+    assert_code(status, 1, &err);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "degraded", "{out}");
+    assert_eq!(
+        v["tunnels"][0]["detail"],
+        "stopping: it drains its open connections and turns new users away",
+        "{out}"
+    );
+
+    let (status, _, err) = home.run(&["kill", "--tunnel", "web", "--force"]);
+    assert_code(status, 0, &err);
+    let status = graceful.wait_exit();
+    assert_code(status, 0, &graceful.stderr());
 }
 
 /// `logs` reads a background tunnel's rotated log (`FILE.YYYY-MM-DD`), not the
