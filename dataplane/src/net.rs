@@ -175,11 +175,18 @@ impl Socket {
 
     async fn send_watching(&self, mut buf: &[u8], other: &Socket) -> Result<(), SendError> {
         while !buf.is_empty() {
+            self.writable_watching(other).await?;
+            buf = &buf[self.send_now(buf, 0).map_err(SendError::Own)?..];
+        }
+        Ok(())
+    }
+
+    /// Waits for room, looking at `other` every second (see
+    /// [`Self::send_all_watching`]).
+    pub(crate) async fn writable_watching(&self, other: &Socket) -> Result<(), SendError> {
+        loop {
             monoio::select! {
-                room = self.writable() => {
-                    room.map_err(SendError::Own)?;
-                    buf = &buf[self.send_now(buf, 0).map_err(SendError::Own)?..];
-                }
+                room = self.writable() => return room.map_err(SendError::Own),
                 () = monoio::time::sleep(WATCH_EVERY) => {
                     if let Some(e) = other.failed() {
                         return Err(SendError::Other(e));
@@ -187,7 +194,6 @@ impl Socket {
                 }
             }
         }
-        Ok(())
     }
 
     /// The error the peer's reset (or another failure) left on the socket, if any.
@@ -198,6 +204,11 @@ impl Socket {
     /// Whether a write was cut off part way (see [`Socket::partial`]'s field).
     pub(crate) fn cut_off(&self) -> bool {
         self.partial.get()
+    }
+
+    /// Marks a write made outside [`Self::send_all`] (a splice) as under way, or done.
+    pub(crate) fn set_cut_off(&self, under_way: bool) {
+        self.partial.set(under_way);
     }
 
     /// Writes as much of `buf` as the socket takes without waiting; how much.

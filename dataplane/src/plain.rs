@@ -37,7 +37,7 @@ use conduit_proto::{Message, ProtoError, PublicKey};
 
 use crate::channel::ChannelError;
 use crate::handoff::ChannelHandoff;
-use crate::net::Socket;
+use crate::net::{SendError, Socket};
 use crate::pool;
 use crate::relay::Stop;
 use crate::stats::Meter;
@@ -119,12 +119,23 @@ pub(crate) async fn send_frame(sock: &Socket, msg: &Message) -> io::Result<()> {
 
 /// Sends a parting message if it goes out within a second: a peer that stopped
 /// reading must not hold up closing the rest.
+///
+/// One that cannot go out whole (a write of the stream was cut off before it, or the
+/// peer makes no room within the second) is not sent, or not finished: the channel
+/// is closed with RST instead (see [`crate::channel::Channel::send_best_effort`]).
 pub(crate) async fn send_best_effort(sock: &Socket, msg: &Message) {
-    let _ = Box::pin(monoio::time::timeout(
+    if sock.cut_off() {
+        sock.abort();
+        return;
+    }
+    let sent = Box::pin(monoio::time::timeout(
         std::time::Duration::from_secs(1),
         send_frame(sock, msg),
     ))
     .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        sock.abort();
+    }
 }
 
 /// Reads exactly one control frame; returns it with the raw bytes that followed it.
@@ -275,7 +286,7 @@ pub(crate) async fn pump(
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 meter.unused(allowed);
-                dst.writable().await.map_err(|e| side(!src_is_channel, e))?
+                (dst.writable_watching(src).await).map_err(|e| sides(e, !src_is_channel))?
             }
             // A pipe still holding bytes is dropped, not pooled.
             Err(e) => return Err(side(!src_is_channel, e)),
@@ -342,9 +353,8 @@ pub(crate) async fn frames_out(
             let mut header = [0u8; HEADER_LEN];
             Header::write(FrameType::Data, n, &mut header);
             buf[..HEADER_LEN].copy_from_slice(&header);
-            chan.send_all(&buf[..HEADER_LEN + n])
-                .await
-                .map_err(Stop::Channel)?;
+            (chan.send_all_watching(&buf[..HEADER_LEN + n], src).await)
+                .map_err(|e| sides(e, true))?;
             pool::give(buf);
             meter.add(n);
             maybe_more = n == allowed;
@@ -380,7 +390,7 @@ pub(crate) async fn frames_out(
         }
         chan.send_all_more(&header).await.map_err(Stop::Channel)?;
         // On an error the pipe, which may still hold bytes, is dropped, not pooled.
-        drain(&p, n, chan, &meter).await.map_err(Stop::Channel)?;
+        (drain(&p, n, chan, src, &meter).await).map_err(|e| sides(e, true))?;
         give_pipe(p);
         if bulk {
             pump(src, chan, false, Wire::Plain, meter).await?;
@@ -413,7 +423,7 @@ pub(crate) async fn frames_in(
     meter: Meter<'_>,
 ) -> Result<(Ending, Vec<u8>), Stop> {
     let mut frames = StreamReader::default();
-    match deliver(&mut frames, pre, dst, &meter).await? {
+    match deliver(&mut frames, pre, dst, chan, &meter).await? {
         Delivered::More => {}
         Delivered::Eof([]) => {
             dst.shutdown(Shutdown::Write);
@@ -450,7 +460,7 @@ pub(crate) async fn frames_in(
                 }
             };
             maybe_more = k == HEADER_LEN + SMALL;
-            let ending = match deliver(&mut frames, &buf[..k], dst, &meter).await? {
+            let ending = match deliver(&mut frames, &buf[..k], dst, chan, &meter).await? {
                 Delivered::More => None,
                 Delivered::Eof(next) => {
                     dst.shutdown(Shutdown::Write);
@@ -474,7 +484,7 @@ pub(crate) async fn frames_in(
             Ok(n) => {
                 frames.skip_body(n);
                 maybe_more = n == want;
-                drain(&p, n, dst, &meter).await.map_err(Stop::Plain)?;
+                (drain(&p, n, dst, chan, &meter).await).map_err(|e| sides(e, false))?;
                 give_pipe(p);
             }
             Err(e) => {
@@ -503,11 +513,14 @@ async fn deliver<'a>(
     frames: &mut StreamReader,
     mut bytes: &'a [u8],
     dst: &Socket,
+    chan: &Socket,
     meter: &Meter<'_>,
 ) -> Result<Delivered<'a>, Stop> {
     while let Some(piece) = frames.take(&mut bytes)? {
         match piece {
-            Piece::Payload(payload) => meter.send_all(dst, payload).await.map_err(Stop::Plain)?,
+            Piece::Payload(payload) => {
+                (meter.send_all_watching(dst, payload, chan).await).map_err(|e| sides(e, false))?
+            }
             Piece::Eof => return Ok(Delivered::Eof(bytes)),
             Piece::Unframed => return Ok(Delivered::Unframed(bytes)),
         }
@@ -522,18 +535,27 @@ async fn unframed(
     raw: &[u8],
     meter: Meter<'_>,
 ) -> Result<(Ending, Vec<u8>), Stop> {
-    meter.send_all(dst, raw).await.map_err(Stop::Plain)?;
+    (meter.send_all_watching(dst, raw, chan).await).map_err(|e| sides(e, false))?;
     pump(chan, dst, true, Wire::Plain, meter).await?;
     Ok((Ending::Fin, Vec::new()))
 }
 
 /// Splices all `n` bytes held in `p` into `dst`, waiting for room as needed (and,
-/// under a bandwidth limit, for the bucket to grant each piece).
-async fn drain(p: &Pipe, mut n: usize, dst: &Socket, meter: &Meter<'_>) -> io::Result<()> {
+/// under a bandwidth limit, for the bucket to grant each piece), watching `other`
+/// meanwhile (see [`Socket::send_all_watching`]).
+async fn drain(
+    p: &Pipe,
+    mut n: usize,
+    dst: &Socket,
+    other: &Socket,
+    meter: &Meter<'_>,
+) -> Result<(), SendError> {
+    // Until the last byte is out, a stop here cuts a frame's body short.
+    dst.set_cut_off(n > 0);
     while n > 0 {
         let allowed = meter.allowance(n).await;
         match sys::splice(p.read.as_fd_raw(), dst.raw_fd(), allowed) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) => return Err(SendError::Own(io::ErrorKind::WriteZero.into())),
             Ok(k) => {
                 meter.unused(allowed - k);
                 n -= k;
@@ -541,12 +563,22 @@ async fn drain(p: &Pipe, mut n: usize, dst: &Socket, meter: &Meter<'_>) -> io::R
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 meter.unused(allowed);
-                dst.writable().await?
+                dst.writable_watching(other).await?;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(SendError::Own(e)),
         }
     }
+    dst.set_cut_off(false);
     Ok(())
+}
+
+/// A failed write, or a failure of the socket watched meanwhile, as the stop of the
+/// side it happened on (`own_is_channel`: the socket written to is the channel).
+fn sides(e: SendError, own_is_channel: bool) -> Stop {
+    match e {
+        SendError::Own(e) => side(own_is_channel, e),
+        SendError::Other(e) => side(!own_is_channel, e),
+    }
 }
 
 /// TLS content type of an alert record.

@@ -80,25 +80,33 @@ fn open_on_tunnel(home: &Home) -> u64 {
     list[0]["active_connections"].as_u64().unwrap()
 }
 
+/// A user resets its connection while all between it and the deaf source is full.
+fn user_resets(engine: Engine, transport: &[&str]) {
+    let home = Home::with_keys();
+    let (saddr, held) = deaf_source();
+    let (_router, raddr) = home.router_with(engine, &[saddr.to_string()], transport);
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &saddr.to_string(), transport);
+    let user = stuck_user(taddr);
+    let at_source = stream_at_source(&held);
+    assert_eq!(open_on_tunnel(&home), 1);
+    crate::chaos::reset(&user);
+    drop(user);
+    reset_by_router(&at_source);
+    wait_until("no connection open on the tunnel", || {
+        let n = open_on_tunnel(&home);
+        (n == 0, n)
+    });
+}
+
 both_engines!(
     a_user_who_resets_while_the_source_reads_nothing_frees_both_ends,
-    |engine: Engine| {
-        let home = Home::with_keys();
-        let (saddr, held) = deaf_source();
-        let (_router, raddr) = home.router(engine, &[saddr.to_string()]);
-        let (_tunnel, taddr) = home.tunnel(engine, raddr, &saddr.to_string());
-        let user = stuck_user(taddr);
-        let at_source = stream_at_source(&held);
-        assert_eq!(open_on_tunnel(&home), 1);
-        crate::chaos::reset(&user);
-        drop(user);
-        reset_by_router(&at_source);
-        wait_until("no connection open on the tunnel", || {
-            let n = open_on_tunnel(&home);
-            (n == 0, n)
-        });
-    }
+    |engine: Engine| user_resets(engine, &[])
 );
+
+both_engines!(on_the_plain_transport_too, |engine: Engine| user_resets(
+    engine,
+    crate::plain::PLAIN
+));
 
 /// An operator's close of such a stream on the tunnel reaches the source too.
 #[test]
