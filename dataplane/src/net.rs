@@ -49,6 +49,112 @@ pub(crate) enum SendError {
 /// How often a write that waits for room looks at the socket it watches.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+thread_local! {
+    /// This core's writes that wait for room, each with the socket it watches
+    /// meanwhile. One task looks them over every [`WATCH_EVERY`]: a timer per wait
+    /// would cost a bulk relay, which waits for room thousands of times a second.
+    static WATCHES: std::cell::RefCell<Watches> = std::cell::RefCell::default();
+}
+
+#[derive(Default)]
+struct Watches {
+    next: u64,
+    open: std::collections::HashMap<u64, Watch>,
+    /// The task that looks them over runs on this core.
+    swept: bool,
+}
+
+struct Watch {
+    fd: RawFd,
+    waker: Option<std::task::Waker>,
+    failed: Option<io::Error>,
+}
+
+/// Resolves with the error found on the watched socket; forgets it when dropped.
+struct Watched {
+    id: u64,
+}
+
+impl Watched {
+    fn new(fd: RawFd) -> Self {
+        WATCHES.with_borrow_mut(|w| {
+            if !w.swept {
+                w.swept = true;
+                monoio::spawn(sweep());
+            }
+            w.next += 1;
+            let id = w.next;
+            let watch = Watch {
+                fd,
+                waker: None,
+                failed: None,
+            };
+            w.open.insert(id, watch);
+            Self { id }
+        })
+    }
+}
+
+impl std::future::Future for Watched {
+    type Output = io::Error;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Error> {
+        WATCHES.with_borrow_mut(|w| match w.open.get_mut(&self.id) {
+            Some(watch) => match watch.failed.take() {
+                Some(e) => std::task::Poll::Ready(e),
+                None => {
+                    if !watch
+                        .waker
+                        .as_ref()
+                        .is_some_and(|k| k.will_wake(cx.waker()))
+                    {
+                        watch.waker = Some(cx.waker().clone());
+                    }
+                    std::task::Poll::Pending
+                }
+            },
+            None => std::task::Poll::Pending,
+        })
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = WATCHES.try_with(|w| w.borrow_mut().open.remove(&self.id));
+    }
+}
+
+/// Looks at every watched socket of this core once a second, while any write waits;
+/// wakes the writes whose socket failed.
+async fn sweep() {
+    loop {
+        monoio::time::sleep(WATCH_EVERY).await;
+        let wake: Option<Vec<std::task::Waker>> = WATCHES.with_borrow_mut(|w| {
+            if w.open.is_empty() {
+                // Nothing waits: no tick on an idle core (the next wait starts one).
+                w.swept = false;
+                return None;
+            }
+            let mut wake = Vec::new();
+            for watch in w.open.values_mut() {
+                if watch.failed.is_none()
+                    && let Some(e) = sys::pending_error(watch.fd)
+                {
+                    watch.failed = Some(e);
+                    wake.extend(watch.waker.take());
+                }
+            }
+            Some(wake)
+        });
+        // Woken outside the borrow: a write woken here forgets its watch.
+        let Some(wake) = wake else { return };
+        wake.into_iter().for_each(std::task::Waker::wake);
+    }
+}
+
 impl AsRawFd for Socket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd
@@ -184,21 +290,11 @@ impl Socket {
     /// Waits for room, looking at `other` every second (see
     /// [`Self::send_all_watching`]).
     pub(crate) async fn writable_watching(&self, other: &Socket) -> Result<(), SendError> {
-        loop {
-            monoio::select! {
-                room = self.writable() => return room.map_err(SendError::Own),
-                () = monoio::time::sleep(WATCH_EVERY) => {
-                    if let Some(e) = other.failed() {
-                        return Err(SendError::Other(e));
-                    }
-                }
-            }
+        let watch = Watched::new(other.fd);
+        monoio::select! {
+            room = self.writable() => room.map_err(SendError::Own),
+            failed = watch => Err(SendError::Other(failed)),
         }
-    }
-
-    /// The error the peer's reset (or another failure) left on the socket, if any.
-    pub(crate) fn failed(&self) -> Option<io::Error> {
-        sys::pending_error(self.fd)
     }
 
     /// Whether a write was cut off part way (see [`Socket::partial`]'s field).
