@@ -65,20 +65,7 @@ impl HttpClient {
         body: Option<(Vec<u8>, &str)>,
         timeout: Duration,
     ) -> Result<Answer, String> {
-        let mut req = Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let body = match body {
-            Some((bytes, content_type)) => {
-                req = req.header("content-type", content_type);
-                Full::new(Bytes::from(bytes))
-            }
-            None => Full::new(Bytes::new()),
-        };
-        let req = req
-            .body(body)
-            .map_err(|e| format!("invalid request: {e}"))?;
+        let req = request(method, url, headers, body)?;
         let exchange = async {
             let resp = self.inner.request(req).await.map_err(describe)?;
             let status = resp.status();
@@ -90,6 +77,47 @@ impl HttpClient {
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
+}
+
+impl HttpClient {
+    /// Sends one request and takes the status of its answer, within `timeout`; the
+    /// body is not read (a webhook receiver's 2xx is its whole answer, however much
+    /// it sends after it).
+    pub async fn status_of(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<(Vec<u8>, &str)>,
+        timeout: Duration,
+    ) -> Result<StatusCode, String> {
+        let req = request(method, url, headers, body)?;
+        match tokio::time::timeout(timeout, self.inner.request(req)).await {
+            Ok(r) => r.map(|resp| resp.status()).map_err(describe),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// A request with `headers` and, if given, a body of its content type.
+fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<(Vec<u8>, &str)>,
+) -> Result<Request<Full<Bytes>>, String> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = match body {
+        Some((bytes, content_type)) => {
+            req = req.header("content-type", content_type);
+            Full::new(Bytes::from(bytes))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    req.body(body).map_err(|e| format!("invalid request: {e}"))
 }
 
 /// The whole of `body`, or an error once it passes `limit` bytes.
@@ -234,6 +262,38 @@ mod tests {
                     .to_owned()
             )
         );
+        server.abort();
+    }
+
+    /// A webhook receiver's answer is its status: a 200 followed by a body that never
+    /// ends is a delivery, not a failure to retry.
+    #[tokio::test]
+    async fn a_status_is_taken_without_the_body() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            let chunk = format!("100000\r\n{}\r\n", "x".repeat(1 << 20));
+            while s.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let client = HttpClient::new(Duration::from_secs(5)).unwrap();
+        let got = client
+            .status_of(
+                Method::POST,
+                &format!("http://{addr}/hook"),
+                &[],
+                Some((b"{}".to_vec(), "application/json")),
+                Duration::from_secs(60),
+            )
+            .await;
+        assert_eq!(got, Ok(StatusCode::OK));
         server.abort();
     }
 }

@@ -65,8 +65,9 @@ async fn post(t: &Target, client: &HttpClient, body: Vec<u8>) -> Result<u32, Str
     let mut attempt = 0;
     loop {
         attempt += 1;
+        // The status is the receiver's answer: its body is not read.
         let res = client
-            .send(
+            .status_of(
                 Method::POST,
                 t.url.expose(),
                 &[("user-agent", concat!("conduit/", env!("CARGO_PKG_VERSION")))],
@@ -75,8 +76,8 @@ async fn post(t: &Target, client: &HttpClient, body: Vec<u8>) -> Result<u32, Str
             )
             .await;
         let err = match res {
-            Ok(a) if a.status.is_success() => return Ok(attempt),
-            Ok(a) => format!("the receiver answered {}", a.status),
+            Ok(status) if status.is_success() => return Ok(attempt),
+            Ok(status) => format!("the receiver answered {status}"),
             Err(e) => e,
         };
         if attempt > t.retries {
