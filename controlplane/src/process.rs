@@ -72,6 +72,21 @@ enum Held {
     Inherited(std::fs::File),
     /// Handed on to a child, which ends the claim: its file is the child's to remove.
     HandedOn,
+    /// Locked through a descriptor a supervisor (`up --foreground`) lent this
+    /// process: the supervisor keeps the claim when this process ends, to start the
+    /// tunnel again, and removes the file itself.
+    Lent,
+}
+
+/// Whom a claimant's parent left the claim with, if it passed one on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parent {
+    /// No claim came from the parent: this process claims the name itself.
+    None,
+    /// Handed on for good ([`NameClaim::handed_on`]): the claim ends with this process.
+    HandedOn,
+    /// Lent by a supervisor that keeps it.
+    Supervisor,
 }
 
 /// How many times a claimant opens the lock file again after finding that the file
@@ -82,11 +97,30 @@ const CLAIM_TRIES: usize = 8;
 /// Claims `name` for a tunnel of this home, or says which tunnel holds it.
 pub fn claim_name(home: &Home, name: &str) -> Result<NameClaim, Error> {
     let inherited = std::env::var_os(INHERITED_CLAIM).is_some_and(|n| n == name);
-    claim(home, name, inherited)
+    let parent = if inherited {
+        Parent::HandedOn
+    } else {
+        Parent::None
+    };
+    claim(home, name, parent)
 }
 
-/// [`claim_name`], told whether this process runs under its parent's claim on `name`.
-fn claim(home: &Home, name: &str, inherited: bool) -> Result<NameClaim, Error> {
+/// [`claim_name`] for a child of `up --foreground`: the claim its supervisor lent it
+/// stays with the supervisor when this process ends (so that no other `start` or
+/// `up` takes the name while the supervisor waits to start the tunnel again).
+pub fn claim_supervised_name(home: &Home, name: &str) -> Result<NameClaim, Error> {
+    let inherited = std::env::var_os(INHERITED_CLAIM).is_some_and(|n| n == name);
+    let parent = if inherited {
+        Parent::Supervisor
+    } else {
+        Parent::None
+    };
+    claim(home, name, parent)
+}
+
+/// [`claim_name`], told whether (and how) this process runs under its parent's
+/// claim on `name`.
+fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
     let run = home.run();
     Home::ensure_private_dir(&run)?;
     let path = run.join(format!("{name}.lock"));
@@ -110,16 +144,24 @@ fn claim(home: &Home, name: &str, inherited: bool) -> Result<NameClaim, Error> {
                 return Ok(claim);
             }
             Locked::Moved => continue,
-            Locked::Busy if inherited => {
-                return Ok(NameClaim {
-                    held: Held::Inherited(file),
-                    path,
-                });
+            Locked::Busy if parent != Parent::None => {
+                let held = match parent {
+                    Parent::Supervisor => Held::Lent,
+                    _ => Held::Inherited(file),
+                };
+                return Ok(NameClaim { held, path });
             }
             Locked::Busy => {
-                let pid = std::fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok());
+                let holder = std::fs::read_to_string(&path).ok();
+                let holder = holder.as_deref().map(Holder::parse);
+                let pid = holder.and_then(|h| h.pid);
+                if let Some(Holder {
+                    pid: Some(pid),
+                    supervisor: true,
+                }) = holder
+                {
+                    return Err(supervised(name, pid));
+                }
                 let id = Registry::new(home)
                     .find(name)
                     .filter(|e| Some(e.pid) == pid)
@@ -200,6 +242,37 @@ fn names(path: &std::path::Path, _file: &std::fs::File) -> bool {
     path.is_file()
 }
 
+/// What a lock file says of its holder: `PID`, or `PID supervisor` for an
+/// `up --foreground` that keeps the claim for its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    pid: Option<u32>,
+    supervisor: bool,
+}
+
+impl Holder {
+    fn parse(text: &str) -> Self {
+        let mut words = text.split_whitespace();
+        Holder {
+            pid: words.next().and_then(|w| w.parse().ok()),
+            supervisor: words.next() == Some(SUPERVISOR_MARK),
+        }
+    }
+}
+
+/// The word after the pid in the lock file of a name a supervisor holds.
+const SUPERVISOR_MARK: &str = "supervisor";
+
+/// The refusal of a name that an `up --foreground` holds for its tunnel.
+fn supervised(name: &str, pid: u32) -> Error {
+    Error::Config(format!(
+        "tunnel {name:?} is run by `conduit up --foreground` (pid {pid}), which restarts it \
+         when it fails and holds its name meanwhile: leave it to that supervisor, stop the \
+         supervisor (or the service that runs it) first, or choose another name (--name, \
+         or name in the file)"
+    ))
+}
+
 fn taken(name: &str, pid: Option<u32>, id: Option<&str>) -> Error {
     let Some(id) = id else {
         // Claimed, not registered yet: a `start` or `up` launching it right now (or a
@@ -231,6 +304,16 @@ impl NameClaim {
     /// Records `pid` as the claim's holder in the lock file, for the message a
     /// second claimant gets.
     pub fn set_holder(&self, pid: u32) -> Result<(), Error> {
+        self.write_holder(&format!("{pid}\n"))
+    }
+
+    /// Records this process as a supervisor that holds the claim for its child, for
+    /// the message a second claimant gets.
+    pub fn set_supervisor(&self) -> Result<(), Error> {
+        self.write_holder(&format!("{} {SUPERVISOR_MARK}\n", std::process::id()))
+    }
+
+    fn write_holder(&self, text: &str) -> Result<(), Error> {
         let Held::Own(file) = &self.held else {
             return Ok(());
         };
@@ -243,7 +326,7 @@ impl NameClaim {
         };
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
-        file.write_all(format!("{pid}\n").as_bytes()).map_err(io)
+        file.write_all(text.as_bytes()).map_err(io)
     }
 
     /// Lets processes started from now on inherit the locked descriptor, so that a
@@ -262,6 +345,24 @@ impl NameClaim {
         Ok(())
     }
 
+    /// Runs `spawn` (which starts a child) with the claim's descriptor inheritable,
+    /// and makes it private again after: only that child inherits it, not one
+    /// started later for another name. The caller starts no other process meanwhile.
+    pub fn lend_while<T>(&self, spawn: impl FnOnce() -> T) -> Result<T, Error> {
+        self.make_inheritable()?;
+        let spawned = spawn();
+        #[cfg(unix)]
+        if let Held::Own(file) = &self.held {
+            use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+            fcntl(file, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| Error::File {
+                what: "cannot keep the tunnel's name lock from later children",
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
+        }
+        Ok(spawned)
+    }
+
     /// The child this claim was made inheritable for is up and holds it: this
     /// process lets go of its descriptor, and leaves the file for the child to
     /// remove when it ends.
@@ -277,6 +378,7 @@ impl Drop for NameClaim {
     /// it before finds it gone once it locks it, and opens the path again.
     fn drop(&mut self) {
         let (Held::Own(file) | Held::Inherited(file)) = &self.held else {
+            // Handed on, or lent: the file is another process's to remove.
             return;
         };
         // Only the file this claim holds: never one a later claim made.
@@ -493,12 +595,12 @@ mod tests {
     fn a_claim_excludes_a_second_and_its_end_removes_the_file() {
         let (_dir, home) = home();
         let path = home.run().join("t.lock");
-        let a = claim(&home, "t", false).unwrap();
+        let a = claim(&home, "t", Parent::None).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             format!("{}\n", std::process::id())
         );
-        let Err(Error::Config(why)) = claim(&home, "t", false) else {
+        let Err(Error::Config(why)) = claim(&home, "t", Parent::None) else {
             panic!("a second claim of a held name succeeded");
         };
         assert!(
@@ -507,7 +609,7 @@ mod tests {
         );
         drop(a);
         assert!(!path.exists(), "the ended claim left {}", path.display());
-        let again = claim(&home, "t", false).unwrap();
+        let again = claim(&home, "t", Parent::None).unwrap();
         assert!(path.exists());
         drop(again);
         assert!(!path.exists());
@@ -517,26 +619,29 @@ mod tests {
     fn a_claimant_that_opened_the_file_before_its_holder_removed_it_does_not_win() {
         let (_dir, home) = home();
         let path = home.run().join("t.lock");
-        let a = claim(&home, "t", false).unwrap();
+        let a = claim(&home, "t", Parent::None).unwrap();
         // B opens the file, then A ends its claim (removing the file) before B locks.
         let b = open_lock(&path).unwrap();
         assert_eq!(lock(&b, &path).unwrap(), Locked::Busy);
         drop(a);
         // C claims the name meanwhile: a new file at the path.
-        let c = claim(&home, "t", false).unwrap();
+        let c = claim(&home, "t", Parent::None).unwrap();
         // B's lock on the removed file is worth nothing: it must not count as the
         // claim, or B and C would both hold the name.
         assert_eq!(lock(&b, &path).unwrap(), Locked::Moved);
         // Opening the path again, B finds C's claim.
         let b2 = open_lock(&path).unwrap();
         assert_eq!(lock(&b2, &path).unwrap(), Locked::Busy);
-        assert!(matches!(claim(&home, "t", false), Err(Error::Config(_))));
+        assert!(matches!(
+            claim(&home, "t", Parent::None),
+            Err(Error::Config(_))
+        ));
         // B's stale open does not keep C from ending its claim cleanly.
         drop(c);
         assert!(!path.exists());
         drop((b, b2));
         // Nor is anything left that keeps the name from being claimed again.
-        let d = claim(&home, "t", false).unwrap();
+        let d = claim(&home, "t", Parent::None).unwrap();
         assert!(path.exists());
         drop(d);
     }
@@ -545,7 +650,7 @@ mod tests {
     fn a_lock_on_a_removed_file_is_let_go_at_once() {
         let (_dir, home) = home();
         let path = home.run().join("t.lock");
-        let a = claim(&home, "t", false).unwrap();
+        let a = claim(&home, "t", Parent::None).unwrap();
         let (b, b_again) = (open_lock(&path).unwrap(), open_lock(&path).unwrap());
         drop(a);
         assert_eq!(lock(&b, &path).unwrap(), Locked::Moved);
@@ -564,7 +669,7 @@ mod tests {
         Home::ensure_private_dir(&home.run()).unwrap();
         // What a SIGKILLed tunnel leaves: the file, unlocked, its pid inside.
         std::fs::write(&path, "999999\n").unwrap();
-        let c = claim(&home, "t", false).unwrap();
+        let c = claim(&home, "t", Parent::None).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             format!("{}\n", std::process::id())
@@ -577,11 +682,11 @@ mod tests {
     fn a_claim_handed_on_leaves_the_file_to_the_child_which_removes_it() {
         let (_dir, home) = home();
         let path = home.run().join("t.lock");
-        let parent = claim(&home, "t", false).unwrap();
+        let parent = claim(&home, "t", Parent::None).unwrap();
         parent.make_inheritable().unwrap();
         // The child, under its parent's claim (here the parent's descriptor is
         // still open in this one process, as the inherited one is in a child).
-        let child = claim(&home, "t", true).unwrap();
+        let child = claim(&home, "t", Parent::HandedOn).unwrap();
         assert!(matches!(child.held, Held::Inherited(_)));
         parent.handed_on();
         assert!(path.exists(), "the parent removed the file its child holds");
@@ -593,15 +698,71 @@ mod tests {
     fn an_inherited_claim_never_removes_a_file_it_does_not_hold() {
         let (_dir, home) = home();
         let path = home.run().join("t.lock");
-        let parent = claim(&home, "t", false).unwrap();
-        let child = claim(&home, "t", true).unwrap();
+        let parent = claim(&home, "t", Parent::None).unwrap();
+        let child = claim(&home, "t", Parent::HandedOn).unwrap();
         // The file is gone (by hand) and another claim made a new one.
         std::fs::remove_file(&path).unwrap();
         drop(parent);
-        let other = claim(&home, "t", false).unwrap();
+        let other = claim(&home, "t", Parent::None).unwrap();
         drop(child);
         assert!(path.exists(), "the child removed another claim's file");
         drop(other);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_name_lent_by_a_supervisor_stays_held_after_its_child_ends() {
+        let (_dir, home) = home();
+        let path = home.run().join("t.lock");
+        let supervisor = claim(&home, "t", Parent::None).unwrap();
+        supervisor.set_supervisor().unwrap();
+        let child = claim(&home, "t", Parent::Supervisor).unwrap();
+        assert!(matches!(child.held, Held::Lent));
+        drop(child);
+        assert!(path.exists(), "the child removed its supervisor's file");
+        // While the supervisor waits to start it again, the name is refused with
+        // the supervisor named.
+        let Err(Error::Config(why)) = claim(&home, "t", Parent::None) else {
+            panic!("a name its supervisor holds was claimed");
+        };
+        assert_eq!(
+            why,
+            format!(
+                "tunnel \"t\" is run by `conduit up --foreground` (pid {}), which restarts \
+                 it when it fails and holds its name meanwhile: leave it to that supervisor, \
+                 stop the supervisor (or the service that runs it) first, or choose another \
+                 name (--name, or name in the file)",
+                std::process::id()
+            )
+        );
+        drop(supervisor);
+        assert!(!path.exists());
+        drop(claim(&home, "t", Parent::None).unwrap());
+    }
+
+    #[test]
+    fn a_holder_is_read_with_or_without_the_supervisor_mark() {
+        let read = |t| Holder::parse(t);
+        assert_eq!(
+            read("42\n"),
+            Holder {
+                pid: Some(42),
+                supervisor: false
+            }
+        );
+        assert_eq!(
+            read("42 supervisor\n"),
+            Holder {
+                pid: Some(42),
+                supervisor: true
+            }
+        );
+        assert_eq!(
+            read(""),
+            Holder {
+                pid: None,
+                supervisor: false
+            }
+        );
     }
 }

@@ -12,6 +12,11 @@
 //!
 //! Children name this process in their registry entries (`--supervisor PID`), so a
 //! plain `up` of the same file leaves them to it (see `up::reconcile_and_launch`).
+//! This process claims each tunnel's name before anything starts (a name already
+//! taken stops it there, with nothing started) and lends the claim to each run of
+//! the child: while it waits to start a failed tunnel again, no `start` or plain `up`
+//! can take the name (they are told who holds it). A tunnel stopped on purpose gives
+//! its name back.
 //! What is not done here: a child's settings are never changed while it runs; a
 //! changed file takes a restart of this process.
 
@@ -21,7 +26,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::Result;
+use conduit_controlplane::Home;
 use conduit_controlplane::config::{Override, Plan};
+use conduit_controlplane::process::{INHERITED_CLAIM, NameClaim, claim_name};
 use conduit_controlplane::spawn::LastWords;
 use conduit_proto::Secret;
 use futures::future::join_all;
@@ -42,22 +49,25 @@ const STEADY: Duration = Duration::from_secs(60);
 
 /// Runs every tunnel of `plan` as a child of this process until a signal, restarting
 /// each one that fails; then stops them.
-pub(super) fn supervise(plan: &Plan, set: &[Override]) -> Result<()> {
+pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
     let exe = std::env::current_exe()?;
     let me = std::process::id().to_string();
     let secrets = secret_vars(set);
     let children: Vec<Child> = (plan.tunnels.iter())
         .map(|t| {
+            let claim = claim_name(home, &t.name)?;
+            claim.set_supervisor()?;
             let mut args = child_args(plan, set, t, false);
             args.extend(["--supervisor".into(), me.clone().into()]);
-            Child {
+            Ok(Child {
                 name: t.name.clone(),
                 exe: exe.clone().into_os_string(),
                 args,
                 secrets: secrets.clone(),
-            }
+                claim,
+            })
         })
-        .collect();
+        .collect::<Result<_, conduit_controlplane::Error>>()?;
     // One thread, this one, which lives as long as the process: the kernel stops a
     // child with its parent *thread* (`PR_SET_PDEATHSIG`), so no child may be
     // started from a worker thread that could end before the process.
@@ -109,6 +119,8 @@ struct Child {
     exe: OsString,
     args: Vec<OsString>,
     secrets: Vec<(String, Secret)>,
+    /// The claim on its name, held from start to end and lent to each run.
+    claim: NameClaim,
 }
 
 /// How a run of a child ended.
@@ -121,6 +133,7 @@ struct Ended {
 impl Child {
     /// Starts the child, and again each time it fails, until `stopping` turns true
     /// or it exits with 0. Returns the exit code of its last run if that failed.
+    /// The name's claim ends with it.
     async fn keep_running(self, mut stopping: watch::Receiver<bool>) -> Option<u8> {
         let mut wait = FIRST_WAIT;
         let mut failures = 0u32;
@@ -175,6 +188,7 @@ impl Child {
     fn start(&self) -> std::io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.args(&self.args)
+            .env(INHERITED_CLAIM, &self.name)
             .envs(self.secrets.iter().map(|(var, v)| (var, v.expose())))
             // Its stderr passes through this process, which reads its last words.
             .stderr(Stdio::piped())
@@ -183,7 +197,11 @@ impl Child {
         // they drain, then exit) rather than run on unsupervised, holding their
         // names and ports against the next `up` (Linux; elsewhere they run on).
         conduit_dataplane::stop_with_parent(cmd.as_std_mut());
-        cmd.spawn()
+        // Every child starts from this one thread, so only this one inherits the
+        // claim's descriptor.
+        self.claim
+            .lend_while(|| cmd.spawn())
+            .map_err(std::io::Error::other)?
     }
 
     /// Waits for `child` to exit, asking it to stop (it drains) once `stopping`.

@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
     Env, Override, Plan, Protocol, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
 };
-use conduit_controlplane::process::{Registration, claim_name};
+use conduit_controlplane::process::{Registration, claim_name, claim_supervised_name};
 use conduit_controlplane::reconcile::reconcile;
 use conduit_controlplane::registry::{Entry, EntryConfig, Registry, Supervisor};
 use conduit_controlplane::{Home, TunnelSettings, keys};
@@ -88,7 +88,7 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         return Ok(());
     }
     if a.foreground {
-        return super::supervise::supervise(&plan, &a.set);
+        return super::supervise::supervise(home, &plan, &a.set);
     }
     reconcile_and_launch(home, &plan, &a.set)
 }
@@ -107,8 +107,12 @@ fn one(
         .iter()
         .find(|t| t.name == name)
         .ok_or_else(|| anyhow!("{} has no tunnel named {name:?}", plan.file.display()))?;
-    // Held while the tunnel runs (or inherited from the launching `up`).
-    let _claim = claim_name(home, name)?;
+    // Held while the tunnel runs (or inherited from the launching `up`, or lent by
+    // the supervisor, which keeps it when this process ends).
+    let _claim = match supervisor {
+        Some(_) => claim_supervised_name(home, name)?,
+        None => claim_name(home, name)?,
+    };
     let plain = t.transport == TransportKind::Plain;
     let (identity, key_path) = keys::client_identity(&t.private_key_path, plain)?;
     let registration = Registration {

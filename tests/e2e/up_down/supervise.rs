@@ -105,6 +105,26 @@ fn a_child_that_cannot_bind_is_retried_with_backoff_until_it_can() {
     sup.wait_stderr(&failed);
     sup.wait_stderr("restarting tunnel \"web\" in 1s (failure 1 in a row)");
     sup.wait_stderr("restarting tunnel \"web\" in 2s (failure 2 in a row)");
+    // Between two runs the supervisor holds the name: neither a plain `up` of the
+    // file nor a `start` takes the tunnel from it.
+    let refusal = format!(
+        "tunnel \"web\" is run by `conduit up --foreground` (pid {}), which restarts it when \
+         it fails and holds its name meanwhile: leave it to that supervisor, stop the \
+         supervisor (or the service that runs it) first, or choose another name (--name, or \
+         name in the file)",
+        sup.pid()
+    );
+    let (status, out, err) = home.run(&["up", "-f", f]);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        said(&err),
+        format!("conduit: error: tunnel \"web\": {refusal}\n")
+    );
+    let start = crate::manage::start_args(&home, &raddr.to_string(), &source, "web");
+    let (status, _, err) = crate::manage::run_args(&home, &start);
+    assert_code(status, 64, &err);
+    assert_eq!(said(&err), format!("conduit: error: {refusal}\n"));
     drop(held);
     running(&home, "web");
     echo_through(&home, "web");
@@ -124,6 +144,41 @@ fn a_child_that_cannot_bind_is_retried_with_backoff_until_it_can() {
         "{err}"
     );
     drop(held);
+}
+
+/// A supervisor whose file names a tunnel that already runs (here from a plain `up`
+/// of the same file) refuses to start, naming it, and starts nothing: it would
+/// otherwise fail that child again and again.
+#[test]
+fn a_supervisor_refuses_a_name_already_running() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let f = file.to_str().unwrap();
+    let (status, _, err) = home.run(&["up", "-f", f]);
+    assert_code(status, 0, &err);
+    let (pid, id) = {
+        let l = list(&home);
+        (
+            l[0]["pid"].as_u64().unwrap(),
+            l[0]["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (status, out, err) = home.run(&["up", "-f", f, "--foreground"]);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        said(&err),
+        format!(
+            "conduit: error: a tunnel named \"web\" is already running (id {id}, pid {pid}): \
+             stop it with `conduit kill --tunnel web` or choose another name (--name, or name \
+             in the file)\n"
+        )
+    );
+    assert_eq!(names(&home), ["web"]);
+    assert_eq!(pid_of(&home, "web"), pid);
 }
 
 /// A plain `up` of the file a supervisor runs neither restarts a changed tunnel
