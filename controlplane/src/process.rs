@@ -128,13 +128,20 @@ fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
         let file = open_lock(&path)?;
         match lock(&file, &path)? {
             Locked::Yes => {
+                let entries = Registry::new(home).entries();
                 // A tunnel of a version without name locks is known by its entry alone.
-                if let Some(e) = Registry::new(home)
-                    .entries()
-                    .into_iter()
-                    .find(|e| e.name == name)
-                {
+                if let Some(e) = entries.iter().find(|e| e.name == name) {
                     return Err(taken(name, Some(e.pid), Some(&e.tunnel_id)));
+                }
+                // Commands take a name or an id: one may not be the other's.
+                if let Some(e) = entries.iter().find(|e| e.tunnel_id == name) {
+                    return Err(Error::Config(format!(
+                        "{name:?} is the id of the running tunnel {:?} (pid {}): a tunnel \
+                         named so could not be told from it by `conduit kill --tunnel`, \
+                         `logs` and the others; choose another name (--name, or name in \
+                         the file)",
+                        e.name, e.pid
+                    )));
                 }
                 let claim = NameClaim {
                     held: Held::Own(file),
@@ -402,7 +409,7 @@ impl RegisteredTunnel {
     /// Registers `tunnel` (already bound) and starts its control API.
     pub async fn register(tunnel: ClientTunnel, r: Registration) -> Result<Self, Error> {
         let registry = Registry::new(&r.home);
-        let id = registry::new_id(&r.name);
+        let id = registry::new_id(&r.home, &r.name);
         let bind = tunnel.local_addr().to_string();
         let entry = Entry {
             tunnel_id: id.clone(),

@@ -374,9 +374,20 @@ pub fn start_ticks(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// A fresh tunnel id: the name and four random hex digits.
-pub fn new_id(name: &str) -> String {
-    format!("{name}-{:04x}", rand::random::<u16>())
+/// A fresh tunnel id: the name and four random hex digits, never the name of a
+/// tunnel that runs or is being started (its name's lock in `run/`) nor another's
+/// id: `kill --tunnel X` and the others take a name or an id, and must find one
+/// tunnel.
+pub fn new_id(home: &Home, name: &str) -> String {
+    let entries = Registry::new(home).entries();
+    loop {
+        let id = format!("{name}-{:04x}", rand::random::<u16>());
+        let taken = entries.iter().any(|e| e.name == id || e.tunnel_id == id)
+            || home.run().join(format!("{id}.lock")).exists();
+        if !taken {
+            return id;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,35 @@ fn a_second_start_while_one_runs_leaves_the_running_tunnels_log_alone() {
     assert_eq!(home.ok(&["logs", "keep"]).into_bytes(), before);
 }
 
+/// `kill --tunnel X`, `logs X` and the others take a name or an id: a new tunnel
+/// may not be named after a running tunnel's id, or one of them would stop, or
+/// show, the other.
+#[test]
+fn a_name_that_is_a_running_tunnels_id_is_refused() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (router, source) = (raddr.to_string(), source.to_string());
+    let (status, _, err) = run_args(&home, &start_args(&home, &router, &source, "tok"));
+    assert_code(status, 0, &err);
+    let l = list_json(&home);
+    let (id, pid) = (l[0]["id"].as_str().unwrap(), l[0]["pid"].as_u64().unwrap());
+
+    let (status, out, err) = run_args(&home, &start_args(&home, &router, &source, id));
+    assert_code(status, 64, &err);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: {id:?} is the id of the running tunnel \"tok\" (pid {pid}): a \
+             tunnel named so could not be told from it by `conduit kill --tunnel`, `logs` and \
+             the others; choose another name (--name, or name in the file)\n"
+        )
+    );
+    assert_eq!(list_json(&home).len(), 1);
+}
+
 #[test]
 fn a_restart_keeps_the_previous_runs_log_and_logs_shows_the_current_run() {
     let home = Home::with_keys();
