@@ -382,6 +382,29 @@ fn a_background_tunnel_with_log_file_logs_there_and_says_so() {
         "{err}"
     );
     assert_eq!(list_json(&home).len(), 1);
+
+    // `~` is not expanded (no shell reads `--log-file=~/…` or CONDUIT_LOG_FILE), as
+    // in a file: refused, not a directory named `~`.
+    let mut args = start_args(&home, &raddr.to_string(), &source.to_string(), "lf3");
+    args.push("--log-file=~/lf3.log".into());
+    let out = home
+        .cmd()
+        .args(&args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_code(out.status, 64, &err);
+    assert!(
+        err.starts_with(
+            "error: invalid value '~/lf3.log' for '--log-file <PATH>': \"~/lf3.log\" starts \
+             with ~, which is not expanded here (no shell reads this value): write the home \
+             directory in full, such as /home/USER/lf3.log\n"
+        ),
+        "{err}"
+    );
+    assert!(!dir.path().join("~").exists());
+    assert_eq!(list_json(&home).len(), 1);
 }
 
 #[test]

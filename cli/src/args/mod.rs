@@ -52,7 +52,7 @@ pub(crate) struct LogArgs {
     )]
     pub(crate) log_format: Option<LogFormat>,
     /// Write logs to this file instead of stderr.
-    #[arg(long, global = true, env = "CONDUIT_LOG_FILE", value_name = "PATH")]
+    #[arg(long, global = true, env = "CONDUIT_LOG_FILE", value_name = "PATH", value_parser = conduit_controlplane::config::parse_path)]
     pub(crate) log_file: Option<PathBuf>,
     /// Rotate the log file: a new FILE.YYYY-MM-DD (daily) or FILE.YYYY-MM-DD-HH (hourly)
     /// [default: never].

@@ -529,6 +529,16 @@ fn non_empty(s: &str) -> Result<(), String> {
     }
 }
 
+/// A path given on the command line or in the environment, checked as a file's
+/// paths are: not empty, and no `~` that nothing would expand.
+pub fn parse_path(s: &str) -> Result<std::path::PathBuf, String> {
+    if s.trim().is_empty() {
+        return Err("is empty; give a path".into());
+    }
+    no_tilde(s)?;
+    Ok(s.into())
+}
+
 /// A path is taken as written: no shell reads a file or a variable to expand `~`.
 fn no_tilde(s: &str) -> Result<(), String> {
     if s == "~" || s.starts_with("~/") {
