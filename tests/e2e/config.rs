@@ -456,6 +456,20 @@ fn show_prints_values_with_origins_and_masks_secrets() {
     );
     assert_eq!(v["security"]["token"]["value"], "***");
     assert_eq!(v["tunnels"][0]["name"]["origin"], "conduit.toml:8");
+
+    // The global log flags (and their variables) are no keys of the file, but win
+    // over its [logging] where it runs: said beside what is shown.
+    let out = s.run(
+        &["config", "show", "--log-format", "json"],
+        &[("CONDUIT_LOG_LEVEL", "warn")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "note: CONDUIT_LOG_LEVEL=warn wins over the logging.level shown, for the router and \
+         for the tunnels `up` starts\nnote: --log-format json wins over the logging.format \
+         shown, for the router and for the tunnels `up` starts\n"
+    );
 }
 
 /// With errors, `show` prints the errors only: the configuration it would show is

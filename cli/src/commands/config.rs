@@ -16,7 +16,7 @@ use conduit_controlplane::config::{
 };
 
 use super::say;
-use crate::args::{ConfigArgs, ShowFormat};
+use crate::args::{ConfigArgs, LogArgs, LogFormat, ShowFormat};
 use crate::exit::Usage;
 use crate::output;
 
@@ -109,7 +109,7 @@ pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> {
+pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat, log: &LogArgs) -> Result<()> {
     let (role, sources) = sources(home, a);
     let name = sources.file.display().to_string();
     let format = match format {
@@ -133,8 +133,50 @@ pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> 
     if report.has_errors() {
         return fail(&name, role, &report);
     }
+    for note in log_notes(log) {
+        eprintln!("{note}");
+    }
     output::write(text);
     Ok(())
+}
+
+/// What the global `--log-level`/`--log-format` (or `CONDUIT_LOG_LEVEL`/`_FORMAT`)
+/// change in what is shown: they win over `[logging]` for the router and for every
+/// tunnel `up` starts, but are not keys of the file (a level may be a tracing filter).
+fn log_notes(log: &LogArgs) -> Vec<String> {
+    let given = |flag: &str| {
+        std::env::args_os().any(|a| {
+            let a = a.to_string_lossy();
+            a == flag || a.starts_with(&format!("{flag}="))
+        })
+    };
+    let mut notes = Vec::new();
+    let mut note = |key: &str, flag: &str, var: &str, value: &str| {
+        let from = match given(flag) {
+            true => format!("{flag} {value}"),
+            false => format!("{var}={value}"),
+        };
+        notes.push(format!(
+            "note: {from} wins over the {key} shown, for the router and for the tunnels `up` \
+             starts"
+        ));
+    };
+    if let Some(level) = &log.log_level {
+        note("logging.level", "--log-level", "CONDUIT_LOG_LEVEL", level);
+    }
+    if let Some(format) = log.log_format {
+        let value = match format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        note(
+            "logging.format",
+            "--log-format",
+            "CONDUIT_LOG_FORMAT",
+            value,
+        );
+    }
+    notes
 }
 
 fn sources(home: Home, a: ConfigArgs) -> (Role, Sources) {

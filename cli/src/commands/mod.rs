@@ -75,7 +75,7 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         }) => config::init(file, router, force),
         Command::Config(ConfigCommand::Validate(a)) => config::validate(home()?, a),
         Command::Config(ConfigCommand::Show { args, format }) => {
-            config::show(home()?, args, format)
+            config::show(home()?, args, format, log)
         }
         Command::Router(_) => unreachable!("`run` dispatches the router before logging starts"),
         Command::Start(a) => {
