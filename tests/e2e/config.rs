@@ -263,6 +263,17 @@ fn a_missing_file_names_the_path_and_how_to_create_one() {
         ]
     );
     assert_eq!(out.status.code(), Some(64));
+    // `-` is no standard input here: said so, not "create it".
+    let out = s.run(&["config", "validate", "-f", "-"], &[]);
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: no configuration file at -: `-` is a file name here, not \
+             standard input; give a file on disk with -f FILE (`config validate` and `config \
+             show` also read -f /dev/stdin)"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
 }
 
 #[test]

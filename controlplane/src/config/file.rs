@@ -10,6 +10,14 @@ use super::{Origin, Problem, Report, Role};
 
 /// What to say when `path`, a `role` file named by `flag`, does not exist.
 pub fn missing(path: &Path, role: Role, flag: &str) -> String {
+    if path.file_name().is_some_and(|n| n == "-") {
+        return format!(
+            "no configuration file at {}: `-` is a file name here, not standard input; give \
+             a file on disk with {flag} FILE (`config validate` and `config show` also read \
+             {flag} /dev/stdin)",
+            path.display()
+        );
+    }
     let router = match role {
         Role::Client => "",
         Role::Router => " --router",
