@@ -189,15 +189,30 @@ pub fn load_named_public(home: &Home, name: &str) -> Result<PublicKey, Error> {
             path.display()
         )));
     }
-    load_public(&path.to_string_lossy(), "public key").map_err(|e| match e {
+    let key_path = home.private_key(name);
+    let public = load_public(&path.to_string_lossy(), "public key").map_err(|e| match e {
         // The private key is the truth: a spoiled .pub can be written again from it.
-        Error::Config(why) if home.private_key(name).is_file() => Error::Config(format!(
+        Error::Config(why) if key_path.is_file() => Error::Config(format!(
             "{why}; delete {} and run this again: it is written anew from {}",
             path.display(),
-            home.private_key(name).display()
+            key_path.display()
         )),
         other => other,
-    })
+    })?;
+    // A .pub copied over from another key would be pasted into a router's
+    // authorized_clients, which would then refuse this key.
+    if let Ok(Some(pair)) = load_private_if_present(&key_path, name)
+        && pair.public() != public
+    {
+        return Err(Error::Config(format!(
+            "{} holds {public}, which is not the public key of {} ({}): delete {0} and run \
+             this again: it is written anew from the private key",
+            path.display(),
+            key_path.display(),
+            pair.public()
+        )));
+    }
+    Ok(public)
 }
 
 /// Writes `keys/NAME.pub` of `home` again from `keys/NAME.key` when the private key

@@ -542,3 +542,29 @@ fn key_names_are_checked() {
         made.public()
     );
 }
+
+/// A `.pub` that is not the private key's (copied over from another key) is refused
+/// with both keys named, not shown as this key's.
+#[test]
+fn a_public_key_file_of_another_key_is_refused() {
+    let (_d, home) = home();
+    let mine = generate(&home, "mine", false).unwrap();
+    let other = generate(&home, "other", false).unwrap();
+    std::fs::copy(home.public_key("other"), home.public_key("mine")).unwrap();
+    let Err(Error::Config(why)) = load_named_public(&home, "mine") else {
+        panic!("another key's .pub was shown as this one's");
+    };
+    assert_eq!(
+        why,
+        format!(
+            "{} holds {}, which is not the public key of {} ({}): delete {} and run this \
+             again: it is written anew from the private key",
+            home.public_key("mine").display(),
+            other.public(),
+            home.private_key("mine").display(),
+            mine.public(),
+            home.public_key("mine").display()
+        )
+    );
+    assert_eq!(load_named_public(&home, "other").unwrap(), other.public());
+}
