@@ -56,8 +56,18 @@ fn api_url(router: &str) -> Result<(), String> {
     if !matches!(scheme, "http" | "https") {
         return Err(format!("{scheme}:// is not a scheme the API speaks"));
     }
+    if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("it holds {c:?}, which no URL holds"));
+    }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') {
+    if authority.contains('@') {
+        return Err(
+            "a user or password in the URL is not taken: give the API's token with \
+             --api-token (or CONDUIT_API_TOKEN)"
+                .into(),
+        );
+    }
+    if authority.is_empty() {
         return Err("it names no host".into());
     }
     let bracketed = authority.starts_with('[');
@@ -252,7 +262,12 @@ mod tests {
                 "ftp://127.0.0.1:21",
                 "ftp:// is not a scheme the API speaks",
             ),
-            ("http://u:p@h:1", "it names no host"),
+            (
+                "http://u:p@h:1",
+                "a user or password in the URL is not taken: give the API's token with \
+                 --api-token (or CONDUIT_API_TOKEN)",
+            ),
+            ("garbage url", "it holds ' ', which no URL holds"),
             (
                 "http://[::1",
                 "its IPv6 address opens a bracket it does not close",
