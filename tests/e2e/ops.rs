@@ -272,7 +272,33 @@ fn the_api_is_off_by_default_and_refuses_to_run_open_on_a_public_address() {
         "--api-no-auth",
     ]);
     assert_code(status, 64, &err);
-    assert!(err.contains("api.auth: the API may run without a token only on a loopback address, and api.bind is 0.0.0.0:0"), "{err}");
+    assert!(
+        err.contains(
+            "api.auth: the API may run without a token only on a loopback address, and \
+             api.bind is 0.0.0.0:0; bind it to 127.0.0.1 (or ::1), or set a token (--api-token, \
+             CONDUIT_API_TOKEN) and drop auth = false (--api-no-auth) (cli --api-no-auth)\n"
+        ),
+        "{err}"
+    );
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        "127.0.0.1:0",
+        "--api-bind",
+        "0.0.0.0:0",
+        "--api-no-auth",
+        "--api-token",
+        "t0ken",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains(
+            "api.bind is 0.0.0.0:0; bind it to 127.0.0.1 (or ::1), or drop auth = false \
+             (--api-no-auth) so that the token set is required (cli --api-no-auth)\n"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("t0ken"), "{err}");
     let (status, _, err) = home.run(&["router", "--bind", "127.0.0.1:0", "--api"]);
     assert_code(status, 64, &err);
     assert!(

@@ -222,11 +222,19 @@ fn api(a: &ApiConfig, out: &mut Out<'_>) {
         return;
     }
     if !a.auth && !addr.ip().is_loopback() {
+        let token = match a.token {
+            Some(_) => "drop auth = false (--api-no-auth) so that the token set is required",
+            None => {
+                "set a token (--api-token, CONDUIT_API_TOKEN) and drop auth = false \
+                 (--api-no-auth)"
+            }
+        };
         out.error(
- "api.auth",
- format!(
- "the API may run without a token only on a loopback address, and api.bind is {addr}; bind it to 127.0.0.1 (or ::1), or set a token (--api-token, CONDUIT_API_TOKEN)"
- ),
+            "api.auth",
+            format!(
+                "the API may run without a token only on a loopback address, and api.bind is \
+                 {addr}; bind it to 127.0.0.1 (or ::1), or {token}"
+            ),
         );
     } else if a.auth && a.token.is_none() {
         out.error(
