@@ -112,6 +112,12 @@ fn start_list_counts_a_held_connection_kill_and_list_is_empty() {
     assert_eq!(t["bytes_out"], 5);
     let pid = t["pid"].as_u64().unwrap();
     assert!(pid_alive(pid));
+    assert_eq!(t["connections"].as_array().map(Vec::len), Some(1));
+    // Without --connections, no list of them (an empty one would read as none open).
+    let plain: serde_json::Value =
+        serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(plain[0]["active_connections"], 1);
+    assert!(plain[0].get("connections").is_none(), "{plain}");
 
     // The table shows the same, with the connection under it.
     let table = home.ok(&["list", "--connections"]);

@@ -12,14 +12,18 @@ pub(crate) fn run(home: &Home, a: &ListArgs) -> Result<()> {
     let seen = runtime(1)?.block_on(survey(home, a.connections))?;
     match a.format {
         OutputFormat::Json => say(serde_json::to_string_pretty(
-            &seen.iter().map(to_json).collect::<Vec<_>>(),
+            &(seen.iter())
+                .map(|s| to_json(s, a.connections))
+                .collect::<Vec<_>>(),
         )?),
         OutputFormat::Table => table(&seen, a.connections),
     }
     Ok(())
 }
 
-fn to_json(s: &Seen) -> serde_json::Value {
+/// One tunnel; its open connections only when asked for (`--connections`): an
+/// empty list would read as none open.
+fn to_json(s: &Seen, with_connections: bool) -> serde_json::Value {
     let e = &s.entry;
     let mut v = json!({
         "id": e.tunnel_id,
@@ -46,6 +50,9 @@ fn to_json(s: &Seen) -> serde_json::Value {
             v["status"] = json!("unreachable");
             v["error"] = json!(why);
         }
+    }
+    if !with_connections {
+        return v;
     }
     // Not known when the tunnel did not answer: null, not an empty list.
     v["connections"] = match &s.status {
