@@ -54,8 +54,11 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         }
     }
     alert_urls(&a)?;
-    if let Some(w) = conduit_controlplane::config::small_burst(a.burst_limit) {
-        tracing::warn!("--burst-limit {w}");
+    if let Some(w) = conduit_controlplane::config::small_burst(a.burst_limit, a.bandwidth_limit) {
+        match a.burst_limit {
+            0 => tracing::warn!("--bandwidth-limit {w} (--burst-limit)"),
+            _ => tracing::warn!("--burst-limit {w}"),
+        }
     }
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);

@@ -501,8 +501,12 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
             "only a router runs handshakes for others; a tunnel ignores it: remove it here",
         );
     }
-    if let Some(w) = small_burst(p.burst_bandwidth_limit) {
-        out.warn("performance.burst_bandwidth_limit", w);
+    if let Some(w) = small_burst(p.burst_bandwidth_limit, p.default_bandwidth_limit) {
+        let key = match p.burst_bandwidth_limit {
+            0 => "performance.default_bandwidth_limit",
+            _ => "performance.burst_bandwidth_limit",
+        };
+        out.warn(key, w);
     }
     if p.io_engine == super::IoEngine::Uring && !conduit_dataplane::engine::uring_usable() {
         out.warn(
@@ -821,15 +825,29 @@ fn authorized(p: &Path) -> Result<usize, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Why a bandwidth burst of `burst` bytes is a poor choice, if it is: a bucket smaller
-/// than the rate is a smoother pace, but one smaller than a TLS record makes every
-/// send a small one.
-pub fn small_burst(burst: u64) -> Option<String> {
-    (burst > 0 && burst < 16_384).then(|| {
+/// Why the bandwidth burst is a poor choice, if it is: a bucket smaller than the rate
+/// is a smoother pace, but one smaller than a TLS record makes every send a small
+/// one. `burst` 0 is one second's worth of `rate`; `rate` 0 is no limit. The
+/// message is said of the burst when one is given, else of the rate.
+pub fn small_burst(burst: u64, rate: u64) -> Option<String> {
+    const RECORD: u64 = 16_384;
+    if rate == 0 {
+        return None;
+    }
+    if burst > 0 {
+        return (burst < RECORD).then(|| {
+            format!(
+                "{burst} bytes is less than one TLS record ({RECORD}): a limited tunnel then \
+                 relays in pieces that small, at more CPU per byte; give {RECORD} or more (0: \
+                 one second's worth)"
+            )
+        });
+    }
+    (rate < RECORD).then(|| {
         format!(
-            "{burst} bytes is less than one TLS record (16384): a limited tunnel then relays \
-             in pieces that small, at more CPU per byte; give 16384 or more (0: one second's \
-             worth)"
+            "{rate} bytes a second, with no burst given, lets the tunnel send {rate} bytes at \
+             once (one second's worth), less than one TLS record ({RECORD}): it then relays \
+             in pieces that small, at more CPU per byte; give a burst of {RECORD} or more"
         )
     })
 }

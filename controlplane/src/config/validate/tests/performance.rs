@@ -24,6 +24,21 @@ fn limits_must_agree_and_log_directories_exist() {
              ($F:13)",
         ]
     );
+    // No burst given: one second's worth, here less than a record.
+    let text = f.client_text("[performance]\ndefault_bandwidth_limit = 1000\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "warning: performance.default_bandwidth_limit: 1000 bytes a second, with no burst \
+             given, lets the tunnel send 1000 bytes at once (one second's worth), less than \
+             one TLS record (16384): it then relays in pieces that small, at more CPU per \
+             byte; give a burst of 16384 or more ($F:10)",
+        ]
+    );
+    let text = f.client_text(
+        "[performance]\ndefault_bandwidth_limit = 1000\nburst_bandwidth_limit = 16384\n",
+    );
+    assert_eq!(check(&f, &text), Vec::<String>::new());
     let text = "[logging]\nfile = \"no/such/dir/router.log\"\n";
     assert_eq!(
         router(&f, text, &[])
