@@ -446,18 +446,23 @@ impl Kind {
                 Ok(())
             }
             (Kind::List | Kind::KeyList, Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(s) => non_empty(s).map_err(|e| format!("item {i}: {e}"))?,
-                        other => {
-                            return Err(format!(
-                                "item {i}: expected a string, found {}",
-                                type_of(other)
-                            ));
+                // Every bad item at once, not one per run of `validate`.
+                let bad: Vec<String> = (items.iter().enumerate())
+                    .filter_map(|(i, item)| match item {
+                        Value::String(s) if s.trim().is_empty() => {
+                            Some(format!("item {i}: is empty; remove it from the list"))
                         }
-                    }
+                        Value::String(_) => None,
+                        other => Some(format!(
+                            "item {i}: expected a string, found {}",
+                            type_of(other)
+                        )),
+                    })
+                    .collect();
+                match bad.is_empty() {
+                    true => Ok(()),
+                    false => Err(bad.join("; ")),
                 }
-                Ok(())
             }
             _ => Err(wrong()),
         }
@@ -467,7 +472,9 @@ impl Kind {
     pub(crate) fn parse_text(self, s: &str) -> Result<Value, String> {
         match self {
             Kind::Str | Kind::Path | Kind::KeyOrPath => {
-                non_empty(s)?;
+                if s.trim().is_empty() {
+                    return Err("is empty; give a value, or leave it unset".into());
+                }
                 if self == Kind::Path {
                     no_tilde(s)?;
                 }
@@ -704,6 +711,15 @@ mod tests {
             Kind::List.check("allow", &Value::Array(vec![n(1)])),
             Err("item 0: expected a string, found an integer".into())
         );
+        let s = |t: &str| Value::String(t.into());
+        assert_eq!(
+            Kind::List.check("allow", &Value::Array(vec![s("a"), s(""), n(2), s(" ")])),
+            Err(
+                "item 1: is empty; remove it from the list; item 2: expected a string, found \
+                 an integer; item 3: is empty; remove it from the list"
+                    .into()
+            )
+        );
         assert_eq!(
             Kind::Str.check("host", &Value::String(" ".into())),
             Err("is empty; give a value or remove the line".into())
@@ -713,6 +729,10 @@ mod tests {
     #[test]
     fn text_values_parse_by_kind() {
         assert_eq!(PORT.parse_text("9999"), Ok(Value::Integer(9999)));
+        assert_eq!(
+            Kind::Str.parse_text(""),
+            Err("is empty; give a value, or leave it unset".into())
+        );
         assert_eq!(
             PORT.parse_text("x"),
             Err("expected an integer (1-65535), found \"x\"".into())
