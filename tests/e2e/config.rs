@@ -77,9 +77,25 @@ fn example(name: &str) -> PathBuf {
 #[test]
 fn validate_accepts_the_documented_examples() {
     let s = Sandbox::new();
-    s.init("client");
+    let client = s.init("client");
+    let router = s.init("router");
     let file = example("conduit.example.toml");
+    // Its router key is a placeholder (all zeros) to replace: said so, and with the
+    // router's key given the rest is valid.
     let out = s.run(&["config", "validate", "-f", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        lines(&out.stderr)[0],
+        format!(
+            "error: router.public_key: is still the placeholder `conduit config init` wrote (all \
+             zeros), not a key: paste the router's public key (what `conduit init --name \
+             router` printed on the router; `conduit keys show --name router` there prints it \
+             again) ({}:20)",
+            file.display()
+        )
+    );
+    let key = [("CONDUIT_ROUTER_PUBLIC_KEY", router.as_str())];
+    let out = s.run(&["config", "validate", "-f", file.to_str().unwrap()], &key);
     assert_eq!(text(&out.stderr), "");
     assert_eq!(
         lines(&out.stdout),
@@ -87,7 +103,6 @@ fn validate_accepts_the_documented_examples() {
     );
     assert_eq!(out.status.code(), Some(0));
 
-    let client = s.init("router");
     std::fs::write(
         s.home().join("authorized_clients"),
         format!("{client} laptop\n"),
@@ -115,7 +130,8 @@ fn validate_accepts_the_documented_examples() {
     assert_eq!(out.status.code(), Some(0));
 }
 
-/// `config init` writes the documented example (which validates), owner-only, and
+/// `config init` writes the documented example (which validates once its router key
+/// is filled in), owner-only, and
 /// never over a file without --force; `-f -` prints it.
 #[test]
 fn init_writes_a_file_that_validates_and_never_overwrites_without_force() {
@@ -143,6 +159,12 @@ fn init_writes_a_file_that_validates_and_never_overwrites_without_force() {
         let mode = std::fs::metadata(&written).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
+    // Valid once its placeholder router key is replaced.
+    let router = s.init("router");
+    let placeholder = format!("ed25519:{}=", "A".repeat(43));
+    let text_of = std::fs::read_to_string(&written).unwrap();
+    assert!(text_of.contains(&placeholder), "{text_of}");
+    std::fs::write(&written, text_of.replace(&placeholder, &router)).unwrap();
     let out = s.run(&["config", "validate"], &[]);
     assert_eq!(lines(&out.stdout), ["conduit.toml is valid: 3 tunnels"]);
     assert_eq!(out.status.code(), Some(0));

@@ -787,8 +787,17 @@ pub(crate) fn public_key(spec: &str) -> Result<Vec<PublicKey>, String> {
 fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
     let spec = spec.trim();
     if spec.starts_with("ed25519:") {
-        return PublicKey::parse_lines(spec)
-            .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"));
+        let keys = PublicKey::parse_lines(spec)
+            .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"))?;
+        if keys.iter().any(|k| k.as_bytes() == &[0; 32]) {
+            return Err(
+                "is still the placeholder `conduit config init` wrote (all zeros), not a key: \
+                 paste the router's public key (what `conduit init --name router` printed on \
+                 the router; `conduit keys show --name router` there prints it again)"
+                    .into(),
+            );
+        }
+        return Ok(keys);
     }
     if !Path::new(spec).exists() {
         return Err(format!(
