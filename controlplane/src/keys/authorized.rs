@@ -67,29 +67,38 @@ pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, Strin
     // The line each key is on: a key listed twice is an error, since its lines may
     // say different things (`expires=` on one only: is it leaving or not?).
     let mut seen: HashMap<PublicKey, usize> = HashMap::new();
+    // Every bad line, not only the first: an operator fixes them in one go.
+    let mut bad: Vec<(usize, String)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         let (expires, rest) = match trimmed.strip_prefix("expires=") {
             Some(after) => {
                 let (when, rest) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
-                (Some(parse_expiry(when).map_err(|e| (i + 1, e))?), rest)
+                match parse_expiry(when) {
+                    Ok(t) => (Some(t), rest),
+                    Err(e) => {
+                        bad.push((i + 1, e));
+                        continue;
+                    }
+                }
             }
             None => (None, trimmed),
         };
         match PublicKey::parse_line(rest) {
             None if expires.is_some() => {
-                return Err((i + 1, "expires= must be followed by a key".to_owned()));
+                bad.push((i + 1, "expires= must be followed by a key".to_owned()));
             }
             None => {}
             Some(Ok((k, comment))) => {
                 if let Some(first) = seen.insert(k, i + 1) {
-                    return Err((
+                    bad.push((
                         i + 1,
                         format!(
                             "key {k} is listed on line {first} already; keep one line per key \
                              (with expires= on it, if it is to leave)"
                         ),
                     ));
+                    continue;
                 }
                 file.names.insert(k, comment);
                 match expires {
@@ -97,10 +106,16 @@ pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, Strin
                     None => file.expires.remove(&k),
                 };
             }
-            Some(Err(e)) => return Err((i + 1, e.to_string())),
+            Some(Err(e)) => bad.push((i + 1, e.to_string())),
         }
     }
-    Ok(file)
+    // The first bad line's number, and what each bad line holds.
+    let mut lines = bad.into_iter();
+    let Some((first, why)) = lines.next() else {
+        return Ok(file);
+    };
+    let rest: String = lines.map(|(n, e)| format!("; line {n}: {e}")).collect();
+    Err((first, format!("{why}{rest}")))
 }
 
 /// Rotates `old` out of authorized-clients `text` at `now`: its line gains

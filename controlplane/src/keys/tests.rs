@@ -507,6 +507,17 @@ fn keys_being_rotated_out_carry_an_expiry_time() {
         parse_authorized_file("expires=2026-12-01\n").unwrap_err(),
         (1, "expires= must be followed by a key".to_owned())
     );
+    // Every bad line is named, the first one's number first.
+    assert_eq!(
+        parse_authorized_file(&format!("{a}\nnot a key\n{b}\nexpires=soon {b}\n")).unwrap_err(),
+        (
+            2,
+            "invalid public key \"not\": expected the form ed25519:<base64>, as `conduit \
+             init` prints; line 4: expires=soon is not a UTC time; write it as \
+             2026-12-01T18:00:00Z or 2026-12-01"
+                .to_owned()
+        )
+    );
     // Listed twice (is it leaving or not?): an error naming both lines.
     assert_eq!(
         parse_authorized_file(&format!("expires=2020-01-01 {a} old\n{b}\n{a} old\n")).unwrap_err(),
