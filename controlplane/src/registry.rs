@@ -270,6 +270,7 @@ impl Registry {
                     name: head.name,
                     pid: head.pid,
                     why: why.to_string(),
+                    verified: head.started.is_some(),
                 })
             })
             .collect();
@@ -303,6 +304,9 @@ pub struct Unreadable {
     pub pid: u32,
     /// Why the entry could not be read.
     pub why: String,
+    /// Whether the process is known to be the one that wrote the entry (its start
+    /// time matches the entry's); otherwise the pid may have been reused since.
+    pub verified: bool,
 }
 
 /// What any version's entry holds, enough to tell whether its process lives.

@@ -645,6 +645,19 @@ fn an_entry_this_version_cannot_read_is_kept_while_its_process_lives() {
         "{err}"
     );
     assert!(file.exists());
+    // With no start time to check the pid against, `kill PID` is not offered as is.
+    v.as_object_mut().unwrap().remove("started");
+    std::fs::write(file, serde_json::to_vec(&v).unwrap()).unwrap();
+    let (status, _, err) = home.run(&["list"]);
+    assert_code(status, 0, &err);
+    assert!(
+        err.trim_end().ends_with(&format!(
+            "Manage it with that one, or stop it once you have checked that pid {0} is that \
+             tunnel (`ps -p {0}`; the entry records no start time to tell)",
+            tunnel.pid()
+        )),
+        "{err}"
+    );
 
     // Gone without a word (SIGKILL): the entry goes at the next look.
     tunnel.signal("KILL");

@@ -64,15 +64,22 @@ pub(crate) async fn survey(home: &Home, with_connections: bool) -> anyhow::Resul
     registry.readable().map_err(anyhow::Error::msg)?;
     for u in registry.unreadable() {
         let name = u.name.as_deref().unwrap_or("?");
+        let stop = match u.verified {
+            true => format!("or stop it with `kill {}`", u.pid),
+            // No start time to check the pid against: it may be another process now.
+            false => format!(
+                "or stop it once you have checked that pid {} is that tunnel (`ps -p {0}`; \
+                 the entry records no start time to tell)",
+                u.pid
+            ),
+        };
         eprintln!(
             "warning: {}: tunnel {name:?} (pid {}) is registered in a form this conduit {} \
-             cannot read ({}); a newer conduit started it? Manage it with that one, or stop \
-             it with `kill {}`",
+             cannot read ({}); a newer conduit started it? Manage it with that one, {stop}",
             u.path.display(),
             u.pid,
             env!("CARGO_PKG_VERSION"),
             u.why,
-            u.pid
         );
     }
     let asked = registry
