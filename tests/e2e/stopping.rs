@@ -415,11 +415,12 @@ fn a_frozen_tunnel_is_named_as_not_answering() {
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("TUNNEL"), "{out}");
     assert!(lines[1].starts_with("fine "), "{out}");
-    assert!(
-        err.starts_with(&format!(
-            "conduit: error: could not read the stats of frozen ({id}): {NO_ANSWER}"
-        )),
-        "{err}"
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: could not read the stats of frozen ({id}): {NO_ANSWER}; should it \
+             stay stuck, `conduit kill --tunnel {id} --force` stops it\n"
+        )
     );
 
     let (status, out, err) = home.run(&["stats", "--format", "prometheus"]);

@@ -371,15 +371,19 @@ fn a_bad_file_starts_nothing() {
     assert!(err.contains("no configuration file at"), "{err}");
 }
 
-/// `down` of a file that is not there (and started nothing) is refused exactly as
-/// `up` refuses it, not answered with "no tunnels are running".
+/// `down` of a file that is not there (and started nothing) is refused as `up`
+/// refuses it (exit 64), not answered with "no tunnels are running"; it is not
+/// told to create the file.
 #[test]
 fn down_with_a_missing_file_fails_like_up() {
     let home = Home::empty();
-    let want = "conduit: error: no configuration file at /no/such/file.toml: create it \
-                with `conduit config init -f /no/such/file.toml` (a documented starting file) or name another file \
-                with -f FILE\n";
-    for command in ["up", "down"] {
+    let up = "conduit: error: no configuration file at /no/such/file.toml: create it with \
+              `conduit config init -f /no/such/file.toml` (a documented starting file) or name \
+              another file with -f FILE\n";
+    let down = "conduit: error: no configuration file at /no/such/file.toml and no tunnels \
+                started from it are running: check the path (`down` stops the tunnels an `up` \
+                of that same file started)\n";
+    for (command, want) in [("up", up), ("down", down)] {
         let (status, out, err) = home.run(&[command, "-f", "/no/such/file.toml"]);
         assert_code(status, 64, &err);
         assert_eq!((out.as_str(), err.as_str()), ("", want), "{command}");

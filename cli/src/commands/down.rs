@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use conduit_controlplane::Home;
-use conduit_controlplane::config::{Role, missing};
 use conduit_controlplane::reconcile::started_from;
 use conduit_controlplane::registry::Registry;
 
@@ -24,7 +23,12 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
     // Tunnels from a file removed since `up` are still stopped; with none running,
     // a missing file is a mistyped name, refused as `up` refuses it.
     if targets.is_empty() && matches!(file.try_exists(), Ok(false)) {
-        return Err(Usage(missing(&file, Role::Client, "-f")).into());
+        return Err(Usage(format!(
+            "no configuration file at {} and no tunnels started from it are running: \
+             check the path (`down` stops the tunnels an `up` of that same file started)",
+            a.file.display()
+        ))
+        .into());
     }
     if targets.is_empty() {
         say(format_args!(

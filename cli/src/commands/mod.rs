@@ -333,6 +333,7 @@ mod tests {
              or db.internal:5432"
         );
         for (bad, why) in [
+            ("", "it is empty"),
             ("db.internal", "it has no port"),
             (":80", "\"\" is not a host name or IP address"),
             ("h:0", "port 0 is out of range (1-65535)"),

@@ -34,7 +34,7 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
         for (e, m) in entries.iter().zip(asked) {
             match m {
                 Ok(text) => texts.push(text),
-                Err(why) => unread.push(format!("{} ({}): {why}", e.name, e.tunnel_id)),
+                Err(why) => unread.push((e.name.clone(), e.tunnel_id.clone(), why)),
             }
         }
         output::write(merge_expositions(&texts));
@@ -54,11 +54,11 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
             Err(e) => json!({"id": s.entry.tunnel_id, "name": s.entry.name, "error": e}),
         })
         .collect();
-    let unread: Vec<String> = seen
+    let unread: Vec<(String, String, String)> = seen
         .iter()
         .filter_map(|s| {
             let why = s.status.as_ref().err()?;
-            Some(format!("{} ({}): {why}", s.entry.name, s.entry.tunnel_id))
+            Some((s.entry.name.clone(), s.entry.tunnel_id.clone(), why.clone()))
         })
         .collect();
     if a.format == StatsFormat::Json {
@@ -91,15 +91,28 @@ async fn metrics_of(e: &Entry) -> Result<String, String> {
     }
 }
 
-/// The tunnels whose figures could not be read fail the command, each named.
-fn unreadable(unread: &[String]) -> Result<()> {
-    if unread.is_empty() {
+/// The tunnels whose figures could not be read (name, id, why) fail the command,
+/// each named, with the command that stops the first should it stay stuck.
+fn unreadable(unread: &[(String, String, String)]) -> Result<()> {
+    let Some((_, first, _)) = unread.first() else {
         return Ok(());
-    }
+    };
+    let each: Vec<String> = (unread.iter())
+        .map(|(name, id, why)| format!("{name} ({id}): {why}"))
+        .collect();
+    let stop = match unread {
+        [_] => format!("should it stay stuck, `conduit kill --tunnel {first} --force` stops it"),
+        _ => format!(
+            "should they stay stuck, `conduit kill --tunnel ID --force` stops each (ids: {})",
+            (unread.iter())
+                .map(|(_, id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     Err(anyhow!(
-        "could not read the stats of {}; `conduit kill --tunnel ID --force` stops a tunnel \
-         that stays stuck",
-        unread.join("; ")
+        "could not read the stats of {}; {stop}",
+        each.join("; ")
     ))
 }
 
@@ -155,9 +168,16 @@ async fn history(a: &StatsArgs) -> Result<()> {
     let items = first["items"].as_array().cloned().unwrap_or_default();
     let every = first["interval_secs"].as_u64().unwrap_or(0);
     if items.is_empty() {
-        say(format_args!(
-            "no samples yet: the router takes one every {every}s (api.history_interval_secs)"
-        ));
+        match a.window {
+            Some(w) => say(format_args!(
+                "no samples in the last {}: the router takes one every {every}s \
+                 (api.history_interval_secs); give a longer --window",
+                humantime::format_duration(w)
+            )),
+            None => say(format_args!(
+                "no samples yet: the router takes one every {every}s (api.history_interval_secs)"
+            )),
+        }
         return Ok(());
     }
     let n = |v: &Value| v.as_u64().unwrap_or(0);

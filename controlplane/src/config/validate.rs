@@ -645,6 +645,9 @@ fn router_addr(addr: &str) -> Result<(), String> {
 /// IPv6 one in brackets, then a port of 1-65535. Nothing is resolved (the router
 /// may know names this machine does not).
 pub fn host_port(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() {
+        return Err("it is empty".into());
+    }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err("it has no port".into());
     };
