@@ -168,6 +168,19 @@ impl Rule {
     /// Rules for one key or name apply only to that key or the keys of that name; a
     /// client nobody authenticated (plain transport) gets only the rules for
     /// everyone.
+    /// Whether this rule, for whomever it is, admits `target` as written (an
+    /// address, or a name it names).
+    fn covers(&self, target: &str) -> bool {
+        if let Ok(addr) = target.parse::<SocketAddr>() {
+            return self.allows_addr(addr);
+        }
+        let Some((host, port)) = target.rsplit_once(':') else {
+            return false;
+        };
+        port.parse::<u16>()
+            .is_ok_and(|port| self.allows_name(host, port))
+    }
+
     fn applies_to(&self, client: Option<Caller<'_>>) -> bool {
         match &self.client {
             None => true,
@@ -279,16 +292,37 @@ impl AllowList {
         })
     }
 
-    fn denied(&self, target: &str, why: &str) -> Refusal {
-        let fix = if self.rules.is_empty() {
-            format!("this router allows no sources yet: start it with `--allow {target}`")
-        } else {
-            format!("to allow it, add `--allow {target}` to the router")
+    fn denied(&self, client: Option<Caller<'_>>, target: &str, why: &str) -> Refusal {
+        // A rule for other clients covers it: the fix is a rule for this one too,
+        // not one that opens it to every client.
+        let theirs = self
+            .rules
+            .iter()
+            .any(|r| r.client.is_some() && !r.applies_to(client) && r.covers(target));
+        let message = match client {
+            Some(c) if theirs => {
+                // By name where a rule could name it (one word), else by key.
+                let nameable = |n: &&str| format!("{n}=127.0.0.1:1").parse::<Rule>().is_ok();
+                let who = match c.name.filter(nameable) {
+                    Some(name) => name.to_owned(),
+                    None => c.key.to_string(),
+                };
+                format!(
+                    "source {target} is allowed to other clients only by the router's \
+                     policy{why}; to allow it to this client too, add `--allow \
+                     {who}={target}` to the router"
+                )
+            }
+            _ if self.rules.is_empty() => format!(
+                "source {target} is not allowed by the router's policy{why}; this router \
+                 allows no sources yet: start it with `--allow {target}`"
+            ),
+            _ => format!(
+                "source {target} is not allowed by the router's policy{why}; to allow it, add \
+                 `--allow {target}` to the router"
+            ),
         };
-        Refusal::new(
-            RefusalCode::PolicyDenied,
-            format!("source {target} is not allowed by the router's policy{why}; {fix}"),
-        )
+        Refusal::new(RefusalCode::PolicyDenied, message)
     }
 
     /// The name `check` would look up for `target` and `client`: `None` for an
@@ -341,7 +375,7 @@ impl AllowList {
             return if rules.iter().any(|r| r.allows_addr(addr)) {
                 Ok(vec![addr])
             } else {
-                Err(self.denied(target, ""))
+                Err(self.denied(client, target, ""))
             };
         }
         let Some((host, port)) = target.rsplit_once(':') else {
@@ -358,7 +392,7 @@ impl AllowList {
         };
         let by_name = rules.iter().any(|r| r.allows_name(host, port));
         if !by_name && !rules.iter().any(|r| r.ports.contains(port)) {
-            return Err(self.denied(target, ""));
+            return Err(self.denied(client, target, ""));
         }
         let addrs = resolve(host, port).map_err(|e| {
             Refusal::new(
@@ -380,6 +414,7 @@ impl AllowList {
             Ok(addrs)
         } else {
             Err(self.denied(
+                client,
                 target,
                 " (it resolves to an address outside the allowed ranges)",
             ))
@@ -566,6 +601,37 @@ mod tests {
         );
         assert!(l.check(None, "127.0.0.1:9000", no_dns).is_err());
         assert!(l.names_client(&a) && !l.names_client(&b));
+        // Refused to another client, which is told how to be allowed too, not to
+        // open the source to every client.
+        let r = l
+            .check(Some(Caller::key(&b)), "127.0.0.1:9000", no_dns)
+            .unwrap_err();
+        assert_eq!(
+            r.message,
+            format!(
+                "source 127.0.0.1:9000 is allowed to other clients only by the router's policy; \
+                 to allow it to this client too, add `--allow {b}=127.0.0.1:9000` to the router"
+            )
+        );
+        let named = Caller {
+            key: &b,
+            name: Some("laptop"),
+        };
+        let r = l.check(Some(named), "127.0.0.1:9000", no_dns).unwrap_err();
+        assert!(
+            r.message
+                .ends_with("add `--allow laptop=127.0.0.1:9000` to the router"),
+            "{}",
+            r.message
+        );
+        // A source no rule covers is refused as before.
+        let r = l
+            .check(Some(Caller::key(&b)), "127.0.0.1:9001", no_dns)
+            .unwrap_err();
+        assert!(
+            r.message
+                .ends_with("add `--allow 127.0.0.1:9001` to the router")
+        );
     }
 
     #[test]
