@@ -76,17 +76,21 @@ impl PublicKey {
     }
 
     /// Parses one line of a `.pub` or `authorized_clients` file: a key, then optionally
-    /// whitespace and a comment. Returns `None` for blank lines and `#` comments.
+    /// whitespace and the key's name. Returns `None` for blank lines and `#` comments;
+    /// a `#` after whitespace starts a comment that is no part of the name
+    /// (`ed25519:… laptop  # Alice's`), one inside a word is (`team#2`).
     pub fn parse_line(line: &str) -> Option<Result<(Self, String), ProtoError>> {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return None;
         }
-        let (key, comment) = match line.split_once(char::is_whitespace) {
-            Some((k, c)) => (k, c.trim().to_owned()),
-            None => (line, String::new()),
-        };
-        Some(Self::parse(key).map(|k| (k, comment)))
+        let (key, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim_start();
+        let end = (rest.char_indices())
+            .find(|&(i, c)| c == '#' && (i == 0 || rest[..i].ends_with(char::is_whitespace)))
+            .map_or(rest.len(), |(i, _)| i);
+        let name = rest[..end].trim().to_owned();
+        Some(Self::parse(key).map(|k| (k, name)))
     }
 
     /// The SubjectPublicKeyInfo DER that carries this key in a TLS handshake.
@@ -284,6 +288,19 @@ mod tests {
             e.to_string(),
             PublicKey::parse("ed25519:!!!").unwrap_err().to_string()
         );
+    }
+
+    /// A `#` after whitespace starts a comment, which is no part of the name.
+    #[test]
+    fn a_comment_after_the_name_is_not_the_name() {
+        let k = KeyPair::generate().unwrap().public();
+        let name = |line: String| PublicKey::parse_line(&line).unwrap().unwrap().1;
+        assert_eq!(name(format!("{k} laptop   # Alice's")), "laptop");
+        assert_eq!(name(format!("{k} my laptop\t#x")), "my laptop");
+        assert_eq!(name(format!("{k} # no name")), "");
+        assert_eq!(name(format!("{k} team#2")), "team#2");
+        assert_eq!(name(format!("{k}")), "");
+        assert!(PublicKey::parse_line("  # a whole line").is_none());
     }
 
     #[test]
