@@ -231,7 +231,9 @@ fn tokens_stay_out_of_the_file() {
     assert_eq!(
         stderr(&out),
         "conduit: note: the token is not written into the service file; put \
-         CONDUIT_TOKEN=<token> in /usr/local/etc/conduit/conduit-web.env (mode 0600) instead\n"
+         CONDUIT_TOKEN=<token> in /usr/local/etc/conduit/conduit-web.env (mode 0600) instead\n\
+         conduit: note: the service does not start until /usr/local/etc/conduit/conduit-web.env \
+         exists, rather than run without these\n"
     );
 }
 
@@ -303,7 +305,9 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
          CONDUIT_ALERTS_WEBHOOK=<value> in /etc/conduit/conduit-prod.env (mode 0600) instead\n\
          conduit: note: CONDUIT_PERFORMANCE_IO_ENGINE is not written into the service file; \
          put CONDUIT_PERFORMANCE_IO_ENGINE=<value> in /etc/conduit/conduit-prod.env (mode \
-         0600) instead\n"
+         0600) instead\n\
+         conduit: note: the service does not start until /etc/conduit/conduit-prod.env exists, \
+         rather than run without these\n"
     );
 }
 
@@ -455,7 +459,9 @@ fn a_router_service_runs_the_router_as_configured_here() {
          CONDUIT_API_TOKEN=<token> in /etc/conduit/conduit-router.env (mode 0600) instead\n\
          conduit: note: CONDUIT_HEALTH_INTERVAL_SECS is not written into the service file; \
          put CONDUIT_HEALTH_INTERVAL_SECS=<value> in /etc/conduit/conduit-router.env (mode \
-         0600) instead\n"
+         0600) instead\n\
+         conduit: note: the service does not start until /etc/conduit/conduit-router.env \
+         exists, rather than run without these\n"
     );
     let exec = exec_start(&unit);
     let bin = env!("CARGO_BIN_EXE_conduit");

@@ -189,6 +189,7 @@ pub(crate) fn emit(
         home: absolute(home.root())?,
         env: Vec::new(),
         env_file: Some(env_file.clone()),
+        env_required: t.env_vars.clone(),
         privileged_port: t.privileged_port,
         writable: directories(&t.writes)?,
     };
@@ -205,6 +206,13 @@ pub(crate) fn emit(
         eprintln!(
             "conduit: note: {what} is not written into the service file; put \
              {var}=<{value}> in {} (mode 0600) instead",
+            env_file.display()
+        );
+    }
+    if !t.env_vars.is_empty() {
+        eprintln!(
+            "conduit: note: the service does not start until {} exists, rather than run \
+             without these",
             env_file.display()
         );
     }

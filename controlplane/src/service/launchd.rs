@@ -44,10 +44,22 @@ fn xml(s: &str) -> String {
 pub(super) fn program_arguments(spec: &ServiceSpec) -> Result<Vec<String>, Error> {
     let mut argv = Vec::new();
     if let Some(f) = &spec.env_file {
+        // With secrets, a missing file stops the job rather than run without them
+        // (exit 78, EX_CONFIG).
+        let wrapper = match spec.env_required.as_slice() {
+            [] => ENV_WRAPPER.to_owned(),
+            vars => ENV_WRAPPER.replace(
+                "fi;",
+                &format!(
+                    "else echo \"cannot read $1: it must set {}\" >&2; exit 78; fi;",
+                    vars.join(", ")
+                ),
+            ),
+        };
         argv.extend([
             "/bin/sh".to_owned(),
             "-c".to_owned(),
-            ENV_WRAPPER.to_owned(),
+            wrapper,
             // $0 of the script: the name `ps` shows for the shell.
             spec.name.clone(),
             text("environment file", f)?.to_owned(),
@@ -204,9 +216,27 @@ mod tests {
             format!("s3cret value|{tricky}|")
         );
         // A missing file is no error: the tunnel may need no token.
-        spec.env_file = Some(dir.path().join("absent.env"));
+        let absent = dir.path().join("absent.env");
+        spec.env_file = Some(absent.clone());
         let argv = program_arguments(&spec).unwrap();
         let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), format!("|{tricky}|"));
+        // Unless the command was given secrets: then the job stops (EX_CONFIG)
+        // rather than run without them.
+        spec.env_required = vec!["CONDUIT_TOKEN".into()];
+        let argv = program_arguments(&spec).unwrap();
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert_eq!(out.status.code(), Some(78));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "cannot read {}: it must set CONDUIT_TOKEN\n",
+                absent.display()
+            )
+        );
+        std::fs::write(&absent, "CONDUIT_TOKEN=t\n").unwrap();
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("t|{tricky}|"));
     }
 }

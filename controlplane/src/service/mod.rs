@@ -104,6 +104,11 @@ pub struct ServiceSpec {
     /// A file of `KEY=value` lines (secrets such as `CONDUIT_TOKEN`) read at start if
     /// it exists. Write it with mode 0600, owned by root or [`Self::user`].
     pub env_file: Option<PathBuf>,
+    /// Variables the command was given that the service gets from [`Self::env_file`]
+    /// only (a token, alert URLs): with any, the file is required, and the service
+    /// refuses to start without it rather than run without them (no token check, no
+    /// alerts).
+    pub env_required: Vec<String>,
     /// The service listens on a port below 1024 and needs `CAP_NET_BIND_SERVICE`.
     pub privileged_port: bool,
     /// Directories besides [`Self::home`] that the service writes (a log file's, a

@@ -86,10 +86,22 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         logs = sh_word(&format!("{home}/logs")),
     );
     if let Some(f) = &spec.env_file {
-        let f = sh_word(text("environment file", f)?);
+        let path = text("environment file", f)?;
+        let f = sh_word(path);
+        // With secrets, a missing file stops the start rather than run without them.
+        let missing = match spec.env_required.as_slice() {
+            [] => String::new(),
+            vars => format!(
+                "\telse\n\t\teerror {}\n\t\treturn 1\n",
+                sh_word(&format!(
+                    "cannot read {path}: it must set {}",
+                    vars.join(", ")
+                ))
+            ),
+        };
         let _ = writeln!(
             s,
-            "\tif [ -r {f} ]; then\n\t\tset -a\n\t\t. {f}\n\t\tset +a\n\tfi"
+            "\tif [ -r {f} ]; then\n\t\tset -a\n\t\t. {f}\n\t\tset +a\n{missing}\tfi"
         );
     }
     s.push_str("}\n");
@@ -150,6 +162,42 @@ mod tests {
             .map(str::to_owned)
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// Given secrets, `start_pre` fails without the environment file, naming it and
+    /// what it must set; with it, it passes.
+    #[test]
+    fn a_required_environment_file_is_checked_in_start_pre() {
+        let dir = tempfile::tempdir().unwrap();
+        let env_file = dir.path().join("web.env");
+        let mut spec = sample_spec();
+        spec.env_file = Some(env_file.clone());
+        spec.env_required = vec!["CONDUIT_TOKEN".into()];
+        let path = dir.path().join("conduit-web");
+        std::fs::write(&path, render(&spec).unwrap()).unwrap();
+        let run = || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(
+                    r#"checkpath() { :; }; eerror() { echo "$*" >&2; }; . "$1"; start_pre && echo "ok $CONDUIT_TOKEN""#,
+                )
+                .arg("sh")
+                .arg(&path)
+                .output()
+                .unwrap()
+        };
+        let out = run();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "cannot read {}: it must set CONDUIT_TOKEN\n",
+                env_file.display()
+            )
+        );
+        std::fs::write(&env_file, "CONDUIT_TOKEN=t\n").unwrap();
+        let out = run();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok t\n");
     }
 
     #[test]

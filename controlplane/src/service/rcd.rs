@@ -82,6 +82,25 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         let f = sh_word(text("environment file", f)?);
         let _ = writeln!(s, ": ${{{name}_env_file:={f}}}");
     }
+    if let (Some(f), [_, ..]) = (&spec.env_file, spec.env_required.as_slice()) {
+        // With secrets, a missing file stops the start rather than run without them.
+        let why = sh_word(&format!(
+            "cannot read {}: it must set {}",
+            text("environment file", f)?,
+            spec.env_required.join(", ")
+        ));
+        let _ = write!(
+            s,
+            "start_precmd={name}_env_check\n\
+             {name}_env_check()\n\
+             {{\n\
+             \tif [ ! -r \"${{{name}_env_file}}\" ]; then\n\
+             \t\techo {why} >&2\n\
+             \t\treturn 1\n\
+             \tfi\n\
+             }}\n"
+        );
+    }
     let _ = write!(
         s,
         "{name}_env=\"{env}\"\n\
@@ -126,6 +145,40 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// With secrets, a start without the environment file fails, naming it and what
+    /// it must set, before anything runs; with the file, the check passes.
+    #[test]
+    fn a_required_environment_file_is_checked_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let env_file = dir.path().join("web.env");
+        let mut spec = sample_spec();
+        spec.env_file = Some(env_file.clone());
+        spec.env_required = vec!["CONDUIT_TOKEN".into(), "CONDUIT_ALERT_SLACK".into()];
+        let stub = "load_rc_config() { :; }\n\
+                    run_rc_command() {\n\
+                    \t$start_precmd || exit 1\n\
+                    \techo started\n\
+                    }";
+        let script = render(&spec).unwrap().replace(". /etc/rc.subr", stub);
+        let path = dir.path().join("conduit_web");
+        std::fs::write(&path, script).unwrap();
+        let out = Command::new("sh").arg(&path).arg("start").output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "cannot read {}: it must set CONDUIT_TOKEN, CONDUIT_ALERT_SLACK\n",
+                env_file.display()
+            )
+        );
+        std::fs::write(&env_file, "CONDUIT_TOKEN=t\n").unwrap();
+        let out = Command::new("sh").arg(&path).arg("start").output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+        // Without secrets there is no check: the file is optional.
+        spec.env_required.clear();
+        assert!(!render(&spec).unwrap().contains("start_precmd"));
     }
 
     /// Runs the script with rc.subr replaced by a stub whose `run_rc_command` expands

@@ -108,10 +108,22 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         let _ = writeln!(u, "Environment={}", word(&format!("{k}={v}"), false));
     }
     if let Some(f) = &spec.env_file {
-        // The leading '-': a missing file is not an error (no token needed).
+        // The leading '-': a missing file is not an error (no secret needed). With
+        // secrets, it is: the service must not run without its token or alerts.
+        let optional = match spec.env_required.as_slice() {
+            [] => "-",
+            vars => {
+                let _ = writeln!(
+                    u,
+                    "# Required: it must set {}; the service does not start without it.",
+                    vars.join(", ")
+                );
+                ""
+            }
+        };
         let _ = writeln!(
             u,
-            "EnvironmentFile=-{}",
+            "EnvironmentFile={optional}{}",
             value(text("environment file", f)?)
         );
     }
@@ -282,6 +294,24 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "the writable directory path logs is relative: a service needs an absolute path"
+        );
+    }
+
+    /// Given secrets, the unit requires its environment file (no `-`), and says
+    /// what it must set.
+    #[test]
+    fn an_environment_file_with_secrets_is_required() {
+        let mut spec = sample_spec();
+        let unit = render(&spec).unwrap();
+        assert!(unit.contains("\nEnvironmentFile=-/etc/conduit/conduit-web.env\n"));
+        spec.env_required = vec!["CONDUIT_TOKEN".into()];
+        let unit = render(&spec).unwrap();
+        assert!(
+            unit.contains(
+                "\n# Required: it must set CONDUIT_TOKEN; the service does not start without \
+                 it.\nEnvironmentFile=/etc/conduit/conduit-web.env\n"
+            ),
+            "{unit}"
         );
     }
 

@@ -33,6 +33,7 @@ pub(super) fn sample_spec() -> ServiceSpec {
         home: "/var/lib/conduit".into(),
         env: vec![("CONDUIT_LOG_FORMAT".into(), "json".into())],
         env_file: Some("/etc/conduit/conduit-web.env".into()),
+        env_required: Vec::new(),
         privileged_port: true,
         writable: Vec::new(),
     }
