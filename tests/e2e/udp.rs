@@ -598,6 +598,38 @@ fn stopping_a_udp_tunnel_ends_its_flows_at_once() {
     );
 }
 
+/// `conduit kill` of a background UDP tunnel with a flow open says the flow ends
+/// now, not that it drains for the drain timeout, and the tunnel is gone at once.
+#[test]
+fn kill_says_a_udp_tunnels_flows_end_now() {
+    let home = Home::with_keys();
+    let _cleanup = crate::manage::Cleanup(&home);
+    let source = UdpEcho::start();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.addr.to_string()]);
+    let mut args =
+        crate::manage::start_args(&home, &raddr.to_string(), &source.addr.to_string(), "dns");
+    args.extend(["--protocol".into(), "udp".into()]);
+    let (status, _, err) = crate::manage::run_args(&home, &args);
+    assert_code(status, 0, &err);
+    let l = crate::manage::list_json(&home);
+    let (id, bind) = (
+        l[0]["id"].as_str().unwrap().to_owned(),
+        l[0]["bind"].as_str().unwrap(),
+    );
+    let taddr: SocketAddr = bind.trim_end_matches("/udp").parse().unwrap();
+    let user = User::new(taddr);
+    user.echo(b"hello");
+    crate::manage::wait_list(&home, "the open flow", |l| l[0]["active_connections"] == 1);
+    let (status, out, err) = home.run(&["kill", "--tunnel", "dns", "--drain-timeout", "600"]);
+    assert_code(status, 0, &err);
+    assert_eq!(
+        err,
+        format!("tunnel \"dns\" ({id}) ends its 1 open flow now (UDP flows do not drain)\n")
+    );
+    assert!(out.starts_with("stopped tunnel \"dns\""), "{out}");
+    assert!(crate::manage::list_json(&home).is_empty());
+}
+
 /// A router that stops ends its UDP flows at once (nothing is in flight in a
 /// flow), rather than waiting out its drain for them.
 #[test]

@@ -119,7 +119,16 @@ pub(crate) async fn stop(
     match asked {
         Ok((open, draining)) => {
             let secs = draining.or(drain).unwrap_or(DEFAULT_DRAIN_SECS);
-            if !force && open > 0 && secs > 0 {
+            if e.config.protocol == "udp" && !force && open > 0 {
+                // A datagram has nothing in flight to wait for: its flows end now.
+                eprintln!(
+                    "tunnel {:?} ({}) ends its {open} open flow{} now (UDP flows do not \
+                     drain)",
+                    e.name,
+                    e.tunnel_id,
+                    if open == 1 { "" } else { "s" }
+                );
+            } else if !force && open > 0 && secs > 0 {
                 eprintln!("{}", by.draining(e, open, secs));
             }
             let limit = exit_wait(force, draining, drain);
