@@ -273,6 +273,21 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
             && !status.contains("not connected"),
         "{status}"
     );
+    // Each router's link has its own time, and the set is connected since the
+    // later of them: the one that came back, not the tunnel's first link.
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["status", "--format", "json"])).unwrap();
+    let since = |addr: &str| {
+        let routers = json[0]["routers"].as_array().unwrap();
+        let r = routers.iter().find(|r| r["addr"] == addr).unwrap();
+        r["connected_since"].as_str().unwrap().to_owned()
+    };
+    let (back, stayed) = (since(&a.to_string()), since(&b.to_string()));
+    assert!(back >= stayed, "{back} < {stayed}");
+    assert!(
+        status.contains(&format!("routers {a}, {b} connected since {back}")),
+        "{status}"
+    );
 }
 
 #[test]

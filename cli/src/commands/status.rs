@@ -39,7 +39,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                             "refused": (!r.refused.is_empty()).then_some(&r.refused),
                             "link": (!r.link.is_empty()).then_some(&r.link),
                             "error": (!r.error.is_empty()).then_some(&r.error),
-                            "standby_since": rfc3339(r.standby_since)})).collect();
+                            "standby_since": rfc3339(r.standby_since),
+                            "connected_since": rfc3339(r.connected_since)})).collect();
                         v["source_refused"] = json!((!st.source_refused.is_empty())
                             .then_some(&st.source_refused));
                     }
@@ -77,10 +78,18 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             // Balancing, `detail` names the routers whose links are up.
             "connected" if e.config.balance => {
                 let (up, down) = balanced(&e.config.router, &l.detail);
+                // Since the last of them linked up (a router that came back since
+                // the tunnel's first link counts from its return).
+                let since = (st.routers.iter())
+                    .filter(|r| r.link == "connected")
+                    .map(|r| r.connected_since)
+                    .max()
+                    .filter(|s| *s > 0)
+                    .unwrap_or(l.since);
                 format!(
                     "routers {} connected since {}{}{}{}",
                     up.join(", "),
-                    time(l.since),
+                    time(since),
                     over(&l.cipher_suite),
                     match down.as_slice() {
                         [] => String::new(),

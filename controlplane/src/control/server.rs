@@ -98,6 +98,10 @@ impl ControlState {
                     Some(LinkStatus::Standby { since, .. }) => unix(*since),
                     _ => 0,
                 },
+                connected_since: match states.get(i) {
+                    Some(LinkStatus::Connected { since, .. }) => unix(*since),
+                    _ => 0,
+                },
                 addr: addr.clone(),
                 up: links.is_up_at(i),
                 streams: links.streams(i) as u64,
