@@ -191,7 +191,14 @@ pub struct AuthorizedClients {
 struct Keys {
     names: HashMap<PublicKey, String>,
     expires: HashMap<PublicKey, SystemTime>,
+    /// The names of keys listed once and removed since: traffic on record under a
+    /// revoked key keeps its client's name (in the API, in metric labels).
+    former: HashMap<PublicKey, String>,
 }
+
+/// The most names of removed keys kept; past it, the oldest removals are not told
+/// apart from the rest (a router whose keys churn by the thousand).
+const FORMER_NAMES: usize = 10_000;
 
 impl Keys {
     fn admits(&self, key: &PublicKey, now: SystemTime) -> bool {
@@ -220,6 +227,7 @@ impl AuthorizedClients {
             keys: RwLock::new(Keys {
                 names: keys,
                 expires,
+                former: HashMap::new(),
             }),
         }
     }
@@ -240,10 +248,25 @@ impl AuthorizedClients {
         expires: HashMap<PublicKey, SystemTime>,
     ) {
         let mut g = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut former = std::mem::take(&mut g.former);
+        for (k, name) in g.names.drain() {
+            if !keys.contains_key(&k) && former.len() < FORMER_NAMES {
+                former.insert(k, name);
+            }
+        }
+        former.retain(|k, _| !keys.contains_key(k));
         *g = Keys {
             names: keys,
             expires,
+            former,
         };
+    }
+
+    /// The name of `key` as its line gave it, whether it is admitted now, expired,
+    /// or was listed once and removed since.
+    pub fn name_of(&self, key: &PublicKey) -> Option<String> {
+        let g = self.read();
+        g.names.get(key).or_else(|| g.former.get(key)).cloned()
     }
 
     /// The comment of `key` if it is admitted now (listed and not expired).
@@ -463,6 +486,27 @@ mod tests {
 
     use super::*;
     use crate::KeyPair;
+
+    /// A key removed from the file is no longer admitted, but keeps its name for
+    /// the traffic on record; listed again, it is an admitted key as any other.
+    #[test]
+    fn a_removed_key_keeps_its_name() {
+        let (a, b) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        let set = AuthorizedClients::new(HashMap::from([(a, "laptop".into()), (b, "gw".into())]));
+        set.replace(HashMap::from([(b, "gw".into())]));
+        assert_eq!(set.lookup(&a), None);
+        assert_eq!(set.name_of(&a).as_deref(), Some("laptop"));
+        assert_eq!(set.name_of(&b).as_deref(), Some("gw"));
+        set.replace(HashMap::from([(a, "laptop-2".into())]));
+        assert_eq!(set.lookup(&a).as_deref(), Some("laptop-2"));
+        assert_eq!(set.name_of(&a).as_deref(), Some("laptop-2"));
+        assert_eq!(set.name_of(&b).as_deref(), Some("gw"));
+        let never = KeyPair::generate().unwrap().public();
+        assert_eq!(set.name_of(&never), None);
+    }
 
     #[test]
     fn an_expired_key_is_no_longer_admitted() {

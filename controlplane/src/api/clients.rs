@@ -39,6 +39,9 @@ impl ClientRow {
             "lost"
         } else if has(LinkState::Disconnected) {
             "disconnected"
+        } else if !self.authorized {
+            // Removed (or expired) with traffic on record: its links are forgotten.
+            "revoked"
         } else {
             "never_connected"
         }
@@ -107,10 +110,12 @@ pub(crate) async fn rows(s: &ApiState) -> Vec<ClientRow> {
     for l in &view.links {
         links.entry(l.key).or_default().push(l.clone());
     }
+    // A key no longer admitted keeps the name its line gave it.
+    let name = |key: &PublicKey| s.authorized.name_of(key).unwrap_or_default();
     for (key, t) in &usage.clients {
         by_key
             .entry(*key)
-            .or_insert_with(|| row(*key, String::new(), false))
+            .or_insert_with(|| row(*key, name(key), false))
             .totals = *t;
     }
     for (key, ls) in links {
@@ -156,4 +161,26 @@ pub(crate) async fn one(
                 "no client with id {id:?}; GET /api/v1/clients lists the ids"
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key no longer admitted, its links forgotten, reads as revoked, not as one
+    /// that never connected.
+    #[test]
+    fn a_removed_key_with_traffic_reads_as_revoked() {
+        let key = conduit_proto::KeyPair::generate().unwrap().public();
+        let row = |authorized| ClientRow {
+            id: client_id(&key),
+            key,
+            name: "laptop".into(),
+            authorized,
+            links: Vec::new(),
+            totals: ClientTotals::default(),
+        };
+        assert_eq!(row(false).state(), "revoked");
+        assert_eq!(row(true).state(), "never_connected");
+    }
 }

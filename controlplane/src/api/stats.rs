@@ -65,7 +65,9 @@ pub(crate) async fn connections(
                 let (id, name) = match &c.client {
                     Some(k) => (
                         Some(client_id(k)),
-                        names.get(k).cloned().unwrap_or_default(),
+                        (names.get(k).cloned())
+                            .or_else(|| s.authorized.name_of(k))
+                            .unwrap_or_default(),
                     ),
                     None => (None, String::new()),
                 };

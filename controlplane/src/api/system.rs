@@ -140,6 +140,7 @@ pub(crate) async fn render(s: &ApiState) -> String {
         totals: &totals,
         usage: &usage,
         clients: &clients,
+        former: &|k| s.authorized.name_of(k),
         view: &view,
         counters: &s.counters,
         alerter: s.monitor.alerter(),

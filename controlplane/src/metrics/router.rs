@@ -36,6 +36,8 @@ pub struct Inputs<'a> {
     pub usage: &'a Usage,
     /// Authorized keys and their names.
     pub clients: &'a [(PublicKey, String)],
+    /// The names of keys no longer admitted (removed, expired), for their traffic.
+    pub former: &'a dyn Fn(&PublicKey) -> Option<String>,
     /// Links and sources.
     pub view: &'a View,
     /// Handshakes and set-up errors.
@@ -82,7 +84,10 @@ pub fn render(i: &Inputs<'_>) -> String {
         .map(|(k, name)| (*k, (name.clone(), ClientTotals::default())))
         .collect();
     for (k, t) in &i.usage.clients {
-        per_client.entry(*k).or_default().1 = *t;
+        per_client
+            .entry(*k)
+            .or_insert_with(|| ((i.former)(k).unwrap_or_default(), ClientTotals::default()))
+            .1 = *t;
     }
     let ids: BTreeMap<PublicKey, String> = per_client.keys().map(|k| (*k, client_id(k))).collect();
     let family = |e: &mut Exposition, name: &str, kind, help, get: fn(&ClientTotals) -> u64| {
