@@ -127,6 +127,15 @@ fn every_endpoint_answers_in_the_documented_envelope() {
 
     let id = client_id(&home, "client");
     let doc = Doc::load();
+    // Media types are case-insensitive: JSON asked in capitals is JSON.
+    let a = curl(
+        "GET",
+        &format!("{api}/api/v1/metrics"),
+        Some(TOKEN),
+        &["Accept: APPLICATION/JSON"],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["data"]["format"], "prometheus-text-0.0.4");
     for path in doc.paths() {
         let url_path = path.replace("{id}", &id);
         let a = curl(

@@ -122,7 +122,9 @@ pub(crate) async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) 
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .unwrap_or("")
+        // Media types are case-insensitive (RFC 9110).
+        .to_ascii_lowercase();
     if accept.contains("application/json") && !accept.contains("text/plain") {
         return Data(json!({"format": "prometheus-text-0.0.4", "text": text})).into_response();
     }
