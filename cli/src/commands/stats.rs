@@ -243,15 +243,40 @@ fn bits(bps: f64) -> String {
 
 /// One line per row: name, bytes in/out, connections.
 fn table(what: &str, rows: &[Value]) {
+    print_columns(&table_lines(what, rows));
+}
+
+/// The table's cells, its header first.
+fn table_lines(what: &str, rows: &[Value]) -> Vec<Vec<String>> {
     let mut lines = vec![
         [what, "IN", "OUT", "OPEN", "TOTAL", "FAILED"]
             .map(String::from)
             .to_vec(),
     ];
+    let named = |r: &Value| {
+        r["name"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
     for r in rows {
         let n = |v: &Value| v.as_u64().unwrap_or(0);
-        let name = r["name"].as_str().filter(|s| !s.is_empty());
-        let name = name.or(r["id"].as_str()).unwrap_or("?").to_owned();
+        let id = r["id"].as_str().unwrap_or("?");
+        let name = match named(r) {
+            // Two rows of one name (a client's old and new key during a rotation):
+            // told apart by id.
+            Some(name)
+                if rows
+                    .iter()
+                    .filter(|o| named(o).as_ref() == Some(&name))
+                    .count()
+                    > 1 =>
+            {
+                format!("{name} ({id})")
+            }
+            Some(name) => name,
+            None => id.to_owned(),
+        };
         lines.push(vec![
             name,
             bytes(n(&r["bytes"]["in"])),
@@ -261,7 +286,7 @@ fn table(what: &str, rows: &[Value]) {
             n(&r["connections"]["failed"]).to_string(),
         ]);
     }
-    print_columns(&lines);
+    lines
 }
 
 /// Prints `lines` in columns as wide as their widest cell.
@@ -336,6 +361,23 @@ pub(crate) fn merge_expositions(texts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client's old and new keys (a rotation) share a name: told apart by id; a
+    /// row without a name shows its id.
+    #[test]
+    fn rows_of_one_name_show_their_ids() {
+        let rows = [
+            json!({"id": "aa", "name": "laptop"}),
+            json!({"id": "bb", "name": "laptop"}),
+            json!({"id": "cc", "name": "gw"}),
+            json!({"id": "dd", "name": ""}),
+        ];
+        let first: Vec<String> = table_lines("CLIENT", &rows)
+            .into_iter()
+            .map(|l| l[0].clone())
+            .collect();
+        assert_eq!(first, ["CLIENT", "laptop (aa)", "laptop (bb)", "gw", "dd"]);
+    }
 
     #[test]
     fn rates_read_in_bits_a_second() {
