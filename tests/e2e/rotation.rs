@@ -132,9 +132,12 @@ fn an_allow_rule_for_a_client_name_follows_the_key_through_rotation() {
     let status = other_tunnel.wait_exit();
     let err = other_tunnel.stderr();
     assert_code(status, 77, &err);
+    // Told how to be let in by name too, not to open the source to every client.
     assert!(
         err.contains(&format!(
-            "the router refused this tunnel: source {source} is not allowed by the router's policy"
+            "the router refused this tunnel: source {source} is allowed to other clients only \
+             by the router's policy; to allow it to this client too, add `--allow \
+             other={source}` to the router"
         )),
         "{err}"
     );
