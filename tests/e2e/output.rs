@@ -114,3 +114,28 @@ fn a_failing_command_whose_report_is_lost_says_both_and_exits_74() {
         (Some(1), "conduit: error: unhealthy: nosuch (not running)\n")
     );
 }
+
+/// `start` whose report cannot be written (a full disk) fails, and so leaves no
+/// tunnel behind: the one it launched is stopped again.
+#[test]
+fn a_start_whose_report_is_lost_leaves_no_tunnel() {
+    let home = Home::with_keys();
+    let _cleanup = crate::manage::Cleanup(&home);
+    let source = crate::sources::echo();
+    let (_router, raddr) = home.router(crate::harness::Engine::Epoll, &[source.to_string()]);
+    let args = crate::manage::start_args(&home, &raddr.to_string(), &source.to_string(), "lost");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = to_full_disk(&home, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(
+        err.starts_with(
+            "conduit: error: its report could not be written, so the tunnel it \
+             started (id lost-"
+        ) && err.ends_with(&format!(
+            ") was stopped again: a start that fails leaves nothing behind\n{FULL}"
+        )),
+        "{err}"
+    );
+    assert!(crate::manage::list_json(&home).is_empty());
+}

@@ -249,6 +249,36 @@ fn background(
         .then(|| background_log(home, name, log));
     let l = launch_detached(home, name, args, secrets, claim, log_file)?;
     report_started("started", name, &l);
+    // Its report could not be written (a full disk, not a reader that left early as
+    // `| head` does): the start fails, so it leaves nothing behind.
+    // (The stdout error itself is reported after this one, with its exit code.)
+    if let Err(e) = crate::output::check()
+        && !e.reader_gone()
+    {
+        let registry = conduit_controlplane::registry::Registry::new(home);
+        if let Some(entry) = registry.find(&l.id) {
+            let stopped = runtime(1)?.block_on(super::kill::stop(
+                &registry,
+                &entry,
+                true,
+                None,
+                super::kill::Stopper::Kill,
+            ));
+            if let Err(why) = stopped {
+                return Err(anyhow::anyhow!(
+                    "its report could not be written, and the tunnel it started (id {}, pid \
+                     {}) could not be stopped: {why}",
+                    l.id,
+                    l.pid
+                ));
+            }
+        }
+        return Err(anyhow::anyhow!(
+            "its report could not be written, so the tunnel it started (id {}) was stopped \
+             again: a start that fails leaves nothing behind",
+            l.id
+        ));
+    }
     Ok(())
 }
 
