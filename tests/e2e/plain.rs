@@ -625,3 +625,42 @@ fn bind_of(home: &Home, name: &str) -> std::net::SocketAddr {
     let bind = list.as_array().unwrap().iter().find(|t| t["name"] == name);
     bind.unwrap()["bind"].as_str().unwrap().parse().unwrap()
 }
+
+/// A router's transport may come from its file (`[router] transport = "plain"`), as
+/// its other settings do: a packaged router runs `--config` alone.
+#[test]
+fn a_router_file_can_choose_the_plain_transport() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let file = home.path().join("router.toml");
+    std::fs::write(
+        &file,
+        "[router]\ntransport = \"plain\"\ntoken = \"s3cret-token\"\n",
+    )
+    .unwrap();
+    let (router, raddr) = home.router_with(
+        Engine::Epoll,
+        &[source.to_string()],
+        &["--config", file.to_str().unwrap()],
+    );
+    let line = router.wait_stdout("router listening on");
+    assert!(line.ends_with("plain transport)"), "{line}");
+    let (_tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), PLAIN);
+    wait_for_echo(taddr, b"through a router whose file chose plain");
+    // The flag still wins over the file.
+    let (_tls, taddr) = {
+        let home = Home::with_keys();
+        let file = home.path().join("router.toml");
+        std::fs::write(&file, "[router]\ntransport = \"plain\"\n").unwrap();
+        let (r, raddr) = home.router_with(
+            Engine::Epoll,
+            &[source.to_string()],
+            &["--config", file.to_str().unwrap(), "--transport", "tls"],
+        );
+        let line = r.wait_stdout("router listening on");
+        assert!(!line.contains("plain"), "{line}");
+        let t = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+        ((home, r, t.0), t.1)
+    };
+    wait_for_echo(taddr, b"tls by the flag");
+}

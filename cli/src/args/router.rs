@@ -45,8 +45,9 @@ pub(crate) struct RouterArgs {
     /// WireGuard): no encryption, client keys not checked (no authorized_clients
     /// needed: --token is the only check), payload spliced. Clients must use the
     /// same transport.
-    #[arg(long, value_enum, default_value_t = TransportArg::Tls)]
-    pub(crate) transport: TransportArg,
+    /// [default: tls; `[router] transport` in --config]
+    #[arg(long, value_enum)]
+    pub(crate) transport: Option<TransportArg>,
     /// TLS 1.3 cipher suites to accept, by IANA name, comma-separated, in the order
     /// the router prefers them: TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
     /// TLS_CHACHA20_POLY1305_SHA256 (default: all three, in that order).

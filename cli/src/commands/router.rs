@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
-    self, Env, Override, Problem, Role, RouterConfig, Severity, Sources,
+    self, Env, Override, Problem, Role, RouterConfig, Severity, Sources, TransportKind,
 };
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
 use conduit_proto::KeyPair;
@@ -43,7 +43,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
             return Err(Usage(lines(&report.problems)).into());
         }
     };
-    if a.transport == TransportArg::Plain {
+    if loaded.config.router.transport == TransportKind::Plain {
         // Client keys are not checked on the plain transport: a missing or empty
         // authorized_clients file is nothing to stop or warn about.
         (loaded.report.problems).retain(|p| p.path != "router.authorized_keys");
@@ -94,7 +94,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
         }
     }
     let c = loaded.config;
-    let transport: Transport = a.transport.into();
+    let transport: Transport = c.router.transport.into();
     let settings = settings(&c, transport)?;
     let (key_path, auth_path) = (
         c.router.private_key_path.clone().unwrap_or_default(),
@@ -171,6 +171,17 @@ fn overrides(a: &RouterArgs) -> Vec<Override> {
         "--cipher-suites",
         "router.cipher_suites",
         a.cipher_suites.as_ref().map(ToString::to_string),
+    );
+    put(
+        "--transport",
+        "router.transport",
+        a.transport.map(|t| {
+            match t {
+                TransportArg::Tls => "tls",
+                TransportArg::Plain => "plain",
+            }
+            .to_owned()
+        }),
     );
     put(
         "--drain-timeout",
@@ -385,7 +396,7 @@ fn service_file(
     if let Some(file) = &a.config {
         args.extend(["--config".to_owned(), absolute(file)?.display().to_string()]);
     }
-    if a.transport == TransportArg::Plain {
+    if a.transport == Some(TransportArg::Plain) {
         args.extend(["--transport".to_owned(), "plain".to_owned()]);
     }
     let mut env = Vec::new();

@@ -230,6 +230,9 @@ pub struct RouterServer {
     /// The TLS cipher suites handshakes accept, by IANA name, in the order the router
     /// prefers them (default: all three, AES-128-GCM first).
     pub cipher_suites: Vec<String>,
+    /// `tls` (default), or `plain` inside a link that is already encrypted
+    /// (`--transport`); its tunnels must use the same.
+    pub transport: TransportKind,
 }
 
 impl Default for RouterServer {
@@ -246,6 +249,7 @@ impl Default for RouterServer {
             token: None,
             key_grace_secs: 86_400,
             cipher_suites: all_suites(),
+            transport: TransportKind::Tls,
         }
     }
 }

@@ -279,6 +279,7 @@ static ROUTER: Schema = Schema {
                     },
                 ),
                 key("cipher_suites", Kind::Suites),
+                key("transport", Kind::Choice(&["tls", "plain"])),
             ],
         },
         Section {
