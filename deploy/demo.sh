@@ -64,6 +64,7 @@ echo "== 1. keys (CONDUIT_HOME=$CONDUIT_HOME)"
 "$bin" init --name router >/dev/null 2>&1
 client_key=$("$bin" init --name client 2>/dev/null)
 echo "$client_key" > "$CONDUIT_HOME/authorized_clients"
+chmod 600 "$CONDUIT_HOME/authorized_clients"   # a file of trusted keys: only its owner writes it
 echo "router key: $("$bin" keys show --name router)"
 echo "client key: $client_key (authorized on the router)"
 

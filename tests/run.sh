@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 
 tests/setup.sh
 
+# The files tests write (authorized_clients, .pub files) are refused by Conduit when
+# their group may write them: the tests assume the usual umask, whatever this
+# shell's is.
+umask 022
+
 # The real-client tests fail (instead of skipping) if a tool is missing here.
 export CONDUIT_E2E_REQUIRE_TOOLS=1
 cargo nextest run --workspace --no-fail-fast "$@"

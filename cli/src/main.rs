@@ -41,6 +41,16 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Files Conduit creates (logs, registry entries, the traffic history, service
+    // files) are never writable by the group nor readable by others, whatever the
+    // shell's umask (a stricter one is kept); keys and other files of trusted keys
+    // get their own modes besides.
+    #[cfg(unix)]
+    {
+        use nix::sys::stat::{Mode, umask};
+        let shell = umask(Mode::from_bits_truncate(0o027));
+        umask(shell | Mode::from_bits_truncate(0o027));
+    }
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -85,31 +85,75 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
         path: pub_path.clone(),
         source,
     };
-    std::fs::write(&pub_path, line).map_err(err)?;
-    // Whatever the umask: others may read it, only its owner write it.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&pub_path, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
-    }
+    write_public(&pub_path, line.as_bytes()).map_err(err)?;
     Ok(pair)
 }
 
-/// Refuses a file of trusted keys (authorized clients, a pinned router key) that
-/// others may write: anyone on the host could then admit a key, or pin their own
-/// router (as ssh refuses such an `authorized_keys`).
+/// Writes a `.pub` file: mode 0644 whatever the umask (others may read it, only its
+/// owner write it: it is a file of trusted keys), through a new file beside it
+/// renamed over it, so that a link planted at `path` is replaced, never followed to
+/// overwrite the file it points to.
+pub(crate) fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o644);
+        }
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Refuses a file of trusted keys (authorized clients, a pinned router key, the
+/// known routers) that someone else could write, as ssh's StrictModes refuses such
+/// an `authorized_keys`: a file its group or every user may write, or one owned by
+/// another user than this one or root. Any of them could put their own key in it.
 fn trusted_file(path: &Path, what: &str) -> Result<(), Error> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         if let Ok(meta) = std::fs::metadata(path) {
             let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o002 != 0 {
+            let who = match (mode & 0o002 != 0, mode & 0o020 != 0) {
+                (true, _) => Some(("every user of this host", "o-w")),
+                (false, true) => Some(("its group", "g-w")),
+                _ => None,
+            };
+            if let Some((who, fix)) = who {
                 return Err(Error::Config(format!(
-                    "{what} {} is writable by every user of this host (mode {mode:04o}), who \
-                     could put their own key in it; run `chmod o-w {}`",
+                    "{what} {} is writable by {who} (mode {mode:04o}), who could put their own \
+                     key in it; run `chmod {fix} {}`",
                     path.display(),
                     path.display()
+                )));
+            }
+            let me = nix::unistd::geteuid().as_raw();
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(Error::Config(format!(
+                    "{what} {} belongs to another user (uid {}), who could put their own key \
+                     in it; this process runs as uid {me}: give it a file owned by uid {me} \
+                     or root (`chown`)",
+                    path.display(),
+                    meta.uid()
                 )));
             }
         }
@@ -231,12 +275,7 @@ pub fn restore_named_public(home: &Home, name: &str) -> Result<Option<std::path:
         path: pub_path.clone(),
         source,
     };
-    std::fs::write(&pub_path, format!("{} {name}\n", pair.public())).map_err(err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&pub_path, std::fs::Permissions::from_mode(0o644)).map_err(err)?;
-    }
+    write_public(&pub_path, format!("{} {name}\n", pair.public()).as_bytes()).map_err(err)?;
     Ok(Some(pub_path))
 }
 

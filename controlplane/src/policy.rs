@@ -353,7 +353,8 @@ impl AllowList {
     ) -> Result<Vec<SocketAddr>, Refusal> {
         let rules: Vec<&Rule> = self.rules.iter().filter(|r| r.applies_to(client)).collect();
         if let Ok(addr) = target.parse::<SocketAddr>() {
-            if addr.ip().is_unspecified() {
+            // `[::ffff:0.0.0.0]` is 0.0.0.0 too.
+            if canonical(addr.ip()).is_unspecified() {
                 // Connecting to it reaches this host: never a source by that name.
                 return Err(Refusal::new(
                     RefusalCode::PolicyDenied,
@@ -404,6 +405,18 @@ impl AllowList {
             return Err(Refusal::new(
                 RefusalCode::SourceUnreachable,
                 format!("the router cannot resolve source {target}: no addresses"),
+            ));
+        }
+        // A name for "any address" (`0`, or one a resolver maps there) reaches this
+        // host as the literal does: never a source, whatever rule names it.
+        if let Some(any) = addrs.iter().find(|a| canonical(a.ip()).is_unspecified()) {
+            return Err(Refusal::new(
+                RefusalCode::PolicyDenied,
+                format!(
+                    "source {target} resolves to {}, which means any address: give the \
+                     source's own address or name",
+                    any.ip()
+                ),
             ));
         }
         if by_name
@@ -522,6 +535,28 @@ mod tests {
              source's own address, e.g. --source 127.0.0.1:80"
         );
         assert!(l.check(None, "[::]:80", no_dns).is_err());
+        // Nor in its IPv4-mapped spelling.
+        for any in ["[::ffff:0.0.0.0]:80", "[::ffff:0:0]:80"] {
+            let r = l.check(Some(Caller::key(&key())), any, no_dns).unwrap_err();
+            assert_eq!(r.code, RefusalCode::PolicyDenied, "{any}");
+        }
+        // Nor a name that resolves there, even one a rule names.
+        let l = AllowList::parse(&["*:80", "zero.internal:80"]).unwrap();
+        for name in ["0:80", "zero.internal:80"] {
+            let r = l
+                .check(Some(Caller::key(&key())), name, |_: &str, p: u16| {
+                    Ok(vec![SocketAddr::from(([0, 0, 0, 0], p))])
+                })
+                .unwrap_err();
+            assert_eq!(r.code, RefusalCode::PolicyDenied);
+            assert_eq!(
+                r.message,
+                format!(
+                    "source {name} resolves to 0.0.0.0, which means any address: give the \
+                     source's own address or name"
+                )
+            );
+        }
     }
 
     #[test]

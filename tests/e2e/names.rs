@@ -450,3 +450,32 @@ fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
         0
     );
 }
+
+/// Whatever the shell's umask (here 000), what a background tunnel writes (its log,
+/// its registry entry) is not writable by the group nor readable by others.
+#[test]
+fn files_a_tunnel_writes_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let args = start_args(&home, &raddr.to_string(), &source.to_string(), "um");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(crate::harness::conduit_bin())
+        .args(&args)
+        .env("CONDUIT_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_code(out.status, 0, &String::from_utf8_lossy(&out.stderr));
+    let id = list_json(&home)[0]["id"].as_str().unwrap().to_owned();
+    for file in [
+        home.path().join("logs/um.log"),
+        home.path().join("tunnels").join(format!("{id}.json")),
+    ] {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o027, 0, "{} is {mode:04o}", file.display());
+    }
+}

@@ -59,12 +59,9 @@ pub fn commit_pair(
     })?;
     let pub_path = key_path.with_extension("pub");
     let line = format!("{public} {name}\n");
-    let tmp = key_path.with_extension("pub.tmp");
-    std::fs::write(&tmp, line)
-        .and_then(|()| std::fs::rename(&tmp, &pub_path))
-        .map_err(|source| Error::File {
-            what: "cannot write public key",
-            path: pub_path,
-            source,
-        })
+    super::write_public(&pub_path, line.as_bytes()).map_err(|source| Error::File {
+        what: "cannot write public key",
+        path: pub_path,
+        source,
+    })
 }

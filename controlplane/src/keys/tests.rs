@@ -80,8 +80,40 @@ fn files_of_trusted_keys_that_anyone_may_write_are_refused() {
                 path.display()
             )
         );
-        // Group-writable (a umask of 002) stays the operator's call.
+        // Group-writable too: anyone in its group could add a key.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = match what {
+            "the public key file" => load_public(path.to_str().unwrap(), "key").unwrap_err(),
+            _ => load_authorized_file(path).map(|_| ()).unwrap_err(),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{what} {} is writable by its group (mode 0664), who could put their own key \
+                 in it; run `chmod g-w {}`",
+                path.display(),
+                path.display()
+            )
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Owned by another user (not root): refused; only root can try it here.
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(path, Some(65534), None).unwrap();
+            let e = match what {
+                "the public key file" => load_public(path.to_str().unwrap(), "key").unwrap_err(),
+                _ => load_authorized_file(path).map(|_| ()).unwrap_err(),
+            };
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{what} {} belongs to another user (uid 65534), who could put their own \
+                     key in it; this process runs as uid 0: give it a file owned by uid 0 or \
+                     root (`chown`)",
+                    path.display()
+                )
+            );
+            std::os::unix::fs::chown(path, Some(0), None).unwrap();
+        }
     }
     let names = load_authorized_file(&auth).unwrap().names;
     assert_eq!(
@@ -578,4 +610,26 @@ fn a_public_key_file_of_another_key_is_refused() {
         )
     );
     assert_eq!(load_named_public(&home, "other").unwrap(), other.public());
+}
+
+/// A `.pub` written by `init` (or a rotation) replaces a link planted at its path,
+/// never writing through it into the file it points to.
+#[cfg(unix)]
+#[test]
+fn a_link_planted_at_a_public_key_path_is_replaced_not_followed() {
+    let (dir, home) = home();
+    Home::ensure_private_dir(&home.keys()).unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "mine\n").unwrap();
+    std::os::unix::fs::symlink(&victim, home.public_key("client")).unwrap();
+    // Refused as a key that exists; forced, the link is replaced.
+    assert!(generate(&home, "client", false).is_err());
+    let pair = generate(&home, "client", true).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine\n");
+    let meta = std::fs::symlink_metadata(home.public_key("client")).unwrap();
+    assert!(meta.is_file(), "the link is still there");
+    assert_eq!(
+        std::fs::read_to_string(home.public_key("client")).unwrap(),
+        format!("{} client\n", pair.public())
+    );
 }
