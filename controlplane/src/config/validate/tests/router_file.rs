@@ -22,7 +22,7 @@ fn router_files_are_checked_too() {
              *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT) ($F:4)",
             "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
              next_private_key_path, authorized_keys, allow, token, key_grace_secs, \
-             key_rotation_days, key_announce_secs, key_retire_secs, cipher_suites; `host` belongs in a client's file (check \
+             key_rotation_days, key_announce_secs, key_retire_secs, cipher_suites, transport; `host` belongs in a client's file (check \
              those without --router) ($F:5)",
             "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
              conduit.toml (check those without --router) ($F:6)",
