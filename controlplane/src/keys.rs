@@ -94,31 +94,40 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
 /// renamed over it, so that a link planted at `path` is replaced, never followed to
 /// overwrite the file it points to.
 pub(crate) fn write_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::Permissions::from_mode(0o644)
+    };
+    #[cfg(not(unix))]
+    let mode = std::fs::metadata(path)?.permissions();
+    renamed_into_place(&path.with_file_name(name), path, bytes, mode)
+}
+
+/// Writes `bytes` to the new file `tmp` with `perms`, syncs it and renames it over
+/// `path` (which, if a link, is replaced itself); `tmp` is removed on failure.
+pub(crate) fn renamed_into_place(
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+    perms: std::fs::Permissions,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let _ = std::fs::remove_file(tmp);
     let written = (|| {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o644);
-        }
-        let mut f = opts.open(&tmp)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp)?;
+        f.set_permissions(perms)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(tmp, path)
     })();
     if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     written
 }

@@ -2,7 +2,6 @@
 //! as text, and replaced atomically.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -186,22 +185,7 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let perms = std::fs::metadata(path)?.permissions();
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.set_permissions(perms)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    super::renamed_into_place(&path.with_file_name(name), path, bytes, perms)
 }
 
 fn parse_expiry(s: &str) -> Result<SystemTime, String> {

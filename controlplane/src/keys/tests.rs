@@ -66,50 +66,38 @@ fn files_of_trusted_keys_that_anyone_may_write_are_refused() {
         (&auth, "the authorized clients file"),
         (&pub_path, "the public key file"),
     ] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = match what {
+        let refusal = || match what {
             "the public key file" => load_public(path.to_str().unwrap(), "key").unwrap_err(),
             _ => load_authorized_file(path).map(|_| ()).unwrap_err(),
         };
+        let p = path.display();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(
-            e.to_string(),
+            refusal().to_string(),
             format!(
-                "{what} {} is writable by every user of this host (mode 0666), who could \
-                 put their own key in it; run `chmod o-w {}`",
-                path.display(),
-                path.display()
+                "{what} {p} is writable by every user of this host (mode 0666), who could put \
+                 their own key in it; run `chmod o-w {p}`"
             )
         );
         // Group-writable too: anyone in its group could add a key.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let e = match what {
-            "the public key file" => load_public(path.to_str().unwrap(), "key").unwrap_err(),
-            _ => load_authorized_file(path).map(|_| ()).unwrap_err(),
-        };
         assert_eq!(
-            e.to_string(),
+            refusal().to_string(),
             format!(
-                "{what} {} is writable by its group (mode 0664), who could put their own key \
-                 in it; run `chmod g-w {}`",
-                path.display(),
-                path.display()
+                "{what} {p} is writable by its group (mode 0664), who could put their own key \
+                 in it; run `chmod g-w {p}`"
             )
         );
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
         // Owned by another user (not root): refused; only root can try it here.
         if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(path, Some(65534), None).unwrap();
-            let e = match what {
-                "the public key file" => load_public(path.to_str().unwrap(), "key").unwrap_err(),
-                _ => load_authorized_file(path).map(|_| ()).unwrap_err(),
-            };
             assert_eq!(
-                e.to_string(),
+                refusal().to_string(),
                 format!(
-                    "{what} {} belongs to another user (uid 65534), who could put their own \
+                    "{what} {p} belongs to another user (uid 65534), who could put their own \
                      key in it; this process runs as uid 0: give it a file owned by uid 0 or \
-                     root (`chown`)",
-                    path.display()
+                     root (`chown`)"
                 )
             );
             std::os::unix::fs::chown(path, Some(0), None).unwrap();
