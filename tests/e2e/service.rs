@@ -545,3 +545,41 @@ fn the_packaged_units_and_files_are_sound() {
         );
     }
 }
+
+/// A plain-transport router's service runs what it says: the transport once (as a
+/// setting), and the router it starts listens on the plain transport.
+#[test]
+fn a_plain_router_service_runs() {
+    let home = crate::harness::Home::with_keys();
+    let source = crate::sources::echo().to_string();
+    let out = home
+        .cmd()
+        .args([
+            "router",
+            "--bind",
+            "127.0.0.1:0",
+            "--allow",
+            &source,
+            "--transport",
+            "plain",
+            "--token",
+            "s3cret-t0ken",
+            "--service-file",
+            "systemd",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unit = stdout(&out);
+    let exec = exec_start(&unit);
+    assert_eq!(exec.matches("transport").count(), 1, "{exec}");
+    assert!(exec.contains(" --set router.transport=plain"), "{exec}");
+    let words: Vec<&str> = exec["ExecStart=".len()..].split(' ').collect();
+    let router = crate::harness::Proc::spawn(
+        home.cmd()
+            .env("CONDUIT_TOKEN", "s3cret-t0ken")
+            .args(&words[1..]),
+    );
+    let line = router.wait_stdout("router listening on");
+    assert!(line.ends_with("plain transport)"), "{line}");
+}

@@ -396,9 +396,7 @@ fn service_file(
     if let Some(file) = &a.config {
         args.extend(["--config".to_owned(), absolute(file)?.display().to_string()]);
     }
-    if a.transport == Some(TransportArg::Plain) {
-        args.extend(["--transport".to_owned(), "plain".to_owned()]);
-    }
+    // `--transport` is one of the overrides below (`--set router.transport=…`).
     let mut env = Vec::new();
     for o in overrides(a) {
         let Some(s) = config::setting(Role::Router, &o.key) else {
