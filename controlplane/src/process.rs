@@ -162,12 +162,17 @@ fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
                 let holder = std::fs::read_to_string(&path).ok();
                 let holder = holder.as_deref().map(Holder::parse);
                 let pid = holder.and_then(|h| h.pid);
-                if let Some(Holder {
-                    pid: Some(pid),
-                    supervisor: true,
-                }) = holder
-                {
-                    return Err(supervised(name, pid));
+                if let Some(h) = holder.filter(|h| h.supervisor) {
+                    if let Some(pid) = h.live_supervisor() {
+                        return Err(supervised(name, pid));
+                    }
+                    // Its supervisor is gone (killed outright) and its tunnel holds
+                    // the name on: that tunnel is the one to stop.
+                    let running = Registry::new(home).find(name);
+                    return Err(match running {
+                        Some(e) => taken(name, Some(e.pid), Some(&e.tunnel_id)),
+                        None => taken(name, None, None),
+                    });
                 }
                 let id = Registry::new(home)
                     .find(name)
@@ -249,12 +254,14 @@ fn names(path: &std::path::Path, _file: &std::fs::File) -> bool {
     path.is_file()
 }
 
-/// What a lock file says of its holder: `PID`, or `PID supervisor` for an
-/// `up --foreground` that keeps the claim for its child.
+/// What a lock file says of its holder: `PID`, or `PID supervisor TICKS` for an
+/// `up --foreground` that keeps the claim for its child (TICKS: when it started,
+/// to tell it from a later process given the same pid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Holder {
     pid: Option<u32>,
     supervisor: bool,
+    started: Option<u64>,
 }
 
 impl Holder {
@@ -263,7 +270,18 @@ impl Holder {
         Holder {
             pid: words.next().and_then(|w| w.parse().ok()),
             supervisor: words.next() == Some(SUPERVISOR_MARK),
+            started: words.next().and_then(|w| w.parse().ok()),
         }
+    }
+
+    /// The supervisor's pid while that very process runs.
+    fn live_supervisor(&self) -> Option<u32> {
+        let pid = self.pid?;
+        let alive = match (self.started, registry::start_ticks(pid)) {
+            (Some(want), Some(now)) => want == now,
+            (None, _) | (_, None) => registry::process_alive(pid),
+        };
+        alive.then_some(pid)
     }
 }
 
@@ -317,7 +335,9 @@ impl NameClaim {
     /// Records this process as a supervisor that holds the claim for its child, for
     /// the message a second claimant gets.
     pub fn set_supervisor(&self) -> Result<(), Error> {
-        self.write_holder(&format!("{} {SUPERVISOR_MARK}\n", std::process::id()))
+        let me = std::process::id();
+        let started = registry::start_ticks(me).map_or(String::new(), |t| format!(" {t}"));
+        self.write_holder(&format!("{me} {SUPERVISOR_MARK}{started}\n"))
     }
 
     fn write_holder(&self, text: &str) -> Result<(), Error> {
@@ -742,6 +762,16 @@ mod tests {
                 std::process::id()
             )
         );
+        // A supervisor gone (killed outright) while its child holds the name on is
+        // not named: another process may have its pid now.
+        std::fs::write(&path, "999999 supervisor 1\n").unwrap();
+        let Err(Error::Config(why)) = claim(&home, "t", Parent::None) else {
+            panic!("a name still held was claimed");
+        };
+        assert!(
+            why.starts_with("a tunnel named \"t\" is being started right now: "),
+            "{why}"
+        );
         drop(supervisor);
         assert!(!path.exists());
         drop(claim(&home, "t", Parent::None).unwrap());
@@ -750,26 +780,25 @@ mod tests {
     #[test]
     fn a_holder_is_read_with_or_without_the_supervisor_mark() {
         let read = |t| Holder::parse(t);
+        let holder = |pid, supervisor, started| Holder {
+            pid,
+            supervisor,
+            started,
+        };
+        assert_eq!(read("42\n"), holder(Some(42), false, None));
+        assert_eq!(read("42 supervisor\n"), holder(Some(42), true, None));
         assert_eq!(
-            read("42\n"),
-            Holder {
-                pid: Some(42),
-                supervisor: false
-            }
+            read("42 supervisor 9001\n"),
+            holder(Some(42), true, Some(9001))
         );
-        assert_eq!(
-            read("42 supervisor\n"),
-            Holder {
-                pid: Some(42),
-                supervisor: true
-            }
-        );
-        assert_eq!(
-            read(""),
-            Holder {
-                pid: None,
-                supervisor: false
-            }
-        );
+        assert_eq!(read(""), holder(None, false, None));
+        // This very process, by its start time; not once the time differs (the pid
+        // of a supervisor that died, given to another process since).
+        let me = std::process::id();
+        let ticks = registry::start_ticks(me);
+        assert_eq!(holder(Some(me), true, ticks).live_supervisor(), Some(me));
+        if let Some(t) = ticks {
+            assert_eq!(holder(Some(me), true, Some(t + 1)).live_supervisor(), None);
+        }
     }
 }
