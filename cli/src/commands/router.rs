@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
-    self, Env, Override, Problem, Role, RouterConfig, Severity, Sources, TransportKind,
+    self, Env, Override, Problem, Role, RouterConfig, Severity, Sources,
 };
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
 use conduit_proto::KeyPair;
@@ -36,23 +36,13 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     // as the flags and the file say where that is: an operator (or a collector)
     // reading the log sees why it stopped. Logging that cannot start leaves the
     // plain message on stderr.
-    let mut loaded = match config::load_router(&sources) {
+    let loaded = match config::load_router(&sources) {
         Ok(l) => l,
         Err(report) => {
             let _ = start_logging(log, None);
             return Err(Usage(lines(&report.problems)).into());
         }
     };
-    if loaded.config.router.transport == TransportKind::Plain {
-        // Client keys are not checked on the plain transport: a missing or empty
-        // authorized_clients file is nothing to stop or warn about.
-        (loaded.report.problems).retain(|p| p.path != "router.authorized_keys");
-        // Nor its own key: a key file that is not there is nothing to stop for.
-        let key = loaded.config.router.private_key_path.as_deref();
-        if key.is_some_and(|k| std::fs::symlink_metadata(k).is_err()) {
-            (loaded.report.problems).retain(|p| p.path != "router.private_key_path");
-        }
-    }
     if loaded.report.has_errors() {
         if a.service.service_file.is_none() {
             // Not into a log file the configuration got wrong (a directory that is

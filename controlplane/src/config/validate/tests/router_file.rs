@@ -28,6 +28,11 @@ fn router_files_are_checked_too() {
              conduit.toml (check those without --router) ($F:6)",
         ]
     );
+    // On the plain transport neither a key nor a clients file is needed (a file that
+    // is there is still checked).
+    let plain = "[router]\ntransport = \"plain\"\nauthorized_keys = \"clients\"\n\
+                 private_key_path = \"none.key\"\nallow = [\"127.0.0.1:80\"]\n";
+    assert_eq!(router(&f, plain, &[]), Vec::<String>::new());
     std::fs::write(f.home.authorized_clients(), "not a key\n").unwrap();
     assert_eq!(
         router(
