@@ -143,7 +143,8 @@ fn trusted_file(path: &Path, what: &str) -> Result<(), Error> {
         if let Ok(meta) = std::fs::metadata(path) {
             let mode = meta.permissions().mode() & 0o777;
             let who = match (mode & 0o002 != 0, mode & 0o020 != 0) {
-                (true, _) => Some(("every user of this host", "o-w")),
+                (true, true) => Some(("every user of this host", "go-w")),
+                (true, false) => Some(("every user of this host", "o-w")),
                 (false, true) => Some(("its group", "g-w")),
                 _ => None,
             };

@@ -196,8 +196,8 @@ struct Keys {
     former: HashMap<PublicKey, String>,
 }
 
-/// The most names of removed keys kept; past it, the oldest removals are not told
-/// apart from the rest (a router whose keys churn by the thousand).
+/// The most names of removed keys kept; past it, later removals keep no name (a
+/// router whose keys churn by the thousand): their traffic shows without one.
 const FORMER_NAMES: usize = 10_000;
 
 impl Keys {

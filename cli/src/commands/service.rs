@@ -227,11 +227,18 @@ pub(crate) fn emit(
                      directory this user may write to"
                 ))
             })?;
+            // Scripts run (0755); units and plists are read by the init system and
+            // by whoever checks them (0644), whatever this process's umask. They hold
+            // no secret.
             #[cfg(unix)]
-            if matches!(kind, InitSystem::OpenRc | InitSystem::RcD) {
+            {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| Usage(format!("cannot make {shown} executable: {e}")))?;
+                let mode = match kind {
+                    InitSystem::OpenRc | InitSystem::RcD => 0o755,
+                    InitSystem::Systemd | InitSystem::Launchd => 0o644,
+                };
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| Usage(format!("cannot set the mode of {shown}: {e}")))?;
             }
             let note = if replaced {
                 " (it replaced the file there)"

@@ -793,26 +793,28 @@ pub(crate) fn public_key(spec: &str) -> Result<Vec<PublicKey>, String> {
 
 fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
     let spec = spec.trim();
-    if spec.starts_with("ed25519:") {
-        let keys = PublicKey::parse_lines(spec)
-            .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"))?;
-        if keys.iter().any(|k| k.as_bytes() == &[0; 32]) {
-            return Err(
-                "is still the placeholder `conduit config init` wrote (all zeros), not a key: \
-                 paste the router's public key (what `conduit init --name router` printed on \
-                 the router; `conduit keys show --name router` there prints it again)"
-                    .into(),
-            );
+    let keys = if spec.starts_with("ed25519:") {
+        PublicKey::parse_lines(spec)
+            .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"))?
+    } else {
+        if !Path::new(spec).exists() {
+            return Err(format!(
+                "no file at {spec}: give the router's public key (ed25519:…, as the router's \
+                 `conduit init` printed) or the path of its .pub file"
+            ));
         }
-        return Ok(keys);
+        keys::load_pinned(spec, "public key").map_err(|e| e.to_string())?
+    };
+    // What the example files hold in its place, inline or in a .pub file.
+    if keys.iter().any(|k| k.as_bytes() == &[0; 32]) {
+        return Err(
+            "is still the placeholder `conduit config init` wrote (all zeros), not a key: \
+             paste the router's public key (what `conduit init --name router` printed on \
+             the router; `conduit keys show --name router` there prints it again)"
+                .into(),
+        );
     }
-    if !Path::new(spec).exists() {
-        return Err(format!(
-            "no file at {spec}: give the router's public key (ed25519:…, as the router's \
- `conduit init` printed) or the path of its .pub file"
-        ));
-    }
-    keys::load_pinned(spec, "public key").map_err(|e| e.to_string())
+    Ok(keys)
 }
 
 fn private_key(p: &Path, name: &str, key: &str) -> Result<(), String> {

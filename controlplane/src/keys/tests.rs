@@ -76,7 +76,7 @@ fn files_of_trusted_keys_that_anyone_may_write_are_refused() {
             refusal().to_string(),
             format!(
                 "{what} {p} is writable by every user of this host (mode 0666), who could put \
-                 their own key in it; run `chmod o-w {p}`"
+                 their own key in it; run `chmod go-w {p}`"
             )
         );
         // Group-writable too: anyone in its group could add a key.
@@ -406,7 +406,7 @@ fn known_routers_with_a_spoiled_line_or_writable_by_all_keep_their_other_lines()
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let err = format!(
             "known_routers {0} is writable by every user of this host (mode 0666), who could \
-             put their own key in it; run `chmod o-w {0}`",
+             put their own key in it; run `chmod go-w {0}`",
             path.display()
         );
         assert_eq!(load_known_routers(&path).unwrap_err(), err);

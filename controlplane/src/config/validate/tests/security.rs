@@ -139,3 +139,22 @@ fn webhook_urls_need_a_scheme_a_host_and_a_real_port() {
         );
     }
 }
+
+/// The all-zero key the example files hold is refused inline and in a `.pub` file.
+#[test]
+fn the_placeholder_router_key_is_refused_inline_and_in_a_file() {
+    let f = Fixture::new();
+    let zeros = format!("ed25519:{}=", "A".repeat(43));
+    let want = "error: router.public_key: is still the placeholder `conduit config init` \
+                wrote (all zeros), not a key: paste the router's public key (what `conduit \
+                init --name router` printed on the router; `conduit keys show --name router` \
+                there prints it again) ($F:3)";
+    let inline = f.client_text("").replace(&f.router_key, &zeros);
+    assert_eq!(check(&f, &inline), [want]);
+    let file = f.path("router.pub");
+    std::fs::write(&file, format!("{zeros} router\n")).unwrap();
+    let in_file = f
+        .client_text("")
+        .replace(&f.router_key, file.to_str().unwrap());
+    assert_eq!(check(&f, &in_file), [want]);
+}
