@@ -270,7 +270,8 @@ impl Registry {
                     name: head.name,
                     pid: head.pid,
                     why: why.to_string(),
-                    verified: head.started.is_some(),
+                    // Its start time was compared with the process's (both known).
+                    verified: head.started.is_some() && start_ticks(head.pid).is_some(),
                 })
             })
             .collect();
