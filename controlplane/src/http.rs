@@ -225,8 +225,12 @@ mod tests {
     /// The limit through `send`: a server that answers with more than
     /// [`MAX_ANSWER_BYTES`] (a `Content-Length` it never sends in full) is refused
     /// once that much arrived.
-    #[tokio::test]
-    async fn send_refuses_an_answer_larger_than_the_limit() {
+    /// A server that answers one request with `head`, then `chunk` again and again
+    /// until the client hangs up; its address.
+    async fn endless_answer(
+        head: String,
+        chunk: Vec<u8>,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -235,15 +239,23 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut request = [0u8; 1024];
             let _ = s.read(&mut request).await.unwrap();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-                MAX_ANSWER_BYTES * 2
-            );
             s.write_all(head.as_bytes()).await.unwrap();
-            let chunk = vec![b'x'; 1 << 20];
-            // Until the client hangs up: it stops reading past the limit.
             while s.write_all(&chunk).await.is_ok() {}
         });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn send_refuses_an_answer_larger_than_the_limit() {
+        // Until the client hangs up: it stops reading past the limit.
+        let (addr, server) = endless_answer(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                MAX_ANSWER_BYTES * 2
+            ),
+            vec![b'x'; 1 << 20],
+        )
+        .await;
         let client = HttpClient::new(Duration::from_secs(5)).unwrap();
         let got = client
             .send(
@@ -269,20 +281,11 @@ mod tests {
     /// ends is a delivery, not a failure to retry.
     #[tokio::test]
     async fn a_status_is_taken_without_the_body() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut request = [0u8; 1024];
-            let _ = s.read(&mut request).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                .await
-                .unwrap();
-            let chunk = format!("100000\r\n{}\r\n", "x".repeat(1 << 20));
-            while s.write_all(chunk.as_bytes()).await.is_ok() {}
-        });
+        let (addr, server) = endless_answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned(),
+            format!("100000\r\n{}\r\n", "x".repeat(1 << 20)).into_bytes(),
+        )
+        .await;
         let client = HttpClient::new(Duration::from_secs(5)).unwrap();
         let got = client
             .status_of(
