@@ -160,7 +160,7 @@ fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
     let client = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
     // A rule for this key alone: rotating it would silently drop its rights.
     let rule = format!("{client}={source}");
-    let (_router, raddr) = home.router(engine, &[rule]);
+    let (router, raddr) = home.router(engine, &[rule]);
     let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
     let before = std::fs::read_to_string(home.path().join("authorized_clients")).unwrap();
 
@@ -184,6 +184,17 @@ fn a_rotation_the_router_cannot_make_is_refused_and_changes_nothing() {
     // The link went on: one connection, still serving.
     assert_eq!(tunnel.stdout_count("connected to router"), 1);
     assert_echo(taddr, b"still here");
+
+    // Asked again at once over the same link: refused without the file being read
+    // (a client asking in a loop costs the router nothing), and logged once.
+    let (status, _, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    assert!(
+        err.contains("the router refused the rotation: this link asked for a rotation ")
+            && err.contains(" ago; ask again in "),
+        "{err}"
+    );
+    assert_eq!(router.stderr_count("key rotation refused"), 1);
 
     let (status, _, err) = home.run(&["keys", "rotate", "--tunnel", "nope"]);
     assert_code(status, 64, &err);

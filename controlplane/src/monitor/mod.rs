@@ -99,6 +99,7 @@ impl Monitor {
             in_flight: HashSet::new(),
             view: view_tx,
             said_local: None,
+            beats_unpublished: false,
         };
         tokio::spawn(task.run(events_rx));
         Ok(Arc::new(Self {
@@ -194,7 +195,13 @@ struct Task {
     view: watch::Sender<Arc<View>>,
     /// When a probe the router could not make was last logged.
     said_local: Option<Instant>,
+    /// Heartbeats arrived since the view was last published: they are published
+    /// once a second at most, not one view (a copy of every link's) per beat.
+    beats_unpublished: bool,
 }
+
+/// How often heartbeats that changed nothing else reach the view at most.
+const BEATS_PUBLISHED_EVERY: Duration = Duration::from_secs(1);
 
 /// How often "cannot probe: the router is short of files" is logged at most.
 const LOCAL_REPEAT: Duration = Duration::from_secs(60);
@@ -210,6 +217,8 @@ impl Task {
         let mut probe_tick = tokio::time::interval(self.settings.interval);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flap_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut beat_tick = tokio::time::interval(BEATS_PUBLISHED_EVERY);
+        beat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probes: JoinSet<ProbeResult> = JoinSet::new();
         loop {
             tokio::select! {
@@ -223,6 +232,7 @@ impl Task {
                         self.on_probe(source, result);
                     }
                 }
+                _ = beat_tick.tick(), if self.beats_unpublished => self.publish(),
                 _ = flap_tick.tick() => {
                     for a in self.flap.tick(Instant::now()) {
                         self.alerter.send(&a);
@@ -239,7 +249,8 @@ impl Task {
             LinkEvent::Up(started) => self.links.up(started, now),
             LinkEvent::Beat { session } => {
                 self.links.beat(session, now);
-                None
+                self.beats_unpublished = true;
+                return;
             }
             LinkEvent::Answered { target } => {
                 self.on_answered(target, now);
@@ -450,7 +461,8 @@ impl Task {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.beats_unpublished = false;
         let mut sources: Vec<SourceView> =
             self.sources.values().map(|h| h.view().clone()).collect();
         sources.sort_by(|a, b| {

@@ -50,6 +50,9 @@ pub(super) async fn control_session(
         .or_default()
         .push(peer.ip());
     let mut silent = false;
+    // When a Ping was last passed on to the monitor, and a RotateKey last answered.
+    let mut beaten: Option<Instant> = None;
+    let mut asked_rotation: Option<Instant> = None;
     let mut revocations = state.revoked.subscribe();
     let mut stopping = state.stopping.subscribe();
     let (clean, reason) = loop {
@@ -87,10 +90,26 @@ pub(super) async fn control_session(
         match got {
             Err(_) => {
                 silent = true;
-                break (false, format!("no heartbeat for {silence:?}"));
+                // Said to the client in case it is alive but pings too seldom (its
+                // log then names the setting to change); a dead one reads nothing.
+                let why = format!("no heartbeat for {silence:?}");
+                let bye = Refusal::new(
+                    RefusalCode::Protocol,
+                    format!(
+                        "the router heard {why} (its health.client_timeout_secs): keep the \
+                         tunnel's performance.heartbeat_interval_secs at most half of that"
+                    ),
+                );
+                let _ = send_within(&mut wire, &Message::Goodbye(bye), GOODBYE_WAIT).await;
+                break (false, why);
             }
             Ok(Ok(Some(Message::Ping { nonce }))) => {
-                state.monitor.beat(session);
+                // The monitor needs a beat a second at most: a client pinging
+                // back to back must not flood it.
+                if beaten.is_none_or(|at| at.elapsed() >= BEAT_EVERY) {
+                    beaten = Some(Instant::now());
+                    state.monitor.beat(session);
+                }
                 if let Err(e) = send_within(&mut wire, &Message::Pong { nonce }, silence).await {
                     silent = e.stalled;
                     break (false, e.why);
@@ -100,7 +119,19 @@ pub(super) async fn control_session(
                 break (true, format!("client said goodbye: {}", r.message));
             }
             Ok(Ok(Some(Message::RotateKey { next }))) => {
-                let reply = match rotate(state, key, next, &comment, peer.ip()).await {
+                // A client asks once per rotation (and per link): one asking again
+                // and again is answered without the file being read each time.
+                let again = asked_rotation.filter(|at| at.elapsed() < ROTATION_ASKED_EVERY);
+                asked_rotation = Some(Instant::now());
+                let rotated = match again {
+                    Some(at) => Err(format!(
+                        "this link asked for a rotation {} ago; ask again in {}",
+                        whole_secs(at.elapsed()),
+                        whole_secs(ROTATION_ASKED_EVERY.saturating_sub(at.elapsed()))
+                    )),
+                    None => rotate(state, key, next, &comment, peer.ip()).await,
+                };
+                let reply = match rotated {
                     Ok(expires) => {
                         let at = humantime::format_rfc3339_seconds(expires);
                         info!(%peer, client = %who, %tunnel, next = %next, "client key rotated: the new key is authorized, the old one until {at}");
@@ -111,7 +142,9 @@ pub(super) async fn control_session(
                         }
                     }
                     Err(why) => {
-                        warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
+                        if again.is_none() {
+                            warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
+                        }
                         Message::Refused(Refusal::new(RefusalCode::Unauthorized, why))
                     }
                 };
@@ -286,6 +319,15 @@ fn in_use_elsewhere(
 }
 
 /// How long after a rotation the key it made may be rotated again.
+/// How often a link's heartbeats reach the monitor at most.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a goodbye to a client that went silent may take to send.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+
+/// How soon one link may ask for a key rotation again.
+const ROTATION_ASKED_EVERY: Duration = Duration::from_secs(10);
+
 pub(super) const MIN_KEY_AGE: Duration = Duration::from_secs(3600);
 
 fn whole_secs(d: Duration) -> humantime::FormattedDuration {
