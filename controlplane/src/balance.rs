@@ -285,6 +285,10 @@ const TRIAL_EVERY: Duration = Duration::from_secs(1);
 /// Sources in trial beyond which those not tried for a minute are forgotten.
 const TRIALS_KEPT: usize = 256;
 
+/// The most sources the breaker watches: beyond, the one it heard of longest ago
+/// is forgotten (the data plane's `MAX_SOURCES`, the sources it reports in use).
+const WATCHED_MAX: usize = conduit_dataplane::usage::MAX_SOURCES;
+
 /// The sources the breaker watches: each down, or not answering, and let one
 /// trial stream a second through.
 #[derive(Default)]
@@ -316,7 +320,8 @@ impl Breaker {
     }
 
     /// Makes room, when many sources are watched, by forgetting those the breaker
-    /// has not heard of for a minute.
+    /// has not heard of for a minute, and at [`WATCHED_MAX`] the one heard of
+    /// longest ago.
     fn watch<'a>(
         sources: &'a mut HashMap<String, Watched>,
         target: &str,
@@ -327,6 +332,14 @@ impl Breaker {
                 w.last()
                     .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(60))
             });
+            if sources.len() >= WATCHED_MAX
+                && let Some(oldest) = sources
+                    .iter()
+                    .min_by_key(|(_, w)| w.last())
+                    .map(|(k, _)| k.clone())
+            {
+                sources.remove(&oldest);
+            }
         }
         sources.entry(target.to_owned()).or_default()
     }
@@ -559,6 +572,22 @@ mod tests {
         }
         assert!(b.trial("10.9.9.9:80", t0 + Duration::from_secs(61)));
         assert_eq!(b.sources().len(), 1);
+    }
+
+    #[test]
+    fn the_breaker_holds_at_most_watched_max_sources_however_recent() {
+        let b = Breaker::default();
+        let t0 = Instant::now();
+        let name = |i: usize| format!("10.1.{}.{}:80", i / 256, i % 256);
+        for i in 0..WATCHED_MAX + 5 {
+            let at = t0 + Duration::from_millis(i as u64);
+            assert!(b.trial(&name(i), at));
+        }
+        let sources = b.sources();
+        assert_eq!(sources.len(), WATCHED_MAX);
+        // The five heard of longest ago made room.
+        assert!((0..5).all(|i| !sources.contains_key(&name(i))));
+        assert!(sources.contains_key(&name(WATCHED_MAX + 4)));
     }
 
     #[test]

@@ -125,6 +125,16 @@ pub fn source_members(target: &str) -> impl Iterator<Item = &str> {
     target.split(',').map(str::trim).filter(|m| !m.is_empty())
 }
 
+/// `target` as the router keeps it (in its logs, connection table and breaker):
+/// its members trimmed and joined by bare commas, so that spacing cannot make one
+/// source look like many.
+pub fn canonical_target(target: String) -> String {
+    if source_members(&target).eq(target.split(',')) {
+        return target;
+    }
+    source_members(&target).collect::<Vec<_>>().join(",")
+}
+
 /// How a source is reached: by a TCP stream or by a UDP flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceProtocol {
@@ -660,6 +670,17 @@ fn worker_count(opts: &Options) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_target_is_kept_trimmed_with_no_empty_members() {
+        let c = |t: &str| canonical_target(t.to_owned());
+        assert_eq!(c("10.0.0.5:80"), "10.0.0.5:80");
+        assert_eq!(c(" 10.0.0.5:80"), "10.0.0.5:80");
+        assert_eq!(c("10.0.0.5:80,"), "10.0.0.5:80");
+        assert_eq!(c("a:1 , ,b:2\t"), "a:1,b:2");
+        assert_eq!(c("a:1,b:2"), "a:1,b:2");
+        assert_eq!(c(" , "), "");
+    }
 
     #[test]
     fn a_drain_ends_its_length_from_now() {

@@ -14,7 +14,6 @@ use futures::channel::oneshot;
 use monoio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::LOOKUP_WAIT;
 use crate::channel::{Channel, ChannelError};
 use crate::handoff::ChannelHandoff;
 use crate::limit::{Permit, Throttle, held_note, open_connections};
@@ -27,6 +26,7 @@ use crate::relay::{Relay, Side, Stop};
 use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
 use crate::usage::NO_KEY;
 use crate::worker::Core;
+use crate::{LOOKUP_WAIT, canonical_target};
 use crate::{RouterSpec, SourceProtocol};
 
 mod udp;
@@ -278,12 +278,16 @@ impl RouterCore {
             ))
             .await;
             let (target, rest, asked) = match first {
-                Ok(Ok((Message::Open { target }, rest))) => {
-                    (Rc::<str>::from(target), rest, Asked::Stream)
-                }
-                Ok(Ok((Message::OpenDatagrams { target }, rest))) if wire == Wire::Framed => {
-                    (Rc::<str>::from(target), rest, Asked::Datagrams)
-                }
+                Ok(Ok((Message::Open { target }, rest))) => (
+                    Rc::<str>::from(canonical_target(target)),
+                    rest,
+                    Asked::Stream,
+                ),
+                Ok(Ok((Message::OpenDatagrams { target }, rest))) if wire == Wire::Framed => (
+                    Rc::<str>::from(canonical_target(target)),
+                    rest,
+                    Asked::Datagrams,
+                ),
                 Ok(Ok((Message::Goodbye(_), _))) | Ok(Err(ChannelError::Closed)) => return,
                 Ok(Ok((Message::OpenDatagrams { .. }, _))) => {
                     let refusal = Refusal::new(
@@ -549,6 +553,7 @@ impl RouterCore {
                 }
             };
             let (target, asked) = target;
+            let target = canonical_target(target);
             if self.core.stopping.get() {
                 let _ = ch
                     .send(Message::OpenFailed(Refusal::new(
