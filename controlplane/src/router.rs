@@ -122,6 +122,51 @@ struct State {
     /// One rotation at a time edits the authorized-clients file; the keys rotations
     /// made within [`session::MIN_KEY_AGE`], and when.
     rotating: tokio::sync::Mutex<HashMap<PublicKey, Instant>>,
+    /// How many failed setups may still be logged this second.
+    setup_log: SetupLog,
+}
+
+/// The most failed setups (refused keys, timeouts, garbage) logged in a second:
+/// each costs its peer no more than a connection, so a flood of them must not
+/// flood the log. The metrics count every one.
+const SETUP_LOGS_PER_SEC: u32 = 20;
+
+/// Lets [`SETUP_LOGS_PER_SEC`] failed setups a second into the log and counts the
+/// others, which the next one logged mentions.
+#[derive(Default)]
+struct SetupLog(Mutex<SetupLogged>);
+
+#[derive(Default)]
+struct SetupLogged {
+    /// When the current second began, how many were logged in it, and how many
+    /// were held back since the last one logged.
+    second: Option<Instant>,
+    logged: u32,
+    held: u64,
+}
+
+impl SetupLog {
+    /// `Some(note)` when this failure is to be logged, with `note` to append (it
+    /// says how many were held back); `None` to stay quiet.
+    fn admit(&self) -> Option<String> {
+        let mut s = lock(&self.0);
+        let now = Instant::now();
+        if s.second
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            s.second = Some(now);
+            s.logged = 0;
+        }
+        if s.logged >= SETUP_LOGS_PER_SEC {
+            s.held += 1;
+            return None;
+        }
+        s.logged += 1;
+        Some(match std::mem::take(&mut s.held) {
+            0 => String::new(),
+            n => format!(" ({n} more failed connection setups were not logged)"),
+        })
+    }
 }
 
 /// A bound router, ready to run.
@@ -294,6 +339,7 @@ impl Router {
                 resolver,
                 key_grace: s.key_grace,
                 rotating: tokio::sync::Mutex::new(HashMap::new()),
+                setup_log: SetupLog::default(),
             }),
             authorized_path: s.authorized_path,
         })
@@ -509,52 +555,59 @@ async fn handle(
     let (mut wire, hello) = match setup {
         Err(_) => {
             state.counters.fail(SetupError::Timeout);
-            info!(%peer, "connection dropped: no TLS handshake and Hello within {:?}", state.handshake_timeout);
+            if let Some(more) = state.setup_log.admit() {
+                info!(%peer, "connection dropped: no TLS handshake and Hello within {:?}{more}", state.handshake_timeout);
+            }
             return;
         }
         Ok(Err(WireError::Tls(e))) => {
-            match (e.unknown_client_key(), not_tls(&first[..seen])) {
-                (Some(u), _) => {
-                    state.counters.fail(SetupError::Unauthorized);
-                    match state.authorized.expiry(&u.got) {
-                        Some(_) => {
-                            warn!(%peer, "refused: {}", not_admitted(&state.authorized, &u.got))
-                        }
-                        None => {
-                            warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it", u.got)
-                        }
+            let unknown = e.unknown_client_key();
+            let what = not_tls(&first[..seen]);
+            // Closed before a byte: a port check (a load balancer's, a Kubernetes
+            // probe's), not a failed client.
+            if unknown.is_none() && what.is_none() && seen == 0 {
+                debug!(%peer, "connection closed before it sent anything (a port check?)");
+                return;
+            }
+            state.counters.fail(if unknown.is_some() {
+                SetupError::Unauthorized
+            } else {
+                SetupError::Tls
+            });
+            let Some(more) = state.setup_log.admit() else {
+                return;
+            };
+            // The key as the peer presented it: refused before it proved to hold it.
+            match (unknown, what) {
+                (Some(u), _) => match state.authorized.expiry(&u.got) {
+                    Some(_) => {
+                        warn!(%peer, "refused: {} (the key a client presented){more}", not_admitted(&state.authorized, &u.got))
                     }
-                }
-                (None, Some(what)) => {
-                    state.counters.fail(SetupError::Tls);
-                    info!(%peer, "connection refused: {what}")
-                }
-                // Closed before a byte: a port check (a load balancer's, a
-                // Kubernetes probe's), not a failed client.
-                (None, None) if seen == 0 => {
-                    debug!(%peer, "connection closed before it sent anything (a port check?)")
-                }
+                    None => {
+                        warn!(%peer, "refused unknown client key {}: add it to authorized_clients to admit it{more}", u.got)
+                    }
+                },
+                (None, Some(what)) => info!(%peer, "connection refused: {what}{more}"),
                 (None, None) if e.no_cipher_suite_in_common() => {
-                    state.counters.fail(SetupError::Tls);
-                    warn!(%peer, "TLS handshake refused: the client offers none of the cipher suites this router accepts ({}); the tunnel must offer one of them (its --cipher-suites, or [security] cipher_suites), or the router accept more (--cipher-suites)", state.suites);
+                    warn!(%peer, "TLS handshake refused: the client offers none of the cipher suites this router accepts ({}); the tunnel must offer one of them (its --cipher-suites, or [security] cipher_suites), or the router accept more (--cipher-suites){more}", state.suites);
                 }
-                (None, None) => {
-                    state.counters.fail(SetupError::Tls);
-                    info!(%peer, "TLS handshake failed: {e}")
-                }
+                (None, None) => info!(%peer, "TLS handshake failed: {e}{more}"),
             }
             return;
         }
         Ok(Err(e)) => {
             state.counters.fail(SetupError::Protocol);
+            let Some(more) = state.setup_log.admit() else {
+                return;
+            };
             match (state.transport, is_tls_record(&first[..seen])) {
                 (Transport::Plain, true) => {
-                    info!(%peer, "connection refused: a TLS client connected to this plain-transport router: start the tunnel with --transport plain or run the router without it ({e})")
+                    info!(%peer, "connection refused: a TLS client connected to this plain-transport router: start the tunnel with --transport plain or run the router without it ({e}){more}")
                 }
                 (Transport::Plain, false) if admit::is_http(&first[..seen]) => {
-                    info!(%peer, "connection refused: a plain-text HTTP request: this port is a Conduit router, only Conduit clients can use it; point HTTP clients at a tunnel's --bind address (the router's own API is on its --api-bind)")
+                    info!(%peer, "connection refused: a plain-text HTTP request: this port is a Conduit router, only Conduit clients can use it; point HTTP clients at a tunnel's --bind address (the router's own API is on its --api-bind){more}")
                 }
-                _ => info!(%peer, "connection dropped during setup: {e}"),
+                _ => info!(%peer, "connection dropped during setup: {e}{more}"),
             }
             return;
         }
