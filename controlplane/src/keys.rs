@@ -132,44 +132,81 @@ pub(crate) fn renamed_into_place(
     written
 }
 
+/// The most of a file of trusted keys read: a million keys and more.
+const MAX_TRUSTED_FILE: u64 = 128 << 20;
+
+/// Why a file of trusted keys was not read.
+#[derive(Debug)]
+pub(crate) enum Unread {
+    /// It could not be opened or read (`NotFound`, `InvalidData` for bytes that are
+    /// not text, `FileTooLarge` past [`MAX_TRUSTED_FILE`], …).
+    Io(std::io::Error),
+    /// Someone else could write it (see [`trusted_meta`]).
+    Untrusted(Error),
+}
+
+/// Reads a file of trusted keys as text (see [`read_trusted_bytes`]); bytes that are
+/// not UTF-8 are `InvalidData`.
+pub(crate) fn read_trusted(path: &Path, what: &str) -> Result<String, Unread> {
+    let bytes = read_trusted_bytes(path, what)?;
+    String::from_utf8(bytes).map_err(|_| Unread::Io(std::io::ErrorKind::InvalidData.into()))
+}
+
+/// Reads a file of trusted keys: opened once (without waiting on a named pipe),
+/// checked through the open file (see [`trusted_meta`]) and read from that same
+/// file, so one swapped in between the check and the read is never read.
+pub(crate) fn read_trusted_bytes(path: &Path, what: &str) -> Result<Vec<u8>, Unread> {
+    use std::io::Read;
+    let file = crate::config::open_to_read(path).map_err(Unread::Io)?;
+    let meta = file.metadata().map_err(Unread::Io)?;
+    trusted_meta(path, &meta, what).map_err(Unread::Untrusted)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TRUSTED_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Unread::Io)?;
+    if bytes.len() as u64 > MAX_TRUSTED_FILE {
+        return Err(Unread::Io(std::io::ErrorKind::FileTooLarge.into()));
+    }
+    Ok(bytes)
+}
+
 /// Refuses a file of trusted keys (authorized clients, a pinned router key, the
 /// known routers) that someone else could write, as ssh's StrictModes refuses such
 /// an `authorized_keys`: a file its group or every user may write, or one owned by
 /// another user than this one or root. Any of them could put their own key in it.
-fn trusted_file(path: &Path, what: &str) -> Result<(), Error> {
+/// `meta` is the file's, as opened.
+fn trusted_meta(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), Error> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        if let Ok(meta) = std::fs::metadata(path) {
-            let mode = meta.permissions().mode() & 0o777;
-            let who = match (mode & 0o002 != 0, mode & 0o020 != 0) {
-                (true, true) => Some(("every user of this host", "go-w")),
-                (true, false) => Some(("every user of this host", "o-w")),
-                (false, true) => Some(("its group", "g-w")),
-                _ => None,
-            };
-            if let Some((who, fix)) = who {
-                return Err(Error::Config(format!(
-                    "{what} {} is writable by {who} (mode {mode:04o}), who could put their own \
-                     key in it; run `chmod {fix} {}`",
-                    path.display(),
-                    path.display()
-                )));
-            }
-            let me = nix::unistd::geteuid().as_raw();
-            if meta.uid() != me && meta.uid() != 0 {
-                return Err(Error::Config(format!(
-                    "{what} {} belongs to another user (uid {}), who could put their own key \
-                     in it; this process runs as uid {me}: give it a file owned by uid {me} \
-                     or root (`chown`)",
-                    path.display(),
-                    meta.uid()
-                )));
-            }
+        let mode = meta.permissions().mode() & 0o777;
+        let who = match (mode & 0o002 != 0, mode & 0o020 != 0) {
+            (true, true) => Some(("every user of this host", "go-w")),
+            (true, false) => Some(("every user of this host", "o-w")),
+            (false, true) => Some(("its group", "g-w")),
+            _ => None,
+        };
+        if let Some((who, fix)) = who {
+            return Err(Error::Config(format!(
+                "{what} {} is writable by {who} (mode {mode:04o}), who could put their own \
+                 key in it; run `chmod {fix} {}`",
+                path.display(),
+                path.display()
+            )));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(Error::Config(format!(
+                "{what} {} belongs to another user (uid {}), who could put their own key \
+                 in it; this process runs as uid {me}: give it a file owned by uid {me} \
+                 or root (`chown`)",
+                path.display(),
+                meta.uid()
+            )));
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, what);
+    let _ = (path, meta, what);
     Ok(())
 }
 

@@ -49,7 +49,7 @@ fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 /// pipe with a writer, such as `-f <(…)`, gives what it is sent; one without, an
 /// end of file at once).
 #[cfg(unix)]
-fn open(path: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open(path: &Path) -> std::io::Result<std::fs::File> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -61,7 +61,7 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 #[cfg(not(unix))]
-fn open(path: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::File::open(path)
 }
 

@@ -33,6 +33,8 @@
 
 mod env;
 mod file;
+/// Opens a file to read without waiting on a named pipe nobody writes to.
+pub(crate) use file::open as open_to_read;
 mod layers;
 mod model;
 mod ops;

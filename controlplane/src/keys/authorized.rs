@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use conduit_proto::PublicKey;
 
-use super::trusted_file;
+use super::{Unread, read_trusted};
 use crate::Error;
 
 /// An authorized-clients file: each key's comment, and the expiry time of keys
@@ -27,8 +27,11 @@ pub fn load_authorized(path: &Path) -> Result<HashMap<PublicKey, String>, Error>
 
 /// Reads an authorized-clients file with its expiry times.
 pub fn load_authorized_file(path: &Path) -> Result<AuthorizedFile, Error> {
-    trusted_file(path, "the authorized clients file")?;
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = read_trusted(path, "the authorized clients file").map_err(|e| {
+        let source = match e {
+            Unread::Untrusted(e) => return e,
+            Unread::Io(source) => source,
+        };
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
                 "no authorized clients file at {}: create it with one client public key per line \

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use conduit_proto::PublicKey;
 
-use super::{owner_only, trusted_file};
+use super::{Unread, owner_only, read_trusted_bytes};
 use crate::Error;
 
 /// What a router named of its keys (`RouterKeys`), as `known_routers` keeps it.
@@ -35,13 +35,11 @@ pub fn load_known_routers(path: &Path) -> Result<HashMap<String, KnownRouter>, S
 /// the host may write it: anyone could then make tunnels trust their own key for a
 /// router, so nothing in it is trusted until `chmod o-w`.
 pub fn read_known_routers(path: &Path) -> Result<String, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            trusted_file(path, "known_routers").map_err(|e| e.to_string())?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    match read_trusted_bytes(path, "known_routers") {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(Unread::Untrusted(e)) => Err(e.to_string()),
+        Err(Unread::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(Unread::Io(e)) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use conduit_proto::PublicKey;
 
-use super::trusted_file;
+use super::{Unread, read_trusted};
 use crate::Error;
 
 /// A public key given inline (`ed25519:…`) or as the path of a `.pub` file.
@@ -16,8 +16,11 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
         return PublicKey::parse_named(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
     }
     let path = Path::new(spec);
-    trusted_file(path, "the public key file")?;
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = read_trusted(path, "the public key file").map_err(|e| {
+        let source = match e {
+            Unread::Untrusted(e) => return e,
+            Unread::Io(source) => source,
+        };
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
                 "{what}: {spec:?} is neither a public key (ed25519:…) nor an existing .pub file"
