@@ -7,11 +7,12 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use conduit_controlplane::config::{self, LoggingConfig};
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_appender::rolling::{RollingFileAppender, RollingWriter, Rotation};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use crate::args::{LogArgs, LogFormat, LogRotation};
@@ -85,6 +86,35 @@ struct Sink {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+/// The log file, when the log goes to one: shared by tracing and by the lines
+/// [`copy_line`] writes into it.
+static FILE: OnceLock<LogFile> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogFile(Arc<RollingFileAppender>);
+
+impl<'a> MakeWriter<'a> for LogFile {
+    type Writer = RollingWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.0.make_writer()
+    }
+}
+
+/// Writes `line` (a supervised tunnel's, already formatted) where this process logs:
+/// its log file, else stderr.
+pub(crate) fn copy_line(line: &str) {
+    use std::io::Write;
+    match FILE.get() {
+        Some(file) => {
+            let _ = writeln!(file.make_writer(), "{line}");
+        }
+        None => {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        }
+    }
+}
+
 pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
     let directives = directives(&s.level)?;
     let filter = EnvFilter::try_new(&directives)
@@ -96,10 +126,11 @@ pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
             true,
         ),
         Some(path) => {
-            let appender = file_writer(path, s)?;
+            let file = LogFile(Arc::new(file_writer(path, s)?));
+            let _ = FILE.set(file.clone());
             // Rotated, the log is written to PATH.DATE, never stderr's PATH.
             let same = s.rotation == LogRotation::Never && is_stderr(path);
-            (BoxMakeWriter::new(appender), false, same)
+            (BoxMakeWriter::new(file), false, same)
         }
     };
     let builder = tracing_subscriber::fmt()

@@ -113,6 +113,10 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
+        if l.log_file.is_none() {
+            // Its log is its stderr, logs/NAME.log: not a file named for the launcher.
+            cmd.env_remove("CONDUIT_LOG_FILE");
+        }
         for (var, value) in &l.secrets {
             cmd.env(var, value.expose());
         }

@@ -21,7 +21,6 @@
 //! changed file takes a restart of this process.
 
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -189,6 +188,8 @@ impl Child {
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.args(&self.args)
             .env(INHERITED_CLAIM, &self.name)
+            // Its log is its stderr, which this process copies into its own log.
+            .env_remove("CONDUIT_LOG_FILE")
             .envs(self.secrets.iter().map(|(var, v)| (var, v.expose())))
             // Its stderr passes through this process, which reads its last words.
             .stderr(Stdio::piped())
@@ -218,8 +219,7 @@ impl Child {
             };
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                let mut out = std::io::stderr().lock();
-                let _ = writeln!(out, "{line}");
+                crate::logging::copy_line(&line);
                 words.push(&line);
             }
             words

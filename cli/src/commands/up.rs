@@ -81,6 +81,15 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     for w in &plan.warnings {
         eprintln!("{w}");
     }
+    if let Some(file) = log.log_file.as_ref().filter(|_| !a.foreground) {
+        eprintln!(
+            "warning: --log-file {} (or CONDUIT_LOG_FILE) takes only this command's own \
+             messages: each tunnel `up` starts in the background logs to \
+             $CONDUIT_HOME/logs/NAME.log (`conduit logs NAME`); under `up --foreground` every \
+             tunnel's log goes to it",
+            file.display()
+        );
+    }
     if plan.tunnels.is_empty() {
         say(format_args!(
             "{name} has no [[tunnels]]; nothing to bring up"

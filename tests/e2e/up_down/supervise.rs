@@ -304,3 +304,79 @@ fn tunnels_of_a_killed_supervisor_stop_and_come_up_again() {
     let status = again.stop();
     assert_code(status, 0, &again.stderr());
 }
+
+/// `up --foreground --log-file FILE` (a service's command line) sends every tunnel's
+/// log to FILE, not only the supervisor's own lines; a plain `up` says that its
+/// `--log-file` (or `CONDUIT_LOG_FILE`) is not where its tunnels log, and they log
+/// to `logs/NAME.log` as always.
+#[test]
+fn the_log_file_of_up_foreground_holds_every_tunnels_log() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("one", source.clone()), ("two", source.clone())],
+    );
+    let file = file.to_str().unwrap();
+    let log = home.path().join("supervisor.log");
+    let mut sup = home.spawn(&[
+        "up",
+        "-f",
+        file,
+        "--foreground",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
+    running(&home, "one");
+    running(&home, "two");
+    crate::procfs::wait_until("both tunnels' lines in the log file", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let both = ["one", "two"].iter().all(|n| {
+            text.lines()
+                .any(|l| l.contains("connected to router") && l.contains(&format!("tunnel={n}")))
+        });
+        (both, text)
+    });
+    assert!(
+        !sup.stderr().contains("connected to router"),
+        "{}",
+        sup.stderr()
+    );
+    echo_through(&home, "one");
+    let status = sup.stop();
+    assert_code(status, 0, &sup.stderr());
+
+    // A plain `up`: the variable is up's own, and each tunnel logs to its own file.
+    let elsewhere = home.path().join("elsewhere.log");
+    let (status, _, err) = {
+        let out = home
+            .cmd()
+            .args(["up", "-f", file])
+            .env("CONDUIT_LOG_FILE", &elsewhere)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_code(status, 0, &err);
+    assert!(
+        err.contains(&format!(
+            "warning: --log-file {} (or CONDUIT_LOG_FILE) takes only this command's own \
+             messages: each tunnel `up` starts in the background logs to \
+             $CONDUIT_HOME/logs/NAME.log (`conduit logs NAME`); under `up --foreground` every \
+             tunnel's log goes to it",
+            elsewhere.display()
+        )),
+        "{err}"
+    );
+    let own = std::fs::read_to_string(home.path().join("logs").join("one.log")).unwrap();
+    assert!(own.contains("connected to router"), "{own}");
+    let shared = std::fs::read_to_string(&elsewhere).unwrap_or_default();
+    assert!(!shared.contains("connected to router"), "{shared}");
+}
