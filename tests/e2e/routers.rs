@@ -742,6 +742,38 @@ fn router_keys_must_be_one_for_all_or_one_per_router() {
     );
 }
 
+/// Failing back and checking standby routers are failover's: given to a balancing
+/// tunnel, which has neither, they are refused.
+#[test]
+fn failover_flags_are_refused_with_balancing() {
+    let home = Home::with_keys();
+    let key = home.public_key("router");
+    for flag in ["--router-failback", "--standby-check"] {
+        let (status, _, err) = home.run(&[
+            "start",
+            "--foreground",
+            "--router",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--router-key",
+            &key,
+            "--source",
+            "127.0.0.1:3",
+            "--bind",
+            "127.0.0.1:0",
+            "--router-balance",
+            flag,
+            "10",
+        ]);
+        assert_code(status, 64, &err);
+        assert!(
+            err.contains(&format!(
+                "error: the argument '--router-balance' cannot be used with '{flag} <SECS>'"
+            )),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn a_router_that_refuses_while_another_serves_shows_in_status_and_fails_health() {
     let engine = Engine::Epoll;

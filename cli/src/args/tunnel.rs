@@ -274,14 +274,14 @@ pub(crate) struct StartArgs {
     /// how often it tries the ones before it and moves back to the first that
     /// answers (its users' open streams finish where they are); 0 stays.
     /// `[router] failback_secs` in a file.
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400), conflicts_with = "router_balance")]
     pub(crate) router_failback: u64,
     /// With several routers (`--router A,B`): how often a router on standby (one
     /// not in use) is checked with a full handshake, besides a look at its port
     /// about every 10 s, so that one that would refuse the tunnel shows in `status`,
     /// `health` and the alerts before the tunnel needs it; 0 looks at its port
     /// only. `[router] standby_check_secs` in a file.
-    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=86_400), conflicts_with = "router_balance")]
     pub(crate) standby_check: u64,
     /// With several routers (`--router A,B`): use them all at once, each new
     /// connection through the router (of those whose link is up) carrying the
