@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use super::file::FileDoc;
-use super::schema::{Key, Kind, Schema, Section, closest, type_of};
+use super::schema::{Key, Kind, Schema, Section, closest, containing, type_of};
 use super::{Origin, Origins, Problem, Report, Role, Sources};
 
 /// A value given on the command line: `key` is `section.key`, `flag` what the user typed
@@ -124,6 +124,13 @@ pub(crate) fn resolve<T: DeserializeOwned>(
     m.cli(sources);
     m.required(&doc);
     m.report.extend(sources.env.unknown());
+    if role == Role::Client && sources.env.first(["CONDUIT_ROUTER"]).is_some() {
+        m.report.push(Problem::warning(
+            "router",
+            "CONDUIT_ROUTER is `conduit start --router`'s and is ignored here: a file's router \
+             is router.host and router.port (CONDUIT_ROUTER_HOST, CONDUIT_ROUTER_PORT)",
+        ));
+    }
     let Merge {
         table,
         origins,
@@ -469,7 +476,9 @@ impl Merge {
         section: Option<&Section>,
     ) -> String {
         let names: Vec<&str> = keys.iter().map(|k| k.name).collect();
-        let hint = match closest(k, names.iter().copied()) {
+        let hint = match closest(k, names.iter().copied())
+            .or_else(|| containing(k, names.iter().copied()))
+        {
             Some(n) => format!("did you mean {n}? "),
             None => String::new(),
         };

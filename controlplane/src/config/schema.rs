@@ -601,6 +601,20 @@ pub(crate) fn closest<'a>(
         .map(|(_, c)| c)
 }
 
+/// The one candidate that holds `word` or that `word` holds (`tcp_keepalive` for
+/// `tcp_keepalive_secs`, `connection_pool_size` for `pool_size`), for a hint where
+/// [`closest`] finds none; `None` when there are several or none.
+pub(crate) fn containing<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let mut found = candidates
+        .into_iter()
+        .filter(|c| c.len() >= 4 && word.len() >= 4 && (c.contains(word) || word.contains(c)));
+    let one = found.next()?;
+    found.next().is_none().then_some(one)
+}
+
 /// Levenshtein distance, for "did you mean" hints.
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -629,6 +643,22 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_named_as_part_of_another_gets_that_one_as_a_hint() {
+        let keys = PERFORMANCE.keys.iter().map(|k| k.name);
+        assert_eq!(
+            containing("connection_pool_size", keys.clone()),
+            Some("pool_size")
+        );
+        assert_eq!(
+            containing("tcp_keepalive", keys.clone()),
+            Some("tcp_keepalive_secs")
+        );
+        // Several hold it: no guess.
+        assert_eq!(containing("timeout", keys.clone()), None);
+        assert_eq!(containing("zzzz", keys), None);
+    }
 
     #[test]
     fn env_names_follow_section_and_key() {

@@ -654,3 +654,21 @@ fn a_problem_with_a_huge_message_is_cut_in_the_middle() {
     assert!(line.contains(" bytes left out) …"), "{line}");
     assert!(line.ends_with("/conduit.toml:2)"), "{line}");
 }
+
+/// `CONDUIT_ROUTER` is `start --router`'s: a file's router is host and port, and
+/// the variable left over from a `start` setup is named as ignored.
+#[test]
+fn start_s_router_variable_is_named_as_ignored_by_a_file() {
+    let f = Fixture::new();
+    let env = [("CONDUIT_ROUTER", "10.9.9.9:9999")];
+    let l = load_client(&f.sources(&f.client_text(""), &env, &[])).unwrap();
+    assert_eq!(
+        f.lines(&l.report),
+        [
+            "warning: router: CONDUIT_ROUTER is `conduit start --router`'s and is ignored here: \
+             a file's router is router.host and router.port (CONDUIT_ROUTER_HOST, \
+             CONDUIT_ROUTER_PORT)"
+        ]
+    );
+    assert_eq!(l.config.router.host.as_deref(), Some("10.2.0.1"));
+}

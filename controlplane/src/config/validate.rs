@@ -188,6 +188,18 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     }
     token_file(r.token.is_some(), "router.token", &mut out);
     api(&c.api, &mut out);
+    if let (true, Ok(router), Ok(api)) = (c.api.enabled, bind_addr(&r.bind), bind_addr(&c.api.bind))
+        && overlap(router, api)
+    {
+        out.error(
+            "api.bind",
+            format!(
+                "{api} takes the router's own port (router.bind {router}): give the API a port \
+                 of its own, such as the default {}",
+                ApiConfig::default().bind
+            ),
+        );
+    }
     health(&c.health, &mut out);
     if let Ok(allow) = AllowList::parse(&r.allow)
         && !allow.is_empty()
@@ -272,6 +284,20 @@ fn health(h: &HealthConfig, out: &mut Out<'_>) {
  "{}s is not shorter than interval_secs ({}s): a source that hangs is probed less often than configured; use a shorter timeout",
  h.timeout_secs, h.interval_secs
  ),
+        );
+    }
+    let heartbeat = PerformanceConfig::default().heartbeat_interval_secs;
+    if h.client_timeout_secs < heartbeat * 2 {
+        out.warn(
+            "health.client_timeout_secs",
+            format!(
+                "tunnels send a heartbeat every {heartbeat} s by default \
+                 (performance.heartbeat_interval_secs): waiting {} s for one drops their links, \
+                 and their users' connections, again and again; make it at least {} s, or \
+                 shorten the tunnels' heartbeat interval to at most half of it",
+                h.client_timeout_secs,
+                heartbeat * 2
+            ),
         );
     }
     let worst = h.interval_secs * h.failures + h.timeout_secs;
@@ -499,6 +525,28 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
              sets how long it waits for a silent client: remove it here",
         );
     }
+    if router && p.pool_size != PerformanceConfig::default().pool_size {
+        out.warn(
+            "performance.pool_size",
+            "channels are opened ahead of time by the tunnels, not by the router: set it in \
+             the tunnels' file and remove it here",
+        );
+    }
+    let client_timeout = HealthConfig::default().client_timeout_secs;
+    if !router && p.heartbeat_interval_secs * 2 > client_timeout {
+        out.warn(
+            "performance.heartbeat_interval_secs",
+            format!(
+                "a router drops a link it hears nothing on for its health.client_timeout_secs \
+                 ({client_timeout} s by default), and with it the link's connections: with \
+                 heartbeats every {} s, set client_timeout_secs to at least {} s on every router \
+                 this tunnel uses, or keep this at most {} s",
+                p.heartbeat_interval_secs,
+                p.heartbeat_interval_secs * 2,
+                client_timeout / 2
+            ),
+        );
+    }
     if !router && p.max_pending_handshakes != PerformanceConfig::default().max_pending_handshakes {
         out.warn(
             "performance.max_pending_handshakes",
@@ -624,6 +672,21 @@ fn fallback_keys(r: &super::model::RouterPeer, out: &mut Out<'_>) {
             );
         }
     }
+    let defaults = super::model::RouterPeer::default();
+    if r.balance && r.failback_secs != defaults.failback_secs {
+        out.warn(
+            "router.failback_secs",
+            "a balancing tunnel (router.balance = true) uses every router at once and has \
+             none to move back to: remove it, or set balance = false to fail over instead",
+        );
+    }
+    if r.balance && r.standby_check_secs != defaults.standby_check_secs {
+        out.warn(
+            "router.standby_check_secs",
+            "a balancing tunnel (router.balance = true) keeps no router on standby: remove \
+             it, or set balance = false to fail over instead",
+        );
+    }
     if r.balance && fallbacks == 0 {
         out.warn(
             "router.balance",
@@ -717,6 +780,14 @@ pub fn too_many_members(n: usize) -> String {
 }
 
 /// A listening address: an IP address and a port on this machine.
+/// Whether listeners on `a` and `b` would take the same port: the same address, or
+/// one listening on every address of the other's family (`[::]` takes IPv4 too).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 pub(crate) fn bind_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         let why = match host_port(s) {

@@ -78,6 +78,24 @@ fn balancing_over_one_router_is_a_warning() {
         1,
     );
     assert_eq!(check(&f, &text), none());
+    // Failing back and standby checks are failover's: a balancing tunnel has neither.
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "balance = true\nfallbacks = [\"10.2.0.3:9999\"]\nfailback_secs = 10\n\
+         standby_check_secs = 5\n[[tunnels]]",
+        1,
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "warning: router.failback_secs: a balancing tunnel (router.balance = true) uses \
+             every router at once and has none to move back to: remove it, or set balance = \
+             false to fail over instead ($F:7)",
+            "warning: router.standby_check_secs: a balancing tunnel (router.balance = true) \
+             keeps no router on standby: remove it, or set balance = false to fail over \
+             instead ($F:8)",
+        ]
+    );
 }
 
 #[test]

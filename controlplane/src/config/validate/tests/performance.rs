@@ -111,6 +111,66 @@ fn heartbeats_are_a_tunnel_setting() {
     );
 }
 
+/// A tunnel whose heartbeats are further apart than half a default router's client
+/// timeout would have its link dropped, and a router waiting less than two default
+/// heartbeats would drop every default tunnel's.
+#[test]
+fn heartbeats_must_come_well_within_the_routers_client_timeout() {
+    let f = Fixture::new();
+    let text = f.client_text(
+        "[performance]
+heartbeat_interval_secs = 10
+",
+    );
+    assert_eq!(check(&f, &text), none());
+    let text = f.client_text(
+        "[performance]
+heartbeat_interval_secs = 25
+",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "warning: performance.heartbeat_interval_secs: a router drops a link it hears \
+             nothing on for its health.client_timeout_secs (20 s by default), and with it the \
+             link's connections: with heartbeats every 25 s, set client_timeout_secs to at \
+             least 50 s on every router this tunnel uses, or keep this at most 10 s ($F:10)"
+        ]
+    );
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let router_text = |timeout: u64| {
+        format!("[router]\nallow = [\"10.2.0.2:80\"]\n[health]\nclient_timeout_secs = {timeout}\n")
+    };
+    assert_eq!(router(&f, &router_text(10), &[]), none());
+    assert_eq!(
+        router(&f, &router_text(6), &[]),
+        [
+            "warning: health.client_timeout_secs: tunnels send a heartbeat every 5 s by default \
+             (performance.heartbeat_interval_secs): waiting 6 s for one drops their links, and \
+             their users' connections, again and again; make it at least 10 s, or shorten the \
+             tunnels' heartbeat interval to at most half of it ($F:4)"
+        ]
+    );
+}
+
+/// Channels are pooled by tunnels: a router's `pool_size` does nothing.
+#[test]
+fn a_routers_pool_size_is_a_warning() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    assert_eq!(
+        router(
+            &f,
+            "[router]\nallow = [\"10.2.0.2:80\"]\n[performance]\npool_size = 9\n",
+            &[]
+        ),
+        [
+            "warning: performance.pool_size: channels are opened ahead of time by the tunnels, \
+             not by the router: set it in the tunnels' file and remove it here ($F:4)"
+        ]
+    );
+}
+
 /// A key's two variables set to different values: the long name wins, and a
 /// warning names both.
 #[test]

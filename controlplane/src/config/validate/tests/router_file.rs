@@ -1,7 +1,7 @@
 //! A router's own file: its sections, the traffic history file, settings that
 //! belong to tunnels, key rotation, health probes and watched sources.
 
-use super::router;
+use super::{none, router};
 use crate::config::tests::Fixture;
 
 #[test]
@@ -218,4 +218,46 @@ fn an_api_address_for_an_api_left_off_is_a_warning() {
     let off = "[api]\nenabled = false\nbind = \"127.0.0.1:9991\"\n";
     assert!(api(router(&f, off, &[])).is_empty());
     assert!(api(router(&f, "", &[])).is_empty());
+}
+
+/// The API on the router's own port could never listen.
+#[test]
+fn the_api_needs_a_port_of_its_own() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let text = |router: &str, api: &str| {
+        format!(
+            "[router]\nbind = \"{router}\"\nallow = [\"10.2.0.2:80\"]\n[api]\nenabled = true\n\
+             token = \"t\"\nbind = \"{api}\"\n"
+        )
+    };
+    let clash = |router: &str, api: &str| {
+        format!(
+            "error: api.bind: {api} takes the router's own port (router.bind {router}): give \
+             the API a port of its own, such as the default 127.0.0.1:9990 ($F:7)"
+        )
+    };
+    for (r, a) in [
+        ("127.0.0.1:9999", "127.0.0.1:9999"),
+        ("0.0.0.0:9999", "127.0.0.1:9999"),
+        ("[::]:9999", "127.0.0.1:9999"),
+        ("127.0.0.1:9999", "0.0.0.0:9999"),
+    ] {
+        let problems: Vec<String> = router(&f, &text(r, a), &[])
+            .into_iter()
+            .filter(|l| l.contains("api.bind"))
+            .collect();
+        assert_eq!(problems, [clash(r, a)], "{r} {a}");
+    }
+    for (r, a) in [
+        ("127.0.0.1:9999", "127.0.0.1:9990"),
+        ("127.0.0.2:9999", "127.0.0.1:9999"),
+        ("0.0.0.0:9999", "[::1]:9999"),
+    ] {
+        let problems: Vec<String> = router(&f, &text(r, a), &[])
+            .into_iter()
+            .filter(|l| l.contains("api.bind"))
+            .collect();
+        assert_eq!(problems, none(), "{r} {a}");
+    }
 }
