@@ -102,17 +102,17 @@ impl<'a> MakeWriter<'a> for LogFile {
 }
 
 /// Writes `line` (a supervised tunnel's, already formatted) where this process logs:
-/// its log file, else stderr.
+/// its log file, else stderr. The line goes out in one write, its newline with it: lines of several tunnels (and
+/// what they print on a stdout shared with this stderr) never run together.
 pub(crate) fn copy_line(line: &str) {
     use std::io::Write;
-    match FILE.get() {
-        Some(file) => {
-            let _ = writeln!(file.make_writer(), "{line}");
-        }
-        None => {
-            let _ = writeln!(std::io::stderr().lock(), "{line}");
-        }
-    }
+    let mut whole = String::with_capacity(line.len() + 1);
+    whole.push_str(line);
+    whole.push('\n');
+    let _ = match FILE.get() {
+        Some(file) => file.make_writer().write_all(whole.as_bytes()),
+        None => std::io::stderr().lock().write_all(whole.as_bytes()),
+    };
 }
 
 pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
