@@ -223,6 +223,22 @@ fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(Publ
         );
         return Vec::new();
     }
+    // A key new to the file whose expiry time is already past admits nobody: most
+    // likely a mistyped date (keys a rotation retired were in the file before).
+    let now = SystemTime::now();
+    for (k, at) in new
+        .expires
+        .iter()
+        .filter(|(k, at)| **at <= now && authorized.expiry(k).is_none())
+        .filter(|(k, _)| authorized.lookup(k).is_none())
+    {
+        warn!(
+            "client key {k} was added to authorized_clients with an expiry time already past \
+             (expires={}): it admits nobody; correct the date (UTC, such as 2027-01-31) or \
+             remove expires=",
+            humantime::format_rfc3339_seconds(*at)
+        );
+    }
     let old = authorized.entries();
     let total = new.names.len();
     let expiring = new.expires.len();

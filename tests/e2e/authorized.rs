@@ -154,4 +154,30 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
         err.contains("conduit: error: the router refused this client's key"),
         "{err}"
     );
+
+    // A key added with a date already past (a typo, most likely) is named at once;
+    // the key whose time ran out above is not named again.
+    let other = home.ok(&["init", "--name", "other"]);
+    let other = other
+        .split_whitespace()
+        .find(|w| w.starts_with("ed25519:"))
+        .unwrap()
+        .to_owned();
+    rewrite(
+        &file,
+        &format!("expires={at} {client}\nexpires=2020-01-01 {other}"),
+    );
+    router.signal("HUP");
+    router.wait_stderr(&format!(
+        "client key {other} was added to authorized_clients with an expiry time already past \
+         (expires=2020-01-01T00:00:00Z): it admits nobody; correct the date (UTC, such as \
+         2027-01-31) or remove expires="
+    ));
+    router.wait_stderr("(SIGHUP): 2 in all, 0 added, 0 removed");
+    assert_eq!(
+        router.stderr_count("with an expiry time already past"),
+        1,
+        "{}",
+        router.stderr()
+    );
 }
