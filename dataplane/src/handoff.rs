@@ -71,14 +71,20 @@ pub enum ToWorker {
     Kill(u64),
     /// The router link of this generation was lost without its channels noticing
     /// (no heartbeat answer): stop the user connections riding on it (client side).
+    /// With `stalled_only` (the router closed the link: its channels end by
+    /// themselves, but a relay waiting on a user that does not read never looks),
+    /// only those that move no byte for [`STALLED_GRACE`](crate::STALLED_GRACE).
     LinkLost {
         /// The router and generation lost.
         epoch: LinkEpoch,
         /// Why, for the users' log lines.
         reason: String,
+        /// Only those that move nothing for a while.
+        stalled_only: bool,
     },
     /// A client's tunnel stopped answering heartbeats, or its key was revoked: stop
-    /// the streams of its channels (router side).
+    /// the streams of its channels (router side). With `stalled_only`, as for
+    /// `LinkLost`: the client closed its control channel without a goodbye.
     ClientLost {
         /// The client's key (`None` on the plain transport).
         key: Option<PublicKey>,
@@ -86,6 +92,8 @@ pub enum ToWorker {
         tunnel: Option<String>,
         /// Why, for the log lines.
         reason: String,
+        /// Only those that move nothing for a while.
+        stalled_only: bool,
     },
     /// Stop accepting; close open connections at `deadline` (or now), then exit.
     Stop {

@@ -119,6 +119,13 @@ fn bind_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// How long a stream riding on a link whose far end closed it without a goodbye
+/// (its tunnel or router killed) may move nothing before it is closed: its relay
+/// may be waiting on a user or source that does not read, and so never see the
+/// channel end. Not at once: what the channel still holds may be the stream's whole
+/// end, which a reader back in time gets.
+pub const STALLED_GRACE: Duration = Duration::from_secs(30);
+
 /// The sources a tunnel names: `HOST:PORT`, or several separated by commas, which
 /// the router balances across and fails over between.
 pub fn source_members(target: &str) -> impl Iterator<Item = &str> {
@@ -521,10 +528,23 @@ impl DataPlane {
     /// channels noticing: the user connections riding on it (or on earlier
     /// generations of the link to that router) are closed with `reason` (client side).
     pub fn link_lost(&self, epoch: LinkEpoch, reason: &str) {
+        self.send_link_lost(epoch, reason, false);
+    }
+
+    /// Tells every core that the router closed the link of `epoch` (or it failed)
+    /// without a goodbye: the router is most likely gone, and the user connections
+    /// riding on it that move nothing for [`STALLED_GRACE`] are closed with
+    /// `reason` (the others end as their channels do; client side).
+    pub fn link_gone(&self, epoch: LinkEpoch, reason: &str) {
+        self.send_link_lost(epoch, reason, true);
+    }
+
+    fn send_link_lost(&self, epoch: LinkEpoch, reason: &str, stalled_only: bool) {
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::LinkLost {
                 epoch,
                 reason: reason.to_owned(),
+                stalled_only,
             });
         }
     }
@@ -532,11 +552,29 @@ impl DataPlane {
     /// Tells every core that `key`'s tunnel `tunnel` stopped answering: the streams
     /// of its channels are closed with `reason` (router side).
     pub fn client_lost(&self, key: Option<PublicKey>, tunnel: &str, reason: &str) {
+        self.send_client_lost(key, tunnel, reason, false);
+    }
+
+    /// Tells every core that `key`'s tunnel `tunnel` closed its control channel
+    /// without a goodbye: its streams that move nothing for [`STALLED_GRACE`] are
+    /// closed with `reason` (router side; see [`Self::link_gone`]).
+    pub fn client_gone(&self, key: Option<PublicKey>, tunnel: &str, reason: &str) {
+        self.send_client_lost(key, tunnel, reason, true);
+    }
+
+    fn send_client_lost(
+        &self,
+        key: Option<PublicKey>,
+        tunnel: &str,
+        reason: &str,
+        stalled_only: bool,
+    ) {
         for w in &self.workers {
             let _ = w.tx.send(ToWorker::ClientLost {
                 key,
                 tunnel: Some(tunnel.to_owned()),
                 reason: reason.to_owned(),
+                stalled_only,
             });
         }
     }
@@ -549,6 +587,7 @@ impl DataPlane {
                 key: Some(key),
                 tunnel: None,
                 reason: reason.to_owned(),
+                stalled_only: false,
             });
         }
     }

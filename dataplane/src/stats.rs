@@ -614,6 +614,22 @@ impl ConnTable {
         n
     }
 
+    /// The connections riding on something `lost` says is gone, with their byte
+    /// counters (see `worker::reap_stalled`).
+    pub(crate) fn riding(&self, lost: impl Fn(&Rides) -> bool) -> Vec<(u64, Rc<ConnCounters>)> {
+        self.entries
+            .borrow()
+            .iter()
+            .filter(|(_, e)| lost(&e.rides))
+            .map(|(id, e)| (*id, e.counters.clone()))
+            .collect()
+    }
+
+    /// Whether connection `id` is still open on this core.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.entries.borrow().contains_key(&id)
+    }
+
     /// Asks every UDP flow to stop; returns how many were asked.
     pub(crate) fn kill_flows(&self, reason: &str) -> usize {
         let mut n = 0;

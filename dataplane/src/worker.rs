@@ -152,14 +152,20 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             }
             // Answered by `answer`.
             ToWorker::Snapshot(_) | ToWorker::Usage(_) | ToWorker::Kill(_) => {}
-            ToWorker::LinkLost { epoch, reason } => {
-                let n = core.conns.kill_riding(
-                    |r| {
-                        matches!(r, Rides::Link(e)
-                                if e.router == epoch.router && e.generation <= epoch.generation)
-                    },
-                    &reason,
-                );
+            ToWorker::LinkLost {
+                epoch,
+                reason,
+                stalled_only,
+            } => {
+                let lost = |r: &Rides| {
+                    matches!(r, Rides::Link(e)
+                            if e.router == epoch.router && e.generation <= epoch.generation)
+                };
+                if stalled_only {
+                    reap_stalled(&core, core.conns.riding(lost), reason);
+                    continue;
+                }
+                let n = core.conns.kill_riding(lost, &reason);
                 if n > 0 {
                     info!(
                         core = core.index,
@@ -172,15 +178,18 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
                 key,
                 tunnel,
                 reason,
+                stalled_only,
             } => {
                 let key = key.unwrap_or(crate::usage::NO_KEY);
-                let n = core.conns.kill_riding(
-                    |r| {
-                        matches!(r, Rides::Client(k, t)
-                            if *k == key && tunnel.as_deref().is_none_or(|want| **t == *want))
-                    },
-                    &reason,
-                );
+                let lost = |r: &Rides| {
+                    matches!(r, Rides::Client(k, t)
+                        if *k == key && tunnel.as_deref().is_none_or(|want| **t == *want))
+                };
+                if stalled_only {
+                    reap_stalled(&core, core.conns.riding(lost), reason);
+                    continue;
+                }
+                let n = core.conns.kill_riding(lost, &reason);
                 if n > 0 {
                     let tunnel = tunnel.as_deref().unwrap_or("(all)");
                     info!(core = core.index, count = n, client = %key, %tunnel, "closing streams: {reason}");
@@ -245,4 +254,52 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         }
     }
     debug!(core = core.index, "worker stopped");
+}
+
+/// Stops each of `conns` (riding on a link whose far end closed it) once no byte
+/// has moved on it for [`STALLED_GRACE`](crate::STALLED_GRACE), and forgets those
+/// that end meanwhile. A stream still moving reaches the channel's end by itself; one
+/// waiting on a user (or source) that does not read never reads its channel, and
+/// would otherwise hold both for as long as that peer does not read.
+fn reap_stalled(
+    core: &Rc<Core>,
+    conns: Vec<(u64, Rc<crate::stats::ConnCounters>)>,
+    reason: String,
+) {
+    if conns.is_empty() {
+        return;
+    }
+    let core = core.clone();
+    monoio::spawn(async move {
+        let now = Instant::now();
+        let moved = |c: &crate::stats::ConnCounters| c.up.get() + c.down.get();
+        let mut watched: Vec<_> = (conns.into_iter())
+            .map(|(id, c)| {
+                let m = moved(&c);
+                (id, c, m, now)
+            })
+            .collect();
+        let why = format!(
+            "{reason}, and nothing moved on this stream for {}s",
+            crate::STALLED_GRACE.as_secs()
+        );
+        while !watched.is_empty() {
+            monoio::time::sleep(Duration::from_secs(1)).await;
+            let now = Instant::now();
+            watched.retain_mut(|(id, c, last, since)| {
+                if !core.conns.contains(*id) {
+                    return false;
+                }
+                if moved(c) != *last {
+                    (*last, *since) = (moved(c), now);
+                    return true;
+                }
+                if now.duration_since(*since) < crate::STALLED_GRACE {
+                    return true;
+                }
+                core.conns.kill(*id, &why);
+                false
+            });
+        }
+    });
 }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::both_engines;
 use crate::chaos::{EchoSource, Forwarder};
 use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
-use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, open_fds, wait_until};
+use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, largest_unread, open_fds, wait_until};
 use crate::sources::{self, Watched, pattern_sha};
 use crate::users::{
     End, assert_echo, connect, exchange, expect_end, expect_refused_user, open_user, wait_for_echo,
@@ -694,3 +694,127 @@ both_engines!(
         tunnel.wait_stderr("user connection closed");
     }
 );
+
+/// A user that stopped reading while its download ran, when the router is killed:
+/// the tunnel's relay waits on the user, and the channel holds the rest of the
+/// answer (the dead router's socket cannot even send its FIN: the window is shut).
+/// The user is let go once nothing moved for 30 s, rather than held for as long as
+/// it does not read; a user that reads again then gets the bytes that arrived, in
+/// order, and a reset, never a clean end.
+#[test]
+fn a_user_that_stopped_reading_is_let_go_once_the_router_is_gone() {
+    const LEN: usize = 64 << 20;
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::answer_then_hold(LEN);
+    let (mut router, raddr) = home.router(engine, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let mut user = connect(taddr);
+    user.write_all(b"go\n").unwrap();
+    // The relay waits on the user: the answer piles up unread in the tunnel.
+    wait_until("the tunnel to stop reading its channel", || {
+        let unread = largest_unread(tunnel.pid());
+        (unread >= 1 << 20, unread)
+    });
+    router.signal("KILL");
+    router.wait_exit();
+    tunnel.wait_stderr("lost the router link: the router closed the connection");
+    // Grace (30 s) plus the once-a-second look, within this longer deadline.
+    let deadline = std::time::Instant::now() + DEADLINE * 3;
+    let said = "user connection closed: the router link was lost: the router closed the \
+                connection, and nothing moved on this stream for 30s";
+    while !tunnel.stderr().contains(said) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled user was never let go:\n{}",
+            tunnel.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    no_close_wait("tunnel", tunnel.pid());
+    // Whatever arrived is a prefix of the answer, and the end is a reset.
+    let expected = sources::pattern(3, LEN);
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    user.set_read_timeout(Some(DEADLINE)).unwrap();
+    let end = loop {
+        match user.read(&mut buf) {
+            Ok(0) => break End::Eof,
+            Ok(n) => {
+                assert!(got + n < LEN, "the whole answer arrived");
+                assert!(buf[..n] == expected[got..got + n], "bytes changed at {got}");
+                got += n;
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break End::Reset,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    };
+    assert_eq!(
+        end,
+        End::Reset,
+        "a cut answer ended cleanly after {got} bytes"
+    );
+}
+
+/// The same on the router: a source that stopped reading an upload when the tunnel
+/// is killed. The router's relay waits on the source, so only the control channel
+/// shows the tunnel gone; the stream is closed once nothing moved for 30 s, and the
+/// source, reading again, gets a prefix of the upload and a reset.
+#[test]
+fn a_source_that_stopped_reading_is_let_go_once_the_tunnel_is_gone() {
+    const LEN: usize = 64 << 20;
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let source = listener.local_addr().unwrap();
+    let (router, raddr) = home.router(engine, &[source.to_string()]);
+    let (mut tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let user = connect(taddr);
+    let upload = thread::spawn(move || {
+        let mut user = user;
+        // Fails once the tunnel is killed; what went through is checked below.
+        let _ = user.write_all(&sources::pattern(4, LEN));
+    });
+    // Accepted and never read until the router let it go.
+    let (mut held, _) = listener.accept().unwrap();
+    wait_until("the router to stop reading its channel", || {
+        let unread = largest_unread(router.pid());
+        (unread >= 1 << 20, unread)
+    });
+    tunnel.signal("KILL");
+    tunnel.wait_exit();
+    upload.join().unwrap();
+    router.wait_stderr("connection closed without a goodbye");
+    let deadline = std::time::Instant::now() + DEADLINE * 3;
+    let said = "the client's link was lost (connection closed without a goodbye), and nothing \
+                moved on this stream for 30s";
+    while !router.stderr().contains(said) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled source was never let go:\n{}",
+            router.stderr()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let expected = sources::pattern(4, LEN);
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    let end = loop {
+        match held.read(&mut buf) {
+            Ok(0) => break End::Eof,
+            Ok(n) => {
+                assert!(got + n < LEN, "the whole upload arrived");
+                assert!(buf[..n] == expected[got..got + n], "bytes changed at {got}");
+                got += n;
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break End::Reset,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+    };
+    assert_eq!(
+        end,
+        End::Reset,
+        "a cut upload ended cleanly after {got} bytes"
+    );
+}

@@ -119,6 +119,32 @@ pub fn tcp_sockets_on_port(port: u16) -> HashSet<(String, String)> {
     seen
 }
 
+/// The most bytes waiting to be read on any of `pid`'s TCP sockets (`rx_queue`):
+/// a relay that lets that pile up is not reading, so it waits on its other side.
+pub fn largest_unread(pid: u32) -> u64 {
+    let inodes = socket_inodes(pid);
+    let mut most = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10
+                || !f[9]
+                    .parse::<u64>()
+                    .is_ok_and(|i| i != 0 && inodes.contains(&i))
+            {
+                continue;
+            }
+            let rx = f[4]
+                .split(':')
+                .nth(1)
+                .and_then(|q| u64::from_str_radix(q, 16).ok());
+            most = most.max(rx.unwrap_or(0));
+        }
+    }
+    most
+}
+
 /// `pid`'s sockets whose peer closed and that it has not closed itself.
 pub fn close_wait(pid: u32) -> usize {
     tcp_states(pid).get(&CLOSE_WAIT).copied().unwrap_or(0)

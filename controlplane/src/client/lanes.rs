@@ -110,11 +110,12 @@ async fn lane(
                 if *stop.borrow() {
                     return None;
                 }
+                let lost = format!("the link to router {router} was lost: {why}");
                 if end.silent {
-                    shared.dp.link_lost(
-                        epoch,
-                        &format!("the link to router {router} was lost: {why}"),
-                    );
+                    shared.dp.link_lost(epoch, &lost);
+                } else if !end.goodbye {
+                    // As for one router at a time (see `link::control_loop`).
+                    shared.dp.link_gone(epoch, &lost);
                 }
                 // Down from now (its alerts count from here), and made again at once.
                 shared.lane(index, retrying(why));

@@ -124,6 +124,13 @@ pub(super) async fn control_loop(
                     shared
                         .dp
                         .link_lost(epoch, &format!("the router link was lost: {why}"));
+                } else if !end.goodbye {
+                    // Closed without a goodbye: the router is most likely gone. Its
+                    // channels end by themselves, but a stream waiting on a user who
+                    // does not read never looks at its channel.
+                    shared
+                        .dp
+                        .link_gone(epoch, &format!("the router link was lost: {why}"));
                 }
                 // A router that stopped answering would most likely hold the next
                 // attempt for its whole handshake timeout: the next router that
@@ -332,6 +339,34 @@ pub(super) struct LinkEnd {
     pub(super) again: bool,
     /// The earlier router's control channel, ready to use.
     pub(super) back: Option<Preferred>,
+    /// The router said goodbye (it is shutting down, or refused the tunnel): its
+    /// streams in flight go on until they end.
+    pub(super) goodbye: bool,
+}
+
+/// Why the router's control channel ended, as [`read`] found it.
+pub(super) struct Ended {
+    why: String,
+    /// With a goodbye from the router.
+    goodbye: bool,
+}
+
+impl From<String> for Ended {
+    fn from(why: String) -> Self {
+        Self {
+            why,
+            goodbye: false,
+        }
+    }
+}
+
+impl From<Ended> for LinkEnd {
+    fn from(e: Ended) -> Self {
+        Self {
+            goodbye: e.goodbye,
+            ..Self::from(e.why)
+        }
+    }
 }
 
 impl From<String> for LinkEnd {
@@ -341,6 +376,7 @@ impl From<String> for LinkEnd {
             silent: false,
             again: false,
             back: None,
+            goodbye: false,
         }
     }
 }
@@ -500,6 +536,7 @@ pub(super) async fn heartbeat(
                 silent: false,
                 again: true,
                 back: None,
+                goodbye: false,
             };
         }
         if shared.our_key() != key {
@@ -514,6 +551,7 @@ pub(super) async fn heartbeat(
                 silent: false,
                 again: true,
                 back: None,
+                goodbye: false,
             };
         }
         if *stop.borrow() {
@@ -546,6 +584,7 @@ pub(super) async fn heartbeat(
                         silent: true,
                         again: false,
                         back: None,
+                        goodbye: false,
                     };
                 }
                 Ok(got) => match read(shared, index, ctl, got, &mut trusted) {
@@ -605,7 +644,7 @@ fn read(
     ctl: &Wire,
     got: Result<Option<Message>, WireError>,
     trusted: &mut Vec<PublicKey>,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>, Ended> {
     match got {
         Ok(Some(Message::Pong { nonce })) => Ok(Some(nonce)),
         Ok(Some(Message::RouterKeys { keys })) => {
@@ -614,10 +653,13 @@ fn read(
             *trusted = shared.trusted_for(index);
             Ok(None)
         }
-        Ok(Some(Message::Goodbye(r))) => Err(format!("router said goodbye: {}", r.message)),
-        Ok(Some(other)) => Err(format!("unexpected {} from the router", other.name())),
-        Ok(None) => Err("the router closed the connection".to_owned()),
-        Err(e) => Err(e.to_string()),
+        Ok(Some(Message::Goodbye(r))) => Err(Ended {
+            why: format!("router said goodbye: {}", r.message),
+            goodbye: true,
+        }),
+        Ok(Some(other)) => Err(format!("unexpected {} from the router", other.name()).into()),
+        Ok(None) => Err("the router closed the connection".to_owned().into()),
+        Err(e) => Err(e.to_string().into()),
     }
 }
 
@@ -664,6 +706,7 @@ pub(super) async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
         silent: false,
         again: true,
         back: None,
+        goodbye: false,
     }
 }
 
@@ -681,5 +724,6 @@ pub(super) async fn move_back(shared: &Shared, ctl: &mut Wire, p: Preferred) -> 
         silent: false,
         again: true,
         back: Some(p),
+        goodbye: false,
     }
 }

@@ -190,6 +190,15 @@ pub(super) async fn control_session(
             &tunnel,
             &format!("the client stopped answering ({reason})"),
         );
+    } else if !clean && others == 0 {
+        // Closed without a goodbye: the tunnel is most likely gone. Its channels end
+        // by themselves, but a stream waiting on a source that does not read never
+        // looks at its channel.
+        state.dp.client_gone(
+            key,
+            &tunnel,
+            &format!("the client's link was lost ({reason})"),
+        );
     }
 }
 
