@@ -302,6 +302,17 @@ impl RouterCore {
                     debug!(%peer, "idle plain channel timed out");
                     return;
                 }
+                // As on a TLS channel: a stream ended here whose user went away
+                // before the client had written it all (a reset channel says the
+                // same where the stream had gone raw).
+                Ok(Ok((Message::Reset(r), _))) => {
+                    debug!(%peer, "the client reset a stream already ended here: {}", r.message);
+                    return;
+                }
+                Ok(Err(ChannelError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    debug!(%peer, "the client reset a plain channel whose stream had ended here");
+                    return;
+                }
                 Ok(Ok((other, _))) => {
                     warn!(%peer, "protocol error: {} on an idle plain channel; closing it", other.name());
                     return;
@@ -542,6 +553,12 @@ impl RouterCore {
                 Ok(Ok(Some(Message::OpenDatagrams { target }))) => (target, Asked::Datagrams),
                 Ok(Ok(Some(Message::OpenKernel { target }))) => (target, Asked::KernelStream),
                 Ok(Ok(Some(Message::Goodbye(_)))) | Ok(Ok(None)) => return,
+                // A race, not a fault: the stream ended cleanly here, and its user
+                // went away before the client had written it all.
+                Ok(Ok(Some(Message::Reset(r)))) => {
+                    debug!(%peer, "the client reset a stream already ended here: {}", r.message);
+                    continue;
+                }
                 Ok(Ok(Some(other))) => {
                     warn!(%peer, client = %unauthenticated_or(ch.peer_key.as_ref()), "protocol error: {} on an idle channel; closing it", other.name());
                     return;

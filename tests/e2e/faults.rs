@@ -818,3 +818,57 @@ fn a_source_that_stopped_reading_is_let_go_once_the_tunnel_is_gone() {
         "a cut upload ended cleanly after {got} bytes"
     );
 }
+
+/// Users that send a request and go at once (half-close, then a reset): the
+/// source's answer and its end reach the router, which finishes the stream, while
+/// the client, writing the answer to a user that is gone, resets it. The reset
+/// meets a channel already idle at the router: a race, logged at debug, not a
+/// protocol error; the tunnel serves on. Tried until the race is seen.
+fn users_gone_before_the_answer_are_no_protocol_error(transport: &[&str]) {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::answer_and_close();
+    let mut extra = transport.to_vec();
+    extra.extend(["--log-level", "debug"]);
+    let (router, raddr) = home.router_with(engine, &[source.to_string()], &extra);
+    let (_tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), transport);
+    let raced = [
+        "the client reset a stream already ended here",
+        "the client reset a plain channel",
+    ];
+    let seen = |e: &str| raced.iter().any(|r| e.contains(r));
+    for _ in 0..500 {
+        let mut user = connect(taddr);
+        user.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        user.shutdown(std::net::Shutdown::Write).unwrap();
+        socket2::SockRef::from(&user)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(user);
+        if seen(&router.stderr()) {
+            break;
+        }
+    }
+    crate::http::wait_for("the race to be seen", || {
+        seen(&router.stderr()).then_some(())
+    });
+    let e = router.stderr();
+    assert!(!e.contains("protocol error"), "{e}");
+    assert!(!e.contains("plain channel error"), "{e}");
+    let mut user = connect(taddr);
+    user.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    user.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("you sent 18 bytes"), "{answer}");
+}
+
+#[test]
+fn users_gone_before_the_answer_are_no_protocol_error_over_tls() {
+    users_gone_before_the_answer_are_no_protocol_error(&[]);
+}
+
+#[test]
+fn users_gone_before_the_answer_are_no_protocol_error_over_plain() {
+    users_gone_before_the_answer_are_no_protocol_error(crate::plain::PLAIN);
+}
