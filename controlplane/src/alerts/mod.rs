@@ -145,6 +145,10 @@ impl Subject {
                 target,
                 protocol: Protocol::Udp,
             } => format!("UDP source {target}"),
+            // The plain transport's clients share the all-zero key: no name to give.
+            Subject::Client { name, tunnel, id } if name.is_empty() && id == PLAIN_CLIENT_ID => {
+                format!("the plain-transport client of tunnel {tunnel:?}")
+            }
             Subject::Client { name, tunnel, id } => {
                 let who = if name.is_empty() { id } else { name };
                 format!("client {who:?} (tunnel {tunnel:?})")
@@ -156,6 +160,10 @@ impl Subject {
         }
     }
 }
+
+/// The client id (see `monitor::client_id`) of the all-zero key that the plain
+/// transport's clients share.
+const PLAIN_CLIENT_ID: &str = "0000000000000000";
 
 impl Alert {
     /// The key flapping is tracked by.
@@ -426,5 +434,33 @@ mod tests {
             json!({"text": r#":red_circle: *conduit router gw1*: client "laptop" (tunnel "web") lost: no heartbeat for 20s"#})
         );
         assert_eq!(a.subject_text(), r#"client "laptop" (tunnel "web")"#);
+    }
+
+    #[test]
+    fn a_client_is_named_by_its_name_else_its_id_and_a_plain_one_as_such() {
+        let text = |id: &str, name: &str| {
+            Subject::Client {
+                id: id.into(),
+                name: name.into(),
+                tunnel: "pe".into(),
+            }
+            .text()
+        };
+        assert_eq!(
+            text("0a0b0c0d0e0f0102", ""),
+            r#"client "0a0b0c0d0e0f0102" (tunnel "pe")"#
+        );
+        assert_eq!(
+            text("0a0b0c0d0e0f0102", "laptop"),
+            r#"client "laptop" (tunnel "pe")"#
+        );
+        assert_eq!(
+            text(PLAIN_CLIENT_ID, ""),
+            r#"the plain-transport client of tunnel "pe""#
+        );
+        assert_eq!(
+            PLAIN_CLIENT_ID,
+            crate::monitor::client_id(&conduit_dataplane::usage::NO_KEY)
+        );
     }
 }
