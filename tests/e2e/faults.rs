@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::both_engines;
 use crate::chaos::{EchoSource, Forwarder};
 use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
-use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, largest_unread, open_fds, wait_until};
+use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, largest_queues, open_fds, wait_until};
 use crate::sources::{self, Watched, pattern_sha};
 use crate::users::{
     End, assert_echo, connect, exchange, expect_end, expect_refused_user, open_user, wait_for_echo,
@@ -695,6 +695,12 @@ both_engines!(
     }
 );
 
+/// Bytes that must be on their way through a channel (unread at its receiver,
+/// unsent at its sender) when the far end is killed, for the near end to stall on
+/// its peer before it can read them all: far more than the peer's side holds, whose
+/// buffers the tests below make small (4 KiB each way, and one relay chunk).
+const STALLED_IN_CHANNEL: u64 = 512 << 10;
+
 /// A user that stopped reading while its download ran, when the router is killed:
 /// the tunnel's relay waits on the user, and the channel holds the rest of the
 /// answer (the dead router's socket cannot even send its FIN: the window is shut).
@@ -707,41 +713,65 @@ fn a_user_that_stopped_reading_is_let_go_once_the_router_is_gone() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     let source = sources::answer_then_hold(LEN);
-    let (mut router, raddr) = home.router(engine, &[source.to_string()]);
-    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
-    let mut user = connect(taddr);
+    let big = ["--set", "performance.write_buffer_size=4194304"];
+    let (router, raddr) = home.router_with(engine, &[source.to_string()], &big);
+    let small = [
+        "--write-buffer-size",
+        "4096",
+        "--read-buffer-size",
+        "4194304",
+    ];
+    let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &small);
+    let mut user = small_receiver(taddr);
     user.write_all(b"go\n").unwrap();
-    // The relay waits on the user: the answer piles up unread in the tunnel.
-    wait_until("the tunnel to stop reading its channel", || {
-        let unread = largest_unread(tunnel.pid());
-        (unread >= 1 << 20, unread)
+    wait_until("the answer to back up in the channel", || {
+        let (unread, _) = largest_queues(tunnel.pid());
+        let (_, unsent) = largest_queues(router.pid());
+        (unread + unsent >= STALLED_IN_CHANNEL, (unread, unsent))
     });
+    let mut router = router;
     router.signal("KILL");
     router.wait_exit();
     tunnel.wait_stderr("lost the router link: the router closed the connection");
-    // Grace (30 s) plus the once-a-second look, within this longer deadline.
-    let deadline = std::time::Instant::now() + DEADLINE * 3;
     let said = "user connection closed: the router link was lost: the router closed the \
                 connection, and nothing moved on this stream for 30s";
-    while !tunnel.stderr().contains(said) {
+    wait_past_grace(&tunnel, said);
+    no_close_wait("tunnel", tunnel.pid());
+    let got = read_prefix_then_reset(&mut user, &sources::pattern(3, LEN));
+    eprintln!("the user read {got} bytes, then a reset");
+}
+
+/// A TCP connection whose receive buffer is as small as the kernel allows.
+fn small_receiver(addr: std::net::SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
+/// Waits for `said` in `p`'s log: past [`STALLED_GRACE`] and its once-a-second look.
+fn wait_past_grace(p: &Proc, said: &str) {
+    let deadline = std::time::Instant::now() + DEADLINE * 3;
+    while !p.stderr().contains(said) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the stalled user was never let go:\n{}",
-            tunnel.stderr()
+            "never logged {said:?}:\n{}",
+            p.stderr()
         );
         thread::sleep(Duration::from_millis(100));
     }
-    no_close_wait("tunnel", tunnel.pid());
-    // Whatever arrived is a prefix of the answer, and the end is a reset.
-    let expected = sources::pattern(3, LEN);
+}
+
+/// Reads what `c` holds: a prefix of `expected`, in order, ended by a reset.
+fn read_prefix_then_reset(c: &mut TcpStream, expected: &[u8]) -> usize {
     let mut got = 0;
     let mut buf = vec![0u8; 1 << 16];
-    user.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
     let end = loop {
-        match user.read(&mut buf) {
+        match c.read(&mut buf) {
             Ok(0) => break End::Eof,
             Ok(n) => {
-                assert!(got + n < LEN, "the whole answer arrived");
+                assert!(got + n < expected.len(), "all of it arrived");
                 assert!(buf[..n] == expected[got..got + n], "bytes changed at {got}");
                 got += n;
             }
@@ -752,8 +782,9 @@ fn a_user_that_stopped_reading_is_let_go_once_the_router_is_gone() {
     assert_eq!(
         end,
         End::Reset,
-        "a cut answer ended cleanly after {got} bytes"
+        "a cut stream ended cleanly after {got} bytes"
     );
+    got
 }
 
 /// The same on the router: a source that stopped reading an upload when the tunnel
@@ -765,10 +796,30 @@ fn a_source_that_stopped_reading_is_let_go_once_the_tunnel_is_gone() {
     const LEN: usize = 64 << 20;
     let engine = Engine::Epoll;
     let home = Home::with_keys();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Accepted connections take the listener's small receive buffer.
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.set_recv_buffer_size(4096).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    listener.listen(8).unwrap();
+    let listener: std::net::TcpListener = listener.into();
     let source = listener.local_addr().unwrap();
-    let (router, raddr) = home.router(engine, &[source.to_string()]);
-    let (mut tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let small = [
+        "--set",
+        "performance.write_buffer_size=4096",
+        "--set",
+        "performance.read_buffer_size=4194304",
+    ];
+    let (router, raddr) = home.router_with(engine, &[source.to_string()], &small);
+    let big = ["--write-buffer-size", "4194304"];
+    let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &big);
     let user = connect(taddr);
     let upload = thread::spawn(move || {
         let mut user = user;
@@ -777,46 +828,21 @@ fn a_source_that_stopped_reading_is_let_go_once_the_tunnel_is_gone() {
     });
     // Accepted and never read until the router let it go.
     let (mut held, _) = listener.accept().unwrap();
-    wait_until("the router to stop reading its channel", || {
-        let unread = largest_unread(router.pid());
-        (unread >= 1 << 20, unread)
+    wait_until("the upload to back up in the channel", || {
+        let (unread, _) = largest_queues(router.pid());
+        let (_, unsent) = largest_queues(tunnel.pid());
+        (unread + unsent >= STALLED_IN_CHANNEL, (unread, unsent))
     });
+    let mut tunnel = tunnel;
     tunnel.signal("KILL");
     tunnel.wait_exit();
     upload.join().unwrap();
     router.wait_stderr("connection closed without a goodbye");
-    let deadline = std::time::Instant::now() + DEADLINE * 3;
     let said = "the client's link was lost (connection closed without a goodbye), and nothing \
                 moved on this stream for 30s";
-    while !router.stderr().contains(said) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled source was never let go:\n{}",
-            router.stderr()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    let expected = sources::pattern(4, LEN);
-    let mut got = 0;
-    let mut buf = vec![0u8; 1 << 16];
-    held.set_read_timeout(Some(DEADLINE)).unwrap();
-    let end = loop {
-        match held.read(&mut buf) {
-            Ok(0) => break End::Eof,
-            Ok(n) => {
-                assert!(got + n < LEN, "the whole upload arrived");
-                assert!(buf[..n] == expected[got..got + n], "bytes changed at {got}");
-                got += n;
-            }
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break End::Reset,
-            Err(e) => panic!("after {got} bytes: {e}"),
-        }
-    };
-    assert_eq!(
-        end,
-        End::Reset,
-        "a cut upload ended cleanly after {got} bytes"
-    );
+    wait_past_grace(&router, said);
+    let got = read_prefix_then_reset(&mut held, &sources::pattern(4, LEN));
+    eprintln!("the source read {got} bytes, then a reset");
 }
 
 /// Users that send a request and go at once (half-close, then a reset): the

@@ -119,11 +119,12 @@ pub fn tcp_sockets_on_port(port: u16) -> HashSet<(String, String)> {
     seen
 }
 
-/// The most bytes waiting to be read on any of `pid`'s TCP sockets (`rx_queue`):
-/// a relay that lets that pile up is not reading, so it waits on its other side.
-pub fn largest_unread(pid: u32) -> u64 {
+/// The most bytes waiting on any of `pid`'s TCP sockets: to be read (`rx_queue`)
+/// and to be sent or acknowledged (`tx_queue`). A relay that lets bytes pile up
+/// unread is not reading; one whose sends pile up has a peer that is not.
+pub fn largest_queues(pid: u32) -> (u64, u64) {
     let inodes = socket_inodes(pid);
-    let mut most = 0;
+    let (mut rx, mut tx) = (0, 0);
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
@@ -135,14 +136,16 @@ pub fn largest_unread(pid: u32) -> u64 {
             {
                 continue;
             }
-            let rx = f[4]
-                .split(':')
-                .nth(1)
-                .and_then(|q| u64::from_str_radix(q, 16).ok());
-            most = most.max(rx.unwrap_or(0));
+            let queue = |i: usize| {
+                f[4].split(':')
+                    .nth(i)
+                    .and_then(|q| u64::from_str_radix(q, 16).ok())
+                    .unwrap_or(0)
+            };
+            (tx, rx) = (tx.max(queue(0)), rx.max(queue(1)));
         }
     }
-    most
+    (rx, tx)
 }
 
 /// `pid`'s sockets whose peer closed and that it has not closed itself.
