@@ -588,11 +588,12 @@ fn open_failed(r: &conduit_proto::Refusal) -> String {
 }
 
 /// Whether a failure of `kind` turns users away by the crowd (no channel to the
-/// router can be had), so that its log lines are throttled.
+/// router can be had, or the router refuses every stream: its limit reached, the
+/// source down), so that its log lines are throttled.
 fn unserved(kind: ErrorKind) -> bool {
     matches!(
         kind,
-        ErrorKind::RouterUnreachable | ErrorKind::OutOfDescriptors
+        ErrorKind::RouterUnreachable | ErrorKind::OutOfDescriptors | ErrorKind::OpenFailed
     )
 }
 
