@@ -97,6 +97,13 @@ both_engines!(
         tunnel.wait_stderr(&format!(
             "user connection closed: the router refused the stream: {limit}"
         ));
+        // A crowd refused is logged once a second, with a count of the others.
+        crate::http::wait_for("the tunnel to hold refusals back", || {
+            expect_refused_user(taddr);
+            let e = tunnel.stderr();
+            e.contains("more refused since the last report)")
+                .then_some(())
+        });
         still_works(&mut a, b"a is unharmed");
 
         drop(a);
