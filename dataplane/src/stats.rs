@@ -338,9 +338,38 @@ impl DropTally {
             let new = now.wrapping_sub(self.seen.replace(now));
             if new > 0 {
                 core.fetch_add(u64::from(new), Relaxed);
+                say_dropped(new);
             }
         }
     }
+}
+
+thread_local! {
+    /// When this core last said that datagrams were dropped.
+    static DROPS_SAID: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// How often each core says at most that the kernel dropped datagrams.
+const DROPS_SAID_EVERY: Duration = Duration::from_secs(60);
+
+/// Says that the kernel dropped `new` datagrams for want of room (once a minute at
+/// most per core; the metric counts every one): lost datagrams are no error any
+/// socket call returns, and the operator has a setting to change.
+fn say_dropped(new: u32) {
+    let now = Instant::now();
+    if DROPS_SAID
+        .get()
+        .is_some_and(|at| now.duration_since(at) < DROPS_SAID_EVERY)
+    {
+        return;
+    }
+    DROPS_SAID.set(Some(now));
+    tracing::warn!(
+        "the kernel dropped {new} UDP datagram(s) that found a receive buffer full: raise \
+         performance.read_buffer_size (a tunnel's --read-buffer-size), up to \
+         net.core.rmem_max (`conduit tune --check`); said at most once a minute, \
+         conduit_udp_receive_buffer_drops_total counts every one"
+    );
 }
 
 /// One open connection, as `conduit list --connections` shows it.

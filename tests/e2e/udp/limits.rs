@@ -160,6 +160,12 @@ both_engines!(
             (n > 0).then_some(n)
         });
         assert!(dropped < 200, "{dropped} of 200 dropped: none fit?");
+        // And said in the log, with the setting to raise.
+        tunnel.wait_stderr(
+            "UDP datagram(s) that found a receive buffer full: raise \
+             performance.read_buffer_size (a tunnel's --read-buffer-size), up to \
+             net.core.rmem_max",
+        );
         // Conduit itself dropped none: its flow's queue had room for what was read.
         assert_eq!(dns_metric(&home, "conduit_udp_datagrams_dropped_total"), 0);
         wait_for_answer(&user, b"after");
