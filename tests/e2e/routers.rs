@@ -269,7 +269,7 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
     assert_echo(taddr, b"both again");
     let status = home.ok(&["status"]);
     assert!(
-        status.contains(&format!("routers {a}, {b} connected since"))
+        status.contains(&format!("routers {a}, {b} all connected since"))
             && !status.contains("not connected"),
         "{status}"
     );
@@ -285,7 +285,7 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
     let (back, stayed) = (since(&a.to_string()), since(&b.to_string()));
     assert!(back >= stayed, "{back} < {stayed}");
     assert!(
-        status.contains(&format!("routers {a}, {b} connected since {back}")),
+        status.contains(&format!("routers {a}, {b} all connected since {back}")),
         "{status}"
     );
 }

@@ -87,8 +87,10 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                     .filter(|s| *s > 0)
                     .unwrap_or(l.since);
                 format!(
-                    "routers {} connected since {}{}{}{}",
+                    "routers {} {}connected since {}{}{}{}",
                     up.join(", "),
+                    // Since the latest: each router's own time is in the JSON.
+                    if up.len() > 1 { "all " } else { "" },
                     time(since),
                     over(&l.cipher_suite),
                     match down.as_slice() {
