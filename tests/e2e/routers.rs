@@ -1024,3 +1024,27 @@ fn a_tunnel_whose_routers_are_silent_or_down_is_not_connected_in_status_or_healt
     );
     drop(frozen);
 }
+
+/// A router whose allow-list leaves the source out refuses the tunnel at its link:
+/// `status` and `health` name it once, not with the same words twice.
+#[test]
+fn a_refusal_is_named_once_in_status_and_health() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let elsewhere = format!("127.0.0.1:{}", crate::harness::dead_port());
+    let (_first, a) = home.router_with(engine, std::slice::from_ref(&elsewhere), &[]);
+    let (_second, b) = home.router_with(engine, &[source.to_string()], &[]);
+    let tunnel = home.tunnel_via(engine, &format!("{a},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    wait_for_echo(taddr, b"through the second, the first refused");
+    let named = format!("router {a} refused this tunnel: source {source}");
+    let status = home.ok(&["status"]);
+    assert!(status.contains(&named), "{status}");
+    let (code, out, err) = home.run(&["health"]);
+    assert_code(code, 1, &err);
+    assert!(out.contains(&named), "{out}");
+    for text in [&status, &out] {
+        assert!(!text.contains("the router refused this tunnel"), "{text}");
+    }
+}

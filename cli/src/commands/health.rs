@@ -60,7 +60,13 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         let refusing: Vec<String> = match &s.status {
             Ok(st) => (st.routers.iter())
                 .filter(|r| !r.refused.is_empty())
-                .map(|r| format!("router {} refused this tunnel: {}", r.addr, r.refused))
+                .map(|r| {
+                    format!(
+                        "router {} refused this tunnel: {}",
+                        r.addr,
+                        super::refusal(&r.refused)
+                    )
+                })
                 .collect(),
             Err(_) => Vec::new(),
         };

@@ -287,6 +287,13 @@ fn prepare_process() {
     conduit_dataplane::ktls::detect();
 }
 
+/// A router's refusal as a tunnel recorded it, for a line that already says who
+/// refused: without the same words again in front.
+pub(crate) fn refusal(text: &str) -> &str {
+    text.strip_prefix("the router refused this tunnel: ")
+        .unwrap_or(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,7 +134,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             ),
             "refused" => format!(
                 "router {} refused this tunnel: {}",
-                e.config.router, l.detail
+                e.config.router,
+                super::refusal(&l.detail)
             ),
             _ => format!("router {} connecting", e.config.router),
         };
@@ -164,7 +165,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         for r in st.routers.iter().filter(|r| !r.refused.is_empty()) {
             say(format_args!(
                 "  router {} refused this tunnel: {}",
-                r.addr, r.refused
+                r.addr,
+                super::refusal(&r.refused)
             ));
         }
     }
