@@ -45,8 +45,36 @@ fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
 }
 
+/// Its stderr, but for the note that the service's user (`conduit` in these
+/// tests) does not exist on this host, which depends on the host: see
+/// `a_service_user_missing_here_is_told_of`.
 fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
+    let text = String::from_utf8(o.stderr.clone()).expect("utf-8 stderr");
+    text.lines()
+        .filter(|l| !l.starts_with("conduit: note: there is no user conduit on this host"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A service user this host does not have: the file is written as asked (it may be
+/// meant for another host), with a note that the service would not start here.
+#[test]
+fn a_service_user_missing_here_is_told_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = "conduit-no-such-user";
+    let out = systemd_unit_as(dir.path(), &["--service-user", user]);
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(
+        (out.status.code(), err),
+        (
+            Some(0),
+            format!(
+                "conduit: note: there is no user {user} on this host: create it (such as \
+                 `useradd --system {user}`) before the service starts, or it fails to\n"
+            )
+        )
+    );
+    assert!(stdout(&out).contains(&format!("\nUser={user}\n")));
 }
 
 #[test]

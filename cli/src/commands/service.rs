@@ -132,8 +132,18 @@ fn home_not_theirs(home: &Path, user: &str) -> Option<String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
+        let runs_as = match nix::unistd::User::from_name(user) {
+            Ok(Some(u)) => u,
+            // Generated for another host, maybe; here, the unit would not start.
+            Ok(None) => {
+                return Some(format!(
+                    "there is no user {user} on this host: create it (such as `useradd \
+                     --system {user}`) before the service starts, or it fails to"
+                ));
+            }
+            Err(_) => return None,
+        };
         let owner = std::fs::metadata(home).ok()?.uid();
-        let runs_as = nix::unistd::User::from_name(user).ok()??;
         if runs_as.uid.as_raw() == owner {
             return None;
         }
