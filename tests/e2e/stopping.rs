@@ -207,7 +207,8 @@ fn kill_force_kills_a_tunnel_whose_control_socket_does_not_answer() {
     assert_code(status, 1, &err);
     assert!(
         err.contains(&format!(
-            "the process may be stopped or hung: `conduit kill --tunnel {id} --force` kills it (SIGKILL)"
+            "no answer within 5s; the process may be stopped or hung: `conduit kill --tunnel \
+             {id} --force` kills it (SIGKILL)"
         )),
         "{err}"
     );

@@ -13,9 +13,9 @@ use super::{runtime, say};
 use crate::args::KillArgs;
 use crate::exit::Usage;
 
-/// How long `--force` waits for a control socket to answer before it signals the
-/// process instead.
-const FORCE_ASK: Duration = Duration::from_secs(5);
+/// How long a tunnel's control socket has to answer `Shutdown` (as it has for the
+/// other commands' questions); then `--force` signals the process instead.
+const ASK_WITHIN: Duration = super::tunnels::ANSWER_WITHIN;
 
 pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
     let registry = Registry::new(home);
@@ -109,13 +109,9 @@ pub(crate) async fn stop(
     by: Stopper,
 ) -> Result<String, String> {
     let drain = if force { None } else { drain };
-    let asked = if force {
-        tokio::time::timeout(FORCE_ASK, ask(e, force, drain))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {FORCE_ASK:?}")))
-    } else {
-        ask(e, force, drain).await
-    };
+    let asked = tokio::time::timeout(ASK_WITHIN, ask(e, force, drain))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {ASK_WITHIN:?}")));
     match asked {
         Ok((open, draining)) => {
             let secs = draining.or(drain).unwrap_or(DEFAULT_DRAIN_SECS);
