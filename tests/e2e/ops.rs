@@ -465,6 +465,25 @@ fn the_router_keeps_a_traffic_history_across_restarts() {
     );
 }
 
+/// A router that has taken no sample yet: a window is no help, and `stats` says
+/// "yet" with or without one.
+#[test]
+fn history_before_the_first_sample_says_none_yet() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let extra = ["--set", "api.history_interval_secs=3600"];
+    let (_router, _, api) = router_api(&home, &[source.to_string()], &extra);
+    for window in [&[][..], &["--window", "2h"][..]] {
+        let mut args = vec!["stats", "--router", &api, "--api-token", TOKEN, "--history"];
+        args.extend_from_slice(window);
+        assert_eq!(
+            home.ok(&args),
+            "no samples yet: the router takes one every 3600s (api.history_interval_secs)\n",
+            "{window:?}"
+        );
+    }
+}
+
 /// A token on the router's command line is readable by every user of the host
 /// (`ps`): the router says so, and where to put it instead, without printing it.
 #[test]

@@ -168,7 +168,15 @@ async fn history(a: &StatsArgs) -> Result<()> {
     let items = first["items"].as_array().cloned().unwrap_or_default();
     let every = first["interval_secs"].as_u64().unwrap_or(0);
     if items.is_empty() {
-        match a.window {
+        // None in the window: are there any at all? (A longer window helps only then.)
+        let any = match a.window {
+            Some(_) => {
+                let all = api_client::data(&a.api, "/api/v1/stats/history?per_page=1").await?;
+                all["pagination"]["total"].as_u64().is_none_or(|n| n > 0)
+            }
+            None => false,
+        };
+        match a.window.filter(|_| any) {
             Some(w) => say(format_args!(
                 "no samples in the last {}: the router takes one every {every}s \
                  (api.history_interval_secs); give a longer --window",
