@@ -724,11 +724,7 @@ fn a_user_that_stopped_reading_is_let_go_once_the_router_is_gone() {
     let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &small);
     let mut user = small_receiver(taddr);
     user.write_all(b"go\n").unwrap();
-    wait_until("the answer to back up in the channel", || {
-        let (unread, _) = largest_queues(tunnel.pid());
-        let (_, unsent) = largest_queues(router.pid());
-        (unread + unsent >= STALLED_IN_CHANNEL, (unread, unsent))
-    });
+    backed_up("the answer", &tunnel, &router);
     let mut router = router;
     router.signal("KILL");
     router.wait_exit();
@@ -739,6 +735,16 @@ fn a_user_that_stopped_reading_is_let_go_once_the_router_is_gone() {
     no_close_wait("tunnel", tunnel.pid());
     let got = read_prefix_then_reset(&mut user, &sources::pattern(3, LEN));
     eprintln!("the user read {got} bytes, then a reset");
+}
+
+/// Waits until [`STALLED_IN_CHANNEL`] bytes of `what` are on their way from
+/// `sender` to `reader` (unsent at one, unread at the other).
+fn backed_up(what: &str, reader: &Proc, sender: &Proc) {
+    wait_until(&format!("{what} to back up in the channel"), || {
+        let (unread, _) = largest_queues(reader.pid());
+        let (_, unsent) = largest_queues(sender.pid());
+        (unread + unsent >= STALLED_IN_CHANNEL, (unread, unsent))
+    });
 }
 
 /// A TCP connection whose receive buffer is as small as the kernel allows.
@@ -828,11 +834,7 @@ fn a_source_that_stopped_reading_is_let_go_once_the_tunnel_is_gone() {
     });
     // Accepted and never read until the router let it go.
     let (mut held, _) = listener.accept().unwrap();
-    wait_until("the upload to back up in the channel", || {
-        let (unread, _) = largest_queues(router.pid());
-        let (_, unsent) = largest_queues(tunnel.pid());
-        (unread + unsent >= STALLED_IN_CHANNEL, (unread, unsent))
-    });
+    backed_up("the upload", &router, &tunnel);
     let mut tunnel = tunnel;
     tunnel.signal("KILL");
     tunnel.wait_exit();
