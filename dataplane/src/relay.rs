@@ -30,7 +30,7 @@ use pin_project_lite::pin_project;
 use crate::channel::{Channel, Held, TLS_READ, lend_back, read_tls, seal};
 use crate::net::{SendError, Socket};
 use crate::pool;
-use crate::stats::{ErrorKind, Meter};
+use crate::stats::{ErrorKind, Meter, Writing};
 
 /// Plaintext read per chunk: with its frame header, exactly four full TLS records.
 pub(crate) const CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT - HEADER_LEN;
@@ -102,6 +102,9 @@ pub(crate) struct Relay<'a> {
     pub(crate) to_plain: Meter<'a>,
     /// Plaintext read from the plain socket at once (clamped to [`CHUNK`]).
     pub(crate) chunk: usize,
+    /// The connection's count of directions waiting to write
+    /// ([`crate::stats::ConnCounters::writing`]).
+    pub(crate) writing: &'a std::cell::Cell<u8>,
 }
 
 impl<'a> Relay<'a> {
@@ -122,6 +125,7 @@ impl<'a> Relay<'a> {
             to_chan,
             to_plain,
             chunk,
+            writing,
         } = self;
         let Channel {
             sock: chan,
@@ -135,8 +139,10 @@ impl<'a> Relay<'a> {
         let ahead = (side == Side::Client).then_some(to_chan);
         RelayRun {
             both: try_join(
-                up(plain, chan, tls, to_chan, chunk.clamp(1, CHUNK)),
-                down(side, plain, chan, tls, decoder, backlog, to_plain, ahead),
+                up(plain, chan, tls, to_chan, chunk.clamp(1, CHUNK), writing),
+                down(
+                    side, plain, chan, tls, decoder, backlog, to_plain, ahead, writing,
+                ),
             ),
             kill,
             tls,
@@ -184,6 +190,7 @@ fn up<'a>(
     tls: &'a RefCell<TlsSession>,
     meter: Meter<'a>,
     chunk: usize,
+    writing: &'a std::cell::Cell<u8>,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
         // After a full read more is probably waiting: try again before waiting.
@@ -214,7 +221,10 @@ fn up<'a>(
             meter.unused(allowed - n);
             maybe_more = n == allowed;
             let (out, len) = seal_chunk(tls, buf, n)?;
-            let sent = chan.send_all_watching(&out[..len], plain).await;
+            let sent = {
+                let _writing = Writing::new(writing);
+                chan.send_all_watching(&out[..len], plain).await
+            };
             pool::give(out);
             sent.map_err(|e| match e {
                 SendError::Own(e) => Stop::Channel(e),
@@ -310,6 +320,7 @@ fn down<'a>(
     backlog: &'a mut VecDeque<Held>,
     meter: Meter<'a>,
     ahead: Option<Meter<'a>>,
+    writing: &'a std::cell::Cell<u8>,
 ) -> impl Future<Output = Result<(), Stop>> + 'a {
     async move {
         let mut opened = side == Side::Router;
@@ -350,7 +361,10 @@ fn down<'a>(
             }
             if len > 0 {
                 // Under a bandwidth limit, in the pieces the bucket grants.
-                let sent = meter.send_all_watching(plain, &out[..len], chan).await;
+                let sent = {
+                    let _writing = Writing::new(writing);
+                    meter.send_all_watching(plain, &out[..len], chan).await
+                };
                 if let Err(e) = sent {
                     pool::give(out);
                     return Err(match e {

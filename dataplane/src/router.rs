@@ -637,6 +637,7 @@ impl RouterCore {
                     unanswered: None,
                 },
                 chunk: self.spec.sockets.read_chunk,
+                writing: &counters.writing,
             }
             .run(kill_rx)
             .await;

@@ -398,6 +398,26 @@ pub(crate) struct ConnCounters {
     pub(crate) down: Cell<u64>,
     /// Client side: what was sent toward the source before the router answered.
     pub(crate) unanswered: Unanswered,
+    /// How many of the relay's directions wait to write now (a TLS stream's; see
+    /// [`Writing`]): a stream writing nothing is idle, not stalled.
+    pub(crate) writing: Cell<u8>,
+}
+
+/// Counts a relay direction among those waiting to write for as long as it lives
+/// (see [`ConnCounters::writing`]); dropped with the write, done or cut short.
+pub(crate) struct Writing<'a>(&'a Cell<u8>);
+
+impl<'a> Writing<'a> {
+    pub(crate) fn new(writing: &'a Cell<u8>) -> Self {
+        writing.set(writing.get().saturating_add(1));
+        Self(writing)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 /// Bytes a client sends toward the source before the router answers its open: they
@@ -643,13 +663,14 @@ impl ConnTable {
         n
     }
 
-    /// The connections riding on something `lost` says is gone, with their byte
-    /// counters (see `worker::reap_stalled`).
+    /// The streams (not UDP flows) riding on something `lost` says is gone, with
+    /// their counters (see `worker::reap_stalled`).
     pub(crate) fn riding(&self, lost: impl Fn(&Rides) -> bool) -> Vec<(u64, Rc<ConnCounters>)> {
         self.entries
             .borrow()
             .iter()
-            .filter(|(_, e)| lost(&e.rides))
+            // A UDP flow never waits on a reader: it drops what finds no room.
+            .filter(|(_, e)| !e.datagrams && lost(&e.rides))
             .map(|(id, e)| (*id, e.counters.clone()))
             .collect()
     }

@@ -256,11 +256,12 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
     debug!(core = core.index, "worker stopped");
 }
 
-/// Stops each of `conns` (riding on a link whose far end closed it) once no byte
-/// has moved on it for [`STALLED_GRACE`](crate::STALLED_GRACE), and forgets those
-/// that end meanwhile. A stream still moving reaches the channel's end by itself; one
-/// waiting on a user (or source) that does not read never reads its channel, and
-/// would otherwise hold both for as long as that peer does not read.
+/// Stops each of `conns` (streams riding on a link whose far end closed it) that
+/// waits to write and has moved no byte for [`STALLED_GRACE`](crate::STALLED_GRACE),
+/// looking for [`REAP_FOR`] only. A stream still moving reaches its channel's end by
+/// itself, and an idle one (waiting to read) sees it at once; one waiting on a user
+/// (or source) that does not read never looks at its channel, and would otherwise
+/// hold both for as long as that peer does not read.
 fn reap_stalled(
     core: &Rc<Core>,
     conns: Vec<(u64, Rc<crate::stats::ConnCounters>)>,
@@ -271,26 +272,27 @@ fn reap_stalled(
     }
     let core = core.clone();
     monoio::spawn(async move {
-        let now = Instant::now();
+        let start = Instant::now();
         let moved = |c: &crate::stats::ConnCounters| c.up.get() + c.down.get();
         let mut watched: Vec<_> = (conns.into_iter())
             .map(|(id, c)| {
                 let m = moved(&c);
-                (id, c, m, now)
+                (id, c, m, start)
             })
             .collect();
         let why = format!(
             "{reason}, and nothing moved on this stream for {}s",
             crate::STALLED_GRACE.as_secs()
         );
-        while !watched.is_empty() {
+        while !watched.is_empty() && start.elapsed() < REAP_FOR {
             monoio::time::sleep(Duration::from_secs(1)).await;
             let now = Instant::now();
             watched.retain_mut(|(id, c, last, since)| {
                 if !core.conns.contains(*id) {
                     return false;
                 }
-                if moved(c) != *last {
+                // Moving, or not waiting to write (idle): not stalled, from now.
+                if moved(c) != *last || c.writing.get() == 0 {
                     (*last, *since) = (moved(c), now);
                     return true;
                 }
@@ -303,3 +305,8 @@ fn reap_stalled(
         }
     });
 }
+
+/// How long after its link was lost a stream is looked at by [`reap_stalled`]: one
+/// that was moving stalls within moments if its far end is gone, having only what
+/// was on its way.
+const REAP_FOR: Duration = Duration::from_secs(120);

@@ -207,6 +207,7 @@ impl ClientCore {
                 unanswered: None,
             },
             chunk: self.spec.sockets.read_chunk,
+            writing: &counters.writing,
         }
     }
 
