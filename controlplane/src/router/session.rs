@@ -96,8 +96,9 @@ pub(super) async fn control_session(
                 let bye = Refusal::new(
                     RefusalCode::Protocol,
                     format!(
-                        "the router heard {why} (its health.client_timeout_secs): keep the \
-                         tunnel's performance.heartbeat_interval_secs at most half of that"
+                        "the router heard {why} (its health.client_timeout_secs): unless the \
+                         tunnel was stopped or starved, keep its \
+                         performance.heartbeat_interval_secs at most half of that"
                     ),
                 );
                 let _ = send_within(&mut wire, &Message::Goodbye(bye), GOODBYE_WAIT).await;
@@ -121,15 +122,19 @@ pub(super) async fn control_session(
             Ok(Ok(Some(Message::RotateKey { next }))) => {
                 // A client asks once per rotation (and per link): one asking again
                 // and again is answered without the file being read each time.
+                // (Counted from the last rotation tried, so one asking every few
+                // seconds is served every ten.)
                 let again = asked_rotation.filter(|at| at.elapsed() < ROTATION_ASKED_EVERY);
-                asked_rotation = Some(Instant::now());
                 let rotated = match again {
                     Some(at) => Err(format!(
                         "this link asked for a rotation {} ago; ask again in {}",
                         whole_secs(at.elapsed()),
                         whole_secs(ROTATION_ASKED_EVERY.saturating_sub(at.elapsed()))
                     )),
-                    None => rotate(state, key, next, &comment, peer.ip()).await,
+                    None => {
+                        asked_rotation = Some(Instant::now());
+                        rotate(state, key, next, &comment, peer.ip()).await
+                    }
                 };
                 let reply = match rotated {
                     Ok(expires) => {
@@ -141,10 +146,11 @@ pub(super) async fn control_session(
                                 .map_or(0, |d| d.as_secs()),
                         }
                     }
+                    Err(why) if again.is_some() => {
+                        Message::Refused(Refusal::new(RefusalCode::LimitReached, why))
+                    }
                     Err(why) => {
-                        if again.is_none() {
-                            warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
-                        }
+                        warn!(%peer, client = %who, %tunnel, "key rotation refused: {why}");
                         Message::Refused(Refusal::new(RefusalCode::Unauthorized, why))
                     }
                 };
@@ -269,8 +275,10 @@ pub(super) async fn rotate(
     let mut recent = state.rotating.lock().await;
     let now = SystemTime::now();
     let expires = now + state.key_grace;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = keys::read_trusted(path, "the authorized clients file").map_err(|e| match e {
+        keys::Unread::Untrusted(e) => e.to_string(),
+        keys::Unread::Io(e) => format!("cannot read {}: {e}", path.display()),
+    })?;
     if let Ok(file) = keys::parse_authorized_file(&text)
         && file.names.contains_key(&next)
         && let Some(&old_expires) = file.expires.get(&key)
@@ -327,9 +335,9 @@ fn in_use_elsewhere(
         })
 }
 
-/// How long after a rotation the key it made may be rotated again.
-/// How often a link's heartbeats reach the monitor at most.
-const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// How often a link's heartbeats reach the monitor at most (a little under a
+/// second, so that pings a second apart, give or take, all do).
+const BEAT_EVERY: Duration = Duration::from_millis(900);
 
 /// How long a goodbye to a client that went silent may take to send.
 const GOODBYE_WAIT: Duration = Duration::from_secs(1);
@@ -337,6 +345,7 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 /// How soon one link may ask for a key rotation again.
 const ROTATION_ASKED_EVERY: Duration = Duration::from_secs(10);
 
+/// How long after a rotation the key it made may be rotated again.
 pub(super) const MIN_KEY_AGE: Duration = Duration::from_secs(3600);
 
 fn whole_secs(d: Duration) -> humantime::FormattedDuration {
