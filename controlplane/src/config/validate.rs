@@ -189,7 +189,8 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     token_file(r.token.is_some(), "router.token", &mut out);
     api(&c.api, &mut out);
     if let (true, Ok(router), Ok(api)) = (c.api.enabled, bind_addr(&r.bind), bind_addr(&c.api.bind))
-        && overlap(router, api)
+        && router.port() != 0
+        && overlaps(router, api)
     {
         out.error(
             "api.bind",
@@ -533,7 +534,9 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
         );
     }
     let client_timeout = HealthConfig::default().client_timeout_secs;
-    if !router && p.heartbeat_interval_secs * 2 > client_timeout {
+    // Said only where a router left at its default would drop the link for sure:
+    // the routers' own settings are not known here.
+    if !router && p.heartbeat_interval_secs >= client_timeout {
         out.warn(
             "performance.heartbeat_interval_secs",
             format!(
@@ -780,14 +783,6 @@ pub fn too_many_members(n: usize) -> String {
 }
 
 /// A listening address: an IP address and a port on this machine.
-/// Whether listeners on `a` and `b` would take the same port: the same address, or
-/// one listening on every address of the other's family (`[::]` takes IPv4 too).
-fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    let covers =
-        |x: SocketAddr, y: SocketAddr| x.ip().is_unspecified() && (x.is_ipv6() || y.is_ipv4());
-    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
-}
-
 pub(crate) fn bind_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         let why = match host_port(s) {
