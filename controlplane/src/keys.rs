@@ -153,12 +153,20 @@ pub(crate) fn read_trusted(path: &Path, what: &str) -> Result<String, Unread> {
 }
 
 /// Reads a file of trusted keys: opened once (without waiting on a named pipe),
-/// checked through the open file (see [`trusted_meta`]) and read from that same
-/// file, so one swapped in between the check and the read is never read.
+/// checked through the open file (a regular file, see [`trusted_meta`]) and read
+/// from that same file, so one swapped in between the check and the read is never
+/// read.
 pub(crate) fn read_trusted_bytes(path: &Path, what: &str) -> Result<Vec<u8>, Unread> {
     use std::io::Read;
     let file = crate::config::open_to_read(path).map_err(Unread::Io)?;
     let meta = file.metadata().map_err(Unread::Io)?;
+    // A pipe or a device would hold the reader as long as it pleases.
+    if !meta.is_file() {
+        return Err(Unread::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     trusted_meta(path, &meta, what).map_err(Unread::Untrusted)?;
     let mut bytes = Vec::new();
     file.take(MAX_TRUSTED_FILE + 1)
