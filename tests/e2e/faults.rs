@@ -755,17 +755,9 @@ fn small_receiver(addr: std::net::SocketAddr) -> TcpStream {
     s.into()
 }
 
-/// Waits for `said` in `p`'s log: past [`STALLED_GRACE`] and its once-a-second look.
+/// Waits for `said` in `p`'s log: past the 30 s grace and its once-a-second look.
 fn wait_past_grace(p: &Proc, said: &str) {
-    let deadline = std::time::Instant::now() + DEADLINE * 3;
-    while !p.stderr().contains(said) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never logged {said:?}:\n{}",
-            p.stderr()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    p.wait_stderr_within(said, DEADLINE * 3);
 }
 
 /// Reads what `c` holds: a prefix of `expected`, in order, ended by a reset.

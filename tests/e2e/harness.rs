@@ -603,8 +603,14 @@ impl Proc {
 
     /// Waits until stderr contains `needle`.
     pub fn wait_stderr(&self, needle: &str) {
+        self.wait_stderr_within(needle, DEADLINE);
+    }
+
+    /// Waits until stderr contains `needle`, for at most `limit` (for what is due
+    /// only after a delay of Conduit's own, longer than [`DEADLINE`] allows).
+    pub fn wait_stderr_within(&self, needle: &str, limit: Duration) {
         let (lock, cv) = &*self.out;
-        let deadline = Instant::now() + DEADLINE;
+        let deadline = Instant::now() + limit;
         let mut o = lock.lock().unwrap_or_else(PoisonError::into_inner);
         while !o.stderr.contains(needle) {
             let now = Instant::now();
