@@ -419,7 +419,9 @@ impl ClientCore {
 
     /// Drops the idle channels of links that are gone or were made again (with
     /// `all`, every idle channel), and refills. While every link is down, users
-    /// waiting for a channel are let go too: none will come until one is back.
+    /// waiting for a channel are let go too: none will come until one is back;
+    /// unless the tunnel moves to another router at once, whose channels they wait
+    /// for.
     pub(crate) fn flush_pool(&self, all: bool) {
         let dropped = {
             let mut pool = self.pool.borrow_mut();
@@ -439,7 +441,7 @@ impl ClientCore {
         drop(dropped);
         if self.core.stopping.get() {
             self.fail_waiters(ErrorKind::RouterUnreachable, "the tunnel is stopping");
-        } else if !self.spec.link.is_up() {
+        } else if !self.spec.link.can_wait() {
             self.fail_waiters(
                 ErrorKind::RouterUnreachable,
                 "the router is unreachable (the tunnel is reconnecting)",
@@ -530,7 +532,7 @@ impl ClientCore {
             }
         }
         self.publish();
-        if !self.spec.link.is_up() {
+        if !self.spec.link.can_wait() {
             self.refill();
             let why = "the router is unreachable (the tunnel is reconnecting)";
             return Err((ErrorKind::RouterUnreachable, why.into()));

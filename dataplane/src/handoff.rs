@@ -127,6 +127,9 @@ pub struct LinkState {
     refusing: AtomicBool,
     /// What the routers' `refused_stream_at` count from.
     born: Instant,
+    /// Set while a tunnel that lost its router moves to another at once (see
+    /// [`LinkState::set_moving`]).
+    moving: AtomicBool,
 }
 
 /// The link to one router.
@@ -216,6 +219,7 @@ impl LinkState {
             refused: std::sync::Mutex::new(None),
             refusing: AtomicBool::new(false),
             born: Instant::now(),
+            moving: AtomicBool::new(false),
         }
     }
 
@@ -321,7 +325,28 @@ impl LinkState {
                 other.up.store(false, Ordering::Release);
             }
         }
+        self.set_moving(false);
         epoch
+    }
+
+    /// Whether the tunnel, its link lost, moves to another router at once: set
+    /// (before the link is marked down) when a router that stopped answering hands
+    /// over to the next, cleared when a link is up again or that attempt failed.
+    /// Meanwhile users wait for a channel of the new link, each up to its own
+    /// limit, rather than being turned away as while the tunnel backs off.
+    pub fn set_moving(&self, moving: bool) {
+        self.moving.store(moving, Ordering::Release);
+    }
+
+    /// Clears [`Self::set_moving`]; true if it was set.
+    pub fn stop_moving(&self) -> bool {
+        self.moving.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a user may wait for a channel: a link is up, or the tunnel moves to
+    /// another router at once (see [`Self::set_moving`]).
+    pub fn can_wait(&self) -> bool {
+        self.is_up() || self.moving.load(Ordering::Acquire)
     }
 
     /// Marks the link to `router` down.
@@ -483,6 +508,23 @@ mod tests {
         links.lost_all();
         assert!(!links.is_up() && !links.is_current(b2));
         assert_eq!(links.current(1), b2);
+    }
+
+    #[test]
+    fn users_may_wait_while_the_tunnel_moves_to_another_router_at_once() {
+        let links = LinkState::new(2);
+        assert!(!links.can_wait(), "no link yet");
+        links.switched_to(0);
+        assert!(links.can_wait());
+        links.set_moving(true);
+        links.lost_all();
+        assert!(!links.is_up() && links.can_wait(), "moving to router 1");
+        links.switched_to(1);
+        links.lost_all();
+        assert!(!links.can_wait(), "moved: a later loss turns users away");
+        links.set_moving(true);
+        assert!(links.stop_moving() && !links.stop_moving());
+        assert!(!links.can_wait(), "the attempt to move failed");
     }
 
     #[test]

@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 use crate::both_engines;
 use crate::chaos::{EchoSource, Forwarder};
 use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code, dead_port, have};
-use crate::procfs::{TICKS_PER_SEC, close_wait, cpu_ticks, largest_queues, open_fds, wait_until};
+use crate::procfs::{
+    TICKS_PER_SEC, close_wait, cpu_ticks, largest_queues, open_fds, stopped, wait_until,
+};
 use crate::sources::{self, Watched, pattern_sha};
 use crate::users::{
     End, assert_echo, connect, exchange, expect_end, expect_refused_user, open_user, wait_for_echo,
@@ -241,9 +243,12 @@ both_engines!(
 pub struct Frozen<'a>(&'a Proc);
 
 impl<'a> Frozen<'a> {
+    /// Stops `p`, and returns once every thread of it is stopped.
     pub fn new(p: &'a Proc) -> Self {
         p.signal("STOP");
-        Self(p)
+        let frozen = Self(p);
+        wait_until("the process to stop", || (stopped(p.pid()), ()));
+        frozen
     }
 }
 

@@ -10,7 +10,7 @@ use crate::harness::{Engine, Home, addr_in, assert_code, dead_port};
 use crate::http::wait_for;
 use crate::ops::{TOKEN, open_on, router_api};
 use crate::sources;
-use crate::users::{assert_echo, exchange, open_user, wait_for_echo};
+use crate::users::{assert_echo, connect, exchange, open_user, wait_for_echo};
 
 #[test]
 fn the_link_moves_to_the_next_router_when_one_goes_away() {
@@ -918,6 +918,57 @@ fn a_router_that_stops_answering_hands_over_to_the_one_standing_by_at_once() {
             "tunnel: router {b} link connected (router {a} not in use, failing: no heartbeat \
              answer for 3s)\n"
         )
+    );
+    drop(frozen);
+}
+
+/// A user who comes while the router in use has stopped answering waits for a
+/// channel (none is idle: `--pool-size 0`, and the attempt to make one hangs on the
+/// frozen router); when the heartbeats find that router out, the user is carried
+/// by the router standing by, every byte, rather than let go with the link.
+#[test]
+fn a_user_waiting_when_its_router_stops_answering_is_carried_by_the_one_standing_by() {
+    let engine = Engine::Uring;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (first, a) = home.router(engine, &[source.to_string()]);
+    let (_second, b) = home.router(engine, &[source.to_string()]);
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &[
+            "--heartbeat-interval",
+            "1",
+            "--handshake-timeout",
+            "3600",
+            "--pool-size",
+            "0",
+        ],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    tunnel.wait_stderr(&format!(
+        "router {b} answers: it stands by while router {a} serves this tunnel"
+    ));
+
+    let frozen = Frozen::new(&first);
+    let mut user = connect(taddr);
+    let msg = b"held over to the second router";
+    user.write_all(msg).unwrap();
+    tunnel.wait_stderr(&format!(
+        "lost the router link: no heartbeat answer for 3s; trying router {b} at once"
+    ));
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    let mut back = vec![0; msg.len()];
+    user.read_exact(&mut back)
+        .expect("the echo through the second router");
+    assert_eq!(back, msg);
+    exchange(&mut user, b"and on");
+    assert!(
+        !tunnel.stderr().contains("user connection closed"),
+        "{}",
+        tunnel.stderr()
     );
     drop(frozen);
 }

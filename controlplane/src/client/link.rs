@@ -104,6 +104,15 @@ pub(super) async fn control_loop(
                     back = end.back;
                     continue;
                 }
+                // A router that stopped answering would most likely hold the next
+                // attempt for its whole handshake timeout: the next router that
+                // answers takes over at once instead, and this one is tried again
+                // in its turn. A router that closed the link or failed it is tried
+                // again first: it fails at once if it is gone, and it may be back.
+                // Users waiting for a channel wait for the next router's (set before
+                // the link is down, so that none is turned away in between).
+                let move_now = end.silent && shared.routers.len() > 1 && !*stop.borrow();
+                shared.link.set_moving(move_now);
                 shared.link.lost_all();
                 if *stop.borrow() {
                     return None;
@@ -132,12 +141,7 @@ pub(super) async fn control_loop(
                         .dp
                         .link_gone(epoch, &format!("the router link was lost: {why}"));
                 }
-                // A router that stopped answering would most likely hold the next
-                // attempt for its whole handshake timeout: the next router that
-                // answers takes over at once instead, and this one is tried again
-                // in its turn. A router that closed the link or failed it is tried
-                // again first: it fails at once if it is gone, and it may be back.
-                if end.silent && shared.routers.len() > 1 {
+                if move_now {
                     let next = shared.next_up_after(at);
                     shared.at.store(next, Ordering::Relaxed);
                     let next = &shared.routers[next];
@@ -152,6 +156,12 @@ pub(super) async fn control_loop(
                 shared.link.lost_all();
                 if shared.fall_back(shared.at(), &e) {
                     continue;
+                }
+                if shared.link.stop_moving() {
+                    // The router taken over from the one that stopped answering
+                    // failed too: the users waiting for its channels are let go (the
+                    // next attempt may take a handshake timeout, or a back-off).
+                    shared.dp.flush_pools();
                 }
                 let failed_at = shared.at();
                 shared.router_link(failed_at, retrying(&e.to_string()));

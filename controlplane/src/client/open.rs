@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use conduit_dataplane::FromWorker;
+use conduit_dataplane::{FromWorker, LinkEpoch};
 use conduit_proto::version::{self, VersionRange};
 use conduit_proto::{ChannelKind, Hello, Message, ProtoError, RefusalCode, TlsSession};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::debug;
 
 use super::{LinkStatus, Shared};
@@ -247,7 +248,17 @@ pub(super) async fn make_one(shared: Arc<Shared>, core: usize) {
         };
         let index = slot.router();
         let epoch = shared.link.current(index);
-        match open(&shared, ChannelKind::Data, index).await {
+        let opened = tokio::select! {
+            opened = open(&shared, ChannelKind::Data, index) => opened,
+            () = link_left(&shared, epoch, &mut status) => {
+                // A router that stopped answering holds the attempt for its whole
+                // handshake timeout: given up, so the users waiting for a channel
+                // get one of the next link.
+                debug!(core, "data channel attempt abandoned: its router link is gone");
+                continue;
+            }
+        };
+        match opened {
             Ok((w, version)) => {
                 match w.into_handoff(epoch, Some(slot), shared.name.clone(), version) {
                     Ok(h) => {
@@ -276,6 +287,17 @@ pub(super) async fn make_one(shared: Arc<Shared>, core: usize) {
             }
         }
         tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+/// Returns once the link of `epoch` is down or made again (told by `status`): a
+/// channel still being made to it would be stale.
+async fn link_left(shared: &Shared, epoch: LinkEpoch, status: &mut watch::Receiver<LinkStatus>) {
+    while shared.link.is_current(epoch) {
+        if status.changed().await.is_err() {
+            // The tunnel is ending: the attempt ends with it.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
