@@ -34,6 +34,7 @@ pub mod home;
 pub mod http;
 pub mod keys;
 pub mod limits;
+mod log_budget;
 pub mod metrics;
 pub mod monitor;
 pub mod policy;

@@ -19,6 +19,7 @@ use crate::alerts::AlertSettings;
 use crate::api::{self, ApiSettings, ApiState};
 use crate::authorized::{AdmittedPolicy, not_admitted};
 use crate::balance::Balancer;
+use crate::log_budget::LogBudget;
 use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
@@ -123,51 +124,13 @@ struct State {
     /// made within [`session::MIN_KEY_AGE`], and when.
     rotating: tokio::sync::Mutex<HashMap<PublicKey, Instant>>,
     /// How many failed setups may still be logged this second.
-    setup_log: SetupLog,
+    setup_log: LogBudget,
 }
 
 /// The most failed setups (refused keys, timeouts, garbage) logged in a second:
 /// each costs its peer no more than a connection, so a flood of them must not
 /// flood the log. The metrics count every one.
 const SETUP_LOGS_PER_SEC: u32 = 20;
-
-/// Lets [`SETUP_LOGS_PER_SEC`] failed setups a second into the log and counts the
-/// others, which the next one logged mentions.
-#[derive(Default)]
-struct SetupLog(Mutex<SetupLogged>);
-
-#[derive(Default)]
-struct SetupLogged {
-    /// When the current second began, how many were logged in it, and how many
-    /// were held back since the last one logged.
-    second: Option<Instant>,
-    logged: u32,
-    held: u64,
-}
-
-impl SetupLog {
-    /// `Some(note)` when this failure is to be logged, with `note` to append (it
-    /// says how many were held back); `None` to stay quiet.
-    fn admit(&self) -> Option<String> {
-        let mut s = lock(&self.0);
-        let now = Instant::now();
-        if s.second
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            s.second = Some(now);
-            s.logged = 0;
-        }
-        if s.logged >= SETUP_LOGS_PER_SEC {
-            s.held += 1;
-            return None;
-        }
-        s.logged += 1;
-        Some(match std::mem::take(&mut s.held) {
-            0 => String::new(),
-            n => format!(" ({n} more failed connection setups were not logged)"),
-        })
-    }
-}
 
 /// A bound router, ready to run.
 pub struct Router {
@@ -339,7 +302,7 @@ impl Router {
                 resolver,
                 key_grace: s.key_grace,
                 rotating: tokio::sync::Mutex::new(HashMap::new()),
-                setup_log: SetupLog::default(),
+                setup_log: LogBudget::new(SETUP_LOGS_PER_SEC, "failed connection setups"),
             }),
             authorized_path: s.authorized_path,
         })

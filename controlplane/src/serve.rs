@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tower::ServiceExt;
 use tracing::{debug, warn};
 
 /// Connections open at once at most.
@@ -40,6 +41,10 @@ pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 const DRAIN: Duration = Duration::from_secs(5);
 /// How often "all connections taken" is logged at most.
 const FULL_REPEAT: Duration = Duration::from_secs(60);
+
+/// The address a request's connection came from, in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// Serves `app` on `listener` until `shutdown` completes; `what` names the server in
 /// the log ("the API", "the metrics endpoint").
@@ -128,6 +133,14 @@ async fn connection(
     mut stopping: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Each request knows who sent it (the API logs the peers it refuses).
+    let peer = stream.peer_addr().ok().map(Peer);
+    let app = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(peer);
+        }
+        req
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

@@ -314,6 +314,25 @@ fn the_api_is_off_by_default_and_refuses_to_run_open_on_a_public_address() {
         err.contains("api.token: the API is on and needs a token"),
         "{err}"
     );
+    // A token no HTTP client can send as it is (a newline kept from its file) is
+    // refused, without being shown.
+    let (status, _, err) = home.run(&[
+        "router",
+        "--bind",
+        "127.0.0.1:0",
+        "--api",
+        "--api-token",
+        "t0ken\n",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.contains(
+            "api.token: the API token begins or ends with whitespace (a newline kept from \
+             the file it was read from?), which no HTTP client sends: remove it"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("t0ken"), "{err}");
 }
 
 #[test]
@@ -497,6 +516,43 @@ fn a_token_given_as_a_flag_is_warned_about_and_never_logged() {
         "{err}"
     );
     assert!(!err.contains(TOKEN), "{err}");
+}
+
+/// A request without the token, or with a wrong one, is refused, logged with its
+/// peer, counted, and its connection closed: requests that kept it alive would
+/// hold one of the API's connection slots for good.
+#[test]
+fn refused_api_requests_are_logged_counted_and_their_connections_closed() {
+    let home = Home::with_keys();
+    let (p, _, api) = router_api(&home, &[], &[]);
+    let addr = api.trim_start_matches("http://");
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Two requests on one connection: the first is answered, and the connection
+    // closed, so the second never is.
+    let req = format!("GET /api/v1/info HTTP/1.1\r\nhost: {addr}\r\n\r\n");
+    c.write_all(format!("{req}{req}").as_bytes()).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer)
+        .expect("the connection closed");
+    assert_eq!(answer.matches("HTTP/1.1 401").count(), 1, "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+
+    let wrong = curl("GET", &format!("{api}/metrics"), Some("n0pe"), &[]);
+    assert_eq!(wrong.status, 401);
+    p.wait_stderr(&format!(
+        "refused an API request from {} for /api/v1/info: no token; if it is yours, give it \
+         the router's API token",
+        c.local_addr().unwrap()
+    ));
+    p.wait_stderr("for /metrics: a wrong token; if it is yours");
+    let text = curl("GET", &format!("{api}/metrics"), Some(TOKEN), &[]).body;
+    let s = metrics::scrape(&text);
+    assert_eq!(
+        metrics::value(&s, "conduit_api_requests_refused_total", &[]),
+        Some(2.0)
+    );
+    assert!(!p.stderr().contains("n0pe"), "{}", p.stderr());
 }
 
 /// A router that stops frees its API's port with its own at once, while its streams

@@ -59,7 +59,10 @@ fn api_url(router: &str) -> Result<(), String> {
     if let Some(c) = url.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!("it holds {c:?}, which no URL holds"));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if rest.contains(['?', '#']) {
+        return Err("a query or fragment is not taken: the API's paths are added to it".into());
+    }
+    let authority = rest.split('/').next().unwrap_or("");
     if authority.contains('@') {
         return Err(
             "a user or password in the URL is not taken: give the API's token with \
@@ -88,10 +91,16 @@ fn api_url(router: &str) -> Result<(), String> {
 async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
     let router = router(api)?;
     let client = HttpClient::new(Duration::from_secs(5)).map_err(Error::Config)?;
-    let auth = api
-        .api_token
-        .as_ref()
-        .map(|t| format!("Bearer {}", t.expose()));
+    let auth = match &api.api_token {
+        Some(t) => match conduit_controlplane::api::token_problem(t.expose()) {
+            // Said without the token: it is a secret.
+            Some(why) => {
+                return Err(Usage(format!("--api-token (or CONDUIT_API_TOKEN): {why}")).into());
+            }
+            None => Some(format!("Bearer {}", t.expose())),
+        },
+        None => None,
+    };
     let mut headers = vec![("accept", accept)];
     if let Some(a) = &auth {
         headers.push(("authorization", a.as_str()));
@@ -110,6 +119,10 @@ async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
                      of the router's API (--api-bind), not the one tunnels connect to?",
                     base(router)
                 )));
+            }
+            // It answered, too much: not what an API of Conduit's says.
+            if text.starts_with("the answer is larger than") {
+                return anyhow::Error::new(BadAnswer(format!("{}: {text}", base(router))));
             }
             Error::Network {
                 what: format!("cannot reach the router's API at {}", base(router)),
@@ -273,6 +286,14 @@ mod tests {
                 "its IPv6 address opens a bracket it does not close",
             ),
             ("127.0.0.1:99999", "port 99999 is out of range (1-65535)"),
+            (
+                "127.0.0.1:9990?x=1",
+                "a query or fragment is not taken: the API's paths are added to it",
+            ),
+            (
+                "http://r.example/api/v1#top",
+                "a query or fragment is not taken: the API's paths are added to it",
+            ),
         ] {
             assert_eq!(api_url(bad), Err(why.to_owned()), "{bad}");
         }

@@ -105,12 +105,17 @@ async fn finish(resp: Response, id: &RequestId) -> Response {
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         // axum's own text is only "Method Not Allowed"; its `Allow` header says more.
-        let allow = parts
+        let allow: Vec<&str> = parts
             .headers
             .get(header::ALLOW)
             .and_then(|v| v.to_str().ok())
-            .map_or_else(|| "GET".to_owned(), |a| a.replace(',', ", "));
-        message = format!("method not allowed: only {allow} is served here (the API is read-only)");
+            .map_or_else(|| vec!["GET"], |a| a.split(',').map(str::trim).collect());
+        let served = match allow.split_last() {
+            Some((last, [])) => format!("{last} is"),
+            Some((last, rest)) => format!("{} and {last} are", rest.join(", ")),
+            None => "GET is".to_owned(),
+        };
+        message = format!("method not allowed: only {served} served here (the API is read-only)");
     }
     let code = match status {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",

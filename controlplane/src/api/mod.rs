@@ -21,6 +21,8 @@ mod pages;
 mod stats;
 mod system;
 
+pub use auth::token_problem;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -112,6 +114,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 
 /// The routes, with their middleware.
 pub fn router(state: Arc<ApiState>, token: Option<Secret>) -> Router {
+    let gate = Arc::new(auth::Gate::new(token, state.counters.clone()));
     let v1 = Router::new()
         .route("/api/v1/info", get(system::info))
         .route("/api/v1/health", get(system::health))
@@ -126,7 +129,7 @@ pub fn router(state: Arc<ApiState>, token: Option<Secret>) -> Router {
         .fallback(system::not_found)
         .with_state(state);
     v1.layer(axum::middleware::from_fn_with_state(
-        Arc::new(token),
+        gate,
         auth::require_token,
     ))
     .layer(axum::middleware::from_fn(envelope::envelope))

@@ -253,6 +253,12 @@ fn api(a: &ApiConfig, out: &mut Out<'_>) {
                  {addr}; bind it to 127.0.0.1 (or ::1), or {token}"
             ),
         );
+    } else if let Some(why) = a
+        .token
+        .as_ref()
+        .and_then(|t| crate::api::token_problem(t.expose()))
+    {
+        out.error("api.token", why);
     } else if a.auth && a.token.is_none() {
         out.error(
  "api.token",

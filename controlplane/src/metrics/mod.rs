@@ -49,6 +49,8 @@ pub struct Counters {
     pub handshakes: Histogram,
     /// Failed set-ups, by kind.
     errors: [std::sync::atomic::AtomicU64; SetupError::ALL.len()],
+    /// Requests to the router's API refused for a missing or wrong token.
+    api_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Counters {
@@ -56,6 +58,7 @@ impl Default for Counters {
         Self {
             handshakes: Histogram::new(HANDSHAKE_SECONDS),
             errors: Default::default(),
+            api_refused: Default::default(),
         }
     }
 }
@@ -64,6 +67,16 @@ impl Counters {
     /// Counts one failed set-up.
     pub fn fail(&self, kind: SetupError) {
         self.errors[kind as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts one API request refused for its token.
+    pub fn refuse_api(&self) {
+        (self.api_refused).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// API requests refused for their token.
+    pub fn api_refused(&self) -> u64 {
+        (self.api_refused).load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Failed set-ups by kind, in [`SetupError::ALL`] order.

@@ -140,6 +140,16 @@ pub fn render(i: &Inputs<'_>) -> String {
         e.sample("conduit_errors_total", &[("kind", kind)], n);
     }
     e.family(
+        "conduit_api_requests_refused_total",
+        Kind::Counter,
+        "Requests to the REST API refused for a missing or wrong token.",
+    );
+    e.sample(
+        "conduit_api_requests_refused_total",
+        &[],
+        i.counters.api_refused(),
+    );
+    e.family(
         "conduit_connection_duration_seconds",
         Kind::Histogram,
         "How long streams to sources lasted.",

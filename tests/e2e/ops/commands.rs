@@ -132,6 +132,21 @@ fn stats_health_and_logs_commands() {
         err.contains("pass --api-token or set CONDUIT_API_TOKEN"),
         "{err}"
     );
+    // A token with its file's newline: the fault named, not the router blamed.
+    let out = crate::harness::output_of(
+        home.cmd()
+            .args(["health", "--router", host])
+            .env("CONDUIT_API_TOKEN", format!("{TOKEN}\n")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_code(out.status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --api-token (or CONDUIT_API_TOKEN): the API token begins or ends \
+         with whitespace (a newline kept from the file it was read from?), which no HTTP \
+         client sends: remove it (write the file with printf '%s', or strip it with tr -d \
+         '\\n')\n"
+    );
     let out = wait_for("the router's stats to count the stream", || {
         let out = crate::harness::output_of(
             home.cmd()
