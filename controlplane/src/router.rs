@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use conduit_dataplane::{AcceptBackoff, ConnLimit, DataPlane, EngineKind, Options, RouterSpec};
+use conduit_dataplane::{
+    AcceptBackoff, ConnLimit, DataPlane, EngineKind, ErrorKind, Options, RouterSpec,
+};
 use conduit_proto::tls::{AuthorizedClients, Suites};
-use conduit_proto::{ChannelKind, KeyPair, Message, PublicKey, Secret, TlsSession};
+use conduit_proto::{ChannelKind, KeyPair, Message, PublicKey, RefusalCode, Secret, TlsSession};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
@@ -593,7 +595,12 @@ async fn handle(
     let version = match admitted {
         Ok(v) => v,
         Err(refusal) => {
-            state.counters.fail(SetupError::Unauthorized);
+            if refusal.code == RefusalCode::PolicyDenied {
+                // Not the client's key: the source it asked for, as a stream's would be.
+                state.dp.count_error(ErrorKind::PolicyRefused);
+            } else {
+                state.counters.fail(SetupError::Unauthorized);
+            }
             warn!(%peer, client = %who, tunnel = ?hello.tunnel, "refused: {}", refusal.message);
             let _ = wire.send(&Message::Refused(refusal)).await;
             return;

@@ -608,6 +608,15 @@ impl DataPlane {
         }
     }
 
+    /// Counts a failure of `kind` that the control plane met (a tunnel refused at
+    /// set-up for a source the router's policy does not allow) with those the
+    /// workers count.
+    pub fn count_error(&self, kind: ErrorKind) {
+        if let Some(w) = self.workers.first() {
+            w.stats.fail(kind);
+        }
+    }
+
     /// Every core's counters, summed.
     pub fn totals(&self) -> Totals {
         Totals::sum(self.workers.iter().map(|w| &*w.stats))

@@ -232,8 +232,7 @@ impl ClientCore {
             return;
         }
         if !self.spec.admits(peer.ip()) {
-            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
-            self.core.stats.fail(ErrorKind::UserNotAllowed);
+            self.turned_away(ErrorKind::UserNotAllowed);
             drop(flows);
             self.stranger_said(peer, "dropped a datagram");
             return;
@@ -241,7 +240,7 @@ impl ClientCore {
         if let Some(cap) = &self.spec.new_flows
             && !cap.admit(Instant::now())
         {
-            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
+            self.turned_away(ErrorKind::LimitReached);
             if let Some(held) = flows.failures.admit() {
                 let rate = cap.per_sec();
                 warn!(
@@ -258,8 +257,7 @@ impl ClientCore {
         if !self.spec.link.is_up() {
             // No flow to start (it would fail at once, counted as a connection
             // opened and lost): the datagram is dropped, as it would be in flight.
-            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
-            self.core.stats.fail(ErrorKind::RouterUnreachable);
+            self.turned_away(ErrorKind::RouterUnreachable);
             if let Some(held) = flows.failures.admit() {
                 warn!(
                     core = self.core.index,
@@ -273,8 +271,7 @@ impl ClientCore {
             return;
         }
         let Some(permit) = self.spec.limit.try_acquire() else {
-            self.core.stats.datagrams_dropped.fetch_add(1, Relaxed);
-            self.core.stats.fail(ErrorKind::LimitReached);
+            self.turned_away(ErrorKind::LimitReached);
             if let Some(held) = flows.failures.admit() {
                 let max = self.spec.limit.max();
                 warn!(
@@ -314,6 +311,16 @@ impl ClientCore {
             sock: sock.clone(),
         };
         monoio::spawn(self.clone().serve_flow(id, ends, inbox, permit));
+    }
+
+    /// A datagram that would have started a flow is dropped instead, for `kind`:
+    /// counted as a connection opened and failed, as a refused TCP user is, so
+    /// that failed is never more than total.
+    fn turned_away(&self, kind: ErrorKind) {
+        let stats = &self.core.stats;
+        stats.datagrams_dropped.fetch_add(1, Relaxed);
+        stats.opened.fetch_add(1, Relaxed);
+        stats.fail(kind);
     }
 
     /// One flow, from its first datagram until it ends.

@@ -111,22 +111,6 @@ fn dns_metric(home: &Home, metric: &str) -> u64 {
         .unwrap()
 }
 
-/// Waits until every thread of `p` is stopped (SIGSTOP reaches each in its time).
-fn wait_all_threads_stopped(p: &Proc) {
-    let tasks = format!("/proc/{}/task", p.pid());
-    wait_for("every thread of the tunnel to stop", || {
-        std::fs::read_dir(&tasks)
-            .unwrap()
-            .all(|t| {
-                std::fs::read_to_string(t.unwrap().path().join("stat")).is_ok_and(|s| {
-                    s.rsplit_once(')')
-                        .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
-                })
-            })
-            .then_some(())
-    });
-}
-
 // Datagrams the kernel drops because the tunnel's socket is full are counted: a
 // frozen tunnel reads nothing while a burst overflows its receive buffer (the
 // smallest `--read-buffer-size`), and once it runs again the metric shows them.
@@ -147,8 +131,8 @@ both_engines!(
             0
         );
         {
+            // Returns once every thread is stopped.
             let _frozen = crate::faults::Frozen::new(&tunnel);
-            wait_all_threads_stopped(&tunnel);
             // 200 KB into a buffer of 8 KiB (Linux doubles what is asked) that nobody
             // reads: most are dropped.
             for _ in 0..200 {
@@ -207,6 +191,26 @@ fn new_senders_over_the_flow_rate_are_dropped_and_counted() {
     assert!(
         dropped == 4 || dropped == 5,
         "{dropped} of 5 dropped:\n{metrics}"
+    );
+    // Each sender turned away counts as a connection opened and failed, as a
+    // refused TCP user does: six senders, six connections, failed no more.
+    let sample = |line: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .unwrap_or_else(|| panic!("no {line}:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        sample("conduit_connections_total{tunnel=\"dns\"} "),
+        6,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("conduit_errors_total{tunnel=\"dns\",kind=\"limit_reached\"} "),
+        dropped,
+        "{metrics}"
     );
     // The flow that started is unaffected, and a dropped sender gets in once the
     // cap allows another flow.

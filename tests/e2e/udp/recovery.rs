@@ -38,7 +38,8 @@ fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
         "dropped a datagram from a new sender: the router is unreachable (the tunnel is \
          reconnecting)",
     );
-    // Dropped and counted as such: no flow opened (and failed) for it.
+    // Dropped and counted as such, and as a connection opened and failed (as a TCP
+    // user turned away is): failed is never more than total.
     let metrics = home.ok(&["stats", "--format", "prometheus"]);
     let count = |metric: &str| {
         (metrics.lines())
@@ -53,7 +54,11 @@ fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
     );
     assert_eq!(
         count("conduit_connections_total").as_deref(),
-        Some("1"),
+        Some("2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("conduit_errors_total{tunnel=\"tunnel\",kind=\"router_unreachable\"} 1\n"),
         "{metrics}"
     );
     let (_router, _) = home.router_at(Engine::Epoll, &bind, &allow, transport);
