@@ -156,7 +156,7 @@ fn a_tunnel_whose_source_the_router_does_not_allow_is_refused_at_its_link() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     let source = sources::echo();
-    let (router, raddr) = home.router(engine, &["127.0.0.1:1-2".into()]);
+    let (router, raddr, api) = crate::ops::router_api(&home, &["127.0.0.1:1-2".into()], &[]);
     let mut tunnel = home.tunnel_proc(engine, raddr, &source.to_string(), &[]);
     let status = tunnel.wait_exit();
     let err = tunnel.stderr();
@@ -169,6 +169,10 @@ fn a_tunnel_whose_source_the_router_does_not_allow_is_refused_at_its_link() {
         "{err}"
     );
     router.wait_stderr(&format!("refused: {why}"));
+    // Counted as the policy's refusal, not as a key the router does not know.
+    let errors = crate::ops::get(&api, "/api/v1/stats/connections")["data"]["errors"].clone();
+    assert_eq!(errors["policy_refused"], 1, "{errors}");
+    assert_eq!(errors["unauthorized"], 0, "{errors}");
     // Every member of a balanced source must be allowed.
     let allowed = sources::echo();
     let (router, raddr) = home.router(engine, &[allowed.to_string()]);
