@@ -119,6 +119,14 @@ impl Sample {
                 self.secs
             ));
         }
+        if self.secs > 0.0 && self.secs < 0.001 {
+            // Written in milliseconds: a shorter one was never taken, and its rates
+            // would overflow to infinity.
+            return Err(format!(
+                "secs is {:e}, less than the millisecond samples are written in",
+                self.secs
+            ));
+        }
         if self.secs > MAX_SAMPLE_SECS {
             return Err(format!(
                 "secs is {}, more than the {MAX_SAMPLE_SECS} seconds (a year) a sample can span",
@@ -170,6 +178,7 @@ impl History {
         let mut samples = VecDeque::new();
         let mut lines = 0;
         let mut skipped = None;
+        let mut more_skipped = 0usize;
         if let Some(path) = &settings.file {
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
@@ -183,17 +192,26 @@ impl History {
                     .and_then(|s| s.check().map(|()| s));
                 match sample {
                     Ok(s) => samples.push_back(s),
-                    Err(e) => {
-                        skipped.get_or_insert_with(|| {
-                            format!(
-                                "traffic history file {} line {} is not a sample ({e}); skipped",
-                                path.display(),
-                                i + 1
-                            )
-                        });
+                    Err(e) if skipped.is_none() => {
+                        skipped = Some(format!(
+                            "traffic history file {} line {} is not a sample ({e}); skipped",
+                            path.display(),
+                            i + 1
+                        ));
                     }
+                    Err(_) => more_skipped += 1,
                 }
             }
+            if let Some(first) = &mut skipped
+                && more_skipped > 0
+            {
+                first.push_str(&format!(
+                    ", with {more_skipped} more line(s) that are not samples either"
+                ));
+            }
+            // Newest last, whatever order the lines were in (a file edited or put
+            // together by hand): the API lists them newest first.
+            samples.make_contiguous().sort_by_key(|s| s.at);
             while samples.len() > settings.keep {
                 samples.pop_front();
             }
@@ -515,6 +533,46 @@ mod tests {
             let kept = h.newest_first(None, at(0));
             assert_eq!(kept.iter().map(|s| s.bytes.into).collect::<Vec<_>>(), [1]);
         }
+    }
+
+    /// A file put together by hand: lines out of order are listed newest first, a
+    /// sample shorter than a millisecond (whose rates would be infinite) is skipped,
+    /// and every line skipped is counted in the one warning.
+    #[test]
+    fn samples_out_of_order_are_sorted_and_every_line_skipped_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let line = |at: &str, secs: &str, into: u64| {
+            format!(
+                r#"{{"at":"{at}","secs":{secs},"bytes":{{"in":{into},"out":0}},"connections":{{"opened":0,"failed":0,"active":0}}}}"#
+            )
+        };
+        let text = [
+            line("2027-01-15T08:02:00Z", "60.0", 2),
+            line("2027-01-15T08:03:00Z", "1e-300", 18_446_744_073_709_551_615),
+            line("2027-01-15T08:01:00Z", "60.0", 1),
+            "not json".to_owned(),
+            line("2027-01-15T08:04:00Z", "0.0", 4),
+            line("2027-01-15T08:03:00Z", "-5", 3),
+        ]
+        .join("\n");
+        std::fs::write(&path, text + "\n").unwrap();
+        let (h, skipped) = History::open(settings(10, Some(path.clone()))).unwrap();
+        assert_eq!(
+            skipped,
+            Some(format!(
+                "traffic history file {} line 2 is not a sample (secs is 1e-300, less than the \
+                 millisecond samples are written in); skipped, with 2 more line(s) that are not \
+                 samples either",
+                path.display()
+            ))
+        );
+        let kept = h.newest_first(None, at(2_000_000_000));
+        assert_eq!(
+            kept.iter().map(|s| s.bytes.into).collect::<Vec<_>>(),
+            [4, 2, 1]
+        );
+        assert!(kept.iter().all(|s| s.rates().0.is_finite()));
     }
 
     #[test]
