@@ -115,20 +115,43 @@ pub(crate) async fn health(State(s): State<Arc<ApiState>>) -> Data {
     }))
 }
 
-/// The router's metrics in the Prometheus text format, or, when the client asks only
-/// for JSON, the same text inside the envelope.
+/// The router's metrics in the Prometheus text format, or, when the client prefers
+/// JSON, the same text inside the envelope.
 pub(crate) async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let text = render(&s).await;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        // Media types are case-insensitive (RFC 9110).
-        .to_ascii_lowercase();
-    if accept.contains("application/json") && !accept.contains("text/plain") {
+        .unwrap_or("");
+    if prefers_json(accept) {
         return Data(json!({"format": "prometheus-text-0.0.4", "text": text})).into_response();
     }
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+/// Whether an `Accept` header prefers `application/json`, named as such, to the
+/// metrics text (`text/plain`, `text/*` or `*/*`), by their weights (`q`, 1 when
+/// not given); a tie goes to the text, which Prometheus and most clients expect.
+fn prefers_json(accept: &str) -> bool {
+    let mut json = 0.0f32;
+    let mut text = 0.0f32;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        // Media types are case-insensitive (RFC 9110).
+        let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+            .filter(|q| (0.0..=1.0).contains(q))
+            .unwrap_or(0.0);
+        match kind.as_str() {
+            "application/json" => json = json.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    json > 0.0 && json > text
 }
 
 /// Renders the router's metrics from the data plane, the monitor and the counters.
@@ -159,4 +182,37 @@ pub(crate) async fn not_found() -> ApiError {
         "not_found",
         "no such endpoint; the API lives under /api/v1 (see /api/v1/openapi.json)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_served_only_to_a_client_that_prefers_it() {
+        for accept in [
+            "application/json",
+            "Application/JSON",
+            "application/json, */*;q=0.1",
+            "text/plain;q=0, application/json",
+            "text/plain; q=0.5, application/json; q=0.9",
+        ] {
+            assert!(prefers_json(accept), "{accept}");
+        }
+        for accept in [
+            "",
+            "*/*",
+            "text/plain",
+            "application/json, text/plain",
+            "application/json;q=0.5, text/*",
+            "application/json;q=0",
+            "application/json;q=nonsense",
+            "application/*",
+            // What Prometheus sends.
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ] {
+            assert!(!prefers_json(accept), "{accept}");
+        }
+    }
 }
