@@ -667,3 +667,42 @@ fn an_entry_this_version_cannot_read_is_kept_while_its_process_lives() {
     assert_eq!((out.as_str(), err.as_str()), ("no tunnels running\n", ""));
     assert!(!file.exists());
 }
+
+/// A CONDUIT_HOME that does not exist is most likely mistyped: `list` says so on
+/// stderr (its output stays as it is), and `health`, which a probe may run, fails
+/// rather than pass for ever.
+#[test]
+fn a_home_that_does_not_exist_is_named_and_fails_health() {
+    let home = Home::empty();
+    let missing = home.path().join("mistyped");
+    let run = |args: &[&str]| {
+        crate::harness::output_of(home.cmd().args(args).env("CONDUIT_HOME", &missing))
+    };
+    let list = run(&["list"]);
+    let err = String::from_utf8_lossy(&list.stderr);
+    assert_code(list.status, 0, &err);
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "no tunnels running\n"
+    );
+    assert_eq!(
+        err,
+        format!(
+            "note: CONDUIT_HOME {} does not exist: no tunnel has run with it (is it the home \
+             meant?)\n",
+            missing.display()
+        )
+    );
+    let health = run(&["health"]);
+    let err = String::from_utf8_lossy(&health.stderr);
+    assert_code(health.status, 1, &err);
+    assert!(
+        err.contains(&format!(
+            "conduit: error: unhealthy: CONDUIT_HOME {} does not exist (no tunnel has run with \
+             it): point CONDUIT_HOME at the tunnels' home\n",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert!(!missing.exists(), "reading commands create nothing");
+}

@@ -43,6 +43,14 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     let missing: Vec<&String> = (a.tunnels.iter())
         .filter(|t| !seen.iter().any(|s| named(s, t)))
         .collect();
+    if seen.is_empty() && !home.root().exists() {
+        // A probe pointed at a mistyped home would pass for ever.
+        down.push(format!(
+            "CONDUIT_HOME {} does not exist (no tunnel has run with it): point \
+             CONDUIT_HOME at the tunnels' home",
+            home.root().display()
+        ));
+    }
     for s in &seen {
         let (state, detail, refused) = match &s.status {
             Ok(st) => {

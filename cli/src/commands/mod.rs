@@ -101,10 +101,10 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         }
         Command::Up(a) => up::run(&home()?, a, log),
         Command::Down(a) => down::run(&home()?, &a),
-        Command::List(a) => list::run(&home()?, &a),
-        Command::Status(a) => status::run(&home()?, &a),
-        Command::Kill(a) => kill::run(&home()?, &a),
-        Command::Stats(a) => stats::run(&home()?, &a),
+        Command::List(a) => list::run(&home_to_read()?, &a),
+        Command::Status(a) => status::run(&home_to_read()?, &a),
+        Command::Kill(a) => kill::run(&home_to_read()?, &a),
+        Command::Stats(a) => stats::run(&home_to_read()?, &a),
         Command::Health(a) => health::run(&home()?, &a),
         Command::Logs(a) => logs::run(&home()?, &a),
         Command::Tune(a) => tune::run(&a),
@@ -130,6 +130,20 @@ fn start_logging(
 
 fn home() -> Result<Home> {
     Ok(Home::from_env()?)
+}
+
+/// The home of a command that reads what runs there: one that does not exist is
+/// most likely mistyped, which is said (on stderr: the output stays as it is).
+fn home_to_read() -> Result<Home> {
+    let home = home()?;
+    if !home.root().exists() {
+        eprintln!(
+            "note: CONDUIT_HOME {} does not exist: no tunnel has run with it (is it the \
+             home meant?)",
+            home.root().display()
+        );
+    }
+    Ok(home)
 }
 
 /// A Tokio runtime for the control plane: small, since the data plane has the cores.
