@@ -234,6 +234,18 @@ fn validate_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// What a secret file's `mode` lets others do, in words ("readable by group or
+/// others"), for a mode that lets them do anything.
+pub fn exposure(mode: u32) -> &'static str {
+    if mode & 0o044 != 0 {
+        "readable by group or others"
+    } else if mode & 0o022 != 0 {
+        "writable by group or others"
+    } else {
+        "open to group or others"
+    }
+}
+
 /// Writes a private key file, readable by its owner only, replacing any previous one.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     owner_only(
@@ -422,9 +434,10 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(Error::Config(format!(
-                "private key {} is readable by group or others (mode {mode:04o}); \
-                 run `chmod 600 {}` and start again",
+                "private key {} is {} (mode {mode:04o}); run `chmod 600 {}` and start \
+                 again",
                 path.display(),
+                exposure(mode),
                 path.display()
             )));
         }

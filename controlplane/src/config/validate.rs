@@ -617,9 +617,10 @@ fn token_file(has_token: bool, path: &str, out: &mut Out<'_>) {
             out.warn(
                 path,
                 format!(
-                    "{} holds a secret and is readable by group or others (mode {mode:04o}); \
+                    "{} holds a secret and is {} (mode {mode:04o}); \
  run `chmod 600 {}` or pass the token in {env}",
                     file.display(),
+                    keys::exposure(mode),
                     file.display()
                 ),
             );

@@ -310,6 +310,15 @@ fn a_private_key_readable_by_others_is_refused() {
         err.contains(&format!("chmod 600 {}", path.display())),
         "{err}"
     );
+    // Said as it is: a mode that lets the group only run or write it.
+    for (mode, said) in [
+        (0o610, "open to group or others (mode 0610)"),
+        (0o620, "writable by group or others (mode 0620)"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = load_private(&path, "client").unwrap_err().to_string();
+        assert!(err.contains(said), "{err}");
+    }
 }
 
 #[test]
