@@ -14,7 +14,7 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
     /// A file could not be read or written. Local fault.
-    #[error("{what} {}: {source}", path.display())]
+    #[error("{what} {}: {source}{}", path.display(), file_fix(source))]
     File {
         /// What the file is ("private key", "authorized clients file"…).
         what: &'static str,
@@ -132,6 +132,23 @@ pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey, our_line
     Error::Tls(e)
 }
 
+/// The fix for a file that could not be read or written, where the system's error
+/// says what it is: a read-only file system, or a file or directory the user may
+/// not touch.
+fn file_fix(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ReadOnlyFilesystem => {
+            "; the file system is read-only: point CONDUIT_HOME (or the setting that names \
+             this file) at a writable directory"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "; check that this user owns the file and its directory (or may write there), \
+             or run as the user that does"
+        }
+        _ => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +201,28 @@ mod tests {
             format!("cannot reach router {addr}: no answer within 300ms")
         );
         assert!(e.found_no_listener());
+    }
+
+    #[test]
+    fn a_file_error_names_the_fix_where_the_system_says_what_is_wrong() {
+        let file = |kind| Error::File {
+            what: "cannot write private key",
+            path: "/h/keys/client.key".into(),
+            source: io::Error::from(kind),
+        };
+        assert_eq!(
+            file(io::ErrorKind::ReadOnlyFilesystem).to_string(),
+            "cannot write private key /h/keys/client.key: read-only filesystem or storage \
+             medium; the file system is read-only: point CONDUIT_HOME (or the setting that \
+             names this file) at a writable directory"
+        );
+        assert!(file(io::ErrorKind::PermissionDenied).to_string().ends_with(
+            "; check that this user owns the file and its directory (or may \
+                            write there), or run as the user that does"
+        ));
+        assert_eq!(
+            file(io::ErrorKind::NotFound).to_string(),
+            "cannot write private key /h/keys/client.key: entity not found"
+        );
     }
 }

@@ -62,7 +62,15 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.key.{}.{n}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        new_owner_only(&tmp, pem.as_bytes(), "cannot write private key")?;
+        // A failure is the key's to name: the temporary file is of no interest.
+        new_owner_only(&tmp, pem.as_bytes(), "cannot write private key").map_err(|e| match e {
+            Error::File { what, source, .. } => Error::File {
+                what,
+                path: key_path.clone(),
+                source,
+            },
+            other => other,
+        })?;
         let linked = std::fs::hard_link(&tmp, &key_path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
