@@ -345,30 +345,37 @@ impl DropTally {
 }
 
 thread_local! {
-    /// When this core last said that datagrams were dropped.
+    /// When this core last said that datagrams were dropped, and how many it found
+    /// dropped since without saying so.
     static DROPS_SAID: Cell<Option<Instant>> = const { Cell::new(None) };
+    static DROPS_HELD: Cell<u64> = const { Cell::new(0) };
 }
 
 /// How often each core says at most that the kernel dropped datagrams.
 const DROPS_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// Says that the kernel dropped `new` datagrams for want of room (once a minute at
-/// most per core; the metric counts every one): lost datagrams are no error any
-/// socket call returns, and the operator has a setting to change.
+/// most per core, each line counting every drop the core found since its last; the
+/// metric counts every one): lost datagrams are no error any socket call returns,
+/// and the operator has a setting to change.
 fn say_dropped(new: u32) {
     let now = Instant::now();
+    let held = DROPS_HELD.get() + u64::from(new);
     if DROPS_SAID
         .get()
         .is_some_and(|at| now.duration_since(at) < DROPS_SAID_EVERY)
     {
+        DROPS_HELD.set(held);
         return;
     }
     DROPS_SAID.set(Some(now));
+    DROPS_HELD.set(0);
     tracing::warn!(
-        "the kernel dropped {new} UDP datagram(s) that found a receive buffer full: raise \
+        "the kernel dropped {held} UDP datagram(s) that found a receive buffer full: raise \
          performance.read_buffer_size (a tunnel's --read-buffer-size), up to \
-         net.core.rmem_max (`conduit tune --check`); said at most once a minute, \
-         conduit_udp_receive_buffer_drops_total counts every one"
+         net.core.rmem_max (`conduit tune --check`); said at most once a minute by each \
+         core (counting what it found since), conduit_udp_receive_buffer_drops_total \
+         counts every one"
     );
 }
 
