@@ -442,10 +442,7 @@ impl ClientCore {
         if self.core.stopping.get() {
             self.fail_waiters(ErrorKind::RouterUnreachable, "the tunnel is stopping");
         } else if !self.spec.link.can_wait() {
-            self.fail_waiters(
-                ErrorKind::RouterUnreachable,
-                "the router is unreachable (the tunnel is reconnecting)",
-            );
+            self.fail_waiters(ErrorKind::RouterUnreachable, &self.spec.link.why_down());
         }
         self.publish();
         if !self.core.stopping.get() {
@@ -534,8 +531,7 @@ impl ClientCore {
         self.publish();
         if !self.spec.link.can_wait() {
             self.refill();
-            let why = "the router is unreachable (the tunnel is reconnecting)";
-            return Err((ErrorKind::RouterUnreachable, why.into()));
+            return Err((ErrorKind::RouterUnreachable, self.spec.link.why_down()));
         }
         if let Some(why) = self.starved_reason() {
             return Err((ErrorKind::OutOfDescriptors, why));

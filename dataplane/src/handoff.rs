@@ -343,6 +343,22 @@ impl LinkState {
         self.moving.swap(false, Ordering::AcqRel)
     }
 
+    /// Why no channel can be had while every link is down, as users are told: the
+    /// router's refusal (as the tunnel logged it) when every router refused this tunnel (a key it no longer
+    /// admits: no reconnecting mends that), else that the tunnel is reconnecting.
+    pub fn why_down(&self) -> String {
+        let refusals: Vec<String> = (0..self.routers.len())
+            .map_while(|i| self.router_refusal(i))
+            .collect();
+        match refusals.len() {
+            n if n < self.routers.len() => {
+                "the router is unreachable (the tunnel is reconnecting)".to_owned()
+            }
+            1 => refusals[0].clone(),
+            _ => format!("every router refuses this tunnel: {}", refusals.join("; ")),
+        }
+    }
+
     /// Whether a user may wait for a channel: a link is up, or the tunnel moves to
     /// another router at once (see [`Self::set_moving`]).
     pub fn can_wait(&self) -> bool {
@@ -508,6 +524,25 @@ mod tests {
         links.lost_all();
         assert!(!links.is_up() && !links.is_current(b2));
         assert_eq!(links.current(1), b2);
+    }
+
+    #[test]
+    fn users_are_told_the_refusal_only_when_every_router_refuses() {
+        let links = LinkState::new(2);
+        let unreachable = "the router is unreachable (the tunnel is reconnecting)";
+        assert_eq!(links.why_down(), unreachable);
+        links.router_refused(1, "key K is not authorized".into());
+        assert_eq!(links.why_down(), unreachable, "router 0 may still serve");
+        links.router_refused(0, "key K is revoked".into());
+        assert_eq!(
+            links.why_down(),
+            "every router refuses this tunnel: key K is revoked; key K is not authorized"
+        );
+        let one = LinkState::new(1);
+        one.router_refused(0, "key K is not authorized".into());
+        assert_eq!(one.why_down(), "key K is not authorized");
+        one.connected(0);
+        assert_eq!(one.why_down(), unreachable, "a link up forgets the refusal");
     }
 
     #[test]

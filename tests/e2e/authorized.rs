@@ -57,6 +57,9 @@ fn keys_are_revoked_and_admitted_without_a_restart() {
         "is not authorized; add it to the router's authorized_clients file; retrying in ",
     );
     assert!(revoked.running(), "{}", revoked.stderr());
+    // Its users are told why, not that the router is away.
+    crate::users::expect_refused_user(revoked_addr);
+    revoked.wait_stderr("user connection closed: the router refused this client: client key ");
     survivor.write_all(b"still here").unwrap();
     let mut back = [0u8; 10];
     survivor.read_exact(&mut back).unwrap();

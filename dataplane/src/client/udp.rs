@@ -263,8 +263,8 @@ impl ClientCore {
                     core = self.core.index,
                     %peer,
                     tunnel = %self.spec.tunnel,
-                    "dropped a datagram from a new sender: the router is unreachable (the \
-                     tunnel is reconnecting){}",
+                    "dropped a datagram from a sender without a flow: {}{}",
+                    self.spec.link.why_down(),
                     held_note(held)
                 );
             }

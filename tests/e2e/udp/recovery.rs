@@ -35,8 +35,8 @@ fn flows_come_back_after_the_router_restarts(transport: &[&str]) {
     // log says so, rate-limited), and nothing piles up.
     user.sock.send_to(b"lost", taddr).unwrap();
     tunnel.wait_stderr(
-        "dropped a datagram from a new sender: the router is unreachable (the tunnel is \
-         reconnecting)",
+        "dropped a datagram from a sender without a flow: the router is unreachable (the \
+         tunnel is reconnecting)",
     );
     // Dropped and counted as such, and as a connection opened and failed (as a TCP
     // user turned away is): failed is never more than total.
