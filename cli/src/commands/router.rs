@@ -28,6 +28,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     let sources = Sources {
         file: a.config.clone().unwrap_or_default(),
         file_flag: "--config",
+        contents: None,
         env: Env::from_process(),
         overrides,
         home: home.clone(),

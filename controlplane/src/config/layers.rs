@@ -106,10 +106,10 @@ pub(crate) fn resolve<T: DeserializeOwned>(
     role: Role,
     sources: &Sources,
 ) -> Result<(T, Origins, Report), Report> {
-    let doc = if sources.file.as_os_str().is_empty() {
-        FileDoc::empty()
-    } else {
-        FileDoc::read(&sources.file, role, sources.file_flag)?
+    let doc = match &sources.contents {
+        Some(text) => FileDoc::parse(&sources.file, text)?,
+        None if sources.file.as_os_str().is_empty() => FileDoc::empty(),
+        None => FileDoc::read(&sources.file, role, sources.file_flag)?,
     };
     let schema = Schema::of(role);
     let mut m = Merge {

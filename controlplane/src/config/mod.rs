@@ -48,7 +48,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use env::Env;
-pub use file::missing;
+pub use file::{missing, text as file_text};
 pub use layers::Override;
 pub use model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LATENCY_POOL, LogFormat, LogLevel,
@@ -333,6 +333,11 @@ pub struct Sources {
     /// The flag that names another file (`-f`, `--config`), for the message when
     /// `file` does not exist.
     pub file_flag: &'static str,
+    /// The text of `file` when the caller holds it already ([`file_text`]): it is
+    /// used as is and `file` is not read again, though it still names the file
+    /// (for messages, and for its relative paths). An `up --foreground` hands each
+    /// tunnel it starts the text it started with, whatever the file says by then.
+    pub contents: Option<String>,
     /// The `CONDUIT_*` variables.
     pub env: Env,
     /// Command-line overrides, applied last.

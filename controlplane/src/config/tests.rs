@@ -52,6 +52,7 @@ impl Fixture {
         Sources {
             file,
             file_flag: "-f",
+            contents: None,
             env: Env::from_pairs(env.iter().copied()),
             overrides: sets
                 .iter()
