@@ -339,6 +339,59 @@ fn up_writes_a_service_that_runs_the_file_in_the_foreground() {
     );
 }
 
+/// Relative paths given through `--set` or the environment are written as the
+/// files they name from here: the service does not start in this directory.
+#[test]
+fn up_gives_the_service_relative_paths_made_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conduit = || bare_conduit(&dir.path().join("home"));
+    let init = conduit().arg("init").output().unwrap();
+    assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
+    let keys = dir.path().join("home").join("keys");
+    std::fs::copy(keys.join("client.pub"), keys.join("router.pub")).unwrap();
+    let file = dir.path().join("edge.toml");
+    std::fs::write(
+        &file,
+        "[router]\nhost = \"router.example.com\"\n\n[[tunnels]]\nname = \"web\"\n\
+         source = \"10.2.0.2:8080\"\nbind = \"127.0.0.1:8080\"\n",
+    )
+    .unwrap();
+    let out = conduit()
+        .current_dir(dir.path())
+        .env("CONDUIT_SECURITY_PRIVATE_KEY_PATH", "home/keys/client.key")
+        .args([
+            "up",
+            "-f",
+            "edge.toml",
+            "--set",
+            "router.public_key=home/keys/router.pub",
+        ])
+        .args(["--service-file", "systemd", "--service-user", "conduit"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unit = stdout(&out);
+    assert_eq!(
+        exec_start(&unit),
+        format!(
+            "ExecStart={} up --foreground -f {d}/edge.toml --set \
+             router.public_key={d}/home/keys/router.pub",
+            env!("CARGO_BIN_EXE_conduit")
+        )
+    );
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "conduit: note: CONDUIT_SECURITY_PRIVATE_KEY_PATH is not written into the service \
+             file; put CONDUIT_SECURITY_PRIVATE_KEY_PATH={d}/home/keys/client.key in \
+             /etc/conduit/conduit-edge.env (mode 0600) instead\n\
+             conduit: note: the service does not start until /etc/conduit/conduit-edge.env \
+             exists, rather than run without these\n"
+        )
+    );
+}
+
 #[test]
 fn a_udp_tunnel_keeps_its_protocol_in_the_service() {
     let dir = tempfile::tempdir().unwrap();

@@ -397,13 +397,7 @@ fn service_file(
             env.push(s.env);
             continue;
         }
-        let value = if s.path {
-            absolute(std::path::Path::new(&o.value))?
-                .display()
-                .to_string()
-        } else {
-            o.value
-        };
+        let value = o.value_from_working_dir(Role::Router).map_err(Usage)?;
         args.extend(["--set".to_owned(), format!("{}={value}", o.key)]);
     }
     for var in loaded.origins.env_vars() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use conduit_controlplane::Home;
+use conduit_controlplane::config::env_value_from_working_dir;
 use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
 
 use crate::args::{LogArgs, LogFormat, LogRotation, ServiceArgs, ServiceKind};
@@ -208,14 +209,19 @@ pub(crate) fn emit(
         eprintln!("conduit: note: {note}");
     }
     for var in &t.env_vars {
-        let (what, value) = if var.ends_with("_TOKEN") {
-            ("the token", "token")
-        } else {
-            (var.as_str(), "value")
+        // A relative path in this shell would name another file to the service,
+        // which does not start in this directory: the note gives it made absolute.
+        let absolute = std::env::var(var)
+            .ok()
+            .and_then(|v| env_value_from_working_dir(var, &v));
+        let (what, value) = match absolute {
+            Some(path) => (var.as_str(), path),
+            None if var.ends_with("_TOKEN") => ("the token", "<token>".to_owned()),
+            None => (var.as_str(), "<value>".to_owned()),
         };
         eprintln!(
             "conduit: note: {what} is not written into the service file; put \
-             {var}=<{value}> in {} (mode 0600) instead",
+             {var}={value} in {} (mode 0600) instead",
             env_file.display()
         );
     }

@@ -418,8 +418,8 @@ fn holds_port(c: &EntryConfig, port: u16, protocol: Protocol) -> bool {
 }
 
 /// `--service-file`: a service that runs `conduit up --foreground -f FILE` (the file's
-/// absolute path, checked above like any `up`) with the same `--set` overrides,
-/// except a token, which stays out of the service file.
+/// absolute path, checked above like any `up`) with the same `--set` overrides
+/// (paths made absolute), except secrets, which stay out of the service file.
 fn service_file(
     home: &Home,
     a: &UpArgs,
@@ -443,7 +443,9 @@ fn service_file(
         if o.is_secret() {
             env_vars.push(o.env_name());
         } else {
-            args.extend(["--set".to_owned(), format!("{}={}", o.key, o.value)]);
+            // The service runs from another directory (`/`).
+            let value = o.value_from_working_dir(Role::Client).map_err(Usage)?;
+            args.extend(["--set".to_owned(), format!("{}={value}", o.key)]);
         }
     }
     // Settings the shell's CONDUIT_* variables gave: the service has no such shell.
