@@ -75,6 +75,17 @@ fn default_name(tunnel: &str) -> String {
     }
 }
 
+/// The service's name: `--service-name` as given, but for the `.service` a systemd
+/// unit's name is often written with, which the unit file adds itself (the unit
+/// would be `NAME.service.service`); without the flag, from the tunnel's name.
+fn service_name(kind: InitSystem, given: Option<&str>, tunnel: &str) -> String {
+    match given {
+        Some(n) if kind == InitSystem::Systemd => n.strip_suffix(".service").unwrap_or(n).into(),
+        Some(n) => n.to_owned(),
+        None => default_name(tunnel),
+    }
+}
+
 /// `path` made absolute against the current directory (not resolved: a symlink stays
 /// a symlink, so a key rotated by replacing the link keeps working).
 pub(crate) fn absolute(path: &Path) -> Result<PathBuf> {
@@ -176,10 +187,7 @@ pub(crate) fn emit(
     t: Tunnel<'_>,
 ) -> Result<()> {
     let kind = kind(kind_flag);
-    let name = s
-        .service_name
-        .clone()
-        .unwrap_or_else(|| default_name(t.name));
+    let name = service_name(kind, s.service_name.as_deref(), t.name);
     let user = match &s.service_user {
         Some(u) => u.clone(),
         None => current_user().ok_or_else(|| {
@@ -276,5 +284,15 @@ mod tests {
         assert_eq!(default_name("web"), "conduit-web");
         assert_eq!(default_name("db eu/1"), "conduit-db-eu-1");
         assert_eq!(default_name("conduit-prod"), "conduit-prod");
+    }
+
+    #[test]
+    fn a_systemd_name_may_end_in_dot_service() {
+        let name = |kind, given| service_name(kind, given, "web");
+        assert_eq!(name(InitSystem::Systemd, Some("x.service")), "x");
+        assert_eq!(name(InitSystem::Systemd, Some("x.svc")), "x.svc");
+        assert_eq!(name(InitSystem::Systemd, None), "conduit-web");
+        assert_eq!(name(InitSystem::OpenRc, Some("x.service")), "x.service");
+        assert_eq!(name(InitSystem::Launchd, Some("x.service")), "x.service");
     }
 }
