@@ -7,7 +7,8 @@
 //! rotations).
 //! * HOST: an IP (`10.2.0.2`, `[::1]`), a CIDR (`10.2.0.0/24`), a host name
 //!   (`db.internal`, matched by name) or `*` (any address).
-//! * PORTS: a port (`8080`), a range (`8000-8100`) or `*`.
+//! * PORTS: a port (`8080`, not 0: no source listens there), a range (`8000-8100`)
+//!   or `*`.
 //!
 //! A target given as a name is allowed if a name rule matches it, or if every
 //! address it resolves to is allowed by an address rule. With no rules, nothing is
@@ -126,10 +127,17 @@ impl FromStr for Rule {
                     }
                     Ports::Range(a, b)
                 }
-                None => {
-                    let p: u16 = p.parse().map_err(|_| bad("bad port"))?;
-                    Ports::Range(p, p)
-                }
+                None => match p.parse::<u16>() {
+                    // A mistake, and one that allows nothing: no source listens on 0.
+                    Ok(0) => {
+                        return Err(bad(
+                            "port 0 is no source's port; give the port the source listens \
+                             on, or * for every port",
+                        ));
+                    }
+                    Ok(p) => Ports::Range(p, p),
+                    Err(_) => return Err(bad("bad port")),
+                },
             },
         };
         // `fe80::1:8080` is a whole IPv6 address: the port is told apart by brackets.
@@ -709,6 +717,22 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn port_0_is_refused() {
+        assert_eq!(
+            AllowList::parse(&["127.0.0.1:0", "web=db.internal:0"]).unwrap_err(),
+            ["127.0.0.1:0", "web=db.internal:0"].map(|r| format!(
+                "invalid allow rule {r:?}: port 0 is no source's port; give the port the \
+                 source listens on, or * for every port; expected HOST:PORT such as \
+                 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 \
+                 (optionally KEY=HOST:PORT or NAME=HOST:PORT)"
+            ))
+        );
+        // A range from 0 still allows the ports above it.
+        let allow = AllowList::parse(&["127.0.0.1:0-80"]).unwrap();
+        assert!(allow.could_allow("127.0.0.1:80"));
     }
 
     #[test]

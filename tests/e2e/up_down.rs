@@ -131,6 +131,47 @@ fn up(
     )
 }
 
+/// A relative path given through the environment or `--set` names a file from
+/// where `up` runs: the same command from another directory, whose `keys/` are other
+/// files, restarts the tunnel on them rather than call it up to date.
+#[test]
+fn relative_paths_from_the_environment_or_set_follow_the_working_directory() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let up_in = |dir: &str| {
+        let dir = home.path().join(dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        for key in ["client.key", "router.pub"] {
+            std::fs::copy(home.key(key), dir.join("keys").join(key)).unwrap();
+        }
+        let mut cmd = home.cmd();
+        cmd.current_dir(&dir)
+            .env("CONDUIT_SECURITY_PRIVATE_KEY_PATH", "keys/client.key")
+            .args(["up", "-f", file.to_str().unwrap()])
+            .args(["--set", "router.public_key=keys/router.pub"]);
+        let out = crate::harness::output_of(&mut cmd);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_code(out.status, 0, &err);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = up_in("a");
+    assert!(out.starts_with("started tunnel \"web\""), "{out}");
+    let pid = pid_of(&home, "web");
+    let out = up_in("a");
+    assert!(out.starts_with("tunnel \"web\" is up to date"), "{out}");
+    assert_eq!(pid_of(&home, "web"), pid);
+    let out = up_in("b");
+    assert!(
+        out.starts_with("restarted (settings changed) tunnel \"web\""),
+        "{out}"
+    );
+    assert_ne!(pid_of(&home, "web"), pid);
+    echo_through(&home, "web");
+}
+
 #[test]
 fn up_twice_then_change_remove_and_down() {
     let home = Home::with_keys();

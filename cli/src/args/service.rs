@@ -31,7 +31,8 @@ pub(crate) struct ServiceArgs {
     pub(crate) output: Option<PathBuf>,
     /// The service's name (default: conduit-NAME, NAME being the tunnel's for start,
     /// `router` for a router, the file's for up: conduit-edge for edge.toml; a NAME
-    /// that starts with conduit stays as it is, so conduit.toml gives conduit).
+    /// that starts with conduit stays as it is, so conduit.toml gives conduit); a
+    /// systemd unit's trailing .service may be given or not.
     #[arg(long, value_name = "NAME", requires = "service_file")]
     pub(crate) service_name: Option<String>,
     /// The account the service runs as (default: the current user).

@@ -45,6 +45,10 @@ pub(crate) struct UpArgs {
         conflicts_with = "detached"
     )]
     pub(crate) supervisor: Option<u32>,
+    /// Internal: the file's text comes on standard input (the text the supervisor
+    /// started with), not from FILE, which still names it.
+    #[arg(long, hide = true, requires = "supervisor")]
+    pub(crate) file_on_stdin: bool,
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
 }

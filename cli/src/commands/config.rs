@@ -188,6 +188,7 @@ fn sources(home: Home, a: ConfigArgs) -> (Role, Sources) {
     let sources = Sources {
         file: a.file.unwrap_or_else(|| default.into()),
         file_flag: "-f",
+        contents: None,
         env: Env::from_process(),
         overrides: a.set,
         home,

@@ -28,6 +28,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     let sources = Sources {
         file: a.config.clone().unwrap_or_default(),
         file_flag: "--config",
+        contents: None,
         env: Env::from_process(),
         overrides,
         home: home.clone(),
@@ -396,13 +397,7 @@ fn service_file(
             env.push(s.env);
             continue;
         }
-        let value = if s.path {
-            absolute(std::path::Path::new(&o.value))?
-                .display()
-                .to_string()
-        } else {
-            o.value
-        };
+        let value = o.value_from_working_dir(Role::Router).map_err(Usage)?;
         args.extend(["--set".to_owned(), format!("{}={value}", o.key)]);
     }
     for var in loaded.origins.env_vars() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use conduit_controlplane::Home;
+use conduit_controlplane::config::env_value_from_working_dir;
 use conduit_controlplane::service::{self, InitSystem, ServiceSpec};
 
 use crate::args::{LogArgs, LogFormat, LogRotation, ServiceArgs, ServiceKind};
@@ -71,6 +72,17 @@ fn default_name(tunnel: &str) -> String {
         clean
     } else {
         format!("conduit-{clean}")
+    }
+}
+
+/// The service's name: `--service-name` as given, but for the `.service` a systemd
+/// unit's name is often written with, which the unit file adds itself (the unit
+/// would be `NAME.service.service`); without the flag, from the tunnel's name.
+fn service_name(kind: InitSystem, given: Option<&str>, tunnel: &str) -> String {
+    match given {
+        Some(n) if kind == InitSystem::Systemd => n.strip_suffix(".service").unwrap_or(n).into(),
+        Some(n) => n.to_owned(),
+        None => default_name(tunnel),
     }
 }
 
@@ -175,10 +187,7 @@ pub(crate) fn emit(
     t: Tunnel<'_>,
 ) -> Result<()> {
     let kind = kind(kind_flag);
-    let name = s
-        .service_name
-        .clone()
-        .unwrap_or_else(|| default_name(t.name));
+    let name = service_name(kind, s.service_name.as_deref(), t.name);
     let user = match &s.service_user {
         Some(u) => u.clone(),
         None => current_user().ok_or_else(|| {
@@ -208,14 +217,19 @@ pub(crate) fn emit(
         eprintln!("conduit: note: {note}");
     }
     for var in &t.env_vars {
-        let (what, value) = if var.ends_with("_TOKEN") {
-            ("the token", "token")
-        } else {
-            (var.as_str(), "value")
+        // A relative path in this shell would name another file to the service,
+        // which does not start in this directory: the note gives it made absolute.
+        let absolute = std::env::var(var)
+            .ok()
+            .and_then(|v| env_value_from_working_dir(var, &v));
+        let (what, value) = match absolute {
+            Some(path) => (var.as_str(), path),
+            None if var.ends_with("_TOKEN") => ("the token", "<token>".to_owned()),
+            None => (var.as_str(), "<value>".to_owned()),
         };
         eprintln!(
             "conduit: note: {what} is not written into the service file; put \
-             {var}=<{value}> in {} (mode 0600) instead",
+             {var}={value} in {} (mode 0600) instead",
             env_file.display()
         );
     }
@@ -270,5 +284,15 @@ mod tests {
         assert_eq!(default_name("web"), "conduit-web");
         assert_eq!(default_name("db eu/1"), "conduit-db-eu-1");
         assert_eq!(default_name("conduit-prod"), "conduit-prod");
+    }
+
+    #[test]
+    fn a_systemd_name_may_end_in_dot_service() {
+        let name = |kind, given| service_name(kind, given, "web");
+        assert_eq!(name(InitSystem::Systemd, Some("x.service")), "x");
+        assert_eq!(name(InitSystem::Systemd, Some("x.svc")), "x.svc");
+        assert_eq!(name(InitSystem::Systemd, None), "conduit-web");
+        assert_eq!(name(InitSystem::OpenRc, Some("x.service")), "x.service");
+        assert_eq!(name(InitSystem::Launchd, Some("x.service")), "x.service");
     }
 }

@@ -17,11 +17,18 @@
 //! the child: while it waits to start a failed tunnel again, no `start` or plain `up`
 //! can take the name (they are told who holds it). A tunnel stopped on purpose gives
 //! its name back.
-//! What is not done here: a child's settings are never changed while it runs; a
-//! changed file takes a restart of this process.
+//!
+//! Every run of every child has the settings this process started with: it reads
+//! the file once and hands that text to each run on its stdin (`--file-on-stdin`),
+//! so a file edited (or broken, or without the tunnel) since is not half applied by
+//! the runs that restart. The environment and the `--set` values are this
+//! process's own, the same at each run. What is not done here: a child's settings
+//! are never changed, while it runs or when it restarts; a changed file takes a
+//! restart of this process.
 
 use std::ffi::OsString;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -31,7 +38,7 @@ use conduit_controlplane::process::{INHERITED_CLAIM, NameClaim, claim_name};
 use conduit_controlplane::spawn::LastWords;
 use conduit_proto::Secret;
 use futures::future::join_all;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info};
@@ -47,22 +54,29 @@ const LONGEST_WAIT: Duration = Duration::from_secs(30);
 const STEADY: Duration = Duration::from_secs(60);
 
 /// Runs every tunnel of `plan` as a child of this process until a signal, restarting
-/// each one that fails; then stops them.
-pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
+/// each one that fails; then stops them. `text` is the file's, as `plan` was made
+/// from it: what each run of each child is handed.
+pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String) -> Result<()> {
     let exe = std::env::current_exe()?;
     let me = std::process::id().to_string();
     let secrets = secret_vars(set);
+    let text: Arc<str> = text.into();
     let children: Vec<Child> = (plan.tunnels.iter())
         .map(|t| {
             let claim = claim_name(home, &t.name)?;
             claim.set_supervisor()?;
             let mut args = child_args(plan, set, t, false);
-            args.extend(["--supervisor".into(), me.clone().into()]);
+            args.extend([
+                "--supervisor".into(),
+                me.clone().into(),
+                "--file-on-stdin".into(),
+            ]);
             Ok(Child {
                 name: t.name.clone(),
                 exe: exe.clone().into_os_string(),
                 args,
                 secrets: secrets.clone(),
+                text: text.clone(),
                 claim,
             })
         })
@@ -118,6 +132,9 @@ struct Child {
     exe: OsString,
     args: Vec<OsString>,
     secrets: Vec<(String, Secret)>,
+    /// The file's text as this process read it at its start, written to each run's
+    /// stdin.
+    text: Arc<str>,
     /// The claim on its name, held from start to end and lent to each run.
     claim: NameClaim,
 }
@@ -191,6 +208,7 @@ impl Child {
             // Its log is its stderr, which this process copies into its own log.
             .env_remove("CONDUIT_LOG_FILE")
             .envs(self.secrets.iter().map(|(var, v)| (var, v.expose())))
+            .stdin(Stdio::piped())
             // Its stderr passes through this process, which reads its last words.
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -200,9 +218,19 @@ impl Child {
         conduit_dataplane::stop_with_parent(cmd.as_std_mut());
         // Every child starts from this one thread, so only this one inherits the
         // claim's descriptor.
-        self.claim
+        let mut child = self
+            .claim
             .lend_while(|| cmd.spawn())
-            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)??;
+        // Written while the child reads it, then closed. A child that ends before
+        // reading it all says why on its stderr, so the error here is not kept.
+        if let Some(mut stdin) = child.stdin.take() {
+            let text = self.text.clone();
+            tokio::spawn(async move {
+                let _ = stdin.write_all(text.as_bytes()).await;
+            });
+        }
+        Ok(child)
     }
 
     /// Waits for `child` to exit, asking it to stop (it drains) once `stopping`.

@@ -6,13 +6,14 @@
 //! and protocol) is gone, not after the slowest drain. Each tunnel process is
 //! `conduit up -f FILE --tunnel NAME --foreground`, so it reads exactly its own plan.
 //! `up --foreground` supervises one such child per tunnel in this terminal (see
-//! `supervise`); a plain `up` leaves the tunnels such a supervisor runs to it.
+//! `supervise`), handing each the file's text as it read it (`--file-on-stdin`); a
+//! plain `up` leaves the tunnels such a supervisor runs to it.
 
 use std::ffi::OsString;
 
 use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
-    Env, Override, Plan, Protocol, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
+    self, Env, Override, Plan, Protocol, Role, Sources, TransportKind, TunnelPlan, plan_tunnels,
 };
 use conduit_controlplane::process::{Registration, claim_name, claim_supervised_name};
 use conduit_controlplane::reconcile::reconcile;
@@ -35,6 +36,7 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
     // Each tunnel process reads the file again: a pipe (`-f /dev/stdin`, `<(…)`)
     // would be empty for them.
     if let Ok(m) = std::fs::metadata(&file)
+        && !a.file_on_stdin
         && !m.is_file()
         && !m.is_dir()
     {
@@ -45,14 +47,29 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         ))
         .into());
     }
+    let name = a.file.display().to_string();
+    let supervisor = a.foreground && a.tunnel.is_none() && a.service.service_file.is_none();
+    // A supervisor reads the file once: each start of each of its tunnels runs on
+    // the text it started with (handed on stdin), so an edit, even half done or
+    // invalid, reaches none of them before the supervisor is restarted.
+    let contents = if a.file_on_stdin {
+        Some(text_from_stdin()?)
+    } else if supervisor {
+        match config::file_text(&file, Role::Client, "-f") {
+            Ok(text) => Some(text),
+            Err(report) => return unreadable(&name, Role::Client, &report),
+        }
+    } else {
+        None
+    };
     let sources = Sources {
         file: file.clone(),
         file_flag: "-f",
+        contents,
         env: Env::from_process(),
         overrides: a.set.clone(),
         home: home.clone(),
     };
-    let name = a.file.display().to_string();
     let plan = match plan_tunnels(&sources) {
         // `up`'s own flags over the file's `[logging]`: what each tunnel runs with.
         Ok(p) => p.with_log_flags(
@@ -96,8 +113,8 @@ pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
         ));
         return Ok(());
     }
-    if a.foreground {
-        return super::supervise::supervise(home, &plan, &a.set);
+    if let Some(text) = sources.contents.filter(|_| supervisor) {
+        return super::supervise::supervise(home, &plan, &a.set, text);
     }
     reconcile_and_launch(home, &plan, &a.set)
 }
@@ -348,6 +365,22 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     .into())
 }
 
+/// The file's text as a supervisor hands it to its tunnel (`--file-on-stdin`).
+fn text_from_stdin() -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .lock()
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            anyhow!(
+                "cannot read the configuration on standard input: {e} (`--file-on-stdin` is for \
+             `up --foreground` to give the tunnels it starts)"
+            )
+        })?;
+    Ok(text)
+}
+
 /// `file` made absolute, with its directory's `.`, `..` and links resolved: one
 /// file named two ways (`rel/c.toml`, `../w/rel/c.toml`) makes one plan, whose
 /// paths, and so digests, are the same. The file's own name is kept as given: a
@@ -385,8 +418,8 @@ fn holds_port(c: &EntryConfig, port: u16, protocol: Protocol) -> bool {
 }
 
 /// `--service-file`: a service that runs `conduit up --foreground -f FILE` (the file's
-/// absolute path, checked above like any `up`) with the same `--set` overrides,
-/// except a token, which stays out of the service file.
+/// absolute path, checked above like any `up`) with the same `--set` overrides
+/// (paths made absolute), except secrets, which stay out of the service file.
 fn service_file(
     home: &Home,
     a: &UpArgs,
@@ -410,7 +443,9 @@ fn service_file(
         if o.is_secret() {
             env_vars.push(o.env_name());
         } else {
-            args.extend(["--set".to_owned(), format!("{}={}", o.key, o.value)]);
+            // The service runs from another directory (`/`).
+            let value = o.value_from_working_dir(Role::Client).map_err(Usage)?;
+            args.extend(["--set".to_owned(), format!("{}={value}", o.key)]);
         }
     }
     // Settings the shell's CONDUIT_* variables gave: the service has no such shell.

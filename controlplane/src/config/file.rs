@@ -74,38 +74,43 @@ pub(crate) struct FileDoc {
     lines: HashMap<String, usize>,
 }
 
+/// The text of `path`, a `role` file named by `flag`; `Err` holds why there is none
+/// to check (no file, too large, not UTF-8).
+pub fn text(path: &Path, role: Role, flag: &str) -> Result<String, Report> {
+    let text = read_at_most(path, MAX_FILE).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => missing(path, role, flag),
+            std::io::ErrorKind::FileTooLarge => format!(
+                "{} is larger than {} MiB: not a Conduit configuration file (check -f)",
+                path.display(),
+                MAX_FILE >> 20
+            ),
+            _ => format!("cannot read {}: {e}", path.display()),
+        };
+        fatal(why)
+    })?;
+    String::from_utf8(text).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..at];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = at
+            - before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        fatal(format!(
+            "{}:{line}:{column}: not UTF-8 text (byte {at}); save the file as UTF-8",
+            path.display(),
+        ))
+    })
+}
+
 impl FileDoc {
     /// Reads and parses `path`, a `role` file named by `flag`; `Err` holds why there
     /// is nothing to check.
     pub(crate) fn read(path: &Path, role: Role, flag: &str) -> Result<Self, Report> {
-        let text = read_at_most(path, MAX_FILE).map_err(|e| {
-            let why = match e.kind() {
-                std::io::ErrorKind::NotFound => missing(path, role, flag),
-                std::io::ErrorKind::FileTooLarge => format!(
-                    "{} is larger than {} MiB: not a Conduit configuration file (check -f)",
-                    path.display(),
-                    MAX_FILE >> 20
-                ),
-                _ => format!("cannot read {}: {e}", path.display()),
-            };
-            fatal(why)
-        })?;
-        let text = String::from_utf8(text).map_err(|e| {
-            let at = e.utf8_error().valid_up_to();
-            let before = &e.as_bytes()[..at];
-            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-            let column = at
-                - before
-                    .iter()
-                    .rposition(|b| *b == b'\n')
-                    .map_or(0, |i| i + 1)
-                + 1;
-            fatal(format!(
-                "{}:{line}:{column}: not UTF-8 text (byte {at}); save the file as UTF-8",
-                path.display(),
-            ))
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &text(path, role, flag)?)
     }
 
     /// No file: every key keeps its default unless the environment or a flag sets it.

@@ -75,6 +75,26 @@ impl Override {
         format!("CONDUIT_{}", self.key.replace('.', "_")).to_ascii_uppercase()
     }
 
+    /// The value as a `role` configuration takes it, with the paths in it made
+    /// absolute against the working directory: what to write where it is read from
+    /// another directory (a service file). A key `role` does not know is given back
+    /// as it is, for the configuration to report.
+    pub fn value_from_working_dir(&self, role: Role) -> Result<String, String> {
+        let key = (self.key.split_once('.')).and_then(|(s, k)| Schema::of(role).section(s)?.key(k));
+        let Some(kind) = key.map(|k| k.kind) else {
+            return Ok(self.value.clone());
+        };
+        match from_working_dir(kind, kind.parse_text(&self.value)?)? {
+            Value::String(s) if matches!(kind, Kind::Path | Kind::KeyOrPath) => Ok(s),
+            Value::Array(items) if kind == Kind::KeyList => Ok(items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")),
+            _ => Ok(self.value.clone()),
+        }
+    }
+
     /// A value a named flag sets (`--api-bind` sets `api.bind`).
     pub fn flag(flag: &str, key: &str, value: impl Into<String>) -> Self {
         Self {
@@ -99,6 +119,20 @@ impl Override {
     }
 }
 
+/// What the variable `var` should hold where it is read from another directory (a
+/// service's environment file): `value` with the paths in it made absolute. `None`
+/// when `var` sets no path, or `value` names none that is relative.
+pub fn env_value_from_working_dir(var: &str, value: &str) -> Option<String> {
+    let (role, key) = [Role::Client, Role::Router].into_iter().find_map(|role| {
+        Schema::of(role).sections.iter().find_map(|s| {
+            let key = (s.keys.iter()).find(|k| s.env_name(k) == var || k.aliases.contains(&var))?;
+            Some((role, format!("{}.{}", s.name, key.name)))
+        })
+    })?;
+    let given = Override::flag(var, &key, value);
+    (given.value_from_working_dir(role).ok()).filter(|v| v != value)
+}
+
 /// Resolves the four layers into the typed tree `T`.
 ///
 /// `Err` when there is no tree to check (file missing or not TOML).
@@ -106,10 +140,10 @@ pub(crate) fn resolve<T: DeserializeOwned>(
     role: Role,
     sources: &Sources,
 ) -> Result<(T, Origins, Report), Report> {
-    let doc = if sources.file.as_os_str().is_empty() {
-        FileDoc::empty()
-    } else {
-        FileDoc::read(&sources.file, role, sources.file_flag)?
+    let doc = match &sources.contents {
+        Some(text) => FileDoc::parse(&sources.file, text)?,
+        None if sources.file.as_os_str().is_empty() => FileDoc::empty(),
+        None => FileDoc::read(&sources.file, role, sources.file_flag)?,
     };
     let schema = Schema::of(role);
     let mut m = Merge {
@@ -336,7 +370,7 @@ impl Merge {
     /// Sets a value given as text (environment or command line).
     fn set(&mut self, section: &Section, key: &Key, text: &str, origin: Origin) {
         let path = format!("{}.{}", section.name, key.name);
-        match key.kind.parse_text(text) {
+        match (key.kind.parse_text(text)).and_then(|v| from_working_dir(key.kind, v)) {
             Ok(v) => {
                 self.section(section.name).insert(key.name.into(), v);
                 self.origins.set(path, origin);
@@ -506,6 +540,32 @@ impl Merge {
         Schema::of(self.role.other())
             .section(prefix)
             .is_some_and(|s| s.key(k).is_some())
+    }
+}
+
+/// `v`, given through the environment or the command line, with the paths in it
+/// made absolute against the working directory: a relative one would name another
+/// file to a service started from `/`, and the same text typed in another
+/// directory would look unchanged to `up`. Keys written inline stay as they are.
+fn from_working_dir(kind: Kind, v: Value) -> Result<Value, String> {
+    let absolute = |s: &str| {
+        std::path::absolute(s)
+            .map(|p| p.display().to_string())
+            .map_err(|e| format!("cannot make {s:?} absolute ({e}); give an absolute path"))
+    };
+    let pins = |s: &str| crate::keys::absolute_pins(s).map_err(|e| e.to_string());
+    match (kind, v) {
+        (Kind::Path, Value::String(s)) => absolute(&s).map(Value::String),
+        (Kind::KeyOrPath, Value::String(s)) => pins(&s).map(Value::String),
+        (Kind::KeyList, Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => pins(&s).map(Value::String),
+                other => Ok(other),
+            })
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        (_, v) => Ok(v),
     }
 }
 

@@ -25,7 +25,9 @@
 //! `router.token`, `CONDUIT_ROUTER_KEY` → `router.public_key`, `CONDUIT_WORKERS`,
 //! `CONDUIT_IO_ENGINE`); the `CONDUIT_<SECTION>_<KEY>` name wins when both are set.
 //! Relative paths written in a file resolve against the file's directory; those from the
-//! environment or the command line, against the working directory.
+//! environment or the command line are made absolute against the working directory, so
+//! the configuration names the same files wherever it is used next (a service, a
+//! later `up` comparing settings).
 //!
 //! What this module does **not** do: start anything, or read the process environment
 //! behind the caller's back ([`Env::from_process`] is called by the binary, tests pass
@@ -48,8 +50,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use env::Env;
-pub use file::missing;
-pub use layers::Override;
+pub use file::{missing, text as file_text};
+pub use layers::{Override, env_value_from_working_dir};
 pub use model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LATENCY_POOL, LogFormat, LogLevel,
     LogRotation, LoggingConfig, MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER, OptimizeFor,
@@ -333,6 +335,11 @@ pub struct Sources {
     /// The flag that names another file (`-f`, `--config`), for the message when
     /// `file` does not exist.
     pub file_flag: &'static str,
+    /// The text of `file` when the caller holds it already ([`file_text`]): it is
+    /// used as is and `file` is not read again, though it still names the file
+    /// (for messages, and for its relative paths). An `up --foreground` hands each
+    /// tunnel it starts the text it started with, whatever the file says by then.
+    pub contents: Option<String>,
     /// The `CONDUIT_*` variables.
     pub env: Env,
     /// Command-line overrides, applied last.

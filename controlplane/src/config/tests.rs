@@ -52,6 +52,7 @@ impl Fixture {
         Sources {
             file,
             file_flag: "-f",
+            contents: None,
             env: Env::from_pairs(env.iter().copied()),
             overrides: sets
                 .iter()
@@ -227,6 +228,84 @@ fn relative_paths_in_the_file_resolve_against_its_directory() {
     assert_eq!(
         pins(&plan.tunnels[0].router_keys),
         std::slice::from_ref(&f.router_key)
+    );
+}
+
+/// Paths from the environment or `--set` are made absolute against the working
+/// directory as the configuration is resolved (keys written inline stay as they
+/// are); those in the file stay relative to the file.
+#[test]
+fn relative_paths_from_the_environment_or_the_command_line_are_made_absolute() {
+    let f = Fixture::new();
+    let cwd = std::env::current_dir().unwrap();
+    let env = [
+        ("CONDUIT_SECURITY_PRIVATE_KEY_PATH", "keys/client.key"),
+        ("CONDUIT_LOGGING_FILE", "./logs/c.log"),
+    ];
+    let inline = &f.router_key;
+    let sets = [
+        "router.public_key=keys/router.pub",
+        &format!("router.fallback_keys={inline}|old/r.pub, /etc/r2.pub"),
+    ];
+    let l = load_client(&f.sources(&f.client_text(""), &env, &sets)).unwrap();
+    let c = &l.config;
+    assert_eq!(
+        c.security.private_key_path,
+        Some(cwd.join("keys/client.key"))
+    );
+    assert_eq!(c.logging.file, Some(cwd.join("logs/c.log")));
+    let d = cwd.display();
+    assert_eq!(c.router.public_key, Some(format!("{d}/keys/router.pub")));
+    assert_eq!(
+        c.router.fallback_keys,
+        [format!("{inline}|{d}/old/r.pub"), "/etc/r2.pub".to_owned()]
+    );
+    // In the file, the same text is the file's directory's.
+    let text = f.client_text("[security]\nprivate_key_path = \"keys/client.key\"\n");
+    let l = load_client(&f.sources(&text, &[], &[])).unwrap();
+    assert_eq!(
+        l.config.security.private_key_path,
+        Some(f.path("keys/client.key"))
+    );
+}
+
+/// A service file gets a `--set` value, or the note for a variable, with its paths
+/// made absolute; other values as they were given.
+#[test]
+fn values_for_a_service_have_their_paths_made_absolute() {
+    let d = std::env::current_dir().unwrap().display().to_string();
+    let set = |s: &str, role| Override::parse_set(s).unwrap().value_from_working_dir(role);
+    assert_eq!(
+        set("router.public_key=k/r.pub", Role::Client),
+        Ok(format!("{d}/k/r.pub"))
+    );
+    assert_eq!(
+        set("router.fallback_keys=a.pub, /b.pub", Role::Client),
+        Ok(format!("{d}/a.pub,/b.pub"))
+    );
+    assert_eq!(
+        set("router.authorized_keys=clients", Role::Router),
+        Ok(format!("{d}/clients"))
+    );
+    assert_eq!(
+        set("performance.workers=2", Role::Client),
+        Ok("2".to_owned())
+    );
+    assert_eq!(
+        env_value_from_working_dir("CONDUIT_ROUTER_KEY", "k/r.pub"),
+        Some(format!("{d}/k/r.pub"))
+    );
+    assert_eq!(
+        env_value_from_working_dir("CONDUIT_API_HISTORY_FILE", "h.json"),
+        Some(format!("{d}/h.json"))
+    );
+    assert_eq!(
+        env_value_from_working_dir("CONDUIT_SECURITY_PRIVATE_KEY_PATH", "/k/c.key"),
+        None
+    );
+    assert_eq!(
+        env_value_from_working_dir("CONDUIT_PERFORMANCE_WORKERS", "2"),
+        None
     );
 }
 

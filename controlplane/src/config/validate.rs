@@ -642,6 +642,21 @@ pub(crate) fn router_host(host: &str) -> Result<(), String> {
     if bare.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
+    // `https://router.example.com` has a colon too, but no port to move.
+    if let Some(authority) = url_authority(host) {
+        let only = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        let such_as = match is_host_name(only) || only.parse::<IpAddr>().is_ok() {
+            true => format!(" ({only})"),
+            false => String::new(),
+        };
+        return Err(format!(
+            "{host:?} is a URL; give the host name or address only{such_as}, and the port in \
+             router.port"
+        ));
+    }
     if host.contains(':') {
         return Err(format!(
             "{host:?} includes a port; give the host only and put the port in router.port"
@@ -655,6 +670,16 @@ pub(crate) fn router_host(host: &str) -> Result<(), String> {
  router.internal"
         ))
     }
+}
+
+/// The host and port of `s` (`router.example.com:443` of
+/// `https://user@router.example.com:443/x`) when it is a URL.
+fn url_authority(s: &str) -> Option<&str> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && (scheme.chars()).all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    scheme_ok.then(|| authority.rsplit_once('@').map_or(authority, |(_, a)| a))
 }
 
 /// `[router] fallback_keys`: none, or one key for each fallback, each a key or a
@@ -724,6 +749,11 @@ fn router_addr(addr: &str) -> Result<(), String> {
 pub fn host_port(s: &str) -> Result<(), String> {
     if s.trim().is_empty() {
         return Err("it is empty".into());
+    }
+    if let Some(authority) = url_authority(s) {
+        return Err(format!(
+            "it is a URL; give the host and the port only ({authority})"
+        ));
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err("it has no port".into());

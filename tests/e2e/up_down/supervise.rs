@@ -79,6 +79,71 @@ fn a_killed_child_is_restarted_alone_and_a_stopped_one_is_not() {
     assert!(list(&home).is_empty());
 }
 
+/// Waits until tunnel `name` runs with a pid other than `old`, and returns it.
+fn restarted(home: &Home, name: &str, old: u64) -> u64 {
+    crate::procfs::wait_until(&format!("tunnel {name} to be started again"), || {
+        let pid = running(home, name);
+        (pid != old, pid)
+    })
+}
+
+fn source_of(home: &Home, name: &str) -> String {
+    let l = list(home);
+    let t = l.iter().find(|t| t["name"] == name).unwrap();
+    t["source"].as_str().unwrap().to_owned()
+}
+
+/// A child that fails is started again on the settings the supervisor started
+/// with, whatever the file says by then: a source edited in the file is not taken
+/// up by the one tunnel restarted (the other running on the old one), and neither
+/// a tunnel removed from the file nor a file made invalid keeps a child from
+/// starting again.
+#[test]
+fn a_restarted_child_runs_the_settings_the_supervisor_started_with() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let edited = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.clone(), edited.clone()]);
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("one", source.clone()), ("two", source.clone())],
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
+    let (one, two) = (running(&home, "one"), running(&home, "two"));
+
+    let was = format!("source = \"{source}\"");
+    let now = format!("source = \"{edited}\"");
+    std::fs::write(&file, text.replacen(&was, &now, 1)).unwrap();
+    sigkill(one);
+    let one = restarted(&home, "one", one);
+    assert_eq!(source_of(&home, "one"), source);
+    echo_through(&home, "one");
+
+    let without_two = &text[..text.find("\n[[tunnels]]\nname = \"two\"").unwrap()];
+    std::fs::write(&file, without_two).unwrap();
+    sigkill(two);
+    restarted(&home, "two", two);
+    assert_eq!(source_of(&home, "two"), source);
+    echo_through(&home, "two");
+
+    std::fs::write(&file, format!("{text}garbage = [\n")).unwrap();
+    sigkill(one);
+    restarted(&home, "one", one);
+    echo_through(&home, "one");
+
+    let err = sup.stderr();
+    assert_eq!(sup.stderr_count("restarting tunnel \"one\""), 2, "{err}");
+    assert_eq!(sup.stderr_count("restarting tunnel \"two\""), 1, "{err}");
+    assert!(!err.contains("invalid TOML"), "{err}");
+    assert!(!err.contains("has no tunnel named"), "{err}");
+    let status = sup.stop();
+    assert_code(status, 0, &sup.stderr());
+    assert!(list(&home).is_empty());
+}
+
 /// A child that cannot start (its bind address in use) is logged with its exit
 /// code and its own reason, and tried again after 1 s, then 2 s; once the address
 /// is free it comes up. A supervisor stopped while a restart is pending exits with

@@ -35,6 +35,52 @@ fn bad_addresses_are_refused_with_examples() {
     );
 }
 
+/// A router host written as a URL is told to be one (its colon is no port), in
+/// the file as through the environment; so is a fallback router.
+#[test]
+fn a_router_given_as_a_url_is_told_to_be_one() {
+    let f = Fixture::new();
+    let text = f
+        .client_text("")
+        .replace(
+            "host = \"10.2.0.1\"",
+            "host = \"https://router.example.com\"",
+        )
+        .replacen(
+            "[[tunnels]]",
+            "fallbacks = [\"tls://10.2.0.3:9999/\"]\n[[tunnels]]",
+            1,
+        );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.host: \"https://router.example.com\" is a URL; give the host name or \
+             address only (router.example.com), and the port in router.port ($F:2)",
+            "error: router.fallbacks[0]: \"tls://10.2.0.3:9999/\": it is a URL; give the host \
+             and the port only (10.2.0.3:9999); use HOST:PORT such as 10.2.0.3:9999 or \
+             router-b.internal:9999 ($F:5)",
+        ]
+    );
+    let env = |host: &str| {
+        let sources = f.sources(&f.client_text(""), &[("CONDUIT_ROUTER_HOST", host)], &[]);
+        f.lines(&crate::config::load_client(&sources).unwrap().report)
+    };
+    assert_eq!(
+        env("tls://10.2.0.1"),
+        [
+            "error: router.host: \"tls://10.2.0.1\" is a URL; give the host name or address only \
+          (10.2.0.1), and the port in router.port (env CONDUIT_ROUTER_HOST)"
+        ]
+    );
+    assert_eq!(
+        env("https://user@[fd00::1]:443/x"),
+        [
+            "error: router.host: \"https://user@[fd00::1]:443/x\" is a URL; give the host name or \
+          address only (fd00::1), and the port in router.port (env CONDUIT_ROUTER_HOST)"
+        ]
+    );
+}
+
 #[test]
 fn a_source_list_is_checked_member_by_member() {
     let f = Fixture::new();
