@@ -247,8 +247,20 @@ fn identity(_: &std::fs::Metadata) -> (u64, u64) {
 fn log_path(home: &Home, name: &str) -> Result<PathBuf> {
     // NAME names a file under logs/: never a path out of it.
     conduit_controlplane::config::tunnel_name(name).map_err(Usage)?;
-    if let Some(p) = Registry::new(home).find(name).and_then(|e| e.log_file) {
+    let entry = Registry::new(home).find(name);
+    if let Some(p) = entry.as_ref().and_then(|e| e.log_file.clone()) {
         return Ok(p);
+    }
+    // Running under a supervisor, it logs through it: logs/NAME.log, if there is one,
+    // is an earlier run's, and would be shown as if it were this one's.
+    if let Some(s) = entry.as_ref().and_then(|e| e.supervisor) {
+        return Err(Usage(format!(
+            "tunnel {name:?} runs under `conduit up --foreground` (pid {}), which writes its \
+             lines with its own (to its terminal or service journal, or to its --log-file): \
+             read them there",
+            s.pid
+        ))
+        .into());
     }
     // A tunnel that stopped: its own --log-file, if it was started with one.
     if let Some(p) = conduit_controlplane::spawn::own_log_file(home, name) {

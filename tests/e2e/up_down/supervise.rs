@@ -334,6 +334,22 @@ fn up_foreground_supervises_and_stops_everything_on_sigterm() {
     }
     echo_through(&home, "one");
     echo_through(&home, "two");
+    // Its tunnels log through it: `logs` says where, rather than show a log file an
+    // earlier background run of the name left (planted here).
+    std::fs::create_dir_all(home.path().join("logs")).unwrap();
+    std::fs::write(home.path().join("logs/one.log"), "an earlier run's line\n").unwrap();
+    let (status, out, err) = home.run(&["logs", "one"]);
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: tunnel \"one\" runs under `conduit up --foreground` (pid {}), \
+             which writes its lines with its own (to its terminal or service journal, or to \
+             its --log-file): read them there\n",
+            sup.pid()
+        )
+    );
     let status = sup.stop();
     assert_code(status, 0, &sup.stderr());
     assert!(list(&home).is_empty(), "{:?}", list(&home));
