@@ -362,8 +362,14 @@ impl ClientTunnel {
         {
             Some(Ok(text)) => text,
             Some(Err(e)) => {
-                warn!(tunnel = %s.name, "{e}; the router keys it keeps are not trusted");
-                // As `reread_known_routers` keeps it, so that it does not warn again.
+                let until = match e {
+                    crate::keys::KnownUnread::Failed(_) => {
+                        " until it can be read (it is read again before each connection)"
+                    }
+                    crate::keys::KnownUnread::Untrusted(_) => "",
+                };
+                warn!(tunnel = %s.name, "{e}; the router keys it keeps are not trusted{until}");
+                // As `Look::known_after` keeps it, so that it does not warn again.
                 format!("\0{e}")
             }
             None => String::new(),
