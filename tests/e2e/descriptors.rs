@@ -66,6 +66,24 @@ fn a_pool_the_open_file_limit_cannot_hold_keeps_to_half_of_it() {
     )
     .unwrap();
     let file = file.to_str().unwrap();
+    // `config validate` says so beforehand, and the file is still valid.
+    let checked = output_of(&mut limited(
+        &home,
+        120,
+        &["config", "validate", "-f", file],
+    ));
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "warning: performance.pool_size: workers 2 × pool_size 64 = 128 pooled channels \
+             would take more than half of the open-file limit of 120 a tunnel started here \
+             runs with (ulimit -Hn; it raises its soft limit to that): each worker would keep \
+             30 ready instead; raise the limit to 256 or more (ulimit -n, or LimitNOFILE= in a \
+             systemd unit), or lower pool_size or workers ({file}:"
+        )),
+        "{said}"
+    );
     let up = output_of(&mut limited(&home, 120, &["up", "-f", file]));
     assert!(
         up.status.success(),
