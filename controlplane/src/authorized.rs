@@ -162,6 +162,9 @@ pub(crate) async fn watch(
         "authorized_clients is still reloaded when it changes",
     );
     let mut last = stamp(&path);
+    // Set while the file cannot be read (out of file descriptors, an I/O error): it
+    // is read again at every look until it can be, a change it holds not missed.
+    let mut unread: Option<String> = None;
     let mut checked = SystemTime::now();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,9 +175,9 @@ pub(crate) async fn watch(
         };
         let mut gone = Vec::new();
         let now = stamp(&path);
-        if asked || now != last {
+        if asked || now != last || unread.is_some() {
             last = now;
-            for (key, name) in reload(&path, &authorized, asked) {
+            for (key, name) in reload(&path, &authorized, asked, &mut unread) {
                 warn!(client = %key, %name, "client key removed from authorized_clients: closing its streams and control sessions");
                 gone.push(key);
             }
@@ -196,11 +199,39 @@ pub(crate) async fn watch(
     }
 }
 
-/// Reads the file again and installs it; returns the keys it no longer holds.
-fn reload(path: &Path, authorized: &AuthorizedClients, asked: bool) -> Vec<(PublicKey, String)> {
-    let why = if asked { "SIGHUP" } else { "the file changed" };
-    let new = match keys::load_authorized_file(path) {
+/// Reads the file again and installs it; returns the keys it no longer holds. A
+/// file that cannot be read changes nothing: that says nothing of the keys in it.
+/// `unread` is then set to the error (logged when it is new), for the file to be
+/// read again at the next look; and cleared once it is read.
+fn reload(
+    path: &Path,
+    authorized: &AuthorizedClients,
+    asked: bool,
+    unread: &mut Option<String>,
+) -> Vec<(PublicKey, String)> {
+    let why = match (asked, unread.is_some()) {
+        (true, _) => "SIGHUP",
+        (false, true) => "read again after it could not be",
+        (false, false) => "the file changed",
+    };
+    let loaded = keys::load_authorized_file(path);
+    let was_unread = unread.take();
+    let new = match loaded {
         Ok(new) => new,
+        Err(crate::Error::File { source, .. }) => {
+            let e = format!("cannot read {}: {source}", path.display());
+            if was_unread.as_ref() != Some(&e) {
+                error!(
+                    "authorized_clients not reloaded ({why}): {e}; {}; the {} key(s) loaded \
+                     before stay in force, and it is read again every {}s until it can be",
+                    keys::unread_fix(&source),
+                    authorized.len(),
+                    POLL_INTERVAL.as_secs()
+                );
+            }
+            *unread = Some(e);
+            return Vec::new();
+        }
         Err(e) => {
             error!(
                 "authorized_clients not reloaded ({why}): {e}; the {} key(s) loaded before \
@@ -293,25 +324,70 @@ mod tests {
             format!("expires=2000-01-01 {}", line(&a, "alpha")) + &line(&b, "beta"),
         )
         .unwrap();
-        assert_eq!(reload(&path, &set, false), vec![(a, "alpha".to_owned())]);
+        assert_eq!(
+            reload(&path, &set, false, &mut None),
+            vec![(a, "alpha".to_owned())]
+        );
         std::fs::write(&path, line(&a, "alpha") + &line(&b, "beta")).unwrap();
-        assert_eq!(reload(&path, &set, false), vec![]);
+        assert_eq!(reload(&path, &set, false, &mut None), vec![]);
         assert_eq!(set.lookup(&a).as_deref(), Some("alpha"));
 
         std::fs::write(&path, line(&b, "beta") + &line(&c, "gamma")).unwrap();
-        assert_eq!(reload(&path, &set, false), vec![(a, "alpha".to_owned())]);
+        assert_eq!(
+            reload(&path, &set, false, &mut None),
+            vec![(a, "alpha".to_owned())]
+        );
         assert_eq!(set.lookup(&a), None);
         assert_eq!(set.lookup(&c).as_deref(), Some("gamma"));
 
         // A file that does not parse changes nothing.
         std::fs::write(&path, "ed25519:not-a-key\n").unwrap();
-        assert_eq!(reload(&path, &set, true), vec![]);
+        assert_eq!(reload(&path, &set, true, &mut None), vec![]);
         assert_eq!(set.len(), 2);
         assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
         // Nor does a file that went away.
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(reload(&path, &set, false), vec![]);
+        assert_eq!(reload(&path, &set, false, &mut None), vec![]);
         assert_eq!(set.len(), 2);
+    }
+
+    /// A file that cannot be read (here a directory in its place; as well out of file
+    /// descriptors, an I/O error) says nothing of its keys: they stay admitted, and
+    /// the file is read again at the next look, where a key it no longer lists is
+    /// revoked.
+    #[test]
+    fn a_file_that_cannot_be_read_keeps_its_keys_and_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        let (a, b) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        std::fs::write(&path, line(&a, "alpha") + &line(&b, "beta")).unwrap();
+        let set = AuthorizedClients::new(keys::load_authorized(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let mut unread = None;
+        assert_eq!(reload(&path, &set, false, &mut unread), vec![]);
+        assert_eq!(
+            unread.as_deref(),
+            Some(format!("cannot read {}: not a regular file", path.display()).as_str())
+        );
+        assert_eq!(set.lookup(&a).as_deref(), Some("alpha"));
+        assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
+        // SIGHUP does not make it revoke anyone either.
+        assert_eq!(reload(&path, &set, true, &mut unread), vec![]);
+        assert_eq!(set.len(), 2);
+        assert!(unread.is_some());
+        // Read again: a key it no longer lists is revoked, and it is read as usual.
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, line(&b, "beta")).unwrap();
+        assert_eq!(
+            reload(&path, &set, false, &mut unread),
+            vec![(a, "alpha".to_owned())]
+        );
+        assert_eq!(unread, None);
+        assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
     }
 
     #[test]

@@ -128,6 +128,30 @@ pub fn router_keys(routers: usize, keys: &[Vec<PublicKey>]) -> Result<Vec<Vec<Pu
 }
 
 /// `1 router`, `2 routers`.
+/// The channels each of `workers` keeps ready, `pool_size` asked: no more than
+/// [`crate::limits::pool_within`] allows of this process's soft open-file limit, so that
+/// the pool leaves descriptors for users, files and the control socket (a pool that
+/// took them all would leave the tunnel unable to answer `conduit status` or
+/// `conduit down`). Says so when it keeps fewer.
+fn pool_within_limit(tunnel: &str, pool_size: usize, workers: usize) -> usize {
+    let Ok((soft, _)) = crate::limits::nofile() else {
+        return pool_size;
+    };
+    let kept = crate::limits::pool_within(pool_size, workers, soft);
+    if kept < pool_size {
+        warn!(
+            tunnel,
+            "{workers} workers × pool_size {pool_size} = {} pooled channels would take more \
+             than half of this process's open-file limit of {soft}: each worker keeps {kept} \
+             ready instead; raise the open-file limit to {} or more (ulimit -n, or LimitNOFILE= in \
+             a systemd unit) to keep them all, or lower [performance] pool_size or workers",
+            workers * pool_size,
+            workers * pool_size * 2
+        );
+    }
+    kept
+}
+
 fn count(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -362,8 +386,14 @@ impl ClientTunnel {
         {
             Some(Ok(text)) => text,
             Some(Err(e)) => {
-                warn!(tunnel = %s.name, "{e}; the router keys it keeps are not trusted");
-                // As `reread_known_routers` keeps it, so that it does not warn again.
+                let until = match e {
+                    crate::keys::KnownUnread::Failed(_) => {
+                        " until it can be read (it is read again before each connection)"
+                    }
+                    crate::keys::KnownUnread::Untrusted(_) => "",
+                };
+                warn!(tunnel = %s.name, "{e}; the router keys it keeps are not trusted{until}");
+                // As `Look::known_after` keeps it, so that it does not warn again.
                 format!("\0{e}")
             }
             None => String::new(),
@@ -383,13 +413,14 @@ impl ClientTunnel {
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
         let link = Arc::new(LinkState::new(routers.len()));
+        let pool_size = pool_within_limit(&s.name, s.pool_size, s.dataplane.worker_count());
         let mut dp = DataPlane::start_client(
             &s.dataplane,
             ClientSpec {
                 tunnel: s.name.clone(),
                 bind: s.bind,
                 target: s.source.clone(),
-                pool_size: s.pool_size,
+                pool_size,
                 wait_for_channel: s.connect_timeout + s.handshake_timeout,
                 max_idle: s.idle_timeout * 4 / 5,
                 link: link.clone(),

@@ -26,7 +26,8 @@ pub use authorized::{
 };
 pub(crate) use known_routers::lock_beside_telling;
 pub use known_routers::{
-    KnownRouter, load_known_routers, parse_known_routers, read_known_routers, save_known_router,
+    KnownRouter, KnownUnread, load_known_routers, parse_known_routers, read_known_routers,
+    save_known_router,
 };
 pub use pins::{absolute_pins, load_pinned, load_public, load_router_pins, pins_name_a_file};
 pub use rotation::{beside, commit_pair, keep_old_pair, stage_pair};
@@ -151,6 +152,29 @@ pub(crate) enum Unread {
     Io(std::io::Error),
     /// Someone else could write it (see [`trusted_meta`]).
     Untrusted(Error),
+}
+
+/// What to do about a file of trusted keys that could not be read for `e`. Such a
+/// failure says nothing of the keys in the file: a process that read it before keeps
+/// what it read, and reads it again later.
+pub(crate) fn unread_fix(e: &std::io::Error) -> &'static str {
+    #[cfg(unix)]
+    if matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    ) {
+        return "the process is out of file descriptors: raise its open-file limit (ulimit \
+                -n, or LimitNOFILE= in a systemd unit)";
+    }
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "let the user this process runs as read it (and enter its directories)"
+        }
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::IsADirectory => {
+            "put the file back in its place as a regular file"
+        }
+        _ => "check the file and the disk it is on",
+    }
 }
 
 /// Reads a file of trusted keys as text (see [`read_trusted_bytes`]); bytes that are

@@ -26,6 +26,23 @@ pub fn raise_nofile() -> io::Result<(u64, u64)> {
     Ok((soft, after))
 }
 
+/// The most pooled data channels a tunnel keeps ready, of a soft open-file limit of
+/// `soft`: half. The other half is for what the process cannot do without: the
+/// users' connections and the channels they take, the control socket that `conduit
+/// status` and `conduit down` reach, the router link, log and key files. A pool
+/// that took them all would leave the tunnel unable to accept a user or an order.
+pub fn pool_share(soft: u64) -> u64 {
+    soft / 2
+}
+
+/// The channels each of `workers` keeps ready (`pool_size` asked), so that together
+/// they hold at most [`pool_share`] of the soft open-file limit `soft`; `pool_size`
+/// itself when that fits.
+pub fn pool_within(pool_size: usize, workers: usize, soft: u64) -> usize {
+    let per_worker = pool_share(soft) / workers.max(1) as u64;
+    pool_size.min(usize::try_from(per_worker).unwrap_or(usize::MAX))
+}
+
 #[cfg(unix)]
 mod imp {
     use std::io;
@@ -66,6 +83,18 @@ mod imp {
 #[cfg(unix)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_keeps_to_half_the_open_file_limit() {
+        // The audit's case: 2 workers × 64 under `ulimit -n 120`.
+        assert_eq!(pool_within(64, 2, 120), 30);
+        assert_eq!(pool_within(2, 2, 120), 2);
+        assert_eq!(pool_within(64, 2, 256), 64);
+        // More workers than half the limit: none keeps a channel ready.
+        assert_eq!(pool_within(2, 100, 120), 0);
+        assert_eq!(pool_within(64, 0, 120), 60);
+        assert_eq!(pool_within(64, 1024, u64::MAX), 64);
+    }
 
     /// Changes this test process's limit; nextest runs each test in its own process.
     #[test]

@@ -349,6 +349,18 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The worker threads these options start: `workers`, or for 0 one per core this
+    /// process may use.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            default_workers()
+        } else {
+            self.workers
+        }
+    }
+}
+
 /// The number of workers `workers = 0` means: the cores this process may use.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -373,7 +385,7 @@ impl DataPlane {
     /// a UDP socket for a UDP tunnel).
     pub fn start_client(opts: &Options, spec: ClientSpec) -> Result<Self, DataplaneError> {
         let engine = engine::resolve(opts.engine)?;
-        let n = worker_count(opts);
+        let n = opts.worker_count();
         let bind_error = |source| DataplaneError::Bind {
             addr: spec.bind,
             source,
@@ -407,7 +419,7 @@ impl DataPlane {
     /// Starts a router's workers.
     pub fn start_router(opts: &Options, spec: RouterSpec) -> Result<Self, DataplaneError> {
         let engine = engine::resolve(opts.engine)?;
-        let n = worker_count(opts);
+        let n = opts.worker_count();
         let spec = Arc::new(spec);
         Self::spawn(opts, engine, n, |_| worker::Role::Router {
             spec: spec.clone(),
@@ -705,14 +717,6 @@ const MAX_DRAIN: Duration = Duration::from_secs(365 * 86_400);
 /// When a drain of `drain` from `now` ends: `drain` is held to [`MAX_DRAIN`].
 fn drain_deadline(now: Instant, drain: Duration) -> Instant {
     now.checked_add(drain.min(MAX_DRAIN)).unwrap_or(now)
-}
-
-fn worker_count(opts: &Options) -> usize {
-    if opts.workers == 0 {
-        default_workers()
-    } else {
-        opts.workers
-    }
 }
 
 #[cfg(test)]

@@ -109,6 +109,8 @@ pub(crate) fn size_udp_buffers(s: &socket2::SockRef<'_>, sockets: &crate::Socket
 pub struct AcceptBackoff {
     failures: u32,
     log: Throttle,
+    /// The listener, for the log ("the control socket"); none for the users'.
+    what: Option<&'static str>,
 }
 
 impl Default for AcceptBackoff {
@@ -116,11 +118,20 @@ impl Default for AcceptBackoff {
         Self {
             failures: 0,
             log: Throttle::new(Duration::from_secs(1)),
+            what: None,
         }
     }
 }
 
 impl AcceptBackoff {
+    /// A back-off whose log lines name the listener (`what`: "the control socket").
+    pub fn named(what: &'static str) -> Self {
+        Self {
+            what: Some(what),
+            ..Self::default()
+        }
+    }
+
     /// An accept succeeded.
     pub fn succeeded(&mut self) {
         self.failures = 0;
@@ -131,8 +142,9 @@ impl AcceptBackoff {
     pub fn failed(&mut self, e: &io::Error) -> Duration {
         let wait = self.next_wait();
         if let Some(held) = self.log.admit() {
+            let on = self.what.map_or_else(String::new, |w| format!(" on {w}"));
             warn!(
-                "accept failed: {e}; retrying in {wait:?}{}",
+                "accept failed{on}: {e}; retrying in {wait:?}{}",
                 held_note(held)
             );
         }

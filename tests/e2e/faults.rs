@@ -508,6 +508,11 @@ fn tunnel_out_of_fds(engine: Engine, extra: &[&str]) {
         "the tunnel is out of file descriptors: raise its open-file limit (ulimit -n, or \
          LimitNOFILE= in a systemd unit)",
     );
+    // Its control socket still answers, in the descriptor it holds in reserve:
+    // `conduit status` and `conduit down` reach it.
+    let status: serde_json::Value =
+        serde_json::from_str(&home.ok(&["status", "--format", "json"])).unwrap();
+    assert_eq!(status[0]["status"], "running", "{status}");
     drop(held);
     let took = std::panic::catch_unwind(|| wait_for_echo(taddr, b"after"))
         .unwrap_or_else(|_| panic!("the tunnel never recovered; its log:\n{}", tunnel.stderr()));

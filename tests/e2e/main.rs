@@ -15,6 +15,7 @@ mod balance;
 mod chaos;
 mod config;
 mod deploy;
+mod descriptors;
 mod faults;
 mod harness;
 mod hostile;

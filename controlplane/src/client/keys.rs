@@ -2,6 +2,7 @@
 //! router keys it trusts (pinned, re-read from `.pub` files, and learned from what a
 //! router named of itself), and the TLS configurations made from them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{Shared, count};
 use crate::Error;
-use crate::keys::KnownRouter;
+use crate::keys::{KnownRouter, KnownUnread};
 
 impl Shared {
     /// The TLS configuration for the router at `index`.
@@ -221,9 +222,18 @@ impl Shared {
                     keys
                 }
                 Err(e) => {
+                    // A file that could not be read says nothing of its keys.
+                    let then = match &e {
+                        Error::File { source, .. } => format!(
+                            "{}; the keys read before stay pinned meanwhile (it is read again \
+                             before each connection)",
+                            crate::keys::unread_fix(source)
+                        ),
+                        _ => "keeping the keys read before until the file is fixed".to_owned(),
+                    };
                     let e = e.to_string();
                     if errors[j].as_ref() != Some(&e) {
-                        warn!(tunnel = %self.name, "cannot read the keys pinned for {whose} again: {e}; keeping the keys read before until the file is fixed");
+                        warn!(tunnel = %self.name, "cannot read the keys pinned for {whose} again: {e}; {then}");
                         errors[j] = Some(e);
                     }
                     continue;
@@ -240,9 +250,7 @@ impl Shared {
         pinned
     }
 
-    /// The keys each router named as `known_routers` says now: as `old` unless the
-    /// file changed since this tunnel last read or wrote it (an operator deleted a
-    /// line, or another tunnel learned a router's keys).
+    /// The keys each router named as `known_routers` says now (see [`Look::known_after`]).
     pub(super) fn reread_known_routers(
         &self,
         old: &[Option<KnownRouter>],
@@ -250,37 +258,14 @@ impl Shared {
         let Some(path) = &self.known_routers else {
             return old.to_vec();
         };
-        let (text, refused) = match crate::keys::read_known_routers(path) {
-            Ok(text) => (text, None),
-            // Kept as what was seen (a file's text never starts with NUL), so that the
-            // warning comes once, not at every look.
-            Err(e) => (format!("\0{e}"), Some(e)),
+        let read = crate::keys::read_known_routers(path);
+        let mut seen = self.known_text.lock().unwrap_or_else(|p| p.into_inner());
+        let look = Look {
+            tunnel: &self.name,
+            path,
+            routers: &self.routers,
         };
-        {
-            let mut seen = self.known_text.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == text {
-                return old.to_vec();
-            }
-            seen.clone_from(&text);
-        }
-        if let Some(e) = &refused {
-            warn!(tunnel = %self.name, "{e}; the router keys it keeps are not trusted");
-        }
-        let known = crate::keys::parse_known_routers(if refused.is_some() { "" } else { &text });
-        self.routers
-            .iter()
-            .zip(old)
-            .map(|(r, old)| {
-                let now = known.get(r).cloned();
-                if now != *old {
-                    match &now {
-                        None => info!(tunnel = %self.name, router = %r, "the keys router {r} named are no longer in {}: no longer trusted unless pinned", path.display()),
-                        Some(k) => info!(tunnel = %self.name, router = %r, "the keys router {r} named, in {}, are now {}", path.display(), conduit_proto::tls::one_of(&k.keys)),
-                    }
-                }
-                now
-            })
-            .collect()
+        look.known_after(read, old, &mut seen)
     }
 
     /// The key the key file holds now, when it is not the one in use: another
@@ -415,6 +400,72 @@ impl Shared {
     }
 }
 
+/// A tunnel's look at its `known_routers` file.
+pub(super) struct Look<'a> {
+    pub(super) tunnel: &'a str,
+    pub(super) path: &'a Path,
+    pub(super) routers: &'a [String],
+}
+
+impl Look<'_> {
+    /// The keys each router named, as `read` (the file read just now) says: as `old`
+    /// unless the file changed since `seen` (what it held when this tunnel last read
+    /// or wrote it: an operator deleted a line, or another tunnel learned a
+    /// router's keys). A file that could not be read (out of file descriptors, an
+    /// I/O error, no permission) leaves `old` as it is, with a warning that names
+    /// the fix: only a file read that no longer lists a router's keys withdraws
+    /// them, and it is read again at the next look. One that others may write is
+    /// not trusted at all.
+    pub(super) fn known_after(
+        &self,
+        read: Result<String, KnownUnread>,
+        old: &[Option<KnownRouter>],
+        seen: &mut String,
+    ) -> Vec<Option<KnownRouter>> {
+        let tunnel = self.tunnel;
+        // Kept as what was seen (a file's text never starts with NUL), so that a
+        // warning comes once, not at every look.
+        let text = match &read {
+            Ok(text) => text.clone(),
+            Err(e) => format!("\0{e}"),
+        };
+        if *seen == text {
+            return old.to_vec();
+        }
+        *seen = text;
+        let text = match read {
+            Ok(text) => text,
+            Err(KnownUnread::Failed(e)) => {
+                warn!(
+                    tunnel,
+                    "{e}; the router keys it held are still trusted, and it is read again before the next connection"
+                );
+                return old.to_vec();
+            }
+            Err(KnownUnread::Untrusted(e)) => {
+                warn!(tunnel, "{e}; the router keys it keeps are not trusted");
+                String::new()
+            }
+        };
+        let known = crate::keys::parse_known_routers(&text);
+        let path = self.path.display();
+        self.routers
+            .iter()
+            .zip(old)
+            .map(|(r, old)| {
+                let now = known.get(r).cloned();
+                if now != *old {
+                    match &now {
+                        None => info!(tunnel, router = %r, "the keys router {r} named are no longer in {path}: no longer trusted unless pinned"),
+                        Some(k) => info!(tunnel, router = %r, "the keys router {r} named, in {path}, are now {}", conduit_proto::tls::one_of(&k.keys)),
+                    }
+                }
+                now
+            })
+            .collect()
+    }
+}
+
 /// The TLS configuration of `pair` for each of `router_keys`.
 pub(super) fn configs(
     pair: &KeyPair,
@@ -504,4 +555,66 @@ pub(super) fn pin_files(specs: &[String], routers: usize) -> Result<Vec<Option<S
                 .transpose()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `known_routers` that cannot be read (here a directory in its place; as well
+    /// out of file descriptors, an I/O error) withdraws nothing; read again, a line
+    /// it no longer holds does.
+    #[test]
+    fn known_routers_that_cannot_be_read_keep_the_keys_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_routers");
+        let routers = ["r:1".to_owned(), "r:2".to_owned()];
+        let look = Look {
+            tunnel: "t",
+            path: &path,
+            routers: &routers,
+        };
+        let [a, b] = [(); 2].map(|()| KeyPair::generate().unwrap().public());
+        let known = |k: PublicKey| KnownRouter {
+            keys: vec![k],
+            pin: k,
+        };
+        crate::keys::save_known_router(&path, "r:1", &known(a)).unwrap();
+        let text = crate::keys::save_known_router(&path, "r:2", &known(b)).unwrap();
+        let mut seen = String::new();
+        let read = || crate::keys::read_known_routers(&path);
+        let trusted = look.known_after(read(), &[None, None], &mut seen);
+        assert_eq!(trusted, [Some(known(a)), Some(known(b))]);
+        assert_eq!(seen, text);
+
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let failed = read().unwrap_err();
+        assert_eq!(
+            failed,
+            KnownUnread::Failed(format!(
+                "cannot read {}: not a regular file; put the file back in its place as a \
+                 regular file",
+                path.display()
+            ))
+        );
+        assert_eq!(look.known_after(read(), &trusted, &mut seen), trusted);
+        assert_eq!(seen, format!("\0{failed}"));
+        // Still unreadable at the next look: still kept.
+        assert_eq!(look.known_after(read(), &trusted, &mut seen), trusted);
+
+        // Read again without r:1's line: only that is withdrawn.
+        std::fs::remove_dir(&path).unwrap();
+        crate::keys::save_known_router(&path, "r:2", &known(b)).unwrap();
+        let trusted = look.known_after(read(), &trusted, &mut seen);
+        assert_eq!(trusted, [None, Some(known(b))]);
+
+        // One that every user may write is trusted for nothing.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+            assert_eq!(look.known_after(read(), &trusted, &mut seen), [None, None]);
+        }
+    }
 }

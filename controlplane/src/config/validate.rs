@@ -24,6 +24,8 @@ use crate::balance::MAX_MEMBERS;
 use crate::keys;
 use crate::policy::{AllowList, Rule};
 
+mod pool;
+
 /// The problems found so far, each tagged with where its value came from.
 struct Out<'a> {
     origins: &'a Origins,
@@ -531,6 +533,9 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
             "a router answers heartbeats and does not send them; health.client_timeout_secs \
              sets how long it waits for a silent client: remove it here",
         );
+    }
+    if let Some(w) = (!router).then(|| pool::check(p)).flatten() {
+        out.warn("performance.pool_size", w);
     }
     if router && p.pool_size != PerformanceConfig::default().pool_size {
         out.warn(

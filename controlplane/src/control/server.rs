@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use conduit_dataplane::AcceptBackoff;
 use conduit_dataplane::DataPlane;
-use tokio::net::UnixListener;
+use futures::Stream;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -395,7 +396,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let listener = bind_private(&socket)?;
-    let incoming = UnixListenerStream::new(listener);
+    let incoming = incoming(listener);
     let path = socket.clone();
     Ok(tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
@@ -407,6 +408,51 @@ pub async fn serve(
         }
         let _ = std::fs::remove_file(&path);
     }))
+}
+
+/// The callers of the control socket. Out of file descriptors, `accept` fails at
+/// once for as long as a caller waits in the backlog, and tonic would try again at
+/// once (it logs the error at trace level and goes on), spinning a core: here a
+/// failed accept is waited out (see [`AcceptBackoff`]). And one descriptor is held
+/// in reserve, let go to accept a caller when no other is left, so that `conduit
+/// status` and `conduit down` still reach a tunnel whose users hold every one; it
+/// is taken again once a descriptor is free.
+fn incoming(listener: UnixListener) -> impl Stream<Item = std::io::Result<UnixStream>> {
+    let state = (
+        listener,
+        AcceptBackoff::named("the control socket"),
+        reserve(),
+    );
+    futures::stream::unfold(state, |(listener, mut backoff, mut spare)| async move {
+        loop {
+            if spare.is_none() {
+                spare = reserve();
+            }
+            let mut accepted = listener.accept().await;
+            if accepted.as_ref().is_err_and(out_of_descriptors) && spare.take().is_some() {
+                // Into the descriptor let go, unless another thread takes it first.
+                accepted = listener.accept().await;
+            }
+            match accepted {
+                Ok((stream, _)) => {
+                    backoff.succeeded();
+                    return Some((Ok(stream), (listener, backoff, spare)));
+                }
+                Err(e) => tokio::time::sleep(backoff.failed(&e)).await,
+            }
+        }
+    })
+}
+
+/// A descriptor held in reserve for the control socket (see [`incoming`]), if one
+/// can be had.
+fn reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
 }
 
 fn bind_private(socket: &Path) -> Result<UnixListener, Error> {
@@ -442,6 +488,71 @@ fn bind_private(socket: &Path) -> Result<UnixListener, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// User and system CPU time of this process.
+    fn cpu_time() -> Duration {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+        let d = |t: nix::sys::time::TimeVal| {
+            Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+        };
+        d(u.user_time()) + d(u.system_time())
+    }
+
+    /// With every descriptor taken, the control socket still accepts a caller, in
+    /// the one it holds in reserve; a second caller, with that one in use, waits
+    /// for a descriptor without the accept loop spinning, and is accepted once one
+    /// is free. Lowers this test process's open-file limit; nextest runs each test
+    /// in its own process.
+    #[tokio::test]
+    async fn the_control_socket_accepts_a_caller_with_no_descriptor_left() {
+        use futures::StreamExt;
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let callers = incoming(UnixListener::bind(&path).unwrap());
+        futures::pin_mut!(callers);
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        setrlimit(Resource::RLIMIT_NOFILE, open + 8, hard).unwrap();
+        let mut held = Vec::new();
+        let emfile = loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => held.push(f),
+                Err(e) => break e,
+            }
+        };
+        assert!(out_of_descriptors(&emfile), "{emfile}");
+        // The caller's end takes the last descriptor: none is left to accept it in
+        // but the one in reserve.
+        held.pop();
+        let _caller = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let wait = Duration::from_secs(10);
+        let first = tokio::time::timeout(wait, callers.next()).await;
+        let Ok(Some(Ok(first))) = first else {
+            panic!("the caller was not accepted: {first:?}");
+        };
+
+        held.pop();
+        let _second = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let before = cpu_time();
+        let waiting = tokio::time::timeout(Duration::from_secs(1), callers.next()).await;
+        let spent = cpu_time() - before;
+        assert!(waiting.is_err(), "accepted with no descriptor: {waiting:?}");
+        // Without a pause between failed accepts, the loop takes the whole second.
+        assert!(
+            spent < Duration::from_millis(200),
+            "the accept loop spins: {spent:?} of CPU in 1 s"
+        );
+        // The first caller's descriptor, once free, takes the second in.
+        drop(first);
+        let second = tokio::time::timeout(wait, callers.next()).await;
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        assert!(
+            matches!(second, Ok(Some(Ok(_)))),
+            "the second caller was not accepted: {second:?}"
+        );
+    }
 
     #[test]
     fn a_later_shutdown_order_shortens_a_drain_and_never_lengthens_it() {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use conduit_proto::PublicKey;
 
-use super::{Unread, owner_only, read_trusted_bytes};
+use super::{Unread, owner_only, read_trusted_bytes, unread_fix};
 use crate::Error;
 
 /// What a router named of its keys (`RouterKeys`), as `known_routers` keeps it.
@@ -21,25 +21,50 @@ pub struct KnownRouter {
     pub pin: PublicKey,
 }
 
+/// Why `known_routers` was not taken as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KnownUnread {
+    /// It could not be read (no file descriptor left, an I/O error, no permission
+    /// to read it, not a regular file). That says nothing of the keys in it: what a
+    /// tunnel read from it before stays trusted, and it is read again later. The
+    /// message names the problem and the fix.
+    Failed(String),
+    /// Its group or every user may write it, or another user owns it: anyone of
+    /// them could make tunnels trust their own key for a router, so nothing in it is
+    /// trusted until its mode or owner is fixed (the message says how).
+    Untrusted(String),
+}
+
+impl std::fmt::Display for KnownUnread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(why) | Self::Untrusted(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Reads `known_routers`: the keys each router named (`RouterKeys`), by router as
 /// the tunnels name it. A missing file is empty; a line that does not parse is
 /// skipped (the router names its keys again at the next connection). A file that
-/// cannot be read, or that every user may write, is an error (see
+/// cannot be read, or that others may write, is an error (see
 /// [`read_known_routers`]).
-pub fn load_known_routers(path: &Path) -> Result<HashMap<String, KnownRouter>, String> {
+pub fn load_known_routers(path: &Path) -> Result<HashMap<String, KnownRouter>, KnownUnread> {
     read_known_routers(path).map(|text| parse_known_routers(&text))
 }
 
 /// The text of `known_routers` (empty when there is none; bytes that are not UTF-8
-/// spoil only their line). An error when it cannot be read, or when every user of
-/// the host may write it: anyone could then make tunnels trust their own key for a
-/// router, so nothing in it is trusted until `chmod o-w`.
-pub fn read_known_routers(path: &Path) -> Result<String, String> {
+/// spoil only their line). An error when it cannot be read, or when others may
+/// write it (see [`KnownUnread`]).
+pub fn read_known_routers(path: &Path) -> Result<String, KnownUnread> {
     match read_trusted_bytes(path, "known_routers") {
         Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(Unread::Untrusted(e)) => Err(e.to_string()),
+        Err(Unread::Untrusted(e)) => Err(KnownUnread::Untrusted(e.to_string())),
         Err(Unread::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(Unread::Io(e)) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(Unread::Io(e)) => Err(KnownUnread::Failed(format!(
+            "cannot read {}: {e}; {}",
+            path.display(),
+            unread_fix(&e)
+        ))),
     }
 }
 
@@ -71,7 +96,7 @@ pub fn save_known_router(path: &Path, router: &str, known: &KnownRouter) -> Resu
     // reading to renaming, so none drops a line another just wrote.
     let _held = lock_beside(path)?;
     // Not rewritten over what cannot be read or trusted: its other lines would go.
-    let mut all = load_known_routers(path).map_err(Error::Config)?;
+    let mut all = load_known_routers(path).map_err(|e| Error::Config(e.to_string()))?;
     all.insert(router.to_owned(), known.clone());
     let mut routers: Vec<_> = all.into_iter().collect();
     routers.sort_by(|a, b| a.0.cmp(&b.0));

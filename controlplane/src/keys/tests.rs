@@ -418,7 +418,7 @@ fn known_routers_with_a_spoiled_line_or_writable_by_all_keep_their_other_lines()
              put their own key in it; run `chmod go-w {0}`",
             path.display()
         );
-        assert_eq!(load_known_routers(&path).unwrap_err(), err);
+        assert_eq!(load_known_routers(&path).unwrap_err().to_string(), err);
         let before = std::fs::read(&path).unwrap();
         assert_eq!(
             save_known_router(&path, "r:3", &known(a))

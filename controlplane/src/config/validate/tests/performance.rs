@@ -191,3 +191,34 @@ fn two_variables_for_one_key_that_disagree_are_a_warning() {
     ];
     assert_eq!(lines(&agree), Vec::<String>::new());
 }
+
+/// Pooled channels that would take more than half the open-file limit are said,
+/// with both values and the fix (a tunnel cuts its pool down to fit at start).
+#[test]
+fn a_pool_past_half_the_open_file_limit_is_a_warning() {
+    use crate::config::validate::pool::over_limit;
+    assert_eq!(
+        over_limit(2, false, 64, 120).as_deref(),
+        Some(
+            "workers 2 × pool_size 64 = 128 pooled channels would take more than half of the \
+             open-file limit of 120 a tunnel started here runs with (ulimit -Hn; it raises its \
+             soft limit to that): each worker would keep 30 ready instead; raise the limit to \
+             256 or more (ulimit -n, or LimitNOFILE= in a systemd unit), or lower pool_size or \
+             workers"
+        )
+    );
+    assert_eq!(
+        over_limit(4, true, 2, 8).as_deref(),
+        Some(
+            "workers 0 (4 here: one per core) × pool_size 2 = 8 pooled channels would take \
+             more than half of the open-file limit of 8 a tunnel started here runs with \
+             (ulimit -Hn; it raises its soft limit to that): each worker would keep 1 ready \
+             instead; raise the limit to 16 or more (ulimit -n, or LimitNOFILE= in a systemd \
+             unit), or lower pool_size or workers"
+        )
+    );
+    // Half of the limit exactly fits.
+    assert_eq!(over_limit(2, false, 64, 256), None);
+    assert_eq!(over_limit(1024, false, 64, 1 << 20), None);
+    assert_eq!(over_limit(1024, false, 0, 120), None);
+}
