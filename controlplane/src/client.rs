@@ -537,6 +537,17 @@ impl ClientTunnel {
         self.shared.dp.clone()
     }
 
+    /// How long this tunnel's first attempts at its routers may take at most: each
+    /// router's connect timeout (which holds its name's lookup too) and handshake
+    /// timeout, one router after another (balancing tries them side by side, which
+    /// takes no longer). By then it has connected, gone on to retry in the
+    /// background, or stopped because every router refused it: `start` waits that
+    /// long for it.
+    pub fn first_round(&self) -> Duration {
+        let one = self.shared.connect_timeout + self.shared.handshake_timeout;
+        one.saturating_mul(u32::try_from(self.shared.routers.len()).unwrap_or(u32::MAX))
+    }
+
     /// Handshake durations and set-up errors of the channels to the router.
     pub fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()

@@ -9,8 +9,19 @@
 //! first, the parent reports the child's error and exit code, and nothing is left
 //! behind (the name's lock file included: the child removes it as it ends, or the
 //! parent does if the child could not; once the child is up the parent hands the
-//! claim on, [`NameClaim::handed_on`], and leaves the file to it). Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits
-//! 130. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
+//! claim on, [`NameClaim::handed_on`], and leaves the file to it).
+//!
+//! How long the parent waits: [`Launch::timeout`] for the child to listen, then as
+//! long as the child says its first attempts at its routers may take
+//! ([`first_round_line`]: each router's connect and handshake timeouts, one router
+//! after another), and a margin. A fixed wait used to stop tunnels that were still
+//! making their first attempts (four routers that do not answer, or a long
+//! `--handshake-timeout`), when a later router would have served or the tunnel would
+//! have gone on retrying in the background. Only a child that says nothing by then
+//! (hung) is stopped.
+//!
+//! Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits 130.
+//! The previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -38,7 +49,9 @@ pub struct Launch {
     pub name: String,
     /// Where its log goes if not `logs/NAME.log` (`--log-file`, absolute).
     pub log_file: Option<PathBuf>,
-    /// How long to wait for the tunnel to come up.
+    /// How long to wait for the tunnel to listen; its first attempts at its routers
+    /// are then waited for as long as it says they may take (see the module's
+    /// overview).
     pub timeout: Duration,
     /// Secrets for the child (a token, alert URLs): passed in its environment
     /// (`CONDUIT_TOKEN`…, readable by its owner only), never on its command line,
@@ -159,7 +172,8 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         });
     }
 
-    let deadline = Instant::now() + l.timeout;
+    let started = Instant::now();
+    let mut deadline = started + l.timeout;
     let mut addr = None;
     let mut id = String::new();
     loop {
@@ -185,6 +199,10 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 if let Some((a, i)) = parse_listening(&line) {
                     addr = Some(a);
                     id = i;
+                } else if let Some(first_round) = parse_first_round(&line) {
+                    // Listening: its first attempts are waited for, however long
+                    // its routers' timeouts make them.
+                    deadline = Instant::now() + first_round + FIRST_ROUND_MARGIN;
                 } else if addr.is_some() && line.contains("connected to router") {
                     l.claim.handed_on();
                     previous.settle();
@@ -224,12 +242,24 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                // Reading the registry sweeps the entry of the process just ended.
+                let _swept = Registry::new(&l.home).entries();
                 previous.settle();
-                let message = format!(
-                    "the tunnel did not come up within {:?}; its log: {}",
-                    l.timeout,
-                    log_file.display()
-                );
+                let waited = started.elapsed().as_secs();
+                let message = if addr.is_some() {
+                    format!(
+                        "the tunnel neither came up nor began retrying within {waited}s, \
+                         though its routers' timeouts should have ended its first attempts \
+                         by then (it may be hung), so it was stopped; its log: {}",
+                        log_file.display()
+                    )
+                } else {
+                    format!(
+                        "the tunnel did not start listening within {waited}s, so it was \
+                         stopped; its log: {}",
+                        log_file.display()
+                    )
+                };
                 return Err(Error::Launch { code: 69, message });
             }
         }
@@ -342,6 +372,31 @@ fn keep_previous(log: &Path) -> Result<Previous, Error> {
         }
         Err(source) => Err(err(source)),
     }
+}
+
+/// How long beyond the time its first attempts may take (see [`first_round_line`])
+/// the parent waits for a tunnel to say how they went: for the moments between the
+/// attempts, and a loaded machine.
+const FIRST_ROUND_MARGIN: Duration = Duration::from_secs(10);
+
+/// The line a background tunnel prints once it listens, for its launching parent:
+/// how long its first attempts at its routers may take, `within`; by then it has
+/// connected, gone on to retry in the background, or stopped (every router refused
+/// it).
+pub fn first_round_line(name: &str, within: Duration) -> String {
+    format!(
+        "tunnel {name:?} makes its first attempts at its routers within {}s",
+        within.as_secs_f64().ceil()
+    )
+}
+
+/// The time in a [`first_round_line`].
+fn parse_first_round(line: &str) -> Option<Duration> {
+    let rest = line
+        .split_once(" makes its first attempts at its routers within ")?
+        .1;
+    let secs: u64 = rest.strip_suffix('s')?.parse().ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 /// What the waiting parent hears.
@@ -520,6 +575,20 @@ mod tests {
             last_error(&log),
             "every router refused this tunnel:\n  router a: key mismatch\n  router b: key \
              mismatch"
+        );
+    }
+
+    #[test]
+    fn the_first_rounds_time_is_read_back_from_its_line() {
+        let line = first_round_line("web", Duration::from_millis(80_200));
+        assert_eq!(
+            line,
+            "tunnel \"web\" makes its first attempts at its routers within 81s"
+        );
+        assert_eq!(parse_first_round(&line), Some(Duration::from_secs(81)));
+        assert_eq!(
+            parse_first_round("tunnel \"web\" connected to router a:1"),
+            None
         );
     }
 

@@ -10,7 +10,7 @@ use anyhow::Result;
 use conduit_controlplane::alerts::tunnel::TunnelAlerts;
 use conduit_controlplane::config::{AlertsConfig, OptimizeFor, PerformanceConfig};
 use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
-use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
+use conduit_controlplane::spawn::{Launch, Launched, Standing, first_round_line, launch};
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
@@ -167,6 +167,7 @@ pub(crate) fn foreground(
         let addr = tunnel.local_addr();
         let (workers, engine) = (tunnel.workers(), tunnel.engine());
         let status = tunnel.status();
+        let first_round = tunnel.first_round();
         let process = RegisteredTunnel::register(tunnel, registration).await?;
         let signals = shutdown_signal();
         announce(format_args!(
@@ -174,6 +175,11 @@ pub(crate) fn foreground(
             process.id(),
             plural(workers, "worker")
         ));
+        if detached {
+            // For the launching `start` (or `up`): how long to wait for the line
+            // that follows, "connected" or "retrying".
+            announce(first_round_line(&name, first_round));
+        }
         if let Some(m) = process.metrics_addr() {
             announce(format_args!(
                 "tunnel {name:?} serves metrics at http://{m}/metrics"
