@@ -1,11 +1,16 @@
 //! A process's life from start to stop: how long `start` waits for a tunnel's first
-//! attempts.
+//! attempts, and how a tunnel stops.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use crate::harness::{Engine, Home, assert_code};
-use crate::manage::{Cleanup, list_json, run_args, start_args};
+use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code};
+use crate::manage::{Cleanup, list_json, run_args, start_args, wait_list};
 use crate::sources;
+use crate::users::assert_echo;
 
 /// A "router" that accepts connections and never answers: a tunnel's handshake
 /// with it runs into its `--handshake-timeout`.
@@ -49,4 +54,65 @@ fn start_waits_out_the_first_attempts_of_routers_slow_to_answer() {
     assert_eq!(l[0]["status"], "running", "{l:#?}");
     let st = home.ok(&["status"]);
     assert!(st.contains(&format!("router {raddr}")), "{st}");
+}
+
+/// A tunnel whose stderr lost its reader (the supervisor it logged through was
+/// killed) serves on, and stops gracefully on SIGTERM. A log line it could not
+/// write used to panic the task that wrote it: its router link died at its first
+/// line, and a supervised tunnel never acted on the SIGTERM its killed supervisor
+/// left it.
+#[test]
+fn a_tunnel_whose_stderr_reader_is_gone_serves_and_stops_gracefully() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (raddr, source) = (raddr.to_string(), source.to_string());
+    let mut args = start_args(&home, &raddr, &source, "deaf");
+    args.insert(1, "--foreground".into());
+    let mut child = home
+        .cmd()
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads its stderr from the start: every log line meets a broken pipe.
+    drop(child.stderr.take());
+    let (tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |what: &str| {
+        let line = lines.recv_timeout(DEADLINE);
+        line.unwrap_or_else(|e| panic!("no {what} line on stdout: {e}"))
+    };
+    let listening = next("listening");
+    assert!(listening.contains(" listening on "), "{listening}");
+    let addr = addr_in(listening.split(" listening on ").nth(1).unwrap());
+    let connected = next("connected");
+    assert!(connected.contains("connected to router"), "{connected}");
+    assert_echo(addr, b"still serving");
+    wait_list(&home, "the tunnel running", |l| {
+        l.len() == 1 && l[0]["status"] == "running"
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tunnel did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(list_json(&home).is_empty());
 }
