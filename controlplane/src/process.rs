@@ -1,16 +1,16 @@
 //! A tunnel as a registered process: its registry entry, its control API, and the
 //! tunnel itself, torn down together.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::control::{self, ControlState, TunnelFacts};
 use crate::registry::{self, Entry, EntryConfig, Registry};
+use crate::stop::StopSignals;
 use crate::{ClientTunnel, Error, Home};
 
 /// How a tunnel process is registered.
@@ -512,12 +512,9 @@ impl RegisteredTunnel {
         &self.entry.tunnel_id
     }
 
-    /// Runs until a signal (`signals` completes), a `Shutdown` request, or a fatal
-    /// refusal; the entry and the control socket are removed at the end.
-    pub async fn run(
-        self,
-        signals: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), Error> {
+    /// Runs until a stop signal (`stops`), a `Shutdown` request, or a fatal refusal;
+    /// the entry and the control socket are removed at the end.
+    pub async fn run(self, mut stops: StopSignals) -> Result<(), Error> {
         let Self {
             tunnel,
             mut entry,
@@ -578,24 +575,24 @@ impl RegisteredTunnel {
             })
         };
 
-        let shutdown = state.shutdown.clone();
-        let ordered = async move {
-            tokio::select! {
-                _ = signals => drain,
-                ordered = stopped.wait_for(Option::is_some) => match ordered {
-                    Ok(d) => (*d).unwrap_or(drain),
-                    Err(_) => drain,
-                },
-            }
+        // The first stop signal orders the stop, with the default drain.
+        let signals = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let signal = stops.next().await;
+                control::order_shutdown(&state.shutdown, drain);
+                info!("asked to stop ({signal})");
+            })
         };
+        let shutdown = state.shutdown.clone();
         let result = tunnel
             .run(async move {
-                let d = ordered.await;
-                control::order_shutdown(&shutdown, d);
-                // A request may have shortened it meanwhile (never lengthened).
-                shutdown.borrow().map_or(d, |now| now.min(d))
+                let _ = stopped.wait_for(Option::is_some).await;
+                // The shortest drain ordered (a later order never lengthens it).
+                shutdown.borrow().unwrap_or(drain)
             })
             .await;
+        signals.abort();
         updater.abort();
         exited.send_replace(true);
         let _ = api.await;

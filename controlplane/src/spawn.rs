@@ -20,8 +20,9 @@
 //! have gone on retrying in the background. Only a child that says nothing by then
 //! (hung) is stopped.
 //!
-//! Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits 130.
-//! The previous run's log is kept as `NAME.log.1`; a log is never truncated.
+//! Interrupted (SIGINT, SIGTERM, or SIGHUP as its terminal closes) while it waits,
+//! it stops the child and exits 128 + the signal's number (130, 143, 129). The
+//! previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -179,7 +180,7 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(Event::Interrupted) => {
+            Ok(Event::Interrupted(signal)) => {
                 // The child has its own process group: Ctrl-C reached only this one.
                 let _ = child.kill();
                 let _ = child.wait();
@@ -188,9 +189,10 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 previous.settle();
                 // Its log stays: why it had not come up yet may be in it.
                 return Err(Error::Launch {
-                    code: 130,
+                    code: 128 + signal.number(),
                     message: format!(
-                        "interrupted; the tunnel was stopped (its log: {})",
+                        "{}; the tunnel was stopped (its log: {})",
+                        signal.what(),
                         log_file.display()
                     ),
                 });
@@ -405,13 +407,45 @@ enum Event {
     Line(String),
     /// The child closed its stdout: it is exiting.
     Closed,
-    /// SIGINT or SIGTERM reached this process.
-    Interrupted,
+    /// A signal that stops this process reached it.
+    Interrupted(Interrupt),
 }
 
-/// Turns SIGINT and SIGTERM into [`Event::Interrupted`] on `tx` instead of ending this
-/// process, until the returned sender is dropped. `None` if the handlers cannot be
-/// installed: the signals then end this process as before.
+/// A signal that stops `start` while it waits (and the tunnel it launched with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// SIGINT: Ctrl-C.
+    Int,
+    /// SIGTERM.
+    Term,
+    /// SIGHUP: the terminal closed.
+    Hup,
+}
+
+impl Interrupt {
+    /// The signal's number (the same on every Unix), for the exit code 128 + it
+    /// that a shell expects of a process the signal ended.
+    fn number(self) -> i32 {
+        match self {
+            Interrupt::Hup => 1,
+            Interrupt::Int => 2,
+            Interrupt::Term => 15,
+        }
+    }
+
+    /// What happened, as the error says it.
+    fn what(self) -> &'static str {
+        match self {
+            Interrupt::Int => "interrupted",
+            Interrupt::Term => "terminated (SIGTERM)",
+            Interrupt::Hup => "hung up (SIGHUP: its terminal closed)",
+        }
+    }
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into [`Event::Interrupted`] on `tx` instead of
+/// ending this process, until the returned sender is dropped. `None` if the handlers
+/// cannot be installed: the signals then end this process as before.
 fn catch_interrupts(tx: mpsc::Sender<Event>) -> Option<tokio::sync::oneshot::Sender<()>> {
     #[cfg(unix)]
     {
@@ -421,24 +455,26 @@ fn catch_interrupts(tx: mpsc::Sender<Event>) -> Option<tokio::sync::oneshot::Sen
             .build()
             .ok()?;
         // Installed here, before the wait begins, not when the thread gets to run.
-        let (mut int, mut term) = {
+        let (mut int, mut term, mut hup) = {
             let _in = rt.enter();
             (
                 signal(SignalKind::interrupt()).ok()?,
                 signal(SignalKind::terminate()).ok()?,
+                signal(SignalKind::hangup()).ok()?,
             )
         };
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let caught = rt.block_on(async {
                 tokio::select! {
-                    _ = int.recv() => true,
-                    _ = term.recv() => true,
-                    _ = &mut stopped => false,
+                    _ = int.recv() => Some(Interrupt::Int),
+                    _ = term.recv() => Some(Interrupt::Term),
+                    _ = hup.recv() => Some(Interrupt::Hup),
+                    _ = &mut stopped => None,
                 }
             });
-            if caught {
-                let _ = tx.send(Event::Interrupted);
+            if let Some(signal) = caught {
+                let _ = tx.send(Event::Interrupted(signal));
             }
         });
         Some(stop)
@@ -590,6 +626,12 @@ mod tests {
             parse_first_round("tunnel \"web\" connected to router a:1"),
             None
         );
+    }
+
+    #[test]
+    fn an_interrupted_start_exits_as_the_signal_would_have_ended_it() {
+        let codes = [Interrupt::Int, Interrupt::Term, Interrupt::Hup].map(|i| 128 + i.number());
+        assert_eq!(codes, [130, 143, 129]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! A process's life from start to stop: how long `start` waits for a tunnel's first
-//! attempts, and how a tunnel stops.
+//! attempts, and the signals that stop a tunnel (SIGHUP for a tunnel in a terminal).
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,28 @@ fn silent_router() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A user connection that has echoed `msg`, held open.
+fn hold(addr: SocketAddr, msg: &[u8]) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.write_all(msg).unwrap();
+    let mut b = vec![0u8; msg.len()];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(b, msg);
+    c
+}
+
+/// Whether `dir` under the home holds a file whose name ends with `suffix`.
+fn left_in(home: &Home, dir: &str, suffix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(home.path().join(dir)) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect()
 }
 
 /// Three routers that never answer before one that does: the tunnel's first round
@@ -54,6 +76,39 @@ fn start_waits_out_the_first_attempts_of_routers_slow_to_answer() {
     assert_eq!(l[0]["status"], "running", "{l:#?}");
     let st = home.ok(&["status"]);
     assert!(st.contains(&format!("router {raddr}")), "{st}");
+}
+
+/// SIGHUP (the terminal closed) stops a tunnel in the terminal as SIGTERM does: it
+/// drains, says goodbye to its router (which does not report it lost), removes its
+/// files and exits 0. It used to end at once (exit 129), its users reset, its files
+/// left behind.
+#[test]
+fn sighup_stops_a_foreground_tunnel_gracefully() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (mut tunnel, addr) = home.tunnel_with(
+        Engine::Epoll,
+        raddr,
+        &source.to_string(),
+        &["--name", "hup"],
+    );
+    let held = hold(addr, b"hello");
+    wait_list(&home, "the held connection", |l| {
+        l.len() == 1 && l[0]["active_connections"] == 1
+    });
+    tunnel.signal("HUP");
+    tunnel.wait_stderr("draining open connections");
+    // The user finishes: the drain is over.
+    drop(held);
+    let status = tunnel.wait_exit();
+    let err = tunnel.stderr();
+    assert_code(status, 0, &err);
+    assert!(err.contains("asked to stop (SIGHUP)"), "{err}");
+    router.wait_stderr("client disconnected: client said goodbye: the tunnel is stopping");
+    assert_eq!(left_in(&home, "run", ".sock"), Vec::<String>::new());
+    assert_eq!(left_in(&home, "run", ".lock"), Vec::<String>::new());
+    assert_eq!(left_in(&home, "tunnels", ".json"), Vec::<String>::new());
 }
 
 /// A tunnel whose stderr lost its reader (the supervisor it logged through was

@@ -11,13 +11,14 @@ use conduit_controlplane::alerts::tunnel::TunnelAlerts;
 use conduit_controlplane::config::{AlertsConfig, OptimizeFor, PerformanceConfig};
 use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, first_round_line, launch};
+use conduit_controlplane::stop::StopSignals;
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
 use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
-use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
+use super::{dataplane_options, listen_addr, runtime, say, secs, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
 use crate::exit::Usage;
 use crate::output::announce;
@@ -169,7 +170,9 @@ pub(crate) fn foreground(
         let status = tunnel.status();
         let first_round = tunnel.first_round();
         let process = RegisteredTunnel::register(tunnel, registration).await?;
-        let signals = shutdown_signal();
+        // In a terminal, the terminal closing (SIGHUP) stops the tunnel as SIGTERM
+        // does: drained, with a goodbye to its router, its files removed.
+        let signals = StopSignals::listen(!detached);
         announce(format_args!(
             "tunnel {name:?} listening on {addr} (id {}, {}, {engine})",
             process.id(),
