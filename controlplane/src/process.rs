@@ -513,7 +513,8 @@ impl RegisteredTunnel {
     }
 
     /// Runs until a stop signal (`stops`), a `Shutdown` request, or a fatal refusal;
-    /// the entry and the control socket are removed at the end.
+    /// a stop signal while it drains closes the open connections at once. The entry
+    /// and the control socket are removed at the end.
     pub async fn run(self, mut stops: StopSignals) -> Result<(), Error> {
         let Self {
             tunnel,
@@ -575,13 +576,22 @@ impl RegisteredTunnel {
             })
         };
 
-        // The first stop signal orders the stop, with the default drain.
+        // One task owns the stop signals: the first orders the stop, with the
+        // default drain; each later one (or one after a `Shutdown` request) closes
+        // the connections still draining now.
         let signals = {
             let state = state.clone();
             tokio::spawn(async move {
-                let signal = stops.next().await;
-                control::order_shutdown(&state.shutdown, drain);
-                info!("asked to stop ({signal})");
+                loop {
+                    let signal = stops.next().await;
+                    if state.shutdown.borrow().is_some() {
+                        control::order_shutdown(&state.shutdown, Duration::ZERO);
+                        crate::stop::cut_drain(&state.dp, signal);
+                        continue;
+                    }
+                    control::order_shutdown(&state.shutdown, drain);
+                    info!("asked to stop ({signal})");
+                }
             })
         };
         let shutdown = state.shutdown.clone();

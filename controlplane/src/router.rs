@@ -329,7 +329,7 @@ impl Router {
     }
 
     /// Serves until a stop signal (`stops`), then lets open streams finish for up to
-    /// `drain`.
+    /// `drain`; a later stop signal closes them at once.
     pub async fn run(self, mut stops: StopSignals, drain: Duration) -> Result<(), Error> {
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_task = self.api.map(|(listener, app)| {
@@ -412,7 +412,16 @@ impl Router {
         let _ = api_stop.send(());
         self.state.stopping.send_replace(true);
         let dp = self.state.dp.clone();
-        let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        let stopping = tokio::task::spawn_blocking(move || dp.stop(drain));
+        tokio::pin!(stopping);
+        // A later stop signal does not wait out the drain: the streams still open
+        // are closed now.
+        loop {
+            tokio::select! {
+                _ = &mut stopping => break,
+                signal = stops.next() => crate::stop::cut_drain(&self.state.dp, signal),
+            }
+        }
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }

@@ -1,9 +1,13 @@
-//! How a tunnel or router process stops: the signals that stop it.
+//! How a tunnel or router process stops: the signals that stop it (the first drains
+//! open connections, a later one closes them now, as most servers do).
 //!
 //! What it does **not** do: drain (the data plane does, see
 //! [`conduit_dataplane::DataPlane::stop`]), or act on the signals that do not stop a
 //! process (a router's SIGHUP and SIGUSR1, see `signals.rs`).
 
+use std::time::Duration;
+
+use conduit_dataplane::DataPlane;
 use tracing::warn;
 
 /// The signals that stop a process gracefully, in the order they arrive.
@@ -74,5 +78,25 @@ impl StopSignals {
                 Err(_) => std::future::pending().await,
             }
         }
+    }
+}
+
+/// A stop signal arrived while the process drains: its open connections are closed
+/// now instead of at the drain deadline, and the log says so.
+pub(crate) fn cut_drain(dp: &DataPlane, signal: &str) {
+    let open = dp.totals().active;
+    dp.cut_drain(Duration::ZERO);
+    warn!(
+        "{signal} while stopping: closing {} now",
+        connections(open, "open connection")
+    );
+}
+
+/// `1 open connection`, `2 open connections`.
+fn connections(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }

@@ -1,5 +1,6 @@
 //! A process's life from start to stop: how long `start` waits for a tunnel's first
-//! attempts, and the signals that stop a tunnel (SIGHUP for a tunnel in a terminal).
+//! attempts, and the signals that stop a tunnel or a router (SIGHUP for a tunnel in
+//! a terminal; a second stop signal cutting a drain short).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code};
 use crate::manage::{Cleanup, list_json, run_args, start_args, wait_list};
 use crate::sources;
-use crate::users::assert_echo;
+use crate::users::{End, assert_echo, expect_end};
 
 /// A "router" that accepts connections and never answers: a tunnel's handshake
 /// with it runs into its `--handshake-timeout`.
@@ -109,6 +110,62 @@ fn sighup_stops_a_foreground_tunnel_gracefully() {
     assert_eq!(left_in(&home, "run", ".sock"), Vec::<String>::new());
     assert_eq!(left_in(&home, "run", ".lock"), Vec::<String>::new());
     assert_eq!(left_in(&home, "tunnels", ".json"), Vec::<String>::new());
+}
+
+/// A second stop signal while a tunnel drains closes its open connections now, as
+/// most servers do, and both are logged; the tunnel used to wait out its whole drain.
+#[test]
+fn a_second_stop_signal_cuts_a_tunnels_drain_short() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let extra = ["--name", "cut", "--drain-timeout", "600"];
+    let (mut tunnel, addr) = home.tunnel_with(Engine::Epoll, raddr, &source.to_string(), &extra);
+    let mut held = hold(addr, b"hello");
+    wait_list(&home, "the held connection", |l| {
+        l.len() == 1 && l[0]["active_connections"] == 1
+    });
+    tunnel.signal("TERM");
+    tunnel.wait_stderr("draining open connections");
+    tunnel.signal("INT");
+    let status = tunnel.wait_exit();
+    let err = tunnel.stderr();
+    assert_code(status, 0, &err);
+    assert_eq!(expect_end(&mut held), End::Reset);
+    assert!(
+        err.contains("SIGINT while stopping: closing 1 open connection now"),
+        "{err}"
+    );
+}
+
+/// The same for a router: its streams are closed at the second signal, not at the
+/// end of its drain.
+#[test]
+fn a_second_stop_signal_cuts_a_routers_drain_short() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (mut router, raddr) = home.router_with(
+        Engine::Epoll,
+        &[source.to_string()],
+        &["--drain-timeout", "600"],
+    );
+    let (_tunnel, addr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    let mut held = hold(addr, b"hello");
+    router.signal("TERM");
+    router.wait_stderr("draining open connections");
+    router.signal("INT");
+    let status = router.wait_exit();
+    let err = router.stderr();
+    assert_code(status, 0, &err);
+    assert_eq!(expect_end(&mut held), End::Reset);
+    assert!(
+        err.contains("router stopping (SIGTERM): no new connections"),
+        "{err}"
+    );
+    assert!(
+        err.contains("SIGINT while stopping: closing 1 open connection now"),
+        "{err}"
+    );
 }
 
 /// A tunnel whose stderr lost its reader (the supervisor it logged through was
