@@ -554,9 +554,12 @@ impl ClientTunnel {
     }
 
     /// Runs until `shutdown` completes with a drain deadline (open connections get
-    /// that long to finish) or every router refuses this client before any admitted
-    /// it (an error).
-    pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
+    /// that long to finish; the drain is then as the data plane reports it) or every
+    /// router refuses this client before any admitted it (an error).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = Duration>,
+    ) -> Result<conduit_dataplane::Drained, Error> {
         let watcher = match &self.alerts {
             Some(a) => Watcher::start(
                 a,
@@ -599,11 +602,13 @@ impl ClientTunnel {
             info!(tunnel = %self.shared.name, "stopping: no new connections; draining open ones for up to {drain:?}");
         }
         let dp = self.shared.dp.clone();
-        let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        let drained = tokio::task::spawn_blocking(move || dp.stop(drain))
+            .await
+            .unwrap_or_default();
         if let Some(w) = watcher {
             w.finish(Duration::from_secs(2)).await;
         }
-        result
+        result.map(|()| drained)
     }
 }
 

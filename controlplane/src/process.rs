@@ -514,7 +514,8 @@ impl RegisteredTunnel {
 
     /// Runs until a stop signal (`stops`), a `Shutdown` request, or a fatal refusal;
     /// a stop signal while it drains closes the open connections at once. The entry
-    /// and the control socket are removed at the end.
+    /// and the control socket are removed at the end, and the log's last line says
+    /// why the tunnel stopped and how its drain went.
     pub async fn run(self, mut stops: StopSignals) -> Result<(), Error> {
         let Self {
             tunnel,
@@ -578,16 +579,21 @@ impl RegisteredTunnel {
 
         // One task owns the stop signals: the first orders the stop, with the
         // default drain; each later one (or one after a `Shutdown` request) closes
-        // the connections still draining now.
+        // the connections still draining now. The first is kept for the last line.
+        let (signalled, mut first_signal) = tokio::sync::oneshot::channel::<&'static str>();
         let signals = {
             let state = state.clone();
             tokio::spawn(async move {
+                let mut signalled = Some(signalled);
                 loop {
                     let signal = stops.next().await;
                     if state.shutdown.borrow().is_some() {
                         control::order_shutdown(&state.shutdown, Duration::ZERO);
                         crate::stop::cut_drain(&state.dp, signal);
                         continue;
+                    }
+                    if let Some(tx) = signalled.take() {
+                        let _ = tx.send(signal);
                     }
                     control::order_shutdown(&state.shutdown, drain);
                     info!("asked to stop ({signal})");
@@ -611,7 +617,14 @@ impl RegisteredTunnel {
         }
         entry.status = "stopping".into();
         registry.remove(&entry);
-        result
+        let drained = result?;
+        // No signal came first: a `Shutdown` request did.
+        let why = (first_signal.try_recv())
+            .unwrap_or("asked to on its control socket: conduit kill, down or up");
+        let drain = state.shutdown.borrow().unwrap_or(drain);
+        let what = format!("tunnel {:?}", entry.name);
+        info!("{}", crate::stop::stopped_line(&what, why, drain, drained));
+        Ok(())
     }
 }
 

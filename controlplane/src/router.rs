@@ -329,7 +329,8 @@ impl Router {
     }
 
     /// Serves until a stop signal (`stops`), then lets open streams finish for up to
-    /// `drain`; a later stop signal closes them at once.
+    /// `drain`; a later stop signal closes them at once. The log's last line says
+    /// which signal stopped the router and how its drain went.
     pub async fn run(self, mut stops: StopSignals, drain: Duration) -> Result<(), Error> {
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_task = self.api.map(|(listener, app)| {
@@ -416,15 +417,19 @@ impl Router {
         tokio::pin!(stopping);
         // A later stop signal does not wait out the drain: the streams still open
         // are closed now.
-        loop {
+        let drained = loop {
             tokio::select! {
-                _ = &mut stopping => break,
+                d = &mut stopping => break d.unwrap_or_default(),
                 signal = stops.next() => crate::stop::cut_drain(&self.state.dp, signal),
             }
-        }
+        };
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        info!(
+            "{}",
+            crate::stop::stopped_line("router", why, drain, drained)
+        );
         Ok(())
     }
 }

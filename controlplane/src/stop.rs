@@ -1,5 +1,6 @@
 //! How a tunnel or router process stops: the signals that stop it (the first drains
-//! open connections, a later one closes them now, as most servers do).
+//! open connections, a later one closes them now, as most servers do), and the line
+//! it logs as it ends, saying why and how the drain went.
 //!
 //! What it does **not** do: drain (the data plane does, see
 //! [`conduit_dataplane::DataPlane::stop`]), or act on the signals that do not stop a
@@ -7,7 +8,7 @@
 
 use std::time::Duration;
 
-use conduit_dataplane::DataPlane;
+use conduit_dataplane::{DataPlane, Drained};
 use tracing::warn;
 
 /// The signals that stop a process gracefully, in the order they arrive.
@@ -92,11 +93,79 @@ pub(crate) fn cut_drain(dp: &DataPlane, signal: &str) {
     );
 }
 
+/// The line a process logs as it ends, after `why` stopped it (a signal's name, or
+/// what asked it to stop) and its drain of up to `drain` went as `d` says.
+pub fn stopped_line(what: &str, why: &str, drain: Duration, d: Drained) -> String {
+    let how = if d.open == 0 {
+        "no connection was open".to_owned()
+    } else if d.closed == 0 {
+        match d.open {
+            1 => "the open connection finished within the drain".to_owned(),
+            n => format!("all {n} open connections finished within the drain"),
+        }
+    } else if d.cut_short {
+        format!(
+            "the drain was cut short (a second stop signal, `kill --force`, or a drain \
+             timeout of 0): closed {} of {}",
+            d.closed,
+            connections(d.open as u64, "open connection")
+        )
+    } else {
+        format!(
+            "the drain deadline ({drain:?}) passed: closed {} of {}",
+            d.closed,
+            connections(d.open as u64, "open connection")
+        )
+    };
+    format!("{what} stopped ({why}): {how}")
+}
+
 /// `1 open connection`, `2 open connections`.
 fn connections(n: u64, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {
         format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drained(open: usize, closed: usize, cut_short: bool) -> Drained {
+        Drained {
+            open,
+            closed,
+            cut_short,
+        }
+    }
+
+    #[test]
+    fn the_last_line_says_why_and_how_the_drain_went() {
+        let d = Duration::from_secs(30);
+        let line = |why, x| stopped_line("tunnel \"web\"", why, d, x);
+        assert_eq!(
+            line("SIGTERM", drained(0, 0, false)),
+            "tunnel \"web\" stopped (SIGTERM): no connection was open"
+        );
+        assert_eq!(
+            line("SIGINT", drained(1, 0, false)),
+            "tunnel \"web\" stopped (SIGINT): the open connection finished within the drain"
+        );
+        assert_eq!(
+            line("SIGHUP", drained(3, 0, false)),
+            "tunnel \"web\" stopped (SIGHUP): all 3 open connections finished within the drain"
+        );
+        assert_eq!(
+            line("SIGTERM", drained(3, 2, false)),
+            "tunnel \"web\" stopped (SIGTERM): the drain deadline (30s) passed: closed 2 of 3 \
+             open connections"
+        );
+        assert_eq!(
+            line("SIGTERM", drained(1, 1, true)),
+            "tunnel \"web\" stopped (SIGTERM): the drain was cut short (a second stop signal, \
+             `kill --force`, or a drain timeout of 0): closed 1 of 1 open connection"
+        );
     }
 }

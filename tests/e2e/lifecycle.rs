@@ -1,6 +1,7 @@
 //! A process's life from start to stop: how long `start` waits for a tunnel's first
-//! attempts, and the signals that stop a tunnel or a router (SIGHUP for a tunnel in
-//! a terminal; a second stop signal cutting a drain short).
+//! attempts, the signals that stop a tunnel or a router (SIGHUP for a tunnel in a
+//! terminal; a second stop signal cutting a drain short), and the line each logs as
+//! it ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,6 +37,11 @@ fn hold(addr: SocketAddr, msg: &[u8]) -> TcpStream {
     c.read_exact(&mut b).unwrap();
     assert_eq!(b, msg);
     c
+}
+
+/// The last line of `text`.
+fn last_line(text: &str) -> &str {
+    text.lines().last().unwrap_or_default()
 }
 
 /// Whether `dir` under the home holds a file whose name ends with `suffix`.
@@ -81,8 +87,8 @@ fn start_waits_out_the_first_attempts_of_routers_slow_to_answer() {
 
 /// SIGHUP (the terminal closed) stops a tunnel in the terminal as SIGTERM does: it
 /// drains, says goodbye to its router (which does not report it lost), removes its
-/// files and exits 0. It used to end at once (exit 129), its users reset, its files
-/// left behind.
+/// files, exits 0, and its log's last line says so. It used to end at once (exit
+/// 129), its users reset, its files left behind.
 #[test]
 fn sighup_stops_a_foreground_tunnel_gracefully() {
     let home = Home::with_keys();
@@ -106,6 +112,12 @@ fn sighup_stops_a_foreground_tunnel_gracefully() {
     let err = tunnel.stderr();
     assert_code(status, 0, &err);
     assert!(err.contains("asked to stop (SIGHUP)"), "{err}");
+    assert!(
+        last_line(&err).ends_with(
+            "tunnel \"hup\" stopped (SIGHUP): the open connection finished within the drain"
+        ),
+        "{err}"
+    );
     router.wait_stderr("client disconnected: client said goodbye: the tunnel is stopping");
     assert_eq!(left_in(&home, "run", ".sock"), Vec::<String>::new());
     assert_eq!(left_in(&home, "run", ".lock"), Vec::<String>::new());
@@ -136,10 +148,18 @@ fn a_second_stop_signal_cuts_a_tunnels_drain_short() {
         err.contains("SIGINT while stopping: closing 1 open connection now"),
         "{err}"
     );
+    assert!(
+        last_line(&err).ends_with(
+            "tunnel \"cut\" stopped (SIGTERM): the drain was cut short (a second stop signal, \
+             `kill --force`, or a drain timeout of 0): closed 1 of 1 open connection"
+        ),
+        "{err}"
+    );
 }
 
 /// The same for a router: its streams are closed at the second signal, not at the
-/// end of its drain.
+/// end of its drain; and its log's last line says which signal stopped it and how
+/// the drain went.
 #[test]
 fn a_second_stop_signal_cuts_a_routers_drain_short() {
     let home = Home::with_keys();
@@ -164,6 +184,13 @@ fn a_second_stop_signal_cuts_a_routers_drain_short() {
     );
     assert!(
         err.contains("SIGINT while stopping: closing 1 open connection now"),
+        "{err}"
+    );
+    assert!(
+        last_line(&err).ends_with(
+            "router stopped (SIGTERM): the drain was cut short (a second stop signal, `kill \
+             --force`, or a drain timeout of 0): closed 1 of 1 open connection"
+        ),
         "{err}"
     );
 }
