@@ -128,6 +128,13 @@ fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
         let file = open_lock(&path)?;
         match lock(&file, &path)? {
             Locked::Yes => {
+                // The file is this claim's from here, maybe made by it just now: a
+                // refusal below drops the claim, which removes the file, so that a
+                // start refused leaves nothing in `run/`.
+                let claim = NameClaim {
+                    held: Held::Own(file),
+                    path,
+                };
                 let entries = Registry::new(home).entries();
                 // A tunnel of a version without name locks is known by its entry alone.
                 if let Some(e) = entries.iter().find(|e| e.name == name) {
@@ -143,10 +150,6 @@ fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
                         e.name, e.pid
                     )));
                 }
-                let claim = NameClaim {
-                    held: Held::Own(file),
-                    path,
-                };
                 claim.set_holder(std::process::id())?;
                 return Ok(claim);
             }
@@ -660,6 +663,48 @@ mod tests {
         assert!(path.exists());
         drop(again);
         assert!(!path.exists());
+    }
+
+    /// A name refused because a running tunnel has it as its id (or as the name
+    /// in an entry without a lock) leaves no lock file: it used to stay in `run/`.
+    #[test]
+    fn a_name_refused_for_a_running_tunnels_id_leaves_no_lock_file() {
+        let (_dir, home) = home();
+        let me = std::process::id();
+        let entry = Entry {
+            tunnel_id: "web-0c83".into(),
+            name: "web".into(),
+            pid: me,
+            started: registry::start_ticks(me),
+            control_socket: home.run().join("web-0c83.sock"),
+            log_file: None,
+            config: EntryConfig {
+                router: "10.2.0.1:9999".into(),
+                source: "10.2.0.2:8080".into(),
+                bind: "127.0.0.1:8080".into(),
+                protocol: "tcp".into(),
+                file: None,
+                digest: String::new(),
+                balance: false,
+                proxy_protocol: None,
+                allow_from: Vec::new(),
+            },
+            status: "running".into(),
+            created_at: registry::now_rfc3339(),
+            supervisor: None,
+        };
+        Registry::new(&home).write(&entry).unwrap();
+        for name in ["web-0c83", "web"] {
+            let Err(Error::Config(why)) = claim(&home, name, Parent::None) else {
+                panic!("{name} was claimed beside the running tunnel");
+            };
+            let lock = home.run().join(format!("{name}.lock"));
+            assert!(
+                !lock.exists(),
+                "refused ({why}), and left {}",
+                lock.display()
+            );
+        }
     }
 
     #[test]

@@ -166,6 +166,8 @@ fn a_name_that_is_a_running_tunnels_id_is_refused() {
         )
     );
     assert_eq!(list_json(&home).len(), 1);
+    // The refused start leaves nothing behind: its lock file used to stay.
+    assert_eq!(locks(&home), ["tok.lock"]);
 }
 
 #[test]
