@@ -137,7 +137,12 @@ pub(crate) fn init(s: &LogSettings) -> Result<(), String> {
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(ansi)
-        .with_target(false);
+        .with_target(false)
+        // A line that cannot be written (stderr's reader gone, such as a killed
+        // supervisor; a full disk) is lost: by default the subscriber reports it with
+        // `eprintln!`, which panics when stderr is what failed, and the task that
+        // logged (a tunnel's router link, its stop) died with it.
+        .log_internal_errors(false);
     let res = if s.json {
         builder.json().try_init()
     } else {

@@ -568,15 +568,29 @@ impl ClientTunnel {
         self.shared.dp.clone()
     }
 
+    /// How long this tunnel's first attempts at its routers may take at most: each
+    /// router's connect timeout (which holds its name's lookup too) and handshake
+    /// timeout, one router after another (balancing tries them side by side, which
+    /// takes no longer). By then it has connected, gone on to retry in the
+    /// background, or stopped because every router refused it: `start` waits that
+    /// long for it.
+    pub fn first_round(&self) -> Duration {
+        let one = self.shared.connect_timeout + self.shared.handshake_timeout;
+        one.saturating_mul(u32::try_from(self.shared.routers.len()).unwrap_or(u32::MAX))
+    }
+
     /// Handshake durations and set-up errors of the channels to the router.
     pub fn counters(&self) -> Arc<Counters> {
         self.shared.counters.clone()
     }
 
     /// Runs until `shutdown` completes with a drain deadline (open connections get
-    /// that long to finish) or every router refuses this client before any admitted
-    /// it (an error).
-    pub async fn run(self, shutdown: impl Future<Output = Duration>) -> Result<(), Error> {
+    /// that long to finish; the drain is then as the data plane reports it) or every
+    /// router refuses this client before any admitted it (an error).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = Duration>,
+    ) -> Result<conduit_dataplane::Drained, Error> {
         let watcher = match &self.alerts {
             Some(a) => Watcher::start(
                 a,
@@ -619,11 +633,13 @@ impl ClientTunnel {
             info!(tunnel = %self.shared.name, "stopping: no new connections; draining open ones for up to {drain:?}");
         }
         let dp = self.shared.dp.clone();
-        let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        let drained = tokio::task::spawn_blocking(move || dp.stop(drain))
+            .await
+            .unwrap_or_default();
         if let Some(w) = watcher {
             w.finish(Duration::from_secs(2)).await;
         }
-        result
+        result.map(|()| drained)
     }
 }
 

@@ -47,6 +47,7 @@ pub mod serve;
 pub mod service;
 mod signals;
 pub mod spawn;
+pub mod stop;
 pub mod timestamp;
 pub mod tune;
 mod wire;

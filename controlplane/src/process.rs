@@ -1,16 +1,16 @@
 //! A tunnel as a registered process: its registry entry, its control API, and the
 //! tunnel itself, torn down together.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::control::{self, ControlState, TunnelFacts};
 use crate::registry::{self, Entry, EntryConfig, Registry};
+use crate::stop::StopSignals;
 use crate::{ClientTunnel, Error, Home};
 
 /// How a tunnel process is registered.
@@ -128,6 +128,13 @@ fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
         let file = open_lock(&path)?;
         match lock(&file, &path)? {
             Locked::Yes => {
+                // The file is this claim's from here, maybe made by it just now: a
+                // refusal below drops the claim, which removes the file, so that a
+                // start refused leaves nothing in `run/`.
+                let claim = NameClaim {
+                    held: Held::Own(file),
+                    path,
+                };
                 let entries = Registry::new(home).entries();
                 // A tunnel of a version without name locks is known by its entry alone.
                 if let Some(e) = entries.iter().find(|e| e.name == name) {
@@ -143,10 +150,6 @@ fn claim(home: &Home, name: &str, parent: Parent) -> Result<NameClaim, Error> {
                         e.name, e.pid
                     )));
                 }
-                let claim = NameClaim {
-                    held: Held::Own(file),
-                    path,
-                };
                 claim.set_holder(std::process::id())?;
                 return Ok(claim);
             }
@@ -512,12 +515,11 @@ impl RegisteredTunnel {
         &self.entry.tunnel_id
     }
 
-    /// Runs until a signal (`signals` completes), a `Shutdown` request, or a fatal
-    /// refusal; the entry and the control socket are removed at the end.
-    pub async fn run(
-        self,
-        signals: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), Error> {
+    /// Runs until a stop signal (`stops`), a `Shutdown` request, or a fatal refusal;
+    /// a stop signal while it drains closes the open connections at once. The entry
+    /// and the control socket are removed at the end, and the log's last line says
+    /// why the tunnel stopped and how its drain went.
+    pub async fn run(self, mut stops: StopSignals) -> Result<(), Error> {
         let Self {
             tunnel,
             mut entry,
@@ -578,24 +580,38 @@ impl RegisteredTunnel {
             })
         };
 
-        let shutdown = state.shutdown.clone();
-        let ordered = async move {
-            tokio::select! {
-                _ = signals => drain,
-                ordered = stopped.wait_for(Option::is_some) => match ordered {
-                    Ok(d) => (*d).unwrap_or(drain),
-                    Err(_) => drain,
-                },
-            }
+        // One task owns the stop signals: the first orders the stop, with the
+        // default drain; each later one (or one after a `Shutdown` request) closes
+        // the connections still draining now. The first is kept for the last line.
+        let (signalled, mut first_signal) = tokio::sync::oneshot::channel::<&'static str>();
+        let signals = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut signalled = Some(signalled);
+                loop {
+                    let signal = stops.next().await;
+                    if state.shutdown.borrow().is_some() {
+                        control::order_shutdown(&state.shutdown, Duration::ZERO);
+                        crate::stop::cut_drain(&state.dp, signal);
+                        continue;
+                    }
+                    if let Some(tx) = signalled.take() {
+                        let _ = tx.send(signal);
+                    }
+                    control::order_shutdown(&state.shutdown, drain);
+                    info!("asked to stop ({signal})");
+                }
+            })
         };
+        let shutdown = state.shutdown.clone();
         let result = tunnel
             .run(async move {
-                let d = ordered.await;
-                control::order_shutdown(&shutdown, d);
-                // A request may have shortened it meanwhile (never lengthened).
-                shutdown.borrow().map_or(d, |now| now.min(d))
+                let _ = stopped.wait_for(Option::is_some).await;
+                // The shortest drain ordered (a later order never lengthens it).
+                shutdown.borrow().unwrap_or(drain)
             })
             .await;
+        signals.abort();
         updater.abort();
         exited.send_replace(true);
         let _ = api.await;
@@ -604,7 +620,14 @@ impl RegisteredTunnel {
         }
         entry.status = "stopping".into();
         registry.remove(&entry);
-        result
+        let drained = result?;
+        // No signal came first: a `Shutdown` request did.
+        let why = (first_signal.try_recv())
+            .unwrap_or("asked to on its control socket: conduit kill, down or up");
+        let drain = state.shutdown.borrow().unwrap_or(drain);
+        let what = format!("tunnel {:?}", entry.name);
+        info!("{}", crate::stop::stopped_line(&what, why, drain, drained));
+        Ok(())
     }
 }
 
@@ -640,6 +663,48 @@ mod tests {
         assert!(path.exists());
         drop(again);
         assert!(!path.exists());
+    }
+
+    /// A name refused because a running tunnel has it as its id (or as the name
+    /// in an entry without a lock) leaves no lock file: it used to stay in `run/`.
+    #[test]
+    fn a_name_refused_for_a_running_tunnels_id_leaves_no_lock_file() {
+        let (_dir, home) = home();
+        let me = std::process::id();
+        let entry = Entry {
+            tunnel_id: "web-0c83".into(),
+            name: "web".into(),
+            pid: me,
+            started: registry::start_ticks(me),
+            control_socket: home.run().join("web-0c83.sock"),
+            log_file: None,
+            config: EntryConfig {
+                router: "10.2.0.1:9999".into(),
+                source: "10.2.0.2:8080".into(),
+                bind: "127.0.0.1:8080".into(),
+                protocol: "tcp".into(),
+                file: None,
+                digest: String::new(),
+                balance: false,
+                proxy_protocol: None,
+                allow_from: Vec::new(),
+            },
+            status: "running".into(),
+            created_at: registry::now_rfc3339(),
+            supervisor: None,
+        };
+        Registry::new(&home).write(&entry).unwrap();
+        for name in ["web-0c83", "web"] {
+            let Err(Error::Config(why)) = claim(&home, name, Parent::None) else {
+                panic!("{name} was claimed beside the running tunnel");
+            };
+            let lock = home.run().join(format!("{name}.lock"));
+            assert!(
+                !lock.exists(),
+                "refused ({why}), and left {}",
+                lock.display()
+            );
+        }
     }
 
     #[test]

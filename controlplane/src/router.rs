@@ -2,7 +2,6 @@
 //! exchange, keep control channels, and hand data channels to the workers.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +25,7 @@ use crate::metrics::{Counters, RouterFacts, SetupError};
 use crate::monitor::{HealthSettings, Monitor};
 use crate::policy::AllowList;
 use crate::router_key::RouterIdentity;
+use crate::stop::StopSignals;
 use crate::wire::{Wire, WireError};
 use crate::{Error, Transport};
 
@@ -330,13 +330,10 @@ impl Router {
         self.state.dp.worker_count()
     }
 
-    /// Serves until `shutdown` completes, then lets open streams finish for up to
-    /// `drain`.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()>,
-        drain: Duration,
-    ) -> Result<(), Error> {
+    /// Serves until a stop signal (`stops`), then lets open streams finish for up to
+    /// `drain`; a later stop signal closes them at once. The log's last line says
+    /// which signal stopped the router and how its drain went.
+    pub async fn run(self, mut stops: StopSignals, drain: Duration) -> Result<(), Error> {
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_task = self.api.map(|(listener, app)| {
             api::serve(listener, app, async move {
@@ -361,11 +358,10 @@ impl Router {
             )),
             Err(why) => tokio::spawn(crate::router_key::refuse(why, self.usr1)),
         });
-        tokio::pin!(shutdown);
         let mut backoff = AcceptBackoff::default();
         // When the slots last ran out and we said so (at most once a minute).
         let mut said_full: Option<Instant> = None;
-        loop {
+        let why = loop {
             // A handshake slot first: while all are taken, new connections wait in
             // the kernel's listen backlog and cost nothing here.
             let permit = match self.state.handshakes.clone().try_acquire_owned() {
@@ -381,16 +377,16 @@ impl Router {
                         );
                     }
                     tokio::select! {
-                        _ = &mut shutdown => break,
+                        signal = stops.next() => break signal,
                         p = self.state.handshakes.clone().acquire_owned() => match p {
                             Ok(p) => p,
-                            Err(_) => break,
+                            Err(_) => break "the handshake slots closed",
                         },
                     }
                 }
             };
             tokio::select! {
-                _ = &mut shutdown => break,
+                signal = stops.next() => break signal,
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         backoff.succeeded();
@@ -403,24 +399,39 @@ impl Router {
                     }
                 }
             }
-        }
+        };
         if let Some(w) = watcher {
             w.abort();
         }
         if let Some(r) = rotator {
             r.abort();
         }
-        info!("router stopping: no new connections; draining open streams for up to {drain:?}");
+        info!(
+            "router stopping ({why}): no new connections; draining open streams for up to {drain:?}"
+        );
         drop(self.listener);
         // The API's port goes with the router's: a successor can take both at once
         // (requests under way are answered), and a health check sees it gone.
         let _ = api_stop.send(());
         self.state.stopping.send_replace(true);
         let dp = self.state.dp.clone();
-        let _ = tokio::task::spawn_blocking(move || dp.stop(drain)).await;
+        let stopping = tokio::task::spawn_blocking(move || dp.stop(drain));
+        tokio::pin!(stopping);
+        // A later stop signal does not wait out the drain: the streams still open
+        // are closed now.
+        let drained = loop {
+            tokio::select! {
+                d = &mut stopping => break d.unwrap_or_default(),
+                signal = stops.next() => crate::stop::cut_drain(&self.state.dp, signal),
+            }
+        };
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        info!(
+            "{}",
+            crate::stop::stopped_line("router", why, drain, drained)
+        );
         Ok(())
     }
 }

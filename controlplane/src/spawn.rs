@@ -9,8 +9,20 @@
 //! first, the parent reports the child's error and exit code, and nothing is left
 //! behind (the name's lock file included: the child removes it as it ends, or the
 //! parent does if the child could not; once the child is up the parent hands the
-//! claim on, [`NameClaim::handed_on`], and leaves the file to it). Interrupted (SIGINT, SIGTERM) while it waits, it stops the child and exits
-//! 130. The previous run's log is kept as `NAME.log.1`; a log is never truncated.
+//! claim on, [`NameClaim::handed_on`], and leaves the file to it).
+//!
+//! How long the parent waits: [`Launch::timeout`] for the child to listen, then as
+//! long as the child says its first attempts at its routers may take
+//! ([`first_round_line`]: each router's connect and handshake timeouts, one router
+//! after another), and a margin. A fixed wait used to stop tunnels that were still
+//! making their first attempts (four routers that do not answer, or a long
+//! `--handshake-timeout`), when a later router would have served or the tunnel would
+//! have gone on retrying in the background. Only a child that says nothing by then
+//! (hung) is stopped.
+//!
+//! Interrupted (SIGINT, SIGTERM, or SIGHUP as its terminal closes) while it waits,
+//! it stops the child and exits 128 + the signal's number (130, 143, 129). The
+//! previous run's log is kept as `NAME.log.1`; a log is never truncated.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -38,7 +50,9 @@ pub struct Launch {
     pub name: String,
     /// Where its log goes if not `logs/NAME.log` (`--log-file`, absolute).
     pub log_file: Option<PathBuf>,
-    /// How long to wait for the tunnel to come up.
+    /// How long to wait for the tunnel to listen; its first attempts at its routers
+    /// are then waited for as long as it says they may take (see the module's
+    /// overview).
     pub timeout: Duration,
     /// Secrets for the child (a token, alert URLs): passed in its environment
     /// (`CONDUIT_TOKEN`…, readable by its owner only), never on its command line,
@@ -159,13 +173,14 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
         });
     }
 
-    let deadline = Instant::now() + l.timeout;
+    let started = Instant::now();
+    let mut deadline = started + l.timeout;
     let mut addr = None;
     let mut id = String::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(Event::Interrupted) => {
+            Ok(Event::Interrupted(signal)) => {
                 // The child has its own process group: Ctrl-C reached only this one.
                 let _ = child.kill();
                 let _ = child.wait();
@@ -174,9 +189,10 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 previous.settle();
                 // Its log stays: why it had not come up yet may be in it.
                 return Err(Error::Launch {
-                    code: 130,
+                    code: 128 + signal.number(),
                     message: format!(
-                        "interrupted; the tunnel was stopped (its log: {})",
+                        "{}; the tunnel was stopped (its log: {})",
+                        signal.what(),
                         log_file.display()
                     ),
                 });
@@ -185,6 +201,10 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 if let Some((a, i)) = parse_listening(&line) {
                     addr = Some(a);
                     id = i;
+                } else if let Some(first_round) = parse_first_round(&line) {
+                    // Listening: its first attempts are waited for, however long
+                    // its routers' timeouts make them.
+                    deadline = Instant::now() + first_round + FIRST_ROUND_MARGIN;
                 } else if addr.is_some() && line.contains("connected to router") {
                     l.claim.handed_on();
                     previous.settle();
@@ -224,12 +244,24 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                // Reading the registry sweeps the entry of the process just ended.
+                let _swept = Registry::new(&l.home).entries();
                 previous.settle();
-                let message = format!(
-                    "the tunnel did not come up within {:?}; its log: {}",
-                    l.timeout,
-                    log_file.display()
-                );
+                let waited = started.elapsed().as_secs();
+                let message = if addr.is_some() {
+                    format!(
+                        "the tunnel neither came up nor began retrying within {waited}s, \
+                         though its routers' timeouts should have ended its first attempts \
+                         by then (it may be hung), so it was stopped; its log: {}",
+                        log_file.display()
+                    )
+                } else {
+                    format!(
+                        "the tunnel did not start listening within {waited}s, so it was \
+                         stopped; its log: {}",
+                        log_file.display()
+                    )
+                };
                 return Err(Error::Launch { code: 69, message });
             }
         }
@@ -344,19 +376,76 @@ fn keep_previous(log: &Path) -> Result<Previous, Error> {
     }
 }
 
+/// How long beyond the time its first attempts may take (see [`first_round_line`])
+/// the parent waits for a tunnel to say how they went: for the moments between the
+/// attempts, and a loaded machine.
+const FIRST_ROUND_MARGIN: Duration = Duration::from_secs(10);
+
+/// The line a background tunnel prints once it listens, for its launching parent:
+/// how long its first attempts at its routers may take, `within`; by then it has
+/// connected, gone on to retry in the background, or stopped (every router refused
+/// it).
+pub fn first_round_line(name: &str, within: Duration) -> String {
+    format!(
+        "tunnel {name:?} makes its first attempts at its routers within {}s",
+        within.as_secs_f64().ceil()
+    )
+}
+
+/// The time in a [`first_round_line`].
+fn parse_first_round(line: &str) -> Option<Duration> {
+    let rest = line
+        .split_once(" makes its first attempts at its routers within ")?
+        .1;
+    let secs: u64 = rest.strip_suffix('s')?.parse().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
 /// What the waiting parent hears.
 enum Event {
     /// A line the child printed.
     Line(String),
     /// The child closed its stdout: it is exiting.
     Closed,
-    /// SIGINT or SIGTERM reached this process.
-    Interrupted,
+    /// A signal that stops this process reached it.
+    Interrupted(Interrupt),
 }
 
-/// Turns SIGINT and SIGTERM into [`Event::Interrupted`] on `tx` instead of ending this
-/// process, until the returned sender is dropped. `None` if the handlers cannot be
-/// installed: the signals then end this process as before.
+/// A signal that stops `start` while it waits (and the tunnel it launched with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// SIGINT: Ctrl-C.
+    Int,
+    /// SIGTERM.
+    Term,
+    /// SIGHUP: the terminal closed.
+    Hup,
+}
+
+impl Interrupt {
+    /// The signal's number (the same on every Unix), for the exit code 128 + it
+    /// that a shell expects of a process the signal ended.
+    fn number(self) -> i32 {
+        match self {
+            Interrupt::Hup => 1,
+            Interrupt::Int => 2,
+            Interrupt::Term => 15,
+        }
+    }
+
+    /// What happened, as the error says it.
+    fn what(self) -> &'static str {
+        match self {
+            Interrupt::Int => "interrupted",
+            Interrupt::Term => "terminated (SIGTERM)",
+            Interrupt::Hup => "hung up (SIGHUP: its terminal closed)",
+        }
+    }
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into [`Event::Interrupted`] on `tx` instead of
+/// ending this process, until the returned sender is dropped. `None` if the handlers
+/// cannot be installed: the signals then end this process as before.
 fn catch_interrupts(tx: mpsc::Sender<Event>) -> Option<tokio::sync::oneshot::Sender<()>> {
     #[cfg(unix)]
     {
@@ -366,24 +455,26 @@ fn catch_interrupts(tx: mpsc::Sender<Event>) -> Option<tokio::sync::oneshot::Sen
             .build()
             .ok()?;
         // Installed here, before the wait begins, not when the thread gets to run.
-        let (mut int, mut term) = {
+        let (mut int, mut term, mut hup) = {
             let _in = rt.enter();
             (
                 signal(SignalKind::interrupt()).ok()?,
                 signal(SignalKind::terminate()).ok()?,
+                signal(SignalKind::hangup()).ok()?,
             )
         };
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let caught = rt.block_on(async {
                 tokio::select! {
-                    _ = int.recv() => true,
-                    _ = term.recv() => true,
-                    _ = &mut stopped => false,
+                    _ = int.recv() => Some(Interrupt::Int),
+                    _ = term.recv() => Some(Interrupt::Term),
+                    _ = hup.recv() => Some(Interrupt::Hup),
+                    _ = &mut stopped => None,
                 }
             });
-            if caught {
-                let _ = tx.send(Event::Interrupted);
+            if let Some(signal) = caught {
+                let _ = tx.send(Event::Interrupted(signal));
             }
         });
         Some(stop)
@@ -521,6 +612,26 @@ mod tests {
             "every router refused this tunnel:\n  router a: key mismatch\n  router b: key \
              mismatch"
         );
+    }
+
+    #[test]
+    fn the_first_rounds_time_is_read_back_from_its_line() {
+        let line = first_round_line("web", Duration::from_millis(80_200));
+        assert_eq!(
+            line,
+            "tunnel \"web\" makes its first attempts at its routers within 81s"
+        );
+        assert_eq!(parse_first_round(&line), Some(Duration::from_secs(81)));
+        assert_eq!(
+            parse_first_round("tunnel \"web\" connected to router a:1"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_interrupted_start_exits_as_the_signal_would_have_ended_it() {
+        let codes = [Interrupt::Int, Interrupt::Term, Interrupt::Hup].map(|i| 128 + i.number());
+        assert_eq!(codes, [130, 143, 129]);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub use proxy_header::ProxyProtocol;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
 pub use sys::stop_with_parent;
 pub use usage::{ClientTotals, Usage};
-pub use worker::core_of;
+pub use worker::{Drained, core_of};
 
 /// What went wrong in the data plane: it could not start, or could not take over a
 /// connection.
@@ -369,7 +369,7 @@ pub fn default_workers() -> usize {
 struct WorkerHandle {
     tx: flume::Sender<ToWorker>,
     stats: Arc<CoreStats>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    thread: std::sync::Mutex<Option<JoinHandle<Drained>>>,
 }
 
 /// The running workers.
@@ -456,11 +456,12 @@ impl DataPlane {
                     let started = ready.clone();
                     let res = engine::block_on(engine, async move {
                         let _ = started.send((index, Ok(())));
-                        worker::run(core, role, rx).await;
+                        worker::run(core, role, rx).await
                     });
-                    if let Err(e) = res {
+                    res.unwrap_or_else(|e| {
                         let _ = ready.send((index, Err(e)));
-                    }
+                        Drained::default()
+                    })
                 })
                 .map_err(|source| DataplaneError::Worker { index, source })?;
             workers.push(WorkerHandle {
@@ -690,22 +691,25 @@ impl DataPlane {
     }
 
     /// Stops accepting, lets open connections finish for up to `drain` (or less, if
-    /// [`cut_drain`](Self::cut_drain) says so), closes the rest and joins the workers.
-    /// Blocks the calling thread; later calls do nothing.
-    pub fn stop(&self, drain: Duration) {
+    /// [`cut_drain`](Self::cut_drain) says so), closes the rest and joins the workers;
+    /// returns how the drain went. Blocks the calling thread; later calls do nothing
+    /// (and return an empty [`Drained`]).
+    pub fn stop(&self, drain: Duration) -> Drained {
         self.cut_drain(drain);
+        let mut all = Vec::with_capacity(self.workers.len());
         for (i, w) in self.workers.iter().enumerate() {
             // The lock only guards taking the handle once; it is never contended.
             let handle = match w.thread.lock() {
                 Ok(mut g) => g.take(),
                 Err(poisoned) => poisoned.into_inner().take(),
             };
-            if let Some(t) = handle
-                && t.join().is_err()
-            {
-                warn!(worker = i, "a data-plane worker panicked");
+            match handle.map(JoinHandle::join) {
+                Some(Ok(d)) => all.push(d),
+                Some(Err(_)) => warn!(worker = i, "a data-plane worker panicked"),
+                None => {}
             }
         }
+        Drained::sum(all)
     }
 }
 

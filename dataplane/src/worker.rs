@@ -101,8 +101,33 @@ fn answer(core: &Core, msg: ToWorker) -> Option<ToWorker> {
     None
 }
 
-/// The worker's main task: set up its role, then obey the control plane.
-pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWorker>) {
+/// How a worker's stop went, for the line its process logs as it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections open when the stop began (UDP flows aside: they end at once, as
+    /// nothing is in flight in a flow).
+    pub open: usize,
+    /// Of those, how many were still open at the deadline and were closed.
+    pub closed: usize,
+    /// The deadline was brought forward during the drain (a later stop: `kill
+    /// --force`, a second stop signal), or there was no drain at all.
+    pub cut_short: bool,
+}
+
+impl Drained {
+    /// Every worker's stop, as one.
+    pub fn sum(all: impl IntoIterator<Item = Drained>) -> Drained {
+        all.into_iter().fold(Drained::default(), |a, b| Drained {
+            open: a.open + b.open,
+            closed: a.closed + b.closed,
+            cut_short: a.cut_short || (b.cut_short && b.closed > 0),
+        })
+    }
+}
+
+/// The worker's main task: set up its role, then obey the control plane; returns
+/// how its drain went.
+pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWorker>) -> Drained {
     let mut client: Option<Rc<ClientCore>> = None;
     let mut router: Option<Rc<RouterCore>> = None;
     match role {
@@ -114,7 +139,7 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             Ok(c) => client = Some(c),
             Err(e) => {
                 warn!(core = core.index, "worker cannot listen: {e}");
-                return;
+                return Drained::default();
             }
         },
         Role::Router { spec } => router = Some(Rc::new(RouterCore::new(core.clone(), spec))),
@@ -217,13 +242,9 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
     if flows > 0 {
         debug!(core = core.index, flows, "closed the UDP flows");
     }
-    let open = core.conns.len();
-    if open > flows {
-        info!(
-            core = core.index,
-            open = open - flows,
-            "draining open connections"
-        );
+    let open = core.conns.len().saturating_sub(flows);
+    if open > 0 {
+        info!(core = core.index, open, "draining open connections");
     }
     while core.conns.len() > 0 && Instant::now() < deadline {
         // Still obeyed while draining: an earlier deadline (a forced stop after a
@@ -235,10 +256,12 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         }
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
-    if core.conns.len() > 0 {
+    let closed = core.conns.len();
+    let cut_short = first_deadline <= stopped_at || deadline < first_deadline;
+    if closed > 0 {
         warn!(
             core = core.index,
-            open = core.conns.len(),
+            open = closed,
             "drain deadline reached; closing the connections still open"
         );
         core.conns.kill_all(if first_deadline <= stopped_at {
@@ -254,6 +277,11 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         }
     }
     debug!(core = core.index, "worker stopped");
+    Drained {
+        open,
+        closed,
+        cut_short,
+    }
 }
 
 /// Stops each of `conns` (streams riding on a link whose far end closed it) that

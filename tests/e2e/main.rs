@@ -21,6 +21,7 @@ mod harness;
 mod hostile;
 mod http;
 mod ipv6;
+mod lifecycle;
 mod limits;
 mod manage;
 mod names;

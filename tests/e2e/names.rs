@@ -166,6 +166,8 @@ fn a_name_that_is_a_running_tunnels_id_is_refused() {
         )
     );
     assert_eq!(list_json(&home).len(), 1);
+    // The refused start leaves nothing behind: its lock file used to stay.
+    assert_eq!(locks(&home), ["tok.lock"]);
 }
 
 #[test]
@@ -407,8 +409,12 @@ fn a_background_tunnel_with_log_file_logs_there_and_says_so() {
     assert_eq!(list_json(&home).len(), 1);
 }
 
+/// A signal that stops `start` while it waits for the tunnel to come up stops the
+/// tunnel too, and leaves nothing behind; `start` exits as the signal would have
+/// ended it. SIGTERM used to exit 130, and SIGHUP (the terminal closing) ended
+/// `start` at once and left the tunnel running, "starting".
 #[test]
-fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
+fn a_signal_while_start_waits_stops_the_tunnel_too() {
     let home = Home::with_keys();
     let _cleanup = Cleanup(&home);
     // A router that accepts and never answers: the tunnel waits in its handshake.
@@ -420,35 +426,44 @@ fn ctrl_c_while_start_waits_stops_the_tunnel_too() {
             held.push(c);
         }
     });
-    let mut args = start_args(&home, &raddr.to_string(), "127.0.0.1:1", "hung");
-    args.extend(["--handshake-timeout".into(), "3600".into()]);
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut start = home.spawn(&a);
-    // Registered: the tunnel process is up, and `start` is waiting for its link.
-    let l = wait_list(&home, "the starting tunnel", |l| l.len() == 1);
-    let pid = l[0]["pid"].as_u64().unwrap();
-    start.signal("INT");
-    let status = start.wait_exit();
-    assert_code(status, 130, &start.stderr());
-    assert_eq!(
-        start.stderr(),
-        format!(
-            "conduit: error: interrupted; the tunnel was stopped (its log: {})\n",
-            home.path()
-                .join(format!("logs/{}.log", l[0]["name"].as_str().unwrap()))
-                .display()
-        )
-    );
-    assert!(start.stdout().is_empty());
-    assert!(!pid_alive(pid), "the tunnel process is still there");
-    assert!(list_json(&home).is_empty());
-    assert_eq!(locks(&home), Vec::<String>::new());
-    assert_eq!(
-        std::fs::read_dir(home.path().join("tunnels"))
-            .unwrap()
-            .count(),
-        0
-    );
+    let signals = [
+        ("INT", 130, "interrupted"),
+        ("TERM", 143, "terminated (SIGTERM)"),
+        ("HUP", 129, "hung up (SIGHUP: its terminal closed)"),
+    ];
+    for (signal, code, what) in signals {
+        let name = format!("hung-{}", signal.to_lowercase());
+        let mut args = start_args(&home, &raddr.to_string(), "127.0.0.1:1", &name);
+        args.extend(["--handshake-timeout".into(), "3600".into()]);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut start = home.spawn(&a);
+        // Registered: the tunnel process is up, and `start` is waiting for its link.
+        let l = wait_list(&home, "the starting tunnel", |l| l.len() == 1);
+        let pid = l[0]["pid"].as_u64().unwrap();
+        start.signal(signal);
+        let status = start.wait_exit();
+        assert_code(status, code, &start.stderr());
+        assert_eq!(
+            start.stderr(),
+            format!(
+                "conduit: error: {what}; the tunnel was stopped (its log: {})\n",
+                home.path().join(format!("logs/{name}.log")).display()
+            )
+        );
+        assert!(start.stdout().is_empty());
+        assert!(
+            !pid_alive(pid),
+            "SIG{signal}: the tunnel process is still there"
+        );
+        assert!(list_json(&home).is_empty());
+        assert_eq!(locks(&home), Vec::<String>::new());
+        assert_eq!(
+            std::fs::read_dir(home.path().join("tunnels"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
 }
 
 /// Whatever the shell's umask (here 000), what a background tunnel writes (its log,

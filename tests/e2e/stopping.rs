@@ -164,6 +164,16 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
         ),
         "{log}"
     );
+    // And its last line, why the tunnel stopped and how its drain ended (the log
+    // used to end at "draining open connections").
+    assert!(
+        log.lines().last().unwrap_or_default().ends_with(
+            "tunnel \"web\" stopped (asked to on its control socket: conduit kill, down or \
+             up): the drain was cut short (a second stop signal, `kill --force`, or a drain \
+             timeout of 0): closed 1 of 1 open connection"
+        ),
+        "{log}"
+    );
 }
 
 /// `--drain-timeout 0` closes open connections at once, whatever the tunnel's own

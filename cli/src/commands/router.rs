@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
     self, Env, Override, Problem, Role, RouterConfig, Severity, Sources,
 };
+use conduit_controlplane::stop::StopSignals;
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
 use conduit_proto::KeyPair;
 use conduit_proto::tls::AuthorizedClients;
@@ -15,7 +16,7 @@ use tracing::{info, warn};
 
 use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
-use super::{runtime, shutdown_signal, start_logging};
+use super::{runtime, start_logging};
 use crate::args::{LogArgs, RouterArgs, ServiceKind, TransportArg};
 use crate::exit::Usage;
 use crate::output::announce;
@@ -95,7 +96,8 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     runtime(threads)?.block_on(async move {
         let router = Router::bind(settings).await?;
-        let signals = shutdown_signal();
+        // SIGINT and SIGTERM stop it; SIGHUP reads `authorized_clients` again.
+        let signals = StopSignals::listen(false);
         match transport {
             Transport::Plain => info!("router up"),
             Transport::Tls => info!(

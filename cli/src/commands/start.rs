@@ -10,14 +10,15 @@ use anyhow::Result;
 use conduit_controlplane::alerts::tunnel::TunnelAlerts;
 use conduit_controlplane::config::{AlertsConfig, OptimizeFor, PerformanceConfig};
 use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
-use conduit_controlplane::spawn::{Launch, Launched, Standing, launch};
+use conduit_controlplane::spawn::{Launch, Launched, Standing, first_round_line, launch};
+use conduit_controlplane::stop::StopSignals;
 use conduit_controlplane::{ClientTunnel, Home, LinkStatus, TunnelSettings, keys};
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 
 use super::config::plural;
 use super::service::{self, Tunnel, absolute, log_flags};
-use super::{dataplane_options, listen_addr, runtime, say, secs, shutdown_signal, source_list};
+use super::{dataplane_options, listen_addr, runtime, say, secs, source_list};
 use crate::args::{LogArgs, OptimizeArg, ProtocolArg, ServiceKind, StartArgs, TransportArg};
 use crate::exit::Usage;
 use crate::output::announce;
@@ -167,13 +168,21 @@ pub(crate) fn foreground(
         let addr = tunnel.local_addr();
         let (workers, engine) = (tunnel.workers(), tunnel.engine());
         let status = tunnel.status();
+        let first_round = tunnel.first_round();
         let process = RegisteredTunnel::register(tunnel, registration).await?;
-        let signals = shutdown_signal();
+        // In a terminal, the terminal closing (SIGHUP) stops the tunnel as SIGTERM
+        // does: drained, with a goodbye to its router, its files removed.
+        let signals = StopSignals::listen(!detached);
         announce(format_args!(
             "tunnel {name:?} listening on {addr} (id {}, {}, {engine})",
             process.id(),
             plural(workers, "worker")
         ));
+        if detached {
+            // For the launching `start` (or `up`): how long to wait for the line
+            // that follows, "connected" or "retrying".
+            announce(first_round_line(&name, first_round));
+        }
         if let Some(m) = process.metrics_addr() {
             announce(format_args!(
                 "tunnel {name:?} serves metrics at http://{m}/metrics"
