@@ -155,39 +155,6 @@ fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called,
-/// not when the future is first polled: call it before announcing that the process
-/// is up, so a signal sent right after the announcement drains and exits 0 instead
-/// of killing the process with the default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                (Ok(mut term), Err(_)) => {
-                    term.recv().await;
-                }
-                (Err(_), _) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Parses a local listening address (`127.0.0.1:8080`, `[::]:80`, `localhost:8080`).
 fn listen_addr(flag: &str, s: &str) -> Result<SocketAddr> {
     if let Ok(a) = s.parse() {

@@ -6,7 +6,7 @@
 //! once, with the reason from its last words on stderr, and started again alone
 //! after a back-off (1 s, doubling to 30 s; back to 1 s once a run has lasted a
 //! minute). A child that exits with 0 was stopped on purpose (`conduit kill`,
-//! `down`) and stays stopped. SIGTERM or SIGINT stops every child (they drain) and
+//! `down`) and stays stopped. SIGTERM, SIGINT or SIGHUP stops every child (they drain) and
 //! every pending restart; the exit code is then that of the tunnels whose last run
 //! failed, as `up` reports them.
 //!
@@ -89,7 +89,8 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
         .build()?;
     rt.block_on(async move {
         // Installed before any child starts: a signal meanwhile still stops them.
-        let signal = super::shutdown_signal();
+        // SIGHUP too: a terminal closed stops them as Ctrl-C does (they drain).
+        let mut signals = conduit_controlplane::stop::StopSignals::listen(true);
         let (stop, stopping) = watch::channel(false);
         // Each child's future owns it; all run on this one thread.
         let tasks: Vec<_> = (children.into_iter())
@@ -105,8 +106,8 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
         tokio::pin!(all);
         let results = tokio::select! {
             r = &mut all => r,
-            () = signal => {
-                info!("stopping every tunnel (signal)");
+            why = signals.next() => {
+                info!("stopping every tunnel ({why})");
                 stop.send_replace(true);
                 all.await
             }

@@ -355,6 +355,29 @@ fn up_foreground_supervises_and_stops_everything_on_sigterm() {
     assert!(list(&home).is_empty(), "{:?}", list(&home));
 }
 
+/// Closing its terminal (SIGHUP) stops a supervisor as Ctrl-C does: every tunnel
+/// drains and stops, and it exits 0 (it used to die at once, SIGHUP's default).
+#[test]
+fn up_foreground_stops_everything_gracefully_on_sighup() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("one", source.clone())]);
+    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
+    running(&home, "one");
+    echo_through(&home, "one");
+    sup.signal("HUP");
+    let status = sup.wait_exit();
+    assert_code(status, 0, &sup.stderr());
+    assert!(
+        sup.stderr().contains("stopping every tunnel (SIGHUP)"),
+        "{}",
+        sup.stderr()
+    );
+    assert!(list(&home).is_empty(), "{:?}", list(&home));
+}
+
 /// A supervisor killed outright (SIGKILL: no chance to stop its children) takes its
 /// tunnels with it, so a new `up --foreground` can bring them up again.
 #[test]
