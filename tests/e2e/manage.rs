@@ -706,3 +706,47 @@ fn a_home_that_does_not_exist_is_named_and_fails_health() {
     );
     assert!(!missing.exists(), "reading commands create nothing");
 }
+
+/// A tunnel whose control socket was deleted (by hand, or by a cleaner of its
+/// directory) is still stopped gracefully by `kill`: with SIGTERM, once its pid is
+/// checked to be that tunnel's, rather than only offered SIGKILL.
+#[test]
+fn kill_stops_a_tunnel_whose_control_socket_is_gone_with_sigterm() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (status, _, err) = run_args(
+        &home,
+        &start_args(&home, &raddr.to_string(), &source.to_string(), "nosock"),
+    );
+    assert_code(status, 0, &err);
+    let l = wait_list(&home, "the tunnel running", |l| {
+        l.len() == 1 && l[0]["status"] == "running"
+    });
+    let (id, pid) = (
+        l[0]["id"].as_str().unwrap().to_owned(),
+        l[0]["pid"].as_u64().unwrap(),
+    );
+    let socket = home.path().join("run").join(format!("{id}.sock"));
+    std::fs::remove_file(&socket).expect("the control socket");
+
+    let (status, out, err) = home.run(&["kill", "--tunnel", "nosock"]);
+    assert_code(status, 0, &err);
+    assert_eq!(
+        out,
+        format!(
+            "stopped tunnel \"nosock\" ({id}): stopped by SIGTERM (its control socket was gone)\n"
+        )
+    );
+    assert!(
+        err.contains(&format!(
+            "tunnel \"nosock\" ({id}): its control socket {} is gone, and its process (pid \
+             {pid}) runs: stopping it with SIGTERM",
+            socket.display()
+        )),
+        "{err}"
+    );
+    assert!(!pid_alive(pid));
+    assert_eq!(home.ok(&["list"]), "no tunnels running\n");
+}

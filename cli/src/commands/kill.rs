@@ -143,6 +143,31 @@ pub(crate) async fn stop(
             Ok(String::new())
         }
         Err(why) if force => kill_hard(registry, e, &why).await,
+        // Its control socket is gone (deleted by hand, or by a cleaner of the
+        // directory) while the tunnel runs: SIGTERM asks the same graceful stop.
+        Err(why) if !e.control_socket.exists() && e.is_its_process() == Some(true) => {
+            eprintln!(
+                "tunnel {:?} ({}): its control socket {} is gone, and its process (pid {}) \
+                 runs: stopping it with SIGTERM (it drains, for up to its own drain timeout)",
+                e.name,
+                e.tunnel_id,
+                e.control_socket.display(),
+                e.pid
+            );
+            signal(e.pid, Sig::Term)
+                .map_err(|err| format!("{why}; SIGTERM to pid {} failed: {err}", e.pid))?;
+            match gone_within(e.pid, exit_wait(false, None, None)).await {
+                Ok(()) => {
+                    registry.remove(e);
+                    Ok(": stopped by SIGTERM (its control socket was gone)".to_owned())
+                }
+                Err(err) => Err(format!(
+                    "sent SIGTERM, as its control socket is gone, but {err}; `conduit kill \
+                     --tunnel {} --force` kills it (SIGKILL)",
+                    e.tunnel_id
+                )),
+            }
+        }
         Err(why) => Err(format!(
             "{why}; the process may be stopped or hung: `conduit kill --tunnel {} --force` \
              kills it (SIGKILL)",
@@ -235,16 +260,33 @@ async fn kill_hard(registry: &Registry, e: &Entry, why: &str) -> Result<String, 
     ))
 }
 
-#[cfg(unix)]
+/// The signals `kill` sends a tunnel's process.
+#[derive(Debug, Clone, Copy)]
+enum Sig {
+    /// Stop gracefully (drain).
+    Term,
+    /// Stop now.
+    Kill,
+}
+
 fn sigkill(pid: u32) -> Result<(), String> {
+    signal(pid, Sig::Kill)
+}
+
+#[cfg(unix)]
+fn signal(pid: u32, sig: Sig) -> Result<(), String> {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let raw = i32::try_from(pid).map_err(|_| format!("pid {pid} is out of range"))?;
-    kill(Pid::from_raw(raw), Signal::SIGKILL).map_err(|e| e.to_string())
+    let sig = match sig {
+        Sig::Term => Signal::SIGTERM,
+        Sig::Kill => Signal::SIGKILL,
+    };
+    kill(Pid::from_raw(raw), sig).map_err(|e| e.to_string())
 }
 
 #[cfg(not(unix))]
-fn sigkill(_: u32) -> Result<(), String> {
+fn signal(_: u32, _: Sig) -> Result<(), String> {
     Err("signals need a Unix host".into())
 }
 
