@@ -40,6 +40,22 @@ pub struct EntryConfig {
     pub allow_from: Vec<String>,
 }
 
+impl EntryConfig {
+    /// Where users connect, as `list` and `status` show it: `ADDR`, or `ADDR/udp`.
+    pub fn shown_bind(&self) -> String {
+        shown_bind(&self.bind, &self.protocol)
+    }
+}
+
+/// `ADDR` for a TCP tunnel, `ADDR/udp` for a UDP one.
+pub fn shown_bind(bind: impl std::fmt::Display, protocol: &str) -> String {
+    if is_tcp(protocol) {
+        bind.to_string()
+    } else {
+        format!("{bind}/{protocol}")
+    }
+}
+
 fn tcp() -> String {
     "tcp".into()
 }

@@ -402,7 +402,8 @@ pub fn have(tool: &str, version_arg: &str) -> bool {
 
 /// The first `IP:PORT` in a line.
 pub fn addr_in(line: &str) -> SocketAddr {
-    line.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+    // A UDP tunnel's address shows as `ADDR/udp`.
+    line.split(|c: char| c.is_whitespace() || matches!(c, '(' | ')' | '/'))
         .find_map(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }

@@ -802,7 +802,31 @@ fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
     let f = file.to_str().unwrap();
     home.ok(&["config", "validate", "-f", f]);
     let _cleanup = KillAll(&home);
-    home.ok(&["up", "-f", f]);
+    let up = home.ok(&["up", "-f", f]);
+    // Two tunnels on one port: what each says it listens on tells them apart.
+    assert!(
+        up.contains("started tunnel \"dns\" (id ")
+            && up.contains(&format!("listening on 127.0.0.1:{port}/udp\n")),
+        "{up}"
+    );
+    assert!(
+        up.contains(&format!("listening on 127.0.0.1:{port}\n")),
+        "{up}"
+    );
+    let again = home.ok(&["up", "-f", f]);
+    assert!(
+        again.contains(&format!("listening on 127.0.0.1:{port}/udp\n")),
+        "{again}"
+    );
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("127.0.0.1:{port}/udp → {}", udp_source.addr)),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("127.0.0.1:{port} → {tcp_source}")),
+        "{status}"
+    );
     let l = list_json(&home);
     let dns = l
         .iter()

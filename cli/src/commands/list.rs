@@ -109,11 +109,7 @@ fn table(seen: &[Seen], with_connections: bool) {
             e.pid.to_string(),
             e.config.router.clone(),
             e.config.source.clone(),
-            if e.config.protocol == "tcp" {
-                e.config.bind.clone()
-            } else {
-                format!("{}/{}", e.config.bind, e.config.protocol)
-            },
+            e.config.shown_bind(),
             status,
             conns,
             bin,

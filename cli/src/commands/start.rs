@@ -165,7 +165,8 @@ pub(crate) fn foreground(
             ignore_hangups();
         }
         let tunnel = ClientTunnel::start(settings)?;
-        let addr = tunnel.local_addr();
+        let addr =
+            conduit_controlplane::registry::shown_bind(tunnel.local_addr(), tunnel.protocol());
         let (workers, engine) = (tunnel.workers(), tunnel.engine());
         let status = tunnel.status();
         let first_round = tunnel.first_round();

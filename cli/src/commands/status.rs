@@ -147,7 +147,7 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             t.io_engine,
             plural(t.workers, "worker"),
             kernel_tls(&st.kernel_tls, st.kernel_tls_streams),
-            e.config.bind,
+            e.config.shown_bind(),
             e.config.source,
             admission(&e.config)
         ));

@@ -258,7 +258,10 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     for (t, e) in &actions.keep {
         say(format_args!(
             "tunnel {:?} is up to date (id {}, pid {}) listening on {}",
-            t.name, e.tunnel_id, e.pid, e.config.bind
+            t.name,
+            e.tunnel_id,
+            e.pid,
+            e.config.shown_bind()
         ));
     }
     // Each stop once, all at once (each drains while the others do); a tunnel starts
