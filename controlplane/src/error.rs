@@ -126,7 +126,8 @@ pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey, our_line
     if e.peer_rejected_our_key() {
         return Error::Authentication(format!(
             "the router refused this client's key {our_key}; add this line to the router's \
-             authorized_clients file: {our_line}"
+             authorized_clients file: {our_line} (if it is there already, its expires= time \
+             has passed: extend or remove that expires=)"
         ));
     }
     Error::Tls(e)

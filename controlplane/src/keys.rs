@@ -210,6 +210,17 @@ pub(crate) fn read_trusted_bytes(path: &Path, what: &str) -> Result<Vec<u8>, Unr
     Ok(bytes)
 }
 
+/// The user files of trusted keys are checked for when not this process's: the one
+/// a service file is written for (`--service-user`), which reads them when it runs.
+static CHECKED_FOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// From now on, checks files of trusted keys for the user `uid` (who may own them),
+/// not for the user this process runs as: for a service file root writes for the
+/// account the service runs as.
+pub fn check_files_for(uid: u32) {
+    let _ = CHECKED_FOR.set(uid);
+}
+
 /// Refuses a file of trusted keys (authorized clients, a pinned router key, the
 /// known routers) that someone else could write, as ssh's StrictModes refuses such
 /// an `authorized_keys`: a file its group or every user may write, or one owned by
@@ -235,19 +246,38 @@ fn trusted_meta(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(),
             )));
         }
         let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(Error::Config(format!(
-                "{what} {} belongs to another user (uid {}), who could put their own key \
-                 in it; this process runs as uid {me}: give it a file owned by uid {me} \
-                 or root (`chown`)",
-                path.display(),
-                meta.uid()
-            )));
-        }
+        owned_by_reader(path, meta.uid(), what, me, CHECKED_FOR.get().copied())?;
     }
     #[cfg(not(unix))]
     let _ = (path, meta, what);
     Ok(())
+}
+
+/// Refuses a file of trusted keys owned by `owner` unless that is root or the user who
+/// reads it: `me`, or `service` when a service file is being written for that user.
+fn owned_by_reader(
+    path: &Path,
+    owner: u32,
+    what: &str,
+    me: u32,
+    service: Option<u32>,
+) -> Result<(), Error> {
+    let (reader, runs) = match service {
+        Some(uid) => (uid, "the service runs as"),
+        None => (me, "this process runs as"),
+    };
+    if owner == reader || owner == 0 {
+        return Ok(());
+    }
+    let fix = match reader {
+        0 => "root".to_owned(),
+        _ => format!("uid {reader} or root"),
+    };
+    Err(Error::Config(format!(
+        "{what} {} belongs to another user (uid {owner}), who could put their own key in \
+         it; {runs} uid {reader}: give it a file owned by {fix} (`chown`)",
+        path.display(),
+    )))
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {

@@ -157,6 +157,13 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
         err.contains("conduit: error: the router refused this client's key"),
         "{err}"
     );
+    // The fix it cannot tell from the refusal alone is named too.
+    assert!(
+        err.contains(
+            "(if it is there already, its expires= time has passed: extend or remove that expires=)"
+        ),
+        "{err}"
+    );
 
     // A key added with a date already past (a typo, most likely) is named at once;
     // the key whose time ran out above is not named again.

@@ -96,7 +96,8 @@ both_engines!(
         assert!(
             err.contains(&format!(
                 "the router refused this client's key {stranger}; add this line to the \
-                 router's authorized_clients file: {stranger} client\n"
+                 router's authorized_clients file: {stranger} client (if it is there already, \
+                 its expires= time has passed: extend or remove that expires=)\n"
             )),
             "{err}"
         );
@@ -126,7 +127,8 @@ fn an_unknown_key_of_another_name_is_refused_with_its_own_line() {
     assert!(
         err.contains(&format!(
             "the router refused this client's key {other}; add this line to the router's \
-             authorized_clients file: {other} other\n"
+             authorized_clients file: {other} other (if it is there already, its expires= \
+             time has passed: extend or remove that expires=)\n"
         )),
         "{err}"
     );

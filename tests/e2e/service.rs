@@ -52,8 +52,37 @@ fn stderr(o: &Output) -> String {
     let text = String::from_utf8(o.stderr.clone()).expect("utf-8 stderr");
     text.lines()
         .filter(|l| !l.starts_with("conduit: note: there is no user conduit on this host"))
+        // These tests' homes have no keys: see `a_service_whose_key_is_not_there_yet_is_told_of`.
+        .filter(|l| !l.starts_with("conduit: note: there is no private key at "))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// A key that is not there yet: the file is written (keys are made as the service's
+/// user, maybe later), with a note that the service cannot start without it; none
+/// once it is there.
+#[test]
+fn a_service_whose_key_is_not_there_yet_is_told_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("keys").join("client.key");
+    let out = systemd_unit_as(dir.path(), &[]);
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "conduit: note: there is no private key at {} yet: create it before the service \
+             starts (`conduit init`, run as the service's user with its CONDUIT_HOME, writes \
+             $CONDUIT_HOME/keys/client.key), or the service cannot start\n",
+            key.display()
+        )),
+        "{err}"
+    );
+    assert!(stdout(&out).contains(&format!("--key {}", key.display())));
+    let init = bare_conduit(dir.path()).arg("init").output().unwrap();
+    assert_eq!(init.status.code(), Some(0));
+    let out = systemd_unit_as(dir.path(), &[]);
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert!(!err.contains("private key"), "{err}");
 }
 
 /// A service user this host does not have: the file is written as asked (it may be
@@ -62,6 +91,15 @@ fn stderr(o: &Output) -> String {
 fn a_service_user_missing_here_is_told_of() {
     let dir = tempfile::tempdir().unwrap();
     let user = "conduit-no-such-user";
+    assert_eq!(
+        bare_conduit(dir.path())
+            .arg("init")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
     let out = systemd_unit_as(dir.path(), &["--service-user", user]);
     let err = String::from_utf8(out.stderr.clone()).unwrap();
     assert_eq!(
@@ -70,7 +108,7 @@ fn a_service_user_missing_here_is_told_of() {
             Some(0),
             format!(
                 "conduit: note: there is no user {user} on this host: create it (such as \
-                 `useradd --system {user}`) before the service starts, or it fails to\n"
+                 `useradd --system {user}`) before the service starts, or the service cannot start\n"
             )
         )
     );

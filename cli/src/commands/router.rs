@@ -22,6 +22,7 @@ use crate::exit::Usage;
 use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
+    super::service::check_files_as_service_user(&a.service);
     let overrides = overrides(&a);
     if let Some(e) = given_twice(&overrides) {
         return Err(Usage(e).into());

@@ -137,6 +137,20 @@ fn current_user() -> Option<String> {
     None
 }
 
+/// Checks the files of trusted keys (authorized clients, pinned router keys) for
+/// the user the service runs as, who may own them, rather than for the user writing
+/// the service file (root, most often): called before the command reads them.
+pub(crate) fn check_files_as_service_user(a: &ServiceArgs) {
+    #[cfg(unix)]
+    if let (Some(_), Some(name)) = (a.service_file, &a.service_user)
+        && let Ok(Some(u)) = nix::unistd::User::from_name(name)
+    {
+        conduit_controlplane::keys::check_files_for(u.uid.as_raw());
+    }
+    #[cfg(not(unix))]
+    let _ = a;
+}
+
 /// A note when `home` (the service's `CONDUIT_HOME`) is not owned by `user`, who
 /// runs the service: its keys, mode 0600, would be unreadable to it (a unit written
 /// as root with `--service-user conduit` and root's `~/.conduit`).
@@ -150,7 +164,7 @@ fn home_not_theirs(home: &Path, user: &str) -> Option<String> {
             Ok(None) => {
                 return Some(format!(
                     "there is no user {user} on this host: create it (such as `useradd \
-                     --system {user}`) before the service starts, or it fails to"
+                     --system {user}`) before the service starts, or the service cannot start"
                 ));
             }
             Err(_) => return None,

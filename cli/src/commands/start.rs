@@ -24,6 +24,7 @@ use crate::exit::Usage;
 use crate::output::announce;
 
 pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
+    super::service::check_files_as_service_user(&a.service);
     // The name names files (logs/NAME.log, run/NAME.lock): the rule `config validate`
     // applies to a file's tunnels.
     if let Some(n) = &a.name {
@@ -446,6 +447,17 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
     let bind = listen_addr("--bind", &a.bind)?;
     let name = tunnel_name(a, bind);
     let args = service_args(home, a, log)?;
+    // Written maybe before the key (or for another host): noted, as a missing user is.
+    if let Some(key) = key_file(home, a)
+        && std::fs::symlink_metadata(&key).is_err()
+    {
+        eprintln!(
+            "conduit: note: there is no private key at {} yet: create it before the service \
+             starts (`conduit init`, run as the service's user with its CONDUIT_HOME, writes \
+             $CONDUIT_HOME/keys/client.key), or the service cannot start",
+            key.display()
+        );
+    }
     service::emit(
         home,
         &a.service,

@@ -32,6 +32,7 @@ use crate::args::{LogArgs, LogFormat, ServiceKind, UpArgs};
 use crate::exit::{self, Failed, Usage};
 
 pub(crate) fn run(home: &Home, a: UpArgs, log: &LogArgs) -> Result<()> {
+    super::service::check_files_as_service_user(&a.service);
     let file = file_path(&a.file)?;
     // Each tunnel process reads the file again: a pipe (`-f /dev/stdin`, `<(…)`)
     // would be empty for them.

@@ -141,7 +141,8 @@ pub fn rotate_authorized(
     if let Some(t) = file.expires.get(old) {
         return Err(format!(
             "key {old} is already set to expire at {} in authorized_clients; it is not rotated \
-             again (a tunnel that rotated it uses the new key once it reconnects)",
+             again (a tunnel that rotated it uses the new key once it reconnects; to rotate a \
+             key whose expires= was set by hand, remove that expires= from its line first)",
             humantime::format_rfc3339_seconds(*t)
         ));
     }

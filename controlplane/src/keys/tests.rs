@@ -24,7 +24,8 @@ fn a_rotation_adds_the_next_key_and_dates_the_old_one() {
         format!(
             "key {b} is already set to expire at 2030-01-01T00:00:00Z in \
              authorized_clients; it is not rotated again (a tunnel that rotated it uses \
-             the new key once it reconnects)"
+             the new key once it reconnects; to rotate a key whose expires= was set by \
+             hand, remove that expires= from its line first)"
         )
     );
     // Lines whose time has passed go.
@@ -49,6 +50,34 @@ fn home() -> (tempfile::TempDir, Home) {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path().to_owned());
     (dir, home)
+}
+
+/// Root writing a service file for the user the service runs as checks the files
+/// that user will read: theirs (or root's) pass, another's do not.
+#[test]
+fn files_of_trusted_keys_are_checked_for_the_user_who_reads_them() {
+    let p = Path::new("/srv/authorized_clients");
+    let what = "the authorized clients file";
+    assert!(owned_by_reader(p, 1000, what, 1000, None).is_ok());
+    assert!(owned_by_reader(p, 0, what, 1000, None).is_ok());
+    assert!(owned_by_reader(p, 994, what, 0, Some(994)).is_ok());
+    assert!(owned_by_reader(p, 0, what, 0, Some(994)).is_ok());
+    assert_eq!(
+        owned_by_reader(p, 994, what, 0, None)
+            .unwrap_err()
+            .to_string(),
+        "the authorized clients file /srv/authorized_clients belongs to another user (uid \
+         994), who could put their own key in it; this process runs as uid 0: give it a file \
+         owned by root (`chown`)"
+    );
+    assert_eq!(
+        owned_by_reader(p, 1000, what, 0, Some(994))
+            .unwrap_err()
+            .to_string(),
+        "the authorized clients file /srv/authorized_clients belongs to another user (uid \
+         1000), who could put their own key in it; the service runs as uid 994: give it a \
+         file owned by uid 994 or root (`chown`)"
+    );
 }
 
 #[cfg(unix)]
@@ -96,8 +125,8 @@ fn files_of_trusted_keys_that_anyone_may_write_are_refused() {
                 refusal().to_string(),
                 format!(
                     "{what} {p} belongs to another user (uid 65534), who could put their own \
-                     key in it; this process runs as uid 0: give it a file owned by uid 0 or \
-                     root (`chown`)"
+                     key in it; this process runs as uid 0: give it a file owned by root \
+                     (`chown`)"
                 )
             );
             std::os::unix::fs::chown(path, Some(0), None).unwrap();
