@@ -126,7 +126,10 @@ async fn get(api: &ApiClientArgs, path: &str, accept: &str) -> Result<Answer> {
             }
             Error::Network {
                 what: format!("cannot reach the router's API at {}", base(router)),
-                source: std::io::Error::other(e),
+                source: std::io::Error::other(format!(
+                    "{text}; check that the router runs with its API on at that address \
+                     (--api-bind, or api.bind in its file) and that this host may reach it"
+                )),
             }
             .into()
         })?;

@@ -179,6 +179,20 @@ fn stats_health_and_logs_commands() {
         ),
         "{err}"
     );
+    // Nothing listening: 69, with what to check.
+    let nothing = format!("127.0.0.1:{}", crate::harness::dead_port());
+    let (status, _, err) = home.run(&["health", "--router", &nothing]);
+    assert_code(status, 69, &err);
+    assert!(
+        err.starts_with(&format!(
+            "conduit: error: cannot reach the router's API at http://{nothing}: "
+        )) && err.ends_with(
+            "Connection refused (os error 111); check that the router runs with its API on \
+             at that address (--api-bind, or api.bind in its file) and that this host may \
+             reach it\n"
+        ),
+        "{err}"
+    );
     // Not a URL of the API at all: a usage error, before anything is sent.
     let (status, _, err) = home.run(&["stats", "--router", "ftp://127.0.0.1:21"]);
     assert_code(status, 64, &err);
