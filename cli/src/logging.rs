@@ -52,27 +52,55 @@ impl LogArgs {
     }
 }
 
-/// The tracing filter `--log-level` stands for: a level (`warning` is `warn`), with
-/// the TLS and HTTP libraries' chatter kept down, or a filter as written. A single
-/// word that is no level is refused: tracing would take it for a target and log
-/// nothing else.
+/// The TLS and HTTP libraries, whose chatter is kept down unless a filter names
+/// them: at `trace` they would log every record, and connection pools' keys.
+const QUIET: [&str; 4] = ["rustls", "hyper", "hyper_util", "h2"];
+
+/// The tracing filter `--log-level` stands for: a level (`warning` is `warn`), or a
+/// filter as written; either way with the libraries of [`QUIET`] kept at `warn`
+/// unless the filter names them, and a filter that sets no level for everything
+/// else keeps the rest's warnings and errors (`foo=debug` alone, a typo perhaps,
+/// would log nothing else at all). A single word that is no level is refused:
+/// tracing would take it for a target and log nothing else.
 fn directives(level: &str) -> Result<String, String> {
+    let level_of = |word: &str| match word.trim().to_ascii_lowercase().as_str() {
+        "warning" => Some("warn".to_owned()),
+        l @ ("off" | "error" | "warn" | "info" | "debug" | "trace") => Some(l.to_owned()),
+        _ => None,
+    };
+    let mut parts: Vec<String> = Vec::new();
     if level.contains(['=', ',']) {
-        return Ok(level.to_owned());
-    }
-    let l = match level.trim().to_ascii_lowercase().as_str() {
-        "warning" => "warn".to_owned(),
-        l @ ("off" | "error" | "warn" | "info" | "debug" | "trace") => l.to_owned(),
-        _ => {
-            return Err(format!(
+        let given: Vec<&str> = level
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if !given.iter().any(|p| level_of(p).is_some()) {
+            parts.push("warn".to_owned());
+        }
+        parts.extend(
+            given
+                .iter()
+                .map(|p| level_of(p).unwrap_or_else(|| (*p).to_owned())),
+        );
+    } else {
+        parts.push(level_of(level).ok_or_else(|| {
+            format!(
                 "unknown log level {level} (--log-level, CONDUIT_LOG_LEVEL): use error, warn, \
                  info, debug or trace, or a filter like conduit=debug"
-            ));
+            )
+        })?);
+    }
+    for lib in QUIET {
+        let named = parts.iter().any(|p| {
+            let target = p.split(['=', '[']).next().unwrap_or_default();
+            target == lib || target.starts_with(&format!("{lib}::"))
+        });
+        if !named {
+            parts.push(format!("{lib}=warn"));
         }
-    };
-    Ok(format!(
-        "{l},rustls=warn,hyper=warn,hyper_util=warn,h2=warn"
-    ))
+    }
+    Ok(parts.join(","))
 }
 
 /// Where the process's log goes, once it is started: what [`fatal`] needs.
@@ -359,10 +387,23 @@ mod tests {
             "unknown log level verbose (--log-level, CONDUIT_LOG_LEVEL): use error, warn, info, \
              debug or trace, or a filter like conduit=debug"
         );
-        assert_eq!(directives("conduit=debug").unwrap(), "conduit=debug");
+        // A filter: the libraries stay quiet unless it names them, and the rest
+        // keeps its warnings when it sets no level for everything.
+        assert_eq!(
+            directives("conduit=debug").unwrap(),
+            format!("warn,conduit=debug{quiet}")
+        );
+        assert_eq!(
+            directives("trace,conduit=trace").unwrap(),
+            format!("trace,conduit=trace{quiet}")
+        );
         assert_eq!(
             directives("info,rustls=debug").unwrap(),
-            "info,rustls=debug"
+            "info,rustls=debug,hyper=warn,hyper_util=warn,h2=warn"
+        );
+        assert_eq!(
+            directives("Warning, hyper_util::client=trace").unwrap(),
+            "warn,hyper_util::client=trace,rustls=warn,hyper=warn,h2=warn"
         );
     }
 

@@ -106,9 +106,16 @@ fn request(
     headers: &[(&str, &str)],
     body: Option<(Vec<u8>, &str)>,
 ) -> Result<Request<Full<Bytes>>, String> {
-    let mut req = Request::builder().method(method).uri(url);
+    let (uri, credentials) = split_credentials(url)?;
+    let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
+    }
+    let authorized = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    if let Some(basic) = credentials.filter(|_| !authorized) {
+        req = req.header("authorization", basic);
     }
     let body = match body {
         Some((bytes, content_type)) => {
@@ -118,6 +125,33 @@ fn request(
         None => Full::new(Bytes::new()),
     };
     req.body(body).map_err(|e| format!("invalid request: {e}"))
+}
+
+/// `url` without its `user:password@`, and those as the value of a Basic
+/// `authorization` header (as curl sends them): a receiver that asks for them gets
+/// them, and they stay out of the connection pool's key, which the HTTP library
+/// logs at `trace`. Errors never quote the URL, which may hold a secret.
+fn split_credentials(url: &str) -> Result<(hyper::Uri, Option<String>), String> {
+    use base64::Engine as _;
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL ({e}): give http://host[:port]/path"))?;
+    let Some((userinfo, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return Ok((uri, None));
+    };
+    let plain: Vec<u8> = percent_encoding::percent_decode_str(userinfo).collect();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(plain)
+    );
+    let host = host.to_owned();
+    let mut parts = uri.into_parts();
+    parts.authority = Some(
+        host.parse()
+            .map_err(|e| format!("invalid host in the URL ({e})"))?,
+    );
+    let uri = hyper::Uri::from_parts(parts).map_err(|e| format!("invalid URL ({e})"))?;
+    Ok((uri, Some(basic)))
 }
 
 /// The whole of `body`, or an error once it passes `limit` bytes.
@@ -152,6 +186,12 @@ fn describe(e: hyper_util::client::legacy::Error) -> String {
         s.push_str(": ");
         s.push_str(&c.to_string());
         cur = c.source();
+    }
+    if s.contains("ProtocolVersion") {
+        s.push_str(
+            " (the server speaks no TLS 1.3, the only version this client speaks: turn TLS \
+             1.3 on there, or reach it through a relay that speaks it)",
+        );
     }
     s
 }
@@ -275,6 +315,68 @@ mod tests {
             )
         );
         server.abort();
+    }
+
+    /// `user:password@` in a URL is sent as Basic authorization (percent-decoded),
+    /// not as part of the address; a header the caller gives wins.
+    #[tokio::test]
+    async fn credentials_in_a_url_are_sent_as_basic_authorization() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert_ne!(n, 0, "the request ended early");
+                    head.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                heads.push(String::from_utf8(head).unwrap().to_ascii_lowercase());
+            }
+            heads
+        });
+        let client = HttpClient::new(Duration::from_secs(5)).unwrap();
+        let url = format!("http://hook%40user:p%3Ass@{addr}/hook?x=1");
+        let got = client
+            .status_of(Method::POST, &url, &[], None, Duration::from_secs(30))
+            .await;
+        assert_eq!(got, Ok(StatusCode::NO_CONTENT));
+        let bearer = [("authorization", "Bearer t")];
+        let got = client
+            .status_of(Method::POST, &url, &bearer, None, Duration::from_secs(30))
+            .await;
+        assert_eq!(got, Ok(StatusCode::NO_CONTENT));
+        let heads = server.await.unwrap();
+        // base64("hook@user:p:ss") is aG9va0B1c2VyOnA6c3M=, lowercased with the rest.
+        assert!(
+            heads[0].starts_with("post /hook?x=1 http/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].contains("\r\nauthorization: basic ag9va0b1c2vyona6c3m=\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].contains(&format!("\r\nhost: {addr}\r\n")),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[1].contains("\r\nauthorization: bearer t\r\n"),
+            "{}",
+            heads[1]
+        );
+        assert_eq!(heads[1].matches("authorization").count(), 1, "{}", heads[1]);
     }
 
     /// A webhook receiver's answer is its status: a 200 followed by a body that never
