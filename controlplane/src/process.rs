@@ -455,6 +455,7 @@ impl RegisteredTunnel {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                metrics: None,
             },
             status: "starting".into(),
             created_at: registry::now_rfc3339(),
@@ -495,6 +496,10 @@ impl RegisteredTunnel {
             }
             None => None,
         };
+        let mut entry = entry;
+        entry.config.metrics = (metrics.as_ref())
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string());
         Ok(Self {
             tunnel,
             entry,
@@ -688,6 +693,7 @@ mod tests {
                 balance: false,
                 proxy_protocol: None,
                 allow_from: Vec::new(),
+                metrics: None,
             },
             status: "running".into(),
             created_at: registry::now_rfc3339(),

@@ -141,6 +141,7 @@ mod tests {
                 balance: false,
                 proxy_protocol: None,
                 allow_from: Vec::new(),
+                metrics: None,
             },
             status: "running".into(),
             created_at: String::new(),

@@ -38,6 +38,10 @@ pub struct EntryConfig {
     /// The addresses and CIDR blocks users may connect from (empty: any).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from: Vec<String>,
+    /// Where its Prometheus metrics are served (`--metrics-bind`, as bound: a port 0
+    /// given is the port the system chose), if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl EntryConfig {
@@ -433,6 +437,7 @@ mod tests {
                 balance: false,
                 proxy_protocol: None,
                 allow_from: Vec::new(),
+                metrics: None,
             },
             status: "running".into(),
             created_at: now_rfc3339(),

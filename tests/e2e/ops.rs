@@ -508,14 +508,21 @@ fn history_before_the_first_sample_says_none_yet() {
 #[test]
 fn a_token_given_as_a_flag_is_warned_about_and_never_logged() {
     let home = Home::with_keys();
-    let (p, _, _) = router_api(&home, &[], &[]);
+    let hook = "http://127.0.0.1:9/hooks/SECRETPATH";
+    let (p, _, _) = router_api(&home, &[], &["--alert-slack", hook]);
     p.wait_stderr("--api-token puts a secret on the command line");
+    p.wait_stderr("--alert-slack puts a secret on the command line");
     let err = p.stderr();
     assert!(
         err.contains("give it in CONDUIT_API_TOKEN or [api] token in --config instead"),
         "{err}"
     );
+    assert!(
+        err.contains("give it in CONDUIT_ALERTS_SLACK or [alerts] slack in --config instead"),
+        "{err}"
+    );
     assert!(!err.contains(TOKEN), "{err}");
+    assert!(!err.contains("SECRETPATH"), "{err}");
 }
 
 /// A request without the token, or with a wrong one, is refused, logged with its

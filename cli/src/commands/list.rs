@@ -35,6 +35,7 @@ fn to_json(s: &Seen, with_connections: bool) -> serde_json::Value {
         "protocol": e.config.protocol,
         "proxy_protocol": e.config.proxy_protocol,
         "allow_from": e.config.allow_from,
+        "metrics": e.config.metrics.as_ref().map(|m| format!("http://{m}/metrics")),
         "created_at": e.created_at,
     });
     match &s.status {

@@ -78,6 +78,16 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
             a.api_token.is_some(),
             "CONDUIT_API_TOKEN or [api] token in --config",
         ),
+        (
+            "--alert-webhook",
+            a.alert_webhook.is_some(),
+            "CONDUIT_ALERTS_WEBHOOK or [alerts] webhook in --config",
+        ),
+        (
+            "--alert-slack",
+            a.alert_slack.is_some(),
+            "CONDUIT_ALERTS_SLACK or [alerts] slack in --config",
+        ),
     ] {
         if given {
             warn!(

@@ -259,7 +259,7 @@ fn background(
         .is_some()
         .then(|| background_log(home, name, log));
     let l = launch_detached(home, name, args, secrets, claim, log_file)?;
-    report_started("started", name, &l);
+    report_started(home, "started", name, &l);
     // Its report could not be written (a full disk, not a reader that left early as
     // `| head` does): the start fails, so it leaves nothing behind.
     // (The stdout error itself is reported after this one, with its exit code.)
@@ -369,13 +369,18 @@ fn secrets(a: &StartArgs) -> Vec<(String, Secret)> {
 }
 
 /// Prints what a launch achieved: `VERB tunnel "NAME" (id …, pid …) listening on …`.
-pub(crate) fn report_started(verb: &str, name: &str, l: &Launched) {
+pub(crate) fn report_started(home: &Home, verb: &str, name: &str, l: &Launched) {
     say(format_args!(
         "{verb} tunnel {name:?} (id {}, pid {}) listening on {}",
         l.id, l.pid, l.addr
     ));
     if let Standing::Retrying(line) = &l.standing {
         say(line);
+    }
+    // The address bound (`--metrics-bind …:0` lets the system choose the port).
+    let entry = conduit_controlplane::registry::Registry::new(home).find(&l.id);
+    if let Some(m) = entry.and_then(|e| e.config.metrics) {
+        say(format_args!("metrics: http://{m}/metrics"));
     }
     // With --log-rotation the tunnel writes the newest FILE.DATE, newer than FILE.
     let rotated = crate::logging::newest_rotated(&l.log_file)

@@ -20,7 +20,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             .iter()
             .map(|s| {
                 let mut v = json!({"id": s.entry.tunnel_id, "name": s.entry.name, "pid": s.entry.pid,
-                                   "router": s.entry.config.router});
+                                   "router": s.entry.config.router,
+                                   "metrics": s.entry.config.metrics.as_ref().map(|m| format!("http://{m}/metrics"))});
                 match &s.status {
                     Ok(st) => {
                         let l = st.link.clone().unwrap_or_default();
@@ -156,6 +157,9 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 "  latest stream refused: {}",
                 st.source_refused
             ));
+        }
+        if let Some(m) = &e.config.metrics {
+            say(format_args!("  metrics: http://{m}/metrics"));
         }
         if !e.config.balance && st.routers.len() > 1 {
             for line in idle_routers(&st.routers) {

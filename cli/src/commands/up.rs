@@ -344,7 +344,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
             None => "started",
         };
         match res {
-            Ok(l) => report_started(verb, &t.name, &l),
+            Ok(l) => report_started(home, verb, &t.name, &l),
             // Its old process is gone: say so, it is not running on the old settings.
             Err(e) if own.is_some() && e.downcast_ref::<StopFailed>().is_none() => failures.push((
                 format!(
@@ -503,6 +503,7 @@ mod tests {
             balance: false,
             proxy_protocol: None,
             allow_from: Vec::new(),
+            metrics: None,
         };
         assert!(holds_port(&c("127.0.0.1:5353", "tcp"), 5353, Protocol::Tcp));
         assert!(holds_port(&c("[::1]:5353", "udp"), 5353, Protocol::Udp));

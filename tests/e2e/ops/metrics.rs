@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use super::{TOKEN, client_id, echo_through, get, router_api};
-use crate::harness::{Engine, Home, addr_in};
+use crate::harness::{Engine, Home, addr_in, assert_code};
 use crate::http::{curl, wait_for};
 use crate::sources;
 
@@ -221,6 +221,15 @@ fn a_tunnel_serves_its_metrics_over_http_with_metrics_bind() {
         "{line}"
     );
     t.wait_stdout("connected to router");
+    // Where the port 0 given landed, for status and list too.
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("\n  metrics: {url}\n")),
+        "{status}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["metrics"], url.as_str(), "{list}");
     echo_through(taddr, 4321, 9);
     let s = wait_for("the tunnel's metrics to count the stream", || {
         let s = scrape(&curl("GET", &url, None, &[]).body);
@@ -247,4 +256,31 @@ fn a_tunnel_serves_its_metrics_over_http_with_metrics_bind() {
     if promtool() {
         promtool_check(&curl("GET", &url, None, &[]).body);
     }
+}
+
+/// A background tunnel's metrics address, port 0 given, is in what `start` prints.
+#[test]
+fn start_says_where_a_background_tunnel_serves_its_metrics() {
+    let home = Home::with_keys();
+    let _cleanup = crate::manage::Cleanup(&home);
+    let source = sources::echo();
+    let (_router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let mut args = crate::manage::start_args(&home, &raddr.to_string(), &source.to_string(), "web");
+    args.extend(["--metrics-bind".into(), "127.0.0.1:0".into()]);
+    let (status, out, err) = crate::manage::run_args(&home, &args);
+    assert_code(status, 0, &err);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("metrics: "))
+        .unwrap_or_else(|| panic!("no metrics line in {out}"));
+    let url = line.trim_start_matches("metrics: ");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/metrics") && !url.contains(":0/"),
+        "{out}"
+    );
+    let text = curl("GET", url, None, &[]).body;
+    assert!(
+        text.contains("conduit_active_connections{tunnel=\"web\"} 0"),
+        "{text}"
+    );
 }
