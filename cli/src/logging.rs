@@ -241,13 +241,21 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
     }
     // Made here, so a missing directory is made or refused with a clear error before the
     // appender looks for old files in it (it would print an unprefixed line instead).
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        format!(
-            "cannot create the log directory {}: {e}; create it with write access for this \
-             user, or choose another --log-file",
-            dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&dir).map_err(
+        |e| match conduit_controlplane::home::file_in_the_way(&dir) {
+            Some(file) => format!(
+                "cannot create the log directory {}: {} is a file, not a directory; move it \
+                 out of the way, or choose another --log-file",
+                dir.display(),
+                file.display()
+            ),
+            None => format!(
+                "cannot create the log directory {}: {e}; create it with write access for \
+                 this user, or choose another --log-file",
+                dir.display()
+            ),
+        },
+    )?;
     let rotation = match s.rotation {
         LogRotation::Never => Rotation::NEVER,
         LogRotation::Hourly => Rotation::HOURLY,

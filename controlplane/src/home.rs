@@ -109,11 +109,22 @@ impl Home {
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir).map_err(|source| Error::File {
-            what: "cannot create directory",
-            path: dir.to_owned(),
-            source,
-        })?;
+        builder
+            .create(dir)
+            .map_err(|source| match file_in_the_way(dir) {
+                Some(file) => Error::Config(format!(
+                    "cannot create directory {}: {} is a file, not a directory; move it out of \
+                 the way (Conduit makes the directory), or point CONDUIT_HOME (or the setting \
+                 that names this path) elsewhere",
+                    dir.display(),
+                    file.display()
+                )),
+                None => Error::File {
+                    what: "cannot create directory",
+                    path: dir.to_owned(),
+                    source,
+                },
+            })?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -123,9 +134,37 @@ impl Home {
     }
 }
 
+/// The file (not a directory) that stands where `dir` or one of its parents should
+/// be, making `dir` impossible to create.
+pub fn file_in_the_way(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|p| p.exists() && !p.is_dir())
+        .map(Path::to_path_buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_where_a_directory_should_be_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("logs");
+        std::fs::write(&file, b"").unwrap();
+        let dir = file.join("deeper");
+        assert_eq!(file_in_the_way(&dir), Some(file.clone()));
+        assert_eq!(file_in_the_way(tmp.path()), None);
+        assert_eq!(
+            Home::ensure_private_dir(&dir).unwrap_err().to_string(),
+            format!(
+                "cannot create directory {}: {} is a file, not a directory; move it out of \
+                 the way (Conduit makes the directory), or point CONDUIT_HOME (or the setting \
+                 that names this path) elsewhere",
+                dir.display(),
+                file.display()
+            )
+        );
+    }
 
     fn root(conduit_home: Option<&str>, home: Option<&str>) -> Result<PathBuf, String> {
         Home::from_vars(conduit_home.map(Into::into), home.map(Into::into))

@@ -782,6 +782,20 @@ both_engines!(
     |engine| bytes_of_refused_opens_are_not_counted(engine, crate::plain::PLAIN)
 );
 
+/// `--alert-after` with no alert URL would change nothing: refused, as a UDP setting
+/// on a TCP tunnel is.
+#[test]
+fn alert_after_without_an_alert_url_is_a_usage_error() {
+    let home = Home::with_keys();
+    let (status, err) = start_to_nowhere(&home, "127.0.0.1:0", &["--alert-after", "5"]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --alert-after applies to the alerts a tunnel sends: add \
+         --alert-webhook URL or --alert-slack URL, or leave it out\n"
+    );
+}
+
 /// A UDP setting on a TCP tunnel is refused: `--protocol udp` was most likely
 /// forgotten, and the tunnel would otherwise run without what was asked.
 #[test]

@@ -56,6 +56,14 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         }
     }
     alert_urls(&a)?;
+    if a.alert_after != 10 && a.alert_webhook.is_none() && a.alert_slack.is_none() {
+        return Err(Usage(
+            "--alert-after applies to the alerts a tunnel sends: add --alert-webhook URL or \
+             --alert-slack URL, or leave it out"
+                .into(),
+        )
+        .into());
+    }
     if let Some(w) = conduit_controlplane::config::small_burst(a.burst_limit, a.bandwidth_limit) {
         match a.burst_limit {
             0 => tracing::warn!("--bandwidth-limit {w} (--burst-limit)"),
