@@ -730,6 +730,13 @@ fn stopped(id: u64, peer: SocketAddr, target: &str, stop: &Stop, what: &str) -> 
             debug!(conn = id, "client aborted the stream: {}", r.message);
             return None;
         }
+        // The client's channel going away mid-stream: most often the client
+        // closing it after its user's connection failed (its `Reset` may not have
+        // been read yet), which the client's log tells; noted, not warned about.
+        Stop::Channel(_) | Stop::ChannelClosed => {
+            info!(conn = id, %peer, "stream failed: {stop}");
+            return None;
+        }
         other => {
             warn!(conn = id, %peer, "stream failed: {other}");
             return None;

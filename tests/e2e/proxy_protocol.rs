@@ -324,7 +324,10 @@ crate::both_engines!(
         assert_eq!(resolve("127.0.0.3", taddr), (REFUSED, None));
         let status = home.ok(&["status"]);
         assert!(
-            status.contains(&format!("{taddr} → {} (PROXY v2 header)\n", unbound.addr)),
+            status.contains(&format!(
+                "{taddr}/udp → {} (PROXY v2 header)\n",
+                unbound.addr
+            )),
             "{status}"
         );
     }

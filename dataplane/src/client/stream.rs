@@ -13,7 +13,7 @@ use conduit_proto::{Message, ProtoError};
 use futures::channel::oneshot;
 use futures::future::{Either, select, try_join};
 use monoio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{ClientCore, Link, channel_failed, open_failed, stopped, tell_peer, unserved};
 use crate::channel::{Channel, Held};
@@ -75,8 +75,16 @@ impl ClientCore {
                 } else {
                     Some(0)
                 };
-                if let Some(held) = held {
-                    warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}{}", held_note(held));
+                // A user that resets its own connection is routine (browsers do),
+                // nothing for the operator to fix: noted, not warned about.
+                match held {
+                    Some(_) if kind == ErrorKind::Plain => {
+                        info!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
+                    }
+                    Some(held) => {
+                        warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}{}", held_note(held));
+                    }
+                    None => {}
                 }
                 user.abort();
                 core.stats.fail(kind);

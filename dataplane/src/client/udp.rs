@@ -14,7 +14,7 @@ use conduit_proto::{Message, Refusal, RefusalCode};
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select, try_join};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{ClientCore, Link, channel_failed, stopped};
 use crate::channel::Channel;
@@ -347,8 +347,16 @@ impl ClientCore {
             } else {
                 Some(0)
             };
-            if let Some(held) = held {
-                warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow closed: {reason}{}", held_note(held));
+            // A flow closed on purpose (the tunnel stopping, an operator's kill) is
+            // noted; a failure is warned about.
+            match held {
+                Some(_) if kind == ErrorKind::Killed => {
+                    info!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow closed: {reason}");
+                }
+                Some(held) => {
+                    warn!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow closed: {reason}{}", held_note(held));
+                }
+                None => {}
             }
         }
         self.close_entry(id, started);
