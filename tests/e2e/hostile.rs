@@ -358,6 +358,11 @@ fn secrets_never_reach_logs_debug_output_or_config_show() {
         &["--token", TOKEN, "--log-level", "trace"],
     );
     assert_echo(taddr, b"traffic at trace level");
+    // As a flag, on the command line of a process that runs for long: said so.
+    tunnel.wait_stderr(
+        "--token puts a secret on the command line, where every user of this host can read it \
+         (`ps`); give it in CONDUIT_TOKEN instead",
+    );
 
     // A client with the wrong token is refused, and neither token is printed.
     let mut wrong = home.tunnel_proc(
@@ -386,6 +391,11 @@ fn secrets_never_reach_logs_debug_output_or_config_show() {
             .env("CONDUIT_TOKEN", TOKEN),
     );
     from_env.wait_stdout("connected to router");
+    assert!(
+        !from_env.stderr().contains("puts a secret"),
+        "{}",
+        from_env.stderr()
+    );
 
     // A background tunnel: the token must not be on its command line (every local
     // user can read that), nor in its log, nor in the registry.

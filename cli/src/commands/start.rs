@@ -73,6 +73,16 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
     if let Some(kind) = a.service.service_file {
         return service_file(home, &a, log, kind);
     }
+    // A tunnel in the foreground keeps its command line for as long as it runs (a
+    // background one gets its secrets through its environment).
+    if a.foreground && !a.detached {
+        for (flag, var) in secret_flags_given(std::env::args()) {
+            tracing::warn!(
+                "{flag} puts a secret on the command line, where every user of this host can \
+                 read it (`ps`); give it in {var} instead"
+            );
+        }
+    }
     let bind = listen_addr("--bind", &a.bind)?;
     let router = source_list("--router", &a.router)?;
     let source = source_list("--source", &a.source)?;
@@ -367,6 +377,19 @@ const SECRET_FLAGS: [(&str, &str); 3] = [
     ("--alert-slack", "CONDUIT_ALERTS_SLACK"),
 ];
 
+/// The flags of [`SECRET_FLAGS`] that `args` (a command line) gives, each with the
+/// variable to use instead.
+fn secret_flags_given(args: impl IntoIterator<Item = String>) -> Vec<(&'static str, &'static str)> {
+    let args: Vec<String> = args.into_iter().collect();
+    SECRET_FLAGS
+        .into_iter()
+        .filter(|(flag, _)| {
+            args.iter()
+                .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+        })
+        .collect()
+}
+
 /// The secrets given to `start`, each with its variable.
 fn secrets(a: &StartArgs) -> Vec<(String, Secret)> {
     [&a.token, &a.alert_webhook, &a.alert_slack]
@@ -614,6 +637,19 @@ mod tests {
     /// Every flag of `start` set away from its default reaches the service's command
     /// line, but for those the service has no business with. A flag added to `start`
     /// fails this test until it is carried or listed here as not carried.
+    #[test]
+    fn secrets_given_as_flags_are_found_in_either_form() {
+        let line = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            secret_flags_given(line("conduit start --foreground --token t --alert-slack=u")),
+            [
+                ("--token", "CONDUIT_TOKEN"),
+                ("--alert-slack", "CONDUIT_ALERTS_SLACK")
+            ]
+        );
+        assert!(secret_flags_given(line("conduit start --foreground --tokens x")).is_empty());
+    }
+
     #[test]
     fn a_service_runs_with_every_setting_of_the_command_line() {
         use clap::{CommandFactory, Parser};
