@@ -240,7 +240,9 @@ impl RouterCore {
                 datagrams,
             },
         );
-        debug!(conn = id, %peer, %target, "stream opened");
+        // Which client and tunnel: a stream's id is this router's own, not the
+        // tunnel's (`conn=` differs between their logs).
+        debug!(conn = id, %peer, %target, client = %describe(client.as_ref()), %tunnel, "stream opened");
         (counters, kill_rx)
     }
 
