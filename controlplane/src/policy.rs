@@ -6,7 +6,8 @@
 //! (a rotated key keeps its name, so such a rule follows the client through
 //! rotations).
 //! * HOST: an IP (`10.2.0.2`, `[::1]`), a CIDR (`10.2.0.0/24`), a host name
-//!   (`db.internal`, matched by name) or `*` (any address).
+//!   (`db.internal`, matched by name) or `*` (any address). An IPv4-mapped IP or
+//!   CIDR (`[::ffff:10.2.0.2]`) is the IPv4 one it maps, as a target is.
 //! * PORTS: a port (`8080`, not 0: no source listens there), a range (`8000-8100`)
 //!   or `*`.
 //!
@@ -151,9 +152,9 @@ impl FromStr for Rule {
         let host = if host == "*" {
             Host::Any
         } else if let Ok(net) = host.parse::<IpNet>() {
-            Host::Net(net.trunc())
+            Host::Net(canonical_net(net.trunc()))
         } else if let Ok(ip) = host.parse::<IpAddr>() {
-            Host::Net(IpNet::from(ip))
+            Host::Net(IpNet::from(canonical(ip)))
         } else if !host.is_empty()
             && host
                 .chars()
@@ -222,6 +223,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network it maps
+/// (`10.0.0.0/8`), as a mapped target is checked as the IPv4 address it is. A
+/// shorter prefix (`::/0`) reaches past the mapped range and stays IPv6.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
+}
+
+/// `target` as a rule would allow it: an IPv4-mapped address in its IPv4 form
+/// (`[::ffff:10.0.0.1]:80` is `10.0.0.1:80`); anything else as it is.
+fn rule_form(target: &str) -> String {
+    match target.parse::<SocketAddr>() {
+        Ok(addr) => SocketAddr::new(canonical(addr.ip()), addr.port()).to_string(),
+        Err(_) => target.to_owned(),
     }
 }
 
@@ -307,6 +331,8 @@ impl AllowList {
             .rules
             .iter()
             .any(|r| r.client.is_some() && !r.applies_to(client) && r.covers(target));
+        // The rule to add, in the form rules are matched in.
+        let rule = rule_form(target);
         let message = match client {
             Some(c) if theirs => {
                 // By name where a rule could name it (one word), else by key.
@@ -318,16 +344,16 @@ impl AllowList {
                 format!(
                     "source {target} is allowed to other clients only by the router's \
                      policy{why}; to allow it to this client too, add `--allow \
-                     {who}={target}` to the router"
+                     {who}={rule}` to the router"
                 )
             }
             _ if self.rules.is_empty() => format!(
                 "source {target} is not allowed by the router's policy{why}; this router \
-                 allows no sources yet: start it with `--allow {target}`"
+                 allows no sources yet: start it with `--allow {rule}`"
             ),
             _ => format!(
                 "source {target} is not allowed by the router's policy{why}; to allow it, add \
-                 `--allow {target}` to the router"
+                 `--allow {rule}` to the router"
             ),
         };
         Refusal::new(RefusalCode::PolicyDenied, message)

@@ -54,6 +54,74 @@ fn an_ipv6_host_goes_in_brackets() {
     }
 }
 
+/// A target in its IPv4-mapped form is checked as the IPv4 address it is; so
+/// is a rule, or it would allow nothing.
+#[test]
+fn ipv4_mapped_rules_are_the_ipv4_rules_they_map() {
+    let k = key();
+    let caller = Some(Caller::key(&k));
+    let l = AllowList::parse(&["[::ffff:127.0.0.1]:20011", "[::ffff:10.0.0.0/104]:80"]).unwrap();
+    for allowed in [
+        "[::ffff:127.0.0.1]:20011",
+        "127.0.0.1:20011",
+        "10.200.0.1:80",
+        "[::ffff:10.200.0.1]:80",
+    ] {
+        assert_eq!(
+            l.check(caller, allowed, no_dns),
+            Ok(vec![allowed.parse().unwrap()]),
+            "{allowed}"
+        );
+        assert!(l.could_allow(allowed), "{allowed}");
+    }
+    for refused in ["11.0.0.1:80", "[::ffff:11.0.0.1]:80", "127.0.0.1:20012"] {
+        assert!(l.check(caller, refused, no_dns).is_err(), "{refused}");
+    }
+    // The whole mapped range is every IPv4 address; a shorter prefix is IPv6's.
+    let every = AllowList::parse(&["[::ffff:0:0/96]:80"]).unwrap();
+    assert!(every.check(caller, "192.0.2.1:80", no_dns).is_ok());
+    let v6 = AllowList::parse(&["[::ffff:0:0/95]:80"]).unwrap();
+    assert!(v6.check(caller, "192.0.2.1:80", no_dns).is_err());
+    assert!(v6.check(caller, "[::fffe:0:1]:80", no_dns).is_ok());
+}
+
+/// The rule a refusal offers is in the form rules are matched in: a mapped
+/// address's IPv4 form.
+#[test]
+fn refusals_of_mapped_targets_offer_the_ipv4_rule() {
+    let (a, b) = (key(), key());
+    let l = AllowList::parse(&["127.0.0.1:1".to_owned(), format!("{a}=10.0.0.1:22")]).unwrap();
+    let r = l
+        .check(Some(Caller::key(&a)), "[::ffff:127.0.0.1]:20011", no_dns)
+        .unwrap_err();
+    assert_eq!(
+        r.message,
+        "source [::ffff:127.0.0.1]:20011 is not allowed by the router's policy; to allow \
+         it, add `--allow 127.0.0.1:20011` to the router"
+    );
+    let named = Caller {
+        key: &b,
+        name: Some("laptop"),
+    };
+    let r = l
+        .check(Some(named), "[::ffff:10.0.0.1]:22", no_dns)
+        .unwrap_err();
+    assert_eq!(
+        r.message,
+        "source [::ffff:10.0.0.1]:22 is allowed to other clients only by the router's \
+         policy; to allow it to this client too, add `--allow laptop=10.0.0.1:22` to the \
+         router"
+    );
+    let r = AllowList::default()
+        .check(None, "[::ffff:10.0.0.1]:22", no_dns)
+        .unwrap_err();
+    assert!(
+        r.message.ends_with("start it with `--allow 10.0.0.1:22`"),
+        "{}",
+        r.message
+    );
+}
+
 #[test]
 fn refusals_say_how_to_allow() {
     let l = AllowList::default();
