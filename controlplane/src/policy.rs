@@ -141,14 +141,22 @@ impl FromStr for Rule {
                 },
             },
         };
+        // `[::]/0`, the prefix outside the brackets, is `[::/0]`.
+        let unbracketed = match host.strip_prefix('[').and_then(|h| h.split_once("]/")) {
+            Some((addr, len)) => format!("{addr}/{len}"),
+            None => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        };
         // `fe80::1:8080` is a whole IPv6 address: the port is told apart by brackets.
-        let bracketed = host.starts_with('[') && host.ends_with(']');
+        let bracketed = host.starts_with('[') && (host.ends_with(']') || host.contains("]/"));
         if host.contains(':') && !bracketed {
             return Err(bad(
                 "an IPv6 address goes in brackets, such as [::1]:80 or [fd00::/64]:5432",
             ));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = unbracketed.as_str();
         let host = if host == "*" {
             Host::Any
         } else if let Ok(net) = host.parse::<IpNet>() {

@@ -122,6 +122,26 @@ fn refusals_of_mapped_targets_offer_the_ipv4_rule() {
     );
 }
 
+/// `[::]/0`, the prefix after the brackets, is `[::/0]`.
+#[test]
+fn a_prefix_after_the_brackets_is_the_same_cidr() {
+    let caller = None;
+    for rule in ["[::]/0:*", "[::/0]:*"] {
+        let l = AllowList::parse(&[rule]).unwrap();
+        assert!(l.check(caller, "[2001:db8::1]:5", no_dns).is_ok(), "{rule}");
+        assert!(l.check(caller, "192.0.2.1:5", no_dns).is_err(), "{rule}");
+    }
+    let l = AllowList::parse(&["[fd00::]/64:443"]).unwrap();
+    assert!(l.check(caller, "[fd00::7]:443", no_dns).is_ok());
+    assert!(l.check(caller, "[fd00:0:0:1::7]:443", no_dns).is_err());
+    for bad in ["[::]/:80", "[::]/0]:80", "[::]/129:80"] {
+        assert!(
+            bad.parse::<Rule>().unwrap_err().contains("bad host"),
+            "{bad}"
+        );
+    }
+}
+
 #[test]
 fn refusals_say_how_to_allow() {
     let l = AllowList::default();
