@@ -224,6 +224,35 @@ impl Rule {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// A warning for a rule that lets its clients reach every address on every port
+    /// (`*:*`, `0.0.0.0/0:*`, `[::/0]:*`): the router's own loopback services and
+    /// API, a cloud's metadata service, the whole network around it. Allowed, as a
+    /// lab may want it, but never without a word.
+    pub fn opens_everything(&self) -> Option<String> {
+        let every = match &self.host {
+            Host::Any => "every address",
+            Host::Net(IpNet::V4(n)) if n.prefix_len() == 0 => "every IPv4 address",
+            Host::Net(IpNet::V6(n)) if n.prefix_len() == 0 => "every IPv6 address",
+            _ => return None,
+        };
+        // Port 0 is no source's: `1-65535` is every port too.
+        if !matches!(self.ports, Ports::Any | Ports::Range(0 | 1, u16::MAX)) {
+            return None;
+        }
+        let who = match &self.client {
+            None => "every client".to_owned(),
+            Some(Who::Key(k)) => format!("client {k}"),
+            Some(Who::Name(n)) => format!("client {n:?}"),
+        };
+        Some(format!(
+            "allow rule `{}` lets {who} reach {every} on every port the router can reach: \
+             its own loopback services and API, cloud metadata (169.254.169.254), the whole \
+             network around it; allow only the sources clients need, by address and port \
+             (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name (db.internal:5432)",
+            self.text
+        ))
+    }
 }
 
 /// IPv4-mapped IPv6 addresses are checked as the IPv4 address they are.

@@ -828,3 +828,23 @@ fn an_ipv4_mapped_rule_allows_its_source_and_refusals_offer_the_ipv4_rule() {
         "{err}"
     );
 }
+
+/// A rule for every address and port makes the router an open proxy into its
+/// network: it runs, and says so at start, once (as `config validate` does).
+#[test]
+fn a_rule_for_every_address_and_port_is_warned_of_at_start() {
+    let home = Home::with_keys();
+    let (router, _) = home.router(Engine::Epoll, &["127.0.0.1:80".into(), "*:*".into()]);
+    router.wait_stderr(
+        "WARN router.allow[1]: allow rule `*:*` lets every client reach every address on every port the router can \
+         reach: its own loopback services and API, cloud metadata (169.254.169.254), the whole \
+         network around it; allow only the sources clients need, by address and port \
+         (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name (db.internal:5432)",
+    );
+    assert_eq!(
+        router.stderr_count("allow rule `"),
+        1,
+        "{}",
+        router.stderr()
+    );
+}

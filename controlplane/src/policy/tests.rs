@@ -142,6 +142,49 @@ fn a_prefix_after_the_brackets_is_the_same_cidr() {
     }
 }
 
+/// A rule for every address and port turns the router into an open proxy into
+/// its network: allowed, with a warning naming the narrower forms.
+#[test]
+fn rules_for_every_address_and_port_are_warned_of() {
+    let k = key();
+    let rules = [
+        "*:*".to_owned(),
+        "0.0.0.0/0:*".to_owned(),
+        "[::]/0:*".to_owned(),
+        "[::ffff:0:0/96]:*".to_owned(),
+        format!("{k}=*:*"),
+        "laptop=*:*".to_owned(),
+        "[::/0]:1-65535".to_owned(),
+        // Narrower: not warned of.
+        "*:443".to_owned(),
+        "0.0.0.0/1:*".to_owned(),
+        "10.0.0.0/8:*".to_owned(),
+        "db.internal:*".to_owned(),
+    ];
+    let warned: Vec<String> = (rules.iter())
+        .filter_map(|r| r.parse::<Rule>().unwrap().opens_everything())
+        .collect();
+    let expected = [
+        ("*:*", "every client", "every address"),
+        ("0.0.0.0/0:*", "every client", "every IPv4 address"),
+        ("[::]/0:*", "every client", "every IPv6 address"),
+        ("[::ffff:0:0/96]:*", "every client", "every IPv4 address"),
+        (&format!("{k}=*:*"), &format!("client {k}"), "every address"),
+        ("laptop=*:*", "client \"laptop\"", "every address"),
+        ("[::/0]:1-65535", "every client", "every IPv6 address"),
+    ]
+    .map(|(rule, who, every)| {
+        format!(
+            "allow rule `{rule}` lets {who} reach {every} on every port the router can \
+             reach: its own loopback services and API, cloud metadata (169.254.169.254), \
+             the whole network around it; allow only the sources clients need, by address \
+             and port (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name \
+             (db.internal:5432)"
+        )
+    });
+    assert_eq!(warned, expected);
+}
+
 #[test]
 fn refusals_say_how_to_allow() {
     let l = AllowList::default();
