@@ -327,18 +327,19 @@ impl AllowList {
             .any(|r| matches!(&r.client, Some(Who::Key(k)) if k == key))
     }
 
-    /// The client names rules are for (`NAME=HOST:PORT`), each once.
-    pub fn client_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .rules
-            .iter()
-            .filter_map(|r| match &r.client {
-                Some(Who::Name(n)) => Some(n.as_str()),
-                _ => None,
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
+    /// The client names rules are for (`NAME=HOST:PORT`), each once and in order, with
+    /// the rules (as written) for it.
+    pub fn name_rules(&self) -> Vec<(&str, Vec<&str>)> {
+        let mut names: Vec<(&str, Vec<&str>)> = Vec::new();
+        for r in &self.rules {
+            let Some(Who::Name(n)) = &r.client else {
+                continue;
+            };
+            match names.binary_search_by(|(m, _)| (*m).cmp(n.as_str())) {
+                Ok(i) => names[i].1.push(r.as_str()),
+                Err(i) => names.insert(i, (n.as_str(), vec![r.as_str()])),
+            }
+        }
         names
     }
 

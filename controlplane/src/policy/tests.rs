@@ -377,7 +377,18 @@ fn rules_can_name_clients_as_authorized_clients_does() {
     assert!(l.check(named(&a, "gw-us"), "127.0.0.1:80", no_dns).is_ok());
     // A rule by name does not stop the key's rotation.
     assert!(!l.names_client(&a));
-    assert_eq!(l.client_names(), ["gw-eu.1@edge"]);
+    assert_eq!(
+        l.name_rules(),
+        [("gw-eu.1@edge", vec!["gw-eu.1@edge=127.0.0.1:9000"])]
+    );
+    let l = AllowList::parse(&["b=127.0.0.1:1", "a=127.0.0.1:2", " b=db.internal:3"]).unwrap();
+    assert_eq!(
+        l.name_rules(),
+        [
+            ("a", vec!["a=127.0.0.1:2"]),
+            ("b", vec!["b=127.0.0.1:1", "b=db.internal:3"])
+        ]
+    );
 
     let errs = AllowList::parse(&["web gw=127.0.0.1:80", "=127.0.0.1:80"]).unwrap_err();
     assert_eq!(errs.len(), 2);
