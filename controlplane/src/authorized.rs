@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::balance::Balancer;
 use crate::keys;
-use crate::policy::Caller;
+use crate::policy::{AllowList, Caller};
 use crate::signals::{Signals, Which};
 
 /// How often the file's size, modification time and inode are compared.
@@ -48,6 +48,55 @@ pub(crate) fn not_admitted(authorized: &AuthorizedClients, key: &PublicKey) -> S
             "client key {key} is not authorized; add it to the router's authorized_clients file"
         ),
     }
+}
+
+/// A warning for each client name that allow rules (`NAME=HOST:PORT`) are for but no
+/// key in `names` (read from `path`) bears: those rules apply to no one. A key's name
+/// is the whole rest of its line, up to a `#` comment, so a rule for `laptop` does not
+/// name `ed25519:… Bob Smith laptop`; a key whose name holds the rule's among other
+/// words (or in another case) is named, with the line that gives it the rule's name.
+pub fn unnamed_rules(
+    policy: &AllowList,
+    names: &[(PublicKey, String)],
+    path: &Path,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, rules) in policy.name_rules() {
+        if names.iter().any(|(_, n)| n == name) {
+            continue;
+        }
+        let (rules, they) = match rules.as_slice() {
+            [one] => (format!("allow rule `{one}` names"), "it applies"),
+            many => (
+                format!("allow rules `{}` name", many.join("`, `")),
+                "they apply",
+            ),
+        };
+        let mut close: Vec<String> = names
+            .iter()
+            .filter(|(_, n)| n.split_whitespace().any(|w| w.eq_ignore_ascii_case(name)))
+            .map(|(k, n)| {
+                let rest: Vec<&str> = n
+                    .split_whitespace()
+                    .filter(|w| !w.eq_ignore_ascii_case(name))
+                    .collect();
+                let comment = match rest.is_empty() {
+                    true => String::new(),
+                    false => format!("  # {}", rest.join(" ")),
+                };
+                format!("key {k} is named {n:?} there: write its line `{k} {name}{comment}`")
+            })
+            .collect();
+        close.sort();
+        let close: String = close.iter().map(|c| format!("; {c}")).collect();
+        out.push(format!(
+            "{rules} client {name:?}, but no key in {} has that name: {they} to no one until a \
+             key's line names it `ed25519:… {name}` (a key's name is the whole rest of its \
+             line; anything else goes after a `#`){close}",
+            path.display()
+        ));
+    }
+    out
 }
 
 /// The allow-list (with balancing), refusing `Open`s from keys that are no longer
@@ -156,6 +205,7 @@ pub(crate) async fn watch(
     dp: Arc<DataPlane>,
     monitor: Arc<crate::monitor::Monitor>,
     revoked: watch::Sender<u64>,
+    policy: AllowList,
 ) {
     let mut hangups = Signals::listen(
         Which::Hangup,
@@ -177,7 +227,7 @@ pub(crate) async fn watch(
         let now = stamp(&path);
         if asked || now != last || unread.is_some() {
             last = now;
-            for (key, name) in reload(&path, &authorized, asked, &mut unread) {
+            for (key, name) in reload(&path, &authorized, &policy, asked, &mut unread) {
                 warn!(client = %key, %name, "client key removed from authorized_clients: closing its streams and control sessions");
                 gone.push(key);
             }
@@ -206,6 +256,7 @@ pub(crate) async fn watch(
 fn reload(
     path: &Path,
     authorized: &AuthorizedClients,
+    policy: &AllowList,
     asked: bool,
     unread: &mut Option<String>,
 ) -> Vec<(PublicKey, String)> {
@@ -295,6 +346,10 @@ fn reload(
         path.display(),
         removed.len()
     );
+    // A name changed or a line deleted can leave rules by name applying to no one.
+    for unnamed in unnamed_rules(policy, &authorized.entries(), path) {
+        warn!("{unnamed}");
+    }
     removed
 }
 
@@ -325,16 +380,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            reload(&path, &set, false, &mut None),
+            reload(&path, &set, &AllowList::default(), false, &mut None),
             vec![(a, "alpha".to_owned())]
         );
         std::fs::write(&path, line(&a, "alpha") + &line(&b, "beta")).unwrap();
-        assert_eq!(reload(&path, &set, false, &mut None), vec![]);
+        assert_eq!(
+            reload(&path, &set, &AllowList::default(), false, &mut None),
+            vec![]
+        );
         assert_eq!(set.lookup(&a).as_deref(), Some("alpha"));
 
         std::fs::write(&path, line(&b, "beta") + &line(&c, "gamma")).unwrap();
         assert_eq!(
-            reload(&path, &set, false, &mut None),
+            reload(&path, &set, &AllowList::default(), false, &mut None),
             vec![(a, "alpha".to_owned())]
         );
         assert_eq!(set.lookup(&a), None);
@@ -342,12 +400,18 @@ mod tests {
 
         // A file that does not parse changes nothing.
         std::fs::write(&path, "ed25519:not-a-key\n").unwrap();
-        assert_eq!(reload(&path, &set, true, &mut None), vec![]);
+        assert_eq!(
+            reload(&path, &set, &AllowList::default(), true, &mut None),
+            vec![]
+        );
         assert_eq!(set.len(), 2);
         assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
         // Nor does a file that went away.
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(reload(&path, &set, false, &mut None), vec![]);
+        assert_eq!(
+            reload(&path, &set, &AllowList::default(), false, &mut None),
+            vec![]
+        );
         assert_eq!(set.len(), 2);
     }
 
@@ -368,7 +432,10 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         let mut unread = None;
-        assert_eq!(reload(&path, &set, false, &mut unread), vec![]);
+        assert_eq!(
+            reload(&path, &set, &AllowList::default(), false, &mut unread),
+            vec![]
+        );
         assert_eq!(
             unread.as_deref(),
             Some(format!("cannot read {}: not a regular file", path.display()).as_str())
@@ -376,18 +443,76 @@ mod tests {
         assert_eq!(set.lookup(&a).as_deref(), Some("alpha"));
         assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
         // SIGHUP does not make it revoke anyone either.
-        assert_eq!(reload(&path, &set, true, &mut unread), vec![]);
+        assert_eq!(
+            reload(&path, &set, &AllowList::default(), true, &mut unread),
+            vec![]
+        );
         assert_eq!(set.len(), 2);
         assert!(unread.is_some());
         // Read again: a key it no longer lists is revoked, and it is read as usual.
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, line(&b, "beta")).unwrap();
         assert_eq!(
-            reload(&path, &set, false, &mut unread),
+            reload(&path, &set, &AllowList::default(), false, &mut unread),
             vec![(a, "alpha".to_owned())]
         );
         assert_eq!(unread, None);
         assert_eq!(set.lookup(&b).as_deref(), Some("beta"));
+    }
+
+    /// A rule by name that no key's name matches is named, with the key whose name
+    /// holds it among other words and the line that would give it that name.
+    #[test]
+    fn rules_for_a_name_no_key_bears_are_named() {
+        let (a, b) = (
+            KeyPair::generate().unwrap().public(),
+            KeyPair::generate().unwrap().public(),
+        );
+        let policy = AllowList::parse(&[
+            "laptop=127.0.0.1:20010",
+            "laptop=db.internal:5432",
+            "ghost=127.0.0.1:1",
+            "beta=127.0.0.1:2",
+            "127.0.0.1:3",
+        ])
+        .unwrap();
+        let names = [(a, "Bob Smith laptop".to_owned()), (b, "beta".to_owned())];
+        let path = Path::new("/etc/conduit/authorized_clients");
+        assert_eq!(
+            unnamed_rules(&policy, &names, path),
+            [
+                "allow rule `ghost=127.0.0.1:1` names client \"ghost\", but no key in \
+                 /etc/conduit/authorized_clients has that name: it applies to no one until a \
+                 key's line names it `ed25519:… ghost` (a key's name is the whole rest of its \
+                 line; anything else goes after a `#`)"
+                    .to_owned(),
+                format!(
+                    "allow rules `laptop=127.0.0.1:20010`, `laptop=db.internal:5432` name \
+                     client \"laptop\", but no key in /etc/conduit/authorized_clients has that \
+                     name: they apply to no one until a key's line names it `ed25519:… laptop` \
+                     (a key's name is the whole rest of its line; anything else goes after a \
+                     `#`); key {a} is named \"Bob Smith laptop\" there: write its line `{a} \
+                     laptop  # Bob Smith`"
+                ),
+            ]
+        );
+        // Named as a rule names it: nothing to say.
+        let names = [(a, "laptop".to_owned()), (b, "ghost".to_owned())];
+        let named = AllowList::parse(&["laptop=127.0.0.1:1", "ghost=127.0.0.1:1"]).unwrap();
+        assert_eq!(unnamed_rules(&named, &names, path), Vec::<String>::new());
+        // A name in another case is pointed at too.
+        let names = [(a, "Laptop".to_owned())];
+        let one = AllowList::parse(&["laptop=127.0.0.1:1"]).unwrap();
+        assert_eq!(
+            unnamed_rules(&one, &names, path),
+            [format!(
+                "allow rule `laptop=127.0.0.1:1` names client \"laptop\", but no key in \
+                 /etc/conduit/authorized_clients has that name: it applies to no one until a \
+                 key's line names it `ed25519:… laptop` (a key's name is the whole rest of its \
+                 line; anything else goes after a `#`); key {a} is named \"Laptop\" there: \
+                 write its line `{a} laptop`"
+            )]
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! (a rotated key keeps its name, so such a rule follows the client through
 //! rotations).
 //! * HOST: an IP (`10.2.0.2`, `[::1]`), a CIDR (`10.2.0.0/24`), a host name
-//!   (`db.internal`, matched by name) or `*` (any address).
+//!   (`db.internal`, matched by name) or `*` (any address). An IPv4-mapped IP or
+//!   CIDR (`[::ffff:10.2.0.2]`) is the IPv4 one it maps, as a target is.
 //! * PORTS: a port (`8080`, not 0: no source listens there), a range (`8000-8100`)
 //!   or `*`.
 //!
@@ -140,20 +141,28 @@ impl FromStr for Rule {
                 },
             },
         };
+        // `[::]/0`, the prefix outside the brackets, is `[::/0]`.
+        let unbracketed = match host.strip_prefix('[').and_then(|h| h.split_once("]/")) {
+            Some((addr, len)) => format!("{addr}/{len}"),
+            None => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        };
         // `fe80::1:8080` is a whole IPv6 address: the port is told apart by brackets.
-        let bracketed = host.starts_with('[') && host.ends_with(']');
+        let bracketed = host.starts_with('[') && (host.ends_with(']') || host.contains("]/"));
         if host.contains(':') && !bracketed {
             return Err(bad(
                 "an IPv6 address goes in brackets, such as [::1]:80 or [fd00::/64]:5432",
             ));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = unbracketed.as_str();
         let host = if host == "*" {
             Host::Any
         } else if let Ok(net) = host.parse::<IpNet>() {
-            Host::Net(net.trunc())
+            Host::Net(canonical_net(net.trunc()))
         } else if let Ok(ip) = host.parse::<IpAddr>() {
-            Host::Net(IpNet::from(ip))
+            Host::Net(IpNet::from(canonical(ip)))
         } else if !host.is_empty()
             && host
                 .chars()
@@ -215,6 +224,35 @@ impl Rule {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// A warning for a rule that lets its clients reach every address on every port
+    /// (`*:*`, `0.0.0.0/0:*`, `[::/0]:*`): the router's own loopback services and
+    /// API, a cloud's metadata service, the whole network around it. Allowed, as a
+    /// lab may want it, but never without a word.
+    pub fn opens_everything(&self) -> Option<String> {
+        let every = match &self.host {
+            Host::Any => "every address",
+            Host::Net(IpNet::V4(n)) if n.prefix_len() == 0 => "every IPv4 address",
+            Host::Net(IpNet::V6(n)) if n.prefix_len() == 0 => "every IPv6 address",
+            _ => return None,
+        };
+        // Port 0 is no source's: `1-65535` is every port too.
+        if !matches!(self.ports, Ports::Any | Ports::Range(0 | 1, u16::MAX)) {
+            return None;
+        }
+        let who = match &self.client {
+            None => "every client".to_owned(),
+            Some(Who::Key(k)) => format!("client {k}"),
+            Some(Who::Name(n)) => format!("client {n:?}"),
+        };
+        Some(format!(
+            "allow rule `{}` lets {who} reach {every} on every port the router can reach: \
+             its own loopback services and API, cloud metadata (169.254.169.254), the whole \
+             network around it; allow only the sources clients need, by address and port \
+             (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name (db.internal:5432)",
+            self.text
+        ))
+    }
 }
 
 /// IPv4-mapped IPv6 addresses are checked as the IPv4 address they are.
@@ -222,6 +260,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network it maps
+/// (`10.0.0.0/8`), as a mapped target is checked as the IPv4 address it is. A
+/// shorter prefix (`::/0`) reaches past the mapped range and stays IPv6.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        _ => net,
+    }
+}
+
+/// `target` as a rule would allow it: an IPv4-mapped address in its IPv4 form
+/// (`[::ffff:10.0.0.1]:80` is `10.0.0.1:80`); anything else as it is.
+fn rule_form(target: &str) -> String {
+    match target.parse::<SocketAddr>() {
+        Ok(addr) => SocketAddr::new(canonical(addr.ip()), addr.port()).to_string(),
+        Err(_) => target.to_owned(),
     }
 }
 
@@ -266,18 +327,19 @@ impl AllowList {
             .any(|r| matches!(&r.client, Some(Who::Key(k)) if k == key))
     }
 
-    /// The client names rules are for (`NAME=HOST:PORT`), each once.
-    pub fn client_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .rules
-            .iter()
-            .filter_map(|r| match &r.client {
-                Some(Who::Name(n)) => Some(n.as_str()),
-                _ => None,
-            })
-            .collect();
-        names.sort_unstable();
-        names.dedup();
+    /// The client names rules are for (`NAME=HOST:PORT`), each once and in order, with
+    /// the rules (as written) for it.
+    pub fn name_rules(&self) -> Vec<(&str, Vec<&str>)> {
+        let mut names: Vec<(&str, Vec<&str>)> = Vec::new();
+        for r in &self.rules {
+            let Some(Who::Name(n)) = &r.client else {
+                continue;
+            };
+            match names.binary_search_by(|(m, _)| (*m).cmp(n.as_str())) {
+                Ok(i) => names[i].1.push(r.as_str()),
+                Err(i) => names.insert(i, (n.as_str(), vec![r.as_str()])),
+            }
+        }
         names
     }
 
@@ -307,6 +369,8 @@ impl AllowList {
             .rules
             .iter()
             .any(|r| r.client.is_some() && !r.applies_to(client) && r.covers(target));
+        // The rule to add, in the form rules are matched in.
+        let rule = rule_form(target);
         let message = match client {
             Some(c) if theirs => {
                 // By name where a rule could name it (one word), else by key.
@@ -318,16 +382,16 @@ impl AllowList {
                 format!(
                     "source {target} is allowed to other clients only by the router's \
                      policy{why}; to allow it to this client too, add `--allow \
-                     {who}={target}` to the router"
+                     {who}={rule}` to the router"
                 )
             }
             _ if self.rules.is_empty() => format!(
                 "source {target} is not allowed by the router's policy{why}; this router \
-                 allows no sources yet: start it with `--allow {target}`"
+                 allows no sources yet: start it with `--allow {rule}`"
             ),
             _ => format!(
                 "source {target} is not allowed by the router's policy{why}; to allow it, add \
-                 `--allow {target}` to the router"
+                 `--allow {rule}` to the router"
             ),
         };
         Refusal::new(RefusalCode::PolicyDenied, message)
@@ -459,287 +523,4 @@ impl AllowList {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use conduit_proto::KeyPair;
-
-    fn key() -> PublicKey {
-        KeyPair::generate().unwrap().public()
-    }
-
-    fn no_dns(_: &str, _: u16) -> std::io::Result<Vec<SocketAddr>> {
-        panic!("no lookup expected")
-    }
-
-    #[test]
-    fn addresses_cidrs_and_ports() {
-        let l = AllowList::parse(&["10.2.0.0/24:5432", "127.0.0.1:8000-8100", "[::1]:*"]).unwrap();
-        let k = key();
-        assert_eq!(
-            l.check(Some(Caller::key(&k)), "10.2.0.7:5432", no_dns)
-                .unwrap(),
-            vec!["10.2.0.7:5432".parse().unwrap()]
-        );
-        assert!(
-            l.check(Some(Caller::key(&k)), "10.2.1.7:5432", no_dns)
-                .is_err()
-        );
-        assert!(
-            l.check(Some(Caller::key(&k)), "10.2.0.7:5433", no_dns)
-                .is_err()
-        );
-        assert!(
-            l.check(Some(Caller::key(&k)), "127.0.0.1:8050", no_dns)
-                .is_ok()
-        );
-        assert!(l.check(Some(Caller::key(&k)), "[::1]:22", no_dns).is_ok());
-        assert!(
-            l.check(Some(Caller::key(&k)), "[::ffff:10.2.0.9]:5432", no_dns)
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn an_ipv6_host_goes_in_brackets() {
-        assert!(AllowList::parse(&["[fd00::/64]:5432", "[::1]:80"]).is_ok());
-        for bad in ["::1:80", "fe80::1:8080", "[::1:80"] {
-            assert_eq!(
-                bad.parse::<Rule>(),
-                Err(format!(
-                    "invalid allow rule {bad:?}: an IPv6 address goes in brackets, such as \
-                     [::1]:80 or [fd00::/64]:5432; expected HOST:PORT such as 10.2.0.2:8080, \
-                     10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 (optionally \
-                     KEY=HOST:PORT or NAME=HOST:PORT)"
-                )),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn refusals_say_how_to_allow() {
-        let l = AllowList::default();
-        let r = l
-            .check(Some(Caller::key(&key())), "10.0.0.1:22", no_dns)
-            .unwrap_err();
-        assert_eq!(r.code, RefusalCode::PolicyDenied);
-        assert_eq!(
-            r.message,
-            "source 10.0.0.1:22 is not allowed by the router's policy; this router allows no \
-             sources yet: start it with `--allow 10.0.0.1:22`"
-        );
-    }
-
-    #[test]
-    fn the_any_address_is_no_source_even_where_every_address_is_allowed() {
-        let l = AllowList::parse(&["*:80"]).unwrap();
-        let r = l
-            .check(Some(Caller::key(&key())), "0.0.0.0:80", no_dns)
-            .unwrap_err();
-        assert_eq!(r.code, RefusalCode::PolicyDenied);
-        assert_eq!(
-            r.message,
-            "source 0.0.0.0:80 is not a host's address (0.0.0.0 means any address): give the \
-             source's own address, e.g. --source 127.0.0.1:80"
-        );
-        assert!(l.check(None, "[::]:80", no_dns).is_err());
-        // Nor in its IPv4-mapped spelling.
-        for any in ["[::ffff:0.0.0.0]:80", "[::ffff:0:0]:80"] {
-            let r = l.check(Some(Caller::key(&key())), any, no_dns).unwrap_err();
-            assert_eq!(r.code, RefusalCode::PolicyDenied, "{any}");
-        }
-        // Nor a name that resolves there, even one a rule names.
-        let l = AllowList::parse(&["*:80", "zero.internal:80"]).unwrap();
-        for name in ["0:80", "zero.internal:80"] {
-            let r = l
-                .check(Some(Caller::key(&key())), name, |_: &str, p: u16| {
-                    Ok(vec![SocketAddr::from(([0, 0, 0, 0], p))])
-                })
-                .unwrap_err();
-            assert_eq!(r.code, RefusalCode::PolicyDenied);
-            assert_eq!(
-                r.message,
-                format!(
-                    "source {name} resolves to 0.0.0.0, which means any address: give the \
-                     source's own address or name"
-                )
-            );
-        }
-    }
-
-    #[test]
-    fn names_match_by_name_or_by_resolved_address() {
-        let l = AllowList::parse(&["db.internal:5432", "10.9.0.0/16:80"]).unwrap();
-        let k = key();
-        let inside = |p: u16| SocketAddr::from(([10, 9, 1, 1], p));
-        let outside = |p: u16| SocketAddr::from(([192, 168, 1, 1], p));
-        let resolved = |_: &str, p: u16| Ok(vec![inside(p)]);
-        // Allowed by name: whatever it resolves to.
-        assert_eq!(
-            l.check(Some(Caller::key(&k)), "DB.internal:5432", resolved),
-            Ok(vec![inside(5432)])
-        );
-        // Allowed by the address it resolves to.
-        assert_eq!(
-            l.check(Some(Caller::key(&k)), "web.internal:80", resolved),
-            Ok(vec![inside(80)])
-        );
-        let also_inside = SocketAddr::from(([10, 9, 200, 3], 80));
-        let both = move |_: &str, p: u16| Ok(vec![inside(p), also_inside]);
-        assert_eq!(
-            l.check(Some(Caller::key(&k)), "web.internal:80", both),
-            Ok(vec![inside(80), also_inside])
-        );
-        let refused = "source web.internal:80 is not allowed by the router's policy (it \
-                       resolves to an address outside the allowed ranges); to allow it, add \
-                       `--allow web.internal:80` to the router";
-        let r = l
-            .check(
-                Some(Caller::key(&k)),
-                "web.internal:80",
-                |_: &str, p: u16| Ok(vec![outside(p)]),
-            )
-            .unwrap_err();
-        assert_eq!(
-            (r.code, r.message.as_str()),
-            (RefusalCode::PolicyDenied, refused)
-        );
-        // Every address must be allowed: one outside the ranges refuses the name,
-        // whichever comes first.
-        for mixed in [vec![inside(80), outside(80)], vec![outside(80), inside(80)]] {
-            let r = l
-                .check(
-                    Some(Caller::key(&k)),
-                    "web.internal:80",
-                    move |_: &str, _| Ok(mixed),
-                )
-                .unwrap_err();
-            assert_eq!(
-                (r.code, r.message.as_str()),
-                (RefusalCode::PolicyDenied, refused)
-            );
-        }
-        // A port no rule mentions is refused before any lookup.
-        let r = l
-            .check(Some(Caller::key(&k)), "web.internal:81", no_dns)
-            .unwrap_err();
-        assert_eq!(
-            r.message,
-            "source web.internal:81 is not allowed by the router's policy; to allow it, add \
-             `--allow web.internal:81` to the router"
-        );
-    }
-
-    #[test]
-    fn rules_can_be_per_client() {
-        let (a, b) = (key(), key());
-        let l = AllowList::parse(&[format!("{a}=127.0.0.1:9000")]).unwrap();
-        assert!(
-            l.check(Some(Caller::key(&a)), "127.0.0.1:9000", no_dns)
-                .is_ok()
-        );
-        assert!(
-            l.check(Some(Caller::key(&b)), "127.0.0.1:9000", no_dns)
-                .is_err()
-        );
-        assert!(l.check(None, "127.0.0.1:9000", no_dns).is_err());
-        assert!(l.names_client(&a) && !l.names_client(&b));
-        // Refused to another client, which is told how to be allowed too, not to
-        // open the source to every client.
-        let r = l
-            .check(Some(Caller::key(&b)), "127.0.0.1:9000", no_dns)
-            .unwrap_err();
-        assert_eq!(
-            r.message,
-            format!(
-                "source 127.0.0.1:9000 is allowed to other clients only by the router's policy; \
-                 to allow it to this client too, add `--allow {b}=127.0.0.1:9000` to the router"
-            )
-        );
-        let named = Caller {
-            key: &b,
-            name: Some("laptop"),
-        };
-        let r = l.check(Some(named), "127.0.0.1:9000", no_dns).unwrap_err();
-        assert!(
-            r.message
-                .ends_with("add `--allow laptop=127.0.0.1:9000` to the router"),
-            "{}",
-            r.message
-        );
-        // A source no rule covers is refused as before.
-        let r = l
-            .check(Some(Caller::key(&b)), "127.0.0.1:9001", no_dns)
-            .unwrap_err();
-        assert!(
-            r.message
-                .ends_with("add `--allow 127.0.0.1:9001` to the router")
-        );
-    }
-
-    #[test]
-    fn rules_can_name_clients_as_authorized_clients_does() {
-        let (a, b) = (key(), key());
-        let l = AllowList::parse(&["gw-eu.1@edge=127.0.0.1:9000", "127.0.0.1:80"]).unwrap();
-        let named = |key, name| {
-            Some(Caller {
-                key,
-                name: Some(name),
-            })
-        };
-        // Any key of that name (old and new during a rotation), no other.
-        assert!(
-            l.check(named(&a, "gw-eu.1@edge"), "127.0.0.1:9000", no_dns)
-                .is_ok()
-        );
-        assert!(
-            l.check(named(&b, "gw-eu.1@edge"), "127.0.0.1:9000", no_dns)
-                .is_ok()
-        );
-        assert!(
-            l.check(named(&a, "gw-us"), "127.0.0.1:9000", no_dns)
-                .is_err()
-        );
-        assert!(
-            l.check(Some(Caller::key(&a)), "127.0.0.1:9000", no_dns)
-                .is_err()
-        );
-        assert!(l.check(None, "127.0.0.1:9000", no_dns).is_err());
-        assert!(l.check(named(&a, "gw-us"), "127.0.0.1:80", no_dns).is_ok());
-        // A rule by name does not stop the key's rotation.
-        assert!(!l.names_client(&a));
-        assert_eq!(l.client_names(), ["gw-eu.1@edge"]);
-
-        let errs = AllowList::parse(&["web gw=127.0.0.1:80", "=127.0.0.1:80"]).unwrap_err();
-        assert_eq!(errs.len(), 2);
-        assert!(
-            errs[0].contains("\"web gw\" is neither a client key (ed25519:…) nor a client name"),
-            "{}",
-            errs[0]
-        );
-    }
-
-    #[test]
-    fn port_0_is_refused() {
-        assert_eq!(
-            AllowList::parse(&["127.0.0.1:0", "web=db.internal:0"]).unwrap_err(),
-            ["127.0.0.1:0", "web=db.internal:0"].map(|r| format!(
-                "invalid allow rule {r:?}: port 0 is no source's port; give the port the \
-                 source listens on, or * for every port; expected HOST:PORT such as \
-                 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, *:8000-8100 \
-                 (optionally KEY=HOST:PORT or NAME=HOST:PORT)"
-            ))
-        );
-        // A range from 0 still allows the ports above it.
-        let allow = AllowList::parse(&["127.0.0.1:0-80"]).unwrap();
-        assert!(allow.could_allow("127.0.0.1:80"));
-    }
-
-    #[test]
-    fn bad_rules_are_all_reported() {
-        let errs =
-            AllowList::parse(&["10.0.0.1", "1.2.3.4:99999", "ok.example:80", "h:9-1"]).unwrap_err();
-        assert_eq!(errs.len(), 3);
-        assert!(errs[0].contains("no port"), "{}", errs[0]);
-    }
-}
+mod tests;

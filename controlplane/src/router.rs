@@ -347,6 +347,7 @@ impl Router {
                 self.state.dp.clone(),
                 self.state.monitor.clone(),
                 self.state.revoked.clone(),
+                self.state.policy.clone(),
             ))
         });
         // Always listening for SIGUSR1, whose default action would end the router.

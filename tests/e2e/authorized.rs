@@ -191,3 +191,51 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
         router.stderr()
     );
 }
+
+/// A key's name is the whole rest of its line: `Bob Smith laptop` is not `laptop`.
+/// The router says so at start and whenever a reload leaves a rule by name for no
+/// key, naming the rule and the line to write.
+#[test]
+fn a_rule_for_a_name_no_line_gives_is_named_at_start_and_at_reload() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let key = home.public_key("client");
+    let file = home.path().join("authorized_clients");
+    rewrite(&file, &format!("{key} Bob Smith laptop\n"));
+    let source = sources::echo();
+    let rule = format!("laptop={source}");
+    let (router, raddr) = home.router(engine, std::slice::from_ref(&rule));
+    let unnamed = format!(
+        "allow rule `{rule}` names client \"laptop\", but no key in {} has that name: it \
+         applies to no one until a key's line names it `ed25519:… laptop` (a key's name is the \
+         whole rest of its line; anything else goes after a `#`); key {key} is named \"Bob \
+         Smith laptop\" there: write its line `{key} laptop  # Bob Smith`",
+        file.display()
+    );
+    router.wait_stderr(&unnamed);
+    let mut refused = home.tunnel_proc(engine, raddr, &source.to_string(), &[]);
+    let status = refused.wait_exit();
+    let err = refused.stderr();
+    assert_code(status, 77, &err);
+    // Not nameable by a rule, the client is offered a rule for its key.
+    assert!(
+        err.contains(&format!(
+            "the router refused this tunnel: source {source} is allowed to other clients only \
+             by the router's policy; to allow it to this client too, add `--allow \
+             {key}={source}` to the router"
+        )),
+        "{err}"
+    );
+
+    // The line written as the warning says: the rule names the key.
+    rewrite(&file, &format!("{key} laptop  # Bob Smith\n"));
+    router.wait_stderr("(the file changed): 1 in all, 0 added, 0 removed");
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    assert_echo(taddr, b"named by its rule");
+    assert_eq!(router.stderr_count(&unnamed), 1, "{}", router.stderr());
+
+    // A reload that takes the name away again says so.
+    rewrite(&file, &format!("{key} Bob Smith laptop\n"));
+    router.wait_stderr_count("(the file changed): 1 in all, 0 added, 0 removed", 2);
+    router.wait_stderr_count(&unnamed, 2);
+}

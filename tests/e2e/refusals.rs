@@ -813,3 +813,52 @@ fn a_udp_setting_on_a_tcp_tunnel_is_a_usage_error() {
         );
     }
 }
+
+/// A rule in an IPv4-mapped IPv6 form allows what it maps, as a target in that form
+/// is checked as the IPv4 address it is; a refusal offers the rule in IPv4 form.
+#[test]
+fn an_ipv4_mapped_rule_allows_its_source_and_refusals_offer_the_ipv4_rule() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let mapped = format!("[::ffff:127.0.0.1]:{}", source.port());
+    let (_router, raddr) = home.router(engine, std::slice::from_ref(&mapped));
+    let (_tunnel, taddr) = home.tunnel(engine, raddr, &mapped);
+    crate::users::assert_echo(taddr, b"through a mapped rule");
+    let (_plain, plain) = home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "v4"]);
+    crate::users::assert_echo(plain, b"the same source in IPv4 form");
+
+    let other = format!("[::ffff:127.0.0.1]:{}", dead_port());
+    let mut refused = home.tunnel_proc(engine, raddr, &other, &["--name", "other"]);
+    let status = refused.wait_exit();
+    let err = refused.stderr();
+    assert_code(status, 77, &err);
+    let port = other.rsplit_once(':').unwrap().1;
+    assert!(
+        err.contains(&format!(
+            "the router refused this tunnel: source {other} is not allowed by the router's \
+             policy; to allow it, add `--allow 127.0.0.1:{port}` to the router"
+        )),
+        "{err}"
+    );
+}
+
+/// A rule for every address and port makes the router an open proxy into its
+/// network: it runs, and says so at start, once (as `config validate` does).
+#[test]
+fn a_rule_for_every_address_and_port_is_warned_of_at_start() {
+    let home = Home::with_keys();
+    let (router, _) = home.router(Engine::Epoll, &["127.0.0.1:80".into(), "*:*".into()]);
+    router.wait_stderr(
+        "WARN router.allow[1]: allow rule `*:*` lets every client reach every address on every port the router can \
+         reach: its own loopback services and API, cloud metadata (169.254.169.254), the whole \
+         network around it; allow only the sources clients need, by address and port \
+         (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name (db.internal:5432)",
+    );
+    assert_eq!(
+        router.stderr_count("allow rule `"),
+        1,
+        "{}",
+        router.stderr()
+    );
+}

@@ -119,7 +119,9 @@ fn an_allow_rule_for_a_client_name_follows_the_key_through_rotation() {
         engine,
         &[format!("client={source}"), format!("ghost={source}")],
     );
-    router.wait_stderr("allow rules name client \"ghost\", but no key in");
+    router.wait_stderr(&format!(
+        "allow rule `ghost={source}` names client \"ghost\", but no key in"
+    ));
     let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
     assert_echo(taddr, b"by name");
     let other_key = home.key("other.key");

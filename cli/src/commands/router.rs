@@ -10,8 +10,8 @@ use conduit_controlplane::config::{
 };
 use conduit_controlplane::stop::StopSignals;
 use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
-use conduit_proto::KeyPair;
 use conduit_proto::tls::AuthorizedClients;
+use conduit_proto::{KeyPair, PublicKey};
 use tracing::{info, warn};
 
 use super::config::plural;
@@ -316,14 +316,13 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
         }
     }
     let policy = AllowList::parse(&r.allow).map_err(|errs| Error::Config(errs.join("\n")))?;
-    for name in policy.client_names() {
-        if !authorized.names.values().any(|n| n == name) {
-            warn!(
-                "allow rules name client {name:?}, but no key in {} has that name: they apply \
-                 to no one until a key's line ends with `{name}`",
-                auth_path.display()
-            );
-        }
+    let names: Vec<(PublicKey, String)> = authorized
+        .names
+        .iter()
+        .map(|(k, n)| (*k, n.clone()))
+        .collect();
+    for unnamed in conduit_controlplane::authorized::unnamed_rules(&policy, &names, &auth_path) {
+        warn!("{unnamed}");
     }
     let api = c.api_settings().map_err(Usage)?;
     if let Some(a) = &api

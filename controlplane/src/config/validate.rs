@@ -174,11 +174,19 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         }
     }
     for (i, rule) in r.allow.iter().enumerate() {
-        if let Err(e) = Rule::from_str(rule) {
-            out.push(
+        match Rule::from_str(rule) {
+            Err(e) => out.push(
                 Problem::error(format!("router.allow[{i}]"), e),
                 "router.allow",
-            );
+            ),
+            Ok(rule) => {
+                if let Some(w) = rule.opens_everything() {
+                    out.push(
+                        Problem::warning(format!("router.allow[{i}]"), w),
+                        "router.allow",
+                    );
+                }
+            }
         }
     }
     if r.allow.is_empty() {

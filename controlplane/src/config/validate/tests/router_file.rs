@@ -4,6 +4,29 @@
 use super::{none, router};
 use crate::config::tests::Fixture;
 
+/// A rule for every address and port is valid, and warned of: the router would be an
+/// open proxy into its network.
+#[test]
+fn a_rule_for_every_address_and_port_is_warned_of() {
+    let f = Fixture::new();
+    let text = "[router]\ntransport = \"plain\"\n\
+                allow = [\"10.2.0.2:80\", \"*:*\", \"[::]/0:*\"]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            ("1", "*:*", "every address"),
+            ("2", "[::]/0:*", "every IPv6 address")
+        ]
+        .map(|(i, rule, every)| format!(
+            "warning: router.allow[{i}]: allow rule `{rule}` lets every client reach \
+                 {every} on every port the router can reach: its own loopback services and \
+                 API, cloud metadata (169.254.169.254), the whole network around it; allow \
+                 only the sources clients need, by address and port (10.2.0.2:8080), network \
+                 and port (10.2.0.0/24:5432) or name (db.internal:5432) ($F:3)"
+        ))
+    );
+}
+
 #[test]
 fn router_files_are_checked_too() {
     let f = Fixture::new();
