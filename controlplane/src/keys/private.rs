@@ -1,6 +1,7 @@
 //! Reading a private key file: what it is when it is not a Conduit key, and whether
 //! others can read it.
 
+use std::io::Read;
 use std::path::Path;
 
 use conduit_proto::{KeyPair, PublicKey};
@@ -8,42 +9,17 @@ use conduit_proto::{KeyPair, PublicKey};
 use super::{PEM_TAG, exposure};
 use crate::Error;
 
+/// The most of a private key file read: a Conduit key file is about 120 bytes, and
+/// the files given for one by mistake (a `.pub`, another kind of key) a few
+/// kilobytes.
+const MAX_PRIVATE_KEY: u64 = 64 << 10;
+
 /// Loads a private key, refusing one that group or others can read.
 pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
-    let meta = std::fs::metadata(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            Error::Config(format!(
-                "no private key at {}: create one with `conduit init --name {hint_name}` or pass --key PATH",
-                path.display()
-            ))
-        } else {
-            Error::File {
-                what: "cannot read private key",
-                path: path.to_owned(),
-                source,
-            }
-        }
-    })?;
-    if meta.is_dir() {
-        let inside = [
-            path.join(format!("{hint_name}.key")),
-            path.join("keys").join(format!("{hint_name}.key")),
-        ];
-        let fix = match inside.iter().find(|p| p.is_file()) {
-            Some(key) => format!("give the private key file in it, {}", key.display()),
-            None => format!(
-                "give the private key file, e.g. $CONDUIT_HOME/keys/{hint_name}.key (`conduit \
-                 init --name {hint_name}` makes one)"
-            ),
-        };
-        return Err(Error::Config(format!(
-            "private key {} is a directory; {fix}",
-            path.display()
-        )));
-    }
+    let (meta, bytes) = read_private(path, hint_name)?;
     // A public key given for the private one (a .pub file, or any file whose first
     // key line is `ed25519:…`): it says nothing secret, so its mode does not matter.
-    if let Ok(text) = std::fs::read_to_string(path)
+    if let Ok(text) = std::str::from_utf8(&bytes)
         && let Some(Some(Ok(_))) = text
             .lines()
             .map(PublicKey::parse_line)
@@ -79,11 +55,6 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let bytes = std::fs::read(path).map_err(|source| Error::File {
-        what: "cannot read private key",
-        path: path.to_owned(),
-        source,
-    })?;
     let bad = |why: &str| {
         Error::Config(format!(
             "{} is not a Conduit private key: {why}; make one with `conduit init --name \
@@ -107,3 +78,77 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
         ))
     })
 }
+
+/// The private key file at `path` as opened, and at most [`MAX_PRIVATE_KEY`] of its
+/// bytes. Only a regular file is read, and that is checked before it is opened and
+/// again through the open file (opened without waiting on a named pipe): a pipe
+/// would hold the reader as long as it pleases, and a device (`/dev/zero`) fill its
+/// memory.
+fn read_private(path: &Path, hint_name: &str) -> Result<(std::fs::Metadata, Vec<u8>), Error> {
+    let err = |source| Error::File {
+        what: "cannot read private key",
+        path: path.to_owned(),
+        source,
+    };
+    let before = std::fs::metadata(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::Config(format!(
+                "no private key at {}: create one with `conduit init --name {hint_name}` or pass --key PATH",
+                path.display()
+            ))
+        } else {
+            err(source)
+        }
+    })?;
+    kind_of_file(path, &before, hint_name)?;
+    let file = crate::config::open_to_read(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    kind_of_file(path, &meta, hint_name)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PRIVATE_KEY + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_PRIVATE_KEY {
+        return Err(Error::Config(format!(
+            "{} is larger than {} KiB, which no key file is (a Conduit private key file is \
+             about 120 bytes); give the private key file, e.g. \
+             $CONDUIT_HOME/keys/{hint_name}.key (`conduit init --name {hint_name}` makes one)",
+            path.display(),
+            MAX_PRIVATE_KEY >> 10
+        )));
+    }
+    Ok((meta, bytes))
+}
+
+/// Refuses a private key path that is a directory, or not a regular file.
+fn kind_of_file(path: &Path, meta: &std::fs::Metadata, hint_name: &str) -> Result<(), Error> {
+    if meta.is_dir() {
+        let inside = [
+            path.join(format!("{hint_name}.key")),
+            path.join("keys").join(format!("{hint_name}.key")),
+        ];
+        let fix = match inside.iter().find(|p| p.is_file()) {
+            Some(key) => format!("give the private key file in it, {}", key.display()),
+            None => format!(
+                "give the private key file, e.g. $CONDUIT_HOME/keys/{hint_name}.key (`conduit \
+                 init --name {hint_name}` makes one)"
+            ),
+        };
+        return Err(Error::Config(format!(
+            "private key {} is a directory; {fix}",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(Error::Config(format!(
+            "private key {} is not a regular file (a device, a named pipe or a socket); give \
+             the private key file, e.g. $CONDUIT_HOME/keys/{hint_name}.key (`conduit init \
+             --name {hint_name}` makes one)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
