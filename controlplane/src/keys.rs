@@ -16,6 +16,7 @@ use crate::Error;
 use crate::home::Home;
 
 mod authorized;
+mod kind;
 mod known_routers;
 mod pins;
 mod private;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use conduit_proto::{KeyPair, PublicKey};
 
-use super::{PEM_TAG, exposure};
+use super::{PEM_TAG, exposure, kind};
 use crate::Error;
 
 /// The most of a private key file read: a Conduit key file is about 120 bytes, and
@@ -39,6 +39,18 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
             path.display()
         )));
     }
+    let flag = flag_for(hint_name);
+    let bad = |why: &str| {
+        Error::Config(format!(
+            "{} is not a Conduit private key: {why}; make one with `conduit init --name \
+             {hint_name}` (a PKCS#8 Ed25519 key in PEM) or pass another {flag} PATH",
+            path.display()
+        ))
+    };
+    // Nothing secret either (an ssh public key, a certificate): named before its mode.
+    if let Some(why) = std::str::from_utf8(&bytes).ok().and_then(kind::public_only) {
+        return Err(bad(&why));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -55,28 +67,40 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let bad = |why: &str| {
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad("it is not text (a key file is PEM: -----BEGIN PRIVATE KEY-----)"))?;
+    let Some(tag) = kind::begin_tag(&text) else {
+        return Err(bad(kind::not_pem(&text)));
+    };
+    if tag != PEM_TAG {
+        return Err(bad(&kind::of_tag(tag)));
+    }
+    let damaged = || {
         Error::Config(format!(
-            "{} is not a Conduit private key: {why}; make one with `conduit init --name \
-             {hint_name}` (a PKCS#8 Ed25519 key in PEM) or pass another --key PATH",
+            "private key {} is damaged: it begins -----BEGIN PRIVATE KEY----- but what \
+             follows is cut short or altered; put back a sound copy of the file, or make a \
+             new key with `conduit init --name {hint_name} --force` and authorize its public \
+             key where the old one was",
             path.display()
         ))
     };
-    let text = String::from_utf8(bytes)
-        .map_err(|_| bad("it is not text (a key file is PEM: -----BEGIN PRIVATE KEY-----)"))?;
-    let block = pem::parse(text.trim())
-        .map_err(|_| bad("it is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
+    let block = pem::parse(text.trim()).map_err(|_| damaged())?;
     if block.tag() != PEM_TAG {
-        return Err(bad(&format!(
-            "its PEM block is {:?}, not \"PRIVATE KEY\"",
-            block.tag()
-        )));
+        return Err(bad(&kind::of_tag(block.tag())));
     }
-    KeyPair::from_pkcs8_der(block.contents()).map_err(|e| {
-        bad(&format!(
-            "its PEM block holds no Ed25519 key in PKCS#8 form ({e})"
-        ))
+    KeyPair::from_pkcs8_der(block.contents()).map_err(|_| match kind::of_pkcs8(block.contents()) {
+        Some(other) => bad(&other),
+        None => damaged(),
     })
+}
+
+/// The option that names a private key of the role `hint_name`, for a fix that says
+/// to pass another.
+fn flag_for(hint_name: &str) -> &'static str {
+    match hint_name {
+        "router-next" => "--next-key",
+        _ => "--key",
+    }
 }
 
 /// The private key file at `path` as opened, and at most [`MAX_PRIVATE_KEY`] of its
@@ -93,8 +117,9 @@ fn read_private(path: &Path, hint_name: &str) -> Result<(std::fs::Metadata, Vec<
     let before = std::fs::metadata(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
-                "no private key at {}: create one with `conduit init --name {hint_name}` or pass --key PATH",
-                path.display()
+                "no private key at {}: create one with `conduit init --name {hint_name}` or pass {} PATH",
+                path.display(),
+                flag_for(hint_name)
             ))
         } else {
             err(source)

@@ -1,5 +1,6 @@
 //! Key files that are no key files: a device or a named pipe given as a private key
-//! is refused at once, as one given as a file of trusted keys is.
+//! is refused at once, as one given as a file of trusted keys is; a private key given
+//! as a public one is named as such.
 
 use super::start_to_nowhere;
 use crate::harness::{Home, assert_code};
@@ -46,6 +47,38 @@ fn a_private_key_that_is_a_device_or_a_pipe_is_refused_at_once() {
         format!(
             "conduit: error: router.next_private_key_path: {} (cli --next-key)\n",
             not_a_file(fifo, "router-next")
+        )
+    );
+}
+
+/// The router's private key given to a tunnel as the router's key is named as a
+/// private key, with the `.pub` to give instead; it was `invalid public key
+/// "-----BEGIN"`.
+#[test]
+fn a_router_private_key_given_as_the_router_key_is_named_with_the_pub_to_give() {
+    let home = Home::with_keys();
+    let key = home.key("router.key");
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        key.to_str().unwrap(),
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: --router-key: {} is a private key (-----BEGIN PRIVATE KEY-----), \
+             not a public key; give the .pub file beside it, {}. A private key stays on its \
+             own host: a router's .key is never copied to its clients\n",
+            key.display(),
+            home.key("router.pub").display()
         )
     );
 }
