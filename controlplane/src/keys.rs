@@ -33,7 +33,7 @@ pub use known_routers::{
 };
 pub use pins::{absolute_pins, load_pinned, load_public, load_router_pins, pins_name_a_file};
 pub use private::load_private;
-pub use rotation::{beside, commit_pair, keep_old_pair, stage_pair};
+pub use rotation::{beside, commit_pair, keep_old_pair, public_name, stage_pair};
 
 const PEM_TAG: &str = "PRIVATE KEY";
 
@@ -91,13 +91,7 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
             }
         }
     }
-    let line = format!("{} {name}\n", pair.public());
-    let err = |source| Error::File {
-        what: "cannot write public key",
-        path: pub_path.clone(),
-        source,
-    };
-    write_public(&pub_path, line.as_bytes()).map_err(err)?;
+    rotation::write_pubs(&key_path, &pair.public(), name)?;
     Ok(pair)
 }
 
@@ -312,13 +306,72 @@ pub fn exposure(mode: u32) -> &'static str {
 }
 
 /// Writes a private key file, readable by its owner only, replacing any previous one.
+/// A symbolic link at `path` stays: the file it leads to is replaced (through a new
+/// file in that file's directory), so that whatever else reads that file has the new
+/// key too. That file is replaced only if it may be a Conduit key: a link to
+/// anything else (an ssh key, a web server's key) is refused, not followed.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let target = write_target(path)?;
+    if target != path {
+        through_link(path, &target)?;
+    }
     owner_only(
-        path,
-        &path.with_extension("key.tmp"),
+        &target,
+        &rotation::beside(&target, ".tmp"),
         bytes,
         "cannot write private key",
     )
+}
+
+/// Refuses to write a private key through the link at `path` to `target` unless
+/// `target` is not there yet or may be a Conduit key.
+fn through_link(path: &Path, target: &Path) -> Result<(), Error> {
+    if std::fs::symlink_metadata(target).is_err() || private::may_be_conduit_key(target) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "private key {} is a link to {}, which holds no Conduit key and is not \
+         overwritten: point the link at a Conduit key file, or remove the link to have the \
+         key written in its place",
+        path.display(),
+        target.display()
+    )))
+}
+
+/// Where writing the file at `path` lands: `path`, or when it is a symbolic link, the
+/// file it leads to, through every link (that file need not exist yet).
+fn write_target(path: &Path) -> Result<PathBuf, Error> {
+    let err = |source| Error::File {
+        what: "cannot follow the link of private key",
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {}
+        _ => return Ok(path.to_owned()),
+    }
+    match std::fs::canonicalize(path) {
+        Ok(target) => Ok(target),
+        // A link to a file not there: that file, in its directory as resolved.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let to = path
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(std::fs::read_link(path).map_err(err)?);
+            match (to.parent(), to.file_name()) {
+                (Some(dir), Some(name)) => {
+                    let dir = if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    };
+                    Ok(std::fs::canonicalize(dir).map_err(err)?.join(name))
+                }
+                _ => Err(err(e)),
+            }
+        }
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Writes `bytes` to `path` through `tmp`, a fresh file with mode 0600 from the start,

@@ -94,6 +94,25 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     })
 }
 
+/// Whether the file at `path` may be a Conduit key, sound or damaged: a regular file
+/// whose PEM block is `PRIVATE KEY` and names no other kind of key. A key written
+/// through a link replaces only such a file.
+pub(super) fn may_be_conduit_key(path: &Path) -> bool {
+    let Ok((_, bytes)) = read_private(path, "client") else {
+        return false;
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return false;
+    };
+    if kind::begin_tag(text) != Some(PEM_TAG) {
+        return false;
+    }
+    match pem::parse(text.trim()) {
+        Ok(block) => block.tag() == PEM_TAG && kind::of_pkcs8(block.contents()).is_none(),
+        Err(_) => true,
+    }
+}
+
 /// The option that names a private key of the role `hint_name`, for a fix that says
 /// to pass another.
 fn flag_for(hint_name: &str) -> &'static str {
