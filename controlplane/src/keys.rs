@@ -16,8 +16,10 @@ use crate::Error;
 use crate::home::Home;
 
 mod authorized;
+mod kind;
 mod known_routers;
 mod pins;
+mod private;
 mod rotation;
 
 pub use authorized::{
@@ -30,7 +32,8 @@ pub use known_routers::{
     save_known_router,
 };
 pub use pins::{absolute_pins, load_pinned, load_public, load_router_pins, pins_name_a_file};
-pub use rotation::{beside, commit_pair, keep_old_pair, stage_pair};
+pub use private::load_private;
+pub use rotation::{beside, commit_pair, keep_old_pair, public_name, stage_pair};
 
 const PEM_TAG: &str = "PRIVATE KEY";
 
@@ -88,13 +91,7 @@ pub fn generate(home: &Home, name: &str, force: bool) -> Result<KeyPair, Error> 
             }
         }
     }
-    let line = format!("{} {name}\n", pair.public());
-    let err = |source| Error::File {
-        what: "cannot write public key",
-        path: pub_path.clone(),
-        source,
-    };
-    write_public(&pub_path, line.as_bytes()).map_err(err)?;
+    rotation::write_pubs(&key_path, &pair.public(), name)?;
     Ok(pair)
 }
 
@@ -309,13 +306,72 @@ pub fn exposure(mode: u32) -> &'static str {
 }
 
 /// Writes a private key file, readable by its owner only, replacing any previous one.
+/// A symbolic link at `path` stays: the file it leads to is replaced (through a new
+/// file in that file's directory), so that whatever else reads that file has the new
+/// key too. That file is replaced only if it may be a Conduit key: a link to
+/// anything else (an ssh key, a web server's key) is refused, not followed.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let target = write_target(path)?;
+    if target != path {
+        through_link(path, &target)?;
+    }
     owner_only(
-        path,
-        &path.with_extension("key.tmp"),
+        &target,
+        &rotation::beside(&target, ".tmp"),
         bytes,
         "cannot write private key",
     )
+}
+
+/// Refuses to write a private key through the link at `path` to `target` unless
+/// `target` is not there yet or may be a Conduit key.
+fn through_link(path: &Path, target: &Path) -> Result<(), Error> {
+    if std::fs::symlink_metadata(target).is_err() || private::may_be_conduit_key(target) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "private key {} is a link to {}, which holds no Conduit key and is not \
+         overwritten: point the link at a Conduit key file, or remove the link to have the \
+         key written in its place",
+        path.display(),
+        target.display()
+    )))
+}
+
+/// Where writing the file at `path` lands: `path`, or when it is a symbolic link, the
+/// file it leads to, through every link (that file need not exist yet).
+fn write_target(path: &Path) -> Result<PathBuf, Error> {
+    let err = |source| Error::File {
+        what: "cannot follow the link of private key",
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {}
+        _ => return Ok(path.to_owned()),
+    }
+    match std::fs::canonicalize(path) {
+        Ok(target) => Ok(target),
+        // A link to a file not there: that file, in its directory as resolved.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let to = path
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(std::fs::read_link(path).map_err(err)?);
+            match (to.parent(), to.file_name()) {
+                (Some(dir), Some(name)) => {
+                    let dir = if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    };
+                    Ok(std::fs::canonicalize(dir).map_err(err)?.join(name))
+                }
+                _ => Err(err(e)),
+            }
+        }
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Writes `bytes` to `path` through `tmp`, a fresh file with mode 0600 from the start,
@@ -433,106 +489,6 @@ pub fn client_identity(path: &Path, plain: bool) -> Result<(KeyPair, Option<Path
             .map(|pair| (pair, None))
             .map_err(|e| Error::Config(format!("cannot make a key: {e}"))),
     }
-}
-
-/// Loads a private key, refusing one that group or others can read.
-pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
-    let meta = std::fs::metadata(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            Error::Config(format!(
-                "no private key at {}: create one with `conduit init --name {hint_name}` or pass --key PATH",
-                path.display()
-            ))
-        } else {
-            Error::File {
-                what: "cannot read private key",
-                path: path.to_owned(),
-                source,
-            }
-        }
-    })?;
-    if meta.is_dir() {
-        let inside = [
-            path.join(format!("{hint_name}.key")),
-            path.join("keys").join(format!("{hint_name}.key")),
-        ];
-        let fix = match inside.iter().find(|p| p.is_file()) {
-            Some(key) => format!("give the private key file in it, {}", key.display()),
-            None => format!(
-                "give the private key file, e.g. $CONDUIT_HOME/keys/{hint_name}.key (`conduit \
-                 init --name {hint_name}` makes one)"
-            ),
-        };
-        return Err(Error::Config(format!(
-            "private key {} is a directory; {fix}",
-            path.display()
-        )));
-    }
-    // A public key given for the private one (a .pub file, or any file whose first
-    // key line is `ed25519:…`): it says nothing secret, so its mode does not matter.
-    if let Ok(text) = std::fs::read_to_string(path)
-        && let Some(Some(Ok(_))) = text
-            .lines()
-            .map(PublicKey::parse_line)
-            .find(Option::is_some)
-    {
-        let beside = path.with_extension("key");
-        let fix = if beside != path && beside.is_file() {
-            format!("give the .key file beside it, {}", beside.display())
-        } else {
-            format!(
-                "give the private key file instead ({hint_name}.key, which `conduit init \
-                 --name {hint_name}` writes beside {hint_name}.pub)"
-            )
-        };
-        return Err(Error::Config(format!(
-            "{} is a public key, not a private key; {fix}",
-            path.display()
-        )));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(Error::Config(format!(
-                "private key {} is {} (mode {mode:04o}); run `chmod 600 {}` and start \
-                 again",
-                path.display(),
-                exposure(mode),
-                path.display()
-            )));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = meta;
-    let bytes = std::fs::read(path).map_err(|source| Error::File {
-        what: "cannot read private key",
-        path: path.to_owned(),
-        source,
-    })?;
-    let bad = |why: &str| {
-        Error::Config(format!(
-            "{} is not a Conduit private key: {why}; make one with `conduit init --name \
-             {hint_name}` (a PKCS#8 Ed25519 key in PEM) or pass another --key PATH",
-            path.display()
-        ))
-    };
-    let text = String::from_utf8(bytes)
-        .map_err(|_| bad("it is not text (a key file is PEM: -----BEGIN PRIVATE KEY-----)"))?;
-    let block = pem::parse(text.trim())
-        .map_err(|_| bad("it is not a PEM private key (-----BEGIN PRIVATE KEY-----)"))?;
-    if block.tag() != PEM_TAG {
-        return Err(bad(&format!(
-            "its PEM block is {:?}, not \"PRIVATE KEY\"",
-            block.tag()
-        )));
-    }
-    KeyPair::from_pkcs8_der(block.contents()).map_err(|e| {
-        bad(&format!(
-            "its PEM block holds no Ed25519 key in PKCS#8 form ({e})"
-        ))
-    })
 }
 
 #[cfg(test)]

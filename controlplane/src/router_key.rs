@@ -457,10 +457,7 @@ fn stage(r: &KeyRotation) -> Result<KeyPair, String> {
 
 /// Moves the staged key over the key file, with its `.pub`.
 fn commit(r: &KeyRotation, pair: &KeyPair) -> Result<(), String> {
-    let name = std::fs::read_to_string(r.path.with_extension("pub"))
-        .ok()
-        .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
-        .map_or_else(|| "router".to_owned(), |(_, name)| name);
+    let name = keys::public_name(&r.path.with_extension("pub")).unwrap_or_else(|| "router".into());
     keys::commit_pair(&r.path, &staged_path(r), &pair.public(), &name).map_err(|e| e.to_string())
 }
 

@@ -45,6 +45,15 @@ impl PublicKey {
             text: shorten(t),
             reason,
         };
+        if ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"]
+            .iter()
+            .any(|p| t.starts_with(p))
+        {
+            return Err(invalid(
+                "an OpenSSH key; Conduit's keys are `ed25519:…` lines as `conduit init` \
+                 prints them, not ssh keys",
+            ));
+        }
         let b64 = t.strip_prefix(TEXT_PREFIX).ok_or_else(|| {
             invalid("expected the form ed25519:<base64>, as `conduit init` prints")
         })?;
@@ -305,10 +314,17 @@ mod tests {
 
     #[test]
     fn bad_keys_say_what_is_wrong() {
-        let e = PublicKey::parse("ssh-ed25519 AAAA").unwrap_err();
-        assert!(
-            e.to_string().contains("expected the form ed25519:<base64>"),
-            "{e}"
+        let e = PublicKey::parse("ed25519-AAAA").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid public key \"ed25519-AAAA\": expected the form ed25519:<base64>, as \
+             `conduit init` prints"
+        );
+        let e = PublicKey::parse_named("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 ana@laptop").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid public key \"ssh-ed25519\": an OpenSSH key; Conduit's keys are \
+             `ed25519:…` lines as `conduit init` prints them, not ssh keys"
         );
         let e = PublicKey::parse("ed25519:!!!").unwrap_err();
         assert!(e.to_string().contains("not base64"), "{e}");

@@ -13,6 +13,8 @@ use crate::http::wait_for;
 use crate::ops::{get, router_api};
 use crate::sources;
 
+mod key_files;
+
 /// What a user sends first in these tests.
 const GET: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 

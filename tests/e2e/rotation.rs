@@ -104,6 +104,40 @@ fn a_tunnel_rotates_its_key_through_its_router() {
     assert_echo(again, b"from the file");
 }
 
+/// A key file that is a link to a key kept elsewhere stays a link through a
+/// rotation: the file it leads to gets the new key, so that whatever else reads it
+/// is not left with the old key, which the router stops admitting once it expires.
+#[cfg(unix)]
+#[test]
+fn a_key_file_that_is_a_link_is_rotated_where_it_leads() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let shared = home.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let target = shared.join("tunnel.key");
+    std::fs::rename(home.key("client.key"), &target).unwrap();
+    std::os::unix::fs::symlink(&target, home.key("client.key")).unwrap();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
+    let old = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+
+    home.ok(&["keys", "rotate", "--tunnel", "tunnel"]);
+    let new = key_of(&std::fs::read_to_string(home.key("client.pub")).unwrap());
+    assert_ne!(new, old);
+    let link = std::fs::symlink_metadata(home.key("client.key")).unwrap();
+    assert!(link.is_symlink(), "the link was replaced by a file");
+    // `keys show` checks the .pub against the key the link leads to.
+    assert_eq!(home.ok(&["keys", "show"]), format!("{new} client\n"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    tunnel.wait_stdout_count("connected to router", 2);
+    assert_echo(taddr, b"after");
+}
+
 #[test]
 fn an_allow_rule_for_a_client_name_follows_the_key_through_rotation() {
     let engine = Engine::Epoll;

@@ -114,11 +114,7 @@ pub(super) async fn rotate(
         }
     }
     if let Some(staged) = &staged {
-        let name = std::fs::read_to_string(path.with_extension("pub"))
-            .ok()
-            .and_then(|l| PublicKey::parse_line(&l).and_then(Result::ok))
-            .map(|(_, name)| name)
-            .unwrap_or_default();
+        let name = crate::keys::public_name(&path.with_extension("pub")).unwrap_or_default();
         crate::keys::commit_pair(path, staged, &next, &name).map_err(|e| {
             // The router admits both keys now; the old one keeps working until it
             // expires.

@@ -21,7 +21,13 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
             Unread::Untrusted(e) => return e,
             Unread::Io(source) => source,
         };
-        if source.kind() == std::io::ErrorKind::NotFound {
+        if source.kind() == std::io::ErrorKind::NotFound
+            && let Err(why) = PublicKey::parse_named(spec)
+            && super::kind::is_ssh_public(spec)
+        {
+            // `--router-key "ssh-ed25519 AAAA… user@host"`: no path, an ssh key.
+            Error::Config(format!("{what}: {why}"))
+        } else if source.kind() == std::io::ErrorKind::NotFound {
             Error::Config(format!(
                 "{what}: {spec:?} is neither a public key (ed25519:…) nor an existing .pub file"
             ))
@@ -39,6 +45,23 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
             }
         }
     })?;
+    if let Some(tag) = super::kind::begin_tag(&text).filter(|t| t.contains("PRIVATE KEY")) {
+        let beside = path.with_extension("pub");
+        let give = if beside != path && beside.is_file() {
+            format!("give the .pub file beside it, {}", beside.display())
+        } else {
+            "give its .pub file (`conduit init` wrote it beside the private key), or the key \
+             itself (ed25519:…; `conduit keys show --name NAME` prints it where the private \
+             key is)"
+                .to_owned()
+        };
+        return Err(Error::Config(format!(
+            "{what}: {} is a private key (-----BEGIN {tag}-----), not a public key; {give}. \
+             A private key stays on its own host: a router's .key is never copied to its \
+             clients",
+            path.display()
+        )));
+    }
     for line in text.lines() {
         match PublicKey::parse_line(line) {
             None => continue,

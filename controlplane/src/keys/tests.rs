@@ -659,3 +659,39 @@ fn a_link_planted_at_a_public_key_path_is_replaced_not_followed() {
         format!("{} client\n", pair.public())
     );
 }
+
+/// A private key, or an ssh key, given where a public key must be is named as such,
+/// with what to give instead; it was `invalid public key "-----BEGIN"`.
+#[test]
+fn a_private_key_or_an_ssh_key_given_as_a_public_key_is_named() {
+    let (d, home) = home();
+    generate(&home, "router", false).unwrap();
+    let key = home.private_key("router");
+    assert_eq!(
+        load_public(key.to_str().unwrap(), "--router-key")
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "--router-key: {} is a private key (-----BEGIN PRIVATE KEY-----), not a public \
+             key; give the .pub file beside it, {}. A private key stays on its own host: a \
+             router's .key is never copied to its clients",
+            key.display(),
+            home.public_key("router").display()
+        )
+    );
+    let ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv6 ana@laptop";
+    let why = "invalid public key \"ssh-ed25519\": an OpenSSH key; Conduit's keys are \
+               `ed25519:…` lines as `conduit init` prints them, not ssh keys";
+    assert_eq!(
+        load_public(ssh, "--router-key").unwrap_err().to_string(),
+        format!("--router-key: {why}")
+    );
+    let file = d.path().join("id_ed25519.pub");
+    std::fs::write(&file, format!("{ssh}\n")).unwrap();
+    assert_eq!(
+        load_public(file.to_str().unwrap(), "--router-key")
+            .unwrap_err()
+            .to_string(),
+        format!("--router-key in {}: {why}", file.display())
+    );
+}

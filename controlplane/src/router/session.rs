@@ -309,11 +309,29 @@ pub(super) async fn rotate(
     let rotated = keys::rotate_authorized(&text, &key, &next, name, now, expires)?;
     let new = keys::parse_authorized_file(&rotated)
         .map_err(|(line, e)| format!("the rotated file does not parse at line {line}: {e}"))?;
-    keys::replace_file(path, rotated.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    keys::replace_file(path, rotated.as_bytes()).map_err(|e| unwritable(path, &e))?;
     state.authorized.replace_with_expiry(new.names, new.expires);
     recent.insert(next, born);
     Ok(expires)
+}
+
+/// Why a rotation is refused when the authorized clients file at `path` could not be
+/// written for `e`, and what to do: the router rotates a key by writing that file.
+fn unwritable(path: &std::path::Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    let fix = match e.kind() {
+        PermissionDenied | ReadOnlyFilesystem => {
+            "let the user the router runs as write it and its directory (`chattr -i` if it \
+             is immutable, a writable mount if it is read-only)"
+        }
+        _ => "check the disk it is on",
+    };
+    format!(
+        "cannot write {}: {e}; the router rotates a client's key by writing that file: {fix}, \
+         or turn key rotation off on the client (key_rotation_days = 0, or \
+         --key-rotation-days 0)",
+        path.display()
+    )
 }
 
 /// A live session with `key` from another address than `from`, and its tunnel: a
@@ -357,6 +375,33 @@ mod tests {
     use tokio::net::TcpSocket;
 
     use super::*;
+
+    /// An authorized clients file the router may not write (immutable, read-only,
+    /// another user's): the refusal says how to let it, or how to stop asking.
+    #[test]
+    fn a_rotation_refused_for_a_file_it_cannot_write_says_what_to_do() {
+        let path = std::path::Path::new("/etc/conduit/authorized_clients");
+        let eperm = std::io::Error::from_raw_os_error(1);
+        assert_eq!(
+            unwritable(path, &eperm),
+            format!(
+                "cannot write /etc/conduit/authorized_clients: {eperm}; the router rotates a \
+                 client's key by writing that file: let the user the router runs as write it \
+                 and its directory (`chattr -i` if it is immutable, a writable mount if it is \
+                 read-only), or turn key rotation off on the client (key_rotation_days = 0, \
+                 or --key-rotation-days 0)"
+            )
+        );
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(
+            unwritable(path, &full),
+            format!(
+                "cannot write /etc/conduit/authorized_clients: {full}; the router rotates a \
+                 client's key by writing that file: check the disk it is on, or turn key \
+                 rotation off on the client (key_rotation_days = 0, or --key-rotation-days 0)"
+            )
+        );
+    }
 
     /// A client that never reads what the router sends: the send that finds its
     /// window and the router's buffer full ends at the time limit, not never.

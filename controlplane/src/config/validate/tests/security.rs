@@ -33,7 +33,8 @@ fn router_keys_are_checked_inline_and_as_files() {
         check(&f, &text("bad.pub")),
         [
             "error: router.public_key: public key in $DIR/bad.pub: invalid public key \
-          \"ssh-ed25519\": expected the form ed25519:<base64>, as `conduit init` prints ($F:3)"
+          \"ssh-ed25519\": an OpenSSH key; Conduit's keys are `ed25519:…` lines as `conduit \
+          init` prints them, not ssh keys ($F:3)"
         ]
     );
     let pub_file = f.home.public_key("router").display().to_string();
