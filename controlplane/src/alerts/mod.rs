@@ -5,16 +5,19 @@
 //!
 //! ```text
 //!  monitor ── Alert ──▶ FlapGuard ──▶ Alerter::send ──▶ per-sink queue ──▶ task: POST, retry
-//!                                       (try_send: never waits)          with back-off, log
+//!                                      (never waits)    (one per subject)   with back-off, log
 //! ```
 //!
 //! Each sink has its own task and bounded queue, so a receiver that is down or slow
 //! delays only its own later alerts (in order), never the monitor, another sink, or
-//! any traffic. A full queue drops the alert with a warning. Failures are logged with
-//! the URL cut to scheme and host: webhook URLs carry their token.
+//! any traffic. While alerts wait, a newer one about a subject replaces the one
+//! waiting about it, and a full queue drops its oldest (`queue.rs`): a receiver
+//! that catches up is told each subject's latest state. Failures are logged with the
+//! URL cut to scheme and host: webhook URLs carry their token.
 
 mod deliver;
 mod flap;
+mod queue;
 pub mod tunnel;
 
 use std::sync::Arc;
@@ -23,11 +26,11 @@ use std::time::{Duration, SystemTime};
 
 use conduit_proto::Secret;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use flap::{FlapGuard, FlapSettings};
+use queue::{Displaced, Queue};
 
 use crate::config::Protocol;
 use crate::http::{HttpClient, redact};
@@ -301,13 +304,15 @@ pub struct SinkStats {
     pub sent: AtomicU64,
     /// Given up after every retry.
     pub failed: AtomicU64,
-    /// Dropped because the queue was full.
+    /// Replaced, before it went out, by a newer alert about the same subject.
+    pub superseded: AtomicU64,
+    /// Dropped: the oldest of a full queue, or raised once alerts were closed.
     pub dropped: AtomicU64,
 }
 
 struct Sink {
     kind: SinkKind,
-    queue: mpsc::Sender<Alert>,
+    queue: Arc<Queue>,
     stats: Arc<SinkStats>,
     task: JoinHandle<()>,
 }
@@ -331,7 +336,7 @@ impl Alerter {
             let client = HttpClient::new(s.timeout)?;
             for (kind, url) in configured {
                 let Some(url) = url.clone() else { continue };
-                let (tx, rx) = mpsc::channel(QUEUE);
+                let queue = Arc::new(Queue::new(QUEUE));
                 let stats = Arc::new(SinkStats::default());
                 let task = tokio::spawn(deliver::run(
                     deliver::Target {
@@ -343,12 +348,12 @@ impl Alerter {
                         backoff: s.backoff,
                     },
                     client.clone(),
-                    rx,
+                    queue.clone(),
                     stats.clone(),
                 ));
                 sinks.push(Sink {
                     kind,
-                    queue: tx,
+                    queue,
                     stats,
                     task,
                 });
@@ -360,17 +365,35 @@ impl Alerter {
         })
     }
 
-    /// Queues `alert` for every sink; never waits.
+    /// Queues `alert` for every sink; never waits. An alert waiting about the same
+    /// subject is replaced; a full queue drops its oldest.
     pub fn send(&self, alert: &Alert) {
         for sink in &self.sinks {
-            if sink.queue.try_send(alert.clone()).is_err() {
-                sink.stats.dropped.fetch_add(1, Relaxed);
-                warn!(
-                    sink = sink.kind.as_str(),
-                    "alert dropped: the {} queue is full (its receiver is down or slow): {}",
-                    sink.kind.as_str(),
-                    alert.message
-                );
+            let kind = sink.kind.as_str();
+            match sink.queue.push(alert.clone()) {
+                Displaced::Nothing => {}
+                Displaced::Superseded(old) => {
+                    sink.stats.superseded.fetch_add(1, Relaxed);
+                    info!(
+                        sink = kind,
+                        "alert replaced before it went out by a newer one about the same \
+                         subject (the {kind} receiver is slow or down): {}",
+                        old.message
+                    );
+                }
+                Displaced::Dropped(old) => {
+                    sink.stats.dropped.fetch_add(1, Relaxed);
+                    warn!(
+                        sink = kind,
+                        "alert dropped: the {kind} queue is full (its receiver is down or \
+                         slow), and the oldest alert made room for the newest: {}",
+                        old.message
+                    );
+                }
+                Displaced::Closed(a) => {
+                    sink.stats.dropped.fetch_add(1, Relaxed);
+                    info!(sink = kind, "alert not sent: stopping: {}", a.message);
+                }
             }
         }
     }
@@ -387,10 +410,22 @@ impl Alerter {
 
     /// Takes no more alerts and waits until those queued are delivered or given up
     /// (each sink's retries bound it; the caller bounds it too).
-    pub async fn close(self) {
-        let tasks: Vec<JoinHandle<()>> = self.sinks.into_iter().map(|s| s.task).collect();
-        for t in tasks {
-            let _ = t.await;
+    pub async fn close(mut self) {
+        let sinks = std::mem::take(&mut self.sinks);
+        for s in &sinks {
+            s.queue.close();
+        }
+        for s in sinks {
+            let _ = s.task.await;
+        }
+    }
+}
+
+impl Drop for Alerter {
+    /// The sinks' tasks deliver what is queued, then end.
+    fn drop(&mut self) {
+        for s in &self.sinks {
+            s.queue.close();
         }
     }
 }
