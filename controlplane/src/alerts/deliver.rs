@@ -51,6 +51,7 @@ pub(super) async fn run(t: Target, client: HttpClient, queue: Arc<Queue>, stats:
                 );
             }
         }
+        queue.done();
     }
 }
 

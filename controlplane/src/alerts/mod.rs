@@ -26,7 +26,6 @@ use std::time::{Duration, SystemTime};
 
 use conduit_proto::Secret;
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use flap::{FlapGuard, FlapSettings};
@@ -314,7 +313,6 @@ struct Sink {
     kind: SinkKind,
     queue: Arc<Queue>,
     stats: Arc<SinkStats>,
-    task: JoinHandle<()>,
 }
 
 /// The sending side of the alert sinks.
@@ -338,7 +336,7 @@ impl Alerter {
                 let Some(url) = url.clone() else { continue };
                 let queue = Arc::new(Queue::new(QUEUE));
                 let stats = Arc::new(SinkStats::default());
-                let task = tokio::spawn(deliver::run(
+                tokio::spawn(deliver::run(
                     deliver::Target {
                         kind,
                         url,
@@ -351,12 +349,7 @@ impl Alerter {
                     queue.clone(),
                     stats.clone(),
                 ));
-                sinks.push(Sink {
-                    kind,
-                    queue,
-                    stats,
-                    task,
-                });
+                sinks.push(Sink { kind, queue, stats });
             }
         }
         Ok(Self {
@@ -408,16 +401,20 @@ impl Alerter {
         !self.sinks.is_empty()
     }
 
-    /// Takes no more alerts and waits until those queued are delivered or given up
-    /// (each sink's retries bound it; the caller bounds it too).
-    pub async fn close(mut self) {
-        let sinks = std::mem::take(&mut self.sinks);
-        for s in &sinks {
+    /// Takes no more alerts, and gives those queued up to `within` to be delivered
+    /// or given up; returns how many were not (queued, or still being sent), each
+    /// sink's counted.
+    pub async fn close(&self, within: Duration) -> usize {
+        for s in &self.sinks {
             s.queue.close();
         }
-        for s in sinks {
-            let _ = s.task.await;
-        }
+        let idle = async {
+            for s in &self.sinks {
+                s.queue.idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(within, idle).await;
+        self.sinks.iter().map(|s| s.queue.left()).sum()
     }
 }
 
@@ -438,6 +435,90 @@ pub(crate) fn shown(url: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn to_hook(addr: std::net::SocketAddr) -> AlertSettings {
+        AlertSettings {
+            webhook: Some(Secret::new(format!("http://{addr}/hook"))),
+            retries: 0,
+            timeout: Duration::from_secs(600),
+            ..AlertSettings::default()
+        }
+    }
+
+    fn down(target: &str) -> Alert {
+        Alert {
+            event: Event::SourceDown,
+            subject: Subject::Source {
+                target: target.into(),
+                protocol: Protocol::Tcp,
+            },
+            message: format!("source {target} is down"),
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Stopping, what a receiver did not take is counted, not lost silently: the
+    /// alert it holds unanswered and those queued behind it. Alerts raised after
+    /// are not queued, and counted as dropped.
+    #[tokio::test]
+    async fn closing_counts_the_alerts_a_receiver_did_not_take() {
+        // Connections complete in its backlog; nothing ever answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alerter = Alerter::start(&to_hook(silent.local_addr().unwrap())).unwrap();
+        for t in ["a:1", "b:1", "c:1"] {
+            alerter.send(&down(t));
+        }
+        assert_eq!(alerter.close(Duration::from_millis(100)).await, 3);
+        alerter.send(&down("d:1"));
+        let stats = alerter.stats();
+        let counts = |s: &SinkStats| {
+            [&s.sent, &s.failed, &s.superseded, &s.dropped].map(|n| n.load(Relaxed))
+        };
+        assert_eq!(counts(stats[0].1), [0, 0, 0, 1]);
+    }
+
+    /// A receiver that answers is given the time to take every alert queued.
+    #[tokio::test]
+    async fn closing_waits_for_the_alerts_a_receiver_takes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Answers each request (its head, then the body it announces) with a 204.
+        let receiver = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = |got: &[u8]| {
+                    let text = String::from_utf8_lossy(got).to_ascii_lowercase();
+                    let (head, body) = text.split_once("\r\n\r\n")?;
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    (body.len() >= len).then_some(())
+                };
+                while complete(&got).is_none() {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+        });
+        let alerter = Alerter::start(&to_hook(addr)).unwrap();
+        for t in ["a:1", "b:1", "c:1"] {
+            alerter.send(&down(t));
+        }
+        // The bound is a deadline for a broken close, not a measure.
+        assert_eq!(alerter.close(Duration::from_secs(60)).await, 0);
+        assert_eq!(alerter.stats()[0].1.sent.load(Relaxed), 3);
+        receiver.abort();
+    }
 
     #[test]
     fn payloads_have_the_documented_fields() {

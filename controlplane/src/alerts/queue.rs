@@ -34,6 +34,8 @@ pub(super) enum Displaced {
 #[derive(Debug, Default)]
 struct Pending {
     alerts: VecDeque<Alert>,
+    /// An alert taken by the delivery task is being sent.
+    delivering: bool,
     closed: bool,
 }
 
@@ -57,6 +59,10 @@ impl Pending {
         self.alerts.push_back(alert);
         displaced
     }
+
+    fn left(&self) -> usize {
+        self.alerts.len() + usize::from(self.delivering)
+    }
 }
 
 /// The queue between [`super::Alerter::send`] and a sink's delivery task.
@@ -68,6 +74,8 @@ pub(super) struct Queue {
     pending: Mutex<Pending>,
     /// Wakes the delivery task: an alert queued, or the queue closed.
     queued: Notify,
+    /// Wakes [`Queue::idle`]: nothing left to deliver.
+    emptied: Notify,
 }
 
 impl Queue {
@@ -77,6 +85,7 @@ impl Queue {
             cap,
             pending: Mutex::new(Pending::default()),
             queued: Notify::new(),
+            emptied: Notify::new(),
         }
     }
 
@@ -95,12 +104,13 @@ impl Queue {
     }
 
     /// The next alert to deliver, oldest first; `None` once the queue is closed and
-    /// empty.
+    /// empty. The caller says [`Self::done`] when it is delivered or given up.
     pub(super) async fn next(&self) -> Option<Alert> {
         loop {
             {
                 let mut p = self.lock();
                 if let Some(a) = p.alerts.pop_front() {
+                    p.delivering = true;
                     return Some(a);
                 }
                 if p.closed {
@@ -112,16 +122,47 @@ impl Queue {
         }
     }
 
+    /// The alert [`Self::next`] gave is delivered, or given up.
+    pub(super) fn done(&self) {
+        let idle = {
+            let mut p = self.lock();
+            p.delivering = false;
+            p.alerts.is_empty()
+        };
+        if idle {
+            self.emptied.notify_waiters();
+        }
+    }
+
     /// Takes no more alerts; those queued are still delivered.
     pub(super) fn close(&self) {
         self.lock().closed = true;
         self.queued.notify_one();
     }
+
+    /// Alerts not delivered yet: queued, or being sent.
+    pub(super) fn left(&self) -> usize {
+        self.lock().left()
+    }
+
+    /// Waits until nothing is queued or being sent.
+    pub(super) async fn idle(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the check: a `done` in between still wakes it.
+            emptied.as_mut().enable();
+            if self.left() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::alerts::{Event, Subject};
@@ -189,7 +230,7 @@ mod tests {
             q.push(udp),
             Displaced::Dropped(alert(Event::SourceDown, "c:1"))
         );
-        assert_eq!(q.lock().alerts.len(), 3);
+        assert_eq!(q.left(), 3);
     }
 
     #[tokio::test]
@@ -199,13 +240,25 @@ mod tests {
         q.push(alert(Event::SourceDown, "b:1"));
         let first = q.next().await.map(|a| a.message);
         assert_eq!(first.as_deref(), Some("source a:1 is down"));
+        // One queued, one being sent.
+        assert_eq!(q.left(), 2);
         q.close();
         assert_eq!(
             q.push(alert(Event::SourceUp, "a:1")),
             Displaced::Closed(alert(Event::SourceUp, "a:1"))
         );
+        q.done();
         let second = q.next().await.map(|a| a.message);
         assert_eq!(second.as_deref(), Some("source b:1 is down"));
+        assert_eq!(q.left(), 1);
+        // A zero timeout polls `idle` once: it must be pending, then ready.
+        let idle = tokio::time::timeout(Duration::ZERO, q.idle()).await;
+        assert!(idle.is_err(), "idle while an alert was being sent");
+        q.done();
+        tokio::time::timeout(Duration::ZERO, q.idle())
+            .await
+            .expect("idle once the last alert is done");
         assert_eq!(q.next().await, None);
+        assert_eq!(q.left(), 0);
     }
 }

@@ -2,12 +2,12 @@
 //! hangs, a client link that breaks.
 
 use std::io::Read;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 
 use serde_json::json;
 
 use super::{TOKEN, client_id, echo_through, get, metrics, router_api};
-use crate::harness::{DEADLINE, Engine, Home, addr_in, assert_code};
+use crate::harness::{DEADLINE, Engine, Home, Proc, addr_in, assert_code};
 use crate::http::{Holding, Receiver, Switchable, curl, wait_for};
 use crate::sources;
 
@@ -317,43 +317,16 @@ fn a_receiver_that_catches_up_is_told_each_subjects_latest_state() {
     let mut a = Switchable::start();
     let mut b = Switchable::start();
     let (ta, tb) = (a.addr.to_string(), b.addr.to_string());
-    let (router, _, api) = router_api(
-        &home,
-        &[],
-        &[
-            "--alert-webhook",
-            &format!("http://{}/hook", hook.addr),
-            "--set",
-            &format!("health.sources={ta},{tb}"),
-            "--set",
-            "health.interval_secs=1",
-            "--set",
-            "alerts.timeout_secs=600",
-            "--set",
-            "alerts.retries=0",
-        ],
-    );
-    let state = |target: &str| {
-        let h = get(&api, "/api/v1/health")["data"].clone();
-        let s = h["sources"].as_array().cloned().unwrap_or_default();
-        s.iter()
-            .find(|s| s["target"] == target)
-            .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
-    };
-    let wait_state = |target: &str, want: &str| {
-        wait_for(&format!("{target} to be {want}"), || {
-            (state(target).as_deref() == Some(want)).then_some(())
-        })
-    };
-    wait_state(&ta, "up");
-    wait_state(&tb, "up");
+    let (router, _, api) = router_probing(&home, &hook, &[&ta, &tb]);
+    wait_source(&api, &ta, "up");
+    wait_source(&api, &tb, "up");
     // a's alert is held by the receiver; b's go down and up behind it.
     a.down();
     hook.wait_held(1);
     b.down();
-    wait_state(&tb, "down");
+    wait_source(&api, &tb, "down");
     b.up();
-    wait_state(&tb, "up");
+    wait_source(&api, &tb, "up");
     router.wait_stderr(&format!(
         "alert replaced before it went out by a newer one about the same subject (the \
          webhook receiver is slow or down): source {tb} is down"
@@ -399,4 +372,68 @@ fn a_receiver_that_catches_up_is_told_each_subjects_latest_state() {
         [Some(0.0), Some(2.0), Some(1.0), Some(0.0)],
         "{text}"
     );
+}
+
+/// A router that probes `sources` every second and sends alerts to `hook`, which
+/// it waits on for as long as the hook holds them, and does not retry.
+fn router_probing(home: &Home, hook: &Holding, sources: &[&str]) -> (Proc, SocketAddr, String) {
+    router_api(
+        home,
+        &[],
+        &[
+            "--alert-webhook",
+            &format!("http://{}/hook", hook.addr),
+            "--set",
+            &format!("health.sources={}", sources.join(",")),
+            "--set",
+            "health.interval_secs=1",
+            "--set",
+            "alerts.timeout_secs=600",
+            "--set",
+            "alerts.retries=0",
+        ],
+    )
+}
+
+/// Waits until the router's API shows source `target` in state `want`.
+fn wait_source(api: &str, target: &str, want: &str) {
+    wait_for(&format!("{target} to be {want}"), || {
+        let h = get(api, "/api/v1/health")["data"].clone();
+        let sources = h["sources"].as_array().cloned().unwrap_or_default();
+        sources
+            .iter()
+            .any(|s| s["target"] == target && s["state"] == want)
+            .then_some(())
+    })
+}
+
+/// A router that stops gives the alerts still queued a moment, then says how many
+/// its receiver did not take: the one it holds and the one behind it (it used to
+/// end without a word about them).
+#[test]
+fn a_stopping_router_says_how_many_alerts_were_not_delivered() {
+    let home = Home::with_keys();
+    let hook = Holding::start();
+    let mut a = Switchable::start();
+    let mut b = Switchable::start();
+    let (ta, tb) = (a.addr.to_string(), b.addr.to_string());
+    let (mut router, _, api) = router_probing(&home, &hook, &[&ta, &tb]);
+    wait_source(&api, &ta, "up");
+    wait_source(&api, &tb, "up");
+    a.down();
+    hook.wait_held(1);
+    b.down();
+    wait_source(&api, &tb, "down");
+    assert_code(router.stop(), 0, &router.stderr());
+    let err = router.stderr();
+    assert!(
+        err.contains(
+            "stopped before every alert was delivered: 2 not sent after waiting 2s for them \
+             (their receiver is slow or down; each was logged when raised)"
+        ),
+        "{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("router stopped (SIGTERM)"), "{err}");
+    assert_eq!(hook.received().len(), 1);
 }
