@@ -429,6 +429,15 @@ impl Router {
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        // Alerts still queued get a moment to go, as a tunnel's do.
+        let left = self.state.monitor.alerter().close(ALERTS_AT_STOP).await;
+        if left > 0 {
+            warn!(
+                "stopped before every alert was delivered: {left} not sent after waiting \
+                 {ALERTS_AT_STOP:?} for them (their receiver is slow or down; each was logged \
+                 when raised)"
+            );
+        }
         info!(
             "{}",
             crate::stop::stopped_line("router", why, drain, drained)
@@ -474,6 +483,10 @@ const PROTOCOL_VERSION_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x4
 
 /// How often a router whose handshake slots keep running out says so again.
 const FULL_REPEAT: Duration = Duration::from_secs(60);
+
+/// How long a stopping router gives the alerts still queued (a tunnel gives its own
+/// as long).
+const ALERTS_AT_STOP: Duration = Duration::from_secs(2);
 
 async fn handle(
     state: Arc<State>,

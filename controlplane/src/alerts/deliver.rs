@@ -1,4 +1,4 @@
-//! One sink's delivery task: alerts in order, each POSTed with retries and exponential
+//! One sink's delivery task: alerts in order (as [`super::queue`] keeps them), each POSTed with retries and exponential
 //! back-off; a final failure is logged and counted, and the next alert goes on.
 
 use std::sync::Arc;
@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use conduit_proto::Secret;
 use hyper::Method;
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Alert, Origin, SinkKind, SinkStats, shown};
+use super::queue::Queue;
+use super::{Origin, SinkKind, SinkStats, shown};
 use crate::http::HttpClient;
 
 pub(super) struct Target {
@@ -22,13 +22,8 @@ pub(super) struct Target {
     pub(super) backoff: Duration,
 }
 
-pub(super) async fn run(
-    t: Target,
-    client: HttpClient,
-    mut queue: mpsc::Receiver<Alert>,
-    stats: Arc<SinkStats>,
-) {
-    while let Some(alert) = queue.recv().await {
+pub(super) async fn run(t: Target, client: HttpClient, queue: Arc<Queue>, stats: Arc<SinkStats>) {
+    while let Some(alert) = queue.next().await {
         let body = match t.kind {
             SinkKind::Webhook => alert.webhook_json(&t.origin),
             SinkKind::Slack => alert.slack_json(&t.origin),
@@ -56,6 +51,7 @@ pub(super) async fn run(
                 );
             }
         }
+        queue.done();
     }
 }
 

@@ -5,16 +5,19 @@
 //!
 //! ```text
 //!  monitor ── Alert ──▶ FlapGuard ──▶ Alerter::send ──▶ per-sink queue ──▶ task: POST, retry
-//!                                       (try_send: never waits)          with back-off, log
+//!                                      (never waits)    (one per subject)   with back-off, log
 //! ```
 //!
 //! Each sink has its own task and bounded queue, so a receiver that is down or slow
 //! delays only its own later alerts (in order), never the monitor, another sink, or
-//! any traffic. A full queue drops the alert with a warning. Failures are logged with
-//! the URL cut to scheme and host: webhook URLs carry their token.
+//! any traffic. While alerts wait, a newer one about a subject replaces the one
+//! waiting about it, and a full queue drops its oldest (`queue.rs`): a receiver
+//! that catches up is told each subject's latest state. Failures are logged with the
+//! URL cut to scheme and host: webhook URLs carry their token.
 
 mod deliver;
 mod flap;
+mod queue;
 pub mod tunnel;
 
 use std::sync::Arc;
@@ -23,11 +26,10 @@ use std::time::{Duration, SystemTime};
 
 use conduit_proto::Secret;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub use flap::{FlapGuard, FlapSettings};
+use queue::{Displaced, Queue};
 
 use crate::config::Protocol;
 use crate::http::{HttpClient, redact};
@@ -301,15 +303,16 @@ pub struct SinkStats {
     pub sent: AtomicU64,
     /// Given up after every retry.
     pub failed: AtomicU64,
-    /// Dropped because the queue was full.
+    /// Replaced, before it went out, by a newer alert about the same subject.
+    pub superseded: AtomicU64,
+    /// Dropped: the oldest of a full queue, or raised once alerts were closed.
     pub dropped: AtomicU64,
 }
 
 struct Sink {
     kind: SinkKind,
-    queue: mpsc::Sender<Alert>,
+    queue: Arc<Queue>,
     stats: Arc<SinkStats>,
-    task: JoinHandle<()>,
 }
 
 /// The sending side of the alert sinks.
@@ -331,9 +334,9 @@ impl Alerter {
             let client = HttpClient::new(s.timeout)?;
             for (kind, url) in configured {
                 let Some(url) = url.clone() else { continue };
-                let (tx, rx) = mpsc::channel(QUEUE);
+                let queue = Arc::new(Queue::new(QUEUE));
                 let stats = Arc::new(SinkStats::default());
-                let task = tokio::spawn(deliver::run(
+                tokio::spawn(deliver::run(
                     deliver::Target {
                         kind,
                         url,
@@ -343,15 +346,10 @@ impl Alerter {
                         backoff: s.backoff,
                     },
                     client.clone(),
-                    rx,
+                    queue.clone(),
                     stats.clone(),
                 ));
-                sinks.push(Sink {
-                    kind,
-                    queue: tx,
-                    stats,
-                    task,
-                });
+                sinks.push(Sink { kind, queue, stats });
             }
         }
         Ok(Self {
@@ -360,17 +358,35 @@ impl Alerter {
         })
     }
 
-    /// Queues `alert` for every sink; never waits.
+    /// Queues `alert` for every sink; never waits. An alert waiting about the same
+    /// subject is replaced; a full queue drops its oldest.
     pub fn send(&self, alert: &Alert) {
         for sink in &self.sinks {
-            if sink.queue.try_send(alert.clone()).is_err() {
-                sink.stats.dropped.fetch_add(1, Relaxed);
-                warn!(
-                    sink = sink.kind.as_str(),
-                    "alert dropped: the {} queue is full (its receiver is down or slow): {}",
-                    sink.kind.as_str(),
-                    alert.message
-                );
+            let kind = sink.kind.as_str();
+            match sink.queue.push(alert.clone()) {
+                Displaced::Nothing => {}
+                Displaced::Superseded(old) => {
+                    sink.stats.superseded.fetch_add(1, Relaxed);
+                    info!(
+                        sink = kind,
+                        "alert replaced before it went out by a newer one about the same \
+                         subject (the {kind} receiver is slow or down): {}",
+                        old.message
+                    );
+                }
+                Displaced::Dropped(old) => {
+                    sink.stats.dropped.fetch_add(1, Relaxed);
+                    warn!(
+                        sink = kind,
+                        "alert dropped: the {kind} queue is full (its receiver is down or \
+                         slow), and the oldest alert made room for the newest: {}",
+                        old.message
+                    );
+                }
+                Displaced::Closed(a) => {
+                    sink.stats.dropped.fetch_add(1, Relaxed);
+                    info!(sink = kind, "alert not sent: stopping: {}", a.message);
+                }
             }
         }
     }
@@ -385,12 +401,28 @@ impl Alerter {
         !self.sinks.is_empty()
     }
 
-    /// Takes no more alerts and waits until those queued are delivered or given up
-    /// (each sink's retries bound it; the caller bounds it too).
-    pub async fn close(self) {
-        let tasks: Vec<JoinHandle<()>> = self.sinks.into_iter().map(|s| s.task).collect();
-        for t in tasks {
-            let _ = t.await;
+    /// Takes no more alerts, and gives those queued up to `within` to be delivered
+    /// or given up; returns how many were not (queued, or still being sent), each
+    /// sink's counted.
+    pub async fn close(&self, within: Duration) -> usize {
+        for s in &self.sinks {
+            s.queue.close();
+        }
+        let idle = async {
+            for s in &self.sinks {
+                s.queue.idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(within, idle).await;
+        self.sinks.iter().map(|s| s.queue.left()).sum()
+    }
+}
+
+impl Drop for Alerter {
+    /// The sinks' tasks deliver what is queued, then end.
+    fn drop(&mut self) {
+        for s in &self.sinks {
+            s.queue.close();
         }
     }
 }
@@ -403,6 +435,90 @@ pub(crate) fn shown(url: &Secret) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn to_hook(addr: std::net::SocketAddr) -> AlertSettings {
+        AlertSettings {
+            webhook: Some(Secret::new(format!("http://{addr}/hook"))),
+            retries: 0,
+            timeout: Duration::from_secs(600),
+            ..AlertSettings::default()
+        }
+    }
+
+    fn down(target: &str) -> Alert {
+        Alert {
+            event: Event::SourceDown,
+            subject: Subject::Source {
+                target: target.into(),
+                protocol: Protocol::Tcp,
+            },
+            message: format!("source {target} is down"),
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Stopping, what a receiver did not take is counted, not lost silently: the
+    /// alert it holds unanswered and those queued behind it. Alerts raised after
+    /// are not queued, and counted as dropped.
+    #[tokio::test]
+    async fn closing_counts_the_alerts_a_receiver_did_not_take() {
+        // Connections complete in its backlog; nothing ever answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let alerter = Alerter::start(&to_hook(silent.local_addr().unwrap())).unwrap();
+        for t in ["a:1", "b:1", "c:1"] {
+            alerter.send(&down(t));
+        }
+        assert_eq!(alerter.close(Duration::from_millis(100)).await, 3);
+        alerter.send(&down("d:1"));
+        let stats = alerter.stats();
+        let counts = |s: &SinkStats| {
+            [&s.sent, &s.failed, &s.superseded, &s.dropped].map(|n| n.load(Relaxed))
+        };
+        assert_eq!(counts(stats[0].1), [0, 0, 0, 1]);
+    }
+
+    /// A receiver that answers is given the time to take every alert queued.
+    #[tokio::test]
+    async fn closing_waits_for_the_alerts_a_receiver_takes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Answers each request (its head, then the body it announces) with a 204.
+        let receiver = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = |got: &[u8]| {
+                    let text = String::from_utf8_lossy(got).to_ascii_lowercase();
+                    let (head, body) = text.split_once("\r\n\r\n")?;
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    (body.len() >= len).then_some(())
+                };
+                while complete(&got).is_none() {
+                    let n = s.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+        });
+        let alerter = Alerter::start(&to_hook(addr)).unwrap();
+        for t in ["a:1", "b:1", "c:1"] {
+            alerter.send(&down(t));
+        }
+        // The bound is a deadline for a broken close, not a measure.
+        assert_eq!(alerter.close(Duration::from_secs(60)).await, 0);
+        assert_eq!(alerter.stats()[0].1.sent.load(Relaxed), 3);
+        receiver.abort();
+    }
 
     #[test]
     fn payloads_have_the_documented_fields() {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::warn;
 
 use super::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
 use crate::client::LinkStatus;
@@ -319,7 +319,8 @@ fn rounded(d: Duration) -> humantime::FormattedDuration {
 /// The running watcher.
 pub(crate) struct Watcher {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    /// Hands the alerter back once it has taken in the link's last status.
+    task: JoinHandle<Alerter>,
 }
 
 impl Watcher {
@@ -347,13 +348,19 @@ impl Watcher {
     }
 
     /// Takes in the link's last status, then waits up to `within` for the alerts
-    /// queued to be delivered.
+    /// queued to be delivered, and logs how many were not.
     pub(crate) async fn finish(self, within: Duration) {
         let _ = self.stop.send(());
-        let mut task = self.task;
-        if tokio::time::timeout(within, &mut task).await.is_err() {
-            task.abort();
-            info!("stopped before every alert was delivered");
+        // The task ends at once when told to: nothing in it waits but its select.
+        let Ok(alerter) = self.task.await else {
+            return;
+        };
+        let left = alerter.close(within).await;
+        if left > 0 {
+            warn!(
+                "stopped before every alert was delivered: {left} not sent after waiting \
+                 {within:?} for them (their receiver is slow or down)"
+            );
         }
     }
 }
@@ -364,7 +371,7 @@ async fn run(
     mut watch: Links,
     mut links: watch::Receiver<Vec<LinkStatus>>,
     mut stop: oneshot::Receiver<()>,
-) {
+) -> Alerter {
     let emit = |flap: &mut FlapGuard, said: Vec<Said>| {
         for (event, routers, message) in said {
             let alert = Alert {
@@ -406,7 +413,7 @@ async fn run(
             }
         }
     }
-    alerter.close().await;
+    alerter
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -302,7 +302,8 @@ pub struct HealthConfig {
     pub failures: u64,
     /// Successful probes in a row that make a down source up.
     pub successes: u64,
-    /// A source opened within this many seconds is probed.
+    /// A source opened within this many seconds is probed; one unused longer is
+    /// forgotten, up or down.
     pub recent_secs: u64,
     /// Sources probed even when no client uses them.
     pub sources: Vec<String>,

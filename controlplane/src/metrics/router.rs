@@ -227,12 +227,15 @@ pub fn render(i: &Inputs<'_>) -> String {
     e.family(
         "conduit_alerts_total",
         Kind::Counter,
-        "Alerts by sink and result (sent, failed after retries, dropped on a full queue).",
+        "Alerts by sink and result (sent; failed after retries; superseded by a newer one \
+         about the same subject before it went out; dropped, the oldest of a full queue or \
+         one raised while stopping).",
     );
     for (kind, st) in i.alerter.stats() {
         for (result, n) in [
             ("sent", &st.sent),
             ("failed", &st.failed),
+            ("superseded", &st.superseded),
             ("dropped", &st.dropped),
         ] {
             e.sample(

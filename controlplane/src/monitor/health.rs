@@ -11,7 +11,7 @@
 //! everything, or a service that hangs, is found out.
 //!
 //! Which sources: those a client opened within `recent` (the data plane remembers when
-//! each was last opened), plus the ones the operator lists. With the defaults (probe
+//! each was last opened), up or down, plus the ones the operator lists. With the defaults (probe
 //! every 5 s, 2 s timeout, 2 failures) a source that goes down is reported within
 //! about 12 s, and within 20 s at worst (a probe that hangs for its whole timeout).
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
-use conduit_dataplane::DataPlane;
+use conduit_dataplane::{DataPlane, Usage};
 use conduit_proto::PublicKey;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -319,48 +319,34 @@ impl Task {
         }
     }
 
-    /// Starts a probe of every source in use that is not being probed already.
+    /// Starts a probe of every source [`watched`] that is not being probed already,
+    /// and forgets the others.
     async fn start_round(&mut self, probes: &mut JoinSet<ProbeResult>) {
-        let usage = self.dp.usage().await;
-        let recent = self.settings.recent;
-        let in_use = |m: HashMap<String, Duration>, protocol: Protocol| {
-            m.into_iter()
-                .filter(move |(_, ago)| *ago <= recent)
-                .map(move |(s, _)| (s, protocol))
-        };
-        let mut wanted: HashSet<Source> = in_use(usage.sources, Protocol::Tcp)
-            .chain(in_use(usage.udp_sources, Protocol::Udp))
-            .collect();
-        wanted.extend(
-            self.settings
-                .sources
-                .iter()
-                .map(|s| (s.clone(), Protocol::Tcp)),
-        );
-        // A UDP source given a probe of its own is watched whether or not a flow
-        // uses it, as `sources` are over TCP.
-        wanted.extend(
-            self.settings
-                .udp_probes
-                .iter()
-                .map(|(s, _)| (s.clone(), Protocol::Udp)),
-        );
-        // A source found down is watched until it is back, used or not: its outage
-        // ends with an `up` (what an alert's receiver waits for), and the router does
-        // not read healthy while it lasts.
-        wanted.extend(
-            self.sources
-                .iter()
-                .filter(|(_, h)| h.view().state == SourceState::Down)
-                .map(|(s, _)| s.clone()),
-        );
-        let before = self.sources.len();
-        self.sources.retain(|s, _| wanted.contains(s));
+        let wanted = watched(self.dp.usage().await, &self.settings);
+        let gone = forget(&mut self.sources, &wanted);
+        for v in gone.iter().filter(|v| v.state == SourceState::Down) {
+            let subject = Subject::Source {
+                target: v.target.clone(),
+                protocol: v.protocol,
+            };
+            // No alert: the source did not come back, and a `source_up` would say
+            // it did. The receiver keeps its `source_down`, the log says why.
+            info!(
+                "stopped probing {}, down since {}: no stream has opened it for {}s \
+                 (health.recent_secs), so no source_up alert will follow; list it in \
+                 health.sources to keep it watched",
+                subject.text(),
+                humantime::format_rfc3339_seconds(v.since),
+                self.settings.recent.as_secs()
+            );
+        }
         let now = SystemTime::now();
+        let mut added = false;
         for source in wanted {
-            self.sources
-                .entry(source.clone())
-                .or_insert_with(|| SourceHealth::new(&source.0, source.1, now));
+            self.sources.entry(source.clone()).or_insert_with(|| {
+                added = true;
+                SourceHealth::new(&source.0, source.1, now)
+            });
             if self.in_flight.insert(source.clone()) {
                 let timeout = self.settings.timeout;
                 let how = self.settings.udp_probe(&source.0);
@@ -370,7 +356,7 @@ impl Task {
                 });
             }
         }
-        if self.sources.len() != before {
+        if added || !gone.is_empty() {
             self.publish();
         }
     }
@@ -472,5 +458,141 @@ impl Task {
             links: self.links.views(),
             sources,
         }));
+    }
+}
+
+/// The sources to probe: each one a stream or flow opened within `recent` (or still
+/// uses), whatever its state, plus those the operator lists (`sources`, and UDP ones
+/// given a probe of their own), which are watched whether or not a client uses them.
+///
+/// A source found down that no stream has tried for `recent` is let go as an up one
+/// is: otherwise a mistyped `--source`, or each of the many a client may name under
+/// a wide allow rule, would stay probed, in the metrics, and keep the router
+/// degraded for good. Streams the breaker turns away count as tries, so a source
+/// down that users still want stays watched until it is back.
+fn watched(usage: Usage, s: &HealthSettings) -> HashSet<Source> {
+    let recent = s.recent;
+    let in_use = |m: HashMap<String, Duration>, protocol: Protocol| {
+        m.into_iter()
+            .filter(move |(_, ago)| *ago <= recent)
+            .map(move |(s, _)| (s, protocol))
+    };
+    let mut wanted: HashSet<Source> = in_use(usage.sources, Protocol::Tcp)
+        .chain(in_use(usage.udp_sources, Protocol::Udp))
+        .collect();
+    wanted.extend(s.sources.iter().map(|t| (t.clone(), Protocol::Tcp)));
+    wanted.extend(s.udp_probes.iter().map(|(t, _)| (t.clone(), Protocol::Udp)));
+    wanted
+}
+
+/// Forgets the sources not `wanted`; returns what the API showed of each.
+fn forget(
+    sources: &mut HashMap<Source, SourceHealth>,
+    wanted: &HashSet<Source>,
+) -> Vec<SourceView> {
+    let mut gone = Vec::new();
+    sources.retain(|s, h| {
+        let keep = wanted.contains(s);
+        if !keep {
+            gone.push(h.view().clone());
+        }
+        keep
+    });
+    gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down(target: &str, protocol: Protocol) -> (Source, SourceHealth) {
+        let s = HealthSettings::default();
+        let now = SystemTime::now();
+        let mut h = SourceHealth::new(target, protocol, now);
+        for _ in 0..s.fall {
+            h.record(Err("connection refused".into()), &s, now);
+        }
+        assert_eq!(h.view().state, SourceState::Down);
+        ((target.to_owned(), protocol), h)
+    }
+
+    fn up(target: &str) -> (Source, SourceHealth) {
+        let s = HealthSettings::default();
+        let mut h = SourceHealth::new(target, Protocol::Tcp, SystemTime::now());
+        h.record(Ok(Some(Duration::from_millis(1))), &s, SystemTime::now());
+        assert_eq!(h.view().state, SourceState::Up);
+        ((target.to_owned(), Protocol::Tcp), h)
+    }
+
+    /// A source down that nobody has tried for `recent` is let go like an up one
+    /// (it used to be probed, shown and counted as down until it answered); one the
+    /// operator listed, or one still tried, stays.
+    #[test]
+    fn a_source_nobody_uses_is_forgotten_down_or_up_unless_listed() {
+        let settings = HealthSettings {
+            recent: Duration::from_secs(3),
+            sources: vec!["10.0.0.5:80".into()],
+            udp_probes: vec![("10.0.0.6:53".into(), UdpProbe::Dns)],
+            ..HealthSettings::default()
+        };
+        let mut sources: HashMap<Source, SourceHealth> = HashMap::from([
+            down("127.0.0.1:21601", Protocol::Tcp),
+            down("127.0.0.1:21602", Protocol::Tcp),
+            down("127.0.0.1:21603", Protocol::Udp),
+            up("10.0.0.1:80"),
+            up("10.0.0.2:80"),
+            down("10.0.0.5:80", Protocol::Tcp),
+            down("10.0.0.6:53", Protocol::Udp),
+        ]);
+        let secs = Duration::from_secs;
+        let usage = Usage {
+            sources: HashMap::from([
+                ("127.0.0.1:21601".to_owned(), secs(4)),
+                // Tried (and turned away) a moment ago: still wanted.
+                ("127.0.0.1:21602".to_owned(), secs(1)),
+                ("10.0.0.1:80".to_owned(), secs(3)),
+                ("10.0.0.2:80".to_owned(), secs(600)),
+                ("10.0.0.5:80".to_owned(), secs(600)),
+            ]),
+            udp_sources: HashMap::from([("127.0.0.1:21603".to_owned(), secs(4))]),
+            ..Usage::default()
+        };
+        let wanted = watched(usage, &settings);
+        let mut gone: Vec<(String, Protocol, SourceState)> = forget(&mut sources, &wanted)
+            .into_iter()
+            .map(|v| (v.target, v.protocol, v.state))
+            .collect();
+        gone.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            gone,
+            vec![
+                ("10.0.0.2:80".to_owned(), Protocol::Tcp, SourceState::Up),
+                (
+                    "127.0.0.1:21601".to_owned(),
+                    Protocol::Tcp,
+                    SourceState::Down
+                ),
+                (
+                    "127.0.0.1:21603".to_owned(),
+                    Protocol::Udp,
+                    SourceState::Down
+                ),
+            ]
+        );
+        let mut kept: Vec<Source> = sources.into_keys().collect();
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        let tcp = |t: &str| (t.to_owned(), Protocol::Tcp);
+        assert_eq!(
+            kept,
+            vec![
+                tcp("10.0.0.1:80"),
+                tcp("10.0.0.5:80"),
+                ("10.0.0.6:53".to_owned(), Protocol::Udp),
+                tcp("127.0.0.1:21602"),
+            ]
+        );
+        let mut wanted: Vec<Source> = wanted.into_iter().collect();
+        wanted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(wanted, kept);
     }
 }
