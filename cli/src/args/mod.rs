@@ -99,7 +99,7 @@ pub(crate) enum Command {
     /// sources in this network.
     ///
     /// Every setting also has a key in the router's configuration file (--config) and
-    /// a variable CONDUIT_<SECTION>_<KEY> (CONDUIT_ROUTER_BIND,
+    /// a variable `CONDUIT_<SECTION>_<KEY>` (CONDUIT_ROUTER_BIND,
     /// CONDUIT_PERFORMANCE_IO_ENGINE…; CONDUIT_IO_ENGINE, CONDUIT_WORKERS,
     /// CONDUIT_PIN_CORES and CONDUIT_KERNEL_TLS too); flags win over both, and
     /// `conduit config show --router -f FILE` shows where each value comes from.
