@@ -57,7 +57,7 @@ use std::time::Duration;
 pub use client::{ClientTunnel, LinkStatus, TunnelSettings};
 pub use error::Error;
 pub use home::Home;
-pub use policy::AllowList;
+pub use policy::{AllowList, RulesGiven};
 pub use router::{Router, RouterSettings};
 
 /// How a client and its router talk.

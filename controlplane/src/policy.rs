@@ -225,10 +225,10 @@ impl Rule {
         &self.text
     }
 
-    /// A warning for a rule that lets its clients reach every address on every port
-    /// (`*:*`, `0.0.0.0/0:*`, `[::/0]:*`): the router's own loopback services and
-    /// API, a cloud's metadata service, the whole network around it. Allowed, as a
-    /// lab may want it, but never without a word.
+    /// A warning for a rule that lets its clients reach every address, on every
+    /// port (`*:*`, `0.0.0.0/0:*`, `[::/0]:*`) or on some (`*:80`): the router's own
+    /// loopback services and API, a cloud's metadata service (on port 80), the whole
+    /// network around it. Allowed, as a lab may want it, but never without a word.
     pub fn opens_everything(&self) -> Option<String> {
         let every = match &self.host {
             Host::Any => "every address",
@@ -236,20 +236,40 @@ impl Rule {
             Host::Net(IpNet::V6(n)) if n.prefix_len() == 0 => "every IPv6 address",
             _ => return None,
         };
-        // Port 0 is no source's: `1-65535` is every port too.
-        if !matches!(self.ports, Ports::Any | Ports::Range(0 | 1, u16::MAX)) {
-            return None;
-        }
         let who = match &self.client {
             None => "every client".to_owned(),
             Some(Who::Key(k)) => format!("client {k}"),
             Some(Who::Name(n)) => format!("client {n:?}"),
         };
+        // Port 0 is no source's: `1-65535` is every port too.
+        let (first, last) = match self.ports {
+            Ports::Any | Ports::Range(0 | 1, u16::MAX) => {
+                return Some(format!(
+                    "allow rule `{}` lets {who} reach {every} on every port the router can \
+                     reach: its own loopback services and API, cloud metadata \
+                     (169.254.169.254), the whole network around it; allow only the sources \
+                     clients need, by address and port (10.2.0.2:8080), network and port \
+                     (10.2.0.0/24:5432) or name (db.internal:5432)",
+                    self.text
+                ));
+            }
+            Ports::Range(a, b) => (a, b),
+        };
+        let ports = if first == last {
+            format!("port {first}")
+        } else {
+            format!("ports {first}-{last}")
+        };
+        let metadata = if self.ports.contains(80) {
+            ", cloud metadata (169.254.169.254:80)"
+        } else {
+            ""
+        };
         Some(format!(
-            "allow rule `{}` lets {who} reach {every} on every port the router can reach: \
-             its own loopback services and API, cloud metadata (169.254.169.254), the whole \
-             network around it; allow only the sources clients need, by address and port \
-             (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name (db.internal:5432)",
+            "allow rule `{}` lets {who} reach {ports} of {every} the router can reach: its \
+             own loopback services{metadata}, the whole network around it; allow only the \
+             sources clients need, by address and port (10.2.0.2:{first}), network and port \
+             (10.2.0.0/24:{first}) or name (db.internal:{first})",
             self.text
         ))
     }
@@ -286,10 +306,24 @@ fn rule_form(target: &str) -> String {
     }
 }
 
+/// Where a router's allow rules were given, so that a refusal names the place to
+/// add the missing one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RulesGiven {
+    /// `--allow` on the command line (or nowhere yet).
+    #[default]
+    Flags,
+    /// `allow` under `[router]` in the router's file.
+    File,
+    /// An environment variable (`CONDUIT_ROUTER_ALLOW`).
+    Env(String),
+}
+
 /// An ordered set of allow rules.
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
     rules: Vec<Rule>,
+    given: RulesGiven,
 }
 
 impl AllowList {
@@ -304,9 +338,31 @@ impl AllowList {
             }
         }
         if errors.is_empty() {
-            Ok(Self { rules: ok })
+            Ok(Self {
+                rules: ok,
+                given: RulesGiven::Flags,
+            })
         } else {
             Err(errors)
+        }
+    }
+
+    /// The same rules, given where `given` says: refusals tell to add a rule there
+    /// (a rule added with `--allow` to a router whose rules are in its file would
+    /// replace them all).
+    pub fn given_in(mut self, given: RulesGiven) -> Self {
+        self.given = given;
+        self
+    }
+
+    /// How to add `rule` where this router's rules are given.
+    fn add(&self, rule: &str) -> String {
+        match &self.given {
+            RulesGiven::Flags => format!("add `--allow {rule}` to the router"),
+            RulesGiven::File => {
+                format!("add \"{rule}\" to `allow` under [router] in the router's file")
+            }
+            RulesGiven::Env(var) => format!("add {rule} to the router's {var} (comma-separated)"),
         }
     }
 
@@ -381,17 +437,17 @@ impl AllowList {
                 };
                 format!(
                     "source {target} is allowed to other clients only by the router's \
-                     policy{why}; to allow it to this client too, add `--allow \
-                     {who}={rule}` to the router"
+                     policy{why}; to allow it to this client too, {}",
+                    self.add(&format!("{who}={rule}"))
                 )
             }
-            _ if self.rules.is_empty() => format!(
+            _ if self.rules.is_empty() && self.given == RulesGiven::Flags => format!(
                 "source {target} is not allowed by the router's policy{why}; this router \
                  allows no sources yet: start it with `--allow {rule}`"
             ),
             _ => format!(
-                "source {target} is not allowed by the router's policy{why}; to allow it, add \
-                 `--allow {rule}` to the router"
+                "source {target} is not allowed by the router's policy{why}; to allow it, {}",
+                self.add(&rule)
             ),
         };
         Refusal::new(RefusalCode::PolicyDenied, message)

@@ -142,10 +142,10 @@ fn a_prefix_after_the_brackets_is_the_same_cidr() {
     }
 }
 
-/// A rule for every address and port turns the router into an open proxy into
-/// its network: allowed, with a warning naming the narrower forms.
+/// A rule for every address (on every port, or on some) turns the router into an
+/// open proxy into its network: allowed, with a warning naming the narrower forms.
 #[test]
-fn rules_for_every_address_and_port_are_warned_of() {
+fn rules_for_every_address_are_warned_of() {
     let k = key();
     let rules = [
         "*:*".to_owned(),
@@ -155,8 +155,11 @@ fn rules_for_every_address_and_port_are_warned_of() {
         format!("{k}=*:*"),
         "laptop=*:*".to_owned(),
         "[::/0]:1-65535".to_owned(),
-        // Narrower: not warned of.
+        // Every address on some ports: warned of too.
         "*:443".to_owned(),
+        "laptop=0.0.0.0/0:80".to_owned(),
+        "*:8000-8100".to_owned(),
+        // Narrower: not warned of.
         "0.0.0.0/1:*".to_owned(),
         "10.0.0.0/8:*".to_owned(),
         "db.internal:*".to_owned(),
@@ -182,6 +185,26 @@ fn rules_for_every_address_and_port_are_warned_of() {
              (db.internal:5432)"
         )
     });
+    let some_ports = [
+        "allow rule `*:443` lets every client reach port 443 of every address the \
+             router can reach: its own loopback services, the whole network around it; \
+             allow only the sources clients need, by address and port (10.2.0.2:443), \
+             network and port (10.2.0.0/24:443) or name (db.internal:443)"
+            .to_owned(),
+        "allow rule `laptop=0.0.0.0/0:80` lets client \"laptop\" reach port 80 of every \
+             IPv4 address the router can reach: its own loopback services, cloud metadata \
+             (169.254.169.254:80), the whole network around it; allow only the sources \
+             clients need, by address and port (10.2.0.2:80), network and port \
+             (10.2.0.0/24:80) or name (db.internal:80)"
+            .to_owned(),
+        "allow rule `*:8000-8100` lets every client reach ports 8000-8100 of every \
+             address the router can reach: its own loopback services, the whole network \
+             around it; allow only the sources clients need, by address and port \
+             (10.2.0.2:8000), network and port (10.2.0.0/24:8000) or name \
+             (db.internal:8000)"
+            .to_owned(),
+    ];
+    let expected: Vec<String> = expected.into_iter().chain(some_ports).collect();
     assert_eq!(warned, expected);
 }
 
@@ -421,4 +444,41 @@ fn bad_rules_are_all_reported() {
         AllowList::parse(&["10.0.0.1", "1.2.3.4:99999", "ok.example:80", "h:9-1"]).unwrap_err();
     assert_eq!(errs.len(), 3);
     assert!(errs[0].contains("no port"), "{}", errs[0]);
+}
+
+/// A refusal names the place the router's rules are given: a rule added with
+/// `--allow` to a router whose rules are in its file would replace them all.
+#[test]
+fn refusals_say_where_to_add_the_rule() {
+    let refusal = |given: RulesGiven| {
+        AllowList::parse(&["10.0.0.2:80"])
+            .unwrap()
+            .given_in(given)
+            .check(Some(Caller::key(&key())), "10.0.0.1:22", no_dns)
+            .unwrap_err()
+            .message
+    };
+    let head = "source 10.0.0.1:22 is not allowed by the router's policy; to allow it, ";
+    assert_eq!(
+        refusal(RulesGiven::Flags),
+        format!("{head}add `--allow 10.0.0.1:22` to the router")
+    );
+    assert_eq!(
+        refusal(RulesGiven::File),
+        format!("{head}add \"10.0.0.1:22\" to `allow` under [router] in the router's file")
+    );
+    assert_eq!(
+        refusal(RulesGiven::Env("CONDUIT_ROUTER_ALLOW".into())),
+        format!("{head}add 10.0.0.1:22 to the router's CONDUIT_ROUTER_ALLOW (comma-separated)")
+    );
+    // A file that allows nothing yet: the rule goes in it too.
+    let empty = AllowList::default()
+        .given_in(RulesGiven::File)
+        .check(None, "10.0.0.1:22", no_dns)
+        .unwrap_err()
+        .message;
+    assert_eq!(
+        empty,
+        format!("{head}add \"10.0.0.1:22\" to `allow` under [router] in the router's file")
+    );
 }
