@@ -23,6 +23,9 @@ pub(crate) struct LogSettings {
     level: String,
     json: bool,
     file: Option<PathBuf>,
+    /// How `file` was given, for messages: `--log-file` (or its `CONDUIT_LOG_FILE`),
+    /// or the configuration's `logging.file`.
+    file_named: &'static str,
     rotation: LogRotation,
     keep: usize,
 }
@@ -42,6 +45,10 @@ impl LogArgs {
                 None => f.format == config::LogFormat::Json,
             },
             file: self.log_file.clone().or_else(|| f.file.clone()),
+            file_named: match self.log_file {
+                Some(_) => "--log-file",
+                None => "logging.file",
+            },
             rotation: self.log_rotation.unwrap_or(match f.rotation {
                 config::LogRotation::Never => LogRotation::Never,
                 config::LogRotation::Hourly => LogRotation::Hourly,
@@ -231,13 +238,9 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| format!("--log-file {}: not a file name", path.display()))?;
-    if path.is_dir() {
-        return Err(format!(
-            "--log-file {} is a directory: give a file in it, such as {}",
-            path.display(),
-            path.join("conduit.log").display()
-        ));
+        .ok_or_else(|| format!("{} {}: not a file name", s.file_named, path.display()))?;
+    if let Some(e) = config::a_directory_for_a_file(path, "conduit.log") {
+        return Err(format!("{} {e}", s.file_named));
     }
     // Made here, so a missing directory is made or refused with a clear error before the
     // appender looks for old files in it (it would print an unprefixed line instead).
@@ -245,14 +248,16 @@ fn file_writer(path: &std::path::Path, s: &LogSettings) -> Result<RollingFileApp
         |e| match conduit_controlplane::home::file_in_the_way(&dir) {
             Some(file) => format!(
                 "cannot create the log directory {}: {} is a file, not a directory; move it \
-                 out of the way, or choose another --log-file",
+                 out of the way, or choose another {}",
                 dir.display(),
-                file.display()
+                file.display(),
+                s.file_named
             ),
             None => format!(
                 "cannot create the log directory {}: {e}; create it with write access for \
-                 this user, or choose another --log-file",
-                dir.display()
+                 this user, or choose another {}",
+                dir.display(),
+                s.file_named
             ),
         },
     )?;
@@ -439,6 +444,43 @@ mod tests {
         let f = a.settings(Some(&file));
         assert_eq!((f.level.as_str(), f.json), ("warn", false));
         assert_eq!(f.file, Some(PathBuf::from("/var/log/conduit.log")));
+        assert_eq!(f.file_named, "logging.file");
+        a.log_file = Some("/var/log/flag.log".into());
+        let f = a.settings(Some(&file));
+        assert_eq!(
+            (f.file, f.file_named),
+            (Some(PathBuf::from("/var/log/flag.log")), "--log-file")
+        );
+    }
+
+    /// A directory named as the log file is refused under the name it was given:
+    /// the flag, or the file's setting (the user may have passed no flag at all).
+    #[test]
+    fn a_log_file_that_is_a_directory_is_named_as_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let shown = dir.path().display();
+        let file = LoggingConfig {
+            file: Some(dir.path().to_owned()),
+            ..LoggingConfig::default()
+        };
+        let s = args().settings(Some(&file));
+        assert_eq!(
+            file_writer(dir.path(), &s).err(),
+            Some(format!(
+                "logging.file {shown} is a directory: give a file in it, such as \
+                 {shown}/conduit.log"
+            ))
+        );
+        let mut a = args();
+        a.log_file = Some(dir.path().to_owned());
+        let s = a.settings(None);
+        assert_eq!(
+            file_writer(dir.path(), &s).err(),
+            Some(format!(
+                "--log-file {shown} is a directory: give a file in it, such as \
+                 {shown}/conduit.log"
+            ))
+        );
     }
 
     /// `--log-keep 2` keeps two rotated files besides the one being written, and a

@@ -180,6 +180,9 @@ impl History {
         let mut skipped = None;
         let mut more_skipped = 0usize;
         if let Some(path) = &settings.file {
+            if let Some(e) = crate::config::a_directory_for_a_file(path, EXAMPLE_NAME) {
+                return Err(format!("api.history_file {e}"));
+            }
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -331,6 +334,9 @@ fn rewrite(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// A name for a history file, for the example given when a directory is named.
+pub(crate) const EXAMPLE_NAME: &str = "history.jsonl";
+
 fn cannot(path: &Path, what: &str, e: &std::io::Error) -> String {
     format!(
         "cannot {what} the traffic history file {}: {e}; fix its directory or permissions, \
@@ -409,6 +415,21 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"at":"2027-01-15T08:00:00Z","secs":2.0,"bytes":{"in":6000,"out":1000},"connections":{"opened":7,"failed":0,"active":4}}"#
+        );
+    }
+
+    /// A directory named as the history file is refused in the words `config
+    /// validate` uses.
+    #[test]
+    fn a_history_file_that_is_a_directory_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let shown = dir.path().display();
+        assert_eq!(
+            History::open(settings(3, Some(dir.path().to_owned()))).err(),
+            Some(format!(
+                "api.history_file {shown} is a directory: give a file in it, such as \
+                 {shown}/history.jsonl"
+            ))
         );
     }
 

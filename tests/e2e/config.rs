@@ -622,3 +622,32 @@ fn a_router_log_file_in_a_missing_directory_is_refused_without_making_it() {
         text(&out.stderr)
     );
 }
+
+/// A router whose `logging.file` is a directory is refused by `config validate` and
+/// at start, in the same words, naming the setting (no `--log-file` was given).
+#[test]
+fn a_router_log_file_that_is_a_directory_is_refused_by_validate_and_at_start() {
+    let s = Sandbox::new();
+    s.init("router");
+    std::fs::create_dir(s.dir.path().join("logs")).unwrap();
+    let file = s.write(
+        "router.toml",
+        "[router]\nbind = \"127.0.0.1:0\"\n[logging]\nfile = \"logs\"\n",
+    );
+    let file = file.to_str().unwrap();
+    let dir = s.dir.path().display();
+    let want = format!(
+        "logging.file: {dir}/logs is a directory: give a file in it, such as \
+         {dir}/logs/conduit.log ({file}:4)"
+    );
+    let out = s.run(&["config", "validate", "--router", "-f", file], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        lines(&out.stderr).contains(&format!("error: {want}")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.run(&["router", "--config", file, "--transport", "plain"], &[]);
+    assert_eq!(lines(&out.stderr), [format!("conduit: error: {want}")]);
+    assert_eq!(out.status.code(), Some(64));
+}

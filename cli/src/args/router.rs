@@ -35,7 +35,8 @@ pub(crate) struct RouterArgs {
     /// Allow clients to open this source: HOST:PORT, CIDR:PORT, *:PORT, ranges
     /// like 8000-8100; KEY=HOST:PORT for one client key, NAME=HOST:PORT for the
     /// keys named NAME in authorized_clients. Repeatable. Nothing is
-    /// allowed without one.
+    /// allowed without one. Replaces the rules of `allow` in --config (lists are
+    /// not merged).
     #[arg(long = "allow", value_name = "RULE")]
     pub(crate) allow: Vec<String>,
     /// Require clients to present this token too (also CONDUIT_TOKEN).

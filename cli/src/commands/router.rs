@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use conduit_controlplane::config::{
-    self, Env, Override, Problem, Role, RouterConfig, Severity, Sources,
+    self, Env, Origin, Override, Problem, Role, RouterConfig, Severity, Sources,
 };
 use conduit_controlplane::stop::StopSignals;
-use conduit_controlplane::{AllowList, Error, Home, Router, RouterSettings, Transport, keys};
+use conduit_controlplane::{
+    AllowList, Error, Home, Router, RouterSettings, RulesGiven, Transport, keys,
+};
 use conduit_proto::tls::AuthorizedClients;
 use conduit_proto::{KeyPair, PublicKey};
 use tracing::{info, warn};
@@ -96,9 +98,15 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
             );
         }
     }
+    // Where a refusal tells to add a missing allow rule.
+    let given = match loaded.origins.get("router.allow") {
+        Origin::File { .. } => RulesGiven::File,
+        Origin::Env(var) => RulesGiven::Env(var.clone()),
+        Origin::Cli(_) | Origin::Default => RulesGiven::Flags,
+    };
     let c = loaded.config;
     let transport: Transport = c.router.transport.into();
-    let settings = settings(&c, transport)?;
+    let settings = settings(&c, transport, given)?;
     let (key_path, auth_path) = (
         c.router.private_key_path.clone().unwrap_or_default(),
         c.router.authorized_keys.clone().unwrap_or_default(),
@@ -261,7 +269,7 @@ fn given_twice(o: &[Override]) -> Option<String> {
     })
 }
 
-fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
+fn settings(c: &RouterConfig, transport: Transport, given: RulesGiven) -> Result<RouterSettings> {
     let r = &c.router;
     let bind = r
         .bind
@@ -285,11 +293,8 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
             let next = keys::load_private(p, "router-next")?.public();
             if next == identity.public() {
                 return Err(Usage(format!(
-                    "--next-key (router.next_private_key_path) {} holds the key the router \
-                     presents now ({next}): give it a \
-                     new key (`conduit init --name router-next`), or leave --next-key out \
-                     once the router has switched to it",
-                    p.display()
+                    "router.next_private_key_path: {}",
+                    config::next_key_is_the_current_one(p, &next)
                 ))
                 .into());
             }
@@ -315,7 +320,9 @@ fn settings(c: &RouterConfig, transport: Transport) -> Result<RouterSettings> {
             info!(client = %key, %name, "client key admitted until {at} (expires= in authorized_clients)");
         }
     }
-    let policy = AllowList::parse(&r.allow).map_err(|errs| Error::Config(errs.join("\n")))?;
+    let policy = AllowList::parse(&r.allow)
+        .map_err(|errs| Error::Config(errs.join("\n")))?
+        .given_in(given);
     let names: Vec<(PublicKey, String)> = authorized
         .names
         .iter()

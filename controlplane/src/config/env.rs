@@ -1,14 +1,15 @@
 //! The environment layer: `CONDUIT_<SECTION>_<KEY>` variables, taken as a snapshot so
 //! that tests never depend on (or change) the process environment.
 //!
-//! An empty variable counts as unset. A variable that looks like a setting (it starts
-//! with `CONDUIT_ROUTER_`, `CONDUIT_PERFORMANCE_`…) but names no key is reported as a
-//! warning, with the closest real name when there is one.
+//! An empty variable counts as unset. A `CONDUIT_*` variable that is no setting and
+//! nothing else Conduit reads (a misspelled key or section: `CONDUIT_ROUTER_HSOT`,
+//! `CONDUIT_PERFRMANCE_WORKERS`) is reported as a warning, with the closest real name
+//! when there is one.
 
 use std::collections::BTreeMap;
 
-use super::Problem;
-use super::schema::{OTHER_VARS, closest, known_vars, section_prefixes};
+use super::schema::{OTHER_VARS, QUIET_VARS, Schema, closest, known_vars};
+use super::{Problem, Role};
 
 /// A snapshot of the `CONDUIT_*` environment variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,13 +51,12 @@ impl Env {
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// Warnings for variables that look like settings but are none.
+    /// Warnings for `CONDUIT_*` variables that Conduit does not read.
     pub(crate) fn unknown(&self) -> Vec<Problem> {
         let known = known_vars();
-        let prefixes = section_prefixes();
         let mut out = Vec::new();
         for var in self.vars.keys() {
-            if known.contains(var) || !prefixes.iter().any(|p| var.starts_with(p.as_str())) {
+            if known.contains(var) || QUIET_VARS.contains(&var.as_str()) {
                 continue;
             }
             let message = if var.starts_with("CONDUIT_TUNNELS_") {
@@ -67,7 +67,7 @@ impl Env {
             } else {
                 let hint = match closest(var, known.iter().map(String::as_str)) {
                     Some(k) => format!("did you mean {k}? "),
-                    None => String::new(),
+                    None => in_a_section_like(var).unwrap_or_default(),
                 };
                 format!(
                     "{var} is not a Conduit setting and is ignored; {hint}settings are \
@@ -105,6 +105,36 @@ impl Env {
     }
 }
 
+/// The hint for `var`, a name too far from every setting's for [`closest`], whose
+/// section is misspelled (`CONDUIT_PERFRMANCE_TURBO`): the section it is closest to,
+/// with the key of it the rest is closest to, if any.
+fn in_a_section_like(var: &str) -> Option<String> {
+    let rest = var.strip_prefix("CONDUIT_")?;
+    let mut sections = [Role::Client, Role::Router]
+        .into_iter()
+        .flat_map(|r| Schema::of(r).sections.iter());
+    let (section, keys) = sections.find_map(|s| {
+        // As many words of the variable as the section's name has.
+        let words = s.name.split('_').count();
+        let mut parts = rest.splitn(words + 1, '_');
+        let head: Vec<&str> = parts.by_ref().take(words).collect();
+        let keys = parts.next()?;
+        let head = head.join("_").to_ascii_lowercase();
+        (head != s.name && closest(&head, [s.name]).is_some()).then_some((s, keys))
+    })?;
+    let names: Vec<String> = (section.keys.iter())
+        .map(|k| k.name.to_ascii_uppercase())
+        .collect();
+    let prefix = format!("CONDUIT_{}_", section.name.to_ascii_uppercase());
+    Some(match closest(keys, names.iter().map(String::as_str)) {
+        Some(key) => format!("did you mean {prefix}{key}? "),
+        None => format!(
+            "did you mean a setting of [{}], {prefix}<KEY>? ",
+            section.name
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,15 +147,24 @@ mod tests {
             ("CONDUIT_HOME", "/h"),
             ("CONDUIT_ROUTER_COLOUR", "red"),
             ("CONDUIT_ROUTER_KEY", "ed25519:…"),
+            ("CONDUIT_PERFRMANCE_WORKERS", "2"),
+            ("CONDUIT_NAME_CLAIM", "w1"),
         ]);
         let w = env.unread_without_a_file(&["CONDUIT_TOKEN", "CONDUIT_ROUTER_KEY"]);
-        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[1].starts_with(
+                "CONDUIT_PERFRMANCE_WORKERS is not a Conduit setting and is ignored; did you \
+                 mean CONDUIT_PERFORMANCE_WORKERS?"
+            ),
+            "{w:?}"
+        );
         assert!(
             w[0].starts_with("CONDUIT_PERFORMANCE_WORKERS is ignored: it sets a configuration"),
             "{w:?}"
         );
         assert!(
-            w[1].starts_with("CONDUIT_ROUTER_COLOUR is not a Conduit setting"),
+            w[2].starts_with("CONDUIT_ROUTER_COLOUR is not a Conduit setting"),
             "{w:?}"
         );
     }
@@ -163,9 +202,82 @@ mod tests {
                 "CONDUIT_ROUTER_HSOT is not a Conduit setting and is ignored; did you mean \
                  CONDUIT_ROUTER_HOST? settings are CONDUIT_<SECTION>_<KEY>, such as \
                  CONDUIT_ROUTER_HOST",
+                "CONDUIT_SOMETHING_ELSE is not a Conduit setting and is ignored; settings are \
+                 CONDUIT_<SECTION>_<KEY>, such as CONDUIT_ROUTER_HOST",
                 "CONDUIT_TUNNELS_0_BIND is ignored: tunnels come from the file only \
                  ([[tunnels]] tables); unset it",
             ]
         );
+    }
+
+    /// A misspelled section is the likeliest mistake: it is warned of like a
+    /// misspelled key, with the setting meant.
+    #[test]
+    fn a_misspelled_section_is_warned_about_with_the_setting_meant() {
+        let env = Env::from_pairs([
+            ("CONDUIT_PERFRMANCE_WORKERS", "3"),
+            ("CONDUIT_LOGGIN_LEVEL", "debug"),
+            ("CONDUIT_ROUTERS_HOST", "1.2.3.4"),
+            ("CONDUIT_PERFRMANCE_WORKRES", "3"),
+            ("CONDUIT_PERFRMANCE_TURBO", "1"),
+            ("CONDUIT_LOG_LEVL", "debug"),
+        ]);
+        let msgs: Vec<String> = env.unknown().iter().map(ToString::to_string).collect();
+        let tail = "settings are CONDUIT_<SECTION>_<KEY>, such as CONDUIT_ROUTER_HOST";
+        assert_eq!(
+            msgs,
+            [
+                format!(
+                    "CONDUIT_LOGGIN_LEVEL is not a Conduit setting and is ignored; did you mean \
+                     CONDUIT_LOGGING_LEVEL? {tail}"
+                ),
+                format!(
+                    "CONDUIT_LOG_LEVL is not a Conduit setting and is ignored; did you mean \
+                     CONDUIT_LOG_LEVEL? {tail}"
+                ),
+                format!(
+                    "CONDUIT_PERFRMANCE_TURBO is not a Conduit setting and is ignored; did you \
+                     mean a setting of [performance], CONDUIT_PERFORMANCE_<KEY>? {tail}"
+                ),
+                format!(
+                    "CONDUIT_PERFRMANCE_WORKERS is not a Conduit setting and is ignored; did you \
+                     mean CONDUIT_PERFORMANCE_WORKERS? {tail}"
+                ),
+                format!(
+                    "CONDUIT_PERFRMANCE_WORKRES is not a Conduit setting and is ignored; did \
+                     you mean CONDUIT_PERFORMANCE_WORKERS? {tail}"
+                ),
+                format!(
+                    "CONDUIT_ROUTERS_HOST is not a Conduit setting and is ignored; did you mean \
+                     CONDUIT_ROUTER_HOST? {tail}"
+                ),
+            ]
+        );
+    }
+
+    /// Variables Conduit reads for other purposes than settings, or sets for its own
+    /// children, are never warned of.
+    #[test]
+    fn variables_read_for_other_purposes_are_not_warned_of() {
+        let env = Env::from_pairs(
+            [
+                "CONDUIT_HOME",
+                "CONDUIT_ROUTER",
+                "CONDUIT_LOG_LEVEL",
+                "CONDUIT_LOG_FORMAT",
+            ]
+            .into_iter()
+            .chain(["CONDUIT_LOG_FILE", "CONDUIT_CIPHER_SUITES", "CONDUIT_TOKEN"])
+            .chain(["CONDUIT_API_TOKEN", "CONDUIT_ROUTER_KEY", "CONDUIT_WORKERS"])
+            .chain([
+                "CONDUIT_IO_ENGINE",
+                "CONDUIT_PIN_CORES",
+                "CONDUIT_KERNEL_TLS",
+            ])
+            .chain(["CONDUIT_ALERTS_WEBHOOK", "CONDUIT_ALERTS_SLACK"])
+            .chain(QUIET_VARS.iter().copied())
+            .map(|v| (v, "1")),
+        );
+        assert_eq!(env.unknown(), []);
     }
 }

@@ -157,7 +157,7 @@ impl FileDoc {
             fatal(message)
         })?;
         let mut lines = HashMap::new();
-        walk(text, doc.get_ref(), "", &mut lines);
+        walk(&LineIndex::new(text), doc.get_ref(), "", &mut lines);
         Ok(Self {
             path: path.to_owned(),
             table,
@@ -209,26 +209,26 @@ fn fatal(message: String) -> Report {
     }
 }
 
-fn walk(text: &str, table: &DeTable<'_>, prefix: &str, lines: &mut HashMap<String, usize>) {
+fn walk(at: &LineIndex<'_>, table: &DeTable<'_>, prefix: &str, lines: &mut HashMap<String, usize>) {
     for (k, v) in table.iter() {
         let path = if prefix.is_empty() {
             k.get_ref().to_string()
         } else {
             format!("{prefix}.{}", k.get_ref())
         };
-        lines.insert(path.clone(), line_col(text, k.span().start).0);
-        walk_value(text, v.get_ref(), &path, lines);
+        lines.insert(path.clone(), at.line(k.span().start));
+        walk_value(at, v.get_ref(), &path, lines);
     }
 }
 
-fn walk_value(text: &str, v: &DeValue<'_>, path: &str, lines: &mut HashMap<String, usize>) {
+fn walk_value(at: &LineIndex<'_>, v: &DeValue<'_>, path: &str, lines: &mut HashMap<String, usize>) {
     match v {
-        DeValue::Table(t) => walk(text, t, path, lines),
+        DeValue::Table(t) => walk(at, t, path, lines),
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let item_path = format!("{path}[{i}]");
-                lines.insert(item_path.clone(), line_col(text, item.span().start).0);
-                walk_value(text, item.get_ref(), &item_path, lines);
+                lines.insert(item_path.clone(), at.line(item.span().start));
+                walk_value(at, item.get_ref(), &item_path, lines);
             }
         }
         _ => {}
@@ -239,24 +239,48 @@ fn walk_value(text: &str, v: &DeValue<'_>, path: &str, lines: &mut HashMap<Strin
 fn position(path: &Path, text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
         Some(span) => {
-            let (line, col) = line_col(text, span.start);
+            let (line, col) = LineIndex::new(text).line_col(span.start);
             format!("{}:{line}:{col}", path.display())
         }
         None => path.display().to_string(),
     }
 }
 
-/// 1-based line and column (in characters) of byte `offset`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit_once('\n')
-        .map_or(before, |(_, l)| l)
-        .chars()
-        .count()
-        + 1;
-    (line, col)
+/// The byte offset where each line of a text starts, found in one pass, so that the
+/// line of any offset is a binary search: a file with a key on every one of its
+/// lines costs time in proportion to its size, not to its size squared.
+struct LineIndex<'a> {
+    text: &'a str,
+    /// Ascending; the first is 0, then one past every `\n`.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { text, starts }
+    }
+
+    /// 1-based line of byte `offset` (an offset past the end counts as the end).
+    fn line(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        // The count of line starts at or before `offset`; never 0, as 0 is one.
+        self.starts.partition_point(|&s| s <= offset)
+    }
+
+    /// 1-based line and column (in characters) of byte `offset`.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let line = self.line(offset);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0);
+        let col = self
+            .text
+            .get(start..offset.min(self.text.len()))
+            .map_or(0, |l| l.chars().count())
+            + 1;
+        (line, col)
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +306,60 @@ mod tests {
         assert_eq!(line("tunnels[1]"), Some(7));
         assert_eq!(line("nowhere"), None);
         assert_eq!(doc.origin("router.host").to_string(), "c.toml:2");
+    }
+
+    /// Lines and columns come from one table of line starts, found in one pass: the
+    /// same answers as counting from the start of the text, for every offset.
+    #[test]
+    fn line_index_gives_the_line_and_column_of_every_offset() {
+        let text = "a = 1\r\n\n[router]\nhost = \"réseau\"\nport = 2";
+        let at = LineIndex::new(text);
+        assert_eq!(at.starts, [0, 7, 8, 17, 34]);
+        assert_eq!(at.line_col(0), (1, 1));
+        assert_eq!(at.line_col(4), (1, 5));
+        // The `\r` and the `\n` still belong to the line they end.
+        assert_eq!(at.line_col(5), (1, 6));
+        assert_eq!(at.line_col(6), (1, 7));
+        assert_eq!(at.line_col(7), (2, 1));
+        assert_eq!(at.line_col(8), (3, 1));
+        assert_eq!(at.line_col(9), (3, 2));
+        assert_eq!(at.line_col(17), (4, 1));
+        // Columns count characters: `é` is two bytes, one column.
+        let quote = text.rfind('"').unwrap();
+        assert_eq!(at.line_col(quote), (4, 15));
+        assert_eq!(at.line_col(34), (5, 1));
+        // The last line has no `\n`; its end, and any offset past it, is its end.
+        assert_eq!(at.line_col(text.len()), (5, 9));
+        assert_eq!(at.line_col(text.len() + 10), (5, 9));
+        assert_eq!(at.line(text.len() + 10), 5);
+        for offset in (0..=text.len()).filter(|o| text.is_char_boundary(*o)) {
+            let before = &text[..offset];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().unwrap().chars().count() + 1;
+            assert_eq!(at.line_col(offset), (line, col), "offset {offset}");
+            assert_eq!(at.line(offset), line, "offset {offset}");
+        }
+        assert_eq!(LineIndex::new("").line_col(0), (1, 1));
+    }
+
+    /// Keys deep in a long file, each on its own line, get that line (the walk uses
+    /// the table of line starts).
+    #[test]
+    fn keys_and_items_on_many_lines_know_their_line() {
+        let mut text = String::from("[[tunnels]]\nname = \"a\"\nallow_from = [\n");
+        for _ in 0..1000 {
+            text.push_str("  \"10.0.0.1\",\n");
+        }
+        text.push_str("]\nbind = \"127.0.0.1:1\"\n");
+        let doc = FileDoc::parse(Path::new("c.toml"), &text).unwrap();
+        let line = |p: &str| match doc.origin(p) {
+            Origin::File { line, .. } => line,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(line("tunnels[0].allow_from"), Some(3));
+        assert_eq!(line("tunnels[0].allow_from[0]"), Some(4));
+        assert_eq!(line("tunnels[0].allow_from[999]"), Some(1003));
+        assert_eq!(line("tunnels[0].bind"), Some(1005));
     }
 
     #[test]

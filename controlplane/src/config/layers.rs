@@ -284,7 +284,8 @@ impl Merge {
                 self.report.push(Problem::error(path, e).at(&origin));
                 continue;
             }
-            let v = match (key.kind, v) {
+            let v = self.list_items(doc, &path, key.kind, v);
+            let v = match (key.kind, &v) {
                 (Kind::Path, Value::String(s)) => Value::String(doc.resolve(s)),
                 (Kind::KeyOrPath, Value::String(s)) => Value::String(doc.resolve_keys(s)),
                 (Kind::KeyList, Value::Array(items)) => Value::Array(
@@ -296,12 +297,45 @@ impl Merge {
                         })
                         .collect(),
                 ),
-                _ => v.clone(),
+                _ => v,
             };
+            // Each item of a list has its line, for the problems `validate` finds in it.
+            for i in 0..v.as_array().map_or(0, Vec::len) {
+                let item = format!("{path}[{i}]");
+                let at = doc.origin(&item);
+                self.origins.set(item, at);
+            }
             good.insert(k.clone(), v);
             self.origins.set(path, origin);
         }
         good
+    }
+
+    /// `v`, a value from the file at `path`, with each bad item of a list reported
+    /// under its own path (`router.allow[3]`) and kept as text in its place: the
+    /// items after it keep their index and are still checked, and a list of bad
+    /// items is not taken for an empty one. Problems `validate` finds again on those
+    /// items are dropped ([`super::load_client`]).
+    fn list_items(&mut self, doc: &FileDoc, path: &str, kind: Kind, v: &Value) -> Value {
+        let Value::Array(items) = v else {
+            return v.clone();
+        };
+        let bad = kind.bad_items(items);
+        if bad.is_empty() {
+            return v.clone();
+        }
+        let mut items = items.clone();
+        for (i, why) in bad {
+            let item_path = format!("{path}[{i}]");
+            let origin = doc.origin(&item_path);
+            self.report.push(Problem::error(item_path, why).at(&origin));
+            if let Some(item) = items.get_mut(i)
+                && !item.is_str()
+            {
+                *item = Value::String(item.to_string());
+            }
+        }
+        Value::Array(items)
     }
 
     fn env(&mut self, sources: &Sources) {
@@ -372,11 +406,51 @@ impl Merge {
         let path = format!("{}.{}", section.name, key.name);
         match (key.kind.parse_text(text)).and_then(|v| from_working_dir(key.kind, v)) {
             Ok(v) => {
+                self.replaced_list(&path, &origin);
                 self.section(section.name).insert(key.name.into(), v);
+                self.origins.forget_items(&path);
                 self.origins.set(path, origin);
             }
             Err(e) => self.report.push(Problem::error(path, e).at(&origin)),
         }
+    }
+
+    /// Warns when a list the file gives (`allow`, `allow_from`…) is replaced by one
+    /// given at `origin`: lists are taken whole from where they are given last, so
+    /// `--allow X` on a router whose file allows A and B allows X alone.
+    fn replaced_list(&mut self, path: &str, origin: &Origin) {
+        let file = self.origins.get(path).clone();
+        if !matches!(file, Origin::File { .. }) {
+            return;
+        }
+        let (section, key) = path.split_once('.').unwrap_or((path, ""));
+        let n = self
+            .table
+            .get(section)
+            .and_then(|t| t.get(key))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if n == 0 {
+            return;
+        }
+        let given = match origin {
+            Origin::Cli(flag) => flag.clone(),
+            Origin::Env(var) => var.clone(),
+            Origin::File { .. } | Origin::Default => return,
+        };
+        let (values, them) = if n == 1 {
+            ("value", "it")
+        } else {
+            ("values", "them")
+        };
+        self.report.push(Problem::warning(
+            path,
+            format!(
+                "{given} replaces the {n} {values} of the file ({file}) rather than adding \
+                 to {them}: a list is taken whole from where it is given last; give every \
+                 value with {given}, or add yours to the file"
+            ),
+        ));
     }
 
     fn required(&mut self, doc: &FileDoc) {

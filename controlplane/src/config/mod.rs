@@ -45,7 +45,7 @@ mod schema;
 mod show;
 mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -63,7 +63,8 @@ pub use schema::{parse_bool, parse_path};
 pub use show::Format;
 pub(crate) use validate::peer_tunnel_name;
 pub use validate::{
-    empty_member, host_port, small_burst, too_many_members, tunnel_name, webhook_url,
+    a_directory_for_a_file, empty_member, host_port, next_key_is_the_current_one, small_burst,
+    too_many_members, tunnel_name, webhook_url,
 };
 
 /// One `--allow-from` / `allow_from` entry: an address (one host) or a CIDR block,
@@ -187,6 +188,13 @@ impl Origins {
 
     pub(crate) fn set(&mut self, path: String, origin: Origin) {
         self.0.insert(path, origin);
+    }
+
+    /// Forgets the origins of the items of the list at `path` (`path[0]`, …): a
+    /// later layer replaced the list whole.
+    pub(crate) fn forget_items(&mut self, path: &str) {
+        let items = format!("{path}[");
+        self.0.retain(|k, _| !k.starts_with(&items));
     }
 }
 
@@ -312,17 +320,88 @@ impl Report {
         self.problems.extend(ps);
     }
 
-    /// Errors first, then warnings; each in file order, then the ones with no line
-    /// (environment, command line, missing keys) in the order found.
+    /// Adds what `validate` found, but nothing more on a key or a list item the
+    /// layers found bad already, when what `validate` saw is that bad value (kept as
+    /// text only to hold its place in a list) or the default that stands in for it:
+    /// anything said of it would be said twice, or of a value nobody gave (a "no
+    /// rule" warning for a list whose items were all wrong).
+    fn extend_checked(&mut self, ps: impl IntoIterator<Item = Problem>) {
+        let mut bad: HashMap<String, Vec<Option<Origin>>> = HashMap::new();
+        for p in self.errors().filter(|p| !p.path.is_empty()) {
+            bad.entry(p.path.clone())
+                .or_default()
+                .push(p.origin.clone());
+        }
+        let seen = |p: &Problem| {
+            bad.get(&p.path)
+                .is_some_and(|origins| p.origin.is_none() || origins.contains(&p.origin))
+        };
+        let ps: Vec<Problem> = ps.into_iter().filter(|p| !seen(p)).collect();
+        self.problems.extend(ps);
+    }
+
+    /// Keeps the first [`ITEMS_NAMED`] problems with the items of each list (in the
+    /// order sorted) and counts the rest in one problem of the list's: a list of a
+    /// million wrong items (a generated file gone wrong) is not a million lines.
+    fn name_few_items(&mut self) {
+        let mut named: HashMap<String, usize> = HashMap::new();
+        let mut more: Vec<(String, usize, Severity)> = Vec::new();
+        self.problems.retain(|p| {
+            let Some(list) = list_of_item(&p.path) else {
+                return true;
+            };
+            let n = named.entry(list.to_owned()).or_default();
+            *n += 1;
+            if *n <= ITEMS_NAMED {
+                return true;
+            }
+            match more.iter_mut().find(|(l, ..)| l == list) {
+                Some((_, count, severity)) => {
+                    *count += 1;
+                    *severity = (*severity).min(p.severity);
+                }
+                None => more.push((list.to_owned(), 1, p.severity)),
+            }
+            false
+        });
+        for (list, count, severity) in more {
+            self.problems.push(Problem {
+                severity,
+                message: format!(
+                    "{count} more problems with its items past the {ITEMS_NAMED} named; fix \
+                     those, then check again"
+                ),
+                path: list,
+                origin: None,
+            });
+        }
+    }
+
+    /// Errors first, then warnings; each in file order (the items of a list on one
+    /// line in their order), then the ones with no line (environment, command line,
+    /// missing keys) in the order found.
     fn sort(&mut self) {
         self.problems.sort_by_key(|p| {
             let line = match &p.origin {
                 Some(Origin::File { line: Some(l), .. }) => *l,
                 _ => usize::MAX,
             };
-            (p.severity, line)
+            let item = list_of_item(&p.path).and_then(|list| {
+                let i = p.path.get(list.len() + 1..p.path.len() - 1)?;
+                i.parse::<usize>().ok()
+            });
+            (p.severity, line, item)
         });
     }
+}
+
+/// The most problems with the items of one list shown one by one.
+const ITEMS_NAMED: usize = 100;
+
+/// `router.allow` for `router.allow[3]`; `None` for a path that is no list's item.
+fn list_of_item(path: &str) -> Option<&str> {
+    let (list, i) = path.strip_suffix(']')?.rsplit_once('[')?;
+    i.bytes().all(|b| b.is_ascii_digit()).then_some(list)
 }
 
 /// What to read: the file, the environment, command-line overrides, and the home
@@ -368,7 +447,7 @@ pub struct Loaded<T> {
 pub fn load_client(sources: &Sources) -> Result<Loaded<Config>, Report> {
     let (mut config, origins, mut report): (Config, _, _) = layers::resolve(Role::Client, sources)?;
     config.fill_defaults(&sources.home);
-    report.extend(validate::client(&config, &origins));
+    report.extend_checked(validate::client(&config, &origins));
     Ok(finish(config, origins, &sources.file, report))
 }
 
@@ -380,7 +459,7 @@ pub fn load_router(sources: &Sources) -> Result<Loaded<RouterConfig>, Report> {
     let (mut config, origins, mut report): (RouterConfig, _, _) =
         layers::resolve(Role::Router, sources)?;
     config.fill_defaults(&sources.home);
-    report.extend(validate::router(&config, &origins));
+    report.extend_checked(validate::router(&config, &origins));
     Ok(finish(config, origins, &sources.file, report))
 }
 
@@ -396,6 +475,7 @@ pub fn suites(names: &[String]) -> Result<conduit_proto::tls::Suites, String> {
 
 fn finish<T>(config: T, origins: Origins, file: &Path, mut report: Report) -> Loaded<T> {
     report.sort();
+    report.name_few_items();
     Loaded {
         config,
         origins,

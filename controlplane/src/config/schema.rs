@@ -353,11 +353,26 @@ static ROUTER: Schema = Schema {
 /// Variables Conduit reads that are not keys of either file. `CONDUIT_LOG_LEVEL` and
 /// `CONDUIT_LOG_FORMAT` belong to the global `--log-level`/`--log-format` flags, which
 /// also accept tracing filters, so they are not aliases of `logging.level`/`format`.
+/// `CONDUIT_LOG_FILE` is the global `--log-file`'s; `CONDUIT_CIPHER_SUITES`
+/// `conduit start --cipher-suites`'s.
 pub(crate) const OTHER_VARS: &[&str] = &[
     "CONDUIT_HOME",
     "CONDUIT_ROUTER",
     "CONDUIT_LOG_LEVEL",
     "CONDUIT_LOG_FORMAT",
+    "CONDUIT_LOG_FILE",
+    "CONDUIT_CIPHER_SUITES",
+];
+
+/// Variables read by something other than a command's settings, never warned of
+/// (and never offered as a "did you mean"): the name a child inherits its claim
+/// under, the commit the build records, and the test suites' own switches.
+pub(crate) const QUIET_VARS: &[&str] = &[
+    "CONDUIT_NAME_CLAIM",
+    "CONDUIT_GIT_COMMIT",
+    "CONDUIT_BLESS",
+    "CONDUIT_E2E_REQUIRE_TOOLS",
+    "CONDUIT_SOAK_SECS",
 ];
 
 /// Every `CONDUIT_*` variable Conduit knows.
@@ -371,20 +386,6 @@ pub(crate) fn known_vars() -> Vec<String> {
             }
         }
     }
-    v.sort();
-    v.dedup();
-    v
-}
-
-/// The `CONDUIT_<SECTION>_` prefixes a configuration variable starts with.
-pub(crate) fn section_prefixes() -> Vec<String> {
-    let mut v: Vec<String> = CLIENT
-        .sections
-        .iter()
-        .chain(ROUTER.sections)
-        .map(|s| format!("CONDUIT_{}_", s.name.to_ascii_uppercase()))
-        .collect();
-    v.push("CONDUIT_TUNNELS_".to_owned());
     v.sort();
     v.dedup();
     v
@@ -423,49 +424,37 @@ impl Kind {
             (Kind::Int { min, max }, Value::Integer(n)) => in_range(*n, min, max),
             (Kind::Bool, Value::Boolean(_)) => Ok(()),
             (Kind::Choice(words), Value::String(s)) => choice(words, s),
-            (Kind::Suites, Value::Array(items)) => {
-                if items.is_empty() {
-                    return Err(format!(
-                        "no cipher suite named; leave {name} out to allow every suite, or name \
-                         one or more of {}",
-                        Suites::all()
-                    ));
-                }
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        Value::String(s) => {
-                            Suite::from_str(s).map_err(|e| format!("item {i}: {e}"))?;
-                        }
-                        other => {
-                            return Err(format!(
-                                "item {i}: expected a string, found {}",
-                                type_of(other)
-                            ));
-                        }
-                    }
-                }
-                Ok(())
-            }
-            (Kind::List | Kind::KeyList, Value::Array(items)) => {
-                // Every bad item at once, not one per run of `validate`.
-                let bad: Vec<String> = (items.iter().enumerate())
-                    .filter_map(|(i, item)| match item {
-                        Value::String(s) if s.trim().is_empty() => {
-                            Some(format!("item {i}: is empty; remove it from the list"))
-                        }
-                        Value::String(_) => None,
-                        other => Some(format!(
-                            "item {i}: expected a string, found {}",
-                            type_of(other)
-                        )),
-                    })
-                    .collect();
-                match bad.is_empty() {
-                    true => Ok(()),
-                    false => Err(bad.join("; ")),
-                }
-            }
+            (Kind::Suites, Value::Array(items)) if items.is_empty() => Err(format!(
+                "no cipher suite named; leave {name} out to allow every suite, or name one or \
+                 more of {}",
+                Suites::all()
+            )),
+            // Their items are checked one by one: `bad_items`.
+            (Kind::Suites | Kind::List | Kind::KeyList, Value::Array(_)) => Ok(()),
             _ => Err(wrong()),
+        }
+    }
+
+    /// What is wrong with each item of a list read from the file (one that `check`
+    /// passed), by index: every bad item at once, not one per run of `validate`.
+    /// Empty for a kind that is not a list.
+    pub(crate) fn bad_items(self, items: &[Value]) -> Vec<(usize, String)> {
+        let lists = matches!(self, Kind::List | Kind::KeyList | Kind::Suites);
+        let one = |item: &Value| match item {
+            Value::String(s) if self == Kind::Suites => {
+                Suite::from_str(s).err().map(|e| e.to_string())
+            }
+            Value::String(s) if s.trim().is_empty() => {
+                Some("is empty; remove it from the list".to_owned())
+            }
+            Value::String(_) => None,
+            other => Some(format!("expected a string, found {}", type_of(other))),
+        };
+        match lists {
+            true => (items.iter().enumerate())
+                .filter_map(|(i, item)| Some((i, one(item)?)))
+                .collect(),
+            false => Vec::new(),
         }
     }
 
@@ -738,19 +727,34 @@ mod tests {
             Kind::Choice(&["tcp", "udp"]).check("protocol", &Value::String("sctp".into())),
             Err("unknown value \"sctp\"; use tcp or udp".into())
         );
-        assert_eq!(
-            Kind::List.check("allow", &Value::Array(vec![n(1)])),
-            Err("item 0: expected a string, found an integer".into())
-        );
         let s = |t: &str| Value::String(t.into());
+        let list = vec![s("a"), s(""), n(2), s(" ")];
         assert_eq!(
-            Kind::List.check("allow", &Value::Array(vec![s("a"), s(""), n(2), s(" ")])),
-            Err(
-                "item 1: is empty; remove it from the list; item 2: expected a string, found \
-                 an integer; item 3: is empty; remove it from the list"
-                    .into()
-            )
+            Kind::List.check("allow", &Value::Array(list.clone())),
+            Ok(())
         );
+        assert_eq!(
+            Kind::List.bad_items(&list),
+            [
+                (1, "is empty; remove it from the list".to_owned()),
+                (2, "expected a string, found an integer".to_owned()),
+                (3, "is empty; remove it from the list".to_owned()),
+            ]
+        );
+        assert_eq!(
+            Kind::Suites.bad_items(&[s("TLS_AES_128_GCM_SHA256"), n(1), s("RC4")]),
+            [
+                (1, "expected a string, found an integer".to_owned()),
+                (
+                    2,
+                    "unknown cipher suite \"RC4\": Conduit speaks TLS 1.3 only, with \
+                     TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 and \
+                     TLS_CHACHA20_POLY1305_SHA256"
+                        .to_owned()
+                ),
+            ]
+        );
+        assert_eq!(Kind::Str.bad_items(&list), []);
         assert_eq!(
             Kind::Str.check("host", &Value::String(" ".into())),
             Err("is empty; give a value or remove the line".into())

@@ -666,7 +666,7 @@ fn cipher_suites_reach_the_plan_and_bad_names_are_named() {
     assert_eq!(
         f.client(&bad),
         [
-            "error: security.cipher_suites: item 1: unknown cipher suite \"RC4\": Conduit speaks \
+            "error: security.cipher_suites[1]: unknown cipher suite \"RC4\": Conduit speaks \
           TLS 1.3 only, with TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 and \
           TLS_CHACHA20_POLY1305_SHA256 (conduit.toml:10)"
                 .replace(

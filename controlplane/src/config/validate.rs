@@ -41,9 +41,14 @@ impl Out<'_> {
         self.push(Problem::warning(path, msg), path);
     }
 
-    /// `origin_of`: the key whose origin to show (a list's, for one of its items).
+    /// `origin_of`: the key whose origin to show (a list's, for one of its items),
+    /// unless the problem's own path has one (an item on a line of its own).
     fn push(&mut self, p: Problem, origin_of: &str) {
-        let p = p.at(self.origins.get(origin_of));
+        let origin = match self.origins.get(&p.path) {
+            Origin::Default => self.origins.get(origin_of),
+            own => own,
+        };
+        let p = p.at(origin);
         self.list.push(p);
     }
 }
@@ -130,14 +135,27 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     let plain = r.transport == TransportKind::Plain;
     let key =
         (r.private_key_path.as_deref()).filter(|p| !plain || std::fs::symlink_metadata(p).is_ok());
-    if let Some(Err(e)) = key.map(|p| private_key(p, "router", "router.private_key_path")) {
-        out.error("router.private_key_path", e);
-    }
+    let now = match key.map(|p| private_key(p, "router", "router.private_key_path")) {
+        Some(Err(e)) => {
+            out.error("router.private_key_path", e);
+            None
+        }
+        Some(Ok(now)) => Some(now),
+        None => None,
+    };
     let next = r.next_private_key_path.as_deref();
-    if let Some(Err(e)) =
-        next.map(|p| private_key(p, "router-next", "router.next_private_key_path"))
-    {
-        out.error("router.next_private_key_path", e);
+    match next.map(|p| {
+        (
+            p,
+            private_key(p, "router-next", "router.next_private_key_path"),
+        )
+    }) {
+        Some((_, Err(e))) => out.error("router.next_private_key_path", e),
+        Some((p, Ok(next))) if Some(&next) == now.as_ref() => out.error(
+            "router.next_private_key_path",
+            next_key_is_the_current_one(p, &next),
+        ),
+        _ => {}
     }
     if r.next_private_key_path.is_some() && r.key_rotation_days > 0 {
         out.error(
@@ -226,6 +244,11 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
 fn api(a: &ApiConfig, out: &mut Out<'_>) {
     token_file(a.token.is_some(), "api.token", out);
     file_dir(a.history_file.as_deref(), "api.history_file", out);
+    if let Some(e) = (a.history_file.as_deref())
+        .and_then(|f| a_directory_for_a_file(f, crate::history::EXAMPLE_NAME))
+    {
+        out.error("api.history_file", e);
+    }
     let addr = match bind_addr(&a.bind) {
         Ok(addr) => addr,
         Err(e) => {
@@ -452,7 +475,13 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
         }
         for (j, item) in t.allow_from.iter().enumerate() {
             if let Err(e) = super::allow_from_net(item) {
-                out.error(&path("allow_from"), format!("item {j}: {item:?} is {e}"));
+                out.push(
+                    Problem::error(
+                        format!("tunnels[{i}].allow_from[{j}]"),
+                        format!("{item:?} is {e}"),
+                    ),
+                    &path("allow_from"),
+                );
             }
         }
         let Some(bind) = &t.bind else { continue };
@@ -478,8 +507,19 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
  address: give one of them another port"
                 ),
             ),
+            Some((j, other, _)) if other.ip().to_canonical() == addr.ip().to_canonical() => {
+                let v4 = addr.ip().to_canonical();
+                out.error(
+                    &path("bind"),
+                    format!(
+                        "{addr} is tunnels[{j}].bind {other} written another way (::ffff:{v4} \
+ is the IPv4 address {v4}); two tunnels cannot listen on one address: give one of them another \
+ port"
+                    ),
+                );
+            }
             Some((j, other, _)) => {
-                let any = if other.ip().is_unspecified() {
+                let any = if other.ip().to_canonical().is_unspecified() {
                     other
                 } else {
                     &addr
@@ -593,6 +633,9 @@ fn performance(p: &PerformanceConfig, router: bool, out: &mut Out<'_>) {
 
 fn logging(l: &LoggingConfig, out: &mut Out<'_>) {
     file_dir(l.file.as_deref(), "logging.file", out);
+    if let Some(e) = (l.file.as_deref()).and_then(|f| a_directory_for_a_file(f, "conduit.log")) {
+        out.error("logging.file", e);
+    }
 }
 
 /// An error when the directory of a file Conduit writes (at `key`) does not exist.
@@ -851,7 +894,9 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() != b.port() {
         return false;
     }
-    let (x, y) = (a.ip(), b.ip());
+    // An IPv4-mapped address (`[::ffff:127.0.0.1]`, `[::ffff:0.0.0.0]`) is listened
+    // on as the IPv4 address it maps.
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
     // `[::]` is dual-stack on most systems, so it also covers every IPv4 address.
     let dual = |ip: IpAddr| ip.is_unspecified() && ip.is_ipv6();
     x == y
@@ -933,7 +978,31 @@ fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
     Ok(keys)
 }
 
-fn private_key(p: &Path, name: &str, key: &str) -> Result<(), String> {
+/// What is wrong with a router's next key (`path`, holding `key`) that is the key
+/// it presents now: the same words for `config validate` and for the router.
+pub fn next_key_is_the_current_one(path: &Path, key: &PublicKey) -> String {
+    format!(
+        "{} holds the key the router presents now ({key}): give it a new key (`conduit init \
+         --name router-next`), or leave it unset once the router has switched to it",
+        path.display()
+    )
+}
+
+/// What is wrong with `path`, a file Conduit writes, when it is a directory: the
+/// same words for `config validate` and for the process that would write it.
+/// `example` names a file that could go in it (`conduit.log`).
+pub fn a_directory_for_a_file(path: &Path, example: &str) -> Option<String> {
+    path.is_dir().then(|| {
+        format!(
+            "{} is a directory: give a file in it, such as {}",
+            path.display(),
+            path.join(example).display()
+        )
+    })
+}
+
+/// The router key at `p` (checked as `key`), or what is wrong with it.
+fn private_key(p: &Path, name: &str, key: &str) -> Result<PublicKey, String> {
     if !p.exists() {
         return Err(format!(
             "no private key at {}: create one with `conduit init --name {name}` (it writes \
@@ -942,7 +1011,7 @@ fn private_key(p: &Path, name: &str, key: &str) -> Result<(), String> {
         ));
     }
     keys::load_private(p, name)
-        .map(|_| ())
+        .map(|pair| pair.public())
         .map_err(|e| e.to_string())
 }
 

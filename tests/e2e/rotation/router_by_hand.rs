@@ -216,9 +216,9 @@ fn a_next_key_that_is_the_key_in_use_is_refused() {
     assert_code(status, 64, &err);
     assert!(
         err.ends_with(&format!(
-            "conduit: error: --next-key (router.next_private_key_path) {} holds the key the \
-             router presents now ({}): give it a new key (`conduit init --name router-next`), \
-             or leave --next-key out once the router has switched to it\n",
+            "conduit: error: router.next_private_key_path: {} holds the key the router \
+             presents now ({}): give it a new key (`conduit init --name router-next`), or \
+             leave it unset once the router has switched to it (cli --next-key)\n",
             key.display(),
             home.public_key("router")
         )),

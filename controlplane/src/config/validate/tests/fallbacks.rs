@@ -38,6 +38,21 @@ fn fallback_routers_are_checked_one_by_one() {
         1,
     );
     assert_eq!(check(&f, &text), none());
+    // An item that is no string does not hide the ones after it.
+    let text = f.client_text("").replacen(
+        "[[tunnels]]",
+        "fallbacks = [1, \"r:http\", \"\"]\n[[tunnels]]",
+        1,
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.fallbacks[0]: expected a string, found an integer ($F:5)",
+            "error: router.fallbacks[1]: \"r:http\": \"http\" is not a port (1-65535); use \
+             HOST:PORT such as 10.2.0.3:9999 or router-b.internal:9999 ($F:5)",
+            "error: router.fallbacks[2]: is empty; remove it from the list ($F:5)",
+        ]
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use super::{none, router};
 use crate::config::tests::Fixture;
+use crate::keys;
 
 /// A rule for every address and port is valid, and warned of: the router would be an
 /// open proxy into its network.
@@ -86,6 +87,109 @@ fn router_files_are_checked_too() {
     );
 }
 
+/// One bad item does not hide the others: each is named under its own path, and a
+/// list of bad rules is not taken for no rule at all.
+#[test]
+fn every_bad_allow_rule_is_named_and_bad_rules_are_not_no_rules() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let expect_rule = "expected HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, \
+                       db.internal:5432, [::1]:80, *:8000-8100 (optionally KEY=HOST:PORT or \
+                       NAME=HOST:PORT)";
+    let text = "[router]\nbind = \"127.0.0.1:21150\"\n\
+                allow = [\"127.0.0.1:0\", \"::1:80\", \"127.0.0.1:80-70\", \"\"]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            format!(
+                "error: router.allow[0]: invalid allow rule \"127.0.0.1:0\": port 0 is no \
+                 source's port; give the port the source listens on, or * for every port; \
+                 {expect_rule} ($F:3)"
+            ),
+            format!(
+                "error: router.allow[1]: invalid allow rule \"::1:80\": an IPv6 address goes in \
+                 brackets, such as [::1]:80 or [fd00::/64]:5432; {expect_rule} ($F:3)"
+            ),
+            format!(
+                "error: router.allow[2]: invalid allow rule \"127.0.0.1:80-70\": port range runs \
+                 backwards; {expect_rule} ($F:3)"
+            ),
+            "error: router.allow[3]: is empty; remove it from the list ($F:3)".to_owned(),
+        ]
+    );
+    // Items on lines of their own are named with their lines; the good ones stand.
+    let text = "[router]\nbind = \"127.0.0.1:21150\"\nallow = [\n  5,\n  \"10.2.0.2:80\",\n  \
+                \"10.2.0.2\",\n]\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        [
+            "error: router.allow[0]: expected a string, found an integer ($F:4)".to_owned(),
+            format!(
+                "error: router.allow[2]: invalid allow rule \"10.2.0.2\": no port; {expect_rule} ($F:6)"
+            ),
+        ]
+    );
+    // A value that is no list at all is one error, and no "no rule" warning besides.
+    let text = "[router]\nbind = \"127.0.0.1:21150\"\nallow = \"10.2.0.2:80\"\n";
+    assert_eq!(
+        router(&f, text, &[]),
+        ["error: router.allow: expected a list of strings, found a string ($F:3)"]
+    );
+    // The environment replaces the file's list whole: its items are checked, and
+    // named with the variable, while the file's bad item is still named.
+    let text = "[router]\nbind = \"127.0.0.1:21150\"\nallow = [\"\"]\n[health]\n\
+                sources = [1, \"10.2.0.2:80\"]\n";
+    assert_eq!(
+        router(
+            &f,
+            text,
+            &[
+                ("CONDUIT_ROUTER_ALLOW", "10.2.0.2:80"),
+                ("CONDUIT_HEALTH_SOURCES", "10.2.0.2:80,x")
+            ]
+        ),
+        [
+            "error: router.allow[0]: is empty; remove it from the list ($F:3)",
+            "error: health.sources[0]: expected a string, found an integer ($F:5)",
+            "error: health.sources[1]: \"x\" is not HOST:PORT; use the address the router \
+             reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 (env \
+             CONDUIT_HEALTH_SOURCES)",
+            "warning: router.allow: CONDUIT_ROUTER_ALLOW replaces the 1 value of the file \
+             ($F:3) rather than adding to it: a list is taken whole from where it is given \
+             last; give every value with CONDUIT_ROUTER_ALLOW, or add yours to the file",
+            "warning: health.sources: CONDUIT_HEALTH_SOURCES replaces the 2 values of the \
+             file ($F:5) rather than adding to them: a list is taken whole from where it is \
+             given last; give every value with CONDUIT_HEALTH_SOURCES, or add yours to the \
+             file",
+        ]
+    );
+}
+
+/// A list of a great many bad items (a generated file gone wrong) names the first
+/// hundred and counts the rest.
+#[test]
+fn a_list_of_very_many_bad_items_names_the_first_hundred() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let items = vec!["\"\""; 250].join(", ");
+    let text = format!("[router]\nbind = \"127.0.0.1:21150\"\nallow = [{items}]\n");
+    let lines = router(&f, &text, &[]);
+    assert_eq!(lines.len(), 101);
+    assert_eq!(
+        lines[0],
+        "error: router.allow[0]: is empty; remove it from the list ($F:3)"
+    );
+    assert_eq!(
+        lines[99],
+        "error: router.allow[99]: is empty; remove it from the list ($F:3)"
+    );
+    assert_eq!(
+        lines[100],
+        "error: router.allow: 150 more problems with its items past the 100 named; fix those, \
+         then check again"
+    );
+}
+
 #[test]
 fn the_traffic_history_file_needs_its_directory() {
     let f = Fixture::new();
@@ -98,6 +202,59 @@ fn the_traffic_history_file_needs_its_directory() {
             "error: api.history_samples: 0 is out of range; use 1-100000 ($F:3)",
         ]
     );
+}
+
+/// What the router refuses at start, `validate` refuses too, in the same words: a
+/// directory for the log or the history file, a next key that is the current one.
+#[test]
+fn what_the_router_refuses_at_start_is_an_error_here() {
+    let f = Fixture::new();
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let key = f.home.private_key("router");
+    let text = format!(
+        "[router]\nallow = [\"10.2.0.2:80\"]\nnext_private_key_path = {key:?}\n\
+         [api]\nhistory_file = \"$DIR\"\n[logging]\nfile = \"$DIR\"\n"
+    )
+    .replace("$DIR", &f.dir.path().display().to_string());
+    let public = keys::load_private(&key, "router").unwrap().public();
+    assert_eq!(
+        router(&f, &text, &[]),
+        [
+            format!(
+                "error: router.next_private_key_path: $DIR/home/keys/router.key holds the key \
+                 the router presents now ({public}): give it a new key (`conduit init --name \
+                 router-next`), or leave it unset once the router has switched to it ($F:3)"
+            ),
+            "error: api.history_file: $DIR is a directory: give a file in it, such as \
+             $DIR/history.jsonl ($F:5)"
+                .to_owned(),
+            "error: logging.file: $DIR is a directory: give a file in it, such as \
+             $DIR/conduit.log ($F:7)"
+                .to_owned(),
+        ]
+    );
+    // From the command line too, named there.
+    let dir = f.dir.path().display().to_string();
+    let sources = f.sources(
+        "[router]\nallow = [\"10.2.0.2:80\"]\n",
+        &[("CONDUIT_LOGGING_FILE", dir.as_str())],
+        &[],
+    );
+    let report = crate::config::load_router(&sources).unwrap().report;
+    assert_eq!(
+        f.lines(&report),
+        [
+            "error: logging.file: $DIR is a directory: give a file in it, such as \
+          $DIR/conduit.log (env CONDUIT_LOGGING_FILE)"
+        ]
+    );
+    // A next key of its own is fine.
+    keys::generate(&f.home, "router-next", false).unwrap();
+    let text = format!(
+        "[router]\nallow = [\"10.2.0.2:80\"]\nnext_private_key_path = {:?}\n",
+        f.home.private_key("router-next")
+    );
+    assert_eq!(router(&f, &text, &[]), none());
 }
 
 #[test]
@@ -283,4 +440,35 @@ fn the_api_needs_a_port_of_its_own() {
             .collect();
         assert_eq!(problems, none(), "{r} {a}");
     }
+}
+
+/// A list the file gives and the environment or the command line gives again is
+/// replaced whole, not added to: said, since `--allow X` on a router whose file
+/// allows A and B allows X alone.
+#[test]
+fn a_list_of_the_file_given_again_elsewhere_is_replaced_and_said() {
+    let f = Fixture::new();
+    let text = "[router]\ntransport = \"plain\"\nallow = [\"10.2.0.2:80\", \"10.2.0.3:80\"]\n";
+    assert_eq!(
+        router(&f, text, &[("CONDUIT_ROUTER_ALLOW", "10.9.9.9:1")]),
+        [
+            "warning: router.allow: CONDUIT_ROUTER_ALLOW replaces the 2 values of the file \
+             ($F:3) rather than adding to them: a list is taken whole from where it is given \
+             last; give every value with CONDUIT_ROUTER_ALLOW, or add yours to the file"
+        ]
+    );
+    let loaded =
+        crate::config::load_router(&f.sources(text, &[], &["router.allow=10.9.9.9:1"])).unwrap();
+    assert_eq!(loaded.config.router.allow, ["10.9.9.9:1"]);
+    assert_eq!(
+        f.lines(&loaded.report),
+        [
+            "warning: router.allow: --set router.allow replaces the 2 values of the file \
+             ($DIR/conduit.toml:3) rather than adding to them: a list is taken whole from \
+             where it is given last; give every value with --set router.allow, or add yours \
+             to the file"
+        ]
+    );
+    // Not given again: nothing to say.
+    assert_eq!(router(&f, text, &[]), none());
 }

@@ -183,6 +183,46 @@ fn two_tunnels_cannot_bind_the_same_address() {
     );
 }
 
+/// An IPv4-mapped IPv6 address is listened on as the IPv4 address it maps: two binds
+/// that meet through one clash as if written alike.
+#[test]
+fn binds_that_meet_through_an_ipv4_mapped_address_clash() {
+    let f = Fixture::new();
+    let t = |name: &str, bind: &str| {
+        format!("[[tunnels]]\nname = \"{name}\"\nsource = \"s:1\"\nbind = \"{bind}\"\n")
+    };
+    // The base file's tunnel binds 0.0.0.0:8080.
+    let extra = [
+        t("mapped-any", "[::ffff:0.0.0.0]:8080"),
+        t("mapped", "[::ffff:127.0.0.1]:21201"),
+        t("plain", "127.0.0.1:21201"),
+        t("mapped-any-2", "[::ffff:0.0.0.0]:9000"),
+        t("under-mapped-any", "10.0.0.1:9000"),
+        t("mapped-under-any", "[::ffff:10.0.0.1]:8080"),
+        t("v6-loopback", "[::1]:21201"),
+        t("mapped-other", "[::ffff:127.0.0.2]:21201"),
+    ]
+    .concat();
+    assert_eq!(
+        check(&f, &f.client_text(&extra)),
+        [
+            "error: tunnels[1].bind: [::ffff:0.0.0.0]:8080 is tunnels[0].bind 0.0.0.0:8080 \
+             written another way (::ffff:0.0.0.0 is the IPv4 address 0.0.0.0); two tunnels \
+             cannot listen on one address: give one of them another port ($F:12)",
+            "error: tunnels[3].bind: 127.0.0.1:21201 is tunnels[2].bind \
+             [::ffff:127.0.0.1]:21201 written another way (::ffff:127.0.0.1 is the IPv4 \
+             address 127.0.0.1); two tunnels cannot listen on one address: give one of them \
+             another port ($F:20)",
+            "error: tunnels[5].bind: 10.0.0.1:9000 conflicts with tunnels[4].bind \
+             [::ffff:0.0.0.0]:9000 (::ffff:0.0.0.0 listens on every local address); give one \
+             of them another port ($F:28)",
+            "error: tunnels[6].bind: [::ffff:10.0.0.1]:8080 conflicts with tunnels[0].bind \
+             0.0.0.0:8080 (0.0.0.0 listens on every local address); give one of them another \
+             port ($F:32)",
+        ]
+    );
+}
+
 #[test]
 fn udp_tunnels_validate_and_do_not_clash_with_tcp() {
     let f = Fixture::new();
@@ -228,10 +268,24 @@ fn allow_from_takes_addresses_and_cidr_blocks() {
     assert_eq!(
         check(&f, &text),
         [
-            "error: tunnels[1].allow_from: item 3: \"10.0.0.0/33\" is not an address or a CIDR \
+            "error: tunnels[1].allow_from[3]: \"10.0.0.0/33\" is not an address or a CIDR \
              block; write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32 ($F:13)",
-            "error: tunnels[1].allow_from: item 4: \"office\" is not an address or a CIDR block; \
+            "error: tunnels[1].allow_from[4]: \"office\" is not an address or a CIDR block; \
              write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32 ($F:13)",
+        ]
+    );
+    // Items that are no strings, or empty, are named with the others, each on its line.
+    let text = f.client_text(
+        "[[tunnels]]\nname = \"db\"\nsource = \"10.2.0.5:5432\"\nbind = \"0.0.0.0:5432\"\n\
+         allow_from = [\n  2,\n  \"\",\n  \"office\",\n  \"10.0.0.0/8\",\n]\n",
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels[1].allow_from[0]: expected a string, found an integer ($F:14)",
+            "error: tunnels[1].allow_from[1]: is empty; remove it from the list ($F:15)",
+            "error: tunnels[1].allow_from[2]: \"office\" is not an address or a CIDR block; \
+             write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32 ($F:16)",
         ]
     );
 }
