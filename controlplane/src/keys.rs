@@ -130,6 +130,7 @@ pub(crate) fn renamed_into_place(
         f.set_permissions(perms)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        keep_owner(path, tmp);
         std::fs::rename(tmp, path)
     })();
     if written.is_err() {
@@ -379,11 +380,30 @@ fn write_target(path: &Path) -> Result<PathBuf, Error> {
 fn owner_only(path: &Path, tmp: &Path, bytes: &[u8], what: &'static str) -> Result<(), Error> {
     let _ = std::fs::remove_file(tmp);
     new_owner_only(tmp, bytes, what)?;
+    keep_owner(path, tmp);
     std::fs::rename(tmp, path).map_err(|source| Error::File {
         what,
         path: path.to_owned(),
         source,
     })
+}
+
+/// Gives `new`, which is to replace the file at `path`, that file's owner and group:
+/// a key root rotates for the account a service runs as stays that account's. As
+/// far as this process may: only root gives a file away, and a failure leaves `new`
+/// this process's, as writing it made it.
+fn keep_owner(path: &Path, new: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(old), Ok(now)) = (std::fs::metadata(path), std::fs::metadata(new))
+            && (old.uid(), old.gid()) != (now.uid(), now.gid())
+        {
+            let _ = std::os::unix::fs::chown(new, Some(old.uid()), Some(old.gid()));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, new);
 }
 
 /// Creates `path`, which must not exist, with mode 0600 from the start, and writes

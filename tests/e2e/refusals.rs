@@ -533,8 +533,17 @@ fn init_refuses_to_overwrite_and_keys_show_repeats_the_key() {
         "{err}"
     );
     assert_eq!(home.ok(&["keys", "show"]), first);
-    let again = home.ok(&["init", "--force"]);
+    let (status, again, err) = home.run(&["init", "--force"]);
+    assert_code(status, 0, &err);
     assert_ne!(again, first);
+    assert!(
+        err.contains(
+            "conduit: note: the old key client is gone; a router or tunnel running with it \
+             goes on with it until restarted, and routers admit the old public key only: add \
+             the new line to each router's authorized_clients"
+        ),
+        "{err}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -15,6 +15,13 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
         // The line `conduit init` prints, its name too, is taken as it is.
         return PublicKey::parse_named(spec).map_err(|e| Error::Config(format!("{what}: {e}")));
     }
+    Ok(file_keys(spec, what)?[0])
+}
+
+/// Every key line of the `.pub` file at `spec`, read once through
+/// [`read_trusted`] (a regular file no one else may write, of bounded size), in
+/// order, at least one; a line that is not a sound key fails the whole file.
+fn file_keys(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
     let path = Path::new(spec);
     let text = read_trusted(path, "the public key file").map_err(|e| {
         let source = match e {
@@ -62,19 +69,24 @@ pub fn load_public(spec: &str, what: &str) -> Result<PublicKey, Error> {
             path.display()
         )));
     }
+    let mut keys = Vec::new();
     for line in text.lines() {
         match PublicKey::parse_line(line) {
-            None => continue,
-            Some(Ok((key, _))) => return Ok(key),
+            None => {}
+            Some(Ok((key, _))) => keys.push(key),
             Some(Err(e)) => {
                 return Err(Error::Config(format!("{what} in {}: {e}", path.display())));
             }
         }
     }
-    Err(Error::Config(format!(
-        "{what}: {} holds no key",
-        path.display()
-    )))
+    if keys.is_empty() {
+        return Err(Error::Config(format!(
+            "{what}: {} holds no key; give the .pub file `conduit init` wrote (a line \
+             ed25519:…), or the key itself",
+            path.display()
+        )));
+    }
+    Ok(keys)
 }
 
 /// The keys one router may present: `ed25519:…` or the path of a `.pub` file, or
@@ -96,21 +108,8 @@ pub fn load_pinned(spec: &str, what: &str) -> Result<Vec<PublicKey>, Error> {
             keys.extend(pasted);
             continue;
         }
-        // Checks the file as for one key (it exists, its first key is sound), then
-        // takes every key line.
-        load_public(one, what)?;
-        let text = std::fs::read_to_string(one).map_err(|source| Error::File {
-            what: "cannot read public key",
-            path: one.into(),
-            source,
-        })?;
-        for line in text.lines() {
-            match PublicKey::parse_line(line) {
-                None => {}
-                Some(Ok((key, _))) => keys.push(key),
-                Some(Err(e)) => return Err(Error::Config(format!("{what} in {one}: {e}"))),
-            }
-        }
+        // Every key line of the file, read once.
+        keys.extend(file_keys(one, what)?);
     }
     // Each key once, in the order given.
     let mut seen = std::collections::HashSet::new();

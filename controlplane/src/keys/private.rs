@@ -135,10 +135,28 @@ fn read_private(path: &Path, hint_name: &str) -> Result<(std::fs::Metadata, Vec<
     };
     let before = std::fs::metadata(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
+            // `init` writes CONDUIT_HOME/keys/NAME.key: a key expected elsewhere is
+            // not there after it.
+            let flag = flag_for(hint_name);
+            let expected = format!("{hint_name}.key");
+            let init_writes_it = path.file_name().is_some_and(|n| *n == *expected)
+                && path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|d| d == "keys");
+            let moved = if init_writes_it {
+                String::new()
+            } else {
+                format!(
+                    " (it writes keys/{expected} in CONDUIT_HOME: move that file to {}, or \
+                     point {flag} at it)",
+                    path.display()
+                )
+            };
             Error::Config(format!(
-                "no private key at {}: create one with `conduit init --name {hint_name}` or pass {} PATH",
+                "no private key at {}: create one with `conduit init --name {hint_name}`{moved} \
+                 or pass {flag} PATH",
                 path.display(),
-                flag_for(hint_name)
             ))
         } else {
             err(source)

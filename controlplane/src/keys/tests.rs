@@ -158,6 +158,33 @@ fn a_replaced_file_behind_a_link_is_the_link_s_target() {
     assert!(!dir.path().join("shared.tmp").exists());
 }
 
+/// A file rewritten in place of another (a rotated key behind a link, a rewritten
+/// `authorized_clients`) keeps that file's owner and group, where this process may
+/// give them (as root; elsewhere the test has nothing to show).
+#[cfg(unix)]
+#[test]
+fn rewritten_files_keep_their_owner() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, home) = home();
+    generate(&home, "client", false).unwrap();
+    let key = home.private_key("client");
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("authorized_clients");
+    std::fs::write(&auth, "# none yet\n").unwrap();
+    let (uid, gid) = (54_321, 54_322);
+    if std::os::unix::fs::chown(&key, Some(uid), Some(gid)).is_err() {
+        return;
+    }
+    std::os::unix::fs::chown(&auth, Some(uid), Some(gid)).unwrap();
+    generate(&home, "client", true).unwrap();
+    replace_file(&auth, b"# still none\n").unwrap();
+    for path in [&key, &auth] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", path.display());
+    }
+    assert_eq!(std::fs::read_to_string(&auth).unwrap(), "# still none\n");
+}
+
 #[test]
 fn generate_writes_a_private_key_only_its_owner_can_read() {
     let (_d, home) = home();
@@ -380,6 +407,20 @@ fn a_router_is_pinned_to_every_key_its_pub_file_or_spec_names() {
     assert!(
         err.starts_with(&format!("--router-key in {path}: ")),
         "{err}"
+    );
+
+    std::fs::write(&file, "# the router's key goes here\n\n").unwrap();
+    let want = format!(
+        "--router-key: {path} holds no key; give the .pub file `conduit init` wrote (a \
+         line ed25519:…), or the key itself"
+    );
+    assert_eq!(
+        load_pinned(path, "--router-key").unwrap_err().to_string(),
+        want
+    );
+    assert_eq!(
+        load_public(path, "--router-key").unwrap_err().to_string(),
+        want
     );
 }
 

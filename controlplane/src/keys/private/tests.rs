@@ -230,9 +230,22 @@ fn a_bad_next_key_names_the_next_key_option() {
     assert_eq!(
         refusal(&missing, "router-next"),
         format!(
+            "no private key at {0}: create one with `conduit init --name router-next` (it \
+             writes keys/router-next.key in CONDUIT_HOME: move that file to {0}, or point \
+             --next-key at it) or pass --next-key PATH",
+            missing.display()
+        )
+    );
+    // Where `init` writes it, the command is all it takes.
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let home_key = keys.join("router-next.key");
+    assert_eq!(
+        refusal(&home_key, "router-next"),
+        format!(
             "no private key at {}: create one with `conduit init --name router-next` or pass \
              --next-key PATH",
-            missing.display()
+            home_key.display()
         )
     );
 }
