@@ -288,6 +288,24 @@ impl Holder {
     }
 }
 
+/// The live process that holds `name`'s lock in the `run/` directory `run`: its
+/// tunnel, or the `up --foreground` that supervises it. For an entry too damaged
+/// to say which process it belongs to.
+pub(crate) fn name_holder(run: &std::path::Path, name: &str) -> Option<u32> {
+    let path = run.join(format!("{name}.lock"));
+    let file = crate::config::open_to_read(&path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, 256), &mut text).ok()?;
+    let holder = Holder::parse(&text);
+    if holder.supervisor {
+        return holder.live_supervisor();
+    }
+    holder.pid.filter(|pid| registry::process_alive(*pid))
+}
+
 /// The word after the pid in the lock file of a name a supervisor holds.
 const SUPERVISOR_MARK: &str = "supervisor";
 

@@ -164,6 +164,8 @@ pub fn now_rfc3339() -> String {
 #[derive(Debug, Clone)]
 pub struct Registry {
     dir: PathBuf,
+    /// The home's `run/`, where each running tunnel holds its name's lock.
+    run: PathBuf,
 }
 
 impl Registry {
@@ -171,6 +173,7 @@ impl Registry {
     pub fn new(home: &Home) -> Self {
         Self {
             dir: home.tunnels(),
+            run: home.run(),
         }
     }
 
@@ -256,8 +259,13 @@ impl Registry {
                 None => {
                     // Half-written files never exist (rename is atomic): this one is
                     // corrupt, or a newer Conduit's. Kept while the process it names
-                    // lives (its owner needs it), removed otherwise.
-                    if read_head(&path).is_none_or(|h| !h.alive()) {
+                    // lives (its owner needs it), or, when it is too damaged to name
+                    // one, while its tunnel's name is held; removed otherwise.
+                    let alive = match read_head(&path) {
+                        Some(h) => h.alive(),
+                        None => self.holder_of(&path).is_some(),
+                    };
+                    if !alive && is_file(&path) {
                         let _ = std::fs::remove_file(&path);
                     }
                 }
@@ -282,9 +290,19 @@ impl Registry {
             .map(|f| f.path())
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .filter_map(|path| {
-                let bytes = std::fs::read(&path).ok()?;
+                let bytes = read_small(&path)?;
                 let why = serde_json::from_slice::<Entry>(&bytes).err()?;
-                let head = serde_json::from_slice::<Head>(&bytes).ok()?;
+                let Ok(head) = serde_json::from_slice::<Head>(&bytes) else {
+                    let (name, pid) = self.holder_of(&path)?;
+                    return Some(Unreadable {
+                        path,
+                        name: Some(name),
+                        pid,
+                        why: why.to_string(),
+                        verified: false,
+                        damaged: true,
+                    });
+                };
                 head.alive().then(|| Unreadable {
                     path,
                     name: head.name,
@@ -292,6 +310,7 @@ impl Registry {
                     why: why.to_string(),
                     // Its start time was compared with the process's (both known).
                     verified: head.started.is_some() && start_ticks(head.pid).is_some(),
+                    damaged: false,
                 })
             })
             .collect();
@@ -307,11 +326,41 @@ impl Registry {
             .or_else(|| all.iter().find(|e| e.name == key))
             .cloned()
     }
+
+    /// The tunnel name of the entry file at `path` (`NAME-ID.json`, the id being the
+    /// name and four hex digits) and the live process that holds that name, if one
+    /// does: the owner of an entry too damaged to name its process.
+    fn holder_of(&self, path: &Path) -> Option<(String, u32)> {
+        let stem = path.file_stem()?.to_str()?;
+        let (name, _) = stem.rsplit_once('-')?;
+        let pid = crate::process::name_holder(&self.run, name)?;
+        Some((name.to_owned(), pid))
+    }
+}
+
+/// The most of an entry read: entries are a few hundred bytes.
+const MAX_ENTRY: u64 = 1 << 20;
+
+/// The bytes of the entry file at `path`, if it is a regular file (a named pipe or
+/// a device planted there would hold the reader) of sane size.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = crate::config::open_to_read(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_ENTRY + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= MAX_ENTRY).then_some(bytes)
+}
+
+/// Whether `path` is a regular file (not followed through a link).
+fn is_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
 }
 
 fn read_entry(path: &Path) -> Option<Entry> {
-    let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice(&read_small(path)?).ok()
 }
 
 /// An entry this version cannot read whose process lives.
@@ -328,6 +377,9 @@ pub struct Unreadable {
     /// Whether the process is known to be the one that wrote the entry (its start
     /// time matches the entry's); otherwise the pid may have been reused since.
     pub verified: bool,
+    /// The entry is too damaged to name its process: `pid` is the process that
+    /// holds the tunnel's name (the tunnel, or its `up --foreground`).
+    pub damaged: bool,
 }
 
 /// What any version's entry holds, enough to tell whether its process lives.
@@ -350,8 +402,7 @@ impl Head {
 }
 
 fn read_head(path: &Path) -> Option<Head> {
-    let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice(&read_small(path)?).ok()
 }
 
 /// Whether a process with this pid exists (a process of another user counts).

@@ -668,6 +668,65 @@ fn an_entry_this_version_cannot_read_is_kept_while_its_process_lives() {
     assert!(!file.exists());
 }
 
+/// An entry damaged past naming its process (cut short by hand, a full disk) is
+/// kept while its tunnel holds its name, and `list` names the process to stop; a
+/// named pipe planted among the entries holds no command up.
+#[cfg(unix)]
+#[test]
+fn a_damaged_entry_is_kept_while_its_tunnel_holds_its_name() {
+    let home = Home::with_keys();
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let (mut tunnel, _) = home.tunnel(Engine::Epoll, raddr, &source);
+    tunnel.wait_stdout("connected to router");
+    let dir = home.path().join("tunnels");
+    let file = crate::http::wait_for("the entry to say running", || {
+        let file = std::fs::read_dir(&dir)
+            .ok()?
+            .map(|f| f.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))?;
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).ok()?).ok()?;
+        (v["status"] == "running").then_some(file)
+    });
+    let fifo = dir.join("planted.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..40]).unwrap();
+
+    for _ in 0..2 {
+        let (status, out, err) = home.run(&["list"]);
+        assert_code(status, 0, &err);
+        assert_eq!(out, "no tunnels running\n");
+        let want = format!(
+            "warning: {}: the entry of tunnel \"tunnel\" is damaged (",
+            file.display()
+        );
+        assert!(err.starts_with(&want), "{err}");
+        assert!(
+            err.trim_end().ends_with(&format!(
+                "and pid {0} holds its name: that tunnel runs on, unseen by list, status, \
+                 health and kill. Stop it with `kill {0}` once you have checked that it is \
+                 that tunnel (`ps -p {0}`; it drains, then removes the entry) and start it \
+                 again",
+                tunnel.pid()
+            )),
+            "{err}"
+        );
+        assert!(file.exists());
+    }
+    let status = tunnel.stop();
+    assert_code(status, 0, &tunnel.stderr());
+    let (status, out, err) = home.run(&["list"]);
+    assert_code(status, 0, &err);
+    assert_eq!((out.as_str(), err.as_str()), ("no tunnels running\n", ""));
+    assert!(!file.exists());
+    assert!(fifo.exists());
+}
+
 /// A CONDUIT_HOME that does not exist is most likely mistyped: `list` says so on
 /// stderr (its output stays as it is), and `health`, which a probe may run, fails
 /// rather than pass for ever.

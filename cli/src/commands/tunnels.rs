@@ -64,6 +64,19 @@ pub(crate) async fn survey(home: &Home, with_connections: bool) -> anyhow::Resul
     registry.readable().map_err(anyhow::Error::msg)?;
     for u in registry.unreadable() {
         let name = u.name.as_deref().unwrap_or("?");
+        if u.damaged {
+            eprintln!(
+                "warning: {}: the entry of tunnel {name:?} is damaged ({}), and pid {} holds \
+                 its name: that tunnel runs on, unseen by list, status, health and kill. Stop \
+                 it with `kill {}` once you have checked that it is that tunnel (`ps -p {2}`; \
+                 it drains, then removes the entry) and start it again",
+                u.path.display(),
+                u.why,
+                u.pid,
+                u.pid,
+            );
+            continue;
+        }
         let stop = match u.verified {
             true => format!("or stop it with `kill {}`", u.pid),
             // No start time to check the pid against: it may be another process now.
