@@ -168,6 +168,11 @@ fn prints_the_systemd_unit() {
          --key {home}/keys/client.key --name web --pool-size 2 --drain-timeout 30\n\
          Restart=on-failure\n\
          RestartSec=5s\n\
+         # A usage or configuration error (exit 64) needs fixing, not restarting.\n\
+         RestartPreventExitStatus=64\n\
+         # A stop signals the main process alone, which stops its own tunnels once each\n\
+         # (they drain); systemd kills whatever is left after it exits.\n\
+         KillMode=mixed\n\
          LimitNOFILE=1048576\n\
          UMask=0077\n\
          \n\
@@ -190,6 +195,33 @@ fn prints_the_systemd_unit() {
          WantedBy=multi-user.target\n"
     );
     assert_eq!(stdout(&out), want);
+}
+
+/// A key file that is a link to one elsewhere: the directory it leads to is made
+/// writable too, where a rotated key lands (`ProtectSystem=strict` would refuse it).
+#[cfg(unix)]
+#[test]
+fn a_linked_key_s_own_directory_is_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let made = bare_conduit(elsewhere.path())
+        .args(["init"])
+        .output()
+        .expect("run conduit");
+    assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    let real = std::fs::canonicalize(elsewhere.path().join("keys")).unwrap();
+    std::os::unix::fs::symlink(real.join("client.key"), dir.path().join("keys/client.key"))
+        .unwrap();
+    let out = start_service(dir.path(), &["--service-file", "systemd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let unit = stdout(&out);
+    let want = format!(
+        "\nReadWritePaths={} -{}\n",
+        dir.path().display(),
+        real.display()
+    );
+    assert!(unit.contains(&want), "{want:?} not in:\n{unit}");
 }
 
 /// `conduit start … --service-file systemd` in an empty environment, with `extra`.

@@ -34,15 +34,23 @@ pub(crate) struct Tunnel<'a> {
     pub(crate) writes: Vec<PathBuf>,
 }
 
-/// The directories of `files`, made absolute.
+/// The directories of `files`, made absolute; for a file that is a symbolic link,
+/// the directory of the file it leads to as well, where a rotated key lands.
 fn directories(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    files
-        .iter()
-        .map(|f| {
-            let f = absolute(f)?;
-            Ok(f.parent().map_or_else(|| f.clone(), Path::to_path_buf))
-        })
-        .collect()
+    let dir = |f: &Path| {
+        f.parent()
+            .map_or_else(|| f.to_path_buf(), Path::to_path_buf)
+    };
+    let mut out = Vec::new();
+    for f in files {
+        let f = absolute(f)?;
+        out.push(dir(&f));
+        let is_link = std::fs::symlink_metadata(&f).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && let Ok(target) = std::fs::canonicalize(&f) {
+            out.push(dir(&target));
+        }
+    }
+    Ok(out)
 }
 
 fn kind(k: ServiceKind) -> InitSystem {

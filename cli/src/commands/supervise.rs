@@ -210,6 +210,10 @@ impl Child {
             .env_remove("CONDUIT_LOG_FILE")
             .envs(self.secrets.iter().map(|(var, v)| (var, v.expose())))
             .stdin(Stdio::piped())
+            // Its stdout too passes through this process: in a process group of its
+            // own (below) it is not the terminal's foreground, and a terminal set
+            // to stop background writers (`stty tostop`) would stop it.
+            .stdout(Stdio::piped())
             // Its stderr passes through this process, which reads its last words.
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -217,6 +221,11 @@ impl Child {
         // they drain, then exit) rather than run on unsupervised, holding their
         // names and ports against the next `up` (Linux; elsewhere they run on).
         conduit_dataplane::stop_with_parent(cmd.as_std_mut());
+        // A process group of its own: a signal to the supervisor's group (Ctrl-C, a
+        // closed terminal) reaches the supervisor only, which asks each tunnel once
+        // to stop; a second signal would make the tunnel cut its drain short.
+        #[cfg(unix)]
+        cmd.process_group(0);
         // Every child starts from this one thread, so only this one inherits the
         // claim's descriptor.
         let mut child = self
@@ -240,6 +249,14 @@ impl Child {
         mut child: tokio::process::Child,
         stopping: &mut watch::Receiver<bool>,
     ) -> Ended {
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    crate::output::announce(&line);
+                }
+            });
+        }
         let stderr = child.stderr.take();
         let words = tokio::spawn(async move {
             let mut words = LastWords::default();

@@ -136,6 +136,11 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         u,
         "Restart=on-failure\n\
          RestartSec={RESTART_SEC}s\n\
+         # A usage or configuration error (exit 64) needs fixing, not restarting.\n\
+         RestartPreventExitStatus=64\n\
+         # A stop signals the main process alone, which stops its own tunnels once each\n\
+         # (they drain); systemd kills whatever is left after it exits.\n\
+         KillMode=mixed\n\
          LimitNOFILE={LIMIT_NOFILE}\n\
          UMask=0077\n\
          \n\

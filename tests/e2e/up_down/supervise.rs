@@ -378,6 +378,56 @@ fn up_foreground_stops_everything_gracefully_on_sighup() {
     assert!(list(&home).is_empty(), "{:?}", list(&home));
 }
 
+/// Ctrl-C at the terminal (SIGINT to the supervisor's whole process group) reaches
+/// the supervisor only: its tunnels are asked once to stop, and drain, so a held
+/// connection goes on echoing until it closes (a tunnel signalled twice, by the
+/// terminal and then by the supervisor, would cut it).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_to_the_supervisor_s_group_lets_its_tunnels_drain() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("one", source.clone())]);
+    let mut cmd = home.cmd();
+    cmd.args(["up", "-f", file.to_str().unwrap(), "--foreground"])
+        .process_group(0);
+    let mut sup = crate::harness::Proc::spawn(&mut cmd);
+    running(&home, "one");
+    let bind = list(&home)[0]["bind"].as_str().unwrap().to_owned();
+    let mut held = std::net::TcpStream::connect(&bind).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut echo = |what: &[u8]| {
+        held.write_all(what).unwrap();
+        let mut back = vec![0u8; what.len()];
+        held.read_exact(&mut back).unwrap();
+        assert_eq!(back, what);
+    };
+    echo(b"before");
+
+    let status = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", sup.pid())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    sup.wait_stderr("stopping every tunnel (SIGINT)");
+    sup.wait_stderr("stopping: no new connections; draining open ones");
+    echo(b"while it drains");
+    drop(held);
+    let status = sup.wait_exit();
+    let err = sup.stderr();
+    assert_code(status, 0, &err);
+    assert!(!err.contains("while stopping"), "{err}");
+    assert!(
+        err.contains("the open connection finished within the drain"),
+        "{err}"
+    );
+    assert!(list(&home).is_empty(), "{:?}", list(&home));
+}
+
 /// A supervisor killed outright (SIGKILL: no chance to stop its children) takes its
 /// tunnels with it, so a new `up --foreground` can bring them up again.
 #[test]
