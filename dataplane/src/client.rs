@@ -89,6 +89,9 @@ pub(crate) struct ClientCore {
     /// `Opened` (it keeps TLS in userspace): not offered again on that link, so a
     /// router without kTLS costs one round trip once, not on every connection.
     kernel_declined: Cell<Option<crate::LinkEpoch>>,
+    /// The router of the channel this core last handed a user, where several are in
+    /// use at once: ties go to the routers after it, in turn.
+    last_router: Cell<usize>,
 }
 
 impl ClientCore {
@@ -112,6 +115,7 @@ impl ClientCore {
             target,
             flows: RefCell::default(),
             kernel_declined: Cell::new(None),
+            last_router: Cell::new(usize::MAX),
         });
         match listener {
             Listen::Tcp(listener) => {
@@ -493,25 +497,38 @@ impl ClientCore {
     /// The idle channel to try next: the first; or, where several routers are in
     /// use at once, the first of the router with the fewest streams riding it now
     /// (a router that holds its streams longer, slower or busier, gets fewer), passing
-    /// over one that just refused a stream (its limit reached) while another has one.
+    /// over one that just refused a stream (its limit reached) while another has one;
+    /// of routers tied, the next in turn after the one this core chose last (else a
+    /// user who makes one connection at a time would always get the router of the
+    /// channel it just gave back).
     fn take_idle(&self) -> Option<Link> {
         let mut pool = self.pool.borrow_mut();
         let links = &self.spec.link;
-        let at = if links.routers() > 1 && pool.idle.len() > 1 {
+        let n = links.routers();
+        let at = if n > 1 && pool.idle.len() > 1 {
             let now = Instant::now();
-            let load = |ch: &Link| {
+            // The router whose turn it is (the first when none was chosen yet).
+            let next = match self.last_router.get() {
+                usize::MAX => 0,
+                last => (last + 1) % n,
+            };
+            let rank = |ch: &Link| {
                 let router = ch.epoch().router;
-                (links.shunned(router, now), links.streams(router))
+                // 0 for the router whose turn it is, n-1 for the one chosen last.
+                let turn = (router % n + n - next) % n;
+                (links.shunned(router, now), links.streams(router), turn)
             };
             pool.idle
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, ch)| load(ch))
+                .min_by_key(|(_, ch)| rank(ch))
                 .map_or(0, |(i, _)| i)
         } else {
             0
         };
-        pool.idle.remove(at)
+        let ch = pool.idle.remove(at)?;
+        self.last_router.set(ch.epoch().router);
+        Some(ch)
     }
 
     /// A live channel for a new user connection.

@@ -28,6 +28,7 @@ use futures::channel::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::channel::{Held, lend_back, read_tls, seal};
+use crate::limit::Throttle;
 use crate::net::{Destination, Socket, Udp};
 use crate::pool;
 use crate::relay::{CHUNK, Side, Stop};
@@ -178,6 +179,11 @@ pub(crate) struct Sources {
 /// How often a flow with several sources asks whether the one in use is down.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
+thread_local! {
+    /// The moves of this core's flows between sources, as logged.
+    static MOVES: Throttle = Throttle::new(Duration::from_secs(1));
+}
+
 impl Sources {
     /// `addrs[0]` is the one the socket is connected to; `health`: the policy to ask
     /// about `target`'s members (a target of several).
@@ -220,20 +226,30 @@ impl Sources {
         self.move_to(sock, next, "is down (the router's health checks)");
     }
 
-    /// Connects `sock` to source `next`, the one in use having done `why`.
+    /// Connects `sock` to source `next`, the one in use having done `why`. Logged
+    /// at most once a second on each core, with a count of the moves held back: a
+    /// flow whose every source is down moves at each datagram its user sends.
     fn move_to(&self, sock: &Udp, next: usize, why: &str) {
         let (from, to) = (self.addrs[self.at.get()], self.addrs[next]);
-        match sock.reconnect(to) {
-            Ok(()) => {
-                self.at.set(next);
-                info!(
-                    conn = self.conn,
-                    "source {from} {why}; the flow moves to source {to}"
-                );
-            }
+        let moved = sock.reconnect(to);
+        if moved.is_ok() {
+            self.at.set(next);
+        }
+        let Some(held) = MOVES.with(Throttle::admit) else {
+            return;
+        };
+        let note = match held {
+            0 => String::new(),
+            n => format!(" ({n} more moves between sources since the last report)"),
+        };
+        match moved {
+            Ok(()) => info!(
+                conn = self.conn,
+                "source {from} {why}; the flow moves to source {to}{note}"
+            ),
             Err(e) => warn!(
                 conn = self.conn,
-                "source {from} {why}, and the flow cannot move to source {to}: {e}"
+                "source {from} {why}, and the flow cannot move to source {to}: {e}{note}"
             ),
         }
     }

@@ -35,7 +35,10 @@ fn the_link_moves_to_the_next_router_when_one_goes_away() {
         "{status}"
     );
 
+    // A router that says goodbye (it is shutting down) is left at once for the
+    // one standing by, not tried again first.
     first.stop();
+    tunnel.wait_stderr(&format!("; trying router {b} at once"));
     tunnel.wait_stdout(&format!("connected to router {b}"));
     wait_for_echo(taddr, b"through the second");
     assert_echo(taddr, b"and again");
@@ -288,6 +291,39 @@ fn a_balancing_tunnel_spreads_users_over_its_routers_and_serves_on_while_one_is_
         status.contains(&format!("routers {a}, {b} all connected since {back}")),
         "{status}"
     );
+}
+
+/// A user who makes one connection at a time (each closed before the next) finds
+/// the routers tied, none carrying a stream: ties go in turn, so the routers share
+/// such users too (they all went to the router of the channel just given back).
+#[test]
+fn a_balancing_tunnel_takes_tied_routers_in_turn() {
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (_first, a, api_a) = router_api(&home, &allow, &[]);
+    let (_second, b, api_b) = router_api(&home, &allow, &[]);
+    let tunnel = home.tunnel_via(
+        Engine::Epoll,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-balance"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to routers {a}, {b}"));
+    for i in 0..20 {
+        assert_echo(taddr, format!("one at a time, {i}").as_bytes());
+        open_on([&api_a, &api_b], 0);
+    }
+    let total = |api: &str| {
+        crate::ops::get(api, "/api/v1/stats/connections")["data"]["total"]
+            .as_u64()
+            .expect("a count of connections")
+    };
+    let (on_a, on_b) = (total(&api_a), total(&api_b));
+    assert_eq!(on_a + on_b, 20);
+    // In turn on each core, each core starting with the first router.
+    assert!(on_a >= 8 && on_b >= 8, "{on_a} users on {a}, {on_b} on {b}");
 }
 
 #[test]

@@ -120,7 +120,13 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 // some may have refused and others be away: the detail says which.
                 if l.detail.starts_with("the router refused") {
                     "refuses the link"
-                } else if st.routers.iter().any(|r| !r.refused.is_empty()) {
+                } else if st
+                    .routers
+                    .iter()
+                    .any(|r| !r.refused.is_empty() || r.link == "standby")
+                {
+                    // One refused, or one stands by (answering checks) while the
+                    // tunnel moves to it: not every router is out of reach.
                     "not linked"
                 } else {
                     "unreachable"

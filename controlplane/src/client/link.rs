@@ -105,13 +105,15 @@ pub(super) async fn control_loop(
                     continue;
                 }
                 // A router that stopped answering would most likely hold the next
-                // attempt for its whole handshake timeout: the next router that
-                // answers takes over at once instead, and this one is tried again
-                // in its turn. A router that closed the link or failed it is tried
-                // again first: it fails at once if it is gone, and it may be back.
-                // Users waiting for a channel wait for the next router's (set before
-                // the link is down, so that none is turned away in between).
-                let move_now = end.silent && shared.routers.len() > 1 && !*stop.borrow();
+                // attempt for its whole handshake timeout, and one that said goodbye
+                // (it is shutting down) is going away: the next router that answers
+                // takes over at once instead, and this one is tried again in its
+                // turn. A router that closed the link or failed it is tried again
+                // first: it fails at once if it is gone, and it may be back. Users
+                // waiting for a channel wait for the next router's (set before the
+                // link is down, so that none is turned away in between).
+                let move_now =
+                    (end.silent || end.goodbye) && shared.routers.len() > 1 && !*stop.borrow();
                 shared.link.set_moving(move_now);
                 shared.link.lost_all();
                 if *stop.borrow() {
