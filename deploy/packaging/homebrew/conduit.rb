@@ -21,8 +21,10 @@ class Conduit < Formula
     <<~EOS
       Keys live in CONDUIT_HOME (default ~/.conduit): `conduit init` makes this
       machine's key. The router service (`brew services start conduit`) reads
-      #{etc}/conduit/router.toml and keeps its keys in #{var}/conduit; an example
-      configuration is in #{opt_pkgshare}.
+      #{etc}/conduit/router.toml and keeps its keys in #{var}/conduit; make the
+      router's key there first:
+        CONDUIT_HOME=#{var}/conduit conduit init --name router
+      An example configuration is in #{opt_pkgshare}.
     EOS
   end
 
