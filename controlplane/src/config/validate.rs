@@ -424,7 +424,9 @@ pub fn webhook_url(u: &str) -> Result<(), String> {
 
 fn tunnels(c: &Config, out: &mut Out<'_>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut binds: Vec<(usize, SocketAddr, Protocol)> = Vec::new();
+    // The binds so far by protocol and port (only those can clash), each list in file
+    // order: a file of thousands of tunnels is checked in linear time.
+    let mut binds: HashMap<(Protocol, u16), Vec<(usize, SocketAddr)>> = HashMap::new();
     for (i, t) in c.tunnels.iter().enumerate() {
         let path = |k: &str| format!("tunnels[{i}].{k}");
         if let Some(name) = &t.name {
@@ -496,18 +498,17 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
             out.warn(&path("bind"), port_zero());
             continue;
         }
-        let clash = binds
-            .iter()
-            .find(|(_, b, proto)| *proto == t.protocol && overlaps(*b, addr));
+        let same_port = binds.entry((t.protocol, addr.port())).or_default();
+        let clash = same_port.iter().find(|(_, b)| overlaps(*b, addr));
         match clash {
-            Some((j, other, _)) if *other == addr => out.error(
+            Some((j, other)) if *other == addr => out.error(
                 &path("bind"),
                 format!(
                     "{addr} is also the bind of tunnels[{j}]; two tunnels cannot listen on one \
  address: give one of them another port"
                 ),
             ),
-            Some((j, other, _)) if other.ip().to_canonical() == addr.ip().to_canonical() => {
+            Some((j, other)) if other.ip().to_canonical() == addr.ip().to_canonical() => {
                 let v4 = addr.ip().to_canonical();
                 out.error(
                     &path("bind"),
@@ -518,7 +519,7 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                     ),
                 );
             }
-            Some((j, other, _)) => {
+            Some((j, other)) => {
                 let any = if other.ip().to_canonical().is_unspecified() {
                     other
                 } else {
@@ -533,7 +534,7 @@ fn tunnels(c: &Config, out: &mut Out<'_>) {
                     ),
                 );
             }
-            None => binds.push((i, addr, t.protocol)),
+            None => same_port.push((i, addr)),
         }
     }
 }
