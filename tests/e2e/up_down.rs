@@ -271,6 +271,67 @@ fn up_twice_then_change_remove_and_down() {
     assert!(out.contains("no tunnels from"), "{out}");
 }
 
+/// An unchanged tunnel that does not answer (frozen with SIGSTOP) is not called up to
+/// date: `up` names it, exits 1 and says how to get it going; after that, `up`
+/// starts it again.
+#[test]
+fn up_names_an_unchanged_tunnel_that_does_not_answer() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    let l = list(&home);
+    let (pid, id) = (
+        pid_of(&home, "web"),
+        l[0]["id"].as_str().unwrap().to_owned(),
+    );
+    let signal = |sig: &str| {
+        let s = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+    signal("-STOP");
+    // Let go of, whatever happens, before the cleanup stops it.
+    struct Thaw(u64);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let thaw = Thaw(pid);
+
+    let (status, out, err) = up(&home, &file, &[]);
+    assert_code(status, 1, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        said(&err),
+        format!(
+            "conduit: error: tunnel \"web\" (id {id}, pid {pid}) has these settings but does \
+             not respond: control socket does not answer (the process may be stopped or \
+             overloaded); `conduit kill --tunnel web --force` stops it (SIGKILL if it still \
+             does not answer), then `conduit up -f {}` starts it again\n",
+            std::fs::canonicalize(&file).unwrap().display()
+        )
+    );
+
+    // As it says.
+    let (status, _, err) = home.run(&["kill", "--tunnel", "web", "--force"]);
+    assert_code(status, 0, &err);
+    drop(thaw);
+    let (status, out, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    assert!(out.starts_with("started tunnel \"web\""), "{out}");
+    assert_ne!(pid_of(&home, "web"), pid);
+    echo_through(&home, "web");
+}
+
 #[test]
 fn the_environment_overrides_the_file() {
     let home = Home::with_keys();

@@ -103,7 +103,11 @@ pub(crate) async fn survey(home: &Home, with_connections: bool) -> anyhow::Resul
 }
 
 /// One tunnel's answer; `None` when its process turned out to be gone.
-async fn look(registry: &Registry, entry: Entry, with_connections: bool) -> Option<Seen> {
+pub(crate) async fn look(
+    registry: &Registry,
+    entry: Entry,
+    with_connections: bool,
+) -> Option<Seen> {
     let mut c = match control::connect(&entry.control_socket).await {
         Ok(c) => c,
         Err(e) => {

@@ -256,14 +256,39 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
             exit::USAGE,
         ));
     }
-    for (t, e) in &actions.keep {
-        say(format_args!(
-            "tunnel {:?} is up to date (id {}, pid {}) listening on {}",
-            t.name,
-            e.tunnel_id,
-            e.pid,
-            e.config.shown_bind()
-        ));
+    let rt = runtime(2)?;
+    // Unchanged is not enough to be up: each is asked whether it answers (a stopped
+    // or hung process keeps its entry and its port, and serves nobody).
+    let answers = rt.block_on(join_all(
+        (actions.keep.iter()).map(|(_, e)| super::tunnels::look(&registry, e.clone(), false)),
+    ));
+    for ((t, e), seen) in actions.keep.iter().zip(answers) {
+        match seen.map(|s| s.status) {
+            Some(Ok(_)) => say(format_args!(
+                "tunnel {:?} is up to date (id {}, pid {}) listening on {}",
+                t.name,
+                e.tunnel_id,
+                e.pid,
+                e.config.shown_bind()
+            )),
+            Some(Err(why)) => failures.push((
+                format!(
+                    "tunnel {:?} (id {}, pid {}) has these settings but does not respond: \
+                     {why}; `conduit kill --tunnel {} --force` stops it (SIGKILL if it \
+                     still does not answer), then `conduit up -f {file}` starts it again",
+                    t.name, e.tunnel_id, e.pid, t.name
+                ),
+                exit::FAILURE,
+            )),
+            None => failures.push((
+                format!(
+                    "tunnel {:?} (id {}, pid {}) stopped while `up` asked it: run `conduit up \
+                     -f {file}` again to start it",
+                    t.name, e.tunnel_id, e.pid
+                ),
+                exit::FAILURE,
+            )),
+        }
     }
     // Each stop once, all at once (each drains while the others do); a tunnel starts
     // as soon as what it waits for has stopped: its own old process when restarted,
@@ -282,7 +307,6 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
         actions.start.iter().map(|t| (*t, None)).collect();
     let removed = actions.remove.len();
     to_start.extend((again.iter().enumerate()).map(|(i, (t, _, _))| (*t, Some(removed + i))));
-    let rt = runtime(2)?;
     let launching = std::sync::Arc::new(std::sync::Mutex::new(()));
     let (stopped, launched) = rt.block_on(async {
         let stops: Vec<_> = (stopping.iter())
