@@ -59,9 +59,10 @@ impl LogArgs {
     }
 }
 
-/// The TLS and HTTP libraries, whose chatter is kept down unless a filter names
-/// them: at `trace` they would log every record, and connection pools' keys.
-const QUIET: [&str; 4] = ["rustls", "hyper", "hyper_util", "h2"];
+/// The TLS, HTTP and gRPC libraries, whose chatter is kept down unless a filter
+/// names them: at `trace` they would log every record, and connection pools' keys;
+/// at `debug` the control client's each request (tower's buffer).
+const QUIET: [&str; 6] = ["rustls", "hyper", "hyper_util", "h2", "tower", "tonic"];
 
 /// The tracing filter `--log-level` stands for: a level (`warning` is `warn`), or a
 /// filter as written; either way with the libraries of [`QUIET`] kept at `warn`
@@ -391,7 +392,7 @@ mod tests {
 
     #[test]
     fn levels_are_levels_and_other_single_words_are_refused() {
-        let quiet = ",rustls=warn,hyper=warn,hyper_util=warn,h2=warn";
+        let quiet = ",rustls=warn,hyper=warn,hyper_util=warn,h2=warn,tower=warn,tonic=warn";
         assert_eq!(directives("warning").unwrap(), format!("warn{quiet}"));
         assert_eq!(directives("Debug").unwrap(), format!("debug{quiet}"));
         assert_eq!(directives("info").unwrap(), format!("info{quiet}"));
@@ -412,11 +413,12 @@ mod tests {
         );
         assert_eq!(
             directives("info,rustls=debug").unwrap(),
-            "info,rustls=debug,hyper=warn,hyper_util=warn,h2=warn"
+            "info,rustls=debug,hyper=warn,hyper_util=warn,h2=warn,tower=warn,tonic=warn"
         );
         assert_eq!(
             directives("Warning, hyper_util::client=trace").unwrap(),
-            "warn,hyper_util::client=trace,rustls=warn,hyper=warn,h2=warn"
+            "warn,hyper_util::client=trace,rustls=warn,hyper=warn,h2=warn,tower=warn,\
+             tonic=warn"
         );
     }
 
