@@ -126,8 +126,9 @@ pub(crate) fn from_tls(e: TlsError, our_key: &conduit_proto::PublicKey, our_line
     if e.peer_rejected_our_key() {
         return Error::Authentication(format!(
             "the router refused this client's key {our_key}; add this line to the router's \
-             authorized_clients file: {our_line} (if it is there already, its expires= time \
-             has passed: extend or remove that expires=)"
+             authorized_clients file: {our_line} (the name after the key is what the router's \
+             logs and NAME= allow rules call this client: choose your own; if the key is there \
+             already, its expires= time has passed: extend or remove that expires=)"
         ));
     }
     Error::Tls(e)

@@ -160,7 +160,8 @@ fn a_key_listed_with_an_expiry_time_is_revoked_when_it_passes() {
     // The fix it cannot tell from the refusal alone is named too.
     assert!(
         err.contains(
-            "(if it is there already, its expires= time has passed: extend or remove that expires=)"
+            "choose your own; if the key is there already, its expires= time has passed: \
+             extend or remove that expires=)"
         ),
         "{err}"
     );

@@ -98,8 +98,10 @@ both_engines!(
         assert!(
             err.contains(&format!(
                 "the router refused this client's key {stranger}; add this line to the \
-                 router's authorized_clients file: {stranger} client (if it is there already, \
-                 its expires= time has passed: extend or remove that expires=)\n"
+                 router's authorized_clients file: {stranger} client (the name after the key \
+                 is what the router's logs and NAME= allow rules call this client: choose your \
+                 own; if the key is there already, its expires= time has passed: extend or \
+                 remove that expires=)\n"
             )),
             "{err}"
         );
@@ -129,8 +131,10 @@ fn an_unknown_key_of_another_name_is_refused_with_its_own_line() {
     assert!(
         err.contains(&format!(
             "the router refused this client's key {other}; add this line to the router's \
-             authorized_clients file: {other} other (if it is there already, its expires= \
-             time has passed: extend or remove that expires=)\n"
+             authorized_clients file: {other} other (the name after the key is what the \
+             router's logs and NAME= allow rules call this client: choose your own; if the key \
+             is there already, its expires= time has passed: extend or remove that \
+             expires=)\n"
         )),
         "{err}"
     );
