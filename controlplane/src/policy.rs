@@ -230,10 +230,13 @@ impl Rule {
     /// loopback services and API, a cloud's metadata service (on port 80), the whole
     /// network around it. Allowed, as a lab may want it, but never without a word.
     pub fn opens_everything(&self) -> Option<String> {
-        let every = match &self.host {
-            Host::Any => "every address",
-            Host::Net(IpNet::V4(n)) if n.prefix_len() == 0 => "every IPv4 address",
-            Host::Net(IpNet::V6(n)) if n.prefix_len() == 0 => "every IPv6 address",
+        // What the router's own host offers on each family: a rule for every IPv6
+        // address reaches none of its IPv4 loopback services (its API's default
+        // address is 127.0.0.1) nor the IPv4 metadata address.
+        let (every, v6) = match &self.host {
+            Host::Any => ("every address", false),
+            Host::Net(IpNet::V4(n)) if n.prefix_len() == 0 => ("every IPv4 address", false),
+            Host::Net(IpNet::V6(n)) if n.prefix_len() == 0 => ("every IPv6 address", true),
             _ => return None,
         };
         let who = match &self.client {
@@ -244,10 +247,19 @@ impl Rule {
         // Port 0 is no source's: `1-65535` is every port too.
         let (first, last) = match self.ports {
             Ports::Any | Ports::Range(0 | 1, u16::MAX) => {
+                let own = match v6 {
+                    false => {
+                        "its own loopback services and API, cloud metadata \
+                              (169.254.169.254)"
+                    }
+                    true => {
+                        "its own services on [::1], cloud metadata over IPv6 \
+                             ([fd00:ec2::254] on AWS)"
+                    }
+                };
                 return Some(format!(
                     "allow rule `{}` lets {who} reach {every} on every port the router can \
-                     reach: its own loopback services and API, cloud metadata \
-                     (169.254.169.254), the whole network around it; allow only the sources \
+                     reach: {own}, the whole network around it; allow only the sources \
                      clients need, by address and port (10.2.0.2:8080), network and port \
                      (10.2.0.0/24:5432) or name (db.internal:5432)",
                     self.text
@@ -260,14 +272,18 @@ impl Rule {
         } else {
             format!("ports {first}-{last}")
         };
-        let metadata = if self.ports.contains(80) {
-            ", cloud metadata (169.254.169.254:80)"
-        } else {
-            ""
+        let metadata = match (self.ports.contains(80), v6) {
+            (false, _) => "",
+            (true, false) => ", cloud metadata (169.254.169.254:80)",
+            (true, true) => ", cloud metadata over IPv6 ([fd00:ec2::254]:80 on AWS)",
+        };
+        let own = match v6 {
+            false => "its own loopback services",
+            true => "its own services on [::1]",
         };
         Some(format!(
-            "allow rule `{}` lets {who} reach {ports} of {every} the router can reach: its \
-             own loopback services{metadata}, the whole network around it; allow only the \
+            "allow rule `{}` lets {who} reach {ports} of {every} the router can reach: \
+             {own}{metadata}, the whole network around it; allow only the \
              sources clients need, by address and port (10.2.0.2:{first}), network and port \
              (10.2.0.0/24:{first}) or name (db.internal:{first})",
             self.text

@@ -159,6 +159,7 @@ fn rules_for_every_address_are_warned_of() {
         "*:443".to_owned(),
         "laptop=0.0.0.0/0:80".to_owned(),
         "*:8000-8100".to_owned(),
+        "[::/0]:80".to_owned(),
         // Narrower: not warned of.
         "0.0.0.0/1:*".to_owned(),
         "10.0.0.0/8:*".to_owned(),
@@ -177,12 +178,17 @@ fn rules_for_every_address_are_warned_of() {
         ("[::/0]:1-65535", "every client", "every IPv6 address"),
     ]
     .map(|(rule, who, every)| {
+        let own = match every {
+            "every IPv6 address" => {
+                "its own services on [::1], cloud metadata over IPv6 ([fd00:ec2::254] on AWS)"
+            }
+            _ => "its own loopback services and API, cloud metadata (169.254.169.254)",
+        };
         format!(
             "allow rule `{rule}` lets {who} reach {every} on every port the router can \
-             reach: its own loopback services and API, cloud metadata (169.254.169.254), \
-             the whole network around it; allow only the sources clients need, by address \
-             and port (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name \
-             (db.internal:5432)"
+             reach: {own}, the whole network around it; allow only the sources clients \
+             need, by address and port (10.2.0.2:8080), network and port (10.2.0.0/24:5432) \
+             or name (db.internal:5432)"
         )
     });
     let some_ports = [
@@ -202,6 +208,12 @@ fn rules_for_every_address_are_warned_of() {
              around it; allow only the sources clients need, by address and port \
              (10.2.0.2:8000), network and port (10.2.0.0/24:8000) or name \
              (db.internal:8000)"
+            .to_owned(),
+        "allow rule `[::/0]:80` lets every client reach port 80 of every IPv6 address the \
+             router can reach: its own services on [::1], cloud metadata over IPv6 \
+             ([fd00:ec2::254]:80 on AWS), the whole network around it; allow only the \
+             sources clients need, by address and port (10.2.0.2:80), network and port \
+             (10.2.0.0/24:80) or name (db.internal:80)"
             .to_owned(),
     ];
     let expected: Vec<String> = expected.into_iter().chain(some_ports).collect();

@@ -15,15 +15,25 @@ fn a_rule_for_every_address_and_port_is_warned_of() {
     assert_eq!(
         router(&f, text, &[]),
         [
-            ("1", "*:*", "every address"),
-            ("2", "[::]/0:*", "every IPv6 address")
+            (
+                "1",
+                "*:*",
+                "every address",
+                "its own loopback services and API, cloud metadata (169.254.169.254)"
+            ),
+            (
+                "2",
+                "[::]/0:*",
+                "every IPv6 address",
+                "its own services on [::1], cloud metadata over IPv6 ([fd00:ec2::254] on AWS)"
+            )
         ]
-        .map(|(i, rule, every)| format!(
+        .map(|(i, rule, every, own)| format!(
             "warning: router.allow[{i}]: allow rule `{rule}` lets every client reach \
-                 {every} on every port the router can reach: its own loopback services and \
-                 API, cloud metadata (169.254.169.254), the whole network around it; allow \
-                 only the sources clients need, by address and port (10.2.0.2:8080), network \
-                 and port (10.2.0.0/24:5432) or name (db.internal:5432) ($F:3)"
+                 {every} on every port the router can reach: {own}, the whole network around \
+                 it; allow only the sources clients need, by address and port \
+                 (10.2.0.2:8080), network and port (10.2.0.0/24:5432) or name \
+                 (db.internal:5432) ($F:3)"
         ))
     );
 }
