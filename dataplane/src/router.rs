@@ -524,6 +524,8 @@ impl RouterCore {
         }
         debug!(
             conn = id,
+            client = %describe(peer_key.as_ref()),
+            %tunnel,
             to_source = counters.up.get(),
             from_source = counters.down.get(),
             "stream closed"
@@ -655,6 +657,8 @@ impl RouterCore {
                 .await;
             debug!(
                 conn = id,
+                client = %describe(ch.peer_key.as_ref()),
+                tunnel = %ch.tunnel,
                 to_source = counters.up.get(),
                 from_source = counters.down.get(),
                 "stream closed"

@@ -60,6 +60,13 @@ fn connections_are_logged_at_debug_with_their_id_and_logs_can_go_to_a_rotated_fi
     assert_eq!(opened["fields"]["target"], source.to_string());
     assert_eq!(opened["fields"]["conn"], closed["fields"]["conn"]);
     assert_eq!(closed["fields"]["to_source"], 1000);
+    // Both name the client and its tunnel: a log searched by either finds the pair.
+    let client = home.public_key("client");
+    for line in [&opened, &closed] {
+        assert_eq!(line["fields"]["client"], client.as_str(), "{line}");
+        assert!(line["fields"]["tunnel"].is_string(), "{line}");
+    }
+    assert_eq!(opened["fields"]["tunnel"], closed["fields"]["tunnel"]);
     // The tunnel side logs its user connection's open and close with one id too.
     let lines: Vec<Value> = tunnel
         .stderr()
