@@ -509,10 +509,18 @@ fn history_before_the_first_sample_says_none_yet() {
 fn a_token_given_as_a_flag_is_warned_about_and_never_logged() {
     let home = Home::with_keys();
     let hook = "http://127.0.0.1:9/hooks/SECRETPATH";
-    let (p, _, _) = router_api(&home, &[], &["--alert-slack", hook]);
+    let set = "alerts.webhook=http://127.0.0.1:9/hooks/SETPATH";
+    let (p, _, _) = router_api(&home, &[], &["--alert-slack", hook, "--set", set]);
     p.wait_stderr("--api-token puts a secret on the command line");
     p.wait_stderr("--alert-slack puts a secret on the command line");
+    // `--set` is the command line too.
+    p.wait_stderr(
+        "--set alerts.webhook=… puts a secret on the command line, where every user of this \
+         host can read it (`ps`); give it in CONDUIT_ALERTS_WEBHOOK or [alerts] webhook in \
+         --config instead",
+    );
     let err = p.stderr();
+    assert!(!err.contains("SETPATH"), "{err}");
     assert!(
         err.contains("give it in CONDUIT_API_TOKEN or [api] token in --config instead"),
         "{err}"

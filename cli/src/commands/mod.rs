@@ -225,6 +225,21 @@ fn say_waiting_for_lock(home: &Home) {
     );
 }
 
+/// Warns of each secret (a token, a webhook URL) a long-running process was given
+/// with `--set`: its command line is every local user's to read for as long as it
+/// runs. `file_flag` names the flag of the file the key may go in instead.
+fn warn_of_secrets_set(set: &[conduit_controlplane::config::Override], file_flag: &str) {
+    for o in set.iter().filter(|o| o.is_secret()) {
+        let (section, key) = o.key.split_once('.').unwrap_or(("", &o.key));
+        tracing::warn!(
+            "--set {}=… puts a secret on the command line, where every user of this host \
+             can read it (`ps`); give it in {} or [{section}] {key} in {file_flag} instead",
+            o.key,
+            o.env_name()
+        );
+    }
+}
+
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }

@@ -98,6 +98,7 @@ pub(crate) fn run(home: &Home, a: RouterArgs, log: &LogArgs) -> Result<()> {
             );
         }
     }
+    super::warn_of_secrets_set(&a.set, "--config");
     // Where a refusal tells to add a missing allow rule.
     let given = match loaded.origins.get("router.allow") {
         Origin::File { .. } => RulesGiven::File,

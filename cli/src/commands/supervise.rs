@@ -57,6 +57,8 @@ const STEADY: Duration = Duration::from_secs(60);
 /// each one that fails; then stops them. `text` is the file's, as `plan` was made
 /// from it: what each run of each child is handed.
 pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String) -> Result<()> {
+    // The tunnels get them in their environment; this process keeps its command line.
+    super::warn_of_secrets_set(set, "-f FILE");
     let exe = std::env::current_exe()?;
     let me = std::process::id().to_string();
     let secrets = secret_vars(set);
