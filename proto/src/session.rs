@@ -66,7 +66,12 @@ fn describe(e: &rustls::Error) -> String {
         return u.to_string();
     }
     if let rustls::Error::PeerIncompatible(
-        P::Tls12NotOffered | P::Tls12NotOfferedOrEnabled | P::SupportedVersionsExtensionRequired,
+        P::Tls12NotOffered
+        | P::Tls12NotOfferedOrEnabled
+        | P::SupportedVersionsExtensionRequired
+        // A TLS 1.0 or 1.1 hello, which has no signature_algorithms (every TLS 1.3
+        // one has): rustls stops at that before it looks at the version.
+        | P::SignatureAlgorithmsExtensionRequired,
     ) = e
     {
         return format!(

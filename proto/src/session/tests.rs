@@ -566,3 +566,24 @@ fn no_cipher_suite_in_common_is_told_apart_on_both_sides() {
     assert!(e.peer_refused_handshake(), "{e}");
     assert!(!e.no_cipher_suite_in_common(), "{e}");
 }
+
+/// A peer of TLS 1.2 or older is told so, whichever check refused its hello first: a
+/// TLS 1.0 or 1.1 hello fails on its missing signature_algorithms before the version.
+#[test]
+fn old_tls_versions_are_named_as_such() {
+    use rustls::PeerIncompatible as P;
+    for p in [
+        P::Tls12NotOffered,
+        P::SupportedVersionsExtensionRequired,
+        P::SignatureAlgorithmsExtensionRequired,
+    ] {
+        let said = describe(&rustls::Error::PeerIncompatible(p.clone()));
+        assert!(
+            said.starts_with(
+                "TLS error: the peer offers only TLS 1.2 or older, and Conduit speaks TLS 1.3 \
+                 only ("
+            ),
+            "{p:?}: {said}"
+        );
+    }
+}
