@@ -614,6 +614,10 @@ impl ClientTunnel {
         };
         let (result, drain) = tokio::select! {
             drain = shutdown => {
+                // Stop accepting at once (the drain starts now): a user let in while
+                // the goodbye goes out would find the link down below and be told
+                // the tunnel is reconnecting.
+                self.shared.dp.cut_drain(drain);
                 // Say goodbye on the control channel, so the router knows this tunnel
                 // stopped on purpose (and does not report its link as lost).
                 let _ = stop_tx.send(true);
