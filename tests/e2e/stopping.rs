@@ -27,7 +27,7 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn signal(pid: u64, sig: &str) {
+pub(crate) fn signal(pid: u64, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{DEADLINE, Engine, Home, assert_code};
 use crate::sources;
+use crate::stopping::signal;
 
 mod draining;
 mod supervise;
@@ -288,21 +289,12 @@ fn up_names_an_unchanged_tunnel_that_does_not_answer() {
         pid_of(&home, "web"),
         l[0]["id"].as_str().unwrap().to_owned(),
     );
-    let signal = |sig: &str| {
-        let s = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(s.success());
-    };
-    signal("-STOP");
+    signal(pid, "STOP");
     // Let go of, whatever happens, before the cleanup stops it.
     struct Thaw(u64);
     impl Drop for Thaw {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &self.0.to_string()])
-                .status();
+            signal(self.0, "CONT");
         }
     }
     let thaw = Thaw(pid);
