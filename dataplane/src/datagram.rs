@@ -181,7 +181,8 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// The moves of this core's flows between sources, as logged.
-    static MOVES: Throttle = Throttle::new(Duration::from_secs(1));
+    static MOVES: Throttle =
+        Throttle::reporting(Duration::from_secs(1), "moves of UDP flows between sources", false);
 }
 
 impl Sources {

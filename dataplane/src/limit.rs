@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// At most `max` connections open at once; 0 means no limit.
@@ -66,11 +66,29 @@ impl Drop for Permit {
 
 /// Lets a repeated warning through at most once per interval and counts the ones
 /// held back, so a flood of refusals cannot flood the log. One per core.
+///
+/// The count rides on the next line let through; a throttle made with
+/// [`Throttle::reporting`] (on a data-plane worker: it needs its runtime) also logs
+/// it when the interval ends, so a burst followed by quiet is counted too.
 #[derive(Debug)]
 pub(crate) struct Throttle {
     every: Duration,
     last: Cell<Option<Instant>>,
-    held: Cell<u64>,
+    /// Shared with a report on its way (atomic only so that a throttle can be
+    /// `Send`, as the control plane's accept loops need: one thread uses it).
+    held: Arc<AtomicU64>,
+    report: Option<Report>,
+}
+
+/// What a reporting throttle says of the occurrences it held back.
+#[derive(Debug)]
+struct Report {
+    /// What was held back, counted: "users refused at the tunnel's limit".
+    what: &'static str,
+    /// Logged at warn (else info).
+    warn: bool,
+    /// A report is on its way.
+    due: Arc<AtomicBool>,
 }
 
 impl Throttle {
@@ -78,7 +96,22 @@ impl Throttle {
         Self {
             every,
             last: Cell::new(None),
-            held: Cell::new(0),
+            held: Arc::default(),
+            report: None,
+        }
+    }
+
+    /// A throttle that logs, as the interval after a line let through ends, how
+    /// many `what` it held back meanwhile (at warn if `warn`, else info). Only on a
+    /// data-plane worker: the report is a task of its runtime.
+    pub(crate) fn reporting(every: Duration, what: &'static str, warn: bool) -> Self {
+        Self {
+            report: Some(Report {
+                what,
+                warn,
+                due: Arc::default(),
+            }),
+            ..Self::new(every)
         }
     }
 
@@ -88,14 +121,38 @@ impl Throttle {
         let now = Instant::now();
         match self.last.get() {
             Some(t) if now.duration_since(t) < self.every => {
-                self.held.set(self.held.get() + 1);
+                self.held.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = &self.report {
+                    r.schedule(self.held.clone(), t + self.every - now);
+                }
                 None
             }
             _ => {
                 self.last.set(Some(now));
-                Some(self.held.replace(0))
+                Some(self.held.swap(0, Ordering::Relaxed))
             }
         }
+    }
+}
+
+impl Report {
+    /// Logs the held count in `after`, unless a report is already on its way (or a
+    /// line let through meanwhile took the count).
+    fn schedule(&self, held: Arc<AtomicU64>, after: Duration) {
+        if self.due.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let (due, what, warn) = (self.due.clone(), self.what, self.warn);
+        monoio::spawn(async move {
+            monoio::time::sleep(after).await;
+            due.store(false, Ordering::Relaxed);
+            let n = held.swap(0, Ordering::Relaxed);
+            match (n, warn) {
+                (0, _) => {}
+                (n, true) => tracing::warn!("{n} more {what} in the second after the last report"),
+                (n, false) => tracing::info!("{n} more {what} in the second after the last report"),
+            }
+        });
     }
 }
 
@@ -156,5 +213,26 @@ mod tests {
         assert_eq!(open_connections(1), "1 open connection");
         assert_eq!(open_connections(3), "3 open connections");
         assert_eq!(held_note(2), " (2 more refused since the last report)");
+    }
+
+    /// A reporting throttle takes the count it held back when its interval ends: the
+    /// next line let through starts from none.
+    #[test]
+    fn a_reporting_throttle_reports_what_it_held_back_when_the_interval_ends() {
+        let rt = crate::engine::block_on(crate::EngineKind::Epoll, async {
+            let t = Throttle::reporting(Duration::from_millis(50), "tests", true);
+            assert_eq!(t.admit(), Some(0));
+            assert_eq!(t.admit(), None);
+            assert_eq!(t.admit(), None);
+            assert_eq!(t.held.load(Ordering::Relaxed), 2);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while t.held.load(Ordering::Relaxed) > 0 {
+                assert!(Instant::now() < deadline, "the report never came");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(!t.report.as_ref().unwrap().due.load(Ordering::Relaxed));
+            assert_eq!(t.admit(), Some(0));
+        });
+        rt.unwrap();
     }
 }

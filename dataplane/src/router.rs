@@ -44,7 +44,7 @@ impl RouterCore {
         Self {
             core,
             spec,
-            refusals: Throttle::new(Duration::from_secs(1)),
+            refusals: Throttle::reporting(Duration::from_secs(1), "opens refused", true),
         }
     }
 

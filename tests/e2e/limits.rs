@@ -97,12 +97,16 @@ both_engines!(
         tunnel.wait_stderr(&format!(
             "user connection closed: the router refused the stream: {limit}"
         ));
-        // A crowd refused is logged once a second, with a count of the others.
+        // A crowd refused is logged once a second, with a count of the others (on
+        // the next line, or as the second ends).
         crate::http::wait_for("the tunnel to hold refusals back", || {
             expect_refused_user(taddr);
             let e = tunnel.stderr();
-            e.contains("more refused since the last report)")
-                .then_some(())
+            (e.contains("more refused since the last report)")
+                || e.contains(
+                    " more user connections closed unserved in the second after the last report",
+                ))
+            .then_some(())
         });
         still_works(&mut a, b"a is unharmed");
 
@@ -110,6 +114,49 @@ both_engines!(
         wait_for_echo(taddr, b"room again");
     }
 );
+
+/// Every refusal of a burst is in the log once: the first as its own line, the rest
+/// in the count logged as the second ends, not held for a later refusal that may
+/// never come.
+#[test]
+fn a_burst_of_refusals_is_counted_in_the_log_as_its_second_ends() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    // A source nobody listens on: the router refuses each stream.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (_router, raddr) = home.router(engine, std::slice::from_ref(&dead));
+    // Two workers: each core logs its own first line and count.
+    let (tunnel, taddr) = home.tunnel(engine, raddr, &dead);
+    const USERS: usize = 30;
+    for _ in 0..USERS {
+        expect_refused_user(taddr);
+    }
+    let logged = || {
+        let e = tunnel.stderr();
+        let lines = e.matches("user connection closed: ").count();
+        let number_before = |needle: &str| -> usize {
+            e.lines()
+                .filter_map(|l| l.split_once(needle))
+                .map(|(head, _)| {
+                    let n = head.rsplit([' ', '(']).next().unwrap_or_default();
+                    n.parse::<usize>()
+                        .unwrap_or_else(|_| panic!("no count before {needle:?}: {head}"))
+                })
+                .sum()
+        };
+        lines
+            + number_before(" more user connections closed unserved in the second after")
+            + number_before(" more refused since the last report)")
+    };
+    crate::http::wait_for("every refusal counted", || {
+        (logged() >= USERS).then_some(())
+    });
+    assert_eq!(logged(), USERS, "{}", tunnel.stderr());
+}
 
 /// `threads` users in parallel make `count` short echo connections in all, each
 /// checking its bytes.

@@ -58,7 +58,11 @@ impl Default for Flows {
         Self {
             by_ends: HashMap::new(),
             queued: Rc::default(),
-            failures: Throttle::new(Duration::from_secs(1)),
+            failures: Throttle::reporting(
+                Duration::from_secs(1),
+                "datagrams dropped or UDP flows failed",
+                true,
+            ),
         }
     }
 }
