@@ -201,8 +201,25 @@ impl Registry {
 
     /// Removes an entry (and its control socket); missing files are fine.
     pub fn remove(&self, e: &Entry) {
-        let _ = std::fs::remove_file(self.path(&e.tunnel_id));
-        let _ = std::fs::remove_file(&e.control_socket);
+        if is_id(&e.tunnel_id) {
+            let _ = std::fs::remove_file(self.path(&e.tunnel_id));
+        }
+        self.remove_socket(&e.control_socket);
+    }
+
+    /// Removes the control socket an entry names, if it is a socket in this home's
+    /// `run/`: an entry is a file that a damaged disk or a careless edit can change,
+    /// and sweeping it must never delete whatever else it names.
+    fn remove_socket(&self, socket: &Path) {
+        use std::os::unix::fs::FileTypeExt;
+        let in_run = socket
+            .parent()
+            .and_then(|d| d.canonicalize().ok())
+            .is_some_and(|d| self.run.canonicalize().is_ok_and(|run| run == d));
+        let is_socket = std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+        if in_run && is_socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 
     /// Holds `up` and `down` of this home one at a time (until the file returned is
@@ -254,7 +271,11 @@ impl Registry {
                 }
                 Some(e) => {
                     debug!(id = %e.tunnel_id, pid = e.pid, "sweeping the entry of a dead tunnel process");
-                    self.remove(&e);
+                    // The file found, whatever id it claims.
+                    if is_file(&path) {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    self.remove_socket(&e.control_socket);
                 }
                 None => {
                     // Half-written files never exist (rename is atomic): this one is
@@ -352,6 +373,16 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(MAX_ENTRY + 1).read_to_end(&mut bytes).ok()?;
     (bytes.len() as u64 <= MAX_ENTRY).then_some(bytes)
+}
+
+/// Whether `id` can be a tunnel id (`NAME-XXXX`, a name being letters, digits, `-`,
+/// `_` and `.`): one read from a damaged entry must not lead out of the registry.
+fn is_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Whether `path` is a regular file (not followed through a link).
@@ -516,6 +547,50 @@ mod tests {
         assert_eq!(reg.find("nope"), None);
         reg.remove(&alive);
         assert!(reg.entries().is_empty());
+    }
+
+    /// Sweeping a dead entry removes its file and its control socket in `run/`, and
+    /// nothing else, whatever a damaged entry names.
+    #[test]
+    fn a_sweep_deletes_only_the_entry_and_its_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        Home::ensure_private_dir(&home.run()).unwrap();
+
+        let stale = entry(&home, "web-0003", 4_000_000_000);
+        let _socket = std::os::unix::net::UnixListener::bind(&stale.control_socket).unwrap();
+        reg.write(&stale).unwrap();
+
+        let victim = dir.path().join("victim.sock");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let in_run = home.run().join("web-0004.sock");
+        std::fs::write(&in_run, b"not a socket").unwrap();
+        let mut damaged = entry(&home, "web-0004", 4_000_000_000);
+        damaged.control_socket = victim.clone();
+        reg.write(&damaged).unwrap();
+        let mut plain_file = entry(&home, "web-0005", 4_000_000_000);
+        plain_file.control_socket = in_run.clone();
+        reg.write(&plain_file).unwrap();
+        // An id that leads out of the registry, in a file of its own name.
+        let mut escaping = entry(&home, "../keep", 4_000_000_000);
+        escaping.control_socket = victim.clone();
+        std::fs::write(dir.path().join("keep.json"), b"{}").unwrap();
+        std::fs::write(
+            home.tunnels().join("web-0006.json"),
+            serde_json::to_vec(&escaping).unwrap(),
+        )
+        .unwrap();
+
+        assert!(reg.entries().is_empty());
+        assert!(!stale.control_socket.exists());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(&in_run).unwrap(), b"not a socket");
+        assert!(dir.path().join("keep.json").exists());
+        assert_eq!(std::fs::read_dir(home.tunnels()).unwrap().count(), 0);
+
+        reg.remove(&escaping);
+        assert!(dir.path().join("keep.json").exists());
     }
 
     /// An entry a newer Conduit might write (here: a status this version does not
