@@ -32,13 +32,27 @@ fn router(api: &ApiClientArgs) -> Result<&str> {
         Some(r) => {
             api_url(r).map_err(|why| {
                 Usage(format!(
-                    "--router {r:?}: {why}; give the router's API as host:port, \
-                     http://host:port or https://host:port"
+                    "--router {:?}: {why}; give the router's API as host:port, \
+                     http://host:port or https://host:port",
+                    without_userinfo(r)
                 ))
             })?;
             Ok(r)
         }
         None => Err(Usage("--router URL is required here".into()).into()),
+    }
+}
+
+/// `router` with a user and password in it (which may be a secret) replaced by `…`.
+fn without_userinfo(router: &str) -> String {
+    let (scheme, rest) = match router.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), router),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}…@{host}{path}"),
+        None => router.to_owned(),
     }
 }
 
@@ -242,6 +256,22 @@ mod tests {
 
     /// A sample taken between two pages' requests pushes the first page's last onto
     /// the second: it is listed once.
+    #[test]
+    fn a_user_and_password_are_not_repeated() {
+        for (url, shown) in [
+            (
+                "http://user:PASSW0RD@127.0.0.1:9990",
+                "http://…@127.0.0.1:9990",
+            ),
+            ("user:pw@h:1/api", "…@h:1/api"),
+            ("https://a@b@h/x@y", "https://…@h/x@y"),
+            ("http://h:1/x@y", "http://h:1/x@y"),
+            ("127.0.0.1:9990", "127.0.0.1:9990"),
+        ] {
+            assert_eq!(without_userinfo(url), shown, "{url}");
+        }
+    }
+
     #[test]
     fn pages_merge_each_item_once() {
         let page = |ats: &[&str], n: u64| {
