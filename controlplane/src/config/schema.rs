@@ -471,10 +471,15 @@ impl Kind {
                 Ok(Value::String(s.to_owned()))
             }
             Kind::Int { min, max } => {
-                let n: i64 = s
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("expected {}, found {s:?}", self.describe()))?;
+                let n: i64 = s.trim().parse().map_err(|e: std::num::ParseIntError| {
+                    use std::num::IntErrorKind::{NegOverflow, PosOverflow};
+                    match e.kind() {
+                        PosOverflow | NegOverflow => {
+                            format!("{} is out of range; use {}", s.trim(), range(min, max))
+                        }
+                        _ => format!("expected {}, found {s:?}", self.describe()),
+                    }
+                })?;
                 in_range(n, min, max)?;
                 Ok(Value::Integer(n))
             }
@@ -771,6 +776,15 @@ mod tests {
         assert_eq!(
             PORT.parse_text("x"),
             Err("expected an integer (1-65535), found \"x\"".into())
+        );
+        // Too large for any integer is out of range too, not "not an integer".
+        assert_eq!(
+            PORT.parse_text(" 99999999999999999999"),
+            Err("99999999999999999999 is out of range; use 1-65535".into())
+        );
+        assert_eq!(
+            PORT.parse_text("-99999999999999999999"),
+            Err("-99999999999999999999 is out of range; use 1-65535".into())
         );
         assert_eq!(Kind::Bool.parse_text("Yes"), Ok(Value::Boolean(true)));
         assert_eq!(
