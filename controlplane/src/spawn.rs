@@ -113,9 +113,14 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             .create(true)
             .open(&log_file)
             .map_err(|e| {
+                let fix = if l.log_file.is_some() {
+                    "give --log-file a file in an existing directory this user may write to"
+                } else {
+                    "remove or fix what is at that path (a tunnel's default log is a file of \
+                     its own there), or give --log-file another file"
+                };
                 Error::Config(format!(
-                    "cannot open the log file {}: {e}; give --log-file a file in an existing \
-                     directory this user may write to",
+                    "cannot open the log file {}: {e}; {fix}",
                     log_file.display()
                 ))
             })?;

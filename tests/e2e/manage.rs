@@ -766,6 +766,40 @@ fn a_home_that_does_not_exist_is_named_and_fails_health() {
     assert!(!missing.exists(), "reading commands create nothing");
 }
 
+/// A CONDUIT_HOME that cannot be looked at (a loop of links) is named with the
+/// system's reason, not taken for one that does not exist.
+#[test]
+fn a_home_that_cannot_be_looked_at_is_named() {
+    let home = Home::empty();
+    let looping = home.path().join("loop1");
+    std::os::unix::fs::symlink(home.path().join("loop2"), &looping).unwrap();
+    std::os::unix::fs::symlink(&looping, home.path().join("loop2")).unwrap();
+    let run = |args: &[&str]| {
+        crate::harness::output_of(home.cmd().args(args).env("CONDUIT_HOME", &looping))
+    };
+    let want = format!(
+        "cannot look at CONDUIT_HOME {}: Too many levels of symbolic links (os error 40); \
+         point CONDUIT_HOME at the tunnels' home directory",
+        looping.display()
+    );
+    let list = run(&["list"]);
+    let err = String::from_utf8_lossy(&list.stderr);
+    assert_code(list.status, 64, &err);
+    assert_eq!(err, format!("conduit: error: {want}\n"));
+    assert!(list.stdout.is_empty());
+    let health = run(&["health"]);
+    let err = String::from_utf8_lossy(&health.stderr);
+    assert_code(health.status, 1, &err);
+    assert!(
+        err.contains(&format!(
+            "conduit: error: cannot read the tunnel registry {}: Too many levels of symbolic \
+             links (os error 40); ",
+            looping.join("tunnels").display()
+        )),
+        "{err}"
+    );
+}
+
 /// A tunnel whose control socket was deleted (by hand, or by a cleaner of its
 /// directory) is still stopped gracefully by `kill`: with SIGTERM, once its pid is
 /// checked to be that tunnel's, rather than only offered SIGKILL.

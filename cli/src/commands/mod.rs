@@ -136,7 +136,14 @@ fn home() -> Result<Home> {
 /// most likely mistyped, which is said (on stderr: the output stays as it is).
 fn home_to_read() -> Result<Home> {
     let home = home()?;
-    if !home.root().exists() {
+    let exists = home.root().try_exists().map_err(|e| {
+        Usage(format!(
+            "cannot look at CONDUIT_HOME {}: {e}; point CONDUIT_HOME at the tunnels' home \
+             directory",
+            home.root().display()
+        ))
+    })?;
+    if !exists {
         eprintln!(
             "note: CONDUIT_HOME {} does not exist: no tunnel has run with it (is it the \
              home meant?)",

@@ -959,7 +959,7 @@ fn pinned(spec: &str) -> Result<Vec<PublicKey>, String> {
         PublicKey::parse_lines(spec)
             .map_err(|e| format!("{e}; paste the key the router's `conduit init` printed"))?
     } else {
-        if !Path::new(spec).exists() {
+        if absent(Path::new(spec)) {
             return Err(format!(
                 "no file at {spec}: give the router's public key (ed25519:…, as the router's \
                  `conduit init` printed) or the path of its .pub file"
@@ -1002,9 +1002,16 @@ pub fn a_directory_for_a_file(path: &Path, example: &str) -> Option<String> {
     })
 }
 
+/// Whether nothing is at `p` (or a link that leads nowhere): a path that cannot be
+/// looked at (a loop of links, a directory this user may not search) is not absent,
+/// and its loader names the real problem.
+fn absent(p: &Path) -> bool {
+    matches!(p.try_exists(), Ok(false))
+}
+
 /// The router key at `p` (checked as `key`), or what is wrong with it.
 fn private_key(p: &Path, name: &str, key: &str) -> Result<PublicKey, String> {
-    if !p.exists() {
+    if absent(p) {
         return Err(format!(
             "no private key at {}: create one with `conduit init --name {name}` (it writes \
  $CONDUIT_HOME/keys/{name}.key) or set {key} to an existing key",
@@ -1017,7 +1024,7 @@ fn private_key(p: &Path, name: &str, key: &str) -> Result<PublicKey, String> {
 }
 
 fn authorized(p: &Path) -> Result<usize, String> {
-    if !p.exists() {
+    if absent(p) {
         return Err(format!(
             "no authorized clients file at {}: create it with one client public key per line \
  (what `conduit init` printed on each client), or set router.authorized_keys",

@@ -59,6 +59,25 @@ fn a_path_starting_with_a_tilde_is_refused_with_the_fix() {
     );
 }
 
+/// A key path that cannot be looked at is not called missing: the system's reason
+/// is given, as loading the key would.
+#[cfg(unix)]
+#[test]
+fn a_key_behind_a_loop_of_links_is_named_as_such() {
+    let f = Fixture::new();
+    let dir = f.dir.path();
+    std::os::unix::fs::symlink(dir.join("loop2"), dir.join("loop1")).unwrap();
+    std::os::unix::fs::symlink(dir.join("loop1"), dir.join("loop2")).unwrap();
+    let text = f.client_text("[security]\nprivate_key_path = \"loop1\"\n");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: security.private_key_path: cannot read private key $DIR/loop1: Too many \
+             levels of symbolic links (os error 40) ($F:10)"
+        ]
+    );
+}
+
 #[test]
 fn the_private_key_must_exist_and_be_private() {
     let f = Fixture::new();
