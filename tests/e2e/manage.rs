@@ -708,16 +708,36 @@ fn a_damaged_entry_is_kept_while_its_tunnel_holds_its_name() {
         assert!(err.starts_with(&want), "{err}");
         assert!(
             err.trim_end().ends_with(&format!(
-                "and pid {0} holds its name: that tunnel runs on, unseen by list, status, \
-                 health and kill. Stop it with `kill {0}` once you have checked that it is \
-                 that tunnel (`ps -p {0}`; it drains, then removes the entry) and start it \
-                 again",
+                "and pid {0} holds its name: that tunnel runs on, unseen by list, status and \
+                 health, and out of conduit kill's reach. Stop it with `kill {0}` once you \
+                 have checked that it is that tunnel (`ps -p {0}`; it drains, then removes the \
+                 entry) and start it again",
                 tunnel.pid()
             )),
             "{err}"
         );
         assert!(file.exists());
     }
+    // A kill meant for it fails, by name, by id or with --all, rather than pass.
+    let id = file.file_stem().unwrap().to_str().unwrap().to_owned();
+    for args in [
+        &["kill", "--all"][..],
+        &["kill", "--tunnel", "tunnel"],
+        &["kill", "--tunnel", &id],
+    ] {
+        let (status, out, err) = home.run(args);
+        assert_code(status, 1, &err);
+        assert_eq!(out, "", "{args:?}");
+        assert!(
+            err.trim_end().ends_with(&format!(
+                "conduit: error: not stopped: \"tunnel\" (pid {}), whose registry entry this \
+                 conduit cannot read (see the warning above for how to stop it)",
+                tunnel.pid()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(tunnel.running());
     let status = tunnel.stop();
     assert_code(status, 0, &tunnel.stderr());
     let (status, out, err) = home.run(&["list"]);

@@ -8,7 +8,7 @@ use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry, process_alive};
 use futures::future::join_all;
 
-use super::tunnels::chosen;
+use super::tunnels::{chosen, warn_unreadable};
 use super::{runtime, say};
 use crate::args::KillArgs;
 use crate::exit::Usage;
@@ -22,10 +22,39 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
     if let Some(id) = a.connection {
         return runtime(1)?.block_on(kill_connection(&registry, id, a.tunnel.as_deref()));
     }
-    let targets = chosen(&registry, a.all, a.tunnel.as_deref())?;
+    registry.readable().map_err(anyhow::Error::msg)?;
+    // Tunnels whose entries cannot be read are out of reach: said, and a kill meant
+    // for them fails rather than pass for done.
+    let unread = warn_unreadable(&registry);
+    let missed: Vec<String> = (unread.iter())
+        .filter(|u| {
+            let id = u.path.file_stem().and_then(|s| s.to_str());
+            let named = |t: &String| u.name.as_ref() == Some(t) || id == Some(t.as_str());
+            a.all || a.tunnel.as_ref().is_some_and(named)
+        })
+        .map(|u| format!("{:?} (pid {})", u.name.as_deref().unwrap_or("?"), u.pid))
+        .collect();
+    let missed = (!missed.is_empty()).then(|| {
+        anyhow!(
+            "not stopped: {}, whose registry entr{} this conduit cannot read (see the warning \
+             above for how to stop {})",
+            missed.join(", "),
+            if missed.len() == 1 { "y" } else { "ies" },
+            if missed.len() == 1 { "it" } else { "them" },
+        )
+    });
+    let targets = match chosen(&registry, a.all, a.tunnel.as_deref()) {
+        Err(_) if !a.all && missed.is_some() => Vec::new(),
+        chosen => chosen?,
+    };
     if targets.is_empty() {
-        say("no tunnels running");
-        return Ok(());
+        return match missed {
+            Some(e) => Err(e),
+            None => {
+                say("no tunnels running");
+                Ok(())
+            }
+        };
     }
     runtime(1)?.block_on(stop_each(
         &registry,
@@ -33,7 +62,8 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
         a.force,
         a.drain_timeout,
         Stopper::Kill,
-    ))
+    ))?;
+    missed.map_or(Ok(()), Err)
 }
 
 /// The command stopping a tunnel, for what it says while the tunnel drains.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
-use conduit_controlplane::registry::{Entry, Registry, process_alive};
+use conduit_controlplane::registry::{Entry, Registry, Unreadable, process_alive};
 use conduit_controlplane::timestamp;
 use futures::future::join_all;
 
@@ -62,14 +62,26 @@ pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 pub(crate) async fn survey(home: &Home, with_connections: bool) -> anyhow::Result<Vec<Seen>> {
     let registry = Registry::new(home);
     registry.readable().map_err(anyhow::Error::msg)?;
-    for u in registry.unreadable() {
+    warn_unreadable(&registry);
+    let asked = registry
+        .entries()
+        .into_iter()
+        .map(|entry| look(&registry, entry, with_connections));
+    Ok(join_all(asked).await.into_iter().flatten().collect())
+}
+
+/// Warns (on stderr) of each live tunnel whose registry entry this version cannot
+/// read, with how to stop it, and returns them.
+pub(crate) fn warn_unreadable(registry: &Registry) -> Vec<Unreadable> {
+    let all = registry.unreadable();
+    for u in &all {
         let name = u.name.as_deref().unwrap_or("?");
         if u.damaged {
             eprintln!(
                 "warning: {}: the entry of tunnel {name:?} is damaged ({}), and pid {} holds \
-                 its name: that tunnel runs on, unseen by list, status, health and kill. Stop \
-                 it with `kill {}` once you have checked that it is that tunnel (`ps -p {2}`; \
-                 it drains, then removes the entry) and start it again",
+                 its name: that tunnel runs on, unseen by list, status and health, and out of \
+                 conduit kill's reach. Stop it with `kill {}` once you have checked that it is \
+                 that tunnel (`ps -p {2}`; it drains, then removes the entry) and start it again",
                 u.path.display(),
                 u.why,
                 u.pid,
@@ -95,11 +107,7 @@ pub(crate) async fn survey(home: &Home, with_connections: bool) -> anyhow::Resul
             u.why,
         );
     }
-    let asked = registry
-        .entries()
-        .into_iter()
-        .map(|entry| look(&registry, entry, with_connections));
-    Ok(join_all(asked).await.into_iter().flatten().collect())
+    all
 }
 
 /// One tunnel's answer; `None` when its process turned out to be gone.
