@@ -419,8 +419,12 @@ impl Kind {
             m
         };
         match (self, v) {
-            (Kind::Path, Value::String(s)) => non_empty(s).and_then(|()| no_tilde(s)),
-            (Kind::Str | Kind::KeyOrPath, Value::String(s)) => non_empty(s),
+            (Kind::Path, Value::String(s)) => non_empty(s)
+                .and_then(|()| no_control(s))
+                .and_then(|()| no_tilde(s)),
+            (Kind::Str | Kind::KeyOrPath, Value::String(s)) => {
+                non_empty(s).and_then(|()| no_control(s))
+            }
             (Kind::Int { min, max }, Value::Integer(n)) => in_range(*n, min, max),
             (Kind::Bool, Value::Boolean(_)) => Ok(()),
             (Kind::Choice(words), Value::String(s)) => choice(words, s),
@@ -447,7 +451,7 @@ impl Kind {
             Value::String(s) if s.trim().is_empty() => {
                 Some("is empty; remove it from the list".to_owned())
             }
-            Value::String(_) => None,
+            Value::String(s) => no_control(s).err(),
             other => Some(format!("expected a string, found {}", type_of(other))),
         };
         match lists {
@@ -465,6 +469,7 @@ impl Kind {
                 if s.trim().is_empty() {
                     return Err("is empty; give a value, or leave it unset".into());
                 }
+                no_control(s)?;
                 if self == Kind::Path {
                     no_tilde(s)?;
                 }
@@ -542,6 +547,19 @@ pub fn parse_path(s: &str) -> Result<std::path::PathBuf, String> {
 }
 
 /// A path is taken as written: no shell reads a file or a variable to expand `~`.
+/// Control characters (a line break, an escape, NUL) belong in no setting: in a
+/// name they would forge log lines and alerts, in a path no file has them. The value
+/// is not repeated (it may be a secret); whitespace at its ends is left to the
+/// checks that name it (a token's newline kept from its file).
+fn no_control(s: &str) -> Result<(), String> {
+    match s.trim().chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "holds the control character {c:?}; write the value without it"
+        )),
+        None => Ok(()),
+    }
+}
+
 fn no_tilde(s: &str) -> Result<(), String> {
     if s == "~" || s.starts_with("~/") {
         Err(format!(
@@ -763,6 +781,40 @@ mod tests {
         assert_eq!(
             Kind::Str.check("host", &Value::String(" ".into())),
             Err("is empty; give a value or remove the line".into())
+        );
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_string() {
+        let said = |c: &str| {
+            Err(format!(
+                "holds the control character {c}; write the value without it"
+            ))
+        };
+        assert_eq!(
+            Kind::Str.check("name", &Value::String("a\nb\u{1b}[31m".into())),
+            said("'\\n'")
+        );
+        assert_eq!(
+            Kind::Path.check("file", &Value::String("a\0b".into())),
+            said("'\\0'")
+        );
+        assert_eq!(
+            Kind::KeyOrPath.parse_text("a\u{7f}b").map(drop),
+            said("'\\u{7f}'")
+        );
+        assert_eq!(
+            Kind::List.bad_items(&[Value::String("ok".into()), Value::String("x\ty".into())]),
+            [(1, said("'\\t'").unwrap_err())]
+        );
+        // At the ends, left to the checks that say more (a token's kept newline).
+        assert_eq!(
+            Kind::Str.check("token", &Value::String("t0ken\n".into())),
+            Ok(())
+        );
+        assert_eq!(
+            Kind::Str.check("name", &Value::String("ü café".into())),
+            Ok(())
         );
     }
 
