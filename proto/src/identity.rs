@@ -89,7 +89,9 @@ impl PublicKey {
     /// a `#` after whitespace starts a comment that is no part of the name
     /// (`ed25519:… laptop  # Alice's`), one inside a word is (`team#2`).
     pub fn parse_line(line: &str) -> Option<Result<(Self, String), ProtoError>> {
-        let line = line.trim();
+        // A byte-order mark (some Windows editors start a file with one) is no part
+        // of the key.
+        let line = line.trim().trim_start_matches('\u{feff}').trim_start();
         if line.is_empty() || line.starts_with('#') {
             return None;
         }
@@ -310,6 +312,20 @@ mod tests {
         assert_eq!(name(format!("{k} team#2")), "team#2");
         assert_eq!(name(format!("{k}")), "");
         assert!(PublicKey::parse_line("  # a whole line").is_none());
+    }
+
+    /// A file a Windows editor saved starts with a byte-order mark: its first key is
+    /// read as if it were not there.
+    #[test]
+    fn a_byte_order_mark_is_no_part_of_the_key() {
+        let k = KeyPair::generate().unwrap().public();
+        let line = format!("\u{feff}{k} laptop");
+        assert_eq!(
+            PublicKey::parse_line(&line).unwrap().unwrap(),
+            (k, "laptop".to_owned())
+        );
+        assert_eq!(PublicKey::parse_lines(&format!("{line}\n")).unwrap(), [k]);
+        assert!(PublicKey::parse_line("\u{feff}# a comment").is_none());
     }
 
     #[test]

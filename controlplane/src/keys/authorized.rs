@@ -71,6 +71,8 @@ pub fn parse_authorized_file(text: &str) -> Result<AuthorizedFile, (usize, Strin
     let mut seen: HashMap<PublicKey, usize> = HashMap::new();
     // Every bad line, not only the first: an operator fixes them in one go.
     let mut bad: Vec<(usize, String)> = Vec::new();
+    // A byte-order mark, as some Windows editors write, is no part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         let (expires, rest) = match trimmed.strip_prefix("expires=") {

@@ -67,8 +67,12 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let text = String::from_utf8(bytes)
+    let mut text = String::from_utf8(bytes)
         .map_err(|_| bad("it is not text (a key file is PEM: -----BEGIN PRIVATE KEY-----)"))?;
+    // A byte-order mark, as some Windows editors write, is no part of the PEM.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     let Some(tag) = kind::begin_tag(&text) else {
         return Err(bad(kind::not_pem(&text)));
     };

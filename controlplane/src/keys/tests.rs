@@ -210,6 +210,21 @@ fn generate_writes_a_private_key_only_its_owner_can_read() {
     let next = KeyPair::generate().unwrap().public();
     let both = format!("{}{next} client-next", pub_line);
     assert_eq!(load_pinned(&both, "key").unwrap(), [pair.public(), next]);
+
+    // Files a Windows editor saved with a byte-order mark at the start read the same.
+    for path in [home.private_key("client"), home.public_key("client")] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("\u{feff}{text}")).unwrap();
+    }
+    let loaded = load_private(&home.private_key("client"), "client").unwrap();
+    assert_eq!(loaded.public(), pair.public());
+    let from_file = load_pinned(home.public_key("client").to_str().unwrap(), "key").unwrap();
+    assert_eq!(from_file, [pair.public()]);
+    let authorized = parse_authorized_file(&format!("\u{feff}expires=2030-01-01 {pub_line}"));
+    assert_eq!(
+        authorized.unwrap().names.into_iter().collect::<Vec<_>>(),
+        [(pair.public(), "client".to_owned())]
+    );
 }
 
 #[test]
