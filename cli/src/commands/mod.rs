@@ -104,6 +104,8 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         Command::List(a) => list::run(&home_to_read()?, &a),
         Command::Status(a) => status::run(&home_to_read()?, &a),
         Command::Kill(a) => kill::run(&home_to_read()?, &a),
+        // A router's stats need no home: one that is not there is no mistake then.
+        Command::Stats(a) if a.api.router.is_some() => stats::run(&home()?, &a),
         Command::Stats(a) => stats::run(&home_to_read()?, &a),
         Command::Health(a) => health::run(&home()?, &a),
         Command::Logs(a) => logs::run(&home()?, &a),

@@ -653,3 +653,27 @@ fn logs_finds_a_stopped_foreground_tunnels_log_file() {
     assert_eq!(out, std::fs::read_to_string(&log).unwrap());
     assert!(out.contains("connected to router"), "{out}");
 }
+
+/// `stats --router` reads no home (none here is no mistake to note), and a URL it
+/// refuses for holding a user and password is repeated without them.
+#[test]
+fn a_router_url_with_a_password_is_refused_without_repeating_it() {
+    let home = Home::empty();
+    let missing = home.path().join("none");
+    for command in ["stats", "health"] {
+        let out = crate::harness::output_of(
+            home.cmd()
+                .args([command, "--router", "http://ops:S3cret@127.0.0.1:9/"])
+                .env("CONDUIT_HOME", &missing),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_code(out.status, 64, &err);
+        assert_eq!(
+            err,
+            "conduit: error: --router \"http://…@127.0.0.1:9/\": a user or password in the URL \
+             is not taken: give the API's token with --api-token (or CONDUIT_API_TOKEN); give \
+             the router's API as host:port, http://host:port or https://host:port\n",
+            "{command}"
+        );
+    }
+}
