@@ -100,7 +100,7 @@ pub fn text(path: &Path, role: Role, flag: &str) -> Result<String, Report> {
                 .map_or(0, |i| i + 1)
             + 1;
         fatal(format!(
-            "{}:{line}:{column}: not UTF-8 text (byte {at}); save the file as UTF-8",
+            "{}:{line}:{column}: not UTF-8 text (at byte offset {at}); save the file as UTF-8",
             path.display(),
         ))
     })
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(
             msgs(err),
             [format!(
-                "{}:2:10: not UTF-8 text (byte 18); save the file as UTF-8",
+                "{}:2:10: not UTF-8 text (at byte offset 18); save the file as UTF-8",
                 path.display()
             )]
         );
