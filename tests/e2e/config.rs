@@ -205,6 +205,18 @@ fn init_writes_a_file_that_validates_and_never_overwrites_without_force() {
         std::fs::read(example("router.example.toml")).unwrap()
     );
     assert!(!s.dir.path().join("router.toml").exists());
+
+    // A directory is named as one, with or without --force.
+    std::fs::create_dir(s.dir.path().join("etc")).unwrap();
+    for force in [&[][..], &["--force"]] {
+        let out = s.run(&[&["config", "init", "-f", "etc"][..], force].concat(), &[]);
+        assert_eq!(
+            text(&out.stderr),
+            "conduit: error: -f etc is a directory: give a file in it, such as \
+             etc/conduit.toml\n"
+        );
+        assert_eq!(out.status.code(), Some(64));
+    }
 }
 
 #[test]

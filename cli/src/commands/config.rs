@@ -36,6 +36,9 @@ pub(crate) fn init(file: Option<PathBuf>, router: bool, force: bool) -> Result<(
         output::try_write(text.as_bytes())?;
         return Ok(());
     }
+    if let Some(why) = conduit_controlplane::config::a_directory_for_a_file(&path, default) {
+        return Err(Usage(format!("-f {why}")).into());
+    }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true);
     if force {
