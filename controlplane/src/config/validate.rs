@@ -837,8 +837,13 @@ pub fn host_port(s: &str) -> Result<(), String> {
     }
 }
 
+/// A DNS name: its last label is not all digits (RFC 3696), so what looks like an
+/// IPv4 address but is none (`256.1.1.1`, `10.1.2`) is not taken for a name to look up
+/// for ever.
 fn is_host_name(h: &str) -> bool {
+    let last = h.trim_end_matches('.').rsplit('.').next().unwrap_or("");
     !h.is_empty()
+        && !last.chars().all(|c| c.is_ascii_digit())
         && h.len() <= 253
         && h.split('.').all(|label| {
             !label.is_empty()

@@ -35,6 +35,29 @@ fn bad_addresses_are_refused_with_examples() {
     );
 }
 
+/// What looks like an IPv4 address but is none is not taken for a host name, which
+/// the tunnel would try to resolve for ever.
+#[test]
+fn numbers_that_are_no_ipv4_address_are_no_host_name() {
+    let f = Fixture::new();
+    let text = format!(
+        "[router]\nhost = \"256.1.1.1\"\npublic_key = \"{}\"\n\
+         [[tunnels]]\nname = \"a\"\nsource = \"10.2.0:80\"\nbind = \"127.0.0.1:8080\"\n\
+         [[tunnels]]\nname = \"b\"\nsource = \"db1.internal:80\"\nbind = \"127.0.0.1:8081\"\n\
+         [[tunnels]]\nname = \"c\"\nsource = \"1.2.3.4:80\"\nbind = \"127.0.0.1:8082\"\n",
+        f.router_key
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.host: \"256.1.1.1\" is not a host name or IP address; use something \
+             like 10.2.0.1 or router.internal ($F:2)",
+            "error: tunnels[0].source: \"10.2.0:80\" is not HOST:PORT; use the address the \
+             router reaches the service at, such as 10.2.0.2:8080 or db.internal:5432 ($F:6)",
+        ]
+    );
+}
+
 /// A router host written as a URL is told to be one (its colon is no port), in
 /// the file as through the environment; so is a fallback router.
 #[test]
