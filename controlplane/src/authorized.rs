@@ -271,7 +271,8 @@ fn reload(
         Ok(new) => new,
         Err(crate::Error::File { source, .. }) => {
             let e = format!("cannot read {}: {source}", path.display());
-            if was_unread.as_ref() != Some(&e) {
+            // Said once, not at every look; again when an operator's SIGHUP asks.
+            if asked || was_unread.as_ref() != Some(&e) {
                 error!(
                     "authorized_clients not reloaded ({why}): {e}; {}; the {} key(s) loaded \
                      before stay in force, and it is read again every {}s until it can be",

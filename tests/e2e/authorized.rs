@@ -80,6 +80,21 @@ fn keys_are_revoked_and_admitted_without_a_restart() {
     router.wait_stderr("the 1 key(s) loaded before stay in force until the file is fixed");
     assert_echo(kept_addr, b"the other client is unharmed");
 
+    // Nor does one that cannot be read (a directory in its place): said once, not at
+    // every look, and again when SIGHUP asks.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let unread = format!("cannot read {}: not a regular file; ", file.display());
+    router.wait_stderr(&format!(
+        "authorized_clients not reloaded (the file changed): {unread}"
+    ));
+    router.signal("HUP");
+    router.wait_stderr(&format!(
+        "authorized_clients not reloaded (SIGHUP): {unread}"
+    ));
+    assert_eq!(router.stderr_count(&unread), 2, "{}", router.stderr());
+    std::fs::remove_dir(&file).unwrap();
+
     // Written back and announced with SIGHUP, the first key works again: the tunnel
     // it refused is back by itself, at its next attempt (its back-off is capped at
     // 30 s), and so is a new one.
