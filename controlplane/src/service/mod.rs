@@ -221,9 +221,15 @@ pub fn render(kind: InitSystem, spec: &ServiceSpec) -> Result<String, Error> {
 /// A path as UTF-8 text without control characters, or why not.
 fn text<'a>(what: &str, path: &'a Path) -> Result<&'a str, Error> {
     match path.to_str() {
-        Some(s) if !s.chars().any(char::is_control) => Ok(s),
-        _ => Err(Error::Config(format!(
-            "the {what} path {} is not plain UTF-8 text, which service files cannot carry",
+        Some(s) => match s.chars().find(|c| c.is_control()) {
+            None => Ok(s),
+            Some(c) => Err(Error::Config(format!(
+                "the {what} path {s:?} holds the control character {c:?}, which service \
+                 files cannot carry; give a path without it"
+            ))),
+        },
+        None => Err(Error::Config(format!(
+            "the {what} path {} is not UTF-8 text, which service files cannot carry",
             path.display()
         ))),
     }

@@ -113,7 +113,7 @@ type Spoiled = (fn(&mut ServiceSpec), &'static str);
 
 #[test]
 fn bad_specs_are_refused_with_the_reason() {
-    let cases: [Spoiled; 5] = [
+    let cases: [Spoiled; 6] = [
         (
             |s| s.name = "-web".into(),
             "invalid service name \"-web\": use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -129,6 +129,11 @@ fn bad_specs_are_refused_with_the_reason() {
         (
             |s| s.args.push("two\nlines".into()),
             "\"two\\nlines\" contains a control character, which service files cannot carry",
+        ),
+        (
+            |s| s.env_file = Some("/etc/x\nExecStartPre=/bin/sh".into()),
+            "the environment file path \"/etc/x\\nExecStartPre=/bin/sh\" holds the control \
+             character '\\n', which service files cannot carry; give a path without it",
         ),
         (
             |s| s.env.push(("1X".into(), "y".into())),
