@@ -89,6 +89,17 @@ pub fn load_private(path: &Path, hint_name: &str) -> Result<KeyPair, Error> {
         ))
     };
     let block = pem::parse(text.trim()).map_err(|_| damaged())?;
+    // Two keys pasted into one file: which one was meant is not for Conduit to guess.
+    if let Ok(blocks) = pem::parse_many(text.trim())
+        && blocks.len() > 1
+    {
+        return Err(Error::Config(format!(
+            "private key {} holds {} PEM blocks, where a key file holds one key: keep the \
+             key this host is known by and move the other to a file of its own",
+            path.display(),
+            blocks.len()
+        )));
+    }
     if block.tag() != PEM_TAG {
         return Err(bad(&kind::of_tag(block.tag())));
     }

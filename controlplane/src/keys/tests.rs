@@ -364,6 +364,26 @@ fn inits_at_once_make_one_key_and_its_own_pub() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Two keys pasted into one file are refused, not the first one taken.
+#[test]
+fn a_key_file_of_two_keys_is_refused() {
+    let (_d, home) = home();
+    generate(&home, "a", false).unwrap();
+    generate(&home, "b", false).unwrap();
+    let path = home.private_key("a");
+    let both = std::fs::read_to_string(&path).unwrap()
+        + &std::fs::read_to_string(home.private_key("b")).unwrap();
+    std::fs::write(&path, both).unwrap();
+    assert_eq!(
+        load_private(&path, "a").unwrap_err().to_string(),
+        format!(
+            "private key {} holds 2 PEM blocks, where a key file holds one key: keep the key \
+             this host is known by and move the other to a file of its own",
+            path.display()
+        )
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn a_private_key_readable_by_others_is_refused() {
