@@ -413,7 +413,11 @@ impl ClientTunnel {
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
         let link = Arc::new(LinkState::new(routers.len()));
-        let pool_size = pool_within_limit(&s.name, s.pool_size, s.dataplane.worker_count());
+        let workers = s.dataplane.worker_count();
+        let pool_size = pool_within_limit(&s.name, s.pool_size, workers);
+        let keep_idle = crate::limits::nofile().map_or(s.pool_size.max(1) * 4, |(soft, _)| {
+            crate::limits::idle_within(s.pool_size, workers, soft)
+        });
         let mut dp = DataPlane::start_client(
             &s.dataplane,
             ClientSpec {
@@ -421,6 +425,7 @@ impl ClientTunnel {
                 bind: s.bind,
                 target: s.source.clone(),
                 pool_size,
+                keep_idle,
                 wait_for_channel: s.connect_timeout + s.handshake_timeout,
                 max_idle: s.idle_timeout * 4 / 5,
                 link: link.clone(),

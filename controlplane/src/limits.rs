@@ -43,6 +43,14 @@ pub fn pool_within(pool_size: usize, workers: usize, soft: u64) -> usize {
     pool_size.min(usize::try_from(per_worker).unwrap_or(usize::MAX))
 }
 
+/// The idle channels each of `workers` keeps at most, `pool_size` asked: channels
+/// that served users stay for the next ones up to four times the pool (at least 4),
+/// within the same share of the open-file limit as [`pool_within`].
+pub fn idle_within(pool_size: usize, workers: usize, soft: u64) -> usize {
+    let per_worker = pool_share(soft) / workers.max(1) as u64;
+    (pool_size.max(1) * 4).min(usize::try_from(per_worker).unwrap_or(usize::MAX))
+}
+
 #[cfg(unix)]
 mod imp {
     use std::io;
@@ -94,6 +102,12 @@ mod tests {
         assert_eq!(pool_within(2, 100, 120), 0);
         assert_eq!(pool_within(64, 0, 120), 60);
         assert_eq!(pool_within(64, 1024, u64::MAX), 64);
+        // Channels kept after use: four times the pool, within the same share.
+        assert_eq!(idle_within(2, 2, 1024), 8);
+        assert_eq!(idle_within(0, 2, 1024), 4);
+        assert_eq!(idle_within(64, 2, 120), 30);
+        assert_eq!(idle_within(16, 2, 100), 25);
+        assert_eq!(idle_within(2, 100, 120), 0);
     }
 
     /// Changes this test process's limit; nextest runs each test in its own process.

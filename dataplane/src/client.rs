@@ -331,7 +331,7 @@ impl ClientCore {
 
     /// Most idle channels a core keeps.
     fn keep_idle(&self) -> usize {
-        self.spec.pool_size.max(1) * 4
+        self.spec.keep_idle.max(self.spec.pool_size)
     }
 
     /// The control plane could not make a channel asked for, for want of file
@@ -587,7 +587,7 @@ impl ClientCore {
     /// Puts a channel that finished a stream cleanly back in the pool.
     fn reuse(&self, ch: Link) {
         let mut pool = self.pool.borrow_mut();
-        if pool.idle.len() >= self.spec.pool_size.max(1) * 4 {
+        if pool.idle.len() >= self.keep_idle() {
             return; // plenty idle already; let this one close
         }
         let Some(mut ch) = pool.hand_to_waiter(ch) else {

@@ -211,6 +211,10 @@ pub struct ClientSpec {
     pub target: String,
     /// Handshaken channels each core keeps ready.
     pub pool_size: usize,
+    /// The most idle channels each core keeps (at least `pool_size`): channels that
+    /// served users beyond the pool stay, up to this, to serve the next ones without a
+    /// handshake, until they grow too old (`max_idle`).
+    pub keep_idle: usize,
     /// How long a user waits for a channel when the pool is empty.
     pub wait_for_channel: Duration,
     /// Idle channels older than this are not used (the router closes them later).
