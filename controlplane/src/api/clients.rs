@@ -42,6 +42,10 @@ impl ClientRow {
         } else if !self.authorized {
             // Removed (or expired) with traffic on record: its links are forgotten.
             "revoked"
+        } else if self.totals.opened > 0 {
+            // Its links were forgotten (`health.lost_link_expiry_secs`), its traffic
+            // is on record: it did connect.
+            "disconnected"
         } else {
             "never_connected"
         }
@@ -182,5 +186,24 @@ mod tests {
         };
         assert_eq!(row(false).state(), "revoked");
         assert_eq!(row(true).state(), "never_connected");
+    }
+
+    /// A key whose links were forgotten after `lost_link_expiry_secs` but whose
+    /// traffic is on record connected once: it reads as disconnected.
+    #[test]
+    fn a_client_whose_links_were_forgotten_reads_as_disconnected() {
+        let key = conduit_proto::KeyPair::generate().unwrap().public();
+        let row = ClientRow {
+            id: client_id(&key),
+            key,
+            name: "laptop".into(),
+            authorized: true,
+            links: Vec::new(),
+            totals: ClientTotals {
+                opened: 1,
+                ..ClientTotals::default()
+            },
+        };
+        assert_eq!(row.state(), "disconnected");
     }
 }

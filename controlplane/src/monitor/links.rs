@@ -9,9 +9,10 @@
 //!
 //! A link that is not connected is forgotten after `health.lost_link_expiry_secs` (a
 //! tunnel gone for good stops making the router `degraded`), and every link of a key
-//! at once when the key is removed from authorized_clients.
+//! at once when the key is removed from authorized_clients. A lost link forgotten
+//! that way was reported lost and never back: if it returns, it is reported back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +22,10 @@ use tracing::warn;
 /// Links kept per client key at most (tunnel names come from the client); beyond
 /// that, the oldest link that is not connected is forgotten.
 pub(crate) const MAX_LINKS_PER_CLIENT: usize = 64;
+
+/// Lost links forgotten before they came back, kept at most (each a key and a
+/// tunnel name); beyond that, a forgotten link's return goes unreported.
+const MAX_FORGOTTEN_LOST: usize = 4096;
 
 /// The state of one link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +123,19 @@ impl Link {
 pub struct Links {
     links: BTreeMap<(PublicKey, String), Link>,
     by_session: HashMap<u64, (PublicKey, String)>,
+    /// Links forgotten while lost: reported lost, not yet back.
+    forgotten_lost: HashSet<(PublicKey, String)>,
 }
 
 impl Links {
+    /// Remembers that `link`, about to be forgotten, was lost, so that its return is
+    /// reported as it would have been.
+    fn remember_if_lost(forgotten_lost: &mut HashSet<(PublicKey, String)>, link: &Link) {
+        if link.view.state == LinkState::Lost && forgotten_lost.len() < MAX_FORGOTTEN_LOST {
+            forgotten_lost.insert((link.view.key, link.view.tunnel.clone()));
+        }
+    }
+
     /// A control session started.
     pub fn up(&mut self, started: Started, now: SystemTime) -> Option<LinkChange> {
         let Started {
@@ -135,6 +150,7 @@ impl Links {
         if !self.links.contains_key(&id) {
             self.make_room(&key);
         }
+        let returning = self.forgotten_lost.remove(&id);
         let link = self.links.entry(id.clone()).or_insert_with(|| Link {
             view: LinkView {
                 key,
@@ -164,7 +180,7 @@ impl Links {
         link.view.state = LinkState::Connected;
         link.view.since = now;
         link.view.reason = None;
-        (was == LinkState::Lost).then(|| LinkChange::Back(link.view.clone()))
+        (was == LinkState::Lost || returning).then(|| LinkChange::Back(link.view.clone()))
     }
 
     /// A session's heartbeat arrived.
@@ -225,7 +241,14 @@ impl Links {
     /// Forgets every link of `key` (its key was revoked); returns how many there were.
     pub fn forget(&mut self, key: &PublicKey) -> usize {
         let before = self.links.len();
-        self.links.retain(|(k, _), _| k != key);
+        let forgotten = &mut self.forgotten_lost;
+        self.links.retain(|(k, _), link| {
+            let keep = k != key;
+            if !keep {
+                Self::remember_if_lost(forgotten, link);
+            }
+            keep
+        });
         self.by_session.retain(|_, (k, _)| k != key);
         before - self.links.len()
     }
@@ -242,10 +265,11 @@ impl Links {
             .filter(|(_, l)| old(l))
             .map(|(id, _)| id.clone())
             .collect();
-        gone.iter()
-            .filter_map(|id| self.links.remove(id))
-            .map(|l| l.view)
-            .collect()
+        let gone: Vec<Link> = gone.iter().filter_map(|id| self.links.remove(id)).collect();
+        for l in &gone {
+            Self::remember_if_lost(&mut self.forgotten_lost, l);
+        }
+        gone.into_iter().map(|l| l.view).collect()
     }
 
     /// Every link, by client key then tunnel name.
@@ -263,8 +287,8 @@ impl Links {
             .filter(|l| l.view.state != LinkState::Connected)
             .min_by_key(|l| l.view.since)
             .map(|l| (l.view.key, l.view.tunnel.clone()));
-        if let Some(id) = oldest {
-            self.links.remove(&id);
+        if let Some(link) = oldest.and_then(|id| self.links.remove(&id)) {
+            Self::remember_if_lost(&mut self.forgotten_lost, &link);
         }
     }
 }
@@ -405,5 +429,34 @@ mod tests {
         assert_eq!(gone, ["db"]);
         assert_eq!(l.views()[0].tunnel, "ssh");
         assert_eq!(l.views()[0].state, LinkState::Connected);
+
+        // The lost one, reported lost, is reported back when it returns; the one
+        // that said goodbye is not.
+        assert!(matches!(
+            l.up(started(4, k, "laptop", "web"), t(1_000_001)),
+            Some(LinkChange::Back(v)) if v.tunnel == "web" && v.state == LinkState::Connected
+        ));
+        assert_eq!(l.up(started(5, k, "laptop", "db"), t(1_000_001)), None);
+        // Once only.
+        l.down(4, true, "bye", t(1_000_002));
+        assert_eq!(l.up(started(6, k, "laptop", "web"), t(1_000_003)), None);
+    }
+
+    /// A revoked key's lost link, when the key is admitted again and the tunnel
+    /// returns, is reported back.
+    #[test]
+    fn a_lost_link_forgotten_with_its_key_is_reported_back() {
+        let k = PublicKey::from_bytes([7; 32]);
+        let mut l = Links::default();
+        l.up(started(1, k, "laptop", "web"), t(0));
+        assert!(matches!(
+            l.down(1, false, "reset", t(1)),
+            Some(LinkChange::Lost(_))
+        ));
+        assert_eq!(l.forget(&k), 1);
+        assert!(matches!(
+            l.up(started(2, k, "laptop", "web"), t(2)),
+            Some(LinkChange::Back(_))
+        ));
     }
 }
