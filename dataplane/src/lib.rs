@@ -660,6 +660,19 @@ impl DataPlane {
 
     /// Every core's per-client and per-source tallies, merged (router side).
     pub async fn usage(&self) -> Usage {
+        self.usage_answered().await.0
+    }
+
+    /// [`usage`](Self::usage), or `None` unless every worker answered: a worker
+    /// that has stopped knows nothing of what was in use, which a caller that would
+    /// take missing entries for unused must not be shown.
+    pub async fn usage_of_all(&self) -> Option<Usage> {
+        let (all, answered) = self.usage_answered().await;
+        (answered == self.workers.len()).then_some(all)
+    }
+
+    /// What the workers that answered said, and how many answered.
+    async fn usage_answered(&self) -> (Usage, usize) {
         let mut replies = Vec::new();
         for w in &self.workers {
             let (tx, rx) = futures::channel::oneshot::channel();
@@ -668,12 +681,14 @@ impl DataPlane {
             }
         }
         let mut all = Usage::default();
+        let mut answered = 0;
         for r in replies {
             if let Ok(u) = r.await {
                 all.merge(u);
+                answered += 1;
             }
         }
-        all
+        (all, answered)
     }
 
     /// Asks the core that owns connection `id` to close it.
@@ -750,6 +765,50 @@ mod tests {
             now + Duration::from_secs(30)
         );
         assert_eq!(drain_deadline(now, Duration::ZERO), now);
+    }
+
+    struct RefuseAll;
+
+    impl SourcePolicy for RefuseAll {
+        fn resolve(
+            &self,
+            _client: Option<&PublicKey>,
+            _target: &str,
+            _protocol: SourceProtocol,
+        ) -> Result<Vec<SocketAddr>, Refusal> {
+            Err(Refusal::new(
+                conduit_proto::RefusalCode::PolicyDenied,
+                "no source is allowed",
+            ))
+        }
+    }
+
+    /// Once the workers have stopped, what they had in use is unknown: `usage`
+    /// says nothing was, `usage_of_all` says it cannot tell.
+    #[test]
+    fn usage_of_all_needs_every_worker() {
+        let opts = Options {
+            workers: 2,
+            engine: Engine::Epoll,
+            pin: false,
+        };
+        let dp = DataPlane::start_router(
+            &opts,
+            RouterSpec {
+                policy: Arc::new(RefuseAll),
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(60),
+                limit: ConnLimit::new(0),
+                sockets: SocketOptions::default(),
+                bandwidth: None,
+            },
+        )
+        .unwrap();
+        use futures::executor::block_on;
+        assert!(block_on(dp.usage_of_all()).is_some());
+        dp.stop(Duration::ZERO);
+        assert!(block_on(dp.usage_of_all()).is_none());
+        assert!(block_on(dp.usage()).clients.is_empty());
     }
 
     /// `--drain-timeout 18446744073709551615` (or a Shutdown asking as much) once

@@ -322,7 +322,12 @@ impl Task {
     /// Starts a probe of every source [`watched`] that is not being probed already,
     /// and forgets the others.
     async fn start_round(&mut self, probes: &mut JoinSet<ProbeResult>) {
-        let wanted = watched(self.dp.usage().await, &self.settings);
+        // A router stopping has workers that no longer answer: what they had in use
+        // is unknown, not unused, so the sources stay as they are.
+        let Some(usage) = self.dp.usage_of_all().await else {
+            return;
+        };
+        let wanted = watched(usage, &self.settings);
         let gone = forget(&mut self.sources, &wanted);
         for v in gone.iter().filter(|v| v.state == SourceState::Down) {
             let subject = Subject::Source {
