@@ -283,13 +283,12 @@ impl Home {
         bind: &str,
         extra: &[&str],
     ) -> Proc {
-        let mut args = vec![
-            "start",
-            "--foreground",
-            "--router",
-            router,
-            "--router-key",
-            router_key,
+        let mut args = vec!["start", "--foreground", "--router", router];
+        // The plain transport takes no router key.
+        if !extra.windows(2).any(|w| w == ["--transport", "plain"]) {
+            args.extend(["--router-key", router_key]);
+        }
+        args.extend([
             "--source",
             source,
             "--bind",
@@ -298,7 +297,7 @@ impl Home {
             engine.flag(),
             "--workers",
             "2",
-        ];
+        ]);
         args.extend_from_slice(extra);
         self.spawn(&args)
     }

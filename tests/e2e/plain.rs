@@ -608,6 +608,34 @@ fn the_plain_transport_needs_no_keys() {
          `conduit init` printed) or the path of its .pub file, or set CONDUIT_ROUTER_KEY \
          (only --transport plain, which checks no keys, goes without)\n"
     );
+
+    // Plain: a router key given would read as the router being authenticated, and is
+    // refused (a file's too, by `config validate` and `up`).
+    let key = "ed25519:Ik6aDp1Rj7l1nB6ucjJJOXsn0sIBvlvSFwzC7xE0Zmk=";
+    let (status, out, err) = run(start("keyed", &[PLAIN, &["--router-key", key]].concat()));
+    assert_code(status, 64, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "conduit: error: --router-key (or CONDUIT_ROUTER_KEY) applies to TLS only: \
+         --transport plain checks no router key (only --token), so the router would not be \
+         authenticated; leave the key out, or drop --transport plain to pin the router\n"
+    );
+    let text = std::fs::read_to_string(file).unwrap().replace(
+        "transport = \"plain\"\n",
+        &format!("transport = \"plain\"\npublic_key = \"{key}\"\n"),
+    );
+    std::fs::write(file, text).unwrap();
+    let (status, _, err) = home.run(&["config", "validate", "-f", file]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.starts_with(
+            "error: router.public_key: applies to TLS only: transport = \"plain\" checks no \
+             router key (only security.token), so the router would not be authenticated; \
+             remove it, or remove transport = \"plain\" to pin the router ("
+        ),
+        "{err}"
+    );
 }
 
 struct KillAll<'a>(&'a Home);

@@ -9,13 +9,15 @@ const ROUTER_KEY: &str = "ed25519:Ik6aDp1Rj7l1nB6ucjJJOXsn0sIBvlvSFwzC7xE0Zmk=";
 /// `conduit start --service-file …` with a clean environment (no CONDUIT_* from the
 /// caller leaks in) and `home` as CONDUIT_HOME.
 fn start_service(home: &Path, extra: &[&str]) -> Output {
+    // The plain transport takes no router key.
+    let key: &[&str] = match extra.windows(2).any(|w| w == ["--transport", "plain"]) {
+        true => &[],
+        false => &["--router-key", ROUTER_KEY],
+    };
     bare_conduit(home)
+        .args(["start", "--router", "router.example.com:9999"])
+        .args(key)
         .args([
-            "start",
-            "--router",
-            "router.example.com:9999",
-            "--router-key",
-            ROUTER_KEY,
             "--source",
             "10.2.0.2:8080",
             "--bind",

@@ -439,6 +439,14 @@ fn router_keys(routers: &str, spec: &str) -> Result<Vec<Vec<conduit_proto::Publi
 /// checks no keys).
 fn pins(a: &StartArgs, routers: &str) -> Result<(Vec<Vec<conduit_proto::PublicKey>>, Vec<String>)> {
     match &a.router_key {
+        // A key given would read as the router being authenticated, which it is not.
+        Some(_) if a.transport == TransportArg::Plain => Err(Usage(
+            "--router-key (or CONDUIT_ROUTER_KEY) applies to TLS only: --transport plain \
+             checks no router key (only --token), so the router would not be authenticated; \
+             leave the key out, or drop --transport plain to pin the router"
+                .to_owned(),
+        )
+        .into()),
         Some(spec) => Ok((router_keys(routers, spec)?, router_key_specs(spec)?)),
         None if a.transport == TransportArg::Plain => Ok((vec![Vec::new()], Vec::new())),
         None => Err(Usage(
@@ -678,7 +686,6 @@ mod tests {
             ("bind", "127.0.0.1:8080"),
             ("key", "/etc/conduit/client.key"),
             ("name", "web"),
-            ("transport", "plain"),
             ("cipher-suites", "TLS_AES_256_GCM_SHA384"),
             ("protocol", "udp"),
             ("proxy-protocol", "v2"),
@@ -717,13 +724,15 @@ mod tests {
             .get_arguments()
             .chain(cli.get_arguments())
             .filter_map(|arg| arg.get_long());
-        // Failover's settings and balancing exclude each other: balancing is tried
-        // on its own below.
-        let balance = "router-balance";
+        // Failover's settings and balancing exclude each other, and the plain
+        // transport takes no router key: balancing and the plain transport are
+        // tried on their own below.
+        let (balance, transport) = ("router-balance", "transport");
         for flag in flags {
             assert!(
                 not_carried.contains(&flag)
                     || flag == balance
+                    || flag == transport
                     || set.iter().any(|(f, _)| *f == flag),
                 "--{flag} of `start`: set it in this test, or list it as not carried"
             );
@@ -755,6 +764,17 @@ mod tests {
             .chain([format!("--{balance}")])
             .collect();
         assert!(service(&balanced).contains(&format!("--{balance}")));
+        let plain: Vec<String> = ["conduit", "start", "--router", "a:1", "--source"]
+            .into_iter()
+            .chain(["10.2.0.2:8080", "--bind", "127.0.0.1:8080"])
+            .chain([&format!("--{transport}") as &str, "plain"])
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            service(&plain)
+                .windows(2)
+                .any(|w| w == [format!("--{transport}"), "plain".to_owned()])
+        );
         let args = service(&argv);
         for (flag, value) in set {
             let at = args.iter().position(|x| *x == format!("--{flag}"));

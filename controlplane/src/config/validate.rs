@@ -98,6 +98,21 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
     fallback_keys(&c.router, &mut out);
     // The plain transport checks no keys: a key file is checked only if there is one.
     let plain = c.router.transport == TransportKind::Plain;
+    // A router key there would read as the router being authenticated, which it is not.
+    for (given, key) in [
+        (c.router.public_key.is_some(), "router.public_key"),
+        (!c.router.fallback_keys.is_empty(), "router.fallback_keys"),
+    ] {
+        if plain && given {
+            out.error(
+                key,
+                "applies to TLS only: transport = \"plain\" checks no router key (only \
+                 security.token), so the router would not be authenticated; remove it, or \
+                 remove transport = \"plain\" to pin the router"
+                    .to_owned(),
+            );
+        }
+    }
     let key = (c.security.private_key_path.as_deref()).filter(|p| !plain || p.exists());
     if let Some(Err(e)) = key.map(|p| private_key(p, "client", "security.private_key_path")) {
         out.error("security.private_key_path", e);

@@ -321,5 +321,18 @@ fn udp_tunnels_ride_the_plain_transport_too() {
          protocol = \"udp\"\n",
     );
     let text = text.replacen("[router]\n", "[router]\ntransport = \"plain\"\n", 1);
-    assert_eq!(check(&f, &text), Vec::<String>::new());
+    let key_line = format!("public_key = \"{}\"\n", f.router_key);
+    assert!(text.contains(&key_line), "{text}");
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: router.public_key: applies to TLS only: transport = \"plain\" checks no \
+             router key (only security.token), so the router would not be authenticated; \
+             remove it, or remove transport = \"plain\" to pin the router ($F:4)"
+        ]
+    );
+    assert_eq!(
+        check(&f, &text.replace(&key_line, "")),
+        Vec::<String>::new()
+    );
 }
