@@ -631,7 +631,7 @@ impl RegisteredTunnel {
             .run(async move {
                 let _ = stopped.wait_for(Option::is_some).await;
                 // The shortest drain ordered (a later order never lengthens it).
-                shutdown.borrow().unwrap_or(drain)
+                shutdown.borrow().map_or(drain, |o| o.drain)
             })
             .await;
         signals.abort();
@@ -647,7 +647,7 @@ impl RegisteredTunnel {
         // No signal came first: a `Shutdown` request did.
         let why = (first_signal.try_recv())
             .unwrap_or("asked to on its control socket: conduit kill, down or up");
-        let drain = state.shutdown.borrow().unwrap_or(drain);
+        let drain = state.shutdown.borrow().map_or(drain, |o| o.drain);
         let what = format!("tunnel {:?}", entry.name);
         info!("{}", crate::stop::stopped_line(&what, why, drain, drained));
         Ok(())

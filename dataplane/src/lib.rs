@@ -737,8 +737,8 @@ impl DataPlane {
 /// Flags and files allow an hour; this bounds what other callers may ask.
 const MAX_DRAIN: Duration = Duration::from_secs(365 * 86_400);
 
-/// When a drain of `drain` from `now` ends: `drain` is held to [`MAX_DRAIN`].
-fn drain_deadline(now: Instant, drain: Duration) -> Instant {
+/// When a drain of `drain` from `now` ends: `drain` is held to a year (`MAX_DRAIN`).
+pub fn drain_deadline(now: Instant, drain: Duration) -> Instant {
     now.checked_add(drain.min(MAX_DRAIN)).unwrap_or(now)
 }
 

@@ -134,6 +134,17 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
          --tunnel {id} --force` stops it now\n"
     );
     graceful.wait_stderr(&draining);
+    // A second kill asking a longer drain is told what is left of the one under
+    // way, which a later order never lengthens.
+    let mut longer = home.spawn(&["kill", "--tunnel", "web", "--drain-timeout", "3000"]);
+    longer.wait_stderr("is draining 1 open connection for up to ");
+    let said = longer.stderr();
+    assert!(
+        ["600s;", "599s;", "598s;"]
+            .iter()
+            .any(|s| said.contains(&format!("for up to {s}"))),
+        "{said}"
+    );
 
     let (status, out, err) = home.run(&["kill", "--tunnel", "web", "--force"]);
     assert_code(status, 0, &err);
@@ -153,6 +164,7 @@ fn a_draining_tunnel_answers_and_kill_force_cuts_the_drain_short() {
         [format!("stopped tunnel \"web\" ({id})")]
     );
     assert_eq!(graceful.stderr(), draining);
+    assert_code(longer.wait_exit(), 0, &longer.stderr());
     assert!(list_json(&home).is_empty());
     assert_eq!(registry_files(&home), 0);
     // Its log says what ended the stream: the forced stop, not a deadline.

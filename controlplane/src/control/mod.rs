@@ -13,4 +13,4 @@ pub mod pb {
 
 pub use client::{Control, connect};
 pub(crate) use server::order_shutdown;
-pub use server::{ControlState, TunnelFacts, serve, serve_metrics};
+pub use server::{ControlState, Ordered, TunnelFacts, serve, serve_metrics};

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use conduit_dataplane::AcceptBackoff;
 use conduit_dataplane::DataPlane;
@@ -55,8 +55,8 @@ pub struct ControlState {
     pub link: watch::Receiver<LinkStatus>,
     /// Counters and connections.
     pub dp: Arc<DataPlane>,
-    /// Set to the drain deadline when a shutdown is ordered.
-    pub shutdown: Arc<watch::Sender<Option<Duration>>>,
+    /// Set when a shutdown is ordered: its drain.
+    pub shutdown: Arc<watch::Sender<Option<Ordered>>>,
     /// Drain deadline when a request names none.
     pub default_drain: Duration,
     /// Handshakes and set-up errors of the channels to the router.
@@ -128,13 +128,33 @@ impl ControlState {
     }
 }
 
-/// Orders a shutdown with `drain` as its deadline, or shortens the one ordered
-/// already; a later order never lengthens a drain. Whether the deadline changed.
-pub(crate) fn order_shutdown(shutdown: &watch::Sender<Option<Duration>>, drain: Duration) -> bool {
+/// A shutdown ordered: the drain it was given, and when that drain ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ordered {
+    /// How long open connections were given, as ordered.
+    pub drain: Duration,
+    /// When the drain ends.
+    pub until: Instant,
+}
+
+impl Ordered {
+    /// What is left of the drain at `now`, in whole seconds rounded up.
+    pub fn secs_left(&self, now: Instant) -> u32 {
+        let left = self.until.saturating_duration_since(now);
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        u32::try_from(secs).unwrap_or(u32::MAX)
+    }
+}
+
+/// Orders a shutdown with `drain` from now, or shortens the one ordered already;
+/// a later order never lengthens a drain. Whether the deadline changed.
+pub(crate) fn order_shutdown(shutdown: &watch::Sender<Option<Ordered>>, drain: Duration) -> bool {
+    // Held to what the data plane waits at most.
+    let until = conduit_dataplane::drain_deadline(Instant::now(), drain);
     shutdown.send_if_modified(|ordered| match ordered {
-        Some(d) if *d <= drain => false,
+        Some(o) if o.until <= until => false,
         _ => {
-            *ordered = Some(drain);
+            *ordered = Some(Ordered { drain, until });
             true
         }
     })
@@ -277,9 +297,11 @@ impl TunnelControl for ControlState {
             // exits): this request shortens the drain under way.
             self.dp.cut_drain(drain);
         }
+        // The drain under way, if an earlier order's ends first.
+        let left = (*self.shutdown.borrow()).map_or(0, |o| o.secs_left(Instant::now()));
         Ok(Response::new(pb::ShutdownResponse {
             open_connections: open,
-            drain_secs: Some(u32::try_from(drain.as_secs()).unwrap_or(u32::MAX)),
+            drain_secs: Some(left),
         }))
     }
 
@@ -557,12 +579,21 @@ mod tests {
     #[test]
     fn a_later_shutdown_order_shortens_a_drain_and_never_lengthens_it() {
         let (tx, rx) = watch::channel(None);
+        let drain = |rx: &watch::Receiver<Option<Ordered>>| rx.borrow().map(|o| o.drain);
         assert!(order_shutdown(&tx, Duration::from_secs(20)));
-        assert_eq!(*rx.borrow(), Some(Duration::from_secs(20)));
+        assert_eq!(drain(&rx), Some(Duration::from_secs(20)));
+        let first = rx.borrow().unwrap();
+        assert_eq!(first.secs_left(first.until - Duration::from_secs(20)), 20);
+        assert_eq!(
+            first.secs_left(first.until - Duration::from_millis(8_500)),
+            9
+        );
+        assert_eq!(first.secs_left(first.until + Duration::from_secs(1)), 0);
         assert!(!order_shutdown(&tx, Duration::from_secs(30)));
         assert!(!order_shutdown(&tx, Duration::from_secs(20)));
-        assert_eq!(*rx.borrow(), Some(Duration::from_secs(20)));
+        assert_eq!(drain(&rx), Some(Duration::from_secs(20)));
         assert!(order_shutdown(&tx, Duration::ZERO));
-        assert_eq!(*rx.borrow(), Some(Duration::ZERO));
+        assert_eq!(drain(&rx), Some(Duration::ZERO));
+        assert!(!order_shutdown(&tx, Duration::MAX));
     }
 }
