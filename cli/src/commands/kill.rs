@@ -73,8 +73,13 @@ pub(crate) enum Stopper {
     Kill,
     /// `conduit down -f FILE`.
     Down,
-    /// `conduit up -f FILE`, which starts the tunnel again once it has stopped.
+    /// `conduit up -f FILE`, which starts the tunnel again on its new settings once
+    /// it has stopped.
     Up,
+    /// `conduit up -f FILE`, which starts again a tunnel a `kill` was stopping.
+    Revive,
+    /// `conduit up -f FILE`, for a tunnel no longer in the file.
+    Removed,
 }
 
 impl Stopper {
@@ -97,6 +102,12 @@ impl Stopper {
                 "{what}: `up` starts it again on its new settings once it has stopped; {force} \
                  stops it now"
             ),
+            Self::Revive => {
+                format!("{what}: `up` starts it again once it has stopped; {force} stops it now")
+            }
+            Self::Removed => {
+                format!("{what}: it is no longer in the file; {force} stops it now")
+            }
         }
     }
 }

@@ -296,22 +296,26 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     // the slowest drain.
     // Restarted: for settings changed, or because a `kill` is stopping it (it drains
     // first, as that kill asked).
-    let again: Vec<(&TunnelPlan, &Entry, &str)> = (actions.restart.iter())
-        .map(|(t, e)| (*t, e, "restarted (settings changed)"))
-        .chain((actions.revive.iter()).map(|(t, e)| (*t, e, "started again (it was stopping)")))
+    let again: Vec<(&TunnelPlan, &Entry, &str, Stopper)> = (actions.restart.iter())
+        .map(|(t, e)| (*t, e, "restarted (settings changed)", Stopper::Up))
+        .chain(
+            (actions.revive.iter())
+                .map(|(t, e)| (*t, e, "started again (it was stopping)", Stopper::Revive)),
+        )
         .collect();
-    let stopping: Vec<&Entry> = (actions.remove.iter())
-        .chain(again.iter().map(|(_, e, _)| *e))
+    let stopping: Vec<(&Entry, Stopper)> = (actions.remove.iter())
+        .map(|e| (e, Stopper::Removed))
+        .chain(again.iter().map(|(_, e, _, by)| (*e, *by)))
         .collect();
     let mut to_start: Vec<(&TunnelPlan, Option<usize>)> =
         actions.start.iter().map(|t| (*t, None)).collect();
     let removed = actions.remove.len();
-    to_start.extend((again.iter().enumerate()).map(|(i, (t, _, _))| (*t, Some(removed + i))));
+    to_start.extend((again.iter().enumerate()).map(|(i, (t, ..))| (*t, Some(removed + i))));
     let launching = std::sync::Arc::new(std::sync::Mutex::new(()));
     let (stopped, launched) = rt.block_on(async {
         let stops: Vec<_> = (stopping.iter())
-            .map(|e| {
-                stop(&registry, e, false, None, Stopper::Up)
+            .map(|&(e, by)| {
+                stop(&registry, e, false, None, by)
                     .map(|r| r.map(drop))
                     .boxed_local()
                     .shared()
@@ -327,7 +331,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                         StopFailed(format!("could not stop it to restart: {why}"))
                     })?;
                 }
-                for (e, s) in stopping.iter().zip(stops) {
+                for ((e, _), s) in stopping.iter().zip(stops) {
                     if holds_port(&e.config, t.bind.port(), t.protocol) {
                         // Not stopped: the launch says the port is taken.
                         let _ = s.clone().await;

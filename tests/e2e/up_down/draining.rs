@@ -218,6 +218,13 @@ fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
         out.contains("started again (it was stopping) tunnel \"alpha\""),
         "{out}"
     );
+    // Its settings did not change: `up` does not say they did.
+    let err = again.stderr();
+    assert!(
+        err.contains("is draining 1 open connection for up to ")
+            && err.contains("s: `up` starts it again once it has stopped; `conduit kill"),
+        "{err}"
+    );
     assert_ne!(pid_of(&home, "alpha"), before);
     echo_through(&home, "alpha");
 }
