@@ -252,7 +252,14 @@ fn every_endpoint_answers_in_the_documented_envelope() {
     let v = check_error(&post, 405, "method_not_allowed");
     assert_eq!(
         v["error"]["message"],
-        "method not allowed: only GET is served here (the API is read-only)"
+        "method not allowed: only GET and HEAD are served here (the API is read-only)"
+    );
+    assert!(
+        post.headers
+            .to_ascii_lowercase()
+            .contains("\nallow: get,head\r\n"),
+        "{}",
+        post.headers
     );
     // The id's hex in upper case names the same client.
     let upper = get(

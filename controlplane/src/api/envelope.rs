@@ -104,12 +104,16 @@ async fn finish(resp: Response, id: &RequestId) -> Response {
             .to_owned();
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        // axum's own text is only "Method Not Allowed"; its `Allow` header says more.
+        // axum's own text is only "Method Not Allowed"; its `Allow` header says more
+        // (added after this layer, so absent here: every route serves GET and HEAD).
         let allow: Vec<&str> = parts
             .headers
             .get(header::ALLOW)
             .and_then(|v| v.to_str().ok())
-            .map_or_else(|| vec!["GET"], |a| a.split(',').map(str::trim).collect());
+            .map_or_else(
+                || vec!["GET", "HEAD"],
+                |a| a.split(',').map(str::trim).collect(),
+            );
         let served = match allow.split_last() {
             Some((last, [])) => format!("{last} is"),
             Some((last, rest)) => format!("{} and {last} are", rest.join(", ")),
