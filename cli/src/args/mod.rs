@@ -55,7 +55,8 @@ pub(crate) struct LogArgs {
     #[arg(long, global = true, env = "CONDUIT_LOG_FILE", value_name = "PATH", value_parser = conduit_controlplane::config::parse_path)]
     pub(crate) log_file: Option<PathBuf>,
     /// Rotate the log file: a new FILE.YYYY-MM-DD (daily) or FILE.YYYY-MM-DD-HH (hourly)
-    /// [default: never].
+    /// [default: never]. A background tunnel's stderr (what it says before its log
+    /// starts, such as why it could not) still goes to FILE itself.
     #[arg(
         value_name = "PERIOD",
         long,
@@ -66,7 +67,7 @@ pub(crate) struct LogArgs {
     pub(crate) log_rotation: Option<LogRotation>,
     /// Rotated log files (FILE.YYYY-MM-DD[-HH]) to keep besides the one being written,
     /// 0 for all, at most 10000 (as `[logging] keep` in a file) [default: 7]; no other
-    /// file is touched.
+    /// file is deleted.
     #[arg(long, value_name = "N", global = true, requires = "log_file", value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub(crate) log_keep: Option<usize>,
 }
