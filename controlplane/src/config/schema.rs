@@ -501,6 +501,17 @@ impl Kind {
                     .map(|suite| Value::String(suite.name().to_owned()))
                     .collect(),
             )),
+            // A list written as in the file (`["a", "b"]`) is read as one; an IPv6
+            // address in brackets (`[::1]:80`) is not one.
+            Kind::List | Kind::KeyList if toml_list(s) => {
+                match toml::from_str::<toml::Table>(&format!("v = {s}")) {
+                    Ok(mut t) => Ok(t.remove("v").unwrap_or(Value::Array(Vec::new()))),
+                    Err(_) => Err(format!(
+                        "is not a list: write it as in the file, [\"a\", \"b\"], or as \
+                         comma-separated values, a,b (found {s:?})"
+                    )),
+                }
+            }
             Kind::List | Kind::KeyList => Ok(Value::Array(
                 s.split(',')
                     .map(str::trim)
@@ -510,6 +521,12 @@ impl Kind {
             )),
         }
     }
+}
+
+/// Whether `s` is written as a TOML list of strings: `[` then a quote (or `]`).
+fn toml_list(s: &str) -> bool {
+    (s.trim_start().strip_prefix('['))
+        .is_some_and(|rest| rest.trim_start().starts_with(['"', '\'', ']']))
 }
 
 fn range(min: i64, max: i64) -> String {
@@ -849,6 +866,23 @@ mod tests {
                 Value::String("a:1".into()),
                 Value::String("b:2".into())
             ]))
+        );
+        // An IPv6 address in brackets is no list.
+        assert_eq!(
+            Kind::List.parse_text("[::1]:80, [::ffff:127.0.0.1]:81"),
+            Ok(Value::Array(vec![
+                Value::String("[::1]:80".into()),
+                Value::String("[::ffff:127.0.0.1]:81".into())
+            ]))
+        );
+        // As in the file, too.
+        assert_eq!(
+            Kind::List.parse_text(r#" ["a:1", "b:2"]"#),
+            Kind::List.parse_text("a:1,b:2")
+        );
+        assert_eq!(
+            Kind::List.parse_text(r#"["a:1", "b:2""#),
+            Err(r#"is not a list: write it as in the file, ["a", "b"], or as comma-separated values, a,b (found "[\"a:1\", \"b:2\"")"#.into())
         );
     }
 
