@@ -228,6 +228,9 @@ pub enum LinkStatus {
         next_at: SystemTime,
         /// Why the last one failed.
         error: String,
+        /// Nothing listened at a router's port: it is tried about every second
+        /// meanwhile, and the next attempt comes as soon as it accepts.
+        knocking: bool,
     },
     /// One router of several, answering but not in use: the tunnel fails over and
     /// another router serves it (a spare, or a router it left, checked until it
@@ -739,6 +742,7 @@ mod tests {
             attempt: 1,
             next_at: SystemTime::UNIX_EPOCH,
             error: "cannot reach router".into(),
+            knocking: false,
         };
         let lost = failing.clone();
         // Past a failing router to the one standing by.

@@ -287,9 +287,15 @@ fn an_unreachable_router_is_retried_in_the_background_and_start_says_so() {
     let st = home.ok(&["status"]);
     assert!(
         st.contains(&format!("router {router} unreachable"))
-            && (st.contains("failed, next in ") || st.contains("failed, next within a second")),
+            && (st.contains("s, or as soon as its port accepts (tried every second)")
+                || st.contains("failed, next within a second")
+                || st.contains("failed, next under way")),
         "{st}"
     );
+    // Nothing listens there: its port is knocked on meanwhile, as `status` says.
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["status", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["link"]["knocking"], true, "{json}");
     // The router comes up, and refuses it: `start` has long returned, so the tunnel
     // does not stop (nobody would hear of it) but keeps trying, as one that was up.
     let others = home.path().join("others");

@@ -29,6 +29,7 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                         v["status"] = json!(t.status);
                         v["link"] = json!({"state": l.state, "detail": l.detail, "since": rfc3339(l.since),
                                            "next_attempt_at": rfc3339(l.next_attempt_at), "attempt": l.attempt,
+                                           "knocking": l.knocking,
                                            "cipher_suite": (!l.cipher_suite.is_empty()).then_some(&l.cipher_suite)});
                         v["active_connections"] = json!(t.active_connections);
                         v["idle_channels"] = json!(st.idle_channels);
@@ -133,10 +134,14 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 },
                 l.detail,
                 l.attempt,
-                // Whole seconds on the wire: the first waits are shorter.
-                match l.next_attempt_at - now {
-                    ..=0 => "within a second".to_owned(),
-                    secs => format!("in {secs}s"),
+                // Whole seconds on the wire: the first waits are shorter. Past its
+                // time, the attempt is under way (it may take its timeouts).
+                match (l.next_attempt_at - now, l.knocking) {
+                    (..=-1, _) => "under way".to_owned(),
+                    (0, _) => "within a second".to_owned(),
+                    (secs, false) => format!("in {secs}s"),
+                    (secs, true) =>
+                        format!("in {secs}s, or as soon as its port accepts (tried every second)"),
                 }
             ),
             "refused" => format!(

@@ -432,6 +432,7 @@ mod tests {
             attempt: 1,
             next_at: SystemTime::UNIX_EPOCH,
             error: error.into(),
+            knocking: false,
         }
     }
 

@@ -152,6 +152,7 @@ async fn lane(
                         attempt,
                         next_at: SystemTime::now() + wait,
                         error: e.to_string(),
+                        knocking: e.found_no_listener(),
                     },
                 );
                 let wait_s = wait.as_secs_f64();
@@ -251,15 +252,17 @@ fn together(lanes: &[LinkStatus]) -> LinkStatus {
             attempt,
             next_at,
             error,
-        } => Some((attempt, next_at, error)),
+            knocking,
+        } => Some((attempt, next_at, error, *knocking)),
         _ => None,
     });
-    if let Some((attempt, next_at, _)) = retrying.clone().min_by_key(|(_, at, _)| **at) {
+    if let Some((attempt, next_at, ..)) = retrying.clone().min_by_key(|(_, at, ..)| **at) {
         return LinkStatus::Retrying {
             attempt: *attempt,
             next_at: *next_at,
+            knocking: retrying.clone().any(|(.., k)| k),
             error: retrying
-                .map(|(_, _, e)| e.as_str())
+                .map(|(_, _, e, _)| e.as_str())
                 .collect::<Vec<_>>()
                 .join("; "),
         };
@@ -284,6 +287,7 @@ mod tests {
             attempt,
             next_at,
             error: error.into(),
+            knocking: false,
         };
         assert_eq!(
             together(&[

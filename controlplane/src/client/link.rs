@@ -219,6 +219,7 @@ pub(super) async fn control_loop(
                             attempt,
                             next_at: SystemTime::now(),
                             error: e.to_string(),
+                            knocking: false,
                         };
                         true
                     });
@@ -248,17 +249,18 @@ pub(super) async fn control_loop(
                     [] => e.to_string(),
                     _ => format!("{e}; and refused: {}", others.join("; ")),
                 };
+                let knock: Vec<usize> = (0..shared.routers.len())
+                    .filter(|&i| no_listener[i])
+                    .collect();
                 shared.status.send_replace(LinkStatus::Retrying {
                     attempt,
                     next_at: SystemTime::now() + wait,
                     error,
+                    knocking: !knock.is_empty(),
                 });
                 say(format!("{e}; retrying in {:.1}s", wait.as_secs_f64()));
                 // `start` returns on that line: the tunnel runs in the background now.
                 shared.retries_in_background();
-                let knock: Vec<usize> = (0..shared.routers.len())
-                    .filter(|&i| no_listener[i])
-                    .collect();
                 match back_off(&shared, &knock, wait, &mut stop).await {
                     Waited::Stopped => return None,
                     Waited::Over => {}
@@ -338,6 +340,7 @@ pub(super) fn retrying(why: &str) -> LinkStatus {
         attempt: 1,
         next_at: SystemTime::now(),
         error: why.to_owned(),
+        knocking: false,
     }
 }
 

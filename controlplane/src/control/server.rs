@@ -203,11 +203,13 @@ fn link_state(l: &LinkStatus) -> pb::LinkState {
             attempt,
             next_at,
             error,
+            knocking,
         } => pb::LinkState {
             state: l.word().into(),
             detail: error.clone(),
             next_attempt_at: unix(*next_at),
             attempt: *attempt,
+            knocking: *knocking,
             ..Default::default()
         },
         LinkStatus::Refused { reason } => pb::LinkState {
