@@ -94,6 +94,9 @@ enum Parent {
 /// ended its claim in between: a handful is already far beyond what happens.
 const CLAIM_TRIES: usize = 8;
 
+/// How often a running tunnel checks that its registry entry is still there.
+const ENTRY_CHECK: Duration = Duration::from_secs(5);
+
 /// Claims `name` for a tunnel of this home, or says which tunnel holds it.
 pub fn claim_name(home: &Home, name: &str) -> Result<NameClaim, Error> {
     let inherited = std::env::var_os(INHERITED_CLAIM).is_some_and(|n| n == name);
@@ -576,17 +579,25 @@ impl RegisteredTunnel {
         let metrics_task = metrics.map(|l| control::serve_metrics(l, state.clone(), until_exit()));
 
         // Keep the registry's status word in step with the router link, and with a
-        // stop ordered (`up` leaves no tunnel that is stopping for "up to date").
+        // stop ordered (`up` leaves no tunnel that is stopping for "up to date"); and
+        // the entry there at all: one deleted or damaged (by hand, a cleaner, a full
+        // disk) would leave the tunnel out of every command's sight.
         let updater = {
             let registry = registry.clone();
             let mut link = state.link.clone();
             let mut ordered = state.shutdown.subscribe();
             let state = state.clone();
             let mut e = entry.clone();
+            let mut look = tokio::time::interval(ENTRY_CHECK);
+            look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tokio::spawn(async move {
                 loop {
                     let word = state.status_word();
-                    if e.status != word {
+                    let lost = !registry.holds(&e);
+                    if e.status != word || lost {
+                        if lost {
+                            warn!(id = %e.tunnel_id, "this tunnel's registry entry was gone or damaged: written again");
+                        }
                         e.status = word.to_owned();
                         if let Err(err) = registry.write(&e) {
                             warn!("cannot update the registry: {err}");
@@ -595,6 +606,7 @@ impl RegisteredTunnel {
                     let changed = tokio::select! {
                         r = link.changed() => r,
                         r = ordered.changed() => r,
+                        _ = look.tick() => Ok(()),
                     };
                     if changed.is_err() {
                         return;

@@ -199,6 +199,13 @@ impl Registry {
         std::fs::rename(&tmp, &path).map_err(io)
     }
 
+    /// Whether the registry holds entry `e` as written (its file there and readable,
+    /// naming the same process).
+    pub fn holds(&self, e: &Entry) -> bool {
+        read_entry(&self.path(&e.tunnel_id))
+            .is_some_and(|on_disk| on_disk.tunnel_id == e.tunnel_id && on_disk.pid == e.pid)
+    }
+
     /// Removes an entry (and its control socket); missing files are fine.
     pub fn remove(&self, e: &Entry) {
         if is_id(&e.tunnel_id) {

@@ -700,6 +700,9 @@ fn a_damaged_entry_is_kept_while_its_tunnel_holds_its_name() {
         .status()
         .unwrap();
     assert!(made.success());
+    // Frozen, the tunnel cannot write its entry again (as it does within seconds).
+    let pid = u64::from(tunnel.pid());
+    crate::stopping::signal(pid, "STOP");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..40]).unwrap();
 
@@ -744,6 +747,17 @@ fn a_damaged_entry_is_kept_while_its_tunnel_holds_its_name() {
         );
     }
     assert!(tunnel.running());
+    // Thawed, it writes its entry again; deleted, too.
+    crate::stopping::signal(pid, "CONT");
+    let running = |l: &[serde_json::Value]| l.len() == 1 && l[0]["status"] == "running";
+    wait_list(&home, "the entry to be written again", running);
+    tunnel.wait_stderr("this tunnel's registry entry was gone or damaged: written again");
+    std::fs::remove_file(&file).unwrap();
+    wait_list(&home, "the deleted entry to be written again", running);
+    assert_eq!(
+        tunnel.stderr_count("this tunnel's registry entry was gone or damaged: written again"),
+        2
+    );
     let status = tunnel.stop();
     assert_code(status, 0, &tunnel.stderr());
     let (status, out, err) = home.run(&["list"]);
