@@ -234,12 +234,28 @@ impl Registry {
     /// tunnels and miss those launched after it looked, and two `up`s at once would
     /// each find the other's tunnels "being started" and fail.
     /// `waiting` is called first when another `up` or `down` holds the lock, before
-    /// this one waits for it (to say so).
-    pub fn lock_changes(&self, waiting: impl FnOnce()) -> Result<std::fs::File, crate::Error> {
+    /// this one waits for it (to say so), with that process's pid when it is known
+    /// (each holder writes its own into the lock file).
+    pub fn lock_changes(
+        &self,
+        waiting: impl FnOnce(Option<u32>),
+    ) -> Result<std::fs::File, crate::Error> {
+        use std::io::Write;
         if let Some(home) = self.dir.parent() {
             crate::Home::ensure_private_dir(home)?;
         }
-        crate::keys::lock_beside_telling(&self.dir, waiting)
+        let mut name = self.dir.file_name().unwrap_or_default().to_owned();
+        name.push(".lock");
+        let path = self.dir.with_file_name(name);
+        let holder = || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            text.trim().parse::<u32>().ok()
+        };
+        let file = crate::keys::lock_beside_telling(&self.dir, || waiting(holder()))?;
+        // For the next one to wait: who holds it. Only a message depends on it.
+        let _ = file.set_len(0);
+        let _ = (&file).write_all(format!("{}\n", std::process::id()).as_bytes());
+        Ok(file)
     }
 
     /// Whether the registry can be read: an error naming the problem and the fix

@@ -16,7 +16,7 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
     registry.readable().map_err(anyhow::Error::msg)?;
     // No CONDUIT_HOME, no tunnels: nothing to make for the lock.
     let _one_at_a_time = match home.root().exists() {
-        true => Some(registry.lock_changes(|| super::say_waiting_for_lock(home))?),
+        true => Some(registry.lock_changes(|pid| super::say_waiting_for_lock(home, pid))?),
         false => None,
     };
     let targets = started_from(&file, &registry.entries());

@@ -226,10 +226,11 @@ fn dataplane_options(e: &EngineArgs) -> Options {
 
 /// Said (on stderr) by an `up` or `down` that finds another one changing the
 /// tunnels of `home`, before it waits for that one to finish.
-fn say_waiting_for_lock(home: &Home) {
+fn say_waiting_for_lock(home: &Home, holder: Option<u32>) {
+    let who = holder.map_or_else(String::new, |pid| format!(" (pid {pid})"));
     eprintln!(
-        "another `conduit up` or `conduit down` is changing the tunnels of {}; waiting for it \
-         to finish (it may be draining a tunnel)",
+        "another `conduit up` or `conduit down`{who} is changing the tunnels of {}; waiting \
+         for it to finish (it may be draining a tunnel; Ctrl-C stops waiting)",
         home.root().display()
     );
 }

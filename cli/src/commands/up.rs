@@ -215,7 +215,7 @@ pub(super) fn secret_vars(set: &[Override]) -> Vec<(String, Secret)> {
 fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()> {
     let registry = Registry::new(home);
     registry.readable().map_err(anyhow::Error::msg)?;
-    let _one_at_a_time = registry.lock_changes(|| super::say_waiting_for_lock(home))?;
+    let _one_at_a_time = registry.lock_changes(|pid| super::say_waiting_for_lock(home, pid))?;
     let entries = registry.entries();
     let actions = reconcile(plan, &entries);
     let file = plan.file.display();

@@ -153,8 +153,9 @@ fn down_and_a_waiting_up_say_what_they_wait_for() {
     down.wait_stderr(&draining);
     let mut up = home.spawn(&["up", "-f", f]);
     let waiting = format!(
-        "another `conduit up` or `conduit down` is changing the tunnels of {}; waiting for it \
-         to finish (it may be draining a tunnel)\n",
+        "another `conduit up` or `conduit down` (pid {}) is changing the tunnels of {}; \
+         waiting for it to finish (it may be draining a tunnel; Ctrl-C stops waiting)\n",
+        down.pid(),
         home.path().display()
     );
     up.wait_stderr(&waiting);
