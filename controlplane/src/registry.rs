@@ -229,6 +229,26 @@ impl Registry {
         }
     }
 
+    /// Leaves word, before `conduit kill --force` sends SIGKILL to tunnel `e` (whose
+    /// supervisor would take the death for a failure and restart it), that its
+    /// process `e.pid` was killed on purpose (`run/NAME.killed`).
+    pub fn mark_killed(&self, e: &Entry) {
+        let _ = std::fs::write(self.killed_mark(&e.name), format!("{}\n", e.pid));
+    }
+
+    /// Whether tunnel `name`'s process `pid` was killed on purpose (see
+    /// [`Self::mark_killed`]); the word is taken either way.
+    pub fn take_killed_mark(&self, name: &str, pid: u32) -> bool {
+        let path = self.killed_mark(name);
+        let said = std::fs::read_to_string(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        said.is_some_and(|s| s.trim() == pid.to_string())
+    }
+
+    fn killed_mark(&self, name: &str) -> PathBuf {
+        self.run.join(format!("{name}.killed"))
+    }
+
     /// Holds `up` and `down` of this home one at a time (until the file returned is
     /// dropped): a `down` while an `up` launches would stop some of the file's
     /// tunnels and miss those launched after it looked, and two `up`s at once would

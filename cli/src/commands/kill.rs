@@ -290,6 +290,10 @@ async fn kill_hard(registry: &Registry, e: &Entry, why: &str) -> Result<String, 
             ));
         }
     }
+    if e.live_supervisor().is_some() {
+        // Its supervisor is not to take this for a failure and restart it.
+        registry.mark_killed(e);
+    }
     sigkill(e.pid).map_err(|err| format!("{why}; SIGKILL to pid {} failed: {err}", e.pid))?;
     gone_within(e.pid, Duration::from_secs(10))
         .await

@@ -6,9 +6,10 @@
 //! once, with the reason from its last words on stderr, and started again alone
 //! after a back-off (1 s, doubling to 30 s; back to 1 s once a run has lasted a
 //! minute). A child that exits with 0 was stopped on purpose (`conduit kill`,
-//! `down`) and stays stopped. SIGTERM, SIGINT or SIGHUP stops every child (they drain) and
-//! every pending restart; the exit code is then that of the tunnels whose last run
-//! failed, as `up` reports them.
+//! `down`) and stays stopped, as does one `conduit kill --force` killed (it says so in
+//! `run/NAME.killed` first). SIGTERM, SIGINT or SIGHUP stops every child (they drain)
+//! and every pending restart, a second one cuts their drains short; the exit code is
+//! then that of the tunnels whose last run failed, as `up` reports them.
 //!
 //! Children name this process in their registry entries (`--supervisor PID`), so a
 //! plain `up` of the same file leaves them to it (see `up::reconcile_and_launch`).
@@ -35,6 +36,7 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::config::{Override, Plan};
 use conduit_controlplane::process::{INHERITED_CLAIM, NameClaim, claim_name};
+use conduit_controlplane::registry::Registry;
 use conduit_controlplane::spawn::LastWords;
 use conduit_proto::Secret;
 use futures::future::join_all;
@@ -74,6 +76,7 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
                 "--file-on-stdin".into(),
             ]);
             Ok(Child {
+                registry: Registry::new(home),
                 name: t.name.clone(),
                 exe: exe.clone().into_os_string(),
                 args,
@@ -93,7 +96,7 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
         // Installed before any child starts: a signal meanwhile still stops them.
         // SIGHUP too: a terminal closed stops them as Ctrl-C does (they drain).
         let mut signals = conduit_controlplane::stop::StopSignals::listen(true);
-        let (stop, stopping) = watch::channel(false);
+        let (stop, stopping) = watch::channel(Stage::Running);
         // Each child's future owns it; all run on this one thread.
         let tasks: Vec<_> = (children.into_iter())
             .map(|c| {
@@ -110,8 +113,16 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
             r = &mut all => r,
             why = signals.next() => {
                 info!("stopping every tunnel ({why})");
-                stop.send_replace(true);
-                all.await
+                stop.send_replace(Stage::Stopping);
+                tokio::select! {
+                    r = &mut all => r,
+                    why = signals.next() => {
+                        // As a tunnel takes a second signal: its drain is cut short.
+                        info!("stopping every tunnel now ({why} again): open connections close");
+                        stop.send_replace(Stage::Cutting);
+                        all.await
+                    }
+                }
             }
         };
         let failed: Vec<(String, u8)> = (results.into_iter())
@@ -129,8 +140,21 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
     })
 }
 
+/// Where the supervisor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Keeping the tunnels running.
+    Running,
+    /// A signal came: each tunnel is asked once to stop (it drains).
+    Stopping,
+    /// A second signal came: each tunnel is asked again, which cuts its drain short.
+    Cutting,
+}
+
 /// One tunnel's child process, as it is started each time.
 struct Child {
+    /// Where `conduit kill --force` says it killed a run on purpose.
+    registry: Registry,
     name: String,
     exe: OsString,
     args: Vec<OsString>,
@@ -144,16 +168,18 @@ struct Child {
 
 /// How a run of a child ended.
 struct Ended {
+    /// The run's process, if it started.
+    pid: Option<u32>,
     status: std::io::Result<ExitStatus>,
     /// Its last words on stderr (`conduit: error: …`, or a JSON `fatal` event).
     reason: Option<String>,
 }
 
 impl Child {
-    /// Starts the child, and again each time it fails, until `stopping` turns true
-    /// or it exits with 0. Returns the exit code of its last run if that failed.
+    /// Starts the child, and again each time it fails, until `stopping` leaves
+    /// [`Stage::Running`] or it exits with 0. Returns the exit code of its last run if that failed.
     /// The name's claim ends with it.
-    async fn keep_running(self, mut stopping: watch::Receiver<bool>) -> Option<u8> {
+    async fn keep_running(self, mut stopping: watch::Receiver<Stage>) -> Option<u8> {
         let mut wait = FIRST_WAIT;
         let mut failures = 0u32;
         loop {
@@ -161,13 +187,14 @@ impl Child {
             let ended = match self.start() {
                 Ok(child) => self.run(child, &mut stopping).await,
                 Err(e) => Ended {
+                    pid: None,
                     status: Err(e),
                     reason: None,
                 },
             };
             let failed = match &ended.status {
                 Ok(s) if s.success() => {
-                    if !*stopping.borrow() {
+                    if *stopping.borrow() == Stage::Running {
                         info!(
                             tunnel = %self.name,
                             "tunnel {:?} exited with code 0 (stopped on purpose: `conduit \
@@ -177,12 +204,25 @@ impl Child {
                     }
                     return None;
                 }
+                Ok(_)
+                    if ended
+                        .pid
+                        .is_some_and(|pid| self.registry.take_killed_mark(&self.name, pid)) =>
+                {
+                    info!(
+                        tunnel = %self.name,
+                        "tunnel {:?} was killed by `conduit kill --force` (or `down --force`), \
+                         on purpose; not restarting it",
+                        self.name
+                    );
+                    return None;
+                }
                 Ok(s) => exit_code(s),
                 Err(_) => exit::FAILURE,
             };
             let how = describe(&ended);
             error!(tunnel = %self.name, exit_code = failed, "tunnel {:?} {how}", self.name);
-            if *stopping.borrow() {
+            if *stopping.borrow() != Stage::Running {
                 return Some(failed);
             }
             if started.elapsed() >= STEADY {
@@ -198,7 +238,7 @@ impl Child {
             );
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                _ = stopping.wait_for(|s| *s) => return Some(failed),
+                _ = stopping.wait_for(|s| *s != Stage::Running) => return Some(failed),
             }
             wait = (wait * 2).min(LONGEST_WAIT);
         }
@@ -245,12 +285,15 @@ impl Child {
         Ok(child)
     }
 
-    /// Waits for `child` to exit, asking it to stop (it drains) once `stopping`.
+    /// Waits for `child` to exit, asking it to stop (it drains) once `stopping` leaves
+    /// [`Stage::Running`], and again (which cuts its drain short) at
+    /// [`Stage::Cutting`].
     async fn run(
         &self,
         mut child: tokio::process::Child,
-        stopping: &mut watch::Receiver<bool>,
+        stopping: &mut watch::Receiver<Stage>,
     ) -> Ended {
+        let pid = child.id();
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
@@ -272,19 +315,45 @@ impl Child {
             }
             words
         });
-        let status = tokio::select! {
-            s = child.wait() => s,
-            stop = stopping.wait_for(|s| *s) => {
+        let ended = tokio::select! {
+            s = child.wait() => Some(s),
+            stop = stopping.wait_for(|s| *s != Stage::Running) => {
                 // A guard on the channel: not held while the child drains.
                 drop(stop);
+                None
+            }
+        };
+        let status = match ended {
+            Some(s) => s,
+            None => {
                 if let Some(pid) = child.id() {
                     terminate(pid);
                 }
-                child.wait().await
+                let cut = tokio::select! {
+                    s = child.wait() => Some(s),
+                    cut = stopping.wait_for(|s| *s == Stage::Cutting) => {
+                        drop(cut);
+                        None
+                    }
+                };
+                match cut {
+                    Some(s) => s,
+                    None => {
+                        // The second SIGTERM: the tunnel closes what still drains.
+                        if let Some(pid) = child.id() {
+                            terminate(pid);
+                        }
+                        child.wait().await
+                    }
+                }
             }
         };
         let reason = words.await.ok().and_then(LastWords::message);
-        Ended { status, reason }
+        Ended {
+            pid,
+            status,
+            reason,
+        }
     }
 }
 
@@ -349,6 +418,7 @@ mod tests {
     fn a_failure_says_its_code_or_signal_and_its_reason() {
         use std::os::unix::process::ExitStatusExt;
         let ended = |raw: i32, reason: Option<&str>| Ended {
+            pid: None,
             status: Ok(ExitStatus::from_raw(raw)),
             reason: reason.map(str::to_owned),
         };

@@ -428,6 +428,90 @@ fn ctrl_c_to_the_supervisor_s_group_lets_its_tunnels_drain() {
     assert!(list(&home).is_empty(), "{:?}", list(&home));
 }
 
+/// A second signal to the supervisor cuts its tunnels' drains short, as a second
+/// signal to a tunnel does: a held connection is closed and the supervisor exits
+/// within moments, not at the drain deadline (ten minutes here).
+#[test]
+fn a_second_signal_to_the_supervisor_cuts_the_drains_short() {
+    use std::io::Read;
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("one", source.clone())]);
+    let mut sup = home.spawn(&[
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--foreground",
+        "--set",
+        "performance.drain_timeout_secs=600",
+    ]);
+    running(&home, "one");
+    let bind = list(&home)[0]["bind"].as_str().unwrap().to_owned();
+    let mut held = std::net::TcpStream::connect(&bind).unwrap();
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    crate::procfs::wait_until("the held connection to be counted", || {
+        let l = list(&home);
+        (l.first().is_some_and(|t| t["active_connections"] == 1), ())
+    });
+
+    sup.signal("INT");
+    sup.wait_stderr("stopping: no new connections; draining open ones");
+    sup.signal("INT");
+    sup.wait_stderr("stopping every tunnel now (SIGINT again): open connections close");
+    let status = sup.wait_exit();
+    assert_code(status, 0, &sup.stderr());
+    // Closed by the cut, not by the deadline.
+    let mut rest = Vec::new();
+    let _ = held.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    assert!(list(&home).is_empty(), "{:?}", list(&home));
+}
+
+/// A supervised tunnel stopped with `conduit kill --force` (SIGKILL once it does
+/// not answer: here it is frozen) stays down, as `kill` says; the supervisor does
+/// not take the kill for a failure.
+#[test]
+fn a_supervised_tunnel_killed_with_force_stays_down() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(
+        &home,
+        raddr.port(),
+        &[("one", source.clone()), ("two", source.clone())],
+    );
+    let mut sup = home.spawn(&["up", "-f", file.to_str().unwrap(), "--foreground"]);
+    let (one, _) = (running(&home, "one"), running(&home, "two"));
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &one.to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+
+    let (status, out, err) = home.run(&["kill", "--tunnel", "one", "--force"]);
+    assert_code(status, 0, &err);
+    assert!(
+        out.contains(&format!(
+            "killed pid {one} (SIGKILL) and removed its registry entry"
+        )),
+        "{out}"
+    );
+    sup.wait_stderr(
+        "tunnel \"one\" was killed by `conduit kill --force` (or `down --force`), on purpose; \
+         not restarting it",
+    );
+    assert_eq!(sup.stderr_count("restarting tunnel \"one\""), 0);
+    assert_eq!(names(&home), ["two"]);
+    assert!(!home.path().join("run").join("one.killed").exists());
+
+    let (status, _, err) = home.run(&["kill", "--tunnel", "two"]);
+    assert_code(status, 0, &err);
+    assert_code(sup.wait_exit(), 0, &sup.stderr());
+}
+
 /// A supervisor killed outright (SIGKILL: no chance to stop its children) takes its
 /// tunnels with it, so a new `up --foreground` can bring them up again.
 #[test]
