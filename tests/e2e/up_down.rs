@@ -673,3 +673,29 @@ fn a_name_another_file_runs_is_refused_naming_that_file() {
         "{err}"
     );
 }
+
+/// Ctrl-C while `up` launches: the tunnel being launched is stopped and the ones
+/// not launched yet are not started; `up` exits 130 (it used to launch each of
+/// them in turn, and leave them running).
+#[test]
+fn up_interrupted_while_launching_starts_no_more_tunnels() {
+    let home = Home::with_keys();
+    // A router that accepts connections and never answers: each launch waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let file = write_three(&home, port, "127.0.0.1:9");
+    let mut up = home.spawn(&["up", "-f", file.to_str().unwrap()]);
+    // The first launch under way: its router connection accepted.
+    let (_held, _) = silent.accept().unwrap();
+    up.signal("INT");
+    let status = up.wait_exit();
+    let err = up.stderr();
+    assert_code(status, 130, &err);
+    assert!(err.contains("interrupted; the tunnel was stopped"), "{err}");
+    assert_eq!(
+        err.matches("not started: `up` was interrupted").count(),
+        2,
+        "{err}"
+    );
+    assert!(list(&home).is_empty(), "{:?}", list(&home));
+}

@@ -312,6 +312,9 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     let removed = actions.remove.len();
     to_start.extend((again.iter().enumerate()).map(|(i, (t, ..))| (*t, Some(removed + i))));
     let launching = std::sync::Arc::new(std::sync::Mutex::new(()));
+    // Set to 128 + the signal's number once a launch was interrupted (Ctrl-C): the
+    // tunnels not launched yet are not, as the user asked `up` to stop.
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
     let (stopped, launched) = rt.block_on(async {
         let stops: Vec<_> = (stopping.iter())
             .map(|&(e, by)| {
@@ -325,6 +328,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
             let stops = &stops;
             let stopping = &stopping;
             let launching = &launching;
+            let interrupted = &interrupted;
             async move {
                 if let Some(i) = own {
                     stops[i].clone().await.map_err(|why| {
@@ -341,13 +345,31 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                 let secrets = secret_vars(set);
                 let (home, name) = (home.clone(), t.name.clone());
                 let launching = launching.clone();
+                let interrupted = interrupted.clone();
                 tokio::task::spawn_blocking(move || {
+                    use std::sync::atomic::Ordering;
                     // One launch at a time: a claim is handed on by letting every
                     // child spawned meanwhile inherit it, so another tunnel started
                     // alongside would hold this one's name for as long as it runs.
                     let _one = launching.lock().unwrap_or_else(|e| e.into_inner());
+                    let code = interrupted.load(Ordering::Relaxed);
+                    if code != 0 {
+                        return Err(conduit_controlplane::Error::Launch {
+                            code,
+                            message: "not started: `up` was interrupted".into(),
+                        }
+                        .into());
+                    }
                     let claim = claim_name(&home, &name)?;
-                    launch_detached(&home, &name, args, secrets, claim, None)
+                    let launched = launch_detached(&home, &name, args, secrets, claim, None);
+                    if let Err(e) = &launched
+                        && let Some(conduit_controlplane::Error::Launch { code, .. }) =
+                            e.downcast_ref::<conduit_controlplane::Error>()
+                        && *code > 128
+                    {
+                        interrupted.store(*code, Ordering::Relaxed);
+                    }
+                    launched
                 })
                 .await?
             }
