@@ -394,6 +394,32 @@ fn show_json_has_values_and_origins() {
     assert_eq!(v["tunnels"][0]["bind"]["origin"], format!("{file}:8"));
 }
 
+/// A file whose every key is past its `expires=` admits nobody: said beforehand.
+#[test]
+fn an_authorized_clients_file_of_expired_keys_is_warned_of() {
+    let f = Fixture::new();
+    let line = std::fs::read_to_string(f.home.public_key("client")).unwrap();
+    std::fs::write(
+        f.home.authorized_clients(),
+        format!("expires=2020-01-01 {line}"),
+    )
+    .unwrap();
+    let text = "[router]\nbind = \"127.0.0.1:9999\"\nallow = [\"10.2.0.0/24:*\"]\n";
+    let l = load_router(&f.sources(text, &[], &[])).unwrap();
+    assert_eq!(
+        f.lines(&l.report),
+        [format!(
+            "warning: router.authorized_keys: every key in {}/home/authorized_clients has \
+             expired (expires= in the past): every client will be refused; remove expires= \
+             from the lines to keep, or add keys",
+            "$DIR"
+        )]
+    );
+    std::fs::write(f.home.authorized_clients(), line).unwrap();
+    let l = load_router(&f.sources(text, &[], &[])).unwrap();
+    assert_eq!(f.lines(&l.report), Vec::<String>::new());
+}
+
 #[test]
 fn a_router_file_loads_shows_and_masks_too() {
     let f = Fixture::new();

@@ -194,11 +194,19 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
     }
     if let Some(p) = r.authorized_keys.as_ref().filter(|_| !plain) {
         match authorized(p) {
-            Ok(0) => out.warn(
+            Ok(a) if a.listed == 0 => out.warn(
                 "router.authorized_keys",
                 format!(
                     "{} lists no client keys: every client will be refused; add one client \
  public key per line",
+                    p.display()
+                ),
+            ),
+            Ok(a) if a.admitted == 0 => out.warn(
+                "router.authorized_keys",
+                format!(
+                    "every key in {} has expired (expires= in the past): every client will be \
+                     refused; remove expires= from the lines to keep, or add keys",
                     p.display()
                 ),
             ),
@@ -1043,7 +1051,14 @@ fn private_key(p: &Path, name: &str, key: &str) -> Result<PublicKey, String> {
         .map_err(|e| e.to_string())
 }
 
-fn authorized(p: &Path) -> Result<usize, String> {
+/// The keys of the authorized-clients file at `p`, as many as its lines hold, that
+/// are admitted now (not past their `expires=`).
+struct Authorized {
+    listed: usize,
+    admitted: usize,
+}
+
+fn authorized(p: &Path) -> Result<Authorized, String> {
     if absent(p) {
         return Err(format!(
             "no authorized clients file at {}: create it with one client public key per line \
@@ -1051,9 +1066,14 @@ fn authorized(p: &Path) -> Result<usize, String> {
             p.display()
         ));
     }
-    keys::load_authorized(p)
-        .map(|k| k.len())
-        .map_err(|e| e.to_string())
+    let file = keys::load_authorized_file(p).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now();
+    Ok(Authorized {
+        listed: file.names.len(),
+        admitted: (file.names.keys())
+            .filter(|k| file.expires.get(k).is_none_or(|t| *t > now))
+            .count(),
+    })
 }
 
 /// Why the bandwidth burst is a poor choice, if it is: a bucket smaller than the rate
