@@ -175,6 +175,8 @@ fn prints_the_systemd_unit() {
          # A stop signals the main process alone, which stops its own tunnels once each\n\
          # (they drain); systemd kills whatever is left after it exits.\n\
          KillMode=mixed\n\
+         # Its drain, then time to exit, before systemd kills it.\n\
+         TimeoutStopSec=40s\n\
          LimitNOFILE=1048576\n\
          UMask=0077\n\
          \n\
@@ -762,4 +764,33 @@ fn a_plain_router_service_runs() {
     );
     let line = router.wait_stdout("router listening on");
     assert!(line.ends_with("plain transport)"), "{line}");
+}
+
+/// The init system waits out the tunnel's drain (and 10 s to exit) before it kills
+/// it: its own default would cut a long drain short (OpenRC's after 5 s).
+#[test]
+fn a_stop_waits_for_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = [
+        ("systemd", "\nTimeoutStopSec=310s\n"),
+        ("openrc", "\nretry=\"TERM/310/KILL/5\"\n"),
+        (
+            "launchd",
+            "\t<key>ExitTimeOut</key>\n\t<integer>310</integer>\n",
+        ),
+    ];
+    for (kind, line) in want {
+        let out = start_service(
+            dir.path(),
+            &["--service-file", kind, "--drain-timeout", "300"],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains(line), "{kind}: {}", stdout(&out));
+    }
+    let out = start_service(dir.path(), &["--service-file", "systemd"]);
+    assert!(
+        stdout(&out).contains("\nTimeoutStopSec=40s\n"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -32,6 +32,8 @@ pub(crate) struct Tunnel<'a> {
     /// rotates beside it): their directories are made writable where the service is
     /// sandboxed.
     pub(crate) writes: Vec<PathBuf>,
+    /// How long it drains open connections when stopped.
+    pub(crate) drain: std::time::Duration,
 }
 
 /// The directories of `files`, made absolute; for a file that is a symbolic link,
@@ -233,6 +235,7 @@ pub(crate) fn emit(
         env_required: t.env_vars.clone(),
         privileged_port: t.privileged_port,
         writable: directories(&t.writes)?,
+        drain: t.drain,
     };
     let text = service::render(kind, &spec)?;
     if let Some(note) = home_not_theirs(&spec.home, &spec.user) {

@@ -520,6 +520,7 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
                 .into_iter()
                 .chain(log.log_file.clone())
                 .collect(),
+            drain: std::time::Duration::from_secs(a.drain_timeout),
         },
     )
 }

@@ -533,6 +533,11 @@ fn service_file(
                 .map(|t| t.private_key_path.clone())
                 .chain(log.log_file.clone().or_else(|| plan.logging.file.clone()))
                 .collect(),
+            // The tunnels drain side by side: the longest drain is the stop's.
+            drain: (plan.tunnels.iter())
+                .map(|t| t.performance.drain_timeout())
+                .max()
+                .unwrap_or_default(),
         },
     )
 }

@@ -115,6 +115,20 @@ pub struct ServiceSpec {
     /// key file's that rotates, an authorized-clients file's): absolute. Where the
     /// format sandboxes the service (systemd), they are made writable.
     pub writable: Vec<PathBuf>,
+    /// How long the service drains its open connections when stopped: the init
+    /// system waits that long and [`STOP_MARGIN`] more before it kills it (its own
+    /// default would cut the drain short: 5 s for OpenRC, about 20 s for launchd).
+    pub drain: std::time::Duration,
+}
+
+/// What a stop may take beyond the drain: the process's own stopping.
+pub const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl ServiceSpec {
+    /// Seconds the init system lets a stop take before it kills the service.
+    fn stop_secs(&self) -> u64 {
+        (self.drain + STOP_MARGIN).as_secs()
+    }
 }
 
 impl ServiceSpec {

@@ -53,6 +53,8 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          respawn_delay={RESPAWN_DELAY}\n\
          # 0: restart for as long as it fails.\n\
          respawn_max=0\n\
+         # A stop: SIGTERM, its drain and time to exit, then SIGKILL.\n\
+         retry=\"TERM/{stop}/KILL/5\"\n\
          output_log=\"{log}\"\n\
          error_log=\"{log}\"\n\
          rc_ulimit=\"-n 1048576\"\n\
@@ -61,6 +63,7 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         args = sh_dquote_inner(&args),
         user = sh_word(&spec.user),
         log = sh_dquote_inner(&sh_word(&log)),
+        stop = spec.stop_secs(),
     );
     if spec.privileged_port {
         s.push_str(

@@ -52,6 +52,13 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          # /usr/local/etc/rc.d/{name} (mode 0555) and run:\n\
          #   sysrc {name}_enable=YES && service {name} start\n",
     );
+    if spec.privileged_port {
+        s.push_str(
+            "# The service listens on a port below 1024, which FreeBSD lets only root bind:\n\
+             # allow its user with `sysctl net.inet.ip.portrange.reservedhigh=0` (and the line\n\
+             # in /etc/sysctl.conf), or a mac_portacl(4) rule uid:UID:tcp:PORT.\n",
+        );
+    }
     if let Some(f) = &spec.env_file {
         let _ = writeln!(
             s,

@@ -141,6 +141,8 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          # A stop signals the main process alone, which stops its own tunnels once each\n\
          # (they drain); systemd kills whatever is left after it exits.\n\
          KillMode=mixed\n\
+         # Its drain, then time to exit, before systemd kills it.\n\
+         TimeoutStopSec={stop}s\n\
          LimitNOFILE={LIMIT_NOFILE}\n\
          UMask=0077\n\
          \n\
@@ -177,6 +179,7 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
         } else {
             "yes"
         },
+        stop = spec.stop_secs(),
         rw = std::iter::once(word(home, false))
             // '-': a directory that is missing is skipped rather than failing the start.
             .chain(
