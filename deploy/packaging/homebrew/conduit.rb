@@ -17,14 +17,23 @@ class Conduit < Formula
     pkgshare.install "deploy/router.example.toml", "deploy/conduit.example.toml"
   end
 
+  def post_install
+    (etc/"conduit").mkpath
+    (var/"conduit").mkpath
+  end
+
   def caveats
     <<~EOS
       Keys live in CONDUIT_HOME (default ~/.conduit): `conduit init` makes this
       machine's key. The router service (`brew services start conduit`) reads
-      #{etc}/conduit/router.toml and keeps its keys in #{var}/conduit; make the
-      router's key there first:
+      #{etc}/conduit/router.toml and keeps its keys in #{var}/conduit. Before
+      starting it, make the router's key, the file of the clients it admits, and
+      its configuration (it exits, and is started again, until they exist):
         CONDUIT_HOME=#{var}/conduit conduit init --name router
-      An example configuration is in #{opt_pkgshare}.
+        echo 'ed25519:… laptop' >> #{var}/conduit/authorized_clients  # each client's `conduit init` line
+        chmod 600 #{var}/conduit/authorized_clients
+        cp #{opt_pkgshare}/router.example.toml #{etc}/conduit/router.toml  # then edit allow = [...]
+        conduit config validate --router -f #{etc}/conduit/router.toml
     EOS
   end
 
