@@ -426,6 +426,14 @@ impl Router {
                 signal = stops.next() => crate::stop::cut_drain(&self.state.dp, signal),
             }
         };
+        // Each control session says its goodbye before the process ends: with no
+        // stream to drain, the process would otherwise be gone before a busy runtime
+        // ran them, and their tunnels would find the link closed, not the router
+        // stopping (they try it again rather than move on at once).
+        let deadline = tokio::time::Instant::now() + GOODBYES_WITHIN;
+        while !lock(&self.state.sessions).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if let Some(t) = api_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
@@ -445,6 +453,9 @@ impl Router {
         Ok(())
     }
 }
+
+/// How long a stopping router waits for its control sessions' goodbyes.
+const GOODBYES_WITHIN: Duration = Duration::from_secs(2);
 
 /// Live control sessions: per (client key, tunnel name), the address of each.
 type Sessions = HashMap<(Option<PublicKey>, String), Vec<std::net::IpAddr>>;
