@@ -49,6 +49,36 @@ fn the_link_moves_to_the_next_router_when_one_goes_away() {
     );
 }
 
+/// A router killed outright (no goodbye) is tried again first; that failing, the
+/// link goes to the router standing by, not to the next in line that never answers
+/// (whose handshake timeout would keep every user out meanwhile).
+#[test]
+fn a_failed_router_is_left_for_the_one_standing_by_not_the_next_in_line() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (first, a) = home.router(engine, &[source.to_string()]);
+    // Accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = silent.local_addr().unwrap();
+    let (_third, b) = home.router(engine, &[source.to_string()]);
+    let tunnel = home.tunnel_via(engine, &format!("{a},{s},{b}"), &source.to_string(), &[]);
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    tunnel.wait_stderr(&format!(
+        "router {b} answers: it stands by while router {a} serves this tunnel"
+    ));
+    assert_echo(taddr, b"through the first");
+
+    first.signal("KILL");
+    tunnel.wait_stderr(&format!("cannot reach router {a}: "));
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    let err = tunnel.stderr();
+    assert!(err.contains(&format!("; trying router {b} ")), "{err}");
+    assert!(!err.contains(&format!("trying router {s}")), "{err}");
+    wait_for_echo(taddr, b"through the one standing by");
+}
+
 #[test]
 fn a_spare_router_that_is_down_shows_before_the_tunnel_needs_it() {
     let engine = Engine::Epoll;

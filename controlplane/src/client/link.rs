@@ -223,7 +223,11 @@ pub(super) async fn control_loop(
                         };
                         true
                     });
-                    let next = shared.next_router();
+                    // The first router standing by (answering its checks) if any,
+                    // else the next in line: not one known to fail.
+                    let next = shared.next_up_after(shared.at());
+                    shared.at.store(next, Ordering::Relaxed);
+                    let next = &shared.routers[next];
                     say(format!("{e}; trying router {next}"));
                     continue;
                 }
@@ -384,6 +388,16 @@ impl From<Ended> for LinkEnd {
     }
 }
 
+impl LinkEnd {
+    /// The router stopped answering: `why`.
+    fn silent(why: String) -> Self {
+        Self {
+            silent: true,
+            ..Self::from(why)
+        }
+    }
+}
+
 impl From<String> for LinkEnd {
     fn from(why: String) -> Self {
         Self {
@@ -516,6 +530,7 @@ pub(super) async fn heartbeat(
                         warn!(tunnel = %shared.name, "the key is due for rotation but was not rotated: {why}; trying again in {ROTATION_CHECK:?}");
                     }
                     Err(Rotation::Link(why)) => return why.into(),
+                    Err(Rotation::Silent(why)) => return LinkEnd::silent(why),
                 }
             } else if let Some(next) = shared.declined_in_file() {
                 // A router refused the key file's key (see `Shared::fall_back`): it is
@@ -527,6 +542,7 @@ pub(super) async fn heartbeat(
                         warn!(tunnel = %shared.name, "the key file's key {next} was not authorized: {why}; this tunnel keeps its key {key}: add {next} to its routers' authorized_clients, or give each tunnel a key file of its own (--key); trying again in {ROTATION_CHECK:?}");
                     }
                     Err(Rotation::Link(why)) => return why.into(),
+                    Err(Rotation::Silent(why)) => return LinkEnd::silent(why),
                 }
             }
         }
@@ -634,6 +650,10 @@ pub(super) async fn heartbeat(
                     Err(Rotation::Link(why)) => {
                         let _ = reply.send(Err(format!("the router link failed: {why}")));
                         return why.into();
+                    }
+                    Err(Rotation::Silent(why)) => {
+                        let _ = reply.send(Err(format!("the router link failed: {why}")));
+                        return LinkEnd::silent(why);
                     }
                 },
             };

@@ -20,6 +20,9 @@ pub(super) enum Rotation {
     Refused(String),
     /// The link failed meanwhile.
     Link(String),
+    /// The router stopped answering meanwhile (frozen, or behind a link that drops
+    /// everything): as a link found silent, it is not tried again first.
+    Silent(String),
 }
 
 /// Rotates the key over the control channel `ctl`: a new key pair (or the key file's,
@@ -108,7 +111,7 @@ pub(super) async fn rotate(
     for (index, asked) in answers {
         match asked {
             Ok(t) => expires = expires.min(t),
-            Err(Rotation::Refused(why) | Rotation::Link(why)) => {
+            Err(Rotation::Refused(why) | Rotation::Link(why) | Rotation::Silent(why)) => {
                 not_authorized.push(format!("router {}: {why}", shared.routers[index]));
             }
         }
@@ -225,7 +228,7 @@ pub(super) async fn ask_router(
     let expires = loop {
         match tokio::time::timeout_at(deadline, ctl.recv()).await {
             Err(_) => {
-                return Err(Rotation::Link(format!(
+                return Err(Rotation::Silent(format!(
                     "no answer to the rotation for {:?}",
                     shared.heartbeat * 3
                 )));
