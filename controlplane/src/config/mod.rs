@@ -74,9 +74,23 @@ pub fn allow_from_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .map(|n| n.trunc())
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(ipv4_of_mapped)
         .map_err(|_| {
             "not an address or a CIDR block; write 10.0.0.0/8, 192.0.2.7 or 2001:db8::/32".into()
         })
+}
+
+/// An IPv4-mapped block (`::ffff:10.0.0.0/104`) as the IPv4 one it stands for
+/// (`10.0.0.0/8`): users are checked by their IPv4 address, as a dual-stack socket's
+/// `::ffff:a.b.c.d` is.
+fn ipv4_of_mapped(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 use crate::home::Home;

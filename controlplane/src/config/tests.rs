@@ -777,3 +777,17 @@ fn start_s_router_variable_is_named_as_ignored_by_a_file() {
     );
     assert_eq!(l.config.router.host.as_deref(), Some("10.2.0.1"));
 }
+
+/// An IPv4-mapped `allow_from` entry stands for the IPv4 block it maps: users are
+/// checked by their IPv4 address, so it would otherwise match nobody.
+#[test]
+fn mapped_allow_from_entries_are_their_ipv4_blocks() {
+    let net = |s: &str| super::allow_from_net(s).unwrap().to_string();
+    assert_eq!(net("::ffff:127.0.0.1"), "127.0.0.1/32");
+    assert_eq!(net("[::ffff:10.1.2.3]"), "10.1.2.3/32");
+    assert_eq!(net("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+    assert_eq!(net("::ffff:0.0.0.0/96"), "0.0.0.0/0");
+    // A wider block reaches beyond the mapped addresses: kept as it is.
+    assert_eq!(net("::/64"), "::/64");
+    assert_eq!(net("2001:db8::1"), "2001:db8::1/128");
+}
