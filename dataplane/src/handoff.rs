@@ -280,13 +280,13 @@ impl LinkState {
         &self.routers[router % self.routers.len()]
     }
 
-    /// `router` refused this tunnel, saying `why`.
-    pub fn router_refused(&self, router: usize, why: String) {
-        *self
-            .link(router)
-            .refusal
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(why);
+    /// `router` refused this tunnel, saying `why`; whether that is news (it had not
+    /// refused, or said something else).
+    pub fn router_refused(&self, router: usize, why: String) -> bool {
+        let mut refusal = (self.link(router).refusal.lock()).unwrap_or_else(|p| p.into_inner());
+        let new = refusal.as_deref() != Some(why.as_str());
+        *refusal = Some(why);
+        new
     }
 
     /// `router` accepted this tunnel (a check, not a link in use): a refusal of

@@ -170,6 +170,21 @@ fn a_standby_router_that_would_refuse_the_tunnel_is_found_out_before_it_is_neede
         "{status}"
     );
     assert_echo(taddr, b"served by the first all along");
+    tunnel.wait_stderr(&format!(
+        "router {b}, standing by, refuses this tunnel: router {b}: the router refused this \
+         client: client key {} is not authorized",
+        home.public_key("client")
+    ));
+    tunnel.wait_stderr("; it is checked again every 1s");
+
+    // Its key back, it is found standing by again at the next check, as often as
+    // --standby-check asks (it used to wait 5 minutes).
+    std::fs::copy(home.path().join("authorized_clients"), &clients).unwrap();
+    second.signal("HUP");
+    second.wait_stderr("1 in all, 1 added, 0 removed");
+    tunnel.wait_stderr(&format!(
+        "router {b} answers again: it stands by while router {a} serves this tunnel"
+    ));
 }
 
 #[test]

@@ -21,7 +21,7 @@ use conduit_proto::ChannelKind;
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::link::retrying;
 use super::open::open_at;
@@ -190,8 +190,15 @@ async fn handshake(shared: &Shared, index: usize) -> Result<(), Error> {
 fn failed(shared: &Shared, index: usize, e: &Error, backoff: &mut Backoff) -> Duration {
     let mut wait = backoff.next_wait();
     if !e.is_retryable() {
-        shared.link.router_refused(index, e.to_string());
-        wait = wait.max(REFUSED_WAIT);
+        // Checked again as often as `--standby-check` asks, if that is sooner.
+        let every = shared
+            .standby_check
+            .map_or(REFUSED_WAIT, |c| c.min(REFUSED_WAIT));
+        wait = wait.max(every);
+        if shared.link.router_refused(index, e.to_string()) {
+            let router = &shared.routers[index];
+            error!(tunnel = %shared.name, %router, "router {router}, standing by, refuses this tunnel: {e}; it is checked again every {}s", every.as_secs());
+        }
     }
     shared.router_link(index, retrying(&e.to_string()));
     wait
