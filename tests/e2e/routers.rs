@@ -674,6 +674,18 @@ fn a_router_that_refuses_the_rotation_is_named_and_the_others_take_the_key() {
     // The first router took it: the tunnel goes on there with the new key.
     tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
     assert_echo(taddr, b"the new key, through the first");
+    // The second is no spare any more: `status` and `health` say so now, not once
+    // the tunnel needs it.
+    let st = home.ok(&["status"]);
+    assert!(
+        st.contains(&format!(
+            "\n  router {b} refused this tunnel: the new key {new} is not authorized by this \
+             router (the router refused the rotation: "
+        )),
+        "{st}"
+    );
+    let (status, _, err) = home.run(&["health"]);
+    assert_code(status, 1, &err);
 }
 
 #[test]

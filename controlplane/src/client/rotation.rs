@@ -108,10 +108,13 @@ pub(super) async fn rotate(
     }))
     .await;
     let mut not_authorized = Vec::new();
+    // Routers that refused the new key: they will refuse the tunnel once it uses it.
+    let mut refused = Vec::new();
     for (index, asked) in answers {
         match asked {
             Ok(t) => expires = expires.min(t),
             Err(Rotation::Refused(why) | Rotation::Link(why) | Rotation::Silent(why)) => {
+                refused.push((index, why.clone()));
                 not_authorized.push(format!("router {}: {why}", shared.routers[index]));
             }
         }
@@ -132,6 +135,13 @@ pub(super) async fn rotate(
     *shared.declined.lock().unwrap_or_else(|p| p.into_inner()) = None;
     for why in &not_authorized {
         error!(tunnel = %shared.name, "the new key {next} is not authorized by {why}; add it to that router's authorized_clients, or it refuses this tunnel");
+    }
+    // `status` and `health` say so now, not once the tunnel needs that router.
+    for (index, why) in refused {
+        shared.link.router_refused(
+            index,
+            format!("the new key {next} is not authorized by this router ({why}): add it to its authorized_clients"),
+        );
     }
     let old_expires = old_key_expiry(expires, SystemTime::now());
     if old_expires.is_none() {
