@@ -1015,6 +1015,56 @@ fn a_router_that_stops_answering_hands_over_to_the_one_standing_by_at_once() {
     drop(frozen);
 }
 
+/// A router that stops answering in the middle of a key rotation is left at once
+/// for the one standing by, as one its heartbeats found out is (it used to be
+/// tried again first, holding the tunnel for its whole handshake timeout: here one
+/// far past the test's deadline); the rotation fails and the key stays as it was.
+#[test]
+fn a_router_silent_during_a_rotation_hands_over_to_the_one_standing_by() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (first, a) = home.router(engine, &[source.to_string()]);
+    let (_second, b) = home.router(engine, &[source.to_string()]);
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--heartbeat-interval", "1", "--handshake-timeout", "3600"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    tunnel.wait_stderr(&format!(
+        "router {b} answers: it stands by while router {a} serves this tunnel"
+    ));
+    assert_echo(taddr, b"through the first");
+    let old = std::fs::read_to_string(home.key("client.pub")).unwrap();
+    let id = crate::manage::list_json(&home)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let frozen = Frozen::new(&first);
+    let (status, out, err) = home.run(&["keys", "rotate", "--all"]);
+    assert_code(status, 1, &err);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        format!(
+            "conduit: error: could not rotate the key of tunnel ({id}): router {a} stopped \
+             answering (no answer to the rotation for 3s); the key is unchanged: rotate again \
+             once `conduit status` shows the tunnel connected\n"
+        )
+    );
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    wait_for_echo(taddr, b"through the second");
+    assert_eq!(
+        std::fs::read_to_string(home.key("client.pub")).unwrap(),
+        old
+    );
+    drop(frozen);
+}
+
 /// A user who comes while the router in use has stopped answering waits for a
 /// channel (none is idle: `--pool-size 0`, and the attempt to make one hangs on the
 /// frozen router); when the heartbeats find that router out, the user is carried

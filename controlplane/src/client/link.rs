@@ -652,7 +652,11 @@ pub(super) async fn heartbeat(
                         return why.into();
                     }
                     Err(Rotation::Silent(why)) => {
-                        let _ = reply.send(Err(format!("the router link failed: {why}")));
+                        let _ = reply.send(Err(format!(
+                            "router {} stopped answering ({why}); the key is unchanged: \
+                             rotate again once `conduit status` shows the tunnel connected",
+                            shared.routers[index]
+                        )));
                         return LinkEnd::silent(why);
                     }
                 },
