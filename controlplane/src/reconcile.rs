@@ -67,7 +67,13 @@ pub fn started_from(file: &Path, entries: &[Entry]) -> Vec<Entry> {
 /// path given is what is kept: a Kubernetes ConfigMap's file is a link whose target
 /// changes with each update, and its tunnels must stay the file's.
 fn from_file(e: &Entry, file: &Path) -> bool {
-    let Some(theirs) = e.config.file.as_deref() else {
+    is_from_file(e.config.file.as_deref(), file)
+}
+
+/// Whether a tunnel started from `theirs` (none: not from a file) was started from
+/// `file`, as [`started_from`] tells.
+pub fn is_from_file(theirs: Option<&Path>, file: &Path) -> bool {
+    let Some(theirs) = theirs else {
         return false;
     };
     theirs == file

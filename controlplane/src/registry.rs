@@ -402,6 +402,90 @@ impl Registry {
     }
 }
 
+/// A supervised tunnel between two runs: its last run failed, and the `conduit up
+/// --foreground` that runs it starts it again at [`restart_at`](Self::restart_at).
+/// It has no process meanwhile, so its supervisor says so in `run/NAME.waiting`,
+/// which `list`, `status` and `health` show; `kill` and `down` remove it, and the
+/// supervisor, finding it gone, does not start the tunnel again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The tunnel's name.
+    pub name: String,
+    /// What it runs (`bind` as configured: a port 0 is chosen at each start).
+    pub config: EntryConfig,
+    /// The `conduit up --foreground` waiting to start it.
+    pub supervisor: Supervisor,
+    /// Its runs that failed in a row.
+    pub failures: u32,
+    /// How its last run ended.
+    pub last_run: String,
+    /// When it is started again, Unix seconds.
+    pub restart_at: i64,
+}
+
+impl Registry {
+    fn waiting_path(&self, name: &str) -> PathBuf {
+        self.run.join(format!("{name}.waiting"))
+    }
+
+    /// Says (atomically) that tunnel `w.name` waits to be started again.
+    pub fn write_waiting(&self, w: &Waiting) -> Result<(), Error> {
+        Home::ensure_private_dir(&self.run)?;
+        let path = self.waiting_path(&w.name);
+        let tmp = (self.run).join(format!(".{}.{}.waiting.tmp", w.name, std::process::id()));
+        let json = serde_json::to_vec_pretty(w)
+            .map_err(|err| Error::Config(format!("cannot encode a waiting tunnel: {err}")))?;
+        let io = |source| Error::File {
+            what: "cannot say that a tunnel waits to start again",
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Whether tunnel `name` still waits to be started again: false once a `kill`
+    /// or `down` removed its word.
+    pub fn still_waiting(&self, name: &str) -> bool {
+        is_file(&self.waiting_path(name))
+    }
+
+    /// Takes back the word that tunnel `name` waits (its supervisor, about to start
+    /// it or giving up): true when it was still there, false when a `kill` or `down`
+    /// took it first (the tunnel is then not to be started again).
+    pub fn take_waiting(&self, name: &str) -> bool {
+        std::fs::remove_file(self.waiting_path(name)).is_ok()
+    }
+
+    /// Every supervised tunnel waiting to be started again, by name; words whose
+    /// supervisor is gone, and unreadable ones, are removed on the way.
+    pub fn waiting(&self) -> Vec<Waiting> {
+        let Ok(dir) = std::fs::read_dir(&self.run) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for f in dir.flatten() {
+            let path = f.path();
+            if path.extension().is_none_or(|x| x != "waiting") {
+                continue;
+            }
+            let read: Option<Waiting> =
+                read_small(&path).and_then(|b| serde_json::from_slice(&b).ok());
+            match read {
+                Some(w) if w.supervisor.alive() && path == self.waiting_path(&w.name) => {
+                    out.push(w);
+                }
+                _ if is_file(&path) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
 /// The most of an entry read: entries are a few hundred bytes.
 const MAX_ENTRY: u64 = 1 << 20;
 
@@ -590,6 +674,41 @@ mod tests {
         assert_eq!(reg.find("nope"), None);
         reg.remove(&alive);
         assert!(reg.entries().is_empty());
+    }
+
+    /// A supervisor's word that a tunnel waits to start again: read back while the
+    /// supervisor lives, swept when it is gone, taken once.
+    #[test]
+    fn waiting_tunnels_are_read_swept_and_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        let w = |name: &str, pid: u32| Waiting {
+            name: name.into(),
+            config: entry(&home, "x-0001", pid).config,
+            supervisor: Supervisor::of(pid),
+            failures: 2,
+            last_run: "exited with code 69".into(),
+            restart_at: 1_800_000_000,
+        };
+        let live = w("web", std::process::id());
+        reg.write_waiting(&live).unwrap();
+        reg.write_waiting(&w("gone", 4_000_000_000)).unwrap();
+        // A word filed under another name than its own is not believed.
+        let mut misfiled = w("db", std::process::id());
+        reg.write_waiting(&misfiled).unwrap();
+        misfiled.name = "api".into();
+        let text = serde_json::to_vec(&misfiled).unwrap();
+        std::fs::write(home.run().join("db.waiting"), text).unwrap();
+
+        assert_eq!(reg.waiting(), vec![live.clone()]);
+        assert!(!home.run().join("gone.waiting").exists());
+        assert!(!home.run().join("db.waiting").exists());
+        assert!(reg.still_waiting("web"));
+        assert!(reg.take_waiting("web"));
+        assert!(!reg.still_waiting("web"));
+        assert!(!reg.take_waiting("web"));
+        assert!(reg.waiting().is_empty());
     }
 
     /// Sweeping a dead entry removes its file and its control socket in `run/`, and

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 use conduit_controlplane::Home;
-use conduit_controlplane::reconcile::started_from;
+use conduit_controlplane::reconcile::{is_from_file, started_from};
 use conduit_controlplane::registry::Registry;
 
-use super::kill::{Stopper, stop_each};
+use super::kill::{Stopper, call_off_restarts, stop_each};
 use super::{runtime, say};
 use crate::args::DownArgs;
 use crate::exit::Usage;
@@ -20,6 +20,14 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         false => None,
     };
     let targets = started_from(&file, &registry.entries());
+    // The file's supervised tunnels waiting to start again after a failure.
+    let held: Vec<_> = (registry.waiting().into_iter())
+        .filter(|w| is_from_file(w.config.file.as_deref(), &file))
+        .collect();
+    let called_off = call_off_restarts(&registry, &held);
+    if !held.is_empty() && targets.is_empty() {
+        return called_off;
+    }
     // Tunnels from a file removed since `up` are still stopped; with none running,
     // a missing file is a mistyped name, refused as `up` refuses it.
     if targets.is_empty() && matches!(file.try_exists(), Ok(false)) {
@@ -53,5 +61,6 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         a.force,
         a.drain_timeout,
         Stopper::Down,
-    ))
+    ))?;
+    called_off
 }

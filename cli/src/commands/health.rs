@@ -6,7 +6,7 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use serde_json::{Value, json};
 
-use super::tunnels::{NO_ANSWER, survey};
+use super::tunnels::{NO_ANSWER, restart_in, survey, waiting};
 use super::{api_client, runtime, say};
 use crate::args::{HealthArgs, OutputFormat};
 
@@ -32,6 +32,7 @@ pub(crate) fn run(home: &Home, a: &HealthArgs) -> Result<()> {
 
 async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     let mut seen = survey(home, false).await?;
+    let mut held = waiting(home, &seen);
     let mut rows = Vec::new();
     let mut down = Vec::new();
     // With --tunnel, only those; each one not running is unhealthy.
@@ -39,9 +40,10 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         |s: &super::tunnels::Seen, t: &String| s.entry.name == *t || s.entry.tunnel_id == *t;
     if !a.tunnels.is_empty() {
         seen.retain(|s| a.tunnels.iter().any(|t| named(s, t)));
+        held.retain(|w| a.tunnels.contains(&w.name));
     }
     let missing: Vec<&String> = (a.tunnels.iter())
-        .filter(|t| !seen.iter().any(|s| named(s, t)))
+        .filter(|t| !seen.iter().any(|s| named(s, t)) && !held.iter().any(|w| w.name == **t))
         .collect();
     if seen.is_empty() && !home.root().exists() {
         // A probe pointed at a mistyped home would pass for ever.
@@ -139,6 +141,14 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         rows.push(json!({"name": s.entry.name, "id": s.entry.tunnel_id,
                          "router": router, "link": state, "detail": detail}));
     }
+    // Supervised tunnels between two runs: down until their supervisor starts them.
+    for w in &held {
+        down.push(format!("{} (restarting)", w.name));
+        rows.push(json!({"name": w.name, "id": "", "router": w.config.router,
+                         "link": "restarting",
+                         "detail": format!("its last run failed ({}); it starts again {}",
+                                           w.last_run, restart_in(w))}));
+    }
     for t in missing {
         down.push(format!("{t} (not running)"));
         rows.push(json!({"name": t, "id": "", "router": "", "link": "not running", "detail": ""}));
@@ -153,6 +163,14 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     } else {
         for r in &rows {
             let detail = r["detail"].as_str().filter(|d| !d.is_empty());
+            if r["link"] == "restarting" {
+                say(format_args!(
+                    "{}: not running: {}",
+                    r["name"].as_str().unwrap_or("?"),
+                    detail.unwrap_or_default()
+                ));
+                continue;
+            }
             if r["link"] == "not running" {
                 say(format_args!(
                     "{}: not running",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
-use conduit_controlplane::registry::{Entry, Registry, process_alive};
+use conduit_controlplane::registry::{Entry, Registry, Waiting, process_alive};
 use futures::future::join_all;
 
 use super::tunnels::{chosen, warn_unreadable};
@@ -43,15 +43,23 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
             if missed.len() == 1 { "it" } else { "them" },
         )
     });
+    // Supervised tunnels waiting to start again after a failure: no process to stop,
+    // but a restart to call off.
+    let held: Vec<Waiting> = (registry.waiting().into_iter())
+        .filter(|w| a.all || a.tunnel.as_deref() == Some(w.name.as_str()))
+        .collect();
     let targets = match chosen(&registry, a.all, a.tunnel.as_deref()) {
-        Err(_) if !a.all && missed.is_some() => Vec::new(),
+        Err(_) if !a.all && (missed.is_some() || !held.is_empty()) => Vec::new(),
         chosen => chosen?,
     };
+    let called_off = call_off_restarts(&registry, &held);
     if targets.is_empty() {
-        return match missed {
-            Some(e) => Err(e),
-            None => {
-                say("no tunnels running");
+        return match (missed, called_off) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => {
+                if held.is_empty() {
+                    say("no tunnels running");
+                }
                 Ok(())
             }
         };
@@ -63,7 +71,36 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
         a.drain_timeout,
         Stopper::Kill,
     ))?;
+    called_off?;
     missed.map_or(Ok(()), Err)
+}
+
+/// Stops each supervised tunnel of `held` that waits to start again after a
+/// failure: its word is taken, and its supervisor then does not start it again.
+/// The error names each that its supervisor was starting meanwhile.
+pub(crate) fn call_off_restarts(registry: &Registry, held: &[Waiting]) -> Result<()> {
+    let mut started = Vec::new();
+    for w in held {
+        if registry.take_waiting(&w.name) {
+            say(format_args!(
+                "stopped tunnel {:?}, which was waiting to start again after a failure: \
+                 its supervisor (`conduit up --foreground`, pid {}) does not start it again",
+                w.name, w.supervisor.pid
+            ));
+        } else {
+            started.push(w.name.as_str());
+        }
+    }
+    match started.as_slice() {
+        [] => Ok(()),
+        names => Err(anyhow!(
+            "not stopped: {}, which {} being started again as this command came: run it \
+             once more to stop {}",
+            names.join(", "),
+            if names.len() == 1 { "was" } else { "were" },
+            if names.len() == 1 { "it" } else { "them" },
+        )),
+    }
 }
 
 /// The command stopping a tunnel, for what it says while the tunnel drains.

@@ -4,21 +4,48 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use serde_json::{Value, json};
 
-use super::tunnels::{Seen, bytes, survey, time};
+use conduit_controlplane::registry::Waiting;
+
+use super::tunnels::{Seen, bytes, survey, time, waiting};
 use super::{runtime, say};
 use crate::args::{ListArgs, OutputFormat};
 
 pub(crate) fn run(home: &Home, a: &ListArgs) -> Result<()> {
     let seen = runtime(1)?.block_on(survey(home, a.connections))?;
+    let held = waiting(home, &seen);
     match a.format {
         OutputFormat::Json => say(serde_json::to_string_pretty(
             &(seen.iter())
                 .map(|s| to_json(s, a.connections))
+                .chain(held.iter().map(|w| waiting_json(w, a.connections)))
                 .collect::<Vec<_>>(),
         )?),
-        OutputFormat::Table => table(&seen, a.connections),
+        OutputFormat::Table => table(&seen, &held, a.connections),
     }
     Ok(())
+}
+
+/// A supervised tunnel waiting to start again: no process, id or traffic.
+fn waiting_json(w: &Waiting, with_connections: bool) -> serde_json::Value {
+    let mut v = json!({
+        "id": null,
+        "name": w.name,
+        "pid": null,
+        "router": w.config.router,
+        "source": w.config.source,
+        "bind": w.config.bind,
+        "protocol": w.config.protocol,
+        "status": "restarting",
+        "active_connections": 0,
+        "supervisor_pid": w.supervisor.pid,
+        "failures": w.failures,
+        "error": w.last_run,
+        "restart_at": time(w.restart_at),
+    });
+    if with_connections {
+        v["connections"] = json!([]);
+    }
+    v
 }
 
 /// One tunnel; its open connections only when asked for (`--connections`): an
@@ -70,8 +97,8 @@ fn to_json(s: &Seen, with_connections: bool) -> serde_json::Value {
     v
 }
 
-fn table(seen: &[Seen], with_connections: bool) {
-    if seen.is_empty() {
+fn table(seen: &[Seen], held: &[Waiting], with_connections: bool) {
+    if seen.is_empty() && held.is_empty() {
         say("no tunnels running");
         return;
     }
@@ -118,6 +145,21 @@ fn table(seen: &[Seen], with_connections: bool) {
             created,
         ]);
     }
+    for w in held {
+        rows.push(vec![
+            "-".into(),
+            w.name.clone(),
+            "-".into(),
+            w.config.router.clone(),
+            w.config.source.clone(),
+            w.config.shown_bind(),
+            "restarting".into(),
+            "0".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
@@ -128,7 +170,9 @@ fn table(seen: &[Seen], with_connections: bool) {
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         say(line.join("  ").trim_end());
-        if with_connections && i > 0 {
+        if with_connections && i > seen.len() {
+            say("    (no open connections: it waits to start again)");
+        } else if with_connections && i > 0 {
             let s = &seen[i - 1];
             if s.status.is_err() {
                 say("    (connections unknown: the tunnel did not answer)");

@@ -9,13 +9,20 @@ use conduit_controlplane::timestamp;
 use serde_json::json;
 
 use super::config::plural;
-use super::tunnels::{survey, time};
+use super::tunnels::{restart_in, survey, time, waiting};
 use super::{runtime, say};
 use crate::args::{OutputFormat, StatusArgs};
 
 pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
     let seen = runtime(1)?.block_on(survey(home, false))?;
+    let held = waiting(home, &seen);
     if a.format == OutputFormat::Json {
+        let held = held.iter().map(|w| {
+            json!({"id": null, "name": w.name, "pid": null, "router": w.config.router,
+                   "status": "restarting", "supervisor_pid": w.supervisor.pid,
+                   "failures": w.failures, "error": w.last_run,
+                   "restart_at": time(w.restart_at)})
+        });
         let v: Vec<_> = seen
             .iter()
             .map(|s| {
@@ -53,13 +60,25 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 }
                 v
             })
+            .chain(held)
             .collect();
         say(serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    if seen.is_empty() {
+    if seen.is_empty() && held.is_empty() {
         say("no tunnels running");
         return Ok(());
+    }
+    for w in &held {
+        say(format_args!(
+            "{} (supervised by pid {}): restarting — its last run failed ({}); it starts \
+             again {} (failure {} in a row)",
+            w.name,
+            w.supervisor.pid,
+            w.last_run,
+            restart_in(w),
+            w.failures
+        ));
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

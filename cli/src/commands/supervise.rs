@@ -16,8 +16,10 @@
 //! This process claims each tunnel's name before anything starts (a name already
 //! taken stops it there, with nothing started) and lends the claim to each run of
 //! the child: while it waits to start a failed tunnel again, no `start` or plain `up`
-//! can take the name (they are told who holds it). A tunnel stopped on purpose gives
-//! its name back.
+//! can take the name (they are told who holds it), and it says so in
+//! `run/NAME.waiting` (see `Registry::write_waiting`), which `list`, `status` and
+//! `health` show; a `kill` or `down` that removes it meanwhile stops the tunnel
+//! there. A tunnel stopped on purpose gives its name back.
 //!
 //! Every run of every child has the settings this process started with: it reads
 //! the file once and hands that text to each run on its stdin (`--file-on-stdin`),
@@ -36,14 +38,14 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::config::{Override, Plan};
 use conduit_controlplane::process::{INHERITED_CLAIM, NameClaim, claim_name};
-use conduit_controlplane::registry::Registry;
+use conduit_controlplane::registry::{EntryConfig, Registry, Supervisor, Waiting};
 use conduit_controlplane::spawn::LastWords;
 use conduit_proto::Secret;
 use futures::future::join_all;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::up::{child_args, secret_vars};
 use crate::exit::{self, Failed};
@@ -54,6 +56,9 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 const LONGEST_WAIT: Duration = Duration::from_secs(30);
 /// A run this long counts as a success: the next failure waits [`FIRST_WAIT`] again.
 const STEADY: Duration = Duration::from_secs(60);
+/// How often a tunnel waiting to start again is checked for a `kill` or `down`
+/// that stopped it meanwhile (they remove its `run/NAME.waiting`).
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
 
 /// Runs every tunnel of `plan` as a child of this process until a signal, restarting
 /// each one that fails; then stops them. `text` is the file's, as `plan` was made
@@ -78,6 +83,18 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
             Ok(Child {
                 registry: Registry::new(home),
                 name: t.name.clone(),
+                config: EntryConfig {
+                    router: t.router.clone(),
+                    source: t.source.clone(),
+                    bind: t.bind.to_string(),
+                    protocol: t.protocol.as_str().into(),
+                    file: Some(plan.file.clone()),
+                    digest: t.digest(),
+                    balance: t.balance,
+                    proxy_protocol: t.proxy_protocol.map(|v| v.as_str().into()),
+                    allow_from: t.allow_from.iter().map(ToString::to_string).collect(),
+                    metrics: None,
+                },
                 exe: exe.clone().into_os_string(),
                 args,
                 secrets: secrets.clone(),
@@ -156,6 +173,8 @@ struct Child {
     /// Where `conduit kill --force` says it killed a run on purpose.
     registry: Registry,
     name: String,
+    /// What it runs, as `list` shows it while it waits to start again.
+    config: EntryConfig,
     exe: OsString,
     args: Vec<OsString>,
     secrets: Vec<(String, Secret)>,
@@ -236,11 +255,49 @@ impl Child {
                 self.name,
                 wait.as_secs()
             );
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = stopping.wait_for(|s| *s != Stage::Running) => return Some(failed),
+            // Said where `list`, `status`, `kill` and `down` look: the tunnel has no
+            // process meanwhile.
+            let waiting = Waiting {
+                name: self.name.clone(),
+                config: self.config.clone(),
+                supervisor: Supervisor::of(std::process::id()),
+                failures,
+                last_run: how,
+                restart_at: unix_now().saturating_add(wait.as_secs() as i64),
+            };
+            let said = match self.registry.write_waiting(&waiting) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(tunnel = %self.name, "{e}: `conduit list` does not show the tunnel while it waits");
+                    false
+                }
+            };
+            let cancelled = tokio::select! {
+                () = tokio::time::sleep(wait) => said && !self.registry.take_waiting(&self.name),
+                () = self.cancelled(), if said => true,
+                _ = stopping.wait_for(|s| *s != Stage::Running) => {
+                    self.registry.take_waiting(&self.name);
+                    return Some(failed);
+                }
+            };
+            if cancelled {
+                info!(
+                    tunnel = %self.name,
+                    "tunnel {:?} was stopped by `conduit kill` or `down` while it waited to \
+                     start again; not restarting it",
+                    self.name
+                );
+                return None;
             }
             wait = (wait * 2).min(LONGEST_WAIT);
+        }
+    }
+
+    /// Returns once a `kill` or `down` has removed this tunnel's word that it waits
+    /// to start again.
+    async fn cancelled(&self) {
+        while self.registry.still_waiting(&self.name) {
+            tokio::time::sleep(CANCEL_CHECK).await;
         }
     }
 
@@ -355,6 +412,13 @@ impl Child {
             reason,
         }
     }
+}
+
+/// Now, in Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The code a failed run counts with: its exit code, or 1 for a signal.

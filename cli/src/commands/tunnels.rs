@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
-use conduit_controlplane::registry::{Entry, Registry, Unreadable, process_alive};
+use conduit_controlplane::registry::{Entry, Registry, Unreadable, Waiting, process_alive};
 use conduit_controlplane::timestamp;
 use futures::future::join_all;
 
@@ -157,6 +157,26 @@ pub(crate) async fn look(
         status,
         connections,
     })
+}
+
+/// The supervised tunnels of `home` waiting to start again after a failure (they
+/// have no process meanwhile), not counting any that runs again by now.
+pub(crate) fn waiting(home: &Home, running: &[Seen]) -> Vec<Waiting> {
+    (Registry::new(home).waiting().into_iter())
+        .filter(|w| !running.iter().any(|s| s.entry.name == w.name))
+        .collect()
+}
+
+/// When a waiting tunnel starts again, as `status` says it: `in 12s`, or
+/// `any moment now`.
+pub(crate) fn restart_in(w: &Waiting) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    match w.restart_at - now {
+        secs @ 1.. => format!("in {secs}s"),
+        _ => "any moment now".to_owned(),
+    }
 }
 
 /// Bytes as people read them.

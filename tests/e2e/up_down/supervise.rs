@@ -211,6 +211,106 @@ fn a_child_that_cannot_bind_is_retried_with_backoff_until_it_can() {
     drop(held);
 }
 
+/// A failed tunnel has no process until its supervisor starts it again, but `list`,
+/// `status` and `health` show it restarting, with how its last run ended; `kill`
+/// (or `down`) stops it there: the supervisor does not start it again and, with
+/// none left, exits as after a `kill` of a running tunnel.
+#[test]
+fn a_supervised_tunnel_waiting_to_restart_is_shown_and_can_be_stopped() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("127.0.0.1:0", &taken);
+    std::fs::write(&file, text).unwrap();
+    let f = file.to_str().unwrap();
+    let failed = format!(
+        "exited with code 69: cannot listen on {taken}: Address already in use (os error 98); \
+         another program (or another tunnel) already listens there: pick another --bind or \
+         stop the other one (`conduit list` shows tunnels)"
+    );
+
+    for stopper in [vec!["kill", "--tunnel", "web"], vec!["down", "-f", f]] {
+        let mut sup = home.spawn(&["up", "-f", f, "--foreground"]);
+        // Four seconds to look before the next run: plenty for what follows.
+        sup.wait_stderr("restarting tunnel \"web\" in 4s (failure 3 in a row)");
+        let pid = sup.pid();
+        let l = list(&home);
+        assert_eq!(l.len(), 1, "{l:?}");
+        let t = &l[0];
+        assert_eq!(t["name"], "web");
+        assert_eq!(t["status"], "restarting");
+        assert_eq!(t["bind"], taken.as_str());
+        assert_eq!(t["source"], source.as_str());
+        assert!(t["id"].is_null() && t["pid"].is_null(), "{t}");
+        assert_eq!(t["supervisor_pid"], pid);
+        assert_eq!(t["failures"], 3);
+        assert_eq!(t["error"], failed.as_str());
+        let table = home.ok(&["list"]);
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let (r, b) = (raddr.to_string(), taken.as_str());
+        let want = [
+            "-",
+            "web",
+            "-",
+            &r,
+            &source,
+            b,
+            "restarting",
+            "0",
+            "-",
+            "-",
+            "-",
+        ];
+        assert_eq!(row, want, "{table}");
+        let status = home.ok(&["status"]);
+        assert!(
+            status.starts_with(&format!(
+                "web (supervised by pid {pid}): restarting — its last run failed ({failed}); \
+                 it starts again in "
+            )) && status.ends_with("s (failure 3 in a row)\n"),
+            "{status}"
+        );
+        let (code, out, err) = home.run(&["health"]);
+        assert_code(code, 1, &err);
+        assert!(
+            out.starts_with(&format!(
+                "web: not running: its last run failed ({failed}); it starts again "
+            )),
+            "{out}"
+        );
+
+        let (code, out, err) = home.run(&stopper);
+        assert_code(code, 0, &err);
+        assert_eq!(
+            out,
+            format!(
+                "stopped tunnel \"web\", which was waiting to start again after a failure: its \
+                 supervisor (`conduit up --foreground`, pid {pid}) does not start it again\n"
+            )
+        );
+        assert_eq!(home.ok(&["list"]), "no tunnels running\n");
+        let status = sup.wait_exit();
+        assert_code(status, 0, &sup.stderr());
+        sup.wait_stderr(
+            "tunnel \"web\" was stopped by `conduit kill` or `down` while it waited to start \
+             again; not restarting it",
+        );
+        assert_eq!(sup.stderr_count("restarting tunnel \"web\" in 8s"), 0);
+    }
+    drop(held);
+}
+
 /// A supervisor whose file names a tunnel that already runs (here from a plain `up`
 /// of the same file) refuses to start, naming it, and starts nothing: it would
 /// otherwise fail that child again and again.
