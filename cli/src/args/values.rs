@@ -23,6 +23,8 @@ pub(super) fn parse_suites(s: &str) -> Result<Suites, String> {
     Suites::parse_list(s)
 }
 
+/// A token or a URL with a secret in it: not empty. What else is wrong with it is
+/// said where it is used, as clap would repeat the value in its error.
 pub(crate) fn parse_secret(s: &str) -> Result<Secret, String> {
     if s.is_empty() {
         Err("must not be empty".into())

@@ -64,6 +64,11 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         )
         .into());
     }
+    if let Some(why) =
+        (a.token.as_ref()).and_then(|t| conduit_controlplane::config::token_problem(t.expose()))
+    {
+        return Err(Usage(format!("--token (or CONDUIT_TOKEN): {why}")).into());
+    }
     if let Some(w) = conduit_controlplane::config::small_burst(a.burst_limit, a.bandwidth_limit) {
         match a.burst_limit {
             0 => tracing::warn!("--bandwidth-limit {w} (--burst-limit)"),

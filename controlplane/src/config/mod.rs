@@ -59,7 +59,7 @@ pub use model::{
     RouterServer, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
-pub use schema::{parse_bool, parse_path};
+pub use schema::{parse_bool, parse_path, token_problem};
 pub use show::Format;
 pub(crate) use validate::peer_tunnel_name;
 pub use validate::{

@@ -577,6 +577,28 @@ fn no_control(s: &str) -> Result<(), String> {
     }
 }
 
+/// What is wrong with a router's token, as given on a command line or in the
+/// environment (a file's goes through the same checks): a control character, or
+/// whitespace at an end, most likely a newline kept from the file it was read from,
+/// which the other side's token lacks and which shows nowhere in the refusal that
+/// would follow. The value is not repeated.
+pub fn token_problem(s: &str) -> Option<String> {
+    no_control(s).and_then(|()| token_ends(s)).err()
+}
+
+/// See [`token_problem`].
+pub(super) fn token_ends(s: &str) -> Result<(), String> {
+    if s.trim() == s {
+        return Ok(());
+    }
+    Err(
+        "begins or ends with whitespace (a newline kept from the file it was read from?), \
+         which would be part of the token: remove it (write the file with printf '%s', or \
+         strip it with tr -d '\\n')"
+            .to_owned(),
+    )
+}
+
 fn no_tilde(s: &str) -> Result<(), String> {
     if s == "~" || s.starts_with("~/") {
         Err(format!(

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 
-use conduit_proto::PublicKey;
+use conduit_proto::{PublicKey, Secret};
 
 use super::model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, LoggingConfig, MIN_SOCKET_BUFFER, OptimizeFor,
@@ -118,6 +118,7 @@ pub(crate) fn client(c: &Config, o: &Origins) -> Vec<Problem> {
         out.error("security.private_key_path", e);
     }
     token_file(c.security.token.is_some(), "security.token", &mut out);
+    token_ends(c.security.token.as_ref(), "security.token", &mut out);
     performance(&c.performance, false, &mut out);
     if c.logging.file.is_some() {
         out.warn(
@@ -238,6 +239,7 @@ pub(crate) fn router(c: &RouterConfig, o: &Origins) -> Vec<Problem> {
         );
     }
     token_file(r.token.is_some(), "router.token", &mut out);
+    token_ends(r.token.as_ref(), "router.token", &mut out);
     api(&c.api, &mut out);
     if let (true, Ok(router), Ok(api)) = (c.api.enabled, bind_addr(&r.bind), bind_addr(&c.api.bind))
         && router.port() != 0
@@ -677,6 +679,14 @@ fn file_dir(file: Option<&Path>, key: &str, out: &mut Out<'_>) {
 }
 
 /// Warns when a token sits in a file others can read.
+/// A token with whitespace at an end: a newline kept from the file it was read from,
+/// most likely, which the other side's token lacks.
+fn token_ends(token: Option<&Secret>, path: &str, out: &mut Out<'_>) {
+    if let Some(Err(why)) = token.map(|t| super::schema::token_ends(t.expose())) {
+        out.error(path, why);
+    }
+}
+
 fn token_file(has_token: bool, path: &str, out: &mut Out<'_>) {
     let Origin::File { path: file, .. } = out.origins.get(path) else {
         return;

@@ -1,7 +1,7 @@
 //! Keys and secrets: the router's public key inline or as a file, the private key's
 //! file and mode, a token in a file others can read.
 
-use super::{check, none};
+use super::{check, none, router};
 use crate::config::tests::Fixture;
 
 #[test]
@@ -128,6 +128,36 @@ fn a_token_in_a_readable_file_is_a_warning() {
             "warning: security.token: $F holds a secret and is readable by group or others (mode \
           0644); run `chmod 600 $F` or pass the token in CONDUIT_SECURITY_TOKEN ($F:10)"
         ]
+    );
+}
+
+/// A token with whitespace at an end (a newline kept from the file it came from)
+/// is refused on either side, from the file or the environment, without showing it.
+#[test]
+fn a_token_with_whitespace_at_an_end_is_an_error() {
+    let f = Fixture::new();
+    let why = "begins or ends with whitespace (a newline kept from the file it was read \
+               from?), which would be part of the token: remove it (write the file with \
+               printf '%s', or strip it with tr -d '\\n')";
+    let text = f.client_text("[security]\ntoken = \"s3cret\\n\"\n");
+    assert_eq!(
+        check(&f, &text),
+        [format!("error: security.token: {why} ($F:10)")]
+    );
+    let text = f.client_text("[security]\ntoken = \"s3cret\"\n");
+    assert_eq!(check(&f, &text), none());
+    std::fs::write(f.home.authorized_clients(), format!("{}\n", f.router_key)).unwrap();
+    let text = "[router]\nallow = [\"10.2.0.2:80\"]\n";
+    assert_eq!(
+        router(&f, text, &[("CONDUIT_ROUTER_TOKEN", " s3cret")]),
+        [format!(
+            "error: router.token: {why} (env CONDUIT_ROUTER_TOKEN)"
+        )]
+    );
+    assert_eq!(crate::config::token_problem("s3cret"), None);
+    assert_eq!(
+        crate::config::token_problem("s3\u{1}cret").as_deref(),
+        Some("holds the control character '\\u{1}'; write the value without it")
     );
 }
 
