@@ -86,11 +86,16 @@ impl Override {
         };
         match from_working_dir(kind, kind.parse_text(&self.value)?)? {
             Value::String(s) if matches!(kind, Kind::Path | Kind::KeyOrPath) => Ok(s),
-            Value::Array(items) if kind == Kind::KeyList => Ok(items
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")),
+            // Comma-separated as usual; as a TOML list when an item holds a comma
+            // itself (a path), which the plain form would split.
+            Value::Array(items) if kind == Kind::KeyList => {
+                let items: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                Ok(if items.iter().any(|i| i.contains(',')) {
+                    Value::Array(items.iter().map(|i| Value::from(*i)).collect()).to_string()
+                } else {
+                    items.join(",")
+                })
+            }
             _ => Ok(self.value.clone()),
         }
     }

@@ -283,6 +283,15 @@ fn values_for_a_service_have_their_paths_made_absolute() {
         set("router.fallback_keys=a.pub, /b.pub", Role::Client),
         Ok(format!("{d}/a.pub,/b.pub"))
     );
+    // A path with a comma in it: a TOML list, which reads back as one item.
+    let listed = set(
+        r#"router.fallback_keys=["k/a,b.pub", "/c.pub"]"#,
+        Role::Client,
+    )
+    .unwrap();
+    assert_eq!(listed, format!(r#"["{d}/k/a,b.pub", "/c.pub"]"#));
+    let again = format!("router.fallback_keys={listed}");
+    assert_eq!(set(&again, Role::Client), Ok(listed.clone()));
     assert_eq!(
         set("router.authorized_keys=clients", Role::Router),
         Ok(format!("{d}/clients"))
