@@ -393,8 +393,8 @@ fn freeze(home: &Home, cleanup: &mut Cleanup<'_>, name: &str) -> (u64, String) {
 const NO_ANSWER: &str = "control socket does not answer (the process may be stopped or overloaded)";
 
 /// A tunnel that does not answer is named as such by `status`, `health` and `stats`
-/// (not blamed on its router link), and `stats` fails naming it while still showing
-/// the tunnels that answered.
+/// (not blamed on its router link), and `status` and `stats` fail naming it while
+/// still showing the tunnels that answered.
 #[test]
 fn a_frozen_tunnel_is_named_as_not_answering() {
     let home = Home::with_keys();
@@ -411,7 +411,9 @@ fn a_frozen_tunnel_is_named_as_not_answering() {
     });
     let (pid, id) = freeze(&home, &mut cleanup, "frozen");
 
-    let st = home.ok(&["status"]);
+    // `status` shows each, and fails (exit 1) as `stats` does: one state is unknown.
+    let (status, st, err) = home.run(&["status"]);
+    assert_code(status, 1, &err);
     assert!(
         st.contains(&format!(
             "frozen ({id}, pid {pid}): unreachable: {NO_ANSWER}"
@@ -419,6 +421,16 @@ fn a_frozen_tunnel_is_named_as_not_answering() {
         "{st}"
     );
     assert!(st.contains(": running — router "), "{st}");
+    let stuck = format!(
+        "conduit: error: could not read the status of frozen ({id}): {NO_ANSWER}; should it \
+         stay stuck, `conduit kill --tunnel {id} --force` stops it\n"
+    );
+    assert_eq!(err, stuck);
+    let (status, json, err) = home.run(&["status", "--format", "json"]);
+    assert_code(status, 1, &err);
+    assert_eq!(err, stuck);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(2), "{json}");
 
     let (status, out, err) = home.run(&["health"]);
     assert_code(status, 1, &err);

@@ -1,7 +1,7 @@
 //! `conduit stats`: traffic of the tunnels on this machine (through each one's control
 //! API), or, with `--router`, of a router's clients (through its REST API).
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
 use conduit_controlplane::registry::{Entry, Registry};
@@ -9,7 +9,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::config::plural;
-use super::tunnels::{ANSWER_WITHIN, NO_ANSWER, bytes, survey};
+use super::tunnels::{ANSWER_WITHIN, NO_ANSWER, bytes, survey, unreadable};
 use super::{api_client, runtime, say};
 use crate::args::{StatsArgs, StatsFormat};
 use crate::exit::Usage;
@@ -38,7 +38,7 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
             }
         }
         output::write(merge_expositions(&texts));
-        return unreadable(&unread);
+        return unreadable("stats", &unread);
     }
     let seen = survey(home, false).await?;
     let rows: Vec<Value> = seen
@@ -63,7 +63,7 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
         .collect();
     if a.format == StatsFormat::Json {
         say(serde_json::to_string_pretty(&rows)?);
-        return unreadable(&unread);
+        return unreadable("stats", &unread);
     }
     if rows.is_empty() {
         say("no tunnels running");
@@ -76,7 +76,7 @@ async fn local(home: &Home, a: &StatsArgs) -> Result<()> {
     if !read.is_empty() {
         table("TUNNEL", &read);
     }
-    unreadable(&unread)
+    unreadable("stats", &unread)
 }
 
 /// One tunnel's metrics in the Prometheus text format.
@@ -89,31 +89,6 @@ async fn metrics_of(e: &Entry) -> Result<String, String> {
         Ok(Err(s)) => Err(format!("{NO_ANSWER}: {}", s.message())),
         Err(_) => Err(NO_ANSWER.to_owned()),
     }
-}
-
-/// The tunnels whose figures could not be read (name, id, why) fail the command,
-/// each named, with the command that stops the first should it stay stuck.
-fn unreadable(unread: &[(String, String, String)]) -> Result<()> {
-    let Some((_, first, _)) = unread.first() else {
-        return Ok(());
-    };
-    let each: Vec<String> = (unread.iter())
-        .map(|(name, id, why)| format!("{name} ({id}): {why}"))
-        .collect();
-    let stop = match unread {
-        [_] => format!("should it stay stuck, `conduit kill --tunnel {first} --force` stops it"),
-        _ => format!(
-            "should they stay stuck, `conduit kill --tunnel ID --force` stops each (ids: {})",
-            (unread.iter())
-                .map(|(_, id, _)| id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    Err(anyhow!(
-        "could not read the stats of {}; {stop}",
-        each.join("; ")
-    ))
 }
 
 async fn router(a: &StatsArgs) -> Result<()> {

@@ -9,7 +9,7 @@ use conduit_controlplane::timestamp;
 use serde_json::json;
 
 use super::config::plural;
-use super::tunnels::{restart_in, survey, time, waiting};
+use super::tunnels::{Seen, restart_in, survey, time, unreadable, waiting};
 use super::{runtime, say};
 use crate::args::{OutputFormat, StatusArgs};
 
@@ -63,7 +63,7 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             .chain(held)
             .collect();
         say(serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return unanswered(&seen);
     }
     if seen.is_empty() && held.is_empty() {
         say("no tunnels running");
@@ -204,7 +204,19 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
             ));
         }
     }
-    Ok(())
+    unanswered(&seen)
+}
+
+/// Tunnels that did not answer fail the command (exit 1), as with `stats`: their
+/// state is not known.
+fn unanswered(seen: &[Seen]) -> Result<()> {
+    let unread: Vec<(String, String, String)> = (seen.iter())
+        .filter_map(|s| {
+            let why = s.status.as_ref().err()?;
+            Some((s.entry.name.clone(), s.entry.tunnel_id.clone(), why.clone()))
+        })
+        .collect();
+    unreadable("status", &unread)
 }
 
 /// Seconds since the epoch as an RFC 3339 time, as `list` writes `created_at`; null

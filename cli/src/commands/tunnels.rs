@@ -179,6 +179,32 @@ pub(crate) fn restart_in(w: &Waiting) -> String {
     }
 }
 
+/// The tunnels whose `what` (stats, status) could not be read (name, id, why) fail
+/// the command, each named, with the command that stops the first should it stay
+/// stuck.
+pub(crate) fn unreadable(what: &str, unread: &[(String, String, String)]) -> anyhow::Result<()> {
+    let Some((_, first, _)) = unread.first() else {
+        return Ok(());
+    };
+    let each: Vec<String> = (unread.iter())
+        .map(|(name, id, why)| format!("{name} ({id}): {why}"))
+        .collect();
+    let stop = match unread {
+        [_] => format!("should it stay stuck, `conduit kill --tunnel {first} --force` stops it"),
+        _ => format!(
+            "should they stay stuck, `conduit kill --tunnel ID --force` stops each (ids: {})",
+            (unread.iter())
+                .map(|(_, id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Err(anyhow::anyhow!(
+        "could not read the {what} of {}; {stop}",
+        each.join("; ")
+    ))
+}
+
 /// Bytes as people read them.
 pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
