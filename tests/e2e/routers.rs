@@ -232,13 +232,15 @@ fn the_link_moves_back_to_the_first_router_when_it_returns() {
     let (_first, _) = home.router_at(engine, &a.to_string(), &allow, &[]);
     tunnel.wait_stderr(&format!("router {a} answers again: moving back to it"));
     tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    // Its stream finishes where it started; new users go to the first router.
+    exchange(&mut user, b"after the move");
+    assert_echo(taddr, b"through the first again");
+    // The link to the second router ends once no stream is left there.
+    assert_eq!(second.stderr_count("client said goodbye"), 0);
+    drop(user);
     second.wait_stderr(&format!(
         "client said goodbye: the tunnel moves back to router {a}"
     ));
-    // Its stream finishes where it started; new users go to the first router.
-    exchange(&mut user, b"after the move");
-    drop(user);
-    assert_echo(taddr, b"through the first again");
 
     // The second router can go now: nothing depends on it.
     let lost = tunnel.stderr_count("lost the router link");
@@ -255,6 +257,59 @@ fn the_link_moves_back_to_the_first_router_when_it_returns() {
         status.contains(&format!("router {a} connected since")),
         "{status}"
     );
+}
+
+/// Streams left on the router a link moved away from (back to the first) are still
+/// watched: when that router stops answering (frozen: it resets nothing), its
+/// heartbeats tell, and those users are closed with the reason rather than left
+/// hanging for good.
+#[test]
+fn streams_left_on_a_router_the_link_moved_back_from_are_closed_when_it_stops_answering() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let allow = [source.to_string()];
+    let (mut first, a) = home.router(engine, &allow);
+    let (second, b) = home.router(engine, &allow);
+    let tunnel = home.tunnel_via(
+        engine,
+        &format!("{a},{b}"),
+        &source.to_string(),
+        &["--router-failback", "1", "--heartbeat-interval", "1"],
+    );
+    let taddr = addr_in(&tunnel.wait_stdout("listening on"));
+    tunnel.wait_stdout(&format!("connected to router {a}"));
+    first.stop();
+    tunnel.wait_stdout(&format!("connected to router {b}"));
+    let mut user = open_user(taddr);
+    exchange(&mut user, b"on the second");
+    let (_first, _) = home.router_at(engine, &a.to_string(), &allow, &[]);
+    tunnel.wait_stderr(&format!("router {a} answers again: moving back to it"));
+    tunnel.wait_stdout_count(&format!("connected to router {a}"), 2);
+    exchange(&mut user, b"still on the second");
+    let status = crate::http::wait_for("status to name the stream left", || {
+        let st = home.ok(&["status"]);
+        st.contains("1 stream left there when the link moved finishes over it")
+            .then_some(st)
+    });
+    assert!(
+        status.contains(&format!(
+            "router {b} stands by: it has answered checks since "
+        )),
+        "{status}"
+    );
+
+    let frozen = Frozen::new(&second);
+    tunnel.wait_stderr(&format!(
+        "lost router {b}, where streams were left when the tunnel moved back to router {a}: \
+         no heartbeat answer for 3s; closing them"
+    ));
+    let mut rest = Vec::new();
+    let read = user.read_to_end(&mut rest);
+    assert!(read.is_ok() || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset));
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_echo(taddr, b"through the first");
+    drop(frozen);
 }
 
 #[test]

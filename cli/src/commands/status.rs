@@ -235,9 +235,17 @@ fn idle_routers(routers: &[pb::RouterLoad]) -> Vec<String> {
         .filter(|r| r.refused.is_empty())
         .filter_map(|r| match r.link.as_str() {
             "standby" => Some(format!(
-                "router {} stands by: it has answered checks since {}",
+                "router {} stands by: it has answered checks since {}{}",
                 r.addr,
-                time(r.standby_since)
+                time(r.standby_since),
+                match r.streams {
+                    0 => String::new(),
+                    n => format!(
+                        "; {} left there when the link moved finish{} over it",
+                        plural(n, "stream"),
+                        if n == 1 { "es" } else { "" }
+                    ),
+                }
             )),
             "retrying" => Some(format!(
                 "router {} is not in use: its latest attempt failed: {}",

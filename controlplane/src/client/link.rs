@@ -101,6 +101,16 @@ pub(super) async fn control_loop(
                     // goodbye leaves them to finish), and the pool is refilled with
                     // channels of the new link on connect.
                     info!(tunnel = %shared.name, %router, "{why}");
+                    if let Some(p) = &end.back {
+                        // Streams left on the router the link leaves: still watched.
+                        let to = shared.routers[p.index].clone();
+                        tokio::spawn(watch_leftovers(
+                            shared.clone(),
+                            ctl,
+                            Leftovers { at, epoch, to },
+                            stop.clone(),
+                        ));
+                    }
                     back = end.back;
                     continue;
                 }
@@ -749,15 +759,88 @@ pub(super) async fn rotated(ctl: &mut Wire, done: Rotated) -> LinkEnd {
     }
 }
 
-/// Ends the control channel to the router in use with a goodbye (its streams go on
-/// until they end) so that the link moves to the earlier router `p`.
-pub(super) async fn move_back(shared: &Shared, ctl: &mut Wire, p: Preferred) -> LinkEnd {
+/// The streams a link leaves on router `at` (link `epoch`) when it moves back to
+/// router `to`.
+pub(super) struct Leftovers {
+    at: usize,
+    epoch: conduit_dataplane::LinkEpoch,
+    to: String,
+}
+
+/// Watches the router a link left for an earlier one while streams still ride its
+/// channels, as the link did: its control channel stays open and is pinged at each
+/// heartbeat. Should the router stop answering (frozen, or its host gone: nothing
+/// resets those streams) they are closed with the reason; once none is left, or
+/// the link is back at that router (its heartbeats cover them again), the channel
+/// says goodbye.
+async fn watch_leftovers(
+    shared: Arc<Shared>,
+    mut ctl: Wire,
+    left: Leftovers,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Leftovers { at, epoch, to } = left;
+    let router = shared.routers[at].clone();
+    let interval = shared.heartbeat;
+    let bye = format!("the tunnel moves back to router {to}");
+    let mut nonce = 0u64;
+    loop {
+        let covered = shared.at() == at && shared.link.is_up_at(at);
+        if shared.link.streams(at) == 0 || covered || *stop.borrow() {
+            goodbye(&mut ctl, &bye).await;
+            return;
+        }
+        nonce += 1;
+        let answered = async {
+            ctl.send(&Message::Ping { nonce })
+                .await
+                .map_err(|e| (e.to_string(), false))?;
+            let deadline = tokio::time::Instant::now() + interval * 3;
+            loop {
+                match tokio::time::timeout_at(deadline, ctl.recv()).await {
+                    Err(_) => {
+                        let why = format!("no heartbeat answer for {:?}", interval * 3);
+                        return Err((why, true));
+                    }
+                    Ok(Ok(Some(Message::Pong { nonce: n }))) if n == nonce => return Ok(true),
+                    // Shutting down: its drain ends the streams, which reach their ends.
+                    Ok(Ok(Some(Message::Goodbye(_)))) => return Ok(false),
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => return Err(("connection closed".to_owned(), false)),
+                    Ok(Err(e)) => return Err((e.to_string(), false)),
+                }
+            }
+        };
+        let answered = tokio::select! {
+            a = answered => a,
+            _ = stop.wait_for(|s| *s) => continue,
+        };
+        match answered {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err((why, silent)) => {
+                let reason = format!("the router link was lost: {why}");
+                warn!(tunnel = %shared.name, %router, "lost router {router}, where streams were left when the tunnel moved back to router {to}: {why}; closing them");
+                if silent {
+                    shared.dp.link_lost(epoch, &reason);
+                } else {
+                    shared.dp.link_gone(epoch, &reason);
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// Ends the link to the router in use so that it moves to the earlier router `p`.
+/// Its control channel is left to [`watch_leftovers`], which says goodbye once the
+/// streams still riding there have ended.
+pub(super) async fn move_back(shared: &Shared, _ctl: &mut Wire, p: Preferred) -> LinkEnd {
     let to = &shared.routers[p.index];
-    let bye = Refusal::new(
-        RefusalCode::ShuttingDown,
-        format!("the tunnel moves back to router {to}"),
-    );
-    let _ = ctl.send(&Message::Goodbye(bye)).await;
     LinkEnd {
         why: format!("router {to} answers again: moving back to it"),
         silent: false,
