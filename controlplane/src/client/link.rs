@@ -610,13 +610,23 @@ pub(super) async fn heartbeat(
         let deadline = tokio::time::Instant::now() + interval * 3;
         loop {
             let next = tokio::select! {
-                r = tokio::time::timeout_at(deadline, ctl.recv()) => Ok(r),
+                r = tokio::time::timeout_at(deadline, ctl.recv()) => Woke::Got(r),
                 _ = stop.wait_for(|s| *s) => break,
-                p = probe.answered() => Err(p),
+                // Taken while the answer is awaited too: a router that stopped
+                // answering is then found out by the rotation, which is told so.
+                (reply, turn) = asked_to_rotate(rotations) => Woke::Rotate(reply, turn),
+                p = probe.answered() => Woke::Back(Box::new(p)),
             };
             let next = match next {
-                Ok(next) => next,
-                Err(p) => return move_back(shared, ctl, p).await,
+                Woke::Got(next) => next,
+                Woke::Back(p) => return move_back(shared, ctl, *p).await,
+                Woke::Rotate(reply, _turn) => {
+                    match take_rotation(shared, ctl, index, reply).await {
+                        // It answered the rotation: alive (its Pong was passed over).
+                        None => break,
+                        Some(end) => return end,
+                    }
+                }
             };
             match next {
                 Err(_) => {
@@ -648,28 +658,12 @@ pub(super) async fn heartbeat(
             let got = match woke {
                 Woke::Got(got) => got,
                 Woke::Back(p) => return move_back(shared, ctl, *p).await,
-                Woke::Rotate(reply, _turn) => match rotate(shared, ctl, index).await {
-                    Ok(done) => {
-                        let _ = reply.send(Ok(done.clone()));
-                        return rotated(ctl, done).await;
+                Woke::Rotate(reply, _turn) => {
+                    match take_rotation(shared, ctl, index, reply).await {
+                        None => continue,
+                        Some(end) => return end,
                     }
-                    Err(Rotation::Refused(why)) => {
-                        let _ = reply.send(Err(why));
-                        continue;
-                    }
-                    Err(Rotation::Link(why)) => {
-                        let _ = reply.send(Err(format!("the router link failed: {why}")));
-                        return why.into();
-                    }
-                    Err(Rotation::Silent(why)) => {
-                        let _ = reply.send(Err(format!(
-                            "router {} stopped answering ({why}); the key is unchanged: \
-                             rotate again once `conduit status` shows the tunnel connected",
-                            shared.routers[index]
-                        )));
-                        return LinkEnd::silent(why);
-                    }
-                },
+                }
             };
             match got {
                 Err(_) => break,
@@ -679,6 +673,39 @@ pub(super) async fn heartbeat(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Rotates the key over router `index`'s control channel `ctl`, as asked, and
+/// answers `reply`: `None` when the link goes on (the router refused the rotation),
+/// else how the link ends (made again with the new key, or lost).
+async fn take_rotation(
+    shared: &Shared,
+    ctl: &mut Wire,
+    index: usize,
+    reply: oneshot::Sender<Result<Rotated, String>>,
+) -> Option<LinkEnd> {
+    match rotate(shared, ctl, index).await {
+        Ok(done) => {
+            let _ = reply.send(Ok(done.clone()));
+            Some(rotated(ctl, done).await)
+        }
+        Err(Rotation::Refused(why)) => {
+            let _ = reply.send(Err(why));
+            None
+        }
+        Err(Rotation::Link(why)) => {
+            let _ = reply.send(Err(format!("the router link failed: {why}")));
+            Some(why.into())
+        }
+        Err(Rotation::Silent(why)) => {
+            let _ = reply.send(Err(format!(
+                "router {} stopped answering ({why}); the key is unchanged: rotate again \
+                 once `conduit status` shows the tunnel connected",
+                shared.routers[index]
+            )));
+            Some(LinkEnd::silent(why))
         }
     }
 }
