@@ -555,6 +555,8 @@ impl RegisteredTunnel {
             metrics,
         } = self;
         registry.write(&entry)?;
+        // A tunnel of this name that died before is running again.
+        registry.forget_died(&entry.name);
         let mut stopped = state.shutdown.subscribe();
         // The control API and the metrics stay served until the tunnel has stopped,
         // not just until a shutdown is ordered: while it drains, `list` and `status`

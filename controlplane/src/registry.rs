@@ -206,6 +206,16 @@ impl Registry {
             .is_some_and(|on_disk| on_disk.tunnel_id == e.tunnel_id && on_disk.pid == e.pid)
     }
 
+    /// Removes the entry of a tunnel whose process turned out to be gone, as a sweep
+    /// does: one that was still there (its process did not remove it on its way
+    /// out) is noted as died (see [`Self::died`]).
+    pub fn sweep_dead(&self, e: &Entry) {
+        if is_id(&e.tunnel_id) && std::fs::remove_file(self.path(&e.tunnel_id)).is_ok() {
+            self.note_died(e);
+        }
+        self.remove_socket(&e.control_socket);
+    }
+
     /// Removes an entry (and its control socket); missing files are fine.
     pub fn remove(&self, e: &Entry) {
         if is_id(&e.tunnel_id) {
@@ -315,8 +325,8 @@ impl Registry {
                 Some(e) => {
                     debug!(id = %e.tunnel_id, pid = e.pid, "sweeping the entry of a dead tunnel process");
                     // The file found, whatever id it claims.
-                    if is_file(&path) {
-                        let _ = std::fs::remove_file(&path);
+                    if is_file(&path) && std::fs::remove_file(&path).is_ok() {
+                        self.note_died(&e);
                     }
                     self.remove_socket(&e.control_socket);
                 }
@@ -483,6 +493,98 @@ impl Registry {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+/// A tunnel whose process ended without stopping (killed outright, crashed, or the
+/// host rebooted): its entry was still in the registry, which a process stopping
+/// removes. Kept in `run/NAME.died` for `status` and `health` to report, until a
+/// tunnel of that name runs again or `kill` (or `down`) forgets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Died {
+    /// The tunnel's name.
+    pub name: String,
+    /// The id it had.
+    pub tunnel_id: String,
+    /// The process that ended.
+    pub pid: u32,
+    /// What it ran.
+    pub config: EntryConfig,
+    /// When it was found gone, RFC 3339.
+    pub found_at: String,
+}
+
+impl Registry {
+    fn died_path(&self, name: &str) -> PathBuf {
+        self.run.join(format!("{name}.died"))
+    }
+
+    /// Notes that tunnel `e` died (see [`Died`]), unless `conduit kill --force`
+    /// killed it on purpose.
+    fn note_died(&self, e: &Entry) {
+        let killed = std::fs::read_to_string(self.killed_mark(&e.name))
+            .is_ok_and(|s| s.trim() == e.pid.to_string());
+        if killed || !is_id(&e.name) {
+            return;
+        }
+        let died = Died {
+            name: e.name.clone(),
+            tunnel_id: e.tunnel_id.clone(),
+            pid: e.pid,
+            config: e.config.clone(),
+            found_at: now_rfc3339(),
+        };
+        let Ok(json) = serde_json::to_vec_pretty(&died) else {
+            return;
+        };
+        let tmp = (self.run).join(format!(".{}.{}.died.tmp", e.name, std::process::id()));
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, self.died_path(&e.name));
+        }
+    }
+
+    /// The tunnels that died (see [`Died`]), by name, but for those of a name that
+    /// runs again, or waits to be started again by its supervisor.
+    pub fn died(&self) -> Vec<Died> {
+        let Ok(dir) = std::fs::read_dir(&self.run) else {
+            return Vec::new();
+        };
+        let running: Vec<String> = self.entries().into_iter().map(|e| e.name).collect();
+        let waiting: Vec<String> = self.waiting().into_iter().map(|w| w.name).collect();
+        let mut out = Vec::new();
+        for f in dir.flatten() {
+            let path = f.path();
+            if path.extension().is_none_or(|x| x != "died") {
+                continue;
+            }
+            let read: Option<Died> =
+                read_small(&path).and_then(|b| serde_json::from_slice(&b).ok());
+            match read {
+                Some(d)
+                    if path == self.died_path(&d.name)
+                        && !running.contains(&d.name)
+                        && !waiting.contains(&d.name) =>
+                {
+                    out.push(d);
+                }
+                // Of a name running again, or waiting to: kept, but not shown.
+                Some(d) if path == self.died_path(&d.name) => {}
+                _ if is_file(&path) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Forgets that tunnel `name` died: a tunnel of that name runs again, or it was
+    /// stopped for good (`kill`, `down`).
+    pub fn forget_died(&self, name: &str) {
+        if is_id(name) {
+            let _ = std::fs::remove_file(self.died_path(name));
+        }
     }
 }
 
@@ -709,6 +811,46 @@ mod tests {
         assert!(!reg.still_waiting("web"));
         assert!(!reg.take_waiting("web"));
         assert!(reg.waiting().is_empty());
+    }
+
+    /// An entry a sweep finds of a dead process is noted as died, unless `kill
+    /// --force` said it killed that process; a tunnel of that name running again
+    /// hides it, and it is forgotten on demand.
+    #[test]
+    fn a_swept_entry_is_noted_as_died_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().to_owned());
+        let reg = Registry::new(&home);
+        Home::ensure_private_dir(&home.run()).unwrap();
+        let dead = entry(&home, "web-0001", 4_000_000_000);
+        reg.write(&dead).unwrap();
+        let mut killed = entry(&home, "db-0002", 4_000_000_001);
+        killed.name = "db".into();
+        reg.write(&killed).unwrap();
+        reg.mark_killed(&killed);
+
+        assert!(reg.entries().is_empty());
+        let died = reg.died();
+        assert_eq!(died.len(), 1, "{died:?}");
+        assert_eq!(
+            (
+                died[0].name.as_str(),
+                died[0].tunnel_id.as_str(),
+                died[0].pid
+            ),
+            ("web", "web-0001", 4_000_000_000)
+        );
+        // Running again under that name: not shown.
+        let again = entry(&home, "web-0003", std::process::id());
+        reg.write(&again).unwrap();
+        assert!(reg.died().is_empty());
+        reg.remove(&again);
+        assert_eq!(reg.died().len(), 1);
+        reg.forget_died("web");
+        assert!(reg.died().is_empty());
+        // A sweep that finds the file gone (removed by its process) notes nothing.
+        reg.sweep_dead(&dead);
+        assert!(reg.died().is_empty());
     }
 
     /// Sweeping a dead entry removes its file and its control socket in `run/`, and

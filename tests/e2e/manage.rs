@@ -154,6 +154,8 @@ fn start_list_counts_a_held_connection_kill_and_list_is_empty() {
     );
 }
 
+/// A tunnel killed outright (SIGKILL, as the OOM killer does) leaves `list` (which
+/// shows running tunnels), but `health` and `status` report it died.
 #[test]
 fn a_tunnel_killed_with_sigkill_disappears_from_list() {
     let home = Home::with_keys();
@@ -179,6 +181,59 @@ fn a_tunnel_killed_with_sigkill_disappears_from_list() {
             .count(),
         0
     );
+
+    // It died: `health` fails naming it (a probe must not pass for want of a
+    // tunnel), `status` says so, until it runs again or `kill` forgets it.
+    let id = l[0]["id"].as_str().unwrap();
+    let (status, out, err) = home.run(&["health"]);
+    assert_code(status, 1, &err);
+    let found = out
+        .strip_prefix(&format!(
+            "doomed: not running: its process (pid {pid}) ended without being stopped \
+             (killed, or crashed; found "
+        ))
+        .and_then(|rest| {
+            rest.strip_suffix("): start it again, or `conduit kill --tunnel doomed` to forget it\n")
+        })
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(err, "conduit: error: unhealthy: doomed (died)\n");
+    assert_eq!(
+        home.ok(&["status"]),
+        format!(
+            "doomed ({id}): died — its process (pid {pid}) ended without being stopped \
+             (killed, or crashed; found {found}): start it again, or `conduit kill --tunnel \
+             doomed` to forget it\n"
+        )
+    );
+    // Started again, it is well.
+    let (status, _, err) = run_args(
+        &home,
+        &start_args(&home, &raddr.to_string(), &source.to_string(), "doomed"),
+    );
+    assert_code(status, 0, &err);
+    assert!(home.ok(&["health"]).starts_with("doomed: router "));
+    let l = list_json(&home);
+    let pid = l[0]["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_list(&home, "no tunnel", |l| l.is_empty());
+    let (status, _, err) = home.run(&["health", "--tunnel", "doomed"]);
+    assert_code(status, 1, &err);
+    // Forgotten: nothing is down any more.
+    let (status, out, err) = home.run(&["kill", "--tunnel", "doomed"]);
+    assert_code(status, 0, &err);
+    assert!(
+        out.starts_with(&format!(
+            "forgot tunnel \"doomed\" ({}), whose process (pid {pid}) had ended without \
+             being stopped (killed, or crashed; found ",
+            l[0]["id"].as_str().unwrap()
+        )),
+        "{out}"
+    );
+    assert_eq!(home.ok(&["health"]), "no tunnels running\n");
+    assert_eq!(home.ok(&["status"]), "no tunnels running\n");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use conduit_controlplane::Home;
 use conduit_controlplane::reconcile::{is_from_file, started_from};
 use conduit_controlplane::registry::Registry;
 
-use super::kill::{Stopper, call_off_restarts, stop_each};
+use super::kill::{Stopper, call_off_restarts, forget_dead, stop_each};
 use super::{runtime, say};
 use crate::args::DownArgs;
 use crate::exit::Usage;
@@ -25,7 +25,11 @@ pub(crate) fn run(home: &Home, a: &DownArgs) -> Result<()> {
         .filter(|w| is_from_file(w.config.file.as_deref(), &file))
         .collect();
     let called_off = call_off_restarts(&registry, &held);
-    if !held.is_empty() && targets.is_empty() {
+    let dead: Vec<_> = (registry.died().into_iter())
+        .filter(|d| is_from_file(d.config.file.as_deref(), &file))
+        .collect();
+    forget_dead(&registry, &dead);
+    if (!held.is_empty() || !dead.is_empty()) && targets.is_empty() {
         return called_off;
     }
     // Tunnels from a file removed since `up` are still stopped; with none running,

@@ -6,7 +6,9 @@ use anyhow::Result;
 use conduit_controlplane::Home;
 use serde_json::{Value, json};
 
-use super::tunnels::{NO_ANSWER, restart_in, survey, waiting};
+use conduit_controlplane::registry::Registry;
+
+use super::tunnels::{NO_ANSWER, died_detail, restart_in, survey, waiting};
 use super::{api_client, runtime, say};
 use crate::args::{HealthArgs, OutputFormat};
 
@@ -33,6 +35,7 @@ pub(crate) fn run(home: &Home, a: &HealthArgs) -> Result<()> {
 async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     let mut seen = survey(home, false).await?;
     let mut held = waiting(home, &seen);
+    let mut dead = Registry::new(home).died();
     let mut rows = Vec::new();
     let mut down = Vec::new();
     // With --tunnel, only those; each one not running is unhealthy.
@@ -41,9 +44,11 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     if !a.tunnels.is_empty() {
         seen.retain(|s| a.tunnels.iter().any(|t| named(s, t)));
         held.retain(|w| a.tunnels.contains(&w.name));
+        dead.retain(|d| a.tunnels.contains(&d.name) || a.tunnels.contains(&d.tunnel_id));
     }
     let missing: Vec<&String> = (a.tunnels.iter())
         .filter(|t| !seen.iter().any(|s| named(s, t)) && !held.iter().any(|w| w.name == **t))
+        .filter(|t| !dead.iter().any(|d| d.name == **t || d.tunnel_id == **t))
         .collect();
     if seen.is_empty() && !home.root().exists() {
         // A probe pointed at a mistyped home would pass for ever.
@@ -149,6 +154,14 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
                          "detail": format!("its last run failed ({}); it starts again {}",
                                            w.last_run, restart_in(w))}));
     }
+    // Tunnels whose processes died: down until started again (or forgotten).
+    for d in &dead {
+        down.push(format!("{} (died)", d.name));
+        rows.push(
+            json!({"name": d.name, "id": d.tunnel_id, "router": d.config.router,
+                         "link": "died", "detail": died_detail(d)}),
+        );
+    }
     for t in missing {
         down.push(format!("{t} (not running)"));
         rows.push(json!({"name": t, "id": "", "router": "", "link": "not running", "detail": ""}));
@@ -163,7 +176,7 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
     } else {
         for r in &rows {
             let detail = r["detail"].as_str().filter(|d| !d.is_empty());
-            if r["link"] == "restarting" {
+            if r["link"] == "restarting" || r["link"] == "died" {
                 say(format_args!(
                     "{}: not running: {}",
                     r["name"].as_str().unwrap_or("?"),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
-use conduit_controlplane::registry::{Entry, Registry, Waiting, process_alive};
+use conduit_controlplane::registry::{Died, Entry, Registry, Waiting, process_alive};
 use futures::future::join_all;
 
 use super::tunnels::{chosen, warn_unreadable};
@@ -48,16 +48,23 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
     let held: Vec<Waiting> = (registry.waiting().into_iter())
         .filter(|w| a.all || a.tunnel.as_deref() == Some(w.name.as_str()))
         .collect();
+    // Tunnels whose processes died (see `Registry::died`): forgotten.
+    let dead: Vec<Died> = (registry.died().into_iter())
+        .filter(|d| a.all || (a.tunnel.as_deref()).is_some_and(|t| t == d.name || t == d.tunnel_id))
+        .collect();
     let targets = match chosen(&registry, a.all, a.tunnel.as_deref()) {
-        Err(_) if !a.all && (missed.is_some() || !held.is_empty()) => Vec::new(),
+        Err(_) if !a.all && (missed.is_some() || !held.is_empty() || !dead.is_empty()) => {
+            Vec::new()
+        }
         chosen => chosen?,
     };
     let called_off = call_off_restarts(&registry, &held);
+    forget_dead(&registry, &dead);
     if targets.is_empty() {
         return match (missed, called_off) {
             (Some(e), _) | (None, Err(e)) => Err(e),
             (None, Ok(())) => {
-                if held.is_empty() {
+                if held.is_empty() && dead.is_empty() {
                     say("no tunnels running");
                 }
                 Ok(())
@@ -73,6 +80,18 @@ pub(crate) fn run(home: &Home, a: &KillArgs) -> Result<()> {
     ))?;
     called_off?;
     missed.map_or(Ok(()), Err)
+}
+
+/// Forgets each tunnel of `dead`, whose process died, and says so.
+pub(crate) fn forget_dead(registry: &Registry, dead: &[Died]) {
+    for d in dead {
+        registry.forget_died(&d.name);
+        say(format_args!(
+            "forgot tunnel {:?} ({}), whose process (pid {}) had ended without being stopped \
+             (killed, or crashed; found {})",
+            d.name, d.tunnel_id, d.pid, d.found_at
+        ));
+    }
 }
 
 /// Stops each supervised tunnel of `held` that waits to start again after a
@@ -313,6 +332,7 @@ async fn kill_hard(registry: &Registry, e: &Entry, why: &str) -> Result<String, 
         Some(true) => {}
         Some(false) => {
             registry.remove(e);
+            registry.forget_died(&e.name);
             return Ok(format!(
                 ": its process had exited (pid {} is not it any more); removed its registry entry",
                 e.pid
@@ -336,6 +356,8 @@ async fn kill_hard(registry: &Registry, e: &Entry, why: &str) -> Result<String, 
         .await
         .map_err(|err| format!("{why}; sent SIGKILL, but {err}"))?;
     registry.remove(e);
+    // Killed on purpose, should another command have swept it first.
+    registry.forget_died(&e.name);
     Ok(format!(
         ": {why}; killed pid {} (SIGKILL) and removed its registry entry",
         e.pid

@@ -9,14 +9,23 @@ use conduit_controlplane::timestamp;
 use serde_json::json;
 
 use super::config::plural;
-use super::tunnels::{Seen, restart_in, survey, time, unreadable, waiting};
+use conduit_controlplane::registry::Registry;
+
+use super::tunnels::{Seen, died_detail, restart_in, survey, time, unreadable, waiting};
 use super::{runtime, say};
 use crate::args::{OutputFormat, StatusArgs};
 
 pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
     let seen = runtime(1)?.block_on(survey(home, false))?;
     let held = waiting(home, &seen);
+    let dead = Registry::new(home).died();
     if a.format == OutputFormat::Json {
+        let dead: Vec<_> = (dead.iter())
+            .map(|d| {
+                json!({"id": d.tunnel_id, "name": d.name, "pid": d.pid, "router": d.config.router,
+                       "status": "died", "found_at": d.found_at, "error": died_detail(d)})
+            })
+            .collect();
         let held = held.iter().map(|w| {
             json!({"id": null, "name": w.name, "pid": null, "router": w.config.router,
                    "status": "restarting", "supervisor_pid": w.supervisor.pid,
@@ -61,13 +70,22 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
                 v
             })
             .chain(held)
+            .chain(dead)
             .collect();
         say(serde_json::to_string_pretty(&v)?);
         return unanswered(&seen);
     }
-    if seen.is_empty() && held.is_empty() {
+    if seen.is_empty() && held.is_empty() && dead.is_empty() {
         say("no tunnels running");
         return Ok(());
+    }
+    for d in &dead {
+        say(format_args!(
+            "{} ({}): died — {}",
+            d.name,
+            d.tunnel_id,
+            died_detail(d)
+        ));
     }
     for w in &held {
         say(format_args!(

@@ -228,6 +228,7 @@ impl Child {
                         .pid
                         .is_some_and(|pid| self.registry.take_killed_mark(&self.name, pid)) =>
                 {
+                    self.registry.forget_died(&self.name);
                     info!(
                         tunnel = %self.name,
                         "tunnel {:?} was killed by `conduit kill --force` (or `down --force`), \

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conduit_controlplane::Home;
 use conduit_controlplane::control::{self, pb};
-use conduit_controlplane::registry::{Entry, Registry, Unreadable, Waiting, process_alive};
+use conduit_controlplane::registry::{Died, Entry, Registry, Unreadable, Waiting, process_alive};
 use conduit_controlplane::timestamp;
 use futures::future::join_all;
 
@@ -121,7 +121,7 @@ pub(crate) async fn look(
         Err(e) => {
             if !process_alive(entry.pid) {
                 // It died between the registry read and now.
-                registry.remove(&entry);
+                registry.sweep_dead(&entry);
                 return None;
             }
             return Some(Seen {
@@ -165,6 +165,15 @@ pub(crate) fn waiting(home: &Home, running: &[Seen]) -> Vec<Waiting> {
     (Registry::new(home).waiting().into_iter())
         .filter(|w| !running.iter().any(|s| s.entry.name == w.name))
         .collect()
+}
+
+/// What `status` and `health` say of a tunnel whose process died.
+pub(crate) fn died_detail(d: &Died) -> String {
+    format!(
+        "its process (pid {}) ended without being stopped (killed, or crashed; found {}): \
+         start it again, or `conduit kill --tunnel {}` to forget it",
+        d.pid, d.found_at, d.name
+    )
 }
 
 /// When a waiting tunnel starts again, as `status` says it: `in 12s`, or
