@@ -224,6 +224,14 @@ impl SourceHealth {
         }
     }
 
+    /// A source known to have been down since `since` (it was left unprobed while
+    /// down): it takes `rise` answered probes, or a stream, to be up again.
+    pub fn down_since(target: &str, protocol: Protocol, since: SystemTime) -> Self {
+        let mut h = Self::new(target, protocol, since);
+        h.view.state = SourceState::Down;
+        h
+    }
+
     /// What the API shows.
     pub fn view(&self) -> &SourceView {
         &self.view

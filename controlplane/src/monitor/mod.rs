@@ -97,6 +97,7 @@ impl Monitor {
             links: Links::default(),
             sources: HashMap::new(),
             in_flight: HashSet::new(),
+            left_down: HashMap::new(),
             view: view_tx,
             said_local: None,
             beats_unpublished: false,
@@ -192,6 +193,11 @@ struct Task {
     links: Links,
     sources: HashMap<Source, SourceHealth>,
     in_flight: HashSet<Source>,
+    /// Sources no longer probed (unused for `health.recent_secs`) while down, and
+    /// since when: one used again starts down, not unknown, so that its next
+    /// failed probe raises no second `source_down` (its receiver holds the first),
+    /// nor counts as a change of state towards flapping.
+    left_down: HashMap<Source, SystemTime>,
     view: watch::Sender<Arc<View>>,
     /// When a probe the router could not make was last logged.
     said_local: Option<Instant>,
@@ -199,6 +205,9 @@ struct Task {
     /// once a second at most, not one view (a copy of every link's) per beat.
     beats_unpublished: bool,
 }
+
+/// How many sources left while down are remembered (see `Task::left_down`).
+const LEFT_DOWN_KEPT: usize = 1024;
 
 /// How often heartbeats that changed nothing else reach the view at most.
 const BEATS_PUBLISHED_EVERY: Duration = Duration::from_secs(1);
@@ -330,6 +339,17 @@ impl Task {
         let wanted = watched(usage, &self.settings);
         let gone = forget(&mut self.sources, &wanted);
         for v in gone.iter().filter(|v| v.state == SourceState::Down) {
+            if self.left_down.len() >= LEFT_DOWN_KEPT {
+                // The longest gone: its receiver has long had its `source_down`.
+                let oldest = (self.left_down.iter())
+                    .min_by_key(|(_, since)| **since)
+                    .map(|(s, _)| s.clone());
+                if let Some(oldest) = oldest {
+                    self.left_down.remove(&oldest);
+                }
+            }
+            self.left_down
+                .insert((v.target.clone(), v.protocol), v.since);
             let subject = Subject::Source {
                 target: v.target.clone(),
                 protocol: v.protocol,
@@ -350,7 +370,10 @@ impl Task {
         for source in wanted {
             self.sources.entry(source.clone()).or_insert_with(|| {
                 added = true;
-                SourceHealth::new(&source.0, source.1, now)
+                match self.left_down.remove(&source) {
+                    Some(since) => SourceHealth::down_since(&source.0, source.1, since),
+                    None => SourceHealth::new(&source.0, source.1, now),
+                }
             });
             if self.in_flight.insert(source.clone()) {
                 let timeout = self.settings.timeout;

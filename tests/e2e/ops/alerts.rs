@@ -111,11 +111,11 @@ fn a_source_down_that_nobody_uses_is_let_go_unless_listed() {
     let home = Home::with_keys();
     let rx = Receiver::start();
     // Two ports that refuse: one a tunnel names, one the operator lists.
-    let mut used = Switchable::start();
-    used.down();
+    let mut used_source = Switchable::start();
+    used_source.down();
     let mut listed = Switchable::start();
     listed.down();
-    let (used, listed) = (used.addr.to_string(), listed.addr.to_string());
+    let (used, listed) = (used_source.addr.to_string(), listed.addr.to_string());
     let (router, raddr, api) = router_api(
         &home,
         &[used.clone(), listed.clone()],
@@ -178,6 +178,29 @@ fn a_source_down_that_nobody_uses_is_let_go_unless_listed() {
     ];
     want.sort();
     assert_eq!(got, want);
+
+    // Used again while still down: watched again as down, with no second
+    // `source_down` (its receiver holds the first) ...
+    let (_tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &used);
+    let mut user = TcpStream::connect(taddr).unwrap();
+    user.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = user.read_to_end(&mut rest);
+    wait_for("the used source to be probed again", || {
+        let h = get(&api, "/api/v1/health")["data"].clone();
+        let used = (h["sources"].as_array()?.iter()).find(|x| x["target"] == used.as_str())?;
+        (used["state"] == "down" && used["consecutive_failures"].as_u64() >= Some(3)).then_some(())
+    });
+    assert_eq!(rx.received().len(), 2, "{:?}", rx.received());
+    // ... and its return is told (once a stream reaches it: by then it may be let
+    // go again, unused for `recent_secs`, and is known down all the same).
+    used_source.up();
+    crate::users::wait_for_echo(taddr, b"back");
+    rx.wait("the used source's up alert", |r| r.len() >= 3);
+    let last = &rx.received()[2].body;
+    assert_eq!(
+        (&last["event"], &last["subject"]["target"]),
+        (&serde_json::json!("source_up"), &serde_json::json!(used))
+    );
 }
 
 /// An alert whose receiver does not answer is pending while traffic goes on: every
