@@ -49,6 +49,9 @@ pub enum Event {
     RouterLost,
     /// Its router link is up again.
     RouterBack,
+    /// The tunnel stopped while a router link it had reported lost was still down:
+    /// nothing watches that link any more, and no `RouterBack` will follow.
+    TunnelStopped,
     /// A subject changes state too often; its alerts are paused.
     Flapping,
 }
@@ -63,6 +66,7 @@ impl Event {
             Event::ClientBack => "client_back",
             Event::RouterLost => "router_lost",
             Event::RouterBack => "router_back",
+            Event::TunnelStopped => "tunnel_stopped",
             Event::Flapping => "flapping",
         }
     }
@@ -74,6 +78,7 @@ impl Event {
             Event::SourceUp => "up",
             Event::ClientLost | Event::RouterLost => "lost",
             Event::ClientBack | Event::RouterBack => "connected",
+            Event::TunnelStopped => "stopped",
             Event::Flapping => "flapping",
         }
     }
@@ -82,7 +87,9 @@ impl Event {
         match self {
             Event::SourceDown | Event::ClientLost | Event::RouterLost => "critical",
             Event::Flapping => "warning",
-            Event::SourceUp | Event::ClientBack | Event::RouterBack => "resolved",
+            Event::SourceUp | Event::ClientBack | Event::RouterBack | Event::TunnelStopped => {
+                "resolved"
+            }
         }
     }
 
@@ -91,6 +98,7 @@ impl Event {
             Event::SourceDown | Event::ClientLost | Event::RouterLost => ":red_circle:",
             Event::Flapping => ":warning:",
             Event::SourceUp | Event::ClientBack | Event::RouterBack => ":large_green_circle:",
+            Event::TunnelStopped => ":white_circle:",
         }
     }
 }

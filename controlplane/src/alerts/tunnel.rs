@@ -168,6 +168,32 @@ impl LinkWatch {
         }
     }
 
+    /// The tunnel stops: a `router_lost` sent for this link is ended by a
+    /// `tunnel_stopped` (nothing watches the link any more).
+    fn on_stop(&self, now: Instant) -> Option<(Event, String)> {
+        let Phase::Down {
+            since,
+            alerted: true,
+            ..
+        } = &self.phase
+        else {
+            return None;
+        };
+        let link = match &self.router {
+            None => "router link".to_owned(),
+            Some(router) => format!("link to router {router}"),
+        };
+        Some((
+            Event::TunnelStopped,
+            format!(
+                "tunnel {:?} stopped while its {link} was lost (for {}): nothing watches that \
+                 link any more, so no router_back will follow",
+                self.tunnel,
+                rounded(now.saturating_duration_since(*since))
+            ),
+        ))
+    }
+
     /// When [`Self::on_deadline`] has something to send.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.phase {
@@ -284,6 +310,13 @@ impl Links {
     /// When [`Self::on_deadline`] has something to send.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.watches.iter().filter_map(LinkWatch::deadline).min()
+    }
+
+    /// The tunnel stops: `tunnel_stopped` for each router reported lost.
+    pub(crate) fn on_stop(&self, now: Instant) -> Vec<Said> {
+        (self.watches.iter().enumerate())
+            .filter_map(|(i, w)| w.on_stop(now).map(|(e, m)| (e, self.about(i), m)))
+            .collect()
     }
 
     /// Time passed: `router_lost` for each router down long enough.
@@ -409,6 +442,16 @@ async fn run(
             }
             _ = &mut stop => {
                 emit(&mut flap, take_in(&mut watch, &mut links));
+                // The last word on each link still lost, past the flapping guard:
+                // nothing would ever send what it held back.
+                for (event, routers, message) in watch.on_stop(Instant::now()) {
+                    alerter.send(&Alert {
+                        event,
+                        subject: Subject::Router { routers },
+                        message,
+                        at: SystemTime::now(),
+                    });
+                }
                 break;
             }
         }

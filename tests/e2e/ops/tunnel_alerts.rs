@@ -160,6 +160,34 @@ fn a_background_tunnel_whose_router_never_answers_reports_it_without_showing_the
             "the webhook's token is in {what}:\n{text}"
         );
     }
+
+    // Stopped while its link is lost: the alert is ended, as no router_back will be.
+    assert_eq!(
+        home.ok(&["kill", "--tunnel", "edge"]),
+        format!(
+            "stopped tunnel \"edge\" ({})\n",
+            list[0]["id"].as_str().unwrap()
+        )
+    );
+    let got = rx.wait("a tunnel_stopped alert", |r| r.len() >= 2);
+    let b = &got[1].body;
+    assert_eq!(
+        (&b["event"], &b["state"], &b["severity"]),
+        (
+            &json!("tunnel_stopped"),
+            &json!("stopped"),
+            &json!("resolved")
+        )
+    );
+    assert_eq!(b["subject"], json!({"kind": "router", "routers": [router]}));
+    let msg = b["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("tunnel \"edge\" stopped while its router link was lost (for ")
+            && msg
+                .ends_with("): nothing watches that link any more, so no router_back will follow"),
+        "{msg}"
+    );
+    assert_eq!(alert_events(&rx, HOOK), ["router_lost", "tunnel_stopped"]);
 }
 
 #[test]
