@@ -39,8 +39,10 @@ const FIRST_WAIT: Duration = Duration::from_secs(1);
 const LONGEST_WAIT: Duration = Duration::from_secs(30);
 
 /// The wait before checking again a router that refused this tunnel: its operator
-/// must act first, and each refusal is a warning in its log.
-const REFUSED_WAIT: Duration = Duration::from_secs(300);
+/// must act first, and each refusal is a warning in its log; but once they have,
+/// `status` and `health` should stop naming the refusal within about a minute
+/// (they go on failing until then).
+const REFUSED_WAIT: Duration = Duration::from_secs(60);
 
 /// About how often (with jitter) the port of a router on standby is tried.
 pub(super) const WATCH_EVERY: Duration = Duration::from_secs(10);
