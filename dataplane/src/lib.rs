@@ -132,14 +132,34 @@ pub fn source_members(target: &str) -> impl Iterator<Item = &str> {
     target.split(',').map(str::trim).filter(|m| !m.is_empty())
 }
 
-/// `target` as the router keeps it (in its logs, connection table and breaker):
-/// its members trimmed and joined by bare commas, so that spacing cannot make one
-/// source look like many.
+/// `target` as the router keeps it (in its logs, connection table, breaker and
+/// health checks): its members trimmed and joined by bare commas, each address in
+/// its usual form (`[::1]:80`, not `[0:0::1]:080`) and each name in lower case with
+/// a plain port, so that spacing, case or the spelling of a port cannot make one
+/// source look like many (a numeric name such as `127.1` still counts apart from
+/// `127.0.0.1`: it is a name to the router, resolved when opened).
 pub fn canonical_target(target: String) -> String {
-    if source_members(&target).eq(target.split(',')) {
-        return target;
+    let member = |m: &str| -> String {
+        if let Ok(addr) = m.parse::<SocketAddr>() {
+            return addr.to_string();
+        }
+        match m.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) => format!("{}:{port}", host.to_ascii_lowercase()),
+                Err(_) => m.to_owned(),
+            },
+            None => m.to_owned(),
+        }
+    };
+    let canonical = source_members(&target)
+        .map(member)
+        .collect::<Vec<_>>()
+        .join(",");
+    if canonical == target {
+        target
+    } else {
+        canonical
     }
-    source_members(&target).collect::<Vec<_>>().join(",")
 }
 
 /// How a source is reached: by a TCP stream or by a UDP flow.
@@ -755,6 +775,16 @@ mod tests {
         assert_eq!(c("a:1 , ,b:2\t"), "a:1,b:2");
         assert_eq!(c("a:1,b:2"), "a:1,b:2");
         assert_eq!(c(" , "), "");
+        // One source, however it is spelled.
+        assert_eq!(c("10.0.0.5:080"), "10.0.0.5:80");
+        assert_eq!(c("10.0.0.5:+80"), "10.0.0.5:80");
+        assert_eq!(c("[0:0::1]:0053"), "[::1]:53");
+        assert_eq!(
+            c("DB.Example:+5432,db.example:05432"),
+            "db.example:5432,db.example:5432"
+        );
+        // What is not HOST:PORT is left to the policy to refuse.
+        assert_eq!(c("db.example:http"), "db.example:http");
     }
 
     #[test]
