@@ -160,7 +160,17 @@ impl FromStr for Rule {
         let host = if host == "*" {
             Host::Any
         } else if let Ok(net) = host.parse::<IpNet>() {
-            Host::Net(canonical_net(net.trunc()))
+            // `10.2.0.5/8` typed for one host would admit the whole block.
+            if net.trunc() != net {
+                return Err(bad(&format!(
+                    "{net} has bits set past its /{}: write {} for the whole block, or {} \
+                     for that host alone",
+                    net.prefix_len(),
+                    net.trunc(),
+                    net.addr()
+                )));
+            }
+            Host::Net(canonical_net(net))
         } else if let Ok(ip) = host.parse::<IpAddr>() {
             Host::Net(IpNet::from(canonical(ip)))
         } else if !host.is_empty()

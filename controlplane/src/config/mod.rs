@@ -71,8 +71,19 @@ pub use validate::{
 /// IPv6 with or without brackets.
 pub fn allow_from_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(net) = s.parse::<ipnet::IpNet>()
+        && net.trunc() != net
+    {
+        // `192.0.2.7/8` typed for one host would let in the whole block.
+        return Err(format!(
+            "{net} has bits set past its /{}: write {} for the whole block, or {} for that \
+             host alone",
+            net.prefix_len(),
+            net.trunc(),
+            net.addr()
+        ));
+    }
     s.parse::<ipnet::IpNet>()
-        .map(|n| n.trunc())
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map(ipv4_of_mapped)
         .map_err(|_| {

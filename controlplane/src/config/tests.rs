@@ -798,5 +798,14 @@ fn mapped_allow_from_entries_are_their_ipv4_blocks() {
     assert_eq!(net("::ffff:0.0.0.0/96"), "0.0.0.0/0");
     // A wider block reaches beyond the mapped addresses: kept as it is.
     assert_eq!(net("::/64"), "::/64");
+    // A host's address with a block's length is refused, not widened.
+    assert_eq!(
+        super::allow_from_net("192.0.2.7/8"),
+        Err(
+            "192.0.2.7/8 has bits set past its /8: write 192.0.0.0/8 for the whole block, \
+             or 192.0.2.7 for that host alone"
+                .to_owned()
+        )
+    );
     assert_eq!(net("2001:db8::1"), "2001:db8::1/128");
 }

@@ -80,9 +80,27 @@ fn ipv4_mapped_rules_are_the_ipv4_rules_they_map() {
     // The whole mapped range is every IPv4 address; a shorter prefix is IPv6's.
     let every = AllowList::parse(&["[::ffff:0:0/96]:80"]).unwrap();
     assert!(every.check(caller, "192.0.2.1:80", no_dns).is_ok());
-    let v6 = AllowList::parse(&["[::ffff:0:0/95]:80"]).unwrap();
+    let v6 = AllowList::parse(&["[::fffe:0:0/95]:80"]).unwrap();
     assert!(v6.check(caller, "192.0.2.1:80", no_dns).is_err());
     assert!(v6.check(caller, "[::fffe:0:1]:80", no_dns).is_ok());
+}
+
+/// A block written with a host's address (`10.2.0.5/8`, typed for that one host)
+/// is refused, naming both readings, rather than widened to the whole block.
+#[test]
+fn a_block_with_host_bits_set_is_refused() {
+    let err = AllowList::parse(&["10.2.0.5/8:80"]).unwrap_err();
+    assert_eq!(
+        err,
+        [
+            "invalid allow rule \"10.2.0.5/8:80\": 10.2.0.5/8 has bits set past its /8: write \
+          10.0.0.0/8 for the whole block, or 10.2.0.5 for that host alone; expected \
+          HOST:PORT such as 10.2.0.2:8080, 10.2.0.0/24:5432, db.internal:5432, [::1]:80, \
+          *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT)"
+        ]
+    );
+    assert!(AllowList::parse(&["10.0.0.0/8:80", "[fd00::/64]:80"]).is_ok());
+    assert!(AllowList::parse(&["[fd00::1/64]:80"]).is_err());
 }
 
 /// The rule a refusal offers is in the form rules are matched in: a mapped
