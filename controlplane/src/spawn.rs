@@ -189,8 +189,11 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
                 // The child has its own process group: Ctrl-C reached only this one.
                 let _ = child.kill();
                 let _ = child.wait();
-                // Reading the registry sweeps the entry of the process just ended.
-                let _swept = Registry::new(&l.home).entries();
+                // Reading the registry sweeps the entry of the process just ended,
+                // which was stopped, not found dead.
+                let registry = Registry::new(&l.home);
+                let _swept = registry.entries();
+                registry.forget_died(&l.name);
                 previous.settle();
                 // Its log stays: why it had not come up yet may be in it.
                 return Err(Error::Launch {
@@ -249,8 +252,11 @@ pub fn launch(l: Launch) -> Result<Launched, Error> {
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                // Reading the registry sweeps the entry of the process just ended.
-                let _swept = Registry::new(&l.home).entries();
+                // Reading the registry sweeps the entry of the process just ended,
+                // which was stopped, not found dead.
+                let registry = Registry::new(&l.home);
+                let _swept = registry.entries();
+                registry.forget_died(&l.name);
                 previous.settle();
                 let waited = started.elapsed().as_secs();
                 let message = if addr.is_some() {

@@ -698,4 +698,7 @@ fn up_interrupted_while_launching_starts_no_more_tunnels() {
         "{err}"
     );
     assert!(list(&home).is_empty(), "{:?}", list(&home));
+    // Stopped, not dead: nothing is left for `health` to report.
+    assert_eq!(home.ok(&["health"]), "no tunnels running\n");
+    assert_eq!(home.ok(&["status"]), "no tunnels running\n");
 }
