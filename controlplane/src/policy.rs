@@ -425,6 +425,16 @@ impl AllowList {
         names
     }
 
+    /// Whether a rule names `target`'s host (`NAME:PORT`) for its port: every address
+    /// it resolves to is then admitted, as when a stream opens it.
+    pub fn names_host(&self, target: &str) -> bool {
+        let Some((host, port)) = target.rsplit_once(':') else {
+            return false;
+        };
+        port.parse::<u16>()
+            .is_ok_and(|port| self.rules.iter().any(|r| r.allows_name(host, port)))
+    }
+
     /// Whether some client could be allowed to open `target` (`HOST:PORT`) under some
     /// rule, without resolving names: a name counts when a rule names it, or when an
     /// address rule covers its port (what it resolves to is checked when it is opened).

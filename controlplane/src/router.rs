@@ -218,8 +218,13 @@ impl Router {
                 bandwidth: conduit_dataplane::ratelimit::PerClient::new(s.bandwidth).map(Arc::new),
             },
         )?);
-        let monitor = Monitor::start(s.health.clone(), &s.alerts, dp.clone())
-            .map_err(|e| Error::Config(format!("cannot set up alerts: {e}")))?;
+        let monitor = Monitor::start(
+            s.health.clone(),
+            &s.alerts,
+            dp.clone(),
+            Some(s.policy.clone()),
+        )
+        .map_err(|e| Error::Config(format!("cannot set up alerts: {e}")))?;
         let _ = health.set(Arc::downgrade(&monitor));
         let counters = Arc::new(Counters::default());
         let mut api_addr = None;

@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Protocol;
+use crate::policy::AllowList;
 
 /// How sources are probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,20 +342,101 @@ pub async fn probe(
     timeout: Duration,
     udp: &UdpProbe,
 ) -> Result<Option<Duration>, ProbeError> {
+    probe_admitted(target, protocol, timeout, udp, None).await
+}
+
+/// [`probe`], reaching only the addresses `allow` admits (when given): a source
+/// learned from a client's stream is a name that may resolve elsewhere by the
+/// time it is probed, and the router connects nowhere its rules refuse.
+pub async fn probe_admitted(
+    target: &str,
+    protocol: Protocol,
+    timeout: Duration,
+    udp: &UdpProbe,
+    allow: Option<&AllowList>,
+) -> Result<Option<Duration>, ProbeError> {
     match protocol {
-        Protocol::Tcp => probe_tcp(target, timeout).await.map(Some),
-        Protocol::Udp => probe_udp(target, timeout, udp).await,
+        Protocol::Tcp => probe_tcp(target, timeout, allow).await.map(Some),
+        Protocol::Udp => probe_udp(target, timeout, udp, allow).await,
     }
 }
 
-/// Resolves `target` and connects to each address until one accepts, all within
-/// `timeout`. The connection is closed at once.
-async fn probe_tcp(target: &str, timeout: Duration) -> Result<Duration, ProbeError> {
-    let start = Instant::now();
-    match crate::wire::connect(target, timeout).await {
-        Ok(_) => Ok(start.elapsed()),
-        Err(e) => Err(ProbeError::from_io(&e)),
+/// The addresses `target` resolved to that `allow` admits (all of them with no
+/// list); an error when it admits none.
+fn admitted(
+    target: &str,
+    addrs: Vec<std::net::SocketAddr>,
+    allow: Option<&AllowList>,
+) -> Result<Vec<std::net::SocketAddr>, String> {
+    let Some(allow) = allow.filter(|a| !a.names_host(target)) else {
+        // No rules to keep to, or one names the host: all it resolves to is allowed.
+        return Ok(addrs);
+    };
+    let (ok, refused): (Vec<_>, Vec<_>) =
+        (addrs.into_iter()).partition(|a| allow.could_allow(&canonical_addr(*a).to_string()));
+    if ok.is_empty() && !refused.is_empty() {
+        let each: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "{target} resolves to {} now, which no allow rule admits: not probed (the \
+             router connects only where its rules allow)",
+            each.join(", ")
+        ));
     }
+    Ok(ok)
+}
+
+/// An IPv4-mapped address as its IPv4 one, as the rules read it.
+fn canonical_addr(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => (v4, v6.port()).into(),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Resolves `target` and connects to each address (that `allow` admits) until one
+/// accepts, all within `timeout`. The connection is closed at once.
+async fn probe_tcp(
+    target: &str,
+    timeout: Duration,
+    allow: Option<&AllowList>,
+) -> Result<Duration, ProbeError> {
+    let start = Instant::now();
+    if allow.is_none() {
+        return match crate::wire::connect(target, timeout).await {
+            Ok(_) => Ok(start.elapsed()),
+            Err(e) => Err(ProbeError::from_io(&e)),
+        };
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout_at(deadline, tokio::net::lookup_host(target)).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => return Err(ProbeError::Source(format!("cannot resolve {target}: {e}"))),
+            Err(_) => {
+                return Err(ProbeError::Source(format!(
+                    "resolving {target} took over {timeout:?}"
+                )));
+            }
+        };
+    let addrs = admitted(target, addrs, allow).map_err(ProbeError::Source)?;
+    let mut last = ProbeError::Source(format!("{target} resolves to no address"));
+    for addr in addrs {
+        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => return Ok(start.elapsed()),
+            Ok(Err(e)) => last = ProbeError::from_io(&e),
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    crate::wire::NoAnswer(timeout),
+                );
+                return Err(ProbeError::from_io(&e));
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Resolves `target` and sends each address `how`'s datagram, waiting up to
@@ -364,8 +446,9 @@ async fn probe_udp(
     target: &str,
     timeout: Duration,
     how: &UdpProbe,
+    allow: Option<&AllowList>,
 ) -> Result<Option<Duration>, ProbeError> {
-    probe_udp_addrs(target, timeout, how)
+    probe_udp_addrs(target, timeout, how, allow)
         .await
         .map_err(|(e, local)| {
             if local {
@@ -381,6 +464,7 @@ async fn probe_udp_addrs(
     target: &str,
     timeout: Duration,
     how: &UdpProbe,
+    allow: Option<&AllowList>,
 ) -> Result<Option<Duration>, (String, bool)> {
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -390,6 +474,7 @@ async fn probe_udp_addrs(
             Ok(Err(e)) => return Err((format!("cannot resolve {target}: {e}"), false)),
             Err(_) => return Err((format!("resolving {target} took over {timeout:?}"), false)),
         };
+    let addrs = admitted(target, addrs, allow).map_err(|e| (e, false))?;
     let mut last = format!("{target} resolves to no address");
     for addr in addrs {
         let unspecified: std::net::SocketAddr = if addr.is_ipv4() {
@@ -445,6 +530,46 @@ async fn probe_udp_addrs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source learned from a stream is probed only at the addresses the router's
+    /// rules admit: a name that resolves elsewhere since (DNS rebinding) is not
+    /// followed there.
+    #[test]
+    fn probes_reach_only_admitted_addresses() {
+        let allow = AllowList::parse(&["127.0.0.7:80", "[::1]:80", "db.internal:80"]).unwrap();
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let both = vec![a("127.0.0.1:80"), a("127.0.0.7:80")];
+        assert_eq!(
+            admitted("db:80", both.clone(), Some(&allow)),
+            Ok(vec![a("127.0.0.7:80")])
+        );
+        assert_eq!(
+            admitted("db:80", both.clone(), None).map(|v| v.len()),
+            Ok(2)
+        );
+        // A rule naming the host admits whatever it resolves to, as for a stream.
+        assert_eq!(
+            admitted("db.internal:80", both, Some(&allow)).map(|v| v.len()),
+            Ok(2)
+        );
+        // Mapped IPv4 addresses are read as the rules read them.
+        assert_eq!(
+            admitted("db:80", vec![a("[::ffff:127.0.0.7]:80")], Some(&allow)).map(|v| v.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            admitted(
+                "db:80",
+                vec![a("127.0.0.1:80"), a("10.0.0.1:80")],
+                Some(&allow)
+            ),
+            Err(
+                "db:80 resolves to 127.0.0.1:80, 10.0.0.1:80 now, which no allow rule admits: \
+                 not probed (the router connects only where its rules allow)"
+                    .to_owned()
+            )
+        );
+    }
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)

@@ -32,12 +32,13 @@ use tracing::{info, warn};
 
 pub use health::{
     HealthSettings, ProbeError, SourceChange, SourceHealth, SourceState, SourceView, UdpProbe,
-    probe,
+    probe, probe_admitted,
 };
 pub use links::{LinkChange, LinkState, LinkView, Links, Started};
 
 use crate::alerts::{Alert, AlertSettings, Alerter, Event, FlapGuard, Subject};
 use crate::config::Protocol;
+use crate::policy::AllowList;
 
 /// What the API and metrics read: every link and every probed source.
 #[derive(Debug, Clone, Default)]
@@ -81,10 +82,13 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts the monitor task; it stops when the last handle is dropped.
+    /// `allow`: the router's allow rules, which the sources learned from streams
+    /// are probed within (those listed in `health.sources` are the operator's).
     pub fn start(
         health: HealthSettings,
         alerts: &AlertSettings,
         dp: Arc<DataPlane>,
+        allow: Option<AllowList>,
     ) -> Result<Arc<Self>, String> {
         let alerter = Arc::new(Alerter::start(alerts)?);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -98,6 +102,7 @@ impl Monitor {
             sources: HashMap::new(),
             in_flight: HashSet::new(),
             left_down: HashMap::new(),
+            allow: allow.map(Arc::new),
             view: view_tx,
             said_local: None,
             beats_unpublished: false,
@@ -198,6 +203,9 @@ struct Task {
     /// failed probe raises no second `source_down` (its receiver holds the first),
     /// nor counts as a change of state towards flapping.
     left_down: HashMap<Source, SystemTime>,
+    /// The router's allow rules: a source learned from a stream is probed only at
+    /// the addresses they admit.
+    allow: Option<Arc<AllowList>>,
     view: watch::Sender<Arc<View>>,
     /// When a probe the router could not make was last logged.
     said_local: Option<Instant>,
@@ -378,8 +386,12 @@ impl Task {
             if self.in_flight.insert(source.clone()) {
                 let timeout = self.settings.timeout;
                 let how = self.settings.udp_probe(&source.0);
+                // Listed by the operator: probed wherever it leads.
+                let listed = self.settings.sources.contains(&source.0);
+                let allow = self.allow.clone().filter(|_| !listed);
                 probes.spawn(async move {
-                    let r = probe(&source.0, source.1, timeout, &how).await;
+                    let r =
+                        probe_admitted(&source.0, source.1, timeout, &how, allow.as_deref()).await;
                     (source, r)
                 });
             }
