@@ -453,6 +453,7 @@ fn service_file(
                 .any(|p| (1..1024).contains(p)),
             env_vars: env,
             writes,
+            reads: Vec::new(),
             drain: c.performance.drain_timeout(),
         },
     )

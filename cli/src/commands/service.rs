@@ -32,6 +32,9 @@ pub(crate) struct Tunnel<'a> {
     /// rotates beside it): their directories are made writable where the service is
     /// sandboxed.
     pub(crate) writes: Vec<PathBuf>,
+    /// Files it only reads that its arguments do not name (a configuration file's
+    /// pinned `.pub` files): where they lie shapes the sandbox.
+    pub(crate) reads: Vec<PathBuf>,
     /// How long it drains open connections when stopped.
     pub(crate) drain: std::time::Duration,
 }
@@ -235,6 +238,9 @@ pub(crate) fn emit(
         env_required: t.env_vars.clone(),
         privileged_port: t.privileged_port,
         writable: directories(&t.writes)?,
+        reads: (t.reads.iter())
+            .map(|p| absolute(p))
+            .collect::<Result<_>>()?,
         drain: t.drain,
     };
     let text = service::render(kind, &spec)?;

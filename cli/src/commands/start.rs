@@ -525,6 +525,8 @@ fn service_file(home: &Home, a: &StartArgs, log: &LogArgs, kind: ServiceKind) ->
                 .into_iter()
                 .chain(log.log_file.clone())
                 .collect(),
+            // Its pinned `.pub` files are among its arguments.
+            reads: Vec::new(),
             drain: std::time::Duration::from_secs(a.drain_timeout),
         },
     )

@@ -533,6 +533,12 @@ fn service_file(
                 .map(|t| t.private_key_path.clone())
                 .chain(log.log_file.clone().or_else(|| plan.logging.file.clone()))
                 .collect(),
+            // The routers' pinned keys given as `.pub` files.
+            reads: (plan.tunnels.iter())
+                .flat_map(|t| &t.router_key_specs)
+                .filter(|spec| !spec.starts_with("ed25519:"))
+                .map(std::path::PathBuf::from)
+                .collect(),
             // The tunnels drain side by side: the longest drain is the stop's.
             drain: (plan.tunnels.iter())
                 .map(|t| t.performance.drain_timeout())

@@ -115,6 +115,11 @@ pub struct ServiceSpec {
     /// key file's that rotates, an authorized-clients file's): absolute. Where the
     /// format sandboxes the service (systemd), they are made writable.
     pub writable: Vec<PathBuf>,
+    /// Files the service only reads that its arguments do not name (those a
+    /// configuration file names, such as a router's pinned `.pub` file): absolute.
+    /// With [`Self::writable`] and the arguments, where they lie decides whether a
+    /// sandbox may hide home directories or /tmp from the service (systemd).
+    pub reads: Vec<PathBuf>,
     /// How long the service drains its open connections when stopped: the init
     /// system waits that long and [`STOP_MARGIN`] more before it kills it (its own
     /// default would cut the drain short: 5 s for OpenRC, about 20 s for launchd).

@@ -62,11 +62,12 @@ fn under_tmp_dirs(path: &Path) -> bool {
 }
 
 /// True when the tunnel needs something under the directories `under` picks: its
-/// binary, its CONDUIT_HOME, or a path among its arguments (`/home/…` or
-/// `--flag=/home/…`).
+/// binary, its CONDUIT_HOME, a path among its arguments (`/home/…` or
+/// `--flag=/home/…`), or a file its configuration names, read or written.
 fn uses(spec: &ServiceSpec, under: fn(&Path) -> bool) -> bool {
     under(&spec.home)
         || under(&spec.binary)
+        || spec.writable.iter().chain(&spec.reads).any(|p| under(p))
         || spec.args.iter().any(|a| {
             let value = a.split_once('=').map_or(a.as_str(), |(_, v)| v);
             under(Path::new(a)) || under(Path::new(value))
@@ -247,6 +248,16 @@ mod tests {
         assert!(render(&spec).unwrap().contains("\nProtectHome=yes\n"));
         spec.args.push("--key=/root/client.key".into());
         assert!(render(&spec).unwrap().contains("\nProtectHome=read-only\n"));
+
+        // So must the files a configuration file names, written or only read.
+        let mut spec = sample_spec();
+        spec.writable = vec!["/home/ana/keys".into()];
+        assert!(render(&spec).unwrap().contains("\nProtectHome=read-only\n"));
+        let mut spec = sample_spec();
+        spec.reads = vec!["/home/ana/router.pub".into()];
+        assert!(render(&spec).unwrap().contains("\nProtectHome=read-only\n"));
+        spec.reads = vec!["/tmp/router.pub".into()];
+        assert!(render(&spec).unwrap().contains("\nPrivateTmp=no\n"));
     }
 
     #[test]

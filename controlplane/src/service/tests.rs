@@ -36,6 +36,7 @@ pub(super) fn sample_spec() -> ServiceSpec {
         env_required: Vec::new(),
         privileged_port: true,
         writable: Vec::new(),
+        reads: Vec::new(),
         drain: std::time::Duration::from_secs(30),
     }
 }
