@@ -139,8 +139,7 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
          RestartSec={RESTART_SEC}s\n\
          # A usage or configuration error (exit 64) needs fixing, not restarting.\n\
          RestartPreventExitStatus=64\n\
-         # A stop signals the main process alone, which stops its own tunnels once each\n\
-         # (they drain); systemd kills whatever is left after it exits.\n\
+         {stopping}\
          KillMode=mixed\n\
          # Its drain, then time to exit, before systemd kills it.\n\
          TimeoutStopSec={stop}s\n\
@@ -181,6 +180,13 @@ pub(super) fn render(spec: &ServiceSpec) -> Result<String, Error> {
             "yes"
         },
         stop = spec.stop_secs(),
+        stopping = if spec.args.first().is_some_and(|a| a == "router") {
+            "# A stop signals the router alone, which drains its streams; systemd kills\n\
+             # whatever is left after it exits.\n"
+        } else {
+            "# A stop signals the main process alone, which stops its own tunnels once each\n\
+             # (they drain); systemd kills whatever is left after it exits.\n"
+        },
         rw = std::iter::once(word(home, false))
             // '-': a directory that is missing is skipped rather than failing the start.
             .chain(
