@@ -33,7 +33,7 @@ class Conduit < Formula
         echo 'ed25519:… laptop' >> #{var}/conduit/authorized_clients  # each client's `conduit init` line
         chmod 600 #{var}/conduit/authorized_clients
         cp #{opt_pkgshare}/router.example.toml #{etc}/conduit/router.toml  # then edit allow = [...]
-        conduit config validate --router -f #{etc}/conduit/router.toml
+        CONDUIT_HOME=#{var}/conduit conduit config validate --router -f #{etc}/conduit/router.toml
     EOS
   end
 
