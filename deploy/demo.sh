@@ -89,7 +89,7 @@ PY
 pids+=($!)
 
 echo "== 3. the router (allowed to reach only those two sources)"
-"$bin" router --bind 127.0.0.1:0 --allow "127.0.0.1:$src" --allow "127.0.0.1:$usrc" \
+"$bin" router --bind "127.0.0.1:$(free_port)" --allow "127.0.0.1:$src" --allow "127.0.0.1:$usrc" \
   >"$work/router.out" 2>"$work/router.log" &
 pids+=($!)
 wait_for "$work/router.out" "router listening on"
