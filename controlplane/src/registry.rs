@@ -184,19 +184,7 @@ impl Registry {
     /// Writes (or replaces) an entry atomically.
     pub fn write(&self, e: &Entry) -> Result<(), Error> {
         Home::ensure_private_dir(&self.dir)?;
-        let path = self.path(&e.tunnel_id);
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", e.tunnel_id, std::process::id()));
-        let json = serde_json::to_vec_pretty(e)
-            .map_err(|err| Error::Config(format!("cannot encode registry entry: {err}")))?;
-        let io = |source| Error::File {
-            what: "cannot write registry entry",
-            path: path.clone(),
-            source,
-        };
-        std::fs::write(&tmp, json).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        write_atomically(&self.path(&e.tunnel_id), e, "cannot write registry entry")
     }
 
     /// Whether the registry holds entry `e` as written (its file there and readable,
@@ -441,17 +429,11 @@ impl Registry {
     /// Says (atomically) that tunnel `w.name` waits to be started again.
     pub fn write_waiting(&self, w: &Waiting) -> Result<(), Error> {
         Home::ensure_private_dir(&self.run)?;
-        let path = self.waiting_path(&w.name);
-        let tmp = (self.run).join(format!(".{}.{}.waiting.tmp", w.name, std::process::id()));
-        let json = serde_json::to_vec_pretty(w)
-            .map_err(|err| Error::Config(format!("cannot encode a waiting tunnel: {err}")))?;
-        let io = |source| Error::File {
-            what: "cannot say that a tunnel waits to start again",
-            path: path.clone(),
-            source,
-        };
-        std::fs::write(&tmp, json).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        write_atomically(
+            &self.waiting_path(&w.name),
+            w,
+            "cannot say that a tunnel waits to start again",
+        )
     }
 
     /// Whether tunnel `name` still waits to be started again: false once a `kill`
@@ -534,13 +516,7 @@ impl Registry {
             config: e.config.clone(),
             found_at: now_rfc3339(),
         };
-        let Ok(json) = serde_json::to_vec_pretty(&died) else {
-            return;
-        };
-        let tmp = (self.run).join(format!(".{}.{}.died.tmp", e.name, std::process::id()));
-        if std::fs::write(&tmp, json).is_ok() {
-            let _ = std::fs::rename(&tmp, self.died_path(&e.name));
-        }
+        let _ = write_atomically(&self.died_path(&e.name), &died, "cannot note a death");
     }
 
     /// The tunnels that died (see [`Died`]), by name, but for those of a name that
@@ -586,6 +562,22 @@ impl Registry {
             let _ = std::fs::remove_file(self.died_path(name));
         }
     }
+}
+
+/// Writes `value` as JSON to `path` atomically: to a file beside it (named after it
+/// and this process, hidden), then renamed over it, so no reader sees half of it.
+fn write_atomically(path: &Path, value: &impl Serialize, what: &'static str) -> Result<(), Error> {
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|err| Error::Config(format!("{what}: cannot encode it: {err}")))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let io = |source| Error::File {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::write(&tmp, json).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The most of an entry read: entries are a few hundred bytes.
