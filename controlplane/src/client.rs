@@ -415,8 +415,8 @@ impl ClientTunnel {
         .map_err(|e| Error::Config(format!("cannot use the client key: {e}")))?;
         let pins = pin_files(&s.router_key_specs, routers.len())?;
         let key_rotation = s.key_rotation;
-        let link = Arc::new(LinkState::new(routers.len()));
         let workers = s.dataplane.worker_count();
+        let link = Arc::new(LinkState::for_cores(routers.len(), workers));
         let pool_size = pool_within_limit(&s.name, s.pool_size, workers);
         let keep_idle = crate::limits::nofile().map_or(s.pool_size.max(1) * 4, |(soft, _)| {
             crate::limits::idle_within(s.pool_size, workers, soft)
@@ -667,15 +667,15 @@ impl Shared {
     }
 
     /// A slot for core `core`'s next data channel, on the router in use; or,
-    /// balancing, on the router whose link is up with the fewest channels (ties in
-    /// turn). `None` while that link (every link) is down.
+    /// balancing, on the router whose link is up with the fewest channels of that
+    /// core, then of all (ties in turn). `None` while that link (every link) is down.
     fn pick(&self, core: usize) -> Option<ChannelSlot> {
         if !self.balance {
             let at = self.at();
             return self.link.is_up_at(at).then(|| self.link.reserve(at));
         }
         let start = self.next_pick[core % self.next_pick.len()].fetch_add(1, Ordering::Relaxed);
-        self.link.reserve_least_loaded(start)
+        self.link.reserve_least_loaded(core, start)
     }
 
     /// Sets router `index`'s link state, one router at a time (see

@@ -55,6 +55,31 @@ impl Pool {
         (pool_size + self.waiters.len()).saturating_sub(self.idle.len() + self.requested)
     }
 
+    /// Keeps `ch` idle if the pool holds fewer than `keep`; else in place of an idle
+    /// channel of the router with the most of them here, where that is at least two
+    /// more than `ch`'s router has (routers that share users share the pool, or a
+    /// user who makes one connection at a time would find only one router's channels
+    /// left, as each channel given back finds the pool full). `front` puts it first
+    /// (one just given back: its socket is the warmest). Returns the channel to
+    /// close, if any.
+    fn admit(&mut self, ch: Link, keep: usize, front: bool) -> Option<Link> {
+        let evicted = if self.idle.len() < keep {
+            None
+        } else {
+            let routers: Vec<usize> = self.idle.iter().map(|c| c.epoch().router).collect();
+            match crowded(&routers, ch.epoch().router) {
+                Some(at) => self.idle.remove(at),
+                None => return Some(ch),
+            }
+        };
+        if front {
+            self.idle.push_front(ch);
+        } else {
+            self.idle.push_back(ch);
+        }
+        evicted
+    }
+
     /// Gives `ch` to the longest-waiting user still waiting; returns it if none is.
     fn hand_to_waiter(&mut self, mut ch: Link) -> Option<Link> {
         while let Some(waiter) = self.waiters.pop_front() {
@@ -319,13 +344,14 @@ impl ClientCore {
                 return;
             }
         };
-        if self.core.stopping.get() || pool.idle.len() >= self.keep_idle() {
-            // Asked for a user who has gone: more idle channels than the pool keeps
-            // would only hold descriptors the listener needs.
+        if self.core.stopping.get() {
             return;
         }
-        pool.idle.push_back(ch);
+        // Asked for a user who has gone, or to mix the pool: more idle channels than
+        // the pool keeps would only hold descriptors the listener needs.
+        let closed = pool.admit(ch, self.keep_idle(), false);
         drop(pool);
+        drop(closed);
         self.publish();
     }
 
@@ -587,9 +613,6 @@ impl ClientCore {
     /// Puts a channel that finished a stream cleanly back in the pool.
     fn reuse(&self, ch: Link) {
         let mut pool = self.pool.borrow_mut();
-        if pool.idle.len() >= self.keep_idle() {
-            return; // plenty idle already; let this one close
-        }
         let Some(mut ch) = pool.hand_to_waiter(ch) else {
             return;
         };
@@ -597,10 +620,29 @@ impl ClientCore {
             Link::Tls(c) => c.idle_since = Instant::now(),
             Link::Plain(c) => c.idle_since = Instant::now(),
         }
-        pool.idle.push_front(ch);
+        // Plenty idle already: this one (or one of a crowded router) closes.
+        let closed = pool.admit(ch, self.keep_idle(), true);
         drop(pool);
+        drop(closed);
         self.publish();
     }
+}
+
+/// Where a full pool whose idle channels belong to `idle` (their routers, in pool
+/// order) should make room for a channel of router `arriving`: the last idle channel
+/// of the router with the most of them (of routers tied, the lowest-numbered), if it has
+/// at least two more than `arriving`; `None` when the arriving one should go
+/// instead.
+fn crowded(idle: &[usize], arriving: usize) -> Option<usize> {
+    let count = |router: usize| idle.iter().filter(|&&r| r == router).count();
+    let most = idle
+        .iter()
+        .copied()
+        .max_by_key(|&r| (count(r), std::cmp::Reverse(r)))?;
+    if count(most) < count(arriving) + 2 {
+        return None;
+    }
+    idle.iter().rposition(|&r| r == most)
 }
 
 /// What the user's stream is closed with when the router did not open its source:
@@ -711,5 +753,25 @@ mod tests {
         pool.requested = 3;
         assert_eq!(pool.channels_to_ask(2), 0);
         assert_eq!(pool.waiters.len(), 1);
+    }
+
+    #[test]
+    fn a_full_pool_makes_room_for_a_router_it_holds_too_few_of() {
+        // Only router 1's channels: one makes room for router 0's, the last.
+        assert_eq!(crowded(&[1, 1], 0), Some(1));
+        assert_eq!(crowded(&[1, 1, 0, 1], 0), Some(3));
+        // Mixed already, or the arriving router is the crowded one: it closes.
+        assert_eq!(crowded(&[1, 0, 1], 0), None);
+        assert_eq!(crowded(&[0, 1], 0), None);
+        assert_eq!(crowded(&[0, 1], 1), None);
+        assert_eq!(crowded(&[1, 1], 1), None);
+        assert_eq!(crowded(&[0, 0, 1], 0), None);
+        // One router only: never.
+        assert_eq!(crowded(&[0, 0, 0], 0), None);
+        // Three routers: the most crowded gives way, the first of a tie.
+        assert_eq!(crowded(&[2, 1, 1, 2], 0), Some(2));
+        assert_eq!(crowded(&[2, 2, 1, 1, 1], 0), Some(4));
+        assert_eq!(crowded(&[2, 2, 1, 1, 0], 0), None);
+        assert_eq!(crowded(&[], 0), None);
     }
 }

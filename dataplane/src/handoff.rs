@@ -139,6 +139,9 @@ struct RouterLink {
     generation: AtomicU64,
     /// Its data channels: being made, idle or carrying a stream.
     channels: AtomicUsize,
+    /// The same, by the core they are (being) made for (see
+    /// [`LinkState::for_cores`]).
+    by_core: Box<[AtomicUsize]>,
     /// The user connections and flows riding its channels.
     streams: AtomicUsize,
     /// Why it refused this tunnel at the latest attempt (a key it does not know, a
@@ -156,6 +159,8 @@ struct RouterLink {
 pub struct ChannelSlot {
     links: Arc<LinkState>,
     router: usize,
+    /// The core it is counted for, if any.
+    core: Option<usize>,
 }
 
 impl ChannelSlot {
@@ -167,10 +172,11 @@ impl ChannelSlot {
 
 impl Drop for ChannelSlot {
     fn drop(&mut self) {
-        self.links
-            .link(self.router)
-            .channels
-            .fetch_sub(1, Ordering::AcqRel);
+        let link = self.links.link(self.router);
+        link.channels.fetch_sub(1, Ordering::AcqRel);
+        if let Some(core) = self.core {
+            link.by_core[core].fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -214,8 +220,18 @@ pub const STREAM_REFUSAL_SHUN: Duration = Duration::from_secs(2);
 impl LinkState {
     /// The links of a tunnel with `routers` routers, all down.
     pub fn new(routers: usize) -> Self {
+        Self::for_cores(routers, 1)
+    }
+
+    /// The links of a tunnel with `routers` routers whose channels `cores` workers
+    /// share, all down.
+    pub fn for_cores(routers: usize, cores: usize) -> Self {
+        let link = || RouterLink {
+            by_core: (0..cores.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            ..RouterLink::default()
+        };
         Self {
-            routers: (0..routers.max(1)).map(|_| RouterLink::default()).collect(),
+            routers: (0..routers.max(1)).map(|_| link()).collect(),
             refused: std::sync::Mutex::new(None),
             refusing: AtomicBool::new(false),
             born: Instant::now(),
@@ -407,25 +423,39 @@ impl LinkState {
         ChannelSlot {
             links: self.clone(),
             router,
+            core: None,
         }
     }
 
-    /// A slot for the next data channel of a tunnel that balances over its routers:
-    /// on the router, of those whose link is up, with the fewest channels (being
-    /// made, idle or busy), so that one that joins late or holds its streams longer
-    /// gets the next ones; ties go to the first from `start` on. `None` while every
-    /// link is down.
-    pub fn reserve_least_loaded(self: &Arc<Self>, start: usize) -> Option<ChannelSlot> {
+    /// A slot for core `core`'s next data channel, in a tunnel that balances over
+    /// its routers: on the router, of those whose link is up, with the fewest
+    /// channels (being made, idle or busy) on that core, then on all cores, so that
+    /// one that joins late or holds its streams longer gets the next ones, and each
+    /// core's pool holds channels of every router (a core's users find only the
+    /// routers its pool holds); ties go to the first from `start` on. `None` while
+    /// every link is down.
+    pub fn reserve_least_loaded(
+        self: &Arc<Self>,
+        core: usize,
+        start: usize,
+    ) -> Option<ChannelSlot> {
         let n = self.routers.len();
         let now = Instant::now();
         let router = (0..n)
             .map(|k| (start + k) % n)
             .filter(|&i| self.is_up_at(i))
             .min_by_key(|&i| {
-                let channels = self.routers[i].channels.load(Ordering::Acquire);
-                (self.shunned(i, now), channels)
+                let link = &self.routers[i];
+                let on_core = link.by_core[core % link.by_core.len()].load(Ordering::Acquire);
+                let channels = link.channels.load(Ordering::Acquire);
+                (self.shunned(i, now), on_core, channels)
             })?;
-        Some(self.reserve(router))
+        let mut slot = self.reserve(router);
+        let link = self.link(router);
+        let core = core % link.by_core.len();
+        link.by_core[core].fetch_add(1, Ordering::AcqRel);
+        slot.core = Some(core);
+        Some(slot)
     }
 
     /// The data channels to `router` counted now (see [`Self::reserve`]).
@@ -465,17 +495,26 @@ mod tests {
         links.connected(1);
         let _held = links.reserve(1);
         // Router 0 has fewer channels: it is next.
-        assert_eq!(links.reserve_least_loaded(0).map(|s| s.router()), Some(0));
+        assert_eq!(
+            links.reserve_least_loaded(0, 0).map(|s| s.router()),
+            Some(0)
+        );
         links.open_refused(
             Some(0),
             "the router's limit of 2 open connections is reached",
         );
         let now = Instant::now();
         assert!(links.shunned(0, now) && !links.shunned(1, now));
-        assert_eq!(links.reserve_least_loaded(0).map(|s| s.router()), Some(1));
+        assert_eq!(
+            links.reserve_least_loaded(0, 0).map(|s| s.router()),
+            Some(1)
+        );
         // Alone, it is still used.
         links.lost(1);
-        assert_eq!(links.reserve_least_loaded(0).map(|s| s.router()), Some(0));
+        assert_eq!(
+            links.reserve_least_loaded(0, 0).map(|s| s.router()),
+            Some(0)
+        );
         // Not for long.
         assert!(!links.shunned(0, now + STREAM_REFUSAL_SHUN));
     }
@@ -566,34 +605,65 @@ mod tests {
     fn balancing_picks_the_router_with_the_fewest_channels() {
         let links = Arc::new(LinkState::new(3));
         assert!(
-            links.reserve_least_loaded(0).is_none(),
+            links.reserve_least_loaded(0, 0).is_none(),
             "every link is down"
         );
         links.connected(0);
         links.connected(1);
         // Router 2 is down: never picked, however few channels it has.
-        let a = links.reserve_least_loaded(0).unwrap();
+        let a = links.reserve_least_loaded(0, 0).unwrap();
         assert_eq!(a.router(), 0);
-        let b = links.reserve_least_loaded(0).unwrap();
+        let b = links.reserve_least_loaded(0, 0).unwrap();
         assert_eq!(b.router(), 1);
         // A tie goes to the first from `start` on.
-        assert_eq!(links.reserve_least_loaded(1).unwrap().router(), 1);
-        let a2 = links.reserve_least_loaded(0).unwrap();
+        assert_eq!(links.reserve_least_loaded(0, 1).unwrap().router(), 1);
+        let a2 = links.reserve_least_loaded(0, 0).unwrap();
         assert_eq!(
             (a2.router(), links.channels(0), links.channels(1)),
             (0, 2, 1)
         );
-        assert_eq!(links.reserve_least_loaded(0).unwrap().router(), 1);
+        assert_eq!(links.reserve_least_loaded(0, 0).unwrap().router(), 1);
         // A closed channel leaves its router's count.
         drop(a);
         drop(a2);
         assert_eq!((links.channels(0), links.channels(1)), (0, 1));
-        assert_eq!(links.reserve_least_loaded(1).unwrap().router(), 0);
+        assert_eq!(links.reserve_least_loaded(0, 1).unwrap().router(), 0);
         links.connected(2);
-        let c = links.reserve_least_loaded(0).unwrap();
+        let c = links.reserve_least_loaded(0, 0).unwrap();
         assert_eq!(c.router(), 0);
-        assert_eq!(links.reserve_least_loaded(1).unwrap().router(), 2);
+        assert_eq!(links.reserve_least_loaded(0, 1).unwrap().router(), 2);
         drop(b);
+    }
+
+    #[test]
+    fn balancing_spreads_each_cores_channels_over_the_routers() {
+        let links = Arc::new(LinkState::for_cores(2, 2));
+        links.connected(0);
+        // Core 0's two channels were made while only router 0 was up.
+        let early = [
+            links.reserve_least_loaded(0, 0),
+            links.reserve_least_loaded(0, 1),
+        ];
+        links.connected(1);
+        // Router 1 has fewer channels in all; core 0 holds none of it: it takes the next.
+        let joined = links.reserve_least_loaded(0, 0).unwrap();
+        assert_eq!(joined.router(), 1);
+        // Core 1 holds none of either: the one with fewer in all, router 1.
+        let c1 = links.reserve_least_loaded(1, 0).unwrap();
+        assert_eq!(c1.router(), 1);
+        // Then router 0, which core 1 holds none of, though it has more in all.
+        let c1b = links.reserve_least_loaded(1, 0).unwrap();
+        assert_eq!(
+            (c1b.router(), links.channels(0), links.channels(1)),
+            (0, 3, 2)
+        );
+        // Core 0 holds one of router 1 and two of router 0.
+        assert_eq!(links.reserve_least_loaded(0, 0).unwrap().router(), 1);
+        // A closed channel leaves its core's count too.
+        drop(early);
+        assert_eq!(links.reserve_least_loaded(0, 1).unwrap().router(), 0);
+        drop((joined, c1, c1b));
+        assert_eq!((links.channels(0), links.channels(1)), (0, 0));
     }
 
     #[test]
