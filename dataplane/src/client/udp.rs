@@ -51,6 +51,51 @@ pub(super) struct Flows {
     /// Keeps flows that cannot start (router away, limit reached) from flooding the
     /// log: each datagram of a sender without a flow tries to start one.
     failures: Throttle,
+    /// Senders turned away lately, so each counts once as a connection refused.
+    turned: TurnedAway,
+}
+
+/// How long after its latest datagram a sender turned away for one reason is still
+/// the same refused user: its next datagram, also turned away for that reason, is
+/// only a datagram dropped, not another connection refused.
+const TURNED_AWAY_SPELL: Duration = Duration::from_secs(10);
+
+/// Most senders a core remembers as turned away; past it, those of spells over are
+/// forgotten, and if that leaves none out, all are (some then count twice).
+const TURNED_AWAY_KEPT: usize = 4096;
+
+/// The senders (by [`FlowKey`]) a core turned away lately, each with the reason and
+/// when its latest datagram came: a sender that keeps sending while the router is
+/// away, or the tunnel full, is one connection refused, not one per datagram.
+#[derive(Default)]
+struct TurnedAway(HashMap<FlowKey, (ErrorKind, Instant)>);
+
+impl TurnedAway {
+    /// Notes that `key`'s datagram is turned away for `kind` at `now`; true if that
+    /// begins a spell (a connection refused to count), false if it goes on with one.
+    fn begins(&mut self, key: FlowKey, kind: ErrorKind, now: Instant) -> bool {
+        let spell_over = |(_, at): &(ErrorKind, Instant)| {
+            now.saturating_duration_since(*at) >= TURNED_AWAY_SPELL
+        };
+        if let Some(seen) = self.0.get_mut(&key) {
+            let begins = seen.0 != kind || spell_over(seen);
+            *seen = (kind, now);
+            return begins;
+        }
+        if self.0.len() >= TURNED_AWAY_KEPT {
+            self.0.retain(|_, seen| !spell_over(seen));
+            if self.0.len() >= TURNED_AWAY_KEPT {
+                self.0.clear();
+            }
+        }
+        self.0.insert(key, (kind, now));
+        true
+    }
+
+    /// `key` has a flow now: its next refusal is a new one.
+    fn forget(&mut self, key: &FlowKey) {
+        self.0.remove(key);
+    }
 }
 
 impl Default for Flows {
@@ -63,6 +108,7 @@ impl Default for Flows {
                 "datagrams dropped or UDP flows failed",
                 true,
             ),
+            turned: TurnedAway::default(),
         }
     }
 }
@@ -236,7 +282,7 @@ impl ClientCore {
             return;
         }
         if !self.spec.admits(peer.ip()) {
-            self.turned_away(ErrorKind::UserNotAllowed);
+            self.turned_away(&mut flows, key, ErrorKind::UserNotAllowed);
             drop(flows);
             self.stranger_said(peer, "dropped a datagram");
             return;
@@ -244,7 +290,7 @@ impl ClientCore {
         if let Some(cap) = &self.spec.new_flows
             && !cap.admit(Instant::now())
         {
-            self.turned_away(ErrorKind::LimitReached);
+            self.turned_away(&mut flows, key, ErrorKind::LimitReached);
             if let Some(held) = flows.failures.admit() {
                 let rate = cap.per_sec();
                 warn!(
@@ -261,7 +307,7 @@ impl ClientCore {
         if !self.spec.link.is_up() {
             // No flow to start (it would fail at once, counted as a connection
             // opened and lost): the datagram is dropped, as it would be in flight.
-            self.turned_away(ErrorKind::RouterUnreachable);
+            self.turned_away(&mut flows, key, ErrorKind::RouterUnreachable);
             if let Some(held) = flows.failures.admit() {
                 warn!(
                     core = self.core.index,
@@ -275,7 +321,7 @@ impl ClientCore {
             return;
         }
         let Some(permit) = self.spec.limit.try_acquire() else {
-            self.turned_away(ErrorKind::LimitReached);
+            self.turned_away(&mut flows, key, ErrorKind::LimitReached);
             if let Some(held) = flows.failures.admit() {
                 let max = self.spec.limit.max();
                 warn!(
@@ -307,6 +353,7 @@ impl ClientCore {
             rx,
             queue: queue.clone(),
         };
+        flows.turned.forget(&key);
         flows.by_ends.insert(key, Flow { id, tx, queue });
         drop(flows);
         let ends = Ends {
@@ -317,14 +364,17 @@ impl ClientCore {
         monoio::spawn(self.clone().serve_flow(id, ends, inbox, permit));
     }
 
-    /// A datagram that would have started a flow is dropped instead, for `kind`:
-    /// counted as a connection opened and failed, as a refused TCP user is, so
-    /// that failed is never more than total.
-    fn turned_away(&self, kind: ErrorKind) {
+    /// A datagram of `key` that would have started a flow is dropped instead, for
+    /// `kind`; the first of a spell of such (see [`TurnedAway`]) also counts as a
+    /// connection opened and failed, as a refused TCP user does, so that failed is
+    /// never more than total.
+    fn turned_away(&self, flows: &mut Flows, key: FlowKey, kind: ErrorKind) {
         let stats = &self.core.stats;
         stats.datagrams_dropped.fetch_add(1, Relaxed);
-        stats.opened.fetch_add(1, Relaxed);
-        stats.fail(kind);
+        if flows.turned.begins(key, kind, Instant::now()) {
+            stats.opened.fetch_add(1, Relaxed);
+            stats.fail(kind);
+        }
     }
 
     /// One flow, from its first datagram until it ends.
@@ -586,6 +636,66 @@ impl ClientCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_turned_away_counts_once_a_spell() {
+        let mut turned = TurnedAway::default();
+        let t0 = Instant::now();
+        let a: FlowKey = ("10.0.0.1:5000".parse().unwrap(), None);
+        let b: FlowKey = ("10.0.0.2:5000".parse().unwrap(), None);
+        let away = ErrorKind::RouterUnreachable;
+        assert!(turned.begins(a, away, t0));
+        // Its next datagrams, each within the spell of the one before, go on with it.
+        let second = Duration::from_secs(1);
+        for k in 1..30 {
+            assert!(!turned.begins(a, away, t0 + second * k));
+        }
+        assert!(turned.begins(b, away, t0 + second), "another sender");
+        // Another reason is another refusal.
+        let later = t0 + second * 30;
+        assert!(turned.begins(a, ErrorKind::LimitReached, later));
+        // A pause of the spell's length ends it.
+        assert!(turned.begins(a, ErrorKind::LimitReached, later + TURNED_AWAY_SPELL));
+        // A flow started: its next refusal counts.
+        turned.forget(&a);
+        assert!(turned.begins(a, ErrorKind::LimitReached, later + TURNED_AWAY_SPELL));
+    }
+
+    #[test]
+    fn senders_turned_away_are_remembered_within_bounds() {
+        let mut turned = TurnedAway::default();
+        let t0 = Instant::now();
+        let key = |i: usize| -> FlowKey {
+            (
+                SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 5000)),
+                None,
+            )
+        };
+        let away = ErrorKind::RouterUnreachable;
+        for i in 0..TURNED_AWAY_KEPT {
+            assert!(turned.begins(key(i), away, t0));
+        }
+        // Full, every spell still on: all forgotten to make room.
+        let now = t0 + Duration::from_secs(1);
+        assert!(turned.begins(key(TURNED_AWAY_KEPT), away, now));
+        assert_eq!(turned.0.len(), 1);
+        // Full again, with spells over: only those are forgotten.
+        for i in 0..TURNED_AWAY_KEPT - 1 {
+            assert!(turned.begins(key(i), away, now + TURNED_AWAY_SPELL * u32::from(i < 10)));
+        }
+        let last = now + TURNED_AWAY_SPELL * 3 / 2;
+        assert!(turned.begins(key(TURNED_AWAY_KEPT + 1), away, last));
+        assert_eq!(
+            turned.0.len(),
+            11,
+            "the ten of spells still on, and the new one"
+        );
+        assert!(
+            !turned.begins(key(3), away, last),
+            "its spell (at {:?}) is on",
+            TURNED_AWAY_SPELL
+        );
+    }
 
     #[test]
     fn a_flow_and_its_core_have_byte_budgets() {
