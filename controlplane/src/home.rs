@@ -26,6 +26,18 @@ impl Home {
                         .into(),
                 ));
             }
+            // Quoted in a shell, or set by a service manager or a container's
+            // environment: taken as it is, it would be a directory named `~` under
+            // the working directory (which a later `rm -rf ~` would be a step from).
+            (Some(h), _) if h.as_encoded_bytes().starts_with(b"~") => {
+                let h = h.to_string_lossy();
+                return Err(Error::Config(format!(
+                    "CONDUIT_HOME ({h:?}) starts with ~, which no shell expanded (it was \
+                     quoted, or set by a service manager or a container): write the home \
+                     directory in full, such as /home/USER{}",
+                    h.strip_prefix('~').unwrap_or_default()
+                )));
+            }
             (Some(h), _) => PathBuf::from(h),
             (None, Some(home)) => PathBuf::from(home).join(".conduit"),
             (None, None) => {
@@ -191,6 +203,16 @@ mod tests {
         assert_eq!(root(Some("relh"), None), Ok(cwd.join("relh")));
         assert_eq!(root(None, Some("/home/u")), Ok("/home/u/.conduit".into()));
         assert_eq!(root(None, Some("u")), Ok(cwd.join("u/.conduit")));
+        assert_eq!(
+            root(Some("~/.conduit"), Some("/home/u")),
+            Err(
+                "CONDUIT_HOME (\"~/.conduit\") starts with ~, which no shell expanded (it was \
+                 quoted, or set by a service manager or a container): write the home \
+                 directory in full, such as /home/USER/.conduit"
+                    .into()
+            )
+        );
+        assert_eq!(root(Some("a/~"), None), Ok(cwd.join("a/~")));
         assert_eq!(
             root(Some(""), Some("/home/u")),
             Err(
