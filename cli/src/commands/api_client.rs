@@ -22,6 +22,24 @@ pub(crate) fn base(router: &str) -> String {
     }
 }
 
+/// A usage error when `--api-token` is given on the command line without `--router`:
+/// `command` would show this machine's tunnels, and the user meant a router's. (A
+/// token in `CONDUIT_API_TOKEN` is no mistake: it waits for a `--router`.)
+pub(crate) fn token_needs_router(api: &ApiClientArgs, command: &str) -> Result<()> {
+    if api.router.is_none()
+        && api.api_token.is_some()
+        && std::env::var_os("CONDUIT_API_TOKEN").is_none()
+    {
+        return Err(Usage(format!(
+            "--api-token is for a router's API, and no --router names one: add --router \
+             HOST:PORT to ask the router, or leave --api-token out for this machine's \
+             tunnels (`conduit {command}` alone)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// The `--router` value, or a usage error.
 fn router(api: &ApiClientArgs) -> Result<&str> {
     match api.router.as_deref().map(str::trim) {

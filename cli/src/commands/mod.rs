@@ -106,8 +106,14 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
         Command::Kill(a) => kill::run(&home_to_read()?, &a),
         // A router's stats need no home: one that is not there is no mistake then.
         Command::Stats(a) if a.api.router.is_some() => stats::run(&home()?, &a),
-        Command::Stats(a) => stats::run(&home_to_read()?, &a),
-        Command::Health(a) => health::run(&home()?, &a),
+        Command::Stats(a) => {
+            api_client::token_needs_router(&a.api, "stats")?;
+            stats::run(&home_to_read()?, &a)
+        }
+        Command::Health(a) => {
+            api_client::token_needs_router(&a.api, "health")?;
+            health::run(&home()?, &a)
+        }
         Command::Logs(a) => logs::run(&home()?, &a),
         Command::Tune(a) => tune::run(&a),
         Command::Version => version::run(),

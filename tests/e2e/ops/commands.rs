@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde_json::Value;
 
 use super::{TOKEN, echo_through, router_api};
-use crate::harness::{Engine, Home, addr_in, assert_code};
+use crate::harness::{Engine, Home, addr_in, assert_code, output_of};
 use crate::http::wait_for;
 use crate::manage::{Cleanup, wait_list};
 use crate::sources;
@@ -209,8 +209,29 @@ fn stats_health_and_logs_commands() {
          speaks; give the router's API as host:port, http://host:port or https://host:port\n"
     );
 
-    // Local tunnels.
+    // A token without a router: the user meant a router's figures, not these.
+    for command in ["stats", "health"] {
+        let (status, out, err) = home.run(&[command, "--api-token", TOKEN]);
+        assert_code(status, 64, &err);
+        assert_eq!(out, "");
+        assert_eq!(
+            err,
+            format!(
+                "conduit: error: --api-token is for a router's API, and no --router names \
+                 one: add --router HOST:PORT to ask the router, or leave --api-token out for \
+                 this machine's tunnels (`conduit {command}` alone)\n"
+            )
+        );
+    }
+    // Local tunnels (a token in the environment waits for a --router).
     let out = home.ok(&["stats"]);
+    let with_env = output_of(home.cmd().env("CONDUIT_API_TOKEN", TOKEN).arg("stats"));
+    assert_code(
+        with_env.status,
+        0,
+        &String::from_utf8_lossy(&with_env.stderr),
+    );
+    assert_eq!(String::from_utf8_lossy(&with_env.stdout), out);
     assert!(
         out.contains("\nweb     2.0 kB  2.0 kB  0     1      0"),
         "{out}"
