@@ -176,10 +176,7 @@ fn listen_addr(flag: &str, s: &str) -> Result<SocketAddr> {
         return Ok(a);
     }
     // As in a file: a name could stand for several addresses, or another one tomorrow.
-    let why = match conduit_controlplane::config::host_port(s) {
-        Err(why) => why,
-        Ok(()) => "a host name, where an IP address must be".to_owned(),
-    };
+    let why = conduit_controlplane::config::not_a_listen_addr(s);
     Err(Usage(format!(
         "invalid {flag} {s:?}: {why}; expected ADDRESS:PORT such as 127.0.0.1:8080 or 0.0.0.0:80"
     ))
@@ -322,6 +319,22 @@ mod tests {
             "invalid --bind \"nonsense\": it has no port; expected ADDRESS:PORT such as \
              127.0.0.1:8080 or 0.0.0.0:80"
         );
+        // Port 0 is fine for a listener: a name is what is wrong.
+        for bind in ["localhost:0", ":0"] {
+            let e = listen_addr("--metrics-bind", bind).unwrap_err().to_string();
+            let why = if bind == ":0" {
+                "\"\" is not a host name or IP address"
+            } else {
+                "a host name, where an IP address must be"
+            };
+            assert_eq!(
+                e,
+                format!(
+                    "invalid --metrics-bind {bind:?}: {why}; expected ADDRESS:PORT such as \
+                     127.0.0.1:8080 or 0.0.0.0:80"
+                )
+            );
+        }
         let e = listen_addr("--bind", "127.0.0.1:99999")
             .unwrap_err()
             .to_string();

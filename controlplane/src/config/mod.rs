@@ -63,8 +63,8 @@ pub use schema::{parse_bool, parse_path, token_problem};
 pub use show::Format;
 pub(crate) use validate::peer_tunnel_name;
 pub use validate::{
-    a_directory_for_a_file, empty_member, host_port, next_key_is_the_current_one, small_burst,
-    too_many_members, tunnel_name, webhook_url,
+    a_directory_for_a_file, empty_member, host_port, next_key_is_the_current_one,
+    not_a_listen_addr, small_burst, too_many_members, tunnel_name, webhook_url,
 };
 
 /// One `--allow-from` / `allow_from` entry: an address (one host) or a CIDR block,

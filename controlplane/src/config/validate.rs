@@ -914,13 +914,23 @@ pub fn too_many_members(n: usize) -> String {
     )
 }
 
+/// Why `s`, which is no socket address, cannot be listened on. Port 0 is no mistake
+/// for a listener (the system picks one): with it, the host is what is wrong.
+pub fn not_a_listen_addr(s: &str) -> String {
+    let checked = match s.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:1"),
+        _ => s.to_owned(),
+    };
+    match host_port(&checked) {
+        Err(why) => why,
+        Ok(()) => "a host name, where an IP address must be".to_owned(),
+    }
+}
+
 /// A listening address: an IP address and a port on this machine.
 pub(crate) fn bind_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
-        let why = match host_port(s) {
-            Err(why) => why,
-            Ok(()) => "a host name, where an IP address must be".to_owned(),
-        };
+        let why = not_a_listen_addr(s);
         format!(
             "{s:?} is not ADDR:PORT ({why}); use a local IP address and a port such as \
              0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080"

@@ -10,7 +10,7 @@ fn bad_addresses_are_refused_with_examples() {
     let text = format!(
         "[router]\nhost = \"10.2.0.1:9999\"\npublic_key = \"{}\"\n\
          [[tunnels]]\nname = \"a\"\nsource = \"db.internal\"\nbind = \"0.0.0.0\"\n\
-         [[tunnels]]\nname = \"b\"\nsource = \"10.2.0.2:0\"\nbind = \"localhost:80\"\n\
+         [[tunnels]]\nname = \"b\"\nsource = \"10.2.0.2:0\"\nbind = \"localhost:0\"\n\
          [[tunnels]]\nname = \"c\"\nsource = \"bad host:80\"\nbind = \"127.0.0.1:0\"\n",
         f.router_key
     );
@@ -24,7 +24,7 @@ fn bad_addresses_are_refused_with_examples() {
             "error: tunnels[0].bind: \"0.0.0.0\" is not ADDR:PORT (it has no port); use a local \
              IP address and a port such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080 ($F:7)",
             "error: tunnels[1].source: port 0 in \"10.2.0.2:0\" is out of range; use 1-65535 ($F:10)",
-            "error: tunnels[1].bind: \"localhost:80\" is not ADDR:PORT (a host name, where an IP \
+            "error: tunnels[1].bind: \"localhost:0\" is not ADDR:PORT (a host name, where an IP \
              address must be); use a local IP address and a port such as 0.0.0.0:8080, \
              127.0.0.1:8080 or [::]:8080 ($F:11)",
             "error: tunnels[2].source: \"bad host:80\" is not HOST:PORT; use the address the \
