@@ -75,10 +75,12 @@ pub enum DataplaneError {
     )]
     UringUnavailable,
     /// The bind address cannot be listened on. Local fault; retry after freeing it.
-    #[error("cannot listen on {addr}: {source}{}", bind_hint(.source))]
+    #[error("cannot listen on {addr}{}: {source}{}", if *.udp { "/udp" } else { "" }, bind_hint(.source))]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// Whether it is a UDP socket (a UDP and a TCP tunnel may share a port).
+        udp: bool,
         /// What the kernel said.
         source: std::io::Error,
     },
@@ -412,6 +414,7 @@ impl DataPlane {
         let n = opts.worker_count();
         let bind_error = |source| DataplaneError::Bind {
             addr: spec.bind,
+            udp: spec.udp.is_some(),
             source,
         };
         let mut listeners: Vec<worker::Listen> = if spec.udp.is_some() {
