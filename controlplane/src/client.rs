@@ -613,6 +613,7 @@ impl ClientTunnel {
             None => None,
         };
         let maker = tokio::spawn(make_channels(self.shared.clone(), self.requests));
+        let memory = tokio::spawn(crate::limits::hand_back_memory(self.shared.dp.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (_, rotations) = self.rotations;
         let mut control = if self.shared.balance {
@@ -640,6 +641,7 @@ impl ClientTunnel {
             },
         };
         maker.abort();
+        memory.abort();
         self.shared.link.lost_all();
         if result.is_ok() {
             info!(tunnel = %self.shared.name, "stopping: no new connections; draining open ones for up to {drain:?}");

@@ -6,8 +6,46 @@
 //! 1024. The soft limit may be raised up to the hard one without privileges, so a
 //! tunnel or router process does that once at start; raising the hard limit is the
 //! operator's part (`conduit tune --check` says how).
+//!
+//! And the memory a burst of connections leaves: handed back once it is over
+//! ([`hand_back_memory`]).
 
 use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conduit_dataplane::DataPlane;
+use conduit_dataplane::memory::BurstWatch;
+
+/// How often [`hand_back_memory`] looks at the open connections.
+const BURST_SAMPLE: Duration = Duration::from_secs(5);
+
+/// Runs until aborted: every few seconds, hands the memory of a burst of
+/// connections that is over back to the system (see
+/// [`DataPlane::release_after_burst`]), and says so at debug.
+pub async fn hand_back_memory(dp: Arc<DataPlane>) {
+    let mut watch = BurstWatch::default();
+    let mut tick = tokio::time::interval(BURST_SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let look = dp.clone();
+        let Ok((released, w)) = tokio::task::spawn_blocking(move || {
+            let released = look.release_after_burst(&mut watch);
+            (released, watch)
+        })
+        .await
+        else {
+            return;
+        };
+        watch = w;
+        if released {
+            tracing::debug!(
+                "a burst of connections is over: its free memory went back to the system"
+            );
+        }
+    }
+}
 
 /// `RLIMIT_NOFILE` as (soft, hard); `u64::MAX` stands for "unlimited".
 pub fn nofile() -> io::Result<(u64, u64)> {

@@ -364,6 +364,7 @@ impl Router {
             )),
             Err(why) => tokio::spawn(crate::router_key::refuse(why, self.usr1)),
         });
+        let memory = tokio::spawn(crate::limits::hand_back_memory(self.state.dp.clone()));
         let mut backoff = AcceptBackoff::default();
         // When the slots last ran out and we said so (at most once a minute).
         let mut said_full: Option<Instant> = None;
@@ -412,6 +413,7 @@ impl Router {
         if let Some(r) = rotator {
             r.abort();
         }
+        memory.abort();
         info!(
             "router stopping ({why}): no new connections; draining open streams for up to {drain:?}"
         );

@@ -21,6 +21,7 @@
 pub mod engine;
 pub mod handoff;
 pub mod ktls;
+pub mod memory;
 pub mod proxy_header;
 pub mod ratelimit;
 pub mod stats;
@@ -58,7 +59,7 @@ pub use limit::ConnLimit;
 pub use listener::AcceptBackoff;
 pub use proxy_header::ProxyProtocol;
 pub use stats::{ConnSnapshot, CoreStats, ErrorKind, Histogram, HistogramSnapshot, Totals};
-pub use sys::stop_with_parent;
+pub use sys::{release_free_memory, stop_with_parent};
 pub use usage::{ClientTotals, Usage};
 pub use worker::{Drained, core_of};
 
@@ -655,6 +656,26 @@ impl DataPlane {
         if let Some(w) = self.workers.first() {
             w.stats.fail(kind);
         }
+    }
+
+    /// Hands the memory of a burst of connections back to the system once `watch`
+    /// sees it over (see [`memory::BurstWatch`]); true if it did. Call it every few
+    /// seconds, off the workers (it takes a few milliseconds after a large burst).
+    pub fn release_after_burst(&self, watch: &mut memory::BurstWatch) -> bool {
+        // A burst between two looks is seen by its peak.
+        let peak = self
+            .workers
+            .iter()
+            .map(|w| {
+                let now = w.stats.active.load(Relaxed);
+                w.stats.peak_active.swap(now, Relaxed)
+            })
+            .sum();
+        if !watch.ended(peak, self.totals().active) {
+            return false;
+        }
+        release_free_memory();
+        true
     }
 
     /// Every core's counters, summed.

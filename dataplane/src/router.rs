@@ -225,7 +225,7 @@ impl RouterCore {
         datagrams: bool,
     ) -> (Rc<ConnCounters>, oneshot::Receiver<String>) {
         let core = &self.core;
-        core.stats.active.fetch_add(1, Relaxed);
+        core.stats.open_one();
         let counters = Rc::new(ConnCounters::default());
         let (kill_tx, kill_rx) = oneshot::channel();
         core.conns.insert(

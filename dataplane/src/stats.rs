@@ -189,6 +189,9 @@ pub const CONNECTION_SECONDS: &[f64] = &[
 pub struct CoreStats {
     /// User connections open now.
     pub active: AtomicU64,
+    /// The most open at once since [`crate::DataPlane::release_after_burst`] last
+    /// looked (raised as each one opens).
+    pub peak_active: AtomicU64,
     /// User connections opened since start.
     pub opened: AtomicU64,
     /// Payload bytes from users toward sources.
@@ -216,10 +219,19 @@ pub struct CoreStats {
     pub durations: Histogram,
 }
 
+impl CoreStats {
+    /// Counts a user connection (or flow) open, and the most open at once.
+    pub(crate) fn open_one(&self) {
+        let now = self.active.fetch_add(1, Relaxed) + 1;
+        self.peak_active.fetch_max(now, Relaxed);
+    }
+}
+
 impl Default for CoreStats {
     fn default() -> Self {
         Self {
             active: AtomicU64::new(0),
+            peak_active: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),

@@ -3,7 +3,8 @@
 //! on a socket the runtime owns, a peek to tell whether an idle
 //! socket is still alive, abortive close, pipes and `splice` for plain legs, and
 //! (Linux) the socket options and kernel structures of kernel TLS and the kernel's
-//! count of packets a socket dropped; and a child process that stops with its parent.
+//! count of packets a socket dropped; a child process that stops with its parent; and
+//! the allocator's free pages handed back.
 //! This is the crate's only unsafe code; each call passes a file descriptor that a
 //! live `TcpStream` or `UdpSocket` owns for the whole call, and slices whose length
 //! is the length given to the kernel.
@@ -27,7 +28,7 @@ pub(crate) use datagram::{
 };
 #[cfg(target_os = "linux")]
 pub(crate) use ktls_abi::*;
-pub use process::stop_with_parent;
+pub use process::{release_free_memory, stop_with_parent};
 pub(crate) use sockopt::{
     RECEIVE_DROPS_KNOWN, linger_zero, pending_error, receive_drops, set_buffers, set_keepalive,
     set_nonblocking, tcp_mss,

@@ -188,6 +188,70 @@ fn churn(taddr: SocketAddr, count: usize, threads: usize) {
     }
 }
 
+/// Raises this test process's soft open-file limit to `want` (within the hard
+/// limit, which must allow it), with `prlimit` on its own pid.
+fn raise_own_nofile(want: u64) {
+    let (_, hard) = crate::procfs::nofile_of(std::process::id());
+    let hard: u64 = hard.parse().unwrap_or(u64::MAX);
+    assert!(
+        hard >= want,
+        "this test holds {want} open files; the hard limit is {hard}: raise it (ulimit -Hn)"
+    );
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={want}:"))
+        .status()
+        .expect("run prlimit");
+    assert!(status.success(), "prlimit: {status}");
+}
+
+/// A burst of connections held at once gives its memory back once it is over: the
+/// allocator keeps what the burst freed, and the tunnel and the router hand it back
+/// to the system within seconds (glibc's `malloc_trim`), so their resident size
+/// falls most of the way back to where it was (what the pools keep stays).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_burst_of_connections_gives_its_memory_back() {
+    const HELD: usize = 2_000;
+    // The users' sockets and the echo source's, both in this process.
+    raise_own_nofile(2 * HELD as u64 + 256);
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (router, raddr) = home.router(Engine::Epoll, &[source.to_string()]);
+    let (tunnel, taddr) = home.tunnel(Engine::Epoll, raddr, &source.to_string());
+    churn(taddr, 100, 4);
+    let rss = crate::procfs::rss_kib;
+    let start = [rss(tunnel.pid()), rss(router.pid())];
+    let users: Vec<_> = (0..HELD)
+        .map(|i| {
+            let mut u = open_user(taddr);
+            crate::users::exchange(&mut u, &pattern(i as u64, 100));
+            u
+        })
+        .collect();
+    let held = [rss(tunnel.pid()), rss(router.pid())];
+    drop(users);
+    for (i, (who, pid)) in [("tunnel", tunnel.pid()), ("router", router.pid())]
+        .into_iter()
+        .enumerate()
+    {
+        let (start, held) = (start[i], held[i]);
+        // Kept, it would stay where it was with them.
+        let most = start + held.saturating_sub(start) * 3 / 4;
+        let now = wait_until(
+            &format!(
+                "the {who}'s memory ({start} KiB before {HELD} connections, {held} KiB with them) at most {most} KiB"
+            ),
+            || {
+                let now = rss(pid);
+                (now <= most, now)
+            },
+        );
+        eprintln!("{who}: {start} KiB, {held} KiB with {HELD} connections, {now} KiB after");
+    }
+    assert_echo(taddr, b"still serving");
+}
+
 /// Slack for what pools keep: idle channels (each core keeps up to 4 × its pool
 /// size after a burst) and the per-core buffer pools and allocator arenas. Small
 /// enough that a leak of one descriptor per 625 connections, or of 1 KiB per

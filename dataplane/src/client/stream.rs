@@ -112,7 +112,7 @@ impl ClientCore {
     ) -> (Rc<ConnCounters>, oneshot::Receiver<String>, Instant) {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
-        core.stats.active.fetch_add(1, Relaxed);
+        core.stats.open_one();
         let counters = Rc::new(ConnCounters::default());
         let (kill_tx, kill_rx) = oneshot::channel();
         let started = Instant::now();
