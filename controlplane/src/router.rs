@@ -30,6 +30,7 @@ use crate::wire::{Wire, WireError};
 use crate::{Error, Transport};
 
 mod admit;
+mod pending;
 mod session;
 
 use admit::{admit, is_tls_record, not_tls, source_allowed};
@@ -101,6 +102,9 @@ struct State {
     /// router hold more than this many TLS sessions at once.
     handshakes: Arc<Semaphore>,
     max_pending_handshakes: usize,
+    /// The handshakes holding those permits, to close one going nowhere when all
+    /// are taken.
+    pending: Arc<pending::Pending>,
     client_timeout: Duration,
     dp: Arc<DataPlane>,
     monitor: Arc<Monitor>,
@@ -297,6 +301,7 @@ impl Router {
                 handshake_timeout: s.handshake_timeout,
                 handshakes: Arc::new(Semaphore::new(s.max_pending_handshakes.max(1))),
                 max_pending_handshakes: s.max_pending_handshakes.max(1),
+                pending: Arc::default(),
                 client_timeout: s.health.client_timeout,
                 dp,
                 monitor,
@@ -366,22 +371,35 @@ impl Router {
         });
         let memory = tokio::spawn(crate::limits::hand_back_memory(self.state.dp.clone()));
         let mut backoff = AcceptBackoff::default();
-        // When the slots last ran out and we said so (at most once a minute).
-        let mut said_full: Option<Instant> = None;
+        // When the slots last ran out and we said so (at most once a minute), with
+        // no handshake to close, and with one closed to make room.
+        let mut said_full: [Option<Instant>; 2] = [None, None];
         let why = loop {
-            // A handshake slot first: while all are taken, new connections wait in
-            // the kernel's listen backlog and cost nothing here.
+            // A handshake slot first: while all are taken by handshakes under way,
+            // new connections wait in the kernel's listen backlog and cost nothing.
             let permit = match self.state.handshakes.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    if said_full.is_none_or(|t| t.elapsed() >= FULL_REPEAT) {
-                        said_full = Some(Instant::now());
-                        warn!(
-                            "{} handshakes in progress (performance.max_pending_handshakes): new \
-                             connections wait in the listen backlog until one finishes or times \
-                             out; if these are real clients, raise the limit",
-                            self.state.max_pending_handshakes
-                        );
+                    // The slot of one going nowhere, if one is; else wait for one.
+                    let closed = self.state.pending.close_one(Instant::now()).is_some();
+                    let said = &mut said_full[usize::from(closed)];
+                    if said.is_none_or(|t| t.elapsed() >= FULL_REPEAT) {
+                        *said = Some(Instant::now());
+                        let max = self.state.max_pending_handshakes;
+                        if closed {
+                            warn!(
+                                "{max} handshakes in progress (performance.max_pending_handshakes): \
+                                 those that sent nothing, or took {:?} or more, give their slot \
+                                 to new connections; if they are real clients, raise the limit",
+                                pending::STALLED
+                            );
+                        } else {
+                            warn!(
+                                "{max} handshakes in progress (performance.max_pending_handshakes): \
+                                 new connections wait in the listen backlog until one finishes or \
+                                 times out; if these are real clients, raise the limit"
+                            );
+                        }
                     }
                     tokio::select! {
                         signal = stops.next() => break signal,
@@ -397,7 +415,8 @@ impl Router {
                 accepted = self.listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
                         backoff.succeeded();
-                        tokio::spawn(handle(self.state.clone(), tcp, peer, permit));
+                        let ticket = self.state.pending.enter(peer);
+                        tokio::spawn(handle(self.state.clone(), tcp, peer, (permit, ticket)));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -510,16 +529,18 @@ async fn handle(
     state: Arc<State>,
     tcp: TcpStream,
     peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    (permit, mut ticket): (tokio::sync::OwnedSemaphorePermit, pending::Ticket),
 ) {
     let started = Instant::now();
     // The first bytes, kept to say what a peer that is not a Conduit client was.
     let mut first = [0u8; 8];
     let mut seen = 0;
-    let setup = tokio::time::timeout(state.handshake_timeout, async {
+    let said = ticket.said();
+    let setup = async {
         let mut wire = match state.transport {
             Transport::Tls => {
                 seen = tcp.peek(&mut first).await?;
+                said.spoke();
                 Wire::handshake(
                     tcp,
                     TlsSession::server(state.identity.presented().tls.clone())?,
@@ -528,6 +549,7 @@ async fn handle(
             }
             Transport::Plain => {
                 seen = tcp.peek(&mut first).await?;
+                said.spoke();
                 if is_tls_record(&first[..seen]) {
                     // A TLS client: a fatal protocol_version alert tells it this is no
                     // router of its transport (a bare close would look like a router
@@ -557,10 +579,24 @@ async fn handle(
             None => return Err(WireError::Closed),
         };
         Ok((wire, hello))
+    };
+    let setup = tokio::time::timeout(state.handshake_timeout, async {
+        tokio::select! {
+            done = setup => Ok(done),
+            _ = &mut ticket.closed => Err(()),
+        }
     })
     .await;
     drop(permit);
+    drop(ticket);
     let (mut wire, hello) = match setup {
+        Ok(Err(())) => {
+            state.counters.fail(SetupError::Timeout);
+            if let Some(more) = state.setup_log.admit() {
+                info!(%peer, "connection dropped: every handshake slot was taken, and this one, {} after {:?}, gave its slot to a new connection{more}", if seen == 0 { "silent" } else { "unfinished" }, started.elapsed());
+            }
+            return;
+        }
         Err(_) => {
             state.counters.fail(SetupError::Timeout);
             if let Some(more) = state.setup_log.admit() {
@@ -568,7 +604,7 @@ async fn handle(
             }
             return;
         }
-        Ok(Err(WireError::Tls(e))) => {
+        Ok(Ok(Err(WireError::Tls(e)))) => {
             let unknown = e.unknown_client_key();
             let what = not_tls(&first[..seen]);
             // Closed before a byte: a port check (a load balancer's, a Kubernetes
@@ -603,7 +639,7 @@ async fn handle(
             }
             return;
         }
-        Ok(Err(e)) => {
+        Ok(Ok(Err(e))) => {
             state.counters.fail(SetupError::Protocol);
             let Some(more) = state.setup_log.admit() else {
                 return;
@@ -619,7 +655,7 @@ async fn handle(
             }
             return;
         }
-        Ok(Ok(x)) => x,
+        Ok(Ok(Ok(x))) => x,
     };
     let key = wire.peer_key();
     if state.transport == Transport::Tls && key.is_none() {

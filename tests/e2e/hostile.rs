@@ -166,8 +166,12 @@ fn silent_and_dribbling_peers_are_cut_off_by_the_handshake_timeout() {
     assert_echo(taddr, b"the router still serves");
 }
 
+/// Handshakes in progress are capped; when every slot is taken, one whose peer has
+/// sent nothing gives its slot to the next connection: peers that connect and say
+/// nothing (each opened again as the handshake timeout closes it) cannot keep
+/// tunnels out, as they did while new connections waited for a free slot.
 #[test]
-fn handshakes_in_progress_are_capped_and_the_rest_wait_their_turn() {
+fn handshakes_in_progress_are_capped_and_silent_ones_give_way() {
     let engine = Engine::Epoll;
     let home = Home::with_keys();
     let source = sources::echo();
@@ -178,36 +182,35 @@ fn handshakes_in_progress_are_capped_and_the_rest_wait_their_turn() {
     );
     let (_tunnel, taddr) = home.tunnel(engine, raddr, &source.to_string());
     assert_echo(taddr, b"before");
-    let mut held = open_user(taddr);
 
-    // Two peers open connections and say nothing: both slots are taken.
-    let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(raddr).unwrap()).collect();
-    router.wait_stderr(
-        "2 handshakes in progress (performance.max_pending_handshakes): new connections wait \
-         in the listen backlog",
-    );
-    // A stream already open carries on. (A new one might need a new channel, which
-    // would wait for a slot like any other handshake.)
-    held.write_all(b"while the slots are taken").unwrap();
-    let mut back = [0u8; 25];
-    held.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"while the slots are taken");
-    // A third peer's junk is not even read while the slots are taken...
-    let (sent_tx, sent) = std::sync::mpsc::channel();
-    let junk = thread::spawn(move || {
-        let mut c = TcpStream::connect(raddr).unwrap();
-        c.set_read_timeout(Some(DEADLINE)).unwrap();
-        c.write_all(b"not a TLS client hello").unwrap();
-        sent_tx.send(()).unwrap();
-        see_closed(&mut c)
-    });
-    sent.recv_timeout(DEADLINE).expect("the junk was sent");
-    assert_eq!(router.stderr_count("not a TLS connection"), 0);
-    // ...and is refused once a slot frees.
-    drop(silent);
-    let answer = junk.join().unwrap();
+    // Two peers open connections and say nothing: both slots are taken (the router
+    // accepts in the order they came, one slot each).
+    let mut silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(raddr).unwrap()).collect();
+    // A third peer's junk is read at once, in the slot of the first silent one...
+    let mut junk = TcpStream::connect(raddr).unwrap();
+    junk.set_read_timeout(Some(DEADLINE)).unwrap();
+    junk.write_all(b"not a TLS client hello").unwrap();
+    let answer = see_closed(&mut junk);
     assert!(answer.is_empty() || is_alert(&answer), "{answer:?}");
     router.wait_stderr("not a TLS connection");
+    router.wait_stderr(
+        "2 handshakes in progress (performance.max_pending_handshakes): those that sent \
+         nothing, or took 2s or more, give their slot to new connections; if they are real \
+         clients, raise the limit",
+    );
+    // ...which was closed, and said so.
+    silent[0].set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(see_closed(&mut silent[0]), b"");
+    router.wait_stderr(
+        "connection dropped: every handshake slot was taken, and this one, silent after ",
+    );
+
+    // Silent peers in every slot again: a new tunnel still gets in, each of its
+    // handshakes in the slot of a silent peer.
+    silent.extend((0..4).map(|_| TcpStream::connect(raddr).unwrap()));
+    let (_late, late_addr) =
+        home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "late"]);
+    assert_echo(late_addr, b"a new tunnel got in");
     assert_echo(taddr, b"after");
 }
 
