@@ -670,7 +670,7 @@ fn unserved(kind: ErrorKind) -> bool {
 const POOL_CHECK: Duration = Duration::from_secs(1);
 
 /// How to fix a process out of file descriptors.
-const RAISE_NOFILE: &str =
+pub(crate) const RAISE_NOFILE: &str =
     "raise its open-file limit (ulimit -n, or LimitNOFILE= in a systemd unit)";
 
 /// Why a user gets no channel: the kind its failure is counted as, and the reason.

@@ -106,8 +106,15 @@ pub enum DataplaneError {
     },
 }
 
-fn bind_hint(e: &std::io::Error) -> &'static str {
-    match e.kind() {
+fn bind_hint(e: &std::io::Error) -> std::borrow::Cow<'static, str> {
+    if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) {
+        return format!(
+            "; the process is out of file descriptors: {}",
+            client::RAISE_NOFILE
+        )
+        .into();
+    }
+    let hint = match e.kind() {
         std::io::ErrorKind::AddrInUse => {
             "; another program (or another tunnel) already listens there: pick another --bind \
              or stop the other one (`conduit list` shows tunnels)"
@@ -119,7 +126,8 @@ fn bind_hint(e: &std::io::Error) -> &'static str {
             "; that address is not on any interface of this machine: use one that is, or 0.0.0.0"
         }
         _ => "",
-    }
+    };
+    hint.into()
 }
 
 /// How long a stream riding on a link whose far end closed it without a goodbye
@@ -789,6 +797,21 @@ pub fn drain_deadline(now: Instant, drain: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bind_out_of_descriptors_says_how_to_raise_the_limit() {
+        let e = DataplaneError::Bind {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            udp: false,
+            source: std::io::Error::from_raw_os_error(libc::EMFILE),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on 127.0.0.1:0: Too many open files (os error 24); the process is \
+             out of file descriptors: raise its open-file limit (ulimit -n, or LimitNOFILE= in \
+             a systemd unit)"
+        );
+    }
 
     #[test]
     fn a_target_is_kept_trimmed_with_no_empty_members() {
