@@ -597,12 +597,15 @@ impl RegisteredTunnel {
                     let word = state.status_word();
                     let lost = !registry.holds(&e);
                     if e.status != word || lost {
-                        if lost {
-                            warn!(id = %e.tunnel_id, "this tunnel's registry entry was gone or damaged: written again");
-                        }
                         e.status = word.to_owned();
-                        if let Err(err) = registry.write(&e) {
-                            warn!("cannot update the registry: {err}");
+                        // Said once written: out of file descriptors, neither the
+                        // read nor the write goes through, and the entry is fine.
+                        match registry.write(&e) {
+                            Ok(()) if lost => {
+                                warn!(id = %e.tunnel_id, "this tunnel's registry entry was gone or damaged: written again");
+                            }
+                            Ok(()) => {}
+                            Err(err) => warn!("cannot update the registry: {err}"),
                         }
                     }
                     let changed = tokio::select! {
