@@ -380,8 +380,12 @@ impl Router {
             let permit = match self.state.handshakes.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    // The slot of one going nowhere, if one is; else wait for one.
-                    let closed = self.state.pending.close_one(Instant::now()).is_some();
+                    // The slot of one going nowhere, if one is; else wait for one, or
+                    // for the first that may be going nowhere.
+                    let (closed, due) = match self.state.pending.close_one(Instant::now()) {
+                        Ok(_) => (true, None),
+                        Err(due) => (false, due),
+                    };
                     let said = &mut said_full[usize::from(closed)];
                     if said.is_none_or(|t| t.elapsed() >= FULL_REPEAT) {
                         *said = Some(Instant::now());
@@ -389,8 +393,10 @@ impl Router {
                         if closed {
                             warn!(
                                 "{max} handshakes in progress (performance.max_pending_handshakes): \
-                                 those that sent nothing, or took {:?} or more, give their slot \
-                                 to new connections; if they are real clients, raise the limit",
+                                 those that sent nothing for {:?}, or took {:?} or more, give \
+                                 their slot to new connections; if they are real clients, raise \
+                                 the limit",
+                                pending::SILENT,
                                 pending::STALLED
                             );
                         } else {
@@ -401,12 +407,14 @@ impl Router {
                             );
                         }
                     }
+                    let due = due.map(tokio::time::Instant::from_std);
                     tokio::select! {
                         signal = stops.next() => break signal,
                         p = self.state.handshakes.clone().acquire_owned() => match p {
                             Ok(p) => p,
                             Err(_) => break "the handshake slots closed",
                         },
+                        () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => continue,
                     }
                 }
             };

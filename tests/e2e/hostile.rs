@@ -195,8 +195,8 @@ fn handshakes_in_progress_are_capped_and_silent_ones_give_way() {
     router.wait_stderr("not a TLS connection");
     router.wait_stderr(
         "2 handshakes in progress (performance.max_pending_handshakes): those that sent \
-         nothing, or took 2s or more, give their slot to new connections; if they are real \
-         clients, raise the limit",
+         nothing for 500ms, or took 2s or more, give their slot to new connections; if they \
+         are real clients, raise the limit",
     );
     // ...which was closed, and said so.
     silent[0].set_read_timeout(Some(DEADLINE)).unwrap();

@@ -5,11 +5,14 @@
 //! as the handshake timeout closes it, kept every slot taken, and the tunnels'
 //! connections waited in the listen backlog behind them.
 //!
-//! Going nowhere: the oldest that has sent nothing at all (a client's first bytes,
-//! its TLS ClientHello, leave at once); failing that, the oldest in progress for
-//! [`STALLED`] or more (one that trickles bytes). A slot is not taken from a
-//! handshake that is younger and under way: a crowd of real tunnels reconnecting at
-//! once waits for slots, as before.
+//! Going nowhere: the oldest that has sent nothing at all for [`SILENT`] (a client's
+//! first bytes, its TLS ClientHello, come with the last packet of its TCP
+//! handshake); failing that, the oldest in progress for [`STALLED`] or more (one
+//! that trickles bytes). A slot is not taken from a younger handshake: a crowd of
+//! real tunnels reconnecting at once waits for slots, as before, and peers that
+//! open a connection again as soon as theirs is closed cannot make the router
+//! close and accept tens of thousands a second (each holds its slot for
+//! [`SILENT`] at least).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +25,10 @@ use tokio::sync::oneshot;
 /// How long a handshake that has sent something may take before its slot may go to
 /// a new connection: a TLS 1.3 handshake and `Hello` take two round trips.
 pub(super) const STALLED: Duration = Duration::from_secs(2);
+
+/// How long a handshake whose peer has sent nothing keeps its slot: room for a busy
+/// router to look at what came with the connection.
+pub(super) const SILENT: Duration = Duration::from_millis(500);
 
 /// The handshakes in progress.
 #[derive(Debug, Default)]
@@ -99,10 +106,14 @@ impl Pending {
         }
     }
 
-    /// Closes the handshake going nowhere, if one is (see the module's overview);
-    /// returns its peer, how long it had been in progress, and whether it had sent
-    /// anything.
-    pub(super) fn close_one(&self, now: Instant) -> Option<(SocketAddr, Duration, bool)> {
+    /// Closes the handshake going nowhere, if one is (see the module's overview),
+    /// and returns its peer, how long it had been in progress, and whether it had
+    /// sent anything; else when the first may be going nowhere (`None`: no
+    /// handshake is in progress).
+    pub(super) fn close_one(
+        &self,
+        now: Instant,
+    ) -> Result<(SocketAddr, Duration, bool), Option<Instant>> {
         let mut by_age = self.lock();
         let id = victim(
             by_age
@@ -110,9 +121,9 @@ impl Pending {
                 .map(|(&id, e)| (id, e.started, e.spoke.load(Ordering::Relaxed))),
             now,
         )?;
-        let e = by_age.remove(&id)?;
+        let e = by_age.remove(&id).ok_or(None)?;
         let _ = e.close.send(());
-        Some((
+        Ok((
             e.peer,
             now.saturating_duration_since(e.started),
             e.spoke.load(Ordering::Relaxed),
@@ -121,18 +132,25 @@ impl Pending {
 }
 
 /// Of the handshakes (id, started, spoke) oldest first, the one to close: the
-/// oldest that has not spoken, else the oldest in progress for [`STALLED`].
-fn victim(entries: impl Iterator<Item = (u64, Instant, bool)>, now: Instant) -> Option<u64> {
+/// oldest silent for [`SILENT`], else the oldest in progress for [`STALLED`]; or,
+/// if none is, when the first will be (`None`: there are none).
+fn victim(
+    entries: impl Iterator<Item = (u64, Instant, bool)>,
+    now: Instant,
+) -> Result<u64, Option<Instant>> {
     let mut stalled = None;
+    let mut first_due: Option<Instant> = None;
     for (id, started, spoke) in entries {
-        if !spoke {
-            return Some(id);
+        let due = started + if spoke { STALLED } else { SILENT };
+        if due <= now {
+            if !spoke {
+                return Ok(id);
+            }
+            stalled = stalled.or(Some(id));
         }
-        if stalled.is_none() && now.saturating_duration_since(started) >= STALLED {
-            stalled = Some(id);
-        }
+        first_due = Some(first_due.map_or(due, |d| d.min(due)));
     }
-    stalled
+    stalled.ok_or(first_due)
 }
 
 #[cfg(test)]
@@ -143,23 +161,23 @@ mod tests {
     fn the_slot_goes_from_a_silent_handshake_then_from_a_stalled_one() {
         let t0 = Instant::now();
         let now = t0 + STALLED * 2;
-        let young = now - Duration::from_millis(100);
-        // The oldest silent one, however young, before an older one that spoke.
-        assert_eq!(
-            victim(
-                [(1, t0, true), (2, young, false), (3, young, false)].into_iter(),
-                now
-            ),
-            Some(2)
-        );
-        // None silent: the oldest stalled one.
-        assert_eq!(
-            victim([(1, t0, true), (2, t0, true)].into_iter(), now),
-            Some(1)
-        );
-        // Under way and young: none.
-        assert_eq!(victim([(1, young, true)].into_iter(), now), None);
-        assert_eq!(victim(std::iter::empty(), now), None);
+        let quiet = now - SILENT;
+        let young = now - SILENT / 5;
+        // The oldest silent long enough, before an older one that spoke.
+        let four = [
+            (1, t0, true),
+            (2, young, false),
+            (3, quiet, false),
+            (4, quiet, false),
+        ];
+        assert_eq!(victim(four.into_iter(), now), Ok(3));
+        // None silent long enough: the oldest stalled one.
+        let three = [(1, young, false), (2, t0, true), (3, t0, true)];
+        assert_eq!(victim(three.into_iter(), now), Ok(2));
+        // Young, silent or under way: none yet, and when the first will be.
+        let two = [(1, young, true), (2, young, false)];
+        assert_eq!(victim(two.into_iter(), now), Err(Some(young + SILENT)));
+        assert_eq!(victim(std::iter::empty(), now), Err(None));
     }
 
     #[tokio::test]
@@ -169,11 +187,13 @@ mod tests {
         let talking = pending.enter(peer);
         talking.said().spoke();
         let mut silent = pending.enter("192.0.2.2:5000".parse().unwrap());
-        let (who, _, spoke) = pending.close_one(Instant::now()).unwrap();
+        let now = Instant::now();
+        assert!(pending.close_one(now).is_err(), "silent for no time yet");
+        let (who, _, spoke) = pending.close_one(now + SILENT).unwrap();
         assert_eq!((who.to_string().as_str(), spoke), ("192.0.2.2:5000", false));
         (&mut silent.closed).await.unwrap();
         // The one that spoke is under way: kept.
-        assert!(pending.close_one(Instant::now()).is_none());
+        assert!(pending.close_one(now + SILENT).is_err());
         drop((talking, silent));
         assert!(pending.lock().is_empty());
     }
