@@ -84,6 +84,9 @@ pub struct TunnelSettings {
     /// `performance.idle_timeout_secs`: pooled channels unused for 4/5 of this are
     /// replaced, before a router with the same setting closes them.
     pub idle_timeout: Duration,
+    /// `performance.stream_idle_timeout_secs` (`--stream-idle-timeout`): a user's
+    /// stream that moves nothing either way for this long is closed (`None`: never).
+    pub stream_idle: Option<conduit_dataplane::StreamIdle>,
     /// `Some` for a UDP tunnel (users send datagrams to `bind`).
     pub udp: Option<conduit_dataplane::UdpSpec>,
     /// The PROXY protocol header each TCP stream starts with toward the source
@@ -434,6 +437,8 @@ impl ClientTunnel {
                 link: link.clone(),
                 limit: ConnLimit::new(s.max_connections),
                 bandwidth: conduit_dataplane::ratelimit::Bandwidth::new(s.bandwidth).map(Arc::new),
+                // A UDP tunnel's flows have their own idle timeout.
+                stream_idle: s.stream_idle.filter(|_| s.udp.is_none()),
                 sockets: s.sockets,
                 udp: s.udp,
                 new_flows: s

@@ -63,6 +63,9 @@ pub struct RouterSettings {
     pub connect_timeout: Duration,
     /// How long an unused data channel stays open.
     pub idle_timeout: Duration,
+    /// `performance.stream_idle_timeout_secs`: a stream that moves nothing either
+    /// way for this long is closed (`None`: never).
+    pub stream_idle: Option<conduit_dataplane::StreamIdle>,
     /// Open streams at most, over all clients; 0 means no limit.
     pub max_connections: usize,
     /// Options for sources' sockets.
@@ -217,6 +220,7 @@ impl Router {
                 }),
                 connect_timeout: s.connect_timeout,
                 idle_timeout: s.idle_timeout,
+                stream_idle: s.stream_idle,
                 limit: ConnLimit::new(s.max_connections),
                 sockets: s.sockets,
                 bandwidth: conduit_dataplane::ratelimit::PerClient::new(s.bandwidth).map(Arc::new),

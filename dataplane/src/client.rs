@@ -724,7 +724,10 @@ fn stopped(stop: &Stop, user: &str) -> (String, Option<String>) {
             format!("{user} failed: {e}"),
             Some(format!("{user} failed")),
         ),
-        Stop::Killed(why) => (why.clone(), Some(format!("closed by the client: {why}"))),
+        Stop::Killed(closing) => (
+            closing.why.clone(),
+            Some(format!("closed by the client: {closing}")),
+        ),
         other => (other.to_string(), None),
     }
 }

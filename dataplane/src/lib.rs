@@ -256,6 +256,9 @@ pub struct ClientSpec {
     pub limit: Arc<ConnLimit>,
     /// The tunnel's bandwidth limit, each direction (`None`: unlimited).
     pub bandwidth: Option<Arc<ratelimit::Bandwidth>>,
+    /// A user's stream that moves no byte either way for this long is closed
+    /// (`None`: never; see [`StreamIdle`]).
+    pub stream_idle: Option<StreamIdle>,
     /// Options for users' sockets.
     pub sockets: SocketOptions,
     /// `Some` for a UDP tunnel: users send datagrams to `bind`, each sender's flow
@@ -285,6 +288,39 @@ impl ClientSpec {
     pub(crate) fn allow_from_list(&self) -> String {
         let nets: Vec<String> = self.allow_from.iter().map(ToString::to_string).collect();
         nets.join(", ")
+    }
+}
+
+/// The stream idle timeout: a stream (TCP, not a UDP flow) that moves no byte
+/// either way for this long is closed, both ends reset, and counted as
+/// `idle_timeout`; one whose reader takes nothing of what waits for it moves
+/// nothing too. Each core looks at its streams every [`StreamIdle::every`], so a stream goes
+/// within one look after the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamIdle(Duration);
+
+impl StreamIdle {
+    /// `secs` seconds; `None` for 0 (no timeout).
+    pub fn from_secs(secs: u64) -> Option<Self> {
+        (secs > 0).then(|| Self(Duration::from_secs(secs)))
+    }
+
+    /// The timeout.
+    pub fn timeout(self) -> Duration {
+        self.0
+    }
+
+    /// How often each core looks: a sixtieth of the timeout, between 1 s and a
+    /// minute (a stream goes at most that long after its timeout).
+    pub fn every(self) -> Duration {
+        (self.0 / 60).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Looks in a row that find a stream quiet before it is closed: enough for at
+    /// least the timeout to pass.
+    pub(crate) fn looks(self) -> u32 {
+        let every = self.every().as_millis().max(1);
+        u32::try_from(self.0.as_millis().div_ceil(every)).unwrap_or(u32::MAX)
     }
 }
 
@@ -354,6 +390,9 @@ pub struct RouterSpec {
     pub connect_timeout: Duration,
     /// How long a data channel may sit idle before the router closes it.
     pub idle_timeout: Duration,
+    /// A stream that moves no byte either way for this long is closed (`None`:
+    /// never; see [`StreamIdle`]).
+    pub stream_idle: Option<StreamIdle>,
     /// The router's cap on open streams (`--max-connections`).
     pub limit: Arc<ConnLimit>,
     /// Options for sources' sockets.
@@ -835,6 +874,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_idle_timeout_is_looked_for_often_enough_to_be_close() {
+        assert_eq!(StreamIdle::from_secs(0), None, "0: no timeout");
+        // (timeout s, every ms, looks): looks × every is at least the timeout, and
+        // less than one look more.
+        let cases = [
+            (1, 1000, 1),
+            (2, 1000, 2),
+            (90, 1500, 60),
+            (3600, 60_000, 60),
+            (3601, 60_000, 61),
+            (86400, 60_000, 1440),
+        ];
+        for (secs, every, looks) in cases {
+            let i = StreamIdle::from_secs(secs).expect("not 0");
+            assert_eq!(i.timeout(), Duration::from_secs(secs));
+            assert_eq!(i.every(), Duration::from_millis(every), "{secs}");
+            assert_eq!(i.looks(), looks, "{secs}");
+        }
+    }
+
+    #[test]
     fn a_drain_ends_its_length_from_now() {
         let now = Instant::now();
         assert_eq!(
@@ -875,6 +935,7 @@ mod tests {
                 policy: Arc::new(RefuseAll),
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(60),
+                stream_idle: None,
                 limit: ConnLimit::new(0),
                 sockets: SocketOptions::default(),
                 bandwidth: None,

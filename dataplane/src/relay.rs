@@ -23,14 +23,13 @@ use std::task::{Context, Poll};
 use conduit_proto::frame::{HEADER_LEN, Header};
 use conduit_proto::session::{MAX_RECORD_PLAINTEXT, RECORD_OVERHEAD};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsError, TlsSession};
-use futures::channel::oneshot;
 use futures::future::try_join;
 use pin_project_lite::pin_project;
 
 use crate::channel::{Channel, Held, TLS_READ, lend_back, read_tls, seal};
 use crate::net::{SendError, Socket};
 use crate::pool;
-use crate::stats::{ErrorKind, Meter, Writing};
+use crate::stats::{Closing, ErrorKind, KillReceiver, Meter, Writing};
 
 /// Plaintext read per chunk: with its frame header, exactly four full TLS records.
 pub(crate) const CHUNK: usize = 4 * MAX_RECORD_PLAINTEXT - HEADER_LEN;
@@ -64,7 +63,7 @@ pub(crate) enum Stop {
     /// Stopped from outside the relay (operator, drain deadline, lost link); the
     /// reason says which.
     #[error("{0}")]
-    Killed(String),
+    Killed(Closing),
 }
 
 impl Stop {
@@ -74,7 +73,7 @@ impl Stop {
             Stop::Plain(_) => ErrorKind::Plain,
             Stop::OpenFailed(_) => ErrorKind::OpenFailed,
             Stop::PeerReset(_) => ErrorKind::PeerReset,
-            Stop::Killed(_) => ErrorKind::Killed,
+            Stop::Killed(closing) => closing.kind,
             Stop::Channel(_) | Stop::ChannelClosed | Stop::Tls(_) | Stop::Proto(_) => {
                 ErrorKind::Channel
             }
@@ -116,7 +115,7 @@ impl<'a> Relay<'a> {
     /// connection lives, which is what memory per held connection is made of.
     pub(crate) fn run(
         self,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
     ) -> RelayRun<'a, impl Future<Output = Result<((), ()), Stop>> + 'a> {
         let Relay {
             side,
@@ -155,7 +154,7 @@ pin_project! {
     pub(crate) struct RelayRun<'a, B> {
         #[pin]
         both: B,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
         tls: &'a RefCell<TlsSession>,
     }
 }
@@ -169,9 +168,11 @@ impl<B: Future<Output = Result<((), ()), Stop>>> Future for RelayRun<'_, B> {
             Poll::Ready(Ok(_)) => None,
             Poll::Ready(Err(stop)) => Some(stop),
             Poll::Pending => match Pin::new(this.kill).poll(cx) {
-                Poll::Ready(why) => Some(Stop::Killed(
-                    why.unwrap_or_else(|_| "closed by the data plane".into()),
-                )),
+                Poll::Ready(why) => {
+                    Some(Stop::Killed(why.unwrap_or_else(|_| {
+                        Closing::killed("closed by the data plane")
+                    })))
+                }
                 Poll::Pending => return Poll::Pending,
             },
         };

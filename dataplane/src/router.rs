@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conduit_proto::{Message, PublicKey, Refusal, RefusalCode};
 use futures::channel::oneshot;
@@ -23,7 +23,7 @@ use crate::plain::{
     Ending, PlainChannel, Wire, frames_in, frames_out, pump, read_frame, send_frame,
 };
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
+use crate::stats::{Closing, ConnCounters, ConnEntry, ErrorKind, KillReceiver, Meter, Rides};
 use crate::usage::NO_KEY;
 use crate::worker::Core;
 use crate::{LOOKUP_WAIT, canonical_target};
@@ -223,23 +223,20 @@ impl RouterCore {
         tunnel: &Rc<str>,
         target: &Rc<str>,
         datagrams: bool,
-    ) -> (Rc<ConnCounters>, oneshot::Receiver<String>) {
+    ) -> (Rc<ConnCounters>, KillReceiver) {
         let core = &self.core;
         core.stats.open_one();
         let counters = Rc::new(ConnCounters::default());
         let (kill_tx, kill_rx) = oneshot::channel();
-        core.conns.insert(
-            id,
-            ConnEntry {
-                peer: Some(peer),
-                target: target.clone(),
-                started: Instant::now(),
-                counters: counters.clone(),
-                kill: Some(kill_tx),
-                rides: Rides::Client(client.unwrap_or(NO_KEY), tunnel.clone()),
-                datagrams,
-            },
+        let mut entry = ConnEntry::new(
+            Some(peer),
+            target.clone(),
+            counters.clone(),
+            kill_tx,
+            datagrams,
         );
+        entry.rides = Rides::Client(client.unwrap_or(NO_KEY), tunnel.clone());
+        core.conns.insert(id, entry);
         // Which client and tunnel: a stream's id is this router's own, not the
         // tunnel's (`conn=` differs between their logs).
         debug!(conn = id, %peer, %target, client = %describe(client.as_ref()), %tunnel, "stream opened");
@@ -497,9 +494,11 @@ impl RouterCore {
                 None
             }
             futures::future::Either::Left((Err(stop), _)) => Some(stop),
-            futures::future::Either::Right((why, _)) => Some(Stop::Killed(
-                why.unwrap_or_else(|_| "the router is stopping".to_owned()),
-            )),
+            futures::future::Either::Right((why, _)) => {
+                Some(Stop::Killed(why.unwrap_or_else(|_| {
+                    Closing::killed("the router is stopping")
+                })))
+            }
         };
         self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
         if let Some(stop) = stop {
@@ -508,17 +507,25 @@ impl RouterCore {
                 Wire::KernelTls => "kernel TLS stream",
             };
             let why = match &stop {
-                Stop::Plain(e) => format!("the source connection failed: {e}"),
+                // Closed on purpose (idle, the operator, a stop): said as the
+                // userspace relay says it, not warned about.
+                Stop::Killed(closing) => {
+                    info!(conn = id, %peer, %target, "stream closed: {closing}");
+                    None
+                }
+                Stop::Plain(e) => Some(format!("the source connection failed: {e}")),
                 Stop::Channel(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    format!(
+                    Some(format!(
                         "the channel from the tunnel was reset: {e} (a tunnel resets it when its \
                          user's connection fails or it aborts the stream; if it still runs, its \
                          log says why)"
-                    )
+                    ))
                 }
-                other => other.to_string(),
+                other => Some(other.to_string()),
             };
-            warn!(conn = id, %peer, %target, "{how} failed: {why}");
+            if let Some(why) = why {
+                warn!(conn = id, %peer, %target, "{how} failed: {why}");
+            }
             source.abort();
             sock.abort();
         }

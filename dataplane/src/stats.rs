@@ -46,11 +46,13 @@ pub enum ErrorKind {
     OutOfDescriptors,
     /// The user's address is not in the tunnel's `--allow-from` (client side).
     UserNotAllowed,
+    /// Nothing moved either way for the stream idle timeout.
+    IdleTimeout,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::PolicyRefused,
         ErrorKind::SourceUnreachable,
         ErrorKind::OpenFailed,
@@ -62,6 +64,7 @@ impl ErrorKind {
         ErrorKind::LimitReached,
         ErrorKind::OutOfDescriptors,
         ErrorKind::UserNotAllowed,
+        ErrorKind::IdleTimeout,
     ];
 
     /// The label value metrics use.
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::LimitReached => "limit_reached",
             ErrorKind::OutOfDescriptors => "out_of_descriptors",
             ErrorKind::UserNotAllowed => "user_not_allowed",
+            ErrorKind::IdleTimeout => "idle_timeout",
         }
     }
 
@@ -579,6 +583,34 @@ impl Meter<'_> {
     }
 }
 
+/// Why a connection is told to stop from outside its relay, and what it counts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Closing {
+    pub(crate) why: String,
+    pub(crate) kind: ErrorKind,
+}
+
+impl Closing {
+    /// Stopped by an operator, a stop or a lost link: counted as `killed`.
+    pub(crate) fn killed(why: impl Into<String>) -> Self {
+        Self {
+            why: why.into(),
+            kind: ErrorKind::Killed,
+        }
+    }
+}
+
+impl std::fmt::Display for Closing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+/// Where a connection's kill order goes.
+pub(crate) type KillSender = futures::channel::oneshot::Sender<Closing>;
+/// Where a connection's relay hears its kill order.
+pub(crate) type KillReceiver = futures::channel::oneshot::Receiver<Closing>;
+
 /// One open connection. Kept small (shared strings, the client key only once): a
 /// busy core holds thousands.
 pub(crate) struct ConnEntry {
@@ -587,11 +619,54 @@ pub(crate) struct ConnEntry {
     pub(crate) started: Instant,
     pub(crate) counters: Rc<ConnCounters>,
     /// Stops the connection; carries the reason it is given.
-    pub(crate) kill: Option<futures::channel::oneshot::Sender<String>>,
+    pub(crate) kill: Option<KillSender>,
     /// What the connection rides on, to stop it when that is lost.
     pub(crate) rides: Rides,
     /// A UDP flow: nothing is in flight to let finish when its process stops.
     pub(crate) datagrams: bool,
+    /// How long nothing has moved on it (see [`ConnTable::close_idle`]).
+    quiet: Quiet,
+}
+
+impl ConnEntry {
+    /// A connection just opened, riding on nothing yet.
+    pub(crate) fn new(
+        peer: Option<SocketAddr>,
+        target: Rc<str>,
+        counters: Rc<ConnCounters>,
+        kill: KillSender,
+        datagrams: bool,
+    ) -> Self {
+        Self {
+            peer,
+            target,
+            started: Instant::now(),
+            counters,
+            kill: Some(kill),
+            rides: Rides::Nothing,
+            datagrams,
+            quiet: Quiet::default(),
+        }
+    }
+}
+
+/// What [`ConnTable::close_idle`] saw of a connection at its last look: the bytes
+/// it had moved, and for how many looks in a row that did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Quiet {
+    moved: u64,
+    looks: u32,
+}
+
+impl Default for Quiet {
+    /// Not looked at yet: the first look only takes note (a connection opened just
+    /// before it has not been quiet for a whole look).
+    fn default() -> Self {
+        Self {
+            moved: u64::MAX,
+            looks: 0,
+        }
+    }
 }
 
 /// What a connection depends on beyond its own sockets.
@@ -659,12 +734,46 @@ impl ConnTable {
         match self.entries.borrow_mut().get_mut(&id) {
             Some(e) => {
                 if let Some(k) = e.kill.take() {
-                    let _ = k.send(reason.to_owned());
+                    let _ = k.send(Closing::killed(reason));
                 }
                 true
             }
             None => false,
         }
+    }
+
+    /// One look at every stream for the stream idle timeout: a stream that moved no
+    /// byte either way since the last look is one look quieter (whether it waits to
+    /// read or for its reader to take what it sent); one that did starts again from
+    /// none. Streams quiet for `looks` looks
+    /// in a row are asked to stop with `reason`; returns how many. UDP flows have
+    /// their own idle timeout, and a user still waiting for a channel (riding on
+    /// nothing yet) is not idle but waiting.
+    pub(crate) fn close_idle(&self, looks: u32, reason: &str) -> usize {
+        let mut n = 0;
+        for e in self.entries.borrow_mut().values_mut() {
+            let c = &e.counters;
+            let moved = c.up.get() + c.down.get() + c.unanswered.held.get();
+            if e.datagrams || e.rides == Rides::Nothing {
+                e.quiet = Quiet { moved, looks: 0 };
+                continue;
+            }
+            if moved != e.quiet.moved {
+                e.quiet = Quiet { moved, looks: 0 };
+                continue;
+            }
+            e.quiet.looks = e.quiet.looks.saturating_add(1);
+            if e.quiet.looks >= looks
+                && let Some(k) = e.kill.take()
+            {
+                let _ = k.send(Closing {
+                    why: reason.to_owned(),
+                    kind: ErrorKind::IdleTimeout,
+                });
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Asks every connection riding on something `lost` says is gone to stop;
@@ -675,7 +784,7 @@ impl ConnTable {
             if lost(&e.rides)
                 && let Some(k) = e.kill.take()
             {
-                let _ = k.send(reason.to_owned());
+                let _ = k.send(Closing::killed(reason));
                 n += 1;
             }
         }
@@ -706,7 +815,7 @@ impl ConnTable {
             if e.datagrams
                 && let Some(k) = e.kill.take()
             {
-                let _ = k.send(reason.to_owned());
+                let _ = k.send(Closing::killed(reason));
                 n += 1;
             }
         }
@@ -753,6 +862,80 @@ impl ConnTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table entry riding on `rides`, and the receiver of its kill order.
+    fn entry(
+        table: &ConnTable,
+        id: u64,
+        rides: Rides,
+        datagrams: bool,
+    ) -> (Rc<ConnCounters>, KillReceiver) {
+        let counters = Rc::new(ConnCounters::default());
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let mut e = ConnEntry::new(None, "s:1".into(), counters.clone(), tx, datagrams);
+        e.rides = rides;
+        table.insert(id, e);
+        (counters, rx)
+    }
+
+    #[test]
+    fn a_stream_quiet_for_the_looks_it_needs_is_closed_as_idle_and_nothing_else_is() {
+        let table = ConnTable::default();
+        let riding = || Rides::Client(crate::usage::NO_KEY, "t".into());
+        let (_, mut quiet) = entry(&table, 1, riding(), false);
+        let (moving, mut busy) = entry(&table, 2, riding(), false);
+        let (_, mut flow) = entry(&table, 3, riding(), true);
+        let (_, mut waiting) = entry(&table, 4, Rides::Nothing, false);
+        let (held, mut early) = entry(&table, 6, riding(), false);
+        let heard = |rx: &mut KillReceiver| rx.try_recv().expect("sender kept");
+
+        // The first look only takes note; two quiet looks after it close a stream.
+        for _ in 0..2 {
+            moving.down.set(moving.down.get() + 1);
+            held.unanswered.held.set(held.unanswered.held.get() + 5);
+            assert_eq!(table.close_idle(2, "idle"), 0);
+        }
+        moving.up.set(7);
+        assert_eq!(table.close_idle(2, "idle"), 1, "only the quiet stream");
+        assert_eq!(
+            heard(&mut quiet),
+            Some(Closing {
+                why: "idle".into(),
+                kind: ErrorKind::IdleTimeout
+            })
+        );
+        for rx in [&mut busy, &mut flow, &mut waiting, &mut early] {
+            assert_eq!(heard(rx), None);
+        }
+        // Told once; the others once they too stay quiet (the held bytes once they
+        // stop growing).
+        assert_eq!(table.close_idle(2, "idle"), 1, "held bytes stopped");
+        assert_eq!(table.close_idle(2, "idle"), 1, "the stream that moved");
+        assert_eq!(
+            heard(&mut busy).map(|c| c.kind),
+            Some(ErrorKind::IdleTimeout)
+        );
+        assert_eq!(
+            heard(&mut early).map(|c| c.kind),
+            Some(ErrorKind::IdleTimeout)
+        );
+        for _ in 0..4 {
+            assert_eq!(table.close_idle(2, "idle"), 0);
+        }
+        assert_eq!(
+            heard(&mut flow),
+            None,
+            "a UDP flow has its own idle timeout"
+        );
+        assert_eq!(
+            heard(&mut waiting),
+            None,
+            "a user waiting for a channel is not idle"
+        );
+        // An operator's kill is counted as one.
+        assert!(table.kill(4, "closed by the operator"));
+        assert_eq!(heard(&mut waiting).map(|c| c.kind), Some(ErrorKind::Killed));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_with_inf_last() {

@@ -208,7 +208,7 @@ mod tests {
     /// a target never opened (refused) is not reported at all.
     #[test]
     fn a_source_with_an_open_stream_is_in_use_now() {
-        use crate::stats::{ConnEntry, Rides};
+        use crate::stats::ConnEntry;
         let book = UsageBook::default();
         book.source_used("10.0.0.9:80");
         book.source_used("10.0.0.8:80");
@@ -220,17 +220,10 @@ mod tests {
             (2, "10.0.0.9:53", true),
             (3, "192.168.1.1:22", false),
         ] {
+            let (kill, _) = futures::channel::oneshot::channel();
             conns.insert(
                 id,
-                ConnEntry {
-                    peer: None,
-                    target: target.into(),
-                    started: Instant::now(),
-                    counters: Default::default(),
-                    kill: None,
-                    rides: Rides::Nothing,
-                    datagrams,
-                },
+                ConnEntry::new(None, target.into(), Default::default(), kill, datagrams),
             );
         }
         let r = book.report(&conns);

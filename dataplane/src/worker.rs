@@ -13,7 +13,7 @@ use crate::handoff::{FromWorker, ToWorker};
 use crate::router::RouterCore;
 use crate::stats::{ConnTable, CoreStats, Rides};
 use crate::usage::UsageBook;
-use crate::{ClientSpec, RouterSpec};
+use crate::{ClientSpec, RouterSpec, StreamIdle};
 
 /// What every worker has, whatever its role.
 pub(crate) struct Core {
@@ -130,6 +130,10 @@ impl Drained {
 pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWorker>) -> Drained {
     let mut client: Option<Rc<ClientCore>> = None;
     let mut router: Option<Rc<RouterCore>> = None;
+    let stream_idle = match &role {
+        Role::Client { spec, .. } => spec.stream_idle,
+        Role::Router { spec } => spec.stream_idle,
+    };
     match role {
         Role::Client {
             spec,
@@ -143,6 +147,9 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
             }
         },
         Role::Router { spec } => router = Some(Rc::new(RouterCore::new(core.clone(), spec))),
+    }
+    if let Some(idle) = stream_idle {
+        close_idle_streams(&core, idle);
     }
     debug!(core = core.index, "worker ready");
 
@@ -282,6 +289,26 @@ pub(crate) async fn run(core: Rc<Core>, role: Role, inbox: flume::Receiver<ToWor
         closed,
         cut_short,
     }
+}
+
+/// Closes this core's streams that move nothing for the stream idle timeout, looking
+/// every [`StreamIdle::every`] for as long as the worker runs (see
+/// [`ConnTable::close_idle`](crate::stats::ConnTable::close_idle)).
+fn close_idle_streams(core: &Rc<Core>, idle: StreamIdle) {
+    let core = core.clone();
+    let reason = format!(
+        "idle: no byte moved either way for {}s (the stream idle timeout)",
+        idle.timeout().as_secs()
+    );
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(idle.every()).await;
+            let n = core.conns.close_idle(idle.looks(), &reason);
+            if n > 0 {
+                debug!(core = core.index, count = n, "closing idle streams");
+            }
+        }
+    });
 }
 
 /// Stops each of `conns` (streams riding on a link whose far end closed it) that

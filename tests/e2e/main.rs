@@ -20,6 +20,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod http;
+mod idle;
 mod ipv6;
 mod lifecycle;
 mod limits;

@@ -829,6 +829,21 @@ fn a_udp_setting_on_a_tcp_tunnel_is_a_usage_error() {
     }
 }
 
+/// The stream idle timeout on a UDP tunnel is refused: its flows end by
+/// `--udp-idle-timeout`.
+#[test]
+fn a_stream_idle_timeout_on_a_udp_tunnel_is_a_usage_error() {
+    let home = Home::with_keys();
+    let udp = ["--protocol", "udp", "--stream-idle-timeout", "5"];
+    let (status, err) = start_to_nowhere(&home, "127.0.0.1:0", &udp);
+    assert_code(status, 64, &err);
+    assert_eq!(
+        err,
+        "conduit: error: --stream-idle-timeout applies to TCP tunnels only (a UDP flow ends \
+         after --udp-idle-timeout): leave it out\n"
+    );
+}
+
 /// A rule in an IPv4-mapped IPv6 form allows what it maps, as a target in that form
 /// is checked as the IPv4 address it is; a refusal offers the rule in IPv4 form.
 #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
-use conduit_controlplane::config::Override;
+use conduit_controlplane::config::{Override, STREAM_IDLE_TIMEOUT_SECS};
 use conduit_dataplane::Engine;
 use conduit_proto::Secret;
 use conduit_proto::tls::Suites;
@@ -231,6 +231,11 @@ pub(crate) struct StartArgs {
     /// can reach --bind. A tunnel's `allow_from` in a file.
     #[arg(long, value_name = "ADDR|CIDR", value_delimiter = ',', value_parser = conduit_controlplane::config::allow_from_net)]
     pub(crate) allow_from: Vec<ipnet::IpNet>,
+    /// TCP tunnels: seconds a user's connection may move no byte either way before
+    /// it is closed (both ends reset, counted as `idle_timeout`), 0 for never;
+    /// `[performance] stream_idle_timeout_secs` in a file.
+    #[arg(long, value_name = "SECS", default_value_t = STREAM_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=604800))]
+    pub(crate) stream_idle_timeout: u64,
     /// UDP tunnels: seconds a flow may pass no datagram either way before it ends;
     /// `[performance] udp_idle_timeout_secs` in a file.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]

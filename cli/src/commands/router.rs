@@ -368,6 +368,7 @@ fn settings(c: &RouterConfig, transport: Transport, given: RulesGiven) -> Result
         max_pending_handshakes: p.max_pending_handshakes,
         connect_timeout: p.connect_timeout(),
         idle_timeout: p.idle_timeout(),
+        stream_idle: p.stream_idle(),
         max_connections: usize::try_from(p.max_connections).unwrap_or(usize::MAX),
         sockets: p.socket_options(),
         bandwidth: conduit_dataplane::ratelimit::Limit::from_config(

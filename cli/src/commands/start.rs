@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use conduit_controlplane::alerts::tunnel::TunnelAlerts;
-use conduit_controlplane::config::{AlertsConfig, OptimizeFor, PerformanceConfig};
+use conduit_controlplane::config::{
+    AlertsConfig, OptimizeFor, PerformanceConfig, STREAM_IDLE_TIMEOUT_SECS,
+};
 use conduit_controlplane::process::{NameClaim, RegisteredTunnel, Registration, claim_name};
 use conduit_controlplane::spawn::{Launch, Launched, Standing, first_round_line, launch};
 use conduit_controlplane::stop::StopSignals;
@@ -54,6 +56,15 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
             ))
             .into());
         }
+    }
+    // A UDP tunnel's flows end by --udp-idle-timeout.
+    if a.protocol == ProtocolArg::Udp && a.stream_idle_timeout != STREAM_IDLE_TIMEOUT_SECS {
+        return Err(Usage(
+            "--stream-idle-timeout applies to TCP tunnels only (a UDP flow ends after \
+             --udp-idle-timeout): leave it out"
+                .into(),
+        )
+        .into());
     }
     alert_urls(&a)?;
     if a.alert_after != 10 && a.alert_webhook.is_none() && a.alert_slack.is_none() {
@@ -141,6 +152,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         dataplane: dataplane_options(&a.engine),
         heartbeat: secs(a.heartbeat_interval),
         idle_timeout: performance.idle_timeout(),
+        stream_idle: conduit_dataplane::StreamIdle::from_secs(a.stream_idle_timeout),
         key_path,
         key_rotation: conduit_controlplane::client::days(a.key_rotation_days),
         failback: conduit_controlplane::client::secs(a.router_failback),
@@ -609,6 +621,11 @@ fn service_args(home: &Home, a: &StartArgs, log: &LogArgs) -> Result<Vec<String>
         ("--router-failback", a.router_failback, 30),
         ("--standby-check", a.standby_check, 300),
         ("--udp-idle-timeout", a.udp_idle_timeout, 60),
+        (
+            "--stream-idle-timeout",
+            a.stream_idle_timeout,
+            STREAM_IDLE_TIMEOUT_SECS,
+        ),
         ("--alert-after", a.alert_after, 10),
         ("--udp-max-new-flows", a.udp_max_new_flows, 0),
         ("--max-connections", a.max_connections as u64, 0),
@@ -699,6 +716,7 @@ mod tests {
             ("proxy-protocol", "v2"),
             ("allow-from", "10.0.0.0/8"),
             ("udp-idle-timeout", "61"),
+            ("stream-idle-timeout", "61"),
             ("udp-max-new-flows", "7"),
             ("pool-size", "5"),
             ("optimize-for", "latency"),

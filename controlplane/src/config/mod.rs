@@ -56,7 +56,7 @@ pub use model::{
     AlertsConfig, ApiConfig, Config, HealthConfig, IoEngine, LATENCY_POOL, LogFormat, LogLevel,
     LogRotation, LoggingConfig, MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER, OptimizeFor,
     PerformanceConfig, Protocol, ProxyProtocolVersion, RESERVED_FDS, RouterConfig, RouterPeer,
-    RouterServer, Security, TransportKind, TunnelConfig,
+    RouterServer, STREAM_IDLE_TIMEOUT_SECS, Security, TransportKind, TunnelConfig,
 };
 pub use plan::{Plan, TunnelPlan, plan_tunnels};
 pub use schema::{parse_bool, parse_path, token_problem};

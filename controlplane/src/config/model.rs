@@ -16,7 +16,7 @@ mod performance;
 
 pub use performance::{
     IoEngine, LATENCY_POOL, MAX_SOCKET_BUFFER, MIN_SOCKET_BUFFER, OptimizeFor, PerformanceConfig,
-    RESERVED_FDS,
+    RESERVED_FDS, STREAM_IDLE_TIMEOUT_SECS,
 };
 
 /// A client's `conduit.toml`: the router to reach, this client's key, tuning, logging,

@@ -69,6 +69,14 @@ pub struct TunnelPlan {
     pub log_level_flag: Option<String>,
 }
 
+/// `p` as [`TunnelPlan::digest`] takes it: the settings a tunnel had when digests
+/// began, so tunnels started before a later one keep their digests (`up` leaves them
+/// running); the later ones enter the digest only when set.
+pub(super) fn performance_text(p: &PerformanceConfig) -> String {
+    let later = format!(" stream_idle_timeout_secs: {},", p.stream_idle_timeout_secs);
+    format!("{p:?}").replacen(&later, "", 1)
+}
+
 impl TunnelPlan {
     /// The level (or tracing filter) the tunnel process runs with: `up`'s flag,
     /// else the file's `[logging] level`.
@@ -91,7 +99,7 @@ impl TunnelPlan {
             ..self.performance.clone()
         };
         let text = format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}",
             self.name,
             self.router,
             // The pins as written, not the keys read from their files: a tunnel
@@ -102,7 +110,7 @@ impl TunnelPlan {
             self.bind,
             self.protocol,
             self.transport,
-            performance,
+            performance_text(&performance),
             self.key_rotation_days,
             self.failback_secs,
         );
@@ -113,6 +121,10 @@ impl TunnelPlan {
         }
         if self.balance {
             h.update(b"|balance");
+        }
+        if performance.stream_idle_timeout_secs != crate::config::STREAM_IDLE_TIMEOUT_SECS {
+            let secs = performance.stream_idle_timeout_secs;
+            h.update(format!("|stream_idle|{secs}").as_bytes());
         }
         if !self.suites.is_default() {
             h.update(format!("|suites|{}", self.suites).as_bytes());
@@ -184,6 +196,7 @@ impl TunnelPlan {
             dataplane: p.dataplane_options(),
             heartbeat: p.heartbeat(),
             idle_timeout: p.idle_timeout(),
+            stream_idle: p.stream_idle(),
             key_path: Some(self.private_key_path.clone()),
             key_rotation: crate::client::days(self.key_rotation_days),
             failback: crate::client::secs(self.failback_secs),

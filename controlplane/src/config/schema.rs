@@ -162,6 +162,13 @@ const PERFORMANCE: Section = Section {
         key("handshake_timeout_secs", SECS),
         key("max_pending_handshakes", Kind::Int { min: 1, max: 65536 }),
         key("idle_timeout_secs", Kind::Int { min: 1, max: 86400 }),
+        key(
+            "stream_idle_timeout_secs",
+            Kind::Int {
+                min: 0,
+                max: 604800,
+            },
+        ),
         key("drain_timeout_secs", Kind::Int { min: 0, max: 3600 }),
         key("heartbeat_interval_secs", Kind::Int { min: 1, max: 300 }),
         key("udp_idle_timeout_secs", Kind::Int { min: 1, max: 86400 }),

@@ -742,6 +742,27 @@ fn only_what_a_tunnel_uses_changes_its_digest() {
         default
     );
     assert_ne!(digest("[performance]\npool_size = 3\n"), default);
+    // A setting added later changes a digest only when set away from its default:
+    // tunnels started before it stay as they are on `up`.
+    assert_eq!(
+        digest("[performance]\nstream_idle_timeout_secs = 3600\n"),
+        default
+    );
+    assert_ne!(
+        digest("[performance]\nstream_idle_timeout_secs = 0\n"),
+        default
+    );
+    assert_eq!(
+        super::plan::performance_text(&PerformanceConfig::default()),
+        "PerformanceConfig { workers: 0, io_engine: Auto, pin_cores: false, pool_size: 2, \
+         auto_tune: false, optimize_for: Balanced, tcp_nodelay: true, kernel_tls: true, \
+         tcp_keepalive_secs: 60, read_buffer_size: 0, write_buffer_size: 0, \
+         default_bandwidth_limit: 0, burst_bandwidth_limit: 0, max_connections: 0, \
+         connect_timeout_secs: 10, handshake_timeout_secs: 10, max_pending_handshakes: 1024, \
+         idle_timeout_secs: 300, drain_timeout_secs: 30, heartbeat_interval_secs: 5, \
+         udp_idle_timeout_secs: 60, udp_max_new_flows: 0 }",
+        "what digests were made of before stream_idle_timeout_secs"
+    );
     // The log's level and format are the tunnel's too.
     assert_eq!(digest("[logging]\nlevel = \"info\"\n"), default);
     assert_ne!(digest("[logging]\nlevel = \"debug\"\n"), default);

@@ -22,7 +22,7 @@ use crate::net::Socket;
 use crate::offload;
 use crate::plain::{Ending, PlainChannel, Wire, frames_in, frames_out, pump, read_frame};
 use crate::relay::{Relay, Side, Stop};
-use crate::stats::{ConnCounters, ConnEntry, ErrorKind, Meter, Rides};
+use crate::stats::{Closing, ConnCounters, ConnEntry, ErrorKind, KillReceiver, Meter, Rides};
 
 impl ClientCore {
     /// A user's connection, from accept to close. The setup is done here and the
@@ -76,9 +76,10 @@ impl ClientCore {
                     Some(0)
                 };
                 // A user that resets its own connection is routine (browsers do),
-                // nothing for the operator to fix: noted, not warned about.
+                // as is one left idle past the timeout: nothing for the operator to
+                // fix, noted, not warned about.
                 match held {
-                    Some(_) if kind == ErrorKind::Plain => {
+                    Some(_) if matches!(kind, ErrorKind::Plain | ErrorKind::IdleTimeout) => {
                         info!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
                     }
                     Some(held) => {
@@ -109,25 +110,21 @@ impl ClientCore {
         id: u64,
         peer: SocketAddr,
         datagrams: bool,
-    ) -> (Rc<ConnCounters>, oneshot::Receiver<String>, Instant) {
+    ) -> (Rc<ConnCounters>, KillReceiver, Instant) {
         let core = &self.core;
         core.stats.opened.fetch_add(1, Relaxed);
         core.stats.open_one();
         let counters = Rc::new(ConnCounters::default());
         let (kill_tx, kill_rx) = oneshot::channel();
-        let started = Instant::now();
-        core.conns.insert(
-            id,
-            ConnEntry {
-                peer: Some(peer),
-                target: self.target.clone(),
-                started,
-                counters: counters.clone(),
-                kill: Some(kill_tx),
-                rides: Rides::Nothing,
-                datagrams,
-            },
+        let entry = ConnEntry::new(
+            Some(peer),
+            self.target.clone(),
+            counters.clone(),
+            kill_tx,
+            datagrams,
         );
+        let started = entry.started;
+        core.conns.insert(id, entry);
         (counters, kill_rx, started)
     }
 
@@ -156,7 +153,7 @@ impl ClientCore {
         id: u64,
         user: &Socket,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
         header: Option<Vec<u8>>,
     ) -> Result<(), (ErrorKind, String)> {
         // Both boxed: the relay below may run for days, and a task's size is that of
@@ -248,7 +245,7 @@ impl ClientCore {
         &self,
         user: &Socket,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
         mut ch: Box<PlainChannel>,
         header: Option<Vec<u8>>,
     ) -> Result<(), (ErrorKind, String)> {
@@ -296,7 +293,7 @@ impl ClientCore {
         &self,
         user: &Socket,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
         sock: &Socket,
         wire: Wire,
         opened: impl Future<Output = Result<Vec<u8>, Stop>>,
@@ -353,14 +350,14 @@ impl ClientCore {
             }
             Either::Left((Err(stop), _)) => stop,
             Either::Right((why, _)) => {
-                Stop::Killed(why.unwrap_or_else(|_| "closed by the data plane".into()))
+                Stop::Killed(why.unwrap_or_else(|_| Closing::killed("closed by the data plane")))
             }
         };
         sock.abort();
         let kind = stop.kind();
         let why = match stop {
             Stop::OpenFailed(r) => open_failed(&r),
-            Stop::Killed(why) => why,
+            Stop::Killed(closing) => closing.why,
             Stop::Plain(e) => format!("the user's connection failed: {e}"),
             // Spliced streams carry no `Reset`: the router resets the channel itself.
             Stop::Channel(e) if e.kind() == std::io::ErrorKind::ConnectionReset => format!(
@@ -380,7 +377,7 @@ impl ClientCore {
         id: u64,
         user: &Socket,
         counters: &ConnCounters,
-        mut kill: oneshot::Receiver<String>,
+        mut kill: KillReceiver,
         mut ch: Box<Channel>,
         header: Option<Vec<u8>>,
     ) -> Result<(), (ErrorKind, String)> {
@@ -392,7 +389,7 @@ impl ClientCore {
         let answer = match select(Box::pin(offload::answer(&mut ch)), &mut kill).await {
             Either::Left((answer, _)) => Ok(answer),
             Either::Right((why, _)) => {
-                Err(why.unwrap_or_else(|_| "closed by the data plane".into()))
+                Err(why.unwrap_or_else(|_| Closing::killed("closed by the data plane")))
             }
         };
         let answer = match answer {
@@ -401,9 +398,9 @@ impl ClientCore {
                 ch.sock.abort();
                 return Err(channel_failed(e));
             }
-            Err(why) => {
+            Err(closing) => {
                 ch.sock.abort();
-                return Err((ErrorKind::Killed, why));
+                return Err((closing.kind, closing.why));
             }
         };
         match answer {

@@ -23,7 +23,9 @@ use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::{Destination, Udp};
 use crate::plain::{Wire, send_best_effort, send_frame};
 use crate::relay::{Side, Stop};
-use crate::stats::{ConnCounters, DROPS_READ_EVERY, DropTally, ErrorKind, Meter, Rides};
+use crate::stats::{
+    Closing, ConnCounters, DROPS_READ_EVERY, DropTally, ErrorKind, KillReceiver, Meter, Rides,
+};
 
 /// Bytes of datagrams one flow may have queued for its channel; beyond this, new ones
 /// are dropped (as a full socket buffer drops them) and counted.
@@ -437,7 +439,7 @@ impl ClientCore {
         ends: &Ends,
         rx: Inbox,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
     ) -> Result<(), (ErrorKind, String)> {
         let Ends { peer, local, sock } = ends;
         let (peer, sock) = (*peer, &**sock);
@@ -540,7 +542,7 @@ impl ClientCore {
         &self,
         user: Upstream<'_>,
         counters: &ConnCounters,
-        kill: oneshot::Receiver<String>,
+        kill: KillReceiver,
         back: Deliver<'_>,
         from: Inbound<'_>,
         to: Carrier<'_>,
@@ -626,9 +628,11 @@ impl ClientCore {
         match select(both, kill).await {
             Either::Left((Ok(((), next)), _)) => Ok(next),
             Either::Left((Err(stop), _)) => Err(stop),
-            Either::Right((why, _)) => Err(Stop::Killed(
-                why.unwrap_or_else(|_| "closed by the data plane".into()),
-            )),
+            Either::Right((why, _)) => {
+                Err(Stop::Killed(why.unwrap_or_else(|_| {
+                    Closing::killed("closed by the data plane")
+                })))
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::limit::Permit;
 use crate::net::{Socket, Udp};
 use crate::plain::{send_best_effort, send_frame};
 use crate::relay::{Side, Stop};
-use crate::stats::{ErrorKind, Meter};
+use crate::stats::{Closing, ErrorKind, Meter};
 use crate::usage::NO_KEY;
 
 impl RouterCore {
@@ -194,9 +194,11 @@ impl RouterCore {
         let result = match select(both, kill).await {
             Either::Left((Ok((next, ())), _)) => Ok(next),
             Either::Left((Err(stop), _)) => Err(stop),
-            Either::Right((why, _)) => Err(Stop::Killed(
-                why.unwrap_or_else(|_| "the router is stopping".to_owned()),
-            )),
+            Either::Right((why, _)) => {
+                Err(Stop::Killed(why.unwrap_or_else(|_| {
+                    Closing::killed("the router is stopping")
+                })))
+            }
         };
         self.untrack(of.id, of.client, result.as_ref().err().map(Stop::kind));
         drop(permit);

@@ -56,6 +56,9 @@ pub struct PerformanceConfig {
     /// then, and a tunnel replaces it after 4/5 of this (before a router with the
     /// same setting closes it).
     pub idle_timeout_secs: u64,
+    /// A stream (a user's TCP connection) that moves no byte either way for this
+    /// many seconds is closed, on a tunnel and on a router alike; 0 for never.
+    pub stream_idle_timeout_secs: u64,
     /// How long open connections may finish after SIGTERM, in seconds.
     pub drain_timeout_secs: u64,
     /// Tunnel: seconds between heartbeats to the router; three without an answer
@@ -68,6 +71,9 @@ pub struct PerformanceConfig {
     /// 0 for no cap.
     pub udp_max_new_flows: u64,
 }
+
+/// The default `stream_idle_timeout_secs`: an hour, as Envoy's TCP proxy.
+pub const STREAM_IDLE_TIMEOUT_SECS: u64 = 3600;
 
 /// The fewest ready channels per worker with `optimize_for = "latency"`: a burst of
 /// new connections finds a handshaken channel instead of waiting for a handshake.
@@ -103,6 +109,7 @@ impl Default for PerformanceConfig {
             handshake_timeout_secs: 10,
             max_pending_handshakes: 1024,
             idle_timeout_secs: 300,
+            stream_idle_timeout_secs: STREAM_IDLE_TIMEOUT_SECS,
             drain_timeout_secs: 30,
             heartbeat_interval_secs: crate::HEARTBEAT_INTERVAL.as_secs(),
             udp_idle_timeout_secs: 60,
@@ -211,6 +218,11 @@ impl PerformanceConfig {
     /// `heartbeat_interval_secs`.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_interval_secs)
+    }
+
+    /// `stream_idle_timeout_secs` (`None`: 0, never).
+    pub fn stream_idle(&self) -> Option<conduit_dataplane::StreamIdle> {
+        conduit_dataplane::StreamIdle::from_secs(self.stream_idle_timeout_secs)
     }
 
     /// `udp_idle_timeout_secs`.
