@@ -716,26 +716,26 @@ fn channel_failed(e: impl std::fmt::Display) -> (ErrorKind, String) {
 }
 
 /// Why a stream or flow stopped, as its user's reason (`user` names the user's side);
-/// and what to tell the router, where it cannot know.
-fn stopped(stop: &Stop, user: &str) -> (String, Option<String>) {
+/// and the `Reset` to tell the router, where it cannot know.
+fn stopped(stop: &Stop, user: &str) -> (String, Option<Refusal>) {
     match stop {
         Stop::OpenFailed(r) => (open_failed(r), None),
         Stop::Plain(e) => (
             format!("{user} failed: {e}"),
-            Some(format!("{user} failed")),
+            Some(Refusal::new(RefusalCode::Aborted, format!("{user} failed"))),
         ),
         Stop::Killed(closing) => (
             closing.why.clone(),
-            Some(format!("closed by the client: {closing}")),
+            Some(closing.reset(format!("closed by the client: {closing}"))),
         ),
         other => (other.to_string(), None),
     }
 }
 
-/// Best effort: tell the router this stream is aborted, so it resets the source.
-async fn tell_peer(ch: &Channel, why: &str) {
-    ch.send_best_effort(Message::Reset(Refusal::new(RefusalCode::Aborted, why)))
-        .await;
+/// Best effort: tell the router this stream is aborted (`reset` says why), so it
+/// resets the source.
+async fn tell_peer(ch: &Channel, reset: Refusal) {
+    ch.send_best_effort(Message::Reset(reset)).await;
 }
 
 #[cfg(test)]

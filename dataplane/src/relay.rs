@@ -72,6 +72,9 @@ impl Stop {
         match self {
             Stop::Plain(_) => ErrorKind::Plain,
             Stop::OpenFailed(_) => ErrorKind::OpenFailed,
+            Stop::PeerReset(r) if r.code == conduit_proto::RefusalCode::IdleTimeout => {
+                ErrorKind::IdleTimeout
+            }
             Stop::PeerReset(_) => ErrorKind::PeerReset,
             Stop::Killed(closing) => closing.kind,
             Stop::Channel(_) | Stop::ChannelClosed | Stop::Tls(_) | Stop::Proto(_) => {

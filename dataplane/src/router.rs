@@ -735,9 +735,11 @@ fn stopped(id: u64, peer: SocketAddr, target: &str, stop: &Stop, what: &str) -> 
             warn!(conn = id, %target, "{what} failed: {e}");
             format!("the {what} failed: {e}")
         }
-        Stop::Killed(why) => {
-            info!(conn = id, %peer, %target, "stream closed: {why}");
-            format!("closed by the router: {why}")
+        Stop::Killed(closing) => {
+            info!(conn = id, %peer, %target, "stream closed: {closing}");
+            return Some(Message::Reset(
+                closing.reset(format!("closed by the router: {closing}")),
+            ));
         }
         Stop::PeerReset(r) => {
             debug!(conn = id, "client aborted the stream: {}", r.message);

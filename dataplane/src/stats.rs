@@ -600,6 +600,19 @@ impl Closing {
     }
 }
 
+impl Closing {
+    /// The `Reset` that tells the other Conduit end, saying `why`: an idle stream's
+    /// with its own code, so that end counts it as idle too.
+    pub(crate) fn reset(&self, why: String) -> conduit_proto::Refusal {
+        use conduit_proto::RefusalCode;
+        let code = match self.kind {
+            ErrorKind::IdleTimeout => RefusalCode::IdleTimeout,
+            _ => RefusalCode::Aborted,
+        };
+        conduit_proto::Refusal::new(code, why)
+    }
+}
+
 impl std::fmt::Display for Closing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.why)

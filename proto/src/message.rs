@@ -58,6 +58,9 @@ pub enum RefusalCode {
     Protocol,
     /// The current stream was aborted by one of its ends.
     Aborted,
+    /// The current stream moved no byte either way for its sender's stream idle
+    /// timeout, and was closed (a `Reset`; an older peer takes it for `Other(9)`).
+    IdleTimeout,
     /// A code this build does not know.
     Other(u16),
 }
@@ -73,6 +76,7 @@ impl RefusalCode {
             Self::ShuttingDown => 6,
             Self::Protocol => 7,
             Self::Aborted => 8,
+            Self::IdleTimeout => 9,
             Self::Other(n) => n,
         }
     }
@@ -87,6 +91,7 @@ impl RefusalCode {
             6 => Self::ShuttingDown,
             7 => Self::Protocol,
             8 => Self::Aborted,
+            9 => Self::IdleTimeout,
             n => Self::Other(n),
         }
     }
@@ -572,6 +577,10 @@ mod tests {
         round_trip(Message::Eof);
         round_trip(Message::Unframed);
         round_trip(Message::Reset(Refusal::new(RefusalCode::Aborted, "rst")));
+        round_trip(Message::Reset(Refusal::new(
+            RefusalCode::IdleTimeout,
+            "idle",
+        )));
         round_trip(Message::Ping { nonce: u64::MAX });
         round_trip(Message::Pong { nonce: 7 });
         round_trip(Message::RotateKey {

@@ -87,8 +87,9 @@ both_engines!(
     }
 );
 
-/// A router closes its own quiet streams (`stream_idle_timeout_secs`), telling the
-/// tunnel why, on either transport; the tunnel's timeout is off.
+/// A router closes its own quiet streams (`stream_idle_timeout_secs`), on either
+/// transport; the tunnel's timeout is off. Over TLS it tells the tunnel why, which
+/// counts the stream as idle too (the plain transport's channel is just reset).
 #[test]
 fn a_router_closes_streams_that_stay_quiet_past_its_idle_timeout() {
     let engine = Engine::Epoll;
@@ -103,6 +104,14 @@ fn a_router_closes_streams_that_stay_quiet_past_its_idle_timeout() {
         let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &extra);
         wait_closed(connected(taddr, b"then quiet"));
         router.wait_stderr(&format!("stream closed: {}", idle_reason(1)));
+        if transport.is_empty() {
+            tunnel.wait_stderr(&format!(
+                "INFO user connection closed: aborted by the other end: closed by the router: {}",
+                idle_reason(1)
+            ));
+            let metrics = home.ok(&["stats", "--format", "prometheus"]);
+            assert_eq!(idle_count(&metrics), "1", "{metrics}");
+        }
         // The tunnel's own timeout is off: what it logs is the router's doing.
         assert_eq!(tunnel.stderr_count("user connection closed: idle"), 0);
         assert_echo(taddr, b"still serving");

@@ -232,8 +232,8 @@ impl ClientCore {
             return Ok(());
         };
         let (reason, notice) = stopped(&stop, user);
-        if let Some(why) = notice {
-            tell_peer(&ch, &why).await;
+        if let Some(reset) = notice {
+            tell_peer(&ch, reset).await;
         }
         Err((stop.kind(), reason))
     }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use conduit_proto::{Message, Refusal, RefusalCode};
+use conduit_proto::Message;
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use futures::future::{Either, select, try_join};
@@ -524,9 +524,8 @@ impl ClientCore {
                     }
                     Err(stop) => {
                         let (reason, notice) = stopped(&stop, "the user's socket");
-                        if let Some(why) = notice {
-                            let reset = Message::Reset(Refusal::new(RefusalCode::Aborted, why));
-                            send_best_effort(chan, &reset).await;
+                        if let Some(reset) = notice {
+                            send_best_effort(chan, &Message::Reset(reset)).await;
                         }
                         Err((stop.kind(), reason))
                     }
