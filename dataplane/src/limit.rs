@@ -133,6 +133,12 @@ impl Throttle {
             }
         }
     }
+
+    /// The occurrences held back since the last one logged, now to be said by the
+    /// caller (they count as said).
+    pub(crate) fn take_held(&self) -> u64 {
+        self.held.swap(0, Ordering::Relaxed)
+    }
 }
 
 impl Report {

@@ -104,7 +104,8 @@ pub(crate) fn size_udp_buffers(s: &socket2::SockRef<'_>, sockets: &crate::Socket
 /// while accepts keep failing; an accept that succeeds starts it over, since a
 /// listener that still takes connections in between is making progress, not
 /// spinning (and a backlog of waiting users drains fastest that way). The failures
-/// are logged at most once a second, with a count of those held back.
+/// are logged at most once a second, with a count of those held back; a count left
+/// when accepts resume is said then.
 #[derive(Debug)]
 pub struct AcceptBackoff {
     failures: u32,
@@ -132,9 +133,17 @@ impl AcceptBackoff {
         }
     }
 
-    /// An accept succeeded.
+    /// An accept succeeded. The first after failures says how many of them were
+    /// not logged, if any.
     pub fn succeeded(&mut self) {
-        self.failures = 0;
+        if std::mem::take(&mut self.failures) == 0 {
+            return;
+        }
+        let held = self.log.take_held();
+        if held > 0 {
+            let on = self.what.map_or_else(String::new, |w| format!(" on {w}"));
+            warn!("accept failed{on} {held} more times, not logged, before accepts resumed");
+        }
     }
 
     /// An accept failed with `e`: logs it (unless one was logged within the second)
@@ -203,6 +212,20 @@ mod tests {
         assert_eq!(waits, [20, 40, 80, 160, 320, 640, 1280, 1280, 1280]);
         b.succeeded();
         assert_eq!(b.next_wait(), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn failures_not_logged_are_said_when_accepts_resume() {
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let mut b = AcceptBackoff::default();
+        // The first is logged, the next ones within the second are held back.
+        for _ in 0..3 {
+            b.failed(&emfile);
+        }
+        assert_eq!(b.log.take_held(), 2);
+        b.failed(&emfile);
+        b.succeeded();
+        assert_eq!(b.log.take_held(), 0, "said as accepts resumed");
     }
 
     #[test]
