@@ -257,6 +257,99 @@ fn validate_reports_every_problem_and_exits_64() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// `validate --format json`: one document on stdout for a script or a CI job, with
+/// the same exit code and summary as text; problems are not printed twice.
+#[test]
+fn validate_as_json_gives_every_problem_with_its_path_and_origin() {
+    let s = Sandbox::new();
+    s.init("client");
+    s.write(
+        "conduit.toml",
+        "[router]\nhost = \"10.2.0.1\"\nport = \"9999\"\npublic_key = \"ed25519:AAAA\"\n\
+         [[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:8080\"\nbind = \"0.0.0.0:8080\"\n",
+    );
+    let out = s.run(
+        &["config", "validate", "--format", "json"],
+        &[("CONDUIT_PERFORMANCE_WORKERS", "lots")],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "file": "conduit.toml",
+            "role": "client",
+            "valid": false,
+            "summary": "1 tunnel",
+            "errors": 3,
+            "warnings": 0,
+            "problems": [
+                {
+                    "severity": "error",
+                    "path": "router.port",
+                    "message": "expected an integer (1-65535), found a string; write it without \
+                                quotes: port = 9999",
+                    "origin": "conduit.toml:3",
+                },
+                {
+                    "severity": "error",
+                    "path": "router.public_key",
+                    "message": "invalid public key \"ed25519:AAAA\": an Ed25519 public key is 32 \
+                                bytes; paste the key the router's `conduit init` printed",
+                    "origin": "conduit.toml:4",
+                },
+                {
+                    "severity": "error",
+                    "path": "performance.workers",
+                    "message": "expected an integer (0-1024), found \"lots\"",
+                    "origin": "env CONDUIT_PERFORMANCE_WORKERS",
+                },
+            ],
+        })
+    );
+    assert_eq!(
+        lines(&out.stderr),
+        [
+            "conduit: error: conduit.toml has 3 errors; fix them and run `conduit config \
+          validate -f conduit.toml` again"
+        ]
+    );
+    assert_eq!(out.status.code(), Some(64));
+
+    // Valid: exit 0, nothing on stderr.
+    let key = s.init("router");
+    s.write(
+        "conduit.toml",
+        &format!(
+            "[router]\nhost = \"10.2.0.1\"\nport = 9999\npublic_key = \"{key}\"\n\
+             [[tunnels]]\nname = \"web\"\nsource = \"10.2.0.2:8080\"\nbind = \"0.0.0.0:8080\"\n"
+        ),
+    );
+    let out = s.run(&["config", "validate", "--format", "json"], &[]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], true, "{doc:#}");
+    assert_eq!(doc["summary"], "1 tunnel");
+    assert_eq!(doc["problems"], serde_json::json!([]));
+    assert_eq!(text(&out.stderr), "");
+    assert_eq!(out.status.code(), Some(0));
+
+    // A file that cannot be loaded: its one problem, with nothing valid to sum up.
+    let out = s.run(
+        &["config", "validate", "--format", "json", "-f", "none.toml"],
+        &[],
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false, "{doc:#}");
+    assert_eq!(doc["summary"], serde_json::Value::Null);
+    assert_eq!(doc["errors"], 1);
+    assert_eq!(lines(&out.stderr).len(), 1, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("conduit: error: no configuration file at none.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(64));
+}
+
 #[test]
 fn a_missing_file_names_the_path_and_how_to_create_one() {
     let s = Sandbox::new();

@@ -77,7 +77,15 @@ pub(crate) enum ConfigCommand {
     },
     /// Report every problem in a configuration file, each with its key path; exits 64
     /// if there is an error.
-    Validate(ConfigArgs),
+    Validate {
+        #[command(flatten)]
+        args: ConfigArgs,
+        /// Output format: text (problems on stderr, one a line), or json (one
+        /// document on stdout: valid, counts, and each problem's severity, key path,
+        /// message and origin; the exit code and the summary on stderr as for text).
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+    },
     /// Print the configuration in effect (file, then `CONDUIT_<SECTION>_<KEY>`
     /// variables, then --set), each value with where it came from; secrets print as ***.
     Show {

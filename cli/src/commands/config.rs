@@ -86,7 +86,7 @@ pub(crate) fn init(file: Option<PathBuf>, router: bool, force: bool) -> Result<(
     Ok(())
 }
 
-pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
+pub(crate) fn validate(home: Home, a: ConfigArgs, format: ShowFormat) -> Result<()> {
     let (role, sources) = sources(home, a);
     let name = sources.file.display().to_string();
     let summary = match role {
@@ -100,6 +100,20 @@ pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
             (l.report, what)
         }),
     };
+    if format == ShowFormat::Json {
+        let (report, what) = match &summary {
+            Ok((report, what)) => (report, Some(what.as_str())),
+            Err(report) => (report, None),
+        };
+        let doc = validation_json(&name, role, report, what);
+        output::try_write(format!("{doc:#}\n").as_bytes())?;
+        return match (what, report.problems.as_slice()) {
+            (None, [only]) => Err(Usage(only.to_string()).into()),
+            (None, _) => fail(&name, role, report),
+            (Some(_), _) if report.has_errors() => fail(&name, role, report),
+            (Some(_), _) => Ok(()),
+        };
+    }
     let (report, what) = match summary {
         Ok(x) => x,
         Err(report) => return unreadable(&name, role, &report),
@@ -110,6 +124,41 @@ pub(crate) fn validate(home: Home, a: ConfigArgs) -> Result<()> {
     }
     say(format_args!("{name} is valid: {what}"));
     Ok(())
+}
+
+/// `config validate --format json`: whether `name` is valid (`what` it holds, when
+/// it could be loaded at all), and every problem found.
+fn validation_json(
+    name: &str,
+    role: Role,
+    report: &Report,
+    what: Option<&str>,
+) -> serde_json::Value {
+    let problems: Vec<serde_json::Value> = (report.problems.iter())
+        .map(|p| {
+            serde_json::json!({
+                "severity": match p.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                },
+                "path": p.path,
+                "message": p.shown_message(),
+                "origin": p.origin.as_ref().map(ToString::to_string),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "file": name,
+        "role": match role {
+            Role::Client => "client",
+            Role::Router => "router",
+        },
+        "valid": what.is_some() && !report.has_errors(),
+        "summary": what,
+        "errors": report.errors().count(),
+        "warnings": report.warnings().count(),
+        "problems": problems,
+    })
 }
 
 pub(crate) fn show(home: Home, a: ConfigArgs, format: ShowFormat, log: &LogArgs) -> Result<()> {

@@ -73,7 +73,9 @@ fn run_other(command: Command, log: &LogArgs) -> Result<()> {
             router,
             force,
         }) => config::init(file, router, force),
-        Command::Config(ConfigCommand::Validate(a)) => config::validate(home()?, a),
+        Command::Config(ConfigCommand::Validate { args, format }) => {
+            config::validate(home()?, args, format)
+        }
         Command::Config(ConfigCommand::Show { args, format }) => {
             config::show(home()?, args, format, log)
         }

@@ -270,36 +270,43 @@ impl Problem {
     }
 }
 
-/// `router.port: 70000 is out of range; use 1-65535 (conduit.toml:3)`.
 /// The most of a problem's message shown: one quoting a value of 100 kB (a
 /// mistake, most likely) is cut in its middle.
 const MESSAGE_SHOWN: usize = 1000;
 
+impl Problem {
+    /// The message as shown: whole, or cut in its middle past 1,000 bytes (a value of
+    /// 100 kB quoted whole would bury the rest).
+    pub fn shown_message(&self) -> std::borrow::Cow<'_, str> {
+        let m = &self.message;
+        if m.len() <= MESSAGE_SHOWN {
+            return m.into();
+        }
+        let half = MESSAGE_SHOWN / 2;
+        let head = (0..=half)
+            .rev()
+            .find(|&i| m.is_char_boundary(i))
+            .unwrap_or(0);
+        let tail = (m.len() - half..=m.len())
+            .find(|&i| m.is_char_boundary(i))
+            .unwrap_or(m.len());
+        format!(
+            "{}… ({} bytes left out) …{}",
+            &m[..head],
+            tail - head,
+            &m[tail..]
+        )
+        .into()
+    }
+}
+
+/// `router.port: 70000 is out of range; use 1-65535 (conduit.toml:3)`.
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
-        let m = &self.message;
-        if m.len() <= MESSAGE_SHOWN {
-            f.write_str(m)?;
-        } else {
-            let half = MESSAGE_SHOWN / 2;
-            let head = (0..=half)
-                .rev()
-                .find(|&i| m.is_char_boundary(i))
-                .unwrap_or(0);
-            let tail = (m.len() - half..=m.len())
-                .find(|&i| m.is_char_boundary(i))
-                .unwrap_or(m.len());
-            write!(
-                f,
-                "{}… ({} bytes left out) …{}",
-                &m[..head],
-                tail - head,
-                &m[tail..]
-            )?;
-        }
+        f.write_str(&self.shown_message())?;
         match &self.origin {
             Some(o) => write!(f, " ({o})"),
             None => Ok(()),
