@@ -6,6 +6,7 @@ mod args;
 mod commands;
 mod env_hint;
 mod exit;
+mod key_hint;
 mod logging;
 mod output;
 
@@ -22,7 +23,8 @@ fn main() -> ExitCode {
             let code = if e.use_stderr() { exit::USAGE } else { 0 };
             return match e.print() {
                 Ok(()) => {
-                    if let Some(note) = env_hint::for_error(&e) {
+                    let note = env_hint::for_error(&e).or_else(|| key_hint::for_error(&e));
+                    if let Some(note) = note {
                         let _ = writeln!(std::io::stderr(), "{note}");
                     }
                     ExitCode::from(code)

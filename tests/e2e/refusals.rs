@@ -688,7 +688,7 @@ fn keys_show_writes_a_deleted_public_key_again_from_the_private_key() {
     assert_code(status, 0, &err);
     assert!(
         err.ends_with(
-            "public key (tunnels pin it: give this line to each tunnel as --router-key, or \
+            "public key (tunnels pin it: give this line to each tunnel as --router-key (quoted), or \
              [router] public_key in its file):\n"
         ),
         "{err}"
@@ -827,6 +827,41 @@ fn a_udp_setting_on_a_tcp_tunnel_is_a_usage_error() {
             )
         );
     }
+}
+
+/// The line `conduit init` prints for tunnels to pin, given unquoted: its comment
+/// becomes an argument of its own, and the refusal says so.
+#[test]
+fn an_unquoted_key_line_is_refused_with_how_to_quote_it() {
+    let home = Home::with_keys();
+    let line = std::fs::read_to_string(home.key("router.pub")).unwrap();
+    let (key, comment) = line.trim().split_once(' ').unwrap();
+    let (status, _, err) = home.run(&[
+        "start",
+        "--foreground",
+        "--router",
+        "127.0.0.1:9",
+        "--router-key",
+        key,
+        comment,
+        "--source",
+        "127.0.0.1:1",
+        "--bind",
+        "127.0.0.1:0",
+    ]);
+    assert_code(status, 64, &err);
+    assert!(
+        err.starts_with(&format!("error: unexpected argument '{comment}' found\n")),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(&format!(
+            "\nnote: `{comment}` looks like the comment of the router key's line: quote the \
+             whole line (--router-key \"{key} {comment}\"), give the key alone, or give the path \
+             of the router's .pub file\n"
+        )),
+        "{err}"
+    );
 }
 
 /// The stream idle timeout on a UDP tunnel is refused: its flows end by

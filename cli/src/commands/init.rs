@@ -21,7 +21,7 @@ pub(crate) fn run(home: &Home, a: &InitArgs) -> Result<()> {
     // (a key not named router… may be either).
     if a.name.starts_with("router") {
         eprintln!(
-            "public key (tunnels pin it: give this line to each tunnel as --router-key, or \
+            "public key (tunnels pin it: give this line to each tunnel as --router-key (quoted), or \
              [router] public_key in its file):"
         );
     } else {
