@@ -250,8 +250,10 @@ impl RouterCore {
         core.stats.active.fetch_sub(1, Relaxed);
         if let Some((started, up, down)) = core.conns.remove(id) {
             core.stats.durations.observe(started.elapsed());
+            // A stream closed for its silence did not fail (see `Totals::failed`).
+            let failed = failed.is_some_and(|k| k != ErrorKind::IdleTimeout);
             core.usage
-                .ended(&client.unwrap_or(NO_KEY), up, down, failed.is_some());
+                .ended(&client.unwrap_or(NO_KEY), up, down, failed);
         }
         if let Some(kind) = failed {
             core.stats.fail(kind);
@@ -484,6 +486,7 @@ impl RouterCore {
         let both = futures::future::try_join(up, down);
         futures::pin_mut!(both);
         let mut reusable = None;
+        let watch = counters.watch([source.raw_fd(), sock.raw_fd()]);
         let stop = match futures::future::select(both, kill).await {
             futures::future::Either::Left((Ok((next, down)), _)) => {
                 reusable = next.filter(|_| down);
@@ -500,6 +503,7 @@ impl RouterCore {
                 })))
             }
         };
+        drop(watch);
         self.untrack(id, peer_key, stop.as_ref().map(Stop::kind));
         if let Some(stop) = stop {
             let how = match wire {
@@ -510,16 +514,20 @@ impl RouterCore {
                 // Closed on purpose (idle, the operator, a stop): said as the
                 // userspace relay says it, not warned about.
                 Stop::Killed(closing) => {
-                    info!(conn = id, %peer, %target, "stream closed: {closing}");
+                    closed(id, peer, target, closing);
                     None
                 }
                 Stop::Plain(e) => Some(format!("the source connection failed: {e}")),
+                // The tunnel's doing (a user's connection that failed or went idle):
+                // its log says why; noted, not warned about.
                 Stop::Channel(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    Some(format!(
-                        "the channel from the tunnel was reset: {e} (a tunnel resets it when its \
-                         user's connection fails or it aborts the stream; if it still runs, its \
-                         log says why)"
-                    ))
+                    info!(
+                        conn = id, %peer, %target,
+                        "{how} ended: the channel from the tunnel was reset: {e} (a tunnel resets \
+                         it when its user's connection fails, goes idle or it aborts the stream; \
+                         if it still runs, its log says why)"
+                    );
+                    None
                 }
                 other => Some(other.to_string()),
             };
@@ -630,6 +638,7 @@ impl RouterCore {
             };
             let (counters, kill_rx) = self.track(id, peer, ch.peer_key, &ch.tunnel, &target, false);
             let bandwidth = self.bandwidth_of(ch.peer_key.as_ref());
+            let watch = counters.watch([source.raw_fd(), ch.sock.raw_fd()]);
             // Counters keep the user's point of view: "up" is toward the source.
             let outcome = Relay {
                 side: Side::Router,
@@ -652,6 +661,7 @@ impl RouterCore {
             }
             .run(kill_rx)
             .await;
+            drop(watch);
             self.untrack(id, ch.peer_key, outcome.stop.as_ref().map(Stop::kind));
             drop(permit);
             if outcome.stop.is_some() {
@@ -727,6 +737,16 @@ impl RouterCore {
     }
 }
 
+/// Logs a stream closed on purpose: an idle one at debug (each look sums them up at
+/// info), one the operator or a stop closed at info.
+fn closed(id: u64, peer: SocketAddr, target: &str, closing: &Closing) {
+    if closing.kind == ErrorKind::IdleTimeout {
+        debug!(conn = id, %peer, %target, "stream closed: {closing}");
+    } else {
+        info!(conn = id, %peer, %target, "stream closed: {closing}");
+    }
+}
+
 /// Logs why a stream or flow stopped (`what` names the source's socket); the
 /// `Reset` to tell the client, where it cannot know.
 fn stopped(id: u64, peer: SocketAddr, target: &str, stop: &Stop, what: &str) -> Option<Message> {
@@ -736,7 +756,7 @@ fn stopped(id: u64, peer: SocketAddr, target: &str, stop: &Stop, what: &str) -> 
             format!("the {what} failed: {e}")
         }
         Stop::Killed(closing) => {
-            info!(conn = id, %peer, %target, "stream closed: {closing}");
+            closed(id, peer, target, closing);
             return Some(Message::Reset(
                 closing.reset(format!("closed by the router: {closing}")),
             ));

@@ -263,7 +263,8 @@ pub struct Totals {
     pub active: u64,
     /// See [`CoreStats::opened`].
     pub opened: u64,
-    /// User connections that ended in an error (the sum of `errors`).
+    /// User connections that ended in an error: the sum of `errors` but for
+    /// `idle_timeout` (a connection closed for its silence did not fail).
     pub failed: u64,
     /// See [`CoreStats::bytes_up`].
     pub bytes_up: u64,
@@ -315,7 +316,10 @@ impl Totals {
             }
             t.durations.add(&c.durations.snapshot());
         }
-        t.failed = t.errors.iter().map(|(_, n)| n).sum();
+        t.failed = (t.errors.iter())
+            .filter(|(kind, _)| *kind != ErrorKind::IdleTimeout)
+            .map(|(_, n)| n)
+            .sum();
         t
     }
 }
@@ -424,6 +428,38 @@ pub(crate) struct ConnCounters {
     /// How many of the relay's directions wait to write now (a TLS stream's; see
     /// [`Writing`]): a stream writing nothing is idle, not stalled.
     pub(crate) writing: Cell<u8>,
+    /// The relay's two sockets while it runs (see [`Self::watch`]).
+    sockets: Cell<Option<[std::os::fd::RawFd; 2]>>,
+}
+
+impl ConnCounters {
+    /// Lets [`ConnTable::close_idle`] ask the kernel about `sockets` (the relay's two)
+    /// for as long as the guard lives: bytes the relay handed over that a slow reader
+    /// is still taking count as moving.
+    pub(crate) fn watch(&self, sockets: [std::os::fd::RawFd; 2]) -> Watched<'_> {
+        self.sockets.set(Some(sockets));
+        Watched(&self.sockets)
+    }
+
+    /// What the kernel holds, sent but not acknowledged, in the relay's sockets;
+    /// `None` when it cannot say (no relay running, not Linux).
+    fn unacknowledged(&self) -> Option<u64> {
+        let [a, b] = self.sockets.get()?;
+        let (a, b) = (
+            crate::sys::unacknowledged(a)?,
+            crate::sys::unacknowledged(b)?,
+        );
+        Some(u64::from(a) + u64::from(b))
+    }
+}
+
+/// See [`ConnCounters::watch`]: forgets the sockets when dropped, before they close.
+pub(crate) struct Watched<'a>(&'a Cell<Option<[std::os::fd::RawFd; 2]>>);
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 /// Counts a relay direction among those waiting to write for as long as it lives
@@ -668,6 +704,8 @@ impl ConnEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Quiet {
     moved: u64,
+    /// What the kernel held unacknowledged in its sockets (`None`: it cannot say).
+    queued: Option<u64>,
     looks: u32,
 }
 
@@ -677,6 +715,7 @@ impl Default for Quiet {
     fn default() -> Self {
         Self {
             moved: u64::MAX,
+            queued: None,
             looks: 0,
         }
     }
@@ -756,9 +795,11 @@ impl ConnTable {
     }
 
     /// One look at every stream for the stream idle timeout: a stream that moved no
-    /// byte either way since the last look is one look quieter (whether it waits to
-    /// read or for its reader to take what it sent); one that did starts again from
-    /// none. Streams quiet for `looks` looks
+    /// byte either way since the last look, in the relay or out of the kernel's send
+    /// queues (a slow reader taking what the relay handed over), is one look
+    /// quieter; one that did starts again from none. A reader that takes nothing at
+    /// all leaves its stream quiet. Where the kernel cannot say, a stream waiting
+    /// for room to write is taken for moving. Streams quiet for `looks` looks
     /// in a row are asked to stop with `reason`; returns how many. UDP flows have
     /// their own idle timeout, and a user still waiting for a channel (riding on
     /// nothing yet) is not idle but waiting.
@@ -766,13 +807,26 @@ impl ConnTable {
         let mut n = 0;
         for e in self.entries.borrow_mut().values_mut() {
             let c = &e.counters;
-            let moved = c.up.get() + c.down.get() + c.unanswered.held.get();
-            if e.datagrams || e.rides == Rides::Nothing {
-                e.quiet = Quiet { moved, looks: 0 };
+            // Not quiet but waiting: for a channel, or for the router to open the
+            // source.
+            let waiting = match e.rides {
+                Rides::Nothing => true,
+                Rides::Link(_) => !c.unanswered.opened.get(),
+                Rides::Client(..) => false,
+            };
+            if e.datagrams || waiting {
+                e.quiet = Quiet::default();
                 continue;
             }
-            if moved != e.quiet.moved {
-                e.quiet = Quiet { moved, looks: 0 };
+            let moved = c.up.get() + c.down.get() + c.unanswered.held.get();
+            let queued = c.unacknowledged();
+            let slow = queued.is_none() && c.writing.get() > 0;
+            if moved != e.quiet.moved || queued != e.quiet.queued || slow {
+                e.quiet = Quiet {
+                    moved,
+                    queued,
+                    looks: 0,
+                };
                 continue;
             }
             e.quiet.looks = e.quiet.looks.saturating_add(1);
@@ -900,6 +954,13 @@ mod tests {
         let (_, mut flow) = entry(&table, 3, riding(), true);
         let (_, mut waiting) = entry(&table, 4, Rides::Nothing, false);
         let (held, mut early) = entry(&table, 6, riding(), false);
+        let link = Rides::Link(crate::LinkEpoch {
+            router: 0,
+            generation: 1,
+        });
+        let (unanswered, mut opening) = entry(&table, 7, link, false);
+        let (stuck, mut writer) = entry(&table, 8, riding(), false);
+        stuck.writing.set(1);
         let heard = |rx: &mut KillReceiver| rx.try_recv().expect("sender kept");
 
         // The first look only takes note; two quiet looks after it close a stream.
@@ -917,13 +978,32 @@ mod tests {
                 kind: ErrorKind::IdleTimeout
             })
         );
-        for rx in [&mut busy, &mut flow, &mut waiting, &mut early] {
+        for rx in [
+            &mut busy,
+            &mut flow,
+            &mut waiting,
+            &mut early,
+            &mut opening,
+            &mut writer,
+        ] {
             assert_eq!(heard(rx), None);
         }
         // Told once; the others once they too stay quiet (the held bytes once they
-        // stop growing).
+        // stop growing, the stream the router opened and the writer once it is done:
+        // with no kernel to ask, waiting for room to write counts as moving).
+        unanswered.unanswered.opened.set(true);
+        stuck.writing.set(0);
         assert_eq!(table.close_idle(2, "idle"), 1, "held bytes stopped");
-        assert_eq!(table.close_idle(2, "idle"), 1, "the stream that moved");
+        assert_eq!(
+            table.close_idle(2, "idle"),
+            2,
+            "the stream that moved, the writer"
+        );
+        assert_eq!(
+            table.close_idle(2, "idle"),
+            1,
+            "the stream the router opened: a look later, its first only took note"
+        );
         assert_eq!(
             heard(&mut busy).map(|c| c.kind),
             Some(ErrorKind::IdleTimeout)
@@ -932,6 +1012,9 @@ mod tests {
             heard(&mut early).map(|c| c.kind),
             Some(ErrorKind::IdleTimeout)
         );
+        for rx in [&mut opening, &mut writer] {
+            assert_eq!(heard(rx).map(|c| c.kind), Some(ErrorKind::IdleTimeout));
+        }
         for _ in 0..4 {
             assert_eq!(table.close_idle(2, "idle"), 0);
         }
@@ -948,6 +1031,53 @@ mod tests {
         // An operator's kill is counted as one.
         assert!(table.kill(4, "closed by the operator"));
         assert_eq!(heard(&mut waiting).map(|c| c.kind), Some(ErrorKind::Killed));
+    }
+
+    /// A reader taking, slowly, what the relay handed to the kernel keeps its stream
+    /// from being idle; one that takes nothing does not.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn bytes_leaving_the_kernel_for_a_slow_reader_count_as_moving() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut writer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut reader, _) = listener.accept().unwrap();
+        let other = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // Fill the reader's window and the writer's send queue.
+        writer.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 65536];
+        while writer.write(&chunk).is_ok() {}
+        assert!(crate::sys::unacknowledged(writer.as_raw_fd()).unwrap() > 0);
+
+        let table = ConnTable::default();
+        let (counters, mut rx) = entry(
+            &table,
+            1,
+            Rides::Client(crate::usage::NO_KEY, "t".into()),
+            false,
+        );
+        let _watch = counters.watch([writer.as_raw_fd(), other.as_raw_fd()]);
+        assert_eq!(table.close_idle(2, "idle"), 0, "the first look takes note");
+        assert_eq!(table.close_idle(2, "idle"), 0, "one quiet look");
+        // The reader takes some: what waited in the writer's queue moves.
+        let before = crate::sys::unacknowledged(writer.as_raw_fd());
+        let mut buf = vec![0u8; 1 << 20];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::sys::unacknowledged(writer.as_raw_fd()) == before {
+            assert!(Instant::now() < deadline, "the queue never moved");
+            let _ = reader.read(&mut buf).unwrap();
+        }
+        assert_eq!(table.close_idle(2, "idle"), 0, "moving: starts again");
+        assert_eq!(rx.try_recv().unwrap(), None);
+        // Then the reader stops: two quiet looks close it, bytes still queued.
+        assert_eq!(table.close_idle(2, "idle"), 0);
+        assert_eq!(table.close_idle(2, "idle"), 1);
+        assert_eq!(
+            rx.try_recv().unwrap().map(|c| c.kind),
+            Some(ErrorKind::IdleTimeout)
+        );
     }
 
     #[test]

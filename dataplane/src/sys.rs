@@ -31,7 +31,7 @@ pub(crate) use ktls_abi::*;
 pub use process::{release_free_memory, stop_with_parent};
 pub(crate) use sockopt::{
     RECEIVE_DROPS_KNOWN, linger_zero, pending_error, receive_drops, set_buffers, set_keepalive,
-    set_nonblocking, tcp_mss,
+    set_nonblocking, tcp_mss, unacknowledged,
 };
 pub(crate) use splice::Pipe;
 #[cfg(target_os = "linux")]

@@ -305,7 +305,12 @@ fn close_idle_streams(core: &Rc<Core>, idle: StreamIdle) {
             monoio::time::sleep(idle.every()).await;
             let n = core.conns.close_idle(idle.looks(), &reason);
             if n > 0 {
-                debug!(core = core.index, count = n, "closing idle streams");
+                let secs = idle.timeout().as_secs();
+                let streams = if n == 1 { "stream" } else { "streams" };
+                info!(
+                    core = core.index,
+                    "closing {n} {streams} idle for {secs}s (the stream idle timeout)"
+                );
             }
         }
     });

@@ -1,7 +1,9 @@
 //! The stream idle timeout: a user's connection that moves no byte either way for
 //! `--stream-idle-timeout` seconds (a router's `stream_idle_timeout_secs`) is closed
 //! at both ends and counted as `idle_timeout`, whether it went quiet after some
-//! traffic or never sent a byte; a tunnel with the timeout off keeps it open.
+//! traffic or never sent a byte; a tunnel with the timeout off keeps it open, and a
+//! slow reader still taking what was sent is not idle. The per-stream lines are at
+//! debug; each look sums up its closes at info.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -70,16 +72,30 @@ both_engines!(
             engine,
             raddr,
             &source.to_string(),
-            &["--stream-idle-timeout", "1"],
+            &["--stream-idle-timeout", "1", "--log-level", "debug"],
         );
         // One went quiet after an exchange, one never sent a byte.
         let talked = connected(taddr, b"then quiet");
         let silent = connected(taddr, b"");
         wait_closed(talked);
         wait_closed(silent);
-        tunnel.wait_stderr_count(&format!("user connection closed: {}", idle_reason(1)), 2);
+        tunnel.wait_stderr_count(
+            &format!("DEBUG user connection closed: {}", idle_reason(1)),
+            2,
+        );
         let metrics = home.ok(&["stats", "--format", "prometheus"]);
         assert_eq!(idle_count(&metrics), "2", "{metrics}");
+        // Summed up at info, look by look (the two may be on different cores).
+        let summed: usize = (tunnel.stderr().lines())
+            .filter(|l| {
+                l.contains(" INFO closing ") && l.contains(" idle for 1s (the stream idle timeout)")
+            })
+            .map(|l| {
+                let n = l.split(" INFO closing ").nth(1).unwrap();
+                n.split(' ').next().unwrap().parse::<usize>().unwrap()
+            })
+            .sum();
+        assert_eq!(summed, 2, "{}", tunnel.stderr());
         // The router let the client's reset close its side: nothing of its own.
         assert_eq!(router.stderr_count("stream closed: idle"), 0);
         // The tunnel serves on.
@@ -96,17 +112,20 @@ fn a_router_closes_streams_that_stay_quiet_past_its_idle_timeout() {
     for transport in [&[][..], PLAIN] {
         let home = Home::with_keys();
         let source = sources::echo();
+        let debug = ["--log-level", "debug"];
         let mut extra = vec!["--set", "performance.stream_idle_timeout_secs=1"];
         extra.extend_from_slice(transport);
+        extra.extend_from_slice(&debug);
         let (router, raddr) = home.router_with(engine, &[source.to_string()], &extra);
         let mut extra = vec!["--stream-idle-timeout", "0"];
         extra.extend_from_slice(transport);
+        extra.extend_from_slice(&debug);
         let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &extra);
         wait_closed(connected(taddr, b"then quiet"));
-        router.wait_stderr(&format!("stream closed: {}", idle_reason(1)));
+        router.wait_stderr(&format!("DEBUG stream closed: {}", idle_reason(1)));
         if transport.is_empty() {
             tunnel.wait_stderr(&format!(
-                "INFO user connection closed: aborted by the other end: closed by the router: {}",
+                "DEBUG user connection closed: aborted by the other end: closed by the router: {}",
                 idle_reason(1)
             ));
             let metrics = home.ok(&["stats", "--format", "prometheus"]);
@@ -132,7 +151,14 @@ fn a_tunnel_with_the_idle_timeout_off_keeps_quiet_streams_open() {
         engine,
         raddr,
         &src,
-        &["--stream-idle-timeout", "1", "--name", "timed"],
+        &[
+            "--stream-idle-timeout",
+            "1",
+            "--name",
+            "timed",
+            "--log-level",
+            "debug",
+        ],
     );
     let mut kept = connected(kept_addr, b"before");
     for round in 1..=2 {
@@ -143,4 +169,43 @@ fn a_tunnel_with_the_idle_timeout_off_keeps_quiet_streams_open() {
     let mut back = [0u8; 5];
     kept.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"after");
+}
+
+/// A reader that takes a large answer slowly is not idle, though the relay handed the
+/// kernel what it had long before the reader is done: what leaves the kernel's send
+/// queues counts. On either transport (the plain one splices).
+#[test]
+fn a_slow_reader_still_taking_its_answer_is_not_idle() {
+    let engine = Engine::Epoll;
+    const LEN: usize = 3 << 20;
+    for transport in [&[][..], PLAIN] {
+        let home = Home::with_keys();
+        let source = sources::answer_then_hold(LEN);
+        let (_router, raddr) = home.router_with(engine, &[source.to_string()], transport);
+        let mut extra = vec!["--stream-idle-timeout", "2"];
+        extra.extend_from_slice(transport);
+        let (tunnel, taddr) = home.tunnel_with(engine, raddr, &source.to_string(), &extra);
+        let mut c = connected(taddr, b"");
+        c.write_all(b"go").unwrap();
+        // About 800 kB/s: some four seconds for the answer, twice the timeout.
+        let mut got = Vec::with_capacity(LEN);
+        let mut buf = [0u8; 8192];
+        while got.len() < LEN {
+            match c.read(&mut buf) {
+                Ok(0) => panic!("closed after {} of {LEN} bytes", got.len()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!(
+                    "{e} after {} of {LEN} bytes: {}",
+                    got.len(),
+                    tunnel.stderr()
+                ),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(got == sources::pattern(3, LEN), "the answer differs");
+        // Then quiet for good: closed as idle.
+        wait_closed(c);
+        let metrics = home.ok(&["stats", "--format", "prometheus"]);
+        assert_eq!(idle_count(&metrics), "1", "{metrics}");
+    }
 }

@@ -190,7 +190,7 @@ both_engines!(
         crate::http::wait_for("the router to log the cut channel", || {
             let e = router.stderr();
             (e.contains(
-                "plain stream failed: the channel from the tunnel was reset: Connection reset \
+                "plain stream ended: the channel from the tunnel was reset: Connection reset \
                  by peer",
             ) || e.contains("plain stream failed: the other end closed the channel mid-stream"))
             .then_some(())

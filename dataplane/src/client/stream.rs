@@ -75,11 +75,15 @@ impl ClientCore {
                 } else {
                     Some(0)
                 };
-                // A user that resets its own connection is routine (browsers do),
-                // as is one left idle past the timeout: nothing for the operator to
-                // fix, noted, not warned about.
+                // A user that resets its own connection is routine (browsers do):
+                // nothing for the operator to fix, noted, not warned about. One left
+                // idle past the timeout is the end of a connection as any other
+                // (each look sums them up at info).
                 match held {
-                    Some(_) if matches!(kind, ErrorKind::Plain | ErrorKind::IdleTimeout) => {
+                    Some(_) if kind == ErrorKind::IdleTimeout => {
+                        debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
+                    }
+                    Some(_) if kind == ErrorKind::Plain => {
                         info!(conn = id, %peer, tunnel = %self.spec.tunnel, "user connection closed: {reason}");
                     }
                     Some(held) => {
@@ -183,7 +187,9 @@ impl ClientCore {
             frames.extend_from_slice(&data_frame(&h));
         }
         ch.send_frames(frames).await.map_err(channel_failed)?;
+        let watch = counters.watch([user.raw_fd(), ch.sock.raw_fd()]);
         let outcome = self.relay(user, counters, &mut ch).run(kill).await;
+        drop(watch);
         self.finish(ch, outcome.stop, "the user's connection").await
     }
 
@@ -340,6 +346,7 @@ impl ClientCore {
         };
         let both = try_join(up, down);
         futures::pin_mut!(both);
+        let watch = counters.watch([user.raw_fd(), sock.raw_fd()]);
         let stop = match select(both, kill).await {
             Either::Left((Ok((up, down)), _)) => {
                 let reusable = up && down;
@@ -353,6 +360,7 @@ impl ClientCore {
                 Stop::Killed(why.unwrap_or_else(|_| Closing::killed("closed by the data plane")))
             }
         };
+        drop(watch);
         sock.abort();
         let kind = stop.kind();
         let why = match stop {
@@ -420,7 +428,9 @@ impl ClientCore {
                         .await
                         .map_err(channel_failed)?;
                 }
+                let watch = counters.watch([user.raw_fd(), ch.sock.raw_fd()]);
                 let outcome = self.relay(user, counters, &mut ch).run(kill).await;
+                drop(watch);
                 return self.finish(ch, outcome.stop, "the user's connection").await;
             }
             Message::OpenFailed(r) => {

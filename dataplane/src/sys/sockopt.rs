@@ -117,6 +117,26 @@ pub(crate) fn receive_drops(fd: RawFd) -> Option<u32> {
     }
 }
 
+/// Bytes in `fd`'s send queue that its peer has not acknowledged yet (sent or
+/// not): `ioctl(SIOCOUTQ)`. A change says the reader is taking what waits for it.
+/// `None` where the system does not say (not Linux) or `fd` is no TCP socket.
+pub(crate) fn unacknowledged(fd: RawFd) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into `queued`, which is live
+        // and writable for the call. Any descriptor is safe to ask: one closed or
+        // reused since the caller noted it only gives a wrong or failed answer.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        None
+    }
+}
+
 /// Sets `O_NONBLOCK`. Relay sockets are only ever waited on for readiness and then
 /// read, written or spliced directly, so they are non-blocking under every engine
 /// (`SPLICE_F_NONBLOCK` covers only the pipe side of a splice).
