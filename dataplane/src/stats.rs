@@ -441,8 +441,8 @@ impl ConnCounters {
         Watched(&self.sockets)
     }
 
-    /// What the kernel holds, sent but not acknowledged, in the relay's sockets;
-    /// `None` when it cannot say (no relay running, not Linux).
+    /// What the kernel holds, sent or not but not acknowledged, in the relay's
+    /// sockets; `None` when it cannot say (no relay running, not Linux).
     fn unacknowledged(&self) -> Option<u64> {
         let [a, b] = self.sockets.get()?;
         let (a, b) = (
@@ -704,8 +704,6 @@ impl ConnEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Quiet {
     moved: u64,
-    /// What the kernel held unacknowledged in its sockets (`None`: it cannot say).
-    queued: Option<u64>,
     looks: u32,
 }
 
@@ -715,7 +713,6 @@ impl Default for Quiet {
     fn default() -> Self {
         Self {
             moved: u64::MAX,
-            queued: None,
             looks: 0,
         }
     }
@@ -795,11 +792,11 @@ impl ConnTable {
     }
 
     /// One look at every stream for the stream idle timeout: a stream that moved no
-    /// byte either way since the last look, in the relay or out of the kernel's send
-    /// queues (a slow reader taking what the relay handed over), is one look
-    /// quieter; one that did starts again from none. A reader that takes nothing at
-    /// all leaves its stream quiet. Where the kernel cannot say, a stream waiting
-    /// for room to write is taken for moving. Streams quiet for `looks` looks
+    /// byte either way since the last look, with nothing on its way to a reader
+    /// (none waiting for room to write, none the kernel holds unacknowledged in its
+    /// sockets), is one look quieter; any other starts again from none. So a slow
+    /// reader, or one that takes nothing at all, keeps its stream: silence, not
+    /// slowness, is what the timeout ends. Streams quiet for `looks` looks
     /// in a row are asked to stop with `reason`; returns how many. UDP flows have
     /// their own idle timeout, and a user still waiting for a channel (riding on
     /// nothing yet) is not idle but waiting.
@@ -819,14 +816,12 @@ impl ConnTable {
                 continue;
             }
             let moved = c.up.get() + c.down.get() + c.unanswered.held.get();
-            let queued = c.unacknowledged();
-            let slow = queued.is_none() && c.writing.get() > 0;
-            if moved != e.quiet.moved || queued != e.quiet.queued || slow {
-                e.quiet = Quiet {
-                    moved,
-                    queued,
-                    looks: 0,
-                };
+            // Bytes still on their way to a reader: in the relay, waiting for room,
+            // or handed to the kernel and not yet taken. A slow reader drains a full
+            // receive window in steps far apart, so only an empty queue is quiet.
+            let pending = c.writing.get() > 0 || c.unacknowledged().is_some_and(|q| q > 0);
+            if moved != e.quiet.moved || pending {
+                e.quiet = Quiet { moved, looks: 0 };
                 continue;
             }
             e.quiet.looks = e.quiet.looks.saturating_add(1);
@@ -1033,11 +1028,11 @@ mod tests {
         assert_eq!(heard(&mut waiting).map(|c| c.kind), Some(ErrorKind::Killed));
     }
 
-    /// A reader taking, slowly, what the relay handed to the kernel keeps its stream
-    /// from being idle; one that takes nothing does not.
+    /// Bytes the kernel holds for a reader, slow or stopped, keep its stream from
+    /// being idle; once the reader has taken them all, the stream is quiet.
     #[cfg(target_os = "linux")]
     #[test]
-    fn bytes_leaving_the_kernel_for_a_slow_reader_count_as_moving() {
+    fn bytes_the_kernel_holds_for_a_reader_keep_a_stream_from_idling() {
         use std::io::{Read, Write};
         use std::os::fd::AsRawFd;
 
@@ -1048,32 +1043,34 @@ mod tests {
         // Fill the reader's window and the writer's send queue.
         writer.set_nonblocking(true).unwrap();
         let chunk = [7u8; 65536];
-        while writer.write(&chunk).is_ok() {}
+        let mut sent = 0;
+        while let Ok(n) = writer.write(&chunk) {
+            sent += n;
+        }
         assert!(crate::sys::unacknowledged(writer.as_raw_fd()).unwrap() > 0);
 
         let table = ConnTable::default();
-        let (counters, mut rx) = entry(
-            &table,
-            1,
-            Rides::Client(crate::usage::NO_KEY, "t".into()),
-            false,
-        );
+        let riding = Rides::Client(crate::usage::NO_KEY, "t".into());
+        let (counters, mut rx) = entry(&table, 1, riding, false);
         let _watch = counters.watch([writer.as_raw_fd(), other.as_raw_fd()]);
-        assert_eq!(table.close_idle(2, "idle"), 0, "the first look takes note");
-        assert_eq!(table.close_idle(2, "idle"), 0, "one quiet look");
-        // The reader takes some: what waited in the writer's queue moves.
-        let before = crate::sys::unacknowledged(writer.as_raw_fd());
-        let mut buf = vec![0u8; 1 << 20];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while crate::sys::unacknowledged(writer.as_raw_fd()) == before {
-            assert!(Instant::now() < deadline, "the queue never moved");
-            let _ = reader.read(&mut buf).unwrap();
+        for _ in 0..5 {
+            assert_eq!(table.close_idle(2, "idle"), 0, "bytes wait for the reader");
         }
-        assert_eq!(table.close_idle(2, "idle"), 0, "moving: starts again");
+        // The reader takes them all: the queue empties, and the stream is quiet.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < sent {
+            got += reader.read(&mut buf).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::sys::unacknowledged(writer.as_raw_fd()) != Some(0) {
+            assert!(Instant::now() < deadline, "the queue never emptied");
+            std::thread::yield_now();
+        }
         assert_eq!(rx.try_recv().unwrap(), None);
-        // Then the reader stops: two quiet looks close it, bytes still queued.
-        assert_eq!(table.close_idle(2, "idle"), 0);
-        assert_eq!(table.close_idle(2, "idle"), 1);
+        // Counted from the last look that saw bytes pending.
+        assert_eq!(table.close_idle(2, "idle"), 0, "one quiet look");
+        assert_eq!(table.close_idle(2, "idle"), 1, "two");
         assert_eq!(
             rx.try_recv().unwrap().map(|c| c.kind),
             Some(ErrorKind::IdleTimeout)

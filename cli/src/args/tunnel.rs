@@ -231,9 +231,11 @@ pub(crate) struct StartArgs {
     /// can reach --bind. A tunnel's `allow_from` in a file.
     #[arg(long, value_name = "ADDR|CIDR", value_delimiter = ',', value_parser = conduit_controlplane::config::allow_from_net)]
     pub(crate) allow_from: Vec<ipnet::IpNet>,
-    /// TCP tunnels: seconds a user's connection may move no byte either way before
-    /// it is closed (both ends reset, counted as `idle_timeout`), 0 for never;
-    /// `[performance] stream_idle_timeout_secs` in a file.
+    /// TCP tunnels: seconds a user's connection may move no byte either way, with
+    /// nothing on its way to a reader here, before it is closed (both ends reset,
+    /// counted as `idle_timeout`); 0 (the default) for never. Longer than any upload
+    /// a slow source still takes after its user is done: the tunnel cannot see that
+    /// drain. `[performance] stream_idle_timeout_secs` in a file.
     #[arg(long, value_name = "SECS", default_value_t = STREAM_IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(0..=604800))]
     pub(crate) stream_idle_timeout: u64,
     /// UDP tunnels: seconds a flow may pass no datagram either way before it ends;

@@ -745,11 +745,11 @@ fn only_what_a_tunnel_uses_changes_its_digest() {
     // A setting added later changes a digest only when set away from its default:
     // tunnels started before it stay as they are on `up`.
     assert_eq!(
-        digest("[performance]\nstream_idle_timeout_secs = 3600\n"),
+        digest("[performance]\nstream_idle_timeout_secs = 0\n"),
         default
     );
     assert_ne!(
-        digest("[performance]\nstream_idle_timeout_secs = 0\n"),
+        digest("[performance]\nstream_idle_timeout_secs = 3600\n"),
         default
     );
     assert_eq!(

@@ -72,8 +72,11 @@ pub struct PerformanceConfig {
     pub udp_max_new_flows: u64,
 }
 
-/// The default `stream_idle_timeout_secs`: an hour, as Envoy's TCP proxy.
-pub const STREAM_IDLE_TIMEOUT_SECS: u64 = 3600;
+/// The default `stream_idle_timeout_secs`: none. Each end sees only its own
+/// sockets (a tunnel not a source still taking an upload its router holds for it, a
+/// router not a user still taking a download its tunnel holds), so a timeout shorter
+/// than such a drain would cut it: an operator sets one knowing their traffic.
+pub const STREAM_IDLE_TIMEOUT_SECS: u64 = 0;
 
 /// The fewest ready channels per worker with `optimize_for = "latency"`: a burst of
 /// new connections finds a handshaken channel instead of waiting for a handshake.
