@@ -610,6 +610,16 @@ impl Merge {
                 Role::Router => "a client's file (check those without --router)",
             };
             m.push_str(&format!("; `{k}` belongs in {other}"));
+        } else if let Some(home) = (self.schema.sections.iter())
+            .find(|s| section.is_none_or(|here| here.name != s.name) && s.key(k).is_some())
+        {
+            // A key of another section: a tunnel's setting that is the file's.
+            let whose = if section.is_none() {
+                " (it applies to every tunnel of the file)"
+            } else {
+                ""
+            };
+            m.push_str(&format!("; `{k}` is a key of [{}]{whose}", home.name));
         }
         m
     }

@@ -59,7 +59,7 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
     let text = format!(
         "host = \"10.2.0.1\"\n[router]\nhots = \"x\"\npublic_key = \"{}\"\nbind = \"0.0.0.0:1\"\n\
          [tunnel]\nname = \"a\"\n[[tunnels]]\nname = \"web\"\nsource = \"s:1\"\nbind = \"127.0.0.1:1\"\n\
-         colour = \"red\"\n",
+         colour = \"red\"\npool_size = 3\n",
         f.router_key
     );
     assert_eq!(
@@ -76,6 +76,9 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
              security, performance, logging, alerts, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \
              bind, protocol, proxy_protocol, allow_from ($F:12)",
+            "error: tunnels[0].pool_size: unknown key in [[tunnels]]; valid keys: name, \
+             source, bind, protocol, proxy_protocol, allow_from; `pool_size` is a key of \
+             [performance] (it applies to every tunnel of the file) ($F:13)",
             "error: router.host: missing; add host = \"10.2.0.1\" under [router], or set \
              CONDUIT_ROUTER_HOST",
         ]
