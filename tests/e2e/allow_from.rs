@@ -28,14 +28,7 @@ fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
 /// The count of `user_not_allowed` errors in the tunnel's metrics.
 fn not_allowed(home: &Home) -> String {
     let metrics = home.ok(&["stats", "--format", "prometheus"]);
-    metrics
-        .lines()
-        .find(|l| l.starts_with("conduit_errors_total{") && l.contains("kind=\"user_not_allowed\""))
-        .unwrap_or_else(|| panic!("no user_not_allowed series in {metrics}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned()
+    crate::harness::error_count(&metrics, "user_not_allowed")
 }
 
 const WHY: &str = "from 127.0.0.1: the address is not in the tunnel's --allow-from \

@@ -697,3 +697,18 @@ pub fn assert_code(status: ExitStatus, code: i32, stderr: &str) {
         "exit status {status}; stderr:\n{stderr}"
     );
 }
+
+/// The value of the `conduit_errors_total` series of `kind` in `metrics`
+/// (Prometheus text, one tunnel's); panics if there is none.
+#[track_caller]
+pub fn error_count(metrics: &str, kind: &str) -> String {
+    let label = format!("kind=\"{kind}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("conduit_errors_total{") && l.contains(&label))
+        .unwrap_or_else(|| panic!("no {kind} series in {metrics}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned()
+}

@@ -52,14 +52,7 @@ fn wait_closed(mut c: TcpStream) {
 
 /// The `kind="idle_timeout"` count in `metrics` (Prometheus text).
 fn idle_count(metrics: &str) -> String {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("conduit_errors_total{") && l.contains("kind=\"idle_timeout\""))
-        .unwrap_or_else(|| panic!("no idle_timeout series in {metrics}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned()
+    crate::harness::error_count(metrics, "idle_timeout")
 }
 
 both_engines!(
