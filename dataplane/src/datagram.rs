@@ -70,10 +70,10 @@ impl Framed {
     /// `Datagram` frame; `payload` counts the datagram's bytes only. False, and
     /// nothing appended, when the two do not fit in one datagram.
     pub(crate) fn push_after(&mut self, prefix: &[u8], datagram: &[u8]) -> bool {
-        let body = prefix.len() + datagram.len();
-        if body > RECV_ROOM {
+        if !fits(prefix, datagram) {
             return false;
         }
+        let body = prefix.len() + datagram.len();
         let start = self.len + HEADER_LEN;
         let end = start + body;
         if end > self.buf.len() {
@@ -107,6 +107,28 @@ impl Framed {
         self.len >= BATCH
     }
 
+    /// Moves what was framed out of its pooled buffer into one of its own size,
+    /// giving the pooled one back: for a batch about to wait for its turn under a
+    /// bandwidth limit, so that each waiting flow holds what it carries, not a
+    /// pooled buffer (thousands of flows each waiting with a datagram of a few bytes
+    /// would otherwise hold hundreds of megabytes).
+    fn shrink(&mut self) {
+        if self.buf.len() > self.len {
+            let own = self.buf[..self.len].to_vec();
+            pool::give(std::mem::replace(&mut self.buf, own));
+        }
+    }
+
+    /// Waits out what the batch owes a bandwidth limit before it goes (see
+    /// [`paid`]), shrunk to what it carries meanwhile.
+    pub(crate) async fn wait_turn(&mut self, wait: Duration) {
+        if !wait.is_zero() {
+            self.shrink();
+            // Boxed: only limited tunnels pay for the sleep's state, not every task.
+            Box::pin(monoio::time::sleep(wait)).await;
+        }
+    }
+
     /// Sends what was framed on the channel (sealed, over TLS); returns the payload
     /// count.
     pub(crate) async fn send(self, to: Carrier<'_>) -> Result<usize, Stop> {
@@ -117,6 +139,29 @@ impl Framed {
         };
         pool::give(buf);
         sent.map(|()| payload)
+    }
+}
+
+/// Whether `datagram` behind `prefix` (a PROXY protocol header) fits one
+/// `Datagram` frame.
+pub(crate) fn fits(prefix: &[u8], datagram: &[u8]) -> bool {
+    prefix.len() + datagram.len() <= RECV_ROOM
+}
+
+/// Pays for one datagram of `n` bytes under `meter`'s bandwidth limit before it
+/// joins a batch (see [`Meter::charge_datagram`]): true if it goes, with `wait`
+/// raised to how long its batch must wait for it; false if it would wait too long
+/// and is dropped (counted in `dropped`).
+pub(crate) fn paid(meter: &Meter<'_>, n: usize, wait: &mut Duration, dropped: &AtomicU64) -> bool {
+    match meter.charge_datagram(n) {
+        Some(w) => {
+            *wait = (*wait).max(w);
+            true
+        }
+        None => {
+            dropped.fetch_add(1, Relaxed);
+            false
+        }
     }
 }
 
@@ -437,19 +482,35 @@ async fn settle(
     meter: &Meter<'_>,
     last: &Cell<Instant>,
 ) -> Result<bool, Stop> {
+    // Under a bandwidth limit, the indices of datagrams that would wait too long
+    // for their turn: dropped (none without a limit, and then nothing allocated).
+    let mut late = Vec::new();
     if !b.lens.is_empty() {
-        meter.pay(b.lens.iter().sum()).await;
+        let mut wait = Duration::ZERO;
+        for (i, &len) in b.lens.iter().enumerate() {
+            if !paid(meter, len, &mut wait, deliver.dropped) {
+                late.push(i);
+            }
+        }
+        if !wait.is_zero() {
+            // Boxed: only limited tunnels pay for the sleep's state, not every task.
+            Box::pin(monoio::time::sleep(wait)).await;
+        }
         if let Some(s) = deliver.sources {
             s.check_health(deliver.sock);
         }
     }
+    let mut late = late.into_iter().peekable();
     let mut at = 0;
     // Bytes counted as moved: those of the datagrams the socket took, not of those
     // UDP dropped here.
     let mut sent = 0;
-    for len in &b.lens {
+    for (i, len) in b.lens.iter().enumerate() {
         let d = &b.bytes[at..at + len];
         at += len;
+        if late.next_if_eq(&i).is_some() {
+            continue;
+        }
         match deliver.sock.send(d, deliver.to, deliver.from).await {
             Ok(()) => sent += len,
             // The source's port is closed (an ICMP error from an earlier datagram):
@@ -598,12 +659,15 @@ fn next_frame(buf: &[u8]) -> Result<Option<(FrameType, usize)>, ProtoError> {
 /// batch (at most once per [`crate::stats::DROPS_READ_EVERY`]), and at the end, adds what the kernel
 /// dropped on the source's socket (its receive buffer full while the channel was
 /// slow) to `drops`.
+///
+/// Under a bandwidth limit, a datagram that would wait too long for its turn is
+/// dropped and counted in `dropped`.
 pub(crate) async fn from_source(
     source: &Udp,
     sources: &Sources,
     chan: Carrier<'_>,
     meter: Meter<'_>,
-    drops: &AtomicU64,
+    (drops, dropped): (&AtomicU64, &AtomicU64),
     mut done: oneshot::Receiver<()>,
 ) -> Result<(), Stop> {
     let tally = DropTally::default();
@@ -617,13 +681,15 @@ pub(crate) async fn from_source(
                     futures::future::Either::Right(_) => break,
                 }
             }
-            let batch = read_batch(source, sources);
+            let mut wait = Duration::ZERO;
+            let mut pay = |n| paid(&meter, n, &mut wait, dropped);
+            let batch = read_batch(source, sources, &mut pay);
             tally.now_and_then(|| source.receive_drops(), drops);
-            let framed = batch?;
+            let mut framed = batch?;
             if framed.is_empty() {
                 continue;
             }
-            meter.pay(framed.payload).await;
+            framed.wait_turn(wait).await;
             let payload = framed.send(chan).await?;
             meter.add(payload);
         }
@@ -636,13 +702,19 @@ pub(crate) async fn from_source(
     result
 }
 
-/// What the source sent back, as much as one batch holds, without waiting.
-fn read_batch(source: &Udp, sources: &Sources) -> Result<Framed, Stop> {
+/// What the source sent back, as much as one batch holds, without waiting: each
+/// datagram that `pay` takes (see [`paid`]).
+fn read_batch(
+    source: &Udp,
+    sources: &Sources,
+    pay: &mut impl FnMut(usize) -> bool,
+) -> Result<Framed, Stop> {
     let mut scratch = pool::take();
     let mut framed = Framed::new();
     while !framed.is_full() {
         match source.try_recv(&mut scratch[..RECV_ROOM]) {
-            Ok(n) => framed.push(&scratch[..n]),
+            Ok(n) if pay(n) => framed.push(&scratch[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             // ICMP port unreachable for an earlier datagram: the source does not
             // listen. Nothing to relay (the user's own timeout decides); the flow
@@ -691,6 +763,24 @@ mod tests {
         assert!(matches!(&got[1], Held::Datagram(d) if d == b"dns query"));
         assert!(matches!(&got[2], Held::Datagram(d) if *d == big));
         assert!(matches!(&got[3], Held::Msg(Message::Eof)));
+    }
+
+    /// A batch that waits for its turn holds what it carries, not a pooled buffer,
+    /// and still frames the same bytes; the pooled buffer goes back to the pool.
+    #[test]
+    fn a_waiting_batch_gives_its_pooled_buffer_back() {
+        let mut f = Framed::new();
+        f.push(b"a few bytes");
+        let framed = f.buf[..f.len].to_vec();
+        let kept = pool::kept();
+        f.shrink();
+        assert_eq!(f.buf.capacity(), f.len, "only what it carries");
+        assert_eq!(pool::kept(), kept + 1);
+        assert_eq!(f.buf, framed);
+        assert_eq!(f.payload, 11);
+        // Shrunk once, it has nothing more to give back.
+        f.shrink();
+        assert_eq!(pool::kept(), kept + 1);
     }
 
     #[test]

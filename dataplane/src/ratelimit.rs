@@ -18,8 +18,12 @@
 //! waits for the bucket to refill, however large its reads and writes are: stream
 //! relays ask the bucket before each read or send and move only what it grants
 //! ([`TokenBucket::grant`]), cutting a large chunk into granted pieces; a datagram,
-//! which cannot be cut, is paid for before it goes ([`TokenBucket::charge`]), taking
-//! the bucket into debt that every sender of the tunnel then waits out.
+//! which cannot be cut, is paid for before it goes ([`TokenBucket::charge_within`]),
+//! taking the bucket into debt that every sender of the tunnel then waits out. A
+//! datagram that would wait longer than [`DATAGRAM_MOST_WAIT`] for its turn is
+//! dropped instead, as a router's full queue drops one: UDP senders do not slow down
+//! when their datagrams are held, so holding every one would only grow the queue
+//! (memory, and delays of minutes) without bound.
 //!
 //! # One bucket per direction, shared by the cores
 //!
@@ -129,7 +133,7 @@ pub enum Grant {
 pub struct TokenBucket {
     limit: Option<Limit>,
     /// Available tokens, in units of 1/[`SCALE`] byte; below zero while bytes charged
-    /// ahead of the rate ([`Self::charge`]) are not paid for yet.
+    /// ahead of the rate ([`Self::charge_within`]) are not paid for yet.
     tokens: i128,
     /// The most it holds, in the same units: the burst, or twice [`MIN_BURST_TIME`]
     /// at the rate if that is more.
@@ -261,19 +265,33 @@ impl TokenBucket {
         self.line.retain(|&x| x != turn);
     }
 
-    /// Takes `n` bytes out of the bucket at `now`, into debt if it holds fewer, and
-    /// says how long until the debt is paid off (`None`: nothing owed). For what
-    /// cannot be cut to a grant (a datagram): its sender waits that long before it
-    /// sends.
+    /// Takes `n` bytes out of the bucket at `now`, into debt if it holds fewer, if
+    /// that debt is paid off within `most`, and says how long that takes (zero:
+    /// nothing owed). For what cannot be cut to a grant (a datagram): its sender
+    /// waits that long before it sends. `None`, and nothing taken, when the wait
+    /// would be longer: the datagram is dropped. A full bucket takes any `n`, however
+    /// long its debt, so a datagram bigger than `burst + rate · most` still goes (no
+    /// sooner than the rate allows) rather than never.
     ///
     /// The debt stays in the bucket whoever ends up waiting for it: [`Self::grant`]
     /// grants nothing until it is paid, so a flow that closes before its wait is over
     /// leaves it to the tunnel's next bytes.
-    pub fn charge(&mut self, now: Instant, n: usize) -> Option<Duration> {
-        let limit = self.limit?;
+    pub fn charge_within(&mut self, now: Instant, n: usize, most: Duration) -> Option<Duration> {
+        let Some(limit) = self.limit else {
+            return Some(Duration::ZERO);
+        };
         self.refill(now, limit.rate);
-        self.tokens = self.tokens.saturating_sub(scaled(n));
-        (self.tokens < 0).then(|| refill_time(-self.tokens, limit.rate))
+        let left = self.tokens.saturating_sub(scaled(n));
+        let wait = if left < 0 {
+            refill_time(-left, limit.rate)
+        } else {
+            Duration::ZERO
+        };
+        if wait > most && self.tokens < self.capacity {
+            return None;
+        }
+        self.tokens = left;
+        Some(wait)
     }
 
     /// Puts back bytes that were granted but not sent (the socket took fewer). The
@@ -440,18 +458,24 @@ pub(crate) fn give_back(bucket: &Mutex<TokenBucket>, n: usize) {
     }
 }
 
-/// Pays for `n` bytes about to be sent whole (a batch of datagrams, which cannot be
-/// cut to a grant): returns at once while the bucket holds them, otherwise charges
-/// them as debt and sleeps until it is paid off, so they leave no earlier than the
-/// rate allows and every other sender of the tunnel waits out the debt too.
-pub(crate) async fn pace(bucket: &Mutex<TokenBucket>, n: usize) {
-    let wait = bucket
+/// The longest a datagram waits for its turn under a bandwidth limit; one that would
+/// wait longer is dropped (see the module docs). A quarter of a second: longer than
+/// a burst of a steady sender at the rate needs, short enough that what does arrive
+/// is still worth having (a voice packet, a game's state, a DNS answer before its
+/// retry), and it caps what all the tunnel's waiting datagrams hold at a quarter of
+/// a second's worth of the rate.
+pub const DATAGRAM_MOST_WAIT: Duration = Duration::from_millis(250);
+
+/// Pays for a datagram of `n` bytes about to be sent whole (it cannot be cut to a
+/// grant): how long it must wait before it goes, so that it leaves no earlier than
+/// the rate allows (every other sender of the tunnel waits out the debt too); `None`
+/// when that would be longer than [`DATAGRAM_MOST_WAIT`]: it is to be dropped,
+/// and nothing is charged.
+pub(crate) fn charge_datagram(bucket: &Mutex<TokenBucket>, n: usize) -> Option<Duration> {
+    bucket
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .charge(Instant::now(), n);
-    if let Some(d) = wait {
-        monoio::time::sleep(d).await;
-    }
+        .charge_within(Instant::now(), n, DATAGRAM_MOST_WAIT)
 }
 
 /// How long `rate` bytes a second take to refill `deficit` tokens (positive), rounded
@@ -648,11 +672,17 @@ mod tests {
         assert_eq!(sends, expected);
     }
 
+    /// Any wait is short enough.
+    const FOREVER: Duration = Duration::MAX;
+
     #[test]
     fn a_datagrams_debt_holds_back_the_next_grant() {
         let (mut b, t0) = bucket(1000, 1000);
         // A 3000-byte batch of datagrams, paid for before it goes: 2000 owed, 2 s.
-        assert_eq!(b.charge(t0, 3000), Some(Duration::from_secs(2)));
+        assert_eq!(
+            b.charge_within(t0, 3000, FOREVER),
+            Some(Duration::from_secs(2))
+        );
         // A stream asking meanwhile waits out the debt, then for its grant.
         assert_eq!(b.grant(t0, 5000), Grant::Wait(Duration::from_secs(3)));
         let t3 = t0 + Duration::from_secs(3);
@@ -666,18 +696,65 @@ mod tests {
     fn bytes_sent_ahead_are_owed_by_whoever_sends_next() {
         let (mut b, t0) = bucket(1000, 1000);
         // A 5000-byte chunk went out at once: 4000 owed, 4 s at 1000 bytes/s.
-        assert_eq!(b.charge(t0, 5000), Some(Duration::from_secs(4)));
+        assert_eq!(
+            b.charge_within(t0, 5000, FOREVER),
+            Some(Duration::from_secs(4))
+        );
         // Its sender went away without waiting; the next bytes wait for the debt too.
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(b.charge(t1, 1000), Some(Duration::from_secs(4)));
+        assert_eq!(
+            b.charge_within(t1, 1000, FOREVER),
+            Some(Duration::from_secs(4))
+        );
         assert_eq!(b.grant(t1, 100), Grant::Wait(Duration::from_millis(4100)));
         // Paid off: what is sent within the bucket owes nothing.
         let t2 = t1 + Duration::from_secs(5);
-        assert_eq!(b.charge(t2, 1000), None);
-        assert_eq!(b.charge(t2, 1), Some(Duration::from_millis(1)));
+        assert_eq!(b.charge_within(t2, 1000, FOREVER), Some(Duration::ZERO));
+        assert_eq!(
+            b.charge_within(t2, 1, FOREVER),
+            Some(Duration::from_millis(1))
+        );
         // Unlimited: nothing is ever owed.
         let unlimited = &mut TokenBucket::new(None, t0);
-        assert_eq!(unlimited.charge(t0, usize::MAX), None);
+        assert_eq!(
+            unlimited.charge_within(t0, usize::MAX, Duration::ZERO),
+            Some(Duration::ZERO)
+        );
+    }
+
+    /// A datagram that would wait longer than it may is dropped, charging nothing;
+    /// one that fits the wait still goes, and a full bucket takes even a datagram
+    /// bigger than it could ever wait for.
+    #[test]
+    fn a_datagram_that_would_wait_too_long_is_refused() {
+        let (mut b, t0) = bucket(1000, 1000);
+        let most = Duration::from_millis(250);
+        assert_eq!(b.charge_within(t0, 1000, most), Some(Duration::ZERO));
+        // Empty: 200 bytes wait 0.2 s, within the bound; the next 100 would wait
+        // 0.3 s, so they are refused and owe nothing.
+        assert_eq!(
+            b.charge_within(t0, 200, most),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(b.charge_within(t0, 100, most), None);
+        assert_eq!(
+            b.charge_within(t0, 50, most),
+            Some(Duration::from_millis(250)),
+            "the refused bytes took nothing"
+        );
+        // Paid off and full again: 5000 bytes, far past the bound, still go.
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            b.charge_within(t1, 5000, most),
+            Some(Duration::from_secs(4))
+        );
+        // ... and everyone after waits out their debt, or is refused meanwhile.
+        assert_eq!(b.charge_within(t1 + Duration::from_secs(3), 1, most), None);
+        let t2 = t1 + Duration::from_millis(3800);
+        assert_eq!(
+            b.charge_within(t2, 50, most),
+            Some(Duration::from_millis(250))
+        );
     }
 
     #[test]

@@ -606,15 +606,17 @@ impl Meter<'_> {
         Ok(())
     }
 
-    /// Under a bandwidth limit, pays for `n` bytes before they are sent whole, waiting
-    /// until they are paid for (see [`crate::ratelimit::pace`]). For datagrams, which
-    /// cannot be cut to a grant: paid before they go, each flow of a datagram or two
-    /// would otherwise pass the limit by what it sent before its first wait, however
-    /// many flows there are.
-    pub(crate) async fn pay(&self, n: usize) {
-        if let Some(bucket) = self.limit {
-            // Boxed: only limited tunnels pay for the sleep's state, not every task.
-            Box::pin(crate::ratelimit::pace(bucket, n)).await;
+    /// Under a bandwidth limit, pays for a datagram of `n` bytes before it is sent
+    /// whole: how long to wait before sending it (zero: at once), or `None` when
+    /// that would be longer than [`crate::ratelimit::DATAGRAM_MOST_WAIT`], and it is
+    /// to be dropped. Without a limit, always at once. Datagrams cannot be cut to a
+    /// grant; paid before they go, since each flow of a datagram or two would
+    /// otherwise pass the limit by what it sent before its first wait, however many
+    /// flows there are.
+    pub(crate) fn charge_datagram(&self, n: usize) -> Option<Duration> {
+        match self.limit {
+            Some(bucket) => crate::ratelimit::charge_datagram(bucket, n),
+            None => Some(Duration::ZERO),
         }
     }
 }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{ClientCore, Link, channel_failed, stopped};
 use crate::channel::Channel;
-use crate::datagram::{Carrier, Deliver, Framed, Inbound, RECV_ROOM, down};
+use crate::datagram::{Carrier, Deliver, Framed, Inbound, RECV_ROOM, down, fits, paid};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::{Destination, Udp};
 use crate::plain::{Wire, send_best_effort, send_frame};
@@ -561,11 +561,16 @@ impl ClientCore {
             unanswered: Some(&counters.unanswered),
         };
         let Upstream { mut rx, proxy } = user;
-        // Each datagram into the batch, behind the PROXY header if there is one; one
-        // that does not fit behind it is dropped and counted.
-        let push = |framed: &mut Framed, d: &[u8]| {
-            if !framed.push_after(proxy, d) {
-                stats.datagrams_dropped.fetch_add(1, Relaxed);
+        let dropped = &stats.datagrams_dropped;
+        // Each datagram into the batch, behind the PROXY header if there is one, once
+        // paid for under a bandwidth limit (`wait`: how long the batch must wait for
+        // its turn); one that does not fit behind the header, or would wait too
+        // long, is dropped and counted.
+        let push = |framed: &mut Framed, wait: &mut Duration, d: &[u8]| {
+            if !fits(proxy, d) {
+                dropped.fetch_add(1, Relaxed);
+            } else if paid(&to_router, d.len(), wait, dropped) {
+                framed.push_after(proxy, d);
             }
         };
         let up = async {
@@ -579,17 +584,18 @@ impl ClientCore {
                 };
                 last.set(Instant::now());
                 let mut framed = Framed::new();
-                push(&mut framed, &first);
+                let mut wait = Duration::ZERO;
+                push(&mut framed, &mut wait, &first);
                 while !framed.is_full() {
                     match rx.try_next() {
-                        Some(d) => push(&mut framed, &d),
+                        Some(d) => push(&mut framed, &mut wait, &d),
                         None => break,
                     }
                 }
                 if framed.is_empty() {
-                    continue; // every one too big behind its header
+                    continue; // every one dropped
                 }
-                to_router.pay(framed.payload).await;
+                framed.wait_turn(wait).await;
                 let payload = framed.send(to).await?;
                 to_router.add(payload);
             }
@@ -597,13 +603,12 @@ impl ClientCore {
             // still goes; the router answers with its Eof.
             rx.rx.close();
             let mut last_batch = Framed::new();
+            let mut wait = Duration::ZERO;
             while let Some(d) = rx.try_next() {
-                push(&mut last_batch, &d);
+                push(&mut last_batch, &mut wait, &d);
             }
+            last_batch.wait_turn(wait).await;
             let payload = last_batch.payload;
-            if payload > 0 {
-                to_router.pay(payload).await;
-            }
             last_batch.push_message(&Message::Eof);
             last_batch.send(to).await?;
             to_router.add(payload);

@@ -186,7 +186,7 @@ impl RouterCore {
                 limit: bandwidth.as_ref().map(|b| &b.down),
                 unanswered: None,
             },
-            &core.stats.udp_receive_drops,
+            (&core.stats.udp_receive_drops, &core.stats.datagrams_dropped),
             done_rx,
         );
         let both = futures::future::try_join(to_source, to_client);
