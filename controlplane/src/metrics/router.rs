@@ -178,7 +178,7 @@ pub fn render(i: &Inputs<'_>) -> String {
     e.family(
         "conduit_udp_datagrams_dropped_total",
         Kind::Counter,
-        "Datagrams UDP flows dropped as too big for their source's address family or behind a PROXY header.",
+        "Datagrams UDP flows dropped: too big for their source's address family or behind a PROXY header, or one that would wait too long for its turn under a bandwidth limit.",
     )
     .sample(
         "conduit_udp_datagrams_dropped_total",

@@ -32,19 +32,12 @@ fn a_new_sender_over_the_flow_limit_is_dropped_and_counted() {
 
 /// Under `--bandwidth-limit`, a datagram is paid for before it goes, and one that
 /// would wait longer than a quarter of a second for its turn is dropped and counted
-/// rather than held: sixty new senders of one 1000-byte datagram each, at 10,000
-/// bytes/s with a burst of as much, all sent at once. The burst's ten (at least) are
-/// answered, and every other datagram is either answered or counted as dropped; the
-/// answers past the burst came no sooner than the rate allows (a lower bound only: a
-/// loaded machine makes them slower, never faster). Before, every datagram was held
-/// until paid for, however long that took (here 5 s; with thousands of senders,
-/// minutes and hundreds of megabytes).
+/// rather than held (see [`assert_late_datagrams_dropped`]). Before, every datagram
+/// was held until paid for, however long that took (here 5 s; with thousands of
+/// senders, minutes and hundreds of megabytes).
 #[test]
 fn datagrams_past_the_bandwidth_limit_wait_briefly_or_are_dropped() {
-    const RATE: usize = 10_000;
-    const SIZE: usize = 1_000;
-    const SENDERS: usize = 60;
-    let rate = RATE.to_string();
+    let rate = LATE_RATE.to_string();
     let t = UdpTunnel::start(
         Engine::Epoll,
         &[
@@ -56,16 +49,73 @@ fn datagrams_past_the_bandwidth_limit_wait_briefly_or_are_dropped() {
             "dns",
         ],
     );
+    assert_late_datagrams_dropped(t.taddr, || {
+        dns_metric(&t.home, "conduit_udp_datagrams_dropped_total") as usize
+    });
+}
+
+/// The same under a router's limit for each client key (`[performance]
+/// default_bandwidth_limit`), counted by the router.
+#[test]
+fn datagrams_past_a_routers_bandwidth_limit_wait_briefly_or_are_dropped() {
+    let rate = format!("performance.default_bandwidth_limit={LATE_RATE}");
+    let burst = format!("performance.burst_bandwidth_limit={LATE_RATE}");
+    let token = crate::ops::TOKEN;
+    let t = UdpTunnel::start_with(
+        Engine::Epoll,
+        &[],
+        &[
+            "--api-bind",
+            "127.0.0.1:0",
+            "--api-token",
+            token,
+            "--set",
+            &rate,
+            "--set",
+            &burst,
+        ],
+        &["--name", "dns"],
+    );
+    let api = addr_in(&t.router.wait_stdout("api listening on"));
+    let url = format!("http://{api}/api/v1/metrics");
+    assert_late_datagrams_dropped(t.taddr, || {
+        let text = crate::http::curl("GET", &url, Some(token), &[]).body;
+        text.lines()
+            .find_map(|l| l.strip_prefix("conduit_udp_datagrams_dropped_total "))
+            .unwrap_or_else(|| panic!("no dropped datagrams in {text}"))
+            .parse()
+            .unwrap()
+    });
+    assert_eq!(
+        dns_metric(&t.home, "conduit_udp_datagrams_dropped_total"),
+        0,
+        "the tunnel has no limit of its own"
+    );
+}
+
+/// The bandwidth limit of [`assert_late_datagrams_dropped`], bytes/s and burst.
+const LATE_RATE: usize = 10_000;
+
+/// Sixty new senders of one 1000-byte datagram each send through the tunnel at
+/// `taddr`, limited to [`LATE_RATE`] bytes/s with a burst of as much, all at once.
+/// The burst's ten (at least) are answered, and every other datagram is either
+/// answered or counted as dropped (`dropped`: the count); the answers past the
+/// burst came no sooner than the rate allows (a lower bound only: a loaded machine
+/// makes them slower, never faster).
+fn assert_late_datagrams_dropped(taddr: SocketAddr, dropped: impl Fn() -> usize) {
+    const RATE: usize = LATE_RATE;
+    const SIZE: usize = 1_000;
+    const SENDERS: usize = 60;
     let users: Vec<(User, Vec<u8>)> = (0..SENDERS)
         .map(|i| {
-            let u = User::new(t.taddr);
+            let u = User::new(taddr);
             u.sock.set_nonblocking(true).unwrap();
             (u, pattern(i as u64, SIZE))
         })
         .collect();
     let started = std::time::Instant::now();
     for (u, d) in &users {
-        u.sock.send_to(d, t.taddr).unwrap();
+        u.sock.send_to(d, taddr).unwrap();
     }
     let deadline = started + DEADLINE;
     let mut answered = [false; SENDERS];
@@ -88,7 +138,7 @@ fn datagrams_past_the_bandwidth_limit_wait_briefly_or_are_dropped() {
             }
         }
         let got = answered.iter().filter(|a| **a).count();
-        let dropped = dns_metric(&t.home, "conduit_udp_datagrams_dropped_total") as usize;
+        let dropped = dropped();
         if got + dropped >= SENDERS {
             break dropped;
         }
