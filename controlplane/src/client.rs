@@ -274,9 +274,11 @@ struct Shared {
     kernel_tls: bool,
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
     datagrams: bool,
-    /// `--proxy-protocol` and `--allow-from`, for the registry.
+    /// `--proxy-protocol`, `--allow-from` and `--stream-idle-timeout` (as the
+    /// data plane applies it), for the registry.
     proxy_protocol: Option<conduit_dataplane::ProxyProtocol>,
     allow_from: Vec<ipnet::IpNet>,
+    stream_idle: Option<conduit_dataplane::StreamIdle>,
     name: String,
     /// The source, named in the control channel's `Hello` for the router to check.
     source: String,
@@ -467,6 +469,7 @@ impl ClientTunnel {
                 datagrams: s.udp.is_some(),
                 proxy_protocol: s.proxy_protocol,
                 allow_from: s.allow_from.clone(),
+                stream_idle: s.stream_idle.filter(|_| s.udp.is_none()),
                 source: s.source.clone(),
                 name: s.name,
                 balance: s.balance && routers.len() > 1,
@@ -548,6 +551,12 @@ impl ClientTunnel {
     /// The addresses users may connect from (`--allow-from`; empty: any).
     pub fn allow_from(&self) -> &[ipnet::IpNet] {
         &self.shared.allow_from
+    }
+
+    /// How long a stream may move nothing before it is closed
+    /// (`--stream-idle-timeout`; `None`: no timeout, and always for UDP tunnels).
+    pub fn stream_idle(&self) -> Option<conduit_dataplane::StreamIdle> {
+        self.shared.stream_idle
     }
 
     /// Its routers, in order, and the workers' view of the links to them (up or

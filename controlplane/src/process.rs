@@ -477,6 +477,7 @@ impl RegisteredTunnel {
                     .map(ToString::to_string)
                     .collect(),
                 metrics: None,
+                stream_idle_timeout_secs: tunnel.stream_idle().map_or(0, |t| t.timeout().as_secs()),
             },
             status: "starting".into(),
             created_at: registry::now_rfc3339(),
@@ -729,6 +730,7 @@ mod tests {
                 proxy_protocol: None,
                 allow_from: Vec::new(),
                 metrics: None,
+                stream_idle_timeout_secs: 0,
             },
             status: "running".into(),
             created_at: registry::now_rfc3339(),

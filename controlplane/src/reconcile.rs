@@ -148,6 +148,7 @@ mod tests {
                 proxy_protocol: None,
                 allow_from: Vec::new(),
                 metrics: None,
+                stream_idle_timeout_secs: 0,
             },
             status: "running".into(),
             created_at: String::new(),

@@ -42,6 +42,10 @@ pub struct EntryConfig {
     /// given is the port the system chose), if they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// Seconds a stream may move nothing before it is closed
+    /// (`--stream-idle-timeout`); 0: no timeout (and entries written before it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stream_idle_timeout_secs: u64,
 }
 
 impl EntryConfig {
@@ -66,6 +70,10 @@ fn tcp() -> String {
 
 fn is_tcp(p: &str) -> bool {
     p == "tcp"
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One registered tunnel process.
@@ -741,6 +749,7 @@ mod tests {
                 proxy_protocol: None,
                 allow_from: Vec::new(),
                 metrics: None,
+                stream_idle_timeout_secs: 0,
             },
             status: "running".into(),
             created_at: now_rfc3339(),

@@ -202,3 +202,38 @@ fn a_slow_reader_still_taking_its_answer_is_not_idle() {
         assert_eq!(idle_count(&metrics), "1", "{metrics}");
     }
 }
+
+/// `status` and `list` say how long a quiet stream stays: the timeout in force, or
+/// nothing (0 in JSON) when it is off.
+#[test]
+fn status_and_list_show_the_stream_idle_timeout() {
+    let engine = Engine::Epoll;
+    let home = Home::with_keys();
+    let source = sources::echo();
+    let (_router, raddr) = home.router(engine, &[source.to_string()]);
+    let (_timed, timed) = home.tunnel_with(
+        engine,
+        raddr,
+        &source.to_string(),
+        &["--name", "timed", "--stream-idle-timeout", "300"],
+    );
+    let (_open, open) = home.tunnel_with(engine, raddr, &source.to_string(), &["--name", "open"]);
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("{timed} → {source} (streams idle 300s closed)\n")),
+        "{status}"
+    );
+    assert!(status.contains(&format!("{open} → {source}\n")), "{status}");
+    let list: serde_json::Value =
+        serde_json::from_str(&home.ok(&["list", "--format", "json"])).unwrap();
+    let secs = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list:#}"))["stream_idle_timeout_secs"]
+            .clone()
+    };
+    assert_eq!(secs("timed"), 300, "{list:#}");
+    assert_eq!(secs("open"), 0, "{list:#}");
+}

@@ -310,9 +310,9 @@ fn over(cipher: &str) -> String {
     }
 }
 
-/// What the source hears and who may come in, after the status line's `bind →
-/// source`: ` (PROXY v2 header; users from 10.0.0.0/8 only)`; nothing when neither
-/// is set.
+/// What the source hears, who may come in and how long a quiet stream stays, after
+/// the status line's `bind → source`: ` (PROXY v2 header; users from 10.0.0.0/8
+/// only; streams idle 300s closed)`; nothing when none is set.
 fn admission(c: &conduit_controlplane::registry::EntryConfig) -> String {
     let mut said = Vec::new();
     if let Some(v) = &c.proxy_protocol {
@@ -320,6 +320,12 @@ fn admission(c: &conduit_controlplane::registry::EntryConfig) -> String {
     }
     if !c.allow_from.is_empty() {
         said.push(format!("users from {} only", c.allow_from.join(", ")));
+    }
+    if c.stream_idle_timeout_secs > 0 {
+        said.push(format!(
+            "streams idle {}s closed",
+            c.stream_idle_timeout_secs
+        ));
     }
     if said.is_empty() {
         String::new()

@@ -94,6 +94,7 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
                     proxy_protocol: t.proxy_protocol.map(|v| v.as_str().into()),
                     allow_from: t.allow_from.iter().map(ToString::to_string).collect(),
                     metrics: None,
+                    stream_idle_timeout_secs: t.stream_idle_timeout_secs(),
                 },
                 exe: exe.clone().into_os_string(),
                 args,

@@ -86,6 +86,16 @@ impl TunnelPlan {
             .unwrap_or(self.logging.level.as_str())
     }
 
+    /// Seconds a stream may move nothing before it is closed
+    /// (`stream_idle_timeout_secs`); 0: no timeout, and always for a UDP tunnel,
+    /// whose flows have `udp_idle_timeout_secs`.
+    pub fn stream_idle_timeout_secs(&self) -> u64 {
+        match self.protocol {
+            Protocol::Udp => 0,
+            Protocol::Tcp => self.performance.stream_idle_timeout_secs,
+        }
+    }
+
     /// A digest of everything that shapes this tunnel, so `up` can tell a running
     /// tunnel whose settings changed (restart it) from one that did not (leave it).
     /// The token enters only through the hash.
