@@ -102,12 +102,25 @@ impl TunnelPlan {
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        // What a tunnel ignores (a router's setting in the shared section) is left
-        // out: changing it restarts nothing.
-        let performance = PerformanceConfig {
-            max_pending_handshakes: PerformanceConfig::default().max_pending_handshakes,
+        // What a tunnel ignores is left out: a router's setting in the shared
+        // section, and those for the other protocol's tunnels (`start` refuses
+        // them there). Changing it restarts nothing.
+        let defaults = PerformanceConfig::default();
+        let mut performance = PerformanceConfig {
+            max_pending_handshakes: defaults.max_pending_handshakes,
             ..self.performance.clone()
         };
+        match self.protocol {
+            Protocol::Tcp => {
+                performance.udp_idle_timeout_secs = defaults.udp_idle_timeout_secs;
+                performance.udp_max_new_flows = defaults.udp_max_new_flows;
+            }
+            Protocol::Udp => {
+                performance.stream_idle_timeout_secs = defaults.stream_idle_timeout_secs;
+                // Flows stay in userspace TLS.
+                performance.kernel_tls = defaults.kernel_tls;
+            }
+        }
         let text = format!(
             "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}",
             self.name,

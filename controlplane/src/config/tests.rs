@@ -763,6 +763,19 @@ fn only_what_a_tunnel_uses_changes_its_digest() {
          udp_idle_timeout_secs: 60, udp_max_new_flows: 0 }",
         "what digests were made of before stream_idle_timeout_secs"
     );
+    // A setting for the other protocol's tunnels is not this one's.
+    let udp = |extra: &str| digest(&format!("protocol = \"udp\"\n{extra}"));
+    let udp_default = udp("");
+    for tcp_only in ["stream_idle_timeout_secs = 3600", "kernel_tls = false"] {
+        let set = format!("[performance]\n{tcp_only}\n");
+        assert_eq!(udp(&set), udp_default, "{tcp_only}");
+        assert_ne!(digest(&set), default, "{tcp_only}");
+    }
+    for udp_only in ["udp_idle_timeout_secs = 8", "udp_max_new_flows = 100"] {
+        let set = format!("[performance]\n{udp_only}\n");
+        assert_eq!(digest(&set), default, "{udp_only}");
+        assert_ne!(udp(&set), udp_default, "{udp_only}");
+    }
     // The log's level and format are the tunnel's too.
     assert_eq!(digest("[logging]\nlevel = \"info\"\n"), default);
     assert_ne!(digest("[logging]\nlevel = \"debug\"\n"), default);
