@@ -324,6 +324,50 @@ fn up_names_an_unchanged_tunnel_that_does_not_answer() {
     echo_through(&home, "web");
 }
 
+/// `down` of a tunnel that does not answer (frozen with SIGSTOP) exits 1 and names
+/// `down --force` of the same file, which kills it.
+#[test]
+fn down_names_down_force_for_a_tunnel_that_does_not_answer() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let file = write_file(&home, raddr.port(), &[("web", source.clone())]);
+    let (status, _, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    let id = list(&home)[0]["id"].as_str().unwrap().to_owned();
+    let pid = pid_of(&home, "web");
+    signal(pid, "STOP");
+    // SIGKILL ends it stopped or not; this lets it go if the test fails first.
+    struct Thaw(u64);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            signal(self.0, "CONT");
+        }
+    }
+    let _thaw = Thaw(pid);
+    let path = file.to_str().unwrap();
+    let (status, _, err) = home.run(&["down", "-f", path]);
+    assert_code(status, 1, &err);
+    let file_shown = std::fs::canonicalize(&file).unwrap();
+    assert!(
+        err.contains(&format!(
+            "the process may be stopped or hung: `conduit down -f {} --force` (or `conduit \
+             kill --tunnel {id} --force` for this one) kills it (SIGKILL)",
+            file_shown.display()
+        )),
+        "{err}"
+    );
+    // As it says.
+    let (status, out, err) = home.run(&["down", "-f", path, "--force"]);
+    assert_code(status, 0, &err);
+    assert!(
+        out.contains(&format!("stopped tunnel \"web\" ({id})")),
+        "{out}"
+    );
+    assert!(list(&home).is_empty());
+}
+
 #[test]
 fn the_environment_overrides_the_file() {
     let home = Home::with_keys();

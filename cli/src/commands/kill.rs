@@ -139,6 +139,20 @@ pub(crate) enum Stopper {
 }
 
 impl Stopper {
+    /// The command that kills tunnel `e` outright when it does not answer: the
+    /// stopping command again with `--force` (`down` of the tunnel's file), else
+    /// `kill --force` of that tunnel.
+    fn kill_hard_hint(self, e: &Entry) -> String {
+        let kill = format!("`conduit kill --tunnel {} --force`", e.tunnel_id);
+        match (self, &e.config.file) {
+            (Self::Down, Some(file)) => format!(
+                "`conduit down -f {} --force` (or {kill} for this one)",
+                file.display()
+            ),
+            _ => kill,
+        }
+    }
+
     /// Said at once (on stderr) when tunnel `e` has `open` connections to drain for
     /// up to `secs` seconds: what is waited for, and how to end the wait now.
     /// `conduit kill` takes no lock, so it can cut short a `down`'s or an `up`'s
@@ -266,9 +280,8 @@ pub(crate) async fn stop(
             }
         }
         Err(why) => Err(format!(
-            "{why}; the process may be stopped or hung: `conduit kill --tunnel {} --force` \
-             kills it (SIGKILL)",
-            e.tunnel_id
+            "{why}; the process may be stopped or hung: {} kills it (SIGKILL)",
+            by.kill_hard_hint(e)
         )),
     }
 }
