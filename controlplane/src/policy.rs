@@ -180,7 +180,7 @@ impl FromStr for Rule {
         {
             Host::Name(host.to_ascii_lowercase())
         } else {
-            return Err(bad("bad host"));
+            return Err(bad(&bad_host(host)));
         };
         Ok(Rule {
             client,
@@ -189,6 +189,23 @@ impl FromStr for Rule {
             text: t.to_owned(),
         })
     }
+}
+
+/// Why `host` of a rule is neither an address, a CIDR block nor a host name.
+fn bad_host(host: &str) -> String {
+    if let Some((addr, len)) = host.split_once('/')
+        && let Ok(ip) = addr.parse::<IpAddr>()
+        && let Ok(len) = len.parse::<u32>()
+    {
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        if len > bits {
+            return format!(
+                "bad host: /{len} is longer than the {bits} bits of {addr}; a prefix is at \
+                 most /{bits}"
+            );
+        }
+    }
+    "bad host: not an IP address, a CIDR block (10.0.0.0/8, [fd00::]/64) or a host name".to_owned()
 }
 
 impl Rule {

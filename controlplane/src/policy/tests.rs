@@ -158,6 +158,14 @@ fn a_prefix_after_the_brackets_is_the_same_cidr() {
             "{bad}"
         );
     }
+    // A prefix too long says so.
+    let e = "10.0.0.0/33:80".parse::<Rule>().unwrap_err();
+    assert!(
+        e.contains("bad host: /33 is longer than the 32 bits of 10.0.0.0; a prefix is at most /32"),
+        "{e}"
+    );
+    let e = "[::]/129:80".parse::<Rule>().unwrap_err();
+    assert!(e.contains("/129 is longer than the 128 bits of ::"), "{e}");
 }
 
 /// A rule for every address (on every port, or on some) turns the router into an
