@@ -369,6 +369,7 @@ mod tests {
         for (bad, why) in [
             ("", "it is empty"),
             ("db.internal", "it has no port"),
+            ("8080", "it is a port alone, without a host"),
             (":80", "\"\" is not a host name or IP address"),
             ("h:0", "port 0 is out of range (1-65535)"),
             ("h:70000", "port 70000 is out of range (1-65535)"),

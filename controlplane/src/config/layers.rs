@@ -561,7 +561,8 @@ impl Merge {
         }
         if name == "tunnels" {
             return "a router's file has no tunnels; [[tunnels]] belong in a client's \
-                    conduit.toml (check those without --router)"
+                    conduit.toml (for `conduit up -f`; `config validate` checks one without \
+                    --router)"
                 .into();
         }
         let hint = match closest(
@@ -606,8 +607,14 @@ impl Merge {
         // A key of the other kind of file: the user is probably checking the wrong way.
         if self.of_other_kind(prefix, k) {
             let other = match self.role {
-                Role::Client => "a router's file (check those with --router)",
-                Role::Router => "a client's file (check those without --router)",
+                Role::Client => {
+                    "a router's file (for `conduit router --config`; `config validate` checks \
+                     one with --router)"
+                }
+                Role::Router => {
+                    "a client's file (for `conduit up -f`; `config validate` checks one \
+                     without --router)"
+                }
             };
             m.push_str(&format!("; `{k}` belongs in {other}"));
         } else if let Some(home) = (self.schema.sections.iter())

@@ -422,6 +422,23 @@ impl Kind {
                 if unquoted {
                     m.push_str(&format!("; write it without quotes: {name} = {}", s.trim()));
                 }
+                // One string where a list goes: the list of it.
+                if matches!(self, Kind::List | Kind::KeyList) {
+                    m.push_str(&format!("; write it as a list: {name} = [{v}]"));
+                }
+            }
+            // A list where one string goes: `source` names several in one string.
+            if let Value::Array(items) = v
+                && matches!(self, Kind::Str)
+                && name == "source"
+                && !items.is_empty()
+                && items.iter().all(Value::is_str)
+            {
+                let joined: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                m.push_str(&format!(
+                    "; several sources go in one string, comma-separated: {name} = \"{}\"",
+                    joined.join(",")
+                ));
             }
             m
         };
@@ -659,18 +676,28 @@ pub(crate) fn closest<'a>(
         .map(|(_, c)| c)
 }
 
-/// The one candidate that holds `word` or that `word` holds (`tcp_keepalive` for
-/// `tcp_keepalive_secs`, `connection_pool_size` for `pool_size`), for a hint where
-/// [`closest`] finds none; `None` when there are several or none.
+/// The one candidate that holds `word` or that `word` holds, as whole `_`-separated
+/// parts (`tcp_keepalive` for `tcp_keepalive_secs`, `connection_pool_size` for
+/// `pool_size`; not `transport` for `port`), for a hint where [`closest`] finds
+/// none; `None` when there are several or none.
 pub(crate) fn containing<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let mut found = candidates
-        .into_iter()
-        .filter(|c| c.len() >= 4 && word.len() >= 4 && (c.contains(word) || word.contains(c)));
+    let mut found = candidates.into_iter().filter(|c| {
+        c.len() >= 4 && word.len() >= 4 && (holds_parts(c, word) || holds_parts(word, c))
+    });
     let one = found.next()?;
     found.next().is_none().then_some(one)
+}
+
+/// Whether `part` is in `whole` between `_`s (or its ends).
+fn holds_parts(whole: &str, part: &str) -> bool {
+    whole.match_indices(part).any(|(at, _)| {
+        let before = whole[..at].chars().next_back();
+        let after = whole[at + part.len()..].chars().next();
+        before.is_none_or(|c| c == '_') && after.is_none_or(|c| c == '_')
+    })
 }
 
 /// Levenshtein distance, for "did you mean" hints.
@@ -716,6 +743,9 @@ mod tests {
         // Several hold it: no guess.
         assert_eq!(containing("timeout", keys.clone()), None);
         assert_eq!(containing("zzzz", keys), None);
+        // Only whole parts: `port` is no part of `transport`.
+        assert_eq!(containing("port", ["transport", "bind"]), None);
+        assert_eq!(containing("port", ["api_port"]), Some("api_port"));
     }
 
     #[test]

@@ -704,11 +704,17 @@ fn token_file(has_token: bool, path: &str, out: &mut Out<'_>) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             let env = format!("CONDUIT_{}", path.replace('.', "_").to_ascii_uppercase());
+            // An alert's URL is its secret (a Slack webhook's path is its key).
+            let what = if path.starts_with("alerts.") {
+                "URL"
+            } else {
+                "token"
+            };
             out.warn(
                 path,
                 format!(
                     "{} holds a secret and is {} (mode {mode:04o}); \
- run `chmod 600 {}` or pass the token in {env}",
+ run `chmod 600 {}` or pass the {what} in {env}",
                     file.display(),
                     keys::exposure(mode),
                     file.display()
@@ -844,6 +850,9 @@ pub fn host_port(s: &str) -> Result<(), String> {
         return Err(format!(
             "it is a URL; give the host and the port only ({authority})"
         ));
+    }
+    if s.trim().parse::<u16>().is_ok() {
+        return Err("it is a port alone, without a host".into());
     }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err("it has no port".into());

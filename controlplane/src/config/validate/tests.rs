@@ -71,7 +71,8 @@ fn unknown_keys_and_sections_are_named_with_the_valid_ones() {
              standby_check_secs, balance ($F:3)",
             "error: router.bind: unknown key in [router]; valid keys: host, port, public_key, \
              transport, fallbacks, fallback_keys, failback_secs, standby_check_secs, balance; \
-             `bind` belongs in a router's file (check those with --router) ($F:5)",
+             `bind` belongs in a router's file (for `conduit router --config`; `config validate` \
+             checks one with --router) ($F:5)",
             "error: tunnel: unknown section; did you mean tunnels? valid sections: router, \
              security, performance, logging, alerts, tunnels ($F:6)",
             "error: tunnels[0].colour: unknown key in [[tunnels]]; valid keys: name, source, \

@@ -56,10 +56,11 @@ fn router_files_are_checked_too() {
              *:8000-8100 (optionally KEY=HOST:PORT or NAME=HOST:PORT) ($F:4)",
             "error: router.host: unknown key in [router]; valid keys: bind, private_key_path, \
              next_private_key_path, authorized_keys, allow, token, key_grace_secs, \
-             key_rotation_days, key_announce_secs, key_retire_secs, cipher_suites, transport; `host` belongs in a client's file (check \
-             those without --router) ($F:5)",
+             key_rotation_days, key_announce_secs, key_retire_secs, cipher_suites, transport; `host` belongs in a client's file (for \
+             `conduit up -f`; `config validate` checks one without --router) ($F:5)",
             "error: tunnels: a router's file has no tunnels; [[tunnels]] belong in a client's \
-             conduit.toml (check those without --router) ($F:6)",
+             conduit.toml (for `conduit up -f`; `config validate` checks one without --router) \
+             ($F:6)",
         ]
     );
     // On the plain transport neither a key nor a clients file is needed (a file that
@@ -143,7 +144,10 @@ fn every_bad_allow_rule_is_named_and_bad_rules_are_not_no_rules() {
     let text = "[router]\nbind = \"127.0.0.1:21150\"\nallow = \"10.2.0.2:80\"\n";
     assert_eq!(
         router(&f, text, &[]),
-        ["error: router.allow: expected a list of strings, found a string ($F:3)"]
+        [
+            "error: router.allow: expected a list of strings, found a string; write it as a list: \
+             allow = [\"10.2.0.2:80\"] ($F:3)"
+        ]
     );
     // The environment replaces the file's list whole: its items are checked, and
     // named with the variable, while the file's bad item is still named.

@@ -131,6 +131,30 @@ fn a_token_in_a_readable_file_is_a_warning() {
     );
 }
 
+/// An alert's URL is its secret too, and called a URL.
+#[cfg(unix)]
+#[test]
+fn a_webhook_url_in_a_readable_file_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let text = f.client_text("[alerts]\nwebhook = \"https://hooks.example.com/x\"\n");
+    let sources = f.sources(&text, &[], &[]);
+    std::fs::set_permissions(&sources.file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let report = crate::config::load_client(&sources).unwrap().report;
+    let lines: Vec<String> = f
+        .lines(&report)
+        .into_iter()
+        .map(|l| l.replace("$DIR/conduit.toml", "$F"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: alerts.webhook: $F holds a secret and is readable by group or others \
+             (mode 0644); run `chmod 600 $F` or pass the URL in CONDUIT_ALERTS_WEBHOOK ($F:10)"
+        ]
+    );
+}
+
 /// A token with whitespace at an end (a newline kept from the file it came from)
 /// is refused on either side, from the file or the environment, without showing it.
 #[test]

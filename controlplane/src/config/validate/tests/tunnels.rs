@@ -336,3 +336,25 @@ fn udp_tunnels_ride_the_plain_transport_too() {
         Vec::<String>::new()
     );
 }
+
+/// A string where a list goes, and a list of sources where one string goes, are
+/// refused with the form that works.
+#[test]
+fn a_value_of_the_wrong_shape_is_refused_with_the_right_one() {
+    let f = Fixture::new();
+    let text = format!(
+        "[router]\nhost = \"10.2.0.1\"\npublic_key = \"{}\"\n\
+         [[tunnels]]\nname = \"a\"\nsource = [\"10.2.0.2:80\", \"10.2.0.3:80\"]\n\
+         bind = \"127.0.0.1:8080\"\nallow_from = \"10.0.0.0/8\"\n",
+        f.router_key
+    );
+    assert_eq!(
+        check(&f, &text),
+        [
+            "error: tunnels[0].source: expected a string, found a list; several sources go in \
+             one string, comma-separated: source = \"10.2.0.2:80,10.2.0.3:80\" ($F:6)",
+            "error: tunnels[0].allow_from: expected a list of strings, found a string; write it \
+             as a list: allow_from = [\"10.0.0.0/8\"] ($F:8)",
+        ]
+    );
+}
