@@ -269,9 +269,11 @@ impl TokenBucket {
     /// that debt is paid off within `most`, and says how long that takes (zero:
     /// nothing owed). For what cannot be cut to a grant (a datagram): its sender
     /// waits that long before it sends. `None`, and nothing taken, when the wait
-    /// would be longer: the datagram is dropped. A full bucket takes any `n`, however
-    /// long its debt, so a datagram bigger than `burst + rate · most` still goes (no
-    /// sooner than the rate allows) rather than never.
+    /// would be longer: the datagram is dropped. A datagram bigger than `burst +
+    /// rate · most`, which could never pass so, is taken whenever the bucket owes no
+    /// more than `most`'s worth (no such datagram's debt is still outstanding), and
+    /// waits its own debt out: it goes, no sooner than the rate allows, rather than
+    /// never, even while other senders keep the bucket from filling.
     ///
     /// The debt stays in the bucket whoever ends up waiting for it: [`Self::grant`]
     /// grants nothing until it is paid, so a flow that closes before its wait is over
@@ -287,8 +289,14 @@ impl TokenBucket {
         } else {
             Duration::ZERO
         };
-        if wait > most && self.tokens < self.capacity {
-            return None;
+        if wait > most {
+            let allowed = i128::try_from(most.as_nanos())
+                .unwrap_or(i128::MAX)
+                .saturating_mul(i128::from(limit.rate));
+            let oversized = scaled(n) > self.capacity.saturating_add(allowed);
+            if !oversized || self.tokens < allowed.saturating_neg() {
+                return None;
+            }
         }
         self.tokens = left;
         Some(wait)
@@ -463,7 +471,8 @@ pub(crate) fn give_back(bucket: &Mutex<TokenBucket>, n: usize) {
 /// a burst of a steady sender at the rate needs, short enough that what does arrive
 /// is still worth having (a voice packet, a game's state, a DNS answer before its
 /// retry), and it caps what all the tunnel's waiting datagrams hold at a quarter of
-/// a second's worth of the rate.
+/// a second's worth of the rate (and one datagram too big to pass otherwise: see
+/// [`TokenBucket::charge_within`]).
 pub const DATAGRAM_MOST_WAIT: Duration = Duration::from_millis(250);
 
 /// Pays for a datagram of `n` bytes about to be sent whole (it cannot be cut to a
@@ -742,7 +751,8 @@ mod tests {
             Some(Duration::from_millis(250)),
             "the refused bytes took nothing"
         );
-        // Paid off and full again: 5000 bytes, far past the bound, still go.
+        // Paid off and full again: 5000 bytes, far past what any wait within the
+        // bound could pay, still go.
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(
             b.charge_within(t1, 5000, most),
@@ -754,6 +764,18 @@ mod tests {
         assert_eq!(
             b.charge_within(t2, 50, most),
             Some(Duration::from_millis(250))
+        );
+        // Owing within the bound (others keep it from ever filling): an oversized
+        // datagram still goes, and the next one waits until its debt is paid.
+        assert_eq!(
+            b.charge_within(t2, 5000, most),
+            Some(Duration::from_millis(5250))
+        );
+        assert_eq!(b.charge_within(t2, 5000, most), None);
+        let t3 = t2 + Duration::from_secs(5);
+        assert_eq!(
+            b.charge_within(t3, 5000, most),
+            Some(Duration::from_millis(5250))
         );
     }
 
