@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
 use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
-use futures::channel::oneshot;
+use futures::StreamExt;
+use futures::channel::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::channel::{Held, lend_back, read_tls, seal};
@@ -384,6 +385,11 @@ pub(crate) enum Inbound<'a> {
 /// [`down_plain`]). `last` is set whenever a datagram passes (the client's idle
 /// clock). `ahead`, on the client: the meter of the datagrams toward the source, told
 /// when the router opens the flow (see [`crate::stats::Unanswered`]).
+///
+/// Under a bandwidth limit, a datagram that must wait for its turn waits in a queue
+/// of the flow's while the channel goes on being read, so that those that would wait
+/// too long are dropped as they arrive, not after piling up unread in the channel's
+/// socket buffers (seconds of them, under a sender far above the limit).
 pub(crate) async fn down(
     side: Side,
     from: Inbound<'_>,
@@ -392,21 +398,63 @@ pub(crate) async fn down(
     ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<Vec<u8>, Stop> {
-    match from {
-        Inbound::Tls {
-            sock,
-            tls,
-            decoder,
-            backlog,
-        } => down_tls(
-            side, sock, tls, decoder, backlog, deliver, meter, ahead, last,
-        )
-        .await
-        .map(|()| Vec::new()),
-        Inbound::Plain { sock, have } => {
-            down_plain(side, sock, have, deliver, meter, ahead, last).await
+    let (tx, rx) = mpsc::unbounded();
+    let queued = Cell::new(0);
+    let out = Outlet {
+        deliver,
+        meter,
+        paced: tx,
+        queued: &queued,
+    };
+    let read = async {
+        let read = match from {
+            Inbound::Tls {
+                sock,
+                tls,
+                decoder,
+                backlog,
+            } => down_tls(side, sock, tls, decoder, backlog, &out, ahead, last)
+                .await
+                .map(|()| Vec::new()),
+            Inbound::Plain { sock, have } => down_plain(side, sock, have, &out, ahead, last).await,
+        };
+        // The queue ends with what was read: the paced sends finish it.
+        out.paced.close_channel();
+        read
+    };
+    let (next, ()) = futures::future::try_join(read, paced_sends(rx, &out)).await?;
+    Ok(next)
+}
+
+/// Where a flow's datagrams from its channel go: `deliver`, paid for under
+/// `meter`'s limit, straight away or, when they must wait for their turn (or others
+/// wait before them), through `paced` (`queued` of them on their way).
+struct Outlet<'a> {
+    deliver: Deliver<'a>,
+    meter: Meter<'a>,
+    paced: mpsc::UnboundedSender<(Instant, Vec<u8>)>,
+    queued: &'a Cell<usize>,
+}
+
+/// Sends the datagrams `down` queued to wait for their turn, each once its time
+/// comes, in the order they came; ends when the queue is closed and empty.
+async fn paced_sends(
+    mut rx: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    out: &Outlet<'_>,
+) -> Result<(), Stop> {
+    while let Some((at, d)) = rx.next().await {
+        let now = Instant::now();
+        if at > now {
+            // Boxed: only limited tunnels pay for the sleep's state, not every task.
+            Box::pin(monoio::time::sleep(at - now)).await;
+        }
+        let sent = deliver_one(&d, out.deliver).await;
+        out.queued.set(out.queued.get() - 1);
+        if sent? {
+            out.meter.add(d.len());
         }
     }
+    Ok(())
 }
 
 /// [`down`] over TLS: decrypts; frames after the peer's `Eof` wait in `backlog`.
@@ -417,8 +465,7 @@ async fn down_tls(
     tls: &RefCell<TlsSession>,
     decoder: &mut FrameDecoder,
     backlog: &mut VecDeque<Held>,
-    deliver: Deliver<'_>,
-    meter: Meter<'_>,
+    out: &Outlet<'_>,
     ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<(), Stop> {
@@ -464,7 +511,7 @@ async fn down_tls(
             up.opened();
         }
         opened = b.opened;
-        if settle(b, deliver, &meter, last).await? {
+        if settle(b, out, last).await? {
             return Ok(());
         }
         if closed {
@@ -473,62 +520,69 @@ async fn down_tls(
     }
 }
 
-/// Sends a batch's datagrams on, once paid for under a bandwidth limit, then says
-/// how the batch ended the flow: an error, `true` at the peer's `Eof`, `false` when
-/// more is to come.
-async fn settle(
-    b: Batch,
-    deliver: Deliver<'_>,
-    meter: &Meter<'_>,
-    last: &Cell<Instant>,
-) -> Result<bool, Stop> {
-    // Under a bandwidth limit, the indices of datagrams that would wait too long
-    // for their turn: dropped (none without a limit, and then nothing allocated).
-    let mut late = Vec::new();
-    if !b.lens.is_empty() {
-        let mut wait = Duration::ZERO;
-        for (i, &len) in b.lens.iter().enumerate() {
-            if !paid(meter, len, &mut wait, deliver.dropped) {
-                late.push(i);
+/// Sends one datagram to its receiver: true if the socket took it, false if UDP
+/// dropped it (a source that refuses, which moves the flow to its next source; one
+/// too big for its receiver, counted).
+async fn deliver_one(d: &[u8], deliver: Deliver<'_>) -> Result<bool, Stop> {
+    match deliver.sock.send(d, deliver.to, deliver.from).await {
+        Ok(()) => Ok(true),
+        // The source's port is closed (an ICMP error from an earlier datagram):
+        // UDP drops this one too, and the flow goes on, to the next source if
+        // there is one.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            if let Some(s) = deliver.sources {
+                s.refused(deliver.sock);
             }
+            Ok(false)
         }
-        if !wait.is_zero() {
-            // Boxed: only limited tunnels pay for the sleep's state, not every task.
-            Box::pin(monoio::time::sleep(wait)).await;
+        // Bigger than a datagram of the receiver's address family can be (one
+        // from an IPv6 user to an IPv4 source, or one a PROXY header made too
+        // big): UDP drops it, and the flow goes on.
+        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+            deliver.dropped.fetch_add(1, Relaxed);
+            debug!(
+                len = d.len(),
+                "dropped a datagram too big for its receiver: {e}"
+            );
+            Ok(false)
         }
-        if let Some(s) = deliver.sources {
-            s.check_health(deliver.sock);
-        }
+        Err(e) => Err(Stop::Plain(e)),
     }
-    let mut late = late.into_iter().peekable();
+}
+
+/// Sends a batch's datagrams on, each once paid for under a bandwidth limit (one
+/// that would wait too long is dropped; one that must wait, or comes after others
+/// waiting, is queued for [`paced_sends`]), then says how the batch ended the flow:
+/// an error, `true` at the peer's `Eof`, `false` when more is to come.
+async fn settle(b: Batch, out: &Outlet<'_>, last: &Cell<Instant>) -> Result<bool, Stop> {
+    let Outlet { deliver, meter, .. } = out;
+    if !b.lens.is_empty()
+        && let Some(s) = deliver.sources
+    {
+        s.check_health(deliver.sock);
+    }
+    let now = Instant::now();
     let mut at = 0;
     // Bytes counted as moved: those of the datagrams the socket took, not of those
     // UDP dropped here.
     let mut sent = 0;
-    for (i, len) in b.lens.iter().enumerate() {
+    for len in &b.lens {
         let d = &b.bytes[at..at + len];
         at += len;
-        if late.next_if_eq(&i).is_some() {
-            continue;
-        }
-        match deliver.sock.send(d, deliver.to, deliver.from).await {
-            Ok(()) => sent += len,
-            // The source's port is closed (an ICMP error from an earlier datagram):
-            // UDP drops this one too, and the flow goes on, to the next source if
-            // there is one.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                if let Some(s) = deliver.sources {
-                    s.refused(deliver.sock);
+        match meter.charge_datagram(*len) {
+            None => {
+                deliver.dropped.fetch_add(1, Relaxed);
+            }
+            Some(wait) if wait.is_zero() && out.queued.get() == 0 => {
+                if deliver_one(d, *deliver).await? {
+                    sent += len;
                 }
             }
-            // Bigger than a datagram of the receiver's address family can be (one
-            // from an IPv6 user to an IPv4 source, or one a PROXY header made too
-            // big): UDP drops it, and the flow goes on.
-            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                deliver.dropped.fetch_add(1, Relaxed);
-                debug!(len, "dropped a datagram too big for its receiver: {e}");
+            Some(wait) => {
+                // The queue's receiver lives as long as this flow's reading.
+                let _ = out.paced.unbounded_send((now + wait, d.to_vec()));
+                out.queued.set(out.queued.get() + 1);
             }
-            Err(e) => return Err(Stop::Plain(e)),
         }
     }
     if !b.lens.is_empty() {
@@ -556,8 +610,7 @@ async fn down_plain(
     side: Side,
     chan: &Socket,
     mut have: Vec<u8>,
-    deliver: Deliver<'_>,
-    meter: Meter<'_>,
+    out: &Outlet<'_>,
     ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<Vec<u8>, Stop> {
@@ -602,7 +655,7 @@ async fn down_plain(
             up.opened();
         }
         opened = b.opened;
-        if settle(b, deliver, &meter, last).await? {
+        if settle(b, out, last).await? {
             return Ok(have);
         }
         // A buffer only while bytes are there to read: a flow waits holding none.
