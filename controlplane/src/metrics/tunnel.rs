@@ -88,7 +88,7 @@ pub fn render(
     e.family(
         "conduit_udp_datagrams_dropped_total",
         Kind::Counter,
-        "Datagrams a UDP tunnel dropped (a flow's queue was full, no flow could open, or one would wait too long for its turn under a bandwidth limit).",
+        "Datagrams a UDP tunnel dropped (a flow's queue was full, no flow could open, one was too big for its receiver or behind its PROXY header, or one would wait too long for its turn under a bandwidth limit).",
     )
     .sample(
         "conduit_udp_datagrams_dropped_total",
