@@ -291,10 +291,11 @@ class Conduit(Relay):
             procs.append(router)
             m = router.wait_line(r"router listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT)
             rport = int(m.group(1))
+            # The plain transport authenticates nobody: a router key is refused there.
+            pin = ["--router-key", self.home / "keys" / "router.pub"] if self.transport == "tls" else []
             client = sup.spawn("conduit-client", [
                 self.binary, "start", "--foreground", "--name", "bench",
-                "--router", f"127.0.0.1:{rport}", "--router-key",
-                self.home / "keys" / "router.pub", "--source", f"127.0.0.1:{target_port}",
+                "--router", f"127.0.0.1:{rport}", *pin, "--source", f"127.0.0.1:{target_port}",
                 "--bind", "127.0.0.1:0", *common, *extra], env=env, capture=True)
             procs.append(client)
             m = client.wait_line(r"listening on 127\.0\.0\.1:(\d+) *(\(.*\))?", START_TIMEOUT)
