@@ -422,6 +422,10 @@ pub(crate) async fn down(
         out.paced.close_channel();
         read
     };
+    if out.meter.limit.is_none() {
+        // Nothing waits without a limit (see `settle`): no queue to drive.
+        return read.await;
+    }
     let (next, ()) = futures::future::try_join(read, paced_sends(rx, &out)).await?;
     Ok(next)
 }
