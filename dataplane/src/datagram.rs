@@ -398,46 +398,65 @@ pub(crate) async fn down(
     ahead: Option<Meter<'_>>,
     last: &Cell<Instant>,
 ) -> Result<Vec<u8>, Stop> {
-    let (tx, rx) = mpsc::unbounded();
-    let queued = Cell::new(0);
-    let out = Outlet {
+    let mut out = Outlet {
         deliver,
         meter,
-        paced: tx,
-        queued: &queued,
+        paced: None,
+        queued: Cell::new(0),
     };
-    let read = async {
-        let read = match from {
-            Inbound::Tls {
-                sock,
-                tls,
-                decoder,
-                backlog,
-            } => down_tls(side, sock, tls, decoder, backlog, &out, ahead, last)
-                .await
-                .map(|()| Vec::new()),
-            Inbound::Plain { sock, have } => down_plain(side, sock, have, &out, ahead, last).await,
-        };
-        // The queue ends with what was read: the paced sends finish it.
-        out.paced.close_channel();
-        read
-    };
-    if out.meter.limit.is_none() {
-        // Nothing waits without a limit (see `settle`): no queue to drive.
-        return read.await;
+    if meter.limit.is_none() {
+        // Nothing waits without a limit: no queue to drive.
+        return read_channel(side, from, &out, ahead, last).await;
     }
-    let (next, ()) = futures::future::try_join(read, paced_sends(rx, &out)).await?;
-    Ok(next)
+    let (tx, rx) = mpsc::unbounded();
+    out.paced = Some(tx);
+    // Boxed: only limited flows carry the queue's state.
+    Box::pin(async {
+        let read = async {
+            let read = read_channel(side, from, &out, ahead, last).await;
+            // The queue ends with what was read: the paced sends finish it.
+            if let Some(tx) = &out.paced {
+                tx.close_channel();
+            }
+            read
+        };
+        let (next, ()) = futures::future::try_join(read, paced_sends(rx, &out)).await?;
+        Ok(next)
+    })
+    .await
+}
+
+/// Reads the channel until the peer's `Eof` (see [`down`]), sending each datagram
+/// through `out`.
+async fn read_channel(
+    side: Side,
+    from: Inbound<'_>,
+    out: &Outlet<'_>,
+    ahead: Option<Meter<'_>>,
+    last: &Cell<Instant>,
+) -> Result<Vec<u8>, Stop> {
+    match from {
+        Inbound::Tls {
+            sock,
+            tls,
+            decoder,
+            backlog,
+        } => down_tls(side, sock, tls, decoder, backlog, out, ahead, last)
+            .await
+            .map(|()| Vec::new()),
+        Inbound::Plain { sock, have } => down_plain(side, sock, have, out, ahead, last).await,
+    }
 }
 
 /// Where a flow's datagrams from its channel go: `deliver`, paid for under
-/// `meter`'s limit, straight away or, when they must wait for their turn (or others
-/// wait before them), through `paced` (`queued` of them on their way).
+/// `meter`'s limit, straight away or, under a limit, when they must wait for their
+/// turn (or others wait before them), through `paced` (`queued` of them on their
+/// way).
 struct Outlet<'a> {
     deliver: Deliver<'a>,
     meter: Meter<'a>,
-    paced: mpsc::UnboundedSender<(Instant, Vec<u8>)>,
-    queued: &'a Cell<usize>,
+    paced: Option<mpsc::UnboundedSender<(Instant, Vec<u8>)>>,
+    queued: Cell<usize>,
 }
 
 /// Sends the datagrams `down` queued to wait for their turn, each once its time
@@ -573,19 +592,21 @@ async fn settle(b: Batch, out: &Outlet<'_>, last: &Cell<Instant>) -> Result<bool
     for len in &b.lens {
         let d = &b.bytes[at..at + len];
         at += len;
-        match meter.charge_datagram(*len) {
-            None => {
-                deliver.dropped.fetch_add(1, Relaxed);
+        let Some(wait) = meter.charge_datagram(*len) else {
+            deliver.dropped.fetch_add(1, Relaxed);
+            continue;
+        };
+        match &out.paced {
+            Some(paced) if !wait.is_zero() || out.queued.get() > 0 => {
+                // The queue's receiver lives as long as this flow's reading.
+                let _ = paced.unbounded_send((now + wait, d.to_vec()));
+                out.queued.set(out.queued.get() + 1);
             }
-            Some(wait) if wait.is_zero() && out.queued.get() == 0 => {
+            // Without a limit, nothing waits.
+            _ => {
                 if deliver_one(d, *deliver).await? {
                     sent += len;
                 }
-            }
-            Some(wait) => {
-                // The queue's receiver lives as long as this flow's reading.
-                let _ = out.paced.unbounded_send((now + wait, d.to_vec()));
-                out.queued.set(out.queued.get() + 1);
             }
         }
     }
