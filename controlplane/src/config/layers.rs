@@ -381,26 +381,44 @@ impl Merge {
             match found {
                 Some((section, key)) => self.set(section, key, &o.value, origin),
                 None => {
-                    let valid: Vec<String> = self
-                        .schema
-                        .sections
-                        .iter()
-                        .flat_map(|s| s.keys.iter().map(move |k| format!("{}.{}", s.name, k.name)))
-                        .collect();
-                    let hint = match closest(&o.key, valid.iter().map(String::as_str)) {
-                        Some(k) => format!("did you mean {k}? "),
-                        None => String::new(),
-                    };
-                    self.report.push(
-                        Problem::error(
-                            o.key.as_str(),
+                    let in_section = o
+                        .key
+                        .split_once('.')
+                        .and_then(|(s, k)| Some((self.schema.section(s)?, k)));
+                    let message = match in_section {
+                        // The section is right: the key is what is wrong.
+                        Some((section, k)) => {
+                            let names: Vec<&str> = section.keys.iter().map(|k| k.name).collect();
+                            let hint = closest(k, names.iter().copied())
+                                .or_else(|| containing(k, names.iter().copied()))
+                                .map_or(String::new(), |c| {
+                                    format!("did you mean {}.{c}? ", section.name)
+                                });
                             format!(
-                                "unknown key; {hint}only the keys of {} can be set this way",
+                                "unknown key in [{}]; {hint}valid keys: {}",
+                                section.name,
+                                names.join(", ")
+                            )
+                        }
+                        None => {
+                            let valid: Vec<String> = (self.schema.sections.iter())
+                                .flat_map(|s| {
+                                    s.keys.iter().map(move |k| format!("{}.{}", s.name, k.name))
+                                })
+                                .collect();
+                            let hint = match closest(&o.key, valid.iter().map(String::as_str)) {
+                                Some(k) => format!("did you mean {k}? "),
+                                None => String::new(),
+                            };
+                            format!(
+                                "unknown key; {hint}only the keys of {} can be set this way \
+                                 (SECTION.KEY)",
                                 self.section_list()
-                            ),
-                        )
-                        .at(&origin),
-                    );
+                            )
+                        }
+                    };
+                    self.report
+                        .push(Problem::error(o.key.as_str(), message).at(&origin));
                 }
             }
         }

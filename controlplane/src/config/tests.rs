@@ -160,6 +160,30 @@ fn the_sectioned_variable_beats_its_older_alias() {
     );
 }
 
+/// `--set` of a key its section lacks names the section's keys; of a section that
+/// does not exist, the sections there are.
+#[test]
+fn a_set_of_an_unknown_key_names_what_can_be_set() {
+    let f = Fixture::new();
+    let text = f.client_text("");
+    let sets = ["performance.nosuch=5", "nosuch.key=1"];
+    let l = load_client(&f.sources(&text, &[], &sets)).unwrap();
+    let lines = f.lines(&l.report);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(
+            "error: performance.nosuch: unknown key in [performance]; valid keys: workers, \
+             io_engine, "
+        ) && lines[0].ends_with(" (cli --set performance.nosuch)"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[1],
+        "error: nosuch.key: unknown key; only the keys of [router], [security], [performance], \
+         [logging], [alerts] can be set this way (SECTION.KEY) (cli --set nosuch.key)"
+    );
+}
+
 #[test]
 fn a_bad_override_is_reported_and_the_layer_below_stays() {
     let f = Fixture::new();
@@ -175,9 +199,9 @@ fn a_bad_override_is_reported_and_the_layer_below_stays() {
         [
             "error: performance.workers: expected an integer (0-1024), found \"many\" (env \
              CONDUIT_PERFORMANCE_WORKERS)",
-            "error: router.prot: unknown key; did you mean router.port? only the keys of \
-             [router], [security], [performance], [logging], [alerts] can be set this way (cli --set \
-             router.prot)",
+            "error: router.prot: unknown key in [router]; did you mean router.port? valid keys: \
+             host, port, public_key, transport, fallbacks, fallback_keys, failback_secs, \
+             standby_check_secs, balance (cli --set router.prot)",
             "error: performance.io_engine: unknown value \"turbo\"; use auto, uring or epoll \
              (cli --set performance.io_engine)",
             "warning: CONDUIT_ROUTER_HOTS is not a Conduit setting and is ignored; did you \
