@@ -16,36 +16,10 @@ Not a test: it asserts nothing and its times depend on the machine.
 import argparse
 import os
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-
-def conduit(binary, home, *args, **kw):
-    env = dict(os.environ, CONDUIT_HOME=home)
-    return subprocess.Popen(
-        [binary, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
-    )
-
-
-def wait_line(proc, needle, deadline=30):
-    """The first output line of `proc` that holds `needle`."""
-    end = time.time() + deadline
-    while time.time() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if needle in line:
-            return line
-    sys.exit(f"no line with {needle!r} within {deadline}s")
-
-
-def address_in(line):
-    """The last `host:port` word of a line such as `listening on 127.0.0.1:4000 (…)`."""
-    words = [w.strip("(),") for w in line.split() if ":" in w and w[-1].isdigit()]
-    return words[-1]
+from scriptkit import address_in, conduit, drain, keyed_home, wait_line
 
 
 def source(size):
@@ -81,21 +55,14 @@ def main():
     ap.add_argument("--streams", type=int, default=4)
     a = ap.parse_args()
 
-    home = tempfile.mkdtemp(prefix="conduit-fairness-")
-    env = dict(os.environ, CONDUIT_HOME=home)
-    run = lambda *args: subprocess.run([a.binary, *args], env=env, capture_output=True, text=True, check=True)
-    run("init", "--name", "router")
-    client = run("init").stdout.strip()
-    path = os.path.join(home, "authorized_clients")
-    with open(path, "w") as f:
-        f.write(client + "\n")
-    os.chmod(path, 0o600)
+    home = keyed_home(a.binary, "conduit-fairness-")
 
     sport = source(a.size)
     router = conduit(a.binary, home, "router", "--bind", "127.0.0.1:0", "--allow", f"127.0.0.1:{sport}")
     tunnel = None
     try:
         raddr = address_in(wait_line(router, "router listening on"))
+        drain(router)
         tunnel = conduit(
             a.binary, home, "start", "--foreground", "--router", raddr,
             "--router-key", os.path.join(home, "keys", "router.pub"),
@@ -104,6 +71,7 @@ def main():
         )
         taddr = address_in(wait_line(tunnel, "listening on"))
         wait_line(tunnel, "connected to router")
+        drain(tunnel)
         host, port = taddr.rsplit(":", 1)
         done = {}
 

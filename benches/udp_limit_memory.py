@@ -21,40 +21,10 @@ import os
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 
-
-def conduit(binary, home, *args):
-    env = dict(os.environ, CONDUIT_HOME=home)
-    return subprocess.Popen(
-        [binary, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def wait_line(proc, needle, deadline=30):
-    """The first output line of `proc` that holds `needle`."""
-    end = time.time() + deadline
-    while time.time() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if needle in line:
-            return line
-    sys.exit(f"no line with {needle!r} within {deadline}s")
-
-
-def drain(proc):
-    """Reads the rest of `proc`'s output, so a full pipe never stops it."""
-    threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()
-
-
-def address_in(line):
-    """The last `host:port` word of a line such as `listening on 127.0.0.1:4000/udp (…)`."""
-    words = [w.strip("(),").split("/")[0] for w in line.split()]
-    return [w for w in words if ":" in w and w[-1:].isdigit()][-1]
+from scriptkit import address_in, conduit, drain, keyed_home, wait_line
 
 
 def echo_source():
@@ -101,15 +71,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=40)
     a = ap.parse_args()
 
-    home = tempfile.mkdtemp(prefix="conduit-udp-limit-")
-    env = dict(os.environ, CONDUIT_HOME=home)
-    run = lambda *args: subprocess.run([a.binary, *args], env=env, capture_output=True, text=True, check=True)
-    run("init", "--name", "router")
-    client = run("init").stdout.strip()
-    path = os.path.join(home, "authorized_clients")
-    with open(path, "w") as f:
-        f.write(client + "\n")
-    os.chmod(path, 0o600)
+    home = keyed_home(a.binary, "conduit-udp-limit-")
 
     sport = echo_source()
     router = conduit(a.binary, home, "router", "--bind", "127.0.0.1:0", "--allow", f"127.0.0.1:{sport}")
