@@ -272,6 +272,15 @@ fn up_twice_then_change_remove_and_down() {
     assert!(out.contains("no tunnels from"), "{out}");
 }
 
+/// A process stopped with SIGSTOP, sent SIGCONT when this is dropped.
+struct Thaw(u64);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
 /// An unchanged tunnel that does not answer (frozen with SIGSTOP) is not called up to
 /// date: `up` names it, exits 1 and says how to get it going; after that, `up`
 /// starts it again.
@@ -291,12 +300,6 @@ fn up_names_an_unchanged_tunnel_that_does_not_answer() {
     );
     signal(pid, "STOP");
     // Let go of, whatever happens, before the cleanup stops it.
-    struct Thaw(u64);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            signal(self.0, "CONT");
-        }
-    }
     let thaw = Thaw(pid);
 
     let (status, out, err) = up(&home, &file, &[]);
@@ -339,12 +342,6 @@ fn down_names_down_force_for_a_tunnel_that_does_not_answer() {
     let pid = pid_of(&home, "web");
     signal(pid, "STOP");
     // SIGKILL ends it stopped or not; this lets it go if the test fails first.
-    struct Thaw(u64);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            signal(self.0, "CONT");
-        }
-    }
     let _thaw = Thaw(pid);
     let path = file.to_str().unwrap();
     let (status, _, err) = home.run(&["down", "-f", path]);
