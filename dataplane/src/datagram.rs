@@ -15,15 +15,18 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use conduit_proto::frame::{FrameType, HEADER_LEN, Header, MAX_DATAGRAM};
-use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, TlsSession};
+use conduit_proto::{Event, FrameDecoder, Message, ProtoError, Refusal, RefusalCode, TlsSession};
 use futures::StreamExt;
 use futures::channel::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -212,6 +215,11 @@ pub(crate) struct Deliver<'a> {
 /// that drops everything, found out by a probe it must answer): checked at most
 /// every [`HEALTH_EVERY`] while the user sends, the flow moves to the next source
 /// not reported down.
+///
+/// When every source has refused in a row (the one source, or each of several)
+/// without one answering meanwhile, the client is told (`SourceRefused`, protocol
+/// 8), at most once every [`TELL_EVERY`], so that its tunnel's `status` and `health`
+/// show it as they show a refused stream.
 pub(crate) struct Sources {
     addrs: Vec<SocketAddr>,
     at: Cell<usize>,
@@ -220,7 +228,20 @@ pub(crate) struct Sources {
     /// Where the health checks' verdicts come from, and the target they judge.
     health: Option<(Arc<dyn SourcePolicy>, String)>,
     checked: Cell<Instant>,
+    /// Refusals since a source last answered.
+    refusals: Cell<usize>,
+    /// Whether the client speaks `SourceRefused`.
+    tell: Cell<bool>,
+    /// A refusal the client has not heard of yet.
+    untold: Cell<bool>,
+    /// When the client was last told.
+    told: Cell<Option<Instant>>,
+    /// The task that tells the client ([`from_source`]), waiting.
+    teller: RefCell<Option<Waker>>,
 }
+
+/// How often at most a flow's client is told that its sources refuse.
+const TELL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a flow with several sources asks whether the one in use is down.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -245,7 +266,59 @@ impl Sources {
             conn,
             health,
             checked: Cell::new(Instant::now()),
+            refusals: Cell::new(0),
+            tell: Cell::new(false),
+            untold: Cell::new(false),
+            told: Cell::new(None),
+            teller: RefCell::new(None),
         }
+    }
+
+    /// Tells the client of refusals from now on: it speaks protocol 8.
+    pub(crate) fn tell_client(&self) {
+        self.tell.set(true);
+    }
+
+    /// A source answered: the refusals so far are over.
+    fn answered(&self) {
+        self.refusals.set(0);
+        self.untold.set(false);
+    }
+
+    /// Ready when the client is due to hear of a refusal (see [`Self::take_refusal`]).
+    fn poll_refusal(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.tell.get() {
+            return Poll::Pending;
+        }
+        if self.refusal_due() {
+            return Poll::Ready(());
+        }
+        *self.teller.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn refusal_due(&self) -> bool {
+        self.untold.get() && self.told.get().is_none_or(|t| t.elapsed() >= TELL_EVERY)
+    }
+
+    /// The refusal the client is due to hear of, if one is.
+    fn take_refusal(&self) -> Option<Refusal> {
+        if !self.tell.get() || !self.refusal_due() {
+            return None;
+        }
+        self.untold.set(false);
+        self.told.set(Some(Instant::now()));
+        let message = match self.addrs.as_slice() {
+            [one] => format!("source {one} refused a datagram (nothing listens on that UDP port)"),
+            all => format!(
+                "each of the sources ({}) refused a datagram (nothing listens on those UDP ports)",
+                all.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Some(Refusal::new(RefusalCode::SourceUnreachable, message))
     }
 
     /// Moves `sock` off the source in use if the health checks report it down and
@@ -304,6 +377,14 @@ impl Sources {
     /// The source in use refused a datagram: move `sock` to the next, if there is
     /// another.
     pub(crate) fn refused(&self, sock: &Udp) {
+        let refusals = self.refusals.get() + 1;
+        self.refusals.set(refusals);
+        if refusals >= self.addrs.len() {
+            self.untold.set(true);
+            if let Some(teller) = self.teller.borrow_mut().take() {
+                teller.wake();
+            }
+        }
         if self.addrs.len() < 2 {
             return;
         }
@@ -324,6 +405,9 @@ struct Batch {
     failed: Option<Refusal>,
     reset: Option<Refusal>,
     bad: Option<ProtoError>,
+    /// The latest `SourceRefused`, and whether a datagram came after it.
+    refused: Option<Refusal>,
+    answered_after: bool,
     /// The datagrams, back to back; `lens` says where each ends.
     bytes: Vec<u8>,
     lens: Vec<usize>,
@@ -352,6 +436,11 @@ impl Batch {
             Event::Datagram(d) if self.opened => {
                 self.bytes.extend_from_slice(d);
                 self.lens.push(d.len());
+                self.answered_after = true;
+            }
+            Event::Message(Message::SourceRefused(r)) if side == Side::Client && self.opened => {
+                self.refused = Some(r);
+                self.answered_after = false;
             }
             Event::Message(Message::Opened) if side == Side::Client && !self.opened => {
                 self.opened = true
@@ -384,7 +473,8 @@ pub(crate) enum Inbound<'a> {
 /// and returns at the peer's `Eof` with what a plain channel read past it (see
 /// [`down_plain`]). `last` is set whenever a datagram passes (the client's idle
 /// clock). `ahead`, on the client: the meter of the datagrams toward the source, told
-/// when the router opens the flow (see [`crate::stats::Unanswered`]).
+/// when the router opens the flow (see [`crate::stats::Unanswered`]); `heard`, on
+/// the client: told what the router says of the source, and of each answer.
 ///
 /// Under a bandwidth limit, a datagram that must wait for its turn waits in a queue
 /// of the flow's while the channel goes on being read, so that those that would wait
@@ -396,6 +486,7 @@ pub(crate) async fn down(
     deliver: Deliver<'_>,
     meter: Meter<'_>,
     ahead: Option<Meter<'_>>,
+    heard: Option<&dyn Fn(Heard<'_>)>,
     last: &Cell<Instant>,
 ) -> Result<Vec<u8>, Stop> {
     let mut out = Outlet {
@@ -403,6 +494,7 @@ pub(crate) async fn down(
         meter,
         paced: None,
         queued: Cell::new(0),
+        heard,
     };
     if meter.limit.is_none() {
         // Nothing waits without a limit: no queue to drive.
@@ -451,12 +543,21 @@ async fn read_channel(
 /// Where a flow's datagrams from its channel go: `deliver`, paid for under
 /// `meter`'s limit, straight away or, under a limit, when they must wait for their
 /// turn (or others wait before them), through `paced` (`queued` of them on their
-/// way).
+/// way). `heard` (a client's) learns what the router says of the source.
 struct Outlet<'a> {
     deliver: Deliver<'a>,
     meter: Meter<'a>,
     paced: Option<mpsc::UnboundedSender<(Instant, Vec<u8>)>>,
     queued: Cell<usize>,
+    heard: Option<&'a dyn Fn(Heard<'_>)>,
+}
+
+/// What a client's flow hears of its source.
+pub(crate) enum Heard<'a> {
+    /// The router says the source refuses the flow's datagrams.
+    Refused(&'a Refusal),
+    /// A datagram came back from the source.
+    Answered,
 }
 
 /// Sends the datagrams `down` queued to wait for their turn, each once its time
@@ -583,6 +684,14 @@ async fn settle(b: Batch, out: &Outlet<'_>, last: &Cell<Instant>) -> Result<bool
         && let Some(s) = deliver.sources
     {
         s.check_health(deliver.sock);
+    }
+    if let Some(heard) = out.heard {
+        if let Some(r) = &b.refused {
+            heard(Heard::Refused(r));
+        }
+        if b.answered_after {
+            heard(Heard::Answered);
+        }
     }
     let now = Instant::now();
     let mut at = 0;
@@ -752,11 +861,22 @@ pub(crate) async fn from_source(
     let result = async {
         loop {
             {
+                // Woken by an answer, the flow's end, or a refusal the client is to
+                // hear of (found by the other direction's send).
                 let ready = source.readable();
                 futures::pin_mut!(ready);
-                match futures::future::select(ready, &mut done).await {
-                    futures::future::Either::Left((r, _)) => r.map_err(Stop::Plain)?,
-                    futures::future::Either::Right(_) => break,
+                let woke = futures::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = ready.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    if Pin::new(&mut done).poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    sources.poll_refusal(cx).map(|()| Some(Ok(())))
+                });
+                match woke.await {
+                    Some(r) => r.map_err(Stop::Plain)?,
+                    None => break,
                 }
             }
             let mut wait = Duration::ZERO;
@@ -764,6 +884,9 @@ pub(crate) async fn from_source(
             let batch = read_batch(source, sources, &mut pay);
             tally.now_and_then(|| source.receive_drops(), drops);
             let mut framed = batch?;
+            if let Some(refusal) = sources.take_refusal() {
+                framed.push_message(&Message::SourceRefused(refusal));
+            }
             if framed.is_empty() {
                 continue;
             }
@@ -790,7 +913,11 @@ fn read_batch(
     let mut scratch = pool::take();
     let mut framed = Framed::new();
     while !framed.is_full() {
-        match source.try_recv(&mut scratch[..RECV_ROOM]) {
+        let got = source.try_recv(&mut scratch[..RECV_ROOM]);
+        if got.is_ok() {
+            sources.answered();
+        }
+        match got {
             Ok(n) if pay(n) => framed.push(&scratch[..n]),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -963,5 +1090,114 @@ mod tests {
         b.on_event(Event::Datagram(b"answer"), Side::Client, &mut later);
         assert!(b.opened && b.bad.is_none());
         assert_eq!(b.lens, [6]);
+    }
+
+    #[test]
+    fn a_client_hears_the_latest_source_refusal_and_whether_an_answer_followed() {
+        let mut later = VecDeque::new();
+        let refusal = |m: &str| Refusal::new(RefusalCode::SourceUnreachable, m);
+        let mut b = Batch {
+            opened: true,
+            ..Batch::default()
+        };
+        b.on_event(Event::Datagram(b"1"), Side::Client, &mut later);
+        b.on_event(
+            Event::Message(Message::SourceRefused(refusal("first"))),
+            Side::Client,
+            &mut later,
+        );
+        b.on_event(
+            Event::Message(Message::SourceRefused(refusal("second"))),
+            Side::Client,
+            &mut later,
+        );
+        assert_eq!(b.refused, Some(refusal("second")));
+        assert!(!b.answered_after, "the answer came before the refusals");
+        b.on_event(Event::Datagram(b"2"), Side::Client, &mut later);
+        assert!(b.answered_after && !b.is_final() && b.bad.is_none());
+        assert_eq!(b.lens, [1, 1], "the flow goes on");
+
+        // Only a router sends it, and only on an opened flow.
+        let mut b = Batch::default();
+        let m = Message::SourceRefused(refusal("early"));
+        b.on_event(Event::Message(m.clone()), Side::Client, &mut later);
+        assert!(matches!(
+            b.bad,
+            Some(ProtoError::Unexpected {
+                got: "SourceRefused",
+                ..
+            })
+        ));
+        let mut b = Batch {
+            opened: true,
+            ..Batch::default()
+        };
+        b.on_event(Event::Message(m), Side::Router, &mut later);
+        assert!(b.bad.is_some() && b.refused.is_none());
+    }
+
+    /// Wakes by setting a flag.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_client_is_told_once_every_source_refused_and_at_most_once_a_second() {
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:7".parse().unwrap();
+        crate::engine::block_on(crate::engine::EngineKind::Epoll, async move {
+            let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            std_sock.connect(a).unwrap();
+            let sock = Udp::from_std(std_sock).unwrap();
+            let flag = Arc::new(Flag(false.into()));
+            let waker = Waker::from(flag.clone());
+            let mut cx = Context::from_waker(&waker);
+
+            let one = Sources::new(vec![a], 1, None);
+            one.refused(&sock);
+            assert!(one.poll_refusal(&mut cx).is_pending());
+            assert_eq!(one.take_refusal(), None, "a client before protocol 8");
+            one.tell_client();
+            assert!(one.poll_refusal(&mut cx).is_ready());
+            let told = one.take_refusal().expect("the refusal is due");
+            assert_eq!(told.code, RefusalCode::SourceUnreachable);
+            assert_eq!(
+                told.message,
+                format!("source {a} refused a datagram (nothing listens on that UDP port)")
+            );
+            // The next refusal waits out the second; the task waiting is woken.
+            assert!(one.poll_refusal(&mut cx).is_pending());
+            one.refused(&sock);
+            assert!(flag.0.load(Relaxed), "a refusal wakes the teller");
+            assert_eq!(one.take_refusal(), None, "within the second");
+            // An answer ends the spell: nothing is owed once the second is over.
+            one.answered();
+            one.told.set(Instant::now().checked_sub(TELL_EVERY));
+            assert_eq!(one.take_refusal(), None);
+            one.refused(&sock);
+            assert!(one.take_refusal().is_some());
+
+            // Two sources: told once both refused in a row, not when one did.
+            let two = Sources::new(vec![a, b], 2, None);
+            two.tell_client();
+            two.refused(&sock);
+            assert_eq!(two.take_refusal(), None, "the flow moved to the other");
+            two.answered();
+            two.refused(&sock);
+            assert_eq!(two.take_refusal(), None, "an answer came between");
+            two.refused(&sock);
+            assert_eq!(
+                two.take_refusal().map(|r| r.message),
+                Some(format!(
+                    "each of the sources ({a}, {b}) refused a datagram (nothing listens on \
+                     those UDP ports)"
+                ))
+            );
+        })
+        .unwrap();
     }
 }

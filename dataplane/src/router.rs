@@ -270,6 +270,7 @@ impl RouterCore {
             peer_key,
             tunnel,
             mut leftover,
+            version,
             ..
         } = ch;
         loop {
@@ -339,7 +340,7 @@ impl RouterCore {
                 target: &target,
             };
             if matches!(asked, Asked::Datagrams) {
-                match Box::pin(self.plain_datagram_flow(&sock, &of, rest)).await {
+                match Box::pin(self.plain_datagram_flow(&sock, &of, rest, version)).await {
                     Some(next) if !core.stopping.get() => leftover = next,
                     _ => return,
                 }

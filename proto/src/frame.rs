@@ -54,6 +54,10 @@ pub enum FrameType {
     /// follows raw, without frames, and the sender's FIN ends it; the channel closes
     /// after the stream.
     Unframed = 0x24,
+    /// Router → client on a UDP flow (protocol 8): the flow's source refused a
+    /// datagram (nothing listens on its port), and the router has no other source
+    /// to move the flow to; the flow goes on.
+    SourceRefused = 0x25,
     /// Heartbeat request.
     Ping = 0x30,
     /// Heartbeat answer.
@@ -88,6 +92,7 @@ impl FrameType {
             0x22 => Self::Reset,
             0x23 => Self::Datagram,
             0x24 => Self::Unframed,
+            0x25 => Self::SourceRefused,
             0x30 => Self::Ping,
             0x31 => Self::Pong,
             0x32 => Self::Goodbye,

@@ -159,6 +159,9 @@ pub enum Message {
     Unframed,
     /// The stream was aborted; the channel will close.
     Reset(Refusal),
+    /// Router → client on a UDP flow (protocol 8): the source refused a datagram of
+    /// the flow, and the router has no other source to move it to. The flow goes on.
+    SourceRefused(Refusal),
     /// Heartbeat request.
     Ping {
         /// Echoed in the answer.
@@ -265,6 +268,7 @@ impl Message {
             Self::Eof => "Eof",
             Self::Unframed => "Unframed",
             Self::Reset(_) => "Reset",
+            Self::SourceRefused(_) => "SourceRefused",
             Self::Ping { .. } => "Ping",
             Self::Pong { .. } => "Pong",
             Self::Goodbye(_) => "Goodbye",
@@ -288,6 +292,7 @@ impl Message {
             Self::Eof => FrameType::Eof,
             Self::Unframed => FrameType::Unframed,
             Self::Reset(_) => FrameType::Reset,
+            Self::SourceRefused(_) => FrameType::SourceRefused,
             Self::Ping { .. } => FrameType::Ping,
             Self::Pong { .. } => FrameType::Pong,
             Self::Goodbye(_) => FrameType::Goodbye,
@@ -320,12 +325,14 @@ impl Message {
                 body
             }
             Self::Welcome { version } => to_vec(&WelcomeWire { version: *version }),
-            Self::Refused(r) | Self::OpenFailed(r) | Self::Reset(r) | Self::Goodbye(r) => {
-                to_vec(&RefusalWire {
-                    code: r.code.to_wire(),
-                    message: truncate(&r.message, 4096).to_owned(),
-                })
-            }
+            Self::Refused(r)
+            | Self::OpenFailed(r)
+            | Self::Reset(r)
+            | Self::SourceRefused(r)
+            | Self::Goodbye(r) => to_vec(&RefusalWire {
+                code: r.code.to_wire(),
+                message: truncate(&r.message, 4096).to_owned(),
+            }),
             Self::Open { target }
             | Self::OpenDatagrams { target }
             | Self::OpenKernel { target } => to_vec(&OpenWire {
@@ -422,6 +429,7 @@ impl Message {
             FrameType::Eof => Self::Eof,
             FrameType::Unframed => Self::Unframed,
             FrameType::Reset => Self::Reset(refusal("Reset", body)?),
+            FrameType::SourceRefused => Self::SourceRefused(refusal("SourceRefused", body)?),
             FrameType::Ping => Self::Ping {
                 nonce: from_bytes::<NonceWire>("Ping", body)?.nonce,
             },
@@ -577,6 +585,10 @@ mod tests {
         round_trip(Message::Eof);
         round_trip(Message::Unframed);
         round_trip(Message::Reset(Refusal::new(RefusalCode::Aborted, "rst")));
+        round_trip(Message::SourceRefused(Refusal::new(
+            RefusalCode::SourceUnreachable,
+            "source 10.0.0.5:53 refused a datagram",
+        )));
         round_trip(Message::Reset(Refusal::new(
             RefusalCode::IdleTimeout,
             "idle",

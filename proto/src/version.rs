@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const CURRENT: u16 = 7;
+pub const CURRENT: u16 = 8;
 /// The first version with UDP flows (`OpenDatagrams`, `Datagram`). A router that
 /// negotiates less cannot serve a UDP tunnel; version 1 is otherwise unchanged.
 pub const DATAGRAMS: u16 = 2;
@@ -35,6 +35,11 @@ pub const ROUTER_KEYS: u16 = 6;
 /// (`Refused` with `PolicyDenied`) before they admit it. Versions 1 to 6 are
 /// otherwise unchanged.
 pub const SOURCE_CHECK: u16 = 7;
+/// The first version whose routers tell a UDP flow's client that its source refuses
+/// its datagrams (`SourceRefused`, at most once a second a flow), so that the
+/// tunnel's `status` and `health` show it as they show a refused stream. Versions 1
+/// to 7 are otherwise unchanged.
+pub const SOURCE_REFUSALS: u16 = 8;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST: u16 = 1;
 

@@ -59,6 +59,7 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
         ));
     }
     for s in &seen {
+        let label = super::status::refusal_label(&s.entry.config);
         let (state, detail, refused) = match &s.status {
             Ok(st) => {
                 let l = st.link.clone().unwrap_or_default();
@@ -107,14 +108,14 @@ async fn local(home: &Home, a: &HealthArgs) -> Result<()> {
             down.push(format!("{} ({state})", s.entry.name));
         } else if !refused.is_empty() {
             // Linked, but its streams are turned away: users get nothing.
-            down.push(format!("{} (latest stream refused)", s.entry.name));
+            down.push(format!("{} ({label})", s.entry.name));
         } else if !refusing.is_empty() {
             down.push(format!("{} (a router refused it)", s.entry.name));
         }
         let mut detail = match (detail.is_empty(), refused.is_empty()) {
             (_, true) => detail,
-            (true, false) => format!("latest stream refused: {refused}"),
-            (false, false) => format!("{detail}; latest stream refused: {refused}"),
+            (true, false) => format!("{label}: {refused}"),
+            (false, false) => format!("{detail}; {label}: {refused}"),
         };
         // Failing over: a router not in use that fails would not take over from the
         // one in use: said, though the tunnel serves (as a balancing tunnel's

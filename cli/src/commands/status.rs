@@ -202,7 +202,8 @@ pub(crate) fn run(home: &Home, a: &StatusArgs) -> Result<()> {
         ));
         if !st.source_refused.is_empty() {
             say(format_args!(
-                "  latest stream refused: {}",
+                "  {}: {}",
+                refusal_label(&e.config),
                 st.source_refused
             ));
         }
@@ -247,6 +248,15 @@ fn rfc3339(secs: i64) -> Option<String> {
 /// What a failing-over tunnel's routers not in use are doing: one line each for
 /// those on standby, failing (unless they refused the tunnel, said apart) or not
 /// tried yet; nothing from a tunnel too old to say.
+/// What a tunnel's latest refusal is called: a TCP tunnel's is a stream's; a UDP
+/// tunnel's may be a flow's, or the source's refusing its datagrams.
+pub(crate) fn refusal_label(c: &conduit_controlplane::registry::EntryConfig) -> &'static str {
+    match c.protocol.as_str() {
+        "udp" => "latest refusal",
+        _ => "latest stream refused",
+    }
+}
+
 fn idle_routers(routers: &[pb::RouterLoad]) -> Vec<String> {
     routers
         .iter()

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{ClientCore, Link, channel_failed, stopped};
 use crate::channel::Channel;
-use crate::datagram::{Carrier, Deliver, Framed, Inbound, RECV_ROOM, down, fits, paid};
+use crate::datagram::{Carrier, Deliver, Framed, Heard, Inbound, RECV_ROOM, down, fits, paid};
 use crate::limit::{Permit, Throttle, held_note, open_connections};
 use crate::net::{Destination, Udp};
 use crate::plain::{Wire, send_best_effort, send_frame};
@@ -164,6 +164,8 @@ struct Ends {
 struct Upstream<'a> {
     rx: Inbox,
     proxy: &'a [u8],
+    /// The router the flow rides, for what it says of the source.
+    router: usize,
 }
 
 /// A flow's end of its queue. Whatever is left in it when the flow ends stops
@@ -458,11 +460,12 @@ impl ClientCore {
             ),
             None => None,
         };
+        let link = self.channel().await?;
         let user = Upstream {
             rx,
             proxy: proxy.as_deref().unwrap_or_default(),
+            router: link.epoch().router,
         };
-        let link = self.channel().await?;
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
         let _riding = self.spec.link.ride(link.epoch().router);
         let open = Message::OpenDatagrams {
@@ -560,7 +563,28 @@ impl ClientCore {
             limit: bandwidth.map(|b| &b.up),
             unanswered: Some(&counters.unanswered),
         };
-        let Upstream { mut rx, proxy } = user;
+        let Upstream {
+            mut rx,
+            proxy,
+            router,
+        } = user;
+        // The router says the source refuses: the tunnel's status shows it until an
+        // answer comes (or a later flow is served).
+        let refused_at = Cell::new(None);
+        let heard = |news: Heard<'_>| match news {
+            Heard::Refused(r) => {
+                self.spec.link.open_refused(Some(router), &r.message);
+                refused_at.set(Some(Instant::now()));
+                if let Some(held) = self.flows.borrow().failures.admit() {
+                    warn!(tunnel = %self.spec.tunnel, "udp flow: {}{}", r.message, held_note(held));
+                }
+            }
+            Heard::Answered => {
+                if let Some(at) = refused_at.take() {
+                    self.spec.link.stream_served(at);
+                }
+            }
+        };
         let dropped = &stats.datagrams_dropped;
         // Each datagram into the batch, behind the PROXY header if there is one, once
         // paid for under a bandwidth limit (`wait`: how long the batch must wait for
@@ -625,6 +649,7 @@ impl ClientCore {
                 unanswered: None,
             },
             Some(to_router),
+            Some(&heard),
             &last,
         );
         let both = try_join(up, down);

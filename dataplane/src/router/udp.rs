@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
+use conduit_proto::version::SOURCE_REFUSALS;
 use conduit_proto::{Message, PublicKey, Refusal};
 use futures::channel::oneshot;
 use futures::future::{Either, select};
@@ -40,6 +41,7 @@ impl RouterCore {
         let Some(flow) = self.answer_open(ch, id, "flow", opened).await else {
             return false;
         };
+        flow.tell_client_from(ch.version);
         let tunnel = ch.tunnel.clone();
         let of = StreamOf {
             id,
@@ -72,13 +74,14 @@ impl RouterCore {
     }
 
     /// Serves one `OpenDatagrams` on a plain channel that frames its streams
-    /// (protocol 5); `rest` is what was read with it. What was read past the flow's
-    /// end when the channel can carry another stream.
+    /// (protocol 5, or `version`); `rest` is what was read with it. What was read
+    /// past the flow's end when the channel can carry another stream.
     pub(super) async fn plain_datagram_flow(
         &self,
         sock: &Socket,
         of: &StreamOf<'_>,
         rest: Vec<u8>,
+        version: u16,
     ) -> Option<Vec<u8>> {
         let client = of.client.as_ref();
         self.lookups(client, of.target).await;
@@ -94,6 +97,7 @@ impl RouterCore {
             self.failed_open(client, ErrorKind::Channel);
             return None;
         }
+        flow.tell_client_from(version);
         let from = Inbound::Plain { sock, have: rest };
         match self.relay_flow(of, flow, from, Carrier::Plain(sock)).await {
             Ok(next) => Some(next),
@@ -172,7 +176,7 @@ impl RouterCore {
                 limit: bandwidth.as_ref().map(|b| &b.up),
                 unanswered: None,
             };
-            let r = down(Side::Router, from, deliver, meter, None, &last).await;
+            let r = down(Side::Router, from, deliver, meter, None, None, &last).await;
             let _ = done_tx.send(());
             r
         };
@@ -219,6 +223,16 @@ struct Flow {
     source: Udp,
     sources: Sources,
     permit: Permit,
+}
+
+impl Flow {
+    /// A client of protocol `version` is told when the flow's sources refuse its
+    /// datagrams if it speaks [`SOURCE_REFUSALS`].
+    fn tell_client_from(&self, version: u16) {
+        if version >= SOURCE_REFUSALS {
+            self.sources.tell_client();
+        }
+    }
 }
 
 /// A UDP socket connected to the first of `addrs` (the balancer put the one to use

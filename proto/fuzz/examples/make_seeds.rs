@@ -61,6 +61,10 @@ fn messages() -> Vec<Message> {
         },
         Message::OpenedKernel,
         Message::Unframed,
+        Message::SourceRefused(Refusal::new(
+            RefusalCode::SourceUnreachable,
+            "source 10.0.0.5:53 refused a datagram",
+        )),
     ]
 }
 

@@ -16,7 +16,7 @@ use conduit_proto::{Event, FrameDecoder, KeyPair, Message, ProtoError, TlsSessio
 
 /// Every frame type, in a fixed order: `message_decode` picks one with its first byte.
 /// Types added later go at the end, so that saved inputs keep their meaning.
-pub const ALL_TYPES: [FrameType; 20] = [
+pub const ALL_TYPES: [FrameType; 21] = [
     FrameType::Hello,
     FrameType::Welcome,
     FrameType::Refused,
@@ -37,6 +37,7 @@ pub const ALL_TYPES: [FrameType; 20] = [
     FrameType::OpenedKernel,
     FrameType::Unframed,
     FrameType::RouterKeys,
+    FrameType::SourceRefused,
 ];
 
 /// Most cut points an input may ask for.

@@ -1,5 +1,6 @@
 //! UDP flows across a router restart, over several routers and sources, and after
-//! churn: they come back, spread, move on, and leave nothing behind.
+//! churn: they come back, spread, move on, and leave nothing behind; a source that
+//! refuses them shows in the tunnel's status.
 
 use super::*;
 
@@ -295,4 +296,61 @@ fn flows_leave_nothing_behind(engine: Engine, transport: &[&str]) {
     // Every datagram sent here has a payload; the router's health probe (empty,
     // every 5 s) lands too when the test runs longer than that.
     assert_eq!(source.payloads(), 1201);
+}
+
+#[test]
+fn a_udp_tunnel_shows_a_source_that_refuses_its_datagrams_until_it_answers() {
+    source_refusals_show_in_the_tunnels_status(&[]);
+}
+
+#[test]
+fn a_udp_tunnel_over_the_plain_transport_shows_a_source_that_refuses_its_datagrams() {
+    source_refusals_show_in_the_tunnels_status(PLAIN);
+}
+
+/// A UDP source nothing listens on: the router tells the flow's client (protocol 8),
+/// so the tunnel's `status` and `health` name it, and its log says it, until the
+/// source answers the same flow. `transport`: the arguments that choose it, on both
+/// ends.
+fn source_refusals_show_in_the_tunnels_status(transport: &[&str]) {
+    let home = Home::with_keys();
+    let dead = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (_router, raddr) = home.router_with(Engine::Epoll, &[dead.to_string()], transport);
+    let mut args = vec!["--protocol", "udp", "--name", "dns"];
+    args.extend_from_slice(transport);
+    let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &dead.to_string(), &args);
+    let user = User::new(taddr);
+    let why = format!("source {dead} refused a datagram (nothing listens on that UDP port)");
+    // Each datagram the user sends draws the source's refusal (ICMP port
+    // unreachable) at the router.
+    let (code, out, err) = crate::procfs::wait_until("health to name the refusal", || {
+        user.sock.send_to(b"anyone?", taddr).unwrap();
+        let (code, out, err) = home.run(&["health"]);
+        (out.contains("latest refusal"), (code, out, err))
+    });
+    assert_code(code, 1, &err);
+    assert_eq!(
+        out,
+        format!("dns: router {raddr} link connected (latest refusal: {why})\n")
+    );
+    assert_eq!(err, "conduit: error: unhealthy: dns (latest refusal)\n");
+    let status = home.ok(&["status"]);
+    assert!(
+        status.contains(&format!("\n  latest refusal: {why}\n")),
+        "{status}"
+    );
+    tunnel.wait_stderr(&format!("udp flow: {why}"));
+
+    // The source comes up on that port: the same flow is answered, and all is well
+    // again.
+    let _source = UdpEcho::start_on(&dead.to_string());
+    wait_for_answer(&user, b"up now");
+    assert_eq!(
+        home.ok(&["health"]),
+        format!("dns: router {raddr} link connected\n")
+    );
+    assert!(!home.ok(&["status"]).contains("refus"));
 }
