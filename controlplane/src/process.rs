@@ -28,6 +28,8 @@ pub struct Registration {
     pub file: Option<PathBuf>,
     /// Digest of the settings (for `up`).
     pub digest: String,
+    /// Digest of each setting, by name (for `up`).
+    pub settings: std::collections::BTreeMap<String, String>,
     /// The log file, for background tunnels.
     pub log_file: Option<PathBuf>,
     /// Drain deadline for signals and for shutdown requests that name none.
@@ -469,6 +471,7 @@ impl RegisteredTunnel {
                 protocol: tunnel.protocol().into(),
                 file: r.file.clone(),
                 digest: r.digest.clone(),
+                settings: r.settings.clone(),
                 balance: tunnel.balance(),
                 proxy_protocol: tunnel.proxy_protocol().map(|v| v.to_string()),
                 allow_from: tunnel
@@ -726,6 +729,7 @@ mod tests {
                 protocol: "tcp".into(),
                 file: None,
                 digest: String::new(),
+                settings: Default::default(),
                 balance: false,
                 proxy_protocol: None,
                 allow_from: Vec::new(),

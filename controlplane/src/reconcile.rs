@@ -144,6 +144,7 @@ mod tests {
                 protocol: "tcp".into(),
                 file: file.map(PathBuf::from),
                 digest: digest.into(),
+                settings: Default::default(),
                 balance: false,
                 proxy_protocol: None,
                 allow_from: Vec::new(),

@@ -2,6 +2,7 @@
 //! `$CONDUIT_HOME/tunnels/`, written atomically (temp file + rename), removed by the
 //! process when it exits, and swept by any reader when the process is gone.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -29,6 +30,10 @@ pub struct EntryConfig {
     /// A digest of its settings, so `up` can tell a changed tunnel from a running one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
+    /// A short digest of each of its settings, by name, so `up` can say which ones
+    /// changed (empty: not started by `up`, or by a version that kept none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
     /// It uses all of its routers at once (`--router-balance`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub balance: bool,
@@ -745,6 +750,7 @@ mod tests {
                 protocol: "tcp".into(),
                 file: None,
                 digest: String::new(),
+                settings: Default::default(),
                 balance: false,
                 proxy_protocol: None,
                 allow_from: Vec::new(),

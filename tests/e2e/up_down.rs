@@ -166,7 +166,9 @@ fn relative_paths_from_the_environment_or_set_follow_the_working_directory() {
     assert_eq!(pid_of(&home, "web"), pid);
     let out = up_in("b");
     assert!(
-        out.starts_with("restarted (settings changed) tunnel \"web\""),
+        out.starts_with(
+            "restarted (router.public_key, security.private_key_path changed) tunnel \"web\""
+        ),
         "{out}"
     );
     assert_ne!(pid_of(&home, "web"), pid);
@@ -228,7 +230,7 @@ fn up_twice_then_change_remove_and_down() {
     assert_code(status, 0, &err);
     assert!(out.contains("tunnel \"alpha\" is up to date"), "{out}");
     assert!(
-        out.contains("restarted (settings changed) tunnel \"beta\""),
+        out.contains("restarted (source changed) tunnel \"beta\""),
         "{out}"
     );
     assert!(
@@ -466,7 +468,7 @@ fn the_log_flags_of_up_override_the_file() {
     // Twice each: restarted, then up to date.
     let up_as = |flags: &[&str], env: &[(&str, &str)], level: &str, format: &str| {
         for want in [
-            "restarted (settings changed) tunnel \"chatty\"",
+            "restarted (logging changed) tunnel \"chatty\"",
             "tunnel \"chatty\" is up to date",
         ] {
             let mut cmd = home.cmd();

@@ -179,6 +179,7 @@ pub(crate) fn run(home: &Home, a: StartArgs, log: &LogArgs) -> Result<()> {
         source,
         file: None,
         digest: String::new(),
+        settings: Default::default(),
         log_file,
         drain: secs(a.drain_timeout),
         metrics_bind,

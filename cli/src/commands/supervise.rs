@@ -90,6 +90,7 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
                     protocol: t.protocol.as_str().into(),
                     file: Some(plan.file.clone()),
                     digest: t.digest(),
+                    settings: t.setting_digests(),
                     balance: t.balance,
                     proxy_protocol: t.proxy_protocol.map(|v| v.as_str().into()),
                     allow_from: t.allow_from.iter().map(ToString::to_string).collect(),

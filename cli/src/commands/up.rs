@@ -149,6 +149,7 @@ fn one(
         source: t.source.clone(),
         file: Some(plan.file.clone()),
         digest: t.digest(),
+        settings: t.setting_digests(),
         log_file: detached.then(|| home.logs().join(format!("{name}.log"))),
         drain: t.performance.drain_timeout(),
         metrics_bind: None,
@@ -199,6 +200,22 @@ pub(super) fn child_args(
         args.push("--detached".into());
     }
     args
+}
+
+/// How `up` says it restarted `t`, running as `e`: with the settings that changed,
+/// by name (the first few, when many did), where `e` kept them.
+fn restarted(t: &TunnelPlan, e: &Entry) -> String {
+    const NAMED: usize = 4;
+    match t.changed_from(&e.config.settings).as_deref() {
+        None | Some([]) => "restarted (settings changed)".to_owned(),
+        Some([one]) => format!("restarted ({one} changed)"),
+        Some(many) if many.len() <= NAMED => format!("restarted ({} changed)", many.join(", ")),
+        Some(many) => format!(
+            "restarted ({} and {} more changed)",
+            many[..NAMED - 1].join(", "),
+            many.len() - (NAMED - 1)
+        ),
+    }
 }
 
 /// The `--set` values that are secrets (a token, webhook URLs), as the variables a
@@ -296,12 +313,12 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     // the slowest drain.
     // Restarted: for settings changed, or because a `kill` is stopping it (it drains
     // first, as that kill asked).
-    let again: Vec<(&TunnelPlan, &Entry, &str, Stopper)> = (actions.restart.iter())
-        .map(|(t, e)| (*t, e, "restarted (settings changed)", Stopper::Up))
-        .chain(
-            (actions.revive.iter())
-                .map(|(t, e)| (*t, e, "started again (it was stopping)", Stopper::Revive)),
-        )
+    let again: Vec<(&TunnelPlan, &Entry, String, Stopper)> = (actions.restart.iter())
+        .map(|(t, e)| (*t, e, restarted(t, e), Stopper::Up))
+        .chain((actions.revive.iter()).map(|(t, e)| {
+            let what = "started again (it was stopping)".to_owned();
+            (*t, e, what, Stopper::Revive)
+        }))
         .collect();
     let stopping: Vec<(&Entry, Stopper)> = (actions.remove.iter())
         .map(|e| (e, Stopper::Removed))
@@ -390,7 +407,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     }
     for ((t, own), res) in to_start.iter().zip(launched) {
         let verb = match own {
-            Some(i) => again[i - removed].2,
+            Some(i) => again[i - removed].2.as_str(),
             None => "started",
         };
         match res {
@@ -561,6 +578,7 @@ mod tests {
             protocol: protocol.into(),
             file: None,
             digest: String::new(),
+            settings: Default::default(),
             balance: false,
             proxy_protocol: None,
             allow_from: Vec::new(),

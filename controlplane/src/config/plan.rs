@@ -2,6 +2,7 @@
 //! built only from a configuration without errors, so nothing is left to check or
 //! default.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
@@ -102,25 +103,7 @@ impl TunnelPlan {
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        // What a tunnel ignores is left out: a router's setting in the shared
-        // section, and those for the other protocol's tunnels (`start` refuses
-        // them there). Changing it restarts nothing.
-        let defaults = PerformanceConfig::default();
-        let mut performance = PerformanceConfig {
-            max_pending_handshakes: defaults.max_pending_handshakes,
-            ..self.performance.clone()
-        };
-        match self.protocol {
-            Protocol::Tcp => {
-                performance.udp_idle_timeout_secs = defaults.udp_idle_timeout_secs;
-                performance.udp_max_new_flows = defaults.udp_max_new_flows;
-            }
-            Protocol::Udp => {
-                performance.stream_idle_timeout_secs = defaults.stream_idle_timeout_secs;
-                // Flows stay in userspace TLS.
-                performance.kernel_tls = defaults.kernel_tls;
-            }
-        }
+        let performance = self.digested_performance();
         let text = format!(
             "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}",
             self.name,
@@ -188,6 +171,126 @@ impl TunnelPlan {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+
+    /// `[performance]` as the digests take it: what a tunnel ignores is left out (at
+    /// its default): a router's setting in the shared section, and those for the
+    /// other protocol's tunnels (`start` refuses them there). Changing it restarts
+    /// nothing.
+    fn digested_performance(&self) -> PerformanceConfig {
+        let defaults = PerformanceConfig::default();
+        let mut performance = PerformanceConfig {
+            max_pending_handshakes: defaults.max_pending_handshakes,
+            ..self.performance.clone()
+        };
+        match self.protocol {
+            Protocol::Tcp => {
+                performance.udp_idle_timeout_secs = defaults.udp_idle_timeout_secs;
+                performance.udp_max_new_flows = defaults.udp_max_new_flows;
+            }
+            Protocol::Udp => {
+                performance.stream_idle_timeout_secs = defaults.stream_idle_timeout_secs;
+                // Flows stay in userspace TLS.
+                performance.kernel_tls = defaults.kernel_tls;
+            }
+        }
+        performance
+    }
+
+    /// Each setting that [`Self::digest`] takes, by the name a file gives it, with a
+    /// short digest of its value (secrets enter only so): what `up` compares to name
+    /// the settings that changed (see [`Self::changed_from`]).
+    pub fn setting_digests(&self) -> BTreeMap<String, String> {
+        use sha2::{Digest, Sha256};
+        let short = |text: &[u8]| -> String {
+            Sha256::digest(text)[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let a = &self.alerts;
+        let urls = [&a.sinks.webhook, &a.sinks.slack].map(|u| u.as_ref().map(Secret::expose));
+        let mut parts: Vec<(String, String)> = vec![
+            ("router".into(), self.router.clone()),
+            ("router.public_key".into(), self.router_key_specs.join(",")),
+            (
+                "security.private_key_path".into(),
+                self.private_key_path.display().to_string(),
+            ),
+            ("source".into(), self.source.clone()),
+            ("bind".into(), self.bind.to_string()),
+            ("protocol".into(), format!("{:?}", self.protocol)),
+            ("router.transport".into(), format!("{:?}", self.transport)),
+            (
+                "security.key_rotation_days".into(),
+                self.key_rotation_days.to_string(),
+            ),
+            ("security.cipher_suites".into(), self.suites.to_string()),
+            (
+                "router.failback_secs".into(),
+                self.failback_secs.to_string(),
+            ),
+            (
+                "router.standby_check_secs".into(),
+                self.standby_check_secs.to_string(),
+            ),
+            ("router.balance".into(), self.balance.to_string()),
+            (
+                "logging".into(),
+                format!("{}|{}", self.log_level(), self.logging.format.as_str()),
+            ),
+            (
+                "proxy_protocol".into(),
+                format!("{:?}", self.proxy_protocol),
+            ),
+            ("allow_from".into(), format!("{:?}", self.allow_from)),
+            (
+                "security.token".into(),
+                self.token.as_ref().map_or("", Secret::expose).to_owned(),
+            ),
+            (
+                "alerts".into(),
+                format!(
+                    "{urls:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                    a.sinks.retries,
+                    a.sinks.timeout,
+                    a.sinks.backoff,
+                    a.sinks.flap,
+                    a.sinks.origin,
+                    a.lost_after
+                ),
+            ),
+        ];
+        if let Ok(serde_json::Value::Object(fields)) =
+            serde_json::to_value(self.digested_performance())
+        {
+            parts.extend(
+                (fields.into_iter()).map(|(k, v)| (format!("performance.{k}"), v.to_string())),
+            );
+        }
+        (parts.into_iter())
+            .map(|(name, value)| {
+                let digest = short(value.as_bytes());
+                (name, digest)
+            })
+            .collect()
+    }
+
+    /// The settings whose digests differ from `before` (a running tunnel's
+    /// [`Self::setting_digests`]), by name; `None` when `before` is empty (a tunnel
+    /// started by a version that kept none).
+    pub fn changed_from(&self, before: &BTreeMap<String, String>) -> Option<Vec<String>> {
+        if before.is_empty() {
+            return None;
+        }
+        let now = self.setting_digests();
+        let mut changed: Vec<String> = (now.iter())
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        changed.extend(before.keys().filter(|k| !now.contains_key(*k)).cloned());
+        changed.sort();
+        Some(changed)
     }
 
     /// The client tunnel's settings, given the key loaded from

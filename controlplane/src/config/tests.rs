@@ -806,6 +806,69 @@ fn only_what_a_tunnel_uses_changes_its_digest() {
     assert_ne!(digest("[logging]\nformat = \"json\"\n"), default);
 }
 
+/// `up` names what changed: each setting the digest takes has a digest of its own,
+/// and a change of the whole digest shows in at least one of them.
+#[test]
+fn up_can_name_each_setting_that_changed() {
+    let f = Fixture::new();
+    let plan = |extra: &str, sets: &[&str]| {
+        let sources = f.sources(&f.client_text(extra), &[], sets);
+        plan_tunnels(&sources).unwrap().tunnels.remove(0)
+    };
+    let base = plan("", &[]);
+    let before = base.setting_digests();
+    assert_eq!(base.changed_from(&before), Some(vec![]));
+    assert_eq!(
+        base.changed_from(&Default::default()),
+        None,
+        "an entry that kept none"
+    );
+    let changes: [(&str, &[&str], &[&str]); 7] = [
+        (
+            "[performance]\npool_size = 3\n",
+            &[],
+            &["performance.pool_size"],
+        ),
+        (
+            "[performance]\nstream_idle_timeout_secs = 60\nkernel_tls = false\n",
+            &[],
+            &[
+                "performance.kernel_tls",
+                "performance.stream_idle_timeout_secs",
+            ],
+        ),
+        ("", &["security.token=another-token"], &["security.token"]),
+        ("[logging]\nformat = \"json\"\n", &[], &["logging"]),
+        (
+            "[alerts]\nwebhook = \"https://hooks.example/a\"\n",
+            &[],
+            &["alerts"],
+        ),
+        (
+            "[security]\ncipher_suites = [\"TLS_AES_256_GCM_SHA384\"]\n",
+            &[],
+            &["security.cipher_suites"],
+        ),
+        // A router's setting in the shared section is not the tunnel's.
+        ("[performance]\nmax_pending_handshakes = 10\n", &[], &[]),
+    ];
+    for (extra, sets, want) in changes {
+        let now = plan(extra, sets);
+        assert_eq!(now.changed_from(&before).unwrap(), want, "{extra} {sets:?}");
+        assert_eq!(now.digest() != base.digest(), !want.is_empty(), "{extra}");
+    }
+    let text = f.client_text("").replace("10.2.0.2:8080", "10.2.0.3:80");
+    let moved = plan_tunnels(&f.sources(&text, &[], &[]))
+        .unwrap()
+        .tunnels
+        .remove(0);
+    assert_eq!(moved.changed_from(&before).unwrap(), ["source"]);
+    // Secrets enter as digests only.
+    let with_token = plan("", &["security.token=s3cret-token-value"]);
+    let kept = serde_json::to_string(&with_token.setting_digests()).unwrap();
+    assert!(!kept.contains("s3cret"), "{kept}");
+}
+
 /// A problem quoting a huge value is shown cut in its middle, whole at both ends.
 #[test]
 fn a_problem_with_a_huge_message_is_cut_in_the_middle() {

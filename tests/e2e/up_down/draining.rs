@@ -80,7 +80,7 @@ fn up_restarts_an_idle_tunnel_while_a_busy_one_drains() {
     let out = again.stdout().join("\n");
     for n in ["alpha", "beta"] {
         assert!(
-            out.contains(&format!("restarted (settings changed) tunnel \"{n}\"")),
+            out.contains(&format!("restarted (source changed) tunnel \"{n}\"")),
             "{out}"
         );
     }
