@@ -381,7 +381,11 @@ impl Sources {
         self.refusals.set(refusals);
         if refusals >= self.addrs.len() {
             self.untold.set(true);
-            if let Some(teller) = self.teller.borrow_mut().take() {
+            // Woken only when the client is due to hear: a sender flooding a dead
+            // source would otherwise wake the teller at each datagram for nothing.
+            if self.refusal_due()
+                && let Some(teller) = self.teller.borrow_mut().take()
+            {
                 teller.wake();
             }
         }
@@ -1169,11 +1173,22 @@ mod tests {
                 told.message,
                 format!("source {a} refused a datagram (nothing listens on that UDP port)")
             );
-            // The next refusal waits out the second; the task waiting is woken.
+            // The next refusal waits out the second, and wakes nobody meanwhile.
             assert!(one.poll_refusal(&mut cx).is_pending());
             one.refused(&sock);
-            assert!(flag.0.load(Relaxed), "a refusal wakes the teller");
+            assert!(!flag.0.load(Relaxed), "not due yet");
             assert_eq!(one.take_refusal(), None, "within the second");
+            // Once the second is over, the next refusal wakes the task waiting.
+            one.told.set(Instant::now().checked_sub(TELL_EVERY));
+            assert!(
+                one.poll_refusal(&mut cx).is_ready(),
+                "the one owed is due now"
+            );
+            one.untold.set(false);
+            assert!(one.poll_refusal(&mut cx).is_pending());
+            one.refused(&sock);
+            assert!(flag.0.load(Relaxed), "a refusal due wakes the teller");
+            assert!(one.take_refusal().is_some());
             // An answer ends the spell: nothing is owed once the second is over.
             one.answered();
             one.told.set(Instant::now().checked_sub(TELL_EVERY));
