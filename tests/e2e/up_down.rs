@@ -466,11 +466,9 @@ fn the_log_flags_of_up_override_the_file() {
     };
     assert_eq!(level_of(), ("debug".to_owned(), "text".to_owned()));
     // Twice each: restarted, then up to date.
-    let up_as = |flags: &[&str], env: &[(&str, &str)], level: &str, format: &str| {
-        for want in [
-            "restarted (logging changed) tunnel \"chatty\"",
-            "tunnel \"chatty\" is up to date",
-        ] {
+    let up_as = |flags: &[&str], env: &[(&str, &str)], level: &str, format: &str, changed| {
+        let restarted = format!("restarted ({changed} changed) tunnel \"chatty\"");
+        for want in [restarted.as_str(), "tunnel \"chatty\" is up to date"] {
             let mut cmd = home.cmd();
             cmd.args(flags)
                 .args(["up", "-f", f])
@@ -485,9 +483,11 @@ fn the_log_flags_of_up_override_the_file() {
             assert_eq!(level_of(), (level.to_owned(), format.to_owned()));
         }
     };
-    up_as(&[], &[], "warn", "text");
-    up_as(&[], &[("CONDUIT_LOG_LEVEL", "debug")], "debug", "text");
-    up_as(&["--log-format", "json"], &[], "warn", "json");
+    up_as(&[], &[], "warn", "text", "logging.level");
+    let debug = [("CONDUIT_LOG_LEVEL", "debug")];
+    up_as(&[], &debug, "debug", "text", "logging.level");
+    let both = "logging.format, logging.level";
+    up_as(&["--log-format", "json"], &[], "warn", "json", both);
 }
 
 #[test]
@@ -677,8 +677,9 @@ fn a_restart_that_fails_says_the_tunnel_is_down() {
     assert_code(status, 69, &err);
     assert!(
         err.starts_with(&format!(
-            "conduit: error: tunnel \"web\" is down: it was stopped to restart, and could not \
-             start again: cannot listen on {taken}: Address already in use"
+            "conduit: error: tunnel \"web\" is down: it was stopped to restart (bind, \
+             performance.drain_timeout_secs changed), and could not start again: cannot \
+             listen on {taken}: Address already in use"
         )),
         "{err}"
     );

@@ -203,18 +203,12 @@ pub(super) fn child_args(
 }
 
 /// How `up` says it restarted `t`, running as `e`: with the settings that changed,
-/// by name (the first few, when many did), where `e` kept them.
+/// by name, where `e` kept them (a secret's change, the token or an alert URL, is
+/// not named).
 fn restarted(t: &TunnelPlan, e: &Entry) -> String {
-    const NAMED: usize = 4;
-    match t.changed_from(&e.config.settings).as_deref() {
-        None | Some([]) => "restarted (settings changed)".to_owned(),
-        Some([one]) => format!("restarted ({one} changed)"),
-        Some(many) if many.len() <= NAMED => format!("restarted ({} changed)", many.join(", ")),
-        Some(many) => format!(
-            "restarted ({} and {} more changed)",
-            many[..NAMED - 1].join(", "),
-            many.len() - (NAMED - 1)
-        ),
+    match t.changed_from(&e.config.settings) {
+        Some(names) if !names.is_empty() => format!("restarted ({} changed)", names.join(", ")),
+        _ => "restarted (settings changed)".to_owned(),
     }
 }
 
@@ -415,9 +409,12 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
             // Its old process is gone: say so, it is not running on the old settings.
             Err(e) if own.is_some() && e.downcast_ref::<StopFailed>().is_none() => failures.push((
                 format!(
-                    "tunnel {:?} is down: it was stopped to restart, and could not start again: \
-                     {e}",
-                    t.name
+                    "tunnel {:?} is down: it was stopped to restart ({}), and could not start \
+                     again: {e}",
+                    t.name,
+                    verb.strip_prefix("restarted (")
+                        .and_then(|v| v.strip_suffix(')'))
+                        .unwrap_or(verb)
                 ),
                 exit::code_for(&e),
             )),

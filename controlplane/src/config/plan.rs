@@ -73,6 +73,15 @@ pub struct TunnelPlan {
 /// `p` as [`TunnelPlan::digest`] takes it: the settings a tunnel had when digests
 /// began, so tunnels started before a later one keep their digests (`up` leaves them
 /// running); the later ones enter the digest only when set.
+/// The settings of one protocol's tunnels only, which a tunnel of the other
+/// protocol leaves out of its digests.
+const ONE_PROTOCOLS: [&str; 4] = [
+    "performance.udp_idle_timeout_secs",
+    "performance.udp_max_new_flows",
+    "performance.stream_idle_timeout_secs",
+    "performance.kernel_tls",
+];
+
 pub(super) fn performance_text(p: &PerformanceConfig) -> String {
     let later = format!(" stream_idle_timeout_secs: {},", p.stream_idle_timeout_secs);
     format!("{p:?}").replacen(&later, "", 1)
@@ -198,8 +207,10 @@ impl TunnelPlan {
     }
 
     /// Each setting that [`Self::digest`] takes, by the name a file gives it, with a
-    /// short digest of its value (secrets enter only so): what `up` compares to name
-    /// the settings that changed (see [`Self::changed_from`]).
+    /// short digest of its value: what `up` compares to name the settings that
+    /// changed (see [`Self::changed_from`]). Secrets (the token, alert URLs) are left
+    /// out: a digest of a secret alone would let anyone who reads the registry check
+    /// guesses of it.
     pub fn setting_digests(&self) -> BTreeMap<String, String> {
         use sha2::{Digest, Sha256};
         let short = |text: &[u8]| -> String {
@@ -208,10 +219,18 @@ impl TunnelPlan {
                 .map(|b| format!("{b:02x}"))
                 .collect()
         };
-        let a = &self.alerts;
-        let urls = [&a.sinks.webhook, &a.sinks.slack].map(|u| u.as_ref().map(Secret::expose));
+        let mut routers = self.router.split(',').map(str::trim);
+        let (host, port) = routers
+            .next()
+            .and_then(|r| r.rsplit_once(':'))
+            .unwrap_or_default();
         let mut parts: Vec<(String, String)> = vec![
-            ("router".into(), self.router.clone()),
+            ("router.host".into(), host.to_owned()),
+            ("router.port".into(), port.to_owned()),
+            (
+                "router.fallbacks".into(),
+                routers.collect::<Vec<_>>().join(","),
+            ),
             ("router.public_key".into(), self.router_key_specs.join(",")),
             (
                 "security.private_key_path".into(),
@@ -235,32 +254,43 @@ impl TunnelPlan {
                 self.standby_check_secs.to_string(),
             ),
             ("router.balance".into(), self.balance.to_string()),
+            ("logging.level".into(), self.log_level().to_owned()),
             (
-                "logging".into(),
-                format!("{}|{}", self.log_level(), self.logging.format.as_str()),
+                "logging.format".into(),
+                self.logging.format.as_str().to_owned(),
             ),
             (
                 "proxy_protocol".into(),
                 format!("{:?}", self.proxy_protocol),
             ),
             ("allow_from".into(), format!("{:?}", self.allow_from)),
-            (
-                "security.token".into(),
-                self.token.as_ref().map_or("", Secret::expose).to_owned(),
-            ),
-            (
-                "alerts".into(),
-                format!(
-                    "{urls:?}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
-                    a.sinks.retries,
-                    a.sinks.timeout,
-                    a.sinks.backoff,
-                    a.sinks.flap,
-                    a.sinks.origin,
-                    a.lost_after
-                ),
-            ),
         ];
+        // Whether alerts go out (a webhook or Slack URL is set), and, as the digest
+        // takes them, their settings while they do.
+        parts.push(("alerts".into(), self.alerts.is_on().to_string()));
+        if self.alerts.is_on() {
+            let a = &self.alerts;
+            parts.extend([
+                ("alerts.retries".into(), a.sinks.retries.to_string()),
+                (
+                    "alerts.timeout_secs".into(),
+                    format!("{:?}", a.sinks.timeout),
+                ),
+                (
+                    "alerts.flap_window_secs".into(),
+                    format!("{:?}", a.sinks.flap.window),
+                ),
+                (
+                    "alerts.flap_changes".into(),
+                    a.sinks.flap.max_changes.to_string(),
+                ),
+                ("alerts.name".into(), format!("{:?}", a.sinks.origin)),
+                (
+                    "alerts.lost_after_secs".into(),
+                    format!("{:?}", a.lost_after),
+                ),
+            ]);
+        }
         if let Ok(serde_json::Value::Object(fields)) =
             serde_json::to_value(self.digested_performance())
         {
@@ -278,18 +308,28 @@ impl TunnelPlan {
 
     /// The settings whose digests differ from `before` (a running tunnel's
     /// [`Self::setting_digests`]), by name; `None` when `before` is empty (a tunnel
-    /// started by a version that kept none).
+    /// started by a version that kept none). Empty when only a secret changed.
+    ///
+    /// When the protocol changed, the settings of one protocol's tunnels only are
+    /// not named: they come into use or go out of it, not changed by the operator;
+    /// nor, when alerts were turned on or off (`alerts`), each of their settings.
     pub fn changed_from(&self, before: &BTreeMap<String, String>) -> Option<Vec<String>> {
         if before.is_empty() {
             return None;
         }
         let now = self.setting_digests();
-        let mut changed: Vec<String> = (now.iter())
-            .filter(|(k, v)| before.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
+        let differs = |k: &str| now.get(k) != before.get(k);
+        let switched = differs("protocol");
+        // Alerts turned on or off: that is named, not each of their settings.
+        let toggled = differs("alerts");
+        let mut changed: Vec<String> = (now.keys().chain(before.keys()))
+            .filter(|k| differs(k))
+            .filter(|k| !(switched && ONE_PROTOCOLS.contains(&k.as_str())))
+            .filter(|k| !(toggled && k.starts_with("alerts.")))
+            .cloned()
             .collect();
-        changed.extend(before.keys().filter(|k| !now.contains_key(*k)).cloned());
         changed.sort();
+        changed.dedup();
         Some(changed)
     }
 

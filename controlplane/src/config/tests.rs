@@ -823,7 +823,7 @@ fn up_can_name_each_setting_that_changed() {
         None,
         "an entry that kept none"
     );
-    let changes: [(&str, &[&str], &[&str]); 7] = [
+    let changes: [(&str, &[&str], &[&str]); 10] = [
         (
             "[performance]\npool_size = 3\n",
             &[],
@@ -837,10 +837,10 @@ fn up_can_name_each_setting_that_changed() {
                 "performance.stream_idle_timeout_secs",
             ],
         ),
-        ("", &["security.token=another-token"], &["security.token"]),
-        ("[logging]\nformat = \"json\"\n", &[], &["logging"]),
+        ("[logging]\nformat = \"json\"\n", &[], &["logging.format"]),
+        ("", &["router.port=7001"], &["router.port"]),
         (
-            "[alerts]\nwebhook = \"https://hooks.example/a\"\n",
+            "[alerts]\nwebhook = \"https://hooks.example/a\"\nretries = 5\n",
             &[],
             &["alerts"],
         ),
@@ -849,24 +849,41 @@ fn up_can_name_each_setting_that_changed() {
             &[],
             &["security.cipher_suites"],
         ),
+        // A secret's change is not named (its digest is not kept).
+        ("", &["security.token=another-token"], &[]),
+        // Nor what alerts would take while none goes out.
+        ("[alerts]\nretries = 5\n", &[], &[]),
+        // Switching protocols names the protocol, not the settings that come into
+        // use or go out of it.
+        (
+            "protocol = \"udp\"\n[performance]\nudp_idle_timeout_secs = 30\n",
+            &[],
+            &["protocol"],
+        ),
         // A router's setting in the shared section is not the tunnel's.
         ("[performance]\nmax_pending_handshakes = 10\n", &[], &[]),
     ];
+    let secret = ["security.token=another-token"];
     for (extra, sets, want) in changes {
         let now = plan(extra, sets);
         assert_eq!(now.changed_from(&before).unwrap(), want, "{extra} {sets:?}");
-        assert_eq!(now.digest() != base.digest(), !want.is_empty(), "{extra}");
+        let restarts = !want.is_empty() || sets == secret;
+        assert_eq!(now.digest() != base.digest(), restarts, "{extra}");
     }
+    // While alerts go out, each of their settings is named.
+    let hook = "[alerts]\nwebhook = \"https://hooks.example/a\"\n";
+    let alerting = plan(hook, &[]).setting_digests();
+    let retried = plan(&format!("{hook}retries = 5\n"), &[]);
+    assert_eq!(retried.changed_from(&alerting).unwrap(), ["alerts.retries"]);
     let text = f.client_text("").replace("10.2.0.2:8080", "10.2.0.3:80");
     let moved = plan_tunnels(&f.sources(&text, &[], &[]))
         .unwrap()
         .tunnels
         .remove(0);
     assert_eq!(moved.changed_from(&before).unwrap(), ["source"]);
-    // Secrets enter as digests only.
+    // No digest of a secret is kept.
     let with_token = plan("", &["security.token=s3cret-token-value"]);
-    let kept = serde_json::to_string(&with_token.setting_digests()).unwrap();
-    assert!(!kept.contains("s3cret"), "{kept}");
+    assert_eq!(with_token.setting_digests(), before);
 }
 
 /// A problem quoting a huge value is shown cut in its middle, whole at both ends.
