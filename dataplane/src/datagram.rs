@@ -457,6 +457,18 @@ async fn down_tls(
 /// dropped it (a source that refuses, which moves the flow to its next source; one
 /// too big for its receiver, counted).
 async fn deliver_one(d: &[u8], deliver: Deliver<'_>) -> Result<bool, Stop> {
+    // The epoll engine wakes no reader for a source's ICMP error (it drops
+    // `EPOLLERR`), so a router flow takes it here: left pending, it would fail this
+    // send and lose the datagram, as it would the first one after the source is back.
+    if let Some(s) = deliver.sources
+        && monoio::utils::is_legacy()
+        && let Some(e) = deliver.sock.take_error()
+    {
+        if e.kind() != io::ErrorKind::ConnectionRefused {
+            return Err(Stop::Plain(e));
+        }
+        s.refused(deliver.sock);
+    }
     match deliver.sock.send(d, deliver.to, deliver.from).await {
         Ok(()) => Ok(true),
         // The source's port is closed (an ICMP error from an earlier datagram):
@@ -945,5 +957,55 @@ mod tests {
         };
         b.on_event(Event::Message(m), Side::Router, &mut later);
         assert!(b.bad.is_some() && b.refused.is_none());
+    }
+
+    /// On the epoll engine a source's ICMP error wakes no reader: the router's flow
+    /// takes it before its next send, which then goes (and the refusal is noted),
+    /// rather than fail with it and lose that datagram.
+    #[test]
+    fn a_refusal_left_pending_costs_the_next_datagram_nothing() {
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = dead.local_addr().unwrap();
+        drop(dead);
+        crate::engine::block_on(crate::engine::EngineKind::Epoll, async move {
+            let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            std_sock.connect(at).unwrap();
+            let sock = Udp::from_std(std_sock).unwrap();
+            let sources = Sources::new(vec![at], 1, None);
+            sources.tell_client();
+            let dropped = AtomicU64::new(0);
+            let deliver = Deliver {
+                sock: &sock,
+                to: None,
+                from: None,
+                sources: Some(&sources),
+                dropped: &dropped,
+            };
+            assert!(deliver_one(b"nobody there", deliver).await.unwrap());
+            // Once a probe sent after it is refused, the refusal of the flow's
+            // datagram has come back too, and waits on the flow's socket.
+            let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            probe.connect(at).unwrap();
+            probe
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            probe.send(b"probe").unwrap();
+            let refused = probe.recv(&mut [0u8; 8]).unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+
+            let source = std::net::UdpSocket::bind(at).expect("the source's port is free");
+            source
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(deliver_one(b"back", deliver).await.unwrap(), "sent");
+            let mut got = [0u8; 8];
+            let n = source.recv(&mut got).expect("the datagram arrived");
+            assert_eq!(&got[..n], b"back");
+            assert!(
+                sources.take_refusal().is_some(),
+                "the refusal taken is noted"
+            );
+        })
+        .unwrap();
     }
 }

@@ -430,6 +430,12 @@ impl Udp {
         sys::recv(self.fd, buf)
     }
 
+    /// The error pending on the socket (the ICMP error an earlier datagram drew),
+    /// taken: reading it clears it.
+    pub(crate) fn take_error(&self) -> Option<io::Error> {
+        sys::pending_error(self.fd)
+    }
+
     /// Connects the socket to `to` instead of its peer so far: from now on only
     /// `to`'s datagrams reach it and unaddressed sends go there.
     pub(crate) fn reconnect(&self, to: SocketAddr) -> io::Result<()> {

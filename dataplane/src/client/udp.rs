@@ -53,6 +53,9 @@ pub(super) struct Flows {
     /// Keeps flows that cannot start (router away, limit reached) from flooding the
     /// log: each datagram of a sender without a flow tries to start one.
     failures: Throttle,
+    /// Keeps the router's word that a source refuses (each flow's, once a second)
+    /// from flooding the log.
+    refusals: Throttle,
     /// Senders turned away lately, so each counts once as a connection refused.
     turned: TurnedAway,
 }
@@ -108,6 +111,11 @@ impl Default for Flows {
             failures: Throttle::reporting(
                 Duration::from_secs(1),
                 "datagrams dropped or UDP flows failed",
+                true,
+            ),
+            refusals: Throttle::reporting(
+                Duration::from_secs(1),
+                "reports of a UDP source refusing datagrams",
                 true,
             ),
             turned: TurnedAway::default(),
@@ -166,6 +174,8 @@ struct Upstream<'a> {
     proxy: &'a [u8],
     /// The router the flow rides, for what it says of the source.
     router: usize,
+    /// When the flow opened: its first answer says the source serves since.
+    opened: Instant,
 }
 
 /// A flow's end of its queue. Whatever is left in it when the flow ends stops
@@ -387,14 +397,12 @@ impl ClientCore {
         let core = &self.core;
         let (counters, kill_rx, started) = self.open_entry(id, peer, true);
         debug!(conn = id, %peer, tunnel = %self.spec.tunnel, "udp flow opened");
-        let run = Box::pin(self.run_flow(id, &ends, rx, &counters, kill_rx)).await;
-        match &run {
-            Ok(()) => self.spec.link.stream_served(started),
-            Err((ErrorKind::OpenFailed, reason)) => {
-                let router = self.core.conns.router_of(id);
-                self.spec.link.open_refused(router, reason);
-            }
-            Err(_) => {}
+        let run = Box::pin(self.run_flow(id, &ends, rx, &counters, kill_rx, started)).await;
+        // A flow that ends is not served for that: its first answer was (see
+        // `relay_flow`); one never answered says nothing of the source.
+        if let Err((ErrorKind::OpenFailed, reason)) = &run {
+            let router = self.core.conns.router_of(id);
+            self.spec.link.open_refused(router, reason);
         }
         if let Err((kind, reason)) = run {
             core.stats.fail(kind);
@@ -442,6 +450,7 @@ impl ClientCore {
         rx: Inbox,
         counters: &ConnCounters,
         kill: KillReceiver,
+        opened: Instant,
     ) -> Result<(), (ErrorKind, String)> {
         let Ends { peer, local, sock } = ends;
         let (peer, sock) = (*peer, &**sock);
@@ -465,6 +474,7 @@ impl ClientCore {
             rx,
             proxy: proxy.as_deref().unwrap_or_default(),
             router: link.epoch().router,
+            opened,
         };
         self.core.conns.set_rides(id, Rides::Link(link.epoch()));
         let _riding = self.spec.link.ride(link.epoch().router);
@@ -567,19 +577,29 @@ impl ClientCore {
             mut rx,
             proxy,
             router,
+            opened,
         } = user;
         // The router says the source refuses: the tunnel's status shows it until an
-        // answer comes (or a later flow is served).
+        // answer comes, to this flow or a later one. The first answer of a flow says
+        // the source serves since the flow opened.
         let refused_at = Cell::new(None);
+        let answered = Cell::new(false);
         let heard = |news: Heard<'_>| match news {
             Heard::Refused(r) => {
                 self.spec.link.open_refused(Some(router), &r.message);
                 refused_at.set(Some(Instant::now()));
-                if let Some(held) = self.flows.borrow().failures.admit() {
-                    warn!(tunnel = %self.spec.tunnel, "udp flow: {}{}", r.message, held_note(held));
+                if let Some(held) = self.flows.borrow().refusals.admit() {
+                    let note = match held {
+                        0 => String::new(),
+                        n => format!(" ({n} more such reports since the last)"),
+                    };
+                    warn!(tunnel = %self.spec.tunnel, "udp flow: {}{note}", r.message);
                 }
             }
             Heard::Answered => {
+                if !answered.replace(true) {
+                    self.spec.link.stream_served(opened);
+                }
                 if let Some(at) = refused_at.take() {
                     self.spec.link.stream_served(at);
                 }

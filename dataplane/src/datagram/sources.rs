@@ -120,13 +120,17 @@ impl Sources {
         self.told.set(Some(Instant::now()));
         let message = match self.addrs.as_slice() {
             [one] => format!("source {one} refused a datagram (nothing listens on that UDP port)"),
-            all => format!(
-                "each of the sources ({}) refused a datagram (nothing listens on those UDP ports)",
-                all.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            all => {
+                // In one order, whichever the flow's balancer gave.
+                let mut all = all.to_vec();
+                all.sort();
+                let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+                format!(
+                    "each of the sources ({}) refused a datagram (nothing listens on those \
+                     UDP ports)",
+                    all.join(", ")
+                )
+            }
         };
         Some(Refusal::new(RefusalCode::SourceUnreachable, message))
     }
@@ -285,7 +289,7 @@ mod tests {
             assert_eq!(
                 two.take_refusal().map(|r| r.message),
                 Some(format!(
-                    "each of the sources ({a}, {b}) refused a datagram (nothing listens on \
+                    "each of the sources ({b}, {a}) refused a datagram (nothing listens on \
                      those UDP ports)"
                 ))
             );

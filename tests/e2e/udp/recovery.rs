@@ -298,30 +298,30 @@ fn flows_leave_nothing_behind(engine: Engine, transport: &[&str]) {
     assert_eq!(source.payloads(), 1201);
 }
 
-#[test]
-fn a_udp_tunnel_shows_a_source_that_refuses_its_datagrams_until_it_answers() {
-    source_refusals_show_in_the_tunnels_status(&[]);
-}
+both_engines!(
+    a_udp_tunnel_shows_a_source_that_refuses_its_datagrams_until_it_answers,
+    |engine: Engine| source_refusals_show_in_the_tunnels_status(engine, &[])
+);
 
-#[test]
-fn a_udp_tunnel_over_the_plain_transport_shows_a_source_that_refuses_its_datagrams() {
-    source_refusals_show_in_the_tunnels_status(PLAIN);
-}
+both_engines!(
+    a_udp_tunnel_over_the_plain_transport_shows_a_source_that_refuses_its_datagrams,
+    |engine: Engine| source_refusals_show_in_the_tunnels_status(engine, PLAIN)
+);
 
 /// A UDP source nothing listens on: the router tells the flow's client (protocol 8),
 /// so the tunnel's `status` and `health` name it, and its log says it, until the
-/// source answers the same flow. `transport`: the arguments that choose it, on both
-/// ends.
-fn source_refusals_show_in_the_tunnels_status(transport: &[&str]) {
+/// source answers a flow opened since, or the one refused. `transport`: the
+/// arguments that choose it, on both ends.
+fn source_refusals_show_in_the_tunnels_status(engine: Engine, transport: &[&str]) {
     let home = Home::with_keys();
     let dead = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let (_router, raddr) = home.router_with(Engine::Epoll, &[dead.to_string()], transport);
+    let (_router, raddr) = home.router_with(engine, &[dead.to_string()], transport);
     let mut args = vec!["--protocol", "udp", "--name", "dns"];
     args.extend_from_slice(transport);
-    let (tunnel, taddr) = home.tunnel_with(Engine::Epoll, raddr, &dead.to_string(), &args);
+    let (tunnel, taddr) = home.tunnel_with(engine, raddr, &dead.to_string(), &args);
     let user = User::new(taddr);
     let why = format!("source {dead} refused a datagram (nothing listens on that UDP port)");
     // Each datagram the user sends draws the source's refusal (ICMP port
@@ -344,13 +344,16 @@ fn source_refusals_show_in_the_tunnels_status(transport: &[&str]) {
     );
     tunnel.wait_stderr(&format!("udp flow: {why}"));
 
-    // The source comes up on that port: the same flow is answered, and all is well
-    // again.
+    // The source comes up on that port. A new user's flow is answered, which says
+    // the source serves again, while the refused flow is still open.
     let _source = UdpEcho::start_on(&dead.to_string());
-    wait_for_answer(&user, b"up now");
+    User::new(taddr).echo(b"a new user");
     assert_eq!(
         home.ok(&["health"]),
         format!("dns: router {raddr} link connected\n")
     );
+    // The refused flow's next datagram gets through, the first one too (the error
+    // the last refusal left on the router's socket does not cost it).
+    user.echo(b"up now");
     assert!(!home.ok(&["status"]).contains("refus"));
 }
