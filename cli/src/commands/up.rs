@@ -327,12 +327,21 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     // tunnels not launched yet are not, as the user asked `up` to stop.
     let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
     let (stopped, launched) = rt.block_on(async {
+        // A signal (Ctrl-C) while old processes drain ends the waits: `up` does not
+        // start what waited on them, and says so.
+        let signalled = caught(interrupted.clone()).boxed_local().shared();
         let stops: Vec<_> = (stopping.iter())
             .map(|&(e, by)| {
-                stop(&registry, e, false, None, by)
-                    .map(|r| r.map(drop))
-                    .boxed_local()
-                    .shared()
+                let stopped = stop(&registry, e, false, None, by).map(|r| r.map(drop));
+                let signalled = signalled.clone();
+                async move {
+                    tokio::select! {
+                        r = stopped => r,
+                        () = signalled => Err(INTERRUPTED.to_owned()),
+                    }
+                }
+                .boxed_local()
+                .shared()
             })
             .collect();
         let starts = to_start.iter().map(|&(t, own)| {
@@ -342,8 +351,13 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
             let interrupted = &interrupted;
             async move {
                 if let Some(i) = own {
-                    stops[i].clone().await.map_err(|why| {
-                        StopFailed(format!("could not stop it to restart: {why}"))
+                    stops[i].clone().await.map_err(|why| match why.as_str() {
+                        INTERRUPTED => StopFailed(format!(
+                            "is not restarted: {INTERRUPTED} (it stops once drained, and \
+                             nothing starts it again: run `conduit up -f {}` to start it)",
+                            plan.file.display()
+                        )),
+                        _ => StopFailed(format!("could not stop it to restart: {why}")),
                     })?;
                 }
                 for ((e, _), s) in stopping.iter().zip(stops) {
@@ -393,6 +407,14 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                 "stopped tunnel {:?} (no longer in {file})",
                 e.name
             )),
+            Err(why) if why == INTERRUPTED => failures.push((
+                format!(
+                    "tunnel {:?} (no longer in {file}): `up` was interrupted while it drained \
+                     (it stops once drained)",
+                    e.name
+                ),
+                exit::FAILURE,
+            )),
             Err(why) => failures.push((
                 format!("tunnel {:?}: could not stop it: {why}", e.name),
                 exit::FAILURE,
@@ -418,13 +440,20 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                 ),
                 exit::code_for(&e),
             )),
+            Err(e) if e.to_string().starts_with("is not restarted") => {
+                failures.push((format!("tunnel {:?} {e}", t.name), exit::FAILURE));
+            }
             Err(e) => failures.push((format!("tunnel {:?}: {e}", t.name), exit::code_for(&e))),
         }
     }
     if failures.is_empty() {
         return Ok(());
     }
-    let code = exit::shared_code(failures.iter().map(|(_, c)| *c));
+    // Interrupted: 128 + the signal's number, whatever else failed.
+    let code = match interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => exit::shared_code(failures.iter().map(|(_, c)| *c)),
+        signalled => u8::try_from(signalled).unwrap_or(exit::FAILURE),
+    };
     let message = failures.into_iter().map(|(m, _)| m).collect::<Vec<_>>();
     Err(Failed {
         message: message.join("\n"),
@@ -459,6 +488,37 @@ fn file_path(file: &std::path::Path) -> Result<std::path::PathBuf> {
         (Some(dir), Some(name)) => std::fs::canonicalize(dir).map_or(abs.clone(), |d| d.join(name)),
         _ => abs,
     })
+}
+
+/// Why a wait for an old process to stop ended early.
+const INTERRUPTED: &str = "`up` was interrupted while its old process drained";
+
+/// Waits for SIGINT, SIGTERM or SIGHUP, and stores 128 + its number in
+/// `interrupted` (which launches not begun yet heed).
+async fn caught(interrupted: std::sync::Arc<std::sync::atomic::AtomicI32>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return std::future::pending().await;
+        };
+        // 128 + SIGINT, SIGTERM, SIGHUP.
+        let code = tokio::select! {
+            _ = int.recv() => 130,
+            _ = term.recv() => 143,
+            _ = hup.recv() => 129,
+        };
+        interrupted.store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupted;
+        std::future::pending().await
+    }
 }
 
 /// A tunnel to restart that would not stop: it runs on, on its old settings.

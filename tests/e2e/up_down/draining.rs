@@ -229,3 +229,55 @@ fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
     assert_ne!(pid_of(&home, "alpha"), before);
     echo_through(&home, "alpha");
 }
+
+/// An `up` interrupted (Ctrl-C) while a tunnel it restarts drains stops waiting: it
+/// says the tunnel is not restarted and how to start it, and exits 130; the old
+/// process drains on and stops, and nothing is left half-started.
+#[test]
+fn an_interrupted_up_says_which_tunnel_it_did_not_restart() {
+    let home = Home::with_keys();
+    let _cleanup = Cleanup(&home);
+    let source = sources::echo().to_string();
+    let (_router, raddr) = home.router(Engine::Epoll, std::slice::from_ref(&source));
+    let write = |source: &str| {
+        write_slow_draining(
+            &home,
+            raddr.port(),
+            &[("alpha", source.to_owned())],
+            "127.0.0.1:0",
+        )
+    };
+    let (status, _, err) = up(&home, &write(&source), &[]);
+    assert_code(status, 0, &err);
+    let bind = list(&home)[0]["bind"].as_str().unwrap().to_owned();
+    let mut held = held(&bind);
+
+    let file = write(&source.replace("127.0.0.1", "localhost"));
+    let f = file.to_str().unwrap();
+    let mut again = home.spawn(&["up", "-f", f]);
+    again.wait_stderr("tunnel \"alpha\" (");
+    again.wait_stderr("is draining 1 open connection");
+    again.signal("INT");
+    let status = again.wait_exit();
+    let err = again.stderr();
+    assert_code(status, 130, &err);
+    assert!(
+        err.contains(&format!(
+            "tunnel \"alpha\" is not restarted: `up` was interrupted while its old process \
+             drained (it stops once drained, and nothing starts it again: run `conduit up -f \
+             {f}` to start it)"
+        )),
+        "{err}"
+    );
+    // The old process drains on, serving its connection, then stops.
+    echo_on(&mut held, b"still served");
+    drop(held);
+    crate::procfs::wait_until("alpha to stop", || {
+        let now = list(&home);
+        (now.is_empty(), now)
+    });
+    let (status, out, err) = up(&home, &file, &[]);
+    assert_code(status, 0, &err);
+    assert!(out.starts_with("started tunnel \"alpha\""), "{out}");
+    echo_through(&home, "alpha");
+}
