@@ -274,6 +274,8 @@ struct Shared {
     kernel_tls: bool,
     /// A UDP tunnel: the router must speak protocol [`version::DATAGRAMS`].
     datagrams: bool,
+    /// A UDP tunnel's flow idle timeout.
+    udp_idle: Option<Duration>,
     /// `--proxy-protocol`, `--allow-from` and `--stream-idle-timeout` (as the
     /// data plane applies it), for the registry.
     proxy_protocol: Option<conduit_dataplane::ProxyProtocol>,
@@ -467,6 +469,7 @@ impl ClientTunnel {
                 suites: s.suites.clone(),
                 kernel_tls: s.sockets.kernel_tls,
                 datagrams: s.udp.is_some(),
+                udp_idle: s.udp.map(|u| u.idle_timeout),
                 proxy_protocol: s.proxy_protocol,
                 allow_from: s.allow_from.clone(),
                 stream_idle: s.stream_idle.filter(|_| s.udp.is_none()),
@@ -557,6 +560,11 @@ impl ClientTunnel {
     /// (`--stream-idle-timeout`; `None`: no timeout, and always for UDP tunnels).
     pub fn stream_idle(&self) -> Option<conduit_dataplane::StreamIdle> {
         self.shared.stream_idle
+    }
+
+    /// A UDP tunnel's: how long a flow may carry no datagram before it ends.
+    pub fn udp_idle_timeout(&self) -> Option<Duration> {
+        self.shared.udp_idle
     }
 
     /// Its routers, in order, and the workers' view of the links to them (up or

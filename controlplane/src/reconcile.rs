@@ -150,6 +150,7 @@ mod tests {
                 allow_from: Vec::new(),
                 metrics: None,
                 stream_idle_timeout_secs: 0,
+                udp_idle_timeout_secs: 0,
             },
             status: "running".into(),
             created_at: String::new(),

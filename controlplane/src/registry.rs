@@ -51,6 +51,10 @@ pub struct EntryConfig {
     /// (`--stream-idle-timeout`); 0: no timeout (and entries written before it).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stream_idle_timeout_secs: u64,
+    /// A UDP tunnel's: seconds a flow may carry no datagram before it ends
+    /// (`--udp-idle-timeout`); 0 for a TCP tunnel (and entries written before it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub udp_idle_timeout_secs: u64,
 }
 
 impl EntryConfig {
@@ -756,6 +760,7 @@ mod tests {
                 allow_from: Vec::new(),
                 metrics: None,
                 stream_idle_timeout_secs: 0,
+                udp_idle_timeout_secs: 0,
             },
             status: "running".into(),
             created_at: now_rfc3339(),

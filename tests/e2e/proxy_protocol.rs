@@ -325,7 +325,7 @@ crate::both_engines!(
         let status = home.ok(&["status"]);
         assert!(
             status.contains(&format!(
-                "{taddr}/udp → {} (PROXY v2 header)\n",
+                "{taddr}/udp → {} (PROXY v2 header; flows idle 60s ended)\n",
                 unbound.addr
             )),
             "{status}"

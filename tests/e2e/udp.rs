@@ -856,3 +856,22 @@ fn up_runs_a_tcp_and_a_udp_tunnel_on_one_port() {
     home.ok(&["down", "-f", f]);
     assert_eq!(home.ok(&["list"]), "no tunnels running\n");
 }
+
+/// `status` and `list` show how long a UDP tunnel's flows may stay quiet; a TCP
+/// tunnel's entry has no such setting.
+#[test]
+fn status_and_list_show_the_udp_idle_timeout() {
+    let t = UdpTunnel::start(Engine::Epoll, &["--name", "dns", "--udp-idle-timeout", "5"]);
+    let status = t.home.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "{}/udp → {} (flows idle 5s ended)\n",
+            t.taddr, t.source.addr
+        )),
+        "{status}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&t.home.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["udp_idle_timeout_secs"], 5, "{list:#}");
+    assert_eq!(list[0]["stream_idle_timeout_secs"], 0, "{list:#}");
+}

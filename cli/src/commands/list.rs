@@ -63,6 +63,7 @@ fn to_json(s: &Seen, with_connections: bool) -> serde_json::Value {
         "proxy_protocol": e.config.proxy_protocol,
         "allow_from": e.config.allow_from,
         "stream_idle_timeout_secs": e.config.stream_idle_timeout_secs,
+        "udp_idle_timeout_secs": e.config.udp_idle_timeout_secs,
         "metrics": e.config.metrics.as_ref().map(|m| format!("http://{m}/metrics")),
         "created_at": e.created_at,
     });

@@ -320,9 +320,9 @@ fn over(cipher: &str) -> String {
     }
 }
 
-/// What the source hears, who may come in and how long a quiet stream stays, after
-/// the status line's `bind → source`: ` (PROXY v2 header; users from 10.0.0.0/8
-/// only; streams idle 300s closed)`; nothing when none is set.
+/// What the source hears, who may come in and how long a quiet stream (or UDP flow)
+/// stays, after the status line's `bind → source`: ` (PROXY v2 header; users from
+/// 10.0.0.0/8 only; streams idle 300s closed)`; nothing when none is set.
 fn admission(c: &conduit_controlplane::registry::EntryConfig) -> String {
     let mut said = Vec::new();
     if let Some(v) = &c.proxy_protocol {
@@ -336,6 +336,9 @@ fn admission(c: &conduit_controlplane::registry::EntryConfig) -> String {
             "streams idle {}s closed",
             c.stream_idle_timeout_secs
         ));
+    }
+    if c.udp_idle_timeout_secs > 0 {
+        said.push(format!("flows idle {}s ended", c.udp_idle_timeout_secs));
     }
     if said.is_empty() {
         String::new()

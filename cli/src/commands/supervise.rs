@@ -96,6 +96,7 @@ pub(super) fn supervise(home: &Home, plan: &Plan, set: &[Override], text: String
                     allow_from: t.allow_from.iter().map(ToString::to_string).collect(),
                     metrics: None,
                     stream_idle_timeout_secs: t.stream_idle_timeout_secs(),
+                    udp_idle_timeout_secs: t.udp_idle_timeout_secs(),
                 },
                 exe: exe.clone().into_os_string(),
                 args,

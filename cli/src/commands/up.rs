@@ -641,6 +641,7 @@ mod tests {
             allow_from: Vec::new(),
             metrics: None,
             stream_idle_timeout_secs: 0,
+            udp_idle_timeout_secs: 0,
         };
         assert!(holds_port(&c("127.0.0.1:5353", "tcp"), 5353, Protocol::Tcp));
         assert!(holds_port(&c("[::1]:5353", "udp"), 5353, Protocol::Udp));

@@ -106,6 +106,15 @@ impl TunnelPlan {
         }
     }
 
+    /// Seconds a UDP flow may carry no datagram before it ends
+    /// (`udp_idle_timeout_secs`); 0 for a TCP tunnel.
+    pub fn udp_idle_timeout_secs(&self) -> u64 {
+        match self.protocol {
+            Protocol::Udp => self.performance.udp_idle_timeout_secs,
+            Protocol::Tcp => 0,
+        }
+    }
+
     /// A digest of everything that shapes this tunnel, so `up` can tell a running
     /// tunnel whose settings changed (restart it) from one that did not (leave it).
     /// The token enters only through the hash.
