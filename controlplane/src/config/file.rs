@@ -173,16 +173,18 @@ impl FileDoc {
         }
     }
 
-    /// Resolves a path written in the file against the file's directory.
+    /// Resolves a path written in the file against the file's directory, its `.`
+    /// parts and doubled slashes left out: one file written two ways
+    /// (`keys/r.pub`, `./keys/r.pub`) is one path, and so one digest for `up`.
     pub(crate) fn resolve(&self, p: &str) -> String {
         let p = Path::new(p);
-        if p.is_absolute() {
-            return p.display().to_string();
-        }
-        match self.path.parent() {
-            Some(dir) => dir.join(p).display().to_string(),
-            None => p.display().to_string(),
-        }
+        let joined = match self.path.parent() {
+            Some(dir) if !p.is_absolute() => dir.join(p),
+            _ => p.to_owned(),
+        };
+        // `components` drops every `.` but a leading one.
+        let tidy: PathBuf = joined.components().collect();
+        tidy.display().to_string()
     }
 
     /// Resolves a router's pinned keys as written in the file: keys separated by `|`,

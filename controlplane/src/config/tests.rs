@@ -886,6 +886,32 @@ fn up_can_name_each_setting_that_changed() {
     assert_eq!(with_token.setting_digests(), before);
 }
 
+/// A path in the file written two ways is one path: `up` restarts nothing for it.
+#[test]
+fn a_path_written_two_ways_in_the_file_is_one_path() {
+    let f = Fixture::new();
+    let plan = |key: &str| {
+        let text = f.client_text(&format!("[security]\nprivate_key_path = \"{key}\"\n"));
+        plan_tunnels(&f.sources(&text, &[], &[]))
+            .unwrap()
+            .tunnels
+            .remove(0)
+    };
+    let plain = plan("home/keys/client.key");
+    assert_eq!(plain.private_key_path, f.path("home/keys/client.key"));
+    let abs = f.path("home/keys/client.key").display().to_string();
+    for other in [
+        "./home/keys/client.key",
+        "home/./keys/client.key",
+        "home//keys/client.key",
+        &abs,
+    ] {
+        let p = plan(other);
+        assert_eq!(p.private_key_path, plain.private_key_path, "{other}");
+        assert_eq!(p.digest(), plain.digest(), "{other}");
+    }
+}
+
 /// A problem quoting a huge value is shown cut in its middle, whole at both ends.
 #[test]
 fn a_problem_with_a_huge_message_is_cut_in_the_middle() {
