@@ -216,6 +216,9 @@ pub struct CoreStats {
     /// on a router. Read from the kernel about once a second while such a socket is
     /// in use, and once more when the core stops reading it.
     pub udp_receive_drops: AtomicU64,
+    /// A UDP tunnel's: the router's reports that a source refused a flow's
+    /// datagrams (nothing listens on its port), at most one a second for each flow.
+    pub udp_source_refusals: AtomicU64,
     /// Streams whose TLS records the kernel sealed and opened (kTLS), since start.
     pub kernel_tls: AtomicU64,
     /// User connections that ended in an error, by [`ErrorKind`].
@@ -243,6 +246,7 @@ impl Default for CoreStats {
             idle_channels: AtomicU64::new(0),
             datagrams_dropped: AtomicU64::new(0),
             udp_receive_drops: AtomicU64::new(0),
+            udp_source_refusals: AtomicU64::new(0),
             kernel_tls: AtomicU64::new(0),
             errors: Default::default(),
             durations: Histogram::new(CONNECTION_SECONDS),
@@ -278,6 +282,8 @@ pub struct Totals {
     /// See [`CoreStats::udp_receive_drops`]; `None` where the system does not count
     /// them (only Linux does).
     pub udp_receive_drops: Option<u64>,
+    /// See [`CoreStats::udp_source_refusals`].
+    pub udp_source_refusals: u64,
     /// See [`CoreStats::kernel_tls`].
     pub kernel_tls: u64,
     /// Errors by kind, in [`ErrorKind::ALL`] order.
@@ -297,6 +303,7 @@ impl Totals {
             idle_channels: 0,
             datagrams_dropped: 0,
             udp_receive_drops: crate::sys::RECEIVE_DROPS_KNOWN.then_some(0),
+            udp_source_refusals: 0,
             kernel_tls: 0,
             errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
             durations: HistogramSnapshot::empty(CONNECTION_SECONDS),
@@ -311,6 +318,7 @@ impl Totals {
             if let Some(n) = &mut t.udp_receive_drops {
                 *n += c.udp_receive_drops.load(Relaxed);
             }
+            t.udp_source_refusals += c.udp_source_refusals.load(Relaxed);
             t.kernel_tls += c.kernel_tls.load(Relaxed);
             for (slot, n) in t.errors.iter_mut().zip(&c.errors) {
                 slot.1 += n.load(Relaxed);

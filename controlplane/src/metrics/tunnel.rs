@@ -104,6 +104,16 @@ pub fn render(
         .sample("conduit_udp_receive_buffer_drops_total", &l, drops);
     }
     e.family(
+        "conduit_udp_source_refusals_total",
+        Kind::Counter,
+        "The router's reports that a UDP source refused a flow's datagrams (nothing listens on its port; protocol 8), at most one a second for each flow.",
+    )
+    .sample(
+        "conduit_udp_source_refusals_total",
+        &l,
+        totals.udp_source_refusals,
+    );
+    e.family(
         "conduit_kernel_tls_streams_total",
         Kind::Counter,
         "Streams whose TLS records the kernel sealed and opened (kTLS on both ends).",
@@ -166,6 +176,7 @@ mod tests {
             idle_channels: 0,
             datagrams_dropped: 4,
             udp_receive_drops,
+            udp_source_refusals: 0,
             kernel_tls: 0,
             errors: ErrorKind::ALL.iter().map(|k| (*k, 0)).collect(),
             durations: HistogramSnapshot::empty(CONNECTION_SECONDS),

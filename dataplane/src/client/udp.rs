@@ -586,6 +586,7 @@ impl ClientCore {
         let answered = Cell::new(false);
         let heard = |news: Heard<'_>| match news {
             Heard::Refused(r) => {
+                stats.udp_source_refusals.fetch_add(1, Relaxed);
                 self.spec.link.open_refused(Some(router), &r.message);
                 refused_at.set(Some(Instant::now()));
                 if let Some(held) = self.flows.borrow().refusals.admit() {

@@ -324,6 +324,7 @@ fn source_refusals_show_in_the_tunnels_status(engine: Engine, transport: &[&str]
     let (tunnel, taddr) = home.tunnel_with(engine, raddr, &dead.to_string(), &args);
     let user = User::new(taddr);
     let why = format!("source {dead} refused a datagram (nothing listens on that UDP port)");
+    assert_eq!(refusal_reports(&home), 0);
     // Each datagram the user sends draws the source's refusal (ICMP port
     // unreachable) at the router.
     let (code, out, err) = crate::procfs::wait_until("health to name the refusal", || {
@@ -343,6 +344,9 @@ fn source_refusals_show_in_the_tunnels_status(engine: Engine, transport: &[&str]
         "{status}"
     );
     tunnel.wait_stderr(&format!("udp flow: {why}"));
+    // Each report is counted (one a second at most for the flow: how many came
+    // depends on how long the loop above ran).
+    assert!(refusal_reports(&home) >= 1);
 
     // The source comes up on that port. A new user's flow is answered, which says
     // the source serves again, while the refused flow is still open.
@@ -356,4 +360,14 @@ fn source_refusals_show_in_the_tunnels_status(engine: Engine, transport: &[&str]
     // the last refusal left on the router's socket does not cost it).
     user.echo(b"up now");
     assert!(!home.ok(&["status"]).contains("refus"));
+}
+
+/// The tunnel "dns"'s count of its router's reports that the source refuses.
+fn refusal_reports(home: &Home) -> u64 {
+    let metrics = home.ok(&["stats", "--format", "prometheus"]);
+    (metrics.lines())
+        .find_map(|l| l.strip_prefix("conduit_udp_source_refusals_total{tunnel=\"dns\"} "))
+        .unwrap_or_else(|| panic!("no refusal count:\n{metrics}"))
+        .parse()
+        .unwrap()
 }
