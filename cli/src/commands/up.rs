@@ -310,7 +310,12 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
     let again: Vec<(&TunnelPlan, &Entry, String, Stopper)> = (actions.restart.iter())
         .map(|(t, e)| (*t, e, restarted(t, e), Stopper::Up))
         .chain((actions.revive.iter()).map(|(t, e)| {
-            let what = "started again (it was stopping)".to_owned();
+            // Stopping on its old settings (an `up` interrupted as it drained): what
+            // changed is named as for a restart.
+            let what = match t.changed_from(&e.config.settings) {
+                Some(names) if !names.is_empty() => restarted(t, e),
+                _ => "started again (it was stopping)".to_owned(),
+            };
             (*t, e, what, Stopper::Revive)
         }))
         .collect();
@@ -370,6 +375,7 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                 let secrets = secret_vars(set);
                 let (home, name) = (home.clone(), t.name.clone());
                 let launching = launching.clone();
+                let plan_file = plan.file.clone();
                 let interrupted = interrupted.clone();
                 tokio::task::spawn_blocking(move || {
                     use std::sync::atomic::Ordering;
@@ -381,7 +387,11 @@ fn reconcile_and_launch(home: &Home, plan: &Plan, set: &[Override]) -> Result<()
                     if code != 0 {
                         return Err(conduit_controlplane::Error::Launch {
                             code,
-                            message: "not started: `up` was interrupted".into(),
+                            message: format!(
+                                "not started: `up` was interrupted (run `conduit up -f {}` to \
+                                 start it)",
+                                plan_file.display()
+                            ),
                         }
                         .into());
                     }

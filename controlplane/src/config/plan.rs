@@ -240,7 +240,14 @@ impl TunnelPlan {
                 "router.fallbacks".into(),
                 routers.collect::<Vec<_>>().join(","),
             ),
-            ("router.public_key".into(), self.router_key_specs.join(",")),
+            (
+                "router.public_key".into(),
+                self.router_key_specs.first().cloned().unwrap_or_default(),
+            ),
+            (
+                "router.fallback_keys".into(),
+                self.router_key_specs.get(1..).unwrap_or_default().join(","),
+            ),
             (
                 "security.private_key_path".into(),
                 self.private_key_path.display().to_string(),

@@ -870,6 +870,13 @@ fn up_can_name_each_setting_that_changed() {
         let restarts = !want.is_empty() || sets == secret;
         assert_eq!(now.digest() != base.digest(), restarts, "{extra}");
     }
+    // A fallback's key is its own setting, not the router's key.
+    let key = format!("router.fallback_keys={}", f.router_key);
+    let fallback = plan("", &["router.fallbacks=10.2.0.9:7000", &key]);
+    assert_eq!(
+        fallback.changed_from(&before).unwrap(),
+        ["router.fallback_keys", "router.fallbacks"]
+    );
     // While alerts go out, each of their settings is named.
     let hook = "[alerts]\nwebhook = \"https://hooks.example/a\"\n";
     let alerting = plan(hook, &[]).setting_digests();

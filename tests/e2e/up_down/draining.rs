@@ -232,7 +232,7 @@ fn up_starts_again_a_tunnel_that_a_kill_is_draining() {
 
 /// An `up` interrupted (Ctrl-C) while a tunnel it restarts drains stops waiting: it
 /// says the tunnel is not restarted and how to start it, and exits 130; the old
-/// process drains on and stops, and nothing is left half-started.
+/// process drains on, and the next `up` starts the tunnel once it has stopped.
 #[test]
 fn an_interrupted_up_says_which_tunnel_it_did_not_restart() {
     let home = Home::with_keys();
@@ -269,15 +269,18 @@ fn an_interrupted_up_says_which_tunnel_it_did_not_restart() {
         )),
         "{err}"
     );
-    // The old process drains on, serving its connection, then stops.
+    // The old process drains on, serving its connection. An `up` now waits for it
+    // to stop, then starts the tunnel, naming what changed.
     echo_on(&mut held, b"still served");
+    let mut third = home.spawn(&["up", "-f", f]);
+    third.wait_stderr("is draining 1 open connection");
     drop(held);
-    crate::procfs::wait_until("alpha to stop", || {
-        let now = list(&home);
-        (now.is_empty(), now)
-    });
-    let (status, out, err) = up(&home, &file, &[]);
-    assert_code(status, 0, &err);
-    assert!(out.starts_with("started tunnel \"alpha\""), "{out}");
+    let status = third.wait_exit();
+    assert_code(status, 0, &third.stderr());
+    let out = third.stdout().join("\n");
+    assert!(
+        out.starts_with("restarted (source changed) tunnel \"alpha\""),
+        "{out}"
+    );
     echo_through(&home, "alpha");
 }
