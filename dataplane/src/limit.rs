@@ -155,8 +155,10 @@ impl Report {
             let n = held.swap(0, Ordering::Relaxed);
             match (n, warn) {
                 (0, _) => {}
-                (n, true) => tracing::warn!("{n} more {what} in the second after the last report"),
-                (n, false) => tracing::info!("{n} more {what} in the second after the last report"),
+                (n, true) => tracing::warn!("{what} in the second after the last report: {n} more"),
+                (n, false) => {
+                    tracing::info!("{what} in the second after the last report: {n} more")
+                }
             }
         });
     }

@@ -104,7 +104,7 @@ both_engines!(
             let e = tunnel.stderr();
             (e.contains("more refused since the last report)")
                 || e.contains(
-                    " more user connections closed unserved in the second after the last report",
+                    "user connections closed unserved in the second after the last report: ",
                 ))
             .then_some(())
         });
@@ -148,8 +148,19 @@ fn a_burst_of_refusals_is_counted_in_the_log_as_its_second_ends() {
                 })
                 .sum()
         };
+        // `… in the second after the last report: N more`.
+        let number_after = |needle: &str| -> usize {
+            e.lines()
+                .filter_map(|l| l.split_once(needle))
+                .map(|(_, tail)| {
+                    let n = tail.split(' ').next().unwrap_or_default();
+                    n.parse::<usize>()
+                        .unwrap_or_else(|_| panic!("no count after {needle:?}: {tail}"))
+                })
+                .sum()
+        };
         lines
-            + number_before(" more user connections closed unserved in the second after")
+            + number_after("user connections closed unserved in the second after the last report: ")
             + number_before(" more refused since the last report)")
     };
     crate::http::wait_for("every refusal counted", || {

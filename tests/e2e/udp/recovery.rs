@@ -218,7 +218,7 @@ fn moves_of_a_flow_whose_sources_are_all_down_do_not_flood_the_log() {
     // On the next line, or as the second ends.
     let held_back = [
         "more moves between sources since the last report",
-        "more moves of UDP flows between sources in the second after the last report",
+        "moves of UDP flows between sources in the second after the last report: ",
     ];
     wait_for("a report of moves held back", || {
         for _ in 0..50 {
